@@ -1,0 +1,1 @@
+//! Layer cache keys and lookups.

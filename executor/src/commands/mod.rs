@@ -1,0 +1,1 @@
+//! One module per Dockerfile instruction behind the [`Command`] trait.

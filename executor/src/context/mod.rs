@@ -1,0 +1,1 @@
+//! Build contexts (directory, tarball) and `.dockerignore`. Never modifies the context.

@@ -1,0 +1,1 @@
+//! Shell-like word expansion for Dockerfile values. (being written)

@@ -1,0 +1,9 @@
+//! Dockerfile frontend: text → instructions ([`ast`]) and ARG/ENV word expansion ([`expand`]).
+//! Pure: reads strings, never touches the filesystem or runs anything.
+
+pub mod ast;
+pub mod expand;
+pub mod parser;
+
+pub use ast::*;
+pub use parser::{parse, ParseError};

@@ -1,0 +1,16 @@
+//! kiln-executor library: everything that builds an image lives here; the binary only parses flags and calls [`build::run_build`].
+//! It must not depend on Kubernetes: the operator drives it only through a Pod spec.
+
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod commands;
+pub mod context;
+pub mod dockerfile;
+pub mod fsutil;
+pub mod image;
+pub mod layer;
+pub mod registry;
+pub mod run;
+pub mod snapshot;
+pub mod unpack;

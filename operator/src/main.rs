@@ -1,0 +1,2 @@
+//! kiln-operator (being written).
+fn main() {}
