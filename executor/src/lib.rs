@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod copier;
 pub mod dockerfile;
 pub mod fsutil;
 pub mod image;
