@@ -1,1 +1,352 @@
-//! (being written)
+//! The kaniko-compatible command line of `kiln-executor`. Parses and validates flags only;
+//! turning them into a build is [`crate::build`]'s job.
+//!
+//! Booleans accept `--flag`, `--flag=true` and `--flag=false` like Go's pflag, so kaniko
+//! invocations work unchanged. Flags kaniko has that Kiln does not implement yet are accepted by
+//! the parser and then rejected by [`Options::check_supported`] with a message naming them,
+//! never silently ignored.
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Color,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Verbosity {
+    Panic,
+    Fatal,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Where RUN steps execute (Kiln's own flag; kaniko always builds in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum IsolationFlag {
+    /// In-place inside a container, chroot elsewhere.
+    #[default]
+    Auto,
+    /// Unpack into a private root directory and run each RUN chrooted in private namespaces.
+    Chroot,
+    /// Unpack over `/` and run directly: only inside a container (or with `--force`).
+    InPlace,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kiln-executor",
+    version,
+    about = "Build an OCI image from a Dockerfile without a Docker daemon (kaniko-compatible flags)"
+)]
+pub struct Options {
+    /// Build context: a directory (`dir://` or plain path) or a gzip tarball (`tar://`).
+    #[arg(short = 'c', long, default_value = "/workspace/")]
+    pub context: String,
+
+    /// Sub-directory of the context to use as the context root.
+    #[arg(long = "context-sub-path", default_value = "")]
+    pub context_sub_path: String,
+
+    /// Path to the Dockerfile (absolute, or relative to the context).
+    #[arg(short = 'f', long, default_value = "Dockerfile")]
+    pub dockerfile: String,
+
+    /// Registry reference to push the image to; repeat for several.
+    #[arg(short = 'd', long = "destination")]
+    pub destinations: Vec<String>,
+
+    /// Build argument `KEY=VALUE`; a bare `KEY` takes its value from the environment.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+
+    /// Stage to build (name or index); the last stage by default.
+    #[arg(long)]
+    pub target: Option<String>,
+
+    /// Label `KEY=VALUE` added to the image config.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+
+    /// Build but push nowhere.
+    #[arg(long = "no-push", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub no_push: bool,
+
+    /// Pull and push over plain HTTP.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub insecure: bool,
+
+    /// Pull over plain HTTP.
+    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub insecure_pull: bool,
+
+    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+
+    /// Push over HTTPS without verifying certificates.
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub skip_tls_verify: bool,
+
+    /// Pull over HTTPS without verifying certificates.
+    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub skip_tls_verify_pull: bool,
+
+    /// Registry to reach over HTTPS without verifying certificates; repeatable.
+    #[arg(long = "skip-tls-verify-registry")]
+    pub skip_tls_verify_registries: Vec<String>,
+
+    /// Mirror tried before docker.io for Docker Hub images; repeatable.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+
+    /// Platform to build for, e.g. `linux/amd64` or `linux/arm64/v8`.
+    #[arg(long = "custom-platform")]
+    pub custom_platform: Option<String>,
+
+    /// Strip timestamps so identical inputs give identical digests.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub reproducible: bool,
+
+    /// Take one snapshot at the end instead of one per step.
+    #[arg(long = "single-snapshot", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub single_snapshot: bool,
+
+    /// Path (in the image) to leave out of snapshots; repeatable.
+    #[arg(long = "ignore-path")]
+    pub ignore_paths: Vec<String>,
+
+    /// Leave /var/run out of snapshots (kaniko's default).
+    #[arg(long = "ignore-var-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub ignore_var_run: bool,
+
+    /// Build only the stages the target needs.
+    #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub skip_unused_stages: bool,
+
+    /// Log level.
+    #[arg(short = 'v', long, value_enum, default_value = "info")]
+    pub verbosity: Verbosity,
+
+    /// Log format.
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Prefix log lines with timestamps.
+    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub log_timestamp: bool,
+
+    /// Write the image as an OCI image layout into this directory.
+    #[arg(long = "oci-layout-path")]
+    pub oci_layout_path: Option<String>,
+
+    /// Write the image digest to this file.
+    #[arg(long = "digest-file")]
+    pub digest_file: Option<String>,
+
+    /// Build in place over `/` even where Kiln does not detect a container.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub force: bool,
+
+    /// Where RUN steps execute (Kiln extension): auto, chroot or in-place.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub isolation: IsolationFlag,
+
+    /// Working directory for downloaded blobs, layers and stage roots (default: `$KILN_DIR`,
+    /// `$KANIKO_DIR`, `/kiln` in a container, else a temporary directory).
+    #[arg(long = "kiln-dir")]
+    pub kiln_dir: Option<String>,
+
+    // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    pub cache: bool,
+    #[arg(long = "cache-repo", hide = true)]
+    pub cache_repo: Option<String>,
+    #[arg(long = "cache-dir", hide = true)]
+    pub cache_dir: Option<String>,
+    #[arg(long = "cache-ttl", hide = true)]
+    pub cache_ttl: Option<String>,
+    #[arg(long = "cache-copy-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    pub cache_copy_layers: bool,
+    #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", hide = true)]
+    pub cache_run_layers: bool,
+    #[arg(long = "tar-path", hide = true)]
+    pub tar_path: Option<String>,
+    #[arg(long = "image-name-with-digest-file", hide = true)]
+    pub image_name_with_digest_file: Option<String>,
+    #[arg(long = "image-name-tag-with-digest-file", hide = true)]
+    pub image_name_tag_with_digest_file: Option<String>,
+    #[arg(long = "registry-map", hide = true)]
+    pub registry_map: Vec<String>,
+    #[arg(long = "push-retry", hide = true)]
+    pub push_retry: Option<u32>,
+    #[arg(long = "image-download-retry", hide = true)]
+    pub image_download_retry: Option<u32>,
+    #[arg(long = "git", hide = true)]
+    pub git: Option<String>,
+    #[arg(long = "use-new-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    pub use_new_run: bool,
+    #[arg(long = "snapshot-mode", hide = true)]
+    pub snapshot_mode: Option<String>,
+    #[arg(long = "compressed-caching", hide = true)]
+    pub compressed_caching: Option<String>,
+    #[arg(long = "cleanup", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    pub cleanup: bool,
+    #[arg(long = "compression", hide = true)]
+    pub compression: Option<String>,
+    #[arg(long = "compression-level", hide = true)]
+    pub compression_level: Option<i32>,
+}
+
+impl Options {
+    /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
+    pub fn check_supported(&self) -> Result<(), String> {
+        let mut unsupported: Vec<&str> = Vec::new();
+        if self.cache {
+            unsupported.push("--cache");
+        }
+        if self.cache_repo.is_some() {
+            unsupported.push("--cache-repo");
+        }
+        if self.cache_dir.is_some() {
+            unsupported.push("--cache-dir");
+        }
+        if self.cache_ttl.is_some() {
+            unsupported.push("--cache-ttl");
+        }
+        if self.cache_copy_layers {
+            unsupported.push("--cache-copy-layers");
+        }
+        if self.tar_path.is_some() {
+            unsupported.push("--tar-path");
+        }
+        if self.image_name_with_digest_file.is_some() {
+            unsupported.push("--image-name-with-digest-file");
+        }
+        if self.image_name_tag_with_digest_file.is_some() {
+            unsupported.push("--image-name-tag-with-digest-file");
+        }
+        if !self.registry_map.is_empty() {
+            unsupported.push("--registry-map");
+        }
+        if self.push_retry.is_some_and(|n| n > 0) {
+            unsupported.push("--push-retry");
+        }
+        if self.image_download_retry.is_some_and(|n| n > 0) {
+            unsupported.push("--image-download-retry");
+        }
+        if self.git.is_some() {
+            unsupported.push("--git");
+        }
+        if !self.context_sub_path.is_empty() {
+            unsupported.push("--context-sub-path");
+        }
+        if self.compressed_caching.is_some() {
+            unsupported.push("--compressed-caching");
+        }
+        if self.compression.as_deref().is_some_and(|c| c != "gzip") {
+            unsupported.push("--compression (only gzip)");
+        }
+        // Kiln always detects changes from file metadata (kaniko's `redo`/`time` modes are subsumed);
+        // `full` re-hashing is not offered.
+        if self.snapshot_mode.as_deref().is_some_and(|m| m == "full") {
+            unsupported.push("--snapshot-mode=full");
+        }
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "these kaniko flags are not supported by this version of kiln-executor yet: {}; remove them to build",
+                unsupported.join(", ")
+            ))
+        }
+    }
+
+    /// `--build-arg` values as `(key, value)`; a bare `KEY` reads the environment (kaniko's rule) and
+    /// is dropped when the variable is unset.
+    pub fn build_arg_pairs(&self) -> Vec<(String, String)> {
+        self.build_args
+            .iter()
+            .filter_map(|arg| match arg.split_once('=') {
+                Some((k, v)) => Some((k.to_string(), v.to_string())),
+                None => std::env::var(arg).ok().map(|v| (arg.clone(), v)),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        let mut full = vec!["kiln-executor"];
+        full.extend_from_slice(args);
+        Options::try_parse_from(full).expect("flags parse")
+    }
+
+    #[test]
+    fn kaniko_style_flags_parse() {
+        let o = parse(&[
+            "--context=dir:///ws",
+            "-f",
+            "sub/Dockerfile",
+            "-d",
+            "reg/a:1",
+            "--destination=reg/a:2",
+            "--build-arg",
+            "A=1",
+            "--no-push",
+            "--ignore-var-run=false",
+            "--insecure-registry",
+            "r:5000",
+            "--verbosity=debug",
+            "--reproducible=true",
+        ]);
+        assert_eq!(o.context, "dir:///ws");
+        assert_eq!(o.dockerfile, "sub/Dockerfile");
+        assert_eq!(o.destinations, vec!["reg/a:1", "reg/a:2"]);
+        assert!(o.no_push);
+        assert!(!o.ignore_var_run);
+        assert!(o.reproducible);
+        assert_eq!(o.verbosity, Verbosity::Debug);
+        assert_eq!(o.insecure_registries, vec!["r:5000"]);
+    }
+
+    #[test]
+    fn defaults_match_kaniko() {
+        let o = parse(&[]);
+        assert_eq!(o.context, "/workspace/");
+        assert_eq!(o.dockerfile, "Dockerfile");
+        assert!(o.ignore_var_run);
+        assert!(!o.no_push);
+        assert!(o.check_supported().is_ok());
+    }
+
+    #[test]
+    fn unimplemented_flags_are_named() {
+        let o = parse(&["--cache=true", "--tar-path", "/x.tar"]);
+        let err = o.check_supported().unwrap_err();
+        assert!(err.contains("--cache"), "{err}");
+        assert!(err.contains("--tar-path"), "{err}");
+    }
+
+    #[test]
+    fn unknown_flags_are_errors() {
+        assert!(Options::try_parse_from(["kiln-executor", "--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn bare_build_arg_reads_environment() {
+        std::env::set_var("KILN_TEST_BARE_ARG", "from-env");
+        let o = parse(&["--build-arg", "KILN_TEST_BARE_ARG", "--build-arg", "KILN_TEST_UNSET_ARG_X"]);
+        assert_eq!(o.build_arg_pairs(), vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]);
+    }
+}

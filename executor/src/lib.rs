@@ -5,6 +5,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod context;
 pub mod copier;
 pub mod dockerfile;

@@ -1,0 +1,161 @@
+//! `COPY` and `ADD`: copy files from the build context, an earlier stage or an image into the
+//! stage root (ADD also unpacks local archives). Sources are confined to their origin and writes
+//! to the root; ownership, modes and heredoc sources follow Docker's rules.
+
+use std::path::{Path, PathBuf};
+
+use super::{CommandError, CopySource, Outcome, StageState};
+use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions};
+use crate::dockerfile::CopyArgs;
+use crate::fsutil::resolve_in_root;
+
+pub fn execute(
+    args: &CopyArgs,
+    state: &mut StageState,
+    source: Option<CopySource<'_>>,
+    is_add: bool,
+) -> Result<Outcome, CommandError> {
+    let name = if is_add { "ADD" } else { "COPY" };
+    let dest_raw = state.expand(&args.dest)?;
+    let dest = state.in_image_path(&dest_raw);
+    let chown = match &args.chown {
+        Some(spec) => {
+            let spec = state.expand(spec)?;
+            Some(crate::run::users::resolve_chown(&state.root, &spec)?)
+        }
+        None => None,
+    };
+    let chmod = match &args.chmod {
+        Some(text) => {
+            let text = state.expand(text)?;
+            Some(u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+                CommandError::Invalid(format!("{name} --chmod={text}: expected an octal mode such as 0755"))
+            })?)
+        }
+        None => None,
+    };
+
+    let mut host_sources: Vec<PathBuf> = Vec::new();
+    let mut origin_sources: Vec<String> = Vec::new();
+    for raw in &args.sources {
+        if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
+            let content = if doc.expand { state.expand_heredoc(&doc.content)? } else { doc.content.clone() };
+            host_sources.push(write_heredoc_file(state, &doc.name, &content)?);
+        } else {
+            origin_sources.push(state.expand(raw)?);
+        }
+    }
+    if let Some(url) = origin_sources.iter().find(|s| s.starts_with("http://") || s.starts_with("https://")) {
+        if is_add {
+            return Err(CommandError::Invalid(format!(
+                "ADD {url}: downloading URLs is not supported by this version of kiln-executor; download it in a RUN step or add the file to the build context"
+            )));
+        }
+        return Err(CommandError::Invalid(format!("COPY {url}: COPY does not accept URLs; use ADD")));
+    }
+
+    let mut written_archives = false;
+    let preserve_owner;
+    match (&source, origin_sources.is_empty()) {
+        (_, true) => preserve_owner = false,
+        (Some(CopySource::Context(ctx)), false) => {
+            preserve_owner = false;
+            let paths = ctx.resolve_sources(&origin_sources)?;
+            for path in paths {
+                if is_add && path.is_file() && is_archive(&path) {
+                    add_archive_into_root(&path, &state.root, &dest, chown)?;
+                    written_archives = true;
+                } else {
+                    host_sources.push(path);
+                }
+            }
+        }
+        (Some(CopySource::Root(root)), false) => {
+            preserve_owner = true;
+            for src in &origin_sources {
+                host_sources.extend(resolve_root_source(root, src, name)?);
+            }
+        }
+        (None, false) => {
+            return Err(CommandError::Invalid(format!("{name} has no source to copy from")));
+        }
+    }
+
+    if !host_sources.is_empty() {
+        let exclude_fn = |p: &Path| -> bool {
+            match &source {
+                Some(CopySource::Context(ctx)) => {
+                    p.strip_prefix(ctx.root()).map(|rel| ctx.is_excluded(rel)).unwrap_or(false)
+                }
+                _ => false,
+            }
+        };
+        let opts = CopyOptions { chown, chmod, exclude: &exclude_fn, preserve_owner };
+        copy_into_root(&host_sources, &state.root, &dest, &opts)?;
+    } else if !written_archives {
+        return Err(CommandError::Invalid(format!("{name}: no source files were specified")));
+    }
+    Ok(Outcome::Filesystem)
+}
+
+/// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
+/// `*`/`?`/`[...]` in the last component matched against the directory's entries.
+fn resolve_root_source(root: &Path, src: &str, name: &str) -> Result<Vec<PathBuf>, CommandError> {
+    let has_glob = src.contains(['*', '?', '[']);
+    if !has_glob {
+        let host = resolve_in_root(root, Path::new(src), true)
+            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+        if std::fs::symlink_metadata(&host).is_err() {
+            return Err(CommandError::Invalid(format!("{name} --from source {src}: no such file or directory")));
+        }
+        return Ok(vec![host]);
+    }
+    let (dir, pattern) = match src.rsplit_once('/') {
+        Some((d, p)) => (if d.is_empty() { "/" } else { d }, p),
+        None => (".", src),
+    };
+    if dir.contains(['*', '?', '[']) {
+        return Err(CommandError::Invalid(format!(
+            "{name} --from source {src}: wildcards are supported in the last path component only"
+        )));
+    }
+    let host_dir = resolve_in_root(root, Path::new(dir), true)
+        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+    let matcher = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| CommandError::Invalid(format!("{name} --from source {src}: bad pattern: {e}")))?
+        .compile_matcher();
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(&host_dir).map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+        if matcher.is_match(entry.file_name()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(CommandError::Invalid(format!("{name} --from source {src}: no files match")));
+    }
+    Ok(out)
+}
+
+fn write_heredoc_file(state: &StageState, name: &str, content: &str) -> Result<PathBuf, CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = state.scratch.join("heredocs");
+    std::fs::create_dir_all(&dir).map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(name);
+    std::fs::write(&path, content).map_err(|e| CommandError::io(format!("writing heredoc {name}"), e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| CommandError::io(format!("setting mode of heredoc {name}"), e))?;
+    Ok(path)
+}
+
+impl StageState {
+    /// Expand variables in a heredoc body line by line, keeping everything else literal.
+    fn expand_heredoc(&self, body: &str) -> Result<String, CommandError> {
+        let lookup = |name: &str| self.lookup(name);
+        Ok(crate::dockerfile::expand::expand_heredoc(body, &lookup, self.escape)?)
+    }
+}

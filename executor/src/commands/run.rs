@@ -1,0 +1,115 @@
+//! `RUN`: executes a command in the stage root (shell form through SHELL, exec form as given,
+//! heredoc scripts as BuildKit runs them). Reports the exit status; the builder snapshots after.
+
+use super::{workdir::ensure_dir, CommandError, Outcome, StageState};
+use crate::dockerfile::{Heredoc, RunArgs, ShellOrExec};
+use crate::run::{run, RunSpec};
+
+/// The argv a RUN executes.
+pub fn argv(args: &RunArgs, state: &StageState) -> Result<Vec<String>, CommandError> {
+    let shell = state.shell();
+    match (&args.command, args.heredocs.as_slice()) {
+        (Some(ShellOrExec::Exec(argv)), _) => {
+            if argv.is_empty() {
+                return Err(CommandError::Invalid("RUN with an empty command".into()));
+            }
+            Ok(argv.clone())
+        }
+        (Some(ShellOrExec::Shell(text)), heredocs) => {
+            // The heredoc bodies follow the command line, so the shell itself feeds them to the command.
+            let mut script = text.clone();
+            for doc in heredocs {
+                script.push('\n');
+                script.push_str(&heredoc_body(doc));
+                script.push_str(&doc.name);
+            }
+            let mut argv = shell;
+            argv.push(script);
+            Ok(argv)
+        }
+        (None, [doc, ..]) => {
+            let body = &doc.content;
+            if body.starts_with("#!") {
+                // A script with a shebang runs under its own interpreter, as BuildKit does: it is
+                // written into the root and executed directly.
+                let path = write_script(state, body)?;
+                Ok(vec![path])
+            } else {
+                let mut argv = shell;
+                argv.push(body.clone());
+                Ok(argv)
+            }
+        }
+        (None, []) => Err(CommandError::Invalid("RUN requires a command".into())),
+    }
+}
+
+fn heredoc_body(doc: &Heredoc) -> String {
+    let mut body = doc.content.clone();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    body
+}
+
+/// Place a shebang script where the command can see it: a temporary file in the root's /tmp-like
+/// scratch path that is removed after the step (so it never reaches a layer).
+fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = format!("/.kiln-heredoc-{}", std::process::id());
+    let host = state.root.join(name.trim_start_matches('/'));
+    std::fs::write(&host, body).map_err(|e| CommandError::io(format!("writing heredoc script {}", host.display()), e))?;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| CommandError::io(format!("making {} executable", host.display()), e))?;
+    Ok(name)
+}
+
+pub fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandError> {
+    let argv = argv(args, state)?;
+    let workdir = state.workdir();
+    ensure_dir(&state.root, &workdir)?;
+    let spec = RunSpec {
+        root: state.root.clone(),
+        isolation: state.isolation,
+        argv: argv.clone(),
+        env: state.run_env(),
+        workdir,
+        user: state.config.config.user.clone().unwrap_or_default(),
+    };
+    let result = run(&spec);
+    if let Some(script) = argv.first().filter(|a| a.starts_with("/.kiln-heredoc-")) {
+        let _ = std::fs::remove_file(state.root.join(script.trim_start_matches('/')));
+    }
+    result?;
+    Ok(Outcome::Filesystem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::test_support::state;
+
+    fn doc(name: &str, content: &str) -> Heredoc {
+        Heredoc { name: name.into(), content: content.into(), expand: true }
+    }
+
+    #[test]
+    fn shell_exec_and_heredoc_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        let shell = RunArgs { command: Some(ShellOrExec::Shell("echo hi".into())), ..Default::default() };
+        assert_eq!(argv(&shell, &st).unwrap(), vec!["/bin/sh", "-c", "echo hi"]);
+        let exec = RunArgs { command: Some(ShellOrExec::Exec(vec!["/bin/true".into()])), ..Default::default() };
+        assert_eq!(argv(&exec, &st).unwrap(), vec!["/bin/true"]);
+        let only_doc = RunArgs { command: None, heredocs: vec![doc("EOF", "echo a\necho b\n")], ..Default::default() };
+        assert_eq!(argv(&only_doc, &st).unwrap(), vec!["/bin/sh", "-c", "echo a\necho b\n"]);
+        let with_doc = RunArgs {
+            command: Some(ShellOrExec::Shell("cat <<EOF > /x".into())),
+            heredocs: vec![doc("EOF", "line\n")],
+            ..Default::default()
+        };
+        assert_eq!(argv(&with_doc, &st).unwrap(), vec!["/bin/sh", "-c", "cat <<EOF > /x\nline\nEOF"]);
+        st.config.config.shell = Some(vec!["/bin/bash".into(), "-eo".into(), "pipefail".into(), "-c".into()]);
+        assert_eq!(argv(&shell, &st).unwrap(), vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]);
+    }
+}

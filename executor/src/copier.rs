@@ -1,0 +1,1 @@
+//! Copies files into the build root with COPY/ADD semantics. (being written)
