@@ -155,10 +155,30 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
     let final_stage = builder.built.remove(&target).ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
     let result = builder.write_outputs(final_stage)?;
     info!("built {} in {:.2}s", result.digest, started.elapsed().as_secs_f64());
+    write_result_files(opts, &result)?;
+    Ok(result)
+}
+
+/// Digest files in kaniko's formats and the termination message for a controller.
+fn write_result_files(opts: &Options, result: &BuildResult) -> Result<(), BuildError> {
+    use crate::output;
     if let Some(path) = &opts.digest_file {
         std::fs::write(path, &result.digest).map_err(io_err(format!("writing --digest-file {path}")))?;
     }
-    Ok(result)
+    if let Some(path) = &opts.image_name_with_digest_file {
+        std::fs::write(path, output::names_with_digest(&opts.destinations, &result.digest))
+            .map_err(io_err(format!("writing --image-name-with-digest-file {path}")))?;
+    }
+    if let Some(path) = &opts.image_name_tag_with_digest_file {
+        std::fs::write(path, output::names_tag_with_digest(&opts.destinations, &result.digest))
+            .map_err(io_err(format!("writing --image-name-tag-with-digest-file {path}")))?;
+    }
+    let termination = std::env::var_os("KILN_TERMINATION_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
+    output::write_termination_log(&termination, &result.digest, &result.references)
+        .map_err(io_err(format!("writing the termination message {}", termination.display())))?;
+    Ok(())
 }
 
 fn choose_isolation(opts: &Options) -> Result<Isolation, BuildError> {

@@ -151,6 +151,14 @@ pub struct Options {
     #[arg(long = "digest-file")]
     pub digest_file: Option<String>,
 
+    /// Write `repository@digest` for every destination to this file.
+    #[arg(long = "image-name-with-digest-file")]
+    pub image_name_with_digest_file: Option<String>,
+
+    /// Write `repository:tag@digest` for every destination to this file.
+    #[arg(long = "image-name-tag-with-digest-file")]
+    pub image_name_tag_with_digest_file: Option<String>,
+
     /// Build in place over `/` even where Kiln does not detect a container.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub force: bool,
@@ -179,10 +187,6 @@ pub struct Options {
     pub cache_run_layers: bool,
     #[arg(long = "tar-path", hide = true)]
     pub tar_path: Option<String>,
-    #[arg(long = "image-name-with-digest-file", hide = true)]
-    pub image_name_with_digest_file: Option<String>,
-    #[arg(long = "image-name-tag-with-digest-file", hide = true)]
-    pub image_name_tag_with_digest_file: Option<String>,
     #[arg(long = "registry-map", hide = true)]
     pub registry_map: Vec<String>,
     #[arg(long = "push-retry", hide = true)]
@@ -226,12 +230,6 @@ impl Options {
         }
         if self.tar_path.is_some() {
             unsupported.push("--tar-path");
-        }
-        if self.image_name_with_digest_file.is_some() {
-            unsupported.push("--image-name-with-digest-file");
-        }
-        if self.image_name_tag_with_digest_file.is_some() {
-            unsupported.push("--image-name-tag-with-digest-file");
         }
         if !self.registry_map.is_empty() {
             unsupported.push("--registry-map");

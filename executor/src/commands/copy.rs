@@ -153,9 +153,75 @@ fn write_heredoc_file(state: &StageState, name: &str, content: &str) -> Result<P
 }
 
 impl StageState {
-    /// Expand variables in a heredoc body line by line, keeping everything else literal.
+    /// Expand variables in an unquoted heredoc body (`$V`, `${V}`, `${V:-x}`, `${V:+x}` and the
+    /// colon-less forms), keeping quotes and everything else literal as BuildKit does; `\$` is a
+    /// literal dollar.
     fn expand_heredoc(&self, body: &str) -> Result<String, CommandError> {
-        let lookup = |name: &str| self.lookup(name);
-        Ok(crate::dockerfile::expand::expand_heredoc(body, &lookup, self.escape)?)
+        Ok(expand_heredoc_text(body, &|name: &str| self.lookup(name)))
+    }
+}
+
+fn expand_heredoc_text(body: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let chars: Vec<char> = body.chars().collect();
+    let mut out = String::with_capacity(body.len());
+    let mut i = 0;
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && chars.get(i + 1) == Some(&'$') {
+            out.push('$');
+            i += 2;
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        if chars.get(i + 1) == Some(&'{') {
+            if let Some(close) = chars[i + 2..].iter().position(|&c| c == '}') {
+                let inner: String = chars[i + 2..i + 2 + close].iter().collect();
+                let name_len = inner.chars().take_while(|&c| is_name(c)).count();
+                let (name, op) = inner.split_at(name_len);
+                let value = lookup(name);
+                let expanded = match op {
+                    "" => value.unwrap_or_default(),
+                    _ if op.starts_with(":-") => value.filter(|v| !v.is_empty()).unwrap_or_else(|| op[2..].to_string()),
+                    _ if op.starts_with(":+") => value.filter(|v| !v.is_empty()).map(|_| op[2..].to_string()).unwrap_or_default(),
+                    _ if op.starts_with('-') => value.unwrap_or_else(|| op[1..].to_string()),
+                    _ if op.starts_with('+') => value.map(|_| op[1..].to_string()).unwrap_or_default(),
+                    _ => format!("${{{inner}}}"),
+                };
+                out.push_str(&expanded);
+                i += close + 3;
+                continue;
+            }
+        }
+        let name_len = chars[i + 1..].iter().take_while(|&&c| is_name(c)).count();
+        if name_len == 0 {
+            out.push('$');
+            i += 1;
+            continue;
+        }
+        let name: String = chars[i + 1..i + 1 + name_len].iter().collect();
+        out.push_str(&lookup(&name).unwrap_or_default());
+        i += 1 + name_len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heredoc_expansion_keeps_quotes() {
+        let lookup = |n: &str| match n {
+            "A" => Some("1".to_string()),
+            "E" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(expand_heredoc_text("a=$A '$A' \"${A}\"\n", &lookup), "a=1 '1' \"1\"\n");
+        assert_eq!(expand_heredoc_text("${B:-def} ${E:-x} ${E-y} ${A:+set} \\$A $", &lookup), "def x  set $A $");
     }
 }

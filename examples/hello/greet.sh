@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "$GREETING"
+cat /var/lib/hello/stamp
