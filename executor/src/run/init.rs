@@ -237,13 +237,28 @@ fn do_mount(op: &MountOp) -> Result<(), Failure> {
     let nodev_nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     match op {
         MountOp::Proc { target } => mnt(Some("proc"), target, Some("proc"), nodev_nosuid, None),
-        MountOp::Sys { target } => mnt(
-            Some("sysfs"),
-            target,
-            Some("sysfs"),
-            nodev_nosuid | MsFlags::MS_RDONLY,
-            None,
-        ),
+        MountOp::Sys { target } => {
+            let ro = nodev_nosuid | MsFlags::MS_RDONLY;
+            // A fresh sysfs is refused where we do not own the network namespace (a nested
+            // container); a read-only bind of the host's /sys is the fallback.
+            if mount(Some("sysfs"), target, Some("sysfs"), ro, None::<&str>).is_ok() {
+                return Ok(());
+            }
+            mnt(
+                Some("/sys"),
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            mnt(
+                None::<&str>,
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+                None,
+            )
+        }
         MountOp::Dev { target } => mount_dev(target),
         MountOp::BindFileReadOnly { source, target } => {
             mnt(Some(source.as_path()), target, None, MsFlags::MS_BIND, None)?;
@@ -290,6 +305,11 @@ fn mount_dev(target: &Path) -> Result<(), Failure> {
         Some("mode=755,size=65536k"),
     )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = PathBuf::from("/dev").join(name);
+        // A minimal host (itself a container) may lack one, e.g. /dev/tty; the rest still help.
+        if !host.exists() {
+            continue;
+        }
         let node = target.join(name);
         File::create(&node).map_err(|e| {
             fail(
@@ -298,7 +318,6 @@ fn mount_dev(target: &Path) -> Result<(), Failure> {
                 io_errno(&e),
             )
         })?;
-        let host = PathBuf::from("/dev").join(name);
         mnt(Some(host.as_path()), &node, None, MsFlags::MS_BIND, None)?;
     }
     let pts = target.join("pts");

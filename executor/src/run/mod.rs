@@ -15,7 +15,7 @@
 //!
 //! **`main()` must call [`maybe_run_init`] before anything else** (before logging, before tokio):
 //!
-//! ```no_run
+//! ```text
 //! fn main() {
 //!     if let Some(code) = kiln_executor::run::maybe_run_init() {
 //!         std::process::exit(code);
@@ -221,6 +221,9 @@ impl InitFailure {
 }
 
 /// Run one command and wait for it; its stdout/stderr are the executor's, its stdin is empty.
+///
+/// Blocks until the command ends: call it from `tokio::task::spawn_blocking`. Mount points it
+/// had to create in the root are removed before it returns, whatever the outcome.
 pub fn run(spec: &RunSpec) -> Result<(), RunError> {
     if spec.argv.is_empty() {
         return Err(RunError::NoCommand);

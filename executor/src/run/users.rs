@@ -102,9 +102,7 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<ResolvedUser, RunError> {
             if let Some(e) = entry {
                 let groups = parse_group(&read_db(&group_path)?);
                 for g in groups {
-                    if g.members.iter().any(|m| *m == e.name)
-                        && !resolved.additional_gids.contains(&g.gid)
-                    {
+                    if g.members.contains(&e.name) && !resolved.additional_gids.contains(&g.gid) {
                         resolved.additional_gids.push(g.gid);
                     }
                 }
