@@ -1,1 +1,427 @@
 //! Runs `RUN` commands: in a chroot with private mount and PID namespaces, or in place inside a container.
+//! It must never touch the host's root in chroot mode, and leaves no mount and no file of its own
+//! behind in the build root once a command has ended.
+//!
+//! # Design: re-exec, not fork
+//!
+//! The executor is a multi-threaded tokio program, and after `fork()` in such a process only
+//! async-signal-safe calls are allowed until `exec` — no allocation, no serde, no mount
+//! bookkeeping. So [`run`] spawns a fresh copy of the executor binary (`/proc/self/exe`, which
+//! stays valid even if the image was unpacked over the binary's path) with the hidden first
+//! argument [`INIT_ARG`]. That process is single-threaded, so it may `unshare`, `fork`, mount,
+//! `chroot` and switch user with ordinary Rust code. It reads its plan as JSON on stdin (no size
+//! limit, unlike an environment variable) and reports back on a close-on-exec pipe: a hello line
+//! first, then at most one JSON failure line. A successful `exec` of the command closes the pipe.
+//!
+//! **`main()` must call [`maybe_run_init`] before anything else** (before logging, before tokio):
+//!
+//! ```text
+//! fn main() {
+//!     if let Some(code) = kiln_executor::run::maybe_run_init() {
+//!         std::process::exit(code);
+//!     }
+//!     // ... normal start-up
+//! }
+//! ```
+//!
+//! If the re-executed program does not do that, no hello arrives and [`run`] fails with
+//! [`RunError::InitMissing`] instead of silently "succeeding".
+
+mod init;
+mod mountpoints;
+pub mod users;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+pub use users::{resolve_chown, resolve_user, ResolvedUser};
+
+/// Hidden first argument that turns the executor binary into the run init.
+pub const INIT_ARG: &str = "__kiln-run-init";
+
+/// `PATH` given to a command whose environment has none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Environment variable naming the status pipe's file descriptor in the init process.
+const STATUS_FD_ENV: &str = "KILN_RUN_STATUS_FD";
+/// First line the init writes on the status pipe, proving `main()` handed over to it.
+const HELLO: &str = "kiln-run-init v1";
+
+/// How a `RUN` command is isolated from the machine running the executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Isolation {
+    /// The root is a directory; the command runs chrooted into it in private mount and PID
+    /// namespaces with `/proc`, `/dev` (a tmpfs with null, zero, full, random, urandom, tty bound
+    /// from the host, plus `/dev/pts`, `/dev/shm` and the fd symlinks), `/sys` (read-only sysfs),
+    /// and the host's `/etc/resolv.conf` and `/etc/hosts` bound read-only. Needs root.
+    Chroot,
+    /// Inside a container whose `/` is the build root: only environment, working directory and
+    /// user are applied; `root` should be `/`.
+    InPlace,
+}
+
+/// One `RUN` command, fully expanded by the caller.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Host path of the build root (`/` for [`Isolation::InPlace`]).
+    pub root: PathBuf,
+    pub isolation: Isolation,
+    /// The command, e.g. `["/bin/sh", "-c", "make"]`; `argv[0]` without `/` is looked up in the
+    /// command's own `PATH` inside the image.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries; `PATH` and `HOME` get Docker's defaults when missing.
+    pub env: Vec<String>,
+    /// Absolute in-image working directory; the caller creates it.
+    pub workdir: String,
+    /// Raw Dockerfile `USER` value: `""`, `name`, `uid`, `name:group`, `uid:gid`.
+    pub user: String,
+}
+
+/// Why a `RUN` command did not succeed. The caller adds the Dockerfile line and command text.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the command exited with code {code}")]
+    Exit { code: i32 },
+    #[error("the command was killed by signal {signal}")]
+    Signal { signal: i32 },
+    #[error("cannot start {program:?}: {source}; check that it exists in the image and is executable for the build user")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the RUN command is empty; give a command or an exec-form array with at least one element"
+    )]
+    NoCommand,
+    #[error("user {user:?} is not in the image's /etc/passwd ({}); create it in an earlier step or use a numeric uid", passwd.display())]
+    User { user: String, passwd: PathBuf },
+    #[error("group {group:?} is not in the image's /etc/group ({}); create it in an earlier step or use a numeric gid", group_file.display())]
+    Group { group: String, group_file: PathBuf },
+    #[error("invalid user {user:?}: {reason}")]
+    InvalidUser { user: String, reason: String },
+    #[error("cannot read the image's user database {}: {source}", path.display())]
+    UserDb {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create private mount and PID namespaces ({source}): chroot isolation needs root or CAP_SYS_ADMIN; run the executor as root, or inside a container with --force to run steps in place")]
+    Namespace {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the build root for the command: {what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot change to the working directory {workdir:?} in the image: {source}; create it with WORKDIR first")]
+    Workdir {
+        workdir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the run helper {}: {source}", program.display())]
+    Helper {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the run helper {} did not start as the run init: its main() must call kiln_executor::run::maybe_run_init() first", program.display())]
+    InitMissing { program: PathBuf },
+}
+
+/// Program re-executed as the run init; `None` means `/proc/self/exe`.
+static INIT_PROGRAM: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Re-execute `program` instead of `/proc/self/exe` as the run init, for test binaries whose own
+/// `main` cannot call [`maybe_run_init`] (e.g. point it at the built `kiln-executor`).
+pub fn set_init_program(program: impl Into<PathBuf>) {
+    let mut slot = INIT_PROGRAM.write().unwrap_or_else(|e| e.into_inner());
+    *slot = Some(program.into());
+}
+
+fn init_program() -> PathBuf {
+    let slot = INIT_PROGRAM.read().unwrap_or_else(|e| e.into_inner());
+    slot.clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// What the init process is told to do; every decision that can fail with a user-facing error
+/// (user lookup, mount-point creation) is made before it starts.
+#[derive(Debug, Serialize, Deserialize)]
+struct InitPlan {
+    chroot: Option<ChrootPlan>,
+    argv: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChrootPlan {
+    root: PathBuf,
+    /// Host paths, already resolved inside the root and existing.
+    mounts: Vec<MountOp>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum MountOp {
+    Proc { target: PathBuf },
+    Sys { target: PathBuf },
+    Dev { target: PathBuf },
+    BindFileReadOnly { source: PathBuf, target: PathBuf },
+}
+
+/// What the init reports when it cannot get as far as `exec`.
+#[derive(Debug, Serialize, Deserialize)]
+struct InitFailure {
+    kind: FailureKind,
+    what: String,
+    errno: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum FailureKind {
+    Namespace,
+    Setup,
+    Workdir,
+    Spawn,
+}
+
+impl InitFailure {
+    fn into_error(self) -> RunError {
+        let source = std::io::Error::from_raw_os_error(self.errno);
+        match self.kind {
+            FailureKind::Namespace => RunError::Namespace { source },
+            FailureKind::Setup => RunError::Setup {
+                what: self.what,
+                source,
+            },
+            FailureKind::Workdir => RunError::Workdir {
+                workdir: self.what,
+                source,
+            },
+            FailureKind::Spawn => RunError::Spawn {
+                program: self.what,
+                source,
+            },
+        }
+    }
+}
+
+/// Run one command and wait for it; its stdout/stderr are the executor's, its stdin is empty.
+///
+/// Blocks until the command ends: call it from `tokio::task::spawn_blocking`. Mount points it
+/// had to create in the root are removed before it returns, whatever the outcome.
+pub fn run(spec: &RunSpec) -> Result<(), RunError> {
+    if spec.argv.is_empty() {
+        return Err(RunError::NoCommand);
+    }
+    let user = resolve_user(&spec.root, &spec.user)?;
+    let env = command_env(&spec.env, &user.home);
+
+    // Mount points are made from here, in the host's mount namespace, so that they can be
+    // removed after the namespace (and every mount in it) is gone.
+    let mut points = mountpoints::MountPoints::default();
+    let chroot = match spec.isolation {
+        Isolation::InPlace => None,
+        Isolation::Chroot => match chroot_plan(&spec.root, &mut points) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                points.cleanup();
+                return Err(e);
+            }
+        },
+    };
+    let plan = InitPlan {
+        chroot,
+        argv: spec.argv.clone(),
+        env,
+        workdir: spec.workdir.clone(),
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.additional_gids,
+    };
+    let result = spawn_init(&init_program(), &plan);
+    points.cleanup();
+    result
+}
+
+/// The command's environment: the spec's, plus Docker's `PATH` and `HOME` when absent.
+fn command_env(env: &[String], home: &str) -> Vec<String> {
+    let has = |key: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').map(|(k, _)| k) == Some(key))
+    };
+    let mut out = env.to_vec();
+    if !has("PATH") {
+        out.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has("HOME") {
+        out.push(format!("HOME={home}"));
+    }
+    out
+}
+
+fn chroot_plan(root: &Path, points: &mut mountpoints::MountPoints) -> Result<ChrootPlan, RunError> {
+    let mut mounts = vec![
+        MountOp::Proc {
+            target: points.dir(root, "/proc")?,
+        },
+        MountOp::Dev {
+            target: points.dir(root, "/dev")?,
+        },
+        MountOp::Sys {
+            target: points.dir(root, "/sys")?,
+        },
+    ];
+    for file in ["/etc/resolv.conf", "/etc/hosts"] {
+        if !Path::new(file).is_file() {
+            tracing::warn!("the host has no {file}; the command runs without it");
+            continue;
+        }
+        if let Some(target) = points.file(root, file)? {
+            mounts.push(MountOp::BindFileReadOnly {
+                source: PathBuf::from(file),
+                target,
+            });
+        }
+    }
+    Ok(ChrootPlan {
+        root: root.to_path_buf(),
+        mounts,
+    })
+}
+
+fn spawn_init(program: &Path, plan: &InitPlan) -> Result<(), RunError> {
+    let program = program.to_path_buf();
+    let helper_err = |source| RunError::Helper {
+        program: program.clone(),
+        source,
+    };
+    let payload = serde_json::to_vec(plan).map_err(|e| helper_err(std::io::Error::other(e)))?;
+    let (status_read, status_write): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
+    let write_fd = status_write.as_raw_fd();
+
+    let mut cmd = Command::new(&program);
+    cmd.arg(INIT_ARG)
+        .env_clear()
+        .env(STATUS_FD_ENV, write_fd.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
+    // the child's copy of the descriptor, so the pipe is inherited by this one child and no other
+    // process the executor spawns concurrently.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(write_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(helper_err)?;
+    drop(status_write);
+
+    // The init reads its whole plan before doing anything, so this cannot deadlock on a full pipe.
+    if let Some(mut stdin) = child.stdin.take() {
+        // A failed write means the init died early; its status below tells why.
+        let _ = stdin.write_all(&payload);
+    }
+    let mut report = String::new();
+    let read_result = std::fs::File::from(status_read).read_to_string(&mut report);
+    let status = child.wait().map_err(helper_err)?;
+    read_result.map_err(helper_err)?;
+
+    let mut lines = report.lines();
+    if lines.next() != Some(HELLO) {
+        return Err(RunError::InitMissing { program });
+    }
+    if let Some(line) = lines.next() {
+        let failure: InitFailure = serde_json::from_str(line).map_err(|e| {
+            helper_err(std::io::Error::other(format!(
+                "unreadable report {line:?}: {e}"
+            )))
+        })?;
+        return Err(failure.into_error());
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(RunError::Exit { code }),
+        (None, Some(signal)) => Err(RunError::Signal { signal }),
+        (None, None) => Err(RunError::Exit { code: -1 }),
+    }
+}
+
+/// Call first thing in `main()`: when this process was started as the run init, do that job and
+/// return the exit code to end with; otherwise return `None` at once and touch nothing.
+pub fn maybe_run_init() -> Option<i32> {
+    if std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new(INIT_ARG)) {
+        return None;
+    }
+    Some(init::main())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_and_home_only_when_missing() {
+        let env = command_env(&["A=1".into()], "/home/u");
+        assert_eq!(
+            env,
+            vec![
+                "A=1".to_string(),
+                format!("PATH={DEFAULT_PATH}"),
+                "HOME=/home/u".into()
+            ]
+        );
+        let env = command_env(&["PATH=/x".into(), "HOME=/h".into()], "/home/u");
+        assert_eq!(env, vec!["PATH=/x".to_string(), "HOME=/h".into()]);
+        // A variable whose name merely starts with PATH is not PATH.
+        assert!(command_env(&["PATHX=1".into()], "/").contains(&format!("PATH={DEFAULT_PATH}")));
+    }
+
+    #[test]
+    fn empty_command_is_refused() {
+        let spec = RunSpec {
+            root: PathBuf::from("/nonexistent"),
+            isolation: Isolation::Chroot,
+            argv: vec![],
+            env: vec![],
+            workdir: "/".into(),
+            user: String::new(),
+        };
+        assert!(matches!(run(&spec), Err(RunError::NoCommand)));
+    }
+
+    #[test]
+    fn a_helper_that_is_not_the_init_is_detected() {
+        // The unit-test binary's main() does not call maybe_run_init(); /bin/true stands in for it.
+        let plan = InitPlan {
+            chroot: None,
+            argv: vec!["true".into()],
+            env: vec![],
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        let err = spawn_init(Path::new("/bin/true"), &plan).unwrap_err();
+        assert!(matches!(err, RunError::InitMissing { .. }), "{err}");
+    }
+}

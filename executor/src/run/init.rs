@@ -1,0 +1,424 @@
+//! The run init: the single-threaded re-executed helper that enters namespaces, mounts, chroots,
+//! switches user and execs the command. It runs only in its own process (see the parent module),
+//! never in the multi-threaded executor, and never returns to normal executor code.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{chdir, chroot, execve, fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
+
+use super::{FailureKind, InitFailure, InitPlan, MountOp, HELLO, STATUS_FD_ENV};
+
+/// Exit code when the init fails before `exec`; the real reason travels on the status pipe.
+const SETUP_FAILED: i32 = 125;
+
+/// Signals the init parent passes on to the command instead of dying from them.
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+struct Failure(InitFailure);
+
+fn fail(kind: FailureKind, what: impl Into<String>, errno: Errno) -> Failure {
+    Failure(InitFailure {
+        kind,
+        what: what.into(),
+        errno: errno as i32,
+    })
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Entry point of the init process; returns its exit code unless it execs.
+pub(super) fn main() -> i32 {
+    let Some(mut status) = status_pipe() else {
+        eprintln!(
+            "kiln-executor: {} started without {STATUS_FD_ENV}; it is internal to `RUN`",
+            super::INIT_ARG
+        );
+        return SETUP_FAILED;
+    };
+    if writeln!(status, "{HELLO}").is_err() {
+        return SETUP_FAILED;
+    }
+    let plan = match read_plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            report(
+                &mut status,
+                fail(
+                    FailureKind::Setup,
+                    format!("reading the run plan: {e}"),
+                    Errno::EINVAL,
+                ),
+            );
+            return SETUP_FAILED;
+        }
+    };
+    let result = match plan.chroot {
+        None => exec_command(&plan),
+        Some(_) => run_isolated(&plan, &mut status),
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            report(&mut status, failure);
+            SETUP_FAILED
+        }
+    }
+}
+
+/// The pipe to the executor, close-on-exec so that a successful `exec` is its end-of-file.
+fn status_pipe() -> Option<File> {
+    let fd: i32 = std::env::var(STATUS_FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: F_GETFD only inspects the descriptor number named by our parent.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: the parent passed this descriptor for our exclusive use and nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on a descriptor we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(File::from(owned))
+}
+
+/// Read the JSON plan from stdin, then give the command an empty stdin as `RUN` has in Docker.
+fn read_plan() -> std::io::Result<InitPlan> {
+    let mut buf = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut buf)?;
+    let plan = serde_json::from_slice(&buf).map_err(std::io::Error::other)?;
+    let null = File::open("/dev/null")?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0).map_err(std::io::Error::from)?;
+    Ok(plan)
+}
+
+fn report(status: &mut File, failure: Failure) {
+    if let Ok(line) = serde_json::to_string(&failure.0) {
+        // Nothing more can be done if the executor is gone.
+        let _ = writeln!(status, "{line}");
+    }
+}
+
+/// Chroot mode: new mount and PID namespaces, then fork so the child is PID 1 of the new PID
+/// namespace (procfs must be mounted from inside it); this process waits and forwards signals.
+fn run_isolated(plan: &InitPlan, status: &mut File) -> Result<i32, Failure> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+        .map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
+    // Nothing mounted from now on may propagate back to the host's mount namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
+
+    let mut forwarded = SigSet::empty();
+    for s in FORWARDED {
+        forwarded.add(s);
+    }
+    forwarded.add(Signal::SIGCHLD);
+    let mut old_mask = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), Some(&mut old_mask))
+        .map_err(|e| fail(FailureKind::Setup, "blocking signals", e))?;
+
+    // SAFETY: this process was started fresh by exec and never spawned a thread, so the child
+    // may keep running ordinary Rust code.
+    match unsafe { fork() }
+        .map_err(|e| fail(FailureKind::Namespace, "fork into the new PID namespace", e))?
+    {
+        ForkResult::Child => {
+            let result = (|| {
+                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)
+                    .map_err(|e| fail(FailureKind::Setup, "restoring the signal mask", e))?;
+                // If the waiting parent is killed, the command and its namespace go with it.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                    .map_err(|e| fail(FailureKind::Setup, "setting the parent-death signal", e))?;
+                if let Some(chroot_plan) = &plan.chroot {
+                    for op in &chroot_plan.mounts {
+                        do_mount(op)?;
+                    }
+                    chroot(&chroot_plan.root).map_err(|e| {
+                        fail(
+                            FailureKind::Setup,
+                            format!("chroot into {}", chroot_plan.root.display()),
+                            e,
+                        )
+                    })?;
+                    chdir("/").map_err(|e| fail(FailureKind::Setup, "chdir / in the root", e))?;
+                }
+                exec_command(plan)
+            })();
+            let code = match result {
+                Ok(code) => code,
+                Err(failure) => {
+                    report(status, failure);
+                    SETUP_FAILED
+                }
+            };
+            // SAFETY: _exit skips atexit handlers and buffered-stdio flushing that belong to the
+            // parent's copy of the process.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            // Close our copy of the status pipe now, so the executor sees end-of-file as soon
+            // as the child execs.
+            if let Ok(null) = File::open("/dev/null") {
+                let _ = nix::unistd::dup2(
+                    std::os::fd::AsRawFd::as_raw_fd(&null),
+                    std::os::fd::AsRawFd::as_raw_fd(status),
+                );
+            }
+            Ok(wait_forwarding(child, &forwarded))
+        }
+    }
+}
+
+/// Wait for the command, passing on forwarded signals; exit as it did (same code or signal).
+fn wait_forwarding(child: nix::unistd::Pid, set: &SigSet) -> i32 {
+    loop {
+        let sig = match set.wait() {
+            Ok(sig) => sig,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            // PID 1 of a namespace ignores signals it has no handler for; that is the command's
+            // own choice, as with `docker run` without `--init`.
+            let _ = kill(child, sig);
+            continue;
+        }
+        loop {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, signal, _)) => die_by(signal),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return SETUP_FAILED,
+            }
+        }
+    }
+}
+
+/// Terminate with `signal` so the executor sees the command's own fate, without a core dump.
+fn die_by(signal: Signal) -> ! {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on this process's own limits and signal disposition.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(signal as i32, libc::SIG_DFL);
+    }
+    let mut set = SigSet::empty();
+    set.add(signal);
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    let _ = nix::sys::signal::raise(signal);
+    std::process::exit(128 + signal as i32)
+}
+
+fn do_mount(op: &MountOp) -> Result<(), Failure> {
+    let nodev_nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match op {
+        MountOp::Proc { target } => mnt(Some("proc"), target, Some("proc"), nodev_nosuid, None),
+        MountOp::Sys { target } => {
+            let ro = nodev_nosuid | MsFlags::MS_RDONLY;
+            // A fresh sysfs is refused where we do not own the network namespace (a nested
+            // container); a read-only bind of the host's /sys is the fallback.
+            if mount(Some("sysfs"), target, Some("sysfs"), ro, None::<&str>).is_ok() {
+                return Ok(());
+            }
+            mnt(
+                Some("/sys"),
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            mnt(
+                None::<&str>,
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+                None,
+            )
+        }
+        MountOp::Dev { target } => mount_dev(target),
+        MountOp::BindFileReadOnly { source, target } => {
+            mnt(Some(source.as_path()), target, None, MsFlags::MS_BIND, None)?;
+            // A bind mount ignores MS_RDONLY on creation; read-only needs a remount.
+            mnt(
+                None::<&str>,
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev_nosuid,
+                None,
+            )
+        }
+    }
+}
+
+fn mnt<S: nix::NixPath + ?Sized>(
+    source: Option<&S>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Failure> {
+    mount(source, target, fstype, flags, data).map_err(|e| {
+        fail(
+            FailureKind::Setup,
+            format!(
+                "mounting {} on {}",
+                fstype.unwrap_or("a bind mount"),
+                target.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// A private `/dev`: a small tmpfs with the host's harmless character devices bound in, a fresh
+/// devpts instance and a `/dev/shm`. Binding the whole host `/dev` would expose its disks.
+fn mount_dev(target: &Path) -> Result<(), Failure> {
+    mnt(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = PathBuf::from("/dev").join(name);
+        // A minimal host (itself a container) may lack one, e.g. /dev/tty; the rest still help.
+        if !host.exists() {
+            continue;
+        }
+        let node = target.join(name);
+        File::create(&node).map_err(|e| {
+            fail(
+                FailureKind::Setup,
+                format!("creating {}", node.display()),
+                io_errno(&e),
+            )
+        })?;
+        mnt(Some(host.as_path()), &node, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = target.join("pts");
+    let shm = target.join("shm");
+    for dir in [&pts, &shm] {
+        std::fs::create_dir(dir).map_err(|e| {
+            fail(
+                FailureKind::Setup,
+                format!("creating {}", dir.display()),
+                io_errno(&e),
+            )
+        })?;
+    }
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mnt(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = target.join(link);
+        std::os::unix::fs::symlink(to, &path).map_err(|e| {
+            fail(
+                FailureKind::Setup,
+                format!("creating {}", path.display()),
+                io_errno(&e),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Working directory, user, then exec. Returns only on failure.
+fn exec_command(plan: &InitPlan) -> Result<i32, Failure> {
+    chdir(Path::new(&plan.workdir))
+        .map_err(|e| fail(FailureKind::Workdir, plan.workdir.clone(), e))?;
+    let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups).map_err(|e| fail(FailureKind::Setup, "setgroups", e))?;
+    setgid(Gid::from_raw(plan.gid))
+        .map_err(|e| fail(FailureKind::Setup, format!("setgid {}", plan.gid), e))?;
+    setuid(Uid::from_raw(plan.uid))
+        .map_err(|e| fail(FailureKind::Setup, format!("setuid {}", plan.uid), e))?;
+
+    let program = &plan.argv[0];
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| fail(FailureKind::Spawn, program.clone(), Errno::EINVAL))
+    };
+    let argv = plan
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = plan
+        .env
+        .iter()
+        .map(|e| cstr(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path_var = plan
+        .env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(super::DEFAULT_PATH);
+    // Searched here rather than with execvpe, which would use this helper's (empty) PATH
+    // instead of the command's.
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        path_var
+            .split(':')
+            .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+            .collect()
+    };
+    let mut last = Errno::ENOENT;
+    for candidate in candidates {
+        let c = CString::new(candidate.as_os_str().as_bytes())
+            .map_err(|_| fail(FailureKind::Spawn, program.clone(), Errno::EINVAL))?;
+        match execve(&c, &argv, &envp) {
+            Err(e @ (Errno::ENOENT | Errno::ENOTDIR)) => {
+                // Keep a more telling error (EACCES) from an earlier candidate.
+                if last == Errno::ENOENT {
+                    last = e;
+                }
+            }
+            Err(e) => last = e,
+            Ok(never) => match never {},
+        }
+    }
+    Err(fail(FailureKind::Spawn, program.clone(), last))
+}
