@@ -21,7 +21,10 @@ pub fn execute(
     let chown = match &args.chown {
         Some(spec) => {
             let spec = state.expand(spec)?;
-            Some(crate::run::users::resolve_chown(&state.root, &spec)?)
+            Some(
+                crate::run::users::resolve_chown(&state.root, &spec)
+                    .map_err(|e| CommandError::Invalid(format!("{name} --chown={spec}: {e}")))?,
+            )
         }
         None => None,
     };
