@@ -35,7 +35,11 @@ fn cases(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn accepted_dockerfiles_match_golden_ast() {
     let cases = cases(&root());
-    assert!(cases.len() >= 40, "expected at least 40 golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "expected at least 40 golden cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let text = fs::read_to_string(case.join("Dockerfile")).expect("read Dockerfile");
@@ -65,13 +69,20 @@ fn accepted_dockerfiles_match_golden_ast() {
 #[test]
 fn rejected_dockerfiles_fail_with_expected_error() {
     let cases = cases(&root().join("reject"));
-    assert!(cases.len() >= 12, "expected at least 12 reject cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 12,
+        "expected at least 12 reject cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let text = fs::read_to_string(case.join("Dockerfile")).expect("read Dockerfile");
         let message = match parse(&text) {
             Ok(df) => {
-                failures.push(format!("{}: parsed but should fail: {df:?}", case.display()));
+                failures.push(format!(
+                    "{}: parsed but should fail: {df:?}",
+                    case.display()
+                ));
                 continue;
             }
             Err(e) => e.to_string(),

@@ -101,7 +101,13 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn new(raw: &'a str, lookup: &'a dyn Fn(&str) -> Option<String>, escape: char) -> Self {
-        Lexer { chars: raw.chars().collect(), pos: 0, escape, lookup, raw }
+        Lexer {
+            chars: raw.chars().collect(),
+            pos: 0,
+            escape,
+            lookup,
+            raw,
+        }
     }
 
     fn peek(&self) -> Option<char> {
@@ -170,7 +176,10 @@ impl<'a> Lexer<'a> {
             }
         }
         match stop {
-            Some(expected) => Err(ExpandError::Missing { expected, word: self.word() }),
+            Some(expected) => Err(ExpandError::Missing {
+                expected,
+                word: self.word(),
+            }),
             None => Ok((result, words)),
         }
     }
@@ -275,13 +284,23 @@ impl<'a> Lexer<'a> {
         }
         self.next(); // '{'
         match self.peek() {
-            None => return Err(ExpandError::Missing { expected: '}', word: self.word() }),
-            Some('{' | '}' | ':') => return Err(ExpandError::BadSubstitution { word: self.word() }),
+            None => {
+                return Err(ExpandError::Missing {
+                    expected: '}',
+                    word: self.word(),
+                })
+            }
+            Some('{' | '}' | ':') => {
+                return Err(ExpandError::BadSubstitution { word: self.word() })
+            }
             _ => {}
         }
         let name = self.name();
         let Some(ch) = self.next() else {
-            return Err(ExpandError::Missing { expected: '}', word: self.word() });
+            return Err(ExpandError::Missing {
+                expected: '}',
+                word: self.word(),
+            });
         };
         match ch {
             '}' => Ok(self.get(&name).unwrap_or_default()),
@@ -310,7 +329,11 @@ impl<'a> Lexer<'a> {
                     Some(v) => null_is_unset && v.is_empty(),
                 };
                 match op {
-                    '-' => Ok(if unset { word } else { value.unwrap_or_default() }),
+                    '-' => Ok(if unset {
+                        word
+                    } else {
+                        value.unwrap_or_default()
+                    }),
                     '+' => Ok(if unset { String::new() } else { word }),
                     '?' => {
                         if unset {
@@ -365,7 +388,10 @@ enum GlobToken {
     Literal(char),
     Any,
     One,
-    Class { negated: bool, items: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        items: Vec<(char, char)>,
+    },
 }
 
 struct Glob {
@@ -484,7 +510,9 @@ impl Glob {
         let mut replaced = false;
         while i < chars.len() {
             if !replaced || all {
-                if let Some(end) = (i + 1..=chars.len()).rev().find(|&e| self.matches(&chars[i..e]))
+                if let Some(end) = (i + 1..=chars.len())
+                    .rev()
+                    .find(|&e| self.matches(&chars[i..e]))
                 {
                     out.push_str(replacement);
                     i = end;
@@ -589,7 +617,10 @@ mod tests {
     fn backtick_escape_leaves_backslash_literal() {
         let e = env();
         let look = |n: &str| e.get(n).map(|v| v.to_string());
-        assert_eq!(expand_word(r"C:\dir\$A", &look, '`').unwrap(), r"C:\dir\alpha");
+        assert_eq!(
+            expand_word(r"C:\dir\$A", &look, '`').unwrap(),
+            r"C:\dir\alpha"
+        );
         assert_eq!(expand_word(r"`$A", &look, '`').unwrap(), "$A");
         assert_eq!(expand_word(r#""a`"b""#, &look, '`').unwrap(), "a\"b");
         assert_eq!(expand_word(r#""a\b""#, &look, '`').unwrap(), r"a\b");
@@ -622,9 +653,15 @@ mod tests {
         assert_eq!(w("${A:?must be set}"), "alpha");
         assert_eq!(
             word("${UNSET:?please set it}").unwrap_err(),
-            ExpandError::Required { name: "UNSET".into(), message: "please set it".into() }
+            ExpandError::Required {
+                name: "UNSET".into(),
+                message: "please set it".into()
+            }
         );
-        assert_eq!(word("${UNSET?}").unwrap_err().to_string(), "UNSET: is not allowed to be unset");
+        assert_eq!(
+            word("${UNSET?}").unwrap_err().to_string(),
+            "UNSET: is not allowed to be unset"
+        );
         assert_eq!(
             word("${EMPTY:?}").unwrap_err().to_string(),
             "EMPTY: is not allowed to be empty"
@@ -657,17 +694,44 @@ mod tests {
     #[test]
     fn errors_name_the_word() {
         let err = word("\"abc").unwrap_err();
-        assert_eq!(err.to_string(), "unterminated double quote in `\"abc`: add the closing double quote");
-        assert!(matches!(word("'abc"), Err(ExpandError::UnterminatedQuote { quote: "single", .. })));
-        assert!(matches!(word("${A"), Err(ExpandError::Missing { expected: '}', .. })));
-        assert!(matches!(word("${A:-x"), Err(ExpandError::Missing { expected: '}', .. })));
-        assert!(matches!(word("${}"), Err(ExpandError::BadSubstitution { .. })));
-        assert!(matches!(word("${:x}"), Err(ExpandError::BadSubstitution { .. })));
+        assert_eq!(
+            err.to_string(),
+            "unterminated double quote in `\"abc`: add the closing double quote"
+        );
+        assert!(matches!(
+            word("'abc"),
+            Err(ExpandError::UnterminatedQuote {
+                quote: "single",
+                ..
+            })
+        ));
+        assert!(matches!(
+            word("${A"),
+            Err(ExpandError::Missing { expected: '}', .. })
+        ));
+        assert!(matches!(
+            word("${A:-x"),
+            Err(ExpandError::Missing { expected: '}', .. })
+        ));
+        assert!(matches!(
+            word("${}"),
+            Err(ExpandError::BadSubstitution { .. })
+        ));
+        assert!(matches!(
+            word("${:x}"),
+            Err(ExpandError::BadSubstitution { .. })
+        ));
         assert_eq!(
             word("${A:#x}").unwrap_err(),
-            ExpandError::UnsupportedModifier { modifier: ":#".into(), word: "${A:#x}".into() }
+            ExpandError::UnsupportedModifier {
+                modifier: ":#".into(),
+                word: "${A:#x}".into()
+            }
         );
-        assert!(matches!(word("${A^}"), Err(ExpandError::UnsupportedModifier { .. })));
+        assert!(matches!(
+            word("${A^}"),
+            Err(ExpandError::UnsupportedModifier { .. })
+        ));
     }
 
     #[test]

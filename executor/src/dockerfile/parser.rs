@@ -19,7 +19,10 @@ pub struct ParseError {
 }
 
 fn err<T>(line: usize, message: impl Into<String>) -> Result<T, ParseError> {
-    Err(ParseError { line, message: message.into() })
+    Err(ParseError {
+        line,
+        message: message.into(),
+    })
 }
 
 /// Parses a whole Dockerfile.
@@ -29,7 +32,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     let (directives, first_body_line) = parse_directives(&lines)?;
     let escape = directives.escape;
 
-    let mut source = Source { lines: &lines, pos: first_body_line, first_line: 1, escape };
+    let mut source = Source {
+        lines: &lines,
+        pos: first_body_line,
+        first_line: 1,
+        escape,
+    };
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     let mut stage_names: HashMap<String, usize> = HashMap::new();
@@ -39,7 +47,11 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
         saw_instruction = true;
         let line = raw.line;
         match interpret(raw, escape)? {
-            Parsed::From { base, platform, name } => {
+            Parsed::From {
+                base,
+                platform,
+                name,
+            } => {
                 if let Some(name) = &name {
                     if let Some(first) = stage_names.insert(name.clone(), line) {
                         return err(
@@ -74,7 +86,10 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     }
 
     if !saw_instruction {
-        return err(1, "the Dockerfile has no instructions: it needs at least a FROM line");
+        return err(
+            1,
+            "the Dockerfile has no instructions: it needs at least a FROM line",
+        );
     }
     if stages.is_empty() {
         return err(
@@ -82,7 +97,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
             "the Dockerfile has no FROM instruction: add a FROM line to start a build stage",
         );
     }
-    Ok(Dockerfile { escape, syntax: directives.syntax, meta_args, stages })
+    Ok(Dockerfile {
+        escape,
+        syntax: directives.syntax,
+        meta_args,
+        stages,
+    })
 }
 
 /// Parses one instruction (with its heredoc bodies, if any) — used for `ONBUILD` triggers when
@@ -90,15 +110,26 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
 /// instruction inside a stage.
 pub fn parse_instruction(text: &str, line: usize, escape: char) -> Result<Located, ParseError> {
     let lines: Vec<&str> = text.lines().collect();
-    let mut source = Source { lines: &lines, pos: 0, first_line: line, escape };
+    let mut source = Source {
+        lines: &lines,
+        pos: 0,
+        first_line: line,
+        escape,
+    };
     let Some(raw) = source.next_instruction()? else {
-        return err(line, "expected an instruction, found only blank lines or comments");
+        return err(
+            line,
+            "expected an instruction, found only blank lines or comments",
+        );
     };
     let start = raw.line;
     if let Some(extra) = source.next_instruction()? {
         return err(
             extra.line,
-            format!("expected a single instruction, found a second one: `{}`", extra.text),
+            format!(
+                "expected a single instruction, found a second one: `{}`",
+                extra.text
+            ),
         );
     }
     match interpret(raw, escape)? {
@@ -116,7 +147,10 @@ struct Directives {
 /// Like BuildKit, the first line that is not a known directive (a comment, an empty line, an
 /// instruction or an unknown `# key=value`) ends the directive section.
 fn parse_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
-    let mut directives = Directives { escape: '\\', syntax: None };
+    let mut directives = Directives {
+        escape: '\\',
+        syntax: None,
+    };
     let mut seen: Vec<String> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let Some((key, value)) = directive(line) else {
@@ -127,7 +161,10 @@ fn parse_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
             return Ok((directives, i));
         }
         if seen.contains(&key) {
-            return err(i + 1, format!("only one `{key}` parser directive can be used"));
+            return err(
+                i + 1,
+                format!("only one `{key}` parser directive can be used"),
+            );
         }
         match key.as_str() {
             "escape" => {
@@ -137,7 +174,9 @@ fn parse_directives(lines: &[&str]) -> Result<(Directives, usize), ParseError> {
                     other => {
                         return err(
                             i + 1,
-                            format!("invalid escape character `{other}` in `# escape=` directive: use \\ or `"),
+                            format!(
+                        "invalid escape character `{other}` in `# escape=` directive: use \\ or `"
+                    ),
                         )
                     }
                 }
@@ -236,7 +275,11 @@ impl Source<'_> {
             let text = text.trim().to_string();
             let line = self.line_no(index);
             let heredocs = self.read_heredocs(&text, line)?;
-            return Ok(Some(RawInstruction { line, text, heredocs }));
+            return Ok(Some(RawInstruction {
+                line,
+                text,
+                heredocs,
+            }));
         }
         Ok(None)
     }
@@ -250,8 +293,11 @@ impl Source<'_> {
             while self.pos < self.lines.len() {
                 let physical = self.lines[self.pos];
                 self.pos += 1;
-                let candidate =
-                    if marker.chomp { physical.trim_start_matches('\t') } else { physical };
+                let candidate = if marker.chomp {
+                    physical.trim_start_matches('\t')
+                } else {
+                    physical
+                };
                 if candidate == marker.name {
                     terminated = true;
                     break;
@@ -268,7 +314,11 @@ impl Source<'_> {
                     ),
                 );
             }
-            out.push(Heredoc { name: marker.name, content: body, expand: marker.expand });
+            out.push(Heredoc {
+                name: marker.name,
+                content: body,
+                expand: marker.expand,
+            });
         }
         Ok(out)
     }
@@ -284,7 +334,9 @@ struct HeredocMarker {
 /// Recognises a heredoc word like BuildKit's `^(\d*)<<(-?)([^<]*)$`, quotes removed from the
 /// name; a quoted name (`<<"EOF"`, `<<'EOF'`) disables expansion of the body.
 fn parse_heredoc_word(word: &str) -> Option<HeredocMarker> {
-    let rest = word.trim_start_matches(|c: char| c.is_ascii_digit()).strip_prefix("<<")?;
+    let rest = word
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .strip_prefix("<<")?;
     let (chomp, rest) = match rest.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, rest),
@@ -297,7 +349,11 @@ fn parse_heredoc_word(word: &str) -> Option<HeredocMarker> {
     if name.is_empty() {
         return None;
     }
-    Some(HeredocMarker { name, chomp, expand })
+    Some(HeredocMarker {
+        name,
+        chomp,
+        expand,
+    })
 }
 
 /// The heredocs an instruction line opens: only RUN, COPY and ADD in shell form (and the same
@@ -314,7 +370,10 @@ fn heredoc_markers(text: &str) -> Vec<HeredocMarker> {
     if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") || parse_json_array(&args).is_some() {
         return Vec::new();
     }
-    split_raw_words(&args, '\\').iter().filter_map(|w| parse_heredoc_word(w)).collect()
+    split_raw_words(&args, '\\')
+        .iter()
+        .filter_map(|w| parse_heredoc_word(w))
+        .collect()
 }
 
 /// Splits `KEYWORD --flags… rest` (BuildKit `splitCommand` + `extractBuilderFlags`): flags are
@@ -456,12 +515,19 @@ fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>> {
 }
 
 enum Parsed {
-    From { base: String, platform: Option<String>, name: Option<String> },
+    From {
+        base: String,
+        platform: Option<String>,
+        name: Option<String>,
+    },
     Other(Located),
 }
 
 fn keyword_of(text: &str) -> String {
-    text.split_whitespace().next().unwrap_or_default().to_ascii_uppercase()
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -511,7 +577,10 @@ fn parse_flags(
                 let names: Vec<String> = spec.iter().map(|(n, _)| format!("--{n}")).collect();
                 format!("{keyword} accepts {}", names.join(", "))
             };
-            return err(line, format!("unknown flag --{name} for {keyword}: {accepted}"));
+            return err(
+                line,
+                format!("unknown flag --{name} for {keyword}: {accepted}"),
+            );
         };
         match kind {
             FlagKind::Bool => {
@@ -554,45 +623,61 @@ fn parse_flags(
 fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Checks a Go duration string (`30s`, `1m30s`, `1.5h`, `0`), as Docker parses HEALTHCHECK
-/// durations.
-fn valid_duration(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+/// Parses a Go duration string (`30s`, `1m30s`, `1.5h`, `0`) into seconds, as Docker parses
+/// HEALTHCHECK durations; `None` when it is not one (a negative duration included).
+fn duration_seconds(s: &str) -> Option<f64> {
+    let s = s.strip_prefix('+').unwrap_or(s);
     if s == "0" {
-        return true;
+        return Some(0.0);
+    }
+    if s.is_empty() {
+        return None;
     }
     let mut rest = s;
-    if rest.is_empty() {
-        return false;
-    }
+    let mut total = 0.0;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let num = &rest[..num_len];
-        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return false;
-        }
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
-            .iter()
-            .find(|u| rest.starts_with(**u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
+        let (unit, scale) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("\u{b5}s", 1e-6),
+            ("\u{3bc}s", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .into_iter()
+        .find(|(u, _)| rest.starts_with(u))?;
+        rest = &rest[unit.len()..];
+        total += value * scale;
     }
-    true
+    Some(total)
 }
 
 /// Turns one instruction's text into a typed instruction.
 fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, ParseError> {
-    let RawInstruction { line, text, heredocs } = raw;
+    let RawInstruction {
+        line,
+        text,
+        heredocs,
+    } = raw;
     let (keyword_raw, flags, args) = split_command(&text);
     let keyword = keyword_raw.to_ascii_uppercase();
     let located = |instruction| {
-        Ok(Parsed::Other(Located { line, original: text.clone(), instruction }))
+        Ok(Parsed::Other(Located {
+            line,
+            original: text.clone(),
+            instruction,
+        }))
     };
     let no_flags = |flags: &[String]| parse_flags(&keyword, flags, &[], line).map(|_| ());
     let require_args = |args: &str| -> Result<(), ParseError> {
@@ -878,7 +963,10 @@ fn interpret_healthcheck(
         None => (args, ""),
     };
     if kind.is_empty() {
-        return err(line, "HEALTHCHECK requires at least one argument: NONE or CMD <command>");
+        return err(
+            line,
+            "HEALTHCHECK requires at least one argument: NONE or CMD <command>",
+        );
     }
     if kind.eq_ignore_ascii_case("NONE") {
         if !rest.is_empty() || !flags.is_empty() {
@@ -899,7 +987,10 @@ fn interpret_healthcheck(
         line,
     )?;
     if !kind.eq_ignore_ascii_case("CMD") {
-        return err(line, format!("unknown type `{kind}` in HEALTHCHECK: use CMD or NONE"));
+        return err(
+            line,
+            format!("unknown type `{kind}` in HEALTHCHECK: use CMD or NONE"),
+        );
     }
     let test = match parse_json_array(rest) {
         Some(Ok(list)) if !list.is_empty() => ShellOrExec::Exec(list),
@@ -910,11 +1001,16 @@ fn interpret_healthcheck(
     };
     let mut duration = |name: &'static str| -> Result<Option<String>, ParseError> {
         match f.string(name) {
-            Some(v) if !valid_duration(&v) => err(
-                line,
-                format!("HEALTHCHECK --{name}=`{v}` is not a duration: write e.g. 30s, 1m30s or 500ms"),
-            ),
-            other => Ok(other),
+            None => Ok(None),
+            Some(v) => match duration_seconds(&v) {
+                // Like Docker: 0 means "use the default", anything else must be at least 1ms.
+                Some(secs) if secs == 0.0 || secs >= 1e-3 => Ok(Some(v)),
+                Some(_) => err(line, format!("HEALTHCHECK --{name}=`{v}` cannot be less than 1ms")),
+                None => err(
+                    line,
+                    format!("HEALTHCHECK --{name}=`{v}` is not a duration: write e.g. 30s, 1m30s or 500ms"),
+                ),
+            },
         }
     };
     let interval = duration("interval")?;
@@ -962,7 +1058,10 @@ fn parse_name_values(
                 format!("{keyword} `{args}` has no value: write {keyword} {args}=<value>"),
             );
         };
-        return Ok(vec![(args[..i].to_string(), args[i..].trim_start().to_string())]);
+        return Ok(vec![(
+            args[..i].to_string(),
+            args[i..].trim_start().to_string(),
+        )]);
     }
     let mut pairs = Vec::new();
     for word in words {
@@ -973,7 +1072,10 @@ fn parse_name_values(
             );
         };
         if key.is_empty() {
-            return err(line, format!("{keyword} names can not be blank (in `{word}`)"));
+            return err(
+                line,
+                format!("{keyword} names can not be blank (in `{word}`)"),
+            );
         }
         pairs.push((key.to_string(), value.to_string()));
     }
@@ -987,7 +1089,10 @@ mod tests {
     #[test]
     fn directive_matching() {
         assert_eq!(directive("# escape=`"), Some(("escape", "`")));
-        assert_eq!(directive("#syntax = docker/dockerfile:1 "), Some(("syntax", "docker/dockerfile:1")));
+        assert_eq!(
+            directive("#syntax = docker/dockerfile:1 "),
+            Some(("syntax", "docker/dockerfile:1"))
+        );
         assert_eq!(directive("# just a comment"), None);
         assert_eq!(directive("# key="), None);
         assert_eq!(directive("RUN x"), None);
@@ -1006,7 +1111,10 @@ mod tests {
 
     #[test]
     fn raw_words_keep_quotes_and_escapes() {
-        assert_eq!(split_raw_words(r#"a="x y" b=\"c"#, '\\'), [r#"a="x y""#, r#"b=\"c"#]);
+        assert_eq!(
+            split_raw_words(r#"a="x y" b=\"c"#, '\\'),
+            [r#"a="x y""#, r#"b=\"c"#]
+        );
         assert_eq!(split_raw_words("'' x", '\\'), ["''", "x"]);
     }
 
@@ -1021,11 +1129,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        for ok in ["30s", "1m30s", "0", "1.5h", "500ms", "10us"] {
-            assert!(valid_duration(ok), "{ok}");
-        }
-        for bad in ["", "30", "s", "1x", "1..2s"] {
-            assert!(!valid_duration(bad), "{bad}");
+        assert_eq!(duration_seconds("30s"), Some(30.0));
+        assert_eq!(duration_seconds("1m30s"), Some(90.0));
+        assert_eq!(duration_seconds("0"), Some(0.0));
+        assert_eq!(duration_seconds("1.5h"), Some(5400.0));
+        assert_eq!(duration_seconds("500ms"), Some(0.5));
+        for bad in ["", "30", "s", "1x", "1..2s", "-1s", ".s"] {
+            assert_eq!(duration_seconds(bad), None, "{bad}");
         }
     }
 
@@ -1042,6 +1152,9 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(parse_instruction("FROM x", 1, '\\').is_err());
-        assert!(parse_instruction("RUN a\nRUN b", 1, '\\').unwrap_err().to_string().contains("line 2"));
+        assert!(parse_instruction("RUN a\nRUN b", 1, '\\')
+            .unwrap_err()
+            .to_string()
+            .contains("line 2"));
     }
 }
