@@ -6,4 +6,5 @@ pub mod expand;
 pub mod parser;
 
 pub use ast::*;
-pub use parser::{parse, ParseError};
+pub use expand::{expand_word, expand_words, ExpandError};
+pub use parser::{parse, parse_instruction, ParseError};
