@@ -13,13 +13,14 @@ pub const DOCKER_HUB: &str = "docker.io";
 /// the `library/` namespace for official images and the `latest` tag when there is
 /// neither tag nor digest.
 pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
-    let parsed = reference
-        .trim()
-        .parse::<Reference>()
-        .map_err(|e| RegistryError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })?;
+    let parsed =
+        reference
+            .trim()
+            .parse::<Reference>()
+            .map_err(|e| RegistryError::InvalidReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?;
     // The parser lets an upper-case first path component through as a Docker Hub
     // namespace; Docker refuses it, and so does every registry.
     if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
