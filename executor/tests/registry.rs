@@ -700,3 +700,87 @@ fn basic_auth_with_docker_config() {
     let err = rt.block_on(anon.pull_image(&image)).unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
 }
+
+#[test]
+fn docker_hub_images_come_from_mirrors_in_order() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "mirrored\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    // As a pull-through cache stores it: official images under library/, and a second
+    // copy under a path prefix.
+    skopeo_push(&dir, "v1", &format!("{}/library/hello:v1", reg.addr), &[]);
+    skopeo_push(
+        &dir,
+        "v1",
+        &format!("{}/hub/library/hello:v1", reg.addr),
+        &[],
+    );
+
+    let dead_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("127.0.0.1:{dead_port}");
+    let rt = rt();
+    for mirrors in [
+        vec![reg.addr.clone()],
+        vec![dead.clone(), format!("{}/hub", reg.addr)],
+    ] {
+        let mut opts = reg.options();
+        opts.insecure_registries.push(dead.clone());
+        opts.mirrors = mirrors;
+        let registry = Registry::new(opts).unwrap();
+        let pulled = rt.block_on(registry.pull_image("hello:v1")).unwrap();
+        assert_eq!(pulled.reference, "docker.io/library/hello:v1");
+        assert_eq!(pulled.manifest_digest, img.manifest_digest);
+        let dest = tmp.path().join("mirrored-layer");
+        rt.block_on(registry.fetch_blob_to_file("hello:v1", &img.layer_digest, &dest))
+            .unwrap();
+        assert_eq!(file_digest(&dest), img.layer_digest);
+        std::fs::remove_file(&dest).unwrap();
+    }
+}
+
+#[test]
+fn non_image_artifacts_are_refused_with_their_media_type() {
+    let reg = TestRegistry::start();
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let config = br#"{"name":"chart"}"#.to_vec();
+    let content = b"not a layer".to_vec();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": sha256_digest(&content), "size": content.len()}]
+    }))
+    .unwrap();
+    let blobs = [&config, &content].map(|b| Blob {
+        digest: sha256_digest(b),
+        size: b.len() as u64,
+        source: BlobSource::Bytes(b.clone()),
+    });
+    let image = format!("{}/charts/app:1", reg.addr);
+    rt.block_on(registry.push_image(&image, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap();
+    let err = rt.block_on(registry.pull_image(&image)).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnsupportedMediaType { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("helm.config"), "{err}");
+
+    // A blob whose bytes do not match its digest is refused before anything is sent.
+    let lying = [Blob {
+        digest: sha256_digest(b"something else"),
+        size: config.len() as u64,
+        source: BlobSource::Bytes(config.clone()),
+    }];
+    let err = rt
+        .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidBlob { .. }), "{err}");
+}

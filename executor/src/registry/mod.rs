@@ -15,7 +15,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
+use oci_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -317,17 +317,14 @@ impl Registry {
         }
     }
 
-    /// Hands the credentials for `r`'s registry to the client and, for token registries,
-    /// fetches a token for `op`. Failures surface on the request that follows, where
-    /// they are classified.
-    async fn prepare(&self, client: &Client, r: &Reference, op: RegistryOperation) {
+    /// Hands the credentials for `r`'s registry to the client. oci-client then runs the
+    /// token or basic flow on each request and caches tokens per repository and operation;
+    /// a failed token request surfaces as a 401 on the request itself, classified there.
+    async fn prepare(&self, client: &Client, r: &Reference) {
         let auth = self.registry_auth(r);
         client
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
-        if let Err(e) = client.auth(r, &auth, op).await {
-            tracing::debug!(registry = r.registry(), error = %error::redact(&e.to_string(), &self.secrets), "registry authentication failed");
-        }
     }
 
     fn ctx<'a>(&'a self, ep: &'a Reference, reference: &'a str, what: &'a str) -> ErrorContext<'a> {
@@ -405,7 +402,7 @@ impl Registry {
         normalized: &str,
     ) -> Result<RemoteImage, RegistryError> {
         let client = self.client_for(ep);
-        self.prepare(client, ep, RegistryOperation::Pull).await;
+        self.prepare(client, ep).await;
         let (mut bytes, mut digest) = self.fetch_manifest(client, ep, normalized).await?;
         let mut media_type = sniff_media_type(&bytes);
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
@@ -465,7 +462,7 @@ impl Registry {
             .iter()
             .find(|l| !ACCEPTED_LAYERS.contains(&l.media_type().to_string().as_str()))
         {
-            return Err(unsupported(&layer.media_type().to_string()));
+            return Err(unsupported(layer.media_type().as_ref()));
         }
 
         let config_digest = manifest.config().digest().to_string();
@@ -553,7 +550,7 @@ impl Registry {
         dest: &Path,
     ) -> Result<u64, RegistryError> {
         let client = self.client_for(ep);
-        self.prepare(client, ep, RegistryOperation::Pull).await;
+        self.prepare(client, ep).await;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
         let dir = match dest.parent() {
@@ -612,7 +609,7 @@ impl Registry {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let client = self.client_for(&r);
-        self.prepare(client, &r, RegistryOperation::Pull).await;
+        self.prepare(client, &r).await;
         let what = format!("blob {digest}");
         client
             .blob_exists(&r, digest)
@@ -650,7 +647,7 @@ impl Registry {
             }
         }
         let client = self.client_for(&r);
-        self.prepare(client, &r, RegistryOperation::Push).await;
+        self.prepare(client, &r).await;
 
         let uploaded: Vec<bool> = futures_util::stream::iter(blobs.iter())
             .map(|b| self.push_blob(client, &r, &normalized, b))
