@@ -59,6 +59,11 @@ impl TestRegistry {
 
     /// `htpasswd`: content of an htpasswd file (bcrypt) to protect the registry with.
     fn start_with_auth(htpasswd: Option<&str>) -> TestRegistry {
+        Self::start_full(htpasswd, false)
+    }
+
+    /// With `tls`, serves HTTPS with a fresh self-signed certificate for 127.0.0.1.
+    fn start_full(htpasswd: Option<&str>, tls: bool) -> TestRegistry {
         let bin = require_tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("storage");
@@ -79,6 +84,30 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
                 path.display()
+            ));
+        }
+        if tls {
+            require_tool("openssl");
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            run(Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null()));
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -783,4 +812,56 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))
         .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidBlob { .. }), "{err}");
+}
+
+#[test]
+fn self_signed_tls_needs_skip_tls_verify() {
+    let reg = TestRegistry::start_full(None, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "tls\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/tls/app:v1", reg.addr);
+    skopeo_push(&dir, "v1", &image, &[]);
+
+    let rt = rt();
+    let base = RegistryOptions {
+        docker_config: Some(reg.empty_docker_config()),
+        ..RegistryOptions::default()
+    };
+    let verifying = Registry::new(base.clone()).unwrap();
+    let err = rt.block_on(verifying.pull_image(&image)).unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("--skip-tls-verify-registry"),
+        "{err}"
+    );
+
+    let per_registry = Registry::new(RegistryOptions {
+        skip_tls_verify_registries: vec![reg.addr.clone()],
+        ..base.clone()
+    })
+    .unwrap();
+    let pulled = rt.block_on(per_registry.pull_image(&image)).unwrap();
+    assert_eq!(pulled.manifest_digest, img.manifest_digest);
+
+    let global = Registry::new(RegistryOptions {
+        skip_tls_verify: true,
+        ..base
+    })
+    .unwrap();
+    let blobs = [Blob {
+        digest: img.config_digest.clone(),
+        size: img.config.len() as u64,
+        source: BlobSource::Bytes(img.config.clone()),
+    }];
+    let d = rt
+        .block_on(global.push_image(
+            &format!("{}/tls/app:v2", reg.addr),
+            &blobs,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap();
+    assert_eq!(d, img.manifest_digest);
 }
