@@ -865,3 +865,64 @@ fn self_signed_tls_needs_skip_tls_verify() {
         .unwrap();
     assert_eq!(d, img.manifest_digest);
 }
+
+#[test]
+fn pull_into_a_layout_that_umoci_unpacks() {
+    require_tool("umoci");
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "warmed\n");
+    let dir = tmp.path().join("src");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/warm/app:v1", reg.addr);
+    skopeo_push(&dir, "v1", &image, &[]);
+    let docker_image = format!("{}/warm/docker:v1", reg.addr);
+    skopeo_push(&dir, "v1", &docker_image, &["--format", "v2s2"]);
+
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let cache = OciLayout::create(&tmp.path().join("cache")).unwrap();
+    let pulled = rt
+        .block_on(registry.pull_to_layout(&image, &cache, Some("warm-app")))
+        .unwrap();
+    let desc = cache.resolve("warm-app").unwrap();
+    assert_eq!(desc.digest().to_string(), pulled.manifest_digest);
+    assert_eq!(
+        cache.read_blob_verified(&pulled.manifest_digest).unwrap(),
+        pulled.manifest_bytes
+    );
+    for l in pulled.manifest.layers() {
+        cache.verify_blob(&l.digest().to_string()).unwrap();
+    }
+    // Pulling again reuses the stored layers and keeps one index entry.
+    rt.block_on(registry.pull_to_layout(&image, &cache, Some("warm-app")))
+        .unwrap();
+    assert_eq!(cache.manifests().unwrap().len(), 1);
+
+    // Docker-typed manifests are stored as served, so the cache keeps the registry's
+    // digest (skopeo and umoci only resolve OCI-typed entries by name; kiln reads both).
+    let docker = rt
+        .block_on(registry.pull_to_layout(&docker_image, &cache, Some("warm-docker")))
+        .unwrap();
+    let desc = cache.resolve("warm-docker").unwrap();
+    assert_eq!(desc.digest().to_string(), docker.manifest_digest);
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        cache.read_blob_verified(&docker.manifest_digest).unwrap(),
+        docker.manifest_bytes
+    );
+    assert_eq!(cache.manifests().unwrap().len(), 2);
+
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:warm-app", cache.dir().display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
+        "warmed\n"
+    );
+}

@@ -85,6 +85,9 @@ pub enum RegistryError {
     #[error("cannot create the HTTP client: {detail}")]
     Client { detail: String },
 
+    #[error(transparent)]
+    Layout(#[from] super::layout::LayoutError),
+
     #[error("{action} {path}: {source}; check that the directory exists, is writable and has free space")]
     Io {
         action: &'static str,

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, MediaType};
+use oci_spec::image::Descriptor;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -137,6 +137,8 @@ impl OciLayout {
 
     /// Stores the file `src` as blob `digest`: hard-linked when on the same filesystem,
     /// copied otherwise, hashed either way and renamed into place only when it matches.
+    /// A hard link shares the inode, so `src` must not be modified afterwards (layer files
+    /// are written once).
     pub fn write_blob_file(&self, src: &Path, digest: &str) -> Result<(), LayoutError> {
         check_digest(digest)?;
         if self.has_blob(digest) {
@@ -166,6 +168,13 @@ impl OciLayout {
             });
         }
         // Cross-device or a filesystem without hard links: copy while hashing.
+        self.copy_blob(src, digest)
+    }
+
+    /// Copies `src` into the blob store through a temporary file, hashing on the way.
+    fn copy_blob(&self, src: &Path, digest: &str) -> Result<(), LayoutError> {
+        let dest = self.blob_path(digest);
+        let dir = self.blob_dir();
         let mut input = File::open(src).map_err(io_err("cannot open", src))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-blob-")
@@ -403,11 +412,6 @@ fn hash_file(path: &Path) -> Result<String, LayoutError> {
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
-/// Converts a media type string for callers building `oci_spec` descriptors.
-pub fn media_type(s: &str) -> MediaType {
-    MediaType::from(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +465,28 @@ mod tests {
         fs::write(layout.blob_path(&wrong), b"abc").unwrap();
         let e = layout.read_blob_verified(&wrong).unwrap_err();
         assert!(e.to_string().contains("digest mismatch"), "{e}");
+    }
+
+    #[test]
+    fn copy_fallback_verifies_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = OciLayout::create(&tmp.path().join("l")).unwrap();
+        let src = tmp.path().join("f");
+        fs::write(&src, b"copied").unwrap();
+        let d = crate::registry::sha256_digest(b"copied");
+        layout.copy_blob(&src, &d).unwrap();
+        layout.verify_blob(&d).unwrap();
+        let wrong = crate::registry::sha256_digest(b"other");
+        assert!(matches!(
+            layout.copy_blob(&src, &wrong),
+            Err(LayoutError::DigestMismatch { .. })
+        ));
+        assert_eq!(
+            fs::read_dir(tmp.path().join("l/blobs/sha256"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[test]

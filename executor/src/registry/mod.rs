@@ -604,6 +604,35 @@ impl Registry {
         Ok(written)
     }
 
+    /// Pulls `reference` (one platform) into an OCI layout: layers not yet in the layout
+    /// are streamed into it with verification, then the config and the manifest, which is
+    /// recorded in `index.json` under `ref_name` last, so a reader never sees a manifest
+    /// whose blobs are missing. Returns the pulled image.
+    ///
+    /// Manifests are stored byte for byte as served, Docker media types included, so the
+    /// layout keeps the registry's digests; skopeo and umoci resolve only OCI-typed entries
+    /// by name, kiln reads both.
+    pub async fn pull_to_layout(
+        &self,
+        reference: &str,
+        layout: &OciLayout,
+        ref_name: Option<&str>,
+    ) -> Result<RemoteImage, RegistryError> {
+        let image = self.pull_image(reference).await?;
+        for layer in image.manifest.layers() {
+            let digest = layer.digest().to_string();
+            if layout.has_blob(&digest) {
+                continue;
+            }
+            self.fetch_blob_to_file(reference, &digest, &layout.blob_path(&digest))
+                .await?;
+        }
+        let config_digest = layout.write_blob_bytes(&image.config_bytes)?;
+        debug_assert_eq!(config_digest, image.config_digest);
+        layout.add_manifest(&image.manifest_bytes, &image.manifest_media_type, ref_name)?;
+        Ok(image)
+    }
+
     /// Whether blob `digest` exists in the repository of `reference`.
     pub async fn blob_exists(&self, reference: &str, digest: &str) -> Result<bool, RegistryError> {
         let r = parse_reference(reference)?;
