@@ -892,7 +892,7 @@ fn pull_into_a_layout_that_umoci_unpacks() {
         pulled.manifest_bytes
     );
     for l in pulled.manifest.layers() {
-        cache.verify_blob(&l.digest().to_string()).unwrap();
+        cache.verify_blob(l.digest().as_ref()).unwrap();
     }
     // Pulling again reuses the stored layers and keeps one index entry.
     rt.block_on(registry.pull_to_layout(&image, &cache, Some("warm-app")))
