@@ -1,0 +1,304 @@
+//! The one error type of registry access, and the translation of oci-client failures into it.
+//! It must never carry credentials: every message is built from registry names, references,
+//! digests and status codes only, and free text from servers goes through [`redact`].
+
+use std::path::PathBuf;
+
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+
+/// What went wrong while talking to a registry or reading a docker config.
+///
+/// Each message names the registry and reference and says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {reference:?}: {reason}; use a name like registry.example.com/team/app:tag or app@sha256:<64 hex>")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("unauthorized for {reference} on registry {registry}: check the credentials for {registry} in the docker config ({config})")]
+    Unauthorized {
+        registry: String,
+        reference: String,
+        config: String,
+    },
+
+    #[error(
+        "{what} not found for {reference} on registry {registry}: check the image name and tag"
+    )]
+    NotFound {
+        registry: String,
+        reference: String,
+        what: String,
+    },
+
+    #[error("cannot reach registry {registry} for {reference} ({detail}): check the address; for a plain-HTTP registry use --insecure-registry={registry}, for a self-signed certificate --skip-tls-verify-registry={registry}")]
+    Unreachable {
+        registry: String,
+        reference: String,
+        detail: String,
+    },
+
+    #[error("digest mismatch for {what} of {reference} from registry {registry}: expected {expected}, got {actual}; the registry or a proxy served corrupted content, retry or check the registry's storage")]
+    DigestMismatch {
+        registry: String,
+        reference: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("unsupported media type {media_type} for {reference} on registry {registry}: kiln reads Docker v2 schema 2 and OCI manifests, indexes and configs only")]
+    UnsupportedMediaType {
+        registry: String,
+        reference: String,
+        media_type: String,
+    },
+
+    #[error("platform {wanted} not found in the image index of {reference} on registry {registry}; available: {available}; choose one of these with --custom-platform")]
+    PlatformNotFound {
+        registry: String,
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+
+    #[error("invalid {what} for {reference} from registry {registry}: {detail}")]
+    InvalidContent {
+        registry: String,
+        reference: String,
+        what: String,
+        detail: String,
+    },
+
+    #[error("registry {registry} failed a request for {reference}: {detail}")]
+    Registry {
+        registry: String,
+        reference: String,
+        detail: String,
+    },
+
+    #[error("cannot read docker config {path}: {detail}; fix the file or point --docker-config / $DOCKER_CONFIG elsewhere")]
+    DockerConfig { path: PathBuf, detail: String },
+
+    #[error("invalid blob {blob}: {detail}")]
+    InvalidBlob { blob: String, detail: String },
+
+    #[error("cannot create the HTTP client: {detail}")]
+    Client { detail: String },
+
+    #[error(transparent)]
+    Layout(#[from] super::layout::LayoutError),
+
+    #[error("{action} {path}: {source}; check that the directory exists, is writable and has free space")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RegistryError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        RegistryError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Where a failing request went; used to build errors from oci-client failures.
+pub(crate) struct ErrorContext<'a> {
+    pub registry: &'a str,
+    pub reference: &'a str,
+    /// What was being fetched or pushed ("manifest", "blob sha256:…", "config").
+    pub what: &'a str,
+    /// The docker config in use, for the "check your credentials" hint.
+    pub config: &'a str,
+    /// Secrets that must not leak into a message even if a server echoes them.
+    pub secrets: &'a [String],
+}
+
+impl ErrorContext<'_> {
+    fn unauthorized(&self) -> RegistryError {
+        RegistryError::Unauthorized {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            config: self.config.to_string(),
+        }
+    }
+
+    fn not_found(&self) -> RegistryError {
+        RegistryError::NotFound {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            what: self.what.to_string(),
+        }
+    }
+
+    pub(crate) fn other(&self, detail: impl AsRef<str>) -> RegistryError {
+        RegistryError::Registry {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            detail: redact(detail.as_ref(), self.secrets),
+        }
+    }
+
+    pub(crate) fn mismatch(&self, expected: &str, actual: &str) -> RegistryError {
+        RegistryError::DigestMismatch {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            what: self.what.to_string(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+
+    /// Classifies an oci-client failure into the variant that tells the user what to do.
+    pub(crate) fn map(&self, err: OciDistributionError) -> RegistryError {
+        match err {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => self.unauthorized(),
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
+                    self.unauthorized()
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    self.not_found()
+                } else {
+                    self.other(envelope.to_string())
+                }
+            }
+            OciDistributionError::ServerError { code, .. } if code == 401 || code == 403 => {
+                self.unauthorized()
+            }
+            OciDistributionError::ServerError { code: 404, .. } => self.not_found(),
+            OciDistributionError::ServerError { code, message, .. } => {
+                self.other(format!("HTTP {code}: {}", first_line(&message)))
+            }
+            OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => self.mismatch(&expected, &actual),
+            OciDistributionError::UnsupportedMediaTypeError(media_type)
+            | OciDistributionError::IncompatibleLayerMediaTypeError(media_type) => {
+                RegistryError::UnsupportedMediaType {
+                    registry: self.registry.to_string(),
+                    reference: self.reference.to_string(),
+                    media_type,
+                }
+            }
+            OciDistributionError::RequestError(e) => {
+                if e.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403)
+                {
+                    self.unauthorized()
+                } else if e.status().is_some_and(|s| s.as_u16() == 404) {
+                    self.not_found()
+                } else if e.is_connect() || e.is_timeout() || e.is_request() {
+                    RegistryError::Unreachable {
+                        registry: self.registry.to_string(),
+                        reference: self.reference.to_string(),
+                        detail: redact(&error_chain(&e), self.secrets),
+                    }
+                } else {
+                    self.other(error_chain(&e))
+                }
+            }
+            OciDistributionError::IoError(e) => self.map_io(&e),
+            other => self.other(other.to_string()),
+        }
+    }
+
+    /// Stream errors from oci-client arrive as `io::Error`s that may wrap a digest failure.
+    pub(crate) fn map_io(&self, e: &std::io::Error) -> RegistryError {
+        if let Some(oci_client::errors::DigestError::VerificationError { expected, actual }) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
+        {
+            return self.mismatch(expected, actual);
+        }
+        self.other(error_chain(e))
+    }
+}
+
+/// The error and its sources on one line, because reqwest hides the useful part
+/// ("connection refused", "invalid certificate") in the source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn first_line(s: &str) -> &str {
+    let line = s.lines().next().unwrap_or("").trim();
+    // Servers may answer with whole HTML pages; keep error lines short.
+    match line.char_indices().nth(200) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    }
+}
+
+/// Replaces every non-empty secret in `text` with `<redacted>`, as a last line of defence
+/// should a server echo a credential back in an error body.
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(s.as_str(), "<redacted>");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_secrets() {
+        let secrets = vec!["hunter22".to_string()];
+        assert_eq!(
+            redact("bad password hunter22!", &secrets),
+            "bad password <redacted>!"
+        );
+    }
+
+    #[test]
+    fn server_404_is_not_found() {
+        let ctx = ErrorContext {
+            registry: "r.example",
+            reference: "r.example/a:b",
+            what: "manifest",
+            config: "none",
+            secrets: &[],
+        };
+        let e = ctx.map(OciDistributionError::ServerError {
+            code: 404,
+            url: "u".into(),
+            message: "".into(),
+        });
+        assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+        assert!(e.to_string().contains("check the image name and tag"));
+    }
+}

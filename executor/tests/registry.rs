@@ -1,0 +1,928 @@
+//! Registry layer against a real registry (Debian's `docker-registry`) and real image tools
+//! (skopeo, umoci). Each test starts its own registry on a free loopback port and stops it
+//! on drop. Missing tools make the tests fail with a message saying what to install.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_executor::registry::{
+    sha256_digest, Blob, BlobSource, OciLayout, Platform, Registry, RegistryError, RegistryOptions,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+};
+use serde_json::json;
+
+fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} is not installed; these tests need it (Debian: apt-get install -y {pkg})",
+        pkg = match name {
+            "docker-registry" => "docker-registry",
+            "htpasswd" => "apache2-utils",
+            other => other,
+        }
+    );
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `docker-registry serve` process with its own storage; killed on drop.
+struct TestRegistry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    fn start() -> TestRegistry {
+        Self::start_with_auth(None)
+    }
+
+    /// `htpasswd`: content of an htpasswd file (bcrypt) to protect the registry with.
+    fn start_with_auth(htpasswd: Option<&str>) -> TestRegistry {
+        Self::start_full(htpasswd, false)
+    }
+
+    /// With `tls`, serves HTTPS with a fresh self-signed certificate for 127.0.0.1.
+    fn start_full(htpasswd: Option<&str>, tls: bool) -> TestRegistry {
+        let bin = require_tool("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some(h) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, h).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                path.display()
+            ));
+        }
+        if tls {
+            require_tool("openssl");
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            run(Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null()));
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start docker-registry");
+        let mut reg = TestRegistry {
+            child,
+            addr,
+            storage,
+            _dir: dir,
+        };
+        reg.wait_ready();
+        reg
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self._dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                panic!("docker-registry exited with {status}: {log}");
+            }
+            if let Ok(mut s) = TcpStream::connect(&self.addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                if s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok() {
+                    let mut buf = [0u8; 12];
+                    if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {} within 15 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure_registries: vec![self.addr.clone()],
+            // No docker config from the environment: tests say what they use.
+            docker_config: Some(self.empty_docker_config()),
+            ..RegistryOptions::default()
+        }
+    }
+
+    fn empty_docker_config(&self) -> PathBuf {
+        let p = self._dir.path().join("empty-config.json");
+        std::fs::write(&p, "{}").unwrap();
+        p
+    }
+
+    /// Where the registry stores blob `digest`.
+    fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-layer image written with our own layout writer.
+struct TestImage {
+    layer_path: PathBuf,
+    layer_digest: String,
+    layer_size: u64,
+    config: Vec<u8>,
+    config_digest: String,
+    manifest: Vec<u8>,
+    manifest_digest: String,
+}
+
+fn make_image(work: &Path, arch: &str, content: &str) -> TestImage {
+    std::fs::create_dir_all(work).unwrap();
+    let mut tar_bytes = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tar_bytes);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "hello.txt", content.as_bytes())
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let diff_id = sha256_digest(&tar_bytes);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar_bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    let layer_digest = sha256_digest(&gz);
+    let layer_path = work.join(format!("layer-{arch}.tar.gz"));
+    std::fs::write(&layer_path, &gz).unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "created": "2023-11-14T22:13:20Z",
+        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "kiln test"}]
+    }))
+    .unwrap();
+    let config_digest = sha256_digest(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()}]
+    }))
+    .unwrap();
+    TestImage {
+        layer_path,
+        layer_digest,
+        layer_size: gz.len() as u64,
+        config_digest,
+        manifest_digest: sha256_digest(&manifest),
+        config,
+        manifest,
+    }
+}
+
+fn write_to_layout(layout: &OciLayout, img: &TestImage, ref_name: Option<&str>) {
+    layout
+        .write_blob_file(&img.layer_path, &img.layer_digest)
+        .unwrap();
+    assert_eq!(
+        layout.write_blob_bytes(&img.config).unwrap(),
+        img.config_digest
+    );
+    let d = layout
+        .add_manifest(&img.manifest, MEDIA_TYPE_OCI_MANIFEST, ref_name)
+        .unwrap();
+    assert_eq!(d, img.manifest_digest);
+}
+
+/// Puts `oci:<layout>:<ref>` into the registry with skopeo.
+fn skopeo_push(layout: &Path, ref_name: &str, dest: &str, extra: &[&str]) {
+    require_tool("skopeo");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(extra)
+        .arg(format!("oci:{}:{ref_name}", layout.display()))
+        .arg(format!("docker://{dest}")));
+}
+
+fn file_digest(p: &Path) -> String {
+    sha256_digest(&std::fs::read(p).unwrap())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn layout_is_accepted_by_skopeo_and_umoci() {
+    require_tool("skopeo");
+    require_tool("umoci");
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "hello from kiln\n");
+    let dir = tmp.path().join("layout");
+    let layout = OciLayout::create(&dir).unwrap();
+    write_to_layout(&layout, &img, Some("v1"));
+
+    let out = run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v1", dir.display())));
+    assert_eq!(out.as_bytes(), &img.manifest[..]);
+    let out = run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:v1", dir.display())));
+    assert!(out.contains(&img.manifest_digest), "{out}");
+
+    run(Command::new("umoci")
+        .args(["stat", "--image"])
+        .arg(format!("{}:v1", dir.display())));
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v1", dir.display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
+        "hello from kiln\n"
+    );
+}
+
+#[test]
+fn pull_manifest_config_and_verified_blobs() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "pull me\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let oci_ref = format!("{}/test/oci:v1", reg.addr);
+    let docker_ref = format!("{}/test/docker:v1", reg.addr);
+    skopeo_push(&dir, "v1", &oci_ref, &[]);
+    // Docker v2 schema 2 media types, as most registries still serve them.
+    skopeo_push(&dir, "v1", &docker_ref, &["--format", "v2s2"]);
+
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+
+    let pulled = rt.block_on(registry.pull_image(&oci_ref)).unwrap();
+    assert_eq!(pulled.reference, oci_ref);
+    assert_eq!(pulled.manifest_digest, img.manifest_digest);
+    assert_eq!(pulled.manifest_bytes, img.manifest);
+    assert_eq!(pulled.config_digest, img.config_digest);
+    assert_eq!(pulled.config_bytes, img.config);
+    assert_eq!(pulled.config.architecture().to_string(), "amd64");
+    assert!(pulled.index_digest.is_none());
+
+    // By digest, the manifest digest is checked against the reference.
+    let by_digest = format!("{}/test/oci@{}", reg.addr, img.manifest_digest);
+    let again = rt.block_on(registry.pull_image(&by_digest)).unwrap();
+    assert_eq!(again.manifest_digest, img.manifest_digest);
+
+    let docker = rt.block_on(registry.pull_image(&docker_ref)).unwrap();
+    assert_eq!(
+        docker.manifest_media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        docker.manifest.layers()[0].media_type().to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    assert_eq!(docker.config.rootfs().diff_ids().len(), 1);
+    let layer_digest = docker.manifest.layers()[0].digest().to_string();
+
+    let dest = tmp.path().join("blobs/layer");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let n = rt
+        .block_on(registry.fetch_blob_to_file(&docker_ref, &layer_digest, &dest))
+        .unwrap();
+    assert_eq!(n, std::fs::metadata(&dest).unwrap().len());
+    assert_eq!(file_digest(&dest), layer_digest);
+    let leftovers: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("layer")]);
+}
+
+#[test]
+fn corrupted_blob_and_missing_things_are_reported() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "corrupt me\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/test/corrupt:v1", reg.addr);
+    skopeo_push(&dir, "v1", &image, &[]);
+
+    // Damage the layer inside the registry's storage: the registry serves it as is.
+    let data = reg.blob_data_path(&img.layer_digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let dest = out.join("layer");
+    let err = rt
+        .block_on(registry.fetch_blob_to_file(&image, &img.layer_digest, &dest))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&img.layer_digest) && msg.contains(&reg.addr),
+        "{msg}"
+    );
+    assert!(!dest.exists());
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "temp file left behind"
+    );
+
+    // A corrupted config fails the pull.
+    let cdata = reg.blob_data_path(&img.config_digest);
+    let mut c = std::fs::read(&cdata).unwrap();
+    c[0] = b' ';
+    std::fs::write(&cdata, &c).unwrap();
+    let err = rt.block_on(registry.pull_image(&image)).unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+
+    // Unknown tag and unknown blob.
+    let err = rt
+        .block_on(registry.pull_image(&format!("{}/test/corrupt:nope", reg.addr)))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    assert!(
+        err.to_string().contains("check the image name and tag"),
+        "{err}"
+    );
+    let missing = sha256_digest(b"not there");
+    let err = rt
+        .block_on(registry.fetch_blob_to_file(&image, &missing, &dest))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn unreachable_registry_says_what_to_check() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let registry = Registry::new(RegistryOptions {
+        insecure_registries: vec![addr.clone()],
+        docker_config: Some(cfg),
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    let err = rt()
+        .block_on(registry.pull_image(&format!("{addr}/x/y:1")))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("--insecure-registry"), "{err}");
+}
+
+#[test]
+fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
+    require_tool("skopeo");
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "pushed by kiln\n");
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let target = format!("{}/kiln/pushed:v1", reg.addr);
+    let blobs = vec![
+        Blob {
+            digest: img.layer_digest.clone(),
+            size: img.layer_size,
+            source: BlobSource::File(img.layer_path.clone()),
+        },
+        Blob {
+            digest: img.config_digest.clone(),
+            size: img.config.len() as u64,
+            source: BlobSource::Bytes(img.config.clone()),
+        },
+    ];
+    let digest = rt
+        .block_on(registry.push_image(&target, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap();
+    assert_eq!(digest, img.manifest_digest);
+
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}")));
+    assert_eq!(
+        raw.as_bytes(),
+        &img.manifest[..],
+        "manifest not pushed byte for byte"
+    );
+    let info = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{target}")));
+    assert!(info.contains(&digest), "{info}");
+
+    let back = tmp.path().join("back");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .arg(format!("oci:{}:v1", back.display())));
+    let layout = OciLayout::open(&back).unwrap();
+    assert_eq!(
+        layout.resolve("v1").unwrap().digest().to_string(),
+        img.manifest_digest
+    );
+    layout.verify_blob(&img.layer_digest).unwrap();
+    assert_eq!(
+        layout.read_blob_verified(&img.config_digest).unwrap(),
+        img.config
+    );
+
+    // Second push under another tag: the blobs exist, so their sources are never read
+    // (the file path below does not exist and would fail if it were opened).
+    let gone = vec![Blob {
+        digest: img.layer_digest.clone(),
+        size: img.layer_size,
+        source: BlobSource::File(tmp.path().join("does-not-exist")),
+    }];
+    let d2 = rt
+        .block_on(registry.push_image(
+            &format!("{}/kiln/pushed:v2", reg.addr),
+            &gone,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap();
+    assert_eq!(d2, digest);
+
+    // In a fresh repository the same missing source fails with the path in the message,
+    // and no manifest is pushed.
+    let err = rt
+        .block_on(registry.push_image(
+            &format!("{}/kiln/other:v1", reg.addr),
+            &gone,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("does-not-exist"), "{err}");
+    let err = rt
+        .block_on(registry.pull_image(&format!("{}/kiln/other:v1", reg.addr)))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+
+    // A manifest naming a blob that is neither given nor present is refused before upload.
+    let err = rt
+        .block_on(registry.push_image(
+            &format!("{}/kiln/third:v1", reg.addr),
+            &blobs[..1],
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains(&img.config_digest), "{err}");
+}
+
+#[test]
+fn image_index_picks_the_configured_platform() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let amd = make_image(&tmp.path().join("amd"), "amd64", "amd64\n");
+    let arm = make_image(&tmp.path().join("arm"), "arm64", "arm64\n");
+    let dir = tmp.path().join("layout");
+    let layout = OciLayout::create(&dir).unwrap();
+    write_to_layout(&layout, &amd, None);
+    write_to_layout(&layout, &arm, None);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_INDEX,
+        "manifests": [
+            {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": amd.manifest_digest, "size": amd.manifest.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": arm.manifest_digest, "size": arm.manifest.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}
+        ]
+    }))
+    .unwrap();
+    let index_digest = layout
+        .add_manifest(&index, MEDIA_TYPE_OCI_INDEX, Some("multi"))
+        .unwrap();
+    let image = format!("{}/test/multi:latest", reg.addr);
+    skopeo_push(&dir, "multi", &image, &["--all"]);
+
+    let rt = rt();
+    let pull = |platform: &str| {
+        let mut opts = reg.options();
+        opts.platform = platform.parse::<Platform>().unwrap();
+        let registry = Registry::new(opts).unwrap();
+        rt.block_on(registry.pull_image(&image))
+    };
+    let a = pull("linux/amd64").unwrap();
+    assert_eq!(a.manifest_digest, amd.manifest_digest);
+    assert_eq!(a.index_digest.as_deref(), Some(index_digest.as_str()));
+    assert_eq!(a.config.architecture().to_string(), "amd64");
+    let b = pull("linux/arm64").unwrap();
+    assert_eq!(b.manifest_digest, arm.manifest_digest);
+    assert_eq!(b.config_bytes, arm.config);
+    let b8 = pull("linux/arm64/v8").unwrap();
+    assert_eq!(b8.manifest_digest, arm.manifest_digest);
+
+    let err = pull("linux/s390x").unwrap_err();
+    assert!(
+        matches!(err, RegistryError::PlatformNotFound { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("linux/s390x")
+            && msg.contains("linux/amd64")
+            && msg.contains("linux/arm64/v8"),
+        "{msg}"
+    );
+}
+
+/// A bcrypt htpasswd line, from apache2-utils' htpasswd or Python's crypt module.
+fn htpasswd_line(user: &str, password: &str) -> String {
+    if let Ok(out) = Command::new("htpasswd")
+        .args(["-nbB", user, password])
+        .output()
+    {
+        if out.status.success() {
+            return String::from_utf8(out.stdout).unwrap().trim().to_string() + "\n";
+        }
+    }
+    let script =
+        "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))";
+    let out = Command::new("python3")
+        .args(["-W", "ignore", "-c", script, password])
+        .output();
+    match out {
+        Ok(o) if o.status.success() && o.stdout.starts_with(b"$2") => {
+            format!("{user}:{}\n", String::from_utf8(o.stdout).unwrap().trim())
+        }
+        _ => panic!(
+            "cannot make a bcrypt password hash: install apache2-utils (htpasswd) or a python3 with the crypt module"
+        ),
+    }
+}
+
+#[test]
+fn basic_auth_with_docker_config() {
+    use base64::Engine as _;
+    let password = "Kiln-s3cret-Passw0rd";
+    let reg = TestRegistry::start_with_auth(Some(&htpasswd_line("kiln", password)));
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "private\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/private/app:v1", reg.addr);
+    skopeo_push(
+        &dir,
+        "v1",
+        &image,
+        &["--dest-creds", &format!("kiln:{password}")],
+    );
+
+    let config_with = |user: &str, pw: &str, key: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        let path = tmp.path().join(format!("config-{user}-{}.json", pw.len()));
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&json!({"auths": {key: {"auth": auth}}})).unwrap(),
+        )
+        .unwrap();
+        path
+    };
+    let rt = rt();
+    let registry_with = |cfg: PathBuf| {
+        let mut opts = reg.options();
+        opts.docker_config = Some(cfg);
+        Registry::new(opts).unwrap()
+    };
+
+    // Right credentials, keyed with a scheme as `docker login` writes them.
+    let good = registry_with(config_with(
+        "kiln",
+        password,
+        &format!("http://{}", reg.addr),
+    ));
+    let pulled = rt.block_on(good.pull_image(&image)).unwrap();
+    assert_eq!(pulled.manifest_digest, img.manifest_digest);
+    let dest = tmp.path().join("layer");
+    rt.block_on(good.fetch_blob_to_file(&image, &img.layer_digest, &dest))
+        .unwrap();
+    // Push with the same credentials.
+    let blobs = vec![Blob {
+        digest: img.config_digest.clone(),
+        size: img.config.len() as u64,
+        source: BlobSource::Bytes(img.config.clone()),
+    }];
+    let pushed = rt
+        .block_on(good.push_image(
+            &format!("{}/private/app:v2", reg.addr),
+            &blobs,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap();
+    assert_eq!(pushed, img.manifest_digest);
+
+    // Wrong password: unauthorized, with a hint, and the password is nowhere in the error.
+    let wrong_pw = "Wrong-Passw0rd-kiln";
+    let bad = registry_with(config_with("kiln", wrong_pw, &reg.addr));
+    for err in [
+        rt.block_on(bad.pull_image(&image)).unwrap_err(),
+        rt.block_on(bad.fetch_blob_to_file(&image, &img.layer_digest, &tmp.path().join("x")))
+            .unwrap_err(),
+        rt.block_on(bad.push_image(&image, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+        let msg = format!("{err} {err:?}");
+        assert!(msg.contains("check the credentials"), "{msg}");
+        assert!(!msg.contains(wrong_pw) && !msg.contains(password), "{msg}");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("kiln:{wrong_pw}"));
+        assert!(!msg.contains(&b64), "{msg}");
+    }
+
+    // No credentials at all.
+    let anon = Registry::new(reg.options()).unwrap();
+    let err = rt.block_on(anon.pull_image(&image)).unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+}
+
+#[test]
+fn docker_hub_images_come_from_mirrors_in_order() {
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "mirrored\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    // As a pull-through cache stores it: official images under library/, and a second
+    // copy under a path prefix.
+    skopeo_push(&dir, "v1", &format!("{}/library/hello:v1", reg.addr), &[]);
+    skopeo_push(
+        &dir,
+        "v1",
+        &format!("{}/hub/library/hello:v1", reg.addr),
+        &[],
+    );
+
+    let dead_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("127.0.0.1:{dead_port}");
+    let rt = rt();
+    for mirrors in [
+        vec![reg.addr.clone()],
+        vec![dead.clone(), format!("{}/hub", reg.addr)],
+    ] {
+        let mut opts = reg.options();
+        opts.insecure_registries.push(dead.clone());
+        opts.mirrors = mirrors;
+        let registry = Registry::new(opts).unwrap();
+        let pulled = rt.block_on(registry.pull_image("hello:v1")).unwrap();
+        assert_eq!(pulled.reference, "docker.io/library/hello:v1");
+        assert_eq!(pulled.manifest_digest, img.manifest_digest);
+        let dest = tmp.path().join("mirrored-layer");
+        rt.block_on(registry.fetch_blob_to_file("hello:v1", &img.layer_digest, &dest))
+            .unwrap();
+        assert_eq!(file_digest(&dest), img.layer_digest);
+        std::fs::remove_file(&dest).unwrap();
+    }
+}
+
+#[test]
+fn non_image_artifacts_are_refused_with_their_media_type() {
+    let reg = TestRegistry::start();
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let config = br#"{"name":"chart"}"#.to_vec();
+    let content = b"not a layer".to_vec();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": sha256_digest(&content), "size": content.len()}]
+    }))
+    .unwrap();
+    let blobs = [&config, &content].map(|b| Blob {
+        digest: sha256_digest(b),
+        size: b.len() as u64,
+        source: BlobSource::Bytes(b.clone()),
+    });
+    let image = format!("{}/charts/app:1", reg.addr);
+    rt.block_on(registry.push_image(&image, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap();
+    let err = rt.block_on(registry.pull_image(&image)).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnsupportedMediaType { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("helm.config"), "{err}");
+
+    // A blob whose bytes do not match its digest is refused before anything is sent.
+    let lying = [Blob {
+        digest: sha256_digest(b"something else"),
+        size: config.len() as u64,
+        source: BlobSource::Bytes(config.clone()),
+    }];
+    let err = rt
+        .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidBlob { .. }), "{err}");
+}
+
+#[test]
+fn self_signed_tls_needs_skip_tls_verify() {
+    let reg = TestRegistry::start_full(None, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "tls\n");
+    let dir = tmp.path().join("layout");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/tls/app:v1", reg.addr);
+    skopeo_push(&dir, "v1", &image, &[]);
+
+    let rt = rt();
+    let base = RegistryOptions {
+        docker_config: Some(reg.empty_docker_config()),
+        ..RegistryOptions::default()
+    };
+    let verifying = Registry::new(base.clone()).unwrap();
+    let err = rt.block_on(verifying.pull_image(&image)).unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("--skip-tls-verify-registry"),
+        "{err}"
+    );
+
+    let per_registry = Registry::new(RegistryOptions {
+        skip_tls_verify_registries: vec![reg.addr.clone()],
+        ..base.clone()
+    })
+    .unwrap();
+    let pulled = rt.block_on(per_registry.pull_image(&image)).unwrap();
+    assert_eq!(pulled.manifest_digest, img.manifest_digest);
+
+    let global = Registry::new(RegistryOptions {
+        skip_tls_verify: true,
+        ..base
+    })
+    .unwrap();
+    let blobs = [Blob {
+        digest: img.config_digest.clone(),
+        size: img.config.len() as u64,
+        source: BlobSource::Bytes(img.config.clone()),
+    }];
+    let d = rt
+        .block_on(global.push_image(
+            &format!("{}/tls/app:v2", reg.addr),
+            &blobs,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap();
+    assert_eq!(d, img.manifest_digest);
+}
+
+#[test]
+fn pull_into_a_layout_that_umoci_unpacks() {
+    require_tool("umoci");
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "warmed\n");
+    let dir = tmp.path().join("src");
+    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    let image = format!("{}/warm/app:v1", reg.addr);
+    skopeo_push(&dir, "v1", &image, &[]);
+    let docker_image = format!("{}/warm/docker:v1", reg.addr);
+    skopeo_push(&dir, "v1", &docker_image, &["--format", "v2s2"]);
+
+    let rt = rt();
+    let registry = Registry::new(reg.options()).unwrap();
+    let cache = OciLayout::create(&tmp.path().join("cache")).unwrap();
+    let pulled = rt
+        .block_on(registry.pull_to_layout(&image, &cache, Some("warm-app")))
+        .unwrap();
+    let desc = cache.resolve("warm-app").unwrap();
+    assert_eq!(desc.digest().to_string(), pulled.manifest_digest);
+    assert_eq!(
+        cache.read_blob_verified(&pulled.manifest_digest).unwrap(),
+        pulled.manifest_bytes
+    );
+    for l in pulled.manifest.layers() {
+        cache.verify_blob(l.digest().as_ref()).unwrap();
+    }
+    // Pulling again reuses the stored layers and keeps one index entry.
+    rt.block_on(registry.pull_to_layout(&image, &cache, Some("warm-app")))
+        .unwrap();
+    assert_eq!(cache.manifests().unwrap().len(), 1);
+
+    // Docker-typed manifests are stored as served, so the cache keeps the registry's
+    // digest (skopeo and umoci only resolve OCI-typed entries by name; kiln reads both).
+    let docker = rt
+        .block_on(registry.pull_to_layout(&docker_image, &cache, Some("warm-docker")))
+        .unwrap();
+    let desc = cache.resolve("warm-docker").unwrap();
+    assert_eq!(desc.digest().to_string(), docker.manifest_digest);
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        cache.read_blob_verified(&docker.manifest_digest).unwrap(),
+        docker.manifest_bytes
+    );
+    assert_eq!(cache.manifests().unwrap().len(), 2);
+
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:warm-app", cache.dir().display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
+        "warmed\n"
+    );
+}
