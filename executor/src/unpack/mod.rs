@@ -636,11 +636,13 @@ fn id32(id: u64) -> u32 {
 /// fit in it.
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
     let header = entry.header();
+    // Some writers leave numeric fields blank; like GNU tar, read a blank or garbled field as 0
+    // (root-owned, no permissions) rather than refusing the layer.
     let mut meta = EntryMeta {
-        mode: header.mode()? & 0o7777,
-        uid: header.uid()?,
-        gid: header.gid()?,
-        mtime: FileTime::from_unix_time(i64::try_from(header.mtime()?).unwrap_or(0), 0),
+        mode: header.mode().unwrap_or(0) & 0o7777,
+        uid: header.uid().unwrap_or(0),
+        gid: header.gid().unwrap_or(0),
+        mtime: FileTime::from_unix_time(i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0), 0),
         xattrs: Vec::new(),
     };
     if let Some(pax) = entry.pax_extensions()? {
