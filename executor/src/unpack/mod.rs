@@ -6,6 +6,7 @@
 //! lower-layer contents, an entry of a different type replaces what is there, and directory mtimes
 //! are set once every entry of the layer has been written.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -149,11 +150,16 @@ struct Unpacker<'a> {
     same_owner: bool,
     /// Ignored subtrees as host paths under `root`.
     ignore: Vec<PathBuf>,
-    /// Host paths written by this layer, which an opaque marker or whiteout must not delete.
+    /// Host paths written by this layer and their ancestors, which an opaque marker or whiteout
+    /// must not delete.
     seen: HashSet<PathBuf>,
     /// Directory mtimes, set last so that writing children does not disturb them.
     dir_times: Vec<(PathBuf, FileTime)>,
     buf: Vec<u8>,
+    /// The last parent directory resolved and created, as (in-image, host) paths: consecutive
+    /// entries mostly share one, and resolving costs an lstat per component. Dropped whenever
+    /// anything is removed or a symlink is created, the only changes that can alter a resolution.
+    parent_cache: RefCell<Option<(PathBuf, PathBuf)>>,
     stats: UnpackStats,
 }
 
@@ -177,6 +183,7 @@ impl<'a> Unpacker<'a> {
             seen: HashSet::new(),
             dir_times: Vec::new(),
             buf: vec![0; COPY_BUFFER],
+            parent_cache: RefCell::new(None),
             stats: UnpackStats::default(),
         }
     }
@@ -267,7 +274,16 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         }
 
-        let parent = self.resolve_dir(&name, parent_rel)?;
+        let cached = self
+            .parent_cache
+            .borrow()
+            .as_ref()
+            .filter(|(rel, _)| rel == parent_rel)
+            .map(|(_, host)| host.clone());
+        let parent = match &cached {
+            Some(parent) => parent.clone(),
+            None => self.resolve_dir(&name, parent_rel)?,
+        };
         let host = parent.join(&file_name);
         if self.is_ignored(&host) {
             tracing::debug!(entry = %name, "skipping entry in an ignored path");
@@ -281,8 +297,11 @@ impl<'a> Unpacker<'a> {
             );
             return Ok(());
         }
-        fs::create_dir_all(&parent)
-            .map_err(|e| self.apply_err(&name, "create parent directories", &parent, e))?;
+        if cached.is_none() {
+            fs::create_dir_all(&parent)
+                .map_err(|e| self.apply_err(&name, "create parent directories", &parent, e))?;
+            *self.parent_cache.borrow_mut() = Some((parent_rel.to_path_buf(), parent.clone()));
+        }
 
         let meta = read_meta(entry).map_err(|source| UnpackError::Read {
             layer: self.layer.to_path_buf(),
@@ -313,6 +332,7 @@ impl<'a> Unpacker<'a> {
                 // one out of the root.
                 let target = OsStr::from_bytes(&target).to_os_string();
                 self.remove_existing(&name, &host, false)?;
+                self.parent_cache.replace(None);
                 std::os::unix::fs::symlink(&target, &host)
                     .map_err(|e| self.apply_err(&name, "create symlink", &host, e))?;
                 self.set_meta(&name, &host, &meta, true)?;
@@ -346,9 +366,21 @@ impl<'a> Unpacker<'a> {
                 return Ok(());
             }
         }
-        self.seen.insert(host);
+        self.mark_seen(host);
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// Record a path this layer wrote, with its ancestors: an opaque marker or whiteout met later
+    /// in the layer must not delete the directories that lead to it either.
+    fn mark_seen(&mut self, host: PathBuf) {
+        let mut path = Some(host.as_path());
+        while let Some(p) = path {
+            if p == self.root || !self.seen.insert(p.to_path_buf()) {
+                break;
+            }
+            path = p.parent();
+        }
     }
 
     /// The entry names the root itself (`./`): only a directory makes sense, and it only updates
@@ -492,10 +524,14 @@ impl<'a> Unpacker<'a> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.apply_err(name, "inspect", host, e)),
         };
+        if meta.is_dir() && new_is_dir {
+            return Ok(());
+        }
+        if meta.is_dir() || meta.file_type().is_symlink() {
+            // Removing a file cannot change how a directory path resolves; these can.
+            self.parent_cache.replace(None);
+        }
         if meta.is_dir() {
-            if new_is_dir {
-                return Ok(());
-            }
             self.remove_tree(host)
                 .map_err(|e| self.apply_err(name, "remove directory", host, e))
         } else {
@@ -518,6 +554,7 @@ impl<'a> Unpacker<'a> {
     }
 
     fn remove_path(&self, path: &Path) -> io::Result<()> {
+        self.parent_cache.replace(None);
         if self.is_ignored(path) {
             return Ok(());
         }

@@ -272,6 +272,34 @@ fn opaque_directory_hides_lower_contents_but_keeps_this_layers() {
 }
 
 #[test]
+fn opaque_marker_after_deeper_entries_keeps_their_parents() {
+    let work = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("x/d")).unwrap();
+    fs::write(r.join("x/old"), "x").unwrap();
+    fs::write(r.join("x/d/lower"), "x").unwrap();
+    let blob = Layer::new()
+        .file("x/d/first", b"1")
+        .file("x/.wh..wh..opq", b"")
+        .file("x/d/second", b"2")
+        .write(work.path());
+    unpack_layer(&blob, r, &opts()).unwrap();
+    let mut found: Vec<_> = walkdir::WalkDir::new(r.join("x"))
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(r).unwrap().to_path_buf())
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        ["x/d", "x/d/first", "x/d/second"]
+            .map(PathBuf::from)
+            .to_vec()
+    );
+}
+
+#[test]
 fn entries_replace_paths_of_another_type() {
     let work = tempfile::tempdir().unwrap();
     let outside = Sentinel::new();
@@ -412,12 +440,18 @@ fn hostile_symlink_parent_is_resolved_inside_the_root() {
         .file("a/sentinel", b"pwned")
         .symlink("rel", "../../../../../../..")
         .file("rel/y", b"pwned")
+        // A directory resolved for one entry, then replaced by a symlink out of the root.
+        .dir("d/")
+        .file("d/first", b"ok")
+        .symlink("d", outside.path().to_str().unwrap())
+        .file("d/z", b"pwned")
         .write(work.path());
     unpack_layer(&blob, root.path(), &opts()).unwrap();
     outside.assert_untouched();
     let inside = root.path().join(outside.path().strip_prefix("/").unwrap());
     assert_eq!(fs::read(inside.join("x")).unwrap(), b"pwned");
     assert_eq!(fs::read(root.path().join("y")).unwrap(), b"pwned");
+    assert_eq!(fs::read(inside.join("z")).unwrap(), b"pwned");
 }
 
 #[test]
