@@ -336,11 +336,8 @@ impl Snapshotter {
                     .append(&mut header, name, None, &xattrs, io::empty())
                     .map_err(write_err)
             }
-            Kind::Socket => {
-                // Sockets cannot be stored in a tar; they are recreated by whoever listens.
-                tracing::debug!(path = %host.display(), "not adding a socket to the layer");
-                Ok(())
-            }
+            // Left out by `diff` already.
+            Kind::Socket => Ok(()),
         }
     }
 }
@@ -459,6 +456,11 @@ fn diff(old: &State, new: &State) -> BTreeMap<PathBuf, Change> {
     let mut changes = BTreeMap::new();
     for (path, node) in new {
         if old.get(path) != Some(node) {
+            // Sockets cannot be stored in a tar; they are recreated by whoever listens, and one
+            // alone must not produce a layer of bare parent directories.
+            if node.kind == Kind::Socket {
+                continue;
+            }
             if is_whiteout_name(path) {
                 tracing::warn!(
                     path = %path.display(),
