@@ -516,6 +516,7 @@ impl<'r> Writer<'r> {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.ensure_host_parent(&host, owner)?;
                     fs::create_dir(&host).map_err(werr)?;
                     fs::set_permissions(&host, fs::Permissions::from_mode(0o755)).map_err(werr)?;
                     std::os::unix::fs::lchown(&host, Some(owner.0), Some(owner.1)).map_err(werr)?;
@@ -525,6 +526,25 @@ impl<'r> Writer<'r> {
             }
         }
         Ok(host)
+    }
+
+    /// When `host` was reached through a symlink whose target does not exist yet (`/x -> a/b/c`),
+    /// its parent may be missing: create that chain, as a real in-image path, before `host`.
+    fn ensure_host_parent(&mut self, host: &Path, owner: (u32, u32)) -> Result<(), CopyError> {
+        let Some(parent) = host.parent() else {
+            return Ok(());
+        };
+        if parent == self.root || fs::symlink_metadata(parent).is_ok() {
+            return Ok(());
+        }
+        let Ok(rel) = parent.strip_prefix(self.root) else {
+            return Err(CopyError::Write {
+                path: host.display().to_string(),
+                source: io::Error::other("resolved outside the root"),
+            });
+        };
+        self.ensure_dir(&clean_abs(&rel.to_string_lossy()), owner)?;
+        Ok(())
     }
 
     /// Remove whatever non-directory (or, when `keep_dir`, nothing that is a directory) is at
@@ -557,6 +577,7 @@ impl<'r> Writer<'r> {
             source,
         };
         if !self.clear(&host, image_path, true)? {
+            self.ensure_host_parent(&host, (0, 0))?;
             fs::create_dir(&host).map_err(werr)?;
         }
         std::os::unix::fs::lchown(&host, Some(m.owner.0), Some(m.owner.1)).map_err(werr)?;
@@ -580,6 +601,7 @@ impl<'r> Writer<'r> {
             source,
         };
         self.clear(&host, image_path, false)?;
+        self.ensure_host_parent(&host, (0, 0))?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -612,6 +634,7 @@ impl<'r> Writer<'r> {
             source,
         };
         self.clear(&host, image_path, false)?;
+        self.ensure_host_parent(&host, (0, 0))?;
         std::os::unix::fs::symlink(link, &host).map_err(werr)?;
         std::os::unix::fs::lchown(&host, Some(m.owner.0), Some(m.owner.1)).map_err(werr)?;
         filetime::set_symlink_file_times(&host, m.atime, m.mtime).map_err(werr)?;
@@ -630,6 +653,7 @@ impl<'r> Writer<'r> {
             return Ok(());
         }
         self.clear(&host, image_path, false)?;
+        self.ensure_host_parent(&host, (0, 0))?;
         fs::hard_link(existing, &host).map_err(werr)?;
         self.record(&host);
         Ok(())
@@ -648,6 +672,7 @@ impl<'r> Writer<'r> {
             source,
         };
         self.clear(&host, image_path, false)?;
+        self.ensure_host_parent(&host, (0, 0))?;
         let perm = nix::sys::stat::Mode::from_bits_truncate(0o600);
         nix::sys::stat::mknod(&host, kind, perm, rdev).map_err(|e| werr(io::Error::from(e)))?;
         std::os::unix::fs::lchown(&host, Some(m.owner.0), Some(m.owner.1)).map_err(werr)?;
