@@ -568,10 +568,12 @@ impl<'r> Writer<'r> {
         Ok(false)
     }
 
-    /// Create or merge into a directory. An existing directory (or symlink to one inside the
-    /// root, like `/bin -> usr/bin`) is merged into and takes the new mode and owner.
+    /// Create or merge into a directory. An existing directory is merged into and takes the new
+    /// mode and owner; anything else there, a symlink included, is replaced — buildah (and the
+    /// classic Docker builder) turn `/bin -> usr/bin` into a real `/bin` when a copied tree has a
+    /// `bin/` directory. Only the COPY destination itself and its parents are followed.
     fn make_dir(&mut self, image_path: &str, m: &EntryMeta) -> Result<(), CopyError> {
-        let host = self.host_path(image_path, true)?;
+        let host = self.host_path(image_path, false)?;
         let werr = |source| CopyError::Write {
             path: image_path.to_string(),
             source,

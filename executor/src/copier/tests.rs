@@ -286,14 +286,19 @@ fn writes_go_through_image_symlinks_inside_the_root() {
         .file_type()
         .is_symlink());
     assert_eq!(written, ["/usr/bin/tool"]);
-    // `/bin/` is an existing directory through the link; merging a `bin/` directory follows it too.
+    // A directory destination is followed too.
     write(&fx.src.join("tree/bin/sh"), "sh", 0o755);
-    copy_into_root(&[fx.src.join("tree")], &fx.root, "/", &opts()).unwrap();
+    copy_into_root(&[fx.src.join("tree/bin")], &fx.root, "/bin", &opts()).unwrap();
     assert!(fx.root.join("usr/bin/sh").is_file());
     assert!(fs::symlink_metadata(fx.root.join("bin"))
         .unwrap()
         .file_type()
         .is_symlink());
+    // But a `bin/` directory inside a copied tree replaces the link, as buildah does.
+    copy_into_root(&[fx.src.join("tree")], &fx.root, "/", &opts()).unwrap();
+    assert!(fs::symlink_metadata(fx.root.join("bin")).unwrap().is_dir());
+    assert!(fx.root.join("bin/sh").is_file());
+    assert!(fx.root.join("usr/bin/tool").is_file());
 }
 
 #[test]
@@ -497,4 +502,173 @@ fn archive_detection() {
         err.to_string().contains("bzip2") && err.to_string().contains("not supported"),
         "{err}"
     );
+}
+
+/// One line per entry under `root`: path, type, mode, owner and content / link target / file
+/// mtime; hard links name the first path of their inode. Directory mtimes are left out (created
+/// directories get the current time, in buildah as here).
+fn listing(root: &Path) -> Vec<String> {
+    let mut seen: HashMap<u64, String> = HashMap::new();
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .display()
+            .to_string();
+        let m = fs::symlink_metadata(entry.path()).unwrap();
+        let head = format!("{rel} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
+        let line = if m.is_dir() {
+            format!("{head} dir")
+        } else if m.file_type().is_symlink() {
+            format!(
+                "{head} -> {}",
+                fs::read_link(entry.path()).unwrap().display()
+            )
+        } else if let Some(first) = seen.get(&m.ino()) {
+            format!("{head} hardlink {first}")
+        } else {
+            seen.insert(m.ino(), rel.clone());
+            let content = fs::read_to_string(entry.path()).unwrap();
+            format!("{head} file {content:?} mtime {}", m.mtime())
+        };
+        out.push(line);
+    }
+    out
+}
+
+/// Run the same COPY steps through buildah and through `copy_into_root`, and compare the trees.
+/// Skipped (with a message) only when buildah is not installed.
+#[test]
+fn matches_buildah() {
+    if std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("buildah not installed; skipping the comparison");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx_dir = dir.path().join("ctx");
+    let c = |p: &str| ctx_dir.join(p);
+    write(&c("a.txt"), "a", 0o644);
+    write(&c("b.txt"), "b", 0o600);
+    write(&c("exec.sh"), "#!/bin/sh\n", 0o755);
+    write(&c("d/f"), "f", 0o640);
+    write(&c("d/sub/g"), "g", 0o600);
+    write(&c("d/x.skip"), "skipped", 0o644);
+    fs::hard_link(c("d/f"), c("d/hl")).unwrap();
+    symlink("f", c("d/link")).unwrap();
+    symlink("a.txt", c("alink")).unwrap();
+    symlink("d", c("dlink")).unwrap();
+    fs::create_dir_all(c("base/usr/bin")).unwrap();
+    symlink("usr/bin", c("base/bin")).unwrap();
+    write(&c("tree/bin/sh"), "sh", 0o755);
+    fs::create_dir(c("exist")).unwrap();
+    fs::set_permissions(c("exist"), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(c("d/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(c("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    write(&c(".dockerignore"), "**/*.skip\n", 0o644);
+    // Fixed file times so that the comparison does not depend on the clock.
+    let fixed = FileTime::from_unix_time(1_500_000_000, 0);
+    for e in walkdir::WalkDir::new(&ctx_dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            filetime::set_file_times(e.path(), fixed, fixed).unwrap();
+        }
+    }
+    let old = FileTime::from_unix_time(978_307_200, 0);
+    filetime::set_file_times(c("d/f"), old, old).unwrap();
+
+    // (sources, dest, chown, chmod)
+    let steps: &[(&[&str], &str, Option<(u32, u32)>, Option<u32>)] = &[
+        (&["base/"], "/", None, None),
+        (&["a.txt"], "/p/q/r", None, None),
+        (&["a.txt", "b.txt"], "/m/", None, None),
+        (&["d"], "/newd", None, None),
+        (&["exist"], "/existing", None, None),
+        (&["d"], "/existing/", None, None),
+        (&["alink"], "/alink", None, None),
+        (&["dlink"], "/dl", None, None),
+        (&["d"], "/cho/", Some((5, 6)), None),
+        (&["d"], "/chm", None, Some(0o600)),
+        (&["a.txt"], "/bin/tool", None, None),
+        (&["tree/bin"], "/bin", None, None),
+        (&["tree/"], "/", None, None),
+        (&["exec.sh"], "/m", None, None),
+        (&["b.txt"], "/p/q/r", None, None),
+        (&["*.txt"], "/w/", None, None),
+        (&["a.txt"], "/deep/er/", Some((7, 8)), None),
+    ];
+    let mut dockerfile = String::from("FROM scratch\n");
+    for (srcs, dest, chown, chmod) in steps {
+        dockerfile.push_str("COPY ");
+        if let Some((u, g)) = chown {
+            dockerfile.push_str(&format!("--chown={u}:{g} "));
+        }
+        if let Some(m) = chmod {
+            dockerfile.push_str(&format!("--chmod={m:o} "));
+        }
+        dockerfile.push_str(&format!("{} {dest}\n", srcs.join(" ")));
+    }
+    write(&c("Dockerfile"), &dockerfile, 0o644);
+
+    // Ours.
+    let ours = dir.path().join("ours");
+    fs::create_dir(&ours).unwrap();
+    let mut ctx =
+        crate::context::BuildContext::open(ctx_dir.to_str().unwrap(), dir.path()).unwrap();
+    ctx.load_ignore(&c("Dockerfile")).unwrap();
+    let exclude = |p: &Path| ctx.is_excluded_host(p);
+    for (srcs, dest, chown, chmod) in steps {
+        let raw: Vec<String> = srcs.iter().map(|s| s.to_string()).collect();
+        let sources = ctx.resolve_sources(&raw).unwrap();
+        let o = CopyOptions {
+            chown: *chown,
+            chmod: *chmod,
+            exclude: &exclude,
+            preserve_owner: false,
+        };
+        copy_into_root(&sources, &ours, dest, &o).unwrap();
+    }
+
+    // buildah, with a private storage so it neither sees nor leaves other images.
+    let storage = dir.path().join("storage");
+    let buildah = |args: &[&str]| -> String {
+        let out = std::process::Command::new("timeout")
+            .arg("300")
+            .arg("buildah")
+            .arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    buildah(&[
+        "bud",
+        "--isolation",
+        "chroot",
+        "-q",
+        "-t",
+        "kiln-copier-test",
+        ctx_dir.to_str().unwrap(),
+    ]);
+    let container = buildah(&["from", "-q", "kiln-copier-test"]);
+    let mount = buildah(&["mount", &container]);
+    let theirs = listing(Path::new(&mount));
+    buildah(&["umount", &container]);
+    buildah(&["rm", &container]);
+    pretty_assertions::assert_eq!(listing(&ours), theirs);
 }
