@@ -55,10 +55,10 @@ pub enum CopyError {
 pub(crate) enum TarOwnership {
     /// Everything 0:0 (a build context).
     Root,
-    /// The uid/gid recorded in the archive (ADD without `--chown`).
-    Keep,
-    /// A fixed owner (ADD `--chown`).
-    Force(u32, u32),
+    /// The uid/gid recorded in the archive; directories the archive does not describe (the
+    /// destination, missing parents) get `created` (ADD `--chown`, else 0:0). buildah does not
+    /// apply `--chown` to the extracted entries themselves.
+    Keep { created: (u32, u32) },
 }
 
 /// Copy `sources` (absolute host paths) into `root` at in-image path `dest` (absolute, already
@@ -111,7 +111,8 @@ pub fn copy_into_root(
 }
 
 /// Extract a local archive (tar, tar.gz, tar.zst; detected by content) into `dest` for ADD.
-/// Entries keep their recorded owner unless `chown` is given; no entry may leave `dest`.
+/// Entries keep their recorded owner; `chown` only applies to directories created for `dest`
+/// (as buildah does). No entry may leave `dest`.
 pub fn add_archive_into_root(
     archive: &Path,
     root: &Path,
@@ -132,9 +133,8 @@ pub fn add_archive_into_root(
         });
     }
     let stream = decompress(reader, &magic).map_err(archive_err)?;
-    let owner = match chown {
-        Some((uid, gid)) => TarOwnership::Force(uid, gid),
-        None => TarOwnership::Keep,
+    let owner = TarOwnership::Keep {
+        created: chown.unwrap_or((0, 0)),
     };
     extract_tar(stream, root, dest, owner).map_err(|e| match e {
         CopyError::Archive { source, .. } => archive_err(source),
@@ -243,8 +243,8 @@ pub(crate) fn extract_tar<R: Read>(
         source,
     };
     let created_owner = match ownership {
-        TarOwnership::Force(u, g) => (u, g),
-        _ => (0, 0),
+        TarOwnership::Keep { created } => created,
+        TarOwnership::Root => (0, 0),
     };
     let mut w = Writer::new(root);
     w.ensure_dir(&dest_clean, created_owner)?;
@@ -266,8 +266,7 @@ pub(crate) fn extract_tar<R: Read>(
         let mode = header.mode().map_err(ar_err)? & 0o7777;
         let owner = match ownership {
             TarOwnership::Root => (0, 0),
-            TarOwnership::Force(u, g) => (u, g),
-            TarOwnership::Keep => (
+            TarOwnership::Keep { .. } => (
                 header.uid().map_err(ar_err)? as u32,
                 header.gid().map_err(ar_err)? as u32,
             ),

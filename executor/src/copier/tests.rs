@@ -429,14 +429,13 @@ fn copy_check(fx: &Fixture, archive: &Path, dest: &str) {
         fs::read_link(base.join("pkg/soft")).unwrap(),
         Path::new("file")
     );
+    // buildah: --chown reaches the created destination, not the extracted entries.
     add_archive_into_root(archive, &fx.root, &format!("{dest}-chown"), Some((9, 9))).unwrap();
-    assert_eq!(
-        owner(
-            &fx.root
-                .join(format!("{}-chown/pkg/file", dest.trim_start_matches('/')))
-        ),
-        (9, 9)
-    );
+    let chowned = fx
+        .root
+        .join(format!("{}-chown", dest.trim_start_matches('/')));
+    assert_eq!(owner(&chowned), (9, 9));
+    assert_eq!(owner(&chowned.join("pkg/file")), (42, 42));
 }
 
 #[test]
@@ -531,8 +530,13 @@ fn listing(root: &Path) -> Vec<String> {
             format!("{head} hardlink {first}")
         } else {
             seen.insert(m.ino(), rel.clone());
-            let content = fs::read_to_string(entry.path()).unwrap();
-            format!("{head} file {content:?} mtime {}", m.mtime())
+            let bytes = fs::read(entry.path()).unwrap();
+            let content: String = String::from_utf8_lossy(&bytes).chars().take(40).collect();
+            format!(
+                "{head} file {content:?} ({} bytes) mtime {}",
+                bytes.len(),
+                m.mtime()
+            )
         };
         out.push(line);
     }
@@ -635,8 +639,25 @@ fn matches_buildah() {
         copy_into_root(&sources, &ours, dest, &o).unwrap();
     }
 
-    // buildah, with a private storage so it neither sees nor leaves other images.
-    let storage = dir.path().join("storage");
+    let theirs = buildah_tree(dir.path(), &ctx_dir);
+    pretty_assertions::assert_eq!(listing(&ours), theirs);
+}
+
+fn have_buildah() -> bool {
+    let ok = std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("buildah not installed; skipping the comparison");
+    }
+    ok
+}
+
+/// Build `ctx_dir` (its Dockerfile) with buildah in a private storage under `work` and return
+/// the [`listing`] of the resulting root filesystem.
+fn buildah_tree(work: &Path, ctx_dir: &Path) -> Vec<String> {
+    let storage = work.join("storage");
     let buildah = |args: &[&str]| -> String {
         let out = std::process::Command::new("timeout")
             .arg("300")
@@ -667,8 +688,96 @@ fn matches_buildah() {
     ]);
     let container = buildah(&["from", "-q", "kiln-copier-test"]);
     let mount = buildah(&["mount", &container]);
-    let theirs = listing(Path::new(&mount));
+    let tree = listing(Path::new(&mount));
     buildah(&["umount", &container]);
     buildah(&["rm", &container]);
+    tree
+}
+
+/// `.dockerignore` (directory exclusion, `!` re-inclusion, `**`) and ADD of local archives,
+/// compared with buildah.
+#[test]
+fn matches_buildah_ignore_and_add() {
+    if !have_buildah() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx_dir = dir.path().join("ctx");
+    let c = |p: &str| ctx_dir.join(p);
+    for f in [
+        "docs/a.md",
+        "docs/keep.md",
+        "docs/sub/x.md",
+        "app.log",
+        "src/tmp/t",
+        "src/main.c",
+        "src/tmp2/y",
+        "README.md",
+    ] {
+        write(&c(f), f, 0o644);
+    }
+    write(
+        &c(".dockerignore"),
+        "docs\n!docs/keep.md\n*.log\n**/tmp\n",
+        0o644,
+    );
+    write(
+        &c("Dockerfile"),
+        "FROM scratch\nCOPY . /all/\nCOPY docs /docs\nADD pkg.tar.gz /opt/\nADD pkg.tar /opt2\nADD --chown=3:4 pkg.tar.zst /opt3/\nADD plain.gz /plain/\n",
+        0o644,
+    );
+    for (name, compress) in [
+        ("pkg.tar.gz", "gz"),
+        ("pkg.tar", ""),
+        ("pkg.tar.zst", "zst"),
+    ] {
+        tar_with(&c(name), compress, |b| {
+            entry(b, "pkg/", tar::EntryType::Directory, "", b"", 42);
+            entry(b, "pkg/file", tar::EntryType::Regular, "", b"content", 42);
+            entry(b, "pkg/hard", tar::EntryType::Link, "pkg/file", b"", 42);
+            entry(b, "pkg/soft", tar::EntryType::Symlink, "file", b"", 42);
+        });
+    }
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b"not a tar").unwrap();
+    fs::write(c("plain.gz"), e.finish().unwrap()).unwrap();
+    let fixed = FileTime::from_unix_time(1_500_000_000, 0);
+    for e in walkdir::WalkDir::new(&ctx_dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            filetime::set_file_times(e.path(), fixed, fixed).unwrap();
+        }
+    }
+
+    let ours = dir.path().join("ours");
+    fs::create_dir(&ours).unwrap();
+    let mut ctx =
+        crate::context::BuildContext::open(ctx_dir.to_str().unwrap(), dir.path()).unwrap();
+    ctx.load_ignore(&c("Dockerfile")).unwrap();
+    let exclude = |p: &Path| ctx.is_excluded_host(p);
+    let o = CopyOptions {
+        chown: None,
+        chmod: None,
+        exclude: &exclude,
+        preserve_owner: false,
+    };
+    for (src, dest) in [(".", "/all/"), ("docs", "/docs")] {
+        let sources = ctx.resolve_sources(&[src.to_string()]).unwrap();
+        copy_into_root(&sources, &ours, dest, &o).unwrap();
+    }
+    for (src, dest, chown) in [
+        ("pkg.tar.gz", "/opt/", None),
+        ("pkg.tar", "/opt2", None),
+        ("pkg.tar.zst", "/opt3/", Some((3, 4))),
+        ("plain.gz", "/plain/", None),
+    ] {
+        let sources = ctx.resolve_sources(&[src.to_string()]).unwrap();
+        if is_archive(&sources[0]) {
+            add_archive_into_root(&sources[0], &ours, dest, chown).unwrap();
+        } else {
+            copy_into_root(&sources, &ours, dest, &CopyOptions { chown, ..o }).unwrap();
+        }
+    }
+    let theirs = buildah_tree(dir.path(), &ctx_dir);
     pretty_assertions::assert_eq!(listing(&ours), theirs);
 }
