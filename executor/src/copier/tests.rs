@@ -543,6 +543,14 @@ fn listing(root: &Path) -> Vec<String> {
     out
 }
 
+/// One COPY: sources, destination, `--chown`, `--chmod`.
+type Step = (
+    &'static [&'static str],
+    &'static str,
+    Option<(u32, u32)>,
+    Option<u32>,
+);
+
 /// Run the same COPY steps through buildah and through `copy_into_root`, and compare the trees.
 /// Skipped (with a message) only when buildah is not installed.
 #[test]
@@ -588,7 +596,7 @@ fn matches_buildah() {
     filetime::set_file_times(c("d/f"), old, old).unwrap();
 
     // (sources, dest, chown, chmod)
-    let steps: &[(&[&str], &str, Option<(u32, u32)>, Option<u32>)] = &[
+    let steps: &[Step] = &[
         (&["base/"], "/", None, None),
         (&["a.txt"], "/p/q/r", None, None),
         (&["a.txt", "b.txt"], "/m/", None, None),
