@@ -19,7 +19,11 @@ fn committed_crds_match_the_code() {
 fn crds_have_status_printer_columns_and_short_names() {
     for (_, crd) in kiln_operator::crd::all_crds() {
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(v
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some());
         let cols: Vec<&str> = v
             .additional_printer_columns
             .as_ref()

@@ -12,7 +12,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
 use kiln_operator::crd::{
-    BuildSource, CacheSpec, CacheWarm, CacheWarmSpec, ConfigMapSource, GitSource, ImageBuild, ImageBuildSpec, Phase,
+    BuildSource, CacheSpec, CacheWarm, CacheWarmSpec, ConfigMapSource, GitSource, ImageBuild,
+    ImageBuildSpec, Phase,
 };
 use kiln_operator::leader::{LeaseConfig, LeaseLock};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -50,7 +51,12 @@ async fn get_build(env: &Env, name: &str) -> ImageBuild {
 }
 
 /// Waits until the build's status satisfies `pred`, then returns the build.
-async fn wait_build(env: &Env, name: &str, what: &str, pred: impl Fn(&ImageBuild) -> bool) -> ImageBuild {
+async fn wait_build(
+    env: &Env,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&ImageBuild) -> bool,
+) -> ImageBuild {
     let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
     eventually(30, what, || {
         let api = api.clone();
@@ -111,12 +117,16 @@ async fn create_push_secret(env: &Env, name: &str) {
         )])),
         ..Default::default()
     };
-    api.create(&PostParams::default(), &s).await.expect("create Secret");
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create Secret");
 }
 
 #[tokio::test]
 async fn build_waits_for_secret_then_succeeds_with_digest() {
-    let Some(env) = env("ib-success").await else { return };
+    let Some(env) = env("ib-success").await else {
+        return;
+    };
     let op = Operator::start(&env);
     let mut b = git_build("web");
     b.spec.push_secret = Some("regcred".into());
@@ -128,7 +138,10 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     })
     .await;
     assert!(b.status.unwrap().message.unwrap().contains("\"regcred\""));
-    assert!(pod_names(&env).await.is_empty(), "no Pod without the Secret");
+    assert!(
+        pod_names(&env).await.is_empty(),
+        "no Pod without the Secret"
+    );
 
     create_push_secret(&env, "regcred").await;
     // The operator rechecks the Secret periodically (30s); an edit of the build triggers it now.
@@ -146,15 +159,28 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     assert_eq!(spec.automount_service_account_token, Some(false));
     let c = &spec.containers[0];
     assert_eq!(c.image.as_deref(), Some("reg.local/kiln-executor:test"));
-    assert!(c.args.as_ref().unwrap().contains(&"--context=git://git.local/app.git#main".to_string()));
+    assert!(c
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--context=git://git.local/app.git#main".to_string()));
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("ImageBuild", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("ImageBuild", Some(true))
+    );
     assert_eq!(owner.uid, get_build(&env, "web").await.uid().unwrap());
 
     pod_running(&env.admin, &env.ns, "web-1-1", "executor").await;
-    wait_build(&env, "web", "phase Running", |b| phase(b) == Some(Phase::Running)).await;
+    wait_build(&env, "web", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
     pod_terminated(&env.admin, &env.ns, "web-1-1", "executor", 0, OK_MSG).await;
-    let b = wait_build(&env, "web", "phase Succeeded", |b| phase(b) == Some(Phase::Succeeded)).await;
+    let b = wait_build(&env, "web", "phase Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
     let s = b.status.unwrap();
     let img = s.image.unwrap();
     assert!(img.digest.starts_with("sha256:0123"));
@@ -162,7 +188,10 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     assert_eq!(s.observed_generation, b.metadata.generation);
     assert!(s.completion_time.is_some() && s.start_time.is_some());
     let ready = kiln_operator::conditions::get(&s.conditions, "Ready").unwrap();
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Pushed"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Pushed")
+    );
 
     let reasons = eventually(10, "events", || async {
         let r = event_reasons(&env.admin, &env.ns, "web").await;
@@ -170,7 +199,10 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     })
     .await;
     for want in ["SecretNotFound", "Started", "Succeeded"] {
-        assert!(reasons.iter().any(|r| r == want), "event {want} missing: {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "event {want} missing: {reasons:?}"
+        );
     }
     // The status is written by one field manager with server-side apply.
     let managers: Vec<String> = b
@@ -183,20 +215,33 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
         .collect();
     assert_eq!(managers, vec!["kiln-operator".to_string()]);
     let metrics = op.metrics.render();
-    assert!(metrics.contains("kiln_builds_succeeded_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("kiln_builds_succeeded_total 1"),
+        "{metrics}"
+    );
     op.stop().await;
 }
 
 #[tokio::test]
 async fn failed_attempt_is_retried_then_build_fails_with_output() {
-    let Some(env) = env("ib-retry").await else { return };
+    let Some(env) = env("ib-retry").await else {
+        return;
+    };
     let op = Operator::start(&env);
     let mut b = git_build("api");
     b.spec.retries = Some(1);
     create_build(&env, &b).await;
     wait_pod(&env, "api-1-1").await;
     pod_running(&env.admin, &env.ns, "api-1-1", "executor").await;
-    pod_terminated(&env.admin, &env.ns, "api-1-1", "executor", 1, "step 1\nerror: first failure").await;
+    pod_terminated(
+        &env.admin,
+        &env.ns,
+        "api-1-1",
+        "executor",
+        1,
+        "step 1\nerror: first failure",
+    )
+    .await;
     // Backoff is 1s in tests; then attempt 2.
     wait_pod(&env, "api-1-2").await;
     let b = wait_build(&env, "api", "attempt 2", |b| {
@@ -206,12 +251,24 @@ async fn failed_attempt_is_retried_then_build_fails_with_output() {
     assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("api-1-2"));
     let out: String = (1..=40).map(|i| format!("output line {i}\n")).collect();
     pod_terminated(&env.admin, &env.ns, "api-1-2", "executor", 2, &out).await;
-    let b = wait_build(&env, "api", "phase Failed", |b| phase(b) == Some(Phase::Failed)).await;
+    let b = wait_build(&env, "api", "phase Failed", |b| {
+        phase(b) == Some(Phase::Failed)
+    })
+    .await;
     let s = b.status.unwrap();
     let m = s.message.unwrap();
-    assert!(m.contains("exit code 2") && m.contains("output line 40"), "{m}");
-    assert!(!m.contains("output line 20\n"), "only the last lines are kept: {m}");
-    assert_eq!(ready_reason(&get_build(&env, "api").await).as_deref(), Some("BuildFailed"));
+    assert!(
+        m.contains("exit code 2") && m.contains("output line 40"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("output line 20\n"),
+        "only the last lines are kept: {m}"
+    );
+    assert_eq!(
+        ready_reason(&get_build(&env, "api").await).as_deref(),
+        Some("BuildFailed")
+    );
     let succeeded = kiln_operator::conditions::get(&s.conditions, "Succeeded").unwrap();
     assert_eq!(succeeded.status, "False");
     let reasons = eventually(10, "Failed event", || async {
@@ -226,7 +283,9 @@ async fn failed_attempt_is_retried_then_build_fails_with_output() {
 
 #[tokio::test]
 async fn deadline_exceeded_is_reported_as_timeout() {
-    let Some(env) = env("ib-timeout").await else { return };
+    let Some(env) = env("ib-timeout").await else {
+        return;
+    };
     let op = Operator::start(&env);
     let mut b = git_build("slow");
     b.spec.timeout = Some("2s".into());
@@ -235,31 +294,44 @@ async fn deadline_exceeded_is_reported_as_timeout() {
     assert_eq!(pod.spec.unwrap().active_deadline_seconds, Some(2));
     pod_running(&env.admin, &env.ns, "slow-1-1", "executor").await;
     pod_deadline_exceeded(&env.admin, &env.ns, "slow-1-1").await;
-    let b = wait_build(&env, "slow", "phase Failed", |b| phase(b) == Some(Phase::Failed)).await;
+    let b = wait_build(&env, "slow", "phase Failed", |b| {
+        phase(b) == Some(Phase::Failed)
+    })
+    .await;
     assert_eq!(ready_reason(&b).as_deref(), Some("Timeout"));
     op.stop().await;
 }
 
 #[tokio::test]
 async fn operator_restart_mid_build_neither_duplicates_nor_reruns() {
-    let Some(env) = env("ib-restart").await else { return };
+    let Some(env) = env("ib-restart").await else {
+        return;
+    };
     let op = Operator::start(&env);
     create_build(&env, &git_build("lib")).await;
     wait_pod(&env, "lib-1-1").await;
     pod_running(&env.admin, &env.ns, "lib-1-1", "executor").await;
-    wait_build(&env, "lib", "phase Running", |b| phase(b) == Some(Phase::Running)).await;
+    wait_build(&env, "lib", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
     op.stop().await;
 
     // The build finishes while no operator runs.
     pod_terminated(&env.admin, &env.ns, "lib-1-1", "executor", 0, OK_MSG).await;
     let op = Operator::start(&env);
-    wait_build(&env, "lib", "phase Succeeded", |b| phase(b) == Some(Phase::Succeeded)).await;
+    wait_build(&env, "lib", "phase Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
     assert_eq!(pod_names(&env).await, vec!["lib-1-1"]);
     op.stop().await;
 
     // Delete the finished Pod and restart again: a finished build is not rerun.
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
-    pods.delete("lib-1-1", &DeleteParams::default()).await.unwrap();
+    pods.delete("lib-1-1", &DeleteParams::default())
+        .await
+        .unwrap();
     let op = Operator::start(&env);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(pod_names(&env).await.is_empty());
@@ -276,7 +348,9 @@ async fn operator_restart_mid_build_neither_duplicates_nor_reruns() {
 
 #[tokio::test]
 async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
-    let Some(env) = env("ib-generation").await else { return };
+    let Some(env) = env("ib-generation").await else {
+        return;
+    };
     let op = Operator::start(&env);
     create_build(&env, &git_build("gen")).await;
     wait_pod(&env, "gen-1-1").await;
@@ -310,15 +384,25 @@ async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
 
 #[tokio::test]
 async fn deleted_pod_and_deleted_build() {
-    let Some(env) = env("ib-delete").await else { return };
+    let Some(env) = env("ib-delete").await else {
+        return;
+    };
     let op = Operator::start(&env);
     create_build(&env, &git_build("gone")).await;
     wait_pod(&env, "gone-1-1").await;
     pod_running(&env.admin, &env.ns, "gone-1-1", "executor").await;
-    wait_build(&env, "gone", "phase Running", |b| phase(b) == Some(Phase::Running)).await;
+    wait_build(&env, "gone", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
-    pods.delete("gone-1-1", &DeleteParams::default()).await.unwrap();
-    let b = wait_build(&env, "gone", "PodDeleted", |b| ready_reason(b).as_deref() == Some("PodDeleted")).await;
+    pods.delete("gone-1-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let b = wait_build(&env, "gone", "PodDeleted", |b| {
+        ready_reason(b).as_deref() == Some("PodDeleted")
+    })
+    .await;
     assert_eq!(phase(&b), Some(Phase::Failed));
 
     // Deleting a build deletes its Pods (the operator does it; no garbage collector runs here).
@@ -348,7 +432,11 @@ async fn expect_rejected(api: &Api<ImageBuild>, body: serde_json::Value, want: &
         Ok(_) => panic!("the API server accepted an invalid ImageBuild: {body}"),
         Err(kube::Error::Api(ae)) => {
             assert_eq!(ae.code, 422, "{ae:?}");
-            assert!(ae.message.contains(want), "rejection of {body} should mention {want:?}: {}", ae.message);
+            assert!(
+                ae.message.contains(want),
+                "rejection of {body} should mention {want:?}: {}",
+                ae.message
+            );
         }
         Err(e) => panic!("unexpected error: {e}"),
     }
@@ -356,11 +444,11 @@ async fn expect_rejected(api: &Api<ImageBuild>, body: serde_json::Value, want: &
 
 #[tokio::test]
 async fn admission_rejects_invalid_image_builds() {
-    let Some(env) = env("ib-admission").await else { return };
-    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
-    let base = |name: &str, spec: serde_json::Value| {
-        json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": spec})
+    let Some(env) = env("ib-admission").await else {
+        return;
     };
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    let base = |name: &str, spec: serde_json::Value| json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": spec});
     let git = json!({"git": {"url": "https://git.local/a.git"}});
     expect_rejected(
         &api,
@@ -370,26 +458,43 @@ async fn admission_rejects_invalid_image_builds() {
     .await;
     expect_rejected(
         &api,
-        base("no-source", json!({"source": {}, "destinations": ["r/a:1"]})),
+        base(
+            "no-source",
+            json!({"source": {}, "destinations": ["r/a:1"]}),
+        ),
         "exactly one of",
     )
     .await;
-    expect_rejected(&api, base("no-dest", json!({"source": git, "destinations": []})), "spec.destinations").await;
     expect_rejected(
         &api,
-        base("dup-dest", json!({"source": git, "destinations": ["r/a:1", "r/a:1"]})),
-        "must not repeat",
+        base("no-dest", json!({"source": git, "destinations": []})),
+        "spec.destinations",
     )
     .await;
     expect_rejected(
         &api,
-        base("bad-timeout", json!({"source": git, "destinations": ["r/a:1"], "timeout": "ten minutes"})),
+        base(
+            "dup-dest",
+            json!({"source": git, "destinations": ["r/a:1", "r/a:1"]}),
+        ),
+        "Duplicate value",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "bad-timeout",
+            json!({"source": git, "destinations": ["r/a:1"], "timeout": "ten minutes"}),
+        ),
         "spec.timeout",
     )
     .await;
     expect_rejected(
         &api,
-        base("bad-retries", json!({"source": git, "destinations": ["r/a:1"], "retries": 50})),
+        base(
+            "bad-retries",
+            json!({"source": git, "destinations": ["r/a:1"], "retries": 50}),
+        ),
         "spec.retries",
     )
     .await;
@@ -420,12 +525,16 @@ async fn admission_rejects_invalid_image_builds() {
         )])),
         ..Default::default()
     });
-    api.create(&PostParams::default(), &ok).await.expect("valid ImageBuild accepted");
+    api.create(&PostParams::default(), &ok)
+        .await
+        .expect("valid ImageBuild accepted");
 }
 
 #[tokio::test]
 async fn cache_warm_runs_and_refreshes() {
-    let Some(env) = env("cw-refresh").await else { return };
+    let Some(env) = env("cw-refresh").await else {
+        return;
+    };
     let op = Operator::start(&env);
     let api: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
     let cw = CacheWarm::new(
@@ -441,7 +550,11 @@ async fn cache_warm_runs_and_refreshes() {
     let pod = wait_pod(&env, "base-1-1").await;
     let c = &pod.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.image.as_deref(), Some("reg.local/kiln-warmer:test"));
-    assert!(c.args.as_ref().unwrap().contains(&"--cache-dir=/cache".to_string()));
+    assert!(c
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--cache-dir=/cache".to_string()));
     pod_running(&env.admin, &env.ns, "base-1-1", "warmer").await;
     let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
     pod_terminated(&env.admin, &env.ns, "base-1-1", "warmer", 0, msg).await;
@@ -465,7 +578,9 @@ async fn cache_warm_runs_and_refreshes() {
 
 #[tokio::test]
 async fn leader_election_has_one_holder_at_a_time() {
-    let Some(env) = env("leader").await else { return };
+    let Some(env) = env("leader").await else {
+        return;
+    };
     let cfg = |id: &str| LeaseConfig {
         namespace: "kiln-system".into(),
         name: format!("lease-{}", env.ns),
@@ -483,9 +598,16 @@ async fn leader_election_has_one_holder_at_a_time() {
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let c = LeaseLock::new(env.operator.clone(), cfg("c"));
     let (rb, rc) = tokio::join!(b.try_acquire_or_renew(), c.try_acquire_or_renew());
-    assert!(rb.unwrap() ^ rc.unwrap(), "exactly one candidate takes an expired Lease");
+    assert!(
+        rb.unwrap() ^ rc.unwrap(),
+        "exactly one candidate takes an expired Lease"
+    );
     // Release hands over at once.
-    let holder = if b.try_acquire_or_renew().await.unwrap() { &b } else { &c };
+    let holder = if b.try_acquire_or_renew().await.unwrap() {
+        &b
+    } else {
+        &c
+    };
     holder.release().await.unwrap();
     assert!(a.try_acquire_or_renew().await.unwrap());
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "kiln-system");
@@ -513,15 +635,25 @@ async fn leader_election_has_one_holder_at_a_time() {
         assert!(a.try_acquire_or_renew().await.unwrap());
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "work ran without the Lease");
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "work ran without the Lease"
+    );
     a.release().await.unwrap();
     eventually(10, "d becomes leader", || async {
         ran.load(std::sync::atomic::Ordering::SeqCst).then_some(())
     })
     .await;
     tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let l = leases.get(&format!("lease-{}", env.ns)).await.unwrap();
-    assert_eq!(l.spec.unwrap().holder_identity, None, "released on shutdown");
+    assert_eq!(
+        l.spec.unwrap().holder_identity,
+        None,
+        "released on shutdown"
+    );
 }
-

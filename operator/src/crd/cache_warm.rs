@@ -1,4 +1,6 @@
 //! `CacheWarm`: a set of base images pulled into a PVC by a warmer Pod, refreshed periodically.
+// kube's printcolumn(...) repeats `type_`/`priority` keys by design; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -28,9 +30,9 @@ use super::Phase;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CacheWarmSpec {
-    /// Image references to keep in the cache.
-    #[x_kube(validation = Rule::new("self.all(i, self.exists_one(j, j == i))").message("spec.images must not repeat a reference"))]
+    /// Image references to keep in the cache, none repeated.
     #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 512)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub images: Vec<String>,
     /// Existing PersistentVolumeClaim the cache is written to.
     #[schemars(length(min = 1, max = 253))]

@@ -1,4 +1,6 @@
 //! `ImageBuild`: one image built by one executor Pod (per spec generation and attempt).
+// kube's printcolumn(...) repeats `type_`/`priority` keys by design; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -60,9 +62,9 @@ pub struct ImageBuildSpec {
     /// Build arguments (`ARG` values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub build_args: BTreeMap<String, String>,
-    /// Image references to push to; at least one.
-    #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e == d))").message("spec.destinations must not repeat a reference"))]
+    /// Image references to push to; at least one, none repeated.
     #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 512)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub destinations: Vec<String>,
     /// Name of a `kubernetes.io/dockerconfigjson` Secret with the registry credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]

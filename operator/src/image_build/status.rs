@@ -245,7 +245,7 @@ pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Pl
         status: (!already).then_some(b.new),
         create_attempt: None,
         supersede_old_generations: b.old.observed_generation != Some(generation),
-        event: (!already).then(|| BuildEvent {
+        event: (!already).then_some(BuildEvent {
             warning: true,
             reason: reason::INVALID_SPEC,
             note: message,

@@ -63,14 +63,21 @@ pub async fn env(test: &str) -> Option<Env> {
     let operator = if op_path.exists() {
         client_from(&op_path).await
     } else {
-        eprintln!("{} not found: running the operator as admin", op_path.display());
+        eprintln!(
+            "{} not found: running the operator as admin",
+            op_path.display()
+        );
         admin.clone()
     };
     let suffix = format!("{:x}", std::process::id() as u64 * 1000 + rand_u16() as u64);
     let ns = format!("{}-{}", test.replace('_', "-"), suffix);
     let ns = ns[..ns.len().min(63)].trim_end_matches('-').to_string();
     create_namespace(&admin, &ns).await;
-    Some(Env { admin, operator, ns })
+    Some(Env {
+        admin,
+        operator,
+        ns,
+    })
 }
 
 fn rand_u16() -> u16 {
@@ -100,9 +107,13 @@ pub async fn install_crds(admin: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
     for (_, crd) in kiln_operator::crd::all_crds() {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("the API server rejected CRD {name}: {e}"));
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server rejected CRD {name}: {e}"));
         let established = kube::runtime::wait::await_condition(
             api.clone(),
             &name,
@@ -120,7 +131,8 @@ pub async fn install_rbac(admin: &Client) {
     create_namespace(admin, "kiln-system").await;
     let text = include_str!("../../rbac.yaml");
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("rbac.yaml parses");
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(doc).expect("rbac.yaml parses");
         let obj: DynamicObject = serde_json::from_value(value.clone()).expect("rbac.yaml object");
         let kind = value["kind"].as_str().unwrap();
         let (group, version, plural) = match kind {
@@ -143,9 +155,13 @@ pub async fn install_rbac(admin: &Client) {
             Some(ns) => Api::namespaced_with(admin.clone(), ns, &ar),
             None => Api::all_with(admin.clone(), &ar),
         };
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
-            .await
-            .unwrap_or_else(|e| panic!("applying {kind} {name} from rbac.yaml: {e}"));
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name} from rbac.yaml: {e}"));
     }
 }
 
@@ -223,7 +239,9 @@ where
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Plays the kubelet: marks the Pod Running.
@@ -245,7 +263,14 @@ pub async fn pod_running(admin: &Client, ns: &str, name: &str, container: &str) 
 }
 
 /// Plays the kubelet: the container terminated with `code` and `message`; the Pod phase follows.
-pub async fn pod_terminated(admin: &Client, ns: &str, name: &str, container: &str, code: i32, message: &str) {
+pub async fn pod_terminated(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    container: &str,
+    code: i32,
+    message: &str,
+) {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let now = now_rfc3339();
     let status = json!({"status": {
