@@ -103,6 +103,21 @@ fn ready_reason(b: &ImageBuild) -> Option<String> {
 
 const OK_MSG: &str = r#"{"digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","references":["reg.local/app:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]}"#;
 
+/// Runs the real `kubectl` against the test API server in the test's namespace.
+fn kubectl(env: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(["--namespace", &env.ns])
+        .args(args)
+        .output()
+        .expect("kubectl is installed (it is part of the test tools)");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn create_push_secret(env: &Env, name: &str) {
     let api: Api<Secret> = Api::namespaced(env.admin.clone(), &env.ns);
     let s = Secret {
@@ -567,6 +582,15 @@ async fn cache_warm_runs_and_refreshes() {
     assert_eq!(warmed.images[0].digest, "sha256:d1");
     assert_eq!(warmed.image_count, Some(1));
     assert!(warmed.last_warm_time.is_some());
+    let table = kubectl(&env, &["get", "cw"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "IMAGES", "LAST", "WARM", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["base", "Succeeded", "1"], "{table}");
     // After refreshInterval the next run starts and the previous Pod is removed.
     wait_pod(&env, "base-1-2").await;
     eventually(15, "base-1-1 removed", || async {
@@ -656,4 +680,173 @@ async fn leader_election_has_one_holder_at_a_time() {
         None,
         "released on shutdown"
     );
+}
+
+struct Replica {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Replica {
+    fn start(env: &Env, lease: &str, log_file: &std::path::Path) -> Replica {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let kubeconfig = std::path::PathBuf::from(std::env::var_os("KUBECONFIG").unwrap());
+        let op_kubeconfig = kubeconfig.with_file_name("kubeconfig-operator");
+        let log = std::fs::File::create(log_file).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-operator"))
+            .args([
+                "--watch-namespace",
+                &env.ns,
+                "--leader-namespace",
+                "kiln-system",
+                "--leader-lease",
+                lease,
+                "--lease-duration-seconds",
+                "3",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+                "--executor-image",
+                "reg.local/kiln-executor:bin",
+            ])
+            .env(
+                "KUBECONFIG",
+                if op_kubeconfig.exists() {
+                    op_kubeconfig
+                } else {
+                    kubeconfig
+                },
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kiln-operator");
+        Replica { child, port }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, out))
+    }
+
+    fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_operator_replicas_one_leader_graceful_handover() {
+    let Some(env) = env("replicas").await else {
+        return;
+    };
+    let lease = format!("replicas-{}", env.ns);
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = [
+        Replica::start(&env, &lease, &dir.path().join("r0.log")),
+        Replica::start(&env, &lease, &dir.path().join("r1.log")),
+    ];
+    // Both serve /healthz; exactly one is ready (the leader).
+    for r in &replicas {
+        let (code, _) = eventually(20, "healthz", || r.get("/healthz")).await;
+        assert_eq!(code, 200);
+    }
+    let li = eventually(20, "exactly one leader", || async {
+        let a = replicas[0].get("/readyz").await?.0 == 200;
+        let b = replicas[1].get("/readyz").await?.0 == 200;
+        match (a, b) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    let mut replicas = replicas;
+    create_build(&env, &git_build("bin")).await;
+    let pod = wait_pod(&env, "bin-1-1").await;
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("reg.local/kiln-executor:bin")
+    );
+    pod_running(&env.admin, &env.ns, "bin-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "bin-1-1", "executor", 0, OK_MSG).await;
+    wait_build(&env, "bin", "Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            replicas[1 - li].get("/readyz").await.unwrap().0,
+            503,
+            "the follower must not act"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, metrics) = replicas[li].get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("kiln_builds_succeeded_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kiln_builds_started_total 1"), "{metrics}");
+
+    // SIGTERM: the leader stops, releases the Lease, and the follower takes over at once.
+    replicas[li].sigterm();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = replicas[li].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader did not exit within 20s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    let t = std::time::Instant::now();
+    eventually(10, "the follower becomes ready", || async {
+        (replicas[1 - li].get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    // The follower retries every second; a released Lease is taken without waiting for expiry.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    // JSON logs: every line of the old leader's log is a JSON object.
+    let log = std::fs::read_to_string(dir.path().join(format!("r{li}.log"))).unwrap();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(log.contains("became leader"), "{log}");
+    assert!(log.contains("shutdown signal received"), "{log}");
 }
