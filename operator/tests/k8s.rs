@@ -850,3 +850,92 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     assert!(log.contains("became leader"), "{log}");
     assert!(log.contains("shutdown signal received"), "{log}");
 }
+
+#[tokio::test]
+async fn executor_pods_of_every_source_kind_pass_api_validation() {
+    let Some(env) = env("ib-sources").await else {
+        return;
+    };
+    create_push_secret(&env, "regcred").await;
+    let op = Operator::start(&env);
+    let sources = [
+        (
+            "from-git",
+            BuildSource {
+                git: Some(GitSource {
+                    url: "git://git.local/app.git".into(),
+                    revision: Some("v1.2.3".into()),
+                    sub_path: Some("services/api".into()),
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-cm",
+            BuildSource {
+                config_map: Some(ConfigMapSource { name: "ctx".into() }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-pvc",
+            BuildSource {
+                persistent_volume_claim: Some(kiln_operator::crd::PvcSource {
+                    claim_name: "src".into(),
+                    sub_path: Some("project".into()),
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-url",
+            BuildSource {
+                url: Some("https://files.local/ctx.tar.gz".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, source) in sources {
+        let mut b = git_build(name);
+        b.spec.source = source;
+        b.spec.push_secret = Some("regcred".into());
+        b.spec.cache = Some(CacheSpec {
+            enabled: Some(true),
+            repository: Some("reg.local/cache".into()),
+            ttl: Some("24h".into()),
+            warm_claim: Some("warm".into()),
+        });
+        b.spec.node_selector = BTreeMap::from([("kubernetes.io/arch".into(), "amd64".into())]);
+        b.spec.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("builds".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }];
+        b.spec.service_account_name = Some("builder".into());
+        b.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_string(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("500m".into()),
+            )])),
+            ..Default::default()
+        });
+        b.spec.timeout = Some("45m".into());
+        create_build(&env, &b).await;
+    }
+    for name in ["from-git", "from-cm", "from-pvc", "from-url"] {
+        let pod = wait_pod(&env, &format!("{name}-1-1")).await;
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert!(c
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--cache-dir=/cache".to_string()));
+        let b = wait_build(&env, name, "phase Pending with the Pod", |b| {
+            b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some(&format!("{name}-1-1"))
+        })
+        .await;
+        assert_eq!(phase(&b), Some(Phase::Pending));
+    }
+    op.stop().await;
+}

@@ -130,6 +130,7 @@ pub fn plan(
         let name = names::pod_name(&cw.name_any(), generation, run);
         let m = format!("warm run {run}: warmer Pod {name} created");
         st.phase = Some(Phase::Running);
+        st.completion_time = None;
         st.runs = Some(run);
         st.pod_name = Some(name);
         st.message = Some(m.clone());
@@ -168,8 +169,13 @@ pub fn plan(
                 plan.event = Some((true, reason::POD_DELETED, m));
                 Some((false, now))
             } else if created_before {
-                // Finished earlier and the Pod was cleaned up since: time from the status.
-                let t = old.last_warm_time.as_ref().map(|t| t.0).unwrap_or(now);
+                // Finished earlier and the Pod was removed since: time from the status (a
+                // status without it is old enough to run again at once).
+                let t = old
+                    .completion_time
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or(Timestamp::UNIX_EPOCH);
                 Some((old.phase == Some(Phase::Succeeded), t))
             } else if obs.secret_missing {
                 let secret = cw.spec.pull_secret.clone().unwrap_or_default();
@@ -293,6 +299,7 @@ pub fn plan(
         }
     };
     if let Some((ok, at)) = finished {
+        st.completion_time = Some(Time(at));
         // Next run after the refresh interval; after a failure, after the retry backoff.
         let wait = if ok {
             interval
@@ -448,6 +455,47 @@ mod tests {
             .contains("404"));
         assert_eq!(p.requeue, Some(Duration::from_secs(9)));
         assert_eq!(p.event.as_ref().unwrap().1, "Failed");
+    }
+
+    #[test]
+    fn missing_pull_secret_waits() {
+        let mut c = cw();
+        c.spec.pull_secret = Some("pull".into());
+        let p = step(
+            &mut c,
+            Observation {
+                pod: None,
+                secret_missing: true,
+            },
+            0,
+        );
+        assert_eq!(p.create_run, None);
+        assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+        let s = c.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(Phase::Pending));
+        assert_eq!(
+            conditions::get(&s.conditions, "Ready").unwrap().reason,
+            "SecretNotFound"
+        );
+        assert_eq!(p.event.unwrap().1, "SecretNotFound");
+        let p = step(&mut c, Observation::default(), 31);
+        assert_eq!(p.create_run, Some(1));
+    }
+
+    #[test]
+    fn deleted_warmer_pod_is_reported_and_rerun() {
+        let mut c = cw();
+        step(&mut c, Observation::default(), 0);
+        let p = step(&mut c, Observation::default(), 5);
+        let s = c.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(
+            conditions::get(&s.conditions, "Ready").unwrap().reason,
+            "PodDeleted"
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(10)));
+        let p = step(&mut c, Observation::default(), 16);
+        assert_eq!(p.create_run, Some(2));
     }
 
     #[test]

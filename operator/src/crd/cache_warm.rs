@@ -67,6 +67,9 @@ pub struct CacheWarmStatus {
     /// Warm runs started for the observed generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<i32>,
+    /// When the current run finished, successfully or not (unset while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
     /// When the last successful warm finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_warm_time: Option<Time>,

@@ -308,7 +308,9 @@ pub fn plan(
                 PodOutcome::Failed {
                     reason: reason::POD_DELETED,
                     message: format!("the executor Pod {pod_name} was deleted before it finished"),
-                    finished: Some(now),
+                    // Deleted while waiting for a retry: the attempt had already failed at the
+                    // recorded time, so the backoff keeps counting from there.
+                    finished: Some(b.old.completion_time.as_ref().map(|t| t.0).unwrap_or(now)),
                 }
             } else if obs.secret_missing {
                 let secret = build.spec.push_secret.clone().unwrap_or_default();
@@ -423,6 +425,7 @@ pub fn plan(
                     let next_pod = names::pod_name(&build.name_any(), generation, next);
                     let m = format!("attempt {attempt} failed ({why}); attempt {next}: executor Pod {next_pod} created");
                     b.new.phase = Some(Phase::Pending);
+                    b.new.completion_time = None;
                     b.new.attempts = Some(next);
                     b.new.pod_name = Some(next_pod);
                     b.new.message = Some(m.clone());
@@ -450,6 +453,8 @@ pub fn plan(
                         (Status::Unknown, reason::RETRYING),
                         &m,
                     );
+                    // The failed attempt's end, kept until the next attempt starts.
+                    b.new.completion_time = Some(Time(failed_at));
                     plan.requeue = Some(left);
                 }
             } else {

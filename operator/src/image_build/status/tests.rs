@@ -376,3 +376,23 @@ fn tail_lines_skips_blank() {
     assert_eq!(tail_lines("a\n\nb\nc\n\n", 2), "b\nc");
     assert_eq!(tail_lines("", 3), "");
 }
+
+#[test]
+fn failed_pod_deleted_during_backoff_still_retries() {
+    let mut b = build(1);
+    step(&mut b, 1, Observation::default(), 0);
+    let failed = Observation {
+        pod: Some(pod("Failed", Some((1, "boom", 10)))),
+        ..Default::default()
+    };
+    let p = step(&mut b, 1, failed, 11);
+    assert_eq!(p.requeue, Some(Duration::from_secs(9)));
+    // The failed Pod disappears while the operator waits.
+    let p = step(&mut b, 1, Observation::default(), 12);
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, Some(Duration::from_secs(8)));
+    assert_eq!(cond(&b, "Ready").reason, "PodDeleted");
+    let p = step(&mut b, 1, Observation::default(), 20);
+    assert_eq!(p.create_attempt, Some(2));
+    assert_eq!(b.status.as_ref().unwrap().completion_time, None);
+}
