@@ -597,6 +597,13 @@ async fn cache_warm_runs_and_refreshes() {
         (!pod_names(&env).await.contains(&"base-1-1".to_string())).then_some(())
     })
     .await;
+    // Deleting the CacheWarm removes its warmer Pods.
+    api.delete("base", &DeleteParams::default()).await.unwrap();
+    eventually(20, "CacheWarm and its Pods gone", || async {
+        let gone = api.get_opt("base").await.unwrap().is_none();
+        (gone && pod_names(&env).await.is_empty()).then_some(())
+    })
+    .await;
     op.stop().await;
 }
 
