@@ -678,7 +678,8 @@ impl<'r> Writer<'r> {
         nix::sys::stat::mknod(&host, kind, perm, rdev).map_err(|e| werr(io::Error::from(e)))?;
         std::os::unix::fs::lchown(&host, Some(m.owner.0), Some(m.owner.1)).map_err(werr)?;
         fs::set_permissions(&host, fs::Permissions::from_mode(m.mode)).map_err(werr)?;
-        filetime::set_file_times(&host, m.atime, m.mtime).map_err(werr)?;
+        // Never `set_file_times` here: it opens the path, which blocks on a fifo.
+        filetime::set_symlink_file_times(&host, m.atime, m.mtime).map_err(werr)?;
         self.record(&host);
         Ok(())
     }
@@ -686,9 +687,11 @@ impl<'r> Writer<'r> {
     /// Apply directory times (children are all written now) and return the written paths.
     fn finish(self) -> Result<Vec<String>, CopyError> {
         for (host, atime, mtime) in self.dir_times.iter().rev() {
-            filetime::set_file_times(host, *atime, *mtime).map_err(|source| CopyError::Write {
-                path: host.display().to_string(),
-                source,
+            filetime::set_symlink_file_times(host, *atime, *mtime).map_err(|source| {
+                CopyError::Write {
+                    path: host.display().to_string(),
+                    source,
+                }
             })?;
         }
         Ok(self.written)

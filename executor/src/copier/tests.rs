@@ -789,3 +789,32 @@ fn matches_buildah_ignore_and_add() {
     let theirs = buildah_tree(dir.path(), &ctx_dir);
     pretty_assertions::assert_eq!(listing(&ours), theirs);
 }
+
+#[test]
+fn xattrs_and_fifos_are_copied() {
+    let fx = fixture();
+    let src = fx.src.join("a.txt");
+    if let Err(e) = xattr::set(&src, "user.kiln", b"yes") {
+        eprintln!("filesystem without user xattrs ({e}); only the fifo is checked");
+    } else {
+        copy_into_root(&[src], &fx.root, "/x", &opts()).unwrap();
+        assert_eq!(
+            xattr::get(fx.root.join("x"), "user.kiln")
+                .unwrap()
+                .as_deref(),
+            Some(&b"yes"[..])
+        );
+    }
+    let fifo_dir = fx.src.join("fifo");
+    fs::create_dir(&fifo_dir).unwrap();
+    nix::unistd::mkfifo(
+        &fifo_dir.join("p"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    copy_into_root(&[fifo_dir], &fx.root, "/f", &opts()).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    let m = fs::symlink_metadata(fx.root.join("f/p")).unwrap();
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.mode() & 0o7777, 0o640);
+}
