@@ -68,7 +68,10 @@ pub(crate) enum TarOwnership {
 /// directory; a directory's contents are merged into `dest` (created 0755 when missing, as buildah
 /// does: the source directory's own mode is not applied to `dest`). A source that is a symlink is
 /// followed; symlinks inside a copied directory are copied as symlinks; hard links among the copied
-/// files stay hard links. Returns the in-image paths written, after symlink resolution (for example
+/// files stay hard links. `dest` and its parents are followed through image symlinks (confined to
+/// `root`), but a directory inside a copied tree replaces a symlink of the same name, as buildah
+/// does. Several sources need `dest` to end with `/` or to be an existing directory (buildah
+/// accepts the latter). Returns the in-image paths written, after symlink resolution (for example
 /// `/usr/bin/x` for `dest` `/bin/` when `/bin -> usr/bin`), including parent directories created.
 pub fn copy_into_root(
     sources: &[PathBuf],
