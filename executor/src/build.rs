@@ -125,8 +125,8 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         .map_err(|source| BuildError::Parse { path: dockerfile_path.display().to_string(), source })?;
 
     let platform = match &opts.custom_platform {
-        Some(p) => Platform::parse(p).map_err(BuildError::Usage)?,
-        None => Platform::host(),
+        Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
+        None => Platform::default(),
     };
     let registry = Registry::new(registry_options(opts, platform.clone()))?;
     let mut builder = Builder {
@@ -285,7 +285,7 @@ impl<'a> Builder<'a> {
     /// Global ARG values (for FROM lines): defaults expanded in order, overridden by --build-arg,
     /// plus the automatic platform arguments.
     fn meta_args(&self) -> BTreeMap<String, Option<String>> {
-        let mut values: BTreeMap<String, Option<String>> = self.platform.automatic_args().into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(&self.platform).into_iter().map(|(k, v)| (k, Some(v))).collect();
         for decl in &self.parsed.meta_args {
             let value = if let Some(v) = self.build_args.get(&decl.name) {
                 Some(v.clone())
@@ -706,6 +706,20 @@ impl<'a> Builder<'a> {
         }
         Ok(BuildResult { digest, references, manifest: manifest_bytes, config: config_bytes })
     }
+}
+
+/// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*` twins).
+/// Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
+fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
+    let build = Platform::default();
+    let mut args = Vec::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
+        args.push((format!("{prefix}PLATFORM"), p.to_string()));
+        args.push((format!("{prefix}OS"), p.os.clone()));
+        args.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        args.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));
+    }
+    args
 }
 
 enum SourceRef {

@@ -4,36 +4,31 @@
 
 use std::path::{Path, PathBuf};
 
-/// Why Kiln believes it is inside a container, or `None`.
+/// Why Kiln believes it is inside a disposable container, or `None`.
 ///
-/// The signals, in order: `KILN_CONTAINER=1|0` (explicit override), the `container` variable set
-/// by podman/systemd-nspawn, `/.dockerenv` or `/run/.containerenv`, a Kubernetes service
-/// environment (`KUBERNETES_SERVICE_HOST`), a non-root cgroup path naming a container runtime.
+/// Only explicit signals count, because building in place overwrites `/`: `KILN_CONTAINER=1|0`
+/// (set to 1 in Kiln's executor image; 0 forces "not a container"), a Kubernetes Pod
+/// (`KUBERNETES_SERVICE_HOST`), or the `container` variable podman and systemd-nspawn set.
+/// Marker files such as `/.dockerenv` are deliberately not trusted: development VMs and CI
+/// machines built from container images carry them too.
 pub fn detect() -> Option<String> {
-    if let Ok(v) = std::env::var("KILN_CONTAINER") {
+    detect_from(|name| std::env::var(name).ok())
+}
+
+fn detect_from(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(v) = env("KILN_CONTAINER") {
         return match v.as_str() {
             "1" | "true" => Some("KILN_CONTAINER is set".into()),
             _ => None,
         };
     }
-    if let Ok(v) = std::env::var("container") {
-        if !v.is_empty() {
-            return Some(format!("the container environment variable says {v}"));
-        }
-    }
-    for marker in ["/.dockerenv", "/run/.containerenv"] {
-        if Path::new(marker).exists() {
-            return Some(format!("{marker} exists"));
-        }
-    }
-    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+    if env("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()) {
         return Some("KUBERNETES_SERVICE_HOST is set (running in a Pod)".into());
     }
-    let cgroup = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
-    if ["kubepods", "docker", "containerd", "libpod", "crio"].iter().any(|k| cgroup.contains(k)) {
-        return Some("the cgroup of PID 1 belongs to a container runtime".into());
+    match env("container") {
+        Some(v) if !v.is_empty() => Some(format!("the container environment variable says {v}")),
+        _ => None,
     }
-    None
 }
 
 /// Mount points listed in a mountinfo text (field 5), unescaped (`\040` is a space).
@@ -80,6 +75,18 @@ pub fn in_place_ignore_paths(work_dir: &Path, ignore_var_run: bool) -> Vec<PathB
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_explicit_signals_mean_container() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert!(detect_from(env(&[])).is_none());
+        assert!(detect_from(env(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).is_some());
+        assert!(detect_from(env(&[("container", "podman")])).is_some());
+        assert!(detect_from(env(&[("KILN_CONTAINER", "1")])).is_some());
+        assert!(detect_from(env(&[("KILN_CONTAINER", "0"), ("KUBERNETES_SERVICE_HOST", "x")])).is_none());
+    }
 
     #[test]
     fn mountinfo_mount_points() {

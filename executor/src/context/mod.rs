@@ -1,1 +1,471 @@
-//! Build contexts (directory, tarball) and `.dockerignore`. Never modifies the context.
+//! Build contexts (directory, tarball) and `.dockerignore`. Never modifies the context: a tarball
+//! is extracted into a fresh directory of our own, and a directory context is only read.
+
+mod ignore;
+
+pub use ignore::{IgnoreMatcher, PatternError};
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use tempfile::TempDir;
+
+/// Why a build context could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("build context scheme \"{scheme}\" is not supported yet; use a directory (dir:///path or a plain path) or a local tarball (tar:///path/ctx.tar.gz)")]
+    UnsupportedScheme { scheme: String },
+    #[error("build context {path}: {source}; check that the directory exists and is readable")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("build context {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("extracting build context tarball {path}: {message}")]
+    Extract { path: PathBuf, message: String },
+    #[error("reading {path}: {source}")]
+    ReadIgnore { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    BadIgnorePattern { path: PathBuf, source: PatternError },
+    #[error("COPY source {0} is outside the build context")]
+    OutsideContext(String),
+    #[error("{0}: not found in build context or excluded by .dockerignore")]
+    NotFound(String),
+    #[error("COPY source {pattern}: invalid wildcard pattern ({reason})")]
+    BadSourcePattern {
+        pattern: String,
+        reason: &'static str,
+    },
+    #[error("reading build context at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A build context ready to be read: a directory on the host plus its `.dockerignore` rules.
+#[derive(Debug)]
+pub struct BuildContext {
+    root: PathBuf,
+    ignore: IgnoreMatcher,
+    /// Keeps an extracted tarball alive for as long as the context is used; removed on drop.
+    _extracted: Option<TempDir>,
+}
+
+impl BuildContext {
+    /// Open a context from a `--context` value: `dir:///abs/path`, a plain path, or
+    /// `tar:///path/ctx.tar[.gz|.zst]` (extracted under `work_dir`, the tarball is left untouched).
+    pub fn open(spec: &str, work_dir: &Path) -> Result<BuildContext, ContextError> {
+        let (scheme, rest) = match spec.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+            None => (None, spec),
+        };
+        match scheme.as_deref() {
+            None | Some("dir") => BuildContext::from_dir(Path::new(rest)),
+            Some("tar") if rest != "stdin" => BuildContext::from_tarball(Path::new(rest), work_dir),
+            Some("tar") => Err(ContextError::UnsupportedScheme {
+                scheme: "tar://stdin".to_string(),
+            }),
+            Some(other) => Err(ContextError::UnsupportedScheme {
+                scheme: format!("{other}://"),
+            }),
+        }
+    }
+
+    fn from_dir(path: &Path) -> Result<BuildContext, ContextError> {
+        // Canonical so that symlink-escape checks compare like with like.
+        let root = fs::canonicalize(path).map_err(|source| ContextError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(ContextError::NotADirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(BuildContext {
+            root,
+            ignore: IgnoreMatcher::default(),
+            _extracted: None,
+        })
+    }
+
+    fn from_tarball(path: &Path, work_dir: &Path) -> Result<BuildContext, ContextError> {
+        let extract_err = |message: String| ContextError::Extract {
+            path: path.to_path_buf(),
+            message,
+        };
+        fs::create_dir_all(work_dir)
+            .map_err(|e| extract_err(format!("creating work dir {}: {e}", work_dir.display())))?;
+        let dir = tempfile::Builder::new()
+            .prefix("context-")
+            .tempdir_in(work_dir)
+            .map_err(|e| {
+                extract_err(format!(
+                    "creating a directory under {}: {e}",
+                    work_dir.display()
+                ))
+            })?;
+        let file = fs::File::open(path).map_err(|source| ContextError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let reader =
+            crate::copier::decompressing_reader(file).map_err(|e| extract_err(e.to_string()))?;
+        crate::copier::extract_tar(reader, dir.path(), "/", crate::copier::TarOwnership::Root)
+            .map_err(|e| extract_err(e.to_string()))?;
+        let root = fs::canonicalize(dir.path()).map_err(|source| ContextError::Open {
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
+        Ok(BuildContext {
+            root,
+            ignore: IgnoreMatcher::default(),
+            _extracted: Some(dir),
+        })
+    }
+
+    /// The context directory on the host (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `.dockerignore` rules in effect.
+    pub fn ignore_rules(&self) -> &IgnoreMatcher {
+        &self.ignore
+    }
+
+    /// Load the ignore rules for `dockerfile`: `<dockerfile>.dockerignore` next to it when present
+    /// (BuildKit's per-Dockerfile ignore file), else `<context>/.dockerignore`, else none.
+    pub fn load_ignore(&mut self, dockerfile: &Path) -> Result<(), ContextError> {
+        let mut specific = dockerfile.as_os_str().to_os_string();
+        specific.push(".dockerignore");
+        let specific = PathBuf::from(specific);
+        let candidates = [specific, self.root.join(".dockerignore")];
+        for path in candidates {
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    self.ignore = IgnoreMatcher::parse(&text).map_err(|source| {
+                        ContextError::BadIgnorePattern {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(ContextError::ReadIgnore { path, source }),
+            }
+        }
+        self.ignore = IgnoreMatcher::default();
+        Ok(())
+    }
+
+    /// Whether `rel` (relative to the context root) is excluded by `.dockerignore`. An excluded
+    /// directory is still reported as included when a later `!` pattern may re-include something
+    /// inside it, so that walkers descend into it and test its children one by one.
+    pub fn is_excluded(&self, rel: &Path) -> bool {
+        let rel_str = rel_to_slash(rel);
+        if rel_str == "." || !self.ignore.matches(&rel_str) {
+            return false;
+        }
+        let is_dir = fs::symlink_metadata(self.root.join(rel))
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        !(is_dir && self.ignore.may_reinclude_under(&rel_str))
+    }
+
+    /// Like [`BuildContext::is_excluded`] but for a host path under the root (the copier's
+    /// `exclude` callback); paths outside the root are never excluded.
+    pub fn is_excluded_host(&self, host: &Path) -> bool {
+        match host.strip_prefix(&self.root) {
+            Ok(rel) => self.is_excluded(rel),
+            Err(_) => false,
+        }
+    }
+
+    /// Resolve COPY/ADD sources to absolute host paths inside the context. Each source is relative
+    /// to the context root (a leading `/` too); wildcards are expanded per path component against
+    /// the context minus ignored paths. Symlinks are not resolved in the returned paths (the copier
+    /// follows a top-level symlink itself), but every source is checked to stay inside the context.
+    pub fn resolve_sources(&self, raw: &[String]) -> Result<Vec<PathBuf>, ContextError> {
+        let mut out = Vec::new();
+        for source in raw {
+            let rel =
+                lexical_rel(source).ok_or_else(|| ContextError::OutsideContext(source.clone()))?;
+            if has_wildcard(&rel) {
+                let matches = self.expand(source, &rel)?;
+                if matches.is_empty() {
+                    return Err(ContextError::NotFound(source.clone()));
+                }
+                for m in matches {
+                    self.check_inside(source, &m)?;
+                    out.push(self.root.join(m));
+                }
+            } else {
+                let rel_path = PathBuf::from(if rel.is_empty() { "." } else { rel.as_str() });
+                self.check_inside(source, &rel_path)?;
+                if rel_path != Path::new(".") && self.is_excluded(&rel_path) {
+                    return Err(ContextError::NotFound(source.clone()));
+                }
+                out.push(if rel.is_empty() {
+                    self.root.clone()
+                } else {
+                    self.root.join(&rel_path)
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fail unless `rel` exists and, with every symlink followed, still lies inside the root.
+    fn check_inside(&self, source: &str, rel: &Path) -> Result<(), ContextError> {
+        let host = self.root.join(rel);
+        let real = match fs::canonicalize(&host) {
+            Ok(real) => real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A dangling symlink whose target would be outside is still an escape attempt.
+                if let Ok(meta) = fs::symlink_metadata(&host) {
+                    if meta.file_type().is_symlink() && !self.link_target_inside(&host) {
+                        return Err(ContextError::OutsideContext(source.to_string()));
+                    }
+                }
+                return Err(ContextError::NotFound(source.to_string()));
+            }
+            Err(source_err) => {
+                return Err(ContextError::Io {
+                    path: host,
+                    source: source_err,
+                })
+            }
+        };
+        let Ok(real_rel) = real.strip_prefix(&self.root) else {
+            return Err(ContextError::OutsideContext(source.to_string()));
+        };
+        // The target of a symlink must not be something .dockerignore hides.
+        if !real_rel.as_os_str().is_empty() && self.is_excluded(real_rel) {
+            return Err(ContextError::NotFound(source.to_string()));
+        }
+        Ok(())
+    }
+
+    fn link_target_inside(&self, link: &Path) -> bool {
+        let Ok(target) = fs::read_link(link) else {
+            return false;
+        };
+        let base = link.parent().unwrap_or(&self.root);
+        let joined = if target.is_absolute() {
+            target
+        } else {
+            base.join(target)
+        };
+        let cleaned = crate::fsutil::clean_abs(&joined.to_string_lossy());
+        Path::new(&cleaned).starts_with(&self.root)
+    }
+
+    /// Expand a wildcard source component by component (Go `filepath.Glob` semantics), skipping
+    /// ignored paths. Results are relative to the root, sorted within each directory.
+    fn expand(&self, source: &str, rel: &str) -> Result<Vec<PathBuf>, ContextError> {
+        let mut current: Vec<PathBuf> = vec![PathBuf::new()];
+        for part in rel.split('/') {
+            let mut next = Vec::new();
+            if !has_wildcard(part) {
+                let lit = unescape(part);
+                for base in &current {
+                    let candidate = base.join(&lit);
+                    if fs::symlink_metadata(self.root.join(&candidate)).is_ok()
+                        && !self.is_excluded(&candidate)
+                    {
+                        next.push(candidate);
+                    }
+                }
+            } else {
+                validate_glob(part).map_err(|reason| ContextError::BadSourcePattern {
+                    pattern: source.to_string(),
+                    reason,
+                })?;
+                for base in &current {
+                    let dir = self.root.join(base);
+                    // Only directories can hold matches; a symlink to a directory counts but must
+                    // itself stay inside the context.
+                    if !dir.is_dir() {
+                        continue;
+                    }
+                    if !base.as_os_str().is_empty() {
+                        self.check_inside(source, base)?;
+                    }
+                    let entries = fs::read_dir(&dir).map_err(|source| ContextError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    let mut names = Vec::new();
+                    for entry in entries {
+                        let entry = entry.map_err(|source| ContextError::Io {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                        names.push(entry.file_name());
+                    }
+                    names.sort();
+                    for name in names {
+                        let Some(name_str) = name.to_str() else {
+                            continue;
+                        };
+                        if glob_match(part, name_str) {
+                            let candidate = base.join(&name);
+                            if !self.is_excluded(&candidate) {
+                                next.push(candidate);
+                            }
+                        }
+                    }
+                }
+            }
+            current = next;
+            if current.is_empty() {
+                break;
+            }
+        }
+        Ok(current)
+    }
+}
+
+fn rel_to_slash(rel: &Path) -> String {
+    let parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_string()),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Clean a raw source into a `/`-joined path relative to the root ("" for the root itself);
+/// `None` when `..` climbs above the root.
+fn lexical_rel(raw: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Go `filepath.Match` syntax check for one component.
+fn validate_glob(pattern: &str) -> Result<(), &'static str> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err("trailing backslash");
+                }
+                i += 2;
+            }
+            '[' => i = class_end(&p, i + 1).ok_or("unterminated character class")?,
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Index just after the `]` closing a class whose content starts at `i`.
+fn class_end(p: &[char], mut i: usize) -> Option<usize> {
+    if p.get(i) == Some(&'^') {
+        i += 1;
+    }
+    let mut first = true;
+    loop {
+        let c = *p.get(i)?;
+        if c == ']' && !first {
+            return Some(i + 1);
+        }
+        first = false;
+        i += if c == '\\' { 2 } else { 1 };
+    }
+}
+
+/// Go `filepath.Match` for a single path component (no `/` in `name`).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = name.chars().collect();
+    glob_rec(&p, &s)
+}
+
+fn glob_rec(p: &[char], s: &[char]) -> bool {
+    let Some(&c) = p.first() else {
+        return s.is_empty();
+    };
+    match c {
+        '*' => (0..=s.len()).any(|n| glob_rec(&p[1..], &s[n..])),
+        '?' => !s.is_empty() && glob_rec(&p[1..], &s[1..]),
+        '\\' => match (p.get(1), s.first()) {
+            (Some(a), Some(b)) if a == b => glob_rec(&p[2..], &s[1..]),
+            _ => false,
+        },
+        '[' => {
+            let Some(end) = class_end(p, 1) else {
+                return false;
+            };
+            let Some(&ch) = s.first() else { return false };
+            let mut i = 1;
+            let negated = p.get(1) == Some(&'^');
+            if negated {
+                i += 1;
+            }
+            let mut hit = false;
+            while i < end - 1 {
+                let mut lo = p[i];
+                if lo == '\\' {
+                    i += 1;
+                    lo = p[i];
+                }
+                i += 1;
+                let mut hi = lo;
+                if p.get(i) == Some(&'-') && i + 1 < end - 1 {
+                    i += 1;
+                    hi = p[i];
+                    if hi == '\\' {
+                        i += 1;
+                        hi = p[i];
+                    }
+                    i += 1;
+                }
+                if lo <= ch && ch <= hi {
+                    hit = true;
+                }
+            }
+            hit != negated && glob_rec(&p[end..], &s[1..])
+        }
+        lit => s.first() == Some(&lit) && glob_rec(&p[1..], &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Streams one layer to disk: tar → sha256 (diff_id) → compressor → sha256 (digest) → file, in a
+//! single pass. Knows nothing about which entries belong in a layer; it must not walk the root.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tar::Header;
+
+use super::Compression;
+
+/// Counts and hashes what passes through it.
+pub(super) struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> (W, String, u64) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest, self.len)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(inner: W, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            // GzEncoder writes mtime 0 and no file name in the gzip header: output depends only on
+            // the input bytes and the level.
+            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::new(level.min(9)),
+            )),
+            Compression::Zstd { level } => {
+                Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+/// Tar header name fields are 100 bytes; longer names and link targets go in PAX records.
+const NAME_FIELD: usize = 100;
+
+type Sink = HashWriter<Encoder<HashWriter<BufWriter<File>>>>;
+
+/// The identities of a finished layer blob.
+pub(super) struct Written {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+}
+
+/// A tar stream being written, compressed and hashed.
+pub(super) struct LayerWriter {
+    builder: tar::Builder<Sink>,
+}
+
+impl LayerWriter {
+    pub fn new(file: File, compression: Compression) -> io::Result<Self> {
+        let compressed = HashWriter::new(BufWriter::with_capacity(256 * 1024, file));
+        let tar_stream = HashWriter::new(Encoder::new(compressed, compression)?);
+        Ok(LayerWriter {
+            builder: tar::Builder::new(tar_stream),
+        })
+    }
+
+    /// Append one entry with the name and link target stored byte for byte (the tar crate's own
+    /// path setters normalise them), falling back to PAX `path`/`linkpath` records when they do
+    /// not fit, and with `xattrs` as PAX records.
+    pub fn append<R: Read>(
+        &mut self,
+        header: &mut Header,
+        name: &[u8],
+        link: Option<&[u8]>,
+        xattrs: &[(String, Vec<u8>)],
+        data: R,
+    ) -> io::Result<()> {
+        let mut pax: Vec<(&str, &[u8])> = Vec::new();
+        if name.len() > NAME_FIELD {
+            pax.push(("path", name));
+        }
+        if let Some(link) = link {
+            if link.len() > NAME_FIELD {
+                pax.push(("linkpath", link));
+            }
+        }
+        for (key, value) in xattrs {
+            pax.push((key.as_str(), value.as_slice()));
+        }
+        if !pax.is_empty() {
+            self.builder.append_pax_extensions(pax)?;
+        }
+        let old = header.as_old_mut();
+        let n = name.len().min(NAME_FIELD);
+        old.name[..n].copy_from_slice(&name[..n]);
+        if let Some(link) = link {
+            let n = link.len().min(NAME_FIELD);
+            old.linkname[..n].copy_from_slice(&link[..n]);
+        }
+        header.set_cksum();
+        self.builder.append(header, data)
+    }
+
+    /// Write the end-of-archive blocks, flush the compressor and return the blob's identities.
+    pub fn finish(self) -> io::Result<Written> {
+        let tar_stream = self.builder.into_inner()?;
+        let (encoder, diff_id, _) = tar_stream.finish();
+        let (buffered, digest, size) = encoder.finish()?.finish();
+        buffered.into_inner().map_err(|e| e.into_error())?;
+        Ok(Written {
+            digest,
+            diff_id,
+            size,
+        })
+    }
+}
+
+/// Reads exactly `len` bytes from a file and fails if it ends sooner: the tar header already
+/// promised that many, and a short entry would corrupt every entry after it.
+pub(super) struct ExactReader<'a> {
+    inner: io::Take<&'a mut File>,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl<'a> ExactReader<'a> {
+    pub fn new(file: &'a mut File, len: u64, path: &'a Path) -> Self {
+        ExactReader {
+            inner: file.take(len),
+            remaining: len,
+            path,
+        }
+    }
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} shrank while it was being added to the layer",
+                    self.path.display()
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
