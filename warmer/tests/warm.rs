@@ -163,40 +163,66 @@ struct Pushed {
 /// Makes a one-layer image from the directory `root` (tar, gzipped when `gzip`) and pushes
 /// it to `reference`.
 fn push_image(reg: &TestRegistry, work: &Path, root: &Path, reference: &str, gzip: bool) -> Pushed {
+    let (pushed, _) = push_layers(reg, work, &[root], reference, gzip);
+    pushed
+}
+
+/// One layer per directory in `roots`, in order; returns the image and every layer's
+/// `(digest, diff_id)`.
+fn push_layers(
+    reg: &TestRegistry,
+    work: &Path,
+    roots: &[&Path],
+    reference: &str,
+    gzip: bool,
+) -> (Pushed, Vec<(String, String)>) {
     std::fs::create_dir_all(work).unwrap();
-    let tar_path = work.join("layer.tar");
-    run(Command::new(require_tool("tar"))
-        .args([
-            "--sort=name",
-            "--mtime=@1700000000",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-        ])
-        .arg("-C")
-        .arg(root)
-        .arg("-cf")
-        .arg(&tar_path)
-        .arg("."));
-    let diff_id = sha256_file(&tar_path);
-    let (layer_path, media_type) = if gzip {
-        run(Command::new(require_tool("gzip"))
-            .args(["-n", "-f"])
-            .arg(&tar_path));
-        (
-            work.join("layer.tar.gz"),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )
-    } else {
-        (tar_path, "application/vnd.oci.image.layer.v1.tar")
-    };
-    let layer_digest = sha256_file(&layer_path);
-    let layer_size = std::fs::metadata(&layer_path).unwrap().len();
+    let mut layers = Vec::new();
+    let mut blobs = Vec::new();
+    let mut descriptors = Vec::new();
+    for (i, root) in roots.iter().enumerate() {
+        let tar_path = work.join(format!("layer{i}.tar"));
+        run(Command::new(require_tool("tar"))
+            .args([
+                "--sort=name",
+                "--mtime=@1700000000",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+            ])
+            .arg("-C")
+            .arg(root)
+            .arg("-cf")
+            .arg(&tar_path)
+            .arg("."));
+        let diff_id = sha256_file(&tar_path);
+        let (layer_path, media_type) = if gzip {
+            run(Command::new(require_tool("gzip"))
+                .args(["-n", "-f"])
+                .arg(&tar_path));
+            (
+                work.join(format!("layer{i}.tar.gz")),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        } else {
+            (tar_path, "application/vnd.oci.image.layer.v1.tar")
+        };
+        let digest = sha256_file(&layer_path);
+        let size = std::fs::metadata(&layer_path).unwrap().len();
+        descriptors.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
+        blobs.push(Blob {
+            digest: digest.clone(),
+            size,
+            source: BlobSource::File(layer_path),
+        });
+        layers.push((digest, diff_id));
+    }
+    let diff_ids: Vec<&str> = layers.iter().map(|(_, d)| d.as_str()).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": Platform::default().architecture,
         "os": "linux",
         "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "created": "2023-11-14T22:13:20Z"
     }))
     .unwrap();
@@ -205,31 +231,26 @@ fn push_image(reg: &TestRegistry, work: &Path, root: &Path, reference: &str, gzi
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": layer_size}]
+        "layers": descriptors
     }))
     .unwrap();
     let registry = Registry::new(reg.options()).unwrap();
-    let blobs = [
-        Blob {
-            digest: layer_digest.clone(),
-            size: layer_size,
-            source: BlobSource::File(layer_path),
-        },
-        Blob {
-            digest: config_digest,
-            size: config.len() as u64,
-            source: BlobSource::Bytes(config),
-        },
-    ];
+    let first_size = blobs[0].size;
+    blobs.push(Blob {
+        digest: config_digest,
+        size: config.len() as u64,
+        source: BlobSource::Bytes(config),
+    });
     let manifest_digest = rt()
         .block_on(registry.push_image(reference, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
         .unwrap();
-    Pushed {
+    let pushed = Pushed {
         reference: reference.to_string(),
         manifest_digest,
-        layer_digest,
-        layer_size,
-    }
+        layer_digest: layers[0].0.clone(),
+        layer_size: first_size,
+    };
+    (pushed, layers)
 }
 
 /// A busybox root: /bin/busybox and /bin/sh pointing at it.
@@ -625,5 +646,61 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
     if temp.exists() {
         assert!(cache.clean_temp_files(Duration::ZERO).unwrap() >= 1);
         assert!(!temp.exists());
+    }
+}
+
+#[test]
+fn multi_layer_image_keeps_layer_order_and_shares_blobs() {
+    let reg = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = push_busybox(&reg, work.path());
+    let mut roots = Vec::new();
+    for i in 0..5 {
+        let root = work.path().join(format!("multi-root-{i}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join(format!("file{i}.txt")),
+            format!("layer {i}\n").repeat(1000 * (i + 1)),
+        )
+        .unwrap();
+        roots.push(root);
+    }
+    // The busybox layer comes first, so the two images share a blob.
+    let bb_root = work.path().join("busybox-root");
+    let mut all: Vec<&Path> = vec![bb_root.as_path()];
+    all.extend(roots.iter().map(PathBuf::as_path));
+    let (multi, layers) = push_layers(
+        &reg,
+        &work.path().join("multi"),
+        &all,
+        &format!("{}/kiln-test/multi:1", reg.addr),
+        true,
+    );
+    assert_eq!(layers[0].0, busybox.layer_digest);
+
+    let cache_dir = work.path().join("cache");
+    let term = work.path().join("termination-log");
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &busybox.reference]));
+    assert!(log.contains("fetched_layers=1"), "{log}");
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &multi.reference]));
+    assert!(
+        log.contains("fetched_layers=5") && log.contains("reused_layers=1"),
+        "{log}"
+    );
+
+    let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
+    let img = cache
+        .lookup(&multi.reference, &Platform::default())
+        .unwrap()
+        .unwrap();
+    let got: Vec<(String, String)> = img
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.diff_id.clone()))
+        .collect();
+    assert_eq!(got, layers);
+    for l in &img.layers {
+        assert_eq!(sha256_file(&l.path), l.digest);
+        assert_eq!(l.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
     }
 }
