@@ -222,6 +222,26 @@ impl BaseImageCache {
         self.load(&entry, &normalized, platform).map(Some)
     }
 
+    /// [`BaseImageCache::lookup`] for a build: any failure (damaged entry, unreadable
+    /// volume) is logged as a warning naming the reason and gives `None`, so the build pulls
+    /// the image from the registry instead, exactly as without a cache.
+    pub fn lookup_or_pull(&self, reference: &str, platform: &Platform) -> Option<CachedImage> {
+        match self.lookup(reference, platform) {
+            Ok(Some(image)) => {
+                tracing::info!(reference = %image.reference, digest = %image.manifest_digest, cache_dir = %self.dir().display(), "base image read from the cache");
+                Some(image)
+            }
+            Ok(None) => {
+                tracing::debug!(reference, cache_dir = %self.dir().display(), "base image not in the cache (or expired)");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(reference, error = %e, "cannot use the cached base image; pulling it from the registry");
+                None
+            }
+        }
+    }
+
     /// Like [`BaseImageCache::lookup`] without reading blobs: whether a current entry is
     /// recorded, and its manifest digest. For reporting, never for using the image.
     pub fn current_digest(
@@ -852,6 +872,7 @@ mod tests {
         assert!(e
             .to_string()
             .contains(&cache.layout().blob_path(&ld).display().to_string()));
+        assert!(cache.lookup_or_pull("r.example/b:1", &p).is_none());
         fs::remove_file(cache.layout().blob_path(&ld)).unwrap();
         let e = cache.lookup("r.example/b:1", &p).unwrap_err();
         assert!(matches!(e, CacheError::Missing { .. }), "{e}");
