@@ -1,0 +1,199 @@
+//! The warmer Pod of one warm run, computed from the `CacheWarm` alone. Pure and deterministic
+//! per generation and run, like the executor Pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, KeyToPath, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::OperatorConfig;
+use crate::crd::{CacheWarm, WarmedImage};
+use crate::image_build::pod::{CACHE_DIR, DOCKER_CONFIG_DIR};
+use crate::names;
+
+/// Name of the warmer container (the one whose termination message is read).
+pub const CONTAINER: &str = "warmer";
+
+/// What the warmer writes to its termination message on success (compact JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct WarmerResult {
+    pub images: Vec<WarmedImage>,
+}
+
+/// The warmer's arguments, in spec order.
+pub fn warmer_args(cw: &CacheWarm) -> Vec<String> {
+    let mut args: Vec<String> = cw
+        .spec
+        .images
+        .iter()
+        .map(|i| format!("--image={i}"))
+        .collect();
+    args.push(format!("--cache-dir={CACHE_DIR}"));
+    if let Some(p) = &cw.spec.platform {
+        args.push(format!("--platform={p}"));
+    }
+    args
+}
+
+/// The warmer Pod for `run` of the resource's current generation.
+pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
+    let name = cw.name_any();
+    let generation = cw.meta().generation.unwrap_or(0);
+    let mut volumes = vec![Volume {
+        name: "cache".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: cw.spec.claim.clone(),
+            read_only: Some(false),
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "cache".into(),
+        mount_path: CACHE_DIR.into(),
+        ..Default::default()
+    }];
+    let mut env = Vec::new();
+    if let Some(secret) = &cw.spec.pull_secret {
+        volumes.push(Volume {
+            name: "docker-config".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "docker-config".into(),
+            mount_path: DOCKER_CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: "DOCKER_CONFIG".into(),
+            value: Some(DOCKER_CONFIG_DIR.into()),
+            value_from: None,
+        });
+    }
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            crate::MANAGED_BY.to_string(),
+        ),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "kiln-warmer".to_string(),
+        ),
+        (crate::LABEL_WARM.to_string(), name.clone()),
+        (crate::LABEL_GENERATION.to_string(), generation.to_string()),
+        (crate::LABEL_ATTEMPT.to_string(), run.to_string()),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(names::pod_name(&name, generation, run)),
+            namespace: cw.namespace(),
+            labels: Some(labels),
+            owner_references: cw.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: CONTAINER.into(),
+                image: Some(
+                    cw.spec
+                        .warmer_image
+                        .clone()
+                        .unwrap_or_else(|| cfg.warmer_image.clone()),
+                ),
+                args: Some(warmer_args(cw)),
+                env: (!env.is_empty()).then_some(env),
+                volume_mounts: Some(mounts),
+                termination_message_path: Some("/dev/termination-log".into()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                ..Default::default()
+            }],
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::CacheWarmSpec;
+
+    fn cw() -> CacheWarm {
+        let mut c = CacheWarm::new(
+            "base",
+            CacheWarmSpec {
+                images: vec!["reg.local/debian:12".into(), "reg.local/alpine:3".into()],
+                claim: "warm".into(),
+                pull_secret: Some("pull".into()),
+                platform: Some("linux/amd64".into()),
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("u".into());
+        c.metadata.generation = Some(2);
+        c
+    }
+
+    #[test]
+    fn warmer_pod_writes_to_claim() {
+        let p = desired_pod(&cw(), &OperatorConfig::default(), 3);
+        assert_eq!(p.metadata.name.as_deref(), Some("base-2-3"));
+        let s = p.spec.as_ref().unwrap();
+        let c = &s.containers[0];
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "--image=reg.local/debian:12",
+                "--image=reg.local/alpine:3",
+                "--cache-dir=/cache",
+                "--platform=linux/amd64"
+            ]
+        );
+        let vols = s.volumes.as_ref().unwrap();
+        assert_eq!(
+            vols[0].persistent_volume_claim.as_ref().unwrap().claim_name,
+            "warm"
+        );
+        assert_eq!(
+            vols[0].persistent_volume_claim.as_ref().unwrap().read_only,
+            Some(false)
+        );
+        assert_eq!(
+            vols[1].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("pull")
+        );
+        assert_eq!(
+            c.env.as_ref().unwrap()[0].value.as_deref(),
+            Some("/kiln/.docker")
+        );
+        assert_eq!(s.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()[crate::LABEL_WARM],
+            "base"
+        );
+        assert_eq!(
+            p.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "CacheWarm"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! `ImageBuild`: one image built by one executor Pod (per spec generation and attempt).
+// kube's printcolumn(...) repeats `type_`/`priority` keys by design; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::Phase;
+
+/// Build an OCI image from a Dockerfile and push it to one or more registries.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "kiln.dev",
+    version = "v1alpha1",
+    kind = "ImageBuild",
+    namespaced,
+    status = "ImageBuildStatus",
+    shortname = "ib",
+    shortname = "ibuild",
+    category = "kiln",
+    doc = "An image built from a Dockerfile by a kiln-executor Pod and pushed to its destinations",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.image.digest"),
+    printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        json_path = ".status.attempts",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Pod",
+        type_ = "string",
+        json_path = ".status.podName",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.cache) || !has(self.cache.repository) || (has(self.cache.enabled) && self.cache.enabled)"
+).message("spec.cache.repository is set but spec.cache.enabled is not true: enable the cache or remove the repository"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.cache) || !has(self.cache.ttl) || (has(self.cache.enabled) && self.cache.enabled)"
+).message("spec.cache.ttl is set but spec.cache.enabled is not true: enable the cache or remove the ttl"))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildSpec {
+    /// Where the build context comes from: exactly one of git, configMap, persistentVolumeClaim, url.
+    pub source: BuildSource,
+    /// Path of the Dockerfile, relative to the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub dockerfile: Option<String>,
+    /// Stage to build (name or index); the last stage when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Build arguments (`ARG` values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_args: BTreeMap<String, String>,
+    /// Image references to push to; at least one, none repeated.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 512)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub destinations: Vec<String>,
+    /// Name of a `kubernetes.io/dockerconfigjson` Secret with the registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub push_secret: Option<String>,
+    /// Layer cache in a registry repository and base images from a warmed cache volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+    /// Labels added to the image config.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Resources of the executor container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the executor Pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the executor Pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Service account the executor Pod runs as (its token is never mounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Wall-clock limit of one attempt, like `30m` or `1h30m` (Pod activeDeadlineSeconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+    /// How many times a failed attempt is rerun (with exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+    /// Executor image to use instead of the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub executor_image: Option<String>,
+}
+
+/// The build context. Exactly one field is set (enforced at admission).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = Rule::new(
+    "[has(self.git), has(self.configMap), has(self.persistentVolumeClaim), has(self.url)].filter(x, x).size() == 1"
+).message("spec.source must set exactly one of git, configMap, persistentVolumeClaim, url"))]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcSource>,
+    /// An `https://` (or `http://`) URL of a tar or tar.gz archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://.+"))]
+    pub url: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// Repository URL (`https://`, `http://` or `git://`, with or without scheme prefix `git://`).
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Branch, tag or commit; the default branch when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Directory of the repository to use as the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSource {
+    /// ConfigMap whose keys are the context files.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Directory of the volume holding the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Cache layers in a registry repository (`--cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Repository of the layer cache (`--cache-repo`); derived from the first destination when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// How long cached layers stay valid, like `168h` (`--cache-ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub ttl: Option<String>,
+    /// PVC filled by a `CacheWarm`; mounted read-only at `/cache` (`--cache-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_claim: Option<String>,
+}
+
+/// What the operator observed, written only by the operator (server-side apply).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Executor Pod of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Attempts started for the observed generation (1 for the first run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BuiltImage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Human-readable summary; on failure the last lines of the executor's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltImage {
+    /// Manifest digest, `sha256:...`.
+    pub digest: String,
+    /// Pushed references, `registry/repo:tag@sha256:...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+}

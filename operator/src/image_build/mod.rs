@@ -1,0 +1,24 @@
+//! Reconciling an `ImageBuild`: validate (pure) → desired Pod (pure) → apply (I/O) → status
+//! (pure, then one server-side-apply patch). Only [`controller`] talks to the API server.
+
+pub mod controller;
+pub mod pod;
+pub mod status;
+pub mod validate;
+
+pub use controller::{reconcile, Context};
+pub use pod::{desired_pod, ExecutorResult};
+pub use status::{observe_pod, plan, Observation, Plan, PodOutcome};
+pub use validate::{validate, InvalidSpec, ValidSpec};
+
+/// Condition reasons used on `ImageBuild`s.
+pub mod reason {
+    pub const BUILDING: &str = "Building";
+    pub const PUSHED: &str = "Pushed";
+    pub const BUILD_FAILED: &str = "BuildFailed";
+    pub const TIMEOUT: &str = "Timeout";
+    pub const POD_DELETED: &str = "PodDeleted";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const RETRYING: &str = "Retrying";
+}

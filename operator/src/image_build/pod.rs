@@ -1,0 +1,535 @@
+//! The executor Pod of one attempt, computed from the `ImageBuild` alone. Pure: the same build,
+//! generation and attempt always give the same Pod, so creating it is idempotent.
+//!
+//! The Pod speaks to `kiln-executor` only through its kaniko-compatible command line, its
+//! volumes and `DOCKER_CONFIG`; the executor answers through the termination message
+//! ([`ExecutorResult`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use super::validate::ValidSpec;
+use crate::config::OperatorConfig;
+use crate::crd::ImageBuild;
+use crate::names;
+
+/// Name of the executor container (the one whose termination message is read).
+pub const CONTAINER: &str = "executor";
+/// Where the build context is mounted for ConfigMap and PVC sources.
+pub const WORKSPACE: &str = "/workspace";
+/// Directory holding `config.json` with the push credentials (`DOCKER_CONFIG`).
+pub const DOCKER_CONFIG_DIR: &str = "/kiln/.docker";
+/// Where the warmed cache volume is mounted (`--cache-dir`).
+pub const CACHE_DIR: &str = "/cache";
+
+/// What the executor writes to its termination message on success (compact JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExecutorResult {
+    pub digest: String,
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+/// `git://host/path#ref`, the kaniko spelling of a git context, from any of the URL forms users
+/// write (`https://`, `http://`, `git://` or no scheme).
+pub fn git_context(url: &str, revision: Option<&str>) -> String {
+    let rest = ["https://", "http://", "git://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
+        .unwrap_or(url);
+    match revision {
+        Some(r) if !r.is_empty() => format!("git://{rest}#{r}"),
+        _ => format!("git://{rest}"),
+    }
+}
+
+/// The executor's arguments, in a stable order.
+pub fn executor_args(build: &ImageBuild) -> Vec<String> {
+    let spec = &build.spec;
+    let mut args = Vec::new();
+    let mut flag = |name: &str, value: &str| args.push(format!("--{name}={value}"));
+    let src = &spec.source;
+    if let Some(git) = &src.git {
+        flag("context", &git_context(&git.url, git.revision.as_deref()));
+        if let Some(sub) = git.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            flag("context-sub-path", sub);
+        }
+    } else if src.config_map.is_some() || src.persistent_volume_claim.is_some() {
+        flag("context", &format!("dir://{WORKSPACE}"));
+    } else if let Some(url) = &src.url {
+        flag("context", url);
+    }
+    flag(
+        "dockerfile",
+        spec.dockerfile.as_deref().unwrap_or("Dockerfile"),
+    );
+    for d in &spec.destinations {
+        flag("destination", d);
+    }
+    for (k, v) in &spec.build_args {
+        flag("build-arg", &format!("{k}={v}"));
+    }
+    if let Some(t) = spec.target.as_deref().filter(|t| !t.is_empty()) {
+        flag("target", t);
+    }
+    for (k, v) in &spec.labels {
+        flag("label", &format!("{k}={v}"));
+    }
+    if let Some(cache) = &spec.cache {
+        if cache.enabled == Some(true) {
+            flag("cache", "true");
+            if let Some(repo) = &cache.repository {
+                flag("cache-repo", repo);
+            }
+            if let Some(ttl) = &cache.ttl {
+                flag("cache-ttl", ttl);
+            }
+        }
+        if cache.warm_claim.is_some() {
+            flag("cache-dir", CACHE_DIR);
+        }
+    }
+    args
+}
+
+/// Labels that link a Pod to its build, generation and attempt.
+pub fn pod_labels(build_name: &str, generation: i64, attempt: i32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            crate::MANAGED_BY.to_string(),
+        ),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "kiln-executor".to_string(),
+        ),
+        (crate::LABEL_BUILD.to_string(), build_name.to_string()),
+        (crate::LABEL_GENERATION.to_string(), generation.to_string()),
+        (crate::LABEL_ATTEMPT.to_string(), attempt.to_string()),
+    ])
+}
+
+/// The executor Pod for `attempt` of the build's current generation.
+pub fn desired_pod(
+    build: &ImageBuild,
+    valid: &ValidSpec,
+    cfg: &OperatorConfig,
+    attempt: i32,
+) -> Pod {
+    let spec = &build.spec;
+    let name = build.name_any();
+    let generation = build.meta().generation.unwrap_or(0);
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+
+    let src = &spec.source;
+    if let Some(cm) = &src.config_map {
+        volumes.push(Volume {
+            name: "context".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "context".into(),
+            mount_path: WORKSPACE.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if let Some(pvc) = &src.persistent_volume_claim {
+        volumes.push(Volume {
+            name: "context".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "context".into(),
+            mount_path: WORKSPACE.into(),
+            sub_path: pvc.sub_path.clone().filter(|s| !s.is_empty()),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if let Some(secret) = &spec.push_secret {
+        volumes.push(Volume {
+            name: "docker-config".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "docker-config".into(),
+            mount_path: DOCKER_CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: "DOCKER_CONFIG".into(),
+            value: Some(DOCKER_CONFIG_DIR.into()),
+            value_from: None,
+        });
+    }
+    if let Some(claim) = spec.cache.as_ref().and_then(|c| c.warm_claim.as_ref()) {
+        volumes.push(Volume {
+            name: "cache".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "cache".into(),
+            mount_path: CACHE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(
+            spec.executor_image
+                .clone()
+                .unwrap_or_else(|| cfg.executor_image.clone()),
+        ),
+        args: Some(executor_args(build)),
+        env: (!env.is_empty()).then_some(env),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        resources: spec.resources.clone(),
+        termination_message_path: Some("/dev/termination-log".into()),
+        // If the executor dies before writing its message, the tail of its output is reported.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(names::pod_name(&name, generation, attempt)),
+            namespace: build.namespace(),
+            labels: Some(pod_labels(&name, generation, attempt)),
+            owner_references: build.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            service_account_name: spec.service_account_name.clone(),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            active_deadline_seconds: valid
+                .timeout
+                .map(|t| (t.as_secs_f64().ceil() as i64).max(1)),
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        BuildSource, CacheSpec, ConfigMapSource, GitSource, ImageBuildSpec, PvcSource,
+    };
+    use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::time::Duration;
+
+    fn build(source: BuildSource) -> ImageBuild {
+        let mut b = ImageBuild::new(
+            "app",
+            ImageBuildSpec {
+                source,
+                destinations: vec!["reg.local/app:1".into(), "reg.local/app:latest".into()],
+                ..Default::default()
+            },
+        );
+        b.metadata.namespace = Some("ns".into());
+        b.metadata.uid = Some("uid-1".into());
+        b.metadata.generation = Some(4);
+        b
+    }
+
+    fn git() -> BuildSource {
+        BuildSource {
+            git: Some(GitSource {
+                url: "https://example.com/org/app.git".into(),
+                revision: Some("refs/heads/main".into()),
+                sub_path: Some("svc".into()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn valid() -> ValidSpec {
+        ValidSpec {
+            timeout: None,
+            retries: 0,
+        }
+    }
+
+    fn container(p: &Pod) -> &Container {
+        &p.spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn git_source_args_and_identity() {
+        let b = build(git());
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 2);
+        assert_eq!(p.metadata.name.as_deref(), Some("app-4-2"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("ns"));
+        let c = container(&p);
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &vec![
+                "--context=git://example.com/org/app.git#refs/heads/main".to_string(),
+                "--context-sub-path=svc".into(),
+                "--dockerfile=Dockerfile".into(),
+                "--destination=reg.local/app:1".into(),
+                "--destination=reg.local/app:latest".into(),
+            ]
+        );
+        assert_eq!(
+            c.image.as_deref(),
+            Some(OperatorConfig::default().executor_image.as_str())
+        );
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let s = p.spec.as_ref().unwrap();
+        assert_eq!(s.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(s.active_deadline_seconds, None);
+        assert!(s.volumes.is_none());
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "ImageBuild");
+        assert_eq!(owner.uid, "uid-1");
+        assert_eq!(owner.controller, Some(true));
+        let labels = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[crate::LABEL_BUILD], "app");
+        assert_eq!(labels[crate::LABEL_GENERATION], "4");
+        assert_eq!(labels[crate::LABEL_ATTEMPT], "2");
+    }
+
+    #[test]
+    fn git_context_forms() {
+        assert_eq!(git_context("git://h/r.git", None), "git://h/r.git");
+        assert_eq!(git_context("h/r.git", Some("v1")), "git://h/r.git#v1");
+        assert_eq!(git_context("http://h/r", Some("")), "git://h/r");
+    }
+
+    #[test]
+    fn configmap_source_mounts_workspace() {
+        let b = build(BuildSource {
+            config_map: Some(ConfigMapSource { name: "ctx".into() }),
+            ..Default::default()
+        });
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let c = container(&p);
+        assert_eq!(c.args.as_ref().unwrap()[0], "--context=dir:///workspace");
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str()),
+            ("context", "/workspace")
+        );
+        let v = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+        assert_eq!(v.config_map.as_ref().unwrap().name, "ctx");
+    }
+
+    #[test]
+    fn pvc_source_uses_sub_path() {
+        let b = build(BuildSource {
+            persistent_volume_claim: Some(PvcSource {
+                claim_name: "src".into(),
+                sub_path: Some("proj".into()),
+            }),
+            ..Default::default()
+        });
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let c = container(&p);
+        assert_eq!(c.args.as_ref().unwrap()[0], "--context=dir:///workspace");
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(m.sub_path.as_deref(), Some("proj"));
+        assert_eq!(m.read_only, Some(true));
+        let v = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            v.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "src"
+        );
+    }
+
+    #[test]
+    fn url_source_passes_through() {
+        let b = build(BuildSource {
+            url: Some("https://example.com/ctx.tar.gz".into()),
+            ..Default::default()
+        });
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        assert_eq!(
+            container(&p).args.as_ref().unwrap()[0],
+            "--context=https://example.com/ctx.tar.gz"
+        );
+    }
+
+    #[test]
+    fn push_secret_is_mounted_as_docker_config() {
+        let mut b = build(git());
+        b.spec.push_secret = Some("regcred".into());
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let c = container(&p);
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(env[0].name, "DOCKER_CONFIG");
+        assert_eq!(env[0].value.as_deref(), Some("/kiln/.docker"));
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(m.mount_path, "/kiln/.docker");
+        assert_eq!(m.read_only, Some(true));
+        let v = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+        let s = v.secret.as_ref().unwrap();
+        assert_eq!(s.secret_name.as_deref(), Some("regcred"));
+        let item = &s.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            (".dockerconfigjson", "config.json")
+        );
+    }
+
+    #[test]
+    fn cache_flags_and_warm_volume() {
+        let mut b = build(git());
+        b.spec.cache = Some(CacheSpec {
+            enabled: Some(true),
+            repository: Some("reg.local/cache".into()),
+            ttl: Some("168h".into()),
+            warm_claim: Some("warm".into()),
+        });
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let c = container(&p);
+        let args = c.args.as_ref().unwrap();
+        for want in [
+            "--cache=true",
+            "--cache-repo=reg.local/cache",
+            "--cache-ttl=168h",
+            "--cache-dir=/cache",
+        ] {
+            assert!(
+                args.contains(&want.to_string()),
+                "{want} missing from {args:?}"
+            );
+        }
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str()),
+            ("cache", "/cache")
+        );
+        let v = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            v.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "warm"
+        );
+    }
+
+    #[test]
+    fn build_args_target_labels_sorted() {
+        let mut b = build(git());
+        b.spec.build_args = [("B".to_string(), "2".to_string()), ("A".into(), "1".into())].into();
+        b.spec.labels = [(
+            "org.opencontainers.image.source".to_string(),
+            "x".to_string(),
+        )]
+        .into();
+        b.spec.target = Some("final".into());
+        b.spec.dockerfile = Some("build/Dockerfile".into());
+        let args = executor_args(&b);
+        assert_eq!(
+            &args[2..],
+            &[
+                "--dockerfile=build/Dockerfile",
+                "--destination=reg.local/app:1",
+                "--destination=reg.local/app:latest",
+                "--build-arg=A=1",
+                "--build-arg=B=2",
+                "--target=final",
+                "--label=org.opencontainers.image.source=x",
+            ]
+        );
+    }
+
+    #[test]
+    fn scheduling_resources_deadline_and_image_override() {
+        let mut b = build(git());
+        b.spec.resources = Some(ResourceRequirements {
+            limits: Some([("memory".to_string(), Quantity("2Gi".into()))].into()),
+            ..Default::default()
+        });
+        b.spec.node_selector = [("kubernetes.io/arch".to_string(), "amd64".to_string())].into();
+        b.spec.tolerations = vec![Toleration {
+            key: Some("builds".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }];
+        b.spec.service_account_name = Some("builder".into());
+        b.spec.executor_image = Some("reg.local/kiln-executor:dev".into());
+        let v = ValidSpec {
+            timeout: Some(Duration::from_millis(90_500)),
+            retries: 0,
+        };
+        let p = desired_pod(&b, &v, &OperatorConfig::default(), 1);
+        let s = p.spec.as_ref().unwrap();
+        assert_eq!(s.active_deadline_seconds, Some(91));
+        assert_eq!(s.service_account_name.as_deref(), Some("builder"));
+        assert_eq!(
+            s.node_selector.as_ref().unwrap()["kubernetes.io/arch"],
+            "amd64"
+        );
+        assert_eq!(
+            s.tolerations.as_ref().unwrap()[0].key.as_deref(),
+            Some("builds")
+        );
+        let c = &s.containers[0];
+        assert_eq!(c.image.as_deref(), Some("reg.local/kiln-executor:dev"));
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+            "2Gi"
+        );
+    }
+
+    #[test]
+    fn same_inputs_same_pod() {
+        let b = build(git());
+        let cfg = OperatorConfig::default();
+        assert_eq!(
+            desired_pod(&b, &valid(), &cfg, 1),
+            desired_pod(&b, &valid(), &cfg, 1)
+        );
+        assert_ne!(
+            desired_pod(&b, &valid(), &cfg, 1).metadata.name,
+            desired_pod(&b, &valid(), &cfg, 2).metadata.name
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! From what was observed (the build, its Pod of the current attempt, whether the push Secret
+//! exists) to what to do next and the new status. Pure: the clock is a parameter, no client.
+//!
+//! State lives in `status` (observedGeneration, attempts, podName), so the decision after an
+//! operator restart is the same as before it: a finished generation is never rerun, a running
+//! attempt's Pod is found again by its deterministic name.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::pod::{ExecutorResult, CONTAINER};
+use super::reason;
+use super::validate::{InvalidSpec, ValidSpec};
+use crate::conditions::{self, Desired, Status};
+use crate::config::OperatorConfig;
+use crate::crd::{BuiltImage, ImageBuild, ImageBuildStatus, Phase};
+use crate::names;
+
+/// What the controller read from the API server for one reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// The Pod named for the current attempt (see [`current_attempt`]), if it exists.
+    pub pod: Option<Pod>,
+    /// The push Secret is named but does not exist (only looked up before creating a Pod).
+    pub secret_missing: bool,
+}
+
+/// The state of an executor Pod, read from its phase and container status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodOutcome {
+    Pending,
+    Running,
+    Succeeded {
+        result: ExecutorResult,
+        finished: Option<Timestamp>,
+    },
+    Failed {
+        reason: &'static str,
+        message: String,
+        finished: Option<Timestamp>,
+    },
+}
+
+/// A notable transition, published as a Kubernetes Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// What the controller must do after a reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The status to write, or `None` when nothing changed (a finished generation).
+    pub status: Option<ImageBuildStatus>,
+    /// Create the executor Pod for this attempt (idempotent: AlreadyExists is success).
+    pub create_attempt: Option<i32>,
+    /// Delete still-running Pods of older generations (a new generation started).
+    pub supersede_old_generations: bool,
+    pub event: Option<BuildEvent>,
+    /// Reconcile again after this delay even without a watch event (backoff, Secret wait).
+    pub requeue: Option<Duration>,
+    /// Build finished (succeeded or failed for good) in this reconcile: (succeeded, duration).
+    pub finished: Option<(bool, Option<Duration>)>,
+}
+
+const SECRET_RECHECK: Duration = Duration::from_secs(30);
+
+/// The executor container's terminated state, if it has one.
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == CONTAINER)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
+/// The last `n` non-empty lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Reads the outcome of an executor Pod.
+pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let term = terminated(pod);
+    let finished = term.and_then(|t| t.finished_at.as_ref()).map(|t| t.0);
+    let message = term.and_then(|t| t.message.as_deref()).unwrap_or("");
+    match phase {
+        "Running" => PodOutcome::Running,
+        "Succeeded" => match serde_json::from_str::<ExecutorResult>(message.trim()) {
+            Ok(result) if result.digest.starts_with("sha256:") => PodOutcome::Succeeded { result, finished },
+            _ => PodOutcome::Failed {
+                reason: reason::BUILD_FAILED,
+                message: format!(
+                    "the executor exited successfully but its termination message is not the expected \
+                     JSON {{\"digest\":\"sha256:...\",\"references\":[...]}}: {:?}",
+                    tail_lines(message, tail)
+                ),
+                finished,
+            },
+        },
+        "Failed" => {
+            let pod_reason = status.and_then(|s| s.reason.as_deref()).unwrap_or("");
+            if pod_reason == "DeadlineExceeded" {
+                let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
+                PodOutcome::Failed {
+                    reason: reason::TIMEOUT,
+                    message: format!("the build exceeded spec.timeout and was stopped. {detail}")
+                        .trim()
+                        .to_string(),
+                    finished: finished.or_else(|| latest_condition_time(pod)),
+                }
+            } else {
+                let code = term.map(|t| t.exit_code);
+                let out = tail_lines(message, tail);
+                let mut m = match code {
+                    Some(c) => format!("the executor failed with exit code {c}"),
+                    None => "the executor Pod failed".to_string(),
+                };
+                if !out.is_empty() {
+                    m.push_str(":\n");
+                    m.push_str(&out);
+                } else if let Some(r) = term.and_then(|t| t.reason.as_deref()) {
+                    m.push_str(&format!(" ({r})"));
+                }
+                PodOutcome::Failed {
+                    reason: reason::BUILD_FAILED,
+                    message: m,
+                    finished,
+                }
+            }
+        }
+        _ => PodOutcome::Pending,
+    }
+}
+
+fn latest_condition_time(pod: &Pod) -> Option<Timestamp> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// The attempt the status says is current for the build's generation (1 for a new generation).
+pub fn current_attempt(build: &ImageBuild) -> i32 {
+    let generation = build.metadata.generation.unwrap_or(0);
+    match &build.status {
+        Some(s) if s.observed_generation == Some(generation) => s.attempts.unwrap_or(1).max(1),
+        _ => 1,
+    }
+}
+
+/// Name of the Pod of the current attempt.
+pub fn current_pod_name(build: &ImageBuild) -> String {
+    names::pod_name(
+        &build.name_any(),
+        build.metadata.generation.unwrap_or(0),
+        current_attempt(build),
+    )
+}
+
+fn is_final(phase: Option<Phase>) -> bool {
+    matches!(phase, Some(Phase::Succeeded | Phase::Failed))
+}
+
+struct Builder<'a> {
+    old: ImageBuildStatus,
+    new: ImageBuildStatus,
+    generation: i64,
+    now: Timestamp,
+    _build: &'a ImageBuild,
+}
+
+impl Builder<'_> {
+    fn conditions(&mut self, ready: (Status, &str), succeeded: (Status, &str), message: &str) {
+        let c = conditions::set(
+            &self.new.conditions,
+            Desired {
+                type_: conditions::READY,
+                status: ready.0,
+                reason: ready.1,
+                message: message.to_string(),
+            },
+            Some(self.generation),
+            self.now,
+        );
+        self.new.conditions = conditions::set(
+            &c,
+            Desired {
+                type_: conditions::SUCCEEDED,
+                status: succeeded.0,
+                reason: succeeded.1,
+                message: message.to_string(),
+            },
+            Some(self.generation),
+            self.now,
+        );
+    }
+}
+
+/// The invalid-spec outcome: no Pod, status Failed with reason `InvalidSpec`.
+pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Plan {
+    let generation = build.metadata.generation.unwrap_or(0);
+    let old = build.status.clone().unwrap_or_default();
+    let message = format!("invalid spec: {err}");
+    let already = old.observed_generation == Some(generation)
+        && old.phase == Some(Phase::Failed)
+        && old.message.as_deref() == Some(message.as_str());
+    let mut b = Builder {
+        new: ImageBuildStatus {
+            conditions: old.conditions.clone(),
+            ..Default::default()
+        },
+        old,
+        generation,
+        now,
+        _build: build,
+    };
+    b.new.phase = Some(Phase::Failed);
+    b.new.observed_generation = Some(generation);
+    b.new.message = Some(message.clone());
+    b.new.completion_time = Some(Time(now));
+    b.conditions(
+        (Status::False, reason::INVALID_SPEC),
+        (Status::False, reason::INVALID_SPEC),
+        &message,
+    );
+    Plan {
+        status: (!already).then_some(b.new),
+        create_attempt: None,
+        supersede_old_generations: b.old.observed_generation != Some(generation),
+        event: (!already).then_some(BuildEvent {
+            warning: true,
+            reason: reason::INVALID_SPEC,
+            note: message,
+        }),
+        requeue: None,
+        finished: None,
+    }
+}
+
+/// Decides the next step of a valid build from what was observed.
+pub fn plan(
+    build: &ImageBuild,
+    valid: &ValidSpec,
+    obs: &Observation,
+    cfg: &OperatorConfig,
+    now: Timestamp,
+) -> Plan {
+    let generation = build.metadata.generation.unwrap_or(0);
+    let old = build.status.clone().unwrap_or_default();
+    let same_gen = old.observed_generation == Some(generation);
+    let mut plan = Plan {
+        status: None,
+        create_attempt: None,
+        supersede_old_generations: !same_gen,
+        event: None,
+        requeue: None,
+        finished: None,
+    };
+    if same_gen && is_final(old.phase) {
+        // Finished: never rerun, whatever Pods exist or not.
+        return plan;
+    }
+    let attempt = current_attempt(build);
+    let pod_name = names::pod_name(&build.name_any(), generation, attempt);
+    let mut b = Builder {
+        new: if same_gen {
+            old.clone()
+        } else {
+            ImageBuildStatus {
+                conditions: old.conditions.clone(),
+                ..Default::default()
+            }
+        },
+        old,
+        generation,
+        now,
+        _build: build,
+    };
+    b.new.observed_generation = Some(generation);
+    b.new.attempts = Some(attempt);
+    let start_time = |b: &Builder| b.new.start_time.clone().unwrap_or(Time(now));
+
+    let outcome = match &obs.pod {
+        Some(pod) => observe_pod(pod, cfg.failure_lines),
+        None => {
+            let created_before = same_gen
+                && b.old.pod_name.as_deref() == Some(pod_name.as_str())
+                && matches!(b.old.phase, Some(Phase::Pending | Phase::Running));
+            if created_before {
+                PodOutcome::Failed {
+                    reason: reason::POD_DELETED,
+                    message: format!("the executor Pod {pod_name} was deleted before it finished"),
+                    // Deleted while waiting for a retry: the attempt had already failed at the
+                    // recorded time, so the backoff keeps counting from there.
+                    finished: Some(b.old.completion_time.as_ref().map(|t| t.0).unwrap_or(now)),
+                }
+            } else if obs.secret_missing {
+                let secret = build.spec.push_secret.clone().unwrap_or_default();
+                let m = format!(
+                    "push Secret {secret:?} does not exist in namespace {}: create a kubernetes.io/dockerconfigjson \
+                     Secret with that name",
+                    build.namespace().unwrap_or_default()
+                );
+                b.new.phase = Some(Phase::Pending);
+                b.new.message = Some(m.clone());
+                b.conditions(
+                    (Status::False, reason::SECRET_NOT_FOUND),
+                    (Status::Unknown, reason::SECRET_NOT_FOUND),
+                    &m,
+                );
+                if b.old
+                    .conditions
+                    .iter()
+                    .all(|c| c.reason != reason::SECRET_NOT_FOUND)
+                {
+                    plan.event = Some(BuildEvent {
+                        warning: true,
+                        reason: reason::SECRET_NOT_FOUND,
+                        note: m,
+                    });
+                }
+                plan.requeue = Some(SECRET_RECHECK);
+                plan.status = Some(b.new);
+                return plan;
+            } else {
+                // Start this attempt.
+                let m = format!("attempt {attempt}: executor Pod {pod_name} created");
+                b.new.phase = Some(Phase::Pending);
+                b.new.pod_name = Some(pod_name.clone());
+                b.new.start_time = Some(start_time(&b));
+                b.new.message = Some(m.clone());
+                b.conditions(
+                    (Status::False, reason::BUILDING),
+                    (Status::Unknown, reason::BUILDING),
+                    &m,
+                );
+                plan.create_attempt = Some(attempt);
+                plan.event = Some(BuildEvent {
+                    warning: false,
+                    reason: "Started",
+                    note: m,
+                });
+                plan.status = Some(b.new);
+                return plan;
+            }
+        }
+    };
+    b.new.pod_name = Some(pod_name.clone());
+    b.new.start_time = Some(start_time(&b));
+    match outcome {
+        PodOutcome::Pending | PodOutcome::Running => {
+            let running = outcome == PodOutcome::Running;
+            let m = format!(
+                "attempt {attempt}: executor Pod {pod_name} is {}",
+                if running { "running" } else { "pending" }
+            );
+            b.new.phase = Some(if running {
+                Phase::Running
+            } else {
+                Phase::Pending
+            });
+            b.new.message = Some(m.clone());
+            b.conditions(
+                (Status::False, reason::BUILDING),
+                (Status::Unknown, reason::BUILDING),
+                &m,
+            );
+        }
+        PodOutcome::Succeeded { result, finished } => {
+            let done = finished.unwrap_or(now);
+            let refs = if result.references.is_empty() {
+                result.digest.clone()
+            } else {
+                result.references.join(", ")
+            };
+            let m = format!("pushed {refs}");
+            b.new.phase = Some(Phase::Succeeded);
+            b.new.completion_time = Some(Time(done));
+            b.new.image = Some(BuiltImage {
+                digest: result.digest,
+                references: result.references,
+            });
+            b.new.message = Some(m.clone());
+            b.conditions(
+                (Status::True, reason::PUSHED),
+                (Status::True, reason::PUSHED),
+                &m,
+            );
+            plan.event = Some(BuildEvent {
+                warning: false,
+                reason: "Succeeded",
+                note: m,
+            });
+            plan.finished = Some((true, elapsed(b.new.start_time.as_ref(), done)));
+        }
+        PodOutcome::Failed {
+            reason: why,
+            message,
+            finished,
+        } => {
+            let failed_at = finished.unwrap_or(now);
+            if attempt <= valid.retries {
+                let next = attempt + 1;
+                let wait = cfg.backoff(next);
+                let waited = elapsed(Some(&Time(failed_at)), now).unwrap_or_default();
+                if waited >= wait {
+                    let next_pod = names::pod_name(&build.name_any(), generation, next);
+                    let m = format!("attempt {attempt} failed ({why}); attempt {next}: executor Pod {next_pod} created");
+                    b.new.phase = Some(Phase::Pending);
+                    b.new.completion_time = None;
+                    b.new.attempts = Some(next);
+                    b.new.pod_name = Some(next_pod);
+                    b.new.message = Some(m.clone());
+                    b.conditions(
+                        (Status::False, why),
+                        (Status::Unknown, reason::RETRYING),
+                        &m,
+                    );
+                    plan.create_attempt = Some(next);
+                    plan.event = Some(BuildEvent {
+                        warning: true,
+                        reason: reason::RETRYING,
+                        note: format!("{m}\n{message}"),
+                    });
+                } else {
+                    let left = wait - waited;
+                    let m = format!(
+                        "attempt {attempt} failed ({why}); retrying in {}:\n{message}",
+                        crate::duration::format(left + Duration::from_millis(999))
+                    );
+                    b.new.phase = Some(Phase::Pending);
+                    b.new.message = Some(m.clone());
+                    b.conditions(
+                        (Status::False, why),
+                        (Status::Unknown, reason::RETRYING),
+                        &m,
+                    );
+                    // The failed attempt's end, kept until the next attempt starts.
+                    b.new.completion_time = Some(Time(failed_at));
+                    plan.requeue = Some(left);
+                }
+            } else {
+                let m = if attempt > 1 {
+                    format!("attempt {attempt} of {attempt} failed ({why}): {message}")
+                } else {
+                    message.clone()
+                };
+                b.new.phase = Some(Phase::Failed);
+                b.new.completion_time = Some(Time(failed_at));
+                b.new.message = Some(m.clone());
+                b.conditions((Status::False, why), (Status::False, why), &m);
+                plan.event = Some(BuildEvent {
+                    warning: true,
+                    reason: "Failed",
+                    note: m,
+                });
+                plan.finished = Some((false, elapsed(b.new.start_time.as_ref(), failed_at)));
+            }
+        }
+    }
+    if b.new != b.old {
+        plan.status = Some(b.new);
+    }
+    plan
+}
+
+fn elapsed(from: Option<&Time>, to: Timestamp) -> Option<Duration> {
+    let from = from?.0;
+    let secs = to.as_millisecond().checked_sub(from.as_millisecond())?;
+    u64::try_from(secs).ok().map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,398 @@
+use super::*;
+use crate::crd::{BuildSource, GitSource, ImageBuildSpec};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, PodStatus};
+
+fn ts(s: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + s).unwrap()
+}
+
+fn build(retries: i32) -> ImageBuild {
+    let mut b = ImageBuild::new(
+        "app",
+        ImageBuildSpec {
+            source: BuildSource {
+                git: Some(GitSource {
+                    url: "https://example.com/app.git".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            destinations: vec!["reg.local/app:1".into()],
+            retries: Some(retries),
+            push_secret: Some("regcred".into()),
+            ..Default::default()
+        },
+    );
+    b.metadata.namespace = Some("ns".into());
+    b.metadata.generation = Some(1);
+    b
+}
+
+fn valid(retries: i32) -> ValidSpec {
+    ValidSpec {
+        timeout: None,
+        retries,
+    }
+}
+
+fn pod(phase: &str, term: Option<(i32, &str, i64)>) -> Pod {
+    Pod {
+        status: Some(PodStatus {
+            phase: Some(phase.into()),
+            container_statuses: term.map(|(code, msg, at)| {
+                vec![ContainerStatus {
+                    name: CONTAINER.into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            message: Some(msg.into()),
+                            finished_at: Some(Time(ts(at))),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs `plan` and stores the resulting status on the build, like the controller's patch.
+fn step(b: &mut ImageBuild, retries: i32, obs: Observation, now: i64) -> Plan {
+    let cfg = OperatorConfig::default();
+    let p = plan(b, &valid(retries), &obs, &cfg, ts(now));
+    if let Some(s) = &p.status {
+        b.status = Some(s.clone());
+    }
+    p
+}
+
+fn cond<'a>(
+    b: &'a ImageBuild,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conditions::get(&b.status.as_ref().unwrap().conditions, t).unwrap()
+}
+
+const OK_MSG: &str = r#"{"digest":"sha256:abc","references":["reg.local/app:1@sha256:abc"]}"#;
+
+#[test]
+fn first_reconcile_creates_attempt_one() {
+    let mut b = build(0);
+    let p = step(&mut b, 0, Observation::default(), 0);
+    assert_eq!(p.create_attempt, Some(1));
+    assert_eq!(p.event.as_ref().unwrap().reason, "Started");
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert_eq!(s.pod_name.as_deref(), Some("app-1-1"));
+    assert_eq!(s.attempts, Some(1));
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(s.start_time, Some(Time(ts(0))));
+    assert_eq!(cond(&b, "Ready").reason, "Building");
+    assert_eq!(cond(&b, "Succeeded").status, "Unknown");
+}
+
+#[test]
+fn running_then_succeeded_with_termination_message() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Running", None)),
+            ..Default::default()
+        },
+        5,
+    );
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Running));
+    let ready_since = cond(&b, "Ready").last_transition_time.clone();
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, OK_MSG, 42)))),
+            ..Default::default()
+        },
+        50,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    let img = s.image.as_ref().unwrap();
+    assert_eq!(img.digest, "sha256:abc");
+    assert_eq!(img.references, vec!["reg.local/app:1@sha256:abc"]);
+    assert_eq!(s.completion_time, Some(Time(ts(42))));
+    assert_eq!(cond(&b, "Ready").status, "True");
+    assert_eq!(cond(&b, "Ready").reason, "Pushed");
+    assert_ne!(cond(&b, "Ready").last_transition_time, ready_since);
+    assert_eq!(p.event.unwrap().reason, "Succeeded");
+    assert_eq!(p.finished, Some((true, Some(Duration::from_secs(42)))));
+    // Finished: a later reconcile (e.g. after a restart) does nothing, even with the Pod gone.
+    let p = step(&mut b, 0, Observation::default(), 100);
+    assert_eq!(p.status, None);
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.event, None);
+}
+
+#[test]
+fn pending_to_running_keeps_condition_transition_time() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let t0 = cond(&b, "Ready").last_transition_time.clone();
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Running", None)),
+            ..Default::default()
+        },
+        10,
+    );
+    assert_eq!(cond(&b, "Ready").last_transition_time, t0);
+}
+
+#[test]
+fn failure_reports_last_output_lines() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let out: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Failed", Some((1, &out, 7)))),
+            ..Default::default()
+        },
+        8,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    let m = s.message.as_deref().unwrap();
+    assert!(
+        m.starts_with("the executor failed with exit code 1:\nline 11\n"),
+        "{m}"
+    );
+    assert!(m.ends_with("line 30"), "{m}");
+    assert!(!m.contains("line 10\n"));
+    assert_eq!(cond(&b, "Succeeded").status, "False");
+    assert_eq!(cond(&b, "Succeeded").reason, "BuildFailed");
+    assert_eq!(p.event.unwrap().reason, "Failed");
+    assert_eq!(p.finished.map(|f| f.0), Some(false));
+}
+
+#[test]
+fn deadline_exceeded_is_timeout() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let mut p = pod("Failed", None);
+    let st = p.status.as_mut().unwrap();
+    st.reason = Some("DeadlineExceeded".into());
+    st.message = Some("Pod was active on the node longer than the specified deadline".into());
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(p),
+            ..Default::default()
+        },
+        600,
+    );
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "Timeout");
+    assert!(b
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("spec.timeout"));
+}
+
+#[test]
+fn succeeded_without_json_is_a_failure() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, "done", 3)))),
+            ..Default::default()
+        },
+        4,
+    );
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    assert!(b
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("termination message"));
+}
+
+#[test]
+fn deleted_pod_is_reported() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Running", None)),
+            ..Default::default()
+        },
+        1,
+    );
+    step(&mut b, 0, Observation::default(), 2);
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "PodDeleted");
+}
+
+#[test]
+fn retries_with_backoff_then_gives_up() {
+    let mut b = build(2);
+    step(&mut b, 2, Observation::default(), 0);
+    let failed = |at| Observation {
+        pod: Some(pod("Failed", Some((1, "boom", at)))),
+        ..Default::default()
+    };
+    // Attempt 1 fails at t=10; backoff before attempt 2 is 10s.
+    let p = step(&mut b, 2, failed(10), 12);
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, Some(Duration::from_secs(8)));
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Pending));
+    assert_eq!(cond(&b, "Succeeded").reason, "Retrying");
+    let p = step(&mut b, 2, failed(10), 20);
+    assert_eq!(p.create_attempt, Some(2));
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(
+        (s.attempts, s.pod_name.as_deref()),
+        (Some(2), Some("app-1-2"))
+    );
+    // Attempt 2 fails at t=30; backoff doubles to 20s.
+    let p = step(&mut b, 2, failed(30), 45);
+    assert_eq!(p.requeue, Some(Duration::from_secs(5)));
+    let p = step(&mut b, 2, failed(30), 50);
+    assert_eq!(p.create_attempt, Some(3));
+    // Attempt 3 fails: retries exhausted.
+    let p = step(&mut b, 2, failed(60), 61);
+    assert_eq!(p.create_attempt, None);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert!(s
+        .message
+        .as_deref()
+        .unwrap()
+        .starts_with("attempt 3 of 3 failed (BuildFailed)"));
+    assert_eq!(s.start_time, Some(Time(ts(0))));
+}
+
+#[test]
+fn missing_secret_waits_without_pod() {
+    let mut b = build(0);
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: None,
+            secret_missing: true,
+        },
+        0,
+    );
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+    assert_eq!(p.event.as_ref().unwrap().reason, "SecretNotFound");
+    assert_eq!(cond(&b, "Ready").reason, "SecretNotFound");
+    assert!(b
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("\"regcred\""));
+    // Still missing: no second event, transition time unchanged.
+    let t0 = cond(&b, "Ready").last_transition_time.clone();
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: None,
+            secret_missing: true,
+        },
+        30,
+    );
+    assert_eq!(p.event, None);
+    assert_eq!(cond(&b, "Ready").last_transition_time, t0);
+    // Secret appears: the build starts.
+    let p = step(&mut b, 0, Observation::default(), 60);
+    assert_eq!(p.create_attempt, Some(1));
+}
+
+#[test]
+fn new_generation_starts_over() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, OK_MSG, 5)))),
+            ..Default::default()
+        },
+        6,
+    );
+    b.metadata.generation = Some(2);
+    let p = step(&mut b, 0, Observation::default(), 10);
+    assert_eq!(p.create_attempt, Some(1));
+    assert!(p.supersede_old_generations);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.pod_name.as_deref(), Some("app-2-1"));
+    assert_eq!(s.image, None);
+    assert_eq!(s.completion_time, None);
+    assert_eq!(s.observed_generation, Some(2));
+    assert_eq!(cond(&b, "Ready").status, "False");
+}
+
+#[test]
+fn invalid_spec_plan() {
+    let b = build(0);
+    let p = plan_invalid(&b, &InvalidSpec::NoDestination, ts(0));
+    let s = p.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(s.conditions[0].reason, "InvalidSpec");
+    assert_eq!(p.create_attempt, None);
+}
+
+#[test]
+fn tail_lines_skips_blank() {
+    assert_eq!(tail_lines("a\n\nb\nc\n\n", 2), "b\nc");
+    assert_eq!(tail_lines("", 3), "");
+}
+
+#[test]
+fn failed_pod_deleted_during_backoff_still_retries() {
+    let mut b = build(1);
+    step(&mut b, 1, Observation::default(), 0);
+    let failed = Observation {
+        pod: Some(pod("Failed", Some((1, "boom", 10)))),
+        ..Default::default()
+    };
+    let p = step(&mut b, 1, failed, 11);
+    assert_eq!(p.requeue, Some(Duration::from_secs(9)));
+    // The failed Pod disappears while the operator waits.
+    let p = step(&mut b, 1, Observation::default(), 12);
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, Some(Duration::from_secs(8)));
+    assert_eq!(cond(&b, "Ready").reason, "PodDeleted");
+    let p = step(&mut b, 1, Observation::default(), 20);
+    assert_eq!(p.create_attempt, Some(2));
+    assert_eq!(b.status.as_ref().unwrap().completion_time, None);
+}

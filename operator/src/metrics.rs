@@ -1,0 +1,237 @@
+//! Prometheus metrics and the small HTTP server that serves `/metrics`, `/healthz` and
+//! `/readyz`. Counts what reconcilers report; it never talks to the API server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Operator metrics; cheap to clone (shared counters).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub builds_started: Counter,
+    pub builds_succeeded: Counter,
+    pub builds_failed: Counter,
+    pub build_duration: Histogram,
+    pub reconcile_errors: Family<KindLabel, Counter>,
+    pub warms_started: Counter,
+    /// Set once the controllers run (leader elected and caches ready).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let builds_started = Counter::default();
+        let builds_succeeded = Counter::default();
+        let builds_failed = Counter::default();
+        // 10 s .. ~2.8 h
+        let build_duration = Histogram::new(exponential_buckets(10.0, 2.0, 11));
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        let warms_started = Counter::default();
+        registry.register(
+            "builds_started",
+            "Executor Pods created (every attempt)",
+            builds_started.clone(),
+        );
+        registry.register(
+            "builds_succeeded",
+            "ImageBuilds that pushed their image",
+            builds_succeeded.clone(),
+        );
+        registry.register(
+            "builds_failed",
+            "ImageBuilds that failed for good (after retries)",
+            builds_failed.clone(),
+        );
+        registry.register(
+            "build_duration_seconds",
+            "Time from the first attempt's start to the build's end",
+            build_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that returned an error, by resource kind",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "cache_warms_started",
+            "Warmer Pods created",
+            warms_started.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            builds_started,
+            builds_succeeded,
+            builds_failed,
+            build_duration,
+            reconcile_errors,
+            warms_started,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Records a finished build.
+    pub fn build_finished(&self, succeeded: bool, took: Option<Duration>) {
+        if succeeded {
+            self.builds_succeeded.inc();
+        } else {
+            self.builds_failed.inc();
+        }
+        if let Some(d) = took {
+            self.build_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let (code, ctype, body) = match path {
+            "/metrics" => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.render(),
+            ),
+            "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                (StatusCode::OK, "text/plain", "ok\n".to_string())
+            }
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: waiting for leadership or caches\n".to_string(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_string(),
+            ),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    }
+
+    /// Serves the endpoints on `addr` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => r?,
+                () = &mut shutdown => return Ok(()),
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let resp = me.respond(req.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.builds_started.inc();
+        m.build_finished(true, Some(Duration::from_secs(30)));
+        m.reconcile_errors
+            .get_or_create(&KindLabel { kind: "ImageBuild" })
+            .inc();
+        let t = m.render();
+        assert!(t.contains("kiln_builds_started_total 1"), "{t}");
+        assert!(t.contains("kiln_builds_succeeded_total 1"), "{t}");
+        assert!(t.contains("kiln_build_duration_seconds_count 1"), "{t}");
+        assert!(
+            t.contains(r#"kiln_reconcile_errors_total{kind="ImageBuild"} 1"#),
+            "{t}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_endpoints() {
+        let m = Metrics::new();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(m.clone().serve(addr, async {
+            let _ = rx.await;
+        }));
+        let get = |path: &'static str| async move {
+            for _ in 0..50 {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    s.write_all(
+                        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).await.unwrap();
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("metrics server did not start on {addr}");
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        m.ready.store(true, Ordering::Relaxed);
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/metrics")
+            .await
+            .contains("kiln_builds_started_total 0"));
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,313 @@
+//! Harness for the integration tests against a real kube-apiserver (started by
+//! `scripts/k8s/apiserver.sh`): clients, CRD and RBAC installation, a namespace per test, the
+//! operator run in-process, and the "node" that moves Pods through their phases.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kiln_operator::config::OperatorConfig;
+use kiln_operator::metrics::Metrics;
+use kiln_operator::runtime::{self, Scope};
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+pub const MANAGER: &str = "kiln-tests";
+
+pub struct Env {
+    pub admin: Client,
+    /// Limited to operator/rbac.yaml (when the API server script's operator user exists).
+    pub operator: Client,
+    pub ns: String,
+}
+
+async fn client_from(path: &PathBuf) -> Client {
+    let kc = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()));
+    Client::try_from(cfg).expect("kube client")
+}
+
+/// Connects to the test API server, installs CRDs and RBAC, creates a fresh namespace.
+/// `None` only when `KILN_SKIP_K8S_TESTS=1`; a missing API server is a test failure.
+pub async fn env(test: &str) -> Option<Env> {
+    if std::env::var("KILN_SKIP_K8S_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipping {test}: KILN_SKIP_K8S_TESTS=1");
+        return None;
+    }
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG").map(PathBuf::from) else {
+        panic!(
+            "KUBECONFIG is not set: these tests need a real kube-apiserver. Run scripts/k8s/test.sh, or \
+             `scripts/k8s/apiserver.sh start` and export KUBECONFIG=/var/cache/kiln/k8s-run/kubeconfig; \
+             set KILN_SKIP_K8S_TESTS=1 to skip them"
+        );
+    };
+    let admin = client_from(&kubeconfig).await;
+    if let Err(e) = admin.apiserver_version().await {
+        panic!(
+            "the API server of {} is not reachable ({e}): start it with scripts/k8s/apiserver.sh start, \
+             or set KILN_SKIP_K8S_TESTS=1 to skip these tests",
+            kubeconfig.display()
+        );
+    }
+    install_crds(&admin).await;
+    install_rbac(&admin).await;
+    let op_path = kubeconfig.with_file_name("kubeconfig-operator");
+    let operator = if op_path.exists() {
+        client_from(&op_path).await
+    } else {
+        eprintln!(
+            "{} not found: running the operator as admin",
+            op_path.display()
+        );
+        admin.clone()
+    };
+    let suffix = format!("{:x}", std::process::id() as u64 * 1000 + rand_u16() as u64);
+    let ns = format!("{}-{}", test.replace('_', "-"), suffix);
+    let ns = ns[..ns.len().min(63)].trim_end_matches('-').to_string();
+    create_namespace(&admin, &ns).await;
+    Some(Env {
+        admin,
+        operator,
+        ns,
+    })
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() / 7 % 65_521) as u16
+}
+
+pub async fn create_namespace(admin: &Client, ns: &str) {
+    let api: Api<Namespace> = Api::all(admin.clone());
+    let obj = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(ae)) if ae.code == 409 => {}
+        Err(e) => panic!("creating namespace {ns}: {e}"),
+    }
+}
+
+pub async fn install_crds(admin: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for (_, crd) in kiln_operator::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server rejected CRD {name}: {e}"));
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(20), established)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not established within 20s"))
+            .unwrap();
+    }
+}
+
+/// Applies operator/rbac.yaml (and its namespace) as admin.
+pub async fn install_rbac(admin: &Client) {
+    create_namespace(admin, "kiln-system").await;
+    let text = include_str!("../../rbac.yaml");
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(doc).expect("rbac.yaml parses");
+        let obj: DynamicObject = serde_json::from_value(value.clone()).expect("rbac.yaml object");
+        let kind = value["kind"].as_str().unwrap();
+        let (group, version, plural) = match kind {
+            "ServiceAccount" => ("", "v1", "serviceaccounts"),
+            "ClusterRole" => ("rbac.authorization.k8s.io", "v1", "clusterroles"),
+            "ClusterRoleBinding" => ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
+            "Role" => ("rbac.authorization.k8s.io", "v1", "roles"),
+            "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            other => panic!("unexpected kind {other} in rbac.yaml"),
+        };
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: value["apiVersion"].as_str().unwrap().into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        let api: Api<DynamicObject> = match &obj.metadata.namespace {
+            Some(ns) => Api::namespaced_with(admin.clone(), ns, &ar),
+            None => Api::all_with(admin.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name} from rbac.yaml: {e}"));
+    }
+}
+
+pub fn test_config() -> OperatorConfig {
+    OperatorConfig {
+        executor_image: "reg.local/kiln-executor:test".into(),
+        warmer_image: "reg.local/kiln-warmer:test".into(),
+        retry_backoff: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// The operator's controllers running in-process on one namespace.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub metrics: Metrics,
+}
+
+impl Operator {
+    pub fn start(env: &Env) -> Operator {
+        Self::start_with(env, test_config())
+    }
+
+    pub fn start_with(env: &Env, cfg: OperatorConfig) -> Operator {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new();
+        let task = tokio::spawn(runtime::run(
+            env.operator.clone(),
+            cfg,
+            metrics.clone(),
+            Scope {
+                namespace: Some(env.ns.clone()),
+                instance: Some("test".into()),
+            },
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Operator {
+            stop: Some(tx),
+            task,
+            metrics,
+        }
+    }
+
+    /// Stops the controllers and waits for them to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("operator stops within 20s")
+            .expect("operator task");
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Plays the kubelet: marks the Pod Running.
+pub async fn pod_running(admin: &Client, ns: &str, name: &str, container: &str) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "containerStatuses": [{
+            "name": container, "ready": true, "restartCount": 0,
+            "image": "reg.local/test", "imageID": "",
+            "state": {"running": {"startedAt": now}}
+        }]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("marking Pod {ns}/{name} Running: {e}"));
+}
+
+/// Plays the kubelet: the container terminated with `code` and `message`; the Pod phase follows.
+pub async fn pod_terminated(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    container: &str,
+    code: i32,
+    message: &str,
+) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": container, "ready": false, "restartCount": 0,
+            "image": "reg.local/test", "imageID": "",
+            "state": {"terminated": {
+                "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "message": message, "startedAt": now, "finishedAt": now
+            }}
+        }]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("marking Pod {ns}/{name} terminated: {e}"));
+}
+
+/// Plays the kubelet enforcing activeDeadlineSeconds.
+pub async fn pod_deadline_exceeded(admin: &Client, ns: &str, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let status = json!({"status": {
+        "phase": "Failed", "reason": "DeadlineExceeded",
+        "message": "Pod was active on the node longer than the specified deadline"
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("marking Pod {ns}/{name} DeadlineExceeded: {e}"));
+}
+
+/// Reasons of the events.k8s.io Events about `name` in `ns`.
+pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), ns);
+    let list = api.list(&Default::default()).await.expect("listing events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}

@@ -1,0 +1,948 @@
+//! Integration tests against a real kube-apiserver + etcd (scripts/k8s/apiserver.sh). The
+//! operator runs in-process as the RBAC-limited user of operator/rbac.yaml; the test plays the
+//! node by patching Pod status. Each test has its own namespace and operator instance.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::ByteString;
+use kiln_operator::crd::{
+    BuildSource, CacheSpec, CacheWarm, CacheWarmSpec, ConfigMapSource, GitSource, ImageBuild,
+    ImageBuildSpec, Phase,
+};
+use kiln_operator::leader::{LeaseConfig, LeaseLock};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+fn git_build(name: &str) -> ImageBuild {
+    ImageBuild::new(
+        name,
+        ImageBuildSpec {
+            source: BuildSource {
+                git: Some(GitSource {
+                    url: "https://git.local/app.git".into(),
+                    revision: Some("main".into()),
+                    sub_path: None,
+                }),
+                ..Default::default()
+            },
+            destinations: vec!["reg.local/app:1".into()],
+            ..Default::default()
+        },
+    )
+}
+
+async fn create_build(env: &Env, b: &ImageBuild) -> ImageBuild {
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.create(&PostParams::default(), b)
+        .await
+        .unwrap_or_else(|e| panic!("creating ImageBuild {}: {e}", b.name_any()))
+}
+
+async fn get_build(env: &Env, name: &str) -> ImageBuild {
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.get(name).await.expect("get ImageBuild")
+}
+
+/// Waits until the build's status satisfies `pred`, then returns the build.
+async fn wait_build(
+    env: &Env,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&ImageBuild) -> bool,
+) -> ImageBuild {
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    eventually(30, what, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let b = api.get_opt(name).await.ok().flatten()?;
+            pred(&b).then_some(b)
+        }
+    })
+    .await
+}
+
+async fn wait_pod(env: &Env, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    eventually(30, &format!("Pod {name}"), || {
+        let pods = pods.clone();
+        async move { pods.get_opt(name).await.ok().flatten() }
+    })
+    .await
+}
+
+async fn pod_names(env: &Env) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    let mut names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("list pods")
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+fn phase(b: &ImageBuild) -> Option<Phase> {
+    b.status.as_ref().and_then(|s| s.phase)
+}
+
+fn ready_reason(b: &ImageBuild) -> Option<String> {
+    let s = b.status.as_ref()?;
+    kiln_operator::conditions::get(&s.conditions, "Ready").map(|c| c.reason.clone())
+}
+
+const OK_MSG: &str = r#"{"digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","references":["reg.local/app:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]}"#;
+
+/// Runs the real `kubectl` against the test API server in the test's namespace.
+fn kubectl(env: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(["--namespace", &env.ns])
+        .args(args)
+        .output()
+        .expect("kubectl is installed (it is part of the test tools)");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn create_push_secret(env: &Env, name: &str) {
+    let api: Api<Secret> = Api::namespaced(env.admin.clone(), &env.ns);
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            ByteString(br#"{"auths":{"reg.local":{"auth":"dTpw"}}}"#.to_vec()),
+        )])),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create Secret");
+}
+
+#[tokio::test]
+async fn build_waits_for_secret_then_succeeds_with_digest() {
+    let Some(env) = env("ib-success").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("web");
+    b.spec.push_secret = Some("regcred".into());
+    b.spec.timeout = Some("10m".into());
+    create_build(&env, &b).await;
+
+    let b = wait_build(&env, "web", "SecretNotFound", |b| {
+        ready_reason(b).as_deref() == Some("SecretNotFound")
+    })
+    .await;
+    assert!(b.status.unwrap().message.unwrap().contains("\"regcred\""));
+    assert!(
+        pod_names(&env).await.is_empty(),
+        "no Pod without the Secret"
+    );
+
+    create_push_secret(&env, "regcred").await;
+    // The operator rechecks the Secret periodically (30s); an edit of the build triggers it now.
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let pod = wait_pod(&env, "web-1-1").await;
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.active_deadline_seconds, Some(600));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let c = &spec.containers[0];
+    assert_eq!(c.image.as_deref(), Some("reg.local/kiln-executor:test"));
+    assert!(c
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--context=git://git.local/app.git#main".to_string()));
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("ImageBuild", Some(true))
+    );
+    assert_eq!(owner.uid, get_build(&env, "web").await.uid().unwrap());
+
+    pod_running(&env.admin, &env.ns, "web-1-1", "executor").await;
+    wait_build(&env, "web", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
+    pod_terminated(&env.admin, &env.ns, "web-1-1", "executor", 0, OK_MSG).await;
+    let b = wait_build(&env, "web", "phase Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    let s = b.status.unwrap();
+    let img = s.image.unwrap();
+    assert!(img.digest.starts_with("sha256:0123"));
+    assert_eq!(img.references.len(), 1);
+    assert_eq!(s.observed_generation, b.metadata.generation);
+    assert!(s.completion_time.is_some() && s.start_time.is_some());
+    let ready = kiln_operator::conditions::get(&s.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Pushed")
+    );
+
+    let reasons = eventually(10, "events", || async {
+        let r = event_reasons(&env.admin, &env.ns, "web").await;
+        r.contains(&"Succeeded".to_string()).then_some(r)
+    })
+    .await;
+    for want in ["SecretNotFound", "Started", "Succeeded"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "event {want} missing: {reasons:?}"
+        );
+    }
+    // The status is written by one field manager with server-side apply.
+    let managers: Vec<String> = b
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, vec!["kiln-operator".to_string()]);
+    let metrics = op.metrics.render();
+    assert!(
+        metrics.contains("kiln_builds_succeeded_total 1"),
+        "{metrics}"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn failed_attempt_is_retried_then_build_fails_with_output() {
+    let Some(env) = env("ib-retry").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("api");
+    b.spec.retries = Some(1);
+    create_build(&env, &b).await;
+    wait_pod(&env, "api-1-1").await;
+    pod_running(&env.admin, &env.ns, "api-1-1", "executor").await;
+    pod_terminated(
+        &env.admin,
+        &env.ns,
+        "api-1-1",
+        "executor",
+        1,
+        "step 1\nerror: first failure",
+    )
+    .await;
+    // Backoff is 1s in tests; then attempt 2.
+    wait_pod(&env, "api-1-2").await;
+    let b = wait_build(&env, "api", "attempt 2", |b| {
+        b.status.as_ref().and_then(|s| s.attempts) == Some(2)
+    })
+    .await;
+    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("api-1-2"));
+    let out: String = (1..=40).map(|i| format!("output line {i}\n")).collect();
+    pod_terminated(&env.admin, &env.ns, "api-1-2", "executor", 2, &out).await;
+    let b = wait_build(&env, "api", "phase Failed", |b| {
+        phase(b) == Some(Phase::Failed)
+    })
+    .await;
+    let s = b.status.unwrap();
+    let m = s.message.unwrap();
+    assert!(
+        m.contains("exit code 2") && m.contains("output line 40"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("output line 20\n"),
+        "only the last lines are kept: {m}"
+    );
+    assert_eq!(
+        ready_reason(&get_build(&env, "api").await).as_deref(),
+        Some("BuildFailed")
+    );
+    let succeeded = kiln_operator::conditions::get(&s.conditions, "Succeeded").unwrap();
+    assert_eq!(succeeded.status, "False");
+    let reasons = eventually(10, "Failed event", || async {
+        let r = event_reasons(&env.admin, &env.ns, "api").await;
+        r.contains(&"Failed".to_string()).then_some(r)
+    })
+    .await;
+    assert!(reasons.contains(&"Retrying".to_string()), "{reasons:?}");
+    assert_eq!(pod_names(&env).await, vec!["api-1-1", "api-1-2"]);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded_is_reported_as_timeout() {
+    let Some(env) = env("ib-timeout").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("slow");
+    b.spec.timeout = Some("2s".into());
+    create_build(&env, &b).await;
+    let pod = wait_pod(&env, "slow-1-1").await;
+    assert_eq!(pod.spec.unwrap().active_deadline_seconds, Some(2));
+    pod_running(&env.admin, &env.ns, "slow-1-1", "executor").await;
+    pod_deadline_exceeded(&env.admin, &env.ns, "slow-1-1").await;
+    let b = wait_build(&env, "slow", "phase Failed", |b| {
+        phase(b) == Some(Phase::Failed)
+    })
+    .await;
+    assert_eq!(ready_reason(&b).as_deref(), Some("Timeout"));
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn operator_restart_mid_build_neither_duplicates_nor_reruns() {
+    let Some(env) = env("ib-restart").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    create_build(&env, &git_build("lib")).await;
+    wait_pod(&env, "lib-1-1").await;
+    pod_running(&env.admin, &env.ns, "lib-1-1", "executor").await;
+    wait_build(&env, "lib", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
+    op.stop().await;
+
+    // The build finishes while no operator runs.
+    pod_terminated(&env.admin, &env.ns, "lib-1-1", "executor", 0, OK_MSG).await;
+    let op = Operator::start(&env);
+    wait_build(&env, "lib", "phase Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(pod_names(&env).await, vec!["lib-1-1"]);
+    op.stop().await;
+
+    // Delete the finished Pod and restart again: a finished build is not rerun.
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    pods.delete("lib-1-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let op = Operator::start(&env);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pod_names(&env).await.is_empty());
+    let b = get_build(&env, "lib").await;
+    assert_eq!(phase(&b), Some(Phase::Succeeded));
+    let started = event_reasons(&env.admin, &env.ns, "lib")
+        .await
+        .iter()
+        .filter(|r| *r == "Started")
+        .count();
+    assert_eq!(started, 1);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
+    let Some(env) = env("ib-generation").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    create_build(&env, &git_build("gen")).await;
+    wait_pod(&env, "gen-1-1").await;
+    pod_running(&env.admin, &env.ns, "gen-1-1", "executor").await;
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.patch(
+        "gen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"destinations": ["reg.local/app:2"]}})),
+    )
+    .await
+    .unwrap();
+    let pod = wait_pod(&env, "gen-2-1").await;
+    assert!(pod.spec.unwrap().containers[0]
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--destination=reg.local/app:2".to_string()));
+    let b = wait_build(&env, "gen", "generation 2 observed", |b| {
+        b.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("gen-2-1"));
+    // The superseded running Pod is deleted.
+    eventually(15, "gen-1-1 deleted", || async {
+        (!pod_names(&env).await.contains(&"gen-1-1".to_string())).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_pod_and_deleted_build() {
+    let Some(env) = env("ib-delete").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    create_build(&env, &git_build("gone")).await;
+    wait_pod(&env, "gone-1-1").await;
+    pod_running(&env.admin, &env.ns, "gone-1-1", "executor").await;
+    wait_build(&env, "gone", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    pods.delete("gone-1-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let b = wait_build(&env, "gone", "PodDeleted", |b| {
+        ready_reason(b).as_deref() == Some("PodDeleted")
+    })
+    .await;
+    assert_eq!(phase(&b), Some(Phase::Failed));
+
+    // Deleting a build deletes its Pods (the operator does it; no garbage collector runs here).
+    let mut b2 = git_build("bye");
+    b2.spec.source = BuildSource {
+        config_map: Some(ConfigMapSource { name: "ctx".into() }),
+        ..Default::default()
+    };
+    create_build(&env, &b2).await;
+    wait_pod(&env, "bye-1-1").await;
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.delete("bye", &DeleteParams::default()).await.unwrap();
+    eventually(20, "ImageBuild bye and its Pod gone", || async {
+        let gone = api.get_opt("bye").await.unwrap().is_none();
+        (gone && !pod_names(&env).await.contains(&"bye-1-1".to_string())).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+async fn expect_rejected(api: &Api<ImageBuild>, body: serde_json::Value, want: &str) {
+    let obj: ImageBuild = match serde_json::from_value(body.clone()) {
+        Ok(o) => o,
+        Err(e) => panic!("test object does not deserialize: {e}"),
+    };
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => panic!("the API server accepted an invalid ImageBuild: {body}"),
+        Err(kube::Error::Api(ae)) => {
+            assert_eq!(ae.code, 422, "{ae:?}");
+            assert!(
+                ae.message.contains(want),
+                "rejection of {body} should mention {want:?}: {}",
+                ae.message
+            );
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_rejects_invalid_image_builds() {
+    let Some(env) = env("ib-admission").await else {
+        return;
+    };
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    let base = |name: &str, spec: serde_json::Value| json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": spec});
+    let git = json!({"git": {"url": "https://git.local/a.git"}});
+    expect_rejected(
+        &api,
+        base("two-sources", json!({"source": {"git": {"url": "x"}, "url": "https://h/c.tgz"}, "destinations": ["r/a:1"]})),
+        "exactly one of git, configMap, persistentVolumeClaim, url",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "no-source",
+            json!({"source": {}, "destinations": ["r/a:1"]}),
+        ),
+        "exactly one of",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base("no-dest", json!({"source": git, "destinations": []})),
+        "spec.destinations",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "dup-dest",
+            json!({"source": git, "destinations": ["r/a:1", "r/a:1"]}),
+        ),
+        "Duplicate value",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "bad-timeout",
+            json!({"source": git, "destinations": ["r/a:1"], "timeout": "ten minutes"}),
+        ),
+        "spec.timeout",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "bad-retries",
+            json!({"source": git, "destinations": ["r/a:1"], "retries": 50}),
+        ),
+        "spec.retries",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "cache-off",
+            json!({"source": git, "destinations": ["r/a:1"], "cache": {"repository": "r/cache"}}),
+        ),
+        "spec.cache.enabled is not true",
+    )
+    .await;
+    // A valid one with every field is accepted.
+    let mut ok = git_build("full");
+    ok.spec.cache = Some(CacheSpec {
+        enabled: Some(true),
+        repository: Some("reg.local/cache".into()),
+        ttl: Some("168h".into()),
+        warm_claim: Some("warm".into()),
+    });
+    ok.spec.timeout = Some("1h30m".into());
+    ok.spec.retries = Some(2);
+    ok.spec.build_args.insert("A".into(), "1".into());
+    ok.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
+        )])),
+        ..Default::default()
+    });
+    api.create(&PostParams::default(), &ok)
+        .await
+        .expect("valid ImageBuild accepted");
+}
+
+#[tokio::test]
+async fn cache_warm_runs_and_refreshes() {
+    let Some(env) = env("cw-refresh").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let api: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
+    let cw = CacheWarm::new(
+        "base",
+        CacheWarmSpec {
+            images: vec!["reg.local/debian:12".into()],
+            claim: "warm".into(),
+            refresh_interval: Some("3s".into()),
+            ..Default::default()
+        },
+    );
+    api.create(&PostParams::default(), &cw).await.unwrap();
+    let pod = wait_pod(&env, "base-1-1").await;
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("reg.local/kiln-warmer:test"));
+    assert!(c
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--cache-dir=/cache".to_string()));
+    pod_running(&env.admin, &env.ns, "base-1-1", "warmer").await;
+    let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
+    pod_terminated(&env.admin, &env.ns, "base-1-1", "warmer", 0, msg).await;
+    let warmed = eventually(20, "CacheWarm Succeeded", || async {
+        let c = api.get("base").await.ok()?;
+        let s = c.status.clone()?;
+        (s.phase == Some(Phase::Succeeded)).then_some(s)
+    })
+    .await;
+    assert_eq!(warmed.images[0].digest, "sha256:d1");
+    assert_eq!(warmed.image_count, Some(1));
+    assert!(warmed.last_warm_time.is_some());
+    let table = kubectl(&env, &["get", "cw"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "IMAGES", "LAST", "WARM", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["base", "Succeeded", "1"], "{table}");
+    // After refreshInterval the next run starts and the previous Pod is removed.
+    wait_pod(&env, "base-1-2").await;
+    eventually(15, "base-1-1 removed", || async {
+        (!pod_names(&env).await.contains(&"base-1-1".to_string())).then_some(())
+    })
+    .await;
+    // Deleting the CacheWarm removes its warmer Pods.
+    api.delete("base", &DeleteParams::default()).await.unwrap();
+    eventually(20, "CacheWarm and its Pods gone", || async {
+        let gone = api.get_opt("base").await.unwrap().is_none();
+        (gone && pod_names(&env).await.is_empty()).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn leader_election_has_one_holder_at_a_time() {
+    let Some(env) = env("leader").await else {
+        return;
+    };
+    let cfg = |id: &str| LeaseConfig {
+        namespace: "kiln-system".into(),
+        name: format!("lease-{}", env.ns),
+        identity: id.into(),
+        lease_duration: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+    };
+    // As the operator's user: operator/rbac.yaml must allow the Lease calls.
+    let a = LeaseLock::new(env.operator.clone(), cfg("a"));
+    let b = LeaseLock::new(env.operator.clone(), cfg("b"));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    // Both race for an expired Lease: exactly one wins.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let c = LeaseLock::new(env.operator.clone(), cfg("c"));
+    let (rb, rc) = tokio::join!(b.try_acquire_or_renew(), c.try_acquire_or_renew());
+    assert!(
+        rb.unwrap() ^ rc.unwrap(),
+        "exactly one candidate takes an expired Lease"
+    );
+    // Release hands over at once.
+    let holder = if b.try_acquire_or_renew().await.unwrap() {
+        &b
+    } else {
+        &c
+    };
+    holder.release().await.unwrap();
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "kiln-system");
+    let l = leases.get(&format!("lease-{}", env.ns)).await.unwrap();
+    assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("a"));
+    // run(): work runs only while leading and stops on shutdown.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ran2 = ran.clone();
+    let d = LeaseLock::new(env.operator.clone(), cfg("d"));
+    let task = tokio::spawn(async move {
+        d.run(
+            async {
+                let _ = rx.await;
+            },
+            move |mut stop| async move {
+                ran2.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop.wait_for(|v| *v).await;
+            },
+        )
+        .await
+    });
+    // "a" still holds the Lease and renews it, so "d" must not run.
+    for _ in 0..6 {
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "work ran without the Lease"
+    );
+    a.release().await.unwrap();
+    eventually(10, "d becomes leader", || async {
+        ran.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let l = leases.get(&format!("lease-{}", env.ns)).await.unwrap();
+    assert_eq!(
+        l.spec.unwrap().holder_identity,
+        None,
+        "released on shutdown"
+    );
+}
+
+struct Replica {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Replica {
+    fn start(env: &Env, lease: &str, log_file: &std::path::Path) -> Replica {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let kubeconfig = std::path::PathBuf::from(std::env::var_os("KUBECONFIG").unwrap());
+        let op_kubeconfig = kubeconfig.with_file_name("kubeconfig-operator");
+        let log = std::fs::File::create(log_file).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-operator"))
+            .args([
+                "--watch-namespace",
+                &env.ns,
+                "--leader-namespace",
+                "kiln-system",
+                "--leader-lease",
+                lease,
+                "--lease-duration-seconds",
+                "3",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+                "--executor-image",
+                "reg.local/kiln-executor:bin",
+            ])
+            .env(
+                "KUBECONFIG",
+                if op_kubeconfig.exists() {
+                    op_kubeconfig
+                } else {
+                    kubeconfig
+                },
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kiln-operator");
+        Replica { child, port }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, out))
+    }
+
+    fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_operator_replicas_one_leader_graceful_handover() {
+    let Some(env) = env("replicas").await else {
+        return;
+    };
+    let lease = format!("replicas-{}", env.ns);
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = [
+        Replica::start(&env, &lease, &dir.path().join("r0.log")),
+        Replica::start(&env, &lease, &dir.path().join("r1.log")),
+    ];
+    // Both serve /healthz; exactly one is ready (the leader).
+    for r in &replicas {
+        let (code, _) = eventually(20, "healthz", || r.get("/healthz")).await;
+        assert_eq!(code, 200);
+    }
+    let li = eventually(20, "exactly one leader", || async {
+        let a = replicas[0].get("/readyz").await?.0 == 200;
+        let b = replicas[1].get("/readyz").await?.0 == 200;
+        match (a, b) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    let mut replicas = replicas;
+    create_build(&env, &git_build("bin")).await;
+    let pod = wait_pod(&env, "bin-1-1").await;
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("reg.local/kiln-executor:bin")
+    );
+    pod_running(&env.admin, &env.ns, "bin-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "bin-1-1", "executor", 0, OK_MSG).await;
+    wait_build(&env, "bin", "Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            replicas[1 - li].get("/readyz").await.unwrap().0,
+            503,
+            "the follower must not act"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, metrics) = replicas[li].get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("kiln_builds_succeeded_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kiln_builds_started_total 1"), "{metrics}");
+
+    // SIGTERM: the leader stops, releases the Lease, and the follower takes over at once.
+    replicas[li].sigterm();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = replicas[li].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader did not exit within 20s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    let t = std::time::Instant::now();
+    eventually(10, "the follower becomes ready", || async {
+        (replicas[1 - li].get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    // The follower retries every second; a released Lease is taken without waiting for expiry.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    // JSON logs: every line of the old leader's log is a JSON object.
+    let log = std::fs::read_to_string(dir.path().join(format!("r{li}.log"))).unwrap();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(log.contains("became leader"), "{log}");
+    assert!(log.contains("shutdown signal received"), "{log}");
+}
+
+#[tokio::test]
+async fn executor_pods_of_every_source_kind_pass_api_validation() {
+    let Some(env) = env("ib-sources").await else {
+        return;
+    };
+    create_push_secret(&env, "regcred").await;
+    let op = Operator::start(&env);
+    let sources = [
+        (
+            "from-git",
+            BuildSource {
+                git: Some(GitSource {
+                    url: "git://git.local/app.git".into(),
+                    revision: Some("v1.2.3".into()),
+                    sub_path: Some("services/api".into()),
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-cm",
+            BuildSource {
+                config_map: Some(ConfigMapSource { name: "ctx".into() }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-pvc",
+            BuildSource {
+                persistent_volume_claim: Some(kiln_operator::crd::PvcSource {
+                    claim_name: "src".into(),
+                    sub_path: Some("project".into()),
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "from-url",
+            BuildSource {
+                url: Some("https://files.local/ctx.tar.gz".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, source) in sources {
+        let mut b = git_build(name);
+        b.spec.source = source;
+        b.spec.push_secret = Some("regcred".into());
+        b.spec.cache = Some(CacheSpec {
+            enabled: Some(true),
+            repository: Some("reg.local/cache".into()),
+            ttl: Some("24h".into()),
+            warm_claim: Some("warm".into()),
+        });
+        b.spec.node_selector = BTreeMap::from([("kubernetes.io/arch".into(), "amd64".into())]);
+        b.spec.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("builds".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }];
+        b.spec.service_account_name = Some("builder".into());
+        b.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_string(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("500m".into()),
+            )])),
+            ..Default::default()
+        });
+        b.spec.timeout = Some("45m".into());
+        create_build(&env, &b).await;
+    }
+    for name in ["from-git", "from-cm", "from-pvc", "from-url"] {
+        let pod = wait_pod(&env, &format!("{name}-1-1")).await;
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert!(c
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--cache-dir=/cache".to_string()));
+        let b = wait_build(&env, name, "phase Pending with the Pod", |b| {
+            b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some(&format!("{name}-1-1"))
+        })
+        .await;
+        assert_eq!(phase(&b), Some(Phase::Pending));
+    }
+    op.stop().await;
+}
