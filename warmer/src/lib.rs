@@ -1,0 +1,704 @@
+//! kiln-warmer's logic: turns flags into a list of base images, pulls each into the
+//! base-image cache ([`kiln_executor::cache::base`]) unless a fresh verified copy is there,
+//! and reports the digests. It defines no cache format of its own and never builds images.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{ArgAction, Parser, ValueEnum};
+use futures_util::StreamExt;
+use kiln_executor::cache::base::{BaseImageCache, CacheError, Stored};
+use kiln_executor::dockerfile;
+use kiln_executor::registry::{normalize_reference, Platform, Registry, RegistryOptions};
+use serde::Serialize;
+
+/// How many images are warmed at once (each also fetches several layers at once).
+pub const IMAGE_CONCURRENCY: usize = 3;
+/// Temporary files older than this are leftovers of a killed warmer: a live download
+/// touches its file continuously.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+/// Where Kubernetes reads a container's termination message from.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Environment variable overriding [`TERMINATION_LOG`] (written even if it does not exist).
+pub const TERMINATION_LOG_ENV: &str = "KILN_TERMINATION_LOG";
+/// Kubernetes keeps at most this many bytes of a termination message.
+const TERMINATION_LIMIT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Color,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Verbosity {
+    Panic,
+    Fatal,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// kaniko warmer's command line, with the executor's registry flags. Booleans accept
+/// `--flag`, `--flag=true` and `--flag=false` like Go's pflag.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kiln-warmer",
+    version,
+    about = "Pull base images into a cache directory (an OCI image layout) for kiln-executor --cache-dir"
+)]
+pub struct Args {
+    /// Image to warm; repeatable.
+    #[arg(short = 'i', long = "image")]
+    pub images: Vec<String>,
+
+    /// Warm the base image of every stage of this Dockerfile.
+    #[arg(short = 'd', long)]
+    pub dockerfile: Option<PathBuf>,
+
+    /// Build argument `KEY=VALUE` for expanding the Dockerfile's FROM lines; a bare `KEY`
+    /// takes its value from the environment.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+
+    /// The cache directory (an OCI image layout, created when absent).
+    #[arg(short = 'c', long = "cache-dir", default_value = "/cache")]
+    pub cache_dir: PathBuf,
+
+    /// How long an image warmed from a tag stays current (Go duration, e.g. `336h`).
+    #[arg(long = "cache-ttl", default_value = "336h", value_parser = parse_ttl)]
+    pub cache_ttl: Duration,
+
+    /// Pull again even when a current copy is cached.
+    #[arg(short = 'f', long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub force: bool,
+
+    /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's).
+    #[arg(long = "custom-platform", alias = "customPlatform")]
+    pub custom_platform: Option<String>,
+
+    /// Pull over plain HTTP from every registry.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub insecure: bool,
+
+    /// Pull over plain HTTP.
+    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub insecure_pull: bool,
+
+    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+
+    /// HTTPS without certificate verification for every registry.
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub skip_tls_verify: bool,
+
+    /// Pull over HTTPS without verifying certificates.
+    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub skip_tls_verify_pull: bool,
+
+    /// Registry reached over HTTPS without certificate verification; repeatable.
+    #[arg(long = "skip-tls-verify-registry")]
+    pub skip_tls_verify_registries: Vec<String>,
+
+    /// Mirror tried before docker.io for Docker Hub images; repeatable.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+
+    /// Log level.
+    #[arg(short = 'v', long, value_enum, default_value = "info")]
+    pub verbosity: Verbosity,
+
+    /// Log format.
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Prefix log lines with timestamps.
+    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub log_timestamp: bool,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    match kiln_executor::image::parse_duration_ns(s) {
+        Some(ns) if ns >= 0 => Ok(Duration::from_nanos(ns as u64)),
+        _ => Err(format!(
+            "invalid duration {s:?}: write a Go duration such as 336h, 90m or 1h30m"
+        )),
+    }
+}
+
+/// Why a warm failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("nothing to warm: give --image (repeatable) or --dockerfile")]
+    NothingToWarm,
+    #[error("invalid --custom-platform: {0}")]
+    Platform(String),
+    #[error("cannot read Dockerfile {path}: {source}")]
+    ReadDockerfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse Dockerfile {path}: {detail}")]
+    ParseDockerfile { path: PathBuf, detail: String },
+    #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: {detail}; pass the missing values with --build-arg")]
+    ExpandFrom {
+        path: PathBuf,
+        line: usize,
+        base: String,
+        detail: String,
+    },
+    #[error("Dockerfile {path} line {line}: invalid --platform {platform:?}: {detail}")]
+    StagePlatform {
+        path: PathBuf,
+        line: usize,
+        platform: String,
+        detail: String,
+    },
+    #[error("invalid image reference {reference:?}: {detail}")]
+    Reference { reference: String, detail: String },
+    #[error("cannot use the cache directory: {0}")]
+    Cache(#[source] CacheError),
+    #[error("cannot set up registry access: {0}")]
+    Registry(#[source] kiln_executor::registry::RegistryError),
+    #[error("{failed} of {total} images could not be warmed:\n{details}")]
+    Failed {
+        failed: usize,
+        total: usize,
+        details: String,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// One image to warm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Normalised reference, e.g. `docker.io/library/debian:bookworm`.
+    pub reference: String,
+    pub platform: Platform,
+}
+
+/// How an image got into the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A current, verified copy was already there: nothing downloaded.
+    Cached,
+    /// Pulled (manifest and config always; layers that were missing, damaged or forced).
+    Pulled {
+        fetched_layers: usize,
+        reused_layers: usize,
+        fetched_bytes: u64,
+    },
+}
+
+/// One warmed image.
+#[derive(Debug, Clone)]
+pub struct Warmed {
+    pub target: Target,
+    pub digest: String,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+}
+
+/// The termination message the operator reads.
+#[derive(Debug, Serialize)]
+struct TerminationMessage<'a> {
+    images: Vec<TerminationImage<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct TerminationImage<'a> {
+    reference: &'a str,
+    digest: &'a str,
+}
+
+/// Compact JSON `{"images":[{"reference":"…","digest":"sha256:…"}]}`.
+pub fn termination_message(warmed: &[Warmed]) -> String {
+    let msg = TerminationMessage {
+        images: warmed
+            .iter()
+            .map(|w| TerminationImage {
+                reference: &w.target.reference,
+                digest: &w.digest,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&msg).unwrap_or_default()
+}
+
+/// Writes the termination message to `$KILN_TERMINATION_LOG`, else to
+/// `/dev/termination-log` when it exists (inside a Kubernetes container). Returns the path.
+pub fn write_termination_log(warmed: &[Warmed]) -> std::io::Result<Option<PathBuf>> {
+    let path = match std::env::var_os(TERMINATION_LOG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let p = PathBuf::from(TERMINATION_LOG);
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = termination_message(warmed);
+    if text.len() > TERMINATION_LIMIT {
+        tracing::warn!(
+            bytes = text.len(),
+            "the termination message exceeds Kubernetes' 4096-byte limit and will be truncated; warm fewer images per run"
+        );
+    }
+    std::fs::write(&path, text)?;
+    Ok(Some(path))
+}
+
+/// Registry options from the flags, for `platform`.
+pub fn registry_options(args: &Args, platform: Platform) -> RegistryOptions {
+    RegistryOptions {
+        insecure: args.insecure || args.insecure_pull,
+        insecure_registries: args.insecure_registries.clone(),
+        skip_tls_verify: args.skip_tls_verify || args.skip_tls_verify_pull,
+        skip_tls_verify_registries: args.skip_tls_verify_registries.clone(),
+        mirrors: args.registry_mirrors.clone(),
+        platform,
+        ..RegistryOptions::default()
+    }
+}
+
+/// `--build-arg` values; a bare `KEY` reads the environment and is dropped when unset.
+pub fn build_arg_map(build_args: &[String]) -> BTreeMap<String, String> {
+    build_args
+        .iter()
+        .filter_map(|a| match a.split_once('=') {
+            Some((k, v)) => Some((k.to_string(), v.to_string())),
+            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
+        })
+        .collect()
+}
+
+/// The ARGs BuildKit defines automatically for the global scope.
+fn platform_args(target: &Platform) -> Vec<(String, String)> {
+    let build = Platform::default();
+    let mut out = Vec::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
+        out.push((format!("{prefix}PLATFORM"), p.to_string()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// The base images of every stage of a Dockerfile: FROM values expanded with the global
+/// ARGs (defaults overridden by `build_args`) and the automatic platform ARGs; `scratch`
+/// and references to earlier stages are skipped; duplicates are listed once.
+pub fn dockerfile_targets(
+    path: &Path,
+    text: &str,
+    build_args: &BTreeMap<String, String>,
+    platform: &Platform,
+) -> Result<Vec<Target>, WarmError> {
+    let parsed = dockerfile::parse(text).map_err(|e| WarmError::ParseDockerfile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut values: BTreeMap<String, Option<String>> = platform_args(platform)
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    for decl in &parsed.meta_args {
+        let value = match build_args.get(&decl.name) {
+            Some(v) => Some(v.clone()),
+            None => match &decl.default {
+                Some(d) => {
+                    let lookup = |n: &str| values.get(n).cloned().flatten();
+                    Some(
+                        dockerfile::expand_word(d, &lookup, parsed.escape).map_err(|e| {
+                            WarmError::ExpandFrom {
+                                path: path.to_path_buf(),
+                                line: 0,
+                                base: format!("ARG {}={d}", decl.name),
+                                detail: e.to_string(),
+                            }
+                        })?,
+                    )
+                }
+                None => None,
+            },
+        };
+        values.insert(decl.name.clone(), value);
+    }
+    let lookup = |n: &str| values.get(n).cloned().flatten();
+    let mut names: Vec<String> = Vec::new();
+    let mut out: Vec<Target> = Vec::new();
+    for stage in &parsed.stages {
+        let expand = |raw: &str| {
+            dockerfile::expand_word(raw, &lookup, parsed.escape).map_err(|e| {
+                WarmError::ExpandFrom {
+                    path: path.to_path_buf(),
+                    line: stage.line,
+                    base: stage.base.clone(),
+                    detail: e.to_string(),
+                }
+            })
+        };
+        let base = expand(&stage.base)?;
+        let stage_platform = match &stage.platform {
+            Some(raw) => {
+                let p = expand(raw)?;
+                p.parse::<Platform>()
+                    .map_err(|detail| WarmError::StagePlatform {
+                        path: path.to_path_buf(),
+                        line: stage.line,
+                        platform: p.clone(),
+                        detail,
+                    })?
+            }
+            None => platform.clone(),
+        };
+        let lower = base.to_ascii_lowercase();
+        let is_stage = names.contains(&lower);
+        if let Some(n) = &stage.name {
+            names.push(n.to_ascii_lowercase());
+        }
+        if lower == "scratch" || is_stage {
+            continue;
+        }
+        if base.trim().is_empty() {
+            return Err(WarmError::ExpandFrom {
+                path: path.to_path_buf(),
+                line: stage.line,
+                base: stage.base.clone(),
+                detail: "it expands to nothing".to_string(),
+            });
+        }
+        let t = target(&base, stage_platform)?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn target(reference: &str, platform: Platform) -> Result<Target, WarmError> {
+    let reference = normalize_reference(reference).map_err(|e| WarmError::Reference {
+        reference: reference.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(Target {
+        reference,
+        platform,
+    })
+}
+
+/// Every image the flags ask for, `--image` first, each once.
+pub fn targets(args: &Args) -> Result<Vec<Target>, WarmError> {
+    let platform = match &args.custom_platform {
+        Some(p) => p.parse::<Platform>().map_err(WarmError::Platform)?,
+        None => Platform::default(),
+    };
+    let mut out: Vec<Target> = Vec::new();
+    for image in &args.images {
+        let t = target(image, platform.clone())?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if let Some(path) = &args.dockerfile {
+        let text = std::fs::read_to_string(path).map_err(|source| WarmError::ReadDockerfile {
+            path: path.clone(),
+            source,
+        })?;
+        for t in dockerfile_targets(path, &text, &build_arg_map(&args.build_args), &platform)? {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(WarmError::NothingToWarm);
+    }
+    Ok(out)
+}
+
+/// Warms one image: a current verified copy is kept (unless `force`); a missing,
+/// expired or damaged one is pulled.
+pub async fn warm_one(
+    cache: &BaseImageCache,
+    registry: &Registry,
+    target: &Target,
+    force: bool,
+) -> Result<Warmed, CacheError> {
+    let started = Instant::now();
+    if !force {
+        let (c, r, p) = (
+            cache.clone(),
+            target.reference.clone(),
+            target.platform.clone(),
+        );
+        // Verifying hashes every layer: blocking work, off the async threads.
+        let found = tokio::task::spawn_blocking(move || c.lookup(&r, &p))
+            .await
+            .map_err(|e| CacheError::Io {
+                action: "cannot look up",
+                path: cache.dir().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        match found {
+            Ok(Some(image)) => {
+                return Ok(Warmed {
+                    target: target.clone(),
+                    digest: image.manifest_digest,
+                    outcome: Outcome::Cached,
+                    elapsed: started.elapsed(),
+                })
+            }
+            Ok(None) => {}
+            Err(e) if e.is_damage() => {
+                tracing::warn!(reference = %target.reference, error = %e, "cached copy is damaged; pulling it again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Stored {
+        image,
+        fetched_layers,
+        reused_layers,
+        fetched_bytes,
+    } = cache.store(registry, &target.reference, force).await?;
+    Ok(Warmed {
+        target: target.clone(),
+        digest: image.manifest_digest,
+        outcome: Outcome::Pulled {
+            fetched_layers,
+            reused_layers,
+            fetched_bytes,
+        },
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Warms every target, [`IMAGE_CONCURRENCY`] at a time, and returns one result per target
+/// in the order given.
+pub async fn warm_all(
+    cache: &BaseImageCache,
+    registries: &[(Platform, Registry)],
+    targets: &[Target],
+    force: bool,
+) -> Vec<Result<Warmed, CacheError>> {
+    let mut results: Vec<(usize, Result<Warmed, CacheError>)> =
+        futures_util::stream::iter(targets.iter().enumerate())
+            .map(|(i, t)| async move {
+                let registry = registries
+                    .iter()
+                    .find(|(p, _)| *p == t.platform)
+                    .map(|(_, r)| r)
+                    .expect("a registry client exists for every target platform");
+                let r = warm_one(cache, registry, t, force).await;
+                log_result(t, &r);
+                (i, r)
+            })
+            .buffer_unordered(IMAGE_CONCURRENCY)
+            .collect()
+            .await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+fn log_result(t: &Target, r: &Result<Warmed, CacheError>) {
+    match r {
+        Ok(w) => {
+            let seconds = w.elapsed.as_secs_f64();
+            match &w.outcome {
+                Outcome::Cached => tracing::info!(
+                    reference = %t.reference,
+                    platform = %t.platform,
+                    digest = %w.digest,
+                    status = "cached",
+                    seconds,
+                    "already cached and fresh, nothing downloaded"
+                ),
+                Outcome::Pulled {
+                    fetched_layers,
+                    reused_layers,
+                    fetched_bytes,
+                } => tracing::info!(
+                    reference = %t.reference,
+                    platform = %t.platform,
+                    digest = %w.digest,
+                    status = "pulled",
+                    fetched_layers,
+                    reused_layers,
+                    fetched_bytes,
+                    seconds,
+                    "pulled into the cache"
+                ),
+            }
+        }
+        Err(e) => {
+            tracing::error!(reference = %t.reference, platform = %t.platform, error = %e, "cannot warm image")
+        }
+    }
+}
+
+/// The whole warm: targets from the flags, the cache opened (and old temporary files of
+/// interrupted runs removed), every image warmed, the termination message written. Fails
+/// after trying every image if any failed, naming each.
+pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
+    let targets = targets(args)?;
+    let cache = BaseImageCache::open(&args.cache_dir, args.cache_ttl).map_err(WarmError::Cache)?;
+    match cache.clean_temp_files(STALE_TEMP_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed temporary files of interrupted warms"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
+    }
+    let mut registries: Vec<(Platform, Registry)> = Vec::new();
+    for t in &targets {
+        if !registries.iter().any(|(p, _)| *p == t.platform) {
+            let r = Registry::new(registry_options(args, t.platform.clone()))
+                .map_err(WarmError::Registry)?;
+            registries.push((t.platform.clone(), r));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(WarmError::Runtime)?;
+    let started = Instant::now();
+    let results = runtime.block_on(warm_all(&cache, &registries, &targets, args.force));
+
+    let mut warmed = Vec::new();
+    let mut failures = Vec::new();
+    for (t, r) in targets.iter().zip(results) {
+        match r {
+            Ok(w) => warmed.push(w),
+            Err(e) => failures.push(format!("  {} ({}): {e}", t.reference, t.platform)),
+        }
+    }
+    let cached = warmed
+        .iter()
+        .filter(|w| w.outcome == Outcome::Cached)
+        .count();
+    tracing::info!(
+        images = targets.len(),
+        cached,
+        pulled = warmed.len() - cached,
+        failed = failures.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        cache_dir = %args.cache_dir.display(),
+        "warm finished"
+    );
+    if !failures.is_empty() {
+        return Err(WarmError::Failed {
+            failed: failures.len(),
+            total: targets.len(),
+            details: failures.join("\n"),
+        });
+    }
+    match write_termination_log(&warmed) {
+        Ok(Some(p)) => tracing::debug!(path = %p.display(), "wrote the termination message"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot write the termination message"),
+    }
+    Ok(warmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amd64() -> Platform {
+        "linux/amd64".parse().unwrap()
+    }
+
+    #[test]
+    fn flags_parse_like_kaniko_warmer() {
+        let a = Args::try_parse_from([
+            "kiln-warmer",
+            "--image",
+            "busybox",
+            "-i",
+            "debian:bookworm",
+            "--cache-dir=/tmp/c",
+            "--cache-ttl=1h30m",
+            "--force",
+            "--insecure-registry",
+            "r:5000",
+            "--customPlatform=linux/arm64",
+        ])
+        .unwrap();
+        assert_eq!(a.images, ["busybox", "debian:bookworm"]);
+        assert_eq!(a.cache_ttl, Duration::from_secs(5400));
+        assert!(a.force);
+        assert_eq!(a.custom_platform.as_deref(), Some("linux/arm64"));
+        let t = targets(&a).unwrap();
+        assert_eq!(t[0].reference, "docker.io/library/busybox:latest");
+        assert_eq!(t[0].platform.architecture, "arm64");
+
+        let d = Args::try_parse_from(["kiln-warmer"]).unwrap();
+        assert_eq!(d.cache_ttl, Duration::from_secs(14 * 24 * 3600));
+        assert_eq!(d.cache_dir, PathBuf::from("/cache"));
+        assert!(!d.force);
+        assert!(matches!(targets(&d), Err(WarmError::NothingToWarm)));
+        assert!(Args::try_parse_from(["kiln-warmer", "--cache-ttl=2 weeks"]).is_err());
+    }
+
+    #[test]
+    fn dockerfile_stages_give_their_bases() {
+        let text = "ARG TAG=3.19\nARG REG=r.example:5000\n\
+            FROM ${REG}/alpine:${TAG} AS build\nRUN true\n\
+            FROM build AS test\n\
+            FROM scratch\nCOPY --from=build /x /x\n\
+            FROM --platform=$BUILDPLATFORM ${REG}/tools:1 AS tools\n\
+            FROM Build\n\
+            FROM ${REG}/alpine:${TAG}\n";
+        let mut args = BTreeMap::new();
+        args.insert("TAG".to_string(), "3.20".to_string());
+        let t = dockerfile_targets(Path::new("Dockerfile"), text, &args, &amd64()).unwrap();
+        let refs: Vec<&str> = t.iter().map(|t| t.reference.as_str()).collect();
+        assert_eq!(
+            refs,
+            ["r.example:5000/alpine:3.20", "r.example:5000/tools:1"]
+        );
+        assert_eq!(t[1].platform, Platform::default());
+    }
+
+    #[test]
+    fn unexpandable_from_names_the_line() {
+        let e = dockerfile_targets(
+            Path::new("Dockerfile"),
+            "FROM ${NOPE:?unset}\n",
+            &BTreeMap::new(),
+            &amd64(),
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("line 1") && s.contains("--build-arg"), "{s}");
+    }
+
+    #[test]
+    fn termination_message_is_compact_json() {
+        let w = Warmed {
+            target: Target {
+                reference: "r/a:1".into(),
+                platform: amd64(),
+            },
+            digest: "sha256:x".into(),
+            outcome: Outcome::Cached,
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(
+            termination_message(&[w]),
+            r#"{"images":[{"reference":"r/a:1","digest":"sha256:x"}]}"#
+        );
+    }
+}

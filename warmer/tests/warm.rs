@@ -1,0 +1,706 @@
+//! kiln-warmer end to end, against a real registry (Debian's `docker-registry`) started by
+//! each test on a free loopback port with its own storage. Base images are made here (a
+//! busybox root from /bin/busybox, small text images, a 200 MB random layer) and pushed
+//! with kiln's registry client; the warmer runs as its binary, the way a Pod runs it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_executor::cache::base::{BaseImageCache, CacheError, DEFAULT_TTL};
+use kiln_executor::registry::{
+    sha256_digest, Blob, BlobSource, Platform, Registry, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
+};
+use serde_json::{json, Value};
+
+fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; these tests need it (Debian: apt-get install -y {name})");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `docker-registry serve` process with its own storage; killed on drop. It can be
+/// stopped and started again on the same address and storage.
+struct TestRegistry {
+    child: Option<Child>,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    fn start() -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        std::fs::write(dir.path().join("docker-config.json"), "{}").unwrap();
+        let mut reg = TestRegistry {
+            child: None,
+            addr,
+            dir,
+        };
+        reg.resume();
+        reg
+    }
+
+    fn resume(&mut self) {
+        assert!(self.child.is_none());
+        let bin = require_tool("docker-registry");
+        let log = std::fs::File::create(self.dir.path().join("registry.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start docker-registry");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Nothing answers on the address any more.
+        assert!(TcpStream::connect(&self.addr).is_err());
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                panic!("docker-registry exited with {status}: {log}");
+            }
+            if let Ok(mut s) = TcpStream::connect(&self.addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                if s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok() {
+                    let mut buf = [0u8; 12];
+                    if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {} within 15 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn docker_config_dir(&self) -> PathBuf {
+        let d = self.dir.path().join("docker");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), "{}").unwrap();
+        d
+    }
+
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure_registries: vec![self.addr.clone()],
+            docker_config: Some(self.dir.path().join("docker-config.json")),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sha256_file(p: &Path) -> String {
+    let out = run(Command::new(require_tool("sha256sum")).arg(p));
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+/// An image pushed to the test registry.
+struct Pushed {
+    reference: String,
+    manifest_digest: String,
+    layer_digest: String,
+    layer_size: u64,
+}
+
+/// Makes a one-layer image from the directory `root` (tar, gzipped when `gzip`) and pushes
+/// it to `reference`.
+fn push_image(reg: &TestRegistry, work: &Path, root: &Path, reference: &str, gzip: bool) -> Pushed {
+    let (pushed, _) = push_layers(reg, work, &[root], reference, gzip);
+    pushed
+}
+
+/// One layer per directory in `roots`, in order; returns the image and every layer's
+/// `(digest, diff_id)`.
+fn push_layers(
+    reg: &TestRegistry,
+    work: &Path,
+    roots: &[&Path],
+    reference: &str,
+    gzip: bool,
+) -> (Pushed, Vec<(String, String)>) {
+    std::fs::create_dir_all(work).unwrap();
+    let mut layers = Vec::new();
+    let mut blobs = Vec::new();
+    let mut descriptors = Vec::new();
+    for (i, root) in roots.iter().enumerate() {
+        let tar_path = work.join(format!("layer{i}.tar"));
+        run(Command::new(require_tool("tar"))
+            .args([
+                "--sort=name",
+                "--mtime=@1700000000",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+            ])
+            .arg("-C")
+            .arg(root)
+            .arg("-cf")
+            .arg(&tar_path)
+            .arg("."));
+        let diff_id = sha256_file(&tar_path);
+        let (layer_path, media_type) = if gzip {
+            run(Command::new(require_tool("gzip"))
+                .args(["-n", "-f"])
+                .arg(&tar_path));
+            (
+                work.join(format!("layer{i}.tar.gz")),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        } else {
+            (tar_path, "application/vnd.oci.image.layer.v1.tar")
+        };
+        let digest = sha256_file(&layer_path);
+        let size = std::fs::metadata(&layer_path).unwrap().len();
+        descriptors.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
+        blobs.push(Blob {
+            digest: digest.clone(),
+            size,
+            source: BlobSource::File(layer_path),
+        });
+        layers.push((digest, diff_id));
+    }
+    let diff_ids: Vec<&str> = layers.iter().map(|(_, d)| d.as_str()).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": Platform::default().architecture,
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "created": "2023-11-14T22:13:20Z"
+    }))
+    .unwrap();
+    let config_digest = sha256_digest(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": descriptors
+    }))
+    .unwrap();
+    let registry = Registry::new(reg.options()).unwrap();
+    let first_size = blobs[0].size;
+    blobs.push(Blob {
+        digest: config_digest,
+        size: config.len() as u64,
+        source: BlobSource::Bytes(config),
+    });
+    let manifest_digest = rt()
+        .block_on(registry.push_image(reference, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap();
+    let pushed = Pushed {
+        reference: reference.to_string(),
+        manifest_digest,
+        layer_digest: layers[0].0.clone(),
+        layer_size: first_size,
+    };
+    (pushed, layers)
+}
+
+/// A busybox root: /bin/busybox and /bin/sh pointing at it.
+fn push_busybox(reg: &TestRegistry, work: &Path) -> Pushed {
+    let root = work.join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    push_image(
+        reg,
+        &work.join("busybox"),
+        &root,
+        &format!("{}/kiln-test/busybox:latest", reg.addr),
+        true,
+    )
+}
+
+fn push_text(reg: &TestRegistry, work: &Path, name: &str, text: &str) -> Pushed {
+    let root = work.join(format!("{name}-root"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), text).unwrap();
+    push_image(
+        reg,
+        &work.join(name),
+        &root,
+        &format!("{}/kiln-test/{name}:1", reg.addr),
+        true,
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The warmer binary with the test registry's flags and an empty docker config.
+fn warmer(reg: &TestRegistry, cache: &Path, termination: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln-warmer"));
+    c.arg("--cache-dir")
+        .arg(cache)
+        .arg("--insecure-registry")
+        .arg(&reg.addr)
+        .env("DOCKER_CONFIG", reg.docker_config_dir())
+        .env("KILN_TERMINATION_LOG", termination)
+        .env_remove("KILN_LOG");
+    c
+}
+
+fn output(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("cannot run kiln-warmer");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, log)
+}
+
+fn succeed(cmd: &mut Command) -> String {
+    let (out, log) = output(cmd);
+    assert!(out.status.success(), "kiln-warmer failed:\n{log}");
+    log
+}
+
+fn fail(cmd: &mut Command) -> String {
+    let (out, log) = output(cmd);
+    assert!(
+        !out.status.success(),
+        "kiln-warmer should have failed:\n{log}"
+    );
+    log
+}
+
+fn status_count(log: &str, status: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains(&format!("status=\"{status}\"")) || l.contains(&format!("status={status}"))
+        })
+        .count()
+}
+
+fn termination(path: &Path) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["reference"].as_str().unwrap().to_string(),
+                i["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every blob file (not temporary files) in the cache hashes to its name.
+fn assert_all_blobs_verify(cache: &Path) {
+    for ent in std::fs::read_dir(cache.join("blobs/sha256")).unwrap() {
+        let ent = ent.unwrap();
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        assert_eq!(
+            sha256_file(&ent.path()),
+            format!("sha256:{name}"),
+            "blob {} does not match its digest",
+            ent.path().display()
+        );
+    }
+}
+
+#[test]
+fn warm_reuse_offline_force_ttl_and_corruption() {
+    let mut reg = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = push_busybox(&reg, work.path());
+    let hello = push_text(&reg, work.path(), "hello", "hello from the cache\n");
+    let cache_dir = work.path().join("cache");
+    let term = work.path().join("termination-log");
+    let platform = Platform::default();
+
+    // First warm: both pulled; the termination message names both with their digests.
+    let log = succeed(warmer(&reg, &cache_dir, &term).args([
+        "--image",
+        &busybox.reference,
+        "--image",
+        &hello.reference,
+    ]));
+    assert_eq!(status_count(&log, "pulled"), 2, "{log}");
+    assert_eq!(
+        termination(&term),
+        vec![
+            (busybox.reference.clone(), busybox.manifest_digest.clone()),
+            (hello.reference.clone(), hello.manifest_digest.clone()),
+        ]
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(cache_dir.join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    for e in entries {
+        let ann = &e["annotations"];
+        assert!(ann["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/kiln-test/", reg.addr)));
+        assert_eq!(ann["dev.kiln.platform"], platform.to_string());
+        assert!(ann["dev.kiln.warmed-at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    // Second warm with the registry stopped: everything comes from the cache, so nothing
+    // can have been downloaded.
+    reg.stop();
+    std::fs::remove_file(&term).unwrap();
+    let log = succeed(warmer(&reg, &cache_dir, &term).args([
+        "--image",
+        &busybox.reference,
+        "--image",
+        &hello.reference,
+    ]));
+    assert_eq!(status_count(&log, "cached"), 2, "{log}");
+    assert_eq!(termination(&term).len(), 2);
+
+    // A build reading the cache with the registry down gets verified images.
+    let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
+    let img = cache
+        .lookup(&busybox.reference, &platform)
+        .unwrap()
+        .expect("busybox is cached");
+    assert_eq!(img.manifest_digest, busybox.manifest_digest);
+    assert_eq!(img.layers.len(), 1);
+    assert_eq!(img.layers[0].digest, busybox.layer_digest);
+    assert_eq!(img.layers[0].size, busybox.layer_size);
+    assert_eq!(sha256_file(&img.layers[0].path), busybox.layer_digest);
+    let by_digest = cache
+        .lookup(
+            &format!("{}/kiln-test/hello@{}", reg.addr, hello.manifest_digest),
+            &platform,
+        )
+        .unwrap()
+        .expect("hello by digest");
+    assert_eq!(by_digest.layers[0].digest, hello.layer_digest);
+
+    // --force goes to the registry: with it down, the warm fails and names both images.
+    let log = fail(warmer(&reg, &cache_dir, &term).args([
+        "--force",
+        "--image",
+        &busybox.reference,
+        "--image",
+        &hello.reference,
+    ]));
+    assert!(log.contains("2 of 2 images could not be warmed"), "{log}");
+    assert!(
+        log.contains(&busybox.reference) && log.contains(&hello.reference),
+        "{log}"
+    );
+    assert!(
+        log.contains("--insecure-registry") || log.contains("cannot reach"),
+        "{log}"
+    );
+    // The failed attempt left the cached copies intact.
+    assert!(cache.lookup(&hello.reference, &platform).unwrap().is_some());
+
+    reg.resume();
+    let log = succeed(warmer(&reg, &cache_dir, &term).args([
+        "--force=true",
+        "--image",
+        &hello.reference,
+    ]));
+    assert_eq!(status_count(&log, "pulled"), 1, "{log}");
+    assert!(log.contains("fetched_layers=1"), "{log}");
+
+    // An expired tag entry is not used (by digest it still is), and a warm with a short TTL
+    // pulls again.
+    let short = BaseImageCache::open(&cache_dir, Duration::from_millis(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(short.lookup(&hello.reference, &platform).unwrap().is_none());
+    assert!(short
+        .lookup(
+            &format!("{}/kiln-test/hello@{}", reg.addr, hello.manifest_digest),
+            &platform
+        )
+        .unwrap()
+        .is_some());
+    let log = succeed(warmer(&reg, &cache_dir, &term).args([
+        "--cache-ttl=1ms",
+        "--image",
+        &hello.reference,
+    ]));
+    assert_eq!(status_count(&log, "pulled"), 1, "{log}");
+    // The layer was in the cache and verified: only manifest and config were fetched.
+    assert!(
+        log.contains("fetched_layers=0") && log.contains("reused_layers=1"),
+        "{log}"
+    );
+
+    // A corrupted layer is detected by digest, reported with its path, and re-pulled.
+    let blob = cache.layout().blob_path(&busybox.layer_digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    match cache.lookup(&busybox.reference, &platform) {
+        Err(CacheError::Corrupt { digest, path, .. }) => {
+            assert_eq!(digest, busybox.layer_digest);
+            assert_eq!(path, blob);
+        }
+        other => panic!("corruption not detected: {other:?}"),
+    }
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &busybox.reference]));
+    assert!(log.contains("damaged"), "{log}");
+    assert!(log.contains("fetched_layers=1"), "{log}");
+    let again = cache
+        .lookup(&busybox.reference, &platform)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.manifest_digest, busybox.manifest_digest);
+    assert_all_blobs_verify(&cache_dir);
+}
+
+#[test]
+fn dockerfile_stages_and_partial_failure() {
+    let reg = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = push_busybox(&reg, work.path());
+    let hello = push_text(&reg, work.path(), "hello", "stage two\n");
+    let cache_dir = work.path().join("cache");
+    let term = work.path().join("termination-log");
+    let dockerfile = work.path().join("Dockerfile");
+    std::fs::write(
+        &dockerfile,
+        "ARG REG\nARG NAME=busybox\n\
+         FROM ${REG}/kiln-test/${NAME}:latest AS build\nRUN echo hi > /x\n\
+         FROM build AS test\nRUN true\n\
+         FROM scratch\nCOPY --from=build /x /x\n\
+         FROM ${REG}/kiln-test/hello:1\nCOPY --from=test /x /y\n",
+    )
+    .unwrap();
+    let log = succeed(
+        warmer(&reg, &cache_dir, &term)
+            .arg("--dockerfile")
+            .arg(&dockerfile)
+            .args(["--build-arg", &format!("REG={}", reg.addr)]),
+    );
+    assert_eq!(status_count(&log, "pulled"), 2, "{log}");
+    assert_eq!(
+        termination(&term),
+        vec![
+            (busybox.reference.clone(), busybox.manifest_digest.clone()),
+            (hello.reference.clone(), hello.manifest_digest.clone()),
+        ]
+    );
+
+    // One missing image among good ones: all are tried, the run fails naming the missing
+    // one, and the termination message is not written.
+    std::fs::remove_file(&term).unwrap();
+    let missing = format!("{}/kiln-test/missing:1", reg.addr);
+    let log = fail(
+        warmer(&reg, &cache_dir, &term)
+            .args(["--image", &missing, "--image", &busybox.reference])
+            .arg("--dockerfile")
+            .arg(&dockerfile)
+            .args(["--build-arg", &format!("REG={}", reg.addr)]),
+    );
+    assert!(log.contains("1 of 3 images could not be warmed"), "{log}");
+    assert!(log.contains(&missing) && log.contains("not found"), "{log}");
+    assert_eq!(status_count(&log, "cached"), 2, "{log}");
+    assert!(!term.exists());
+}
+
+#[test]
+fn sigkill_mid_download_leaves_no_partial_blob() {
+    let reg = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("big-root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new(require_tool("head"))
+        .args(["-c", "200M", "/dev/urandom"])
+        .stdout(std::fs::File::create(root.join("random.bin")).unwrap()));
+    let big = push_image(
+        &reg,
+        &work.path().join("big"),
+        &root,
+        &format!("{}/kiln-test/big:1", reg.addr),
+        false,
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+    let cache_dir = work.path().join("cache");
+    let term = work.path().join("termination-log");
+    let blobs = cache_dir.join("blobs/sha256");
+
+    let mut child = warmer(&reg, &cache_dir, &term)
+        .args(["--image", &big.reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the layer's temporary file holds some data, then kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let temp = loop {
+        let found = std::fs::read_dir(&blobs).ok().and_then(|rd| {
+            rd.flatten().find(|e| {
+                e.file_name().to_string_lossy().starts_with(".kiln-blob-")
+                    && e.metadata().map(|m| m.len() > 1 << 20).unwrap_or(false)
+            })
+        });
+        if let Some(e) = found {
+            break e.path();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("kiln-warmer finished ({status}) before it could be killed mid-download");
+        }
+        assert!(Instant::now() < deadline, "no download started within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
+    let layer_blob = cache.layout().blob_path(&big.layer_digest);
+    assert!(
+        !layer_blob.exists(),
+        "the layer must not be visible under its digest after a kill mid-download"
+    );
+    let partial = std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        partial < big.layer_size,
+        "the kill came after the download finished"
+    );
+    assert_all_blobs_verify(&cache_dir);
+    assert!(cache
+        .lookup(&big.reference, &Platform::default())
+        .unwrap()
+        .is_none());
+
+    // The next run completes; the leftover temporary file is ignored, and removed once stale.
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &big.reference]));
+    assert_eq!(status_count(&log, "pulled"), 1, "{log}");
+    let img = cache
+        .lookup(&big.reference, &Platform::default())
+        .unwrap()
+        .expect("complete after the second run");
+    assert_eq!(img.layers[0].digest, big.layer_digest);
+    assert_all_blobs_verify(&cache_dir);
+    assert_eq!(
+        termination(&term),
+        vec![(big.reference.clone(), big.manifest_digest.clone())]
+    );
+    if temp.exists() {
+        assert!(cache.clean_temp_files(Duration::ZERO).unwrap() >= 1);
+        assert!(!temp.exists());
+    }
+}
+
+#[test]
+fn multi_layer_image_keeps_layer_order_and_shares_blobs() {
+    let reg = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = push_busybox(&reg, work.path());
+    let mut roots = Vec::new();
+    for i in 0..5 {
+        let root = work.path().join(format!("multi-root-{i}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join(format!("file{i}.txt")),
+            format!("layer {i}\n").repeat(1000 * (i + 1)),
+        )
+        .unwrap();
+        roots.push(root);
+    }
+    // The busybox layer comes first, so the two images share a blob.
+    let bb_root = work.path().join("busybox-root");
+    let mut all: Vec<&Path> = vec![bb_root.as_path()];
+    all.extend(roots.iter().map(PathBuf::as_path));
+    let (multi, layers) = push_layers(
+        &reg,
+        &work.path().join("multi"),
+        &all,
+        &format!("{}/kiln-test/multi:1", reg.addr),
+        true,
+    );
+    assert_eq!(layers[0].0, busybox.layer_digest);
+
+    let cache_dir = work.path().join("cache");
+    let term = work.path().join("termination-log");
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &busybox.reference]));
+    assert!(log.contains("fetched_layers=1"), "{log}");
+    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &multi.reference]));
+    assert!(
+        log.contains("fetched_layers=5") && log.contains("reused_layers=1"),
+        "{log}"
+    );
+
+    let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
+    let img = cache
+        .lookup(&multi.reference, &Platform::default())
+        .unwrap()
+        .unwrap();
+    let got: Vec<(String, String)> = img
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.diff_id.clone()))
+        .collect();
+    assert_eq!(got, layers);
+    for l in &img.layers {
+        assert_eq!(sha256_file(&l.path), l.digest);
+        assert_eq!(l.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
+    }
+}
