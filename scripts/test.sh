@@ -7,6 +7,8 @@
 # Environment:
 #   KILN_SKIP_APT=1       skip apt-get (the tools are already installed)
 #   KILN_DIFF_CASES=a,b   run only these differential corpus cases
+#   KILN_DIFF_SELFTEST=1  build both sides of the differential test with buildah (checks the harness)
+#   KILN_LINT=0           skip the rustfmt and clippy checks that run after the tests
 #   CARGO_TARGET_DIR      default /var/cache/kiln/target (outside the clone, reused across runs)
 set -euo pipefail
 
@@ -87,6 +89,12 @@ cargo test --workspace --locked
 if [[ -f scripts/k8s/test.sh ]]; then
     step "kubernetes end-to-end tests"
     bash scripts/k8s/test.sh
+fi
+
+if [[ "${KILN_LINT:-1}" != 0 ]]; then
+    step "cargo fmt --check and cargo clippy -D warnings"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
 step "all tests passed"
