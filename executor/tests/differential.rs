@@ -358,7 +358,10 @@ mod comparer {
         fs::set_permissions(b.path().join("sticky"), fs::Permissions::from_mode(0o0777)).unwrap();
         let d = diff(a.path(), b.path());
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(d[0].contains("/sticky") && d[0].contains("mode 1777 != 0777"), "{d:?}");
+        assert!(
+            d[0].contains("/sticky") && d[0].contains("mode 1777 != 0777"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -366,7 +369,10 @@ mod comparer {
         let (a, b) = pair();
         chown(b.path().join("d/file"), Some(1000), Some(0)).unwrap();
         let d = diff(a.path(), b.path());
-        assert!(d.len() == 1 && d[0].contains("owner 1000:1000 != 1000:0"), "{d:?}");
+        assert!(
+            d.len() == 1 && d[0].contains("owner 1000:1000 != 1000:0"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -387,8 +393,14 @@ mod comparer {
         fs::write(b.path().join("dangling"), "").unwrap();
         let d = diff(a.path(), b.path());
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d[0].contains("/d/link: symlink -> file != symlink -> /d/file"), "{d:?}");
-        assert!(d[1].contains("/dangling: symlink -> /nowhere != file"), "{d:?}");
+        assert!(
+            d[0].contains("/d/link: symlink -> file != symlink -> /d/file"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].contains("/dangling: symlink -> /nowhere != file"),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -436,7 +448,10 @@ mod comparer {
         let text = d.join("\n");
         assert_eq!(d.len(), 3, "{text}");
         assert!(text.contains(r#"config.Env: ["A=1"] != ["A=2"]"#), "{text}");
-        assert!(text.contains(r#"config.Entrypoint: (unset) != ["/bin/sh"]"#), "{text}");
+        assert!(
+            text.contains(r#"config.Entrypoint: (unset) != ["/bin/sh"]"#),
+            "{text}"
+        );
         assert!(text.contains(r#"config.User: "app" != (unset)"#), "{text}");
     }
 }

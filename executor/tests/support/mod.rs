@@ -111,7 +111,9 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, CmdEr
         .process_group(0);
     let mut child = cmd.spawn().map_err(|e| CmdError {
         command: shown.clone(),
-        reason: format!("could not start: {e} (is it installed? `bash scripts/test.sh` installs it)"),
+        reason: format!(
+            "could not start: {e} (is it installed? `bash scripts/test.sh` installs it)"
+        ),
     })?;
     let mut out = child.stdout.take().expect("stdout was piped");
     let mut err = child.stderr.take().expect("stderr was piped");
@@ -215,7 +217,10 @@ pub fn image_config(image: &str) -> Result<serde_json::Value, CmdError> {
     )?;
     serde_json::from_str(&out.stdout).map_err(|e| CmdError {
         command: format!("skopeo inspect --config --raw docker://{image}"),
-        reason: format!("printed something that is not JSON ({e}): {}", tail(&out.stdout, 500)),
+        reason: format!(
+            "printed something that is not JSON ({e}): {}",
+            tail(&out.stdout, 500)
+        ),
     })
 }
 
@@ -535,7 +540,8 @@ impl Case {
 pub fn corpus_cases() -> Result<Vec<Case>, String> {
     let root = repo_root().join("testdata/corpus");
     let mut cases = Vec::new();
-    let entries = fs::read_dir(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    let entries =
+        fs::read_dir(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("cannot read {}: {e}", root.display()))?;
         let dir = entry.path();
