@@ -136,7 +136,7 @@ debian_mirror() {
 }
 
 build_debian() {
-    local tarball="$CACHE/debian-bookworm-minbase.tar" layout="$WORK/debian"
+    local tarball="$CACHE/debian-bookworm-minbase-v2.tar" layout="$WORK/debian"
     if [[ ! -s "$tarball" ]]; then
         command -v debootstrap >/dev/null || die "debootstrap not installed: apt-get install -y debootstrap"
         local root="$WORK/debian-root" mirror
@@ -150,8 +150,16 @@ build_debian() {
         rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
             "$root"/var/log/bootstrap.log "$root"/debootstrap
         mkdir -p "$root/var/lib/apt/lists/partial"
+        # debootstrap leaves /etc/group- with the same size and mtime as /etc/group but other
+        # content; buildah's layer diff (size+mtime) then misses useradd's rewrite of the backup.
+        # Real base images ship without these backups, so drop them.
+        rm -f "$root"/etc/passwd- "$root"/etc/group- "$root"/etc/shadow- "$root"/etc/gshadow-
+        # The files RUN sandboxes bind-mount must exist in the base: otherwise buildah leaves the
+        # empty mount-point file it creates in the image, which Docker and kiln do not.
+        printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
         : >"$root/etc/resolv.conf"
         echo "kiln-test" >"$root/etc/hostname"
+        chmod 0644 "$root/etc/hosts" "$root/etc/resolv.conf" "$root/etc/hostname"
         layer_tar "$root" "$tarball.tmp"
         mv "$tarball.tmp" "$tarball"
         rm -rf "$root"

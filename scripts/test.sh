@@ -21,9 +21,9 @@ die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 [[ "$(id -u)" == 0 ]] || die "must run as root (builds chroot, unpack with ownership, run podman)"
 
 PACKAGES=(
-    docker-registry skopeo umoci buildah podman runc crun fuse-overlayfs
+    docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils git uidmap iptables
+    tar gzip xz-utils git
 )
 if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
     step "installing packages: ${PACKAGES[*]}"

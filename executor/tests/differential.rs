@@ -65,7 +65,7 @@ fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
         .arg("--insecure")
         .arg("--digest-file")
         .arg(&digest_file);
-    for (k, v) in &case.build_args {
+    for (k, v) in case.build_args_for("kiln") {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     if let Some(t) = &case.target {
@@ -85,7 +85,7 @@ fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
 }
 
 /// Builds `case` with buildah (the reference) and pushes it to `dest`.
-fn buildah_build(case: &Case, dest: &str) -> Result<(), String> {
+fn buildah_build(case: &Case, dest: &str, side: &str) -> Result<(), String> {
     let local = format!("localhost/kiln-diff/{}:ref", case.name);
     let mut cmd = Command::new("buildah");
     cmd.args(BUILDAH_FLAGS)
@@ -95,11 +95,15 @@ fn buildah_build(case: &Case, dest: &str) -> Result<(), String> {
             "chroot",
             "--tls-verify=false",
             "--identity-label=false",
+            // The OCI config format has no Healthcheck, Shell or OnBuild: buildah drops them
+            // unless it writes Docker's format, which kiln's config must match field for field.
+            "--format",
+            "docker",
             "-f",
         ])
         .arg(case.reference_dockerfile())
         .args(["-t", &local]);
-    for (k, v) in &case.build_args {
+    for (k, v) in case.build_args_for(side) {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     if let Some(t) = &case.target {
@@ -192,11 +196,11 @@ fn check_case(case: &Case, reg: &str) -> Vec<String> {
         Err(e) => return vec![format!("cannot create a temporary directory: {e}")],
     };
 
-    if let Err(e) = buildah_build(case, &reference) {
+    if let Err(e) = buildah_build(case, &reference, "buildah") {
         return vec![format!("reference build: {e}")];
     }
     let built = if selftest() {
-        buildah_build(case, &candidate).map(|()| None)
+        buildah_build(case, &candidate, "kiln").map(|()| None)
     } else {
         kiln_build(case, &candidate, work.path()).map(Some)
     };
@@ -453,5 +457,14 @@ mod comparer {
             "{text}"
         );
         assert!(text.contains(r#"config.User: "app" != (unset)"#), "{text}");
+    }
+
+    #[test]
+    fn env_order_does_not_matter_but_values_do() {
+        let a = serde_json::json!({"config": {"Env": ["PATH=/bin", "A=1"]}});
+        let b = serde_json::json!({"config": {"Env": ["A=1", "PATH=/bin"]}});
+        assert_eq!(diff_configs(&a, &b, &[]), Vec::<String>::new());
+        let c = serde_json::json!({"config": {"Env": ["A=1", "PATH=/usr/bin"]}});
+        assert_eq!(diff_configs(&a, &c, &[]).len(), 1);
     }
 }

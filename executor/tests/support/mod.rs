@@ -492,8 +492,17 @@ pub fn diff_configs(
         v
     };
     for field in CONFIG_FIELDS {
-        let e = strip(expected.get("config"), field);
-        let a = strip(actual.get("config"), field);
+        let mut e = strip(expected.get("config"), field);
+        let mut a = strip(actual.get("config"), field);
+        if *field == "Env" {
+            // Runtimes read Env as a map; buildah re-appends a variable set again (PATH) where
+            // Docker replaces it in place, so compare the sets of variables, not their order.
+            for v in [&mut e, &mut a].into_iter().flatten() {
+                if let serde_json::Value::Array(items) = v {
+                    items.sort_by_key(|x| x.to_string());
+                }
+            }
+        }
         if e != a {
             out.push(format!(
                 "  config.{field}: {} != {}",
@@ -516,11 +525,23 @@ pub struct Case {
     pub dir: PathBuf,
     pub build_args: Vec<(String, String)>,
     pub target: Option<String>,
+    /// A case whose pushed images this case builds FROM (from the `requires` file).
+    pub requires: Option<String>,
 }
 
 impl Case {
     pub fn dockerfile(&self) -> PathBuf {
         self.dir.join("Dockerfile")
+    }
+
+    /// Build args for one side (`buildah` or `kiln`): the case's own, plus `DIFF_SIDE` for cases
+    /// that build FROM another case's image.
+    pub fn build_args_for(&self, side: &str) -> Vec<(String, String)> {
+        let mut args = self.build_args.clone();
+        if self.requires.is_some() {
+            args.push(("DIFF_SIDE".to_string(), side.to_string()));
+        }
+        args
     }
 
     /// The Dockerfile the reference builder gets: `Dockerfile.buildah` when the case needs syntax
@@ -567,14 +588,30 @@ pub fn corpus_cases() -> Result<Vec<Case>, String> {
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
+        let requires = fs::read_to_string(dir.join("requires"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         cases.push(Case {
             name,
             dir,
             build_args,
             target,
+            requires,
         });
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in &cases {
+        if let Some(r) = &c.requires {
+            // Cases run in name order, so a required case must sort first.
+            if !cases.iter().any(|o| &o.name == r && o.name < c.name) {
+                return Err(format!(
+                    "{}/requires names `{r}`, which is not a case that sorts before it",
+                    c.name
+                ));
+            }
+        }
+    }
     if let Ok(filter) = std::env::var("KILN_DIFF_CASES") {
         let wanted: Vec<&str> = filter
             .split(',')
@@ -589,7 +626,13 @@ pub fn corpus_cases() -> Result<Vec<Case>, String> {
                     ));
                 }
             }
-            cases.retain(|c| wanted.contains(&c.name.as_str()));
+            // Keep what the wanted cases require, so a subset still builds their parents.
+            let required: Vec<String> = cases
+                .iter()
+                .filter(|c| wanted.contains(&c.name.as_str()))
+                .filter_map(|c| c.requires.clone())
+                .collect();
+            cases.retain(|c| wanted.contains(&c.name.as_str()) || required.contains(&c.name));
         }
     }
     Ok(cases)
