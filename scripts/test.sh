@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# THE test command for kiln: `bash scripts/test.sh` (CI runs exactly this through .ci/run).
+# Works on a fresh Debian 12 machine as root: installs the tools the tests use, configures
+# containers for this machine, starts a local registry, pushes the test base images, runs every test,
+# and stops the registry on exit whatever happens. Exits non-zero on any failure.
+#
+# Environment:
+#   KILN_SKIP_APT=1       skip apt-get (the tools are already installed)
+#   KILN_DIFF_CASES=a,b   run only these differential corpus cases
+#   KILN_DIFF_SELFTEST=1  build both sides of the differential test with buildah (checks the harness)
+#   KILN_LINT=0           skip the rustfmt and clippy checks that run after the tests
+#   CARGO_TARGET_DIR      default /var/cache/kiln/target (outside the clone, reused across runs)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO="$(pwd)"
+START=$(date +%s)
+step() { echo; echo "==> [$(($(date +%s) - START))s] $*"; }
+die() { echo "scripts/test.sh: $*" >&2; exit 1; }
+
+[[ "$(id -u)" == 0 ]] || die "must run as root (builds chroot, unpack with ownership, run podman)"
+
+PACKAGES=(
+    docker-registry skopeo umoci buildah podman runc
+    debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
+    tar gzip xz-utils git
+)
+if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
+    step "installing packages: ${PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "all present"
+    fi
+fi
+
+# Rust: the machine image provides rustup's toolchain under ~/.cargo (Debian's rustc is too old).
+export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
+command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.85 with rustup (PATH has ~/.cargo/bin)"
+
+step "configuring containers for this machine"
+# No ulimit changes inside the sandboxes we run in (setrlimit above the hard limit fails there).
+mkdir -p /etc/containers
+CONF=/etc/containers/containers.conf
+if [[ ! -f "$CONF" ]] || ! grep -q '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[\]' "$CONF"; then
+    if [[ -f "$CONF" ]] && grep -q '^\[containers\]' "$CONF"; then
+        sed -i '/^\[containers\]/a default_ulimits = []' "$CONF"
+    else
+        printf '[containers]\ndefault_ulimits = []\n' >>"$CONF"
+    fi
+fi
+# The flags every podman/buildah call in the tests uses; exported for scripts and the Rust tests.
+export KILN_PODMAN_FLAGS="--runtime runc --cgroup-manager cgroupfs --storage-driver vfs"
+export KILN_BUILDAH_FLAGS="--storage-driver vfs"
+export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/kiln/target}"
+export KILN_TEST_REGISTRY="${KILN_TEST_REGISTRY:-127.0.0.1:5000}"
+export KILN_REGISTRY_ADDR="$KILN_TEST_REGISTRY"
+mkdir -p "$CARGO_TARGET_DIR" /var/cache/kiln/base
+
+step "starting the local registry on $KILN_TEST_REGISTRY"
+cleanup() {
+    local rc=$?
+    bash "$REPO/scripts/registry.sh" stop || true
+    echo "scripts/test.sh: finished in $(($(date +%s) - START))s with exit code $rc"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+bash scripts/registry.sh start
+
+step "building and pushing the test base images"
+bash scripts/base-images.sh
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes end-to-end tests (owned by the operator work): the lead wires them in here, e.g.
+#   step "kubernetes e2e"; bash scripts/k8s/test.sh
+# ---------------------------------------------------------------------------------------------
+if [[ -f scripts/k8s/test.sh ]]; then
+    step "kubernetes end-to-end tests"
+    bash scripts/k8s/test.sh
+fi
+
+if [[ "${KILN_LINT:-1}" != 0 ]]; then
+    step "cargo fmt --check and cargo clippy -D warnings"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "all tests passed"
