@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Builds helm from the Go module proxy and runs the checks of the Kiln Helm chart.
+#
+#   scripts/helm.sh [build]      build helm (skipped when the pinned version is already there);
+#                                prints the binary's path on stdout
+#   scripts/helm.sh lint         helm lint charts/kiln, plain and --strict
+#   scripts/helm.sh template [ARGS...]
+#                                helm template charts/kiln with extra helm arguments
+#                                (e.g. -f values.yaml); the manifests go to stdout
+#   scripts/helm.sh crd-sync     fail when charts/kiln/crds/ differs from the generated crds/
+#   scripts/helm.sh check        everything CI runs: lint, template with default and full values,
+#                                the CRD sync check, and schema rejections of bad values
+#
+# Nothing here downloads anything but Go modules: helm is built with `go install` from
+# helm.sh/helm/v3/cmd/helm at $KILN_HELM_VERSION, with GOPATH, GOMODCACHE and GOCACHE under
+# /var/cache/kiln/go so that every worktree and CI job shares one module cache.
+set -euo pipefail
+
+HELM_VERSION="${KILN_HELM_VERSION:-v3.22.0}"
+KILN_CACHE="${KILN_CACHE:-/var/cache/kiln}"
+HELM_BIN_DIR="${KILN_HELM_BIN_DIR:-$KILN_CACHE/bin}"
+HELM="$HELM_BIN_DIR/helm"
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CHART="$REPO/charts/kiln"
+
+log() { echo "helm.sh: $*" >&2; }
+die() {
+  log "FAIL: $*"
+  exit 1
+}
+
+# The version the binary reports, or nothing when there is no usable binary.
+installed_version() {
+  [[ -x "$HELM" ]] || return 0
+  "$HELM" version --template '{{.Version}}' 2>/dev/null || true
+}
+
+build() {
+  if [[ "$(installed_version)" == "$HELM_VERSION" ]]; then
+    echo "$HELM"
+    return
+  fi
+  export GOPATH="$KILN_CACHE/go"
+  export GOMODCACHE="${GOMODCACHE:-$KILN_CACHE/go/mod}"
+  export GOCACHE="${GOCACHE:-$KILN_CACHE/go/cache}"
+  # The host toolchain must do; a toolchain download would be a second, unpinned fetch.
+  export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+  export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+  export CGO_ENABLED=0
+  mkdir -p "$HELM_BIN_DIR" "$GOMODCACHE" "$GOCACHE"
+  local tmp
+  tmp="$(mktemp -d "$HELM_BIN_DIR/.helm-build.XXXXXX")"
+  # shellcheck disable=SC2064 # expand $tmp now: it is local.
+  trap "rm -rf '$tmp'" EXIT
+  log "building helm $HELM_VERSION from helm.sh/helm/v3/cmd/helm (nice 19; several minutes on a loaded machine)"
+  local start=$SECONDS
+  # helm's own Makefile stamps the version with -X; without it `helm version` reports only
+  # the major.minor default, which would defeat the idempotence check above.
+  GOBIN="$tmp" nice -n 19 go install \
+    -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv -f "$tmp/helm" "$HELM"
+  log "built $("$HELM" version --short) in $((SECONDS - start))s"
+  [[ "$(installed_version)" == "$HELM_VERSION" ]] ||
+    die "built helm reports version '$(installed_version)', expected $HELM_VERSION"
+  echo "$HELM"
+}
+
+ensure_helm() {
+  build >/dev/null
+}
+
+lint() {
+  ensure_helm
+  log "helm lint charts/kiln"
+  "$HELM" lint "$CHART"
+  log "helm lint --strict charts/kiln"
+  "$HELM" lint --strict "$CHART"
+  log "helm lint --strict charts/kiln -f tests/values-full.yaml"
+  "$HELM" lint --strict "$CHART" -f "$CHART/tests/values-full.yaml"
+}
+
+template() {
+  ensure_helm
+  "$HELM" template kiln "$CHART" --namespace kiln-system "$@"
+}
+
+crd_sync() {
+  local top="$REPO/crds" chart="$CHART/crds"
+  [[ -d "$top" ]] || die "no generated CRDs in $top; run the operator's crdgen first"
+  if ! diff -ru "$top" "$chart" >&2; then
+    die "charts/kiln/crds/ differs from crds/; copy them: cp crds/*.yaml charts/kiln/crds/"
+  fi
+  log "charts/kiln/crds/ matches crds/"
+}
+
+# Runs `helm template` expecting failure, and checks the error names the bad value.
+expect_rejected() {
+  local what="$1" pattern="$2"
+  shift 2
+  local out
+  if out="$(template "$@" 2>&1)"; then
+    die "helm template accepted $what; values.schema.json must reject it"
+  fi
+  grep -qiE "$pattern" <<<"$out" ||
+    die "helm template rejected $what but the error does not mention /$pattern/: $out"
+  log "rejected as expected: $what"
+}
+
+# Asserts that rendered manifests contain a line matching a pattern.
+expect_rendered() {
+  local what="$1" pattern="$2" manifests="$3"
+  grep -qE -- "$pattern" <<<"$manifests" || die "rendered chart lacks $what (/$pattern/)"
+}
+
+check() {
+  ensure_helm
+  crd_sync
+  lint
+
+  log "helm template with default values"
+  local out
+  out="$(template)"
+  expect_rendered "the Deployment" '^kind: Deployment$' "$out"
+  expect_rendered "a ClusterRole when all namespaces are watched" '^kind: ClusterRole$' "$out"
+  expect_rendered "the metrics Service" '^kind: Service$' "$out"
+  expect_rendered "the text log format" '--log-format=text' "$out"
+  expect_rendered "the read-only root filesystem" 'readOnlyRootFilesystem: true' "$out"
+  expect_rendered "the lease permissions" 'coordination.k8s.io' "$out"
+  if grep -q '^kind: ServiceMonitor$' <<<"$out"; then die "ServiceMonitor rendered although disabled"; fi
+  if grep -q 'watch-namespace' <<<"$out"; then die "--watch-namespace rendered although watchNamespaces is empty"; fi
+
+  log "helm template with tests/values-full.yaml"
+  out="$(template -f "$CHART/tests/values-full.yaml")"
+  expect_rendered "the ServiceMonitor" '^kind: ServiceMonitor$' "$out"
+  expect_rendered "the json log format" '--log-format=json' "$out"
+  expect_rendered "a Role per watched namespace" '^  namespace: team-a$' "$out"
+  expect_rendered "a Role per watched namespace" '^  namespace: team-b$' "$out"
+  expect_rendered "the watched namespace flag" '--watch-namespace=team-a' "$out"
+  if grep -q '^kind: ClusterRole$' <<<"$out"; then die "ClusterRole rendered although watchNamespaces is set"; fi
+
+  log "helm template with a single watched namespace and leader election off"
+  out="$(template --set 'watchNamespaces={builds}' --set leaderElection.enabled=false --set replicaCount=1)"
+  expect_rendered "--no-leader-election" '--no-leader-election' "$out"
+  if grep -q 'coordination.k8s.io' <<<"$out"; then die "Lease permissions rendered although leader election is off"; fi
+
+  expect_rejected "logFormat: xml" 'logFormat' --set logFormat=xml
+  expect_rejected "image.pullPolicy: Sometimes" 'pullPolicy' --set image.pullPolicy=Sometimes
+  expect_rejected "replicaCount: -1" 'replicaCount' --set replicaCount=-1
+  expect_rejected "watchNamespaces as a string" 'watchNamespaces' --set watchNamespaces=team-a
+  expect_rejected "an unknown top-level value" 'additional|not allowed|logformat' --set logformat=json
+  expect_rejected "metrics.port: 70000" 'port' --set metrics.port=70000
+  expect_rejected "two replicas without leader election" 'leader' \
+    --set replicaCount=2 --set leaderElection.enabled=false
+
+  log "all chart checks passed"
+}
+
+cmd="${1:-build}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  build) build ;;
+  lint) lint ;;
+  template) template "$@" ;;
+  crd-sync) crd_sync ;;
+  check) check ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, check)" ;;
+esac
