@@ -8,6 +8,10 @@
 #                                helm template charts/kiln with extra helm arguments
 #                                (e.g. -f values.yaml); the manifests go to stdout
 #   scripts/helm.sh crd-sync     fail when charts/kiln/crds/ differs from the generated crds/
+#   scripts/helm.sh dry-run      with $KUBECONFIG naming a test API server: create the release
+#                                and watched namespaces, then `kubectl apply --server-side
+#                                --dry-run=server` the CRDs and the chart rendered with default
+#                                and full values (the ServiceMonitor only when its CRD is there)
 #   scripts/helm.sh check        everything CI runs: lint, template with default and full values,
 #                                the CRD sync check, and schema rejections of bad values
 #
@@ -20,6 +24,10 @@ HELM_VERSION="${KILN_HELM_VERSION:-v3.22.0}"
 KILN_CACHE="${KILN_CACHE:-/var/cache/kiln}"
 HELM_BIN_DIR="${KILN_HELM_BIN_DIR:-$KILN_CACHE/bin}"
 HELM="$HELM_BIN_DIR/helm"
+# Written beside the binary after a build; names the version and the build recipe, so that a
+# binary built another way (say without the Kubernetes version stamp) is rebuilt.
+HELM_STAMP="$HELM_BIN_DIR/helm.stamp"
+HELM_RECIPE="$HELM_VERSION k8s-version-from-client-go"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CHART="$REPO/charts/kiln"
@@ -37,7 +45,7 @@ installed_version() {
 }
 
 build() {
-  if [[ "$(installed_version)" == "$HELM_VERSION" ]]; then
+  if [[ "$(installed_version)" == "$HELM_VERSION" && "$(cat "$HELM_STAMP" 2>/dev/null)" == "$HELM_RECIPE" ]]; then
     echo "$HELM"
     return
   fi
@@ -55,13 +63,22 @@ build() {
   trap "rm -rf '$tmp'" EXIT
   log "building helm $HELM_VERSION from helm.sh/helm/v3/cmd/helm (nice 19; several minutes on a loaded machine)"
   local start=$SECONDS
-  # helm's own Makefile stamps the version with -X; without it `helm version` reports only
-  # the major.minor default, which would defeat the idempotence check above.
-  GOBIN="$tmp" nice -n 19 go install \
-    -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # helm's own Makefile stamps, with -X, its version (without it `helm version` reports only
+  # "v3.NN", which would defeat the idempotence check above) and the Kubernetes version that
+  # `helm template` and `helm lint` assume, derived from the client-go it is built with (without
+  # it they assume 1.20 and reject any chart with a later kubeVersion).
+  local gomod k8s_minor
+  gomod="$(nice -n 19 go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | jq -r .GoMod)"
+  k8s_minor="$(awk '$1 == "k8s.io/client-go" { split($2, v, "."); print v[2] }' "$gomod")"
+  [[ "$k8s_minor" =~ ^[0-9]+$ ]] || die "cannot find the k8s.io/client-go version in $gomod"
+  local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  GOBIN="$tmp" nice -n 19 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   mv -f "$tmp/helm" "$HELM"
+  echo "$HELM_RECIPE" >"$HELM_STAMP"
   log "built $("$HELM" version --short) in $((SECONDS - start))s"
   [[ "$(installed_version)" == "$HELM_VERSION" ]] ||
     die "built helm reports version '$(installed_version)', expected $HELM_VERSION"
@@ -158,6 +175,40 @@ check() {
   log "all chart checks passed"
 }
 
+# Server-side dry run of one rendering: the API server validates every object against its
+# schema and runs admission, without storing anything.
+dry_run_one() {
+  local what="$1"
+  shift
+  local manifests
+  manifests="$(template --include-crds "$@")"
+  log "kubectl apply --server-side --dry-run=server: $what"
+  kubectl apply --server-side --dry-run=server --field-manager=helm-dry-run -f - <<<"$manifests" >&2 ||
+    die "the API server rejected the chart rendered with $what"
+}
+
+dry_run() {
+  ensure_helm
+  [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
+  # Dry runs of namespaced objects need their namespaces to exist; these are the test server's.
+  local ns
+  for ns in kiln-system team-a team-b; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
+  done
+  # A dry run cannot create the CRDs the custom resources of a later document would need, and
+  # the chart renders none; applying the CRDs for real keeps a later e2e run honest about them.
+  kubectl apply --server-side --field-manager=helm-dry-run -f "$CHART/crds/" >&2
+  kubectl wait --for=condition=Established --timeout=60s \
+    crd/imagebuilds.kiln.dev crd/cachewarms.kiln.dev >&2
+  local sm=(--set metrics.serviceMonitor.enabled=false)
+  if kubectl get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1; then sm=(); fi
+  dry_run_one "default values"
+  dry_run_one "tests/values-full.yaml" -f "$CHART/tests/values-full.yaml" "${sm[@]}"
+  dry_run_one "one namespace, no leader election" --set 'watchNamespaces={team-a}' \
+    --set leaderElection.enabled=false
+  log "the API server accepted every rendering"
+}
+
 cmd="${1:-build}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
@@ -165,6 +216,7 @@ case "$cmd" in
   lint) lint ;;
   template) template "$@" ;;
   crd-sync) crd_sync ;;
+  dry-run) dry_run ;;
   check) check ;;
-  *) die "unknown command '$cmd' (build, lint, template, crd-sync, check)" ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, dry-run, check)" ;;
 esac
