@@ -8,6 +8,7 @@
 #                                helm template charts/kiln with extra helm arguments
 #                                (e.g. -f values.yaml); the manifests go to stdout
 #   scripts/helm.sh crd-sync     fail when charts/kiln/crds/ differs from the generated crds/
+#   scripts/helm.sh copy-crds    make charts/kiln/crds/ a copy of crds/ (after running crdgen)
 #   scripts/helm.sh dry-run      with $KUBECONFIG naming a test API server: create the release
 #                                and watched namespaces, then `kubectl apply --server-side
 #                                --dry-run=server` the CRDs and the chart rendered with default
@@ -105,12 +106,21 @@ template() {
 }
 
 crd_sync() {
-  local top="$REPO/crds" chart="$CHART/crds"
+  # KILN_CRDS_DIR: compare against generated CRDs elsewhere (e.g. a branch not yet merged).
+  local top="${KILN_CRDS_DIR:-$REPO/crds}" chart="$CHART/crds"
   [[ -d "$top" ]] || die "no generated CRDs in $top; run the operator's crdgen first"
   if ! diff -ru "$top" "$chart" >&2; then
-    die "charts/kiln/crds/ differs from crds/; copy them: cp crds/*.yaml charts/kiln/crds/"
+    die "charts/kiln/crds/ differs from crds/; copy them with: scripts/helm.sh copy-crds"
   fi
   log "charts/kiln/crds/ matches crds/"
+}
+
+copy_crds() {
+  local top="${KILN_CRDS_DIR:-$REPO/crds}" chart="$CHART/crds"
+  compgen -G "$top/*.yaml" >/dev/null || die "no generated CRDs in $top; run the operator's crdgen first"
+  rm -f "$chart"/*.yaml
+  cp "$top"/*.yaml "$chart/"
+  log "copied $(cd "$top" && echo *.yaml) to charts/kiln/crds/"
 }
 
 # Runs `helm template` expecting failure, and checks the error names the bad value.
@@ -163,13 +173,13 @@ check() {
   expect_rendered "--no-leader-election" '--no-leader-election' "$out"
   if grep -q 'coordination.k8s.io' <<<"$out"; then die "Lease permissions rendered although leader election is off"; fi
 
-  expect_rejected "logFormat: xml" 'logFormat' --set logFormat=xml
-  expect_rejected "image.pullPolicy: Sometimes" 'pullPolicy' --set image.pullPolicy=Sometimes
-  expect_rejected "replicaCount: -1" 'replicaCount' --set replicaCount=-1
-  expect_rejected "watchNamespaces as a string" 'watchNamespaces' --set watchNamespaces=team-a
-  expect_rejected "an unknown top-level value" 'additional|not allowed|logformat' --set logformat=json
-  expect_rejected "metrics.port: 70000" 'port' --set metrics.port=70000
-  expect_rejected "two replicas without leader election" 'leader' \
+  expect_rejected "logFormat: xml" "at '/logFormat'" --set logFormat=xml
+  expect_rejected "image.pullPolicy: Sometimes" "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
+  expect_rejected "replicaCount: -1" "at '/replicaCount'" --set replicaCount=-1
+  expect_rejected "watchNamespaces as a string" "at '/watchNamespaces'" --set watchNamespaces=team-a
+  expect_rejected "an unknown top-level value" "additional properties 'logformat'" --set logformat=json
+  expect_rejected "metrics.port: 70000" "at '/metrics/port'" --set metrics.port=70000
+  expect_rejected "two replicas without leader election" "at '/leaderElection/enabled'" \
     --set replicaCount=2 --set leaderElection.enabled=false
 
   log "all chart checks passed"
@@ -216,7 +226,8 @@ case "$cmd" in
   lint) lint ;;
   template) template "$@" ;;
   crd-sync) crd_sync ;;
+  copy-crds) copy_crds ;;
   dry-run) dry_run ;;
   check) check ;;
-  *) die "unknown command '$cmd' (build, lint, template, crd-sync, dry-run, check)" ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, check)" ;;
 esac
