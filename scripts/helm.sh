@@ -13,6 +13,10 @@
 #                                and watched namespaces, then `kubectl apply --server-side
 #                                --dry-run=server` the CRDs and the chart rendered with default
 #                                and full values (the ServiceMonitor only when its CRD is there)
+#   scripts/helm.sh rbac-check   with $KUBECONFIG naming a test API server (admin): apply the
+#                                chart's ServiceAccount and RBAC for real, then ask the server
+#                                (kubectl auth can-i --as the ServiceAccount) that the operator
+#                                may do what it does and nothing more
 #   scripts/helm.sh check        everything CI runs: lint, template with default and full values,
 #                                the CRD sync check, and schema rejections of bad values
 #
@@ -219,6 +223,79 @@ dry_run() {
   log "the API server accepted every rendering"
 }
 
+# kubectl auth can-i as the operator's ServiceAccount; $1 yes|no, the rest the question.
+expect_can() {
+  local want="$1" sa="$2"
+  shift 2
+  local got
+  got="$(kubectl auth can-i --as="$sa" "$@" 2>/dev/null || true)"
+  [[ "$got" == "$want" ]] || die "can-i $* as $sa: got '$got', want '$want'"
+}
+
+# Applies the RBAC of one rendering for real and checks it verb by verb. $1: namespaces the
+# operator must be able to work in ("" = all, checked in a sample namespace), then helm args.
+rbac_check_one() {
+  local scope="$1"
+  shift
+  local manifests sa="system:serviceaccount:kiln-system:kiln-rbac-check"
+  manifests="$(template --set fullnameOverride=kiln-rbac-check "$@" --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml)"
+  kubectl apply --server-side --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
+  local in=(${scope:-team-a}) out=()
+  [[ -n "$scope" ]] && out=(kube-system)
+  local ns r
+  for ns in "${in[@]}"; do
+    for r in imagebuilds.kiln.dev cachewarms.kiln.dev; do
+      for v in get list watch patch; do expect_can yes "$sa" "$v" "$r" -n "$ns"; done
+      for v in create delete update deletecollection; do expect_can no "$sa" "$v" "$r" -n "$ns"; done
+      expect_can yes "$sa" patch "$r" --subresource=status -n "$ns"
+      expect_can no "$sa" update "$r" --subresource=status -n "$ns"
+      expect_can yes "$sa" update "$r" --subresource=finalizers -n "$ns"
+    done
+    for v in get list watch create delete; do expect_can yes "$sa" "$v" pods -n "$ns"; done
+    for v in update patch deletecollection; do expect_can no "$sa" "$v" pods -n "$ns"; done
+    expect_can no "$sa" get pods --subresource=log -n "$ns"
+    expect_can no "$sa" create pods --subresource=exec -n "$ns"
+    expect_can yes "$sa" get secrets -n "$ns"
+    for v in list watch create update patch delete; do expect_can no "$sa" "$v" secrets -n "$ns"; done
+    for v in create patch; do expect_can yes "$sa" "$v" events.events.k8s.io -n "$ns"; done
+    expect_can no "$sa" delete events.events.k8s.io -n "$ns"
+    for r in configmaps persistentvolumeclaims serviceaccounts; do expect_can no "$sa" get "$r" -n "$ns"; done
+  done
+  for ns in "${out[@]}"; do
+    for r in imagebuilds.kiln.dev pods secrets; do expect_can no "$sa" get "$r" -n "$ns"; done
+  done
+  expect_can no "$sa" list nodes
+  expect_can no "$sa" create clusterroles.rbac.authorization.k8s.io
+  kubectl delete --ignore-not-found -f - <<<"$manifests" >&2
+}
+
+rbac_check() {
+  ensure_helm
+  [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
+  local ns sa="system:serviceaccount:kiln-system:kiln-rbac-check"
+  for ns in kiln-system team-a team-b; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
+  done
+  log "RBAC, all namespaces (ClusterRole)"
+  rbac_check_one ""
+  expect_can no "$sa" get leases.coordination.k8s.io/other-lease -n kiln-system
+  log "RBAC, watchNamespaces team-a, team-b (a Role each)"
+  rbac_check_one "team-a team-b" --set 'watchNamespaces={team-a,team-b}'
+  log "RBAC, leases"
+  local manifests
+  manifests="$(template --set fullnameOverride=kiln-rbac-check --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml)"
+  kubectl apply --server-side --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
+  for v in get update; do
+    expect_can yes "$sa" "$v" leases.coordination.k8s.io/kiln-rbac-check-leader -n kiln-system
+    expect_can no "$sa" "$v" leases.coordination.k8s.io/kube-scheduler -n kiln-system
+  done
+  expect_can yes "$sa" create leases.coordination.k8s.io -n kiln-system
+  expect_can no "$sa" create leases.coordination.k8s.io -n team-a
+  expect_can no "$sa" delete leases.coordination.k8s.io/kiln-rbac-check-leader -n kiln-system
+  kubectl delete --ignore-not-found -f - <<<"$manifests" >&2
+  log "RBAC grants what the operator does and nothing more"
+}
+
 cmd="${1:-build}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
@@ -228,6 +305,7 @@ case "$cmd" in
   crd-sync) crd_sync ;;
   copy-crds) copy_crds ;;
   dry-run) dry_run ;;
+  rbac-check) rbac_check ;;
   check) check ;;
-  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, check)" ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, rbac-check, check)" ;;
 esac
