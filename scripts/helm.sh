@@ -249,7 +249,7 @@ rbac_check_one() {
       for v in create delete update deletecollection; do expect_can no "$sa" "$v" "$r" -n "$ns"; done
       expect_can yes "$sa" patch "$r" --subresource=status -n "$ns"
       expect_can no "$sa" update "$r" --subresource=status -n "$ns"
-      expect_can yes "$sa" update "$r" --subresource=finalizers -n "$ns"
+      expect_can no "$sa" update "$r" --subresource=finalizers -n "$ns"
     done
     for v in get list watch create delete; do expect_can yes "$sa" "$v" pods -n "$ns"; done
     for v in update patch deletecollection; do expect_can no "$sa" "$v" pods -n "$ns"; done
