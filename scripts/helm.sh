@@ -17,8 +17,18 @@
 #                                chart's ServiceAccount and RBAC for real, then ask the server
 #                                (kubectl auth can-i --as the ServiceAccount) that the operator
 #                                may do what it does and nothing more
-#   scripts/helm.sh check        everything CI runs: lint, template with default and full values,
-#                                the CRD sync check, and schema rejections of bad values
+#   scripts/helm.sh operator-check
+#                                with $KUBECONFIG (admin of a test API server) and
+#                                $KILN_OPERATOR_BIN (a kiln-operator binary): run the operator as
+#                                the chart's ServiceAccount, with the chart's Deployment arguments,
+#                                in both RBAC modes, and check it creates, reports and cleans up
+#                                builds without a single permission error
+#   scripts/helm.sh cluster-check
+#                                dry-run, rbac-check, then operator-check when
+#                                $KILN_OPERATOR_BIN is set
+#   scripts/helm.sh check        everything CI runs without an API server: lint, template
+#                                with default and full values, the CRD sync check, and schema
+#                                rejections of bad values
 #
 # Nothing here downloads anything but Go modules: helm is built with `go install` from
 # helm.sh/helm/v3/cmd/helm at $KILN_HELM_VERSION, with GOPATH, GOMODCACHE and GOCACHE under
@@ -197,7 +207,10 @@ dry_run_one() {
   local manifests
   manifests="$(template --include-crds "$@")"
   log "kubectl apply --server-side --dry-run=server: $what"
-  kubectl apply --server-side --dry-run=server --field-manager=helm-dry-run -f - <<<"$manifests" >&2 ||
+  # --force-conflicts: the question is whether the server accepts the objects, not who owns
+  # fields of objects an earlier run may have left.
+  kubectl apply --server-side --force-conflicts --dry-run=server --field-manager=helm-dry-run \
+    -f - <<<"$manifests" >&2 ||
     die "the API server rejected the chart rendered with $what"
 }
 
@@ -211,7 +224,7 @@ dry_run() {
   done
   # A dry run cannot create the CRDs the custom resources of a later document would need, and
   # the chart renders none; applying the CRDs for real keeps a later e2e run honest about them.
-  kubectl apply --server-side --field-manager=helm-dry-run -f "$CHART/crds/" >&2
+  kubectl apply --server-side --force-conflicts --field-manager=helm-dry-run -f "$CHART/crds/" >&2
   kubectl wait --for=condition=Established --timeout=60s \
     crd/imagebuilds.kiln.dev crd/cachewarms.kiln.dev >&2
   local sm=(--set metrics.serviceMonitor.enabled=false)
@@ -239,7 +252,7 @@ rbac_check_one() {
   shift
   local manifests sa="system:serviceaccount:kiln-system:kiln-rbac-check"
   manifests="$(template --set fullnameOverride=kiln-rbac-check "$@" --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml)"
-  kubectl apply --server-side --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
+  kubectl apply --server-side --force-conflicts --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
   local in=(${scope:-team-a}) out=()
   [[ -n "$scope" ]] && out=(kube-system)
   local ns r
@@ -284,7 +297,7 @@ rbac_check() {
   log "RBAC, leases"
   local manifests
   manifests="$(template --set fullnameOverride=kiln-rbac-check --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml)"
-  kubectl apply --server-side --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
+  kubectl apply --server-side --force-conflicts --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
   for v in get update; do
     expect_can yes "$sa" "$v" leases.coordination.k8s.io/kiln-rbac-check-leader -n kiln-system
     expect_can no "$sa" "$v" leases.coordination.k8s.io/kube-scheduler -n kiln-system
@@ -294,6 +307,143 @@ rbac_check() {
   expect_can no "$sa" delete leases.coordination.k8s.io/kiln-rbac-check-leader -n kiln-system
   kubectl delete --ignore-not-found -f - <<<"$manifests" >&2
   log "RBAC grants what the operator does and nothing more"
+}
+
+# Polls a kubectl query until its output matches a pattern; fails after $1 seconds.
+wait_for() {
+  local secs="$1" pattern="$2" what="$3"
+  shift 3
+  local out=""
+  for _ in $(seq 1 "$secs"); do
+    out="$(kubectl "$@" 2>&1 || true)"
+    if grep -qE -- "$pattern" <<<"$out"; then return 0; fi
+    sleep 1
+  done
+  die "$what: kubectl $* still gives '$out' after ${secs}s"
+}
+
+# One RBAC mode: apply the chart rendered with the helm args given, run the operator as its
+# ServiceAccount with its Deployment's arguments, drive an ImageBuild and a CacheWarm through
+# creation, status and deletion in namespace $1, and check that namespace $2 (if any) is left
+# alone.
+operator_check_one() {
+  local ns="$1" outside="$2"
+  shift 2
+  local name=kiln-opcheck run
+  run="$(mktemp -d /tmp/kiln-opcheck.XXXXXX)"
+  local manifests
+  manifests="$(template --set fullnameOverride=$name "$@")"
+  kubectl apply --server-side --force-conflicts --field-manager=helm-operator-check -f - <<<"$manifests" >/dev/null
+  local deploy args=()
+  deploy="$(kubectl -n kiln-system get deploy -l app.kubernetes.io/instance=kiln -o name | grep "/$name" | head -1)"
+  mapfile -t args < <(kubectl -n kiln-system get "$deploy" \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
+  # No kubelet runs the Deployment: run its container's command here, on a free local port.
+  local port=$((20000 + RANDOM % 10000))
+  args=("${args[@]/--metrics-addr=*/--metrics-addr=127.0.0.1:$port}")
+  local token
+  token="$(kubectl -n kiln-system create token "$name" --duration=1h)"
+  kubectl config view --raw --minify | sed "s|^\(    token:\).*|\1 $token|" >"$run/kubeconfig"
+  # The whole check is void unless the operator really runs as the ServiceAccount.
+  local whoami
+  whoami="$(KUBECONFIG="$run/kubeconfig" kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+  [[ "$whoami" == "system:serviceaccount:kiln-system:$name" ]] ||
+    die "the operator's kubeconfig authenticates as '$whoami', not the chart's ServiceAccount"
+  KUBECONFIG="$run/kubeconfig" POD_NAME="$name-0" RUST_LOG=info,kiln_operator=debug \
+    "$KILN_OPERATOR_BIN" "${args[@]}" >"$run/operator.log" 2>&1 &
+  local pid=$!
+  # shellcheck disable=SC2064 # expand now: locals.
+  trap "kill $pid 2>/dev/null || true" EXIT
+  for _ in $(seq 1 60); do
+    curl -fsS "127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat "$run/operator.log" >&2; die "the operator exited"; }
+    sleep 1
+  done
+  curl -fsS "127.0.0.1:$port/readyz" >/dev/null || die "the operator never became ready"
+  kubectl -n "$ns" create secret docker-registry opcheck-push --docker-server=127.0.0.1:5000 \
+    --docker-username=u --docker-password=p --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  local n
+  for n in "$ns" $outside; do
+    kubectl apply -n "$n" -f - >/dev/null <<YAML
+apiVersion: kiln.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: opcheck-build}
+spec:
+  source: {configMap: {name: opcheck-context}}
+  destinations: ["127.0.0.1:5000/opcheck:latest"]
+  pushSecret: opcheck-push
+---
+apiVersion: kiln.dev/v1alpha1
+kind: CacheWarm
+metadata: {name: opcheck-warm}
+spec:
+  images: ["127.0.0.1:5000/base:latest"]
+  claim: opcheck-cache
+---
+apiVersion: kiln.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: opcheck-nosecret}
+spec:
+  source: {configMap: {name: opcheck-context}}
+  destinations: ["127.0.0.1:5000/opcheck:latest"]
+  pushSecret: opcheck-missing
+YAML
+  done
+  # Both outcomes of the Secret check (a get): found, then the Pod is created; missing, then an
+  # Event says so.
+  wait_for 30 'SecretNotFound' "the missing push Secret reported" \
+    -n "$ns" get events.events.k8s.io --field-selector regarding.name=opcheck-nosecret -o custom-columns=R:.reason
+  wait_for 60 'CacheWarm' "the warmer Pod created" -n "$ns" get pods -o jsonpath='{.items[*].metadata.ownerReferences[*].kind}'
+
+  wait_for 45 'ImageBuild' "the executor Pod created" -n "$ns" get pods -o jsonpath='{.items[*].metadata.ownerReferences[*].kind}'
+  wait_for 30 'Pending|Running' "the ImageBuild status written" -n "$ns" get imagebuild opcheck-build -o jsonpath='{.status.phase}'
+  for n in $outside; do
+    [[ -z "$(kubectl -n "$n" get imagebuild opcheck-build -o jsonpath='{.status.phase}')" ]] ||
+      die "the operator reconciled an ImageBuild in $n, outside watchNamespaces"
+  done
+  kubectl -n "$ns" delete imagebuild/opcheck-build imagebuild/opcheck-nosecret cachewarm/opcheck-warm --wait=false >/dev/null
+  wait_for 30 '^$' "the finalizers removed and the Pods deleted" -n "$ns" get imagebuilds,cachewarms,pods -o name
+  # A 403 from the API server reads "... is forbidden: User ... cannot ..." (reason Forbidden).
+  if grep -i 'forbidden' "$run/operator.log" >&2; then
+    die "the operator hit a permission error under the chart's RBAC (log: $run/operator.log)"
+  fi
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  trap - EXIT
+  for n in $outside; do
+    kubectl -n "$n" delete imagebuild/opcheck-build imagebuild/opcheck-nosecret cachewarm/opcheck-warm --wait=false >/dev/null
+  done
+  kubectl -n "$ns" delete secret opcheck-push >/dev/null
+  kubectl delete --ignore-not-found -f - <<<"$manifests" >/dev/null
+  kubectl -n kiln-system delete lease --all >/dev/null
+  rm -rf "$run"
+}
+
+operator_check() {
+  ensure_helm
+  [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
+  [[ -x "${KILN_OPERATOR_BIN:-}" ]] || die "set KILN_OPERATOR_BIN to a kiln-operator binary (cargo build -p kiln-operator)"
+  local ns
+  for ns in kiln-system team-a team-b; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  done
+  kubectl apply --server-side --force-conflicts --field-manager=helm-operator-check -f "$CHART/crds/" >/dev/null
+  kubectl wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev crd/cachewarms.kiln.dev >/dev/null
+  # Leftovers of an interrupted run would keep their finalizers with no operator to drop them.
+  local o
+  for ns in team-a team-b; do
+    for o in imagebuild/opcheck-build imagebuild/opcheck-nosecret cachewarm/opcheck-warm; do
+      kubectl -n "$ns" patch "$o" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+      kubectl -n "$ns" delete "$o" --ignore-not-found >/dev/null
+    done
+    kubectl -n "$ns" delete pods -l app.kubernetes.io/managed-by=kiln-operator --ignore-not-found >/dev/null
+  done
+  local start=$SECONDS
+  log "operator as the chart's ServiceAccount, all namespaces (ClusterRole)"
+  operator_check_one team-a ""
+  log "operator as the chart's ServiceAccount, watchNamespaces={team-b} (Role); team-a left alone"
+  operator_check_one team-b team-a --set 'watchNamespaces={team-b}' --set logFormat=json
+  log "the operator did its work under the chart's RBAC without a permission error ($((SECONDS - start))s)"
 }
 
 cmd="${1:-build}"
@@ -306,6 +456,12 @@ case "$cmd" in
   copy-crds) copy_crds ;;
   dry-run) dry_run ;;
   rbac-check) rbac_check ;;
+  operator-check) operator_check ;;
+  cluster-check)
+    dry_run
+    rbac_check
+    if [[ -n "${KILN_OPERATOR_BIN:-}" ]]; then operator_check; else log "KILN_OPERATOR_BIN unset: operator-check skipped"; fi
+    ;;
   check) check ;;
-  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, rbac-check, check)" ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, rbac-check, operator-check, cluster-check, check)" ;;
 esac
