@@ -233,6 +233,16 @@ dry_run() {
   dry_run_one "tests/values-full.yaml" -f "$CHART/tests/values-full.yaml" "${sm[@]}"
   dry_run_one "one namespace, no leader election" --set 'watchNamespaces={team-a}' \
     --set leaderElection.enabled=false
+  # The first ImageBuild NOTES.txt tells users to create must be one the CRD accepts.
+  local notes
+  notes="$("$HELM" install kiln-notes "$CHART" --namespace kiln-system --dry-run=server \
+    --set 'watchNamespaces={team-a}')"
+  local example
+  example="$(sed -n '/^     apiVersion: kiln.dev/,/^$/p' <<<"$notes" | sed 's/^     //')"
+  grep -q '^kind: ImageBuild$' <<<"$example" || die "no ImageBuild found in the rendered NOTES.txt"
+  log "kubectl apply --dry-run=server: the ImageBuild of NOTES.txt"
+  kubectl apply -n team-a --dry-run=server -f - <<<"$example" >&2 ||
+    die "the API server rejected the ImageBuild that NOTES.txt shows"
   log "the API server accepted every rendering"
 }
 
