@@ -158,6 +158,9 @@ expect_rendered() {
 
 check() {
   ensure_helm
+  if command -v shellcheck >/dev/null; then
+    shellcheck "${BASH_SOURCE[0]}" || die "shellcheck found problems in scripts/helm.sh"
+  fi
   crd_sync
   lint
 
@@ -263,10 +266,11 @@ rbac_check_one() {
   local manifests sa="system:serviceaccount:kiln-system:kiln-rbac-check"
   manifests="$(template --set fullnameOverride=kiln-rbac-check "$@" --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml)"
   kubectl apply --server-side --force-conflicts --field-manager=helm-rbac-check -f - <<<"$manifests" >&2
-  local in=(${scope:-team-a}) out=()
-  [[ -n "$scope" ]] && out=(kube-system)
+  local inside=() excluded=()
+  read -ra inside <<<"${scope:-team-a}"
+  [[ -n "$scope" ]] && excluded=(kube-system)
   local ns r
-  for ns in "${in[@]}"; do
+  for ns in "${inside[@]}"; do
     for r in imagebuilds.kiln.dev cachewarms.kiln.dev; do
       for v in get list watch patch; do expect_can yes "$sa" "$v" "$r" -n "$ns"; done
       for v in create delete update deletecollection; do expect_can no "$sa" "$v" "$r" -n "$ns"; done
@@ -284,7 +288,7 @@ rbac_check_one() {
     expect_can no "$sa" delete events.events.k8s.io -n "$ns"
     for r in configmaps persistentvolumeclaims serviceaccounts; do expect_can no "$sa" get "$r" -n "$ns"; done
   done
-  for ns in "${out[@]}"; do
+  for ns in "${excluded[@]}"; do
     for r in imagebuilds.kiln.dev pods secrets; do expect_can no "$sa" get "$r" -n "$ns"; done
   done
   expect_can no "$sa" list nodes
@@ -294,6 +298,9 @@ rbac_check_one() {
 
 rbac_check() {
   ensure_helm
+  if command -v shellcheck >/dev/null; then
+    shellcheck "${BASH_SOURCE[0]}" || die "shellcheck found problems in scripts/helm.sh"
+  fi
   [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
   local ns sa="system:serviceaccount:kiln-system:kiln-rbac-check"
   for ns in kiln-system team-a team-b; do
@@ -431,6 +438,9 @@ YAML
 
 operator_check() {
   ensure_helm
+  if command -v shellcheck >/dev/null; then
+    shellcheck "${BASH_SOURCE[0]}" || die "shellcheck found problems in scripts/helm.sh"
+  fi
   [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
   [[ -x "${KILN_OPERATOR_BIN:-}" ]] || die "set KILN_OPERATOR_BIN to a kiln-operator binary (cargo build -p kiln-operator)"
   local ns
