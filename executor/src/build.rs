@@ -318,10 +318,12 @@ impl<'a> Builder<'a> {
         self.stage_index_by_name(name).filter(|&i| i < before)
     }
 
-    /// Stage indexes to build, in order. Without --skip-unused-stages kaniko builds every stage up
-    /// to the target; with it, only those the target depends on.
+    /// Stage indexes to build, in order: those the target depends on. Only an explicit
+    /// `--skip-unused-stages=false` builds every stage up to the target, as kaniko's default does;
+    /// skipping is Kiln's default because the image is the same and a broken unused stage
+    /// should not fail the build (BuildKit's and buildah's behaviour).
     fn plan(&self, target: usize) -> Result<Vec<usize>, BuildError> {
-        if !self.opts.skip_unused_stages {
+        if self.opts.skip_unused_stages == Some(false) {
             return Ok((0..=target).collect());
         }
         let mut needed = BTreeSet::new();
@@ -394,6 +396,10 @@ impl<'a> Builder<'a> {
             scratch,
         };
         state.config.created = None;
+        // BuildKit and buildah give every image without a PATH the default one.
+        if state.config.env_value("PATH").is_none() {
+            state.config.set_env("PATH", crate::run::DEFAULT_PATH);
+        }
         let mut layers = layers;
         let ignore = self.ignore_paths();
         let mut snapshotter = if keep_layers { Some(Snapshotter::new(&root, ignore)?) } else { None };
@@ -542,6 +548,7 @@ impl<'a> Builder<'a> {
         ))
     }
 
+    /// The config a `FROM scratch` stage starts with.
     fn scratch_config(&self) -> ImageConfig {
         ImageConfig {
             architecture: self.platform.architecture.clone(),

@@ -127,9 +127,10 @@ pub struct Options {
     #[arg(long = "ignore-var-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub ignore_var_run: bool,
 
-    /// Build only the stages the target needs.
-    #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_unused_stages: bool,
+    /// Build only the stages the target needs (Kiln's default; kaniko's is to build every stage up
+    /// to the target). `--skip-unused-stages=false` builds them all, as kaniko does by default.
+    #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_unused_stages: Option<bool>,
 
     /// Log level.
     #[arg(short = 'v', long, value_enum, default_value = "info")]

@@ -1,16 +1,36 @@
-//! `ENV`: sets variables in the image config. Each pair is expanded with the values set by the
-//! pairs before it on the same line, as Docker does.
+//! `ENV`: sets variables in the image config. Every pair is expanded with the environment as it
+//! was before the instruction: `ENV A=1 B=$A` does not see the new `A` (Docker's documented rule).
 
 use super::{CommandError, Outcome, StageState};
 
 pub fn execute(pairs: &[(String, String)], state: &mut StageState) -> Result<Outcome, CommandError> {
+    let mut expanded = Vec::with_capacity(pairs.len());
     for (raw_key, raw_value) in pairs {
         let key = state.expand(raw_key)?;
         if key.is_empty() {
             return Err(CommandError::Invalid("ENV names must not be empty".into()));
         }
-        let value = state.expand(raw_value)?;
+        expanded.push((key, state.expand(raw_value)?));
+    }
+    for (key, value) in expanded {
         state.config.set_env(&key, &value);
     }
     Ok(Outcome::ConfigOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::test_support::state;
+
+    #[test]
+    fn pairs_see_the_environment_from_before_the_instruction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        st.config.set_env("APP", "old");
+        let pairs = vec![("APP".to_string(), "new".to_string()), ("DIR".to_string(), "/opt/$APP".to_string())];
+        execute(&pairs, &mut st).unwrap();
+        assert_eq!(st.config.env_value("APP").as_deref(), Some("new"));
+        assert_eq!(st.config.env_value("DIR").as_deref(), Some("/opt/old"));
+    }
 }

@@ -1,5 +1,6 @@
 //! `WORKDIR`: sets the working directory (relative paths join the previous one) and creates it
-//! in the root when missing, as Docker does, so the change lands in a layer.
+//! in the root when missing, as Docker does, so the change lands in a layer. Directories it
+//! creates belong to the current USER (BuildKit's and buildah's behaviour).
 
 use std::path::Path;
 
@@ -11,11 +12,25 @@ pub fn execute(raw: &str, state: &mut StageState) -> Result<Outcome, CommandErro
     if path.is_empty() {
         return Err(CommandError::Invalid("WORKDIR requires a path".into()));
     }
-    let abs = state.in_image_path(&path);
-    let abs = abs.trim_end_matches('/').to_string();
-    let abs = if abs.is_empty() { "/".to_string() } else { abs };
+    // Docker keeps an absolute WORKDIR exactly as written (`/opt/` stays `/opt/`) and joins and
+    // cleans a relative one onto the current directory.
+    let abs = if path.starts_with('/') {
+        path.clone()
+    } else {
+        let joined = state.in_image_path(&path);
+        let trimmed = joined.trim_end_matches('/');
+        if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
+    };
     state.config.config.working_dir = Some(abs.clone());
-    if ensure_dir(&state.root, &abs)? {
+    let owner = match state.config.config.user.as_deref().filter(|u| !u.is_empty()) {
+        Some(user) => {
+            let resolved = crate::run::users::resolve_user(&state.root, user)
+                .map_err(|e| CommandError::Invalid(format!("WORKDIR {abs}: cannot create it for USER {user}: {e}")))?;
+            Some((resolved.uid, resolved.gid))
+        }
+        None => None,
+    };
+    if ensure_dir_owned(&state.root, &abs, owner)? {
         Ok(Outcome::Filesystem)
     } else {
         Ok(Outcome::ConfigOnly)
@@ -25,12 +40,33 @@ pub fn execute(raw: &str, state: &mut StageState) -> Result<Outcome, CommandErro
 /// Create an in-image directory (and missing parents, mode 0755, owned by root) under `root`.
 /// Returns whether anything was created.
 pub fn ensure_dir(root: &Path, in_image: &str) -> Result<bool, CommandError> {
+    ensure_dir_owned(root, in_image, None)
+}
+
+/// Like [`ensure_dir`], giving every directory it creates to `owner` (uid, gid) when set.
+pub fn ensure_dir_owned(root: &Path, in_image: &str, owner: Option<(u32, u32)>) -> Result<bool, CommandError> {
     let host = resolve_in_root(root, Path::new(in_image), true)
         .map_err(|e| CommandError::io(format!("resolving {in_image} in the image"), e))?;
     if host.is_dir() {
         return Ok(false);
     }
+    // Remember which ancestors are missing before creating them, so only those are chowned.
+    let mut missing = Vec::new();
+    let mut cursor = host.as_path();
+    while !cursor.exists() && cursor.starts_with(root) && cursor != root {
+        missing.push(cursor.to_path_buf());
+        match cursor.parent() {
+            Some(parent) => cursor = parent,
+            None => break,
+        }
+    }
     std::fs::create_dir_all(&host).map_err(|e| CommandError::io(format!("creating directory {in_image}"), e))?;
+    if let Some((uid, gid)) = owner {
+        for dir in &missing {
+            std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+                .map_err(|e| CommandError::io(format!("giving {} to {uid}:{gid}", dir.display()), e))?;
+        }
+    }
     Ok(true)
 }
 
@@ -44,9 +80,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
         assert_eq!(execute("/app", &mut st).unwrap(), Outcome::Filesystem);
-        assert_eq!(execute("sub/../src", &mut st).unwrap(), Outcome::Filesystem);
+        assert_eq!(execute("sub/../src/", &mut st).unwrap(), Outcome::Filesystem);
         assert_eq!(st.config.config.working_dir.as_deref(), Some("/app/src"));
+        assert_eq!(execute("/opt/", &mut st).unwrap(), Outcome::Filesystem);
+        assert_eq!(st.config.config.working_dir.as_deref(), Some("/opt/"));
         assert!(dir.path().join("app/src").is_dir());
         assert_eq!(execute("/app", &mut st).unwrap(), Outcome::ConfigOnly);
+    }
+
+    #[test]
+    fn created_directories_belong_to_the_user() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\n").unwrap();
+        let mut st = state(dir.path());
+        st.config.config.user = Some("app".into());
+        execute("/srv/a", &mut st).unwrap();
+        for p in ["srv", "srv/a"] {
+            let meta = std::fs::metadata(dir.path().join(p)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1000, 1001), "{p}");
+        }
+        assert_eq!(std::fs::metadata(dir.path().join("etc")).unwrap().uid(), 0);
     }
 }
