@@ -116,7 +116,9 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         .build()
         .map_err(io_err("starting the async runtime"))?;
 
-    let mut context = BuildContext::open(&opts.context, &work_dir.join("context"))?;
+    let context_options = crate::context::ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
+        .map_err(BuildError::Usage)?;
+    let mut context = BuildContext::open_with(&opts.context, &work_dir.join("context"), &context_options)?;
     let dockerfile_path = locate_dockerfile(&opts.dockerfile, context.root())?;
     context.load_ignore(&dockerfile_path)?;
     let text = std::fs::read_to_string(&dockerfile_path)

@@ -241,12 +241,6 @@ impl Options {
         if self.image_download_retry.is_some_and(|n| n > 0) {
             unsupported.push("--image-download-retry");
         }
-        if self.git.is_some() {
-            unsupported.push("--git");
-        }
-        if !self.context_sub_path.is_empty() {
-            unsupported.push("--context-sub-path");
-        }
         if self.compressed_caching.is_some() {
             unsupported.push("--compressed-caching");
         }
