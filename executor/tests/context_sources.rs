@@ -225,15 +225,26 @@ server.serve_forever()
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("openssl is installed for these tests");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -370,7 +381,10 @@ fn smart_https_with_credentials() {
         password: "wrong-password".into(),
     });
     let err = open(&format!("{url}#feature"), &wrong).unwrap_err();
-    assert!(err.contains(&url) && !err.contains("wrong-password"), "{err}");
+    assert!(
+        err.contains(&url) && !err.contains("wrong-password"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -389,7 +403,10 @@ fn smart_http_without_tls() {
     });
     let url = format!("http://127.0.0.1:{}/git/repo.git", protected.port);
     let err = open(&format!("{url}#main"), &opts).unwrap_err();
-    assert!(err.contains("clear text") && !err.contains("s3cret"), "{err}");
+    assert!(
+        err.contains("clear text") && !err.contains("s3cret"),
+        "{err}"
+    );
 }
 
 fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
@@ -420,11 +437,7 @@ fn tarball_urls_and_sub_path_escapes() {
     fs::write(dir.path().join("files/not-a-tar.tar.gz"), "hello").unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
 
-    let (_work, ctx) = open(
-        &format!("{base}/ctx.tar.gz"),
-        &ContextOptions::default(),
-    )
-    .unwrap();
+    let (_work, ctx) = open(&format!("{base}/ctx.tar.gz"), &ContextOptions::default()).unwrap();
     assert_eq!(read(&ctx, "app/main.txt"), "hi\n");
 
     let sub = ContextOptions {
@@ -563,7 +576,10 @@ fn executor_builds_from_stdin_and_git() {
         &[],
         Some(Vec::new()),
     );
-    assert!(!ok && log.contains("stdin"), "empty stdin must fail clearly:\n{log}");
+    assert!(
+        !ok && log.contains("stdin"),
+        "empty stdin must fail clearly:\n{log}"
+    );
 
     let repo = make_repo();
     let daemon = git_daemon(&repo);

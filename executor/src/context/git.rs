@@ -72,14 +72,16 @@ pub(crate) fn checkout(
     let db = tempfile::Builder::new()
         .prefix("git-")
         .tempdir_in(scratch)
-        .map_err(|e| fail(format!("creating a directory under {}: {e}", scratch.display())))?;
+        .map_err(|e| {
+            fail(format!(
+                "creating a directory under {}: {e}",
+                scratch.display()
+            ))
+        })?;
     let repo_dir = db.path().join("repo.git");
 
     // `--git branch=` overrides the ref of the URL, as in kaniko.
-    let reference = options
-        .branch
-        .clone()
-        .or_else(|| source.reference.clone());
+    let reference = options.branch.clone().or_else(|| source.reference.clone());
     let wanted_commit = source
         .commit
         .clone()
@@ -92,9 +94,11 @@ pub(crate) fn checkout(
             Ok(repo) => (repo, commit.to_string()),
             Err(first) => {
                 let _ = fs::remove_dir_all(&repo_dir);
-                tracing::debug!("fetching commit {commit} directly failed ({first}); fetching all branches");
-                let repo = fetch(source, options, &repo_dir, Want::AllBranches, false)
-                    .map_err(&fail)?;
+                tracing::debug!(
+                    "fetching commit {commit} directly failed ({first}); fetching all branches"
+                );
+                let repo =
+                    fetch(source, options, &repo_dir, Want::AllBranches, false).map_err(&fail)?;
                 (repo, commit.to_string())
             }
         }
@@ -105,7 +109,14 @@ pub(crate) fn checkout(
             Some(r) => Want::Ref(r),
             None => Want::Head,
         };
-        let repo = fetch(source, options, &repo_dir, want, shallow).map_err(&fail)?;
+        let repo = fetch(source, options, &repo_dir, want, shallow).map_err(|message| {
+            match reference.as_deref() {
+                Some(r) if message.contains("didn't have any ref") => fail(format!(
+                    "{message}; no branch, tag or ref named \"{r}\" exists there (looked for {r}, refs/heads/{r}, refs/tags/{r})"
+                )),
+                _ => fail(message),
+            }
+        })?;
         let head = repo
             .head_id()
             .map_err(|e| fail(format!("the fetched repository has no HEAD: {e}")))?
@@ -133,10 +144,7 @@ pub(crate) fn checkout(
             gitlinks.join(", ")
         )));
     }
-    tracing::info!(
-        "checked out {} at commit {commit_hex}",
-        source.describe()
-    );
+    tracing::info!("checked out {} at commit {commit_hex}", source.describe());
     Ok(())
 }
 
@@ -196,12 +204,17 @@ fn describe_gix_error(display: &str, debug: &str) -> String {
     let causes: Vec<&str> = debug
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != display)
+        .filter(|l| !l.is_empty() && *l != display && *l != "Caused by:")
+        .map(|l| match l.split_once(": ") {
+            // Drop the "0: ", "1: " numbering of the cause chain.
+            Some((n, rest)) if n.bytes().all(|b| b.is_ascii_digit()) => rest,
+            _ => l,
+        })
         .collect();
     if causes.is_empty() {
         display.to_string()
     } else {
-        format!("{display}: {}", causes.join(" "))
+        format!("{display}: {}", causes.join(": "))
     }
 }
 

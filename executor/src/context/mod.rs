@@ -394,7 +394,12 @@ fn scratch_dir(work_dir: &Path, what: &Path) -> Result<TempDir, ContextError> {
     tempfile::Builder::new()
         .prefix("context-")
         .tempdir_in(work_dir)
-        .map_err(|e| fail(format!("creating a directory under {}: {e}", work_dir.display())))
+        .map_err(|e| {
+            fail(format!(
+                "creating a directory under {}: {e}",
+                work_dir.display()
+            ))
+        })
 }
 
 fn rel_to_slash(rel: &Path) -> String {

@@ -235,8 +235,8 @@ pub(crate) fn download(url: &str, dir: &Path) -> Result<PathBuf, ContextError> {
         )));
     }
     let path = dir.join("context-download.tar");
-    let mut file = fs::File::create(&path)
-        .map_err(|e| fail(format!("creating {}: {e}", path.display())))?;
+    let mut file =
+        fs::File::create(&path).map_err(|e| fail(format!("creating {}: {e}", path.display())))?;
     io::copy(&mut response, &mut file)
         .map_err(|e| fail(format!("reading the body into {}: {e}", path.display())))?;
     Ok(path)
@@ -249,10 +249,11 @@ pub(crate) fn stdin_to_file(dir: &Path) -> Result<PathBuf, ContextError> {
         path: path.clone(),
         source,
     })?;
-    let copied = io::copy(&mut io::stdin().lock(), &mut file).map_err(|source| ContextError::Io {
-        path: PathBuf::from("<stdin>"),
-        source,
-    })?;
+    let copied =
+        io::copy(&mut io::stdin().lock(), &mut file).map_err(|source| ContextError::Io {
+            path: PathBuf::from("<stdin>"),
+            source,
+        })?;
     if copied == 0 {
         return Err(ContextError::EmptyStdin);
     }
@@ -343,12 +344,17 @@ mod tests {
         assert!(o.git.single_branch && o.git.insecure_skip_tls && !o.git.recurse_submodules);
         assert_eq!(o.git.pull_method, PullMethod::Http);
         let creds = o.git.credentials.unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("u", "p"));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "p")
+        );
         assert!(!format!("{creds:?}").contains("\"p\""));
         let token = GitCredentials::from_lookup(|k| (k == "GIT_TOKEN").then(|| "t".to_string()));
         assert_eq!(token.unwrap().username, "t");
         assert!(ContextOptions::from_flags_with_env("", Some("depth=1"), |_| None).is_err());
-        assert!(ContextOptions::from_flags_with_env("", Some("single-branch=yes"), |_| None).is_err());
+        assert!(
+            ContextOptions::from_flags_with_env("", Some("single-branch=yes"), |_| None).is_err()
+        );
     }
 
     #[test]
