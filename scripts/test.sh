@@ -35,7 +35,8 @@ if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
     done
     if ((${#missing[@]})); then
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # With recommends: podman and buildah rely on some of them (conmon helpers, catatonit).
+        apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "all present"
     fi
