@@ -244,6 +244,9 @@ fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
         skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
         skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
         mirrors: opts.registry_mirrors.clone(),
+        registry_maps: opts.registry_map.clone(),
+        push_retries: opts.push_retry.unwrap_or(0),
+        pull_retries: opts.image_download_retry.unwrap_or(0),
         platform,
         ..Default::default()
     }
@@ -683,9 +686,9 @@ impl<'a> Builder<'a> {
             let mut blobs: Vec<Blob> = stage
                 .layers
                 .iter()
-                .map(|l| Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()) })
+                .map(|l| Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()), mount_from: None })
                 .collect();
-            blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()) });
+            blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()), mount_from: None });
             for dest in &self.opts.destinations {
                 let started = Instant::now();
                 let pushed = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST))?;

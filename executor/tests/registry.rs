@@ -475,11 +475,13 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
             digest: img.layer_digest.clone(),
             size: img.layer_size,
             source: BlobSource::File(img.layer_path.clone()),
+            mount_from: None,
         },
         Blob {
             digest: img.config_digest.clone(),
             size: img.config.len() as u64,
             source: BlobSource::Bytes(img.config.clone()),
+            mount_from: None,
         },
     ];
     let digest = rt
@@ -522,6 +524,7 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
         digest: img.layer_digest.clone(),
         size: img.layer_size,
         source: BlobSource::File(tmp.path().join("does-not-exist")),
+        mount_from: None,
     }];
     let d2 = rt
         .block_on(registry.push_image(
@@ -695,6 +698,7 @@ fn basic_auth_with_docker_config() {
         digest: img.config_digest.clone(),
         size: img.config.len() as u64,
         source: BlobSource::Bytes(img.config.clone()),
+        mount_from: None,
     }];
     let pushed = rt
         .block_on(good.push_image(
@@ -791,6 +795,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         digest: sha256_digest(b),
         size: b.len() as u64,
         source: BlobSource::Bytes(b.clone()),
+        mount_from: None,
     });
     let image = format!("{}/charts/app:1", reg.addr);
     rt.block_on(registry.push_image(&image, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
@@ -807,6 +812,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         digest: sha256_digest(b"something else"),
         size: config.len() as u64,
         source: BlobSource::Bytes(config.clone()),
+        mount_from: None,
     }];
     let err = rt
         .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))
@@ -854,6 +860,7 @@ fn self_signed_tls_needs_skip_tls_verify() {
         digest: img.config_digest.clone(),
         size: img.config.len() as u64,
         source: BlobSource::Bytes(img.config.clone()),
+        mount_from: None,
     }];
     let d = rt
         .block_on(global.push_image(
