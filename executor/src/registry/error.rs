@@ -321,7 +321,7 @@ impl ErrorContext<'_> {
                     self.denied()
                 } else if e.status().is_some_and(|s| s.as_u16() == 404) {
                     self.not_found()
-                } else if e.is_connect() || e.is_timeout() || e.is_request() {
+                } else if e.is_connect() || e.is_timeout() {
                     RegistryError::Unreachable {
                         registry: self.registry.to_string(),
                         reference: self.reference.to_string(),
