@@ -30,15 +30,15 @@ pub enum RegistryError {
         action: &'static str,
     },
 
-    #[error("{what} for {reference} failed on registry {registry} after {attempts} attempt(s): {detail}; the registry or the network failed transiently: try again, or allow retries with {flag}=N")]
+    #[error("{what} for {reference} failed on registry {registry} after {attempts} attempt(s): {detail}; the registry or the network failed transiently: try again, or allow retries with {}=N", retry_flag(*.push))]
     Transient {
         registry: String,
         reference: String,
         what: String,
         attempts: u32,
         detail: String,
-        /// `--push-retry` or `--image-download-retry`.
-        flag: &'static str,
+        /// A push (`--push-retry`) rather than a pull (`--image-download-retry`).
+        push: bool,
     },
 
     #[error("invalid {option} value {value:?}: {reason}")]
@@ -135,6 +135,14 @@ impl RegistryError {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn retry_flag(push: bool) -> &'static str {
+    if push {
+        "--push-retry"
+    } else {
+        "--image-download-retry"
     }
 }
 
@@ -241,11 +249,7 @@ impl ErrorContext<'_> {
                 what: self.what.to_string(),
                 attempts,
                 detail,
-                flag: if push {
-                    "--push-retry"
-                } else {
-                    "--image-download-retry"
-                },
+                push,
             },
             other => other,
         }

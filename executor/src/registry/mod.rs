@@ -1140,6 +1140,41 @@ mod tests {
     }
 
     #[test]
+    fn retry_delays_double_and_are_capped() {
+        let base = Duration::from_secs(1);
+        let d: Vec<u64> = (0..7).map(|n| retry_delay(base, n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_delay(base, 200), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn registry_maps_parse_like_kaniko() {
+        let maps = parse_registry_maps(&[
+            "index.docker.io=mirror.gcr.io;other.io/hub".to_string(),
+            "https://Quay.io/=q.local".to_string(),
+            "docker.io=third.io".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(
+            maps,
+            vec![
+                (
+                    "docker.io".to_string(),
+                    vec![
+                        "mirror.gcr.io".into(),
+                        "other.io/hub".into(),
+                        "third.io".into()
+                    ]
+                ),
+                ("quay.io".to_string(), vec!["q.local".to_string()]),
+            ]
+        );
+        for bad in ["nothing", "=x", "a.io=", "a.io=;"] {
+            assert!(parse_registry_maps(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sniffs_media_types() {
         assert_eq!(
             sniff_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
