@@ -13,8 +13,8 @@ use crate::commands::{self, CopySource, Outcome, StageState};
 use crate::context::BuildContext;
 use crate::dockerfile::{self, Dockerfile, Instruction, Located, Stage};
 use crate::image::{
-    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
+    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::registry::{Blob, BlobSource, Platform, Registry, RegistryOptions};
 use crate::run::Isolation;
@@ -53,7 +53,7 @@ pub enum BuildError {
         digest: String,
         image: String,
         #[source]
-        source: crate::unpack::UnpackError,
+        source: Box<crate::unpack::UnpackError>,
     },
     #[error("snapshotting the filesystem: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
@@ -119,15 +119,10 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
     let mut context = BuildContext::open(&opts.context, &work_dir.join("context"))?;
     let dockerfile_path = locate_dockerfile(&opts.dockerfile, context.root())?;
     context.load_ignore(&dockerfile_path)?;
-    let text =
-        std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
-            path: dockerfile_path.clone(),
-            source,
-        })?;
-    let parsed = dockerfile::parse(&text).map_err(|source| BuildError::Parse {
-        path: dockerfile_path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&dockerfile_path)
+        .map_err(|source| BuildError::Dockerfile { path: dockerfile_path.clone(), source })?;
+    let parsed = dockerfile::parse(&text)
+        .map_err(|source| BuildError::Parse { path: dockerfile_path.display().to_string(), source })?;
 
     let platform = match &opts.custom_platform {
         Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
@@ -146,35 +141,20 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         build_args: opts.build_arg_pairs().into_iter().collect(),
         built: HashMap::new(),
         remote_roots: HashMap::new(),
-        layer_opts: LayerOptions {
-            reproducible: opts.reproducible,
-            ..Default::default()
-        },
+        layer_opts: LayerOptions { reproducible: opts.reproducible, ..Default::default() },
     };
     let started = Instant::now();
     let target = builder.target_index()?;
     let plan = builder.plan(target)?;
-    info!(
-        stages = plan.len(),
-        "building {} stage(s) from {}",
-        plan.len(),
-        dockerfile_path.display()
-    );
+    info!(stages = plan.len(), "building {} stage(s) from {}", plan.len(), dockerfile_path.display());
     for &index in &plan {
         let keep_layers = index == target || builder.used_as_base(index, &plan);
         let stage = builder.build_stage(index, keep_layers)?;
         builder.built.insert(index, stage);
     }
-    let final_stage = builder
-        .built
-        .remove(&target)
-        .ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
+    let final_stage = builder.built.remove(&target).ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
     let result = builder.write_outputs(final_stage)?;
-    info!(
-        "built {} in {:.2}s",
-        result.digest,
-        started.elapsed().as_secs_f64()
-    );
+    info!("built {} in {:.2}s", result.digest, started.elapsed().as_secs_f64());
     write_result_files(opts, &result)?;
     Ok(result)
 }
@@ -183,36 +163,21 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
 fn write_result_files(opts: &Options, result: &BuildResult) -> Result<(), BuildError> {
     use crate::output;
     if let Some(path) = &opts.digest_file {
-        std::fs::write(path, &result.digest)
-            .map_err(io_err(format!("writing --digest-file {path}")))?;
+        std::fs::write(path, &result.digest).map_err(io_err(format!("writing --digest-file {path}")))?;
     }
     if let Some(path) = &opts.image_name_with_digest_file {
-        std::fs::write(
-            path,
-            output::names_with_digest(&opts.destinations, &result.digest),
-        )
-        .map_err(io_err(format!(
-            "writing --image-name-with-digest-file {path}"
-        )))?;
+        std::fs::write(path, output::names_with_digest(&opts.destinations, &result.digest))
+            .map_err(io_err(format!("writing --image-name-with-digest-file {path}")))?;
     }
     if let Some(path) = &opts.image_name_tag_with_digest_file {
-        std::fs::write(
-            path,
-            output::names_tag_with_digest(&opts.destinations, &result.digest),
-        )
-        .map_err(io_err(format!(
-            "writing --image-name-tag-with-digest-file {path}"
-        )))?;
+        std::fs::write(path, output::names_tag_with_digest(&opts.destinations, &result.digest))
+            .map_err(io_err(format!("writing --image-name-tag-with-digest-file {path}")))?;
     }
     let termination = std::env::var_os("KILN_TERMINATION_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
-    output::write_termination_log(&termination, &result.digest, &result.references).map_err(
-        io_err(format!(
-            "writing the termination message {}",
-            termination.display()
-        )),
-    )?;
+    output::write_termination_log(&termination, &result.digest, &result.references)
+        .map_err(io_err(format!("writing the termination message {}", termination.display())))?;
     Ok(())
 }
 
@@ -232,10 +197,7 @@ fn choose_isolation(opts: &Options) -> Result<Isolation, BuildError> {
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
-fn work_dir(
-    opts: &Options,
-    isolation: Isolation,
-) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
+fn work_dir(opts: &Options, isolation: Isolation) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
     let explicit = opts
         .kiln_dir
         .clone()
@@ -247,24 +209,17 @@ fn work_dir(
             let dir = PathBuf::from(dir);
             let build = dir.join("build");
             if build.exists() {
-                std::fs::remove_dir_all(&build)
-                    .map_err(io_err(format!("clearing {}", build.display())))?;
+                std::fs::remove_dir_all(&build).map_err(io_err(format!("clearing {}", build.display())))?;
             }
-            std::fs::create_dir_all(&build)
-                .map_err(io_err(format!("creating {}", build.display())))?;
+            std::fs::create_dir_all(&build).map_err(io_err(format!("creating {}", build.display())))?;
             Ok((build, None))
         }
         None => {
-            let base = std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let base = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
             let tmp = tempfile::Builder::new()
                 .prefix("kiln-")
                 .tempdir_in(&base)
-                .map_err(io_err(format!(
-                    "creating a work directory in {}",
-                    base.display()
-                )))?;
+                .map_err(io_err(format!("creating a work directory in {}", base.display())))?;
             Ok((tmp.path().to_path_buf(), Some(tmp)))
         }
     }
@@ -273,11 +228,7 @@ fn work_dir(
 /// kaniko's rule: an absolute path is used as is; a relative one is tried as given, then under the context.
 fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildError> {
     let given = PathBuf::from(flag);
-    let candidates = if given.is_absolute() {
-        vec![given.clone()]
-    } else {
-        vec![context_root.join(&given), given.clone()]
-    };
+    let candidates = if given.is_absolute() { vec![given.clone()] } else { vec![context_root.join(&given), given.clone()] };
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         BuildError::Usage(format!(
             "Dockerfile {flag} not found (looked in the context {} and the current directory); set --dockerfile",
@@ -293,6 +244,9 @@ fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
         skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
         skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
         mirrors: opts.registry_mirrors.clone(),
+        registry_maps: opts.registry_map.clone(),
+        push_retries: opts.push_retry.unwrap_or(0),
+        pull_retries: opts.image_download_retry.unwrap_or(0),
         platform,
         ..Default::default()
     }
@@ -317,32 +271,16 @@ struct Builder<'a> {
 impl<'a> Builder<'a> {
     fn stage_index_by_name(&self, name: &str) -> Option<usize> {
         let lower = name.to_ascii_lowercase();
-        self.parsed
-            .stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+        self.parsed.stages.iter().position(|s| s.name.as_deref() == Some(lower.as_str()))
     }
 
     fn target_index(&self) -> Result<usize, BuildError> {
-        let last = self
-            .parsed
-            .stages
-            .len()
-            .checked_sub(1)
-            .ok_or_else(|| BuildError::Usage("the Dockerfile has no FROM".into()))?;
+        let last = self.parsed.stages.len().checked_sub(1).ok_or_else(|| BuildError::Usage("the Dockerfile has no FROM".into()))?;
         match &self.opts.target {
             None => Ok(last),
             Some(t) => self.stage_index_by_name(t).ok_or_else(|| {
-                let names: Vec<String> = self
-                    .parsed
-                    .stages
-                    .iter()
-                    .filter_map(|s| s.name.clone())
-                    .collect();
-                BuildError::Usage(format!(
-                    "--target {t}: no stage of that name (stages: {})",
-                    names.join(", ")
-                ))
+                let names: Vec<String> = self.parsed.stages.iter().filter_map(|s| s.name.clone()).collect();
+                BuildError::Usage(format!("--target {t}: no stage of that name (stages: {})", names.join(", ")))
             }),
         }
     }
@@ -350,18 +288,14 @@ impl<'a> Builder<'a> {
     /// Global ARG values (for FROM lines): defaults expanded in order, overridden by --build-arg,
     /// plus the automatic platform arguments.
     fn meta_args(&self) -> BTreeMap<String, Option<String>> {
-        let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(&self.platform)
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
+        let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(&self.platform).into_iter().map(|(k, v)| (k, Some(v))).collect();
         for decl in &self.parsed.meta_args {
             let value = if let Some(v) = self.build_args.get(&decl.name) {
                 Some(v.clone())
             } else {
                 decl.default.as_ref().map(|d| {
                     let lookup = |n: &str| values.get(n).cloned().flatten();
-                    dockerfile::expand::expand_word(d, &lookup, self.parsed.escape)
-                        .unwrap_or_else(|_| d.clone())
+                    dockerfile::expand::expand_word(d, &lookup, self.parsed.escape).unwrap_or_else(|_| d.clone())
                 })
             };
             values.insert(decl.name.clone(), value);
@@ -372,12 +306,10 @@ impl<'a> Builder<'a> {
     fn expand_from(&self, stage: &Stage) -> Result<String, BuildError> {
         let meta = self.meta_args();
         let lookup = |n: &str| meta.get(n).cloned().flatten();
-        dockerfile::expand::expand_word(&stage.base, &lookup, self.parsed.escape).map_err(|e| {
-            BuildError::Step {
-                line: stage.line,
-                instruction: format!("FROM {}", stage.base),
-                source: e.into(),
-            }
+        dockerfile::expand::expand_word(&stage.base, &lookup, self.parsed.escape).map_err(|e| BuildError::Step {
+            line: stage.line,
+            instruction: format!("FROM {}", stage.base),
+            source: e.into(),
         })
     }
 
@@ -429,10 +361,7 @@ impl<'a> Builder<'a> {
     /// Whether a later planned stage starts FROM this one (so its layers must be kept).
     fn used_as_base(&self, index: usize, plan: &[usize]) -> bool {
         plan.iter().filter(|&&i| i > index).any(|&i| {
-            self.expand_from(&self.parsed.stages[i])
-                .ok()
-                .and_then(|b| self.stage_ref(&b, i))
-                == Some(index)
+            self.expand_from(&self.parsed.stages[i]).ok().and_then(|b| self.stage_ref(&b, i)) == Some(index)
         })
     }
 
@@ -450,16 +379,14 @@ impl<'a> Builder<'a> {
         let (root, config, layers) = if self.isolation == Isolation::InPlace {
             self.prepare_in_place(&base, index, stage)?
         } else {
-            std::fs::create_dir_all(&root)
-                .map_err(io_err(format!("creating {}", root.display())))?;
+            std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
             let (config, layers) = self.prepare_base(&base, index, stage, &root)?;
             (root, config, layers)
         };
         info!("[{label}] base ready in {}", secs(started.elapsed()));
 
         let scratch = self.work_dir.join(format!("stages/{index}/scratch"));
-        std::fs::create_dir_all(&scratch)
-            .map_err(io_err(format!("creating {}", scratch.display())))?;
+        std::fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
         let mut state = StageState {
             root: root.clone(),
             isolation: self.isolation,
@@ -478,24 +405,16 @@ impl<'a> Builder<'a> {
         }
         let mut layers = layers;
         let ignore = self.ignore_paths();
-        let mut snapshotter = if keep_layers {
-            Some(Snapshotter::new(&root, ignore)?)
-        } else {
-            None
-        };
+        let mut snapshotter = if keep_layers { Some(Snapshotter::new(&root, ignore)?) } else { None };
         let layer_dir = self.work_dir.join("layers");
-        std::fs::create_dir_all(&layer_dir)
-            .map_err(io_err(format!("creating {}", layer_dir.display())))?;
+        std::fs::create_dir_all(&layer_dir).map_err(io_err(format!("creating {}", layer_dir.display())))?;
 
         // ONBUILD triggers of the base run first, then are dropped from the new image.
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         let mut steps: Vec<Located> = Vec::new();
         for trigger in &triggers {
             let located = dockerfile::parse_instruction(trigger, stage.line, self.parsed.escape)
-                .map_err(|source| BuildError::Parse {
-                    path: format!("ONBUILD trigger {trigger:?} of {base}"),
-                    source,
-                })?;
+                .map_err(|source| BuildError::Parse { path: format!("ONBUILD trigger {trigger:?} of {base}"), source })?;
             steps.push(located);
         }
         steps.extend(stage.instructions.iter().cloned());
@@ -511,14 +430,11 @@ impl<'a> Builder<'a> {
                 Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
                 None => None,
             };
-            let outcome =
-                commands::execute(&located.instruction, &mut state, source).map_err(|source| {
-                    BuildError::Step {
-                        line: located.line,
-                        instruction: text.clone(),
-                        source,
-                    }
-                })?;
+            let outcome = commands::execute(&located.instruction, &mut state, source).map_err(|source| BuildError::Step {
+                line: located.line,
+                instruction: text.clone(),
+                source,
+            })?;
             let mut layer_note = String::from("no layer");
             let mut empty_layer = true;
             if outcome == Outcome::Filesystem {
@@ -527,8 +443,7 @@ impl<'a> Builder<'a> {
                         pending_single_snapshot = true;
                         layer_note = "snapshot deferred (--single-snapshot)".into();
                     } else if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
-                        layer_note =
-                            format!("layer {} ({})", short(&layer.digest), human(layer.size));
+                        layer_note = format!("layer {} ({})", short(&layer.digest), human(layer.size));
                         layers.push(ImageLayer {
                             digest: layer.digest,
                             diff_id: layer.diff_id,
@@ -545,21 +460,12 @@ impl<'a> Builder<'a> {
             if keep_layers && !(self.opts.single_snapshot && outcome == Outcome::Filesystem) {
                 state.config.history.push(self.history(&text, empty_layer));
             }
-            info!(
-                "[{label}] step {}/{} done in {} ({layer_note})",
-                n + 1,
-                steps.len(),
-                secs(step_started.elapsed())
-            );
+            info!("[{label}] step {}/{} done in {} ({layer_note})", n + 1, steps.len(), secs(step_started.elapsed()));
         }
         if pending_single_snapshot {
             if let Some(snap) = snapshotter.as_mut() {
                 if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
-                    info!(
-                        "[{label}] single snapshot: layer {} ({})",
-                        short(&layer.digest),
-                        human(layer.size)
-                    );
+                    info!("[{label}] single snapshot: layer {} ({})", short(&layer.digest), human(layer.size));
                     layers.push(ImageLayer {
                         digest: layer.digest,
                         diff_id: layer.diff_id,
@@ -567,19 +473,12 @@ impl<'a> Builder<'a> {
                         media_type: layer.media_type,
                         path: layer.path,
                     });
-                    state
-                        .config
-                        .history
-                        .push(self.history("single snapshot of all steps", false));
+                    state.config.history.push(self.history("single snapshot of all steps", false));
                 }
             }
         }
         // A stage's ARGs are not part of the image; the config keeps only what the image needs.
-        Ok(BuiltStage {
-            root,
-            config: state.config,
-            layers,
-        })
+        Ok(BuiltStage { root, config: state.config, layers })
     }
 
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
@@ -603,17 +502,9 @@ impl<'a> Builder<'a> {
     /// Paths left out of snapshots and unpacking. In a private root only `--ignore-path` applies;
     /// in place, also Kiln's own directory, kernel filesystems, mount points and (by default) /var/run.
     fn ignore_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .opts
-            .ignore_paths
-            .iter()
-            .map(|p| PathBuf::from(crate::fsutil::clean_abs(p)))
-            .collect();
+        let mut paths: Vec<PathBuf> = self.opts.ignore_paths.iter().map(|p| PathBuf::from(crate::fsutil::clean_abs(p))).collect();
         if self.isolation == Isolation::InPlace {
-            paths.extend(crate::container::in_place_ignore_paths(
-                &self.work_dir,
-                self.opts.ignore_var_run,
-            ));
+            paths.extend(crate::container::in_place_ignore_paths(&self.work_dir, self.opts.ignore_var_run));
         }
         paths
     }
@@ -631,10 +522,7 @@ impl<'a> Builder<'a> {
         }
         if let Some(parent) = self.stage_ref(base, index) {
             let parent_stage = self.built.get(&parent).ok_or_else(|| {
-                BuildError::Usage(format!(
-                    "stage {} (FROM {base}) needs stage {parent}, which was not built",
-                    index
-                ))
+                BuildError::Usage(format!("stage {} (FROM {base}) needs stage {parent}, which was not built", index))
             })?;
             // Re-apply the parent's layers: the parent root stays intact for `COPY --from`.
             let (config, layers) = (parent_stage.config.clone(), parent_stage.layers.clone());
@@ -678,14 +566,10 @@ impl<'a> Builder<'a> {
         let started = Instant::now();
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
-            BuildError::Usage(format!(
-                "the config of {reference} ({}) is not valid JSON: {e}",
-                image.config_digest
-            ))
+            BuildError::Usage(format!("the config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
         })?;
         let blob_dir = self.work_dir.join("blobs");
-        std::fs::create_dir_all(&blob_dir)
-            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        std::fs::create_dir_all(&blob_dir).map_err(io_err(format!("creating {}", blob_dir.display())))?;
         let descriptors = image.manifest.layers();
         if descriptors.len() != config.rootfs.diff_ids.len() {
             return Err(BuildError::Usage(format!(
@@ -700,11 +584,7 @@ impl<'a> Builder<'a> {
             let digest = desc.digest().to_string();
             let path = blob_dir.join(digest.replace(':', "-"));
             if !path.exists() {
-                self.runtime.block_on(self.registry.fetch_blob_to_file(
-                    &image.reference,
-                    &digest,
-                    &path,
-                ))?;
+                self.runtime.block_on(self.registry.fetch_blob_to_file(&image.reference, &digest, &path))?;
             }
             total += desc.size();
             layers.push(ImageLayer {
@@ -727,50 +607,35 @@ impl<'a> Builder<'a> {
     }
 
     fn unpack(&self, layer: &ImageLayer, image: &str, root: &Path) -> Result<(), BuildError> {
-        let opts = UnpackOptions {
-            ignore: self.ignore_paths(),
-            same_owner: true,
-        };
+        let opts = UnpackOptions { ignore: self.ignore_paths(), same_owner: true };
         unpack_layer(&layer.path, root, &opts).map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(())
     }
 
     /// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root.
-    fn copy_source(
-        &mut self,
-        instruction: &Instruction,
-        index: usize,
-    ) -> Result<Option<SourceRef>, BuildError> {
+    fn copy_source(&mut self, instruction: &Instruction, index: usize) -> Result<Option<SourceRef>, BuildError> {
         let args = match instruction {
             Instruction::Copy(a) | Instruction::Add(a) => a,
             _ => return Ok(None),
         };
-        let Some(from) = &args.from else {
-            return Ok(Some(SourceRef::Context));
-        };
+        let Some(from) = &args.from else { return Ok(Some(SourceRef::Context)) };
         if let Some(i) = self.stage_ref(from, index) {
             let built = self.built.get(&i).ok_or_else(|| {
-                BuildError::Usage(format!(
-                    "COPY --from={from}: stage {i} was not built (is it after this stage?)"
-                ))
+                BuildError::Usage(format!("COPY --from={from}: stage {i} was not built (is it after this stage?)"))
             })?;
             return Ok(Some(SourceRef::Root(built.root.clone())));
         }
         if self.stage_index_by_name(from).is_some() {
-            return Err(BuildError::Usage(format!(
-                "COPY --from={from}: a stage can only copy from stages before it"
-            )));
+            return Err(BuildError::Usage(format!("COPY --from={from}: a stage can only copy from stages before it")));
         }
         if let Some(root) = self.remote_roots.get(from) {
             return Ok(Some(SourceRef::Root(root.clone())));
         }
-        let root = self
-            .work_dir
-            .join(format!("images/{}", self.remote_roots.len()));
+        let root = self.work_dir.join(format!("images/{}", self.remote_roots.len()));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         let (_config, layers) = self.pull_base(from)?;
         for layer in &layers {
@@ -793,14 +658,9 @@ impl<'a> Builder<'a> {
         }
         for label in &self.opts.labels {
             let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
-            config
-                .config
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(k.to_string(), v.to_string());
+            config.config.labels.get_or_insert_with(BTreeMap::new).insert(k.to_string(), v.to_string());
         }
-        let config_bytes = serde_json::to_vec(&config)
-            .map_err(|e| BuildError::Usage(format!("serialising the image config: {e}")))?;
+        let config_bytes = serde_json::to_vec(&config).map_err(|e| BuildError::Usage(format!("serialising the image config: {e}")))?;
         let config_digest = sha256_digest(&config_bytes);
         let manifest = Manifest {
             schema_version: 2,
@@ -814,17 +674,11 @@ impl<'a> Builder<'a> {
             layers: stage
                 .layers
                 .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    annotations: None,
-                })
+                .map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest.clone(), size: l.size, annotations: None })
                 .collect(),
             annotations: None,
         };
-        let manifest_bytes = serde_json::to_vec(&manifest)
-            .map_err(|e| BuildError::Usage(format!("serialising the manifest: {e}")))?;
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| BuildError::Usage(format!("serialising the manifest: {e}")))?;
         let digest = sha256_digest(&manifest_bytes);
 
         let mut references = Vec::new();
@@ -832,25 +686,12 @@ impl<'a> Builder<'a> {
             let mut blobs: Vec<Blob> = stage
                 .layers
                 .iter()
-                .map(|l| Blob {
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    source: BlobSource::File(l.path.clone()),
-                })
+                .map(|l| Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()), mount_from: None })
                 .collect();
-            blobs.push(Blob {
-                digest: config_digest.clone(),
-                size: config_bytes.len() as u64,
-                source: BlobSource::Bytes(config_bytes.clone()),
-            });
+            blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()), mount_from: None });
             for dest in &self.opts.destinations {
                 let started = Instant::now();
-                let pushed = self.runtime.block_on(self.registry.push_image(
-                    dest,
-                    &blobs,
-                    &manifest_bytes,
-                    MEDIA_TYPE_OCI_MANIFEST,
-                ))?;
+                let pushed = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST))?;
                 if pushed != digest {
                     warn!("{dest}: the registry reports digest {pushed}, Kiln computed {digest}");
                 }
@@ -858,43 +699,22 @@ impl<'a> Builder<'a> {
                 references.push(format!("{dest}@{digest}"));
             }
         } else if !self.opts.destinations.is_empty() {
-            info!(
-                "--no-push: not pushing to {}",
-                self.opts.destinations.join(", ")
-            );
+            info!("--no-push: not pushing to {}", self.opts.destinations.join(", "));
         }
         if let Some(path) = &self.opts.oci_layout_path {
-            let layout_err = |message: String| BuildError::Layout {
-                path: path.clone(),
-                message,
-            };
-            let layout = crate::registry::layout::OciLayout::create(Path::new(path))
-                .map_err(|e| layout_err(e.to_string()))?;
+            let layout_err = |message: String| BuildError::Layout { path: path.clone(), message };
+            let layout = crate::registry::layout::OciLayout::create(Path::new(path)).map_err(|e| layout_err(e.to_string()))?;
             for layer in &stage.layers {
-                layout
-                    .write_blob_file(&layer.path, &layer.digest)
-                    .map_err(|e| layout_err(e.to_string()))?;
+                layout.write_blob_file(&layer.path, &layer.digest).map_err(|e| layout_err(e.to_string()))?;
             }
-            layout
-                .write_blob_bytes(&config_bytes)
-                .map_err(|e| layout_err(e.to_string()))?;
-            let ref_name = self
-                .opts
-                .destinations
-                .first()
-                .and_then(|d| tag_of(d))
-                .unwrap_or_else(|| "latest".to_string());
+            layout.write_blob_bytes(&config_bytes).map_err(|e| layout_err(e.to_string()))?;
+            let ref_name = self.opts.destinations.first().and_then(|d| tag_of(d)).unwrap_or_else(|| "latest".to_string());
             layout
                 .add_manifest(&manifest_bytes, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
                 .map_err(|e| layout_err(e.to_string()))?;
             info!("wrote OCI layout {path} (ref {ref_name})");
         }
-        Ok(BuildResult {
-            digest,
-            references,
-            manifest: manifest_bytes,
-            config: config_bytes,
-        })
+        Ok(BuildResult { digest, references, manifest: manifest_bytes, config: config_bytes })
     }
 }
 
@@ -907,10 +727,7 @@ fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
         args.push((format!("{prefix}PLATFORM"), p.to_string()));
         args.push((format!("{prefix}OS"), p.os.clone()));
         args.push((format!("{prefix}ARCH"), p.architecture.clone()));
-        args.push((
-            format!("{prefix}VARIANT"),
-            p.variant.clone().unwrap_or_default(),
-        ));
+        args.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));
     }
     args
 }

@@ -232,15 +232,6 @@ impl Options {
         if self.tar_path.is_some() {
             unsupported.push("--tar-path");
         }
-        if !self.registry_map.is_empty() {
-            unsupported.push("--registry-map");
-        }
-        if self.push_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--push-retry");
-        }
-        if self.image_download_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--image-download-retry");
-        }
         if self.git.is_some() {
             unsupported.push("--git");
         }
@@ -345,15 +336,7 @@ mod tests {
     #[test]
     fn bare_build_arg_reads_environment() {
         std::env::set_var("KILN_TEST_BARE_ARG", "from-env");
-        let o = parse(&[
-            "--build-arg",
-            "KILN_TEST_BARE_ARG",
-            "--build-arg",
-            "KILN_TEST_UNSET_ARG_X",
-        ]);
-        assert_eq!(
-            o.build_arg_pairs(),
-            vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]
-        );
+        let o = parse(&["--build-arg", "KILN_TEST_BARE_ARG", "--build-arg", "KILN_TEST_UNSET_ARG_X"]);
+        assert_eq!(o.build_arg_pairs(), vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]);
     }
 }

@@ -45,12 +45,7 @@ fn unescape_octal(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -66,22 +61,12 @@ fn unescape_octal(text: &str) -> String {
 /// point except `/` (Secrets, ConfigMaps, volumes, the service-account token) and `/var/run`
 /// unless `--ignore-var-run=false`.
 pub fn in_place_ignore_paths(work_dir: &Path, ignore_var_run: bool) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = vec![
-        "/proc".into(),
-        "/sys".into(),
-        "/dev".into(),
-        "/kiln".into(),
-        work_dir.to_path_buf(),
-    ];
+    let mut paths: Vec<PathBuf> = vec!["/proc".into(), "/sys".into(), "/dev".into(), "/kiln".into(), work_dir.to_path_buf()];
     if ignore_var_run {
         paths.push("/var/run".into());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    paths.extend(
-        mount_points(&mountinfo)
-            .into_iter()
-            .filter(|p| p != Path::new("/")),
-    );
+    paths.extend(mount_points(&mountinfo).into_iter().filter(|p| p != Path::new("/")));
     paths.sort();
     paths.dedup();
     paths
@@ -94,22 +79,13 @@ mod tests {
     #[test]
     fn only_explicit_signals_mean_container() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         assert!(detect_from(env(&[])).is_none());
         assert!(detect_from(env(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).is_some());
         assert!(detect_from(env(&[("container", "podman")])).is_some());
         assert!(detect_from(env(&[("KILN_CONTAINER", "1")])).is_some());
-        assert!(detect_from(env(&[
-            ("KILN_CONTAINER", "0"),
-            ("KUBERNETES_SERVICE_HOST", "x")
-        ]))
-        .is_none());
+        assert!(detect_from(env(&[("KILN_CONTAINER", "0"), ("KUBERNETES_SERVICE_HOST", "x")])).is_none());
     }
 
     #[test]
@@ -119,11 +95,7 @@ mod tests {
                     31 22 0:6 / /my\\040dir rw - tmpfs tmpfs rw\n";
         assert_eq!(
             mount_points(text),
-            vec![
-                PathBuf::from("/"),
-                PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
-                PathBuf::from("/my dir")
-            ]
+            vec![PathBuf::from("/"), PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"), PathBuf::from("/my dir")]
         );
     }
 
@@ -131,13 +103,9 @@ mod tests {
     fn ignore_list_has_kernel_and_own_paths() {
         let paths = in_place_ignore_paths(Path::new("/kiln/build"), true);
         for p in ["/proc", "/sys", "/dev", "/kiln", "/var/run"] {
-            assert!(
-                paths.contains(&PathBuf::from(p)),
-                "{p} missing from {paths:?}"
-            );
+            assert!(paths.contains(&PathBuf::from(p)), "{p} missing from {paths:?}");
         }
         assert!(!paths.contains(&PathBuf::from("/")));
-        assert!(!in_place_ignore_paths(Path::new("/kiln/build"), false)
-            .contains(&PathBuf::from("/var/run")));
+        assert!(!in_place_ignore_paths(Path::new("/kiln/build"), false).contains(&PathBuf::from("/var/run")));
     }
 }
