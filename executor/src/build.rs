@@ -591,7 +591,7 @@ impl<'a> Builder<'a> {
                 digest,
                 diff_id: diff_id.clone(),
                 size: desc.size(),
-                media_type: oci_layer_media_type(&desc.media_type().to_string()),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
                 path,
             });
         }
