@@ -100,7 +100,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
     ]);
     Pod {
         metadata: ObjectMeta {
-            name: Some(names::pod_name(&name, generation, run)),
+            name: Some(names::warm_pod_name(&name, generation, run)),
             namespace: cw.namespace(),
             labels: Some(labels),
             owner_references: cw.controller_owner_ref(&()).map(|r| vec![r]),
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn warmer_pod_writes_to_claim() {
         let p = desired_pod(&cw(), &OperatorConfig::default(), 3);
-        assert_eq!(p.metadata.name.as_deref(), Some("base-2-3"));
+        assert_eq!(p.metadata.name.as_deref(), Some("base-warm-2-3"));
         let s = p.spec.as_ref().unwrap();
         let c = &s.containers[0];
         assert_eq!(

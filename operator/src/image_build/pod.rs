@@ -227,7 +227,7 @@ pub fn desired_pod(
 
     Pod {
         metadata: ObjectMeta {
-            name: Some(names::pod_name(&name, generation, attempt)),
+            name: Some(names::build_pod_name(&name, generation, attempt)),
             namespace: build.namespace(),
             labels: Some(pod_labels(&name, generation, attempt)),
             owner_references: build.controller_owner_ref(&()).map(|r| vec![r]),
@@ -301,7 +301,7 @@ mod tests {
     fn git_source_args_and_identity() {
         let b = build(git());
         let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 2);
-        assert_eq!(p.metadata.name.as_deref(), Some("app-4-2"));
+        assert_eq!(p.metadata.name.as_deref(), Some("app-build-4-2"));
         assert_eq!(p.metadata.namespace.as_deref(), Some("ns"));
         let c = container(&p);
         assert_eq!(

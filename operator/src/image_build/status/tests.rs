@@ -87,7 +87,7 @@ fn first_reconcile_creates_attempt_one() {
     assert_eq!(p.event.as_ref().unwrap().reason, "Started");
     let s = b.status.as_ref().unwrap();
     assert_eq!(s.phase, Some(Phase::Pending));
-    assert_eq!(s.pod_name.as_deref(), Some("app-1-1"));
+    assert_eq!(s.pod_name.as_deref(), Some("app-build-1-1"));
     assert_eq!(s.attempts, Some(1));
     assert_eq!(s.observed_generation, Some(1));
     assert_eq!(s.start_time, Some(Time(ts(0))));
@@ -274,7 +274,7 @@ fn retries_with_backoff_then_gives_up() {
     let s = b.status.as_ref().unwrap();
     assert_eq!(
         (s.attempts, s.pod_name.as_deref()),
-        (Some(2), Some("app-1-2"))
+        (Some(2), Some("app-build-1-2"))
     );
     // Attempt 2 fails at t=30; backoff doubles to 20s.
     let p = step(&mut b, 2, failed(30), 45);
@@ -354,7 +354,7 @@ fn new_generation_starts_over() {
     assert_eq!(p.create_attempt, Some(1));
     assert!(p.supersede_old_generations);
     let s = b.status.as_ref().unwrap();
-    assert_eq!(s.pod_name.as_deref(), Some("app-2-1"));
+    assert_eq!(s.pod_name.as_deref(), Some("app-build-2-1"));
     assert_eq!(s.image, None);
     assert_eq!(s.completion_time, None);
     assert_eq!(s.observed_generation, Some(2));
