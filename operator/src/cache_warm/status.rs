@@ -485,6 +485,7 @@ mod tests {
             Observation {
                 pod: None,
                 secret_missing: true,
+                ..Default::default()
             },
             0,
         );
@@ -524,5 +525,25 @@ mod tests {
         assert!(validate(&c, &OperatorConfig::default())
             .unwrap_err()
             .contains("refreshInterval"));
+    }
+
+    #[test]
+    fn foreign_pod_under_the_name_is_reported_not_adopted() {
+        let mut c = cw();
+        let squat = || Observation {
+            foreign_pod: Some("Pod base-warm-1-1 exists and is not controlled by any object".into()),
+            ..Default::default()
+        };
+        let p = step(&mut c, squat(), 0);
+        assert_eq!(p.create_run, None);
+        assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+        assert_eq!(p.event.as_ref().unwrap().1, POD_NAME_CONFLICT);
+        let s = c.status.clone().unwrap();
+        assert_eq!(s.phase, Some(Phase::Pending));
+        assert_eq!(s.conditions[0].reason, POD_NAME_CONFLICT);
+        let p = step(&mut c, squat(), 30);
+        assert_eq!(p.event, None);
+        let p = step(&mut c, Observation::default(), 60);
+        assert_eq!(p.create_run, Some(1));
     }
 }

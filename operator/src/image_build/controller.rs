@@ -20,7 +20,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::pod::desired_pod;
+use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::validate;
 use crate::config::OperatorConfig;
@@ -111,6 +111,9 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
     else {
         return Ok(Action::await_change());
     };
+    // Decide on the build as it runs, operator defaults included: the default push Secret
+    // must exist like a named one, and messages name the Secret actually used.
+    let build = with_defaults(&build, &ctx.config);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
     let plan = match validate(&build.spec) {

@@ -194,7 +194,7 @@ impl Operator {
             cfg,
             metrics.clone(),
             Scope {
-                namespace: Some(env.ns.clone()),
+                namespaces: vec![env.ns.clone()],
                 instance: Some("test".into()),
             },
             async {
