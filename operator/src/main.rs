@@ -113,6 +113,9 @@ fn pod_namespace() -> Option<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // kube uses rustls with ring; choose it explicitly so a build that also links aws-lc-rs
+    // (feature unification) does not panic on the first TLS connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -751,6 +751,16 @@ impl Replica {
         Some((code, out))
     }
 
+    /// `kiln_operator_leader` from /metrics.
+    async fn is_leader(&self) -> Option<bool> {
+        let (code, body) = self.get("/metrics").await?;
+        if code != 200 {
+            return None;
+        }
+        let line = body.lines().find(|l| l.starts_with("kiln_operator_leader "))?;
+        Some(line.trim_end().ends_with(" 1"))
+    }
+
     fn sigterm(&self) {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -779,14 +789,17 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
         Replica::start(&env, &lease, &dir.path().join("r0.log")),
         Replica::start(&env, &lease, &dir.path().join("r1.log")),
     ];
-    // Both serve /healthz; exactly one is ready (the leader).
+    // Both are healthy and ready (a standby waiting for the Lease is ready); exactly one is the
+    // leader, which the kiln_operator_leader metric tells.
     for r in &replicas {
         let (code, _) = eventually(20, "healthz", || r.get("/healthz")).await;
         assert_eq!(code, 200);
+        eventually(20, "readyz", || async { (r.get("/readyz").await?.0 == 200).then_some(()) })
+            .await;
     }
     let li = eventually(20, "exactly one leader", || async {
-        let a = replicas[0].get("/readyz").await?.0 == 200;
-        let b = replicas[1].get("/readyz").await?.0 == 200;
+        let a = replicas[0].is_leader().await?;
+        let b = replicas[1].is_leader().await?;
         match (a, b) {
             (true, false) => Some(0),
             (false, true) => Some(1),
@@ -809,10 +822,11 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     .await;
     for _ in 0..5 {
         assert_eq!(
-            replicas[1 - li].get("/readyz").await.unwrap().0,
-            503,
+            replicas[1 - li].is_leader().await,
+            Some(false),
             "the follower must not act"
         );
+        assert_eq!(replicas[1 - li].get("/readyz").await.unwrap().0, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let (_, metrics) = replicas[li].get("/metrics").await.unwrap();
@@ -837,8 +851,8 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     };
     assert!(status.success(), "graceful shutdown exits 0: {status}");
     let t = std::time::Instant::now();
-    eventually(10, "the follower becomes ready", || async {
-        (replicas[1 - li].get("/readyz").await?.0 == 200).then_some(())
+    eventually(10, "the follower becomes leader", || async {
+        replicas[1 - li].is_leader().await?.then_some(())
     })
     .await;
     // The follower retries every second; a released Lease is taken without waiting for expiry.
@@ -945,4 +959,162 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
         assert_eq!(phase(&b), Some(Phase::Pending));
     }
     op.stop().await;
+}
+
+/// A Pod under the name the operator wants, created by hand (no owner).
+fn squatter(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kiln-operator"}},
+        "spec": {"containers": [{"name": "c", "image": "reg.local/other:1"}]}
+    }))
+    .unwrap()
+}
+
+fn controller_uid(p: &Pod) -> Option<String> {
+    p.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.clone())
+}
+
+#[tokio::test]
+async fn image_build_and_cache_warm_of_one_name_keep_their_own_pods() {
+    let Some(env) = env("collide").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let cws: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
+    let cw = cws
+        .create(
+            &PostParams::default(),
+            &CacheWarm::new(
+                "same",
+                CacheWarmSpec {
+                    images: vec!["reg.local/debian:12".into()],
+                    claim: "warm".into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let warm_pod = wait_pod(&env, "same-warm-1-1").await;
+    let b = create_build(&env, &git_build("same")).await;
+    let build_pod = wait_pod(&env, "same-build-1-1").await;
+    assert_eq!(controller_uid(&warm_pod), cw.metadata.uid);
+    assert_eq!(controller_uid(&build_pod), b.metadata.uid);
+    assert_eq!(build_pod.spec.unwrap().containers[0].name, "executor");
+    // The warmer finishing is the CacheWarm's business only.
+    pod_running(&env.admin, &env.ns, "same-warm-1-1", "warmer").await;
+    let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
+    pod_terminated(&env.admin, &env.ns, "same-warm-1-1", "warmer", 0, msg).await;
+    eventually(20, "CacheWarm Succeeded", || async {
+        let s = cws.get("same").await.ok()?.status?;
+        (s.phase == Some(Phase::Succeeded)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = get_build(&env, "same").await;
+    assert_eq!(phase(&b), Some(Phase::Pending), "{:?}", b.status);
+    assert_eq!(
+        b.status.as_ref().unwrap().pod_name.as_deref(),
+        Some("same-build-1-1")
+    );
+    // The build finishes on its own Pod.
+    pod_running(&env.admin, &env.ns, "same-build-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "same-build-1-1", "executor", 0, OK_MSG).await;
+    wait_build(&env, "same", "Succeeded", |b| phase(b) == Some(Phase::Succeeded)).await;
+    assert_eq!(
+        pod_names(&env).await,
+        vec!["same-build-1-1", "same-warm-1-1"]
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_pod_under_the_name_is_reported_not_adopted() {
+    let Some(env) = env("squat").await else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    pods.create(&PostParams::default(), &squatter("squat-build-1-1"))
+        .await
+        .unwrap();
+    let op = Operator::start(&env);
+    let b = create_build(&env, &git_build("squat")).await;
+    let seen = wait_build(&env, "squat", "PodNameConflict", |b| {
+        ready_reason(b).as_deref() == Some("PodNameConflict")
+    })
+    .await;
+    let s = seen.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert!(
+        s.message.as_deref().unwrap().contains("squat-build-1-1"),
+        "{:?}",
+        s.message
+    );
+    assert!(event_reasons(&env.admin, &env.ns, "squat")
+        .await
+        .contains(&"PodNameConflict".to_string()));
+    // The stranger is neither adopted nor changed nor deleted.
+    let p = pods.get("squat-build-1-1").await.unwrap();
+    assert_eq!(controller_uid(&p), None);
+    assert_eq!(p.spec.unwrap().containers[0].name, "c");
+    // Its owner removes it: the build starts on a Pod of its own.
+    pods.delete("squat-build-1-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let own = eventually(60, "the build's own Pod", || async {
+        let p = pods.get_opt("squat-build-1-1").await.ok().flatten()?;
+        (controller_uid(&p) == b.metadata.uid).then_some(p)
+    })
+    .await;
+    assert_eq!(own.spec.unwrap().containers[0].name, "executor");
+    wait_build(&env, "squat", "Building", |b| {
+        ready_reason(b).as_deref() == Some("Building")
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn one_operator_watches_several_namespaces() {
+    let Some(env) = env("multi-ns").await else {
+        return;
+    };
+    let other = format!("{}-b", env.ns);
+    create_namespace(&env.admin, &other).await;
+    let cfg = test_config();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(kiln_operator::runtime::run(
+        env.operator.clone(),
+        cfg,
+        kiln_operator::metrics::Metrics::new(),
+        kiln_operator::runtime::Scope {
+            namespaces: vec![env.ns.clone(), other.clone()],
+            instance: Some("test".into()),
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    for ns in [&env.ns, &other] {
+        let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), ns);
+        api.create(&PostParams::default(), &git_build("app"))
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
+        eventually(30, &format!("Pod app-build-1-1 in {ns}"), || {
+            let pods = pods.clone();
+            async move { pods.get_opt("app-build-1-1").await.ok().flatten() }
+        })
+        .await;
+    }
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("operator stops within 20s")
+        .expect("operator task");
 }
