@@ -101,7 +101,9 @@ mod tests {
         assert_eq!(r.requests.unwrap()["cpu"].0, "500m");
         assert_eq!(parse_resources("").unwrap(), None);
         assert_eq!(parse_resources("{}").unwrap(), None);
-        let e = parse_resources(r#"{"limits":"2Gi"}"#).unwrap_err().to_string();
+        let e = parse_resources(r#"{"limits":"2Gi"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid executor default resources"), "{e}");
     }
 }

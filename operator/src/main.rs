@@ -34,7 +34,11 @@ struct Args {
     warmer_image: String,
     /// Namespace to watch; repeat the flag or separate with commas for several (all namespaces
     /// when unset).
-    #[arg(long = "watch-namespace", env = "KILN_WATCH_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "watch-namespace",
+        env = "KILN_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
     watch_namespaces: Vec<String>,
     /// Resources of executor Pods whose ImageBuild sets none: JSON ResourceRequirements, e.g.
     /// `{"limits":{"memory":"2Gi"}}`.

@@ -292,7 +292,10 @@ async fn failed_attempt_is_retried_then_build_fails_with_output() {
     })
     .await;
     assert!(reasons.contains(&"Retrying".to_string()), "{reasons:?}");
-    assert_eq!(pod_names(&env).await, vec!["api-build-1-1", "api-build-1-2"]);
+    assert_eq!(
+        pod_names(&env).await,
+        vec!["api-build-1-1", "api-build-1-2"]
+    );
     op.stop().await;
 }
 
@@ -757,7 +760,9 @@ impl Replica {
         if code != 200 {
             return None;
         }
-        let line = body.lines().find(|l| l.starts_with("kiln_operator_leader "))?;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("kiln_operator_leader "))?;
         Some(line.trim_end().ends_with(" 1"))
     }
 
@@ -794,8 +799,10 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     for r in &replicas {
         let (code, _) = eventually(20, "healthz", || r.get("/healthz")).await;
         assert_eq!(code, 200);
-        eventually(20, "readyz", || async { (r.get("/readyz").await?.0 == 200).then_some(()) })
-            .await;
+        eventually(20, "readyz", || async {
+            (r.get("/readyz").await?.0 == 200).then_some(())
+        })
+        .await;
     }
     let li = eventually(20, "exactly one leader", || async {
         let a = replicas[0].is_leader().await?;
@@ -953,7 +960,8 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
             .unwrap()
             .contains(&"--cache-dir=/cache".to_string()));
         let b = wait_build(&env, name, "phase Pending with the Pod", |b| {
-            b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some(&format!("{name}-build-1-1"))
+            b.status.as_ref().and_then(|s| s.pod_name.as_deref())
+                == Some(&format!("{name}-build-1-1"))
         })
         .await;
         assert_eq!(phase(&b), Some(Phase::Pending));
@@ -1025,7 +1033,10 @@ async fn image_build_and_cache_warm_of_one_name_keep_their_own_pods() {
     // The build finishes on its own Pod.
     pod_running(&env.admin, &env.ns, "same-build-1-1", "executor").await;
     pod_terminated(&env.admin, &env.ns, "same-build-1-1", "executor", 0, OK_MSG).await;
-    wait_build(&env, "same", "Succeeded", |b| phase(b) == Some(Phase::Succeeded)).await;
+    wait_build(&env, "same", "Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
     assert_eq!(
         pod_names(&env).await,
         vec!["same-build-1-1", "same-warm-1-1"]

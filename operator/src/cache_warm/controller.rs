@@ -196,10 +196,10 @@ async fn delete_pods(
     let ns = cw.namespace().unwrap_or_default();
     let uid = cw.metadata.uid.clone().unwrap_or_default();
     let lp = ListParams::default().labels(&format!("{LABEL_WARM}={owner}"));
-    let list = pods
-        .list(&lp)
-        .await
-        .map_err(kube_err("listing Pods of", "CacheWarm", &ns, &owner))?;
+    let list =
+        pods.list(&lp)
+            .await
+            .map_err(kube_err("listing Pods of", "CacheWarm", &ns, &owner))?;
     let ns = ns.as_str();
     for p in list
         .items

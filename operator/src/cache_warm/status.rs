@@ -167,7 +167,14 @@ pub fn plan(
             if old.conditions.iter().all(|c| c.reason != POD_NAME_CONFLICT) {
                 plan.event = Some((true, POD_NAME_CONFLICT, m.clone()));
             }
-            set_conditions(&mut st, Status::False, POD_NAME_CONFLICT, &m, generation, now);
+            set_conditions(
+                &mut st,
+                Status::False,
+                POD_NAME_CONFLICT,
+                &m,
+                generation,
+                now,
+            );
             plan.requeue = Some(Duration::from_secs(30));
             None
         }
@@ -531,7 +538,9 @@ mod tests {
     fn foreign_pod_under_the_name_is_reported_not_adopted() {
         let mut c = cw();
         let squat = || Observation {
-            foreign_pod: Some("Pod base-warm-1-1 exists and is not controlled by any object".into()),
+            foreign_pod: Some(
+                "Pod base-warm-1-1 exists and is not controlled by any object".into(),
+            ),
             ..Default::default()
         };
         let p = step(&mut c, squat(), 0);

@@ -256,10 +256,10 @@ async fn delete_pods(
     let ns = build.namespace().unwrap_or_default();
     let uid = build.metadata.uid.clone().unwrap_or_default();
     let lp = ListParams::default().labels(&format!("{LABEL_BUILD}={name}"));
-    let list = pods
-        .list(&lp)
-        .await
-        .map_err(kube_err("listing Pods of", "ImageBuild", &ns, &name))?;
+    let list =
+        pods.list(&lp)
+            .await
+            .map_err(kube_err("listing Pods of", "ImageBuild", &ns, &name))?;
     let ns = ns.as_str();
     for p in list
         .items

@@ -584,7 +584,10 @@ mod tests {
             o.destinations,
             vec!["reg.local/app:1", "reg.local/app:latest"]
         );
-        assert_eq!(o.build_arg_pairs(), vec![("A".to_string(), "1=2".to_string())]);
+        assert_eq!(
+            o.build_arg_pairs(),
+            vec![("A".to_string(), "1=2".to_string())]
+        );
         assert_eq!(o.target.as_deref(), Some("final"));
         assert_eq!(o.labels, vec!["k=v"]);
         assert!(o.cache);
@@ -626,7 +629,10 @@ mod tests {
         let c = container(&p);
         let o = parse_executor(c.args.as_ref().unwrap());
         assert_eq!(o.cache_dir.as_deref(), Some(CACHE_DIR));
-        assert!(!o.cache, "a default warm cache does not turn on the layer cache");
+        assert!(
+            !o.cache,
+            "a default warm cache does not turn on the layer cache"
+        );
         assert_eq!(
             c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
             "4Gi"
@@ -658,6 +664,9 @@ mod tests {
         );
         assert_eq!(eff.spec.resources, Some(ResourceRequirements::default()));
         // No defaults configured: the build is unchanged.
-        assert_eq!(with_defaults(&own, &OperatorConfig::default()).spec, own.spec);
+        assert_eq!(
+            with_defaults(&own, &OperatorConfig::default()).spec,
+            own.spec
+        );
     }
 }

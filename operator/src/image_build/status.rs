@@ -320,7 +320,11 @@ pub fn plan(
                     (Status::Unknown, POD_NAME_CONFLICT),
                     &m,
                 );
-                if b.old.conditions.iter().all(|c| c.reason != POD_NAME_CONFLICT) {
+                if b.old
+                    .conditions
+                    .iter()
+                    .all(|c| c.reason != POD_NAME_CONFLICT)
+                {
                     plan.event = Some(BuildEvent {
                         warning: true,
                         reason: POD_NAME_CONFLICT,

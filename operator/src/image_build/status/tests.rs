@@ -412,7 +412,10 @@ fn foreign_pod_under_the_name_is_reported_not_adopted() {
     assert_eq!(p.event.as_ref().unwrap().reason, "PodNameConflict");
     let s = b.status.clone().unwrap();
     assert_eq!(s.phase, Some(Phase::Pending));
-    assert_eq!(s.pod_name, None, "the stranger is not recorded as the build's Pod");
+    assert_eq!(
+        s.pod_name, None,
+        "the stranger is not recorded as the build's Pod"
+    );
     assert!(s.message.unwrap().contains("controlled by CacheWarm app"));
     assert_eq!(cond(&b, "Ready").reason, "PodNameConflict");
     // Still squatted: no new event, no status change.
