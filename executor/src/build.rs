@@ -848,9 +848,9 @@ impl<'a> Builder<'a> {
         let mut prev_key = self.base_key(base, index, &config, &base_layers);
         let mut state = self.stage_state(index, probe_root.clone(), config)?;
         let steps = self.stage_steps(stage, base, &mut state)?;
-        let mut hits: Vec<(String, CacheHit)> = Vec::new();
+        let mut hits: Vec<(usize, String, CacheHit)> = Vec::new();
         let mut history = Vec::new();
-        for located in &steps {
+        for (n, located) in steps.iter().enumerate() {
             let text = located.original.trim().to_string();
             let needs_root = |why: &str| {
                 tracing::debug!("[{label}] base image needed: {why} ({text})");
@@ -874,7 +874,7 @@ impl<'a> Builder<'a> {
                         return Ok(None);
                     };
                     history.push(self.history(&text, hit.layer.is_none()));
-                    hits.push((text, hit));
+                    hits.push((n, text, hit));
                     prev_key = key;
                 }
                 Instruction::Workdir(_) => {
@@ -905,10 +905,10 @@ impl<'a> Builder<'a> {
             }
         }
         let total = steps.len();
-        for (n, (text, hit)) in hits.iter().enumerate() {
+        for (n, text, hit) in &hits {
             self.stats.hits += 1;
             let Some(layer) = &hit.layer else {
-                info!("[{label}] {text}: cache hit, no changes");
+                info!("[{label}] step {}/{total}: {text} (cache hit, no changes)", n + 1);
                 continue;
             };
             let path = match cache.blob_reference(&hit.key) {
@@ -922,7 +922,7 @@ impl<'a> Builder<'a> {
                     .map_err(|e| BuildError::Usage(format!("reading cached layer {}: {e}", layer.digest)))?
                     .unwrap_or_default(),
             };
-            info!("[{label}] {text}: cache hit, layer {} ({} of {total} steps)", layer.digest, n + 1);
+            info!("[{label}] step {}/{total}: {text} (cache hit, layer {})", n + 1, layer.digest);
             layers.push(ImageLayer {
                 digest: layer.digest.clone(),
                 diff_id: layer.diff_id.clone(),
