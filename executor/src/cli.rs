@@ -282,7 +282,9 @@ impl Options {
             Some(text) => crate::image::parse_duration_ns(text)
                 .filter(|ns| *ns >= 0)
                 .map(|ns| std::time::Duration::from_nanos(ns as u64))
-                .ok_or_else(|| format!("--cache-ttl={text}: expected a duration such as 336h, 90m or 30s")),
+                .ok_or_else(|| {
+                    format!("--cache-ttl={text}: expected a duration such as 336h, 90m or 30s")
+                }),
         }
     }
 
@@ -363,7 +365,15 @@ mod tests {
     #[test]
     fn bare_build_arg_reads_environment() {
         std::env::set_var("KILN_TEST_BARE_ARG", "from-env");
-        let o = parse(&["--build-arg", "KILN_TEST_BARE_ARG", "--build-arg", "KILN_TEST_UNSET_ARG_X"]);
-        assert_eq!(o.build_arg_pairs(), vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]);
+        let o = parse(&[
+            "--build-arg",
+            "KILN_TEST_BARE_ARG",
+            "--build-arg",
+            "KILN_TEST_UNSET_ARG_X",
+        ]);
+        assert_eq!(
+            o.build_arg_pairs(),
+            vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]
+        );
     }
 }

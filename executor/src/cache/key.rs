@@ -134,7 +134,10 @@ pub struct FileDigest {
 
 impl FileDigest {
     pub fn new(preserve_owner: bool) -> FileDigest {
-        FileDigest { hasher: KeyHasher::new(), preserve_owner }
+        FileDigest {
+            hasher: KeyHasher::new(),
+            preserve_owner,
+        }
     }
 
     /// Add inline content (a heredoc source) under a name.
@@ -150,14 +153,26 @@ impl FileDigest {
         source: &Path,
         excluded: &dyn Fn(&Path) -> bool,
     ) -> Result<(), FileHashError> {
-        let rel = source.strip_prefix(origin).unwrap_or(source).to_string_lossy().into_owned();
+        let rel = source
+            .strip_prefix(origin)
+            .unwrap_or(source)
+            .to_string_lossy()
+            .into_owned();
         self.hasher.str("source", &rel);
-        let walker = walkdir::WalkDir::new(source).follow_links(false).follow_root_links(true).sort_by_file_name();
+        let walker = walkdir::WalkDir::new(source)
+            .follow_links(false)
+            .follow_root_links(true)
+            .sort_by_file_name();
         let mut it = walker.into_iter();
         while let Some(entry) = it.next() {
             let entry = entry.map_err(|e| FileHashError {
-                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| source.to_path_buf()),
-                source: e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")),
+                path: e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| source.to_path_buf()),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("filesystem loop")),
             })?;
             let path = entry.path();
             if entry.depth() > 0 && excluded(path) {
@@ -172,9 +187,21 @@ impl FileDigest {
     }
 
     fn add_entry(&mut self, source: &Path, path: &Path, top: bool) -> Result<(), FileHashError> {
-        let err = |source: io::Error| FileHashError { path: path.to_path_buf(), source };
-        let meta = if top { fs::metadata(path) } else { fs::symlink_metadata(path) }.map_err(err)?;
-        let rel = path.strip_prefix(source).unwrap_or(Path::new("")).to_string_lossy().into_owned();
+        let err = |source: io::Error| FileHashError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = if top {
+            fs::metadata(path)
+        } else {
+            fs::symlink_metadata(path)
+        }
+        .map_err(err)?;
+        let rel = path
+            .strip_prefix(source)
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             "dir"
@@ -186,9 +213,12 @@ impl FileDigest {
             "special"
         };
         let h = &mut self.hasher;
-        h.str("path", &rel).str("kind", kind).field("mode", &meta.permissions().mode().to_le_bytes());
+        h.str("path", &rel)
+            .str("kind", kind)
+            .field("mode", &meta.permissions().mode().to_le_bytes());
         if self.preserve_owner {
-            h.field("uid", &meta.uid().to_le_bytes()).field("gid", &meta.gid().to_le_bytes());
+            h.field("uid", &meta.uid().to_le_bytes())
+                .field("gid", &meta.gid().to_le_bytes());
         }
         if ft.is_symlink() {
             let target = fs::read_link(path).map_err(err)?;
@@ -224,7 +254,8 @@ mod tests {
 
     fn digest(dir: &Path, preserve: bool) -> String {
         let mut d = FileDigest::new(preserve);
-        d.add_source(dir, &dir.join("src"), &|p: &Path| p.ends_with("ignored")).unwrap();
+        d.add_source(dir, &dir.join("src"), &|p: &Path| p.ends_with("ignored"))
+            .unwrap();
         d.finish()
     }
 
@@ -237,7 +268,8 @@ mod tests {
         symlink("sub/a", src.join("link")).unwrap();
         let first = digest(dir.path(), false);
         // Times do not count.
-        filetime::set_file_mtime(src.join("sub/a"), filetime::FileTime::from_unix_time(1, 0)).unwrap();
+        filetime::set_file_mtime(src.join("sub/a"), filetime::FileTime::from_unix_time(1, 0))
+            .unwrap();
         assert_eq!(digest(dir.path(), false), first);
         // An excluded file does not count.
         fs::write(src.join("ignored"), "x").unwrap();
@@ -256,7 +288,11 @@ mod tests {
 
     #[test]
     fn step_keys_chain_and_separate_fields() {
-        let base = StepInput { previous: scratch_key(), instruction: "RUN a".into(), ..Default::default() };
+        let base = StepInput {
+            previous: scratch_key(),
+            instruction: "RUN a".into(),
+            ..Default::default()
+        };
         let k1 = base.key();
         assert_eq!(k1, base.clone().key());
         let mut other = base.clone();

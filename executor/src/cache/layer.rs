@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::image::{sha256_digest, Descriptor, History, ImageConfig, Manifest, RootFs, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST};
-use crate::registry::{Blob, BlobSource, LayoutError, OciLayout, Platform, Registry, RegistryError};
+use crate::image::{
+    sha256_digest, Descriptor, History, ImageConfig, Manifest, RootFs, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_MANIFEST,
+};
+use crate::registry::{
+    Blob, BlobSource, LayoutError, OciLayout, Platform, Registry, RegistryError,
+};
 
 /// What went wrong with the layer cache. Callers treat every error as a miss (lookups) or a
 /// warning (stores): a broken cache never fails a build.
@@ -26,8 +31,14 @@ pub enum LayerCacheError {
         #[source]
         source: LayoutError,
     },
-    #[error("layer cache entry {key} in {repo} is invalid: {detail}; delete the tag so it is rebuilt")]
-    Invalid { repo: String, key: String, detail: String },
+    #[error(
+        "layer cache entry {key} in {repo} is invalid: {detail}; delete the tag so it is rebuilt"
+    )]
+    Invalid {
+        repo: String,
+        key: String,
+        detail: String,
+    },
 }
 
 /// Where cached layers live.
@@ -49,7 +60,9 @@ impl CacheRepo {
             }
             return Some(CacheRepo::Registry(strip_tag(repo)));
         }
-        destinations.first().map(|d| CacheRepo::Registry(format!("{}/cache", strip_tag(d))))
+        destinations
+            .first()
+            .map(|d| CacheRepo::Registry(format!("{}/cache", strip_tag(d))))
     }
 
     fn describe(&self) -> String {
@@ -108,8 +121,18 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    pub fn new(repo: CacheRepo, registry: Arc<Registry>, ttl: Duration, platform: Platform) -> LayerCache {
-        LayerCache { repo, registry, ttl, platform }
+    pub fn new(
+        repo: CacheRepo,
+        registry: Arc<Registry>,
+        ttl: Duration,
+        platform: Platform,
+    ) -> LayerCache {
+        LayerCache {
+            repo,
+            registry,
+            ttl,
+            platform,
+        }
     }
 
     pub fn repo(&self) -> &CacheRepo {
@@ -137,33 +160,54 @@ impl LayerCache {
                 match self.registry.pull_image(&format!("{repo}:{key}")).await {
                     Ok(image) => (image.manifest_bytes, image.config_bytes),
                     Err(RegistryError::NotFound { .. }) => return Ok(None),
-                    Err(source) => return Err(LayerCacheError::Registry { repo: self.describe(), source }),
+                    Err(source) => {
+                        return Err(LayerCacheError::Registry {
+                            repo: self.describe(),
+                            source,
+                        })
+                    }
                 }
             }
             CacheRepo::Layout(dir) => {
-                let layout_err = |source| LayerCacheError::Layout { repo: self.describe(), source };
+                let layout_err = |source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                };
                 if !dir.join("oci-layout").is_file() {
                     return Ok(None);
                 }
                 let layout = OciLayout::open(dir).map_err(layout_err)?;
-                let Some(desc) = layout.resolve(key) else { return Ok(None) };
-                let manifest_bytes = layout.read_blob_verified(&desc.digest().to_string()).map_err(layout_err)?;
-                let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
-                let config_bytes = layout.read_blob_verified(&manifest.config.digest).map_err(layout_err)?;
+                let Some(desc) = layout.resolve(key) else {
+                    return Ok(None);
+                };
+                let manifest_bytes = layout
+                    .read_blob_verified(desc.digest().as_ref())
+                    .map_err(layout_err)?;
+                let manifest: Manifest =
+                    serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
+                let config_bytes = layout
+                    .read_blob_verified(&manifest.config.digest)
+                    .map_err(layout_err)?;
                 (manifest_bytes, config_bytes)
             }
         };
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(key, e))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(key, e))?;
         if let Some(created) = config.created.as_deref() {
-            let created = chrono::DateTime::parse_from_rfc3339(created).map_err(|e| self.invalid(key, e))?;
+            let created =
+                chrono::DateTime::parse_from_rfc3339(created).map_err(|e| self.invalid(key, e))?;
             let age = chrono::Utc::now().signed_duration_since(created);
             if age.to_std().map(|a| a > self.ttl).unwrap_or(false) {
                 tracing::debug!(key, "cached layer is older than --cache-ttl, ignored");
                 return Ok(None);
             }
         }
-        let layer = match (manifest.layers.as_slice(), config.rootfs.diff_ids.as_slice()) {
+        let layer = match (
+            manifest.layers.as_slice(),
+            config.rootfs.diff_ids.as_slice(),
+        ) {
             ([], []) => None,
             ([l], [diff_id]) => Some(CachedStepLayer {
                 digest: l.digest.clone(),
@@ -172,20 +216,40 @@ impl LayerCache {
                 media_type: crate::image::oci_layer_media_type(&l.media_type),
             }),
             (l, d) => {
-                return Err(self.invalid(key, format!("{} layers and {} diff_ids (expected at most one)", l.len(), d.len())))
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{} layers and {} diff_ids (expected at most one)",
+                        l.len(),
+                        d.len()
+                    ),
+                ))
             }
         };
-        Ok(Some(CacheHit { key: key.to_string(), layer }))
+        Ok(Some(CacheHit {
+            key: key.to_string(),
+            layer,
+        }))
     }
 
     fn invalid(&self, key: &str, detail: impl std::fmt::Display) -> LayerCacheError {
-        LayerCacheError::Invalid { repo: self.describe(), key: key.to_string(), detail: detail.to_string() }
+        LayerCacheError::Invalid {
+            repo: self.describe(),
+            key: key.to_string(),
+            detail: detail.to_string(),
+        }
     }
 
     /// Make the hit's layer available as a verified file: a registry blob is fetched into
     /// `dir` (streamed, digest checked); a layout blob is verified and used where it is.
-    pub async fn fetch(&self, hit: &CacheHit, dir: &Path) -> Result<Option<PathBuf>, LayerCacheError> {
-        let Some(layer) = &hit.layer else { return Ok(None) };
+    pub async fn fetch(
+        &self,
+        hit: &CacheHit,
+        dir: &Path,
+    ) -> Result<Option<PathBuf>, LayerCacheError> {
+        let Some(layer) = &hit.layer else {
+            return Ok(None);
+        };
         match &self.repo {
             CacheRepo::Registry(repo) => {
                 let dest = dir.join(layer.digest.replace(':', "-"));
@@ -193,12 +257,18 @@ impl LayerCache {
                     self.registry
                         .fetch_blob_to_file(&format!("{repo}:{}", hit.key), &layer.digest, &dest)
                         .await
-                        .map_err(|source| LayerCacheError::Registry { repo: self.describe(), source })?;
+                        .map_err(|source| LayerCacheError::Registry {
+                            repo: self.describe(),
+                            source,
+                        })?;
                 }
                 Ok(Some(dest))
             }
             CacheRepo::Layout(dir) => {
-                let layout_err = |source| LayerCacheError::Layout { repo: self.describe(), source };
+                let layout_err = |source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                };
                 let layout = OciLayout::open(dir).map_err(layout_err)?;
                 let digest = layer.digest.clone();
                 let check = layout.clone();
@@ -214,13 +284,21 @@ impl LayerCache {
     /// Store a step's result under `key`: its layer (or nothing, for a step that changed
     /// nothing) as a one-layer image whose config records the diff_id, the step and the time
     /// (always the real time, even for reproducible builds, because the TTL reads it).
-    pub async fn store(&self, key: &str, layer: Option<&NewLayer>, created_by: &str) -> Result<(), LayerCacheError> {
+    pub async fn store(
+        &self,
+        key: &str,
+        layer: Option<&NewLayer>,
+        created_by: &str,
+    ) -> Result<(), LayerCacheError> {
         let config = ImageConfig {
             created: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             architecture: self.platform.architecture.clone(),
             os: self.platform.os.clone(),
             variant: self.platform.variant.clone(),
-            rootfs: RootFs { fs_type: "layers".into(), diff_ids: layer.iter().map(|l| l.diff_id.clone()).collect() },
+            rootfs: RootFs {
+                fs_type: "layers".into(),
+                diff_ids: layer.iter().map(|l| l.diff_id.clone()).collect(),
+            },
             history: vec![History {
                 created_by: Some(created_by.to_string()),
                 comment: Some("kiln layer cache".into()),
@@ -241,7 +319,12 @@ impl LayerCache {
             },
             layers: layer
                 .iter()
-                .map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest.clone(), size: l.size, annotations: None })
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    annotations: None,
+                })
                 .collect(),
             annotations: None,
         };
@@ -250,7 +333,11 @@ impl LayerCache {
             CacheRepo::Registry(repo) => {
                 let mut blobs: Vec<Blob> = layer
                     .iter()
-                    .map(|l| Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()) })
+                    .map(|l| Blob {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        source: BlobSource::File(l.path.clone()),
+                    })
                     .collect();
                 blobs.push(Blob {
                     digest: manifest.config.digest.clone(),
@@ -258,9 +345,17 @@ impl LayerCache {
                     source: BlobSource::Bytes(config_bytes),
                 });
                 self.registry
-                    .push_image(&format!("{repo}:{key}"), &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST)
+                    .push_image(
+                        &format!("{repo}:{key}"),
+                        &blobs,
+                        &manifest_bytes,
+                        MEDIA_TYPE_OCI_MANIFEST,
+                    )
                     .await
-                    .map_err(|source| LayerCacheError::Registry { repo: self.describe(), source })?;
+                    .map_err(|source| LayerCacheError::Registry {
+                        repo: self.describe(),
+                        source,
+                    })?;
             }
             CacheRepo::Layout(dir) => {
                 let dir = dir.clone();
@@ -279,7 +374,10 @@ impl LayerCache {
                 })
                 .await
                 .map_err(|e| self.invalid("(store)", e))?;
-                result.map_err(|source| LayerCacheError::Layout { repo: self.describe(), source })?;
+                result.map_err(|source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -296,8 +394,14 @@ mod tests {
             CacheRepo::from_flags(None, &["reg:5000/a/b:v1".into()]),
             Some(CacheRepo::Registry("reg:5000/a/b/cache".into()))
         );
-        assert_eq!(CacheRepo::from_flags(Some("reg:5000/c:x"), &[]), Some(CacheRepo::Registry("reg:5000/c".into())));
-        assert_eq!(CacheRepo::from_flags(Some("oci:/tmp/c"), &[]), Some(CacheRepo::Layout("/tmp/c".into())));
+        assert_eq!(
+            CacheRepo::from_flags(Some("reg:5000/c:x"), &[]),
+            Some(CacheRepo::Registry("reg:5000/c".into()))
+        );
+        assert_eq!(
+            CacheRepo::from_flags(Some("oci:/tmp/c"), &[]),
+            Some(CacheRepo::Layout("/tmp/c".into()))
+        );
         assert_eq!(CacheRepo::from_flags(None, &[]), None);
         assert_eq!(strip_tag("reg:5000/a@sha256:00"), "reg:5000/a");
     }
@@ -307,16 +411,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::new(Default::default()).unwrap());
         let repo = CacheRepo::Layout(dir.path().join("cache"));
-        let cache = LayerCache::new(repo.clone(), registry.clone(), Duration::from_secs(3600), Platform::default());
+        let cache = LayerCache::new(
+            repo.clone(),
+            registry.clone(),
+            Duration::from_secs(3600),
+            Platform::default(),
+        );
         let key = "ab".repeat(32);
         assert_eq!(cache.lookup(&key).await.unwrap(), None);
         let blob = dir.path().join("layer");
         std::fs::write(&blob, b"not really a tar").unwrap();
         let digest = sha256_digest(b"not really a tar");
-        let layer = NewLayer { path: blob, digest: digest.clone(), diff_id: digest.clone(), size: 16, media_type: "application/vnd.oci.image.layer.v1.tar".into() };
+        let layer = NewLayer {
+            path: blob,
+            digest: digest.clone(),
+            diff_id: digest.clone(),
+            size: 16,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        };
         cache.store(&key, Some(&layer), "RUN x").await.unwrap();
-        let hit = cache.lookup(&key).await.unwrap().expect("stored entry is found");
-        assert_eq!(hit.layer.as_ref().map(|l| l.digest.as_str()), Some(digest.as_str()));
+        let hit = cache
+            .lookup(&key)
+            .await
+            .unwrap()
+            .expect("stored entry is found");
+        assert_eq!(
+            hit.layer.as_ref().map(|l| l.digest.as_str()),
+            Some(digest.as_str())
+        );
         let path = cache.fetch(&hit, dir.path()).await.unwrap().unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"not really a tar");
         // A step that changed nothing is a hit without a layer.
