@@ -57,7 +57,7 @@ pub enum BuildError {
         digest: String,
         image: String,
         #[source]
-        source: crate::unpack::UnpackError,
+        source: Box<crate::unpack::UnpackError>,
     },
     #[error("snapshotting the filesystem: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
@@ -271,6 +271,9 @@ fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
         skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
         skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
         mirrors: opts.registry_mirrors.clone(),
+        registry_maps: opts.registry_map.clone(),
+        push_retries: opts.push_retry.unwrap_or(0),
+        pull_retries: opts.image_download_retry.unwrap_or(0),
         platform,
         ..Default::default()
     }
@@ -1142,7 +1145,7 @@ impl<'a> Builder<'a> {
         unpack_layer(&layer.path, root, &opts).map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(())
     }
@@ -1216,20 +1219,37 @@ impl<'a> Builder<'a> {
         if !self.opts.no_push {
             for dest in &self.opts.destinations {
                 let started = Instant::now();
-                // Layers the build never downloaded go to the destination only when it lacks them,
-                // fetched from their repository now.
+                // Layers the build never downloaded (base layers it did not need, cache hits) go
+                // to the destination only when it lacks them: mounted from their repository on
+                // the same registry, else fetched now and uploaded.
                 let mut blobs: Vec<Blob> = Vec::new();
+                let mut unfetched = false;
                 for l in &stage.layers {
-                    if !l.path.exists() && self.remote_layers.contains_key(&l.digest) {
+                    let mut mount_from = None;
+                    if let Some(origin) = self.remote_layers.get(&l.digest).filter(|_| !l.path.exists()) {
                         if self.runtime.block_on(self.registry.blob_exists(dest, &l.digest)).unwrap_or(false) {
                             continue;
                         }
+                        if same_registry(origin, dest) {
+                            mount_from = Some(origin.clone());
+                            unfetched = true;
+                        } else {
+                            self.ensure_local(l)?;
+                        }
+                    }
+                    blobs.push(Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()), mount_from });
+                }
+                blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()), mount_from: None });
+                let mut result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
+                if let (Err(e), true) = (&result, unfetched) {
+                    // A refused mount falls back to an upload, which needs the file.
+                    warn!("{dest}: pushing with mounted layers failed ({e}); fetching them and uploading");
+                    for l in &stage.layers {
                         self.ensure_local(l)?;
                     }
-                    blobs.push(Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()) });
+                    result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
                 }
-                blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()) });
-                let pushed = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST))?;
+                let pushed = result?;
                 if pushed != digest {
                     warn!("{dest}: the registry reports digest {pushed}, Kiln computed {digest}");
                 }
@@ -1274,6 +1294,14 @@ fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
 /// A heredoc source as the key sees it: its text and the variables its expansion can use.
 fn expand_for_key(state: &StageState, content: &str) -> String {
     format!("{content}\0{}", state.run_env().join("\n"))
+}
+
+/// Whether two references name repositories on the same registry (so blobs can be mounted).
+fn same_registry(a: &str, b: &str) -> bool {
+    match (crate::registry::parse_reference(a), crate::registry::parse_reference(b)) {
+        (Ok(a), Ok(b)) => a.registry() == b.registry(),
+        _ => false,
+    }
 }
 
 /// The first hex digits of a cache key, for logs.

@@ -239,15 +239,6 @@ impl Options {
         if self.tar_path.is_some() {
             unsupported.push("--tar-path");
         }
-        if !self.registry_map.is_empty() {
-            unsupported.push("--registry-map");
-        }
-        if self.push_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--push-retry");
-        }
-        if self.image_download_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--image-download-retry");
-        }
         if self.git.is_some() {
             unsupported.push("--git");
         }

@@ -13,6 +13,7 @@
 mod support;
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -46,6 +47,12 @@ const RUN_CHECKS: &[(&str, &[&str], &str)] = &[
     ("env-run-visibility", &["tool"], "custom-tool"),
     ("debian-apt", &[], "Hello, world!"),
 ];
+
+/// Progress goes straight to the process's stderr: `eprintln!` would be captured by the test
+/// harness until the end, and this test runs for minutes in CI.
+fn progress(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 fn selftest() -> bool {
     std::env::var("KILN_DIFF_SELFTEST").is_ok_and(|v| v == "1")
@@ -267,7 +274,7 @@ fn corpus_matches_buildah() {
     } else {
         "kiln vs buildah"
     };
-    eprintln!("differential: {} cases, {mode}", cases.len());
+    progress(&format!("differential: {} cases, {mode}", cases.len()));
 
     let mut failed = Vec::new();
     for case in &cases {
@@ -275,9 +282,9 @@ fn corpus_matches_buildah() {
         let problems = check_case(case, &reg);
         let secs = start.elapsed().as_secs_f32();
         if problems.is_empty() {
-            eprintln!("  ok    {} ({secs:.1}s)", case.name);
+            progress(&format!("  ok    {} ({secs:.1}s)", case.name));
         } else {
-            eprintln!("  FAIL  {} ({secs:.1}s)", case.name);
+            progress(&format!("  FAIL  {} ({secs:.1}s)", case.name));
             failed.push((case.name.clone(), problems));
         }
     }

@@ -337,12 +337,14 @@ impl LayerCache {
                         digest: l.digest.clone(),
                         size: l.size,
                         source: BlobSource::File(l.path.clone()),
+                        mount_from: None,
                     })
                     .collect();
                 blobs.push(Blob {
                     digest: manifest.config.digest.clone(),
                     size: config_bytes.len() as u64,
                     source: BlobSource::Bytes(config_bytes),
+                    mount_from: None,
                 });
                 self.registry
                     .push_image(
