@@ -944,7 +944,7 @@ impl<'a> Builder<'a> {
     /// base-image cache when it holds the image, with its verified files). Returns the
     /// reference the layers can be fetched from later.
     fn base_manifest(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>, String), BuildError> {
-        if let Some(found) = self.from_base_cache(reference)? {
+        if let Some(found) = self.cached_base(reference)? {
             return Ok((found.0, found.1, reference.to_string()));
         }
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
@@ -967,7 +967,7 @@ impl<'a> Builder<'a> {
                 digest: desc.digest().to_string(),
                 diff_id: diff_id.clone(),
                 size: desc.size(),
-                media_type: oci_layer_media_type(&desc.media_type().to_string()),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
                 path: blob_dir.join(desc.digest().to_string().replace(':', "-")),
             })
             .collect();
@@ -975,7 +975,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The base image from `--cache-dir`, if it holds it (every blob verified by the lookup).
-    fn from_base_cache(&self, reference: &str) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
+    fn cached_base(&self, reference: &str) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
         let Some(cache) = &self.base_cache else { return Ok(None) };
         let Some(image) = cache.lookup_or_pull(reference, &self.platform) else { return Ok(None) };
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
@@ -1094,7 +1094,7 @@ impl<'a> Builder<'a> {
     /// Pull a base image: manifest and config, then every layer blob (verified) into the work dir.
     fn pull_base(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
         let started = Instant::now();
-        if let Some((config, layers)) = self.from_base_cache(reference)? {
+        if let Some((config, layers)) = self.cached_base(reference)? {
             info!("{reference}: read from the base-image cache ({} layer(s)) in {}", layers.len(), secs(started.elapsed()));
             return Ok((config, layers));
         }
@@ -1125,7 +1125,7 @@ impl<'a> Builder<'a> {
                 digest,
                 diff_id: diff_id.clone(),
                 size: desc.size(),
-                media_type: oci_layer_media_type(&desc.media_type().to_string()),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
                 path,
             });
         }
