@@ -473,7 +473,10 @@ impl<'a> Builder<'a> {
         let mut state = self.stage_state(index, root.clone(), config)?;
         let mut layers = layers;
         let ignore = self.ignore_paths();
-        let mut snapshotter = if keep_layers { Some(Snapshotter::new(&root, ignore)?) } else { None };
+        // A stage kept only for `COPY --from` is snapshotted too when caching, so its steps can be
+        // stored and hit like any other (builder stages are where the expensive RUNs are).
+        let mut snapshotter =
+            if keep_layers || self.layer_cache.is_some() { Some(Snapshotter::new(&root, ignore)?) } else { None };
         let layer_dir = self.work_dir.join("layers");
         std::fs::create_dir_all(&layer_dir).map_err(io_err(format!("creating {}", layer_dir.display())))?;
         let steps = self.stage_steps(stage, &base, &mut state)?;

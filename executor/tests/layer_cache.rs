@@ -319,3 +319,32 @@ fn warmed_base_builds_without_the_registry_copy() {
         built.log
     );
 }
+
+/// A builder stage used only through `COPY --from` is cached too: its timestamped artifact is
+/// reused by the rebuild, so the final image is the same.
+#[test]
+fn builder_stage_steps_are_cached() {
+    let dockerfile = format!(
+        "FROM {b} AS build\nRUN date +%s%N > /artifact\nFROM {b}\nCOPY --from=build /artifact /artifact\nRUN cat /artifact > /copy\n",
+        b = busybox()
+    );
+    let dir = context_with(&dockerfile, &[]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("multistage");
+    let first = build(&ctx, &format!("{dest}:1"), &["--cache"]);
+    assert!(
+        first.log.contains("cache: 0 hits, 2 misses"),
+        "{}",
+        first.log
+    );
+    let second = build(&ctx, &format!("{dest}:2"), &["--cache"]);
+    assert!(
+        second.log.contains("cache: 2 hits, 0 misses"),
+        "{}",
+        second.log
+    );
+    assert_eq!(
+        second.digest, first.digest,
+        "the builder stage's RUN ran again"
+    );
+}
