@@ -159,7 +159,6 @@ struct Seen {
     method: String,
     path: String,
     status: u16,
-    authorization: Option<String>,
 }
 
 /// A TCP proxy on 127.0.0.1 speaking just enough HTTP/1.1 to find request boundaries: every
@@ -257,13 +256,11 @@ fn handle(
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
     let mut length = 0usize;
-    let mut authorization = None;
     let mut headers = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().unwrap_or(0),
-            "authorization" => authorization = Some(value.trim().to_string()),
             "transfer-encoding" => panic!("chunked requests are not expected: {request_line}"),
             _ => {}
         }
@@ -286,7 +283,6 @@ fn handle(
             method: method.clone(),
             path: path.clone(),
             status,
-            authorization: authorization.clone(),
         })
     };
 
