@@ -117,7 +117,20 @@ fn buildah_build(case: &Case, dest: &str, side: &str) -> Result<(), String> {
         cmd.arg("--target").arg(t);
     }
     cmd.arg(&case.dir);
-    run_ok(&mut cmd, BUILD_TIMEOUT).map_err(|e| format!("buildah build failed: {e}"))?;
+    // buildah 1.28's chroot isolation sometimes fails to set up a RUN under load ("Close_Fd
+    // sealing memfd copy: Device or resource busy"); that is the reference tool's flake, not a
+    // build result, so only that failure is retried, a bounded number of times.
+    let mut attempt = 1;
+    loop {
+        match run_ok(&mut cmd, BUILD_TIMEOUT) {
+            Ok(_) => break,
+            Err(e) if attempt < 3 && e.to_string().contains("sealing memfd copy") => {
+                eprintln!("  buildah hit its memfd flake on {} (attempt {attempt}); retrying", case.name);
+                attempt += 1;
+            }
+            Err(e) => return Err(format!("buildah build failed: {e}")),
+        }
+    }
     let pushed = run_ok(
         Command::new("buildah").args(BUILDAH_FLAGS).args([
             "push",
