@@ -26,21 +26,10 @@ PACKAGES=(
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
     tar gzip xz-utils git
 )
-if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
-    step "installing packages: ${PACKAGES[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        apt-get update -qq
-        # With recommends: podman and buildah rely on some of them (conmon helpers, catatonit).
-        apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "all present"
-    fi
-fi
+step "installing missing packages"
+# shellcheck source=scripts/lib/packages.sh
+source scripts/lib/packages.sh
+ensure_packages "${PACKAGES[@]}"
 
 # Rust: the machine image provides rustup's toolchain under ~/.cargo (Debian's rustc is too old).
 export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
