@@ -606,3 +606,74 @@ fn executor_builds_from_stdin_and_git() {
         Some("app-1\n")
     );
 }
+
+#[test]
+fn checkout_keeps_modes_and_links_and_flags_submodules() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    write(&work.join("run.sh"), "#!/bin/sh\n");
+    fs::set_permissions(work.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    write(&work.join("data/plain.txt"), "plain\n");
+    std::os::unix::fs::symlink("data/plain.txt", work.join("link")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "files"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    // A gitlink (submodule entry) without fetching anything for it.
+    git(
+        &work,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{head},vendor/lib"),
+        ],
+    );
+    git(&work, &["commit", "-qm", "submodule"]);
+    let git_dir = dir.path().join("srv/git");
+    fs::create_dir_all(&git_dir).unwrap();
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            git_dir.join("repo.git").to_str().unwrap(),
+        ],
+    );
+    let repo = Repo {
+        base: dir.path().join("srv"),
+        _dir: dir,
+        c1: head.clone(),
+        c2: head,
+    };
+    let daemon = git_daemon(&repo);
+    let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+
+    let (_work, ctx) = open(&url, &git_opts(PullMethod::Git)).unwrap();
+    let mode = |rel: &str| {
+        fs::symlink_metadata(ctx.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("run.sh"), 0o755);
+    assert_eq!(mode("data/plain.txt"), 0o644);
+    assert_eq!(
+        fs::read_link(ctx.root().join("link")).unwrap(),
+        PathBuf::from("data/plain.txt")
+    );
+    assert!(ctx.root().join("vendor/lib").is_dir());
+
+    let mut recurse = git_opts(PullMethod::Git);
+    recurse.git.recurse_submodules = true;
+    let err = open(&url, &recurse).unwrap_err();
+    assert!(
+        err.contains("submodules") && err.contains("vendor/lib"),
+        "{err}"
+    );
+}
