@@ -156,6 +156,10 @@ pub struct Options {
     #[arg(long = "image-name-with-digest-file")]
     pub image_name_with_digest_file: Option<String>,
 
+    /// Write the image as a docker-archive tarball (`docker load`/`podman load`) to this file.
+    #[arg(long = "tar-path")]
+    pub tar_path: Option<String>,
+
     /// Write `repository:tag@digest` for every destination to this file.
     #[arg(long = "image-name-tag-with-digest-file")]
     pub image_name_tag_with_digest_file: Option<String>,
@@ -186,8 +190,6 @@ pub struct Options {
     pub cache_copy_layers: bool,
     #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", hide = true)]
     pub cache_run_layers: bool,
-    #[arg(long = "tar-path", hide = true)]
-    pub tar_path: Option<String>,
     #[arg(long = "registry-map", hide = true)]
     pub registry_map: Vec<String>,
     #[arg(long = "push-retry", hide = true)]
@@ -228,9 +230,6 @@ impl Options {
         }
         if self.cache_copy_layers {
             unsupported.push("--cache-copy-layers");
-        }
-        if self.tar_path.is_some() {
-            unsupported.push("--tar-path");
         }
         if !self.registry_map.is_empty() {
             unsupported.push("--registry-map");
@@ -331,10 +330,11 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_named() {
-        let o = parse(&["--cache=true", "--tar-path", "/x.tar"]);
+        let o = parse(&["--cache=true", "--git", "branch=main"]);
         let err = o.check_supported().unwrap_err();
         assert!(err.contains("--cache"), "{err}");
-        assert!(err.contains("--tar-path"), "{err}");
+        assert!(err.contains("--git"), "{err}");
+        assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
     }
 
     #[test]
