@@ -108,6 +108,8 @@ pub fn write_docker_archive(path: &Path, config: &[u8], layers: &[ArchiveLayer],
     append_bytes(&mut tar, "manifest.json", &manifest)?;
     tar.into_inner()?.flush()?;
     tmp.as_file().sync_all()?;
+    // NamedTempFile is private (0600); an output file is for the pipeline's next step to read.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
