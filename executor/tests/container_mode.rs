@@ -76,6 +76,12 @@ fn build_executor_image(reg: &str) -> String {
     image
 }
 
+/// Fetch with skopeo and flatten with umoci into `dir/rootfs-<tag>`.
+fn flatten(image: &str, dir: &Path, tag: &str) -> Result<std::path::PathBuf, support::CmdError> {
+    fs::create_dir_all(dir).expect("create flatten dir");
+    fetch_rootfs(image, dir, tag)
+}
+
 fn registry_digest(image: &str) -> String {
     let out = run_ok(
         Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{image}")]),
@@ -99,7 +105,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/kiln/executor"]), "{config}");
     let env = config["config"]["Env"].to_string();
     assert!(env.contains("KILN_CONTAINER=1") && env.contains("DOCKER_CONFIG=/kiln/.docker"), "{env}");
-    let exec_root = fetch_rootfs(&executor_image, &work.path().join("exec-image"), "exec").expect("flatten executor image");
+    let exec_root = flatten(&executor_image, &work.path().join("exec-image"), "exec").expect("flatten executor image");
     let exec_tree = scan_tree(&exec_root).expect("scan executor image");
     for path in ["/kiln/executor", "/kiln/warmer", "/kiln/ssl/certs/ca-certificates.crt", "/kaniko/executor", "/workspace"] {
         assert!(exec_tree.contains_key(path), "{path} missing from the executor image: {:?}", exec_tree.keys());
@@ -143,6 +149,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
         tail(&run.stderr, 4000),
         tail(&run.stdout, 1000)
     );
+    eprintln!("--- executor log inside podman ---\n{}", tail(&run.stderr, 6000));
     assert!(run.stderr.contains("cleared /"), "the build did not run in place: {}", tail(&run.stderr, 3000));
 
     // The termination message names exactly the pushed digest.
@@ -165,8 +172,8 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     )
     .unwrap_or_else(|e| panic!("chroot build: {e}"));
 
-    let in_pod_root = fetch_rootfs(&in_pod, &work.path().join("inpod"), "inpod").expect("flatten in-pod image");
-    let chroot_root = fetch_rootfs(&chroot_ref, &work.path().join("chroot"), "chroot").expect("flatten chroot image");
+    let in_pod_root = flatten(&in_pod, &work.path().join("inpod"), "inpod").expect("flatten in-pod image");
+    let chroot_root = flatten(&chroot_ref, &work.path().join("chroot"), "chroot").expect("flatten chroot image");
     let in_pod_tree = scan_tree(&in_pod_root).expect("scan in-pod image");
     let chroot_tree = scan_tree(&chroot_root).expect("scan chroot image");
     let diffs = diff_trees(&chroot_tree, &in_pod_tree, &[]);
