@@ -345,7 +345,15 @@ mod tests {
     #[test]
     fn bare_build_arg_reads_environment() {
         std::env::set_var("KILN_TEST_BARE_ARG", "from-env");
-        let o = parse(&["--build-arg", "KILN_TEST_BARE_ARG", "--build-arg", "KILN_TEST_UNSET_ARG_X"]);
-        assert_eq!(o.build_arg_pairs(), vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]);
+        let o = parse(&[
+            "--build-arg",
+            "KILN_TEST_BARE_ARG",
+            "--build-arg",
+            "KILN_TEST_UNSET_ARG_X",
+        ]);
+        assert_eq!(
+            o.build_arg_pairs(),
+            vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]
+        );
     }
 }

@@ -49,7 +49,12 @@ fn unescape_octal(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -67,13 +72,23 @@ fn unescape_octal(text: &str) -> String {
 pub fn in_place_ignore_paths(work_dir: &Path, ignore_var_run: bool) -> Vec<PathBuf> {
     // `/kaniko` too: Kiln's image links `/kaniko/executor` there for pipelines written for kaniko,
     // and kaniko-style Pod specs mount their docker config below it.
-    let mut paths: Vec<PathBuf> =
-        vec!["/proc".into(), "/sys".into(), "/dev".into(), "/kiln".into(), "/kaniko".into(), work_dir.to_path_buf()];
+    let mut paths: Vec<PathBuf> = vec![
+        "/proc".into(),
+        "/sys".into(),
+        "/dev".into(),
+        "/kiln".into(),
+        "/kaniko".into(),
+        work_dir.to_path_buf(),
+    ];
     if ignore_var_run {
         paths.push("/var/run".into());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    paths.extend(mount_points(&mountinfo).into_iter().filter(|p| p != Path::new("/")));
+    paths.extend(
+        mount_points(&mountinfo)
+            .into_iter()
+            .filter(|p| p != Path::new("/")),
+    );
     paths.sort();
     paths.dedup();
     paths
@@ -85,7 +100,11 @@ pub fn in_place_ignore_paths(work_dir: &Path, ignore_var_run: bool) -> Vec<PathB
 /// With `save_to`, every removed entry is moved there instead (same tree, same metadata), so an
 /// earlier stage's files stay readable for a later `COPY --from`. Moving is a rename on one
 /// filesystem; across filesystems the entry is copied, then removed.
-pub fn clear_root(root: &Path, ignore: &[PathBuf], save_to: Option<&Path>) -> io::Result<ClearStats> {
+pub fn clear_root(
+    root: &Path,
+    ignore: &[PathBuf],
+    save_to: Option<&Path>,
+) -> io::Result<ClearStats> {
     let ignore: Vec<PathBuf> = ignore
         .iter()
         .map(|p| {
@@ -95,7 +114,11 @@ pub fn clear_root(root: &Path, ignore: &[PathBuf], save_to: Option<&Path>) -> io
         })
         .filter(|p| p != root)
         .collect();
-    let mut clearer = Clearer { ignore, stats: ClearStats::default(), links: HashMap::new() };
+    let mut clearer = Clearer {
+        ignore,
+        stats: ClearStats::default(),
+        links: HashMap::new(),
+    };
     if let Some(dest) = save_to {
         std::fs::create_dir_all(dest)?;
     }
@@ -125,7 +148,9 @@ impl Clearer {
     }
 
     fn holds_ignored(&self, path: &Path) -> bool {
-        self.ignore.iter().any(|ig| ig != path && ig.starts_with(path))
+        self.ignore
+            .iter()
+            .any(|ig| ig != path && ig.starts_with(path))
     }
 
     fn clear_dir(&mut self, dir: &Path, save_to: Option<&Path>) -> io::Result<()> {
@@ -182,7 +207,8 @@ impl Clearer {
                 if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
                     return std::fs::hard_link(first, dst);
                 }
-                self.links.insert((meta.dev(), meta.ino()), dst.to_path_buf());
+                self.links
+                    .insert((meta.dev(), meta.ino()), dst.to_path_buf());
             }
             std::fs::copy(src, dst)?;
         } else {
@@ -231,13 +257,22 @@ mod tests {
     #[test]
     fn only_explicit_signals_mean_container() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         assert!(detect_from(env(&[])).is_none());
         assert!(detect_from(env(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).is_some());
         assert!(detect_from(env(&[("container", "podman")])).is_some());
         assert!(detect_from(env(&[("KILN_CONTAINER", "1")])).is_some());
-        assert!(detect_from(env(&[("KILN_CONTAINER", "0"), ("KUBERNETES_SERVICE_HOST", "x")])).is_none());
+        assert!(detect_from(env(&[
+            ("KILN_CONTAINER", "0"),
+            ("KUBERNETES_SERVICE_HOST", "x")
+        ]))
+        .is_none());
     }
 
     #[test]
@@ -247,7 +282,11 @@ mod tests {
                     31 22 0:6 / /my\\040dir rw - tmpfs tmpfs rw\n";
         assert_eq!(
             mount_points(text),
-            vec![PathBuf::from("/"), PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"), PathBuf::from("/my dir")]
+            vec![
+                PathBuf::from("/"),
+                PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
+                PathBuf::from("/my dir")
+            ]
         );
     }
 
@@ -255,10 +294,14 @@ mod tests {
     fn ignore_list_has_kernel_and_own_paths() {
         let paths = in_place_ignore_paths(Path::new("/kiln/build"), true);
         for p in ["/proc", "/sys", "/dev", "/kiln", "/var/run"] {
-            assert!(paths.contains(&PathBuf::from(p)), "{p} missing from {paths:?}");
+            assert!(
+                paths.contains(&PathBuf::from(p)),
+                "{p} missing from {paths:?}"
+            );
         }
         assert!(!paths.contains(&PathBuf::from("/")));
-        assert!(!in_place_ignore_paths(Path::new("/kiln/build"), false).contains(&PathBuf::from("/var/run")));
+        assert!(!in_place_ignore_paths(Path::new("/kiln/build"), false)
+            .contains(&PathBuf::from("/var/run")));
     }
 
     fn tree(root: &Path) -> Vec<String> {
@@ -288,7 +331,11 @@ mod tests {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0").unwrap();
         std::fs::write(root.join("etc/hosts"), "mounted").unwrap();
         std::fs::write(root.join("etc/ssl/cert"), "pem").unwrap();
-        std::fs::set_permissions(root.join("etc/ssl/cert"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            root.join("etc/ssl/cert"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
         std::fs::create_dir_all(root.join("kiln/build")).unwrap();
         std::fs::write(root.join("kiln/executor"), "binary").unwrap();
@@ -312,7 +359,10 @@ mod tests {
         assert_eq!(stats.entries, 4, "etc/passwd, etc/ssl, link, bin");
         let left = tree(root);
         let names: Vec<&str> = left.iter().map(|l| l.split(' ').next().unwrap()).collect();
-        assert_eq!(names, vec!["etc", "etc/hosts", "kiln", "kiln/build", "kiln/executor"]);
+        assert_eq!(
+            names,
+            vec!["etc", "etc/hosts", "kiln", "kiln/build", "kiln/executor"]
+        );
     }
 
     #[test]
@@ -324,7 +374,11 @@ mod tests {
         populate(&reference);
         std::fs::remove_file(reference.join("etc/hosts")).unwrap();
         std::fs::remove_dir_all(reference.join("kiln")).unwrap();
-        filetime::set_file_mtime(reference.join("etc"), filetime::FileTime::from_unix_time(1000, 0)).unwrap();
+        filetime::set_file_mtime(
+            reference.join("etc"),
+            filetime::FileTime::from_unix_time(1000, 0),
+        )
+        .unwrap();
         let saved = root.join("kiln/build/saved");
         let ignore = vec![PathBuf::from("/kiln"), PathBuf::from("/etc/hosts")];
         clear_root(&root, &ignore, Some(&saved)).unwrap();
@@ -338,7 +392,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         populate(&src);
-        let mut clearer = Clearer { ignore: Vec::new(), stats: ClearStats::default(), links: HashMap::new() };
+        let mut clearer = Clearer {
+            ignore: Vec::new(),
+            stats: ClearStats::default(),
+            links: HashMap::new(),
+        };
         let dst = dir.path().join("dst");
         clearer.copy_tree(&src, &dst).unwrap();
         assert_eq!(tree(&src), tree(&dst));

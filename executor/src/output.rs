@@ -23,23 +23,36 @@ pub fn termination_message(digest: &str, references: &[String]) -> String {
 
 /// Write the termination message when the file exists (it does in a Kubernetes container);
 /// elsewhere do nothing.
-pub fn write_termination_log(path: &Path, digest: &str, references: &[String]) -> std::io::Result<bool> {
+pub fn write_termination_log(
+    path: &Path,
+    digest: &str,
+    references: &[String],
+) -> std::io::Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     file.write_all(termination_message(digest, references).as_bytes())?;
     Ok(true)
 }
 
 /// kaniko's `--image-name-with-digest-file`: one `repo@digest` line per destination (tag dropped).
 pub fn names_with_digest(destinations: &[String], digest: &str) -> String {
-    destinations.iter().map(|d| format!("{}@{digest}\n", strip_tag(d))).collect()
+    destinations
+        .iter()
+        .map(|d| format!("{}@{digest}\n", strip_tag(d)))
+        .collect()
 }
 
 /// kaniko's `--image-name-tag-with-digest-file`: one `repo:tag@digest` line per destination.
 pub fn names_tag_with_digest(destinations: &[String], digest: &str) -> String {
-    destinations.iter().map(|d| format!("{d}@{digest}\n")).collect()
+    destinations
+        .iter()
+        .map(|d| format!("{d}@{digest}\n"))
+        .collect()
 }
 
 /// `registry:5000/a/b:tag` → `registry:5000/a/b` (the port's colon is not a tag separator).
@@ -76,7 +89,13 @@ pub fn repo_tags(destinations: &[String]) -> Vec<String> {
     destinations
         .iter()
         .filter(|d| !d.contains('@'))
-        .map(|d| if strip_tag(d) == d.as_str() { format!("{d}:latest") } else { d.clone() })
+        .map(|d| {
+            if strip_tag(d) == d.as_str() {
+                format!("{d}:latest")
+            } else {
+                d.clone()
+            }
+        })
         .collect()
 }
 
@@ -84,14 +103,29 @@ pub fn repo_tags(destinations: &[String]) -> Vec<String> {
 /// read): `manifest.json`, the config as `<hex>.json`, each layer blob as `<hex>.tar.gz` — kept
 /// compressed, as go-containerregistry's `tarball.Write` (kaniko's `--tar-path`) does; loaders
 /// decompress by content. Written to a temporary file beside `path`, then renamed.
-pub fn write_docker_archive(path: &Path, config: &[u8], layers: &[ArchiveLayer], repo_tags: &[String]) -> std::io::Result<()> {
+pub fn write_docker_archive(
+    path: &Path,
+    config: &[u8],
+    layers: &[ArchiveLayer],
+    repo_tags: &[String],
+) -> std::io::Result<()> {
     use sha2::Digest;
     let config_name = format!("{}.json", hex::encode(sha2::Sha256::digest(config)));
-    let layer_names: Vec<String> = layers.iter().map(|l| format!("{}.tar.gz", hex_of(&l.digest))).collect();
-    let manifest = vec![ArchiveManifest { config: config_name.clone(), repo_tags, layers: layer_names.clone() }];
+    let layer_names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}.tar.gz", hex_of(&l.digest)))
+        .collect();
+    let manifest = vec![ArchiveManifest {
+        config: config_name.clone(),
+        repo_tags,
+        layers: layer_names.clone(),
+    }];
     let manifest = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
 
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
     append_bytes(&mut tar, &config_name, config)?;
@@ -109,7 +143,10 @@ pub fn write_docker_archive(path: &Path, config: &[u8], layers: &[ArchiveLayer],
     tar.into_inner()?.flush()?;
     tmp.as_file().sync_all()?;
     // NamedTempFile is private (0600); an output file is for the pipeline's next step to read.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -127,7 +164,11 @@ fn file_header(size: u64) -> tar::Header {
     header
 }
 
-fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
     let mut header = file_header(data.len() as u64);
     tar.append_data(&mut header, name, data)
 }
@@ -139,14 +180,23 @@ mod tests {
     #[test]
     fn digest_files() {
         let dests = vec!["127.0.0.1:5000/a/b:v1".to_string(), "reg/c".to_string()];
-        assert_eq!(names_with_digest(&dests, "sha256:x"), "127.0.0.1:5000/a/b@sha256:x\nreg/c@sha256:x\n");
-        assert_eq!(names_tag_with_digest(&dests, "sha256:x"), "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n");
+        assert_eq!(
+            names_with_digest(&dests, "sha256:x"),
+            "127.0.0.1:5000/a/b@sha256:x\nreg/c@sha256:x\n"
+        );
+        assert_eq!(
+            names_tag_with_digest(&dests, "sha256:x"),
+            "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n"
+        );
     }
 
     #[test]
     fn termination_json_is_compact() {
         let refs = vec!["r/a:1@sha256:x".to_string()];
-        assert_eq!(termination_message("sha256:x", &refs), r#"{"digest":"sha256:x","references":["r/a:1@sha256:x"]}"#);
+        assert_eq!(
+            termination_message("sha256:x", &refs),
+            r#"{"digest":"sha256:x","references":["r/a:1@sha256:x"]}"#
+        );
     }
 
     #[test]
@@ -158,13 +208,23 @@ mod tests {
         let present = dir.path().join("termination-log");
         std::fs::write(&present, "").unwrap();
         assert!(write_termination_log(&present, "sha256:x", &[]).unwrap());
-        assert_eq!(std::fs::read_to_string(&present).unwrap(), r#"{"digest":"sha256:x","references":[]}"#);
+        assert_eq!(
+            std::fs::read_to_string(&present).unwrap(),
+            r#"{"digest":"sha256:x","references":[]}"#
+        );
     }
 
     #[test]
     fn repo_tags_default_to_latest() {
-        let dests = vec!["reg:5000/a/b".to_string(), "reg:5000/a/c:v2".to_string(), "reg/d@sha256:abc".to_string()];
-        assert_eq!(repo_tags(&dests), vec!["reg:5000/a/b:latest", "reg:5000/a/c:v2"]);
+        let dests = vec![
+            "reg:5000/a/b".to_string(),
+            "reg:5000/a/c:v2".to_string(),
+            "reg/d@sha256:abc".to_string(),
+        ];
+        assert_eq!(
+            repo_tags(&dests),
+            vec!["reg:5000/a/b:latest", "reg:5000/a/c:v2"]
+        );
     }
 
     #[test]
@@ -173,7 +233,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blob = dir.path().join("blob");
         std::fs::write(&blob, b"layer-bytes").unwrap();
-        let layers = vec![ArchiveLayer { digest: "sha256:aa".into(), path: blob }];
+        let layers = vec![ArchiveLayer {
+            digest: "sha256:aa".into(),
+            path: blob,
+        }];
         let out = dir.path().join("image.tar");
         write_docker_archive(&out, b"{}", &layers, &["r/a:1".to_string()]).unwrap();
         let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
@@ -189,7 +252,9 @@ mod tests {
         assert_eq!(entries[config_name], "{}");
         assert_eq!(
             entries["manifest.json"],
-            format!(r#"[{{"Config":"{config_name}","RepoTags":["r/a:1"],"Layers":["aa.tar.gz"]}}]"#)
+            format!(
+                r#"[{{"Config":"{config_name}","RepoTags":["r/a:1"],"Layers":["aa.tar.gz"]}}]"#
+            )
         );
     }
 }

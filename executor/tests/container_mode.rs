@@ -20,7 +20,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{diff_trees, fetch_rootfs, registry, repo_root, run_bounded, run_ok, scan_tree, tail};
+use support::{
+    diff_trees, fetch_rootfs, registry, repo_root, run_bounded, run_ok, scan_tree, tail,
+};
 
 /// The static release build plus the image build; generous because 2 cores are shared.
 const IMAGE_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
@@ -29,7 +31,10 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 fn podman_flags() -> Vec<String> {
     match std::env::var("KILN_PODMAN_FLAGS") {
         Ok(v) if !v.trim().is_empty() => v.split_whitespace().map(str::to_string).collect(),
-        _ => support::PODMAN_FLAGS.iter().map(|s| s.to_string()).collect(),
+        _ => support::PODMAN_FLAGS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     }
 }
 
@@ -68,11 +73,17 @@ fn build_executor_image(reg: &str) -> String {
     let image = format!("{reg}/e2e/kiln-executor:test");
     let script = repo_root().join("scripts/build-executor-image.sh");
     let out = run_ok(
-        Command::new("bash").arg(&script).args(["--destination", &image, "--insecure"]),
+        Command::new("bash")
+            .arg(&script)
+            .args(["--destination", &image, "--insecure"]),
         IMAGE_BUILD_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("building the executor image failed: {e}"));
-    assert!(out.stdout.trim().starts_with("sha256:"), "the script printed no digest: {}", tail(&out.stdout, 500));
+    assert!(
+        out.stdout.trim().starts_with("sha256:"),
+        "the script printed no digest: {}",
+        tail(&out.stdout, 500)
+    );
     image
 }
 
@@ -84,7 +95,13 @@ fn flatten(image: &str, dir: &Path, tag: &str) -> Result<std::path::PathBuf, sup
 
 fn registry_digest(image: &str) -> String {
     let out = run_ok(
-        Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{image}")]),
+        Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{image}"),
+        ]),
         Duration::from_secs(60),
     )
     .unwrap_or_else(|e| panic!("skopeo inspect {image}: {e}"));
@@ -94,7 +111,10 @@ fn registry_digest(image: &str) -> String {
 #[test]
 fn executor_image_builds_in_podman_like_in_a_pod() {
     let reg = registry();
-    let work = tempfile::Builder::new().prefix("kiln-podmode-").tempdir().expect("temp dir");
+    let work = tempfile::Builder::new()
+        .prefix("kiln-podmode-")
+        .tempdir()
+        .expect("temp dir");
     let context = work.path().join("context");
     write_context(&context, &reg);
 
@@ -102,24 +122,56 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
 
     // The executor image itself: entrypoint, the container signal, nothing but /kiln, /kaniko, /etc.
     let config = support::image_config(&executor_image).expect("executor image config");
-    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/kiln/executor"]), "{config}");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/kiln/executor"]),
+        "{config}"
+    );
     let env = config["config"]["Env"].to_string();
-    assert!(env.contains("KILN_CONTAINER=1") && env.contains("DOCKER_CONFIG=/kiln/.docker"), "{env}");
-    let exec_root = flatten(&executor_image, &work.path().join("exec-image"), "exec").expect("flatten executor image");
+    assert!(
+        env.contains("KILN_CONTAINER=1") && env.contains("DOCKER_CONFIG=/kiln/.docker"),
+        "{env}"
+    );
+    let exec_root = flatten(&executor_image, &work.path().join("exec-image"), "exec")
+        .expect("flatten executor image");
     let exec_tree = scan_tree(&exec_root).expect("scan executor image");
-    for path in ["/kiln/executor", "/kiln/warmer", "/kiln/ssl/certs/ca-certificates.crt", "/kaniko/executor", "/workspace"] {
-        assert!(exec_tree.contains_key(path), "{path} missing from the executor image: {:?}", exec_tree.keys());
+    for path in [
+        "/kiln/executor",
+        "/kiln/warmer",
+        "/kiln/ssl/certs/ca-certificates.crt",
+        "/kaniko/executor",
+        "/workspace",
+    ] {
+        assert!(
+            exec_tree.contains_key(path),
+            "{path} missing from the executor image: {:?}",
+            exec_tree.keys()
+        );
     }
     let exec_size: u64 = exec_tree
         .values()
-        .map(|e| if let support::Kind::File { size, .. } = e.kind { size } else { 0 })
+        .map(|e| {
+            if let support::Kind::File { size, .. } = e.kind {
+                size
+            } else {
+                0
+            }
+        })
         .sum();
-    eprintln!("executor image: {} entries, {} bytes of files", exec_tree.len(), exec_size);
+    eprintln!(
+        "executor image: {} entries, {} bytes of files",
+        exec_tree.len(),
+        exec_size
+    );
 
     // Inside podman, as a Pod: context, read-only docker config, termination log, an output volume.
     let docker_config = work.path().join("config.json");
     // Credentials for a registry this build never talks to: they must be read, never leak into the image.
-    fs::write(&docker_config, r#"{"auths":{"registry.invalid":{"auth":"dXNlcjpzZWNyZXQ="}}}"#).expect("write docker config");
+    fs::write(
+        &docker_config,
+        r#"{"auths":{"registry.invalid":{"auth":"dXNlcjpzZWNyZXQ="}}}"#,
+    )
+    .expect("write docker config");
     let termination = work.path().join("termination-log");
     fs::write(&termination, "").expect("create termination log");
     let output = work.path().join("output");
@@ -127,18 +179,39 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     let in_pod = format!("{reg}/e2e/inpod:latest");
     let run = run_bounded(
         podman()
-            .args(["run", "--rm", "--network", "host", "--tls-verify=false", "--pull=always"])
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "host",
+                "--tls-verify=false",
+                "--pull=always",
+            ])
             .arg("-v")
             .arg(format!("{}:/workspace:ro", context.display()))
             .arg("-v")
-            .arg(format!("{}:/kiln/.docker/config.json:ro", docker_config.display()))
+            .arg(format!(
+                "{}:/kiln/.docker/config.json:ro",
+                docker_config.display()
+            ))
             .arg("-v")
             .arg(format!("{}:/dev/termination-log", termination.display()))
             .arg("-v")
             .arg(format!("{}:/output", output.display()))
             .arg(&executor_image)
-            .args(["--context", "dir:///workspace", "--dockerfile", "/workspace/Dockerfile"])
-            .args(["--destination", &in_pod, "--insecure", "--tar-path", "/output/image.tar"]),
+            .args([
+                "--context",
+                "dir:///workspace",
+                "--dockerfile",
+                "/workspace/Dockerfile",
+            ])
+            .args([
+                "--destination",
+                &in_pod,
+                "--insecure",
+                "--tar-path",
+                "/output/image.tar",
+            ]),
         BUILD_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("podman run of the executor image: {e}"));
@@ -149,21 +222,38 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
         tail(&run.stderr, 4000),
         tail(&run.stdout, 1000)
     );
-    eprintln!("--- executor log inside podman ---\n{}", tail(&run.stderr, 6000));
-    assert!(run.stderr.contains("cleared /"), "the build did not run in place: {}", tail(&run.stderr, 3000));
+    eprintln!(
+        "--- executor log inside podman ---\n{}",
+        tail(&run.stderr, 6000)
+    );
+    assert!(
+        run.stderr.contains("cleared /"),
+        "the build did not run in place: {}",
+        tail(&run.stderr, 3000)
+    );
 
     // The termination message names exactly the pushed digest.
     let pushed = registry_digest(&in_pod);
-    let message: serde_json::Value = serde_json::from_str(&fs::read_to_string(&termination).expect("read termination log"))
-        .unwrap_or_else(|e| panic!("termination log is not JSON: {e}"));
-    assert_eq!(message, serde_json::json!({"digest": pushed, "references": [format!("{in_pod}@{pushed}")]}));
+    let message: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&termination).expect("read termination log"))
+            .unwrap_or_else(|e| panic!("termination log is not JSON: {e}"));
+    assert_eq!(
+        message,
+        serde_json::json!({"digest": pushed, "references": [format!("{in_pod}@{pushed}")]})
+    );
 
     // The same Dockerfile outside a container, in a private root.
     let chroot_ref = format!("{reg}/e2e/inpod:chroot");
     run_ok(
         Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
             .env_remove("KILN_CONTAINER")
-            .args(["--isolation", "chroot", "--insecure", "--destination", &chroot_ref])
+            .args([
+                "--isolation",
+                "chroot",
+                "--insecure",
+                "--destination",
+                &chroot_ref,
+            ])
             .arg("--context")
             .arg(format!("dir://{}", context.display()))
             .arg("--dockerfile")
@@ -172,32 +262,70 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     )
     .unwrap_or_else(|e| panic!("chroot build: {e}"));
 
-    let in_pod_root = flatten(&in_pod, &work.path().join("inpod"), "inpod").expect("flatten in-pod image");
-    let chroot_root = flatten(&chroot_ref, &work.path().join("chroot"), "chroot").expect("flatten chroot image");
+    let in_pod_root =
+        flatten(&in_pod, &work.path().join("inpod"), "inpod").expect("flatten in-pod image");
+    let chroot_root =
+        flatten(&chroot_ref, &work.path().join("chroot"), "chroot").expect("flatten chroot image");
     let in_pod_tree = scan_tree(&in_pod_root).expect("scan in-pod image");
     let chroot_tree = scan_tree(&chroot_root).expect("scan chroot image");
     let diffs = diff_trees(&chroot_tree, &in_pod_tree, &[]);
-    assert!(diffs.is_empty(), "in-pod image differs from the chroot build (expected = chroot):\n{}", diffs.join("\n"));
-    for path in ["/kiln", "/kaniko", "/workspace", "/output", "/kiln/.docker/config.json", "/dev/termination-log"] {
-        assert!(!in_pod_tree.contains_key(path), "{path} leaked into the image built in place");
+    assert!(
+        diffs.is_empty(),
+        "in-pod image differs from the chroot build (expected = chroot):\n{}",
+        diffs.join("\n")
+    );
+    for path in [
+        "/kiln",
+        "/kaniko",
+        "/workspace",
+        "/output",
+        "/kiln/.docker/config.json",
+        "/dev/termination-log",
+    ] {
+        assert!(
+            !in_pod_tree.contains_key(path),
+            "{path} leaked into the image built in place"
+        );
     }
-    for path in ["/app/greeting", "/app/hello.txt", "/app/link", "/combined", "/var/lib/made"] {
-        assert!(in_pod_tree.contains_key(path), "{path} missing from the image built in place");
+    for path in [
+        "/app/greeting",
+        "/app/hello.txt",
+        "/app/link",
+        "/combined",
+        "/var/lib/made",
+    ] {
+        assert!(
+            in_pod_tree.contains_key(path),
+            "{path} missing from the image built in place"
+        );
     }
 
     // --tar-path: podman loads the archive and runs it.
     let archive = output.join("image.tar");
-    assert!(archive.is_file(), "--tar-path wrote nothing at {}", archive.display());
-    let loaded = run_ok(podman().arg("load").arg("-i").arg(&archive), Duration::from_secs(180))
-        .unwrap_or_else(|e| panic!("podman load of the --tar-path archive: {e}"));
+    assert!(
+        archive.is_file(),
+        "--tar-path wrote nothing at {}",
+        archive.display()
+    );
+    let loaded = run_ok(
+        podman().arg("load").arg("-i").arg(&archive),
+        Duration::from_secs(180),
+    )
+    .unwrap_or_else(|e| panic!("podman load of the --tar-path archive: {e}"));
     assert!(
         loaded.stdout.contains("e2e/inpod:latest") || loaded.stderr.contains("e2e/inpod:latest"),
         "podman load did not report the tag: {} {}",
         loaded.stdout,
         loaded.stderr
     );
-    let ran = run_ok(podman().args(["run", "--rm", "--network", "host", "--pull=never", &in_pod]), Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("podman run of the loaded image: {e}"));
+    let ran = run_ok(
+        podman().args(["run", "--rm", "--network", "host", "--pull=never", &in_pod]),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("podman run of the loaded image: {e}"));
     assert_eq!(ran.stdout, "built\nhello from the context\n");
-    let _ = run_bounded(podman().args(["rmi", "-f", &in_pod, &executor_image]), Duration::from_secs(60));
+    let _ = run_bounded(
+        podman().args(["rmi", "-f", &in_pod, &executor_image]),
+        Duration::from_secs(60),
+    );
 }
