@@ -44,7 +44,8 @@ fn podman() -> Command {
     cmd
 }
 
-/// The Dockerfile built both ways: a RUN, a COPY from the context, and a multi-stage COPY --from.
+/// The Dockerfile built both ways: a RUN, a COPY from the context, a stage FROM an earlier stage,
+/// and COPY --from two earlier stages (both must be moved aside before `/` is cleared).
 fn dockerfile(reg: &str) -> String {
     format!(
         r#"FROM {reg}/kiln-test/busybox:latest AS builder
@@ -52,8 +53,12 @@ RUN mkdir -p /out/sub && echo built > /out/greeting && chmod 0640 /out/greeting 
  && ln -s greeting /out/link && chown 1000:1000 /out/sub
 COPY hello.txt /out/hello.txt
 
+FROM builder AS extended
+RUN echo extended > /out/extended && rm /out/link
+
 FROM {reg}/kiln-test/busybox:latest
 COPY --from=builder /out/ /app/
+COPY --from=extended /out/extended /app/extended
 COPY hello.txt /hello.txt
 RUN cat /app/greeting /hello.txt > /combined && echo "app:x:1234:1234::/app:/bin/sh" >> /etc/passwd \
  && rm -rf /tmp/* && mkdir -p /var/lib/made
