@@ -177,7 +177,7 @@ check() {
   expect_rendered "the lease permissions" 'coordination.k8s.io' "$out"
   if grep -q '^kind: ServiceMonitor$' <<<"$out"; then die "ServiceMonitor rendered although disabled"; fi
   if grep -q 'watch-namespace' <<<"$out"; then die "--watch-namespace rendered although watchNamespaces is empty"; fi
-  expect_rendered "a single replica ready on /readyz" 'path: /readyz' "$(sed -n '/readinessProbe:/,/port:/p' <<<"$out")"
+  expect_rendered "readiness on /readyz" 'path: /readyz' "$(sed -n '/readinessProbe:/,/port:/p' <<<"$out")"
 
   log "helm template with tests/values-full.yaml"
   out="$(template -f "$CHART/tests/values-full.yaml")"
@@ -187,11 +187,13 @@ check() {
   expect_rendered "a Role per watched namespace" '^  namespace: team-b$' "$out"
   expect_rendered "the watched namespace flag" '--watch-namespace=team-a' "$out"
   if grep -q '^kind: ClusterRole$' <<<"$out"; then die "ClusterRole rendered although watchNamespaces is set"; fi
-  [[ "$(grep -c '^kind: Deployment$' <<<"$out")" == 2 ]] ||
-    die "expected one operator Deployment per watched namespace (2)"
+  [[ "$(grep -c '^kind: Deployment$' <<<"$out")" == 1 ]] ||
+    die "expected one operator Deployment for all watched namespaces"
+  expect_rendered "the second watched namespace flag" '--watch-namespace=team-b' "$out"
+  [[ "$(grep -c -- '--leader-lease=' <<<"$out")" == 1 ]] || die "expected one leader-election Lease"
   [[ "$(grep -c '^kind: Role$' <<<"$out")" == 3 ]] ||
     die "expected a Role per watched namespace (2) and one for the leader-election Leases"
-  expect_rendered "standby replicas ready on /healthz" 'path: /healthz' "$(sed -n '/readinessProbe:/,/port:/p' <<<"$out")"
+  expect_rendered "standby replicas ready on /readyz too" 'path: /readyz' "$(sed -n '/readinessProbe:/,/port:/p' <<<"$out")"
 
   log "helm template with a single watched namespace and leader election off"
   out="$(template --set 'watchNamespaces={builds}' --set leaderElection.enabled=false --set replicaCount=1)"

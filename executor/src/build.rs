@@ -4,10 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::cache::base::BaseImageCache;
+use crate::cache::key::{base_image_key, scratch_key, FileDigest, StepInput};
+use crate::cache::layer::{CacheHit, CacheRepo, LayerCache, NewLayer};
 use crate::cli::{IsolationFlag, Options};
 use crate::commands::{self, CopySource, Outcome, StageState};
 use crate::context::BuildContext;
@@ -53,7 +57,7 @@ pub enum BuildError {
         digest: String,
         image: String,
         #[source]
-        source: crate::unpack::UnpackError,
+        source: Box<crate::unpack::UnpackError>,
     },
     #[error("snapshotting the filesystem: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
@@ -128,7 +132,16 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
         None => Platform::default(),
     };
-    let registry = Registry::new(registry_options(opts, platform.clone()))?;
+    let registry = Arc::new(Registry::new(registry_options(opts, platform.clone()))?);
+    let ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
+    let layer_cache = layer_cache(opts, &registry, ttl, &platform)?;
+    let base_cache = opts.cache_dir.as_deref().and_then(|dir| match BaseImageCache::open(Path::new(dir), ttl) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            warn!("--cache-dir {dir}: {e}; base images are pulled from their registries");
+            None
+        }
+    });
     let mut builder = Builder {
         opts,
         parsed: &parsed,
@@ -142,9 +155,18 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         built: HashMap::new(),
         remote_roots: HashMap::new(),
         layer_opts: LayerOptions { reproducible: opts.reproducible, ..Default::default() },
+        layer_cache,
+        base_cache,
+        lookups: HashMap::new(),
+        pending_stores: Vec::new(),
+        stats: CacheStats::default(),
+        stage_keys: HashMap::new(),
+        remote_layers: HashMap::new(),
+        target: 0,
     };
     let started = Instant::now();
     let target = builder.target_index()?;
+    builder.target = target;
     let plan = builder.plan(target)?;
     info!(stages = plan.len(), "building {} stage(s) from {}", plan.len(), dockerfile_path.display());
     for &index in &plan {
@@ -153,7 +175,12 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         builder.built.insert(index, stage);
     }
     let final_stage = builder.built.remove(&target).ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
-    let result = builder.write_outputs(final_stage)?;
+    let result = builder.write_outputs(final_stage);
+    builder.finish_cache_stores();
+    if builder.layer_cache.is_some() {
+        info!("cache: {} hits, {} misses", builder.stats.hits, builder.stats.misses);
+    }
+    let result = result?;
     info!("built {} in {:.2}s", result.digest, started.elapsed().as_secs_f64());
     write_result_files(opts, &result)?;
     Ok(result)
@@ -244,6 +271,9 @@ fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
         skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
         skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
         mirrors: opts.registry_mirrors.clone(),
+        registry_maps: opts.registry_map.clone(),
+        push_retries: opts.push_retry.unwrap_or(0),
+        pull_retries: opts.image_download_retry.unwrap_or(0),
         platform,
         ..Default::default()
     }
@@ -263,6 +293,60 @@ struct Builder<'a> {
     /// Roots of images unpacked for `COPY --from=<image>`, by reference.
     remote_roots: HashMap<String, PathBuf>,
     layer_opts: LayerOptions,
+    /// The layer cache, with `--cache` (and not `--single-snapshot`).
+    layer_cache: Option<Arc<LayerCache>>,
+    /// The base-image cache volume, with `--cache-dir`.
+    base_cache: Option<BaseImageCache>,
+    /// Layer-cache lookups already made, by key (the skip-base probe and the build share them).
+    lookups: HashMap<String, Option<CacheHit>>,
+    /// Background pushes of new cache entries, awaited before the build ends.
+    pending_stores: Vec<std::thread::JoinHandle<()>>,
+    stats: CacheStats,
+    /// The last step key of every built stage (the base identity of stages built FROM it).
+    stage_keys: HashMap<usize, String>,
+    /// Layers of the image that were not downloaded (base layers of a build that did not need
+    /// them, cache hits): digest → reference of a repository holding the blob.
+    remote_layers: HashMap<String, String>,
+    target: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CacheStats {
+    hits: usize,
+    misses: usize,
+}
+
+/// The layer cache the flags ask for, if any.
+fn layer_cache(
+    opts: &Options,
+    registry: &Arc<Registry>,
+    ttl: Duration,
+    platform: &Platform,
+) -> Result<Option<Arc<LayerCache>>, BuildError> {
+    if !opts.cache {
+        return Ok(None);
+    }
+    if opts.single_snapshot {
+        warn!("--cache is ignored with --single-snapshot: there are no per-step layers to cache");
+        return Ok(None);
+    }
+    let repo = CacheRepo::from_flags(opts.cache_repo.as_deref(), &opts.destinations).ok_or_else(|| {
+        BuildError::Usage("--cache needs a cache repository: pass --cache-repo (a repository or oci:/path) or a --destination".into())
+    })?;
+    let cache = LayerCache::new(repo, registry.clone(), ttl, platform.clone());
+    info!("layer cache: {}", cache.describe());
+    Ok(Some(Arc::new(cache)))
+}
+
+/// How the layer cache treats a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cacheable {
+    /// Looked up, and stored on a miss.
+    Yes,
+    /// RUN/COPY/ADD whose caching is turned off by a flag.
+    Disabled,
+    /// Metadata steps (and WORKDIR): not cached, but part of the key chain.
+    No,
 }
 
 impl<'a> Builder<'a> {
@@ -372,6 +456,9 @@ impl<'a> Builder<'a> {
         let base = self.expand_from(stage)?;
         info!("[{label}] FROM {base}");
         let started = Instant::now();
+        if let Some(built) = self.try_skip_base(index, stage, &base, &label)? {
+            return Ok(built);
+        }
         let root = self.work_dir.join(format!("stages/{index}/rootfs"));
         let (root, config, layers) = if self.isolation == Isolation::InPlace {
             self.prepare_in_place(&base, index, stage)?
@@ -381,40 +468,18 @@ impl<'a> Builder<'a> {
             (root, config, layers)
         };
         info!("[{label}] base ready in {}", secs(started.elapsed()));
+        let mut prev_key = self.base_key(&base, index, &config, &layers);
 
-        let scratch = self.work_dir.join(format!("stages/{index}/scratch"));
-        std::fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
-        let mut state = StageState {
-            root: root.clone(),
-            isolation: self.isolation,
-            config,
-            args: BTreeMap::new(),
-            build_args: self.build_args.clone(),
-            meta_args: self.meta_args(),
-            escape: self.parsed.escape,
-            cmd_set: false,
-            scratch,
-        };
-        state.config.created = None;
-        // BuildKit and buildah give every image without a PATH the default one.
-        if state.config.env_value("PATH").is_none() {
-            state.config.set_env("PATH", crate::run::DEFAULT_PATH);
-        }
+        let mut state = self.stage_state(index, root.clone(), config)?;
         let mut layers = layers;
         let ignore = self.ignore_paths();
-        let mut snapshotter = if keep_layers { Some(Snapshotter::new(&root, ignore)?) } else { None };
+        // A stage kept only for `COPY --from` is snapshotted too when caching, so its steps can be
+        // stored and hit like any other (builder stages are where the expensive RUNs are).
+        let mut snapshotter =
+            if keep_layers || self.layer_cache.is_some() { Some(Snapshotter::new(&root, ignore)?) } else { None };
         let layer_dir = self.work_dir.join("layers");
         std::fs::create_dir_all(&layer_dir).map_err(io_err(format!("creating {}", layer_dir.display())))?;
-
-        // ONBUILD triggers of the base run first, then are dropped from the new image.
-        let triggers = state.config.config.on_build.take().unwrap_or_default();
-        let mut steps: Vec<Located> = Vec::new();
-        for trigger in &triggers {
-            let located = dockerfile::parse_instruction(trigger, stage.line, self.parsed.escape)
-                .map_err(|source| BuildError::Parse { path: format!("ONBUILD trigger {trigger:?} of {base}"), source })?;
-            steps.push(located);
-        }
-        steps.extend(stage.instructions.iter().cloned());
+        let steps = self.stage_steps(stage, &base, &mut state)?;
 
         let mut pending_single_snapshot = false;
         for (n, located) in steps.iter().enumerate() {
@@ -422,6 +487,37 @@ impl<'a> Builder<'a> {
             let text = located.original.trim().to_string();
             info!("[{label}] step {}/{}: {}", n + 1, steps.len(), text);
             let copy_source = self.copy_source(&located.instruction, index)?;
+            let cacheable = self.cacheable(&located.instruction);
+            let key = match &self.layer_cache {
+                Some(_) => Some(self.step_key(&prev_key, located, &state, copy_source.as_ref())?),
+                None => None,
+            };
+            let hit = match (&key, cacheable) {
+                (Some(key), Cacheable::Yes) => self.lookup(key),
+                _ => None,
+            };
+            if let (Some(hit), Some(key)) = (hit, &key) {
+                let note = self.apply_hit(&hit, &root, &mut layers)?;
+                if let Some(snap) = snapshotter.as_mut() {
+                    snap.refresh()?;
+                }
+                if keep_layers {
+                    state.config.history.push(self.history(&text, hit.layer.is_none()));
+                }
+                self.stats.hits += 1;
+                info!("[{label}] step {}/{} done in {} (cache hit, {note})", n + 1, steps.len(), secs(step_started.elapsed()));
+                prev_key = key.clone();
+                continue;
+            }
+            let cache_note = match (&key, cacheable) {
+                (Some(_), Cacheable::Yes) => {
+                    self.stats.misses += 1;
+                    "cache miss, "
+                }
+                (Some(_), Cacheable::Disabled) => "not cacheable (disabled by flag), ",
+                (Some(_), Cacheable::No) => "not cacheable, ",
+                (None, _) => "",
+            };
             let source = match &copy_source {
                 Some(SourceRef::Context) => Some(CopySource::Context(self.context)),
                 Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
@@ -434,6 +530,7 @@ impl<'a> Builder<'a> {
             })?;
             let mut layer_note = String::from("no layer");
             let mut empty_layer = true;
+            let mut new_layer = None;
             if outcome == Outcome::Filesystem {
                 if let Some(snap) = snapshotter.as_mut() {
                     if self.opts.single_snapshot {
@@ -441,6 +538,13 @@ impl<'a> Builder<'a> {
                         layer_note = "snapshot deferred (--single-snapshot)".into();
                     } else if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
                         layer_note = format!("layer {} ({})", short(&layer.digest), human(layer.size));
+                        new_layer = Some(NewLayer {
+                            path: layer.path.clone(),
+                            digest: layer.digest.clone(),
+                            diff_id: layer.diff_id.clone(),
+                            size: layer.size,
+                            media_type: layer.media_type.clone(),
+                        });
                         layers.push(ImageLayer {
                             digest: layer.digest,
                             diff_id: layer.diff_id,
@@ -454,10 +558,20 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
+            if let (Some(key), Cacheable::Yes) = (&key, cacheable) {
+                // Only a snapshotted step has a known result to store (a stage kept just for
+                // `COPY --from` is not snapshotted).
+                if snapshotter.is_some() && outcome == Outcome::Filesystem {
+                    self.store_in_background(key, new_layer, &text);
+                }
+            }
             if keep_layers && !(self.opts.single_snapshot && outcome == Outcome::Filesystem) {
                 state.config.history.push(self.history(&text, empty_layer));
             }
-            info!("[{label}] step {}/{} done in {} ({layer_note})", n + 1, steps.len(), secs(step_started.elapsed()));
+            info!("[{label}] step {}/{} done in {} ({cache_note}{layer_note})", n + 1, steps.len(), secs(step_started.elapsed()));
+            if let Some(key) = key {
+                prev_key = key;
+            }
         }
         if pending_single_snapshot {
             if let Some(snap) = snapshotter.as_mut() {
@@ -474,8 +588,430 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        self.stage_keys.insert(index, prev_key);
         // A stage's ARGs are not part of the image; the config keeps only what the image needs.
         Ok(BuiltStage { root, config: state.config, layers })
+    }
+
+    /// The state a stage's steps start from, over `root` with the base's config.
+    fn stage_state(&self, index: usize, root: PathBuf, config: ImageConfig) -> Result<StageState, BuildError> {
+        let scratch = self.work_dir.join(format!("stages/{index}/scratch"));
+        std::fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
+        let mut state = StageState {
+            root,
+            isolation: self.isolation,
+            config,
+            args: BTreeMap::new(),
+            build_args: self.build_args.clone(),
+            meta_args: self.meta_args(),
+            escape: self.parsed.escape,
+            cmd_set: false,
+            scratch,
+        };
+        state.config.created = None;
+        // BuildKit and buildah give every image without a PATH the default one.
+        if state.config.env_value("PATH").is_none() {
+            state.config.set_env("PATH", crate::run::DEFAULT_PATH);
+        }
+        Ok(state)
+    }
+
+    /// The steps of a stage: the base's ONBUILD triggers first (then dropped from the new
+    /// image), then the stage's own instructions.
+    fn stage_steps(&self, stage: &Stage, base: &str, state: &mut StageState) -> Result<Vec<Located>, BuildError> {
+        let triggers = state.config.config.on_build.take().unwrap_or_default();
+        let mut steps: Vec<Located> = Vec::new();
+        for trigger in &triggers {
+            let located = dockerfile::parse_instruction(trigger, stage.line, self.parsed.escape)
+                .map_err(|source| BuildError::Parse { path: format!("ONBUILD trigger {trigger:?} of {base}"), source })?;
+            steps.push(located);
+        }
+        steps.extend(stage.instructions.iter().cloned());
+        Ok(steps)
+    }
+
+    /// The first link of a stage's key chain: a constant for scratch, the parent stage's last
+    /// key, or the base image's identity (config without timestamps, layer digests).
+    fn base_key(&self, base: &str, index: usize, config: &ImageConfig, layers: &[ImageLayer]) -> String {
+        if base.eq_ignore_ascii_case("scratch") {
+            return scratch_key();
+        }
+        if let Some(parent) = self.stage_ref(base, index) {
+            if let Some(key) = self.stage_keys.get(&parent) {
+                return key.clone();
+            }
+        }
+        let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        base_image_key(config, &digests)
+    }
+
+    fn cacheable(&self, instruction: &Instruction) -> Cacheable {
+        match instruction {
+            Instruction::Run(_) if self.opts.cache_run_layers => Cacheable::Yes,
+            Instruction::Copy(_) | Instruction::Add(_) if self.opts.cache_copy_layers => Cacheable::Yes,
+            Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => Cacheable::Disabled,
+            _ => Cacheable::No,
+        }
+    }
+
+    /// A step's cache key (see [`crate::cache::key`]). What goes in besides the chain: for RUN
+    /// the command as written (the shell expands it) and the variables it runs with; for
+    /// COPY/ADD the expanded arguments and the files they read; for metadata steps the text
+    /// only, since later steps hash the config they see themselves.
+    fn step_key(
+        &self,
+        previous: &str,
+        located: &Located,
+        state: &StageState,
+        source: Option<&SourceRef>,
+    ) -> Result<String, BuildError> {
+        let step_err = |e: commands::CommandError| BuildError::Step {
+            line: located.line,
+            instruction: located.original.trim().to_string(),
+            source: e,
+        };
+        let mut input = StepInput {
+            previous: previous.to_string(),
+            user: state.config.config.user.clone().unwrap_or_default(),
+            workdir: state.workdir(),
+            shell: state.shell(),
+            ..Default::default()
+        };
+        match &located.instruction {
+            Instruction::Run(args) => {
+                input.instruction = format!("RUN {}", serde_json::to_string(args).unwrap_or_default());
+                input.visible_env = state.run_env();
+            }
+            Instruction::Copy(args) | Instruction::Add(args) => {
+                let is_add = matches!(located.instruction, Instruction::Add(_));
+                let expand_opt = |v: &Option<String>| -> Result<Option<String>, BuildError> {
+                    v.as_ref().map(|t| state.expand(t)).transpose().map_err(step_err)
+                };
+                let mut files = FileDigest::new(matches!(source, Some(SourceRef::Root(_))));
+                let mut origin_sources = Vec::new();
+                for raw in &args.sources {
+                    if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
+                        // The copy writes the heredoc with variables expanded as the step sees them.
+                        let content = if doc.expand { expand_for_key(state, &doc.content) } else { doc.content.clone() };
+                        files.add_inline(&doc.name, &content);
+                    } else {
+                        origin_sources.push(state.expand(raw).map_err(step_err)?);
+                    }
+                }
+                match source {
+                    Some(SourceRef::Context) if !origin_sources.is_empty() => {
+                        let ctx = self.context;
+                        match ctx.resolve_sources(&origin_sources) {
+                            Ok(paths) => {
+                                let excluded = |p: &Path| ctx.is_excluded_host(p);
+                                for path in paths {
+                                    files.add_source(ctx.root(), &path, &excluded).map_err(|e| BuildError::Io {
+                                        what: format!("line {}: {}", located.line, e),
+                                        source: std::io::Error::other("cache key"),
+                                    })?;
+                                }
+                            }
+                            // The step itself reports the missing source when it runs.
+                            Err(e) => files.add_inline("unresolved", &e.to_string()),
+                        }
+                    }
+                    Some(SourceRef::Root(root)) => {
+                        let name = if is_add { "ADD" } else { "COPY" };
+                        for src in &origin_sources {
+                            match commands::copy::resolve_root_source(root, src, name) {
+                                Ok(paths) => {
+                                    for path in paths {
+                                        files.add_source(root, &path, &|_: &Path| false).map_err(|e| BuildError::Io {
+                                            what: format!("line {}: {}", located.line, e),
+                                            source: std::io::Error::other("cache key"),
+                                        })?;
+                                    }
+                                }
+                                Err(e) => files.add_inline("unresolved", &e.to_string()),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                let expanded = serde_json::json!({
+                    "kind": if is_add { "ADD" } else { "COPY" },
+                    "sources": origin_sources,
+                    "dest": state.in_image_path(&state.expand(&args.dest).map_err(step_err)?),
+                    "from": args.from,
+                    "chown": expand_opt(&args.chown)?,
+                    "chmod": expand_opt(&args.chmod)?,
+                    "link": args.link,
+                    "checksum": args.checksum,
+                    "keep_git_dir": args.keep_git_dir,
+                    "exclude": args.exclude,
+                    "parents": args.parents,
+                });
+                input.instruction = expanded.to_string();
+                input.files = Some(files.finish());
+            }
+            _ => input.instruction = located.original.trim().to_string(),
+        }
+        Ok(input.key())
+    }
+
+    /// Look a key up in the layer cache (once per build); any cache error is a warning and a miss.
+    fn lookup(&mut self, key: &str) -> Option<CacheHit> {
+        if let Some(known) = self.lookups.get(key) {
+            return known.clone();
+        }
+        let cache = self.layer_cache.clone()?;
+        let found = match self.runtime.block_on(cache.lookup(key)) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!("layer cache lookup of {} failed, running the step: {e}", short_key(key));
+                None
+            }
+        };
+        self.lookups.insert(key.to_string(), found.clone());
+        found
+    }
+
+    /// Apply a cache hit over `root`: fetch the layer (verified), unpack it, and add it to the
+    /// image as is (no re-compression: its digest and diff_id are known). Returns a log note.
+    fn apply_hit(&mut self, hit: &CacheHit, root: &Path, layers: &mut Vec<ImageLayer>) -> Result<String, BuildError> {
+        let Some(layer) = &hit.layer else { return Ok("no changes".into()) };
+        let cache = self.layer_cache.clone().ok_or_else(|| BuildError::Usage("cache hit without a layer cache".into()))?;
+        let blob_dir = self.work_dir.join("blobs");
+        std::fs::create_dir_all(&blob_dir).map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        let path = self
+            .runtime
+            .block_on(cache.fetch(hit, &blob_dir))
+            .map_err(|e| BuildError::Usage(format!("fetching cached layer {}: {e}", layer.digest)))?
+            .ok_or_else(|| BuildError::Usage(format!("cached layer {} has no file", layer.digest)))?;
+        let image_layer = ImageLayer {
+            digest: layer.digest.clone(),
+            diff_id: layer.diff_id.clone(),
+            size: layer.size,
+            media_type: layer.media_type.clone(),
+            path,
+        };
+        self.unpack(&image_layer, &cache.describe(), root)?;
+        let note = format!("layer {}", layer.digest);
+        layers.push(image_layer);
+        Ok(note)
+    }
+
+    /// Push a new cache entry in the background of the build; failures are warnings.
+    fn store_in_background(&mut self, key: &str, layer: Option<NewLayer>, created_by: &str) {
+        let Some(cache) = self.layer_cache.clone() else { return };
+        if self.opts.no_push_cache {
+            return;
+        }
+        let key = key.to_string();
+        let created_by = created_by.to_string();
+        // The registry's push future is not provably `Send` (its blob stream borrows), so it runs
+        // on a thread of its own, driven by the builder's runtime, while the build goes on.
+        let runtime = self.runtime.handle().clone();
+        let spawned = std::thread::Builder::new().name("kiln-cache-push".into()).spawn(move || {
+            let started = Instant::now();
+            match runtime.block_on(cache.store(&key, layer.as_ref(), &created_by)) {
+                Ok(()) => tracing::debug!("stored cache entry {} in {}", short_key(&key), secs(started.elapsed())),
+                Err(e) => warn!("could not store the cache entry {} for {created_by:?}: {e}", short_key(&key)),
+            }
+        });
+        match spawned {
+            Ok(handle) => self.pending_stores.push(handle),
+            Err(e) => warn!("could not start a cache push: {e}"),
+        }
+    }
+
+    /// Wait for the background cache pushes; the build's result does not depend on them.
+    fn finish_cache_stores(&mut self) {
+        let handles = std::mem::take(&mut self.pending_stores);
+        if handles.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let count = handles.len();
+        for handle in handles {
+            if handle.join().is_err() {
+                warn!("a cache push task panicked");
+            }
+        }
+        info!("cache: {count} new entr{} pushed (waited {})", if count == 1 { "y" } else { "ies" }, secs(started.elapsed()));
+    }
+
+    /// When every RUN/COPY/ADD of the target stage is a cache hit (or there are none), build it
+    /// without downloading or unpacking the base layers: the image is the base manifest's
+    /// layers plus the cached ones. Any step that needs the root (a miss, WORKDIR, COPY
+    /// --chown, a metadata step that touches files) means `None`: the normal path.
+    fn try_skip_base(&mut self, index: usize, stage: &Stage, base: &str, label: &str) -> Result<Option<BuiltStage>, BuildError> {
+        if self.layer_cache.is_none()
+            || index != self.target
+            || base.eq_ignore_ascii_case("scratch")
+            || self.stage_ref(base, index).is_some()
+        {
+            return Ok(None);
+        }
+        let (config, base_layers, reference) = self.base_manifest(base)?;
+        let probe_root = self.work_dir.join(format!("stages/{index}/probe-root"));
+        std::fs::create_dir_all(&probe_root).map_err(io_err(format!("creating {}", probe_root.display())))?;
+        let mut prev_key = self.base_key(base, index, &config, &base_layers);
+        let mut state = self.stage_state(index, probe_root.clone(), config)?;
+        let steps = self.stage_steps(stage, base, &mut state)?;
+        let mut hits: Vec<(usize, String, CacheHit)> = Vec::new();
+        let mut history = Vec::new();
+        for (n, located) in steps.iter().enumerate() {
+            let text = located.original.trim().to_string();
+            let needs_root = |why: &str| {
+                tracing::debug!("[{label}] base image needed: {why} ({text})");
+            };
+            match &located.instruction {
+                Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
+                    if self.cacheable(&located.instruction) != Cacheable::Yes {
+                        needs_root("a step that is not cached");
+                        return Ok(None);
+                    }
+                    if let Instruction::Copy(a) | Instruction::Add(a) = &located.instruction {
+                        if a.chown.is_some() {
+                            needs_root("--chown resolves names in the image");
+                            return Ok(None);
+                        }
+                    }
+                    let source = self.copy_source(&located.instruction, index)?;
+                    let key = self.step_key(&prev_key, located, &state, source.as_ref())?;
+                    let Some(hit) = self.lookup(&key) else {
+                        needs_root("cache miss");
+                        return Ok(None);
+                    };
+                    history.push(self.history(&text, hit.layer.is_none()));
+                    hits.push((n, text, hit));
+                    prev_key = key;
+                }
+                Instruction::Workdir(_) => {
+                    needs_root("WORKDIR creates its directory in the image");
+                    return Ok(None);
+                }
+                _ => {
+                    let key = self.step_key(&prev_key, located, &state, None)?;
+                    let outcome = commands::execute(&located.instruction, &mut state, None).map_err(|source| BuildError::Step {
+                        line: located.line,
+                        instruction: text.clone(),
+                        source,
+                    })?;
+                    if outcome == Outcome::Filesystem {
+                        needs_root("the step changes files");
+                        return Ok(None);
+                    }
+                    history.push(self.history(&text, true));
+                    prev_key = key;
+                }
+            }
+        }
+        let Some(cache) = self.layer_cache.clone() else { return Ok(None) };
+        let mut layers = base_layers;
+        for layer in &layers {
+            if !layer.path.exists() {
+                self.remote_layers.insert(layer.digest.clone(), reference.clone());
+            }
+        }
+        let total = steps.len();
+        for (n, text, hit) in &hits {
+            self.stats.hits += 1;
+            let Some(layer) = &hit.layer else {
+                info!("[{label}] step {}/{total}: {text} (cache hit, no changes)", n + 1);
+                continue;
+            };
+            let path = match cache.blob_reference(&hit.key) {
+                Some(reference) => {
+                    self.remote_layers.insert(layer.digest.clone(), reference);
+                    self.work_dir.join("blobs").join(layer.digest.replace(':', "-"))
+                }
+                None => self
+                    .runtime
+                    .block_on(cache.fetch(hit, &self.work_dir.join("blobs")))
+                    .map_err(|e| BuildError::Usage(format!("reading cached layer {}: {e}", layer.digest)))?
+                    .unwrap_or_default(),
+            };
+            info!("[{label}] step {}/{total}: {text} (cache hit, layer {})", n + 1, layer.digest);
+            layers.push(ImageLayer {
+                digest: layer.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                size: layer.size,
+                media_type: layer.media_type.clone(),
+                path,
+            });
+        }
+        state.config.history.extend(history);
+        info!("[{label}] base image layers not needed: every step is a cache hit or changes only the config");
+        self.stage_keys.insert(index, prev_key);
+        Ok(Some(BuiltStage { root: probe_root, config: state.config, layers }))
+    }
+
+    /// A base image's config and layer descriptors without downloading layers (from the
+    /// base-image cache when it holds the image, with its verified files). Returns the
+    /// reference the layers can be fetched from later.
+    fn base_manifest(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>, String), BuildError> {
+        if let Some(found) = self.cached_base(reference)? {
+            return Ok((found.0, found.1, reference.to_string()));
+        }
+        let image = self.runtime.block_on(self.registry.pull_image(reference))?;
+        let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
+            BuildError::Usage(format!("the config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
+        })?;
+        let descriptors = image.manifest.layers();
+        if descriptors.len() != config.rootfs.diff_ids.len() {
+            return Err(BuildError::Usage(format!(
+                "{reference}: the manifest lists {} layers but the config {} diff_ids",
+                descriptors.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        let blob_dir = self.work_dir.join("blobs");
+        let layers = descriptors
+            .iter()
+            .zip(config.rootfs.diff_ids.iter())
+            .map(|(desc, diff_id)| ImageLayer {
+                digest: desc.digest().to_string(),
+                diff_id: diff_id.clone(),
+                size: desc.size(),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
+                path: blob_dir.join(desc.digest().to_string().replace(':', "-")),
+            })
+            .collect();
+        Ok((config, layers, image.reference))
+    }
+
+    /// The base image from `--cache-dir`, if it holds it (every blob verified by the lookup).
+    fn cached_base(&self, reference: &str) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
+        let Some(cache) = &self.base_cache else { return Ok(None) };
+        let Some(image) = cache.lookup_or_pull(reference, &self.platform) else { return Ok(None) };
+        let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
+            BuildError::Usage(format!("the cached config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
+        })?;
+        let layers = image
+            .layers
+            .into_iter()
+            .map(|l| ImageLayer {
+                digest: l.digest,
+                diff_id: l.diff_id,
+                size: l.size,
+                media_type: oci_layer_media_type(&l.media_type),
+                path: l.path,
+            })
+            .collect();
+        Ok(Some((config, layers)))
+    }
+
+    /// Make a layer's blob present at its path, fetching it from where it was left (a base
+    /// image or the cache repository) when the build did not need it until now.
+    fn ensure_local(&self, layer: &ImageLayer) -> Result<(), BuildError> {
+        if layer.path.exists() {
+            return Ok(());
+        }
+        let reference = self.remote_layers.get(&layer.digest).ok_or_else(|| {
+            BuildError::Usage(format!("layer {} is neither on disk nor known in any repository", layer.digest))
+        })?;
+        if let Some(parent) = layer.path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        self.runtime.block_on(self.registry.fetch_blob_to_file(reference, &layer.digest, &layer.path))?;
+        Ok(())
     }
 
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
@@ -619,6 +1155,10 @@ impl<'a> Builder<'a> {
     /// Pull a base image: manifest and config, then every layer blob (verified) into the work dir.
     fn pull_base(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
         let started = Instant::now();
+        if let Some((config, layers)) = self.cached_base(reference)? {
+            info!("{reference}: read from the base-image cache ({} layer(s)) in {}", layers.len(), secs(started.elapsed()));
+            return Ok((config, layers));
+        }
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
             BuildError::Usage(format!("the config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
@@ -646,7 +1186,7 @@ impl<'a> Builder<'a> {
                 digest,
                 diff_id: diff_id.clone(),
                 size: desc.size(),
-                media_type: oci_layer_media_type(&desc.media_type().to_string()),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
                 path,
             });
         }
@@ -666,7 +1206,7 @@ impl<'a> Builder<'a> {
         unpack_layer(&layer.path, root, &opts).map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(())
     }
@@ -738,15 +1278,39 @@ impl<'a> Builder<'a> {
 
         let mut references = Vec::new();
         if !self.opts.no_push {
-            let mut blobs: Vec<Blob> = stage
-                .layers
-                .iter()
-                .map(|l| Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()) })
-                .collect();
-            blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()) });
             for dest in &self.opts.destinations {
                 let started = Instant::now();
-                let pushed = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST))?;
+                // Layers the build never downloaded (base layers it did not need, cache hits) go
+                // to the destination only when it lacks them: mounted from their repository on
+                // the same registry, else fetched now and uploaded.
+                let mut blobs: Vec<Blob> = Vec::new();
+                let mut unfetched = false;
+                for l in &stage.layers {
+                    let mut mount_from = None;
+                    if let Some(origin) = self.remote_layers.get(&l.digest).filter(|_| !l.path.exists()) {
+                        if self.runtime.block_on(self.registry.blob_exists(dest, &l.digest)).unwrap_or(false) {
+                            continue;
+                        }
+                        if same_registry(origin, dest) {
+                            mount_from = Some(origin.clone());
+                            unfetched = true;
+                        } else {
+                            self.ensure_local(l)?;
+                        }
+                    }
+                    blobs.push(Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()), mount_from });
+                }
+                blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()), mount_from: None });
+                let mut result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
+                if let (Err(e), true) = (&result, unfetched) {
+                    // A refused mount falls back to an upload, which needs the file.
+                    warn!("{dest}: pushing with mounted layers failed ({e}); fetching them and uploading");
+                    for l in &stage.layers {
+                        self.ensure_local(l)?;
+                    }
+                    result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
+                }
+                let pushed = result?;
                 if pushed != digest {
                     warn!("{dest}: the registry reports digest {pushed}, Kiln computed {digest}");
                 }
@@ -760,6 +1324,7 @@ impl<'a> Builder<'a> {
             let layout_err = |message: String| BuildError::Layout { path: path.clone(), message };
             let layout = crate::registry::layout::OciLayout::create(Path::new(path)).map_err(|e| layout_err(e.to_string()))?;
             for layer in &stage.layers {
+                self.ensure_local(layer)?;
                 layout.write_blob_file(&layer.path, &layer.digest).map_err(|e| layout_err(e.to_string()))?;
             }
             layout.write_blob_bytes(&config_bytes).map_err(|e| layout_err(e.to_string()))?;
@@ -796,6 +1361,24 @@ fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
         args.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));
     }
     args
+}
+
+/// A heredoc source as the key sees it: its text and the variables its expansion can use.
+fn expand_for_key(state: &StageState, content: &str) -> String {
+    format!("{content}\0{}", state.run_env().join("\n"))
+}
+
+/// Whether two references name repositories on the same registry (so blobs can be mounted).
+fn same_registry(a: &str, b: &str) -> bool {
+    match (crate::registry::parse_reference(a), crate::registry::parse_reference(b)) {
+        (Ok(a), Ok(b)) => a.registry() == b.registry(),
+        _ => false,
+    }
+}
+
+/// The first hex digits of a cache key, for logs.
+fn short_key(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
 }
 
 enum SourceRef {

@@ -177,19 +177,41 @@ pub struct Options {
     #[arg(long = "kiln-dir")]
     pub kiln_dir: Option<String>,
 
-    // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    /// Use the layer cache: before a RUN (and, with `--cache-copy-layers`, a COPY/ADD) look up the
+    /// step's cache key in `--cache-repo` and apply the cached layer instead of executing it;
+    /// layers of steps that miss are pushed there in the background.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub cache: bool,
-    #[arg(long = "cache-repo", hide = true)]
+
+    /// Repository holding cached layers, one single-layer image tagged with each step's key
+    /// (default: `<first --destination repository>/cache`), or `oci:/path` for an OCI layout directory.
+    #[arg(long = "cache-repo")]
     pub cache_repo: Option<String>,
-    #[arg(long = "cache-dir", hide = true)]
+
+    /// Base-image cache directory filled by `kiln-warmer`: base images (and `COPY --from=<image>`)
+    /// found there are read from it, digests verified, instead of being pulled.
+    #[arg(long = "cache-dir")]
     pub cache_dir: Option<String>,
-    #[arg(long = "cache-ttl", hide = true)]
+
+    /// How long cached layers (by their creation time) and base images warmed by tag stay usable,
+    /// e.g. `336h` (two weeks, the default), `30m`.
+    #[arg(long = "cache-ttl")]
     pub cache_ttl: Option<String>,
-    #[arg(long = "cache-copy-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+
+    /// Cache COPY and ADD layers too (with `--cache`); off by default as in kaniko, because copying
+    /// is usually as fast as fetching the cached layer.
+    #[arg(long = "cache-copy-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub cache_copy_layers: bool,
-    #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", hide = true)]
+
+    /// Cache RUN layers (with `--cache`); on by default.
+    #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub cache_run_layers: bool,
+
+    /// With `--cache`, look up cached layers but never push new ones (a read-only cache).
+    #[arg(long = "no-push-cache", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub no_push_cache: bool,
+
+    // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
     #[arg(long = "registry-map", hide = true)]
     pub registry_map: Vec<String>,
     #[arg(long = "push-retry", hide = true)]
@@ -216,30 +238,6 @@ impl Options {
     /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
     pub fn check_supported(&self) -> Result<(), String> {
         let mut unsupported: Vec<&str> = Vec::new();
-        if self.cache {
-            unsupported.push("--cache");
-        }
-        if self.cache_repo.is_some() {
-            unsupported.push("--cache-repo");
-        }
-        if self.cache_dir.is_some() {
-            unsupported.push("--cache-dir");
-        }
-        if self.cache_ttl.is_some() {
-            unsupported.push("--cache-ttl");
-        }
-        if self.cache_copy_layers {
-            unsupported.push("--cache-copy-layers");
-        }
-        if !self.registry_map.is_empty() {
-            unsupported.push("--registry-map");
-        }
-        if self.push_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--push-retry");
-        }
-        if self.image_download_retry.is_some_and(|n| n > 0) {
-            unsupported.push("--image-download-retry");
-        }
         if self.git.is_some() {
             unsupported.push("--git");
         }
@@ -264,6 +262,19 @@ impl Options {
                 "these kaniko flags are not supported by this version of kiln-executor yet: {}; remove them to build",
                 unsupported.join(", ")
             ))
+        }
+    }
+
+    /// `--cache-ttl` as a duration (kaniko's two weeks when not given).
+    pub fn cache_ttl(&self) -> Result<std::time::Duration, String> {
+        match &self.cache_ttl {
+            None => Ok(std::time::Duration::from_secs(336 * 3600)),
+            Some(text) => crate::image::parse_duration_ns(text)
+                .filter(|ns| *ns >= 0)
+                .map(|ns| std::time::Duration::from_nanos(ns as u64))
+                .ok_or_else(|| {
+                    format!("--cache-ttl={text}: expected a duration such as 336h, 90m or 30s")
+                }),
         }
     }
 
@@ -332,7 +343,7 @@ mod tests {
     fn unimplemented_flags_are_named() {
         let o = parse(&["--cache=true", "--git", "branch=main"]);
         let err = o.check_supported().unwrap_err();
-        assert!(err.contains("--cache"), "{err}");
+        assert!(!err.contains("--cache"), "{err}");
         assert!(err.contains("--git"), "{err}");
         assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
     }

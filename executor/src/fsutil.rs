@@ -98,13 +98,31 @@ mod tests {
         symlink("/usr/bin", root.join("bin")).unwrap();
         symlink("../../../../etc", root.join("usr/escape")).unwrap();
         symlink("/", root.join("usr/rootlink")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/bin/sh"), true).unwrap(), root.join("usr/bin/sh"));
-        assert_eq!(resolve_in_root(root, Path::new("../../x"), true).unwrap(), root.join("x"));
-        assert_eq!(resolve_in_root(root, Path::new("/usr/escape/passwd"), true).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(root, Path::new("/usr/rootlink/etc"), true).unwrap(), root.join("etc"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/bin/sh"), true).unwrap(),
+            root.join("usr/bin/sh")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../x"), true).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/usr/escape/passwd"), true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/usr/rootlink/etc"), true).unwrap(),
+            root.join("etc")
+        );
         // The final component is left alone unless asked to follow it.
-        assert_eq!(resolve_in_root(root, Path::new("/bin"), false).unwrap(), root.join("bin"));
-        assert_eq!(resolve_in_root(root, Path::new("/bin"), true).unwrap(), root.join("usr/bin"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/bin"), false).unwrap(),
+            root.join("bin")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/bin"), true).unwrap(),
+            root.join("usr/bin")
+        );
     }
 
     #[test]

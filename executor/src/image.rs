@@ -99,7 +99,10 @@ pub struct RootFs {
 
 impl Default for RootFs {
     fn default() -> Self {
-        RootFs { fs_type: "layers".into(), diff_ids: Vec::new() }
+        RootFs {
+            fs_type: "layers".into(),
+            diff_ids: Vec::new(),
+        }
     }
 }
 
@@ -135,14 +138,20 @@ impl ImageConfig {
     pub fn set_env(&mut self, key: &str, value: &str) {
         let env = self.config.env.get_or_insert_with(Vec::new);
         let entry = format!("{key}={value}");
-        match env.iter_mut().find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key) || kv.as_str() == key) {
+        match env
+            .iter_mut()
+            .find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key) || kv.as_str() == key)
+        {
             Some(slot) => *slot = entry,
             None => env.push(entry),
         }
     }
 
     pub fn env_value(&self, key: &str) -> Option<String> {
-        self.env_pairs().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.env_pairs()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 }
 
@@ -177,8 +186,12 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// Kiln writes is a consistent OCI manifest.
 pub fn oci_layer_media_type(media_type: &str) -> String {
     match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => crate::layer::MEDIA_TYPE_LAYER_GZIP.to_string(),
-        "application/vnd.docker.image.rootfs.diff.tar" => crate::layer::MEDIA_TYPE_LAYER_TAR.to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            crate::layer::MEDIA_TYPE_LAYER_GZIP.to_string()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => {
+            crate::layer::MEDIA_TYPE_LAYER_TAR.to_string()
+        }
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             crate::layer::MEDIA_TYPE_LAYER_GZIP.to_string()
         }
@@ -198,13 +211,17 @@ pub fn parse_duration_ns(text: &str) -> Option<i64> {
         return None;
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let number: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {
@@ -241,7 +258,10 @@ mod tests {
     fn config_round_trip_keeps_unknown_fields() {
         let json = r#"{"architecture":"amd64","os":"linux","os.version":"x","config":{"Env":["PATH=/bin"],"Foo":1},"rootfs":{"type":"layers","diff_ids":[]}}"#;
         let cfg: ImageConfig = serde_json::from_str(json).unwrap();
-        assert_eq!(cfg.extra.get("os.version"), Some(&Value::String("x".into())));
+        assert_eq!(
+            cfg.extra.get("os.version"),
+            Some(&Value::String("x".into()))
+        );
         assert_eq!(cfg.config.extra.get("Foo"), Some(&Value::from(1)));
         let back = serde_json::to_string(&cfg).unwrap();
         assert!(back.contains("\"os.version\":\"x\""));
@@ -254,6 +274,9 @@ mod tests {
         cfg.set_env("A", "1");
         cfg.set_env("B", "2");
         cfg.set_env("A", "3");
-        assert_eq!(cfg.config.env, Some(vec!["A=3".to_string(), "B=2".to_string()]));
+        assert_eq!(
+            cfg.config.env,
+            Some(vec!["A=3".to_string(), "B=2".to_string()])
+        );
     }
 }

@@ -39,9 +39,15 @@ fn init_logging(opts: &Options) {
         Verbosity::Debug => "debug",
         Verbosity::Trace => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kiln_executor={level},kiln_warmer={level},warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "kiln_executor={level},kiln_warmer={level},warn"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     match (opts.log_format, opts.log_timestamp) {
         (LogFormat::Json, _) => builder.json().init(),
         (LogFormat::Color, true) => builder.with_ansi(true).init(),

@@ -475,11 +475,13 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
             digest: img.layer_digest.clone(),
             size: img.layer_size,
             source: BlobSource::File(img.layer_path.clone()),
+            mount_from: None,
         },
         Blob {
             digest: img.config_digest.clone(),
             size: img.config.len() as u64,
             source: BlobSource::Bytes(img.config.clone()),
+            mount_from: None,
         },
     ];
     let digest = rt
@@ -522,6 +524,7 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
         digest: img.layer_digest.clone(),
         size: img.layer_size,
         source: BlobSource::File(tmp.path().join("does-not-exist")),
+        mount_from: None,
     }];
     let d2 = rt
         .block_on(registry.push_image(
@@ -695,6 +698,7 @@ fn basic_auth_with_docker_config() {
         digest: img.config_digest.clone(),
         size: img.config.len() as u64,
         source: BlobSource::Bytes(img.config.clone()),
+        mount_from: None,
     }];
     let pushed = rt
         .block_on(good.push_image(
@@ -791,6 +795,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         digest: sha256_digest(b),
         size: b.len() as u64,
         source: BlobSource::Bytes(b.clone()),
+        mount_from: None,
     });
     let image = format!("{}/charts/app:1", reg.addr);
     rt.block_on(registry.push_image(&image, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
@@ -807,6 +812,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         digest: sha256_digest(b"something else"),
         size: config.len() as u64,
         source: BlobSource::Bytes(config.clone()),
+        mount_from: None,
     }];
     let err = rt
         .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))
@@ -854,6 +860,7 @@ fn self_signed_tls_needs_skip_tls_verify() {
         digest: img.config_digest.clone(),
         size: img.config.len() as u64,
         source: BlobSource::Bytes(img.config.clone()),
+        mount_from: None,
     }];
     let d = rt
         .block_on(global.push_image(
@@ -925,4 +932,98 @@ fn pull_into_a_layout_that_umoci_unpacks() {
         std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
         "warmed\n"
     );
+}
+
+/// Everything logged by the test binary, at every level, `log` records of the HTTP stack
+/// included (tracing-subscriber installs the `log` bridge).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink;
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                captured_logs().lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .try_init()
+            .expect("no other global subscriber in this test binary");
+        std::sync::Mutex::new(Vec::new())
+    })
+}
+
+#[test]
+fn credentials_never_reach_trace_logs_or_errors() {
+    use base64::Engine as _;
+    let logs = captured_logs();
+    let password = "Tr4ce-Leak-Canary-77";
+    let reg = TestRegistry::start_with_auth(Some(&htpasswd_line("tracer", password)));
+    let tmp = tempfile::tempdir().unwrap();
+    let img = make_image(&tmp.path().join("work"), "amd64", "traced\n");
+    let cfg = tmp.path().join("config.json");
+    let auth = |pw: &str| base64::engine::general_purpose::STANDARD.encode(format!("tracer:{pw}"));
+    let write_cfg = |pw: &str| {
+        std::fs::write(
+            &cfg,
+            serde_json::to_vec(&json!({"auths": {reg.addr.clone(): {"auth": auth(pw)}}})).unwrap(),
+        )
+        .unwrap()
+    };
+    write_cfg(password);
+    let mut opts = reg.options();
+    opts.docker_config = Some(cfg.clone());
+    opts.push_retries = 1;
+    opts.pull_retries = 1;
+    let registry = Registry::new(opts.clone()).unwrap();
+    let rt = rt();
+    let target = format!("{}/traced/app:v1", reg.addr);
+    let blobs = vec![
+        Blob {
+            digest: img.layer_digest.clone(),
+            size: img.layer_size,
+            source: BlobSource::File(img.layer_path.clone()),
+            mount_from: None,
+        },
+        Blob {
+            digest: img.config_digest.clone(),
+            size: img.config.len() as u64,
+            source: BlobSource::Bytes(img.config.clone()),
+            mount_from: None,
+        },
+    ];
+    rt.block_on(registry.push_image(&target, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
+        .unwrap();
+    rt.block_on(registry.pull_image(&target)).unwrap();
+    rt.block_on(registry.fetch_blob_to_file(&target, &img.layer_digest, &tmp.path().join("l")))
+        .unwrap();
+    // A wrong password, whose failure is logged and returned.
+    let wrong = "Wr0ng-Leak-Canary-88";
+    write_cfg(wrong);
+    let bad = Registry::new(opts).unwrap();
+    let err = rt.block_on(bad.pull_image(&target)).unwrap_err();
+    let err_text = format!("{err} {err:?} {bad:?}");
+
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    // The capture works: kiln's own events and the HTTP stack's are in it.
+    assert!(text.contains("pushed manifest"), "nothing captured");
+    assert!(text.contains("TRACE"), "no trace-level events captured");
+    for secret in [
+        password.to_string(),
+        auth(password),
+        wrong.to_string(),
+        auth(wrong),
+    ] {
+        assert!(!text.contains(&secret), "a credential is in the logs");
+        assert!(
+            !err_text.contains(&secret),
+            "a credential is in an error: {err_text}"
+        );
+    }
 }

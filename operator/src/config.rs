@@ -1,7 +1,10 @@
-//! Operator-wide settings that reconcilers read (default images, retry backoff). Plain data:
-//! filled from flags by the binary and by tests directly.
+//! Operator-wide settings that reconcilers read (default images, executor defaults, retry
+//! backoff). Plain data: filled from flags by the binary and by tests directly; it never reads
+//! the environment or the API server itself.
 
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
@@ -17,6 +20,12 @@ pub struct OperatorConfig {
     pub default_refresh_interval: Duration,
     /// Lines of executor output kept in `status.message` on failure.
     pub failure_lines: usize,
+    /// Resources of executor Pods whose `ImageBuild` sets no `spec.resources`.
+    pub default_resources: Option<ResourceRequirements>,
+    /// Push Secret of builds that name no `spec.pushSecret`.
+    pub default_push_secret: Option<String>,
+    /// Warmed base-image cache claim of builds that name no `spec.cache.warmClaim`.
+    pub default_cache_claim: Option<String>,
 }
 
 impl Default for OperatorConfig {
@@ -28,6 +37,9 @@ impl Default for OperatorConfig {
             max_retry_backoff: Duration::from_secs(300),
             default_refresh_interval: Duration::from_secs(24 * 3600),
             failure_lines: 20,
+            default_resources: None,
+            default_push_secret: None,
+            default_cache_claim: None,
         }
     }
 }
@@ -44,6 +56,29 @@ impl OperatorConfig {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("invalid executor default resources {value:?}: {source}; give a JSON ResourceRequirements such as {{\"limits\":{{\"memory\":\"2Gi\"}}}}")]
+pub struct ResourcesError {
+    value: String,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Parses `--executor-default-resources` (JSON, the chart passes `toJson` of a values map); an
+/// empty or `{}` value means no default.
+pub fn parse_resources(value: &str) -> Result<Option<ResourceRequirements>, ResourcesError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let r: ResourceRequirements =
+        serde_json::from_str(trimmed).map_err(|source| ResourcesError {
+            value: value.to_string(),
+            source,
+        })?;
+    Ok((r != ResourceRequirements::default()).then_some(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +90,20 @@ mod tests {
         assert_eq!(c.backoff(3), Duration::from_secs(20));
         assert_eq!(c.backoff(4), Duration::from_secs(40));
         assert_eq!(c.backoff(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn resources_from_json() {
+        let r = parse_resources(r#"{"limits":{"memory":"2Gi"},"requests":{"cpu":"500m"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.limits.unwrap()["memory"].0, "2Gi");
+        assert_eq!(r.requests.unwrap()["cpu"].0, "500m");
+        assert_eq!(parse_resources("").unwrap(), None);
+        assert_eq!(parse_resources("{}").unwrap(), None);
+        let e = parse_resources(r#"{"limits":"2Gi"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid executor default resources"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod ownership;
 pub mod runtime;
 
 pub mod cache_warm;

@@ -2,11 +2,12 @@
 //! controllers from the library until SIGTERM/SIGINT. No reconcile logic lives here.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use kiln_operator::config::OperatorConfig;
+use kiln_operator::config::{parse_resources, OperatorConfig};
 use kiln_operator::leader::{LeaseConfig, LeaseLock};
 use kiln_operator::metrics::Metrics;
 use kiln_operator::runtime::{self, Scope};
@@ -31,9 +32,26 @@ struct Args {
     /// Default warmer image (a CacheWarm may override it with spec.warmerImage).
     #[arg(long, env = "KILN_WARMER_IMAGE", default_value_t = OperatorConfig::default().warmer_image)]
     warmer_image: String,
-    /// Watch one namespace only (all namespaces when unset).
-    #[arg(long, env = "KILN_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Namespace to watch; repeat the flag or separate with commas for several (all namespaces
+    /// when unset).
+    #[arg(
+        long = "watch-namespace",
+        env = "KILN_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
+    /// Resources of executor Pods whose ImageBuild sets none: JSON ResourceRequirements, e.g.
+    /// `{"limits":{"memory":"2Gi"}}`.
+    #[arg(long, env = "KILN_EXECUTOR_DEFAULT_RESOURCES")]
+    executor_default_resources: Option<String>,
+    /// dockerconfigjson Secret (in the build's namespace) used by ImageBuilds that name no
+    /// pushSecret.
+    #[arg(long, env = "KILN_EXECUTOR_DEFAULT_PUSH_SECRET")]
+    executor_default_push_secret: Option<String>,
+    /// PersistentVolumeClaim with the warmed base-image cache, mounted into builds that name no
+    /// cache.warmClaim.
+    #[arg(long, env = "KILN_EXECUTOR_CACHE_CLAIM")]
+    executor_cache_claim: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KILN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -73,6 +91,23 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The reconcilers' settings from the flags; an empty value means "no default".
+fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
+    let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    Ok(OperatorConfig {
+        executor_image: args.executor_image.clone(),
+        warmer_image: args.warmer_image.clone(),
+        retry_backoff: Duration::from_secs(args.retry_backoff_seconds),
+        default_resources: match &args.executor_default_resources {
+            Some(json) => parse_resources(json).context("--executor-default-resources")?,
+            None => None,
+        },
+        default_push_secret: non_empty(&args.executor_default_push_secret),
+        default_cache_claim: non_empty(&args.executor_cache_claim),
+        ..Default::default()
+    })
+}
+
 fn pod_namespace() -> Option<String> {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .ok()
@@ -82,6 +117,9 @@ fn pod_namespace() -> Option<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // kube uses rustls with ring; choose it explicitly so a build that also links aws-lc-rs
+    // (feature unification) does not panic on the first TLS connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -90,12 +128,7 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init(),
     }
-    let config = OperatorConfig {
-        executor_image: args.executor_image.clone(),
-        warmer_image: args.warmer_image.clone(),
-        retry_backoff: Duration::from_secs(args.retry_backoff_seconds),
-        ..Default::default()
-    };
+    let config = operator_config(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API server (in-cluster config or KUBECONFIG)")?;
@@ -116,18 +149,26 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "kiln-operator".into());
     let scope = Scope {
-        namespace: args.watch_namespace.clone(),
+        namespaces: args.watch_namespaces.clone(),
         instance: Some(hostname.clone()),
     };
+    // Ready means "up and doing its job": the API server answers, and this replica either runs
+    // the controllers or waits for the Lease. A standby is ready; leadership is the
+    // kiln_operator_leader metric.
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
+    metrics.ready.store(true, Ordering::Relaxed);
     let result = if args.no_leader_election {
-        runtime::run(client, config, metrics, scope, stopped()).await;
+        runtime::run(client, config, metrics.clone(), scope, stopped()).await;
         Ok(())
     } else {
         let namespace = args
             .leader_namespace
             .clone()
             .or_else(pod_namespace)
-            .or_else(|| args.watch_namespace.clone())
+            .or_else(|| args.watch_namespaces.first().cloned())
             .unwrap_or_else(|| "default".into());
         let lock = LeaseLock::new(
             client.clone(),
@@ -139,9 +180,10 @@ async fn main() -> anyhow::Result<()> {
                 retry_period: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
             },
         );
+        let m = metrics.clone();
         lock.run(stopped(), move |stop| async move {
             let mut stop = stop;
-            runtime::run(client, config, metrics, scope, async move {
+            runtime::run(client, config, m, scope, async move {
                 let _ = stop.wait_for(|v| *v).await;
             })
             .await;
@@ -149,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::from)
     };
+    metrics.ready.store(false, Ordering::Relaxed);
     server.abort();
     result
 }

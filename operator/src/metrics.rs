@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -31,8 +32,11 @@ pub struct Metrics {
     pub build_duration: Histogram,
     pub reconcile_errors: Family<KindLabel, Counter>,
     pub warms_started: Counter,
-    /// Set once the controllers run (leader elected and caches ready).
+    /// Set while the process is up and doing its job: the API server answered and either the
+    /// lease loop runs (a standby waiting for leadership is ready too) or the controllers run.
     pub ready: Arc<AtomicBool>,
+    /// `kiln_operator_leader`: 1 while this replica runs the controllers, else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +55,12 @@ impl Metrics {
         let build_duration = Histogram::new(exponential_buckets(10.0, 2.0, 11));
         let reconcile_errors = Family::<KindLabel, Counter>::default();
         let warms_started = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "operator_leader",
+            "1 while this replica holds the leader Lease and runs the controllers, else 0",
+            leader.clone(),
+        );
         registry.register(
             "builds_started",
             "Executor Pods created (every attempt)",
@@ -90,6 +100,7 @@ impl Metrics {
             reconcile_errors,
             warms_started,
             ready: Arc::new(AtomicBool::new(false)),
+            leader,
         }
     }
 
@@ -127,7 +138,7 @@ impl Metrics {
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                "not ready: waiting for leadership or caches\n".to_string(),
+                "not ready: not connected to the API server yet, or shutting down\n".to_string(),
             ),
             _ => (
                 StatusCode::NOT_FOUND,
@@ -228,9 +239,11 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         m.ready.store(true, Ordering::Relaxed);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-        assert!(get("/metrics")
-            .await
-            .contains("kiln_builds_started_total 0"));
+        let text = get("/metrics").await;
+        assert!(text.contains("kiln_builds_started_total 0"), "{text}");
+        assert!(text.contains("kiln_operator_leader 0"), "{text}");
+        m.leader.set(1);
+        assert!(get("/metrics").await.contains("kiln_operator_leader 1"));
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
     }

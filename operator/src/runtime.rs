@@ -3,7 +3,7 @@
 //! Knows nothing about flags, signals or leases.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -21,17 +21,35 @@ use crate::{cache_warm, image_build, MANAGED_BY};
 /// Where the controllers look.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    /// Watch one namespace only; all namespaces when `None`.
-    pub namespace: Option<String>,
+    /// Watch these namespaces only (a pair of controllers each); all namespaces when empty.
+    pub namespaces: Vec<String>,
     /// Name the operator publishes Events under (`reportingInstance`).
     pub instance: Option<String>,
 }
 
-fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+impl Scope {
+    /// One entry per pair of controllers: `None` is every namespace.
+    fn targets(&self) -> Vec<Option<String>> {
+        let mut ns: Vec<Option<String>> = self
+            .namespaces
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| Some(n.clone()))
+            .collect();
+        ns.sort();
+        ns.dedup();
+        if ns.is_empty() {
+            ns.push(None);
+        }
+        ns
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
-    match &scope.namespace {
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
@@ -70,51 +88,52 @@ pub async fn run(
         metrics: metrics.clone(),
         recorder: recorder.clone(),
     });
-    let builds = Controller::new(
-        api::<ImageBuild>(&client, &scope),
-        watcher::Config::default(),
-    )
-    .owns(api::<Pod>(&client, &scope), pods_cfg.clone())
-    .graceful_shutdown_on(stop())
-    .run(
-        image_build::controller::reconcile,
-        image_build::controller::error_policy,
-        ib_ctx,
-    )
-    .for_each(|r| async move {
-        match r {
-            Ok((obj, _)) => debug!(build = %obj.name, "reconciled ImageBuild"),
-            Err(e) => debug!(error = %e, "ImageBuild controller"),
-        }
-    });
-
     let cw_ctx = Arc::new(cache_warm::Context {
         client: client.clone(),
         config,
         metrics: metrics.clone(),
         recorder,
     });
-    let warms = Controller::new(
-        api::<CacheWarm>(&client, &scope),
-        watcher::Config::default(),
-    )
-    .owns(api::<Pod>(&client, &scope), pods_cfg)
-    .graceful_shutdown_on(stop())
-    .run(
-        cache_warm::controller::reconcile,
-        cache_warm::controller::error_policy,
-        cw_ctx,
-    )
-    .for_each(|r| async move {
-        match r {
-            Ok((obj, _)) => debug!(cachewarm = %obj.name, "reconciled CacheWarm"),
-            Err(e) => debug!(error = %e, "CacheWarm controller"),
-        }
-    });
+    // A kube-runtime Controller watches one Api: every namespace, or one. Several watched
+    // namespaces get a pair of controllers each, all in this one process (and under one Lease).
+    let mut controllers: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for target in scope.targets() {
+        let ns = target.as_deref();
+        let builds = Controller::new(api::<ImageBuild>(&client, ns), watcher::Config::default())
+            .owns(api::<Pod>(&client, ns), pods_cfg.clone())
+            .graceful_shutdown_on(stop())
+            .run(
+                image_build::controller::reconcile,
+                image_build::controller::error_policy,
+                ib_ctx.clone(),
+            )
+            .for_each(|r| async move {
+                match r {
+                    Ok((obj, _)) => debug!(build = %obj.name, "reconciled ImageBuild"),
+                    Err(e) => debug!(error = %e, "ImageBuild controller"),
+                }
+            });
+        let warms = Controller::new(api::<CacheWarm>(&client, ns), watcher::Config::default())
+            .owns(api::<Pod>(&client, ns), pods_cfg.clone())
+            .graceful_shutdown_on(stop())
+            .run(
+                cache_warm::controller::reconcile,
+                cache_warm::controller::error_policy,
+                cw_ctx.clone(),
+            )
+            .for_each(|r| async move {
+                match r {
+                    Ok((obj, _)) => debug!(cachewarm = %obj.name, "reconciled CacheWarm"),
+                    Err(e) => debug!(error = %e, "CacheWarm controller"),
+                }
+            });
+        controllers.push(Box::pin(builds));
+        controllers.push(Box::pin(warms));
+    }
 
-    info!(namespace = ?scope.namespace, "controllers started");
-    metrics.ready.store(true, Ordering::Relaxed);
-    tokio::join!(builds, warms);
-    metrics.ready.store(false, Ordering::Relaxed);
+    info!(namespaces = ?scope.namespaces, "controllers started");
+    metrics.leader.set(1);
+    futures_util::future::join_all(controllers).await;
+    metrics.leader.set(0);
     info!("controllers stopped");
 }

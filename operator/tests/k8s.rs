@@ -168,7 +168,7 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     )
     .await
     .unwrap();
-    let pod = wait_pod(&env, "web-1-1").await;
+    let pod = wait_pod(&env, "web-build-1-1").await;
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.active_deadline_seconds, Some(600));
     assert_eq!(spec.automount_service_account_token, Some(false));
@@ -186,12 +186,12 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     );
     assert_eq!(owner.uid, get_build(&env, "web").await.uid().unwrap());
 
-    pod_running(&env.admin, &env.ns, "web-1-1", "executor").await;
+    pod_running(&env.admin, &env.ns, "web-build-1-1", "executor").await;
     wait_build(&env, "web", "phase Running", |b| {
         phase(b) == Some(Phase::Running)
     })
     .await;
-    pod_terminated(&env.admin, &env.ns, "web-1-1", "executor", 0, OK_MSG).await;
+    pod_terminated(&env.admin, &env.ns, "web-build-1-1", "executor", 0, OK_MSG).await;
     let b = wait_build(&env, "web", "phase Succeeded", |b| {
         phase(b) == Some(Phase::Succeeded)
     })
@@ -246,26 +246,26 @@ async fn failed_attempt_is_retried_then_build_fails_with_output() {
     let mut b = git_build("api");
     b.spec.retries = Some(1);
     create_build(&env, &b).await;
-    wait_pod(&env, "api-1-1").await;
-    pod_running(&env.admin, &env.ns, "api-1-1", "executor").await;
+    wait_pod(&env, "api-build-1-1").await;
+    pod_running(&env.admin, &env.ns, "api-build-1-1", "executor").await;
     pod_terminated(
         &env.admin,
         &env.ns,
-        "api-1-1",
+        "api-build-1-1",
         "executor",
         1,
         "step 1\nerror: first failure",
     )
     .await;
     // Backoff is 1s in tests; then attempt 2.
-    wait_pod(&env, "api-1-2").await;
+    wait_pod(&env, "api-build-1-2").await;
     let b = wait_build(&env, "api", "attempt 2", |b| {
         b.status.as_ref().and_then(|s| s.attempts) == Some(2)
     })
     .await;
-    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("api-1-2"));
+    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("api-build-1-2"));
     let out: String = (1..=40).map(|i| format!("output line {i}\n")).collect();
-    pod_terminated(&env.admin, &env.ns, "api-1-2", "executor", 2, &out).await;
+    pod_terminated(&env.admin, &env.ns, "api-build-1-2", "executor", 2, &out).await;
     let b = wait_build(&env, "api", "phase Failed", |b| {
         phase(b) == Some(Phase::Failed)
     })
@@ -292,7 +292,10 @@ async fn failed_attempt_is_retried_then_build_fails_with_output() {
     })
     .await;
     assert!(reasons.contains(&"Retrying".to_string()), "{reasons:?}");
-    assert_eq!(pod_names(&env).await, vec!["api-1-1", "api-1-2"]);
+    assert_eq!(
+        pod_names(&env).await,
+        vec!["api-build-1-1", "api-build-1-2"]
+    );
     op.stop().await;
 }
 
@@ -305,10 +308,10 @@ async fn deadline_exceeded_is_reported_as_timeout() {
     let mut b = git_build("slow");
     b.spec.timeout = Some("2s".into());
     create_build(&env, &b).await;
-    let pod = wait_pod(&env, "slow-1-1").await;
+    let pod = wait_pod(&env, "slow-build-1-1").await;
     assert_eq!(pod.spec.unwrap().active_deadline_seconds, Some(2));
-    pod_running(&env.admin, &env.ns, "slow-1-1", "executor").await;
-    pod_deadline_exceeded(&env.admin, &env.ns, "slow-1-1").await;
+    pod_running(&env.admin, &env.ns, "slow-build-1-1", "executor").await;
+    pod_deadline_exceeded(&env.admin, &env.ns, "slow-build-1-1").await;
     let b = wait_build(&env, "slow", "phase Failed", |b| {
         phase(b) == Some(Phase::Failed)
     })
@@ -324,8 +327,8 @@ async fn operator_restart_mid_build_neither_duplicates_nor_reruns() {
     };
     let op = Operator::start(&env);
     create_build(&env, &git_build("lib")).await;
-    wait_pod(&env, "lib-1-1").await;
-    pod_running(&env.admin, &env.ns, "lib-1-1", "executor").await;
+    wait_pod(&env, "lib-build-1-1").await;
+    pod_running(&env.admin, &env.ns, "lib-build-1-1", "executor").await;
     wait_build(&env, "lib", "phase Running", |b| {
         phase(b) == Some(Phase::Running)
     })
@@ -333,18 +336,18 @@ async fn operator_restart_mid_build_neither_duplicates_nor_reruns() {
     op.stop().await;
 
     // The build finishes while no operator runs.
-    pod_terminated(&env.admin, &env.ns, "lib-1-1", "executor", 0, OK_MSG).await;
+    pod_terminated(&env.admin, &env.ns, "lib-build-1-1", "executor", 0, OK_MSG).await;
     let op = Operator::start(&env);
     wait_build(&env, "lib", "phase Succeeded", |b| {
         phase(b) == Some(Phase::Succeeded)
     })
     .await;
-    assert_eq!(pod_names(&env).await, vec!["lib-1-1"]);
+    assert_eq!(pod_names(&env).await, vec!["lib-build-1-1"]);
     op.stop().await;
 
     // Delete the finished Pod and restart again: a finished build is not rerun.
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
-    pods.delete("lib-1-1", &DeleteParams::default())
+    pods.delete("lib-build-1-1", &DeleteParams::default())
         .await
         .unwrap();
     let op = Operator::start(&env);
@@ -368,8 +371,8 @@ async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
     };
     let op = Operator::start(&env);
     create_build(&env, &git_build("gen")).await;
-    wait_pod(&env, "gen-1-1").await;
-    pod_running(&env.admin, &env.ns, "gen-1-1", "executor").await;
+    wait_pod(&env, "gen-build-1-1").await;
+    pod_running(&env.admin, &env.ns, "gen-build-1-1", "executor").await;
     let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
     api.patch(
         "gen",
@@ -378,7 +381,7 @@ async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
     )
     .await
     .unwrap();
-    let pod = wait_pod(&env, "gen-2-1").await;
+    let pod = wait_pod(&env, "gen-build-2-1").await;
     assert!(pod.spec.unwrap().containers[0]
         .args
         .as_ref()
@@ -388,10 +391,10 @@ async fn new_generation_starts_a_new_build_and_stops_the_old_one() {
         b.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
     })
     .await;
-    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("gen-2-1"));
+    assert_eq!(b.status.unwrap().pod_name.as_deref(), Some("gen-build-2-1"));
     // The superseded running Pod is deleted.
     eventually(15, "gen-1-1 deleted", || async {
-        (!pod_names(&env).await.contains(&"gen-1-1".to_string())).then_some(())
+        (!pod_names(&env).await.contains(&"gen-build-1-1".to_string())).then_some(())
     })
     .await;
     op.stop().await;
@@ -404,14 +407,14 @@ async fn deleted_pod_and_deleted_build() {
     };
     let op = Operator::start(&env);
     create_build(&env, &git_build("gone")).await;
-    wait_pod(&env, "gone-1-1").await;
-    pod_running(&env.admin, &env.ns, "gone-1-1", "executor").await;
+    wait_pod(&env, "gone-build-1-1").await;
+    pod_running(&env.admin, &env.ns, "gone-build-1-1", "executor").await;
     wait_build(&env, "gone", "phase Running", |b| {
         phase(b) == Some(Phase::Running)
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
-    pods.delete("gone-1-1", &DeleteParams::default())
+    pods.delete("gone-build-1-1", &DeleteParams::default())
         .await
         .unwrap();
     let b = wait_build(&env, "gone", "PodDeleted", |b| {
@@ -427,12 +430,12 @@ async fn deleted_pod_and_deleted_build() {
         ..Default::default()
     };
     create_build(&env, &b2).await;
-    wait_pod(&env, "bye-1-1").await;
+    wait_pod(&env, "bye-build-1-1").await;
     let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
     api.delete("bye", &DeleteParams::default()).await.unwrap();
     eventually(20, "ImageBuild bye and its Pod gone", || async {
         let gone = api.get_opt("bye").await.unwrap().is_none();
-        (gone && !pod_names(&env).await.contains(&"bye-1-1".to_string())).then_some(())
+        (gone && !pod_names(&env).await.contains(&"bye-build-1-1".to_string())).then_some(())
     })
     .await;
     op.stop().await;
@@ -562,7 +565,7 @@ async fn cache_warm_runs_and_refreshes() {
         },
     );
     api.create(&PostParams::default(), &cw).await.unwrap();
-    let pod = wait_pod(&env, "base-1-1").await;
+    let pod = wait_pod(&env, "base-warm-1-1").await;
     let c = &pod.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.image.as_deref(), Some("reg.local/kiln-warmer:test"));
     assert!(c
@@ -570,9 +573,9 @@ async fn cache_warm_runs_and_refreshes() {
         .as_ref()
         .unwrap()
         .contains(&"--cache-dir=/cache".to_string()));
-    pod_running(&env.admin, &env.ns, "base-1-1", "warmer").await;
+    pod_running(&env.admin, &env.ns, "base-warm-1-1", "warmer").await;
     let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
-    pod_terminated(&env.admin, &env.ns, "base-1-1", "warmer", 0, msg).await;
+    pod_terminated(&env.admin, &env.ns, "base-warm-1-1", "warmer", 0, msg).await;
     let warmed = eventually(20, "CacheWarm Succeeded", || async {
         let c = api.get("base").await.ok()?;
         let s = c.status.clone()?;
@@ -592,9 +595,9 @@ async fn cache_warm_runs_and_refreshes() {
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], ["base", "Succeeded", "1"], "{table}");
     // After refreshInterval the next run starts and the previous Pod is removed.
-    wait_pod(&env, "base-1-2").await;
+    wait_pod(&env, "base-warm-1-2").await;
     eventually(15, "base-1-1 removed", || async {
-        (!pod_names(&env).await.contains(&"base-1-1".to_string())).then_some(())
+        (!pod_names(&env).await.contains(&"base-warm-1-1".to_string())).then_some(())
     })
     .await;
     // Deleting the CacheWarm removes its warmer Pods.
@@ -751,6 +754,18 @@ impl Replica {
         Some((code, out))
     }
 
+    /// `kiln_operator_leader` from /metrics.
+    async fn is_leader(&self) -> Option<bool> {
+        let (code, body) = self.get("/metrics").await?;
+        if code != 200 {
+            return None;
+        }
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("kiln_operator_leader "))?;
+        Some(line.trim_end().ends_with(" 1"))
+    }
+
     fn sigterm(&self) {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -779,14 +794,19 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
         Replica::start(&env, &lease, &dir.path().join("r0.log")),
         Replica::start(&env, &lease, &dir.path().join("r1.log")),
     ];
-    // Both serve /healthz; exactly one is ready (the leader).
+    // Both are healthy and ready (a standby waiting for the Lease is ready); exactly one is the
+    // leader, which the kiln_operator_leader metric tells.
     for r in &replicas {
         let (code, _) = eventually(20, "healthz", || r.get("/healthz")).await;
         assert_eq!(code, 200);
+        eventually(20, "readyz", || async {
+            (r.get("/readyz").await?.0 == 200).then_some(())
+        })
+        .await;
     }
     let li = eventually(20, "exactly one leader", || async {
-        let a = replicas[0].get("/readyz").await?.0 == 200;
-        let b = replicas[1].get("/readyz").await?.0 == 200;
+        let a = replicas[0].is_leader().await?;
+        let b = replicas[1].is_leader().await?;
         match (a, b) {
             (true, false) => Some(0),
             (false, true) => Some(1),
@@ -796,23 +816,24 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     .await;
     let mut replicas = replicas;
     create_build(&env, &git_build("bin")).await;
-    let pod = wait_pod(&env, "bin-1-1").await;
+    let pod = wait_pod(&env, "bin-build-1-1").await;
     assert_eq!(
         pod.spec.unwrap().containers[0].image.as_deref(),
         Some("reg.local/kiln-executor:bin")
     );
-    pod_running(&env.admin, &env.ns, "bin-1-1", "executor").await;
-    pod_terminated(&env.admin, &env.ns, "bin-1-1", "executor", 0, OK_MSG).await;
+    pod_running(&env.admin, &env.ns, "bin-build-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "bin-build-1-1", "executor", 0, OK_MSG).await;
     wait_build(&env, "bin", "Succeeded", |b| {
         phase(b) == Some(Phase::Succeeded)
     })
     .await;
     for _ in 0..5 {
         assert_eq!(
-            replicas[1 - li].get("/readyz").await.unwrap().0,
-            503,
+            replicas[1 - li].is_leader().await,
+            Some(false),
             "the follower must not act"
         );
+        assert_eq!(replicas[1 - li].get("/readyz").await.unwrap().0, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let (_, metrics) = replicas[li].get("/metrics").await.unwrap();
@@ -837,8 +858,8 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
     };
     assert!(status.success(), "graceful shutdown exits 0: {status}");
     let t = std::time::Instant::now();
-    eventually(10, "the follower becomes ready", || async {
-        (replicas[1 - li].get("/readyz").await?.0 == 200).then_some(())
+    eventually(10, "the follower becomes leader", || async {
+        replicas[1 - li].is_leader().await?.then_some(())
     })
     .await;
     // The follower retries every second; a released Lease is taken without waiting for expiry.
@@ -931,7 +952,7 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
         create_build(&env, &b).await;
     }
     for name in ["from-git", "from-cm", "from-pvc", "from-url"] {
-        let pod = wait_pod(&env, &format!("{name}-1-1")).await;
+        let pod = wait_pod(&env, &format!("{name}-build-1-1")).await;
         let c = &pod.spec.as_ref().unwrap().containers[0];
         assert!(c
             .args
@@ -939,10 +960,172 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
             .unwrap()
             .contains(&"--cache-dir=/cache".to_string()));
         let b = wait_build(&env, name, "phase Pending with the Pod", |b| {
-            b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some(&format!("{name}-1-1"))
+            b.status.as_ref().and_then(|s| s.pod_name.as_deref())
+                == Some(&format!("{name}-build-1-1"))
         })
         .await;
         assert_eq!(phase(&b), Some(Phase::Pending));
     }
     op.stop().await;
+}
+
+/// A Pod under the name the operator wants, created by hand (no owner).
+fn squatter(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kiln-operator"}},
+        "spec": {"containers": [{"name": "c", "image": "reg.local/other:1"}]}
+    }))
+    .unwrap()
+}
+
+fn controller_uid(p: &Pod) -> Option<String> {
+    p.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.clone())
+}
+
+#[tokio::test]
+async fn image_build_and_cache_warm_of_one_name_keep_their_own_pods() {
+    let Some(env) = env("collide").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let cws: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
+    let cw = cws
+        .create(
+            &PostParams::default(),
+            &CacheWarm::new(
+                "same",
+                CacheWarmSpec {
+                    images: vec!["reg.local/debian:12".into()],
+                    claim: "warm".into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let warm_pod = wait_pod(&env, "same-warm-1-1").await;
+    let b = create_build(&env, &git_build("same")).await;
+    let build_pod = wait_pod(&env, "same-build-1-1").await;
+    assert_eq!(controller_uid(&warm_pod), cw.metadata.uid);
+    assert_eq!(controller_uid(&build_pod), b.metadata.uid);
+    assert_eq!(build_pod.spec.unwrap().containers[0].name, "executor");
+    // The warmer finishing is the CacheWarm's business only.
+    pod_running(&env.admin, &env.ns, "same-warm-1-1", "warmer").await;
+    let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
+    pod_terminated(&env.admin, &env.ns, "same-warm-1-1", "warmer", 0, msg).await;
+    eventually(20, "CacheWarm Succeeded", || async {
+        let s = cws.get("same").await.ok()?.status?;
+        (s.phase == Some(Phase::Succeeded)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = get_build(&env, "same").await;
+    assert_eq!(phase(&b), Some(Phase::Pending), "{:?}", b.status);
+    assert_eq!(
+        b.status.as_ref().unwrap().pod_name.as_deref(),
+        Some("same-build-1-1")
+    );
+    // The build finishes on its own Pod.
+    pod_running(&env.admin, &env.ns, "same-build-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "same-build-1-1", "executor", 0, OK_MSG).await;
+    wait_build(&env, "same", "Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        pod_names(&env).await,
+        vec!["same-build-1-1", "same-warm-1-1"]
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_pod_under_the_name_is_reported_not_adopted() {
+    let Some(env) = env("squat").await else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    pods.create(&PostParams::default(), &squatter("squat-build-1-1"))
+        .await
+        .unwrap();
+    let op = Operator::start(&env);
+    let b = create_build(&env, &git_build("squat")).await;
+    let seen = wait_build(&env, "squat", "PodNameConflict", |b| {
+        ready_reason(b).as_deref() == Some("PodNameConflict")
+    })
+    .await;
+    let s = seen.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert!(
+        s.message.as_deref().unwrap().contains("squat-build-1-1"),
+        "{:?}",
+        s.message
+    );
+    assert!(event_reasons(&env.admin, &env.ns, "squat")
+        .await
+        .contains(&"PodNameConflict".to_string()));
+    // The stranger is neither adopted nor changed nor deleted.
+    let p = pods.get("squat-build-1-1").await.unwrap();
+    assert_eq!(controller_uid(&p), None);
+    assert_eq!(p.spec.unwrap().containers[0].name, "c");
+    // Its owner removes it: the build starts on a Pod of its own.
+    pods.delete("squat-build-1-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let own = eventually(60, "the build's own Pod", || async {
+        let p = pods.get_opt("squat-build-1-1").await.ok().flatten()?;
+        (controller_uid(&p) == b.metadata.uid).then_some(p)
+    })
+    .await;
+    assert_eq!(own.spec.unwrap().containers[0].name, "executor");
+    wait_build(&env, "squat", "Building", |b| {
+        ready_reason(b).as_deref() == Some("Building")
+    })
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn one_operator_watches_several_namespaces() {
+    let Some(env) = env("multi-ns").await else {
+        return;
+    };
+    let other = format!("{}-b", env.ns);
+    create_namespace(&env.admin, &other).await;
+    let cfg = test_config();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(kiln_operator::runtime::run(
+        env.operator.clone(),
+        cfg,
+        kiln_operator::metrics::Metrics::new(),
+        kiln_operator::runtime::Scope {
+            namespaces: vec![env.ns.clone(), other.clone()],
+            instance: Some("test".into()),
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    for ns in [&env.ns, &other] {
+        let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), ns);
+        api.create(&PostParams::default(), &git_build("app"))
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
+        eventually(30, &format!("Pod app-build-1-1 in {ns}"), || {
+            let pods = pods.clone();
+            async move { pods.get_opt("app-build-1-1").await.ok().flatten() }
+        })
+        .await;
+    }
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("operator stops within 20s")
+        .expect("operator task");
 }

@@ -214,6 +214,7 @@ fn push_layers(
             digest: digest.clone(),
             size,
             source: BlobSource::File(layer_path),
+            mount_from: None,
         });
         layers.push((digest, diff_id));
     }
@@ -240,6 +241,7 @@ fn push_layers(
         digest: config_digest,
         size: config.len() as u64,
         source: BlobSource::Bytes(config),
+        mount_from: None,
     });
     let manifest_digest = rt()
         .block_on(registry.push_image(reference, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))

@@ -55,20 +55,10 @@ app.kubernetes.io/part-of: kiln
 {{- end }}
 
 {{/*
-The operator processes to run: one watching all namespaces ("" below), or one per entry of
-watchNamespaces, because an operator process watches a single namespace. Each entry carries the
-Deployment name and the leader-election Lease name of that process.
+The operator process: one Deployment (and one leader-election Lease) whether it watches every
+namespace or the list in watchNamespaces (repeated --watch-namespace flags).
 */}}
-{{- define "kiln.scopes" -}}
+{{- define "kiln.scope" -}}
 {{- $full := include "kiln.fullname" . }}
-{{- $scopes := list }}
-{{- if .Values.watchNamespaces }}
-{{- range .Values.watchNamespaces }}
-{{- $name := printf "%s-%s" $full . | trunc 63 | trimSuffix "-" }}
-{{- $scopes = append $scopes (dict "namespace" . "name" $name "lease" (printf "%s-leader" ($name | trunc 56 | trimSuffix "-"))) }}
-{{- end }}
-{{- else }}
-{{- $scopes = append $scopes (dict "namespace" "" "name" $full "lease" (printf "%s-leader" $full)) }}
-{{- end }}
-{{- toJson (dict "scopes" $scopes) }}
+{{- toJson (dict "name" $full "lease" (printf "%s-leader" ($full | trunc 56 | trimSuffix "-")) "namespaces" (.Values.watchNamespaces | default list)) }}
 {{- end }}

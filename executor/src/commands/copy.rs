@@ -103,7 +103,7 @@ pub fn execute(
 
 /// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
 /// `*`/`?`/`[...]` in the last component matched against the directory's entries.
-fn resolve_root_source(root: &Path, src: &str, name: &str) -> Result<Vec<PathBuf>, CommandError> {
+pub(crate) fn resolve_root_source(root: &Path, src: &str, name: &str) -> Result<Vec<PathBuf>, CommandError> {
     let has_glob = src.contains(['*', '?', '[']);
     if !has_glob {
         let host = resolve_in_root(root, Path::new(src), true)

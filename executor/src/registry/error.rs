@@ -21,6 +21,33 @@ pub enum RegistryError {
         config: String,
     },
 
+    #[error("access to {reference} denied by registry {registry}: the account in the docker config ({config}) may not {action} this repository; check its permissions on {registry} and the image name")]
+    Denied {
+        registry: String,
+        reference: String,
+        config: String,
+        /// "pull from" or "push to".
+        action: &'static str,
+    },
+
+    #[error("{what} for {reference} failed on registry {registry} after {attempts} attempt(s): {detail}; the registry or the network failed transiently: try again, or allow retries with {}=N", retry_flag(*.push))]
+    Transient {
+        registry: String,
+        reference: String,
+        what: String,
+        attempts: u32,
+        detail: String,
+        /// A push (`--push-retry`) rather than a pull (`--image-download-retry`).
+        push: bool,
+    },
+
+    #[error("invalid {option} value {value:?}: {reason}")]
+    InvalidOption {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+
     #[error(
         "{what} not found for {reference} on registry {registry}: check the image name and tag"
     )]
@@ -111,6 +138,59 @@ impl RegistryError {
     }
 }
 
+fn retry_flag(push: bool) -> &'static str {
+    if push {
+        "--push-retry"
+    } else {
+        "--image-download-retry"
+    }
+}
+
+/// The outcome of one failed attempt of a request: the error, and whether trying again
+/// may succeed (5xx, 408, 429, refused or cut connections, timeouts, truncated bodies).
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub error: RegistryError,
+    pub transient: bool,
+}
+
+impl Attempt {
+    pub(crate) fn transient(error: RegistryError) -> Attempt {
+        Attempt {
+            error,
+            transient: true,
+        }
+    }
+
+    pub(crate) fn fatal(error: RegistryError) -> Attempt {
+        Attempt {
+            error,
+            transient: false,
+        }
+    }
+}
+
+/// Whether an oci-client failure is worth retrying. 4xx answers (bad credentials, denied,
+/// not found) are final, except 408 and 429 which ask the client to come back.
+pub(crate) fn is_transient(err: &OciDistributionError) -> bool {
+    let status_transient = |code: u16| code >= 500 || code == 408 || code == 429;
+    match err {
+        OciDistributionError::ServerError { code, .. } => status_transient(*code),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
+        OciDistributionError::RequestError(e) => match e.status() {
+            Some(s) => status_transient(s.as_u16()),
+            None => {
+                e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
+            }
+        },
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
 /// Where a failing request went; used to build errors from oci-client failures.
 pub(crate) struct ErrorContext<'a> {
     pub registry: &'a str,
@@ -121,6 +201,8 @@ pub(crate) struct ErrorContext<'a> {
     pub config: &'a str,
     /// Secrets that must not leak into a message even if a server echoes them.
     pub secrets: &'a [String],
+    /// Whether the request is part of a push (for "may not push to" advice).
+    pub push: bool,
 }
 
 impl ErrorContext<'_> {
@@ -137,6 +219,39 @@ impl ErrorContext<'_> {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
             what: self.what.to_string(),
+        }
+    }
+
+    fn denied(&self) -> RegistryError {
+        RegistryError::Denied {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            config: self.config.to_string(),
+            action: if self.push { "push to" } else { "pull from" },
+        }
+    }
+
+    /// Classifies one failed attempt: the user-facing error and whether to retry.
+    pub(crate) fn attempt(&self, err: OciDistributionError) -> Attempt {
+        Attempt {
+            transient: is_transient(&err),
+            error: self.map(err),
+        }
+    }
+
+    /// The error reported once a transient failure has used up its retries: connection
+    /// problems keep their "cannot reach" advice, the rest say how often it was tried.
+    pub(crate) fn gave_up(&self, error: RegistryError, attempts: u32, push: bool) -> RegistryError {
+        match error {
+            RegistryError::Registry { detail, .. } => RegistryError::Transient {
+                registry: self.registry.to_string(),
+                reference: self.reference.to_string(),
+                what: self.what.to_string(),
+                attempts,
+                detail,
+                push,
+            },
+            other => other,
         }
     }
 
@@ -165,9 +280,11 @@ impl ErrorContext<'_> {
             | OciDistributionError::AuthenticationFailure(_) => self.unauthorized(),
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes
+                if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                    self.denied()
+                } else if codes
                     .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
                 {
                     self.unauthorized()
                 } else if codes.iter().any(|c| {
@@ -184,9 +301,8 @@ impl ErrorContext<'_> {
                     self.other(envelope.to_string())
                 }
             }
-            OciDistributionError::ServerError { code, .. } if code == 401 || code == 403 => {
-                self.unauthorized()
-            }
+            OciDistributionError::ServerError { code: 401, .. } => self.unauthorized(),
+            OciDistributionError::ServerError { code: 403, .. } => self.denied(),
             OciDistributionError::ServerError { code: 404, .. } => self.not_found(),
             OciDistributionError::ServerError { code, message, .. } => {
                 self.other(format!("HTTP {code}: {}", first_line(&message)))
@@ -203,13 +319,13 @@ impl ErrorContext<'_> {
                 }
             }
             OciDistributionError::RequestError(e) => {
-                if e.status()
-                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403)
-                {
+                if e.status().is_some_and(|s| s.as_u16() == 401) {
                     self.unauthorized()
+                } else if e.status().is_some_and(|s| s.as_u16() == 403) {
+                    self.denied()
                 } else if e.status().is_some_and(|s| s.as_u16() == 404) {
                     self.not_found()
-                } else if e.is_connect() || e.is_timeout() || e.is_request() {
+                } else if e.is_connect() || e.is_timeout() {
                     RegistryError::Unreachable {
                         registry: self.registry.to_string(),
                         reference: self.reference.to_string(),
@@ -292,6 +408,7 @@ mod tests {
             what: "manifest",
             config: "none",
             secrets: &[],
+            push: false,
         };
         let e = ctx.map(OciDistributionError::ServerError {
             code: 404,

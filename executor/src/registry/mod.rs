@@ -8,7 +8,9 @@ pub mod layout;
 pub mod reference;
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -25,7 +27,7 @@ pub use error::RegistryError;
 pub use layout::{LayoutError, OciLayout};
 pub use reference::{normalize_reference, parse_reference, Reference};
 
-use error::ErrorContext;
+use error::{Attempt, ErrorContext};
 use reference::{is_docker_hub, sha256_hex, with_digest, with_registry};
 
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -66,6 +68,9 @@ const UPLOAD_READ_CHUNK: usize = 1 << 20;
 
 /// How many blobs are uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
+
+/// The longest wait between two attempts of a request, however many retries are allowed.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// An image platform (`os/architecture[/variant]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,8 +165,9 @@ impl Platform {
 }
 
 /// How to reach registries. `Default` is HTTPS everywhere with verification, no mirrors,
-/// the host's Linux platform and the usual docker config locations.
-#[derive(Debug, Clone, Default)]
+/// no retries (1 s base delay when some are allowed), the host's Linux platform and the
+/// usual docker config locations.
+#[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// Plain HTTP to all registries.
     pub insecure: bool,
@@ -174,11 +180,76 @@ pub struct RegistryOptions {
     /// Pull-through mirrors for docker.io images (`host[:port][/prefix]`), tried in order
     /// before docker.io itself, like kaniko's `--registry-mirror`.
     pub mirrors: Vec<String>,
+    /// Registry remaps for pulls in kaniko's `--registry-map` form,
+    /// `original=remap1;remap2` (e.g. `index.docker.io=mirror.gcr.io;other.io/prefix`):
+    /// images of `original` are tried on each remap in order, then on `original`. Checked
+    /// by [`Registry::new`].
+    pub registry_maps: Vec<String>,
+    /// Retries of each push request (blob check, mount, upload, manifest) after a transient
+    /// failure: 5xx, 408, 429, refused or reset connections, timeouts, truncated bodies.
+    /// kaniko's `--push-retry`; 0 tries once. 4xx answers are never retried.
+    pub push_retries: u32,
+    /// The same for pulls (manifests, configs, blobs): kaniko's `--image-download-retry`.
+    pub pull_retries: u32,
+    /// Wait before the first retry; it doubles for each further one, up to 30 s.
+    pub retry_base_delay: Duration,
     /// The platform picked from image indexes.
     pub platform: Platform,
     /// An explicit docker config.json; else `$DOCKER_CONFIG/config.json`,
     /// `~/.docker/config.json`, `/kaniko/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: false,
+            insecure_registries: Vec::new(),
+            skip_tls_verify: false,
+            skip_tls_verify_registries: Vec::new(),
+            mirrors: Vec::new(),
+            registry_maps: Vec::new(),
+            push_retries: 0,
+            pull_retries: 0,
+            retry_base_delay: Duration::from_secs(1),
+            platform: Platform::default(),
+            docker_config: None,
+        }
+    }
+}
+
+/// Parses kaniko `--registry-map` values into (normalised original registry, remaps in
+/// order); the same original given twice keeps all remaps, in the order given.
+pub fn parse_registry_maps(values: &[String]) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for value in values {
+        let invalid = |reason: &str| RegistryError::InvalidOption {
+            option: "--registry-map",
+            value: value.clone(),
+            reason: reason.to_string(),
+        };
+        let (from, to) = value
+            .split_once('=')
+            .ok_or_else(|| invalid("expected original=remap1;remap2"))?;
+        let from = auth::normalize_auth_key(from);
+        if from.is_empty() {
+            return Err(invalid("the original registry is empty"));
+        }
+        let remaps: Vec<String> = to
+            .split(';')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if remaps.is_empty() {
+            return Err(invalid("no registry to remap to"));
+        }
+        match out.iter_mut().find(|(f, _)| *f == from) {
+            Some((_, existing)) => existing.extend(remaps),
+            None => out.push((from, remaps)),
+        }
+    }
+    Ok(out)
 }
 
 /// A pulled image: its manifest (for one platform) and config, both verified.
@@ -207,6 +278,10 @@ pub struct Blob {
     pub digest: String,
     pub size: u64,
     pub source: BlobSource,
+    /// A repository (an image reference; tag or digest ignored) known to hold this blob,
+    /// e.g. the base image a layer came from. When it is on the destination's registry the
+    /// blob is mounted from it instead of uploaded; the upload is the fallback.
+    pub mount_from: Option<String>,
 }
 
 /// Where a blob's bytes come from.
@@ -228,6 +303,23 @@ pub struct Registry {
     auth: DockerConfig,
     config_desc: String,
     secrets: Vec<String>,
+    /// `opts.registry_maps`, parsed.
+    maps: Vec<(String, Vec<String>)>,
+}
+
+/// Which kind of request a retry policy applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Pull,
+    Push,
+}
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobOutcome {
+    Present,
+    Mounted,
+    Uploaded,
 }
 
 impl fmt::Debug for Registry {
@@ -243,6 +335,7 @@ impl Registry {
     /// Builds the HTTP clients and loads the docker config.
     pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
         let auth = DockerConfig::load(opts.docker_config.as_deref())?;
+        let maps = parse_registry_maps(&opts.registry_maps)?;
         let protocol = if opts.insecure {
             ClientProtocol::Http
         } else {
@@ -287,6 +380,7 @@ impl Registry {
             auth,
             config_desc,
             secrets,
+            maps,
         })
     }
 
@@ -334,12 +428,76 @@ impl Registry {
             what,
             config: &self.config_desc,
             secrets: &self.secrets,
+            push: false,
         }
     }
 
-    /// Where to fetch `r` from: the mirrors first for Docker Hub images, then the registry.
+    fn push_ctx<'a>(
+        &'a self,
+        ep: &'a Reference,
+        reference: &'a str,
+        what: &'a str,
+    ) -> ErrorContext<'a> {
+        ErrorContext {
+            push: true,
+            ..self.ctx(ep, reference, what)
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good (4xx, bad content) or has used the
+    /// retries allowed for `direction`, waiting `retry_base_delay * 2^n` (at most 30 s)
+    /// before retry n+1. Each attempt must start over from nothing (a fresh request, a
+    /// fresh temporary file), which is why `op` is a closure.
+    async fn retrying<T, F, Fut>(
+        &self,
+        direction: Direction,
+        ctx: &ErrorContext<'_>,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let retries = match direction {
+            Direction::Pull => self.opts.pull_retries,
+            Direction::Push => self.opts.push_retries,
+        };
+        let mut done = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt { error, transient }) => {
+                    done += 1;
+                    if !transient {
+                        return Err(error);
+                    }
+                    if done > retries {
+                        return Err(ctx.gave_up(error, done, direction == Direction::Push));
+                    }
+                    let delay = retry_delay(self.opts.retry_base_delay, done - 1);
+                    tracing::warn!(
+                        registry = ctx.registry,
+                        what = ctx.what,
+                        attempt = done,
+                        retries,
+                        delay_ms = delay.as_millis() as u64,
+                        error = %error,
+                        "transient registry failure, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Where to fetch `r` from: its `--registry-map` remaps in order, then for Docker Hub
+    /// images the mirrors, then the registry itself.
     fn endpoints(&self, r: &Reference) -> Vec<Reference> {
         let mut out = Vec::new();
+        let host = auth::normalize_auth_key(r.registry());
+        for (_, remaps) in self.maps.iter().filter(|(from, _)| *from == host) {
+            out.extend(remaps.iter().map(|m| with_registry(r, m)));
+        }
         if is_docker_hub(r) {
             out.extend(self.opts.mirrors.iter().map(|m| with_registry(r, m)));
         }
@@ -383,17 +541,21 @@ impl Registry {
             None => format!("manifest for tag {}", ep.tag().unwrap_or("latest")),
         };
         let ctx = self.ctx(ep, normalized, &what);
-        let (body, _) = client
-            .pull_manifest_raw(ep, &self.registry_auth(ep), ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| ctx.map(e))?;
-        let actual = sha256_digest(&body);
-        if let Some(expected) = ep.digest() {
-            if expected != actual {
-                return Err(ctx.mismatch(expected, &actual));
+        self.retrying(Direction::Pull, &ctx, || async {
+            let (body, _) = client
+                .pull_manifest_raw(ep, &self.registry_auth(ep), ACCEPTED_MANIFESTS)
+                .await
+                .map_err(|e| ctx.attempt(e))?;
+            let actual = sha256_digest(&body);
+            if let Some(expected) = ep.digest() {
+                if expected != actual {
+                    // A cut-short body is the likely cause; a retry fetches it whole.
+                    return Err(Attempt::transient(ctx.mismatch(expected, &actual)));
+                }
             }
-        }
-        Ok((body.to_vec(), actual))
+            Ok((body.to_vec(), actual))
+        })
+        .await
     }
 
     async fn pull_from(
@@ -481,15 +643,20 @@ impl Registry {
             size: config_size,
             ..OciDescriptor::default()
         };
-        let mut config_bytes: Vec<u8> = Vec::new();
-        client
-            .pull_blob(ep, &desc, &mut config_bytes)
-            .await
-            .map_err(|e| ctx.map(e))?;
-        let actual = sha256_digest(&config_bytes);
-        if actual != config_digest {
-            return Err(ctx.mismatch(&config_digest, &actual));
-        }
+        let config_bytes = self
+            .retrying(Direction::Pull, &ctx, || async {
+                let mut bytes: Vec<u8> = Vec::new();
+                client
+                    .pull_blob(ep, &desc, &mut bytes)
+                    .await
+                    .map_err(|e| ctx.attempt(e))?;
+                let actual = sha256_digest(&bytes);
+                if actual != config_digest {
+                    return Err(Attempt::transient(ctx.mismatch(&config_digest, &actual)));
+                }
+                Ok(bytes)
+            })
+            .await?;
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
             .map_err(|e| invalid("image config", e.to_string()))?;
         tracing::debug!(reference = %normalized, registry = ep.registry(), manifest = %digest, "pulled manifest and config");
@@ -557,42 +724,24 @@ impl Registry {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".kiln-blob-")
-            .tempfile_in(&dir)
-            .map_err(|e| RegistryError::io("cannot create a temporary file in", &dir, e))?;
-        let std_file = tmp
-            .as_file()
-            .try_clone()
-            .map_err(|e| RegistryError::io("cannot open", tmp.path(), e))?;
-        let mut file = tokio::fs::File::from_std(std_file);
-
-        let mut stream = client
-            .pull_blob_stream(ep, digest)
-            .await
-            .map_err(|e| ctx.map(e))?;
-        let mut hasher = Sha256::new();
-        let mut written: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ctx.map_io(&e))?;
-            hasher.update(&chunk);
-            written += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| RegistryError::io("cannot write", tmp.path(), e))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| RegistryError::io("cannot write", tmp.path(), e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| RegistryError::io("cannot sync", tmp.path(), e))?;
-        drop(file);
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if actual != digest {
-            // The temporary file is removed when `tmp` drops.
-            return Err(ctx.mismatch(digest, &actual));
-        }
+        // Each attempt streams into a fresh temporary file, hashed on the way, so a
+        // retried download never mixes bytes of two responses.
+        let (tmp, written) = self
+            .retrying(Direction::Pull, &ctx, || async {
+                let tmp = tempfile::Builder::new()
+                    .prefix(".kiln-blob-")
+                    .tempfile_in(&dir)
+                    .map_err(|e| {
+                        Attempt::fatal(RegistryError::io(
+                            "cannot create a temporary file in",
+                            &dir,
+                            e,
+                        ))
+                    })?;
+                let written = self.stream_blob(client, ep, digest, &tmp, &ctx).await?;
+                Ok((tmp, written))
+            })
+            .await?;
         tmp.persist(dest)
             .map_err(|e| RegistryError::io("cannot move the blob into", dest, e.error))?;
         tracing::debug!(
@@ -601,6 +750,49 @@ impl Registry {
             bytes = written,
             "fetched blob"
         );
+        Ok(written)
+    }
+
+    /// One attempt of a blob download into `tmp`, verified against `digest`.
+    async fn stream_blob(
+        &self,
+        client: &Client,
+        ep: &Reference,
+        digest: &str,
+        tmp: &tempfile::NamedTempFile,
+        ctx: &ErrorContext<'_>,
+    ) -> Result<u64, Attempt> {
+        let local = |action: &'static str, e: std::io::Error| {
+            Attempt::fatal(RegistryError::io(action, tmp.path(), e))
+        };
+        let std_file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| local("cannot open", e))?;
+        let mut file = tokio::fs::File::from_std(std_file);
+        let mut stream = client
+            .pull_blob_stream(ep, digest)
+            .await
+            .map_err(|e| ctx.attempt(e))?;
+        let mut hasher = Sha256::new();
+        let mut written: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            // A connection cut mid-body ends here; the caller retries from scratch.
+            let chunk = chunk.map_err(|e| Attempt::transient(ctx.map_io(&e)))?;
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| local("cannot write", e))?;
+        }
+        file.flush().await.map_err(|e| local("cannot write", e))?;
+        file.sync_all().await.map_err(|e| local("cannot sync", e))?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            // The temporary file is removed when the caller drops it. A body cut short
+            // without a transport error lands here too, so this is worth a retry.
+            return Err(Attempt::transient(ctx.mismatch(digest, &actual)));
+        }
         Ok(written)
     }
 
@@ -640,16 +832,23 @@ impl Registry {
         let client = self.client_for(&r);
         self.prepare(client, &r).await;
         let what = format!("blob {digest}");
-        client
-            .blob_exists(&r, digest)
-            .await
-            .map_err(|e| self.ctx(&r, &normalized, &what).map(e))
+        let ctx = self.ctx(&r, &normalized, &what);
+        self.retrying(Direction::Pull, &ctx, || async {
+            client
+                .blob_exists(&r, digest)
+                .await
+                .map_err(|e| ctx.attempt(e))
+        })
+        .await
     }
 
-    /// Pushes an image: every blob the repository does not have yet (checked with HEAD),
-    /// then `manifest_bytes` exactly as given, only once all blobs are in. Blobs named by
-    /// the manifest but not in `blobs` must already exist in the repository. Returns the
-    /// manifest digest (`sha256:` of `manifest_bytes`).
+    /// Pushes an image: every blob the repository does not have yet (checked with HEAD;
+    /// mounted from `Blob::mount_from` when that repository is on the same registry, else
+    /// uploaded), then `manifest_bytes` exactly as given, only once every blob the manifest
+    /// names is confirmed in the repository, so a push that fails half-way never leaves a
+    /// manifest pointing at a missing blob. Blobs named by the manifest but not in `blobs`
+    /// must already exist there. Each request is retried `push_retries` times on transient
+    /// failures. Returns the manifest digest (`sha256:` of `manifest_bytes`).
     pub async fn push_image(
         &self,
         reference: &str,
@@ -663,7 +862,7 @@ impl Registry {
         if let Some(d) = r.digest() {
             if d != manifest_digest {
                 return Err(self
-                    .ctx(&r, &normalized, "manifest")
+                    .push_ctx(&r, &normalized, "manifest")
                     .mismatch(d, &manifest_digest));
             }
         }
@@ -678,13 +877,21 @@ impl Registry {
         let client = self.client_for(&r);
         self.prepare(client, &r).await;
 
-        let uploaded: Vec<bool> = futures_util::stream::iter(blobs.iter())
+        // Any failure here returns before the manifest is sent; the blobs still in flight
+        // are dropped with the stream.
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter())
             .map(|b| self.push_blob(client, &r, &normalized, b))
             .buffered(UPLOAD_CONCURRENCY)
             .try_collect()
             .await?;
-        let count = uploaded.iter().filter(|u| **u).count();
-        tracing::info!(reference = %normalized, uploaded = count, skipped = blobs.len() - count, "blobs pushed");
+        let count = |o: BlobOutcome| outcomes.iter().filter(|x| **x == o).count();
+        tracing::info!(
+            reference = %normalized,
+            uploaded = count(BlobOutcome::Uploaded),
+            mounted = count(BlobOutcome::Mounted),
+            present = count(BlobOutcome::Present),
+            "blobs pushed"
+        );
 
         // The registry would refuse a manifest naming a missing blob, but saying which
         // blob is missing is more useful than its error.
@@ -693,8 +900,13 @@ impl Registry {
                 continue;
             }
             let what = format!("blob {d} (named by the manifest but not given)");
-            let ctx = self.ctx(&r, &normalized, &what);
-            if !client.blob_exists(&r, &d).await.map_err(|e| ctx.map(e))? {
+            let ctx = self.push_ctx(&r, &normalized, &what);
+            let present = self
+                .retrying(Direction::Push, &ctx, || async {
+                    client.blob_exists(&r, &d).await.map_err(|e| ctx.attempt(e))
+                })
+                .await?;
+            if !present {
                 return Err(RegistryError::NotFound {
                     registry: r.registry().to_string(),
                     reference: normalized.clone(),
@@ -703,99 +915,148 @@ impl Registry {
             }
         }
 
-        let ctx = self.ctx(&r, &normalized, "manifest");
-        let content_type = manifest_media_type.parse().map_err(|_| {
+        let ctx = self.push_ctx(&r, &normalized, "manifest");
+        let invalid_type = || {
             ctx.other(format!(
                 "invalid manifest media type {manifest_media_type:?}"
             ))
-        })?;
-        client
-            .push_manifest_raw(&r, manifest_bytes.to_vec(), content_type)
-            .await
-            .map_err(|e| ctx.map(e))?;
+        };
+        self.retrying(Direction::Push, &ctx, || async {
+            let content_type = manifest_media_type
+                .parse()
+                .map_err(|_| Attempt::fatal(invalid_type()))?;
+            client
+                .push_manifest_raw(&r, manifest_bytes.to_vec(), content_type)
+                .await
+                .map_err(|e| ctx.attempt(e))
+        })
+        .await?;
         tracing::info!(reference = %normalized, digest = %manifest_digest, "pushed manifest");
         Ok(manifest_digest)
     }
 
-    /// Uploads one blob unless the repository has it; returns whether it uploaded.
+    /// Makes one blob present in the repository of `r`: nothing to do when it is there,
+    /// else a cross-repository mount when possible, else an upload.
     async fn push_blob(
         &self,
         client: &Client,
         r: &Reference,
         normalized: &str,
         blob: &Blob,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("blob {}", blob.digest);
-        let ctx = self.ctx(r, normalized, &what);
-        match client.blob_exists(r, &blob.digest).await {
+        let ctx = self.push_ctx(r, normalized, &what);
+        let exists = self
+            .retrying(Direction::Push, &ctx, || async {
+                client
+                    .blob_exists(r, &blob.digest)
+                    .await
+                    .map_err(|e| ctx.attempt(e))
+            })
+            .await;
+        match exists {
             Ok(true) => {
                 tracing::debug!(blob = %blob.digest, "blob already in the repository, skipped");
-                return Ok(false);
+                return Ok(BlobOutcome::Present);
             }
             Ok(false) => {}
             // A token scoped for push may not allow HEAD on a repository that does not
             // exist yet; uploading is then the right move.
-            Err(e) => {
-                let e = ctx.map(e);
-                if !matches!(
-                    e,
-                    RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. }
-                ) {
-                    return Err(e);
+            Err(RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(source) = self.mount_source(r, blob) {
+            let mounted = self
+                .retrying(Direction::Push, &ctx, || async {
+                    client
+                        .mount_blob(r, &source, &blob.digest)
+                        .await
+                        .map_err(|e| ctx.attempt(e))
+                })
+                .await;
+            match mounted {
+                Ok(()) => {
+                    tracing::debug!(blob = %blob.digest, from = source.repository(), "mounted blob");
+                    return Ok(BlobOutcome::Mounted);
+                }
+                // 202 (the registry started an upload instead: no access to the source,
+                // or it does not have the blob) and every other refusal fall back to an
+                // upload, which reports real problems itself.
+                Err(e) => {
+                    tracing::debug!(blob = %blob.digest, from = source.repository(), error = %e, "mount refused, uploading");
                 }
             }
         }
+        let invalid = |detail: String| RegistryError::InvalidBlob {
+            blob: blob.digest.clone(),
+            detail,
+        };
         match &blob.source {
             BlobSource::Bytes(data) => {
                 if data.len() as u64 != blob.size {
-                    return Err(RegistryError::InvalidBlob {
-                        blob: blob.digest.clone(),
-                        detail: format!("{} bytes given but size says {}", data.len(), blob.size),
-                    });
+                    return Err(invalid(format!(
+                        "{} bytes given but size says {}",
+                        data.len(),
+                        blob.size
+                    )));
                 }
                 let actual = sha256_digest(data);
                 if actual != blob.digest {
-                    return Err(RegistryError::InvalidBlob {
-                        blob: blob.digest.clone(),
-                        detail: format!("the given bytes hash to {actual}"),
-                    });
+                    return Err(invalid(format!("the given bytes hash to {actual}")));
                 }
-                let stream = bytes_stream(data.clone());
-                client
-                    .push_blob_stream(r, stream, &blob.digest, Some(blob.size))
-                    .await
-                    .map_err(|e| ctx.map(e))?;
             }
             BlobSource::File(path) => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| RegistryError::io("cannot open blob file", path, e))?;
-                let len = file
-                    .metadata()
-                    .await
+                let len = std::fs::metadata(path)
                     .map_err(|e| RegistryError::io("cannot stat blob file", path, e))?
                     .len();
                 if len != blob.size {
-                    return Err(RegistryError::InvalidBlob {
-                        blob: blob.digest.clone(),
-                        detail: format!(
-                            "{} has {len} bytes but size says {}",
-                            path.display(),
-                            blob.size
-                        ),
-                    });
+                    return Err(invalid(format!(
+                        "{} has {len} bytes but size says {}",
+                        path.display(),
+                        blob.size
+                    )));
                 }
-                // The registry checks the digest of what it receives when the upload is
-                // committed, so the file is not hashed a second time here.
-                client
-                    .push_blob_stream(r, file_stream(file), &blob.digest, Some(blob.size))
-                    .await
-                    .map_err(|e| ctx.map(e))?;
             }
         }
+        // Every attempt starts a new upload session with a fresh stream from the start of
+        // the source. The registry checks the digest of what it receives when the upload
+        // is committed, so the file is not hashed a second time here.
+        self.retrying(Direction::Push, &ctx, || async {
+            match &blob.source {
+                BlobSource::Bytes(data) => client
+                    .push_blob_stream(r, bytes_stream(data.clone()), &blob.digest, Some(blob.size))
+                    .await
+                    .map_err(|e| ctx.attempt(e)),
+                BlobSource::File(path) => {
+                    let file = tokio::fs::File::open(path).await.map_err(|e| {
+                        Attempt::fatal(RegistryError::io("cannot open blob file", path, e))
+                    })?;
+                    client
+                        .push_blob_stream(r, file_stream(file), &blob.digest, Some(blob.size))
+                        .await
+                        .map_err(|e| ctx.attempt(e))
+                }
+            }
+        })
+        .await?;
         tracing::debug!(blob = %blob.digest, bytes = blob.size, "uploaded blob");
-        Ok(true)
+        Ok(BlobOutcome::Uploaded)
     }
+
+    /// The repository to mount `blob` from: its `mount_from` when that parses, is on the
+    /// same registry as `r` and is another repository.
+    fn mount_source(&self, r: &Reference, blob: &Blob) -> Option<Reference> {
+        let source = parse_reference(blob.mount_from.as_deref()?).ok()?;
+        let same_registry =
+            auth::normalize_auth_key(source.registry()) == auth::normalize_auth_key(r.registry());
+        (same_registry && source.repository() != r.repository()).then_some(source)
+    }
+}
+
+/// The wait before retry `n` (0-based): `base * 2^n`, at most [`MAX_RETRY_DELAY`].
+fn retry_delay(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+        .min(MAX_RETRY_DELAY)
 }
 
 /// `sha256:<hex>` of `data`.
@@ -876,6 +1137,41 @@ mod tests {
         assert_eq!(p.to_string(), "linux/arm64/v8");
         assert!("linux".parse::<Platform>().is_err());
         assert_eq!(Platform::default().os, "linux");
+    }
+
+    #[test]
+    fn retry_delays_double_and_are_capped() {
+        let base = Duration::from_secs(1);
+        let d: Vec<u64> = (0..7).map(|n| retry_delay(base, n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_delay(base, 200), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn registry_maps_parse_like_kaniko() {
+        let maps = parse_registry_maps(&[
+            "index.docker.io=mirror.gcr.io;other.io/hub".to_string(),
+            "https://Quay.io/=q.local".to_string(),
+            "docker.io=third.io".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(
+            maps,
+            vec![
+                (
+                    "docker.io".to_string(),
+                    vec![
+                        "mirror.gcr.io".into(),
+                        "other.io/hub".into(),
+                        "third.io".into()
+                    ]
+                ),
+                ("quay.io".to_string(), vec!["q.local".to_string()]),
+            ]
+        );
+        for bad in ["nothing", "=x", "a.io=", "a.io=;"] {
+            assert!(parse_registry_maps(&[bad.to_string()]).is_err(), "{bad}");
+        }
     }
 
     #[test]

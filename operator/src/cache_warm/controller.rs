@@ -26,6 +26,7 @@ use crate::config::OperatorConfig;
 use crate::crd::{CacheWarm, CacheWarmStatus, Phase};
 use crate::image_build::controller::{kube_err, truncate, Error, FINALIZER};
 use crate::metrics::{KindLabel, Metrics};
+use crate::ownership;
 use crate::{FIELD_MANAGER, LABEL_GENERATION, LABEL_WARM};
 
 pub struct Context {
@@ -45,7 +46,7 @@ pub async fn reconcile(cw: Arc<CacheWarm>, ctx: Arc<Context>) -> Result<Action, 
             finalizer::Event::Apply(c) => apply(&api, &c, &ctx).await,
             finalizer::Event::Cleanup(c) => {
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                delete_pods(&pods, &c.name_any(), &ns, |_| true).await?;
+                delete_pods(&pods, &c, |_| true).await?;
                 Ok(Action::await_change())
             }
         }
@@ -103,14 +104,20 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
         }
         Ok(interval) => {
             let pod_name = current_pod_name(&cw);
+            let found = pods
+                .get_opt(&pod_name)
+                .await
+                .map_err(kube_err("reading", "Pod", &ns, &pod_name))?;
+            // Only a Pod this CacheWarm controls is its warmer Pod; a stranger under the name
+            // is reported, never adopted.
+            let (pod, foreign_pod) =
+                ownership::sort_out(found, cw.metadata.uid.as_deref().unwrap_or_default());
             let mut obs = Observation {
-                pod: pods
-                    .get_opt(&pod_name)
-                    .await
-                    .map_err(kube_err("reading", "Pod", &ns, &pod_name))?,
+                pod,
                 secret_missing: false,
+                foreign_pod,
             };
-            if obs.pod.is_none() {
+            if obs.pod.is_none() && obs.foreign_pod.is_none() {
                 if let Some(secret) = &cw.spec.pull_secret {
                     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
                     obs.secret_missing = secrets
@@ -142,7 +149,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
     let gen_label = generation.to_string();
     if cw.status.as_ref().and_then(|s| s.observed_generation) != Some(generation) {
         // A new generation: stop warms of the old one.
-        delete_pods(&pods, &name, &ns, |p| {
+        delete_pods(&pods, &cw, |p| {
             p.labels().get(LABEL_GENERATION) != Some(&gen_label)
         })
         .await?;
@@ -179,18 +186,26 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
         .unwrap_or_else(Action::await_change))
 }
 
+/// Deletes the Pods labelled for `cw` that `cw` controls and `which` selects.
 async fn delete_pods(
     pods: &Api<Pod>,
-    owner: &str,
-    ns: &str,
+    cw: &CacheWarm,
     which: impl Fn(&Pod) -> bool,
 ) -> Result<(), Error> {
+    let owner = cw.name_any();
+    let ns = cw.namespace().unwrap_or_default();
+    let uid = cw.metadata.uid.clone().unwrap_or_default();
     let lp = ListParams::default().labels(&format!("{LABEL_WARM}={owner}"));
-    let list = pods
-        .list(&lp)
-        .await
-        .map_err(kube_err("listing Pods of", "CacheWarm", ns, owner))?;
-    for p in list.items.iter().filter(|p| which(p)) {
+    let list =
+        pods.list(&lp)
+            .await
+            .map_err(kube_err("listing Pods of", "CacheWarm", &ns, &owner))?;
+    let ns = ns.as_str();
+    for p in list
+        .items
+        .iter()
+        .filter(|p| ownership::controlled_by(p, &uid) && which(p))
+    {
         let pn = p.name_any();
         match pods.delete(&pn, &DeleteParams::background()).await {
             Ok(_) => info!(pod = %pn, namespace = %ns, "deleted warmer Pod"),

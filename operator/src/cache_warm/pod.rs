@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::OperatorConfig;
 use crate::crd::{CacheWarm, WarmedImage};
 use crate::image_build::pod::{CACHE_DIR, DOCKER_CONFIG_DIR};
-use crate::names;
+use crate::{duration, names};
 
 /// Name of the warmer container (the one whose termination message is read).
 pub const CONTAINER: &str = "warmer";
@@ -25,8 +25,12 @@ pub struct WarmerResult {
     pub images: Vec<WarmedImage>,
 }
 
-/// The warmer's arguments, in spec order.
-pub fn warmer_args(cw: &CacheWarm) -> Vec<String> {
+/// The warmer's arguments (`kiln-warmer`'s real flags), images in spec order.
+///
+/// `--cache-ttl` is the refresh interval: the warmer skips an image whose cached copy is younger
+/// than its TTL, and its default (336h) would turn every refresh shorter than two weeks into a
+/// no-op.
+pub fn warmer_args(cw: &CacheWarm, cfg: &OperatorConfig) -> Vec<String> {
     let mut args: Vec<String> = cw
         .spec
         .images
@@ -34,8 +38,15 @@ pub fn warmer_args(cw: &CacheWarm) -> Vec<String> {
         .map(|i| format!("--image={i}"))
         .collect();
     args.push(format!("--cache-dir={CACHE_DIR}"));
-    if let Some(p) = &cw.spec.platform {
-        args.push(format!("--platform={p}"));
+    let ttl = cw
+        .spec
+        .refresh_interval
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| duration::format(cfg.default_refresh_interval));
+    args.push(format!("--cache-ttl={ttl}"));
+    if let Some(p) = cw.spec.platform.as_deref().filter(|p| !p.is_empty()) {
+        args.push(format!("--custom-platform={p}"));
     }
     args
 }
@@ -100,7 +111,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
     ]);
     Pod {
         metadata: ObjectMeta {
-            name: Some(names::pod_name(&name, generation, run)),
+            name: Some(names::warm_pod_name(&name, generation, run)),
             namespace: cw.namespace(),
             labels: Some(labels),
             owner_references: cw.controller_owner_ref(&()).map(|r| vec![r]),
@@ -115,7 +126,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
                         .clone()
                         .unwrap_or_else(|| cfg.warmer_image.clone()),
                 ),
-                args: Some(warmer_args(cw)),
+                args: Some(warmer_args(cw, cfg)),
                 env: (!env.is_empty()).then_some(env),
                 volume_mounts: Some(mounts),
                 termination_message_path: Some("/dev/termination-log".into()),
@@ -156,7 +167,7 @@ mod tests {
     #[test]
     fn warmer_pod_writes_to_claim() {
         let p = desired_pod(&cw(), &OperatorConfig::default(), 3);
-        assert_eq!(p.metadata.name.as_deref(), Some("base-2-3"));
+        assert_eq!(p.metadata.name.as_deref(), Some("base-warm-2-3"));
         let s = p.spec.as_ref().unwrap();
         let c = &s.containers[0];
         assert_eq!(
@@ -165,7 +176,8 @@ mod tests {
                 "--image=reg.local/debian:12",
                 "--image=reg.local/alpine:3",
                 "--cache-dir=/cache",
-                "--platform=linux/amd64"
+                "--cache-ttl=24h",
+                "--custom-platform=linux/amd64"
             ]
         );
         let vols = s.volumes.as_ref().unwrap();
@@ -195,5 +207,47 @@ mod tests {
             p.metadata.owner_references.as_ref().unwrap()[0].kind,
             "CacheWarm"
         );
+    }
+
+    /// The arguments the operator generates, parsed by the real `kiln-warmer` command line.
+    #[test]
+    fn warmer_cli_accepts_every_generated_flag() {
+        use clap::Parser;
+        let parse = |c: &CacheWarm| {
+            let mut argv = vec!["kiln-warmer".to_string()];
+            argv.extend(warmer_args(c, &OperatorConfig::default()));
+            kiln_warmer::Args::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("kiln-warmer rejects {argv:?}: {e}"))
+        };
+        let mut c = cw();
+        let a = parse(&c);
+        assert_eq!(a.images, vec!["reg.local/debian:12", "reg.local/alpine:3"]);
+        assert_eq!(a.cache_dir, std::path::PathBuf::from(CACHE_DIR));
+        assert_eq!(a.custom_platform.as_deref(), Some("linux/amd64"));
+        // The refresh interval is the TTL, so a refresh really pulls again.
+        assert_eq!(a.cache_ttl, std::time::Duration::from_secs(24 * 3600));
+        c.spec.refresh_interval = Some("1h30m".into());
+        c.spec.platform = None;
+        let a = parse(&c);
+        assert_eq!(a.cache_ttl, std::time::Duration::from_secs(5400));
+        assert_eq!(a.custom_platform, None);
+    }
+
+    /// The warmer's real termination message is what the operator reads.
+    #[test]
+    fn warmer_termination_message_is_understood() {
+        let warmed = kiln_warmer::Warmed {
+            target: kiln_warmer::Target {
+                reference: "reg.local/debian:12".into(),
+                platform: "linux/amd64".parse().unwrap(),
+            },
+            digest: format!("sha256:{}", "a".repeat(64)),
+            outcome: kiln_warmer::Outcome::Cached,
+            elapsed: std::time::Duration::from_secs(1),
+        };
+        let text = kiln_warmer::termination_message(&[warmed]);
+        let r: WarmerResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.images[0].reference, "reg.local/debian:12");
+        assert_eq!(r.images[0].digest, format!("sha256:{}", "a".repeat(64)));
     }
 }

@@ -16,11 +16,15 @@ use crate::crd::{CacheWarm, CacheWarmStatus, Phase};
 use crate::duration;
 use crate::image_build::status::tail_lines;
 use crate::names;
+use crate::ownership::POD_NAME_CONFLICT;
 
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
+    /// The warmer Pod of the current run, if it exists and this CacheWarm controls it.
     pub pod: Option<Pod>,
     pub secret_missing: bool,
+    /// A Pod this CacheWarm does not control holds the current run's name (described).
+    pub foreign_pod: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +64,7 @@ pub fn current_run(cw: &CacheWarm) -> i32 {
 }
 
 pub fn current_pod_name(cw: &CacheWarm) -> String {
-    names::pod_name(
+    names::warm_pod_name(
         &cw.name_any(),
         cw.metadata.generation.unwrap_or(0),
         current_run(cw),
@@ -105,7 +109,7 @@ pub fn plan(
     let old = cw.status.clone().unwrap_or_default();
     let same_gen = old.observed_generation == Some(generation);
     let run = current_run(cw);
-    let pod_name = names::pod_name(&cw.name_any(), generation, run);
+    let pod_name = names::warm_pod_name(&cw.name_any(), generation, run);
     let mut st = if same_gen {
         old.clone()
     } else {
@@ -127,7 +131,7 @@ pub fn plan(
         event: None,
     };
     let start = |st: &mut CacheWarmStatus, plan: &mut Plan, run: i32, previous: Option<String>| {
-        let name = names::pod_name(&cw.name_any(), generation, run);
+        let name = names::warm_pod_name(&cw.name_any(), generation, run);
         let m = format!("warm run {run}: warmer Pod {name} created");
         st.phase = Some(Phase::Running);
         st.completion_time = None;
@@ -152,6 +156,28 @@ pub fn plan(
 
     // (phase after the Pod's outcome, when it finished)
     let finished: Option<(bool, Timestamp)> = match &obs.pod {
+        None if obs.foreign_pod.is_some() => {
+            let foreign = obs.foreign_pod.as_deref().unwrap_or_default();
+            let m = format!(
+                "{foreign}, not by this CacheWarm, so the warmer Pod cannot be created: delete or \
+                 rename that Pod (the warm run starts once the name is free)"
+            );
+            st.phase = Some(Phase::Pending);
+            st.message = Some(m.clone());
+            if old.conditions.iter().all(|c| c.reason != POD_NAME_CONFLICT) {
+                plan.event = Some((true, POD_NAME_CONFLICT, m.clone()));
+            }
+            set_conditions(
+                &mut st,
+                Status::False,
+                POD_NAME_CONFLICT,
+                &m,
+                generation,
+                now,
+            );
+            plan.requeue = Some(Duration::from_secs(30));
+            None
+        }
         None => {
             let created_before = same_gen && old.pod_name.as_deref() == Some(pod_name.as_str());
             if created_before && matches!(old.phase, Some(Phase::Pending | Phase::Running)) {
@@ -422,7 +448,7 @@ mod tests {
         assert_eq!(p.create_run, Some(2));
         assert_eq!(p.delete_pod.as_deref(), Some("p"));
         let s = c.status.as_ref().unwrap();
-        assert_eq!(s.pod_name.as_deref(), Some("base-1-2"));
+        assert_eq!(s.pod_name.as_deref(), Some("base-warm-1-2"));
         assert_eq!(s.phase, Some(Phase::Running));
         // The cache still holds the last warm's images while refreshing.
         assert_eq!(s.images.len(), 1);
@@ -466,6 +492,7 @@ mod tests {
             Observation {
                 pod: None,
                 secret_missing: true,
+                ..Default::default()
             },
             0,
         );
@@ -505,5 +532,27 @@ mod tests {
         assert!(validate(&c, &OperatorConfig::default())
             .unwrap_err()
             .contains("refreshInterval"));
+    }
+
+    #[test]
+    fn foreign_pod_under_the_name_is_reported_not_adopted() {
+        let mut c = cw();
+        let squat = || Observation {
+            foreign_pod: Some(
+                "Pod base-warm-1-1 exists and is not controlled by any object".into(),
+            ),
+            ..Default::default()
+        };
+        let p = step(&mut c, squat(), 0);
+        assert_eq!(p.create_run, None);
+        assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+        assert_eq!(p.event.as_ref().unwrap().1, POD_NAME_CONFLICT);
+        let s = c.status.clone().unwrap();
+        assert_eq!(s.phase, Some(Phase::Pending));
+        assert_eq!(s.conditions[0].reason, POD_NAME_CONFLICT);
+        let p = step(&mut c, squat(), 30);
+        assert_eq!(p.event, None);
+        let p = step(&mut c, Observation::default(), 60);
+        assert_eq!(p.create_run, Some(1));
     }
 }

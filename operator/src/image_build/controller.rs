@@ -20,12 +20,13 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::pod::desired_pod;
+use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::validate;
 use crate::config::OperatorConfig;
 use crate::crd::{ImageBuild, ImageBuildStatus, Phase};
 use crate::metrics::{KindLabel, Metrics};
+use crate::ownership;
 use crate::{FIELD_MANAGER, LABEL_BUILD, LABEL_GENERATION};
 
 /// Finalizer that makes the operator delete a build's Pods before the build disappears.
@@ -110,6 +111,9 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
     else {
         return Ok(Action::await_change());
     };
+    // Decide on the build as it runs, operator defaults included: the default push Secret
+    // must exist like a named one, and messages name the Secret actually used.
+    let build = with_defaults(&build, &ctx.config);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
     let plan = match validate(&build.spec) {
@@ -123,11 +127,15 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
             let mut obs = Observation::default();
             if !finished {
                 let pod_name = current_pod_name(&build);
-                obs.pod = pods
+                let found = pods
                     .get_opt(&pod_name)
                     .await
                     .map_err(kube_err("reading", "Pod", &ns, &pod_name))?;
-                if obs.pod.is_none() {
+                // Only a Pod this build controls is its executor Pod: anything else under the
+                // name (another object's Pod, one created by hand) is reported, never adopted.
+                (obs.pod, obs.foreign_pod) =
+                    ownership::sort_out(found, build.metadata.uid.as_deref().unwrap_or_default());
+                if obs.pod.is_none() && obs.foreign_pod.is_none() {
                     if let Some(secret) = &build.spec.push_secret {
                         obs.secret_missing = !secret_exists(&ctx.client, &ns, secret).await?;
                     }
@@ -187,7 +195,7 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
     let ns = build.namespace().unwrap_or_default();
     if plan.supersede_old_generations {
         let generation = build.metadata.generation.unwrap_or(0).to_string();
-        delete_pods(pods, &name, &ns, |p| {
+        delete_pods(pods, build, |p| {
             p.labels().get(LABEL_GENERATION) != Some(&generation) && !pod_finished(p)
         })
         .await?;
@@ -237,18 +245,27 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// Deletes the Pods labelled for `build` that `build` controls and `which` selects; a Pod that
+/// merely carries the label (copied by hand, or of an earlier object of the same name) is left.
 async fn delete_pods(
     pods: &Api<Pod>,
-    build: &str,
-    ns: &str,
+    build: &ImageBuild,
     which: impl Fn(&Pod) -> bool,
 ) -> Result<(), Error> {
-    let lp = ListParams::default().labels(&format!("{LABEL_BUILD}={build}"));
+    let name = build.name_any();
+    let ns = build.namespace().unwrap_or_default();
+    let uid = build.metadata.uid.clone().unwrap_or_default();
+    let lp = ListParams::default().labels(&format!("{LABEL_BUILD}={name}"));
     let list =
         pods.list(&lp)
             .await
-            .map_err(kube_err("listing Pods of", "ImageBuild", ns, build))?;
-    for p in list.items.iter().filter(|p| which(p)) {
+            .map_err(kube_err("listing Pods of", "ImageBuild", &ns, &name))?;
+    let ns = ns.as_str();
+    for p in list
+        .items
+        .iter()
+        .filter(|p| ownership::controlled_by(p, &uid) && which(p))
+    {
         let pn = p.name_any();
         match pods.delete(&pn, &DeleteParams::background()).await {
             Ok(_) => info!(pod = %pn, namespace = %ns, "deleted executor Pod"),
@@ -286,6 +303,6 @@ pub async fn patch_status(
 async fn cleanup(build: &ImageBuild, ctx: &Context) -> Result<Action, Error> {
     let ns = build.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_pods(&pods, &build.name_any(), &ns, |_| true).await?;
+    delete_pods(&pods, build, |_| true).await?;
     Ok(Action::await_change())
 }

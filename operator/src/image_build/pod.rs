@@ -50,6 +50,26 @@ pub fn git_context(url: &str, revision: Option<&str>) -> String {
     }
 }
 
+/// The build as the operator runs it: the operator-wide executor defaults (push Secret,
+/// resources, warmed cache claim) filled in where the build sets none.
+pub fn with_defaults(build: &ImageBuild, cfg: &OperatorConfig) -> ImageBuild {
+    let mut b = build.clone();
+    let spec = &mut b.spec;
+    if spec.push_secret.as_deref().is_none_or(str::is_empty) {
+        spec.push_secret = cfg.default_push_secret.clone();
+    }
+    if spec.resources.is_none() {
+        spec.resources = cfg.default_resources.clone();
+    }
+    if let Some(claim) = &cfg.default_cache_claim {
+        let cache = spec.cache.get_or_insert_with(Default::default);
+        if cache.warm_claim.as_deref().is_none_or(str::is_empty) {
+            cache.warm_claim = Some(claim.clone());
+        }
+    }
+    b
+}
+
 /// The executor's arguments, in a stable order.
 pub fn executor_args(build: &ImageBuild) -> Vec<String> {
     let spec = &build.spec;
@@ -123,6 +143,7 @@ pub fn desired_pod(
     cfg: &OperatorConfig,
     attempt: i32,
 ) -> Pod {
+    let build = &with_defaults(build, cfg);
     let spec = &build.spec;
     let name = build.name_any();
     let generation = build.meta().generation.unwrap_or(0);
@@ -227,7 +248,7 @@ pub fn desired_pod(
 
     Pod {
         metadata: ObjectMeta {
-            name: Some(names::pod_name(&name, generation, attempt)),
+            name: Some(names::build_pod_name(&name, generation, attempt)),
             namespace: build.namespace(),
             labels: Some(pod_labels(&name, generation, attempt)),
             owner_references: build.controller_owner_ref(&()).map(|r| vec![r]),
@@ -301,7 +322,7 @@ mod tests {
     fn git_source_args_and_identity() {
         let b = build(git());
         let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 2);
-        assert_eq!(p.metadata.name.as_deref(), Some("app-4-2"));
+        assert_eq!(p.metadata.name.as_deref(), Some("app-build-4-2"));
         assert_eq!(p.metadata.namespace.as_deref(), Some("ns"));
         let c = container(&p);
         assert_eq!(
@@ -530,6 +551,122 @@ mod tests {
         assert_ne!(
             desired_pod(&b, &valid(), &cfg, 1).metadata.name,
             desired_pod(&b, &valid(), &cfg, 2).metadata.name
+        );
+    }
+
+    /// The arguments the operator generates, parsed by the real `kiln-executor` command line.
+    fn parse_executor(args: &[String]) -> kiln_executor::cli::Options {
+        use clap::Parser;
+        let mut argv = vec!["kiln-executor".to_string()];
+        argv.extend_from_slice(args);
+        kiln_executor::cli::Options::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("kiln-executor rejects the operator's args {args:?}: {e}"))
+    }
+
+    #[test]
+    fn executor_cli_accepts_every_generated_flag() {
+        let mut b = build(git());
+        b.spec.build_args = [("A".to_string(), "1=2".to_string())].into();
+        b.spec.labels = [("k".to_string(), "v".to_string())].into();
+        b.spec.target = Some("final".into());
+        b.spec.dockerfile = Some("build/Dockerfile".into());
+        b.spec.cache = Some(CacheSpec {
+            enabled: Some(true),
+            repository: Some("reg.local/cache".into()),
+            ttl: Some("168h".into()),
+            warm_claim: Some("warm".into()),
+        });
+        let o = parse_executor(&executor_args(&b));
+        assert_eq!(o.context, "git://example.com/org/app.git#refs/heads/main");
+        assert_eq!(o.context_sub_path, "svc");
+        assert_eq!(o.dockerfile, "build/Dockerfile");
+        assert_eq!(
+            o.destinations,
+            vec!["reg.local/app:1", "reg.local/app:latest"]
+        );
+        assert_eq!(
+            o.build_arg_pairs(),
+            vec![("A".to_string(), "1=2".to_string())]
+        );
+        assert_eq!(o.target.as_deref(), Some("final"));
+        assert_eq!(o.labels, vec!["k=v"]);
+        assert!(o.cache);
+        assert_eq!(o.cache_repo.as_deref(), Some("reg.local/cache"));
+        assert_eq!(o.cache_ttl.as_deref(), Some("168h"));
+        assert_eq!(o.cache_dir.as_deref(), Some(CACHE_DIR));
+
+        // The other sources: a mounted directory and a URL.
+        let cm = build(BuildSource {
+            config_map: Some(ConfigMapSource { name: "ctx".into() }),
+            ..Default::default()
+        });
+        let o = parse_executor(&executor_args(&cm));
+        assert_eq!(o.context, "dir:///workspace");
+        assert_eq!(o.context_sub_path, "");
+        assert!(!o.cache && o.cache_dir.is_none());
+        let url = build(BuildSource {
+            url: Some("https://example.com/ctx.tar.gz".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            parse_executor(&executor_args(&url)).context,
+            "https://example.com/ctx.tar.gz"
+        );
+    }
+
+    #[test]
+    fn operator_defaults_fill_unset_fields_only() {
+        let cfg = OperatorConfig {
+            default_push_secret: Some("team-push".into()),
+            default_cache_claim: Some("base-cache".into()),
+            default_resources: Some(ResourceRequirements {
+                limits: Some([("memory".to_string(), Quantity("4Gi".into()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = desired_pod(&build(git()), &valid(), &cfg, 1);
+        let c = container(&p);
+        let o = parse_executor(c.args.as_ref().unwrap());
+        assert_eq!(o.cache_dir.as_deref(), Some(CACHE_DIR));
+        assert!(
+            !o.cache,
+            "a default warm cache does not turn on the layer cache"
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+            "4Gi"
+        );
+        assert_eq!(c.env.as_ref().unwrap()[0].name, "DOCKER_CONFIG");
+        let vols = p.spec.as_ref().unwrap().volumes.clone().unwrap();
+        let secret = vols.iter().find_map(|v| v.secret.as_ref()).unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("team-push"));
+        let claim = vols
+            .iter()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .unwrap();
+        assert_eq!(claim.claim_name, "base-cache");
+        assert_eq!(claim.read_only, Some(true));
+
+        // What the build sets wins.
+        let mut own = build(git());
+        own.spec.push_secret = Some("mine".into());
+        own.spec.cache = Some(CacheSpec {
+            warm_claim: Some("my-cache".into()),
+            ..Default::default()
+        });
+        own.spec.resources = Some(ResourceRequirements::default());
+        let eff = with_defaults(&own, &cfg);
+        assert_eq!(eff.spec.push_secret.as_deref(), Some("mine"));
+        assert_eq!(
+            eff.spec.cache.as_ref().unwrap().warm_claim.as_deref(),
+            Some("my-cache")
+        );
+        assert_eq!(eff.spec.resources, Some(ResourceRequirements::default()));
+        // No defaults configured: the build is unchanged.
+        assert_eq!(
+            with_defaults(&own, &OperatorConfig::default()).spec,
+            own.spec
         );
     }
 }

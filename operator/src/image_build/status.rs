@@ -19,6 +19,7 @@ use crate::conditions::{self, Desired, Status};
 use crate::config::OperatorConfig;
 use crate::crd::{BuiltImage, ImageBuild, ImageBuildStatus, Phase};
 use crate::names;
+use crate::ownership::POD_NAME_CONFLICT;
 
 /// What the controller read from the API server for one reconcile.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +28,9 @@ pub struct Observation {
     pub pod: Option<Pod>,
     /// The push Secret is named but does not exist (only looked up before creating a Pod).
     pub secret_missing: bool,
+    /// A Pod this build does not control holds the current attempt's name (described); `pod`
+    /// is then `None` and nothing is created until the name is free.
+    pub foreign_pod: Option<String>,
 }
 
 /// The state of an executor Pod, read from its phase and container status.
@@ -168,7 +172,7 @@ pub fn current_attempt(build: &ImageBuild) -> i32 {
 
 /// Name of the Pod of the current attempt.
 pub fn current_pod_name(build: &ImageBuild) -> String {
-    names::pod_name(
+    names::build_pod_name(
         &build.name_any(),
         build.metadata.generation.unwrap_or(0),
         current_attempt(build),
@@ -279,7 +283,7 @@ pub fn plan(
         return plan;
     }
     let attempt = current_attempt(build);
-    let pod_name = names::pod_name(&build.name_any(), generation, attempt);
+    let pod_name = names::build_pod_name(&build.name_any(), generation, attempt);
     let mut b = Builder {
         new: if same_gen {
             old.clone()
@@ -304,7 +308,35 @@ pub fn plan(
             let created_before = same_gen
                 && b.old.pod_name.as_deref() == Some(pod_name.as_str())
                 && matches!(b.old.phase, Some(Phase::Pending | Phase::Running));
-            if created_before {
+            if let Some(foreign) = &obs.foreign_pod {
+                let m = format!(
+                    "{foreign}, not by this ImageBuild, so the executor Pod cannot be created: \
+                     delete or rename that Pod (the build starts once the name is free)"
+                );
+                b.new.phase = Some(Phase::Pending);
+                b.new.message = Some(m.clone());
+                b.conditions(
+                    (Status::False, POD_NAME_CONFLICT),
+                    (Status::Unknown, POD_NAME_CONFLICT),
+                    &m,
+                );
+                if b.old
+                    .conditions
+                    .iter()
+                    .all(|c| c.reason != POD_NAME_CONFLICT)
+                {
+                    plan.event = Some(BuildEvent {
+                        warning: true,
+                        reason: POD_NAME_CONFLICT,
+                        note: m,
+                    });
+                }
+                plan.requeue = Some(SECRET_RECHECK);
+                if b.new != b.old {
+                    plan.status = Some(b.new);
+                }
+                return plan;
+            } else if created_before {
                 PodOutcome::Failed {
                     reason: reason::POD_DELETED,
                     message: format!("the executor Pod {pod_name} was deleted before it finished"),
@@ -422,7 +454,7 @@ pub fn plan(
                 let wait = cfg.backoff(next);
                 let waited = elapsed(Some(&Time(failed_at)), now).unwrap_or_default();
                 if waited >= wait {
-                    let next_pod = names::pod_name(&build.name_any(), generation, next);
+                    let next_pod = names::build_pod_name(&build.name_any(), generation, next);
                     let m = format!("attempt {attempt} failed ({why}); attempt {next}: executor Pod {next_pod} created");
                     b.new.phase = Some(Phase::Pending);
                     b.new.completion_time = None;

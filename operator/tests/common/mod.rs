@@ -42,6 +42,9 @@ pub async fn env(test: &str) -> Option<Env> {
         eprintln!("skipping {test}: KILN_SKIP_K8S_TESTS=1");
         return None;
     }
+    // The test build links both ring (kube) and aws-lc-rs (the executor, a dev-dependency):
+    // pick kube's provider explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(kubeconfig) = std::env::var_os("KUBECONFIG").map(PathBuf::from) else {
         panic!(
             "KUBECONFIG is not set: these tests need a real kube-apiserver. Run scripts/k8s/test.sh, or \
@@ -194,7 +197,7 @@ impl Operator {
             cfg,
             metrics.clone(),
             Scope {
-                namespace: Some(env.ns.clone()),
+                namespaces: vec![env.ns.clone()],
                 instance: Some("test".into()),
             },
             async {

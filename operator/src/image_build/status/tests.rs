@@ -87,7 +87,7 @@ fn first_reconcile_creates_attempt_one() {
     assert_eq!(p.event.as_ref().unwrap().reason, "Started");
     let s = b.status.as_ref().unwrap();
     assert_eq!(s.phase, Some(Phase::Pending));
-    assert_eq!(s.pod_name.as_deref(), Some("app-1-1"));
+    assert_eq!(s.pod_name.as_deref(), Some("app-build-1-1"));
     assert_eq!(s.attempts, Some(1));
     assert_eq!(s.observed_generation, Some(1));
     assert_eq!(s.start_time, Some(Time(ts(0))));
@@ -274,7 +274,7 @@ fn retries_with_backoff_then_gives_up() {
     let s = b.status.as_ref().unwrap();
     assert_eq!(
         (s.attempts, s.pod_name.as_deref()),
-        (Some(2), Some("app-1-2"))
+        (Some(2), Some("app-build-1-2"))
     );
     // Attempt 2 fails at t=30; backoff doubles to 20s.
     let p = step(&mut b, 2, failed(30), 45);
@@ -303,6 +303,7 @@ fn missing_secret_waits_without_pod() {
         Observation {
             pod: None,
             secret_missing: true,
+            ..Default::default()
         },
         0,
     );
@@ -326,6 +327,7 @@ fn missing_secret_waits_without_pod() {
         Observation {
             pod: None,
             secret_missing: true,
+            ..Default::default()
         },
         30,
     );
@@ -354,7 +356,7 @@ fn new_generation_starts_over() {
     assert_eq!(p.create_attempt, Some(1));
     assert!(p.supersede_old_generations);
     let s = b.status.as_ref().unwrap();
-    assert_eq!(s.pod_name.as_deref(), Some("app-2-1"));
+    assert_eq!(s.pod_name.as_deref(), Some("app-build-2-1"));
     assert_eq!(s.image, None);
     assert_eq!(s.completion_time, None);
     assert_eq!(s.observed_generation, Some(2));
@@ -395,4 +397,33 @@ fn failed_pod_deleted_during_backoff_still_retries() {
     let p = step(&mut b, 1, Observation::default(), 20);
     assert_eq!(p.create_attempt, Some(2));
     assert_eq!(b.status.as_ref().unwrap().completion_time, None);
+}
+
+#[test]
+fn foreign_pod_under_the_name_is_reported_not_adopted() {
+    let mut b = build(0);
+    let squat = || Observation {
+        foreign_pod: Some("Pod app-build-1-1 exists and is controlled by CacheWarm app".into()),
+        ..Default::default()
+    };
+    let p = step(&mut b, 0, squat(), 0);
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+    assert_eq!(p.event.as_ref().unwrap().reason, "PodNameConflict");
+    let s = b.status.clone().unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert_eq!(
+        s.pod_name, None,
+        "the stranger is not recorded as the build's Pod"
+    );
+    assert!(s.message.unwrap().contains("controlled by CacheWarm app"));
+    assert_eq!(cond(&b, "Ready").reason, "PodNameConflict");
+    // Still squatted: no new event, no status change.
+    let p = step(&mut b, 0, squat(), 30);
+    assert_eq!(p.event, None);
+    assert_eq!(p.status, None);
+    // The name is free again: the build starts.
+    let p = step(&mut b, 0, Observation::default(), 60);
+    assert_eq!(p.create_attempt, Some(1));
+    assert_eq!(cond(&b, "Ready").reason, "Building");
 }

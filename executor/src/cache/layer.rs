@@ -1,0 +1,455 @@
+//! The layer cache (`--cache`, `--cache-repo`): each cached step is a one-layer image (or a
+//! zero-layer one when the step changed nothing) tagged with the step's key, in a registry
+//! repository or an OCI layout (`oci:/path`), as kaniko stores them. Looks entries up, fetches
+//! their layer verified, and stores new ones. It does not compute keys or apply layers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::image::{
+    sha256_digest, Descriptor, History, ImageConfig, Manifest, RootFs, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_MANIFEST,
+};
+use crate::registry::{
+    Blob, BlobSource, LayoutError, OciLayout, Platform, Registry, RegistryError,
+};
+
+/// What went wrong with the layer cache. Callers treat every error as a miss (lookups) or a
+/// warning (stores): a broken cache never fails a build.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerCacheError {
+    #[error("layer cache {repo}: {source}")]
+    Registry {
+        repo: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("layer cache {repo}: {source}")]
+    Layout {
+        repo: String,
+        #[source]
+        source: LayoutError,
+    },
+    #[error(
+        "layer cache entry {key} in {repo} is invalid: {detail}; delete the tag so it is rebuilt"
+    )]
+    Invalid {
+        repo: String,
+        key: String,
+        detail: String,
+    },
+}
+
+/// Where cached layers live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheRepo {
+    /// A registry repository, `host/path` without tag.
+    Registry(String),
+    /// An OCI image layout directory, each entry named by its key.
+    Layout(PathBuf),
+}
+
+impl CacheRepo {
+    /// `--cache-repo` if given (`oci:/path` for a layout), else kaniko's rule: the first
+    /// destination's repository with `/cache` appended. `None` when there is neither.
+    pub fn from_flags(cache_repo: Option<&str>, destinations: &[String]) -> Option<CacheRepo> {
+        if let Some(repo) = cache_repo.filter(|r| !r.is_empty()) {
+            if let Some(path) = repo.strip_prefix("oci:") {
+                return Some(CacheRepo::Layout(PathBuf::from(path)));
+            }
+            return Some(CacheRepo::Registry(strip_tag(repo)));
+        }
+        destinations
+            .first()
+            .map(|d| CacheRepo::Registry(format!("{}/cache", strip_tag(d))))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            CacheRepo::Registry(r) => r.clone(),
+            CacheRepo::Layout(p) => format!("oci:{}", p.display()),
+        }
+    }
+}
+
+/// `host:5000/a/b:tag@sha256:…` → `host:5000/a/b`.
+fn strip_tag(reference: &str) -> String {
+    let name = reference.split('@').next().unwrap_or(reference);
+    match name.rsplit_once('/') {
+        Some((head, last)) => match last.split_once(':') {
+            Some((repo, _)) => format!("{head}/{repo}"),
+            None => name.to_string(),
+        },
+        None => name.split(':').next().unwrap_or(name).to_string(),
+    }
+}
+
+/// A cached step found by [`LayerCache::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheHit {
+    pub key: String,
+    /// The step's layer, or `None` when the step changed nothing.
+    pub layer: Option<CachedStepLayer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedStepLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// A layer written by a step, to be stored under the step's key.
+#[derive(Debug, Clone)]
+pub struct NewLayer {
+    pub path: PathBuf,
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The layer cache of one build. Cheap to share (`Arc`) with background store tasks.
+#[derive(Debug)]
+pub struct LayerCache {
+    repo: CacheRepo,
+    registry: Arc<Registry>,
+    ttl: Duration,
+    platform: Platform,
+}
+
+impl LayerCache {
+    pub fn new(
+        repo: CacheRepo,
+        registry: Arc<Registry>,
+        ttl: Duration,
+        platform: Platform,
+    ) -> LayerCache {
+        LayerCache {
+            repo,
+            registry,
+            ttl,
+            platform,
+        }
+    }
+
+    pub fn repo(&self) -> &CacheRepo {
+        &self.repo
+    }
+
+    pub fn describe(&self) -> String {
+        self.repo.describe()
+    }
+
+    /// Where a hit's layer blob can be fetched from (a registry reference), for pushes that
+    /// copy it to a destination without downloading it first; `None` for a layout.
+    pub fn blob_reference(&self, key: &str) -> Option<String> {
+        match &self.repo {
+            CacheRepo::Registry(r) => Some(format!("{r}:{key}")),
+            CacheRepo::Layout(_) => None,
+        }
+    }
+
+    /// The entry for `key`, if present and created within the TTL. Only the manifest and config
+    /// are read; the layer is fetched by [`LayerCache::fetch`].
+    pub async fn lookup(&self, key: &str) -> Result<Option<CacheHit>, LayerCacheError> {
+        let (manifest_bytes, config_bytes) = match &self.repo {
+            CacheRepo::Registry(repo) => {
+                match self.registry.pull_image(&format!("{repo}:{key}")).await {
+                    Ok(image) => (image.manifest_bytes, image.config_bytes),
+                    Err(RegistryError::NotFound { .. }) => return Ok(None),
+                    Err(source) => {
+                        return Err(LayerCacheError::Registry {
+                            repo: self.describe(),
+                            source,
+                        })
+                    }
+                }
+            }
+            CacheRepo::Layout(dir) => {
+                let layout_err = |source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                };
+                if !dir.join("oci-layout").is_file() {
+                    return Ok(None);
+                }
+                let layout = OciLayout::open(dir).map_err(layout_err)?;
+                let Some(desc) = layout.resolve(key) else {
+                    return Ok(None);
+                };
+                let manifest_bytes = layout
+                    .read_blob_verified(desc.digest().as_ref())
+                    .map_err(layout_err)?;
+                let manifest: Manifest =
+                    serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
+                let config_bytes = layout
+                    .read_blob_verified(&manifest.config.digest)
+                    .map_err(layout_err)?;
+                (manifest_bytes, config_bytes)
+            }
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(key, e))?;
+        if let Some(created) = config.created.as_deref() {
+            let created =
+                chrono::DateTime::parse_from_rfc3339(created).map_err(|e| self.invalid(key, e))?;
+            let age = chrono::Utc::now().signed_duration_since(created);
+            if age.to_std().map(|a| a > self.ttl).unwrap_or(false) {
+                tracing::debug!(key, "cached layer is older than --cache-ttl, ignored");
+                return Ok(None);
+            }
+        }
+        let layer = match (
+            manifest.layers.as_slice(),
+            config.rootfs.diff_ids.as_slice(),
+        ) {
+            ([], []) => None,
+            ([l], [diff_id]) => Some(CachedStepLayer {
+                digest: l.digest.clone(),
+                diff_id: diff_id.clone(),
+                size: l.size,
+                media_type: crate::image::oci_layer_media_type(&l.media_type),
+            }),
+            (l, d) => {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{} layers and {} diff_ids (expected at most one)",
+                        l.len(),
+                        d.len()
+                    ),
+                ))
+            }
+        };
+        Ok(Some(CacheHit {
+            key: key.to_string(),
+            layer,
+        }))
+    }
+
+    fn invalid(&self, key: &str, detail: impl std::fmt::Display) -> LayerCacheError {
+        LayerCacheError::Invalid {
+            repo: self.describe(),
+            key: key.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Make the hit's layer available as a verified file: a registry blob is fetched into
+    /// `dir` (streamed, digest checked); a layout blob is verified and used where it is.
+    pub async fn fetch(
+        &self,
+        hit: &CacheHit,
+        dir: &Path,
+    ) -> Result<Option<PathBuf>, LayerCacheError> {
+        let Some(layer) = &hit.layer else {
+            return Ok(None);
+        };
+        match &self.repo {
+            CacheRepo::Registry(repo) => {
+                let dest = dir.join(layer.digest.replace(':', "-"));
+                if !dest.exists() {
+                    self.registry
+                        .fetch_blob_to_file(&format!("{repo}:{}", hit.key), &layer.digest, &dest)
+                        .await
+                        .map_err(|source| LayerCacheError::Registry {
+                            repo: self.describe(),
+                            source,
+                        })?;
+                }
+                Ok(Some(dest))
+            }
+            CacheRepo::Layout(dir) => {
+                let layout_err = |source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                };
+                let layout = OciLayout::open(dir).map_err(layout_err)?;
+                let digest = layer.digest.clone();
+                let check = layout.clone();
+                tokio::task::spawn_blocking(move || check.verify_blob(&digest))
+                    .await
+                    .map_err(|e| self.invalid(&hit.key, e))?
+                    .map_err(layout_err)?;
+                Ok(Some(layout.blob_path(&layer.digest)))
+            }
+        }
+    }
+
+    /// Store a step's result under `key`: its layer (or nothing, for a step that changed
+    /// nothing) as a one-layer image whose config records the diff_id, the step and the time
+    /// (always the real time, even for reproducible builds, because the TTL reads it).
+    pub async fn store(
+        &self,
+        key: &str,
+        layer: Option<&NewLayer>,
+        created_by: &str,
+    ) -> Result<(), LayerCacheError> {
+        let config = ImageConfig {
+            created: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            architecture: self.platform.architecture.clone(),
+            os: self.platform.os.clone(),
+            variant: self.platform.variant.clone(),
+            rootfs: RootFs {
+                fs_type: "layers".into(),
+                diff_ids: layer.iter().map(|l| l.diff_id.clone()).collect(),
+            },
+            history: vec![History {
+                created_by: Some(created_by.to_string()),
+                comment: Some("kiln layer cache".into()),
+                empty_layer: layer.is_none(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let config_bytes = serde_json::to_vec(&config).map_err(|e| self.invalid(key, e))?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+            config: Descriptor {
+                media_type: MEDIA_TYPE_OCI_CONFIG.to_string(),
+                digest: sha256_digest(&config_bytes),
+                size: config_bytes.len() as u64,
+                annotations: None,
+            },
+            layers: layer
+                .iter()
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    annotations: None,
+                })
+                .collect(),
+            annotations: None,
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| self.invalid(key, e))?;
+        match &self.repo {
+            CacheRepo::Registry(repo) => {
+                let mut blobs: Vec<Blob> = layer
+                    .iter()
+                    .map(|l| Blob {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        source: BlobSource::File(l.path.clone()),
+                        mount_from: None,
+                    })
+                    .collect();
+                blobs.push(Blob {
+                    digest: manifest.config.digest.clone(),
+                    size: config_bytes.len() as u64,
+                    source: BlobSource::Bytes(config_bytes),
+                    mount_from: None,
+                });
+                self.registry
+                    .push_image(
+                        &format!("{repo}:{key}"),
+                        &blobs,
+                        &manifest_bytes,
+                        MEDIA_TYPE_OCI_MANIFEST,
+                    )
+                    .await
+                    .map_err(|source| LayerCacheError::Registry {
+                        repo: self.describe(),
+                        source,
+                    })?;
+            }
+            CacheRepo::Layout(dir) => {
+                let dir = dir.clone();
+                let layer = layer.cloned();
+                let key = key.to_string();
+                let result = tokio::task::spawn_blocking(move || -> Result<(), LayoutError> {
+                    let layout = OciLayout::create(&dir)?;
+                    if let Some(l) = &layer {
+                        if !layout.has_blob(&l.digest) {
+                            layout.write_blob_file(&l.path, &l.digest)?;
+                        }
+                    }
+                    layout.write_blob_bytes(&config_bytes)?;
+                    layout.add_manifest(&manifest_bytes, MEDIA_TYPE_OCI_MANIFEST, Some(&key))?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| self.invalid("(store)", e))?;
+                result.map_err(|source| LayerCacheError::Layout {
+                    repo: self.describe(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_repo_rules() {
+        assert_eq!(
+            CacheRepo::from_flags(None, &["reg:5000/a/b:v1".into()]),
+            Some(CacheRepo::Registry("reg:5000/a/b/cache".into()))
+        );
+        assert_eq!(
+            CacheRepo::from_flags(Some("reg:5000/c:x"), &[]),
+            Some(CacheRepo::Registry("reg:5000/c".into()))
+        );
+        assert_eq!(
+            CacheRepo::from_flags(Some("oci:/tmp/c"), &[]),
+            Some(CacheRepo::Layout("/tmp/c".into()))
+        );
+        assert_eq!(CacheRepo::from_flags(None, &[]), None);
+        assert_eq!(strip_tag("reg:5000/a@sha256:00"), "reg:5000/a");
+    }
+
+    #[tokio::test]
+    async fn layout_store_then_lookup_and_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(Default::default()).unwrap());
+        let repo = CacheRepo::Layout(dir.path().join("cache"));
+        let cache = LayerCache::new(
+            repo.clone(),
+            registry.clone(),
+            Duration::from_secs(3600),
+            Platform::default(),
+        );
+        let key = "ab".repeat(32);
+        assert_eq!(cache.lookup(&key).await.unwrap(), None);
+        let blob = dir.path().join("layer");
+        std::fs::write(&blob, b"not really a tar").unwrap();
+        let digest = sha256_digest(b"not really a tar");
+        let layer = NewLayer {
+            path: blob,
+            digest: digest.clone(),
+            diff_id: digest.clone(),
+            size: 16,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        };
+        cache.store(&key, Some(&layer), "RUN x").await.unwrap();
+        let hit = cache
+            .lookup(&key)
+            .await
+            .unwrap()
+            .expect("stored entry is found");
+        assert_eq!(
+            hit.layer.as_ref().map(|l| l.digest.as_str()),
+            Some(digest.as_str())
+        );
+        let path = cache.fetch(&hit, dir.path()).await.unwrap().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"not really a tar");
+        // A step that changed nothing is a hit without a layer.
+        let empty_key = "cd".repeat(32);
+        cache.store(&empty_key, None, "RUN true").await.unwrap();
+        assert_eq!(cache.lookup(&empty_key).await.unwrap().unwrap().layer, None);
+        // An entry older than the TTL is a miss.
+        let expired = LayerCache::new(repo, registry, Duration::ZERO, Platform::default());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(expired.lookup(&key).await.unwrap(), None);
+    }
+}

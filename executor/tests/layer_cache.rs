@@ -1,0 +1,350 @@
+//! Layer cache and base-image cache, end to end: the real `kiln-executor` binary against the
+//! local test registry (`KILN_TEST_REGISTRY`). Each test uses repositories of its own, so tests
+//! run in parallel and never disturb the shared base images.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::{registry, run_ok};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A repository name no other test (or earlier run) uses.
+fn unique_repo(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}/cachetest/{name}-{}-{nanos}",
+        registry(),
+        std::process::id()
+    )
+}
+
+struct Build {
+    digest: String,
+    log: String,
+}
+
+/// Runs kiln-executor on `context` pushing to `dest`, with `extra` flags; returns the digest and log.
+fn build(context: &Path, dest: &str, extra: &[&str]) -> Build {
+    let digest_file = context
+        .parent()
+        .expect("context has a parent")
+        .join("digest");
+    let _ = fs::remove_file(&digest_file);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
+    cmd.arg("--context")
+        .arg(format!("dir://{}", context.display()))
+        .args(["--destination", dest, "--insecure", "--reproducible"])
+        .arg("--digest-file")
+        .arg(&digest_file)
+        .args(extra)
+        .env(
+            "KILN_TERMINATION_LOG",
+            context.parent().expect("parent").join("termination"),
+        );
+    let out = run_ok(&mut cmd, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("kiln build failed: {e}"));
+    let digest = fs::read_to_string(&digest_file)
+        .expect("kiln wrote --digest-file")
+        .trim()
+        .to_string();
+    Build {
+        digest,
+        log: out.stderr,
+    }
+}
+
+/// The log lines that finish a step (`step N/M done in …`) or report a skipped-base hit.
+fn step_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("] step ") && (l.contains(" done in ") || l.contains("(cache hit")))
+        .collect()
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    step_lines(log)
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+fn context_with(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).expect("context dir");
+    fs::write(ctx.join("Dockerfile"), dockerfile).expect("Dockerfile");
+    for (name, content) in files {
+        fs::write(ctx.join(name), content).expect("context file");
+    }
+    dir
+}
+
+fn busybox() -> String {
+    format!("{}/kiln-test/busybox:latest", registry())
+}
+
+/// A rebuild of an unchanged context hits every RUN: the RUNs write the current time, so a step
+/// that ran again would produce a different layer and image digest. The log says so for each
+/// step and counts hits and misses; the cached rebuild of a deterministic Dockerfile gives the
+/// same digest as a build without cache.
+#[test]
+fn unchanged_rebuild_hits_every_run() {
+    let dockerfile = format!(
+        "FROM {}\nRUN date +%s%N > /first\nCOPY a.txt /a.txt\nRUN cat /a.txt /first > /second; date +%s%N >> /second\nENV DONE=1\n",
+        busybox()
+    );
+    let dir = context_with(&dockerfile, &[("a.txt", "one\n")]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("unchanged");
+    let cold = build(&ctx, &format!("{dest}:1"), &["--cache"]);
+    assert_eq!(
+        count(&cold.log, "cache miss"),
+        2,
+        "cold build: both RUNs miss\n{}",
+        cold.log
+    );
+    assert!(cold.log.contains("cache: 0 hits, 2 misses"), "{}", cold.log);
+    assert_eq!(
+        count(&cold.log, "not cacheable"),
+        2,
+        "COPY (flag off) and ENV are not cacheable\n{}",
+        cold.log
+    );
+
+    let warm = build(&ctx, &format!("{dest}:2"), &["--cache"]);
+    assert_eq!(count(&warm.log, "cache hit"), 2, "{}", warm.log);
+    assert_eq!(count(&warm.log, "cache miss"), 0, "{}", warm.log);
+    assert!(warm.log.contains("cache: 2 hits, 0 misses"), "{}", warm.log);
+    assert_eq!(
+        warm.digest, cold.digest,
+        "a RUN ran again: its timestamp changed the image"
+    );
+}
+
+/// Changing one context file makes exactly the steps after its COPY miss; a build argument no
+/// step declares changes nothing.
+#[test]
+fn changed_file_misses_after_its_copy_and_unused_arg_does_not() {
+    let dockerfile = format!(
+        "FROM {}\nRUN echo before > /before\nCOPY a.txt /a.txt\nRUN cat /a.txt > /after\nRUN echo last > /last\n",
+        busybox()
+    );
+    let dir = context_with(&dockerfile, &[("a.txt", "one\n")]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("changed");
+    let flags = ["--cache", "--cache-copy-layers"];
+    let first = build(&ctx, &format!("{dest}:1"), &flags);
+    assert!(
+        first.log.contains("cache: 0 hits, 4 misses"),
+        "{}",
+        first.log
+    );
+
+    let unused = build(
+        &ctx,
+        &format!("{dest}:2"),
+        &[
+            "--cache",
+            "--cache-copy-layers",
+            "--build-arg",
+            "NOBODY_DECLARES=x",
+        ],
+    );
+    assert!(
+        unused.log.contains("cache: 4 hits, 0 misses"),
+        "an undeclared build arg caused a miss\n{}",
+        unused.log
+    );
+    assert_eq!(unused.digest, first.digest);
+
+    fs::write(ctx.join("a.txt"), "two\n").expect("change a.txt");
+    let changed = build(&ctx, &format!("{dest}:3"), &flags);
+    let lines = step_lines(&changed.log);
+    assert_eq!(lines.len(), 4, "{}", changed.log);
+    assert!(
+        lines[0].contains("cache hit"),
+        "RUN before the COPY must hit: {}",
+        lines[0]
+    );
+    for line in &lines[1..] {
+        assert!(
+            line.contains("cache miss"),
+            "steps from the changed COPY on must miss: {line}"
+        );
+    }
+    assert_ne!(changed.digest, first.digest);
+}
+
+/// A build whose steps are all cache hits does not download the base image's layers; pushing
+/// to a repository that lacks them fetches them then, and the image is complete and identical.
+#[test]
+fn all_hits_skip_the_base_layers() {
+    let dockerfile = format!(
+        "FROM {}\nRUN echo hi > /hi\nUSER 1000\nCMD [\"sh\"]\n",
+        busybox()
+    );
+    let dir = context_with(&dockerfile, &[]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("skipbase");
+    let cache_repo = format!("{dest}-cache");
+    let flags = ["--cache", "--cache-repo", cache_repo.as_str()];
+    let first = build(&ctx, &format!("{dest}:1"), &flags);
+    assert!(
+        !first.log.contains("base image layers not needed"),
+        "{}",
+        first.log
+    );
+
+    // A destination repository that has none of the blobs.
+    let other = unique_repo("skipbase-other");
+    let second = build(&ctx, &format!("{other}:1"), &flags);
+    assert!(
+        second.log.contains("base image layers not needed"),
+        "{}",
+        second.log
+    );
+    assert!(
+        !second.log.contains("pulled "),
+        "the base image was pulled\n{}",
+        second.log
+    );
+    assert!(
+        second.log.contains("cache: 1 hits, 0 misses"),
+        "{}",
+        second.log
+    );
+    assert_eq!(second.digest, first.digest);
+
+    // The pushed image is whole: flatten it and find both the base and the cached file.
+    let work = tempfile::tempdir().expect("temp dir");
+    let rootfs = support::fetch_rootfs(&format!("{other}:1"), work.path(), "img")
+        .expect("fetch the pushed image");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hi")).expect("/hi from the cached layer"),
+        "hi\n"
+    );
+    assert!(
+        rootfs.join("bin/busybox").exists(),
+        "base layer missing from the pushed image"
+    );
+}
+
+/// An `oci:` cache repository works like a registry one.
+#[test]
+fn oci_layout_cache_repo() {
+    let dockerfile = format!("FROM {}\nRUN date +%s%N > /t\n", busybox());
+    let dir = context_with(&dockerfile, &[]);
+    let ctx = dir.path().join("ctx");
+    let repo = format!("oci:{}", dir.path().join("cache").display());
+    let dest = unique_repo("ocicache");
+    let first = build(
+        &ctx,
+        &format!("{dest}:1"),
+        &["--cache", "--cache-repo", &repo],
+    );
+    assert!(
+        first.log.contains("cache: 0 hits, 1 misses"),
+        "{}",
+        first.log
+    );
+    assert!(dir.path().join("cache/index.json").is_file());
+    let second = build(
+        &ctx,
+        &format!("{dest}:2"),
+        &["--cache", "--cache-repo", &repo],
+    );
+    assert!(
+        second.log.contains("cache: 1 hits, 0 misses"),
+        "{}",
+        second.log
+    );
+    assert_eq!(second.digest, first.digest);
+}
+
+/// With `--cache-dir` warmed, a build works after the base image is deleted from the registry.
+#[test]
+fn warmed_base_builds_without_the_registry_copy() {
+    let base = format!("{}:latest", unique_repo("warmbase"));
+    run_ok(
+        Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}", busybox()),
+            &format!("docker://{base}"),
+        ]),
+        Duration::from_secs(120),
+    )
+    .expect("copy the base image to a repository of this test");
+    let dir = context_with(&format!("FROM {base}\nRUN echo warmed > /w\n"), &[]);
+    let cache_dir = dir.path().join("base-cache");
+    let cache =
+        kiln_executor::cache::base::BaseImageCache::open(&cache_dir, Duration::from_secs(3600))
+            .expect("open cache");
+    let reg = kiln_executor::registry::Registry::new(kiln_executor::registry::RegistryOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .expect("registry client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(cache.store(&reg, &base, false))
+        .expect("warm the base image");
+    run_ok(
+        Command::new("skopeo").args(["delete", "--tls-verify=false", &format!("docker://{base}")]),
+        Duration::from_secs(60),
+    )
+    .expect("delete the base image from the registry");
+
+    let ctx = dir.path().join("ctx");
+    let cache_arg = cache_dir.display().to_string();
+    let built = build(
+        &ctx,
+        &format!("{}:1", unique_repo("warmed")),
+        &["--cache-dir", &cache_arg],
+    );
+    assert!(
+        built.log.contains("read from the base-image cache"),
+        "{}",
+        built.log
+    );
+}
+
+/// A builder stage used only through `COPY --from` is cached too: its timestamped artifact is
+/// reused by the rebuild, so the final image is the same.
+#[test]
+fn builder_stage_steps_are_cached() {
+    let dockerfile = format!(
+        "FROM {b} AS build\nRUN date +%s%N > /artifact\nFROM {b}\nCOPY --from=build /artifact /artifact\nRUN cat /artifact > /copy\n",
+        b = busybox()
+    );
+    let dir = context_with(&dockerfile, &[]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("multistage");
+    let first = build(&ctx, &format!("{dest}:1"), &["--cache"]);
+    assert!(
+        first.log.contains("cache: 0 hits, 2 misses"),
+        "{}",
+        first.log
+    );
+    let second = build(&ctx, &format!("{dest}:2"), &["--cache"]);
+    assert!(
+        second.log.contains("cache: 2 hits, 0 misses"),
+        "{}",
+        second.log
+    );
+    assert_eq!(
+        second.digest, first.digest,
+        "the builder stage's RUN ran again"
+    );
+}
