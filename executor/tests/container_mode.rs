@@ -153,6 +153,13 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
             exec_tree.keys()
         );
     }
+    assert_eq!(
+        exec_tree["/kaniko/executor"].kind,
+        support::Kind::Symlink {
+            target: "/kiln/executor".into()
+        },
+        "pipelines written for kaniko call /kaniko/executor"
+    );
     let exec_size: u64 = exec_tree
         .values()
         .map(|e| {
@@ -236,6 +243,12 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
         "the build did not run in place: {}",
         tail(&run.stderr, 3000)
     );
+    for secret in ["dXNlcjpzZWNyZXQ=", "user:secret"] {
+        assert!(
+            !run.stderr.contains(secret) && !run.stdout.contains(secret),
+            "credentials from the docker config appear in the log"
+        );
+    }
 
     // The termination message names exactly the pushed digest.
     let pushed = registry_digest(&in_pod);
