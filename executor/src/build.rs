@@ -1040,6 +1040,11 @@ impl<'a> Builder<'a> {
         let mut paths: Vec<PathBuf> = self.opts.ignore_paths.iter().map(|p| PathBuf::from(crate::fsutil::clean_abs(p))).collect();
         if self.isolation == Isolation::InPlace {
             paths.extend(crate::container::in_place_ignore_paths(&self.work_dir, self.opts.ignore_var_run));
+            // The context must survive clearing `/` even when it is not a mount point
+            // (e.g. a directory baked into the image); its files never belong in a layer.
+            if self.context.root().is_absolute() && self.context.root() != Path::new("/") {
+                paths.push(self.context.root().to_path_buf());
+            }
         }
         paths
     }
@@ -1074,16 +1079,69 @@ impl<'a> Builder<'a> {
         Ok((config, layers))
     }
 
+    /// Set up the base of a stage in place: the root is `/`. The base is fetched first (the
+    /// registry client still has the executor image's files), then `/` is emptied of everything
+    /// not ignored — moving an earlier stage that a later `COPY --from` reads into the work dir
+    /// first — and the base's layers are unpacked over it.
     fn prepare_in_place(
         &mut self,
         base: &str,
         index: usize,
         stage: &Stage,
     ) -> Result<(PathBuf, ImageConfig, Vec<ImageLayer>), BuildError> {
-        let _ = (base, index, stage);
-        Err(BuildError::Usage(
-            "building in place (container mode) is not supported by this version of kiln-executor yet; use --isolation=chroot".into(),
-        ))
+        let _ = stage;
+        let root = PathBuf::from("/");
+        let (config, layers) = if base.eq_ignore_ascii_case("scratch") {
+            (self.scratch_config(), Vec::new())
+        } else if let Some(parent) = self.stage_ref(base, index) {
+            let parent_stage = self.built.get(&parent).ok_or_else(|| {
+                BuildError::Usage(format!("stage {index} (FROM {base}) needs stage {parent}, which was not built"))
+            })?;
+            (parent_stage.config.clone(), parent_stage.layers.clone())
+        } else {
+            self.pull_base(base)?
+        };
+
+        let ignore = self.ignore_paths();
+        let started = Instant::now();
+        // At most one earlier stage lives at `/`: the one built just before this one.
+        let at_root: Option<usize> = self.built.iter().filter(|(_, b)| b.root == root).map(|(&i, _)| i).max();
+        let save = match at_root {
+            Some(n) if self.read_by_later_copy(n, index)? => Some(n),
+            _ => None,
+        };
+        let saved_root = save.map(|n| self.work_dir.join(format!("stages/{n}/saved-root")));
+        let stats = crate::container::clear_root(&root, &ignore, saved_root.as_deref())
+            .map_err(io_err("clearing / for the next base image (in-place build)"))?;
+        if let (Some(n), Some(saved)) = (save, &saved_root) {
+            info!("moved stage {n}'s files ({} entries) to {} for COPY --from", stats.entries, saved.display());
+            if let Some(built) = self.built.get_mut(&n) {
+                built.root = saved.clone();
+            }
+        } else {
+            info!("cleared / ({} entries) in {}", stats.entries, secs(started.elapsed()));
+        }
+        // Stages left at `/` are gone now; nothing reads them again (their layers remain).
+        for built in self.built.values_mut().filter(|b| b.root == root) {
+            built.root = PathBuf::new();
+        }
+        for layer in &layers {
+            self.unpack(layer, base, &root)?;
+        }
+        Ok((root, config, layers))
+    }
+
+    /// Whether stage `n`'s files are read by a `COPY --from`/`ADD --from` of a planned stage at or after `from_index`.
+    fn read_by_later_copy(&self, n: usize, from_index: usize) -> Result<bool, BuildError> {
+        let plan = self.plan(self.target_index()?)?;
+        Ok(plan.iter().filter(|&&i| i >= from_index).any(|&i| {
+            self.parsed.stages[i].instructions.iter().any(|located| match &located.instruction {
+                Instruction::Copy(args) | Instruction::Add(args) => {
+                    args.from.as_deref().and_then(|f| self.stage_ref(f, i)) == Some(n)
+                }
+                _ => false,
+            })
+        }))
     }
 
     /// The config a `FROM scratch` stage starts with.
@@ -1277,6 +1335,17 @@ impl<'a> Builder<'a> {
                 .add_manifest(&manifest_bytes, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
                 .map_err(|e| layout_err(e.to_string()))?;
             info!("wrote OCI layout {path} (ref {ref_name})");
+        }
+        if let Some(path) = &self.opts.tar_path {
+            let layers: Vec<crate::output::ArchiveLayer> = stage
+                .layers
+                .iter()
+                .map(|l| crate::output::ArchiveLayer { digest: l.digest.clone(), path: l.path.clone() })
+                .collect();
+            let tags = crate::output::repo_tags(&self.opts.destinations);
+            crate::output::write_docker_archive(Path::new(path), &config_bytes, &layers, &tags)
+                .map_err(io_err(format!("writing --tar-path {path}")))?;
+            info!("wrote docker archive {path} (tags: {})", if tags.is_empty() { "none".to_string() } else { tags.join(", ") });
         }
         Ok(BuildResult { digest, references, manifest: manifest_bytes, config: config_bytes })
     }

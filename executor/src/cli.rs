@@ -156,6 +156,10 @@ pub struct Options {
     #[arg(long = "image-name-with-digest-file")]
     pub image_name_with_digest_file: Option<String>,
 
+    /// Write the image as a docker-archive tarball (`docker load`/`podman load`) to this file.
+    #[arg(long = "tar-path")]
+    pub tar_path: Option<String>,
+
     /// Write `repository:tag@digest` for every destination to this file.
     #[arg(long = "image-name-tag-with-digest-file")]
     pub image_name_tag_with_digest_file: Option<String>,
@@ -208,8 +212,6 @@ pub struct Options {
     pub no_push_cache: bool,
 
     // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
-    #[arg(long = "tar-path", hide = true)]
-    pub tar_path: Option<String>,
     #[arg(long = "registry-map", hide = true)]
     pub registry_map: Vec<String>,
     #[arg(long = "push-retry", hide = true)]
@@ -236,9 +238,6 @@ impl Options {
     /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
     pub fn check_supported(&self) -> Result<(), String> {
         let mut unsupported: Vec<&str> = Vec::new();
-        if self.tar_path.is_some() {
-            unsupported.push("--tar-path");
-        }
         if self.compressed_caching.is_some() {
             unsupported.push("--compressed-caching");
         }
@@ -336,10 +335,13 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_named() {
-        let o = parse(&["--cache=true", "--tar-path", "/x.tar"]);
+        let o = parse(&["--compressed-caching=false", "--snapshot-mode=full", "--cache=true", "--git", "branch=main"]);
         let err = o.check_supported().unwrap_err();
+        assert!(err.contains("--compressed-caching"), "{err}");
+        assert!(err.contains("--snapshot-mode=full"), "{err}");
         assert!(!err.contains("--cache"), "{err}");
-        assert!(err.contains("--tar-path"), "{err}");
+        assert!(!err.contains("--git"), "{err}");
+        assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
     }
 
     #[test]
