@@ -47,7 +47,8 @@ pub enum IsolationFlag {
     about = "Build an OCI image from a Dockerfile without a Docker daemon (kaniko-compatible flags)"
 )]
 pub struct Options {
-    /// Build context: a directory (`dir://` or plain path) or a gzip tarball (`tar://`).
+    /// Build context: a directory (`dir://` or a plain path), a tarball (`tar://PATH`, `tar://stdin`,
+    /// or an `https://` URL), or a git repository (`git://host/repo.git#ref`, `https://…/repo.git#ref`).
     #[arg(short = 'c', long, default_value = "/workspace/")]
     pub context: String,
 
@@ -211,15 +212,24 @@ pub struct Options {
     #[arg(long = "no-push-cache", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_push_cache: bool,
 
-    // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
-    #[arg(long = "registry-map", hide = true)]
+    /// Pull images of a registry from others first: `ORIGINAL=REMAP1;REMAP2` (repeatable).
+    #[arg(long = "registry-map")]
     pub registry_map: Vec<String>,
-    #[arg(long = "push-retry", hide = true)]
+
+    /// Retry each push request this many times, with backoff (default 0).
+    #[arg(long = "push-retry")]
     pub push_retry: Option<u32>,
-    #[arg(long = "image-download-retry", hide = true)]
+
+    /// Retry each pull request this many times, with backoff (default 0).
+    #[arg(long = "image-download-retry")]
     pub image_download_retry: Option<u32>,
-    #[arg(long = "git", hide = true)]
+
+    /// Git context options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,insecure-skip-tls=BOOL`.
+    #[arg(long = "git")]
     pub git: Option<String>,
+
+    // ---- kaniko flags accepted for compatibility: no-ops, or rejected by check_supported ----
+    /// kaniko's alternative RUN implementation; Kiln has one way to run, so this changes nothing.
     #[arg(long = "use-new-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
     pub use_new_run: bool,
     #[arg(long = "snapshot-mode", hide = true)]
