@@ -345,7 +345,13 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_named() {
-        let o = parse(&["--compressed-caching=false", "--snapshot-mode=full", "--cache=true", "--git", "branch=main"]);
+        let o = parse(&[
+            "--compressed-caching=false",
+            "--snapshot-mode=full",
+            "--cache=true",
+            "--git",
+            "branch=main",
+        ]);
         let err = o.check_supported().unwrap_err();
         assert!(err.contains("--compressed-caching"), "{err}");
         assert!(err.contains("--snapshot-mode=full"), "{err}");
