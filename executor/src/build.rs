@@ -193,6 +193,9 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         let keep_layers = index == target || builder.used_as_base(index, &plan);
         let stage = builder.build_stage(index, keep_layers)?;
         builder.built.insert(index, stage);
+        if index != target && !builder.used_as_base(index, &plan) {
+            builder.keep_only_copied_files(index, &plan)?;
+        }
     }
     let final_stage = builder
         .built
@@ -520,6 +523,47 @@ impl<'a> Builder<'a> {
         Ok(deps)
     }
 
+    /// Prune a finished stage that later stages only `COPY --from` to the paths they copy, so the
+    /// build keeps those files, not the stage's whole filesystem. Skipped in place (the stage
+    /// root is `/` until the next stage moves it aside) and when a source depends on a variable.
+    fn keep_only_copied_files(&self, index: usize, plan: &[usize]) -> Result<(), BuildError> {
+        if self.isolation != Isolation::Chroot {
+            return Ok(());
+        }
+        let Some(built) = self.built.get(&index) else {
+            return Ok(());
+        };
+        let mut sources = Vec::new();
+        for &later in plan.iter().filter(|&&i| i > index) {
+            for located in &self.parsed.stages[later].instructions {
+                if let Instruction::Copy(args) | Instruction::Add(args) = &located.instruction {
+                    let from = args.from.as_deref().and_then(|f| self.stage_ref(f, later));
+                    if from != Some(index) {
+                        continue;
+                    }
+                    if args.sources.iter().any(|s| s.contains('$')) {
+                        return Ok(());
+                    }
+                    sources.extend(args.sources.iter().cloned());
+                }
+            }
+        }
+        let root = &built.root;
+        let keep = crate::stage_files::Keep::for_sources(root, &sources).map_err(io_err(
+            format!("planning what to keep of stage {}", index + 1),
+        ))?;
+        let removed = crate::stage_files::prune(root, &keep).map_err(io_err(format!(
+            "pruning stage {} to what later stages copy",
+            index + 1
+        )))?;
+        info!(
+            "stage {}: kept the {} path(s) later stages copy, removed {removed} other entries",
+            index + 1,
+            sources.len()
+        );
+        Ok(())
+    }
+
     /// Whether a later planned stage starts FROM this one (so its layers must be kept).
     fn used_as_base(&self, index: usize, plan: &[usize]) -> bool {
         plan.iter().filter(|&&i| i > index).any(|&i| {
@@ -785,6 +829,13 @@ impl<'a> Builder<'a> {
     fn cacheable(&self, instruction: &Instruction) -> Cacheable {
         match instruction {
             Instruction::Run(_) if self.opts.cache_run_layers => Cacheable::Yes,
+            // What a URL serves can change without the Dockerfile changing: only a pinned
+            // checksum makes such an ADD cacheable.
+            Instruction::Add(args)
+                if args.checksum.is_none() && args.sources.iter().any(|s| s.contains("://")) =>
+            {
+                Cacheable::No
+            }
             Instruction::Copy(_) | Instruction::Add(_) if self.opts.cache_copy_layers => {
                 Cacheable::Yes
             }

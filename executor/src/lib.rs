@@ -16,4 +16,5 @@ pub mod output;
 pub mod registry;
 pub mod run;
 pub mod snapshot;
+pub mod stage_files;
 pub mod unpack;

@@ -59,18 +59,18 @@ pub fn execute(
             origin_sources.push(state.expand(raw)?);
         }
     }
-    if let Some(url) = origin_sources
-        .iter()
-        .find(|s| s.starts_with("http://") || s.starts_with("https://"))
-    {
-        if is_add {
+    let (urls, local): (Vec<String>, Vec<String>) =
+        origin_sources.into_iter().partition(|s| is_url(s));
+    let origin_sources = local;
+    if let Some(url) = urls.first() {
+        if !is_add {
             return Err(CommandError::Invalid(format!(
-                "ADD {url}: downloading URLs is not supported by this version of kiln-executor; download it in a RUN step or add the file to the build context"
+                "COPY {url}: COPY does not accept URLs; use ADD"
             )));
         }
-        return Err(CommandError::Invalid(format!(
-            "COPY {url}: COPY does not accept URLs; use ADD"
-        )));
+    }
+    for url in &urls {
+        host_sources.push(download(url, args.checksum.as_deref(), state)?);
     }
 
     let mut written_archives = false;
@@ -125,6 +125,85 @@ pub fn execute(
         )));
     }
     Ok(Outcome::Filesystem)
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// `ADD <url>`: download into the stage scratch under the URL's file name, as Docker does: mode
+/// 0600, the modification time from `Last-Modified` when the server sends it, never unpacked;
+/// with `--checksum=sha256:…` the content must match.
+fn download(
+    url: &str,
+    checksum: Option<&str>,
+    state: &StageState,
+) -> Result<PathBuf, CommandError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |message: String| CommandError::Invalid(format!("ADD {url}: {message}"));
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .unwrap_or("download");
+    let dir = state.scratch.join(format!(
+        "downloads/{}",
+        hex::encode(Sha256::digest(url.as_bytes()))
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(name);
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(format!("cannot start an HTTP client: {e}")))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .map_err(|e| fail(format!("download failed: {e}")))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("the server answered {}", response.status())));
+    }
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok());
+    let mut file = std::fs::File::create(&path)
+        .map_err(|e| CommandError::io(format!("writing {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = response
+            .read(&mut buf)
+            .map_err(|e| fail(format!("download interrupted: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| CommandError::io(format!("writing {}", path.display()), e))?;
+    }
+    drop(file);
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if let Some(want) = checksum {
+        if want != got {
+            return Err(fail(format!(
+                "--checksum={want} does not match the downloaded content ({got})"
+            )));
+        }
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CommandError::io(format!("setting the mode of {}", path.display()), e))?;
+    if let Some(time) = modified {
+        let mtime = filetime::FileTime::from_unix_time(time.timestamp(), 0);
+        filetime::set_file_mtime(&path, mtime)
+            .map_err(|e| CommandError::io(format!("setting the time of {}", path.display()), e))?;
+    }
+    Ok(path)
 }
 
 /// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
@@ -282,6 +361,65 @@ mod tests {
         assert_eq!(
             expand_heredoc_text("${B:-def} ${E:-x} ${E-y} ${A:+set} \\$A $", &lookup),
             "def x  set $A $"
+        );
+    }
+}
+
+#[cfg(test)]
+mod download_tests {
+    use super::*;
+    use crate::commands::test_support::state;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Serve one HTTP response per connection on loopback, `count` times, then stop.
+    fn serve(status: &'static str, body: &'static [u8], count: usize) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(count) {
+                let mut stream = stream.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn add_url_downloads_with_docker_metadata_and_checks_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let base = serve("200 OK", b"payload\n", 2);
+        let path = download(&format!("{base}/files/tool.sh?x=1"), None, &st).unwrap();
+        assert_eq!(path.file_name().unwrap(), "tool.sh");
+        assert_eq!(std::fs::read(&path).unwrap(), b"payload\n");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            filetime::FileTime::from_last_modification_time(&meta).unix_seconds(),
+            1445412480
+        );
+        let err = download(&format!("{base}/tool.sh"), Some("sha256:0000"), &st).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn add_url_reports_http_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let base = serve("404 Not Found", b"", 1);
+        let err = download(&format!("{base}/missing.tar.gz"), None, &st).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("404") && text.contains("missing.tar.gz"),
+            "{text}"
         );
     }
 }
