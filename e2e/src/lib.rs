@@ -17,13 +17,12 @@ pub fn wait_for<T>(
     mut f: impl FnMut() -> anyhow::Result<(Option<T>, String)>,
 ) -> anyhow::Result<T> {
     let start = Instant::now();
-    let mut last = String::new();
     loop {
-        match f() {
+        let last = match f() {
             Ok((Some(v), _)) => return Ok(v),
-            Ok((None, state)) => last = state,
-            Err(e) => last = format!("error: {e:#}"),
-        }
+            Ok((None, state)) => state,
+            Err(e) => format!("error: {e:#}"),
+        };
         if start.elapsed() > timeout {
             anyhow::bail!("timed out after {timeout:?} waiting for {what}; last state: {last}");
         }

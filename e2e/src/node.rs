@@ -258,7 +258,10 @@ fn projected_files(
             for it in items {
                 let key = it["key"].as_str().unwrap_or("");
                 let path = it["path"].as_str().unwrap_or(key);
-                let mode = it["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
+                let mode = it["mode"]
+                    .as_u64()
+                    .map(|m| m as u32)
+                    .unwrap_or(default_mode);
                 let Some(v) = data.get(key) else {
                     bail!("{what} has no key {key:?}");
                 };
@@ -299,7 +302,11 @@ fn resolve_volumes(
     dir: &Path,
 ) -> anyhow::Result<HashMap<String, (PathBuf, bool)>> {
     let mut vols = HashMap::new();
-    for v in pod["spec"]["volumes"].as_array().cloned().unwrap_or_default() {
+    for v in pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let vname = v["name"].as_str().unwrap_or("").to_string();
         let host = dir.join("volumes").join(&vname);
         if let Some(src) = v.get("secret") {
@@ -310,7 +317,10 @@ fn resolve_volumes(
                 .with_context(|| format!("Secret {sname} not found (volume {vname})"))?;
             let data = decode_map(&secret["data"], true)?;
             fs::create_dir_all(&host)?;
-            write_projected(&host, &projected_files(&data, src, &format!("Secret {sname}"))?)?;
+            write_projected(
+                &host,
+                &projected_files(&data, src, &format!("Secret {sname}"))?,
+            )?;
             vols.insert(vname, (host, true));
         } else if let Some(src) = v.get("configMap") {
             let cname = src["name"].as_str().unwrap_or("");
@@ -342,13 +352,22 @@ fn resolve_volumes(
 }
 
 fn run_container(ctx: &Ctx, pod: &Value, name: &str, started: &str) -> anyhow::Result<Value> {
-    let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if containers.len() != 1 {
-        bail!("the node stand-in runs single-container Pods; {name} has {}", containers.len());
+        bail!(
+            "the node stand-in runs single-container Pods; {name} has {}",
+            containers.len()
+        );
     }
     let c = &containers[0];
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("x");
-    let dir = ctx.work.join("pods").join(format!("{name}-{}", &uid[..8.min(uid.len())]));
+    let dir = ctx
+        .work
+        .join("pods")
+        .join(format!("{name}-{}", &uid[..8.min(uid.len())]));
     fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
     let vols = resolve_volumes(ctx, pod, &dir)?;
 
@@ -362,18 +381,7 @@ fn run_container(ctx: &Ctx, pod: &Value, name: &str, started: &str) -> anyhow::R
     let log_file = dir.join("output.log");
 
     let mut args: Vec<String> = PODMAN_GLOBAL.iter().map(|s| s.to_string()).collect();
-    args.extend(
-        [
-            "run",
-            "--name",
-            &cname,
-            "--network",
-            "host",
-            "--pull=always",
-            "--tls-verify=false",
-        ]
-        .map(str::to_string),
-    );
+    args.extend(["run", "--name", &cname, "--network", "host", "--pull=never"].map(str::to_string));
     args.push("-v".into());
     args.push(format!("{}:{term_path}", term_file.display()));
     for m in c["volumeMounts"].as_array().cloned().unwrap_or_default() {
@@ -397,7 +405,10 @@ fn run_container(ctx: &Ctx, pod: &Value, name: &str, started: &str) -> anyhow::R
     }
     for e in c["env"].as_array().cloned().unwrap_or_default() {
         if e.get("valueFrom").is_some() {
-            bail!("env {}: valueFrom is not supported by the node stand-in", e["name"]);
+            bail!(
+                "env {}: valueFrom is not supported by the node stand-in",
+                e["name"]
+            );
         }
         args.push("--env".into());
         args.push(format!(
@@ -426,6 +437,13 @@ fn run_container(ctx: &Ctx, pod: &Value, name: &str, started: &str) -> anyhow::R
         args.extend(ctx.opts.extra_args.iter().cloned());
     }
 
+    // Pulled apart from the run, as a kubelet does, so the pull's progress never ends up in the
+    // container's output (and so in a FallbackToLogsOnError message).
+    let mut pull: Vec<&str> = PODMAN_GLOBAL.to_vec();
+    pull.extend(["pull", "-q", "--tls-verify=false", image]);
+    if let Err(e) = crate::tools::run("podman", &pull) {
+        bail!("ErrImagePull: {e:#}");
+    }
     remove_container(&cname);
     let log = fs::File::create(&log_file).context("creating the output log")?;
     let mut child = Command::new("podman")

@@ -254,7 +254,7 @@ fn check_pushed(status: &Value, dest: &str, expected: &str) -> anyhow::Result<St
 /// (1) ConfigMap context → Succeeded, digest = registry's, the image runs; then (3) a new build
 /// arg → a new generation, a new build and a new digest.
 fn scenario_build_and_rebuild(env: &Env) -> anyhow::Result<()> {
-    let name = "hello";
+    let name = &format!("hello-{}", env.run_id);
     let args = serde_json::json!({});
     let dest = env.apply_build(name, APP_DOCKERFILE, &[("greet.sh", GREET_SH)], args)?;
     let st = env.wait_final(name, 1)?;
@@ -280,7 +280,7 @@ fn scenario_build_and_rebuild(env: &Env) -> anyhow::Result<()> {
 
 /// (2) A failing RUN → Failed, with the executor's error in status.message.
 fn scenario_failing_run(env: &Env) -> anyhow::Result<()> {
-    let name = "fails";
+    let name = &format!("fails-{}", env.run_id);
     let df = "FROM $BASE\nRUN echo kiln-e2e-before-failure && exit 3\n";
     let args = serde_json::json!({});
     env.apply_build(name, df, &[], args)?;
@@ -295,14 +295,17 @@ fn scenario_failing_run(env: &Env) -> anyhow::Result<()> {
         msg.contains("exited with code 3"),
         "status.message does not carry the executor's error: {msg:?}"
     );
-    eprintln!("e2e: (2) failed as expected: {}", msg.lines().last().unwrap_or(""));
+    eprintln!(
+        "e2e: (2) failed as expected: {}",
+        msg.lines().last().unwrap_or("")
+    );
     Ok(())
 }
 
 /// (4) Deleting an ImageBuild whose build is running removes its Pod (and the node stand-in
 /// kills the container, as a kubelet would).
 fn scenario_delete(env: &Env) -> anyhow::Result<()> {
-    let name = "slow";
+    let name = &format!("slow-{}", env.run_id);
     let df = "FROM $BASE\nRUN sleep 600\n";
     let args = serde_json::json!({});
     env.apply_build(name, df, &[], args)?;
@@ -333,7 +336,22 @@ fn scenario_delete(env: &Env) -> anyhow::Result<()> {
             ))
         },
     )?;
-    eprintln!("e2e: (4) deleting the ImageBuild removed its Pod");
+    let prefix = format!("kiln-e2e-{}-{name}-", env.kubectl.namespace);
+    wait_for(
+        "the node stand-in to remove the killed container",
+        Duration::from_secs(30),
+        || {
+            let mut args = tools::PODMAN_GLOBAL.to_vec();
+            args.extend(["ps", "-a", "--format", "{{.Names}}"]);
+            let names = tools::run("podman", &args)?;
+            let left: Vec<&str> = names.lines().filter(|n| n.starts_with(&prefix)).collect();
+            Ok((
+                left.is_empty().then_some(()),
+                format!("containers left: {left:?}"),
+            ))
+        },
+    )?;
+    eprintln!("e2e: (4) deleting the ImageBuild removed its Pod and its container");
     Ok(())
 }
 
@@ -341,14 +359,15 @@ fn scenario_delete(env: &Env) -> anyhow::Result<()> {
 /// with the base image deleted from the registry.
 fn scenario_warm_cache(env: &Env) -> anyhow::Result<()> {
     let claim = "kiln-cache";
+    let warm = &format!("warm-{}", env.run_id);
     let cw = serde_json::json!({
         "apiVersion": "kiln.dev/v1alpha1", "kind": "CacheWarm",
-        "metadata": {"name": "warm"},
+        "metadata": {"name": warm},
         "spec": {"images": [env.base], "claim": claim},
     });
     env.kubectl.apply(&cw.to_string())?;
     wait_for("the CacheWarm to succeed", BUILD_TIMEOUT, || {
-        let cw = env.kubectl.get("cachewarm", Some("warm"))?;
+        let cw = env.kubectl.get("cachewarm", Some(warm))?;
         let st = cw.map(|c| c["status"].clone()).unwrap_or_default();
         match st["phase"].as_str() {
             Some("Failed") => bail!("CacheWarm failed: {st}"),
@@ -367,7 +386,7 @@ fn scenario_warm_cache(env: &Env) -> anyhow::Result<()> {
         tools::registry_digest(&env.base).is_err(),
         "the base image is still served after skopeo delete"
     );
-    let name = "cached";
+    let name = &format!("cached-{}", env.run_id);
     let args = serde_json::json!({
         "buildArgs": {"GREETING": "from-cache"},
         "cache": {"warmClaim": claim},
