@@ -6,6 +6,7 @@
 #
 # Environment:
 #   KILN_SKIP_APT=1       skip apt-get (the tools are already installed)
+#   KILN_REUSE_REGISTRY=1 use the registry already answering on KILN_TEST_REGISTRY and leave it running
 #   KILN_DIFF_CASES=a,b   run only these differential corpus cases
 #   KILN_DIFF_SELFTEST=1  build both sides of the differential test with buildah (checks the harness)
 #   KILN_LINT=0           skip the `cargo fmt --check` and `cargo clippy -D warnings` checks after the tests
@@ -26,21 +27,10 @@ PACKAGES=(
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
     tar gzip xz-utils git
 )
-if [[ "${KILN_SKIP_APT:-}" != 1 ]]; then
-    step "installing packages: ${PACKAGES[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        apt-get update -qq
-        # With recommends: podman and buildah rely on some of them (conmon helpers, catatonit).
-        apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "all present"
-    fi
-fi
+step "installing missing packages"
+# shellcheck source=scripts/lib/packages.sh
+source scripts/lib/packages.sh
+ensure_packages "${PACKAGES[@]}"
 
 # Rust: the machine image provides rustup's toolchain under ~/.cargo (Debian's rustc is too old).
 export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
@@ -71,13 +61,21 @@ step "starting the local registry on $KILN_TEST_REGISTRY"
 cleanup() {
     local rc=$?
     bash "$REPO/scripts/k8s/apiserver.sh" stop >/dev/null 2>&1 || true
-    bash "$REPO/scripts/registry.sh" stop || true
+    [[ "${REUSED_REGISTRY:-0}" == 1 ]] || bash "$REPO/scripts/registry.sh" stop || true
     echo "scripts/test.sh: finished in $(($(date +%s) - START))s with exit code $rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-bash scripts/registry.sh start
+# KILN_REUSE_REGISTRY=1 uses a registry that already answers on the address (a developer's own)
+# and leaves it running; by default the script starts its own and refuses to share the port.
+REUSED_REGISTRY=0
+if [[ "${KILN_REUSE_REGISTRY:-}" == 1 ]] && curl -fsS "http://$KILN_TEST_REGISTRY/v2/" >/dev/null 2>&1; then
+    REUSED_REGISTRY=1
+    echo "reusing the registry on $KILN_TEST_REGISTRY"
+else
+    bash scripts/registry.sh start
+fi
 
 step "building and pushing the test base images"
 bash scripts/base-images.sh

@@ -17,8 +17,8 @@ use crate::commands::{self, CopySource, Outcome, StageState};
 use crate::context::BuildContext;
 use crate::dockerfile::{self, Dockerfile, Instruction, Located, Stage};
 use crate::image::{
-    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest, MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_MANIFEST,
+    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest,
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::registry::{Blob, BlobSource, Platform, Registry, RegistryOptions};
 use crate::run::Isolation;
@@ -120,13 +120,22 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         .build()
         .map_err(io_err("starting the async runtime"))?;
 
-    let mut context = BuildContext::open(&opts.context, &work_dir.join("context"))?;
+    let context_options =
+        crate::context::ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
+            .map_err(BuildError::Usage)?;
+    let mut context =
+        BuildContext::open_with(&opts.context, &work_dir.join("context"), &context_options)?;
     let dockerfile_path = locate_dockerfile(&opts.dockerfile, context.root())?;
     context.load_ignore(&dockerfile_path)?;
-    let text = std::fs::read_to_string(&dockerfile_path)
-        .map_err(|source| BuildError::Dockerfile { path: dockerfile_path.clone(), source })?;
-    let parsed = dockerfile::parse(&text)
-        .map_err(|source| BuildError::Parse { path: dockerfile_path.display().to_string(), source })?;
+    let text =
+        std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
+            path: dockerfile_path.clone(),
+            source,
+        })?;
+    let parsed = dockerfile::parse(&text).map_err(|source| BuildError::Parse {
+        path: dockerfile_path.display().to_string(),
+        source,
+    })?;
 
     let platform = match &opts.custom_platform {
         Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
@@ -135,13 +144,16 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
     let registry = Arc::new(Registry::new(registry_options(opts, platform.clone()))?);
     let ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
     let layer_cache = layer_cache(opts, &registry, ttl, &platform)?;
-    let base_cache = opts.cache_dir.as_deref().and_then(|dir| match BaseImageCache::open(Path::new(dir), ttl) {
-        Ok(cache) => Some(cache),
-        Err(e) => {
-            warn!("--cache-dir {dir}: {e}; base images are pulled from their registries");
-            None
-        }
-    });
+    let base_cache =
+        opts.cache_dir
+            .as_deref()
+            .and_then(|dir| match BaseImageCache::open(Path::new(dir), ttl) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    warn!("--cache-dir {dir}: {e}; base images are pulled from their registries");
+                    None
+                }
+            });
     let mut builder = Builder {
         opts,
         parsed: &parsed,
@@ -154,7 +166,10 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         build_args: opts.build_arg_pairs().into_iter().collect(),
         built: HashMap::new(),
         remote_roots: HashMap::new(),
-        layer_opts: LayerOptions { reproducible: opts.reproducible, ..Default::default() },
+        layer_opts: LayerOptions {
+            reproducible: opts.reproducible,
+            ..Default::default()
+        },
         layer_cache,
         base_cache,
         lookups: HashMap::new(),
@@ -168,20 +183,35 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
     let target = builder.target_index()?;
     builder.target = target;
     let plan = builder.plan(target)?;
-    info!(stages = plan.len(), "building {} stage(s) from {}", plan.len(), dockerfile_path.display());
+    info!(
+        stages = plan.len(),
+        "building {} stage(s) from {}",
+        plan.len(),
+        dockerfile_path.display()
+    );
     for &index in &plan {
         let keep_layers = index == target || builder.used_as_base(index, &plan);
         let stage = builder.build_stage(index, keep_layers)?;
         builder.built.insert(index, stage);
     }
-    let final_stage = builder.built.remove(&target).ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
+    let final_stage = builder
+        .built
+        .remove(&target)
+        .ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
     let result = builder.write_outputs(final_stage);
     builder.finish_cache_stores();
     if builder.layer_cache.is_some() {
-        info!("cache: {} hits, {} misses", builder.stats.hits, builder.stats.misses);
+        info!(
+            "cache: {} hits, {} misses",
+            builder.stats.hits, builder.stats.misses
+        );
     }
     let result = result?;
-    info!("built {} in {:.2}s", result.digest, started.elapsed().as_secs_f64());
+    info!(
+        "built {} in {:.2}s",
+        result.digest,
+        started.elapsed().as_secs_f64()
+    );
     write_result_files(opts, &result)?;
     Ok(result)
 }
@@ -190,21 +220,36 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
 fn write_result_files(opts: &Options, result: &BuildResult) -> Result<(), BuildError> {
     use crate::output;
     if let Some(path) = &opts.digest_file {
-        std::fs::write(path, &result.digest).map_err(io_err(format!("writing --digest-file {path}")))?;
+        std::fs::write(path, &result.digest)
+            .map_err(io_err(format!("writing --digest-file {path}")))?;
     }
     if let Some(path) = &opts.image_name_with_digest_file {
-        std::fs::write(path, output::names_with_digest(&opts.destinations, &result.digest))
-            .map_err(io_err(format!("writing --image-name-with-digest-file {path}")))?;
+        std::fs::write(
+            path,
+            output::names_with_digest(&opts.destinations, &result.digest),
+        )
+        .map_err(io_err(format!(
+            "writing --image-name-with-digest-file {path}"
+        )))?;
     }
     if let Some(path) = &opts.image_name_tag_with_digest_file {
-        std::fs::write(path, output::names_tag_with_digest(&opts.destinations, &result.digest))
-            .map_err(io_err(format!("writing --image-name-tag-with-digest-file {path}")))?;
+        std::fs::write(
+            path,
+            output::names_tag_with_digest(&opts.destinations, &result.digest),
+        )
+        .map_err(io_err(format!(
+            "writing --image-name-tag-with-digest-file {path}"
+        )))?;
     }
     let termination = std::env::var_os("KILN_TERMINATION_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
-    output::write_termination_log(&termination, &result.digest, &result.references)
-        .map_err(io_err(format!("writing the termination message {}", termination.display())))?;
+    output::write_termination_log(&termination, &result.digest, &result.references).map_err(
+        io_err(format!(
+            "writing the termination message {}",
+            termination.display()
+        )),
+    )?;
     Ok(())
 }
 
@@ -224,7 +269,10 @@ fn choose_isolation(opts: &Options) -> Result<Isolation, BuildError> {
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
-fn work_dir(opts: &Options, isolation: Isolation) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
+fn work_dir(
+    opts: &Options,
+    isolation: Isolation,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
     let explicit = opts
         .kiln_dir
         .clone()
@@ -236,17 +284,24 @@ fn work_dir(opts: &Options, isolation: Isolation) -> Result<(PathBuf, Option<tem
             let dir = PathBuf::from(dir);
             let build = dir.join("build");
             if build.exists() {
-                std::fs::remove_dir_all(&build).map_err(io_err(format!("clearing {}", build.display())))?;
+                std::fs::remove_dir_all(&build)
+                    .map_err(io_err(format!("clearing {}", build.display())))?;
             }
-            std::fs::create_dir_all(&build).map_err(io_err(format!("creating {}", build.display())))?;
+            std::fs::create_dir_all(&build)
+                .map_err(io_err(format!("creating {}", build.display())))?;
             Ok((build, None))
         }
         None => {
-            let base = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let base = std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
             let tmp = tempfile::Builder::new()
                 .prefix("kiln-")
                 .tempdir_in(&base)
-                .map_err(io_err(format!("creating a work directory in {}", base.display())))?;
+                .map_err(io_err(format!(
+                    "creating a work directory in {}",
+                    base.display()
+                )))?;
             Ok((tmp.path().to_path_buf(), Some(tmp)))
         }
     }
@@ -255,7 +310,11 @@ fn work_dir(opts: &Options, isolation: Isolation) -> Result<(PathBuf, Option<tem
 /// kaniko's rule: an absolute path is used as is; a relative one is tried as given, then under the context.
 fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildError> {
     let given = PathBuf::from(flag);
-    let candidates = if given.is_absolute() { vec![given.clone()] } else { vec![context_root.join(&given), given.clone()] };
+    let candidates = if given.is_absolute() {
+        vec![given.clone()]
+    } else {
+        vec![context_root.join(&given), given.clone()]
+    };
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         BuildError::Usage(format!(
             "Dockerfile {flag} not found (looked in the context {} and the current directory); set --dockerfile",
@@ -352,16 +411,32 @@ enum Cacheable {
 impl<'a> Builder<'a> {
     fn stage_index_by_name(&self, name: &str) -> Option<usize> {
         let lower = name.to_ascii_lowercase();
-        self.parsed.stages.iter().position(|s| s.name.as_deref() == Some(lower.as_str()))
+        self.parsed
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
     }
 
     fn target_index(&self) -> Result<usize, BuildError> {
-        let last = self.parsed.stages.len().checked_sub(1).ok_or_else(|| BuildError::Usage("the Dockerfile has no FROM".into()))?;
+        let last = self
+            .parsed
+            .stages
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| BuildError::Usage("the Dockerfile has no FROM".into()))?;
         match &self.opts.target {
             None => Ok(last),
             Some(t) => self.stage_index_by_name(t).ok_or_else(|| {
-                let names: Vec<String> = self.parsed.stages.iter().filter_map(|s| s.name.clone()).collect();
-                BuildError::Usage(format!("--target {t}: no stage of that name (stages: {})", names.join(", ")))
+                let names: Vec<String> = self
+                    .parsed
+                    .stages
+                    .iter()
+                    .filter_map(|s| s.name.clone())
+                    .collect();
+                BuildError::Usage(format!(
+                    "--target {t}: no stage of that name (stages: {})",
+                    names.join(", ")
+                ))
             }),
         }
     }
@@ -369,14 +444,18 @@ impl<'a> Builder<'a> {
     /// Global ARG values (for FROM lines): defaults expanded in order, overridden by --build-arg,
     /// plus the automatic platform arguments.
     fn meta_args(&self) -> BTreeMap<String, Option<String>> {
-        let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(&self.platform).into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(&self.platform)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
         for decl in &self.parsed.meta_args {
             let value = if let Some(v) = self.build_args.get(&decl.name) {
                 Some(v.clone())
             } else {
                 decl.default.as_ref().map(|d| {
                     let lookup = |n: &str| values.get(n).cloned().flatten();
-                    dockerfile::expand::expand_word(d, &lookup, self.parsed.escape).unwrap_or_else(|_| d.clone())
+                    dockerfile::expand::expand_word(d, &lookup, self.parsed.escape)
+                        .unwrap_or_else(|_| d.clone())
                 })
             };
             values.insert(decl.name.clone(), value);
@@ -387,10 +466,12 @@ impl<'a> Builder<'a> {
     fn expand_from(&self, stage: &Stage) -> Result<String, BuildError> {
         let meta = self.meta_args();
         let lookup = |n: &str| meta.get(n).cloned().flatten();
-        dockerfile::expand::expand_word(&stage.base, &lookup, self.parsed.escape).map_err(|e| BuildError::Step {
-            line: stage.line,
-            instruction: format!("FROM {}", stage.base),
-            source: e.into(),
+        dockerfile::expand::expand_word(&stage.base, &lookup, self.parsed.escape).map_err(|e| {
+            BuildError::Step {
+                line: stage.line,
+                instruction: format!("FROM {}", stage.base),
+                source: e.into(),
+            }
         })
     }
 
@@ -442,7 +523,10 @@ impl<'a> Builder<'a> {
     /// Whether a later planned stage starts FROM this one (so its layers must be kept).
     fn used_as_base(&self, index: usize, plan: &[usize]) -> bool {
         plan.iter().filter(|&&i| i > index).any(|&i| {
-            self.expand_from(&self.parsed.stages[i]).ok().and_then(|b| self.stage_ref(&b, i)) == Some(index)
+            self.expand_from(&self.parsed.stages[i])
+                .ok()
+                .and_then(|b| self.stage_ref(&b, i))
+                == Some(index)
         })
     }
 
@@ -463,7 +547,8 @@ impl<'a> Builder<'a> {
         let (root, config, layers) = if self.isolation == Isolation::InPlace {
             self.prepare_in_place(&base, index, stage)?
         } else {
-            std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+            std::fs::create_dir_all(&root)
+                .map_err(io_err(format!("creating {}", root.display())))?;
             let (config, layers) = self.prepare_base(&base, index, stage, &root)?;
             (root, config, layers)
         };
@@ -475,10 +560,14 @@ impl<'a> Builder<'a> {
         let ignore = self.ignore_paths();
         // A stage kept only for `COPY --from` is snapshotted too when caching, so its steps can be
         // stored and hit like any other (builder stages are where the expensive RUNs are).
-        let mut snapshotter =
-            if keep_layers || self.layer_cache.is_some() { Some(Snapshotter::new(&root, ignore)?) } else { None };
+        let mut snapshotter = if keep_layers || self.layer_cache.is_some() {
+            Some(Snapshotter::new(&root, ignore)?)
+        } else {
+            None
+        };
         let layer_dir = self.work_dir.join("layers");
-        std::fs::create_dir_all(&layer_dir).map_err(io_err(format!("creating {}", layer_dir.display())))?;
+        std::fs::create_dir_all(&layer_dir)
+            .map_err(io_err(format!("creating {}", layer_dir.display())))?;
         let steps = self.stage_steps(stage, &base, &mut state)?;
 
         let mut pending_single_snapshot = false;
@@ -502,10 +591,18 @@ impl<'a> Builder<'a> {
                     snap.refresh()?;
                 }
                 if keep_layers {
-                    state.config.history.push(self.history(&text, hit.layer.is_none()));
+                    state
+                        .config
+                        .history
+                        .push(self.history(&text, hit.layer.is_none()));
                 }
                 self.stats.hits += 1;
-                info!("[{label}] step {}/{} done in {} (cache hit, {note})", n + 1, steps.len(), secs(step_started.elapsed()));
+                info!(
+                    "[{label}] step {}/{} done in {} (cache hit, {note})",
+                    n + 1,
+                    steps.len(),
+                    secs(step_started.elapsed())
+                );
                 prev_key = key.clone();
                 continue;
             }
@@ -523,11 +620,14 @@ impl<'a> Builder<'a> {
                 Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
                 None => None,
             };
-            let outcome = commands::execute(&located.instruction, &mut state, source).map_err(|source| BuildError::Step {
-                line: located.line,
-                instruction: text.clone(),
-                source,
-            })?;
+            let outcome =
+                commands::execute(&located.instruction, &mut state, source).map_err(|source| {
+                    BuildError::Step {
+                        line: located.line,
+                        instruction: text.clone(),
+                        source,
+                    }
+                })?;
             let mut layer_note = String::from("no layer");
             let mut empty_layer = true;
             let mut new_layer = None;
@@ -537,7 +637,8 @@ impl<'a> Builder<'a> {
                         pending_single_snapshot = true;
                         layer_note = "snapshot deferred (--single-snapshot)".into();
                     } else if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
-                        layer_note = format!("layer {} ({})", short(&layer.digest), human(layer.size));
+                        layer_note =
+                            format!("layer {} ({})", short(&layer.digest), human(layer.size));
                         new_layer = Some(NewLayer {
                             path: layer.path.clone(),
                             digest: layer.digest.clone(),
@@ -568,7 +669,12 @@ impl<'a> Builder<'a> {
             if keep_layers && !(self.opts.single_snapshot && outcome == Outcome::Filesystem) {
                 state.config.history.push(self.history(&text, empty_layer));
             }
-            info!("[{label}] step {}/{} done in {} ({cache_note}{layer_note})", n + 1, steps.len(), secs(step_started.elapsed()));
+            info!(
+                "[{label}] step {}/{} done in {} ({cache_note}{layer_note})",
+                n + 1,
+                steps.len(),
+                secs(step_started.elapsed())
+            );
             if let Some(key) = key {
                 prev_key = key;
             }
@@ -576,7 +682,11 @@ impl<'a> Builder<'a> {
         if pending_single_snapshot {
             if let Some(snap) = snapshotter.as_mut() {
                 if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
-                    info!("[{label}] single snapshot: layer {} ({})", short(&layer.digest), human(layer.size));
+                    info!(
+                        "[{label}] single snapshot: layer {} ({})",
+                        short(&layer.digest),
+                        human(layer.size)
+                    );
                     layers.push(ImageLayer {
                         digest: layer.digest,
                         diff_id: layer.diff_id,
@@ -584,19 +694,32 @@ impl<'a> Builder<'a> {
                         media_type: layer.media_type,
                         path: layer.path,
                     });
-                    state.config.history.push(self.history("single snapshot of all steps", false));
+                    state
+                        .config
+                        .history
+                        .push(self.history("single snapshot of all steps", false));
                 }
             }
         }
         self.stage_keys.insert(index, prev_key);
         // A stage's ARGs are not part of the image; the config keeps only what the image needs.
-        Ok(BuiltStage { root, config: state.config, layers })
+        Ok(BuiltStage {
+            root,
+            config: state.config,
+            layers,
+        })
     }
 
     /// The state a stage's steps start from, over `root` with the base's config.
-    fn stage_state(&self, index: usize, root: PathBuf, config: ImageConfig) -> Result<StageState, BuildError> {
+    fn stage_state(
+        &self,
+        index: usize,
+        root: PathBuf,
+        config: ImageConfig,
+    ) -> Result<StageState, BuildError> {
         let scratch = self.work_dir.join(format!("stages/{index}/scratch"));
-        std::fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
+        std::fs::create_dir_all(&scratch)
+            .map_err(io_err(format!("creating {}", scratch.display())))?;
         let mut state = StageState {
             root,
             isolation: self.isolation,
@@ -618,12 +741,20 @@ impl<'a> Builder<'a> {
 
     /// The steps of a stage: the base's ONBUILD triggers first (then dropped from the new
     /// image), then the stage's own instructions.
-    fn stage_steps(&self, stage: &Stage, base: &str, state: &mut StageState) -> Result<Vec<Located>, BuildError> {
+    fn stage_steps(
+        &self,
+        stage: &Stage,
+        base: &str,
+        state: &mut StageState,
+    ) -> Result<Vec<Located>, BuildError> {
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         let mut steps: Vec<Located> = Vec::new();
         for trigger in &triggers {
             let located = dockerfile::parse_instruction(trigger, stage.line, self.parsed.escape)
-                .map_err(|source| BuildError::Parse { path: format!("ONBUILD trigger {trigger:?} of {base}"), source })?;
+                .map_err(|source| BuildError::Parse {
+                    path: format!("ONBUILD trigger {trigger:?} of {base}"),
+                    source,
+                })?;
             steps.push(located);
         }
         steps.extend(stage.instructions.iter().cloned());
@@ -632,7 +763,13 @@ impl<'a> Builder<'a> {
 
     /// The first link of a stage's key chain: a constant for scratch, the parent stage's last
     /// key, or the base image's identity (config without timestamps, layer digests).
-    fn base_key(&self, base: &str, index: usize, config: &ImageConfig, layers: &[ImageLayer]) -> String {
+    fn base_key(
+        &self,
+        base: &str,
+        index: usize,
+        config: &ImageConfig,
+        layers: &[ImageLayer],
+    ) -> String {
         if base.eq_ignore_ascii_case("scratch") {
             return scratch_key();
         }
@@ -648,7 +785,9 @@ impl<'a> Builder<'a> {
     fn cacheable(&self, instruction: &Instruction) -> Cacheable {
         match instruction {
             Instruction::Run(_) if self.opts.cache_run_layers => Cacheable::Yes,
-            Instruction::Copy(_) | Instruction::Add(_) if self.opts.cache_copy_layers => Cacheable::Yes,
+            Instruction::Copy(_) | Instruction::Add(_) if self.opts.cache_copy_layers => {
+                Cacheable::Yes
+            }
             Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => Cacheable::Disabled,
             _ => Cacheable::No,
         }
@@ -679,20 +818,28 @@ impl<'a> Builder<'a> {
         };
         match &located.instruction {
             Instruction::Run(args) => {
-                input.instruction = format!("RUN {}", serde_json::to_string(args).unwrap_or_default());
+                input.instruction =
+                    format!("RUN {}", serde_json::to_string(args).unwrap_or_default());
                 input.visible_env = state.run_env();
             }
             Instruction::Copy(args) | Instruction::Add(args) => {
                 let is_add = matches!(located.instruction, Instruction::Add(_));
                 let expand_opt = |v: &Option<String>| -> Result<Option<String>, BuildError> {
-                    v.as_ref().map(|t| state.expand(t)).transpose().map_err(step_err)
+                    v.as_ref()
+                        .map(|t| state.expand(t))
+                        .transpose()
+                        .map_err(step_err)
                 };
                 let mut files = FileDigest::new(matches!(source, Some(SourceRef::Root(_))));
                 let mut origin_sources = Vec::new();
                 for raw in &args.sources {
                     if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
                         // The copy writes the heredoc with variables expanded as the step sees them.
-                        let content = if doc.expand { expand_for_key(state, &doc.content) } else { doc.content.clone() };
+                        let content = if doc.expand {
+                            expand_for_key(state, &doc.content)
+                        } else {
+                            doc.content.clone()
+                        };
                         files.add_inline(&doc.name, &content);
                     } else {
                         origin_sources.push(state.expand(raw).map_err(step_err)?);
@@ -705,10 +852,12 @@ impl<'a> Builder<'a> {
                             Ok(paths) => {
                                 let excluded = |p: &Path| ctx.is_excluded_host(p);
                                 for path in paths {
-                                    files.add_source(ctx.root(), &path, &excluded).map_err(|e| BuildError::Io {
-                                        what: format!("line {}: {}", located.line, e),
-                                        source: std::io::Error::other("cache key"),
-                                    })?;
+                                    files.add_source(ctx.root(), &path, &excluded).map_err(
+                                        |e| BuildError::Io {
+                                            what: format!("line {}: {}", located.line, e),
+                                            source: std::io::Error::other("cache key"),
+                                        },
+                                    )?;
                                 }
                             }
                             // The step itself reports the missing source when it runs.
@@ -721,10 +870,12 @@ impl<'a> Builder<'a> {
                             match commands::copy::resolve_root_source(root, src, name) {
                                 Ok(paths) => {
                                     for path in paths {
-                                        files.add_source(root, &path, &|_: &Path| false).map_err(|e| BuildError::Io {
-                                            what: format!("line {}: {}", located.line, e),
-                                            source: std::io::Error::other("cache key"),
-                                        })?;
+                                        files.add_source(root, &path, &|_: &Path| false).map_err(
+                                            |e| BuildError::Io {
+                                                what: format!("line {}: {}", located.line, e),
+                                                source: std::io::Error::other("cache key"),
+                                            },
+                                        )?;
                                     }
                                 }
                                 Err(e) => files.add_inline("unresolved", &e.to_string()),
@@ -763,7 +914,10 @@ impl<'a> Builder<'a> {
         let found = match self.runtime.block_on(cache.lookup(key)) {
             Ok(found) => found,
             Err(e) => {
-                warn!("layer cache lookup of {} failed, running the step: {e}", short_key(key));
+                warn!(
+                    "layer cache lookup of {} failed, running the step: {e}",
+                    short_key(key)
+                );
                 None
             }
         };
@@ -773,16 +927,29 @@ impl<'a> Builder<'a> {
 
     /// Apply a cache hit over `root`: fetch the layer (verified), unpack it, and add it to the
     /// image as is (no re-compression: its digest and diff_id are known). Returns a log note.
-    fn apply_hit(&mut self, hit: &CacheHit, root: &Path, layers: &mut Vec<ImageLayer>) -> Result<String, BuildError> {
-        let Some(layer) = &hit.layer else { return Ok("no changes".into()) };
-        let cache = self.layer_cache.clone().ok_or_else(|| BuildError::Usage("cache hit without a layer cache".into()))?;
+    fn apply_hit(
+        &mut self,
+        hit: &CacheHit,
+        root: &Path,
+        layers: &mut Vec<ImageLayer>,
+    ) -> Result<String, BuildError> {
+        let Some(layer) = &hit.layer else {
+            return Ok("no changes".into());
+        };
+        let cache = self
+            .layer_cache
+            .clone()
+            .ok_or_else(|| BuildError::Usage("cache hit without a layer cache".into()))?;
         let blob_dir = self.work_dir.join("blobs");
-        std::fs::create_dir_all(&blob_dir).map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
         let path = self
             .runtime
             .block_on(cache.fetch(hit, &blob_dir))
             .map_err(|e| BuildError::Usage(format!("fetching cached layer {}: {e}", layer.digest)))?
-            .ok_or_else(|| BuildError::Usage(format!("cached layer {} has no file", layer.digest)))?;
+            .ok_or_else(|| {
+                BuildError::Usage(format!("cached layer {} has no file", layer.digest))
+            })?;
         let image_layer = ImageLayer {
             digest: layer.digest.clone(),
             diff_id: layer.diff_id.clone(),
@@ -798,7 +965,9 @@ impl<'a> Builder<'a> {
 
     /// Push a new cache entry in the background of the build; failures are warnings.
     fn store_in_background(&mut self, key: &str, layer: Option<NewLayer>, created_by: &str) {
-        let Some(cache) = self.layer_cache.clone() else { return };
+        let Some(cache) = self.layer_cache.clone() else {
+            return;
+        };
         if self.opts.no_push_cache {
             return;
         }
@@ -807,13 +976,22 @@ impl<'a> Builder<'a> {
         // The registry's push future is not provably `Send` (its blob stream borrows), so it runs
         // on a thread of its own, driven by the builder's runtime, while the build goes on.
         let runtime = self.runtime.handle().clone();
-        let spawned = std::thread::Builder::new().name("kiln-cache-push".into()).spawn(move || {
-            let started = Instant::now();
-            match runtime.block_on(cache.store(&key, layer.as_ref(), &created_by)) {
-                Ok(()) => tracing::debug!("stored cache entry {} in {}", short_key(&key), secs(started.elapsed())),
-                Err(e) => warn!("could not store the cache entry {} for {created_by:?}: {e}", short_key(&key)),
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("kiln-cache-push".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match runtime.block_on(cache.store(&key, layer.as_ref(), &created_by)) {
+                    Ok(()) => tracing::debug!(
+                        "stored cache entry {} in {}",
+                        short_key(&key),
+                        secs(started.elapsed())
+                    ),
+                    Err(e) => warn!(
+                        "could not store the cache entry {} for {created_by:?}: {e}",
+                        short_key(&key)
+                    ),
+                }
+            });
         match spawned {
             Ok(handle) => self.pending_stores.push(handle),
             Err(e) => warn!("could not start a cache push: {e}"),
@@ -833,14 +1011,24 @@ impl<'a> Builder<'a> {
                 warn!("a cache push task panicked");
             }
         }
-        info!("cache: {count} new entr{} pushed (waited {})", if count == 1 { "y" } else { "ies" }, secs(started.elapsed()));
+        info!(
+            "cache: {count} new entr{} pushed (waited {})",
+            if count == 1 { "y" } else { "ies" },
+            secs(started.elapsed())
+        );
     }
 
     /// When every RUN/COPY/ADD of the target stage is a cache hit (or there are none), build it
     /// without downloading or unpacking the base layers: the image is the base manifest's
     /// layers plus the cached ones. Any step that needs the root (a miss, WORKDIR, COPY
     /// --chown, a metadata step that touches files) means `None`: the normal path.
-    fn try_skip_base(&mut self, index: usize, stage: &Stage, base: &str, label: &str) -> Result<Option<BuiltStage>, BuildError> {
+    fn try_skip_base(
+        &mut self,
+        index: usize,
+        stage: &Stage,
+        base: &str,
+        label: &str,
+    ) -> Result<Option<BuiltStage>, BuildError> {
         if self.layer_cache.is_none()
             || index != self.target
             || base.eq_ignore_ascii_case("scratch")
@@ -850,7 +1038,8 @@ impl<'a> Builder<'a> {
         }
         let (config, base_layers, reference) = self.base_manifest(base)?;
         let probe_root = self.work_dir.join(format!("stages/{index}/probe-root"));
-        std::fs::create_dir_all(&probe_root).map_err(io_err(format!("creating {}", probe_root.display())))?;
+        std::fs::create_dir_all(&probe_root)
+            .map_err(io_err(format!("creating {}", probe_root.display())))?;
         let mut prev_key = self.base_key(base, index, &config, &base_layers);
         let mut state = self.stage_state(index, probe_root.clone(), config)?;
         let steps = self.stage_steps(stage, base, &mut state)?;
@@ -889,11 +1078,12 @@ impl<'a> Builder<'a> {
                 }
                 _ => {
                     let key = self.step_key(&prev_key, located, &state, None)?;
-                    let outcome = commands::execute(&located.instruction, &mut state, None).map_err(|source| BuildError::Step {
-                        line: located.line,
-                        instruction: text.clone(),
-                        source,
-                    })?;
+                    let outcome = commands::execute(&located.instruction, &mut state, None)
+                        .map_err(|source| BuildError::Step {
+                            line: located.line,
+                            instruction: text.clone(),
+                            source,
+                        })?;
                     if outcome == Outcome::Filesystem {
                         needs_root("the step changes files");
                         return Ok(None);
@@ -903,32 +1093,46 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        let Some(cache) = self.layer_cache.clone() else { return Ok(None) };
+        let Some(cache) = self.layer_cache.clone() else {
+            return Ok(None);
+        };
         let mut layers = base_layers;
         for layer in &layers {
             if !layer.path.exists() {
-                self.remote_layers.insert(layer.digest.clone(), reference.clone());
+                self.remote_layers
+                    .insert(layer.digest.clone(), reference.clone());
             }
         }
         let total = steps.len();
         for (n, text, hit) in &hits {
             self.stats.hits += 1;
             let Some(layer) = &hit.layer else {
-                info!("[{label}] step {}/{total}: {text} (cache hit, no changes)", n + 1);
+                info!(
+                    "[{label}] step {}/{total}: {text} (cache hit, no changes)",
+                    n + 1
+                );
                 continue;
             };
             let path = match cache.blob_reference(&hit.key) {
                 Some(reference) => {
                     self.remote_layers.insert(layer.digest.clone(), reference);
-                    self.work_dir.join("blobs").join(layer.digest.replace(':', "-"))
+                    self.work_dir
+                        .join("blobs")
+                        .join(layer.digest.replace(':', "-"))
                 }
                 None => self
                     .runtime
                     .block_on(cache.fetch(hit, &self.work_dir.join("blobs")))
-                    .map_err(|e| BuildError::Usage(format!("reading cached layer {}: {e}", layer.digest)))?
+                    .map_err(|e| {
+                        BuildError::Usage(format!("reading cached layer {}: {e}", layer.digest))
+                    })?
                     .unwrap_or_default(),
             };
-            info!("[{label}] step {}/{total}: {text} (cache hit, layer {})", n + 1, layer.digest);
+            info!(
+                "[{label}] step {}/{total}: {text} (cache hit, layer {})",
+                n + 1,
+                layer.digest
+            );
             layers.push(ImageLayer {
                 digest: layer.digest.clone(),
                 diff_id: layer.diff_id.clone(),
@@ -940,19 +1144,29 @@ impl<'a> Builder<'a> {
         state.config.history.extend(history);
         info!("[{label}] base image layers not needed: every step is a cache hit or changes only the config");
         self.stage_keys.insert(index, prev_key);
-        Ok(Some(BuiltStage { root: probe_root, config: state.config, layers }))
+        Ok(Some(BuiltStage {
+            root: probe_root,
+            config: state.config,
+            layers,
+        }))
     }
 
     /// A base image's config and layer descriptors without downloading layers (from the
     /// base-image cache when it holds the image, with its verified files). Returns the
     /// reference the layers can be fetched from later.
-    fn base_manifest(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>, String), BuildError> {
+    fn base_manifest(
+        &mut self,
+        reference: &str,
+    ) -> Result<(ImageConfig, Vec<ImageLayer>, String), BuildError> {
         if let Some(found) = self.cached_base(reference)? {
             return Ok((found.0, found.1, reference.to_string()));
         }
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
-            BuildError::Usage(format!("the config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
+            BuildError::Usage(format!(
+                "the config of {reference} ({}) is not valid JSON: {e}",
+                image.config_digest
+            ))
         })?;
         let descriptors = image.manifest.layers();
         if descriptors.len() != config.rootfs.diff_ids.len() {
@@ -978,11 +1192,21 @@ impl<'a> Builder<'a> {
     }
 
     /// The base image from `--cache-dir`, if it holds it (every blob verified by the lookup).
-    fn cached_base(&self, reference: &str) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
-        let Some(cache) = &self.base_cache else { return Ok(None) };
-        let Some(image) = cache.lookup_or_pull(reference, &self.platform) else { return Ok(None) };
+    fn cached_base(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
+        let Some(cache) = &self.base_cache else {
+            return Ok(None);
+        };
+        let Some(image) = cache.lookup_or_pull(reference, &self.platform) else {
+            return Ok(None);
+        };
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
-            BuildError::Usage(format!("the cached config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
+            BuildError::Usage(format!(
+                "the cached config of {reference} ({}) is not valid JSON: {e}",
+                image.config_digest
+            ))
         })?;
         let layers = image
             .layers
@@ -1005,12 +1229,20 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         let reference = self.remote_layers.get(&layer.digest).ok_or_else(|| {
-            BuildError::Usage(format!("layer {} is neither on disk nor known in any repository", layer.digest))
+            BuildError::Usage(format!(
+                "layer {} is neither on disk nor known in any repository",
+                layer.digest
+            ))
         })?;
         if let Some(parent) = layer.path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
         }
-        self.runtime.block_on(self.registry.fetch_blob_to_file(reference, &layer.digest, &layer.path))?;
+        self.runtime.block_on(self.registry.fetch_blob_to_file(
+            reference,
+            &layer.digest,
+            &layer.path,
+        ))?;
         Ok(())
     }
 
@@ -1035,9 +1267,22 @@ impl<'a> Builder<'a> {
     /// Paths left out of snapshots and unpacking. In a private root only `--ignore-path` applies;
     /// in place, also Kiln's own directory, kernel filesystems, mount points and (by default) /var/run.
     fn ignore_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self.opts.ignore_paths.iter().map(|p| PathBuf::from(crate::fsutil::clean_abs(p))).collect();
+        let mut paths: Vec<PathBuf> = self
+            .opts
+            .ignore_paths
+            .iter()
+            .map(|p| PathBuf::from(crate::fsutil::clean_abs(p)))
+            .collect();
         if self.isolation == Isolation::InPlace {
-            paths.extend(crate::container::in_place_ignore_paths(&self.work_dir, self.opts.ignore_var_run));
+            paths.extend(crate::container::in_place_ignore_paths(
+                &self.work_dir,
+                self.opts.ignore_var_run,
+            ));
+            // The context must survive clearing `/` even when it is not a mount point
+            // (e.g. a directory baked into the image); its files never belong in a layer.
+            if self.context.root().is_absolute() && self.context.root() != Path::new("/") {
+                paths.push(self.context.root().to_path_buf());
+            }
         }
         paths
     }
@@ -1055,7 +1300,10 @@ impl<'a> Builder<'a> {
         }
         if let Some(parent) = self.stage_ref(base, index) {
             let parent_stage = self.built.get(&parent).ok_or_else(|| {
-                BuildError::Usage(format!("stage {} (FROM {base}) needs stage {parent}, which was not built", index))
+                BuildError::Usage(format!(
+                    "stage {} (FROM {base}) needs stage {parent}, which was not built",
+                    index
+                ))
             })?;
             // Re-apply the parent's layers: the parent root stays intact for `COPY --from`.
             let (config, layers) = (parent_stage.config.clone(), parent_stage.layers.clone());
@@ -1072,16 +1320,88 @@ impl<'a> Builder<'a> {
         Ok((config, layers))
     }
 
+    /// Set up the base of a stage in place: the root is `/`. The base is fetched first (the
+    /// registry client still has the executor image's files), then `/` is emptied of everything
+    /// not ignored — moving an earlier stage that a later `COPY --from` reads into the work dir
+    /// first — and the base's layers are unpacked over it.
     fn prepare_in_place(
         &mut self,
         base: &str,
         index: usize,
         stage: &Stage,
     ) -> Result<(PathBuf, ImageConfig, Vec<ImageLayer>), BuildError> {
-        let _ = (base, index, stage);
-        Err(BuildError::Usage(
-            "building in place (container mode) is not supported by this version of kiln-executor yet; use --isolation=chroot".into(),
-        ))
+        let _ = stage;
+        let root = PathBuf::from("/");
+        let (config, layers) = if base.eq_ignore_ascii_case("scratch") {
+            (self.scratch_config(), Vec::new())
+        } else if let Some(parent) = self.stage_ref(base, index) {
+            let parent_stage = self.built.get(&parent).ok_or_else(|| {
+                BuildError::Usage(format!(
+                    "stage {index} (FROM {base}) needs stage {parent}, which was not built"
+                ))
+            })?;
+            (parent_stage.config.clone(), parent_stage.layers.clone())
+        } else {
+            self.pull_base(base)?
+        };
+
+        let ignore = self.ignore_paths();
+        let started = Instant::now();
+        // At most one earlier stage lives at `/`: the one built just before this one.
+        let at_root: Option<usize> = self
+            .built
+            .iter()
+            .filter(|(_, b)| b.root == root)
+            .map(|(&i, _)| i)
+            .max();
+        let save = match at_root {
+            Some(n) if self.read_by_later_copy(n, index)? => Some(n),
+            _ => None,
+        };
+        let saved_root = save.map(|n| self.work_dir.join(format!("stages/{n}/saved-root")));
+        let stats = crate::container::clear_root(&root, &ignore, saved_root.as_deref()).map_err(
+            io_err("clearing / for the next base image (in-place build)"),
+        )?;
+        if let (Some(n), Some(saved)) = (save, &saved_root) {
+            info!(
+                "moved stage {n}'s files ({} entries) to {} for COPY --from",
+                stats.entries,
+                saved.display()
+            );
+            if let Some(built) = self.built.get_mut(&n) {
+                built.root = saved.clone();
+            }
+        } else {
+            info!(
+                "cleared / ({} entries) in {}",
+                stats.entries,
+                secs(started.elapsed())
+            );
+        }
+        // Stages left at `/` are gone now; nothing reads them again (their layers remain).
+        for built in self.built.values_mut().filter(|b| b.root == root) {
+            built.root = PathBuf::new();
+        }
+        for layer in &layers {
+            self.unpack(layer, base, &root)?;
+        }
+        Ok((root, config, layers))
+    }
+
+    /// Whether stage `n`'s files are read by a `COPY --from`/`ADD --from` of a planned stage at or after `from_index`.
+    fn read_by_later_copy(&self, n: usize, from_index: usize) -> Result<bool, BuildError> {
+        let plan = self.plan(self.target_index()?)?;
+        Ok(plan.iter().filter(|&&i| i >= from_index).any(|&i| {
+            self.parsed.stages[i]
+                .instructions
+                .iter()
+                .any(|located| match &located.instruction {
+                    Instruction::Copy(args) | Instruction::Add(args) => {
+                        args.from.as_deref().and_then(|f| self.stage_ref(f, i)) == Some(n)
+                    }
+                    _ => false,
+                })
+        }))
     }
 
     /// The config a `FROM scratch` stage starts with.
@@ -1098,15 +1418,23 @@ impl<'a> Builder<'a> {
     fn pull_base(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
         let started = Instant::now();
         if let Some((config, layers)) = self.cached_base(reference)? {
-            info!("{reference}: read from the base-image cache ({} layer(s)) in {}", layers.len(), secs(started.elapsed()));
+            info!(
+                "{reference}: read from the base-image cache ({} layer(s)) in {}",
+                layers.len(),
+                secs(started.elapsed())
+            );
             return Ok((config, layers));
         }
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
-            BuildError::Usage(format!("the config of {reference} ({}) is not valid JSON: {e}", image.config_digest))
+            BuildError::Usage(format!(
+                "the config of {reference} ({}) is not valid JSON: {e}",
+                image.config_digest
+            ))
         })?;
         let blob_dir = self.work_dir.join("blobs");
-        std::fs::create_dir_all(&blob_dir).map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
         let descriptors = image.manifest.layers();
         if descriptors.len() != config.rootfs.diff_ids.len() {
             return Err(BuildError::Usage(format!(
@@ -1121,7 +1449,11 @@ impl<'a> Builder<'a> {
             let digest = desc.digest().to_string();
             let path = blob_dir.join(digest.replace(':', "-"));
             if !path.exists() {
-                self.runtime.block_on(self.registry.fetch_blob_to_file(&image.reference, &digest, &path))?;
+                self.runtime.block_on(self.registry.fetch_blob_to_file(
+                    &image.reference,
+                    &digest,
+                    &path,
+                ))?;
             }
             total += desc.size();
             layers.push(ImageLayer {
@@ -1144,7 +1476,10 @@ impl<'a> Builder<'a> {
     }
 
     fn unpack(&self, layer: &ImageLayer, image: &str, root: &Path) -> Result<(), BuildError> {
-        let opts = UnpackOptions { ignore: self.ignore_paths(), same_owner: true };
+        let opts = UnpackOptions {
+            ignore: self.ignore_paths(),
+            same_owner: true,
+        };
         unpack_layer(&layer.path, root, &opts).map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
@@ -1154,25 +1489,37 @@ impl<'a> Builder<'a> {
     }
 
     /// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root.
-    fn copy_source(&mut self, instruction: &Instruction, index: usize) -> Result<Option<SourceRef>, BuildError> {
+    fn copy_source(
+        &mut self,
+        instruction: &Instruction,
+        index: usize,
+    ) -> Result<Option<SourceRef>, BuildError> {
         let args = match instruction {
             Instruction::Copy(a) | Instruction::Add(a) => a,
             _ => return Ok(None),
         };
-        let Some(from) = &args.from else { return Ok(Some(SourceRef::Context)) };
+        let Some(from) = &args.from else {
+            return Ok(Some(SourceRef::Context));
+        };
         if let Some(i) = self.stage_ref(from, index) {
             let built = self.built.get(&i).ok_or_else(|| {
-                BuildError::Usage(format!("COPY --from={from}: stage {i} was not built (is it after this stage?)"))
+                BuildError::Usage(format!(
+                    "COPY --from={from}: stage {i} was not built (is it after this stage?)"
+                ))
             })?;
             return Ok(Some(SourceRef::Root(built.root.clone())));
         }
         if self.stage_index_by_name(from).is_some() {
-            return Err(BuildError::Usage(format!("COPY --from={from}: a stage can only copy from stages before it")));
+            return Err(BuildError::Usage(format!(
+                "COPY --from={from}: a stage can only copy from stages before it"
+            )));
         }
         if let Some(root) = self.remote_roots.get(from) {
             return Ok(Some(SourceRef::Root(root.clone())));
         }
-        let root = self.work_dir.join(format!("images/{}", self.remote_roots.len()));
+        let root = self
+            .work_dir
+            .join(format!("images/{}", self.remote_roots.len()));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         let (_config, layers) = self.pull_base(from)?;
         for layer in &layers {
@@ -1195,9 +1542,14 @@ impl<'a> Builder<'a> {
         }
         for label in &self.opts.labels {
             let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
-            config.config.labels.get_or_insert_with(BTreeMap::new).insert(k.to_string(), v.to_string());
+            config
+                .config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(k.to_string(), v.to_string());
         }
-        let config_bytes = serde_json::to_vec(&config).map_err(|e| BuildError::Usage(format!("serialising the image config: {e}")))?;
+        let config_bytes = serde_json::to_vec(&config)
+            .map_err(|e| BuildError::Usage(format!("serialising the image config: {e}")))?;
         let config_digest = sha256_digest(&config_bytes);
         let manifest = Manifest {
             schema_version: 2,
@@ -1211,11 +1563,17 @@ impl<'a> Builder<'a> {
             layers: stage
                 .layers
                 .iter()
-                .map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest.clone(), size: l.size, annotations: None })
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    annotations: None,
+                })
                 .collect(),
             annotations: None,
         };
-        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| BuildError::Usage(format!("serialising the manifest: {e}")))?;
+        let manifest_bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| BuildError::Usage(format!("serialising the manifest: {e}")))?;
         let digest = sha256_digest(&manifest_bytes);
 
         let mut references = Vec::new();
@@ -1229,8 +1587,16 @@ impl<'a> Builder<'a> {
                 let mut unfetched = false;
                 for l in &stage.layers {
                     let mut mount_from = None;
-                    if let Some(origin) = self.remote_layers.get(&l.digest).filter(|_| !l.path.exists()) {
-                        if self.runtime.block_on(self.registry.blob_exists(dest, &l.digest)).unwrap_or(false) {
+                    if let Some(origin) = self
+                        .remote_layers
+                        .get(&l.digest)
+                        .filter(|_| !l.path.exists())
+                    {
+                        if self
+                            .runtime
+                            .block_on(self.registry.blob_exists(dest, &l.digest))
+                            .unwrap_or(false)
+                        {
                             continue;
                         }
                         if same_registry(origin, dest) {
@@ -1240,17 +1606,37 @@ impl<'a> Builder<'a> {
                             self.ensure_local(l)?;
                         }
                     }
-                    blobs.push(Blob { digest: l.digest.clone(), size: l.size, source: BlobSource::File(l.path.clone()), mount_from });
+                    blobs.push(Blob {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        source: BlobSource::File(l.path.clone()),
+                        mount_from,
+                    });
                 }
-                blobs.push(Blob { digest: config_digest.clone(), size: config_bytes.len() as u64, source: BlobSource::Bytes(config_bytes.clone()), mount_from: None });
-                let mut result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
+                blobs.push(Blob {
+                    digest: config_digest.clone(),
+                    size: config_bytes.len() as u64,
+                    source: BlobSource::Bytes(config_bytes.clone()),
+                    mount_from: None,
+                });
+                let mut result = self.runtime.block_on(self.registry.push_image(
+                    dest,
+                    &blobs,
+                    &manifest_bytes,
+                    MEDIA_TYPE_OCI_MANIFEST,
+                ));
                 if let (Err(e), true) = (&result, unfetched) {
                     // A refused mount falls back to an upload, which needs the file.
                     warn!("{dest}: pushing with mounted layers failed ({e}); fetching them and uploading");
                     for l in &stage.layers {
                         self.ensure_local(l)?;
                     }
-                    result = self.runtime.block_on(self.registry.push_image(dest, &blobs, &manifest_bytes, MEDIA_TYPE_OCI_MANIFEST));
+                    result = self.runtime.block_on(self.registry.push_image(
+                        dest,
+                        &blobs,
+                        &manifest_bytes,
+                        MEDIA_TYPE_OCI_MANIFEST,
+                    ));
                 }
                 let pushed = result?;
                 if pushed != digest {
@@ -1260,23 +1646,65 @@ impl<'a> Builder<'a> {
                 references.push(format!("{dest}@{digest}"));
             }
         } else if !self.opts.destinations.is_empty() {
-            info!("--no-push: not pushing to {}", self.opts.destinations.join(", "));
+            info!(
+                "--no-push: not pushing to {}",
+                self.opts.destinations.join(", ")
+            );
         }
         if let Some(path) = &self.opts.oci_layout_path {
-            let layout_err = |message: String| BuildError::Layout { path: path.clone(), message };
-            let layout = crate::registry::layout::OciLayout::create(Path::new(path)).map_err(|e| layout_err(e.to_string()))?;
+            let layout_err = |message: String| BuildError::Layout {
+                path: path.clone(),
+                message,
+            };
+            let layout = crate::registry::layout::OciLayout::create(Path::new(path))
+                .map_err(|e| layout_err(e.to_string()))?;
             for layer in &stage.layers {
                 self.ensure_local(layer)?;
-                layout.write_blob_file(&layer.path, &layer.digest).map_err(|e| layout_err(e.to_string()))?;
+                layout
+                    .write_blob_file(&layer.path, &layer.digest)
+                    .map_err(|e| layout_err(e.to_string()))?;
             }
-            layout.write_blob_bytes(&config_bytes).map_err(|e| layout_err(e.to_string()))?;
-            let ref_name = self.opts.destinations.first().and_then(|d| tag_of(d)).unwrap_or_else(|| "latest".to_string());
+            layout
+                .write_blob_bytes(&config_bytes)
+                .map_err(|e| layout_err(e.to_string()))?;
+            let ref_name = self
+                .opts
+                .destinations
+                .first()
+                .and_then(|d| tag_of(d))
+                .unwrap_or_else(|| "latest".to_string());
             layout
                 .add_manifest(&manifest_bytes, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
                 .map_err(|e| layout_err(e.to_string()))?;
             info!("wrote OCI layout {path} (ref {ref_name})");
         }
-        Ok(BuildResult { digest, references, manifest: manifest_bytes, config: config_bytes })
+        if let Some(path) = &self.opts.tar_path {
+            let layers: Vec<crate::output::ArchiveLayer> = stage
+                .layers
+                .iter()
+                .map(|l| crate::output::ArchiveLayer {
+                    digest: l.digest.clone(),
+                    path: l.path.clone(),
+                })
+                .collect();
+            let tags = crate::output::repo_tags(&self.opts.destinations);
+            crate::output::write_docker_archive(Path::new(path), &config_bytes, &layers, &tags)
+                .map_err(io_err(format!("writing --tar-path {path}")))?;
+            info!(
+                "wrote docker archive {path} (tags: {})",
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            );
+        }
+        Ok(BuildResult {
+            digest,
+            references,
+            manifest: manifest_bytes,
+            config: config_bytes,
+        })
     }
 }
 
@@ -1289,7 +1717,10 @@ fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
         args.push((format!("{prefix}PLATFORM"), p.to_string()));
         args.push((format!("{prefix}OS"), p.os.clone()));
         args.push((format!("{prefix}ARCH"), p.architecture.clone()));
-        args.push((format!("{prefix}VARIANT"), p.variant.clone().unwrap_or_default()));
+        args.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
     }
     args
 }
@@ -1301,7 +1732,10 @@ fn expand_for_key(state: &StageState, content: &str) -> String {
 
 /// Whether two references name repositories on the same registry (so blobs can be mounted).
 fn same_registry(a: &str, b: &str) -> bool {
-    match (crate::registry::parse_reference(a), crate::registry::parse_reference(b)) {
+    match (
+        crate::registry::parse_reference(a),
+        crate::registry::parse_reference(b),
+    ) {
         (Ok(a), Ok(b)) => a.registry() == b.registry(),
         _ => false,
     }

@@ -47,7 +47,8 @@ pub enum IsolationFlag {
     about = "Build an OCI image from a Dockerfile without a Docker daemon (kaniko-compatible flags)"
 )]
 pub struct Options {
-    /// Build context: a directory (`dir://` or plain path) or a gzip tarball (`tar://`).
+    /// Build context: a directory (`dir://` or a plain path), a tarball (`tar://PATH`, `tar://stdin`,
+    /// or an `https://` URL), or a git repository (`git://host/repo.git#ref`, `https://…/repo.git#ref`).
     #[arg(short = 'c', long, default_value = "/workspace/")]
     pub context: String,
 
@@ -156,6 +157,10 @@ pub struct Options {
     #[arg(long = "image-name-with-digest-file")]
     pub image_name_with_digest_file: Option<String>,
 
+    /// Write the image as a docker-archive tarball (`docker load`/`podman load`) to this file.
+    #[arg(long = "tar-path")]
+    pub tar_path: Option<String>,
+
     /// Write `repository:tag@digest` for every destination to this file.
     #[arg(long = "image-name-tag-with-digest-file")]
     pub image_name_tag_with_digest_file: Option<String>,
@@ -207,17 +212,24 @@ pub struct Options {
     #[arg(long = "no-push-cache", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_push_cache: bool,
 
-    // ---- kaniko flags accepted by the parser but not implemented yet (see check_supported) ----
-    #[arg(long = "tar-path", hide = true)]
-    pub tar_path: Option<String>,
-    #[arg(long = "registry-map", hide = true)]
+    /// Pull images of a registry from others first: `ORIGINAL=REMAP1;REMAP2` (repeatable).
+    #[arg(long = "registry-map")]
     pub registry_map: Vec<String>,
-    #[arg(long = "push-retry", hide = true)]
+
+    /// Retry each push request this many times, with backoff (default 0).
+    #[arg(long = "push-retry")]
     pub push_retry: Option<u32>,
-    #[arg(long = "image-download-retry", hide = true)]
+
+    /// Retry each pull request this many times, with backoff (default 0).
+    #[arg(long = "image-download-retry")]
     pub image_download_retry: Option<u32>,
-    #[arg(long = "git", hide = true)]
+
+    /// Git context options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,insecure-skip-tls=BOOL`.
+    #[arg(long = "git")]
     pub git: Option<String>,
+
+    // ---- kaniko flags accepted for compatibility: no-ops, or rejected by check_supported ----
+    /// kaniko's alternative RUN implementation; Kiln has one way to run, so this changes nothing.
     #[arg(long = "use-new-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
     pub use_new_run: bool,
     #[arg(long = "snapshot-mode", hide = true)]
@@ -236,15 +248,6 @@ impl Options {
     /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
     pub fn check_supported(&self) -> Result<(), String> {
         let mut unsupported: Vec<&str> = Vec::new();
-        if self.tar_path.is_some() {
-            unsupported.push("--tar-path");
-        }
-        if self.git.is_some() {
-            unsupported.push("--git");
-        }
-        if !self.context_sub_path.is_empty() {
-            unsupported.push("--context-sub-path");
-        }
         if self.compressed_caching.is_some() {
             unsupported.push("--compressed-caching");
         }
@@ -342,10 +345,19 @@ mod tests {
 
     #[test]
     fn unimplemented_flags_are_named() {
-        let o = parse(&["--cache=true", "--tar-path", "/x.tar"]);
+        let o = parse(&[
+            "--compressed-caching=false",
+            "--snapshot-mode=full",
+            "--cache=true",
+            "--git",
+            "branch=main",
+        ]);
         let err = o.check_supported().unwrap_err();
+        assert!(err.contains("--compressed-caching"), "{err}");
+        assert!(err.contains("--snapshot-mode=full"), "{err}");
         assert!(!err.contains("--cache"), "{err}");
-        assert!(err.contains("--tar-path"), "{err}");
+        assert!(!err.contains("--git"), "{err}");
+        assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Writes only the files it is asked to; never touches the registry.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -23,23 +23,36 @@ pub fn termination_message(digest: &str, references: &[String]) -> String {
 
 /// Write the termination message when the file exists (it does in a Kubernetes container);
 /// elsewhere do nothing.
-pub fn write_termination_log(path: &Path, digest: &str, references: &[String]) -> std::io::Result<bool> {
+pub fn write_termination_log(
+    path: &Path,
+    digest: &str,
+    references: &[String],
+) -> std::io::Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     file.write_all(termination_message(digest, references).as_bytes())?;
     Ok(true)
 }
 
 /// kaniko's `--image-name-with-digest-file`: one `repo@digest` line per destination (tag dropped).
 pub fn names_with_digest(destinations: &[String], digest: &str) -> String {
-    destinations.iter().map(|d| format!("{}@{digest}\n", strip_tag(d))).collect()
+    destinations
+        .iter()
+        .map(|d| format!("{}@{digest}\n", strip_tag(d)))
+        .collect()
 }
 
 /// kaniko's `--image-name-tag-with-digest-file`: one `repo:tag@digest` line per destination.
 pub fn names_tag_with_digest(destinations: &[String], digest: &str) -> String {
-    destinations.iter().map(|d| format!("{d}@{digest}\n")).collect()
+    destinations
+        .iter()
+        .map(|d| format!("{d}@{digest}\n"))
+        .collect()
 }
 
 /// `registry:5000/a/b:tag` → `registry:5000/a/b` (the port's colon is not a tag separator).
@@ -52,6 +65,114 @@ pub fn strip_tag(reference: &str) -> &str {
     }
 }
 
+/// A layer blob of an image written to a docker archive.
+#[derive(Debug, Clone)]
+pub struct ArchiveLayer {
+    /// `sha256:…` of the blob as stored (compressed).
+    pub digest: String,
+    pub path: PathBuf,
+}
+
+/// One entry of a docker archive's `manifest.json`.
+#[derive(Debug, Serialize)]
+struct ArchiveManifest<'a> {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: &'a [String],
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// `RepoTags` for destinations: `name:tag` (`:latest` when untagged); digest references have no tag.
+pub fn repo_tags(destinations: &[String]) -> Vec<String> {
+    destinations
+        .iter()
+        .filter(|d| !d.contains('@'))
+        .map(|d| {
+            if strip_tag(d) == d.as_str() {
+                format!("{d}:latest")
+            } else {
+                d.clone()
+            }
+        })
+        .collect()
+}
+
+/// Write a docker-archive tarball (`docker save` format, what `docker load` and `podman load`
+/// read): `manifest.json`, the config as `<hex>.json`, each layer blob as `<hex>.tar.gz` — kept
+/// compressed, as go-containerregistry's `tarball.Write` (kaniko's `--tar-path`) does; loaders
+/// decompress by content. Written to a temporary file beside `path`, then renamed.
+pub fn write_docker_archive(
+    path: &Path,
+    config: &[u8],
+    layers: &[ArchiveLayer],
+    repo_tags: &[String],
+) -> std::io::Result<()> {
+    use sha2::Digest;
+    let config_name = format!("{}.json", hex::encode(sha2::Sha256::digest(config)));
+    let layer_names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}.tar.gz", hex_of(&l.digest)))
+        .collect();
+    let manifest = vec![ArchiveManifest {
+        config: config_name.clone(),
+        repo_tags,
+        layers: layer_names.clone(),
+    }];
+    let manifest = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
+    append_bytes(&mut tar, &config_name, config)?;
+    let mut written = std::collections::HashSet::new();
+    for (layer, name) in layers.iter().zip(&layer_names) {
+        // An image may list the same layer twice; the archive holds it once.
+        if !written.insert(name.clone()) {
+            continue;
+        }
+        let mut file = std::fs::File::open(&layer.path)?;
+        let mut header = file_header(file.metadata()?.len());
+        tar.append_data(&mut header, name, &mut file)?;
+    }
+    append_bytes(&mut tar, "manifest.json", &manifest)?;
+    tar.into_inner()?.flush()?;
+    tmp.as_file().sync_all()?;
+    // NamedTempFile is private (0600); an output file is for the pipeline's next step to read.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.split_once(':').map(|(_, h)| h).unwrap_or(digest)
+}
+
+fn file_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header
+}
+
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut header = file_header(data.len() as u64);
+    tar.append_data(&mut header, name, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,14 +180,23 @@ mod tests {
     #[test]
     fn digest_files() {
         let dests = vec!["127.0.0.1:5000/a/b:v1".to_string(), "reg/c".to_string()];
-        assert_eq!(names_with_digest(&dests, "sha256:x"), "127.0.0.1:5000/a/b@sha256:x\nreg/c@sha256:x\n");
-        assert_eq!(names_tag_with_digest(&dests, "sha256:x"), "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n");
+        assert_eq!(
+            names_with_digest(&dests, "sha256:x"),
+            "127.0.0.1:5000/a/b@sha256:x\nreg/c@sha256:x\n"
+        );
+        assert_eq!(
+            names_tag_with_digest(&dests, "sha256:x"),
+            "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n"
+        );
     }
 
     #[test]
     fn termination_json_is_compact() {
         let refs = vec!["r/a:1@sha256:x".to_string()];
-        assert_eq!(termination_message("sha256:x", &refs), r#"{"digest":"sha256:x","references":["r/a:1@sha256:x"]}"#);
+        assert_eq!(
+            termination_message("sha256:x", &refs),
+            r#"{"digest":"sha256:x","references":["r/a:1@sha256:x"]}"#
+        );
     }
 
     #[test]
@@ -78,6 +208,53 @@ mod tests {
         let present = dir.path().join("termination-log");
         std::fs::write(&present, "").unwrap();
         assert!(write_termination_log(&present, "sha256:x", &[]).unwrap());
-        assert_eq!(std::fs::read_to_string(&present).unwrap(), r#"{"digest":"sha256:x","references":[]}"#);
+        assert_eq!(
+            std::fs::read_to_string(&present).unwrap(),
+            r#"{"digest":"sha256:x","references":[]}"#
+        );
+    }
+
+    #[test]
+    fn repo_tags_default_to_latest() {
+        let dests = vec![
+            "reg:5000/a/b".to_string(),
+            "reg:5000/a/c:v2".to_string(),
+            "reg/d@sha256:abc".to_string(),
+        ];
+        assert_eq!(
+            repo_tags(&dests),
+            vec!["reg:5000/a/b:latest", "reg:5000/a/c:v2"]
+        );
+    }
+
+    #[test]
+    fn docker_archive_layout() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, b"layer-bytes").unwrap();
+        let layers = vec![ArchiveLayer {
+            digest: "sha256:aa".into(),
+            path: blob,
+        }];
+        let out = dir.path().join("image.tar");
+        write_docker_archive(&out, b"{}", &layers, &["r/a:1".to_string()]).unwrap();
+        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let mut entries = std::collections::BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            entries.insert(entry.path().unwrap().display().to_string(), text);
+        }
+        let config_name = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a.json";
+        assert_eq!(entries["aa.tar.gz"], "layer-bytes");
+        assert_eq!(entries[config_name], "{}");
+        assert_eq!(
+            entries["manifest.json"],
+            format!(
+                r#"[{{"Config":"{config_name}","RepoTags":["r/a:1"],"Layers":["aa.tar.gz"]}}]"#
+            )
+        );
     }
 }

@@ -125,7 +125,10 @@ fn buildah_build(case: &Case, dest: &str, side: &str) -> Result<(), String> {
         match run_ok(&mut cmd, BUILD_TIMEOUT) {
             Ok(_) => break,
             Err(e) if attempt < 3 && e.to_string().contains("sealing memfd copy") => {
-                eprintln!("  buildah hit its memfd flake on {} (attempt {attempt}); retrying", case.name);
+                eprintln!(
+                    "  buildah hit its memfd flake on {} (attempt {attempt}); retrying",
+                    case.name
+                );
                 attempt += 1;
             }
             Err(e) => return Err(format!("buildah build failed: {e}")),

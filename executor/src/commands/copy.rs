@@ -31,9 +31,16 @@ pub fn execute(
     let chmod = match &args.chmod {
         Some(text) => {
             let text = state.expand(text)?;
-            Some(u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-                CommandError::Invalid(format!("{name} --chmod={text}: expected an octal mode such as 0755"))
-            })?)
+            Some(
+                u32::from_str_radix(&text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        CommandError::Invalid(format!(
+                            "{name} --chmod={text}: expected an octal mode such as 0755"
+                        ))
+                    })?,
+            )
         }
         None => None,
     };
@@ -42,19 +49,28 @@ pub fn execute(
     let mut origin_sources: Vec<String> = Vec::new();
     for raw in &args.sources {
         if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
-            let content = if doc.expand { state.expand_heredoc(&doc.content)? } else { doc.content.clone() };
+            let content = if doc.expand {
+                state.expand_heredoc(&doc.content)?
+            } else {
+                doc.content.clone()
+            };
             host_sources.push(write_heredoc_file(state, &doc.name, &content)?);
         } else {
             origin_sources.push(state.expand(raw)?);
         }
     }
-    if let Some(url) = origin_sources.iter().find(|s| s.starts_with("http://") || s.starts_with("https://")) {
+    if let Some(url) = origin_sources
+        .iter()
+        .find(|s| s.starts_with("http://") || s.starts_with("https://"))
+    {
         if is_add {
             return Err(CommandError::Invalid(format!(
                 "ADD {url}: downloading URLs is not supported by this version of kiln-executor; download it in a RUN step or add the file to the build context"
             )));
         }
-        return Err(CommandError::Invalid(format!("COPY {url}: COPY does not accept URLs; use ADD")));
+        return Err(CommandError::Invalid(format!(
+            "COPY {url}: COPY does not accept URLs; use ADD"
+        )));
     }
 
     let mut written_archives = false;
@@ -80,36 +96,52 @@ pub fn execute(
             }
         }
         (None, false) => {
-            return Err(CommandError::Invalid(format!("{name} has no source to copy from")));
+            return Err(CommandError::Invalid(format!(
+                "{name} has no source to copy from"
+            )));
         }
     }
 
     if !host_sources.is_empty() {
         let exclude_fn = |p: &Path| -> bool {
             match &source {
-                Some(CopySource::Context(ctx)) => {
-                    p.strip_prefix(ctx.root()).map(|rel| ctx.is_excluded(rel)).unwrap_or(false)
-                }
+                Some(CopySource::Context(ctx)) => p
+                    .strip_prefix(ctx.root())
+                    .map(|rel| ctx.is_excluded(rel))
+                    .unwrap_or(false),
                 _ => false,
             }
         };
-        let opts = CopyOptions { chown, chmod, exclude: &exclude_fn, preserve_owner };
+        let opts = CopyOptions {
+            chown,
+            chmod,
+            exclude: &exclude_fn,
+            preserve_owner,
+        };
         copy_into_root(&host_sources, &state.root, &dest, &opts)?;
     } else if !written_archives {
-        return Err(CommandError::Invalid(format!("{name}: no source files were specified")));
+        return Err(CommandError::Invalid(format!(
+            "{name}: no source files were specified"
+        )));
     }
     Ok(Outcome::Filesystem)
 }
 
 /// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
 /// `*`/`?`/`[...]` in the last component matched against the directory's entries.
-pub(crate) fn resolve_root_source(root: &Path, src: &str, name: &str) -> Result<Vec<PathBuf>, CommandError> {
+pub(crate) fn resolve_root_source(
+    root: &Path,
+    src: &str,
+    name: &str,
+) -> Result<Vec<PathBuf>, CommandError> {
     let has_glob = src.contains(['*', '?', '[']);
     if !has_glob {
         let host = resolve_in_root(root, Path::new(src), true)
             .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
         if std::fs::symlink_metadata(&host).is_err() {
-            return Err(CommandError::Invalid(format!("{name} --from source {src}: no such file or directory")));
+            return Err(CommandError::Invalid(format!(
+                "{name} --from source {src}: no such file or directory"
+            )));
         }
         return Ok(vec![host]);
     }
@@ -127,29 +159,41 @@ pub(crate) fn resolve_root_source(root: &Path, src: &str, name: &str) -> Result<
     let matcher = globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| CommandError::Invalid(format!("{name} --from source {src}: bad pattern: {e}")))?
+        .map_err(|e| {
+            CommandError::Invalid(format!("{name} --from source {src}: bad pattern: {e}"))
+        })?
         .compile_matcher();
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(&host_dir).map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+    let entries = std::fs::read_dir(&host_dir)
+        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+        let entry =
+            entry.map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
         if matcher.is_match(entry.file_name()) {
             out.push(entry.path());
         }
     }
     out.sort();
     if out.is_empty() {
-        return Err(CommandError::Invalid(format!("{name} --from source {src}: no files match")));
+        return Err(CommandError::Invalid(format!(
+            "{name} --from source {src}: no files match"
+        )));
     }
     Ok(out)
 }
 
-fn write_heredoc_file(state: &StageState, name: &str, content: &str) -> Result<PathBuf, CommandError> {
+fn write_heredoc_file(
+    state: &StageState,
+    name: &str,
+    content: &str,
+) -> Result<PathBuf, CommandError> {
     use std::os::unix::fs::PermissionsExt;
     let dir = state.scratch.join("heredocs");
-    std::fs::create_dir_all(&dir).map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(name);
-    std::fs::write(&path, content).map_err(|e| CommandError::io(format!("writing heredoc {name}"), e))?;
+    std::fs::write(&path, content)
+        .map_err(|e| CommandError::io(format!("writing heredoc {name}"), e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| CommandError::io(format!("setting mode of heredoc {name}"), e))?;
     Ok(path)
@@ -189,10 +233,17 @@ fn expand_heredoc_text(body: &str, lookup: &dyn Fn(&str) -> Option<String>) -> S
                 let value = lookup(name);
                 let expanded = match op {
                     "" => value.unwrap_or_default(),
-                    _ if op.starts_with(":-") => value.filter(|v| !v.is_empty()).unwrap_or_else(|| op[2..].to_string()),
-                    _ if op.starts_with(":+") => value.filter(|v| !v.is_empty()).map(|_| op[2..].to_string()).unwrap_or_default(),
+                    _ if op.starts_with(":-") => value
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or_else(|| op[2..].to_string()),
+                    _ if op.starts_with(":+") => value
+                        .filter(|v| !v.is_empty())
+                        .map(|_| op[2..].to_string())
+                        .unwrap_or_default(),
                     _ if op.starts_with('-') => value.unwrap_or_else(|| op[1..].to_string()),
-                    _ if op.starts_with('+') => value.map(|_| op[1..].to_string()).unwrap_or_default(),
+                    _ if op.starts_with('+') => {
+                        value.map(|_| op[1..].to_string()).unwrap_or_default()
+                    }
                     _ => format!("${{{inner}}}"),
                 };
                 out.push_str(&expanded);
@@ -224,7 +275,13 @@ mod tests {
             "E" => Some(String::new()),
             _ => None,
         };
-        assert_eq!(expand_heredoc_text("a=$A '$A' \"${A}\"\n", &lookup), "a=1 '1' \"1\"\n");
-        assert_eq!(expand_heredoc_text("${B:-def} ${E:-x} ${E-y} ${A:+set} \\$A $", &lookup), "def x  set $A $");
+        assert_eq!(
+            expand_heredoc_text("a=$A '$A' \"${A}\"\n", &lookup),
+            "a=1 '1' \"1\"\n"
+        );
+        assert_eq!(
+            expand_heredoc_text("${B:-def} ${E:-x} ${E-y} ${A:+set} \\$A $", &lookup),
+            "def x  set $A $"
+        );
     }
 }

@@ -3,7 +3,10 @@
 
 use super::{CommandError, Outcome, StageState};
 
-pub fn execute(pairs: &[(String, String)], state: &mut StageState) -> Result<Outcome, CommandError> {
+pub fn execute(
+    pairs: &[(String, String)],
+    state: &mut StageState,
+) -> Result<Outcome, CommandError> {
     let mut expanded = Vec::with_capacity(pairs.len());
     for (raw_key, raw_value) in pairs {
         let key = state.expand(raw_key)?;
@@ -28,7 +31,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
         st.config.set_env("APP", "old");
-        let pairs = vec![("APP".to_string(), "new".to_string()), ("DIR".to_string(), "/opt/$APP".to_string())];
+        let pairs = vec![
+            ("APP".to_string(), "new".to_string()),
+            ("DIR".to_string(), "/opt/$APP".to_string()),
+        ];
         execute(&pairs, &mut st).unwrap();
         assert_eq!(st.config.env_value("APP").as_deref(), Some("new"));
         assert_eq!(st.config.env_value("DIR").as_deref(), Some("/opt/old"));

@@ -30,7 +30,11 @@ pub fn entrypoint(ep: &ShellOrExec, state: &mut StageState) -> Result<Outcome, C
     let argv = command_line(ep, state);
     // `ENTRYPOINT []` / `ENTRYPOINT ""` clears it; an ENTRYPOINT also drops a CMD inherited from
     // the base image unless this stage set one (Docker's rule).
-    state.config.config.entrypoint = if matches!(ep, ShellOrExec::Exec(v) if v.is_empty()) { None } else { Some(argv) };
+    state.config.config.entrypoint = if matches!(ep, ShellOrExec::Exec(v) if v.is_empty()) {
+        None
+    } else {
+        Some(argv)
+    };
     if !state.cmd_set {
         state.config.config.cmd = None;
     }
@@ -42,9 +46,16 @@ pub fn label(pairs: &[(String, String)], state: &mut StageState) -> Result<Outco
         let key = state.expand(k)?;
         let value = state.expand(v)?;
         if key.is_empty() {
-            return Err(CommandError::Invalid("LABEL names must not be empty".into()));
+            return Err(CommandError::Invalid(
+                "LABEL names must not be empty".into(),
+            ));
         }
-        state.config.config.labels.get_or_insert_with(BTreeMap::new).insert(key, value);
+        state
+            .config
+            .config
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key, value);
     }
     Ok(Outcome::ConfigOnly)
 }
@@ -61,7 +72,12 @@ pub fn expose(raw_ports: &[String], state: &mut StageState) -> Result<Outcome, C
     }
     for word in words {
         for port in expand_port_spec(&word)? {
-            state.config.config.exposed_ports.get_or_insert_with(BTreeMap::new).insert(port, Value::Object(Default::default()));
+            state
+                .config
+                .config
+                .exposed_ports
+                .get_or_insert_with(BTreeMap::new)
+                .insert(port, Value::Object(Default::default()));
         }
     }
     Ok(Outcome::ConfigOnly)
@@ -74,11 +90,16 @@ fn expand_port_spec(word: &str) -> Result<Vec<String>, CommandError> {
         None => (word, "tcp".to_string()),
     };
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(CommandError::Invalid(format!("EXPOSE {word}: unknown protocol {proto:?} (use tcp, udp or sctp)")));
+        return Err(CommandError::Invalid(format!(
+            "EXPOSE {word}: unknown protocol {proto:?} (use tcp, udp or sctp)"
+        )));
     }
     let bad = || CommandError::Invalid(format!("EXPOSE {word}: not a port number or range"));
     let (start, end) = match ports.split_once('-') {
-        Some((a, b)) => (a.parse::<u16>().map_err(|_| bad())?, b.parse::<u16>().map_err(|_| bad())?),
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
         None => {
             let p = ports.parse::<u16>().map_err(|_| bad())?;
             (p, p)
@@ -94,9 +115,16 @@ pub fn volume(raw_paths: &[String], state: &mut StageState) -> Result<Outcome, C
     for raw in raw_paths {
         let path = state.expand(raw)?;
         if path.trim().is_empty() {
-            return Err(CommandError::Invalid("VOLUME specified can not be an empty string".into()));
+            return Err(CommandError::Invalid(
+                "VOLUME specified can not be an empty string".into(),
+            ));
         }
-        state.config.config.volumes.get_or_insert_with(BTreeMap::new).insert(path, Value::Object(Default::default()));
+        state
+            .config
+            .config
+            .volumes
+            .get_or_insert_with(BTreeMap::new)
+            .insert(path, Value::Object(Default::default()));
     }
     Ok(Outcome::ConfigOnly)
 }
@@ -104,10 +132,15 @@ pub fn volume(raw_paths: &[String], state: &mut StageState) -> Result<Outcome, C
 pub fn stopsignal(raw: &str, state: &mut StageState) -> Result<Outcome, CommandError> {
     let sig = state.expand(raw)?;
     let valid = sig.parse::<u32>().is_ok_and(|n| n > 0 && n < 65)
-        || sig.trim_start_matches("SIG").chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
+        || sig
+            .trim_start_matches("SIG")
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
             && !sig.trim_start_matches("SIG").is_empty();
     if !valid {
-        return Err(CommandError::Invalid(format!("STOPSIGNAL {sig}: not a signal name or number")));
+        return Err(CommandError::Invalid(format!(
+            "STOPSIGNAL {sig}: not a signal name or number"
+        )));
     }
     state.config.config.stop_signal = Some(sig);
     Ok(Outcome::ConfigOnly)
@@ -115,8 +148,18 @@ pub fn stopsignal(raw: &str, state: &mut StageState) -> Result<Outcome, CommandE
 
 pub fn healthcheck(hc: &Healthcheck, state: &mut StageState) -> Result<Outcome, CommandError> {
     let config = match hc {
-        Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..Default::default() },
-        Healthcheck::Check { test, interval, timeout, start_period, start_interval, retries } => {
+        Healthcheck::None => HealthConfig {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        },
+        Healthcheck::Check {
+            test,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
             let test = match test {
                 ShellOrExec::Exec(argv) => {
                     let mut t = vec!["CMD".to_string()];
@@ -129,7 +172,9 @@ pub fn healthcheck(hc: &Healthcheck, state: &mut StageState) -> Result<Outcome, 
                 match v {
                     None => Ok(0),
                     Some(text) => parse_duration_ns(text).ok_or_else(|| {
-                        CommandError::Invalid(format!("HEALTHCHECK --{name}={text}: not a duration (e.g. 30s, 1m30s)"))
+                        CommandError::Invalid(format!(
+                            "HEALTHCHECK --{name}={text}: not a duration (e.g. 30s, 1m30s)"
+                        ))
                     }),
                 }
             };
@@ -149,14 +194,21 @@ pub fn healthcheck(hc: &Healthcheck, state: &mut StageState) -> Result<Outcome, 
 
 pub fn shell(shell: &[String], state: &mut StageState) -> Result<Outcome, CommandError> {
     if shell.is_empty() {
-        return Err(CommandError::Invalid("SHELL requires at least one argument".into()));
+        return Err(CommandError::Invalid(
+            "SHELL requires at least one argument".into(),
+        ));
     }
     state.config.config.shell = Some(shell.to_vec());
     Ok(Outcome::ConfigOnly)
 }
 
 pub fn onbuild(trigger: &str, state: &mut StageState) -> Result<Outcome, CommandError> {
-    state.config.config.on_build.get_or_insert_with(Vec::new).push(trigger.to_string());
+    state
+        .config
+        .config
+        .on_build
+        .get_or_insert_with(Vec::new)
+        .push(trigger.to_string());
     Ok(Outcome::ConfigOnly)
 }
 
@@ -169,7 +221,10 @@ mod tests {
     fn ports() {
         assert_eq!(expand_port_spec("80").unwrap(), vec!["80/tcp"]);
         assert_eq!(expand_port_spec("53/UDP").unwrap(), vec!["53/udp"]);
-        assert_eq!(expand_port_spec("8000-8002").unwrap(), vec!["8000/tcp", "8001/tcp", "8002/tcp"]);
+        assert_eq!(
+            expand_port_spec("8000-8002").unwrap(),
+            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
         assert!(expand_port_spec("http").is_err());
         assert!(expand_port_spec("80/xyz").is_err());
     }
@@ -183,8 +238,14 @@ mod tests {
         assert_eq!(st.config.config.cmd, None);
         cmd(&ShellOrExec::Shell("run me".into()), &mut st).unwrap();
         entrypoint(&ShellOrExec::Shell("go".into()), &mut st).unwrap();
-        assert_eq!(st.config.config.cmd, Some(vec!["/bin/sh".into(), "-c".into(), "run me".into()]));
-        assert_eq!(st.config.config.entrypoint, Some(vec!["/bin/sh".into(), "-c".into(), "go".into()]));
+        assert_eq!(
+            st.config.config.cmd,
+            Some(vec!["/bin/sh".into(), "-c".into(), "run me".into()])
+        );
+        assert_eq!(
+            st.config.config.entrypoint,
+            Some(vec!["/bin/sh".into(), "-c".into(), "go".into()])
+        );
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub enum CommandError {
 
 impl CommandError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        CommandError::Io { what: what.into(), source }
+        CommandError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -126,13 +129,22 @@ impl StageState {
 
     /// The working directory in the image (default `/`).
     pub fn workdir(&self) -> String {
-        self.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".to_string())
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_string())
     }
 
     /// Resolve a path written in an instruction against WORKDIR, as an absolute in-image path.
     /// A trailing `/` is kept because it changes COPY's meaning.
     pub fn in_image_path(&self, path: &str) -> String {
-        let joined = if path.starts_with('/') { path.to_string() } else { format!("{}/{}", self.workdir(), path) };
+        let joined = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{}/{}", self.workdir(), path)
+        };
         let mut clean = crate::fsutil::clean_abs(&joined);
         if (path.ends_with('/') || path.ends_with("/.") || path == ".") && !clean.ends_with('/') {
             clean.push('/');

@@ -58,7 +58,8 @@ fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> 
     use std::os::unix::fs::PermissionsExt;
     let name = format!("/.kiln-heredoc-{}", std::process::id());
     let host = state.root.join(name.trim_start_matches('/'));
-    std::fs::write(&host, body).map_err(|e| CommandError::io(format!("writing heredoc script {}", host.display()), e))?;
+    std::fs::write(&host, body)
+        .map_err(|e| CommandError::io(format!("writing heredoc script {}", host.display()), e))?;
     std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| CommandError::io(format!("making {} executable", host.display()), e))?;
     Ok(name)
@@ -90,26 +91,54 @@ mod tests {
     use crate::commands::test_support::state;
 
     fn doc(name: &str, content: &str) -> Heredoc {
-        Heredoc { name: name.into(), content: content.into(), expand: true }
+        Heredoc {
+            name: name.into(),
+            content: content.into(),
+            expand: true,
+        }
     }
 
     #[test]
     fn shell_exec_and_heredoc_forms() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
-        let shell = RunArgs { command: Some(ShellOrExec::Shell("echo hi".into())), ..Default::default() };
+        let shell = RunArgs {
+            command: Some(ShellOrExec::Shell("echo hi".into())),
+            ..Default::default()
+        };
         assert_eq!(argv(&shell, &st).unwrap(), vec!["/bin/sh", "-c", "echo hi"]);
-        let exec = RunArgs { command: Some(ShellOrExec::Exec(vec!["/bin/true".into()])), ..Default::default() };
+        let exec = RunArgs {
+            command: Some(ShellOrExec::Exec(vec!["/bin/true".into()])),
+            ..Default::default()
+        };
         assert_eq!(argv(&exec, &st).unwrap(), vec!["/bin/true"]);
-        let only_doc = RunArgs { command: None, heredocs: vec![doc("EOF", "echo a\necho b\n")], ..Default::default() };
-        assert_eq!(argv(&only_doc, &st).unwrap(), vec!["/bin/sh", "-c", "echo a\necho b\n"]);
+        let only_doc = RunArgs {
+            command: None,
+            heredocs: vec![doc("EOF", "echo a\necho b\n")],
+            ..Default::default()
+        };
+        assert_eq!(
+            argv(&only_doc, &st).unwrap(),
+            vec!["/bin/sh", "-c", "echo a\necho b\n"]
+        );
         let with_doc = RunArgs {
             command: Some(ShellOrExec::Shell("cat <<EOF > /x".into())),
             heredocs: vec![doc("EOF", "line\n")],
             ..Default::default()
         };
-        assert_eq!(argv(&with_doc, &st).unwrap(), vec!["/bin/sh", "-c", "cat <<EOF > /x\nline\nEOF"]);
-        st.config.config.shell = Some(vec!["/bin/bash".into(), "-eo".into(), "pipefail".into(), "-c".into()]);
-        assert_eq!(argv(&shell, &st).unwrap(), vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]);
+        assert_eq!(
+            argv(&with_doc, &st).unwrap(),
+            vec!["/bin/sh", "-c", "cat <<EOF > /x\nline\nEOF"]
+        );
+        st.config.config.shell = Some(vec![
+            "/bin/bash".into(),
+            "-eo".into(),
+            "pipefail".into(),
+            "-c".into(),
+        ]);
+        assert_eq!(
+            argv(&shell, &st).unwrap(),
+            vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
+        );
     }
 }

@@ -6,7 +6,9 @@ use super::{CommandError, Outcome, StageState};
 pub fn execute(raw: &str, state: &mut StageState) -> Result<Outcome, CommandError> {
     let user = state.expand(raw)?;
     if user.is_empty() {
-        return Err(CommandError::Invalid("USER requires a user name or id".into()));
+        return Err(CommandError::Invalid(
+            "USER requires a user name or id".into(),
+        ));
     }
     state.config.config.user = Some(user);
     Ok(Outcome::ConfigOnly)

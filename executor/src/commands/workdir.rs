@@ -19,13 +19,26 @@ pub fn execute(raw: &str, state: &mut StageState) -> Result<Outcome, CommandErro
     } else {
         let joined = state.in_image_path(&path);
         let trimmed = joined.trim_end_matches('/');
-        if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() }
+        if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        }
     };
     state.config.config.working_dir = Some(abs.clone());
-    let owner = match state.config.config.user.as_deref().filter(|u| !u.is_empty()) {
+    let owner = match state
+        .config
+        .config
+        .user
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
         Some(user) => {
-            let resolved = crate::run::users::resolve_user(&state.root, user)
-                .map_err(|e| CommandError::Invalid(format!("WORKDIR {abs}: cannot create it for USER {user}: {e}")))?;
+            let resolved = crate::run::users::resolve_user(&state.root, user).map_err(|e| {
+                CommandError::Invalid(format!(
+                    "WORKDIR {abs}: cannot create it for USER {user}: {e}"
+                ))
+            })?;
             Some((resolved.uid, resolved.gid))
         }
         None => None,
@@ -44,7 +57,11 @@ pub fn ensure_dir(root: &Path, in_image: &str) -> Result<bool, CommandError> {
 }
 
 /// Like [`ensure_dir`], giving every directory it creates to `owner` (uid, gid) when set.
-pub fn ensure_dir_owned(root: &Path, in_image: &str, owner: Option<(u32, u32)>) -> Result<bool, CommandError> {
+pub fn ensure_dir_owned(
+    root: &Path,
+    in_image: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<bool, CommandError> {
     let host = resolve_in_root(root, Path::new(in_image), true)
         .map_err(|e| CommandError::io(format!("resolving {in_image} in the image"), e))?;
     if host.is_dir() {
@@ -60,11 +77,13 @@ pub fn ensure_dir_owned(root: &Path, in_image: &str, owner: Option<(u32, u32)>) 
             None => break,
         }
     }
-    std::fs::create_dir_all(&host).map_err(|e| CommandError::io(format!("creating directory {in_image}"), e))?;
+    std::fs::create_dir_all(&host)
+        .map_err(|e| CommandError::io(format!("creating directory {in_image}"), e))?;
     if let Some((uid, gid)) = owner {
         for dir in &missing {
-            std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-                .map_err(|e| CommandError::io(format!("giving {} to {uid}:{gid}", dir.display()), e))?;
+            std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(|e| {
+                CommandError::io(format!("giving {} to {uid}:{gid}", dir.display()), e)
+            })?;
         }
     }
     Ok(true)
@@ -80,7 +99,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
         assert_eq!(execute("/app", &mut st).unwrap(), Outcome::Filesystem);
-        assert_eq!(execute("sub/../src/", &mut st).unwrap(), Outcome::Filesystem);
+        assert_eq!(
+            execute("sub/../src/", &mut st).unwrap(),
+            Outcome::Filesystem
+        );
         assert_eq!(st.config.config.working_dir.as_deref(), Some("/app/src"));
         assert_eq!(execute("/opt/", &mut st).unwrap(), Outcome::Filesystem);
         assert_eq!(st.config.config.working_dir.as_deref(), Some("/opt/"));
@@ -93,7 +115,11 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\n").unwrap();
         let mut st = state(dir.path());
         st.config.config.user = Some("app".into());

@@ -1,9 +1,13 @@
-//! Build contexts (directory, tarball) and `.dockerignore`. Never modifies the context: a tarball
-//! is extracted into a fresh directory of our own, and a directory context is only read.
+//! Build contexts (directory, tarball, https tarball, stdin, git repository) and `.dockerignore`.
+//! Never modifies the context: anything fetched or extracted goes into a fresh directory of our
+//! own, and a directory context is only read.
 
+mod git;
 mod ignore;
+mod source;
 
 pub use ignore::{IgnoreMatcher, PatternError};
+pub use source::{ContextOptions, GitCredentials, GitOptions, PullMethod};
 
 use std::fs;
 use std::io;
@@ -14,8 +18,16 @@ use tempfile::TempDir;
 /// Why a build context could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("build context scheme \"{scheme}\" is not supported yet; use a directory (dir:///path or a plain path) or a local tarball (tar:///path/ctx.tar.gz)")]
+    #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz) or a git repository (git://host/repo.git#ref)")]
     UnsupportedScheme { scheme: String },
+    #[error("git context {url}: {message}")]
+    Git { url: String, message: String },
+    #[error("downloading build context {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("build context tar://stdin: standard input was empty; pipe a tar (or tar.gz) of the context into kiln-executor")]
+    EmptyStdin,
+    #[error("--context-sub-path {sub_path}: {message}")]
+    SubPath { sub_path: String, message: String },
     #[error("build context {path}: {source}; check that the directory exists and is readable")]
     Open { path: PathBuf, source: io::Error },
     #[error("build context {path} is not a directory")]
@@ -49,23 +61,87 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
-    /// Open a context from a `--context` value: `dir:///abs/path`, a plain path, or
-    /// `tar:///path/ctx.tar[.gz|.zst]` (extracted under `work_dir`, the tarball is left untouched).
+    /// Open a context from a `--context` value with default options: see [`BuildContext::open_with`].
     pub fn open(spec: &str, work_dir: &Path) -> Result<BuildContext, ContextError> {
-        let (scheme, rest) = match spec.split_once("://") {
-            Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
-            None => (None, spec),
+        BuildContext::open_with(spec, work_dir, &ContextOptions::default())
+    }
+
+    /// Open a context from a `--context` value: `dir:///abs/path` or a plain path (read in place),
+    /// `tar:///path/ctx.tar[.gz|.zst]`, `tar://stdin`, an `https://` (or `http://`) tarball URL, or
+    /// a git repository (`git://host/repo.git#ref#commit`, `https://host/repo.git#ref`,
+    /// `git+https://...`). Everything fetched or extracted lands in a new directory under
+    /// `work_dir`, removed when the context is dropped. `options.sub_path` then selects a
+    /// sub-directory of the context as its root.
+    pub fn open_with(
+        spec: &str,
+        work_dir: &Path,
+        options: &ContextOptions,
+    ) -> Result<BuildContext, ContextError> {
+        let context = match source::Source::parse(spec, options.git.pull_method)? {
+            source::Source::Dir(path) => BuildContext::from_dir(&path)?,
+            source::Source::Tarball(path) => BuildContext::from_tarball(&path, work_dir)?,
+            source::Source::Stdin => {
+                let scratch = scratch_dir(work_dir, Path::new("tar://stdin"))?;
+                let file = source::stdin_to_file(scratch.path())?;
+                BuildContext::from_tarball(&file, work_dir)?
+            }
+            source::Source::Url(url) => {
+                let scratch = scratch_dir(work_dir, Path::new(&url))?;
+                let file = source::download(&url, scratch.path())?;
+                BuildContext::from_tarball(&file, work_dir).map_err(|e| match e {
+                    ContextError::Extract { message, .. } => ContextError::Download {
+                        url: url.clone(),
+                        message: format!("the body is not a (gzip, zstd or plain) tar: {message}"),
+                    },
+                    other => other,
+                })?
+            }
+            source::Source::Git(git_source) => {
+                let dir = scratch_dir(work_dir, Path::new(&git_source.url))?;
+                git::checkout(&git_source, &options.git, work_dir, dir.path())?;
+                BuildContext::from_extracted(dir)?
+            }
         };
-        match scheme.as_deref() {
-            None | Some("dir") => BuildContext::from_dir(Path::new(rest)),
-            Some("tar") if rest != "stdin" => BuildContext::from_tarball(Path::new(rest), work_dir),
-            Some("tar") => Err(ContextError::UnsupportedScheme {
-                scheme: "tar://stdin".to_string(),
-            }),
-            Some(other) => Err(ContextError::UnsupportedScheme {
-                scheme: format!("{other}://"),
-            }),
+        context.with_sub_path(&options.sub_path)
+    }
+
+    /// Narrow the context to `sub_path` (relative, may not climb out, symlinks may not escape).
+    fn with_sub_path(mut self, sub_path: &str) -> Result<BuildContext, ContextError> {
+        if sub_path.is_empty() {
+            return Ok(self);
         }
+        let fail = |message: String| ContextError::SubPath {
+            sub_path: sub_path.to_string(),
+            message,
+        };
+        let rel = source::clean_sub_path(sub_path)
+            .ok_or_else(|| fail("climbs out of the build context with \"..\"".to_string()))?;
+        let joined = self.root.join(&rel);
+        let real = fs::canonicalize(&joined)
+            .map_err(|e| fail(format!("{e}; it must name a directory inside the context")))?;
+        if !real.starts_with(&self.root) {
+            return Err(fail(
+                "resolves (through a symlink) to a path outside the build context".to_string(),
+            ));
+        }
+        if !real.is_dir() {
+            return Err(fail("is not a directory in the build context".to_string()));
+        }
+        self.root = real;
+        Ok(self)
+    }
+
+    /// A context whose files were written into `dir`, which the context then owns.
+    fn from_extracted(dir: TempDir) -> Result<BuildContext, ContextError> {
+        let root = fs::canonicalize(dir.path()).map_err(|source| ContextError::Open {
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
+        Ok(BuildContext {
+            root,
+            ignore: IgnoreMatcher::default(),
+            _extracted: Some(dir),
+        })
     }
 
     fn from_dir(path: &Path) -> Result<BuildContext, ContextError> {
@@ -91,17 +167,7 @@ impl BuildContext {
             path: path.to_path_buf(),
             message,
         };
-        fs::create_dir_all(work_dir)
-            .map_err(|e| extract_err(format!("creating work dir {}: {e}", work_dir.display())))?;
-        let dir = tempfile::Builder::new()
-            .prefix("context-")
-            .tempdir_in(work_dir)
-            .map_err(|e| {
-                extract_err(format!(
-                    "creating a directory under {}: {e}",
-                    work_dir.display()
-                ))
-            })?;
+        let dir = scratch_dir(work_dir, path)?;
         let file = fs::File::open(path).map_err(|source| ContextError::Open {
             path: path.to_path_buf(),
             source,
@@ -110,15 +176,7 @@ impl BuildContext {
             crate::copier::decompressing_reader(file).map_err(|e| extract_err(e.to_string()))?;
         crate::copier::extract_tar(reader, dir.path(), "/", crate::copier::TarOwnership::Root)
             .map_err(|e| extract_err(e.to_string()))?;
-        let root = fs::canonicalize(dir.path()).map_err(|source| ContextError::Open {
-            path: dir.path().to_path_buf(),
-            source,
-        })?;
-        Ok(BuildContext {
-            root,
-            ignore: IgnoreMatcher::default(),
-            _extracted: Some(dir),
-        })
+        BuildContext::from_extracted(dir)
     }
 
     /// The context directory on the host (canonical).
@@ -323,6 +381,25 @@ impl BuildContext {
         }
         Ok(current)
     }
+}
+
+/// A new, empty directory under `work_dir` for the context named `what` (named in errors).
+fn scratch_dir(work_dir: &Path, what: &Path) -> Result<TempDir, ContextError> {
+    let fail = |message: String| ContextError::Extract {
+        path: what.to_path_buf(),
+        message,
+    };
+    fs::create_dir_all(work_dir)
+        .map_err(|e| fail(format!("creating work dir {}: {e}", work_dir.display())))?;
+    tempfile::Builder::new()
+        .prefix("context-")
+        .tempdir_in(work_dir)
+        .map_err(|e| {
+            fail(format!(
+                "creating a directory under {}: {e}",
+                work_dir.display()
+            ))
+        })
 }
 
 fn rel_to_slash(rel: &Path) -> String {

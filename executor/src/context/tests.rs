@@ -73,16 +73,13 @@ fn open_dir_forms() {
 fn unsupported_schemes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     for (spec, scheme) in [
-        ("git://github.com/x/y.git", "git://"),
-        ("https://example.com/ctx.tar.gz", "https://"),
         ("s3://bucket/ctx.tar.gz", "s3://"),
         ("gs://bucket/ctx.tar.gz", "gs://"),
-        ("tar://stdin", "tar://stdin"),
     ] {
         let err = BuildContext::open(spec, dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains(scheme) && msg.contains("not supported yet"),
+            msg.contains(scheme) && msg.contains("not supported"),
             "{spec}: {msg}"
         );
     }

@@ -1,0 +1,358 @@
+//! Git build contexts: fetch one revision of a remote repository with gitoxide (no `git` binary,
+//! which the executor image does not have) and write its tree into a fresh directory. Never runs
+//! hooks, filters or any program from the repository, and never logs credentials.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+
+use super::{ContextError, GitCredentials, GitOptions};
+
+/// What to fetch: the parsed `<url>#<ref>#<commit>` of a git context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GitSource {
+    /// The URL handed to the transport (`https://`, `http://`, `git://`, `file://`).
+    pub url: String,
+    /// A branch or tag name, a full ref (`refs/heads/main`, `refs/pull/1/head`), a commit id, or
+    /// `None` for the remote HEAD.
+    pub reference: Option<String>,
+    /// A commit to check out after fetching `reference` (kaniko's third `#` part).
+    pub commit: Option<String>,
+}
+
+impl GitSource {
+    /// Split `url#ref#commit` (the scheme already resolved by the caller); empty parts count as absent.
+    pub fn parse(url_with_fragment: &str) -> GitSource {
+        let mut parts = url_with_fragment.splitn(3, '#');
+        let url = parts.next().unwrap_or_default().to_string();
+        let non_empty = |p: Option<&str>| p.filter(|s| !s.is_empty()).map(str::to_string);
+        let reference = non_empty(parts.next());
+        let commit = non_empty(parts.next());
+        GitSource {
+            url,
+            reference,
+            commit,
+        }
+    }
+
+    /// How the source is named in messages: the URL and the ref, never credentials (the URL of a
+    /// context is given without them; `GIT_*` variables carry those).
+    fn describe(&self) -> String {
+        match (&self.reference, &self.commit) {
+            (Some(r), Some(c)) => format!("{}#{r}#{c}", self.url),
+            (Some(r), None) => format!("{}#{r}", self.url),
+            (None, Some(c)) => format!("{}##{c}", self.url),
+            (None, None) => self.url.clone(),
+        }
+    }
+}
+
+fn is_full_hex_id(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Fetch `source` and write the tree of the selected commit into `dest` (an empty directory).
+/// The git database lives in a sibling temporary directory under `scratch` and is removed after.
+pub(crate) fn checkout(
+    source: &GitSource,
+    options: &GitOptions,
+    scratch: &Path,
+    dest: &Path,
+) -> Result<(), ContextError> {
+    let fail = |message: String| ContextError::Git {
+        url: source.describe(),
+        message,
+    };
+    let db = tempfile::Builder::new()
+        .prefix("git-")
+        .tempdir_in(scratch)
+        .map_err(|e| {
+            fail(format!(
+                "creating a directory under {}: {e}",
+                scratch.display()
+            ))
+        })?;
+    let repo_dir = db.path().join("repo.git");
+
+    // `--git branch=` overrides the ref of the URL, as in kaniko.
+    let reference = options.branch.clone().or_else(|| source.reference.clone());
+    let wanted_commit = source
+        .commit
+        .clone()
+        .or_else(|| reference.clone().filter(|r| is_full_hex_id(r)));
+
+    // A bare commit id is fetched directly (servers speaking protocol v2 allow it); when the server
+    // refuses, fall back to the full history of every branch and look the commit up there.
+    let tip = if let Some(commit) = reference.as_deref().filter(|r| is_full_hex_id(r)) {
+        match fetch(source, options, &repo_dir, Want::Revision(commit), true) {
+            Ok(repo) => (repo, commit.to_string()),
+            Err(first) => {
+                let _ = fs::remove_dir_all(&repo_dir);
+                tracing::debug!(
+                    "fetching commit {commit} directly failed ({first}); fetching all branches"
+                );
+                let repo =
+                    fetch(source, options, &repo_dir, Want::AllBranches, false).map_err(&fail)?;
+                (repo, commit.to_string())
+            }
+        }
+    } else {
+        // A third `#<commit>` part needs the history of the ref, so only then is the fetch deep.
+        let shallow = source.commit.is_none();
+        let want = match reference.as_deref() {
+            Some(r) => Want::Ref(r),
+            None => Want::Head,
+        };
+        let repo = fetch(source, options, &repo_dir, want, shallow).map_err(|message| {
+            match reference.as_deref() {
+                Some(r) if message.contains("didn't have any ref") => fail(format!(
+                    "{message}; no branch, tag or ref named \"{r}\" exists there (looked for {r}, refs/heads/{r}, refs/tags/{r})"
+                )),
+                _ => fail(message),
+            }
+        })?;
+        let head = repo
+            .head_id()
+            .map_err(|e| fail(format!("the fetched repository has no HEAD: {e}")))?
+            .detach()
+            .to_string();
+        (repo, head)
+    };
+    let (repo, tip_id) = tip;
+    let commit_hex = wanted_commit.unwrap_or(tip_id);
+    let id = gix::ObjectId::from_hex(commit_hex.as_bytes())
+        .map_err(|e| fail(format!("\"{commit_hex}\" is not a full commit id: {e}")))?;
+    let object = repo.find_object(id).map_err(|_| {
+        fail(format!(
+            "commit {commit_hex} is not in what the server sent; check that it exists on the given ref"
+        ))
+    })?;
+    let tree = object
+        .peel_to_tree()
+        .map_err(|e| fail(format!("{commit_hex} does not name a commit: {e}")))?;
+    let mut gitlinks = Vec::new();
+    write_tree(&repo, tree.id, dest, Path::new(""), &mut gitlinks).map_err(&fail)?;
+    if options.recurse_submodules && !gitlinks.is_empty() {
+        return Err(fail(format!(
+            "the repository has submodules ({}) and fetching submodules is not supported; vendor them or use recurse-submodules=false",
+            gitlinks.join(", ")
+        )));
+    }
+    tracing::info!("checked out {} at commit {commit_hex}", source.describe());
+    Ok(())
+}
+
+enum Want<'a> {
+    Head,
+    Ref(&'a str),
+    Revision(&'a str),
+    AllBranches,
+}
+
+/// One clone (bare, nothing checked out) of what `want` names.
+fn fetch(
+    source: &GitSource,
+    options: &GitOptions,
+    repo_dir: &Path,
+    want: Want<'_>,
+    shallow: bool,
+) -> Result<gix::Repository, String> {
+    let mut prepare = gix::prepare_clone_bare(source.url.as_str(), repo_dir)
+        .map_err(|e| format!("invalid repository URL: {e}"))?;
+    if shallow {
+        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
+            std::num::NonZeroU32::MIN,
+        ));
+    }
+    prepare = match want {
+        Want::Head | Want::AllBranches => prepare,
+        Want::Ref(name) => prepare
+            .with_ref_name(Some(name))
+            .map_err(|e| format!("\"{name}\" is not a valid ref name: {e}"))?,
+        Want::Revision(rev) => prepare
+            .with_revision(Some(rev))
+            .map_err(|e| format!("\"{rev}\" is not a valid revision: {e}"))?,
+    };
+    let credentials = options.credentials.clone();
+    let insecure = options.insecure_skip_tls;
+    let is_http = source.url.starts_with("http://") || source.url.starts_with("https://");
+    prepare = prepare.configure_connection(move |connection| {
+        if let Some(creds) = credentials.clone() {
+            connection.set_credentials(move |action| credential_answer(&creds, action));
+        }
+        if is_http {
+            connection.set_transport_options(Box::new(http_options(insecure)));
+        }
+        Ok(())
+    });
+    let interrupt = AtomicBool::new(false);
+    let (repo, _outcome) = prepare
+        .fetch_only(gix::progress::Discard, &interrupt)
+        .map_err(|e| describe_gix_error(&e.to_string(), &format!("{e:?}")))?;
+    Ok(repo)
+}
+
+/// gitoxide's top-level message is often generic ("fetch failed"); its debug form carries the
+/// chain of causes. Keep the first line plus the causes, on one line.
+fn describe_gix_error(display: &str, debug: &str) -> String {
+    let causes: Vec<&str> = debug
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != display && *l != "Caused by:")
+        .map(|l| match l.split_once(": ") {
+            // Drop the "0: ", "1: " numbering of the cause chain.
+            Some((n, rest)) if n.bytes().all(|b| b.is_ascii_digit()) => rest,
+            _ => l,
+        })
+        .collect();
+    if causes.is_empty() {
+        display.to_string()
+    } else {
+        format!("{display}: {}", causes.join(": "))
+    }
+}
+
+fn credential_answer(
+    creds: &GitCredentials,
+    action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    use gix::credentials::helper::Action;
+    match action {
+        Action::Get(ctx) => Ok(Some(gix::credentials::protocol::Outcome {
+            identity: gix::sec::identity::Account {
+                username: creds.username.clone(),
+                password: creds.password.clone(),
+                oauth_refresh_token: None,
+            },
+            next: ctx.into(),
+        })),
+        Action::Store(_) | Action::Erase(_) => Ok(None),
+    }
+}
+
+fn http_options(insecure: bool) -> gix::protocol::transport::client::blocking_io::http::Options {
+    use gix::protocol::transport::client::blocking_io::http;
+    let mut backend = http::reqwest::Options::default();
+    if insecure {
+        backend.configure_client = Some(Box::new(|builder| {
+            Ok(builder.danger_accept_invalid_certs(true))
+        }));
+    }
+    http::Options {
+        user_agent: Some(concat!("kiln-executor/", env!("CARGO_PKG_VERSION")).to_string()),
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        ssl_verify: !insecure,
+        backend: Some(Arc::new(Mutex::new(backend))),
+        ..Default::default()
+    }
+}
+
+/// Write the tree `id` under `dir` (which exists). Modes follow git: 0644 files, 0755 executables,
+/// symlinks as links, submodules as empty directories (their paths are collected in `gitlinks`).
+fn write_tree(
+    repo: &gix::Repository,
+    id: gix::ObjectId,
+    dir: &Path,
+    rel: &Path,
+    gitlinks: &mut Vec<String>,
+) -> Result<(), String> {
+    let tree = repo
+        .find_tree(id)
+        .map_err(|e| format!("reading tree {id}: {e}"))?;
+    let decoded = tree
+        .decode()
+        .map_err(|e| format!("decoding tree {id}: {e}"))?;
+    for entry in &decoded.entries {
+        let name = entry
+            .filename
+            .to_str()
+            .map_err(|_| format!("{}: a file name is not UTF-8", rel.display()))?;
+        // A hostile repository must not write outside the checkout or into a `.git` directory.
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+            || name.eq_ignore_ascii_case(".git")
+        {
+            return Err(format!(
+                "refusing the tree entry {:?} under {:?}",
+                name,
+                rel.display().to_string()
+            ));
+        }
+        let host: PathBuf = dir.join(name);
+        let rel_child = rel.join(name);
+        let oid = entry.oid.to_owned();
+        match entry.mode.kind() {
+            EntryKind::Tree => {
+                fs::create_dir(&host).map_err(|e| format!("creating {}: {e}", host.display()))?;
+                write_tree(repo, oid, &host, &rel_child, gitlinks)?;
+            }
+            EntryKind::Blob | EntryKind::BlobExecutable => {
+                let mode = if entry.mode.kind() == EntryKind::BlobExecutable {
+                    0o755
+                } else {
+                    0o644
+                };
+                let blob = repo
+                    .find_object(oid)
+                    .map_err(|e| format!("reading {}: {e}", rel_child.display()))?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&host)
+                    .map_err(|e| format!("creating {}: {e}", host.display()))?;
+                file.write_all(&blob.data)
+                    .map_err(|e| format!("writing {}: {e}", host.display()))?;
+            }
+            EntryKind::Link => {
+                let blob = repo
+                    .find_object(oid)
+                    .map_err(|e| format!("reading {}: {e}", rel_child.display()))?;
+                let target = blob
+                    .data
+                    .to_str()
+                    .map_err(|_| format!("{}: symlink target is not UTF-8", rel_child.display()))?;
+                symlink(target, &host)
+                    .map_err(|e| format!("creating symlink {}: {e}", host.display()))?;
+            }
+            EntryKind::Commit => {
+                fs::create_dir(&host).map_err(|e| format!("creating {}: {e}", host.display()))?;
+                gitlinks.push(rel_child.display().to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_split_like_kaniko() {
+        assert_eq!(
+            GitSource::parse("https://h/r.git"),
+            GitSource {
+                url: "https://h/r.git".into(),
+                reference: None,
+                commit: None
+            }
+        );
+        let s = GitSource::parse("https://h/r.git#refs/heads/main#0123");
+        assert_eq!(s.reference.as_deref(), Some("refs/heads/main"));
+        assert_eq!(s.commit.as_deref(), Some("0123"));
+        let s = GitSource::parse("https://h/r.git#");
+        assert_eq!(s.reference, None);
+        assert!(is_full_hex_id("0123456789abcdef0123456789abcdef01234567"));
+        assert!(!is_full_hex_id("main"));
+    }
+}

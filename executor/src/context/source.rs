@@ -1,0 +1,368 @@
+//! Where a context comes from: parse a `--context` value into a source, read `--git` and the
+//! `GIT_*` variables into options, and bring remote contexts (https tarballs, stdin) to a local
+//! file. Never logs credentials, and never extracts anything itself (the caller does, safely).
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::git::GitSource;
+use super::ContextError;
+
+/// How to fetch a context, besides its URL: kaniko's `--context-sub-path` and `--git` flags and its
+/// `GIT_USERNAME` / `GIT_PASSWORD` / `GIT_TOKEN` / `GIT_PULL_METHOD` variables.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Sub-directory of the fetched context to use as its root ("" for the whole context).
+    pub sub_path: String,
+    pub git: GitOptions,
+}
+
+/// Options of git contexts (kaniko's `--git key=value,...` plus credentials from the environment).
+#[derive(Debug, Clone)]
+pub struct GitOptions {
+    /// `branch=`: a branch or tag to fetch instead of the URL's `#ref`.
+    pub branch: Option<String>,
+    /// `single-branch=`: accepted for kaniko compatibility; only one ref is ever fetched.
+    pub single_branch: bool,
+    /// `recurse-submodules=`: submodules are not fetched; when true, a repository that has
+    /// submodules fails instead of silently building without them.
+    pub recurse_submodules: bool,
+    /// `insecure-skip-tls=`: accept any TLS certificate from the git server.
+    pub insecure_skip_tls: bool,
+    /// The protocol a `git://` context is fetched over: kaniko's `GIT_PULL_METHOD` (`https`, the
+    /// default, or `http`), plus `git` for the native git protocol (port 9418).
+    pub pull_method: PullMethod,
+    pub credentials: Option<GitCredentials>,
+}
+
+impl Default for GitOptions {
+    fn default() -> Self {
+        GitOptions {
+            branch: None,
+            single_branch: false,
+            recurse_submodules: false,
+            insecure_skip_tls: false,
+            pull_method: PullMethod::Https,
+            credentials: None,
+        }
+    }
+}
+
+/// The transport used for `git://host/repo` contexts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMethod {
+    Https,
+    Http,
+    Git,
+}
+
+/// HTTP basic credentials for a git server. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl GitCredentials {
+    /// kaniko's convention: `GIT_TOKEN` wins (as the user name, empty password), else
+    /// `GIT_USERNAME` / `GIT_PASSWORD`; `None` when none is set.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Option<GitCredentials> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.is_empty());
+        if let Some(token) = non_empty("GIT_TOKEN") {
+            return Some(GitCredentials {
+                username: token,
+                password: String::new(),
+            });
+        }
+        let username = non_empty("GIT_USERNAME");
+        let password = non_empty("GIT_PASSWORD");
+        if username.is_none() && password.is_none() {
+            return None;
+        }
+        Some(GitCredentials {
+            username: username.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+        })
+    }
+}
+
+impl ContextOptions {
+    /// Build options from the command line (`--context-sub-path`, `--git`) and the process
+    /// environment. Errors name the bad `--git` item.
+    pub fn from_flags(sub_path: &str, git_flag: Option<&str>) -> Result<ContextOptions, String> {
+        let env = |k: &str| std::env::var(k).ok();
+        ContextOptions::from_flags_with_env(sub_path, git_flag, env)
+    }
+
+    /// [`ContextOptions::from_flags`] with the environment given as a lookup function.
+    pub fn from_flags_with_env(
+        sub_path: &str,
+        git_flag: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ContextOptions, String> {
+        let mut git = GitOptions {
+            credentials: GitCredentials::from_lookup(&env),
+            ..GitOptions::default()
+        };
+        git.pull_method = match env("GIT_PULL_METHOD").as_deref() {
+            Some("http") => PullMethod::Http,
+            Some("git") => PullMethod::Git,
+            // kaniko falls back to https for anything it does not know.
+            _ => PullMethod::Https,
+        };
+        for item in git_flag
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+        {
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                format!("--git {item:?}: expected key=value (branch, single-branch, recurse-submodules, insecure-skip-tls)")
+            })?;
+            let flag = |v: &str| -> Result<bool, String> {
+                match v {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err(format!("--git {key}={v}: expected true or false")),
+                }
+            };
+            match key {
+                "branch" => git.branch = Some(value.to_string()).filter(|v| !v.is_empty()),
+                "single-branch" => git.single_branch = flag(value)?,
+                "recurse-submodules" => git.recurse_submodules = flag(value)?,
+                "insecure-skip-tls" => git.insecure_skip_tls = flag(value)?,
+                other => {
+                    return Err(format!(
+                        "--git {other}: unknown key; use branch, single-branch, recurse-submodules or insecure-skip-tls"
+                    ))
+                }
+            }
+        }
+        Ok(ContextOptions {
+            sub_path: sub_path.to_string(),
+            git,
+        })
+    }
+}
+
+/// A parsed `--context` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    Dir(PathBuf),
+    Tarball(PathBuf),
+    Stdin,
+    Url(String),
+    Git(GitSource),
+}
+
+impl Source {
+    /// kaniko's prefixes: `dir://`, `tar://` (`tar://stdin`), `git://` (fetched over
+    /// `GIT_PULL_METHOD`), `https://`/`http://` tarballs. Kiln also takes `git+https://` and
+    /// `git+http://`, and treats an http(s) URL as a git repository when its path ends in `.git`
+    /// or it carries a `#ref`.
+    pub fn parse(spec: &str, pull_method: PullMethod) -> Result<Source, ContextError> {
+        let Some((scheme, rest)) = spec.split_once("://") else {
+            return Ok(Source::Dir(PathBuf::from(spec)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "dir" => Ok(Source::Dir(PathBuf::from(rest))),
+            "tar" if rest == "stdin" => Ok(Source::Stdin),
+            "tar" => Ok(Source::Tarball(PathBuf::from(rest))),
+            "git" => {
+                let method = match pull_method {
+                    PullMethod::Https => "https",
+                    PullMethod::Http => "http",
+                    PullMethod::Git => "git",
+                };
+                Ok(Source::Git(GitSource::parse(&format!("{method}://{rest}"))))
+            }
+            "git+https" | "git+http" => {
+                let scheme = &scheme["git+".len()..];
+                Ok(Source::Git(GitSource::parse(&format!("{scheme}://{rest}"))))
+            }
+            "https" | "http" => {
+                let (path, fragment) = match rest.split_once('#') {
+                    Some((p, f)) => (p, Some(f)),
+                    None => (rest, None),
+                };
+                let path = path.split('?').next().unwrap_or(path);
+                let looks_git = path.trim_end_matches('/').ends_with(".git") || fragment.is_some();
+                if looks_git {
+                    Ok(Source::Git(GitSource::parse(spec)))
+                } else {
+                    Ok(Source::Url(spec.to_string()))
+                }
+            }
+            other => Err(ContextError::UnsupportedScheme {
+                scheme: format!("{other}://"),
+            }),
+        }
+    }
+}
+
+/// Download `url` into a new file under `dir`, streaming (memory stays flat), and return its path.
+pub(crate) fn download(url: &str, dir: &Path) -> Result<PathBuf, ContextError> {
+    let fail = |message: String| ContextError::Download {
+        url: url.to_string(),
+        message,
+    };
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        // A whole build context; generous, but a stalled server must not hang the build forever.
+        .timeout(Duration::from_secs(30 * 60))
+        .user_agent(concat!("kiln-executor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fail(format!("setting up the HTTP client: {e}")))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .map_err(|e| fail(format!("request failed: {}", error_chain(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!(
+            "the server answered HTTP {status}; check the URL and that the tarball is readable without credentials"
+        )));
+    }
+    let path = dir.join("context-download.tar");
+    let mut file =
+        fs::File::create(&path).map_err(|e| fail(format!("creating {}: {e}", path.display())))?;
+    io::copy(&mut response, &mut file)
+        .map_err(|e| fail(format!("reading the body into {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// Copy standard input (a plain or compressed tar) into a new file under `dir`.
+pub(crate) fn stdin_to_file(dir: &Path) -> Result<PathBuf, ContextError> {
+    let path = dir.join("context-stdin.tar");
+    let mut file = fs::File::create(&path).map_err(|source| ContextError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let copied =
+        io::copy(&mut io::stdin().lock(), &mut file).map_err(|source| ContextError::Io {
+            path: PathBuf::from("<stdin>"),
+            source,
+        })?;
+    if copied == 0 {
+        return Err(ContextError::EmptyStdin);
+    }
+    Ok(path)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Clean a `--context-sub-path` into a relative path; `None` when it climbs out of the context.
+pub(crate) fn clean_sub_path(raw: &str) -> Option<PathBuf> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_map_to_sources() {
+        let https = PullMethod::Https;
+        assert_eq!(
+            Source::parse("/ws", https).unwrap(),
+            Source::Dir("/ws".into())
+        );
+        assert_eq!(Source::parse("tar://stdin", https).unwrap(), Source::Stdin);
+        assert_eq!(
+            Source::parse("tar:///c.tgz", https).unwrap(),
+            Source::Tarball("/c.tgz".into())
+        );
+        assert_eq!(
+            Source::parse("https://h/c.tar.gz", https).unwrap(),
+            Source::Url("https://h/c.tar.gz".into())
+        );
+        let Source::Git(g) = Source::parse("git://h/o/r.git#refs/heads/main", https).unwrap()
+        else {
+            panic!("git:// is a git source")
+        };
+        assert_eq!(g.url, "https://h/o/r.git");
+        assert_eq!(g.reference.as_deref(), Some("refs/heads/main"));
+        let Source::Git(g) = Source::parse("git://h/o/r.git", PullMethod::Git).unwrap() else {
+            panic!("git:// is a git source")
+        };
+        assert_eq!(g.url, "git://h/o/r.git");
+        for spec in ["https://h/r.git", "http://h/r#main", "git+https://h/r"] {
+            assert!(
+                matches!(Source::parse(spec, https).unwrap(), Source::Git(_)),
+                "{spec}"
+            );
+        }
+        assert!(Source::parse("s3://b/k", https).is_err());
+    }
+
+    #[test]
+    fn git_flag_and_env() {
+        let env = |k: &str| match k {
+            "GIT_USERNAME" => Some("u".to_string()),
+            "GIT_PASSWORD" => Some("p".to_string()),
+            "GIT_PULL_METHOD" => Some("http".to_string()),
+            _ => None,
+        };
+        let o = ContextOptions::from_flags_with_env(
+            "sub",
+            Some("branch=dev,single-branch=true,recurse-submodules=false,insecure-skip-tls=true"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(o.sub_path, "sub");
+        assert_eq!(o.git.branch.as_deref(), Some("dev"));
+        assert!(o.git.single_branch && o.git.insecure_skip_tls && !o.git.recurse_submodules);
+        assert_eq!(o.git.pull_method, PullMethod::Http);
+        let creds = o.git.credentials.unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "p")
+        );
+        assert!(!format!("{creds:?}").contains("\"p\""));
+        let token = GitCredentials::from_lookup(|k| (k == "GIT_TOKEN").then(|| "t".to_string()));
+        assert_eq!(token.unwrap().username, "t");
+        assert!(ContextOptions::from_flags_with_env("", Some("depth=1"), |_| None).is_err());
+        assert!(
+            ContextOptions::from_flags_with_env("", Some("single-branch=yes"), |_| None).is_err()
+        );
+    }
+
+    #[test]
+    fn sub_paths_stay_inside() {
+        assert_eq!(clean_sub_path("a/./b/"), Some(PathBuf::from("a/b")));
+        assert_eq!(clean_sub_path("/a/b"), Some(PathBuf::from("a/b")));
+        assert_eq!(clean_sub_path("a/../b"), Some(PathBuf::from("b")));
+        assert_eq!(clean_sub_path("../x"), None);
+        assert_eq!(clean_sub_path("a/../../x"), None);
+    }
+}

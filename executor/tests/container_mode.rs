@@ -1,0 +1,349 @@
+//! End-to-end test of container mode: the executor image is built by Kiln itself
+//! (`scripts/build-executor-image.sh`), then run with podman exactly as a Pod runs it — context at
+//! `/workspace`, docker config mounted read-only at `/kiln/.docker/config.json`, a
+//! `/dev/termination-log` file — to build a multi-stage Dockerfile in place over its own `/`.
+//! The pushed image must flatten (skopeo + umoci, never Kiln's own reader) to the same tree as the
+//! same Dockerfile built outside a container with `--isolation=chroot`; the mounts and `/kiln` must
+//! be absent from it; the termination message must hold the pushed digest; and the `--tar-path`
+//! archive must load and run with `podman load`. It must not run an in-place build on this host.
+//!
+//! Needs the local registry and base images: `bash scripts/registry.sh start &&
+//! bash scripts/base-images.sh && export KILN_TEST_REGISTRY=127.0.0.1:5000`, then
+//! `cargo test -p kiln-executor --test container_mode`. The release build of the static binaries
+//! is the slow part; it is cached in `$CARGO_TARGET_DIR`. Podman flags come from
+//! `KILN_PODMAN_FLAGS` (default `--runtime runc --cgroup-manager cgroupfs --storage-driver vfs`).
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{
+    diff_trees, fetch_rootfs, registry, repo_root, run_bounded, run_ok, scan_tree, tail,
+};
+
+/// The static release build plus the image build; generous because 2 cores are shared.
+const IMAGE_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn podman_flags() -> Vec<String> {
+    match std::env::var("KILN_PODMAN_FLAGS") {
+        Ok(v) if !v.trim().is_empty() => v.split_whitespace().map(str::to_string).collect(),
+        _ => support::PODMAN_FLAGS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.args(podman_flags());
+    cmd
+}
+
+/// The Dockerfile built both ways: a RUN, a COPY from the context, a stage FROM an earlier stage,
+/// and COPY --from two earlier stages (both must be moved aside before `/` is cleared).
+fn dockerfile(reg: &str) -> String {
+    format!(
+        r#"FROM {reg}/kiln-test/busybox:latest AS builder
+RUN mkdir -p /out/sub && echo built > /out/greeting && chmod 0640 /out/greeting \
+ && ln -s greeting /out/link && chown 1000:1000 /out/sub
+COPY hello.txt /out/hello.txt
+
+FROM builder AS extended
+RUN echo extended > /out/extended && rm /out/link
+
+FROM {reg}/kiln-test/busybox:latest
+COPY --from=builder /out/ /app/
+COPY --from=extended /out/extended /app/extended
+COPY hello.txt /hello.txt
+RUN cat /app/greeting /hello.txt > /combined && echo "app:x:1234:1234::/app:/bin/sh" >> /etc/passwd \
+ && rm -rf /tmp/* && mkdir -p /var/lib/made
+CMD ["cat", "/combined"]
+"#
+    )
+}
+
+fn write_context(dir: &Path, reg: &str) {
+    fs::create_dir_all(dir).expect("create context dir");
+    fs::write(dir.join("Dockerfile"), dockerfile(reg)).expect("write Dockerfile");
+    fs::write(dir.join("hello.txt"), "hello from the context\n").expect("write hello.txt");
+}
+
+/// Builds and pushes the executor image with the repository's script; returns its reference.
+fn build_executor_image(reg: &str) -> String {
+    let image = format!("{reg}/e2e/kiln-executor:test");
+    let script = repo_root().join("scripts/build-executor-image.sh");
+    let out = run_ok(
+        Command::new("bash")
+            .arg(&script)
+            .args(["--destination", &image, "--insecure"]),
+        IMAGE_BUILD_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("building the executor image failed: {e}"));
+    assert!(
+        out.stdout.trim().starts_with("sha256:"),
+        "the script printed no digest: {}",
+        tail(&out.stdout, 500)
+    );
+    image
+}
+
+/// Fetch with skopeo and flatten with umoci into `dir/rootfs-<tag>`.
+fn flatten(image: &str, dir: &Path, tag: &str) -> Result<std::path::PathBuf, support::CmdError> {
+    fs::create_dir_all(dir).expect("create flatten dir");
+    fetch_rootfs(image, dir, tag)
+}
+
+fn registry_digest(image: &str) -> String {
+    let out = run_ok(
+        Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{image}"),
+        ]),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("skopeo inspect {image}: {e}"));
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn executor_image_builds_in_podman_like_in_a_pod() {
+    let reg = registry();
+    let work = tempfile::Builder::new()
+        .prefix("kiln-podmode-")
+        .tempdir()
+        .expect("temp dir");
+    let context = work.path().join("context");
+    write_context(&context, &reg);
+
+    let executor_image = build_executor_image(&reg);
+
+    // The executor image itself: entrypoint, the container signal, nothing but /kiln, /kaniko, /etc.
+    let config = support::image_config(&executor_image).expect("executor image config");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/kiln/executor"]),
+        "{config}"
+    );
+    let env = config["config"]["Env"].to_string();
+    assert!(
+        env.contains("KILN_CONTAINER=1") && env.contains("DOCKER_CONFIG=/kiln/.docker"),
+        "{env}"
+    );
+    let exec_root = flatten(&executor_image, &work.path().join("exec-image"), "exec")
+        .expect("flatten executor image");
+    let exec_tree = scan_tree(&exec_root).expect("scan executor image");
+    for path in [
+        "/kiln/executor",
+        "/kiln/warmer",
+        "/kiln/ssl/certs/ca-certificates.crt",
+        "/kaniko/executor",
+        "/workspace",
+    ] {
+        assert!(
+            exec_tree.contains_key(path),
+            "{path} missing from the executor image: {:?}",
+            exec_tree.keys()
+        );
+    }
+    assert_eq!(
+        exec_tree["/kaniko/executor"].kind,
+        support::Kind::Symlink {
+            target: "/kiln/executor".into()
+        },
+        "pipelines written for kaniko call /kaniko/executor"
+    );
+    let exec_size: u64 = exec_tree
+        .values()
+        .map(|e| {
+            if let support::Kind::File { size, .. } = e.kind {
+                size
+            } else {
+                0
+            }
+        })
+        .sum();
+    eprintln!(
+        "executor image: {} entries, {} bytes of files",
+        exec_tree.len(),
+        exec_size
+    );
+
+    // Inside podman, as a Pod: context, read-only docker config, termination log, an output volume.
+    let docker_config = work.path().join("config.json");
+    // Credentials for a registry this build never talks to: they must be read, never leak into the image.
+    fs::write(
+        &docker_config,
+        r#"{"auths":{"registry.invalid":{"auth":"dXNlcjpzZWNyZXQ="}}}"#,
+    )
+    .expect("write docker config");
+    let termination = work.path().join("termination-log");
+    fs::write(&termination, "").expect("create termination log");
+    let output = work.path().join("output");
+    fs::create_dir_all(&output).expect("create output dir");
+    let in_pod = format!("{reg}/e2e/inpod:latest");
+    let run = run_bounded(
+        podman()
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "host",
+                "--tls-verify=false",
+                "--pull=always",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/workspace:ro", context.display()))
+            .arg("-v")
+            .arg(format!(
+                "{}:/kiln/.docker/config.json:ro",
+                docker_config.display()
+            ))
+            .arg("-v")
+            .arg(format!("{}:/dev/termination-log", termination.display()))
+            .arg("-v")
+            .arg(format!("{}:/output", output.display()))
+            .arg(&executor_image)
+            .args([
+                "--context",
+                "dir:///workspace",
+                "--dockerfile",
+                "/workspace/Dockerfile",
+            ])
+            .args([
+                "--destination",
+                &in_pod,
+                "--insecure",
+                "--tar-path",
+                "/output/image.tar",
+            ]),
+        BUILD_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("podman run of the executor image: {e}"));
+    assert!(
+        run.success(),
+        "the executor failed inside podman ({:?}):\n{}\n{}",
+        run.status,
+        tail(&run.stderr, 4000),
+        tail(&run.stdout, 1000)
+    );
+    eprintln!(
+        "--- executor log inside podman ---\n{}",
+        tail(&run.stderr, 6000)
+    );
+    assert!(
+        run.stderr.contains("cleared /"),
+        "the build did not run in place: {}",
+        tail(&run.stderr, 3000)
+    );
+    for secret in ["dXNlcjpzZWNyZXQ=", "user:secret"] {
+        assert!(
+            !run.stderr.contains(secret) && !run.stdout.contains(secret),
+            "credentials from the docker config appear in the log"
+        );
+    }
+
+    // The termination message names exactly the pushed digest.
+    let pushed = registry_digest(&in_pod);
+    let message: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&termination).expect("read termination log"))
+            .unwrap_or_else(|e| panic!("termination log is not JSON: {e}"));
+    assert_eq!(
+        message,
+        serde_json::json!({"digest": pushed, "references": [format!("{in_pod}@{pushed}")]})
+    );
+
+    // The same Dockerfile outside a container, in a private root.
+    let chroot_ref = format!("{reg}/e2e/inpod:chroot");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+            .env_remove("KILN_CONTAINER")
+            .args([
+                "--isolation",
+                "chroot",
+                "--insecure",
+                "--destination",
+                &chroot_ref,
+            ])
+            .arg("--context")
+            .arg(format!("dir://{}", context.display()))
+            .arg("--dockerfile")
+            .arg(context.join("Dockerfile")),
+        BUILD_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("chroot build: {e}"));
+
+    let in_pod_root =
+        flatten(&in_pod, &work.path().join("inpod"), "inpod").expect("flatten in-pod image");
+    let chroot_root =
+        flatten(&chroot_ref, &work.path().join("chroot"), "chroot").expect("flatten chroot image");
+    let in_pod_tree = scan_tree(&in_pod_root).expect("scan in-pod image");
+    let chroot_tree = scan_tree(&chroot_root).expect("scan chroot image");
+    let diffs = diff_trees(&chroot_tree, &in_pod_tree, &[]);
+    assert!(
+        diffs.is_empty(),
+        "in-pod image differs from the chroot build (expected = chroot):\n{}",
+        diffs.join("\n")
+    );
+    for path in [
+        "/kiln",
+        "/kaniko",
+        "/workspace",
+        "/output",
+        "/kiln/.docker/config.json",
+        "/dev/termination-log",
+    ] {
+        assert!(
+            !in_pod_tree.contains_key(path),
+            "{path} leaked into the image built in place"
+        );
+    }
+    for path in [
+        "/app/greeting",
+        "/app/hello.txt",
+        "/app/link",
+        "/combined",
+        "/var/lib/made",
+    ] {
+        assert!(
+            in_pod_tree.contains_key(path),
+            "{path} missing from the image built in place"
+        );
+    }
+
+    // --tar-path: podman loads the archive and runs it.
+    let archive = output.join("image.tar");
+    assert!(
+        archive.is_file(),
+        "--tar-path wrote nothing at {}",
+        archive.display()
+    );
+    let loaded = run_ok(
+        podman().arg("load").arg("-i").arg(&archive),
+        Duration::from_secs(180),
+    )
+    .unwrap_or_else(|e| panic!("podman load of the --tar-path archive: {e}"));
+    assert!(
+        loaded.stdout.contains("e2e/inpod:latest") || loaded.stderr.contains("e2e/inpod:latest"),
+        "podman load did not report the tag: {} {}",
+        loaded.stdout,
+        loaded.stderr
+    );
+    let ran = run_ok(
+        podman().args(["run", "--rm", "--network", "host", "--pull=never", &in_pod]),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("podman run of the loaded image: {e}"));
+    assert_eq!(ran.stdout, "built\nhello from the context\n");
+    let _ = run_bounded(
+        podman().args(["rmi", "-f", &in_pod, &executor_image]),
+        Duration::from_secs(60),
+    );
+}

@@ -1,0 +1,679 @@
+//! Context sources against real servers on loopback: a repository made with the `git` CLI and
+//! served by `git daemon` (git://) and by `git http-backend` behind a small HTTP server (smart
+//! HTTP, with basic auth), tarballs served over HTTP, and `tar://stdin` and a git context through
+//! the real `kiln-executor` binary. The `git` CLI is used by the tests only, never by the executor.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_executor::context::{BuildContext, ContextOptions, GitCredentials, PullMethod};
+
+/// A child process killed when the test ends, pass or fail.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server on port {port} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server on port {port} did not start within 20 s");
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(["-c", "init.defaultBranch=main", "-c", "protocol.version=2"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("the git CLI is installed for these tests");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write(path: &Path, content: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, content).unwrap();
+}
+
+/// A bare repository `<base>/repo.git` with history:
+/// c1 (tag v1, annotated): version=1, sub/app.txt=app-1
+/// c2 (main):               version=2, sub/app.txt=app-2
+/// c3 (branch feature, from c1): version=feature
+struct Repo {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    c1: String,
+    c2: String,
+}
+
+fn make_repo() -> Repo {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    write(
+        &work.join("Dockerfile"),
+        "FROM scratch\nCOPY version /version\n",
+    );
+    write(&work.join("version"), "1\n");
+    write(
+        &work.join("sub/Dockerfile"),
+        "FROM scratch\nCOPY app.txt /app.txt\n",
+    );
+    write(&work.join("sub/app.txt"), "app-1\n");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "one"]);
+    let c1 = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["tag", "-a", "v1", "-m", "version one"]);
+    git(&work, &["checkout", "-qb", "feature"]);
+    write(&work.join("version"), "feature\n");
+    git(&work, &["commit", "-qam", "feature"]);
+    git(&work, &["checkout", "-q", "main"]);
+    write(&work.join("version"), "2\n");
+    write(&work.join("sub/app.txt"), "app-2\n");
+    git(&work, &["commit", "-qam", "two"]);
+    let c2 = git(&work, &["rev-parse", "HEAD"]);
+    let base = dir.path().join("srv");
+    let git_dir = base.join("git");
+    fs::create_dir_all(&git_dir).unwrap();
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            git_dir.join("repo.git").to_str().unwrap(),
+        ],
+    );
+    Repo {
+        _dir: dir,
+        base,
+        c1,
+        c2,
+    }
+}
+
+fn git_daemon(repo: &Repo) -> Server {
+    let port = free_port();
+    let git_dir = repo.base.join("git");
+    // Run git-daemon itself: `git daemon` forks it as a grandchild that would outlive the test.
+    let exec_path = git(&repo.base, &["--exec-path"]);
+    let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .arg("--export-all")
+        .arg("--reuseaddr")
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", git_dir.display()))
+        .arg(&git_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start git daemon");
+    wait_for_port(port, &mut child);
+    Server { child, port }
+}
+
+/// Serves `<base>/files` as static files and `<base>/git` through `git http-backend` under
+/// `/git/`, requiring basic auth `user:password` on `/git/` when `auth` is given. Handles chunked
+/// request bodies (gitoxide streams large POSTs) and `Git-Protocol` (protocol v2). Speaks TLS with
+/// `TLS_CERT`/`TLS_KEY` when set.
+const HTTP_SERVER: &str = r#"
+import base64, http.server, os, subprocess, sys
+root, port, auth = sys.argv[1], int(sys.argv[2]), os.environ.get("REQUIRE_AUTH")
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=os.path.join(root, "files"), **k)
+    def log_message(self, *a):
+        pass
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+    def git(self):
+        data = self.body()
+        if auth and self.headers.get("Authorization") != "Basic " + base64.b64encode(auth.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path[len("/git"):].partition("?")
+        env = dict(os.environ, GIT_PROJECT_ROOT=os.path.join(root, "git"), GIT_HTTP_EXPORT_ALL="1",
+                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=self.command,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(data)),
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""), REMOTE_ADDR="127.0.0.1",
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
+        out = subprocess.run(["git", "http-backend"], input=data, env=env, capture_output=True).stdout
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+        head, _, rest = out.partition(sep)
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.strip().split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+    def do_GET(self):
+        if self.path.startswith("/git/"):
+            return self.git()
+        return super().do_GET()
+    def do_POST(self):
+        if self.path.startswith("/git/"):
+            return self.git()
+        self.send_error(405)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+if os.environ.get("TLS_CERT"):
+    import ssl
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+/// A self-signed certificate for 127.0.0.1 under `dir`: (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed for these tests");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+fn http_server(base: &Path, auth: Option<&str>) -> Server {
+    http_server_with(base, auth, None)
+}
+
+fn http_server_with(base: &Path, auth: Option<&str>, tls: Option<(&Path, &Path)>) -> Server {
+    fs::create_dir_all(base.join("files")).unwrap();
+    fs::create_dir_all(base.join("git")).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(HTTP_SERVER)
+        .arg(base)
+        .arg(port.to_string())
+        .stdout(Stdio::null());
+    if let Some(a) = auth {
+        cmd.env("REQUIRE_AUTH", a);
+    }
+    if let Some((cert, key)) = tls {
+        cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
+    }
+    let mut child = cmd.spawn().expect("start python3 http server");
+    wait_for_port(port, &mut child);
+    Server { child, port }
+}
+
+fn git_opts(method: PullMethod) -> ContextOptions {
+    let mut o = ContextOptions::default();
+    o.git.pull_method = method;
+    o
+}
+
+fn read(ctx: &BuildContext, rel: &str) -> String {
+    fs::read_to_string(ctx.root().join(rel))
+        .unwrap_or_else(|e| panic!("{rel} in context {}: {e}", ctx.root().display()))
+}
+
+fn open(spec: &str, opts: &ContextOptions) -> Result<(tempfile::TempDir, BuildContext), String> {
+    let work = tempfile::tempdir().unwrap();
+    BuildContext::open_with(spec, work.path(), opts)
+        .map(|c| (work, c))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn git_protocol_branch_tag_commit_and_sub_path() {
+    let repo = make_repo();
+    let daemon = git_daemon(&repo);
+    let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+    let opts = git_opts(PullMethod::Git);
+    let cases = [
+        (url.clone(), "version", "2\n"),
+        (format!("{url}#main"), "version", "2\n"),
+        (format!("{url}#refs/heads/feature"), "version", "feature\n"),
+        (format!("{url}#feature"), "version", "feature\n"),
+        (format!("{url}#v1"), "version", "1\n"),
+        (format!("{url}#refs/tags/v1"), "version", "1\n"),
+        (format!("{url}#{}", repo.c1), "version", "1\n"),
+        (format!("{url}#main#{}", repo.c1), "version", "1\n"),
+    ];
+    for (spec, file, want) in &cases {
+        let (_work, ctx) = open(spec, &opts).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert_eq!(&read(&ctx, file), want, "{spec}");
+        assert!(
+            !ctx.root().join(".git").exists(),
+            "{spec}: no git database in the context"
+        );
+    }
+
+    let mut sub = git_opts(PullMethod::Git);
+    sub.sub_path = "sub".into();
+    let (_work, ctx) = open(&format!("{url}#v1"), &sub).unwrap();
+    assert_eq!(read(&ctx, "app.txt"), "app-1\n");
+    assert!(ctx.root().ends_with("sub"));
+
+    // kaniko's --git branch= overrides the ref in the URL.
+    let mut branch = git_opts(PullMethod::Git);
+    branch.git.branch = Some("feature".into());
+    let (_work, ctx) = open(&format!("{url}#main"), &branch).unwrap();
+    assert_eq!(read(&ctx, "version"), "feature\n");
+
+    let err = open(&format!("{url}#no-such-branch"), &opts).unwrap_err();
+    assert!(
+        err.contains("no-such-branch") && err.contains(&url),
+        "error names the ref and the URL: {err}"
+    );
+    let missing_commit = "0123456789abcdef0123456789abcdef01234567";
+    let err = open(&format!("{url}#{missing_commit}"), &opts).unwrap_err();
+    assert!(
+        err.contains(missing_commit) && err.contains(&url),
+        "error names the commit and the URL: {err}"
+    );
+    let err = open(&format!("git://127.0.0.1:{}/nope.git", daemon.port), &opts).unwrap_err();
+    assert!(err.contains("nope.git"), "{err}");
+}
+
+#[test]
+fn smart_https_with_credentials() {
+    let repo = make_repo();
+    let (cert, key) = self_signed(&repo.base);
+    let server = http_server_with(&repo.base, Some("builder:s3cret"), Some((&cert, &key)));
+    let url = format!("https://127.0.0.1:{}/git/repo.git", server.port);
+
+    let mut opts = ContextOptions::default();
+    opts.git.insecure_skip_tls = true;
+    opts.git.credentials = Some(GitCredentials {
+        username: "builder".into(),
+        password: "s3cret".into(),
+    });
+    let (_work, ctx) = open(&format!("{url}#feature"), &opts).unwrap();
+    assert_eq!(read(&ctx, "version"), "feature\n");
+    let (_work, ctx) = open(&format!("git+{url}#{}", repo.c2), &opts).unwrap();
+    assert_eq!(read(&ctx, "version"), "2\n");
+    // kaniko's meaning of git://: the same repository over https (GIT_PULL_METHOD's default).
+    let spec = format!("git://127.0.0.1:{}/git/repo.git#v1", server.port);
+    let (_work, ctx) = open(&spec, &opts).unwrap();
+    assert_eq!(read(&ctx, "version"), "1\n");
+
+    // The self-signed certificate is refused unless insecure-skip-tls=true.
+    let mut verify = opts.clone();
+    verify.git.insecure_skip_tls = false;
+    let err = open(&format!("{url}#feature"), &verify).unwrap_err();
+    assert!(err.contains(&url), "{err}");
+    // No credentials, and wrong ones: clear errors that never show the password.
+    let mut anonymous = opts.clone();
+    anonymous.git.credentials = None;
+    let err = open(&format!("{url}#feature"), &anonymous).unwrap_err();
+    assert!(err.contains(&url), "{err}");
+    let mut wrong = opts.clone();
+    wrong.git.credentials = Some(GitCredentials {
+        username: "builder".into(),
+        password: "wrong-password".into(),
+    });
+    let err = open(&format!("{url}#feature"), &wrong).unwrap_err();
+    assert!(
+        err.contains(&url) && !err.contains("wrong-password"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smart_http_without_tls() {
+    let repo = make_repo();
+    let server = http_server(&repo.base, None);
+    let url = format!("http://127.0.0.1:{}/git/repo.git", server.port);
+    let (_work, ctx) = open(&format!("{url}#refs/tags/v1"), &ContextOptions::default()).unwrap();
+    assert_eq!(read(&ctx, "version"), "1\n");
+    // Credentials are never sent in clear text.
+    let protected = http_server(&repo.base, Some("builder:s3cret"));
+    let mut opts = ContextOptions::default();
+    opts.git.credentials = Some(GitCredentials {
+        username: "builder".into(),
+        password: "s3cret".into(),
+    });
+    let url = format!("http://127.0.0.1:{}/git/repo.git", protected.port);
+    let err = open(&format!("{url}#main"), &opts).unwrap_err();
+    assert!(
+        err.contains("clear text") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
+fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_000_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, name, content.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn tarball_urls_and_sub_path_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = http_server(dir.path(), None);
+    fs::write(
+        dir.path().join("files/ctx.tar.gz"),
+        tar_gz(&[("Dockerfile", "FROM scratch\n"), ("app/main.txt", "hi\n")]),
+    )
+    .unwrap();
+    fs::write(dir.path().join("files/not-a-tar.tar.gz"), "hello").unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port);
+
+    let (_work, ctx) = open(&format!("{base}/ctx.tar.gz"), &ContextOptions::default()).unwrap();
+    assert_eq!(read(&ctx, "app/main.txt"), "hi\n");
+
+    let sub = ContextOptions {
+        sub_path: "app".into(),
+        ..ContextOptions::default()
+    };
+    let (_work, ctx) = open(&format!("{base}/ctx.tar.gz"), &sub).unwrap();
+    assert_eq!(read(&ctx, "main.txt"), "hi\n");
+
+    let missing = format!("{base}/missing.tar.gz");
+    let err = open(&missing, &ContextOptions::default()).unwrap_err();
+    assert!(
+        err.contains(&missing) && err.contains("404"),
+        "error names the URL and status: {err}"
+    );
+    let bad = format!("{base}/not-a-tar.tar.gz");
+    let err = open(&bad, &ContextOptions::default()).unwrap_err();
+    assert!(err.contains(&bad), "{err}");
+
+    // --context-sub-path never leaves the context, lexically or through a symlink.
+    let local = tempfile::tempdir().unwrap();
+    fs::create_dir_all(local.path().join("ctx/inner")).unwrap();
+    std::os::unix::fs::symlink("/etc", local.path().join("ctx/link")).unwrap();
+    let spec = local.path().join("ctx");
+    for escape in ["..", "inner/../..", "link", "inner/nope"] {
+        let o = ContextOptions {
+            sub_path: escape.into(),
+            ..ContextOptions::default()
+        };
+        let err = open(spec.to_str().unwrap(), &o).unwrap_err();
+        assert!(err.contains("--context-sub-path"), "{escape}: {err}");
+    }
+}
+
+/// Read `/path` from the single image in an OCI layout written by `--oci-layout-path`.
+fn file_in_layout(layout: &Path, path: &str) -> Option<String> {
+    let blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        layout.join("blobs/sha256").join(hex)
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    let want = path.trim_start_matches('/');
+    let mut found = None;
+    for layer in manifest["layers"].as_array().unwrap() {
+        let file = fs::File::open(blob(layer["digest"].as_str().unwrap())).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            if name.trim_start_matches("./").trim_start_matches('/') == want {
+                let mut s = String::new();
+                entry.read_to_string(&mut s).unwrap();
+                found = Some(s);
+            }
+        }
+    }
+    found
+}
+
+fn executor(args: &[&str], envs: &[(&str, &str)], stdin: Option<Vec<u8>>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start kiln-executor");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln-executor {args:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), log)
+}
+
+#[test]
+fn executor_builds_from_stdin_and_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = tar_gz(&[
+        (
+            "ctx/Dockerfile",
+            "FROM scratch\nCOPY hello.txt /hello.txt\n",
+        ),
+        ("ctx/hello.txt", "from stdin\n"),
+    ]);
+    let layout = dir.path().join("stdin-layout");
+    let (ok, log) = executor(
+        &[
+            "--context",
+            "tar://stdin",
+            "--context-sub-path",
+            "ctx",
+            "--no-push",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+        &[],
+        Some(tarball),
+    );
+    assert!(ok, "build from tar://stdin failed:\n{log}");
+    assert_eq!(
+        file_in_layout(&layout, "/hello.txt").as_deref(),
+        Some("from stdin\n")
+    );
+
+    let (ok, log) = executor(
+        &["--context", "tar://stdin", "--no-push"],
+        &[],
+        Some(Vec::new()),
+    );
+    assert!(
+        !ok && log.contains("stdin"),
+        "empty stdin must fail clearly:\n{log}"
+    );
+
+    let repo = make_repo();
+    let daemon = git_daemon(&repo);
+    let layout = dir.path().join("git-layout");
+    let context = format!("git://127.0.0.1:{}/repo.git#refs/tags/v1", daemon.port);
+    let (ok, log) = executor(
+        &[
+            "--context",
+            &context,
+            "--context-sub-path",
+            "sub",
+            "--git",
+            "single-branch=true,recurse-submodules=false",
+            "--no-push",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+        &[("GIT_PULL_METHOD", "git")],
+        None,
+    );
+    assert!(ok, "build from {context} failed:\n{log}");
+    assert_eq!(
+        file_in_layout(&layout, "/app.txt").as_deref(),
+        Some("app-1\n")
+    );
+}
+
+#[test]
+fn checkout_keeps_modes_and_links_and_flags_submodules() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    write(&work.join("run.sh"), "#!/bin/sh\n");
+    fs::set_permissions(work.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    write(&work.join("data/plain.txt"), "plain\n");
+    std::os::unix::fs::symlink("data/plain.txt", work.join("link")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "files"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    // A gitlink (submodule entry) without fetching anything for it.
+    git(
+        &work,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{head},vendor/lib"),
+        ],
+    );
+    git(&work, &["commit", "-qm", "submodule"]);
+    let git_dir = dir.path().join("srv/git");
+    fs::create_dir_all(&git_dir).unwrap();
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            git_dir.join("repo.git").to_str().unwrap(),
+        ],
+    );
+    let repo = Repo {
+        base: dir.path().join("srv"),
+        _dir: dir,
+        c1: head.clone(),
+        c2: head,
+    };
+    let daemon = git_daemon(&repo);
+    let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+
+    let (_work, ctx) = open(&url, &git_opts(PullMethod::Git)).unwrap();
+    let mode = |rel: &str| {
+        fs::symlink_metadata(ctx.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("run.sh"), 0o755);
+    assert_eq!(mode("data/plain.txt"), 0o644);
+    assert_eq!(
+        fs::read_link(ctx.root().join("link")).unwrap(),
+        PathBuf::from("data/plain.txt")
+    );
+    assert!(ctx.root().join("vendor/lib").is_dir());
+
+    let mut recurse = git_opts(PullMethod::Git);
+    recurse.git.recurse_submodules = true;
+    let err = open(&url, &recurse).unwrap_err();
+    assert!(
+        err.contains("submodules") && err.contains("vendor/lib"),
+        "{err}"
+    );
+}
