@@ -33,6 +33,7 @@ die() { echo "e2e.sh: $*" >&2; exit 1; }
 
 STARTED_REGISTRY=0
 STARTED_API=0
+# shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
     if [[ "$STARTED_API" == 1 && "${KILN_E2E_KEEP:-0}" != 1 ]]; then
         bash "$ROOT/scripts/k8s/apiserver.sh" stop || true
@@ -69,7 +70,7 @@ if [[ -z "$EXEC_IMAGE" ]]; then
         bash "$SCRIPT" --insecure --destination "$EXEC_IMAGE" ${KILN_E2E_IMAGE_ARGS:-} >/dev/null
 fi
 WARM_IMAGE="$REG/kiln-e2e/warmer:dev"
-ctr="$(buildah --storage-driver vfs from --tls-verify=false "docker://$EXEC_IMAGE")"
+ctr="$(buildah --storage-driver vfs from -q --tls-verify=false "docker://$EXEC_IMAGE")"
 buildah --storage-driver vfs config --entrypoint '["/kiln/warmer"]' "$ctr"
 buildah --storage-driver vfs commit -q "$ctr" "kiln-e2e-warmer" >/dev/null
 buildah --storage-driver vfs rm "$ctr" >/dev/null
