@@ -78,5 +78,10 @@ pub fn podman_run(image: &str, args: &[&str]) -> anyhow::Result<String> {
         image,
     ]);
     full.extend(args);
-    run("podman", &full)
+    let out = run("podman", &full);
+    // vfs storage keeps a full copy per image: drop the test image once it has run.
+    let mut rmi: Vec<&str> = PODMAN_GLOBAL.to_vec();
+    rmi.extend(["rmi", "-f", "--ignore", image]);
+    let _ = run("podman", &rmi);
+    out
 }
