@@ -521,3 +521,58 @@ fn run_container(ctx: &Ctx, pod: &Value, name: &str, started: &str) -> anyhow::R
     let reason = if code == 0 { "Completed" } else { "Error" };
     Ok(terminated_status(pod, started, code, reason, &message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> BTreeMap<String, Vec<u8>> {
+        BTreeMap::from([
+            (".dockerconfigjson".to_string(), b"{}".to_vec()),
+            ("other".to_string(), b"x".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn items_select_keys_and_rename_them() {
+        let src = json!({"items": [{"key": ".dockerconfigjson", "path": "config.json"}], "defaultMode": 0o440});
+        let files = projected_files(&data(), &src, "Secret s").unwrap();
+        assert_eq!(
+            files,
+            BTreeMap::from([("config.json".to_string(), (b"{}".to_vec(), 0o440))])
+        );
+    }
+
+    #[test]
+    fn without_items_every_key_is_a_file() {
+        let files = projected_files(&data(), &json!({}), "ConfigMap c").unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files["other"].1, 0o644);
+    }
+
+    #[test]
+    fn a_missing_item_key_is_an_error() {
+        let src = json!({"items": [{"key": "nope", "path": "p"}]});
+        let err = projected_files(&data(), &src, "Secret s").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn projected_files_use_the_kubelet_layout() {
+        let dir = std::env::temp_dir().join(format!("kiln-e2e-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let files = BTreeMap::from([("sub/f".to_string(), (b"hi".to_vec(), 0o600))]);
+        write_projected(&dir, &files).unwrap();
+        assert!(fs::symlink_metadata(dir.join("..data"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_link(dir.join("sub")).unwrap(),
+            PathBuf::from("..data/sub")
+        );
+        assert_eq!(fs::read(dir.join("sub/f")).unwrap(), b"hi");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
