@@ -15,8 +15,8 @@
 #   KILN_E2E_IMAGE_SCRIPT       the executor image script (default scripts/build-executor-image.sh)
 #   KILN_E2E_IMAGE_TARGET_DIR   CARGO_TARGET_DIR for that script (default CARGO_TARGET_DIR)
 #   KILN_E2E_IMAGE_ARGS         extra arguments for it (e.g. --no-build)
-#   KILN_E2E_NODE_EXTRA_ARGS    args the node stand-in appends to every container (default
-#                               --insecure-registry=127.0.0.1:5000; logged on each use)
+#   KILN_E2E_NODE_EXTRA_ARGS    args the node stand-in appends to every container (default none;
+#                               logged on each use)
 #   KILN_E2E_SCENARIOS          comma-separated subset (build-and-rebuild,failing-run,delete,warm-cache)
 #   KILN_E2E_KEEP=1             leave the API server running afterwards
 set -euo pipefail

@@ -55,7 +55,7 @@ fn setup() -> anyhow::Result<Env> {
     let namespace = std::env::var("KILN_E2E_NAMESPACE").unwrap_or_else(|_| "kiln-e2e".into());
     let registry = std::env::var("KILN_E2E_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
     let extra_args: Vec<String> = std::env::var("KILN_E2E_NODE_EXTRA_ARGS")
-        .unwrap_or_else(|_| format!("--insecure-registry={registry}"))
+        .unwrap_or_default()
         .split_whitespace()
         .map(str::to_string)
         .collect();
@@ -92,6 +92,8 @@ fn setup() -> anyhow::Result<Env> {
         .args([
             &format!("--executor-image={executor_image}"),
             &format!("--warmer-image={warmer_image}"),
+            // The test registry speaks plain HTTP, as an in-cluster registry often does.
+            &format!("--insecure-registry={registry}"),
             &format!("--watch-namespace={namespace}"),
             "--no-leader-election",
             "--metrics-addr=127.0.0.1:0",

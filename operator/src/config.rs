@@ -26,6 +26,9 @@ pub struct OperatorConfig {
     pub default_push_secret: Option<String>,
     /// Warmed base-image cache claim of builds that name no `spec.cache.warmClaim`.
     pub default_cache_claim: Option<String>,
+    /// Registries (host[:port]) executor and warmer Pods reach over plain HTTP, e.g. a registry
+    /// inside the cluster; passed to them as `--insecure-registry`.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for OperatorConfig {
@@ -40,11 +43,19 @@ impl Default for OperatorConfig {
             default_resources: None,
             default_push_secret: None,
             default_cache_claim: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
 
 impl OperatorConfig {
+    /// `--insecure-registry=…` for every registry the Pods must reach over plain HTTP.
+    pub fn registry_args(&self) -> impl Iterator<Item = String> + '_ {
+        self.insecure_registries
+            .iter()
+            .map(|r| format!("--insecure-registry={r}"))
+    }
+
     /// Delay before starting attempt `next_attempt` (2 = first retry).
     pub fn backoff(&self, next_attempt: i32) -> Duration {
         let exp = u32::try_from(next_attempt.saturating_sub(2))

@@ -29,6 +29,14 @@ struct Args {
     /// Default executor image (an ImageBuild may override it with spec.executorImage).
     #[arg(long, env = "KILN_EXECUTOR_IMAGE", default_value_t = OperatorConfig::default().executor_image)]
     executor_image: String,
+    /// Registry (host[:port]) that executor and warmer Pods reach over plain HTTP, such as a
+    /// registry inside the cluster; repeat or separate with commas.
+    #[arg(
+        long = "insecure-registry",
+        env = "KILN_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
     /// Default warmer image (a CacheWarm may override it with spec.warmerImage).
     #[arg(long, env = "KILN_WARMER_IMAGE", default_value_t = OperatorConfig::default().warmer_image)]
     warmer_image: String,
@@ -104,6 +112,7 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         },
         default_push_secret: non_empty(&args.executor_default_push_secret),
         default_cache_claim: non_empty(&args.executor_cache_claim),
+        insecure_registries: args.insecure_registries.clone(),
         ..Default::default()
     })
 }

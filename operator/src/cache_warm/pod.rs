@@ -30,6 +30,9 @@ pub struct WarmerResult {
 /// `--cache-ttl` is the refresh interval: the warmer skips an image whose cached copy is younger
 /// than its TTL, and its default (336h) would turn every refresh shorter than two weeks into a
 /// no-op.
+/// Where the warmer binary is in Kiln's executor image (and in any warmer image).
+pub const WARMER_COMMAND: &str = "/kiln/warmer";
+
 pub fn warmer_args(cw: &CacheWarm, cfg: &OperatorConfig) -> Vec<String> {
     let mut args: Vec<String> = cw
         .spec
@@ -38,6 +41,7 @@ pub fn warmer_args(cw: &CacheWarm, cfg: &OperatorConfig) -> Vec<String> {
         .map(|i| format!("--image={i}"))
         .collect();
     args.push(format!("--cache-dir={CACHE_DIR}"));
+    args.extend(cfg.registry_args());
     let ttl = cw
         .spec
         .refresh_interval
@@ -126,6 +130,8 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
                         .clone()
                         .unwrap_or_else(|| cfg.warmer_image.clone()),
                 ),
+                // The Kiln image's entrypoint is the executor; the warmer lives beside it.
+                command: Some(vec![WARMER_COMMAND.into()]),
                 args: Some(warmer_args(cw, cfg)),
                 env: (!env.is_empty()).then_some(env),
                 volume_mounts: Some(mounts),
@@ -162,6 +168,25 @@ mod tests {
         c.metadata.uid = Some("u".into());
         c.metadata.generation = Some(2);
         c
+    }
+
+    #[test]
+    fn warmer_runs_the_warmer_binary_and_reaches_insecure_registries() {
+        let cfg = OperatorConfig {
+            insecure_registries: vec!["registry.kiln-system:5000".into()],
+            ..Default::default()
+        };
+        let p = desired_pod(&cw(), &cfg, 1);
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["/kiln/warmer".to_string()][..])
+        );
+        assert!(c
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--insecure-registry=registry.kiln-system:5000".to_string()));
     }
 
     #[test]

@@ -236,7 +236,12 @@ pub fn desired_pod(
                 .clone()
                 .unwrap_or_else(|| cfg.executor_image.clone()),
         ),
-        args: Some(executor_args(build)),
+        args: Some(
+            executor_args(build)
+                .into_iter()
+                .chain(cfg.registry_args())
+                .collect(),
+        ),
         env: (!env.is_empty()).then_some(env),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         resources: spec.resources.clone(),
