@@ -348,3 +348,39 @@ fn builder_stage_steps_are_cached() {
         "the builder stage's RUN ran again"
     );
 }
+
+#[test]
+fn cached_images_equal_the_uncached_image() {
+    // Deterministic steps only, so an uncached build can be compared digest for digest.
+    let dockerfile = format!(
+        "FROM {base} AS builder\nRUN mkdir /out && echo built > /out/artifact\n\
+         FROM {base}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copy && chmod 0600 /copy\n\
+         COPY --from=builder /out/artifact /artifact\nUSER nobody\n",
+        base = busybox()
+    );
+    let dir = context_with(&dockerfile, &[("a.txt", "same\n")]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("equal");
+    let plain = build(&ctx, &format!("{dest}:plain"), &[]);
+    let cold = build(
+        &ctx,
+        &format!("{dest}:cold"),
+        &["--cache", "--cache-copy-layers"],
+    );
+    let warm = build(
+        &ctx,
+        &format!("{dest}:warm"),
+        &["--cache", "--cache-copy-layers"],
+    );
+    assert!(warm.log.contains("cache: 4 hits, 0 misses"), "{}", warm.log);
+    assert_eq!(
+        cold.digest, plain.digest,
+        "a cold cached build differs from an uncached one\n{}",
+        cold.log
+    );
+    assert_eq!(
+        warm.digest, plain.digest,
+        "a build from cache differs from an uncached one\n{}",
+        warm.log
+    );
+}
