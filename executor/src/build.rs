@@ -524,15 +524,16 @@ impl<'a> Builder<'a> {
     }
 
     /// Prune a finished stage that later stages only `COPY --from` to the paths they copy, so the
-    /// build keeps those files, not the stage's whole filesystem. Skipped in place (the stage
-    /// root is `/` until the next stage moves it aside) and when a source depends on a variable.
+    /// build keeps those files, not the stage's whole filesystem. In place this runs once the
+    /// next stage has moved the stage aside (never on `/`); skipped when a source depends on a
+    /// variable.
     fn keep_only_copied_files(&self, index: usize, plan: &[usize]) -> Result<(), BuildError> {
-        if self.isolation != Isolation::Chroot {
-            return Ok(());
-        }
         let Some(built) = self.built.get(&index) else {
             return Ok(());
         };
+        if built.root.as_os_str().is_empty() || built.root == Path::new("/") {
+            return Ok(());
+        }
         let mut sources = Vec::new();
         for &later in plan.iter().filter(|&&i| i > index) {
             for located in &self.parsed.stages[later].instructions {
@@ -1422,6 +1423,8 @@ impl<'a> Builder<'a> {
             if let Some(built) = self.built.get_mut(&n) {
                 built.root = saved.clone();
             }
+            let later: Vec<usize> = (n + 1..self.parsed.stages.len()).collect();
+            self.keep_only_copied_files(n, &later)?;
         } else {
             info!(
                 "cleared / ({} entries) in {}",
