@@ -276,7 +276,11 @@ prime() {
                 --cache-dir /cache --image "$REG/kiln-test/debian:bookworm" --insecure-pull \
                 >"$WORK/w6-kaniko-warmer.log" 2>&1 && STATUS=ok || STATUS="fail(warmer)" ;;
     esac
-    [[ "$STATUS" == ok ]] || { log "$w/$tool: priming failed: $STATUS"; return 1; }
+    if [[ "$STATUS" != ok ]]; then
+        log "$w/$tool: priming failed: $STATUS; last lines of its log:"
+        tail -n 15 "$(ls -t "$WORK/$w-$tool"-*.log 2>/dev/null | head -n1)" >&2 || true
+        return 1
+    fi
 }
 
 # ---- the runs -----------------------------------------------------------------------------------
