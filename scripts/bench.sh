@@ -170,7 +170,9 @@ timed() {
 # ---- kiln ---------------------------------------------------------------------------------------
 # kiln_build WORKLOAD RUN MODE: MODE is cold, cached or warmed.
 kiln_build() {
-    local w="$1" run="$2" mode="$3" ctx="$WORK/ctx-$w-kiln-$run" extra=()
+    # Separate `local`s: words of one `local` are expanded before any of its assignments.
+    local w="$1" run="$2" mode="$3"
+    local ctx="$WORK/ctx-$w-kiln-$run" extra=()
     make_context "$w" "$ctx"
     case "$mode" in
         cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
@@ -187,7 +189,8 @@ kiln_build() {
 # buildah_build WORKLOAD RUN MODE. Cold runs use a fresh storage root (base pulled, no layer cache);
 # cached runs reuse the root primed with --layers; warmed runs reuse a root where the base was pulled.
 buildah_build() {
-    local w="$1" run="$2" mode="$3" store extra=() ctx="$WORK/ctx-$w-buildah-$run"
+    local w="$1" run="$2" mode="$3"
+    local store extra=() ctx="$WORK/ctx-$w-buildah-$run"
     make_context "$w" "$ctx"
     case "$mode" in
         cold) store="$WORK/buildah-$w-$run" ;;
@@ -199,7 +202,7 @@ buildah_build() {
     timed "$WORK/$w-buildah-$run.log" -- sh -c "$b bud --isolation chroot --tls-verify=false \
         --build-arg REGISTRY=$REG ${extra[*]} -f Dockerfile -t $img $ctx && \
         $b push --tls-verify=false $img docker://$img"
-    [[ "$mode" == cold ]] && buildah_wipe "$store"
+    if [[ "$mode" == cold ]]; then buildah_wipe "$store"; fi
     rm -rf "$ctx"
 }
 buildah_wipe() {
@@ -211,7 +214,8 @@ buildah_wipe() {
 # kaniko_run LOG CONTAINER-NAME PODMAN-RUN-ARGS... -- KANIKO-ARGS: runs the container, polling the
 # executor's peak RSS (VmHWM) from /proc; sets WALL, PEAK_KB, STATUS.
 kaniko_run() {
-    local logf="$1" name="$2"; shift 2
+    local logf="$1" name="$2"
+    shift 2
     local pargs=() start end rc=0 pid="" hwm=0 k v _
     while [[ "$1" != -- ]]; do pargs+=("$1"); shift; done
     shift
@@ -238,7 +242,8 @@ kaniko_run() {
 }
 
 kaniko_build() {
-    local w="$1" run="$2" mode="$3" ctx="$WORK/ctx-$w-kaniko-$run" extra=() vols=()
+    local w="$1" run="$2" mode="$3"
+    local ctx="$WORK/ctx-$w-kaniko-$run" extra=() vols=()
     make_context "$w" "$ctx"
     case "$mode" in
         cached) extra=(--cache=true --cache-repo "$REG/bench/cache-kaniko-$$") ;;
