@@ -25,7 +25,8 @@
 # build (default 900), --keep (keep the work directory), --results FILE (also write the table there).
 # Environment: KILN_BENCH_REGISTRY (default 127.0.0.1:5055: a registry of its own, so the test
 # suite's registry on :5000 can start and stop independently), KILN_EXECUTOR / KILN_WARMER (use these
-# binaries instead of building), KILN_BENCH_WORK (parent of the work directory, default /var/tmp).
+# binaries instead of building), KILN_BENCH_WORK (parent of the work directory, default /var/tmp),
+# KILN_BENCH_KILN_DIR (parent of kiln's --kiln-dir, default the work directory; /dev/shm = tmpfs).
 # Needs root; run it on an otherwise idle machine for numbers worth comparing.
 set -euo pipefail
 
@@ -71,6 +72,12 @@ for tool in curl skopeo jq /usr/bin/time timeout python3; do
 done
 
 WORK="$(mktemp -d "${KILN_BENCH_WORK:-/var/tmp}/kiln-bench.XXXXXX")"
+# Where kiln's --kiln-dir (its build root) lives: the work directory unless KILN_BENCH_KILN_DIR
+# names a parent (e.g. /dev/shm to measure kiln with its root on tmpfs).
+KILN_DIR_PARENT="$WORK"
+if [[ -n "${KILN_BENCH_KILN_DIR:-}" ]]; then
+    KILN_DIR_PARENT="$(mktemp -d "$KILN_BENCH_KILN_DIR/kiln-bench-dirs.XXXXXX")"
+fi
 STARTED_REGISTRY=""
 cleanup() {
     local rc=$?
@@ -82,7 +89,12 @@ cleanup() {
     if [[ -n "$STARTED_REGISTRY" ]]; then
         KILN_REGISTRY_ADDR="$REG" bash "$ROOT/scripts/registry.sh" stop >/dev/null || true
     fi
-    if [[ -z "$KEEP" ]]; then rm -rf "$WORK"; else log "work directory kept: $WORK"; fi
+    if [[ -z "$KEEP" ]]; then
+        rm -rf "$WORK"
+        [[ "$KILN_DIR_PARENT" == "$WORK" ]] || rm -rf "$KILN_DIR_PARENT"
+    else
+        log "work directory kept: $WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -196,12 +208,13 @@ kiln_build() {
         cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
         warmed) extra=(--cache-dir "$WORK/kiln-base-cache" --build-arg "CHANGE=warm-$run-$$") ;;
     esac
-    mkdir -p "$WORK/kiln-dir-$w-$run"
+    local kdir="$KILN_DIR_PARENT/kiln-dir-$w-$run"
+    mkdir -p "$kdir"
     timed "$WORK/$w-kiln-$run.log" -- "$KILN" --context "dir://$ctx" --dockerfile Dockerfile \
         --destination "$REG/bench/$w-kiln:latest" --insecure --isolation chroot \
-        --kiln-dir "$WORK/kiln-dir-$w-$run" --build-arg "REGISTRY=$REG" "${extra[@]}"
+        --kiln-dir "$kdir" --build-arg "REGISTRY=$REG" "${extra[@]}"
     rm -rf "$ctx"
-    discard rm -rf "$WORK/kiln-dir-$w-$run"
+    discard rm -rf "$kdir"
 }
 
 # ---- buildah ------------------------------------------------------------------------------------
