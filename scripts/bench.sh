@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# Benchmarks kiln-executor against buildah and kaniko v1.24 on the workloads of bench/ and prints a
+# table: median wall time, peak memory, the kiln/kaniko and kiln/buildah ratios, and the targets of
+# the performance issue with pass/fail. Every build pushes to a local registry, as in CI.
+#
+#   bash scripts/bench.sh                          # all workloads, all tools, 3 runs each (median)
+#   bash scripts/bench.sh --runs 1 --only w1,w2 --tools kiln,buildah
+#
+# Workloads (bench/README.md has the method):
+#   w1  busybox, 200 small files COPY'd, ENV, 2 RUN          w4  Debian bookworm, 8 trivial RUN
+#   w2  busybox, RUN making 100,000 files, 5 one-file RUNs    w5  w4 rebuilt with every step cached
+#   w3  busybox, RUN writing 400 MiB random + 400 MiB zeros   w6  w4 (steps changed) with the base warmed
+#
+# How each tool runs:
+#   kiln     kiln-executor (release, static) --isolation chroot --insecure, under /usr/bin/time -v
+#   buildah  buildah --storage-driver vfs bud --isolation chroot, then buildah push, under /usr/bin/time -v,
+#            in a fresh storage root per cold run (so it pulls the base like the others)
+#   kaniko   /kaniko/executor in podman (runc, cgroupfs, vfs, --network host), context at /workspace;
+#            peak memory = the executor process's VmHWM polled every 0.1 s from /proc (kaniko's
+#            own RUN children are not counted; growth in the last 0.1 s could be missed)
+# Peak memory for kiln and buildah is "Maximum resident set size" of /usr/bin/time: the largest single
+# process of the tree (for buildah that is buildah itself; its RUN children are small).
+#
+# Flags: --runs N (default 3), --only w1,w2,... , --tools kiln,buildah,kaniko, --timeout SECONDS per
+# build (default 900), --keep (keep the work directory), --results FILE (also write the table there).
+# Environment: KILN_BENCH_REGISTRY (default 127.0.0.1:5055: a registry of its own, so the test
+# suite's registry on :5000 can start and stop independently), KILN_EXECUTOR / KILN_WARMER (use these
+# binaries instead of building), KILN_BENCH_WORK (parent of the work directory, default /var/tmp),
+# KILN_BENCH_KILN_DIR (parent of kiln's --kiln-dir, default the work directory; /dev/shm = tmpfs).
+# Needs root; run it on an otherwise idle machine for numbers worth comparing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+REG="${KILN_BENCH_REGISTRY:-127.0.0.1:5055}"
+TARGET="${CARGO_TARGET_DIR:-/var/cache/kiln/target}"
+KANIKO_IMAGE="localhost/kiln-bench/kaniko:${KANIKO_VERSION:-v1.24.0}"
+PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs)
+RUNS=3
+ONLY="w1,w2,w3,w4,w5,w6"
+TOOLS="kiln,buildah,kaniko"
+TIMEOUT=900
+KEEP=""
+RESULTS_OUT=""
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --tools) TOOLS="$2"; shift 2 ;;
+        --timeout) TIMEOUT="$2"; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --results) RESULTS_OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs: expected a positive integer, got $RUNS"
+[[ "$(id -u)" == 0 ]] || die "must run as root (chroot, namespaces, podman)"
+for t in ${TOOLS//,/ }; do
+    [[ "$t" =~ ^(kiln|buildah|kaniko)$ ]] || die "--tools: unknown tool $t (kiln, buildah, kaniko)"
+done
+for w in ${ONLY//,/ }; do
+    [[ "$w" =~ ^w[1-6]$ ]] || die "--only: unknown workload $w (w1..w6)"
+done
+want_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
+want_work() { [[ ",$ONLY," == *",$1,"* ]]; }
+for tool in curl skopeo jq /usr/bin/time timeout python3; do
+    command -v "$tool" >/dev/null || die "$tool not installed"
+done
+
+WORK="$(mktemp -d "${KILN_BENCH_WORK:-/var/tmp}/kiln-bench.XXXXXX")"
+# Where kiln's --kiln-dir (its build root) lives: the work directory unless KILN_BENCH_KILN_DIR
+# names a parent (e.g. /dev/shm to measure kiln with its root on tmpfs).
+KILN_DIR_PARENT="$WORK"
+if [[ -n "${KILN_BENCH_KILN_DIR:-}" ]]; then
+    KILN_DIR_PARENT="$(mktemp -d "$KILN_BENCH_KILN_DIR/kiln-bench-dirs.XXXXXX")"
+fi
+STARTED_REGISTRY=""
+cleanup() {
+    local rc=$?
+    # Containers this run started (named kiln-bench-<pid>-*) are removed; nothing else is touched.
+    if want_tool kaniko; then
+        "${PODMAN[@]}" ps -a --filter "name=kiln-bench-$$-" -q 2>/dev/null |
+            xargs -r "${PODMAN[@]}" rm -f >/dev/null 2>&1 || true
+    fi
+    if [[ -n "$STARTED_REGISTRY" ]]; then
+        KILN_REGISTRY_ADDR="$REG" bash "$ROOT/scripts/registry.sh" stop >/dev/null || true
+    fi
+    if [[ -z "$KEEP" ]]; then
+        rm -rf "$WORK"
+        [[ "$KILN_DIR_PARENT" == "$WORK" ]] || rm -rf "$KILN_DIR_PARENT"
+    else
+        log "work directory kept: $WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- registry and base images -------------------------------------------------------------------
+if curl -fs -o /dev/null --max-time 2 "http://$REG/v2/"; then
+    log "reusing the registry on $REG"
+else
+    KILN_REGISTRY_ADDR="$REG" bash "$ROOT/scripts/registry.sh" start >&2
+    STARTED_REGISTRY=1
+fi
+if ! skopeo inspect --tls-verify=false "docker://$REG/kiln-test/busybox:latest" >/dev/null 2>&1 ||
+    ! skopeo inspect --tls-verify=false "docker://$REG/kiln-test/debian:bookworm" >/dev/null 2>&1; then
+    log "pushing the base images to $REG"
+    KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/base-images.sh" >&2
+fi
+
+# ---- builders -----------------------------------------------------------------------------------
+if want_tool kiln; then
+    if [[ -z "${KILN_EXECUTOR:-}" || -z "${KILN_WARMER:-}" ]]; then
+        log "building kiln-executor and kiln-warmer (release, static) into $TARGET"
+        (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET" \
+            nice -n 19 cargo build -q --release --target x86_64-unknown-linux-gnu -p kiln-executor -p kiln-warmer) ||
+            die "cargo build failed"
+    fi
+    KILN="${KILN_EXECUTOR:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-executor}"
+    KWARM="${KILN_WARMER:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-warmer}"
+    [[ -x "$KILN" ]] || die "no kiln-executor at $KILN"
+fi
+if want_tool buildah; then
+    command -v buildah >/dev/null || die "buildah not installed: apt-get install -y buildah"
+fi
+if want_tool kaniko; then
+    if ! bash "$ROOT/scripts/kaniko.sh" >&2; then
+        log "kaniko is not available (scripts/kaniko.sh failed above); benchmarking without it"
+        TOOLS="$(echo ",$TOOLS," | sed 's/,kaniko,/,/; s/^,//; s/,$//')"
+    fi
+fi
+
+# ---- contexts -----------------------------------------------------------------------------------
+# Each build gets a fresh copy of its context so no tool sees another's leftovers.
+make_context() {
+    local w="$1" dest="$2" dir
+    case "$w" in
+        w1) dir=w1-small-files ;; w2) dir=w2-many-files ;; w3) dir=w3-big-files ;;
+        w4|w5|w6) dir=w4-debian-steps ;;
+    esac
+    rm -rf "$dest"
+    cp -r "$ROOT/bench/$dir" "$dest"
+    if [[ "$w" == w1 ]]; then
+        mkdir -p "$dest/files"
+        local i
+        for i in $(seq -w 1 200); do
+            # 1-4 KiB of deterministic text per file.
+            head -c $(((10#$i % 4 + 1) * 1024)) /dev/zero | tr '\0' "$(printf "\\$(printf %o $((97 + 10#$i % 26)))")" \
+                >"$dest/files/f$i.txt"
+        done
+    fi
+}
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+STEPLOG="$WORK/steps.tsv"
+: >"$STEPLOG"
+
+# record WORKLOAD TOOL RUN STATUS WALL PEAK_KB
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# timed LOG -- CMD...: runs CMD under timeout and /usr/bin/time; sets WALL, PEAK_KB, STATUS.
+timed() {
+    local logf="$1"; shift; [[ "$1" == -- ]] && shift
+    local tf="$logf.time" start end rc=0
+    start="$(now)"
+    /usr/bin/time -f '%M' -o "$tf" timeout --kill-after=10 "$TIMEOUT" "$@" >"$logf" 2>&1 || rc=$?
+    end="$(now)"
+    WALL="$(elapsed "$start" "$end")"
+    PEAK_KB="$(tail -n1 "$tf" 2>/dev/null | grep -Eo '^[0-9]+$' || echo 0)"
+    case "$rc" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS="fail($rc)" ;; esac
+}
+
+# discard CMD ARGS...: removes a build's leftovers now, or for w2 after all of w2's builds. ext4
+# skips inodes freed in the last 60 s (300 s while their table block is dirty) when allocating new
+# ones (`recently_deleted`), so deleting a 100,000-file tree right before the next build makes
+# that build's RUN several times slower (seen in perf: 40 % of the RUN's CPU). Deferring costs
+# disk: about 3 GB per w2 run of all three tools (vfs storage copies each layer).
+DEFERRED=()
+CUR_W=""
+discard() {
+    if [[ "$CUR_W" == w2 ]]; then DEFERRED+=("$(printf '%q ' "$@")"); else "$@"; fi
+}
+flush_discards() {
+    local c
+    for c in "${DEFERRED[@]}"; do eval "$c"; done
+    DEFERRED=()
+    sync
+}
+podman_rm() { "${PODMAN[@]}" rm -f "$1" >/dev/null 2>&1 || true; }
+
+# ---- kiln ---------------------------------------------------------------------------------------
+# kiln_build WORKLOAD RUN MODE: MODE is cold, cached or warmed.
+kiln_build() {
+    # Separate `local`s: words of one `local` are expanded before any of its assignments.
+    local w="$1" run="$2" mode="$3"
+    local ctx="$WORK/ctx-$w-kiln-$run" extra=()
+    make_context "$w" "$ctx"
+    case "$mode" in
+        cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
+        warmed) extra=(--cache-dir "$WORK/kiln-base-cache" --build-arg "CHANGE=warm-$run-$$") ;;
+    esac
+    local kdir="$KILN_DIR_PARENT/kiln-dir-$w-$run"
+    mkdir -p "$kdir"
+    timed "$WORK/$w-kiln-$run.log" -- "$KILN" --context "dir://$ctx" --dockerfile Dockerfile \
+        --destination "$REG/bench/$w-kiln:latest" --insecure --isolation chroot \
+        --kiln-dir "$kdir" --build-arg "REGISTRY=$REG" "${extra[@]}"
+    rm -rf "$ctx"
+    discard rm -rf "$kdir"
+}
+
+# ---- buildah ------------------------------------------------------------------------------------
+# buildah_build WORKLOAD RUN MODE. Cold runs use a fresh storage root (base pulled, no layer cache);
+# cached runs reuse the root primed with --layers; warmed runs reuse a root where the base was pulled.
+buildah_build() {
+    local w="$1" run="$2" mode="$3"
+    local store extra=() ctx="$WORK/ctx-$w-buildah-$run"
+    make_context "$w" "$ctx"
+    case "$mode" in
+        cold) store="$WORK/buildah-$w-$run" ;;
+        cached) store="$WORK/buildah-cached"; extra=(--layers=true) ;;
+        warmed) store="$WORK/buildah-warmed"; extra=(--build-arg "CHANGE=warm-$run-$$") ;;
+    esac
+    local img="$REG/bench/$w-buildah:latest"
+    local b="buildah --root $store/root --runroot $store/run --storage-driver vfs"
+    timed "$WORK/$w-buildah-$run.log" -- sh -c "$b bud --isolation chroot --tls-verify=false \
+        --build-arg REGISTRY=$REG ${extra[*]} -f Dockerfile -t $img $ctx && \
+        $b push --tls-verify=false $img docker://$img"
+    if [[ "$mode" == cold ]]; then discard buildah_wipe "$store"; fi
+    rm -rf "$ctx"
+}
+buildah_wipe() {
+    buildah --root "$1/root" --runroot "$1/run" --storage-driver vfs rm --all >/dev/null 2>&1 || true
+    rm -rf "$1"
+}
+
+# ---- kaniko -------------------------------------------------------------------------------------
+# kaniko_run LOG CONTAINER-NAME PODMAN-RUN-ARGS... -- KANIKO-ARGS: runs the container, polling the
+# executor's peak RSS (VmHWM) from /proc; sets WALL, PEAK_KB, STATUS.
+kaniko_run() {
+    local logf="$1" name="$2"
+    shift 2
+    local pargs=() start end rc=0 pid="" hwm=0 k v _
+    while [[ "$1" != -- ]]; do pargs+=("$1"); shift; done
+    shift
+    start="$(now)"
+    # No --rm: deleting a vfs container root of 100,000 files takes tens of seconds, which is
+    # podman's cleanup, not kaniko's build (a Pod's teardown is not part of its build time either).
+    timeout --kill-after=10 "$TIMEOUT" "${PODMAN[@]}" run --name "$name" --network host \
+        "${pargs[@]}" "$KANIKO_IMAGE" "$@" >"$logf" 2>&1 &
+    local job=$!
+    while kill -0 "$job" 2>/dev/null; do
+        if [[ -z "$pid" || "$pid" == 0 ]]; then
+            pid="$("${PODMAN[@]}" inspect -f '{{.State.Pid}}' "$name" 2>/dev/null || true)"
+        fi
+        if [[ -n "$pid" && "$pid" != 0 && -r "/proc/$pid/status" ]]; then
+            while read -r k v _; do
+                [[ "$k" == VmHWM: && "$v" -gt "$hwm" ]] && hwm="$v"
+            done <"/proc/$pid/status" 2>/dev/null || true
+        fi
+        sleep 0.1
+    done
+    wait "$job" || rc=$?
+    end="$(now)"
+    discard podman_rm "$name"
+    WALL="$(elapsed "$start" "$end")"
+    PEAK_KB="$hwm"
+    case "$rc" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS="fail($rc)" ;; esac
+}
+
+kaniko_build() {
+    local w="$1" run="$2" mode="$3"
+    local ctx="$WORK/ctx-$w-kaniko-$run" extra=() vols=()
+    make_context "$w" "$ctx"
+    case "$mode" in
+        cached) extra=(--cache=true --cache-repo "$REG/bench/cache-kaniko-$$") ;;
+        # Kaniko reads a warmed base only with --cache=true; RUN-layer caching is switched off so
+        # the steps are not looked up in (or pushed to) a layer cache.
+        warmed) extra=(--cache=true --cache-dir /cache --cache-run-layers=false --build-arg "CHANGE=warm-$run-$$")
+                vols=(-v "$WORK/kaniko-base-cache:/cache") ;;
+    esac
+    kaniko_run "$WORK/$w-kaniko-$run.log" "kiln-bench-$$-$w-$run" -v "$ctx:/workspace" "${vols[@]}" -- \
+        --context dir:///workspace --dockerfile Dockerfile --destination "$REG/bench/$w-kaniko:latest" \
+        --insecure --insecure-pull --build-arg "REGISTRY=$REG" "${extra[@]}"
+    rm -rf "$ctx"
+}
+
+# ---- priming for w5 (cached rebuild) and w6 (warmed base) ---------------------------------------
+prime() {
+    local w="$1" tool="$2"
+    log "$w/$tool: priming (not timed)"
+    case "$w/$tool" in
+        w5/kiln) kiln_build w5 prime cached ;;
+        w5/buildah) buildah_build w5 prime cached ;;
+        w5/kaniko) kaniko_build w5 prime cached ;;
+        w6/kiln)
+            timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/debian:bookworm" \
+                --cache-dir "$WORK/kiln-base-cache" --insecure >"$WORK/w6-kiln-warmer.log" 2>&1 &&
+                STATUS=ok || STATUS="fail(warmer)" ;;
+        w6/buildah)
+            timeout "$TIMEOUT" buildah --root "$WORK/buildah-warmed/root" --runroot "$WORK/buildah-warmed/run" \
+                --storage-driver vfs pull --tls-verify=false "$REG/kiln-test/debian:bookworm" \
+                >"$WORK/w6-buildah-pull.log" 2>&1 && STATUS=ok || STATUS="fail(pull)" ;;
+        w6/kaniko)
+            mkdir -p "$WORK/kaniko-base-cache"
+            timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
+                -v "$WORK/kaniko-base-cache:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
+                --cache-dir /cache --image "$REG/kiln-test/debian:bookworm" --insecure-pull \
+                >"$WORK/w6-kaniko-warmer.log" 2>&1 && STATUS=ok || STATUS="fail(warmer)" ;;
+    esac
+    if [[ "$STATUS" != ok ]]; then
+        log "$w/$tool: priming failed: $STATUS; last lines of its log:"
+        tail -n 15 "$(ls -t "$WORK/$w-$tool"-*.log 2>/dev/null | head -n1)" >&2 || true
+        return 1
+    fi
+}
+
+# ---- the runs -----------------------------------------------------------------------------------
+for w in w1 w2 w3 w4 w5 w6; do
+    want_work "$w" || continue
+    mode=cold
+    [[ "$w" == w5 ]] && mode=cached
+    [[ "$w" == w6 ]] && mode=warmed
+    CUR_W="$w"
+    for tool in kiln buildah kaniko; do
+        want_tool "$tool" || continue
+        if [[ "$mode" != cold ]] && ! prime "$w" "$tool"; then
+            record "$w" "$tool" 0 "prime-failed" 0 0
+            continue
+        fi
+        for run in $(seq 1 "$RUNS"); do
+            "${tool}_build" "$w" "$run" "$mode"
+            record "$w" "$tool" "$run" "$STATUS" "$WALL" "$PEAK_KB"
+            log "$w $tool run $run: $STATUS ${WALL}s peak $((PEAK_KB / 1024)) MB"
+            if [[ "$STATUS" != ok ]]; then
+                log "last lines of $WORK/$w-$tool-$run.log:"
+                tail -n 15 "$WORK/$w-$tool-$run.log" >&2 || true
+            fi
+            if [[ "$tool" == kiln ]]; then
+                # Per-step durations from kiln's log, for the profile in bench/RESULTS.md.
+                grep -Eo 'step [0-9]+/[0-9]+ done in [0-9.]+m?s.*' "$WORK/$w-kiln-$run.log" |
+                    sed "s/^/$w\t$run\t/" >>"$STEPLOG" || true
+            fi
+        done
+    done
+    flush_discards
+done
+CUR_W=""
+want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
+want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
+
+# ---- the table ----------------------------------------------------------------------------------
+summary() {
+    python3 - "$RESULTS" "$STEPLOG" "$RUNS" <<'PY'
+import sys, statistics, collections, re
+results, steplog, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one-file RUNs",
+         "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
+         "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)"}
+# Issue 7's anchors: wall seconds on a 2-core machine, one run each.
+anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
+rows = collections.defaultdict(list)
+bad = collections.defaultdict(list)
+for line in open(results):
+    w, tool, run, status, wall, kb = line.rstrip("\n").split("\t")
+    if status == "ok":
+        rows[(w, tool)].append((float(wall), int(kb)))
+    else:
+        bad[(w, tool)].append(status)
+def med(w, tool):
+    r = rows.get((w, tool))
+    if not r:
+        return None
+    return statistics.median(x[0] for x in r), max(x[1] for x in r) / 1024
+out = []
+out.append(f"medians of {runs} run(s); peak = max over runs of peak RSS (MB)")
+out.append(f"{'workload':<38} {'tool':<8} {'wall s':>8} {'peak MB':>8} {'kiln/kaniko':>12} {'kiln/buildah':>13}")
+targets = []
+for w in ["w1", "w2", "w3", "w4", "w5", "w6"]:
+    tools = [t for t in ["kiln", "buildah", "kaniko"] if (w, t) in rows or (w, t) in bad]
+    if not tools:
+        continue
+    k = med(w, "kiln")
+    for t in tools:
+        m = med(w, t)
+        if m is None:
+            out.append(f"{w + ' ' + names[w]:<38} {t:<8} {'FAILED: ' + ','.join(bad[(w, t)]):>30}")
+            continue
+        rk = rb = ""
+        if t == "kiln":
+            ka, bu = med(w, "kaniko"), med(w, "buildah")
+            rk = f"{k[0] / ka[0]:.2f}x" if ka else "-"
+            rb = f"{k[0] / bu[0]:.2f}x" if bu else "-"
+        out.append(f"{w + ' ' + names[w]:<38} {t:<8} {m[0]:>8.2f} {m[1]:>8.0f} {rk:>12} {rb:>13}")
+    if k:
+        ka, bu = med(w, "kaniko"), med(w, "buildah")
+        lim_k = 0.2 if w == "w2" else 0.5
+        if ka:
+            targets.append((f"{w}: kiln <= {lim_k}x kaniko", k[0] / ka[0], lim_k, "x"))
+        if bu:
+            targets.append((f"{w}: kiln <= 0.7x buildah", k[0] / bu[0], 0.7, "x"))
+        if w == "w3":
+            targets.append(("w3: kiln peak RSS < 150 MB", k[1], 150, " MB"))
+# Snapshot of a RUN that changes (almost) nothing on the 100,000-file root: kiln's logged duration
+# of w2's one-file RUN steps 2..6 (RUN + snapshot + layer; an upper bound for the snapshot alone).
+one = []
+for line in open(steplog):
+    p = line.split("\t")
+    m = re.match(r"step (\d+)/(\d+) done in ([0-9.]+)(m?s)", p[2])
+    if p[0] == "w2" and m and int(m.group(1)) >= 2:
+        v = float(m.group(3)) / (1000 if m.group(4) == "ms" else 1)
+        one.append(v)
+if one:
+    targets.append(("w2: one-file RUN step on 100k files < 0.3 s (max)", max(one), 0.3, " s"))
+out.append("")
+out.append("targets (issue 7)")
+for name, val, lim, unit in targets:
+    ok = val <= lim
+    by = f"met by {lim / val:.1f}x" if ok and val > 0 else (f"missed by {val / lim:.1f}x" if not ok else "met")
+    v = f"{val:.2f}{unit}"
+    out.append(f"  {'PASS' if ok else 'FAIL'}  {name:<52} {v:>10}  ({by})")
+out.append("")
+out.append("issue 7 anchors (one run, same kind of machine): buildah / kaniko wall s")
+for w, (b, k) in anchors.items():
+    out.append(f"  {w}: {b} / {k}")
+print("\n".join(out))
+PY
+}
+TABLE="$(summary)"
+echo "$TABLE"
+if [[ -n "$RESULTS_OUT" ]]; then
+    {
+        echo "$TABLE"
+        echo
+        echo "raw runs (workload, tool, run, status, wall s, peak KB):"
+        cat "$RESULTS"
+        echo
+        echo "kiln step durations (workload, run, step):"
+        cat "$STEPLOG"
+    } >"$RESULTS_OUT"
+    log "table written to $RESULTS_OUT"
+fi
