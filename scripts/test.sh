@@ -95,6 +95,9 @@ bash scripts/e2e.sh
 step "Helm chart: lint, render, schema and CRD sync checks"
 bash scripts/helm.sh check
 
+step "Helm chart against the API server: server-side dry run, RBAC, the operator under the chart's RBAC"
+KILN_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/kiln-operator" bash scripts/helm.sh cluster-check
+
 if [[ "${KILN_LINT:-1}" == 1 ]]; then
     step "cargo fmt --check and cargo clippy -D warnings"
     cargo fmt --all -- --check
