@@ -257,7 +257,11 @@ fn write_result_files(opts: &Options, result: &BuildResult) -> Result<(), BuildE
 }
 
 fn choose_isolation(opts: &Options) -> Result<Isolation, BuildError> {
-    let in_container = crate::container::detect();
+    isolation_for(opts, crate::container::detect())
+}
+
+/// The isolation for the flags, given why Kiln believes it is in a container (if it does).
+fn isolation_for(opts: &Options, in_container: Option<String>) -> Result<Isolation, BuildError> {
     match opts.isolation {
         IsolationFlag::Chroot => Ok(Isolation::Chroot),
         IsolationFlag::Auto if in_container.is_some() => Ok(Isolation::InPlace),
@@ -1838,6 +1842,34 @@ fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn in_place_outside_a_container_needs_force() {
+        let opts = |args: &[&str]| {
+            Options::try_parse_from(std::iter::once("kiln-executor").chain(args.iter().copied()))
+                .expect("flags parse")
+        };
+        let container = Some("KILN_CONTAINER is set".to_string());
+        let refused = isolation_for(&opts(&["--isolation=in-place"]), None).unwrap_err();
+        assert!(
+            refused.to_string().contains("refusing to build in place"),
+            "{refused}"
+        );
+        assert_eq!(
+            isolation_for(&opts(&["--isolation=in-place", "--force"]), None).unwrap(),
+            Isolation::InPlace
+        );
+        assert_eq!(isolation_for(&opts(&[]), None).unwrap(), Isolation::Chroot);
+        assert_eq!(
+            isolation_for(&opts(&[]), container.clone()).unwrap(),
+            Isolation::InPlace
+        );
+        assert_eq!(
+            isolation_for(&opts(&["--isolation=chroot"]), container).unwrap(),
+            Isolation::Chroot
+        );
+    }
 
     #[test]
     fn tags() {
