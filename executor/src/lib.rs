@@ -12,6 +12,7 @@ pub mod dockerfile;
 pub mod fsutil;
 pub mod image;
 pub mod layer;
+pub mod logging;
 pub mod output;
 pub mod registry;
 pub mod run;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kiln_executor::cli::{LogFormat, Options, Verbosity};
+use kiln_executor::cli::Options;
 
 fn main() -> ExitCode {
     // RUN steps re-execute this binary as the namespace init; that path must run before anything else.
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let opts = Options::parse();
-    init_logging(&opts);
+    kiln_executor::logging::init(opts.verbosity, opts.log_format, opts.log_timestamp);
     match kiln_executor::build::run_build(&opts) {
         Ok(result) => {
             println!("{}", result.digest);
@@ -28,31 +28,5 @@ fn main() -> ExitCode {
             eprintln!("kiln-executor: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(opts: &Options) {
-    let level = match opts.verbosity {
-        Verbosity::Panic | Verbosity::Fatal | Verbosity::Error => "error",
-        Verbosity::Warn => "warn",
-        Verbosity::Info => "info",
-        Verbosity::Debug => "debug",
-        Verbosity::Trace => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "kiln_executor={level},kiln_warmer={level},warn"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match (opts.log_format, opts.log_timestamp) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Color, true) => builder.with_ansi(true).init(),
-        (LogFormat::Color, false) => builder.with_ansi(true).without_time().init(),
-        (LogFormat::Text, true) => builder.with_ansi(false).init(),
-        (LogFormat::Text, false) => builder.with_ansi(false).without_time().init(),
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use futures_util::StreamExt;
 use kiln_executor::cache::base::{BaseImageCache, CacheError, Stored};
 use kiln_executor::dockerfile;
@@ -25,25 +25,8 @@ pub const TERMINATION_LOG_ENV: &str = "KILN_TERMINATION_LOG";
 /// Kubernetes keeps at most this many bytes of a termination message.
 const TERMINATION_LIMIT: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Color,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Verbosity {
-    Panic,
-    Fatal,
-    Error,
-    Warn,
-    #[default]
-    Info,
-    Debug,
-    Trace,
-}
+/// The executor's logging flags, shared so both programs take the same values.
+pub use kiln_executor::cli::{LogFormat, Verbosity};
 
 /// kaniko warmer's command line, with the executor's registry flags. Booleans accept
 /// `--flag`, `--flag=true` and `--flag=false` like Go's pflag.
