@@ -30,9 +30,9 @@ pub use reference::{normalize_reference, parse_reference, Reference};
 use error::{Attempt, ErrorContext};
 use reference::{is_docker_hub, sha256_hex, with_digest, with_registry};
 
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The digest helper and OCI media types are defined once, in [`crate::image`].
+pub use crate::image::{sha256_digest, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST};
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -1057,11 +1057,6 @@ impl Registry {
 fn retry_delay(base: Duration, n: u32) -> Duration {
     base.saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
         .min(MAX_RETRY_DELAY)
-}
-
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// The media type of a manifest document: its `mediaType` field, or inferred from its
