@@ -168,7 +168,7 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         remote_roots: HashMap::new(),
         layer_opts: LayerOptions {
             reproducible: opts.reproducible,
-            ..Default::default()
+            compression: opts.layer_compression().map_err(BuildError::Usage)?,
         },
         layer_cache,
         base_cache,

@@ -8,6 +8,8 @@
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::snapshot::Compression;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
     #[default]
@@ -234,26 +236,36 @@ pub struct Options {
     pub use_new_run: bool,
     #[arg(long = "snapshot-mode", hide = true)]
     pub snapshot_mode: Option<String>,
-    #[arg(long = "compressed-caching", hide = true)]
-    pub compressed_caching: Option<String>,
+    /// kaniko's switch for keeping compressed layers in memory to save re-compression; Kiln
+    /// streams every layer to disk once, so either value builds the same image with flat memory.
+    #[arg(long = "compressed-caching", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", hide = true)]
+    pub compressed_caching: bool,
     #[arg(long = "cleanup", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
     pub cleanup: bool,
-    #[arg(long = "compression", hide = true)]
-    pub compression: Option<String>,
-    #[arg(long = "compression-level", hide = true)]
+
+    // ---- layer compression ----
+    /// Compression of the layers Kiln writes: gzip (the default) or zstd (smaller and much faster
+    /// to write and read; needs containerd >= 1.5, CRI-O or podman to run).
+    #[arg(long = "compression", value_enum, default_value_t = CompressionFlag::Gzip)]
+    pub compression: CompressionFlag,
+    /// Compression level: gzip 1-9, zstd 1-22. Not set (or 0 or negative, as kaniko treats them):
+    /// level 1, kaniko's default.
+    #[arg(long = "compression-level", allow_negative_numbers = true)]
     pub compression_level: Option<i32>,
+}
+
+/// `--compression` values (kaniko's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum CompressionFlag {
+    #[default]
+    Gzip,
+    Zstd,
 }
 
 impl Options {
     /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
     pub fn check_supported(&self) -> Result<(), String> {
         let mut unsupported: Vec<&str> = Vec::new();
-        if self.compressed_caching.is_some() {
-            unsupported.push("--compressed-caching");
-        }
-        if self.compression.as_deref().is_some_and(|c| c != "gzip") {
-            unsupported.push("--compression (only gzip)");
-        }
         // Kiln always detects changes from file metadata (kaniko's `redo`/`time` modes are subsumed);
         // `full` re-hashing is not offered.
         if self.snapshot_mode.as_deref().is_some_and(|m| m == "full") {
@@ -266,6 +278,29 @@ impl Options {
                 "these kaniko flags are not supported by this version of kiln-executor yet: {}; remove them to build",
                 unsupported.join(", ")
             ))
+        }
+    }
+
+    /// The layer compression `--compression` and `--compression-level` ask for. Like kaniko, a
+    /// level that is not set, 0 or negative means the default level 1 (go-containerregistry's
+    /// `gzip.BestSpeed`, which kaniko writes with, and zstd's fastest standard level).
+    pub fn layer_compression(&self) -> Result<Compression, String> {
+        let level = self.compression_level.filter(|l| *l > 0);
+        match self.compression {
+            CompressionFlag::Gzip => match level {
+                None => Ok(Compression::Gzip { level: 1 }),
+                Some(l @ 1..=9) => Ok(Compression::Gzip { level: l as u32 }),
+                Some(l) => Err(format!(
+                    "--compression-level={l}: gzip levels are 1 (fastest) to 9 (smallest)"
+                )),
+            },
+            CompressionFlag::Zstd => match level {
+                None => Ok(Compression::Zstd { level: 1 }),
+                Some(l @ 1..=22) => Ok(Compression::Zstd { level: l }),
+                Some(l) => Err(format!(
+                    "--compression-level={l}: zstd levels are 1 (fastest) to 22 (smallest)"
+                )),
+            },
         }
     }
 
@@ -353,11 +388,42 @@ mod tests {
             "branch=main",
         ]);
         let err = o.check_supported().unwrap_err();
-        assert!(err.contains("--compressed-caching"), "{err}");
+        assert!(!err.contains("--compressed-caching"), "{err}");
         assert!(err.contains("--snapshot-mode=full"), "{err}");
         assert!(!err.contains("--cache"), "{err}");
         assert!(!err.contains("--git"), "{err}");
         assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
+    }
+
+    #[test]
+    fn compression_flags_mean_what_they_mean_to_kaniko() {
+        let c = |args: &[&str]| parse(args).layer_compression();
+        assert_eq!(c(&[]), Ok(Compression::Gzip { level: 1 }));
+        assert_eq!(
+            c(&["--compression-level", "-1"]),
+            Ok(Compression::Gzip { level: 1 })
+        );
+        assert_eq!(
+            c(&["--compression=gzip", "--compression-level=9"]),
+            Ok(Compression::Gzip { level: 9 })
+        );
+        assert_eq!(
+            c(&["--compression", "zstd"]),
+            Ok(Compression::Zstd { level: 1 })
+        );
+        assert_eq!(
+            c(&["--compression=zstd", "--compression-level", "19"]),
+            Ok(Compression::Zstd { level: 19 })
+        );
+        let err = c(&["--compression-level=10"]).unwrap_err();
+        assert!(err.contains("gzip levels are 1"), "{err}");
+        let err = c(&["--compression=zstd", "--compression-level=23"]).unwrap_err();
+        assert!(err.contains("zstd levels"), "{err}");
+        assert!(Options::try_parse_from(["kiln-executor", "--compression=bzip2"]).is_err());
+        // kaniko's memory switch changes nothing here and is accepted both ways.
+        for v in ["--compressed-caching=false", "--compressed-caching"] {
+            assert!(parse(&[v]).check_supported().is_ok(), "{v}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod image;
 pub mod layer;
 pub mod logging;
 pub mod output;
+pub mod pargz;
 pub mod registry;
 pub mod run;
 pub mod snapshot;

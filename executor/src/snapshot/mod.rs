@@ -35,10 +35,11 @@ pub enum Compression {
 }
 
 impl Default for Compression {
-    /// gzip level 6: zlib's default, what docker and kaniko write, and readable by every registry
-    /// and runtime.
+    /// gzip level 1: what kaniko writes (go-containerregistry's default, `gzip.BestSpeed`),
+    /// readable by every registry and runtime, and several times faster to write than level 6
+    /// for a few percent more bytes.
     fn default() -> Self {
-        Compression::Gzip { level: 6 }
+        Compression::Gzip { level: 1 }
     }
 }
 

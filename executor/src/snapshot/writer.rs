@@ -1,5 +1,6 @@
-//! Streams one layer to disk: tar → sha256 (diff_id) → compressor → sha256 (digest) → file, in a
-//! single pass. Knows nothing about which entries belong in a layer; it must not walk the root.
+//! Streams one layer to disk: tar → sha256 (diff_id) → compressor (gzip on all cores, or zstd) →
+//! sha256 (digest) → file, in a single pass. Knows nothing about which entries belong in a layer;
+//! it must not walk the root.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -9,6 +10,7 @@ use sha2::{Digest, Sha256};
 use tar::Header;
 
 use super::Compression;
+use crate::pargz::{self, ParGzEncoder};
 
 /// Counts and hashes what passes through it.
 pub(super) struct HashWriter<W> {
@@ -46,19 +48,18 @@ impl<W: Write> Write for HashWriter<W> {
 }
 
 enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
 impl<W: Write> Encoder<W> {
     fn new(inner: W, compression: Compression) -> io::Result<Self> {
         Ok(match compression {
-            // GzEncoder writes mtime 0 and no file name in the gzip header: output depends only on
-            // the input bytes and the level.
-            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::new(level.min(9)),
-            )),
+            // mtime 0 and no file name in the gzip header, and blocks that do not depend on the
+            // thread count: output depends only on the input bytes and the level.
+            Compression::Gzip { level } => {
+                Encoder::Gzip(ParGzEncoder::new(inner, level, pargz::default_threads()))
+            }
             Compression::Zstd { level } => {
                 Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?)
             }
