@@ -33,7 +33,10 @@ fn main() {
     });
     let mb = data.len() as f64 / 1e6;
     println!("{path}: {mb:.1} MB, {} cores", default_threads());
-    println!("{:<28} {:>10} {:>12} {:>8}", "encoder", "MB/s", "output MB", "ratio");
+    println!(
+        "{:<28} {:>10} {:>12} {:>8}",
+        "encoder", "MB/s", "output MB", "ratio"
+    );
     let report = |name: String, secs: f64, out: usize| {
         println!(
             "{name:<28} {:>10.1} {:>12.2} {:>8.3}",
@@ -47,7 +50,11 @@ fn main() {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
         e.write_all(&data).unwrap();
         let out = e.finish().unwrap().len();
-        report(format!("flate2 gzip -{level}"), t.elapsed().as_secs_f64(), out);
+        report(
+            format!("flate2 gzip -{level}"),
+            t.elapsed().as_secs_f64(),
+            out,
+        );
         for threads in [1, default_threads()] {
             let t = Instant::now();
             let mut e = ParGzEncoder::new(Vec::new(), level, threads);
