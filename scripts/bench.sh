@@ -409,17 +409,26 @@ for w in ["w1", "w2", "w3", "w4", "w5", "w6"]:
             targets.append((f"{w}: kiln <= 0.7x buildah", k[0] / bu[0], 0.7, "x"))
         if w == "w3":
             targets.append(("w3: kiln peak RSS < 150 MB", k[1], 150, " MB"))
-# Snapshot of a RUN that changes (almost) nothing on the 100,000-file root: kiln's logged duration
-# of w2's one-file RUN steps 2..6 (RUN + snapshot + layer; an upper bound for the snapshot alone).
-one = []
+# Snapshot of a RUN that changes (almost) nothing on the 100,000-file root: kiln logs each step's
+# snapshot time ("snapshot 0.12s") besides the step's total (RUN + snapshot + layer); w2's
+# one-file RUN steps are steps 2..6. Older binaries log only the total: then the total is used.
+one, one_total = [], []
 for line in open(steplog):
     p = line.split("\t")
     m = re.match(r"step (\d+)/(\d+) done in ([0-9.]+)(m?s)", p[2])
     if p[0] == "w2" and m and int(m.group(1)) >= 2:
-        v = float(m.group(3)) / (1000 if m.group(4) == "ms" else 1)
-        one.append(v)
+        one_total.append(float(m.group(3)) / (1000 if m.group(4) == "ms" else 1))
+        snap = re.search(r"snapshot ([0-9.]+)s", p[2])
+        if snap:
+            one.append(float(snap.group(1)))
 if one:
-    targets.append(("w2: one-file RUN step on 100k files < 0.3 s (max)", max(one), 0.3, " s"))
+    targets.append(("w2: snapshot of a one-file RUN on 100k files < 0.3 s (max)", max(one), 0.3, " s"))
+if one_total:
+    out.append("")
+    out.append(f"w2 one-file RUN steps (RUN + snapshot + layer): max {max(one_total):.2f} s, "
+               f"median {statistics.median(one_total):.2f} s")
+    if not one:
+        targets.append(("w2: one-file RUN step on 100k files < 0.3 s (max)", max(one_total), 0.3, " s"))
 out.append("")
 out.append("targets (issue 7)")
 for name, val, lim, unit in targets:

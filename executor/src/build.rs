@@ -678,6 +678,7 @@ impl<'a> Builder<'a> {
                     }
                 })?;
             let mut layer_note = String::from("no layer");
+            let mut snapshot_note = String::new();
             let mut empty_layer = true;
             let mut new_layer = None;
             if outcome == Outcome::Filesystem {
@@ -685,7 +686,12 @@ impl<'a> Builder<'a> {
                     if self.opts.single_snapshot {
                         pending_single_snapshot = true;
                         layer_note = "snapshot deferred (--single-snapshot)".into();
-                    } else if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.layer_opts)? {
+                    } else if let Some(layer) = {
+                        let snap_started = Instant::now();
+                        let layer = snap.snapshot_layer(&layer_dir, &self.layer_opts)?;
+                        snapshot_note = format!(", snapshot {}", secs(snap_started.elapsed()));
+                        layer
+                    } {
                         layer_note =
                             format!("layer {} ({})", short(&layer.digest), human(layer.size));
                         new_layer = Some(NewLayer {
@@ -719,7 +725,7 @@ impl<'a> Builder<'a> {
                 state.config.history.push(self.history(&text, empty_layer));
             }
             info!(
-                "[{label}] step {}/{} done in {} ({cache_note}{layer_note})",
+                "[{label}] step {}/{} done in {} ({cache_note}{layer_note}{snapshot_note})",
                 n + 1,
                 steps.len(),
                 secs(step_started.elapsed())
