@@ -25,7 +25,7 @@ die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils git
+    tar gzip xz-utils zstd git
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh
