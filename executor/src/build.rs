@@ -158,7 +158,7 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         opts,
         parsed: &parsed,
         context: &context,
-        registry: &registry,
+        registry: Arc::clone(&registry),
         runtime: &runtime,
         work_dir: work_dir.clone(),
         isolation,
@@ -174,6 +174,7 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         base_cache,
         lookups: HashMap::new(),
         pending_stores: Vec::new(),
+        pending_pushes: Vec::new(),
         stats: CacheStats::default(),
         stage_keys: HashMap::new(),
         remote_layers: HashMap::new(),
@@ -201,6 +202,7 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
         .built
         .remove(&target)
         .ok_or_else(|| BuildError::Usage("target stage was not built".into()))?;
+    builder.finish_early_pushes();
     let result = builder.write_outputs(final_stage);
     builder.finish_cache_stores();
     if builder.layer_cache.is_some() {
@@ -349,7 +351,7 @@ struct Builder<'a> {
     opts: &'a Options,
     parsed: &'a Dockerfile,
     context: &'a BuildContext,
-    registry: &'a Registry,
+    registry: Arc<Registry>,
     runtime: &'a tokio::runtime::Runtime,
     work_dir: PathBuf,
     isolation: Isolation,
@@ -367,6 +369,9 @@ struct Builder<'a> {
     lookups: HashMap<String, Option<CacheHit>>,
     /// Background pushes of new cache entries, awaited before the build ends.
     pending_stores: Vec<std::thread::JoinHandle<()>>,
+    /// Background uploads of the target stage's new layers to the destinations, awaited before
+    /// the image is pushed.
+    pending_pushes: Vec<std::thread::JoinHandle<()>>,
     stats: CacheStats,
     /// The last step key of every built stage (the base identity of stages built FROM it).
     stage_keys: HashMap<usize, String>,
@@ -701,13 +706,17 @@ impl<'a> Builder<'a> {
                             size: layer.size,
                             media_type: layer.media_type.clone(),
                         });
-                        layers.push(ImageLayer {
+                        let image_layer = ImageLayer {
                             digest: layer.digest,
                             diff_id: layer.diff_id,
                             size: layer.size,
                             media_type: layer.media_type,
                             path: layer.path,
-                        });
+                        };
+                        if keep_layers && index == self.target {
+                            self.push_ahead(&image_layer);
+                        }
+                        layers.push(image_layer);
                         empty_layer = false;
                     } else {
                         layer_note = "no changes".into();
@@ -1057,6 +1066,50 @@ impl<'a> Builder<'a> {
         match spawned {
             Ok(handle) => self.pending_stores.push(handle),
             Err(e) => warn!("could not start a cache push: {e}"),
+        }
+    }
+
+    /// Start uploading a new layer of the target stage to every destination while the build
+    /// goes on, so that the final push has only the config and manifest left to send. Failures
+    /// are only logged: the final push uploads whatever is missing and reports its own errors.
+    fn push_ahead(&mut self, layer: &ImageLayer) {
+        if self.opts.no_push {
+            return;
+        }
+        for dest in &self.opts.destinations {
+            let registry = Arc::clone(&self.registry);
+            let runtime = self.runtime.handle().clone();
+            let dest = dest.clone();
+            let blob = Blob {
+                digest: layer.digest.clone(),
+                size: layer.size,
+                source: BlobSource::File(layer.path.clone()),
+                mount_from: None,
+            };
+            // Like cache stores, on a thread of its own: the upload future is not `Send`.
+            let spawned = std::thread::Builder::new()
+                .name("kiln-push-ahead".into())
+                .spawn(move || {
+                    if let Err(e) = runtime.block_on(registry.push_blob_ahead(&dest, &blob)) {
+                        tracing::debug!(
+                            "early upload of {} to {dest} failed, the push will retry: {e}",
+                            blob.digest
+                        );
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.pending_pushes.push(handle),
+                Err(e) => tracing::debug!("could not start an early upload: {e}"),
+            }
+        }
+    }
+
+    /// Wait for the early layer uploads before the image itself is pushed.
+    fn finish_early_pushes(&mut self) {
+        for handle in std::mem::take(&mut self.pending_pushes) {
+            if handle.join().is_err() {
+                warn!("an early layer upload panicked; the push uploads the layer itself");
+            }
         }
     }
 

@@ -33,8 +33,9 @@ fn context(dir: &Path, reg: &str) {
     .unwrap();
 }
 
-fn build(ctx: &Path, dest: &str, flags: &[&str]) {
-    run_ok(
+/// Builds and pushes; returns kiln's log.
+fn build(ctx: &Path, dest: &str, flags: &[&str]) -> String {
+    let out = run_ok(
         Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
             .arg("--context")
             .arg(format!("dir://{}", ctx.display()))
@@ -43,6 +44,7 @@ fn build(ctx: &Path, dest: &str, flags: &[&str]) {
         TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("kiln build {flags:?} failed: {e}"));
+    format!("{}{}", out.stdout, out.stderr)
 }
 
 /// The media type and blob path of the image's last layer in an OCI layout.
@@ -128,7 +130,10 @@ fn gzip_and_zstd_layers_are_read_by_standard_tools_and_run() {
     let mut sizes = Vec::new();
     for (name, flags, media_type, tool) in cases {
         let image = format!("{reg}/compression/{name}:1");
-        build(&ctx, &image, flags);
+        let log = build(&ctx, &image, flags);
+        // The RUN layer (random, so new every time) was uploaded while the build went on: the
+        // push itself uploads only the config (the base layer is mounted or already there).
+        assert!(log.contains(" uploaded=1 "), "{name}: {log}");
         let layout = work.path().join(format!("layout-{name}"));
         skopeo_fetch(&image, &layout, "t").unwrap_or_else(|e| panic!("{e}"));
         let (got_type, blob) = last_layer(&layout);

@@ -935,6 +935,19 @@ impl Registry {
         Ok(manifest_digest)
     }
 
+    /// Uploads one blob to the repository of `reference` before the image is pushed (a layer
+    /// sent while later build steps run). [`Registry::push_image`] then finds it there with one
+    /// HEAD request; a failure here only means that push uploads it itself.
+    pub async fn push_blob_ahead(&self, reference: &str, blob: &Blob) -> Result<(), RegistryError> {
+        let r = parse_reference(reference)?;
+        let normalized = r.whole();
+        let client = self.client_for(&r);
+        self.prepare(client, &r).await;
+        self.push_blob(client, &r, &normalized, blob)
+            .await
+            .map(|_| ())
+    }
+
     /// Makes one blob present in the repository of `r`: nothing to do when it is there,
     /// else a cross-repository mount when possible, else an upload.
     async fn push_blob(
