@@ -1410,6 +1410,26 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// Which of `digests` the repository of `reference` holds, asked several at a time; a
+    /// failed check counts as absent (the blob is then uploaded).
+    fn blobs_present(&self, reference: &str, digests: Vec<String>) -> BTreeSet<String> {
+        use futures_util::StreamExt;
+        let registry = self.registry;
+        self.runtime.block_on(
+            futures_util::stream::iter(digests)
+                .map(|digest| async move {
+                    let present = registry
+                        .blob_exists(reference, &digest)
+                        .await
+                        .unwrap_or(false);
+                    present.then_some(digest)
+                })
+                .buffer_unordered(LOOKUP_CONCURRENCY)
+                .filter_map(|d| async move { d })
+                .collect(),
+        )
+    }
+
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
         History {
             created: Some(self.timestamp()),
@@ -1747,27 +1767,33 @@ impl<'a> Builder<'a> {
             for dest in &self.opts.destinations {
                 let started = Instant::now();
                 // Layers the build never downloaded (base layers it did not need, cache hits) go
-                // to the destination only when it lacks them: mounted from their repository on
-                // the same registry, else fetched now and uploaded.
+                // to the destination only when it lacks them. On the same registry they are
+                // named as mount sources, and the push (which checks every blob, several at a
+                // time) skips or mounts them; from elsewhere they are fetched now and uploaded
+                // unless the destination already has them.
+                let unfetched_from = |l: &ImageLayer| {
+                    self.remote_layers
+                        .get(&l.digest)
+                        .filter(|_| !l.path.exists())
+                        .cloned()
+                };
+                let elsewhere: Vec<String> = stage
+                    .layers
+                    .iter()
+                    .filter(|l| unfetched_from(l).is_some_and(|o| !same_registry(&o, dest)))
+                    .map(|l| l.digest.clone())
+                    .collect();
+                let present = self.blobs_present(dest, elsewhere);
                 let mut blobs: Vec<Blob> = Vec::new();
                 let mut unfetched = false;
                 for l in &stage.layers {
                     let mut mount_from = None;
-                    if let Some(origin) = self
-                        .remote_layers
-                        .get(&l.digest)
-                        .filter(|_| !l.path.exists())
-                    {
-                        if self
-                            .runtime
-                            .block_on(self.registry.blob_exists(dest, &l.digest))
-                            .unwrap_or(false)
-                        {
-                            continue;
-                        }
-                        if same_registry(origin, dest) {
-                            mount_from = Some(origin.clone());
+                    if let Some(origin) = unfetched_from(l) {
+                        if same_registry(&origin, dest) {
+                            mount_from = Some(origin);
                             unfetched = true;
+                        } else if present.contains(&l.digest) {
+                            continue;
                         } else {
                             self.ensure_local(l)?;
                         }

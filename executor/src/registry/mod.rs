@@ -894,26 +894,38 @@ impl Registry {
         );
 
         // The registry would refuse a manifest naming a missing blob, but saying which
-        // blob is missing is more useful than its error.
-        for d in manifest_blob_digests(manifest_bytes) {
-            if blobs.iter().any(|b| b.digest == d) {
-                continue;
-            }
-            let what = format!("blob {d} (named by the manifest but not given)");
-            let ctx = self.push_ctx(&r, &normalized, &what);
-            let present = self
-                .retrying(Direction::Push, &ctx, || async {
-                    client.blob_exists(&r, &d).await.map_err(|e| ctx.attempt(e))
-                })
-                .await?;
-            if !present {
-                return Err(RegistryError::NotFound {
-                    registry: r.registry().to_string(),
-                    reference: normalized.clone(),
-                    what,
-                });
-            }
-        }
+        // blob is missing is more useful than its error. Checked several at a time; the
+        // first missing one in manifest order is reported.
+        let unlisted: Vec<String> = manifest_blob_digests(manifest_bytes)
+            .into_iter()
+            .filter(|d| !blobs.iter().any(|b| b.digest == *d))
+            .collect();
+        let checks: Vec<Result<(), RegistryError>> = futures_util::stream::iter(unlisted)
+            .map(|d| {
+                let (r, normalized) = (&r, &normalized);
+                async move {
+                    let what = format!("blob {d} (named by the manifest but not given)");
+                    let ctx = self.push_ctx(r, normalized, &what);
+                    let present = self
+                        .retrying(Direction::Push, &ctx, || async {
+                            client.blob_exists(r, &d).await.map_err(|e| ctx.attempt(e))
+                        })
+                        .await?;
+                    if present {
+                        Ok(())
+                    } else {
+                        Err(RegistryError::NotFound {
+                            registry: r.registry().to_string(),
+                            reference: normalized.clone(),
+                            what,
+                        })
+                    }
+                }
+            })
+            .buffered(UPLOAD_CONCURRENCY)
+            .collect()
+            .await;
+        checks.into_iter().collect::<Result<(), RegistryError>>()?;
 
         let ctx = self.push_ctx(&r, &normalized, "manifest");
         let invalid_type = || {
