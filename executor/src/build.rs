@@ -2,6 +2,7 @@
 //! the base, run each instruction, snapshot), assembles the image and writes it to its outputs.
 //! Logs each step with its timing. Knows nothing of Kubernetes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 use crate::cache::base::BaseImageCache;
 use crate::cache::key::{base_image_key, scratch_key, FileDigest, StepInput};
 use crate::cache::layer::{CacheHit, CacheRepo, LayerCache, NewLayer};
+use crate::cache::prefetch::{Lookups, LOOKUP_CONCURRENCY};
 use crate::cli::{IsolationFlag, Options};
 use crate::commands::{self, CopySource, Outcome, StageState};
 use crate::context::BuildContext;
@@ -170,9 +172,12 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
             reproducible: opts.reproducible,
             compression: opts.layer_compression().map_err(BuildError::Usage)?,
         },
+        lookups: layer_cache
+            .clone()
+            .map(|cache| Lookups::new(cache, LOOKUP_CONCURRENCY)),
         layer_cache,
         base_cache,
-        lookups: HashMap::new(),
+        file_digests: RefCell::new(HashMap::new()),
         pending_stores: Vec::new(),
         pending_pushes: Vec::new(),
         stats: CacheStats::default(),
@@ -365,8 +370,12 @@ struct Builder<'a> {
     layer_cache: Option<Arc<LayerCache>>,
     /// The base-image cache volume, with `--cache-dir`.
     base_cache: Option<BaseImageCache>,
-    /// Layer-cache lookups already made, by key (the skip-base probe and the build share them).
-    lookups: HashMap<String, Option<CacheHit>>,
+    /// Layer-cache lookups, made once per key and started ahead of their steps (the skip-base
+    /// probe and the build share them); with the layer cache only.
+    lookups: Option<Lookups<LayerCache>>,
+    /// Digests of the files COPY/ADD steps read, by what the step reads: a stage's keys are
+    /// worked out ahead of its steps and again as they run, and the files are hashed once.
+    file_digests: RefCell<HashMap<String, String>>,
     /// Background pushes of new cache entries, awaited before the build ends.
     pending_stores: Vec<std::thread::JoinHandle<()>>,
     /// Background uploads of the target stage's new layers to the destinations, awaited before
@@ -623,6 +632,7 @@ impl<'a> Builder<'a> {
         std::fs::create_dir_all(&layer_dir)
             .map_err(io_err(format!("creating {}", layer_dir.display())))?;
         let steps = self.stage_steps(stage, &base, &mut state)?;
+        self.prefetch_lookups(index, &steps, &state, &prev_key)?;
 
         let mut pending_single_snapshot = false;
         for (n, located) in steps.iter().enumerate() {
@@ -901,7 +911,7 @@ impl<'a> Builder<'a> {
                         .transpose()
                         .map_err(step_err)
                 };
-                let mut files = FileDigest::new(matches!(source, Some(SourceRef::Root(_))));
+                let mut inline = Vec::new();
                 let mut origin_sources = Vec::new();
                 for raw in &args.sources {
                     if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
@@ -911,50 +921,34 @@ impl<'a> Builder<'a> {
                         } else {
                             doc.content.clone()
                         };
-                        files.add_inline(&doc.name, &content);
+                        inline.push((doc.name.clone(), content));
                     } else {
                         origin_sources.push(state.expand(raw).map_err(step_err)?);
                     }
                 }
-                match source {
-                    Some(SourceRef::Context) if !origin_sources.is_empty() => {
-                        let ctx = self.context;
-                        match ctx.resolve_sources(&origin_sources) {
-                            Ok(paths) => {
-                                let excluded = |p: &Path| ctx.is_excluded_host(p);
-                                for path in paths {
-                                    files.add_source(ctx.root(), &path, &excluded).map_err(
-                                        |e| BuildError::Io {
-                                            what: format!("line {}: {}", located.line, e),
-                                            source: std::io::Error::other("cache key"),
-                                        },
-                                    )?;
-                                }
-                            }
-                            // The step itself reports the missing source when it runs.
-                            Err(e) => files.add_inline("unresolved", &e.to_string()),
-                        }
+                // The context never changes during a build, nor does an earlier stage's or an
+                // image's root once a later stage reads it, so what was read decides the digest.
+                let read = serde_json::json!({
+                    "kind": if is_add { "ADD" } else { "COPY" },
+                    "from": match source {
+                        Some(SourceRef::Context) => "context".to_string(),
+                        Some(SourceRef::Root(root)) => format!("root:{}", root.display()),
+                        None => "none".to_string(),
+                    },
+                    "inline": inline,
+                    "sources": origin_sources,
+                })
+                .to_string();
+                let known = self.file_digests.borrow().get(&read).cloned();
+                let files = match known {
+                    Some(files) => files,
+                    None => {
+                        let files =
+                            self.file_digest(located, source, is_add, &inline, &origin_sources)?;
+                        self.file_digests.borrow_mut().insert(read, files.clone());
+                        files
                     }
-                    Some(SourceRef::Root(root)) => {
-                        let name = if is_add { "ADD" } else { "COPY" };
-                        for src in &origin_sources {
-                            match commands::copy::resolve_root_source(root, src, name) {
-                                Ok(paths) => {
-                                    for path in paths {
-                                        files.add_source(root, &path, &|_: &Path| false).map_err(
-                                            |e| BuildError::Io {
-                                                what: format!("line {}: {}", located.line, e),
-                                                source: std::io::Error::other("cache key"),
-                                            },
-                                        )?;
-                                    }
-                                }
-                                Err(e) => files.add_inline("unresolved", &e.to_string()),
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+                };
                 let expanded = serde_json::json!({
                     "kind": if is_add { "ADD" } else { "COPY" },
                     "sources": origin_sources,
@@ -969,31 +963,144 @@ impl<'a> Builder<'a> {
                     "parents": args.parents,
                 });
                 input.instruction = expanded.to_string();
-                input.files = Some(files.finish());
+                input.files = Some(files);
             }
             _ => input.instruction = located.original.trim().to_string(),
         }
         Ok(input.key())
     }
 
-    /// Look a key up in the layer cache (once per build); any cache error is a warning and a miss.
-    fn lookup(&mut self, key: &str) -> Option<CacheHit> {
-        if let Some(known) = self.lookups.get(key) {
-            return known.clone();
-        }
-        let cache = self.layer_cache.clone()?;
-        let found = match self.runtime.block_on(cache.lookup(key)) {
-            Ok(found) => found,
-            Err(e) => {
-                warn!(
-                    "layer cache lookup of {} failed, running the step: {e}",
-                    short_key(key)
-                );
-                None
-            }
+    /// [`FileDigest::finish`] of what a COPY/ADD reads: its heredocs, then its sources.
+    fn file_digest(
+        &self,
+        located: &Located,
+        source: Option<&SourceRef>,
+        is_add: bool,
+        inline: &[(String, String)],
+        origin_sources: &[String],
+    ) -> Result<String, BuildError> {
+        let hash_err = |e: crate::cache::key::FileHashError| BuildError::Io {
+            what: format!("line {}: {}", located.line, e),
+            source: std::io::Error::other("cache key"),
         };
-        self.lookups.insert(key.to_string(), found.clone());
-        found
+        let mut files = FileDigest::new(matches!(source, Some(SourceRef::Root(_))));
+        for (name, content) in inline {
+            files.add_inline(name, content);
+        }
+        match source {
+            Some(SourceRef::Context) if !origin_sources.is_empty() => {
+                let ctx = self.context;
+                match ctx.resolve_sources(origin_sources) {
+                    Ok(paths) => {
+                        let excluded = |p: &Path| ctx.is_excluded_host(p);
+                        for path in paths {
+                            files
+                                .add_source(ctx.root(), &path, &excluded)
+                                .map_err(hash_err)?;
+                        }
+                    }
+                    // The step itself reports the missing source when it runs.
+                    Err(e) => files.add_inline("unresolved", &e.to_string()),
+                }
+            }
+            Some(SourceRef::Root(root)) => {
+                let name = if is_add { "ADD" } else { "COPY" };
+                for src in origin_sources {
+                    match commands::copy::resolve_root_source(root, src, name) {
+                        Ok(paths) => {
+                            for path in paths {
+                                files
+                                    .add_source(root, &path, &|_: &Path| false)
+                                    .map_err(hash_err)?;
+                            }
+                        }
+                        Err(e) => files.add_inline("unresolved", &e.to_string()),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(files.finish())
+    }
+
+    /// Look a key up in the layer cache (once per build, usually started ahead by
+    /// [`Builder::prefetch_lookups`]); any cache error is a warning and a miss.
+    fn lookup(&mut self, key: &str) -> Option<CacheHit> {
+        self.lookups.as_mut()?.get(self.runtime, key)
+    }
+
+    /// Start the layer-cache lookups of a stage's cacheable steps before the first one runs,
+    /// [`LOOKUP_CONCURRENCY`] at a time, so that a chain of steps costs about one registry
+    /// round trip instead of one per step. A step's key depends on the previous key, never on
+    /// a lookup's answer, so the keys are worked out here as the build will work them out: over
+    /// a copy of `state` on a scratch root, where metadata steps run (they change only the
+    /// config) and RUN/COPY/ADD do not. This only starts lookups: the build still computes
+    /// every key itself and takes the answers in step order, so a key predicted wrongly costs a
+    /// wasted request, never a wrong hit. Stops at the first step whose key cannot be known
+    /// yet (a `COPY --from` an image not pulled yet, a metadata step that fails here).
+    fn prefetch_lookups(
+        &mut self,
+        index: usize,
+        steps: &[Located],
+        state: &StageState,
+        prev_key: &str,
+    ) -> Result<(), BuildError> {
+        if self.lookups.is_none() {
+            return Ok(());
+        }
+        let probe = self.work_dir.join(format!("stages/{index}/key-probe"));
+        let mut probe_state = state.clone();
+        probe_state.root = probe.join("rootfs");
+        probe_state.scratch = probe.join("scratch");
+        for dir in [&probe_state.root, &probe_state.scratch] {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let mut prev = prev_key.to_string();
+        let mut started = 0usize;
+        for located in steps {
+            let source = match &located.instruction {
+                Instruction::Copy(args) | Instruction::Add(args) => {
+                    // Pulling an image for `COPY --from` is the step's business, not a lookup's.
+                    let pulled = args.from.as_ref().is_none_or(|from| {
+                        self.stage_ref(from, index).is_some()
+                            || self.remote_roots.contains_key(from)
+                    });
+                    if !pulled {
+                        break;
+                    }
+                    match self.copy_source(&located.instruction, index) {
+                        Ok(source) => source,
+                        Err(_) => break,
+                    }
+                }
+                _ => None,
+            };
+            let Ok(key) = self.step_key(&prev, located, &probe_state, source.as_ref()) else {
+                break;
+            };
+            match &located.instruction {
+                Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
+                    if self.cacheable(&located.instruction) == Cacheable::Yes {
+                        if let Some(lookups) = self.lookups.as_mut() {
+                            lookups.start(self.runtime, &key);
+                            started += 1;
+                        }
+                    }
+                }
+                other => {
+                    if commands::execute(other, &mut probe_state, None).is_err() {
+                        break;
+                    }
+                }
+            }
+            prev = key;
+        }
+        tracing::debug!(
+            stage = index + 1,
+            started,
+            "layer cache lookups started ahead of the steps"
+        );
+        Ok(())
     }
 
     /// Apply a cache hit over `root`: fetch the layer (verified), unpack it, and add it to the
@@ -1158,6 +1265,7 @@ impl<'a> Builder<'a> {
         let mut prev_key = self.base_key(base, index, &config, &base_layers);
         let mut state = self.stage_state(index, probe_root.clone(), config)?;
         let steps = self.stage_steps(stage, base, &mut state)?;
+        self.prefetch_lookups(index, &steps, &state, &prev_key)?;
         let mut hits: Vec<(usize, String, CacheHit)> = Vec::new();
         let mut history = Vec::new();
         for (n, located) in steps.iter().enumerate() {
@@ -1359,6 +1467,26 @@ impl<'a> Builder<'a> {
             &layer.path,
         ))?;
         Ok(())
+    }
+
+    /// Which of `digests` the repository of `reference` holds, asked several at a time; a
+    /// failed check counts as absent (the blob is then uploaded).
+    fn blobs_present(&self, reference: &str, digests: Vec<String>) -> BTreeSet<String> {
+        use futures_util::StreamExt;
+        let registry = self.registry;
+        self.runtime.block_on(
+            futures_util::stream::iter(digests)
+                .map(|digest| async move {
+                    let present = registry
+                        .blob_exists(reference, &digest)
+                        .await
+                        .unwrap_or(false);
+                    present.then_some(digest)
+                })
+                .buffer_unordered(LOOKUP_CONCURRENCY)
+                .filter_map(|d| async move { d })
+                .collect(),
+        )
     }
 
     fn history(&self, created_by: &str, empty_layer: bool) -> History {
@@ -1698,27 +1826,33 @@ impl<'a> Builder<'a> {
             for dest in &self.opts.destinations {
                 let started = Instant::now();
                 // Layers the build never downloaded (base layers it did not need, cache hits) go
-                // to the destination only when it lacks them: mounted from their repository on
-                // the same registry, else fetched now and uploaded.
+                // to the destination only when it lacks them. On the same registry they are
+                // named as mount sources, and the push (which checks every blob, several at a
+                // time) skips or mounts them; from elsewhere they are fetched now and uploaded
+                // unless the destination already has them.
+                let unfetched_from = |l: &ImageLayer| {
+                    self.remote_layers
+                        .get(&l.digest)
+                        .filter(|_| !l.path.exists())
+                        .cloned()
+                };
+                let elsewhere: Vec<String> = stage
+                    .layers
+                    .iter()
+                    .filter(|l| unfetched_from(l).is_some_and(|o| !same_registry(&o, dest)))
+                    .map(|l| l.digest.clone())
+                    .collect();
+                let present = self.blobs_present(dest, elsewhere);
                 let mut blobs: Vec<Blob> = Vec::new();
                 let mut unfetched = false;
                 for l in &stage.layers {
                     let mut mount_from = None;
-                    if let Some(origin) = self
-                        .remote_layers
-                        .get(&l.digest)
-                        .filter(|_| !l.path.exists())
-                    {
-                        if self
-                            .runtime
-                            .block_on(self.registry.blob_exists(dest, &l.digest))
-                            .unwrap_or(false)
-                        {
-                            continue;
-                        }
-                        if same_registry(origin, dest) {
-                            mount_from = Some(origin.clone());
+                    if let Some(origin) = unfetched_from(l) {
+                        if same_registry(&origin, dest) {
+                            mount_from = Some(origin);
                             unfetched = true;
+                        } else if present.contains(&l.digest) {
+                            continue;
                         } else {
                             self.ensure_local(l)?;
                         }

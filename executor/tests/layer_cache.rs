@@ -384,3 +384,109 @@ fn cached_images_equal_the_uncached_image() {
         warm.log
     );
 }
+
+/// Removes from an `oci:` cache repository the entry of the step whose command contains
+/// `needle` (read from each entry's config history); panics unless exactly one matches.
+fn forget_cached_step(cache: &Path, needle: &str) {
+    let index_path = cache.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).expect("read index.json")).expect("json");
+    let blob = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        serde_json::from_slice(&fs::read(cache.join("blobs/sha256").join(hex)).expect("blob"))
+            .expect("json blob")
+    };
+    let manifests = index["manifests"].as_array_mut().expect("manifests");
+    let before = manifests.len();
+    manifests.retain(|entry| {
+        let manifest = blob(entry["digest"].as_str().expect("digest"));
+        let config = blob(
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config digest"),
+        );
+        !config["history"][0]["created_by"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(needle)
+    });
+    assert_eq!(
+        manifests.len() + 1,
+        before,
+        "expected exactly one cache entry for {needle:?}"
+    );
+    fs::write(&index_path, serde_json::to_vec(&index).expect("json")).expect("write index.json");
+}
+
+/// Lookups run ahead of the steps, but the build behaves as if it looked each step up in turn:
+/// hits before the first miss are applied, the missed step runs, and a later step that is still
+/// cached (its key depends on the previous key, not on the layer) is applied after it, in order.
+/// The RUNs write timestamps, so a step that ran again shows in its file; /shared is written
+/// by steps 3 and 4, so applying step 4's cached layer before running step 3 would show too.
+#[test]
+fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
+    let dockerfile = format!(
+        "FROM {}\n\
+         RUN date +%s%N > /s1\n\
+         RUN date +%s%N > /s2\n\
+         RUN date +%s%N > /s3; echo three > /shared\n\
+         RUN date +%s%N > /s4; echo four > /shared\n\
+         RUN date +%s%N > /s5\n",
+        busybox()
+    );
+    let dir = context_with(&dockerfile, &[]);
+    let ctx = dir.path().join("ctx");
+    let cache = dir.path().join("cache");
+    let repo = format!("oci:{}", cache.display());
+    let flags = ["--cache", "--cache-repo", repo.as_str()];
+    let dest = unique_repo("firstmiss");
+    let cold = build(&ctx, &format!("{dest}:cold"), &flags);
+    assert!(cold.log.contains("cache: 0 hits, 5 misses"), "{}", cold.log);
+
+    forget_cached_step(&cache, "/s3");
+    let rebuilt = build(&ctx, &format!("{dest}:rebuilt"), &flags);
+    let lines = step_lines(&rebuilt.log);
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            if l.contains("cache hit") {
+                "hit"
+            } else if l.contains("cache miss") {
+                "miss"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["hit", "hit", "miss", "hit", "hit"],
+        "{}",
+        rebuilt.log
+    );
+    assert!(
+        rebuilt.log.contains("cache: 4 hits, 1 misses"),
+        "{}",
+        rebuilt.log
+    );
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let old = support::fetch_rootfs(&format!("{dest}:cold"), work.path(), "cold")
+        .expect("fetch the cold image");
+    let new = support::fetch_rootfs(&format!("{dest}:rebuilt"), work.path(), "rebuilt")
+        .expect("fetch the rebuilt image");
+    let read = |root: &Path, name: &str| fs::read_to_string(root.join(name)).expect(name);
+    for cached in ["s1", "s2", "s4", "s5"] {
+        assert_eq!(
+            read(&old, cached),
+            read(&new, cached),
+            "/{cached} comes from the cache"
+        );
+    }
+    assert_ne!(read(&old, "s3"), read(&new, "s3"), "step 3 ran again");
+    assert_eq!(
+        read(&new, "shared"),
+        "four\n",
+        "step 4 applied before step 3"
+    );
+}

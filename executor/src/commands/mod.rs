@@ -18,7 +18,9 @@ use crate::dockerfile::Instruction;
 use crate::image::ImageConfig;
 use crate::run::Isolation;
 
-/// Everything a command may read or change while one stage is built.
+/// Everything a command may read or change while one stage is built. Cloned (over another
+/// root) to work out the cache keys of a stage's steps before they run.
+#[derive(Clone)]
 pub struct StageState {
     /// Host directory holding the stage's root filesystem (`/` when building in place).
     pub root: PathBuf,

@@ -295,11 +295,12 @@ pub enum BlobSource {
 /// A registry client: one per build (or warm), holding credentials and token caches.
 pub struct Registry {
     opts: RegistryOptions,
-    /// Verifies TLS certificates.
+    /// Verifies TLS certificates, unless `skip_tls_verify` turns that off everywhere.
     client: Client,
-    /// For registries in `skip_tls_verify_registries` (or all with `skip_tls_verify`):
-    /// oci-client has one certificate policy per client, so there are two clients.
-    unverified: Client,
+    /// For registries in `skip_tls_verify_registries`: oci-client has one certificate policy
+    /// per client, so those need a second one. Made only when some registry is listed, since
+    /// each client loads and parses the system's CA certificates when it is made.
+    unverified: Option<Client>,
     auth: DockerConfig,
     config_desc: String,
     secrets: Vec<String>,
@@ -370,7 +371,11 @@ impl Registry {
             })
         };
         let client = make(opts.skip_tls_verify)?;
-        let unverified = make(true)?;
+        let unverified = if opts.skip_tls_verify || opts.skip_tls_verify_registries.is_empty() {
+            None
+        } else {
+            Some(make(true)?)
+        };
         let config_desc = auth.describe();
         let secrets = auth.all_secrets();
         Ok(Registry {
@@ -391,16 +396,17 @@ impl Registry {
 
     fn client_for(&self, r: &Reference) -> &Client {
         let host = auth::normalize_auth_key(r.registry());
-        if self.opts.skip_tls_verify
-            || self
-                .opts
-                .skip_tls_verify_registries
-                .iter()
-                .any(|s| auth::normalize_auth_key(s) == host)
-        {
-            &self.unverified
-        } else {
-            &self.client
+        match &self.unverified {
+            Some(unverified)
+                if self
+                    .opts
+                    .skip_tls_verify_registries
+                    .iter()
+                    .any(|s| auth::normalize_auth_key(s) == host) =>
+            {
+                unverified
+            }
+            _ => &self.client,
         }
     }
 
@@ -894,26 +900,38 @@ impl Registry {
         );
 
         // The registry would refuse a manifest naming a missing blob, but saying which
-        // blob is missing is more useful than its error.
-        for d in manifest_blob_digests(manifest_bytes) {
-            if blobs.iter().any(|b| b.digest == d) {
-                continue;
-            }
-            let what = format!("blob {d} (named by the manifest but not given)");
-            let ctx = self.push_ctx(&r, &normalized, &what);
-            let present = self
-                .retrying(Direction::Push, &ctx, || async {
-                    client.blob_exists(&r, &d).await.map_err(|e| ctx.attempt(e))
-                })
-                .await?;
-            if !present {
-                return Err(RegistryError::NotFound {
-                    registry: r.registry().to_string(),
-                    reference: normalized.clone(),
-                    what,
-                });
-            }
-        }
+        // blob is missing is more useful than its error. Checked several at a time; the
+        // first missing one in manifest order is reported.
+        let unlisted: Vec<String> = manifest_blob_digests(manifest_bytes)
+            .into_iter()
+            .filter(|d| !blobs.iter().any(|b| b.digest == *d))
+            .collect();
+        let checks: Vec<Result<(), RegistryError>> = futures_util::stream::iter(unlisted)
+            .map(|d| {
+                let (r, normalized) = (&r, &normalized);
+                async move {
+                    let what = format!("blob {d} (named by the manifest but not given)");
+                    let ctx = self.push_ctx(r, normalized, &what);
+                    let present = self
+                        .retrying(Direction::Push, &ctx, || async {
+                            client.blob_exists(r, &d).await.map_err(|e| ctx.attempt(e))
+                        })
+                        .await?;
+                    if present {
+                        Ok(())
+                    } else {
+                        Err(RegistryError::NotFound {
+                            registry: r.registry().to_string(),
+                            reference: normalized.clone(),
+                            what,
+                        })
+                    }
+                }
+            })
+            .buffered(UPLOAD_CONCURRENCY)
+            .collect()
+            .await;
+        checks.into_iter().collect::<Result<(), RegistryError>>()?;
 
         let ctx = self.push_ctx(&r, &normalized, "manifest");
         let invalid_type = || {

@@ -1,0 +1,226 @@
+//! Layer-cache lookups started ahead of the steps that need them: a bounded number run at once
+//! on the build's runtime, and each answer is taken by key whenever the build reaches its step,
+//! in whatever order the lookups finished. Each key is looked up once per build. It neither
+//! computes keys nor decides what a hit or a miss means for the build.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::layer::{CacheHit, LayerCache, LayerCacheError};
+
+/// How many lookups are in flight at once: enough to hide a registry's latency for a typical
+/// stage, few enough not to look like a flood to a shared registry.
+pub const LOOKUP_CONCURRENCY: usize = 8;
+
+/// Where lookups go: the layer cache, or a fake in tests.
+pub trait LookupSource: Send + Sync + 'static {
+    fn lookup(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<CacheHit>, LayerCacheError>> + Send;
+    /// Names the cache in warnings.
+    fn describe(&self) -> String;
+}
+
+impl LookupSource for LayerCache {
+    fn lookup(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<CacheHit>, LayerCacheError>> + Send {
+        LayerCache::lookup(self, key)
+    }
+
+    fn describe(&self) -> String {
+        LayerCache::describe(self)
+    }
+}
+
+type Pending = JoinHandle<Result<Option<CacheHit>, LayerCacheError>>;
+
+/// The lookups of one build: answered, in flight, or not asked yet.
+pub struct Lookups<S: LookupSource> {
+    source: Arc<S>,
+    slots: Arc<Semaphore>,
+    /// Answers already taken by the build; a failed lookup is remembered as a miss.
+    answered: HashMap<String, Option<CacheHit>>,
+    pending: HashMap<String, Pending>,
+}
+
+impl<S: LookupSource> Lookups<S> {
+    pub fn new(source: Arc<S>, concurrency: usize) -> Lookups<S> {
+        Lookups {
+            source,
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            answered: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Starts looking `key` up on `runtime` unless it is answered or already in flight. Returns
+    /// at once; at most the concurrency given to [`Lookups::new`] run at the same time.
+    pub fn start(&mut self, runtime: &Runtime, key: &str) {
+        if self.answered.contains_key(key) || self.pending.contains_key(key) {
+            return;
+        }
+        let source = self.source.clone();
+        let slots = self.slots.clone();
+        let owned = key.to_string();
+        let task = runtime.spawn(async move {
+            // The semaphore is never closed, so this always yields a permit.
+            let _slot = slots.acquire_owned().await;
+            source.lookup(&owned).await
+        });
+        self.pending.insert(key.to_string(), task);
+    }
+
+    /// The answer for `key`: remembered, else awaited from its started lookup, else looked up
+    /// now. A failed lookup is logged as a warning once and is a miss, as is every later ask.
+    pub fn get(&mut self, runtime: &Runtime, key: &str) -> Option<CacheHit> {
+        if let Some(known) = self.answered.get(key) {
+            return known.clone();
+        }
+        let answer = match self.pending.remove(key) {
+            Some(task) => match runtime.block_on(task) {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(e) => Err(format!(
+                    "layer cache {}: the lookup task failed: {e}",
+                    self.source.describe()
+                )),
+            },
+            None => runtime
+                .block_on(self.source.lookup(key))
+                .map_err(|e| e.to_string()),
+        };
+        let found = answer.unwrap_or_else(|e| {
+            tracing::warn!(
+                "layer cache lookup of {} failed, running the step: {e}",
+                key.get(..12).unwrap_or(key)
+            );
+            None
+        });
+        self.answered.insert(key.to_string(), found.clone());
+        found
+    }
+
+    /// How many lookups were started and not yet taken.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Answers `hit-*` keys with a hit, `miss-*` with nothing and `fail-*` with an error, after
+    /// a delay that makes earlier keys finish last; counts calls and the most at once.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl LookupSource for Fake {
+        async fn lookup(&self, key: &str) -> Result<Option<CacheHit>, LayerCacheError> {
+            self.calls.lock().unwrap().push(key.to_string());
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let n: u64 = key.rsplit('-').next().unwrap().parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(20 * (12 - n))).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            match key.split('-').next().unwrap() {
+                "hit" => Ok(Some(CacheHit {
+                    key: key.to_string(),
+                    layer: None,
+                })),
+                "miss" => Ok(None),
+                _ => Err(LayerCacheError::Invalid {
+                    repo: "fake".into(),
+                    key: key.to_string(),
+                    detail: "broken on purpose".into(),
+                }),
+            }
+        }
+
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn runtime() -> Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn keys() -> Vec<String> {
+        (0..12)
+            .map(|n| match n {
+                3 => format!("miss-{n}"),
+                7 => format!("fail-{n}"),
+                _ => format!("hit-{n}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_match_their_keys_whatever_order_lookups_finish_in() {
+        let rt = runtime();
+        let fake = Arc::new(Fake::default());
+        let mut lookups = Lookups::new(fake.clone(), 4);
+        let keys = keys();
+        for k in &keys {
+            lookups.start(&rt, k);
+        }
+        assert_eq!(lookups.in_flight(), keys.len());
+        // Taken in step order; the first keys are the slowest, so later ones finished first.
+        let answers: Vec<Option<CacheHit>> = keys.iter().map(|k| lookups.get(&rt, k)).collect();
+        for (k, a) in keys.iter().zip(&answers) {
+            match a {
+                Some(hit) => {
+                    assert!(k.starts_with("hit-"), "{k} answered with a hit");
+                    assert_eq!(&hit.key, k, "an answer went to the wrong key");
+                }
+                None => assert!(!k.starts_with("hit-"), "{k} answered with a miss"),
+            }
+        }
+        // The first miss is where a build starts running steps.
+        assert_eq!(answers.iter().position(Option::is_none), Some(3));
+        let most = fake.most.load(Ordering::SeqCst);
+        assert!(most > 1, "lookups ran one at a time");
+        assert!(most <= 4, "{most} lookups ran at once, more than allowed");
+    }
+
+    #[test]
+    fn each_key_is_looked_up_once_and_a_failure_stays_a_miss() {
+        let rt = runtime();
+        let fake = Arc::new(Fake::default());
+        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+        lookups.start(&rt, "hit-1");
+        lookups.start(&rt, "hit-1");
+        lookups.start(&rt, "fail-2");
+        assert!(lookups.get(&rt, "hit-1").is_some());
+        lookups.start(&rt, "hit-1");
+        assert!(lookups.get(&rt, "hit-1").is_some());
+        assert!(lookups.get(&rt, "fail-2").is_none());
+        assert!(lookups.get(&rt, "fail-2").is_none());
+        // Never started: looked up on demand, then remembered.
+        assert!(lookups.get(&rt, "miss-3").is_none());
+        assert!(lookups.get(&rt, "miss-3").is_none());
+        let mut calls = fake.calls.lock().unwrap().clone();
+        calls.sort();
+        assert_eq!(calls, vec!["fail-2", "hit-1", "miss-3"]);
+        assert_eq!(lookups.in_flight(), 0);
+    }
+}
