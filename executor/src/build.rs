@@ -1473,7 +1473,7 @@ impl<'a> Builder<'a> {
     /// failed check counts as absent (the blob is then uploaded).
     fn blobs_present(&self, reference: &str, digests: Vec<String>) -> BTreeSet<String> {
         use futures_util::StreamExt;
-        let registry = self.registry;
+        let registry: &Registry = &self.registry;
         self.runtime.block_on(
             futures_util::stream::iter(digests)
                 .map(|digest| async move {
