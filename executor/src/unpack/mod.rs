@@ -14,8 +14,10 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use filetime::FileTime;
+use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use crate::fsutil::resolve_in_root;
@@ -76,6 +78,15 @@ pub enum UnpackError {
         entry: String,
         reason: String,
     },
+    #[error(
+        "layer {layer} does not match its digest {expected} (its content hashes to {actual}); \
+         the blob is corrupted or was replaced, and what was unpacked from it must not be used"
+    )]
+    Digest {
+        layer: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("layer {layer}: cannot apply entry {entry:?}: {action} {path}: {source}")]
     Apply {
         layer: PathBuf,
@@ -96,7 +107,83 @@ pub fn unpack_layer(
     root: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let reader = open_decompressed(blob).map_err(|source| UnpackError::Open {
+    let file = File::open(blob).map_err(|source| UnpackError::Open {
+        layer: blob.to_path_buf(),
+        source,
+    })?;
+    apply_stream(Box::new(file), blob, root, opts)
+}
+
+/// [`unpack_layer`] for a blob whose content has not been checked against its `digest`
+/// (`sha256:<hex>`) yet: the bytes are hashed as the unpacker reads them, and the rest of the
+/// file after the archive's end too, so the blob is read once. A blob that does not match is
+/// [`UnpackError::Digest`] (also when it broke the unpack half-way: corruption is the better
+/// explanation then); by that time entries may have been applied, so the caller must discard
+/// `root` and never use what is in it.
+pub fn unpack_layer_verified(
+    blob: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+    digest: &str,
+) -> Result<UnpackStats, UnpackError> {
+    let open_err = |source| UnpackError::Open {
+        layer: blob.to_path_buf(),
+        source,
+    };
+    let file = File::open(blob).map_err(open_err)?;
+    // A duplicate descriptor shares the file offset: after the unpack it reads on from the
+    // last byte the unpacker took, which is where the hashing left off.
+    let rest = file.try_clone().map_err(open_err)?;
+    let hasher = Rc::new(RefCell::new(Sha256::new()));
+    let reader = HashingReader {
+        inner: file,
+        hasher: hasher.clone(),
+    };
+    let applied = apply_stream(Box::new(reader), blob, root, opts);
+    let mut tail = HashingReader {
+        inner: rest,
+        hasher: hasher.clone(),
+    };
+    if let Err(source) = io::copy(&mut tail, &mut io::sink()) {
+        // Without the whole content there is no digest to compare.
+        applied?;
+        return Err(UnpackError::Read {
+            layer: blob.to_path_buf(),
+            source,
+        });
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.take().finalize()));
+    if actual != digest {
+        return Err(UnpackError::Digest {
+            layer: blob.to_path_buf(),
+            expected: digest.to_string(),
+            actual,
+        });
+    }
+    applied
+}
+
+/// Hashes what passes through it into a hasher shared with whoever checks the digest.
+struct HashingReader {
+    inner: File,
+    hasher: Rc<RefCell<Sha256>>,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn apply_stream(
+    source: Box<dyn Read>,
+    blob: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let reader = decompressed(source).map_err(|source| UnpackError::Open {
         layer: blob.to_path_buf(),
         source,
     })?;
@@ -120,10 +207,9 @@ pub fn unpack_layer(
     Ok(unpacker.stats)
 }
 
-/// Open `blob` and wrap it in the decompressor its first bytes call for.
-fn open_decompressed(blob: &Path) -> io::Result<Box<dyn Read>> {
-    let file = File::open(blob)?;
-    let mut reader = BufReader::with_capacity(COPY_BUFFER, file);
+/// Wrap `source` in the decompressor its first bytes call for.
+fn decompressed(source: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let mut reader = BufReader::with_capacity(COPY_BUFFER, source);
     let head = reader.fill_buf()?;
     if head.starts_with(GZIP_MAGIC) {
         // Multi-member gzip (pigz, concatenated streams) is valid for layers.

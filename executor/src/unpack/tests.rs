@@ -542,3 +542,90 @@ fn entry_paths_are_cleaned() {
     );
     assert_eq!(parse_pax_time("7"), Some(FileTime::from_unix_time(7, 0)));
 }
+
+/// The digest check of [`unpack_layer_verified`] covers every byte of the blob: what the
+/// decompressor read, and what follows the archive's end (here trailing bytes after the gzip
+/// stream's tar end marker, which the unpack itself never needs).
+#[test]
+fn verified_unpack_hashes_the_whole_blob() {
+    let mut layer = Layer::new();
+    layer.dir("etc/").file("etc/hostname", b"kiln\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&layer.bytes()).unwrap();
+    let mut blob = gz.finish().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("layer.tar.gz");
+    fs::write(&path, &blob).unwrap();
+    let digest = crate::image::sha256_digest(&blob);
+
+    let root = tempfile::tempdir().unwrap();
+    let stats = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap();
+    assert_eq!(stats.entries, 2);
+    assert_eq!(
+        fs::read(root.path().join("etc/hostname")).unwrap(),
+        b"kiln\n"
+    );
+
+    // A plain tar ends with zero blocks the unpack does not need: a change there counts too.
+    let plain = layer.bytes();
+    let plain_path = work.path().join("layer.tar");
+    let mut changed = plain.clone();
+    *changed.last_mut().unwrap() = 1;
+    fs::write(&plain_path, &changed).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let err = unpack_layer_verified(
+        &plain_path,
+        root.path(),
+        &opts(),
+        &crate::image::sha256_digest(&plain),
+    )
+    .unwrap_err();
+    assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
+    assert!(
+        root.path().join("etc/hostname").exists(),
+        "the entries were applied before the end was hashed: the caller discards the root"
+    );
+
+    // Bytes after the gzip stream, unread by the unpack, count as well.
+    blob.extend_from_slice(b"tail");
+    fs::write(&path, &blob).unwrap();
+    let err = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap_err();
+    match &err {
+        UnpackError::Digest {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &digest);
+            assert_eq!(actual, &crate::image::sha256_digest(&blob));
+        }
+        other => panic!("expected a digest mismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("layer.tar.gz"), "{err}");
+}
+
+/// A blob corrupted in the middle of its compressed stream breaks the unpack half-way; the
+/// error says the blob does not match its digest, not merely that it could not be read.
+#[test]
+fn corruption_that_breaks_the_stream_is_a_digest_mismatch() {
+    let mut layer = Layer::new();
+    for i in 0..64 {
+        layer.file(&format!("f{i}"), format!("{i}").repeat(4096).as_bytes());
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer.bytes()).unwrap();
+    let blob = gz.finish().unwrap();
+    let digest = crate::image::sha256_digest(&blob);
+    let mut broken = blob.clone();
+    let middle = broken.len() / 2;
+    for b in &mut broken[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("broken.tar.gz");
+    fs::write(&path, &broken).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plain = unpack_layer(&path, root.path(), &opts()).unwrap_err();
+    assert!(matches!(plain, UnpackError::Read { .. }), "{plain}");
+    let root = tempfile::tempdir().unwrap();
+    let err = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap_err();
+    assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
+}
