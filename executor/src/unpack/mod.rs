@@ -7,7 +7,7 @@
 //! are set once every entry of the layer has been written.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -242,10 +242,12 @@ struct Unpacker<'a> {
     /// Directory mtimes, set last so that writing children does not disturb them.
     dir_times: Vec<(PathBuf, FileTime)>,
     buf: Vec<u8>,
-    /// The last parent directory resolved and created, as (in-image, host) paths: consecutive
-    /// entries mostly share one, and resolving costs an lstat per component. Dropped whenever
-    /// anything is removed or a symlink is created, the only changes that can alter a resolution.
-    parent_cache: RefCell<Option<(PathBuf, PathBuf)>>,
+    /// Parent directories resolved and created so far, in-image path → host path: resolving
+    /// costs an lstat per component, and a layer has far fewer directories than entries. Every
+    /// component a cached resolution went through exists (as a directory, or a symlink it
+    /// followed), so only removing a directory or a symlink can change one: creating an entry
+    /// where one exists goes through such a removal. Emptied on every such removal.
+    parent_cache: RefCell<HashMap<PathBuf, PathBuf>>,
     stats: UnpackStats,
 }
 
@@ -269,7 +271,7 @@ impl<'a> Unpacker<'a> {
             seen: HashSet::new(),
             dir_times: Vec::new(),
             buf: vec![0; COPY_BUFFER],
-            parent_cache: RefCell::new(None),
+            parent_cache: RefCell::new(HashMap::new()),
             stats: UnpackStats::default(),
         }
     }
@@ -360,12 +362,7 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         }
 
-        let cached = self
-            .parent_cache
-            .borrow()
-            .as_ref()
-            .filter(|(rel, _)| rel == parent_rel)
-            .map(|(_, host)| host.clone());
+        let cached = self.parent_cache.borrow().get(parent_rel).cloned();
         let parent = match &cached {
             Some(parent) => parent.clone(),
             None => self.resolve_dir(&name, parent_rel)?,
@@ -386,7 +383,9 @@ impl<'a> Unpacker<'a> {
         if cached.is_none() {
             fs::create_dir_all(&parent)
                 .map_err(|e| self.apply_err(&name, "create parent directories", &parent, e))?;
-            *self.parent_cache.borrow_mut() = Some((parent_rel.to_path_buf(), parent.clone()));
+            self.parent_cache
+                .borrow_mut()
+                .insert(parent_rel.to_path_buf(), parent.clone());
         }
 
         let meta = read_meta(entry).map_err(|source| UnpackError::Read {
@@ -394,20 +393,23 @@ impl<'a> Unpacker<'a> {
             source,
         })?;
 
+        // Each entry is created where it goes and only when something is already there is that
+        // looked at and replaced (see `create_replacing`): most entries of a layer are new, and
+        // this saves an lstat for each of them.
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.remove_existing(&name, &host, false)?;
                 self.write_file(entry, &name, &host, &meta)?;
             }
             EntryType::Directory => {
-                self.remove_existing(&name, &host, true)?;
-                if !host.is_dir() {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&host)
-                        .map_err(|e| self.apply_err(&name, "create directory", &host, e))?;
-                }
-                self.set_meta(&name, &host, &meta, false)?;
+                self.create_replacing(&name, &host, true, "create directory", || {
+                    fs::DirBuilder::new().mode(0o700).create(&host)
+                })?;
+                // A real directory now (made, or an existing one checked with lstat), so the
+                // entries below it need not resolve or create it again.
+                self.parent_cache
+                    .borrow_mut()
+                    .insert(rel.clone(), host.clone());
+                self.set_meta(&name, &host, &meta, kind)?;
                 self.dir_times.push((host.clone(), meta.mtime));
             }
             EntryType::Symlink => {
@@ -417,11 +419,10 @@ impl<'a> Unpacker<'a> {
                 // Stored as-is: a symlink is only dangerous when followed, and nothing here follows
                 // one out of the root.
                 let target = OsStr::from_bytes(&target).to_os_string();
-                self.remove_existing(&name, &host, false)?;
-                self.parent_cache.replace(None);
-                std::os::unix::fs::symlink(&target, &host)
-                    .map_err(|e| self.apply_err(&name, "create symlink", &host, e))?;
-                self.set_meta(&name, &host, &meta, true)?;
+                self.create_replacing(&name, &host, false, "create symlink", || {
+                    std::os::unix::fs::symlink(&target, &host)
+                })?;
+                self.set_meta(&name, &host, &meta, kind)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -432,20 +433,21 @@ impl<'a> Unpacker<'a> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                 let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                self.remove_existing(&name, &host, false)?;
                 let sflag = match kind {
                     EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
                     EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
                     _ => nix::sys::stat::SFlag::S_IFIFO,
                 };
-                nix::sys::stat::mknod(
-                    &host,
-                    sflag,
-                    nix::sys::stat::Mode::from_bits_truncate(0o600),
-                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
-                )
-                .map_err(|e| self.apply_err(&name, "create device node", &host, e.into()))?;
-                self.set_meta(&name, &host, &meta, false)?;
+                self.create_replacing(&name, &host, false, "create device node", || {
+                    nix::sys::stat::mknod(
+                        &host,
+                        sflag,
+                        nix::sys::stat::Mode::from_bits_truncate(0o600),
+                        nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                    )
+                    .map_err(io::Error::from)
+                })?;
+                self.set_meta(&name, &host, &meta, kind)?;
             }
             other => {
                 tracing::warn!(entry = %name, kind = ?other, "skipping tar entry of unsupported type");
@@ -488,7 +490,7 @@ impl<'a> Unpacker<'a> {
             source,
         })?;
         let root = self.root.to_path_buf();
-        self.set_meta(name, &root, &meta, false)?;
+        self.set_meta(name, &root, &meta, EntryType::Directory)?;
         self.dir_times.push((root, meta.mtime));
         self.stats.entries += 1;
         Ok(())
@@ -501,13 +503,23 @@ impl<'a> Unpacker<'a> {
         host: &Path,
         meta: &EntryMeta,
     ) -> Result<(), UnpackError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(host)
-            .map_err(|e| self.apply_err(name, "create file", host, e))?;
+        // O_EXCL fails on whatever is there, a symlink included (never followed).
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(host)
+        };
+        let mut file = match open() {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(name, host, false)?;
+                open().map_err(|e| self.apply_err(name, "create file", host, e))?
+            }
+            Err(e) => return Err(self.apply_err(name, "create file", host, e)),
+        };
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -549,14 +561,16 @@ impl<'a> Unpacker<'a> {
         Ok(())
     }
 
-    /// Ownership, mode, xattrs and (for non-directories) times of a just-created non-regular entry.
+    /// Ownership, mode, xattrs and (for non-directories) times of a just-created non-regular
+    /// entry of type `kind`.
     fn set_meta(
         &self,
         name: &str,
         host: &Path,
         meta: &EntryMeta,
-        is_symlink: bool,
+        kind: EntryType,
     ) -> Result<(), UnpackError> {
+        let is_symlink = kind == EntryType::Symlink;
         if self.same_owner {
             std::os::unix::fs::lchown(host, Some(id32(meta.uid)), Some(id32(meta.gid)))
                 .map_err(|e| self.apply_err(name, "chown", host, e))?;
@@ -573,7 +587,8 @@ impl<'a> Unpacker<'a> {
                 self.xattr_failed(name, host, key, e)?;
             }
         }
-        if !host.is_dir() || is_symlink {
+        // Directory times are set once the whole layer is written (`finish`).
+        if kind != EntryType::Directory {
             filetime::set_symlink_file_times(host, meta.mtime, meta.mtime)
                 .map_err(|e| self.apply_err(name, "set times of", host, e))?;
         }
@@ -598,31 +613,56 @@ impl<'a> Unpacker<'a> {
         }
     }
 
+    /// Create an entry with `create`; when something is already at `host`, replace it (see
+    /// `remove_existing`) and create again, unless it is a directory and so is the new entry.
+    fn create_replacing(
+        &self,
+        name: &str,
+        host: &Path,
+        new_is_dir: bool,
+        action: &'static str,
+        create: impl Fn() -> io::Result<()>,
+    ) -> Result<(), UnpackError> {
+        match create() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if self.remove_existing(name, host, new_is_dir)? {
+                    create().map_err(|e| self.apply_err(name, action, host, e))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(self.apply_err(name, action, host, e)),
+        }
+    }
+
     /// Remove what is at `host` unless it is a directory and the new entry is one too.
+    /// Returns whether `host` is free now (false: a directory was kept).
     fn remove_existing(
         &self,
         name: &str,
         host: &Path,
         new_is_dir: bool,
-    ) -> Result<(), UnpackError> {
+    ) -> Result<bool, UnpackError> {
         let meta = match fs::symlink_metadata(host) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(self.apply_err(name, "inspect", host, e)),
         };
         if meta.is_dir() && new_is_dir {
-            return Ok(());
+            return Ok(false);
         }
         if meta.is_dir() || meta.file_type().is_symlink() {
             // Removing a file cannot change how a directory path resolves; these can.
-            self.parent_cache.replace(None);
+            self.parent_cache.borrow_mut().clear();
         }
         if meta.is_dir() {
             self.remove_tree(host)
-                .map_err(|e| self.apply_err(name, "remove directory", host, e))
+                .map_err(|e| self.apply_err(name, "remove directory", host, e))?;
         } else {
-            fs::remove_file(host).map_err(|e| self.apply_err(name, "remove", host, e))
+            fs::remove_file(host).map_err(|e| self.apply_err(name, "remove", host, e))?;
         }
+        Ok(true)
     }
 
     /// Remove a directory tree without following symlinks, sparing ignored subtrees (and so the
@@ -640,7 +680,7 @@ impl<'a> Unpacker<'a> {
     }
 
     fn remove_path(&self, path: &Path) -> io::Result<()> {
-        self.parent_cache.replace(None);
+        self.parent_cache.borrow_mut().clear();
         if self.is_ignored(path) {
             return Ok(());
         }
@@ -712,8 +752,9 @@ impl<'a> Unpacker<'a> {
                 return Err(self.apply_err(name, "find hardlink target", &target, e));
             }
         }
-        self.remove_existing(name, host, false)?;
-        fs::hard_link(&target, host).map_err(|e| self.apply_err(name, "create hardlink", host, e))
+        self.create_replacing(name, host, false, "create hardlink", || {
+            fs::hard_link(&target, host)
+        })
     }
 
     fn finish(&mut self) -> Result<(), UnpackError> {

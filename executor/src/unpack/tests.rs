@@ -629,3 +629,59 @@ fn corruption_that_breaks_the_stream_is_a_digest_mismatch() {
     let err = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap_err();
     assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
 }
+
+/// Resolved parent directories are remembered for the whole layer; replacing or whiting out a
+/// directory (or a symlink) forgets them all, so entries below a directory that became a
+/// symlink out of the root still land inside it. Entries are created first and replace what is
+/// there only on a clash, for every type.
+#[test]
+fn remembered_parents_never_outlive_what_they_resolved_through() {
+    let outside = Sentinel::new();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let work = tempfile::tempdir().unwrap();
+    fs::write(r.join("was-file"), "lower").unwrap();
+    fs::write(r.join("dev"), "lower").unwrap();
+    std::os::unix::fs::symlink("old", r.join("sl")).unwrap();
+    let out = outside.path().to_str().unwrap();
+    let blob = Layer::new()
+        .dir("p/")
+        .dir("p/q/")
+        .file("p/q/f", b"ok")
+        .file("p/other", b"ok")
+        // An ancestor of a remembered directory becomes a symlink out of the root.
+        .symlink("p", out)
+        .file("p/q/g", b"pwned")
+        .dir("w/")
+        .file("w/a", b"ok")
+        .file(".wh.w", b"")
+        .symlink("w", out)
+        .file("w/b", b"pwned")
+        // A new symlink beside remembered directories changes nothing they resolved through.
+        .dir("s/")
+        .file("s/one", b"1")
+        .symlink("s/link", out)
+        .file("s/two", b"2")
+        .file("s/link/three", b"pwned")
+        .hardlink("was-file", "s/one")
+        .raw("dev", EntryType::Fifo, None, b"", 0o600)
+        .symlink("sl", "new")
+        .write(work.path());
+    unpack_layer(&blob, r, &opts()).unwrap();
+    outside.assert_untouched();
+    let inside = r.join(outside.path().strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("q/g")).unwrap(), b"pwned");
+    assert_eq!(fs::read(inside.join("b")).unwrap(), b"pwned");
+    assert_eq!(fs::read(inside.join("three")).unwrap(), b"pwned");
+    assert!(fs::symlink_metadata(r.join("p")).unwrap().is_symlink());
+    assert_eq!(fs::read(r.join("s/one")).unwrap(), b"1");
+    assert_eq!(fs::read(r.join("s/two")).unwrap(), b"2");
+    let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap();
+    assert_eq!(
+        meta("was-file").ino(),
+        meta("s/one").ino(),
+        "hardlink replaced the file"
+    );
+    assert!(meta("dev").file_type().is_fifo(), "fifo replaced the file");
+    assert_eq!(fs::read_link(r.join("sl")).unwrap(), Path::new("new"));
+}
