@@ -421,17 +421,19 @@ fn forget_cached_step(cache: &Path, needle: &str) {
 /// Lookups run ahead of the steps, but the build behaves as if it looked each step up in turn:
 /// hits before the first miss are applied, the missed step runs, and a later step that is still
 /// cached (its key depends on the previous key, not on the layer) is applied after it, in order.
-/// The RUNs write timestamps, so a step that ran again shows in its file; /shared is written
-/// by steps 3 and 4, so applying step 4's cached layer before running step 3 would show too.
+/// The RUNs write random UUIDs, so a step that ran again shows in its file (busybox's `date`
+/// has no nanoseconds); /shared is written by steps 3 and 4, so applying step 4's cached layer
+/// before running step 3 would show too.
 #[test]
 fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
+    let uuid = "cat /proc/sys/kernel/random/uuid";
     let dockerfile = format!(
         "FROM {}\n\
-         RUN date +%s%N > /s1\n\
-         RUN date +%s%N > /s2\n\
-         RUN date +%s%N > /s3; echo three > /shared\n\
-         RUN date +%s%N > /s4; echo four > /shared\n\
-         RUN date +%s%N > /s5\n",
+         RUN {uuid} > /s1\n\
+         RUN {uuid} > /s2\n\
+         RUN {uuid} > /s3; echo three > /shared\n\
+         RUN {uuid} > /s4; echo four > /shared\n\
+         RUN {uuid} > /s5\n",
         busybox()
     );
     let dir = context_with(&dockerfile, &[]);
