@@ -25,7 +25,7 @@ use crate::image::{
 use crate::registry::{Blob, BlobSource, Platform, Registry, RegistryOptions};
 use crate::run::Isolation;
 use crate::snapshot::{LayerOptions, Snapshotter};
-use crate::unpack::{unpack_layer, UnpackOptions};
+use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -177,6 +177,9 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
             .map(|cache| Lookups::new(cache, LOOKUP_CONCURRENCY)),
         layer_cache,
         base_cache,
+        cached_layers: HashMap::new(),
+        damaged_cache_refs: BTreeSet::new(),
+        checked_layers: RefCell::new(HashMap::new()),
         file_digests: RefCell::new(HashMap::new()),
         pending_stores: Vec::new(),
         pending_pushes: Vec::new(),
@@ -370,6 +373,15 @@ struct Builder<'a> {
     layer_cache: Option<Arc<LayerCache>>,
     /// The base-image cache volume, with `--cache-dir`.
     base_cache: Option<BaseImageCache>,
+    /// Layer blobs of base images found in the base-image cache, by path, with the image's
+    /// reference. Their digests are checked whenever they are read (while unpacking, or
+    /// before an upload or an archive), not when they are found, so each is read once.
+    cached_layers: HashMap<PathBuf, String>,
+    /// Base images whose cached copy turned out damaged: pulled from their registry from then on.
+    damaged_cache_refs: BTreeSet<String>,
+    /// Cached layer blobs checked before write_outputs read them: path → the file to read
+    /// (itself, or a copy fetched from the registry when it was damaged).
+    checked_layers: RefCell<HashMap<PathBuf, PathBuf>>,
     /// Layer-cache lookups, made once per key and started ahead of their steps (the skip-base
     /// probe and the build share them); with the layer cache only.
     lookups: Option<Lookups<LayerCache>>,
@@ -1414,15 +1426,19 @@ impl<'a> Builder<'a> {
         Ok((config, layers, image.reference))
     }
 
-    /// The base image from `--cache-dir`, if it holds it (every blob verified by the lookup).
+    /// The base image from `--cache-dir`, if it holds it (manifest and config verified; each
+    /// layer blob is verified when it is read, see [`Builder::cached_layers`]).
     fn cached_base(
-        &self,
+        &mut self,
         reference: &str,
     ) -> Result<Option<(ImageConfig, Vec<ImageLayer>)>, BuildError> {
         let Some(cache) = &self.base_cache else {
             return Ok(None);
         };
-        let Some(image) = cache.lookup_or_pull(reference, &self.platform) else {
+        if self.damaged_cache_refs.contains(reference) {
+            return Ok(None);
+        }
+        let Some(image) = cache.find_or_pull(reference, &self.platform) else {
             return Ok(None);
         };
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
@@ -1431,7 +1447,7 @@ impl<'a> Builder<'a> {
                 image.config_digest
             ))
         })?;
-        let layers = image
+        let layers: Vec<ImageLayer> = image
             .layers
             .into_iter()
             .map(|l| ImageLayer {
@@ -1442,7 +1458,47 @@ impl<'a> Builder<'a> {
                 path: l.path,
             })
             .collect();
+        for layer in &layers {
+            self.cached_layers
+                .insert(layer.path.clone(), reference.to_string());
+        }
         Ok(Some((config, layers)))
+    }
+
+    /// The file to read a layer from for an upload or an archive. A blob from the base-image
+    /// cache is hashed first (once per build); a damaged one is fetched from its image's
+    /// registry into the work directory instead, with a warning.
+    fn checked_layer_path(&self, layer: &ImageLayer) -> Result<PathBuf, BuildError> {
+        let (Some(reference), Some(cache)) =
+            (self.cached_layers.get(&layer.path), &self.base_cache)
+        else {
+            return Ok(layer.path.clone());
+        };
+        if let Some(path) = self.checked_layers.borrow().get(&layer.path) {
+            return Ok(path.clone());
+        }
+        let path = match cache.verify_layer(&layer.digest) {
+            Ok(()) => layer.path.clone(),
+            Err(e) => {
+                warn!("{reference}: {e}; fetching the layer from the registry instead");
+                let blob_dir = self.work_dir.join("blobs");
+                std::fs::create_dir_all(&blob_dir)
+                    .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+                let dest = blob_dir.join(layer.digest.replace(':', "-"));
+                if !dest.exists() {
+                    self.runtime.block_on(self.registry.fetch_blob_to_file(
+                        reference,
+                        &layer.digest,
+                        &dest,
+                    ))?;
+                }
+                dest
+            }
+        };
+        self.checked_layers
+            .borrow_mut()
+            .insert(layer.path.clone(), path.clone());
+        Ok(path)
     }
 
     /// Make a layer's blob present at its path, fetching it from where it was left (a base
@@ -1557,10 +1613,7 @@ impl<'a> Builder<'a> {
         }
         let _ = stage;
         let (config, layers) = self.pull_base(base)?;
-        for layer in &layers {
-            self.unpack(layer, base, root)?;
-        }
-        Ok((config, layers))
+        self.unpack_base(base, config, layers, root, &|| empty_dir(root))
     }
 
     /// Set up the base of a stage in place: the root is `/`. The base is fetched first (the
@@ -1585,7 +1638,18 @@ impl<'a> Builder<'a> {
             })?;
             (parent_stage.config.clone(), parent_stage.layers.clone())
         } else {
-            self.pull_base(base)?
+            let (config, layers) = self.pull_base(base)?;
+            // `/` is emptied before the layers are applied, and a damaged cached layer found
+            // half-way could then only be replaced by a pull without the executor image's
+            // files: cached layers are checked (and replaced when damaged) before.
+            let layers = layers
+                .into_iter()
+                .map(|mut layer| {
+                    layer.path = self.checked_layer_path(&layer)?;
+                    Ok(layer)
+                })
+                .collect::<Result<Vec<_>, BuildError>>()?;
+            (config, layers)
         };
 
         let ignore = self.ignore_paths();
@@ -1659,7 +1723,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Pull a base image: manifest and config, then every layer blob (verified) into the work dir.
+    /// A base image from the base-image cache when it holds it (layers verified as they are
+    /// read), else pulled: manifest and config, then every layer blob (verified) into the work dir.
     fn pull_base(&mut self, reference: &str) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
         let started = Instant::now();
         if let Some((config, layers)) = self.cached_base(reference)? {
@@ -1670,6 +1735,16 @@ impl<'a> Builder<'a> {
             );
             return Ok((config, layers));
         }
+        self.pull_remote(reference)
+    }
+
+    /// Pull a base image from its registry: manifest and config, then every layer blob
+    /// (verified) into the work dir.
+    fn pull_remote(
+        &mut self,
+        reference: &str,
+    ) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
+        let started = Instant::now();
         let image = self.runtime.block_on(self.registry.pull_image(reference))?;
         let config: ImageConfig = serde_json::from_slice(&image.config_bytes).map_err(|e| {
             BuildError::Usage(format!(
@@ -1720,17 +1795,64 @@ impl<'a> Builder<'a> {
         Ok((config, layers))
     }
 
+    /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is
+    /// unpacked; if it does not match, `root` holds part of it and must not be used.
     fn unpack(&self, layer: &ImageLayer, image: &str, root: &Path) -> Result<(), BuildError> {
         let opts = UnpackOptions {
             ignore: self.ignore_paths(),
             same_owner: true,
         };
-        unpack_layer(&layer.path, root, &opts).map_err(|source| BuildError::Unpack {
+        let unpacked = if self.cached_layers.contains_key(&layer.path) {
+            unpack_layer_verified(&layer.path, root, &opts, &layer.digest)
+        } else {
+            unpack_layer(&layer.path, root, &opts)
+        };
+        unpacked.map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
             source: Box::new(source),
         })?;
         Ok(())
+    }
+
+    /// Apply a base image's layers over `root`. When a layer read from the base-image cache
+    /// turns out damaged, whatever was applied is thrown away (`clear` empties `root`) and the
+    /// image is pulled from its registry and applied instead, as a damaged cache entry found
+    /// up front would have been. Returns the config and layers actually applied.
+    fn unpack_base(
+        &mut self,
+        reference: &str,
+        config: ImageConfig,
+        layers: Vec<ImageLayer>,
+        root: &Path,
+        clear: &dyn Fn() -> std::io::Result<()>,
+    ) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
+        for layer in &layers {
+            match self.unpack(layer, reference, root) {
+                Ok(()) => {}
+                Err(BuildError::Unpack { source, .. })
+                    if matches!(*source, UnpackError::Digest { .. })
+                        && self.cached_layers.contains_key(&layer.path) =>
+                {
+                    warn!(
+                        "{reference}: cached {source}; discarding {} and pulling the image from its registry",
+                        root.display()
+                    );
+                    self.damaged_cache_refs.insert(reference.to_string());
+                    clear().map_err(io_err(format!(
+                        "emptying {} after a damaged cached layer",
+                        root.display()
+                    )))?;
+                    let (config, layers) = self.pull_remote(reference)?;
+                    for layer in &layers {
+                        self.unpack(layer, reference, root)?;
+                    }
+                    return Ok((config, layers));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((config, layers))
     }
 
     /// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root.
@@ -1766,10 +1888,8 @@ impl<'a> Builder<'a> {
             .work_dir
             .join(format!("images/{}", self.remote_roots.len()));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
-        let (_config, layers) = self.pull_base(from)?;
-        for layer in &layers {
-            self.unpack(layer, from, &root)?;
-        }
+        let (config, layers) = self.pull_base(from)?;
+        self.unpack_base(from, config, layers, &root, &|| empty_dir(&root))?;
         self.remote_roots.insert(from.clone(), root.clone());
         Ok(Some(SourceRef::Root(root)))
     }
@@ -1829,24 +1949,29 @@ impl<'a> Builder<'a> {
                 // to the destination only when it lacks them. On the same registry they are
                 // named as mount sources, and the push (which checks every blob, several at a
                 // time) skips or mounts them; from elsewhere they are fetched now and uploaded
-                // unless the destination already has them.
+                // unless the destination already has them. Layers in the base-image cache are
+                // read (and so verified) only when the destination lacks them.
                 let unfetched_from = |l: &ImageLayer| {
                     self.remote_layers
                         .get(&l.digest)
                         .filter(|_| !l.path.exists())
                         .cloned()
                 };
-                let elsewhere: Vec<String> = stage
+                let cached = |l: &ImageLayer| self.cached_layers.contains_key(&l.path);
+                let ask: Vec<String> = stage
                     .layers
                     .iter()
-                    .filter(|l| unfetched_from(l).is_some_and(|o| !same_registry(&o, dest)))
+                    .filter(|l| {
+                        cached(l) || unfetched_from(l).is_some_and(|o| !same_registry(&o, dest))
+                    })
                     .map(|l| l.digest.clone())
                     .collect();
-                let present = self.blobs_present(dest, elsewhere);
+                let present = self.blobs_present(dest, ask);
                 let mut blobs: Vec<Blob> = Vec::new();
                 let mut unfetched = false;
                 for l in &stage.layers {
                     let mut mount_from = None;
+                    let mut path = l.path.clone();
                     if let Some(origin) = unfetched_from(l) {
                         if same_registry(&origin, dest) {
                             mount_from = Some(origin);
@@ -1856,11 +1981,16 @@ impl<'a> Builder<'a> {
                         } else {
                             self.ensure_local(l)?;
                         }
+                    } else if cached(l) {
+                        if present.contains(&l.digest) {
+                            continue;
+                        }
+                        path = self.checked_layer_path(l)?;
                     }
                     blobs.push(Blob {
                         digest: l.digest.clone(),
                         size: l.size,
-                        source: BlobSource::File(l.path.clone()),
+                        source: BlobSource::File(path),
                         mount_from,
                     });
                 }
@@ -1912,7 +2042,7 @@ impl<'a> Builder<'a> {
             for layer in &stage.layers {
                 self.ensure_local(layer)?;
                 layout
-                    .write_blob_file(&layer.path, &layer.digest)
+                    .write_blob_file(&self.checked_layer_path(layer)?, &layer.digest)
                     .map_err(|e| layout_err(e.to_string()))?;
             }
             layout
@@ -1933,11 +2063,13 @@ impl<'a> Builder<'a> {
             let layers: Vec<crate::output::ArchiveLayer> = stage
                 .layers
                 .iter()
-                .map(|l| crate::output::ArchiveLayer {
-                    digest: l.digest.clone(),
-                    path: l.path.clone(),
+                .map(|l| {
+                    Ok(crate::output::ArchiveLayer {
+                        digest: l.digest.clone(),
+                        path: self.checked_layer_path(l)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, BuildError>>()?;
             let tags = crate::output::repo_tags(&self.opts.destinations);
             crate::output::write_docker_archive(Path::new(path), &config_bytes, &layers, &tags)
                 .map_err(io_err(format!("writing --tar-path {path}")))?;
@@ -1979,6 +2111,13 @@ fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
 /// A heredoc source as the key sees it: its text and the variables its expansion can use.
 fn expand_for_key(state: &StageState, content: &str) -> String {
     format!("{content}\0{}", state.run_env().join("\n"))
+}
+
+/// Empty a private root (a chroot build's, a `COPY --from` image's) to fill it again.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    // remove_dir_all never follows symlinks inside the tree.
+    std::fs::remove_dir_all(dir)?;
+    std::fs::create_dir_all(dir)
 }
 
 /// Whether two references name repositories on the same registry (so blobs can be mounted).

@@ -421,17 +421,19 @@ fn forget_cached_step(cache: &Path, needle: &str) {
 /// Lookups run ahead of the steps, but the build behaves as if it looked each step up in turn:
 /// hits before the first miss are applied, the missed step runs, and a later step that is still
 /// cached (its key depends on the previous key, not on the layer) is applied after it, in order.
-/// The RUNs write timestamps, so a step that ran again shows in its file; /shared is written
-/// by steps 3 and 4, so applying step 4's cached layer before running step 3 would show too.
+/// The RUNs write random UUIDs, so a step that ran again shows in its file (busybox's `date`
+/// has no nanoseconds); /shared is written by steps 3 and 4, so applying step 4's cached layer
+/// before running step 3 would show too.
 #[test]
 fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
+    let uuid = "cat /proc/sys/kernel/random/uuid";
     let dockerfile = format!(
         "FROM {}\n\
-         RUN date +%s%N > /s1\n\
-         RUN date +%s%N > /s2\n\
-         RUN date +%s%N > /s3; echo three > /shared\n\
-         RUN date +%s%N > /s4; echo four > /shared\n\
-         RUN date +%s%N > /s5\n",
+         RUN {uuid} > /s1\n\
+         RUN {uuid} > /s2\n\
+         RUN {uuid} > /s3; echo three > /shared\n\
+         RUN {uuid} > /s4; echo four > /shared\n\
+         RUN {uuid} > /s5\n",
         busybox()
     );
     let dir = context_with(&dockerfile, &[]);
@@ -488,5 +490,120 @@ fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
         read(&new, "shared"),
         "four\n",
         "step 4 applied before step 3"
+    );
+}
+
+/// A warmed layer blob is verified while it is unpacked, not read twice. One that was replaced
+/// by another valid layer of the same size (with a file /planted in it) is applied, found not
+/// to match its digest at its end, thrown away with everything it wrote, and the image is
+/// pulled from the registry instead: the image equals one built without the cache, whose RUN
+/// lists / (so a leftover /planted would change it). Without a registry copy the build fails,
+/// naming the damaged blob.
+#[test]
+fn damaged_warmed_layer_is_discarded_and_the_base_pulled() {
+    let base = format!("{}:latest", unique_repo("damagedbase"));
+    run_ok(
+        Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}", busybox()),
+            &format!("docker://{base}"),
+        ]),
+        Duration::from_secs(120),
+    )
+    .expect("copy the base image to a repository of this test");
+    let dir = context_with(&format!("FROM {base}\nRUN ls -a / > /listing\n"), &[]);
+    let ctx = dir.path().join("ctx");
+    let cache_dir = dir.path().join("base-cache");
+    let cache =
+        kiln_executor::cache::base::BaseImageCache::open(&cache_dir, Duration::from_secs(3600))
+            .expect("open cache");
+    let reg = kiln_executor::registry::Registry::new(kiln_executor::registry::RegistryOptions {
+        insecure: true,
+        ..Default::default()
+    })
+    .expect("registry client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stored = runtime
+        .block_on(cache.store(&reg, &base, false))
+        .expect("warm the base image");
+    let plain = build(&ctx, &format!("{}:plain", unique_repo("damaged")), &[]);
+
+    // Another valid layer, padded to the real one's size so that only its digest is wrong.
+    let blob = &stored.image.layers[0].path;
+    let size = fs::metadata(blob).expect("cached layer").len() as usize;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_path("planted").expect("name");
+    header.set_size(7);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append(&header, &b"planted"[..]).expect("entry");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gzip");
+    let mut planted = gz.finish().expect("gzip");
+    assert!(planted.len() < size, "the replacement must fit");
+    planted.resize(size, 0);
+    fs::write(blob, &planted).expect("replace the cached layer");
+
+    let cache_arg = cache_dir.display().to_string();
+    let rebuilt = build(
+        &ctx,
+        &format!("{}:warmed", unique_repo("damaged")),
+        &["--cache-dir", &cache_arg],
+    );
+    assert!(
+        rebuilt.log.contains("read from the base-image cache"),
+        "the damaged entry was not even used\n{}",
+        rebuilt.log
+    );
+    assert!(
+        rebuilt.log.contains("does not match its digest")
+            && rebuilt.log.contains("pulling the image from its registry"),
+        "{}",
+        rebuilt.log
+    );
+    assert_eq!(
+        rebuilt.digest, plain.digest,
+        "the image differs from one built without the cache (a leftover of the damaged layer?)\n{}",
+        rebuilt.log
+    );
+
+    run_ok(
+        Command::new("skopeo").args(["delete", "--tls-verify=false", &format!("docker://{base}")]),
+        Duration::from_secs(60),
+    )
+    .expect("delete the base image from the registry");
+    let out = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+            .arg("--context")
+            .arg(format!("dir://{}", ctx.display()))
+            .args([
+                "--destination",
+                &format!("{}:failed", unique_repo("damaged")),
+            ])
+            .args(["--insecure", "--reproducible", "--cache-dir", &cache_arg])
+            .env(
+                "KILN_TERMINATION_LOG",
+                dir.path().join("termination-failed"),
+            ),
+        BUILD_TIMEOUT,
+    )
+    .expect("run kiln-executor");
+    assert!(
+        !out.success(),
+        "built from a damaged cache entry\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("does not match its digest")
+            && out.stderr.contains(&stored.image.layers[0].digest),
+        "{}",
+        out.stderr
     );
 }

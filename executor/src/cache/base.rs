@@ -29,7 +29,10 @@
 //! [`CacheError::Missing`]) when a blob of the entry does not hash to its digest; it never
 //! returns an unverified image. Callers treat such an error as a miss and pull from the
 //! registry (the warmer re-pulls and replaces the blob; [`CacheError::is_damage`] tells
-//! those errors apart from I/O failures on the volume).
+//! those errors apart from I/O failures on the volume). A build reads a layer blob once, so
+//! it uses [`BaseImageCache::find`] instead, which hashes the manifest and config but leaves
+//! each layer's digest to be checked while the layer is read (the unpacker does it in the
+//! same pass), and treats a mismatch found then the same way.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -137,7 +140,8 @@ pub struct CachedLayer {
     pub path: PathBuf,
 }
 
-/// An image read from (or just written to) the cache, every blob verified.
+/// An image read from (or just written to) the cache, every blob verified; from
+/// [`BaseImageCache::find`], the layer blobs are left for their reader to verify.
 #[derive(Debug, Clone)]
 pub struct CachedImage {
     /// The normalised reference that was asked for.
@@ -219,14 +223,42 @@ impl BaseImageCache {
             return Ok(None);
         };
         let normalized = parse_reference(reference)?.whole();
-        self.load(&entry, &normalized, platform).map(Some)
+        self.load(&entry, &normalized, platform, LayerCheck::Hash)
+            .map(Some)
     }
 
-    /// [`BaseImageCache::lookup`] for a build: any failure (damaged entry, unreadable
-    /// volume) is logged as a warning naming the reason and gives `None`, so the build pulls
-    /// the image from the registry instead, exactly as without a cache.
-    pub fn lookup_or_pull(&self, reference: &str, platform: &Platform) -> Option<CachedImage> {
-        match self.lookup(reference, platform) {
+    /// [`BaseImageCache::lookup`] without hashing the layer blobs: the manifest and config
+    /// are verified, and each layer blob must be there with the size its descriptor gives
+    /// ([`CacheError::Missing`], [`CacheError::Corrupt`] otherwise), but its content is not
+    /// read. Whoever reads a layer of the returned image must check its digest while reading
+    /// ([`crate::unpack::unpack_layer_verified`]) or first ([`BaseImageCache::verify_layer`]),
+    /// so that a 50 MiB base layer is read once per build instead of twice.
+    pub fn find(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<CachedImage>, CacheError> {
+        let Some(entry) = self.find_entry(reference, platform)? else {
+            return Ok(None);
+        };
+        let normalized = parse_reference(reference)?.whole();
+        self.load(&entry, &normalized, platform, LayerCheck::Size)
+            .map(Some)
+    }
+
+    /// Hashes the layer blob `digest` of an image returned by [`BaseImageCache::find`].
+    pub fn verify_layer(&self, digest: &str) -> Result<(), CacheError> {
+        self.layout
+            .verify_blob(digest)
+            .map_err(CacheError::from_blob)
+    }
+
+    /// [`BaseImageCache::find`] for a build: any failure (damaged entry, unreadable volume)
+    /// is logged as a warning naming the reason and gives `None`, so the build pulls the
+    /// image from the registry instead, exactly as without a cache. The layer blobs are not
+    /// hashed yet: see [`BaseImageCache::find`].
+    pub fn find_or_pull(&self, reference: &str, platform: &Platform) -> Option<CachedImage> {
+        match self.find(reference, platform) {
             Ok(Some(image)) => {
                 tracing::info!(reference = %image.reference, digest = %image.manifest_digest, cache_dir = %self.dir().display(), "base image read from the cache");
                 Some(image)
@@ -301,12 +333,13 @@ impl BaseImageCache {
         Ok(Some(entry))
     }
 
-    /// Reads an entry's manifest, config and layers with verification.
+    /// Reads an entry's manifest and config with verification, and checks its layers.
     fn load(
         &self,
         entry: &Entry,
         reference: &str,
         platform: &Platform,
+        check: LayerCheck,
     ) -> Result<CachedImage, CacheError> {
         let manifest_bytes = self
             .layout
@@ -316,11 +349,12 @@ impl BaseImageCache {
             self.read_manifest_and_config(&manifest_bytes, &entry.digest)?;
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for (i, l) in manifest.layers().iter().enumerate() {
-            let digest = l.digest().to_string();
-            self.layout
-                .verify_blob(&digest)
-                .map_err(CacheError::from_blob)?;
-            layers.push(self.layer(&config, i, l, &entry.digest)?);
+            let layer = self.layer(&config, i, l, &entry.digest)?;
+            match check {
+                LayerCheck::Hash => self.verify_layer(&layer.digest)?,
+                LayerCheck::Size => check_size(&layer)?,
+            }
+            layers.push(layer);
         }
         Ok(CachedImage {
             reference: reference.to_string(),
@@ -622,6 +656,44 @@ impl BaseImageCache {
     }
 }
 
+/// How much [`BaseImageCache::load`] reads of the layer blobs.
+#[derive(Debug, Clone, Copy)]
+enum LayerCheck {
+    /// Hash each blob: the entry is verified whole.
+    Hash,
+    /// Only check each blob is there with its descriptor's size; the reader hashes it.
+    Size,
+}
+
+/// A layer blob is there and has the size its descriptor says.
+fn check_size(layer: &CachedLayer) -> Result<(), CacheError> {
+    match fs::metadata(&layer.path) {
+        Ok(meta) if meta.is_file() && meta.len() == layer.size => Ok(()),
+        Ok(meta) if meta.is_file() => Err(CacheError::Corrupt {
+            digest: layer.digest.clone(),
+            path: layer.path.clone(),
+            detail: format!(
+                "it has {} bytes, the manifest says {}",
+                meta.len(),
+                layer.size
+            ),
+        }),
+        Ok(_) => Err(CacheError::Missing {
+            digest: layer.digest.clone(),
+            path: layer.path.clone(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CacheError::Missing {
+            digest: layer.digest.clone(),
+            path: layer.path.clone(),
+        }),
+        Err(source) => Err(CacheError::Io {
+            action: "cannot stat",
+            path: layer.path.clone(),
+            source,
+        }),
+    }
+}
+
 /// An `index.json` entry as the cache sees it.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -872,9 +944,32 @@ mod tests {
         assert!(e
             .to_string()
             .contains(&cache.layout().blob_path(&ld).display().to_string()));
-        assert!(cache.lookup_or_pull("r.example/b:1", &p).is_none());
+        // A build finds the entry without reading the layer, and its reader finds the damage.
+        let found = cache
+            .find("r.example/b:1", &p)
+            .unwrap()
+            .expect("same size: found");
+        let e = cache.verify_layer(&found.layers[0].digest).unwrap_err();
+        assert!(
+            matches!(&e, CacheError::Corrupt { digest, .. } if *digest == ld),
+            "{e}"
+        );
+        // A layer of the wrong size is damage the build sees before reading it.
+        fs::write(cache.layout().blob_path(&ld), b"layer two, longer").unwrap();
+        let e = cache.find("r.example/b:1", &p).unwrap_err();
+        assert!(
+            matches!(&e, CacheError::Corrupt { .. }) && e.is_damage(),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("17 bytes, the manifest says 9"),
+            "{e}"
+        );
+        assert!(cache.find_or_pull("r.example/b:1", &p).is_none());
         fs::remove_file(cache.layout().blob_path(&ld)).unwrap();
         let e = cache.lookup("r.example/b:1", &p).unwrap_err();
+        assert!(matches!(e, CacheError::Missing { .. }), "{e}");
+        let e = cache.find("r.example/b:1", &p).unwrap_err();
         assert!(matches!(e, CacheError::Missing { .. }), "{e}");
     }
 

@@ -7,15 +7,17 @@
 //! are set once every entry of the layer has been written.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use filetime::FileTime;
+use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use crate::fsutil::resolve_in_root;
@@ -76,6 +78,15 @@ pub enum UnpackError {
         entry: String,
         reason: String,
     },
+    #[error(
+        "layer {layer} does not match its digest {expected} (its content hashes to {actual}); \
+         the blob is corrupted or was replaced, and what was unpacked from it must not be used"
+    )]
+    Digest {
+        layer: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("layer {layer}: cannot apply entry {entry:?}: {action} {path}: {source}")]
     Apply {
         layer: PathBuf,
@@ -96,7 +107,83 @@ pub fn unpack_layer(
     root: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let reader = open_decompressed(blob).map_err(|source| UnpackError::Open {
+    let file = File::open(blob).map_err(|source| UnpackError::Open {
+        layer: blob.to_path_buf(),
+        source,
+    })?;
+    apply_stream(Box::new(file), blob, root, opts)
+}
+
+/// [`unpack_layer`] for a blob whose content has not been checked against its `digest`
+/// (`sha256:<hex>`) yet: the bytes are hashed as the unpacker reads them, and the rest of the
+/// file after the archive's end too, so the blob is read once. A blob that does not match is
+/// [`UnpackError::Digest`] (also when it broke the unpack half-way: corruption is the better
+/// explanation then); by that time entries may have been applied, so the caller must discard
+/// `root` and never use what is in it.
+pub fn unpack_layer_verified(
+    blob: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+    digest: &str,
+) -> Result<UnpackStats, UnpackError> {
+    let open_err = |source| UnpackError::Open {
+        layer: blob.to_path_buf(),
+        source,
+    };
+    let file = File::open(blob).map_err(open_err)?;
+    // A duplicate descriptor shares the file offset: after the unpack it reads on from the
+    // last byte the unpacker took, which is where the hashing left off.
+    let rest = file.try_clone().map_err(open_err)?;
+    let hasher = Rc::new(RefCell::new(Sha256::new()));
+    let reader = HashingReader {
+        inner: file,
+        hasher: hasher.clone(),
+    };
+    let applied = apply_stream(Box::new(reader), blob, root, opts);
+    let mut tail = HashingReader {
+        inner: rest,
+        hasher: hasher.clone(),
+    };
+    if let Err(source) = io::copy(&mut tail, &mut io::sink()) {
+        // Without the whole content there is no digest to compare.
+        applied?;
+        return Err(UnpackError::Read {
+            layer: blob.to_path_buf(),
+            source,
+        });
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.take().finalize()));
+    if actual != digest {
+        return Err(UnpackError::Digest {
+            layer: blob.to_path_buf(),
+            expected: digest.to_string(),
+            actual,
+        });
+    }
+    applied
+}
+
+/// Hashes what passes through it into a hasher shared with whoever checks the digest.
+struct HashingReader {
+    inner: File,
+    hasher: Rc<RefCell<Sha256>>,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn apply_stream(
+    source: Box<dyn Read>,
+    blob: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let reader = decompressed(source).map_err(|source| UnpackError::Open {
         layer: blob.to_path_buf(),
         source,
     })?;
@@ -120,10 +207,9 @@ pub fn unpack_layer(
     Ok(unpacker.stats)
 }
 
-/// Open `blob` and wrap it in the decompressor its first bytes call for.
-fn open_decompressed(blob: &Path) -> io::Result<Box<dyn Read>> {
-    let file = File::open(blob)?;
-    let mut reader = BufReader::with_capacity(COPY_BUFFER, file);
+/// Wrap `source` in the decompressor its first bytes call for.
+fn decompressed(source: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let mut reader = BufReader::with_capacity(COPY_BUFFER, source);
     let head = reader.fill_buf()?;
     if head.starts_with(GZIP_MAGIC) {
         // Multi-member gzip (pigz, concatenated streams) is valid for layers.
@@ -156,10 +242,12 @@ struct Unpacker<'a> {
     /// Directory mtimes, set last so that writing children does not disturb them.
     dir_times: Vec<(PathBuf, FileTime)>,
     buf: Vec<u8>,
-    /// The last parent directory resolved and created, as (in-image, host) paths: consecutive
-    /// entries mostly share one, and resolving costs an lstat per component. Dropped whenever
-    /// anything is removed or a symlink is created, the only changes that can alter a resolution.
-    parent_cache: RefCell<Option<(PathBuf, PathBuf)>>,
+    /// Parent directories resolved and created so far, in-image path → host path: resolving
+    /// costs an lstat per component, and a layer has far fewer directories than entries. Every
+    /// component a cached resolution went through exists (as a directory, or a symlink it
+    /// followed), so only removing a directory or a symlink can change one: creating an entry
+    /// where one exists goes through such a removal. Emptied on every such removal.
+    parent_cache: RefCell<HashMap<PathBuf, PathBuf>>,
     stats: UnpackStats,
 }
 
@@ -183,7 +271,7 @@ impl<'a> Unpacker<'a> {
             seen: HashSet::new(),
             dir_times: Vec::new(),
             buf: vec![0; COPY_BUFFER],
-            parent_cache: RefCell::new(None),
+            parent_cache: RefCell::new(HashMap::new()),
             stats: UnpackStats::default(),
         }
     }
@@ -274,12 +362,7 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         }
 
-        let cached = self
-            .parent_cache
-            .borrow()
-            .as_ref()
-            .filter(|(rel, _)| rel == parent_rel)
-            .map(|(_, host)| host.clone());
+        let cached = self.parent_cache.borrow().get(parent_rel).cloned();
         let parent = match &cached {
             Some(parent) => parent.clone(),
             None => self.resolve_dir(&name, parent_rel)?,
@@ -300,7 +383,9 @@ impl<'a> Unpacker<'a> {
         if cached.is_none() {
             fs::create_dir_all(&parent)
                 .map_err(|e| self.apply_err(&name, "create parent directories", &parent, e))?;
-            *self.parent_cache.borrow_mut() = Some((parent_rel.to_path_buf(), parent.clone()));
+            self.parent_cache
+                .borrow_mut()
+                .insert(parent_rel.to_path_buf(), parent.clone());
         }
 
         let meta = read_meta(entry).map_err(|source| UnpackError::Read {
@@ -308,20 +393,23 @@ impl<'a> Unpacker<'a> {
             source,
         })?;
 
+        // Each entry is created where it goes and only when something is already there is that
+        // looked at and replaced (see `create_replacing`): most entries of a layer are new, and
+        // this saves an lstat for each of them.
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.remove_existing(&name, &host, false)?;
                 self.write_file(entry, &name, &host, &meta)?;
             }
             EntryType::Directory => {
-                self.remove_existing(&name, &host, true)?;
-                if !host.is_dir() {
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&host)
-                        .map_err(|e| self.apply_err(&name, "create directory", &host, e))?;
-                }
-                self.set_meta(&name, &host, &meta, false)?;
+                self.create_replacing(&name, &host, true, "create directory", || {
+                    fs::DirBuilder::new().mode(0o700).create(&host)
+                })?;
+                // A real directory now (made, or an existing one checked with lstat), so the
+                // entries below it need not resolve or create it again.
+                self.parent_cache
+                    .borrow_mut()
+                    .insert(rel.clone(), host.clone());
+                self.set_meta(&name, &host, &meta, kind)?;
                 self.dir_times.push((host.clone(), meta.mtime));
             }
             EntryType::Symlink => {
@@ -331,11 +419,10 @@ impl<'a> Unpacker<'a> {
                 // Stored as-is: a symlink is only dangerous when followed, and nothing here follows
                 // one out of the root.
                 let target = OsStr::from_bytes(&target).to_os_string();
-                self.remove_existing(&name, &host, false)?;
-                self.parent_cache.replace(None);
-                std::os::unix::fs::symlink(&target, &host)
-                    .map_err(|e| self.apply_err(&name, "create symlink", &host, e))?;
-                self.set_meta(&name, &host, &meta, true)?;
+                self.create_replacing(&name, &host, false, "create symlink", || {
+                    std::os::unix::fs::symlink(&target, &host)
+                })?;
+                self.set_meta(&name, &host, &meta, kind)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -346,20 +433,21 @@ impl<'a> Unpacker<'a> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                 let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                self.remove_existing(&name, &host, false)?;
                 let sflag = match kind {
                     EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
                     EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
                     _ => nix::sys::stat::SFlag::S_IFIFO,
                 };
-                nix::sys::stat::mknod(
-                    &host,
-                    sflag,
-                    nix::sys::stat::Mode::from_bits_truncate(0o600),
-                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
-                )
-                .map_err(|e| self.apply_err(&name, "create device node", &host, e.into()))?;
-                self.set_meta(&name, &host, &meta, false)?;
+                self.create_replacing(&name, &host, false, "create device node", || {
+                    nix::sys::stat::mknod(
+                        &host,
+                        sflag,
+                        nix::sys::stat::Mode::from_bits_truncate(0o600),
+                        nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                    )
+                    .map_err(io::Error::from)
+                })?;
+                self.set_meta(&name, &host, &meta, kind)?;
             }
             other => {
                 tracing::warn!(entry = %name, kind = ?other, "skipping tar entry of unsupported type");
@@ -402,7 +490,7 @@ impl<'a> Unpacker<'a> {
             source,
         })?;
         let root = self.root.to_path_buf();
-        self.set_meta(name, &root, &meta, false)?;
+        self.set_meta(name, &root, &meta, EntryType::Directory)?;
         self.dir_times.push((root, meta.mtime));
         self.stats.entries += 1;
         Ok(())
@@ -415,13 +503,23 @@ impl<'a> Unpacker<'a> {
         host: &Path,
         meta: &EntryMeta,
     ) -> Result<(), UnpackError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(host)
-            .map_err(|e| self.apply_err(name, "create file", host, e))?;
+        // O_EXCL fails on whatever is there, a symlink included (never followed).
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(host)
+        };
+        let mut file = match open() {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(name, host, false)?;
+                open().map_err(|e| self.apply_err(name, "create file", host, e))?
+            }
+            Err(e) => return Err(self.apply_err(name, "create file", host, e)),
+        };
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -463,14 +561,16 @@ impl<'a> Unpacker<'a> {
         Ok(())
     }
 
-    /// Ownership, mode, xattrs and (for non-directories) times of a just-created non-regular entry.
+    /// Ownership, mode, xattrs and (for non-directories) times of a just-created non-regular
+    /// entry of type `kind`.
     fn set_meta(
         &self,
         name: &str,
         host: &Path,
         meta: &EntryMeta,
-        is_symlink: bool,
+        kind: EntryType,
     ) -> Result<(), UnpackError> {
+        let is_symlink = kind == EntryType::Symlink;
         if self.same_owner {
             std::os::unix::fs::lchown(host, Some(id32(meta.uid)), Some(id32(meta.gid)))
                 .map_err(|e| self.apply_err(name, "chown", host, e))?;
@@ -487,7 +587,8 @@ impl<'a> Unpacker<'a> {
                 self.xattr_failed(name, host, key, e)?;
             }
         }
-        if !host.is_dir() || is_symlink {
+        // Directory times are set once the whole layer is written (`finish`).
+        if kind != EntryType::Directory {
             filetime::set_symlink_file_times(host, meta.mtime, meta.mtime)
                 .map_err(|e| self.apply_err(name, "set times of", host, e))?;
         }
@@ -512,31 +613,56 @@ impl<'a> Unpacker<'a> {
         }
     }
 
+    /// Create an entry with `create`; when something is already at `host`, replace it (see
+    /// `remove_existing`) and create again, unless it is a directory and so is the new entry.
+    fn create_replacing(
+        &self,
+        name: &str,
+        host: &Path,
+        new_is_dir: bool,
+        action: &'static str,
+        create: impl Fn() -> io::Result<()>,
+    ) -> Result<(), UnpackError> {
+        match create() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if self.remove_existing(name, host, new_is_dir)? {
+                    create().map_err(|e| self.apply_err(name, action, host, e))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(self.apply_err(name, action, host, e)),
+        }
+    }
+
     /// Remove what is at `host` unless it is a directory and the new entry is one too.
+    /// Returns whether `host` is free now (false: a directory was kept).
     fn remove_existing(
         &self,
         name: &str,
         host: &Path,
         new_is_dir: bool,
-    ) -> Result<(), UnpackError> {
+    ) -> Result<bool, UnpackError> {
         let meta = match fs::symlink_metadata(host) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(self.apply_err(name, "inspect", host, e)),
         };
         if meta.is_dir() && new_is_dir {
-            return Ok(());
+            return Ok(false);
         }
         if meta.is_dir() || meta.file_type().is_symlink() {
             // Removing a file cannot change how a directory path resolves; these can.
-            self.parent_cache.replace(None);
+            self.parent_cache.borrow_mut().clear();
         }
         if meta.is_dir() {
             self.remove_tree(host)
-                .map_err(|e| self.apply_err(name, "remove directory", host, e))
+                .map_err(|e| self.apply_err(name, "remove directory", host, e))?;
         } else {
-            fs::remove_file(host).map_err(|e| self.apply_err(name, "remove", host, e))
+            fs::remove_file(host).map_err(|e| self.apply_err(name, "remove", host, e))?;
         }
+        Ok(true)
     }
 
     /// Remove a directory tree without following symlinks, sparing ignored subtrees (and so the
@@ -554,7 +680,7 @@ impl<'a> Unpacker<'a> {
     }
 
     fn remove_path(&self, path: &Path) -> io::Result<()> {
-        self.parent_cache.replace(None);
+        self.parent_cache.borrow_mut().clear();
         if self.is_ignored(path) {
             return Ok(());
         }
@@ -626,8 +752,9 @@ impl<'a> Unpacker<'a> {
                 return Err(self.apply_err(name, "find hardlink target", &target, e));
             }
         }
-        self.remove_existing(name, host, false)?;
-        fs::hard_link(&target, host).map_err(|e| self.apply_err(name, "create hardlink", host, e))
+        self.create_replacing(name, host, false, "create hardlink", || {
+            fs::hard_link(&target, host)
+        })
     }
 
     fn finish(&mut self) -> Result<(), UnpackError> {

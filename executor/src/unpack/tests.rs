@@ -542,3 +542,146 @@ fn entry_paths_are_cleaned() {
     );
     assert_eq!(parse_pax_time("7"), Some(FileTime::from_unix_time(7, 0)));
 }
+
+/// The digest check of [`unpack_layer_verified`] covers every byte of the blob: what the
+/// decompressor read, and what follows the archive's end (here trailing bytes after the gzip
+/// stream's tar end marker, which the unpack itself never needs).
+#[test]
+fn verified_unpack_hashes_the_whole_blob() {
+    let mut layer = Layer::new();
+    layer.dir("etc/").file("etc/hostname", b"kiln\n");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&layer.bytes()).unwrap();
+    let mut blob = gz.finish().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("layer.tar.gz");
+    fs::write(&path, &blob).unwrap();
+    let digest = crate::image::sha256_digest(&blob);
+
+    let root = tempfile::tempdir().unwrap();
+    let stats = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap();
+    assert_eq!(stats.entries, 2);
+    assert_eq!(
+        fs::read(root.path().join("etc/hostname")).unwrap(),
+        b"kiln\n"
+    );
+
+    // A plain tar ends with zero blocks the unpack does not need: a change there counts too.
+    let plain = layer.bytes();
+    let plain_path = work.path().join("layer.tar");
+    let mut changed = plain.clone();
+    *changed.last_mut().unwrap() = 1;
+    fs::write(&plain_path, &changed).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let err = unpack_layer_verified(
+        &plain_path,
+        root.path(),
+        &opts(),
+        &crate::image::sha256_digest(&plain),
+    )
+    .unwrap_err();
+    assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
+    assert!(
+        root.path().join("etc/hostname").exists(),
+        "the entries were applied before the end was hashed: the caller discards the root"
+    );
+
+    // Bytes after the gzip stream, unread by the unpack, count as well.
+    blob.extend_from_slice(b"tail");
+    fs::write(&path, &blob).unwrap();
+    let err = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap_err();
+    match &err {
+        UnpackError::Digest {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &digest);
+            assert_eq!(actual, &crate::image::sha256_digest(&blob));
+        }
+        other => panic!("expected a digest mismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("layer.tar.gz"), "{err}");
+}
+
+/// A blob corrupted in the middle of its compressed stream breaks the unpack half-way; the
+/// error says the blob does not match its digest, not merely that it could not be read.
+#[test]
+fn corruption_that_breaks_the_stream_is_a_digest_mismatch() {
+    let mut layer = Layer::new();
+    for i in 0..64 {
+        layer.file(&format!("f{i}"), format!("{i}").repeat(4096).as_bytes());
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer.bytes()).unwrap();
+    let blob = gz.finish().unwrap();
+    let digest = crate::image::sha256_digest(&blob);
+    let mut broken = blob.clone();
+    let middle = broken.len() / 2;
+    for b in &mut broken[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("broken.tar.gz");
+    fs::write(&path, &broken).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let plain = unpack_layer(&path, root.path(), &opts()).unwrap_err();
+    assert!(matches!(plain, UnpackError::Read { .. }), "{plain}");
+    let root = tempfile::tempdir().unwrap();
+    let err = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap_err();
+    assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
+}
+
+/// Resolved parent directories are remembered for the whole layer; replacing or whiting out a
+/// directory (or a symlink) forgets them all, so entries below a directory that became a
+/// symlink out of the root still land inside it. Entries are created first and replace what is
+/// there only on a clash, for every type.
+#[test]
+fn remembered_parents_never_outlive_what_they_resolved_through() {
+    let outside = Sentinel::new();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let work = tempfile::tempdir().unwrap();
+    fs::write(r.join("was-file"), "lower").unwrap();
+    fs::write(r.join("dev"), "lower").unwrap();
+    std::os::unix::fs::symlink("old", r.join("sl")).unwrap();
+    let out = outside.path().to_str().unwrap();
+    let blob = Layer::new()
+        .dir("p/")
+        .dir("p/q/")
+        .file("p/q/f", b"ok")
+        .file("p/other", b"ok")
+        // An ancestor of a remembered directory becomes a symlink out of the root.
+        .symlink("p", out)
+        .file("p/q/g", b"pwned")
+        .dir("w/")
+        .file("w/a", b"ok")
+        .file(".wh.w", b"")
+        .symlink("w", out)
+        .file("w/b", b"pwned")
+        // A new symlink beside remembered directories changes nothing they resolved through.
+        .dir("s/")
+        .file("s/one", b"1")
+        .symlink("s/link", out)
+        .file("s/two", b"2")
+        .file("s/link/three", b"pwned")
+        .hardlink("was-file", "s/one")
+        .raw("dev", EntryType::Fifo, None, b"", 0o600)
+        .symlink("sl", "new")
+        .write(work.path());
+    unpack_layer(&blob, r, &opts()).unwrap();
+    outside.assert_untouched();
+    let inside = r.join(outside.path().strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("q/g")).unwrap(), b"pwned");
+    assert_eq!(fs::read(inside.join("b")).unwrap(), b"pwned");
+    assert_eq!(fs::read(inside.join("three")).unwrap(), b"pwned");
+    assert!(fs::symlink_metadata(r.join("p")).unwrap().is_symlink());
+    assert_eq!(fs::read(r.join("s/one")).unwrap(), b"1");
+    assert_eq!(fs::read(r.join("s/two")).unwrap(), b"2");
+    let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap();
+    assert_eq!(
+        meta("was-file").ino(),
+        meta("s/one").ino(),
+        "hardlink replaced the file"
+    );
+    assert!(meta("dev").file_type().is_fifo(), "fifo replaced the file");
+    assert_eq!(fs::read_link(r.join("sl")).unwrap(), Path::new("new"));
+}
