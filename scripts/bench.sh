@@ -179,16 +179,22 @@ timed() {
     case "$rc" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS="fail($rc)" ;; esac
 }
 
-# discard CMD ARGS...: removes a build's leftovers now, or for w2 after all of w2's builds. ext4
-# skips inodes freed in the last 60 s (300 s while their table block is dirty) when allocating new
-# ones (`recently_deleted`), so deleting a 100,000-file tree right before the next build makes
-# that build's RUN several times slower (seen in perf: 40 % of the RUN's CPU). Deferring costs
-# disk: about 3 GB per w2 run of all three tools (vfs storage copies each layer).
+# discard CMD ARGS...: removes a build's leftovers later, not now. ext4 skips inodes freed in the
+# last 60 s (300 s while their table block is dirty) when allocating new ones (`recently_deleted`),
+# so deleting a tree right before the next build makes that build's file creation several times
+# slower (seen in perf: 40 % of a 100,000-file RUN's CPU; a Debian base unpack drifted from 1.6 s to
+# 7 s over runs that each deleted the previous root). A build in a Pod starts on a fresh container
+# filesystem, so every build here should too: leftovers are deleted after the last workload when
+# the disk has room for all of them (about 30 GB for everything with --runs 3: vfs storage copies
+# each layer), else after each workload, which is then noted in the output.
 DEFERRED=()
-CUR_W=""
-discard() {
-    if [[ "$CUR_W" == w2 ]]; then DEFERRED+=("$(printf '%q ' "$@")"); else "$@"; fi
-}
+DEFER_ALL=1
+avail_kb="$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')"
+if ((avail_kb < 40 * 1024 * 1024)); then
+    DEFER_ALL=""
+    log "less than 40 GB free under $WORK: leftovers are deleted after each workload, so the first builds of a workload may be slowed by the previous one's deletions"
+fi
+discard() { DEFERRED+=("$(printf '%q ' "$@")"); }
 flush_discards() {
     local c
     for c in "${DEFERRED[@]}"; do eval "$c"; done
@@ -329,7 +335,6 @@ for w in w1 w2 w3 w4 w5 w6; do
     mode=cold
     [[ "$w" == w5 ]] && mode=cached
     [[ "$w" == w6 ]] && mode=warmed
-    CUR_W="$w"
     for tool in kiln buildah kaniko; do
         want_tool "$tool" || continue
         if [[ "$mode" != cold ]] && ! prime "$w" "$tool"; then
@@ -351,9 +356,9 @@ for w in w1 w2 w3 w4 w5 w6; do
             fi
         done
     done
-    flush_discards
+    [[ -n "$DEFER_ALL" ]] || flush_discards
 done
-CUR_W=""
+flush_discards
 want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
 want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
 
