@@ -1,0 +1,319 @@
+//! The walk behind every snapshot: records what `lstat` says about each path under a root. It
+//! reads the tree only, never follows a symlink and never enters an ignored subtree.
+//!
+//! Each directory is opened relative to its parent's descriptor and its entries are `fstatat`-ed
+//! relative to its own, so the kernel resolves one name per entry instead of the whole path;
+//! directories are shared out to a few threads. This is written by hand because walkdir, jwalk
+//! and ignore's parallel walker all stat by full path, which is the cost this walk removes.
+
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use rustix::fs::{AtFlags, Dir, DirEntry, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+use super::{Kind, Node, RelPath, SnapshotError, State};
+
+/// More threads than this only contend for the directory queue and the inode locks.
+const MAX_WORKERS: usize = 4;
+
+/// Walk `root`, pruning the subtrees whose relative paths are in `ignore`. The result is the
+/// same whatever the thread timing: a set of paths, each read once.
+pub(super) fn scan(root: &Path, ignore: &[RelPath]) -> Result<State, SnapshotError> {
+    let workers = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    scan_with(root, ignore, workers.min(MAX_WORKERS))
+}
+
+/// [`scan`] with a given number of threads (at least one: the caller's).
+pub(super) fn scan_with(
+    root: &Path,
+    ignore: &[RelPath],
+    workers: usize,
+) -> Result<State, SnapshotError> {
+    let walk = Walk { root, ignore };
+    // The root itself follows a symlink, as `walkdir` did: it is where the caller points, not
+    // something a build step made.
+    let dir = match rustix::fs::openat(
+        CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Dir::new(fd).map_err(|e| walk.error(b"", e))?,
+        // A root that does not exist has no contents, as a walk of it used to report.
+        Err(Errno::NOENT) => return Ok(State::new()),
+        Err(e) => return Err(walk.error(b"", e)),
+    };
+    let mut found = Vec::new();
+    let subdirs = walk.read_dir(dir, b"", &mut found)?;
+
+    let shared = Shared {
+        queue: Mutex::new(Queue {
+            pending: subdirs,
+            busy: 0,
+            failed: None,
+            aborted: false,
+        }),
+        wake: Condvar::new(),
+    };
+    let mut parts = thread::scope(|s| {
+        let helpers: Vec<_> = (1..workers.max(1))
+            .map(|_| s.spawn(|| walk.work(&shared)))
+            .collect();
+        let mut parts = vec![walk.work(&shared)];
+        for helper in helpers {
+            parts.push(
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        parts
+    });
+    let queue = shared
+        .queue
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(e) = queue.failed {
+        return Err(e);
+    }
+    parts.push(found);
+    let mut state = State::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        state.extend(part);
+    }
+    Ok(state)
+}
+
+/// A directory to read: its name in its parent, which stays open until all its subdirectories
+/// have been opened, so no path is ever resolved again.
+struct Task {
+    parent: Arc<Dir>,
+    entry: DirEntry,
+    rel: RelPath,
+}
+
+struct Queue {
+    /// Found, not yet read. Used as a stack, so the open parents are about one path from the
+    /// root per thread rather than a whole level of a wide tree.
+    pending: Vec<Task>,
+    /// Threads reading a directory now; the walk is over when none is and nothing is pending.
+    busy: usize,
+    failed: Option<SnapshotError>,
+    /// A thread panicked mid-directory: its `busy` count will never drop, so the others stop.
+    aborted: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the other threads when this one unwinds, instead of leaving them waiting for it.
+struct AbortOnUnwind<'a>(&'a Shared);
+
+impl Drop for AbortOnUnwind<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.lock().aborted = true;
+            self.0.wake.notify_all();
+        }
+    }
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    ignore: &'a [RelPath],
+}
+
+impl Walk<'_> {
+    fn error(&self, rel: &[u8], errno: Errno) -> SnapshotError {
+        SnapshotError::Scan {
+            path: self.root.join(OsStr::from_bytes(rel)),
+            source: errno.into(),
+        }
+    }
+
+    /// One thread's share of the walk: what it found, in no particular order.
+    fn work(&self, shared: &Shared) -> Vec<(RelPath, Node)> {
+        let _abort = AbortOnUnwind(shared);
+        let mut found = Vec::new();
+        let mut queue = shared.lock();
+        loop {
+            let task = loop {
+                if queue.failed.is_some() || queue.aborted {
+                    return found;
+                }
+                if let Some(task) = queue.pending.pop() {
+                    break task;
+                }
+                if queue.busy == 0 {
+                    return found;
+                }
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            };
+            queue.busy += 1;
+            drop(queue);
+            let result = self.read_task(task, &mut found);
+            queue = shared.lock();
+            queue.busy -= 1;
+            match result {
+                Ok(subdirs) => queue.pending.extend(subdirs),
+                Err(e) => {
+                    queue.failed.get_or_insert(e);
+                }
+            }
+            // Wake the others for new work, or to let them see the walk is over.
+            if !queue.pending.is_empty() || queue.busy == 0 || queue.failed.is_some() {
+                shared.wake.notify_all();
+            }
+        }
+    }
+
+    fn read_task(
+        &self,
+        task: Task,
+        found: &mut Vec<(RelPath, Node)>,
+    ) -> Result<Vec<Task>, SnapshotError> {
+        let parent = task.parent.fd().map_err(|e| self.error(&task.rel, e))?;
+        match open_subdir(parent, &task.entry).map_err(|e| self.error(&task.rel, e))? {
+            // Dropping the task releases the parent as soon as its last subdirectory is open.
+            Some(dir) => self.read_dir(dir, &task.rel, found),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Record every entry of `dir` (at `rel`) and return its subdirectories to read.
+    fn read_dir(
+        &self,
+        mut dir: Dir,
+        rel: &[u8],
+        found: &mut Vec<(RelPath, Node)>,
+    ) -> Result<Vec<Task>, SnapshotError> {
+        // All names first: reading needs the `Dir` mutably, `fstatat` needs its descriptor.
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.read() {
+            // A directory removed while being read ends early without an error (`Dir` itself
+            // treats ENOENT from getdents that way).
+            let entry = entry.map_err(|e| self.error(rel, e))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                entries.push(entry);
+            }
+        }
+        let dir = Arc::new(dir);
+        let fd = dir.fd().map_err(|e| self.error(rel, e))?;
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let path = join(rel, entry.file_name().to_bytes());
+            if self.ignore.contains(&path) {
+                continue;
+            }
+            let Some(node) = stat_entry(fd, &entry).map_err(|e| self.error(&path, e))? else {
+                continue;
+            };
+            if node.kind == Kind::Dir {
+                subdirs.push(Task {
+                    parent: Arc::clone(&dir),
+                    entry,
+                    rel: path.clone(),
+                });
+            }
+            found.push((path, node));
+        }
+        Ok(subdirs)
+    }
+}
+
+/// `rel/name`, or `name` at the top.
+fn join(rel: &[u8], name: &[u8]) -> RelPath {
+    let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
+    if !rel.is_empty() {
+        path.extend_from_slice(rel);
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path.into_boxed_slice()
+}
+
+/// Open a subdirectory found by `stat_entry`, or `None` when it is no longer a directory by
+/// that name: removed, or replaced by a file or a symlink (which is never followed) since it was
+/// stat-ed. Either way the next snapshot sees the new entry; its old contents are gone.
+pub(super) fn open_subdir(
+    parent: impl rustix::fd::AsFd,
+    entry: &DirEntry,
+) -> Result<Option<Dir>, Errno> {
+    match rustix::fs::openat(
+        parent,
+        entry.file_name(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Dir::new(fd).map(Some),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `lstat` (and `readlink`) one entry of the directory open as `dir`, or `None` when it vanished
+/// since the directory was read: something a step left running may delete files while we walk,
+/// and a vanished path is simply not part of this state.
+pub(super) fn stat_entry(
+    dir: impl rustix::fd::AsFd,
+    entry: &DirEntry,
+) -> Result<Option<Node>, Errno> {
+    let name = entry.file_name();
+    let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::RegularFile => Kind::File,
+        FileType::CharacterDevice => Kind::Char,
+        FileType::BlockDevice => Kind::Block,
+        FileType::Fifo => Kind::Fifo,
+        // Like sockets, anything else cannot be stored in a layer and is left out by `diff`.
+        FileType::Socket | FileType::Unknown => Kind::Socket,
+    };
+    let link = if kind == Kind::Symlink {
+        match rustix::fs::readlinkat(&dir, name, Vec::new()) {
+            Ok(target) => Some(OsString::from_vec(target.into_bytes())),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    // The same conversions as std's `MetadataExt`, so a state means what it did before.
+    let node = Node {
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        rdev: st.st_rdev as u64,
+        nlink: st.st_nlink as u64,
+        link,
+    };
+    Ok(Some(node))
+}
