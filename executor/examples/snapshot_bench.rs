@@ -9,7 +9,9 @@
 //!     cargo run --release -p kiln-executor --example snapshot_bench -- /dev/shm /var/tmp
 //! ```
 //!
-//! `KILN_BENCH_FILES` (default 100000) and `KILN_BENCH_DIRS` (default 1000) size the tree.
+//! `KILN_BENCH_FILES` (default 100000) and `KILN_BENCH_DIRS` (default 1000) size the tree;
+//! `KILN_BENCH_STEPS` (default 10) sets how many one-file steps are timed, and
+//! `KILN_BENCH_FIRST=0` skips the first-snapshot timings (for profiling the steps alone).
 
 use std::fs;
 use std::path::Path;
@@ -80,7 +82,7 @@ fn stats(times: &[(Duration, Duration)]) -> String {
     )
 }
 
-fn bench(base: &Path, files: usize, dirs: usize) {
+fn bench(base: &Path, files: usize, dirs: usize, steps: usize, first: bool) {
     let work = tempfile::Builder::new()
         .prefix("kiln-snapshot-bench-")
         .tempdir_in(base)
@@ -100,10 +102,11 @@ fn bench(base: &Path, files: usize, dirs: usize) {
 
     // First snapshot: every file is new. The tree is moved in whole so the "before" state is
     // empty without creating it twice.
-    for (label, compression) in [
+    let compressions = [
         ("gzip 6", Compression::Gzip { level: 6 }),
         ("gzip 0", Compression::Gzip { level: 0 }),
-    ] {
+    ];
+    for (label, compression) in compressions.into_iter().filter(|_| first) {
         let opts = LayerOptions {
             reproducible: false,
             compression,
@@ -135,7 +138,7 @@ fn bench(base: &Path, files: usize, dirs: usize) {
     let opts = LayerOptions::default();
     let target = root.join(format!("tree/d{:04}/f0000", dirs / 2));
     let mut times = Vec::new();
-    for i in 0..10 {
+    for i in 0..steps.max(1) {
         fs::write(&target, format!("changed {i}\n")).unwrap();
         let (layer, took) = timed(|| snap.snapshot_layer(&out, &opts).unwrap().expect("a layer"));
         times.push(took);
@@ -155,6 +158,8 @@ fn bench(base: &Path, files: usize, dirs: usize) {
 fn main() {
     let files = env_or("KILN_BENCH_FILES", 100_000);
     let dirs = env_or("KILN_BENCH_DIRS", 1000).max(1);
+    let steps = env_or("KILN_BENCH_STEPS", 10);
+    let first = env_or("KILN_BENCH_FIRST", 1) != 0;
     let bases: Vec<String> = std::env::args().skip(1).collect();
     let bases = if bases.is_empty() {
         vec!["/dev/shm".to_string(), "/var/tmp".to_string()]
@@ -166,6 +171,6 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for base in bases {
-        bench(Path::new(&base), files, dirs);
+        bench(Path::new(&base), files, dirs, steps, first);
     }
 }

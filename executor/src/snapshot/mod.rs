@@ -6,8 +6,9 @@
 //! owner, size, mtime, ctime, inode, device, symlink target). ctime cannot be set from user space,
 //! so a rewrite that restores the mtime is still seen; unchanged files are never read.
 //!
-//! A step usually changes a handful of paths in a tree of 100,000, so the states are hash maps
-//! keyed by raw path bytes and only the changes are put in layer order.
+//! A step usually changes a handful of paths in a tree of 100,000, so a state is kept per
+//! directory, each listing sorted by name: comparing two states is a merge of sorted lists, with
+//! no per-path hashing or whole-path keys, and only the changes are put in layer order.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -32,7 +33,6 @@ mod tests;
 mod writer;
 
 use scan::scan;
-
 use writer::{ExactReader, LayerWriter};
 
 /// Layer compression.
@@ -114,21 +114,39 @@ struct Node {
     link: Option<OsString>,
 }
 
-/// A path relative to the root as raw bytes, names joined by `/`; never empty.
+/// A path relative to the root as raw bytes, names joined by `/`; the root itself is empty.
 type RelPath = Box<[u8]>;
 
-/// Every path under the root (not the root itself). Unordered: only changes are ever sorted.
-type State = HashMap<RelPath, Node>;
+/// One name within a directory, as raw bytes.
+type Name = Box<[u8]>;
 
-/// What goes in a layer, in the order it is written (see [`layer_order`]). Entries borrow their
-/// path from the new state; whiteouts are made up.
-type Changes<'a> = Vec<(Cow<'a, [u8]>, Change)>;
+/// Every path under the root, as the listing of each directory walked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct State {
+    /// By directory path. The root is always there, and so is every entry of kind `Dir` (with
+    /// an empty listing when it vanished before it could be read); nothing else is. Listings
+    /// are sorted by name.
+    dirs: HashMap<RelPath, Vec<(Name, Node)>>,
+}
+
+impl State {
+    fn get(&self, path: &[u8]) -> Option<&Node> {
+        let (parent, name) = split_parent(path);
+        let listing = self.dirs.get(parent)?;
+        let i = listing.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+        Some(&listing[i].1)
+    }
+}
+
+/// What goes in a layer, in the order it is written (see [`layer_order`]). Parent directories
+/// borrow their path from the new state; other paths are put together.
+type Changes<'a> = Vec<(Cow<'a, [u8]>, Change<'a>)>;
 
 /// What to put in the layer for a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// Write the path's current state.
-    Entry,
+enum Change<'a> {
+    /// Write the path's current state, which is this.
+    Entry(&'a Node),
     /// A whiteout for the named sibling (`dir/.wh.name`).
     Whiteout,
 }
@@ -162,7 +180,7 @@ impl Snapshotter {
         let mut snapshotter = Snapshotter {
             root: root.to_path_buf(),
             ignore,
-            state: State::new(),
+            state: State::default(),
         };
         snapshotter.refresh()?;
         Ok(snapshotter)
@@ -188,7 +206,7 @@ impl Snapshotter {
             self.state = new;
             return Ok(None);
         }
-        let layer = self.write_layer(&new, &changes, out_dir, opts)?;
+        let layer = self.write_layer(&changes, out_dir, opts)?;
         tracing::debug!(
             layer = %layer.path.display(),
             entries = changes.len(),
@@ -201,7 +219,6 @@ impl Snapshotter {
 
     fn write_layer(
         &self,
-        new: &State,
         changes: &Changes<'_>,
         out_dir: &Path,
         opts: &LayerOptions,
@@ -243,10 +260,7 @@ impl Snapshotter {
                         .append(&mut header, rel, None, &[], io::empty())
                         .map_err(write_err)?;
                 }
-                Change::Entry => {
-                    let Some((rel, node)) = new.get_key_value(&rel[..]) else {
-                        continue;
-                    };
+                Change::Entry(node) => {
                     let entry = Entry {
                         root: &root,
                         rel,
@@ -290,7 +304,6 @@ impl Snapshotter {
             path: host(),
             source,
         };
-        let name = rel;
         let mut header = Header::new_gnu();
         header.set_mode(node.mode);
         header.set_uid(u64::from(node.uid));
@@ -307,7 +320,7 @@ impl Snapshotter {
                 Some(first) => {
                     header.set_entry_type(EntryType::Link);
                     return layer
-                        .append(&mut header, name, Some(first), &[], io::empty())
+                        .append(&mut header, rel, Some(first), &[], io::empty())
                         .map_err(write_err);
                 }
                 None => {
@@ -330,10 +343,10 @@ impl Snapshotter {
             let len = file.metadata().map_err(read_err)?.len();
             header.set_entry_type(EntryType::Regular);
             header.set_size(len);
-            let host = host();
-            let data = ExactReader::new(&mut file, len, &host);
+            // The error that carries this path says where the root is.
+            let data = ExactReader::new(&mut file, len, Path::new(OsStr::from_bytes(rel)));
             return layer
-                .append(&mut header, name, None, &xattrs, data)
+                .append(&mut header, rel, None, &xattrs, data)
                 .map_err(|e| {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
                         read_err(e)
@@ -350,7 +363,7 @@ impl Snapshotter {
             Kind::File => Ok(()),
             Kind::Dir => {
                 header.set_entry_type(EntryType::Directory);
-                let mut dir_name = name.to_vec();
+                let mut dir_name = rel.to_vec();
                 dir_name.push(b'/');
                 layer
                     .append(&mut header, &dir_name, None, &xattrs, io::empty())
@@ -360,7 +373,7 @@ impl Snapshotter {
                 header.set_entry_type(EntryType::Symlink);
                 let target = node.link.as_deref().unwrap_or(OsStr::new("")).as_bytes();
                 layer
-                    .append(&mut header, name, Some(target), &xattrs, io::empty())
+                    .append(&mut header, rel, Some(target), &xattrs, io::empty())
                     .map_err(write_err)
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -376,7 +389,7 @@ impl Snapshotter {
                     header.set_device_minor(minor).map_err(write_err)?;
                 }
                 layer
-                    .append(&mut header, name, None, &xattrs, io::empty())
+                    .append(&mut header, rel, None, &xattrs, io::empty())
                     .map_err(write_err)
             }
             // Left out by `diff` already.
@@ -423,62 +436,69 @@ struct Entry<'r, 'a> {
 /// topmost deleted paths, and every parent directory of those (so the layer applies on its own).
 fn diff<'a>(old: &State, new: &'a State) -> Changes<'a> {
     let mut changes: Changes<'a> = Vec::new();
-    for (path, node) in new {
-        if old.get(path) == Some(node) {
-            continue;
-        }
-        // Sockets cannot be stored in a tar; they are recreated by whoever listens, and one
-        // alone must not produce a layer of bare parent directories.
-        if node.kind == Kind::Socket {
-            continue;
-        }
-        if is_whiteout_name(path) {
-            tracing::warn!(
-                path = %OsStr::from_bytes(path).to_string_lossy(),
-                "not adding a file whose name starts with {WHITEOUT_PREFIX}: layers reserve it for deletions"
-            );
-            continue;
-        }
-        changes.push((Cow::Borrowed(path), Change::Entry));
-    }
-    for path in old.keys() {
-        if new.contains_key(path) {
-            continue;
-        }
-        let (parent, name) = split_parent(path);
-        // When the parent is gone too (or is no longer a directory), the parent's own whiteout
-        // or replacement covers this path.
-        let parent_is_dir =
-            parent.is_empty() || new.get(parent).is_some_and(|n| n.kind == Kind::Dir);
-        if !parent_is_dir {
-            continue;
-        }
-        let mut whiteout = Vec::with_capacity(path.len() + WHITEOUT_PREFIX.len());
-        if !parent.is_empty() {
-            whiteout.extend_from_slice(parent);
-            whiteout.push(b'/');
-        }
-        whiteout.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
-        whiteout.extend_from_slice(name);
-        changes.push((Cow::Owned(whiteout), Change::Whiteout));
-    }
-    // Every path of `new` has all its parents in `new`, so they can be borrowed from there.
-    let mut parents: HashSet<&'a [u8]> = HashSet::new();
-    for (path, _) in &changes {
-        let mut parent = split_parent(path).0;
-        while !parent.is_empty() {
-            if let Some((key, _)) = new.get_key_value(parent) {
-                // Its own parents were added with it.
-                if !parents.insert(key) {
-                    break;
+    // Directories with a change directly in them.
+    let mut touched: Vec<&'a [u8]> = Vec::new();
+    let nothing = Vec::new();
+    // A deleted path's whiteout goes in its parent directory when that is still a directory;
+    // when the parent is gone too (or is no longer a directory), the parent's own whiteout or
+    // replacement covers it. So only directories of `new` can hold changes.
+    for (dir, listing) in &new.dirs {
+        let before = old.dirs.get(dir).unwrap_or(&nothing);
+        let first = changes.len();
+        // Both listings are sorted by name: merge them.
+        let (mut i, mut j) = (0, 0);
+        while i < before.len() || j < listing.len() {
+            let order = match (before.get(i), listing.get(j)) {
+                (Some((was, _)), Some((is, _))) => was.cmp(is),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            if order == Ordering::Less {
+                changes.push((
+                    Cow::Owned(whiteout_path(dir, &before[i].0)),
+                    Change::Whiteout,
+                ));
+                i += 1;
+                continue;
+            }
+            let (name, node) = &listing[j];
+            j += 1;
+            if order == Ordering::Equal {
+                i += 1;
+                if before[i - 1].1 == *node {
+                    continue;
                 }
             }
+            // Sockets cannot be stored in a tar; they are recreated by whoever listens, and one
+            // alone must not produce a layer of bare parent directories.
+            if node.kind == Kind::Socket {
+                continue;
+            }
+            let path = scan::join(dir, name);
+            if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                tracing::warn!(
+                    path = %OsStr::from_bytes(&path).to_string_lossy(),
+                    "not adding a file whose name starts with {WHITEOUT_PREFIX}: layers reserve it for deletions"
+                );
+                continue;
+            }
+            changes.push((Cow::Owned(path.into_vec()), Change::Entry(node)));
+        }
+        if changes.len() > first {
+            touched.push(dir);
+        }
+    }
+    let mut parents: HashSet<&'a [u8]> = HashSet::new();
+    for dir in touched {
+        let mut parent = dir;
+        // A parent already added came with its own parents.
+        while !parent.is_empty() && parents.insert(parent) {
             parent = split_parent(parent).0;
         }
     }
     for p in parents {
-        if new.get(p).is_some_and(|n| n.kind == Kind::Dir) {
-            changes.push((Cow::Borrowed(p), Change::Entry));
+        if let Some(node) = new.get(p).filter(|n| n.kind == Kind::Dir) {
+            changes.push((Cow::Borrowed(p), Change::Entry(node)));
         }
     }
     // Stable, so of two changes for one path the first pushed stays: a changed directory or a
@@ -486,6 +506,18 @@ fn diff<'a>(old: &State, new: &'a State) -> Changes<'a> {
     changes.sort_by(|a, b| layer_order(&a.0, &b.0));
     changes.dedup_by(|later, earlier| later.0 == earlier.0);
     changes
+}
+
+/// `dir/.wh.name`.
+fn whiteout_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(dir.len() + 1 + WHITEOUT_PREFIX.len() + name.len());
+    if !dir.is_empty() {
+        path.extend_from_slice(dir);
+        path.push(b'/');
+    }
+    path.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+    path.extend_from_slice(name);
+    path
 }
 
 /// The order of paths in a layer, the order `Path` compares in (name by name): a directory right
@@ -507,8 +539,4 @@ fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
         Some(cut) => (&path[..cut], &path[cut + 1..]),
         None => (&[], path),
     }
-}
-
-fn is_whiteout_name(path: &[u8]) -> bool {
-    split_parent(path).1.starts_with(WHITEOUT_PREFIX.as_bytes())
 }

@@ -1,28 +1,38 @@
-//! The walk behind every snapshot: records what `lstat` says about each path under a root. It
-//! reads the tree only, never follows a symlink and never enters an ignored subtree.
+//! The walk behind every snapshot: records what `lstat` says about each path under a root,
+//! directory by directory. It reads the tree only, never follows a symlink and never enters an
+//! ignored subtree.
 //!
 //! Each directory is opened relative to its parent's descriptor and its entries are `fstatat`-ed
 //! relative to its own, so the kernel resolves one name per entry instead of the whole path;
 //! directories are shared out to a few threads. This is written by hand because walkdir, jwalk
 //! and ignore's parallel walker all stat by full path, which is the cost this walk removes.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, OsStr, OsString};
+use std::mem::MaybeUninit;
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
-use rustix::fs::{AtFlags, Dir, DirEntry, FileType, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, CWD};
 use rustix::io::Errno;
 
-use super::{Kind, Node, RelPath, SnapshotError, State};
+use super::{split_parent, Kind, Name, Node, RelPath, SnapshotError, State};
 
 /// More threads than this only contend for the directory queue and the inode locks.
 const MAX_WORKERS: usize = 4;
 
-/// Walk `root`, pruning the subtrees whose relative paths are in `ignore`. The result is the
-/// same whatever the thread timing: a set of paths, each read once.
+/// getdents buffer per thread: a few hundred names per call, as glibc's `readdir` reads.
+const DIRENT_BUFFER: usize = 32 * 1024;
+
+/// One directory's entries, sorted by name.
+type Listing = Vec<(Name, Node)>;
+
+/// Walk `root`, pruning the paths (and subtrees) whose relative paths are in `ignore`. The
+/// result is the same whatever the thread timing: each directory is read once and its entries
+/// sorted.
 pub(super) fn scan(root: &Path, ignore: &[RelPath]) -> Result<State, SnapshotError> {
     let workers = thread::available_parallelism().map_or(1, NonZeroUsize::get);
     scan_with(root, ignore, workers.min(MAX_WORKERS))
@@ -35,21 +45,26 @@ pub(super) fn scan_with(
     workers: usize,
 ) -> Result<State, SnapshotError> {
     let walk = Walk { root, ignore };
-    // The root itself follows a symlink, as `walkdir` did: it is where the caller points, not
-    // something a build step made.
-    let dir = match rustix::fs::openat(
+    let mut state = State::default();
+    // The root itself is opened through a symlink, as `walkdir` did: it is where the caller
+    // points, not something a build step made.
+    let fd = match rustix::fs::openat(
         CWD,
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => Dir::new(fd).map_err(|e| walk.error(b"", e))?,
+        Ok(fd) => fd,
         // A root that does not exist has no contents, as a walk of it used to report.
-        Err(Errno::NOENT) => return Ok(State::new()),
+        Err(Errno::NOENT) => {
+            state.dirs.insert(RelPath::default(), Vec::new());
+            return Ok(state);
+        }
         Err(e) => return Err(walk.error(b"", e)),
     };
-    let mut found = Vec::new();
-    let subdirs = walk.read_dir(dir, b"", &mut found)?;
+    let mut buf = Vec::with_capacity(DIRENT_BUFFER);
+    let (listing, subdirs) = walk.read_dir(fd, b"", buf.spare_capacity_mut())?;
+    state.dirs.insert(RelPath::default(), listing);
 
     let shared = Shared {
         queue: Mutex::new(Queue {
@@ -60,11 +75,11 @@ pub(super) fn scan_with(
         }),
         wake: Condvar::new(),
     };
-    let mut parts = thread::scope(|s| {
+    let parts = thread::scope(|s| {
         let helpers: Vec<_> = (1..workers.max(1))
-            .map(|_| s.spawn(|| walk.work(&shared)))
+            .map(|_| s.spawn(|| walk.work(&shared, &mut Vec::with_capacity(DIRENT_BUFFER))))
             .collect();
-        let mut parts = vec![walk.work(&shared)];
+        let mut parts = vec![walk.work(&shared, &mut buf)];
         for helper in helpers {
             parts.push(
                 helper
@@ -81,19 +96,18 @@ pub(super) fn scan_with(
     if let Some(e) = queue.failed {
         return Err(e);
     }
-    parts.push(found);
-    let mut state = State::with_capacity(parts.iter().map(Vec::len).sum());
+    state.dirs.reserve(parts.iter().map(Vec::len).sum());
     for part in parts {
-        state.extend(part);
+        state.dirs.extend(part);
     }
     Ok(state)
 }
 
-/// A directory to read: its name in its parent, which stays open until all its subdirectories
-/// have been opened, so no path is ever resolved again.
+/// A directory to read. Its parent stays open until all its subdirectories have been opened, so
+/// no path is ever resolved again.
 struct Task {
-    parent: Arc<Dir>,
-    entry: DirEntry,
+    parent: Arc<OwnedFd>,
+    /// Its path; the last name is the one to open in `parent`.
     rel: RelPath,
 }
 
@@ -144,8 +158,8 @@ impl Walk<'_> {
         }
     }
 
-    /// One thread's share of the walk: what it found, in no particular order.
-    fn work(&self, shared: &Shared) -> Vec<(RelPath, Node)> {
+    /// One thread's share of the walk: the directories it read, in no particular order.
+    fn work(&self, shared: &Shared, buf: &mut Vec<u8>) -> Vec<(RelPath, Listing)> {
         let _abort = AbortOnUnwind(shared);
         let mut found = Vec::new();
         let mut queue = shared.lock();
@@ -167,7 +181,7 @@ impl Walk<'_> {
             };
             queue.busy += 1;
             drop(queue);
-            let result = self.read_task(task, &mut found);
+            let result = self.read_task(task, buf.spare_capacity_mut(), &mut found);
             queue = shared.lock();
             queue.busy -= 1;
             match result {
@@ -186,60 +200,83 @@ impl Walk<'_> {
     fn read_task(
         &self,
         task: Task,
-        found: &mut Vec<(RelPath, Node)>,
+        buf: &mut [MaybeUninit<u8>],
+        found: &mut Vec<(RelPath, Listing)>,
     ) -> Result<Vec<Task>, SnapshotError> {
-        let parent = task.parent.fd().map_err(|e| self.error(&task.rel, e))?;
-        match open_subdir(parent, &task.entry).map_err(|e| self.error(&task.rel, e))? {
-            // Dropping the task releases the parent as soon as its last subdirectory is open.
-            Some(dir) => self.read_dir(dir, &task.rel, found),
-            None => Ok(Vec::new()),
-        }
+        let name = split_parent(&task.rel).1;
+        let opened = open_subdir(&*task.parent, name).map_err(|e| self.error(&task.rel, e))?;
+        // The parent is released as soon as its last subdirectory is open.
+        drop(task.parent);
+        let (listing, subdirs) = match opened {
+            Some(fd) => self.read_dir(fd, &task.rel, buf)?,
+            // Recorded as a directory, so it is listed as one, with nothing in it.
+            None => (Vec::new(), Vec::new()),
+        };
+        found.push((task.rel, listing));
+        Ok(subdirs)
     }
 
-    /// Record every entry of `dir` (at `rel`) and return its subdirectories to read.
+    /// `lstat` every entry of the directory open as `fd` (at `rel`): its sorted listing and the
+    /// subdirectories to read next.
     fn read_dir(
         &self,
-        mut dir: Dir,
+        fd: OwnedFd,
         rel: &[u8],
-        found: &mut Vec<(RelPath, Node)>,
-    ) -> Result<Vec<Task>, SnapshotError> {
-        // All names first: reading needs the `Dir` mutably, `fstatat` needs its descriptor.
-        let mut entries = Vec::new();
-        while let Some(entry) = dir.read() {
-            // A directory removed while being read ends early without an error (`Dir` itself
-            // treats ENOENT from getdents that way).
-            let entry = entry.map_err(|e| self.error(rel, e))?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                entries.push(entry);
-            }
-        }
-        let dir = Arc::new(dir);
-        let fd = dir.fd().map_err(|e| self.error(rel, e))?;
-        let mut subdirs = Vec::new();
-        for entry in entries {
-            let path = join(rel, entry.file_name().to_bytes());
-            if self.ignore.contains(&path) {
-                continue;
-            }
-            let Some(node) = stat_entry(fd, &entry).map_err(|e| self.error(&path, e))? else {
-                continue;
+        buf: &mut [MaybeUninit<u8>],
+    ) -> Result<(Listing, Vec<Task>), SnapshotError> {
+        // Ignored paths are few; only those directly in this directory can match an entry.
+        let ignored: Vec<&[u8]> = self
+            .ignore
+            .iter()
+            .filter_map(|path| match split_parent(path) {
+                (parent, name) if parent == rel => Some(name),
+                _ => None,
+            })
+            .collect();
+        let mut listing = Vec::new();
+        let mut subdir_names = Vec::new();
+        let mut entries = RawDir::new(&fd, buf);
+        while let Some(entry) = entries.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                // Removed while being read: what was read is all there is.
+                Err(Errno::NOENT) => break,
+                Err(e) => return Err(self.error(rel, e)),
             };
-            if node.kind == Kind::Dir {
-                subdirs.push(Task {
-                    parent: Arc::clone(&dir),
-                    entry,
-                    rel: path.clone(),
-                });
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
             }
-            found.push((path, node));
+            if ignored.contains(&name.to_bytes()) {
+                continue;
+            }
+            let node =
+                stat_entry(&fd, name).map_err(|e| self.error(&join(rel, name.to_bytes()), e))?;
+            let Some(node) = node else { continue };
+            if node.kind == Kind::Dir {
+                subdir_names.push(listing.len());
+            }
+            listing.push((Name::from(name.to_bytes()), node));
         }
-        Ok(subdirs)
+        let subdirs = if subdir_names.is_empty() {
+            Vec::new()
+        } else {
+            let parent = Arc::new(fd);
+            subdir_names
+                .into_iter()
+                .map(|i| Task {
+                    parent: Arc::clone(&parent),
+                    rel: join(rel, &listing[i].0),
+                })
+                .collect()
+        };
+        listing.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok((listing, subdirs))
     }
 }
 
 /// `rel/name`, or `name` at the top.
-fn join(rel: &[u8], name: &[u8]) -> RelPath {
+pub(super) fn join(rel: &[u8], name: &[u8]) -> RelPath {
     let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
     if !rel.is_empty() {
         path.extend_from_slice(rel);
@@ -252,30 +289,23 @@ fn join(rel: &[u8], name: &[u8]) -> RelPath {
 /// Open a subdirectory found by `stat_entry`, or `None` when it is no longer a directory by
 /// that name: removed, or replaced by a file or a symlink (which is never followed) since it was
 /// stat-ed. Either way the next snapshot sees the new entry; its old contents are gone.
-pub(super) fn open_subdir(
-    parent: impl rustix::fd::AsFd,
-    entry: &DirEntry,
-) -> Result<Option<Dir>, Errno> {
+pub(super) fn open_subdir(parent: impl AsFd, name: &[u8]) -> Result<Option<OwnedFd>, Errno> {
     match rustix::fs::openat(
         parent,
-        entry.file_name(),
+        name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => Dir::new(fd).map(Some),
+        Ok(fd) => Ok(Some(fd)),
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// `lstat` (and `readlink`) one entry of the directory open as `dir`, or `None` when it vanished
-/// since the directory was read: something a step left running may delete files while we walk,
-/// and a vanished path is simply not part of this state.
-pub(super) fn stat_entry(
-    dir: impl rustix::fd::AsFd,
-    entry: &DirEntry,
-) -> Result<Option<Node>, Errno> {
-    let name = entry.file_name();
+/// `lstat` (and `readlink`) the entry `name` of the directory open as `dir`, or `None` when it
+/// vanished since the directory was read: something a step left running may delete files while
+/// we walk, and a vanished path is simply not part of this state.
+pub(super) fn stat_entry(dir: impl AsFd, name: &CStr) -> Result<Option<Node>, Errno> {
     let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Ok(None),
@@ -300,8 +330,9 @@ pub(super) fn stat_entry(
     } else {
         None
     };
-    // The same conversions as std's `MetadataExt`, so a state means what it did before.
-    let node = Node {
+    // The same conversions as std's `MetadataExt`, so a state means what it did before. (The
+    // field types differ between architectures, hence `as`.)
+    Ok(Some(Node {
         kind,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
@@ -314,6 +345,5 @@ pub(super) fn stat_entry(
         rdev: st.st_rdev as u64,
         nlink: st.st_nlink as u64,
         link,
-    };
-    Ok(Some(node))
+    }))
 }

@@ -547,11 +547,49 @@ fn unpacks_what_gnu_tar_writes() {
     }
 }
 
+/// A state as one map from relative path to node, the shape it had before it was kept per
+/// directory: easy to build and to check by hand.
+type Flat = HashMap<RelPath, Node>;
+
+/// The per-directory state holding exactly the paths of `flat`.
+fn to_state(flat: &Flat) -> State {
+    let mut state = State::default();
+    state.dirs.insert(RelPath::default(), Vec::new());
+    for (path, node) in flat {
+        let (parent, name) = split_parent(path);
+        state
+            .dirs
+            .entry(parent.into())
+            .or_default()
+            .push((name.into(), node.clone()));
+        if node.kind == Kind::Dir {
+            state.dirs.entry(path.clone()).or_default();
+        }
+    }
+    for listing in state.dirs.values_mut() {
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    state
+}
+
+fn flatten(state: &State) -> BTreeMap<String, Node> {
+    state
+        .dirs
+        .iter()
+        .flat_map(|(dir, listing)| {
+            listing.iter().map(move |(name, node)| {
+                let path = scan::join(dir, name);
+                (String::from_utf8_lossy(&path).into_owned(), node.clone())
+            })
+        })
+        .collect()
+}
+
 /// The walk as it was done before the descriptor-based one: `walkdir` and `lstat` by full path.
-/// The state every scan must reproduce exactly.
-fn reference_scan(root: &Path, ignore: &[&str]) -> State {
+/// The paths and nodes every scan must reproduce exactly.
+fn reference_scan(root: &Path, ignore: &[&str]) -> Flat {
     let ignore: Vec<PathBuf> = ignore.iter().map(|p| root.join(p)).collect();
-    let mut state = State::new();
+    let mut state = Flat::new();
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .into_iter()
@@ -604,6 +642,7 @@ fn reference_scan(root: &Path, ignore: &[&str]) -> State {
 /// awkward names, and symlinks to directories inside and outside the root.
 fn wide_tree(root: &Path, outside: &Path) {
     for d in 0..40 {
+        fs::create_dir_all(root.join(format!("wide/d{d}"))).unwrap();
         for f in 0..(d % 7) {
             write(root, &format!("wide/d{d}/f{f}"), &"x".repeat(d * f));
         }
@@ -639,12 +678,19 @@ fn parallel_scan_matches_a_path_based_walk_whatever_the_thread_count() {
     let r = root.path();
     wide_tree(r, outside.path());
     let ignore: Vec<RelPath> = vec![b"skip/me"[..].into(), b"skipfile"[..].into()];
-    let expected = reference_scan(r, &["skip/me", "skipfile"]);
-    assert!(expected.len() > 150, "the tree is big: {}", expected.len());
+    let reference = reference_scan(r, &["skip/me", "skipfile"]);
+    assert!(
+        reference.len() > 150,
+        "the tree is big: {}",
+        reference.len()
+    );
+    let expected = to_state(&reference);
+    assert!(expected.dirs.len() > 50, "and has many directories");
     for workers in [1, 2, 3, 4, 8] {
         for _ in 0..3 {
             let state = scan_with(r, &ignore, workers).unwrap();
             if state != expected {
+                let (state, expected) = (flatten(&state), flatten(&expected));
                 let got: BTreeSet<_> = state.keys().collect();
                 let want: BTreeSet<_> = expected.keys().collect();
                 panic!(
@@ -663,26 +709,24 @@ fn symlinks_to_directories_are_recorded_not_followed() {
     let outside = tempfile::tempdir().unwrap();
     let r = root.path();
     wide_tree(r, outside.path());
-    let state = scan_with(r, &[], 4).unwrap();
+    let state = flatten(&scan_with(r, &[], 4).unwrap());
     for (link, target) in [
         ("names/out", outside.path().as_os_str()),
         ("names/in", OsStr::new("../wide")),
         ("names/dangling", OsStr::new("dangling")),
     ] {
-        let node = &state[link.as_bytes()];
+        let node = &state[link];
         assert_eq!(node.kind, Kind::Symlink, "{link}");
         assert_eq!(node.link.as_deref(), Some(target), "{link}");
         let below = format!("{link}/");
         assert!(
-            !state.keys().any(|k| k.starts_with(below.as_bytes())),
+            !state.keys().any(|k| k.starts_with(&below)),
             "nothing under {link}"
         );
     }
     // What the links point at is walked where it really is (or not at all, outside).
-    assert!(state.contains_key(&b"wide/d6/f5"[..]));
-    assert!(!state
-        .keys()
-        .any(|k| String::from_utf8_lossy(k).contains("secret")));
+    assert!(state.contains_key("wide/d6/f5"));
+    assert!(!state.keys().any(|k| k.contains("secret")));
 }
 
 #[test]
@@ -701,11 +745,7 @@ fn ignored_subtrees_are_pruned_by_exact_path() {
         ],
     )
     .unwrap();
-    let keys: BTreeSet<String> = snap
-        .state
-        .keys()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+    let keys: BTreeSet<String> = flatten(&snap.state).into_keys().collect();
     assert!(!keys.contains("skip/me") && !keys.contains("skip/me/file"));
     assert!(!keys.contains("skipfile"));
     // Siblings sharing a prefix with an ignored path are not ignored.
@@ -727,22 +767,16 @@ fn entries_that_vanish_during_the_walk_are_skipped() {
     write(r, "now-link/child", "x");
     fs::create_dir(r.join("elsewhere")).unwrap();
 
+    // The walk holds the directory open and has read its names; then looks at each.
     let fd = rustix::fs::open(r, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
-    let entries: BTreeMap<Vec<u8>, rustix::fs::DirEntry> = rustix::fs::Dir::read_from(&fd)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().to_bytes().to_vec(), e))
-        .collect();
-    let entry = |name: &str| &entries[name.as_bytes()];
+    let dirs = ["gone-dir", "now-file", "now-link"];
     // Present: seen, and directories open.
-    assert_eq!(
-        stat_entry(&fd, entry("file")).unwrap().unwrap().kind,
-        Kind::File
-    );
-    let link = stat_entry(&fd, entry("link")).unwrap().unwrap();
+    assert_eq!(stat_entry(&fd, c"file").unwrap().unwrap().kind, Kind::File);
+    let link = stat_entry(&fd, c"link").unwrap().unwrap();
     assert_eq!(link.link.as_deref(), Some(OsStr::new("file")));
-    for dir in ["gone-dir", "now-file", "now-link"] {
-        assert!(open_subdir(&fd, entry(dir)).unwrap().is_some(), "{dir}");
+    for dir in dirs {
+        let opened = open_subdir(&fd, dir.as_bytes()).unwrap();
+        assert!(opened.is_some(), "{dir}");
     }
 
     // Then removed or replaced between reading the directory and looking at each entry.
@@ -753,10 +787,11 @@ fn entries_that_vanish_during_the_walk_are_skipped() {
     write(r, "now-file", "a file now");
     fs::remove_dir_all(r.join("now-link")).unwrap();
     symlink("elsewhere", r.join("now-link")).unwrap();
-    assert_eq!(stat_entry(&fd, entry("file")).unwrap(), None);
-    assert_eq!(stat_entry(&fd, entry("link")).unwrap(), None);
-    for dir in ["gone-dir", "now-file", "now-link"] {
-        assert!(open_subdir(&fd, entry(dir)).unwrap().is_none(), "{dir}");
+    assert_eq!(stat_entry(&fd, c"file").unwrap(), None);
+    assert_eq!(stat_entry(&fd, c"link").unwrap(), None);
+    for dir in dirs {
+        let opened = open_subdir(&fd, dir.as_bytes()).unwrap();
+        assert!(opened.is_none(), "{dir}");
     }
 }
 
@@ -770,9 +805,8 @@ fn scan_errors_name_the_path() {
         matches!(&err, SnapshotError::Scan { path, .. } if path == &root.path().join("file")),
         "{err}"
     );
-    assert!(scan_with(&root.path().join("missing"), &[], 2)
-        .unwrap()
-        .is_empty());
+    let missing = scan_with(&root.path().join("missing"), &[], 2).unwrap();
+    assert_eq!(missing, to_state(&Flat::new()));
 }
 
 #[test]
@@ -828,8 +862,9 @@ fn a_directory_and_its_subtree_come_before_a_sibling_sorting_between_them() {
 
 /// `diff` as it was written over `BTreeMap<PathBuf, _>` states: the changes every `diff` must
 /// produce, in this order.
-fn reference_diff(old: &State, new: &State) -> Vec<(Vec<u8>, Change)> {
-    let by_path = |state: &State| -> BTreeMap<PathBuf, Node> {
+fn reference_diff<'a>(old: &Flat, new: &'a Flat) -> Vec<(Vec<u8>, Change<'a>)> {
+    let node_of = |path: &Path| &new[path.as_os_str().as_bytes()];
+    let by_path = |state: &Flat| -> BTreeMap<PathBuf, Node> {
         state
             .iter()
             .map(|(k, v)| (PathBuf::from(OsStr::from_bytes(k)), v.clone()))
@@ -843,7 +878,7 @@ fn reference_diff(old: &State, new: &State) -> Vec<(Vec<u8>, Change)> {
     let mut changes = BTreeMap::new();
     for (path, node) in &new {
         if old.get(path) != Some(node) && node.kind != Kind::Socket && !whiteout_name(path) {
-            changes.insert(path.clone(), Change::Entry);
+            changes.insert(path.clone(), Change::Entry(node_of(path)));
         }
     }
     for path in old.keys() {
@@ -872,7 +907,8 @@ fn reference_diff(old: &State, new: &State) -> Vec<(Vec<u8>, Change)> {
     }
     for p in parents {
         if new.get(&p).is_some_and(|n| n.kind == Kind::Dir) {
-            changes.entry(p).or_insert(Change::Entry);
+            let node = node_of(&p);
+            changes.entry(p).or_insert(Change::Entry(node));
         }
     }
     changes
@@ -896,7 +932,7 @@ impl Lcg {
 
 /// A random tree over a few names chosen to sort awkwardly and to collide with whiteouts; each
 /// node one of two variants, so two trees share many unchanged paths.
-fn random_state(rng: &mut Lcg, state: &mut State, prefix: &[u8], depth: u32) {
+fn random_state(rng: &mut Lcg, state: &mut Flat, prefix: &[u8], depth: u32) {
     for name in ["a", "a-b", "a.b", "b", ".wh.a", "a b"] {
         if rng.below(10) < 4 {
             continue;
@@ -944,7 +980,7 @@ fn diff_gives_the_changes_of_the_path_ordered_diff_in_the_same_order() {
     let mut rng = Lcg(7);
     let (mut entries, mut whiteouts, mut parent_only, mut collisions) = (0, 0, 0, 0);
     for round in 0..400 {
-        let (mut old, mut new) = (State::new(), State::new());
+        let (mut old, mut new) = (Flat::new(), Flat::new());
         random_state(&mut rng, &mut old, b"", 0);
         random_state(&mut rng, &mut new, b"", 0);
         if round % 5 == 0 {
@@ -955,7 +991,8 @@ fn diff_gives_the_changes_of_the_path_ordered_diff_in_the_same_order() {
                 new.get_mut(key).unwrap().mode ^= 0o100;
             }
         }
-        let got: Vec<(Vec<u8>, Change)> = diff(&old, &new)
+        let (old_state, new_state) = (to_state(&old), to_state(&new));
+        let got: Vec<(Vec<u8>, Change)> = diff(&old_state, &new_state)
             .into_iter()
             .map(|(p, c)| (p.into_owned(), c))
             .collect();
@@ -979,8 +1016,8 @@ fn diff_gives_the_changes_of_the_path_ordered_diff_in_the_same_order() {
                 // A whiteout for `a` where a directory `.wh.a` holds changes: it stays a whiteout.
                 Change::Whiteout if new.contains_key(&path[..]) => collisions += 1,
                 Change::Whiteout => whiteouts += 1,
-                Change::Entry if old.get(&path[..]) == new.get(&path[..]) => parent_only += 1,
-                Change::Entry => entries += 1,
+                Change::Entry(_) if old.get(&path[..]) == new.get(&path[..]) => parent_only += 1,
+                Change::Entry(_) => entries += 1,
             }
         }
     }
