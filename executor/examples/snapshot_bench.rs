@@ -10,6 +10,8 @@
 //! ```
 //!
 //! `KILN_BENCH_FILES` (default 100000) and `KILN_BENCH_DIRS` (default 1000) size the tree;
+//! `KILN_BENCH_DEPTH` (default 0) puts the directories that many levels further down (image
+//! trees are deeper than two levels: `usr/lib/python3/dist-packages/...`);
 //! `KILN_BENCH_STEPS` (default 10) sets how many one-file steps are timed, and
 //! `KILN_BENCH_FIRST=0` skips the first-snapshot timings (for profiling the steps alone).
 
@@ -26,12 +28,12 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `files` small files spread evenly over `dirs` directories under `root/tree`.
-fn make_tree(root: &Path, files: usize, dirs: usize) {
+/// `files` small files spread evenly over `dirs` directories under `root/tree/<nest>`.
+fn make_tree(root: &Path, nest: &str, files: usize, dirs: usize) {
     let per_dir = files.div_ceil(dirs);
     let mut made = 0;
     for d in 0..dirs {
-        let dir = root.join(format!("tree/d{d:04}"));
+        let dir = root.join(format!("tree/{nest}d{d:04}"));
         fs::create_dir_all(&dir).unwrap();
         for f in 0..per_dir {
             if made == files {
@@ -82,7 +84,7 @@ fn stats(times: &[(Duration, Duration)]) -> String {
     )
 }
 
-fn bench(base: &Path, files: usize, dirs: usize, steps: usize, first: bool) {
+fn bench(base: &Path, nest: &str, files: usize, dirs: usize, steps: usize, first: bool) {
     let work = tempfile::Builder::new()
         .prefix("kiln-snapshot-bench-")
         .tempdir_in(base)
@@ -93,10 +95,11 @@ fn bench(base: &Path, files: usize, dirs: usize, steps: usize, first: bool) {
     fs::create_dir_all(&root).unwrap();
     fs::create_dir_all(&staging).unwrap();
     let started = Instant::now();
-    make_tree(&staging, files, dirs);
+    make_tree(&staging, nest, files, dirs);
     println!(
-        "{}: {files} files in {dirs} directories created in {:.1} s",
+        "{}: {files} files in {dirs} directories at depth {} created in {:.1} s",
         base.display(),
+        nest.len() / 2 + 2,
         started.elapsed().as_secs_f64()
     );
 
@@ -136,7 +139,7 @@ fn bench(base: &Path, files: usize, dirs: usize, steps: usize, first: bool) {
     let mut snap = snap.unwrap();
 
     let opts = LayerOptions::default();
-    let target = root.join(format!("tree/d{:04}/f0000", dirs / 2));
+    let target = root.join(format!("tree/{nest}d{:04}/f0000", dirs / 2));
     let mut times = Vec::new();
     for i in 0..steps.max(1) {
         fs::write(&target, format!("changed {i}\n")).unwrap();
@@ -160,6 +163,7 @@ fn main() {
     let dirs = env_or("KILN_BENCH_DIRS", 1000).max(1);
     let steps = env_or("KILN_BENCH_STEPS", 10);
     let first = env_or("KILN_BENCH_FIRST", 1) != 0;
+    let nest = "n/".repeat(env_or("KILN_BENCH_DEPTH", 0));
     let bases: Vec<String> = std::env::args().skip(1).collect();
     let bases = if bases.is_empty() {
         vec!["/dev/shm".to_string(), "/var/tmp".to_string()]
@@ -171,6 +175,6 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for base in bases {
-        bench(Path::new(&base), files, dirs, steps, first);
+        bench(Path::new(&base), &nest, files, dirs, steps, first);
     }
 }

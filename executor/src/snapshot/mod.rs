@@ -234,14 +234,7 @@ impl Snapshotter {
             .map_err(write_err)?;
         let file = tmp.as_file().try_clone().map_err(write_err)?;
         let mut layer = LayerWriter::new(file, opts.compression).map_err(write_err)?;
-        // Files are opened relative to the root, so the kernel does not resolve the root's own
-        // path again for each of them.
-        let root = rustix::fs::open(
-            &self.root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| SnapshotError::Read {
+        let mut files = Opener::new(&self.root).map_err(|e| SnapshotError::Read {
             path: self.root.clone(),
             source: e.into(),
         })?;
@@ -262,7 +255,7 @@ impl Snapshotter {
                 }
                 Change::Entry(node) => {
                     let entry = Entry {
-                        root: &root,
+                        files: &mut files,
                         rel,
                         node,
                     };
@@ -290,7 +283,7 @@ impl Snapshotter {
     fn append_entry<'a>(
         &self,
         layer: &mut LayerWriter,
-        Entry { root, rel, node }: Entry<'_, 'a>,
+        Entry { files, rel, node }: Entry<'_, 'a>,
         opts: &LayerOptions,
         written_inodes: &mut HashMap<(u64, u64), &'a [u8]>,
         out_dir: &Path,
@@ -330,14 +323,7 @@ impl Snapshotter {
         }
 
         if node.kind == Kind::File {
-            let fd = rustix::fs::openat(
-                root,
-                OsStr::from_bytes(rel),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| read_err(e.into()))?;
-            let mut file = File::from(fd);
+            let mut file = files.open(rel).map_err(|e| read_err(e.into()))?;
             // Through the open file: one path lookup per file instead of two.
             let xattrs = read_xattrs(file.list_xattr(), |n| file.get_xattr(n)).map_err(read_err)?;
             let len = file.metadata().map_err(read_err)?.len();
@@ -425,11 +411,54 @@ fn read_xattrs(
     Ok(out)
 }
 
-/// One path to add to a layer: where it is, relative to the open root, and what the walk saw.
-struct Entry<'r, 'a> {
-    root: &'r OwnedFd,
+/// One path to add to a layer: how to open it, where it is and what the walk saw.
+struct Entry<'f, 'a> {
+    files: &'f mut Opener,
     rel: &'a [u8],
     node: &'a Node,
+}
+
+/// Opens the files of a layer relative to their directory, kept open from one file to the next:
+/// a layer lists a directory's files together, so the kernel resolves each file's own name
+/// rather than its whole path from `/`.
+struct Opener {
+    root: OwnedFd,
+    /// The directory of the last file opened below the root.
+    dir: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Opener {
+    fn new(root: &Path) -> rustix::io::Result<Self> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(Opener {
+            root: rustix::fs::open(root, flags, Mode::empty())?,
+            dir: None,
+        })
+    }
+
+    /// Open the regular file at `rel` for reading, not through a symlink.
+    fn open(&mut self, rel: &[u8]) -> rustix::io::Result<File> {
+        let (parent, name) = split_parent(rel);
+        let dir = if parent.is_empty() {
+            &self.root
+        } else {
+            match &mut self.dir {
+                Some((path, fd)) if path.as_slice() == parent => fd,
+                dir => {
+                    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(&self.root, parent, flags, Mode::empty())?;
+                    &dir.insert((parent.to_vec(), fd)).1
+                }
+            }
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(
+            dir,
+            name,
+            flags,
+            Mode::empty(),
+        )?))
+    }
 }
 
 /// What a layer must hold to turn `old` into `new`: changed and added paths, whiteouts for the

@@ -858,6 +858,29 @@ fn a_directory_and_its_subtree_come_before_a_sibling_sorting_between_them() {
             "x/a.c"
         ]
     );
+    // Each file's own content, though the files of x/ come before and after x/a's subtree.
+    let file = fs::File::open(&layer.path).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut contents = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type() == EntryType::Regular {
+            let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            contents.insert(name, text);
+        }
+    }
+    let expected = [
+        ("x/a/b", "slash"),
+        ("x/a/b-c/d", "deeper"),
+        ("x/a-b", "dash"),
+        ("x/a.c", "dot"),
+    ];
+    assert_eq!(
+        contents,
+        expected.map(|(k, v)| (k.to_string(), v.to_string())).into()
+    );
 }
 
 /// `diff` as it was written over `BTreeMap<PathBuf, _>` states: the changes every `diff` must
