@@ -76,8 +76,16 @@ pub(super) fn scan_with(
         wake: Condvar::new(),
     };
     let parts = thread::scope(|s| {
+        // A thread that cannot be started (a pids limit) only makes the walk slower.
         let helpers: Vec<_> = (1..workers.max(1))
-            .map(|_| s.spawn(|| walk.work(&shared, &mut Vec::with_capacity(DIRENT_BUFFER))))
+            .filter_map(|_| {
+                thread::Builder::new()
+                    .name("kiln-snapshot".into())
+                    .spawn_scoped(s, || {
+                        walk.work(&shared, &mut Vec::with_capacity(DIRENT_BUFFER))
+                    })
+                    .ok()
+            })
             .collect();
         let mut parts = vec![walk.work(&shared, &mut buf)];
         for helper in helpers {
