@@ -5,24 +5,34 @@
 //! Change detection compares `lstat` results of one walk against the previous walk (type, mode,
 //! owner, size, mtime, ctime, inode, device, symlink target). ctime cannot be set from user space,
 //! so a rewrite that restores the mtime is still seen; unchanged files are never read.
+//!
+//! A step usually changes a handful of paths in a tree of 100,000, so a state is kept per
+//! directory, each listing sorted by name: comparing two states is a merge of sorted lists, with
+//! no per-path hashing or whole-path keys, and only the changes are put in layer order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
 use tar::{EntryType, Header};
+use xattr::FileExt as _;
 
 use crate::layer::{LayerFile, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD};
 use crate::unpack::WHITEOUT_PREFIX;
 
+mod scan;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+use scan::scan;
 use writer::{ExactReader, LayerWriter};
 
 /// Layer compression.
@@ -105,15 +115,39 @@ struct Node {
     link: Option<OsString>,
 }
 
-/// Paths relative to the root, in component order: a directory comes before its children and a
-/// subtree is contiguous, which is the order a layer is written in.
-type State = BTreeMap<PathBuf, Node>;
+/// A path relative to the root as raw bytes, names joined by `/`; the root itself is empty.
+type RelPath = Box<[u8]>;
+
+/// One name within a directory, as raw bytes.
+type Name = Box<[u8]>;
+
+/// Every path under the root, as the listing of each directory walked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct State {
+    /// By directory path. The root is always there, and so is every entry of kind `Dir` (with
+    /// an empty listing when it vanished before it could be read); nothing else is. Listings
+    /// are sorted by name.
+    dirs: HashMap<RelPath, Vec<(Name, Node)>>,
+}
+
+impl State {
+    fn get(&self, path: &[u8]) -> Option<&Node> {
+        let (parent, name) = split_parent(path);
+        let listing = self.dirs.get(parent)?;
+        let i = listing.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+        Some(&listing[i].1)
+    }
+}
+
+/// What goes in a layer, in the order it is written (see [`layer_order`]). Parent directories
+/// borrow their path from the new state; other paths are put together.
+type Changes<'a> = Vec<(Cow<'a, [u8]>, Change<'a>)>;
 
 /// What to put in the layer for a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// Write the path's current state.
-    Entry,
+enum Change<'a> {
+    /// Write the path's current state, which is this.
+    Entry(&'a Node),
     /// A whiteout for the named sibling (`dir/.wh.name`).
     Whiteout,
 }
@@ -121,8 +155,8 @@ enum Change {
 /// Remembers the state of a root between build steps and turns the difference into a layer.
 pub struct Snapshotter {
     root: PathBuf,
-    /// Ignored subtrees as host paths under `root`.
-    ignore: Vec<PathBuf>,
+    /// Ignored subtrees, relative to `root`.
+    ignore: Vec<RelPath>,
     state: State,
 }
 
@@ -131,16 +165,23 @@ impl Snapshotter {
     pub fn new(root: &Path, ignore: Vec<PathBuf>) -> Result<Self, SnapshotError> {
         let ignore = ignore
             .iter()
-            .map(|p| {
-                let mut host = root.to_path_buf();
-                host.extend(p.components().filter(|c| matches!(c, Component::Normal(_))));
-                host
+            .filter_map(|p| {
+                let names: Vec<&[u8]> = p
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(name) => Some(name.as_bytes()),
+                        _ => None,
+                    })
+                    .collect();
+                // `/` itself names the root, which a walk never lists, so ignoring it ignores
+                // nothing.
+                (!names.is_empty()).then(|| names.join(&b'/').into_boxed_slice())
             })
             .collect();
         let mut snapshotter = Snapshotter {
             root: root.to_path_buf(),
             ignore,
-            state: State::new(),
+            state: State::default(),
         };
         snapshotter.refresh()?;
         Ok(snapshotter)
@@ -166,7 +207,7 @@ impl Snapshotter {
             self.state = new;
             return Ok(None);
         }
-        let layer = self.write_layer(&new, &changes, out_dir, opts)?;
+        let layer = self.write_layer(&changes, out_dir, opts)?;
         tracing::debug!(
             layer = %layer.path.display(),
             entries = changes.len(),
@@ -179,8 +220,7 @@ impl Snapshotter {
 
     fn write_layer(
         &self,
-        new: &State,
-        changes: &BTreeMap<PathBuf, Change>,
+        changes: &Changes<'_>,
         out_dir: &Path,
         opts: &LayerOptions,
     ) -> Result<LayerFile, SnapshotError> {
@@ -195,9 +235,13 @@ impl Snapshotter {
             .map_err(write_err)?;
         let file = tmp.as_file().try_clone().map_err(write_err)?;
         let mut layer = LayerWriter::new(file, opts.compression).map_err(write_err)?;
+        let mut files = Opener::new(&self.root).map_err(|e| SnapshotError::Read {
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
 
         // First path written for each multiply-linked inode; later ones become hardlink entries.
-        let mut written_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        let mut written_inodes: HashMap<(u64, u64), &[u8]> = HashMap::new();
         for (rel, change) in changes {
             match change {
                 Change::Whiteout => {
@@ -207,18 +251,16 @@ impl Snapshotter {
                     header.set_size(0);
                     header.set_mtime(0);
                     layer
-                        .append(
-                            &mut header,
-                            rel.as_os_str().as_bytes(),
-                            None,
-                            &[],
-                            io::empty(),
-                        )
+                        .append(&mut header, rel, None, &[], io::empty())
                         .map_err(write_err)?;
                 }
-                Change::Entry => {
-                    let Some(node) = new.get(rel) else { continue };
-                    self.append_entry(&mut layer, rel, node, opts, &mut written_inodes, out_dir)?;
+                Change::Entry(node) => {
+                    let entry = Entry {
+                        files: &mut files,
+                        rel,
+                        node,
+                    };
+                    self.append_entry(&mut layer, entry, opts, &mut written_inodes, out_dir)?;
                 }
             }
         }
@@ -239,25 +281,23 @@ impl Snapshotter {
         })
     }
 
-    fn append_entry(
+    fn append_entry<'a>(
         &self,
         layer: &mut LayerWriter,
-        rel: &Path,
-        node: &Node,
+        Entry { files, rel, node }: Entry<'_, 'a>,
         opts: &LayerOptions,
-        written_inodes: &mut HashMap<(u64, u64), PathBuf>,
+        written_inodes: &mut HashMap<(u64, u64), &'a [u8]>,
         out_dir: &Path,
     ) -> Result<(), SnapshotError> {
-        let host = self.root.join(rel);
+        let host = || self.root.join(OsStr::from_bytes(rel));
         let write_err = |source| SnapshotError::Write {
             dir: out_dir.to_path_buf(),
             source,
         };
         let read_err = |source| SnapshotError::Read {
-            path: host.clone(),
+            path: host(),
             source,
         };
-        let name = rel.as_os_str().as_bytes();
         let mut header = Header::new_gnu();
         header.set_mode(node.mode);
         header.set_uid(u64::from(node.uid));
@@ -273,42 +313,44 @@ impl Snapshotter {
             match written_inodes.get(&(node.dev, node.ino)) {
                 Some(first) => {
                     header.set_entry_type(EntryType::Link);
-                    let target = first.as_os_str().as_bytes().to_vec();
                     return layer
-                        .append(&mut header, name, Some(&target), &[], io::empty())
+                        .append(&mut header, rel, Some(first), &[], io::empty())
                         .map_err(write_err);
                 }
                 None => {
-                    written_inodes.insert((node.dev, node.ino), rel.to_path_buf());
+                    written_inodes.insert((node.dev, node.ino), rel);
                 }
             }
         }
 
-        let xattrs = read_xattrs(&host).map_err(read_err)?;
+        if node.kind == Kind::File {
+            let mut file = files.open(rel).map_err(|e| read_err(e.into()))?;
+            // Through the open file: one path lookup per file instead of two.
+            let xattrs = read_xattrs(file.list_xattr(), |n| file.get_xattr(n)).map_err(read_err)?;
+            let len = file.metadata().map_err(read_err)?.len();
+            header.set_entry_type(EntryType::Regular);
+            header.set_size(len);
+            // The error that carries this path says where the root is.
+            let data = ExactReader::new(&mut file, len, Path::new(OsStr::from_bytes(rel)));
+            return layer
+                .append(&mut header, rel, None, &xattrs, data)
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        read_err(e)
+                    } else {
+                        write_err(e)
+                    }
+                });
+        }
+
+        let host = host();
+        let xattrs = read_xattrs(xattr::list(&host), |n| xattr::get(&host, n)).map_err(read_err)?;
         match node.kind {
-            Kind::File => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&host)
-                    .map_err(read_err)?;
-                let len = file.metadata().map_err(read_err)?.len();
-                header.set_entry_type(EntryType::Regular);
-                header.set_size(len);
-                let data = ExactReader::new(&mut file, len, &host);
-                layer
-                    .append(&mut header, name, None, &xattrs, data)
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::UnexpectedEof {
-                            read_err(e)
-                        } else {
-                            write_err(e)
-                        }
-                    })
-            }
+            // Written above.
+            Kind::File => Ok(()),
             Kind::Dir => {
                 header.set_entry_type(EntryType::Directory);
-                let mut dir_name = name.to_vec();
+                let mut dir_name = rel.to_vec();
                 dir_name.push(b'/');
                 layer
                     .append(&mut header, &dir_name, None, &xattrs, io::empty())
@@ -318,7 +360,7 @@ impl Snapshotter {
                 header.set_entry_type(EntryType::Symlink);
                 let target = node.link.as_deref().unwrap_or(OsStr::new("")).as_bytes();
                 layer
-                    .append(&mut header, name, Some(target), &xattrs, io::empty())
+                    .append(&mut header, rel, Some(target), &xattrs, io::empty())
                     .map_err(write_err)
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -334,7 +376,7 @@ impl Snapshotter {
                     header.set_device_minor(minor).map_err(write_err)?;
                 }
                 layer
-                    .append(&mut header, name, None, &xattrs, io::empty())
+                    .append(&mut header, rel, None, &xattrs, io::empty())
                     .map_err(write_err)
             }
             // Left out by `diff` already.
@@ -343,9 +385,13 @@ impl Snapshotter {
     }
 }
 
-/// Extended attributes worth carrying in a layer, as sorted PAX `SCHILY.xattr.*` records.
-fn read_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let names = match xattr::list(path) {
+/// Extended attributes worth carrying in a layer, as sorted PAX `SCHILY.xattr.*` records, from
+/// the names `list` found and their values read by `get`.
+fn read_xattrs(
+    list: io::Result<xattr::XAttrs>,
+    get: impl Fn(&OsStr) -> io::Result<Option<Vec<u8>>>,
+) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let names = match list {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -358,7 +404,7 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         if text == "security.selinux" || text.starts_with("trusted.overlay.") {
             continue;
         }
-        if let Some(value) = xattr::get(path, &name)? {
+        if let Some(value) = get(&name)? {
             out.push((format!("SCHILY.xattr.{text}"), value));
         }
     }
@@ -366,150 +412,161 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// One walk of `root`, never following symlinks, pruning ignored subtrees.
-fn scan(root: &Path, ignore: &[PathBuf]) -> Result<State, SnapshotError> {
-    let scan_err = |path: &Path, source| SnapshotError::Scan {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut state = State::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| !ignore.iter().any(|ig| e.path() == ig));
-    for entry in walker {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                let path = e.path().unwrap_or(root).to_path_buf();
-                let io = io::Error::from(e);
-                // Something a step left running may delete files while we walk; a vanished path
-                // is simply not part of this state.
-                if io.kind() == io::ErrorKind::NotFound {
-                    continue;
-                }
-                return Err(scan_err(&path, io));
-            }
-        };
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                let io = io::Error::from(e);
-                if io.kind() == io::ErrorKind::NotFound {
-                    continue;
-                }
-                return Err(scan_err(entry.path(), io));
-            }
-        };
-        let Ok(rel) = entry.path().strip_prefix(root) else {
-            continue;
-        };
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else if ft.is_char_device() {
-            Kind::Char
-        } else if ft.is_block_device() {
-            Kind::Block
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            Kind::Socket
-        };
-        let link = if kind == Kind::Symlink {
-            match fs::read_link(entry.path()) {
-                Ok(t) => Some(t.into_os_string()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(scan_err(entry.path(), e)),
-            }
-        } else {
-            None
-        };
-        state.insert(
-            rel.to_path_buf(),
-            Node {
-                kind,
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                size: meta.size(),
-                mtime: (meta.mtime(), meta.mtime_nsec()),
-                ctime: (meta.ctime(), meta.ctime_nsec()),
-                ino: meta.ino(),
-                dev: meta.dev(),
-                rdev: meta.rdev(),
-                nlink: meta.nlink(),
-                link,
-            },
-        );
+/// One path to add to a layer: how to open it, where it is and what the walk saw.
+struct Entry<'f, 'a> {
+    files: &'f mut Opener,
+    rel: &'a [u8],
+    node: &'a Node,
+}
+
+/// Opens the files of a layer relative to their directory, kept open from one file to the next:
+/// a layer lists a directory's files together, so the kernel resolves each file's own name
+/// rather than its whole path from `/`.
+struct Opener {
+    root: OwnedFd,
+    /// The directory of the last file opened below the root.
+    dir: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Opener {
+    fn new(root: &Path) -> rustix::io::Result<Self> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(Opener {
+            root: rustix::fs::open(root, flags, Mode::empty())?,
+            dir: None,
+        })
     }
-    Ok(state)
+
+    /// Open the regular file at `rel` for reading, not through a symlink.
+    fn open(&mut self, rel: &[u8]) -> rustix::io::Result<File> {
+        let (parent, name) = split_parent(rel);
+        let dir = if parent.is_empty() {
+            &self.root
+        } else {
+            match &mut self.dir {
+                Some((path, fd)) if path.as_slice() == parent => fd,
+                dir => {
+                    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(&self.root, parent, flags, Mode::empty())?;
+                    &dir.insert((parent.to_vec(), fd)).1
+                }
+            }
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(
+            dir,
+            name,
+            flags,
+            Mode::empty(),
+        )?))
+    }
 }
 
 /// What a layer must hold to turn `old` into `new`: changed and added paths, whiteouts for the
 /// topmost deleted paths, and every parent directory of those (so the layer applies on its own).
-fn diff(old: &State, new: &State) -> BTreeMap<PathBuf, Change> {
-    let mut changes = BTreeMap::new();
-    for (path, node) in new {
-        if old.get(path) != Some(node) {
+fn diff<'a>(old: &State, new: &'a State) -> Changes<'a> {
+    let mut changes: Changes<'a> = Vec::new();
+    // Directories with a change directly in them.
+    let mut touched: Vec<&'a [u8]> = Vec::new();
+    let nothing = Vec::new();
+    // A deleted path's whiteout goes in its parent directory when that is still a directory;
+    // when the parent is gone too (or is no longer a directory), the parent's own whiteout or
+    // replacement covers it. So only directories of `new` can hold changes.
+    for (dir, listing) in &new.dirs {
+        let before = old.dirs.get(dir).unwrap_or(&nothing);
+        let first = changes.len();
+        // Both listings are sorted by name: merge them.
+        let (mut i, mut j) = (0, 0);
+        while i < before.len() || j < listing.len() {
+            let order = match (before.get(i), listing.get(j)) {
+                (Some((was, _)), Some((is, _))) => was.cmp(is),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            if order == Ordering::Less {
+                changes.push((
+                    Cow::Owned(whiteout_path(dir, &before[i].0)),
+                    Change::Whiteout,
+                ));
+                i += 1;
+                continue;
+            }
+            let (name, node) = &listing[j];
+            j += 1;
+            if order == Ordering::Equal {
+                i += 1;
+                if before[i - 1].1 == *node {
+                    continue;
+                }
+            }
             // Sockets cannot be stored in a tar; they are recreated by whoever listens, and one
             // alone must not produce a layer of bare parent directories.
             if node.kind == Kind::Socket {
                 continue;
             }
-            if is_whiteout_name(path) {
+            let path = scan::join(dir, name);
+            if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
                 tracing::warn!(
-                    path = %path.display(),
+                    path = %OsStr::from_bytes(&path).to_string_lossy(),
                     "not adding a file whose name starts with {WHITEOUT_PREFIX}: layers reserve it for deletions"
                 );
                 continue;
             }
-            changes.insert(path.clone(), Change::Entry);
+            changes.push((Cow::Owned(path.into_vec()), Change::Entry(node)));
+        }
+        if changes.len() > first {
+            touched.push(dir);
         }
     }
-    for path in old.keys() {
-        if new.contains_key(path) {
-            continue;
-        }
-        let parent = path.parent().unwrap_or(Path::new(""));
-        // When the parent is gone too (or is no longer a directory), the parent's own whiteout
-        // or replacement covers this path.
-        let parent_is_dir =
-            parent.as_os_str().is_empty() || new.get(parent).is_some_and(|n| n.kind == Kind::Dir);
-        if !parent_is_dir {
-            continue;
-        }
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        let mut whiteout = OsString::from(WHITEOUT_PREFIX);
-        whiteout.push(name);
-        changes.insert(parent.join(whiteout), Change::Whiteout);
-    }
-    let mut parents: HashSet<PathBuf> = HashSet::new();
-    for path in changes.keys() {
-        let mut parent = path.parent();
-        while let Some(p) = parent {
-            if p.as_os_str().is_empty() || !parents.insert(p.to_path_buf()) {
-                break;
-            }
-            parent = p.parent();
+    let mut parents: HashSet<&'a [u8]> = HashSet::new();
+    for dir in touched {
+        let mut parent = dir;
+        // A parent already added came with its own parents.
+        while !parent.is_empty() && parents.insert(parent) {
+            parent = split_parent(parent).0;
         }
     }
     for p in parents {
-        if new.get(&p).is_some_and(|n| n.kind == Kind::Dir) {
-            changes.entry(p).or_insert(Change::Entry);
+        if let Some(node) = new.get(p).filter(|n| n.kind == Kind::Dir) {
+            changes.push((Cow::Borrowed(p), Change::Entry(node)));
         }
     }
+    // Stable, so of two changes for one path the first pushed stays: a changed directory or a
+    // whiteout is not replaced by a plain parent entry.
+    changes.sort_by(|a, b| layer_order(&a.0, &b.0));
+    changes.dedup_by(|later, earlier| later.0 == earlier.0);
     changes
 }
 
-fn is_whiteout_name(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()))
+/// `dir/.wh.name`.
+fn whiteout_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(dir.len() + 1 + WHITEOUT_PREFIX.len() + name.len());
+    if !dir.is_empty() {
+        path.extend_from_slice(dir);
+        path.push(b'/');
+    }
+    path.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+    path.extend_from_slice(name);
+    path
+}
+
+/// The order of paths in a layer, the order `Path` compares in (name by name): a directory right
+/// before its subtree, the subtree contiguous. Comparing the bytes with `/` ranked below every
+/// other byte gives exactly that without splitting into names, since names hold neither `/` nor
+/// NUL; plain byte order would not (`a-b` < `a/b`, but the directory `a` and its subtree `a/b`
+/// must come before `a-b`).
+fn layer_order(a: &[u8], b: &[u8]) -> Ordering {
+    let rank = |c: u8| if c == b'/' { 0 } else { c };
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => rank(a[i]).cmp(&rank(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
+}
+
+/// `(parent, name)` of a relative path; the parent of a top-level name is empty.
+fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&c| c == b'/') {
+        Some(cut) => (&path[..cut], &path[cut + 1..]),
+        None => (&[], path),
+    }
 }

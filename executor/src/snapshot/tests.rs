@@ -1,11 +1,15 @@
 //! Tests for snapshots: change detection, layer contents, round trips through the unpacker,
-//! determinism, and a check of produced layers with GNU tar.
+//! determinism, the descriptor-based parallel walk against a plain path-based one, and a check of
+//! produced layers with GNU tar.
 
+use super::scan::{open_subdir, scan_with, stat_entry};
 use super::*;
 use crate::unpack::{unpack_layer, UnpackOptions};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write as _};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 
 const T0: i64 = 1_600_000_000;
 
@@ -541,4 +545,508 @@ fn unpacks_what_gnu_tar_writes() {
         }
         pretty_assertions::assert_eq!(expected, describe(dst.path()), "format {format}");
     }
+}
+
+/// A state as one map from relative path to node, the shape it had before it was kept per
+/// directory: easy to build and to check by hand.
+type Flat = HashMap<RelPath, Node>;
+
+/// The per-directory state holding exactly the paths of `flat`.
+fn to_state(flat: &Flat) -> State {
+    let mut state = State::default();
+    state.dirs.insert(RelPath::default(), Vec::new());
+    for (path, node) in flat {
+        let (parent, name) = split_parent(path);
+        state
+            .dirs
+            .entry(parent.into())
+            .or_default()
+            .push((name.into(), node.clone()));
+        if node.kind == Kind::Dir {
+            state.dirs.entry(path.clone()).or_default();
+        }
+    }
+    for listing in state.dirs.values_mut() {
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    state
+}
+
+fn flatten(state: &State) -> BTreeMap<String, Node> {
+    state
+        .dirs
+        .iter()
+        .flat_map(|(dir, listing)| {
+            listing.iter().map(move |(name, node)| {
+                let path = scan::join(dir, name);
+                (String::from_utf8_lossy(&path).into_owned(), node.clone())
+            })
+        })
+        .collect()
+}
+
+/// The walk as it was done before the descriptor-based one: `walkdir` and `lstat` by full path.
+/// The paths and nodes every scan must reproduce exactly.
+fn reference_scan(root: &Path, ignore: &[&str]) -> Flat {
+    let ignore: Vec<PathBuf> = ignore.iter().map(|p| root.join(p)).collect();
+    let mut state = Flat::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !ignore.iter().any(|ig| e.path() == ig));
+    for entry in walker {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_char_device() {
+            Kind::Char
+        } else if ft.is_block_device() {
+            Kind::Block
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        let link = ft
+            .is_symlink()
+            .then(|| fs::read_link(entry.path()).unwrap().into_os_string());
+        let rel = entry.path().strip_prefix(root).unwrap();
+        state.insert(
+            rel.as_os_str().as_bytes().into(),
+            Node {
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                size: meta.size(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                ino: meta.ino(),
+                dev: meta.dev(),
+                rdev: meta.rdev(),
+                nlink: meta.nlink(),
+                link,
+            },
+        );
+    }
+    state
+}
+
+/// A tree wide and deep enough that several threads share the walk, with every kind of entry,
+/// awkward names, and symlinks to directories inside and outside the root.
+fn wide_tree(root: &Path, outside: &Path) {
+    for d in 0..40 {
+        fs::create_dir_all(root.join(format!("wide/d{d}"))).unwrap();
+        for f in 0..(d % 7) {
+            write(root, &format!("wide/d{d}/f{f}"), &"x".repeat(d * f));
+        }
+        fs::create_dir_all(root.join(format!("deep/{}", "n/".repeat(d % 9)))).unwrap();
+    }
+    write(root, "deep/n/n/n/n/n/n/n/n/leaf", "leaf");
+    write(root, "names/a-b", "dash");
+    write(root, "names/a/b", "slash");
+    write(root, "names/a b", "space");
+    write(root, "names/a\u{1}", "control");
+    write(root, "names/caf\u{e9}", "utf-8");
+    let latin1 = root.join(OsString::from_vec(b"names/caf\xe9".to_vec()));
+    fs::write(latin1, "latin-1").unwrap();
+    write(outside, "secret", "must not be listed");
+    symlink(outside, root.join("names/out")).unwrap();
+    symlink("../wide", root.join("names/in")).unwrap();
+    symlink("dangling", root.join("names/dangling")).unwrap();
+    fs::hard_link(root.join("names/a-b"), root.join("names/a-b-link")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("names/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    write(root, "skip/me/file", "ignored");
+    write(root, "skip/me-not", "kept");
+    write(root, "skipfile", "ignored file");
+}
+
+#[test]
+fn parallel_scan_matches_a_path_based_walk_whatever_the_thread_count() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let r = root.path();
+    wide_tree(r, outside.path());
+    let ignore: Vec<RelPath> = vec![b"skip/me"[..].into(), b"skipfile"[..].into()];
+    let reference = reference_scan(r, &["skip/me", "skipfile"]);
+    assert!(
+        reference.len() > 150,
+        "the tree is big: {}",
+        reference.len()
+    );
+    let expected = to_state(&reference);
+    assert!(expected.dirs.len() > 50, "and has many directories");
+    for workers in [1, 2, 3, 4, 8] {
+        for _ in 0..3 {
+            let state = scan_with(r, &ignore, workers).unwrap();
+            if state != expected {
+                let (state, expected) = (flatten(&state), flatten(&expected));
+                let got: BTreeSet<_> = state.keys().collect();
+                let want: BTreeSet<_> = expected.keys().collect();
+                panic!(
+                    "{workers} threads: missing {:?}, extra {:?}",
+                    want.difference(&got).collect::<Vec<_>>(),
+                    got.difference(&want).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn symlinks_to_directories_are_recorded_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let r = root.path();
+    wide_tree(r, outside.path());
+    let state = flatten(&scan_with(r, &[], 4).unwrap());
+    for (link, target) in [
+        ("names/out", outside.path().as_os_str()),
+        ("names/in", OsStr::new("../wide")),
+        ("names/dangling", OsStr::new("dangling")),
+    ] {
+        let node = &state[link];
+        assert_eq!(node.kind, Kind::Symlink, "{link}");
+        assert_eq!(node.link.as_deref(), Some(target), "{link}");
+        let below = format!("{link}/");
+        assert!(
+            !state.keys().any(|k| k.starts_with(&below)),
+            "nothing under {link}"
+        );
+    }
+    // What the links point at is walked where it really is (or not at all, outside).
+    assert!(state.contains_key("wide/d6/f5"));
+    assert!(!state.keys().any(|k| k.contains("secret")));
+}
+
+#[test]
+fn ignored_subtrees_are_pruned_by_exact_path() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let r = root.path();
+    wide_tree(r, outside.path());
+    let snap = Snapshotter::new(
+        r,
+        vec![
+            PathBuf::from("/skip/me/"),
+            PathBuf::from("skipfile"),
+            // Names the root: ignores nothing, as before.
+            PathBuf::from("/"),
+        ],
+    )
+    .unwrap();
+    let keys: BTreeSet<String> = flatten(&snap.state).into_keys().collect();
+    assert!(!keys.contains("skip/me") && !keys.contains("skip/me/file"));
+    assert!(!keys.contains("skipfile"));
+    // Siblings sharing a prefix with an ignored path are not ignored.
+    assert!(
+        keys.contains("skip") && keys.contains("skip/me-not"),
+        "{keys:?}"
+    );
+    assert!(keys.contains("wide/d39/f3"));
+}
+
+#[test]
+fn entries_that_vanish_during_the_walk_are_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(r, "file", "x");
+    symlink("file", r.join("link")).unwrap();
+    write(r, "gone-dir/child", "x");
+    write(r, "now-file/child", "x");
+    write(r, "now-link/child", "x");
+    fs::create_dir(r.join("elsewhere")).unwrap();
+
+    // The walk holds the directory open and has read its names; then looks at each.
+    let fd = rustix::fs::open(r, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let dirs = ["gone-dir", "now-file", "now-link"];
+    // Present: seen, and directories open.
+    assert_eq!(stat_entry(&fd, c"file").unwrap().unwrap().kind, Kind::File);
+    let link = stat_entry(&fd, c"link").unwrap().unwrap();
+    assert_eq!(link.link.as_deref(), Some(OsStr::new("file")));
+    for dir in dirs {
+        let opened = open_subdir(&fd, dir.as_bytes()).unwrap();
+        assert!(opened.is_some(), "{dir}");
+    }
+
+    // Then removed or replaced between reading the directory and looking at each entry.
+    fs::remove_file(r.join("file")).unwrap();
+    fs::remove_file(r.join("link")).unwrap();
+    fs::remove_dir_all(r.join("gone-dir")).unwrap();
+    fs::remove_dir_all(r.join("now-file")).unwrap();
+    write(r, "now-file", "a file now");
+    fs::remove_dir_all(r.join("now-link")).unwrap();
+    symlink("elsewhere", r.join("now-link")).unwrap();
+    assert_eq!(stat_entry(&fd, c"file").unwrap(), None);
+    assert_eq!(stat_entry(&fd, c"link").unwrap(), None);
+    for dir in dirs {
+        let opened = open_subdir(&fd, dir.as_bytes()).unwrap();
+        assert!(opened.is_none(), "{dir}");
+    }
+}
+
+#[test]
+fn scan_errors_name_the_path() {
+    let root = tempfile::tempdir().unwrap();
+    write(root.path(), "file", "x");
+    // A root that is a file cannot be walked; a root that does not exist is empty, as before.
+    let err = scan_with(&root.path().join("file"), &[], 2).unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::Scan { path, .. } if path == &root.path().join("file")),
+        "{err}"
+    );
+    let missing = scan_with(&root.path().join("missing"), &[], 2).unwrap();
+    assert_eq!(missing, to_state(&Flat::new()));
+}
+
+#[test]
+fn layer_order_is_the_component_order_of_paths() {
+    let names = [
+        "a", "a-b", "a/b", "a/b/c", "a/b-c", "a.b", "a\u{1}", "a b", "ab", "a/a", "b", "a-b/c",
+        "a/\u{1}", "a0", "~", "\u{e9}",
+    ];
+    let by_path: Vec<&str> = names
+        .iter()
+        .map(Path::new)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|p| p.to_str().unwrap())
+        .collect();
+    let mut by_bytes = names.to_vec();
+    by_bytes.sort_by(|a, b| layer_order(a.as_bytes(), b.as_bytes()));
+    assert_eq!(by_bytes, by_path);
+    // Plain byte order differs, so this is not comparing two identical sorts.
+    let mut plain = names.to_vec();
+    plain.sort();
+    assert_ne!(plain, by_path);
+    assert_eq!(layer_order(b"a/b", b"a/b"), Ordering::Equal);
+}
+
+#[test]
+fn a_directory_and_its_subtree_come_before_a_sibling_sorting_between_them() {
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let mut snap = Snapshotter::new(r, Vec::new()).unwrap();
+    write(r, "x/a-b", "dash");
+    write(r, "x/a/b", "slash");
+    write(r, "x/a.c", "dot");
+    write(r, "x/a/b-c/d", "deeper");
+    let layer = snap
+        .snapshot_layer(out.path(), &options())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        names(&layer),
+        [
+            "x/",
+            "x/a/",
+            "x/a/b",
+            "x/a/b-c/",
+            "x/a/b-c/d",
+            "x/a-b",
+            "x/a.c"
+        ]
+    );
+    // Each file's own content, though the files of x/ come before and after x/a's subtree.
+    let file = fs::File::open(&layer.path).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut contents = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type() == EntryType::Regular {
+            let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            contents.insert(name, text);
+        }
+    }
+    let expected = [
+        ("x/a/b", "slash"),
+        ("x/a/b-c/d", "deeper"),
+        ("x/a-b", "dash"),
+        ("x/a.c", "dot"),
+    ];
+    assert_eq!(
+        contents,
+        expected.map(|(k, v)| (k.to_string(), v.to_string())).into()
+    );
+}
+
+/// `diff` as it was written over `BTreeMap<PathBuf, _>` states: the changes every `diff` must
+/// produce, in this order.
+fn reference_diff<'a>(old: &Flat, new: &'a Flat) -> Vec<(Vec<u8>, Change<'a>)> {
+    let node_of = |path: &Path| &new[path.as_os_str().as_bytes()];
+    let by_path = |state: &Flat| -> BTreeMap<PathBuf, Node> {
+        state
+            .iter()
+            .map(|(k, v)| (PathBuf::from(OsStr::from_bytes(k)), v.clone()))
+            .collect()
+    };
+    let (old, new) = (by_path(old), by_path(new));
+    let whiteout_name = |path: &Path| {
+        path.file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()))
+    };
+    let mut changes = BTreeMap::new();
+    for (path, node) in &new {
+        if old.get(path) != Some(node) && node.kind != Kind::Socket && !whiteout_name(path) {
+            changes.insert(path.clone(), Change::Entry(node_of(path)));
+        }
+    }
+    for path in old.keys() {
+        if new.contains_key(path) {
+            continue;
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let parent_is_dir =
+            parent.as_os_str().is_empty() || new.get(parent).is_some_and(|n| n.kind == Kind::Dir);
+        if !parent_is_dir {
+            continue;
+        }
+        let mut whiteout = OsString::from(WHITEOUT_PREFIX);
+        whiteout.push(path.file_name().unwrap());
+        changes.insert(parent.join(whiteout), Change::Whiteout);
+    }
+    let mut parents: HashSet<PathBuf> = HashSet::new();
+    for path in changes.keys() {
+        let mut parent = path.parent();
+        while let Some(p) = parent {
+            if p.as_os_str().is_empty() || !parents.insert(p.to_path_buf()) {
+                break;
+            }
+            parent = p.parent();
+        }
+    }
+    for p in parents {
+        if new.get(&p).is_some_and(|n| n.kind == Kind::Dir) {
+            let node = node_of(&p);
+            changes.entry(p).or_insert(Change::Entry(node));
+        }
+    }
+    changes
+        .into_iter()
+        .map(|(p, c)| (p.into_os_string().into_vec(), c))
+        .collect()
+}
+
+/// A small deterministic generator, enough to vary test trees (no dependency for it).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// A random tree over a few names chosen to sort awkwardly and to collide with whiteouts; each
+/// node one of two variants, so two trees share many unchanged paths.
+fn random_state(rng: &mut Lcg, state: &mut Flat, prefix: &[u8], depth: u32) {
+    for name in ["a", "a-b", "a.b", "b", ".wh.a", "a b"] {
+        if rng.below(10) < 4 {
+            continue;
+        }
+        let path = join_rel(prefix, name.as_bytes());
+        let kind = match rng.below(8) {
+            0..=3 if depth < 3 => Kind::Dir,
+            0..=4 => Kind::File,
+            5 => Kind::Symlink,
+            6 => Kind::Socket,
+            _ => Kind::Fifo,
+        };
+        let variant = rng.below(2);
+        let node = Node {
+            kind,
+            mode: 0o644 + variant as u32,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime: (1, 0),
+            ctime: (1, 0),
+            ino: 1,
+            dev: 1,
+            rdev: 0,
+            nlink: 1,
+            link: (kind == Kind::Symlink).then(|| OsString::from("t")),
+        };
+        state.insert(path.clone(), node);
+        if kind == Kind::Dir {
+            random_state(rng, state, &path, depth + 1);
+        }
+    }
+}
+
+fn join_rel(prefix: &[u8], name: &[u8]) -> RelPath {
+    if prefix.is_empty() {
+        name.into()
+    } else {
+        [prefix, b"/", name].concat().into()
+    }
+}
+
+#[test]
+fn diff_gives_the_changes_of_the_path_ordered_diff_in_the_same_order() {
+    let mut rng = Lcg(7);
+    let (mut entries, mut whiteouts, mut parent_only, mut collisions) = (0, 0, 0, 0);
+    for round in 0..400 {
+        let (mut old, mut new) = (Flat::new(), Flat::new());
+        random_state(&mut rng, &mut old, b"", 0);
+        random_state(&mut rng, &mut new, b"", 0);
+        if round % 5 == 0 {
+            // Mostly the same tree, as between two build steps.
+            new = old.clone();
+            let keys: Vec<_> = new.keys().cloned().collect();
+            for key in keys.iter().filter(|_| rng.below(10) == 0) {
+                new.get_mut(key).unwrap().mode ^= 0o100;
+            }
+        }
+        let (old_state, new_state) = (to_state(&old), to_state(&new));
+        let got: Vec<(Vec<u8>, Change)> = diff(&old_state, &new_state)
+            .into_iter()
+            .map(|(p, c)| (p.into_owned(), c))
+            .collect();
+        let want = reference_diff(&old, &new);
+        if got != want {
+            let show = |c: &[(Vec<u8>, Change)]| -> Vec<String> {
+                c.iter()
+                    .map(|(p, c)| format!("{:?} {c:?}", String::from_utf8_lossy(p)))
+                    .collect()
+            };
+            let (got, want) = (show(&got), show(&want));
+            let at = got.iter().zip(&want).take_while(|(g, w)| g == w).count();
+            panic!(
+                "round {round}: first difference at {at}: got {:?}, want {:?}",
+                &got[at..got.len().min(at + 3)],
+                &want[at..want.len().min(at + 3)]
+            );
+        }
+        for (path, change) in &got {
+            match change {
+                // A whiteout for `a` where a directory `.wh.a` holds changes: it stays a whiteout.
+                Change::Whiteout if new.contains_key(&path[..]) => collisions += 1,
+                Change::Whiteout => whiteouts += 1,
+                Change::Entry(_) if old.get(&path[..]) == new.get(&path[..]) => parent_only += 1,
+                Change::Entry(_) => entries += 1,
+            }
+        }
+    }
+    // Every kind of change came up, many times.
+    assert!(
+        entries > 1000 && whiteouts > 500 && parent_only > 100 && collisions > 0,
+        "{entries} {whiteouts} {parent_only} {collisions}"
+    );
 }
