@@ -2064,6 +2064,8 @@ impl<'a> Builder<'a> {
                 .layers
                 .iter()
                 .map(|l| {
+                    // A layer the build skipped (base or cache hit) is fetched for the archive.
+                    self.ensure_local(l)?;
                     Ok(crate::output::ArchiveLayer {
                         digest: l.digest.clone(),
                         path: self.checked_layer_path(l)?,

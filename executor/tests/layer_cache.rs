@@ -233,6 +233,34 @@ fn all_hits_skip_the_base_layers() {
         rootfs.join("bin/busybox").exists(),
         "base layer missing from the pushed image"
     );
+
+    // Written to a docker archive instead of pushed: the layers the build skipped are fetched
+    // for the archive, which skopeo and umoci then read whole.
+    let archive = work.path().join("image.tar");
+    let archive_flag = archive.display().to_string();
+    let mut tar_flags = flags.to_vec();
+    tar_flags.extend(["--no-push", "--tar-path", archive_flag.as_str()]);
+    let third = build(&ctx, &format!("{other}:2"), &tar_flags);
+    assert!(
+        third.log.contains("base image layers not needed"),
+        "{}",
+        third.log
+    );
+    let layout = work.path().join("from-archive");
+    support::run_ok(
+        std::process::Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            &format!("docker-archive:{}", archive.display()),
+            &format!("oci:{}:arch", layout.display()),
+        ]),
+        std::time::Duration::from_secs(120),
+    )
+    .expect("skopeo reads the archive");
+    let flat = work.path().join("rootfs-archive");
+    support::umoci_unpack(&layout, "arch", &flat).expect("umoci flattens the archive");
+    assert_eq!(fs::read_to_string(flat.join("hi")).unwrap(), "hi\n");
+    assert!(flat.join("bin/busybox").exists(), "base layer missing from the archive");
 }
 
 /// An `oci:` cache repository works like a registry one.
