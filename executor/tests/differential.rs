@@ -19,8 +19,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    corpus_cases, diff_configs, diff_trees, fetch_rootfs, image_config, registry, run_bounded,
-    run_ok, scan_tree, tail, Allowed, Case, BUILDAH_FLAGS, PODMAN_FLAGS,
+    corpus_cases, diff_configs, diff_trees, fetch_rootfs, image_config, podman_check, registry,
+    run_bounded, run_ok, scan_tree, Allowed, Case, BUILDAH_FLAGS,
 };
 
 /// Longest a single build may take before it is killed (the Debian apt case is the slowest).
@@ -170,41 +170,6 @@ fn registry_digest(image: &str) -> Result<String, String> {
     )
     .map_err(|e| e.to_string())?;
     Ok(out.stdout.trim().to_string())
-}
-
-/// Runs `image` with podman and checks its output.
-fn podman_check(image: &str, args: &[&str], expected: &str) -> Result<(), String> {
-    let out = run_ok(
-        Command::new("podman")
-            .args(PODMAN_FLAGS)
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "host",
-                "--tls-verify=false",
-                "--pull=newer",
-                image,
-            ])
-            .args(args),
-        Duration::from_secs(180),
-    )
-    .map_err(|e| format!("podman run failed: {e}"))?;
-    let _ = run_bounded(
-        Command::new("podman")
-            .args(PODMAN_FLAGS)
-            .args(["rmi", "-f", image]),
-        Duration::from_secs(60),
-    );
-    let got = out.stdout.trim();
-    if got == expected {
-        Ok(())
-    } else {
-        Err(format!(
-            "podman run {image} {args:?}: expected output {expected:?}, got {got:?} (stderr: {})",
-            tail(&out.stderr, 500)
-        ))
-    }
 }
 
 /// Builds one case both ways and returns every difference found (empty: the case passes).

@@ -260,7 +260,10 @@ fn all_hits_skip_the_base_layers() {
     let flat = work.path().join("rootfs-archive");
     support::umoci_unpack(&layout, "arch", &flat).expect("umoci flattens the archive");
     assert_eq!(fs::read_to_string(flat.join("hi")).unwrap(), "hi\n");
-    assert!(flat.join("bin/busybox").exists(), "base layer missing from the archive");
+    assert!(
+        flat.join("bin/busybox").exists(),
+        "base layer missing from the archive"
+    );
 }
 
 /// An `oci:` cache repository works like a registry one.

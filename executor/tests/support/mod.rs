@@ -637,3 +637,38 @@ pub fn corpus_cases() -> Result<Vec<Case>, String> {
     }
     Ok(cases)
 }
+
+/// Runs `image` with podman and checks its output.
+pub fn podman_check(image: &str, args: &[&str], expected: &str) -> Result<(), String> {
+    let out = run_ok(
+        Command::new("podman")
+            .args(PODMAN_FLAGS)
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "host",
+                "--tls-verify=false",
+                "--pull=newer",
+                image,
+            ])
+            .args(args),
+        Duration::from_secs(180),
+    )
+    .map_err(|e| format!("podman run failed: {e}"))?;
+    let _ = run_bounded(
+        Command::new("podman")
+            .args(PODMAN_FLAGS)
+            .args(["rmi", "-f", image]),
+        Duration::from_secs(60),
+    );
+    let got = out.stdout.trim();
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "podman run {image} {args:?}: expected output {expected:?}, got {got:?} (stderr: {})",
+            tail(&out.stderr, 500)
+        ))
+    }
+}
