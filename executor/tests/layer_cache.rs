@@ -298,10 +298,10 @@ fn oci_layout_cache_repo() {
     assert_eq!(second.digest, first.digest);
 }
 
-/// With `--cache-dir` warmed, a build works after the base image is deleted from the registry.
-#[test]
-fn warmed_base_builds_without_the_registry_copy() {
-    let base = format!("{}:latest", unique_repo("warmbase"));
+/// Copies the busybox base to a repository of the calling test's own (which it may delete or
+/// damage) and returns its reference.
+fn busybox_copy(name: &str) -> String {
+    let base = format!("{}:latest", unique_repo(name));
     run_ok(
         Command::new("skopeo").args([
             "copy",
@@ -314,10 +314,13 @@ fn warmed_base_builds_without_the_registry_copy() {
         Duration::from_secs(120),
     )
     .expect("copy the base image to a repository of this test");
-    let dir = context_with(&format!("FROM {base}\nRUN echo warmed > /w\n"), &[]);
-    let cache_dir = dir.path().join("base-cache");
+    base
+}
+
+/// Warms `base` into the base-image cache at `cache_dir`, as kiln-warmer does.
+fn warm(cache_dir: &Path, base: &str) -> kiln_executor::cache::base::Stored {
     let cache =
-        kiln_executor::cache::base::BaseImageCache::open(&cache_dir, Duration::from_secs(3600))
+        kiln_executor::cache::base::BaseImageCache::open(cache_dir, Duration::from_secs(3600))
             .expect("open cache");
     let reg = kiln_executor::registry::Registry::new(kiln_executor::registry::RegistryOptions {
         insecure: true,
@@ -329,8 +332,17 @@ fn warmed_base_builds_without_the_registry_copy() {
         .build()
         .expect("runtime");
     runtime
-        .block_on(cache.store(&reg, &base, false))
-        .expect("warm the base image");
+        .block_on(cache.store(&reg, base, false))
+        .expect("warm the base image")
+}
+
+/// With `--cache-dir` warmed, a build works after the base image is deleted from the registry.
+#[test]
+fn warmed_base_builds_without_the_registry_copy() {
+    let base = busybox_copy("warmbase");
+    let dir = context_with(&format!("FROM {base}\nRUN echo warmed > /w\n"), &[]);
+    let cache_dir = dir.path().join("base-cache");
+    warm(&cache_dir, &base);
     run_ok(
         Command::new("skopeo").args(["delete", "--tls-verify=false", &format!("docker://{base}")]),
         Duration::from_secs(60),
@@ -532,37 +544,11 @@ fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
 /// naming the damaged blob.
 #[test]
 fn damaged_warmed_layer_is_discarded_and_the_base_pulled() {
-    let base = format!("{}:latest", unique_repo("damagedbase"));
-    run_ok(
-        Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            &format!("docker://{}", busybox()),
-            &format!("docker://{base}"),
-        ]),
-        Duration::from_secs(120),
-    )
-    .expect("copy the base image to a repository of this test");
+    let base = busybox_copy("damagedbase");
     let dir = context_with(&format!("FROM {base}\nRUN ls -a / > /listing\n"), &[]);
     let ctx = dir.path().join("ctx");
     let cache_dir = dir.path().join("base-cache");
-    let cache =
-        kiln_executor::cache::base::BaseImageCache::open(&cache_dir, Duration::from_secs(3600))
-            .expect("open cache");
-    let reg = kiln_executor::registry::Registry::new(kiln_executor::registry::RegistryOptions {
-        insecure: true,
-        ..Default::default()
-    })
-    .expect("registry client");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stored = runtime
-        .block_on(cache.store(&reg, &base, false))
-        .expect("warm the base image");
+    let stored = warm(&cache_dir, &base);
     let plain = build(&ctx, &format!("{}:plain", unique_repo("damaged")), &[]);
 
     // Another valid layer, padded to the real one's size so that only its digest is wrong.
