@@ -219,12 +219,7 @@ impl BaseImageCache {
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<CachedImage>, CacheError> {
-        let Some(entry) = self.find_entry(reference, platform)? else {
-            return Ok(None);
-        };
-        let normalized = parse_reference(reference)?.whole();
-        self.load(&entry, &normalized, platform, LayerCheck::Hash)
-            .map(Some)
+        self.get(reference, platform, LayerCheck::Hash)
     }
 
     /// [`BaseImageCache::lookup`] without hashing the layer blobs: the manifest and config
@@ -238,12 +233,20 @@ impl BaseImageCache {
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<CachedImage>, CacheError> {
+        self.get(reference, platform, LayerCheck::Size)
+    }
+
+    fn get(
+        &self,
+        reference: &str,
+        platform: &Platform,
+        check: LayerCheck,
+    ) -> Result<Option<CachedImage>, CacheError> {
         let Some(entry) = self.find_entry(reference, platform)? else {
             return Ok(None);
         };
         let normalized = parse_reference(reference)?.whole();
-        self.load(&entry, &normalized, platform, LayerCheck::Size)
-            .map(Some)
+        self.load(&entry, &normalized, platform, check).map(Some)
     }
 
     /// Hashes the layer blob `digest` of an image returned by [`BaseImageCache::find`].
