@@ -90,6 +90,10 @@ cleanup() {
         KILN_REGISTRY_ADDR="$REG" bash "$ROOT/scripts/registry.sh" stop >/dev/null || true
     fi
     if [[ -z "$KEEP" ]]; then
+        if [[ -d "$WORK/podman" ]]; then
+            "${PODMAN[@]}" rm -af >/dev/null 2>&1 || true
+            "${PODMAN[@]}" rmi -af >/dev/null 2>&1 || true
+        fi
         rm -rf "$WORK"
         [[ "$KILN_DIR_PARENT" == "$WORK" ]] || rm -rf "$KILN_DIR_PARENT"
     else
@@ -132,6 +136,15 @@ if want_tool kaniko; then
     if ! bash "$ROOT/scripts/kaniko.sh" >&2; then
         log "kaniko is not available (scripts/kaniko.sh failed above); benchmarking without it"
         TOOLS="$(echo ",$TOOLS," | sed 's/,kaniko,/,/; s/^,//; s/,$//')"
+    else
+        # kaniko's container roots go to a podman storage inside the work directory, so all
+        # three tools write their files to the same filesystem (kiln's roots and buildah's
+        # storage are there too). The image is copied in from podman's default storage.
+        log "copying $KANIKO_IMAGE into a podman storage under $WORK"
+        "${PODMAN[@]}" save --format oci-archive -o "$WORK/kaniko-image.tar" "$KANIKO_IMAGE" >/dev/null
+        PODMAN+=(--root "$WORK/podman/root" --runroot "$WORK/podman/run")
+        "${PODMAN[@]}" load -q -i "$WORK/kaniko-image.tar" >/dev/null
+        rm -f "$WORK/kaniko-image.tar"
     fi
 fi
 
@@ -192,12 +205,16 @@ timed() {
 # each layer), else after each workload, which is then noted in the output.
 DEFERRED=()
 DEFER_ALL=1
+NOW_DISCARD=""
 avail_kb="$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')"
-if ((avail_kb < 40 * 1024 * 1024)); then
+if [[ "$(stat -f -c %T "$WORK")" == tmpfs ]]; then
+    # tmpfs has no inode allocator to slow down, but holds everything in memory: delete at once.
+    NOW_DISCARD=1
+elif ((avail_kb < 40 * 1024 * 1024)); then
     DEFER_ALL=""
     log "less than 40 GB free under $WORK: leftovers are deleted after each workload, so the first builds of a workload may be slowed by the previous one's deletions"
 fi
-discard() { DEFERRED+=("$(printf '%q ' "$@")"); }
+discard() { if [[ -n "$NOW_DISCARD" ]]; then "$@"; else DEFERRED+=("$(printf '%q ' "$@")"); fi; }
 flush_discards() {
     local c
     for c in "${DEFERRED[@]}"; do eval "$c"; done
