@@ -1613,7 +1613,7 @@ impl<'a> Builder<'a> {
         }
         let _ = stage;
         let (config, layers) = self.pull_base(base)?;
-        self.unpack_base(base, config, layers, root, &|| empty_dir(root))
+        self.unpack_base(base, config, layers, root)
     }
 
     /// Set up the base of a stage in place: the root is `/`. The base is fetched first (the
@@ -1816,7 +1816,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Apply a base image's layers over `root`. When a layer read from the base-image cache
-    /// turns out damaged, whatever was applied is thrown away (`clear` empties `root`) and the
+    /// turns out damaged, whatever was applied is thrown away (`root` is emptied) and the
     /// image is pulled from its registry and applied instead, as a damaged cache entry found
     /// up front would have been. Returns the config and layers actually applied.
     fn unpack_base(
@@ -1825,7 +1825,6 @@ impl<'a> Builder<'a> {
         config: ImageConfig,
         layers: Vec<ImageLayer>,
         root: &Path,
-        clear: &dyn Fn() -> std::io::Result<()>,
     ) -> Result<(ImageConfig, Vec<ImageLayer>), BuildError> {
         for layer in &layers {
             match self.unpack(layer, reference, root) {
@@ -1839,7 +1838,7 @@ impl<'a> Builder<'a> {
                         root.display()
                     );
                     self.damaged_cache_refs.insert(reference.to_string());
-                    clear().map_err(io_err(format!(
+                    empty_dir(root).map_err(io_err(format!(
                         "emptying {} after a damaged cached layer",
                         root.display()
                     )))?;
@@ -1889,7 +1888,7 @@ impl<'a> Builder<'a> {
             .join(format!("images/{}", self.remote_roots.len()));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         let (config, layers) = self.pull_base(from)?;
-        self.unpack_base(from, config, layers, &root, &|| empty_dir(&root))?;
+        self.unpack_base(from, config, layers, &root)?;
         self.remote_roots.insert(from.clone(), root.clone());
         Ok(Some(SourceRef::Root(root)))
     }

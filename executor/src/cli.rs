@@ -288,7 +288,7 @@ impl Options {
         let level = self.compression_level.filter(|l| *l > 0);
         match self.compression {
             CompressionFlag::Gzip => match level {
-                None => Ok(Compression::Gzip { level: 1 }),
+                None => Ok(Compression::default()),
                 Some(l @ 1..=9) => Ok(Compression::Gzip { level: l as u32 }),
                 Some(l) => Err(format!(
                     "--compression-level={l}: gzip levels are 1 (fastest) to 9 (smallest)"

@@ -297,15 +297,8 @@ impl<W: Write> ParGzEncoder<W> {
         self.crc.update(&data);
         self.total_in += data.len() as u64;
         let dict = std::mem::take(&mut self.dict);
-        // The next block's dictionary: the last 32 KiB of input so far, which may reach back
-        // into this block's dictionary when the block is short.
-        let mut next_dict = Vec::with_capacity(DICT_SIZE);
-        if data.len() < DICT_SIZE {
-            let from_dict = DICT_SIZE - data.len();
-            next_dict.extend_from_slice(&dict[dict.len().saturating_sub(from_dict)..]);
-        }
-        next_dict.extend_from_slice(&data[data.len().saturating_sub(DICT_SIZE)..]);
-        self.dict = next_dict;
+        // The next block's dictionary: the last 32 KiB of input so far.
+        self.dict = window_before(&dict, &data, data.len());
 
         let seq = self.next_seq;
         self.next_seq += 1;
