@@ -10,22 +10,22 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::cache::base::BaseImageCache;
 use crate::cache::key::{base_image_key, scratch_key, FileDigest, StepInput};
 use crate::cache::layer::{CacheHit, CacheRepo, LayerCache, NewLayer};
 use crate::cache::prefetch::{Lookups, LOOKUP_CONCURRENCY};
 use crate::cli::{IsolationFlag, Options};
 use crate::commands::{self, CopySource, Outcome, StageState};
 use crate::context::BuildContext;
-use crate::dockerfile::{self, Dockerfile, Instruction, Located, Stage};
-use crate::image::{
-    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
-};
-use crate::registry::{Blob, BlobSource, Platform, Registry, RegistryOptions};
 use crate::run::Isolation;
 use crate::snapshot::{LayerOptions, Snapshotter};
 use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
+use kiln_dockerfile::{self as dockerfile, Dockerfile, Instruction, Located, Stage};
+use kiln_oci::base_cache::BaseImageCache;
+use kiln_oci::image::{
+    oci_layer_media_type, sha256_digest, Descriptor, History, ImageConfig, Manifest,
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
+};
+use kiln_oci::registry::{Blob, BlobSource, Platform, Registry, RegistryOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -46,7 +46,7 @@ pub enum BuildError {
     #[error("build context: {0}")]
     Context(#[from] crate::context::ContextError),
     #[error("{0}")]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] kiln_oci::registry::RegistryError),
     #[error("Dockerfile line {line}: {instruction}: {source}")]
     Step {
         line: usize,
@@ -254,7 +254,7 @@ fn write_result_files(opts: &Options, result: &BuildResult) -> Result<(), BuildE
             "writing --image-name-tag-with-digest-file {path}"
         )))?;
     }
-    let termination = std::env::var_os("KILN_TERMINATION_LOG")
+    let termination = std::env::var_os(kiln_common::termination::TERMINATION_LOG_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
     output::write_termination_log(&termination, &result.digest, &result.references).map_err(
@@ -2036,7 +2036,7 @@ impl<'a> Builder<'a> {
                 path: path.clone(),
                 message,
             };
-            let layout = crate::registry::layout::OciLayout::create(Path::new(path))
+            let layout = kiln_oci::registry::layout::OciLayout::create(Path::new(path))
                 .map_err(|e| layout_err(e.to_string()))?;
             for layer in &stage.layers {
                 self.ensure_local(layer)?;
@@ -2124,8 +2124,8 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 /// Whether two references name repositories on the same registry (so blobs can be mounted).
 fn same_registry(a: &str, b: &str) -> bool {
     match (
-        crate::registry::parse_reference(a),
-        crate::registry::parse_reference(b),
+        kiln_oci::registry::parse_reference(a),
+        kiln_oci::registry::parse_reference(b),
     ) {
         (Ok(a), Ok(b)) => a.registry() == b.registry(),
         _ => false,

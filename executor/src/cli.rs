@@ -10,25 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::snapshot::Compression;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Color,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Verbosity {
-    Panic,
-    Fatal,
-    Error,
-    Warn,
-    #[default]
-    Info,
-    Debug,
-    Trace,
-}
+pub use kiln_common::logging::{LogFormat, Verbosity};
 
 /// Where RUN steps execute (Kiln's own flag; kaniko always builds in place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -308,7 +290,7 @@ impl Options {
     pub fn cache_ttl(&self) -> Result<std::time::Duration, String> {
         match &self.cache_ttl {
             None => Ok(std::time::Duration::from_secs(336 * 3600)),
-            Some(text) => crate::image::parse_duration_ns(text)
+            Some(text) => kiln_common::duration::parse_ns(text)
                 .filter(|ns| *ns >= 0)
                 .map(|ns| std::time::Duration::from_nanos(ns as u64))
                 .ok_or_else(|| {

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-/// Media types Kiln writes and understands.
-pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Layer media types are defined once, with the other OCI media types.
+pub use kiln_oci::image::{
+    MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_LAYER_ZSTD,
+};
 
 /// A compressed layer stored in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]

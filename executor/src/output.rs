@@ -7,18 +7,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// Where Kubernetes reads a container's termination message from by default.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
+pub use kiln_common::termination::TERMINATION_LOG;
+use kiln_common::termination::{to_json, BuildMessage};
 
 /// The compact JSON a controller parses from the termination message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TerminationMessage<'a> {
-    pub digest: &'a str,
-    pub references: &'a [String],
-}
-
 pub fn termination_message(digest: &str, references: &[String]) -> String {
-    serde_json::to_string(&TerminationMessage { digest, references }).unwrap_or_default()
+    to_json(&BuildMessage {
+        digest: digest.to_string(),
+        references: references.to_vec(),
+    })
 }
 
 /// Write the termination message when the file exists (it does in a Kubernetes container);

@@ -318,11 +318,10 @@ fn busybox_copy(name: &str) -> String {
 }
 
 /// Warms `base` into the base-image cache at `cache_dir`, as kiln-warmer does.
-fn warm(cache_dir: &Path, base: &str) -> kiln_executor::cache::base::Stored {
-    let cache =
-        kiln_executor::cache::base::BaseImageCache::open(cache_dir, Duration::from_secs(3600))
-            .expect("open cache");
-    let reg = kiln_executor::registry::Registry::new(kiln_executor::registry::RegistryOptions {
+fn warm(cache_dir: &Path, base: &str) -> kiln_oci::base_cache::Stored {
+    let cache = kiln_oci::base_cache::BaseImageCache::open(cache_dir, Duration::from_secs(3600))
+        .expect("open cache");
+    let reg = kiln_oci::registry::Registry::new(kiln_oci::registry::RegistryOptions {
         insecure: true,
         ..Default::default()
     })

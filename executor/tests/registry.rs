@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_executor::registry::{
+use kiln_oci::registry::{
     sha256_digest, Blob, BlobSource, OciLayout, Platform, Registry, RegistryError, RegistryOptions,
     MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };

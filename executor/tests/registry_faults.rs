@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_executor::registry::{
+use kiln_oci::registry::{
     sha256_digest, Blob, BlobSource, OciLayout, Registry, RegistryError, RegistryOptions,
     MEDIA_TYPE_OCI_MANIFEST,
 };

@@ -8,25 +8,20 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgAction, Parser};
 use futures_util::StreamExt;
-use kiln_executor::cache::base::{BaseImageCache, CacheError, Stored};
-use kiln_executor::dockerfile;
-use kiln_executor::registry::{normalize_reference, Platform, Registry, RegistryOptions};
-use serde::Serialize;
+use kiln_common::termination;
+use kiln_dockerfile as dockerfile;
+use kiln_oci::base_cache::{BaseImageCache, CacheError, Stored};
+use kiln_oci::registry::{normalize_reference, Platform, Registry, RegistryOptions};
 
 /// How many images are warmed at once (each also fetches several layers at once).
 pub const IMAGE_CONCURRENCY: usize = 3;
 /// Temporary files older than this are leftovers of a killed warmer: a live download
 /// touches its file continuously.
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
-/// Where Kubernetes reads a container's termination message from.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
-/// Environment variable overriding [`TERMINATION_LOG`] (written even if it does not exist).
-pub const TERMINATION_LOG_ENV: &str = "KILN_TERMINATION_LOG";
-/// Kubernetes keeps at most this many bytes of a termination message.
-const TERMINATION_LIMIT: usize = 4096;
+pub use kiln_common::termination::{TERMINATION_LOG, TERMINATION_LOG_ENV};
 
 /// The executor's logging flags, shared so both programs take the same values.
-pub use kiln_executor::cli::{LogFormat, Verbosity};
+pub use kiln_common::logging::{LogFormat, Verbosity};
 
 /// kaniko warmer's command line, with the executor's registry flags. Booleans accept
 /// `--flag`, `--flag=true` and `--flag=false` like Go's pflag.
@@ -108,7 +103,7 @@ pub struct Args {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    match kiln_executor::image::parse_duration_ns(s) {
+    match kiln_common::duration::parse_ns(s) {
         Some(ns) if ns >= 0 => Ok(Duration::from_nanos(ns as u64)),
         _ => Err(format!(
             "invalid duration {s:?}: write a Go duration such as 336h, 90m or 1h30m"
@@ -150,7 +145,7 @@ pub enum WarmError {
     #[error("cannot use the cache directory: {0}")]
     Cache(#[source] CacheError),
     #[error("cannot set up registry access: {0}")]
-    Registry(#[source] kiln_executor::registry::RegistryError),
+    Registry(#[source] kiln_oci::registry::RegistryError),
     #[error("{failed} of {total} images could not be warmed:\n{details}")]
     Failed {
         failed: usize,
@@ -191,54 +186,22 @@ pub struct Warmed {
     pub elapsed: Duration,
 }
 
-/// The termination message the operator reads.
-#[derive(Debug, Serialize)]
-struct TerminationMessage<'a> {
-    images: Vec<TerminationImage<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct TerminationImage<'a> {
-    reference: &'a str,
-    digest: &'a str,
-}
-
 /// Compact JSON `{"images":[{"reference":"…","digest":"sha256:…"}]}`.
 pub fn termination_message(warmed: &[Warmed]) -> String {
-    let msg = TerminationMessage {
+    termination::to_json(&termination::WarmMessage {
         images: warmed
             .iter()
-            .map(|w| TerminationImage {
-                reference: &w.target.reference,
-                digest: &w.digest,
+            .map(|w| termination::WarmedImage {
+                reference: w.target.reference.clone(),
+                digest: w.digest.clone(),
             })
             .collect(),
-    };
-    serde_json::to_string(&msg).unwrap_or_default()
+    })
 }
 
-/// Writes the termination message to `$KILN_TERMINATION_LOG`, else to
-/// `/dev/termination-log` when it exists (inside a Kubernetes container). Returns the path.
+/// Writes the termination message (see [`kiln_common::termination::write`]). Returns the path.
 pub fn write_termination_log(warmed: &[Warmed]) -> std::io::Result<Option<PathBuf>> {
-    let path = match std::env::var_os(TERMINATION_LOG_ENV) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let p = PathBuf::from(TERMINATION_LOG);
-            if !p.exists() {
-                return Ok(None);
-            }
-            p
-        }
-    };
-    let text = termination_message(warmed);
-    if text.len() > TERMINATION_LIMIT {
-        tracing::warn!(
-            bytes = text.len(),
-            "the termination message exceeds Kubernetes' 4096-byte limit and will be truncated; warm fewer images per run"
-        );
-    }
-    std::fs::write(&path, text)?;
-    Ok(Some(path))
+    termination::write(&termination_message(warmed))
 }
 
 /// Registry options from the flags, for `platform`.

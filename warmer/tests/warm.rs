@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_executor::cache::base::{BaseImageCache, CacheError, DEFAULT_TTL};
-use kiln_executor::registry::{
+use kiln_oci::base_cache::{BaseImageCache, CacheError, DEFAULT_TTL};
+use kiln_oci::registry::{
     sha256_digest, Blob, BlobSource, Platform, Registry, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
 };
 use serde_json::{json, Value};

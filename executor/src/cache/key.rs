@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::image::ImageConfig;
+use kiln_oci::image::ImageConfig;
 
 /// Bumped whenever the composition of keys changes, so old cache entries simply stop matching.
 const KEY_VERSION: &str = "kiln-layer-cache-v1";

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::image::{
+use kiln_oci::image::{
     sha256_digest, Descriptor, History, ImageConfig, Manifest, RootFs, MEDIA_TYPE_OCI_CONFIG,
     MEDIA_TYPE_OCI_MANIFEST,
 };
-use crate::registry::{
+use kiln_oci::registry::{
     Blob, BlobSource, LayoutError, OciLayout, Platform, Registry, RegistryError,
 };
 
@@ -213,7 +213,7 @@ impl LayerCache {
                 digest: l.digest.clone(),
                 diff_id: diff_id.clone(),
                 size: l.size,
-                media_type: crate::image::oci_layer_media_type(&l.media_type),
+                media_type: kiln_oci::image::oci_layer_media_type(&l.media_type),
             }),
             (l, d) => {
                 return Err(self.invalid(

@@ -2,7 +2,7 @@
 //! `--build-arg`, the default written here (expanded), the global ARG of the same name.
 
 use super::{CommandError, Outcome, StageState};
-use crate::dockerfile::ArgDecl;
+use kiln_dockerfile::ArgDecl;
 
 pub fn execute(decls: &[ArgDecl], state: &mut StageState) -> Result<Outcome, CommandError> {
     for decl in decls {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{CommandError, CopySource, Outcome, StageState};
 use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions};
-use crate::dockerfile::CopyArgs;
 use crate::fsutil::resolve_in_root;
+use kiln_dockerfile::CopyArgs;
 
 pub fn execute(
     args: &CopyArgs,

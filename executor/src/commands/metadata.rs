@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{CommandError, Outcome, StageState};
-use crate::dockerfile::{Healthcheck, ShellOrExec};
-use crate::image::{parse_duration_ns, HealthConfig};
+use kiln_common::duration::parse_ns as parse_duration_ns;
+use kiln_dockerfile::{Healthcheck, ShellOrExec};
+use kiln_oci::image::HealthConfig;
 
 fn command_line(cmd: &ShellOrExec, state: &StageState) -> Vec<String> {
     match cmd {

@@ -13,10 +13,10 @@ pub mod workdir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::dockerfile::expand::{expand_word, expand_words};
-use crate::dockerfile::Instruction;
-use crate::image::ImageConfig;
 use crate::run::Isolation;
+use kiln_dockerfile::expand::{expand_word, expand_words};
+use kiln_dockerfile::Instruction;
+use kiln_oci::image::ImageConfig;
 
 /// Everything a command may read or change while one stage is built. Cloned (over another
 /// root) to work out the cache keys of a stage's steps before they run.
@@ -61,7 +61,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("{0}")]
-    Expand(#[from] crate::dockerfile::expand::ExpandError),
+    Expand(#[from] kiln_dockerfile::expand::ExpandError),
     #[error("RUN failed: {0}")]
     Run(#[from] crate::run::RunError),
     #[error("{0}")]

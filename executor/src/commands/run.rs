@@ -2,8 +2,8 @@
 //! heredoc scripts as BuildKit runs them). Reports the exit status; the builder snapshots after.
 
 use super::{workdir::ensure_dir, CommandError, Outcome, StageState};
-use crate::dockerfile::{Heredoc, RunArgs, ShellOrExec};
 use crate::run::{run, RunSpec};
+use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
 
 /// The argv a RUN executes.
 pub fn argv(args: &RunArgs, state: &StageState) -> Result<Vec<String>, CommandError> {

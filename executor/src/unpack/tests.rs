@@ -556,7 +556,7 @@ fn verified_unpack_hashes_the_whole_blob() {
     let work = tempfile::tempdir().unwrap();
     let path = work.path().join("layer.tar.gz");
     fs::write(&path, &blob).unwrap();
-    let digest = crate::image::sha256_digest(&blob);
+    let digest = kiln_oci::image::sha256_digest(&blob);
 
     let root = tempfile::tempdir().unwrap();
     let stats = unpack_layer_verified(&path, root.path(), &opts(), &digest).unwrap();
@@ -577,7 +577,7 @@ fn verified_unpack_hashes_the_whole_blob() {
         &plain_path,
         root.path(),
         &opts(),
-        &crate::image::sha256_digest(&plain),
+        &kiln_oci::image::sha256_digest(&plain),
     )
     .unwrap_err();
     assert!(matches!(err, UnpackError::Digest { .. }), "{err}");
@@ -595,7 +595,7 @@ fn verified_unpack_hashes_the_whole_blob() {
             expected, actual, ..
         } => {
             assert_eq!(expected, &digest);
-            assert_eq!(actual, &crate::image::sha256_digest(&blob));
+            assert_eq!(actual, &kiln_oci::image::sha256_digest(&blob));
         }
         other => panic!("expected a digest mismatch, got {other}"),
     }
@@ -613,7 +613,7 @@ fn corruption_that_breaks_the_stream_is_a_digest_mismatch() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&layer.bytes()).unwrap();
     let blob = gz.finish().unwrap();
-    let digest = crate::image::sha256_digest(&blob);
+    let digest = kiln_oci::image::sha256_digest(&blob);
     let mut broken = blob.clone();
     let middle = broken.len() / 2;
     for b in &mut broken[middle..middle + 64] {

@@ -1,7 +1,39 @@
 //! Logging set-up shared by the `kiln-executor` and `kiln-warmer` binaries: level from
 //! `--verbosity` (or `KILN_LOG`), format from `--log-format`, to stderr. Configures only.
 
-use crate::cli::{LogFormat, Verbosity};
+use clap::ValueEnum;
+
+/// `--log-format`, as kaniko spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Color,
+    Json,
+}
+
+/// `--verbosity`, kaniko's logrus levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Verbosity {
+    Panic,
+    Fatal,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// The crates whose events are shown at the chosen level; everything else (dependencies) only
+/// from warnings up.
+const KILN_CRATES: &[&str] = &[
+    "kiln_executor",
+    "kiln_warmer",
+    "kiln_oci",
+    "kiln_dockerfile",
+    "kiln_common",
+];
 
 /// Install the global tracing subscriber. Call once, at the start of `main`.
 pub fn init(verbosity: Verbosity, format: LogFormat, timestamps: bool) {
@@ -14,7 +46,11 @@ pub fn init(verbosity: Verbosity, format: LogFormat, timestamps: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "kiln_executor={level},kiln_warmer={level},warn"
+            "{}warn",
+            KILN_CRATES
+                .iter()
+                .map(|c| format!("{c}={level},"))
+                .collect::<String>()
         ))
     });
     let builder = tracing_subscriber::fmt()

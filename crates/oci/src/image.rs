@@ -10,6 +10,11 @@ use sha2::{Digest, Sha256};
 
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Layer media types Kiln writes and understands.
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// The image configuration (OCI image-spec `config.json`), keeping fields Kiln does not know.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -186,73 +191,18 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// Kiln writes is a consistent OCI manifest.
 pub fn oci_layer_media_type(media_type: &str) -> String {
     match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            crate::layer::MEDIA_TYPE_LAYER_GZIP.to_string()
-        }
-        "application/vnd.docker.image.rootfs.diff.tar" => {
-            crate::layer::MEDIA_TYPE_LAYER_TAR.to_string()
-        }
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => MEDIA_TYPE_LAYER_GZIP.to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar" => MEDIA_TYPE_LAYER_TAR.to_string(),
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-            crate::layer::MEDIA_TYPE_LAYER_GZIP.to_string()
+            MEDIA_TYPE_LAYER_GZIP.to_string()
         }
         other => other.to_string(),
     }
 }
 
-/// Parse a Go-style duration (`1h2m3s`, `30s`, `1.5s`, `500ms`, `10us`) into nanoseconds.
-pub fn parse_duration_ns(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if text == "0" {
-        return Some(0);
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let number: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale = match unit {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += number * scale;
-    }
-    Some(total as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ns("30s"), Some(30_000_000_000));
-        assert_eq!(parse_duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(parse_duration_ns("1.5s"), Some(1_500_000_000));
-        assert_eq!(parse_duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(parse_duration_ns("0"), Some(0));
-        assert_eq!(parse_duration_ns("5x"), None);
-        assert_eq!(parse_duration_ns(""), None);
-        assert_eq!(parse_duration_ns("s"), None);
-    }
 
     #[test]
     fn config_round_trip_keeps_unknown_fields() {

@@ -226,7 +226,7 @@ impl BaseImageCache {
     /// are verified, and each layer blob must be there with the size its descriptor gives
     /// ([`CacheError::Missing`], [`CacheError::Corrupt`] otherwise), but its content is not
     /// read. Whoever reads a layer of the returned image must check its digest while reading
-    /// ([`crate::unpack::unpack_layer_verified`]) or first ([`BaseImageCache::verify_layer`]),
+    /// (the executor's `unpack::unpack_layer_verified`) or first ([`BaseImageCache::verify_layer`]),
     /// so that a 50 MiB base layer is read once per build instead of twice.
     pub fn find(
         &self,

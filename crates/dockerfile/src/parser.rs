@@ -630,37 +630,9 @@ fn valid_stage_name(name: &str) -> bool {
 /// Parses a Go duration string (`30s`, `1m30s`, `1.5h`, `0`) into seconds, as Docker parses
 /// HEALTHCHECK durations; `None` when it is not one (a negative duration included).
 fn duration_seconds(s: &str) -> Option<f64> {
-    let s = s.strip_prefix('+').unwrap_or(s);
-    if s == "0" {
-        return Some(0.0);
-    }
-    if s.is_empty() {
-        return None;
-    }
-    let mut rest = s;
-    let mut total = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let (unit, scale) = [
-            ("ns", 1e-9),
-            ("us", 1e-6),
-            ("\u{b5}s", 1e-6),
-            ("\u{3bc}s", 1e-6),
-            ("ms", 1e-3),
-            ("s", 1.0),
-            ("m", 60.0),
-            ("h", 3600.0),
-        ]
-        .into_iter()
-        .find(|(u, _)| rest.starts_with(u))?;
-        rest = &rest[unit.len()..];
-        total += value * scale;
-    }
-    Some(total)
+    kiln_common::duration::parse(s)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 /// Turns one instruction's text into a typed instruction.

@@ -1,0 +1,7 @@
+//! OCI images and registries, shared by kiln-executor and kiln-warmer: registry access (pull,
+//! push, auth), OCI image layouts, image config and manifest types, platforms, and the base-image
+//! cache volume the warmer fills and the executor reads. Knows nothing of Dockerfiles or builds.
+
+pub mod base_cache;
+pub mod image;
+pub mod registry;
