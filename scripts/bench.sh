@@ -172,10 +172,10 @@ make_context() {
     cp -r "$ROOT/bench/$dir" "$dest"
     if [[ "$w" == w1 ]]; then
         mkdir -p "$dest/files"
-        local i
+        local i letters=abcdefghijklmnopqrstuvwxyz
         for i in $(seq -w 1 200); do
-            # 1-4 KiB of deterministic text per file.
-            head -c $(((10#$i % 4 + 1) * 1024)) /dev/zero | tr '\0' "$(printf "\\$(printf %o $((97 + 10#$i % 26)))")" \
+            # 1-4 KiB of deterministic text per file: file i repeats letter i mod 26.
+            head -c $(((10#$i % 4 + 1) * 1024)) /dev/zero | tr '\0' "${letters:$((10#$i % 26)):1}" \
                 >"$dest/files/f$i.txt"
         done
     fi
