@@ -11,7 +11,7 @@
 #    cargo, podman, curl, bash, ...) are stubs on PATH here that record any call and fail, so a
 #    guard that let a run through would show up (and would get no further than that call).
 # 2. The same for KILN_ALLOW_SKIPS under CI, an unclassified KILN_ variable, test filter
-#    arguments, and .ci/run (which must set CI=true itself).
+#    arguments, and .ci/run (which must set CI=true itself); scripts/e2e.sh clears KILN_SKIP_E2E.
 # 3. The guard itself, called directly, accepts a clean environment (with and without CI), allowed
 #    and internal variables, and a developer's KILN_ALLOW_SKIPS=1 run (printing the switch loudly).
 # 4. Every KILN_ name in the repository's .rs and .sh files has a row in the table, and every row
@@ -77,9 +77,9 @@ expect_refused() {
     for w in "${words[@]}"; do
         grep -qF -- "$w" <<<"$out" || problems+=("output does not name $w")
     done
-    [[ ! -s "$CALLS" ]] || problems+=("called $(tr '\n' ';' <"$CALLS")")
+    [[ ! -s "$CALLS" ]] || problems+=("called: $(paste -sd, "$CALLS")")
     if ((${#problems[@]})); then
-        fail "$label: $(IFS=,; echo "${problems[*]}"); output:"
+        fail "$label: $(printf '%s; ' "${problems[@]}")output:"
         indent <<<"$out" >&2
     else
         pass
@@ -100,7 +100,7 @@ expect_guard_passes() {
         grep -qF -- "$w" <<<"$out" || problems+=("output does not name $w")
     done
     if ((${#problems[@]})); then
-        fail "$label: $(IFS=,; echo "${problems[*]}"); output:"
+        fail "$label: $(printf '%s; ' "${problems[@]}")output:"
         indent <<<"$out" >&2
     else
         pass
@@ -143,6 +143,16 @@ SCRIPT=.ci/run expect_refused ".ci/run with KILN_SKIP_E2E=1 and no CI" KILN_SKIP
     KILN_SKIP_E2E=1
 SCRIPT=.ci/run expect_refused ".ci/run with KILN_ALLOW_SKIPS=1" KILN_ALLOW_SKIPS -- \
     KILN_ALLOW_SKIPS=1 KILN_DIFF_CASES=a
+
+# scripts/e2e.sh clears an inherited KILN_SKIP_E2E (test.sh sets it for cargo test --workspace).
+# With every tool a stub, e2e.sh stops at its first tool call, after the clearing.
+out="$(timeout 20 "${CLEAN_ENV[@]}" KILN_SKIP_E2E=1 "$BASH" scripts/e2e.sh 2>&1)" || true
+if grep -qF "ignoring the inherited KILN_SKIP_E2E=1" <<<"$out"; then
+    pass
+else
+    fail "scripts/e2e.sh did not clear KILN_SKIP_E2E=1; output:"
+    indent <<<"$out" >&2
+fi
 
 # ---- 3. what the guard accepts ------------------------------------------------------------------
 expect_guard_passes "a clean environment under CI" -- CI=true

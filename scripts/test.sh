@@ -16,7 +16,7 @@
 # KILN_ name in the repository's .rs and .sh files has a row (keep one row per line, this shape).
 #
 # switches:
-#   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for `cargo test --workspace` only: scripts/e2e.sh runs that test next and clears it)
+#   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for `cargo test --workspace` only; scripts/e2e.sh, which runs that test next, clears it)
 #   KILN_SKIP_K8S_TESTS                refused   skips the operator's tests against the API server
 #   KILN_E2E_SCENARIOS                 refused   runs only these end-to-end scenarios
 #   KILN_DIFF_CASES                    refused   runs only these differential corpus cases
