@@ -116,12 +116,17 @@ bash scripts/check-switches.sh
 PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils zstd git
+    tar gzip xz-utils zstd git python3 shellcheck
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh
 source scripts/lib/packages.sh
 ensure_packages "${PACKAGES[@]}"
+
+step "shellcheck of the scripts; the benchmark summary's self-check"
+command -v shellcheck >/dev/null || die "shellcheck is not installed: apt-get install shellcheck"
+shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/k8s/*.sh .ci/run
+bash scripts/check-bench-summary.sh
 
 # Rust: the machine image provides rustup's toolchain under ~/.cargo (Debian's rustc is too old).
 export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
