@@ -11,26 +11,41 @@
 #             developer's own partial run, KILN_ALLOW_SKIPS=1 lets them through; they are then
 #             printed at the start and at the end. Under CI (CI=true) KILN_ALLOW_SKIPS is refused.
 #   allowed   does not change which tests run or what they test: printed at the start when set.
-#   internal  set by the scripts or programs for what they start (an inherited value is overwritten).
+#   internal  set by the scripts, programs or tests themselves (an inherited value is overwritten, or
+#             fails a test), or not read from the environment at all: not printed.
 # A KILN_ variable that is not in the table is refused. scripts/check-switches.sh checks that every
-# KILN_ name in the repository's .rs and .sh files has a row (keep one row per line, this shape).
+# KILN_ name in the repository's .rs and .sh files has a row (keep the shape: name, class, note;
+# a note goes on over lines indented to the note's column).
 #
 # switches:
-#   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for `cargo test --workspace` only; scripts/e2e.sh, which runs that test next, clears it)
+#   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for
+#                                                `cargo test --workspace` only; scripts/e2e.sh,
+#                                                which runs that test next, clears it)
 #   KILN_SKIP_K8S_TESTS                refused   skips the operator's tests against the API server
 #   KILN_E2E_SCENARIOS                 refused   runs only these end-to-end scenarios
 #   KILN_DIFF_CASES                    refused   runs only these differential corpus cases
-#   KILN_DIFF_SELFTEST                 refused   builds both sides of the differential test with buildah (tests the harness, not kiln)
-#   KILN_UPDATE_GOLDEN                 refused   rewrites the parser's golden files instead of comparing with them
-#   KILN_LINT                          refused   KILN_LINT=0 skips `cargo fmt --check` and `cargo clippy -D warnings` (they run by default)
-#   KILN_BASE_ONLY                     refused   scripts/base-images.sh pushes only one of the test base images
-#   KILN_E2E_EXECUTOR_IMAGE            refused   the e2e test uses this pushed image instead of one built from this tree
-#   KILN_E2E_IMAGE_SCRIPT              refused   replaces the script that builds the e2e executor image
-#   KILN_E2E_IMAGE_ARGS                refused   extra arguments for that script (--no-build reuses binaries built earlier)
-#   KILN_E2E_NODE_EXTRA_ARGS           refused   extra podman arguments for every executor Pod of the e2e test
-#   KILN_CRDS_DIR                      refused   scripts/helm.sh compares the chart's CRDs with this directory instead of crds/
-#   KILN_CONTAINER                     refused   tells every kiln-executor under test that it is (1) or is not (0) in a container
-#   KILN_EXECUTOR_IMAGE                refused   kiln-operator setting: the operators e2e.sh and helm.sh start would inherit it
+#   KILN_DIFF_SELFTEST                 refused   builds both sides of the differential test with
+#                                                buildah (tests the harness, not kiln)
+#   KILN_UPDATE_GOLDEN                 refused   rewrites the parser's golden files instead of
+#                                                comparing with them
+#   KILN_LINT                          refused   KILN_LINT=0 skips `cargo fmt --check` and `cargo
+#                                                clippy -D warnings` (they run by default)
+#   KILN_BASE_ONLY                     refused   scripts/base-images.sh pushes only one of the test
+#                                                base images
+#   KILN_E2E_EXECUTOR_IMAGE            refused   the e2e test uses this pushed image instead of one
+#                                                built from this tree
+#   KILN_E2E_IMAGE_SCRIPT              refused   replaces the script that builds the e2e executor
+#                                                image
+#   KILN_E2E_IMAGE_ARGS                refused   extra arguments for that script (--no-build reuses
+#                                                binaries built earlier)
+#   KILN_E2E_NODE_EXTRA_ARGS           refused   extra podman arguments for every executor Pod of
+#                                                the e2e test
+#   KILN_CRDS_DIR                      refused   scripts/helm.sh compares the chart's CRDs with this
+#                                                directory instead of crds/
+#   KILN_CONTAINER                     refused   tells every kiln-executor under test that it is (1)
+#                                                or is not (0) in a container
+#   KILN_EXECUTOR_IMAGE                refused   kiln-operator setting: the operators e2e.sh and
+#                                                helm.sh start would inherit it
 #   KILN_WARMER_IMAGE                  refused   kiln-operator setting (as above)
 #   KILN_INSECURE_REGISTRIES           refused   kiln-operator setting (as above)
 #   KILN_WATCH_NAMESPACE               refused   kiln-operator setting (as above)
@@ -40,17 +55,25 @@
 #   KILN_METRICS_ADDR                  refused   kiln-operator setting (as above)
 #   KILN_LOG_FORMAT                    refused   kiln-operator setting (as above)
 #   KILN_LEADER_NAMESPACE              refused   kiln-operator setting (as above)
-#   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through on a developer's run (refused when CI=true)
-#   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a missing tool fails the tests, it skips none)
-#   KILN_REUSE_REGISTRY                allowed   KILN_REUSE_REGISTRY=1 uses the registry already answering on KILN_TEST_REGISTRY and leaves it running
-#   KILN_TEST_REGISTRY                 allowed   the test registry's address (default 127.0.0.1:5000)
+#   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through
+#                                                on a developer's run (refused when CI=true)
+#   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a
+#                                                missing tool fails the tests, it skips none)
+#   KILN_REUSE_REGISTRY                allowed   KILN_REUSE_REGISTRY=1 uses the registry already
+#                                                answering on KILN_TEST_REGISTRY and leaves it
+#                                                running
+#   KILN_TEST_REGISTRY                 allowed   the test registry's address (default
+#                                                127.0.0.1:5000)
 #   KILN_RUN_DIR                       allowed   scripts/registry.sh's state directory
 #   KILN_BASE_CACHE                    allowed   scripts/base-images.sh's debootstrap cache
-#   KILN_K8S_RUN                       allowed   the API server's state directory (scripts/k8s/apiserver.sh)
+#   KILN_K8S_RUN                       allowed   the API server's state directory
+#                                                (scripts/k8s/apiserver.sh)
 #   KILN_ETCD_PORT                     allowed   the API server's etcd port
 #   KILN_APISERVER_PORT                allowed   the API server's port
-#   KILN_K8S_TOOLS                     allowed   where scripts/k8s/tools.sh builds etcd and kube-apiserver
-#   KILN_K8S_VERSION                   allowed   the kube-apiserver version scripts/k8s/tools.sh builds
+#   KILN_K8S_TOOLS                     allowed   where scripts/k8s/tools.sh builds etcd and
+#                                                kube-apiserver
+#   KILN_K8S_VERSION                   allowed   the kube-apiserver version scripts/k8s/tools.sh
+#                                                builds
 #   KILN_ETCD_CRATE_VERSION            allowed   the etcd version scripts/k8s/tools.sh builds
 #   KILN_CACHE                         allowed   scripts/helm.sh's cache directory
 #   KILN_HELM_BIN_DIR                  allowed   where scripts/helm.sh keeps helm
@@ -58,35 +81,47 @@
 #   KILN_E2E_WORK                      allowed   the e2e test's work directory
 #   KILN_E2E_IMAGE_TARGET_DIR          allowed   CARGO_TARGET_DIR for the e2e executor image
 #   KILN_E2E_KEEP                      allowed   KILN_E2E_KEEP=1 leaves the e2e API server running
-#   KILN_BUILD_NICE                    allowed   niceness of scripts/build-executor-image.sh's cargo build
+#   KILN_BUILD_NICE                    allowed   niceness of scripts/build-executor-image.sh's cargo
+#                                                build
 #   KILN_LOG                           allowed   kiln-executor's log filter
 #   KILN_DIR                           allowed   kiln-executor's default --kiln-dir
-#   KILN_TERMINATION_LOG               allowed   where kiln-executor and kiln-warmer write their termination message (tests that read it set their own)
-#   KILN_BENCH_REGISTRY                allowed   benchmarks only (scripts/bench.sh): no step of this script reads it
+#   KILN_TERMINATION_LOG               allowed   where kiln-executor and kiln-warmer write their
+#                                                termination message (tests that read it set their
+#                                                own)
+#   KILN_BENCH_REGISTRY                allowed   benchmarks only (scripts/bench.sh): no step of this
+#                                                script reads it
 #   KILN_BENCH_WORK                    allowed   benchmarks only (scripts/bench.sh)
 #   KILN_BENCH_KILN_DIR                allowed   benchmarks only (scripts/bench.sh)
-#   KILN_EXECUTOR                      allowed   benchmarks only (scripts/bench.sh, scripts/bench-cache.sh)
-#   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh, scripts/bench-cache.sh)
+#   KILN_EXECUTOR                      allowed   benchmarks only (scripts/bench.sh,
+#                                                scripts/bench-cache.sh)
+#   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
+#                                                scripts/bench-cache.sh)
 #   KILN_GO_CACHE                      allowed   benchmarks only (scripts/kaniko.sh)
 #   KILN_KANIKO_REBUILD                allowed   benchmarks only (scripts/kaniko.sh)
-#   KILN_BENCH_DEPTH                   allowed   benchmarks only (executor/examples/snapshot_bench.rs)
+#   KILN_BENCH_DEPTH                   allowed   benchmarks only
+#                                                (executor/examples/snapshot_bench.rs)
 #   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)
 #   KILN_BENCH_FILES                   allowed   benchmarks only (snapshot_bench)
 #   KILN_BENCH_FIRST                   allowed   benchmarks only (snapshot_bench)
 #   KILN_BENCH_STEPS                   allowed   benchmarks only (snapshot_bench)
 #   KILN_PODMAN_FLAGS                  internal  exported by this script for the tests and scripts
 #   KILN_BUILDAH_FLAGS                 internal  exported by this script for the tests and scripts
-#   KILN_REGISTRY_ADDR                 internal  exported by this script for scripts/registry.sh (= KILN_TEST_REGISTRY)
-#   KILN_OPERATOR_BIN                  internal  set by this script for scripts/helm.sh cluster-check
+#   KILN_REGISTRY_ADDR                 internal  exported by this script for scripts/registry.sh (=
+#                                                KILN_TEST_REGISTRY)
+#   KILN_OPERATOR_BIN                  internal  set by this script for scripts/helm.sh
+#                                                cluster-check
 #   KILN_E2E_OPERATOR_KUBECONFIG       internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_OPERATOR_BIN              internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_WARMER_IMAGE              internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_NAMESPACE                 internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_REGISTRY                  internal  exported by scripts/e2e.sh for the e2e test
-#   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started with a cleared environment)
+#   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
+#                                                with a cleared environment)
 #   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli.rs
-#   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli.rs, which expects it unset
-#   KILN_DIR_PARENT                    internal  a shell variable of scripts/bench.sh, not read from the environment
+#   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli.rs, which
+#                                                expects it unset
+#   KILN_DIR_PARENT                    internal  a shell variable of scripts/bench.sh, not read from
+#                                                the environment
 # end of switches
 #
 # Other environment: CARGO_TARGET_DIR (default /var/cache/kiln/target, outside the clone, reused
@@ -101,7 +136,8 @@ die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 
 # First, before anything is installed or built: no test filters, no skip switches (see above).
 if (($#)); then
-    die "takes no arguments, got: $(printf '%q ' "$@")(test filters are refused: a pass must mean every test ran; run cargo test yourself for a subset)"
+    die "takes no arguments, got: $(printf '%q ' "$@")(test filters are refused: a pass must mean" \
+        "every test ran; run cargo test yourself for a subset)"
 fi
 # shellcheck source=scripts/lib/guard.sh
 source scripts/lib/guard.sh

@@ -12,19 +12,28 @@
 # A KILN_ variable missing from the table is refused as unclassified: a new switch cannot slip
 # through a green CI before someone has decided what it is.
 
-# switch_table FILE [CLASS]: prints "NAME CLASS NOTE" for each row of FILE's switch table (the
-# lines between "# switches:" and "# end of switches" shaped "#   <name>  <class>  <note>").
+# switch_table FILE [CLASS]: prints "NAME CLASS NOTE" for each row of FILE's switch table: the
+# lines between "# switches:" and "# end of switches" shaped "#   <name>  <class>  <note>", a
+# note going on over the following lines indented by more than four spaces.
 switch_table() {
-    local file="$1" want="${2:-}" line in=0
+    local file="$1" want="${2:-}" line in=0 row=""
     while IFS= read -r line; do
         if [[ "$line" == "# switches:"* ]]; then in=1; continue; fi
-        [[ "$line" == "# end of switches"* ]] && break
         ((in)) || continue
         if [[ "$line" =~ ^#[[:space:]]+(KILN_[A-Z0-9_]+)[[:space:]]+(refused|allowed|internal)[[:space:]]+(.*)$ ]]; then
+            [[ -z "$row" ]] || echo "$row"
+            row=""
             [[ -z "$want" || "$want" == "${BASH_REMATCH[2]}" ]] || continue
-            printf '%s %s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+            row="${BASH_REMATCH[1]} ${BASH_REMATCH[2]} ${BASH_REMATCH[3]}"
+        elif [[ -n "$row" && "$line" =~ ^#[[:space:]]{5,}([^[:space:]].*)$ ]]; then
+            row+=" ${BASH_REMATCH[1]}"
+        else
+            [[ -z "$row" ]] || echo "$row"
+            row=""
+            [[ "$line" != "# end of switches"* ]] || break
         fi
     done <"$file"
+    [[ -z "$row" ]] || echo "$row"
 }
 
 # in_ci: true when the CI variable says this is a CI run.
