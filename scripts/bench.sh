@@ -28,7 +28,8 @@
 # /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only (exit 0 even when a target is missed or
 # not evaluated), --summarize RUNS.tsv (only print the table and targets of a raw file written before).
 # Next to the table go FILE's name with .runs.tsv (one line per run, written as the runs go:
-# workload, tool, run, seconds, exit, status, peak_rss_kb, note) and .steps.tsv (kiln's step lines).
+# workload, tool, run, seconds, exit, status, peak_rss_kb, note; a "# plan:" line says what was set
+# out to run, so a file cut short shows what is missing) and .steps.tsv (kiln's step lines).
 # Exit status: 0 when every target was evaluated and met and no run failed; 1 otherwise (a target
 # missed, a target not evaluated because a tool it compares failed a run, could not be primed or is
 # unavailable, or any failed run), unless --report-only; a failure to benchmark at all is always 1.
@@ -95,10 +96,21 @@ anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6
 
 Run = collections.namedtuple("Run", "w tool run seconds exit status peak_kb note")
 entries = collections.OrderedDict()
+planned_runs = None
 with open(runs_file) as f:
     for n, line in enumerate(f, 1):
         line = line.rstrip("\n")
-        if not line or line.startswith("workload\t"):
+        # "# plan: workloads=w1,w2 tools=kiln,buildah runs=3": what the benchmark set out to run,
+        # so that a raw file cut short cannot pass for a complete one.
+        m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
+        if m:
+            planned_runs = int(m.group(3))
+            for w in m.group(1).split(","):
+                for t in m.group(2).split(","):
+                    if w in WORKLOADS and t in TOOLS:
+                        entries.setdefault((w, t), [])
+            continue
+        if not line or line.startswith("workload\t") or line.startswith("#"):
             continue
         p = (line.split("\t") + [""] * 8)[:8]
         w, tool, run, seconds, exit_, status, peak, note = p
@@ -136,14 +148,17 @@ class State:
             self.runs = "not run: priming failed"
             self.problem = f"{t} priming failed ({prime[0].note or 'exit ' + prime[0].exit})"
         elif not self.timed:
-            self.runs = "no runs"
-            self.problem = f"{t}: no runs recorded"
+            self.runs = "no runs recorded"
+            self.problem = f"{t}: no runs recorded (the benchmark stopped before them?)"
         else:
             self.runs = f"{len(self.timed)} run{'s' if len(self.timed) > 1 else ''}"
             if self.bad:
                 self.runs += f", {len(self.bad)} failed"
                 self.problem = (f"{t}: {len(self.bad)} of {len(self.timed)} runs failed ("
                                 + ", ".join(describe(r) for r in self.bad) + ")")
+            elif planned_runs and len(self.timed) < planned_runs:
+                self.runs += f" of {planned_runs} planned"
+                self.problem = f"{t}: {len(self.timed)} of {planned_runs} planned runs recorded"
         self.wall = statistics.median(r.seconds for r in self.ok) if self.ok else None
         peaks = [r.peak_kb for r in self.ok if r.peak_kb is not None]
         self.peak_mb = max(peaks) / 1024 if peaks else None
@@ -154,7 +169,7 @@ def st(w, t):
     return states.get((w, t))
 
 out = []
-if not entries:
+if not any(entries.values()):
     sys.exit(f"bench: no runs recorded in {runs_file}")
 out.append("medians over the successful runs; peak = max over them of peak RSS (MB); a ratio only "
            "when both tools had no failed run")
@@ -337,7 +352,10 @@ OUT_BASE="$RESULTS_OUT"
 RUNS_TSV="$OUT_BASE.runs.tsv"
 STEPS_TSV="$OUT_BASE.steps.tsv"
 mkdir -p "$(dirname "$RESULTS_OUT")"
-printf 'workload\ttool\trun\tseconds\texit\tstatus\tpeak_rss_kb\tnote\n' >"$RUNS_TSV"
+{
+    printf 'workload\ttool\trun\tseconds\texit\tstatus\tpeak_rss_kb\tnote\n'
+    echo "# plan: workloads=$ONLY tools=$TOOLS runs=$RUNS"
+} >"$RUNS_TSV"
 printf 'workload\trun\tkiln step line\n' >"$STEPS_TSV"
 log "raw runs go to $RUNS_TSV"
 

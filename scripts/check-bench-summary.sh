@@ -135,7 +135,24 @@ check "tools that did not run, and missing measurements" nonzero "$WORK/missing.
     '^  NOT EVALUATED  w5: kiln <= 0\.7x buildah: buildah priming failed \(the first \(cached\) build exited 125' \
     '^  NOT EVALUATED  w6: kiln <= 0\.7x buildah: buildah: 1 of 1 runs failed \(run 1 timed out\)'
 
-# 6. Nothing to summarize, or not a raw file: non-zero even with --report-only.
+# 6. A raw file cut short (the benchmark stopped during w2's buildah runs): the plan line says
+#    what is missing, so it cannot pass for a complete run.
+{
+    echo "$HEADER"
+    echo "# plan: workloads=w1,w2,w3 tools=kiln,buildah runs=3"
+    ok_runs w1 kiln 1.00 20000
+    ok_runs w1 buildah 10.00 40000
+    ok_runs w2 kiln 1.00 20000
+    run w2 buildah 1 10.00 0 ok 40000 ""
+} >"$WORK/short.runs.tsv"
+w2_steps >"$WORK/short.steps.tsv"
+check "a raw file cut short" nonzero "$WORK/short.runs.tsv" -- \
+    '^  NOT EVALUATED  w2: kiln <= 0\.7x buildah: buildah: 1 of 3 planned runs recorded' \
+    '^w2 .* buildah +1 run of 3 planned ' \
+    '^  NOT EVALUATED  w3: kiln <= 0\.7x buildah: kiln: no runs recorded .*; buildah: no runs recorded' \
+    '^  PASS +w1: kiln <= 0\.7x buildah'
+
+# 7. Nothing to summarize, or not a raw file: non-zero even with --report-only.
 echo "$HEADER" >"$WORK/empty.runs.tsv"
 check "an empty raw file" nonzero "$WORK/empty.runs.tsv" --report-only -- 'no runs recorded'
 printf 'w1\tkiln\t1\tfast\t0\tok\t\t\n' >"$WORK/bad.runs.tsv"
