@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks kiln-executor against buildah and kaniko v1.24 on the workloads of bench/ and prints a
-# table: median wall time, peak memory, the kiln/kaniko and kiln/buildah ratios, and the targets of
-# the performance issue with pass/fail. Every build pushes to a local registry, as in CI.
+# table: runs and failed runs, median wall time, peak memory, the kiln/kaniko and kiln/buildah
+# ratios, and the targets of the performance issue: met, missed, or not evaluated (and why). Every
+# build pushes to a local registry, as in CI.
 #
 #   bash scripts/bench.sh                          # all workloads, all tools, 3 runs each (median)
 #   bash scripts/bench.sh --runs 1 --only w1,w2 --tools kiln,buildah
+#   bash scripts/bench.sh --summarize FILE.runs.tsv    # the table and targets of recorded runs
 #
 # Workloads (bench/README.md has the method):
 #   w1  busybox, 200 small files COPY'd, ENV, 2 RUN          w4  Debian bookworm, 8 trivial RUN
@@ -22,7 +24,15 @@
 # process of the tree (for buildah that is buildah itself; its RUN children are small).
 #
 # Flags: --runs N (default 3), --only w1,w2,... , --tools kiln,buildah,kaniko, --timeout SECONDS per
-# build (default 900), --keep (keep the work directory), --results FILE (also write the table there).
+# build (default 900), --keep (keep the work directory), --results FILE (the table; default
+# /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only (exit 0 even when a target is missed or
+# not evaluated), --summarize RUNS.tsv (only print the table and targets of a raw file written before).
+# Next to the table go FILE's name with .runs.tsv (one line per run, written as the runs go:
+# workload, tool, run, seconds, exit, status, peak_rss_kb, note; a "# plan:" line says what was set
+# out to run, so a file cut short shows what is missing) and .steps.tsv (kiln's step lines).
+# Exit status: 0 when every target was evaluated and met and no run failed; 1 otherwise (a target
+# missed, a target not evaluated because a tool it compares failed a run, could not be primed or is
+# unavailable, or any failed run), unless --report-only; a failure to benchmark at all is always 1.
 # Environment: KILN_BENCH_REGISTRY (default 127.0.0.1:5055: a registry of its own, so the test
 # suite's registry on :5000 can start and stop independently), KILN_EXECUTOR / KILN_WARMER (use these
 # binaries instead of building), KILN_BENCH_WORK (parent of the work directory, default /dev/shm
@@ -42,35 +52,312 @@ TOOLS="kiln,buildah,kaniko"
 TIMEOUT=900
 KEEP=""
 RESULTS_OUT=""
+REPORT_ONLY=""
+SUMMARIZE=""
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --runs|--only|--tools|--timeout|--results|--summarize)
+            [[ $# -ge 2 ]] || die "$1 needs a value (see --help)" ;;&
         --runs) RUNS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --tools) TOOLS="$2"; shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --results) RESULTS_OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        --report-only) REPORT_ONLY=1; shift ;;
+        --summarize) SUMMARIZE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
+# ---- the table ----------------------------------------------------------------------------------
+# summarize RUNS.tsv [STEPS.tsv]: prints the table and the targets of the runs recorded in RUNS.tsv
+# (kiln's step lines, for the w2 snapshot target, from STEPS.tsv). Returns 0 when every target was
+# evaluated and met and no run failed, 3 when not, anything else when the summary itself failed.
+# A target is evaluated only when every run of each tool it compares succeeded: a median over the
+# runs that happened to succeed could pass by accident.
+summarize() {
+    python3 - "$1" "${2:-}" <<'PY'
+import collections, os, re, statistics, sys
+
+runs_file, steps_file = sys.argv[1], sys.argv[2]
+WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6"]
+TOOLS = ["kiln", "buildah", "kaniko"]
+STATUSES = {"ok", "failed", "timeout", "prime-failed", "unavailable"}
+names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one-file RUNs",
+         "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
+         "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)"}
+# Issue 7's anchors: wall seconds on a 2-core machine, one run each.
+anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
+
+Run = collections.namedtuple("Run", "w tool run seconds exit status peak_kb note")
+entries = collections.OrderedDict()
+planned_runs = None
+with open(runs_file) as f:
+    for n, line in enumerate(f, 1):
+        line = line.rstrip("\n")
+        # "# plan: workloads=w1,w2 tools=kiln,buildah runs=3": what the benchmark set out to run,
+        # so that a raw file cut short cannot pass for a complete one.
+        m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
+        if m:
+            planned_runs = int(m.group(3))
+            for w in m.group(1).split(","):
+                for t in m.group(2).split(","):
+                    if w in WORKLOADS and t in TOOLS:
+                        entries.setdefault((w, t), [])
+            continue
+        if not line or line.startswith("workload\t") or line.startswith("#"):
+            continue
+        p = (line.split("\t") + [""] * 8)[:8]
+        w, tool, run, seconds, exit_, status, peak, note = p
+        if w not in WORKLOADS or tool not in TOOLS or status not in STATUSES:
+            sys.exit(f"bench: {runs_file}:{n}: not a run line (workload, tool, run, seconds, "
+                     f"exit, status, peak_rss_kb, note): {line!r}")
+        try:
+            r = Run(w, tool, run, float(seconds) if seconds else None, exit_, status,
+                    int(peak) if peak and int(peak) > 0 else None, note)
+        except ValueError:
+            sys.exit(f"bench: {runs_file}:{n}: seconds and peak_rss_kb must be numbers: {line!r}")
+        if status in ("ok", "failed", "timeout") and r.seconds is None:
+            sys.exit(f"bench: {runs_file}:{n}: a {status} run without seconds: {line!r}")
+        entries.setdefault((w, tool), []).append(r)
+
+def describe(r):
+    if r.status == "timeout":
+        return f"run {r.run} timed out"
+    return f"run {r.run} exit {r.exit or '?'}"
+
+class State:
+    """What one tool did on one workload."""
+    def __init__(self, w, t):
+        rows = entries[(w, t)]
+        self.timed = [r for r in rows if r.status in ("ok", "failed", "timeout")]
+        self.ok = [r for r in self.timed if r.status == "ok"]
+        self.bad = [r for r in self.timed if r.status != "ok"]
+        prime = [r for r in rows if r.status == "prime-failed"]
+        unavailable = [r for r in rows if r.status == "unavailable"]
+        self.problem = None
+        if unavailable:
+            self.runs = "not run: unavailable"
+            self.problem = f"{t} unavailable ({unavailable[0].note or 'no reason recorded'})"
+        elif prime:
+            self.runs = "not run: priming failed"
+            self.problem = f"{t} priming failed ({prime[0].note or 'exit ' + prime[0].exit})"
+        elif not self.timed:
+            self.runs = "no runs recorded"
+            self.problem = f"{t}: no runs recorded (the benchmark stopped before them?)"
+        else:
+            self.runs = f"{len(self.timed)} run{'s' if len(self.timed) > 1 else ''}"
+            if self.bad:
+                self.runs += f", {len(self.bad)} failed"
+                self.problem = (f"{t}: {len(self.bad)} of {len(self.timed)} runs failed ("
+                                + ", ".join(describe(r) for r in self.bad) + ")")
+            elif planned_runs and len(self.timed) < planned_runs:
+                self.runs += f" of {planned_runs} planned"
+                self.problem = f"{t}: {len(self.timed)} of {planned_runs} planned runs recorded"
+        self.wall = statistics.median(r.seconds for r in self.ok) if self.ok else None
+        peaks = [r.peak_kb for r in self.ok if r.peak_kb is not None]
+        self.peak_mb = max(peaks) / 1024 if peaks else None
+        self.unmeasured = [r.run for r in self.ok if r.peak_kb is None]
+
+states = {k: State(*k) for k in entries}
+def st(w, t):
+    return states.get((w, t))
+
+out = []
+if not any(entries.values()):
+    sys.exit(f"bench: no runs recorded in {runs_file}")
+out.append("medians over the successful runs; peak = max over them of peak RSS (MB); a ratio only "
+           "when both tools had no failed run")
+out.append(f"{'workload':<38} {'tool':<8} {'runs':<24} {'wall s':>8} {'peak MB':>8} "
+           f"{'kiln/kaniko':>12} {'kiln/buildah':>13}")
+def ratio(w, other):
+    k, o = st(w, "kiln"), st(w, other)
+    if not k or not o or k.problem or o.problem:
+        return None
+    return k.wall / o.wall
+for w in WORKLOADS:
+    for t in TOOLS:
+        s = st(w, t)
+        if not s:
+            continue
+        rk = rb = ""
+        if t == "kiln":
+            rk, rb = ratio(w, "kaniko"), ratio(w, "buildah")
+            rk = "-" if rk is None else f"{rk:.2f}x"
+            rb = "-" if rb is None else f"{rb:.2f}x"
+        wall = "-" if s.wall is None else f"{s.wall:.2f}"
+        peak = "-" if s.peak_mb is None else f"{s.peak_mb:.0f}"
+        out.append(f"{w + ' ' + names[w]:<38} {t:<8} {s.runs:<24} {wall:>8} {peak:>8} {rk:>12} {rb:>13}")
+
+problems = [(w, s.problem) for (w, t), s in
+            sorted(states.items(), key=lambda kv: (WORKLOADS.index(kv[0][0]), TOOLS.index(kv[0][1])))
+            if s.problem]
+if problems:
+    out.append("")
+    out.append("failed runs, and tools not run")
+    for w, p in problems:
+        out.append(f"  {w}: {p}")
+
+# targets: (name, verdict, value text, detail)
+targets = []
+def judge(name, val, lim, unit):
+    ok = val <= lim
+    by = f"met by {lim / val:.1f}x" if ok and val > 0 else (f"missed by {val / lim:.1f}x" if not ok else "met")
+    targets.append((name, "PASS" if ok else "FAIL", f"{val:.2f}{unit}", by))
+def not_evaluated(name, why):
+    targets.append((name, "NOT EVALUATED", "", why))
+
+steps = collections.defaultdict(list)  # (workload, run) -> kiln step lines
+steps_note = None
+if not steps_file:
+    steps_note = "no step file given"
+elif not os.path.exists(steps_file):
+    steps_note = f"no step file {steps_file}"
+else:
+    with open(steps_file) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t", 2)
+            if len(p) == 3 and p[0] != "workload":
+                steps[(p[0], p[1])].append(p[2])
+
+for w in WORKLOADS:
+    k = st(w, "kiln")
+    if not k:
+        continue
+    for other, lim in (("kaniko", 0.2 if w == "w2" else 0.5), ("buildah", 0.7)):
+        o = st(w, other)
+        if not o:
+            continue
+        name = f"{w}: kiln <= {lim}x {other}"
+        why = "; ".join(p for p in (k.problem, o.problem) if p)
+        if why:
+            not_evaluated(name, why)
+        else:
+            judge(name, k.wall / o.wall, lim, "x")
+    if w == "w3":
+        name = "w3: kiln peak RSS < 150 MB"
+        if k.problem:
+            not_evaluated(name, k.problem)
+        elif k.unmeasured:
+            not_evaluated(name, "kiln's peak RSS not measured in run(s) " + ", ".join(k.unmeasured))
+        else:
+            judge(name, k.peak_mb, 150, " MB")
+    if w == "w2":
+        # Snapshot of a RUN that changes (almost) nothing on the 100,000-file root: kiln logs each
+        # step's snapshot time ("snapshot 0.12s") besides the step's total (RUN + snapshot +
+        # layer); w2's one-file RUN steps are steps 2..6. Older binaries log only the total: then
+        # the total is judged.
+        one, one_total, missing = [], [], []
+        for r in k.ok:
+            lines = steps.get(("w2", r.run), [])
+            found = False
+            for line in lines:
+                m = re.match(r"step (\d+)/(\d+) done in ([0-9.]+)(m?s)", line)
+                if m and int(m.group(1)) >= 2:
+                    found = True
+                    one_total.append(float(m.group(3)) / (1000 if m.group(4) == "ms" else 1))
+                    snap = re.search(r"snapshot ([0-9.]+)s", line)
+                    if snap:
+                        one.append(float(snap.group(1)))
+            if not found:
+                missing.append(r.run)
+        name = "w2: snapshot of a one-file RUN on 100k files < 0.3 s (max)"
+        if k.problem:
+            not_evaluated(name, k.problem)
+        elif missing:
+            not_evaluated(name, (steps_note or "no 'step N/M done in' lines of kiln")
+                          + " for run(s) " + ", ".join(missing))
+        elif one and len(one) == len(one_total):
+            judge(name, max(one), 0.3, " s")
+        else:
+            judge("w2: one-file RUN step on 100k files < 0.3 s (max)", max(one_total), 0.3, " s")
+        if one_total:
+            out.append("")
+            out.append(f"w2 one-file RUN steps (RUN + snapshot + layer): max {max(one_total):.2f} s, "
+                       f"median {statistics.median(one_total):.2f} s")
+
+out.append("")
+out.append("targets (issue 7)")
+if not targets:
+    out.append("  none for these workloads and tools (kiln's targets compare it with buildah and kaniko)")
+for name, verdict, val, detail in targets:
+    if verdict == "NOT EVALUATED":
+        out.append(f"  NOT EVALUATED  {name}: {detail}")
+    else:
+        out.append(f"  {verdict:<13}  {name:<52} {val:>10}  ({detail})")
+out.append("")
+out.append("issue 7 anchors (one run, same kind of machine): buildah / kaniko wall s")
+for w, (b, kk) in anchors.items():
+    out.append(f"  {w}: {b} / {kk}")
+met = sum(1 for t in targets if t[1] == "PASS")
+missed = sum(1 for t in targets if t[1] == "FAIL")
+unevaluated = sum(1 for t in targets if t[1] == "NOT EVALUATED")
+out.append("")
+out.append(f"bench: {len(targets)} target(s): {met} met, {missed} missed, {unevaluated} not evaluated; "
+           f"{len(problems)} tool/workload pair(s) with failed or missing runs")
+print("\n".join(out))
+sys.exit(3 if missed or unevaluated or problems else 0)
+PY
+}
+
+# finish RC: exits with the benchmark's status for summarize's RC (see the header).
+finish() {
+    case "$1" in
+        0) exit 0 ;;
+        3) if [[ -n "$REPORT_ONLY" ]]; then
+               log "--report-only: exit 0 although not every target was evaluated and met"
+               exit 0
+           fi
+           exit 1 ;;
+        *) die "the summary failed (exit $1)" ;;
+    esac
+}
+
+if [[ -n "$SUMMARIZE" ]]; then
+    command -v python3 >/dev/null || die "python3 not installed"
+    [[ -r "$SUMMARIZE" ]] || die "--summarize: cannot read $SUMMARIZE"
+    steps=""
+    [[ "$SUMMARIZE" == *.runs.tsv ]] && steps="${SUMMARIZE%.runs.tsv}.steps.tsv"
+    rc=0
+    summarize "$SUMMARIZE" "$steps" || rc=$?
+    finish "$rc"
+fi
+
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs: expected a positive integer, got $RUNS"
-[[ "$(id -u)" == 0 ]] || die "must run as root (chroot, namespaces, podman)"
 for t in ${TOOLS//,/ }; do
     [[ "$t" =~ ^(kiln|buildah|kaniko)$ ]] || die "--tools: unknown tool $t (kiln, buildah, kaniko)"
 done
 for w in ${ONLY//,/ }; do
     [[ "$w" =~ ^w[1-6]$ ]] || die "--only: unknown workload $w (w1..w6)"
 done
+[[ "$(id -u)" == 0 ]] || die "must run as root (chroot, namespaces, podman)"
 want_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 want_work() { [[ ",$ONLY," == *",$1,"* ]]; }
 for tool in curl skopeo jq /usr/bin/time timeout python3; do
     command -v "$tool" >/dev/null || die "$tool not installed"
 done
+
+# The table, and next to it the raw runs (written as they go, so an interrupted benchmark keeps
+# them) and kiln's step lines.
+if [[ -z "$RESULTS_OUT" ]]; then
+    RESULTS_OUT="/var/tmp/kiln-bench-results/$(date -u +%Y%m%dT%H%M%SZ).txt"
+fi
+OUT_BASE="$RESULTS_OUT"
+[[ "$(basename "$OUT_BASE")" != *.txt ]] || OUT_BASE="${OUT_BASE%.txt}"
+RUNS_TSV="$OUT_BASE.runs.tsv"
+STEPS_TSV="$OUT_BASE.steps.tsv"
+mkdir -p "$(dirname "$RESULTS_OUT")"
+{
+    printf 'workload\ttool\trun\tseconds\texit\tstatus\tpeak_rss_kb\tnote\n'
+    echo "# plan: workloads=$ONLY tools=$TOOLS runs=$RUNS"
+} >"$RUNS_TSV"
+printf 'workload\trun\tkiln step line\n' >"$STEPS_TSV"
+log "raw runs go to $RUNS_TSV"
 
 # Where the builds write: tmpfs when it has room, so that the figures are the tools' and not the
 # disk's (on ext4 here the same 100,000-file RUN took 4.7 s or 45 s depending on what the disk had
@@ -91,6 +378,7 @@ if [[ -n "${KILN_BENCH_KILN_DIR:-}" ]]; then
     KILN_DIR_PARENT="$(mktemp -d "$KILN_BENCH_KILN_DIR/kiln-bench-dirs.XXXXXX")"
 fi
 STARTED_REGISTRY=""
+# shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
     local rc=$?
     # Containers this run started (named kiln-bench-<pid>-*) are removed; nothing else is touched.
@@ -130,6 +418,7 @@ if ! skopeo inspect --tls-verify=false "docker://$REG/kiln-test/busybox:latest" 
 fi
 
 # ---- builders -----------------------------------------------------------------------------------
+KANIKO_MISSING=""
 if want_tool kiln; then
     if [[ -z "${KILN_EXECUTOR:-}" || -z "${KILN_WARMER:-}" ]]; then
         log "building kiln-executor and kiln-warmer (release, static) into $TARGET"
@@ -146,8 +435,9 @@ if want_tool buildah; then
 fi
 if want_tool kaniko; then
     if ! bash "$ROOT/scripts/kaniko.sh" >&2; then
-        log "kaniko is not available (scripts/kaniko.sh failed above); benchmarking without it"
-        TOOLS="$(echo ",$TOOLS," | sed 's/,kaniko,/,/; s/^,//; s/,$//')"
+        # Benchmarked without it, but not silently: its rows and targets say why.
+        KANIKO_MISSING="scripts/kaniko.sh failed: no kaniko image"
+        log "kaniko is not available ($KANIKO_MISSING, see above); its targets will not be evaluated"
     else
         # kaniko's container roots go to a podman storage inside the work directory, so all
         # three tools write their files to the same filesystem (kiln's roots and buildah's
@@ -172,27 +462,23 @@ make_context() {
     cp -r "$ROOT/bench/$dir" "$dest"
     if [[ "$w" == w1 ]]; then
         mkdir -p "$dest/files"
-        local i
+        local i letters=abcdefghijklmnopqrstuvwxyz
         for i in $(seq -w 1 200); do
-            # 1-4 KiB of deterministic text per file.
-            head -c $(((10#$i % 4 + 1) * 1024)) /dev/zero | tr '\0' "$(printf "\\$(printf %o $((97 + 10#$i % 26)))")" \
+            # 1-4 KiB of deterministic text per file: file i repeats letter i mod 26.
+            head -c $(((10#$i % 4 + 1) * 1024)) /dev/zero | tr '\0' "${letters:$((10#$i % 26)):1}" \
                 >"$dest/files/f$i.txt"
         done
     fi
 }
 
-RESULTS="$WORK/results.tsv"
-: >"$RESULTS"
-STEPLOG="$WORK/steps.tsv"
-: >"$STEPLOG"
-
-# record WORKLOAD TOOL RUN STATUS WALL PEAK_KB
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
+# record WORKLOAD TOOL RUN SECONDS EXIT STATUS PEAK_KB NOTE: one line of the raw runs file.
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RUNS_TSV"; }
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
-# timed LOG -- CMD...: runs CMD under timeout and /usr/bin/time; sets WALL, PEAK_KB, STATUS.
+# timed LOG -- CMD...: runs CMD under timeout and /usr/bin/time; sets WALL, PEAK_KB (empty when not
+# measured), RC and STATUS (ok, timeout or failed).
 timed() {
     local logf="$1"; shift; [[ "$1" == -- ]] && shift
     local tf="$logf.time" start end rc=0
@@ -203,8 +489,13 @@ timed() {
     /usr/bin/time -f '%M' -o "$tf" timeout --kill-after=10 "$TIMEOUT" "$@" >"$logf" 2>&1 || rc=$?
     end="$(now)"
     WALL="$(elapsed "$start" "$end")"
-    PEAK_KB="$(tail -n1 "$tf" 2>/dev/null | grep -Eo '^[0-9]+$' || echo 0)"
-    case "$rc" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS="fail($rc)" ;; esac
+    PEAK_KB="$(tail -n1 "$tf" 2>/dev/null | grep -Eo '^[0-9]+$' || true)"
+    set_status "$rc"
+}
+# set_status RC: sets RC and STATUS from a timed command's exit code.
+set_status() {
+    RC="$1"
+    case "$RC" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS=failed ;; esac
 }
 
 # discard CMD ARGS...: removes a build's leftovers later, not now. ext4 skips inodes freed in the
@@ -233,6 +524,7 @@ flush_discards() {
     DEFERRED=()
     sync
 }
+# shellcheck disable=SC2317  # called through discard
 podman_rm() { "${PODMAN[@]}" rm -f "$1" >/dev/null 2>&1 || true; }
 
 # ---- kiln ---------------------------------------------------------------------------------------
@@ -282,7 +574,7 @@ buildah_wipe() {
 
 # ---- kaniko -------------------------------------------------------------------------------------
 # kaniko_run LOG CONTAINER-NAME PODMAN-RUN-ARGS... -- KANIKO-ARGS: runs the container, polling the
-# executor's peak RSS (VmHWM) from /proc; sets WALL, PEAK_KB, STATUS.
+# executor's peak RSS (VmHWM) from /proc; sets WALL, PEAK_KB (empty when never read), RC, STATUS.
 kaniko_run() {
     local logf="$1" name="$2"
     shift 2
@@ -311,7 +603,8 @@ kaniko_run() {
     discard podman_rm "$name"
     WALL="$(elapsed "$start" "$end")"
     PEAK_KB="$hwm"
-    case "$rc" in 0) STATUS=ok ;; 124|137) STATUS=timeout ;; *) STATUS="fail($rc)" ;; esac
+    [[ "$hwm" != 0 ]] || PEAK_KB=""
+    set_status "$rc"
 }
 
 kaniko_build() {
@@ -332,31 +625,46 @@ kaniko_build() {
 }
 
 # ---- priming for w5 (cached rebuild) and w6 (warmed base) ---------------------------------------
+# prime WORKLOAD TOOL: the untimed first build, warmer or pull; on failure sets PRIME_NOTE and
+# returns 1.
 prime() {
-    local w="$1" tool="$2"
+    local w="$1" tool="$2" what logf rc=0
     log "$w/$tool: priming (not timed)"
     case "$w/$tool" in
-        w5/kiln) kiln_build w5 prime cached ;;
-        w5/buildah) buildah_build w5 prime cached ;;
-        w5/kaniko) kaniko_build w5 prime cached ;;
+        w5/*)
+            what="the first (cached) build"
+            logf="$WORK/w5-$tool-prime.log"
+            case "$tool" in
+                kiln) kiln_build w5 prime cached ;;
+                buildah) buildah_build w5 prime cached ;;
+                kaniko) kaniko_build w5 prime cached ;;
+            esac
+            rc="$RC" ;;
         w6/kiln)
+            what="kiln-warmer"
+            logf="$WORK/w6-kiln-warmer.log"
             timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/debian:bookworm" \
-                --cache-dir "$WORK/kiln-base-cache" --insecure >"$WORK/w6-kiln-warmer.log" 2>&1 &&
-                STATUS=ok || STATUS="fail(warmer)" ;;
+                --cache-dir "$WORK/kiln-base-cache" --insecure >"$logf" 2>&1 || rc=$? ;;
         w6/buildah)
+            what="buildah pull"
+            logf="$WORK/w6-buildah-pull.log"
             timeout "$TIMEOUT" buildah --root "$WORK/buildah-warmed/root" --runroot "$WORK/buildah-warmed/run" \
                 --storage-driver vfs pull --tls-verify=false "$REG/kiln-test/debian:bookworm" \
-                >"$WORK/w6-buildah-pull.log" 2>&1 && STATUS=ok || STATUS="fail(pull)" ;;
+                >"$logf" 2>&1 || rc=$? ;;
         w6/kaniko)
+            what="kaniko's warmer"
+            logf="$WORK/w6-kaniko-warmer.log"
             mkdir -p "$WORK/kaniko-base-cache"
             timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
                 -v "$WORK/kaniko-base-cache:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
                 --cache-dir /cache --image "$REG/kiln-test/debian:bookworm" --insecure-pull \
-                >"$WORK/w6-kaniko-warmer.log" 2>&1 && STATUS=ok || STATUS="fail(warmer)" ;;
+                >"$logf" 2>&1 || rc=$? ;;
     esac
-    if [[ "$STATUS" != ok ]]; then
-        log "$w/$tool: priming failed: $STATUS; last lines of its log:"
-        tail -n 15 "$(ls -t "$WORK/$w-$tool"-*.log 2>/dev/null | head -n1)" >&2 || true
+    PRIME_RC="$rc"
+    PRIME_NOTE="$what exited $rc (log: $logf)"
+    if [[ "$rc" != 0 ]]; then
+        log "$w/$tool: priming failed: $PRIME_NOTE; last lines of its log:"
+        tail -n 15 "$logf" >&2 || true
         return 1
     fi
 }
@@ -369,14 +677,22 @@ for w in w1 w2 w3 w4 w5 w6; do
     [[ "$w" == w6 ]] && mode=warmed
     for tool in kiln buildah kaniko; do
         want_tool "$tool" || continue
+        if [[ "$tool" == kaniko && -n "$KANIKO_MISSING" ]]; then
+            record "$w" "$tool" - "" "" unavailable "" "$KANIKO_MISSING"
+            continue
+        fi
         if [[ "$mode" != cold ]] && ! prime "$w" "$tool"; then
-            record "$w" "$tool" 0 "prime-failed" 0 0
+            record "$w" "$tool" prime "" "$PRIME_RC" prime-failed "" "$PRIME_NOTE"
             continue
         fi
         for run in $(seq 1 "$RUNS"); do
             "${tool}_build" "$w" "$run" "$mode"
-            record "$w" "$tool" "$run" "$STATUS" "$WALL" "$PEAK_KB"
-            log "$w $tool run $run: $STATUS ${WALL}s peak $((PEAK_KB / 1024)) MB"
+            note=""
+            [[ "$STATUS" != timeout ]] || note="killed after ${TIMEOUT}s"
+            record "$w" "$tool" "$run" "$WALL" "$RC" "$STATUS" "$PEAK_KB" "$note"
+            peak="not measured"
+            [[ -z "$PEAK_KB" ]] || peak="$((PEAK_KB / 1024)) MB"
+            log "$w $tool run $run: $STATUS (exit $RC) ${WALL}s, peak $peak"
             if [[ "$STATUS" != ok ]]; then
                 log "last lines of $WORK/$w-$tool-$run.log:"
                 tail -n 15 "$WORK/$w-$tool-$run.log" >&2 || true
@@ -384,7 +700,7 @@ for w in w1 w2 w3 w4 w5 w6; do
             if [[ "$tool" == kiln ]]; then
                 # Per-step durations from kiln's log, for the profile in bench/RESULTS.md.
                 grep -Eo 'step [0-9]+/[0-9]+ done in [0-9.]+m?s.*' "$WORK/$w-kiln-$run.log" |
-                    sed "s/^/$w\t$run\t/" >>"$STEPLOG" || true
+                    sed "s/^/$w\t$run\t/" >>"$STEPS_TSV" || true
             fi
         done
     done
@@ -394,103 +710,10 @@ flush_discards
 want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
 want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
 
-# ---- the table ----------------------------------------------------------------------------------
-summary() {
-    python3 - "$RESULTS" "$STEPLOG" "$RUNS" <<'PY'
-import sys, statistics, collections, re
-results, steplog, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one-file RUNs",
-         "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
-         "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)"}
-# Issue 7's anchors: wall seconds on a 2-core machine, one run each.
-anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
-rows = collections.defaultdict(list)
-bad = collections.defaultdict(list)
-for line in open(results):
-    w, tool, run, status, wall, kb = line.rstrip("\n").split("\t")
-    if status == "ok":
-        rows[(w, tool)].append((float(wall), int(kb)))
-    else:
-        bad[(w, tool)].append(status)
-def med(w, tool):
-    r = rows.get((w, tool))
-    if not r:
-        return None
-    return statistics.median(x[0] for x in r), max(x[1] for x in r) / 1024
-out = []
-out.append(f"medians of {runs} run(s); peak = max over runs of peak RSS (MB)")
-out.append(f"{'workload':<38} {'tool':<8} {'wall s':>8} {'peak MB':>8} {'kiln/kaniko':>12} {'kiln/buildah':>13}")
-targets = []
-for w in ["w1", "w2", "w3", "w4", "w5", "w6"]:
-    tools = [t for t in ["kiln", "buildah", "kaniko"] if (w, t) in rows or (w, t) in bad]
-    if not tools:
-        continue
-    k = med(w, "kiln")
-    for t in tools:
-        m = med(w, t)
-        if m is None:
-            out.append(f"{w + ' ' + names[w]:<38} {t:<8} {'FAILED: ' + ','.join(bad[(w, t)]):>30}")
-            continue
-        rk = rb = ""
-        if t == "kiln":
-            ka, bu = med(w, "kaniko"), med(w, "buildah")
-            rk = f"{k[0] / ka[0]:.2f}x" if ka else "-"
-            rb = f"{k[0] / bu[0]:.2f}x" if bu else "-"
-        out.append(f"{w + ' ' + names[w]:<38} {t:<8} {m[0]:>8.2f} {m[1]:>8.0f} {rk:>12} {rb:>13}")
-    if k:
-        ka, bu = med(w, "kaniko"), med(w, "buildah")
-        lim_k = 0.2 if w == "w2" else 0.5
-        if ka:
-            targets.append((f"{w}: kiln <= {lim_k}x kaniko", k[0] / ka[0], lim_k, "x"))
-        if bu:
-            targets.append((f"{w}: kiln <= 0.7x buildah", k[0] / bu[0], 0.7, "x"))
-        if w == "w3":
-            targets.append(("w3: kiln peak RSS < 150 MB", k[1], 150, " MB"))
-# Snapshot of a RUN that changes (almost) nothing on the 100,000-file root: kiln logs each step's
-# snapshot time ("snapshot 0.12s") besides the step's total (RUN + snapshot + layer); w2's
-# one-file RUN steps are steps 2..6. Older binaries log only the total: then the total is used.
-one, one_total = [], []
-for line in open(steplog):
-    p = line.split("\t")
-    m = re.match(r"step (\d+)/(\d+) done in ([0-9.]+)(m?s)", p[2])
-    if p[0] == "w2" and m and int(m.group(1)) >= 2:
-        one_total.append(float(m.group(3)) / (1000 if m.group(4) == "ms" else 1))
-        snap = re.search(r"snapshot ([0-9.]+)s", p[2])
-        if snap:
-            one.append(float(snap.group(1)))
-if one:
-    targets.append(("w2: snapshot of a one-file RUN on 100k files < 0.3 s (max)", max(one), 0.3, " s"))
-if one_total:
-    out.append("")
-    out.append(f"w2 one-file RUN steps (RUN + snapshot + layer): max {max(one_total):.2f} s, "
-               f"median {statistics.median(one_total):.2f} s")
-    if not one:
-        targets.append(("w2: one-file RUN step on 100k files < 0.3 s (max)", max(one_total), 0.3, " s"))
-out.append("")
-out.append("targets (issue 7)")
-for name, val, lim, unit in targets:
-    ok = val <= lim
-    by = f"met by {lim / val:.1f}x" if ok and val > 0 else (f"missed by {val / lim:.1f}x" if not ok else "met")
-    v = f"{val:.2f}{unit}"
-    out.append(f"  {'PASS' if ok else 'FAIL'}  {name:<52} {v:>10}  ({by})")
-out.append("")
-out.append("issue 7 anchors (one run, same kind of machine): buildah / kaniko wall s")
-for w, (b, k) in anchors.items():
-    out.append(f"  {w}: {b} / {k}")
-print("\n".join(out))
-PY
-}
-TABLE="$(summary)"
+
+rc=0
+TABLE="$(summarize "$RUNS_TSV" "$STEPS_TSV")" || rc=$?
 echo "$TABLE"
-if [[ -n "$RESULTS_OUT" ]]; then
-    {
-        echo "$TABLE"
-        echo
-        echo "raw runs (workload, tool, run, status, wall s, peak KB):"
-        cat "$RESULTS"
-        echo
-        echo "kiln step durations (workload, run, step):"
-        cat "$STEPLOG"
-    } >"$RESULTS_OUT"
-    log "table written to $RESULTS_OUT"
-fi
+echo "$TABLE" >"$RESULTS_OUT"
+log "table: $RESULTS_OUT; raw runs: $RUNS_TSV; kiln's step lines: $STEPS_TSV"
+finish "$rc"

@@ -17,7 +17,9 @@
 #   KILN_E2E_IMAGE_ARGS         extra arguments for it (e.g. --no-build)
 #   KILN_E2E_NODE_EXTRA_ARGS    args the node stand-in appends to every container (default none;
 #                               logged on each use)
-#   KILN_E2E_SCENARIOS          comma-separated subset (build-and-rebuild,failing-run,delete,warm-cache)
+#   KILN_E2E_SCENARIOS          comma-separated subset (build-and-rebuild,failing-run,delete,warm-cache);
+#                               refused by scripts/test.sh unless KILN_ALLOW_SKIPS=1
+#   KILN_SKIP_E2E               ignored and cleared: this script runs the end-to-end test
 #   KILN_E2E_KEEP=1             leave the API server running afterwards
 set -euo pipefail
 
@@ -30,6 +32,22 @@ NS=kiln-e2e
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 log() { echo "e2e.sh: $*" >&2; }
 die() { echo "e2e.sh: $*" >&2; exit 1; }
+
+# This script is how the end-to-end test runs: an inherited KILN_SKIP_E2E (scripts/test.sh sets it
+# for its `cargo test --workspace` step, a developer may have it exported) must not skip it here.
+if [[ -n "${KILN_SKIP_E2E+set}" ]]; then
+    log "ignoring the inherited KILN_SKIP_E2E=$KILN_SKIP_E2E: this script runs the end-to-end test"
+    unset KILN_SKIP_E2E
+fi
+# A subset is said loudly, and a misspelt name is an error rather than a scenario silently not run
+# (the names are those of operator_builds_images_end_to_end in e2e/tests/e2e.rs).
+if [[ -n "${KILN_E2E_SCENARIOS:-}" ]]; then
+    for s in ${KILN_E2E_SCENARIOS//,/ }; do
+        [[ "$s" =~ ^(build-and-rebuild|failing-run|delete|warm-cache)$ ]] ||
+            die "KILN_E2E_SCENARIOS: unknown scenario '$s' (build-and-rebuild, failing-run, delete, warm-cache)"
+    done
+    log "KILN_E2E_SCENARIOS=$KILN_E2E_SCENARIOS: only these scenarios run, not the whole end-to-end test"
+fi
 
 STARTED_REGISTRY=0
 STARTED_API=0

@@ -1,17 +1,131 @@
 #!/usr/bin/env bash
-# THE test command for kiln: `bash scripts/test.sh` (CI runs exactly this through .ci/run).
-# Works on a fresh Debian 12 machine as root: installs the tools the tests use, configures
+# THE test command for kiln: `bash scripts/test.sh` (CI runs exactly this through .ci/run, with
+# CI=true). Works on a fresh Debian 12 machine as root: installs the tools the tests use, configures
 # containers for this machine, starts a local registry, pushes the test base images, runs every test,
-# and stops the registry on exit whatever happens. Exits non-zero on any failure.
+# and stops the registry on exit whatever happens. Exits non-zero on any failure. Takes no arguments:
+# there are no test filters.
 #
-# Environment:
-#   KILN_SKIP_APT=1       skip apt-get (the tools are already installed)
-#   KILN_REUSE_REGISTRY=1 use the registry already answering on KILN_TEST_REGISTRY and leave it running
-#   KILN_DIFF_CASES=a,b   run only these differential corpus cases
-#   KILN_DIFF_SELFTEST=1  build both sides of the differential test with buildah (checks the harness)
-#   KILN_LINT=0           skip the `cargo fmt --check` and `cargo clippy -D warnings` checks after the tests
-#                         (off by default until the whole workspace is rustfmt-clean)
-#   CARGO_TARGET_DIR      default /var/cache/kiln/target (outside the clone, reused across runs)
+# A pass means every test ran. Before anything else the switch guard (scripts/lib/guard.sh) checks
+# every KILN_ variable of the environment against the table below:
+#   refused   skips, filters or replaces tests: the run stops at once and names each one. For a
+#             developer's own partial run, KILN_ALLOW_SKIPS=1 lets them through; they are then
+#             printed at the start and at the end. Under CI (CI=true) KILN_ALLOW_SKIPS is refused.
+#   allowed   does not change which tests run or what they test: printed at the start when set.
+#   internal  set by the scripts, programs or tests themselves (an inherited value is overwritten, or
+#             fails a test), or not read from the environment at all: not printed.
+# A KILN_ variable that is not in the table is refused. scripts/check-switches.sh checks that every
+# KILN_ name in the repository's .rs and .sh files has a row (keep the shape: name, class, note;
+# a note goes on over lines indented to the note's column).
+#
+# switches:
+#   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for
+#                                                `cargo test --workspace` only; scripts/e2e.sh,
+#                                                which runs that test next, clears it)
+#   KILN_SKIP_K8S_TESTS                refused   skips the operator's tests against the API server
+#   KILN_E2E_SCENARIOS                 refused   runs only these end-to-end scenarios
+#   KILN_DIFF_CASES                    refused   runs only these differential corpus cases
+#   KILN_DIFF_SELFTEST                 refused   builds both sides of the differential test with
+#                                                buildah (tests the harness, not kiln)
+#   KILN_UPDATE_GOLDEN                 refused   rewrites the parser's golden files instead of
+#                                                comparing with them
+#   KILN_LINT                          refused   KILN_LINT=0 skips `cargo fmt --check` and `cargo
+#                                                clippy -D warnings` (they run by default)
+#   KILN_BASE_ONLY                     refused   scripts/base-images.sh pushes only one of the test
+#                                                base images
+#   KILN_E2E_EXECUTOR_IMAGE            refused   the e2e test uses this pushed image instead of one
+#                                                built from this tree
+#   KILN_E2E_IMAGE_SCRIPT              refused   replaces the script that builds the e2e executor
+#                                                image
+#   KILN_E2E_IMAGE_ARGS                refused   extra arguments for that script (--no-build reuses
+#                                                binaries built earlier)
+#   KILN_E2E_NODE_EXTRA_ARGS           refused   extra podman arguments for every executor Pod of
+#                                                the e2e test
+#   KILN_CRDS_DIR                      refused   scripts/helm.sh compares the chart's CRDs with this
+#                                                directory instead of crds/
+#   KILN_CONTAINER                     refused   tells every kiln-executor under test that it is (1)
+#                                                or is not (0) in a container
+#   KILN_EXECUTOR_IMAGE                refused   kiln-operator setting: the operators e2e.sh and
+#                                                helm.sh start would inherit it
+#   KILN_WARMER_IMAGE                  refused   kiln-operator setting (as above)
+#   KILN_INSECURE_REGISTRIES           refused   kiln-operator setting (as above)
+#   KILN_WATCH_NAMESPACE               refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_DEFAULT_RESOURCES    refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_DEFAULT_PUSH_SECRET  refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_CACHE_CLAIM          refused   kiln-operator setting (as above)
+#   KILN_METRICS_ADDR                  refused   kiln-operator setting (as above)
+#   KILN_LOG_FORMAT                    refused   kiln-operator setting (as above)
+#   KILN_LEADER_NAMESPACE              refused   kiln-operator setting (as above)
+#   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through
+#                                                on a developer's run (refused when CI=true)
+#   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a
+#                                                missing tool fails the tests, it skips none)
+#   KILN_REUSE_REGISTRY                allowed   KILN_REUSE_REGISTRY=1 uses the registry already
+#                                                answering on KILN_TEST_REGISTRY and leaves it
+#                                                running
+#   KILN_TEST_REGISTRY                 allowed   the test registry's address (default
+#                                                127.0.0.1:5000)
+#   KILN_RUN_DIR                       allowed   scripts/registry.sh's state directory
+#   KILN_BASE_CACHE                    allowed   scripts/base-images.sh's debootstrap cache
+#   KILN_K8S_RUN                       allowed   the API server's state directory
+#                                                (scripts/k8s/apiserver.sh)
+#   KILN_ETCD_PORT                     allowed   the API server's etcd port
+#   KILN_APISERVER_PORT                allowed   the API server's port
+#   KILN_K8S_TOOLS                     allowed   where scripts/k8s/tools.sh builds etcd and
+#                                                kube-apiserver
+#   KILN_K8S_VERSION                   allowed   the kube-apiserver version scripts/k8s/tools.sh
+#                                                builds
+#   KILN_ETCD_CRATE_VERSION            allowed   the etcd version scripts/k8s/tools.sh builds
+#   KILN_CACHE                         allowed   scripts/helm.sh's cache directory
+#   KILN_HELM_BIN_DIR                  allowed   where scripts/helm.sh keeps helm
+#   KILN_HELM_VERSION                  allowed   the helm version scripts/helm.sh builds
+#   KILN_E2E_WORK                      allowed   the e2e test's work directory
+#   KILN_E2E_IMAGE_TARGET_DIR          allowed   CARGO_TARGET_DIR for the e2e executor image
+#   KILN_E2E_KEEP                      allowed   KILN_E2E_KEEP=1 leaves the e2e API server running
+#   KILN_BUILD_NICE                    allowed   niceness of scripts/build-executor-image.sh's cargo
+#                                                build
+#   KILN_LOG                           allowed   kiln-executor's log filter
+#   KILN_DIR                           allowed   kiln-executor's default --kiln-dir
+#   KILN_TERMINATION_LOG               allowed   where kiln-executor and kiln-warmer write their
+#                                                termination message (tests that read it set their
+#                                                own)
+#   KILN_BENCH_REGISTRY                allowed   benchmarks only (scripts/bench.sh): no step of this
+#                                                script reads it
+#   KILN_BENCH_WORK                    allowed   benchmarks only (scripts/bench.sh)
+#   KILN_BENCH_KILN_DIR                allowed   benchmarks only (scripts/bench.sh)
+#   KILN_EXECUTOR                      allowed   benchmarks only (scripts/bench.sh,
+#                                                scripts/bench-cache.sh)
+#   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
+#                                                scripts/bench-cache.sh)
+#   KILN_GO_CACHE                      allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_KANIKO_REBUILD                allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_BENCH_DEPTH                   allowed   benchmarks only
+#                                                (executor/examples/snapshot_bench.rs)
+#   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)
+#   KILN_BENCH_FILES                   allowed   benchmarks only (snapshot_bench)
+#   KILN_BENCH_FIRST                   allowed   benchmarks only (snapshot_bench)
+#   KILN_BENCH_STEPS                   allowed   benchmarks only (snapshot_bench)
+#   KILN_PODMAN_FLAGS                  internal  exported by this script for the tests and scripts
+#   KILN_BUILDAH_FLAGS                 internal  exported by this script for the tests and scripts
+#   KILN_REGISTRY_ADDR                 internal  exported by this script for scripts/registry.sh (=
+#                                                KILN_TEST_REGISTRY)
+#   KILN_OPERATOR_BIN                  internal  set by this script for scripts/helm.sh
+#                                                cluster-check
+#   KILN_E2E_OPERATOR_KUBECONFIG       internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_OPERATOR_BIN              internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_WARMER_IMAGE              internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_NAMESPACE                 internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_REGISTRY                  internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
+#                                                with a cleared environment)
+#   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli.rs
+#   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli.rs, which
+#                                                expects it unset
+#   KILN_DIR_PARENT                    internal  a shell variable of scripts/bench.sh, not read from
+#                                                the environment
+# end of switches
+#
+# Other environment: CARGO_TARGET_DIR (default /var/cache/kiln/target, outside the clone, reused
+# across runs); CI (set by CI: refuses KILN_ALLOW_SKIPS).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,17 +134,35 @@ START=$(date +%s)
 step() { echo; echo "==> [$(($(date +%s) - START))s] $*"; }
 die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 
+# First, before anything is installed or built: no test filters, no skip switches (see above).
+if (($#)); then
+    die "takes no arguments, got: $(printf '%q ' "$@")(test filters are refused: a pass must mean" \
+        "every test ran; run cargo test yourself for a subset)"
+fi
+# shellcheck source=scripts/lib/guard.sh
+source scripts/lib/guard.sh
+SWITCHES_IN_EFFECT=""
+switch_guard scripts/test.sh || exit 1
+
 [[ "$(id -u)" == 0 ]] || die "must run as root (builds chroot, unpack with ownership, run podman)"
+
+step "switch guard meta-test: every refused switch stops this script at once"
+bash scripts/check-switches.sh
 
 PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils zstd git
+    tar gzip xz-utils zstd git python3 shellcheck
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh
 source scripts/lib/packages.sh
 ensure_packages "${PACKAGES[@]}"
+
+step "shellcheck of the scripts; the benchmark summary's self-check"
+command -v shellcheck >/dev/null || die "shellcheck is not installed: apt-get install shellcheck"
+shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/k8s/*.sh .ci/run
+bash scripts/check-bench-summary.sh
 
 # Rust: the machine image provides rustup's toolchain under ~/.cargo (Debian's rustc is too old).
 export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
@@ -63,6 +195,9 @@ cleanup() {
     bash "$REPO/scripts/k8s/apiserver.sh" stop >/dev/null 2>&1 || true
     [[ "${REUSED_REGISTRY:-0}" == 1 ]] || bash "$REPO/scripts/registry.sh" stop || true
     echo "scripts/test.sh: finished in $(($(date +%s) - START))s with exit code $rc"
+    if [[ -n "$SWITCHES_IN_EFFECT" ]]; then
+        echo "scripts/test.sh: NOT a full run: KILN_ALLOW_SKIPS=1 with $SWITCHES_IN_EFFECT"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -102,6 +237,12 @@ if [[ "${KILN_LINT:-1}" == 1 ]]; then
     step "cargo fmt --check and cargo clippy -D warnings"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+    step "SKIPPED (KILN_LINT=$KILN_LINT): cargo fmt --check and cargo clippy -D warnings"
 fi
 
-step "all tests passed"
+if [[ -n "$SWITCHES_IN_EFFECT" ]]; then
+    step "the tests that ran passed; NOT a full run (KILN_ALLOW_SKIPS=1 with $SWITCHES_IN_EFFECT)"
+else
+    step "all tests passed"
+fi

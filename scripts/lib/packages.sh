@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts that need Debian packages: `ensure_packages NAME...` installs the missing ones
 # (apt-get update first, recommends included: podman and buildah rely on some of them).
 # KILN_SKIP_APT=1 skips it (the tools are already installed).
