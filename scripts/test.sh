@@ -66,6 +66,7 @@
 #                                                127.0.0.1:5000)
 #   KILN_RUN_DIR                       allowed   scripts/registry.sh's state directory
 #   KILN_BASE_CACHE                    allowed   scripts/base-images.sh's debootstrap cache
+#   KILN_SAME_TARGET                   allowed   scripts/same-output.sh's cargo target directory
 #   KILN_K8S_RUN                       allowed   the API server's state directory
 #                                                (scripts/k8s/apiserver.sh)
 #   KILN_ETCD_PORT                     allowed   the API server's etcd port

@@ -27,7 +27,7 @@ pub enum Verbosity {
 
 /// The crates whose events are shown at the chosen level; everything else (dependencies) only
 /// from warnings up.
-const KILN_CRATES: &[&str] = &[
+const OWN_CRATES: &[&str] = &[
     "kiln_executor",
     "kiln_warmer",
     "kiln_oci",
@@ -47,7 +47,7 @@ pub fn init(verbosity: Verbosity, format: LogFormat, timestamps: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{}warn",
-            KILN_CRATES
+            OWN_CRATES
                 .iter()
                 .map(|c| format!("{c}={level},"))
                 .collect::<String>()
