@@ -222,9 +222,9 @@ pub async fn install_crds(admin: &Client) {
             &name,
             kube::runtime::wait::conditions::is_crd_established(),
         );
-        tokio::time::timeout(Duration::from_secs(20), established)
+        tokio::time::timeout(Duration::from_secs(60), established)
             .await
-            .unwrap_or_else(|_| panic!("CRD {name} not established within 20s"))
+            .unwrap_or_else(|_| panic!("CRD {name} not established within 60s"))
             .unwrap();
     }
 }
@@ -316,9 +316,9 @@ impl Operator {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
             .await
-            .expect("operator stops within 20s")
+            .expect("operator stops within 60s")
             .expect("operator task");
     }
 }
