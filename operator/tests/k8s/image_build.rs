@@ -329,9 +329,14 @@ async fn a_foreign_pod_under_the_name_is_reported_not_adopted() {
         "{:?}",
         s.message
     );
-    assert!(event_reasons(&env.admin, &env.ns, "squat")
-        .await
-        .contains(&"PodNameConflict".to_string()));
+    // The Event is published after the status patch, so it may not be there yet.
+    eventually(60, "PodNameConflict event", || async {
+        event_reasons(&env.admin, &env.ns, "squat")
+            .await
+            .contains(&"PodNameConflict".to_string())
+            .then_some(())
+    })
+    .await;
     // The stranger is neither adopted nor changed nor deleted.
     let p = pods.get("squat-build-1-1").await.unwrap();
     assert_eq!(controller_uid(&p), None);
