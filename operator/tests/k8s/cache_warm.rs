@@ -113,6 +113,12 @@ async fn image_build_and_cache_warm_of_one_name_keep_their_own_pods() {
     assert_eq!(controller_uid(&warm_pod), cw.metadata.uid);
     assert_eq!(controller_uid(&build_pod), b.metadata.uid);
     assert_eq!(build_pod.spec.unwrap().containers[0].name, "executor");
+    // The build's status names its Pod before the warmer finishes, so the check below is about
+    // the warm run leaving the build alone, not about how soon that status was written.
+    wait_build(&env, "same", "status naming same-build-1-1", |b| {
+        b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some("same-build-1-1")
+    })
+    .await;
     // The warmer finishing is the CacheWarm's business only.
     pod_running(&env.admin, &env.ns, "same-warm-1-1", "warmer").await;
     let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
