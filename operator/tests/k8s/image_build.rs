@@ -95,11 +95,14 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
         .filter_map(|m| m.manager)
         .collect();
     assert_eq!(managers, vec!["kiln-operator".to_string()]);
-    let metrics = op.metrics.render();
-    assert!(
-        metrics.contains("kiln_builds_succeeded_total 1"),
-        "{metrics}"
-    );
+    // The build is counted after its status and Event are written: wait for the count.
+    eventually(60, "kiln_builds_succeeded_total 1", || async {
+        op.metrics
+            .render()
+            .contains("kiln_builds_succeeded_total 1")
+            .then_some(())
+    })
+    .await;
     op.stop().await;
 }
 

@@ -248,11 +248,16 @@ async fn two_operator_replicas_one_leader_graceful_handover() {
         assert_eq!(replicas[1 - li].get("/readyz").await.unwrap().0, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (_, metrics) = replicas[li].get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("kiln_builds_succeeded_total 1"),
-        "{metrics}"
-    );
+    // The leader counts the build after writing its status and Event: wait for the count.
+    let metrics = eventually(
+        60,
+        "kiln_builds_succeeded_total 1 on the leader",
+        || async {
+            let (_, m) = replicas[li].get("/metrics").await?;
+            m.contains("kiln_builds_succeeded_total 1").then_some(m)
+        },
+    )
+    .await;
     assert!(metrics.contains("kiln_builds_started_total 1"), "{metrics}");
 
     // Every change of the Lease from here on is watched, so the handover is seen as it
