@@ -5,6 +5,7 @@
 //! concurrency), so two candidates can never both win the same term.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -44,22 +45,46 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// Where a candidate reads the wall-clock time it writes into the Lease and judges expiry by.
+/// A seam so tests can see a Lease expire without sleeping through its duration; everything
+/// else uses [`SystemClock`].
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
 /// One candidate's handle on the Lease.
 pub struct LeaseLock {
     api: Api<Lease>,
     cfg: LeaseConfig,
-}
-
-fn now_micro() -> MicroTime {
-    MicroTime(Timestamp::now())
+    clock: Arc<dyn Clock>,
 }
 
 impl LeaseLock {
     pub fn new(client: Client, cfg: LeaseConfig) -> Self {
+        Self::with_clock(client, cfg, Arc::new(SystemClock))
+    }
+
+    /// A candidate that reads the time from `clock` instead of the system clock.
+    pub fn with_clock(client: Client, cfg: LeaseConfig, clock: Arc<dyn Clock>) -> Self {
         LeaseLock {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
+            clock,
         }
+    }
+
+    fn now_micro(&self) -> MicroTime {
+        MicroTime(self.clock.now())
     }
 
     pub fn identity(&self) -> &str {
@@ -97,8 +122,8 @@ impl LeaseLock {
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me.clone()),
                     lease_duration_seconds: Some(self.lease_secs()),
-                    acquire_time: Some(now_micro()),
-                    renew_time: Some(now_micro()),
+                    acquire_time: Some(self.now_micro()),
+                    renew_time: Some(self.now_micro()),
                     lease_transitions: Some(0),
                     ..Default::default()
                 }),
@@ -121,18 +146,18 @@ impl LeaseLock {
                 .as_ref()
                 .map(|t| t.0)
                 .unwrap_or(Timestamp::UNIX_EPOCH);
-            let age_ms = Timestamp::now().as_millisecond() - renewed.as_millisecond();
+            let age_ms = self.clock.now().as_millisecond() - renewed.as_millisecond();
             if age_ms < i64::try_from(duration.as_millis()).unwrap_or(i64::MAX) {
                 return Ok(false);
             }
         }
         if !held_by_me {
-            spec.acquire_time = Some(now_micro());
+            spec.acquire_time = Some(self.now_micro());
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
         spec.holder_identity = Some(me.clone());
         spec.lease_duration_seconds = Some(self.lease_secs());
-        spec.renew_time = Some(now_micro());
+        spec.renew_time = Some(self.now_micro());
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
         match self
             .api

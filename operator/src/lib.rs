@@ -4,7 +4,9 @@
 
 pub mod conditions;
 pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod docker_config;
 pub mod duration;
 pub mod leader;
 pub mod metrics;

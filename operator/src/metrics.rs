@@ -161,6 +161,18 @@ impl Metrics {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves the endpoints on a socket that is already listening, until `shutdown` resolves.
+    /// Connections made before this runs wait in the socket's backlog, so a caller that binds
+    /// first can connect at once instead of retrying until the server is up.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
         tokio::pin!(shutdown);
         loop {
@@ -210,30 +222,34 @@ mod tests {
     #[tokio::test]
     async fn serves_endpoints() {
         let m = Metrics::new();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
+        // Bound before the server task starts: the first connection waits in the backlog, so
+        // there is no window in which the server may or may not be up yet.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(m.clone().serve(addr, async {
+        let server = tokio::spawn(m.clone().serve_on(listener, async {
             let _ = rx.await;
         }));
         let get = |path: &'static str| async move {
-            for _ in 0..50 {
-                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    s.write_all(
-                        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                            .as_bytes(),
-                    )
-                    .await
-                    .unwrap();
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).await.unwrap();
-                    return out;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("metrics server did not start on {addr}");
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let exchange = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                std::io::Result::Ok(out)
+            };
+            // A bound on a hang, not a window the server must answer in.
+            tokio::time::timeout(Duration::from_secs(60), exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("GET {path} from the metrics server on {addr} hung for 60s")
+                })
+                .unwrap_or_else(|e| panic!("GET {path} from the metrics server on {addr}: {e}"))
         };
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));

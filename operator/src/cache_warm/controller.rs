@@ -10,30 +10,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{info, warn};
+use kube::{Api, Resource, ResourceExt};
+use tracing::warn;
 
 use super::pod::desired_pod;
 use super::reason;
 use super::status::{self, current_pod_name, Observation, Plan};
 use crate::conditions::{self, Desired, Status};
-use crate::config::OperatorConfig;
-use crate::crd::{CacheWarm, CacheWarmStatus, Phase};
-use crate::image_build::controller::{kube_err, truncate, Error, FINALIZER};
-use crate::metrics::{KindLabel, Metrics};
+use crate::controller::{
+    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, secret_exists, truncate,
+    PodOwner,
+};
+use crate::crd::{CacheWarm, Phase};
+use crate::metrics::KindLabel;
 use crate::ownership;
-use crate::{FIELD_MANAGER, LABEL_GENERATION, LABEL_WARM};
+use crate::{LABEL_GENERATION, LABEL_WARM};
 
-pub struct Context {
-    pub client: Client,
-    pub config: OperatorConfig,
-    pub metrics: Metrics,
-    pub recorder: Recorder,
+pub use crate::controller::{Context, Error, FINALIZER};
+
+impl PodOwner for CacheWarm {
+    const KIND: &'static str = "CacheWarm";
+    const POD_LABEL: &'static str = LABEL_WARM;
+    const POD_ROLE: &'static str = "warmer";
 }
 
 pub async fn reconcile(cw: Arc<CacheWarm>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -44,11 +46,7 @@ pub async fn reconcile(cw: Arc<CacheWarm>, ctx: Arc<Context>) -> Result<Action, 
     finalizer(&api, FINALIZER, cw, |event| async {
         match event {
             finalizer::Event::Apply(c) => apply(&api, &c, &ctx).await,
-            finalizer::Event::Cleanup(c) => {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                delete_pods(&pods, &c, |_| true).await?;
-                Ok(Action::await_change())
-            }
+            finalizer::Event::Cleanup(c) => cleanup(&*c, &ctx.client).await,
         }
     })
     .await
@@ -119,29 +117,13 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
             };
             if obs.pod.is_none() && obs.foreign_pod.is_none() {
                 if let Some(secret) = &cw.spec.pull_secret {
-                    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-                    obs.secret_missing = secrets
-                        .get_metadata_opt(secret)
-                        .await
-                        .map_err(kube_err("checking", "Secret", &ns, secret))?
-                        .is_none();
+                    obs.secret_missing = !secret_exists(&ctx.client, &ns, secret).await?;
                 }
             }
             let plan = status::plan(&cw, interval, &obs, &ctx.config, now);
             if let Some(run) = plan.create_run {
                 let pod = desired_pod(&cw, &ctx.config, run);
-                let pp = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
-                match pods.create(&pp, &pod).await {
-                    Ok(_) => {
-                        ctx.metrics.warms_started.inc();
-                        info!(pod = %pod.name_any(), namespace = %ns, "created warmer Pod");
-                    }
-                    Err(kube::Error::Api(ae)) if ae.code == 409 => {}
-                    Err(e) => return Err(kube_err("creating", "Pod", &ns, &pod.name_any())(e)),
-                }
+                create_pod::<CacheWarm>(&pods, &pod, &ctx.metrics.warms_started).await?;
             }
             plan
         }
@@ -155,11 +137,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
         .await?;
     }
     if let Some(old) = &plan.delete_pod {
-        match pods.delete(old, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(ae)) if ae.code == 404 => {}
-            Err(e) => return Err(kube_err("deleting", "Pod", &ns, old)(e)),
-        }
+        delete_pod(&pods, &ns, old).await?;
     }
     if let Some(st) = &plan.status {
         patch_status(&cw, st, &ctx.client).await?;
@@ -184,57 +162,4 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
         .requeue
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
-}
-
-/// Deletes the Pods labelled for `cw` that `cw` controls and `which` selects.
-async fn delete_pods(
-    pods: &Api<Pod>,
-    cw: &CacheWarm,
-    which: impl Fn(&Pod) -> bool,
-) -> Result<(), Error> {
-    let owner = cw.name_any();
-    let ns = cw.namespace().unwrap_or_default();
-    let uid = cw.metadata.uid.clone().unwrap_or_default();
-    let lp = ListParams::default().labels(&format!("{LABEL_WARM}={owner}"));
-    let list =
-        pods.list(&lp)
-            .await
-            .map_err(kube_err("listing Pods of", "CacheWarm", &ns, &owner))?;
-    let ns = ns.as_str();
-    for p in list
-        .items
-        .iter()
-        .filter(|p| ownership::controlled_by(p, &uid) && which(p))
-    {
-        let pn = p.name_any();
-        match pods.delete(&pn, &DeleteParams::background()).await {
-            Ok(_) => info!(pod = %pn, namespace = %ns, "deleted warmer Pod"),
-            Err(kube::Error::Api(ae)) if ae.code == 404 => {}
-            Err(e) => return Err(kube_err("deleting", "Pod", ns, &pn)(e)),
-        }
-    }
-    Ok(())
-}
-
-pub async fn patch_status(
-    cw: &CacheWarm,
-    st: &CacheWarmStatus,
-    client: &Client,
-) -> Result<(), Error> {
-    let name = cw.name_any();
-    let ns = cw.namespace().unwrap_or_default();
-    let api: Api<CacheWarm> = Api::namespaced(client.clone(), &ns);
-    let body = serde_json::json!({
-        "apiVersion": CacheWarm::api_version(&()),
-        "kind": CacheWarm::kind(&()),
-        "status": st,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_err("patching status of", "CacheWarm", &ns, &name))?;
-    Ok(())
 }

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, KeyToPath, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
-    SecretVolumeSource, Volume, VolumeMount,
+    Container, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -13,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OperatorConfig;
 use crate::crd::{CacheWarm, WarmedImage};
-use crate::image_build::pod::{CACHE_DIR, DOCKER_CONFIG_DIR};
+use crate::docker_config::DockerConfig;
+use crate::image_build::pod::CACHE_DIR;
 use crate::{duration, names};
 
 /// Name of the warmer container (the one whose termination message is read).
@@ -74,31 +74,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
     }];
     let mut env = Vec::new();
     if let Some(secret) = &cw.spec.pull_secret {
-        volumes.push(Volume {
-            name: "docker-config".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".into(),
-                    path: "config.json".into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o440),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "docker-config".into(),
-            mount_path: DOCKER_CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        env.push(EnvVar {
-            name: "DOCKER_CONFIG".into(),
-            value: Some(DOCKER_CONFIG_DIR.into()),
-            value_from: None,
-        });
+        DockerConfig::from_secret(secret).add_to(&mut volumes, &mut mounts, &mut env);
     }
     let labels = BTreeMap::from([
         (

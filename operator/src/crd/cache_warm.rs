@@ -42,7 +42,7 @@ pub struct CacheWarmSpec {
     pub pull_secret: Option<String>,
     /// How often the images are pulled again, like `1h` (default `24h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
     pub refresh_interval: Option<String>,
     /// Platform to pull, like `linux/amd64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

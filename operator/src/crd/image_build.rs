@@ -90,7 +90,7 @@ pub struct ImageBuildSpec {
     pub service_account_name: Option<String>,
     /// Wall-clock limit of one attempt, like `30m` or `1h30m` (Pod activeDeadlineSeconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
     pub timeout: Option<String>,
     /// How many times a failed attempt is rerun (with exponential backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,7 +164,7 @@ pub struct CacheSpec {
     pub repository: Option<String>,
     /// How long cached layers stay valid, like `168h` (`--cache-ttl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
     pub ttl: Option<String>,
     /// PVC filled by a `CacheWarm`; mounted read-only at `/cache` (`--cache-dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

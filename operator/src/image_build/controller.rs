@@ -12,65 +12,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::validate;
-use crate::config::OperatorConfig;
-use crate::crd::{ImageBuild, ImageBuildStatus, Phase};
-use crate::metrics::{KindLabel, Metrics};
+use crate::controller::{
+    cleanup, create_pod, delete_pods, kube_err, patch_status, secret_exists, truncate, PodOwner,
+};
+use crate::crd::{ImageBuild, Phase};
+use crate::metrics::KindLabel;
 use crate::ownership;
-use crate::{FIELD_MANAGER, LABEL_BUILD, LABEL_GENERATION};
+use crate::{LABEL_BUILD, LABEL_GENERATION};
 
-/// Finalizer that makes the operator delete a build's Pods before the build disappears.
-pub const FINALIZER: &str = "kiln.dev/cleanup";
+pub use crate::controller::{Context, Error, FINALIZER};
 
-/// Shared by every reconcile.
-pub struct Context {
-    pub client: Client,
-    pub config: OperatorConfig,
-    pub metrics: Metrics,
-    pub recorder: Recorder,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{action} {kind} {namespace}/{name} failed: {source}; check the operator's RBAC and the API server")]
-    Kube {
-        action: &'static str,
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("ImageBuild {0} has no namespace; ImageBuild is a namespaced resource")]
-    NoNamespace(String),
-    #[error("finalizer {FINALIZER} on ImageBuild: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
-}
-
-pub(crate) fn kube_err(
-    action: &'static str,
-    kind: &'static str,
-    ns: &str,
-    name: &str,
-) -> impl FnOnce(kube::Error) -> Error {
-    let (namespace, name) = (ns.to_string(), name.to_string());
-    move |source| Error::Kube {
-        action,
-        kind,
-        namespace,
-        name,
-        source,
-    }
+impl PodOwner for ImageBuild {
+    const KIND: &'static str = "ImageBuild";
+    const POD_LABEL: &'static str = LABEL_BUILD;
+    const POD_ROLE: &'static str = "executor";
 }
 
 /// Entry point for the kube-runtime controller.
@@ -82,7 +47,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     finalizer(&api, FINALIZER, build, |event| async {
         match event {
             finalizer::Event::Apply(b) => apply(&api, &b, &ctx).await,
-            finalizer::Event::Cleanup(b) => cleanup(&b, &ctx).await,
+            finalizer::Event::Cleanup(b) => cleanup(&*b, &ctx.client).await,
         }
     })
     .await
@@ -144,7 +109,7 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
             let plan = status::plan(&build, &valid, &obs, &ctx.config, now);
             if let Some(attempt) = plan.create_attempt {
                 let pod = desired_pod(&build, &valid, &ctx.config, attempt);
-                create_pod(&pods, &pod, &ctx.metrics).await?;
+                create_pod::<ImageBuild>(&pods, &pod, &ctx.metrics.builds_started).await?;
             }
             plan
         }
@@ -154,39 +119,6 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
         .requeue
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
-}
-
-/// Checks that a Secret exists with a metadata-only `get`: the operator never reads Secret data.
-async fn secret_exists(client: &Client, ns: &str, name: &str) -> Result<bool, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let found = secrets
-        .get_metadata_opt(name)
-        .await
-        .map_err(kube_err("checking", "Secret", ns, name))?;
-    Ok(found.is_some())
-}
-
-async fn create_pod(pods: &Api<Pod>, pod: &Pod, metrics: &Metrics) -> Result<(), Error> {
-    let name = pod.name_any();
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match pods.create(&pp, pod).await {
-        Ok(_) => {
-            metrics.builds_started.inc();
-            info!(pod = %name, namespace = ?pod.namespace(), "created executor Pod");
-            Ok(())
-        }
-        // Created by an earlier reconcile whose status patch did not land: same name, same Pod.
-        Err(kube::Error::Api(ae)) if ae.code == 409 => Ok(()),
-        Err(e) => Err(kube_err(
-            "creating",
-            "Pod",
-            &pod.namespace().unwrap_or_default(),
-            &name,
-        )(e)),
-    }
 }
 
 /// Carries out the side effects of a plan other than Pod creation.
@@ -232,77 +164,4 @@ fn pod_finished(p: &Pod) -> bool {
         p.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     )
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
-/// Deletes the Pods labelled for `build` that `build` controls and `which` selects; a Pod that
-/// merely carries the label (copied by hand, or of an earlier object of the same name) is left.
-async fn delete_pods(
-    pods: &Api<Pod>,
-    build: &ImageBuild,
-    which: impl Fn(&Pod) -> bool,
-) -> Result<(), Error> {
-    let name = build.name_any();
-    let ns = build.namespace().unwrap_or_default();
-    let uid = build.metadata.uid.clone().unwrap_or_default();
-    let lp = ListParams::default().labels(&format!("{LABEL_BUILD}={name}"));
-    let list =
-        pods.list(&lp)
-            .await
-            .map_err(kube_err("listing Pods of", "ImageBuild", &ns, &name))?;
-    let ns = ns.as_str();
-    for p in list
-        .items
-        .iter()
-        .filter(|p| ownership::controlled_by(p, &uid) && which(p))
-    {
-        let pn = p.name_any();
-        match pods.delete(&pn, &DeleteParams::background()).await {
-            Ok(_) => info!(pod = %pn, namespace = %ns, "deleted executor Pod"),
-            Err(kube::Error::Api(ae)) if ae.code == 404 => {}
-            Err(e) => return Err(kube_err("deleting", "Pod", ns, &pn)(e)),
-        }
-    }
-    Ok(())
-}
-
-/// Writes the whole status under the operator's field manager (server-side apply).
-pub async fn patch_status(
-    build: &ImageBuild,
-    st: &ImageBuildStatus,
-    client: &Client,
-) -> Result<(), Error> {
-    let name = build.name_any();
-    let ns = build.namespace().unwrap_or_default();
-    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
-    let body = serde_json::json!({
-        "apiVersion": ImageBuild::api_version(&()),
-        "kind": ImageBuild::kind(&()),
-        "status": st,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_err("patching status of", "ImageBuild", &ns, &name))?;
-    Ok(())
-}
-
-async fn cleanup(build: &ImageBuild, ctx: &Context) -> Result<Action, Error> {
-    let ns = build.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_pods(&pods, build, |_| true).await?;
-    Ok(Action::await_change())
 }

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, KeyToPath, PersistentVolumeClaimVolumeSource, Pod,
-    PodSpec, SecretVolumeSource, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -18,14 +18,15 @@ use serde::{Deserialize, Serialize};
 use super::validate::ValidSpec;
 use crate::config::OperatorConfig;
 use crate::crd::ImageBuild;
+use crate::docker_config::DockerConfig;
 use crate::names;
+
+pub use crate::docker_config::DOCKER_CONFIG_DIR;
 
 /// Name of the executor container (the one whose termination message is read).
 pub const CONTAINER: &str = "executor";
 /// Where the build context is mounted for ConfigMap and PVC sources.
 pub const WORKSPACE: &str = "/workspace";
-/// Directory holding `config.json` with the push credentials (`DOCKER_CONFIG`).
-pub const DOCKER_CONFIG_DIR: &str = "/kiln/.docker";
 /// Where the warmed cache volume is mounted (`--cache-dir`).
 pub const CACHE_DIR: &str = "/cache";
 
@@ -186,31 +187,7 @@ pub fn desired_pod(
         });
     }
     if let Some(secret) = &spec.push_secret {
-        volumes.push(Volume {
-            name: "docker-config".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".into(),
-                    path: "config.json".into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o440),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "docker-config".into(),
-            mount_path: DOCKER_CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        env.push(EnvVar {
-            name: "DOCKER_CONFIG".into(),
-            value: Some(DOCKER_CONFIG_DIR.into()),
-            value_from: None,
-        });
+        DockerConfig::from_secret(secret).add_to(&mut volumes, &mut mounts, &mut env);
     }
     if let Some(claim) = spec.cache.as_ref().and_then(|c| c.warm_claim.as_ref()) {
         volumes.push(Volume {

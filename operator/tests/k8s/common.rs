@@ -21,9 +21,103 @@ pub const MANAGER: &str = "kiln-tests";
 
 pub struct Env {
     pub admin: Client,
-    /// Limited to operator/rbac.yaml (when the API server script's operator user exists).
+    /// Limited to operator/rbac.yaml (admin only outside CI when `kubeconfig-operator` is
+    /// missing, with a warning).
     pub operator: Client,
+    /// The kubeconfig `operator` was made from, for operator processes the tests start.
+    pub operator_kubeconfig: PathBuf,
     pub ns: String,
+}
+
+/// The switch that lets a developer without an API server skip these tests.
+pub const SKIP_SWITCH: &str = "KILN_SKIP_K8S_TESTS";
+/// The low-privilege kubeconfig that scripts/k8s/apiserver.sh writes beside the admin one.
+pub const OPERATOR_KUBECONFIG: &str = "kubeconfig-operator";
+
+/// `CI=true` (or `1`), as CI services set it: there, a test that cannot do its job fails
+/// instead of passing quietly.
+pub fn under_ci() -> bool {
+    is_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Prints `text` on the test process's stderr even when libtest captures output: `eprintln!`
+/// goes into the capture, which cargo shows only for failing tests, and a skip or a weakened
+/// test must be seen when everything passes.
+pub fn loud(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// What the skip switch, whose value is `switch`, means for `test`: `Ok(true)` skip,
+/// `Ok(false)` run, `Err` fail. Whenever the switch is set, the returned note says what it did.
+fn skip_decision(
+    test: &str,
+    switch: Option<&str>,
+    ci: bool,
+) -> (Result<bool, String>, Option<String>) {
+    match switch {
+        None => (Ok(false), None),
+        Some("1") if ci => (
+            Err(format!(
+                "{SKIP_SWITCH}=1 is set under CI=true: {test} and every other API-server test would \
+                 be skipped and CI would pass without running them. Unset {SKIP_SWITCH} in CI; it \
+                 is only for developers without an API server"
+            )),
+            None,
+        ),
+        Some("1") => (
+            Ok(true),
+            Some(format!(
+                "{SKIP_SWITCH}=1: SKIPPING {test} (it does not run; under CI=true this is a failure)"
+            )),
+        ),
+        Some(other) => (
+            Ok(false),
+            Some(format!(
+                "{SKIP_SWITCH}={other:?} is set but only 1 skips: running {test}"
+            )),
+        ),
+    }
+}
+
+/// The kubeconfig the operator runs with, given the admin kubeconfig `admin` and whether the
+/// low-privilege one beside it exists: `Err` under CI when it is missing (the RBAC of
+/// operator/rbac.yaml would go untested), else the admin one with a loud warning.
+fn operator_kubeconfig_decision(
+    admin: &std::path::Path,
+    operator_exists: bool,
+    ci: bool,
+) -> (Result<PathBuf, String>, Option<String>) {
+    let op = admin.with_file_name(OPERATOR_KUBECONFIG);
+    if operator_exists {
+        return (Ok(op), None);
+    }
+    if ci {
+        return (
+            Err(format!(
+                "{} not found under CI=true: the operator would run as admin and the RBAC of \
+                 operator/rbac.yaml would go untested. scripts/k8s/apiserver.sh start writes it \
+                 next to {}; start the API server with that script",
+                op.display(),
+                admin.display()
+            )),
+            None,
+        );
+    }
+    let rule = "!".repeat(100);
+    (
+        Ok(admin.to_path_buf()),
+        Some(format!(
+            "{rule}\nWARNING: {} not found: the operator runs as ADMIN in these tests, so the RBAC \
+             of operator/rbac.yaml is NOT tested (under CI=true this is a failure). Start the API \
+             server with scripts/k8s/apiserver.sh, which writes it.\n{rule}",
+            op.display()
+        )),
+    )
 }
 
 async fn client_from(path: &PathBuf) -> Client {
@@ -36,11 +130,19 @@ async fn client_from(path: &PathBuf) -> Client {
 }
 
 /// Connects to the test API server, installs CRDs and RBAC, creates a fresh namespace.
-/// `None` only when `KILN_SKIP_K8S_TESTS=1`; a missing API server is a test failure.
+/// `None` only when `KILN_SKIP_K8S_TESTS=1` outside CI; a missing API server is a test failure,
+/// and so is the skip switch or a missing `kubeconfig-operator` under `CI=true`.
 pub async fn env(test: &str) -> Option<Env> {
-    if std::env::var("KILN_SKIP_K8S_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping {test}: KILN_SKIP_K8S_TESTS=1");
-        return None;
+    let ci = under_ci();
+    let switch = std::env::var(SKIP_SWITCH).ok();
+    let (skip, note) = skip_decision(test, switch.as_deref(), ci);
+    if let Some(note) = note {
+        loud(&note);
+    }
+    match skip {
+        Err(msg) => panic!("{msg}"),
+        Ok(true) => return None,
+        Ok(false) => {}
     }
     // The test build links both ring (kube) and aws-lc-rs (the executor, a dev-dependency):
     // pick kube's provider explicitly.
@@ -62,16 +164,13 @@ pub async fn env(test: &str) -> Option<Env> {
     }
     install_crds(&admin).await;
     install_rbac(&admin).await;
-    let op_path = kubeconfig.with_file_name("kubeconfig-operator");
-    let operator = if op_path.exists() {
-        client_from(&op_path).await
-    } else {
-        eprintln!(
-            "{} not found: running the operator as admin",
-            op_path.display()
-        );
-        admin.clone()
-    };
+    let op_exists = kubeconfig.with_file_name(OPERATOR_KUBECONFIG).exists();
+    let (op_path, warning) = operator_kubeconfig_decision(&kubeconfig, op_exists, ci);
+    if let Some(warning) = warning {
+        loud(&warning);
+    }
+    let operator_kubeconfig = op_path.unwrap_or_else(|msg| panic!("{msg}"));
+    let operator = client_from(&operator_kubeconfig).await;
     let suffix = format!("{:x}", std::process::id() as u64 * 1000 + rand_u16() as u64);
     let ns = format!("{}-{}", test.replace('_', "-"), suffix);
     let ns = ns[..ns.len().min(63)].trim_end_matches('-').to_string();
@@ -79,6 +178,7 @@ pub async fn env(test: &str) -> Option<Env> {
     Some(Env {
         admin,
         operator,
+        operator_kubeconfig,
         ns,
     })
 }
@@ -122,9 +222,9 @@ pub async fn install_crds(admin: &Client) {
             &name,
             kube::runtime::wait::conditions::is_crd_established(),
         );
-        tokio::time::timeout(Duration::from_secs(20), established)
+        tokio::time::timeout(Duration::from_secs(60), established)
             .await
-            .unwrap_or_else(|_| panic!("CRD {name} not established within 20s"))
+            .unwrap_or_else(|_| panic!("CRD {name} not established within 60s"))
             .unwrap();
     }
 }
@@ -216,9 +316,9 @@ impl Operator {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
             .await
-            .expect("operator stops within 20s")
+            .expect("operator stops within 60s")
             .expect("operator task");
     }
 }
@@ -313,4 +413,57 @@ pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> 
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| e.reason)
         .collect()
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_recognised() {
+        assert!(is_ci(Some("true")) && is_ci(Some("TRUE")) && is_ci(Some("1")));
+        assert!(!is_ci(None) && !is_ci(Some("")) && !is_ci(Some("false")) && !is_ci(Some("0")));
+    }
+
+    #[test]
+    fn skip_switch_skips_loudly_for_developers_and_fails_under_ci() {
+        assert_eq!(skip_decision("t", None, false), (Ok(false), None));
+        assert_eq!(skip_decision("t", None, true), (Ok(false), None));
+        let (skip, note) = skip_decision("t", Some("1"), false);
+        assert_eq!(skip, Ok(true));
+        assert!(note.unwrap().contains("KILN_SKIP_K8S_TESTS=1: SKIPPING t"));
+        let (skip, _) = skip_decision("t", Some("1"), true);
+        let msg = skip.unwrap_err();
+        assert!(
+            msg.contains("KILN_SKIP_K8S_TESTS=1") && msg.contains("CI=true"),
+            "{msg}"
+        );
+        // Any other value runs the tests, and says so.
+        for ci in [false, true] {
+            let (skip, note) = skip_decision("t", Some("yes"), ci);
+            assert_eq!(skip, Ok(false));
+            assert!(note.unwrap().contains("only 1 skips"));
+        }
+    }
+
+    #[test]
+    fn missing_operator_kubeconfig_warns_and_fails_under_ci() {
+        let admin = std::path::Path::new("/run/k8s/kubeconfig");
+        let op = PathBuf::from("/run/k8s/kubeconfig-operator");
+        for ci in [false, true] {
+            assert_eq!(
+                operator_kubeconfig_decision(admin, true, ci),
+                (Ok(op.clone()), None)
+            );
+        }
+        let (path, warning) = operator_kubeconfig_decision(admin, false, false);
+        assert_eq!(path, Ok(admin.to_path_buf()));
+        assert!(warning.unwrap().contains("WARNING"));
+        let (path, _) = operator_kubeconfig_decision(admin, false, true);
+        let msg = path.unwrap_err();
+        assert!(
+            msg.contains("kubeconfig-operator") && msg.contains("CI=true"),
+            "{msg}"
+        );
+    }
 }
