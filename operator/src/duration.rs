@@ -3,57 +3,25 @@
 
 use std::time::Duration;
 
+use kiln_common::duration::{parse_with, Grammar};
+
 /// The schema pattern the API server applies to duration fields; [`parse`] accepts exactly
 /// what it accepts (a sequence of number+unit, units `ms`, `s`, `m`, `h`).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {value:?}: {why}; write it like 90s, 10m or 1h30m (units ms, s, m, h)")]
-pub struct DurationError {
-    pub value: String,
-    pub why: &'static str,
-}
+pub use kiln_common::duration::DurationError;
 
-/// Parses a Go-style duration made of number+unit groups.
+/// The part of Go's duration syntax that [`DURATION_PATTERN`] admits, up to ten years.
+const KUBE: Grammar = Grammar {
+    units: &[("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)],
+    bare_zero_and_sign: false,
+    max: Some(Duration::from_secs(10 * 365 * 86400)),
+    hint: "write it like 90s, 10m or 1h30m (units ms, s, m, h)",
+};
+
+/// Parses a Go-style duration made of number+unit groups, exactly as the schema pattern admits.
 pub fn parse(value: &str) -> Result<Duration, DurationError> {
-    let err = |why| DurationError {
-        value: value.to_string(),
-        why,
-    };
-    if value.is_empty() {
-        return Err(err("it is empty"));
-    }
-    let mut total = 0f64;
-    let mut rest = value;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| err("a number has no unit"))?;
-        if num_len == 0 {
-            return Err(err("a unit has no number before it"));
-        }
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| err("a number is malformed"))?;
-        rest = &rest[num_len..];
-        let (unit_secs, unit_len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else {
-            return Err(err("the unit is not one of ms, s, m, h"));
-        };
-        total += number * unit_secs;
-        rest = &rest[unit_len..];
-    }
-    if !total.is_finite() || total > 10.0 * 365.0 * 86400.0 {
-        return Err(err("it is longer than ten years"));
-    }
-    Ok(Duration::from_secs_f64(total))
+    parse_with(value, &KUBE)
 }
 
 /// Formats a duration in the same grammar, with whole seconds (for status messages).
