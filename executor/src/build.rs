@@ -2095,18 +2095,7 @@ impl<'a> Builder<'a> {
 /// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*` twins).
 /// Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
 fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
-    let build = Platform::default();
-    let mut args = Vec::new();
-    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
-        args.push((format!("{prefix}PLATFORM"), p.to_string()));
-        args.push((format!("{prefix}OS"), p.os.clone()));
-        args.push((format!("{prefix}ARCH"), p.architecture.clone()));
-        args.push((
-            format!("{prefix}VARIANT"),
-            p.variant.clone().unwrap_or_default(),
-        ));
-    }
-    args
+    kiln_oci::platform::automatic_args(target)
 }
 
 /// A heredoc source as the key sees it: its text and the variables its expansion can use.

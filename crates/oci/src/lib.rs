@@ -4,4 +4,5 @@
 
 pub mod base_cache;
 pub mod image;
+pub mod platform;
 pub mod registry;
