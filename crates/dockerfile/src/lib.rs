@@ -10,4 +10,4 @@ pub mod stages;
 pub use ast::*;
 pub use expand::{expand_word, expand_words, ExpandError};
 pub use parser::{parse, parse_instruction, ParseError};
-pub use stages::{Base, FromPlatform, ResolvedStage, StageError, Stages};
+pub use stages::{Base, FromPlatform, ResolvedStage, StageError, Stages, TargetError};

@@ -60,7 +60,7 @@ pub struct ResolvedStage {
     pub platform: Option<String>,
 }
 
-/// Why a stage, or the stage to build, cannot be resolved.
+/// Why a stage cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StageError {
     #[error("line {line}: cannot expand `FROM {from}`: {source}")]
@@ -81,6 +81,11 @@ pub enum StageError {
         #[source]
         source: ExpandError,
     },
+}
+
+/// Why the stage to build cannot be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
     #[error("the Dockerfile has no FROM")]
     NoStages,
     #[error("--target {target}: no stage of that name (stages: {})", names.join(", "))]
@@ -187,16 +192,16 @@ impl<'a> Stages<'a> {
     }
 
     /// The stage `--target` names (by name only), or the last stage without one.
-    pub fn target(&self, target: Option<&str>) -> Result<usize, StageError> {
+    pub fn target(&self, target: Option<&str>) -> Result<usize, TargetError> {
         let last = self
             .dockerfile
             .stages
             .len()
             .checked_sub(1)
-            .ok_or(StageError::NoStages)?;
+            .ok_or(TargetError::NoStages)?;
         match target {
             None => Ok(last),
-            Some(t) => self.by_name(t).ok_or_else(|| StageError::UnknownTarget {
+            Some(t) => self.by_name(t).ok_or_else(|| TargetError::UnknownTarget {
                 target: t.to_string(),
                 names: self
                     .dockerfile
@@ -495,7 +500,7 @@ mod tests {
             stages: Vec::new(),
         };
         let none = Stages::new(&empty, &BTreeMap::new(), Vec::new(), FromPlatform::Ignore);
-        assert_eq!(none.target(None), Err(StageError::NoStages));
+        assert_eq!(none.target(None), Err(TargetError::NoStages));
     }
 
     #[test]
