@@ -341,18 +341,7 @@ fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildEr
 }
 
 fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
-    RegistryOptions {
-        insecure: opts.insecure || opts.insecure_pull,
-        insecure_registries: opts.insecure_registries.clone(),
-        skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
-        skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
-        mirrors: opts.registry_mirrors.clone(),
-        registry_maps: opts.registry_map.clone(),
-        push_retries: opts.push_retry.unwrap_or(0),
-        pull_retries: opts.image_download_retry.unwrap_or(0),
-        platform,
-        ..Default::default()
-    }
+    opts.registry_options(platform)
 }
 
 struct Builder<'a> {

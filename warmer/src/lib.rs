@@ -13,8 +13,9 @@ use kiln_common::termination;
 use kiln_dockerfile::stages::{build_args_from_flags, Base, FromPlatform, StageError, Stages};
 use kiln_dockerfile::{self as dockerfile, ExpandError};
 use kiln_oci::base_cache::{BaseImageCache, CacheError, Stored};
+use kiln_oci::flags::RegistryFlags;
 use kiln_oci::platform;
-use kiln_oci::registry::{normalize_reference, Platform, Registry, RegistryOptions};
+use kiln_oci::registry::{normalize_reference, Platform, Registry};
 
 /// How many images are warmed at once (each also fetches several layers at once).
 pub const IMAGE_CONCURRENCY: usize = 3;
@@ -61,36 +62,14 @@ pub struct Args {
     pub force: bool,
 
     /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's).
+    // Not a shared registry flag: kaniko's warmer spells it `--customPlatform`, its executor
+    // does not, and the executor keeps refusing that spelling.
     #[arg(long = "custom-platform", alias = "customPlatform")]
     pub custom_platform: Option<String>,
 
-    /// Pull over plain HTTP from every registry.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure: bool,
-
-    /// Pull over plain HTTP.
-    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure_pull: bool,
-
-    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
-
-    /// HTTPS without certificate verification for every registry.
-    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify: bool,
-
-    /// Pull over HTTPS without verifying certificates.
-    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify_pull: bool,
-
-    /// Registry reached over HTTPS without certificate verification; repeatable.
-    #[arg(long = "skip-tls-verify-registry")]
-    pub skip_tls_verify_registries: Vec<String>,
-
-    /// Mirror tried before docker.io for Docker Hub images; repeatable.
-    #[arg(long = "registry-mirror")]
-    pub registry_mirrors: Vec<String>,
+    /// The registry flags kiln-executor takes too.
+    #[command(flatten)]
+    pub registry: RegistryFlags,
 
     /// Log level.
     #[arg(short = 'v', long, value_enum, default_value = "info")]
@@ -212,19 +191,6 @@ pub fn termination_message(warmed: &[Warmed]) -> String {
 /// Writes the termination message (see [`kiln_common::termination::write`]). Returns the path.
 pub fn write_termination_log(warmed: &[Warmed]) -> std::io::Result<Option<PathBuf>> {
     termination::write(&termination_message(warmed))
-}
-
-/// Registry options from the flags, for `platform`.
-pub fn registry_options(args: &Args, platform: Platform) -> RegistryOptions {
-    RegistryOptions {
-        insecure: args.insecure || args.insecure_pull,
-        insecure_registries: args.insecure_registries.clone(),
-        skip_tls_verify: args.skip_tls_verify || args.skip_tls_verify_pull,
-        skip_tls_verify_registries: args.skip_tls_verify_registries.clone(),
-        mirrors: args.registry_mirrors.clone(),
-        platform,
-        ..RegistryOptions::default()
-    }
 }
 
 /// `--build-arg` values; a bare `KEY` reads the environment and is dropped when unset.
@@ -479,7 +445,7 @@ pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
     let mut registries: Vec<(Platform, Registry)> = Vec::new();
     for t in &targets {
         if !registries.iter().any(|(p, _)| *p == t.platform) {
-            let r = Registry::new(registry_options(args, t.platform.clone()))
+            let r = Registry::new(args.registry.options(t.platform.clone()))
                 .map_err(WarmError::Registry)?;
             registries.push((t.platform.clone(), r));
         }
