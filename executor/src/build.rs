@@ -341,18 +341,7 @@ fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildEr
 }
 
 fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
-    RegistryOptions {
-        insecure: opts.insecure || opts.insecure_pull,
-        insecure_registries: opts.insecure_registries.clone(),
-        skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
-        skip_tls_verify_registries: opts.skip_tls_verify_registries.clone(),
-        mirrors: opts.registry_mirrors.clone(),
-        registry_maps: opts.registry_map.clone(),
-        push_retries: opts.push_retry.unwrap_or(0),
-        pull_retries: opts.image_download_retry.unwrap_or(0),
-        platform,
-        ..Default::default()
-    }
+    opts.registry_options(platform)
 }
 
 struct Builder<'a> {
@@ -2095,18 +2084,7 @@ impl<'a> Builder<'a> {
 /// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*` twins).
 /// Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
 fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
-    let build = Platform::default();
-    let mut args = Vec::new();
-    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
-        args.push((format!("{prefix}PLATFORM"), p.to_string()));
-        args.push((format!("{prefix}OS"), p.os.clone()));
-        args.push((format!("{prefix}ARCH"), p.architecture.clone()));
-        args.push((
-            format!("{prefix}VARIANT"),
-            p.variant.clone().unwrap_or_default(),
-        ));
-    }
-    args
+    kiln_oci::platform::automatic_args(target)
 }
 
 /// A heredoc source as the key sees it: its text and the variables its expansion can use.

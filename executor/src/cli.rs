@@ -9,6 +9,8 @@
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::snapshot::Compression;
+use kiln_oci::flags::RegistryFlags;
+use kiln_oci::registry::{Platform, RegistryOptions};
 
 pub use kiln_common::logging::{LogFormat, Verbosity};
 
@@ -64,33 +66,9 @@ pub struct Options {
     #[arg(long = "no-push", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub no_push: bool,
 
-    /// Pull and push over plain HTTP.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure: bool,
-
-    /// Pull over plain HTTP.
-    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure_pull: bool,
-
-    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
-
-    /// Push over HTTPS without verifying certificates.
-    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify: bool,
-
-    /// Pull over HTTPS without verifying certificates.
-    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify_pull: bool,
-
-    /// Registry to reach over HTTPS without verifying certificates; repeatable.
-    #[arg(long = "skip-tls-verify-registry")]
-    pub skip_tls_verify_registries: Vec<String>,
-
-    /// Mirror tried before docker.io for Docker Hub images; repeatable.
-    #[arg(long = "registry-mirror")]
-    pub registry_mirrors: Vec<String>,
+    /// The registry flags kiln-warmer takes too.
+    #[command(flatten)]
+    pub registry: RegistryFlags,
 
     /// Platform to build for, e.g. `linux/amd64` or `linux/arm64/v8`.
     #[arg(long = "custom-platform")]
@@ -302,13 +280,18 @@ impl Options {
     /// `--build-arg` values as `(key, value)`; a bare `KEY` reads the environment (kaniko's rule) and
     /// is dropped when the variable is unset.
     pub fn build_arg_pairs(&self) -> Vec<(String, String)> {
-        self.build_args
-            .iter()
-            .filter_map(|arg| match arg.split_once('=') {
-                Some((k, v)) => Some((k.to_string(), v.to_string())),
-                None => std::env::var(arg).ok().map(|v| (arg.clone(), v)),
-            })
-            .collect()
+        kiln_dockerfile::stages::build_args_from_flags(&self.build_args)
+    }
+
+    /// Registry options for `platform`: the shared registry flags, plus the executor's own
+    /// `--registry-map`, `--push-retry` and `--image-download-retry`.
+    pub fn registry_options(&self, platform: Platform) -> RegistryOptions {
+        RegistryOptions {
+            registry_maps: self.registry_map.clone(),
+            push_retries: self.push_retry.unwrap_or(0),
+            pull_retries: self.image_download_retry.unwrap_or(0),
+            ..self.registry.options(platform)
+        }
     }
 }
 
@@ -347,7 +330,7 @@ mod tests {
         assert!(!o.ignore_var_run);
         assert!(o.reproducible);
         assert_eq!(o.verbosity, Verbosity::Debug);
-        assert_eq!(o.insecure_registries, vec!["r:5000"]);
+        assert_eq!(o.registry.insecure_registries, vec!["r:5000"]);
     }
 
     #[test]

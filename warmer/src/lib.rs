@@ -1,6 +1,7 @@
 //! kiln-warmer's logic: turns flags into a list of base images, pulls each into the
-//! base-image cache ([`kiln_executor::cache::base`]) unless a fresh verified copy is there,
-//! and reports the digests. It defines no cache format of its own and never builds images.
+//! base-image cache ([`kiln_oci::base_cache`]) unless a fresh verified copy is there,
+//! and reports the digests. It defines no cache format and no Dockerfile rules of its own
+//! (stages are resolved by [`kiln_dockerfile::stages`]) and never builds images.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,12 @@ use std::time::{Duration, Instant};
 use clap::{ArgAction, Parser};
 use futures_util::StreamExt;
 use kiln_common::termination;
-use kiln_dockerfile as dockerfile;
+use kiln_dockerfile::stages::{build_args_from_flags, Base, FromPlatform, StageError, Stages};
+use kiln_dockerfile::{self as dockerfile, ExpandError};
 use kiln_oci::base_cache::{BaseImageCache, CacheError, Stored};
-use kiln_oci::registry::{normalize_reference, Platform, Registry, RegistryOptions};
+use kiln_oci::flags::RegistryFlags;
+use kiln_oci::platform;
+use kiln_oci::registry::{normalize_reference, Platform, Registry};
 
 /// How many images are warmed at once (each also fetches several layers at once).
 pub const IMAGE_CONCURRENCY: usize = 3;
@@ -58,36 +62,14 @@ pub struct Args {
     pub force: bool,
 
     /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's).
+    // Not a shared registry flag: kaniko's warmer spells it `--customPlatform`, its executor
+    // does not, and the executor keeps refusing that spelling.
     #[arg(long = "custom-platform", alias = "customPlatform")]
     pub custom_platform: Option<String>,
 
-    /// Pull over plain HTTP from every registry.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure: bool,
-
-    /// Pull over plain HTTP.
-    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub insecure_pull: bool,
-
-    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
-
-    /// HTTPS without certificate verification for every registry.
-    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify: bool,
-
-    /// Pull over HTTPS without verifying certificates.
-    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub skip_tls_verify_pull: bool,
-
-    /// Registry reached over HTTPS without certificate verification; repeatable.
-    #[arg(long = "skip-tls-verify-registry")]
-    pub skip_tls_verify_registries: Vec<String>,
-
-    /// Mirror tried before docker.io for Docker Hub images; repeatable.
-    #[arg(long = "registry-mirror")]
-    pub registry_mirrors: Vec<String>,
+    /// The registry flags kiln-executor takes too.
+    #[command(flatten)]
+    pub registry: RegistryFlags,
 
     /// Log level.
     #[arg(short = 'v', long, value_enum, default_value = "info")]
@@ -126,12 +108,19 @@ pub enum WarmError {
     },
     #[error("cannot parse Dockerfile {path}: {detail}")]
     ParseDockerfile { path: PathBuf, detail: String },
-    #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: {detail}; pass the missing values with --build-arg")]
+    #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: {source}; pass the missing values with --build-arg")]
     ExpandFrom {
         path: PathBuf,
         line: usize,
         base: String,
-        detail: String,
+        #[source]
+        source: ExpandError,
+    },
+    #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: it expands to nothing; pass the missing values with --build-arg")]
+    EmptyFrom {
+        path: PathBuf,
+        line: usize,
+        base: String,
     },
     #[error("Dockerfile {path} line {line}: invalid --platform {platform:?}: {detail}")]
     StagePlatform {
@@ -204,49 +193,15 @@ pub fn write_termination_log(warmed: &[Warmed]) -> std::io::Result<Option<PathBu
     termination::write(&termination_message(warmed))
 }
 
-/// Registry options from the flags, for `platform`.
-pub fn registry_options(args: &Args, platform: Platform) -> RegistryOptions {
-    RegistryOptions {
-        insecure: args.insecure || args.insecure_pull,
-        insecure_registries: args.insecure_registries.clone(),
-        skip_tls_verify: args.skip_tls_verify || args.skip_tls_verify_pull,
-        skip_tls_verify_registries: args.skip_tls_verify_registries.clone(),
-        mirrors: args.registry_mirrors.clone(),
-        platform,
-        ..RegistryOptions::default()
-    }
-}
-
 /// `--build-arg` values; a bare `KEY` reads the environment and is dropped when unset.
 pub fn build_arg_map(build_args: &[String]) -> BTreeMap<String, String> {
-    build_args
-        .iter()
-        .filter_map(|a| match a.split_once('=') {
-            Some((k, v)) => Some((k.to_string(), v.to_string())),
-            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
-        })
-        .collect()
-}
-
-/// The ARGs BuildKit defines automatically for the global scope.
-fn platform_args(target: &Platform) -> Vec<(String, String)> {
-    let build = Platform::default();
-    let mut out = Vec::new();
-    for (prefix, p) in [("TARGET", target), ("BUILD", &build)] {
-        out.push((format!("{prefix}PLATFORM"), p.to_string()));
-        out.push((format!("{prefix}OS"), p.os.clone()));
-        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
-        out.push((
-            format!("{prefix}VARIANT"),
-            p.variant.clone().unwrap_or_default(),
-        ));
-    }
-    out
+    build_args_from_flags(build_args).into_iter().collect()
 }
 
 /// The base images of every stage of a Dockerfile: FROM values expanded with the global
-/// ARGs (defaults overridden by `build_args`) and the automatic platform ARGs; `scratch`
-/// and references to earlier stages are skipped; duplicates are listed once.
+/// ARGs (defaults overridden by `build_args`) and the automatic platform ARGs, each for the
+/// platform its `FROM --platform` names (else `platform`); `scratch` and references to earlier
+/// stages are skipped; duplicates are listed once.
 pub fn dockerfile_targets(
     path: &Path,
     text: &str,
@@ -257,77 +212,57 @@ pub fn dockerfile_targets(
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let mut values: BTreeMap<String, Option<String>> = platform_args(platform)
-        .into_iter()
-        .map(|(k, v)| (k, Some(v)))
-        .collect();
-    for decl in &parsed.meta_args {
-        let value = match build_args.get(&decl.name) {
-            Some(v) => Some(v.clone()),
-            None => match &decl.default {
-                Some(d) => {
-                    let lookup = |n: &str| values.get(n).cloned().flatten();
-                    Some(
-                        dockerfile::expand_word(d, &lookup, parsed.escape).map_err(|e| {
-                            WarmError::ExpandFrom {
-                                path: path.to_path_buf(),
-                                line: 0,
-                                base: format!("ARG {}={d}", decl.name),
-                                detail: e.to_string(),
-                            }
-                        })?,
-                    )
-                }
-                None => None,
-            },
-        };
-        values.insert(decl.name.clone(), value);
+    let stages = Stages::new(
+        &parsed,
+        build_args,
+        platform::automatic_args(platform),
+        FromPlatform::Honour,
+    );
+    // The executor builds on with a default it cannot expand; a warm would then fetch the
+    // wrong image (or none), so it stops here instead.
+    if let Some(e) = stages.unexpanded_defaults().first() {
+        return Err(WarmError::ExpandFrom {
+            path: path.to_path_buf(),
+            line: 0,
+            base: format!("ARG {}={}", e.name, e.default),
+            source: e.source.clone(),
+        });
     }
-    let lookup = |n: &str| values.get(n).cloned().flatten();
-    let mut names: Vec<String> = Vec::new();
     let mut out: Vec<Target> = Vec::new();
-    for stage in &parsed.stages {
-        let expand = |raw: &str| {
-            dockerfile::expand_word(raw, &lookup, parsed.escape).map_err(|e| {
-                WarmError::ExpandFrom {
+    for stage in stages.all() {
+        let stage = stage.map_err(|e| match e {
+            StageError::ExpandFrom { line, from, source }
+            | StageError::ExpandPlatform {
+                line, from, source, ..
+            } => WarmError::ExpandFrom {
+                path: path.to_path_buf(),
+                line,
+                base: from,
+                source,
+            },
+        })?;
+        let stage_platform = match &stage.platform {
+            Some(p) => p
+                .parse::<Platform>()
+                .map_err(|detail| WarmError::StagePlatform {
                     path: path.to_path_buf(),
                     line: stage.line,
-                    base: stage.base.clone(),
-                    detail: e.to_string(),
-                }
-            })
-        };
-        let base = expand(&stage.base)?;
-        let stage_platform = match &stage.platform {
-            Some(raw) => {
-                let p = expand(raw)?;
-                p.parse::<Platform>()
-                    .map_err(|detail| WarmError::StagePlatform {
-                        path: path.to_path_buf(),
-                        line: stage.line,
-                        platform: p.clone(),
-                        detail,
-                    })?
-            }
+                    platform: p.clone(),
+                    detail,
+                })?,
             None => platform.clone(),
         };
-        let lower = base.to_ascii_lowercase();
-        let is_stage = names.contains(&lower);
-        if let Some(n) = &stage.name {
-            names.push(n.to_ascii_lowercase());
-        }
-        if lower == "scratch" || is_stage {
+        let Base::Image(reference) = &stage.base else {
             continue;
-        }
-        if base.trim().is_empty() {
-            return Err(WarmError::ExpandFrom {
+        };
+        if reference.trim().is_empty() {
+            return Err(WarmError::EmptyFrom {
                 path: path.to_path_buf(),
                 line: stage.line,
-                base: stage.base.clone(),
-                detail: "it expands to nothing".to_string(),
+                base: parsed.stages[stage.index].base.clone(),
             });
         }
-        let t = target(&base, stage_platform)?;
+        let t = target(reference, stage_platform)?;
         if !out.contains(&t) {
             out.push(t);
         }
@@ -510,7 +445,7 @@ pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
     let mut registries: Vec<(Platform, Registry)> = Vec::new();
     for t in &targets {
         if !registries.iter().any(|(p, _)| *p == t.platform) {
-            let r = Registry::new(registry_options(args, t.platform.clone()))
+            let r = Registry::new(args.registry.options(t.platform.clone()))
                 .map_err(WarmError::Registry)?;
             registries.push((t.platform.clone(), r));
         }

@@ -1,10 +1,13 @@
-//! Dockerfile frontend: text → instructions ([`ast`]) and ARG/ENV word expansion ([`expand`]).
-//! Pure: reads strings, never touches the filesystem or runs anything.
+//! Dockerfile frontend: text → instructions ([`ast`]), ARG/ENV word expansion ([`expand`]) and
+//! what each stage's FROM names ([`stages`]). Pure: reads strings, never touches the filesystem
+//! or runs anything (a bare `--build-arg KEY` reads the environment, as kaniko's does).
 
 pub mod ast;
 pub mod expand;
 pub mod parser;
+pub mod stages;
 
 pub use ast::*;
 pub use expand::{expand_word, expand_words, ExpandError};
 pub use parser::{parse, parse_instruction, ParseError};
+pub use stages::{Base, FromPlatform, ResolvedStage, StageError, Stages, TargetError};

@@ -27,6 +27,10 @@ pub use error::RegistryError;
 pub use layout::{LayoutError, OciLayout};
 pub use reference::{normalize_reference, parse_reference, Reference};
 
+/// Platforms are defined in [`crate::platform`]; re-exported where the registry client has always
+/// offered them.
+pub use crate::platform::Platform;
+
 use error::{Attempt, ErrorContext};
 use reference::{is_docker_hub, sha256_hex, with_digest, with_registry};
 
@@ -71,98 +75,6 @@ const UPLOAD_CONCURRENCY: usize = 4;
 
 /// The longest wait between two attempts of a request, however many retries are allowed.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-
-/// An image platform (`os/architecture[/variant]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Default for Platform {
-    /// Linux on the architecture kiln runs on, named as Go (and so images) name it.
-    fn default() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            "loongarch64" => "loong64",
-            other => other,
-        };
-        Platform {
-            os: "linux".to_string(),
-            architecture: architecture.to_string(),
-            variant: None,
-        }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::str::FromStr for Platform {
-    type Err = String;
-
-    /// Parses `os/arch[/variant]`, as given to `--custom-platform`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.trim().split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform {
-                    os: os.to_string(),
-                    architecture: arch.to_string(),
-                    variant: Some(variant.to_string()),
-                })
-            }
-            _ => Err(format!(
-                "invalid platform {s:?}: expected os/architecture[/variant], e.g. linux/arm64/v8"
-            )),
-        }
-    }
-}
-
-impl Platform {
-    /// Whether an index entry's platform is this one. A missing variant on either side
-    /// matches, except that arm64 treats "no variant" as v8, as containerd does.
-    fn matches(&self, p: &oci_spec::image::Platform) -> bool {
-        if p.os().to_string() != self.os || p.architecture().to_string() != self.architecture {
-            return false;
-        }
-        let norm = |v: Option<&str>| -> Option<String> {
-            match (self.architecture.as_str(), v) {
-                ("arm64", None) => Some("v8".to_string()),
-                (_, v) => v.map(str::to_string),
-            }
-        };
-        match (&self.variant, p.variant()) {
-            (None, _) => true,
-            (Some(w), got) => norm(Some(w)) == norm(got.as_deref()),
-        }
-    }
-
-    fn describe(p: &oci_spec::image::Platform) -> String {
-        let mut s = format!("{}/{}", p.os(), p.architecture());
-        if let Some(v) = p.variant() {
-            s.push('/');
-            s.push_str(v);
-        }
-        s
-    }
-}
 
 /// How to reach registries. `Default` is HTTPS everywhere with verification, no mirrors,
 /// no retries (1 s base delay when some are allowed), the host's Linux platform and the
@@ -1155,15 +1067,6 @@ fn file_stream<B: From<Vec<u8>> + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn platform_parse_and_display() {
-        let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert_eq!(p.variant.as_deref(), Some("v8"));
-        assert_eq!(p.to_string(), "linux/arm64/v8");
-        assert!("linux".parse::<Platform>().is_err());
-        assert_eq!(Platform::default().os, "linux");
-    }
 
     #[test]
     fn retry_delays_double_and_are_capped() {

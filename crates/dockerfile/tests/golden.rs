@@ -1,4 +1,5 @@
-//! Golden tests for the Dockerfile parser; they only read files under `testdata/dockerfile/`.
+//! Golden tests for the Dockerfile parser; they only read files under this crate's
+//! `testdata/dockerfile/`.
 //!
 //! - `testdata/dockerfile/<case>/Dockerfile` must parse, and its AST rendered with
 //!   `serde_json::to_string_pretty` must equal `<case>/expected`.
