@@ -331,6 +331,34 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
     outside.assert_untouched(Via::Add);
 }
 
+/// COPY remembers where it wrote the first of several hardlinked sources; a later source may
+/// replace a parent of that path with a symlink out of the root before the next link is made.
+#[test]
+fn copy_never_links_through_a_parent_replaced_by_a_symlink() {
+    let outside = Outside::new();
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    fs::create_dir_all(s.join("one/d")).unwrap();
+    fs::write(s.join("one/d/sentinel"), "copied").unwrap();
+    fs::create_dir(s.join("two")).unwrap();
+    symlink(outside.path(), s.join("two/d")).unwrap();
+    fs::create_dir(s.join("three")).unwrap();
+    fs::hard_link(s.join("one/d/sentinel"), s.join("three/x")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let no = |_: &Path| false;
+    let opts = CopyOptions {
+        chown: None,
+        chmod: None,
+        exclude: &no,
+        preserve_owner: false,
+    };
+    let sources = [s.join("one"), s.join("two"), s.join("three")];
+    let err = copy_into_root(&sources, root.path(), "/", &opts).unwrap_err();
+    assert!(err.to_string().contains("no longer reached"), "{err}");
+    outside.assert_untouched(Via::Add);
+    assert!(!root.path().join("x").exists());
+}
+
 /// What the callers deliberately do differently with the same stream.
 #[test]
 fn each_caller_keeps_its_own_reading_of_an_entry() {

@@ -436,7 +436,8 @@ impl<'r> RootWriter<'r> {
     }
 
     /// Hardlink the target to `existing`, a host path inside the root (from
-    /// [`RootWriter::link_target`] or an earlier write); linking a path to itself does nothing.
+    /// [`RootWriter::link_target`] or an earlier write) that must still be reached from the root
+    /// through directories; linking a path to itself does nothing.
     pub fn hardlink(&mut self, t: &mut Target, existing: &Path) -> Result<(), WriteError> {
         if !existing.starts_with(self.root) {
             return Err(WriteError::Outside {
@@ -445,6 +446,23 @@ impl<'r> RootWriter<'r> {
         }
         if t.host == existing {
             return Ok(());
+        }
+        // `existing` may have been resolved long before (COPY remembers where a multiply-linked
+        // file was first written): link(2) would follow a parent replaced since by a symlink,
+        // out of the root. Only a path still reached through directories is linked.
+        let rel = existing.strip_prefix(self.root).unwrap_or(existing);
+        match resolve_in_root(self.root, rel, false) {
+            Ok(resolved) if resolved == existing => {}
+            _ => {
+                let moved = format!(
+                    "{} is no longer reached inside the root",
+                    existing.display()
+                );
+                return Err(t.io_err(
+                    "create hardlink",
+                    io::Error::new(io::ErrorKind::NotFound, moved),
+                ));
+            }
         }
         self.prepare(t)?;
         self.create_replacing(t, false, "create hardlink", || {
@@ -584,15 +602,22 @@ impl<'r> RootWriter<'r> {
     /// Remove `host` (a file, or a directory tree without following symlinks), sparing
     /// protected subtrees and the directories that lead to them; a missing path is no error.
     pub fn remove(&self, host: &Path) -> io::Result<()> {
-        self.reshape();
         if self.protected.contains(host) {
             return Ok(());
         }
-        match fs::symlink_metadata(host) {
-            Ok(m) if m.is_dir() => self.remove_tree(host),
-            Ok(_) => fs::remove_file(host),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        let meta = match fs::symlink_metadata(host) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() || meta.file_type().is_symlink() {
+            // As in `remove_existing`: only these change how a path resolves.
+            self.reshape();
+        }
+        if meta.is_dir() {
+            self.remove_tree(host)
+        } else {
+            fs::remove_file(host)
         }
     }
 
