@@ -28,11 +28,13 @@
 //! - whiteouts and ignore paths exist for layers only: in an ADD archive or a context, `.wh.*`
 //!   is a plain file, as in Docker's untar.
 //!
-//! One difference was a weakness in both and is fixed for both: a directory's time used to be
-//! set through its path after the whole stream, even when a later entry had replaced the
-//! directory or one of its parents (by a symlink out of the root, which the time change then
-//! followed). Directory times are now set only on a directory still reached from the root
-//! through directories.
+//! Two weaknesses are fixed for every caller. A directory's time used to be set through its
+//! path after the whole stream, even when a later entry had replaced the directory or one of
+//! its parents (by a symlink out of the root, which the time change then followed): times are
+//! now set only on a directory still reached from the root through directories. And COPY
+//! hardlinked later copies of a multiply-linked source to where it wrote the first, through
+//! whatever that path had become (a parent replaced by a symlink out of the root linked a host
+//! file into the image): a link target must now still be reached through directories.
 
 mod archive;
 mod resolve;
