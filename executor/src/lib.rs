@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod layer;
 pub mod output;
 pub mod pargz;
+pub mod rootfs;
 pub mod run;
 pub mod snapshot;
 pub mod stage_files;

@@ -172,9 +172,9 @@ impl BuildContext {
             path: path.to_path_buf(),
             source,
         })?;
-        let reader =
-            crate::copier::decompressing_reader(file).map_err(|e| extract_err(e.to_string()))?;
-        crate::copier::extract_tar(reader, dir.path(), "/", crate::copier::TarOwnership::Root)
+        let reader = crate::rootfs::open_archive(file, "build context")
+            .map_err(|e| extract_err(e.to_string()))?;
+        crate::rootfs::extract_archive(reader, dir.path(), "/", crate::rootfs::ArchiveOwner::Root)
             .map_err(|e| extract_err(e.to_string()))?;
         BuildContext::from_extracted(dir)
     }
