@@ -103,30 +103,25 @@ const NATIVE_DENIED: &[u32] = &[
     libc::SYS_quotactl as u32,
 ];
 
-/// Port I/O and the old library loader, which exist only on x86.
+/// The native architecture, and syscalls only it has: port I/O and the old library loader on x86.
 #[cfg(target_arch = "x86_64")]
-const X86_64_DENIED: &[u32] = &[
-    libc::SYS_iopl as u32,
-    libc::SYS_ioperm as u32,
-    libc::SYS_uselib as u32,
-];
-
-#[cfg(target_arch = "x86_64")]
-const NATIVE: Abi = Abi {
-    arch: AUDIT_ARCH_X86_64,
-    denied: &[NATIVE_DENIED, X86_64_DENIED],
-    clone: libc::SYS_clone as u32,
-    clone3: libc::SYS_clone3 as u32,
-    fold_x32: true,
-};
-
+const NATIVE_ARCH: (u32, &[u32]) = (
+    AUDIT_ARCH_X86_64,
+    &[
+        libc::SYS_iopl as u32,
+        libc::SYS_ioperm as u32,
+        libc::SYS_uselib as u32,
+    ],
+);
 #[cfg(target_arch = "aarch64")]
+const NATIVE_ARCH: (u32, &[u32]) = (AUDIT_ARCH_AARCH64, &[]);
+
 const NATIVE: Abi = Abi {
-    arch: AUDIT_ARCH_AARCH64,
-    denied: &[NATIVE_DENIED],
+    arch: NATIVE_ARCH.0,
+    denied: &[NATIVE_DENIED, NATIVE_ARCH.1],
     clone: libc::SYS_clone as u32,
     clone3: libc::SYS_clone3 as u32,
-    fold_x32: false,
+    fold_x32: cfg!(target_arch = "x86_64"),
 };
 
 /// The same syscalls in the i386 numbering (arch/x86/entry/syscalls/syscall_32.tbl), which the
