@@ -91,6 +91,7 @@ fn main() {
             }
         }
     }
+    let _ = std::fs::remove_file(&probe);
     println!("sandbox: {passed} passed, {failed} failed, {skipped} skipped");
     if failed > 0 || passed == 0 {
         std::process::exit(1);
