@@ -1,6 +1,7 @@
-//! The run init: the single-threaded re-executed helper that enters namespaces, mounts, chroots,
-//! switches user and execs the command. It runs only in its own process (see the parent module),
-//! never in the multi-threaded executor, and never returns to normal executor code.
+//! The run init: the single-threaded re-executed helper that reads the plan, has the sandbox
+//! built (see `sandbox`), forks the command into its PID namespace, switches user, execs, and
+//! waits passing signals on. It runs only in its own process (see the parent module), never in
+//! the multi-threaded executor, and never returns to normal executor code.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -10,13 +11,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chdir, chroot, execve, fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
+use nix::unistd::{chdir, execve, fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
 
-use super::{FailureKind, InitFailure, InitPlan, MountOp, HELLO, STATUS_FD_ENV};
+use super::{sandbox, ChrootPlan, FailureKind, InitFailure, InitPlan, HELLO, STATUS_FD_ENV};
 
 /// Exit code when the init fails before `exec`; the real reason travels on the status pipe.
 const SETUP_FAILED: i32 = 125;
@@ -29,9 +28,10 @@ const FORWARDED: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
-struct Failure(InitFailure);
+/// A failure before `exec`, reported to the executor on the status pipe.
+pub(super) struct Failure(InitFailure);
 
-fn fail(kind: FailureKind, what: impl Into<String>, errno: Errno) -> Failure {
+pub(super) fn fail(kind: FailureKind, what: impl Into<String>, errno: Errno) -> Failure {
     Failure(InitFailure {
         kind,
         what: what.into(),
@@ -39,7 +39,7 @@ fn fail(kind: FailureKind, what: impl Into<String>, errno: Errno) -> Failure {
     })
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
+pub(super) fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
@@ -69,9 +69,9 @@ pub(super) fn main() -> i32 {
             return SETUP_FAILED;
         }
     };
-    let result = match plan.chroot {
-        None => exec_command(&plan),
-        Some(_) => run_isolated(&plan, &mut status),
+    let result = match &plan.chroot {
+        None => exec_command(&plan, false),
+        Some(chroot) => run_isolated(&plan, chroot, &mut status),
     };
     match result {
         Ok(code) => code,
@@ -113,20 +113,11 @@ fn report(status: &mut File, failure: Failure) {
     }
 }
 
-/// Chroot mode: new mount and PID namespaces, then fork so the child is PID 1 of the new PID
-/// namespace (procfs must be mounted from inside it); this process waits and forwards signals.
-fn run_isolated(plan: &InitPlan, status: &mut File) -> Result<i32, Failure> {
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
-        .map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
-    // Nothing mounted from now on may propagate back to the host's mount namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
+/// Chroot mode: the step's cgroup and namespaces, then fork so the child is PID 1 of the new PID
+/// namespace (procfs must be mounted from inside it); the child builds its root and execs, this
+/// process waits and forwards signals.
+fn run_isolated(plan: &InitPlan, chroot: &ChrootPlan, status: &mut File) -> Result<i32, Failure> {
+    sandbox::enter_namespaces(chroot)?;
 
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
@@ -149,20 +140,8 @@ fn run_isolated(plan: &InitPlan, status: &mut File) -> Result<i32, Failure> {
                 // If the waiting parent is killed, the command and its namespace go with it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                     .map_err(|e| fail(FailureKind::Setup, "setting the parent-death signal", e))?;
-                if let Some(chroot_plan) = &plan.chroot {
-                    for op in &chroot_plan.mounts {
-                        do_mount(op)?;
-                    }
-                    chroot(&chroot_plan.root).map_err(|e| {
-                        fail(
-                            FailureKind::Setup,
-                            format!("chroot into {}", chroot_plan.root.display()),
-                            e,
-                        )
-                    })?;
-                    chdir("/").map_err(|e| fail(FailureKind::Setup, "chdir / in the root", e))?;
-                }
-                exec_command(plan)
+                sandbox::enter_root(chroot)?;
+                exec_command(plan, true)
             })();
             let code = match result {
                 Ok(code) => code,
@@ -233,141 +212,13 @@ fn die_by(signal: Signal) -> ! {
     std::process::exit(128 + signal as i32)
 }
 
-fn do_mount(op: &MountOp) -> Result<(), Failure> {
-    let nodev_nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    match op {
-        MountOp::Proc { target } => mnt(Some("proc"), target, Some("proc"), nodev_nosuid, None),
-        MountOp::Sys { target } => {
-            let ro = nodev_nosuid | MsFlags::MS_RDONLY;
-            // A fresh sysfs is refused where we do not own the network namespace (a nested
-            // container); a read-only bind of the host's /sys is the fallback.
-            if mount(Some("sysfs"), target, Some("sysfs"), ro, None::<&str>).is_ok() {
-                return Ok(());
-            }
-            mnt(
-                Some("/sys"),
-                target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-            mnt(
-                None::<&str>,
-                target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
-                None,
-            )
-        }
-        MountOp::Dev { target } => mount_dev(target),
-        MountOp::BindFileReadOnly { source, target } => {
-            mnt(Some(source.as_path()), target, None, MsFlags::MS_BIND, None)?;
-            // A bind mount ignores MS_RDONLY on creation; read-only needs a remount.
-            mnt(
-                None::<&str>,
-                target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev_nosuid,
-                None,
-            )
-        }
-    }
-}
-
-fn mnt<S: nix::NixPath + ?Sized>(
-    source: Option<&S>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), Failure> {
-    mount(source, target, fstype, flags, data).map_err(|e| {
-        fail(
-            FailureKind::Setup,
-            format!(
-                "mounting {} on {}",
-                fstype.unwrap_or("a bind mount"),
-                target.display()
-            ),
-            e,
-        )
-    })
-}
-
-/// A private `/dev`: a small tmpfs with the host's harmless character devices bound in, a fresh
-/// devpts instance and a `/dev/shm`. Binding the whole host `/dev` would expose its disks.
-fn mount_dev(target: &Path) -> Result<(), Failure> {
-    mnt(
-        Some("tmpfs"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = PathBuf::from("/dev").join(name);
-        // A minimal host (itself a container) may lack one, e.g. /dev/tty; the rest still help.
-        if !host.exists() {
-            continue;
-        }
-        let node = target.join(name);
-        File::create(&node).map_err(|e| {
-            fail(
-                FailureKind::Setup,
-                format!("creating {}", node.display()),
-                io_errno(&e),
-            )
-        })?;
-        mnt(Some(host.as_path()), &node, None, MsFlags::MS_BIND, None)?;
-    }
-    let pts = target.join("pts");
-    let shm = target.join("shm");
-    for dir in [&pts, &shm] {
-        std::fs::create_dir(dir).map_err(|e| {
-            fail(
-                FailureKind::Setup,
-                format!("creating {}", dir.display()),
-                io_errno(&e),
-            )
-        })?;
-    }
-    mnt(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    mnt(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )?;
-    for (link, to) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let path = target.join(link);
-        std::os::unix::fs::symlink(to, &path).map_err(|e| {
-            fail(
-                FailureKind::Setup,
-                format!("creating {}", path.display()),
-                io_errno(&e),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Working directory, user, then exec. Returns only on failure.
-fn exec_command(plan: &InitPlan) -> Result<i32, Failure> {
+/// Working directory, confinement (when `sandboxed`), user, then exec. Returns only on failure.
+fn exec_command(plan: &InitPlan, sandboxed: bool) -> Result<i32, Failure> {
     chdir(Path::new(&plan.workdir))
         .map_err(|e| fail(FailureKind::Workdir, plan.workdir.clone(), e))?;
+    if sandboxed {
+        sandbox::confine()?;
+    }
     let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     setgroups(&groups).map_err(|e| fail(FailureKind::Setup, "setgroups", e))?;
     setgid(Gid::from_raw(plan.gid))

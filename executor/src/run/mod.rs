@@ -1,6 +1,6 @@
-//! Runs `RUN` commands: in a chroot with private mount and PID namespaces, or in place inside a container.
-//! It must never touch the host's root in chroot mode, and leaves no mount and no file of its own
-//! behind in the build root once a command has ended.
+//! Runs `RUN` commands: in a sandbox built the way runc builds a container (chroot mode), or in
+//! place inside a container. It must never let a command reach the host in chroot mode, and leaves
+//! no mount, cgroup or file of its own behind in the build root once a command has ended.
 //!
 //! # Design: re-exec, not fork
 //!
@@ -26,10 +26,26 @@
 //!
 //! If the re-executed program does not do that, no hello arrives and [`run`] fails with
 //! [`RunError::InitMissing`] instead of silently "succeeding".
+//!
+//! # The sandbox (chroot mode)
+//!
+//! Per step: its own cgroup with a `pids.max` limit where the machine allows ([`cgroup`]); new
+//! mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with only loopback for
+//! `--network=none` (the host's network otherwise); the root bound `nodev` and entered with
+//! `pivot_root`, the old root detached; runc's masked and read-only `/proc` and `/sys` paths and a
+//! minimal `/dev` ([`mounts`]); Docker's default capabilities ([`caps`]) and a seccomp filter
+//! against the escape syscalls ([`seccomp`]). `no_new_privs` is not set, as in Docker.
 
+mod caps;
+mod cgroup;
 mod init;
 mod mountpoints;
+mod mounts;
+mod sandbox;
+mod seccomp;
 pub mod users;
+
+pub use cgroup::{CGROUP_PREFIX, PIDS_MAX};
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -56,10 +72,11 @@ const HELLO: &str = "kiln-run-init v1";
 /// How a `RUN` command is isolated from the machine running the executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Isolation {
-    /// The root is a directory; the command runs chrooted into it in private mount and PID
-    /// namespaces with `/proc`, `/dev` (a tmpfs with null, zero, full, random, urandom, tty bound
-    /// from the host, plus `/dev/pts`, `/dev/shm` and the fd symlinks), `/sys` (read-only sysfs),
-    /// and the host's `/etc/resolv.conf` and `/etc/hosts` bound read-only. Needs root.
+    /// The root is a directory; the command runs in a sandbox with it as `/` (see the module
+    /// documentation): `/proc`, `/dev` (a `nodev` tmpfs with null, zero, full, random, urandom,
+    /// tty bound from the host, plus `/dev/pts`, `/dev/shm` and the fd symlinks), `/sys`
+    /// (read-only sysfs), and the host's `/etc/resolv.conf` and `/etc/hosts` bound read-only.
+    /// Needs root.
     Chroot,
     /// Inside a container whose `/` is the build root: only environment, working directory and
     /// user are applied; `root` should be `/`.
@@ -81,6 +98,34 @@ pub struct RunSpec {
     pub workdir: String,
     /// Raw Dockerfile `USER` value: `""`, `name`, `uid`, `name:group`, `uid:gid`.
     pub user: String,
+}
+
+/// The network a chroot-mode step sees (`RUN --network=`); in-place mode has the container's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network, as `default` and `host` give (and BuildKit without CNI).
+    #[default]
+    Host,
+    /// A network namespace of its own with only `lo`, up.
+    None,
+}
+
+impl Network {
+    /// From the value of `RUN --network=` as the Dockerfile parser accepts it (`default`, `none`,
+    /// `host`); absent or anything but `none` is the host's network.
+    pub fn from_flag(flag: Option<&str>) -> Network {
+        match flag {
+            Some("none") => Network::None,
+            _ => Network::Host,
+        }
+    }
+}
+
+/// Per-step choices beyond [`RunSpec`], kept apart so that existing `RunSpec` literals compile
+/// unchanged; the default is what [`run`] uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub network: Network,
 }
 
 /// Why a `RUN` command did not succeed. The caller adds the Dockerfile line and command text.
@@ -112,7 +157,7 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create private mount and PID namespaces ({source}): chroot isolation needs root or CAP_SYS_ADMIN; run the executor as root, or inside a container with --force to run steps in place")]
+    #[error("cannot create the step's namespaces (mount, PID, IPC, UTS, cgroup, network) ({source}): chroot isolation needs root or CAP_SYS_ADMIN; run the executor as root, or inside a container with --force to run steps in place")]
     Namespace {
         #[source]
         source: std::io::Error,
@@ -173,6 +218,9 @@ struct ChrootPlan {
     root: PathBuf,
     /// Host paths, already resolved inside the root and existing.
     mounts: Vec<MountOp>,
+    network: Network,
+    /// `cgroup.procs` of the step's cgroup, which the init joins; `None` without a pids limit.
+    cgroup_procs: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,6 +273,11 @@ impl InitFailure {
 /// Blocks until the command ends: call it from `tokio::task::spawn_blocking`. Mount points it
 /// had to create in the root are removed before it returns, whatever the outcome.
 pub fn run(spec: &RunSpec) -> Result<(), RunError> {
+    run_with(spec, &RunOptions::default())
+}
+
+/// [`run`] with per-step options (the network of `RUN --network=none`).
+pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     if spec.argv.is_empty() {
         return Err(RunError::NoCommand);
     }
@@ -234,10 +287,20 @@ pub fn run(spec: &RunSpec) -> Result<(), RunError> {
     // Mount points are made from here, in the host's mount namespace, so that they can be
     // removed after the namespace (and every mount in it) is gone.
     let mut points = mountpoints::MountPoints::default();
+    // Removed when dropped, after the init (and so every process of the step) has ended.
+    let step_cgroup = match spec.isolation {
+        Isolation::InPlace => None,
+        Isolation::Chroot => cgroup::StepCgroup::create(),
+    };
     let chroot = match spec.isolation {
         Isolation::InPlace => None,
-        Isolation::Chroot => match chroot_plan(&spec.root, &mut points) {
-            Ok(plan) => Some(plan),
+        Isolation::Chroot => match chroot_mounts(&spec.root, &mut points) {
+            Ok(mountpoints) => Some(ChrootPlan {
+                root: spec.root.clone(),
+                mounts: mountpoints,
+                network: options.network,
+                cgroup_procs: step_cgroup.as_ref().map(cgroup::StepCgroup::procs_file),
+            }),
             Err(e) => {
                 points.cleanup();
                 return Err(e);
@@ -254,6 +317,7 @@ pub fn run(spec: &RunSpec) -> Result<(), RunError> {
         groups: user.additional_gids,
     };
     let result = spawn_init(&init_program(), &plan);
+    drop(step_cgroup);
     points.cleanup();
     result
 }
@@ -274,7 +338,11 @@ fn command_env(env: &[String], home: &str) -> Vec<String> {
     out
 }
 
-fn chroot_plan(root: &Path, points: &mut mountpoints::MountPoints) -> Result<ChrootPlan, RunError> {
+/// The mounts a chroot-mode step gets, on mount points made in the root.
+fn chroot_mounts(
+    root: &Path,
+    points: &mut mountpoints::MountPoints,
+) -> Result<Vec<MountOp>, RunError> {
     let mut mounts = vec![
         MountOp::Proc {
             target: points.dir(root, "/proc")?,
@@ -298,10 +366,7 @@ fn chroot_plan(root: &Path, points: &mut mountpoints::MountPoints) -> Result<Chr
             });
         }
     }
-    Ok(ChrootPlan {
-        root: root.to_path_buf(),
-        mounts,
-    })
+    Ok(mounts)
 }
 
 fn spawn_init(program: &Path, plan: &InitPlan) -> Result<(), RunError> {

@@ -1,0 +1,148 @@
+//! Builds a sandboxed `RUN` step's isolation inside the init, the way runc builds a container:
+//! its cgroup and namespaces (before the fork into the new PID namespace), its root (mounts and
+//! `pivot_root`, in the forked child), and the last confinement before the user switch and `exec`
+//! (bounding set, seccomp, capabilities). It runs only in the single-threaded init, never in the
+//! executor, and must leave the process no path back to the host's root.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, fchdir, pivot_root};
+
+use super::init::{fail, io_errno, Failure};
+use super::{caps, mounts, seccomp, ChrootPlan, FailureKind, Network};
+
+/// The step's hostname: resolvable through any `/etc/hosts` (the host's is bound into the step,
+/// unchanged), and it tells nothing about the machine.
+pub(super) const HOSTNAME: &str = "localhost";
+
+/// In the init, before it forks: join the step's cgroup, then new mount, PID, IPC, UTS and cgroup
+/// namespaces (and a network namespace with only loopback for `--network=none`). The mount
+/// namespace is made private first, so no mount of the step ever propagates to the host.
+pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
+    if let Some(procs) = &plan.cgroup_procs {
+        // Before the fork, so every process of the step is counted against pids.max.
+        std::fs::write(procs, std::process::id().to_string()).map_err(|e| {
+            fail(
+                FailureKind::Setup,
+                format!("joining the step cgroup ({})", procs.display()),
+                io_errno(&e),
+            )
+        })?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    if plan.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
+    nix::unistd::sethostname(HOSTNAME)
+        .map_err(|e| fail(FailureKind::Setup, "setting the hostname", e))?;
+    if plan.network == Network::None {
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+/// A new network namespace starts with `lo` down; programs expect 127.0.0.1 to work.
+fn loopback_up() -> Result<(), Failure> {
+    let what = "bringing up the loopback interface";
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail(FailureKind::Setup, what, Errno::last()));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which outlives both calls; the
+    // flags member of the union is the one these requests use.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(fail(FailureKind::Setup, what, Errno::last()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(fail(FailureKind::Setup, what, Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// In the forked child (PID 1 of the new namespace, so that `/proc` shows it): mount the root
+/// and everything in it, then make it `/` with the old root detached.
+pub(super) fn enter_root(plan: &ChrootPlan) -> Result<(), Failure> {
+    mounts::bind_root_nodev(&plan.root)?;
+    for op in &plan.mounts {
+        mounts::do_mount(op)?;
+    }
+    pivot_into(&plan.root)
+}
+
+/// `pivot_root(".", ".")` stacks the old root on top of the new one at `/`; detaching it leaves
+/// the new root alone, with no directory to put the old root in (runc's way), so nothing is
+/// created in the build root and nothing can be left behind there. Unlike `chroot`, no
+/// reference to the host's tree remains, so a second `chroot` cannot climb out.
+fn pivot_into(root: &Path) -> Result<(), Failure> {
+    let setup = |what: &str, e| {
+        fail(
+            FailureKind::Setup,
+            format!("{what} ({})", root.display()),
+            e,
+        )
+    };
+    let new_root =
+        std::fs::File::open(root).map_err(|e| setup("opening the root", io_errno(&e)))?;
+    fchdir(new_root.as_raw_fd()).map_err(|e| setup("entering the root", e))?;
+    pivot_root(".", ".").map_err(|e| setup("pivot_root into the root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| setup("detaching the old root", e))?;
+    chdir("/").map_err(|e| setup("chdir / in the root", e))?;
+    Ok(())
+}
+
+/// The last steps before the user switch, in this order because each needs what the next takes
+/// away: dropping the bounding set needs `CAP_SETPCAP`; installing the seccomp filter needs
+/// `CAP_SYS_ADMIN`, since `no_new_privs` is deliberately not set (setuid programs must keep
+/// working, as in Docker); then effective and permitted shrink to Docker's set, which still
+/// holds `CAP_SETUID`/`CAP_SETGID` for the switch to the build user that follows.
+pub(super) fn confine() -> Result<(), Failure> {
+    caps::drop_bounding().map_err(|e| {
+        fail(
+            FailureKind::Setup,
+            "dropping the capability bounding set",
+            io_errno(&e),
+        )
+    })?;
+    seccomp::install().map_err(|e| {
+        fail(
+            FailureKind::Setup,
+            "installing the seccomp filter",
+            io_errno(&e),
+        )
+    })?;
+    caps::restrict().map_err(|e| {
+        fail(
+            FailureKind::Setup,
+            "reducing the capabilities",
+            io_errno(&e),
+        )
+    })
+}
