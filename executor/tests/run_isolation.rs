@@ -1,6 +1,7 @@
 //! End-to-end tests of `RUN` execution in a busybox root: namespaces, mounts, users, cleanup.
 //! It uses `harness = false` so that its own main() can call `maybe_run_init()` first, exactly as
 //! the executor binary does; it must not run anything outside temporary directories it creates.
+//! Not being root fails it under `CI=true` and skips it loudly elsewhere.
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,7 @@ fn main() {
     if let Some(code) = maybe_run_init() {
         std::process::exit(code);
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("run_isolation: skipped, chroot isolation needs root");
+    if !kiln_testkit::require_root("chroot isolation needs root") {
         return;
     }
     let filters: Vec<String> = std::env::args()
