@@ -1,7 +1,7 @@
 //! Kiln's test kit (dev-only): one copy of what the integration tests of the executor, the
 //! warmer and the end-to-end suite share — a real test registry, a fault proxy, bounded external
 //! commands, the independent image tools, small image builders, and the policy for a test that
-//! cannot run here (fail under `CI=true`, skip loudly elsewhere). It must
+//! cannot run here (fail under `CI=true`, skip loudly elsewhere) or that selects no case. It must
 //! never be a dependency of a shipped binary, and never talk to a registry that is not local.
 
 pub mod cmd;
@@ -9,6 +9,7 @@ pub mod image;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
+pub mod select;
 pub mod tools;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Rule, Seen};
 pub use registry::TestRegistry;
+pub use select::{require_cases, select_from_env, CaseArgs};
 pub use tools::{
     fetch_rootfs, htpasswd_line, image_config, podman, podman_check, podman_flags, podman_run,
     podman_run_command, registry_digest, self_signed_cert, skopeo_delete, skopeo_fetch,
