@@ -1,9 +1,9 @@
 //! kiln-warmer end to end, against a real registry (Debian's `docker-registry`) started by
 //! each test on a free loopback port with its own storage. Base images are made here (a
-//! busybox root from /bin/busybox, small text images, a 200 MB random layer) with the system's
+//! busybox root from /bin/busybox, small text images, a 64 MiB random layer) with the system's
 //! tar and gzip and pushed with kiln's registry client; the warmer runs as its binary, the way a
-//! Pod runs it. The registry and the skip-or-fail policy for missing tools come from
-//! `kiln_testkit`.
+//! Pod runs it. The registry, the fault proxy and the skip-or-fail policy for missing tools come
+//! from `kiln_testkit`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,7 +14,10 @@ use kiln_oci::registry::{Platform, Registry, MEDIA_TYPE_OCI_MANIFEST};
 use serde_json::{json, Value};
 
 use kiln_testkit::image::{Layer, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
-use kiln_testkit::{bounded, require_tools, run, tool, TestImage, TestRegistry};
+use kiln_testkit::{
+    bounded, require_tools, rule, run, tool, Fault, FaultProxy, Gate, KillOnDrop, TestImage,
+    TestRegistry,
+};
 
 /// The digest of a file as the system's `sha256sum` computes it: never kiln's own hashing.
 fn sha256_file(p: &Path) -> String {
@@ -425,6 +428,14 @@ fn dockerfile_stages_and_partial_failure() {
     assert!(!term.exists());
 }
 
+/// Size of the layer the kill test downloads, and how much of it the proxy sends before it holds
+/// the rest back: the kill lands mid-transfer by construction, not by timing.
+const BIG_LAYER: u64 = 64 << 20;
+const SENT_BEFORE_STALL: usize = 8 << 20;
+
+/// Bound on each wait of the kill test: generous for a loaded machine, yet it cannot hang.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
+
 #[test]
 fn sigkill_mid_download_leaves_no_partial_blob() {
     let Some(reg) = start_registry() else {
@@ -435,7 +446,7 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
     std::fs::create_dir_all(&root).unwrap();
     let mut random = std::fs::File::create(root.join("random.bin")).unwrap();
     std::io::copy(
-        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 200 << 20),
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), BIG_LAYER),
         &mut random,
     )
     .unwrap();
@@ -448,18 +459,43 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         false,
     );
     std::fs::remove_dir_all(&root).unwrap();
+    // The warmer pulls through a proxy that sends the first part of the layer, says so, and
+    // holds the rest until released.
+    let gate = Gate::new();
+    let hex = big.layer_digest.strip_prefix("sha256:").unwrap();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule(
+            "GET",
+            hex,
+            Fault::Stall(SENT_BEFORE_STALL, gate.clone()),
+            1,
+        )],
+    );
+    let big = Pushed {
+        reference: format!("{}/kiln-test/big:1", proxy.addr),
+        ..big
+    };
     let cache_dir = work.path().join("cache");
     let term = work.path().join("termination-log");
     let blobs = cache_dir.join("blobs/sha256");
 
-    let mut child = warmer(&reg, &cache_dir, &term)
-        .args(["--image", &big.reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the layer's temporary file holds some data, then kill.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = KillOnDrop(
+        warmer(&reg, &cache_dir, &term)
+            .args(["--insecure-registry", &proxy.addr])
+            .args(["--image", &big.reference])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        gate.wait_reached(EVENT_TIMEOUT),
+        "the warmer did not start downloading the layer within {EVENT_TIMEOUT:?}"
+    );
+    // Part of the layer is on its way and the rest is held back: wait until the layer's
+    // temporary file holds some of it, then kill.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
     let temp = loop {
         let found = std::fs::read_dir(&blobs).ok().and_then(|rd| {
             rd.flatten().find(|e| {
@@ -470,14 +506,19 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         if let Some(e) = found {
             break e.path();
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = child.0.try_wait() {
             panic!("kiln-warmer finished ({status}) before it could be killed mid-download");
         }
-        assert!(Instant::now() < deadline, "no download started within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "no data of the layer reached its temporary file within {EVENT_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    // The rest of the held response goes nowhere: its client is gone.
+    gate.release();
 
     let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
     let layer_blob = cache.layout().blob_path(&big.layer_digest);
@@ -497,7 +538,11 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         .is_none());
 
     // The next run completes; the leftover temporary file is ignored, and removed once stale.
-    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &big.reference]));
+    let log = succeed(
+        warmer(&reg, &cache_dir, &term)
+            .args(["--insecure-registry", &proxy.addr])
+            .args(["--image", &big.reference]),
+    );
     assert_eq!(status_count(&log, "pulled"), 1, "{log}");
     let img = cache
         .lookup(&big.reference, &Platform::default())

@@ -1,13 +1,13 @@
 //! A fault-injecting HTTP proxy on 127.0.0.1 between a client under test and a real registry:
-//! it answers chosen requests with a status, cuts request or response bodies or delays responses,
-//! and records every request it saw.
+//! it answers chosen requests with a status, cuts request or response bodies, delays responses,
+//! or stalls a response part-way until the test releases it, and records every request it saw.
 //! It speaks just enough HTTP/1.1 to find request boundaries; it must never listen beyond
 //! loopback, and it stops on drop (or by itself after [`PROXY_LIFETIME`]).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a proxy serves at most when a test forgets to drop it.
@@ -15,6 +15,10 @@ pub const PROXY_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How long a socket read may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stalled response waits for [`Gate::release`] before the proxy gives up and closes
+/// the connection (so a test that fails before releasing cannot leave a thread behind forever).
+const STALL_LIMIT: Duration = Duration::from_secs(300);
 
 /// What the proxy does to requests matching a rule.
 #[derive(Clone, Debug)]
@@ -27,6 +31,9 @@ pub enum Fault {
     CutResponse(usize),
     /// Wait this long before forwarding the response.
     Delay(Duration),
+    /// Forward this many bytes of the response body, open `gate` as reached, and send the rest
+    /// only once the test releases it: a download that is provably under way and unfinished.
+    Stall(usize, Gate),
 }
 
 /// One rule: which requests get which fault, how many times.
@@ -57,12 +64,60 @@ pub struct Seen {
     pub status: u16,
 }
 
+#[derive(Debug, Default)]
+struct GateState {
+    reached: bool,
+    released: bool,
+}
+
+/// The meeting point of a stalled response and the test: the proxy says when it has sent the
+/// first part, the test says when the rest may go. Waits on both sides are events, not sleeps.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Waits until the proxy has sent the first part of the stalled response; `false` when that
+    /// did not happen within `timeout`.
+    pub fn wait_reached(&self, timeout: Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let state = lock.lock().expect("gate lock");
+        let (state, _) = cvar
+            .wait_timeout_while(state, timeout, |s| !s.reached)
+            .expect("gate lock");
+        state.reached
+    }
+
+    /// Lets the stalled response go on (and any later one through this gate).
+    pub fn release(&self) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().expect("gate lock").released = true;
+        cvar.notify_all();
+    }
+
+    /// The proxy's side: announce the stall, then wait for the release; `false` on timeout.
+    fn stall(&self, limit: Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let mut state = lock.lock().expect("gate lock");
+        state.reached = true;
+        cvar.notify_all();
+        let (state, _) = cvar
+            .wait_timeout_while(state, limit, |s| !s.released)
+            .expect("gate lock");
+        state.released
+    }
+}
+
 /// A TCP proxy on 127.0.0.1: every request is forwarded with `Connection: close`, so a response
 /// ends when upstream closes.
 pub struct FaultProxy {
     /// `127.0.0.1:<port>`.
     pub addr: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,14 +132,19 @@ impl FaultProxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let rules = Arc::new(Mutex::new(rules));
-        let (seen2, stop2, upstream) = (seen.clone(), stop.clone(), upstream.to_string());
+        let (seen2, stop2, rules2, upstream) = (
+            seen.clone(),
+            stop.clone(),
+            rules.clone(),
+            upstream.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             let deadline = Instant::now() + PROXY_LIFETIME;
             while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let (seen, rules, upstream) =
-                            (seen2.clone(), rules.clone(), upstream.clone());
+                            (seen2.clone(), rules2.clone(), upstream.clone());
                         std::thread::spawn(move || {
                             let _ = handle(client, &upstream, &rules, &seen);
                         });
@@ -96,6 +156,7 @@ impl FaultProxy {
         FaultProxy {
             addr,
             seen,
+            rules,
             stop,
             thread: Some(thread),
         }
@@ -117,6 +178,14 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Stalled responses end with the proxy.
+        if let Ok(rules) = self.rules.lock() {
+            for r in rules.iter() {
+                if let Fault::Stall(_, gate) = &r.fault {
+                    gate.release();
+                }
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -266,7 +335,11 @@ fn handle(
     };
     record(if cut.is_some() { 0 } else { status });
     client.write_all(&resp_head)?;
-    forward_response_body(&mut server, &mut client, resp_body, cut)
+    let stall = match fault {
+        Some(Fault::Stall(after, gate)) => Some((after, gate)),
+        _ => None,
+    };
+    forward_response_body(&mut server, &mut client, resp_body, cut, stall)
 }
 
 /// Forwards a request body of `length` bytes (`pending`: what came with the head), at most
@@ -304,12 +377,14 @@ fn forward_request_body(
     }
 }
 
-/// Forwards the response body until upstream closes: only `cut` bytes of it when set.
+/// Forwards the response body until upstream closes: only `cut` bytes of it when set, and with
+/// `stall`, the first bytes, then (after the gate's release) the rest.
 fn forward_response_body(
     server: &mut TcpStream,
     client: &mut TcpStream,
     mut pending: Vec<u8>,
     cut: Option<usize>,
+    mut stall: Option<(usize, Gate)>,
 ) -> std::io::Result<()> {
     let mut forwarded = 0usize;
     let mut buf = vec![0u8; 65536];
@@ -321,6 +396,20 @@ fn forward_response_body(
             if forwarded >= n {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
+            }
+        } else if let Some((after, gate)) = stall.take() {
+            let allowed = pending.len().min(after - forwarded);
+            client.write_all(&pending[..allowed])?;
+            forwarded += allowed;
+            if forwarded >= after {
+                client.flush()?;
+                if !gate.stall(STALL_LIMIT) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    return Ok(());
+                }
+                client.write_all(&pending[allowed..])?;
+            } else {
+                stall = Some((after, gate));
             }
         } else {
             client.write_all(&pending)?;
