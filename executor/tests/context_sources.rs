@@ -480,8 +480,8 @@ fn file_in_layout(layout: &Path, path: &str) -> Option<String> {
     found
 }
 
-/// How long one build of these tests may take.
-const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one build of these tests may take: generous for a loaded machine, but bounded.
+const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn executor(args: &[&str], envs: &[(&str, &str)], stdin: Option<Vec<u8>>) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));

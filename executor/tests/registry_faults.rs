@@ -12,7 +12,8 @@ use kiln_oci::registry::{
     sha256_digest, Registry, RegistryError, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
 };
 use kiln_testkit::{
-    bounded, free_port, require_tools, rule, run, Fault, FaultProxy, Seen, TestImage, TestRegistry,
+    bounded, free_port, require_tools, rule, run, run_bounded, Fault, FaultProxy, Seen, TestImage,
+    TestRegistry, TOOL_TIMEOUT,
 };
 
 /// Options for reaching `addrs` over plain HTTP, with no docker config from the host, short
@@ -147,15 +148,14 @@ fn push_without_retries_fails_clearly_and_leaves_no_manifest() {
             "manifest sent after a failed blob"
         );
         assert!(!reg.has_tag(&format!("faults/{name}"), "v1"));
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{}/faults/{name}:v1", reg.addr))
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "a manifest exists for the failed push"
-        );
+        let out = run_bounded(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}/faults/{name}:v1", reg.addr)),
+            TOOL_TIMEOUT,
+        )
+        .unwrap();
+        assert!(!out.success(), "a manifest exists for the failed push");
     }
 }
 

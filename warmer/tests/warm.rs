@@ -6,7 +6,7 @@
 //! from `kiln_testkit`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_oci::base_cache::{BaseImageCache, CacheError, DEFAULT_TTL};
@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use kiln_testkit::image::{Layer, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
 use kiln_testkit::{
-    bounded, require_tools, rule, run, tool, Fault, FaultProxy, Gate, KillOnDrop, TestImage,
-    TestRegistry,
+    bounded, require_tools, rule, run, run_bounded, tool, Fault, FaultProxy, Gate, KillOnDrop,
+    Output, TestImage, TestRegistry,
 };
 
 /// The digest of a file as the system's `sha256sum` computes it: never kiln's own hashing.
@@ -160,28 +160,24 @@ fn warmer(reg: &TestRegistry, cache: &Path, termination: &Path) -> Command {
     c
 }
 
+/// How long one warmer run may take: generous for a loaded machine, but bounded.
+const WARM_TIMEOUT: Duration = Duration::from_secs(300);
+
 fn output(cmd: &mut Command) -> (Output, String) {
-    let out = cmd.output().expect("cannot run kiln-warmer");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_bounded(cmd, WARM_TIMEOUT).unwrap_or_else(|e| panic!("kiln-warmer: {e}"));
+    let log = format!("{}{}", out.stdout, out.stderr);
     (out, log)
 }
 
 fn succeed(cmd: &mut Command) -> String {
     let (out, log) = output(cmd);
-    assert!(out.status.success(), "kiln-warmer failed:\n{log}");
+    assert!(out.success(), "kiln-warmer failed:\n{log}");
     log
 }
 
 fn fail(cmd: &mut Command) -> String {
     let (out, log) = output(cmd);
-    assert!(
-        !out.status.success(),
-        "kiln-warmer should have failed:\n{log}"
-    );
+    assert!(!out.success(), "kiln-warmer should have failed:\n{log}");
     log
 }
 

@@ -65,9 +65,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// How long one registry operation of a test may take: a hang fails the test instead of
-/// stalling the suite.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(50);
+/// How long one registry operation of a test may take: generous for a loaded machine, but a
+/// hang fails the test instead of stalling the suite.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `f` on a fresh [`runtime`] and fails the test if it takes more than
 /// [`OPERATION_TIMEOUT`].
