@@ -406,8 +406,6 @@ fn operator_builds_images_end_to_end() {
         eprintln!("KILN_SKIP_E2E=1: end-to-end tests skipped");
         return;
     }
-    let env = setup().expect("end-to-end setup");
-    let only = std::env::var("KILN_E2E_SCENARIOS").unwrap_or_default();
     type Scenario = fn(&Env) -> anyhow::Result<()>;
     let scenarios: [(&str, Scenario); 4] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
@@ -415,9 +413,14 @@ fn operator_builds_images_end_to_end() {
         ("delete", scenario_delete),
         ("warm-cache", scenario_warm_cache),
     ];
+    // Checked before the set-up: an unknown name, or a list naming none, fails the test instead
+    // of running nothing and passing.
+    let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
+    let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);
+    let env = setup().expect("end-to-end setup");
     let mut failures = Vec::new();
     for (name, f) in scenarios {
-        if !only.is_empty() && !only.split(',').any(|s| s == name) {
+        if !only.iter().any(|s| s == name) {
             continue;
         }
         let start = Instant::now();

@@ -572,10 +572,14 @@ mod tests {
 
     #[test]
     fn gnu_gzip_reads_it() {
-        let Ok(status) = std::process::Command::new("gzip").arg("--version").output() else {
-            eprintln!("gzip not installed; skipping");
+        // Missing gzip fails under CI=true and skips loudly elsewhere.
+        if kiln_testkit::require_tool("gzip").is_none() {
             return;
-        };
+        }
+        let status = std::process::Command::new("gzip")
+            .arg("--version")
+            .output()
+            .unwrap();
         assert!(status.status.success());
         let data = sample(3 * BLOCK_SIZE + 1);
         let gz = compress(&data, 6, 2, 65536);

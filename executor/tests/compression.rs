@@ -6,14 +6,12 @@
 //! Needs the local registry and base images (`KILN_TEST_REGISTRY`; `bash scripts/test.sh` sets
 //! them up).
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{podman_check, registry, run_ok, skopeo_fetch};
+use kiln_testkit::{podman_check, registry, run_ok, skopeo_fetch};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 

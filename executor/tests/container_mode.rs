@@ -20,29 +20,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{
-    diff_trees, fetch_rootfs, registry, repo_root, run_bounded, run_ok, scan_tree, tail,
+use kiln_testkit::{
+    fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, repo_root,
+    run_bounded, run_ok, tail, CmdError,
 };
+use support::{diff_trees, scan_tree};
 
 /// The static release build plus the image build; generous because 2 cores are shared.
 const IMAGE_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn podman_flags() -> Vec<String> {
-    match std::env::var("KILN_PODMAN_FLAGS") {
-        Ok(v) if !v.trim().is_empty() => v.split_whitespace().map(str::to_string).collect(),
-        _ => support::PODMAN_FLAGS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    }
-}
-
-fn podman() -> Command {
-    let mut cmd = Command::new("podman");
-    cmd.args(podman_flags());
-    cmd
-}
 
 /// The Dockerfile built both ways: a RUN, a COPY from the context, a stage FROM an earlier stage,
 /// and COPY --from two earlier stages (both must be moved aside before `/` is cleared).
@@ -93,24 +79,9 @@ fn build_executor_image(reg: &str) -> String {
 }
 
 /// Fetch with skopeo and flatten with umoci into `dir/rootfs-<tag>`.
-fn flatten(image: &str, dir: &Path, tag: &str) -> Result<std::path::PathBuf, support::CmdError> {
+fn flatten(image: &str, dir: &Path, tag: &str) -> Result<std::path::PathBuf, CmdError> {
     fs::create_dir_all(dir).expect("create flatten dir");
     fetch_rootfs(image, dir, tag)
-}
-
-fn registry_digest(image: &str) -> String {
-    let out = run_ok(
-        Command::new("skopeo").args([
-            "inspect",
-            "--tls-verify=false",
-            "--format",
-            "{{.Digest}}",
-            &format!("docker://{image}"),
-        ]),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("skopeo inspect {image}: {e}"));
-    out.stdout.trim().to_string()
 }
 
 #[test]
@@ -126,7 +97,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     let executor_image = build_executor_image(&reg);
 
     // The executor image itself: entrypoint, the container signal, nothing but /kiln, /kaniko, /etc.
-    let config = support::image_config(&executor_image).expect("executor image config");
+    let config = image_config(&executor_image).expect("executor image config");
     assert_eq!(
         config["config"]["Entrypoint"],
         serde_json::json!(["/kiln/executor"]),
@@ -190,15 +161,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     fs::create_dir_all(&output).expect("create output dir");
     let in_pod = format!("{reg}/e2e/inpod:latest");
     let run = run_bounded(
-        podman()
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "host",
-                "--tls-verify=false",
-                "--pull=always",
-            ])
+        podman_run_command()
             .arg("-v")
             .arg(format!("{}:/workspace:ro", context.display()))
             .arg("-v")
@@ -251,7 +214,8 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     }
 
     // The termination message names exactly the pushed digest.
-    let pushed = registry_digest(&in_pod);
+    let pushed =
+        registry_digest(&in_pod).unwrap_or_else(|e| panic!("skopeo inspect {in_pod}: {e}"));
     let message: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&termination).expect("read termination log"))
             .unwrap_or_else(|e| panic!("termination log is not JSON: {e}"));

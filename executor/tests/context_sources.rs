@@ -4,44 +4,26 @@
 //! the real `kiln-executor` binary. The `git` CLI is used by the tests only, never by the executor.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use kiln_executor::context::{BuildContext, ContextOptions, GitCredentials, PullMethod};
+use kiln_testkit::{
+    free_port, require_tools, run_bounded_with_input, self_signed_cert, wait_for_port, KillOnDrop,
+};
 
-/// A child process killed when the test ends, pass or fail.
+/// A server process for one test, killed when the test ends, pass or fail.
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn wait_for_port(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("server on port {port} exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on port {port} did not start within 20 s");
+/// The tools every test here uses: the git CLI makes and serves the repositories, python3 serves
+/// HTTP, openssl makes the certificate of the HTTPS server.
+fn tools_present() -> bool {
+    require_tools(&["git", "python3", "openssl"])
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -107,11 +89,22 @@ fn make_repo() -> Repo {
     write(&work.join("sub/app.txt"), "app-2\n");
     git(&work, &["commit", "-qam", "two"]);
     let c2 = git(&work, &["rev-parse", "HEAD"]);
-    let base = dir.path().join("srv");
+    Repo {
+        base: serve_bare(dir.path(), &work),
+        _dir: dir,
+        c1,
+        c2,
+    }
+}
+
+/// Clones the repository at `work` bare into `<dir>/srv/git/repo.git`, where the servers
+/// export it; returns `<dir>/srv`.
+fn serve_bare(dir: &Path, work: &Path) -> PathBuf {
+    let base = dir.join("srv");
     let git_dir = base.join("git");
     fs::create_dir_all(&git_dir).unwrap();
     git(
-        dir.path(),
+        dir,
         &[
             "clone",
             "-q",
@@ -120,12 +113,7 @@ fn make_repo() -> Repo {
             git_dir.join("repo.git").to_str().unwrap(),
         ],
     );
-    Repo {
-        _dir: dir,
-        base,
-        c1,
-        c2,
-    }
+    base
 }
 
 fn git_daemon(repo: &Repo) -> Server {
@@ -145,7 +133,10 @@ fn git_daemon(repo: &Repo) -> Server {
         .spawn()
         .expect("start git daemon");
     wait_for_port(port, &mut child);
-    Server { child, port }
+    Server {
+        _child: KillOnDrop(child),
+        port,
+    }
 }
 
 /// Serves `<base>/files` as static files and `<base>/git` through `git http-backend` under
@@ -221,33 +212,6 @@ if os.environ.get("TLS_CERT"):
 server.serve_forever()
 "#;
 
-/// A self-signed certificate for 127.0.0.1 under `dir`: (cert, key).
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is installed for these tests");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 fn http_server(base: &Path, auth: Option<&str>) -> Server {
     http_server_with(base, auth, None)
 }
@@ -270,7 +234,10 @@ fn http_server_with(base: &Path, auth: Option<&str>, tls: Option<(&Path, &Path)>
     }
     let mut child = cmd.spawn().expect("start python3 http server");
     wait_for_port(port, &mut child);
-    Server { child, port }
+    Server {
+        _child: KillOnDrop(child),
+        port,
+    }
 }
 
 fn git_opts(method: PullMethod) -> ContextOptions {
@@ -293,6 +260,9 @@ fn open(spec: &str, opts: &ContextOptions) -> Result<(tempfile::TempDir, BuildCo
 
 #[test]
 fn git_protocol_branch_tag_commit_and_sub_path() {
+    if !tools_present() {
+        return;
+    }
     let repo = make_repo();
     let daemon = git_daemon(&repo);
     let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
@@ -345,8 +315,11 @@ fn git_protocol_branch_tag_commit_and_sub_path() {
 
 #[test]
 fn smart_https_with_credentials() {
+    if !tools_present() {
+        return;
+    }
     let repo = make_repo();
-    let (cert, key) = self_signed(&repo.base);
+    let (cert, key) = self_signed_cert(&repo.base);
     let server = http_server_with(&repo.base, Some("builder:s3cret"), Some((&cert, &key)));
     let url = format!("https://127.0.0.1:{}/git/repo.git", server.port);
 
@@ -389,6 +362,9 @@ fn smart_https_with_credentials() {
 
 #[test]
 fn smart_http_without_tls() {
+    if !tools_present() {
+        return;
+    }
     let repo = make_repo();
     let server = http_server(&repo.base, None);
     let url = format!("http://127.0.0.1:{}/git/repo.git", server.port);
@@ -427,6 +403,9 @@ fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
 
 #[test]
 fn tarball_urls_and_sub_path_escapes() {
+    if !tools_present() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = http_server(dir.path(), None);
     fs::write(
@@ -501,48 +480,25 @@ fn file_in_layout(layout: &Path, path: &str) -> Option<String> {
     found
 }
 
+/// How long one build of these tests may take: generous for a loaded machine, but bounded.
+const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(300);
+
 fn executor(args: &[&str], envs: &[(&str, &str)], stdin: Option<Vec<u8>>) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("start kiln-executor");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kiln-executor {args:?} did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), log)
+    let out = run_bounded_with_input(&mut cmd, stdin, EXECUTOR_TIMEOUT)
+        .unwrap_or_else(|e| panic!("kiln-executor {args:?}: {e}"));
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 #[test]
 fn executor_builds_from_stdin_and_git() {
+    if !tools_present() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let tarball = tar_gz(&[
         (
@@ -609,6 +565,9 @@ fn executor_builds_from_stdin_and_git() {
 
 #[test]
 fn checkout_keeps_modes_and_links_and_flags_submodules() {
+    if !tools_present() {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
@@ -632,20 +591,8 @@ fn checkout_keeps_modes_and_links_and_flags_submodules() {
         ],
     );
     git(&work, &["commit", "-qm", "submodule"]);
-    let git_dir = dir.path().join("srv/git");
-    fs::create_dir_all(&git_dir).unwrap();
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            git_dir.join("repo.git").to_str().unwrap(),
-        ],
-    );
     let repo = Repo {
-        base: dir.path().join("srv"),
+        base: serve_bare(dir.path(), &work),
         _dir: dir,
         c1: head.clone(),
         c2: head,

@@ -2,14 +2,12 @@
 //! local test registry (`KILN_TEST_REGISTRY`). Each test uses repositories of its own, so tests
 //! run in parallel and never disturb the shared base images.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{registry, run_ok};
+use kiln_testkit::{fetch_rootfs, registry, run_bounded, run_ok, skopeo_delete, umoci_unpack};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -223,8 +221,8 @@ fn all_hits_skip_the_base_layers() {
 
     // The pushed image is whole: flatten it and find both the base and the cached file.
     let work = tempfile::tempdir().expect("temp dir");
-    let rootfs = support::fetch_rootfs(&format!("{other}:1"), work.path(), "img")
-        .expect("fetch the pushed image");
+    let rootfs =
+        fetch_rootfs(&format!("{other}:1"), work.path(), "img").expect("fetch the pushed image");
     assert_eq!(
         fs::read_to_string(rootfs.join("hi")).expect("/hi from the cached layer"),
         "hi\n"
@@ -247,7 +245,7 @@ fn all_hits_skip_the_base_layers() {
         third.log
     );
     let layout = work.path().join("from-archive");
-    support::run_ok(
+    run_ok(
         std::process::Command::new("skopeo").args([
             "copy",
             "--quiet",
@@ -258,7 +256,7 @@ fn all_hits_skip_the_base_layers() {
     )
     .expect("skopeo reads the archive");
     let flat = work.path().join("rootfs-archive");
-    support::umoci_unpack(&layout, "arch", &flat).expect("umoci flattens the archive");
+    umoci_unpack(&layout, "arch", &flat).expect("umoci flattens the archive");
     assert_eq!(fs::read_to_string(flat.join("hi")).unwrap(), "hi\n");
     assert!(
         flat.join("bin/busybox").exists(),
@@ -342,11 +340,7 @@ fn warmed_base_builds_without_the_registry_copy() {
     let dir = context_with(&format!("FROM {base}\nRUN echo warmed > /w\n"), &[]);
     let cache_dir = dir.path().join("base-cache");
     warm(&cache_dir, &base);
-    run_ok(
-        Command::new("skopeo").args(["delete", "--tls-verify=false", &format!("docker://{base}")]),
-        Duration::from_secs(60),
-    )
-    .expect("delete the base image from the registry");
+    skopeo_delete(&base).expect("delete the base image from the registry");
 
     let ctx = dir.path().join("ctx");
     let cache_arg = cache_dir.display().to_string();
@@ -515,9 +509,9 @@ fn a_missing_step_runs_and_later_hits_are_applied_in_order() {
     );
 
     let work = tempfile::tempdir().expect("temp dir");
-    let old = support::fetch_rootfs(&format!("{dest}:cold"), work.path(), "cold")
-        .expect("fetch the cold image");
-    let new = support::fetch_rootfs(&format!("{dest}:rebuilt"), work.path(), "rebuilt")
+    let old =
+        fetch_rootfs(&format!("{dest}:cold"), work.path(), "cold").expect("fetch the cold image");
+    let new = fetch_rootfs(&format!("{dest}:rebuilt"), work.path(), "rebuilt")
         .expect("fetch the rebuilt image");
     let read = |root: &Path, name: &str| fs::read_to_string(root.join(name)).expect(name);
     for cached in ["s1", "s2", "s4", "s5"] {
@@ -590,12 +584,8 @@ fn damaged_warmed_layer_is_discarded_and_the_base_pulled() {
         rebuilt.log
     );
 
-    run_ok(
-        Command::new("skopeo").args(["delete", "--tls-verify=false", &format!("docker://{base}")]),
-        Duration::from_secs(60),
-    )
-    .expect("delete the base image from the registry");
-    let out = support::run_bounded(
+    skopeo_delete(&base).expect("delete the base image from the registry");
+    let out = run_bounded(
         Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
             .arg("--context")
             .arg(format!("dir://{}", ctx.display()))

@@ -1,299 +1,36 @@
 //! Registry layer against a real registry (Debian's `docker-registry`) and real image tools
-//! (skopeo, umoci). Each test starts its own registry on a free loopback port and stops it
-//! on drop. Missing tools make the tests fail with a message saying what to install.
+//! (skopeo, umoci). Each test starts its own registry (`kiln_testkit::TestRegistry`) on a free
+//! loopback port and stops it on drop. A missing tool fails the test under `CI=true` and skips it
+//! loudly elsewhere, naming what to install.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
 
 use kiln_oci::registry::{
     sha256_digest, Blob, BlobSource, OciLayout, Platform, Registry, RegistryError, RegistryOptions,
     MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
+use kiln_testkit::{
+    free_port, htpasswd_line, require_tools, run, runtime as rt, skopeo_push_layout as skopeo_push,
+    TestImage, TestRegistry,
+};
 use serde_json::json;
 
-fn require_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} is not installed; these tests need it (Debian: apt-get install -y {pkg})",
-        pkg = match name {
-            "docker-registry" => "docker-registry",
-            "htpasswd" => "apache2-utils",
-            other => other,
-        }
-    );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A `docker-registry serve` process with its own storage; killed on drop.
-struct TestRegistry {
-    child: Child,
-    addr: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start() -> TestRegistry {
-        Self::start_with_auth(None)
-    }
-
-    /// `htpasswd`: content of an htpasswd file (bcrypt) to protect the registry with.
-    fn start_with_auth(htpasswd: Option<&str>) -> TestRegistry {
-        Self::start_full(htpasswd, false)
-    }
-
-    /// With `tls`, serves HTTPS with a fresh self-signed certificate for 127.0.0.1.
-    fn start_full(htpasswd: Option<&str>, tls: bool) -> TestRegistry {
-        let bin = require_tool("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let storage = dir.path().join("storage");
-        std::fs::create_dir_all(&storage).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            storage.display()
-        );
-        if let Some(h) = htpasswd {
-            let path = dir.path().join("htpasswd");
-            std::fs::write(&path, h).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                path.display()
-            ));
-        }
-        if tls {
-            require_tool("openssl");
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            run(Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null()));
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start docker-registry");
-        let mut reg = TestRegistry {
-            child,
-            addr,
-            storage,
-            _dir: dir,
-        };
-        reg.wait_ready();
-        reg
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self._dir.path().join("registry.log"))
-                    .unwrap_or_default();
-                panic!("docker-registry exited with {status}: {log}");
-            }
-            if let Ok(mut s) = TcpStream::connect(&self.addr) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                if s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok() {
-                    let mut buf = [0u8; 12];
-                    if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                        return;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer on {} within 15 s",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn options(&self) -> RegistryOptions {
-        RegistryOptions {
-            insecure_registries: vec![self.addr.clone()],
-            // No docker config from the environment: tests say what they use.
-            docker_config: Some(self.empty_docker_config()),
-            ..RegistryOptions::default()
-        }
-    }
-
-    fn empty_docker_config(&self) -> PathBuf {
-        let p = self._dir.path().join("empty-config.json");
-        std::fs::write(&p, "{}").unwrap();
-        p
-    }
-
-    /// Where the registry stores blob `digest`.
-    fn blob_data_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A one-layer image written with our own layout writer.
-struct TestImage {
-    layer_path: PathBuf,
-    layer_digest: String,
-    layer_size: u64,
-    config: Vec<u8>,
-    config_digest: String,
-    manifest: Vec<u8>,
-    manifest_digest: String,
-}
-
-fn make_image(work: &Path, arch: &str, content: &str) -> TestImage {
-    std::fs::create_dir_all(work).unwrap();
-    let mut tar_bytes = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut tar_bytes);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, "hello.txt", content.as_bytes())
-            .unwrap();
-        b.finish().unwrap();
-    }
-    let diff_id = sha256_digest(&tar_bytes);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar_bytes).unwrap();
-    let gz = gz.finish().unwrap();
-    let layer_digest = sha256_digest(&gz);
-    let layer_path = work.join(format!("layer-{arch}.tar.gz"));
-    std::fs::write(&layer_path, &gz).unwrap();
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "created": "2023-11-14T22:13:20Z",
-        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "kiln test"}]
-    }))
-    .unwrap();
-    let config_digest = sha256_digest(&config);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()}]
-    }))
-    .unwrap();
-    TestImage {
-        layer_path,
-        layer_digest,
-        layer_size: gz.len() as u64,
-        config_digest,
-        manifest_digest: sha256_digest(&manifest),
-        config,
-        manifest,
-    }
-}
-
-fn write_to_layout(layout: &OciLayout, img: &TestImage, ref_name: Option<&str>) {
-    layout
-        .write_blob_file(&img.layer_path, &img.layer_digest)
-        .unwrap();
-    assert_eq!(
-        layout.write_blob_bytes(&img.config).unwrap(),
-        img.config_digest
-    );
-    let d = layout
-        .add_manifest(&img.manifest, MEDIA_TYPE_OCI_MANIFEST, ref_name)
-        .unwrap();
-    assert_eq!(d, img.manifest_digest);
-}
-
-/// Puts `oci:<layout>:<ref>` into the registry with skopeo.
-fn skopeo_push(layout: &Path, ref_name: &str, dest: &str, extra: &[&str]) {
-    require_tool("skopeo");
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .args(extra)
-        .arg(format!("oci:{}:{ref_name}", layout.display()))
-        .arg(format!("docker://{dest}")));
-}
-
-fn file_digest(p: &Path) -> String {
+fn file_digest(p: &std::path::Path) -> String {
     sha256_digest(&std::fs::read(p).unwrap())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
 fn layout_is_accepted_by_skopeo_and_umoci() {
-    require_tool("skopeo");
-    require_tool("umoci");
+    if !require_tools(&["skopeo", "umoci"]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "hello from kiln\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "hello from kiln\n");
     let dir = tmp.path().join("layout");
     let layout = OciLayout::create(&dir).unwrap();
-    write_to_layout(&layout, &img, Some("v1"));
+    img.write_to_layout(&layout, Some("v1"));
 
     let out = run(Command::new("skopeo")
         .args(["inspect", "--raw"])
@@ -320,11 +57,14 @@ fn layout_is_accepted_by_skopeo_and_umoci() {
 
 #[test]
 fn pull_manifest_config_and_verified_blobs() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "pull me\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "pull me\n");
     let dir = tmp.path().join("layout");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     let oci_ref = format!("{}/test/oci:v1", reg.addr);
     let docker_ref = format!("{}/test/docker:v1", reg.addr);
     skopeo_push(&dir, "v1", &oci_ref, &[]);
@@ -376,16 +116,19 @@ fn pull_manifest_config_and_verified_blobs() {
 
 #[test]
 fn corrupted_blob_and_missing_things_are_reported() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "corrupt me\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "corrupt me\n");
     let dir = tmp.path().join("layout");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     let image = format!("{}/test/corrupt:v1", reg.addr);
     skopeo_push(&dir, "v1", &image, &[]);
 
     // Damage the layer inside the registry's storage: the registry serves it as is.
-    let data = reg.blob_data_path(&img.layer_digest);
+    let data = reg.blob_data_path(&img.layer().digest);
     let mut bytes = std::fs::read(&data).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -397,12 +140,12 @@ fn corrupted_blob_and_missing_things_are_reported() {
     std::fs::create_dir_all(&out).unwrap();
     let dest = out.join("layer");
     let err = rt
-        .block_on(registry.fetch_blob_to_file(&image, &img.layer_digest, &dest))
+        .block_on(registry.fetch_blob_to_file(&image, &img.layer().digest, &dest))
         .unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains(&img.layer_digest) && msg.contains(&reg.addr),
+        msg.contains(&img.layer().digest) && msg.contains(&reg.addr),
         "{msg}"
     );
     assert!(!dest.exists());
@@ -439,11 +182,7 @@ fn corrupted_blob_and_missing_things_are_reported() {
 
 #[test]
 fn unreachable_registry_says_what_to_check() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("config.json");
     std::fs::write(&cfg, "{}").unwrap();
@@ -463,27 +202,16 @@ fn unreachable_registry_says_what_to_check() {
 
 #[test]
 fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
-    require_tool("skopeo");
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "pushed by kiln\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "pushed by kiln\n");
     let rt = rt();
     let registry = Registry::new(reg.options()).unwrap();
     let target = format!("{}/kiln/pushed:v1", reg.addr);
-    let blobs = vec![
-        Blob {
-            digest: img.layer_digest.clone(),
-            size: img.layer_size,
-            source: BlobSource::File(img.layer_path.clone()),
-            mount_from: None,
-        },
-        Blob {
-            digest: img.config_digest.clone(),
-            size: img.config.len() as u64,
-            source: BlobSource::Bytes(img.config.clone()),
-            mount_from: None,
-        },
-    ];
+    let blobs = img.blobs(None);
     let digest = rt
         .block_on(registry.push_image(&target, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
         .unwrap();
@@ -512,7 +240,7 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
         layout.resolve("v1").unwrap().digest().to_string(),
         img.manifest_digest
     );
-    layout.verify_blob(&img.layer_digest).unwrap();
+    layout.verify_blob(&img.layer().digest).unwrap();
     assert_eq!(
         layout.read_blob_verified(&img.config_digest).unwrap(),
         img.config
@@ -521,8 +249,8 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
     // Second push under another tag: the blobs exist, so their sources are never read
     // (the file path below does not exist and would fail if it were opened).
     let gone = vec![Blob {
-        digest: img.layer_digest.clone(),
-        size: img.layer_size,
+        digest: img.layer().digest.clone(),
+        size: img.layer().size,
         source: BlobSource::File(tmp.path().join("does-not-exist")),
         mount_from: None,
     }];
@@ -567,14 +295,17 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
 
 #[test]
 fn image_index_picks_the_configured_platform() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let amd = make_image(&tmp.path().join("amd"), "amd64", "amd64\n");
-    let arm = make_image(&tmp.path().join("arm"), "arm64", "arm64\n");
+    let amd = TestImage::hello(&tmp.path().join("amd"), "amd64", "amd64\n");
+    let arm = TestImage::hello(&tmp.path().join("arm"), "arm64", "arm64\n");
     let dir = tmp.path().join("layout");
     let layout = OciLayout::create(&dir).unwrap();
-    write_to_layout(&layout, &amd, None);
-    write_to_layout(&layout, &arm, None);
+    amd.write_to_layout(&layout, None);
+    arm.write_to_layout(&layout, None);
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_OCI_INDEX,
@@ -623,40 +354,18 @@ fn image_index_picks_the_configured_platform() {
     );
 }
 
-/// A bcrypt htpasswd line, from apache2-utils' htpasswd or Python's crypt module.
-fn htpasswd_line(user: &str, password: &str) -> String {
-    if let Ok(out) = Command::new("htpasswd")
-        .args(["-nbB", user, password])
-        .output()
-    {
-        if out.status.success() {
-            return String::from_utf8(out.stdout).unwrap().trim().to_string() + "\n";
-        }
-    }
-    let script =
-        "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))";
-    let out = Command::new("python3")
-        .args(["-W", "ignore", "-c", script, password])
-        .output();
-    match out {
-        Ok(o) if o.status.success() && o.stdout.starts_with(b"$2") => {
-            format!("{user}:{}\n", String::from_utf8(o.stdout).unwrap().trim())
-        }
-        _ => panic!(
-            "cannot make a bcrypt password hash: install apache2-utils (htpasswd) or a python3 with the crypt module"
-        ),
-    }
-}
-
 #[test]
 fn basic_auth_with_docker_config() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     use base64::Engine as _;
     let password = "Kiln-s3cret-Passw0rd";
-    let reg = TestRegistry::start_with_auth(Some(&htpasswd_line("kiln", password)));
+    let reg = TestRegistry::with_auth(&htpasswd_line("kiln", password));
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "private\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "private\n");
     let dir = tmp.path().join("layout");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     let image = format!("{}/private/app:v1", reg.addr);
     skopeo_push(
         &dir,
@@ -691,15 +400,10 @@ fn basic_auth_with_docker_config() {
     let pulled = rt.block_on(good.pull_image(&image)).unwrap();
     assert_eq!(pulled.manifest_digest, img.manifest_digest);
     let dest = tmp.path().join("layer");
-    rt.block_on(good.fetch_blob_to_file(&image, &img.layer_digest, &dest))
+    rt.block_on(good.fetch_blob_to_file(&image, &img.layer().digest, &dest))
         .unwrap();
     // Push with the same credentials.
-    let blobs = vec![Blob {
-        digest: img.config_digest.clone(),
-        size: img.config.len() as u64,
-        source: BlobSource::Bytes(img.config.clone()),
-        mount_from: None,
-    }];
+    let blobs = vec![img.config_blob()];
     let pushed = rt
         .block_on(good.push_image(
             &format!("{}/private/app:v2", reg.addr),
@@ -715,7 +419,7 @@ fn basic_auth_with_docker_config() {
     let bad = registry_with(config_with("kiln", wrong_pw, &reg.addr));
     for err in [
         rt.block_on(bad.pull_image(&image)).unwrap_err(),
-        rt.block_on(bad.fetch_blob_to_file(&image, &img.layer_digest, &tmp.path().join("x")))
+        rt.block_on(bad.fetch_blob_to_file(&image, &img.layer().digest, &tmp.path().join("x")))
             .unwrap_err(),
         rt.block_on(bad.push_image(&image, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
             .unwrap_err(),
@@ -736,11 +440,14 @@ fn basic_auth_with_docker_config() {
 
 #[test]
 fn docker_hub_images_come_from_mirrors_in_order() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "mirrored\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "mirrored\n");
     let dir = tmp.path().join("layout");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     // As a pull-through cache stores it: official images under library/, and a second
     // copy under a path prefix.
     skopeo_push(&dir, "v1", &format!("{}/library/hello:v1", reg.addr), &[]);
@@ -751,11 +458,7 @@ fn docker_hub_images_come_from_mirrors_in_order() {
         &[],
     );
 
-    let dead_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = free_port();
     let dead = format!("127.0.0.1:{dead_port}");
     let rt = rt();
     for mirrors in [
@@ -770,15 +473,18 @@ fn docker_hub_images_come_from_mirrors_in_order() {
         assert_eq!(pulled.reference, "docker.io/library/hello:v1");
         assert_eq!(pulled.manifest_digest, img.manifest_digest);
         let dest = tmp.path().join("mirrored-layer");
-        rt.block_on(registry.fetch_blob_to_file("hello:v1", &img.layer_digest, &dest))
+        rt.block_on(registry.fetch_blob_to_file("hello:v1", &img.layer().digest, &dest))
             .unwrap();
-        assert_eq!(file_digest(&dest), img.layer_digest);
+        assert_eq!(file_digest(&dest), img.layer().digest);
         std::fs::remove_file(&dest).unwrap();
     }
 }
 
 #[test]
 fn non_image_artifacts_are_refused_with_their_media_type() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let rt = rt();
     let registry = Registry::new(reg.options()).unwrap();
@@ -822,11 +528,14 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
 
 #[test]
 fn self_signed_tls_needs_skip_tls_verify() {
-    let reg = TestRegistry::start_full(None, true);
+    if !require_tools(&["docker-registry", "skopeo", "openssl"]) {
+        return;
+    }
+    let reg = TestRegistry::with_tls();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "tls\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "tls\n");
     let dir = tmp.path().join("layout");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     let image = format!("{}/tls/app:v1", reg.addr);
     skopeo_push(&dir, "v1", &image, &[]);
 
@@ -856,12 +565,7 @@ fn self_signed_tls_needs_skip_tls_verify() {
         ..base
     })
     .unwrap();
-    let blobs = [Blob {
-        digest: img.config_digest.clone(),
-        size: img.config.len() as u64,
-        source: BlobSource::Bytes(img.config.clone()),
-        mount_from: None,
-    }];
+    let blobs = [img.config_blob()];
     let d = rt
         .block_on(global.push_image(
             &format!("{}/tls/app:v2", reg.addr),
@@ -875,12 +579,14 @@ fn self_signed_tls_needs_skip_tls_verify() {
 
 #[test]
 fn pull_into_a_layout_that_umoci_unpacks() {
-    require_tool("umoci");
+    if !require_tools(&["docker-registry", "skopeo", "umoci"]) {
+        return;
+    }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "warmed\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "warmed\n");
     let dir = tmp.path().join("src");
-    write_to_layout(&OciLayout::create(&dir).unwrap(), &img, Some("v1"));
+    img.write_to_layout(&OciLayout::create(&dir).unwrap(), Some("v1"));
     let image = format!("{}/warm/app:v1", reg.addr);
     skopeo_push(&dir, "v1", &image, &[]);
     let docker_image = format!("{}/warm/docker:v1", reg.addr);
@@ -961,12 +667,15 @@ fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
 
 #[test]
 fn credentials_never_reach_trace_logs_or_errors() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
     use base64::Engine as _;
     let logs = captured_logs();
     let password = "Tr4ce-Leak-Canary-77";
-    let reg = TestRegistry::start_with_auth(Some(&htpasswd_line("tracer", password)));
+    let reg = TestRegistry::with_auth(&htpasswd_line("tracer", password));
     let tmp = tempfile::tempdir().unwrap();
-    let img = make_image(&tmp.path().join("work"), "amd64", "traced\n");
+    let img = TestImage::hello(&tmp.path().join("work"), "amd64", "traced\n");
     let cfg = tmp.path().join("config.json");
     let auth = |pw: &str| base64::engine::general_purpose::STANDARD.encode(format!("tracer:{pw}"));
     let write_cfg = |pw: &str| {
@@ -984,24 +693,11 @@ fn credentials_never_reach_trace_logs_or_errors() {
     let registry = Registry::new(opts.clone()).unwrap();
     let rt = rt();
     let target = format!("{}/traced/app:v1", reg.addr);
-    let blobs = vec![
-        Blob {
-            digest: img.layer_digest.clone(),
-            size: img.layer_size,
-            source: BlobSource::File(img.layer_path.clone()),
-            mount_from: None,
-        },
-        Blob {
-            digest: img.config_digest.clone(),
-            size: img.config.len() as u64,
-            source: BlobSource::Bytes(img.config.clone()),
-            mount_from: None,
-        },
-    ];
+    let blobs = img.blobs(None);
     rt.block_on(registry.push_image(&target, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
         .unwrap();
     rt.block_on(registry.pull_image(&target)).unwrap();
-    rt.block_on(registry.fetch_blob_to_file(&target, &img.layer_digest, &tmp.path().join("l")))
+    rt.block_on(registry.fetch_blob_to_file(&target, &img.layer().digest, &tmp.path().join("l")))
         .unwrap();
     // A wrong password, whose failure is logged and returned.
     let wrong = "Wr0ng-Leak-Canary-88";

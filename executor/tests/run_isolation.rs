@@ -1,11 +1,14 @@
 //! End-to-end tests of `RUN` execution in a busybox root: namespaces, mounts, users, cleanup.
 //! It uses `harness = false` so that its own main() can call `maybe_run_init()` first, exactly as
 //! the executor binary does; it must not run anything outside temporary directories it creates.
+//! Name filters work as libtest's do, but one that selects no case fails the run; not being root
+//! fails it under `CI=true` and skips it loudly elsewhere.
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiln_executor::run::{maybe_run_init, run, Isolation, RunError, RunSpec, DEFAULT_PATH};
+use kiln_testkit::CaseArgs;
 
 const APPLETS: &[&str] = &[
     "sh", "id", "cat", "ls", "touch", "mount", "ps", "echo", "test", "kill", "sleep",
@@ -17,14 +20,9 @@ fn main() {
     if let Some(code) = maybe_run_init() {
         std::process::exit(code);
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("run_isolation: skipped, chroot isolation needs root");
+    if !kiln_testkit::require_root("chroot isolation needs root") {
         return;
     }
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
     let cases: &[(&str, Case)] = &[
         ("run_exit_code_is_propagated", exit_code_is_propagated),
         ("run_env_and_workdir", env_and_workdir),
@@ -40,13 +38,11 @@ fn main() {
         ("run_spawn_and_workdir_errors", spawn_and_workdir_errors),
         ("run_in_place_applies_env_user_and_signals", in_place),
     ];
+    // A filter that matches no case fails the run, naming the filter: zero cases is no pass.
+    let selected = CaseArgs::from_env().select("run_isolation", cases);
     let mut failed = 0;
-    let mut ran = 0;
-    for (name, case) in cases {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
+    let ran = selected.len();
+    for (name, case) in selected {
         let image = Image::new();
         let before = image.listing();
         let mut result = case(&image);

@@ -1,154 +1,27 @@
 //! kiln-warmer end to end, against a real registry (Debian's `docker-registry`) started by
 //! each test on a free loopback port with its own storage. Base images are made here (a
-//! busybox root from /bin/busybox, small text images, a 200 MB random layer) and pushed
-//! with kiln's registry client; the warmer runs as its binary, the way a Pod runs it.
+//! busybox root from /bin/busybox, small text images, a 64 MiB random layer) with the system's
+//! tar and gzip and pushed with kiln's registry client; the warmer runs as its binary, the way a
+//! Pod runs it. The registry, the fault proxy and the skip-or-fail policy for missing tools come
+//! from `kiln_testkit`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_oci::base_cache::{BaseImageCache, CacheError, DEFAULT_TTL};
-use kiln_oci::registry::{
-    sha256_digest, Blob, BlobSource, Platform, Registry, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
-};
+use kiln_oci::registry::{Platform, Registry, MEDIA_TYPE_OCI_MANIFEST};
 use serde_json::{json, Value};
 
-fn require_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; these tests need it (Debian: apt-get install -y {name})");
-}
+use kiln_testkit::image::{Layer, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
+use kiln_testkit::{
+    bounded, require_tools, rule, run, run_bounded, tool, Fault, FaultProxy, Gate, KillOnDrop,
+    Output, TestImage, TestRegistry,
+};
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A `docker-registry serve` process with its own storage; killed on drop. It can be
-/// stopped and started again on the same address and storage.
-struct TestRegistry {
-    child: Option<Child>,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start() -> TestRegistry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let storage = dir.path().join("storage");
-        std::fs::create_dir_all(&storage).unwrap();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            storage.display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        std::fs::write(dir.path().join("docker-config.json"), "{}").unwrap();
-        let mut reg = TestRegistry {
-            child: None,
-            addr,
-            dir,
-        };
-        reg.resume();
-        reg
-    }
-
-    fn resume(&mut self) {
-        assert!(self.child.is_none());
-        let bin = require_tool("docker-registry");
-        let log = std::fs::File::create(self.dir.path().join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start docker-registry");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Nothing answers on the address any more.
-        assert!(TcpStream::connect(&self.addr).is_err());
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
-                    .unwrap_or_default();
-                panic!("docker-registry exited with {status}: {log}");
-            }
-            if let Ok(mut s) = TcpStream::connect(&self.addr) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                if s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok() {
-                    let mut buf = [0u8; 12];
-                    if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                        return;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer on {} within 15 s",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn docker_config_dir(&self) -> PathBuf {
-        let d = self.dir.path().join("docker");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("config.json"), "{}").unwrap();
-        d
-    }
-
-    fn options(&self) -> RegistryOptions {
-        RegistryOptions {
-            insecure_registries: vec![self.addr.clone()],
-            docker_config: Some(self.dir.path().join("docker-config.json")),
-            ..RegistryOptions::default()
-        }
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
+/// The digest of a file as the system's `sha256sum` computes it: never kiln's own hashing.
 fn sha256_file(p: &Path) -> String {
-    let out = run(Command::new(require_tool("sha256sum")).arg(p));
+    let out = run(Command::new(tool("sha256sum")).arg(p));
     format!("sha256:{}", out.split_whitespace().next().unwrap())
 }
 
@@ -167,8 +40,8 @@ fn push_image(reg: &TestRegistry, work: &Path, root: &Path, reference: &str, gzi
     pushed
 }
 
-/// One layer per directory in `roots`, in order; returns the image and every layer's
-/// `(digest, diff_id)`.
+/// One layer per directory in `roots`, in order, made by the system's tar and gzip; returns the
+/// image and every layer's `(digest, diff_id)`.
 fn push_layers(
     reg: &TestRegistry,
     work: &Path,
@@ -178,11 +51,9 @@ fn push_layers(
 ) -> (Pushed, Vec<(String, String)>) {
     std::fs::create_dir_all(work).unwrap();
     let mut layers = Vec::new();
-    let mut blobs = Vec::new();
-    let mut descriptors = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         let tar_path = work.join(format!("layer{i}.tar"));
-        run(Command::new(require_tool("tar"))
+        run(Command::new(tool("tar"))
             .args([
                 "--sort=name",
                 "--mtime=@1700000000",
@@ -196,63 +67,49 @@ fn push_layers(
             .arg(&tar_path)
             .arg("."));
         let diff_id = sha256_file(&tar_path);
-        let (layer_path, media_type) = if gzip {
-            run(Command::new(require_tool("gzip"))
-                .args(["-n", "-f"])
-                .arg(&tar_path));
-            (
-                work.join(format!("layer{i}.tar.gz")),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            )
+        let (path, media_type) = if gzip {
+            run(Command::new(tool("gzip")).args(["-n", "-f"]).arg(&tar_path));
+            (work.join(format!("layer{i}.tar.gz")), MEDIA_TYPE_LAYER_GZIP)
         } else {
-            (tar_path, "application/vnd.oci.image.layer.v1.tar")
+            (tar_path, MEDIA_TYPE_LAYER_TAR)
         };
-        let digest = sha256_file(&layer_path);
-        let size = std::fs::metadata(&layer_path).unwrap().len();
-        descriptors.push(json!({"mediaType": media_type, "digest": digest, "size": size}));
-        blobs.push(Blob {
-            digest: digest.clone(),
-            size,
-            source: BlobSource::File(layer_path),
-            mount_from: None,
+        layers.push(Layer {
+            digest: sha256_file(&path),
+            size: std::fs::metadata(&path).unwrap().len(),
+            path,
+            diff_id,
+            media_type: media_type.to_string(),
         });
-        layers.push((digest, diff_id));
     }
-    let diff_ids: Vec<&str> = layers.iter().map(|(_, d)| d.as_str()).collect();
-    let config = serde_json::to_vec(&json!({
-        "architecture": Platform::default().architecture,
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "created": "2023-11-14T22:13:20Z"
-    }))
-    .unwrap();
-    let config_digest = sha256_digest(&config);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": descriptors
-    }))
-    .unwrap();
+    let image = TestImage::new(
+        layers,
+        json!({
+            "architecture": Platform::default().architecture,
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "created": "2023-11-14T22:13:20Z"
+        }),
+    );
     let registry = Registry::new(reg.options()).unwrap();
-    let first_size = blobs[0].size;
-    blobs.push(Blob {
-        digest: config_digest,
-        size: config.len() as u64,
-        source: BlobSource::Bytes(config),
-        mount_from: None,
-    });
-    let manifest_digest = rt()
-        .block_on(registry.push_image(reference, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
-        .unwrap();
+    let manifest_digest = bounded(registry.push_image(
+        reference,
+        &image.blobs(None),
+        &image.manifest,
+        MEDIA_TYPE_OCI_MANIFEST,
+    ))
+    .unwrap();
     let pushed = Pushed {
         reference: reference.to_string(),
         manifest_digest,
-        layer_digest: layers[0].0.clone(),
-        layer_size: first_size,
+        layer_digest: image.layer().digest.clone(),
+        layer_size: image.layer().size,
     };
-    (pushed, layers)
+    let digests = image
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.diff_id.clone()))
+        .collect();
+    (pushed, digests)
 }
 
 /// A busybox root: /bin/busybox and /bin/sh pointing at it.
@@ -283,11 +140,11 @@ fn push_text(reg: &TestRegistry, work: &Path, name: &str, text: &str) -> Pushed 
     )
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// A registry of the test's own, once the tools every test here uses are there: the registry,
+/// and the system's tar, gzip and sha256sum, which make and check the layers independently of
+/// kiln. `None` when one is missing (a failure under `CI=true`): the test returns.
+fn start_registry() -> Option<TestRegistry> {
+    require_tools(&["docker-registry", "tar", "gzip", "sha256sum"]).then(TestRegistry::start)
 }
 
 /// The warmer binary with the test registry's flags and an empty docker config.
@@ -303,28 +160,24 @@ fn warmer(reg: &TestRegistry, cache: &Path, termination: &Path) -> Command {
     c
 }
 
+/// How long one warmer run may take: generous for a loaded machine, but bounded.
+const WARM_TIMEOUT: Duration = Duration::from_secs(300);
+
 fn output(cmd: &mut Command) -> (Output, String) {
-    let out = cmd.output().expect("cannot run kiln-warmer");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_bounded(cmd, WARM_TIMEOUT).unwrap_or_else(|e| panic!("kiln-warmer: {e}"));
+    let log = format!("{}{}", out.stdout, out.stderr);
     (out, log)
 }
 
 fn succeed(cmd: &mut Command) -> String {
     let (out, log) = output(cmd);
-    assert!(out.status.success(), "kiln-warmer failed:\n{log}");
+    assert!(out.success(), "kiln-warmer failed:\n{log}");
     log
 }
 
 fn fail(cmd: &mut Command) -> String {
     let (out, log) = output(cmd);
-    assert!(
-        !out.status.success(),
-        "kiln-warmer should have failed:\n{log}"
-    );
+    assert!(!out.success(), "kiln-warmer should have failed:\n{log}");
     log
 }
 
@@ -370,7 +223,9 @@ fn assert_all_blobs_verify(cache: &Path) {
 
 #[test]
 fn warm_reuse_offline_force_ttl_and_corruption() {
-    let mut reg = TestRegistry::start();
+    let Some(mut reg) = start_registry() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let busybox = push_busybox(&reg, work.path());
     let hello = push_text(&reg, work.path(), "hello", "hello from the cache\n");
@@ -519,7 +374,9 @@ fn warm_reuse_offline_force_ttl_and_corruption() {
 
 #[test]
 fn dockerfile_stages_and_partial_failure() {
-    let reg = TestRegistry::start();
+    let Some(reg) = start_registry() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let busybox = push_busybox(&reg, work.path());
     let hello = push_text(&reg, work.path(), "hello", "stage two\n");
@@ -567,15 +424,29 @@ fn dockerfile_stages_and_partial_failure() {
     assert!(!term.exists());
 }
 
+/// Size of the layer the kill test downloads, and how much of it the proxy sends before it holds
+/// the rest back: the kill lands mid-transfer by construction, not by timing.
+const BIG_LAYER: u64 = 64 << 20;
+const SENT_BEFORE_STALL: usize = 8 << 20;
+
+/// Bound on each wait of the kill test: generous for a loaded machine, yet it cannot hang.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
+
 #[test]
 fn sigkill_mid_download_leaves_no_partial_blob() {
-    let reg = TestRegistry::start();
+    let Some(reg) = start_registry() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("big-root");
     std::fs::create_dir_all(&root).unwrap();
-    run(Command::new(require_tool("head"))
-        .args(["-c", "200M", "/dev/urandom"])
-        .stdout(std::fs::File::create(root.join("random.bin")).unwrap()));
+    let mut random = std::fs::File::create(root.join("random.bin")).unwrap();
+    std::io::copy(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), BIG_LAYER),
+        &mut random,
+    )
+    .unwrap();
+    drop(random);
     let big = push_image(
         &reg,
         &work.path().join("big"),
@@ -584,18 +455,43 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         false,
     );
     std::fs::remove_dir_all(&root).unwrap();
+    // The warmer pulls through a proxy that sends the first part of the layer, says so, and
+    // holds the rest until released.
+    let gate = Gate::new();
+    let hex = big.layer_digest.strip_prefix("sha256:").unwrap();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule(
+            "GET",
+            hex,
+            Fault::Stall(SENT_BEFORE_STALL, gate.clone()),
+            1,
+        )],
+    );
+    let big = Pushed {
+        reference: format!("{}/kiln-test/big:1", proxy.addr),
+        ..big
+    };
     let cache_dir = work.path().join("cache");
     let term = work.path().join("termination-log");
     let blobs = cache_dir.join("blobs/sha256");
 
-    let mut child = warmer(&reg, &cache_dir, &term)
-        .args(["--image", &big.reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the layer's temporary file holds some data, then kill.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = KillOnDrop(
+        warmer(&reg, &cache_dir, &term)
+            .args(["--insecure-registry", &proxy.addr])
+            .args(["--image", &big.reference])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        gate.wait_reached(EVENT_TIMEOUT),
+        "the warmer did not start downloading the layer within {EVENT_TIMEOUT:?}"
+    );
+    // Part of the layer is on its way and the rest is held back: wait until the layer's
+    // temporary file holds some of it, then kill.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
     let temp = loop {
         let found = std::fs::read_dir(&blobs).ok().and_then(|rd| {
             rd.flatten().find(|e| {
@@ -606,14 +502,19 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         if let Some(e) = found {
             break e.path();
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = child.0.try_wait() {
             panic!("kiln-warmer finished ({status}) before it could be killed mid-download");
         }
-        assert!(Instant::now() < deadline, "no download started within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "no data of the layer reached its temporary file within {EVENT_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    // The rest of the held response goes nowhere: its client is gone.
+    gate.release();
 
     let cache = BaseImageCache::open(&cache_dir, DEFAULT_TTL).unwrap();
     let layer_blob = cache.layout().blob_path(&big.layer_digest);
@@ -633,7 +534,11 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         .is_none());
 
     // The next run completes; the leftover temporary file is ignored, and removed once stale.
-    let log = succeed(warmer(&reg, &cache_dir, &term).args(["--image", &big.reference]));
+    let log = succeed(
+        warmer(&reg, &cache_dir, &term)
+            .args(["--insecure-registry", &proxy.addr])
+            .args(["--image", &big.reference]),
+    );
     assert_eq!(status_count(&log, "pulled"), 1, "{log}");
     let img = cache
         .lookup(&big.reference, &Platform::default())
@@ -653,7 +558,9 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
 
 #[test]
 fn multi_layer_image_keeps_layer_order_and_shares_blobs() {
-    let reg = TestRegistry::start();
+    let Some(reg) = start_registry() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let busybox = push_busybox(&reg, work.path());
     let mut roots = Vec::new();
