@@ -1,0 +1,403 @@
+//! Comparing what two builders made: flattened file trees (path by path, never timestamps), image
+//! configs (the fields a Dockerfile controls), and the corpus cases of `testdata/corpus` that the
+//! differential test builds. It reads trees and configs only; it must not build or fetch images.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::repo_root;
+
+/// The kind of a filesystem entry, as compared between builders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File { size: u64, sha256: String },
+    Symlink { target: String },
+    CharDev { rdev: u64 },
+    BlockDev { rdev: u64 },
+    Fifo,
+    Socket,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Dir => write!(f, "dir"),
+            Kind::File { size, sha256 } => write!(f, "file size={size} sha256={}", &sha256[..12]),
+            Kind::Symlink { target } => write!(f, "symlink -> {target}"),
+            Kind::CharDev { rdev } => write!(f, "char device {rdev:#x}"),
+            Kind::BlockDev { rdev } => write!(f, "block device {rdev:#x}"),
+            Kind::Fifo => write!(f, "fifo"),
+            Kind::Socket => write!(f, "socket"),
+        }
+    }
+}
+
+/// One path of a flattened image, with everything builders must agree on (no timestamps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// For files with other hardlinks inside the tree: the smallest path of the link group.
+    pub hardlink_group: Option<String>,
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} mode={:04o} owner={}:{}",
+            self.kind, self.mode, self.uid, self.gid
+        )?;
+        if let Some(g) = &self.hardlink_group {
+            write!(f, " hardlinked-with={g}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A flattened tree: path relative to the root (with a leading `/`) to its entry.
+pub type Tree = BTreeMap<String, Entry>;
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Walks `root` without following symlinks and records every entry below it (not the root itself:
+/// its mode is the unpacker's choice, not the image's).
+pub fn scan_tree(root: &Path) -> io::Result<Tree> {
+    let mut tree = Tree::new();
+    let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let item = item.map_err(io::Error::other)?;
+        let rel = item
+            .path()
+            .strip_prefix(root)
+            .map_err(io::Error::other)?
+            .to_string_lossy()
+            .into_owned();
+        let path = format!("/{rel}");
+        let md = fs::symlink_metadata(item.path())?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink {
+                target: fs::read_link(item.path())?.to_string_lossy().into_owned(),
+            }
+        } else if ft.is_file() {
+            if md.nlink() > 1 {
+                inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .push(path.clone());
+            }
+            Kind::File {
+                size: md.len(),
+                sha256: sha256_file(item.path())?,
+            }
+        } else if ft.is_char_device() {
+            Kind::CharDev { rdev: md.rdev() }
+        } else if ft.is_block_device() {
+            Kind::BlockDev { rdev: md.rdev() }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        tree.insert(
+            path,
+            Entry {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                hardlink_group: None,
+            },
+        );
+    }
+    for paths in inodes.values().filter(|p| p.len() > 1) {
+        let first = paths.iter().min().cloned();
+        for p in paths {
+            if let Some(e) = tree.get_mut(p) {
+                e.hardlink_group = first.clone();
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// A path (or a whole subtree, when it ends with `/`) where builders legitimately differ, with
+/// the reason, so every exception is visible in the test source.
+pub struct Allowed {
+    pub path: &'static str,
+    pub why: &'static str,
+}
+
+impl Allowed {
+    fn matches(&self, path: &str) -> bool {
+        match self.path.strip_suffix('/') {
+            Some(dir) => path == dir || path.starts_with(self.path),
+            None => path == self.path,
+        }
+    }
+}
+
+/// Compares two trees; returns one human-readable line per difference, in path order.
+pub fn diff_trees(expected: &Tree, actual: &Tree, allow: &[Allowed]) -> Vec<String> {
+    let mut out = Vec::new();
+    let allowed = |p: &str| allow.iter().any(|a| a.matches(p));
+    let mut paths: Vec<&String> = expected.keys().chain(actual.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    for p in paths {
+        if allowed(p) {
+            continue;
+        }
+        match (expected.get(p), actual.get(p)) {
+            (Some(e), None) => out.push(format!("  missing  {p}: {e}")),
+            (None, Some(a)) => out.push(format!("  extra    {p}: {a}")),
+            (Some(e), Some(a)) if e != a => {
+                let mut what = Vec::new();
+                if e.kind != a.kind {
+                    what.push(format!("{} != {}", e.kind, a.kind));
+                }
+                if e.mode != a.mode {
+                    what.push(format!("mode {:04o} != {:04o}", e.mode, a.mode));
+                }
+                if (e.uid, e.gid) != (a.uid, a.gid) {
+                    what.push(format!("owner {}:{} != {}:{}", e.uid, e.gid, a.uid, a.gid));
+                }
+                if e.hardlink_group != a.hardlink_group {
+                    what.push(format!(
+                        "hardlink group {:?} != {:?}",
+                        e.hardlink_group, a.hardlink_group
+                    ));
+                }
+                out.push(format!("  differs  {p}: {}", what.join("; ")));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The config fields a Dockerfile controls. History, timestamps and layer digests are left out:
+/// builders legitimately differ there.
+pub const CONFIG_FIELDS: &[&str] = &[
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Volumes",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+    "ArgsEscaped",
+];
+
+/// null, an empty list, an empty map and an absent field all mean "not set" to a runtime, and
+/// builders pick different ones; compare them as the same.
+fn normalize(v: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(a)) if a.is_empty() => None,
+        Some(serde_json::Value::Object(o)) if o.is_empty() => None,
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(v) => Some(v.clone()),
+    }
+}
+
+/// Compares the `config` sections (and `os`/`architecture`) of two image configs.
+/// `ignore_labels` lists label-name prefixes that one builder adds on its own.
+pub fn diff_configs(
+    expected: &serde_json::Value,
+    actual: &serde_json::Value,
+    ignore_labels: &[&str],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for top in ["os", "architecture"] {
+        if expected.get(top) != actual.get(top) {
+            out.push(format!(
+                "  {top}: {} != {}",
+                show(expected.get(top)),
+                show(actual.get(top))
+            ));
+        }
+    }
+    let strip = |cfg: Option<&serde_json::Value>, field: &str| {
+        let mut v = normalize(cfg.and_then(|c| c.get(field)));
+        if field == "Labels" {
+            if let Some(serde_json::Value::Object(m)) = v.as_mut() {
+                m.retain(|k, _| !ignore_labels.iter().any(|p| k.starts_with(p)));
+            }
+            v = normalize(v.as_ref());
+        }
+        v
+    };
+    for field in CONFIG_FIELDS {
+        let mut e = strip(expected.get("config"), field);
+        let mut a = strip(actual.get("config"), field);
+        if *field == "Env" {
+            // Runtimes read Env as a map; buildah re-appends a variable set again (PATH) where
+            // Docker replaces it in place, so compare the sets of variables, not their order.
+            for v in [&mut e, &mut a].into_iter().flatten() {
+                if let serde_json::Value::Array(items) = v {
+                    items.sort_by_key(|x| x.to_string());
+                }
+            }
+        }
+        if e != a {
+            out.push(format!(
+                "  config.{field}: {} != {}",
+                show(e.as_ref()),
+                show(a.as_ref())
+            ));
+        }
+    }
+    out
+}
+
+fn show(v: Option<&serde_json::Value>) -> String {
+    v.map_or_else(|| "(unset)".to_string(), |v| v.to_string())
+}
+
+/// One case of `testdata/corpus`: its directory, build args and target.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub dir: PathBuf,
+    pub build_args: Vec<(String, String)>,
+    pub target: Option<String>,
+    /// A case whose pushed images this case builds FROM (from the `requires` file).
+    pub requires: Option<String>,
+}
+
+impl Case {
+    pub fn dockerfile(&self) -> PathBuf {
+        self.dir.join("Dockerfile")
+    }
+
+    /// Build args for one side (`buildah` or `kiln`): the case's own, plus `DIFF_SIDE` for cases
+    /// that build FROM another case's image.
+    pub fn build_args_for(&self, side: &str) -> Vec<(String, String)> {
+        let mut args = self.build_args.clone();
+        if self.requires.is_some() {
+            args.push(("DIFF_SIDE".to_string(), side.to_string()));
+        }
+        args
+    }
+
+    /// The Dockerfile the reference builder gets: `Dockerfile.buildah` when the case needs syntax
+    /// that buildah 1.28 lacks (heredocs), the case's Dockerfile otherwise.
+    pub fn reference_dockerfile(&self) -> PathBuf {
+        let alt = self.dir.join("Dockerfile.buildah");
+        if alt.exists() {
+            alt
+        } else {
+            self.dockerfile()
+        }
+    }
+}
+
+/// All corpus cases in name order, or only those named in `KILN_DIFF_CASES=a,b`. An unknown name
+/// in the filter is an error, so a typo cannot make a run compare nothing.
+pub fn corpus_cases() -> Result<Vec<Case>, String> {
+    let root = repo_root().join("testdata/corpus");
+    let mut cases = Vec::new();
+    let entries =
+        fs::read_dir(&root).map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+        let dir = entry.path();
+        if !dir.join("Dockerfile").is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let build_args = match fs::read_to_string(dir.join("args")) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("{name}/args: `{l}` is not KEY=VALUE"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot read {name}/args: {e}")),
+        };
+        let target = fs::read_to_string(dir.join("target"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let requires = fs::read_to_string(dir.join("requires"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        cases.push(Case {
+            name,
+            dir,
+            build_args,
+            target,
+            requires,
+        });
+    }
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in &cases {
+        if let Some(r) = &c.requires {
+            // Cases run in name order, so a required case must sort first.
+            if !cases.iter().any(|o| &o.name == r && o.name < c.name) {
+                return Err(format!(
+                    "{}/requires names `{r}`, which is not a case that sorts before it",
+                    c.name
+                ));
+            }
+        }
+    }
+    if let Ok(filter) = std::env::var("KILN_DIFF_CASES") {
+        let wanted: Vec<&str> = filter
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !wanted.is_empty() {
+            for w in &wanted {
+                if !cases.iter().any(|c| c.name == *w) {
+                    return Err(format!(
+                        "KILN_DIFF_CASES names `{w}`, which is not a directory of testdata/corpus"
+                    ));
+                }
+            }
+            // Keep what the wanted cases require, so a subset still builds their parents.
+            let required: Vec<String> = cases
+                .iter()
+                .filter(|c| wanted.contains(&c.name.as_str()))
+                .filter_map(|c| c.requires.clone())
+                .collect();
+            cases.retain(|c| wanted.contains(&c.name.as_str()) || required.contains(&c.name));
+        }
+    }
+    Ok(cases)
+}
