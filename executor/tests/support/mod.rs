@@ -14,9 +14,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod diff;
+mod history;
 // Only the differential and container-mode tests compare trees; the other test binaries import none.
 #[allow(unused_imports)]
 pub use diff::*;
+#[allow(unused_imports)]
+pub use history::*;
 
 /// The flags every podman call uses on these machines (no systemd, no overlay in the sandbox).
 pub const PODMAN_FLAGS: &[&str] = &[
