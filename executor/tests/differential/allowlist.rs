@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::support::{Aspect, LayerKind, PathDiff, Step, StepDiff};
+use super::support::{path_matches, Aspect, LayerKind, PathDiff, Step, StepDiff};
 
 /// One tolerated difference.
 pub struct Tolerance {
@@ -22,9 +22,10 @@ pub struct Tolerance {
 
 /// The kinds of difference an entry can tolerate.
 pub enum Tolerated {
-    /// These aspects of one path, or of every path under a directory when `path` ends with `/`.
+    /// These aspects of the listed paths; a path ending with `/` stands for the directory and
+    /// everything under it.
     Path {
-        path: &'static str,
+        paths: &'static [&'static str],
         aspects: &'static [Aspect],
     },
     /// A history `created_by` spelling: a rewrite to the canonical form (the Dockerfile
@@ -50,10 +51,11 @@ impl Tolerance {
     }
 }
 
-/// How often each entry hid something, over a whole run.
+/// How often each entry hid something over a whole run, and for path entries where.
 #[derive(Default)]
 pub struct Ledger {
     uses: BTreeMap<&'static str, usize>,
+    paths: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl Ledger {
@@ -63,6 +65,11 @@ impl Ledger {
 
     pub fn uses(&self, name: &str) -> usize {
         self.uses.get(name).copied().unwrap_or(0)
+    }
+
+    /// The `case:path` places where a path entry hid something, in the order met.
+    pub fn paths(&self, name: &str) -> &[String] {
+        self.paths.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// The entries that hid nothing although every case they apply to ran (`all_ran`: the run
@@ -98,30 +105,28 @@ pub fn filter_paths(
     for d in diffs {
         let mut left = Some(d);
         for t in list.iter().filter(|t| t.applies_to(case)) {
-            let Tolerated::Path { path, aspects } = &t.what else {
+            let Tolerated::Path { paths, aspects } = &t.what else {
                 continue;
             };
             let Some(d) = left.take() else { break };
-            if !path_matches(path, d.path()) {
+            if !paths.iter().any(|p| path_matches(p, d.path())) {
                 left = Some(d);
                 continue;
             }
             let rest = d.without(aspects);
             if rest.as_ref() != Some(&d) {
                 ledger.hit(t.name);
+                ledger
+                    .paths
+                    .entry(t.name)
+                    .or_default()
+                    .push(format!("{case}:{}", d.path()));
             }
             left = rest;
         }
         out.extend(left);
     }
     out
-}
-
-fn path_matches(pattern: &str, path: &str) -> bool {
-    match pattern.strip_suffix('/') {
-        Some(dir) => path == dir || path.starts_with(pattern),
-        None => path == pattern,
-    }
 }
 
 /// The steps with every `created_by` in canonical spelling: each rewrite entry for `case` is

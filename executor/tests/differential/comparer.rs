@@ -356,7 +356,7 @@ mod allowlist {
             name: "file-content",
             cases: &["one"],
             what: Tolerated::Path {
-                path: "/d/",
+                paths: &["/x", "/d/"],
                 aspects: &[Aspect::Content],
             },
             why: "test",

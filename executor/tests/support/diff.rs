@@ -319,10 +319,16 @@ pub struct Allowed {
 
 impl Allowed {
     pub fn matches(&self, path: &str) -> bool {
-        match self.path.strip_suffix('/') {
-            Some(dir) => path == dir || path.starts_with(self.path),
-            None => path == self.path,
-        }
+        path_matches(self.path, path)
+    }
+}
+
+/// Whether `path` is `pattern`, or, for a pattern ending with `/`, that directory or anything
+/// under it.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('/') {
+        Some(dir) => path == dir || path.starts_with(pattern),
+        None => path == pattern,
     }
 }
 
