@@ -119,6 +119,8 @@
 #   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
 #                                                with a cleared environment)
 #   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli.rs
+#   KILN_STAGES_TEST_BARE              internal  set by a unit test in crates/dockerfile/src/stages.rs
+#   KILN_STAGES_TEST_UNSET_X           internal  named by a unit test in crates/dockerfile/src/stages.rs
 #   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli.rs, which
 #                                                expects it unset
 #   KILN_DIR_PARENT                    internal  a shell variable of scripts/bench.sh, not read from
