@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::error::io_err;
 use super::plan::{Base, BaseKind};
+use super::stage::copy_source;
 use super::{history, BuildError, Builder, BuiltStage};
 use crate::commands::Cacheable;
 
@@ -31,6 +32,9 @@ impl Builder<'_> {
         let mut state = self.stage_state(index, probe_root.clone(), image.config)?;
         let plan = self.plan_stage(index, base, &mut state)?;
         self.prefetch(index, &plan, &prev_key);
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(None);
+        };
         let reproducible = self.req.reproducible;
         let mut hits = Vec::new();
         let mut history_entries = Vec::new();
@@ -40,10 +44,7 @@ impl Builder<'_> {
                 return Ok(None);
             }
             if step.cacheable == Cacheable::Yes {
-                let source = self.copy_source(step)?;
-                let Some(cache) = self.cache.as_mut() else {
-                    return Ok(None);
-                };
+                let source = copy_source(&self.built, &mut self.bases, step)?;
                 let key = cache.key(&prev_key, step, source.as_ref())?;
                 let Some(hit) = cache.lookup(&key) else {
                     tracing::debug!("[{label}] base image needed: cache miss ({})", step.text);
@@ -53,9 +54,6 @@ impl Builder<'_> {
                 hits.push((n, hit));
                 prev_key = key;
             } else {
-                let Some(cache) = self.cache.as_mut() else {
-                    return Ok(None);
-                };
                 let key = cache.key(&prev_key, step, None)?;
                 if let Err(e) = &step.configured {
                     return Err(step.error(e));
@@ -64,9 +62,6 @@ impl Builder<'_> {
                 prev_key = key;
             }
         }
-        let Some(cache) = self.cache.as_mut() else {
-            return Ok(None);
-        };
         let mut layers = image.layers;
         for layer in &layers {
             if !layer.path.exists() {

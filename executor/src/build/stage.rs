@@ -3,12 +3,13 @@
 //! each step with its timing and what the cache did. Also prunes a finished stage to what later
 //! stages copy from it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tracing::info;
 
-use super::base::Image;
+use super::base::{BaseImages, Image};
 use super::error::io_err;
 use super::plan::{Base, CopyFrom};
 use super::step::{plan_steps, stage_steps, PlannedStep, StepPlan};
@@ -66,7 +67,7 @@ impl Builder<'_> {
             let step_started = Instant::now();
             let text = &step.text;
             info!("[{label}] step {}/{total}: {text}", n + 1);
-            let copy_source = self.copy_source(step)?;
+            let copy_source = copy_source(&self.built, &mut self.bases, step)?;
             let key = match self.cache.as_mut() {
                 Some(cache) => Some(cache.key(&prev_key, step, copy_source.as_ref())?),
                 None => None,
@@ -250,34 +251,6 @@ impl Builder<'_> {
         ))
     }
 
-    /// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root
-    /// (pulled and unpacked the first time).
-    pub(super) fn copy_source(
-        &mut self,
-        step: &PlannedStep,
-    ) -> Result<Option<SourceRef>, BuildError> {
-        match &step.source {
-            None => Ok(None),
-            Some(CopyFrom::Context) => Ok(Some(SourceRef::Context)),
-            Some(CopyFrom::Stage(i)) => {
-                let built = self
-                    .built
-                    .get(i)
-                    .ok_or_else(|| BuildError::CopyFromNotBuilt {
-                        from: step.from.clone().unwrap_or_default(),
-                        stage: *i,
-                    })?;
-                Ok(Some(SourceRef::Root(built.root.clone())))
-            }
-            Some(CopyFrom::LaterStage(from)) => {
-                Err(BuildError::CopyFromLater { from: from.clone() })
-            }
-            Some(CopyFrom::Image(reference)) => {
-                Ok(Some(SourceRef::Root(self.bases.image_root(reference)?)))
-            }
-        }
-    }
-
     /// Apply a cache hit over `root`: fetch the layer (verified), unpack it, and add it to the
     /// image as is (no re-compression: its digest and diff_id are known). Returns a log note.
     fn apply_hit(
@@ -330,5 +303,27 @@ impl Builder<'_> {
             sources.len()
         );
         Ok(())
+    }
+}
+
+/// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root
+/// (pulled and unpacked the first time).
+pub(super) fn copy_source(
+    built: &HashMap<usize, BuiltStage>,
+    bases: &mut BaseImages<'_>,
+    step: &PlannedStep,
+) -> Result<Option<SourceRef>, BuildError> {
+    match &step.source {
+        None => Ok(None),
+        Some(CopyFrom::Context) => Ok(Some(SourceRef::Context)),
+        Some(CopyFrom::Stage(i)) => {
+            let built = built.get(i).ok_or_else(|| BuildError::CopyFromNotBuilt {
+                from: step.from.clone().unwrap_or_default(),
+                stage: *i,
+            })?;
+            Ok(Some(SourceRef::Root(built.root.clone())))
+        }
+        Some(CopyFrom::LaterStage(from)) => Err(BuildError::CopyFromLater { from: from.clone() }),
+        Some(CopyFrom::Image(reference)) => Ok(Some(SourceRef::Root(bases.image_root(reference)?))),
     }
 }
