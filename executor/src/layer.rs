@@ -1,7 +1,10 @@
-//! A layer blob on disk and its identities. Shared by snapshot, cache, registry and image code;
-//! holds no logic that reads or writes layers.
+//! The one record of a layer blob and its identities, used by snapshots (the layers steps
+//! write), the layer cache (the layers it finds and stores), base images and publishing. Holds
+//! no logic that reads or writes layers.
 
 use std::path::PathBuf;
+
+use kiln_oci::image::Descriptor;
 
 /// Layer media types are defined once, with the other OCI media types.
 pub use kiln_oci::image::{
@@ -12,7 +15,8 @@ pub use kiln_oci::image::{
 /// A compressed layer stored in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerFile {
-    /// Where the (compressed) blob is.
+    /// Where the (compressed) blob is, or where it goes once fetched: a base image's or a cached
+    /// step's layer the build has not needed to download (yet).
     pub path: PathBuf,
     /// `sha256:<hex>` of the compressed blob (the manifest descriptor digest).
     pub digest: String,
@@ -21,4 +25,16 @@ pub struct LayerFile {
     /// Compressed size in bytes.
     pub size: u64,
     pub media_type: String,
+}
+
+impl LayerFile {
+    /// The layer's entry in an image manifest.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            annotations: None,
+        }
+    }
 }

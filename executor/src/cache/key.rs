@@ -83,7 +83,7 @@ pub fn base_image_key(config: &ImageConfig, layer_digests: &[String]) -> String 
 
 /// Everything that determines what one step does, besides the root it runs on (which the
 /// previous key stands for).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepInput {
     /// The previous step's key, or the base identity for the first step.
     pub previous: String,

@@ -3,7 +3,7 @@
 //! repository or an OCI layout (`oci:/path`), as kaniko stores them. Looks entries up, fetches
 //! their layer verified, and stores new ones. It does not compute keys or apply layers.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use kiln_oci::image::{
 use kiln_oci::registry::{
     Blob, BlobSource, LayoutError, OciLayout, Platform, Registry, RegistryError,
 };
+
+use crate::layer::LayerFile;
 
 /// What went wrong with the layer cache. Callers treat every error as a miss (lookups) or a
 /// warning (stores): a broken cache never fails a build.
@@ -89,26 +91,9 @@ fn strip_tag(reference: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheHit {
     pub key: String,
-    /// The step's layer, or `None` when the step changed nothing.
-    pub layer: Option<CachedStepLayer>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedStepLayer {
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
-
-/// A layer written by a step, to be stored under the step's key.
-#[derive(Debug, Clone)]
-pub struct NewLayer {
-    pub path: PathBuf,
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
+    /// The step's layer, or `None` when the step changed nothing. Its path is where
+    /// [`LayerCache::fetch`] makes the blob available.
+    pub layer: Option<LayerFile>,
 }
 
 /// The layer cache of one build. Cheap to share (`Arc`) with background store tasks.
@@ -118,6 +103,8 @@ pub struct LayerCache {
     registry: Arc<Registry>,
     ttl: Duration,
     platform: Platform,
+    /// Where layers fetched from a registry repository are written.
+    blob_dir: PathBuf,
 }
 
 impl LayerCache {
@@ -126,12 +113,14 @@ impl LayerCache {
         registry: Arc<Registry>,
         ttl: Duration,
         platform: Platform,
+        blob_dir: PathBuf,
     ) -> LayerCache {
         LayerCache {
             repo,
             registry,
             ttl,
             platform,
+            blob_dir,
         }
     }
 
@@ -155,10 +144,10 @@ impl LayerCache {
     /// The entry for `key`, if present and created within the TTL. Only the manifest and config
     /// are read; the layer is fetched by [`LayerCache::fetch`].
     pub async fn lookup(&self, key: &str) -> Result<Option<CacheHit>, LayerCacheError> {
-        let (manifest_bytes, config_bytes) = match &self.repo {
+        let (manifest_bytes, config_bytes, layout) = match &self.repo {
             CacheRepo::Registry(repo) => {
                 match self.registry.pull_image(&format!("{repo}:{key}")).await {
-                    Ok(image) => (image.manifest_bytes, image.config_bytes),
+                    Ok(image) => (image.manifest_bytes, image.config_bytes, None),
                     Err(RegistryError::NotFound { .. }) => return Ok(None),
                     Err(source) => {
                         return Err(LayerCacheError::Registry {
@@ -188,7 +177,7 @@ impl LayerCache {
                 let config_bytes = layout
                     .read_blob_verified(&manifest.config.digest)
                     .map_err(layout_err)?;
-                (manifest_bytes, config_bytes)
+                (manifest_bytes, config_bytes, Some(layout))
             }
         };
         let manifest: Manifest =
@@ -209,7 +198,12 @@ impl LayerCache {
             config.rootfs.diff_ids.as_slice(),
         ) {
             ([], []) => None,
-            ([l], [diff_id]) => Some(CachedStepLayer {
+            ([l], [diff_id]) => Some(LayerFile {
+                // A layout holds the blob itself; a registry's is fetched into the blob dir.
+                path: match &layout {
+                    Some(layout) => layout.blob_path(&l.digest),
+                    None => self.blob_dir.join(l.digest.replace(':', "-")),
+                },
                 digest: l.digest.clone(),
                 diff_id: diff_id.clone(),
                 size: l.size,
@@ -240,19 +234,16 @@ impl LayerCache {
         }
     }
 
-    /// Make the hit's layer available as a verified file: a registry blob is fetched into
-    /// `dir` (streamed, digest checked); a layout blob is verified and used where it is.
-    pub async fn fetch(
-        &self,
-        hit: &CacheHit,
-        dir: &Path,
-    ) -> Result<Option<PathBuf>, LayerCacheError> {
+    /// Make the hit's layer available as a verified file at its path: a registry blob is
+    /// fetched into the blob dir (streamed, digest checked); a layout blob is verified and used
+    /// where it is.
+    pub async fn fetch(&self, hit: &CacheHit) -> Result<Option<PathBuf>, LayerCacheError> {
         let Some(layer) = &hit.layer else {
             return Ok(None);
         };
         match &self.repo {
             CacheRepo::Registry(repo) => {
-                let dest = dir.join(layer.digest.replace(':', "-"));
+                let dest = layer.path.clone();
                 if !dest.exists() {
                     self.registry
                         .fetch_blob_to_file(&format!("{repo}:{}", hit.key), &layer.digest, &dest)
@@ -276,7 +267,7 @@ impl LayerCache {
                     .await
                     .map_err(|e| self.invalid(&hit.key, e))?
                     .map_err(layout_err)?;
-                Ok(Some(layout.blob_path(&layer.digest)))
+                Ok(Some(layer.path.clone()))
             }
         }
     }
@@ -287,7 +278,7 @@ impl LayerCache {
     pub async fn store(
         &self,
         key: &str,
-        layer: Option<&NewLayer>,
+        layer: Option<&LayerFile>,
         created_by: &str,
     ) -> Result<(), LayerCacheError> {
         let config = ImageConfig {
@@ -317,15 +308,7 @@ impl LayerCache {
                 size: config_bytes.len() as u64,
                 annotations: None,
             },
-            layers: layer
-                .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    annotations: None,
-                })
-                .collect(),
+            layers: layer.iter().map(|l| l.descriptor()).collect(),
             annotations: None,
         };
         let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| self.invalid(key, e))?;
@@ -418,13 +401,14 @@ mod tests {
             registry.clone(),
             Duration::from_secs(3600),
             Platform::default(),
+            dir.path().join("blobs"),
         );
         let key = "ab".repeat(32);
         assert_eq!(cache.lookup(&key).await.unwrap(), None);
         let blob = dir.path().join("layer");
         std::fs::write(&blob, b"not really a tar").unwrap();
         let digest = sha256_digest(b"not really a tar");
-        let layer = NewLayer {
+        let layer = LayerFile {
             path: blob,
             digest: digest.clone(),
             diff_id: digest.clone(),
@@ -441,14 +425,20 @@ mod tests {
             hit.layer.as_ref().map(|l| l.digest.as_str()),
             Some(digest.as_str())
         );
-        let path = cache.fetch(&hit, dir.path()).await.unwrap().unwrap();
+        let path = cache.fetch(&hit).await.unwrap().unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"not really a tar");
         // A step that changed nothing is a hit without a layer.
         let empty_key = "cd".repeat(32);
         cache.store(&empty_key, None, "RUN true").await.unwrap();
         assert_eq!(cache.lookup(&empty_key).await.unwrap().unwrap().layer, None);
         // An entry older than the TTL is a miss.
-        let expired = LayerCache::new(repo, registry, Duration::ZERO, Platform::default());
+        let expired = LayerCache::new(
+            repo,
+            registry,
+            Duration::ZERO,
+            Platform::default(),
+            dir.path().join("blobs"),
+        );
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(expired.lookup(&key).await.unwrap(), None);
     }

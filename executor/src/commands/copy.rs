@@ -4,12 +4,120 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{CommandError, CopySource, Outcome, StageState};
+use super::{
+    CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
+    KeyParts, Outcome, Reads, StageState,
+};
 use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions};
 use crate::fsutil::resolve_in_root;
 use kiln_dockerfile::CopyArgs;
 
-pub fn execute(
+/// `COPY` or (with `is_add`) `ADD`.
+pub struct Copy<'a> {
+    pub args: &'a CopyArgs,
+    pub is_add: bool,
+}
+
+impl Copy<'_> {
+    fn name(&self) -> &'static str {
+        if self.is_add {
+            "ADD"
+        } else {
+            "COPY"
+        }
+    }
+}
+
+impl Command for Copy<'_> {
+    fn execute(
+        &self,
+        state: &mut StageState,
+        source: Option<CopySource<'_>>,
+    ) -> Result<Outcome, CommandError> {
+        execute(self.args, state, source, self.is_add)
+    }
+
+    fn cacheable(&self, flags: CacheFlags) -> Cacheable {
+        let args = self.args;
+        // What a URL serves can change without the Dockerfile changing: only a pinned checksum
+        // makes such an ADD cacheable.
+        if self.is_add && args.checksum.is_none() && args.sources.iter().any(|s| s.contains("://"))
+        {
+            Cacheable::No
+        } else if flags.copy {
+            Cacheable::Yes
+        } else {
+            Cacheable::Disabled
+        }
+    }
+
+    /// The expanded arguments, and the files read: heredoc sources with their content as the
+    /// copy writes it (variables expanded as the step sees them), the other sources expanded.
+    fn key_parts(&self, state: &StageState, _text: &str) -> Result<KeyParts, InstructionError> {
+        let args = self.args;
+        let expand_opt = |v: &Option<String>| v.as_ref().map(|t| state.expand(t)).transpose();
+        let mut inline = Vec::new();
+        let mut sources = Vec::new();
+        for raw in &args.sources {
+            if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
+                let content = if doc.expand {
+                    // The key sees the body and every variable its expansion can use.
+                    format!("{}\0{}", doc.content, state.run_env().join("\n"))
+                } else {
+                    doc.content.clone()
+                };
+                inline.push((doc.name.clone(), content));
+            } else {
+                sources.push(state.expand(raw)?);
+            }
+        }
+        let expanded = serde_json::json!({
+            "kind": self.name(),
+            "sources": sources,
+            "dest": state.in_image_path(&state.expand(&args.dest)?),
+            "from": args.from,
+            "chown": expand_opt(&args.chown)?,
+            "chmod": expand_opt(&args.chmod)?,
+            "link": args.link,
+            "checksum": args.checksum,
+            "keep_git_dir": args.keep_git_dir,
+            "exclude": args.exclude,
+            "parents": args.parents,
+        });
+        Ok(KeyParts {
+            instruction: expanded.to_string(),
+            visible_env: Vec::new(),
+            files: Some(FilesRead {
+                is_add: self.is_add,
+                inline,
+                sources,
+            }),
+        })
+    }
+
+    fn reads(&self) -> Option<Reads<'_>> {
+        Some(Reads {
+            from: self.args.from.as_deref(),
+            sources: &self.args.sources,
+        })
+    }
+
+    fn writes_root(&self) -> bool {
+        true
+    }
+
+    fn needs_root(&self, cacheable: Cacheable) -> Option<&'static str> {
+        if cacheable != Cacheable::Yes {
+            Some("a step that is not cached")
+        } else if self.args.chown.is_some() {
+            Some("--chown resolves names in the image")
+        } else {
+            None
+        }
+    }
+}
+
+fn execute(
     args: &CopyArgs,
     state: &mut StageState,
     source: Option<CopySource<'_>>,
@@ -50,7 +158,7 @@ pub fn execute(
     for raw in &args.sources {
         if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
             let content = if doc.expand {
-                state.expand_heredoc(&doc.content)?
+                state.expand_heredoc(&doc.content)
             } else {
                 doc.content.clone()
             };
@@ -282,8 +390,8 @@ impl StageState {
     /// Expand variables in an unquoted heredoc body (`$V`, `${V}`, `${V:-x}`, `${V:+x}` and the
     /// colon-less forms), keeping quotes and everything else literal as BuildKit does; `\$` is a
     /// literal dollar.
-    fn expand_heredoc(&self, body: &str) -> Result<String, CommandError> {
-        Ok(expand_heredoc_text(body, &|name: &str| self.lookup(name)))
+    fn expand_heredoc(&self, body: &str) -> String {
+        expand_heredoc_text(body, &|name: &str| self.lookup(name))
     }
 }
 

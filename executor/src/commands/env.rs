@@ -1,24 +1,27 @@
 //! `ENV`: sets variables in the image config. Every pair is expanded with the environment as it
 //! was before the instruction: `ENV A=1 B=$A` does not see the new `A` (Docker's documented rule).
 
-use super::{CommandError, Outcome, StageState};
+use super::{Command, InstructionError, StageState};
 
-pub fn execute(
-    pairs: &[(String, String)],
-    state: &mut StageState,
-) -> Result<Outcome, CommandError> {
-    let mut expanded = Vec::with_capacity(pairs.len());
-    for (raw_key, raw_value) in pairs {
-        let key = state.expand(raw_key)?;
-        if key.is_empty() {
-            return Err(CommandError::Invalid("ENV names must not be empty".into()));
+pub struct Env<'a>(pub &'a [(String, String)]);
+
+impl Command for Env<'_> {
+    fn configure(&self, state: &mut StageState) -> Result<(), InstructionError> {
+        let mut expanded = Vec::with_capacity(self.0.len());
+        for (raw_key, raw_value) in self.0 {
+            let key = state.expand(raw_key)?;
+            if key.is_empty() {
+                return Err(InstructionError::Invalid(
+                    "ENV names must not be empty".into(),
+                ));
+            }
+            expanded.push((key, state.expand(raw_value)?));
         }
-        expanded.push((key, state.expand(raw_value)?));
+        for (key, value) in expanded {
+            state.config.set_env(&key, &value);
+        }
+        Ok(())
     }
-    for (key, value) in expanded {
-        state.config.set_env(&key, &value);
-    }
-    Ok(Outcome::ConfigOnly)
 }
 
 #[cfg(test)]
@@ -35,7 +38,7 @@ mod tests {
             ("APP".to_string(), "new".to_string()),
             ("DIR".to_string(), "/opt/$APP".to_string()),
         ];
-        execute(&pairs, &mut st).unwrap();
+        Env(&pairs).configure(&mut st).unwrap();
         assert_eq!(st.config.env_value("APP").as_deref(), Some("new"));
         assert_eq!(st.config.env_value("DIR").as_deref(), Some("/opt/old"));
     }

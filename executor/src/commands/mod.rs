@@ -1,5 +1,8 @@
-//! One module per Dockerfile instruction (metadata-only ones share [`metadata`]), all executed
-//! through [`execute`] against a [`StageState`]. Commands change the stage's root and config;
+//! One module per Dockerfile instruction (metadata-only ones share [`metadata`]), each a type
+//! implementing [`Command`]: what the instruction does to a [`StageState`], and what the build
+//! needs to know about it beforehand (its config change, how the layer cache treats it, what its
+//! cache key records, what it reads, whether it needs the base image's files). [`command`] is the
+//! one place that tells instruction kinds apart. Commands change the stage's root and config;
 //! they never snapshot, push or log step timings — [`crate::build`] does that around them.
 
 pub mod arg;
@@ -14,12 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::run::Isolation;
-use kiln_dockerfile::expand::{expand_word, expand_words};
+use kiln_dockerfile::expand::{expand_word, expand_words, ExpandError};
 use kiln_dockerfile::Instruction;
 use kiln_oci::image::ImageConfig;
 
-/// Everything a command may read or change while one stage is built. Cloned (over another
-/// root) to work out the cache keys of a stage's steps before they run.
+/// Everything a command may read or change while one stage is built. Cloned to follow a stage's
+/// config ahead of its steps (see [`Command::configure`]).
 #[derive(Clone)]
 pub struct StageState {
     /// Host directory holding the stage's root filesystem (`/` when building in place).
@@ -58,10 +61,71 @@ pub enum Outcome {
     Filesystem,
 }
 
+/// How the layer cache treats a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cacheable {
+    /// Looked up, and stored on a miss.
+    Yes,
+    /// RUN/COPY/ADD whose caching is turned off by a flag.
+    Disabled,
+    /// Metadata steps (and WORKDIR): not cached, but part of the key chain.
+    No,
+}
+
+/// Which steps the layer cache covers (`--cache-run-layers`, `--cache-copy-layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFlags {
+    pub run: bool,
+    pub copy: bool,
+}
+
+/// What a step's cache key records of the step itself (see [`crate::cache::key::StepInput`]);
+/// the key chain, the user, workdir and shell are added by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyParts {
+    /// The instruction as the key sees it (a stable serialisation, expanded where the step
+    /// expands its arguments itself).
+    pub instruction: String,
+    /// Variables the step can see, for a step that runs something.
+    pub visible_env: Vec<String>,
+    /// The files a COPY/ADD reads, whose digest the key includes.
+    pub files: Option<FilesRead>,
+}
+
+/// The files a COPY/ADD reads, as its cache key hashes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesRead {
+    pub is_add: bool,
+    /// Heredoc sources: name and content as the copy writes it.
+    pub inline: Vec<(String, String)>,
+    /// The other sources, expanded, relative to where the step reads from.
+    pub sources: Vec<String>,
+}
+
+/// What a COPY/ADD reads files from, as written in the Dockerfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads<'a> {
+    /// `--from`: a stage name or index, or an image reference; `None` for the build context.
+    pub from: Option<&'a str>,
+    /// The source paths, unexpanded.
+    pub sources: &'a [String],
+}
+
+/// What is wrong with an instruction as written: a bad expansion or argument. Found without
+/// touching any file, and cloneable, so a plan worked out ahead of the steps can report it when
+/// its step is reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InstructionError {
+    #[error("{0}")]
+    Expand(#[from] ExpandError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("{0}")]
-    Expand(#[from] kiln_dockerfile::expand::ExpandError),
+    Expand(#[from] ExpandError),
     #[error("RUN failed: {0}")]
     Run(#[from] crate::run::RunError),
     #[error("{0}")]
@@ -87,6 +151,94 @@ impl CommandError {
     }
 }
 
+/// The same variants, so messages and their causes read as they did before the split.
+impl From<InstructionError> for CommandError {
+    fn from(e: InstructionError) -> Self {
+        match e {
+            InstructionError::Expand(e) => CommandError::Expand(e),
+            InstructionError::Invalid(message) => CommandError::Invalid(message),
+        }
+    }
+}
+
+/// One Dockerfile instruction. The defaults describe a metadata instruction: it only changes
+/// the config, is not cached but is part of the key chain (by its text), reads nothing and
+/// never needs the base image's files.
+pub trait Command {
+    /// The instruction's change to the stage's config and ARGs, worked out without touching any
+    /// file, so that a stage's config can be followed ahead of its steps.
+    fn configure(&self, _state: &mut StageState) -> Result<(), InstructionError> {
+        Ok(())
+    }
+
+    /// Carry the instruction out on the stage's root and config.
+    fn execute(
+        &self,
+        state: &mut StageState,
+        _source: Option<CopySource<'_>>,
+    ) -> Result<Outcome, CommandError> {
+        self.configure(state)?;
+        Ok(Outcome::ConfigOnly)
+    }
+
+    /// How the layer cache treats the step.
+    fn cacheable(&self, _flags: CacheFlags) -> Cacheable {
+        Cacheable::No
+    }
+
+    /// What the step's cache key records of it, as the step sees `state`. `text` is the
+    /// instruction as written.
+    fn key_parts(&self, _state: &StageState, text: &str) -> Result<KeyParts, InstructionError> {
+        Ok(KeyParts {
+            instruction: text.to_string(),
+            visible_env: Vec::new(),
+            files: None,
+        })
+    }
+
+    /// What the step reads files from (COPY/ADD).
+    fn reads(&self) -> Option<Reads<'_>> {
+        None
+    }
+
+    /// Whether the step writes the root filesystem when it runs (rather than only the config).
+    fn writes_root(&self) -> bool {
+        false
+    }
+
+    /// Why the step needs the base image's files even when every step before it was a cache
+    /// hit, if it does: a step that writes files and is not cached must run on them.
+    fn needs_root(&self, cacheable: Cacheable) -> Option<&'static str> {
+        (self.writes_root() && cacheable != Cacheable::Yes).then_some("a step that is not cached")
+    }
+}
+
+/// The command for an instruction: the one place that tells instruction kinds apart.
+pub fn command(instruction: &Instruction) -> Box<dyn Command + '_> {
+    match instruction {
+        Instruction::Run(args) => Box::new(run::Run(args)),
+        Instruction::Copy(args) => Box::new(copy::Copy {
+            args,
+            is_add: false,
+        }),
+        Instruction::Add(args) => Box::new(copy::Copy { args, is_add: true }),
+        Instruction::Env(pairs) => Box::new(env::Env(pairs)),
+        Instruction::Arg(decls) => Box::new(arg::Arg(decls)),
+        Instruction::Workdir(path) => Box::new(workdir::Workdir(path)),
+        Instruction::User(user) => Box::new(user::User(user)),
+        Instruction::Cmd(cmd) => Box::new(metadata::Cmd(cmd)),
+        Instruction::Entrypoint(ep) => Box::new(metadata::Entrypoint(ep)),
+        Instruction::Label(pairs) => Box::new(metadata::Label(pairs)),
+        Instruction::Maintainer(name) => Box::new(metadata::Maintainer(name)),
+        Instruction::Expose(ports) => Box::new(metadata::Expose(ports)),
+        Instruction::Volume(paths) => Box::new(metadata::Volume(paths)),
+        Instruction::Stopsignal(sig) => Box::new(metadata::Stopsignal(sig)),
+        Instruction::Healthcheck(hc) => Box::new(metadata::Healthcheck(hc)),
+        Instruction::Shell(shell) => Box::new(metadata::Shell(shell)),
+        Instruction::Onbuild(trigger) => Box::new(metadata::Onbuild(trigger)),
+    }
+}
+
 impl StageState {
     /// Value of a variable as instructions see it: ENV wins over ARG (Docker's rule).
     pub fn lookup(&self, name: &str) -> Option<String> {
@@ -96,12 +248,12 @@ impl StageState {
         self.args.get(name).cloned().flatten()
     }
 
-    pub fn expand(&self, raw: &str) -> Result<String, CommandError> {
+    pub fn expand(&self, raw: &str) -> Result<String, InstructionError> {
         let lookup = |name: &str| self.lookup(name);
         Ok(expand_word(raw, &lookup, self.escape)?)
     }
 
-    pub fn expand_all(&self, raw: &str) -> Result<Vec<String>, CommandError> {
+    pub fn expand_all(&self, raw: &str) -> Result<Vec<String>, InstructionError> {
         let lookup = |name: &str| self.lookup(name);
         Ok(expand_words(raw, &lookup, self.escape)?)
     }
@@ -152,33 +304,6 @@ impl StageState {
             clean.push('/');
         }
         clean
-    }
-}
-
-/// Execute one instruction.
-pub fn execute(
-    instruction: &Instruction,
-    state: &mut StageState,
-    copy_source: Option<CopySource<'_>>,
-) -> Result<Outcome, CommandError> {
-    match instruction {
-        Instruction::Run(args) => run::execute(args, state),
-        Instruction::Copy(args) => copy::execute(args, state, copy_source, false),
-        Instruction::Add(args) => copy::execute(args, state, copy_source, true),
-        Instruction::Env(pairs) => env::execute(pairs, state),
-        Instruction::Arg(decls) => arg::execute(decls, state),
-        Instruction::Workdir(path) => workdir::execute(path, state),
-        Instruction::User(user) => user::execute(user, state),
-        Instruction::Cmd(cmd) => metadata::cmd(cmd, state),
-        Instruction::Entrypoint(ep) => metadata::entrypoint(ep, state),
-        Instruction::Label(pairs) => metadata::label(pairs, state),
-        Instruction::Maintainer(name) => metadata::maintainer(name, state),
-        Instruction::Expose(ports) => metadata::expose(ports, state),
-        Instruction::Volume(paths) => metadata::volume(paths, state),
-        Instruction::Stopsignal(sig) => metadata::stopsignal(sig, state),
-        Instruction::Healthcheck(hc) => metadata::healthcheck(hc, state),
-        Instruction::Shell(shell) => metadata::shell(shell, state),
-        Instruction::Onbuild(trigger) => metadata::onbuild(trigger, state),
     }
 }
 

@@ -1,9 +1,46 @@
 //! `RUN`: executes a command in the stage root (shell form through SHELL, exec form as given,
 //! heredoc scripts as BuildKit runs them). Reports the exit status; the builder snapshots after.
 
-use super::{workdir::ensure_dir, CommandError, Outcome, StageState};
+use super::{
+    workdir::ensure_dir, CacheFlags, Cacheable, Command, CommandError, CopySource,
+    InstructionError, KeyParts, Outcome, StageState,
+};
 use crate::run::{run, RunSpec};
 use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
+
+/// `RUN`: cached unless `--cache-run-layers=false`; its key records the command as written (the
+/// shell expands it) and the variables it runs with.
+pub struct Run<'a>(pub &'a RunArgs);
+
+impl Command for Run<'_> {
+    fn execute(
+        &self,
+        state: &mut StageState,
+        _source: Option<CopySource<'_>>,
+    ) -> Result<Outcome, CommandError> {
+        execute(self.0, state)
+    }
+
+    fn cacheable(&self, flags: CacheFlags) -> Cacheable {
+        if flags.run {
+            Cacheable::Yes
+        } else {
+            Cacheable::Disabled
+        }
+    }
+
+    fn key_parts(&self, state: &StageState, _text: &str) -> Result<KeyParts, InstructionError> {
+        Ok(KeyParts {
+            instruction: format!("RUN {}", serde_json::to_string(self.0).unwrap_or_default()),
+            visible_env: state.run_env(),
+            files: None,
+        })
+    }
+
+    fn writes_root(&self) -> bool {
+        true
+    }
+}
 
 /// The argv a RUN executes.
 pub fn argv(args: &RunArgs, state: &StageState) -> Result<Vec<String>, CommandError> {
@@ -65,7 +102,7 @@ fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> 
     Ok(name)
 }
 
-pub fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandError> {
+fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandError> {
     let argv = argv(args, state)?;
     let workdir = state.workdir();
     ensure_dir(&state.root, &workdir)?;

@@ -4,49 +4,75 @@
 
 use std::path::Path;
 
-use super::{CommandError, Outcome, StageState};
+use super::{Cacheable, Command, CommandError, CopySource, InstructionError, Outcome, StageState};
 use crate::fsutil::resolve_in_root;
 
-pub fn execute(raw: &str, state: &mut StageState) -> Result<Outcome, CommandError> {
-    let path = state.expand(raw)?;
-    if path.is_empty() {
-        return Err(CommandError::Invalid("WORKDIR requires a path".into()));
-    }
-    // Docker keeps an absolute WORKDIR exactly as written (`/opt/` stays `/opt/`) and joins and
-    // cleans a relative one onto the current directory.
-    let abs = if path.starts_with('/') {
-        path.clone()
-    } else {
+pub struct Workdir<'a>(pub &'a str);
+
+impl Workdir<'_> {
+    /// The new working directory. Docker keeps an absolute WORKDIR exactly as written (`/opt/`
+    /// stays `/opt/`) and joins and cleans a relative one onto the current directory.
+    fn path(&self, state: &StageState) -> Result<String, InstructionError> {
+        let path = state.expand(self.0)?;
+        if path.is_empty() {
+            return Err(InstructionError::Invalid("WORKDIR requires a path".into()));
+        }
+        if path.starts_with('/') {
+            return Ok(path);
+        }
         let joined = state.in_image_path(&path);
         let trimmed = joined.trim_end_matches('/');
-        if trimmed.is_empty() {
+        Ok(if trimmed.is_empty() {
             "/".to_string()
         } else {
             trimmed.to_string()
+        })
+    }
+}
+
+impl Command for Workdir<'_> {
+    fn configure(&self, state: &mut StageState) -> Result<(), InstructionError> {
+        state.config.config.working_dir = Some(self.path(state)?);
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        state: &mut StageState,
+        _source: Option<CopySource<'_>>,
+    ) -> Result<Outcome, CommandError> {
+        self.configure(state)?;
+        let abs = state.workdir();
+        let owner = match state
+            .config
+            .config
+            .user
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
+            Some(user) => {
+                let resolved = crate::run::users::resolve_user(&state.root, user).map_err(|e| {
+                    CommandError::Invalid(format!(
+                        "WORKDIR {abs}: cannot create it for USER {user}: {e}"
+                    ))
+                })?;
+                Some((resolved.uid, resolved.gid))
+            }
+            None => None,
+        };
+        if ensure_dir_owned(&state.root, &abs, owner)? {
+            Ok(Outcome::Filesystem)
+        } else {
+            Ok(Outcome::ConfigOnly)
         }
-    };
-    state.config.config.working_dir = Some(abs.clone());
-    let owner = match state
-        .config
-        .config
-        .user
-        .as_deref()
-        .filter(|u| !u.is_empty())
-    {
-        Some(user) => {
-            let resolved = crate::run::users::resolve_user(&state.root, user).map_err(|e| {
-                CommandError::Invalid(format!(
-                    "WORKDIR {abs}: cannot create it for USER {user}: {e}"
-                ))
-            })?;
-            Some((resolved.uid, resolved.gid))
-        }
-        None => None,
-    };
-    if ensure_dir_owned(&state.root, &abs, owner)? {
-        Ok(Outcome::Filesystem)
-    } else {
-        Ok(Outcome::ConfigOnly)
+    }
+
+    fn writes_root(&self) -> bool {
+        true
+    }
+
+    fn needs_root(&self, _cacheable: Cacheable) -> Option<&'static str> {
+        Some("WORKDIR creates its directory in the image")
     }
 }
 
@@ -98,16 +124,25 @@ mod tests {
     fn relative_workdirs_join_and_are_created() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
-        assert_eq!(execute("/app", &mut st).unwrap(), Outcome::Filesystem);
         assert_eq!(
-            execute("sub/../src/", &mut st).unwrap(),
+            Workdir("/app").execute(&mut st, None).unwrap(),
+            Outcome::Filesystem
+        );
+        assert_eq!(
+            Workdir("sub/../src/").execute(&mut st, None).unwrap(),
             Outcome::Filesystem
         );
         assert_eq!(st.config.config.working_dir.as_deref(), Some("/app/src"));
-        assert_eq!(execute("/opt/", &mut st).unwrap(), Outcome::Filesystem);
+        assert_eq!(
+            Workdir("/opt/").execute(&mut st, None).unwrap(),
+            Outcome::Filesystem
+        );
         assert_eq!(st.config.config.working_dir.as_deref(), Some("/opt/"));
         assert!(dir.path().join("app/src").is_dir());
-        assert_eq!(execute("/app", &mut st).unwrap(), Outcome::ConfigOnly);
+        assert_eq!(
+            Workdir("/app").execute(&mut st, None).unwrap(),
+            Outcome::ConfigOnly
+        );
     }
 
     #[test]
@@ -123,7 +158,7 @@ mod tests {
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\n").unwrap();
         let mut st = state(dir.path());
         st.config.config.user = Some("app".into());
-        execute("/srv/a", &mut st).unwrap();
+        Workdir("/srv/a").execute(&mut st, None).unwrap();
         for p in ["srv", "srv/a"] {
             let meta = std::fs::metadata(dir.path().join(p)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (1000, 1001), "{p}");

@@ -1,0 +1,549 @@
+//! Base images: where a stage's starting layers come from (the warmed base-image cache volume, a
+//! registry, scratch, or an earlier stage) and how they are applied to its root, in a private
+//! directory or in place over `/`. Also keeps track of where each layer blob of the build is
+//! (on disk, in the cache volume and verified only when read, or left in a repository), so that
+//! publishing can read or copy it. Runs no step and computes no cache key.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::error::io_err;
+use super::plan::{Base, BaseKind};
+use super::{human, secs, short, BuildError, Builder, IgnorePaths};
+use crate::layer::LayerFile;
+use crate::run::Isolation;
+use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
+use kiln_oci::base_cache::{BaseImageCache, CachedLayer};
+use kiln_oci::image::{oci_layer_media_type, ImageConfig};
+use kiln_oci::registry::{Platform, Registry, RemoteImage};
+
+/// An image's config and layers.
+pub struct Image {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerFile>,
+}
+
+/// Base images of one build, and the whereabouts of every layer blob.
+pub struct BaseImages<'a> {
+    registry: Arc<Registry>,
+    runtime: &'a tokio::runtime::Runtime,
+    /// The base-image cache volume, with `--cache-dir`.
+    cache: Option<BaseImageCache>,
+    platform: Platform,
+    work_dir: PathBuf,
+    ignore: IgnorePaths,
+    /// Layer blobs of base images found in the base-image cache, by path, with the image's
+    /// reference. Their digests are checked whenever they are read (while unpacking, or
+    /// before an upload or an archive), not when they are found, so each is read once.
+    cached_layers: HashMap<PathBuf, String>,
+    /// Base images whose cached copy turned out damaged: pulled from their registry from then on.
+    damaged: BTreeSet<String>,
+    /// Cached layer blobs checked before publishing read them: path → the file to read
+    /// (itself, or a copy fetched from the registry when it was damaged).
+    checked: RefCell<HashMap<PathBuf, PathBuf>>,
+    /// Layers of the image that were not downloaded (base layers of a build that did not need
+    /// them, cache hits): digest → reference of a repository holding the blob.
+    remote: HashMap<String, String>,
+    /// Roots of images unpacked for `COPY --from=<image>`, by reference.
+    image_roots: HashMap<String, PathBuf>,
+}
+
+impl<'a> BaseImages<'a> {
+    pub fn new(
+        registry: Arc<Registry>,
+        runtime: &'a tokio::runtime::Runtime,
+        cache: Option<BaseImageCache>,
+        platform: Platform,
+        work_dir: PathBuf,
+        ignore: IgnorePaths,
+    ) -> BaseImages<'a> {
+        BaseImages {
+            registry,
+            runtime,
+            cache,
+            platform,
+            work_dir,
+            ignore,
+            cached_layers: HashMap::new(),
+            damaged: BTreeSet::new(),
+            checked: RefCell::new(HashMap::new()),
+            remote: HashMap::new(),
+            image_roots: HashMap::new(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.work_dir.join("blobs")
+    }
+
+    /// The config a `FROM scratch` stage starts with.
+    pub fn scratch_config(&self) -> ImageConfig {
+        ImageConfig {
+            architecture: self.platform.architecture.clone(),
+            os: self.platform.os.clone(),
+            variant: self.platform.variant.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A base image from the base-image cache when it holds it (layers verified as they are
+    /// read), else pulled: manifest and config, then every layer blob (verified) into the work dir.
+    pub fn pull(&mut self, reference: &str) -> Result<Image, BuildError> {
+        let started = Instant::now();
+        if let Some(image) = self.cached(reference)? {
+            info!(
+                "{reference}: read from the base-image cache ({} layer(s)) in {}",
+                image.layers.len(),
+                secs(started.elapsed())
+            );
+            return Ok(image);
+        }
+        self.pull_remote(reference)
+    }
+
+    /// A base image's config and layer records without downloading layers (from the
+    /// base-image cache when it holds the image, with its verified files). Returns the
+    /// reference the layers can be fetched from later.
+    pub fn manifest(&mut self, reference: &str) -> Result<(Image, String), BuildError> {
+        if let Some(image) = self.cached(reference)? {
+            return Ok((image, reference.to_string()));
+        }
+        let (image, remote) = self.remote(reference)?;
+        Ok((image, remote.reference))
+    }
+
+    /// An image's manifest and config from its registry, checked: the config parses and names
+    /// one diff_id per layer. The layers' paths are where they go in the work dir.
+    fn remote(&self, reference: &str) -> Result<(Image, RemoteImage), BuildError> {
+        let remote = self
+            .runtime
+            .block_on(self.registry.pull_image(reference))
+            .map_err(BuildError::registry(format!("pulling {reference}")))?;
+        let config: ImageConfig =
+            serde_json::from_slice(&remote.config_bytes).map_err(|source| {
+                BuildError::ImageConfig {
+                    reference: reference.to_string(),
+                    digest: remote.config_digest.clone(),
+                    cached: false,
+                    source,
+                }
+            })?;
+        let descriptors = remote.manifest.layers();
+        if descriptors.len() != config.rootfs.diff_ids.len() {
+            return Err(BuildError::LayerCount {
+                reference: reference.to_string(),
+                layers: descriptors.len(),
+                diff_ids: config.rootfs.diff_ids.len(),
+            });
+        }
+        let blob_dir = self.blob_dir();
+        let layers = descriptors
+            .iter()
+            .zip(config.rootfs.diff_ids.iter())
+            .map(|(desc, diff_id)| LayerFile {
+                digest: desc.digest().to_string(),
+                diff_id: diff_id.clone(),
+                size: desc.size(),
+                media_type: oci_layer_media_type(desc.media_type().as_ref()),
+                path: blob_dir.join(desc.digest().to_string().replace(':', "-")),
+            })
+            .collect();
+        Ok((Image { config, layers }, remote))
+    }
+
+    /// Pull a base image from its registry: manifest and config, then every layer blob
+    /// (verified) into the work dir.
+    fn pull_remote(&mut self, reference: &str) -> Result<Image, BuildError> {
+        let started = Instant::now();
+        let (image, remote) = self.remote(reference)?;
+        let blob_dir = self.blob_dir();
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        let mut total = 0u64;
+        for layer in &image.layers {
+            if !layer.path.exists() {
+                self.runtime
+                    .block_on(self.registry.fetch_blob_to_file(
+                        &remote.reference,
+                        &layer.digest,
+                        &layer.path,
+                    ))
+                    .map_err(BuildError::registry(format!(
+                        "fetching layer {} of {reference}",
+                        layer.digest
+                    )))?;
+            }
+            total += layer.size;
+        }
+        info!(
+            "pulled {} ({}, {} layer(s), {}) in {}",
+            reference,
+            short(&remote.manifest_digest),
+            image.layers.len(),
+            human(total),
+            secs(started.elapsed())
+        );
+        Ok(image)
+    }
+
+    /// The base image from `--cache-dir`, if it holds it (manifest and config verified; each
+    /// layer blob is verified when it is read, see [`BaseImages::cached_layers`]).
+    fn cached(&mut self, reference: &str) -> Result<Option<Image>, BuildError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        if self.damaged.contains(reference) {
+            return Ok(None);
+        }
+        let Some(image) = cache.find_or_pull(reference, &self.platform) else {
+            return Ok(None);
+        };
+        let config: ImageConfig =
+            serde_json::from_slice(&image.config_bytes).map_err(|source| {
+                BuildError::ImageConfig {
+                    reference: reference.to_string(),
+                    digest: image.config_digest.clone(),
+                    cached: true,
+                    source,
+                }
+            })?;
+        let layers: Vec<LayerFile> = image.layers.into_iter().map(layer_file).collect();
+        for layer in &layers {
+            self.cached_layers
+                .insert(layer.path.clone(), reference.to_string());
+        }
+        Ok(Some(Image { config, layers }))
+    }
+
+    /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is
+    /// unpacked; if it does not match, `root` holds part of it and must not be used.
+    pub fn unpack(&self, layer: &LayerFile, image: &str, root: &Path) -> Result<(), BuildError> {
+        let opts = UnpackOptions {
+            ignore: self.ignore.paths(),
+            same_owner: true,
+        };
+        let unpacked = if self.is_cached(layer) {
+            unpack_layer_verified(&layer.path, root, &opts, &layer.digest)
+        } else {
+            unpack_layer(&layer.path, root, &opts)
+        };
+        unpacked.map_err(|source| BuildError::Unpack {
+            digest: layer.digest.clone(),
+            image: image.to_string(),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+
+    /// Apply a base image's layers over `root`. When a layer read from the base-image cache
+    /// turns out damaged, whatever was applied is thrown away (`root` is emptied) and the
+    /// image is pulled from its registry and applied instead, as a damaged cache entry found
+    /// up front would have been. Returns the image actually applied.
+    pub fn unpack_image(
+        &mut self,
+        reference: &str,
+        image: Image,
+        root: &Path,
+    ) -> Result<Image, BuildError> {
+        for layer in &image.layers {
+            match self.unpack(layer, reference, root) {
+                Ok(()) => {}
+                Err(BuildError::Unpack { source, .. })
+                    if matches!(*source, UnpackError::Digest { .. }) && self.is_cached(layer) =>
+                {
+                    warn!(
+                        "{reference}: cached {source}; discarding {} and pulling the image from its registry",
+                        root.display()
+                    );
+                    self.damaged.insert(reference.to_string());
+                    empty_dir(root).map_err(io_err(format!(
+                        "emptying {} after a damaged cached layer",
+                        root.display()
+                    )))?;
+                    let image = self.pull_remote(reference)?;
+                    for layer in &image.layers {
+                        self.unpack(layer, reference, root)?;
+                    }
+                    return Ok(image);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(image)
+    }
+
+    /// The root of an image a `COPY --from` reads, pulled and unpacked the first time.
+    pub fn image_root(&mut self, reference: &str) -> Result<PathBuf, BuildError> {
+        if let Some(root) = self.image_roots.get(reference) {
+            return Ok(root.clone());
+        }
+        let root = self
+            .work_dir
+            .join(format!("images/{}", self.image_roots.len()));
+        std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
+        let image = self.pull(reference)?;
+        self.unpack_image(reference, image, &root)?;
+        self.image_roots.insert(reference.to_string(), root.clone());
+        Ok(root)
+    }
+
+    /// The root of an image a `COPY --from` reads, if it was pulled already.
+    pub fn pulled_image_root(&self, reference: &str) -> Option<&PathBuf> {
+        self.image_roots.get(reference)
+    }
+
+    /// Whether the layer's blob is in the base-image cache (and so checked when it is read).
+    pub fn is_cached(&self, layer: &LayerFile) -> bool {
+        self.cached_layers.contains_key(&layer.path)
+    }
+
+    /// Remember that the blob `digest` was left in the repository of `reference`.
+    pub fn left_in(&mut self, digest: &str, reference: String) {
+        self.remote.insert(digest.to_string(), reference);
+    }
+
+    /// The repository holding a layer the build did not download, if it did not.
+    pub fn origin(&self, layer: &LayerFile) -> Option<String> {
+        self.remote
+            .get(&layer.digest)
+            .filter(|_| !layer.path.exists())
+            .cloned()
+    }
+
+    /// The file to read a layer from for an upload or an archive. A blob from the base-image
+    /// cache is hashed first (once per build); a damaged one is fetched from its image's
+    /// registry into the work directory instead, with a warning.
+    pub fn checked_path(&self, layer: &LayerFile) -> Result<PathBuf, BuildError> {
+        let (Some(reference), Some(cache)) = (self.cached_layers.get(&layer.path), &self.cache)
+        else {
+            return Ok(layer.path.clone());
+        };
+        if let Some(path) = self.checked.borrow().get(&layer.path) {
+            return Ok(path.clone());
+        }
+        let path = match cache.verify_layer(&layer.digest) {
+            Ok(()) => layer.path.clone(),
+            Err(e) => {
+                warn!("{reference}: {e}; fetching the layer from the registry instead");
+                let blob_dir = self.blob_dir();
+                std::fs::create_dir_all(&blob_dir)
+                    .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+                let dest = blob_dir.join(layer.digest.replace(':', "-"));
+                if !dest.exists() {
+                    self.runtime
+                        .block_on(
+                            self.registry
+                                .fetch_blob_to_file(reference, &layer.digest, &dest),
+                        )
+                        .map_err(BuildError::registry(format!(
+                            "fetching layer {} of {reference}",
+                            layer.digest
+                        )))?;
+                }
+                dest
+            }
+        };
+        self.checked
+            .borrow_mut()
+            .insert(layer.path.clone(), path.clone());
+        Ok(path)
+    }
+
+    /// Make a layer's blob present at its path, fetching it from where it was left (a base
+    /// image or the cache repository) when the build did not need it until now.
+    pub fn ensure_local(&self, layer: &LayerFile) -> Result<(), BuildError> {
+        if layer.path.exists() {
+            return Ok(());
+        }
+        let reference = self
+            .remote
+            .get(&layer.digest)
+            .ok_or_else(|| BuildError::LayerNowhere {
+                digest: layer.digest.clone(),
+            })?;
+        if let Some(parent) = layer.path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        self.runtime
+            .block_on(
+                self.registry
+                    .fetch_blob_to_file(reference, &layer.digest, &layer.path),
+            )
+            .map_err(BuildError::registry(format!(
+                "fetching layer {} from {reference}",
+                layer.digest
+            )))?;
+        Ok(())
+    }
+}
+
+impl Builder<'_> {
+    /// Set up the base of a stage in a private root: unpack an image, an earlier stage, or
+    /// nothing.
+    pub(super) fn prepare_base(
+        &mut self,
+        base: &Base,
+        index: usize,
+        root: &Path,
+    ) -> Result<Image, BuildError> {
+        match base.kind {
+            BaseKind::Scratch => Ok(Image {
+                config: self.bases.scratch_config(),
+                layers: Vec::new(),
+            }),
+            BaseKind::Stage(parent) => {
+                // Re-apply the parent's layers: the parent root stays intact for `COPY --from`.
+                let image = self.parent_image(base, index, parent)?;
+                for layer in &image.layers {
+                    self.bases.unpack(layer, &base.name, root)?;
+                }
+                Ok(image)
+            }
+            BaseKind::Image => {
+                let image = self.bases.pull(&base.name)?;
+                self.bases.unpack_image(&base.name, image, root)
+            }
+        }
+    }
+
+    fn parent_image(&self, base: &Base, index: usize, parent: usize) -> Result<Image, BuildError> {
+        let built = self
+            .built
+            .get(&parent)
+            .ok_or_else(|| BuildError::BaseNotBuilt {
+                stage: index,
+                base: base.name.clone(),
+                parent,
+            })?;
+        Ok(Image {
+            config: built.config.clone(),
+            layers: built.layers.clone(),
+        })
+    }
+
+    /// Set up the base of a stage in place: the root is `/`. The base is fetched first (the
+    /// registry client still has the executor image's files), then `/` is emptied of everything
+    /// not ignored — moving an earlier stage that a later `COPY --from` reads into the work dir
+    /// first — and the base's layers are unpacked over it.
+    pub(super) fn prepare_in_place(
+        &mut self,
+        base: &Base,
+        index: usize,
+    ) -> Result<(PathBuf, Image), BuildError> {
+        let root = PathBuf::from("/");
+        let image = match base.kind {
+            BaseKind::Scratch => Image {
+                config: self.bases.scratch_config(),
+                layers: Vec::new(),
+            },
+            BaseKind::Stage(parent) => self.parent_image(base, index, parent)?,
+            BaseKind::Image => {
+                let image = self.bases.pull(&base.name)?;
+                // `/` is emptied before the layers are applied, and a damaged cached layer found
+                // half-way could then only be replaced by a pull without the executor image's
+                // files: cached layers are checked (and replaced when damaged) before.
+                let layers = image
+                    .layers
+                    .into_iter()
+                    .map(|mut layer| {
+                        layer.path = self.bases.checked_path(&layer)?;
+                        Ok(layer)
+                    })
+                    .collect::<Result<Vec<_>, BuildError>>()?;
+                Image {
+                    config: image.config,
+                    layers,
+                }
+            }
+        };
+
+        let ignore = self.ignore.paths();
+        let started = Instant::now();
+        // At most one earlier stage lives at `/`: the one built just before this one.
+        let at_root: Option<usize> = self
+            .built
+            .iter()
+            .filter(|(_, b)| b.root == root)
+            .map(|(&i, _)| i)
+            .max();
+        let save = at_root.filter(|&n| self.plan.read_by_copy(n, index));
+        let saved_root = save.map(|n| self.work_dir.join(format!("stages/{n}/saved-root")));
+        let stats = crate::container::clear_root(&root, &ignore, saved_root.as_deref()).map_err(
+            io_err("clearing / for the next base image (in-place build)"),
+        )?;
+        if let (Some(n), Some(saved)) = (save, &saved_root) {
+            info!(
+                "moved stage {n}'s files ({} entries) to {} for COPY --from",
+                stats.entries,
+                saved.display()
+            );
+            if let Some(built) = self.built.get_mut(&n) {
+                built.root = saved.clone();
+            }
+            self.keep_only_copied_files(n, n + 1..self.plan.stages.len())?;
+        } else {
+            info!(
+                "cleared / ({} entries) in {}",
+                stats.entries,
+                secs(started.elapsed())
+            );
+        }
+        // Stages left at `/` are gone now; nothing reads them again (their layers remain).
+        for built in self.built.values_mut().filter(|b| b.root == root) {
+            built.root = PathBuf::new();
+        }
+        for layer in &image.layers {
+            self.bases.unpack(layer, &base.name, &root)?;
+        }
+        Ok((root, image))
+    }
+
+    /// The first link of a stage's key chain: a constant for scratch, the parent stage's last
+    /// key, or the base image's identity (config without timestamps, layer digests).
+    pub(super) fn base_key(&self, base: &Base, image: &Image) -> String {
+        match base.kind {
+            BaseKind::Scratch => return crate::cache::key::scratch_key(),
+            BaseKind::Stage(parent) => {
+                if let Some(key) = self.stage_keys.get(&parent) {
+                    return key.clone();
+                }
+            }
+            BaseKind::Image => {}
+        }
+        let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+        crate::cache::key::base_image_key(&image.config, &digests)
+    }
+
+    /// Whether the stage is built in place over `/`.
+    pub(super) fn in_place(&self) -> bool {
+        self.req.isolation == Isolation::InPlace
+    }
+}
+
+/// The one layer record, from the base-image cache's.
+fn layer_file(layer: CachedLayer) -> LayerFile {
+    LayerFile {
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+        size: layer.size,
+        media_type: oci_layer_media_type(&layer.media_type),
+        path: layer.path,
+    }
+}
+
+/// Empty a private root (a chroot build's, a `COPY --from` image's) to fill it again.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    // remove_dir_all never follows symlinks inside the tree.
+    std::fs::remove_dir_all(dir)?;
+    std::fs::create_dir_all(dir)
+}

@@ -1,0 +1,364 @@
+//! The build: reads the request ([`request`]), the context and the Dockerfile, plans the stages
+//! ([`plan`]) and each stage's steps ([`step`]), builds the needed stages in order (base images
+//! from [`base`], the one step loop in [`stage`], the cache-only shortcut in [`skip_base`]), then
+//! publishes the image ([`publish`]). Logs each step with its timing. Knows nothing of
+//! Kubernetes.
+
+mod base;
+mod error;
+mod plan;
+mod publish;
+mod request;
+mod skip_base;
+mod stage;
+mod step;
+mod step_cache;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::cache::layer::LayerCache;
+use crate::cli::Options;
+use crate::context::BuildContext;
+use crate::layer::LayerFile;
+use crate::run::Isolation;
+use base::BaseImages;
+use kiln_dockerfile::{self as dockerfile, Dockerfile};
+use kiln_oci::base_cache::BaseImageCache;
+use kiln_oci::image::{History, ImageConfig};
+use kiln_oci::registry::Registry;
+use plan::BuildPlan;
+use publish::Publisher;
+use request::LayerCacheRequest;
+use step_cache::StepCache;
+
+pub use error::BuildError;
+pub use request::BuildRequest;
+
+use error::io_err;
+
+/// What a finished build produced.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    /// `sha256:…` of the manifest.
+    pub digest: String,
+    /// `destination@digest` for every pushed destination.
+    pub references: Vec<String>,
+    pub manifest: Vec<u8>,
+    pub config: Vec<u8>,
+}
+
+/// A finished stage: its root filesystem, config and layers.
+struct BuiltStage {
+    root: PathBuf,
+    config: ImageConfig,
+    layers: Vec<LayerFile>,
+}
+
+/// Where a COPY/ADD reads from, once known.
+enum SourceRef {
+    Context,
+    Root(PathBuf),
+}
+
+/// Build what the command line describes and write it to every output.
+pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
+    let request = BuildRequest::from_options(opts, crate::container::detect())?;
+    build(&request)
+}
+
+/// Build what `req` describes and write it to every output.
+pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
+    let (work_dir, _temp_guard) = work_dir(req)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("starting the async runtime"))?;
+
+    let mut context = BuildContext::open_with(
+        &req.context,
+        &work_dir.join("context"),
+        &req.context_options,
+    )?;
+    let dockerfile_path = locate_dockerfile(&req.dockerfile, context.root())?;
+    context.load_ignore(&dockerfile_path)?;
+    let text =
+        std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
+            path: dockerfile_path.clone(),
+            source,
+        })?;
+    let parsed = dockerfile::parse(&text).map_err(|source| BuildError::Parse {
+        path: dockerfile_path.display().to_string(),
+        source,
+    })?;
+
+    let registry = Arc::new(
+        Registry::new(req.registry.clone())
+            .map_err(BuildError::registry("setting up the registry client"))?,
+    );
+    let layer_cache = match &req.layer_cache {
+        LayerCacheRequest::Off => None,
+        LayerCacheRequest::IgnoredWithSingleSnapshot => {
+            warn!(
+                "--cache is ignored with --single-snapshot: there are no per-step layers to cache"
+            );
+            None
+        }
+        LayerCacheRequest::On(repo) => {
+            let cache = LayerCache::new(
+                repo.clone(),
+                registry.clone(),
+                req.cache_ttl,
+                req.platform.clone(),
+                work_dir.join("blobs"),
+            );
+            info!("layer cache: {}", cache.describe());
+            Some(Arc::new(cache))
+        }
+    };
+    let base_cache = req.cache_dir.as_deref().and_then(|dir| {
+        match BaseImageCache::open(Path::new(dir), req.cache_ttl) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                warn!("--cache-dir {dir}: {e}; base images are pulled from their registries");
+                None
+            }
+        }
+    });
+    let ignore = IgnorePaths::new(req, &work_dir, context.root());
+    let started = Instant::now();
+    let plan = BuildPlan::new(
+        &parsed,
+        req.target.as_deref(),
+        req.build_all_stages,
+        &req.build_args,
+        &req.platform,
+    )?;
+    let mut builder = Builder {
+        req,
+        plan: &plan,
+        dockerfile: &parsed,
+        context: &context,
+        work_dir: work_dir.clone(),
+        bases: BaseImages::new(
+            Arc::clone(&registry),
+            &runtime,
+            base_cache,
+            req.platform.clone(),
+            work_dir.clone(),
+            ignore.clone(),
+        ),
+        cache: layer_cache
+            .map(|cache| StepCache::new(cache, &runtime, &context, req.no_push_cache)),
+        publisher: Publisher::new(req, registry, &runtime),
+        ignore,
+        built: HashMap::new(),
+        stage_keys: HashMap::new(),
+    };
+    let count = plan.order().count();
+    info!(
+        stages = count,
+        "building {count} stage(s) from {}",
+        dockerfile_path.display()
+    );
+    for &index in &plan.earlier {
+        let keep_layers = plan.used_as_base(index);
+        let stage = builder.build_stage(index, keep_layers)?;
+        builder.built.insert(index, stage);
+        if !keep_layers {
+            builder.keep_only_copied_files(index, plan.order())?;
+        }
+    }
+    let final_stage = builder.build_stage(plan.target, true)?;
+    builder.publisher.finish_early_pushes();
+    let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage);
+    if let Some(cache) = builder.cache.as_mut() {
+        cache.finish_stores();
+        info!("cache: {} hits, {} misses", cache.hits, cache.misses);
+    }
+    let result = result?;
+    info!(
+        "built {} in {:.2}s",
+        result.digest,
+        started.elapsed().as_secs_f64()
+    );
+    publish::write_result_files(req, &result)?;
+    Ok(result)
+}
+
+/// The state of one build while its stages are built.
+struct Builder<'a> {
+    req: &'a BuildRequest,
+    plan: &'a BuildPlan,
+    dockerfile: &'a Dockerfile,
+    context: &'a BuildContext,
+    work_dir: PathBuf,
+    bases: BaseImages<'a>,
+    /// The layer cache, with `--cache` (and not `--single-snapshot`).
+    cache: Option<StepCache<'a>>,
+    publisher: Publisher<'a>,
+    ignore: IgnorePaths,
+    built: HashMap<usize, BuiltStage>,
+    /// The last step key of every built stage (the base identity of stages built FROM it).
+    stage_keys: HashMap<usize, String>,
+}
+
+/// Paths left out of snapshots and unpacking. In a private root only `--ignore-path` applies;
+/// in place, also Kiln's own directory, kernel filesystems, mount points and (by default)
+/// /var/run. Worked out anew each time: mount points can change during a build.
+#[derive(Debug, Clone)]
+struct IgnorePaths {
+    flags: Vec<PathBuf>,
+    in_place: Option<InPlaceIgnore>,
+}
+
+#[derive(Debug, Clone)]
+struct InPlaceIgnore {
+    work_dir: PathBuf,
+    ignore_var_run: bool,
+    /// The context must survive clearing `/` even when it is not a mount point (e.g. a
+    /// directory baked into the image); its files never belong in a layer.
+    context: Option<PathBuf>,
+}
+
+impl IgnorePaths {
+    fn new(req: &BuildRequest, work_dir: &Path, context_root: &Path) -> IgnorePaths {
+        IgnorePaths {
+            flags: req
+                .ignore_paths
+                .iter()
+                .map(|p| PathBuf::from(crate::fsutil::clean_abs(p)))
+                .collect(),
+            in_place: (req.isolation == Isolation::InPlace).then(|| InPlaceIgnore {
+                work_dir: work_dir.to_path_buf(),
+                ignore_var_run: req.ignore_var_run,
+                context: (context_root.is_absolute() && context_root != Path::new("/"))
+                    .then(|| context_root.to_path_buf()),
+            }),
+        }
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.flags.clone();
+        if let Some(in_place) = &self.in_place {
+            paths.extend(crate::container::in_place_ignore_paths(
+                &in_place.work_dir,
+                in_place.ignore_var_run,
+            ));
+            paths.extend(in_place.context.clone());
+        }
+        paths
+    }
+}
+
+/// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
+fn work_dir(req: &BuildRequest) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
+    let explicit = req
+        .kiln_dir
+        .clone()
+        .or_else(|| std::env::var("KILN_DIR").ok())
+        .or_else(|| std::env::var("KANIKO_DIR").ok())
+        .or_else(|| (req.isolation == Isolation::InPlace).then(|| "/kiln".to_string()));
+    match explicit {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let build = dir.join("build");
+            if build.exists() {
+                std::fs::remove_dir_all(&build)
+                    .map_err(io_err(format!("clearing {}", build.display())))?;
+            }
+            std::fs::create_dir_all(&build)
+                .map_err(io_err(format!("creating {}", build.display())))?;
+            Ok((build, None))
+        }
+        None => {
+            let base = std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-")
+                .tempdir_in(&base)
+                .map_err(io_err(format!(
+                    "creating a work directory in {}",
+                    base.display()
+                )))?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
+}
+
+/// kaniko's rule: an absolute path is used as is; a relative one is tried as given, then under the context.
+fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildError> {
+    let given = PathBuf::from(flag);
+    let candidates = if given.is_absolute() {
+        vec![given.clone()]
+    } else {
+        vec![context_root.join(&given), given.clone()]
+    };
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| BuildError::DockerfileNotFound {
+            flag: flag.to_string(),
+            context: context_root.to_path_buf(),
+        })
+}
+
+/// A history entry for a step.
+fn history(reproducible: bool, created_by: &str, empty_layer: bool) -> History {
+    History {
+        created: Some(timestamp(reproducible)),
+        created_by: Some(created_by.to_string()),
+        comment: Some("kiln".into()),
+        empty_layer,
+        ..Default::default()
+    }
+}
+
+/// Now, or the epoch for `--reproducible`.
+fn timestamp(reproducible: bool) -> String {
+    if reproducible {
+        "1970-01-01T00:00:00Z".to_string()
+    } else {
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human(12), "12 B");
+        assert_eq!(human(2048), "2.0 KiB");
+    }
+}

@@ -1,0 +1,464 @@
+//! The stage plan, worked out from the parsed Dockerfile and the request alone: which stages to
+//! build and in what order (what `--target` depends on, or every stage up to it with
+//! `--skip-unused-stages=false`), what each stage starts FROM, and what later stages read of it
+//! (used as a base, or only the paths `COPY --from` names). Pure: it reads no file, pulls no
+//! image and runs nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_dockerfile::{self as dockerfile, Dockerfile, ExpandError};
+use kiln_oci::registry::Platform;
+
+use super::BuildError;
+use crate::commands;
+
+/// The build's stages as planned.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// The stage the image is made of (`--target`, else the last).
+    pub target: usize,
+    /// Stages built before the target, in order.
+    pub earlier: Vec<usize>,
+    pub stages: Vec<PlannedStage>,
+    /// Global ARGs (declared before the first FROM, plus the automatic platform ARGs) with
+    /// their values, as FROM lines and stages' ARG declarations see them.
+    pub meta_args: BTreeMap<String, Option<String>>,
+}
+
+/// One stage of the Dockerfile.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    /// `stage 2/3 (name)`, the prefix of the stage's log lines.
+    pub label: String,
+    /// What the stage starts from, or why its FROM line cannot be expanded.
+    from: Result<Base, ExpandError>,
+    /// The earlier stage the expanded FROM names, if it names one.
+    from_stage: Option<usize>,
+    /// The stage's `COPY/ADD --from` of earlier stages: the stage read and the sources named.
+    copies: Vec<(usize, Vec<String>)>,
+    line: usize,
+    raw_from: String,
+}
+
+/// A stage's FROM after expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// As expanded (an image reference, a stage name or index, or `scratch`).
+    pub name: String,
+    pub kind: BaseKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseKind {
+    Scratch,
+    /// An earlier stage of the Dockerfile.
+    Stage(usize),
+    /// An image from a registry (or the base-image cache).
+    Image,
+}
+
+/// Where a COPY/ADD reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyFrom {
+    /// No `--from`: the build context.
+    Context,
+    /// An earlier stage.
+    Stage(usize),
+    /// A stage that is not before the reader (an error when the step runs).
+    LaterStage(String),
+    /// Anything else names an image.
+    Image(String),
+}
+
+impl BuildPlan {
+    /// Plan the build of `target` (a stage name or index; the last stage when `None`). With
+    /// `build_all`, every stage up to the target is built, as kaniko does by default; otherwise
+    /// only those the target depends on, because the image is the same and a broken unused
+    /// stage should not fail the build (BuildKit's and buildah's behaviour).
+    pub fn new(
+        dockerfile: &Dockerfile,
+        target: Option<&str>,
+        build_all: bool,
+        build_args: &BTreeMap<String, String>,
+        platform: &Platform,
+    ) -> Result<BuildPlan, BuildError> {
+        let target = target_index(dockerfile, target)?;
+        let ResolvedFroms { meta_args, froms } = resolve_froms(dockerfile, build_args, platform);
+        let total = dockerfile.stages.len();
+        let stages: Vec<PlannedStage> = dockerfile
+            .stages
+            .iter()
+            .zip(froms)
+            .map(|(stage, from)| {
+                let from_stage = from
+                    .as_ref()
+                    .ok()
+                    .and_then(|name| stage_ref(dockerfile, name, stage.index));
+                let copies = stage
+                    .instructions
+                    .iter()
+                    .filter_map(|located| {
+                        let command = commands::command(&located.instruction);
+                        let reads = command.reads()?;
+                        let read = stage_ref(dockerfile, reads.from?, stage.index)?;
+                        Some((read, reads.sources.to_vec()))
+                    })
+                    .collect();
+                PlannedStage {
+                    label: match &stage.name {
+                        Some(n) => format!("stage {}/{} ({n})", stage.index + 1, total),
+                        None => format!("stage {}/{}", stage.index + 1, total),
+                    },
+                    from: from.map(|name| Base {
+                        kind: base_kind(&name, from_stage),
+                        name,
+                    }),
+                    from_stage,
+                    copies,
+                    line: stage.line,
+                    raw_from: stage.base.clone(),
+                }
+            })
+            .collect();
+        let mut plan = BuildPlan {
+            target,
+            earlier: Vec::new(),
+            stages,
+            meta_args,
+        };
+        plan.earlier = if build_all {
+            (0..target).collect()
+        } else {
+            plan.dependencies_of(target)?
+        };
+        Ok(plan)
+    }
+
+    /// Every stage `index` depends on, in order, through FROM and `COPY --from`.
+    fn dependencies_of(&self, index: usize) -> Result<Vec<usize>, BuildError> {
+        let mut needed = BTreeSet::new();
+        let mut queue = vec![index];
+        while let Some(i) = queue.pop() {
+            if !needed.insert(i) {
+                continue;
+            }
+            let stage = &self.stages[i];
+            self.base(i)?;
+            queue.extend(stage.from_stage);
+            queue.extend(stage.copies.iter().map(|(read, _)| *read));
+        }
+        needed.remove(&index);
+        Ok(needed.into_iter().collect())
+    }
+
+    /// Every stage to build, in order; the target is the last.
+    pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.earlier.iter().copied().chain(Some(self.target))
+    }
+
+    /// What stage `index` starts from.
+    pub fn base(&self, index: usize) -> Result<&Base, BuildError> {
+        let stage = &self.stages[index];
+        stage.from.as_ref().map_err(|e| BuildError::Step {
+            line: stage.line,
+            instruction: format!("FROM {}", stage.raw_from),
+            source: e.clone().into(),
+        })
+    }
+
+    /// Whether a later planned stage starts FROM this one (so its layers must be kept).
+    pub fn used_as_base(&self, index: usize) -> bool {
+        self.order()
+            .filter(|&i| i > index)
+            .any(|i| self.stages[i].from_stage == Some(index))
+    }
+
+    /// Whether a planned stage at or after `from_index` reads stage `n`'s files with
+    /// `COPY/ADD --from`.
+    pub fn read_by_copy(&self, n: usize, from_index: usize) -> bool {
+        self.order()
+            .filter(|&i| i >= from_index)
+            .any(|i| self.stages[i].copies.iter().any(|(read, _)| *read == n))
+    }
+
+    /// The paths the stages in `readers` copy from stage `index` (as written), or `None` when one
+    /// depends on a variable, so that what it names is not known here.
+    pub fn copied_paths(
+        &self,
+        index: usize,
+        readers: impl IntoIterator<Item = usize>,
+    ) -> Option<Vec<String>> {
+        let mut paths = Vec::new();
+        for reader in readers.into_iter().filter(|&i| i > index) {
+            for (_, sources) in self.stages[reader]
+                .copies
+                .iter()
+                .filter(|(read, _)| *read == index)
+            {
+                if sources.iter().any(|s| s.contains('$')) {
+                    return None;
+                }
+                paths.extend(sources.iter().cloned());
+            }
+        }
+        Some(paths)
+    }
+
+    /// Where a COPY/ADD of stage `reader` with `--from=from` (as written) reads.
+    pub fn copy_from(
+        &self,
+        dockerfile: &Dockerfile,
+        reader: usize,
+        from: Option<&str>,
+    ) -> CopyFrom {
+        let Some(from) = from else {
+            return CopyFrom::Context;
+        };
+        if let Some(i) = stage_ref(dockerfile, from, reader) {
+            return CopyFrom::Stage(i);
+        }
+        if stage_by_name(dockerfile, from).is_some() {
+            return CopyFrom::LaterStage(from.to_string());
+        }
+        CopyFrom::Image(from.to_string())
+    }
+}
+
+/// The index of the stage to build.
+fn target_index(dockerfile: &Dockerfile, target: Option<&str>) -> Result<usize, BuildError> {
+    let last = dockerfile
+        .stages
+        .len()
+        .checked_sub(1)
+        .ok_or(BuildError::NoStages)?;
+    match target {
+        None => Ok(last),
+        Some(t) => stage_by_name(dockerfile, t).ok_or_else(|| BuildError::UnknownTarget {
+            target: t.to_string(),
+            stages: dockerfile
+                .stages
+                .iter()
+                .filter_map(|s| s.name.clone())
+                .collect(),
+        }),
+    }
+}
+
+/// What FROM/ARG resolution gives: the global ARG values and each stage's FROM expanded.
+struct ResolvedFroms {
+    meta_args: BTreeMap<String, Option<String>>,
+    froms: Vec<Result<String, ExpandError>>,
+}
+
+/// FROM/ARG resolution: the global ARG values (defaults expanded in order, overridden by
+/// `--build-arg`, plus the automatic platform ARGs) and each stage's FROM expanded with them.
+fn resolve_froms(
+    dockerfile: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+    platform: &Platform,
+) -> ResolvedFroms {
+    let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(platform)
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    for decl in &dockerfile.meta_args {
+        let value = if let Some(v) = build_args.get(&decl.name) {
+            Some(v.clone())
+        } else {
+            decl.default.as_ref().map(|d| {
+                let lookup = |n: &str| values.get(n).cloned().flatten();
+                dockerfile::expand::expand_word(d, &lookup, dockerfile.escape)
+                    .unwrap_or_else(|_| d.clone())
+            })
+        };
+        values.insert(decl.name.clone(), value);
+    }
+    let lookup = |n: &str| values.get(n).cloned().flatten();
+    let froms = dockerfile
+        .stages
+        .iter()
+        .map(|stage| dockerfile::expand::expand_word(&stage.base, &lookup, dockerfile.escape))
+        .collect();
+    ResolvedFroms {
+        meta_args: values,
+        froms,
+    }
+}
+
+/// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*`
+/// twins). Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
+fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
+    kiln_oci::platform::automatic_args(target)
+}
+
+fn base_kind(name: &str, from_stage: Option<usize>) -> BaseKind {
+    if name.eq_ignore_ascii_case("scratch") {
+        BaseKind::Scratch
+    } else if let Some(i) = from_stage {
+        BaseKind::Stage(i)
+    } else {
+        BaseKind::Image
+    }
+}
+
+fn stage_by_name(dockerfile: &Dockerfile, name: &str) -> Option<usize> {
+    let lower = name.to_ascii_lowercase();
+    dockerfile
+        .stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// The stage a FROM or `COPY --from` names, if it names one before `before`.
+fn stage_ref(dockerfile: &Dockerfile, name: &str, before: usize) -> Option<usize> {
+    if let Ok(i) = name.parse::<usize>() {
+        return (i < before).then_some(i);
+    }
+    stage_by_name(dockerfile, name).filter(|&i| i < before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str, target: Option<&str>, build_all: bool, args: &[(&str, &str)]) -> BuildPlan {
+        let dockerfile = kiln_dockerfile::parse(text).expect("Dockerfile parses");
+        let args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BuildPlan::new(&dockerfile, target, build_all, &args, &Platform::default()).expect("plan")
+    }
+
+    fn bases(plan: &BuildPlan) -> Vec<String> {
+        plan.order()
+            .map(|i| plan.base(i).expect("FROM expands").name.clone())
+            .collect()
+    }
+
+    const MULTI: &str = "\
+ARG TAG=1.0
+ARG REG=reg.example
+FROM $REG/tool:$TAG AS tools
+RUN make
+FROM busybox AS unused
+RUN false
+FROM scratch AS build
+COPY --from=tools /out/bin /bin/tool
+COPY --from=tools /out/lib/*.so /lib/
+FROM build
+COPY --from=registry.example/other:2 /x /x
+";
+
+    #[test]
+    fn global_args_expand_from_lines_and_build_args_override_defaults() {
+        let p = plan(MULTI, None, false, &[]);
+        assert_eq!(bases(&p), vec!["reg.example/tool:1.0", "scratch", "build"]);
+        assert_eq!(
+            p.meta_args.get("TAG").cloned().flatten().as_deref(),
+            Some("1.0")
+        );
+        let p = plan(MULTI, None, false, &[("TAG", "2.0")]);
+        assert_eq!(bases(&p)[0], "reg.example/tool:2.0");
+        // A default may use an earlier global ARG; an undeclared build arg changes nothing.
+        let p = plan(
+            "ARG A=x\nARG B=${A}-y\nFROM img:$B\n",
+            None,
+            false,
+            &[("A", "z"), ("NOBODY", "1")],
+        );
+        assert_eq!(bases(&p), vec!["img:z-y"]);
+        assert!(!p.meta_args.contains_key("NOBODY"));
+        assert!(p.meta_args.contains_key("TARGETARCH"));
+    }
+
+    #[test]
+    fn unused_stages_are_skipped_unless_asked_for() {
+        let p = plan(MULTI, None, false, &[]);
+        assert_eq!(p.order().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(p.target, 3);
+        let all = plan(MULTI, None, true, &[]);
+        assert_eq!(all.order().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        // A broken FROM in a skipped stage does not fail the plan.
+        let p = plan("FROM a:${X:?unset} AS broken\nFROM b\n", None, false, &[]);
+        assert_eq!(p.order().collect::<Vec<_>>(), vec![1]);
+        let dockerfile =
+            kiln_dockerfile::parse("FROM a:${X:?unset} AS broken\nFROM broken\n").unwrap();
+        let err = BuildPlan::new(
+            &dockerfile,
+            None,
+            false,
+            &BTreeMap::new(),
+            &Platform::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Dockerfile line 1: FROM a:${X:?unset}: X"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn target_selects_a_stage_and_its_dependencies() {
+        let p = plan(MULTI, Some("BUILD"), false, &[]);
+        assert_eq!(p.target, 2);
+        assert_eq!(p.order().collect::<Vec<_>>(), vec![0, 2]);
+        let p = plan(MULTI, Some("unused"), true, &[]);
+        assert_eq!(p.order().collect::<Vec<_>>(), vec![0, 1]);
+        let dockerfile = kiln_dockerfile::parse(MULTI).unwrap();
+        let err = BuildPlan::new(
+            &dockerfile,
+            Some("nope"),
+            false,
+            &BTreeMap::new(),
+            &Platform::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--target nope: no stage of that name (stages: tools, unused, build)"
+        );
+    }
+
+    #[test]
+    fn what_later_stages_read() {
+        let p = plan(MULTI, None, false, &[]);
+        let dockerfile = kiln_dockerfile::parse(MULTI).unwrap();
+        // `build` is the final stage's base; `tools` is only copied from.
+        assert!(p.used_as_base(2));
+        assert!(!p.used_as_base(0));
+        assert_eq!(
+            p.copied_paths(0, p.order()),
+            Some(vec!["/out/bin".to_string(), "/out/lib/*.so".to_string()])
+        );
+        assert!(p.read_by_copy(0, 1));
+        assert!(!p.read_by_copy(0, 3));
+        assert_eq!(p.base(2).unwrap().kind, BaseKind::Scratch);
+        assert_eq!(p.base(3).unwrap().kind, BaseKind::Stage(2));
+        assert_eq!(p.base(0).unwrap().kind, BaseKind::Image);
+        // COPY --from an image is not a stage, and pulls nothing into the plan.
+        assert_eq!(
+            p.copy_from(&dockerfile, 3, Some("registry.example/other:2")),
+            CopyFrom::Image("registry.example/other:2".into())
+        );
+        assert_eq!(p.copy_from(&dockerfile, 3, Some("0")), CopyFrom::Stage(0));
+        assert_eq!(
+            p.copy_from(&dockerfile, 3, Some("Tools")),
+            CopyFrom::Stage(0)
+        );
+        assert_eq!(
+            p.copy_from(&dockerfile, 0, Some("build")),
+            CopyFrom::LaterStage("build".into())
+        );
+        assert_eq!(p.copy_from(&dockerfile, 3, None), CopyFrom::Context);
+        // A source that depends on a variable keeps the whole stage.
+        let p = plan(
+            "FROM a AS one\nFROM b\nARG P=/x\nCOPY --from=one $P /y\n",
+            None,
+            false,
+            &[],
+        );
+        assert_eq!(p.copied_paths(0, p.order()), None);
+    }
+}

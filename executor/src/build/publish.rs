@@ -1,0 +1,409 @@
+//! Publishing the built image: early uploads of the target stage's layers while the build goes
+//! on, then the config and manifest, pushed to every destination (copying or mounting the layers
+//! the build never downloaded), written as an OCI layout and a docker archive, and the result
+//! files a pipeline reads (digest files, the termination message). Builds nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::base::BaseImages;
+use super::error::io_err;
+use super::request::BuildRequest;
+use super::{secs, timestamp, BuildError, BuildResult, BuiltStage};
+use crate::cache::prefetch::LOOKUP_CONCURRENCY;
+use crate::layer::LayerFile;
+use crate::output;
+use kiln_oci::image::{
+    sha256_digest, Descriptor, Manifest, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
+};
+use kiln_oci::registry::{Blob, BlobSource, Registry};
+
+/// Early uploads of the target stage's new layers to the destinations.
+pub struct Publisher<'a> {
+    registry: Arc<Registry>,
+    runtime: &'a tokio::runtime::Runtime,
+    /// Where to upload; empty with `--no-push`.
+    destinations: Vec<String>,
+    /// Uploads awaited before the image is pushed.
+    pending: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl<'a> Publisher<'a> {
+    pub fn new(
+        req: &BuildRequest,
+        registry: Arc<Registry>,
+        runtime: &'a tokio::runtime::Runtime,
+    ) -> Publisher<'a> {
+        Publisher {
+            registry,
+            runtime,
+            destinations: if req.no_push {
+                Vec::new()
+            } else {
+                req.destinations.clone()
+            },
+            pending: Vec::new(),
+        }
+    }
+
+    /// Start uploading a new layer of the target stage to every destination while the build
+    /// goes on, so that the final push has only the config and manifest left to send. Failures
+    /// are only logged: the final push uploads whatever is missing and reports its own errors.
+    pub fn push_ahead(&mut self, layer: &LayerFile) {
+        for dest in &self.destinations {
+            let registry = Arc::clone(&self.registry);
+            let runtime = self.runtime.handle().clone();
+            let dest = dest.clone();
+            let blob = Blob {
+                digest: layer.digest.clone(),
+                size: layer.size,
+                source: BlobSource::File(layer.path.clone()),
+                mount_from: None,
+            };
+            // Like cache stores, on a thread of its own: the upload future is not `Send`.
+            let spawned = std::thread::Builder::new()
+                .name("kiln-push-ahead".into())
+                .spawn(move || {
+                    if let Err(e) = runtime.block_on(registry.push_blob_ahead(&dest, &blob)) {
+                        tracing::debug!(
+                            "early upload of {} to {dest} failed, the push will retry: {e}",
+                            blob.digest
+                        );
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.pending.push(handle),
+                Err(e) => tracing::debug!("could not start an early upload: {e}"),
+            }
+        }
+    }
+
+    /// Wait for the early layer uploads before the image itself is pushed.
+    pub fn finish_early_pushes(&mut self) {
+        for handle in std::mem::take(&mut self.pending) {
+            if handle.join().is_err() {
+                warn!("an early layer upload panicked; the push uploads the layer itself");
+            }
+        }
+    }
+}
+
+/// The image config and manifest of the target stage, serialised.
+struct Assembled {
+    config: Vec<u8>,
+    config_digest: String,
+    manifest: Vec<u8>,
+    digest: String,
+}
+
+/// Assemble config and manifest, then push to every destination and write the requested files.
+pub fn write_outputs(
+    req: &BuildRequest,
+    bases: &BaseImages<'_>,
+    runtime: &tokio::runtime::Runtime,
+    stage: BuiltStage,
+) -> Result<BuildResult, BuildError> {
+    let image = assemble(req, &stage)?;
+    let mut references = Vec::new();
+    if !req.no_push {
+        for dest in &req.destinations {
+            push(bases, runtime, dest, &stage.layers, &image)?;
+            references.push(format!("{dest}@{}", image.digest));
+        }
+    } else if !req.destinations.is_empty() {
+        info!("--no-push: not pushing to {}", req.destinations.join(", "));
+    }
+    if let Some(path) = &req.outputs.oci_layout_path {
+        write_layout(req, bases, path, &stage.layers, &image)?;
+    }
+    if let Some(path) = &req.outputs.tar_path {
+        let layers: Vec<output::ArchiveLayer> = stage
+            .layers
+            .iter()
+            .map(|l| {
+                // A layer the build skipped (base or cache hit) is fetched for the archive.
+                bases.ensure_local(l)?;
+                Ok(output::ArchiveLayer {
+                    digest: l.digest.clone(),
+                    path: bases.checked_path(l)?,
+                })
+            })
+            .collect::<Result<_, BuildError>>()?;
+        let tags = output::repo_tags(&req.destinations);
+        output::write_docker_archive(Path::new(path), &image.config, &layers, &tags)
+            .map_err(io_err(format!("writing --tar-path {path}")))?;
+        info!(
+            "wrote docker archive {path} (tags: {})",
+            if tags.is_empty() {
+                "none".to_string()
+            } else {
+                tags.join(", ")
+            }
+        );
+    }
+    Ok(BuildResult {
+        digest: image.digest,
+        references,
+        manifest: image.manifest,
+        config: image.config,
+    })
+}
+
+/// The final config (creation time, diff_ids, platform, `--label`s) and the manifest.
+fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildError> {
+    let mut config = stage.config.clone();
+    config.created = Some(timestamp(req.reproducible));
+    config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
+    if config.architecture.is_empty() {
+        config.architecture = req.platform.architecture.clone();
+    }
+    if config.os.is_empty() {
+        config.os = req.platform.os.clone();
+    }
+    for label in &req.labels {
+        let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
+        config
+            .config
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.to_string(), v.to_string());
+    }
+    let config_bytes = serde_json::to_vec(&config).map_err(|source| BuildError::Serialize {
+        what: "image config",
+        source,
+    })?;
+    let config_digest = sha256_digest(&config_bytes);
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        config: Descriptor {
+            media_type: MEDIA_TYPE_OCI_CONFIG.to_string(),
+            digest: config_digest.clone(),
+            size: config_bytes.len() as u64,
+            annotations: None,
+        },
+        layers: stage.layers.iter().map(LayerFile::descriptor).collect(),
+        annotations: None,
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| BuildError::Serialize {
+        what: "manifest",
+        source,
+    })?;
+    Ok(Assembled {
+        digest: sha256_digest(&manifest_bytes),
+        config: config_bytes,
+        config_digest,
+        manifest: manifest_bytes,
+    })
+}
+
+/// Push the image to one destination.
+fn push(
+    bases: &BaseImages<'_>,
+    runtime: &tokio::runtime::Runtime,
+    dest: &str,
+    layers: &[LayerFile],
+    image: &Assembled,
+) -> Result<(), BuildError> {
+    let registry = bases.registry();
+    let started = Instant::now();
+    // Layers the build never downloaded (base layers it did not need, cache hits) go to the
+    // destination only when it lacks them. On the same registry they are named as mount
+    // sources, and the push (which checks every blob, several at a time) skips or mounts them;
+    // from elsewhere they are fetched now and uploaded unless the destination already has them.
+    // Layers in the base-image cache are read (and so verified) only when the destination
+    // lacks them.
+    let ask: Vec<String> = layers
+        .iter()
+        .filter(|l| bases.is_cached(l) || bases.origin(l).is_some_and(|o| !same_registry(&o, dest)))
+        .map(|l| l.digest.clone())
+        .collect();
+    let present = blobs_present(registry, runtime, dest, ask);
+    let mut blobs: Vec<Blob> = Vec::new();
+    let mut unfetched = false;
+    for l in layers {
+        let mut mount_from = None;
+        let mut path = l.path.clone();
+        if let Some(origin) = bases.origin(l) {
+            if same_registry(&origin, dest) {
+                mount_from = Some(origin);
+                unfetched = true;
+            } else if present.contains(&l.digest) {
+                continue;
+            } else {
+                bases.ensure_local(l)?;
+            }
+        } else if bases.is_cached(l) {
+            if present.contains(&l.digest) {
+                continue;
+            }
+            path = bases.checked_path(l)?;
+        }
+        blobs.push(Blob {
+            digest: l.digest.clone(),
+            size: l.size,
+            source: BlobSource::File(path),
+            mount_from,
+        });
+    }
+    blobs.push(Blob {
+        digest: image.config_digest.clone(),
+        size: image.config.len() as u64,
+        source: BlobSource::Bytes(image.config.clone()),
+        mount_from: None,
+    });
+    let push_image = || {
+        runtime.block_on(registry.push_image(
+            dest,
+            &blobs,
+            &image.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+    };
+    let mut result = push_image();
+    if let (Err(e), true) = (&result, unfetched) {
+        // A refused mount falls back to an upload, which needs the file.
+        warn!("{dest}: pushing with mounted layers failed ({e}); fetching them and uploading");
+        for l in layers {
+            bases.ensure_local(l)?;
+        }
+        result = push_image();
+    }
+    let pushed = result.map_err(BuildError::registry(format!("pushing {dest}")))?;
+    if pushed != image.digest {
+        warn!(
+            "{dest}: the registry reports digest {pushed}, Kiln computed {}",
+            image.digest
+        );
+    }
+    info!(
+        "pushed {dest}@{} in {}",
+        image.digest,
+        secs(started.elapsed())
+    );
+    Ok(())
+}
+
+/// Which of `digests` the repository of `reference` holds, asked several at a time; a
+/// failed check counts as absent (the blob is then uploaded).
+fn blobs_present(
+    registry: &Registry,
+    runtime: &tokio::runtime::Runtime,
+    reference: &str,
+    digests: Vec<String>,
+) -> BTreeSet<String> {
+    use futures_util::StreamExt;
+    runtime.block_on(
+        futures_util::stream::iter(digests)
+            .map(|digest| async move {
+                let present = registry
+                    .blob_exists(reference, &digest)
+                    .await
+                    .unwrap_or(false);
+                present.then_some(digest)
+            })
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .filter_map(|d| async move { d })
+            .collect(),
+    )
+}
+
+/// Write the image into the OCI layout at `path`, tagged with the first destination's tag.
+fn write_layout(
+    req: &BuildRequest,
+    bases: &BaseImages<'_>,
+    path: &str,
+    layers: &[LayerFile],
+    image: &Assembled,
+) -> Result<(), BuildError> {
+    let layout_err = |source| BuildError::Layout {
+        path: path.to_string(),
+        source,
+    };
+    let layout =
+        kiln_oci::registry::layout::OciLayout::create(Path::new(path)).map_err(layout_err)?;
+    for layer in layers {
+        bases.ensure_local(layer)?;
+        layout
+            .write_blob_file(&bases.checked_path(layer)?, &layer.digest)
+            .map_err(layout_err)?;
+    }
+    layout.write_blob_bytes(&image.config).map_err(layout_err)?;
+    let ref_name = req
+        .destinations
+        .first()
+        .and_then(|d| tag_of(d))
+        .unwrap_or_else(|| "latest".to_string());
+    layout
+        .add_manifest(&image.manifest, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
+        .map_err(layout_err)?;
+    info!("wrote OCI layout {path} (ref {ref_name})");
+    Ok(())
+}
+
+/// Digest files in kaniko's formats and the termination message for a controller.
+pub fn write_result_files(req: &BuildRequest, result: &BuildResult) -> Result<(), BuildError> {
+    let outputs = &req.outputs;
+    let files = [
+        (&outputs.digest_file, "--digest-file", result.digest.clone()),
+        (
+            &outputs.image_name_with_digest_file,
+            "--image-name-with-digest-file",
+            output::names_with_digest(&req.destinations, &result.digest),
+        ),
+        (
+            &outputs.image_name_tag_with_digest_file,
+            "--image-name-tag-with-digest-file",
+            output::names_tag_with_digest(&req.destinations, &result.digest),
+        ),
+    ];
+    for (path, flag, content) in files {
+        if let Some(path) = path {
+            std::fs::write(path, content).map_err(io_err(format!("writing {flag} {path}")))?;
+        }
+    }
+    let termination = std::env::var_os(kiln_common::termination::TERMINATION_LOG_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
+    output::write_termination_log(&termination, &result.digest, &result.references).map_err(
+        io_err(format!(
+            "writing the termination message {}",
+            termination.display()
+        )),
+    )?;
+    Ok(())
+}
+
+/// Whether two references name repositories on the same registry (so blobs can be mounted).
+fn same_registry(a: &str, b: &str) -> bool {
+    match (
+        kiln_oci::registry::parse_reference(a),
+        kiln_oci::registry::parse_reference(b),
+    ) {
+        (Ok(a), Ok(b)) => a.registry() == b.registry(),
+        _ => false,
+    }
+}
+
+/// The tag of a reference (`reg:5000/a/b:tag` → `tag`), if it has one.
+fn tag_of(reference: &str) -> Option<String> {
+    let name = reference.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    last.split_once(':').map(|(_, t)| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_of("127.0.0.1:5000/a/b:v1").as_deref(), Some("v1"));
+        assert_eq!(tag_of("127.0.0.1:5000/a/b").as_deref(), None);
+        assert_eq!(tag_of("a/b:v1@sha256:abc").as_deref(), Some("v1"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The build request: the one reader of the command line ([`Options`]) in the build. Checks the
+//! flags and turns them into a plain [`BuildRequest`] that the rest of the build reads. It
+//! opens nothing, contacts nothing and logs nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::BuildError;
+use crate::cache::layer::CacheRepo;
+use crate::cli::{IsolationFlag, Options};
+use crate::commands::CacheFlags;
+use crate::context::ContextOptions;
+use crate::run::Isolation;
+use crate::snapshot::LayerOptions;
+use kiln_oci::registry::{Platform, RegistryOptions};
+
+/// Everything a build is asked to do.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// `--context` as given.
+    pub context: String,
+    pub context_options: ContextOptions,
+    /// `--dockerfile` as given (found later, against the context).
+    pub dockerfile: String,
+    pub destinations: Vec<String>,
+    /// `--no-push`.
+    pub no_push: bool,
+    /// `--target`: a stage name or index.
+    pub target: Option<String>,
+    /// `--skip-unused-stages=false`: build every stage up to the target.
+    pub build_all_stages: bool,
+    pub build_args: BTreeMap<String, String>,
+    /// `--label KEY=VALUE` as given.
+    pub labels: Vec<String>,
+    pub platform: Platform,
+    pub registry: RegistryOptions,
+    pub isolation: Isolation,
+    /// `--kiln-dir`.
+    pub kiln_dir: Option<String>,
+    /// `--ignore-path`, as given.
+    pub ignore_paths: Vec<String>,
+    pub ignore_var_run: bool,
+    pub reproducible: bool,
+    pub single_snapshot: bool,
+    pub layer_options: LayerOptions,
+    pub layer_cache: LayerCacheRequest,
+    pub cache_flags: CacheFlags,
+    /// `--no-push-cache`.
+    pub no_push_cache: bool,
+    pub cache_ttl: Duration,
+    /// `--cache-dir`: the base-image cache volume.
+    pub cache_dir: Option<String>,
+    pub outputs: Outputs,
+}
+
+/// What `--cache` asks of the layer cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerCacheRequest {
+    Off,
+    /// `--cache` with `--single-snapshot`: there are no per-step layers to cache.
+    IgnoredWithSingleSnapshot,
+    On(CacheRepo),
+}
+
+/// Files the build writes besides pushing.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    pub oci_layout_path: Option<String>,
+    pub tar_path: Option<String>,
+    pub digest_file: Option<String>,
+    pub image_name_with_digest_file: Option<String>,
+    pub image_name_tag_with_digest_file: Option<String>,
+}
+
+impl BuildRequest {
+    /// Check the flags and read them into a request. `in_container` says why Kiln believes it
+    /// runs in a container, if it does (it decides the default isolation).
+    pub fn from_options(
+        opts: &Options,
+        in_container: Option<String>,
+    ) -> Result<BuildRequest, BuildError> {
+        opts.check_supported().map_err(BuildError::Usage)?;
+        if opts.destinations.is_empty() && !opts.no_push && opts.oci_layout_path.is_none() {
+            return Err(BuildError::Usage(
+                "no --destination given: name one (repeatable), or pass --no-push (optionally with --oci-layout-path)".into(),
+            ));
+        }
+        let isolation = isolation_for(opts, in_container)?;
+        let context_options =
+            ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
+                .map_err(BuildError::Usage)?;
+        let platform = match &opts.custom_platform {
+            Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
+            None => Platform::default(),
+        };
+        let cache_ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
+        let layer_cache = layer_cache(opts)?;
+        let compression = opts.layer_compression().map_err(BuildError::Usage)?;
+        Ok(BuildRequest {
+            context: opts.context.clone(),
+            context_options,
+            dockerfile: opts.dockerfile.clone(),
+            destinations: opts.destinations.clone(),
+            no_push: opts.no_push,
+            target: opts.target.clone(),
+            build_all_stages: opts.skip_unused_stages == Some(false),
+            build_args: opts.build_arg_pairs().into_iter().collect(),
+            labels: opts.labels.clone(),
+            registry: registry_options(opts, platform.clone()),
+            platform,
+            isolation,
+            kiln_dir: opts.kiln_dir.clone(),
+            ignore_paths: opts.ignore_paths.clone(),
+            ignore_var_run: opts.ignore_var_run,
+            reproducible: opts.reproducible,
+            single_snapshot: opts.single_snapshot,
+            layer_options: LayerOptions {
+                reproducible: opts.reproducible,
+                compression,
+            },
+            layer_cache,
+            cache_flags: CacheFlags {
+                run: opts.cache_run_layers,
+                copy: opts.cache_copy_layers,
+            },
+            no_push_cache: opts.no_push_cache,
+            cache_ttl,
+            cache_dir: opts.cache_dir.clone(),
+            outputs: Outputs {
+                oci_layout_path: opts.oci_layout_path.clone(),
+                tar_path: opts.tar_path.clone(),
+                digest_file: opts.digest_file.clone(),
+                image_name_with_digest_file: opts.image_name_with_digest_file.clone(),
+                image_name_tag_with_digest_file: opts.image_name_tag_with_digest_file.clone(),
+            },
+        })
+    }
+}
+
+/// The isolation for the flags, given why Kiln believes it is in a container (if it does).
+pub fn isolation_for(
+    opts: &Options,
+    in_container: Option<String>,
+) -> Result<Isolation, BuildError> {
+    match opts.isolation {
+        IsolationFlag::Chroot => Ok(Isolation::Chroot),
+        IsolationFlag::Auto if in_container.is_some() => Ok(Isolation::InPlace),
+        IsolationFlag::Auto => Ok(Isolation::Chroot),
+        IsolationFlag::InPlace if in_container.is_some() || opts.force => Ok(Isolation::InPlace),
+        IsolationFlag::InPlace => Err(BuildError::Usage(
+            "refusing to build in place over / outside a container: it would overwrite this machine's files. \
+             Use --isolation=chroot (the default outside containers), or --force if this really is a disposable container"
+                .into(),
+        )),
+    }
+}
+
+/// The layer cache the flags ask for.
+fn layer_cache(opts: &Options) -> Result<LayerCacheRequest, BuildError> {
+    if !opts.cache {
+        return Ok(LayerCacheRequest::Off);
+    }
+    if opts.single_snapshot {
+        return Ok(LayerCacheRequest::IgnoredWithSingleSnapshot);
+    }
+    CacheRepo::from_flags(opts.cache_repo.as_deref(), &opts.destinations)
+        .map(LayerCacheRequest::On)
+        .ok_or_else(|| {
+            BuildError::Usage("--cache needs a cache repository: pass --cache-repo (a repository or oci:/path) or a --destination".into())
+        })
+}
+
+fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
+    opts.registry_options(platform)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn opts(args: &[&str]) -> Options {
+        Options::try_parse_from(std::iter::once("kiln-executor").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    fn request(args: &[&str]) -> Result<BuildRequest, BuildError> {
+        BuildRequest::from_options(&opts(args), None)
+    }
+
+    #[test]
+    fn in_place_outside_a_container_needs_force() {
+        let container = Some("KILN_CONTAINER is set".to_string());
+        let refused = isolation_for(&opts(&["--isolation=in-place"]), None).unwrap_err();
+        assert!(
+            refused.to_string().contains("refusing to build in place"),
+            "{refused}"
+        );
+        assert_eq!(
+            isolation_for(&opts(&["--isolation=in-place", "--force"]), None).unwrap(),
+            Isolation::InPlace
+        );
+        assert_eq!(isolation_for(&opts(&[]), None).unwrap(), Isolation::Chroot);
+        assert_eq!(
+            isolation_for(&opts(&[]), container.clone()).unwrap(),
+            Isolation::InPlace
+        );
+        assert_eq!(
+            isolation_for(&opts(&["--isolation=chroot"]), container).unwrap(),
+            Isolation::Chroot
+        );
+    }
+
+    #[test]
+    fn destinations_and_usage_errors() {
+        let err = request(&[]).unwrap_err();
+        assert!(err.to_string().contains("no --destination given"), "{err}");
+        assert!(request(&["--no-push"]).is_ok());
+        assert!(request(&["--oci-layout-path=/tmp/x"]).is_ok());
+        let err = request(&["--no-push", "--custom-platform=linux"]).unwrap_err();
+        assert!(matches!(err, BuildError::Usage(_)), "{err}");
+        let err = request(&["--no-push", "--cache-ttl=soon"]).unwrap_err();
+        assert!(err.to_string().contains("--cache-ttl=soon"), "{err}");
+        let err = request(&["--no-push", "--cache"]).unwrap_err();
+        assert!(
+            err.to_string().contains("--cache needs a cache repository"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_become_plain_settings() {
+        let r = request(&[
+            "-d",
+            "reg:5000/a/b:1",
+            "--insecure-pull",
+            "--skip-tls-verify-pull",
+            "--push-retry=3",
+            "--build-arg",
+            "A=1",
+            "--skip-unused-stages=false",
+            "--cache",
+            "--cache-copy-layers",
+            "--custom-platform=linux/arm64/v8",
+            "--reproducible",
+        ])
+        .unwrap();
+        assert!(r.registry.insecure && r.registry.skip_tls_verify);
+        assert_eq!(r.registry.push_retries, 3);
+        assert_eq!(r.registry.platform, r.platform);
+        assert_eq!(r.platform.architecture, "arm64");
+        assert_eq!(r.build_args.get("A").map(String::as_str), Some("1"));
+        assert!(r.build_all_stages);
+        assert_eq!(
+            r.layer_cache,
+            LayerCacheRequest::On(CacheRepo::Registry("reg:5000/a/b/cache".into()))
+        );
+        assert_eq!(
+            r.cache_flags,
+            CacheFlags {
+                run: true,
+                copy: true
+            }
+        );
+        assert!(r.layer_options.reproducible);
+        assert_eq!(r.cache_ttl, Duration::from_secs(336 * 3600));
+        let r = request(&["--no-push", "--cache", "--single-snapshot"]).unwrap();
+        assert_eq!(r.layer_cache, LayerCacheRequest::IgnoredWithSingleSnapshot);
+        assert!(!request(&["--no-push"]).unwrap().build_all_stages);
+    }
+}

@@ -1,0 +1,329 @@
+//! The one step loop: builds a stage by setting up its base, then taking each planned step in
+//! turn — a cache hit is applied, anything else runs and is snapshotted into a layer — and logs
+//! each step with its timing and what the cache did. Also prunes a finished stage to what later
+//! stages copy from it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tracing::info;
+
+use super::base::{BaseImages, Image};
+use super::error::io_err;
+use super::plan::{Base, CopyFrom};
+use super::step::{plan_steps, stage_steps, PlannedStep, StepPlan};
+use super::{history, human, secs, short, BuildError, Builder, BuiltStage, SourceRef};
+use crate::cache::layer::CacheHit;
+use crate::commands::{self, Cacheable, CopySource, Outcome, StageState};
+use crate::layer::LayerFile;
+use crate::snapshot::Snapshotter;
+
+impl Builder<'_> {
+    /// Build stage `index`, keeping its layers when `keep_layers` (the target, or a stage a
+    /// later one starts FROM).
+    pub(super) fn build_stage(
+        &mut self,
+        index: usize,
+        keep_layers: bool,
+    ) -> Result<BuiltStage, BuildError> {
+        let label = self.plan.stages[index].label.clone();
+        let base = self.plan.base(index)?.clone();
+        info!("[{label}] FROM {}", base.name);
+        let started = Instant::now();
+        if let Some(built) = self.try_skip_base(index, &base, &label)? {
+            return Ok(built);
+        }
+        let (root, image) = if self.in_place() {
+            self.prepare_in_place(&base, index)?
+        } else {
+            let root = self.work_dir.join(format!("stages/{index}/rootfs"));
+            std::fs::create_dir_all(&root)
+                .map_err(io_err(format!("creating {}", root.display())))?;
+            let image = self.prepare_base(&base, index, &root)?;
+            (root, image)
+        };
+        info!("[{label}] base ready in {}", secs(started.elapsed()));
+        let mut prev_key = self.base_key(&base, &image);
+        let Image { config, mut layers } = image;
+
+        let mut state = self.stage_state(index, root.clone(), config)?;
+        // A stage kept only for `COPY --from` is snapshotted too when caching, so its steps can be
+        // stored and hit like any other (builder stages are where the expensive RUNs are).
+        let mut snapshotter = if keep_layers || self.cache.is_some() {
+            Some(Snapshotter::new(&root, self.ignore.paths())?)
+        } else {
+            None
+        };
+        let layer_dir = self.work_dir.join("layers");
+        std::fs::create_dir_all(&layer_dir)
+            .map_err(io_err(format!("creating {}", layer_dir.display())))?;
+        let plan = self.plan_stage(index, &base, &mut state)?;
+        self.prefetch(index, &plan, &prev_key);
+
+        let total = plan.steps.len();
+        let mut pending_single_snapshot = false;
+        for (n, step) in plan.steps.iter().enumerate() {
+            let step_started = Instant::now();
+            let text = &step.text;
+            info!("[{label}] step {}/{total}: {text}", n + 1);
+            let copy_source = copy_source(&self.built, &mut self.bases, step)?;
+            let key = match self.cache.as_mut() {
+                Some(cache) => Some(cache.key(&prev_key, step, copy_source.as_ref())?),
+                None => None,
+            };
+            let hit = match (&key, step.cacheable, self.cache.as_mut()) {
+                (Some(key), Cacheable::Yes, Some(cache)) => cache.lookup(key),
+                _ => None,
+            };
+            if let (Some(hit), Some(key)) = (hit, &key) {
+                let note = self.apply_hit(&hit, &root, &mut layers)?;
+                if let Some(snap) = snapshotter.as_mut() {
+                    snap.refresh()?;
+                }
+                if keep_layers {
+                    state.config.history.push(history(
+                        self.req.reproducible,
+                        text,
+                        hit.layer.is_none(),
+                    ));
+                }
+                if let Some(cache) = self.cache.as_mut() {
+                    cache.hits += 1;
+                }
+                info!(
+                    "[{label}] step {}/{total} done in {} (cache hit, {note})",
+                    n + 1,
+                    secs(step_started.elapsed())
+                );
+                prev_key = key.clone();
+                continue;
+            }
+            let cache_note = match (&key, step.cacheable, self.cache.as_mut()) {
+                (Some(_), Cacheable::Yes, Some(cache)) => {
+                    cache.misses += 1;
+                    "cache miss, "
+                }
+                (Some(_), Cacheable::Disabled, _) => "not cacheable (disabled by flag), ",
+                (Some(_), Cacheable::No, _) => "not cacheable, ",
+                _ => "",
+            };
+            let source = match &copy_source {
+                Some(SourceRef::Context) => Some(CopySource::Context(self.context)),
+                Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
+                None => None,
+            };
+            let outcome = commands::command(&step.located.instruction)
+                .execute(&mut state, source)
+                .map_err(|source| BuildError::Step {
+                    line: step.located.line,
+                    instruction: text.clone(),
+                    source,
+                })?;
+            let mut layer_note = String::from("no layer");
+            let mut snapshot_note = String::new();
+            let mut empty_layer = true;
+            let mut new_layer = None;
+            if outcome == Outcome::Filesystem {
+                if let Some(snap) = snapshotter.as_mut() {
+                    if self.req.single_snapshot {
+                        pending_single_snapshot = true;
+                        layer_note = "snapshot deferred (--single-snapshot)".into();
+                    } else if let Some(layer) = {
+                        let snap_started = Instant::now();
+                        let layer = snap.snapshot_layer(&layer_dir, &self.req.layer_options)?;
+                        snapshot_note = format!(", snapshot {}", secs(snap_started.elapsed()));
+                        layer
+                    } {
+                        layer_note =
+                            format!("layer {} ({})", short(&layer.digest), human(layer.size));
+                        if keep_layers && index == self.plan.target {
+                            self.publisher.push_ahead(&layer);
+                        }
+                        new_layer = Some(layer.clone());
+                        layers.push(layer);
+                        empty_layer = false;
+                    } else {
+                        layer_note = "no changes".into();
+                    }
+                }
+            }
+            if let (Some(key), Cacheable::Yes, Some(cache)) =
+                (&key, step.cacheable, self.cache.as_mut())
+            {
+                // Only a snapshotted step has a known result to store (a stage kept just for
+                // `COPY --from` is not snapshotted).
+                if snapshotter.is_some() && outcome == Outcome::Filesystem {
+                    cache.store_in_background(key, new_layer, text);
+                }
+            }
+            if keep_layers && !(self.req.single_snapshot && outcome == Outcome::Filesystem) {
+                state
+                    .config
+                    .history
+                    .push(history(self.req.reproducible, text, empty_layer));
+            }
+            info!(
+                "[{label}] step {}/{total} done in {} ({cache_note}{layer_note}{snapshot_note})",
+                n + 1,
+                secs(step_started.elapsed())
+            );
+            if let Some(key) = key {
+                prev_key = key;
+            }
+        }
+        if pending_single_snapshot {
+            if let Some(snap) = snapshotter.as_mut() {
+                if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.req.layer_options)? {
+                    info!(
+                        "[{label}] single snapshot: layer {} ({})",
+                        short(&layer.digest),
+                        human(layer.size)
+                    );
+                    layers.push(layer);
+                    state.config.history.push(history(
+                        self.req.reproducible,
+                        "single snapshot of all steps",
+                        false,
+                    ));
+                }
+            }
+        }
+        self.stage_keys.insert(index, prev_key);
+        // A stage's ARGs are not part of the image; the config keeps only what the image needs.
+        Ok(BuiltStage {
+            root,
+            config: state.config,
+            layers,
+        })
+    }
+
+    /// The state a stage's steps start from, over `root` with the base's config.
+    pub(super) fn stage_state(
+        &self,
+        index: usize,
+        root: PathBuf,
+        config: kiln_oci::image::ImageConfig,
+    ) -> Result<StageState, BuildError> {
+        let scratch = self.work_dir.join(format!("stages/{index}/scratch"));
+        std::fs::create_dir_all(&scratch)
+            .map_err(io_err(format!("creating {}", scratch.display())))?;
+        let mut state = StageState {
+            root,
+            isolation: self.req.isolation,
+            config,
+            args: Default::default(),
+            build_args: self.req.build_args.clone(),
+            meta_args: self.plan.meta_args.clone(),
+            escape: self.dockerfile.escape,
+            cmd_set: false,
+            scratch,
+        };
+        state.config.created = None;
+        // BuildKit and buildah give every image without a PATH the default one.
+        if state.config.env_value("PATH").is_none() {
+            state.config.set_env("PATH", crate::run::DEFAULT_PATH);
+        }
+        Ok(state)
+    }
+
+    /// The plan of a stage's steps (the base's ONBUILD triggers, then its own instructions) from
+    /// `state`, which loses the triggers.
+    pub(super) fn plan_stage(
+        &self,
+        index: usize,
+        base: &Base,
+        state: &mut StageState,
+    ) -> Result<StepPlan, BuildError> {
+        let steps = stage_steps(
+            self.dockerfile,
+            &self.dockerfile.stages[index],
+            &base.name,
+            &mut state.config,
+        )?;
+        Ok(plan_steps(
+            self.dockerfile,
+            self.plan,
+            index,
+            steps,
+            state,
+            self.req.cache_flags,
+        ))
+    }
+
+    /// Apply a cache hit over `root`: fetch the layer (verified), unpack it, and add it to the
+    /// image as is (no re-compression: its digest and diff_id are known). Returns a log note.
+    fn apply_hit(
+        &mut self,
+        hit: &CacheHit,
+        root: &Path,
+        layers: &mut Vec<LayerFile>,
+    ) -> Result<String, BuildError> {
+        let (Some(layer), Some(cache)) = (&hit.layer, self.cache.as_ref()) else {
+            return Ok("no changes".into());
+        };
+        let blob_dir = self.work_dir.join("blobs");
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        cache.fetch(hit, "fetching")?;
+        self.bases.unpack(layer, &cache.describe(), root)?;
+        layers.push(layer.clone());
+        Ok(format!("layer {}", layer.digest))
+    }
+
+    /// Prune a finished stage that later stages only `COPY --from` to the paths the stages in
+    /// `readers` copy, so the build keeps those files, not the stage's whole filesystem. In place
+    /// this runs once the next stage has moved the stage aside (never on `/`); skipped when a
+    /// source depends on a variable.
+    pub(super) fn keep_only_copied_files(
+        &self,
+        index: usize,
+        readers: impl IntoIterator<Item = usize>,
+    ) -> Result<(), BuildError> {
+        let Some(built) = self.built.get(&index) else {
+            return Ok(());
+        };
+        if built.root.as_os_str().is_empty() || built.root == Path::new("/") {
+            return Ok(());
+        }
+        let Some(sources) = self.plan.copied_paths(index, readers) else {
+            return Ok(());
+        };
+        let root = &built.root;
+        let keep = crate::stage_files::Keep::for_sources(root, &sources).map_err(io_err(
+            format!("planning what to keep of stage {}", index + 1),
+        ))?;
+        let removed = crate::stage_files::prune(root, &keep).map_err(io_err(format!(
+            "pruning stage {} to what later stages copy",
+            index + 1
+        )))?;
+        info!(
+            "stage {}: kept the {} path(s) later stages copy, removed {removed} other entries",
+            index + 1,
+            sources.len()
+        );
+        Ok(())
+    }
+}
+
+/// Where a COPY/ADD reads from: the context, an earlier stage's root, or an image's root
+/// (pulled and unpacked the first time).
+pub(super) fn copy_source(
+    built: &HashMap<usize, BuiltStage>,
+    bases: &mut BaseImages<'_>,
+    step: &PlannedStep,
+) -> Result<Option<SourceRef>, BuildError> {
+    match &step.source {
+        None => Ok(None),
+        Some(CopyFrom::Context) => Ok(Some(SourceRef::Context)),
+        Some(CopyFrom::Stage(i)) => {
+            let built = built.get(i).ok_or_else(|| BuildError::CopyFromNotBuilt {
+                from: step.from.clone().unwrap_or_default(),
+                stage: *i,
+            })?;
+            Ok(Some(SourceRef::Root(built.root.clone())))
+        }
+        Some(CopyFrom::LaterStage(from)) => Err(BuildError::CopyFromLater { from: from.clone() }),
+        Some(CopyFrom::Image(reference)) => Ok(Some(SourceRef::Root(bases.image_root(reference)?))),
+    }
+}
