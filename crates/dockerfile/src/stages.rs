@@ -104,6 +104,25 @@ pub struct MetaArgError {
     pub source: ExpandError,
 }
 
+/// The first stage called `name` (stage names are case-insensitive).
+pub fn stage_by_name(dockerfile: &Dockerfile, name: &str) -> Option<usize> {
+    let lower = name.to_ascii_lowercase();
+    dockerfile
+        .stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// The stage a FROM or `COPY --from` value names when it names one before stage `before`: a
+/// decimal index, or a name. A later stage (or the stage itself) is not a stage reference, so
+/// such a value is an image name.
+pub fn earlier_stage(dockerfile: &Dockerfile, name: &str, before: usize) -> Option<usize> {
+    if let Ok(i) = name.parse::<usize>() {
+        return (i < before).then_some(i);
+    }
+    stage_by_name(dockerfile, name).filter(|&i| i < before)
+}
+
 /// The stages of one parsed Dockerfile, with the global ARG values their FROM lines see.
 #[derive(Debug, Clone)]
 pub struct Stages<'a> {
@@ -172,23 +191,14 @@ impl<'a> Stages<'a> {
         &self.unexpanded
     }
 
-    /// The first stage called `name` (stage names are case-insensitive).
+    /// The first stage called `name` (see [`stage_by_name`]).
     pub fn by_name(&self, name: &str) -> Option<usize> {
-        let lower = name.to_ascii_lowercase();
-        self.dockerfile
-            .stages
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+        stage_by_name(self.dockerfile, name)
     }
 
-    /// The stage a FROM or `COPY --from` value names when it names one before stage `before`:
-    /// a decimal index, or a name. A later stage (or the stage itself) is not a stage
-    /// reference, so such a value is an image name.
+    /// The stage `name` names before stage `before` (see [`earlier_stage`]).
     pub fn earlier(&self, name: &str, before: usize) -> Option<usize> {
-        if let Ok(i) = name.parse::<usize>() {
-            return (i < before).then_some(i);
-        }
-        self.by_name(name).filter(|&i| i < before)
+        earlier_stage(self.dockerfile, name, before)
     }
 
     /// The stage `--target` names (by name only), or the last stage without one.
@@ -213,7 +223,8 @@ impl<'a> Stages<'a> {
         }
     }
 
-    fn expand(&self, raw: &str) -> Result<String, ExpandError> {
+    /// `raw` expanded with the global ARGs, as a FROM line sees them.
+    pub fn expand(&self, raw: &str) -> Result<String, ExpandError> {
         let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
         expand_word(raw, &lookup, self.dockerfile.escape)
     }

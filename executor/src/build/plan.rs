@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_dockerfile::{self as dockerfile, Dockerfile, ExpandError};
+use kiln_dockerfile::stages::{earlier_stage as stage_ref, stage_by_name, FromPlatform, Stages};
+use kiln_dockerfile::{Dockerfile, ExpandError};
 use kiln_oci::registry::Platform;
 
 use super::BuildError;
@@ -83,7 +84,15 @@ impl BuildPlan {
         platform: &Platform,
     ) -> Result<BuildPlan, BuildError> {
         let target = target_index(dockerfile, target)?;
-        let ResolvedFroms { meta_args, froms } = resolve_froms(dockerfile, build_args, platform);
+        // The executor builds for one platform and does not honour `FROM --platform` yet.
+        let resolver = Stages::new(
+            dockerfile,
+            build_args,
+            automatic_platform_args(platform),
+            FromPlatform::Ignore,
+        );
+        let froms = dockerfile.stages.iter().map(|s| resolver.expand(&s.base));
+        let meta_args = resolver.meta_args().clone();
         let total = dockerfile.stages.len();
         let stages: Vec<PlannedStage> = dockerfile
             .stages
@@ -244,47 +253,6 @@ fn target_index(dockerfile: &Dockerfile, target: Option<&str>) -> Result<usize, 
     }
 }
 
-/// What FROM/ARG resolution gives: the global ARG values and each stage's FROM expanded.
-struct ResolvedFroms {
-    meta_args: BTreeMap<String, Option<String>>,
-    froms: Vec<Result<String, ExpandError>>,
-}
-
-/// FROM/ARG resolution: the global ARG values (defaults expanded in order, overridden by
-/// `--build-arg`, plus the automatic platform ARGs) and each stage's FROM expanded with them.
-fn resolve_froms(
-    dockerfile: &Dockerfile,
-    build_args: &BTreeMap<String, String>,
-    platform: &Platform,
-) -> ResolvedFroms {
-    let mut values: BTreeMap<String, Option<String>> = automatic_platform_args(platform)
-        .into_iter()
-        .map(|(k, v)| (k, Some(v)))
-        .collect();
-    for decl in &dockerfile.meta_args {
-        let value = if let Some(v) = build_args.get(&decl.name) {
-            Some(v.clone())
-        } else {
-            decl.default.as_ref().map(|d| {
-                let lookup = |n: &str| values.get(n).cloned().flatten();
-                dockerfile::expand::expand_word(d, &lookup, dockerfile.escape)
-                    .unwrap_or_else(|_| d.clone())
-            })
-        };
-        values.insert(decl.name.clone(), value);
-    }
-    let lookup = |n: &str| values.get(n).cloned().flatten();
-    let froms = dockerfile
-        .stages
-        .iter()
-        .map(|stage| dockerfile::expand::expand_word(&stage.base, &lookup, dockerfile.escape))
-        .collect();
-    ResolvedFroms {
-        meta_args: values,
-        froms,
-    }
-}
-
 /// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*`
 /// twins). Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
 fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
@@ -299,22 +267,6 @@ fn base_kind(name: &str, from_stage: Option<usize>) -> BaseKind {
     } else {
         BaseKind::Image
     }
-}
-
-fn stage_by_name(dockerfile: &Dockerfile, name: &str) -> Option<usize> {
-    let lower = name.to_ascii_lowercase();
-    dockerfile
-        .stages
-        .iter()
-        .position(|s| s.name.as_deref() == Some(lower.as_str()))
-}
-
-/// The stage a FROM or `COPY --from` names, if it names one before `before`.
-fn stage_ref(dockerfile: &Dockerfile, name: &str, before: usize) -> Option<usize> {
-    if let Ok(i) = name.parse::<usize>() {
-        return (i < before).then_some(i);
-    }
-    stage_by_name(dockerfile, name).filter(|&i| i < before)
 }
 
 #[cfg(test)]
