@@ -22,7 +22,14 @@ REG="127.0.0.1:5000"
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR="${KILN_SAME_TARGET:-/var/cache/kiln/target-same}"
 WORK="$(mktemp -d /tmp/kiln-same.XXXXXX)"
-trap 'for w in "$WORK"/src-*; do [[ -d $w ]] && git -C "$REPO" worktree remove --force "$w"; done; rm -rf "$WORK"' EXIT
+cleanup() {
+    local tree
+    for tree in "$WORK"/src-*; do
+        [[ -d "$tree" ]] && git -C "$REPO" worktree remove --force "$tree"
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 log() { echo "same-output: $*" >&2; }
 curl -fsS -o /dev/null --max-time 5 "http://$REG/v2/" ||
