@@ -41,6 +41,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use allowlist::{Ledger, Tolerance};
+use kiln_testkit::registry_digest;
 use support::{
     corpus_cases, diff_configs, diff_steps, fetch_rootfs, image_config, image_steps, layer_count,
     podman_check, registry, run_bounded, run_ok, scan_tree, skopeo_fetch, tree_differences, Case,
@@ -206,22 +207,6 @@ fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
         .trim()
         .to_string();
     Ok(digest)
-}
-
-/// The manifest digest the registry serves for `image`.
-fn registry_digest(image: &str) -> Result<String, String> {
-    let out = run_ok(
-        Command::new("skopeo").args([
-            "inspect",
-            "--tls-verify=false",
-            "--format",
-            "{{.Digest}}",
-            &format!("docker://{image}"),
-        ]),
-        Duration::from_secs(60),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out.stdout.trim().to_string())
 }
 
 /// What the comparison reads of one side: the flattened tree, the config, and the steps of the
