@@ -244,6 +244,9 @@ impl Copier<'_, '_> {
         let mut t = self.w.locate(in_root(target))?;
         let ft = meta.file_type();
         if ft.is_dir() {
+            // Directories keep their xattrs like files do (buildah and BuildKit copy them;
+            // default ACLs live there).
+            em.xattrs = read_xattrs(src);
             self.w.dir(&mut t, &em)?;
         } else if ft.is_file() {
             let key = (meta.dev(), meta.ino());

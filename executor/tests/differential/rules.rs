@@ -117,19 +117,6 @@ pub const ALLOWLIST: &[Tolerance] = &[
               the times of the build, so their content differs between any two builds. The \
               Dockerfile used to delete them; now they are compared for everything but content.",
     },
-    Tolerance {
-        name: "copy-directory-xattrs",
-        cases: &["copy-xattrs"],
-        what: Tolerated::Path {
-            paths: &["/tree/sub"],
-            aspects: &[Aspect::Xattrs],
-        },
-        why: "KNOWN BUG: kiln's COPY drops the extended attributes of a copied directory (here \
-              user.kiln.dir on /tree/sub) where buildah keeps them; files keep theirs, file \
-              capabilities included. executor/src/copier.rs: make_dir sets owner, mode and times \
-              but never calls copy_xattrs, which write_file does. Directory xattrs carry default \
-              ACLs (system.posix_acl_default), so this is not cosmetic.",
-    },
 ];
 
 /// `/bin/sh -c #(nop) X` is `X`.
