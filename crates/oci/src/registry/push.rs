@@ -1,0 +1,302 @@
+//! Pushing: blobs (present, mounted from another repository of the same registry, or uploaded
+//! as one streamed request) and then the manifest, only once every blob it names is there.
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::errors::OciDistributionError;
+use oci_client::Client;
+use oci_spec::image::ImageManifest;
+use tokio::io::AsyncReadExt;
+
+use super::error::Attempt;
+use super::reference::sha256_hex;
+use super::{
+    auth, parse_reference, sha256_digest, sniff_media_type, Blob, BlobSource, Direction, Reference,
+    Registry, RegistryError, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_MANIFEST,
+};
+
+/// Size of the pieces a file is read in when uploading; memory per upload stays at this.
+const UPLOAD_READ_CHUNK: usize = 1 << 20;
+
+/// How many blobs are uploaded at once.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobOutcome {
+    Present,
+    Mounted,
+    Uploaded,
+}
+
+impl Registry {
+    /// Pushes an image: every blob the repository does not have yet (checked with HEAD;
+    /// mounted from `Blob::mount_from` when that repository is on the same registry, else
+    /// uploaded), then `manifest_bytes` exactly as given, only once every blob the manifest
+    /// names is confirmed in the repository, so a push that fails half-way never leaves a
+    /// manifest pointing at a missing blob. Blobs named by the manifest but not in `blobs`
+    /// must already exist there. Each request is retried `push_retries` times on transient
+    /// failures. Returns the manifest digest (`sha256:` of `manifest_bytes`).
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        blobs: &[Blob],
+        manifest_bytes: &[u8],
+        manifest_media_type: &str,
+    ) -> Result<String, RegistryError> {
+        let r = parse_reference(reference)?;
+        let normalized = r.whole();
+        let manifest_digest = sha256_digest(manifest_bytes);
+        if let Some(d) = r.digest() {
+            if d != manifest_digest {
+                return Err(self
+                    .push_ctx(&r, &normalized, "manifest")
+                    .mismatch(d, &manifest_digest));
+            }
+        }
+        for b in blobs {
+            if sha256_hex(&b.digest).is_none() {
+                return Err(RegistryError::InvalidBlob {
+                    blob: b.digest.clone(),
+                    detail: format!("not a sha256:<64 hex> digest (pushing {normalized})"),
+                });
+            }
+        }
+        let client = self.client_for(&r);
+        self.prepare(client, &r).await;
+
+        // Any failure here returns before the manifest is sent; the blobs still in flight
+        // are dropped with the stream.
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter())
+            .map(|b| self.push_blob(client, &r, &normalized, b))
+            .buffered(UPLOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let count = |o: BlobOutcome| outcomes.iter().filter(|x| **x == o).count();
+        tracing::info!(
+            reference = %normalized,
+            uploaded = count(BlobOutcome::Uploaded),
+            mounted = count(BlobOutcome::Mounted),
+            present = count(BlobOutcome::Present),
+            "blobs pushed"
+        );
+
+        // The registry would refuse a manifest naming a missing blob, but saying which
+        // blob is missing is more useful than its error. Checked several at a time; the
+        // first missing one in manifest order is reported.
+        let unlisted: Vec<String> = manifest_blob_digests(manifest_bytes)
+            .into_iter()
+            .filter(|d| !blobs.iter().any(|b| b.digest == *d))
+            .collect();
+        let checks: Vec<Result<(), RegistryError>> = futures_util::stream::iter(unlisted)
+            .map(|d| {
+                let (r, normalized) = (&r, &normalized);
+                async move {
+                    let what = format!("blob {d} (named by the manifest but not given)");
+                    let ctx = self.push_ctx(r, normalized, &what);
+                    let present = self
+                        .retrying(Direction::Push, &ctx, || async {
+                            client.blob_exists(r, &d).await.map_err(|e| ctx.attempt(e))
+                        })
+                        .await?;
+                    if present {
+                        Ok(())
+                    } else {
+                        Err(RegistryError::NotFound {
+                            registry: r.registry().to_string(),
+                            reference: normalized.clone(),
+                            what,
+                        })
+                    }
+                }
+            })
+            .buffered(UPLOAD_CONCURRENCY)
+            .collect()
+            .await;
+        checks.into_iter().collect::<Result<(), RegistryError>>()?;
+
+        let ctx = self.push_ctx(&r, &normalized, "manifest");
+        let invalid_type = || {
+            ctx.other(format!(
+                "invalid manifest media type {manifest_media_type:?}"
+            ))
+        };
+        self.retrying(Direction::Push, &ctx, || async {
+            let content_type = manifest_media_type
+                .parse()
+                .map_err(|_| Attempt::fatal(invalid_type()))?;
+            client
+                .push_manifest_raw(&r, manifest_bytes.to_vec(), content_type)
+                .await
+                .map_err(|e| ctx.attempt(e))
+        })
+        .await?;
+        tracing::info!(reference = %normalized, digest = %manifest_digest, "pushed manifest");
+        Ok(manifest_digest)
+    }
+
+    /// Uploads one blob to the repository of `reference` before the image is pushed (a layer
+    /// sent while later build steps run). [`Registry::push_image`] then finds it there with one
+    /// HEAD request; a failure here only means that push uploads it itself.
+    pub async fn push_blob_ahead(&self, reference: &str, blob: &Blob) -> Result<(), RegistryError> {
+        let r = parse_reference(reference)?;
+        let normalized = r.whole();
+        let client = self.client_for(&r);
+        self.prepare(client, &r).await;
+        self.push_blob(client, &r, &normalized, blob)
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes one blob present in the repository of `r`: nothing to do when it is there,
+    /// else a cross-repository mount when possible, else an upload.
+    async fn push_blob(
+        &self,
+        client: &Client,
+        r: &Reference,
+        normalized: &str,
+        blob: &Blob,
+    ) -> Result<BlobOutcome, RegistryError> {
+        let what = format!("blob {}", blob.digest);
+        let ctx = self.push_ctx(r, normalized, &what);
+        let exists = self
+            .retrying(Direction::Push, &ctx, || async {
+                client
+                    .blob_exists(r, &blob.digest)
+                    .await
+                    .map_err(|e| ctx.attempt(e))
+            })
+            .await;
+        match exists {
+            Ok(true) => {
+                tracing::debug!(blob = %blob.digest, "blob already in the repository, skipped");
+                return Ok(BlobOutcome::Present);
+            }
+            Ok(false) => {}
+            // A token scoped for push may not allow HEAD on a repository that does not
+            // exist yet; uploading is then the right move.
+            Err(RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(source) = self.mount_source(r, blob) {
+            let mounted = self
+                .retrying(Direction::Push, &ctx, || async {
+                    client
+                        .mount_blob(r, &source, &blob.digest)
+                        .await
+                        .map_err(|e| ctx.attempt(e))
+                })
+                .await;
+            match mounted {
+                Ok(()) => {
+                    tracing::debug!(blob = %blob.digest, from = source.repository(), "mounted blob");
+                    return Ok(BlobOutcome::Mounted);
+                }
+                // 202 (the registry started an upload instead: no access to the source,
+                // or it does not have the blob) and every other refusal fall back to an
+                // upload, which reports real problems itself.
+                Err(e) => {
+                    tracing::debug!(blob = %blob.digest, from = source.repository(), error = %e, "mount refused, uploading");
+                }
+            }
+        }
+        let invalid = |detail: String| RegistryError::InvalidBlob {
+            blob: blob.digest.clone(),
+            detail,
+        };
+        match &blob.source {
+            BlobSource::Bytes(data) => {
+                if data.len() as u64 != blob.size {
+                    return Err(invalid(format!(
+                        "{} bytes given but size says {}",
+                        data.len(),
+                        blob.size
+                    )));
+                }
+                let actual = sha256_digest(data);
+                if actual != blob.digest {
+                    return Err(invalid(format!("the given bytes hash to {actual}")));
+                }
+            }
+            BlobSource::File(path) => {
+                let len = std::fs::metadata(path)
+                    .map_err(|e| RegistryError::io("cannot stat blob file", path, e))?
+                    .len();
+                if len != blob.size {
+                    return Err(invalid(format!(
+                        "{} has {len} bytes but size says {}",
+                        path.display(),
+                        blob.size
+                    )));
+                }
+            }
+        }
+        // Every attempt starts a new upload session with a fresh stream from the start of
+        // the source. The registry checks the digest of what it receives when the upload
+        // is committed, so the file is not hashed a second time here.
+        self.retrying(Direction::Push, &ctx, || async {
+            match &blob.source {
+                BlobSource::Bytes(data) => client
+                    .push_blob_stream(r, bytes_stream(data.clone()), &blob.digest, Some(blob.size))
+                    .await
+                    .map_err(|e| ctx.attempt(e)),
+                BlobSource::File(path) => {
+                    let file = tokio::fs::File::open(path).await.map_err(|e| {
+                        Attempt::fatal(RegistryError::io("cannot open blob file", path, e))
+                    })?;
+                    client
+                        .push_blob_stream(r, file_stream(file), &blob.digest, Some(blob.size))
+                        .await
+                        .map_err(|e| ctx.attempt(e))
+                }
+            }
+        })
+        .await?;
+        tracing::debug!(blob = %blob.digest, bytes = blob.size, "uploaded blob");
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    /// The repository to mount `blob` from: its `mount_from` when that parses, is on the
+    /// same registry as `r` and is another repository.
+    fn mount_source(&self, r: &Reference, blob: &Blob) -> Option<Reference> {
+        let source = parse_reference(blob.mount_from.as_deref()?).ok()?;
+        let same_registry =
+            auth::normalize_auth_key(source.registry()) == auth::normalize_auth_key(r.registry());
+        (same_registry && source.repository() != r.repository()).then_some(source)
+    }
+}
+
+/// Config and layer digests named by an image manifest (empty for other documents).
+fn manifest_blob_digests(bytes: &[u8]) -> Vec<String> {
+    let media = sniff_media_type(bytes);
+    if media != MEDIA_TYPE_OCI_MANIFEST && media != MEDIA_TYPE_DOCKER_MANIFEST {
+        return Vec::new();
+    }
+    match serde_json::from_slice::<ImageManifest>(bytes) {
+        Ok(m) => std::iter::once(m.config().digest().to_string())
+            .chain(m.layers().iter().map(|l| l.digest().to_string()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+// The upload streams are generic over the byte type so that oci-client's `bytes::Bytes`
+// is inferred at the call site without a direct dependency on the `bytes` crate.
+fn bytes_stream<B: From<Vec<u8>> + Send + 'static>(
+    data: Vec<u8>,
+) -> impl futures_util::Stream<Item = Result<B, OciDistributionError>> + Send + 'static {
+    futures_util::stream::once(async move { Ok(B::from(data)) })
+}
+
+fn file_stream<B: From<Vec<u8>> + Send + 'static>(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<B, OciDistributionError>> + Send + 'static {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; UPLOAD_READ_CHUNK];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((B::from(buf), file)))
+    })
+}
