@@ -283,10 +283,8 @@ fn target(reference: &str, platform: Platform) -> Result<Target, WarmError> {
 
 /// Every image the flags ask for, `--image` first, each once.
 pub fn targets(args: &Args) -> Result<Vec<Target>, WarmError> {
-    let platform = match &args.custom_platform {
-        Some(p) => p.parse::<Platform>().map_err(WarmError::Platform)?,
-        None => Platform::default(),
-    };
+    let platform =
+        platform::from_flag(args.custom_platform.as_deref()).map_err(WarmError::Platform)?;
     let mut out: Vec<Target> = Vec::new();
     for image in &args.images {
         let t = target(image, platform.clone())?;

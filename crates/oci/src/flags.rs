@@ -1,7 +1,8 @@
 //! The registry flags kiln-executor and kiln-warmer share, defined once so both spell, default,
 //! parse and document them alike, and what they mean as [`RegistryOptions`]. Only flags both
 //! programs take belong here (`--custom-platform` is not: the warmer alone also accepts kaniko
-//! warmer's `--customPlatform`); it parses nothing else and never contacts a registry.
+//! warmer's `--customPlatform`; both read its value with [`crate::platform::from_flag`]); it
+//! parses nothing else and never contacts a registry.
 
 use clap::{ArgAction, Args};
 

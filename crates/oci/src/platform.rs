@@ -96,6 +96,16 @@ impl Platform {
     }
 }
 
+/// The platform a `--custom-platform` value names, or this machine's when the flag is not given:
+/// the one reading of that flag for kiln-executor and kiln-warmer. Each program declares the flag
+/// itself, because only the warmer also accepts kaniko warmer's `--customPlatform` spelling.
+pub fn from_flag(value: Option<&str>) -> Result<Platform, String> {
+    match value {
+        Some(p) => p.parse(),
+        None => Ok(Platform::default()),
+    }
+}
+
 /// BuildKit's automatic platform ARGs for a build for `target`: `TARGETPLATFORM`, `TARGETOS`,
 /// `TARGETARCH`, `TARGETVARIANT` and their `BUILD*` twins, in that order. Kiln builds for the
 /// target platform on this machine, so the build platform is this machine's; a missing variant
@@ -126,6 +136,17 @@ mod tests {
         assert_eq!(p.to_string(), "linux/arm64/v8");
         assert!("linux".parse::<Platform>().is_err());
         assert_eq!(Platform::default().os, "linux");
+    }
+
+    #[test]
+    fn the_platform_flag_defaults_to_this_machine() {
+        assert_eq!(from_flag(None).unwrap(), Platform::default());
+        assert_eq!(
+            from_flag(Some("linux/arm/v7")).unwrap(),
+            "linux/arm/v7".parse::<Platform>().unwrap()
+        );
+        let e = from_flag(Some("linux")).unwrap_err();
+        assert!(e.contains("expected os/architecture[/variant]"), "{e}");
     }
 
     #[test]

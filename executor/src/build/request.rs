@@ -89,10 +89,8 @@ impl BuildRequest {
         let context_options =
             ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
                 .map_err(BuildError::Usage)?;
-        let platform = match &opts.custom_platform {
-            Some(p) => p.parse::<Platform>().map_err(BuildError::Usage)?,
-            None => Platform::default(),
-        };
+        let platform = kiln_oci::platform::from_flag(opts.custom_platform.as_deref())
+            .map_err(BuildError::Usage)?;
         let cache_ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
         let layer_cache = layer_cache(opts)?;
         let compression = opts.layer_compression().map_err(BuildError::Usage)?;
