@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::rootfs::Protected;
 
 /// Why Kiln believes it is inside a disposable container, or `None`.
 ///
@@ -105,17 +107,8 @@ pub fn clear_root(
     ignore: &[PathBuf],
     save_to: Option<&Path>,
 ) -> io::Result<ClearStats> {
-    let ignore: Vec<PathBuf> = ignore
-        .iter()
-        .map(|p| {
-            let mut host = root.to_path_buf();
-            host.extend(p.components().filter(|c| matches!(c, Component::Normal(_))));
-            host
-        })
-        .filter(|p| p != root)
-        .collect();
     let mut clearer = Clearer {
-        ignore,
+        ignore: Protected::new(root, ignore),
         stats: ClearStats::default(),
         links: HashMap::new(),
     };
@@ -136,33 +129,24 @@ pub struct ClearStats {
 }
 
 struct Clearer {
-    ignore: Vec<PathBuf>,
+    /// The ignored paths as host paths under the root, the subtrees the root writer protects.
+    ignore: Protected,
     stats: ClearStats,
     /// Hardlinked files already copied, by (device, inode), so links stay links in a copy.
     links: HashMap<(u64, u64), PathBuf>,
 }
 
 impl Clearer {
-    fn is_ignored(&self, path: &Path) -> bool {
-        self.ignore.iter().any(|ig| path.starts_with(ig))
-    }
-
-    fn holds_ignored(&self, path: &Path) -> bool {
-        self.ignore
-            .iter()
-            .any(|ig| ig != path && ig.starts_with(path))
-    }
-
     fn clear_dir(&mut self, dir: &Path, save_to: Option<&Path>) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let path = entry.path();
-            if self.is_ignored(&path) {
+            if self.ignore.contains(&path) {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&path)?;
             let dest = save_to.map(|d| d.join(entry.file_name()));
-            if meta.is_dir() && self.holds_ignored(&path) {
+            if meta.is_dir() && self.ignore.holds(&path) {
                 // Keep the directory (an ignored path lies below it); clear what else is in it.
                 if let Some(dest) = &dest {
                     std::fs::create_dir_all(dest)?;
@@ -393,7 +377,7 @@ mod tests {
         let src = dir.path().join("src");
         populate(&src);
         let mut clearer = Clearer {
-            ignore: Vec::new(),
+            ignore: Protected::none(),
             stats: ClearStats::default(),
             links: HashMap::new(),
         };
