@@ -12,7 +12,7 @@ use crate::snapshot::Compression;
 use kiln_oci::flags::RegistryFlags;
 use kiln_oci::registry::{Platform, RegistryOptions};
 
-pub use kiln_common::logging::{LogFormat, Verbosity};
+pub use kiln_common::logging::{LogFlags, LogFormat, Verbosity};
 
 /// Where RUN steps execute (Kiln's own flag; kaniko always builds in place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -95,17 +95,9 @@ pub struct Options {
     #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub skip_unused_stages: Option<bool>,
 
-    /// Log level.
-    #[arg(short = 'v', long, value_enum, default_value = "info")]
-    pub verbosity: Verbosity,
-
-    /// Log format.
-    #[arg(long = "log-format", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Prefix log lines with timestamps.
-    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub log_timestamp: bool,
+    /// The logging flags kiln-warmer takes too.
+    #[command(flatten)]
+    pub logging: LogFlags,
 
     /// Write the image as an OCI image layout into this directory.
     #[arg(long = "oci-layout-path")]
@@ -329,7 +321,7 @@ mod tests {
         assert!(o.no_push);
         assert!(!o.ignore_var_run);
         assert!(o.reproducible);
-        assert_eq!(o.verbosity, Verbosity::Debug);
+        assert_eq!(o.logging.verbosity, Verbosity::Debug);
         assert_eq!(o.registry.insecure_registries, vec!["r:5000"]);
     }
 

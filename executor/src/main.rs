@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let opts = Options::parse();
-    kiln_common::logging::init(opts.verbosity, opts.log_format, opts.log_timestamp);
+    opts.logging.init();
     match kiln_executor::build::run_build(&opts) {
         Ok(result) => {
             println!("{}", result.digest);

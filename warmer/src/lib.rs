@@ -24,8 +24,8 @@ pub const IMAGE_CONCURRENCY: usize = 3;
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 pub use kiln_common::termination::{TERMINATION_LOG, TERMINATION_LOG_ENV};
 
-/// The executor's logging flags, shared so both programs take the same values.
-pub use kiln_common::logging::{LogFormat, Verbosity};
+/// The logging flags and their values, shared with the executor so both programs take the same.
+pub use kiln_common::logging::{LogFlags, LogFormat, Verbosity};
 
 /// kaniko warmer's command line, with the executor's registry flags. Booleans accept
 /// `--flag`, `--flag=true` and `--flag=false` like Go's pflag.
@@ -71,17 +71,9 @@ pub struct Args {
     #[command(flatten)]
     pub registry: RegistryFlags,
 
-    /// Log level.
-    #[arg(short = 'v', long, value_enum, default_value = "info")]
-    pub verbosity: Verbosity,
-
-    /// Log format.
-    #[arg(long = "log-format", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Prefix log lines with timestamps.
-    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
-    pub log_timestamp: bool,
+    /// The logging flags kiln-executor takes too.
+    #[command(flatten)]
+    pub logging: LogFlags,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

@@ -8,7 +8,7 @@ use kiln_warmer::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    kiln_common::logging::init(args.verbosity, args.log_format, args.log_timestamp);
+    args.logging.init();
     match kiln_warmer::run(&args) {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {

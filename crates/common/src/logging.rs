@@ -1,7 +1,8 @@
-//! Logging set-up shared by the `kiln-executor` and `kiln-warmer` binaries: level from
-//! `--verbosity` (or `KILN_LOG`), format from `--log-format`, to stderr. Configures only.
+//! Logging set-up shared by the `kiln-executor` and `kiln-warmer` binaries: the logging flags
+//! both take ([`LogFlags`]), level from `--verbosity` (or `KILN_LOG`), format from
+//! `--log-format`, to stderr. Configures only.
 
-use clap::ValueEnum;
+use clap::{ArgAction, Args, ValueEnum};
 
 /// `--log-format`, as kaniko spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -23,6 +24,31 @@ pub enum Verbosity {
     Info,
     Debug,
     Trace,
+}
+
+/// The logging flags kiln-executor and kiln-warmer both take, defined once so both spell,
+/// default and document them alike. Flattened into each program's command line with
+/// `#[command(flatten)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct LogFlags {
+    /// Log level.
+    #[arg(short = 'v', long, value_enum, default_value = "info")]
+    pub verbosity: Verbosity,
+
+    /// Log format.
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Prefix log lines with timestamps.
+    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub log_timestamp: bool,
+}
+
+impl LogFlags {
+    /// [`init`] with these flags.
+    pub fn init(&self) {
+        init(self.verbosity, self.log_format, self.log_timestamp);
+    }
 }
 
 /// The crates whose events are shown at the chosen level; everything else (dependencies) only
