@@ -78,9 +78,9 @@ impl Peer {
     }
 }
 
-/// Builds (or finds) BuildKit's parser once per test binary. `None` when Go is missing and
-/// nothing was built before: then, by the test kit's policy, the test fails under `CI=true` and
-/// is skipped loudly elsewhere (the caller returns).
+/// Builds (or finds) BuildKit's parser once per test binary. `None` when Go or the module proxy
+/// is missing and nothing was built before: then, by the test kit's policy, the test fails under
+/// `CI=true` and is skipped loudly elsewhere (the caller returns).
 pub fn peer() -> Option<&'static Peer> {
     static PEER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = PEER.get_or_init(|| {
@@ -93,7 +93,7 @@ pub fn peer() -> Option<&'static Peer> {
         match out.status {
             Some(0) => Ok(PathBuf::from(out.stdout.trim())),
             Some(3) => Err(format!(
-                "Go is needed to build BuildKit's parser ({}): {}",
+                "BuildKit's parser cannot be built here ({}): {}",
                 script.display(),
                 out.stderr.trim()
             )),

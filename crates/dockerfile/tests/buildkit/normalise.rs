@@ -274,3 +274,96 @@ pub fn group_meta_args(insts: Vec<Inst>) -> Vec<Inst> {
     out.extend(rest.iter().cloned());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buildkit::dump::parse_node;
+
+    fn doc(name: &str) -> Doc {
+        Doc {
+            name: name.into(),
+            fd: 0,
+            expand: true,
+            content: String::new(),
+        }
+    }
+
+    fn normalised(dump: &str, heredocs: &[Doc]) -> String {
+        let mut node = parse_node(dump).unwrap();
+        buildkit_node(&mut node, heredocs);
+        node.to_string()
+    }
+
+    #[test]
+    fn rules_erase_spelling_only() {
+        assert_eq!(
+            normalised(r#"env "a" "b" "=" "c" "d e" """#, &[]),
+            r#"env "a" "b" "c" "d e""#
+        );
+        // Not separator triples: left alone, so the difference shows.
+        assert_eq!(normalised(r#"env "a" "b" "x""#, &[]), r#"env "a" "b" "x""#);
+        assert_eq!(
+            normalised(
+                r#"copy ["--link=TRUE" "--parents=false" "--keep-git-dir=yes"] "a" "b""#,
+                &[]
+            ),
+            r#"copy ["--link" "--keep-git-dir=yes"] "a" "b""#
+        );
+        assert_eq!(
+            normalised(r#"from "a" "as" "Build""#, &[]),
+            r#"from "a" "AS" "build""#
+        );
+        assert_eq!(
+            normalised(r#"healthcheck ["--retries=03"] "cmd" "x""#, &[]),
+            r#"healthcheck ["--retries=3"] "CMD" "x""#
+        );
+    }
+
+    #[test]
+    fn heredoc_words_only_for_the_instructions_heredocs() {
+        assert_eq!(
+            normalised(r#"run "<<-\"EOF\"""#, &[doc("EOF")]),
+            r#"run "<<EOF""#
+        );
+        assert_eq!(
+            normalised(r#"run "<<EOF cat""#, &[doc("EOF")]),
+            r#"run "<<EOF cat""#
+        );
+        assert_eq!(
+            normalised(r#"copy "<<'A'" "<<B" "/d""#, &[doc("A")]),
+            r#"copy "<<A" "<<B" "/d""#
+        );
+    }
+
+    #[test]
+    fn chomp_strips_leading_tabs_of_each_line() {
+        let h = BkHeredoc {
+            name: "E".into(),
+            fd: 0,
+            expand: true,
+            chomp: true,
+            content: "\t\ta\n  b\n\tc\n".into(),
+        };
+        assert_eq!(chomped(&h).content, "a\n  b\nc\n");
+    }
+
+    #[test]
+    fn meta_args_are_grouped_before_the_first_from_only() {
+        let inst = |dump: &str, line| Inst {
+            node: parse_node(dump).unwrap(),
+            line: Some(line),
+            json: None,
+            heredocs: Vec::new(),
+        };
+        let grouped = group_meta_args(vec![
+            inst(r#"arg "A""#, 1),
+            inst(r#"arg "B=1" "C""#, 2),
+            inst(r#"from "x""#, 3),
+            inst(r#"arg "D""#, 4),
+        ]);
+        let shown: Vec<String> = grouped.iter().map(|i| i.node.to_string()).collect();
+        assert_eq!(shown, [r#"arg "A" "B=1" "C""#, r#"from "x""#, r#"arg "D""#]);
+        assert_eq!(grouped[0].line, None);
+    }
+}
