@@ -63,8 +63,8 @@ pub fn compare(text: &str, bk: &BuildKit) -> Result<Agreement, String> {
                 })
             } else {
                 Err(format!(
-                    "both reject the file (Kiln: {kiln_error}; BuildKit: {bk_error}), but \
-                     instruction by instruction ({FRAGMENTS}):\n{}",
+                    "both reject the file (Kiln: {kiln_error}; BuildKit: {bk_error}), but not \
+                     alike ({FRAGMENTS}, {ERROR_LINE}):\n{}",
                     diffs.join("\n")
                 ))
             }
