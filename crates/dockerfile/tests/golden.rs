@@ -8,7 +8,9 @@
 //!
 //! Run with `KILN_UPDATE_GOLDEN=1` to (re)write every `expected` file and missing `error` files
 //! from the current parser; then review each changed file by eye before committing, since a
-//! golden file that records a bug is worse than none.
+//! golden file that records a bug is worse than none. These files record what Kiln's parser
+//! says; `buildkit_conformance.rs` checks each of them against BuildKit's own parser, and a new
+//! case must be confirmed there or listed in `testdata/unconfirmed.txt` with its reason.
 
 use std::fs;
 use std::path::{Path, PathBuf};
