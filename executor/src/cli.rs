@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::snapshot::Compression;
 use kiln_oci::flags::RegistryFlags;
+use kiln_oci::limits::{self, Limit};
 use kiln_oci::registry::{Platform, RegistryOptions};
 
 pub use kiln_common::logging::{LogFlags, LogFormat, Verbosity};
@@ -181,6 +182,15 @@ pub struct Options {
     /// Git context options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,insecure-skip-tls=BOOL`.
     #[arg(long = "git")]
     pub git: Option<String>,
+
+    // ---- bounds (Kiln's own; --max-manifest-size and --max-layer-size are registry flags) ----
+    /// Largest total of decompressed layers one build unpacks, base images, `COPY --from`
+    /// images and cache hits together (bytes, or KiB, MiB, GiB, TiB; `unlimited`).
+    #[arg(long = "max-build-size", value_parser = limits::parse_size, default_value = "50GiB")]
+    pub max_build_size: Limit,
+    /// Most entries (files, directories, links, whiteouts) in one layer (`unlimited` for none).
+    #[arg(long = "max-layer-entries", value_parser = limits::parse_count, default_value = "1000000")]
+    pub max_layer_entries: Limit,
 
     // ---- kaniko flags accepted for compatibility: no-ops, or rejected by check_supported ----
     /// kaniko's alternative RUN implementation; Kiln has one way to run, so this changes nothing.
@@ -380,6 +390,43 @@ mod tests {
         // kaniko's memory switch changes nothing here and is accepted both ways.
         for v in ["--compressed-caching=false", "--compressed-caching"] {
             assert!(parse(&[v]).check_supported().is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn bounds_have_defaults_and_take_units() {
+        let o = parse(&[]);
+        assert_eq!(o.max_build_size, Limit::at(50 << 30));
+        assert_eq!(o.max_layer_entries, Limit::at(1_000_000));
+        assert_eq!(o.registry.max_layer_size, Limit::at(10 << 30));
+        assert_eq!(o.registry.max_manifest_size, Limit::at(4 << 20));
+        let o = parse(&[
+            "--max-build-size=1GiB",
+            "--max-layer-entries",
+            "10",
+            "--max-layer-size=1MiB",
+            "--max-manifest-size",
+            "65536",
+        ]);
+        assert_eq!(o.max_build_size, Limit::at(1 << 30));
+        assert_eq!(o.max_layer_entries, Limit::at(10));
+        assert_eq!(o.registry.max_layer_size, Limit::at(1 << 20));
+        assert_eq!(o.registry.max_manifest_size, Limit::at(65536));
+        let o = parse(&[
+            "--max-build-size=unlimited",
+            "--max-layer-entries=unlimited",
+        ]);
+        assert_eq!(o.max_build_size, Limit::UNLIMITED);
+        assert_eq!(o.max_layer_entries, Limit::UNLIMITED);
+        for bad in [
+            "--max-layer-entries=10k",
+            "--max-build-size=1GB",
+            "--max-build-size=0",
+        ] {
+            assert!(
+                Options::try_parse_from(["kiln-executor", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -435,7 +435,7 @@ pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
     let mut registries: Vec<(Platform, Registry)> = Vec::new();
     for t in &targets {
         if !registries.iter().any(|(p, _)| *p == t.platform) {
-            let r = Registry::new(args.registry.options(t.platform.clone()))
+            let r = Registry::new(args.registry.pull_only_options(t.platform.clone()))
                 .map_err(WarmError::Registry)?;
             registries.push((t.platform.clone(), r));
         }

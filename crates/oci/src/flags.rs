@@ -6,58 +6,107 @@
 
 use clap::{ArgAction, Args};
 
+use crate::limits::{self, Limit};
 use crate::platform::Platform;
 use crate::registry::RegistryOptions;
 
 /// How to reach registries, as kaniko spells it. Booleans accept `--flag`, `--flag=true` and
 /// `--flag=false` like Go's pflag, so kaniko invocations work unchanged. Flattened into each
 /// program's command line with `#[command(flatten)]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+///
+/// Which flag weakens which request is kaniko v1.24's (`cmd/executor/cmd/root.go`,
+/// `pkg/image/remote/remote.go`, `pkg/executor/push.go`, `pkg/cache/cache.go`,
+/// `pkg/util/transport_util.go`): `--insecure` is plain HTTP for pushes and for the layer cache,
+/// `--insecure-pull` for pulls only; `--skip-tls-verify` skips verification for every request,
+/// `--skip-tls-verify-pull` for pulls only (kaniko v1.24 declares it and never reads it; Kiln
+/// gives it its documented meaning); the `-registry` lists apply to pushes and pulls alike.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RegistryFlags {
-    /// Reach every registry over plain HTTP.
+    /// Push (destinations and the layer cache) over plain HTTP; base-image pulls are not
+    /// affected (see --insecure-pull).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub insecure: bool,
 
-    /// Pull over plain HTTP.
+    /// Pull base images over plain HTTP; pushes are not affected.
     #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub insecure_pull: bool,
 
-    /// Registry (host[:port]) to reach over plain HTTP; repeatable.
+    /// Registry (host[:port]) to reach over plain HTTP, for pushes and pulls; repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
 
-    /// Reach every registry over HTTPS without verifying certificates.
+    /// Reach every registry over HTTPS without verifying certificates (pushes and pulls).
     #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub skip_tls_verify: bool,
 
-    /// Pull over HTTPS without verifying certificates.
+    /// Pull over HTTPS without verifying certificates; pushes are not affected.
     #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub skip_tls_verify_pull: bool,
 
-    /// Registry (host[:port]) to reach over HTTPS without verifying certificates; repeatable.
+    /// Registry (host[:port]) to reach over HTTPS without verifying certificates, for pushes and
+    /// pulls; repeatable.
     #[arg(long = "skip-tls-verify-registry")]
     pub skip_tls_verify_registries: Vec<String>,
 
     /// Mirror tried before docker.io for Docker Hub images; repeatable.
     #[arg(long = "registry-mirror")]
     pub registry_mirrors: Vec<String>,
+
+    /// Largest manifest, image index or image config read from a registry (bytes, or KiB, MiB,
+    /// GiB; `unlimited`): reading stops there with an error naming the image.
+    #[arg(long = "max-manifest-size", value_parser = limits::parse_size, default_value = "4MiB")]
+    pub max_manifest_size: Limit,
+
+    /// Largest layer, decompressed (bytes, or KiB, MiB, GiB; `unlimited`). A layer blob larger
+    /// than this can only be a layer larger than this, so it is refused before it is downloaded.
+    #[arg(long = "max-layer-size", value_parser = limits::parse_size, default_value = "10GiB")]
+    pub max_layer_size: Limit,
+}
+
+impl Default for RegistryFlags {
+    /// What an empty command line means.
+    fn default() -> Self {
+        RegistryFlags {
+            insecure: false,
+            insecure_pull: false,
+            insecure_registries: Vec::new(),
+            skip_tls_verify: false,
+            skip_tls_verify_pull: false,
+            skip_tls_verify_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
+            max_manifest_size: Limit::at(limits::DEFAULT_MAX_MANIFEST_SIZE),
+            max_layer_size: Limit::at(limits::DEFAULT_MAX_LAYER_SIZE),
+        }
+    }
 }
 
 impl RegistryFlags {
-    /// Registry options for pulling (and pushing) images of `platform`. The `-pull` variants
-    /// apply to every request: Kiln's client has one transport setting per registry, and both
-    /// programs have always read them that way. Options without a shared flag keep their
-    /// [`RegistryOptions::default`].
+    /// Registry options for pulling and pushing images of `platform`, each flag applied to the
+    /// requests kaniko applies it to (see [`RegistryFlags`]). Options without a shared flag keep
+    /// their [`RegistryOptions::default`].
     pub fn options(&self, platform: Platform) -> RegistryOptions {
         RegistryOptions {
-            insecure: self.insecure || self.insecure_pull,
+            insecure: self.insecure,
+            insecure_pull: self.insecure_pull,
             insecure_registries: self.insecure_registries.clone(),
-            skip_tls_verify: self.skip_tls_verify || self.skip_tls_verify_pull,
+            skip_tls_verify: self.skip_tls_verify,
+            skip_tls_verify_pull: self.skip_tls_verify_pull,
             skip_tls_verify_registries: self.skip_tls_verify_registries.clone(),
             mirrors: self.registry_mirrors.clone(),
             platform,
+            max_manifest_size: self.max_manifest_size.or_max(),
+            max_layer_size: self.max_layer_size.get(),
             ..RegistryOptions::default()
         }
+    }
+
+    /// [`RegistryFlags::options`] for a program that only pulls (kiln-warmer): with no push to
+    /// weaken, `--insecure` means plain HTTP for its pulls, as the warmer has always read it.
+    pub fn pull_only_options(&self, platform: Platform) -> RegistryOptions {
+        let mut o = self.options(platform);
+        o.insecure_pull |= o.insecure;
+        o.insecure = false;
+        o
     }
 }
 
@@ -101,7 +150,8 @@ mod tests {
         ]);
         let arm: Platform = "linux/arm64".parse().unwrap();
         let o = flags.options(arm.clone());
-        assert!(o.insecure && !o.skip_tls_verify);
+        // Pull-only insecurity stays pull-only.
+        assert!(o.insecure_pull && !o.insecure && !o.skip_tls_verify);
         assert_eq!(o.insecure_registries, ["a:5000", "b"]);
         assert_eq!(o.skip_tls_verify_registries, ["c"]);
         assert_eq!(o.mirrors, ["m/hub"]);
@@ -112,6 +162,34 @@ mod tests {
             (o.push_retries, o.pull_retries, o.retry_base_delay),
             (d.push_retries, d.pull_retries, d.retry_base_delay)
         );
-        assert!(parse(&["--skip-tls-verify"]).options(arm).skip_tls_verify);
+        assert!(
+            parse(&["--skip-tls-verify"])
+                .options(arm.clone())
+                .skip_tls_verify
+        );
+        let o = parse(&["--skip-tls-verify-pull"]).options(arm.clone());
+        assert!(o.skip_tls_verify_pull && !o.skip_tls_verify);
+        let o = parse(&["--insecure"]).options(arm.clone());
+        assert!(o.insecure && !o.insecure_pull);
+        // The warmer only pulls: its --insecure is a pull setting.
+        let o = parse(&["--insecure"]).pull_only_options(arm);
+        assert!(o.insecure_pull && !o.insecure);
+    }
+
+    #[test]
+    fn bounds_have_defaults_and_take_units() {
+        let d = parse(&[]);
+        assert_eq!(d.max_manifest_size, Limit::at(4 << 20));
+        assert_eq!(d.max_layer_size, Limit::at(10 << 30));
+        let o = d.options(Platform::default());
+        assert_eq!(o.max_manifest_size, 4 << 20);
+        assert_eq!(o.max_layer_size, Some(10 << 30));
+        let f = parse(&["--max-manifest-size=1KiB", "--max-layer-size", "unlimited"]);
+        let o = f.options(Platform::default());
+        assert_eq!((o.max_manifest_size, o.max_layer_size), (1024, None));
+        let f = parse(&["--max-manifest-size=unlimited"]);
+        assert_eq!(f.options(Platform::default()).max_manifest_size, u64::MAX);
+        assert!(Cli::try_parse_from(["prog", "--max-layer-size=1MB"]).is_err());
+        assert!(Cli::try_parse_from(["prog", "--max-manifest-size=0"]).is_err());
     }
 }

@@ -17,7 +17,9 @@ use super::plan::{Base, BaseKind};
 use super::{human, secs, short, BuildError, Builder, IgnorePaths};
 use crate::layer::LayerFile;
 use crate::run::Isolation;
-use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
+use crate::unpack::{
+    unpack_layer, unpack_layer_verified, BuildBudget, LayerBounds, UnpackError, UnpackOptions,
+};
 use kiln_oci::base_cache::{BaseImageCache, CachedLayer};
 use kiln_oci::image::{oci_layer_media_type, ImageConfig};
 use kiln_oci::registry::{Platform, Registry, RemoteImage};
@@ -37,6 +39,10 @@ pub struct BaseImages<'a> {
     platform: Platform,
     work_dir: PathBuf,
     ignore: IgnorePaths,
+    /// `--max-layer-size`, `--max-layer-entries` and the `--max-build-size` budget of every
+    /// unpack of the build.
+    bounds: LayerBounds,
+    budget: Arc<BuildBudget>,
     /// Layer blobs of base images found in the base-image cache, by path, with the image's
     /// reference. Their digests are checked whenever they are read (while unpacking, or
     /// before an upload or an archive), not when they are found, so each is read once.
@@ -61,6 +67,8 @@ impl<'a> BaseImages<'a> {
         platform: Platform,
         work_dir: PathBuf,
         ignore: IgnorePaths,
+        bounds: LayerBounds,
+        budget: Arc<BuildBudget>,
     ) -> BaseImages<'a> {
         BaseImages {
             registry,
@@ -69,6 +77,8 @@ impl<'a> BaseImages<'a> {
             platform,
             work_dir,
             ignore,
+            bounds,
+            budget,
             cached_layers: HashMap::new(),
             damaged: BTreeSet::new(),
             checked: RefCell::new(HashMap::new()),
@@ -175,6 +185,7 @@ impl<'a> BaseImages<'a> {
                     .block_on(self.registry.fetch_blob_to_file(
                         &remote.reference,
                         &layer.digest,
+                        layer.size,
                         &layer.path,
                     ))
                     .map_err(BuildError::registry(format!(
@@ -225,17 +236,27 @@ impl<'a> BaseImages<'a> {
     }
 
     /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is
-    /// unpacked; if it does not match, `root` holds part of it and must not be used.
+    /// unpacked; if it does not match, `root` holds part of it and must not be used (the
+    /// caller empties it to apply a fresh copy). On any other failure (a bound passed, the
+    /// disk full, an unsafe or broken layer) a private `root` is removed here, so that nothing
+    /// half-unpacked is left to be used, and its space is given back at once.
     pub fn unpack(&self, layer: &LayerFile, image: &str, root: &Path) -> Result<(), BuildError> {
         let opts = UnpackOptions {
             ignore: self.ignore.paths(),
             same_owner: true,
+            bounds: self.bounds,
+            budget: Arc::clone(&self.budget),
         };
         let unpacked = if self.is_cached(layer) {
             unpack_layer_verified(&layer.path, root, &opts, &layer.digest)
         } else {
             unpack_layer(&layer.path, root, &opts)
         };
+        if let Err(e) = &unpacked {
+            if !matches!(e, UnpackError::Digest { .. }) {
+                discard_partial_root(root);
+            }
+        }
         unpacked.map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
             image: image.to_string(),
@@ -340,10 +361,12 @@ impl<'a> BaseImages<'a> {
                 let dest = blob_dir.join(layer.digest.replace(':', "-"));
                 if !dest.exists() {
                     self.runtime
-                        .block_on(
-                            self.registry
-                                .fetch_blob_to_file(reference, &layer.digest, &dest),
-                        )
+                        .block_on(self.registry.fetch_blob_to_file(
+                            reference,
+                            &layer.digest,
+                            layer.size,
+                            &dest,
+                        ))
                         .map_err(BuildError::registry(format!(
                             "fetching layer {} of {reference}",
                             layer.digest
@@ -375,10 +398,12 @@ impl<'a> BaseImages<'a> {
                 .map_err(io_err(format!("creating {}", parent.display())))?;
         }
         self.runtime
-            .block_on(
-                self.registry
-                    .fetch_blob_to_file(reference, &layer.digest, &layer.path),
-            )
+            .block_on(self.registry.fetch_blob_to_file(
+                reference,
+                &layer.digest,
+                layer.size,
+                &layer.path,
+            ))
             .map_err(BuildError::registry(format!(
                 "fetching layer {} from {reference}",
                 layer.digest
@@ -538,6 +563,24 @@ fn layer_file(layer: CachedLayer) -> LayerFile {
         size: layer.size,
         media_type: oci_layer_media_type(&layer.media_type),
         path: layer.path,
+    }
+}
+
+/// Remove the root a layer failed to apply to, unless it is `/` (an in-place build, whose
+/// container is discarded with the failed build).
+fn discard_partial_root(root: &Path) {
+    if root == Path::new("/") {
+        warn!("/ holds part of a layer that failed to apply; the build stops here");
+        return;
+    }
+    // remove_dir_all never follows symlinks inside the tree.
+    match std::fs::remove_dir_all(root) {
+        Ok(()) => info!("removed the partly unpacked root {}", root.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(
+            "cannot remove the partly unpacked root {}: {e}",
+            root.display()
+        ),
     }
 }
 

@@ -12,6 +12,8 @@ use crate::commands::CacheFlags;
 use crate::context::ContextOptions;
 use crate::run::Isolation;
 use crate::snapshot::LayerOptions;
+use crate::unpack::LayerBounds;
+use kiln_oci::limits::Limit;
 use kiln_oci::registry::{Platform, RegistryOptions};
 
 /// Everything a build is asked to do.
@@ -34,6 +36,10 @@ pub struct BuildRequest {
     pub labels: Vec<String>,
     pub platform: Platform,
     pub registry: RegistryOptions,
+    /// `--max-layer-size` and `--max-layer-entries`, for every layer the build unpacks.
+    pub layer_bounds: LayerBounds,
+    /// `--max-build-size`.
+    pub max_build_size: Limit,
     pub isolation: Isolation,
     /// `--kiln-dir`.
     pub kiln_dir: Option<String>,
@@ -104,7 +110,12 @@ impl BuildRequest {
             build_all_stages: opts.skip_unused_stages == Some(false),
             build_args: opts.build_arg_pairs().into_iter().collect(),
             labels: opts.labels.clone(),
-            registry: registry_options(opts, platform.clone()),
+            registry: registry_options(opts, platform.clone(), &layer_cache),
+            layer_bounds: LayerBounds {
+                size: opts.registry.max_layer_size,
+                entries: opts.max_layer_entries,
+            },
+            max_build_size: opts.max_build_size,
             platform,
             isolation,
             kiln_dir: opts.kiln_dir.clone(),
@@ -168,8 +179,21 @@ fn layer_cache(opts: &Options) -> Result<LayerCacheRequest, BuildError> {
         })
 }
 
-fn registry_options(opts: &Options, platform: Platform) -> RegistryOptions {
-    opts.registry_options(platform)
+/// The registry options of the flags. The repositories the build writes (its destinations and
+/// its layer cache) are read with the push settings, as kaniko reads its cache repository.
+fn registry_options(
+    opts: &Options,
+    platform: Platform,
+    layer_cache: &LayerCacheRequest,
+) -> RegistryOptions {
+    let mut push_repositories = opts.destinations.clone();
+    if let LayerCacheRequest::On(CacheRepo::Registry(repo)) = layer_cache {
+        push_repositories.push(repo.clone());
+    }
+    RegistryOptions {
+        push_repositories,
+        ..opts.registry_options(platform)
+    }
 }
 
 #[cfg(test)]
@@ -243,7 +267,13 @@ mod tests {
             "--reproducible",
         ])
         .unwrap();
-        assert!(r.registry.insecure && r.registry.skip_tls_verify);
+        // Pull-only insecurity stays pull-only.
+        assert!(r.registry.insecure_pull && r.registry.skip_tls_verify_pull);
+        assert!(!r.registry.insecure && !r.registry.skip_tls_verify);
+        assert_eq!(
+            r.registry.push_repositories,
+            ["reg:5000/a/b:1", "reg:5000/a/b/cache"]
+        );
         assert_eq!(r.registry.push_retries, 3);
         assert_eq!(r.registry.platform, r.platform);
         assert_eq!(r.platform.architecture, "arm64");
@@ -262,6 +292,26 @@ mod tests {
         );
         assert!(r.layer_options.reproducible);
         assert_eq!(r.cache_ttl, Duration::from_secs(336 * 3600));
+        assert_eq!(r.layer_bounds, LayerBounds::default());
+        assert_eq!(r.max_build_size, Limit::at(50 << 30));
+        let r = request(&[
+            "--no-push",
+            "--max-layer-size=1MiB",
+            "--max-layer-entries=10",
+            "--max-build-size=2MiB",
+            "--max-manifest-size=1KiB",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.layer_bounds,
+            LayerBounds {
+                size: Limit::at(1 << 20),
+                entries: Limit::at(10)
+            }
+        );
+        assert_eq!(r.max_build_size, Limit::at(2 << 20));
+        assert_eq!(r.registry.max_layer_size, Some(1 << 20));
+        assert_eq!(r.registry.max_manifest_size, 1024);
         let r = request(&["--no-push", "--cache", "--single-snapshot"]).unwrap();
         assert_eq!(r.layer_cache, LayerCacheRequest::IgnoredWithSingleSnapshot);
         assert!(!request(&["--no-push"]).unwrap().build_all_stages);

@@ -246,7 +246,12 @@ impl LayerCache {
                 let dest = layer.path.clone();
                 if !dest.exists() {
                     self.registry
-                        .fetch_blob_to_file(&format!("{repo}:{}", hit.key), &layer.digest, &dest)
+                        .fetch_blob_to_file(
+                            &format!("{repo}:{}", hit.key),
+                            &layer.digest,
+                            layer.size,
+                            &dest,
+                        )
                         .await
                         .map_err(|source| LayerCacheError::Registry {
                             repo: self.describe(),

@@ -15,6 +15,8 @@
 //!   ADD the recorded one, contexts 0:0, COPY `--chown`, the source's (`--from`) or 0:0;
 //! - implied parent directories ([`ImpliedDirs`]): layers umask mode and the caller's owner;
 //!   COPY/ADD/contexts 0755 with the `--chown` owner (else 0:0), reported as written;
+//! - xattrs applied: layers only `user.*` and `security.capability` ([`xattrs`]); COPY every
+//!   one its source has (default ACLs included);
 //! - xattr failures ([`XattrFailures`]): layers warn on ENOTSUP/EPERM and fail otherwise; COPY
 //!   never fails on them;
 //! - a directory written twice ([`DirTimes`]): layers keep the last time, the copier the first;
@@ -40,6 +42,7 @@ mod archive;
 mod resolve;
 mod tarball;
 mod writer;
+pub mod xattrs;
 
 #[cfg(test)]
 mod tests;

@@ -117,6 +117,7 @@ fn apply(via: Via, tar: &Path, root: &Path) -> Result<(), String> {
             let opts = UnpackOptions {
                 ignore: Vec::new(),
                 same_owner: true,
+                ..Default::default()
             };
             unpack_layer(tar, root, &opts)
                 .map(drop)

@@ -212,6 +212,7 @@ fn round_trip_reproduces_the_changed_tree() {
     let opts = UnpackOptions {
         ignore: Vec::new(),
         same_owner: true,
+        ..Default::default()
     };
     unpack_layer(&layer.path, copy.path(), &opts).unwrap();
     pretty_assertions::assert_eq!(describe(build.path()), describe(copy.path()));
@@ -327,6 +328,7 @@ fn metadata_only_change_rewrites_the_entry_with_its_parents() {
     let opts = UnpackOptions {
         ignore: Vec::new(),
         same_owner: true,
+        ..Default::default()
     };
     unpack_layer(&layer.path, alone.path(), &opts).unwrap();
     let meta = fs::metadata(alone.path().join("a/b")).unwrap();
@@ -534,6 +536,7 @@ fn unpacks_what_gnu_tar_writes() {
         let opts = UnpackOptions {
             ignore: Vec::new(),
             same_owner: true,
+            ..Default::default()
         };
         unpack_layer(&blob, dst.path(), &opts).unwrap();
         let mut expected = describe(src.path());

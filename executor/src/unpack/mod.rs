@@ -1,8 +1,9 @@
 //! Applies layer tarballs to the build root: the layer semantics only (whiteouts, opaque
-//! directories, ignored paths, digest verification while streaming, stats). Hostile-input
-//! territory: reading the tar and every write go through [`crate::rootfs`], which keeps each
-//! entry inside the root; this module must not touch the filesystem any other way than reading
-//! what is there and asking the writer to remove it.
+//! directories, ignored paths, digest verification while streaming, the bounds of
+//! [`bounds`], which xattrs apply, stats). Hostile-input territory: reading the tar and every
+//! write go through [`crate::rootfs`], which keeps each entry inside the root; this module must
+//! not touch the filesystem any other way than reading what is there and asking the writer to
+//! remove it. A failed unpack leaves `root` partly written: the caller must discard it.
 //!
 //! Semantics follow the OCI image-spec "applying changesets" rules (as containerd, kaniko and umoci
 //! implement them): whiteouts delete lower-layer paths, opaque markers empty a directory of its
@@ -17,6 +18,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -24,9 +26,16 @@ use crate::rootfs::{
     self, Content, Dialect, DirTimes, Formats, ImpliedDirs, Kind, Meta, OpenError, Protected,
     RootWriter, TarEntry, Target, WriteError, WriterOptions, XattrFailures,
 };
+use bounds::{Counted, Meter, Metered, Passed};
+use kiln_oci::limits::human_size;
 
+pub mod bounds;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
+
+pub use bounds::{BuildBudget, LayerBounds};
 
 /// Prefix of a whiteout file: `dir/.wh.name` deletes `dir/name` from the lower layers.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -40,6 +49,11 @@ pub struct UnpackOptions {
     pub ignore: Vec<PathBuf>,
     /// Give files the uid/gid recorded in the layer (needs root); otherwise they belong to the caller.
     pub same_owner: bool,
+    /// `--max-layer-size` and `--max-layer-entries`.
+    pub bounds: LayerBounds,
+    /// `--max-build-size`: what every unpack of the build may add up to; a layer is charged
+    /// with its decompressed size once it is applied.
+    pub budget: Arc<BuildBudget>,
 }
 
 /// What an unpack did.
@@ -49,6 +63,11 @@ pub struct UnpackStats {
     pub entries: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
+    /// Decompressed bytes of the layer (its tar stream, or the file content written when
+    /// sparse files make that larger), as charged to the build's budget.
+    pub decompressed: u64,
+    /// Extended attributes recorded in the layer and not applied (see [`rootfs::xattrs`]).
+    pub xattrs_skipped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +104,41 @@ pub enum UnpackError {
         layer: PathBuf,
         expected: String,
         actual: String,
+    },
+    #[error(
+        "layer {layer} is larger than {} decompressed (the --max-layer-size bound): refused \
+         at that size, before more was written; the image is broken or hostile (a compression \
+         bomb), or raise --max-layer-size if it is genuine", human_size(*limit)
+    )]
+    LayerTooLarge { layer: PathBuf, limit: u64 },
+    #[error(
+        "layer {layer} takes the build past {} of unpacked layers (the --max-build-size \
+         bound; the layers before it used {}): refused at that size; raise --max-build-size if \
+         the build is genuine", human_size(*limit), human_size(*before)
+    )]
+    BuildTooLarge {
+        layer: PathBuf,
+        limit: u64,
+        before: u64,
+    },
+    #[error(
+        "layer {layer} has more than {limit} entries (the --max-layer-entries bound): refused \
+         there; raise --max-layer-entries if the image is genuine"
+    )]
+    TooManyEntries { layer: PathBuf, limit: u64 },
+    #[error(
+        "no space left on device while unpacking layer {layer} into {} ({action} {path} for \
+         entry {entry:?}); free space there or give the build a larger --kiln-dir; what was \
+         unpacked of the layer is removed", root.display()
+    )]
+    NoSpace {
+        layer: PathBuf,
+        root: PathBuf,
+        entry: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("layer {layer}: cannot apply entry {entry:?}: {action} {path}: {source}")]
     Apply {
@@ -189,24 +243,56 @@ fn apply_stream(
             other => io::Error::other(other),
         },
     })?;
-    let mut unpacker = Unpacker::new(blob, root, opts);
-    rootfs::for_each_entry(
+    // Bytes are counted as they leave the decompressor, before the tar reader sees them.
+    let meter = Meter::new(opts.bounds.size, opts.budget.clone());
+    let reader: Box<dyn Read> = Box::new(Metered::new(reader, meter.clone(), Counted::Stream));
+    let mut unpacker = Unpacker::new(blob, root, opts, meter.clone());
+    let applied = rootfs::for_each_entry(
         reader,
         |source| UnpackError::Read {
             layer: blob.to_path_buf(),
             source,
         },
         |entry| unpacker.apply(entry),
-    )?;
-    let stats = unpacker.stats;
-    unpacker
-        .w
-        .finish()
-        .map_err(|e| write_err(blob, root, "", e))?;
+    )
+    .and_then(|()| {
+        let stats = unpacker.stats;
+        unpacker
+            .w
+            .finish()
+            .map_err(|e| write_err(blob, root, "", e))?;
+        Ok(stats)
+    });
+    // Whichever error a passed bound surfaced as (a read, a write, the tar reader's), the
+    // bound is what the user must hear about.
+    let mut stats = applied.map_err(|e| match meter.passed() {
+        Some(Passed::LayerSize(limit)) => UnpackError::LayerTooLarge {
+            layer: blob.to_path_buf(),
+            limit,
+        },
+        Some(Passed::BuildSize { limit, before }) => UnpackError::BuildTooLarge {
+            layer: blob.to_path_buf(),
+            limit,
+            before,
+        },
+        None => e,
+    })?;
+    meter.commit();
+    stats.decompressed = meter.charge();
+    if stats.xattrs_skipped > 0 {
+        tracing::info!(
+            layer = %blob.display(),
+            skipped = stats.xattrs_skipped,
+            "{} extended attribute(s) of the layer not applied: only user.* and \
+             security.capability are (each is logged at debug)",
+            stats.xattrs_skipped
+        );
+    }
     tracing::debug!(
         layer = %blob.display(),
         entries = stats.entries,
         bytes = stats.bytes,
+        decompressed = stats.decompressed,
         "layer unpacked"
     );
     Ok(stats)
@@ -217,6 +303,19 @@ fn write_err(layer: &Path, root: &Path, entry: &str, e: WriteError) -> UnpackErr
     let layer = layer.to_path_buf();
     let entry = entry.to_string();
     match e {
+        WriteError::Io {
+            action,
+            path,
+            source,
+            ..
+        } if is_no_space(&source) => UnpackError::NoSpace {
+            layer,
+            root: root.to_path_buf(),
+            entry,
+            action,
+            path,
+            source,
+        },
         WriteError::Io {
             action,
             path,
@@ -245,6 +344,11 @@ fn write_err(layer: &Path, root: &Path, entry: &str, e: WriteError) -> UnpackErr
     }
 }
 
+/// Disk full, or the quota of the filesystem reached.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 /// Applies one layer's entries with the changeset rules; every write goes through the writer.
 struct Unpacker<'a> {
     layer: &'a Path,
@@ -255,10 +359,14 @@ struct Unpacker<'a> {
     /// must not delete.
     seen: HashSet<PathBuf>,
     stats: UnpackStats,
+    meter: Rc<Meter>,
+    max_entries: kiln_oci::limits::Limit,
+    /// Entries read so far, applied or not.
+    read: u64,
 }
 
 impl<'a> Unpacker<'a> {
-    fn new(layer: &'a Path, root: &'a Path, opts: &UnpackOptions) -> Self {
+    fn new(layer: &'a Path, root: &'a Path, opts: &UnpackOptions, meter: Rc<Meter>) -> Self {
         let writer_opts = WriterOptions {
             implied_dirs: ImpliedDirs::Umask,
             xattr_failures: XattrFailures::WarnUnsupported,
@@ -272,6 +380,9 @@ impl<'a> Unpacker<'a> {
             same_owner: opts.same_owner,
             seen: HashSet::new(),
             stats: UnpackStats::default(),
+            meter,
+            max_entries: opts.bounds.entries,
+            read: 0,
         }
     }
 
@@ -310,11 +421,12 @@ impl<'a> Unpacker<'a> {
         }
     }
 
-    /// The entry's metadata as the layer records it.
-    fn meta(&self, entry: &mut TarEntry<'_>) -> Result<Meta, UnpackError> {
-        let recorded = entry
+    /// The entry's metadata as the layer records it, less the xattrs that are not applied.
+    fn meta(&mut self, entry: &mut TarEntry<'_>, name: &str) -> Result<Meta, UnpackError> {
+        let mut recorded = entry
             .recorded(Dialect::Layer, self.same_owner)
             .map_err(|e| self.read_err(e))?;
+        self.stats.xattrs_skipped += rootfs::xattrs::retain_applied(&mut recorded.xattrs, name);
         Ok(Meta {
             mode: recorded.mode,
             owner: recorded.owner,
@@ -328,6 +440,13 @@ impl<'a> Unpacker<'a> {
         let kind = entry.kind();
         if kind == Kind::Extension {
             return Ok(());
+        }
+        self.read += 1;
+        if let Some(limit) = self.max_entries.get().filter(|max| self.read > *max) {
+            return Err(UnpackError::TooManyEntries {
+                layer: self.layer.to_path_buf(),
+                limit,
+            });
         }
         let name = entry.name();
         let rel = entry
@@ -377,13 +496,17 @@ impl<'a> Unpacker<'a> {
         self.w
             .prepare(&mut t)
             .map_err(|e| self.write_err(&name, e))?;
-        let meta = self.meta(entry)?;
+        let meta = self.meta(entry, &name)?;
 
         let written = match kind {
-            Kind::File => self
-                .w
-                .file(&mut t, Content::Stream(entry), &meta)
-                .map(|bytes| self.stats.bytes += bytes),
+            Kind::File => {
+                // File content counts as it is read for writing: a sparse entry's holes are
+                // filled by the tar reader and never pass the decompressed stream.
+                let mut content = Metered::new(&mut *entry, self.meter.clone(), Counted::Content);
+                self.w
+                    .file(&mut t, Content::Stream(&mut content), &meta)
+                    .map(|bytes| self.stats.bytes += bytes)
+            }
             Kind::Dir => self.w.dir(&mut t, &meta),
             Kind::Symlink => {
                 let target = entry
@@ -444,7 +567,7 @@ impl<'a> Unpacker<'a> {
                 "would replace the root directory with a non-directory",
             ));
         }
-        let meta = self.meta(entry)?;
+        let meta = self.meta(entry, name)?;
         let mut root = self
             .w
             .locate(Path::new(""))

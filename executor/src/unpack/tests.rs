@@ -8,18 +8,18 @@ use tar::EntryType;
 
 /// Builds tar layers entry by entry with raw header fields, so that names the tar crate would
 /// refuse to write (`..`, absolute paths) can be tested.
-struct Layer {
+pub(super) struct Layer {
     builder: tar::Builder<Vec<u8>>,
 }
 
 impl Layer {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Layer {
             builder: tar::Builder::new(Vec::new()),
         }
     }
 
-    fn raw(
+    pub(super) fn raw(
         &mut self,
         name: &str,
         kind: EntryType,
@@ -43,11 +43,11 @@ impl Layer {
         self
     }
 
-    fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+    pub(super) fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
         self.raw(name, EntryType::Regular, None, data, 0o644)
     }
 
-    fn dir(&mut self, name: &str) -> &mut Self {
+    pub(super) fn dir(&mut self, name: &str) -> &mut Self {
         self.raw(name, EntryType::Directory, None, b"", 0o755)
     }
 
@@ -59,22 +59,31 @@ impl Layer {
         self.raw(name, EntryType::Link, Some(target), b"", 0o644)
     }
 
-    fn bytes(&mut self) -> Vec<u8> {
+    /// PAX records for the next entry.
+    pub(super) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        self.builder
+            .append_pax_extensions(records.iter().copied())
+            .unwrap();
+        self
+    }
+
+    pub(super) fn bytes(&mut self) -> Vec<u8> {
         self.builder.finish().unwrap();
         self.builder.get_ref().clone()
     }
 
-    fn write(&mut self, dir: &Path) -> PathBuf {
+    pub(super) fn write(&mut self, dir: &Path) -> PathBuf {
         let path = dir.join("layer.tar");
         fs::write(&path, self.bytes()).unwrap();
         path
     }
 }
 
-fn opts() -> UnpackOptions {
+pub(super) fn opts() -> UnpackOptions {
     UnpackOptions {
         ignore: Vec::new(),
         same_owner: true,
+        ..Default::default()
     }
 }
 
@@ -366,6 +375,7 @@ fn ignored_paths_are_never_touched() {
     let opts = UnpackOptions {
         ignore: vec![PathBuf::from("/kiln"), PathBuf::from("/var/run/secrets")],
         same_owner: true,
+        ..Default::default()
     };
     unpack_layer(&blob, r, &opts).unwrap();
     assert_eq!(fs::read_to_string(r.join("kiln/state")).unwrap(), "s");

@@ -50,7 +50,7 @@ impl BaseImageCache {
             }
         }
         let results: Vec<Result<Option<u64>, CacheError>> = futures_util::stream::iter(digests)
-            .map(|(digest, _size)| {
+            .map(|(digest, size)| {
                 let reference = reference.to_string();
                 async move {
                     if !force && self.layout.has_blob(&digest) {
@@ -72,7 +72,7 @@ impl BaseImageCache {
                     }
                     let started = std::time::Instant::now();
                     let n = registry
-                        .fetch_blob_to_file(&reference, &digest, &self.layout.blob_path(&digest))
+                        .fetch_blob_to_file(&reference, &digest, size, &self.layout.blob_path(&digest))
                         .await?;
                     tracing::debug!(reference = %reference, blob = %digest, bytes = n, seconds = started.elapsed().as_secs_f64(), "layer downloaded");
                     Ok(Some(n))

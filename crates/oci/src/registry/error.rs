@@ -88,6 +88,28 @@ pub enum RegistryError {
         available: String,
     },
 
+    #[error("{what} of {reference} from registry {registry} is larger than {} (the {flag} bound){}: refusing to read it; the registry is broken or hostile, or raise {flag} if the image is genuine", crate::limits::human_size(*limit), declared.map(|n| format!("; it says {n} bytes")).unwrap_or_default())]
+    TooLarge {
+        registry: String,
+        reference: String,
+        what: String,
+        limit: u64,
+        /// The size the registry or the descriptor announced, when one did.
+        declared: Option<u64>,
+        flag: &'static str,
+    },
+
+    #[error("{what} of {reference} from registry {registry} is {} its descriptor's {expected} bytes{}: the registry serves other content than the manifest describes; refusing it", if *longer { "longer than" } else { "shorter than" }, if *longer { String::new() } else { format!(" ({actual} bytes)") })]
+    SizeMismatch {
+        registry: String,
+        reference: String,
+        what: String,
+        expected: u64,
+        /// Bytes received (for a longer blob: as far as the read went, past `expected`).
+        actual: u64,
+        longer: bool,
+    },
+
     #[error("invalid {what} for {reference} from registry {registry}: {detail}")]
     InvalidContent {
         registry: String,
@@ -260,6 +282,33 @@ impl ErrorContext<'_> {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
             detail: redact(detail.as_ref(), self.secrets),
+        }
+    }
+
+    pub(crate) fn too_large(
+        &self,
+        limit: u64,
+        declared: Option<u64>,
+        flag: &'static str,
+    ) -> RegistryError {
+        RegistryError::TooLarge {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            what: self.what.to_string(),
+            limit,
+            declared,
+            flag,
+        }
+    }
+
+    pub(crate) fn size_mismatch(&self, expected: u64, actual: u64) -> RegistryError {
+        RegistryError::SizeMismatch {
+            registry: self.registry.to_string(),
+            reference: self.reference.to_string(),
+            what: self.what.to_string(),
+            expected,
+            actual,
+            longer: actual > expected,
         }
     }
 

@@ -1,12 +1,15 @@
 //! Registry access (pull, push, auth) and OCI image layouts. Shared with kiln-warmer.
 //! Knows nothing about builds: it moves manifests, configs and blobs between registries,
-//! files and layouts, verifying every digest, and it never logs or reports credentials.
+//! files and layouts, verifying every digest and reading no more than the bounds allow
+//! (manifests and configs up to `max_manifest_size`, a blob up to its descriptor's size), and
+//! it never logs or reports credentials.
 
 pub mod auth;
 pub mod error;
 pub mod layout;
 pub mod reference;
 
+mod bounded;
 mod pull;
 mod push;
 
@@ -43,20 +46,36 @@ const MEDIA_TYPE_DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.man
 
 /// The longest wait between two attempts of a request, however many retries are allowed.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+const USER_AGENT: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
 
 /// How to reach registries. `Default` is HTTPS everywhere with verification, no mirrors,
-/// no retries (1 s base delay when some are allowed), the host's Linux platform and the
-/// usual docker config locations.
+/// no retries (1 s base delay when some are allowed), the host's Linux platform, the usual
+/// docker config locations and the default bounds of [`crate::limits`].
+///
+/// Every request is on one of two sides (see [`Side`]): a push, or a read of a repository in
+/// `push_repositories`, is on the push side; every other read (base images, `COPY --from`) is
+/// on the pull side. `insecure` weakens the push side only and `insecure_pull` and
+/// `skip_tls_verify_pull` the pull side only, as kaniko's flags do.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
-    /// Plain HTTP to all registries.
+    /// Plain HTTP to all registries, for the push side (kaniko's `--insecure`).
     pub insecure: bool,
-    /// Registries (`host[:port]`) reached over plain HTTP.
+    /// Plain HTTP to all registries, for the pull side (kaniko's `--insecure-pull`).
+    pub insecure_pull: bool,
+    /// Registries (`host[:port]`) reached over plain HTTP, both sides.
     pub insecure_registries: Vec<String>,
-    /// HTTPS without certificate verification for all registries.
+    /// HTTPS without certificate verification for all registries, both sides.
     pub skip_tls_verify: bool,
-    /// Registries reached over HTTPS without certificate verification.
+    /// HTTPS without certificate verification for all registries, pull side only.
+    pub skip_tls_verify_pull: bool,
+    /// Registries reached over HTTPS without certificate verification, both sides.
     pub skip_tls_verify_registries: Vec<String>,
+    /// Repositories (image references; tag and digest ignored) the build writes to: its
+    /// destinations and its layer cache. Reading them is on the push side, as kaniko reads its
+    /// cache repository with its push settings (`pkg/cache/cache.go`).
+    pub push_repositories: Vec<String>,
     /// Pull-through mirrors for docker.io images (`host[:port][/prefix]`), tried in order
     /// before docker.io itself, like kaniko's `--registry-mirror`.
     pub mirrors: Vec<String>,
@@ -78,15 +97,24 @@ pub struct RegistryOptions {
     /// An explicit docker config.json; else `$DOCKER_CONFIG/config.json`,
     /// `~/.docker/config.json`, `/kaniko/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
+    /// The most bytes read of a manifest, an image index or an image config
+    /// (`--max-manifest-size`); `u64::MAX` for no bound.
+    pub max_manifest_size: u64,
+    /// The largest layer, decompressed (`--max-layer-size`): a layer blob larger than
+    /// [`crate::limits::max_compressed_size`] of it is refused before it is downloaded.
+    pub max_layer_size: Option<u64>,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             insecure: false,
+            insecure_pull: false,
             insecure_registries: Vec::new(),
             skip_tls_verify: false,
+            skip_tls_verify_pull: false,
             skip_tls_verify_registries: Vec::new(),
+            push_repositories: Vec::new(),
             mirrors: Vec::new(),
             registry_maps: Vec::new(),
             push_retries: 0,
@@ -94,8 +122,19 @@ impl Default for RegistryOptions {
             retry_base_delay: Duration::from_secs(1),
             platform: Platform::default(),
             docker_config: None,
+            max_manifest_size: crate::limits::DEFAULT_MAX_MANIFEST_SIZE,
+            max_layer_size: Some(crate::limits::DEFAULT_MAX_LAYER_SIZE),
         }
     }
+}
+
+/// Which settings a request goes with: kaniko's pull flags or its push flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Reading images the build does not write: base images, `COPY --from=<image>`.
+    Pull,
+    /// Writing (destinations, the layer cache), and reading a repository the build writes.
+    Push,
 }
 
 /// Parses kaniko `--registry-map` values into (normalised original registry, remaps in
@@ -175,17 +214,45 @@ pub enum BlobSource {
 /// A registry client: one per build (or warm), holding credentials and token caches.
 pub struct Registry {
     opts: RegistryOptions,
-    /// Verifies TLS certificates, unless `skip_tls_verify` turns that off everywhere.
-    client: Client,
-    /// For registries in `skip_tls_verify_registries`: oci-client has one certificate policy
-    /// per client, so those need a second one. Made only when some registry is listed, since
-    /// each client loads and parses the system's CA certificates when it is made.
-    unverified: Option<Client>,
+    /// The clients of the pull side and of the push side (the same ones when both sides have
+    /// the same settings).
+    pull: Transports,
+    push: Transports,
     auth: DockerConfig,
     config_desc: String,
     secrets: Vec<String>,
     /// `opts.registry_maps`, parsed.
     maps: Vec<(String, Vec<String>)>,
+    /// `opts.push_repositories` as (normalised registry, repository).
+    push_repos: Vec<(String, String)>,
+    /// Authorization for the bounded reads of [`bounded`], by registry and repository.
+    tokens: bounded::TokenCache,
+}
+
+/// The HTTP clients of one side.
+#[derive(Clone)]
+struct Transports {
+    /// Verifies TLS certificates, unless the side skips verification everywhere.
+    verified: Transport,
+    /// For registries in `skip_tls_verify_registries`: oci-client has one certificate policy
+    /// per client, so those need a second one. Made only when some registry is listed, since
+    /// each client loads and parses the system's CA certificates when it is made.
+    unverified: Option<Transport>,
+}
+
+/// One transport setting: oci-client's client (pushes, tokens, blob streams) and a plain HTTP
+/// client with the same settings for the reads oci-client would hold whole in memory.
+#[derive(Clone)]
+struct Transport {
+    oci: Client,
+    http: bounded::Http,
+}
+
+/// What distinguishes one side's transports from the other's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SideSettings {
+    insecure: bool,
+    skip_tls_verify: bool,
 }
 
 /// Which kind of request a retry policy applies to.
@@ -209,55 +276,43 @@ impl Registry {
     pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
         let auth = DockerConfig::load(opts.docker_config.as_deref())?;
         let maps = parse_registry_maps(&opts.registry_maps)?;
-        let protocol = if opts.insecure {
-            ClientProtocol::Http
-        } else {
-            let mut list: Vec<String> = opts
-                .insecure_registries
-                .iter()
-                .map(|r| auth::normalize_auth_key(r))
-                .collect();
-            // oci-client addresses Docker Hub as index.docker.io.
-            if list.iter().any(|r| r == "docker.io") {
-                list.push("index.docker.io".to_string());
-            }
-            ClientProtocol::HttpsExcept(list)
+        let pull_settings = SideSettings {
+            insecure: opts.insecure_pull,
+            skip_tls_verify: opts.skip_tls_verify || opts.skip_tls_verify_pull,
         };
-        let make = |accept_invalid: bool| -> Result<Client, RegistryError> {
-            let config = ClientConfig {
-                protocol: protocol.clone(),
-                accept_invalid_certificates: accept_invalid,
-                // Uploads are one streamed PUT: a stream cannot be replayed into the
-                // chunked-then-monolithic fallback, and a single request is what every
-                // registry supports.
-                use_monolithic_push: true,
-                // Index resolution is done here, against the configured platform.
-                platform_resolver: None,
-                connect_timeout: Some(std::time::Duration::from_secs(30)),
-                read_timeout: Some(std::time::Duration::from_secs(300)),
-                user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
-                ..ClientConfig::default()
-            };
-            Client::try_from(config).map_err(|e| RegistryError::Client {
-                detail: e.to_string(),
+        let push_settings = SideSettings {
+            insecure: opts.insecure,
+            skip_tls_verify: opts.skip_tls_verify,
+        };
+        let push = transports(&opts, &push_settings)?;
+        let pull = if pull_settings == push_settings {
+            push.clone()
+        } else {
+            transports(&opts, &pull_settings)?
+        };
+        let push_repos = opts
+            .push_repositories
+            .iter()
+            .filter_map(|r| parse_reference(r).ok())
+            .map(|r| {
+                (
+                    auth::normalize_auth_key(r.registry()),
+                    r.repository().to_string(),
+                )
             })
-        };
-        let client = make(opts.skip_tls_verify)?;
-        let unverified = if opts.skip_tls_verify || opts.skip_tls_verify_registries.is_empty() {
-            None
-        } else {
-            Some(make(true)?)
-        };
+            .collect();
         let config_desc = auth.describe();
         let secrets = auth.all_secrets();
         Ok(Registry {
             opts,
-            client,
-            unverified,
+            pull,
+            push,
             auth,
             config_desc,
             secrets,
             maps,
+            push_repos,
+            tokens: bounded::TokenCache::default(),
         })
     }
 
@@ -266,9 +321,28 @@ impl Registry {
         &self.opts
     }
 
-    fn client_for(&self, r: &Reference) -> &Client {
+    /// The side of a request for `r`: every push, and every read of a repository the build
+    /// writes, is on the push side.
+    fn side(&self, r: &Reference, direction: Direction) -> Side {
         let host = auth::normalize_auth_key(r.registry());
-        match &self.unverified {
+        let written = self
+            .push_repos
+            .iter()
+            .any(|(reg, repo)| *reg == host && repo == r.repository());
+        if direction == Direction::Push || written {
+            Side::Push
+        } else {
+            Side::Pull
+        }
+    }
+
+    fn transport_for(&self, r: &Reference, side: Side) -> &Transport {
+        let transports = match side {
+            Side::Pull => &self.pull,
+            Side::Push => &self.push,
+        };
+        let host = auth::normalize_auth_key(r.registry());
+        match &transports.unverified {
             Some(unverified)
                 if self
                     .opts
@@ -278,8 +352,12 @@ impl Registry {
             {
                 unverified
             }
-            _ => &self.client,
+            _ => &transports.verified,
         }
+    }
+
+    fn client_for(&self, r: &Reference, side: Side) -> &Client {
+        &self.transport_for(r, side).oci
     }
 
     fn registry_auth(&self, r: &Reference) -> RegistryAuth {
@@ -382,6 +460,57 @@ impl Registry {
         out.push(r.clone());
         out
     }
+}
+
+/// The clients of one side: plain HTTP everywhere or for the listed registries, certificates
+/// verified unless the side skips that everywhere, plus unverified clients for the listed
+/// registries.
+fn transports(opts: &RegistryOptions, side: &SideSettings) -> Result<Transports, RegistryError> {
+    let protocol = if side.insecure {
+        ClientProtocol::Http
+    } else {
+        let mut list: Vec<String> = opts
+            .insecure_registries
+            .iter()
+            .map(|r| auth::normalize_auth_key(r))
+            .collect();
+        // oci-client addresses Docker Hub as index.docker.io.
+        if list.iter().any(|r| r == "docker.io") {
+            list.push("index.docker.io".to_string());
+        }
+        ClientProtocol::HttpsExcept(list)
+    };
+    let make = |accept_invalid: bool| -> Result<Transport, RegistryError> {
+        let config = ClientConfig {
+            protocol: protocol.clone(),
+            accept_invalid_certificates: accept_invalid,
+            // Uploads are one streamed PUT: a stream cannot be replayed into the
+            // chunked-then-monolithic fallback, and a single request is what every
+            // registry supports.
+            use_monolithic_push: true,
+            // Index resolution is done here, against the configured platform.
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let oci = Client::try_from(config).map_err(|e| RegistryError::Client {
+            detail: e.to_string(),
+        })?;
+        let http = bounded::Http::new(protocol.clone(), accept_invalid)?;
+        Ok(Transport { oci, http })
+    };
+    let verified = make(side.skip_tls_verify)?;
+    let unverified = if side.skip_tls_verify || opts.skip_tls_verify_registries.is_empty() {
+        None
+    } else {
+        Some(make(true)?)
+    };
+    Ok(Transports {
+        verified,
+        unverified,
+    })
 }
 
 /// The wait before retry `n` (0-based): `base * 2^n`, at most [`MAX_RETRY_DELAY`].

@@ -1,11 +1,14 @@
 //! Pulling: resolving a reference to one platform's manifest and config, streaming blobs into
 //! files with verification, and filling OCI layouts. Every request goes through the registry's
-//! mirrors and remaps in order (see `Registry::endpoints`).
+//! mirrors and remaps in order (see `Registry::endpoints`), on the side (`Side`) of the
+//! reference asked for. Nothing is read past its bound: manifests, indexes and configs stop at
+//! `max_manifest_size`, a blob at its descriptor's size (a longer or shorter one is an error,
+//! and its digest is still checked), and a layer blob larger than `max_layer_size` allows is
+//! refused before it is fetched.
 
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
-use oci_client::manifest::OciDescriptor;
 use oci_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
@@ -15,9 +18,9 @@ use super::error::{Attempt, ErrorContext};
 use super::reference::{sha256_hex, with_digest};
 use super::{
     parse_reference, sha256_digest, sniff_media_type, Direction, OciLayout, Platform, Reference,
-    Registry, RegistryError, RemoteImage, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
+    Registry, RegistryError, RemoteImage, Side, MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
 
 /// Manifest types asked for when resolving a tag or digest.
@@ -40,10 +43,6 @@ const ACCEPTED_LAYERS: &[&str] = &[
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 ];
 
-/// Largest config blob accepted; configs are a few KiB, so a bigger one is hostile or broken
-/// and must not be held in memory.
-const MAX_CONFIG_SIZE: i64 = 16 << 20;
-
 impl Registry {
     /// Resolves `reference` to one platform's manifest and config, verifying the manifest
     /// digest (when pulling by digest, and the chosen child of an index always) and the
@@ -51,10 +50,11 @@ impl Registry {
     pub async fn pull_image(&self, reference: &str) -> Result<RemoteImage, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
+        let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
-            match self.pull_from(ep, &normalized).await {
+            match self.pull_from(ep, &normalized, side).await {
                 Ok(img) => return Ok(img),
                 Err(e) => {
                     if i + 1 < endpoints.len() {
@@ -72,20 +72,26 @@ impl Registry {
 
     async fn fetch_manifest(
         &self,
-        client: &Client,
         ep: &Reference,
         normalized: &str,
+        side: Side,
     ) -> Result<(Vec<u8>, String), RegistryError> {
         let what = match ep.digest() {
             Some(d) => format!("manifest {d}"),
             None => format!("manifest for tag {}", ep.tag().unwrap_or("latest")),
         };
         let ctx = self.ctx(ep, normalized, &what);
+        let transport = self.transport_for(ep, side);
         self.retrying(Direction::Pull, &ctx, || async {
-            let (body, _) = client
-                .pull_manifest_raw(ep, &self.registry_auth(ep), ACCEPTED_MANIFESTS)
-                .await
-                .map_err(|e| ctx.attempt(e))?;
+            let body = self
+                .get_manifest_bounded(
+                    transport,
+                    ep,
+                    ACCEPTED_MANIFESTS,
+                    self.opts.max_manifest_size,
+                    &ctx,
+                )
+                .await?;
             let actual = sha256_digest(&body);
             if let Some(expected) = ep.digest() {
                 if expected != actual {
@@ -93,7 +99,7 @@ impl Registry {
                     return Err(Attempt::transient(ctx.mismatch(expected, &actual)));
                 }
             }
-            Ok((body.to_vec(), actual))
+            Ok((body, actual))
         })
         .await
     }
@@ -102,10 +108,11 @@ impl Registry {
         &self,
         ep: &Reference,
         normalized: &str,
+        side: Side,
     ) -> Result<RemoteImage, RegistryError> {
-        let client = self.client_for(ep);
+        let client = self.client_for(ep, side);
         self.prepare(client, ep).await;
-        let (mut bytes, mut digest) = self.fetch_manifest(client, ep, normalized).await?;
+        let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
             registry: ep.registry().to_string(),
@@ -147,7 +154,7 @@ impl Registry {
                 })?;
             let child = with_digest(ep, entry.digest().as_ref());
             index_digest = Some(digest);
-            (bytes, digest) = self.fetch_manifest(client, &child, normalized).await?;
+            (bytes, digest) = self.fetch_manifest(&child, normalized, side).await?;
             media_type = sniff_media_type(&bytes);
         }
         if media_type != MEDIA_TYPE_OCI_MANIFEST && media_type != MEDIA_TYPE_DOCKER_MANIFEST {
@@ -167,30 +174,37 @@ impl Registry {
             return Err(unsupported(layer.media_type().as_ref()));
         }
 
-        let config_digest = manifest.config().digest().to_string();
-        let config_size = manifest.config().size() as i64;
-        if !(0..=MAX_CONFIG_SIZE).contains(&config_size) {
-            return Err(invalid(
-                "config",
-                format!("descriptor size {config_size} is outside 0..={MAX_CONFIG_SIZE}"),
-            ));
+        if let Some(max) = self.opts.max_layer_size {
+            let cap = crate::limits::max_compressed_size(max);
+            if let Some(layer) = manifest.layers().iter().find(|l| l.size() > cap) {
+                let what = format!("layer {}", layer.digest());
+                return Err(self.ctx(ep, normalized, &what).too_large(
+                    cap,
+                    Some(layer.size()),
+                    "--max-layer-size",
+                ));
+            }
         }
+
+        let config_digest = manifest.config().digest().to_string();
+        let config_size = manifest.config().size();
         let what = format!("config {config_digest}");
         let ctx = self.ctx(ep, normalized, &what);
-        let desc = OciDescriptor {
-            media_type: config_media.clone(),
-            digest: config_digest.clone(),
-            size: config_size,
-            ..OciDescriptor::default()
-        };
+        if config_size > self.opts.max_manifest_size {
+            return Err(ctx.too_large(
+                self.opts.max_manifest_size,
+                Some(config_size),
+                "--max-manifest-size",
+            ));
+        }
         let config_bytes = self
             .retrying(Direction::Pull, &ctx, || async {
                 let mut bytes: Vec<u8> = Vec::new();
-                client
-                    .pull_blob(ep, &desc, &mut bytes)
-                    .await
-                    .map_err(|e| ctx.attempt(e))?;
-                let actual = sha256_digest(&bytes);
+                let actual = self
+                    .read_blob(client, ep, &config_digest, config_size, &ctx, |chunk| {
+                        bytes.extend_from_slice(chunk)
+                    })
+                    .await?;
                 if actual != config_digest {
                     return Err(Attempt::transient(ctx.mismatch(&config_digest, &actual)));
                 }
@@ -215,11 +229,15 @@ impl Registry {
 
     /// Streams blob `digest` of the repository of `reference` into `dest`: written to a
     /// temporary file beside `dest`, hashed on the way, renamed into place only when the
-    /// sha256 matches. Returns the number of bytes. Memory use does not grow with the blob.
+    /// sha256 matches and exactly `size` bytes (its descriptor's) came. Reading stops at `size`:
+    /// a longer blob is refused without being read further. A layer blob larger than
+    /// `max_layer_size` allows is refused before it is requested. Returns the number of bytes.
+    /// Memory use does not grow with the blob.
     pub async fn fetch_blob_to_file(
         &self,
         reference: &str,
         digest: &str,
+        size: u64,
         dest: &Path,
     ) -> Result<u64, RegistryError> {
         let r = parse_reference(reference)?;
@@ -230,10 +248,25 @@ impl Registry {
                 detail: format!("not a sha256:<64 hex> digest (for {normalized})"),
             });
         }
+        if let Some(max) = self.opts.max_layer_size {
+            let cap = crate::limits::max_compressed_size(max);
+            if size > cap {
+                let what = format!("blob {digest}");
+                return Err(self.ctx(&r, &normalized, &what).too_large(
+                    cap,
+                    Some(size),
+                    "--max-layer-size",
+                ));
+            }
+        }
+        let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
-            match self.fetch_blob_from(ep, &normalized, digest, dest).await {
+            match self
+                .fetch_blob_from(ep, &normalized, digest, size, dest, side)
+                .await
+            {
                 Ok(n) => return Ok(n),
                 Err(e) => {
                     if i + 1 < endpoints.len() {
@@ -254,9 +287,11 @@ impl Registry {
         ep: &Reference,
         normalized: &str,
         digest: &str,
+        size: u64,
         dest: &Path,
+        side: Side,
     ) -> Result<u64, RegistryError> {
-        let client = self.client_for(ep);
+        let client = self.client_for(ep, side);
         self.prepare(client, ep).await;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
@@ -278,7 +313,9 @@ impl Registry {
                             e,
                         ))
                     })?;
-                let written = self.stream_blob(client, ep, digest, &tmp, &ctx).await?;
+                let written = self
+                    .stream_blob(client, ep, digest, size, &tmp, &ctx)
+                    .await?;
                 Ok((tmp, written))
             })
             .await?;
@@ -293,12 +330,13 @@ impl Registry {
         Ok(written)
     }
 
-    /// One attempt of a blob download into `tmp`, verified against `digest`.
+    /// One attempt of a blob download into `tmp`, verified against `digest` and `size`.
     async fn stream_blob(
         &self,
         client: &Client,
         ep: &Reference,
         digest: &str,
+        size: u64,
         tmp: &tempfile::NamedTempFile,
         ctx: &ErrorContext<'_>,
     ) -> Result<u64, Attempt> {
@@ -314,26 +352,43 @@ impl Registry {
             .pull_blob_stream(ep, digest)
             .await
             .map_err(|e| ctx.attempt(e))?;
-        let mut hasher = Sha256::new();
-        let mut written: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            // A connection cut mid-body ends here; the caller retries from scratch.
-            let chunk = chunk.map_err(|e| Attempt::transient(ctx.map_io(&e)))?;
-            hasher.update(&chunk);
-            written += chunk.len() as u64;
-            file.write_all(&chunk)
+        let mut read = BoundedBlob::new(size);
+        while let Some(item) = stream.next().await {
+            let chunk = read.admit(item, ctx)?;
+            file.write_all(chunk.as_ref())
                 .await
                 .map_err(|e| local("cannot write", e))?;
         }
+        let actual = read.finish(ctx)?;
         file.flush().await.map_err(|e| local("cannot write", e))?;
         file.sync_all().await.map_err(|e| local("cannot sync", e))?;
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
-            // The temporary file is removed when the caller drops it. A body cut short
-            // without a transport error lands here too, so this is worth a retry.
+            // The temporary file is removed when the caller drops it.
             return Err(Attempt::transient(ctx.mismatch(digest, &actual)));
         }
-        Ok(written)
+        Ok(size)
+    }
+
+    /// One attempt at reading blob `digest` (`size` bytes by its descriptor) of `ep` into
+    /// `sink`; returns the digest of what was read (the caller compares it).
+    async fn read_blob(
+        &self,
+        client: &Client,
+        ep: &Reference,
+        digest: &str,
+        size: u64,
+        ctx: &ErrorContext<'_>,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<String, Attempt> {
+        let mut stream = client
+            .pull_blob_stream(ep, digest)
+            .await
+            .map_err(|e| ctx.attempt(e))?;
+        let mut read = BoundedBlob::new(size);
+        while let Some(item) = stream.next().await {
+            sink(read.admit(item, ctx)?.as_ref());
+        }
+        read.finish(ctx)
     }
 
     /// Pulls `reference` (one platform) into an OCI layout: layers not yet in the layout
@@ -356,7 +411,7 @@ impl Registry {
             if layout.has_blob(&digest) {
                 continue;
             }
-            self.fetch_blob_to_file(reference, &digest, &layout.blob_path(&digest))
+            self.fetch_blob_to_file(reference, &digest, layer.size(), &layout.blob_path(&digest))
                 .await?;
         }
         let config_digest = layout.write_blob_bytes(&image.config_bytes)?;
@@ -369,7 +424,7 @@ impl Registry {
     pub async fn blob_exists(&self, reference: &str, digest: &str) -> Result<bool, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r);
+        let client = self.client_for(&r, self.side(&r, Direction::Pull));
         self.prepare(client, &r).await;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);
@@ -381,4 +436,71 @@ impl Registry {
         })
         .await
     }
+}
+
+/// The reading of one blob: hashes what comes and stops at the descriptor's size.
+struct BoundedBlob {
+    expected: u64,
+    read: u64,
+    hasher: Sha256,
+}
+
+impl BoundedBlob {
+    fn new(expected: u64) -> BoundedBlob {
+        BoundedBlob {
+            expected,
+            read: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// One item of the body stream: a chunk that fits within the descriptor's size (hashed),
+    /// or why the read stops. A chunk past the size ends it for good (the registry serves
+    /// another blob than the manifest describes); a cut connection or a short body is worth a
+    /// retry.
+    fn admit<B: AsRef<[u8]>>(
+        &mut self,
+        item: Result<B, std::io::Error>,
+        ctx: &ErrorContext<'_>,
+    ) -> Result<B, Attempt> {
+        let chunk = match item {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // oci-client's verifying stream ends a short body with a digest error; the
+                // size says more.
+                if self.read < self.expected && is_digest_error(&e) {
+                    return Err(Attempt::transient(
+                        ctx.size_mismatch(self.expected, self.read),
+                    ));
+                }
+                // A connection cut mid-body ends here; the caller retries from scratch.
+                return Err(Attempt::transient(ctx.map_io(&e)));
+            }
+        };
+        let n = chunk.as_ref().len() as u64;
+        if self.read.saturating_add(n) > self.expected {
+            return Err(Attempt::fatal(
+                ctx.size_mismatch(self.expected, self.read.saturating_add(n)),
+            ));
+        }
+        self.read += n;
+        self.hasher.update(chunk.as_ref());
+        Ok(chunk)
+    }
+
+    /// The digest of the blob, once the body has ended at exactly the descriptor's size.
+    fn finish(self, ctx: &ErrorContext<'_>) -> Result<String, Attempt> {
+        if self.read != self.expected {
+            // Cut short without a transport error: worth a retry.
+            return Err(Attempt::transient(
+                ctx.size_mismatch(self.expected, self.read),
+            ));
+        }
+        Ok(format!("sha256:{}", hex::encode(self.hasher.finalize())))
+    }
+}
+
+fn is_digest_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
 }

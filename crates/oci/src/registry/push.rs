@@ -11,7 +11,7 @@ use super::error::Attempt;
 use super::reference::sha256_hex;
 use super::{
     auth, parse_reference, sha256_digest, sniff_media_type, Blob, BlobSource, Direction, Reference,
-    Registry, RegistryError, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_MANIFEST,
+    Registry, RegistryError, Side, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_MANIFEST,
 };
 
 /// Size of the pieces a file is read in when uploading; memory per upload stays at this.
@@ -61,7 +61,7 @@ impl Registry {
                 });
             }
         }
-        let client = self.client_for(&r);
+        let client = self.client_for(&r, Side::Push);
         self.prepare(client, &r).await;
 
         // Any failure here returns before the manifest is sent; the blobs still in flight
@@ -140,7 +140,7 @@ impl Registry {
     pub async fn push_blob_ahead(&self, reference: &str, blob: &Blob) -> Result<(), RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r);
+        let client = self.client_for(&r, Side::Push);
         self.prepare(client, &r).await;
         self.push_blob(client, &r, &normalized, blob)
             .await
