@@ -49,7 +49,7 @@ build() {
     local name="$1"; shift
     local start end
     start="$(date +%s.%N)"
-    if ! "$EXECUTOR" --context "dir://$WORK/ctx" --destination "$DEST:$name" --insecure \
+    if ! "$EXECUTOR" --context "dir://$WORK/ctx" --destination "$DEST:$name" --insecure --insecure-pull \
         --cache --cache-repo "$DEST-cache" "$@" >"$WORK/$name.log" 2>&1; then
         tail -30 "$WORK/$name.log" >&2
         die "$name build failed (log above)"

@@ -14,7 +14,7 @@
 #   w3  busybox, RUN writing 400 MiB random + 400 MiB zeros   w6  w4 (steps changed) with the base warmed
 #
 # How each tool runs:
-#   kiln     kiln-executor (release, static) --isolation chroot --insecure, under /usr/bin/time -v
+#   kiln     kiln-executor (release, static) --isolation chroot --insecure --insecure-pull, under /usr/bin/time -v
 #   buildah  buildah --storage-driver vfs bud --isolation chroot, then buildah push, under /usr/bin/time -v,
 #            in a fresh storage root per cold run (so it pulls the base like the others)
 #   kaniko   /kaniko/executor in podman (runc, cgroupfs, vfs, --network host), context at /workspace;
@@ -541,7 +541,7 @@ kiln_build() {
     local kdir="$KILN_DIR_PARENT/kiln-dir-$w-$run"
     mkdir -p "$kdir"
     timed "$WORK/$w-kiln-$run.log" -- "$KILN" --context "dir://$ctx" --dockerfile Dockerfile \
-        --destination "$REG/bench/$w-kiln:latest" --insecure --isolation chroot \
+        --destination "$REG/bench/$w-kiln:latest" --insecure --insecure-pull --isolation chroot \
         --kiln-dir "$kdir" --build-arg "REGISTRY=$REG" "${extra[@]}"
     rm -rf "$ctx"
     discard rm -rf "$kdir"

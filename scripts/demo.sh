@@ -32,7 +32,7 @@ LAYOUT="$(mktemp -d /tmp/kiln-demo-oci.XXXXXX)"
 
 echo "==> kiln-executor: examples/hello -> $REGISTRY/demo/hello:latest and OCI layout $LAYOUT"
 "$EXECUTOR" --context "dir://$PWD/examples/hello" --dockerfile Dockerfile \
-    --destination "$REGISTRY/demo/hello:latest" --insecure \
+    --destination "$REGISTRY/demo/hello:latest" --insecure --insecure-pull \
     --oci-layout-path "$LAYOUT" --digest-file "$LAYOUT.digest"
 echo "==> digest $(cat "$LAYOUT.digest")"
 skopeo inspect --tls-verify=false "docker://$REGISTRY/demo/hello:latest" | jq '{Digest, Layers}'

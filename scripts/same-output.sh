@@ -47,7 +47,7 @@ build_executor() {
 # build_case BIN RUN CASE: builds CASE with BIN, pushes it as same/CASE:RUN; prints the digest.
 build_case() {
     local bin="$1" run="$2" case="$3" dir="$REPO/testdata/corpus/$3"
-    local args=(--context "dir://$dir" --dockerfile "$dir/Dockerfile" --insecure --reproducible
+    local args=(--context "dir://$dir" --dockerfile "$dir/Dockerfile" --insecure --insecure-pull --reproducible
         --destination "$REG/same/$case:$run" --destination "$REG/diff/$case:kiln"
         --digest-file "$WORK/digest")
     if [[ -f "$dir/args" ]]; then

@@ -37,7 +37,7 @@ fn build(ctx: &Path, dest: &str, flags: &[&str]) -> String {
         Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
             .arg("--context")
             .arg(format!("dir://{}", ctx.display()))
-            .args(["--destination", dest, "--insecure"])
+            .args(["--destination", dest, "--insecure", "--insecure-pull"])
             .args(flags),
         TIMEOUT,
     )

@@ -184,6 +184,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
                 "--destination",
                 &in_pod,
                 "--insecure",
+                "--insecure-pull",
                 "--tar-path",
                 "/output/image.tar",
             ]),
@@ -233,6 +234,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
                 "--isolation",
                 "chroot",
                 "--insecure",
+                "--insecure-pull",
                 "--destination",
                 &chroot_ref,
             ])

@@ -188,6 +188,7 @@ fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
         .arg("--destination")
         .arg(dest)
         .arg("--insecure")
+        .arg("--insecure-pull")
         .arg("--digest-file")
         .arg(&digest_file);
     for (k, v) in case.build_args_for("kiln") {

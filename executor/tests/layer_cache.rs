@@ -39,7 +39,13 @@ fn build(context: &Path, dest: &str, extra: &[&str]) -> Build {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
     cmd.arg("--context")
         .arg(format!("dir://{}", context.display()))
-        .args(["--destination", dest, "--insecure", "--reproducible"])
+        .args([
+            "--destination",
+            dest,
+            "--insecure",
+            "--insecure-pull",
+            "--reproducible",
+        ])
         .arg("--digest-file")
         .arg(&digest_file)
         .args(extra)
@@ -320,7 +326,7 @@ fn warm(cache_dir: &Path, base: &str) -> kiln_oci::base_cache::Stored {
     let cache = kiln_oci::base_cache::BaseImageCache::open(cache_dir, Duration::from_secs(3600))
         .expect("open cache");
     let reg = kiln_oci::registry::Registry::new(kiln_oci::registry::RegistryOptions {
-        insecure: true,
+        insecure_pull: true,
         ..Default::default()
     })
     .expect("registry client");
@@ -593,7 +599,13 @@ fn damaged_warmed_layer_is_discarded_and_the_base_pulled() {
                 "--destination",
                 &format!("{}:failed", unique_repo("damaged")),
             ])
-            .args(["--insecure", "--reproducible", "--cache-dir", &cache_arg])
+            .args([
+                "--insecure",
+                "--insecure-pull",
+                "--reproducible",
+                "--cache-dir",
+                &cache_arg,
+            ])
             .env(
                 "KILN_TERMINATION_LOG",
                 dir.path().join("termination-failed"),

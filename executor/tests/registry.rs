@@ -103,7 +103,12 @@ fn pull_manifest_config_and_verified_blobs() {
     let dest = tmp.path().join("blobs/layer");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     let n = rt
-        .block_on(registry.fetch_blob_to_file(&docker_ref, &layer_digest, &dest))
+        .block_on(registry.fetch_blob_to_file(
+            &docker_ref,
+            &layer_digest,
+            docker.manifest.layers()[0].size(),
+            &dest,
+        ))
         .unwrap();
     assert_eq!(n, std::fs::metadata(&dest).unwrap().len());
     assert_eq!(file_digest(&dest), layer_digest);
@@ -140,7 +145,7 @@ fn corrupted_blob_and_missing_things_are_reported() {
     std::fs::create_dir_all(&out).unwrap();
     let dest = out.join("layer");
     let err = rt
-        .block_on(registry.fetch_blob_to_file(&image, &img.layer().digest, &dest))
+        .block_on(registry.fetch_blob_to_file(&image, &img.layer().digest, img.layer().size, &dest))
         .unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
     let msg = err.to_string();
@@ -174,7 +179,7 @@ fn corrupted_blob_and_missing_things_are_reported() {
     );
     let missing = sha256_digest(b"not there");
     let err = rt
-        .block_on(registry.fetch_blob_to_file(&image, &missing, &dest))
+        .block_on(registry.fetch_blob_to_file(&image, &missing, 9, &dest))
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
     assert!(!dest.exists());
@@ -400,7 +405,7 @@ fn basic_auth_with_docker_config() {
     let pulled = rt.block_on(good.pull_image(&image)).unwrap();
     assert_eq!(pulled.manifest_digest, img.manifest_digest);
     let dest = tmp.path().join("layer");
-    rt.block_on(good.fetch_blob_to_file(&image, &img.layer().digest, &dest))
+    rt.block_on(good.fetch_blob_to_file(&image, &img.layer().digest, img.layer().size, &dest))
         .unwrap();
     // Push with the same credentials.
     let blobs = vec![img.config_blob()];
@@ -419,8 +424,13 @@ fn basic_auth_with_docker_config() {
     let bad = registry_with(config_with("kiln", wrong_pw, &reg.addr));
     for err in [
         rt.block_on(bad.pull_image(&image)).unwrap_err(),
-        rt.block_on(bad.fetch_blob_to_file(&image, &img.layer().digest, &tmp.path().join("x")))
-            .unwrap_err(),
+        rt.block_on(bad.fetch_blob_to_file(
+            &image,
+            &img.layer().digest,
+            img.layer().size,
+            &tmp.path().join("x"),
+        ))
+        .unwrap_err(),
         rt.block_on(bad.push_image(&image, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
             .unwrap_err(),
     ] {
@@ -473,8 +483,13 @@ fn docker_hub_images_come_from_mirrors_in_order() {
         assert_eq!(pulled.reference, "docker.io/library/hello:v1");
         assert_eq!(pulled.manifest_digest, img.manifest_digest);
         let dest = tmp.path().join("mirrored-layer");
-        rt.block_on(registry.fetch_blob_to_file("hello:v1", &img.layer().digest, &dest))
-            .unwrap();
+        rt.block_on(registry.fetch_blob_to_file(
+            "hello:v1",
+            &img.layer().digest,
+            img.layer().size,
+            &dest,
+        ))
+        .unwrap();
         assert_eq!(file_digest(&dest), img.layer().digest);
         std::fs::remove_file(&dest).unwrap();
     }
@@ -697,8 +712,13 @@ fn credentials_never_reach_trace_logs_or_errors() {
     rt.block_on(registry.push_image(&target, &blobs, &img.manifest, MEDIA_TYPE_OCI_MANIFEST))
         .unwrap();
     rt.block_on(registry.pull_image(&target)).unwrap();
-    rt.block_on(registry.fetch_blob_to_file(&target, &img.layer().digest, &tmp.path().join("l")))
-        .unwrap();
+    rt.block_on(registry.fetch_blob_to_file(
+        &target,
+        &img.layer().digest,
+        img.layer().size,
+        &tmp.path().join("l"),
+    ))
+    .unwrap();
     // A wrong password, whose failure is logged and returned.
     let wrong = "Wr0ng-Leak-Canary-88";
     write_cfg(wrong);

@@ -209,7 +209,9 @@ fn pull_with_retries_completes_and_verifies() {
     let pulled = bounded(registry.pull_image(&image)).unwrap();
     assert_eq!(pulled.manifest_digest, img.manifest_digest);
     assert_eq!(pulled.config_bytes, img.config);
-    let n = bounded(registry.fetch_blob_to_file(&image, &img.layer().digest, &dest)).unwrap();
+    let n =
+        bounded(registry.fetch_blob_to_file(&image, &img.layer().digest, img.layer().size, &dest))
+            .unwrap();
     assert_eq!(n, img.layer().size);
     assert_eq!(
         sha256_digest(&std::fs::read(&dest).unwrap()),
@@ -414,6 +416,7 @@ fn registry_map_tries_remaps_in_order_then_the_original() {
     bounded(registry.fetch_blob_to_file(
         "kiln-original.invalid/team/app:v1",
         &img.layer().digest,
+        img.layer().size,
         &dest,
     ))
     .unwrap();
