@@ -22,7 +22,7 @@ pub use cmd::{
 };
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
-pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen};
+pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};
 pub use registry::TestRegistry;
 pub use select::{require_cases, select_from_env, CaseArgs};
 pub use tools::{

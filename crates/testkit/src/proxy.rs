@@ -35,7 +35,14 @@ pub enum Fault {
     /// Forward this many bytes of the response body, open `gate` as reached, and send the rest
     /// only once the test releases it: a download that is provably under way and unfinished.
     Stall(usize, Gate),
+    /// Answer with this status and a body of `chunk` repeated without end (no `Content-Length`),
+    /// until the client stops reading (or [`ENDLESS_LIMIT`] bytes, so a client that never stops
+    /// cannot keep the proxy busy forever): a hostile registry's answer.
+    Endless(u16, &'static str),
 }
+
+/// The most an [`Fault::Endless`] body sends before the proxy gives up on the client.
+pub const ENDLESS_LIMIT: u64 = 4 << 30;
 
 /// One rule: which requests get which fault, how many times.
 #[derive(Clone, Debug)]
@@ -298,6 +305,22 @@ fn handle(
             "HTTP/1.1 {code} Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
+        return Ok(());
+    }
+
+    if let Some(Fault::Endless(code, chunk)) = fault {
+        record(code);
+        write!(
+            client,
+            "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        )?;
+        let block = chunk.repeat((65536 / chunk.len().max(1)).max(1));
+        let mut sent = 0u64;
+        // Ends with an error once the client closes the connection.
+        while sent < ENDLESS_LIMIT {
+            client.write_all(block.as_bytes())?;
+            sent += block.len() as u64;
+        }
         return Ok(());
     }
 
