@@ -17,9 +17,7 @@ use super::plan::{Base, BaseKind};
 use super::{human, secs, short, BuildError, Builder, IgnorePaths};
 use crate::layer::LayerFile;
 use crate::run::Isolation;
-use crate::unpack::{
-    unpack_layer, unpack_layer_verified, BuildBudget, LayerBounds, UnpackError, UnpackOptions,
-};
+use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
 use kiln_oci::base_cache::{BaseImageCache, CachedLayer};
 use kiln_oci::image::{oci_layer_media_type, ImageConfig};
 use kiln_oci::registry::{Platform, Registry, RemoteImage};
@@ -39,10 +37,10 @@ pub struct BaseImages<'a> {
     platform: Platform,
     work_dir: PathBuf,
     ignore: IgnorePaths,
-    /// `--max-layer-size`, `--max-layer-entries` and the `--max-build-size` budget of every
-    /// unpack of the build.
-    bounds: LayerBounds,
-    budget: Arc<BuildBudget>,
+    /// How every layer of the build is unpacked: its bounds (`--max-layer-size`,
+    /// `--max-layer-entries`) and the `--max-build-size` budget they all share; the ignored
+    /// paths are filled in for each unpack.
+    unpack: UnpackOptions,
     /// Layer blobs of base images found in the base-image cache, by path, with the image's
     /// reference. Their digests are checked whenever they are read (while unpacking, or
     /// before an upload or an archive), not when they are found, so each is read once.
@@ -67,8 +65,7 @@ impl<'a> BaseImages<'a> {
         platform: Platform,
         work_dir: PathBuf,
         ignore: IgnorePaths,
-        bounds: LayerBounds,
-        budget: Arc<BuildBudget>,
+        unpack: UnpackOptions,
     ) -> BaseImages<'a> {
         BaseImages {
             registry,
@@ -77,8 +74,7 @@ impl<'a> BaseImages<'a> {
             platform,
             work_dir,
             ignore,
-            bounds,
-            budget,
+            unpack,
             cached_layers: HashMap::new(),
             damaged: BTreeSet::new(),
             checked: RefCell::new(HashMap::new()),
@@ -243,9 +239,7 @@ impl<'a> BaseImages<'a> {
     pub fn unpack(&self, layer: &LayerFile, image: &str, root: &Path) -> Result<(), BuildError> {
         let opts = UnpackOptions {
             ignore: self.ignore.paths(),
-            same_owner: true,
-            bounds: self.bounds,
-            budget: Arc::clone(&self.budget),
+            ..self.unpack.clone()
         };
         let unpacked = if self.is_cached(layer) {
             unpack_layer_verified(&layer.path, root, &opts, &layer.digest)

@@ -152,8 +152,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             req.platform.clone(),
             work_dir.clone(),
             ignore.clone(),
-            req.layer_bounds,
-            crate::unpack::BuildBudget::new(req.max_build_size),
+            crate::unpack::UnpackOptions {
+                ignore: Vec::new(),
+                same_owner: true,
+                bounds: req.layer_bounds,
+                budget: crate::unpack::BuildBudget::new(req.max_build_size),
+            },
         ),
         cache: layer_cache
             .map(|cache| StepCache::new(cache, &runtime, &context, req.no_push_cache)),

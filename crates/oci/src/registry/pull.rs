@@ -354,12 +354,12 @@ impl Registry {
             .map_err(|e| ctx.attempt(e))?;
         let mut read = BoundedBlob::new(size);
         while let Some(item) = stream.next().await {
-            let chunk = read.admit(item, ctx)?;
+            let chunk = read.admit(item).map_err(|s| s.attempt(size, ctx))?;
             file.write_all(chunk.as_ref())
                 .await
                 .map_err(|e| local("cannot write", e))?;
         }
-        let actual = read.finish(ctx)?;
+        let actual = read.finish().map_err(|s| s.attempt(size, ctx))?;
         file.flush().await.map_err(|e| local("cannot write", e))?;
         file.sync_all().await.map_err(|e| local("cannot sync", e))?;
         if actual != digest {
@@ -386,9 +386,9 @@ impl Registry {
             .map_err(|e| ctx.attempt(e))?;
         let mut read = BoundedBlob::new(size);
         while let Some(item) = stream.next().await {
-            sink(read.admit(item, ctx)?.as_ref());
+            sink(read.admit(item).map_err(|s| s.attempt(size, ctx))?.as_ref());
         }
-        read.finish(ctx)
+        read.finish().map_err(|s| s.attempt(size, ctx))
     }
 
     /// Pulls `reference` (one platform) into an OCI layout: layers not yet in the layout
@@ -445,6 +445,28 @@ struct BoundedBlob {
     hasher: Sha256,
 }
 
+/// Why the reading of a blob stopped early.
+enum Stop {
+    /// A chunk went past the descriptor's size; the bytes seen with it.
+    Longer(u64),
+    /// The body ended before the descriptor's size; the bytes read.
+    Shorter(u64),
+    /// The transport failed (a cut connection, a digest error of the verifying stream).
+    Transport(std::io::Error),
+}
+
+impl Stop {
+    /// The failed attempt: a longer blob ends it for good (the registry serves another blob
+    /// than the manifest describes); a cut connection or a short body is worth a retry.
+    fn attempt(self, expected: u64, ctx: &ErrorContext<'_>) -> Attempt {
+        match self {
+            Stop::Longer(seen) => Attempt::fatal(ctx.size_mismatch(expected, seen)),
+            Stop::Shorter(read) => Attempt::transient(ctx.size_mismatch(expected, read)),
+            Stop::Transport(e) => Attempt::transient(ctx.map_io(&e)),
+        }
+    }
+}
+
 impl BoundedBlob {
     fn new(expected: u64) -> BoundedBlob {
         BoundedBlob {
@@ -455,46 +477,31 @@ impl BoundedBlob {
     }
 
     /// One item of the body stream: a chunk that fits within the descriptor's size (hashed),
-    /// or why the read stops. A chunk past the size ends it for good (the registry serves
-    /// another blob than the manifest describes); a cut connection or a short body is worth a
-    /// retry.
-    fn admit<B: AsRef<[u8]>>(
-        &mut self,
-        item: Result<B, std::io::Error>,
-        ctx: &ErrorContext<'_>,
-    ) -> Result<B, Attempt> {
+    /// or why the read stops.
+    fn admit<B: AsRef<[u8]>>(&mut self, item: Result<B, std::io::Error>) -> Result<B, Stop> {
         let chunk = match item {
             Ok(chunk) => chunk,
-            Err(e) => {
-                // oci-client's verifying stream ends a short body with a digest error; the
-                // size says more.
-                if self.read < self.expected && is_digest_error(&e) {
-                    return Err(Attempt::transient(
-                        ctx.size_mismatch(self.expected, self.read),
-                    ));
-                }
-                // A connection cut mid-body ends here; the caller retries from scratch.
-                return Err(Attempt::transient(ctx.map_io(&e)));
+            // oci-client's verifying stream ends a short body with a digest error; the size
+            // says more.
+            Err(e) if self.read < self.expected && is_digest_error(&e) => {
+                return Err(Stop::Shorter(self.read))
             }
+            Err(e) => return Err(Stop::Transport(e)),
         };
-        let n = chunk.as_ref().len() as u64;
-        if self.read.saturating_add(n) > self.expected {
-            return Err(Attempt::fatal(
-                ctx.size_mismatch(self.expected, self.read.saturating_add(n)),
-            ));
+        let seen = self.read.saturating_add(chunk.as_ref().len() as u64);
+        if seen > self.expected {
+            return Err(Stop::Longer(seen));
         }
-        self.read += n;
+        self.read = seen;
         self.hasher.update(chunk.as_ref());
         Ok(chunk)
     }
 
     /// The digest of the blob, once the body has ended at exactly the descriptor's size.
-    fn finish(self, ctx: &ErrorContext<'_>) -> Result<String, Attempt> {
+    fn finish(self) -> Result<String, Stop> {
         if self.read != self.expected {
-            // Cut short without a transport error: worth a retry.
-            return Err(Attempt::transient(
-                ctx.size_mismatch(self.expected, self.read),
-            ));
+            // Cut short without a transport error.
+            return Err(Stop::Shorter(self.read));
         }
         Ok(format!("sha256:{}", hex::encode(self.hasher.finalize())))
     }
