@@ -2,7 +2,8 @@
 //! about 1 MiB), blobs longer and shorter than their descriptors, manifests and configs over
 //! `--max-manifest-size` (one served by the registry, one endless and one oversized from a fault
 //! proxy), each of `--max-layer-size`, `--max-layer-entries` and `--max-build-size` at a low
-//! value, a disk that fills up, and `--insecure-pull`, which must not weaken the push.
+//! value, a disk that fills up, and `--insecure-pull` and `--skip-tls-verify-pull`, which must
+//! not weaken the push.
 //!
 //! Each image is built by hand (layers, config and manifest, some of them lying) and pushed to a
 //! test registry of its own on loopback; kiln-executor then builds `FROM` it in chroot mode. Builds
@@ -19,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_oci::registry::{sha256_digest, Platform, Registry, MEDIA_TYPE_OCI_MANIFEST};
+use kiln_oci::registry::{
+    sha256_digest, Platform, Registry, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
+};
 use kiln_testkit::image::{noise, tar_with_file, MEDIA_TYPE_LAYER_GZIP};
 use kiln_testkit::{
     bounded, require_root, require_tools, rule, run_bounded, Fault, FaultProxy, Layer, TestImage,
@@ -624,4 +627,54 @@ fn insecure_pull_does_not_weaken_the_push() {
     )
     .succeeds();
     assert!(reg.has_tag("plain/out", "v1"));
+}
+
+#[test]
+fn skip_tls_verify_pull_does_not_weaken_the_push_nor_the_cache() {
+    if !require_tools(&["docker-registry", "openssl"]) {
+        return;
+    }
+    let reg = TestRegistry::with_tls();
+    let work = tempfile::tempdir().unwrap();
+    let img = TestImage::hello(work.path(), &arch(), "tls\n");
+    let base = format!("{}/tls/base:v1", reg.addr);
+    let dest = format!("{}/tls/out:v1", reg.addr);
+    let cache = format!("{}/tls/out/cache", reg.addr);
+    let options = |o: RegistryOptions| RegistryOptions {
+        docker_config: Some(reg.empty_docker_config()),
+        push_repositories: vec![dest.clone(), cache.clone()],
+        ..o
+    };
+    let everywhere = Registry::new(options(RegistryOptions {
+        skip_tls_verify: true,
+        ..Default::default()
+    }))
+    .unwrap();
+    bounded(everywhere.push_image(
+        &base,
+        &img.blobs(None),
+        &img.manifest,
+        MEDIA_TYPE_OCI_MANIFEST,
+    ))
+    .unwrap();
+
+    let pull_only = Registry::new(options(RegistryOptions {
+        skip_tls_verify_pull: true,
+        ..Default::default()
+    }))
+    .unwrap();
+    // The base image is pulled without verifying the self-signed certificate…
+    bounded(pull_only.pull_image(&base)).unwrap();
+    // …but neither the push nor a read of the layer cache skips verification.
+    let err = bounded(pull_only.push_image(
+        &dest,
+        &img.blobs(None),
+        &img.manifest,
+        MEDIA_TYPE_OCI_MANIFEST,
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let err = bounded(pull_only.pull_image(&format!("{cache}:some-key"))).unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(!reg.has_tag("tls/out", "v1"));
 }

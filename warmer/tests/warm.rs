@@ -613,3 +613,72 @@ fn multi_layer_image_keeps_layer_order_and_shares_blobs() {
         assert_eq!(l.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
     }
 }
+
+#[test]
+fn bounds_refuse_oversized_manifests_and_layers_and_insecure_covers_pulls() {
+    let Some(reg) = start_registry() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let small = push_text(&reg, tmp.path(), "small", "small\n");
+    let root = tmp.path().join("noisy-root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("noise.bin"),
+        kiln_testkit::image::noise(11, 256 << 10),
+    )
+    .unwrap();
+    let noisy = push_image(
+        &reg,
+        &tmp.path().join("noisy"),
+        &root,
+        &format!("{}/kiln-test/noisy:1", reg.addr),
+        true,
+    );
+    assert!(noisy.layer_size > 128 << 10, "{}", noisy.layer_size);
+    let cache = tmp.path().join("cache");
+    let term = tmp.path().join("termination");
+
+    // A manifest over --max-manifest-size is not read, nor anything it names.
+    let log = fail(
+        warmer(&reg, &cache, &term)
+            .args(["--image", &small.reference])
+            .arg("--max-manifest-size=100"),
+    );
+    assert!(
+        log.contains("is larger than 100 bytes (the --max-manifest-size bound)")
+            && log.contains(&small.reference),
+        "{log}"
+    );
+    assert!(!cache
+        .join("blobs/sha256")
+        .join(small.layer_digest.trim_start_matches("sha256:"))
+        .exists());
+
+    // A layer blob that cannot hold a layer within --max-layer-size is not downloaded.
+    let log = fail(
+        warmer(&reg, &cache, &term)
+            .args(["--image", &noisy.reference])
+            .arg("--max-layer-size=1KiB"),
+    );
+    assert!(
+        log.contains(&format!("layer {}", noisy.layer_digest))
+            && log.contains("(the --max-layer-size bound)"),
+        "{log}"
+    );
+    assert!(!cache
+        .join("blobs/sha256")
+        .join(noisy.layer_digest.trim_start_matches("sha256:"))
+        .exists());
+
+    // The defaults let both through; the warmer only pulls, so --insecure is plain HTTP for
+    // its pulls (no --insecure-registry here).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-warmer"));
+    cmd.arg("--cache-dir")
+        .arg(&cache)
+        .arg("--insecure")
+        .args(["--image", &small.reference, "--image", &noisy.reference])
+        .env("DOCKER_CONFIG", reg.docker_config_dir())
+        .env("KILN_TERMINATION_LOG", &term)
+        .env_remove("KILN_LOG");
+    succeed(&mut cmd);
+    assert_all_blobs_verify(&cache);
+}

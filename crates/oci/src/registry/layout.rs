@@ -17,6 +17,10 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
 const LAYOUT_VERSION: &str = "1.0.0";
+/// The largest blob [`OciLayout::read_blob_verified`] reads into memory. Manifests and configs
+/// are bounded by `--max-manifest-size` (4 MiB by default) when they are pulled into a layout;
+/// this only keeps a damaged or planted file on a shared cache volume from being read whole.
+pub const MAX_READ_WHOLE: u64 = 64 << 20;
 
 /// What went wrong with a layout; each message names the file or digest.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,12 @@ pub enum LayoutError {
     MissingBlob { dir: PathBuf, digest: String },
     #[error("invalid {path}: {detail}; the layout's index is damaged, rewrite it")]
     InvalidIndex { path: PathBuf, detail: String },
+    #[error("{path} is {size} bytes, more than the {limit} a manifest or config may have; the layout is damaged, remove the file")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
@@ -216,11 +226,12 @@ impl OciLayout {
         Ok(digest)
     }
 
-    /// Reads a blob whole and checks its digest; for manifests and configs, not layers.
+    /// Reads a blob whole and checks its digest; for manifests and configs, not layers: a blob
+    /// over [`MAX_READ_WHOLE`] is refused unread.
     pub fn read_blob_verified(&self, digest: &str) -> Result<Vec<u8>, LayoutError> {
         check_digest(digest)?;
         let path = self.blob_path(digest);
-        let bytes = fs::read(&path).map_err(|e| {
+        let missing = |e: io::Error| {
             if e.kind() == io::ErrorKind::NotFound {
                 LayoutError::MissingBlob {
                     dir: self.dir.clone(),
@@ -229,7 +240,24 @@ impl OciLayout {
             } else {
                 io_err("cannot read", &path)(e)
             }
-        })?;
+        };
+        let file = File::open(&path).map_err(missing)?;
+        let size = file
+            .metadata()
+            .map_err(io_err("cannot inspect", &path))?
+            .len();
+        if size > MAX_READ_WHOLE {
+            return Err(LayoutError::TooLarge {
+                path,
+                size,
+                limit: MAX_READ_WHOLE,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        // `take`: a file that grows while it is read is still read only up to the bound.
+        file.take(MAX_READ_WHOLE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("cannot read", &path))?;
         let actual = super::sha256_digest(&bytes);
         if actual != digest {
             return Err(LayoutError::DigestMismatch {
@@ -465,6 +493,15 @@ mod tests {
         fs::write(layout.blob_path(&wrong), b"abc").unwrap();
         let e = layout.read_blob_verified(&wrong).unwrap_err();
         assert!(e.to_string().contains("digest mismatch"), "{e}");
+
+        // A blob too large to be a manifest is not read into memory.
+        let big = layout.blob_path(&wrong);
+        fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_READ_WHOLE + 1)
+            .unwrap();
+        let e = layout.read_blob_verified(&wrong).unwrap_err();
+        assert!(matches!(e, LayoutError::TooLarge { .. }), "{e}");
     }
 
     #[test]
