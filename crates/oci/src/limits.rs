@@ -5,7 +5,6 @@
 //! executor's unpacker checks layers.
 
 use std::fmt;
-use std::str::FromStr;
 
 /// Manifests, indexes and configs (`--max-manifest-size`): containerd refuses manifests over
 /// 4 MiB too. Real manifests are a few KiB; a config with a long history some hundred KiB.
@@ -78,7 +77,7 @@ pub fn parse_size(text: &str) -> Result<Limit, String> {
         .ok_or_else(|| format!("{text:?} is too large a size"))
 }
 
-/// A count bound: a plain number (`1000000`, `1_000_000` is refused) or `unlimited`.
+/// A count bound: a plain number (`1000000`; `1_000_000` and units are refused) or `unlimited`.
 pub fn parse_count(text: &str) -> Result<Limit, String> {
     let t = text.trim();
     if is_unlimited(t) {
@@ -107,15 +106,6 @@ fn number(text: &str, digits: &str) -> Result<u64, String> {
         ));
     }
     Ok(n)
-}
-
-impl FromStr for Limit {
-    type Err = String;
-
-    /// Sizes and counts alike (a count is a size without a unit).
-    fn from_str(s: &str) -> Result<Limit, String> {
-        parse_size(s)
-    }
 }
 
 impl fmt::Display for Limit {

@@ -8,7 +8,7 @@
 //! and cut at their descriptor's size (`pull.rs`). It pushes nothing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use oci_client::client::ClientProtocol;
@@ -25,28 +25,40 @@ const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// last at least 60 s when the server says nothing.
 const TOKEN_REUSE: Duration = Duration::from_secs(50);
 
-/// A plain HTTP client with one side's transport settings.
+/// A plain HTTP client with one side's transport settings, made on first use: making one loads
+/// the system's CA certificates (tens of milliseconds), and a build that reads no manifest (FROM
+/// scratch) needs none.
 #[derive(Clone)]
 pub(super) struct Http {
-    client: reqwest::Client,
+    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
     protocol: ClientProtocol,
+    accept_invalid: bool,
 }
 
 impl Http {
-    pub(super) fn new(
-        protocol: ClientProtocol,
-        accept_invalid: bool,
-    ) -> Result<Http, RegistryError> {
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(accept_invalid)
-            .connect_timeout(super::CONNECT_TIMEOUT)
-            .read_timeout(super::READ_TIMEOUT)
-            .user_agent(super::USER_AGENT)
-            .build()
-            .map_err(|e| RegistryError::Client {
-                detail: e.to_string(),
-            })?;
-        Ok(Http { client, protocol })
+    pub(super) fn new(protocol: ClientProtocol, accept_invalid: bool) -> Http {
+        Http {
+            client: Arc::new(OnceLock::new()),
+            protocol,
+            accept_invalid,
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, RegistryError> {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .danger_accept_invalid_certs(self.accept_invalid)
+                    .connect_timeout(super::CONNECT_TIMEOUT)
+                    .read_timeout(super::READ_TIMEOUT)
+                    .user_agent(super::USER_AGENT)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|detail| RegistryError::Client {
+                detail: detail.clone(),
+            })
     }
 
     /// oci-client's rule (`ClientProtocol::scheme_for`, which it keeps private).
@@ -123,7 +135,8 @@ impl Registry {
             };
             let request = transport
                 .http
-                .client
+                .client()
+                .map_err(Attempt::fatal)?
                 .get(&url)
                 .header(reqwest::header::ACCEPT, accept.join(", "));
             let request = match authorization {
@@ -237,7 +250,7 @@ mod tests {
 
     #[test]
     fn scheme_follows_the_protocol() {
-        let http = |p| Http::new(p, false).unwrap();
+        let http = |p| Http::new(p, false);
         assert_eq!(http(ClientProtocol::Http).scheme_for("r:5000"), "http");
         assert_eq!(http(ClientProtocol::Https).scheme_for("r:5000"), "https");
         let except = http(ClientProtocol::HttpsExcept(vec!["r:5000".into()]));

@@ -498,7 +498,7 @@ fn transports(opts: &RegistryOptions, side: &SideSettings) -> Result<Transports,
         let oci = Client::try_from(config).map_err(|e| RegistryError::Client {
             detail: e.to_string(),
         })?;
-        let http = bounded::Http::new(protocol.clone(), accept_invalid)?;
+        let http = bounded::Http::new(protocol.clone(), accept_invalid);
         Ok(Transport { oci, http })
     };
     let verified = make(side.skip_tls_verify)?;
