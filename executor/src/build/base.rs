@@ -232,9 +232,8 @@ impl<'a> BaseImages<'a> {
     }
 
     /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is
-    /// unpacked; if it does not match, `root` holds part of it and must not be used (the
-    /// caller empties it to apply a fresh copy). On any other failure (a bound passed, the
-    /// disk full, an unsafe or broken layer) a private `root` is removed here, so that nothing
+    /// unpacked. On any failure (a bound passed, the disk full, an unsafe, broken or damaged
+    /// layer) a private `root` holds part of the layer: it is removed here, so that nothing
     /// half-unpacked is left to be used, and its space is given back at once.
     pub fn unpack(&self, layer: &LayerFile, image: &str, root: &Path) -> Result<(), BuildError> {
         let opts = UnpackOptions {
@@ -246,10 +245,8 @@ impl<'a> BaseImages<'a> {
         } else {
             unpack_layer(&layer.path, root, &opts)
         };
-        if let Err(e) = &unpacked {
-            if !matches!(e, UnpackError::Digest { .. }) {
-                discard_partial_root(root);
-            }
+        if unpacked.is_err() {
+            discard_partial_root(root);
         }
         unpacked.map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
@@ -580,7 +577,11 @@ fn discard_partial_root(root: &Path) {
 
 /// Empty a private root (a chroot build's, a `COPY --from` image's) to fill it again.
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    // remove_dir_all never follows symlinks inside the tree.
-    std::fs::remove_dir_all(dir)?;
+    // remove_dir_all never follows symlinks inside the tree. The root is gone already when the
+    // failed unpack removed it.
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     std::fs::create_dir_all(dir)
 }

@@ -128,8 +128,8 @@ pub enum UnpackError {
     TooManyEntries { layer: PathBuf, limit: u64 },
     #[error(
         "no space left on device while unpacking layer {layer} into {} ({action} {path} for \
-         entry {entry:?}); free space there or give the build a larger --kiln-dir; what was \
-         unpacked of the layer is removed", root.display()
+         entry {entry:?}): free space on that filesystem, or point --kiln-dir at a larger one",
+        root.display()
     )]
     NoSpace {
         layer: PathBuf,
