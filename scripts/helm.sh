@@ -426,7 +426,7 @@ YAML
 apiVersion: v1
 kind: Event
 metadata: {generateName: $stuck.}
-involvedObject: {apiVersion: v1, kind: Pod, name: $stuck, namespace: $ns, uid: $uid}
+involvedObject: {apiVersion: v1, kind: Pod, name: $stuck, namespace: $ns, uid: "$uid"}
 reason: FailedMount
 type: Warning
 message: 'MountVolume.SetUp failed for volume "docker-config" : secret "opcheck-missing" not found'

@@ -170,6 +170,14 @@ pub async fn cleanup<K: PodOwner>(owner: &K, client: &Client) -> Result<Action, 
     Ok(Action::await_change())
 }
 
+/// A Pod whose phase is still `Pending` (or not written yet): its containers have not started.
+pub fn pod_not_started(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        None | Some("Pending")
+    )
+}
+
 /// The Warning Events about the Pod `pod` (this very Pod: its UID, not an earlier one of the same
 /// name), as the kubelet writes them: how a Pod that does not start says why (a Secret volume
 /// that cannot be mounted, an image that cannot be pulled). Needs `list` on events.k8s.io Events.

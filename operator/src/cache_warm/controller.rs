@@ -23,11 +23,10 @@ use super::reason;
 use super::status::{self, current_pod_name, Observation, Plan};
 use crate::conditions::{self, Desired, Status};
 use crate::controller::{
-    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_warnings,
-    publish_event, truncate, PodOwner,
+    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
+    pod_warnings, publish_event, truncate, PodOwner,
 };
 use crate::crd::{CacheWarm, Phase};
-use crate::image_build::controller::pod_not_started;
 use crate::metrics::KindLabel;
 use crate::ownership;
 use crate::{LABEL_GENERATION, LABEL_WARM};

@@ -24,8 +24,8 @@ use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::{permitted, validate};
 use crate::controller::{
-    cleanup, create_pod, delete_pods, kube_err, patch_status, pod_warnings, publish_event,
-    truncate, PodOwner,
+    cleanup, create_pod, delete_pods, kube_err, patch_status, pod_not_started, pod_warnings,
+    publish_event, truncate, PodOwner,
 };
 use crate::crd::{ImageBuild, Phase};
 use crate::metrics::KindLabel;
@@ -157,14 +157,6 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
         info!(build = %name, namespace = %ns, succeeded = ok, "build finished");
     }
     Ok(())
-}
-
-/// A Pod whose phase is still `Pending` (or not written yet): its containers have not started.
-pub(crate) fn pod_not_started(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        None | Some("Pending")
-    )
 }
 
 fn pod_finished(p: &Pod) -> bool {
