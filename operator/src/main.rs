@@ -265,3 +265,47 @@ async fn main() -> anyhow::Result<()> {
     server.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_settings_from_flags() {
+        let args = Args::try_parse_from([
+            "kiln-operator",
+            "--executor-allow-privilege-escalation=false",
+            "--executor-user-namespace=true",
+            "--cache-registry=cache.local:5000/kiln",
+            "--allowed-executor-image=reg.local/kiln/*,reg.local/other:1",
+            "--allowed-capability",
+            "MKNOD",
+            "--allowed-capability=SYS_CHROOT",
+            "--allowed-service-account=builder",
+            "--allowed-warmer-image=",
+        ])
+        .unwrap();
+        let cfg = operator_config(&args).unwrap();
+        assert!(!cfg.executor_allow_privilege_escalation);
+        assert!(cfg.executor_user_namespace);
+        assert_eq!(cfg.cache_registry.as_deref(), Some("cache.local:5000/kiln"));
+        assert_eq!(
+            cfg.overrides,
+            OverridePolicy {
+                executor_images: vec!["reg.local/kiln/*".into(), "reg.local/other:1".into()],
+                warmer_images: vec![],
+                service_accounts: vec!["builder".into()],
+                capabilities: vec!["MKNOD".into(), "SYS_CHROOT".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let cfg = operator_config(&Args::try_parse_from(["kiln-operator"]).unwrap()).unwrap();
+        assert_eq!(cfg.overrides, OverridePolicy::default());
+        assert!(cfg.executor_allow_privilege_escalation);
+        assert!(!cfg.executor_user_namespace);
+        assert_eq!(cfg.cache_registry, None);
+    }
+}
