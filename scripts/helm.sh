@@ -206,6 +206,11 @@ check() {
   expect_rejected "watchNamespaces as a string" "at '/watchNamespaces'" --set watchNamespaces=team-a
   expect_rejected "an unknown top-level value" "additional properties 'logformat'" --set logformat=json
   expect_rejected "metrics.port: 70000" "at '/metrics/port'" --set metrics.port=70000
+  expect_rejected "overrides.capabilities: a lower-case name" "at '/overrides/capabilities/0'" \
+    --set 'overrides.capabilities={sys_admin}'
+  expect_rejected "executor.allowPrivilegeEscalation as a string" "at '/executor/allowPrivilegeEscalation'" \
+    --set-string executor.allowPrivilegeEscalation=yes
+  expect_rejected "an unknown override" "additional properties 'images'" --set 'overrides.images={x}'
   expect_rejected "two replicas without leader election" "at '/leaderElection/enabled'" \
     --set replicaCount=2 --set leaderElection.enabled=false
 
