@@ -379,8 +379,8 @@ pub fn plan(
     b.new.start_time = Some(start_time(&b));
     match outcome {
         PodOutcome::Pending if obs.missing_secret.is_some() => {
-            // The kubelet cannot mount the Secret: said as clearly as the Secret check before
-            // the Pod used to say it. The Pod starts by itself once the Secret exists.
+            // The kubelet cannot mount the Secret (its FailedMount Event names it). The Pod
+            // starts by itself once the Secret exists; nothing is recreated.
             let secret = obs.missing_secret.as_deref().unwrap_or_default();
             let which = if build.spec.push_secret.as_deref() == Some(secret) {
                 "push Secret"
