@@ -19,15 +19,19 @@ const MAX_EXCERPT: usize = 256;
 
 /// The Secret the kubelet cannot mount into the Pod because it does not exist: a `FailedMount`
 /// Warning such as `MountVolume.SetUp failed for volume "docker-config" : secret "regcred" not
-/// found`. Only a well-formed object name is returned, so nothing else of the message is echoed.
+/// found` (the kubelet's watching Secret manager says `secret`, the API's own NotFound error
+/// `secrets`). Only a well-formed object name is returned, so nothing else of the message is
+/// echoed.
 pub fn missing_secret(warnings: &[PodWarning]) -> Option<String> {
     warnings
         .iter()
         .filter(|w| w.reason == "FailedMount")
         .find_map(|w| {
-            let rest = &w.message[w.message.find("secret \"")? + "secret \"".len()..];
-            let name = &rest[..rest.find("\" not found")?];
-            is_object_name(name).then(|| name.to_string())
+            ["secret \"", "secrets \""].iter().find_map(|prefix| {
+                let rest = &w.message[w.message.find(prefix)? + prefix.len()..];
+                let name = &rest[..rest.find("\" not found")?];
+                is_object_name(name).then(|| name.to_string())
+            })
         })
 }
 
@@ -99,6 +103,11 @@ mod tests {
             ),
         ];
         assert_eq!(missing_secret(&w).as_deref(), Some("regcred"));
+        let api_form = [warning(
+            "FailedMount",
+            "MountVolume.SetUp failed for volume \"docker-config\" : secrets \"push\" not found",
+        )];
+        assert_eq!(missing_secret(&api_form).as_deref(), Some("push"));
         // Other mount failures, and other reasons quoting a Secret, are not a missing Secret.
         assert_eq!(
             missing_secret(&[warning(
