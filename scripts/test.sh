@@ -55,6 +55,13 @@
 #   KILN_METRICS_ADDR                  refused   kiln-operator setting (as above)
 #   KILN_LOG_FORMAT                    refused   kiln-operator setting (as above)
 #   KILN_LEADER_NAMESPACE              refused   kiln-operator setting (as above)
+#   KILN_CACHE_REGISTRY                refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_PRIV_ESCALATION      refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_USER_NAMESPACE       refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_EXECUTOR_IMAGES       refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_WARMER_IMAGES         refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_SERVICE_ACCOUNTS      refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_CAPABILITIES          refused   kiln-operator setting (as above)
 #   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through
 #                                                on a developer's run (refused when CI=true)
 #   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a
