@@ -1,0 +1,167 @@
+//! Dockerfile text → [`Dockerfile`], following BuildKit's parser: directives, comments,
+//! continuations, heredocs, flags and the per-instruction argument forms. Values stay raw
+//! (no variable expansion here: that is [`super::expand`]'s job at build time), and nothing is
+//! read from disk or executed.
+
+mod flags;
+mod instructions;
+mod source;
+mod words;
+
+use std::collections::HashMap;
+
+use super::ast::{Dockerfile, Instruction, Located, Stage};
+use instructions::{interpret, keyword_of, Parsed};
+use source::{parse_directives, Source};
+
+/// A Dockerfile that cannot be parsed; `line` is 1-based (the line where the instruction starts).
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+pub(super) fn err<T>(line: usize, message: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError {
+        line,
+        message: message.into(),
+    })
+}
+
+/// Parses a whole Dockerfile.
+pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.lines().collect();
+    let (directives, first_body_line) = parse_directives(&lines)?;
+    let escape = directives.escape;
+
+    let mut source = Source {
+        lines: &lines,
+        pos: first_body_line,
+        first_line: 1,
+        escape,
+    };
+    let mut meta_args = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut stage_names: HashMap<String, usize> = HashMap::new();
+    let mut saw_instruction = false;
+
+    while let Some(raw) = source.next_instruction()? {
+        saw_instruction = true;
+        let line = raw.line;
+        match interpret(raw, escape)? {
+            Parsed::From {
+                base,
+                platform,
+                name,
+            } => {
+                if let Some(name) = &name {
+                    if let Some(first) = stage_names.insert(name.clone(), line) {
+                        return err(
+                            line,
+                            format!("duplicate stage name `{name}` (already used on line {first}): give each stage a unique name"),
+                        );
+                    }
+                }
+                stages.push(Stage {
+                    index: stages.len(),
+                    name,
+                    base,
+                    platform,
+                    line,
+                    instructions: Vec::new(),
+                });
+            }
+            Parsed::Other(located) => match stages.last_mut() {
+                Some(stage) => stage.instructions.push(located),
+                None => match located.instruction {
+                    Instruction::Arg(decls) => meta_args.extend(decls),
+                    _ => {
+                        let keyword = keyword_of(&located.original);
+                        return err(
+                            line,
+                            format!("{keyword} before the first FROM: only ARG may come before FROM (no build stage in current context)"),
+                        );
+                    }
+                },
+            },
+        }
+    }
+
+    if !saw_instruction {
+        return err(
+            1,
+            "the Dockerfile has no instructions: it needs at least a FROM line",
+        );
+    }
+    if stages.is_empty() {
+        return err(
+            lines.len().max(1),
+            "the Dockerfile has no FROM instruction: add a FROM line to start a build stage",
+        );
+    }
+    Ok(Dockerfile {
+        escape,
+        syntax: directives.syntax,
+        meta_args,
+        stages,
+    })
+}
+
+/// Parses one instruction (with its heredoc bodies, if any) — used for `ONBUILD` triggers when
+/// they fire. `line` is the line number reported in errors; `FROM` is refused since it is not an
+/// instruction inside a stage.
+pub fn parse_instruction(text: &str, line: usize, escape: char) -> Result<Located, ParseError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut source = Source {
+        lines: &lines,
+        pos: 0,
+        first_line: line,
+        escape,
+    };
+    let Some(raw) = source.next_instruction()? else {
+        return err(
+            line,
+            "expected an instruction, found only blank lines or comments",
+        );
+    };
+    let start = raw.line;
+    if let Some(extra) = source.next_instruction()? {
+        return err(
+            extra.line,
+            format!(
+                "expected a single instruction, found a second one: `{}`",
+                extra.text
+            ),
+        );
+    }
+    match interpret(raw, escape)? {
+        Parsed::Other(located) => Ok(located),
+        Parsed::From { .. } => err(start, "FROM is not allowed here: it can only start a stage"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_instruction_reads_one_trigger() {
+        let l = parse_instruction("RUN <<EOF\necho hi\nEOF", 7, '\\').unwrap();
+        assert_eq!(l.line, 7);
+        assert_eq!(l.original, "RUN <<EOF");
+        match l.instruction {
+            Instruction::Run(r) => {
+                assert_eq!(r.command, None);
+                assert_eq!(r.heredocs[0].content, "echo hi\n");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse_instruction("FROM x", 1, '\\').is_err());
+        assert!(parse_instruction("RUN a\nRUN b", 1, '\\')
+            .unwrap_err()
+            .to_string()
+            .contains("line 2"));
+    }
+}

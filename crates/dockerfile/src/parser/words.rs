@@ -1,0 +1,165 @@
+//! Lexical splitting of one instruction's text: keyword, leading `--flags`, raw words with
+//! quotes and escapes kept, and the JSON exec form. No interpretation of what the words mean.
+
+/// Splits `KEYWORD --flags… rest` (BuildKit `splitCommand` + `extractBuilderFlags`): flags are
+/// the leading words that start with `--`, with quotes and backslashes processed; a bare `--`
+/// ends them.
+pub(super) fn split_command(text: &str) -> (String, Vec<String>, String) {
+    let text = text.trim();
+    let (keyword, rest) = match text.find(char::is_whitespace) {
+        Some(i) => (&text[..i], text[i..].trim_start()),
+        None => (text, ""),
+    };
+    let (flags, rest) = extract_flags(rest);
+    (keyword.to_string(), flags, rest.trim().to_string())
+}
+
+fn extract_flags(line: &str) -> (Vec<String>, &str) {
+    let mut flags = Vec::new();
+    let mut rest = line;
+    loop {
+        let trimmed = rest.trim_start();
+        if !trimmed.starts_with("--") {
+            return (flags, trimmed);
+        }
+        // Read one word, honouring quotes and backslashes.
+        let mut word = String::new();
+        let mut quote: Option<char> = None;
+        let mut blank_ok = false;
+        let mut iter = trimmed.char_indices();
+        let mut end = trimmed.len();
+        while let Some((i, c)) = iter.next() {
+            match quote {
+                None if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                None if c == '"' || c == '\'' => {
+                    quote = Some(c);
+                    blank_ok = true;
+                }
+                Some(q) if c == q => quote = None,
+                _ if c == '\\' => {
+                    if let Some((_, n)) = iter.next() {
+                        word.push(n);
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        rest = &trimmed[end..];
+        if word == "--" && !blank_ok {
+            return (flags, rest.trim_start());
+        }
+        if blank_ok || !word.is_empty() {
+            flags.push(word);
+        }
+    }
+}
+
+/// Splits on whitespace, keeping quotes and escapes in the words (BuildKit `parseWords`).
+pub(super) fn split_raw_words(text: &str, escape: char) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut blank_ok = false;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            None => {
+                if c.is_whitespace() {
+                    if in_word && (blank_ok || !word.is_empty()) {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    in_word = false;
+                    blank_ok = false;
+                    continue;
+                }
+                in_word = true;
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                    blank_ok = true;
+                }
+                if c == escape {
+                    // A trailing escape is dropped; otherwise keep it with the escaped char.
+                    let Some(n) = chars.next() else { continue };
+                    word.push(c);
+                    word.push(n);
+                    continue;
+                }
+                word.push(c);
+            }
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                if c == escape && q != '\'' {
+                    let Some(n) = chars.next() else {
+                        quote = None;
+                        continue;
+                    };
+                    word.push(c);
+                    word.push(n);
+                    continue;
+                }
+                word.push(c);
+            }
+        }
+    }
+    if in_word && (blank_ok || !word.is_empty()) {
+        words.push(word);
+    }
+    words
+}
+
+/// The exec form: a JSON array of strings. `None` when the text is not a JSON array (then it is
+/// shell form); `Some(Err)` when it is an array with non-string members. Like Docker (Go's
+/// `json.Decoder`), text after the closing `]` is ignored.
+pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>> {
+    let text = text.trim();
+    if !text.starts_with('[') {
+        return None;
+    }
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    let Some(Ok(serde_json::Value::Array(items))) = stream.next() else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            serde_json::Value::String(s) => out.push(s),
+            other => {
+                return Some(Err(format!(
+                    "when using JSON array syntax, arrays must contain only strings (found {other})"
+                )))
+            }
+        }
+    }
+    Some(Ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_extracted_with_quotes_removed() {
+        let (kw, flags, rest) = split_command("COPY --chown=\"a b\" --link  src dst");
+        assert_eq!(kw, "COPY");
+        assert_eq!(flags, ["--chown=a b", "--link"]);
+        assert_eq!(rest, "src dst");
+        let (_, flags, rest) = split_command("RUN -- --not-a-flag");
+        assert!(flags.is_empty());
+        assert_eq!(rest, "--not-a-flag");
+    }
+
+    #[test]
+    fn raw_words_keep_quotes_and_escapes() {
+        assert_eq!(
+            split_raw_words(r#"a="x y" b=\"c"#, '\\'),
+            [r#"a="x y""#, r#"b=\"c"#]
+        );
+        assert_eq!(split_raw_words("'' x", '\\'), ["''", "x"]);
+    }
+}
