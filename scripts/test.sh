@@ -179,16 +179,9 @@ export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.85 with rustup (PATH has ~/.cargo/bin)"
 
 step "configuring containers for this machine"
-# No ulimit changes inside the sandboxes we run in (setrlimit above the hard limit fails there).
-mkdir -p /etc/containers
-CONF=/etc/containers/containers.conf
-if [[ ! -f "$CONF" ]] || ! grep -q '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[\]' "$CONF"; then
-    if [[ -f "$CONF" ]] && grep -q '^\[containers\]' "$CONF"; then
-        sed -i '/^\[containers\]/a default_ulimits = []' "$CONF"
-    else
-        printf '[containers]\ndefault_ulimits = []\n' >>"$CONF"
-    fi
-fi
+# shellcheck source=scripts/lib/containers.sh
+source "$REPO/scripts/lib/containers.sh"
+configure_containers
 # The flags every podman/buildah call in the tests uses; exported for scripts and the Rust tests.
 export KILN_PODMAN_FLAGS="--runtime runc --cgroup-manager cgroupfs --storage-driver vfs"
 export KILN_BUILDAH_FLAGS="--storage-driver vfs"
