@@ -48,6 +48,9 @@ pub struct ArgDecl {
     pub name: String,
     /// Raw default value (unexpanded), if given.
     pub default: Option<String>,
+    /// 1-based line of the `ARG` (for errors about a global ARG, which has no [`Located`]).
+    #[serde(skip)]
+    pub line: usize,
 }
 
 /// Shell form keeps the raw command string; exec (JSON) form is already a list of strings.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::{err, ParseError};
+use crate::excerpt::excerpt;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum FlagKind {
@@ -54,7 +55,7 @@ pub(super) fn parse_flags(
             };
             return err(
                 line,
-                format!("unknown flag --{name} for {keyword}: {accepted}"),
+                format!("unknown flag --{} for {keyword}: {accepted}", excerpt(name)),
             );
         };
         match kind {
@@ -67,7 +68,7 @@ pub(super) fn parse_flags(
                             line,
                             format!(
                                 "flag --{name} of {keyword} expects true or false, not `{}`",
-                                value.unwrap_or_default()
+                                excerpt(value.unwrap_or_default())
                             ),
                         )
                     }

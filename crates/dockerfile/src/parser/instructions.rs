@@ -2,10 +2,12 @@
 //! shell form, name=value pairs, FROM's `AS name`, HEALTHCHECK options, ONBUILD triggers).
 
 use super::flags::{parse_flags, FlagKind};
+use super::mounts::check_mount;
 use super::source::{parse_heredoc_word, RawInstruction};
 use super::words::{parse_json_array, split_command, split_raw_words};
 use super::{err, parse_instruction, ParseError};
 use crate::ast::{ArgDecl, CopyArgs, Healthcheck, Instruction, Located, RunArgs, ShellOrExec};
+use crate::excerpt::excerpt;
 
 pub(super) enum Parsed {
     From {
@@ -80,7 +82,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                     if !valid_stage_name(&lower) {
                         return err(
                             line,
-                            format!("invalid name for build stage: `{name}`: it must start with a letter and contain only letters, digits, '-', '_' and '.'"),
+                            format!("invalid name for build stage: `{}`: it must start with a letter and contain only letters, digits, '-', '_' and '.'", excerpt(name)),
                         );
                     }
                     Some(lower)
@@ -105,12 +107,18 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                 ],
                 line,
             )?;
+            let mounts = f.list("mount");
+            for spec in &mounts {
+                if let Err(why) = check_mount(spec) {
+                    return err(line, format!("invalid RUN --mount=`{}`: {why}", excerpt(spec)));
+                }
+            }
             let network = f.string("network");
             if let Some(n) = &network {
                 if !matches!(n.as_str(), "default" | "none" | "host") {
                     return err(
                         line,
-                        format!("unsupported network mode `{n}` for RUN --network: use default, none or host"),
+                        format!("unsupported network mode `{}` for RUN --network: use default, none or host", excerpt(n)),
                     );
                 }
             }
@@ -119,7 +127,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                 if !matches!(s.as_str(), "sandbox" | "insecure") {
                     return err(
                         line,
-                        format!("unsupported security mode `{s}` for RUN --security: use sandbox or insecure"),
+                        format!("unsupported security mode `{}` for RUN --security: use sandbox or insecure", excerpt(s)),
                     );
                 }
             }
@@ -140,7 +148,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
             located(Instruction::Run(RunArgs {
                 command,
                 heredocs,
-                mounts: f.list("mount"),
+                mounts,
                 network,
                 security,
             }))
@@ -246,9 +254,13 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                     None => (word.clone(), None),
                 };
                 if name.is_empty() {
-                    return err(line, format!("ARG `{word}` has no name: write ARG NAME[=default]"));
+                    return err(line, format!("ARG `{}` has no name: write ARG NAME[=default]", excerpt(&word)));
                 }
-                decls.push(ArgDecl { name, default });
+                decls.push(ArgDecl {
+                    name,
+                    default,
+                    line,
+                });
             }
             located(Instruction::Arg(decls))
         }
@@ -323,7 +335,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
         "" => err(line, "expected an instruction"),
         _ => err(
             line,
-            format!("unknown instruction: {keyword_raw} (expected one of FROM, RUN, CMD, LABEL, MAINTAINER, EXPOSE, ENV, ADD, COPY, ENTRYPOINT, VOLUME, USER, WORKDIR, ARG, ONBUILD, STOPSIGNAL, HEALTHCHECK, SHELL)"),
+            format!("unknown instruction: {} (expected one of FROM, RUN, CMD, LABEL, MAINTAINER, EXPOSE, ENV, ADD, COPY, ENTRYPOINT, VOLUME, USER, WORKDIR, ARG, ONBUILD, STOPSIGNAL, HEALTHCHECK, SHELL)", excerpt(&keyword_raw)),
         ),
     }
 }
@@ -365,7 +377,10 @@ fn interpret_healthcheck(
     if !kind.eq_ignore_ascii_case("CMD") {
         return err(
             line,
-            format!("unknown type `{kind}` in HEALTHCHECK: use CMD or NONE"),
+            format!(
+                "unknown type `{}` in HEALTHCHECK: use CMD or NONE",
+                excerpt(kind)
+            ),
         );
     }
     let test = match parse_json_array(rest) {
@@ -381,10 +396,10 @@ fn interpret_healthcheck(
             Some(v) => match duration_seconds(&v) {
                 // Like Docker: 0 means "use the default", anything else must be at least 1ms.
                 Some(secs) if secs == 0.0 || secs >= 1e-3 => Ok(Some(v)),
-                Some(_) => err(line, format!("HEALTHCHECK --{name}=`{v}` cannot be less than 1ms")),
+                Some(_) => err(line, format!("HEALTHCHECK --{name}=`{}` cannot be less than 1ms", excerpt(&v))),
                 None => err(
                     line,
-                    format!("HEALTHCHECK --{name}=`{v}` is not a duration: write e.g. 30s, 1m30s or 500ms"),
+                    format!("HEALTHCHECK --{name}=`{}` is not a duration: write e.g. 30s, 1m30s or 500ms", excerpt(&v)),
                 ),
             },
         }
@@ -400,7 +415,10 @@ fn interpret_healthcheck(
             Err(_) => {
                 return err(
                     line,
-                    format!("HEALTHCHECK --retries=`{v}` is not a non-negative integer"),
+                    format!(
+                        "HEALTHCHECK --retries=`{}` is not a non-negative integer",
+                        excerpt(&v)
+                    ),
                 )
             }
         },
@@ -431,7 +449,10 @@ fn parse_name_values(
         let Some(i) = args.find(char::is_whitespace) else {
             return err(
                 line,
-                format!("{keyword} `{args}` has no value: write {keyword} {args}=<value>"),
+                format!(
+                    "{keyword} `{0}` has no value: write {keyword} {0}=<value>",
+                    excerpt(args)
+                ),
             );
         };
         return Ok(vec![(
@@ -444,13 +465,13 @@ fn parse_name_values(
         let Some((key, value)) = word.split_once('=') else {
             return err(
                 line,
-                format!("syntax error: can't find = in `{word}`: {keyword} entries must be of the form name=value"),
+                format!("syntax error: can't find = in `{}`: {keyword} entries must be of the form name=value", excerpt(&word)),
             );
         };
         if key.is_empty() {
             return err(
                 line,
-                format!("{keyword} names can not be blank (in `{word}`)"),
+                format!("{keyword} names can not be blank (in `{}`)", excerpt(&word)),
             );
         }
         pairs.push((key.to_string(), value.to_string()));

@@ -5,18 +5,22 @@
 
 mod flags;
 mod instructions;
+mod mounts;
 mod source;
 mod words;
 
 use std::collections::HashMap;
 
 use super::ast::{Dockerfile, Instruction, Located, Stage};
+use crate::excerpt::{bounded, excerpt, MESSAGE_BYTES};
 use instructions::{interpret, keyword_of, Parsed};
 use source::{parse_directives, Source};
 
 /// A Dockerfile that cannot be parsed; `line` is 1-based (the line where the instruction starts).
+/// The message quotes the Dockerfile only through bounded excerpts ([`crate::excerpt`]), and
+/// its display is one line of bounded length whatever the message holds.
 #[derive(Debug, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("line {line}: {}", bounded(message, MESSAGE_BYTES))]
 pub struct ParseError {
     pub line: usize,
     pub message: String,
@@ -29,8 +33,48 @@ pub(super) fn err<T>(line: usize, message: impl Into<String>) -> Result<T, Parse
     })
 }
 
-/// Parses a whole Dockerfile.
+/// Parses a Dockerfile read as bytes: it must be UTF-8 (a leading byte-order mark is allowed);
+/// otherwise the error names the line and byte offset of the first invalid sequence.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Dockerfile, ParseError> {
+    parse(decode(bytes)?)
+}
+
+/// `bytes` as UTF-8 text, or an error naming the line and byte offset where it is not.
+pub fn decode(bytes: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let offset = e.valid_up_to();
+        let (line, column) = position(bytes, offset);
+        ParseError {
+            line,
+            message: format!(
+                "invalid UTF-8 at byte offset {offset} ({column} bytes into the line): a Dockerfile must be UTF-8 text"
+            ),
+        }
+    })
+}
+
+/// The 1-based line holding byte `offset` of `bytes`, and how many bytes into it `offset` is.
+fn position(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    (line, before.len() - start)
+}
+
+/// Parses a whole Dockerfile (a NUL byte anywhere is refused, with its position).
 pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
+    // A NUL byte is never part of a Dockerfile (no command or path can hold one): refuse it
+    // with its position rather than fail later on a mangled instruction.
+    if let Some(offset) = text.bytes().position(|b| b == 0) {
+        let (line, column) = position(text.as_bytes(), offset);
+        return err(
+            line,
+            format!("NUL byte at byte offset {offset} ({column} bytes into the line): a Dockerfile is text; is this a binary file?"),
+        );
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.lines().collect();
     let (directives, first_body_line) = parse_directives(&lines)?;
@@ -60,7 +104,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
                     if let Some(first) = stage_names.insert(name.clone(), line) {
                         return err(
                             line,
-                            format!("duplicate stage name `{name}` (already used on line {first}): give each stage a unique name"),
+                            format!("duplicate stage name `{}` (already used on line {first}): give each stage a unique name", excerpt(name)),
                         );
                     }
                 }
@@ -132,7 +176,7 @@ pub fn parse_instruction(text: &str, line: usize, escape: char) -> Result<Locate
             extra.line,
             format!(
                 "expected a single instruction, found a second one: `{}`",
-                extra.text
+                excerpt(&extra.text)
             ),
         );
     }

@@ -5,6 +5,7 @@
 use super::words::{parse_json_array, split_command, split_raw_words};
 use super::{err, ParseError};
 use crate::ast::Heredoc;
+use crate::excerpt::excerpt;
 
 pub(super) struct Directives {
     pub(super) escape: char,
@@ -43,7 +44,8 @@ pub(super) fn parse_directives(lines: &[&str]) -> Result<(Directives, usize), Pa
                         return err(
                             i + 1,
                             format!(
-                        "invalid escape character `{other}` in `# escape=` directive: use \\ or `"
+                        "invalid escape character `{}` in `# escape=` directive: use \\ or `",
+                        excerpt(other)
                     ),
                         )
                     }
@@ -178,7 +180,8 @@ impl Source<'_> {
                     line,
                     format!(
                         "unterminated heredoc <<{}: add a line containing only `{}` after its body",
-                        marker.name, marker.name
+                        excerpt(&marker.name),
+                        excerpt(&marker.name)
                     ),
                 );
             }

@@ -1,6 +1,8 @@
 //! Lexical splitting of one instruction's text: keyword, leading `--flags`, raw words with
 //! quotes and escapes kept, and the JSON exec form. No interpretation of what the words mean.
 
+use crate::excerpt::excerpt;
+
 /// Splits `KEYWORD --flags… rest` (BuildKit `splitCommand` + `extractBuilderFlags`): flags are
 /// the leading words that start with `--`, with quotes and backslashes processed; a bare `--`
 /// ends them.
@@ -121,6 +123,9 @@ pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>
     if !text.starts_with('[') {
         return None;
     }
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return None;
+    }
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
     let Some(Ok(serde_json::Value::Array(items))) = stream.next() else {
         return None;
@@ -131,7 +136,8 @@ pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>
             serde_json::Value::String(s) => out.push(s),
             other => {
                 return Some(Err(format!(
-                    "when using JSON array syntax, arrays must contain only strings (found {other})"
+                    "when using JSON array syntax, arrays must contain only strings (found {})",
+                    excerpt(&other.to_string())
                 )))
             }
         }
@@ -139,9 +145,70 @@ pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>
     Some(Ok(out))
 }
 
+/// How deeply an exec-form array may nest and still be read as JSON. Only depth 1 is a valid
+/// exec form; deeper (but bounded) nesting gets the "only strings" error, and anything deeper
+/// than this is treated like text that is not JSON (shell form, as Go's decoder does past its
+/// own limit), so that the decoder's recursion stays shallow whatever the input.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// The deepest `[`/`{` nesting of the first JSON value in `text` (strings skipped), in one pass
+/// that stops when that value closes or the nesting passes [`MAX_JSON_DEPTH`].
+fn json_depth(text: &str) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_JSON_DEPTH {
+                    break;
+                }
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_nesting_is_measured_without_recursion() {
+        assert_eq!(json_depth(r#"["a", "b"]"#), 1);
+        assert_eq!(json_depth(r#"["[[[", "]"]"#), 1);
+        assert_eq!(json_depth(r#"[["a"]] [[[[[["#), 2);
+        assert_eq!(json_depth(r#"["\"[[["]"#), 1);
+        let deep = "[".repeat(1 << 20);
+        assert_eq!(json_depth(&deep), MAX_JSON_DEPTH + 1);
+        assert_eq!(parse_json_array(&deep), None);
+        let nested = format!("{}{}", "[".repeat(10), "]".repeat(10));
+        assert!(matches!(parse_json_array(&nested), Some(Err(_))));
+        assert_eq!(
+            parse_json_array(r#"["a","b"]"#),
+            Some(Ok(vec!["a".to_string(), "b".to_string()]))
+        );
+    }
 
     #[test]
     fn flags_are_extracted_with_quotes_removed() {
