@@ -37,6 +37,7 @@
 //! file into the image): a link target must now still be reached through directories.
 
 mod archive;
+mod at;
 mod resolve;
 mod tarball;
 mod writer;
@@ -47,6 +48,7 @@ mod tests;
 use std::path::{Component, Path, PathBuf};
 
 pub use archive::{extract_archive, open_archive, ArchiveOwner, ExtractError};
+pub use at::{Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
 pub use resolve::{clean_abs, resolve_in_root};
 pub use tarball::{
     clean_entry_path, decompress, for_each_entry, is_archive, Dialect, Formats, Kind, OpenError,
