@@ -48,7 +48,7 @@ mod tests;
 use std::path::{Component, Path, PathBuf};
 
 pub use archive::{extract_archive, open_archive, ArchiveOwner, ExtractError};
-pub use at::{Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
+pub use at::{list_dir, lstat_at, Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
 pub use resolve::{clean_abs, resolve_in_root};
 pub use tarball::{
     clean_entry_path, decompress, for_each_entry, is_archive, Dialect, Formats, Kind, OpenError,
