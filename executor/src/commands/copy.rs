@@ -8,8 +8,9 @@ use super::{
     CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
     KeyParts, Outcome, Reads, StageState,
 };
-use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions};
-use crate::fsutil::resolve_in_root;
+use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions, Source};
+use crate::fsutil::{clean_abs, resolve_in_root};
+use crate::rootfs::{list_dir, Follow, Resolution, RootFd};
 use kiln_dockerfile::CopyArgs;
 
 /// `COPY` or (with `is_add`) `ADD`.
@@ -153,16 +154,23 @@ fn execute(
         None => None,
     };
 
-    let mut host_sources: Vec<PathBuf> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
     let mut origin_sources: Vec<String> = Vec::new();
-    for raw in &args.sources {
+    // Heredoc files live here until the copy is done.
+    let mut heredoc_dir = None;
+    for (index, raw) in args.sources.iter().enumerate() {
         if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
             let content = if doc.expand {
                 state.expand_heredoc(&doc.content)
             } else {
                 doc.content.clone()
             };
-            host_sources.push(write_heredoc_file(state, &doc.name, &content)?);
+            let dir = match &heredoc_dir {
+                Some(dir) => dir,
+                None => heredoc_dir.insert(heredoc_scratch(state)?),
+            };
+            let path = write_heredoc_file(dir, index, &doc.name, &content, name)?;
+            sources.push(Source::from(path));
         } else {
             origin_sources.push(state.expand(raw)?);
         }
@@ -178,7 +186,11 @@ fn execute(
         }
     }
     for url in &urls {
-        host_sources.push(download(url, args.checksum.as_deref(), state)?);
+        sources.push(Source::from(download(
+            url,
+            args.checksum.as_deref(),
+            state,
+        )?));
     }
 
     let mut written_archives = false;
@@ -187,20 +199,20 @@ fn execute(
         (_, true) => preserve_owner = false,
         (Some(CopySource::Context(ctx)), false) => {
             preserve_owner = false;
-            let paths = ctx.resolve_sources(&origin_sources)?;
-            for path in paths {
-                if is_add && path.is_file() && is_archive(&path) {
-                    add_archive_into_root(&path, &state.root, &dest, chown)?;
+            for src in context_sources(ctx, &origin_sources)? {
+                let real = src.root.join(&src.path);
+                if is_add && is_archive_file(&real) {
+                    add_archive_into_root(&real, &state.root, &dest, chown)?;
                     written_archives = true;
                 } else {
-                    host_sources.push(path);
+                    sources.push(src);
                 }
             }
         }
         (Some(CopySource::Root(root)), false) => {
             preserve_owner = true;
             for src in &origin_sources {
-                host_sources.extend(resolve_root_source(root, src, name)?);
+                sources.extend(root_sources(root, src, name)?);
             }
         }
         (None, false) => {
@@ -210,7 +222,7 @@ fn execute(
         }
     }
 
-    if !host_sources.is_empty() {
+    if !sources.is_empty() {
         let exclude_fn = |p: &Path| -> bool {
             match &source {
                 Some(CopySource::Context(ctx)) => p
@@ -226,13 +238,42 @@ fn execute(
             exclude: &exclude_fn,
             preserve_owner,
         };
-        copy_into_root(&host_sources, &state.root, &dest, &opts)?;
+        copy_into_root(&sources, &state.root, &dest, &opts)?;
     } else if !written_archives {
         return Err(CommandError::Invalid(format!(
             "{name}: no source files were specified"
         )));
     }
     Ok(Outcome::Filesystem)
+}
+
+/// The copier's view of context sources: each confined to the context, at its real path there
+/// (the context checked that every symlink on the way stays inside), under the name it was
+/// given.
+fn context_sources(
+    ctx: &crate::context::BuildContext,
+    raw: &[String],
+) -> Result<Vec<Source>, CommandError> {
+    let mut out = Vec::new();
+    for path in ctx.resolve_sources(raw)? {
+        let real = std::fs::canonicalize(&path)
+            .map_err(|e| CommandError::io(format!("reading {}", path.display()), e))?;
+        let rel = real.strip_prefix(ctx.root()).map_err(|_| {
+            CommandError::Context(crate::context::ContextError::OutsideContext(
+                path.display().to_string(),
+            ))
+        })?;
+        let name = path.file_name().unwrap_or_default();
+        let mut src = Source::in_root(ctx.root(), rel, name);
+        src.shown = path;
+        out.push(src);
+    }
+    Ok(out)
+}
+
+/// Whether ADD unpacks `path` (a regular file, never through a symlink, that holds an archive).
+fn is_archive_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) && is_archive(path)
 }
 
 fn is_url(source: &str) -> bool {
@@ -314,75 +355,165 @@ fn download(
     Ok(path)
 }
 
-/// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
-/// `*`/`?`/`[...]` in the last component matched against the directory's entries.
+/// The sources a `COPY --from` path names inside another root (a stage's or an image's), as
+/// BuildKit reads them: every symlink is resolved inside that root, absolute ones included, so
+/// `/x/a -> /etc/shadow` names the root's own `/etc/shadow` and never the host's; `*`/`?`/`[...]`
+/// in the last component are matched against the directory's entries, and each match keeps its
+/// own name. A path, or a match, that resolves to nothing in the root is an error naming it.
+pub(crate) fn root_sources(
+    root: &Path,
+    src: &str,
+    name: &str,
+) -> Result<Vec<Source>, CommandError> {
+    let fail = |what: String| CommandError::Invalid(format!("{name} --from source {src}: {what}"));
+    let has_glob = src.contains(['*', '?', '[']);
+    let mut in_root: Vec<PathBuf> = Vec::new();
+    if !has_glob {
+        in_root.push(PathBuf::from(clean_abs(src)));
+    } else {
+        let (dir, pattern) = match src.rsplit_once('/') {
+            Some((d, p)) => (if d.is_empty() { "/" } else { d }, p),
+            None => (".", src),
+        };
+        if dir.contains(['*', '?', '[']) {
+            return Err(fail(
+                "wildcards are supported in the last path component only".to_string(),
+            ));
+        }
+        let matcher = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| fail(format!("bad pattern: {e}")))?
+            .compile_matcher();
+        let dir = PathBuf::from(clean_abs(dir));
+        for entry in list_in_root(root, &dir)
+            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?
+        {
+            if matcher.is_match(&entry) {
+                in_root.push(dir.join(entry));
+            }
+        }
+        if in_root.is_empty() {
+            return Err(fail("no files match".to_string()));
+        }
+    }
+    let mut out = Vec::new();
+    for path in in_root {
+        let resolved = resolve_in_root(root, &path, true)
+            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
+        if std::fs::symlink_metadata(&resolved).is_err() {
+            let target = crate::rootfs::image_path(root, &resolved);
+            let what = if has_glob || target != path.to_string_lossy() {
+                format!(
+                    "{} resolves to {target}, which does not exist there (symlinks in a --from \
+                     source are followed inside its root)",
+                    path.display()
+                )
+            } else {
+                "no such file or directory".to_string()
+            };
+            return Err(fail(what));
+        }
+        let file_name = path.file_name().unwrap_or_default().to_os_string();
+        out.push(Source::in_root(root, &path, &file_name));
+    }
+    Ok(out)
+}
+
+/// The names in in-root directory `dir` of `root` (symlinks on the way resolved inside it),
+/// sorted; the directory is opened from the root's descriptor, never through a host path.
+fn list_in_root(root: &Path, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    let resolved = resolve_in_root(root, dir, true)?;
+    let rel = resolved
+        .strip_prefix(root)
+        .map_err(|_| std::io::Error::other("the directory resolves outside the root"))?;
+    let fd = RootFd::new(root, Resolution::detect())?.open(
+        rel,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        Follow::InRoot,
+    )?;
+    list_dir(std::os::fd::AsFd::as_fd(&fd))
+}
+
+/// Host paths of a `COPY --from` source inside another root (see [`root_sources`]), each with
+/// its symlinks resolved inside that root, for the cache key to read.
 pub(crate) fn resolve_root_source(
     root: &Path,
     src: &str,
     name: &str,
 ) -> Result<Vec<PathBuf>, CommandError> {
-    let has_glob = src.contains(['*', '?', '[']);
-    if !has_glob {
-        let host = resolve_in_root(root, Path::new(src), true)
-            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-        if std::fs::symlink_metadata(&host).is_err() {
-            return Err(CommandError::Invalid(format!(
-                "{name} --from source {src}: no such file or directory"
-            )));
-        }
-        return Ok(vec![host]);
-    }
-    let (dir, pattern) = match src.rsplit_once('/') {
-        Some((d, p)) => (if d.is_empty() { "/" } else { d }, p),
-        None => (".", src),
-    };
-    if dir.contains(['*', '?', '[']) {
-        return Err(CommandError::Invalid(format!(
-            "{name} --from source {src}: wildcards are supported in the last path component only"
-        )));
-    }
-    let host_dir = resolve_in_root(root, Path::new(dir), true)
-        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-    let matcher = globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| {
-            CommandError::Invalid(format!("{name} --from source {src}: bad pattern: {e}"))
-        })?
-        .compile_matcher();
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(&host_dir)
-        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-        if matcher.is_match(entry.file_name()) {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    if out.is_empty() {
-        return Err(CommandError::Invalid(format!(
-            "{name} --from source {src}: no files match"
-        )));
-    }
-    Ok(out)
+    root_sources(root, src, name)?
+        .into_iter()
+        .map(|s| {
+            resolve_in_root(root, &s.path, true)
+                .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))
+        })
+        .collect()
 }
 
+/// A new directory for this COPY's heredoc files, removed when it is dropped.
+fn heredoc_scratch(state: &StageState) -> Result<tempfile::TempDir, CommandError> {
+    let parent = state.scratch.join("heredocs");
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| CommandError::io(format!("creating {}", parent.display()), e))?;
+    tempfile::Builder::new()
+        .prefix("copy-")
+        .tempdir_in(&parent)
+        .map_err(|e| CommandError::io(format!("creating a directory in {}", parent.display()), e))
+}
+
+/// Why a heredoc name cannot name a file: it is the file's name in the destination, so it must
+/// be one path component. (BuildKit cleans it as a path inside an empty directory instead, so
+/// `../../x` becomes `x` and `a/b` fails for want of `a`; refusing both says what is wrong.)
+fn heredoc_name_problem(doc_name: &str) -> Option<&'static str> {
+    if doc_name.is_empty() {
+        Some("it is empty")
+    } else if doc_name == "." || doc_name == ".." {
+        Some("it is \".\" or \"..\"")
+    } else if doc_name.contains('/') {
+        Some("it contains \"/\"")
+    } else if doc_name.contains('\0') {
+        Some("it contains a NUL character")
+    } else {
+        None
+    }
+}
+
+/// Write heredoc `doc_name` (the `index`th source) into `dir`, a fresh directory of this COPY:
+/// the name is checked to be one path component, and the file is created new, never through a
+/// symlink.
 fn write_heredoc_file(
-    state: &StageState,
-    name: &str,
+    dir: &tempfile::TempDir,
+    index: usize,
+    doc_name: &str,
     content: &str,
+    instruction: &str,
 ) -> Result<PathBuf, CommandError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = state.scratch.join("heredocs");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
-    let path = dir.join(name);
-    std::fs::write(&path, content)
-        .map_err(|e| CommandError::io(format!("writing heredoc {name}"), e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| CommandError::io(format!("setting mode of heredoc {name}"), e))?;
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(problem) = heredoc_name_problem(doc_name) {
+        return Err(CommandError::Invalid(format!(
+            "{instruction} <<{doc_name:?}: the heredoc name is the file's name in the destination \
+             and must be a single file name, but {problem}"
+        )));
+    }
+    // One directory per source: two heredocs of one COPY may share a name.
+    let sub = dir.path().join(index.to_string());
+    std::fs::create_dir(&sub)
+        .map_err(|e| CommandError::io(format!("creating {}", sub.display()), e))?;
+    let path = sub.join(doc_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| CommandError::io(format!("writing heredoc {doc_name}"), e))?;
+    file.write_all(content.as_bytes())
+        .map_err(|e| CommandError::io(format!("writing heredoc {doc_name}"), e))?;
+    // Whatever the umask, as Docker writes it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| CommandError::io(format!("setting mode of heredoc {doc_name}"), e))?;
     Ok(path)
 }
 

@@ -38,8 +38,13 @@ pub enum Resolution {
 impl Resolution {
     /// The process's choice: [`Resolution::Userspace`] when [`FORCE_FALLBACK_ENV`] is `1` or the
     /// kernel lacks `openat2` (ENOSYS, or EPERM from a seccomp profile that predates it), else
-    /// [`Resolution::Kernel`]. Decided once.
+    /// [`Resolution::Kernel`]. Decided once (a unit test may choose for its own thread: see
+    /// [`with_resolution`]).
     pub fn detect() -> Resolution {
+        #[cfg(test)]
+        if let Some(forced) = FORCED.with(std::cell::Cell::get) {
+            return forced;
+        }
         static DETECTED: OnceLock<Resolution> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             if std::env::var_os(FORCE_FALLBACK_ENV).is_some_and(|v| v == "1") {
@@ -48,6 +53,18 @@ impl Resolution {
                 );
                 return Resolution::Userspace;
             }
+            if Resolution::kernel_has_openat2() {
+                Resolution::Kernel
+            } else {
+                Resolution::Userspace
+            }
+        })
+    }
+
+    /// Whether this kernel (and seccomp profile) lets `openat2` with `RESOLVE_IN_ROOT` through.
+    pub fn kernel_has_openat2() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
             match rustix::fs::openat2(
                 CWD,
                 "/",
@@ -55,14 +72,43 @@ impl Resolution {
                 Mode::empty(),
                 ResolveFlags::IN_ROOT,
             ) {
-                Ok(_) => Resolution::Kernel,
+                Ok(_) => true,
                 Err(e) => {
                     tracing::debug!(error = %e, "openat2 is not available; opening paths inside roots one component at a time");
-                    Resolution::Userspace
+                    false
                 }
             }
         })
     }
+
+    /// Every resolution this machine can run: the fallback, and the kernel's where it has it.
+    pub fn available() -> Vec<Resolution> {
+        let mut all = vec![Resolution::Userspace];
+        if Resolution::kernel_has_openat2() {
+            all.push(Resolution::Kernel);
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCED: std::cell::Cell<Option<Resolution>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with [`Resolution::detect`] answering `resolution` on this thread: how a unit test
+/// runs every caller of the writer (layers, archives, COPY) under both without an environment
+/// variable.
+#[cfg(test)]
+pub fn with_resolution<T>(resolution: Resolution, f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<Resolution>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(FORCED.with(|c| c.replace(Some(resolution))));
+    f()
 }
 
 /// Which symlinks an open inside the root may follow.
@@ -286,11 +332,10 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn roots(dir: &Path) -> Vec<RootFd> {
-        let mut out = vec![RootFd::new(dir, Resolution::Userspace).unwrap()];
-        if Resolution::detect() == Resolution::Kernel {
-            out.push(RootFd::new(dir, Resolution::Kernel).unwrap());
-        }
-        out
+        Resolution::available()
+            .into_iter()
+            .map(|r| RootFd::new(dir, r).unwrap())
+            .collect()
     }
 
     #[test]

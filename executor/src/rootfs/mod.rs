@@ -48,6 +48,8 @@ mod tests;
 use std::path::{Component, Path, PathBuf};
 
 pub use archive::{extract_archive, open_archive, ArchiveOwner, ExtractError};
+#[cfg(test)]
+pub use at::with_resolution;
 pub use at::{list_dir, lstat_at, Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
 pub use resolve::{clean_abs, resolve_in_root};
 pub use tarball::{
