@@ -662,3 +662,192 @@ mod download_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod confinement_tests {
+    use super::*;
+    use crate::commands::test_support::state;
+    use crate::rootfs::{with_resolution, Resolution};
+    use kiln_dockerfile::Heredoc;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A host directory the copies must never read: a marker file with unique content.
+    struct Host {
+        dir: tempfile::TempDir,
+        marker: PathBuf,
+        content: String,
+    }
+
+    fn host() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let content = format!("host-secret-{}", std::process::id());
+        let marker = dir.path().join("marker");
+        fs::write(&marker, &content).unwrap();
+        fs::create_dir(dir.path().join("subdir")).unwrap();
+        fs::write(dir.path().join("subdir/inner"), &content).unwrap();
+        Host {
+            dir,
+            marker,
+            content,
+        }
+    }
+
+    /// A stage root whose `/x` holds symlinks out (absolute, relative, to a directory, a loop)
+    /// and whose own `/etc/f` an absolute link may name.
+    fn stage(host: &Host) -> tempfile::TempDir {
+        let stage = tempfile::tempdir().unwrap();
+        let s = stage.path();
+        fs::create_dir_all(s.join("x")).unwrap();
+        fs::create_dir_all(s.join("etc")).unwrap();
+        fs::write(s.join("etc/f"), "stage's own").unwrap();
+        symlink(&host.marker, s.join("x/abs")).unwrap();
+        let up = "../".repeat(s.components().count() + 2);
+        let rel = format!("{up}{}", host.marker.strip_prefix("/").unwrap().display());
+        symlink(rel, s.join("x/rel")).unwrap();
+        symlink(host.dir.path().join("subdir"), s.join("x/dir")).unwrap();
+        symlink("loop2", s.join("x/loop1")).unwrap();
+        symlink("loop1", s.join("x/loop2")).unwrap();
+        symlink("/etc/f", s.join("x/own")).unwrap();
+        stage
+    }
+
+    fn copy_from(
+        root: &Path,
+        stage: &Path,
+        sources: &[&str],
+        dest: &str,
+    ) -> Result<Outcome, CommandError> {
+        let mut st = state(root);
+        let args = CopyArgs {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            dest: dest.to_string(),
+            ..Default::default()
+        };
+        execute(&args, &mut st, Some(CopySource::Root(stage)), false)
+    }
+
+    /// Every file under `dir`, read.
+    fn contents(dir: &Path) -> String {
+        let mut all = String::new();
+        for e in walkdir::WalkDir::new(dir).follow_links(false) {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                all.push_str(&fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn glob_matches_are_resolved_inside_the_source_root() {
+        let host = host();
+        let stage = stage(&host);
+        for resolution in Resolution::available() {
+            with_resolution(resolution, || {
+                let root = tempfile::tempdir().unwrap();
+                // The link to the stage's own file copies that file, under the link's name.
+                copy_from(root.path(), stage.path(), &["/x/o*"], "/out/").unwrap();
+                assert_eq!(
+                    fs::read_to_string(root.path().join("out/own")).unwrap(),
+                    "stage's own"
+                );
+                // A link whose target is not in the stage fails, naming both.
+                for (pattern, entry) in [("/x/a*", "/x/abs"), ("/x/r*", "/x/rel")] {
+                    let err = copy_from(root.path(), stage.path(), &[pattern], "/out/")
+                        .unwrap_err()
+                        .to_string();
+                    assert!(
+                        err.contains(entry) && err.contains("does not exist"),
+                        "{resolution:?} {pattern}: {err}"
+                    );
+                }
+                let err = copy_from(root.path(), stage.path(), &["/x/d*"], "/out/")
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("/x/dir"), "{err}");
+                let err = copy_from(root.path(), stage.path(), &["/x/loop*"], "/out/")
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("too many levels"), "{err}");
+                assert!(!contents(root.path()).contains(&host.content));
+            });
+        }
+    }
+
+    #[test]
+    fn directories_and_plain_sources_copy_links_as_links() {
+        let host = host();
+        let stage = stage(&host);
+        // The stage holds what the links name inside it: then they resolve there.
+        let inside = stage.path().join(host.marker.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::write(&inside, "stage's marker").unwrap();
+        for resolution in Resolution::available() {
+            with_resolution(resolution, || {
+                let root = tempfile::tempdir().unwrap();
+                // A directory copies its symlinks as symlinks, never what they point to.
+                copy_from(root.path(), stage.path(), &["/x"], "/tree").unwrap();
+                for link in ["abs", "rel", "dir", "loop1", "own"] {
+                    assert!(root.path().join("tree").join(link).is_symlink(), "{link}");
+                }
+                // A named source and a glob match follow the link inside the stage.
+                copy_from(root.path(), stage.path(), &["/x/abs"], "/one/").unwrap();
+                copy_from(root.path(), stage.path(), &["/x/*s"], "/glob/").unwrap();
+                for copy in ["one/abs", "glob/abs"] {
+                    assert_eq!(
+                        fs::read_to_string(root.path().join(copy)).unwrap(),
+                        "stage's marker",
+                        "{resolution:?} {copy}"
+                    );
+                }
+                assert!(!contents(root.path()).contains(&host.content));
+            });
+        }
+        assert_eq!(fs::read_to_string(&host.marker).unwrap(), host.content);
+    }
+
+    #[test]
+    fn heredoc_names_must_be_one_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut st = state(&root);
+        for bad in ["../../x", "a/b", "..", ".", ""] {
+            let args = CopyArgs {
+                sources: vec![bad.to_string()],
+                dest: "/d/".to_string(),
+                heredocs: vec![Heredoc {
+                    name: bad.to_string(),
+                    content: "pwned\n".to_string(),
+                    expand: false,
+                }],
+                ..Default::default()
+            };
+            let err = execute(&args, &mut st, None, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("single file name"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(!dir.path().join("x").exists());
+        // A good name, twice in one COPY and again in the next, is written each time.
+        for _ in 0..2 {
+            let doc = Heredoc {
+                name: "EOF".to_string(),
+                content: "hello\n".to_string(),
+                expand: false,
+            };
+            let args = CopyArgs {
+                sources: vec!["EOF".to_string(), "EOF".to_string()],
+                dest: "/d/".to_string(),
+                heredocs: vec![doc],
+                ..Default::default()
+            };
+            execute(&args, &mut st, None, false).unwrap();
+        }
+        assert_eq!(fs::read_to_string(root.join("d/EOF")).unwrap(), "hello\n");
+    }
+}

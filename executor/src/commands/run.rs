@@ -213,4 +213,31 @@ mod tests {
             vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
         );
     }
+
+    #[test]
+    fn shebang_script_replaces_a_planted_symlink_instead_of_following_it() {
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        std::fs::write(&victim, "host file").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let name = format!(".kiln-heredoc-{}", std::process::id());
+        std::os::unix::fs::symlink(&victim, dir.path().join(&name)).unwrap();
+        let script = RunArgs {
+            command: None,
+            heredocs: vec![doc("EOF", "#!/bin/sh\necho hi\n")],
+            ..Default::default()
+        };
+        assert_eq!(argv(&script, &st).unwrap(), vec![format!("/{name}")]);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        let written = dir.path().join(&name);
+        let meta = std::fs::symlink_metadata(&written).unwrap();
+        assert!(meta.is_file());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_to_string(&written).unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+    }
 }
