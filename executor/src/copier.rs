@@ -271,12 +271,11 @@ impl Copier<'_, '_> {
         } else {
             (0, 0)
         });
-        let time = |secs: i64, nanos: i64| FileTime::from_unix_time(secs, nanos as u32);
         let mut em = Meta {
             mode: opts.chmod.unwrap_or(stat.st_mode & 0o7777),
             owner: Some(owner),
-            atime: time(stat.st_atime as i64, stat.st_atime_nsec as i64),
-            mtime: time(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            atime: file_time(stat.st_atime, stat.st_atime_nsec),
+            mtime: file_time(stat.st_mtime, stat.st_mtime_nsec),
             xattrs: Vec::new(),
         };
         let mut t = self.w.locate(in_root(target))?;
@@ -341,6 +340,11 @@ fn read_xattrs(file: &File, shown: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A stat time (its field types differ between architectures) as a [`FileTime`].
+fn file_time(secs: impl Into<i64>, nanos: impl TryInto<u32>) -> FileTime {
+    FileTime::from_unix_time(secs.into(), nanos.try_into().unwrap_or(0))
 }
 
 fn is_dir_in_root(root: &Path, image_path: &str) -> bool {
