@@ -30,9 +30,9 @@ mod remove;
 const COPY_BUFFER: usize = 256 * 1024;
 
 /// Parent directories kept open between entries. Entries of a tree come mostly grouped by
-/// directory, so a few hundred cover the working set while staying far below a process's
+/// directory, so a hundred or so cover the working set while staying far below a process's
 /// descriptor limit.
-const MAX_OPEN_DIRS: usize = 256;
+const MAX_OPEN_DIRS: usize = 128;
 
 /// Why the writer could not write an entry. `rel` is the in-root path asked for, `path` the host
 /// path acted on.

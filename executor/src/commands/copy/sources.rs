@@ -392,4 +392,50 @@ mod tests {
         }
         assert_eq!(fs::read_to_string(root.join("d/EOF")).unwrap(), "hello\n");
     }
+
+    /// The whole context, through a link inside it, with `.dockerignore`: copied from the
+    /// context's own descriptor, links as links, ignored paths left out; a link out is refused.
+    #[test]
+    fn context_sources_stay_in_the_context() {
+        let host = host();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx_dir = dir.path().join("ctx");
+        fs::create_dir_all(ctx_dir.join("d/sub")).unwrap();
+        fs::write(ctx_dir.join("d/sub/f"), "f").unwrap();
+        fs::write(ctx_dir.join("d/skip.log"), "ignored").unwrap();
+        fs::write(ctx_dir.join(".dockerignore"), "**/*.log\n").unwrap();
+        symlink("d", ctx_dir.join("dlink")).unwrap();
+        symlink(&host.marker, ctx_dir.join("out")).unwrap();
+        let work = dir.path().join("work");
+        let mut ctx = crate::context::BuildContext::open(ctx_dir.to_str().unwrap(), &work).unwrap();
+        ctx.load_ignore(&ctx_dir.join("Dockerfile")).unwrap();
+        for resolution in Resolution::available() {
+            with_resolution(resolution, || {
+                let root = tempfile::tempdir().unwrap();
+                let copy = |sources: &[&str], dest: &str| {
+                    let mut st = state(root.path());
+                    let args = CopyArgs {
+                        sources: sources.iter().map(|s| s.to_string()).collect(),
+                        dest: dest.to_string(),
+                        ..Default::default()
+                    };
+                    execute(&args, &mut st, Some(CopySource::Context(&ctx)), false)
+                };
+                copy(&["."], "/all/").unwrap();
+                assert_eq!(
+                    fs::read_to_string(root.path().join("all/d/sub/f")).unwrap(),
+                    "f"
+                );
+                assert!(root.path().join("all/dlink").is_symlink());
+                assert!(root.path().join("all/out").is_symlink());
+                assert!(!root.path().join("all/d/skip.log").exists());
+                copy(&["dlink"], "/via-link").unwrap();
+                assert!(root.path().join("via-link/sub/f").is_file());
+                assert!(!root.path().join("via-link/skip.log").exists());
+                let err = copy(&["out"], "/x").unwrap_err().to_string();
+                assert!(err.contains("outside the build context"), "{err}");
+                assert!(!contents(root.path()).contains(&host.content));
+            });
+        }
+    }
 }
