@@ -62,6 +62,10 @@
 #   KILN_ALLOWED_WARMER_IMAGES         refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_SERVICE_ACCOUNTS      refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_CAPABILITIES          refused   kiln-operator setting (as above)
+#   KILN_FORCE_RESOLVE_FALLBACK        refused   makes every kiln-executor open paths inside roots
+#                                                without openat2, so the kernel path goes untested
+#                                                (executor/tests/hostile_copy.rs sets it on the
+#                                                executors it starts, to test both)
 #   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through
 #                                                on a developer's run (refused when CI=true)
 #   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a

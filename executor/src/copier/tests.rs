@@ -3,7 +3,7 @@
 
 use super::*;
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
 fn no_exclude(_: &Path) -> bool {
     false
