@@ -45,44 +45,16 @@ pub struct CopyOptions<'a> {
     pub preserve_owner: bool,
 }
 
-/// Why a copy or an extraction failed.
+/// Why a copy or an extraction failed: reading a source, or writing it into the root (the root
+/// writer's own errors, shared with every other writer of untrusted input).
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("when using COPY with more than one source file, the destination must be a directory and end with a /")]
     MultipleSourcesNeedDirectory,
     #[error("reading COPY source {path}: {source}")]
     Source { path: PathBuf, source: io::Error },
-    #[error("writing {path} into the image: {source}")]
-    Write { path: String, source: io::Error },
-    #[error("cannot create directory {path} in the image: a non-directory is in the way")]
-    NotADirectory { path: String },
-    #[error("reading archive {path}: {source}")]
-    Archive { path: String, source: io::Error },
-    #[error(
-        "archive entry {entry} would be written outside its destination; refusing the archive"
-    )]
-    UnsafeEntry { entry: String },
-    #[error(
-        "archive entry {entry} is a hard link to {target}, which is not a file extracted before it"
-    )]
-    BadHardLink { entry: String, target: String },
-    #[error("archive {path} is compressed with {format}, which is not supported yet; recompress it as tar, tar.gz or tar.zst")]
-    UnsupportedCompression { path: String, format: &'static str },
-}
-
-impl From<ExtractError> for CopyError {
-    fn from(e: ExtractError) -> Self {
-        match e {
-            ExtractError::Archive { path, source } => CopyError::Archive { path, source },
-            ExtractError::UnsafeEntry { entry } => CopyError::UnsafeEntry { entry },
-            ExtractError::BadHardLink { entry, target } => CopyError::BadHardLink { entry, target },
-            ExtractError::UnsupportedCompression { path, format } => {
-                CopyError::UnsupportedCompression { path, format }
-            }
-            ExtractError::Write { path, source } => CopyError::Write { path, source },
-            ExtractError::NotADirectory { path } => CopyError::NotADirectory { path },
-        }
-    }
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
 }
 
 impl From<WriteError> for CopyError {
@@ -183,9 +155,11 @@ pub fn add_archive_into_root(
     chown: Option<(u32, u32)>,
 ) -> Result<Vec<String>, CopyError> {
     let label = archive.display().to_string();
-    let archive_err = |source| CopyError::Archive {
-        path: label.clone(),
-        source,
+    let archive_err = |source| {
+        CopyError::Extract(ExtractError::Archive {
+            path: label.clone(),
+            source,
+        })
     };
     // The caller resolved the archive's path: a symlink there now was swapped in since.
     let file = File::options()
