@@ -120,17 +120,20 @@ fn list_in_root(root: &Path, dir: &Path) -> std::io::Result<Vec<std::ffi::OsStri
     list_dir(std::os::fd::AsFd::as_fd(&fd))
 }
 
-/// Host paths of a `COPY --from` source inside another root (see [`root_sources`]), each with
-/// its symlinks resolved inside that root, for the cache key to read.
+/// The sources a `COPY --from` path names inside another root (see [`root_sources`]), each as
+/// the name it takes in the destination and its host path with symlinks resolved inside that
+/// root, for the cache key to read: the name counts because a renamed symlink to the same file
+/// copies a file of another name.
 pub(crate) fn resolve_root_source(
     root: &Path,
     src: &str,
     name: &str,
-) -> Result<Vec<PathBuf>, CommandError> {
+) -> Result<Vec<(std::ffi::OsString, PathBuf)>, CommandError> {
     root_sources(root, src, name)?
         .into_iter()
         .map(|s| {
             resolve_in_root(root, &s.path, true)
+                .map(|host| (s.name, host))
                 .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))
         })
         .collect()
