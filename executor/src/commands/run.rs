@@ -203,13 +203,13 @@ mod tests {
             }],
             ..Default::default()
         };
-        let argv = argv(&on_fd, &st).unwrap();
-        assert_eq!(argv, ["/bin/sh", "-c", "3<<EOF cat <&3\non three\nEOF"]);
+        let command = argv(&on_fd, &st).unwrap();
+        assert_eq!(command, ["/bin/sh", "-c", "3<<EOF cat <&3\non three\nEOF"]);
         if kiln_testkit::require_tool("sh").is_none() {
             return;
         }
         let out = kiln_testkit::run_bounded(
-            std::process::Command::new(&argv[0]).args(&argv[1..]),
+            std::process::Command::new(&command[0]).args(&command[1..]),
             kiln_testkit::TOOL_TIMEOUT,
         )
         .unwrap();
