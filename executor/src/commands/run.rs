@@ -165,6 +165,7 @@ mod tests {
     fn doc(name: &str, content: &str) -> Heredoc {
         Heredoc {
             name: name.into(),
+            fd: 0,
             content: content.into(),
             expand: true,
         }
@@ -239,5 +240,43 @@ mod tests {
             std::fs::read_to_string(&written).unwrap(),
             "#!/bin/sh\necho hi\n"
         );
+    }
+
+    #[test]
+    fn a_heredoc_on_a_file_descriptor_is_opened_by_the_shell() {
+        // As BuildKit: the command and the heredoc bodies go to the shell together, so the
+        // shell opens `3<<EOF` on descriptor 3.
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let on_fd = RunArgs {
+            command: Some(ShellOrExec::Shell("3<<EOF cat <&3".into())),
+            heredocs: vec![Heredoc {
+                fd: 3,
+                ..doc("EOF", "on three\n")
+            }],
+            ..Default::default()
+        };
+        let command = argv(&on_fd, &st).unwrap();
+        assert_eq!(command, ["/bin/sh", "-c", "3<<EOF cat <&3\non three\nEOF"]);
+        if kiln_testkit::require_tool("sh").is_none() {
+            return;
+        }
+        let out = kiln_testkit::run_bounded(
+            std::process::Command::new(&command[0]).args(&command[1..]),
+            kiln_testkit::TOOL_TIMEOUT,
+        )
+        .unwrap();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout, "on three\n");
+        // A RUN that is only the heredoc runs its body as the script, whatever the descriptor.
+        let script = RunArgs {
+            command: None,
+            heredocs: vec![Heredoc {
+                fd: 3,
+                ..doc("EOF", "echo a\n")
+            }],
+            ..Default::default()
+        };
+        assert_eq!(argv(&script, &st).unwrap(), ["/bin/sh", "-c", "echo a\n"]);
     }
 }

@@ -2,9 +2,12 @@
 //! shell form, name=value pairs, FROM's `AS name`, HEALTHCHECK options, ONBUILD triggers).
 
 use super::flags::{parse_flags, FlagKind};
+use super::heredoc::heredoc_word;
 use super::mounts::check_mount;
-use super::source::{parse_heredoc_word, RawInstruction};
-use super::words::{parse_json_array, split_command, split_raw_words};
+use super::source::RawInstruction;
+use super::words::{
+    is_ascii_blank, is_separator, parse_json_array, split_command, split_raw_words, split_separated,
+};
 use super::{err, parse_instruction, ParseError};
 use crate::ast::{ArgDecl, CopyArgs, Healthcheck, Instruction, Located, RunArgs, ShellOrExec};
 use crate::excerpt::excerpt;
@@ -18,8 +21,10 @@ pub(super) enum Parsed {
     Other(Located),
 }
 
+/// The keyword of an instruction's text, upper-cased (as [`split_command`] finds it).
 pub(super) fn keyword_of(text: &str) -> String {
-    text.split_whitespace()
+    text.trim()
+        .split(is_separator)
         .next()
         .unwrap_or_default()
         .to_ascii_uppercase()
@@ -48,7 +53,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
         text,
         heredocs,
     } = raw;
-    let (keyword_raw, flags, args) = split_command(&text);
+    let (keyword_raw, flags, args) = split_command(&text, escape);
     let keyword = keyword_raw.to_ascii_uppercase();
     let located = |instruction| {
         Ok(Parsed::Other(Located {
@@ -74,7 +79,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
     match keyword.as_str() {
         "FROM" => {
             let mut f = parse_flags(&keyword, &flags, &[("platform", FlagKind::Str)], line)?;
-            let words: Vec<&str> = args.split_whitespace().collect();
+            let words = split_separated(&args);
             let name = match words.as_slice() {
                 [_] => None,
                 [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
@@ -94,7 +99,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                     )
                 }
             };
-            Ok(Parsed::From { base: words[0].to_string(), platform: f.string("platform"), name })
+            Ok(Parsed::From { base: words[0].clone(), platform: f.string("platform"), name })
         }
         "RUN" => {
             let mut f = parse_flags(
@@ -136,8 +141,9 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                 Some(Ok(list)) => Some(ShellOrExec::Exec(list)),
                 Some(Err(e)) => return err(line, e),
                 None => {
-                    let words = split_raw_words(&args, '\\');
-                    let only_heredoc = words.len() == 1 && parse_heredoc_word(&words[0]).is_some();
+                    // As BuildKit's dockerfile2llb: a command that is one heredoc word
+                    // (`<<EOF`, `<< EOF`, `3<<EOF`) runs that heredoc's body as the script.
+                    let only_heredoc = !heredocs.is_empty() && heredoc_word(&args).is_some();
                     if only_heredoc {
                         None
                     } else {
@@ -201,10 +207,10 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                 ]
             };
             let mut f = parse_flags(&keyword, &flags, spec, line)?;
-            let mut words = match parse_json_array(&args) {
-                Some(Ok(list)) => list,
+            let (mut words, exec_form) = match parse_json_array(&args) {
+                Some(Ok(list)) => (list, true),
                 Some(Err(e)) => return err(line, e),
-                None => args.split_whitespace().map(str::to_string).collect(),
+                None => (split_separated(&args), false),
             };
             if words.len() < 2 {
                 return err(
@@ -213,13 +219,16 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
                 );
             }
             let dest = words.pop().unwrap_or_default();
-            if parse_heredoc_word(&dest).is_some() {
+            if heredoc_word(&dest).is_some() {
                 return err(line, format!("{keyword} cannot use a heredoc as its destination"));
             }
-            let sources = words
-                .into_iter()
-                .map(|w| parse_heredoc_word(&w).map_or(w, |m| m.name))
-                .collect();
+            // The exec form opens no heredoc, so its words are paths as written (`"<<EOF"`
+            // included, as BuildKit's parser keeps it).
+            let sources = if exec_form {
+                words
+            } else {
+                words.into_iter().map(|w| heredoc_word(&w).map_or(w, |m| m.name)).collect()
+            };
             let link = f.boolean("link");
             let parents = f.boolean("parents");
             let keep_git_dir = f.boolean("keep-git-dir");
@@ -267,7 +276,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
         "EXPOSE" => {
             no_flags(&flags)?;
             require_args(&args)?;
-            located(Instruction::Expose(args.split_whitespace().map(str::to_string).collect()))
+            located(Instruction::Expose(split_separated(&args)))
         }
         "VOLUME" => {
             no_flags(&flags)?;
@@ -275,7 +284,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
             let paths = match parse_json_array(&args) {
                 Some(Ok(list)) => list,
                 Some(Err(e)) => return err(line, e),
-                None => args.split_whitespace().map(str::to_string).collect(),
+                None => split_separated(&args),
             };
             if paths.is_empty() {
                 return err(line, "VOLUME requires at least one argument");
@@ -346,8 +355,9 @@ fn interpret_healthcheck(
     args: &str,
     line: usize,
 ) -> Result<Instruction, ParseError> {
-    let (kind, rest) = match args.find(char::is_whitespace) {
-        Some(i) => (&args[..i], args[i..].trim()),
+    // As BuildKit: the type ends at the first blank, and the command starts after the blanks.
+    let (kind, rest) = match args.find(is_ascii_blank) {
+        Some(i) => (&args[..i], args[i..].trim_start_matches(is_ascii_blank)),
         None => (args, ""),
     };
     if kind.is_empty() {
@@ -446,7 +456,8 @@ fn parse_name_values(
         return err(line, format!("{keyword} requires at least one argument"));
     };
     if !first.contains('=') {
-        let Some(i) = args.find(char::is_whitespace) else {
+        // The legacy form splits on BuildKit's separators only (not a no-break space).
+        let Some(i) = args.find(is_separator) else {
             return err(
                 line,
                 format!(
@@ -457,7 +468,7 @@ fn parse_name_values(
         };
         return Ok(vec![(
             args[..i].to_string(),
-            args[i..].trim_start().to_string(),
+            args[i..].trim_start_matches(is_separator).to_string(),
         )]);
     }
     let mut pairs = Vec::new();

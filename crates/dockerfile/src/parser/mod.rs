@@ -4,6 +4,7 @@
 //! read from disk or executed.
 
 mod flags;
+mod heredoc;
 mod instructions;
 mod mounts;
 mod source;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use super::ast::{Dockerfile, Instruction, Located, Stage};
 use crate::excerpt::{bounded, excerpt, MESSAGE_BYTES};
 use instructions::{interpret, keyword_of, Parsed};
-use source::{parse_directives, Source};
+use source::{parse_directives, physical_lines, Source};
 
 /// A Dockerfile that cannot be parsed; `line` is 1-based (the line where the instruction starts).
 /// The message quotes the Dockerfile only through bounded excerpts ([`crate::excerpt`]), and
@@ -76,7 +77,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
         );
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines = physical_lines(text);
     let (directives, first_body_line) = parse_directives(&lines)?;
     let escape = directives.escape;
 
@@ -157,7 +158,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
 /// they fire. `line` is the line number reported in errors; `FROM` is refused since it is not an
 /// instruction inside a stage.
 pub fn parse_instruction(text: &str, line: usize, escape: char) -> Result<Located, ParseError> {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines = physical_lines(text);
     let mut source = Source {
         lines: &lines,
         pos: 0,

@@ -2,10 +2,23 @@
 //! lines (with the escape character) and heredoc bodies. Knows nothing of what an instruction
 //! means beyond which ones may open a heredoc.
 
-use super::words::{parse_json_array, split_command, split_raw_words};
+use super::heredoc::{heredocs_in_line, HeredocMarker};
+use super::words::{parse_json_array, split_command};
 use super::{err, ParseError};
 use crate::ast::Heredoc;
 use crate::excerpt::excerpt;
+
+/// The physical lines of `text`, each with its line ending (`\n` or `\r\n`), as BuildKit's
+/// scanner reads them: heredoc bodies keep their line endings as written.
+pub(super) fn physical_lines(text: &str) -> Vec<&str> {
+    text.split_inclusive('\n').collect()
+}
+
+/// A physical line without its line ending: every trailing `\r` and `\n` (BuildKit's
+/// `trimNewline`).
+fn trim_newline(line: &str) -> &str {
+    line.trim_end_matches(['\r', '\n'])
+}
 
 pub(super) struct Directives {
     pub(super) escape: char,
@@ -22,7 +35,7 @@ pub(super) fn parse_directives(lines: &[&str]) -> Result<(Directives, usize), Pa
     };
     let mut seen: Vec<String> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        let Some((key, value)) = directive(line) else {
+        let Some((key, value)) = directive(trim_newline(line)) else {
             return Ok((directives, i));
         };
         let key = key.to_ascii_lowercase();
@@ -83,6 +96,7 @@ fn directive(line: &str) -> Option<(&str, &str)> {
 /// Reads logical instructions from physical lines: skips comments and blank lines, joins
 /// continuation lines, and collects heredoc bodies.
 pub(super) struct Source<'a> {
+    /// Physical lines with their line endings ([`physical_lines`]).
     pub(super) lines: &'a [&'a str],
     pub(super) pos: usize,
     /// Line number of `lines[0]`.
@@ -108,12 +122,14 @@ impl Source<'_> {
     }
 
     /// Removes a trailing escape character (optionally followed by blanks); returns whether the
-    /// line is complete (had no continuation).
+    /// line is complete (had no continuation). As in BuildKit (`([^\\])\\[ \t]*$|^\\[ \t]*$`
+    /// with the escape character), an escape character that is itself escaped does not continue
+    /// the line: `a\\` ends there. (Nor, BuildKit's known limitation, does `a\\\`.)
     fn trim_continuation<'l>(&self, line: &'l str) -> (&'l str, bool) {
         let trimmed = line.trim_end_matches([' ', '\t']);
         match trimmed.strip_suffix(self.escape) {
-            Some(rest) => (rest, false),
-            None => (line, true),
+            Some(rest) if !rest.ends_with(self.escape) => (rest, false),
+            _ => (line, true),
         }
     }
 
@@ -121,7 +137,7 @@ impl Source<'_> {
         while self.pos < self.lines.len() {
             let index = self.pos;
             self.pos += 1;
-            let physical = self.lines[index];
+            let physical = trim_newline(self.lines[index]);
             if is_comment(physical) {
                 continue;
             }
@@ -131,7 +147,7 @@ impl Source<'_> {
             }
             let mut text = first.to_string();
             while !complete && self.pos < self.lines.len() {
-                let next = self.lines[self.pos];
+                let next = trim_newline(self.lines[self.pos]);
                 self.pos += 1;
                 // Comment and empty lines inside a continuation are dropped (BuildKit warns
                 // about the empty ones but accepts them).
@@ -155,25 +171,26 @@ impl Source<'_> {
     }
 
     /// Reads the bodies of the heredocs that `text` opens, in order, from the following lines.
+    /// A body keeps its lines' endings (`\r\n` included, as BuildKit's does); the terminator
+    /// line is compared without its ending, and both without leading tabs after `<<-`.
     fn read_heredocs(&mut self, text: &str, line: usize) -> Result<Vec<Heredoc>, ParseError> {
         let mut out = Vec::new();
-        for marker in heredoc_markers(text) {
+        for marker in heredoc_markers(text, self.escape, line)? {
             let mut body = String::new();
             let mut terminated = false;
             while self.pos < self.lines.len() {
                 let physical = self.lines[self.pos];
                 self.pos += 1;
-                let candidate = if marker.chomp {
+                let physical = if marker.chomp {
                     physical.trim_start_matches('\t')
                 } else {
                     physical
                 };
-                if candidate == marker.name {
+                if trim_newline(physical) == marker.name {
                     terminated = true;
                     break;
                 }
-                body.push_str(candidate);
-                body.push('\n');
+                body.push_str(physical);
             }
             if !terminated {
                 return err(
@@ -187,6 +204,7 @@ impl Source<'_> {
             }
             out.push(Heredoc {
                 name: marker.name,
+                fd: marker.fd,
                 content: body,
                 expand: marker.expand,
             });
@@ -195,56 +213,34 @@ impl Source<'_> {
     }
 }
 
-/// What a `<<NAME` word declares.
-pub(super) struct HeredocMarker {
-    pub(super) name: String,
-    chomp: bool,
-    expand: bool,
-}
-
-/// Recognises a heredoc word like BuildKit's `^(\d*)<<(-?)([^<]*)$`, quotes removed from the
-/// name; a quoted name (`<<"EOF"`, `<<'EOF'`) disables expansion of the body.
-pub(super) fn parse_heredoc_word(word: &str) -> Option<HeredocMarker> {
-    let rest = word
-        .trim_start_matches(|c: char| c.is_ascii_digit())
-        .strip_prefix("<<")?;
-    let (chomp, rest) = match rest.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, rest),
-    };
-    if rest.is_empty() || rest.contains('<') {
-        return None;
-    }
-    let expand = !rest.contains(['"', '\'']);
-    let name: String = rest.chars().filter(|&c| c != '"' && c != '\'').collect();
-    if name.is_empty() {
-        return None;
-    }
-    Some(HeredocMarker {
-        name,
-        chomp,
-        expand,
-    })
-}
-
 /// The heredocs an instruction line opens: only RUN, COPY and ADD in shell form (and the same
-/// as an ONBUILD trigger) can have them.
-fn heredoc_markers(text: &str) -> Vec<HeredocMarker> {
-    let (keyword, _, args) = split_command(text);
+/// as an ONBUILD trigger) can have them; the words of the whole line are read as BuildKit's
+/// `heredocsFromLine` reads them ([`heredocs_in_line`]).
+fn heredoc_markers(
+    text: &str,
+    escape: char,
+    line: usize,
+) -> Result<Vec<HeredocMarker>, ParseError> {
+    let (keyword, _, args) = split_command(text, escape);
     let mut keyword = keyword.to_ascii_uppercase();
     let mut args = args;
     if keyword == "ONBUILD" {
-        let (sub, _, sub_args) = split_command(&args);
+        let (sub, _, sub_args) = split_command(&args, escape);
         keyword = sub.to_ascii_uppercase();
         args = sub_args;
     }
-    if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") || parse_json_array(&args).is_some() {
-        return Vec::new();
+    if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD")
+        || parse_json_array(&args).is_some()
+        || !text.contains("<<")
+    {
+        return Ok(Vec::new());
     }
-    split_raw_words(&args, '\\')
-        .iter()
-        .filter_map(|w| parse_heredoc_word(w))
-        .collect()
+    heredocs_in_line(text).or_else(|e| {
+        err(
+            line,
+            format!("invalid heredoc in `{}`: {}", excerpt(text), e.0),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -264,11 +260,31 @@ mod tests {
     }
 
     #[test]
-    fn heredoc_words() {
-        let m = parse_heredoc_word("<<-\"EOT\"").unwrap();
-        assert_eq!((m.name.as_str(), m.chomp, m.expand), ("EOT", true, false));
-        assert!(parse_heredoc_word("<<").is_none());
-        assert!(parse_heredoc_word("a<<EOF").is_none());
-        assert!(parse_heredoc_word("2<<EOF").is_some());
+    fn line_endings_are_trimmed_like_buildkit() {
+        assert_eq!(physical_lines("a\r\nb\nc"), ["a\r\n", "b\n", "c"]);
+        assert_eq!(trim_newline("a\r\r\n"), "a");
+        assert_eq!(trim_newline("a\r"), "a");
+    }
+
+    #[test]
+    fn an_escaped_escape_does_not_continue_the_line() {
+        let source = |escape| Source {
+            lines: &[],
+            pos: 0,
+            first_line: 1,
+            escape,
+        };
+        let s = source('\\');
+        assert_eq!(s.trim_continuation("a \\"), ("a ", false));
+        assert_eq!(s.trim_continuation("a \\ \t"), ("a ", false));
+        assert_eq!(s.trim_continuation("\\"), ("", false));
+        assert_eq!(s.trim_continuation("a\\\\"), ("a\\\\", true));
+        assert_eq!(s.trim_continuation("\\\\"), ("\\\\", true));
+        // BuildKit's regex cannot see that the last of three is unescaped.
+        assert_eq!(s.trim_continuation("a\\\\\\"), ("a\\\\\\", true));
+        let s = source('`');
+        assert_eq!(s.trim_continuation("a `"), ("a ", false));
+        assert_eq!(s.trim_continuation("a ``"), ("a ``", true));
+        assert_eq!(s.trim_continuation("a \\"), ("a \\", true));
     }
 }

@@ -3,28 +3,51 @@
 
 use crate::excerpt::excerpt;
 
-/// Splits `KEYWORD --flags… rest` (BuildKit `splitCommand` + `extractBuilderFlags`): flags are
-/// the leading words that start with `--`, with quotes and backslashes processed; a bare `--`
-/// ends them.
-pub(super) fn split_command(text: &str) -> (String, Vec<String>, String) {
+/// BuildKit's `reWhitespace` (`[\t\v\f\r ]`): what separates the keyword from its arguments,
+/// the words of FROM, EXPOSE and the non-JSON forms of COPY, ADD and VOLUME, and the name from
+/// the value of a legacy `ENV name value`. Not Unicode whitespace: a no-break space (U+00A0)
+/// is part of a word there.
+pub(super) fn is_separator(c: char) -> bool {
+    matches!(c, '\t' | '\x0b' | '\x0c' | '\r' | ' ')
+}
+
+/// The blanks BuildKit's flag reader and HEALTHCHECK's type reader skip: Go's `unicode.IsSpace`
+/// tried on single bytes, which for ASCII text is `[\t\n\v\f\r ]`.
+pub(super) fn is_ascii_blank(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' ')
+}
+
+/// `text` split on runs of [`is_separator`] characters (`reWhitespace.Split`), empty pieces
+/// left out.
+pub(super) fn split_separated(text: &str) -> Vec<String> {
+    text.split(is_separator)
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits `KEYWORD --flags… rest` (BuildKit `splitCommand` + `extractBuilderFlags`): the keyword
+/// ends at the first [`is_separator`] character; flags are the leading words that start with
+/// `--`, with quotes and `escape` processed; a bare `--` ends them.
+pub(super) fn split_command(text: &str, escape: char) -> (String, Vec<String>, String) {
     let text = text.trim();
-    let (keyword, rest) = match text.find(char::is_whitespace) {
-        Some(i) => (&text[..i], text[i..].trim_start()),
+    let (keyword, rest) = match text.find(is_separator) {
+        Some(i) => (&text[..i], text[i..].trim_start_matches(is_separator)),
         None => (text, ""),
     };
-    let (flags, rest) = extract_flags(rest);
+    let (flags, rest) = extract_flags(rest, escape);
     (keyword.to_string(), flags, rest.trim().to_string())
 }
 
-fn extract_flags(line: &str) -> (Vec<String>, &str) {
+fn extract_flags(line: &str, escape: char) -> (Vec<String>, &str) {
     let mut flags = Vec::new();
     let mut rest = line;
     loop {
-        let trimmed = rest.trim_start();
+        let trimmed = rest.trim_start_matches(is_ascii_blank);
         if !trimmed.starts_with("--") {
             return (flags, trimmed);
         }
-        // Read one word, honouring quotes and backslashes.
+        // Read one word, honouring quotes and escapes.
         let mut word = String::new();
         let mut quote: Option<char> = None;
         let mut blank_ok = false;
@@ -32,7 +55,7 @@ fn extract_flags(line: &str) -> (Vec<String>, &str) {
         let mut end = trimmed.len();
         while let Some((i, c)) = iter.next() {
             match quote {
-                None if c.is_whitespace() => {
+                None if is_ascii_blank(c) => {
                     end = i;
                     break;
                 }
@@ -41,7 +64,7 @@ fn extract_flags(line: &str) -> (Vec<String>, &str) {
                     blank_ok = true;
                 }
                 Some(q) if c == q => quote = None,
-                _ if c == '\\' => {
+                _ if c == escape => {
                     if let Some((_, n)) = iter.next() {
                         word.push(n);
                     }
@@ -50,8 +73,9 @@ fn extract_flags(line: &str) -> (Vec<String>, &str) {
             }
         }
         rest = &trimmed[end..];
-        if word == "--" && !blank_ok {
-            return (flags, rest.trim_start());
+        // A word that reads `--` ends the flags, even when written with quotes (`--""`).
+        if word == "--" {
+            return (flags, rest.trim_start_matches(is_ascii_blank));
         }
         if blank_ok || !word.is_empty() {
             flags.push(word);
@@ -116,8 +140,8 @@ pub(super) fn split_raw_words(text: &str, escape: char) -> Vec<String> {
 }
 
 /// The exec form: a JSON array of strings. `None` when the text is not a JSON array (then it is
-/// shell form); `Some(Err)` when it is an array with non-string members. Like Docker (Go's
-/// `json.Decoder`), text after the closing `]` is ignored.
+/// shell form); `Some(Err)` when it is an array with non-string members. Like BuildKit (Go's
+/// `json.Unmarshal`), the array must be the whole text: `["a"] b` is not the exec form.
 pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>> {
     let text = text.trim();
     if !text.starts_with('[') {
@@ -126,8 +150,9 @@ pub(super) fn parse_json_array(text: &str) -> Option<Result<Vec<String>, String>
     if json_depth(text) > MAX_JSON_DEPTH {
         return None;
     }
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
-    let Some(Ok(serde_json::Value::Array(items))) = stream.next() else {
+    // `from_str` refuses anything but JSON whitespace after the value.
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
         return None;
     };
     let mut out = Vec::with_capacity(items.len());
@@ -211,14 +236,41 @@ mod tests {
     }
 
     #[test]
+    fn json_with_trailing_text_is_not_the_exec_form() {
+        assert_eq!(parse_json_array(r#"["a"] # x"#), None);
+        assert_eq!(parse_json_array(r#"["a"] ["b"]"#), None);
+        assert_eq!(parse_json_array(r#"[1] x"#), None);
+        assert_eq!(
+            parse_json_array("[\"a\"]\t\r\n "),
+            Some(Ok(vec!["a".to_string()]))
+        );
+        assert_eq!(parse_json_array("[]"), Some(Ok(Vec::new())));
+    }
+
+    #[test]
     fn flags_are_extracted_with_quotes_removed() {
-        let (kw, flags, rest) = split_command("COPY --chown=\"a b\" --link  src dst");
+        let (kw, flags, rest) = split_command("COPY --chown=\"a b\" --link  src dst", '\\');
         assert_eq!(kw, "COPY");
         assert_eq!(flags, ["--chown=a b", "--link"]);
         assert_eq!(rest, "src dst");
-        let (_, flags, rest) = split_command("RUN -- --not-a-flag");
+        let (_, flags, rest) = split_command("RUN -- --not-a-flag", '\\');
         assert!(flags.is_empty());
         assert_eq!(rest, "--not-a-flag");
+        let (_, flags, rest) = split_command("RUN --\"\" --not-a-flag", '\\');
+        assert!(flags.is_empty());
+        assert_eq!(rest, "--not-a-flag");
+        // The file's escape character escapes in flags.
+        let (_, flags, _) = split_command("COPY --chown=a`\"b x y", '`');
+        assert_eq!(flags, ["--chown=a\"b"]);
+    }
+
+    #[test]
+    fn keyword_and_words_split_on_ascii_blanks_only() {
+        let (kw, _, rest) = split_command("RUN\u{a0}echo a", '\\');
+        assert_eq!((kw.as_str(), rest.as_str()), ("RUN\u{a0}echo", "a"));
+        let (kw, _, rest) = split_command("RUN\x0becho\x0c v", '\\');
+        assert_eq!((kw.as_str(), rest.as_str()), ("RUN", "echo\x0c v"));
+        assert_eq!(split_separated("80\u{a0}443 53"), ["80\u{a0}443", "53"]);
     }
 
     #[test]

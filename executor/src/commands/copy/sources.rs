@@ -366,6 +366,7 @@ mod tests {
                     name: bad.to_string(),
                     content: "pwned\n".to_string(),
                     expand: false,
+                    fd: 0,
                 }],
                 ..Default::default()
             };
@@ -384,6 +385,7 @@ mod tests {
                 name: "EOF".to_string(),
                 content: "hello\n".to_string(),
                 expand: false,
+                fd: 0,
             };
             let args = CopyArgs {
                 sources: vec!["EOF".to_string(), "EOF".to_string()],
