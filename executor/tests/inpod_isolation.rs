@@ -1,7 +1,8 @@
 //! What an in-place `RUN` step can reach in a Pod, tested under podman as a Pod runs the executor
 //! image: the context at `/workspace`, the push credentials mounted read-only at
 //! `/kiln/.docker/config.json`, a service-account token at
-//! `/var/run/secrets/kubernetes.io/serviceaccount/token`, and `GIT_TOKEN` and an AWS key in the
+//! `/var/run/secrets/kubernetes.io/serviceaccount/token`, a read-only file and a read-only
+//! directory mounted elsewhere (as Secret volumes can be), and `GIT_TOKEN` and an AWS key in the
 //! environment. Both branches of the executor's probe:
 //!
 //! - default capabilities: steps share the container (kaniko's exposure); the executor warns
@@ -39,13 +40,20 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const SHARED_WARNING: &str = "without private namespaces";
 const PRIVATE_INFO: &str = "each in private mount and PID namespaces";
 
-/// The files a step looks for; every one is there for the executor.
-const GUARDED: [&str; 4] = [
+/// The files a step looks for (non-empty means visible); every one is there for the executor. The last two are read-only
+/// mounts outside the fixed places, as a Pod's Secret volumes can be: a file and a directory.
+const GUARDED: [&str; 6] = [
     "/kiln/.docker/config.json",
     "/var/run/secrets/kubernetes.io/serviceaccount/token",
     "/kiln/executor",
     "/workspace/Dockerfile",
+    "/etc/kiln-test-secret.conf",
+    "/mnt/secret-volume/key",
 ];
+
+/// A writable file under `/var/run/secrets` (so not hidden as a read-only mount), below `/var`,
+/// which the first step moves to `/var-moved`.
+const MOVED_SECRET: &str = "run/secrets/kiln-test/rw-token";
 
 static EXECUTOR_IMAGE: OnceLock<String> = OnceLock::new();
 /// One podman build at a time: the machine has 2 cores.
@@ -108,10 +116,15 @@ fn dockerfile(base_reg: &str) -> String {
         .iter()
         .map(|f| {
             format!(
-                "if [ -e {f} ]; then echo \"probe visible {f}\"; else echo \"probe hidden {f}\"; fi; "
+                "if [ -s {f} ]; then echo \"probe visible {f}\"; else echo \"probe hidden {f}\"; fi; "
             )
         })
         .collect();
+    // After step one has moved /var: the writable file under /var/run/secrets is hidden only if
+    // the executor follows the directory it hides, not its old path.
+    let moved_check = format!(
+        "if [ -s /var-moved/{MOVED_SECRET} ]; then echo \"probe visible moved\"; else echo \"probe hidden moved\"; fi; "
+    );
     format!(
         r#"FROM {base_reg}/kiln-test/busybox:latest
 ARG VISIBLE=build-arg-value
@@ -122,8 +135,9 @@ RUN {checks}\
     done; \
     env | sed 's/^/probe env /'; \
     if umount /kiln 2>/dev/null; then echo "probe umount-worked"; else echo "probe umount-refused"; fi; \
-    echo step-one > /made-by-step-one
-RUN {checks}echo step-two > /made-by-step-two
+    echo step-one > /made-by-step-one; \
+    mv /var /var-moved && echo "probe moved /var"
+RUN {checks}{moved_check}echo step-two > /made-by-step-two
 "#
     )
 }
@@ -189,6 +203,9 @@ fn build_in_podman(tag: &str, extra: &[&str]) -> InPodBuild {
     .expect("write docker config");
     let token = work.path().join("token");
     fs::write(&token, &secrets.sa_token).expect("write token");
+    let volume = work.path().join("secret-volume");
+    fs::create_dir_all(&volume).expect("secret volume dir");
+    fs::write(volume.join("key"), &secrets.sa_token).expect("write secret volume");
     let mount = |src: &Path, dst: &str| format!("{}:{dst}:ro", src.display());
     let destination = format!("{}/inpod/{tag}:latest", reg.addr);
 
@@ -205,6 +222,9 @@ fn build_in_podman(tag: &str, extra: &[&str]) -> InPodBuild {
                     "/var/run/secrets/kubernetes.io/serviceaccount/token",
                 ),
             ])
+            .args(["-v", &mount(&token, "/etc/kiln-test-secret.conf")])
+            .args(["-v", &mount(&volume, "/mnt/secret-volume")])
+            .args(["-v", &format!("{}:/var/{MOVED_SECRET}", token.display())])
             .args(["-e", &format!("GIT_TOKEN={}", secrets.git_token)])
             .args([
                 "-e",
@@ -335,6 +355,11 @@ fn default_capabilities_share_the_container_and_warn_once() {
         assert!(warning.contains(part), "{part} missing from: {warning}");
     }
     assert!(!build.output.contains(PRIVATE_INFO), "{}", build.report());
+    assert!(
+        build.has("moved /var") && build.has("visible moved"),
+        "{}",
+        build.report()
+    );
     // kaniko's exposure, as the README documents it: the files are there for the step.
     for f in GUARDED {
         assert!(
@@ -381,6 +406,11 @@ fn user_namespace_with_sys_admin_hides_credentials_and_the_executor() {
             build.report()
         );
     }
+    assert!(
+        build.has("moved /var") && build.has("hidden moved"),
+        "a secret directory moved by a step must stay hidden from the next one:\n{}",
+        build.report()
+    );
     assert!(
         build.has("umount-refused"),
         "a step could unmount what covers /kiln:\n{}",
