@@ -154,9 +154,9 @@ fn shared_warning(reason: &str) -> String {
     format!(
         "RUN steps run in place in this container without private namespaces ({reason}): like \
          kaniko's, they can read /kiln with the push credentials (/kiln/.docker/config.json), \
-         every mounted Secret, the service-account token and the other processes of the \
-         container; to hide them, run the Pod with hostUsers: false and the SYS_ADMIN capability \
-         (see \"What a RUN step can and cannot see\" in the README)"
+         every mounted Secret and the service-account token, and see the container's other \
+         processes; to hide them, run the Pod with hostUsers: false and the SYS_ADMIN \
+         capability (see \"What a RUN step can and cannot see\" in the README)"
     )
 }
 
