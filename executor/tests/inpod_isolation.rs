@@ -134,6 +134,7 @@ RUN {checks}\
       if grep -a -q -e GIT_TOKEN= -e AWS_SECRET $p/environ 2>/dev/null; then echo "probe environ-with-secret ${{p#/proc/}}"; fi; \
     done; \
     env | sed 's/^/probe env /'; \
+    sed -n 's/^CapBnd:[[:space:]]*/probe capbnd /p' /proc/self/status; \
     if umount /kiln 2>/dev/null; then echo "probe umount-worked"; else echo "probe umount-refused"; fi; \
     echo step-one > /made-by-step-one; \
     mv /var /var-moved && echo "probe moved /var"
@@ -371,23 +372,24 @@ fn default_capabilities_share_the_container_and_warn_once() {
     check_common(&build);
 }
 
-#[test]
-fn user_namespace_with_sys_admin_hides_credentials_and_the_executor() {
-    if !tools_present() {
-        return;
-    }
-    // --userns=auto needs /etc/subuid ranges for "containers"; an explicit map needs nothing.
-    let build = build_in_podman(
-        "private",
-        &[
-            "--uidmap",
-            "0:300000:65536",
-            "--gidmap",
-            "0:300000:65536",
-            "--cap-add",
-            "SYS_ADMIN",
-        ],
-    );
+/// Podman's options for a user-namespaced container (`hostUsers: false`): `--userns=auto` needs
+/// /etc/subuid ranges for "containers", an explicit map needs nothing.
+const USERNS: [&str; 4] = ["--uidmap", "0:300000:65536", "--gidmap", "0:300000:65536"];
+
+/// The capability bounding set a step reported, from `/proc/self/status`.
+fn step_bounding_set(build: &InPodBuild) -> u64 {
+    let hex = build
+        .probe
+        .iter()
+        .find_map(|l| l.strip_prefix("capbnd "))
+        .unwrap_or_else(|| panic!("no CapBnd line:\n{}", build.report()));
+    u64::from_str_radix(hex.trim(), 16).unwrap_or_else(|e| panic!("CapBnd {hex:?}: {e}"))
+}
+
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// What the private branch guarantees, whatever the Pod's capability set.
+fn check_private(build: &InPodBuild) {
     assert!(
         !build.output.contains(SHARED_WARNING),
         "the probe did not find private namespaces:\n{}",
@@ -422,5 +424,57 @@ fn user_namespace_with_sys_admin_hides_credentials_and_the_executor() {
         "the step is not PID 1 of a new PID namespace:\n{}",
         build.report()
     );
-    check_common(&build);
+    check_common(build);
+}
+
+#[test]
+fn user_namespace_with_sys_admin_hides_credentials_and_the_executor() {
+    if !tools_present() {
+        return;
+    }
+    let mut opts = USERNS.to_vec();
+    opts.extend(["--cap-add", "SYS_ADMIN"]);
+    let build = build_in_podman("private", &opts);
+    check_private(&build);
+    // Podman's default set has SETPCAP: SYS_ADMIN leaves the step's bounding set too.
+    assert_eq!(
+        step_bounding_set(&build) & CAP_SYS_ADMIN,
+        0,
+        "the step kept SYS_ADMIN in its bounding set:\n{}",
+        build.report()
+    );
+}
+
+/// Kiln's hardened executor Pods drop every capability and add back only the build set (no
+/// SETPCAP); with SYS_ADMIN added in a user namespace the steps are still private. The step keeps
+/// the Pod's capabilities (its bounding set cannot shrink without SETPCAP), and seccomp alone
+/// keeps it from unmounting what hides the credentials.
+#[test]
+fn hardened_capabilities_with_sys_admin_are_private_too() {
+    if !tools_present() {
+        return;
+    }
+    let mut opts = USERNS.to_vec();
+    opts.extend(["--cap-drop", "ALL"]);
+    for cap in [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETFCAP",
+        "SETGID",
+        "SETUID",
+        "SYS_ADMIN",
+    ] {
+        opts.extend(["--cap-add", cap]);
+    }
+    let build = build_in_podman("hardened", &opts);
+    check_private(&build);
+    assert_ne!(
+        step_bounding_set(&build) & CAP_SYS_ADMIN,
+        0,
+        "expected the Pod's bounding set in the step:\n{}",
+        build.report()
+    );
 }

@@ -73,7 +73,7 @@ pub(super) fn main() -> i32 {
     let result = match (&plan.chroot, &plan.private) {
         (Some(chroot), _) => run_isolated(&plan, chroot, &mut status),
         (None, Some(private)) => run_private(&plan, private, &mut status),
-        (None, None) => exec_command(&plan, false),
+        (None, None) => exec_command(&plan, None),
     };
     match result {
         Ok(code) => code,
@@ -118,7 +118,12 @@ fn report(status: &mut File, failure: Failure) {
 /// Chroot mode: the step's cgroup and namespaces, then the child builds its root and execs.
 fn run_isolated(plan: &InitPlan, chroot: &ChrootPlan, status: &mut File) -> Result<i32, Failure> {
     sandbox::enter_namespaces(chroot)?;
-    fork_command(plan, status, || sandbox::enter_root(chroot))
+    fork_command(
+        plan,
+        status,
+        || sandbox::enter_root(chroot),
+        sandbox::confine,
+    )
 }
 
 /// In place with private namespaces: the child covers the hidden paths and mounts its `/proc`.
@@ -128,16 +133,17 @@ fn run_private(
     status: &mut File,
 ) -> Result<i32, Failure> {
     inpod::enter_namespaces()?;
-    fork_command(plan, status, || inpod::hide(private))
+    fork_command(plan, status, || inpod::hide(private), inpod::confine)
 }
 
 /// After `unshare` of a new PID namespace: fork so the child is PID 1 there (procfs must be
-/// mounted from inside it); the child runs `setup`, is confined and execs (or, for a probe, ends
-/// there with 0), while this process waits and forwards signals.
+/// mounted from inside it); the child runs `setup`, is confined by `confine` and execs (or, for a
+/// probe, ends there with 0), while this process waits and forwards signals.
 fn fork_command(
     plan: &InitPlan,
     status: &mut File,
     setup: impl FnOnce() -> Result<(), Failure>,
+    confine: fn() -> Result<(), Failure>,
 ) -> Result<i32, Failure> {
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
@@ -161,7 +167,7 @@ fn fork_command(
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                     .map_err(|e| fail(FailureKind::Setup, "setting the parent-death signal", e))?;
                 setup()?;
-                exec_command(plan, true)
+                exec_command(plan, Some(confine))
             })();
             let code = match result {
                 Ok(code) => code,
@@ -232,13 +238,16 @@ fn die_by(signal: Signal) -> ! {
     std::process::exit(128 + signal as i32)
 }
 
-/// Working directory, confinement (when `sandboxed`), user, then exec. Returns only on failure,
-/// or with 0 right before `exec` for a probe.
-fn exec_command(plan: &InitPlan, sandboxed: bool) -> Result<i32, Failure> {
+/// Working directory, `confine` (capabilities and seccomp, when isolated), user, then exec.
+/// Returns only on failure, or with 0 right before `exec` for a probe.
+fn exec_command(
+    plan: &InitPlan,
+    confine: Option<fn() -> Result<(), Failure>>,
+) -> Result<i32, Failure> {
     chdir(Path::new(&plan.workdir))
         .map_err(|e| fail(FailureKind::Workdir, plan.workdir.clone(), e))?;
-    if sandboxed {
-        sandbox::confine()?;
+    if let Some(confine) = confine {
+        confine()?;
     }
     let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     setgroups(&groups).map_err(|e| fail(FailureKind::Setup, "setgroups", e))?;

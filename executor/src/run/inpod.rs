@@ -31,8 +31,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use serde::{Deserialize, Serialize};
 
-use super::init::{fail, Failure};
-use super::{mounts, FailureKind, InitPlan, MountOp, RunError};
+use super::init::{fail, io_errno, Failure};
+use super::{caps, mounts, seccomp, FailureKind, InitPlan, MountOp, RunError};
 
 /// Hidden whenever they exist: Kiln's and kaniko's directories (binaries, work directory,
 /// `/kiln/.docker` where Kiln's Pods mount the push Secret, `/kaniko/.docker` where kaniko-style
@@ -270,8 +270,8 @@ const RO_NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_RDONLY
 
 /// In the forked child, PID 1 of the new PID namespace: cover every hidden path, then mount a
 /// `/proc` of the new namespace (with Docker's masked and read-only paths) over the container's.
-/// The confinement that follows (bounding set without `CAP_SYS_ADMIN`, seccomp against `mount`
-/// and `umount2`) keeps the step from uncovering them.
+/// The confinement that follows ([`confine`]: seccomp against `mount` and `umount2`) keeps the
+/// step from uncovering them.
 pub(super) fn hide(plan: &PrivatePlan) -> Result<(), Failure> {
     for op in &plan.hide {
         match op {
@@ -307,6 +307,30 @@ pub(super) fn hide(plan: &PrivatePlan) -> Result<(), Failure> {
     mounts::do_mount(&MountOp::Proc {
         target: PathBuf::from("/proc"),
     })
+}
+
+/// The last steps before the user switch. Where the Pod granted `CAP_SETPCAP` (Docker's and
+/// containerd's default sets do), as for a sandboxed step (see `sandbox::confine`): bounding set,
+/// seccomp filter, then effective and permitted reduced to Docker's set, so `SYS_ADMIN` is gone.
+/// Without it (Kiln's hardened executor Pods) the bounding set cannot shrink, and shrinking only
+/// the permitted set would make a root step's `exec` regain the bounding set: the kernel then
+/// runs it in secure mode (`AT_SECURE`), in which the C library drops `LD_LIBRARY_PATH` and
+/// friends from the environment. So there the step keeps the Pod's capabilities, as an in-place
+/// step always has, and the seccomp filter alone, which no capability lifts, refuses `mount`,
+/// `umount2`, `unshare`, `setns`, `pivot_root` and the new mount API: nothing that covers a
+/// hidden path can be undone.
+pub(super) fn confine() -> Result<(), Failure> {
+    let setup = |what: &str, e: &std::io::Error| fail(FailureKind::Setup, what, io_errno(e));
+    let has_setpcap =
+        caps::effective(caps::CAP_SETPCAP).map_err(|e| setup("reading the capabilities", &e))?;
+    if has_setpcap {
+        caps::drop_bounding().map_err(|e| setup("dropping the capability bounding set", &e))?;
+    }
+    seccomp::install().map_err(|e| setup("installing the seccomp filter", &e))?;
+    if has_setpcap {
+        caps::restrict().map_err(|e| setup("reducing the capabilities", &e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
