@@ -13,6 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/packages.sh
 source scripts/lib/packages.sh
 ensure_packages docker-registry skopeo umoci busybox-static jq curl podman runc
+# shellcheck source=scripts/lib/containers.sh
+source scripts/lib/containers.sh
+configure_containers
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/kiln/target}"
 REGISTRY=127.0.0.1:5000

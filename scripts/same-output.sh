@@ -84,8 +84,15 @@ build_executor "$OLD" old
 build_executor "$NEW" new
 
 mapfile -t CASES < <(find "$REPO/testdata/corpus" -mindepth 2 -maxdepth 2 -name Dockerfile -printf '%h\n' | xargs -n1 basename | sort)
-same=0 trees=0 failed=0
+same=0 trees=0 failed=0 skipped=0
 for case in "${CASES[@]}"; do
+    # Cases whose build arguments name the differential test's loopback apt repository need that
+    # server (executor/tests/differential/apt_repo.rs); apt's own logs carry the build time, so they
+    # are compared with buildah there, under the harness's named allowlist, not here.
+    if grep -qs '@APT_REPO@' "$REPO/testdata/corpus/$case/args"; then
+        echo "skip  $case: needs the differential test's apt repository (compared with buildah there)"
+        skipped=$((skipped + 1)); continue
+    fi
     if ! a="$(build_case "$WORK/old" old1 "$case")" || ! b="$(build_case "$WORK/old" old2 "$case")" ||
         ! n="$(build_case "$WORK/new" new "$case")"; then
         echo "FAIL  $case: a build failed"; failed=$((failed + 1)); continue
@@ -103,5 +110,5 @@ for case in "${CASES[@]}"; do
         failed=$((failed + 1))
     fi
 done
-echo "same-output: ${#CASES[@]} cases: $same identical digests, $trees equal trees, $failed failed"
+echo "same-output: ${#CASES[@]} cases: $same identical digests, $trees equal trees, $skipped skipped, $failed failed"
 [[ "$failed" == 0 ]]

@@ -55,6 +55,17 @@
 #   KILN_METRICS_ADDR                  refused   kiln-operator setting (as above)
 #   KILN_LOG_FORMAT                    refused   kiln-operator setting (as above)
 #   KILN_LEADER_NAMESPACE              refused   kiln-operator setting (as above)
+#   KILN_CACHE_REGISTRY                refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_PRIV_ESCALATION      refused   kiln-operator setting (as above)
+#   KILN_EXECUTOR_USER_NAMESPACE       refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_EXECUTOR_IMAGES       refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_WARMER_IMAGES         refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_SERVICE_ACCOUNTS      refused   kiln-operator setting (as above)
+#   KILN_ALLOWED_CAPABILITIES          refused   kiln-operator setting (as above)
+#   KILN_FORCE_RESOLVE_FALLBACK        refused   makes every kiln-executor open paths inside roots
+#                                                without openat2, so the kernel path goes untested
+#                                                (executor/tests/hostile_copy.rs sets it on the
+#                                                executors it starts, to test both)
 #   KILN_ALLOW_SKIPS                   allowed   KILN_ALLOW_SKIPS=1 lets refused variables through
 #                                                on a developer's run (refused when CI=true)
 #   KILN_SKIP_APT                      allowed   skips apt-get: the tools are already installed (a
@@ -172,16 +183,9 @@ export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.85 with rustup (PATH has ~/.cargo/bin)"
 
 step "configuring containers for this machine"
-# No ulimit changes inside the sandboxes we run in (setrlimit above the hard limit fails there).
-mkdir -p /etc/containers
-CONF=/etc/containers/containers.conf
-if [[ ! -f "$CONF" ]] || ! grep -q '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[\]' "$CONF"; then
-    if [[ -f "$CONF" ]] && grep -q '^\[containers\]' "$CONF"; then
-        sed -i '/^\[containers\]/a default_ulimits = []' "$CONF"
-    else
-        printf '[containers]\ndefault_ulimits = []\n' >>"$CONF"
-    fi
-fi
+# shellcheck source=scripts/lib/containers.sh
+source "$REPO/scripts/lib/containers.sh"
+configure_containers
 # The flags every podman/buildah call in the tests uses; exported for scripts and the Rust tests.
 export KILN_PODMAN_FLAGS="--runtime runc --cgroup-manager cgroupfs --storage-driver vfs"
 export KILN_BUILDAH_FLAGS="--storage-driver vfs"

@@ -1,24 +1,34 @@
 //! COPY/ADD into a root filesystem with Docker/BuildKit semantics: where each source lands, with
 //! which owner and mode. Every write goes through [`crate::rootfs`], so neither a symlink already
 //! in the image (`/bin -> usr/bin`, a hostile `/x -> /`) nor a hostile archive entry can write
-//! outside `root`. This module does not decide what to copy (the build context does), nor
-//! snapshot anything, nor write a file itself.
+//! outside `root`; every read goes through [`read`], so no symlink in a source (a stage's
+//! `/x/a -> /etc/shadow`) is followed out of the directory the source is confined to. This
+//! module does not decide what to copy (the build context does), nor snapshot anything, nor
+//! write a file itself.
+
+mod read;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
+use rustix::fs::{FileType, Stat};
 
 use crate::fsutil::{clean_abs, resolve_in_root};
 use crate::rootfs::{
-    extract_archive, image_path, open_archive, ArchiveOwner, Content, DirTimes, ExtractError,
-    ImpliedDirs, Meta, NodeKind, Protected, RootWriter, WriteError, WriterOptions, XattrFailures,
+    extract_archive, image_path, list_dir, lstat_at, open_archive, ArchiveOwner, Content, DirTimes,
+    ExtractError, ImpliedDirs, Meta, NodeKind, Protected, Resolution, RootWriter, WriteError,
+    WriterOptions, XattrFailures,
 };
 
 pub use crate::rootfs::is_archive;
+pub use read::Source;
+use read::{open_entry, open_source, Opened};
 
 #[cfg(test)]
 mod tests;
@@ -35,44 +45,16 @@ pub struct CopyOptions<'a> {
     pub preserve_owner: bool,
 }
 
-/// Why a copy or an extraction failed.
+/// Why a copy or an extraction failed: reading a source, or writing it into the root (the root
+/// writer's own errors, shared with every other writer of untrusted input).
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("when using COPY with more than one source file, the destination must be a directory and end with a /")]
     MultipleSourcesNeedDirectory,
     #[error("reading COPY source {path}: {source}")]
     Source { path: PathBuf, source: io::Error },
-    #[error("writing {path} into the image: {source}")]
-    Write { path: String, source: io::Error },
-    #[error("cannot create directory {path} in the image: a non-directory is in the way")]
-    NotADirectory { path: String },
-    #[error("reading archive {path}: {source}")]
-    Archive { path: String, source: io::Error },
-    #[error(
-        "archive entry {entry} would be written outside its destination; refusing the archive"
-    )]
-    UnsafeEntry { entry: String },
-    #[error(
-        "archive entry {entry} is a hard link to {target}, which is not a file extracted before it"
-    )]
-    BadHardLink { entry: String, target: String },
-    #[error("archive {path} is compressed with {format}, which is not supported yet; recompress it as tar, tar.gz or tar.zst")]
-    UnsupportedCompression { path: String, format: &'static str },
-}
-
-impl From<ExtractError> for CopyError {
-    fn from(e: ExtractError) -> Self {
-        match e {
-            ExtractError::Archive { path, source } => CopyError::Archive { path, source },
-            ExtractError::UnsafeEntry { entry } => CopyError::UnsafeEntry { entry },
-            ExtractError::BadHardLink { entry, target } => CopyError::BadHardLink { entry, target },
-            ExtractError::UnsupportedCompression { path, format } => {
-                CopyError::UnsupportedCompression { path, format }
-            }
-            ExtractError::Write { path, source } => CopyError::Write { path, source },
-            ExtractError::NotADirectory { path } => CopyError::NotADirectory { path },
-        }
-    }
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
 }
 
 impl From<WriteError> for CopyError {
@@ -81,23 +63,36 @@ impl From<WriteError> for CopyError {
     }
 }
 
-/// Copy `sources` (absolute host paths) into `root` at in-image path `dest` (absolute, already
-/// expanded and joined with WORKDIR; a trailing `/` means "into this directory").
+/// Copy `sources` into `root` at in-image path `dest` (absolute, already expanded and joined
+/// with WORKDIR; a trailing `/` means "into this directory").
 ///
 /// Files land at `dest` itself, or at `dest/<name>` when `dest` ends with `/` or is an existing
 /// directory; a directory's contents are merged into `dest` (created 0755 when missing, as buildah
 /// does: the source directory's own mode is not applied to `dest`). A source that is a symlink is
-/// followed; symlinks inside a copied directory are copied as symlinks; hard links among the copied
-/// files stay hard links. `dest` and its parents are followed through image symlinks (confined to
-/// `root`), but a directory inside a copied tree replaces a symlink of the same name, as buildah
-/// does. Several sources need `dest` to end with `/` or to be an existing directory (buildah
-/// accepts the latter). Returns the in-image paths written, after symlink resolution (for example
-/// `/usr/bin/x` for `dest` `/bin/` when `/bin -> usr/bin`), including parent directories created.
-pub fn copy_into_root(
-    sources: &[PathBuf],
+/// followed inside the directory the source is confined to ([`Source::root`]) and keeps its own
+/// name; symlinks inside a copied directory are copied as symlinks, never followed; hard links
+/// among the copied files stay hard links. `dest` and its parents are followed through image
+/// symlinks (confined to `root`), but a directory inside a copied tree replaces a symlink of the
+/// same name, as buildah does. Several sources need `dest` to end with `/` or to be an existing
+/// directory (buildah accepts the latter). Returns the in-image paths written, after symlink
+/// resolution (for example `/usr/bin/x` for `dest` `/bin/` when `/bin -> usr/bin`), including
+/// parent directories created.
+pub fn copy_into_root<S: Clone + Into<Source>>(
+    sources: &[S],
     root: &Path,
     dest: &str,
     opts: &CopyOptions,
+) -> Result<Vec<String>, CopyError> {
+    copy_into_root_with(sources, root, dest, opts, Resolution::detect())
+}
+
+/// [`copy_into_root`], opening paths inside roots with `resolution` (tests run both).
+pub fn copy_into_root_with<S: Clone + Into<Source>>(
+    sources: &[S],
+    root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+    resolution: Resolution,
 ) -> Result<Vec<String>, CopyError> {
     let dest_clean = clean_abs(dest);
     let into_dir = dest.ends_with('/') || dest.ends_with("/.") || is_dir_in_root(root, &dest_clean);
@@ -111,32 +106,39 @@ pub fn copy_into_root(
         record: true,
     };
     let mut c = Copier {
-        w: RootWriter::new(root, Protected::none(), writer_opts),
+        w: RootWriter::new(root, Protected::none(), writer_opts).with_resolution(resolution),
         links: HashMap::new(),
         opts,
     };
     for src in sources {
-        // A top-level symlink is followed (buildah and Docker copy what it points to).
-        let meta = fs::metadata(src).map_err(|source| CopyError::Source {
-            path: src.clone(),
+        let src: Source = src.clone().into();
+        // A top-level symlink is followed inside the source's root (buildah and Docker copy
+        // what it points to).
+        let (stat, opened) = open_source(&src, resolution).map_err(|source| CopyError::Source {
+            path: src.shown.clone(),
             source,
         })?;
-        if meta.is_dir() {
+        if let Opened::Dir(dir) = &opened {
             c.w.ensure_dir(in_root(&dest_clean))?;
-            c.copy_tree(src, &dest_clean)?;
+            c.copy_tree(dir.as_fd(), &src.shown, Path::new(""), &dest_clean)?;
         } else {
             let target = if into_dir {
                 c.w.ensure_dir(in_root(&dest_clean))?;
-                let name = src.file_name().ok_or_else(|| CopyError::Source {
-                    path: src.clone(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, "source has no file name"),
-                })?;
-                join_image(&dest_clean, &name.to_string_lossy())
+                if src.name.is_empty() {
+                    return Err(CopyError::Source {
+                        path: src.shown.clone(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "source has no file name",
+                        ),
+                    });
+                }
+                join_image(&dest_clean, &src.name.to_string_lossy())
             } else {
                 c.w.ensure_dir(in_root(&parent_of(&dest_clean)))?;
                 dest_clean.clone()
             };
-            c.copy_entry(src, &meta, &target)?;
+            c.copy_entry(&stat, opened, &src.shown, &target)?;
         }
     }
     let written = c.w.finish()?;
@@ -153,11 +155,18 @@ pub fn add_archive_into_root(
     chown: Option<(u32, u32)>,
 ) -> Result<Vec<String>, CopyError> {
     let label = archive.display().to_string();
-    let archive_err = |source| CopyError::Archive {
-        path: label.clone(),
-        source,
+    let archive_err = |source| {
+        CopyError::Extract(ExtractError::Archive {
+            path: label.clone(),
+            source,
+        })
     };
-    let file = File::open(archive).map_err(archive_err)?;
+    // The caller resolved the archive's path: a symlink there now was swapped in since.
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(archive)
+        .map_err(archive_err)?;
     let stream = open_archive(file, &label)?;
     let owner = ArchiveOwner::Recorded {
         created: chown.unwrap_or((0, 0)),
@@ -177,131 +186,139 @@ struct Copier<'r, 'o> {
 }
 
 impl Copier<'_, '_> {
-    fn copy_tree(&mut self, src_dir: &Path, dest: &str) -> Result<(), CopyError> {
-        let mut walker = walkdir::WalkDir::new(src_dir)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(entry) = walker.next() {
-            let entry = entry.map_err(|e| CopyError::Source {
-                path: e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| src_dir.to_path_buf()),
-                source: e
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("directory walk failed")),
-            })?;
-            let path = entry.path();
-            if (self.opts.exclude)(path) {
-                if entry.file_type().is_dir() {
-                    walker.skip_current_dir();
-                }
+    /// Copy everything below the directory open as `dir` (shown as `shown`, at `rel` below the
+    /// source) into `dest`, in name order, each directory before its entries; nothing is
+    /// followed.
+    fn copy_tree(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        shown: &Path,
+        rel: &Path,
+        dest: &str,
+    ) -> Result<(), CopyError> {
+        let src_err = |path: &Path, source| CopyError::Source {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir_shown = shown.join(rel);
+        for name in list_dir(dir).map_err(|e| src_err(&dir_shown, e))? {
+            let entry_shown = dir_shown.join(&name);
+            if (self.opts.exclude)(&entry_shown) {
                 continue;
             }
-            let rel = path.strip_prefix(src_dir).map_err(|_| CopyError::Source {
-                path: path.to_path_buf(),
-                source: io::Error::other("walked outside the source directory"),
-            })?;
-            let target = join_image(dest, &rel.to_string_lossy());
-            let meta = fs::symlink_metadata(path).map_err(|source| CopyError::Source {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            self.copy_entry(path, &meta, &target)?;
+            let stat = match lstat_at(dir, &name) {
+                Ok(stat) => stat,
+                // Gone since the listing: as if it had not been there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(src_err(&entry_shown, e)),
+            };
+            let entry_rel = rel.join(&name);
+            let target = join_image(dest, &entry_rel.to_string_lossy());
+            let opened = open_entry(dir, &name, &stat, &entry_shown)
+                .map_err(|e| src_err(&entry_shown, e))?;
+            if let Opened::Dir(sub) = &opened {
+                let sub = sub.try_clone().map_err(|e| src_err(&entry_shown, e))?;
+                self.copy_entry(&stat, opened, &entry_shown, &target)?;
+                self.copy_tree(sub.as_fd(), shown, &entry_rel, dest)?;
+            } else {
+                self.copy_entry(&stat, opened, &entry_shown, &target)?;
+            }
         }
         Ok(())
     }
 
-    /// Copy one source entry (not followed) to in-image path `target`. A directory over an
-    /// existing directory merges into it; anything else there, a symlink included, is replaced:
-    /// buildah (and the classic Docker builder) turn `/bin -> usr/bin` into a real `/bin` when a
-    /// copied tree has a `bin/` directory. Only the destination and its parents are followed.
+    /// Copy one source entry (not followed; `stat` is its lstat, `opened` what [`read`] opened)
+    /// to in-image path `target`. A directory over an existing directory merges into it;
+    /// anything else there, a symlink included, is replaced: buildah (and the classic Docker
+    /// builder) turn `/bin -> usr/bin` into a real `/bin` when a copied tree has a `bin/`
+    /// directory. Only the destination and its parents are followed.
     fn copy_entry(
         &mut self,
-        src: &Path,
-        meta: &fs::Metadata,
+        stat: &Stat,
+        opened: Opened,
+        shown: &Path,
         target: &str,
     ) -> Result<(), CopyError> {
         let opts = self.opts;
         let owner = opts.chown.unwrap_or(if opts.preserve_owner {
-            (meta.uid(), meta.gid())
+            (stat.st_uid, stat.st_gid)
         } else {
             (0, 0)
         });
         let mut em = Meta {
-            mode: opts.chmod.unwrap_or(meta.mode() & 0o7777),
+            mode: opts.chmod.unwrap_or(stat.st_mode & 0o7777),
             owner: Some(owner),
-            atime: FileTime::from_last_access_time(meta),
-            mtime: FileTime::from_last_modification_time(meta),
+            atime: file_time(stat.st_atime, stat.st_atime_nsec),
+            mtime: file_time(stat.st_mtime, stat.st_mtime_nsec),
             xattrs: Vec::new(),
         };
-        let src_err = |source| CopyError::Source {
-            path: src.to_path_buf(),
-            source,
-        };
         let mut t = self.w.locate(in_root(target))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            // Directories keep their xattrs like files do (buildah and BuildKit copy them;
-            // default ACLs live there).
-            em.xattrs = read_xattrs(src);
-            self.w.dir(&mut t, &em)?;
-        } else if ft.is_file() {
-            let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 {
-                if let Some(first) = self.links.get(&key) {
-                    return Ok(self.w.hardlink(&mut t, first)?);
+        match opened {
+            Opened::Dir(dir) => {
+                // Directories keep their xattrs like files do (buildah and BuildKit copy them;
+                // default ACLs live there).
+                em.xattrs = read_xattrs(&dir, shown);
+                self.w.dir(&mut t, &em)?;
+            }
+            Opened::File(mut file) => {
+                let key = (stat.st_dev, stat.st_ino);
+                if stat.st_nlink > 1 {
+                    if let Some(first) = self.links.get(&key) {
+                        return Ok(self.w.hardlink(&mut t, first)?);
+                    }
+                }
+                em.xattrs = read_xattrs(&file, shown);
+                self.w.file(&mut t, Content::File(&mut file), &em)?;
+                if stat.st_nlink > 1 {
+                    self.links.insert(key, t.host().to_path_buf());
                 }
             }
-            let mut file = File::open(src).map_err(src_err)?;
-            em.xattrs = read_xattrs(src);
-            self.w.file(&mut t, Content::File(&mut file), &em)?;
-            if meta.nlink() > 1 {
-                self.links.insert(key, t.host().to_path_buf());
+            Opened::Symlink(link) => {
+                self.w.symlink(&mut t, &link, &em)?;
             }
-        } else if ft.is_symlink() {
-            let link = fs::read_link(src).map_err(src_err)?;
-            self.w.symlink(&mut t, link.as_os_str(), &em)?;
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            let kind = if ft.is_fifo() {
-                NodeKind::Fifo
-            } else if ft.is_char_device() {
-                NodeKind::Char
-            } else if ft.is_block_device() {
-                NodeKind::Block
-            } else {
-                tracing::debug!(path = %src.display(), "skipping socket in COPY source");
-                return Ok(());
-            };
-            self.w.node(&mut t, kind, meta.rdev(), &em)?;
+            Opened::Other => {
+                let kind = match FileType::from_raw_mode(stat.st_mode) {
+                    FileType::Fifo => NodeKind::Fifo,
+                    FileType::CharacterDevice => NodeKind::Char,
+                    FileType::BlockDevice => NodeKind::Block,
+                    _ => {
+                        tracing::debug!(path = %shown.display(), "skipping socket in COPY source");
+                        return Ok(());
+                    }
+                };
+                self.w.node(&mut t, kind, stat.st_rdev, &em)?;
+            }
         }
         Ok(())
     }
 }
 
-/// The extended attributes of `src` (not followed), to copy with it; those that cannot be read
-/// are left out, as with buildah.
-fn read_xattrs(src: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(src) else {
+/// The extended attributes of the entry open as `file` (shown as `shown`), to copy with it;
+/// those that cannot be read are left out, as with buildah.
+fn read_xattrs(file: &File, shown: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use xattr::FileExt;
+    let Ok(names) = file.list_xattr() else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for name in names {
-        match xattr::get(src, &name) {
+        match file.get_xattr(&name) {
             Ok(Some(value)) => {
                 use std::os::unix::ffi::OsStrExt;
-                out.push((name.as_bytes().to_vec(), value));
+                out.push((OsStr::as_bytes(&name).to_vec(), value));
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::debug!(attr = ?name, path = %src.display(), error = %e, "could not read xattr")
+                tracing::debug!(attr = ?name, path = %shown.display(), error = %e, "could not read xattr")
             }
         }
     }
     out
+}
+
+/// A stat time (its field types differ between architectures) as a [`FileTime`].
+fn file_time(secs: impl Into<i64>, nanos: impl TryInto<u32>) -> FileTime {
+    FileTime::from_unix_time(secs.into(), nanos.try_into().unwrap_or(0))
 }
 
 fn is_dir_in_root(root: &Path, image_path: &str) -> bool {

@@ -27,13 +27,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("build failed: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                tracing::error!("  caused by: {cause}");
-                source = cause.source();
-            }
-            eprintln!("kiln-executor: {err}");
+            // Printed once, as one bounded line that already holds the causes: the last lines
+            // of the log are what Kubernetes reports when the build fails.
+            eprintln!("kiln-executor: {}", err.report());
             ExitCode::FAILURE
         }
     }

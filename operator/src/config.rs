@@ -1,6 +1,6 @@
 //! Operator-wide settings that reconcilers read (default images, executor defaults, retry
-//! backoff). Plain data: filled from flags by the binary and by tests directly; it never reads
-//! the environment or the API server itself.
+//! backoff, what an `ImageBuild` or `CacheWarm` may override). Plain data: filled from flags by
+//! the binary and by tests directly; it never reads the environment or the API server itself.
 
 use std::time::Duration;
 
@@ -20,6 +20,11 @@ pub struct OperatorConfig {
     pub default_refresh_interval: Duration,
     /// Lines of executor output kept in `status.message` on failure.
     pub failure_lines: usize,
+    /// Bytes of executor (or warmer) output kept in `status.message` and Events on failure.
+    pub failure_bytes: usize,
+    /// How often a Pod that has not started yet is looked at again (its Warning Events say
+    /// whether a Secret is missing or its image cannot be pulled).
+    pub pending_recheck: Duration,
     /// Resources of executor Pods whose `ImageBuild` sets no `spec.resources`.
     pub default_resources: Option<ResourceRequirements>,
     /// Push Secret of builds that name no `spec.pushSecret`.
@@ -29,6 +34,52 @@ pub struct OperatorConfig {
     /// Registries (host[:port]) executor and warmer Pods reach over plain HTTP, e.g. a registry
     /// inside the cluster; passed to them as `--insecure-registry`.
     pub insecure_registries: Vec<String>,
+    /// Registry (or registry path) under which builds that enable the layer cache and name no
+    /// `cache.repository` cache their layers, one repository per namespace:
+    /// `<cache_registry>/<namespace>/cache`. Unset: the executor's default, `<first
+    /// destination>/cache`.
+    pub cache_registry: Option<String>,
+    /// `allowPrivilegeEscalation` of executor containers: whether a `RUN` step under a non-root
+    /// `USER` may gain privileges through setuid programs (`sudo`, `su`) as in `docker build`.
+    pub executor_allow_privilege_escalation: bool,
+    /// Run executor Pods in a user namespace (`hostUsers: false`): root in the build is not root
+    /// on the node.
+    pub executor_user_namespace: bool,
+    /// What `ImageBuild`s and `CacheWarm`s may override.
+    pub overrides: OverridePolicy,
+}
+
+/// What the objects may override in the Pods the operator creates; empty lists (the default)
+/// allow nothing. An entry is an exact value, or a prefix ending in `*` (`registry.example.com/kiln/*`;
+/// `*` alone allows anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverridePolicy {
+    /// `ImageBuild.spec.executorImage` values.
+    pub executor_images: Vec<String>,
+    /// `CacheWarm.spec.warmerImage` values.
+    pub warmer_images: Vec<String>,
+    /// `ImageBuild.spec.serviceAccountName` values (names in the build's own namespace).
+    pub service_accounts: Vec<String>,
+    /// Capabilities `ImageBuild.spec.addCapabilities` may add to the executor container, beyond
+    /// the default set (`MKNOD`, `SYS_CHROOT`, …; without `CAP_`).
+    pub capabilities: Vec<String>,
+}
+
+/// Whether `value` matches one of `patterns` (exact, or a prefix ending in `*`).
+pub fn allowed(patterns: &[String], value: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => p == value,
+    })
+}
+
+/// A capability name as Kubernetes spells it: upper case, without the `CAP_` prefix.
+pub fn capability_name(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    upper
+        .strip_prefix("CAP_")
+        .map(str::to_string)
+        .unwrap_or(upper)
 }
 
 impl Default for OperatorConfig {
@@ -40,10 +91,16 @@ impl Default for OperatorConfig {
             max_retry_backoff: Duration::from_secs(300),
             default_refresh_interval: Duration::from_secs(24 * 3600),
             failure_lines: 20,
+            failure_bytes: 1024,
+            pending_recheck: Duration::from_secs(15),
             default_resources: None,
             default_push_secret: None,
             default_cache_claim: None,
             insecure_registries: Vec::new(),
+            cache_registry: None,
+            executor_allow_privilege_escalation: true,
+            executor_user_namespace: false,
+            overrides: OverridePolicy::default(),
         }
     }
 }
@@ -101,6 +158,27 @@ mod tests {
         assert_eq!(c.backoff(3), Duration::from_secs(20));
         assert_eq!(c.backoff(4), Duration::from_secs(40));
         assert_eq!(c.backoff(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn allow_lists_match_exactly_or_by_prefix() {
+        let none: Vec<String> = Vec::new();
+        assert!(!allowed(&none, "reg.local/kiln-executor:1"));
+        let list = vec![
+            "reg.local/kiln/*".to_string(),
+            "reg.local/other:1".to_string(),
+        ];
+        assert!(allowed(&list, "reg.local/kiln/kiln-executor:dev"));
+        assert!(allowed(&list, "reg.local/other:1"));
+        assert!(!allowed(&list, "reg.local/other:2"));
+        assert!(!allowed(&list, "reg.local/kilnx/executor:1"));
+        assert!(allowed(&["*".to_string()], "anything"));
+    }
+
+    #[test]
+    fn capability_names_are_normalised() {
+        assert_eq!(capability_name("cap_mknod"), "MKNOD");
+        assert_eq!(capability_name(" SYS_CHROOT "), "SYS_CHROOT");
     }
 
     #[test]

@@ -1,25 +1,29 @@
 //! The I/O that the `ImageBuild` and `CacheWarm` controllers share: creating and deleting the
-//! Pods an object controls, checking a Secret exists, and writing the object's status with one
-//! server-side-apply patch. Generic over [`PodOwner`]; it decides nothing (the pure planners of
-//! each kind do) and never reads Secret data.
+//! Pods an object controls, reading the Warning Events the kubelet wrote about one of them,
+//! publishing Events, and writing the object's status with one server-side-apply patch. Generic
+//! over [`PodOwner`]; it decides nothing (the pure planners of each kind do). It never touches
+//! Secrets: the operator has no permission on them at all.
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer;
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::OperatorConfig;
 use crate::metrics::Metrics;
-use crate::{ownership, FIELD_MANAGER};
+use crate::pod_events::PodWarning;
+use crate::{names, ownership, FIELD_MANAGER, MANAGED_BY};
 
 /// Finalizer that makes the operator delete an object's Pods before the object disappears.
 pub const FINALIZER: &str = "kiln.dev/cleanup";
@@ -30,6 +34,8 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// `reportingInstance` of the Events the operator writes itself (see [`publish_event`]).
+    pub instance: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +140,11 @@ pub async fn delete_pods<K: PodOwner>(
     let name = owner.name_any();
     let ns = owner.namespace().unwrap_or_default();
     let uid = owner.meta().uid.clone().unwrap_or_default();
-    let lp = ListParams::default().labels(&format!("{}={name}", K::POD_LABEL));
+    let lp = ListParams::default().labels(&format!(
+        "{}={}",
+        K::POD_LABEL,
+        crate::names::label_value(&name)
+    ));
     let list = pods
         .list(&lp)
         .await
@@ -160,14 +170,97 @@ pub async fn cleanup<K: PodOwner>(owner: &K, client: &Client) -> Result<Action, 
     Ok(Action::await_change())
 }
 
-/// Checks that a Secret exists with a metadata-only `get`: the operator never reads Secret data.
-pub async fn secret_exists(client: &Client, ns: &str, name: &str) -> Result<bool, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let found = secrets
-        .get_metadata_opt(name)
+/// A Pod whose phase is still `Pending` (or not written yet): its containers have not started.
+pub fn pod_not_started(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        None | Some("Pending")
+    )
+}
+
+/// The Warning Events about the Pod `pod` (this very Pod: its UID, not an earlier one of the same
+/// name), as the kubelet writes them: how a Pod that does not start says why (a Secret volume
+/// that cannot be mounted, an image that cannot be pulled). Needs `list` on events.k8s.io Events.
+pub async fn pod_warnings(client: &Client, pod: &Pod) -> Result<Vec<PodWarning>, Error> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let api: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    let lp = ListParams::default().fields(&format!("regarding.name={name}"));
+    let list = api
+        .list(&lp)
         .await
-        .map_err(kube_err("checking", "Secret", ns, name))?;
-    Ok(found.is_some())
+        .map_err(kube_err("listing Events of", "Pod", &ns, &name))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
+        .map(|e| PodWarning {
+            reason: e.reason.unwrap_or_default(),
+            message: e.note.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Longest object name whose Events the kube-runtime recorder can name: it calls them
+/// `<name>.<nanoseconds in hex>` (up to 16 digits), and an Event name has at most 253 characters.
+const RECORDER_MAX_NAME: usize = 253 - 17;
+
+/// Publishes `event` about `owner`. An Event that cannot be published is logged, never an error:
+/// it must not fail the reconcile. Objects with names too long for the recorder's Event names
+/// get an Event written here, named `<label value of the name>.<nanoseconds>`, which still
+/// points at the object (`regarding`).
+pub async fn publish_event<K: PodOwner>(ctx: &Context, event: &Event, owner: &K) {
+    let reference = owner.object_ref(&());
+    let name = owner.name_any();
+    let result = if name.len() <= RECORDER_MAX_NAME {
+        ctx.recorder.publish(event, &reference).await
+    } else {
+        create_event(ctx, event, &reference, &name).await
+    };
+    if let Err(e) = result {
+        warn!(kind = K::KIND, name = %name, error = %e, "could not publish event");
+    }
+}
+
+async fn create_event(
+    ctx: &Context,
+    event: &Event,
+    reference: &ObjectReference,
+    name: &str,
+) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now();
+    let ns = reference.namespace.clone().unwrap_or_default();
+    let body = K8sEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                names::label_value(name),
+                now.as_nanosecond()
+            )),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        note: event.note.clone(),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        related: event.secondary.clone(),
+        reporting_controller: Some(MANAGED_BY.into()),
+        reporting_instance: Some(ctx.instance.clone()),
+        type_: Some(
+            match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let api: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    api.create(&PostParams::default(), &body).await.map(|_| ())
 }
 
 /// Writes the whole status under the operator's field manager (server-side apply).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use kiln_operator::config::{parse_resources, OperatorConfig};
+use kiln_operator::config::{parse_resources, OperatorConfig, OverridePolicy};
 use kiln_operator::leader::{LeaseConfig, LeaseLock};
 use kiln_operator::metrics::Metrics;
 use kiln_operator::runtime::{self, Scope};
@@ -60,6 +60,49 @@ struct Args {
     /// cache.warmClaim.
     #[arg(long, env = "KILN_EXECUTOR_CACHE_CLAIM")]
     executor_cache_claim: Option<String>,
+    /// Registry (or registry path) of the layer cache of builds that enable it and name no
+    /// cache.repository: `<this>/<namespace>/cache`, one repository per namespace. Unset: the
+    /// executor's default, `<first destination>/cache`.
+    #[arg(long, env = "KILN_CACHE_REGISTRY")]
+    cache_registry: Option<String>,
+    /// allowPrivilegeEscalation of executor containers: whether RUN steps under a non-root USER
+    /// may use setuid programs (sudo, su) as in `docker build`.
+    #[arg(long, env = "KILN_EXECUTOR_PRIV_ESCALATION", action = clap::ArgAction::Set, default_value_t = true)]
+    executor_allow_privilege_escalation: bool,
+    /// Run executor Pods in a user namespace (hostUsers: false); the cluster must support it.
+    #[arg(long, env = "KILN_EXECUTOR_USER_NAMESPACE", action = clap::ArgAction::Set, default_value_t = false)]
+    executor_user_namespace: bool,
+    /// Executor image an ImageBuild may name in spec.executorImage: exact, or a prefix ending in
+    /// `*`; repeat or separate with commas. None by default.
+    #[arg(
+        long = "allowed-executor-image",
+        env = "KILN_ALLOWED_EXECUTOR_IMAGES",
+        value_delimiter = ','
+    )]
+    allowed_executor_images: Vec<String>,
+    /// Warmer image a CacheWarm may name in spec.warmerImage (as --allowed-executor-image).
+    #[arg(
+        long = "allowed-warmer-image",
+        env = "KILN_ALLOWED_WARMER_IMAGES",
+        value_delimiter = ','
+    )]
+    allowed_warmer_images: Vec<String>,
+    /// Service account an ImageBuild may name in spec.serviceAccountName (as
+    /// --allowed-executor-image). None by default.
+    #[arg(
+        long = "allowed-service-account",
+        env = "KILN_ALLOWED_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    allowed_service_accounts: Vec<String>,
+    /// Capability an ImageBuild may add in spec.addCapabilities beyond the default set, like
+    /// MKNOD; repeat or separate with commas. None by default.
+    #[arg(
+        long = "allowed-capability",
+        env = "KILN_ALLOWED_CAPABILITIES",
+        value_delimiter = ','
+    )]
+    allowed_capabilities: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KILN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -99,6 +142,15 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The non-empty entries of a list flag (an empty environment variable gives one empty entry).
+fn list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// The reconcilers' settings from the flags; an empty value means "no default".
 fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
     let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
@@ -113,6 +165,15 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         default_push_secret: non_empty(&args.executor_default_push_secret),
         default_cache_claim: non_empty(&args.executor_cache_claim),
         insecure_registries: args.insecure_registries.clone(),
+        cache_registry: non_empty(&args.cache_registry),
+        executor_allow_privilege_escalation: args.executor_allow_privilege_escalation,
+        executor_user_namespace: args.executor_user_namespace,
+        overrides: OverridePolicy {
+            executor_images: list(&args.allowed_executor_images),
+            warmer_images: list(&args.allowed_warmer_images),
+            service_accounts: list(&args.allowed_service_accounts),
+            capabilities: list(&args.allowed_capabilities),
+        },
         ..Default::default()
     })
 }
@@ -203,4 +264,48 @@ async fn main() -> anyhow::Result<()> {
     metrics.ready.store(false, Ordering::Relaxed);
     server.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_settings_from_flags() {
+        let args = Args::try_parse_from([
+            "kiln-operator",
+            "--executor-allow-privilege-escalation=false",
+            "--executor-user-namespace=true",
+            "--cache-registry=cache.local:5000/kiln",
+            "--allowed-executor-image=reg.local/kiln/*,reg.local/other:1",
+            "--allowed-capability",
+            "MKNOD",
+            "--allowed-capability=SYS_CHROOT",
+            "--allowed-service-account=builder",
+            "--allowed-warmer-image=",
+        ])
+        .unwrap();
+        let cfg = operator_config(&args).unwrap();
+        assert!(!cfg.executor_allow_privilege_escalation);
+        assert!(cfg.executor_user_namespace);
+        assert_eq!(cfg.cache_registry.as_deref(), Some("cache.local:5000/kiln"));
+        assert_eq!(
+            cfg.overrides,
+            OverridePolicy {
+                executor_images: vec!["reg.local/kiln/*".into(), "reg.local/other:1".into()],
+                warmer_images: vec![],
+                service_accounts: vec!["builder".into()],
+                capabilities: vec!["MKNOD".into(), "SYS_CHROOT".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let cfg = operator_config(&Args::try_parse_from(["kiln-operator"]).unwrap()).unwrap();
+        assert_eq!(cfg.overrides, OverridePolicy::default());
+        assert!(cfg.executor_allow_privilege_escalation);
+        assert!(!cfg.executor_user_namespace);
+        assert_eq!(cfg.cache_registry, None);
+    }
 }

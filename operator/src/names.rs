@@ -1,11 +1,18 @@
-//! Deterministic names for the Pods the operator creates: the same owner, role, generation and
-//! attempt always give the same name, so a restarted operator finds the Pod instead of
-//! creating a duplicate. Pure; it knows nothing about who owns a Pod that already has the name.
+//! Deterministic names for the Pods the operator creates, and the label values that point back
+//! to their owner: the same owner, role, generation and attempt always give the same name, so a
+//! restarted operator finds the Pod instead of creating a duplicate. Any valid object name (up to
+//! 253 characters) gives a valid Pod name and label value. Pure; it knows nothing about who owns
+//! a Pod that already has the name.
 
 use sha2::{Digest, Sha256};
 
 /// Longest name a Pod may have and still be usable as a label value and hostname.
 pub const MAX_NAME: usize = 63;
+
+/// Longest label value Kubernetes accepts.
+pub const MAX_LABEL_VALUE: usize = 63;
+/// Characters of the owner's name kept in a shortened label value.
+const LABEL_HEAD: usize = 52;
 
 /// Role of an executor Pod in its name.
 pub const ROLE_BUILD: &str = "build";
@@ -29,6 +36,23 @@ pub fn pod_name(owner: &str, role: &str, generation: i64, attempt: i32) -> Strin
         head.pop();
     }
     format!("{head}{suffix}")
+}
+
+/// Value of the label naming a Pod's owner (`kiln.dev/image-build`, `kiln.dev/cache-warm`).
+///
+/// The owner's name itself when it has at most 63 characters; a longer name (object names may
+/// have 253) becomes its first 52 characters, `-`, and the first 10 hex digits of the SHA-256 of
+/// the whole name: 63 characters, still starting and ending with an alphanumeric character as a
+/// label value must. The label only narrows a list of Pods; which Pods an object owns is decided
+/// by their controller owner reference, so two long names sharing a value cannot mix up Pods.
+pub fn label_value(owner: &str) -> String {
+    if owner.len() <= MAX_LABEL_VALUE {
+        return owner.to_string();
+    }
+    let hash = hex::encode(&Sha256::digest(owner.as_bytes())[..5]);
+    // Object names are ASCII (DNS subdomains), so a byte index is a character index.
+    let head: String = owner.chars().take(LABEL_HEAD).collect();
+    format!("{head}-{hash}")
 }
 
 /// Name of the executor Pod of one attempt of an `ImageBuild`.
@@ -80,5 +104,30 @@ mod tests {
         let dashy = format!("{}-{}", "x".repeat(50), "y".repeat(30));
         let n = build_pod_name(&dashy, 1, 1);
         assert!(!n.contains("--"), "{n}");
+    }
+
+    #[test]
+    fn label_values_fit_any_object_name() {
+        assert_eq!(label_value("web"), "web");
+        let max_kept = "a".repeat(63);
+        assert_eq!(label_value(&max_kept), max_kept);
+        let long = format!("{}.example-{}", "b".repeat(120), "c".repeat(124));
+        assert_eq!(long.len(), 253);
+        let v = label_value(&long);
+        assert_eq!(v.len(), MAX_LABEL_VALUE, "{v}");
+        assert_eq!(&v[..52], &long[..52]);
+        assert_eq!(&v[52..53], "-");
+        assert!(v[53..].chars().all(|c| c.is_ascii_hexdigit()), "{v}");
+        // Deterministic, and distinct for names that share the kept head.
+        assert_eq!(v, label_value(&long));
+        assert_ne!(v, label_value(&format!("{}d", &long[..252])));
+        // A head ending in '.' or '-' is still a valid label value (the hash ends it).
+        let dotted = format!("{}.{}", "x".repeat(51), "y".repeat(100));
+        let v = label_value(&dotted);
+        assert!(
+            v.starts_with(&"x".repeat(51)) && v.as_bytes()[51] == b'.',
+            "{v}"
+        );
+        assert!(v.ends_with(|c: char| c.is_ascii_alphanumeric()), "{v}");
     }
 }

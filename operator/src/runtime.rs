@@ -78,6 +78,10 @@ pub async fn run(
         controller: MANAGED_BY.into(),
         instance: scope.instance.clone(),
     };
+    let instance = scope
+        .instance
+        .clone()
+        .unwrap_or_else(|| MANAGED_BY.to_string());
     let recorder = Recorder::new(client.clone(), reporter);
     let pods_cfg =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
@@ -87,12 +91,14 @@ pub async fn run(
         config: config.clone(),
         metrics: metrics.clone(),
         recorder: recorder.clone(),
+        instance: instance.clone(),
     });
     let cw_ctx = Arc::new(cache_warm::Context {
         client: client.clone(),
         config,
         metrics: metrics.clone(),
         recorder,
+        instance,
     });
     // A kube-runtime Controller watches one Api: every namespace, or one. Several watched
     // namespaces get a pair of controllers each, all in this one process (and under one Lease).

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use clap::{ArgAction, Parser};
 use futures_util::StreamExt;
 use kiln_common::termination;
-use kiln_dockerfile::stages::{build_args_from_flags, Base, FromPlatform, StageError, Stages};
+use kiln_dockerfile::excerpt::{bounded, excerpt, MESSAGE_BYTES};
+use kiln_dockerfile::stages::{
+    build_args_from_flags, Base, FromPlatform, MetaArgError, StageError, Stages,
+};
 use kiln_dockerfile::{self as dockerfile, ExpandError};
 use kiln_oci::base_cache::{BaseImageCache, CacheError, Stored};
 use kiln_oci::flags::RegistryFlags;
@@ -98,8 +101,11 @@ pub enum WarmError {
         #[source]
         source: std::io::Error,
     },
+    /// `detail` is the parser's error (`line N: …`, bounded): invalid UTF-8 is named by its line
+    /// and byte offset, as the executor names it.
     #[error("cannot parse Dockerfile {path}: {detail}")]
     ParseDockerfile { path: PathBuf, detail: String },
+    /// `base` is an excerpt of the FROM value as written ([`kiln_dockerfile::excerpt`]).
     #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: {source}; pass the missing values with --build-arg")]
     ExpandFrom {
         path: PathBuf,
@@ -108,12 +114,22 @@ pub enum WarmError {
         #[source]
         source: ExpandError,
     },
+    /// A global ARG whose default cannot be expanded (its line, and excerpts of its name and
+    /// default).
+    #[error("Dockerfile {path} {source}; pass the missing values with --build-arg")]
+    ExpandArg {
+        path: PathBuf,
+        #[source]
+        source: Box<MetaArgError>,
+    },
+    /// `base` is an excerpt of the FROM value as written.
     #[error("Dockerfile {path} line {line}: cannot expand `FROM {base}`: it expands to nothing; pass the missing values with --build-arg")]
     EmptyFrom {
         path: PathBuf,
         line: usize,
         base: String,
     },
+    /// `platform` is an excerpt of the expanded `--platform` value.
     #[error("Dockerfile {path} line {line}: invalid --platform {platform:?}: {detail}")]
     StagePlatform {
         path: PathBuf,
@@ -213,11 +229,9 @@ pub fn dockerfile_targets(
     // The executor builds on with a default it cannot expand; a warm would then fetch the
     // wrong image (or none), so it stops here instead.
     if let Some(e) = stages.unexpanded_defaults().first() {
-        return Err(WarmError::ExpandFrom {
+        return Err(WarmError::ExpandArg {
             path: path.to_path_buf(),
-            line: 0,
-            base: format!("ARG {}={}", e.name, e.default),
-            source: e.source.clone(),
+            source: Box::new(e.clone()),
         });
     }
     let mut out: Vec<Target> = Vec::new();
@@ -239,8 +253,8 @@ pub fn dockerfile_targets(
                 .map_err(|detail| WarmError::StagePlatform {
                     path: path.to_path_buf(),
                     line: stage.line,
-                    platform: p.clone(),
-                    detail,
+                    platform: excerpt(p),
+                    detail: bounded(&detail, MESSAGE_BYTES),
                 })?,
             None => platform.clone(),
         };
@@ -251,10 +265,17 @@ pub fn dockerfile_targets(
             return Err(WarmError::EmptyFrom {
                 path: path.to_path_buf(),
                 line: stage.line,
-                base: parsed.stages[stage.index].base.clone(),
+                base: excerpt(&parsed.stages[stage.index].base),
             });
         }
-        let t = target(reference, stage_platform)?;
+        // The reference comes from the Dockerfile (expanded): quote it only in excerpts.
+        let t = target(reference, stage_platform).map_err(|e| match e {
+            WarmError::Reference { reference, detail } => WarmError::Reference {
+                reference: excerpt(&reference),
+                detail: bounded(&detail, MESSAGE_BYTES),
+            },
+            other => other,
+        })?;
         if !out.contains(&t) {
             out.push(t);
         }
@@ -285,11 +306,17 @@ pub fn targets(args: &Args) -> Result<Vec<Target>, WarmError> {
         }
     }
     if let Some(path) = &args.dockerfile {
-        let text = std::fs::read_to_string(path).map_err(|source| WarmError::ReadDockerfile {
+        let bytes = std::fs::read(path).map_err(|source| WarmError::ReadDockerfile {
             path: path.clone(),
             source,
         })?;
-        for t in dockerfile_targets(path, &text, &build_arg_map(&args.build_args), &platform)? {
+        // Bytes, not a string: invalid UTF-8 is reported with its line and offset, as the
+        // executor reports it.
+        let text = dockerfile::decode(&bytes).map_err(|e| WarmError::ParseDockerfile {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        for t in dockerfile_targets(path, text, &build_arg_map(&args.build_args), &platform)? {
             if !out.contains(&t) {
                 out.push(t);
             }
@@ -554,6 +581,68 @@ mod tests {
         .unwrap_err();
         let s = e.to_string();
         assert!(s.contains("line 1") && s.contains("--build-arg"), "{s}");
+    }
+
+    #[test]
+    fn unexpandable_global_arg_names_its_line() {
+        let e = dockerfile_targets(
+            Path::new("Dockerfile"),
+            "ARG A=1\nARG BAD=${X:?needed}\nFROM img:${BAD}\n",
+            &BTreeMap::new(),
+            &amd64(),
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            matches!(&e, WarmError::ExpandArg { source, .. } if source.line == 2),
+            "{s}"
+        );
+        assert!(
+            s.contains("line 2: cannot expand the default of `ARG BAD=${X:?needed}`")
+                && s.contains("--build-arg"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_named_by_line_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Dockerfile");
+        std::fs::write(&path, b"FROM busybox\nRUN echo \xff\n").unwrap();
+        let args = Args::try_parse_from([
+            "kiln-warmer".as_ref(),
+            "--dockerfile".as_ref(),
+            path.as_os_str(),
+        ])
+        .unwrap();
+        let e = targets(&args).unwrap_err();
+        let s = e.to_string();
+        // The executor's wording, from kiln_dockerfile::decode.
+        let expected = dockerfile::decode(b"FROM busybox\nRUN echo \xff\n")
+            .unwrap_err()
+            .to_string();
+        assert!(matches!(e, WarmError::ParseDockerfile { .. }), "{s}");
+        assert!(s.ends_with(&expected), "{s}");
+        assert!(
+            expected.starts_with("line 2: invalid UTF-8 at byte offset 22"),
+            "{expected}"
+        );
+    }
+
+    #[test]
+    fn errors_quote_long_from_values_as_excerpts() {
+        let empty = format!("ARG E=\nFROM {}\n", "${E}".repeat(100_000));
+        let e = dockerfile_targets(Path::new("Dockerfile"), &empty, &BTreeMap::new(), &amd64())
+            .unwrap_err();
+        assert!(matches!(e, WarmError::EmptyFrom { line: 2, .. }), "{e}");
+        assert!(e.to_string().len() < 400, "{e}");
+        assert!(e.to_string().contains('…'), "{e}");
+
+        let bad = format!("FROM {}\n", "A".repeat(1_000_000));
+        let e = dockerfile_targets(Path::new("Dockerfile"), &bad, &BTreeMap::new(), &amd64())
+            .unwrap_err();
+        assert!(matches!(e, WarmError::Reference { .. }), "{e}");
+        assert!(e.to_string().len() < 1000, "{e}");
     }
 
     #[test]

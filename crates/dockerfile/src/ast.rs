@@ -48,6 +48,9 @@ pub struct ArgDecl {
     pub name: String,
     /// Raw default value (unexpanded), if given.
     pub default: Option<String>,
+    /// 1-based line of the `ARG` (for errors about a global ARG, which has no [`Located`]).
+    #[serde(skip)]
+    pub line: usize,
 }
 
 /// Shell form keeps the raw command string; exec (JSON) form is already a list of strings.
@@ -62,7 +65,14 @@ pub enum ShellOrExec {
 pub struct Heredoc {
     /// The delimiter word, without quotes.
     pub name: String,
-    /// Body lines joined with `\n`, ending with `\n` (tabs stripped when `<<-`).
+    /// The file descriptor written before `<<` (`3<<EOF`); 0 when none. As in BuildKit, it is
+    /// the shell's to honour: a RUN command that uses heredocs is given to the shell with the
+    /// bodies after it, so `3<<EOF cat /dev/fd/3` reads the body on descriptor 3; a RUN whose
+    /// whole command is one heredoc runs its body as the script, and COPY/ADD write the body to
+    /// a file, where a descriptor plays no part.
+    pub fd: u64,
+    /// The body lines as written, each with its line ending (`\n`, or `\r\n` in a file with
+    /// CRLF line endings), leading tabs stripped when `<<-`.
     pub content: String,
     /// False when the delimiter was quoted: the body is then not expanded.
     pub expand: bool,
@@ -70,7 +80,8 @@ pub struct Heredoc {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct CopyArgs {
-    /// Raw source words (for heredoc sources, the heredoc names as `<<NAME` are replaced by the heredoc's name).
+    /// Raw source words; in the shell form a heredoc word (`<<NAME`, `<<-"NAME"`) is replaced by
+    /// the heredoc's name. The exec (JSON) form opens no heredoc: its words are kept as written.
     pub sources: Vec<String>,
     /// Raw destination word.
     pub dest: String,
@@ -93,7 +104,8 @@ pub struct CopyArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct RunArgs {
     pub command: Option<ShellOrExec>,
-    /// Heredocs of the RUN; when the command is only `<<EOF`, the first heredoc is the script.
+    /// Heredocs of the RUN; when the command is one heredoc word (`<<EOF`, `<< EOF`, `3<<EOF`),
+    /// `command` is `None` and the first heredoc is the script.
     pub heredocs: Vec<Heredoc>,
     /// Raw `--mount=` values (accepted; the builder decides what it supports).
     pub mounts: Vec<String>,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::ast::Dockerfile;
+use crate::excerpt::excerpt;
 use crate::expand::{expand_word, ExpandError};
 
 /// `--build-arg` values as `(key, value)`, in the order given; a bare `KEY` takes its value
@@ -66,7 +67,7 @@ pub enum StageError {
     #[error("line {line}: cannot expand `FROM {from}`: {source}")]
     ExpandFrom {
         line: usize,
-        /// The FROM value as written.
+        /// The FROM value as written (an excerpt, see [`crate::excerpt`]).
         from: String,
         #[source]
         source: ExpandError,
@@ -74,9 +75,9 @@ pub enum StageError {
     #[error("line {line}: cannot expand `--platform={platform}` of `FROM {from}`: {source}")]
     ExpandPlatform {
         line: usize,
-        /// The FROM value as written.
+        /// The FROM value as written (an excerpt).
         from: String,
-        /// The `--platform` value as written.
+        /// The `--platform` value as written (an excerpt).
         platform: String,
         #[source]
         source: ExpandError,
@@ -95,10 +96,13 @@ pub enum TargetError {
 /// A global ARG whose default could not be expanded. Its value is then the default as written:
 /// the executor has always built on with it, and the warmer refuses the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot expand the default of `ARG {name}={default}`: {source}")]
+#[error("line {line}: cannot expand the default of `ARG {name}={default}`: {source}")]
 pub struct MetaArgError {
+    /// 1-based line of the ARG.
+    pub line: usize,
+    /// The ARG's name (an excerpt, see [`crate::excerpt`]).
     pub name: String,
-    /// The default as written.
+    /// The default as written (an excerpt).
     pub default: String,
     #[source]
     pub source: ExpandError,
@@ -121,6 +125,18 @@ pub fn earlier_stage(dockerfile: &Dockerfile, name: &str, before: usize) -> Opti
         return (i < before).then_some(i);
     }
     stage_by_name(dockerfile, name).filter(|&i| i < before)
+}
+
+/// The stage `name` names when that is stage `index` itself or a later stage: by name, or by
+/// a decimal index below the number of stages. Such a FROM or `COPY --from` cannot be built in
+/// Dockerfile order (BuildKit reports a circular dependency for the first); callers that
+/// otherwise read the name as an image reference use this to refuse it instead.
+pub fn same_or_later_stage(dockerfile: &Dockerfile, name: &str, index: usize) -> Option<usize> {
+    let found = match name.parse::<usize>() {
+        Ok(i) => (i < dockerfile.stages.len()).then_some(i),
+        Err(_) => stage_by_name(dockerfile, name),
+    };
+    found.filter(|&i| i >= index)
 }
 
 /// The stages of one parsed Dockerfile, with the global ARG values their FROM lines see.
@@ -156,8 +172,9 @@ impl<'a> Stages<'a> {
                     Some(
                         expand_word(default, &lookup, dockerfile.escape).unwrap_or_else(|source| {
                             unexpanded.push(MetaArgError {
-                                name: decl.name.clone(),
-                                default: default.clone(),
+                                line: decl.line,
+                                name: excerpt(&decl.name),
+                                default: excerpt(default),
                                 source,
                             });
                             default.clone()
@@ -238,7 +255,7 @@ impl<'a> Stages<'a> {
         self.expand(&stage.base)
             .map_err(|source| StageError::ExpandFrom {
                 line: stage.line,
-                from: stage.base.clone(),
+                from: excerpt(&stage.base),
                 source,
             })
     }
@@ -257,8 +274,8 @@ impl<'a> Stages<'a> {
                     self.expand(raw)
                         .map_err(|source| StageError::ExpandPlatform {
                             line: stage.line,
-                            from: stage.base.clone(),
-                            platform: raw.clone(),
+                            from: excerpt(&stage.base),
+                            platform: excerpt(raw),
                             source,
                         })?,
                 )

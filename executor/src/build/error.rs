@@ -1,9 +1,12 @@
 //! Why a build failed. Each variant says what failed and on what (a path, an image reference, a
 //! layer digest, a Dockerfile line) and keeps the underlying error as its source; only flag
-//! problems are [`BuildError::Usage`].
+//! problems are [`BuildError::Usage`]. Dockerfile text is quoted only as bounded excerpts
+//! ([`kiln_dockerfile::excerpt`]), and [`BuildError::report`] is the one line a failed build
+//! prints.
 
 use std::path::PathBuf;
 
+use kiln_dockerfile::excerpt::{bounded, excerpt};
 use kiln_dockerfile::ParseError;
 use kiln_oci::registry::{LayoutError, RegistryError};
 
@@ -24,7 +27,8 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    /// `path` is the Dockerfile's path, or what else was parsed (an ONBUILD trigger).
+    #[error("{}: {source}", bounded(path, 400))]
     Parse {
         path: String,
         #[source]
@@ -43,12 +47,20 @@ pub enum BuildError {
         #[source]
         source: Box<RegistryError>,
     },
-    #[error("Dockerfile line {line}: {instruction}: {source}")]
+    #[error("Dockerfile line {line}: {}: {source}", excerpt(instruction))]
     Step {
         line: usize,
         instruction: String,
         #[source]
         source: CommandError,
+    },
+    /// A FROM or `COPY --from` that names no usable stage or image.
+    #[error("Dockerfile line {line}: {}: {problem}", excerpt(instruction))]
+    Reference {
+        line: usize,
+        instruction: String,
+        #[source]
+        problem: ReferenceProblem,
     },
     #[error("line {line}: {source}")]
     CacheKey {
@@ -87,16 +99,26 @@ pub enum BuildError {
         #[source]
         source: Box<crate::unpack::UnpackError>,
     },
-    #[error("stage {stage} (FROM {base}) needs stage {parent}, which was not built")]
+    #[error(
+        "stage {stage} (FROM {}) needs stage {parent}, which was not built",
+        excerpt(base)
+    )]
     BaseNotBuilt {
         stage: usize,
         base: String,
         parent: usize,
     },
-    #[error("COPY --from={from}: stage {stage} was not built (is it after this stage?)")]
-    CopyFromNotBuilt { from: String, stage: usize },
-    #[error("COPY --from={from}: a stage can only copy from stages before it")]
-    CopyFromLater { from: String },
+    #[error("Dockerfile line {line}: COPY --from={}: stage {stage} was not built (is it after this stage?)", excerpt(from))]
+    CopyFromNotBuilt {
+        line: usize,
+        from: String,
+        stage: usize,
+    },
+    #[error(
+        "Dockerfile line {line}: COPY --from={}: a stage can only copy from stages before it",
+        excerpt(from)
+    )]
+    CopyFromLater { line: usize, from: String },
     #[error("snapshotting the filesystem: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("serialising the {what}: {source}")]
@@ -119,7 +141,40 @@ pub enum BuildError {
     },
 }
 
+/// What is wrong with a stage or image a FROM or `COPY --from` names. Names and references
+/// are excerpts (see [`kiln_dockerfile::excerpt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceProblem {
+    #[error("`{name}` is this stage itself: a stage cannot start from or copy from itself")]
+    SameStage { name: String },
+    #[error("stage `{name}` is defined later (line {stage_line}): a stage can only use stages defined before it")]
+    LaterStage { name: String, stage_line: usize },
+    #[error("`{reference}` is not a valid image reference ({reason}): write e.g. registry.example/name:tag")]
+    BadImage { reference: String, reason: String },
+}
+
+/// How long the one line a failed build prints may get (the kubelet keeps the last 2 KiB of a
+/// failed container's log as its termination message).
+pub const REPORT_BYTES: usize = 2000;
+
 impl BuildError {
+    /// The one line a failed build prints: this error's message followed by each cause whose
+    /// text the message does not already hold (most variants quote their source), with
+    /// control characters escaped and at most [`REPORT_BYTES`] bytes.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        bounded(&text, REPORT_BYTES)
+    }
+
     /// A registry error, with what was being done.
     pub fn registry(action: impl Into<String>) -> impl FnOnce(RegistryError) -> BuildError {
         let action = action.into();
@@ -133,4 +188,44 @@ impl BuildError {
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let what = what.into();
     move |source| BuildError::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parse_error_is_reported_once_and_short() {
+        let text = format!("{} tail-of-the-line\n", "X".repeat(10 << 20));
+        let err = BuildError::Parse {
+            path: "/ctx/Dockerfile".into(),
+            source: kiln_dockerfile::parse(&text).unwrap_err(),
+        };
+        let report = err.report();
+        assert!(report.len() < 1024, "{} bytes", report.len());
+        assert!(report.starts_with("/ctx/Dockerfile: line 1: unknown instruction: XXX"));
+        assert_eq!(report.matches("line 1:").count(), 1, "{report}");
+        assert!(!report.contains("tail-of-the-line"));
+    }
+
+    #[test]
+    fn causes_missing_from_the_message_are_added_on_the_same_line() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("root cause\nwith a second line")]
+        struct Inner;
+
+        let err = BuildError::Io {
+            what: "reading x".into(),
+            source: std::io::Error::other(Outer(Inner)),
+        };
+        assert_eq!(
+            err.report(),
+            r"reading x: outer: root cause\nwith a second line"
+        );
+        let long = BuildError::Usage("u".repeat(100_000));
+        assert!(long.report().len() <= REPORT_BYTES + '…'.len_utf8());
+    }
 }

@@ -87,12 +87,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     )?;
     let dockerfile_path = locate_dockerfile(&req.dockerfile, context.root())?;
     context.load_ignore(&dockerfile_path)?;
-    let text =
-        std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
-            path: dockerfile_path.clone(),
-            source,
-        })?;
-    let parsed = dockerfile::parse(&text).map_err(|source| BuildError::Parse {
+    let text = std::fs::read(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
+        path: dockerfile_path.clone(),
+        source,
+    })?;
+    // Bytes, not a string: invalid UTF-8 is then reported with its line and offset.
+    let parsed = dockerfile::parse_bytes(&text).map_err(|source| BuildError::Parse {
         path: dockerfile_path.display().to_string(),
         source,
     })?;

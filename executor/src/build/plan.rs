@@ -1,15 +1,21 @@
 //! The stage plan, worked out from the parsed Dockerfile and the request alone: which stages to
 //! build and in what order (what `--target` depends on, or every stage up to it with
 //! `--skip-unused-stages=false`), what each stage starts FROM, and what later stages read of it
-//! (used as a base, or only the paths `COPY --from` names). Pure: it reads no file, pulls no
-//! image and runs nothing.
+//! (used as a base, or only the paths `COPY --from` names). Refuses, naming the Dockerfile line,
+//! a planned stage whose FROM or `COPY --from` names its own stage, a later one, or an invalid
+//! image reference, before anything is pulled or run. Pure: it reads no file, pulls no image
+//! and runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_dockerfile::stages::{earlier_stage as stage_ref, stage_by_name, FromPlatform, Stages};
-use kiln_dockerfile::{Dockerfile, ExpandError};
-use kiln_oci::registry::Platform;
+use kiln_dockerfile::excerpt::excerpt;
+use kiln_dockerfile::stages::{
+    earlier_stage as stage_ref, same_or_later_stage, stage_by_name, FromPlatform, Stages,
+};
+use kiln_dockerfile::{Dockerfile, ExpandError, Located};
+use kiln_oci::registry::{parse_reference, Platform, RegistryError};
 
+use super::error::ReferenceProblem;
 use super::BuildError;
 use crate::commands;
 
@@ -31,14 +37,32 @@ pub struct BuildPlan {
 pub struct PlannedStage {
     /// `stage 2/3 (name)`, the prefix of the stage's log lines.
     pub label: String,
-    /// What the stage starts from, or why its FROM line cannot be expanded.
-    from: Result<Base, ExpandError>,
+    /// What the stage starts from, or why its FROM line cannot be used.
+    from: Result<Base, FromError>,
     /// The earlier stage the expanded FROM names, if it names one.
     from_stage: Option<usize>,
     /// The stage's `COPY/ADD --from` of earlier stages: the stage read and the sources named.
     copies: Vec<(usize, Vec<String>)>,
+    /// `COPY/ADD --from` values of the stage that cannot be used, with their lines.
+    bad_copies: Vec<BadCopy>,
     line: usize,
     raw_from: String,
+}
+
+/// Why a stage's FROM cannot be used.
+#[derive(Debug, Clone)]
+enum FromError {
+    Expand(ExpandError),
+    Reference(ReferenceProblem),
+}
+
+/// A `COPY/ADD --from` that cannot be used.
+#[derive(Debug, Clone)]
+struct BadCopy {
+    line: usize,
+    /// An excerpt of the instruction.
+    instruction: String,
+    problem: ReferenceProblem,
 }
 
 /// A stage's FROM after expansion.
@@ -113,6 +137,17 @@ impl BuildPlan {
                         Some((read, reads.sources.to_vec()))
                     })
                     .collect();
+                let bad_copies = stage
+                    .instructions
+                    .iter()
+                    .filter_map(|located| bad_copy(dockerfile, stage.index, located))
+                    .collect();
+                let from = from.map_err(FromError::Expand).and_then(|name| {
+                    match from_problem(dockerfile, stage.index, &name, from_stage) {
+                        Some(problem) => Err(FromError::Reference(problem)),
+                        None => Ok(name),
+                    }
+                });
                 PlannedStage {
                     label: match &stage.name {
                         Some(n) => format!("stage {}/{} ({n})", stage.index + 1, total),
@@ -124,6 +159,7 @@ impl BuildPlan {
                     }),
                     from_stage,
                     copies,
+                    bad_copies,
                     line: stage.line,
                     raw_from: stage.base.clone(),
                 }
@@ -140,6 +176,18 @@ impl BuildPlan {
         } else {
             plan.dependencies_of(target)?
         };
+        // Every planned stage's FROM and `COPY --from` are checked now, so that a bad one is
+        // reported with its line before any stage is built.
+        for i in plan.order() {
+            plan.base(i)?;
+            if let Some(bad) = plan.stages[i].bad_copies.first() {
+                return Err(BuildError::Reference {
+                    line: bad.line,
+                    instruction: bad.instruction.clone(),
+                    problem: bad.problem.clone(),
+                });
+            }
+        }
         Ok(plan)
     }
 
@@ -168,10 +216,18 @@ impl BuildPlan {
     /// What stage `index` starts from.
     pub fn base(&self, index: usize) -> Result<&Base, BuildError> {
         let stage = &self.stages[index];
-        stage.from.as_ref().map_err(|e| BuildError::Step {
-            line: stage.line,
-            instruction: format!("FROM {}", stage.raw_from),
-            source: e.clone().into(),
+        let instruction = format!("FROM {}", excerpt(&stage.raw_from));
+        stage.from.as_ref().map_err(|e| match e {
+            FromError::Expand(e) => BuildError::Step {
+                line: stage.line,
+                instruction,
+                source: e.clone().into(),
+            },
+            FromError::Reference(problem) => BuildError::Reference {
+                line: stage.line,
+                instruction,
+                problem: problem.clone(),
+            },
         })
     }
 
@@ -257,6 +313,74 @@ fn target_index(dockerfile: &Dockerfile, target: Option<&str>) -> Result<usize, 
 /// twins). Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
 fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
     kiln_oci::platform::automatic_args(target)
+}
+
+/// What is wrong with the expanded FROM value `name` of stage `index`, if anything: it names
+/// this stage or a later one, or it is neither `scratch`, an earlier stage nor a valid image
+/// reference.
+fn from_problem(
+    dockerfile: &Dockerfile,
+    index: usize,
+    name: &str,
+    from_stage: Option<usize>,
+) -> Option<ReferenceProblem> {
+    if from_stage.is_some() || name.eq_ignore_ascii_case("scratch") {
+        return None;
+    }
+    // FROM names stages by name only (`FROM 0` is an image called `0`, as in BuildKit).
+    if let Some(i) = stage_by_name(dockerfile, name).filter(|&i| i >= index) {
+        return Some(stage_problem(dockerfile, name, index, i));
+    }
+    image_problem(name)
+}
+
+/// The `COPY/ADD --from` of `located` in stage `index`, when it cannot be used.
+fn bad_copy(dockerfile: &Dockerfile, index: usize, located: &Located) -> Option<BadCopy> {
+    let command = commands::command(&located.instruction);
+    let from = command.reads()?.from?;
+    if stage_ref(dockerfile, from, index).is_some() {
+        return None;
+    }
+    let problem = match same_or_later_stage(dockerfile, from, index) {
+        Some(i) => stage_problem(dockerfile, from, index, i),
+        None => image_problem(from)?,
+    };
+    Some(BadCopy {
+        line: located.line,
+        instruction: excerpt(located.original.trim()),
+        problem,
+    })
+}
+
+fn stage_problem(
+    dockerfile: &Dockerfile,
+    name: &str,
+    index: usize,
+    named: usize,
+) -> ReferenceProblem {
+    let name = excerpt(name);
+    if named == index {
+        ReferenceProblem::SameStage { name }
+    } else {
+        ReferenceProblem::LaterStage {
+            name,
+            stage_line: dockerfile.stages[named].line,
+        }
+    }
+}
+
+/// Why `reference` cannot name an image, if it cannot (checked as the registry client will
+/// read it when it pulls).
+fn image_problem(reference: &str) -> Option<ReferenceProblem> {
+    let reason = match parse_reference(reference) {
+        Ok(_) => return None,
+        Err(RegistryError::InvalidReference { reason, .. }) => reason,
+        Err(other) => other.to_string(),
+    };
+    Some(ReferenceProblem::BadImage {
+        reference: excerpt(reference),
+        reason: excerpt(&reason),
+    })
 }
 
 fn base_kind(name: &str, from_stage: Option<usize>) -> BaseKind {
@@ -347,6 +471,85 @@ COPY --from=registry.example/other:2 /x /x
         assert!(
             err.to_string()
                 .starts_with("Dockerfile line 1: FROM a:${X:?unset}: X"),
+            "{err}"
+        );
+    }
+
+    fn plan_error(text: &str, target: Option<&str>, build_all: bool) -> String {
+        let dockerfile = kiln_dockerfile::parse(text).expect("Dockerfile parses");
+        BuildPlan::new(
+            &dockerfile,
+            target,
+            build_all,
+            &BTreeMap::new(),
+            &Platform::default(),
+        )
+        .expect_err("the plan is refused")
+        .to_string()
+    }
+
+    #[test]
+    fn stage_references_that_cannot_be_built_name_their_line() {
+        let later = "FROM busybox AS first\nFROM later\nFROM scratch AS later\n";
+        assert_eq!(
+            plan_error(later, None, true),
+            "Dockerfile line 2: FROM later: stage `later` is defined later (line 3): a stage can \
+             only use stages defined before it"
+        );
+        assert_eq!(
+            plan_error("FROM self AS self\n", None, false),
+            "Dockerfile line 1: FROM self: `self` is this stage itself: a stage cannot start from \
+             or copy from itself"
+        );
+        let cycle =
+            "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n";
+        assert_eq!(
+            plan_error(cycle, None, false),
+            "Dockerfile line 2: COPY --from=b /x /x: stage `b` is defined later (line 3): a stage \
+             can only use stages defined before it"
+        );
+        assert!(
+            plan_error("FROM scratch AS a\nCOPY --from=a /x /x\n", None, false)
+                .starts_with("Dockerfile line 2: COPY --from=a /x /x: `a` is this stage itself"),
+        );
+        assert!(plan_error(
+            "FROM scratch\nCOPY --from=1 /x /x\nFROM scratch\n",
+            None,
+            true
+        )
+        .starts_with("Dockerfile line 2: COPY --from=1 /x /x: stage `1` is defined later"),);
+        // A stage that is not built does not fail the plan.
+        let p = plan("FROM x AS x\nFROM busybox\n", None, false, &[]);
+        assert_eq!(p.order().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn invalid_image_references_name_their_line() {
+        let err = plan_error("FROM scratch\nFROM Upper/Case:1\n", None, true);
+        assert!(
+            err.starts_with("Dockerfile line 2: FROM Upper/Case:1: `Upper/Case:1` is not a valid image reference ("),
+            "{err}"
+        );
+        let err = plan_error(
+            "ARG a=x\nFROM img:${a}\nCOPY --from=a::b /x /x\n",
+            None,
+            false,
+        );
+        assert!(
+            err.starts_with(
+                "Dockerfile line 3: COPY --from=a::b /x /x: `a::b` is not a valid image reference"
+            ),
+            "{err}"
+        );
+        // FROM expanding to 10,000 substitutions: refused with a bounded message.
+        let text = format!("ARG a=x\nFROM img:{}\n", "$a".repeat(10_000));
+        let err = plan_error(&text, None, false);
+        assert!(err.starts_with("Dockerfile line 2: FROM img:$a$a"), "{err}");
+        assert!(err.len() < 512, "{} bytes: {err}", err.len());
+        // ARGs read in order: `img:` has an empty tag.
+        let err = plan_error("ARG a=$b\nARG b=$a\nFROM img:$a$b\n", None, false);
+        assert!(
+            err.starts_with("Dockerfile line 3: FROM img:$a$b: `img:` is not a valid"),
             "{err}"
         );
     }

@@ -321,12 +321,16 @@ pub(super) fn copy_source(
         Some(CopyFrom::Context) => Ok(Some(SourceRef::Context)),
         Some(CopyFrom::Stage(i)) => {
             let built = built.get(i).ok_or_else(|| BuildError::CopyFromNotBuilt {
+                line: step.located.line,
                 from: step.from.clone().unwrap_or_default(),
                 stage: *i,
             })?;
             Ok(Some(SourceRef::Root(built.root.clone())))
         }
-        Some(CopyFrom::LaterStage(from)) => Err(BuildError::CopyFromLater { from: from.clone() }),
+        Some(CopyFrom::LaterStage(from)) => Err(BuildError::CopyFromLater {
+            line: step.located.line,
+            from: from.clone(),
+        }),
         Some(CopyFrom::Image(reference)) => Ok(Some(SourceRef::Root(bases.image_root(reference)?))),
     }
 }

@@ -125,19 +125,7 @@ impl<'a> StepCache<'a> {
                 }
             }
             Some(SourceRef::Root(root)) => {
-                let name = if files.is_add { "ADD" } else { "COPY" };
-                for src in &files.sources {
-                    match commands::copy::resolve_root_source(root, src, name) {
-                        Ok(paths) => {
-                            for path in paths {
-                                digest
-                                    .add_source(root, &path, &|_: &Path| false)
-                                    .map_err(hash_err)?;
-                            }
-                        }
-                        Err(e) => digest.add_inline("unresolved", &e.to_string()),
-                    }
-                }
+                add_root_sources(&mut digest, root, files).map_err(hash_err)?
             }
             _ => {}
         }
@@ -276,6 +264,74 @@ impl Builder<'_> {
 }
 
 /// The first hex digits of a cache key, for logs.
+/// Add what a `COPY --from` reads from another root to `digest`: each source's matches, under
+/// the name each takes in the destination (a renamed symlink to the same file copies a file of
+/// another name) and with the content they resolve to inside that root. A source that resolves
+/// to nothing is hashed as its error; the step reports it when it runs.
+fn add_root_sources(
+    digest: &mut FileDigest,
+    root: &Path,
+    files: &FilesRead,
+) -> Result<(), crate::cache::key::FileHashError> {
+    let name = if files.is_add { "ADD" } else { "COPY" };
+    for src in &files.sources {
+        match commands::copy::resolve_root_source(root, src, name) {
+            Ok(paths) => {
+                for (dest_name, path) in paths {
+                    digest.add_inline("from-name", &dest_name.to_string_lossy());
+                    digest.add_source(root, &path, &|_: &Path| false)?;
+                }
+            }
+            Err(e) => digest.add_inline("unresolved", &e.to_string()),
+        }
+    }
+    Ok(())
+}
+
 fn short_key(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn digest_of(root: &Path, sources: &[&str]) -> String {
+        let files = FilesRead {
+            is_add: false,
+            inline: Vec::new(),
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut digest = FileDigest::new(true);
+        add_root_sources(&mut digest, root, &files).unwrap();
+        digest.finish()
+    }
+
+    /// Two roots whose `/x` holds one symlink to the same `/f`, named `a` in one and `b` in the
+    /// other: `COPY --from=... /x/* /out/` writes `/out/a` or `/out/b`, so the keys must differ.
+    #[test]
+    fn a_glob_match_counts_by_its_name_not_only_by_what_it_points_to() {
+        let roots: Vec<tempfile::TempDir> = ["a", "b"]
+            .iter()
+            .map(|link| {
+                let root = tempfile::tempdir().unwrap();
+                std::fs::write(root.path().join("f"), "same content").unwrap();
+                std::fs::create_dir(root.path().join("x")).unwrap();
+                symlink("/f", root.path().join("x").join(link)).unwrap();
+                root
+            })
+            .collect();
+        let a = digest_of(roots[0].path(), &["/x/*"]);
+        let b = digest_of(roots[1].path(), &["/x/*"]);
+        assert_ne!(a, b, "renaming the matched symlink must change the key");
+        assert_eq!(
+            a,
+            digest_of(roots[0].path(), &["/x/*"]),
+            "the digest is stable"
+        );
+        // The content the match resolves to, inside the root, counts too.
+        std::fs::write(roots[0].path().join("f"), "other content").unwrap();
+        assert_ne!(a, digest_of(roots[0].path(), &["/x/*"]));
+    }
 }

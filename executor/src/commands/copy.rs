@@ -8,9 +8,15 @@ use super::{
     CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
     KeyParts, Outcome, Reads, StageState,
 };
-use crate::copier::{add_archive_into_root, copy_into_root, is_archive, CopyOptions};
-use crate::fsutil::resolve_in_root;
+use crate::copier::{add_archive_into_root, copy_into_root, CopyOptions, Source};
+
+mod sources;
+
 use kiln_dockerfile::CopyArgs;
+pub(crate) use sources::resolve_root_source;
+use sources::{
+    context_sources, heredoc_scratch, is_archive_file, root_sources, write_heredoc_file,
+};
 
 /// `COPY` or (with `is_add`) `ADD`.
 pub struct Copy<'a> {
@@ -153,16 +159,23 @@ fn execute(
         None => None,
     };
 
-    let mut host_sources: Vec<PathBuf> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
     let mut origin_sources: Vec<String> = Vec::new();
-    for raw in &args.sources {
+    // Heredoc files live here until the copy is done.
+    let mut heredoc_dir = None;
+    for (index, raw) in args.sources.iter().enumerate() {
         if let Some(doc) = args.heredocs.iter().find(|d| &d.name == raw) {
             let content = if doc.expand {
                 state.expand_heredoc(&doc.content)
             } else {
                 doc.content.clone()
             };
-            host_sources.push(write_heredoc_file(state, &doc.name, &content)?);
+            let dir = match &heredoc_dir {
+                Some(dir) => dir,
+                None => heredoc_dir.insert(heredoc_scratch(state)?),
+            };
+            let path = write_heredoc_file(dir, index, &doc.name, &content, name)?;
+            sources.push(Source::from(path));
         } else {
             origin_sources.push(state.expand(raw)?);
         }
@@ -178,7 +191,11 @@ fn execute(
         }
     }
     for url in &urls {
-        host_sources.push(download(url, args.checksum.as_deref(), state)?);
+        sources.push(Source::from(download(
+            url,
+            args.checksum.as_deref(),
+            state,
+        )?));
     }
 
     let mut written_archives = false;
@@ -187,20 +204,20 @@ fn execute(
         (_, true) => preserve_owner = false,
         (Some(CopySource::Context(ctx)), false) => {
             preserve_owner = false;
-            let paths = ctx.resolve_sources(&origin_sources)?;
-            for path in paths {
-                if is_add && path.is_file() && is_archive(&path) {
-                    add_archive_into_root(&path, &state.root, &dest, chown)?;
+            for src in context_sources(ctx, &origin_sources)? {
+                let real = src.root.join(&src.path);
+                if is_add && is_archive_file(&real) {
+                    add_archive_into_root(&real, &state.root, &dest, chown)?;
                     written_archives = true;
                 } else {
-                    host_sources.push(path);
+                    sources.push(src);
                 }
             }
         }
         (Some(CopySource::Root(root)), false) => {
             preserve_owner = true;
             for src in &origin_sources {
-                host_sources.extend(resolve_root_source(root, src, name)?);
+                sources.extend(root_sources(root, src, name)?);
             }
         }
         (None, false) => {
@@ -210,7 +227,7 @@ fn execute(
         }
     }
 
-    if !host_sources.is_empty() {
+    if !sources.is_empty() {
         let exclude_fn = |p: &Path| -> bool {
             match &source {
                 Some(CopySource::Context(ctx)) => p
@@ -226,7 +243,7 @@ fn execute(
             exclude: &exclude_fn,
             preserve_owner,
         };
-        copy_into_root(&host_sources, &state.root, &dest, &opts)?;
+        copy_into_root(&sources, &state.root, &dest, &opts)?;
     } else if !written_archives {
         return Err(CommandError::Invalid(format!(
             "{name}: no source files were specified"
@@ -311,78 +328,6 @@ fn download(
         filetime::set_file_mtime(&path, mtime)
             .map_err(|e| CommandError::io(format!("setting the time of {}", path.display()), e))?;
     }
-    Ok(path)
-}
-
-/// Paths of a `COPY --from` source inside another root: symlinks resolved within that root,
-/// `*`/`?`/`[...]` in the last component matched against the directory's entries.
-pub(crate) fn resolve_root_source(
-    root: &Path,
-    src: &str,
-    name: &str,
-) -> Result<Vec<PathBuf>, CommandError> {
-    let has_glob = src.contains(['*', '?', '[']);
-    if !has_glob {
-        let host = resolve_in_root(root, Path::new(src), true)
-            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-        if std::fs::symlink_metadata(&host).is_err() {
-            return Err(CommandError::Invalid(format!(
-                "{name} --from source {src}: no such file or directory"
-            )));
-        }
-        return Ok(vec![host]);
-    }
-    let (dir, pattern) = match src.rsplit_once('/') {
-        Some((d, p)) => (if d.is_empty() { "/" } else { d }, p),
-        None => (".", src),
-    };
-    if dir.contains(['*', '?', '[']) {
-        return Err(CommandError::Invalid(format!(
-            "{name} --from source {src}: wildcards are supported in the last path component only"
-        )));
-    }
-    let host_dir = resolve_in_root(root, Path::new(dir), true)
-        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-    let matcher = globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| {
-            CommandError::Invalid(format!("{name} --from source {src}: bad pattern: {e}"))
-        })?
-        .compile_matcher();
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(&host_dir)
-        .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?;
-        if matcher.is_match(entry.file_name()) {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    if out.is_empty() {
-        return Err(CommandError::Invalid(format!(
-            "{name} --from source {src}: no files match"
-        )));
-    }
-    Ok(out)
-}
-
-fn write_heredoc_file(
-    state: &StageState,
-    name: &str,
-    content: &str,
-) -> Result<PathBuf, CommandError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = state.scratch.join("heredocs");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CommandError::io(format!("creating {}", dir.display()), e))?;
-    let path = dir.join(name);
-    std::fs::write(&path, content)
-        .map_err(|e| CommandError::io(format!("writing heredoc {name}"), e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| CommandError::io(format!("setting mode of heredoc {name}"), e))?;
     Ok(path)
 }
 

@@ -89,16 +89,42 @@ fn heredoc_body(doc: &Heredoc) -> String {
     body
 }
 
-/// Place a shebang script where the command can see it: a temporary file in the root's /tmp-like
-/// scratch path that is removed after the step (so it never reaches a layer).
+/// Place a shebang script where the command can see it: a temporary file at the top of the
+/// root that is removed after the step (so it never reaches a layer). It is written by the root
+/// writer: created new relative to the root's descriptor, never through a symlink (a base image
+/// may have planted one at that name), replacing whatever is there.
 fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> {
-    use std::os::unix::fs::PermissionsExt;
+    use crate::rootfs::{
+        Content, DirTimes, ImpliedDirs, Meta, Protected, RootWriter, WriterOptions, XattrFailures,
+    };
     let name = format!("/.kiln-heredoc-{}", std::process::id());
-    let host = state.root.join(name.trim_start_matches('/'));
-    std::fs::write(&host, body)
-        .map_err(|e| CommandError::io(format!("writing heredoc script {}", host.display()), e))?;
-    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| CommandError::io(format!("making {} executable", host.display()), e))?;
+    let fail = |e: crate::rootfs::WriteError| {
+        CommandError::io(
+            format!("writing heredoc script {name}"),
+            std::io::Error::other(e.to_string()),
+        )
+    };
+    let opts = WriterOptions {
+        implied_dirs: ImpliedDirs::Umask,
+        xattr_failures: XattrFailures::Ignore,
+        dir_times: DirTimes::FirstWins,
+        record: false,
+    };
+    let mut w = RootWriter::new(&state.root, Protected::none(), opts);
+    let mut t = w
+        .locate(std::path::Path::new(name.trim_start_matches('/')))
+        .map_err(fail)?;
+    let now = filetime::FileTime::now();
+    let meta = Meta {
+        mode: 0o755,
+        owner: None,
+        atime: now,
+        mtime: now,
+        xattrs: Vec::new(),
+    };
+    w.file(&mut t, Content::Stream(&mut body.as_bytes()), &meta)
+        .map_err(fail)?;
+    w.finish().map_err(fail)?;
     Ok(name)
 }
 
@@ -139,6 +165,7 @@ mod tests {
     fn doc(name: &str, content: &str) -> Heredoc {
         Heredoc {
             name: name.into(),
+            fd: 0,
             content: content.into(),
             expand: true,
         }
@@ -186,5 +213,70 @@ mod tests {
             argv(&shell, &st).unwrap(),
             vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
         );
+    }
+
+    #[test]
+    fn shebang_script_replaces_a_planted_symlink_instead_of_following_it() {
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        std::fs::write(&victim, "host file").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let name = format!(".kiln-heredoc-{}", std::process::id());
+        std::os::unix::fs::symlink(&victim, dir.path().join(&name)).unwrap();
+        let script = RunArgs {
+            command: None,
+            heredocs: vec![doc("EOF", "#!/bin/sh\necho hi\n")],
+            ..Default::default()
+        };
+        assert_eq!(argv(&script, &st).unwrap(), vec![format!("/{name}")]);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        let written = dir.path().join(&name);
+        let meta = std::fs::symlink_metadata(&written).unwrap();
+        assert!(meta.is_file());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_to_string(&written).unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+    }
+
+    #[test]
+    fn a_heredoc_on_a_file_descriptor_is_opened_by_the_shell() {
+        // As BuildKit: the command and the heredoc bodies go to the shell together, so the
+        // shell opens `3<<EOF` on descriptor 3.
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let on_fd = RunArgs {
+            command: Some(ShellOrExec::Shell("3<<EOF cat <&3".into())),
+            heredocs: vec![Heredoc {
+                fd: 3,
+                ..doc("EOF", "on three\n")
+            }],
+            ..Default::default()
+        };
+        let command = argv(&on_fd, &st).unwrap();
+        assert_eq!(command, ["/bin/sh", "-c", "3<<EOF cat <&3\non three\nEOF"]);
+        if kiln_testkit::require_tool("sh").is_none() {
+            return;
+        }
+        let out = kiln_testkit::run_bounded(
+            std::process::Command::new(&command[0]).args(&command[1..]),
+            kiln_testkit::TOOL_TIMEOUT,
+        )
+        .unwrap();
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout, "on three\n");
+        // A RUN that is only the heredoc runs its body as the script, whatever the descriptor.
+        let script = RunArgs {
+            command: None,
+            heredocs: vec![Heredoc {
+                fd: 3,
+                ..doc("EOF", "echo a\n")
+            }],
+            ..Default::default()
+        };
+        assert_eq!(argv(&script, &st).unwrap(), ["/bin/sh", "-c", "echo a\n"]);
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::{Cacheable, Command, CommandError, CopySource, InstructionError, Outcome, StageState};
 use crate::fsutil::resolve_in_root;
+use crate::rootfs::{DirTimes, ImpliedDirs, Protected, RootWriter, WriterOptions, XattrFailures};
 
 pub struct Workdir<'a>(pub &'a str);
 
@@ -93,25 +94,26 @@ pub fn ensure_dir_owned(
     if host.is_dir() {
         return Ok(false);
     }
-    // Remember which ancestors are missing before creating them, so only those are chowned.
-    let mut missing = Vec::new();
-    let mut cursor = host.as_path();
-    while !cursor.exists() && cursor.starts_with(root) && cursor != root {
-        missing.push(cursor.to_path_buf());
-        match cursor.parent() {
-            Some(parent) => cursor = parent,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(&host)
-        .map_err(|e| CommandError::io(format!("creating directory {in_image}"), e))?;
-    if let Some((uid, gid)) = owner {
-        for dir in &missing {
-            std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(|e| {
-                CommandError::io(format!("giving {} to {uid}:{gid}", dir.display()), e)
-            })?;
-        }
-    }
+    // Through the root writer: each missing directory is made relative to its parent's
+    // descriptor, never through a symlink swapped in meanwhile. Without an owner they are made
+    // as `mkdir -p` makes them (0777 less the umask, the executor's owner).
+    let opts = WriterOptions {
+        implied_dirs: match owner {
+            Some(owner) => ImpliedDirs::Owned(owner),
+            None => ImpliedDirs::Umask,
+        },
+        xattr_failures: XattrFailures::Ignore,
+        dir_times: DirTimes::FirstWins,
+        record: false,
+    };
+    let mut w = RootWriter::new(root, Protected::none(), opts);
+    let rel = host.strip_prefix(root).unwrap_or(Path::new(""));
+    w.ensure_dir(rel).and_then(|_| w.finish()).map_err(|e| {
+        CommandError::io(
+            format!("creating directory {in_image}"),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     Ok(true)
 }
 

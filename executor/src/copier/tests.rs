@@ -3,7 +3,7 @@
 
 use super::*;
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
 fn no_exclude(_: &Path) -> bool {
     false
@@ -446,7 +446,10 @@ fn add_archive_rejects_escapes() {
         entry(b, "../../../escaped", tar::EntryType::Regular, "", b"x", 0)
     });
     let err = add_archive_into_root(&archive, &fx.root, "/dest", None).unwrap_err();
-    assert!(matches!(err, CopyError::UnsafeEntry { .. }), "{err}");
+    assert!(
+        matches!(err, CopyError::Extract(ExtractError::UnsafeEntry { .. })),
+        "{err}"
+    );
 
     tar_with(&archive, "", |b| {
         entry(

@@ -1,8 +1,10 @@
 //! The single writer of untrusted input into a root filesystem, and the single tar reader.
 //! Layers (`crate::unpack`), ADD archives and COPY (`crate::copier`) and tar build contexts
 //! (`crate::context`) write only through [`RootWriter`]; it resolves every path inside the root
-//! ([`resolve_in_root`]), never writes through a symlink, and sets directory times last. What an
-//! entry means (whiteouts, ignore paths, COPY's destination rules) is decided by those callers.
+//! ([`resolve_in_root`]), creates each entry relative to its parent directory's open descriptor
+//! ([`RootFd`]: `openat2(RESOLVE_IN_ROOT)` where the kernel has it, else an `O_NOFOLLOW`
+//! descent), never writes through a symlink, and sets directory times last. What an entry means
+//! (whiteouts, ignore paths, COPY's destination rules) is decided by those callers.
 //!
 //! Before this module, the layer unpacker and the copier each had their own extractor. Where
 //! they differed, each caller keeps its behaviour through an option:
@@ -37,6 +39,7 @@
 //! file into the image): a link target must now still be reached through directories.
 
 mod archive;
+mod at;
 mod resolve;
 mod tarball;
 mod writer;
@@ -47,6 +50,9 @@ mod tests;
 use std::path::{Component, Path, PathBuf};
 
 pub use archive::{extract_archive, open_archive, ArchiveOwner, ExtractError};
+#[cfg(test)]
+pub use at::with_resolution;
+pub use at::{list_dir, lstat_at, Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
 pub use resolve::{clean_abs, resolve_in_root};
 pub use tarball::{
     clean_entry_path, decompress, for_each_entry, is_archive, Dialect, Formats, Kind, OpenError,

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
-use super::{extract_archive, open_archive, ArchiveOwner};
-use crate::copier::{add_archive_into_root, copy_into_root, CopyOptions};
+use super::{extract_archive, open_archive, with_resolution, ArchiveOwner, Resolution};
+use crate::copier::{add_archive_into_root, copy_into_root_with, CopyOptions};
 use crate::unpack::{unpack_layer, UnpackOptions};
 
 /// A tar built entry by entry from raw header fields, so that names the tar crate refuses to
@@ -102,18 +102,49 @@ impl Tar {
 
 /// The three callers that extract tar streams.
 #[derive(Debug, Clone, Copy)]
-enum Via {
+enum Caller {
     Layer,
     Add,
     /// What `BuildContext` does with a `tar://` or https tarball context.
     Context,
 }
 
-const VIAS: [Via; 3] = [Via::Layer, Via::Add, Via::Context];
+/// A caller, and how paths inside the root are opened (the kernel's `openat2` and the
+/// userspace fallback must both keep every case inside).
+#[derive(Debug, Clone, Copy)]
+struct Via {
+    caller: Caller,
+    resolution: Resolution,
+}
+
+impl Via {
+    /// COPY's: not a tar stream, but the same writer.
+    fn add(resolution: Resolution) -> Via {
+        Via {
+            caller: Caller::Add,
+            resolution,
+        }
+    }
+}
+
+/// Every caller under every resolution this machine has.
+fn vias() -> Vec<Via> {
+    let mut out = Vec::new();
+    for resolution in Resolution::available() {
+        for caller in [Caller::Layer, Caller::Add, Caller::Context] {
+            out.push(Via { caller, resolution });
+        }
+    }
+    out
+}
 
 fn apply(via: Via, tar: &Path, root: &Path) -> Result<(), String> {
-    match via {
-        Via::Layer => {
+    with_resolution(via.resolution, || apply_as(via.caller, tar, root))
+}
+
+fn apply_as(caller: Caller, tar: &Path, root: &Path) -> Result<(), String> {
+    match caller {
+        Caller::Layer => {
             let opts = UnpackOptions {
                 ignore: Vec::new(),
                 same_owner: true,
@@ -122,10 +153,10 @@ fn apply(via: Via, tar: &Path, root: &Path) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
-        Via::Add => add_archive_into_root(tar, root, "/", None)
+        Caller::Add => add_archive_into_root(tar, root, "/", None)
             .map(drop)
             .map_err(|e| e.to_string()),
-        Via::Context => {
+        Caller::Context => {
             let stream = open_archive(fs::File::open(tar).unwrap(), "build context")
                 .map_err(|e| e.to_string())?;
             extract_archive(stream, root, "/", ArchiveOwner::Root)
@@ -202,7 +233,7 @@ fn dotdot_names_are_refused_by_every_caller() {
             .file("ok", b"ok")
             .file(&name, b"x")
             .write(work.path());
-        for via in VIAS {
+        for via in vias() {
             let err = apply(via, &tar, root.path()).unwrap_err();
             assert!(
                 err.contains("outside") || err.contains("climbs above"),
@@ -229,7 +260,7 @@ fn symlinked_parents_keep_later_entries_inside() {
         .symlink("d", outside.abs())
         .file("d/z", b"pwned")
         .write(work.path());
-    for via in VIAS {
+    for via in vias() {
         let root = tempfile::tempdir().unwrap();
         apply(via, &tar, root.path()).unwrap();
         outside.assert_untouched(via);
@@ -264,7 +295,7 @@ fn hardlinks_never_reach_files_outside_the_root() {
             .write(work.path()),
     ];
     for tar in &cases {
-        for via in VIAS {
+        for via in vias() {
             let root = tempfile::tempdir().unwrap();
             assert!(apply(via, tar, root.path()).is_err(), "{via:?}");
             outside.assert_untouched(via);
@@ -276,7 +307,7 @@ fn hardlinks_never_reach_files_outside_the_root() {
         .symlink("l", "/etc")
         .hardlink("h", "l/shadow")
         .write(work.path());
-    for via in VIAS {
+    for via in vias() {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir(root.path().join("etc")).unwrap();
         fs::write(root.path().join("etc/shadow"), "image").unwrap();
@@ -304,7 +335,7 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
         .dir("d/e/", 1)
         .symlink("d", outside.abs())
         .write(work.path());
-    for via in VIAS {
+    for via in vias() {
         let root = tempfile::tempdir().unwrap();
         apply(via, &tar, root.path()).unwrap();
         outside.assert_untouched(via);
@@ -318,7 +349,6 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
     fs::create_dir_all(src.path().join("one/d/e")).unwrap();
     fs::create_dir(src.path().join("two")).unwrap();
     symlink(outside.path(), src.path().join("two/d")).unwrap();
-    let root = tempfile::tempdir().unwrap();
     let no = |_: &Path| false;
     let opts = CopyOptions {
         chown: None,
@@ -327,8 +357,11 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
         preserve_owner: false,
     };
     let sources = [src.path().join("one"), src.path().join("two")];
-    copy_into_root(&sources, root.path(), "/", &opts).unwrap();
-    outside.assert_untouched(Via::Add);
+    for resolution in Resolution::available() {
+        let root = tempfile::tempdir().unwrap();
+        copy_into_root_with(&sources, root.path(), "/", &opts, resolution).unwrap();
+        outside.assert_untouched(Via::add(resolution));
+    }
 }
 
 /// COPY remembers where it wrote the first of several hardlinked sources; a later source may
@@ -344,7 +377,6 @@ fn copy_never_links_through_a_parent_replaced_by_a_symlink() {
     symlink(outside.path(), s.join("two/d")).unwrap();
     fs::create_dir(s.join("three")).unwrap();
     fs::hard_link(s.join("one/d/sentinel"), s.join("three/x")).unwrap();
-    let root = tempfile::tempdir().unwrap();
     let no = |_: &Path| false;
     let opts = CopyOptions {
         chown: None,
@@ -353,10 +385,96 @@ fn copy_never_links_through_a_parent_replaced_by_a_symlink() {
         preserve_owner: false,
     };
     let sources = [s.join("one"), s.join("two"), s.join("three")];
-    let err = copy_into_root(&sources, root.path(), "/", &opts).unwrap_err();
-    assert!(err.to_string().contains("no longer reached"), "{err}");
-    outside.assert_untouched(Via::Add);
-    assert!(!root.path().join("x").exists());
+    for resolution in Resolution::available() {
+        let root = tempfile::tempdir().unwrap();
+        let err = copy_into_root_with(&sources, root.path(), "/", &opts, resolution).unwrap_err();
+        assert!(err.to_string().contains("no longer reached"), "{err}");
+        outside.assert_untouched(Via::add(resolution));
+        assert!(!root.path().join("x").exists());
+    }
+}
+
+/// A process left running by a RUN step may swap a directory of the root for a symlink out of
+/// it between the moment a path is resolved and the moment it is written. The writer acts
+/// relative to the directory it opened, so whatever it writes next lands in that directory
+/// (moved aside here), never outside.
+#[test]
+fn a_symlink_swapped_in_after_resolution_cannot_redirect_writes() {
+    use super::{Content, DirTimes, ImpliedDirs, Meta, NodeKind, Protected, RootWriter};
+    use super::{WriterOptions, XattrFailures};
+    let outside = Outside::new();
+    let now = FileTime::from_unix_time(1_500_000_000, 0);
+    let meta = |mode| Meta {
+        mode,
+        owner: None,
+        atime: now,
+        mtime: now,
+        xattrs: Vec::new(),
+    };
+    for resolution in Resolution::available() {
+        let via = Via::add(resolution);
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir(r.join("d")).unwrap();
+        fs::write(r.join("kept"), "image").unwrap();
+        let opts = WriterOptions {
+            implied_dirs: ImpliedDirs::Owned((0, 0)),
+            xattr_failures: XattrFailures::Ignore,
+            dir_times: DirTimes::FirstWins,
+            record: false,
+        };
+        let mut w = RootWriter::new(r, Protected::none(), opts).with_resolution(resolution);
+        let mut targets: Vec<_> = [
+            "d/file",
+            "d/dir",
+            "d/link",
+            "d/fifo",
+            "d/hard",
+            "d/sentinel",
+        ]
+        .iter()
+        .map(|p| {
+            let mut t = w.locate(Path::new(p)).unwrap();
+            w.prepare(&mut t).unwrap();
+            t
+        })
+        .collect();
+        fs::rename(r.join("d"), r.join("moved")).unwrap();
+        symlink(outside.path(), r.join("d")).unwrap();
+        let mut t = targets.remove(0);
+        w.file(&mut t, Content::Stream(&mut &b"pwned"[..]), &meta(0o644))
+            .unwrap();
+        let mut t = targets.remove(0);
+        w.dir(&mut t, &meta(0o755)).unwrap();
+        let mut t = targets.remove(0);
+        w.symlink(&mut t, std::ffi::OsStr::new("x"), &meta(0o777))
+            .unwrap();
+        let mut t = targets.remove(0);
+        w.node(&mut t, NodeKind::Fifo, 0, &meta(0o600)).unwrap();
+        let mut t = targets.remove(0);
+        w.hardlink(&mut t, &r.join("kept")).unwrap();
+        // Replacing what is there removes it in the opened directory too, not `sentinel`
+        // outside.
+        fs::write(r.join("moved/sentinel"), "in the root").unwrap();
+        let mut t = targets.remove(0);
+        w.file(&mut t, Content::Stream(&mut &b"replaced"[..]), &meta(0o644))
+            .unwrap();
+        w.finish().unwrap();
+        outside.assert_untouched(via);
+        let moved = r.join("moved");
+        assert_eq!(fs::read(moved.join("file")).unwrap(), b"pwned", "{via:?}");
+        assert!(moved.join("dir").is_dir(), "{via:?}");
+        assert!(moved.join("link").is_symlink(), "{via:?}");
+        assert!(
+            fs::symlink_metadata(moved.join("fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo(),
+            "{via:?}"
+        );
+        assert_eq!(fs::read(moved.join("hard")).unwrap(), b"image", "{via:?}");
+        assert_eq!(fs::read(moved.join("sentinel")).unwrap(), b"replaced");
+    }
 }
 
 /// What the callers deliberately do differently with the same stream.
@@ -382,14 +500,14 @@ fn each_caller_keeps_its_own_reading_of_an_entry() {
         .file("pax", b"p")
         .dir("d/", 200)
         .write(work.path());
-    for via in VIAS {
+    for via in vias() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         apply(via, &tar, r).unwrap();
         let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap();
         assert_eq!(meta("su").mode() & 0o7777, 0o4755, "{via:?}: setuid kept");
         assert!(meta("null").file_type().is_char_device(), "{via:?}");
-        let layer = matches!(via, Via::Layer);
+        let layer = matches!(via.caller, Caller::Layer);
         // Whiteouts mean something in layers only; elsewhere `.wh.d` is a plain file.
         assert_eq!(r.join(".wh.d").exists(), !layer, "{via:?}");
         assert!(meta("d").is_dir(), "{via:?}");
@@ -407,7 +525,11 @@ fn each_caller_keeps_its_own_reading_of_an_entry() {
         // A directory written twice: layers keep the last time, archives the first.
         assert_eq!(meta("d").mtime(), if layer { 200 } else { 100 }, "{via:?}");
         // Owners: layers and ADD as recorded, a context 0:0.
-        let uid = if matches!(via, Via::Context) { 0 } else { 42 };
+        let uid = if matches!(via.caller, Caller::Context) {
+            0
+        } else {
+            42
+        };
         assert_eq!((meta("su").uid(), meta("su").gid()), (uid, uid), "{via:?}");
     }
 }
@@ -419,14 +541,14 @@ fn archives_refuse_bzip2_and_xz_layers_read_them_as_tar() {
     for (magic, format) in [(&b"BZh91AY&SY"[..], "bzip2"), (&b"\xfd7zXZ\0"[..], "xz")] {
         let path = work.path().join(format);
         fs::write(&path, magic).unwrap();
-        for via in [Via::Add, Via::Context] {
-            let err = apply(via, &path, root.path()).unwrap_err();
+        for caller in [Caller::Add, Caller::Context] {
+            let err = apply_as(caller, &path, root.path()).unwrap_err();
             assert!(
                 err.contains(format) && err.contains("not supported"),
                 "{err}"
             );
         }
-        let err = apply(Via::Layer, &path, root.path()).unwrap_err();
+        let err = apply_as(Caller::Layer, &path, root.path()).unwrap_err();
         assert!(err.contains("cannot read layer"), "{err}");
     }
 }

@@ -1,24 +1,38 @@
 //! The one writer of untrusted entries into a root: creates or replaces files, directories,
 //! symlinks, hardlinks and device nodes, settles their owner, mode, xattrs and times, and sets
 //! directory times last. Every path it writes was resolved inside the root, nothing is written
-//! through a symlink, and protected subtrees are never removed. It decides nothing about what
-//! to write: layers, archives and COPY bring their own semantics.
+//! through a symlink, and protected subtrees are never removed. Each entry is created relative
+//! to its parent directory's descriptor ([`super::at`]), so a symlink swapped into the path
+//! after it was resolved cannot redirect the write. It decides nothing about what to write:
+//! layers, archives and COPY bring their own semantics.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use filetime::FileTime;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
+use super::at::{self, Follow, Resolution, RootFd};
 use super::resolve::resolve_in_root;
 use super::Protected;
 
+mod remove;
+
 const COPY_BUFFER: usize = 256 * 1024;
+
+/// Parent directories kept open between entries. Entries of a tree come mostly grouped by
+/// directory, so a hundred or so cover the working set while staying far below a process's
+/// descriptor limit.
+const MAX_OPEN_DIRS: usize = 128;
 
 /// Why the writer could not write an entry. `rel` is the in-root path asked for, `path` the host
 /// path acted on.
@@ -109,8 +123,10 @@ pub struct Target {
     parent_rel: PathBuf,
     parent: PathBuf,
     host: PathBuf,
-    /// The parent exists as a directory (made, or remembered from an earlier entry).
-    ready: bool,
+    /// The entry's name in its parent (empty for the root itself).
+    name: OsString,
+    /// The parent directory, open, once it exists (made, or remembered from an earlier entry).
+    dir: Option<Rc<OwnedFd>>,
 }
 
 impl Target {
@@ -122,6 +138,18 @@ impl Target {
     /// The host path of the directory that holds the entry.
     pub fn parent(&self) -> &Path {
         &self.parent
+    }
+
+    fn is_root(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// The open parent directory; only called after [`RootWriter::prepare`].
+    fn dir(&self) -> BorrowedFd<'_> {
+        self.dir
+            .as_deref()
+            .expect("the target was prepared")
+            .as_fd()
     }
 
     fn io_err(&self, action: &'static str, source: io::Error) -> WriteError {
@@ -145,17 +173,18 @@ pub enum Content<'c> {
 /// Writes entries into one root; see the module documentation.
 pub struct RootWriter<'r> {
     root: &'r Path,
+    resolution: Resolution,
+    /// The root, opened on first use.
+    root_fd: OnceCell<RootFd>,
     opts: WriterOptions,
     protected: Protected,
-    /// Parent directories resolved and created so far, in-root path → host path: resolving
-    /// costs an lstat per component, and a tree has far fewer directories than entries. Every
-    /// component a remembered resolution went through exists (as a directory, or a symlink it
-    /// followed), so only removing a directory or a symlink can change one: creating an entry
-    /// where one exists goes through such a removal. Emptied on every such removal.
-    parent_cache: RefCell<HashMap<PathBuf, PathBuf>>,
-    /// How many directory times were recorded when a directory or symlink was last removed:
-    /// only a path resolved before such a removal can lead somewhere else now.
-    reshaped_at: Cell<usize>,
+    /// Parent directories resolved, created and opened so far, in-root path → host path and
+    /// descriptor: resolving costs an lstat per component, and a tree has far fewer directories
+    /// than entries. Every component a remembered resolution went through exists (as a
+    /// directory, or a symlink it followed), so only removing a directory or a symlink can
+    /// change one: creating an entry where one exists goes through such a removal. Emptied on
+    /// every such removal, and when it holds [`MAX_OPEN_DIRS`] directories.
+    parent_cache: RefCell<HashMap<PathBuf, (PathBuf, Rc<OwnedFd>)>>,
     /// Directory host paths with their times, set last so that writing children does not
     /// disturb them.
     dir_times: Vec<(PathBuf, FileTime, FileTime)>,
@@ -164,17 +193,26 @@ pub struct RootWriter<'r> {
 }
 
 impl<'r> RootWriter<'r> {
+    /// A writer into `root` that opens paths as the process does ([`Resolution::detect`]).
     pub fn new(root: &'r Path, protected: Protected, opts: WriterOptions) -> Self {
         RootWriter {
             root,
+            resolution: Resolution::detect(),
+            root_fd: OnceCell::new(),
             opts,
             protected,
             parent_cache: RefCell::new(HashMap::new()),
-            reshaped_at: Cell::new(0),
             dir_times: Vec::new(),
             written: Vec::new(),
             buf: Vec::new(),
         }
+    }
+
+    /// The same writer opening paths with `resolution` (tests run both).
+    pub fn with_resolution(mut self, resolution: Resolution) -> Self {
+        self.resolution = resolution;
+        self.root_fd = OnceCell::new();
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -183,6 +221,28 @@ impl<'r> RootWriter<'r> {
 
     pub fn protected(&self) -> &Protected {
         &self.protected
+    }
+
+    /// The root, open; made first when it does not exist yet (it is the caller's directory).
+    fn root_fd(&self) -> Result<&RootFd, WriteError> {
+        if let Some(fd) = self.root_fd.get() {
+            return Ok(fd);
+        }
+        let err = |source| WriteError::Io {
+            action: "open the root",
+            rel: PathBuf::new(),
+            path: self.root.to_path_buf(),
+            source,
+        };
+        let fd = match RootFd::new(self.root, self.resolution) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.root).map_err(err)?;
+                RootFd::new(self.root, self.resolution)
+            }
+            other => other,
+        }
+        .map_err(err)?;
+        Ok(self.root_fd.get_or_init(|| fd))
     }
 
     /// Resolve an in-root directory path to a host path, following symlinks inside the root
@@ -216,35 +276,44 @@ impl<'r> RootWriter<'r> {
                 parent_rel: PathBuf::new(),
                 parent: self.root.to_path_buf(),
                 host: self.root.to_path_buf(),
-                ready: true,
+                name: OsString::new(),
+                dir: None,
             });
         };
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let cached = self.parent_cache.borrow().get(parent_rel).cloned();
-        let (parent, ready) = match cached {
-            Some(parent) => (parent, true),
-            None => (self.resolve_dir(parent_rel)?, false),
+        let (parent, dir) = match cached {
+            Some((parent, fd)) => (parent, Some(fd)),
+            None => (self.resolve_dir(parent_rel)?, None),
         };
         Ok(Target {
             host: parent.join(name),
             parent,
             parent_rel: parent_rel.to_path_buf(),
             rel: rel.to_path_buf(),
-            ready,
+            name: name.to_os_string(),
+            dir,
         })
     }
 
-    /// Create the target's missing parent directories (see [`ImpliedDirs`]).
+    /// Create the target's missing parent directories (see [`ImpliedDirs`]) and open the one
+    /// that holds it.
     pub fn prepare(&mut self, t: &mut Target) -> Result<(), WriteError> {
-        if t.ready {
+        if t.dir.is_some() || t.is_root() {
             return Ok(());
         }
-        self.make_dirs(&t.parent, &t.parent_rel)?;
-        self.parent_cache
-            .borrow_mut()
-            .insert(t.parent_rel.clone(), t.parent.clone());
-        t.ready = true;
+        let fd = self.make_dirs(&t.parent, &t.parent_rel)?;
+        self.remember(t.parent_rel.clone(), t.parent.clone(), fd.clone());
+        t.dir = Some(fd);
         Ok(())
+    }
+
+    fn remember(&self, rel: PathBuf, host: PathBuf, fd: Rc<OwnedFd>) {
+        let mut cache = self.parent_cache.borrow_mut();
+        if cache.len() >= MAX_OPEN_DIRS {
+            cache.clear();
+        }
+        cache.insert(rel, (host, fd));
     }
 
     /// Make sure in-root directory `rel` exists, following symlinks inside the root (the last
@@ -252,55 +321,85 @@ impl<'r> RootWriter<'r> {
     /// left untouched. Returns its host path.
     pub fn ensure_dir(&mut self, rel: &Path) -> Result<PathBuf, WriteError> {
         let host = self.resolve_dir(rel)?;
-        self.make_dirs(&host, rel)?;
-        self.parent_cache
-            .borrow_mut()
-            .insert(rel.to_path_buf(), host.clone());
+        let fd = self.make_dirs(&host, rel)?;
+        self.remember(rel.to_path_buf(), host.clone(), fd);
         Ok(host)
     }
 
-    /// Create `host` (a resolved path, so free of symlinks) and its missing ancestors.
-    fn make_dirs(&mut self, host: &Path, rel: &Path) -> Result<(), WriteError> {
+    /// Create `host` (a resolved path, so free of symlinks) and its missing ancestors, and open
+    /// it. Under the kernel's resolution an existing directory is opened in one call; otherwise,
+    /// and to create what is missing, the path is walked one directory at a time, never through
+    /// a symlink.
+    fn make_dirs(&mut self, host: &Path, rel: &Path) -> Result<Rc<OwnedFd>, WriteError> {
         let io_err = |action, path: &Path, source| WriteError::Io {
             action,
             rel: rel.to_path_buf(),
             path: path.to_path_buf(),
             source,
         };
-        let owner = match self.opts.implied_dirs {
-            ImpliedDirs::Umask => {
-                return fs::create_dir_all(host)
-                    .map_err(|e| io_err("create parent directories", host, e));
+        let host_rel = host
+            .strip_prefix(self.root)
+            .map_err(|_| WriteError::Outside {
+                rel: rel.to_path_buf(),
+            })?;
+        let root = self.root_fd()?;
+        if root.resolution() == Resolution::Kernel {
+            match root.open_dir(host_rel) {
+                Ok(fd) => return Ok(Rc::new(fd)),
+                // A missing directory is made below; a non-directory is named there.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                Err(e) => return Err(io_err("open directory", host, e)),
             }
-            ImpliedDirs::Owned(owner) => owner,
-        };
-        let mut missing = Vec::new();
-        let mut dir = host;
-        while dir != self.root {
-            match fs::symlink_metadata(dir) {
-                Ok(m) if m.is_dir() => break,
-                Ok(_) => {
+        }
+        let root_fd = root
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| io_err("open directory", host, e))?;
+        let mut current = root_fd;
+        let mut path = self.root.to_path_buf();
+        let mut created = Vec::new();
+        for part in host_rel.iter() {
+            path.push(part);
+            let open = |at: BorrowedFd<'_>| {
+                rustix::fs::openat(
+                    at,
+                    part,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            };
+            current = match open(current.as_fd()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    let mode = match self.opts.implied_dirs {
+                        ImpliedDirs::Umask => 0o777,
+                        ImpliedDirs::Owned(_) => 0o700,
+                    };
+                    rustix::fs::mkdirat(current.as_fd(), part, Mode::from_raw_mode(mode))
+                        .map_err(|e| io_err("create directory", &path, e.into()))?;
+                    if let ImpliedDirs::Owned((uid, gid)) = self.opts.implied_dirs {
+                        let made = at::open_subdir(current.as_fd(), part)
+                            .map_err(|e| io_err("open directory", &path, e))?;
+                        rustix::fs::fchmod(&made, Mode::from_raw_mode(0o755))
+                            .map_err(|e| io_err("chmod", &path, e.into()))?;
+                        std::os::unix::fs::fchown(&made, Some(uid), Some(gid))
+                            .map_err(|e| io_err("chown", &path, e))?;
+                        created.push(path.clone());
+                    }
+                    open(current.as_fd()).map_err(|e| io_err("open directory", &path, e.into()))?
+                }
+                Err(Errno::NOTDIR | Errno::LOOP) => {
                     return Err(WriteError::NotADirectory {
-                        rel: dir.strip_prefix(self.root).unwrap_or(dir).to_path_buf(),
+                        rel: path.strip_prefix(self.root).unwrap_or(&path).to_path_buf(),
                     })
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(dir),
-                Err(e) => return Err(io_err("inspect", dir, e)),
-            }
-            dir = match dir.parent() {
-                Some(parent) => parent,
-                None => break,
+                Err(e) => return Err(io_err("open directory", &path, e.into())),
             };
         }
-        for dir in missing.into_iter().rev() {
-            fs::create_dir(dir).map_err(|e| io_err("create directory", dir, e))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                .map_err(|e| io_err("chmod", dir, e))?;
-            std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))
-                .map_err(|e| io_err("chown", dir, e))?;
-            self.record(dir.to_path_buf());
+        for dir in created {
+            self.record(dir);
         }
-        Ok(())
+        Ok(Rc::new(current))
     }
 
     fn record(&mut self, host: PathBuf) {
@@ -317,24 +416,28 @@ impl<'r> RootWriter<'r> {
         content: Content<'_>,
         meta: &Meta,
     ) -> Result<u64, WriteError> {
+        if t.is_root() {
+            return Err(t.io_err("create file", io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         self.prepare(t)?;
         // O_EXCL fails on whatever is there, a symlink included (never followed).
         let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&t.host)
+            rustix::fs::openat(
+                t.dir(),
+                &t.name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
         };
-        let mut file = match open() {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+        let fd = match open() {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => {
                 self.remove_existing(t, false)?;
-                open().map_err(|e| t.io_err("create file", e))?
+                open().map_err(|e| t.io_err("create file", e.into()))?
             }
-            Err(e) => return Err(t.io_err("create file", e)),
+            Err(e) => return Err(t.io_err("create file", e.into())),
         };
+        let mut file = File::from(fd);
         let bytes = match content {
             Content::File(source) => {
                 io::copy(source, &mut file).map_err(|e| t.io_err("write", e))?
@@ -392,21 +495,26 @@ impl<'r> RootWriter<'r> {
     /// Create a directory, or merge into the one there (which takes the new metadata); anything
     /// else there, a symlink included, is replaced. Its times are set by [`RootWriter::finish`].
     pub fn dir(&mut self, t: &mut Target, meta: &Meta) -> Result<(), WriteError> {
-        if t.host != self.root {
+        if !t.is_root() {
             self.prepare(t)?;
             self.create_replacing(t, true, "create directory", || {
-                fs::DirBuilder::new().mode(0o700).create(&t.host)
+                rustix::fs::mkdirat(t.dir(), &t.name, Mode::from_raw_mode(0o700))
             })?;
             // A real directory now (made, or an existing one checked with lstat), so the
             // entries below it need not resolve or create it again.
-            self.parent_cache
-                .borrow_mut()
-                .insert(t.rel.clone(), t.host.clone());
+            let fd = rustix::fs::openat(
+                t.dir(),
+                &t.name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| t.io_err("open directory", e.into()))?;
+            self.remember(t.rel.clone(), t.host.clone(), Rc::new(fd));
         }
         self.settle(t, meta, Settle::Dir)?;
         self.dir_times
             .push((t.host.clone(), meta.atime, meta.mtime));
-        if t.host != self.root {
+        if !t.is_root() {
             self.record(t.host.clone());
         }
         Ok(())
@@ -415,9 +523,12 @@ impl<'r> RootWriter<'r> {
     /// Create a symlink to `link`, stored as given: a symlink is only dangerous when followed,
     /// and nothing here follows one out of the root.
     pub fn symlink(&mut self, t: &mut Target, link: &OsStr, meta: &Meta) -> Result<(), WriteError> {
+        if t.is_root() {
+            return Err(t.io_err("create symlink", io::Error::from_raw_os_error(libc::EEXIST)));
+        }
         self.prepare(t)?;
         self.create_replacing(t, false, "create symlink", || {
-            std::os::unix::fs::symlink(link, &t.host)
+            rustix::fs::symlinkat(link, t.dir(), &t.name)
         })?;
         self.settle(t, meta, Settle::Symlink)?;
         self.record(t.host.clone());
@@ -439,34 +550,45 @@ impl<'r> RootWriter<'r> {
     /// [`RootWriter::link_target`] or an earlier write) that must still be reached from the root
     /// through directories; linking a path to itself does nothing.
     pub fn hardlink(&mut self, t: &mut Target, existing: &Path) -> Result<(), WriteError> {
-        if !existing.starts_with(self.root) {
-            return Err(WriteError::Outside {
-                rel: existing.to_path_buf(),
-            });
-        }
+        let outside = || WriteError::Outside {
+            rel: existing.to_path_buf(),
+        };
+        let rel = existing.strip_prefix(self.root).map_err(|_| outside())?;
         if t.host == existing {
             return Ok(());
         }
+        let name = rel.file_name().ok_or_else(outside)?;
+        if t.is_root() {
+            return Err(t.io_err(
+                "create hardlink",
+                io::Error::from_raw_os_error(libc::EEXIST),
+            ));
+        }
         // `existing` may have been resolved long before (COPY remembers where a multiply-linked
         // file was first written): link(2) would follow a parent replaced since by a symlink,
-        // out of the root. Only a path still reached through directories is linked.
-        let rel = existing.strip_prefix(self.root).unwrap_or(existing);
-        match resolve_in_root(self.root, rel, false) {
-            Ok(resolved) if resolved == existing => {}
-            _ => {
-                let moved = format!(
-                    "{} is no longer reached inside the root",
-                    existing.display()
-                );
-                return Err(t.io_err(
-                    "create hardlink",
-                    io::Error::new(io::ErrorKind::NotFound, moved),
-                ));
-            }
-        }
+        // out of the root. Only a path still reached through directories is linked, and the
+        // directory holding it is opened (without any symlink) before linking from it.
+        let moved = || {
+            let text = format!(
+                "{} is no longer reached inside the root",
+                existing.display()
+            );
+            t.io_err(
+                "create hardlink",
+                io::Error::new(io::ErrorKind::NotFound, text),
+            )
+        };
+        let from = self
+            .root_fd()?
+            .open(
+                rel.parent().unwrap_or(Path::new("")),
+                OFlags::PATH | OFlags::DIRECTORY,
+                Follow::Never,
+            )
+            .map_err(|_| moved())?;
         self.prepare(t)?;
         self.create_replacing(t, false, "create hardlink", || {
-            fs::hard_link(existing, &t.host)
+            rustix::fs::linkat(&from, name, t.dir(), &t.name, AtFlags::empty())
         })?;
         self.record(t.host.clone());
         Ok(())
@@ -480,21 +602,26 @@ impl<'r> RootWriter<'r> {
         rdev: u64,
         meta: &Meta,
     ) -> Result<(), WriteError> {
-        use nix::sys::stat::SFlag;
-        let sflag = match kind {
-            NodeKind::Char => SFlag::S_IFCHR,
-            NodeKind::Block => SFlag::S_IFBLK,
-            NodeKind::Fifo => SFlag::S_IFIFO,
+        let (file_type, rdev) = match kind {
+            NodeKind::Char => (FileType::CharacterDevice, rdev),
+            NodeKind::Block => (FileType::BlockDevice, rdev),
+            NodeKind::Fifo => (FileType::Fifo, 0),
         };
+        if t.is_root() {
+            return Err(t.io_err(
+                "create device node",
+                io::Error::from_raw_os_error(libc::EEXIST),
+            ));
+        }
         self.prepare(t)?;
         self.create_replacing(t, false, "create device node", || {
-            nix::sys::stat::mknod(
-                &t.host,
-                sflag,
-                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            rustix::fs::mknodat(
+                t.dir(),
+                &t.name,
+                file_type,
+                Mode::from_raw_mode(0o600),
                 rdev,
             )
-            .map_err(io::Error::from)
         })?;
         self.settle(t, meta, Settle::Node)?;
         self.record(t.host.clone());
@@ -502,29 +629,52 @@ impl<'r> RootWriter<'r> {
     }
 
     /// Owner, mode, xattrs and (except for directories) times of a just-created entry that is
-    /// not a regular file.
+    /// not a regular file, each set relative to the open parent without following the entry.
     fn settle(&self, t: &Target, meta: &Meta, kind: Settle) -> Result<(), WriteError> {
-        let host = &t.host;
+        if t.is_root() {
+            return self.settle_root(t, meta);
+        }
+        let (dir, name) = (t.dir(), t.name.as_os_str());
         if let Some((uid, gid)) = meta.owner {
-            std::os::unix::fs::lchown(host, Some(uid), Some(gid))
-                .map_err(|e| t.io_err("chown", e))?;
+            at::lchown_at(dir, name, uid, gid).map_err(|e| t.io_err("chown", e))?;
         }
         if kind != Settle::Symlink {
-            // `host` was just created or checked to be a non-symlink, so this does not follow one.
-            fs::set_permissions(host, fs::Permissions::from_mode(meta.mode))
-                .map_err(|e| t.io_err("chmod", e))?;
+            at::chmod_at(dir, name, meta.mode).map_err(|e| t.io_err("chmod", e))?;
         }
-        for (key, value) in &meta.xattrs {
-            let key = OsStr::from_bytes(key);
-            // `xattr::set` uses lsetxattr: never through a symlink.
-            if let Err(e) = xattr::set(host, key, value) {
-                self.xattr_failed(t, key, e)?;
+        if !meta.xattrs.is_empty() {
+            // `xattr::set` uses lsetxattr: never through the entry, and the parent is named
+            // through its descriptor.
+            let path = at::path_in(dir, name, &t.host);
+            for (key, value) in &meta.xattrs {
+                let key = OsStr::from_bytes(key);
+                if let Err(e) = xattr::set(&path, key, value) {
+                    self.xattr_failed(t, key, e)?;
+                }
             }
         }
         if kind != Settle::Dir {
-            // Never a call that opens the path: opening a fifo blocks.
-            filetime::set_symlink_file_times(host, meta.atime, meta.mtime)
+            // Never a call that opens the entry: opening a fifo blocks.
+            at::set_times_at(dir, name, meta.atime, meta.mtime)
                 .map_err(|e| t.io_err("set times of", e))?;
+        }
+        Ok(())
+    }
+
+    /// The root directory's own metadata (a layer's `./` entry), set through its path: the
+    /// root is the caller's directory, not something an entry made.
+    fn settle_root(&self, t: &Target, meta: &Meta) -> Result<(), WriteError> {
+        let root = self.root;
+        if let Some((uid, gid)) = meta.owner {
+            std::os::unix::fs::chown(root, Some(uid), Some(gid))
+                .map_err(|e| t.io_err("chown", e))?;
+        }
+        fs::set_permissions(root, fs::Permissions::from_mode(meta.mode))
+            .map_err(|e| t.io_err("chmod", e))?;
+        for (key, value) in &meta.xattrs {
+            let key = OsStr::from_bytes(key);
+            if let Err(e) = xattr::set(root, key, value) {
+                self.xattr_failed(t, key, e)?;
+            }
         }
         Ok(())
     }
@@ -554,126 +704,68 @@ impl<'r> RootWriter<'r> {
         t: &Target,
         new_is_dir: bool,
         action: &'static str,
-        create: impl Fn() -> io::Result<()>,
+        create: impl Fn() -> rustix::io::Result<()>,
     ) -> Result<(), WriteError> {
         match create() {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(Errno::EXIST) => {
                 if self.remove_existing(t, new_is_dir)? {
-                    create().map_err(|e| t.io_err(action, e))
+                    create().map_err(|e| t.io_err(action, e.into()))
                 } else {
                     Ok(())
                 }
             }
-            Err(e) => Err(t.io_err(action, e)),
+            Err(e) => Err(t.io_err(action, e.into())),
         }
-    }
-
-    /// Remove what is at the target unless it is a directory and the new entry is one too.
-    /// Returns whether the target is free now (false: a directory was kept).
-    fn remove_existing(&self, t: &Target, new_is_dir: bool) -> Result<bool, WriteError> {
-        let host = &t.host;
-        let meta = match fs::symlink_metadata(host) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(t.io_err("inspect", e)),
-        };
-        if meta.is_dir() && new_is_dir {
-            return Ok(false);
-        }
-        if meta.is_dir() || meta.file_type().is_symlink() {
-            // Removing a file cannot change how a directory path resolves; these can.
-            self.reshape();
-        }
-        if meta.is_dir() {
-            self.remove_tree(host)
-                .map_err(|e| t.io_err("remove directory", e))?;
-        } else {
-            fs::remove_file(host).map_err(|e| t.io_err("remove", e))?;
-        }
-        Ok(true)
-    }
-
-    fn reshape(&self) {
-        self.parent_cache.borrow_mut().clear();
-        self.reshaped_at.set(self.dir_times.len());
-    }
-
-    /// Remove `host` (a file, or a directory tree without following symlinks), sparing
-    /// protected subtrees and the directories that lead to them; a missing path is no error.
-    pub fn remove(&self, host: &Path) -> io::Result<()> {
-        if self.protected.contains(host) {
-            return Ok(());
-        }
-        let meta = match fs::symlink_metadata(host) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if meta.is_dir() || meta.file_type().is_symlink() {
-            // As in `remove_existing`: only these change how a path resolves.
-            self.reshape();
-        }
-        if meta.is_dir() {
-            self.remove_tree(host)
-        } else {
-            fs::remove_file(host)
-        }
-    }
-
-    fn remove_tree(&self, dir: &Path) -> io::Result<()> {
-        if !self.protected.holds(dir) {
-            // std's remove_dir_all never follows symlinks inside the tree.
-            return fs::remove_dir_all(dir);
-        }
-        for child in fs::read_dir(dir)? {
-            self.remove(&child?.path())?;
-        }
-        Ok(())
     }
 
     /// Set directory times, now that every entry is written, and return the host paths written
     /// (empty unless recording). A directory that was replaced since is left alone, and so is
     /// one no longer reached without a symlink: a parent replaced by a symlink out of the root
-    /// must not lead the time change outside.
+    /// must not lead the time change outside. Each directory is reached again from the root's
+    /// descriptor through directories only.
     pub fn finish(mut self) -> Result<Vec<PathBuf>, WriteError> {
         let times = std::mem::take(&mut self.dir_times);
-        let stale = self.reshaped_at.get();
-        let mut ordered: Vec<_> = times.into_iter().enumerate().collect();
+        let mut ordered = times;
         if self.opts.dir_times == DirTimes::FirstWins {
             ordered.reverse();
         }
-        for (index, (dir, atime, mtime)) in ordered {
-            if !self.still_a_dir(&dir, index < stale) {
+        let mut parents: HashMap<PathBuf, Option<OwnedFd>> = HashMap::new();
+        for (dir, atime, mtime) in ordered {
+            let err = |source| WriteError::Io {
+                action: "set times of",
+                rel: dir.strip_prefix(self.root).unwrap_or(&dir).to_path_buf(),
+                path: dir.clone(),
+                source,
+            };
+            let Ok(rel) = dir.strip_prefix(self.root) else {
                 continue;
-            }
-            filetime::set_symlink_file_times(&dir, atime, mtime).map_err(|source| {
-                WriteError::Io {
-                    action: "set times of",
-                    rel: dir.strip_prefix(self.root).unwrap_or(&dir).to_path_buf(),
-                    path: dir.clone(),
-                    source,
+            };
+            let Some(name) = rel.file_name() else {
+                filetime::set_symlink_file_times(self.root, atime, mtime).map_err(err)?;
+                continue;
+            };
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            if !parents.contains_key(parent_rel) {
+                if parents.len() >= MAX_OPEN_DIRS {
+                    parents.clear();
                 }
-            })?;
+                let fd = self
+                    .root_fd()?
+                    .open(parent_rel, OFlags::PATH | OFlags::DIRECTORY, Follow::Never)
+                    .ok();
+                parents.insert(parent_rel.to_path_buf(), fd);
+            }
+            let Some(Some(parent)) = parents.get(parent_rel) else {
+                continue;
+            };
+            match at::lstat_at(parent.as_fd(), name) {
+                Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {}
+                _ => continue,
+            }
+            at::set_times_at(parent.as_fd(), name, atime, mtime).map_err(err)?;
         }
         Ok(self.written)
-    }
-
-    /// Whether `dir` (a host path that was resolved inside the root) is still a directory
-    /// reached from the root through directories only; `recheck` when something was removed
-    /// after it was written.
-    fn still_a_dir(&self, dir: &Path, recheck: bool) -> bool {
-        if recheck {
-            // A component of `dir` may be a symlink now.
-            let rel = dir.strip_prefix(self.root).unwrap_or(dir);
-            match resolve_in_root(self.root, rel, true) {
-                Ok(resolved) if resolved == dir => {}
-                _ => return false,
-            }
-        }
-        fs::symlink_metadata(dir)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
     }
 }
 

@@ -1,7 +1,8 @@
-//! The I/O of a `CacheWarm` reconcile: read the resource, its current warmer Pod and (before
-//! creating a Pod) whether the pull Secret exists; then create the Pod, delete the previous
-//! run's Pod, write the status with one server-side-apply patch and publish an Event. Decisions
-//! are made by the pure [`super::status::plan`].
+//! The I/O of a `CacheWarm` reconcile: read the resource, its current warmer Pod and, while that
+//! Pod has not started, the kubelet's Warning Events about it (a missing pull Secret shows
+//! there); then create the Pod, delete the previous run's Pod, write the status with one
+//! server-side-apply patch and publish an Event. Decisions are made by the pure
+//! [`super::status::plan`].
 //!
 //! Warmer Pods are removed by the operator (previous run on refresh, all on deletion through the
 //! `kiln.dev/cleanup` finalizer), for the same reason as executor Pods.
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::pod::desired_pod;
@@ -22,8 +23,8 @@ use super::reason;
 use super::status::{self, current_pod_name, Observation, Plan};
 use crate::conditions::{self, Desired, Status};
 use crate::controller::{
-    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, secret_exists, truncate,
-    PodOwner,
+    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
+    pod_warnings, publish_event, truncate, PodOwner,
 };
 use crate::crd::{CacheWarm, Phase};
 use crate::metrics::KindLabel;
@@ -76,18 +77,22 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
     let now = Timestamp::now();
     let generation = cw.metadata.generation.unwrap_or(0);
     let plan = match status::validate(&cw, &ctx.config) {
-        Err(msg) => {
+        Err(invalid) => {
             let mut st = cw.status.clone().unwrap_or_default();
             st.phase = Some(Phase::Failed);
             st.observed_generation = Some(generation);
-            st.message = Some(format!("invalid spec: {msg}"));
+            st.message = Some(if invalid.reason == reason::NOT_PERMITTED {
+                format!("not permitted: {invalid}")
+            } else {
+                format!("invalid spec: {invalid}")
+            });
             st.conditions = conditions::set(
                 &st.conditions,
                 Desired {
                     type_: conditions::READY,
                     status: Status::False,
-                    reason: reason::INVALID_SPEC,
-                    message: msg,
+                    reason: invalid.reason,
+                    message: invalid.message,
                 },
                 Some(generation),
                 now,
@@ -112,13 +117,12 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
                 ownership::sort_out(found, cw.metadata.uid.as_deref().unwrap_or_default());
             let mut obs = Observation {
                 pod,
-                secret_missing: false,
+                missing_secret: None,
                 foreign_pod,
             };
-            if obs.pod.is_none() && obs.foreign_pod.is_none() {
-                if let Some(secret) = &cw.spec.pull_secret {
-                    obs.secret_missing = !secret_exists(&ctx.client, &ns, secret).await?;
-                }
+            if let Some(pod) = obs.pod.as_ref().filter(|p| pod_not_started(p)) {
+                let warnings = pod_warnings(&ctx.client, pod).await?;
+                obs.missing_secret = crate::pod_events::missing_secret(&warnings);
             }
             let plan = status::plan(&cw, interval, &obs, &ctx.config, now);
             if let Some(run) = plan.create_run {
@@ -154,9 +158,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
             action: "Warm".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &cw.object_ref(&())).await {
-            warn!(cachewarm = %name, error = %e, "could not publish event");
-        }
+        publish_event(ctx, &ev, &cw).await;
     }
     Ok(plan
         .requeue

@@ -17,4 +17,6 @@ pub mod reason {
     pub const POD_DELETED: &str = "PodDeleted";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A warmer image the operator's configuration does not allow.
+    pub const NOT_PERMITTED: &str = "NotPermitted";
 }

@@ -85,7 +85,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
             "app.kubernetes.io/name".to_string(),
             "kiln-warmer".to_string(),
         ),
-        (crate::LABEL_WARM.to_string(), name.clone()),
+        (crate::LABEL_WARM.to_string(), names::label_value(&name)),
         (crate::LABEL_GENERATION.to_string(), generation.to_string()),
         (crate::LABEL_ATTEMPT.to_string(), run.to_string()),
     ]);
@@ -113,10 +113,13 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
                 volume_mounts: Some(mounts),
                 termination_message_path: Some("/dev/termination-log".into()),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(crate::security::warmer_container()),
                 ..Default::default()
             }],
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(crate::security::pod()),
             volumes: Some(volumes),
             ..Default::default()
         }),
@@ -200,6 +203,10 @@ mod tests {
         );
         assert_eq!(s.restart_policy.as_deref(), Some("Never"));
         assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(s.enable_service_links, Some(false));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.capabilities.as_ref().unwrap().add, None);
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(
             p.metadata.labels.as_ref().unwrap()[crate::LABEL_WARM],
             "base"

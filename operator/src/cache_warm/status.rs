@@ -1,5 +1,6 @@
-//! From what was observed (the `CacheWarm`, its Pod of the current run, whether the pull Secret
-//! exists) to the next step and the new status. Pure: the clock is a parameter, no client.
+//! From what was observed (the `CacheWarm`, its Pod of the current run and, while that Pod has
+//! not started, what the kubelet says about it) to the next step and the new status. Pure: the
+//! clock is a parameter, no client.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::conditions::{self, Desired, Status};
 use crate::config::OperatorConfig;
 use crate::crd::{CacheWarm, CacheWarmStatus, Phase};
 use crate::duration;
-use crate::image_build::status::tail_lines;
+use crate::image_build::status::output_excerpt;
 use crate::names;
 use crate::ownership::POD_NAME_CONFLICT;
 
@@ -22,7 +23,9 @@ use crate::ownership::POD_NAME_CONFLICT;
 pub struct Observation {
     /// The warmer Pod of the current run, if it exists and this CacheWarm controls it.
     pub pod: Option<Pod>,
-    pub secret_missing: bool,
+    /// The Secret the kubelet cannot mount into that Pod because it does not exist (from its
+    /// Warning Events, read only while it has not started).
+    pub missing_secret: Option<String>,
     /// A Pod this CacheWarm does not control holds the current run's name (described).
     pub foreign_pod: Option<String>,
 }
@@ -37,17 +40,59 @@ pub struct Plan {
     pub event: Option<(bool, &'static str, String)>,
 }
 
-/// The refresh interval of a spec, checked.
-pub fn validate(cw: &CacheWarm, cfg: &OperatorConfig) -> Result<Duration, String> {
+/// Why a `CacheWarm` cannot be run: its condition reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// `InvalidSpec`, or `NotPermitted` for a warmer image the configuration does not allow.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn invalid(message: String) -> Invalid {
+    Invalid {
+        reason: reason::INVALID_SPEC,
+        message,
+    }
+}
+
+/// The refresh interval of a spec, checked, and its warmer image override checked against the
+/// operator's configuration (which allows none by default).
+pub fn validate(cw: &CacheWarm, cfg: &OperatorConfig) -> Result<Duration, Invalid> {
     if cw.spec.images.is_empty() {
-        return Err("spec.images is empty: list at least one image reference".into());
+        return Err(invalid(
+            "spec.images is empty: list at least one image reference".into(),
+        ));
+    }
+    if let Some(image) = cw.spec.warmer_image.as_deref() {
+        if image != cfg.warmer_image && !crate::config::allowed(&cfg.overrides.warmer_images, image)
+        {
+            return Err(Invalid {
+                reason: reason::NOT_PERMITTED,
+                message: format!(
+                    "spec.warmerImage {:?} is not permitted by the operator's configuration: \
+                     remove it to warm with the default warmer image, or ask the cluster \
+                     administrator to allow it (Helm value overrides.warmerImages, operator flag \
+                     --allowed-warmer-image)",
+                    crate::text::one_line(image, 128)
+                ),
+            });
+        }
     }
     match &cw.spec.refresh_interval {
         None => Ok(cfg.default_refresh_interval),
         Some(s) => {
-            let d = duration::parse(s).map_err(|e| format!("spec.refreshInterval: {e}"))?;
+            let d =
+                duration::parse(s).map_err(|e| invalid(format!("spec.refreshInterval: {e}")))?;
             if d < Duration::from_secs(1) {
-                return Err(format!("spec.refreshInterval must be at least 1s, not {s}"));
+                return Err(invalid(format!(
+                    "spec.refreshInterval must be at least 1s, not {s}"
+                )));
             }
             Ok(d)
         }
@@ -203,32 +248,6 @@ pub fn plan(
                     .map(|t| t.0)
                     .unwrap_or(Timestamp::UNIX_EPOCH);
                 Some((old.phase == Some(Phase::Succeeded), t))
-            } else if obs.secret_missing {
-                let secret = cw.spec.pull_secret.clone().unwrap_or_default();
-                let m = format!(
-                    "pull Secret {secret:?} does not exist in namespace {}: create a kubernetes.io/dockerconfigjson \
-                     Secret with that name",
-                    cw.namespace().unwrap_or_default()
-                );
-                st.phase = Some(Phase::Pending);
-                st.message = Some(m.clone());
-                if old
-                    .conditions
-                    .iter()
-                    .all(|c| c.reason != reason::SECRET_NOT_FOUND)
-                {
-                    plan.event = Some((true, reason::SECRET_NOT_FOUND, m.clone()));
-                }
-                set_conditions(
-                    &mut st,
-                    Status::False,
-                    reason::SECRET_NOT_FOUND,
-                    &m,
-                    generation,
-                    now,
-                );
-                plan.requeue = Some(Duration::from_secs(30));
-                None
             } else {
                 start(&mut st, &mut plan, run, None);
                 None
@@ -267,7 +286,7 @@ pub fn plan(
                         let m = format!(
                             "the warmer exited successfully but its termination message is not the expected JSON \
                              {{\"images\":[...]}} ({e}): {:?}",
-                            tail_lines(msg, cfg.failure_lines)
+                            output_excerpt(msg, cfg)
                         );
                         st.phase = Some(Phase::Failed);
                         st.message = Some(m.clone());
@@ -284,7 +303,7 @@ pub fn plan(
                 },
                 "Failed" => {
                     let first = !(same_gen && old.phase == Some(Phase::Failed));
-                    let m = format!("the warmer failed:\n{}", tail_lines(msg, cfg.failure_lines));
+                    let m = format!("the warmer failed:\n{}", output_excerpt(msg, cfg));
                     st.phase = Some(Phase::Failed);
                     st.message = Some(m.clone());
                     set_conditions(
@@ -300,11 +319,52 @@ pub fn plan(
                     }
                     Some((false, at))
                 }
-                other => {
+                "Pending" if obs.missing_secret.is_some() => {
+                    let secret = obs.missing_secret.as_deref().unwrap_or_default();
+                    let which = if cw.spec.pull_secret.as_deref() == Some(secret) {
+                        "pull Secret"
+                    } else {
+                        "Secret"
+                    };
                     let m = format!(
+                        "{which} {secret:?} does not exist in namespace {}, so the kubelet cannot \
+                         start warmer Pod {pod_name}: create a kubernetes.io/dockerconfigjson \
+                         Secret with that name (the warm run starts once it exists)",
+                        cw.namespace().unwrap_or_default()
+                    );
+                    st.phase = Some(Phase::Pending);
+                    st.pod_name = Some(pod_name.clone());
+                    st.message = Some(m.clone());
+                    if old
+                        .conditions
+                        .iter()
+                        .all(|c| c.reason != reason::SECRET_NOT_FOUND)
+                    {
+                        plan.event = Some((true, reason::SECRET_NOT_FOUND, m.clone()));
+                    }
+                    set_conditions(
+                        &mut st,
+                        Status::False,
+                        reason::SECRET_NOT_FOUND,
+                        &m,
+                        generation,
+                        now,
+                    );
+                    plan.requeue = Some(cfg.pending_recheck);
+                    None
+                }
+                other => {
+                    let mut m = format!(
                         "warm run {run}: warmer Pod {pod_name} is {}",
                         other.to_lowercase()
                     );
+                    if let Some(why) = crate::pod_events::stuck_container(pod, CONTAINER) {
+                        m.push_str(": ");
+                        m.push_str(&why);
+                    }
+                    if other == "Pending" {
+                        plan.requeue = Some(cfg.pending_recheck);
+                    }
                     st.phase = Some(Phase::Running);
                     st.pod_name = Some(pod_name.clone());
                     st.message = Some(m.clone());
@@ -483,30 +543,81 @@ mod tests {
         assert_eq!(p.event.as_ref().unwrap().1, "Failed");
     }
 
+    fn pending() -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn missing_pull_secret_waits() {
+    fn missing_pull_secret_is_reported_from_the_pod() {
         let mut c = cw();
         c.spec.pull_secret = Some("pull".into());
-        let p = step(
-            &mut c,
-            Observation {
-                pod: None,
-                secret_missing: true,
-                ..Default::default()
-            },
-            0,
-        );
+        // The Pod is created without looking for the Secret (the operator cannot read Secrets).
+        let p = step(&mut c, Observation::default(), 0);
+        assert_eq!(p.create_run, Some(1));
+        let stuck = || Observation {
+            pod: Some(pending()),
+            missing_secret: Some("pull".into()),
+            ..Default::default()
+        };
+        let p = step(&mut c, stuck(), 5);
         assert_eq!(p.create_run, None);
-        assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+        assert_eq!(p.requeue, Some(Duration::from_secs(15)));
         let s = c.status.as_ref().unwrap();
         assert_eq!(s.phase, Some(Phase::Pending));
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .starts_with("pull Secret \"pull\" does not exist"),
+            "{:?}",
+            s.message
+        );
         assert_eq!(
             conditions::get(&s.conditions, "Ready").unwrap().reason,
             "SecretNotFound"
         );
         assert_eq!(p.event.unwrap().1, "SecretNotFound");
-        let p = step(&mut c, Observation::default(), 31);
-        assert_eq!(p.create_run, Some(1));
+        // Still missing: no second Event.
+        assert_eq!(step(&mut c, stuck(), 20).event, None);
+        // The Secret appears and the kubelet starts the Pod.
+        let p = step(
+            &mut c,
+            Observation {
+                pod: Some(pod("Running", "", 0)),
+                ..Default::default()
+            },
+            40,
+        );
+        assert_eq!(p.requeue, None);
+        assert_eq!(
+            conditions::get(&c.status.as_ref().unwrap().conditions, "Ready")
+                .unwrap()
+                .reason,
+            "Warming"
+        );
+    }
+
+    #[test]
+    fn warmer_image_override_needs_permission() {
+        let mut c = cw();
+        c.spec.warmer_image = Some("evil.example/warmer:1".into());
+        let e = validate(&c, &OperatorConfig::default()).unwrap_err();
+        assert_eq!(e.reason, "NotPermitted");
+        assert!(e.message.contains("--allowed-warmer-image"), "{e}");
+        let cfg = OperatorConfig {
+            overrides: crate::config::OverridePolicy {
+                warmer_images: vec!["evil.example/*".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(validate(&c, &cfg).is_ok());
     }
 
     #[test]
@@ -529,9 +640,9 @@ mod tests {
     fn rejects_bad_interval() {
         let mut c = cw();
         c.spec.refresh_interval = Some("daily".into());
-        assert!(validate(&c, &OperatorConfig::default())
-            .unwrap_err()
-            .contains("refreshInterval"));
+        let e = validate(&c, &OperatorConfig::default()).unwrap_err();
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(e.message.contains("refreshInterval"), "{e}");
     }
 
     #[test]

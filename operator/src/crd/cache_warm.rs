@@ -48,8 +48,10 @@ pub struct CacheWarmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))]
     pub platform: Option<String>,
-    /// Warmer image to use instead of the operator's default.
+    /// Warmer image to use instead of the operator's default. Only images the operator's
+    /// configuration allows are accepted (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
     pub warmer_image: Option<String>,
 }
 

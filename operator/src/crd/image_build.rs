@@ -52,9 +52,13 @@ use super::Phase;
 pub struct ImageBuildSpec {
     /// Where the build context comes from: exactly one of git, configMap, persistentVolumeClaim, url.
     pub source: BuildSource,
-    /// Path of the Dockerfile, relative to the context (default `Dockerfile`).
+    /// Path of the Dockerfile inside the context (default `Dockerfile`): relative, with no `..`
+    /// component, so it never names a file outside the context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(super::INSIDE_RULE).message(
+        "spec.dockerfile must be a path inside the build context: relative, with no '..' component"
+    ))]
     pub dockerfile: Option<String>,
     /// Stage to build (name or index); the last stage when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,8 +89,10 @@ pub struct ImageBuildSpec {
     /// Tolerations of the executor Pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
-    /// Service account the executor Pod runs as (its token is never mounted).
+    /// Service account the executor Pod runs as (its token is never mounted). Only names the
+    /// operator's configuration allows are accepted (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
     /// Wall-clock limit of one attempt, like `30m` or `1h30m` (Pod activeDeadlineSeconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,10 +102,19 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: Option<i32>,
-    /// Executor image to use instead of the operator's default.
+    /// Executor image to use instead of the operator's default. Only images the operator's
+    /// configuration allows are accepted (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub executor_image: Option<String>,
+    /// Capabilities to add to the executor container beyond the default set (CHOWN,
+    /// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETFCAP, SETGID, SETUID), like `MKNOD` for a base
+    /// image whose layers hold device nodes. Only capabilities the operator's configuration
+    /// allows are accepted (none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^(CAP_)?[A-Z][A-Z0-9_]*$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub add_capabilities: Vec<String>,
 }
 
 /// The build context. Exactly one field is set (enforced at admission).
@@ -130,8 +145,12 @@ pub struct GitSource {
     /// Branch, tag or commit; the default branch when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// Directory of the repository to use as the context.
+    /// Directory of the repository to use as the context (relative, no `..` component).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new(super::INSIDE_RULE).message(
+        "spec.source.git.subPath must be a path inside the repository: relative, with no '..' component"
+    ))]
     pub sub_path: Option<String>,
 }
 
@@ -148,8 +167,12 @@ pub struct ConfigMapSource {
 pub struct PvcSource {
     #[schemars(length(min = 1, max = 253))]
     pub claim_name: String,
-    /// Directory of the volume holding the context.
+    /// Directory of the volume holding the context (relative, no `..` component).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new(super::INSIDE_RULE).message(
+        "spec.source.persistentVolumeClaim.subPath must be a path inside the volume: relative, with no '..' component"
+    ))]
     pub sub_path: Option<String>,
 }
 
@@ -159,7 +182,9 @@ pub struct CacheSpec {
     /// Cache layers in a registry repository (`--cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Repository of the layer cache (`--cache-repo`); derived from the first destination when unset.
+    /// Repository of the layer cache (`--cache-repo`): the only repository the build reads cached
+    /// layers from. When unset, the operator's per-namespace cache repository
+    /// (`<cacheRegistry>/<namespace>/cache`) if it has one, else `<first destination>/cache`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     /// How long cached layers stay valid, like `168h` (`--cache-ttl`).

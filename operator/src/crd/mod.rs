@@ -19,6 +19,11 @@ pub const GROUP: &str = "kiln.dev";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
+/// CEL rule of a path that must stay inside a directory (the Dockerfile in the context, a
+/// sub-directory of a repository or volume): relative and without a `..` component. The
+/// reconciler checks the same ([`crate::image_build::validate`]) for objects stored before.
+pub const INSIDE_RULE: &str = r"!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')";
+
 /// Phase of an `ImageBuild` or `CacheWarm`, as shown by `kubectl get`.
 #[derive(
     Debug,

@@ -1,7 +1,8 @@
-//! The I/O of an `ImageBuild` reconcile: read the build, its current Pod and (before creating a
-//! Pod) whether the push Secret exists; then create the Pod, delete superseded Pods, write the
-//! status with one server-side-apply patch and publish an Event. Decisions are made by the pure
-//! [`super::status::plan`], never here.
+//! The I/O of an `ImageBuild` reconcile: read the build, its current Pod and, while that Pod has
+//! not started, the Warning Events the kubelet wrote about it (a missing push Secret shows there:
+//! the operator has no permission on Secrets); then create the Pod, delete superseded Pods, write
+//! the status with one server-side-apply patch and publish an Event. Decisions are made by the
+//! pure [`super::status::plan`], never here.
 //!
 //! Deletion: without kube-controller-manager nothing garbage-collects owned Pods, and even with
 //! it a running build should stop promptly; so a finalizer (`kiln.dev/cleanup`) lets the
@@ -16,14 +17,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
-use super::validate::validate;
+use super::validate::{permitted, validate};
 use crate::controller::{
-    cleanup, create_pod, delete_pods, kube_err, patch_status, secret_exists, truncate, PodOwner,
+    cleanup, create_pod, delete_pods, kube_err, patch_status, pod_not_started, pod_warnings,
+    publish_event, truncate, PodOwner,
 };
 use crate::crd::{ImageBuild, Phase};
 use crate::metrics::KindLabel;
@@ -76,12 +78,14 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
     else {
         return Ok(Action::await_change());
     };
-    // Decide on the build as it runs, operator defaults included: the default push Secret
-    // must exist like a named one, and messages name the Secret actually used.
+    // Decide on the build as it runs, operator defaults included, so that messages name the
+    // Secret and cache repository actually used.
     let build = with_defaults(&build, &ctx.config);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
-    let plan = match validate(&build.spec) {
+    let checked =
+        validate(&build.spec).and_then(|valid| permitted(&build.spec, &ctx.config).map(|()| valid));
+    let plan = match checked {
         Err(e) => status::plan_invalid(&build, &e, now),
         Ok(valid) => {
             let generation = build.metadata.generation.unwrap_or(0);
@@ -100,10 +104,9 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
                 // name (another object's Pod, one created by hand) is reported, never adopted.
                 (obs.pod, obs.foreign_pod) =
                     ownership::sort_out(found, build.metadata.uid.as_deref().unwrap_or_default());
-                if obs.pod.is_none() && obs.foreign_pod.is_none() {
-                    if let Some(secret) = &build.spec.push_secret {
-                        obs.secret_missing = !secret_exists(&ctx.client, &ns, secret).await?;
-                    }
+                if let Some(pod) = obs.pod.as_ref().filter(|p| pod_not_started(p)) {
+                    let warnings = pod_warnings(&ctx.client, pod).await?;
+                    obs.missing_secret = crate::pod_events::missing_secret(&warnings);
                 }
             }
             let plan = status::plan(&build, &valid, &obs, &ctx.config, now);
@@ -147,10 +150,7 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
             action: "Build".into(),
             secondary: None,
         };
-        // An event that cannot be published must not fail the build.
-        if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
-            warn!(build = %name, error = %e, "could not publish event");
-        }
+        publish_event(ctx, &event, build).await;
     }
     if let Some((ok, took)) = plan.finished {
         ctx.metrics.build_finished(ok, took);

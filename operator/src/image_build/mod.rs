@@ -9,7 +9,7 @@ pub mod validate;
 pub use controller::{reconcile, Context};
 pub use pod::{desired_pod, ExecutorResult};
 pub use status::{observe_pod, plan, Observation, Plan, PodOutcome};
-pub use validate::{validate, InvalidSpec, ValidSpec};
+pub use validate::{permitted, validate, InvalidSpec, ValidSpec};
 
 /// Condition reasons used on `ImageBuild`s.
 pub mod reason {
@@ -20,5 +20,8 @@ pub mod reason {
     pub const POD_DELETED: &str = "PodDeleted";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An override (executor image, service account, capability) the operator's configuration
+    /// does not allow.
+    pub const NOT_PERMITTED: &str = "NotPermitted";
     pub const RETRYING: &str = "Retrying";
 }

@@ -19,7 +19,7 @@ use super::validate::ValidSpec;
 use crate::config::OperatorConfig;
 use crate::crd::ImageBuild;
 use crate::docker_config::DockerConfig;
-use crate::names;
+use crate::{names, security};
 
 pub use crate::docker_config::DOCKER_CONFIG_DIR;
 
@@ -52,9 +52,11 @@ pub fn git_context(url: &str, revision: Option<&str>) -> String {
 }
 
 /// The build as the operator runs it: the operator-wide executor defaults (push Secret,
-/// resources, warmed cache claim) filled in where the build sets none.
+/// resources, warmed cache claim, the namespace's layer-cache repository) filled in where the
+/// build sets none.
 pub fn with_defaults(build: &ImageBuild, cfg: &OperatorConfig) -> ImageBuild {
     let mut b = build.clone();
+    let namespace = b.namespace().unwrap_or_default();
     let spec = &mut b.spec;
     if spec.push_secret.as_deref().is_none_or(str::is_empty) {
         spec.push_secret = cfg.default_push_secret.clone();
@@ -68,7 +70,20 @@ pub fn with_defaults(build: &ImageBuild, cfg: &OperatorConfig) -> ImageBuild {
             cache.warm_claim = Some(claim.clone());
         }
     }
+    if let (Some(registry), Some(cache)) = (&cfg.cache_registry, spec.cache.as_mut()) {
+        // One repository per namespace: a build reads cached layers only from the repository
+        // its own namespace writes (or the one it names), never another tenant's.
+        if cache.enabled == Some(true) && cache.repository.as_deref().is_none_or(str::is_empty) {
+            cache.repository = Some(namespace_cache_repo(registry, &namespace));
+        }
+    }
     b
+}
+
+/// `<registry>/<namespace>/cache`: the layer-cache repository of builds in `namespace` that
+/// name none, when the operator has a cache registry.
+pub fn namespace_cache_repo(registry: &str, namespace: &str) -> String {
+    format!("{}/{namespace}/cache", registry.trim_end_matches('/'))
 }
 
 /// The executor's arguments, in a stable order.
@@ -131,7 +146,10 @@ pub fn pod_labels(build_name: &str, generation: i64, attempt: i32) -> BTreeMap<S
             "app.kubernetes.io/name".to_string(),
             "kiln-executor".to_string(),
         ),
-        (crate::LABEL_BUILD.to_string(), build_name.to_string()),
+        (
+            crate::LABEL_BUILD.to_string(),
+            names::label_value(build_name),
+        ),
         (crate::LABEL_GENERATION.to_string(), generation.to_string()),
         (crate::LABEL_ATTEMPT.to_string(), attempt.to_string()),
     ])
@@ -206,6 +224,11 @@ pub fn desired_pod(
         });
     }
 
+    let extra_caps: Vec<String> = spec
+        .add_capabilities
+        .iter()
+        .map(|c| crate::config::capability_name(c))
+        .collect();
     let container = Container {
         name: CONTAINER.into(),
         image: Some(
@@ -225,6 +248,7 @@ pub fn desired_pod(
         termination_message_path: Some("/dev/termination-log".into()),
         // If the executor dies before writing its message, the tail of its output is reported.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(security::executor_container(cfg, &extra_caps)),
         ..Default::default()
     };
 
@@ -240,6 +264,11 @@ pub fn desired_pod(
             containers: vec![container],
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
+            // No environment variables describing the namespace's Services: nothing a build
+            // needs, and less for a RUN step to read.
+            enable_service_links: Some(false),
+            security_context: Some(security::pod()),
+            host_users: cfg.executor_user_namespace.then_some(false),
             service_account_name: spec.service_account_name.clone(),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
@@ -328,6 +357,23 @@ mod tests {
         let s = p.spec.as_ref().unwrap();
         assert_eq!(s.restart_policy.as_deref(), Some("Never"));
         assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(s.enable_service_links, Some(false));
+        assert_eq!(s.host_users, None);
+        assert_eq!(
+            s.security_context
+                .as_ref()
+                .unwrap()
+                .seccomp_profile
+                .as_ref()
+                .unwrap()
+                .type_,
+            "RuntimeDefault"
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(caps.add.as_ref().unwrap().len(), 8);
         assert_eq!(s.active_deadline_seconds, None);
         assert!(s.volumes.is_none());
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
@@ -520,6 +566,73 @@ mod tests {
             c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
             "2Gi"
         );
+    }
+
+    #[test]
+    fn permitted_capabilities_and_user_namespace() {
+        let mut b = build(git());
+        b.spec.add_capabilities = vec!["cap_mknod".into()];
+        let cfg = OperatorConfig {
+            executor_user_namespace: true,
+            ..Default::default()
+        };
+        let p = desired_pod(&b, &valid(), &cfg, 1);
+        let s = p.spec.as_ref().unwrap();
+        assert_eq!(s.host_users, Some(false));
+        let add = s.containers[0]
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .add
+            .clone()
+            .unwrap();
+        assert!(add.contains(&"MKNOD".to_string()), "{add:?}");
+    }
+
+    #[test]
+    fn long_build_names_give_valid_pod_names_and_labels() {
+        let mut b = build(git());
+        b.metadata.name = Some(format!("{}.{}", "a".repeat(200), "b".repeat(52)));
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let name = p.metadata.name.as_deref().unwrap();
+        assert!(name.len() <= 63 && name.ends_with("-build-4-1"), "{name}");
+        let label = &p.metadata.labels.as_ref().unwrap()[crate::LABEL_BUILD];
+        assert_eq!(label.len(), 63, "{label}");
+        assert_eq!(*label, names::label_value(&b.name_any()));
+    }
+
+    #[test]
+    fn layer_cache_defaults_to_the_namespaces_repository() {
+        let mut b = build(git());
+        b.spec.cache = Some(CacheSpec {
+            enabled: Some(true),
+            ..Default::default()
+        });
+        let cfg = OperatorConfig {
+            cache_registry: Some("cache.local:5000/kiln/".into()),
+            ..Default::default()
+        };
+        let args = executor_args(&with_defaults(&b, &cfg));
+        assert!(
+            args.contains(&"--cache-repo=cache.local:5000/kiln/ns/cache".to_string()),
+            "{args:?}"
+        );
+        // Without a cache registry the executor derives it from the first destination.
+        let args = executor_args(&with_defaults(&b, &OperatorConfig::default()));
+        assert!(
+            !args.iter().any(|a| a.starts_with("--cache-repo")),
+            "{args:?}"
+        );
+        // A repository the build names wins; a disabled cache gets none.
+        b.spec.cache.as_mut().unwrap().repository = Some("reg.local/mine".into());
+        let args = executor_args(&with_defaults(&b, &cfg));
+        assert!(args.contains(&"--cache-repo=reg.local/mine".to_string()));
+        b.spec.cache = Some(CacheSpec::default());
+        let eff = with_defaults(&b, &cfg);
+        assert_eq!(eff.spec.cache.unwrap().repository, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! From what was observed (the build, its Pod of the current attempt, whether the push Secret
-//! exists) to what to do next and the new status. Pure: the clock is a parameter, no client.
+//! From what was observed (the build, its Pod of the current attempt and, while that Pod has not
+//! started, what the kubelet says about it) to what to do next and the new status. Pure: the
+//! clock is a parameter, no client.
 //!
 //! State lives in `status` (observedGeneration, attempts, podName), so the decision after an
 //! operator restart is the same as before it: a finished generation is never rerun, a running
@@ -26,8 +27,9 @@ use crate::ownership::POD_NAME_CONFLICT;
 pub struct Observation {
     /// The Pod named for the current attempt (see [`current_attempt`]), if it exists.
     pub pod: Option<Pod>,
-    /// The push Secret is named but does not exist (only looked up before creating a Pod).
-    pub secret_missing: bool,
+    /// The Secret the kubelet cannot mount into that Pod because it does not exist (from the
+    /// Pod's Warning Events, read only while it has not started; see [`crate::pod_events`]).
+    pub missing_secret: Option<String>,
     /// A Pod this build does not control holds the current attempt's name (described); `pod`
     /// is then `None` and nothing is created until the name is free.
     pub foreign_pod: Option<String>,
@@ -73,7 +75,8 @@ pub struct Plan {
     pub finished: Option<(bool, Option<Duration>)>,
 }
 
-const SECRET_RECHECK: Duration = Duration::from_secs(30);
+/// How often a build whose Pod name is taken by a stranger looks again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
 /// The executor container's terminated state, if it has one.
 fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
@@ -89,14 +92,14 @@ fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
         .as_ref()
 }
 
-/// The last `n` non-empty lines of `text`.
-pub fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// The end of a program's output as a status may carry it: the last `cfg.failure_lines`
+/// non-empty lines within `cfg.failure_bytes` bytes (see [`crate::text::excerpt`]).
+pub fn output_excerpt(text: &str, cfg: &OperatorConfig) -> String {
+    crate::text::excerpt(text, cfg.failure_lines, cfg.failure_bytes)
 }
 
-/// Reads the outcome of an executor Pod.
-pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
+/// Reads the outcome of an executor Pod; output is copied only as a bounded excerpt.
+pub fn observe_pod(pod: &Pod, cfg: &OperatorConfig) -> PodOutcome {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     let term = terminated(pod);
@@ -111,7 +114,7 @@ pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
                 message: format!(
                     "the executor exited successfully but its termination message is not the expected \
                      JSON {{\"digest\":\"sha256:...\",\"references\":[...]}}: {:?}",
-                    tail_lines(message, tail)
+                    output_excerpt(message, cfg)
                 ),
                 finished,
             },
@@ -119,7 +122,10 @@ pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
         "Failed" => {
             let pod_reason = status.and_then(|s| s.reason.as_deref()).unwrap_or("");
             if pod_reason == "DeadlineExceeded" {
-                let detail = status.and_then(|s| s.message.clone()).unwrap_or_default();
+                let detail = crate::text::one_line(
+                    status.and_then(|s| s.message.as_deref()).unwrap_or_default(),
+                    crate::text::MAX_LINE,
+                );
                 PodOutcome::Failed {
                     reason: reason::TIMEOUT,
                     message: format!("the build exceeded spec.timeout and was stopped. {detail}")
@@ -129,7 +135,7 @@ pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
                 }
             } else {
                 let code = term.map(|t| t.exit_code);
-                let out = tail_lines(message, tail);
+                let out = output_excerpt(message, cfg);
                 let mut m = match code {
                     Some(c) => format!("the executor failed with exit code {c}"),
                     None => "the executor Pod failed".to_string(),
@@ -138,7 +144,7 @@ pub fn observe_pod(pod: &Pod, tail: usize) -> PodOutcome {
                     m.push_str(":\n");
                     m.push_str(&out);
                 } else if let Some(r) = term.and_then(|t| t.reason.as_deref()) {
-                    m.push_str(&format!(" ({r})"));
+                    m.push_str(&format!(" ({})", crate::text::one_line(r, 64)));
                 }
                 PodOutcome::Failed {
                     reason: reason::BUILD_FAILED,
@@ -218,11 +224,17 @@ impl Builder<'_> {
     }
 }
 
-/// The invalid-spec outcome: no Pod, status Failed with reason `InvalidSpec`.
+/// The invalid-spec outcome: no Pod, status Failed with reason `InvalidSpec` (or `NotPermitted`
+/// for an override the operator's configuration refuses).
 pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Plan {
     let generation = build.metadata.generation.unwrap_or(0);
     let old = build.status.clone().unwrap_or_default();
-    let message = format!("invalid spec: {err}");
+    let why = err.reason();
+    let message = if why == reason::NOT_PERMITTED {
+        format!("not permitted: {err}")
+    } else {
+        format!("invalid spec: {err}")
+    };
     let already = old.observed_generation == Some(generation)
         && old.phase == Some(Phase::Failed)
         && old.message.as_deref() == Some(message.as_str());
@@ -240,18 +252,14 @@ pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Pl
     b.new.observed_generation = Some(generation);
     b.new.message = Some(message.clone());
     b.new.completion_time = Some(Time(now));
-    b.conditions(
-        (Status::False, reason::INVALID_SPEC),
-        (Status::False, reason::INVALID_SPEC),
-        &message,
-    );
+    b.conditions((Status::False, why), (Status::False, why), &message);
     Plan {
         status: (!already).then_some(b.new),
         create_attempt: None,
         supersede_old_generations: b.old.observed_generation != Some(generation),
         event: (!already).then_some(BuildEvent {
             warning: true,
-            reason: reason::INVALID_SPEC,
+            reason: why,
             note: message,
         }),
         requeue: None,
@@ -303,7 +311,7 @@ pub fn plan(
     let start_time = |b: &Builder| b.new.start_time.clone().unwrap_or(Time(now));
 
     let outcome = match &obs.pod {
-        Some(pod) => observe_pod(pod, cfg.failure_lines),
+        Some(pod) => observe_pod(pod, cfg),
         None => {
             let created_before = same_gen
                 && b.old.pod_name.as_deref() == Some(pod_name.as_str())
@@ -331,7 +339,7 @@ pub fn plan(
                         note: m,
                     });
                 }
-                plan.requeue = Some(SECRET_RECHECK);
+                plan.requeue = Some(CONFLICT_RECHECK);
                 if b.new != b.old {
                     plan.status = Some(b.new);
                 }
@@ -344,34 +352,6 @@ pub fn plan(
                     // recorded time, so the backoff keeps counting from there.
                     finished: Some(b.old.completion_time.as_ref().map(|t| t.0).unwrap_or(now)),
                 }
-            } else if obs.secret_missing {
-                let secret = build.spec.push_secret.clone().unwrap_or_default();
-                let m = format!(
-                    "push Secret {secret:?} does not exist in namespace {}: create a kubernetes.io/dockerconfigjson \
-                     Secret with that name",
-                    build.namespace().unwrap_or_default()
-                );
-                b.new.phase = Some(Phase::Pending);
-                b.new.message = Some(m.clone());
-                b.conditions(
-                    (Status::False, reason::SECRET_NOT_FOUND),
-                    (Status::Unknown, reason::SECRET_NOT_FOUND),
-                    &m,
-                );
-                if b.old
-                    .conditions
-                    .iter()
-                    .all(|c| c.reason != reason::SECRET_NOT_FOUND)
-                {
-                    plan.event = Some(BuildEvent {
-                        warning: true,
-                        reason: reason::SECRET_NOT_FOUND,
-                        note: m,
-                    });
-                }
-                plan.requeue = Some(SECRET_RECHECK);
-                plan.status = Some(b.new);
-                return plan;
             } else {
                 // Start this attempt.
                 let m = format!("attempt {attempt}: executor Pod {pod_name} created");
@@ -398,12 +378,55 @@ pub fn plan(
     b.new.pod_name = Some(pod_name.clone());
     b.new.start_time = Some(start_time(&b));
     match outcome {
+        PodOutcome::Pending if obs.missing_secret.is_some() => {
+            // The kubelet cannot mount the Secret (its FailedMount Event names it). The Pod
+            // starts by itself once the Secret exists; nothing is recreated.
+            let secret = obs.missing_secret.as_deref().unwrap_or_default();
+            let which = if build.spec.push_secret.as_deref() == Some(secret) {
+                "push Secret"
+            } else {
+                "Secret"
+            };
+            let m = format!(
+                "{which} {secret:?} does not exist in namespace {}, so the kubelet cannot start \
+                 executor Pod {pod_name}: create a kubernetes.io/dockerconfigjson Secret with that \
+                 name (the build starts once it exists)",
+                build.namespace().unwrap_or_default()
+            );
+            b.new.phase = Some(Phase::Pending);
+            b.new.message = Some(m.clone());
+            b.conditions(
+                (Status::False, reason::SECRET_NOT_FOUND),
+                (Status::Unknown, reason::SECRET_NOT_FOUND),
+                &m,
+            );
+            if b.old
+                .conditions
+                .iter()
+                .all(|c| c.reason != reason::SECRET_NOT_FOUND)
+            {
+                plan.event = Some(BuildEvent {
+                    warning: true,
+                    reason: reason::SECRET_NOT_FOUND,
+                    note: m,
+                });
+            }
+            plan.requeue = Some(cfg.pending_recheck);
+        }
         PodOutcome::Pending | PodOutcome::Running => {
             let running = outcome == PodOutcome::Running;
-            let m = format!(
+            let mut m = format!(
                 "attempt {attempt}: executor Pod {pod_name} is {}",
                 if running { "running" } else { "pending" }
             );
+            if let Some(why) = obs
+                .pod
+                .as_ref()
+                .and_then(|p| crate::pod_events::stuck_container(p, CONTAINER))
+            {
+                m.push_str(": ");
+                m.push_str(&why);
+            }
             b.new.phase = Some(if running {
                 Phase::Running
             } else {
@@ -415,6 +438,11 @@ pub fn plan(
                 (Status::Unknown, reason::BUILDING),
                 &m,
             );
+            if !running {
+                // A Pod that has not started changes nothing the watch would see when its
+                // Secret is missing: look at its Events again.
+                plan.requeue = Some(cfg.pending_recheck);
+            }
         }
         PodOutcome::Succeeded { result, finished } => {
             let done = finished.unwrap_or(now);

@@ -1,10 +1,17 @@
 //! Validation of an `ImageBuild` spec beyond what admission already enforces (an object stored
-//! before the CRD tightened, or a rule the schema cannot express). Pure: no client.
+//! before the CRD tightened, or a rule the schema cannot express), and the check of its
+//! overrides against what the operator's configuration permits. Pure: no client.
 
 use std::time::Duration;
 
+use super::reason;
+use crate::config::{allowed, capability_name, OperatorConfig};
 use crate::crd::ImageBuildSpec;
 use crate::duration;
+use crate::text::one_line;
+
+/// Longest excerpt of a user-given value repeated in a message.
+const MAX_ECHO: usize = 128;
 
 /// A spec that passed validation, with its parsed values.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +39,101 @@ pub enum InvalidSpec {
     Retries(i32),
     #[error("spec.buildArgs has an invalid name {0:?}: names are non-empty and contain no '='")]
     BuildArgName(String),
+    #[error("spec.{field} {value:?} {problem}: give a relative path with no '..' component")]
+    OutsidePath {
+        field: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    #[error(
+        "spec.executorImage {image:?} is not permitted by the operator's configuration: remove it \
+         to build with the default executor image, or ask the cluster administrator to allow it \
+         (Helm value overrides.executorImages, operator flag --allowed-executor-image)"
+    )]
+    ExecutorImageNotPermitted { image: String },
+    #[error(
+        "spec.serviceAccountName {name:?} is not permitted by the operator's configuration: remove \
+         it, or ask the cluster administrator to allow it (Helm value overrides.serviceAccounts, \
+         operator flag --allowed-service-account)"
+    )]
+    ServiceAccountNotPermitted { name: String },
+    #[error(
+        "spec.addCapabilities {capability:?} is not permitted by the operator's configuration: \
+         remove it, or ask the cluster administrator to allow it (Helm value \
+         overrides.capabilities, operator flag --allowed-capability)"
+    )]
+    CapabilityNotPermitted { capability: String },
+}
+
+impl InvalidSpec {
+    /// The condition reason: `NotPermitted` for an override the operator's configuration
+    /// refuses, `InvalidSpec` for everything else.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidSpec::ExecutorImageNotPermitted { .. }
+            | InvalidSpec::ServiceAccountNotPermitted { .. }
+            | InvalidSpec::CapabilityNotPermitted { .. } => reason::NOT_PERMITTED,
+            _ => reason::INVALID_SPEC,
+        }
+    }
+}
+
+/// Checks that `value` names something inside the directory it is relative to: not absolute,
+/// no `..` component, no NUL. The same rule as the CRD's (`crd::INSIDE_RULE`).
+pub fn inside(field: &'static str, value: &str) -> Result<(), InvalidSpec> {
+    let problem = if value.starts_with('/') {
+        Some("is an absolute path")
+    } else if value.split('/').any(|c| c == "..") {
+        Some("leaves its directory through '..'")
+    } else if value.contains('\0') {
+        Some("contains a NUL character")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(InvalidSpec::OutsidePath {
+            field,
+            value: one_line(value, MAX_ECHO),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the spec's overrides of what the operator decides (executor image, service account,
+/// added capabilities) against the operator's configuration, which allows none by default.
+/// An override equal to what the operator would use anyway is no override.
+pub fn permitted(spec: &ImageBuildSpec, cfg: &OperatorConfig) -> Result<(), InvalidSpec> {
+    let policy = &cfg.overrides;
+    if let Some(image) = spec.executor_image.as_deref() {
+        if image != cfg.executor_image && !allowed(&policy.executor_images, image) {
+            return Err(InvalidSpec::ExecutorImageNotPermitted {
+                image: one_line(image, MAX_ECHO),
+            });
+        }
+    }
+    if let Some(name) = spec.service_account_name.as_deref() {
+        if name != "default" && !allowed(&policy.service_accounts, name) {
+            return Err(InvalidSpec::ServiceAccountNotPermitted {
+                name: one_line(name, MAX_ECHO),
+            });
+        }
+    }
+    let permitted_caps: Vec<String> = policy
+        .capabilities
+        .iter()
+        .map(|c| capability_name(c))
+        .collect();
+    for cap in &spec.add_capabilities {
+        let name = capability_name(cap);
+        let default = crate::security::BUILD_CAPABILITIES.contains(&name.as_str());
+        if !default && !allowed(&permitted_caps, &name) {
+            return Err(InvalidSpec::CapabilityNotPermitted {
+                capability: one_line(cap, MAX_ECHO),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a spec and returns the parsed values the Pod builder needs.
@@ -83,7 +185,20 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
         .keys()
         .find(|k| k.is_empty() || k.contains('='))
     {
-        return Err(InvalidSpec::BuildArgName(k.clone()));
+        return Err(InvalidSpec::BuildArgName(one_line(k, MAX_ECHO)));
+    }
+    if let Some(path) = &spec.dockerfile {
+        inside("dockerfile", path)?;
+    }
+    if let Some(sub) = s.git.as_ref().and_then(|g| g.sub_path.as_deref()) {
+        inside("source.git.subPath", sub)?;
+    }
+    if let Some(sub) = s
+        .persistent_volume_claim
+        .as_ref()
+        .and_then(|p| p.sub_path.as_deref())
+    {
+        inside("source.persistentVolumeClaim.subPath", sub)?;
     }
     Ok(ValidSpec { timeout, retries })
 }
@@ -167,6 +282,95 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("spec.cache.ttl"));
+    }
+
+    #[test]
+    fn paths_stay_inside_the_context() {
+        let mut s = spec();
+        for ok in [
+            "Dockerfile",
+            "build/Dockerfile",
+            "./a/../b",
+            "a/..b/c",
+            "...",
+            "a//b",
+        ] {
+            s.dockerfile = Some(ok.into());
+            // "./a/../b" has a '..' component: only the others pass.
+            assert_eq!(validate(&s).is_ok(), ok != "./a/../b", "{ok}");
+        }
+        for (bad, problem) in [
+            ("/kiln/.docker/config.json", "is an absolute path"),
+            ("../secret", "leaves its directory"),
+            ("a/../../etc/passwd", "leaves its directory"),
+            ("a/..", "leaves its directory"),
+            ("a\0b", "NUL"),
+        ] {
+            s.dockerfile = Some(bad.into());
+            let e = validate(&s).unwrap_err();
+            assert_eq!(e.reason(), "InvalidSpec");
+            let m = e.to_string();
+            assert!(
+                m.starts_with("spec.dockerfile ") && m.contains(problem),
+                "{bad}: {m}"
+            );
+        }
+        s.dockerfile = None;
+        s.source.git.as_mut().unwrap().sub_path = Some("/etc".into());
+        let m = validate(&s).unwrap_err().to_string();
+        assert!(m.starts_with("spec.source.git.subPath"), "{m}");
+        // The value is repeated on one bounded line only.
+        s.source.git.as_mut().unwrap().sub_path = Some(format!("/{}\n{}", "x".repeat(500), "y"));
+        let m = validate(&s).unwrap_err().to_string();
+        assert!(m.len() < 400 && !m.contains('\n'), "{m}");
+    }
+
+    #[test]
+    fn overrides_need_the_operators_permission() {
+        let cfg = OperatorConfig::default();
+        let mut s = spec();
+        s.executor_image = Some("evil.example/executor:1".into());
+        let e = permitted(&s, &cfg).unwrap_err();
+        assert_eq!(e.reason(), "NotPermitted");
+        assert!(e.to_string().contains("--allowed-executor-image"), "{e}");
+        // The default image named explicitly is no override.
+        s.executor_image = Some(cfg.executor_image.clone());
+        assert_eq!(permitted(&s, &cfg), Ok(()));
+        s.executor_image = None;
+        s.service_account_name = Some("deployer".into());
+        assert!(matches!(
+            permitted(&s, &cfg),
+            Err(InvalidSpec::ServiceAccountNotPermitted { .. })
+        ));
+        s.service_account_name = Some("default".into());
+        assert_eq!(permitted(&s, &cfg), Ok(()));
+        s.add_capabilities = vec!["MKNOD".into()];
+        assert!(matches!(
+            permitted(&s, &cfg),
+            Err(InvalidSpec::CapabilityNotPermitted { .. })
+        ));
+        // A capability of the default set needs no permission.
+        s.add_capabilities = vec!["CAP_CHOWN".into()];
+        assert_eq!(permitted(&s, &cfg), Ok(()));
+
+        let open = OperatorConfig {
+            overrides: crate::config::OverridePolicy {
+                executor_images: vec!["reg.local/kiln/*".into()],
+                service_accounts: vec!["builder".into()],
+                capabilities: vec!["cap_mknod".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.executor_image = Some("reg.local/kiln/kiln-executor:dev".into());
+        s.service_account_name = Some("builder".into());
+        s.add_capabilities = vec!["MKNOD".into(), "CAP_MKNOD".into()];
+        assert_eq!(permitted(&s, &open), Ok(()));
+        s.add_capabilities = vec!["SYS_ADMIN".into()];
+        assert!(permitted(&s, &open).is_err());
+        s.add_capabilities.clear();
+        s.service_account_name = Some("deployer".into());
+        assert!(permitted(&s, &open).is_err());
     }
 
     #[test]

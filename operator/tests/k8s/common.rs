@@ -273,6 +273,7 @@ pub fn test_config() -> OperatorConfig {
         executor_image: "reg.local/kiln-executor:test".into(),
         warmer_image: "reg.local/kiln-warmer:test".into(),
         retry_backoff: Duration::from_secs(1),
+        pending_recheck: Duration::from_secs(1),
         ..Default::default()
     }
 }
@@ -390,6 +391,55 @@ pub async fn pod_terminated(
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap_or_else(|e| panic!("marking Pod {ns}/{name} terminated: {e}"));
+}
+
+/// Plays the kubelet on a node that cannot mount the Pod's Secret volume `volume` because the
+/// Secret `secret` does not exist: the Pod stays Pending with its container `ContainerCreating`,
+/// and the kubelet records a `FailedMount` Warning Event (core/v1, as the kubelet writes it) about
+/// the Pod.
+pub async fn pod_secret_missing(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    container: &str,
+    volume: &str,
+    secret: &str,
+) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "phase": "Pending",
+        "startTime": now,
+        "containerStatuses": [{
+            "name": container, "ready": false, "restartCount": 0,
+            "image": "reg.local/test", "imageID": "",
+            "state": {"waiting": {"reason": "ContainerCreating"}}
+        }]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("marking Pod {ns}/{name} ContainerCreating: {e}"));
+    let pod = pods.get(name).await.expect("the Pod");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), ns);
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{name}.")},
+        "involvedObject": {
+            "apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version
+        },
+        "reason": "FailedMount",
+        "type": "Warning",
+        "message": format!(
+            "MountVolume.SetUp failed for volume \"{volume}\" : secret \"{secret}\" not found"
+        ),
+        "source": {"component": "kubelet", "host": "node-1"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1
+    }))
+    .unwrap();
+    events
+        .create(&PostParams::default(), &event)
+        .await
+        .unwrap_or_else(|e| panic!("writing the kubelet's FailedMount Event of {ns}/{name}: {e}"));
 }
 
 /// Plays the kubelet enforcing activeDeadlineSeconds.

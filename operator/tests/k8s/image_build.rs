@@ -1,10 +1,11 @@
-//! ImageBuild through the operator: Secret wait, success, retries, timeout, restarts, new
-//! generations, deletion, a stranger's Pod under the name, several watched namespaces.
+//! ImageBuild through the operator: a missing Secret reported from the Pod, success, retries,
+//! timeout, restarts, new generations, deletion, a stranger's Pod under the name, several watched
+//! namespaces, the longest object name, no access to Secrets.
 
 use super::*;
 
 #[tokio::test]
-async fn build_waits_for_secret_then_succeeds_with_digest() {
+async fn missing_secret_is_reported_from_the_pod_then_build_succeeds_with_digest() {
     let Some(env) = env("ib-success").await else {
         return;
     };
@@ -14,32 +15,55 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     b.spec.timeout = Some("10m".into());
     create_build(&env, &b).await;
 
+    // The operator cannot read Secrets (see operator_has_no_access_to_secrets): it creates the
+    // Pod, and the kubelet, which cannot mount the missing Secret, says so in an Event.
+    let pod = wait_pod(&env, "web-build-1-1").await;
+    pod_secret_missing(
+        &env.admin,
+        &env.ns,
+        "web-build-1-1",
+        "executor",
+        "docker-config",
+        "regcred",
+    )
+    .await;
     let b = wait_build(&env, "web", "SecretNotFound", |b| {
         ready_reason(b).as_deref() == Some("SecretNotFound")
     })
     .await;
-    assert!(b.status.unwrap().message.unwrap().contains("\"regcred\""));
+    let s = b.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    let m = s.message.unwrap();
     assert!(
-        pod_names(&env).await.is_empty(),
-        "no Pod without the Secret"
+        m.starts_with("push Secret \"regcred\" does not exist") && m.contains("web-build-1-1"),
+        "{m}"
     );
+    assert_eq!(pod_names(&env).await, vec!["web-build-1-1"]);
 
-    create_push_secret(&env, "regcred").await;
-    // The operator rechecks the Secret periodically (30s); an edit of the build triggers it now.
-    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
-    )
-    .await
-    .unwrap();
-    let pod = wait_pod(&env, "web-build-1-1").await;
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.active_deadline_seconds, Some(600));
     assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(
+        spec.security_context
+            .as_ref()
+            .unwrap()
+            .seccomp_profile
+            .as_ref()
+            .unwrap()
+            .type_,
+        "RuntimeDefault"
+    );
     let c = &spec.containers[0];
     assert_eq!(c.image.as_deref(), Some("reg.local/kiln-executor:test"));
+    let sc = c.security_context.as_ref().unwrap();
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(
+        caps.add.clone().unwrap(),
+        kiln_operator::security::BUILD_CAPABILITIES.map(String::from)
+    );
+    assert_eq!((sc.run_as_user, sc.privileged), (Some(0), Some(false)));
     assert!(c
         .args
         .as_ref()
@@ -52,6 +76,8 @@ async fn build_waits_for_secret_then_succeeds_with_digest() {
     );
     assert_eq!(owner.uid, get_build(&env, "web").await.uid().unwrap());
 
+    // The Secret is created; the kubelet mounts it and starts the container.
+    create_push_secret(&env, "regcred").await;
     pod_running(&env.admin, &env.ns, "web-build-1-1", "executor").await;
     wait_build(&env, "web", "phase Running", |b| {
         phase(b) == Some(Phase::Running)
@@ -399,4 +425,106 @@ async fn one_operator_watches_several_namespaces() {
         .await
         .expect("operator stops within 60s")
         .expect("operator task");
+}
+
+#[tokio::test]
+async fn operator_has_no_access_to_secrets() {
+    let Some(env) = env("no-secrets").await else {
+        return;
+    };
+    create_push_secret(&env, "regcred").await;
+    // The identity the operator runs as in every test here (operator/rbac.yaml) is refused any
+    // read of a Secret: by name, by list, by watch, in the namespace and cluster-wide.
+    let ns: Api<Secret> = Api::namespaced(env.operator.clone(), &env.ns);
+    let all: Api<Secret> = Api::all(env.operator.clone());
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(ae)) if ae.code == 403 => {}
+        other => panic!("{what} as the operator should be forbidden, got {other:?}"),
+    };
+    forbidden(ns.get("regcred").await.map(|_| ()), "get secret");
+    forbidden(
+        ns.get_metadata("regcred").await.map(|_| ()),
+        "get secret metadata",
+    );
+    forbidden(
+        ns.list(&ListParams::default()).await.map(|_| ()),
+        "list secrets",
+    );
+    forbidden(
+        all.list(&ListParams::default()).await.map(|_| ()),
+        "list secrets in all namespaces",
+    );
+    forbidden(
+        ns.watch(&WatchParams::default(), "0").await.map(|_| ()),
+        "watch secrets",
+    );
+}
+
+#[tokio::test]
+async fn longest_object_name_builds_and_deletes() {
+    let Some(env) = env("ib-longname").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    // 253 characters, the longest name Kubernetes allows, with dots.
+    let name = format!("{}.{}.{}", "a".repeat(100), "b".repeat(100), "c".repeat(51));
+    assert_eq!(name.len(), 253);
+    let b = create_build(&env, &git_build(&name)).await;
+    let pod_name = kiln_operator::names::build_pod_name(&name, 1, 1);
+    let pod = wait_pod(&env, &pod_name).await;
+    let label = &pod.metadata.labels.as_ref().unwrap()[kiln_operator::LABEL_BUILD];
+    assert_eq!(*label, kiln_operator::names::label_value(&name));
+    assert_eq!(controller_uid(&pod), b.metadata.uid);
+    let seen = wait_build(&env, &name, "Pending with its Pod", |b| {
+        b.status.as_ref().and_then(|s| s.pod_name.as_deref()) == Some(pod_name.as_str())
+    })
+    .await;
+    assert_eq!(phase(&seen), Some(Phase::Pending));
+    // Its Events are published too (the recorder's own names would be too long).
+    eventually(60, "Started event of the long-named build", || async {
+        event_reasons(&env.admin, &env.ns, &name)
+            .await
+            .contains(&"Started".to_string())
+            .then_some(())
+    })
+    .await;
+    pod_running(&env.admin, &env.ns, &pod_name, "executor").await;
+    pod_terminated(&env.admin, &env.ns, &pod_name, "executor", 0, OK_MSG).await;
+    wait_build(&env, &name, "phase Succeeded", |b| {
+        phase(b) == Some(Phase::Succeeded)
+    })
+    .await;
+    // Deletion completes: the finalizer finds the Pod by its label and deletes it.
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(60, "the long-named ImageBuild and its Pod gone", || async {
+        let gone = api.get_opt(&name).await.unwrap().is_none();
+        (gone && pod_names(&env).await.is_empty()).then_some(())
+    })
+    .await;
+
+    // The same for a CacheWarm.
+    let cws: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
+    let cw = CacheWarm::new(
+        &name,
+        CacheWarmSpec {
+            images: vec!["reg.local/debian:12".into()],
+            claim: "warm".into(),
+            ..Default::default()
+        },
+    );
+    cws.create(&PostParams::default(), &cw).await.unwrap();
+    let warm_pod = kiln_operator::names::warm_pod_name(&name, 1, 1);
+    let pod = wait_pod(&env, &warm_pod).await;
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()[kiln_operator::LABEL_WARM],
+        kiln_operator::names::label_value(&name)
+    );
+    cws.delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(60, "the long-named CacheWarm and its Pod gone", || async {
+        let gone = cws.get_opt(&name).await.unwrap().is_none();
+        (gone && pod_names(&env).await.is_empty()).then_some(())
+    })
+    .await;
+    op.stop().await;
 }

@@ -1,7 +1,8 @@
 //! Integration tests against a real kube-apiserver + etcd (scripts/k8s/apiserver.sh). The
-//! operator runs in-process as the RBAC-limited user of operator/rbac.yaml; the test plays the
-//! node by patching Pod status. Each test has its own namespace and operator instance. This file
-//! holds the helpers the test modules share; [`common`] is the harness.
+//! operator runs in-process as the RBAC-limited user of operator/rbac.yaml (which has no access
+//! to Secrets); the test plays the node by patching Pod status and writing the kubelet's Events.
+//! Each test has its own namespace and operator instance. This file holds the helpers the test
+//! modules share; [`common`] is the harness.
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! What the API server itself enforces: the CRD schema and CEL rules reject invalid
-//! ImageBuilds, and every executor Pod the operator writes passes Pod validation.
+//! ImageBuilds (a Dockerfile outside the context among them), and every executor Pod the operator
+//! writes passes Pod validation, hardened and with every permitted override; and what the
+//! operator refuses: overrides its configuration does not allow.
 
 use super::*;
 
@@ -87,6 +89,83 @@ async fn admission_rejects_invalid_image_builds() {
         "spec.cache.enabled is not true",
     )
     .await;
+    for (name, path, field) in [
+        (
+            "abs-dockerfile",
+            json!({"dockerfile": "/kiln/.docker/config.json"}),
+            "spec.dockerfile",
+        ),
+        (
+            "up-dockerfile",
+            json!({"dockerfile": "../../etc/passwd"}),
+            "spec.dockerfile",
+        ),
+        (
+            "mid-dockerfile",
+            json!({"dockerfile": "a/../../b"}),
+            "spec.dockerfile",
+        ),
+        (
+            "end-dockerfile",
+            json!({"dockerfile": "a/.."}),
+            "spec.dockerfile",
+        ),
+    ] {
+        let mut spec = json!({"source": git, "destinations": ["r/a:1"]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(path.as_object().unwrap().clone());
+        expect_rejected(
+            &api,
+            base(name, spec),
+            &format!("{field} must be a path inside the build context"),
+        )
+        .await;
+    }
+    expect_rejected(
+        &api,
+        base(
+            "abs-subpath",
+            json!({"source": {"git": {"url": "https://git.local/a.git", "subPath": "/etc"}}, "destinations": ["r/a:1"]}),
+        ),
+        "spec.source.git.subPath must be a path inside the repository",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "up-subpath",
+            json!({"source": {"persistentVolumeClaim": {"claimName": "c", "subPath": "x/../.."}}, "destinations": ["r/a:1"]}),
+        ),
+        "spec.source.persistentVolumeClaim.subPath must be a path inside the volume",
+    )
+    .await;
+    expect_rejected(
+        &api,
+        base(
+            "bad-cap",
+            json!({"source": git, "destinations": ["r/a:1"], "addCapabilities": ["sys_admin; rm"]}),
+        ),
+        "spec.addCapabilities",
+    )
+    .await;
+    // Names that only look like escapes are paths inside the context.
+    for (i, ok) in [
+        "build/Dockerfile",
+        "./Dockerfile",
+        "..Dockerfile",
+        "a/...",
+        "docker/..x",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut b = git_build(&format!("path-{i}"));
+        b.spec.dockerfile = Some(ok.to_string());
+        api.create(&PostParams::default(), &b)
+            .await
+            .unwrap_or_else(|e| panic!("dockerfile {ok:?} rejected: {e}"));
+    }
     // A valid one with every field is accepted.
     let mut ok = git_build("full");
     ok.spec.cache = Some(CacheSpec {
@@ -115,8 +194,18 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
     let Some(env) = env("ib-sources").await else {
         return;
     };
-    create_push_secret(&env, "regcred").await;
-    let op = Operator::start(&env);
+    // Every override allowed, and every Pod setting on: the API server validates the result.
+    let cfg = kiln_operator::config::OperatorConfig {
+        executor_user_namespace: true,
+        executor_allow_privilege_escalation: false,
+        overrides: kiln_operator::config::OverridePolicy {
+            service_accounts: vec!["builder".into()],
+            capabilities: vec!["MKNOD".into(), "SYS_CHROOT".into()],
+            ..Default::default()
+        },
+        ..test_config()
+    };
+    let op = Operator::start_with(&env, cfg);
     let sources = [
         (
             "from-git",
@@ -180,11 +269,22 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
             ..Default::default()
         });
         b.spec.timeout = Some("45m".into());
+        b.spec.add_capabilities = vec!["MKNOD".into(), "CAP_SYS_CHROOT".into()];
         create_build(&env, &b).await;
     }
     for name in ["from-git", "from-cm", "from-pvc", "from-url"] {
         let pod = wait_pod(&env, &format!("{name}-build-1-1")).await;
-        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.host_users, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some("builder"));
+        let c = &spec.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let add = sc.capabilities.as_ref().unwrap().add.clone().unwrap();
+        assert!(
+            add.contains(&"MKNOD".to_string()) && add.contains(&"SYS_CHROOT".to_string()),
+            "{add:?}"
+        );
         assert!(c
             .args
             .as_ref()
@@ -197,5 +297,126 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
         .await;
         assert_eq!(phase(&b), Some(Phase::Pending));
     }
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn overrides_are_refused_unless_the_operator_allows_them() {
+    let Some(env) = env("ib-overrides").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut image = git_build("own-image");
+    image.spec.executor_image = Some("evil.example/executor:1".into());
+    let mut account = git_build("own-account");
+    account.spec.service_account_name = Some("deployer".into());
+    let mut caps = git_build("own-caps");
+    caps.spec.add_capabilities = vec!["SYS_ADMIN".into()];
+    let mut default_cap = git_build("default-cap");
+    default_cap.spec.add_capabilities = vec!["CHOWN".into()];
+    for b in [&image, &account, &caps, &default_cap] {
+        create_build(&env, b).await;
+    }
+    for (name, field) in [
+        ("own-image", "spec.executorImage"),
+        ("own-account", "spec.serviceAccountName"),
+        ("own-caps", "spec.addCapabilities"),
+    ] {
+        let b = wait_build(&env, name, "NotPermitted", |b| {
+            ready_reason(b).as_deref() == Some("NotPermitted")
+        })
+        .await;
+        assert_eq!(phase(&b), Some(Phase::Failed));
+        let m = b.status.unwrap().message.unwrap();
+        assert!(m.starts_with(&format!("not permitted: {field}")), "{m}");
+        eventually(60, "NotPermitted event", || async {
+            event_reasons(&env.admin, &env.ns, name)
+                .await
+                .contains(&"NotPermitted".to_string())
+                .then_some(())
+        })
+        .await;
+    }
+    // A capability of the default set is no override.
+    wait_pod(&env, "default-cap-build-1-1").await;
+    assert_eq!(pod_names(&env).await, vec!["default-cap-build-1-1"]);
+    // CacheWarm: the warmer image likewise.
+    let cws: Api<CacheWarm> = Api::namespaced(env.admin.clone(), &env.ns);
+    let mut cw = CacheWarm::new(
+        "own-warmer",
+        CacheWarmSpec {
+            images: vec!["reg.local/debian:12".into()],
+            claim: "warm".into(),
+            ..Default::default()
+        },
+    );
+    cw.spec.warmer_image = Some("evil.example/warmer:1".into());
+    cws.create(&PostParams::default(), &cw).await.unwrap();
+    let s = eventually(60, "CacheWarm NotPermitted", || async {
+        let s = cws.get("own-warmer").await.ok()?.status?;
+        (s.conditions.first()?.reason == "NotPermitted").then_some(s)
+    })
+    .await;
+    assert!(
+        s.message.as_deref().unwrap().contains("spec.warmerImage"),
+        "{:?}",
+        s.message
+    );
+    assert_eq!(pod_names(&env).await, vec!["default-cap-build-1-1"]);
+    op.stop().await;
+
+    // The same objects under an operator that allows them: edited (a new generation), they run.
+    let cfg = kiln_operator::config::OperatorConfig {
+        overrides: kiln_operator::config::OverridePolicy {
+            executor_images: vec!["evil.example/*".into()],
+            warmer_images: vec!["evil.example/warmer:1".into()],
+            service_accounts: vec!["deployer".into()],
+            capabilities: vec!["SYS_ADMIN".into()],
+        },
+        ..test_config()
+    };
+    let op = Operator::start_with(&env, cfg);
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    for name in ["own-image", "own-account", "own-caps"] {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"buildArgs": {"RETRY": "1"}}})),
+        )
+        .await
+        .unwrap();
+    }
+    let pod = wait_pod(&env, "own-image-build-2-1").await;
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("evil.example/executor:1")
+    );
+    let pod = wait_pod(&env, "own-account-build-2-1").await;
+    assert_eq!(
+        pod.spec.unwrap().service_account_name.as_deref(),
+        Some("deployer")
+    );
+    let pod = wait_pod(&env, "own-caps-build-2-1").await;
+    let add = pod.spec.unwrap().containers[0]
+        .security_context
+        .clone()
+        .unwrap()
+        .capabilities
+        .unwrap()
+        .add
+        .unwrap();
+    assert!(add.contains(&"SYS_ADMIN".to_string()), "{add:?}");
+    cws.patch(
+        "own-warmer",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"platform": "linux/amd64"}})),
+    )
+    .await
+    .unwrap();
+    let pod = wait_pod(&env, "own-warmer-warm-2-1").await;
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("evil.example/warmer:1")
+    );
     op.stop().await;
 }

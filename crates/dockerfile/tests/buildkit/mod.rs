@@ -160,7 +160,7 @@ pub struct BkNode {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BkHeredoc {
     pub name: String,
-    pub fd: u32,
+    pub fd: u64,
     pub expand: bool,
     pub chomp: bool,
     pub content: String,

@@ -36,9 +36,10 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         HEREDOC_WORD,
-        "Kiln replaces a heredoc's `<<[-][\"']NAME[\"']` word (RUN's whole command, COPY/ADD \
-         sources) by the heredoc it read; a word naming one of the instruction's heredocs is \
-         compared as `<<NAME`, and the heredoc itself (name, expansion, body) is compared",
+        "Kiln replaces a heredoc's `[fd]<<[-]NAME` word, NAME possibly quoted or escaped (RUN's \
+         whole command, COPY/ADD sources), by the heredoc it read; a word naming one of the \
+         instruction's heredocs is compared as `<<NAME`, and the heredoc itself (name, file \
+         descriptor, expansion, body) is compared",
     ),
     (
         HEREDOC_CHOMP,
@@ -172,8 +173,8 @@ fn healthcheck(node: &mut Node) {
     }
 }
 
-/// BuildKit's heredoc word regex `^(\d*)<<(-?)\s*([^<]*)$` with the quotes of the name removed,
-/// when that name is one of `heredocs`.
+/// BuildKit's heredoc word regex `^(\d*)<<(-?)\s*([^<]*)$` with the quotes and backslash escapes
+/// of the name removed, when that name is one of `heredocs`.
 fn heredoc_name<'a>(word: &str, heredocs: &'a [Doc]) -> Option<&'a str> {
     let rest = word
         .trim_start_matches(|c: char| c.is_ascii_digit())
@@ -182,11 +183,32 @@ fn heredoc_name<'a>(word: &str, heredocs: &'a [Doc]) -> Option<&'a str> {
     if rest.contains('<') {
         return None;
     }
-    let name: String = rest.chars().filter(|c| !matches!(c, '"' | '\'')).collect();
+    let name = unquote(rest);
     heredocs
         .iter()
         .find(|h| h.name == name)
         .map(|h| h.name.as_str())
+}
+
+/// A shell word's quotes and escapes removed (`E"O"F`, `'EOF'`, `\EOF` are `EOF`): outside
+/// quotes a backslash takes the next character as it is; in double quotes it does so before
+/// `"`, `$` and `\` only; in single quotes it is literal.
+fn unquote(word: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = word.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '\\') => out.extend(chars.next()),
+            (Some('"'), '\\') if matches!(chars.peek(), Some('"' | '$' | '\\')) => {
+                out.extend(chars.next())
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// HEREDOC_WORD.
@@ -334,6 +356,12 @@ mod tests {
             normalised(r#"copy "<<'A'" "<<B" "/d""#, &[doc("A")]),
             r#"copy "<<A" "<<B" "/d""#
         );
+        assert_eq!(
+            normalised(r#"run "<< \\EOF""#, &[doc("EOF")]),
+            r#"run "<<EOF""#
+        );
+        assert_eq!(unquote(r#"E"O"F"#), "EOF");
+        assert_eq!(unquote(r#"'\E'"\"\x""#), r#"\E"\x"#);
     }
 
     #[test]

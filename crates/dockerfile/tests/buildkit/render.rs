@@ -26,7 +26,7 @@ pub struct Inst {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Doc {
     pub name: String,
-    pub fd: u32,
+    pub fd: u64,
     pub expand: bool,
     pub content: String,
 }
@@ -52,8 +52,7 @@ fn docs(heredocs: &[Heredoc]) -> Vec<Doc> {
         .iter()
         .map(|h| Doc {
             name: h.name.clone(),
-            // Kiln's AST has no file descriptor: every heredoc is read as stdin or a file.
-            fd: 0,
+            fd: h.fd,
             expand: h.expand,
             content: h.content.clone(),
         })

@@ -295,47 +295,84 @@ fn retries_with_backoff_then_gives_up() {
 }
 
 #[test]
-fn missing_secret_waits_without_pod() {
+fn missing_secret_is_reported_from_the_pod_that_cannot_mount_it() {
     let mut b = build(0);
+    // The Pod is created without looking for the Secret: the operator cannot read Secrets.
+    let p = step(&mut b, 0, Observation::default(), 0);
+    assert_eq!(p.create_attempt, Some(1));
+    // Pending, no word from the kubelet yet: looked at again soon.
     let p = step(
         &mut b,
         0,
         Observation {
-            pod: None,
-            secret_missing: true,
+            pod: Some(pod("Pending", None)),
             ..Default::default()
         },
-        0,
+        2,
     );
+    assert_eq!(p.requeue, Some(Duration::from_secs(15)));
+    assert_eq!(cond(&b, "Ready").reason, "Building");
+    let stuck = || Observation {
+        pod: Some(pod("Pending", None)),
+        missing_secret: Some("regcred".into()),
+        ..Default::default()
+    };
+    let p = step(&mut b, 0, stuck(), 5);
     assert_eq!(p.create_attempt, None);
-    assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+    assert_eq!(p.requeue, Some(Duration::from_secs(15)));
     assert_eq!(p.event.as_ref().unwrap().reason, "SecretNotFound");
     assert_eq!(cond(&b, "Ready").reason, "SecretNotFound");
-    assert!(b
-        .status
-        .as_ref()
-        .unwrap()
-        .message
-        .as_deref()
-        .unwrap()
-        .contains("\"regcred\""));
+    assert_eq!(cond(&b, "Succeeded").status, "Unknown");
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    let m = s.message.as_deref().unwrap();
+    assert!(
+        m.starts_with("push Secret \"regcred\" does not exist in namespace ns")
+            && m.contains("app-build-1-1"),
+        "{m}"
+    );
     // Still missing: no second event, transition time unchanged.
     let t0 = cond(&b, "Ready").last_transition_time.clone();
+    let p = step(&mut b, 0, stuck(), 30);
+    assert_eq!(p.event, None);
+    assert_eq!(cond(&b, "Ready").last_transition_time, t0);
+    // The Secret appears, the kubelet starts the Pod: the build runs, no new Pod.
     let p = step(
         &mut b,
         0,
         Observation {
-            pod: None,
-            secret_missing: true,
+            pod: Some(pod("Running", None)),
             ..Default::default()
         },
-        30,
+        60,
     );
-    assert_eq!(p.event, None);
-    assert_eq!(cond(&b, "Ready").last_transition_time, t0);
-    // Secret appears: the build starts.
-    let p = step(&mut b, 0, Observation::default(), 60);
-    assert_eq!(p.create_attempt, Some(1));
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.requeue, None);
+    assert_eq!(cond(&b, "Ready").reason, "Building");
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Running));
+}
+
+#[test]
+fn failure_output_is_bounded() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    // A build that printed a whole file (a Dockerfile parse error echoing it, say).
+    let file: String = (0..5000)
+        .map(|i| format!("root:x:{i}:0:secret line {i}\n"))
+        .collect();
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Failed", Some((1, &file, 10)))),
+            ..Default::default()
+        },
+        11,
+    );
+    let m = b.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(m.len() <= 1024 + 64, "{} bytes", m.len());
+    assert!(m.ends_with("secret line 4999"), "{m}");
+    assert!(m.lines().count() <= 21, "{m}");
 }
 
 #[test]
@@ -374,9 +411,20 @@ fn invalid_spec_plan() {
 }
 
 #[test]
-fn tail_lines_skips_blank() {
-    assert_eq!(tail_lines("a\n\nb\nc\n\n", 2), "b\nc");
-    assert_eq!(tail_lines("", 3), "");
+fn not_permitted_override_plan() {
+    let b = build(0);
+    let err = InvalidSpec::ExecutorImageNotPermitted {
+        image: "evil.example/x:1".into(),
+    };
+    let p = plan_invalid(&b, &err, ts(0));
+    let s = p.status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(s.conditions[0].reason, "NotPermitted");
+    assert!(s
+        .message
+        .unwrap()
+        .starts_with("not permitted: spec.executorImage"));
+    assert_eq!(p.event.unwrap().reason, "NotPermitted");
 }
 
 #[test]

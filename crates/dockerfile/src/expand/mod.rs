@@ -1,9 +1,34 @@
 //! Shell-like word expansion for Dockerfile values (quote removal, escapes, `$VAR` and `${VAR…}`
 //! forms), following BuildKit's `shell.Lex`. It only rewrites strings: it never runs a shell,
 //! never reads the process environment (variables come from the caller's `lookup`).
+//!
+//! Hostile input is bounded: `${…}` may nest [`MAX_NESTING`] deep (the lexer recurses once per
+//! level), a result may grow to [`MAX_EXPANSION_BYTES`] (or twice the word), and pattern
+//! matching (`${V#pat}`, `${V/pat/r}`) is an automaton simulation with a work budget
+//! ([`MAX_PATTERN_STEPS`]), never backtracking or recursion.
 
-/// Why a word could not be expanded. `word` is always the raw text being expanded, so the
-/// message can point at the Dockerfile value the user has to fix.
+mod glob;
+
+use crate::excerpt::excerpt;
+use glob::{Glob, GlobStop};
+
+/// How deeply `${…}` expressions may nest (`${A:-${B:-${C}}}` is 3). Real Dockerfiles use a few
+/// levels; the bound keeps the lexer's recursion far from the end of any thread's stack (a
+/// level takes about 6 KiB of stack in a debug build, much less optimised).
+pub const MAX_NESTING: usize = 32;
+
+/// The size an expanded word may reach when its raw text is shorter than half of this: enough
+/// for any value a build uses (Linux caps one environment string at 128 KiB), while a chain of
+/// `ARG B=$A$A` lines cannot double its way to the end of memory.
+pub const MAX_EXPANSION_BYTES: usize = 4 << 20;
+
+/// How many automaton steps the pattern operators of one word may take in total (a step is one
+/// pattern state advanced over one character).
+pub const MAX_PATTERN_STEPS: u64 = 50_000_000;
+
+/// Why a word could not be expanded. `word` is always an excerpt of the raw text being
+/// expanded (see [`crate::excerpt`]), so the message can point at the Dockerfile value the user
+/// has to fix without repeating all of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpandError {
     #[error("unterminated {quote} quote in `{word}`: add the closing {quote} quote")]
@@ -16,9 +41,15 @@ pub enum ExpandError {
         "unsupported modifier `{modifier}` in `{word}`: use one of :- - :+ + :? ? # ## % %% / //"
     )]
     UnsupportedModifier { modifier: String, word: String },
-    /// `${NAME?message}` / `${NAME:?message}` with NAME unset (or empty).
+    /// `${NAME?message}` / `${NAME:?message}` with NAME unset (or empty). Both are excerpts.
     #[error("{name}: {message}")]
     Required { name: String, message: String },
+    #[error("`${{…}}` nested more than {limit} deep in `{word}`: use fewer levels")]
+    TooDeep { limit: usize, word: String },
+    #[error("expanding `{word}` gives more than {limit} bytes: values that large cannot be used")]
+    TooLong { limit: usize, word: String },
+    #[error("the patterns in `{word}` take too long to match against the values: use a simpler pattern or a shorter value")]
+    TooComplex { word: String },
 }
 
 /// Expands one word: quotes removed, escapes applied, variables substituted. Whitespace is kept
@@ -97,6 +128,12 @@ struct Lexer<'a> {
     escape: char,
     lookup: &'a dyn Fn(&str) -> Option<String>,
     raw: &'a str,
+    /// How many `${` are open.
+    depth: usize,
+    /// The most bytes any piece of the result may hold.
+    max_len: usize,
+    /// Pattern-matching steps left.
+    budget: u64,
 }
 
 impl<'a> Lexer<'a> {
@@ -107,7 +144,31 @@ impl<'a> Lexer<'a> {
             escape,
             lookup,
             raw,
+            depth: 0,
+            max_len: MAX_EXPANSION_BYTES.max(raw.len().saturating_mul(2)),
+            budget: MAX_PATTERN_STEPS,
         }
+    }
+
+    fn glob_error(&self, stop: GlobStop) -> ExpandError {
+        match stop {
+            GlobStop::Budget => ExpandError::TooComplex { word: self.word() },
+            GlobStop::TooLong => ExpandError::TooLong {
+                limit: self.max_len,
+                word: self.word(),
+            },
+        }
+    }
+
+    /// Fails once a result being built is longer than the bound.
+    fn check_len(&self, len: usize) -> Result<(), ExpandError> {
+        if len > self.max_len {
+            return Err(ExpandError::TooLong {
+                limit: self.max_len,
+                word: self.word(),
+            });
+        }
+        Ok(())
     }
 
     fn peek(&self) -> Option<char> {
@@ -123,7 +184,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn word(&self) -> String {
-        self.raw.to_string()
+        excerpt(self.raw)
     }
 
     /// Processes text until `stop` (consumed) or the end of input. With `raw_escapes` the escape
@@ -150,11 +211,13 @@ impl<'a> Lexer<'a> {
                     let s = self.double_quote(raw_escapes)?;
                     result.push_str(&s);
                     words.add_raw_str(&s);
+                    self.check_len(result.len())?;
                 }
                 '$' => {
                     let s = self.dollar()?;
                     result.push_str(&s);
                     words.add_str(&s);
+                    self.check_len(result.len())?;
                 }
                 _ => {
                     self.next();
@@ -222,6 +285,7 @@ impl<'a> Lexer<'a> {
                 Some('$') => {
                     let s = self.dollar()?;
                     out.push_str(&s);
+                    self.check_len(out.len())?;
                 }
                 Some(mut ch) => {
                     self.next();
@@ -283,6 +347,50 @@ impl<'a> Lexer<'a> {
             return Ok(self.get(&name).unwrap_or_default());
         }
         self.next(); // '{'
+
+        // Every recursion of the lexer goes through here (`${` → a word → `${` …), so this one
+        // bound keeps all of it shallow.
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep {
+                limit: MAX_NESTING,
+                word: self.word(),
+            });
+        }
+        self.depth += 1;
+        let expanded = self.braced();
+        self.depth -= 1;
+        let expanded = expanded?;
+        self.check_len(expanded.len())?;
+        Ok(expanded)
+    }
+
+    /// The rest of a `${…}` expression, after the `{`. This is on the lexer's recursive path
+    /// (an operand holds words that hold `${…}`), so the work that does not recurse is in
+    /// separate functions to keep this frame small.
+    fn braced(&mut self) -> Result<String, ExpandError> {
+        let (name, op) = self.operator()?;
+        match op {
+            Op::Plain => Ok(self.get(&name).unwrap_or_default()),
+            Op::Word { op, null_is_unset } => {
+                // Patterns keep their escapes so that `\*` stays a literal star.
+                let word = self.operand('}', op == '#' || op == '%')?;
+                self.apply(&name, op, null_is_unset, word)
+            }
+            Op::Replace { all } => {
+                let pattern = self.operand('/', true)?;
+                let replacement = self.operand('}', true)?;
+                self.replace(&name, &pattern, &replacement, all)
+            }
+        }
+    }
+
+    fn operand(&mut self, stop: char, raw_escapes: bool) -> Result<String, ExpandError> {
+        Ok(self.process_until(Some(stop), raw_escapes)?.0)
+    }
+
+    /// The name and operator of a `${…}` expression, read up to its first operand.
+    #[inline(never)]
+    fn operator(&mut self) -> Result<(String, Op), ExpandError> {
         match self.peek() {
             None => {
                 return Err(ExpandError::Missing {
@@ -302,229 +410,123 @@ impl<'a> Lexer<'a> {
                 word: self.word(),
             });
         };
-        match ch {
-            '}' => Ok(self.get(&name).unwrap_or_default()),
-            ':' | '+' | '-' | '?' | '#' | '%' => {
-                let (op, null_is_unset) = if ch == ':' {
-                    match self.next() {
-                        Some(op @ ('+' | '-' | '?')) => (op, true),
-                        other => {
-                            let mut modifier = String::from(":");
-                            modifier.extend(other);
-                            return Err(ExpandError::UnsupportedModifier {
-                                modifier,
-                                word: self.word(),
-                            });
-                        }
-                    }
-                } else {
-                    (ch, false)
-                };
-                // Patterns keep their escapes so that `\*` stays a literal star.
-                let raw_escapes = op == '#' || op == '%';
-                let (word, _) = self.process_until(Some('}'), raw_escapes)?;
-                let value = self.get(&name);
-                let unset = match &value {
-                    None => true,
-                    Some(v) => null_is_unset && v.is_empty(),
-                };
-                match op {
-                    '-' => Ok(if unset {
-                        word
-                    } else {
-                        value.unwrap_or_default()
-                    }),
-                    '+' => Ok(if unset { String::new() } else { word }),
-                    '?' => {
-                        if unset {
-                            let message = if !word.is_empty() {
-                                word
-                            } else if value.is_none() {
-                                "is not allowed to be unset".to_string()
-                            } else {
-                                "is not allowed to be empty".to_string()
-                            };
-                            Err(ExpandError::Required { name, message })
-                        } else {
-                            Ok(value.unwrap_or_default())
-                        }
-                    }
-                    _ => {
-                        // `#`/`%` remove the shortest matching prefix/suffix, `##`/`%%` the longest.
-                        let (greedy, pattern) = match word.strip_prefix(op) {
-                            Some(rest) => (true, rest.to_string()),
-                            None => (false, word),
-                        };
-                        let pattern = Glob::new(&pattern, self.escape);
-                        let value = value.unwrap_or_default();
-                        Ok(if op == '#' {
-                            pattern.trim_prefix(&value, greedy)
-                        } else {
-                            pattern.trim_suffix(&value, greedy)
-                        })
-                    }
+        let op = match ch {
+            '}' => Op::Plain,
+            ':' => match self.next() {
+                Some(op @ ('+' | '-' | '?')) => Op::Word {
+                    op,
+                    null_is_unset: true,
+                },
+                other => {
+                    let mut modifier = String::from(":");
+                    modifier.extend(other);
+                    return Err(ExpandError::UnsupportedModifier {
+                        modifier,
+                        word: self.word(),
+                    });
                 }
-            }
+            },
+            '+' | '-' | '?' | '#' | '%' => Op::Word {
+                op: ch,
+                null_is_unset: false,
+            },
             '/' => {
                 let all = self.peek() == Some('/');
                 if all {
                     self.next();
                 }
-                let (pattern, _) = self.process_until(Some('/'), true)?;
-                let (replacement, _) = self.process_until(Some('}'), true)?;
-                let value = self.get(&name).unwrap_or_default();
-                Ok(Glob::new(&pattern, self.escape).replace(&value, &replacement, all))
+                Op::Replace { all }
             }
-            other => Err(ExpandError::UnsupportedModifier {
-                modifier: other.to_string(),
-                word: self.word(),
+            other => {
+                return Err(ExpandError::UnsupportedModifier {
+                    modifier: other.to_string(),
+                    word: self.word(),
+                })
+            }
+        };
+        Ok((name, op))
+    }
+
+    /// `${name<op>word}` once `word` is expanded.
+    #[inline(never)]
+    fn apply(
+        &mut self,
+        name: &str,
+        op: char,
+        null_is_unset: bool,
+        word: String,
+    ) -> Result<String, ExpandError> {
+        let value = self.get(name);
+        let unset = match &value {
+            None => true,
+            Some(v) => null_is_unset && v.is_empty(),
+        };
+        match op {
+            '-' => Ok(if unset {
+                word
+            } else {
+                value.unwrap_or_default()
             }),
+            '+' => Ok(if unset { String::new() } else { word }),
+            '?' => {
+                if unset {
+                    let message = if !word.is_empty() {
+                        word
+                    } else if value.is_none() {
+                        "is not allowed to be unset".to_string()
+                    } else {
+                        "is not allowed to be empty".to_string()
+                    };
+                    Err(ExpandError::Required {
+                        name: excerpt(name),
+                        message: excerpt(&message),
+                    })
+                } else {
+                    Ok(value.unwrap_or_default())
+                }
+            }
+            _ => {
+                // `#`/`%` remove the shortest matching prefix/suffix, `##`/`%%` the longest.
+                let (greedy, pattern) = match word.strip_prefix(op) {
+                    Some(rest) => (true, rest.to_string()),
+                    None => (false, word),
+                };
+                let pattern = Glob::new(&pattern, self.escape);
+                let value = value.unwrap_or_default();
+                let trimmed = if op == '#' {
+                    pattern.trim_prefix(&value, greedy, &mut self.budget)
+                } else {
+                    pattern.trim_suffix(&value, greedy, &mut self.budget)
+                };
+                trimmed.map_err(|stop| self.glob_error(stop))
+            }
         }
+    }
+
+    /// `${name/pattern/replacement}` (`all`: `//`) once both operands are expanded.
+    #[inline(never)]
+    fn replace(
+        &mut self,
+        name: &str,
+        pattern: &str,
+        replacement: &str,
+        all: bool,
+    ) -> Result<String, ExpandError> {
+        let value = self.get(name).unwrap_or_default();
+        Glob::new(pattern, self.escape)
+            .replace(&value, replacement, all, &mut self.budget, self.max_len)
+            .map_err(|stop| self.glob_error(stop))
     }
 }
 
-/// A shell pattern (`*`, `?`, `[...]`, escape for literals) as used by `${V#pat}` and friends.
-enum GlobToken {
-    Literal(char),
-    Any,
-    One,
-    Class {
-        negated: bool,
-        items: Vec<(char, char)>,
-    },
-}
-
-struct Glob {
-    tokens: Vec<GlobToken>,
-}
-
-impl Glob {
-    fn new(pattern: &str, escape: char) -> Self {
-        let chars: Vec<char> = pattern.chars().collect();
-        let mut tokens = Vec::new();
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            i += 1;
-            match c {
-                '*' => tokens.push(GlobToken::Any),
-                '?' => tokens.push(GlobToken::One),
-                '[' => {
-                    // A class runs to the next `]` (a `]` right after `[` or `[!` is literal);
-                    // without a closing `]` the `[` is a literal.
-                    let mut j = i;
-                    let negated = matches!(chars.get(j), Some('!' | '^'));
-                    if negated {
-                        j += 1;
-                    }
-                    let start = j;
-                    if chars.get(j) == Some(&']') {
-                        j += 1;
-                    }
-                    while j < chars.len() && chars[j] != ']' {
-                        j += 1;
-                    }
-                    if j >= chars.len() {
-                        tokens.push(GlobToken::Literal('['));
-                        continue;
-                    }
-                    let body = &chars[start..j];
-                    let mut items = Vec::new();
-                    let mut k = 0;
-                    while k < body.len() {
-                        if k + 2 < body.len() && body[k + 1] == '-' {
-                            items.push((body[k], body[k + 2]));
-                            k += 3;
-                        } else {
-                            items.push((body[k], body[k]));
-                            k += 1;
-                        }
-                    }
-                    tokens.push(GlobToken::Class { negated, items });
-                    i = j + 1;
-                }
-                c if c == escape && i < chars.len() => {
-                    tokens.push(GlobToken::Literal(chars[i]));
-                    i += 1;
-                }
-                c => tokens.push(GlobToken::Literal(c)),
-            }
-        }
-        Glob { tokens }
-    }
-
-    fn matches(&self, text: &[char]) -> bool {
-        fn go(tokens: &[GlobToken], text: &[char]) -> bool {
-            let Some((first, rest)) = tokens.split_first() else {
-                return text.is_empty();
-            };
-            match first {
-                GlobToken::Any => (0..=text.len()).any(|n| go(rest, &text[n..])),
-                GlobToken::One => !text.is_empty() && go(rest, &text[1..]),
-                GlobToken::Literal(c) => text.first() == Some(c) && go(rest, &text[1..]),
-                GlobToken::Class { negated, items } => match text.first() {
-                    Some(&t) => {
-                        let inside = items.iter().any(|&(lo, hi)| lo <= t && t <= hi);
-                        inside != *negated && go(rest, &text[1..])
-                    }
-                    None => false,
-                },
-            }
-        }
-        go(&self.tokens, text)
-    }
-
-    fn trim_prefix(&self, value: &str, greedy: bool) -> String {
-        let chars: Vec<char> = value.chars().collect();
-        let mut lengths: Vec<usize> = (0..=chars.len()).collect();
-        if greedy {
-            lengths.reverse();
-        }
-        for n in lengths {
-            if self.matches(&chars[..n]) {
-                return chars[n..].iter().collect();
-            }
-        }
-        value.to_string()
-    }
-
-    fn trim_suffix(&self, value: &str, greedy: bool) -> String {
-        let chars: Vec<char> = value.chars().collect();
-        let mut starts: Vec<usize> = (0..=chars.len()).collect();
-        if !greedy {
-            starts.reverse();
-        }
-        for s in starts {
-            if self.matches(&chars[s..]) {
-                return chars[..s].iter().collect();
-            }
-        }
-        value.to_string()
-    }
-
-    /// Replaces the first (or every) leftmost-longest non-empty match.
-    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
-        let chars: Vec<char> = value.chars().collect();
-        let mut out = String::new();
-        let mut i = 0;
-        let mut replaced = false;
-        while i < chars.len() {
-            if !replaced || all {
-                if let Some(end) = (i + 1..=chars.len())
-                    .rev()
-                    .find(|&e| self.matches(&chars[i..e]))
-                {
-                    out.push_str(replacement);
-                    i = end;
-                    replaced = true;
-                    continue;
-                }
-            }
-            out.push(chars[i]);
-            i += 1;
-        }
-        out
-    }
+/// What a `${…}` expression does with its variable.
+enum Op {
+    /// `${NAME}`.
+    Plain,
+    /// `${NAME<op>word}` with `op` one of `- + ? # %` (`:` before `- + ?` sets `null_is_unset`).
+    Word { op: char, null_is_unset: bool },
+    /// `${NAME/pattern/replacement}`, `//` for `all`.
+    Replace { all: bool },
 }
 
 #[cfg(test)]
@@ -689,6 +691,56 @@ mod tests {
         assert_eq!(w("${A//a/A}"), "AlphA");
         assert_eq!(w("${PATH_V//\\//_}"), "_usr_local_bin_tool.tar.gz");
         assert_eq!(w("${A/l*/L}"), "aL");
+    }
+
+    #[test]
+    fn patterns_never_backtrack() {
+        // Backtracking takes time exponential in the stars here; the automaton is linear.
+        let long = "a".repeat(3_000);
+        let pattern = "*a".repeat(40);
+        let look = |n: &str| (n == "V").then(|| long.clone());
+        let trimmed = expand_word(&format!("${{V#{pattern}b}}"), &look, '\\').unwrap();
+        assert_eq!(trimmed.len(), 3_000);
+        assert_eq!(
+            expand_word(&format!("${{V##{pattern}}}"), &look, '\\').unwrap(),
+            ""
+        );
+        assert_eq!(expand_word("${V%a*a}", &look, '\\').unwrap().len(), 2_998);
+        assert_eq!(expand_word("${V%%a*a}", &look, '\\').unwrap(), "");
+    }
+
+    #[test]
+    fn pattern_work_is_bounded() {
+        // `*x` over a value without `x`: every start position reads to the end (quadratic).
+        let long = "a".repeat(20_000);
+        let look = |n: &str| (n == "V").then(|| long.clone());
+        assert!(matches!(
+            expand_word("${V//*x/y}", &look, '\\'),
+            Err(ExpandError::TooComplex { .. })
+        ));
+        // A replacement cannot grow the value past the bound either.
+        let big = "r".repeat(1 << 20);
+        let look = |n: &str| match n {
+            "V" => Some("a".repeat(100)),
+            "R" => Some(big.clone()),
+            _ => None,
+        };
+        assert!(matches!(
+            expand_word("${V//a/$R}", &look, '\\'),
+            Err(ExpandError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_errors_quote_an_excerpt() {
+        let deep = |d: usize| format!("{}x{}", "${A:-".repeat(d), "}".repeat(d));
+        assert_eq!(w(&deep(MAX_NESTING)), "alpha");
+        let err = word(&deep(MAX_NESTING + 1)).unwrap_err();
+        assert!(matches!(err, ExpandError::TooDeep { .. }), "{err}");
+        let long = format!("\"{}", "q".repeat(100_000));
+        let err = word(&long).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+        assert!(err.contains('…'), "{err}");
     }
 
     #[test]
