@@ -46,6 +46,25 @@ pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Mount points of a mountinfo text that are read-only, by their own options (field 6) or their
+/// filesystem's (the last field): in a Pod these are the Secret, ConfigMap, projected
+/// service-account token and read-only volume mounts.
+pub fn read_only_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    let is_ro = |opts: &str| opts.split(',').any(|o| o == "ro");
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = fields.get(4)?;
+            let mount_opts = fields.get(5)?;
+            // The optional fields end at "-"; then type, source and the superblock's options.
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let super_opts = fields.get(dash + 3).copied().unwrap_or_default();
+            (is_ro(mount_opts) || is_ro(super_opts)).then(|| PathBuf::from(unescape_octal(point)))
+        })
+        .collect()
+}
+
 fn unescape_octal(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -270,6 +289,23 @@ mod tests {
                 PathBuf::from("/"),
                 PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
                 PathBuf::from("/my dir")
+            ]
+        );
+    }
+
+    #[test]
+    fn read_only_mounts_by_mount_or_superblock_options() {
+        let text = "95 71 254:0 /x / rw,relatime - ext4 /dev/vda rw\n\
+                    106 95 254:0 /s /kiln/.docker/config.json ro,relatime - ext4 /dev/vda rw\n\
+                    30 22 0:5 / /var/run/secrets/kubernetes.io/serviceaccount rw shared:5 - tmpfs tmpfs ro,size=1k\n\
+                    31 22 0:6 / /my\\040vol ro - tmpfs tmpfs rw\n\
+                    32 22 0:7 / /cache rw,nosuid - ext4 /dev/vdb rw,errors=remount-ro\n";
+        assert_eq!(
+            read_only_mount_points(text),
+            vec![
+                PathBuf::from("/kiln/.docker/config.json"),
+                PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
+                PathBuf::from("/my vol"),
             ]
         );
     }

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod container;
 pub mod context;
 pub mod copier;
+pub mod credentials;
 pub mod fsutil;
 pub mod layer;
 pub mod output;

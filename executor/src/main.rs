@@ -11,7 +11,15 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_executor::run::maybe_run_init() {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    let opts = Options::parse();
+    // Before any thread and any read of the environment: may re-execute this process once.
+    let args = match kiln_executor::credentials::protect_environment() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("kiln-executor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options::parse_from(args);
     opts.logging.init();
     match kiln_executor::build::run_build(&opts) {
         Ok(result) => {

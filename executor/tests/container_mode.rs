@@ -21,13 +21,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_testkit::{
-    fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, repo_root,
-    run_bounded, run_ok, tail, CmdError,
+    fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, run_bounded,
+    run_ok, tail, CmdError,
 };
-use support::{diff_trees, scan_tree};
+use support::{build_executor_image, diff_trees, scan_tree};
 
-/// The static release build plus the image build; generous because 2 cores are shared.
-const IMAGE_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The Dockerfile built both ways: a RUN, a COPY from the context, a stage FROM an earlier stage,
@@ -57,25 +55,6 @@ fn write_context(dir: &Path, reg: &str) {
     fs::create_dir_all(dir).expect("create context dir");
     fs::write(dir.join("Dockerfile"), dockerfile(reg)).expect("write Dockerfile");
     fs::write(dir.join("hello.txt"), "hello from the context\n").expect("write hello.txt");
-}
-
-/// Builds and pushes the executor image with the repository's script; returns its reference.
-fn build_executor_image(reg: &str) -> String {
-    let image = format!("{reg}/e2e/kiln-executor:test");
-    let script = repo_root().join("scripts/build-executor-image.sh");
-    let out = run_ok(
-        Command::new("bash")
-            .arg(&script)
-            .args(["--destination", &image, "--insecure"]),
-        IMAGE_BUILD_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("building the executor image failed: {e}"));
-    assert!(
-        out.stdout.trim().starts_with("sha256:"),
-        "the script printed no digest: {}",
-        tail(&out.stdout, 500)
-    );
-    image
 }
 
 /// Fetch with skopeo and flatten with umoci into `dir/rootfs-<tag>`.

@@ -3,6 +3,8 @@
 //! HTTP, with basic auth), tarballs served over HTTP, and `tar://stdin` and a git context through
 //! the real `kiln-executor` binary. The `git` CLI is used by the tests only, never by the executor.
 
+mod support;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -560,6 +562,53 @@ fn executor_builds_from_stdin_and_git() {
     assert_eq!(
         file_in_layout(&layout, "/app.txt").as_deref(),
         Some("app-1\n")
+    );
+}
+
+/// The executor takes `GIT_TOKEN` out of its environment block at start (re-executing itself,
+/// see `kiln_executor::credentials`) and must still use it: an https repository that accepts only
+/// the token builds, and the token is in neither the log nor the image.
+#[test]
+fn executor_uses_git_token_from_its_environment() {
+    if !tools_present() {
+        return;
+    }
+    let repo = make_repo();
+    let (cert, key) = self_signed_cert(&repo.base);
+    let token = format!("tok-{}-Qw7", std::process::id());
+    // kaniko's convention: the token is the user name, the password empty.
+    let server = http_server_with(&repo.base, Some(&format!("{token}:")), Some((&cert, &key)));
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let context = format!(
+        "https://127.0.0.1:{}/git/repo.git#refs/tags/v1",
+        server.port
+    );
+    let args = [
+        "--context",
+        &context,
+        "--context-sub-path",
+        "sub",
+        "--git",
+        "insecure-skip-tls=true",
+        "--no-push",
+        "--oci-layout-path",
+        layout.to_str().unwrap(),
+    ];
+    let (ok, log) = executor(&args, &[("GIT_TOKEN", &token)], None);
+    assert!(ok, "build from {context} with GIT_TOKEN failed:\n{log}");
+    assert_eq!(
+        file_in_layout(&layout, "/app.txt").as_deref(),
+        Some("app-1\n")
+    );
+    assert!(!log.contains(&token), "the token is in the log:\n{log}");
+    let (found, files) = support::scan_files(&layout, &[("GIT_TOKEN", &token)]);
+    assert!(found.is_empty() && files > 0, "{found:?} ({files} files)");
+    // Without the token the same build is refused: the build above did use it.
+    let (ok, log) = executor(&args, &[], None);
+    assert!(
+        !ok,
+        "the repository accepted a build without the token:\n{log}"
     );
 }
 

@@ -131,6 +131,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         }
     });
     let ignore = IgnorePaths::new(req, &work_dir, context.root());
+    if req.isolation == Isolation::InPlace {
+        // Before the first stage replaces `/`: the probe and the paths to hide are about the
+        // container as it started.
+        crate::run::prepare_in_place(&in_place_hidden(req, &work_dir, context.root()));
+    }
     let started = Instant::now();
     let plan = BuildPlan::new(
         &parsed,
@@ -260,6 +265,21 @@ impl IgnorePaths {
         }
         paths
     }
+}
+
+/// What in-place RUN steps must not see besides the fixed places (`/kiln`, `/kaniko`, the
+/// service-account and secrets directories) and the read-only mounts: Kiln's directory and work
+/// directory, the context, and the docker config in use with its directory.
+fn in_place_hidden(req: &BuildRequest, work_dir: &Path, context_root: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![work_dir.to_path_buf(), context_root.to_path_buf()];
+    paths.extend(work_dir.parent().map(Path::to_path_buf));
+    if let Some(config) =
+        kiln_oci::registry::DockerConfig::locate(req.registry.docker_config.as_deref())
+    {
+        paths.extend(config.parent().map(Path::to_path_buf));
+        paths.push(config);
+    }
+    paths
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.

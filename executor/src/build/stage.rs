@@ -131,6 +131,8 @@ impl Builder<'_> {
                         layer_note = "snapshot deferred (--single-snapshot)".into();
                     } else if let Some(layer) = {
                         let snap_started = Instant::now();
+                        // In place a step may have moved a mount point: read them again.
+                        snap.set_ignore(self.ignore.paths());
                         let layer = snap.snapshot_layer(&layer_dir, &self.req.layer_options)?;
                         snapshot_note = format!(", snapshot {}", secs(snap_started.elapsed()));
                         layer
@@ -174,6 +176,7 @@ impl Builder<'_> {
         }
         if pending_single_snapshot {
             if let Some(snap) = snapshotter.as_mut() {
+                snap.set_ignore(self.ignore.paths());
                 if let Some(layer) = snap.snapshot_layer(&layer_dir, &self.req.layer_options)? {
                     info!(
                         "[{label}] single snapshot: layer {} ({})",

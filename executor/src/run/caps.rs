@@ -82,10 +82,17 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Effective and permitted become the default set (less anything this process lacks), the
-/// inheritable set is emptied (as runc does since CVE-2022-24769), and the ambient set cleared.
-/// After this, `setuid` to a non-root user empties effective and permitted as usual.
-pub(super) fn restrict() -> io::Result<()> {
+/// `CAP_SETPCAP`, which dropping from the bounding set needs.
+pub(super) const CAP_SETPCAP: u32 = 8;
+
+/// Whether this process has `cap` in its effective set.
+pub(super) fn effective(cap: u32) -> io::Result<bool> {
+    let (data, _) = capget()?;
+    let word = data[(cap / 32) as usize].effective;
+    Ok(word & (1 << (cap % 32)) != 0)
+}
+
+fn capget() -> io::Result<([CapData; 2], CapHeader)> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -95,6 +102,14 @@ pub(super) fn restrict() -> io::Result<()> {
     if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok((data, header))
+}
+
+/// Effective and permitted become the default set (less anything this process lacks), the
+/// inheritable set is emptied (as runc does since CVE-2022-24769), and the ambient set cleared.
+/// After this, `setuid` to a non-root user empties effective and permitted as usual.
+pub(super) fn restrict() -> io::Result<()> {
+    let (mut data, mut header) = capget()?;
     let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
     let keep = permitted & DOCKER_DEFAULT_MASK;
     for (i, word) in data.iter_mut().enumerate() {

@@ -1,5 +1,6 @@
 //! The run init: the single-threaded re-executed helper that reads the plan, has the sandbox
-//! built (see `sandbox`), forks the command into its PID namespace, switches user, execs, and
+//! built (see `sandbox`; in place, `inpod`), forks the command into its PID namespace, switches
+//! user, execs, and
 //! waits passing signals on. It runs only in its own process (see the parent module), never in
 //! the multi-threaded executor, and never returns to normal executor code.
 
@@ -15,7 +16,7 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, execve, fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
 
-use super::{sandbox, ChrootPlan, FailureKind, InitFailure, InitPlan, HELLO, STATUS_FD_ENV};
+use super::{inpod, sandbox, ChrootPlan, FailureKind, InitFailure, InitPlan, HELLO, STATUS_FD_ENV};
 
 /// Exit code when the init fails before `exec`; the real reason travels on the status pipe.
 const SETUP_FAILED: i32 = 125;
@@ -69,9 +70,10 @@ pub(super) fn main() -> i32 {
             return SETUP_FAILED;
         }
     };
-    let result = match &plan.chroot {
-        None => exec_command(&plan, false),
-        Some(chroot) => run_isolated(&plan, chroot, &mut status),
+    let result = match (&plan.chroot, &plan.private) {
+        (Some(chroot), _) => run_isolated(&plan, chroot, &mut status),
+        (None, Some(private)) => run_private(&plan, private, &mut status),
+        (None, None) => exec_command(&plan, None),
     };
     match result {
         Ok(code) => code,
@@ -113,12 +115,36 @@ fn report(status: &mut File, failure: Failure) {
     }
 }
 
-/// Chroot mode: the step's cgroup and namespaces, then fork so the child is PID 1 of the new PID
-/// namespace (procfs must be mounted from inside it); the child builds its root and execs, this
-/// process waits and forwards signals.
+/// Chroot mode: the step's cgroup and namespaces, then the child builds its root and execs.
 fn run_isolated(plan: &InitPlan, chroot: &ChrootPlan, status: &mut File) -> Result<i32, Failure> {
     sandbox::enter_namespaces(chroot)?;
+    fork_command(
+        plan,
+        status,
+        || sandbox::enter_root(chroot),
+        sandbox::confine,
+    )
+}
 
+/// In place with private namespaces: the child covers the hidden paths and mounts its `/proc`.
+fn run_private(
+    plan: &InitPlan,
+    private: &inpod::PrivatePlan,
+    status: &mut File,
+) -> Result<i32, Failure> {
+    inpod::enter_namespaces()?;
+    fork_command(plan, status, || inpod::hide(private), inpod::confine)
+}
+
+/// After `unshare` of a new PID namespace: fork so the child is PID 1 there (procfs must be
+/// mounted from inside it); the child runs `setup`, is confined by `confine` and execs (or, for a
+/// probe, ends there with 0), while this process waits and forwards signals.
+fn fork_command(
+    plan: &InitPlan,
+    status: &mut File,
+    setup: impl FnOnce() -> Result<(), Failure>,
+    confine: fn() -> Result<(), Failure>,
+) -> Result<i32, Failure> {
     let mut forwarded = SigSet::empty();
     for s in FORWARDED {
         forwarded.add(s);
@@ -140,8 +166,8 @@ fn run_isolated(plan: &InitPlan, chroot: &ChrootPlan, status: &mut File) -> Resu
                 // If the waiting parent is killed, the command and its namespace go with it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                     .map_err(|e| fail(FailureKind::Setup, "setting the parent-death signal", e))?;
-                sandbox::enter_root(chroot)?;
-                exec_command(plan, true)
+                setup()?;
+                exec_command(plan, Some(confine))
             })();
             let code = match result {
                 Ok(code) => code,
@@ -212,12 +238,16 @@ fn die_by(signal: Signal) -> ! {
     std::process::exit(128 + signal as i32)
 }
 
-/// Working directory, confinement (when `sandboxed`), user, then exec. Returns only on failure.
-fn exec_command(plan: &InitPlan, sandboxed: bool) -> Result<i32, Failure> {
+/// Working directory, `confine` (capabilities and seccomp, when isolated), user, then exec.
+/// Returns only on failure, or with 0 right before `exec` for a probe.
+fn exec_command(
+    plan: &InitPlan,
+    confine: Option<fn() -> Result<(), Failure>>,
+) -> Result<i32, Failure> {
     chdir(Path::new(&plan.workdir))
         .map_err(|e| fail(FailureKind::Workdir, plan.workdir.clone(), e))?;
-    if sandboxed {
-        sandbox::confine()?;
+    if let Some(confine) = confine {
+        confine()?;
     }
     let groups: Vec<Gid> = plan.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     setgroups(&groups).map_err(|e| fail(FailureKind::Setup, "setgroups", e))?;
@@ -225,6 +255,9 @@ fn exec_command(plan: &InitPlan, sandboxed: bool) -> Result<i32, Failure> {
         .map_err(|e| fail(FailureKind::Setup, format!("setgid {}", plan.gid), e))?;
     setuid(Uid::from_raw(plan.uid))
         .map_err(|e| fail(FailureKind::Setup, format!("setuid {}", plan.uid), e))?;
+    if plan.probe {
+        return Ok(0);
+    }
 
     let program = &plan.argv[0];
     let cstr = |s: &str| {

@@ -35,10 +35,20 @@
 //! `pivot_root`, the old root detached; runc's masked and read-only `/proc` and `/sys` paths and a
 //! minimal `/dev` ([`mounts`]); Docker's default capabilities ([`caps`]) and a seccomp filter
 //! against the escape syscalls ([`seccomp`]). `no_new_privs` is not set, as in Docker.
+//!
+//! # In place (a Pod)
+//!
+//! The step runs over the container's own `/`. Where the container allows it (decided once by
+//! probing, see [`inpod`]), each step gets new mount and PID namespaces in which Kiln's
+//! directory, the credentials and every read-only mount (Secrets, the service-account token)
+//! are covered, `/proc` shows only the step's processes, and the same capability and seccomp
+//! confinement as a sandboxed step keeps it from uncovering them. Otherwise it shares the
+//! container with the executor, as kaniko's steps do.
 
 mod caps;
 mod cgroup;
 mod init;
+mod inpod;
 mod mountpoints;
 mod mounts;
 mod sandbox;
@@ -46,6 +56,7 @@ mod seccomp;
 pub mod users;
 
 pub use cgroup::{CGROUP_PREFIX, PIDS_MAX};
+pub use inpod::{prepare_in_place, InPlaceNamespaces};
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -78,8 +89,10 @@ pub enum Isolation {
     /// (read-only sysfs), and the host's `/etc/resolv.conf` and `/etc/hosts` bound read-only.
     /// Needs root.
     Chroot,
-    /// Inside a container whose `/` is the build root: only environment, working directory and
-    /// user are applied; `root` should be `/`.
+    /// Inside a container whose `/` is the build root: environment, working directory and user
+    /// are applied; `root` should be `/`. Where [`prepare_in_place`] found the container allows
+    /// it, each step also gets private mount and PID namespaces hiding Kiln's directory, the
+    /// credentials and Secret mounts, and the executor's processes.
     InPlace,
 }
 
@@ -205,6 +218,12 @@ fn init_program() -> PathBuf {
 #[derive(Debug, Serialize, Deserialize)]
 struct InitPlan {
     chroot: Option<ChrootPlan>,
+    /// In place with private namespaces (see [`inpod`]); never together with `chroot`.
+    #[serde(default)]
+    private: Option<inpod::PrivatePlan>,
+    /// Set up everything, switch user, and end before `exec` (the in-place probe).
+    #[serde(default)]
+    probe: bool,
     argv: Vec<String>,
     env: Vec<String>,
     workdir: String,
@@ -307,8 +326,14 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
             }
         },
     };
+    let private = match spec.isolation {
+        Isolation::InPlace => inpod::step_plan()?,
+        Isolation::Chroot => None,
+    };
     let plan = InitPlan {
         chroot,
+        private,
+        probe: false,
         argv: spec.argv.clone(),
         env,
         workdir: spec.workdir.clone(),
@@ -479,6 +504,8 @@ mod tests {
         // The unit-test binary's main() does not call maybe_run_init(); /bin/true stands in for it.
         let plan = InitPlan {
             chroot: None,
+            private: None,
+            probe: false,
             argv: vec!["true".into()],
             env: vec![],
             workdir: "/".into(),

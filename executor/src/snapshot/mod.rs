@@ -163,28 +163,36 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// Record the current state of `root`, skipping `ignore` (absolute in-image paths).
     pub fn new(root: &Path, ignore: Vec<PathBuf>) -> Result<Self, SnapshotError> {
-        let ignore = ignore
-            .iter()
-            .filter_map(|p| {
-                let names: Vec<&[u8]> = p
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(name) => Some(name.as_bytes()),
-                        _ => None,
-                    })
-                    .collect();
-                // `/` itself names the root, which a walk never lists, so ignoring it ignores
-                // nothing.
-                (!names.is_empty()).then(|| names.join(&b'/').into_boxed_slice())
-            })
-            .collect();
         let mut snapshotter = Snapshotter {
             root: root.to_path_buf(),
-            ignore,
+            ignore: rel_paths(&ignore),
             state: State::default(),
         };
         snapshotter.refresh()?;
         Ok(snapshotter)
+    }
+
+    /// Replace the ignored paths before the next snapshot. In place, a step can move a mount
+    /// point (`mv /var /v` takes a Secret mounted below `/var` along): the mount must stay out of
+    /// the layer at its new path, so the caller reads the mount points again. What the previous
+    /// state holds under a newly ignored path is forgotten, so it does not read as deleted.
+    pub fn set_ignore(&mut self, ignore: Vec<PathBuf>) {
+        let ignore = rel_paths(&ignore);
+        if ignore == self.ignore {
+            return;
+        }
+        let under = |path: &[u8]| {
+            ignore.iter().any(|ig| {
+                path.starts_with(ig) && (path.len() == ig.len() || path[ig.len()] == b'/')
+            })
+        };
+        self.state
+            .dirs
+            .retain(|dir, _| dir.is_empty() || !under(dir));
+        for (dir, listing) in self.state.dirs.iter_mut() {
+            listing.retain(|(name, _)| !under(&scan::join(dir, name)));
+        }
+        self.ignore = ignore;
     }
 
     /// Re-record the state without writing a layer (after unpacking a base or cached layer).
@@ -564,6 +572,24 @@ fn layer_order(a: &[u8], b: &[u8]) -> Ordering {
 }
 
 /// `(parent, name)` of a relative path; the parent of a top-level name is empty.
+/// Absolute in-image paths as paths relative to the root; `/` itself names the root, which a
+/// walk never lists, so ignoring it ignores nothing.
+fn rel_paths(paths: &[PathBuf]) -> Vec<RelPath> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let names: Vec<&[u8]> = p
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(name) => Some(name.as_bytes()),
+                    _ => None,
+                })
+                .collect();
+            (!names.is_empty()).then(|| names.join(&b'/').into_boxed_slice())
+        })
+        .collect()
+}
+
 fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&c| c == b'/') {
         Some(cut) => (&path[..cut], &path[cut + 1..]),

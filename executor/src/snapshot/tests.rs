@@ -390,6 +390,51 @@ fn ignored_paths_are_not_snapshotted() {
     assert_eq!(names(&layer), vec!["real"]);
 }
 
+/// In place, a step moved the directory holding a mounted secret (`mv /var /v`): the mount
+/// point, ignored at its new path, stays out of the layer; a path newly ignored is not a deletion.
+#[test]
+fn a_moved_ignored_path_stays_out_once_the_ignore_list_follows_it() {
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(r, "var/run/secrets/token", "secret");
+    write(r, "var/lib/data", "d");
+    write(r, "opt/app/conf", "c");
+    let mut snap = Snapshotter::new(r, vec![PathBuf::from("/var/run/secrets/token")]).unwrap();
+    fs::rename(r.join("var"), r.join("v")).unwrap();
+    snap.set_ignore(vec![
+        PathBuf::from("/v/run/secrets/token"),
+        PathBuf::from("/opt/app"),
+    ]);
+    let layer = snap
+        .snapshot_layer(out.path(), &options())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        names(&layer),
+        vec![
+            ".wh.var",
+            "v/",
+            "v/lib/",
+            "v/lib/data",
+            "v/run/",
+            "v/run/secrets/",
+        ]
+    );
+    // Unchanged ignore lists change nothing; a path no longer ignored is seen again.
+    snap.set_ignore(vec![
+        PathBuf::from("/v/run/secrets/token"),
+        PathBuf::from("/opt/app"),
+    ]);
+    assert_eq!(snap.snapshot_layer(out.path(), &options()).unwrap(), None);
+    snap.set_ignore(vec![PathBuf::from("/v/run/secrets/token")]);
+    let layer = snap
+        .snapshot_layer(out.path(), &options())
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&layer), vec!["opt/", "opt/app/", "opt/app/conf"]);
+}
+
 #[test]
 fn sockets_are_left_out() {
     let root = tempfile::tempdir().unwrap();

@@ -6,12 +6,18 @@
 #![allow(dead_code)] // Each test binary uses a different subset of these helpers.
 
 mod diff;
+mod executor_image;
 mod history;
+mod scan;
 // Only the differential and container-mode tests compare trees; the other test binaries import none.
 #[allow(unused_imports)]
 pub use diff::*;
 #[allow(unused_imports)]
+pub use executor_image::*;
+#[allow(unused_imports)]
 pub use history::*;
+#[allow(unused_imports)]
+pub use scan::*;
 
 use kiln_testkit::repo_root;
 // The differential test's registry, command and image-tool helpers live in the shared test kit;

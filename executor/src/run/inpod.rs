@@ -1,0 +1,415 @@
+//! In-place `RUN` steps, where the Pod's container is the build root: decides once, by probing,
+//! whether each step can have private mount and PID namespaces, and plans what a step hides in
+//! them (Kiln's directory, the docker config in use, the context, the Secret and
+//! service-account mounts, every other read-only mount), with `/proc` mounted anew so that the
+//! executor's processes are out of sight. Where the Pod does not allow that, it warns once and
+//! changes nothing: the steps then see what kaniko's do. It never mounts anything in the
+//! executor's own namespace; the init makes the mounts, in the step's namespace only.
+//!
+//! # Why a probe, not a setting
+//!
+//! Whether `unshare(CLONE_NEWNS | CLONE_NEWPID)` and a fresh procfs are allowed depends on the
+//! Pod's user namespace, capabilities, seccomp and LSM profiles, which the executor cannot read
+//! reliably. So the init is started once with the real plan and stops just before `exec`: if
+//! that works, every step can have it; if not, its error is the reason given in the warning.
+//!
+//! # Why held descriptors, not paths
+//!
+//! A step as root may rename a directory above a hidden one (`mv /var /v`): in that step the
+//! hidden directory stays covered (a mount follows its dentry), but the next step would cover
+//! the old path and leave the new one open. The executor keeps an `O_PATH` descriptor of every
+//! fixed hidden path and asks the kernel where it is now before each step. Read-only mounts are
+//! read from `/proc/self/mountinfo` before each step for the same reason.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use serde::{Deserialize, Serialize};
+
+use super::init::{fail, io_errno, Failure};
+use super::{caps, mounts, seccomp, FailureKind, InitPlan, MountOp, RunError};
+
+/// Hidden whenever they exist: Kiln's and kaniko's directories (binaries, work directory,
+/// `/kiln/.docker` where Kiln's Pods mount the push Secret, `/kaniko/.docker` where kaniko-style
+/// Pods do), the service-account token's directory and Docker's secrets directory.
+const ALWAYS_HIDDEN: [&str; 4] = ["/kiln", "/kaniko", "/var/run/secrets", "/run/secrets"];
+
+/// Read-only mounts that stay visible: kernel filesystems, and the runtime's resolver files,
+/// which a step needs and which hold nothing of the Pod's.
+const KEPT_UNDER: [&str; 3] = ["/proc", "/sys", "/dev"];
+const KEPT_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
+/// One path a step must not see, and how it is covered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Hide {
+    /// An empty read-only tmpfs over a directory.
+    Dir(PathBuf),
+    /// A read-only bind of `/dev/null` over a file (runc's way of masking one).
+    File(PathBuf),
+}
+
+/// What the init of an in-place step does in its private namespaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct PrivatePlan {
+    pub hide: Vec<Hide>,
+}
+
+/// How in-place `RUN` steps are isolated in this container, as [`prepare_in_place`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InPlaceNamespaces {
+    /// Each step runs in its own mount and PID namespaces with these paths covered (and any
+    /// read-only mount found before the step).
+    Private { hidden: Vec<PathBuf> },
+    /// Steps share the container's namespaces with the executor; `reason` is why the probe failed.
+    Shared { reason: String },
+}
+
+/// The decision, made once per process.
+struct Decision {
+    namespaces: InPlaceNamespaces,
+    fixed: Vec<HeldPath>,
+}
+
+static DECISION: OnceLock<Decision> = OnceLock::new();
+
+/// A hidden path, followed through renames by an `O_PATH` descriptor.
+struct HeldPath {
+    fd: OwnedFd,
+}
+
+impl HeldPath {
+    fn open(path: &Path) -> Option<HeldPath> {
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        Some(HeldPath { fd: file.into() })
+    }
+
+    /// Where the path is now; `None` once it has been removed (its content went with it).
+    fn current(&self) -> Option<PathBuf> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()?;
+        let text = link.to_str()?;
+        (!text.ends_with(" (deleted)") && link.is_absolute()).then_some(link)
+    }
+}
+
+/// Decide, once per process and before the first in-place step, how in-place steps are isolated:
+/// probe for private namespaces hiding [`ALWAYS_HIDDEN`], `extra` (Kiln's work directory, the
+/// context, the docker config's directory) and the read-only mounts; log the outcome (a warning,
+/// once, when the steps will share the container). Also makes the executor non-dumpable, so
+/// that a step sharing its PID namespace cannot read its memory or `/proc/<pid>/environ`
+/// without `CAP_SYS_PTRACE`, which no default container has.
+pub fn prepare_in_place(extra: &[PathBuf]) -> InPlaceNamespaces {
+    DECISION.get_or_init(|| decide(extra)).namespaces.clone()
+}
+
+fn decide(extra: &[PathBuf]) -> Decision {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make the executor non-dumpable ({e}); RUN steps that share its PID namespace can read its memory");
+    }
+    let mut candidates: Vec<PathBuf> = ALWAYS_HIDDEN.iter().map(PathBuf::from).collect();
+    candidates.extend(extra.iter().cloned());
+    let fixed: Vec<HeldPath> = candidates
+        .iter()
+        .filter(|p| hideable(p))
+        .filter_map(|p| HeldPath::open(p))
+        .collect();
+    let outcome = plan_for(&fixed).and_then(|plan| probe(&plan).map(|()| plan));
+    match outcome {
+        Ok(plan) => {
+            let hidden: Vec<PathBuf> = plan.hide.iter().map(|h| h.path().to_path_buf()).collect();
+            tracing::info!(
+                "RUN steps run in place, each in private mount and PID namespaces hiding {}",
+                hidden
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Decision {
+                namespaces: InPlaceNamespaces::Private { hidden },
+                fixed,
+            }
+        }
+        Err(e) => {
+            let reason = probe_reason(&e);
+            tracing::warn!("{}", shared_warning(&reason));
+            Decision {
+                namespaces: InPlaceNamespaces::Shared { reason },
+                fixed: Vec::new(),
+            }
+        }
+    }
+}
+
+/// The one-line warning for steps that share the container with the executor.
+fn shared_warning(reason: &str) -> String {
+    format!(
+        "RUN steps run in place in this container without private namespaces ({reason}): like \
+         kaniko's, they can read /kiln with the push credentials (/kiln/.docker/config.json), \
+         every mounted Secret and the service-account token, and see the container's other \
+         processes; to hide them, run the Pod with hostUsers: false and the SYS_ADMIN \
+         capability (see \"What a RUN step can and cannot see\" in the README)"
+    )
+}
+
+fn probe_reason(e: &RunError) -> String {
+    match e {
+        RunError::Namespace { source } => {
+            format!("unshare of the mount and PID namespaces: {source}")
+        }
+        RunError::Setup { what, source } => format!("{what}: {source}"),
+        other => other.to_string(),
+    }
+}
+
+/// The plan for the next in-place step: `None` where steps share the container (or no decision
+/// was made, as in tests that run a step in place directly).
+pub(super) fn step_plan() -> Result<Option<PrivatePlan>, RunError> {
+    match DECISION.get() {
+        Some(Decision {
+            namespaces: InPlaceNamespaces::Private { .. },
+            fixed,
+        }) => plan_for(fixed).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn plan_for(fixed: &[HeldPath]) -> Result<PrivatePlan, RunError> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| RunError::Setup {
+            what: "reading /proc/self/mountinfo".into(),
+            source,
+        })?;
+    let mut paths: Vec<PathBuf> = fixed.iter().filter_map(HeldPath::current).collect();
+    paths.extend(crate::container::read_only_mount_points(&mountinfo));
+    paths.retain(|p| hideable(p));
+    Ok(PrivatePlan {
+        hide: hide_ops(paths, |p| std::fs::metadata(p).ok().map(|m| m.is_dir())),
+    })
+}
+
+/// Whether `path` may be covered: absolute, not `/`, not a kernel filesystem or resolver file.
+fn hideable(path: &Path) -> bool {
+    path.is_absolute()
+        && path != Path::new("/")
+        && !KEPT_UNDER.iter().any(|k| path.starts_with(k))
+        && !KEPT_FILES.iter().any(|f| path == Path::new(f))
+}
+
+/// Sorted, without paths below another one (covered with it) or that no longer exist; `is_dir`
+/// follows symlinks, as the mount that covers the path will.
+fn hide_ops(mut paths: Vec<PathBuf>, is_dir: impl Fn(&Path) -> Option<bool>) -> Vec<Hide> {
+    paths.sort();
+    paths.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        if kept.iter().any(|k| path.starts_with(k)) {
+            continue;
+        }
+        kept.push(path);
+    }
+    kept.into_iter()
+        .filter_map(|p| match is_dir(&p)? {
+            true => Some(Hide::Dir(p)),
+            false => Some(Hide::File(p)),
+        })
+        .collect()
+}
+
+impl Hide {
+    fn path(&self) -> &Path {
+        match self {
+            Hide::Dir(p) | Hide::File(p) => p,
+        }
+    }
+}
+
+/// Start the init with `plan` as a real step would, up to the user switch, and stop before `exec`.
+fn probe(plan: &PrivatePlan) -> Result<(), RunError> {
+    let init = InitPlan {
+        chroot: None,
+        private: Some(plan.clone()),
+        probe: true,
+        argv: vec!["/nonexistent/kiln-probe".into()],
+        env: Vec::new(),
+        workdir: "/".into(),
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    super::spawn_init(&super::init_program(), &init)
+}
+
+/// In the init, before it forks: new mount and PID namespaces, the mount namespace made private
+/// so that nothing mounted for the step reaches the container's.
+pub(super) fn enter_namespaces() -> Result<(), Failure> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+        .map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail(FailureKind::Namespace, "making / private", e))
+}
+
+const RO_NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// In the forked child, PID 1 of the new PID namespace: cover every hidden path, then mount a
+/// `/proc` of the new namespace (with Docker's masked and read-only paths) over the container's.
+/// The confinement that follows ([`confine`]: seccomp against `mount` and `umount2`) keeps the
+/// step from uncovering them.
+pub(super) fn hide(plan: &PrivatePlan) -> Result<(), Failure> {
+    for op in &plan.hide {
+        match op {
+            Hide::Dir(path) => mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                RO_NOSUID_NODEV_NOEXEC,
+                Some("mode=755"),
+            )
+            .map_err(|e| fail(FailureKind::Setup, format!("hiding {}", path.display()), e))?,
+            Hide::File(path) => {
+                let what = || format!("hiding {}", path.display());
+                mount(
+                    Some("/dev/null"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| fail(FailureKind::Setup, what(), e))?;
+                mount(
+                    None::<&str>,
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | RO_NOSUID_NODEV_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(|e| fail(FailureKind::Setup, what(), e))?;
+            }
+        }
+    }
+    mounts::do_mount(&MountOp::Proc {
+        target: PathBuf::from("/proc"),
+    })
+}
+
+/// The last steps before the user switch. Where the Pod granted `CAP_SETPCAP` (Docker's and
+/// containerd's default sets do), as for a sandboxed step (see `sandbox::confine`): bounding set,
+/// seccomp filter, then effective and permitted reduced to Docker's set, so `SYS_ADMIN` is gone.
+/// Without it (Kiln's hardened executor Pods) the bounding set cannot shrink, and shrinking only
+/// the permitted set would make a root step's `exec` regain the bounding set: the kernel then
+/// runs it in secure mode (`AT_SECURE`), in which the C library drops `LD_LIBRARY_PATH` and
+/// friends from the environment. So there the step keeps the Pod's capabilities, as an in-place
+/// step always has, and the seccomp filter alone, which no capability lifts, refuses `mount`,
+/// `umount2`, `unshare`, `setns`, `pivot_root` and the new mount API: nothing that covers a
+/// hidden path can be undone.
+pub(super) fn confine() -> Result<(), Failure> {
+    let setup = |what: &str, e: &std::io::Error| fail(FailureKind::Setup, what, io_errno(e));
+    let has_setpcap =
+        caps::effective(caps::CAP_SETPCAP).map_err(|e| setup("reading the capabilities", &e))?;
+    if has_setpcap {
+        caps::drop_bounding().map_err(|e| setup("dropping the capability bounding set", &e))?;
+    }
+    seccomp::install().map_err(|e| setup("installing the seccomp filter", &e))?;
+    if has_setpcap {
+        caps::restrict().map_err(|e| setup("reducing the capabilities", &e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_paths_are_covered_once_and_missing_ones_dropped() {
+        let paths = vec![
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
+            PathBuf::from("/kiln/.docker/config.json"),
+            PathBuf::from("/kiln"),
+            PathBuf::from("/var/run/secrets"),
+            PathBuf::from("/gone"),
+            PathBuf::from("/etc/app.conf"),
+            PathBuf::from("/kiln"),
+            PathBuf::from("/kilned"),
+        ];
+        let ops = hide_ops(paths, |p| match p.to_str() {
+            Some("/gone") => None,
+            Some("/etc/app.conf") => Some(false),
+            _ => Some(true),
+        });
+        assert_eq!(
+            ops,
+            vec![
+                Hide::File("/etc/app.conf".into()),
+                Hide::Dir("/kiln".into()),
+                Hide::Dir("/kilned".into()),
+                Hide::Dir("/var/run/secrets".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_filesystems_resolver_files_and_root_stay() {
+        for kept in [
+            "/",
+            "/proc/acpi",
+            "/sys/firmware",
+            "/dev/termination-log",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "relative",
+        ] {
+            assert!(!hideable(Path::new(kept)), "{kept}");
+        }
+        for hidden in ["/kiln", "/etc/hosts.d", "/workspace", "/devices"] {
+            assert!(hideable(Path::new(hidden)), "{hidden}");
+        }
+    }
+
+    #[test]
+    fn a_held_path_follows_renames_and_ends_with_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("secret")).unwrap();
+        let held = HeldPath::open(&a.join("secret")).unwrap();
+        assert_eq!(held.current(), Some(a.join("secret")));
+        let b = dir.path().join("b");
+        std::fs::rename(&a, &b).unwrap();
+        assert_eq!(held.current(), Some(b.join("secret")));
+        std::fs::remove_dir(b.join("secret")).unwrap();
+        assert_eq!(held.current(), None);
+    }
+
+    #[test]
+    fn the_warning_is_one_line_naming_the_exposure_and_the_remedy() {
+        let w = shared_warning("unshare: Operation not permitted (os error 1)");
+        assert!(!w.contains('\n'));
+        for part in [
+            "/kiln/.docker/config.json",
+            "service-account token",
+            "hostUsers: false",
+            "SYS_ADMIN",
+            "Operation not permitted",
+        ] {
+            assert!(w.contains(part), "{part} missing from {w}");
+        }
+    }
+}
