@@ -142,6 +142,7 @@ fn credentials_reach_no_layer_config_manifest_or_log() {
             "--isolation",
             "chroot",
             "--insecure",
+            "--insecure-pull",
             "--verbosity",
             "trace",
         ])
