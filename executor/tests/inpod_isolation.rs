@@ -110,8 +110,8 @@ impl Secrets {
 }
 
 /// The Dockerfile: two RUN steps report what they can reach, one line per fact, prefixed
-/// `probe `. The values of the secrets appear nowhere in it.
-fn dockerfile(base_reg: &str) -> String {
+/// `probe `, then `extra_steps`. The values of the secrets appear nowhere in it.
+fn dockerfile(base_reg: &str, extra_steps: &str) -> String {
     let checks: String = GUARDED
         .iter()
         .map(|f| {
@@ -139,6 +139,19 @@ RUN {checks}\
     echo step-one > /made-by-step-one; \
     mv /var /var-moved && echo "probe moved /var"
 RUN {checks}{moved_check}echo step-two > /made-by-step-two
+{extra_steps}"#
+    )
+}
+
+/// A `RUN --network=none` step reporting its interfaces (`/proc/net/dev`, which shows the
+/// reader's network namespace; the container's `/sys` was mounted in the container's), whether
+/// `lo` is up, and whether the test registry on the host network answers.
+fn network_none_step(base_reg: &str) -> String {
+    format!(
+        r#"RUN --network=none sed -n 's/^ *\([^:]*\):.*/probe netdev \1/p' /proc/net/dev; \
+    if ifconfig lo | grep -q UP; then echo "probe lo-up"; fi; \
+    if wget -q -T 10 -O /dev/null http://{base_reg}/v2/; then echo "probe registry-reached"; \
+    else echo "probe registry-unreachable"; fi
 "#
     )
 }
@@ -180,8 +193,9 @@ impl InPodBuild {
 }
 
 /// Run the executor image in podman (`extra`: podman options of the branch) as a Pod runs it,
-/// pushing to a registry with htpasswd auth whose credentials only the mounted docker config has.
-fn build_in_podman(tag: &str, extra: &[&str]) -> InPodBuild {
+/// pushing to a registry with htpasswd auth whose credentials only the mounted docker config has;
+/// `extra_steps` end the Dockerfile.
+fn build_in_podman(tag: &str, extra: &[&str], extra_steps: &str) -> InPodBuild {
     let base_reg = registry();
     let image = executor_image();
     let secrets = Secrets::new(tag);
@@ -192,7 +206,11 @@ fn build_in_podman(tag: &str, extra: &[&str]) -> InPodBuild {
         .expect("temp dir");
     let context = work.path().join("context");
     fs::create_dir_all(&context).expect("context dir");
-    fs::write(context.join("Dockerfile"), dockerfile(&base_reg)).expect("write Dockerfile");
+    fs::write(
+        context.join("Dockerfile"),
+        dockerfile(&base_reg, extra_steps),
+    )
+    .expect("write Dockerfile");
     let config = work.path().join("config.json");
     fs::write(
         &config,
@@ -340,7 +358,7 @@ fn default_capabilities_share_the_container_and_warn_once() {
     if !tools_present() {
         return;
     }
-    let build = build_in_podman("shared", &[]);
+    let build = build_in_podman("shared", &[], "");
     assert_eq!(
         build.output.matches(SHARED_WARNING).count(),
         1,
@@ -434,8 +452,31 @@ fn user_namespace_with_sys_admin_hides_credentials_and_the_executor() {
     }
     let mut opts = USERNS.to_vec();
     opts.extend(["--cap-add", "SYS_ADMIN"]);
-    let build = build_in_podman("private", &opts);
+    let build = build_in_podman("private", &opts, &network_none_step(&registry()));
     check_private(&build);
+    // RUN --network=none: a network namespace of its own with only lo, up, although podman's
+    // default set has no NET_ADMIN; the registry on the container's (host) network is out of reach.
+    let interfaces: Vec<&str> = build
+        .probe
+        .iter()
+        .filter_map(|l| l.strip_prefix("netdev "))
+        .collect();
+    assert_eq!(
+        interfaces,
+        ["lo"],
+        "a --network=none step saw other interfaces:\n{}",
+        build.report()
+    );
+    assert!(
+        build.has("lo-up") && build.has("registry-unreachable"),
+        "{}",
+        build.report()
+    );
+    assert!(
+        !build.output.contains("shares the container's network"),
+        "the --network=none step was warned about sharing the network:\n{}",
+        build.report()
+    );
     // Podman's default set has SETPCAP: SYS_ADMIN leaves the step's bounding set too.
     assert_eq!(
         step_bounding_set(&build) & CAP_SYS_ADMIN,
@@ -469,7 +510,7 @@ fn hardened_capabilities_with_sys_admin_are_private_too() {
     ] {
         opts.extend(["--cap-add", cap]);
     }
-    let build = build_in_podman("hardened", &opts);
+    let build = build_in_podman("hardened", &opts, "");
     check_private(&build);
     assert_ne!(
         step_bounding_set(&build) & CAP_SYS_ADMIN,

@@ -5,7 +5,7 @@ use super::{
     workdir::ensure_dir, CacheFlags, Cacheable, Command, CommandError, CopySource,
     InstructionError, KeyParts, Outcome, StageState,
 };
-use crate::run::{run_with, Isolation, Network, RunOptions, RunSpec};
+use crate::run::{run_with, Network, RunOptions, RunSpec};
 use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
 
 /// `RUN`: cached unless `--cache-run-layers=false`; its key records the command as written (the
@@ -140,15 +140,9 @@ fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandErr
         workdir,
         user: state.config.config.user.clone().unwrap_or_default(),
     };
+    // In place, whether `none` gets a network namespace is the run module's decision (and
+    // warning): it depends on what the container allows.
     let network = Network::from_flag(args.network.as_deref());
-    if network == Network::None && state.isolation == Isolation::InPlace {
-        // In place, the step runs in the executor's own container; a network namespace of its
-        // own needs CAP_SYS_ADMIN there, which a Pod does not grant by default.
-        tracing::warn!(
-            "RUN --network=none: steps run in place in this container and share its network; \
-             use chroot isolation (--isolation chroot) for a step without network"
-        );
-    }
     let result = run_with(&spec, &RunOptions { network });
     if let Some(script) = argv.first().filter(|a| a.starts_with("/.kiln-heredoc-")) {
         let _ = std::fs::remove_file(state.root.join(script.trim_start_matches('/')));

@@ -132,7 +132,7 @@ fn run_private(
     private: &inpod::PrivatePlan,
     status: &mut File,
 ) -> Result<i32, Failure> {
-    inpod::enter_namespaces()?;
+    inpod::enter_namespaces(private)?;
     fork_command(plan, status, || inpod::hide(private), inpod::confine)
 }
 

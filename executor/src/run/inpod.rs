@@ -2,8 +2,10 @@
 //! whether each step can have private mount and PID namespaces, and plans what a step hides in
 //! them (Kiln's directory, the docker config in use, the context, the Secret and
 //! service-account mounts, every other read-only mount), with `/proc` mounted anew so that the
-//! executor's processes are out of sight. Where the Pod does not allow that, it warns once and
-//! changes nothing: the steps then see what kaniko's do. It never mounts anything in the
+//! executor's processes are out of sight, and for `RUN --network=none` (probed at the first
+//! such step) a network namespace with only loopback. Where the Pod does not allow private
+//! namespaces, it warns once and changes nothing: the steps then see what kaniko's do (and
+//! `--network=none` steps the container's network, with a warning). It never mounts anything in the
 //! executor's own namespace; the init makes the mounts, in the step's namespace only.
 //!
 //! # Why a probe, not a setting
@@ -32,7 +34,7 @@ use nix::sched::{unshare, CloneFlags};
 use serde::{Deserialize, Serialize};
 
 use super::init::{fail, io_errno, Failure};
-use super::{caps, mounts, seccomp, FailureKind, InitPlan, MountOp, RunError};
+use super::{caps, mounts, sandbox, seccomp, FailureKind, InitPlan, MountOp, Network, RunError};
 
 /// Hidden whenever they exist: Kiln's and kaniko's directories (binaries, work directory,
 /// `/kiln/.docker` where Kiln's Pods mount the push Secret, `/kaniko/.docker` where kaniko-style
@@ -57,6 +59,10 @@ pub(super) enum Hide {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct PrivatePlan {
     pub hide: Vec<Hide>,
+    /// [`Network::None`]: a network namespace of the step's own with only `lo`, as in the
+    /// sandbox; only planned once [`network_none_works`] found the container allows it.
+    #[serde(default)]
+    pub network: Network,
 }
 
 /// How in-place `RUN` steps are isolated in this container, as [`prepare_in_place`] decided.
@@ -73,6 +79,9 @@ pub enum InPlaceNamespaces {
 struct Decision {
     namespaces: InPlaceNamespaces,
     fixed: Vec<HeldPath>,
+    /// Whether a `--network=none` step can have a network namespace of its own: probed at the
+    /// first such step (most builds have none), in the private branch only; `Err` is why not.
+    network_none: OnceLock<Result<(), String>>,
 }
 
 static DECISION: OnceLock<Decision> = OnceLock::new();
@@ -136,6 +145,7 @@ fn decide(extra: &[PathBuf]) -> Decision {
             Decision {
                 namespaces: InPlaceNamespaces::Private { hidden },
                 fixed,
+                network_none: OnceLock::new(),
             }
         }
         Err(e) => {
@@ -144,6 +154,7 @@ fn decide(extra: &[PathBuf]) -> Decision {
             Decision {
                 namespaces: InPlaceNamespaces::Shared { reason },
                 fixed: Vec::new(),
+                network_none: OnceLock::new(),
             }
         }
     }
@@ -171,14 +182,69 @@ fn probe_reason(e: &RunError) -> String {
 }
 
 /// The plan for the next in-place step: `None` where steps share the container (or no decision
-/// was made, as in tests that run a step in place directly).
-pub(super) fn step_plan() -> Result<Option<PrivatePlan>, RunError> {
-    match DECISION.get() {
-        Some(Decision {
-            namespaces: InPlaceNamespaces::Private { .. },
-            fixed,
-        }) => plan_for(fixed).map(Some),
-        _ => Ok(None),
+/// was made, as in tests that run a step in place directly). A `--network=none` step gets a
+/// network namespace with only `lo` where the private branch allows one; otherwise it shares the
+/// container's network, with a warning each time.
+pub(super) fn step_plan(network: Network) -> Result<Option<PrivatePlan>, RunError> {
+    let Some(decision) = DECISION
+        .get()
+        .filter(|d| matches!(d.namespaces, InPlaceNamespaces::Private { .. }))
+    else {
+        if network == Network::None {
+            tracing::warn!("{}", shared_network_warning(None));
+        }
+        return Ok(None);
+    };
+    let mut plan = plan_for(&decision.fixed)?;
+    if network == Network::None {
+        match network_none_works(decision, &plan) {
+            Ok(()) => plan.network = Network::None,
+            Err(reason) => tracing::warn!("{}", shared_network_warning(Some(reason))),
+        }
+    }
+    Ok(Some(plan))
+}
+
+/// Probe, once, a step of `plan` with a network namespace of its own (see
+/// `sandbox::enter_loopback_network`): it needs `CAP_SYS_ADMIN` and a kernel, seccomp profile
+/// and LSM that let the init create a user namespace when the Pod lacks `CAP_NET_ADMIN`.
+fn network_none_works<'d>(decision: &'d Decision, plan: &PrivatePlan) -> Result<(), &'d str> {
+    decision
+        .network_none
+        .get_or_init(|| {
+            let with_network = PrivatePlan {
+                network: Network::None,
+                ..plan.clone()
+            };
+            match probe(&with_network) {
+                Ok(()) => {
+                    tracing::info!(
+                        "RUN --network=none steps run in place in a network namespace of their \
+                         own with only lo"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(probe_reason(&e)),
+            }
+        })
+        .as_ref()
+        .copied()
+        .map_err(String::as_str)
+}
+
+/// The warning for a `--network=none` step that shares the container's network; `reason` is why
+/// the private branch could not give it a network namespace, `None` in the shared branch.
+fn shared_network_warning(reason: Option<&str>) -> String {
+    match reason {
+        None => "RUN --network=none: this step runs in place in the container and shares its \
+                 network, as every in-place step here shares the container's namespaces; run the \
+                 executor Pod with hostUsers: false and the SYS_ADMIN capability, or use \
+                 --isolation chroot, for a step without network"
+            .to_string(),
+        Some(reason) => format!(
+            "RUN --network=none: this step runs in place and shares the container's network: a \
+             network namespace of its own could not be made ({reason})"
+        ),
     }
 }
 
@@ -193,6 +259,7 @@ fn plan_for(fixed: &[HeldPath]) -> Result<PrivatePlan, RunError> {
     paths.retain(|p| hideable(p));
     Ok(PrivatePlan {
         hide: hide_ops(paths, |p| std::fs::metadata(p).ok().map(|m| m.is_dir())),
+        network: Network::Host,
     })
 }
 
@@ -248,9 +315,13 @@ fn probe(plan: &PrivatePlan) -> Result<(), RunError> {
     super::spawn_init(&super::init_program(), &init)
 }
 
-/// In the init, before it forks: new mount and PID namespaces, the mount namespace made private
-/// so that nothing mounted for the step reaches the container's.
-pub(super) fn enter_namespaces() -> Result<(), Failure> {
+/// In the init, before it forks: for `--network=none` a network namespace with only `lo` (the
+/// sandbox's own way), then new mount and PID namespaces, the mount namespace made private so
+/// that nothing mounted for the step reaches the container's.
+pub(super) fn enter_namespaces(plan: &PrivatePlan) -> Result<(), Failure> {
+    if plan.network == Network::None {
+        sandbox::enter_loopback_network()?;
+    }
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
         .map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
     mount(

@@ -113,7 +113,9 @@ pub struct RunSpec {
     pub user: String,
 }
 
-/// The network a chroot-mode step sees (`RUN --network=`); in-place mode has the container's.
+/// The network a step sees (`RUN --network=`). In place, `None` is honoured where the step has
+/// private namespaces and the container allows a network namespace (see [`inpod`]); otherwise
+/// the step has the container's network, with a warning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// The host's network, as `default` and `host` give (and BuildKit without CNI).
@@ -327,7 +329,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         },
     };
     let private = match spec.isolation {
-        Isolation::InPlace => inpod::step_plan()?,
+        Isolation::InPlace => inpod::step_plan(options.network)?,
         Isolation::Chroot => None,
     };
     let plan = InitPlan {

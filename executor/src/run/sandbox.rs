@@ -8,9 +8,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::unistd::{chdir, fchdir, pivot_root};
+use nix::unistd::{chdir, fchdir, pivot_root, ForkResult};
 
 use super::init::{fail, io_errno, Failure};
 use super::{caps, mounts, seccomp, ChrootPlan, FailureKind, Network};
@@ -19,8 +20,8 @@ use super::{caps, mounts, seccomp, ChrootPlan, FailureKind, Network};
 /// unchanged), and it tells nothing about the machine.
 pub(super) const HOSTNAME: &str = "localhost";
 
-/// In the init, before it forks: join the step's cgroup, then new mount, PID, IPC, UTS and cgroup
-/// namespaces (and a network namespace with only loopback for `--network=none`). The mount
+/// In the init, before it forks: join the step's cgroup, then (for `--network=none`) a network
+/// namespace with only loopback, then new mount, PID, IPC, UTS and cgroup namespaces. The mount
 /// namespace is made private first, so no mount of the step ever propagates to the host.
 pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
     if let Some(procs) = &plan.cgroup_procs {
@@ -33,14 +34,14 @@ pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
             )
         })?;
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
+    if plan.network == Network::None {
+        enter_loopback_network()?;
+    }
+    let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWCGROUP;
-    if plan.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
     unshare(flags).map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
     mount(
         None::<&str>,
@@ -51,20 +52,87 @@ pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
     )
     .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
     nix::unistd::sethostname(HOSTNAME)
-        .map_err(|e| fail(FailureKind::Setup, "setting the hostname", e))?;
-    if plan.network == Network::None {
-        loopback_up()?;
+        .map_err(|e| fail(FailureKind::Setup, "setting the hostname", e))
+}
+
+/// `RUN --network=none` (in the sandbox, and in place with private namespaces): a new network
+/// namespace with only `lo`, up. Called before the PID namespace is unshared, because the helper
+/// it may fork would otherwise become PID 1 of that namespace and take it down when it ends.
+///
+/// Bringing `lo` up needs `CAP_NET_ADMIN` over the namespace's owning user namespace, which a
+/// Pod's default and hardened capability sets lack. Then the namespace is made by a short-lived
+/// child in a user namespace of its own, which this process created and so has every capability
+/// in (the kernel grants them to the creator's euid in the parent namespace): this process joins
+/// that network namespace (`CAP_SYS_ADMIN`, which the private branch has) and brings `lo` up.
+pub(super) fn enter_loopback_network() -> Result<(), Failure> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+        fail(
+            FailureKind::Setup,
+            "creating a network namespace for --network=none",
+            e,
+        )
+    })?;
+    let what = "bringing up the loopback interface";
+    match loopback_up() {
+        Ok(()) => return Ok(()),
+        Err(Errno::EPERM) => {}
+        Err(e) => return Err(fail(FailureKind::Setup, what, e)),
     }
-    Ok(())
+    join_network_of_own_user_namespace()?;
+    loopback_up().map_err(|e| fail(FailureKind::Setup, what, e))
+}
+
+/// Join a new network namespace owned by a new user namespace, both made by a child that waits
+/// until this process has joined and then ends. Nothing ever runs in that user namespace.
+fn join_network_of_own_user_namespace() -> Result<(), Failure> {
+    let what = "creating a network namespace owned by a user namespace of its own";
+    let setup = |e| fail(FailureKind::Setup, what, e);
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup)?;
+    let (hold_r, hold_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup)?;
+    // SAFETY: the init is single-threaded (see the module documentation of `run`), so the child
+    // may run ordinary code; it only unshares, writes, reads and exits.
+    match unsafe { nix::unistd::fork() }.map_err(setup)? {
+        ForkResult::Child => {
+            drop((ready_r, hold_w));
+            let errno = match unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET) {
+                Ok(()) => 0,
+                // Every errno fits in a byte.
+                Err(e) => e as i32 as u8,
+            };
+            let _ = nix::unistd::write(&ready_w, &[errno]);
+            // Until the parent has joined (or died): then its end of the pipe closes.
+            let mut byte = [0u8; 1];
+            let _ = nix::unistd::read(hold_r.as_raw_fd(), &mut byte);
+            // SAFETY: _exit skips the parent's atexit handlers and stdio buffers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, hold_r));
+            let mut byte = [0u8; 1];
+            let joined = match nix::unistd::read(ready_r.as_raw_fd(), &mut byte) {
+                Ok(1) if byte[0] == 0 => join_network_of(child),
+                Ok(1) => Err(Errno::from_raw(i32::from(byte[0]))),
+                Ok(_) => Err(Errno::EIO),
+                Err(e) => Err(e),
+            };
+            drop(hold_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            joined.map_err(setup)
+        }
+    }
+}
+
+fn join_network_of(pid: nix::unistd::Pid) -> Result<(), Errno> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| io_errno(&e))?;
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
 }
 
 /// A new network namespace starts with `lo` down; programs expect 127.0.0.1 to work.
-fn loopback_up() -> Result<(), Failure> {
-    let what = "bringing up the loopback interface";
+fn loopback_up() -> Result<(), Errno> {
     // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(fail(FailureKind::Setup, what, Errno::last()));
+        return Err(Errno::last());
     }
     // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -77,11 +145,11 @@ fn loopback_up() -> Result<(), Failure> {
     // flags member of the union is the one these requests use.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
-            return Err(fail(FailureKind::Setup, what, Errno::last()));
+            return Err(Errno::last());
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
-            return Err(fail(FailureKind::Setup, what, Errno::last()));
+            return Err(Errno::last());
         }
     }
     Ok(())
