@@ -252,7 +252,12 @@ fn build_in_podman(tag: &str, extra: &[&str], extra_steps: &str) -> InPodBuild {
             .arg(image)
             .args(["--context", "dir:///workspace"])
             .args(["--dockerfile", "/workspace/Dockerfile"])
-            .args(["--destination", &destination, "--insecure", "--insecure-pull"]),
+            .args([
+                "--destination",
+                &destination,
+                "--insecure",
+                "--insecure-pull",
+            ]),
         BUILD_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("podman run of the executor image: {e}"));

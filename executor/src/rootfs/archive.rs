@@ -3,6 +3,7 @@
 //! are plain files, as Docker's untar writes them. Whether to extract at all (ADD's
 //! [`super::is_archive`]) is the caller's decision; every write goes through [`RootWriter`].
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -52,12 +53,12 @@ impl From<WriteError> for ExtractError {
     fn from(e: WriteError) -> Self {
         let path = |rel: &Path| clean_abs(&rel.to_string_lossy());
         match e {
-            WriteError::Io { rel, source, .. } | WriteError::Content { rel, source } => {
-                ExtractError::Write {
-                    path: path(&rel),
-                    source,
-                }
-            }
+            WriteError::Io { rel, source, .. }
+            | WriteError::Content { rel, source }
+            | WriteError::DeviceNotPermitted { rel, source, .. } => ExtractError::Write {
+                path: path(&rel),
+                source,
+            },
             WriteError::NotADirectory { rel } => ExtractError::NotADirectory { path: path(&rel) },
             WriteError::Outside { rel } => ExtractError::Write {
                 path: path(&rel),
@@ -112,12 +113,24 @@ pub fn extract_archive(
         dest_rel: &dest_rel,
         dest_clean: &dest_clean,
         owner,
+        devices_skipped: 0,
+        skipped: HashSet::new(),
     };
     tarball::for_each_entry(
         stream,
         |source| archive_err(&dest_clean, source),
         |entry| extractor.member(entry),
     )?;
+    let skipped = extractor.devices_skipped;
+    if skipped > 0 {
+        tracing::info!(
+            destination = %dest_clean,
+            skipped,
+            "{skipped} device node(s) of the archive extracted to {dest_clean} not created: this \
+             process may not create device nodes (no CAP_MKNOD, or a user namespace), so they are \
+             skipped, as containerd and BuildKit do in a user namespace; the rest is extracted"
+        );
+    }
     let written = w.finish()?;
     Ok(written.iter().map(|host| image_path(root, host)).collect())
 }
@@ -134,6 +147,11 @@ struct Extractor<'w, 'r> {
     dest_rel: &'w Path,
     dest_clean: &'w str,
     owner: ArchiveOwner,
+    /// Character and block devices not created for lack of the right to (see
+    /// [`WriteError::DeviceNotPermitted`]), and hard links to them.
+    devices_skipped: u64,
+    /// Where those devices would have been, so that hard links to them are skipped too.
+    skipped: HashSet<PathBuf>,
 }
 
 impl Extractor<'_, '_> {
@@ -183,6 +201,10 @@ impl Extractor<'_, '_> {
                     return Err(bad());
                 }
                 let existing = self.w.link_target(&self.dest_rel.join(lossy(&link_rel)))?;
+                if self.skipped.contains(&existing) {
+                    self.devices_skipped += 1;
+                    return Ok(());
+                }
                 let is_file = fs::symlink_metadata(&existing)
                     .map(|m| !m.is_dir())
                     .unwrap_or(false);
@@ -194,7 +216,14 @@ impl Extractor<'_, '_> {
             kind => match kind.node() {
                 Some(node) => {
                     let rdev = entry.device(Dialect::Archive).map_err(read_err)?;
-                    self.w.node(&mut t, node, rdev, &meta)?;
+                    match self.w.node(&mut t, node, rdev, &meta) {
+                        Err(WriteError::DeviceNotPermitted { .. }) => {
+                            tracing::debug!(entry = %name, "device node not created: not permitted");
+                            self.devices_skipped += 1;
+                            self.skipped.insert(t.host().to_path_buf());
+                        }
+                        other => other?,
+                    }
                 }
                 None => {
                     tracing::debug!(entry = %name, kind = ?kind, "skipping tar entry of unsupported type");

@@ -84,6 +84,23 @@ impl Tar {
         )
     }
 
+    /// A character or block device with its numbers.
+    fn device(&mut self, name: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        h.set_mtime(1_500_000_000);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).unwrap();
+        self
+    }
+
     /// PAX records for the next entry.
     fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         self.0
@@ -551,5 +568,44 @@ fn archives_refuse_bzip2_and_xz_layers_read_them_as_tar() {
         }
         let err = apply_as(Caller::Layer, &path, root.path()).unwrap_err();
         assert!(err.contains("cannot read layer"), "{err}");
+    }
+}
+
+/// Where this process may not create device nodes (no `CAP_MKNOD`, as in Kiln's hardened Pods),
+/// every caller skips character and block devices and hard links to them, and applies the rest
+/// (fifos need no capability), as containerd does in a user namespace.
+#[test]
+fn device_nodes_are_skipped_without_cap_mknod() {
+    let work = tempfile::tempdir().unwrap();
+    let tar = Tar::new()
+        .file("before", b"b")
+        .device("dev/null", tar::EntryType::Char, 1, 3)
+        .device("dev/loop9", tar::EntryType::Block, 7, 9)
+        .hardlink("dev/null-link", "dev/null")
+        .raw("fifo", tar::EntryType::Fifo, "", b"", 0o600, 1_500_000_000)
+        .file("after", b"a")
+        .write(work.path());
+    for via in vias() {
+        let root = tempfile::tempdir().unwrap();
+        let (r, stream) = (root.path().to_path_buf(), tar.clone());
+        // Capabilities are per thread: only this one goes without CAP_MKNOD.
+        std::thread::spawn(move || {
+            crate::run::drop_effective_on_this_thread(crate::run::CAP_MKNOD).unwrap();
+            apply(via, &stream, &r)
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{via:?}: {e}"));
+        let r = root.path();
+        for gone in ["dev/null", "dev/loop9", "dev/null-link"] {
+            assert!(
+                fs::symlink_metadata(r.join(gone)).is_err(),
+                "{via:?}: {gone} exists"
+            );
+        }
+        assert_eq!(fs::read(r.join("before")).unwrap(), b"b", "{via:?}");
+        assert_eq!(fs::read(r.join("after")).unwrap(), b"a", "{via:?}");
+        let fifo = fs::symlink_metadata(r.join("fifo")).unwrap();
+        assert!(fifo.file_type().is_fifo(), "{via:?}");
     }
 }

@@ -56,6 +56,16 @@ pub enum WriteError {
     NotADirectory { rel: PathBuf },
     #[error("{} resolves outside the root; refusing to write there", rel.display())]
     Outside { rel: PathBuf },
+    /// `mknod` of a character or block device answered `EPERM`: this process may not create
+    /// device nodes (no `CAP_MKNOD`, as in Kiln's hardened Pods, or a user namespace, where the
+    /// kernel never allows it). The callers that apply layers and archives skip such entries.
+    #[error("cannot create device node {}: {source}", path.display())]
+    DeviceNotPermitted {
+        rel: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Owner, mode, times and xattrs to give an entry.
@@ -614,7 +624,7 @@ impl<'r> RootWriter<'r> {
             ));
         }
         self.prepare(t)?;
-        self.create_replacing(t, false, "create device node", || {
+        let created = self.create_replacing(t, false, "create device node", || {
             rustix::fs::mknodat(
                 t.dir(),
                 &t.name,
@@ -622,7 +632,20 @@ impl<'r> RootWriter<'r> {
                 Mode::from_raw_mode(0o600),
                 rdev,
             )
-        })?;
+        });
+        match created {
+            // A fifo needs no capability, so its EPERM is a real failure.
+            Err(WriteError::Io { source, .. })
+                if kind != NodeKind::Fifo && source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                return Err(WriteError::DeviceNotPermitted {
+                    rel: t.rel.clone(),
+                    path: t.host.clone(),
+                    source,
+                });
+            }
+            other => other?,
+        }
         self.settle(t, meta, Settle::Node)?;
         self.record(t.host.clone());
         Ok(())

@@ -141,6 +141,24 @@ pub(super) fn restrict() -> io::Result<()> {
     Ok(())
 }
 
+/// `CAP_MKNOD`, which creating a character or block device needs.
+#[cfg(test)]
+pub(crate) const CAP_MKNOD: u32 = 27;
+
+/// Drop `cap` from the calling thread's effective set only (capabilities are per thread): for
+/// tests that must act without it, on a thread of their own.
+#[cfg(test)]
+pub(crate) fn drop_effective_on_this_thread(cap: u32) -> io::Result<()> {
+    let (mut data, mut header) = capget()?;
+    data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+    // SAFETY: as in `restrict`; capset only reads the header and data, and with pid 0 changes
+    // the calling thread alone.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

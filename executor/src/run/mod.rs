@@ -55,6 +55,8 @@ mod sandbox;
 mod seccomp;
 pub mod users;
 
+#[cfg(test)]
+pub(crate) use caps::{drop_effective_on_this_thread, CAP_MKNOD};
 pub use cgroup::{CGROUP_PREFIX, PIDS_MAX};
 pub use inpod::{prepare_in_place, InPlaceNamespaces};
 

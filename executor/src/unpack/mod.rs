@@ -34,6 +34,8 @@ pub mod bounds;
 mod tests;
 #[cfg(test)]
 mod tests_bounds;
+#[cfg(test)]
+mod tests_devices;
 
 pub use bounds::{BuildBudget, LayerBounds};
 
@@ -68,6 +70,9 @@ pub struct UnpackStats {
     pub decompressed: u64,
     /// Extended attributes recorded in the layer and not applied (see [`rootfs::xattrs`]).
     pub xattrs_skipped: u64,
+    /// Character and block devices (and hard links to them) not created because this process
+    /// may not create device nodes; see [`WriteError::DeviceNotPermitted`].
+    pub devices_skipped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +284,19 @@ fn apply_stream(
     })?;
     meter.commit();
     stats.decompressed = meter.charge();
+    if stats.devices_skipped > 0 {
+        // containerd (archive/tar.go, skipFile) and so BuildKit rootless skip device nodes when
+        // they run in a user namespace; Kiln goes by the kernel's answer instead, which also
+        // covers a Pod that drops CAP_MKNOD without a user namespace.
+        tracing::info!(
+            layer = %blob.display(),
+            skipped = stats.devices_skipped,
+            "{} device node(s) of the layer not created: this process may not create device \
+             nodes (no CAP_MKNOD, or a user namespace), so they are skipped, as containerd and \
+             BuildKit do in a user namespace; the rest of the layer is applied",
+            stats.devices_skipped
+        );
+    }
     if stats.xattrs_skipped > 0 {
         tracing::info!(
             layer = %blob.display(),
@@ -328,6 +346,13 @@ fn write_err(layer: &Path, root: &Path, entry: &str, e: WriteError) -> UnpackErr
             path,
             source,
         },
+        WriteError::DeviceNotPermitted { path, source, .. } => UnpackError::Apply {
+            layer,
+            entry,
+            action: "create device node",
+            path,
+            source,
+        },
         WriteError::Content { source, .. } => UnpackError::Read { layer, source },
         WriteError::NotADirectory { rel } => UnpackError::Apply {
             layer,
@@ -358,6 +383,9 @@ struct Unpacker<'a> {
     /// Host paths written by this layer and their ancestors, which an opaque marker or whiteout
     /// must not delete.
     seen: HashSet<PathBuf>,
+    /// Host paths of the device nodes this layer could not create, so that hard links to them
+    /// are skipped too.
+    skipped_devices: HashSet<PathBuf>,
     stats: UnpackStats,
     meter: Rc<Meter>,
     max_entries: kiln_oci::limits::Limit,
@@ -379,6 +407,7 @@ impl<'a> Unpacker<'a> {
             w: RootWriter::new(root, Protected::new(root, &opts.ignore), writer_opts),
             same_owner: opts.same_owner,
             seen: HashSet::new(),
+            skipped_devices: HashSet::new(),
             stats: UnpackStats::default(),
             meter,
             max_entries: opts.bounds.entries,
@@ -527,7 +556,15 @@ impl<'a> Unpacker<'a> {
             other => match other.node() {
                 Some(node) => {
                     let rdev = entry.device(Dialect::Layer).map_err(|e| self.read_err(e))?;
-                    self.w.node(&mut t, node, rdev, &meta)
+                    match self.w.node(&mut t, node, rdev, &meta) {
+                        Err(WriteError::DeviceNotPermitted { .. }) => {
+                            tracing::debug!(entry = %name, "device node not created: not permitted");
+                            self.stats.devices_skipped += 1;
+                            self.skipped_devices.insert(host);
+                            return Ok(());
+                        }
+                        other => other,
+                    }
                 }
                 None => {
                     tracing::warn!(entry = %name, kind = ?other, "skipping tar entry of unsupported type");
@@ -635,6 +672,10 @@ impl<'a> Unpacker<'a> {
             return Ok(());
         }
         if target == t.host() {
+            return Ok(());
+        }
+        if self.skipped_devices.contains(&target) {
+            self.stats.devices_skipped += 1;
             return Ok(());
         }
         match fs::symlink_metadata(&target) {

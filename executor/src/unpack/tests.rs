@@ -59,6 +59,12 @@ impl Layer {
         self.raw(name, EntryType::Link, Some(target), b"", 0o644)
     }
 
+    /// An entry from a header the caller built (device numbers, for example), without data.
+    pub(super) fn append(&mut self, h: &tar::Header) -> &mut Self {
+        self.builder.append(h, io::empty()).unwrap();
+        self
+    }
+
     /// PAX records for the next entry.
     pub(super) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         self.builder
