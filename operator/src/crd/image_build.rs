@@ -108,9 +108,9 @@ pub struct ImageBuildSpec {
     #[schemars(length(min = 1, max = 512))]
     pub executor_image: Option<String>,
     /// Capabilities to add to the executor container beyond the default set (CHOWN,
-    /// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETFCAP, SETGID, SETUID), like `MKNOD` for a base
-    /// image whose layers hold device nodes. Only capabilities the operator's configuration
-    /// allows are accepted (none by default).
+    /// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETFCAP, SETGID, SETUID), like `MKNOD` to keep the
+    /// device nodes of a base image's layers (without it they are skipped with a log line).
+    /// Only capabilities the operator's configuration allows are accepted (none by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = r"^(CAP_)?[A-Z][A-Z0-9_]*$")))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
