@@ -6,7 +6,6 @@
 mod support;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -453,35 +452,6 @@ fn tarball_urls_and_sub_path_escapes() {
     }
 }
 
-/// Read `/path` from the single image in an OCI layout written by `--oci-layout-path`.
-fn file_in_layout(layout: &Path, path: &str) -> Option<String> {
-    let blob = |digest: &str| {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        layout.join("blobs/sha256").join(hex)
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
-    let want = path.trim_start_matches('/');
-    let mut found = None;
-    for layer in manifest["layers"].as_array().unwrap() {
-        let file = fs::File::open(blob(layer["digest"].as_str().unwrap())).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            if name.trim_start_matches("./").trim_start_matches('/') == want {
-                let mut s = String::new();
-                entry.read_to_string(&mut s).unwrap();
-                found = Some(s);
-            }
-        }
-    }
-    found
-}
-
 /// How long one build of these tests may take: generous for a loaded machine, but bounded.
 const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -525,7 +495,7 @@ fn executor_builds_from_stdin_and_git() {
     );
     assert!(ok, "build from tar://stdin failed:\n{log}");
     assert_eq!(
-        file_in_layout(&layout, "/hello.txt").as_deref(),
+        support::layout_entry(&layout, "/hello.txt").as_deref(),
         Some("from stdin\n")
     );
 
@@ -560,7 +530,7 @@ fn executor_builds_from_stdin_and_git() {
     );
     assert!(ok, "build from {context} failed:\n{log}");
     assert_eq!(
-        file_in_layout(&layout, "/app.txt").as_deref(),
+        support::layout_entry(&layout, "/app.txt").as_deref(),
         Some("app-1\n")
     );
 }
@@ -598,7 +568,7 @@ fn executor_uses_git_token_from_its_environment() {
     let (ok, log) = executor(&args, &[("GIT_TOKEN", &token)], None);
     assert!(ok, "build from {context} with GIT_TOKEN failed:\n{log}");
     assert_eq!(
-        file_in_layout(&layout, "/app.txt").as_deref(),
+        support::layout_entry(&layout, "/app.txt").as_deref(),
         Some("app-1\n")
     );
     assert!(!log.contains(&token), "the token is in the log:\n{log}");

@@ -8,6 +8,7 @@
 mod diff;
 mod executor_image;
 mod history;
+mod layout;
 mod scan;
 // Only the differential and container-mode tests compare trees; the other test binaries import none.
 #[allow(unused_imports)]
@@ -16,6 +17,8 @@ pub use diff::*;
 pub use executor_image::*;
 #[allow(unused_imports)]
 pub use history::*;
+#[allow(unused_imports)]
+pub use layout::*;
 #[allow(unused_imports)]
 pub use scan::*;
 

@@ -1,0 +1,45 @@
+//! Reading Kiln's own output back: an entry of the single image in an OCI layout written by
+//! `--oci-layout-path`, through its gzip layers in order.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+/// The file at `path` in the layout's image (the last layer that writes it wins), or what a
+/// symlink there points to as `-> target`; `None` when no layer has it or there is no layout.
+pub fn layout_entry(layout: &Path, path: &str) -> Option<String> {
+    let blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        layout.join("blobs/sha256").join(hex)
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).ok()?).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    let want = path.trim_start_matches('/');
+    let mut found = None;
+    for layer in manifest["layers"].as_array().unwrap() {
+        let file = fs::File::open(blob(layer["digest"].as_str().unwrap())).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let name = name.trim_start_matches("./").trim_start_matches('/');
+            if name.trim_end_matches('/') != want {
+                continue;
+            }
+            found = Some(match entry.link_name().unwrap() {
+                Some(target) if entry.header().entry_type().is_symlink() => {
+                    format!("-> {}", target.display())
+                }
+                _ => {
+                    let mut s = String::new();
+                    entry.read_to_string(&mut s).unwrap();
+                    s
+                }
+            });
+        }
+    }
+    found
+}
