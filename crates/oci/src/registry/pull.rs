@@ -52,22 +52,10 @@ impl Registry {
         let normalized = r.whole();
         let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
-        let mut last = None;
-        for (i, ep) in endpoints.iter().enumerate() {
-            match self.pull_from(ep, &normalized, side).await {
-                Ok(img) => return Ok(img),
-                Err(e) => {
-                    if i + 1 < endpoints.len() {
-                        tracing::warn!(mirror = ep.registry(), reference = %normalized, error = %e, "mirror failed, trying the next source");
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| RegistryError::InvalidReference {
-            reference: reference.to_string(),
-            reason: "no registry to pull from".to_string(),
-        }))
+        first_endpoint(&endpoints, reference, &normalized, |ep| {
+            self.pull_from(ep, &normalized, side)
+        })
+        .await
     }
 
     async fn fetch_manifest(
@@ -261,25 +249,11 @@ impl Registry {
         }
         let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
-        let mut last = None;
-        for (i, ep) in endpoints.iter().enumerate() {
-            match self
-                .fetch_blob_from(ep, &normalized, digest, size, dest, side)
-                .await
-            {
-                Ok(n) => return Ok(n),
-                Err(e) => {
-                    if i + 1 < endpoints.len() {
-                        tracing::warn!(mirror = ep.registry(), blob = digest, error = %e, "mirror failed, trying the next source");
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| RegistryError::InvalidReference {
-            reference: reference.to_string(),
-            reason: "no registry to pull from".to_string(),
-        }))
+        let what = format!("blob {digest}");
+        first_endpoint(&endpoints, reference, &what, |ep| {
+            self.fetch_blob_from(ep, &normalized, digest, size, dest, side)
+        })
+        .await
     }
 
     async fn fetch_blob_from(
@@ -510,4 +484,35 @@ impl BoundedBlob {
 fn is_digest_error(e: &std::io::Error) -> bool {
     e.get_ref()
         .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
+}
+
+/// Try `endpoints` in order (the `--registry-map`/mirror endpoints, then the registry itself):
+/// the first success wins, a failure with endpoints left is logged and the next one tried, and
+/// the last failure is returned. `what` names what is fetched, for the log.
+async fn first_endpoint<'a, T, F, Fut>(
+    endpoints: &'a [Reference],
+    reference: &str,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, RegistryError>
+where
+    F: FnMut(&'a Reference) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut last = None;
+    for (i, ep) in endpoints.iter().enumerate() {
+        match attempt(ep).await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                if i + 1 < endpoints.len() {
+                    tracing::warn!(mirror = ep.registry(), what, error = %e, "mirror failed, trying the next source");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| RegistryError::InvalidReference {
+        reference: reference.to_string(),
+        reason: "no registry to pull from".to_string(),
+    }))
 }
