@@ -20,6 +20,7 @@
 //! /var/cache/kiln/peers) they fail under `CI=true` and are skipped loudly elsewhere.
 
 mod buildkit;
+mod cases;
 
 use std::collections::BTreeMap;
 use std::fs;

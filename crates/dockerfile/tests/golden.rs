@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 use kiln_dockerfile::parse;
 
+mod cases;
+use cases::case_dirs;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/dockerfile")
 }
@@ -25,19 +28,9 @@ fn update() -> bool {
     std::env::var_os("KILN_UPDATE_GOLDEN").is_some_and(|v| v == "1")
 }
 
-fn cases(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("Dockerfile").is_file())
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn accepted_dockerfiles_match_golden_ast() {
-    let cases = cases(&root());
+    let cases = case_dirs(&root());
     assert!(
         cases.len() >= 40,
         "expected at least 40 golden cases, found {}",
@@ -71,7 +64,7 @@ fn accepted_dockerfiles_match_golden_ast() {
 
 #[test]
 fn rejected_dockerfiles_fail_with_expected_error() {
-    let cases = cases(&root().join("reject"));
+    let cases = case_dirs(&root().join("reject"));
     assert!(
         cases.len() >= 12,
         "expected at least 12 reject cases, found {}",

@@ -180,16 +180,7 @@ pub struct BkMetaArg {
     pub default: Option<String>,
 }
 
-/// The case directories under `dir` (those holding a `Dockerfile`), by name.
-pub fn case_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("Dockerfile").is_file())
-        .collect();
-    out.sort();
-    out
-}
+pub use crate::cases::case_dirs;
 
 /// A committed list of cases with one reason each: `case: reason` lines, `#` comments. Every
 /// listed case must exist, be listed once and have a reason.
