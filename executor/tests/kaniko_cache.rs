@@ -31,10 +31,11 @@ fn kaniko_warmer() -> Option<PathBuf> {
 fn kaniko_warm(warmer: &Path, dir: &Path, image: &str) {
     fs::create_dir_all(dir).expect("cache dir");
     run_ok(
-        Command::new(warmer)
-            .arg("--cache-dir")
-            .arg(dir)
-            .args(["--image", image, "--insecure-pull"]),
+        Command::new(warmer).arg("--cache-dir").arg(dir).args([
+            "--image",
+            image,
+            "--insecure-pull",
+        ]),
         BUILD_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("kaniko's warmer failed: {e}"));

@@ -253,7 +253,9 @@ fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ImageManifest, CacheErro
     };
     let media_type = sniff_media_type(bytes);
     if media_type != MEDIA_TYPE_OCI_MANIFEST && media_type != MEDIA_TYPE_DOCKER_MANIFEST {
-        return Err(invalid(format!("it is a {media_type}, not an image manifest")));
+        return Err(invalid(format!(
+            "it is a {media_type}, not an image manifest"
+        )));
     }
     serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))
 }
@@ -261,7 +263,10 @@ fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ImageManifest, CacheErro
 /// Where each regular file of the tarball lies, by name. Headers only: contents are skipped
 /// by seeking. A name that appears twice, a non-regular entry under a name the image needs,
 /// and more than [`MAX_TAR_ENTRIES`] entries are errors (see [`member`]).
-fn index_tarball(file: &mut File, path: &Path) -> Result<HashMap<String, Option<Span>>, CacheError> {
+fn index_tarball(
+    file: &mut File,
+    path: &Path,
+) -> Result<HashMap<String, Option<Span>>, CacheError> {
     let corrupt = |detail: String| CacheError::Corrupt {
         digest: path
             .file_name()
@@ -322,9 +327,7 @@ fn member(
     };
     match spans.get(name) {
         None => Err(missing(format!("it has no {name}"))),
-        Some(None) => Err(missing(format!(
-            "{name} is not one regular file in it"
-        ))),
+        Some(None) => Err(missing(format!("{name} is not one regular file in it"))),
         Some(Some(span)) if span.size != size => Err(missing(format!(
             "{name} has {} bytes, the manifest says {size}",
             span.size

@@ -123,7 +123,12 @@ fn reads_an_entry_and_copies_verified_layers_out() {
     }
     // The same layer twice (go-containerregistry writes it once) and a second read reuse files.
     let twice = image(&[b"same", b"same"]);
-    write_entry(cache.dir(), &twice.digest, &twice.manifest, &members(&twice)[..]);
+    write_entry(
+        cache.dir(),
+        &twice.digest,
+        &twice.manifest,
+        &members(&twice)[..],
+    );
     let got = read(&cache, &twice.digest, &blobs).unwrap().expect("entry");
     assert_eq!(got.layers[0].path, got.layers[1].path);
     assert!(read(&cache, &e.digest, &blobs).unwrap().is_some());
@@ -239,7 +244,11 @@ fn lying_or_damaged_entries_are_errors() {
         let (_tmp, cache, blobs) = setup(&e);
         damage(cache.dir());
         let got = read(&cache, &e.digest, &blobs);
-        assert!(got.is_err(), "{what}: accepted ({:?})", got.map(|i| i.is_some()));
+        assert!(
+            got.is_err(),
+            "{what}: accepted ({:?})",
+            got.map(|i| i.is_some())
+        );
         let left: Vec<_> = fs::read_dir(&blobs)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
@@ -247,7 +256,9 @@ fn lying_or_damaged_entries_are_errors() {
             left.iter().all(|n| {
                 let n = n.to_string_lossy();
                 // Layers verified before the damaged one may stay: they are what they claim.
-                e.layers.iter().any(|l| n == format!("sha256-{}", hex(&sha256_digest(l))))
+                e.layers
+                    .iter()
+                    .any(|l| n == format!("sha256-{}", hex(&sha256_digest(l))))
             }),
             "{what}: left {left:?}"
         );

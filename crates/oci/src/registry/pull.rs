@@ -113,7 +113,8 @@ impl Registry {
             let client = self.client_for(ep, side);
             self.prepare(client, ep).await;
             let m = self.platform_manifest(ep, &normalized, side).await?;
-            if m.media_type != MEDIA_TYPE_OCI_MANIFEST && m.media_type != MEDIA_TYPE_DOCKER_MANIFEST {
+            if m.media_type != MEDIA_TYPE_OCI_MANIFEST && m.media_type != MEDIA_TYPE_DOCKER_MANIFEST
+            {
                 return Err(RegistryError::UnsupportedMediaType {
                     registry: ep.registry().to_string(),
                     reference: normalized.clone(),
