@@ -213,7 +213,7 @@ impl<'a> BaseImages<'a> {
         }
         let Some(image) = cache
             .find_or_pull(reference, &self.platform)
-            .or_else(|| self.from_kaniko_cache(cache, reference))
+            .or_else(|| self.kaniko_cached(cache, reference))
         else {
             return Ok(None);
         };
@@ -240,7 +240,7 @@ impl<'a> BaseImages<'a> {
     /// (and verified) into the work dir. kaniko names an entry by the digest of the platform
     /// manifest, so a tag is resolved at the registry first, as kaniko's executor does: a
     /// manifest request, never a blob. Any failure is a warning and a miss.
-    fn from_kaniko_cache(&self, cache: &BaseImageCache, reference: &str) -> Option<CachedImage> {
+    fn kaniko_cached(&self, cache: &BaseImageCache, reference: &str) -> Option<CachedImage> {
         if !cache.has_kaniko_entries() {
             return None;
         }
