@@ -2,6 +2,8 @@
 //! kiln-warmer fills and kiln-executor reads. It is an OCI image layout whose `index.json`
 //! entries name the original reference, the platform and the time of warming; every read is
 //! verified by digest. It does not unpack, build or decide when to pull: callers do.
+//! The executor also reads the entries kaniko's warmer writes into such a directory (`kaniko`
+//! module), which the warmer never writes.
 //!
 //! Layout of an entry in `index.json` (one per reference and platform):
 //!
