@@ -5,6 +5,7 @@
 # with skopeo into podman's local storage (vfs) and, when a registry answers, to the local registry.
 #
 #   bash scripts/kaniko.sh            # binary (if missing) + image (if missing)
+#   bash ... --binary-only            # the binaries only (scripts/test.sh: executor/tests/kaniko_cache.rs)
 #   KILN_KANIKO_REBUILD=1 bash ...    # rebuild both
 #
 # Binaries: /var/cache/kiln/bin/kaniko-{executor,warmer} (module $KANIKO_VERSION, CGO off, niced)
@@ -31,6 +32,7 @@ build_binary() {
         log "using $BIN and $WARMER ($VERSION)"
         return
     fi
+    [[ -x /usr/local/go/bin/go ]] && ! command -v go >/dev/null && PATH="$PATH:/usr/local/go/bin"
     command -v go >/dev/null || die "go not installed (needs Go >= 1.22 on PATH)"
     mkdir -p "$GOC/mod" "$GOC/cache" "$GOC/path" "$BIN_DIR"
     # `go install module@version` fails on proxy.golang.org for this archived module: the proxy

@@ -108,8 +108,9 @@
 #                                                scripts/bench-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh)
-#   KILN_GO_CACHE                      allowed   benchmarks only (scripts/kaniko.sh)
-#   KILN_KANIKO_REBUILD                allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_GO_CACHE                      allowed   Go caches of scripts/kaniko.sh (kaniko's warmer
+#                                                for executor/tests/kaniko_cache.rs, benchmarks)
+#   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh builds kaniko again
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
 #                                                (executor/examples/snapshot_bench.rs)
 #   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)
@@ -226,6 +227,9 @@ step "building and starting the Kubernetes API server (etcd + kube-apiserver) fo
 bash scripts/k8s/tools.sh
 bash scripts/k8s/apiserver.sh start
 export KUBECONFIG="${KILN_K8S_RUN:-/var/cache/kiln/k8s-run}/kubeconfig"
+
+step "building kaniko's warmer from its Go module (executor/tests/kaniko_cache.rs reads what it writes)"
+bash scripts/kaniko.sh --binary-only
 
 step "cargo test --workspace"
 # The end-to-end test needs the executor image and the operator set up by scripts/e2e.sh (next step).

@@ -18,9 +18,9 @@ use super::{human, secs, short, BuildError, Builder, IgnorePaths};
 use crate::layer::LayerFile;
 use crate::run::Isolation;
 use crate::unpack::{unpack_layer, unpack_layer_verified, UnpackError, UnpackOptions};
-use kiln_oci::base_cache::{BaseImageCache, CachedLayer};
+use kiln_oci::base_cache::{BaseImageCache, CachedImage, CachedLayer};
 use kiln_oci::image::{oci_layer_media_type, ImageConfig};
-use kiln_oci::registry::{Platform, Registry, RemoteImage};
+use kiln_oci::registry::{parse_reference, Platform, Registry, RemoteImage};
 
 /// An image's config and layers.
 pub struct Image {
@@ -211,7 +211,10 @@ impl<'a> BaseImages<'a> {
         if self.damaged.contains(reference) {
             return Ok(None);
         }
-        let Some(image) = cache.find_or_pull(reference, &self.platform) else {
+        let Some(image) = cache
+            .find_or_pull(reference, &self.platform)
+            .or_else(|| self.kaniko_cached(cache, reference))
+        else {
             return Ok(None);
         };
         let config: ImageConfig =
@@ -224,11 +227,41 @@ impl<'a> BaseImages<'a> {
                 }
             })?;
         let layers: Vec<LayerFile> = image.layers.into_iter().map(layer_file).collect();
-        for layer in &layers {
-            self.cached_layers
-                .insert(layer.path.clone(), reference.to_string());
+        if !image.layers_verified {
+            for layer in &layers {
+                self.cached_layers
+                    .insert(layer.path.clone(), reference.to_string());
+            }
         }
         Ok(Some(Image { config, layers }))
+    }
+
+    /// The base image from an entry of kaniko's warmer in `--cache-dir`, its layers copied
+    /// (and verified) into the work dir. kaniko names an entry by the digest of the platform
+    /// manifest, so a tag is resolved at the registry first, as kaniko's executor does: a
+    /// manifest request, never a blob. Any failure is a warning and a miss.
+    fn kaniko_cached(&self, cache: &BaseImageCache, reference: &str) -> Option<CachedImage> {
+        if !cache.has_kaniko_entries() {
+            return None;
+        }
+        let pinned = parse_reference(reference)
+            .ok()
+            .and_then(|r| r.digest().map(str::to_string))
+            .filter(|d| cache.has_kaniko_entry(d));
+        let digest = match pinned {
+            Some(digest) => digest,
+            None => match self
+                .runtime
+                .block_on(self.registry.resolve_digest(reference))
+            {
+                Ok(digest) => digest,
+                Err(e) => {
+                    warn!("{reference}: cannot resolve it to look it up in kaniko's warmed cache: {e}");
+                    return None;
+                }
+            },
+        };
+        cache.kaniko_find_or_pull(&digest, reference, &self.platform, &self.blob_dir())
     }
 
     /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is

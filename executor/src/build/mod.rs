@@ -122,7 +122,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         }
     };
     let base_cache = req.cache_dir.as_deref().and_then(|dir| {
-        match BaseImageCache::open(Path::new(dir), req.cache_ttl) {
+        match BaseImageCache::open_existing(Path::new(dir), req.cache_ttl) {
             Ok(cache) => Some(cache),
             Err(e) => {
                 warn!("--cache-dir {dir}: {e}; base images are pulled from their registries");

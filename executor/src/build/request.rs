@@ -106,7 +106,9 @@ impl BuildRequest {
             dockerfile: opts.dockerfile.clone(),
             destinations: opts.destinations.clone(),
             no_push: opts.no_push,
-            target: opts.target.clone(),
+            // kaniko's `--target ""` (its default, and what pipelines pass for "no target")
+            // builds the last stage.
+            target: opts.target.clone().filter(|t| !t.is_empty()),
             build_all_stages: opts.skip_unused_stages == Some(false),
             build_args: opts.build_arg_pairs().into_iter().collect(),
             labels: opts.labels.clone(),
@@ -231,6 +233,14 @@ mod tests {
             isolation_for(&opts(&["--isolation=chroot"]), container).unwrap(),
             Isolation::Chroot
         );
+    }
+
+    #[test]
+    fn an_empty_target_is_the_last_stage_as_in_kaniko() {
+        let r = request(&["--no-push", "--target", ""]).unwrap();
+        assert_eq!(r.target, None);
+        let r = request(&["--no-push", "--target", "build"]).unwrap();
+        assert_eq!(r.target.as_deref(), Some("build"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod common;
 
 mod cache_warm;
 mod image_build;
+mod integrations;
 mod leader;
 mod validation;
 

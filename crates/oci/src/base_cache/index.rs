@@ -20,6 +20,9 @@ const INDEX_FILE: &str = "index.json";
 impl BaseImageCache {
     /// Every entry of `index.json` (entries written by other tools included).
     pub(super) fn entries(&self) -> Result<Vec<Entry>, CacheError> {
+        if !self.is_layout {
+            return Ok(Vec::new());
+        }
         let index = self.read_index()?;
         Ok(index
             .get("manifests")

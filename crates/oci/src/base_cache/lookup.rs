@@ -178,6 +178,7 @@ impl BaseImageCache {
             config,
             layers,
             warmed_at: entry.warmed_at,
+            layers_verified: matches!(check, LayerCheck::Hash),
         })
     }
 

@@ -2,6 +2,8 @@
 //! kiln-warmer fills and kiln-executor reads. It is an OCI image layout whose `index.json`
 //! entries name the original reference, the platform and the time of warming; every read is
 //! verified by digest. It does not unpack, build or decide when to pull: callers do.
+//! The executor also reads the entries kaniko's warmer writes into such a directory (`kaniko`
+//! module), which the warmer never writes.
 //!
 //! Layout of an entry in `index.json` (one per reference and platform):
 //!
@@ -35,6 +37,9 @@
 //! same pass), and treats a mismatch found then the same way.
 
 mod index;
+mod kaniko;
+#[cfg(test)]
+mod kaniko_tests;
 mod lookup;
 mod store;
 #[cfg(test)]
@@ -155,6 +160,9 @@ pub struct CachedImage {
     pub layers: Vec<CachedLayer>,
     /// When the entry was warmed; `None` for entries written without the annotation.
     pub warmed_at: Option<DateTime<Utc>>,
+    /// Whether every layer blob was hashed already: false from [`BaseImageCache::find`],
+    /// whose caller checks each layer as it reads it.
+    pub layers_verified: bool,
 }
 
 /// What [`BaseImageCache::store`] did.
@@ -174,6 +182,9 @@ pub struct Stored {
 pub struct BaseImageCache {
     layout: OciLayout,
     ttl: Duration,
+    /// Whether the directory is an OCI layout (kiln-warmer's); a directory that kaniko's
+    /// warmer alone filled has none, and then has no entries of Kiln's.
+    is_layout: bool,
 }
 
 impl BaseImageCache {
@@ -186,7 +197,38 @@ impl BaseImageCache {
         } else {
             OciLayout::create(dir)?
         };
-        Ok(BaseImageCache { layout, ttl })
+        Ok(BaseImageCache {
+            layout,
+            ttl,
+            is_layout: true,
+        })
+    }
+
+    /// Opens the cache in `dir` for reading, writing nothing there: an OCI layout as
+    /// [`BaseImageCache::open`] does, or any other directory (one kaniko's warmer filled, or
+    /// an empty one), which then has no entries of Kiln's. A build reads the cache this way,
+    /// so a read-only volume, or one only kaniko's warmer wrote, works.
+    pub fn open_existing(dir: &Path, ttl: Duration) -> Result<BaseImageCache, CacheError> {
+        if dir.join("oci-layout").exists() {
+            return BaseImageCache::open(dir, ttl);
+        }
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(BaseImageCache {
+                layout: OciLayout::unchecked(dir),
+                ttl,
+                is_layout: false,
+            }),
+            Ok(_) => Err(CacheError::Io {
+                action: "cannot use",
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            }),
+            Err(source) => Err(CacheError::Io {
+                action: "cannot open",
+                path: dir.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     pub fn dir(&self) -> &Path {

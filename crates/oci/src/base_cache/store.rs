@@ -127,6 +127,7 @@ impl BaseImageCache {
                 config: image.config,
                 layers,
                 warmed_at: Some(warmed_at),
+                layers_verified: true,
             },
             fetched_layers,
             reused_layers,

@@ -521,7 +521,7 @@ fn retry_delay(base: Duration, n: u32) -> Duration {
 
 /// The media type of a manifest document: its `mediaType` field, or inferred from its
 /// shape when absent (OCI allows omitting it).
-fn sniff_media_type(bytes: &[u8]) -> String {
+pub(crate) fn sniff_media_type(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]

@@ -23,6 +23,14 @@ use super::{
     MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
 
+/// A platform's manifest as served, with the index it was picked from.
+struct PlatformManifest {
+    bytes: Vec<u8>,
+    digest: String,
+    media_type: String,
+    index_digest: Option<String>,
+}
+
 /// Manifest types asked for when resolving a tag or digest.
 const ACCEPTED_MANIFESTS: &[&str] = &[
     MEDIA_TYPE_OCI_MANIFEST,
@@ -92,32 +100,51 @@ impl Registry {
         .await
     }
 
-    async fn pull_from(
+    /// The digest of the platform manifest `reference` resolves to, as the registry serves it
+    /// now: the manifest (and, for an image index, the chosen child manifest) is fetched and
+    /// checked, no blob is. This is how an entry of kaniko's warmer is found, since kaniko names
+    /// its entries by that digest (and kaniko's executor asks the registry for it the same way).
+    pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
+        let r = parse_reference(reference)?;
+        let normalized = r.whole();
+        let side = self.side(&r, Direction::Pull);
+        let endpoints = self.endpoints(&r);
+        first_endpoint(&endpoints, reference, &normalized, |ep| async {
+            let client = self.client_for(ep, side);
+            self.prepare(client, ep).await;
+            let m = self.platform_manifest(ep, &normalized, side).await?;
+            if m.media_type != MEDIA_TYPE_OCI_MANIFEST && m.media_type != MEDIA_TYPE_DOCKER_MANIFEST
+            {
+                return Err(RegistryError::UnsupportedMediaType {
+                    registry: ep.registry().to_string(),
+                    reference: normalized.clone(),
+                    media_type: m.media_type,
+                });
+            }
+            Ok(m.digest)
+        })
+        .await
+    }
+
+    /// Fetches the manifest of `ep` and, when it is an image index, the child manifest for
+    /// the wanted platform. Checks nothing but digests and the platform choice.
+    async fn platform_manifest(
         &self,
         ep: &Reference,
         normalized: &str,
         side: Side,
-    ) -> Result<RemoteImage, RegistryError> {
-        let client = self.client_for(ep, side);
-        self.prepare(client, ep).await;
+    ) -> Result<PlatformManifest, RegistryError> {
         let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
-        let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
-            registry: ep.registry().to_string(),
-            reference: normalized.to_string(),
-            what: what.to_string(),
-            detail,
-        };
-        let unsupported = |media_type: &str| RegistryError::UnsupportedMediaType {
-            registry: ep.registry().to_string(),
-            reference: normalized.to_string(),
-            media_type: media_type.to_string(),
-        };
-
         let mut index_digest = None;
         if media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST {
-            let index: ImageIndex = serde_json::from_slice(&bytes)
-                .map_err(|e| invalid("image index", e.to_string()))?;
+            let index: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::InvalidContent {
+                    registry: ep.registry().to_string(),
+                    reference: normalized.to_string(),
+                    what: "image index".to_string(),
+                    detail: e.to_string(),
+                })?;
             let wanted = &self.opts.platform;
             let entry = index
                 .manifests()
@@ -145,6 +172,40 @@ impl Registry {
             (bytes, digest) = self.fetch_manifest(&child, normalized, side).await?;
             media_type = sniff_media_type(&bytes);
         }
+        Ok(PlatformManifest {
+            bytes,
+            digest,
+            media_type,
+            index_digest,
+        })
+    }
+
+    async fn pull_from(
+        &self,
+        ep: &Reference,
+        normalized: &str,
+        side: Side,
+    ) -> Result<RemoteImage, RegistryError> {
+        let client = self.client_for(ep, side);
+        self.prepare(client, ep).await;
+        let PlatformManifest {
+            bytes,
+            digest,
+            media_type,
+            index_digest,
+        } = self.platform_manifest(ep, normalized, side).await?;
+        let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
+            registry: ep.registry().to_string(),
+            reference: normalized.to_string(),
+            what: what.to_string(),
+            detail,
+        };
+        let unsupported = |media_type: &str| RegistryError::UnsupportedMediaType {
+            registry: ep.registry().to_string(),
+            reference: normalized.to_string(),
+            media_type: media_type.to_string(),
+        };
+
         if media_type != MEDIA_TYPE_OCI_MANIFEST && media_type != MEDIA_TYPE_DOCKER_MANIFEST {
             return Err(unsupported(&media_type));
         }
