@@ -79,7 +79,9 @@ fn object_stores_without_credentials_fail_naming_the_object() {
             "AZURE_STORAGE_ACCESS_KEY",
         ),
     ] {
-        let msg = BuildContext::open(spec, dir.path()).unwrap_err().to_string();
+        let msg = BuildContext::open(spec, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains(spec) && msg.contains(needs), "{spec}: {msg}");
     }
 }

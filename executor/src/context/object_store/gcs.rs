@@ -130,9 +130,11 @@ fn token_from_file(path: &Path, named_by: &str) -> Result<String, String> {
                 ("refresh_token", refresh.clone()),
             ]
         }
-        other => return Err(fail(format!(
+        other => {
+            return Err(fail(format!(
             "type {other:?} is not supported; use a service_account key or an authorized_user file"
-        ))),
+        )))
+        }
     };
     let body = form
         .iter()
