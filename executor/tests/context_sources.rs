@@ -8,12 +8,9 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use kiln_executor::context::{BuildContext, ContextOptions, GitCredentials, PullMethod};
-use kiln_testkit::{
-    free_port, require_tools, run_bounded_with_input, self_signed_cert, wait_for_port, KillOnDrop,
-};
+use kiln_testkit::{free_port, require_tools, self_signed_cert, wait_for_port, KillOnDrop};
 
 /// A server process for one test, killed when the test ends, pass or fail.
 struct Server {
@@ -396,22 +393,6 @@ fn smart_http_without_tls() {
     );
 }
 
-fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (name, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_000_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, name, content.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
 #[test]
 fn tarball_urls_and_sub_path_escapes() {
     if !tools_present() {
@@ -421,7 +402,7 @@ fn tarball_urls_and_sub_path_escapes() {
     let server = http_server(dir.path(), None);
     fs::write(
         dir.path().join("files/ctx.tar.gz"),
-        tar_gz(&[("Dockerfile", "FROM scratch\n"), ("app/main.txt", "hi\n")]),
+        support::tar_gz(&[("Dockerfile", "FROM scratch\n"), ("app/main.txt", "hi\n")]),
     )
     .unwrap();
     fs::write(dir.path().join("files/not-a-tar.tar.gz"), "hello").unwrap();
@@ -462,27 +443,13 @@ fn tarball_urls_and_sub_path_escapes() {
     }
 }
 
-/// How long one build of these tests may take: generous for a loaded machine, but bounded.
-const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn executor(args: &[&str], envs: &[(&str, &str)], stdin: Option<Vec<u8>>) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = run_bounded_with_input(&mut cmd, stdin, EXECUTOR_TIMEOUT)
-        .unwrap_or_else(|e| panic!("kiln-executor {args:?}: {e}"));
-    (out.success(), format!("{}{}", out.stdout, out.stderr))
-}
-
 #[test]
 fn executor_builds_from_stdin_and_git() {
     if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tarball = tar_gz(&[
+    let tarball = support::tar_gz(&[
         (
             "ctx/Dockerfile",
             "FROM scratch\nCOPY hello.txt /hello.txt\n",
@@ -490,7 +457,7 @@ fn executor_builds_from_stdin_and_git() {
         ("ctx/hello.txt", "from stdin\n"),
     ]);
     let layout = dir.path().join("stdin-layout");
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &[
             "--context",
             "tar://stdin",
@@ -509,7 +476,7 @@ fn executor_builds_from_stdin_and_git() {
         Some("from stdin\n")
     );
 
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &["--context", "tar://stdin", "--no-push"],
         &[],
         Some(Vec::new()),
@@ -523,7 +490,7 @@ fn executor_builds_from_stdin_and_git() {
     let daemon = git_daemon(&repo);
     let layout = dir.path().join("git-layout");
     let context = format!("git://127.0.0.1:{}/repo.git#refs/tags/v1", daemon.port);
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &[
             "--context",
             &context,
@@ -575,7 +542,7 @@ fn executor_uses_git_token_from_its_environment() {
         "--oci-layout-path",
         layout.to_str().unwrap(),
     ];
-    let (ok, log) = executor(&args, &[("GIT_TOKEN", &token)], None);
+    let (ok, log) = support::run_executor(&args, &[("GIT_TOKEN", &token)], None);
     assert!(ok, "build from {context} with GIT_TOKEN failed:\n{log}");
     assert_eq!(
         support::layout_entry(&layout, "/app.txt").as_deref(),
@@ -585,7 +552,7 @@ fn executor_uses_git_token_from_its_environment() {
     let (found, files) = support::scan_files(&layout, &[("GIT_TOKEN", &token)]);
     assert!(found.is_empty() && files > 0, "{found:?} ({files} files)");
     // Without the token the same build is refused: the build above did use it.
-    let (ok, log) = executor(&args, &[], None);
+    let (ok, log) = support::run_executor(&args, &[], None);
     assert!(
         !ok,
         "the repository accepted a build without the token:\n{log}"
@@ -735,7 +702,7 @@ fn submodules_are_fetched_recursively_at_recorded_commits() {
 
     // The same through the executor and its --git flag.
     let layout = d.join("layout");
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &[
             "--context",
             &url,

@@ -24,7 +24,7 @@ use tempfile::TempDir;
 pub enum ContextError {
     #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz), an object-store tarball (s3://bucket/ctx.tar.gz, gs://bucket/ctx.tar.gz, https://account.blob.core.windows.net/container/ctx.tar.gz) or a git repository (git://host/repo.git#ref)")]
     UnsupportedScheme { scheme: String },
-    #[error("build context {location}: {message}")]
+    #[error("fetching {location}: {message}")]
     ObjectStore { location: String, message: String },
     #[error("git context {url}: {message}")]
     Git { url: String, message: String },

@@ -239,6 +239,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn service_account_jwt_verifies_with_the_public_key() {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair;
+        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = key.as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let jwt = service_account_jwt("sa@p.iam", &pem, "https://t/token", 1000).unwrap();
+        let (input, sig) = jwt.rsplit_once('.').unwrap();
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            key.public_key().as_ref(),
+        )
+        .verify(input.as_bytes(), &sig)
+        .expect("RS256 signature verifies");
+        let claims = input.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["iss"], "sa@p.iam");
+        assert_eq!(claims["aud"], "https://t/token");
+        assert_eq!(claims["exp"], 4600);
+    }
+
+    #[test]
     fn emulator_needs_no_credentials_and_bad_keys_fail_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("key.json");

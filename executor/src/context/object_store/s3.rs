@@ -66,7 +66,8 @@ pub(super) fn download(
 
 /// The object's URL, its `Host` header value and its canonical (encoded) path. Without
 /// `S3_ENDPOINT`: AWS's virtual-hosted URL. With it: the endpoint, path-style when
-/// `S3_FORCE_PATH_STYLE=true` (kaniko honours that variable only together with an endpoint).
+/// `S3_FORCE_PATH_STYLE=true` (kaniko honours that variable only together with an endpoint) or
+/// when virtual hosting cannot work.
 fn object_url(
     bucket: &str,
     key: &str,
@@ -85,9 +86,16 @@ fn object_url(
     let Some(endpoint_host) = base.host_str() else {
         return Err(format!("S3_ENDPOINT {endpoint:?} names no host"));
     };
+    // As the SDK's endpoint rules: an IP-address endpoint, or a bucket that is not one DNS
+    // label, cannot be virtual-hosted, so those go path-style too.
     let force_path = env
         .get("S3_FORCE_PATH_STYLE")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || endpoint_host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        || bucket.contains('.');
     let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
     let prefix = base.path().trim_end_matches('/');
     let (host, path) = if force_path {
@@ -356,6 +364,11 @@ mod tests {
         let vhost = env(&[("S3_ENDPOINT", "https://s3.example")]);
         let (url, _, _) = object_url("b", "k", &vhost, "us-east-1").unwrap();
         assert_eq!(url, "https://b.s3.example/k");
+        let (url, _, _) = object_url("a.b", "k", &vhost, "us-east-1").unwrap();
+        assert_eq!(url, "https://s3.example/a.b/k");
+        let ip = env(&[("S3_ENDPOINT", "http://127.0.0.1:9000/")]);
+        let (url, _, _) = object_url("b", "k", &ip, "us-east-1").unwrap();
+        assert_eq!(url, "http://127.0.0.1:9000/b/k");
         assert!(object_url("b", "k", &env(&[("S3_ENDPOINT", "not a url")]), "r").is_err());
     }
 
