@@ -409,17 +409,15 @@ fn azure_blob_context_through_azurite() {
     let server = start(cmd, port, d);
     let endpoint = format!("http://127.0.0.1:{}/{ACCOUNT}", server.port);
     let file = context_tarball(d, "from azure");
-    let upload = format!(
-        "import sys\nfrom azure.storage.blob import BlobServiceClient\n\
+    let upload = "import sys\nfrom azure.storage.blob import BlobServiceClient\n\
          svc = BlobServiceClient.from_connection_string(sys.argv[1])\n\
-         svc.create_container('ctr').upload_blob('dir/ctx.tar.gz', open(sys.argv[2], 'rb').read())\n"
-    );
+         svc.create_container('ctr').upload_blob('dir/ctx.tar.gz', open(sys.argv[2], 'rb').read())\n";
     let connection = format!(
         "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={endpoint};"
     );
     run_ok(
         Command::new("python3")
-            .args(["-c", &upload, &connection])
+            .args(["-c", upload, &connection])
             .arg(&file),
         Duration::from_secs(120),
     )
