@@ -117,6 +117,9 @@
 #   KILN_BENCH_FILES                   allowed   benchmarks only (snapshot_bench)
 #   KILN_BENCH_FIRST                   allowed   benchmarks only (snapshot_bench)
 #   KILN_BENCH_STEPS                   allowed   benchmarks only (snapshot_bench)
+#   KILN_AZURE_BLOB_ENDPOINT           allowed   kiln-executor setting: the Azure Blob endpoint whose
+#                                                URLs are blob contexts (Azurite); the object-store
+#                                                tests set their own on the executors they start
 #   KILN_PODMAN_FLAGS                  internal  exported by this script for the tests and scripts
 #   KILN_BUILDAH_FLAGS                 internal  exported by this script for the tests and scripts
 #   KILN_REGISTRY_ADDR                 internal  exported by this script for scripts/registry.sh (=
@@ -230,6 +233,10 @@ export KUBECONFIG="${KILN_K8S_RUN:-/var/cache/kiln/k8s-run}/kubeconfig"
 
 step "building kaniko's warmer from its Go module (executor/tests/kaniko_cache.rs reads what it writes)"
 bash scripts/kaniko.sh --binary-only
+
+step "installing the object-store servers of the context tests (moto, fake-gcs-server, Azurite)"
+OBJECT_STORE_BIN="$(bash scripts/object-stores.sh | tail -n 1)"
+export PATH="$OBJECT_STORE_BIN:$PATH"
 
 step "cargo test --workspace"
 # The end-to-end test needs the executor image and the operator set up by scripts/e2e.sh (next step).

@@ -8,12 +8,9 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use kiln_executor::context::{BuildContext, ContextOptions, GitCredentials, PullMethod};
-use kiln_testkit::{
-    free_port, require_tools, run_bounded_with_input, self_signed_cert, wait_for_port, KillOnDrop,
-};
+use kiln_testkit::{free_port, require_tools, self_signed_cert, wait_for_port, KillOnDrop};
 
 /// A server process for one test, killed when the test ends, pass or fail.
 struct Server {
@@ -101,6 +98,11 @@ fn make_repo() -> Repo {
 /// Clones the repository at `work` bare into `<dir>/srv/git/repo.git`, where the servers
 /// export it; returns `<dir>/srv`.
 fn serve_bare(dir: &Path, work: &Path) -> PathBuf {
+    serve_bare_as(dir, work, "repo.git")
+}
+
+/// [`serve_bare`] under another name: `<dir>/srv/git/<name>`.
+fn serve_bare_as(dir: &Path, work: &Path, name: &str) -> PathBuf {
     let base = dir.join("srv");
     let git_dir = base.join("git");
     fs::create_dir_all(&git_dir).unwrap();
@@ -111,17 +113,22 @@ fn serve_bare(dir: &Path, work: &Path) -> PathBuf {
             "-q",
             "--bare",
             work.to_str().unwrap(),
-            git_dir.join("repo.git").to_str().unwrap(),
+            git_dir.join(name).to_str().unwrap(),
         ],
     );
     base
 }
 
 fn git_daemon(repo: &Repo) -> Server {
+    git_daemon_at(&repo.base)
+}
+
+/// `git daemon` exporting every repository under `<base>/git`.
+fn git_daemon_at(base: &Path) -> Server {
     let port = free_port();
-    let git_dir = repo.base.join("git");
+    let git_dir = base.join("git");
     // Run git-daemon itself: `git daemon` forks it as a grandchild that would outlive the test.
-    let exec_path = git(&repo.base, &["--exec-path"]);
+    let exec_path = git(base, &["--exec-path"]);
     let mut child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .arg("--export-all")
         .arg("--reuseaddr")
@@ -386,22 +393,6 @@ fn smart_http_without_tls() {
     );
 }
 
-fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (name, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_000_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, name, content.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
 #[test]
 fn tarball_urls_and_sub_path_escapes() {
     if !tools_present() {
@@ -411,7 +402,7 @@ fn tarball_urls_and_sub_path_escapes() {
     let server = http_server(dir.path(), None);
     fs::write(
         dir.path().join("files/ctx.tar.gz"),
-        tar_gz(&[("Dockerfile", "FROM scratch\n"), ("app/main.txt", "hi\n")]),
+        support::tar_gz(&[("Dockerfile", "FROM scratch\n"), ("app/main.txt", "hi\n")]),
     )
     .unwrap();
     fs::write(dir.path().join("files/not-a-tar.tar.gz"), "hello").unwrap();
@@ -452,27 +443,13 @@ fn tarball_urls_and_sub_path_escapes() {
     }
 }
 
-/// How long one build of these tests may take: generous for a loaded machine, but bounded.
-const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn executor(args: &[&str], envs: &[(&str, &str)], stdin: Option<Vec<u8>>) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = run_bounded_with_input(&mut cmd, stdin, EXECUTOR_TIMEOUT)
-        .unwrap_or_else(|e| panic!("kiln-executor {args:?}: {e}"));
-    (out.success(), format!("{}{}", out.stdout, out.stderr))
-}
-
 #[test]
 fn executor_builds_from_stdin_and_git() {
     if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tarball = tar_gz(&[
+    let tarball = support::tar_gz(&[
         (
             "ctx/Dockerfile",
             "FROM scratch\nCOPY hello.txt /hello.txt\n",
@@ -480,7 +457,7 @@ fn executor_builds_from_stdin_and_git() {
         ("ctx/hello.txt", "from stdin\n"),
     ]);
     let layout = dir.path().join("stdin-layout");
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &[
             "--context",
             "tar://stdin",
@@ -499,7 +476,7 @@ fn executor_builds_from_stdin_and_git() {
         Some("from stdin\n")
     );
 
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &["--context", "tar://stdin", "--no-push"],
         &[],
         Some(Vec::new()),
@@ -513,7 +490,7 @@ fn executor_builds_from_stdin_and_git() {
     let daemon = git_daemon(&repo);
     let layout = dir.path().join("git-layout");
     let context = format!("git://127.0.0.1:{}/repo.git#refs/tags/v1", daemon.port);
-    let (ok, log) = executor(
+    let (ok, log) = support::run_executor(
         &[
             "--context",
             &context,
@@ -565,7 +542,7 @@ fn executor_uses_git_token_from_its_environment() {
         "--oci-layout-path",
         layout.to_str().unwrap(),
     ];
-    let (ok, log) = executor(&args, &[("GIT_TOKEN", &token)], None);
+    let (ok, log) = support::run_executor(&args, &[("GIT_TOKEN", &token)], None);
     assert!(ok, "build from {context} with GIT_TOKEN failed:\n{log}");
     assert_eq!(
         support::layout_entry(&layout, "/app.txt").as_deref(),
@@ -575,7 +552,7 @@ fn executor_uses_git_token_from_its_environment() {
     let (found, files) = support::scan_files(&layout, &[("GIT_TOKEN", &token)]);
     assert!(found.is_empty() && files > 0, "{found:?} ({files} files)");
     // Without the token the same build is refused: the build above did use it.
-    let (ok, log) = executor(&args, &[], None);
+    let (ok, log) = support::run_executor(&args, &[], None);
     assert!(
         !ok,
         "the repository accepted a build without the token:\n{log}"
@@ -583,7 +560,7 @@ fn executor_uses_git_token_from_its_environment() {
 }
 
 #[test]
-fn checkout_keeps_modes_and_links_and_flags_submodules() {
+fn checkout_keeps_modes_and_links_and_refuses_unknown_submodules() {
     if !tools_present() {
         return;
     }
@@ -635,11 +612,123 @@ fn checkout_keeps_modes_and_links_and_flags_submodules() {
     );
     assert!(ctx.root().join("vendor/lib").is_dir());
 
+    // A gitlink that .gitmodules does not name has no URL: git fails, and so does Kiln.
     let mut recurse = git_opts(PullMethod::Git);
     recurse.git.recurse_submodules = true;
     let err = open(&url, &recurse).unwrap_err();
     assert!(
-        err.contains("submodules") && err.contains("vendor/lib"),
+        err.contains(".gitmodules") && err.contains("vendor/lib"),
         "{err}"
     );
+}
+
+/// Adds a gitlink `path` -> `commit` with `.gitmodules` naming `url` for it, and commits.
+fn add_submodule(work: &Path, name: &str, path: &str, url: &str, commit: &str) {
+    let modules = work.join(".gitmodules");
+    let mut text = fs::read_to_string(&modules).unwrap_or_default();
+    text.push_str(&format!(
+        "[submodule \"{name}\"]\n\tpath = {path}\n\turl = {url}\n"
+    ));
+    write(&modules, &text);
+    git(work, &["add", ".gitmodules"]);
+    git(
+        work,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ],
+    );
+    git(work, &["commit", "-qm", &format!("submodule {name}")]);
+}
+
+/// A work tree `<dir>/<name>` with one commit of `files`; returns its path and the commit.
+fn work_repo(dir: &Path, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
+    let work = dir.join(name);
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    for (path, content) in files {
+        write(&work.join(path), content);
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", name]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    (work, head)
+}
+
+/// `--git recurse-submodules=true`: submodules (relative URLs, nested) are fetched at the commits
+/// the superproject records, not their branches' tips; without it their directories stay empty.
+#[test]
+fn submodules_are_fetched_recursively_at_recorded_commits() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (leaf, leaf1) = work_repo(d, "leaf", &[("leaf.txt", "leaf-1\n")]);
+    write(&leaf.join("leaf.txt"), "leaf-2\n");
+    git(&leaf, &["commit", "-qam", "leaf two"]);
+    let (sub, _) = work_repo(d, "sub", &[("sub.txt", "sub-1\n")]);
+    add_submodule(&sub, "deep", "deep", "../leaf.git", &leaf1);
+    let sub1 = git(&sub, &["rev-parse", "HEAD"]);
+    write(&sub.join("sub.txt"), "sub-2\n");
+    git(&sub, &["commit", "-qam", "sub two"]);
+    let (top, _) = work_repo(
+        d,
+        "top",
+        &[("Dockerfile", "FROM scratch\nCOPY vendor/lib /lib/\n")],
+    );
+    add_submodule(&top, "lib", "vendor/lib", "../sub.git", &sub1);
+    let base = serve_bare_as(d, &leaf, "leaf.git");
+    serve_bare_as(d, &sub, "sub.git");
+    serve_bare_as(d, &top, "top.git");
+    let daemon = git_daemon_at(&base);
+    let url = format!("git://127.0.0.1:{}/top.git", daemon.port);
+
+    let mut recurse = git_opts(PullMethod::Git);
+    recurse.git.recurse_submodules = true;
+    let (_work, ctx) = open(&url, &recurse).unwrap();
+    assert_eq!(read(&ctx, "vendor/lib/sub.txt"), "sub-1\n");
+    assert_eq!(read(&ctx, "vendor/lib/deep/leaf.txt"), "leaf-1\n");
+    assert!(!ctx.root().join("vendor/lib/.git").exists());
+
+    let (_work, ctx) = open(&url, &git_opts(PullMethod::Git)).unwrap();
+    let entries = fs::read_dir(ctx.root().join("vendor/lib")).unwrap().count();
+    assert_eq!(
+        entries, 0,
+        "recurse-submodules=false leaves the directory empty"
+    );
+
+    // The same through the executor and its --git flag.
+    let layout = d.join("layout");
+    let (ok, log) = support::run_executor(
+        &[
+            "--context",
+            &url,
+            "--git",
+            "recurse-submodules=true",
+            "--no-push",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+        &[("GIT_PULL_METHOD", "git")],
+        None,
+    );
+    assert!(ok, "build from {url} with submodules failed:\n{log}");
+    assert_eq!(
+        support::layout_entry(&layout, "/lib/deep/leaf.txt").as_deref(),
+        Some("leaf-1\n")
+    );
+
+    // A submodule may not point the fetch at a path on the build machine.
+    let (local, _) = work_repo(d, "local", &[("x", "x\n")]);
+    add_submodule(&local, "etc", "etc", leaf.to_str().unwrap(), &leaf1);
+    serve_bare_as(d, &local, "local.git");
+    let err = open(
+        &format!("git://127.0.0.1:{}/local.git", daemon.port),
+        &recurse,
+    )
+    .unwrap_err();
+    assert!(err.contains("only https://"), "{err}");
 }

@@ -1,12 +1,16 @@
-//! Build contexts (directory, tarball, https tarball, stdin, git repository) and `.dockerignore`.
+//! Build contexts (directory, tarball, https tarball, stdin, git repository, object-store
+//! tarball) and `.dockerignore`.
 //! Never modifies the context: anything fetched or extracted goes into a fresh directory of our
 //! own, and a directory context is only read.
 
 mod git;
+mod http;
 mod ignore;
+mod object_store;
 mod source;
 
 pub use ignore::{IgnoreMatcher, PatternError};
+pub use object_store::CloudEnv;
 pub use source::{ContextOptions, GitCredentials, GitOptions, PullMethod};
 
 use std::fs;
@@ -18,8 +22,10 @@ use tempfile::TempDir;
 /// Why a build context could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz) or a git repository (git://host/repo.git#ref)")]
+    #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz), an object-store tarball (s3://bucket/ctx.tar.gz, gs://bucket/ctx.tar.gz, https://account.blob.core.windows.net/container/ctx.tar.gz) or a git repository (git://host/repo.git#ref)")]
     UnsupportedScheme { scheme: String },
+    #[error("fetching {location}: {message}")]
+    ObjectStore { location: String, message: String },
     #[error("git context {url}: {message}")]
     Git { url: String, message: String },
     #[error("downloading build context {url}: {message}")]
@@ -67,8 +73,8 @@ impl BuildContext {
     }
 
     /// Open a context from a `--context` value: `dir:///abs/path` or a plain path (read in place),
-    /// `tar:///path/ctx.tar[.gz|.zst]`, `tar://stdin`, an `https://` (or `http://`) tarball URL, or
-    /// a git repository (`git://host/repo.git#ref#commit`, `https://host/repo.git#ref`,
+    /// `tar:///path/ctx.tar[.gz|.zst]`, `tar://stdin`, an `https://` (or `http://`) tarball URL, an
+    /// object-store tarball (`s3://`, `gs://`, Azure Blob), or a git repository (`git://host/repo.git#ref#commit`, `https://host/repo.git#ref`,
     /// `git+https://...`). Everything fetched or extracted lands in a new directory under
     /// `work_dir`, removed when the context is dropped. `options.sub_path` then selects a
     /// sub-directory of the context as its root.
@@ -77,7 +83,7 @@ impl BuildContext {
         work_dir: &Path,
         options: &ContextOptions,
     ) -> Result<BuildContext, ContextError> {
-        let context = match source::Source::parse(spec, options.git.pull_method)? {
+        let context = match source::Source::parse(spec, options)? {
             source::Source::Dir(path) => BuildContext::from_dir(&path)?,
             source::Source::Tarball(path) => BuildContext::from_tarball(&path, work_dir)?,
             source::Source::Stdin => {
@@ -88,12 +94,18 @@ impl BuildContext {
             source::Source::Url(url) => {
                 let scratch = scratch_dir(work_dir, Path::new(&url))?;
                 let file = source::download(&url, scratch.path())?;
-                BuildContext::from_tarball(&file, work_dir).map_err(|e| match e {
-                    ContextError::Extract { message, .. } => ContextError::Download {
-                        url: url.clone(),
-                        message: format!("the body is not a (gzip, zstd or plain) tar: {message}"),
-                    },
-                    other => other,
+                BuildContext::from_download(&file, work_dir, |message| ContextError::Download {
+                    url: url.clone(),
+                    message: format!("the body is {message}"),
+                })?
+            }
+            source::Source::Object(object) => {
+                let location = object.describe();
+                let scratch = scratch_dir(work_dir, Path::new(&location))?;
+                let file = object.download(&options.cloud, scratch.path())?;
+                BuildContext::from_download(&file, work_dir, |message| ContextError::ObjectStore {
+                    location: location.clone(),
+                    message: format!("the object is {message}"),
                 })?
             }
             source::Source::Git(git_source) => {
@@ -177,6 +189,21 @@ impl BuildContext {
         crate::rootfs::extract_archive(reader, dir.path(), "/", crate::rootfs::ArchiveOwner::Root)
             .map_err(|e| extract_err(e.to_string()))?;
         BuildContext::from_extracted(dir)
+    }
+
+    /// A downloaded tarball (unpacked like `tar://`); `not_a_tar` turns an extraction failure into
+    /// an error that names the download rather than the scratch file.
+    fn from_download(
+        file: &Path,
+        work_dir: &Path,
+        not_a_tar: impl FnOnce(String) -> ContextError,
+    ) -> Result<BuildContext, ContextError> {
+        BuildContext::from_tarball(file, work_dir).map_err(|e| match e {
+            ContextError::Extract { message, .. } => {
+                not_a_tar(format!("not a (gzip, zstd or plain) tar: {message}"))
+            }
+            other => other,
+        })
     }
 
     /// The context directory on the host (canonical).

@@ -1,23 +1,28 @@
-//! Where a context comes from: parse a `--context` value into a source, read `--git` and the
-//! `GIT_*` variables into options, and bring remote contexts (https tarballs, stdin) to a local
-//! file. Never logs credentials, and never extracts anything itself (the caller does, safely).
+//! Where a context comes from: parse a `--context` value into a source, read `--git`, the
+//! `GIT_*` variables and the object stores' variables into options, and bring https tarballs and
+//! stdin to a local file. Never logs credentials, and never extracts anything itself (the caller
+//! does, safely).
 
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::git::GitSource;
+use super::http;
+use super::object_store::{CloudEnv, ObjectSource};
 use super::ContextError;
 
-/// How to fetch a context, besides its URL: kaniko's `--context-sub-path` and `--git` flags and its
-/// `GIT_USERNAME` / `GIT_PASSWORD` / `GIT_TOKEN` / `GIT_PULL_METHOD` variables.
+/// How to fetch a context, besides its URL: kaniko's `--context-sub-path` and `--git` flags, its
+/// `GIT_USERNAME` / `GIT_PASSWORD` / `GIT_TOKEN` / `GIT_PULL_METHOD` variables, and the
+/// variables of the object stores (`AWS_*`, `S3_*`, `GOOGLE_APPLICATION_CREDENTIALS`, ...).
 #[derive(Debug, Clone, Default)]
 pub struct ContextOptions {
     /// Sub-directory of the fetched context to use as its root ("" for the whole context).
     pub sub_path: String,
     pub git: GitOptions,
+    /// What `s3://`, `gs://` and Azure Blob contexts read from the environment.
+    pub cloud: CloudEnv,
 }
 
 /// Options of git contexts (kaniko's `--git key=value,...` plus credentials from the environment).
@@ -27,8 +32,8 @@ pub struct GitOptions {
     pub branch: Option<String>,
     /// `single-branch=`: accepted for kaniko compatibility; only one ref is ever fetched.
     pub single_branch: bool,
-    /// `recurse-submodules=`: submodules are not fetched; when true, a repository that has
-    /// submodules fails instead of silently building without them.
+    /// `recurse-submodules=`: fetch submodules (recursively, at the commits the tree records);
+    /// when false their directories stay empty, as in git and kaniko.
     pub recurse_submodules: bool,
     /// `insecure-skip-tls=`: accept any TLS certificate from the git server.
     pub insecure_skip_tls: bool,
@@ -152,6 +157,7 @@ impl ContextOptions {
         Ok(ContextOptions {
             sub_path: sub_path.to_string(),
             git,
+            cloud: CloudEnv::from_lookup(&env),
         })
     }
 }
@@ -164,17 +170,24 @@ pub(crate) enum Source {
     Stdin,
     Url(String),
     Git(GitSource),
+    Object(ObjectSource),
 }
 
 impl Source {
     /// kaniko's prefixes: `dir://`, `tar://` (`tar://stdin`), `git://` (fetched over
-    /// `GIT_PULL_METHOD`), `https://`/`http://` tarballs. Kiln also takes `git+https://` and
-    /// `git+http://`, and treats an http(s) URL as a git repository when its path ends in `.git`
-    /// or it carries a `#ref`.
-    pub fn parse(spec: &str, pull_method: PullMethod) -> Result<Source, ContextError> {
+    /// `GIT_PULL_METHOD`), `s3://`, `gs://`, Azure Blob `https://` URLs, `https://`/`http://`
+    /// tarballs. Kiln also takes `git+https://` and `git+http://`, treats an http(s) URL as a git
+    /// repository when its path ends in `.git` or it carries a `#ref`, and any URL under
+    /// `KILN_AZURE_BLOB_ENDPOINT` as an Azure blob.
+    pub fn parse(spec: &str, options: &ContextOptions) -> Result<Source, ContextError> {
+        let pull_method = options.git.pull_method;
         let Some((scheme, rest)) = spec.split_once("://") else {
             return Ok(Source::Dir(PathBuf::from(spec)));
         };
+        // Before the tarball and git forms of https URLs, as in kaniko.
+        if let Some(blob) = ObjectSource::parse_azure(spec, &options.cloud) {
+            return Ok(Source::Object(blob));
+        }
         match scheme.to_ascii_lowercase().as_str() {
             "dir" => Ok(Source::Dir(PathBuf::from(rest))),
             "tar" if rest == "stdin" => Ok(Source::Stdin),
@@ -191,6 +204,10 @@ impl Source {
                 let scheme = &scheme["git+".len()..];
                 Ok(Source::Git(GitSource::parse(&format!("{scheme}://{rest}"))))
             }
+            "s3" | "gs" => Ok(Source::Object(ObjectSource::parse_bucket_url(
+                &scheme.to_ascii_lowercase(),
+                rest,
+            )?)),
             "https" | "http" => {
                 let (path, fragment) = match rest.split_once('#') {
                     Some((p, f)) => (p, Some(f)),
@@ -211,23 +228,18 @@ impl Source {
     }
 }
 
-/// Download `url` into a new file under `dir`, streaming (memory stays flat), and return its path.
+/// Download `url` into a new file under `dir`, streaming (memory stays flat, size bounded), and
+/// return its path.
 pub(crate) fn download(url: &str, dir: &Path) -> Result<PathBuf, ContextError> {
     let fail = |message: String| ContextError::Download {
         url: url.to_string(),
         message,
     };
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        // A whole build context; generous, but a stalled server must not hang the build forever.
-        .timeout(Duration::from_secs(30 * 60))
-        .user_agent(concat!("kiln-executor/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| fail(format!("setting up the HTTP client: {e}")))?;
-    let mut response = client
+    let response = http::client()
+        .map_err(fail)?
         .get(url)
         .send()
-        .map_err(|e| fail(format!("request failed: {}", error_chain(&e))))?;
+        .map_err(|e| fail(format!("request failed: {}", http::error_chain(&e))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(fail(format!(
@@ -235,10 +247,7 @@ pub(crate) fn download(url: &str, dir: &Path) -> Result<PathBuf, ContextError> {
         )));
     }
     let path = dir.join("context-download.tar");
-    let mut file =
-        fs::File::create(&path).map_err(|e| fail(format!("creating {}: {e}", path.display())))?;
-    io::copy(&mut response, &mut file)
-        .map_err(|e| fail(format!("reading the body into {}: {e}", path.display())))?;
+    http::save_body(response, &path).map_err(fail)?;
     Ok(path)
 }
 
@@ -258,17 +267,6 @@ pub(crate) fn stdin_to_file(dir: &Path) -> Result<PathBuf, ContextError> {
         return Err(ContextError::EmptyStdin);
     }
     Ok(path)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// Clean a `--context-sub-path` into a relative path; `None` when it climbs out of the context.
@@ -292,37 +290,61 @@ mod tests {
 
     #[test]
     fn schemes_map_to_sources() {
-        let https = PullMethod::Https;
+        let https = ContextOptions::default();
         assert_eq!(
-            Source::parse("/ws", https).unwrap(),
+            Source::parse("/ws", &https).unwrap(),
             Source::Dir("/ws".into())
         );
-        assert_eq!(Source::parse("tar://stdin", https).unwrap(), Source::Stdin);
+        assert_eq!(Source::parse("tar://stdin", &https).unwrap(), Source::Stdin);
         assert_eq!(
-            Source::parse("tar:///c.tgz", https).unwrap(),
+            Source::parse("tar:///c.tgz", &https).unwrap(),
             Source::Tarball("/c.tgz".into())
         );
         assert_eq!(
-            Source::parse("https://h/c.tar.gz", https).unwrap(),
+            Source::parse("https://h/c.tar.gz", &https).unwrap(),
             Source::Url("https://h/c.tar.gz".into())
         );
-        let Source::Git(g) = Source::parse("git://h/o/r.git#refs/heads/main", https).unwrap()
+        let Source::Git(g) = Source::parse("git://h/o/r.git#refs/heads/main", &https).unwrap()
         else {
             panic!("git:// is a git source")
         };
         assert_eq!(g.url, "https://h/o/r.git");
         assert_eq!(g.reference.as_deref(), Some("refs/heads/main"));
-        let Source::Git(g) = Source::parse("git://h/o/r.git", PullMethod::Git).unwrap() else {
+        let mut native = ContextOptions::default();
+        native.git.pull_method = PullMethod::Git;
+        let Source::Git(g) = Source::parse("git://h/o/r.git", &native).unwrap() else {
             panic!("git:// is a git source")
         };
         assert_eq!(g.url, "git://h/o/r.git");
         for spec in ["https://h/r.git", "http://h/r#main", "git+https://h/r"] {
             assert!(
-                matches!(Source::parse(spec, https).unwrap(), Source::Git(_)),
+                matches!(Source::parse(spec, &https).unwrap(), Source::Git(_)),
                 "{spec}"
             );
         }
-        assert!(Source::parse("s3://b/k", https).is_err());
+        for spec in [
+            "s3://b/k",
+            "gs://b",
+            "https://acct.blob.core.windows.net/c/ctx.tar.gz",
+        ] {
+            assert!(
+                matches!(Source::parse(spec, &https).unwrap(), Source::Object(_)),
+                "{spec}"
+            );
+        }
+        let azurite = ContextOptions::from_flags_with_env("", None, |k| {
+            (k == "KILN_AZURE_BLOB_ENDPOINT").then(|| "http://127.0.0.1:10000/acct".to_string())
+        })
+        .unwrap();
+        assert!(matches!(
+            Source::parse("http://127.0.0.1:10000/acct/c/b", &azurite).unwrap(),
+            Source::Object(_)
+        ));
+        assert!(matches!(
+            Source::parse("http://127.0.0.1:10000/acct/c/b", &https).unwrap(),
+            Source::Url(_)
+        ));
+        assert!(Source::parse("ftp://b/k", &https).is_err());
     }
 
     #[test]

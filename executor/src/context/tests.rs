@@ -70,11 +70,28 @@ fn open_dir_forms() {
 }
 
 #[test]
+fn object_stores_without_credentials_fail_naming_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    for (spec, needs) in [
+        ("s3://bucket/ctx.tar.gz", "AWS_ACCESS_KEY_ID"),
+        (
+            "https://acct.blob.core.windows.net/ctr/ctx.tar.gz",
+            "AZURE_STORAGE_ACCESS_KEY",
+        ),
+    ] {
+        let msg = BuildContext::open(spec, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(spec) && msg.contains(needs), "{spec}: {msg}");
+    }
+}
+
+#[test]
 fn unsupported_schemes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     for (spec, scheme) in [
-        ("s3://bucket/ctx.tar.gz", "s3://"),
-        ("gs://bucket/ctx.tar.gz", "gs://"),
+        ("ftp://host/ctx.tar.gz", "ftp://"),
+        ("oss://bucket/ctx.tar.gz", "oss://"),
     ] {
         let err = BuildContext::open(spec, dir.path()).unwrap_err();
         let msg = err.to_string();

@@ -5,12 +5,15 @@
 //! test one.
 #![allow(dead_code)] // Each test binary uses a different subset of these helpers.
 
+mod contexts;
 mod diff;
 mod executor_image;
 mod history;
 mod layout;
 mod scan;
 // Only the differential and container-mode tests compare trees; the other test binaries import none.
+#[allow(unused_imports)]
+pub use contexts::*;
 #[allow(unused_imports)]
 pub use diff::*;
 #[allow(unused_imports)]

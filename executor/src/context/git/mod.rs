@@ -14,6 +14,8 @@ use gix::objs::tree::EntryKind;
 
 use super::{ContextError, GitCredentials, GitOptions};
 
+mod submodule;
+
 /// What to fetch: the parsed `<url>#<ref>#<commit>` of a git context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GitSource {
@@ -57,13 +59,25 @@ fn is_full_hex_id(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Fetch `source` and write the tree of the selected commit into `dest` (an empty directory).
-/// The git database lives in a sibling temporary directory under `scratch` and is removed after.
+/// Fetch `source` and write the tree of the selected commit into `dest` (an empty directory),
+/// with its submodules when `options.recurse_submodules` is set. The git databases live in
+/// temporary directories under `scratch` and are removed after.
 pub(crate) fn checkout(
     source: &GitSource,
     options: &GitOptions,
     scratch: &Path,
     dest: &Path,
+) -> Result<(), ContextError> {
+    checkout_at_depth(source, options, scratch, dest, 0)
+}
+
+/// [`checkout`] of a repository `depth` submodule levels below the context's own.
+fn checkout_at_depth(
+    source: &GitSource,
+    options: &GitOptions,
+    scratch: &Path,
+    dest: &Path,
+    depth: usize,
 ) -> Result<(), ContextError> {
     let fail = |message: String| ContextError::Git {
         url: source.describe(),
@@ -78,8 +92,51 @@ pub(crate) fn checkout(
                 scratch.display()
             ))
         })?;
-    let repo_dir = db.path().join("repo.git");
+    let (repo, commit_hex) = fetch_commit(source, options, &db.path().join("repo.git"))?;
+    let id = gix::ObjectId::from_hex(commit_hex.as_bytes())
+        .map_err(|e| fail(format!("\"{commit_hex}\" is not a full commit id: {e}")))?;
+    let object = repo.find_object(id).map_err(|_| {
+        fail(format!(
+            "commit {commit_hex} is not in what the server sent; check that it exists on the given ref"
+        ))
+    })?;
+    let tree_id = object
+        .peel_to_tree()
+        .map_err(|e| fail(format!("{commit_hex} does not name a commit: {e}")))?
+        .id;
+    let mut gitlinks = Vec::new();
+    write_tree(&repo, tree_id, dest, Path::new(""), &mut gitlinks).map_err(&fail)?;
+    tracing::info!("checked out {} at commit {commit_hex}", source.describe());
+    if !options.recurse_submodules || gitlinks.is_empty() {
+        return Ok(());
+    }
+    let modules = submodule::Modules::read(&repo, tree_id).map_err(&fail)?;
+    // This repository's database is not needed any more: free its disk before the submodules'.
+    drop((repo, db));
+    for link in &gitlinks {
+        let Some(sub) = modules
+            .resolve(link, source, options, depth)
+            .map_err(&fail)?
+        else {
+            continue;
+        };
+        let sub_dest = dest.join(&link.path);
+        checkout_at_depth(&sub.source, &sub.options, scratch, &sub_dest, depth + 1)?;
+    }
+    Ok(())
+}
 
+/// Fetch what `source` names into a bare repository at `repo_dir`; returns it with the full id of
+/// the commit to check out.
+fn fetch_commit(
+    source: &GitSource,
+    options: &GitOptions,
+    repo_dir: &Path,
+) -> Result<(gix::Repository, String), ContextError> {
+    let fail = |message: String| ContextError::Git {
+        url: source.describe(),
+        message,
+    };
     // `--git branch=` overrides the ref of the URL, as in kaniko.
     let reference = options.branch.clone().or_else(|| source.reference.clone());
     let wanted_commit = source
@@ -89,16 +146,16 @@ pub(crate) fn checkout(
 
     // A bare commit id is fetched directly (servers speaking protocol v2 allow it); when the server
     // refuses, fall back to the full history of every branch and look the commit up there.
-    let tip = if let Some(commit) = reference.as_deref().filter(|r| is_full_hex_id(r)) {
-        match fetch(source, options, &repo_dir, Want::Revision(commit), true) {
+    let (repo, tip_id) = if let Some(commit) = reference.as_deref().filter(|r| is_full_hex_id(r)) {
+        match fetch(source, options, repo_dir, Want::Revision(commit), true) {
             Ok(repo) => (repo, commit.to_string()),
             Err(first) => {
-                let _ = fs::remove_dir_all(&repo_dir);
+                let _ = fs::remove_dir_all(repo_dir);
                 tracing::debug!(
                     "fetching commit {commit} directly failed ({first}); fetching all branches"
                 );
                 let repo =
-                    fetch(source, options, &repo_dir, Want::AllBranches, false).map_err(&fail)?;
+                    fetch(source, options, repo_dir, Want::AllBranches, false).map_err(&fail)?;
                 (repo, commit.to_string())
             }
         }
@@ -109,7 +166,7 @@ pub(crate) fn checkout(
             Some(r) => Want::Ref(r),
             None => Want::Head,
         };
-        let repo = fetch(source, options, &repo_dir, want, shallow).map_err(|message| {
+        let repo = fetch(source, options, repo_dir, want, shallow).map_err(|message| {
             match reference.as_deref() {
                 Some(r) if message.contains("didn't have any ref") => fail(format!(
                     "{message}; no branch, tag or ref named \"{r}\" exists there (looked for {r}, refs/heads/{r}, refs/tags/{r})"
@@ -124,28 +181,7 @@ pub(crate) fn checkout(
             .to_string();
         (repo, head)
     };
-    let (repo, tip_id) = tip;
-    let commit_hex = wanted_commit.unwrap_or(tip_id);
-    let id = gix::ObjectId::from_hex(commit_hex.as_bytes())
-        .map_err(|e| fail(format!("\"{commit_hex}\" is not a full commit id: {e}")))?;
-    let object = repo.find_object(id).map_err(|_| {
-        fail(format!(
-            "commit {commit_hex} is not in what the server sent; check that it exists on the given ref"
-        ))
-    })?;
-    let tree = object
-        .peel_to_tree()
-        .map_err(|e| fail(format!("{commit_hex} does not name a commit: {e}")))?;
-    let mut gitlinks = Vec::new();
-    write_tree(&repo, tree.id, dest, Path::new(""), &mut gitlinks).map_err(&fail)?;
-    if options.recurse_submodules && !gitlinks.is_empty() {
-        return Err(fail(format!(
-            "the repository has submodules ({}) and fetching submodules is not supported; vendor them or use recurse-submodules=false",
-            gitlinks.join(", ")
-        )));
-    }
-    tracing::info!("checked out {} at commit {commit_hex}", source.describe());
-    Ok(())
+    Ok((repo, wanted_commit.unwrap_or(tip_id)))
 }
 
 enum Want<'a> {
@@ -254,13 +290,13 @@ fn http_options(insecure: bool) -> gix::protocol::transport::client::blocking_io
 }
 
 /// Write the tree `id` under `dir` (which exists). Modes follow git: 0644 files, 0755 executables,
-/// symlinks as links, submodules as empty directories (their paths are collected in `gitlinks`).
+/// symlinks as links, submodules as empty directories (collected in `gitlinks`).
 fn write_tree(
     repo: &gix::Repository,
     id: gix::ObjectId,
     dir: &Path,
     rel: &Path,
-    gitlinks: &mut Vec<String>,
+    gitlinks: &mut Vec<submodule::Gitlink>,
 ) -> Result<(), String> {
     let tree = repo
         .find_tree(id)
@@ -326,7 +362,10 @@ fn write_tree(
             }
             EntryKind::Commit => {
                 fs::create_dir(&host).map_err(|e| format!("creating {}: {e}", host.display()))?;
-                gitlinks.push(rel_child.display().to_string());
+                gitlinks.push(submodule::Gitlink {
+                    path: rel_child,
+                    commit: oid,
+                });
             }
         }
     }
