@@ -52,6 +52,28 @@ pub fn names_tag_with_digest(destinations: &[String], digest: &str) -> String {
         .collect()
 }
 
+/// kaniko's `$BUILDER_OUTPUT/images`: one `{"name":…,"digest":…}` line per destination, the name
+/// with its tag (`:latest` when it has none), as kaniko prints go-containerregistry's tag.
+pub fn builder_output(destinations: &[String], digest: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        name: String,
+        digest: &'a str,
+    }
+    destinations
+        .iter()
+        .map(|d| {
+            let name = if strip_tag(d).len() == d.len() && !d.contains('@') {
+                format!("{d}:latest")
+            } else {
+                d.clone()
+            };
+            let line = serde_json::to_string(&Line { name, digest }).unwrap_or_default();
+            format!("{line}\n")
+        })
+        .collect()
+}
+
 /// `registry:5000/a/b:tag` → `registry:5000/a/b` (the port's colon is not a tag separator).
 pub fn strip_tag(reference: &str) -> &str {
     let name = reference.split('@').next().unwrap_or(reference);
@@ -184,6 +206,19 @@ mod tests {
         assert_eq!(
             names_tag_with_digest(&dests, "sha256:x"),
             "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n"
+        );
+    }
+
+    #[test]
+    fn builder_output_is_kanikos() {
+        let dests = vec![
+            "127.0.0.1:5000/a/b:v1".to_string(),
+            "reg:5000/c".to_string(),
+        ];
+        assert_eq!(
+            builder_output(&dests, "sha256:x"),
+            "{\"name\":\"127.0.0.1:5000/a/b:v1\",\"digest\":\"sha256:x\"}\n\
+             {\"name\":\"reg:5000/c:latest\",\"digest\":\"sha256:x\"}\n"
         );
     }
 
