@@ -133,10 +133,10 @@
 #   KILN_E2E_REGISTRY                  internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
 #                                                with a cleared environment)
-#   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli.rs
+#   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli/tests.rs
 #   KILN_STAGES_TEST_BARE              internal  set by a unit test in crates/dockerfile/src/stages.rs
 #   KILN_STAGES_TEST_UNSET_X           internal  named by a unit test in crates/dockerfile/src/stages.rs
-#   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli.rs, which
+#   KILN_TEST_UNSET_ARG_X              internal  named by a unit test in executor/src/cli/tests.rs, which
 #                                                expects it unset
 #   KILN_DIR_PARENT                    internal  a shell variable of scripts/bench.sh, not read from
 #                                                the environment
@@ -237,6 +237,14 @@ bash scripts/kaniko.sh --binary-only
 step "installing the object-store servers of the context tests (moto, fake-gcs-server, Azurite)"
 OBJECT_STORE_BIN="$(bash scripts/object-stores.sh | tail -n 1)"
 export PATH="$OBJECT_STORE_BIN:$PATH"
+
+step "building the Go peers of the conformance tests (BuildKit's parser, kaniko's flag lister)"
+# The tests build them too (scripts/lib/go-peer.sh, cached by recipe); built here first so a
+# missing Go or module proxy shows at once. Exit status 3 (Go or the proxy missing) is the tests'
+# skip outside CI and a failure under CI=true.
+for peer in buildkit-parse kaniko-flags; do
+    bash "scripts/$peer.sh" >/dev/null || { rc=$?; [[ $rc == 3 && "${CI:-}" != true ]] || exit "$rc"; }
+done
 
 step "cargo test --workspace"
 # The end-to-end test needs the executor image and the operator set up by scripts/e2e.sh (next step).

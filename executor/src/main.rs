@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use kiln_executor::cli::Options;
 
 fn main() -> ExitCode {
@@ -19,8 +18,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let opts = Options::parse_from(args);
+    let opts = match Options::parse_kaniko(args, |name| std::env::var(name).ok()) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("kiln-executor: {e}");
+            return ExitCode::from(2);
+        }
+    };
     opts.logging.init();
+    kiln_executor::cli::kaniko::log_notes(&opts);
     match kiln_executor::build::run_build(&opts) {
         Ok(result) => {
             println!("{}", result.digest);

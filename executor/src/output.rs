@@ -36,20 +36,74 @@ pub fn write_termination_log(
     Ok(true)
 }
 
-/// kaniko's `--image-name-with-digest-file`: one `repo@digest` line per destination (tag dropped).
+/// kaniko's `--image-name-with-digest-file`: one `repository@digest` line per destination, the
+/// repository as kaniko names it ([`ggcr_name`]). (kaniko writes the tagged lines into this file
+/// too when `--image-name-tag-with-digest-file` is also given; Kiln writes each file its own.)
 pub fn names_with_digest(destinations: &[String], digest: &str) -> String {
     destinations
         .iter()
-        .map(|d| format!("{}@{digest}\n", strip_tag(d)))
+        .map(|d| format!("{}@{digest}\n", ggcr_name(d).0))
         .collect()
 }
 
-/// kaniko's `--image-name-tag-with-digest-file`: one `repo:tag@digest` line per destination.
+/// kaniko's `--image-name-tag-with-digest-file`: one `repository:tag@digest` line per
+/// destination ([`ggcr_name`]; `latest` when the destination names no tag).
 pub fn names_tag_with_digest(destinations: &[String], digest: &str) -> String {
     destinations
         .iter()
-        .map(|d| format!("{d}@{digest}\n"))
+        .map(|d| {
+            let (repo, tag) = ggcr_name(d);
+            format!("{repo}:{tag}@{digest}\n")
+        })
         .collect()
+}
+
+/// kaniko's `$BUILDER_OUTPUT/images`: one `{"name":…,"digest":…}` line per destination, the name
+/// as kaniko prints go-containerregistry's tag (`repository:tag`, [`ggcr_name`]).
+pub fn builder_output(destinations: &[String], digest: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        name: String,
+        digest: &'a str,
+    }
+    destinations
+        .iter()
+        .map(|d| {
+            let (repo, tag) = ggcr_name(d);
+            let name = format!("{repo}:{tag}");
+            let line = serde_json::to_string(&Line { name, digest }).unwrap_or_default();
+            format!("{line}\n")
+        })
+        .collect()
+}
+
+/// A destination as kaniko's output files name it, go-containerregistry's `name.NewTag` with
+/// weak validation: (repository with its registry, tag). Docker Hub is `index.docker.io` (also
+/// for `docker.io`), with `library/` before a one-component repository; the tag defaults to
+/// `latest`. A digest reference keeps its name, tagged `latest`.
+pub fn ggcr_name(reference: &str) -> (String, String) {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let repo = strip_tag(name);
+    let tag = name[repo.len()..].trim_start_matches(':');
+    let tag = if tag.is_empty() { "latest" } else { tag };
+    let (registry, path) = match repo.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first, rest)
+        }
+        _ => ("", repo),
+    };
+    let registry = match registry {
+        "" | "docker.io" => "index.docker.io",
+        other => other,
+    };
+    let path = if registry == "index.docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
+    };
+    (format!("{registry}/{path}"), tag.to_string())
 }
 
 /// `registry:5000/a/b:tag` → `registry:5000/a/b` (the port's colon is not a tag separator).
@@ -179,12 +233,35 @@ mod tests {
         let dests = vec!["127.0.0.1:5000/a/b:v1".to_string(), "reg/c".to_string()];
         assert_eq!(
             names_with_digest(&dests, "sha256:x"),
-            "127.0.0.1:5000/a/b@sha256:x\nreg/c@sha256:x\n"
+            "127.0.0.1:5000/a/b@sha256:x\nindex.docker.io/reg/c@sha256:x\n"
         );
         assert_eq!(
             names_tag_with_digest(&dests, "sha256:x"),
-            "127.0.0.1:5000/a/b:v1@sha256:x\nreg/c@sha256:x\n"
+            "127.0.0.1:5000/a/b:v1@sha256:x\nindex.docker.io/reg/c:latest@sha256:x\n"
         );
+    }
+
+    #[test]
+    fn builder_output_is_kanikos() {
+        let dests = vec![
+            "127.0.0.1:5000/a/b:v1".to_string(),
+            "reg:5000/c".to_string(),
+        ];
+        assert_eq!(
+            builder_output(&dests, "sha256:x"),
+            "{\"name\":\"127.0.0.1:5000/a/b:v1\",\"digest\":\"sha256:x\"}\n\
+             {\"name\":\"reg:5000/c:latest\",\"digest\":\"sha256:x\"}\n"
+        );
+        // go-containerregistry's names.
+        for (dest, want) in [
+            ("ubuntu", ("index.docker.io/library/ubuntu", "latest")),
+            ("docker.io/team/app:1", ("index.docker.io/team/app", "1")),
+            ("localhost/a", ("localhost/a", "latest")),
+            ("reg:5000/a/b:2@sha256:x", ("reg:5000/a/b", "2")),
+        ] {
+            let (repo, tag) = ggcr_name(dest);
+            assert_eq!((repo.as_str(), tag.as_str()), want, "{dest}");
+        }
     }
 
     #[test]

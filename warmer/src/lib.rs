@@ -30,13 +30,15 @@ pub use kiln_common::termination::{TERMINATION_LOG, TERMINATION_LOG_ENV};
 /// The logging flags and their values, shared with the executor so both programs take the same.
 pub use kiln_common::logging::{LogFlags, LogFormat, Verbosity};
 
-/// kaniko warmer's command line, with the executor's registry flags. Booleans accept
-/// `--flag`, `--flag=true` and `--flag=false` like Go's pflag.
+/// kaniko warmer's command line, with the executor's registry flags. Values are read as Go's
+/// pflag reads them: booleans take `--flag` or `--flag=VALUE` with Go's spellings, and a
+/// single-valued flag given twice keeps the last value.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "kiln-warmer",
     version,
-    about = "Pull base images into a cache directory (an OCI image layout) for kiln-executor --cache-dir"
+    about = "Pull base images into a cache directory (an OCI image layout) for kiln-executor --cache-dir",
+    args_override_self = true
 )]
 pub struct Args {
     /// Image to warm; repeatable.
@@ -61,7 +63,7 @@ pub struct Args {
     pub cache_ttl: Duration,
 
     /// Pull again even when a current copy is cached.
-    #[arg(short = 'f', long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(short = 'f', long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = kiln_common::goflag::parse_bool)]
     pub force: bool,
 
     /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's).
@@ -74,9 +76,33 @@ pub struct Args {
     #[command(flatten)]
     pub registry: RegistryFlags,
 
+    /// Pull images of a registry from others first: `ORIGINAL=REMAP` pairs separated by `;`
+    /// (repeatable), as kaniko warmer's `--registry-map`; `$KANIKO_REGISTRY_MAP` adds more.
+    #[arg(long = "registry-map")]
+    pub registry_map: Vec<String>,
+
     /// The logging flags kiln-executor takes too.
     #[command(flatten)]
     pub logging: LogFlags,
+}
+
+impl Args {
+    /// kaniko warmer's environment rule (`cmd/warmer/cmd/root.go`): `KANIKO_REGISTRY_MAP`, when
+    /// set and not empty, adds `--registry-map` entries after those of the command line.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(map) = env("KANIKO_REGISTRY_MAP").filter(|m| !m.is_empty()) {
+            self.registry_map.push(map);
+        }
+    }
+
+    /// Registry options for pulling images of `platform`: the shared registry flags (the warmer
+    /// only pulls) and `--registry-map`.
+    pub fn registry_options(&self, platform: Platform) -> kiln_oci::registry::RegistryOptions {
+        kiln_oci::registry::RegistryOptions {
+            registry_maps: self.registry_map.clone(),
+            ..self.registry.pull_only_options(platform)
+        }
+    }
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -462,7 +488,7 @@ pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
     let mut registries: Vec<(Platform, Registry)> = Vec::new();
     for t in &targets {
         if !registries.iter().any(|(p, _)| *p == t.platform) {
-            let r = Registry::new(args.registry.pull_only_options(t.platform.clone()))
+            let r = Registry::new(args.registry_options(t.platform.clone()))
                 .map_err(WarmError::Registry)?;
             registries.push((t.platform.clone(), r));
         }

@@ -7,7 +7,8 @@ use clap::Parser;
 use kiln_warmer::Args;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.apply_env(|name| std::env::var(name).ok());
     args.logging.init();
     match kiln_warmer::run(&args) {
         Ok(_) => ExitCode::SUCCESS,

@@ -40,7 +40,7 @@ pub struct LogFlags {
     pub log_format: LogFormat,
 
     /// Prefix log lines with timestamps.
-    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "log-timestamp", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = crate::goflag::parse_bool)]
     pub log_timestamp: bool,
 }
 

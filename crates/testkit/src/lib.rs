@@ -1,11 +1,13 @@
 //! Kiln's test kit (dev-only): one copy of what the integration tests of the executor, the
 //! warmer and the end-to-end suite share — a real test registry, a fault proxy, bounded external
-//! commands, the independent image tools, small image builders, and the policy for a test that
-//! cannot run here (fail under `CI=true`, skip loudly elsewhere) or that selects no case. It must
-//! never be a dependency of a shipped binary, and never talk to a registry that is not local.
+//! commands, the independent image tools, small image builders, kaniko's flag list and the
+//! README's table of them, and the policy for a test that cannot run here (fail under
+//! `CI=true`, skip loudly elsewhere) or that selects no case. It must never be a dependency of a
+//! shipped binary, and never talk to a registry that is not local.
 
 pub mod cmd;
 pub mod image;
+pub mod kaniko;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

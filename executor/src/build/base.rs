@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use kiln_oci::image::{oci_layer_media_type, ImageConfig};
 use kiln_oci::registry::{parse_reference, Platform, Registry, RemoteImage};
 
 /// An image's config and layers.
+#[derive(Clone)]
 pub struct Image {
     pub config: ImageConfig,
     pub layers: Vec<LayerFile>,
@@ -453,14 +454,39 @@ impl Builder<'_> {
             BaseKind::Stage(parent) => {
                 // Re-apply the parent's layers: the parent root stays intact for `COPY --from`.
                 let image = self.parent_image(base, index, parent)?;
-                for layer in &image.layers {
-                    self.bases.unpack(layer, &base.name, root)?;
-                }
+                let bases = &mut self.bases;
+                retry_extract(
+                    self.req.extract_retries,
+                    EXTRACT_RETRY_DELAY,
+                    &base.name,
+                    |retry| {
+                        if retry {
+                            empty_dir(root)
+                                .map_err(io_err(format!("emptying {}", root.display())))?;
+                        }
+                        image
+                            .layers
+                            .iter()
+                            .try_for_each(|l| bases.unpack(l, &base.name, root))
+                    },
+                )?;
                 Ok(image)
             }
             BaseKind::Image => {
                 let image = self.bases.pull(&base.name)?;
-                self.bases.unpack_image(&base.name, image, root)
+                let bases = &mut self.bases;
+                retry_extract(
+                    self.req.extract_retries,
+                    EXTRACT_RETRY_DELAY,
+                    &base.name,
+                    |retry| {
+                        if retry {
+                            empty_dir(root)
+                                .map_err(io_err(format!("emptying {}", root.display())))?;
+                        }
+                        bases.unpack_image(&base.name, image.clone(), root)
+                    },
+                )
             }
         }
     }
@@ -551,9 +577,19 @@ impl Builder<'_> {
         for built in self.built.values_mut().filter(|b| b.root == root) {
             built.root = PathBuf::new();
         }
-        for layer in &image.layers {
-            self.bases.unpack(layer, &base.name, &root)?;
-        }
+        // A retry applies the layers again over what the failed attempt left, as kaniko's does.
+        let bases = &mut self.bases;
+        retry_extract(
+            self.req.extract_retries,
+            EXTRACT_RETRY_DELAY,
+            &base.name,
+            |_| {
+                image
+                    .layers
+                    .iter()
+                    .try_for_each(|l| bases.unpack(l, &base.name, &root))
+            },
+        )?;
         Ok((root, image))
     }
 
@@ -577,6 +613,33 @@ impl Builder<'_> {
     pub(super) fn in_place(&self) -> bool {
         self.req.isolation == Isolation::InPlace
     }
+}
+
+/// The first wait of `--image-fs-extract-retry` (kaniko's: one second, doubling each time).
+pub const EXTRACT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// kaniko's `util.Retry` for `--image-fs-extract-retry`: run `attempt`, and while it fails and
+/// retries are left, wait (`delay`, doubling each time) and run it again. `attempt` is told
+/// whether it is a retry, so it can first empty what the failed attempt left.
+pub fn retry_extract<T>(
+    retries: u32,
+    delay: Duration,
+    image: &str,
+    mut attempt: impl FnMut(bool) -> Result<T, BuildError>,
+) -> Result<T, BuildError> {
+    let mut result = attempt(false);
+    for n in 0..retries {
+        let Err(e) = &result else { break };
+        let wait = delay.saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX));
+        warn!(
+            "unpacking {image} failed ({e}); trying again in {} (--image-fs-extract-retry, {} of {retries})",
+            secs(wait),
+            n + 1
+        );
+        std::thread::sleep(wait);
+        result = attempt(true);
+    }
+    result
 }
 
 /// The one layer record, from the base-image cache's.

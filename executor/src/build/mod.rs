@@ -383,6 +383,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extraction_is_retried_as_often_as_asked() {
+        use std::time::Duration;
+        // Fails `failures` times, then works; says whether each call was a retry.
+        let run = |retries: u32, failures: usize| {
+            let mut calls: Vec<bool> = Vec::new();
+            let result = base::retry_extract(retries, Duration::ZERO, "img", |retry| {
+                calls.push(retry);
+                if calls.len() <= failures {
+                    Err(BuildError::Usage(format!("attempt {}", calls.len())))
+                } else {
+                    Ok(calls.len())
+                }
+            });
+            (result.map_err(|e| e.to_string()), calls)
+        };
+        assert_eq!(run(0, 0), (Ok(1), vec![false]));
+        let (result, calls) = run(0, 1);
+        assert!(result.unwrap_err().contains("attempt 1"));
+        assert_eq!(calls, [false]);
+        assert_eq!(run(2, 2), (Ok(3), vec![false, true, true]));
+        let (result, calls) = run(2, 3);
+        assert!(result.unwrap_err().contains("attempt 3"));
+        assert_eq!(calls.len(), 3);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(human(12), "12 B");
         assert_eq!(human(2048), "2.0 KiB");

@@ -20,7 +20,7 @@ use crate::output;
 use kiln_oci::image::{
     sha256_digest, Descriptor, Manifest, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
 };
-use kiln_oci::registry::{Blob, BlobSource, Registry};
+use kiln_oci::registry::{Blob, BlobSource, Registry, RegistryError};
 
 /// Early uploads of the target stage's new layers to the destinations.
 pub struct Publisher<'a> {
@@ -111,7 +111,14 @@ pub fn write_outputs(
     let mut references = Vec::new();
     if !req.no_push {
         for dest in &req.destinations {
-            push(bases, runtime, dest, &stage.layers, &image)?;
+            push(
+                bases,
+                runtime,
+                dest,
+                &stage.layers,
+                &image,
+                req.ignore_immutable_tag_errors,
+            )?;
             references.push(format!("{dest}@{}", image.digest));
         }
     } else if !req.destinations.is_empty() {
@@ -208,6 +215,7 @@ fn push(
     dest: &str,
     layers: &[LayerFile],
     image: &Assembled,
+    ignore_immutable_tag: bool,
 ) -> Result<(), BuildError> {
     let registry = bases.registry();
     let started = Instant::now();
@@ -273,7 +281,18 @@ fn push(
         }
         result = push_image();
     }
-    let pushed = result.map_err(BuildError::registry(format!("pushing {dest}")))?;
+    let pushed = match result {
+        // kaniko's --push-ignore-immutable-tag-errors: the tag is there already and stays.
+        Err(RegistryError::ImmutableTag { detail, .. }) if ignore_immutable_tag => {
+            info!(
+                "{dest}: immutable tag error ignored for {}@{} (--push-ignore-immutable-tag-errors): {detail}",
+                output::strip_tag(dest),
+                image.digest
+            );
+            return Ok(());
+        }
+        other => other.map_err(BuildError::registry(format!("pushing {dest}")))?,
+    };
     if pushed != image.digest {
         warn!(
             "{dest}: the registry reports digest {pushed}, Kiln computed {}",
@@ -365,6 +384,18 @@ pub fn write_result_files(req: &BuildRequest, result: &BuildResult) -> Result<()
         if let Some(path) = path {
             std::fs::write(path, content).map_err(io_err(format!("writing {flag} {path}")))?;
         }
+    }
+    // kaniko writes `$BUILDER_OUTPUT/images` after pushing, one JSON line per destination.
+    if let (Some(dir), false) = (std::env::var_os("BUILDER_OUTPUT"), req.no_push) {
+        let path = Path::new(&dir).join("images");
+        std::fs::write(
+            &path,
+            output::builder_output(&req.destinations, &result.digest),
+        )
+        .map_err(io_err(format!(
+            "writing $BUILDER_OUTPUT {}",
+            path.display()
+        )))?;
     }
     let termination = std::env::var_os(kiln_common::termination::TERMINATION_LOG_ENV)
         .map(PathBuf::from)

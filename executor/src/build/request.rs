@@ -25,8 +25,14 @@ pub struct BuildRequest {
     /// `--dockerfile` as given (found later, against the context).
     pub dockerfile: String,
     pub destinations: Vec<String>,
-    /// `--no-push`.
+    /// `--no-push` (or `KANIKO_NO_PUSH`).
     pub no_push: bool,
+    /// `--push-ignore-immutable-tag-errors`.
+    pub ignore_immutable_tag_errors: bool,
+    /// `--image-fs-extract-retry`: how many more times a failed base-image unpack is tried.
+    pub extract_retries: u32,
+    /// `--force-build-metadata`: every step gets a layer, even an empty one.
+    pub force_build_metadata: bool,
     /// `--target`: a stage name or index.
     pub target: Option<String>,
     /// `--skip-unused-stages=false`: build every stage up to the target.
@@ -85,7 +91,6 @@ impl BuildRequest {
         opts: &Options,
         in_container: Option<String>,
     ) -> Result<BuildRequest, BuildError> {
-        opts.check_supported().map_err(BuildError::Usage)?;
         if opts.destinations.is_empty() && !opts.no_push && opts.oci_layout_path.is_none() {
             return Err(BuildError::Usage(
                 "no --destination given: name one (repeatable), or pass --no-push (optionally with --oci-layout-path)".into(),
@@ -101,11 +106,14 @@ impl BuildRequest {
         let layer_cache = layer_cache(opts)?;
         let compression = opts.layer_compression().map_err(BuildError::Usage)?;
         Ok(BuildRequest {
-            context: opts.context.clone(),
+            context: opts.effective_context(),
             context_options,
             dockerfile: opts.dockerfile.clone(),
             destinations: opts.destinations.clone(),
             no_push: opts.no_push,
+            ignore_immutable_tag_errors: opts.push_ignore_immutable_tag_errors,
+            extract_retries: opts.image_fs_extract_retry.unwrap_or(0),
+            force_build_metadata: opts.force_build_metadata,
             // kaniko's `--target ""` (its default, and what pipelines pass for "no target")
             // builds the last stage.
             target: opts.target.clone().filter(|t| !t.is_empty()),
@@ -136,7 +144,7 @@ impl BuildRequest {
             },
             no_push_cache: opts.no_push_cache,
             cache_ttl,
-            cache_dir: opts.cache_dir.clone(),
+            cache_dir: opts.base_cache_dir(),
             outputs: Outputs {
                 oci_layout_path: opts.oci_layout_path.clone(),
                 tar_path: opts.tar_path.clone(),

@@ -77,16 +77,22 @@ impl Builder<'_> {
                 _ => None,
             };
             if let (Some(hit), Some(key)) = (hit, &key) {
-                let note = self.apply_hit(&hit, &root, &mut layers)?;
+                let mut note = self.apply_hit(&hit, &root, &mut layers)?;
+                let mut no_layer = hit.layer.is_none();
+                if no_layer && self.req.force_build_metadata {
+                    if let Some(snap) = snapshotter.as_ref() {
+                        note = self.force_empty_layer(snap, &layer_dir, &mut layers)?;
+                        no_layer = false;
+                    }
+                }
                 if let Some(snap) = snapshotter.as_mut() {
                     snap.refresh()?;
                 }
                 if keep_layers {
-                    state.config.history.push(history(
-                        self.req.reproducible,
-                        text,
-                        hit.layer.is_none(),
-                    ));
+                    state
+                        .config
+                        .history
+                        .push(history(self.req.reproducible, text, no_layer));
                 }
                 if let Some(cache) = self.cache.as_mut() {
                     cache.hits += 1;
@@ -150,6 +156,15 @@ impl Builder<'_> {
                     }
                 }
             }
+            // kaniko's --force-build-metadata: a step without changes (a metadata-only one
+            // included) still gets a layer, an empty one. Not with --single-snapshot, which
+            // takes one layer for the whole stage.
+            if empty_layer && self.req.force_build_metadata && !self.req.single_snapshot {
+                if let Some(snap) = snapshotter.as_ref() {
+                    layer_note = self.force_empty_layer(snap, &layer_dir, &mut layers)?;
+                    empty_layer = false;
+                }
+            }
             if let (Some(key), Cacheable::Yes, Some(cache)) =
                 (&key, step.cacheable, self.cache.as_mut())
             {
@@ -199,6 +214,23 @@ impl Builder<'_> {
             config: state.config,
             layers,
         })
+    }
+
+    /// Add an empty layer for a step that made none (`--force-build-metadata`). Returns a log
+    /// note.
+    fn force_empty_layer(
+        &mut self,
+        snap: &Snapshotter,
+        layer_dir: &Path,
+        layers: &mut Vec<LayerFile>,
+    ) -> Result<String, BuildError> {
+        let layer = snap.empty_layer(layer_dir, &self.req.layer_options)?;
+        let note = format!(
+            "empty layer {} (--force-build-metadata)",
+            short(&layer.digest)
+        );
+        layers.push(layer);
+        Ok(note)
     }
 
     /// The state a stage's steps start from, over `root` with the base's config.

@@ -226,6 +226,16 @@ impl Snapshotter {
         Ok(Some(layer))
     }
 
+    /// A layer with no entries (`--force-build-metadata` gives every step a layer), written
+    /// into `out_dir` like any other. Leaves the snapshot state alone.
+    pub fn empty_layer(
+        &self,
+        out_dir: &Path,
+        opts: &LayerOptions,
+    ) -> Result<LayerFile, SnapshotError> {
+        self.write_layer(&Vec::new(), out_dir, opts)
+    }
+
     fn write_layer(
         &self,
         changes: &Changes<'_>,

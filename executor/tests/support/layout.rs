@@ -8,15 +8,8 @@ use std::path::Path;
 /// The file at `path` in the layout's image (the last layer that writes it wins), or what a
 /// symlink there points to as `-> target`; `None` when no layer has it or there is no layout.
 pub fn layout_entry(layout: &Path, path: &str) -> Option<String> {
-    let blob = |digest: &str| {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        layout.join("blobs/sha256").join(hex)
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).ok()?).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    let blob = |digest: &str| blob_path(layout, digest);
+    let manifest = layout_manifest(layout)?;
     let want = path.trim_start_matches('/');
     let mut found = None;
     for layer in manifest["layers"].as_array().unwrap() {
@@ -42,4 +35,24 @@ pub fn layout_entry(layout: &Path, path: &str) -> Option<String> {
         }
     }
     found
+}
+
+fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    layout.join("blobs/sha256").join(hex)
+}
+
+/// The manifest of the layout's first image; `None` when there is no layout.
+pub fn layout_manifest(layout: &Path) -> Option<serde_json::Value> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).ok()?).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    Some(serde_json::from_slice(&fs::read(blob_path(layout, manifest_digest)).unwrap()).unwrap())
+}
+
+/// The config of the layout's first image; `None` when there is no layout.
+pub fn layout_config(layout: &Path) -> Option<serde_json::Value> {
+    let manifest = layout_manifest(layout)?;
+    let digest = manifest["config"]["digest"].as_str().unwrap();
+    Some(serde_json::from_slice(&fs::read(blob_path(layout, digest)).unwrap()).unwrap())
 }

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
+/// The texts by which kaniko v1.24 (`pkg/executor/push.go`, `errTagImmutable`) knows a push
+/// refused because the tag is immutable: Artifact Registry's and ECR's messages.
+pub const IMMUTABLE_TAG_MESSAGES: &[&str] = &[
+    "The repository has enabled tag immutability",
+    "cannot be overwritten because the repository is immutable",
+];
+
 /// What went wrong while talking to a registry or reading a docker config.
 ///
 /// Each message names the registry and reference and says what to do next.
@@ -115,6 +122,15 @@ pub enum RegistryError {
         registry: String,
         reference: String,
         what: String,
+        detail: String,
+    },
+
+    /// The registry refuses to overwrite a tag of an immutable repository (kaniko's
+    /// `--push-ignore-immutable-tag-errors` recognises it by [`IMMUTABLE_TAG_MESSAGES`]).
+    #[error("registry {registry} refused to push {reference}: the tag exists and the repository's tags are immutable ({detail}); push a new tag, or pass --push-ignore-immutable-tag-errors to count this as pushed")]
+    ImmutableTag {
+        registry: String,
+        reference: String,
         detail: String,
     },
 
@@ -324,6 +340,19 @@ impl ErrorContext<'_> {
 
     /// Classifies an oci-client failure into the variant that tells the user what to do.
     pub(crate) fn map(&self, err: OciDistributionError) -> RegistryError {
+        // Before the status decides: a registry may send it with 400, 403 or anything else.
+        let text = match &err {
+            OciDistributionError::RegistryError { envelope, .. } => Some(envelope.to_string()),
+            OciDistributionError::ServerError { message, .. } => Some(message.clone()),
+            _ => None,
+        };
+        if let Some(text) = text.filter(|t| IMMUTABLE_TAG_MESSAGES.iter().any(|m| t.contains(m))) {
+            return RegistryError::ImmutableTag {
+                registry: self.registry.to_string(),
+                reference: self.reference.to_string(),
+                detail: redact(first_line(&text), self.secrets),
+            };
+        }
         match err {
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => self.unauthorized(),

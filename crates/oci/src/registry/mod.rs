@@ -138,34 +138,47 @@ pub enum Side {
 }
 
 /// Parses kaniko `--registry-map` values into (normalised original registry, remaps in
-/// order); the same original given twice keeps all remaps, in the order given.
+/// order); the same original given twice keeps all remaps, in the order given. A value is
+/// kaniko's: `ORIG=REMAP` pairs separated by `;` (`a.io=m1;b.io=m2`), an empty value meaning
+/// nothing. Kiln also reads an item without `=` as one more remap of the pair before it
+/// (`a.io=m1;m2`), which kaniko refuses.
 pub fn parse_registry_maps(values: &[String]) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for value in values {
+    for value in values.iter().filter(|v| !v.is_empty()) {
         let invalid = |reason: &str| RegistryError::InvalidOption {
             option: "--registry-map",
             value: value.clone(),
             reason: reason.to_string(),
         };
-        let (from, to) = value
-            .split_once('=')
-            .ok_or_else(|| invalid("expected original=remap1;remap2"))?;
-        let from = auth::normalize_auth_key(from);
-        if from.is_empty() {
-            return Err(invalid("the original registry is empty"));
+        let mut current: Option<usize> = None;
+        for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+            let remap = match item.split_once('=') {
+                Some((from, to)) => {
+                    let from = auth::normalize_auth_key(from);
+                    if from.is_empty() {
+                        return Err(invalid("the original registry is empty"));
+                    }
+                    let i = match out.iter().position(|(f, _)| *f == from) {
+                        Some(i) => i,
+                        None => {
+                            out.push((from, Vec::new()));
+                            out.len() - 1
+                        }
+                    };
+                    current = Some(i);
+                    to.trim()
+                }
+                None => item,
+            };
+            let i =
+                current.ok_or_else(|| invalid("expected ORIGINAL=REMAP pairs separated by ;"))?;
+            if remap.is_empty() {
+                return Err(invalid("no registry to remap to"));
+            }
+            out[i].1.push(remap.to_string());
         }
-        let remaps: Vec<String> = to
-            .split(';')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        if remaps.is_empty() {
-            return Err(invalid("no registry to remap to"));
-        }
-        match out.iter_mut().find(|(f, _)| *f == from) {
-            Some((_, existing)) => existing.extend(remaps),
-            None => out.push((from, remaps)),
+        if current.is_none() {
+            return Err(invalid("expected ORIGINAL=REMAP pairs separated by ;"));
         }
     }
     Ok(out)
@@ -579,7 +592,17 @@ mod tests {
                 ("quay.io".to_string(), vec!["q.local".to_string()]),
             ]
         );
-        for bad in ["nothing", "=x", "a.io=", "a.io=;"] {
+        // kaniko's form: pairs separated by `;`, the same original again adding a remap.
+        let maps =
+            parse_registry_maps(&["a.io=m1;b.io=m2;a.io=m3".to_string(), String::new()]).unwrap();
+        assert_eq!(
+            maps,
+            vec![
+                ("a.io".to_string(), vec!["m1".to_string(), "m3".to_string()]),
+                ("b.io".to_string(), vec!["m2".to_string()]),
+            ]
+        );
+        for bad in ["nothing", "=x", "a.io=", "a.io=;", ";", "m1;a.io=m2"] {
             assert!(parse_registry_maps(&[bad.to_string()]).is_err(), "{bad}");
         }
     }

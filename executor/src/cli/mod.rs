@@ -1,19 +1,28 @@
 //! The kaniko-compatible command line of `kiln-executor`. Parses and validates flags only;
 //! turning them into a build is [`crate::build`]'s job.
 //!
-//! Booleans accept `--flag`, `--flag=true` and `--flag=false` like Go's pflag, so kaniko
-//! invocations work unchanged. Flags kaniko has that Kiln does not implement yet are accepted by
-//! the parser and then rejected by [`Options::check_supported`] with a message naming them,
-//! never silently ignored.
+//! Every flag of kaniko v1.24's executor is accepted with kaniko's meaning, its deprecated
+//! spellings included (`--snapshotMode`, `--customPlatform`, `--tarPath`, `--whitelist-var-run`),
+//! and values are read as Go's pflag reads them: booleans take `--flag`, `--flag=VALUE` with Go's
+//! spellings ([`kiln_common::goflag::parse_bool`]), and a single-valued flag given twice keeps the
+//! last value. kaniko's environment variables are applied by [`kaniko`]. Where Kiln differs from
+//! kaniko by design, [`Options::compat_notes`] says how, once per build; the README's "kaniko
+//! flags and variables" table classifies each flag and variable (checked against kaniko's source
+//! by `tests/kaniko_flags.rs`).
 
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::snapshot::Compression;
+use kiln_common::goflag::parse_bool as go_bool;
 use kiln_oci::flags::RegistryFlags;
 use kiln_oci::limits::{self, Limit};
 use kiln_oci::registry::{Platform, RegistryOptions};
 
 pub use kiln_common::logging::{LogFlags, LogFormat, Verbosity};
+
+pub mod kaniko;
+#[cfg(test)]
+mod tests;
 
 /// Where RUN steps execute (Kiln's own flag; kaniko always builds in place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -31,13 +40,21 @@ pub enum IsolationFlag {
 #[command(
     name = "kiln-executor",
     version,
-    about = "Build an OCI image from a Dockerfile without a Docker daemon (kaniko-compatible flags)"
+    about = "Build an OCI image from a Dockerfile without a Docker daemon (kaniko-compatible flags)",
+    // pflag: a single-valued flag given twice keeps the last value.
+    args_override_self = true
 )]
 pub struct Options {
     /// Build context: a directory (`dir://` or a plain path), a tarball (`tar://PATH`, `tar://stdin`,
     /// or an `https://` URL), or a git repository (`git://host/repo.git#ref`, `https://…/repo.git#ref`).
     #[arg(short = 'c', long, default_value = "/workspace/")]
     pub context: String,
+
+    /// kaniko's hidden build-context bucket: `NAME` means `gs://NAME`, a value with a scheme is
+    /// used as is. As in kaniko, it replaces `--context` only when `--context` is empty or has a
+    /// scheme (`dir://`, `tar://`, …); see [`Options::effective_context`].
+    #[arg(short = 'b', long, hide = true)]
+    pub bucket: Option<String>,
 
     /// Sub-directory of the context to use as the context root.
     #[arg(long = "context-sub-path", default_value = "")]
@@ -64,7 +81,7 @@ pub struct Options {
     pub labels: Vec<String>,
 
     /// Build but push nowhere.
-    #[arg(long = "no-push", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "no-push", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub no_push: bool,
 
     /// The registry flags kiln-warmer takes too.
@@ -75,25 +92,31 @@ pub struct Options {
     #[arg(long = "custom-platform")]
     pub custom_platform: Option<String>,
 
+    /// kaniko's deprecated spelling of `--custom-platform`; when not empty it wins over
+    /// `--custom-platform`, as in kaniko.
+    #[arg(long = "customPlatform", hide = true)]
+    pub custom_platform_deprecated: Option<String>,
+
     /// Strip timestamps so identical inputs give identical digests.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub reproducible: bool,
 
     /// Take one snapshot at the end instead of one per step.
-    #[arg(long = "single-snapshot", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "single-snapshot", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub single_snapshot: bool,
 
     /// Path (in the image) to leave out of snapshots; repeatable.
     #[arg(long = "ignore-path")]
     pub ignore_paths: Vec<String>,
 
-    /// Leave /var/run out of snapshots (kaniko's default).
-    #[arg(long = "ignore-var-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    /// Leave /var/run out of snapshots (kaniko's default). `--whitelist-var-run` is kaniko's
+    /// deprecated spelling of the same flag.
+    #[arg(long = "ignore-var-run", alias = "whitelist-var-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool)]
     pub ignore_var_run: bool,
 
     /// Build only the stages the target needs (Kiln's default; kaniko's is to build every stage up
     /// to the target). `--skip-unused-stages=false` builds them all, as kaniko does by default.
-    #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "skip-unused-stages", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     pub skip_unused_stages: Option<bool>,
 
     /// The logging flags kiln-warmer takes too.
@@ -113,7 +136,8 @@ pub struct Options {
     pub image_name_with_digest_file: Option<String>,
 
     /// Write the image as a docker-archive tarball (`docker load`/`podman load`) to this file.
-    #[arg(long = "tar-path")]
+    /// `--tarPath` is kaniko's deprecated spelling of the same flag.
+    #[arg(long = "tar-path", alias = "tarPath")]
     pub tar_path: Option<String>,
 
     /// Write `repository:tag@digest` for every destination to this file.
@@ -121,7 +145,7 @@ pub struct Options {
     pub image_name_tag_with_digest_file: Option<String>,
 
     /// Build in place over `/` even where Kiln does not detect a container.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub force: bool,
 
     /// Where RUN steps execute (Kiln extension): auto, chroot or in-place.
@@ -129,14 +153,15 @@ pub struct Options {
     pub isolation: IsolationFlag,
 
     /// Working directory for downloaded blobs, layers and stage roots (default: `$KILN_DIR`,
-    /// `$KANIKO_DIR`, `/kiln` in a container, else a temporary directory).
-    #[arg(long = "kiln-dir")]
+    /// `$KANIKO_DIR`, `/kiln` in a container, else a temporary directory). `--kaniko-dir` is
+    /// kaniko's name for it; like kaniko's, the flag wins over `$KANIKO_DIR`.
+    #[arg(long = "kiln-dir", alias = "kaniko-dir")]
     pub kiln_dir: Option<String>,
 
     /// Use the layer cache: before a RUN (and, with `--cache-copy-layers`, a COPY/ADD) look up the
     /// step's cache key in `--cache-repo` and apply the cached layer instead of executing it;
     /// layers of steps that miss are pushed there in the background.
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub cache: bool,
 
     /// Repository holding cached layers, one single-layer image tagged with each step's key
@@ -156,15 +181,15 @@ pub struct Options {
 
     /// Cache COPY and ADD layers too (with `--cache`); off by default as in kaniko, because copying
     /// is usually as fast as fetching the cached layer.
-    #[arg(long = "cache-copy-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "cache-copy-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub cache_copy_layers: bool,
 
     /// Cache RUN layers (with `--cache`); on by default.
-    #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    #[arg(long = "cache-run-layers", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool)]
     pub cache_run_layers: bool,
 
     /// With `--cache`, look up cached layers but never push new ones (a read-only cache).
-    #[arg(long = "no-push-cache", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "no-push-cache", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub no_push_cache: bool,
 
     /// Pull images of a registry from others first: `ORIGINAL=REMAP1;REMAP2` (repeatable).
@@ -179,6 +204,28 @@ pub struct Options {
     #[arg(long = "image-download-retry")]
     pub image_download_retry: Option<u32>,
 
+    /// A push the registry refuses because the tag is immutable (kaniko's check: the error says
+    /// "The repository has enabled tag immutability" (Artifact Registry) or "cannot be
+    /// overwritten because the repository is immutable" (ECR)) counts as pushed.
+    #[arg(long = "push-ignore-immutable-tag-errors", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub push_ignore_immutable_tag_errors: bool,
+
+    /// Unpack a base image again this many times when unpacking it fails (default 0), one
+    /// second apart and doubling, as kaniko retries its filesystem extraction.
+    #[arg(long = "image-fs-extract-retry")]
+    pub image_fs_extract_retry: Option<u32>,
+
+    /// Give every step a layer, metadata-only steps (ENV, LABEL, …) and steps that changed
+    /// nothing included (an empty layer), as kaniko does with this flag.
+    #[arg(long = "force-build-metadata", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub force_build_metadata: bool,
+
+    /// kaniko checks that it may push to the destinations before it builds, unless this is set;
+    /// Kiln never checks first (a refused push fails the build at its end), so either value
+    /// builds alike.
+    #[arg(long = "skip-push-permission-check", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
+    pub skip_push_permission_check: Option<bool>,
+
     /// Git context options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,insecure-skip-tls=BOOL`.
     #[arg(long = "git")]
     pub git: Option<String>,
@@ -192,17 +239,24 @@ pub struct Options {
     #[arg(long = "max-layer-entries", value_parser = limits::parse_count, default_value = "1000000")]
     pub max_layer_entries: Limit,
 
-    // ---- kaniko flags accepted for compatibility: no-ops, or rejected by check_supported ----
+    // ---- kaniko flags Kiln differs on by design (Options::compat_notes says how) ----
     /// kaniko's alternative RUN implementation; Kiln has one way to run, so this changes nothing.
-    #[arg(long = "use-new-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    #[arg(long = "use-new-run", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool, hide = true)]
     pub use_new_run: bool,
-    #[arg(long = "snapshot-mode", hide = true)]
-    pub snapshot_mode: Option<String>,
+    /// kaniko's change detection (`full`, `redo`, `time`); Kiln has one, see
+    /// [`Options::compat_notes`].
+    #[arg(long = "snapshot-mode", value_enum)]
+    pub snapshot_mode: Option<SnapshotMode>,
+    /// kaniko's deprecated spelling of `--snapshot-mode`; when given it wins, as in kaniko.
+    #[arg(long = "snapshotMode", value_enum, hide = true)]
+    pub snapshot_mode_deprecated: Option<SnapshotMode>,
     /// kaniko's switch for keeping compressed layers in memory to save re-compression; Kiln
     /// streams every layer to disk once, so either value builds the same image with flat memory.
-    #[arg(long = "compressed-caching", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", hide = true)]
+    #[arg(long = "compressed-caching", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool, hide = true)]
     pub compressed_caching: bool,
-    #[arg(long = "cleanup", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", hide = true)]
+    /// kaniko deletes the root filesystem after the build so the container can build again;
+    /// Kiln clears it before each in-place build instead, see [`Options::compat_notes`].
+    #[arg(long = "cleanup", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool, hide = true)]
     pub cleanup: bool,
 
     // ---- layer compression ----
@@ -214,6 +268,22 @@ pub struct Options {
     /// level 1, kaniko's default.
     #[arg(long = "compression-level", allow_negative_numbers = true)]
     pub compression_level: Option<i32>,
+
+    /// What [`kaniko`]'s rules noted while applying themselves (deprecated spellings, variables
+    /// that changed a flag), logged once by [`kaniko::log_notes`].
+    #[arg(skip)]
+    pub notes: Vec<kaniko::Note>,
+    /// kaniko's default `--cache-dir`, when it exists and no `--cache-dir` is given.
+    #[arg(skip)]
+    pub cache_dir_default: Option<String>,
+}
+
+/// `--snapshot-mode` values (kaniko's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotMode {
+    Full,
+    Redo,
+    Time,
 }
 
 /// `--compression` values (kaniko's names).
@@ -225,24 +295,6 @@ pub enum CompressionFlag {
 }
 
 impl Options {
-    /// Reject flags that are parsed for kaniko compatibility but not implemented yet, naming each one.
-    pub fn check_supported(&self) -> Result<(), String> {
-        let mut unsupported: Vec<&str> = Vec::new();
-        // Kiln always detects changes from file metadata (kaniko's `redo`/`time` modes are subsumed);
-        // `full` re-hashing is not offered.
-        if self.snapshot_mode.as_deref().is_some_and(|m| m == "full") {
-            unsupported.push("--snapshot-mode=full");
-        }
-        if unsupported.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "these kaniko flags are not supported by this version of kiln-executor yet: {}; remove them to build",
-                unsupported.join(", ")
-            ))
-        }
-    }
-
     /// The layer compression `--compression` and `--compression-level` ask for. Like kaniko, a
     /// level that is not set, 0 or negative means the default level 1 (go-containerregistry's
     /// `gzip.BestSpeed`, which kaniko writes with, and zstd's fastest standard level).
@@ -294,159 +346,5 @@ impl Options {
             pull_retries: self.image_download_retry.unwrap_or(0),
             ..self.registry.options(platform)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Options {
-        let mut full = vec!["kiln-executor"];
-        full.extend_from_slice(args);
-        Options::try_parse_from(full).expect("flags parse")
-    }
-
-    #[test]
-    fn kaniko_style_flags_parse() {
-        let o = parse(&[
-            "--context=dir:///ws",
-            "-f",
-            "sub/Dockerfile",
-            "-d",
-            "reg/a:1",
-            "--destination=reg/a:2",
-            "--build-arg",
-            "A=1",
-            "--no-push",
-            "--ignore-var-run=false",
-            "--insecure-registry",
-            "r:5000",
-            "--verbosity=debug",
-            "--reproducible=true",
-        ]);
-        assert_eq!(o.context, "dir:///ws");
-        assert_eq!(o.dockerfile, "sub/Dockerfile");
-        assert_eq!(o.destinations, vec!["reg/a:1", "reg/a:2"]);
-        assert!(o.no_push);
-        assert!(!o.ignore_var_run);
-        assert!(o.reproducible);
-        assert_eq!(o.logging.verbosity, Verbosity::Debug);
-        assert_eq!(o.registry.insecure_registries, vec!["r:5000"]);
-    }
-
-    #[test]
-    fn defaults_match_kaniko() {
-        let o = parse(&[]);
-        assert_eq!(o.context, "/workspace/");
-        assert_eq!(o.dockerfile, "Dockerfile");
-        assert!(o.ignore_var_run);
-        assert!(!o.no_push);
-        assert!(o.check_supported().is_ok());
-    }
-
-    #[test]
-    fn unimplemented_flags_are_named() {
-        let o = parse(&[
-            "--compressed-caching=false",
-            "--snapshot-mode=full",
-            "--cache=true",
-            "--git",
-            "branch=main",
-        ]);
-        let err = o.check_supported().unwrap_err();
-        assert!(!err.contains("--compressed-caching"), "{err}");
-        assert!(err.contains("--snapshot-mode=full"), "{err}");
-        assert!(!err.contains("--cache"), "{err}");
-        assert!(!err.contains("--git"), "{err}");
-        assert!(parse(&["--tar-path", "/x.tar"]).check_supported().is_ok());
-    }
-
-    #[test]
-    fn compression_flags_mean_what_they_mean_to_kaniko() {
-        let c = |args: &[&str]| parse(args).layer_compression();
-        assert_eq!(c(&[]), Ok(Compression::Gzip { level: 1 }));
-        assert_eq!(
-            c(&["--compression-level", "-1"]),
-            Ok(Compression::Gzip { level: 1 })
-        );
-        assert_eq!(
-            c(&["--compression=gzip", "--compression-level=9"]),
-            Ok(Compression::Gzip { level: 9 })
-        );
-        assert_eq!(
-            c(&["--compression", "zstd"]),
-            Ok(Compression::Zstd { level: 1 })
-        );
-        assert_eq!(
-            c(&["--compression=zstd", "--compression-level", "19"]),
-            Ok(Compression::Zstd { level: 19 })
-        );
-        let err = c(&["--compression-level=10"]).unwrap_err();
-        assert!(err.contains("gzip levels are 1"), "{err}");
-        let err = c(&["--compression=zstd", "--compression-level=23"]).unwrap_err();
-        assert!(err.contains("zstd levels"), "{err}");
-        assert!(Options::try_parse_from(["kiln-executor", "--compression=bzip2"]).is_err());
-        // kaniko's memory switch changes nothing here and is accepted both ways.
-        for v in ["--compressed-caching=false", "--compressed-caching"] {
-            assert!(parse(&[v]).check_supported().is_ok(), "{v}");
-        }
-    }
-
-    #[test]
-    fn bounds_have_defaults_and_take_units() {
-        let o = parse(&[]);
-        assert_eq!(o.max_build_size, Limit::at(50 << 30));
-        assert_eq!(o.max_layer_entries, Limit::at(1_000_000));
-        assert_eq!(o.registry.max_layer_size, Limit::at(10 << 30));
-        assert_eq!(o.registry.max_manifest_size, Limit::at(4 << 20));
-        let o = parse(&[
-            "--max-build-size=1GiB",
-            "--max-layer-entries",
-            "10",
-            "--max-layer-size=1MiB",
-            "--max-manifest-size",
-            "65536",
-        ]);
-        assert_eq!(o.max_build_size, Limit::at(1 << 30));
-        assert_eq!(o.max_layer_entries, Limit::at(10));
-        assert_eq!(o.registry.max_layer_size, Limit::at(1 << 20));
-        assert_eq!(o.registry.max_manifest_size, Limit::at(65536));
-        let o = parse(&[
-            "--max-build-size=unlimited",
-            "--max-layer-entries=unlimited",
-        ]);
-        assert_eq!(o.max_build_size, Limit::UNLIMITED);
-        assert_eq!(o.max_layer_entries, Limit::UNLIMITED);
-        for bad in [
-            "--max-layer-entries=10k",
-            "--max-build-size=1GB",
-            "--max-build-size=0",
-        ] {
-            assert!(
-                Options::try_parse_from(["kiln-executor", bad]).is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_flags_are_errors() {
-        assert!(Options::try_parse_from(["kiln-executor", "--no-such-flag"]).is_err());
-    }
-
-    #[test]
-    fn bare_build_arg_reads_environment() {
-        std::env::set_var("KILN_TEST_BARE_ARG", "from-env");
-        let o = parse(&[
-            "--build-arg",
-            "KILN_TEST_BARE_ARG",
-            "--build-arg",
-            "KILN_TEST_UNSET_ARG_X",
-        ]);
-        assert_eq!(
-            o.build_arg_pairs(),
-            vec![("KILN_TEST_BARE_ARG".to_string(), "from-env".to_string())]
-        );
     }
 }
