@@ -14,14 +14,14 @@ pub enum RegistryError {
     #[error("invalid image reference {reference:?}: {reason}; use a name like registry.example.com/team/app:tag or app@sha256:<64 hex>")]
     InvalidReference { reference: String, reason: String },
 
-    #[error("unauthorized for {reference} on registry {registry}: check the credentials for {registry} in the docker config ({config})")]
+    #[error("unauthorized for {reference} on registry {registry}: check the credentials for {registry} ({config})")]
     Unauthorized {
         registry: String,
         reference: String,
         config: String,
     },
 
-    #[error("access to {reference} denied by registry {registry}: the account in the docker config ({config}) may not {action} this repository; check its permissions on {registry} and the image name")]
+    #[error("access to {reference} denied by registry {registry}: the account ({config}) may not {action} this repository; check its permissions on {registry} and the image name")]
     Denied {
         registry: String,
         reference: String,
@@ -128,6 +128,19 @@ pub enum RegistryError {
     #[error("cannot read docker config {path}: {detail}; fix the file or point --docker-config / $DOCKER_CONFIG elsewhere")]
     DockerConfig { path: PathBuf, detail: String },
 
+    #[error("credential helper docker-credential-{helper} ({source_desc}) gave no credentials for registry {registry}: {detail}; check that the helper is installed, configured and allowed to get credentials for {registry} (run `echo {registry_key} | docker-credential-{helper} get` where the build runs), or change the docker config")]
+    CredentialHelper {
+        /// `<name>` of `docker-credential-<name>`.
+        helper: String,
+        registry: String,
+        /// What was sent to the helper: the registry's key in the docker config.
+        registry_key: String,
+        /// Where it was named: "credHelpers in /path/config.json" or "credsStore in …".
+        source_desc: String,
+        /// Why: never the helper's stdout.
+        detail: String,
+    },
+
     #[error("invalid blob {blob}: {detail}")]
     InvalidBlob { blob: String, detail: String },
 
@@ -219,10 +232,10 @@ pub(crate) struct ErrorContext<'a> {
     pub reference: &'a str,
     /// What was being fetched or pushed ("manifest", "blob sha256:…", "config").
     pub what: &'a str,
-    /// The docker config in use, for the "check your credentials" hint.
-    pub config: &'a str,
+    /// Where the registry's credentials came from, for the "check your credentials" hint.
+    pub config: String,
     /// Secrets that must not leak into a message even if a server echoes them.
-    pub secrets: &'a [String],
+    pub secrets: &'a Secrets,
     /// Whether the request is part of a push (for "may not push to" advice).
     pub push: bool,
 }
@@ -232,7 +245,7 @@ impl ErrorContext<'_> {
         RegistryError::Unauthorized {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            config: self.config.to_string(),
+            config: self.config.clone(),
         }
     }
 
@@ -248,7 +261,7 @@ impl ErrorContext<'_> {
         RegistryError::Denied {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            config: self.config.to_string(),
+            config: self.config.clone(),
             action: if self.push { "push to" } else { "pull from" },
         }
     }
@@ -281,7 +294,7 @@ impl ErrorContext<'_> {
         RegistryError::Registry {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            detail: redact(detail.as_ref(), self.secrets),
+            detail: self.secrets.redact(detail.as_ref()),
         }
     }
 
@@ -378,7 +391,7 @@ impl ErrorContext<'_> {
                     RegistryError::Unreachable {
                         registry: self.registry.to_string(),
                         reference: self.reference.to_string(),
-                        detail: redact(&error_chain(&e), self.secrets),
+                        detail: self.secrets.redact(&error_chain(&e)),
                     }
                 } else {
                     self.other(error_chain(&e))
@@ -426,6 +439,28 @@ fn first_line(s: &str) -> &str {
     }
 }
 
+/// Every secret known so far: the docker config's, and each credential helper's answer once it
+/// came. Shared by a registry client and its error contexts; only ever grows.
+#[derive(Debug, Default)]
+pub(crate) struct Secrets(std::sync::RwLock<Vec<String>>);
+
+impl Secrets {
+    pub(crate) fn add(&self, more: Vec<String>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(more);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        redact(text, &self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Replaces every non-empty secret in `text` with `<redacted>`, as a last line of defence
 /// should a server echo a credential back in an error body.
 pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
@@ -455,8 +490,8 @@ mod tests {
             registry: "r.example",
             reference: "r.example/a:b",
             what: "manifest",
-            config: "none",
-            secrets: &[],
+            config: "none".into(),
+            secrets: &Secrets::default(),
             push: false,
         };
         let e = ctx.map(OciDistributionError::ServerError {

@@ -99,7 +99,7 @@ impl Registry {
         side: Side,
     ) -> Result<RemoteImage, RegistryError> {
         let client = self.client_for(ep, side);
-        self.prepare(client, ep).await;
+        self.prepare(client, ep).await?;
         let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
@@ -266,7 +266,7 @@ impl Registry {
         side: Side,
     ) -> Result<u64, RegistryError> {
         let client = self.client_for(ep, side);
-        self.prepare(client, ep).await;
+        self.prepare(client, ep).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
         let dir = match dest.parent() {
@@ -399,7 +399,7 @@ impl Registry {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let client = self.client_for(&r, self.side(&r, Direction::Pull));
-        self.prepare(client, &r).await;
+        self.prepare(client, &r).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);
         self.retrying(Direction::Pull, &ctx, || async {
