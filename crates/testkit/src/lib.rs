@@ -5,6 +5,7 @@
 //! never be a dependency of a shipped binary, and never talk to a registry that is not local.
 
 pub mod cmd;
+pub mod credhelper;
 pub mod image;
 pub mod policy;
 pub mod proxy;
@@ -20,6 +21,7 @@ pub use cmd::{
     free_port, run, run_bounded, run_bounded_with_input, run_ok, tail, wait_for_port, CmdError,
     KillOnDrop, Output, TOOL_TIMEOUT,
 };
+pub use credhelper::{HelperBehaviour, TestCredentialHelper};
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};

@@ -98,7 +98,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     })?;
 
     let registry = Arc::new(
-        Registry::new(req.registry.clone())
+        Registry::new(registry_options(req, &work_dir))
             .map_err(BuildError::registry("setting up the registry client"))?,
     );
     let layer_cache = match &req.layer_cache {
@@ -280,6 +280,21 @@ fn in_place_hidden(req: &BuildRequest, work_dir: &Path, context_root: &Path) -> 
         paths.push(config);
     }
     paths
+}
+
+/// The registry options of the request, with where credential helpers run: in Kiln's work
+/// directory, and in place only from `$PATH` directories the build keeps (`/kiln`, `/kaniko`,
+/// Kiln's directory), since elsewhere `/` turns into the build's root and a helper found there
+/// would be the base image's file, run with the executor's credentials.
+fn registry_options(req: &BuildRequest, work_dir: &Path) -> kiln_oci::registry::RegistryOptions {
+    let mut opts = req.registry.clone();
+    opts.credential_helpers.work_dir = Some(work_dir.join("cred-helpers"));
+    if req.isolation == Isolation::InPlace {
+        let mut kept = vec![PathBuf::from("/kiln"), PathBuf::from("/kaniko")];
+        kept.extend(work_dir.parent().map(Path::to_path_buf));
+        opts.credential_helpers.only_under = kept;
+    }
+    opts
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
