@@ -108,8 +108,11 @@
 #                                                scripts/bench-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh)
-#   KILN_GO_CACHE                      allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_GO_CACHE                      allowed   benchmarks and the image recipe only
+#                                                (scripts/kaniko.sh, scripts/cred-helpers.sh)
 #   KILN_KANIKO_REBUILD                allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_CRED_HELPERS_REBUILD          allowed   the image recipe only (scripts/cred-helpers.sh):
+#                                                no step of this script reads it
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
 #                                                (executor/examples/snapshot_bench.rs)
 #   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)

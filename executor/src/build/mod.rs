@@ -402,4 +402,29 @@ mod tests {
         assert_eq!(human(12), "12 B");
         assert_eq!(human(2048), "2.0 KiB");
     }
+
+    #[test]
+    fn credential_helpers_run_from_kept_directories_in_place() {
+        use clap::Parser;
+        let opts = Options::try_parse_from(["kiln-executor", "--no-push"]).unwrap();
+        let work = Path::new("/kiln/build");
+        let in_place = BuildRequest::from_options(&opts, Some("in a test".into())).unwrap();
+        assert_eq!(in_place.isolation, Isolation::InPlace);
+        let helpers = registry_options(&in_place, work).credential_helpers;
+        assert_eq!(
+            helpers.work_dir,
+            Some(PathBuf::from("/kiln/build/cred-helpers"))
+        );
+        assert_eq!(
+            helpers.only_under,
+            vec![PathBuf::from("/kiln"), "/kaniko".into(), "/kiln".into()]
+        );
+        let chroot = BuildRequest::from_options(&opts, None).unwrap();
+        let helpers = registry_options(&chroot, Path::new("/var/tmp/kiln-x")).credential_helpers;
+        assert!(helpers.only_under.is_empty());
+        assert_eq!(
+            helpers.work_dir,
+            Some(PathBuf::from("/var/tmp/kiln-x/cred-helpers"))
+        );
+    }
 }
