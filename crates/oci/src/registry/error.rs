@@ -128,18 +128,9 @@ pub enum RegistryError {
     #[error("cannot read docker config {path}: {detail}; fix the file or point --docker-config / $DOCKER_CONFIG elsewhere")]
     DockerConfig { path: PathBuf, detail: String },
 
-    #[error("credential helper docker-credential-{helper} ({source_desc}) gave no credentials for registry {registry}: {detail}; check that the helper is installed, configured and allowed to get credentials for {registry} (run `echo {registry_key} | docker-credential-{helper} get` where the build runs), or change the docker config")]
-    CredentialHelper {
-        /// `<name>` of `docker-credential-<name>`.
-        helper: String,
-        registry: String,
-        /// What was sent to the helper: the registry's key in the docker config.
-        registry_key: String,
-        /// Where it was named: "credHelpers in /path/config.json" or "credsStore in …".
-        source_desc: String,
-        /// Why: never the helper's stdout.
-        detail: String,
-    },
+    /// A credential helper gave no answer (boxed: the rest of this enum is smaller).
+    #[error(transparent)]
+    CredentialHelper(Box<CredentialHelperError>),
 
     #[error("invalid blob {blob}: {detail}")]
     InvalidBlob { blob: String, detail: String },
@@ -157,6 +148,21 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a credential helper gave no credentials for a registry.
+#[derive(Debug, thiserror::Error)]
+#[error("credential helper docker-credential-{helper} ({source_desc}) gave no credentials for registry {registry}: {detail}; check that the helper is installed, configured and allowed to get credentials for {registry} (run `echo {registry_key} | docker-credential-{helper} get` where the build runs), or change the docker config")]
+pub struct CredentialHelperError {
+    /// `<name>` of `docker-credential-<name>`.
+    pub helper: String,
+    pub registry: String,
+    /// What was sent to the helper: the registry's key in the docker config.
+    pub registry_key: String,
+    /// Where it was named: "credHelpers in docker config /path/config.json" or "credsStore in …".
+    pub source_desc: String,
+    /// Why: never the helper's stdout.
+    pub detail: String,
 }
 
 impl RegistryError {
@@ -441,8 +447,15 @@ fn first_line(s: &str) -> &str {
 
 /// Every secret known so far: the docker config's, and each credential helper's answer once it
 /// came. Shared by a registry client and its error contexts; only ever grows.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Secrets(std::sync::RwLock<Vec<String>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map(|s| s.len()).unwrap_or(0);
+        write!(f, "Secrets({n} redacted)")
+    }
+}
 
 impl Secrets {
     pub(crate) fn add(&self, more: Vec<String>) {
@@ -482,6 +495,9 @@ mod tests {
             redact("bad password hunter22!", &secrets),
             "bad password <redacted>!"
         );
+        let shared = Secrets::default();
+        shared.add(secrets);
+        assert_eq!(format!("{shared:?}"), "Secrets(1 redacted)");
     }
 
     #[test]

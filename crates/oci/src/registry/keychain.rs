@@ -6,6 +6,7 @@
 //! secrets that error messages are cleaned of.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -13,19 +14,36 @@ use tokio::sync::OnceCell;
 
 use super::auth::{normalize_auth_key, Credentials, DockerConfig, HelperChoice};
 use super::credhelper::{self, Answer, Failure, HelperSettings};
-use super::error::{RegistryError, Secrets};
+use super::error::{CredentialHelperError, RegistryError, Secrets};
 
 /// What a registry's helper said, kept for the run.
 type Outcome = Result<Option<Credentials>, Failure>;
 
-/// The credentials of every registry of a run.
-#[derive(Debug)]
+/// The credentials of every registry of a run. `Debug` shows no secret.
 pub struct Keychain {
     config: DockerConfig,
     settings: HelperSettings,
     /// By normalised registry host: the helper's answer, asked at most once.
     answers: Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>,
     secrets: Arc<Secrets>,
+}
+
+impl fmt::Debug for Keychain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut asked: Vec<String> = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        asked.sort();
+        f.debug_struct("Keychain")
+            .field("config", &self.config)
+            .field("settings", &self.settings)
+            .field("helpers_asked_for", &asked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Keychain {
@@ -77,12 +95,14 @@ impl Keychain {
             .get_or_init(|| self.ask(registry, &choice))
             .await
             .clone();
-        outcome.map_err(|Failure(detail)| RegistryError::CredentialHelper {
-            helper: choice.name.clone(),
-            registry: registry.to_string(),
-            registry_key: choice.key.clone(),
-            source_desc: self.source(&choice),
-            detail,
+        outcome.map_err(|Failure(detail)| {
+            RegistryError::CredentialHelper(Box::new(CredentialHelperError {
+                helper: choice.name.clone(),
+                registry: registry.to_string(),
+                registry_key: choice.key.clone(),
+                source_desc: self.source(&choice),
+                detail,
+            }))
         })
     }
 
@@ -241,6 +261,11 @@ esac"#,
         assert_eq!(
             calls(dir.path()),
             "get a.example\nget b.example\nget https://index.docker.io/v1/\n"
+        );
+        let debug = format!("{k:?}");
+        assert!(
+            !debug.contains("helper-secret-a") && !debug.contains("hub-token"),
+            "{debug}"
         );
         assert!(k
             .describe_for("b.example")
