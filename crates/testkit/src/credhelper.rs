@@ -31,7 +31,18 @@ pub struct TestCredentialHelper {
 }
 
 impl TestCredentialHelper {
+    /// The helper, run by `/bin/sh`.
     pub fn new(name: &str, behaviour: HelperBehaviour) -> TestCredentialHelper {
+        Self::with_interpreter(name, behaviour, "/bin/sh")
+    }
+
+    /// The helper, run by `interpreter` (its `#!` line, e.g. `/kiln/busybox sh` where a container
+    /// has no `/bin/sh`). The script uses shell builtins only, so it needs no other program.
+    pub fn with_interpreter(
+        name: &str,
+        behaviour: HelperBehaviour,
+        interpreter: &str,
+    ) -> TestCredentialHelper {
         let dir = tempfile::Builder::new()
             .prefix("kiln-credhelper-")
             .tempdir()
@@ -58,9 +69,9 @@ impl TestCredentialHelper {
             ),
         };
         let script = format!(
-            "#!/bin/sh\n# docker-credential-{name}: a test credential helper\n\
+            "#!{interpreter}\n# docker-credential-{name}: a test credential helper\n\
              [ \"$1\" = get ] || {{ echo \"unsupported action $1\"; exit 1; }}\n\
-             server=$(cat)\n\
+             read -r server || true\n\
              printf '%s\\n' \"$1 $server\" >> {}\n{respond}",
             quote(&log.display().to_string())
         );
