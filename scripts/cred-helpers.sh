@@ -82,4 +82,4 @@ for entry in "${HELPERS[@]}"; do
     build "$name" "$module" "$version" "$pkg"
     install -m 0755 "$CACHE/$name" "$OUT/$name"
 done
-log "helpers in $OUT: $(cd "$OUT" && ls docker-credential-* | tr '\n' ' ')"
+log "helpers in $OUT: $(cd "$OUT" && printf '%s ' docker-credential-*)"
