@@ -110,7 +110,10 @@
 #                                                scripts/bench-cache.sh)
 #   KILN_GO_CACHE                      allowed   Go caches of scripts/kaniko.sh (kaniko's warmer
 #                                                for executor/tests/kaniko_cache.rs, benchmarks)
+#                                                and of the image recipe (scripts/cred-helpers.sh)
 #   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh builds kaniko again
+#   KILN_CRED_HELPERS_REBUILD          allowed   the image recipe only (scripts/cred-helpers.sh):
+#                                                no step of this script reads it
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
 #                                                (executor/examples/snapshot_bench.rs)
 #   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)

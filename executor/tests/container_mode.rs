@@ -5,7 +5,8 @@
 //! The pushed image must flatten (skopeo + umoci, never Kiln's own reader) to the same tree as the
 //! same Dockerfile built outside a container with `--isolation=chroot`; the mounts and `/kiln` must
 //! be absent from it; the termination message must hold the pushed digest; and the `--tar-path`
-//! archive must load and run with `podman load`. It must not run an in-place build on this host.
+//! archive must load and run with `podman load`. A second in-place build checks where credential
+//! helpers run from. It must not run an in-place build on this host.
 //!
 //! Needs the local registry and base images: `bash scripts/registry.sh start &&
 //! bash scripts/base-images.sh && export KILN_TEST_REGISTRY=127.0.0.1:5000`, then
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use kiln_testkit::{
     fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, run_bounded,
-    run_ok, tail, CmdError,
+    run_ok, tail, CmdError, HelperBehaviour, TestCredentialHelper, TestRegistry,
 };
 use support::{build_executor_image, diff_trees, scan_tree};
 
@@ -287,8 +288,100 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     )
     .unwrap_or_else(|e| panic!("podman run of the loaded image: {e}"));
     assert_eq!(ran.stdout, "built\nhello from the context\n");
+    credential_helper_runs_from_kiln_in_place(&executor_image, &reg, work.path());
     let _ = run_bounded(
         podman().args(["rmi", "-f", &in_pod, &executor_image]),
         Duration::from_secs(60),
+    );
+}
+
+/// In place, a credential helper runs from `/kiln`, which the build keeps while it clears `/`,
+/// and never from a `PATH` directory outside what the build keeps: a decoy of the same name in
+/// `/usr/local/bin` (first on the image's `PATH`) never runs. The docker config's `credsStore`
+/// names the helper, so it is asked for the base image's registry (before `/` is cleared) and
+/// for the destination's, a second registry, at the push (after the base image replaced `/`).
+/// It answers "not found" (both registries are open). The executor image has no shell, and a
+/// helper must not depend on the base image's, so the script's interpreter is the host's static
+/// busybox, mounted at `/kiln/busybox`.
+fn credential_helper_runs_from_kiln_in_place(executor_image: &str, reg: &str, work: &Path) {
+    let shell = "/kiln/busybox sh";
+    let helper =
+        TestCredentialHelper::with_interpreter("kilntest", HelperBehaviour::NotFound, shell);
+    let decoy =
+        TestCredentialHelper::with_interpreter("kilntest", HelperBehaviour::NotFound, shell);
+    let dest = TestRegistry::start();
+    let context = work.join("helper-context");
+    fs::create_dir_all(&context).expect("context dir");
+    fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {reg}/kiln-test/busybox:latest\nRUN echo helped > /helped\n"),
+    )
+    .expect("write Dockerfile");
+    let docker = helper.docker_config(&work.join("helper-docker"), None, serde_json::json!({}));
+    let script = |h: &TestCredentialHelper| h.dir().join("docker-credential-kilntest");
+    // Each helper's directory at its own path (where its script logs), kept as a mount point.
+    let mount =
+        |p: &Path, at: &Path, mode: &str| format!("{}:{}:{mode}", p.display(), at.display());
+    let run = run_bounded(
+        podman_run_command()
+            .args(["-v", &mount(&context, Path::new("/workspace"), "ro")])
+            .args([
+                "-v",
+                &mount(
+                    &docker.join("config.json"),
+                    Path::new("/kiln/.docker/config.json"),
+                    "ro",
+                ),
+            ])
+            .args([
+                "-v",
+                &mount(Path::new("/bin/busybox"), Path::new("/kiln/busybox"), "ro"),
+            ])
+            .args(["-v", &mount(helper.dir(), helper.dir(), "rw")])
+            .args(["-v", &mount(decoy.dir(), decoy.dir(), "rw")])
+            .args([
+                "-v",
+                &mount(
+                    &script(&helper),
+                    Path::new("/kiln/docker-credential-kilntest"),
+                    "ro",
+                ),
+            ])
+            .args([
+                "-v",
+                &mount(
+                    &script(&decoy),
+                    Path::new("/usr/local/bin/docker-credential-kilntest"),
+                    "ro",
+                ),
+            ])
+            .arg(executor_image)
+            .args([
+                "--context",
+                "dir:///workspace",
+                "--dockerfile",
+                "/workspace/Dockerfile",
+            ])
+            .args(["--destination", &format!("{}/helped/app:1", dest.addr)])
+            .args(["--insecure", "--insecure-pull"]),
+        BUILD_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("podman run of the executor image with a helper: {e}"));
+    assert!(
+        run.success(),
+        "the executor failed inside podman with a credential helper ({:?}):\n{}",
+        run.status,
+        tail(&run.stderr, 4000)
+    );
+    assert!(dest.has_tag("helped/app", "1"));
+    let mut calls = helper.calls();
+    calls.sort();
+    let mut expected = vec![format!("get {reg}"), format!("get {}", dest.addr)];
+    expected.sort();
+    assert_eq!(calls, expected, "{}", tail(&run.stderr, 3000));
+    assert!(
+        decoy.calls().is_empty(),
+        "the decoy outside /kiln ran: {:?}",
+        decoy.calls()
     );
 }

@@ -18,7 +18,7 @@ use kiln_dockerfile::{self as dockerfile, ExpandError};
 use kiln_oci::base_cache::{BaseImageCache, CacheError, Stored};
 use kiln_oci::flags::RegistryFlags;
 use kiln_oci::platform;
-use kiln_oci::registry::{normalize_reference, Platform, Registry};
+use kiln_oci::registry::{normalize_reference, Keychain, Platform, Registry};
 
 /// How many images are warmed at once (each also fetches several layers at once).
 pub const IMAGE_CONCURRENCY: usize = 3;
@@ -486,10 +486,20 @@ pub fn run(args: &Args) -> Result<Vec<Warmed>, WarmError> {
         Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
     }
     let mut registries: Vec<(Platform, Registry)> = Vec::new();
+    // One keychain for every platform's client: a credential helper is asked once per registry.
+    let base_options = args.registry_options(Platform::default());
+    let keychain = Keychain::load(
+        base_options.docker_config.as_deref(),
+        base_options.credential_helpers.clone(),
+    )
+    .map_err(WarmError::Registry)?;
     for t in &targets {
         if !registries.iter().any(|(p, _)| *p == t.platform) {
-            let r = Registry::new(args.registry_options(t.platform.clone()))
-                .map_err(WarmError::Registry)?;
+            let r = Registry::with_keychain(
+                args.registry_options(t.platform.clone()),
+                keychain.clone(),
+            )
+            .map_err(WarmError::Registry)?;
             registries.push((t.platform.clone(), r));
         }
     }

@@ -6,6 +6,7 @@
 //! shipped binary, and never talk to a registry that is not local.
 
 pub mod cmd;
+pub mod credhelper;
 pub mod image;
 pub mod kaniko;
 pub mod policy;
@@ -22,6 +23,7 @@ pub use cmd::{
     free_port, run, run_bounded, run_bounded_with_input, run_ok, tail, wait_for_port, CmdError,
     KillOnDrop, Output, TOOL_TIMEOUT,
 };
+pub use credhelper::{HelperBehaviour, TestCredentialHelper};
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};

@@ -98,7 +98,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     })?;
 
     let registry = Arc::new(
-        Registry::new(req.registry.clone())
+        Registry::new(registry_options(req, &work_dir))
             .map_err(BuildError::registry("setting up the registry client"))?,
     );
     let layer_cache = match &req.layer_cache {
@@ -282,6 +282,21 @@ fn in_place_hidden(req: &BuildRequest, work_dir: &Path, context_root: &Path) -> 
     paths
 }
 
+/// The registry options of the request, with where credential helpers run: in Kiln's work
+/// directory, and in place only from `$PATH` directories the build keeps (`/kiln`, `/kaniko`,
+/// Kiln's directory), since elsewhere `/` turns into the build's root and a helper found there
+/// would be the base image's file, run with the executor's credentials.
+fn registry_options(req: &BuildRequest, work_dir: &Path) -> kiln_oci::registry::RegistryOptions {
+    let mut opts = req.registry.clone();
+    opts.credential_helpers.work_dir = Some(work_dir.join("cred-helpers"));
+    if req.isolation == Isolation::InPlace {
+        let mut kept = vec![PathBuf::from("/kiln"), PathBuf::from("/kaniko")];
+        kept.extend(work_dir.parent().map(Path::to_path_buf));
+        opts.credential_helpers.only_under = kept;
+    }
+    opts
+}
+
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
 fn work_dir(req: &BuildRequest) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
     let explicit = req
@@ -412,5 +427,30 @@ mod tests {
     fn sizes() {
         assert_eq!(human(12), "12 B");
         assert_eq!(human(2048), "2.0 KiB");
+    }
+
+    #[test]
+    fn credential_helpers_run_from_kept_directories_in_place() {
+        use clap::Parser;
+        let opts = Options::try_parse_from(["kiln-executor", "--no-push"]).unwrap();
+        let work = Path::new("/kiln/build");
+        let in_place = BuildRequest::from_options(&opts, Some("in a test".into())).unwrap();
+        assert_eq!(in_place.isolation, Isolation::InPlace);
+        let helpers = registry_options(&in_place, work).credential_helpers;
+        assert_eq!(
+            helpers.work_dir,
+            Some(PathBuf::from("/kiln/build/cred-helpers"))
+        );
+        assert_eq!(
+            helpers.only_under,
+            vec![PathBuf::from("/kiln"), "/kaniko".into(), "/kiln".into()]
+        );
+        let chroot = BuildRequest::from_options(&opts, None).unwrap();
+        let helpers = registry_options(&chroot, Path::new("/var/tmp/kiln-x")).credential_helpers;
+        assert!(helpers.only_under.is_empty());
+        assert_eq!(
+            helpers.work_dir,
+            Some(PathBuf::from("/var/tmp/kiln-x/cred-helpers"))
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Registry credentials from a docker `config.json`, matched to registries the way Docker
-//! matches them. Only reads the file: never logs, prints or puts a secret in an error.
-//! Credential helpers (`credsStore`, `credHelpers`) are not run; such entries are reported
-//! once at debug level and the registry is accessed anonymously.
+//! matches them: `auths` entries, and which credential helper (`credHelpers`, `credsStore`) a
+//! registry's credentials come from. Only reads the file (helpers are run by
+//! [`super::keychain`]): never logs, prints or puts a secret in an error.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -102,12 +102,28 @@ struct AuthEntry {
     identity_token: Option<String>,
 }
 
-/// The credentials of a docker config, keyed by normalised registry host.
+/// The credentials of a docker config, keyed by normalised registry host, and its credential
+/// helpers.
 #[derive(Default, Clone)]
 pub struct DockerConfig {
     /// The file they came from, for "check your credentials in …" hints.
     pub path: Option<PathBuf>,
     entries: Vec<(String, Credentials)>,
+    /// `credHelpers`: registry key (as written) to helper name.
+    cred_helpers: BTreeMap<String, String>,
+    /// `credsStore`: the helper of every registry without a `credHelpers` entry.
+    creds_store: Option<String>,
+}
+
+/// The credential helper a registry's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperChoice {
+    /// `<name>` of `docker-credential-<name>`.
+    pub name: String,
+    /// What the helper is asked for: the registry's key, as Docker passes it.
+    pub key: String,
+    /// `credHelpers` or `credsStore`.
+    pub field: &'static str,
 }
 
 impl fmt::Debug for DockerConfig {
@@ -118,6 +134,8 @@ impl fmt::Debug for DockerConfig {
                 "registries",
                 &self.entries.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
+            .field("cred_helpers", &self.cred_helpers)
+            .field("creds_store", &self.creds_store)
             .finish()
     }
 }
@@ -167,12 +185,6 @@ impl DockerConfig {
                 detail: format!("not valid JSON (line {}, column {})", e.line(), e.column()),
             }
         })?;
-        if file.creds_store.is_some() || !file.cred_helpers.is_empty() {
-            tracing::debug!(
-                path = %path.display(),
-                "docker config names credential helpers; kiln does not run them, only `auths` entries are used"
-            );
-        }
         let mut entries = Vec::new();
         for (key, entry) in file.auths {
             let host = normalize_auth_key(&key);
@@ -188,7 +200,24 @@ impl DockerConfig {
         Ok(DockerConfig {
             path: Some(path.to_path_buf()),
             entries,
+            cred_helpers: file.cred_helpers,
+            // Docker treats an empty credsStore as none.
+            creds_store: file.creds_store.filter(|s| !s.is_empty()),
         })
+    }
+
+    /// The helper that answers for `registry`, as Docker's `GetCredentialsStore` picks it: the
+    /// `credHelpers` entry whose key is exactly the registry's key, else `credsStore`. The key is
+    /// what go-containerregistry (and so kaniko) asks Docker's config for: `host[:port]`, and
+    /// `https://index.docker.io/v1/` for Docker Hub. When a helper answers for a registry, its
+    /// `auths` entry is not used, as in Docker.
+    pub fn helper_for(&self, registry: &str) -> Option<HelperChoice> {
+        let key = helper_key(registry);
+        let (name, field) = match self.cred_helpers.get(&key) {
+            Some(name) => (name.clone(), "credHelpers"),
+            None => (self.creds_store.clone()?, "credsStore"),
+        };
+        Some(HelperChoice { name, key, field })
     }
 
     /// The credentials for `registry` (`host[:port]`, or `docker.io` for Docker Hub).
@@ -203,7 +232,7 @@ impl DockerConfig {
     /// A description of the config file for error hints.
     pub fn describe(&self) -> String {
         match &self.path {
-            Some(p) => p.display().to_string(),
+            Some(p) => format!("docker config {}", p.display()),
             None => "no docker config.json found; anonymous access was used".to_string(),
         }
     }
@@ -239,6 +268,15 @@ fn entry_credentials(entry: &AuthEntry) -> Result<Option<Credentials>, String> {
             Ok(Some(Credentials::Basic { username, password }))
         }
         _ => Ok(None),
+    }
+}
+
+/// The key Docker's config is asked with for `registry`: `host[:port]`, or Docker Hub's
+/// historical `https://index.docker.io/v1/`.
+pub fn helper_key(registry: &str) -> String {
+    match normalize_auth_key(registry).as_str() {
+        "docker.io" => DOCKER_HUB_AUTH_KEY.to_string(),
+        host => host.to_string(),
     }
 }
 
@@ -320,6 +358,42 @@ mod tests {
         .to_string();
         assert!(!e.contains("s3cret"), "{e}");
         assert!(e.contains("not valid base64"), "{e}");
+    }
+
+    #[test]
+    fn helpers_are_picked_like_docker() {
+        let c = cfg(r#"{
+            "auths": {"a.example": {"username": "u", "password": "p"}},
+            "credHelpers": {"a.example": "ecr-login", "https://index.docker.io/v1/": "hub",
+                            "b.example:5000": "b"},
+            "credsStore": "store"
+        }"#);
+        let pick = |r: &str| c.helper_for(r).map(|h| (h.name, h.key, h.field));
+        assert_eq!(
+            pick("A.example"),
+            Some(("ecr-login".into(), "a.example".into(), "credHelpers"))
+        );
+        for hub in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert_eq!(
+                pick(hub),
+                Some((
+                    "hub".into(),
+                    "https://index.docker.io/v1/".into(),
+                    "credHelpers"
+                ))
+            );
+        }
+        assert_eq!(
+            pick("b.example:5000"),
+            Some(("b".into(), "b.example:5000".into(), "credHelpers"))
+        );
+        // Another port is another registry: the store answers for it.
+        assert_eq!(
+            pick("b.example"),
+            Some(("store".into(), "b.example".into(), "credsStore"))
+        );
+        let no_store = cfg(r#"{"credsStore": "", "credHelpers": {"x.example": "x"}}"#);
+        assert_eq!(no_store.helper_for("y.example"), None);
     }
 
     #[test]

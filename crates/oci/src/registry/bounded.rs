@@ -193,7 +193,7 @@ impl Registry {
         ep: &Reference,
         ctx: &ErrorContext<'_>,
     ) -> Result<Authorization, Attempt> {
-        let credentials = self.registry_auth(ep);
+        let credentials = self.registry_auth(ep).await.map_err(Attempt::fatal)?;
         let token = transport
             .oci
             .auth(ep, &credentials, RegistryOperation::Pull)

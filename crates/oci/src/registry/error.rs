@@ -21,14 +21,14 @@ pub enum RegistryError {
     #[error("invalid image reference {reference:?}: {reason}; use a name like registry.example.com/team/app:tag or app@sha256:<64 hex>")]
     InvalidReference { reference: String, reason: String },
 
-    #[error("unauthorized for {reference} on registry {registry}: check the credentials for {registry} in the docker config ({config})")]
+    #[error("unauthorized for {reference} on registry {registry}: check the credentials for {registry} ({config})")]
     Unauthorized {
         registry: String,
         reference: String,
         config: String,
     },
 
-    #[error("access to {reference} denied by registry {registry}: the account in the docker config ({config}) may not {action} this repository; check its permissions on {registry} and the image name")]
+    #[error("access to {reference} denied by registry {registry}: the account ({config}) may not {action} this repository; check its permissions on {registry} and the image name")]
     Denied {
         registry: String,
         reference: String,
@@ -144,6 +144,10 @@ pub enum RegistryError {
     #[error("cannot read docker config {path}: {detail}; fix the file or point --docker-config / $DOCKER_CONFIG elsewhere")]
     DockerConfig { path: PathBuf, detail: String },
 
+    /// A credential helper gave no answer (boxed: the rest of this enum is smaller).
+    #[error(transparent)]
+    CredentialHelper(Box<CredentialHelperError>),
+
     #[error("invalid blob {blob}: {detail}")]
     InvalidBlob { blob: String, detail: String },
 
@@ -160,6 +164,21 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a credential helper gave no credentials for a registry.
+#[derive(Debug, thiserror::Error)]
+#[error("credential helper docker-credential-{helper} ({source_desc}) gave no credentials for registry {registry}: {detail}; check that the helper is installed, configured and allowed to get credentials for {registry} (run `echo {registry_key} | docker-credential-{helper} get` where the build runs), or change the docker config")]
+pub struct CredentialHelperError {
+    /// `<name>` of `docker-credential-<name>`.
+    pub helper: String,
+    pub registry: String,
+    /// What was sent to the helper: the registry's key in the docker config.
+    pub registry_key: String,
+    /// Where it was named: "credHelpers in docker config /path/config.json" or "credsStore in …".
+    pub source_desc: String,
+    /// Why: never the helper's stdout.
+    pub detail: String,
 }
 
 impl RegistryError {
@@ -235,10 +254,10 @@ pub(crate) struct ErrorContext<'a> {
     pub reference: &'a str,
     /// What was being fetched or pushed ("manifest", "blob sha256:…", "config").
     pub what: &'a str,
-    /// The docker config in use, for the "check your credentials" hint.
-    pub config: &'a str,
+    /// Where the registry's credentials came from, for the "check your credentials" hint.
+    pub config: String,
     /// Secrets that must not leak into a message even if a server echoes them.
-    pub secrets: &'a [String],
+    pub secrets: &'a Secrets,
     /// Whether the request is part of a push (for "may not push to" advice).
     pub push: bool,
 }
@@ -248,7 +267,7 @@ impl ErrorContext<'_> {
         RegistryError::Unauthorized {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            config: self.config.to_string(),
+            config: self.config.clone(),
         }
     }
 
@@ -264,7 +283,7 @@ impl ErrorContext<'_> {
         RegistryError::Denied {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            config: self.config.to_string(),
+            config: self.config.clone(),
             action: if self.push { "push to" } else { "pull from" },
         }
     }
@@ -297,7 +316,7 @@ impl ErrorContext<'_> {
         RegistryError::Registry {
             registry: self.registry.to_string(),
             reference: self.reference.to_string(),
-            detail: redact(detail.as_ref(), self.secrets),
+            detail: self.secrets.redact(detail.as_ref()),
         }
     }
 
@@ -350,7 +369,7 @@ impl ErrorContext<'_> {
             return RegistryError::ImmutableTag {
                 registry: self.registry.to_string(),
                 reference: self.reference.to_string(),
-                detail: redact(first_line(&text), self.secrets),
+                detail: self.secrets.redact(first_line(&text)),
             };
         }
         match err {
@@ -407,7 +426,7 @@ impl ErrorContext<'_> {
                     RegistryError::Unreachable {
                         registry: self.registry.to_string(),
                         reference: self.reference.to_string(),
-                        detail: redact(&error_chain(&e), self.secrets),
+                        detail: self.secrets.redact(&error_chain(&e)),
                     }
                 } else {
                     self.other(error_chain(&e))
@@ -455,6 +474,35 @@ fn first_line(s: &str) -> &str {
     }
 }
 
+/// Every secret known so far: the docker config's, and each credential helper's answer once it
+/// came. Shared by a registry client and its error contexts; only ever grows.
+#[derive(Default)]
+pub(crate) struct Secrets(std::sync::RwLock<Vec<String>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map(|s| s.len()).unwrap_or(0);
+        write!(f, "Secrets({n} redacted)")
+    }
+}
+
+impl Secrets {
+    pub(crate) fn add(&self, more: Vec<String>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(more);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        redact(text, &self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Replaces every non-empty secret in `text` with `<redacted>`, as a last line of defence
 /// should a server echo a credential back in an error body.
 pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
@@ -476,6 +524,9 @@ mod tests {
             redact("bad password hunter22!", &secrets),
             "bad password <redacted>!"
         );
+        let shared = Secrets::default();
+        shared.add(secrets);
+        assert_eq!(format!("{shared:?}"), "Secrets(1 redacted)");
     }
 
     #[test]
@@ -484,8 +535,8 @@ mod tests {
             registry: "r.example",
             reference: "r.example/a:b",
             what: "manifest",
-            config: "none",
-            secrets: &[],
+            config: "none".into(),
+            secrets: &Secrets::default(),
             push: false,
         };
         let e = ctx.map(OciDistributionError::ServerError {

@@ -5,7 +5,9 @@
 //! it never logs or reports credentials.
 
 pub mod auth;
+pub mod credhelper;
 pub mod error;
+pub mod keychain;
 pub mod layout;
 pub mod reference;
 
@@ -16,6 +18,7 @@ mod push;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -24,7 +27,9 @@ use oci_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 pub use auth::{Credentials, DockerConfig};
+pub use credhelper::HelperSettings;
 pub use error::RegistryError;
+pub use keychain::Keychain;
 pub use layout::{LayoutError, OciLayout};
 pub use reference::{normalize_reference, parse_reference, Reference};
 
@@ -97,6 +102,8 @@ pub struct RegistryOptions {
     /// An explicit docker config.json; else `$DOCKER_CONFIG/config.json`,
     /// `~/.docker/config.json`, `/kaniko/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
+    /// Where the credential helpers the docker config names are looked for, and how they run.
+    pub credential_helpers: HelperSettings,
     /// The most bytes read of a manifest, an image index or an image config
     /// (`--max-manifest-size`); `u64::MAX` for no bound.
     pub max_manifest_size: u64,
@@ -122,6 +129,7 @@ impl Default for RegistryOptions {
             retry_base_delay: Duration::from_secs(1),
             platform: Platform::default(),
             docker_config: None,
+            credential_helpers: HelperSettings::default(),
             max_manifest_size: crate::limits::DEFAULT_MAX_MANIFEST_SIZE,
             max_layer_size: Some(crate::limits::DEFAULT_MAX_LAYER_SIZE),
         }
@@ -231,9 +239,9 @@ pub struct Registry {
     /// the same settings).
     pull: Transports,
     push: Transports,
-    auth: DockerConfig,
-    config_desc: String,
-    secrets: Vec<String>,
+    /// Credentials by registry: the docker config and its helpers, shared with other clients
+    /// of the same run.
+    keychain: Arc<Keychain>,
     /// `opts.registry_maps`, parsed.
     maps: Vec<(String, Vec<String>)>,
     /// `opts.push_repositories` as (normalised registry, repository).
@@ -279,7 +287,7 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("opts", &self.opts)
-            .field("auth", &self.auth)
+            .field("keychain", &self.keychain)
             .finish_non_exhaustive()
     }
 }
@@ -287,7 +295,20 @@ impl fmt::Debug for Registry {
 impl Registry {
     /// Builds the HTTP clients and loads the docker config.
     pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
-        let auth = DockerConfig::load(opts.docker_config.as_deref())?;
+        let keychain = Keychain::load(
+            opts.docker_config.as_deref(),
+            opts.credential_helpers.clone(),
+        )?;
+        Self::with_keychain(opts, keychain)
+    }
+
+    /// Builds the HTTP clients around a keychain that other clients of the run share, so that
+    /// each credential helper is asked once per registry whatever the number of clients
+    /// (`opts.docker_config` and `opts.credential_helpers` are the keychain's business then).
+    pub fn with_keychain(
+        opts: RegistryOptions,
+        keychain: Arc<Keychain>,
+    ) -> Result<Registry, RegistryError> {
         let maps = parse_registry_maps(&opts.registry_maps)?;
         let pull_settings = SideSettings {
             insecure: opts.insecure_pull,
@@ -314,15 +335,11 @@ impl Registry {
                 )
             })
             .collect();
-        let config_desc = auth.describe();
-        let secrets = auth.all_secrets();
         Ok(Registry {
             opts,
             pull,
             push,
-            auth,
-            config_desc,
-            secrets,
+            keychain,
             maps,
             push_repos,
             tokens: bounded::TokenCache::default(),
@@ -373,21 +390,24 @@ impl Registry {
         &self.transport_for(r, side).oci
     }
 
-    fn registry_auth(&self, r: &Reference) -> RegistryAuth {
-        match self.auth.credentials_for(r.registry()) {
+    /// The credentials for `r`'s registry; the first call for a registry whose credentials
+    /// come from a credential helper runs it.
+    async fn registry_auth(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
+        Ok(match self.keychain.credentials_for(r.registry()).await? {
             Some(c) => c.to_registry_auth(),
             None => RegistryAuth::Anonymous,
-        }
+        })
     }
 
     /// Hands the credentials for `r`'s registry to the client. oci-client then runs the
     /// token or basic flow on each request and caches tokens per repository and operation;
     /// a failed token request surfaces as a 401 on the request itself, classified there.
-    async fn prepare(&self, client: &Client, r: &Reference) {
-        let auth = self.registry_auth(r);
+    async fn prepare(&self, client: &Client, r: &Reference) -> Result<(), RegistryError> {
+        let auth = self.registry_auth(r).await?;
         client
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
+        Ok(())
     }
 
     fn ctx<'a>(&'a self, ep: &'a Reference, reference: &'a str, what: &'a str) -> ErrorContext<'a> {
@@ -395,8 +415,8 @@ impl Registry {
             registry: ep.registry(),
             reference,
             what,
-            config: &self.config_desc,
-            secrets: &self.secrets,
+            config: self.keychain.describe_for(ep.registry()),
+            secrets: self.keychain.secrets(),
             push: false,
         }
     }

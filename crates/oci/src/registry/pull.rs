@@ -110,8 +110,6 @@ impl Registry {
         let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
         first_endpoint(&endpoints, reference, &normalized, |ep| async {
-            let client = self.client_for(ep, side);
-            self.prepare(client, ep).await;
             let m = self.platform_manifest(ep, &normalized, side).await?;
             if m.media_type != MEDIA_TYPE_OCI_MANIFEST && m.media_type != MEDIA_TYPE_DOCKER_MANIFEST
             {
@@ -134,6 +132,8 @@ impl Registry {
         normalized: &str,
         side: Side,
     ) -> Result<PlatformManifest, RegistryError> {
+        let client = self.client_for(ep, side);
+        self.prepare(client, ep).await?;
         let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
         let mut index_digest = None;
@@ -186,14 +186,13 @@ impl Registry {
         normalized: &str,
         side: Side,
     ) -> Result<RemoteImage, RegistryError> {
-        let client = self.client_for(ep, side);
-        self.prepare(client, ep).await;
         let PlatformManifest {
             bytes,
             digest,
             media_type,
             index_digest,
         } = self.platform_manifest(ep, normalized, side).await?;
+        let client = self.client_for(ep, side);
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
             registry: ep.registry().to_string(),
             reference: normalized.to_string(),
@@ -327,7 +326,7 @@ impl Registry {
         side: Side,
     ) -> Result<u64, RegistryError> {
         let client = self.client_for(ep, side);
-        self.prepare(client, ep).await;
+        self.prepare(client, ep).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
         let dir = match dest.parent() {
@@ -460,7 +459,7 @@ impl Registry {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let client = self.client_for(&r, self.side(&r, Direction::Pull));
-        self.prepare(client, &r).await;
+        self.prepare(client, &r).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);
         self.retrying(Direction::Pull, &ctx, || async {

@@ -62,7 +62,7 @@ impl Registry {
             }
         }
         let client = self.client_for(&r, Side::Push);
-        self.prepare(client, &r).await;
+        self.prepare(client, &r).await?;
 
         // Any failure here returns before the manifest is sent; the blobs still in flight
         // are dropped with the stream.
@@ -141,7 +141,7 @@ impl Registry {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let client = self.client_for(&r, Side::Push);
-        self.prepare(client, &r).await;
+        self.prepare(client, &r).await?;
         self.push_blob(client, &r, &normalized, blob)
             .await
             .map(|_| ())
