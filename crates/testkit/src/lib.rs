@@ -10,6 +10,7 @@ pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod select;
+pub mod tls;
 pub mod tools;
 
 use std::future::Future;
@@ -23,7 +24,8 @@ pub use cmd::{
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};
-pub use registry::TestRegistry;
+pub use registry::{RegistryTls, TestRegistry};
+pub use tls::{TestCa, Usage};
 pub use select::{require_cases, select_from_env, CaseArgs};
 pub use tools::{
     fetch_rootfs, htpasswd_line, image_config, podman, podman_check, podman_flags, podman_run,

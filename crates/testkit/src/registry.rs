@@ -12,7 +12,21 @@ use kiln_oci::registry::RegistryOptions;
 
 use crate::cmd::{free_port, SERVER_START_TIMEOUT};
 use crate::policy::tool;
+use crate::tls::{TestCa, Usage};
 use crate::tools::self_signed_cert;
+
+/// How a [`TestRegistry`] serves TLS.
+pub enum RegistryTls {
+    /// A self-signed certificate for 127.0.0.1.
+    SelfSigned,
+    /// A certificate and key issued by a [`TestCa`]; with `client_ca`, client certificates
+    /// issued by that CA are required.
+    Issued {
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    },
+}
 
 /// A `docker-registry serve` process with its own storage; killed on drop. It can be stopped
 /// and started again on the same address and storage.
@@ -28,21 +42,36 @@ impl TestRegistry {
     /// Plain HTTP, no auth. The test must have asked for `docker-registry` with
     /// [`crate::require_tools`].
     pub fn start() -> TestRegistry {
-        Self::start_with(None, false)
+        Self::start_with(None, None)
     }
 
     /// Protected by `htpasswd` (the content of an htpasswd file, bcrypt; see
     /// [`crate::htpasswd_line`]).
     pub fn with_auth(htpasswd: &str) -> TestRegistry {
-        Self::start_with(Some(htpasswd), false)
+        Self::start_with(Some(htpasswd), None)
     }
 
     /// HTTPS with a fresh self-signed certificate for 127.0.0.1 (needs `openssl`).
     pub fn with_tls() -> TestRegistry {
-        Self::start_with(None, true)
+        Self::start_with(None, Some(RegistryTls::SelfSigned))
     }
 
-    fn start_with(htpasswd: Option<&str>, tls: bool) -> TestRegistry {
+    /// HTTPS with a certificate for 127.0.0.1 that `ca` issues; with `client_ca`, every
+    /// connection must present a client certificate that CA issued (distribution's
+    /// `tls.clientcas`).
+    pub fn with_tls_from(ca: &TestCa, client_ca: Option<&TestCa>) -> TestRegistry {
+        let (cert, key) = ca.issue("registry", Usage::Server);
+        Self::start_with(
+            None,
+            Some(RegistryTls::Issued {
+                cert,
+                key,
+                client_ca: client_ca.map(|c| c.cert.clone()),
+            }),
+        )
+    }
+
+    fn start_with(htpasswd: Option<&str>, tls: Option<RegistryTls>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temporary directory for the registry");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("registry storage directory");
@@ -59,13 +88,26 @@ impl TestRegistry {
                 path.display()
             ));
         }
-        if tls {
-            let (cert, key) = self_signed_cert(dir.path());
+        if let Some(tls) = tls {
+            let (cert, key, client_ca) = match tls {
+                RegistryTls::SelfSigned => {
+                    let (cert, key) = self_signed_cert(dir.path());
+                    (cert, key, None)
+                }
+                RegistryTls::Issued {
+                    cert,
+                    key,
+                    client_ca,
+                } => (cert, key, client_ca),
+            };
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             ));
+            if let Some(ca) = client_ca {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
         }
         std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
         // No docker config from the environment: tests say which credentials they use.
