@@ -25,8 +25,8 @@ pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};
 pub use registry::{RegistryTls, TestRegistry};
-pub use tls::{TestCa, Usage};
 pub use select::{require_cases, select_from_env, CaseArgs};
+pub use tls::{TestCa, Usage};
 pub use tools::{
     fetch_rootfs, htpasswd_line, image_config, podman, podman_check, podman_flags, podman_run,
     podman_run_command, registry_digest, self_signed_cert, skopeo_delete, skopeo_fetch,

@@ -30,7 +30,9 @@ impl TestCa {
         let dir = tempfile::tempdir().expect("temporary directory for a CA");
         let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", &format!("/CN={name}")])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
@@ -81,6 +83,19 @@ impl TestCa {
     /// The directory the CA's files are in.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A certificate directory as skopeo and podman read one (`--cert-dir`): this CA as
+    /// `ca.crt`, and `client` (certificate, key) as `client.cert` and `client.key`.
+    pub fn cert_dir(&self, name: &str, client: Option<&(PathBuf, PathBuf)>) -> PathBuf {
+        let dir = self.dir.path().join(format!("certs.d-{name}"));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        std::fs::copy(&self.cert, dir.join("ca.crt")).expect("copy the CA certificate");
+        if let Some((cert, key)) = client {
+            std::fs::copy(cert, dir.join("client.cert")).expect("copy the client certificate");
+            std::fs::copy(key, dir.join("client.key")).expect("copy the client key");
+        }
+        dir
     }
 }
 

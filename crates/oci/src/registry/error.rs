@@ -64,7 +64,10 @@ pub enum RegistryError {
         detail: String,
     },
 
-    #[error("TLS with registry {registry} failed for {reference} ({detail}): {}", tls_advice(registry, detail))]
+    #[error(
+        "TLS with registry {registry} failed for {reference} ({detail}): {}",
+        tls_advice(registry, detail)
+    )]
     Tls {
         registry: String,
         reference: String,
