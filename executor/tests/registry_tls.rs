@@ -60,18 +60,18 @@ fn executor(ctx: &Path, flags: &[&str]) -> Output {
     .unwrap_or_else(|e| panic!("kiln-executor {flags:?}: {e}"))
 }
 
-fn log(out: &Output) -> String {
+fn output_text(out: &Output) -> String {
     format!("{}{}", out.stdout, out.stderr)
 }
 
 fn succeeds(out: &Output) -> String {
-    let log = log(out);
+    let log = output_text(out);
     assert!(out.success(), "kiln-executor failed:\n{}", tail(&log, 4000));
     log
 }
 
 fn fails(out: &Output) -> String {
-    let log = log(out);
+    let log = output_text(out);
     assert!(
         !out.success(),
         "kiln-executor should have failed:\n{}",
@@ -358,7 +358,7 @@ fn container_mode_reads_certificates_before_clearing_root_and_trusts_ssl_cert_fi
             &identity,
         ],
     );
-    let log = log(&out);
+    let log = output_text(&out);
     assert!(
         out.success(),
         "in-place build failed:\n{}",
@@ -386,7 +386,7 @@ fn container_mode_reads_certificates_before_clearing_root_and_trusts_ssl_cert_fi
         &["SSL_CERT_FILE=/kiln/test-bundle.pem"],
         &["--destination", &dest, "--registry-client-cert", &identity],
     );
-    let log = log(&out);
+    let log = output_text(&out);
     let _ = run_bounded(
         podman().args(["rmi", "-f", &executor_image]),
         Duration::from_secs(120),

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod reference;
 
 mod bounded;
+mod diagnose;
 mod pull;
 mod push;
 mod transport;
@@ -398,10 +399,11 @@ impl Registry {
                 Err(Attempt { error, transient }) => {
                     done += 1;
                     if !transient {
-                        return Err(error);
+                        return Err(self.explain(error).await);
                     }
                     if done > retries {
-                        return Err(ctx.gave_up(error, done, direction == Direction::Push));
+                        let error = ctx.gave_up(error, done, direction == Direction::Push);
+                        return Err(self.explain(error).await);
                     }
                     let delay = retry_delay(self.opts.retry_base_delay, done - 1);
                     tracing::warn!(
