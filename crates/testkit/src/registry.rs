@@ -1,6 +1,7 @@
 //! A real OCI registry for one test: Debian's `docker-registry` on a free loopback port with its
 //! own storage, optionally behind basic auth and TLS, killed on drop. It must never listen
-//! beyond 127.0.0.1 or share its storage with another test.
+//! beyond loopback (127.0.0.1, or 127.0.0.2 for a name that kaniko's rule does not call local) or
+//! share its storage with another test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,7 +33,7 @@ pub enum RegistryTls {
 /// and started again on the same address and storage.
 pub struct TestRegistry {
     child: Option<Child>,
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (`127.0.0.2:<port>` for [`TestRegistry::start_not_local`]).
     pub addr: String,
     storage: PathBuf,
     dir: tempfile::TempDir,
@@ -43,6 +44,13 @@ impl TestRegistry {
     /// [`crate::require_tools`].
     pub fn start() -> TestRegistry {
         Self::start_with(None, None)
+    }
+
+    /// Plain HTTP, no auth, on 127.0.0.2: still loopback, but not a name kaniko's rule lets
+    /// fall back from HTTPS to plain HTTP by itself (it matches the text `127.0.0.1`), so only
+    /// the insecure flags reach it.
+    pub fn start_not_local() -> TestRegistry {
+        Self::start_at("127.0.0.2", None, None)
     }
 
     /// Protected by `htpasswd` (the content of an htpasswd file, bcrypt; see
@@ -72,10 +80,14 @@ impl TestRegistry {
     }
 
     fn start_with(htpasswd: Option<&str>, tls: Option<RegistryTls>) -> TestRegistry {
+        Self::start_at("127.0.0.1", htpasswd, tls)
+    }
+
+    fn start_at(ip: &str, htpasswd: Option<&str>, tls: Option<RegistryTls>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temporary directory for the registry");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("registry storage directory");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("{ip}:{}", free_port());
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             storage.display()
