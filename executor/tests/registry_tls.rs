@@ -359,6 +359,10 @@ fn container_mode_reads_certificates_before_clearing_root_and_trusts_ssl_cert_fi
         ],
     );
     let log = output_text(&out);
+    eprintln!(
+        "--- with the flags, inside podman ---\n{}",
+        tail(&log, 3000)
+    );
     assert!(
         out.success(),
         "in-place build failed:\n{}",
@@ -387,6 +391,10 @@ fn container_mode_reads_certificates_before_clearing_root_and_trusts_ssl_cert_fi
         &["--destination", &dest, "--registry-client-cert", &identity],
     );
     let log = output_text(&out);
+    eprintln!(
+        "--- with SSL_CERT_FILE, inside podman ---\n{}",
+        tail(&log, 3000)
+    );
     let _ = run_bounded(
         podman().args(["rmi", "-f", &executor_image]),
         Duration::from_secs(120),
