@@ -598,7 +598,8 @@ fn insecure_pull_does_not_weaken_the_push() {
     if !can_unpack() {
         return;
     }
-    let reg = TestRegistry::start();
+    // Not on 127.0.0.1, where HTTPS falls back to plain HTTP without any flag.
+    let reg = TestRegistry::start_not_local();
     let work = tempfile::tempdir().unwrap();
     let from = push(
         &reg,

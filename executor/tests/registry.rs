@@ -561,9 +561,11 @@ fn self_signed_tls_needs_skip_tls_verify() {
     };
     let verifying = Registry::new(base.clone()).unwrap();
     let err = rt.block_on(verifying.pull_image(&image)).unwrap_err();
-    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
+    // Refused, not unreachable: the advice names the flags that fix it.
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err}");
     assert!(
-        err.to_string().contains("--skip-tls-verify-registry"),
+        err.to_string().contains("--skip-tls-verify-registry")
+            && err.to_string().contains("--registry-certificate"),
         "{err}"
     );
 

@@ -10,13 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_oci::base_cache::{BaseImageCache, CacheError, DEFAULT_TTL};
-use kiln_oci::registry::{Platform, Registry, MEDIA_TYPE_OCI_MANIFEST};
+use kiln_oci::registry::{OciLayout, Platform, Registry, MEDIA_TYPE_OCI_MANIFEST};
 use serde_json::{json, Value};
 
 use kiln_testkit::image::{Layer, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR};
 use kiln_testkit::{
-    bounded, require_tools, rule, run, run_bounded, tool, Fault, FaultProxy, Gate, KillOnDrop,
-    Output, TestImage, TestRegistry,
+    bounded, require_tools, rule, run, run_bounded, skopeo_push_layout, tool, Fault, FaultProxy,
+    Gate, KillOnDrop, Output, TestCa, TestImage, TestRegistry,
 };
 
 /// The digest of a file as the system's `sha256sum` computes it: never kiln's own hashing.
@@ -681,4 +681,92 @@ fn bounds_refuse_oversized_manifests_and_layers_and_insecure_covers_pulls() {
         .env_remove("KILN_LOG");
     succeed(&mut cmd);
     assert_all_blobs_verify(&cache);
+}
+
+/// `image` (one small layer) in `dir` as an OCI layout, tag `v1`.
+fn hello_layout(dir: &Path, text: &str) -> (TestImage, PathBuf) {
+    let img = TestImage::hello(&dir.join("work"), "amd64", text);
+    let layout = dir.join("layout");
+    img.write_to_layout(&OciLayout::create(&layout).unwrap(), Some("v1"));
+    (img, layout)
+}
+
+#[test]
+fn pulls_over_tls_with_registry_certificate() {
+    if !require_tools(&["docker-registry", "skopeo", "openssl", "sha256sum"]) {
+        return;
+    }
+    let ca = TestCa::new("kiln-warmer-test-ca");
+    let reg = TestRegistry::with_tls_from(&ca, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, layout) = hello_layout(tmp.path(), "over tls\n");
+    let image = format!("{}/kiln-test/tls:v1", reg.addr);
+    let certs = ca.cert_dir("skopeo", None);
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &image,
+        &["--dest-cert-dir", certs.to_str().unwrap()],
+    );
+    let (cache, term) = (tmp.path().join("cache"), tmp.path().join("termination"));
+    let warm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln-warmer"));
+        c.arg("--cache-dir")
+            .arg(&cache)
+            .args(["--image", &image])
+            .env("DOCKER_CONFIG", reg.docker_config_dir())
+            .env("KILN_TERMINATION_LOG", &term)
+            .env_remove("KILN_LOG");
+        c
+    };
+    let log = fail(&mut warm());
+    assert!(
+        log.contains(&format!("--registry-certificate={}=", reg.addr)),
+        "no advice to pass the CA:\n{log}"
+    );
+    succeed(warm().arg(format!(
+        "--registry-certificate={}={}",
+        reg.addr,
+        ca.cert.display()
+    )));
+    assert_eq!(termination(&term), [(image.clone(), img.manifest_digest)]);
+    assert_all_blobs_verify(&cache);
+}
+
+#[test]
+fn skip_default_registry_fallback_keeps_docker_hub_images_on_the_mirror() {
+    let Some(mirror) = start_registry() else {
+        return;
+    };
+    if !require_tools(&["skopeo"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, layout) = hello_layout(tmp.path(), "mirrored\n");
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &format!("{}/library/hello:v1", mirror.addr),
+        &[],
+    );
+    let (cache, term) = (tmp.path().join("cache"), tmp.path().join("termination"));
+    let warm = |image: &str| {
+        let mut c = warmer(&mirror, &cache, &term);
+        c.args([
+            "--registry-mirror",
+            &mirror.addr,
+            "--skip-default-registry-fallback",
+        ])
+        .args(["--image", image]);
+        c
+    };
+    succeed(&mut warm("hello:v1"));
+    assert_eq!(termination(&term)[0].1, img.manifest_digest);
+    // Not on the mirror: an error about the mirror, and Docker Hub is never asked.
+    let log = fail(&mut warm("absent:v1"));
+    assert!(
+        log.contains(&format!("on registry {}", mirror.addr))
+            && !log.contains("registry docker.io"),
+        "{log}"
+    );
 }

@@ -4,11 +4,14 @@
 //! warmer's `--customPlatform`; both read its value with [`crate::platform::from_flag`]); it
 //! parses nothing else and never contacts a registry.
 
+use std::path::PathBuf;
+
 use clap::{ArgAction, Args};
+use kiln_common::goflag::parse_bool as go_bool;
 
 use crate::limits::{self, Limit};
 use crate::platform::Platform;
-use crate::registry::RegistryOptions;
+use crate::registry::{ClientCert, RegistryOptions};
 
 /// How to reach registries, as kaniko spells it. Booleans accept `--flag`, `--flag=true` and
 /// `--flag=false` like Go's pflag, so kaniko invocations work unchanged. Flattened into each
@@ -24,11 +27,11 @@ use crate::registry::RegistryOptions;
 pub struct RegistryFlags {
     /// Push (destinations and the layer cache) over plain HTTP; base-image pulls are not
     /// affected (see --insecure-pull).
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub insecure: bool,
 
     /// Pull base images over plain HTTP; pushes are not affected.
-    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "insecure-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub insecure_pull: bool,
 
     /// Registry (host[:port]) to reach over plain HTTP, for pushes and pulls; repeatable.
@@ -36,11 +39,11 @@ pub struct RegistryFlags {
     pub insecure_registries: Vec<String>,
 
     /// Reach every registry over HTTPS without verifying certificates (pushes and pulls).
-    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "skip-tls-verify", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub skip_tls_verify: bool,
 
     /// Pull over HTTPS without verifying certificates; pushes are not affected.
-    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long = "skip-tls-verify-pull", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub skip_tls_verify_pull: bool,
 
     /// Registry (host[:port]) to reach over HTTPS without verifying certificates, for pushes and
@@ -61,6 +64,52 @@ pub struct RegistryFlags {
     /// than this can only be a layer larger than this, so it is refused before it is downloaded.
     #[arg(long = "max-layer-size", value_parser = limits::parse_size, default_value = "10GiB")]
     pub max_layer_size: Limit,
+
+    // --- TLS material per registry and the mirror fallback (kaniko v1.24 `root.go`,
+    // `pkg/util/transport_util.go`, `pkg/image/remote/remote.go`). ---
+    /// `REG=PATH`: trust the CA certificates in the PEM file PATH for registry REG, in addition
+    /// to the system's; repeatable (the last one for a registry wins).
+    #[arg(long = "registry-certificate", value_name = "REG=PATH", value_parser = parse_registry_certificate)]
+    pub registry_certificates: Vec<(String, PathBuf)>,
+
+    /// `REG=CERT,KEY`: present the client certificate CERT with its private key KEY (PEM files)
+    /// to registry REG, for mutual TLS; repeatable.
+    #[arg(long = "registry-client-cert", value_name = "REG=CERT,KEY", value_parser = parse_registry_client_cert)]
+    pub registry_client_certs: Vec<ClientCert>,
+
+    /// With --registry-mirror or --registry-map, an image the mirrors and remaps do not serve is
+    /// an error instead of being fetched from its own registry.
+    #[arg(long = "skip-default-registry-fallback", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub skip_default_registry_fallback: bool,
+}
+
+/// kaniko's `REG=PATH` (`keyValueArg`: split at the first `=`).
+fn parse_registry_certificate(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((reg, path)) if !reg.is_empty() && !path.is_empty() => {
+            Ok((reg.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "expected REG=PATH (my.registry.url=/path/to/ca.pem), got {value:?}"
+        )),
+    }
+}
+
+/// kaniko's `REG=CERT,KEY`: exactly two comma-separated paths.
+fn parse_registry_client_cert(value: &str) -> Result<ClientCert, String> {
+    let invalid = || {
+        format!("expected REG=CERT,KEY (my.registry.url=/path/to/cert,/path/to/key), got {value:?}")
+    };
+    let (reg, files) = value.split_once('=').ok_or_else(invalid)?;
+    let parts: Vec<&str> = files.split(',').collect();
+    match parts[..] {
+        [cert, key] if !reg.is_empty() && !cert.is_empty() && !key.is_empty() => Ok(ClientCert {
+            registry: reg.to_string(),
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        }),
+        _ => Err(invalid()),
+    }
 }
 
 impl Default for RegistryFlags {
@@ -76,6 +125,9 @@ impl Default for RegistryFlags {
             registry_mirrors: Vec::new(),
             max_manifest_size: Limit::at(limits::DEFAULT_MAX_MANIFEST_SIZE),
             max_layer_size: Limit::at(limits::DEFAULT_MAX_LAYER_SIZE),
+            registry_certificates: Vec::new(),
+            registry_client_certs: Vec::new(),
+            skip_default_registry_fallback: false,
         }
     }
 }
@@ -96,6 +148,9 @@ impl RegistryFlags {
             platform,
             max_manifest_size: self.max_manifest_size.or_max(),
             max_layer_size: self.max_layer_size.get(),
+            registry_certificates: self.registry_certificates.clone(),
+            registry_client_certs: self.registry_client_certs.clone(),
+            skip_default_registry_fallback: self.skip_default_registry_fallback,
             ..RegistryOptions::default()
         }
     }
@@ -135,6 +190,13 @@ mod tests {
         let off = parse(&["--insecure=false", "--skip-tls-verify=false"]);
         assert!(!off.insecure && !off.skip_tls_verify);
         assert!(Cli::try_parse_from(["prog", "--insecure=maybe"]).is_err());
+        // Go's other spellings, as pflag reads them.
+        let go = parse(&[
+            "--insecure=1",
+            "--skip-tls-verify=T",
+            "--insecure-pull=False",
+        ]);
+        assert!(go.insecure && go.skip_tls_verify && !go.insecure_pull);
     }
 
     #[test]
@@ -174,6 +236,48 @@ mod tests {
         // The warmer only pulls: its --insecure is a pull setting.
         let o = parse(&["--insecure"]).pull_only_options(arm);
         assert!(o.insecure_pull && !o.insecure);
+    }
+
+    #[test]
+    fn tls_files_and_fallback_parse_like_kaniko() {
+        let f = parse(&[
+            "--registry-certificate",
+            "a.io=/c/a.pem",
+            "--registry-certificate=b.io:5000=/c/b=1.pem",
+            "--registry-client-cert=a.io=/c/cert.pem,/c/key.pem",
+            "--skip-default-registry-fallback",
+        ]);
+        let o = f.options(Platform::default());
+        assert_eq!(
+            o.registry_certificates,
+            [
+                ("a.io".to_string(), PathBuf::from("/c/a.pem")),
+                ("b.io:5000".to_string(), PathBuf::from("/c/b=1.pem"))
+            ]
+        );
+        assert_eq!(
+            o.registry_client_certs,
+            [ClientCert {
+                registry: "a.io".into(),
+                cert: "/c/cert.pem".into(),
+                key: "/c/key.pem".into()
+            }]
+        );
+        assert!(o.skip_default_registry_fallback);
+        assert!(
+            !parse(&[])
+                .options(Platform::default())
+                .skip_default_registry_fallback
+        );
+        for bad in [
+            "--registry-certificate=a.io",
+            "--registry-certificate==/c/a.pem",
+            "--registry-client-cert=a.io=/c/cert.pem",
+            "--registry-client-cert=a.io=/c/cert.pem,/c/key.pem,/c/x",
+            "--registry-client-cert=a.io=,/c/key.pem",
+        ] {
+            assert!(Cli::try_parse_from(["prog", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod proxy;
 pub mod registry;
 pub mod select;
+pub mod tls;
 pub mod tools;
 
 use std::future::Future;
@@ -27,8 +28,9 @@ pub use credhelper::{HelperBehaviour, TestCredentialHelper};
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};
-pub use registry::TestRegistry;
+pub use registry::{RegistryTls, TestRegistry};
 pub use select::{require_cases, select_from_env, CaseArgs};
+pub use tls::{TestCa, Usage};
 pub use tools::{
     fetch_rootfs, htpasswd_line, image_config, podman, podman_check, podman_flags, podman_run,
     podman_run_command, registry_digest, self_signed_cert, skopeo_delete, skopeo_fetch,

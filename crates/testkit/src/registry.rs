@@ -1,6 +1,7 @@
 //! A real OCI registry for one test: Debian's `docker-registry` on a free loopback port with its
 //! own storage, optionally behind basic auth and TLS, killed on drop. It must never listen
-//! beyond 127.0.0.1 or share its storage with another test.
+//! beyond loopback (127.0.0.1, or 127.0.0.2 for a name that kaniko's rule does not call local) or
+//! share its storage with another test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,13 +13,27 @@ use kiln_oci::registry::RegistryOptions;
 
 use crate::cmd::{free_port, SERVER_START_TIMEOUT};
 use crate::policy::tool;
+use crate::tls::{TestCa, Usage};
 use crate::tools::self_signed_cert;
+
+/// How a [`TestRegistry`] serves TLS.
+pub enum RegistryTls {
+    /// A self-signed certificate for 127.0.0.1.
+    SelfSigned,
+    /// A certificate and key issued by a [`TestCa`]; with `client_ca`, client certificates
+    /// issued by that CA are required.
+    Issued {
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+    },
+}
 
 /// A `docker-registry serve` process with its own storage; killed on drop. It can be stopped
 /// and started again on the same address and storage.
 pub struct TestRegistry {
     child: Option<Child>,
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (`127.0.0.2:<port>` for [`TestRegistry::start_not_local`]).
     pub addr: String,
     storage: PathBuf,
     dir: tempfile::TempDir,
@@ -28,25 +43,51 @@ impl TestRegistry {
     /// Plain HTTP, no auth. The test must have asked for `docker-registry` with
     /// [`crate::require_tools`].
     pub fn start() -> TestRegistry {
-        Self::start_with(None, false)
+        Self::start_with(None, None)
+    }
+
+    /// Plain HTTP, no auth, on 127.0.0.2: still loopback, but not a name kaniko's rule lets
+    /// fall back from HTTPS to plain HTTP by itself (it matches the text `127.0.0.1`), so only
+    /// the insecure flags reach it.
+    pub fn start_not_local() -> TestRegistry {
+        Self::start_at("127.0.0.2", None, None)
     }
 
     /// Protected by `htpasswd` (the content of an htpasswd file, bcrypt; see
     /// [`crate::htpasswd_line`]).
     pub fn with_auth(htpasswd: &str) -> TestRegistry {
-        Self::start_with(Some(htpasswd), false)
+        Self::start_with(Some(htpasswd), None)
     }
 
     /// HTTPS with a fresh self-signed certificate for 127.0.0.1 (needs `openssl`).
     pub fn with_tls() -> TestRegistry {
-        Self::start_with(None, true)
+        Self::start_with(None, Some(RegistryTls::SelfSigned))
     }
 
-    fn start_with(htpasswd: Option<&str>, tls: bool) -> TestRegistry {
+    /// HTTPS with a certificate for 127.0.0.1 that `ca` issues; with `client_ca`, every
+    /// connection must present a client certificate that CA issued (distribution's
+    /// `tls.clientcas`).
+    pub fn with_tls_from(ca: &TestCa, client_ca: Option<&TestCa>) -> TestRegistry {
+        let (cert, key) = ca.issue("registry", Usage::Server);
+        Self::start_with(
+            None,
+            Some(RegistryTls::Issued {
+                cert,
+                key,
+                client_ca: client_ca.map(|c| c.cert.clone()),
+            }),
+        )
+    }
+
+    fn start_with(htpasswd: Option<&str>, tls: Option<RegistryTls>) -> TestRegistry {
+        Self::start_at("127.0.0.1", htpasswd, tls)
+    }
+
+    fn start_at(ip: &str, htpasswd: Option<&str>, tls: Option<RegistryTls>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temporary directory for the registry");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("registry storage directory");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("{ip}:{}", free_port());
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             storage.display()
@@ -59,13 +100,26 @@ impl TestRegistry {
                 path.display()
             ));
         }
-        if tls {
-            let (cert, key) = self_signed_cert(dir.path());
+        if let Some(tls) = tls {
+            let (cert, key, client_ca) = match tls {
+                RegistryTls::SelfSigned => {
+                    let (cert, key) = self_signed_cert(dir.path());
+                    (cert, key, None)
+                }
+                RegistryTls::Issued {
+                    cert,
+                    key,
+                    client_ca,
+                } => (cert, key, client_ca),
+            };
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             ));
+            if let Some(ca) = client_ca {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
         }
         std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
         // No docker config from the environment: tests say which credentials they use.

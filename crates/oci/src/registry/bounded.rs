@@ -17,6 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 
 use super::error::{Attempt, ErrorContext};
+use super::transport::TlsFiles;
 use super::{Reference, Registry, RegistryError, Transport};
 
 /// How much of a failed request's body is read for its error message.
@@ -33,32 +34,63 @@ pub(super) struct Http {
     client: Arc<OnceLock<Result<reqwest::Client, String>>>,
     protocol: ClientProtocol,
     accept_invalid: bool,
+    files: TlsFiles,
 }
 
 impl Http {
-    pub(super) fn new(protocol: ClientProtocol, accept_invalid: bool) -> Http {
+    pub(super) fn new(protocol: ClientProtocol, accept_invalid: bool, files: TlsFiles) -> Http {
         Http {
             client: Arc::new(OnceLock::new()),
             protocol,
             accept_invalid,
+            files,
         }
     }
 
     fn client(&self) -> Result<&reqwest::Client, RegistryError> {
         self.client
             .get_or_init(|| {
-                reqwest::Client::builder()
+                let mut builder = reqwest::Client::builder()
                     .danger_accept_invalid_certs(self.accept_invalid)
                     .connect_timeout(super::CONNECT_TIMEOUT)
                     .read_timeout(super::READ_TIMEOUT)
-                    .user_agent(super::USER_AGENT)
-                    .build()
-                    .map_err(|e| e.to_string())
+                    .user_agent(super::USER_AGENT);
+                // The files were checked when they were read.
+                let roots = self
+                    .files
+                    .roots
+                    .iter()
+                    .map(|pem| reqwest::Certificate::from_pem(pem))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                builder = builder.tls_certs_merge(roots);
+                if let Some(pem) = &self.files.identity {
+                    builder = builder
+                        .identity(reqwest::Identity::from_pem(pem).map_err(|e| e.to_string())?);
+                }
+                builder.build().map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|detail| RegistryError::Client {
                 detail: detail.clone(),
             })
+    }
+
+    /// `GET {scheme}://{registry}/v2/`, answered with 200 or 401 (what go-containerregistry's
+    /// ping accepts); else what failed.
+    pub(super) async fn ping(&self, scheme: &str, registry: &str) -> Result<(), String> {
+        let url = format!("{scheme}://{registry}/v2/");
+        let response = self
+            .client()
+            .map_err(|e| e.to_string())?
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| super::error::error_chain(&e))?;
+        match response.status() {
+            reqwest::StatusCode::OK | reqwest::StatusCode::UNAUTHORIZED => Ok(()),
+            status => Err(format!("{url} answered {status}")),
+        }
     }
 
     /// oci-client's rule (`ClientProtocol::scheme_for`, which it keeps private).
@@ -250,7 +282,7 @@ mod tests {
 
     #[test]
     fn scheme_follows_the_protocol() {
-        let http = |p| Http::new(p, false);
+        let http = |p| Http::new(p, false, TlsFiles::default());
         assert_eq!(http(ClientProtocol::Http).scheme_for("r:5000"), "http");
         assert_eq!(http(ClientProtocol::Https).scheme_for("r:5000"), "https");
         let except = http(ClientProtocol::HttpsExcept(vec!["r:5000".into()]));

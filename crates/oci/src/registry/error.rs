@@ -71,6 +71,16 @@ pub enum RegistryError {
         detail: String,
     },
 
+    #[error(
+        "TLS with registry {registry} failed for {reference} ({detail}): {}",
+        tls_advice(registry, detail)
+    )]
+    Tls {
+        registry: String,
+        reference: String,
+        detail: String,
+    },
+
     #[error("digest mismatch for {what} of {reference} from registry {registry}: expected {expected}, got {actual}; the registry or a proxy served corrupted content, retry or check the registry's storage")]
     DigestMismatch {
         registry: String,
@@ -195,6 +205,22 @@ impl RegistryError {
     }
 }
 
+/// Whether a failure's text (its whole error chain) is rustls refusing the server's certificate
+/// or the server refusing the connection at the TLS level (an alert: typically no, or an
+/// unaccepted, client certificate). Neither gets better by retrying.
+pub(crate) fn is_tls_failure(detail: &str) -> bool {
+    detail.contains("invalid peer certificate") || detail.contains("received fatal alert")
+}
+
+/// What to do about a TLS failure, from its text.
+fn tls_advice(registry: &str, detail: &str) -> String {
+    if detail.contains("invalid peer certificate") {
+        format!("the registry's certificate is not trusted: pass the CA that issued it with --registry-certificate={registry}=/path/to/ca.pem (PEM), or skip verification with --skip-tls-verify-registry={registry}")
+    } else {
+        format!("the registry refused the TLS connection, most likely for want of an accepted client certificate: pass one with --registry-client-cert={registry}=/path/to/cert.pem,/path/to/key.pem")
+    }
+}
+
 fn retry_flag(push: bool) -> &'static str {
     if push {
         "--push-retry"
@@ -239,6 +265,7 @@ pub(crate) fn is_transient(err: &OciDistributionError) -> bool {
             .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
         OciDistributionError::RequestError(e) => match e.status() {
             Some(s) => status_transient(s.as_u16()),
+            None if is_tls_failure(&error_chain(e)) => false,
             None => {
                 e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
             }
@@ -422,6 +449,12 @@ impl ErrorContext<'_> {
                     self.denied()
                 } else if e.status().is_some_and(|s| s.as_u16() == 404) {
                     self.not_found()
+                } else if is_tls_failure(&error_chain(&e)) {
+                    RegistryError::Tls {
+                        registry: self.registry.to_string(),
+                        reference: self.reference.to_string(),
+                        detail: self.secrets.redact(&error_chain(&e)),
+                    }
                 } else if e.is_connect() || e.is_timeout() {
                     RegistryError::Unreachable {
                         registry: self.registry.to_string(),
@@ -451,7 +484,7 @@ impl ErrorContext<'_> {
 
 /// The error and its sources on one line, because reqwest hides the useful part
 /// ("connection refused", "invalid certificate") in the source chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -12,16 +12,18 @@ pub mod layout;
 pub mod reference;
 
 mod bounded;
+mod diagnose;
 mod pull;
 mod push;
+mod transport;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
@@ -32,6 +34,7 @@ pub use error::RegistryError;
 pub use keychain::Keychain;
 pub use layout::{LayoutError, OciLayout};
 pub use reference::{normalize_reference, parse_reference, Reference};
+pub use transport::{may_fall_back, ClientCert};
 
 /// Platforms are defined in [`crate::platform`]; re-exported where the registry client has always
 /// offered them.
@@ -39,6 +42,7 @@ pub use crate::platform::Platform;
 
 use error::{Attempt, ErrorContext};
 use reference::{is_docker_hub, with_registry};
+use transport::{SideSettings, Transport, Transports};
 
 /// The digest helper and OCI media types are defined once, in [`crate::image`].
 pub use crate::image::{sha256_digest, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST};
@@ -77,6 +81,12 @@ pub struct RegistryOptions {
     pub skip_tls_verify_pull: bool,
     /// Registries reached over HTTPS without certificate verification, both sides.
     pub skip_tls_verify_registries: Vec<String>,
+    /// (registry, PEM file of CA certificates) trusted for that registry in addition to the
+    /// system's, both sides (kaniko's `--registry-certificate`). Read by [`Registry::new`].
+    pub registry_certificates: Vec<(String, PathBuf)>,
+    /// Client certificates presented to one registry each for mutual TLS, both sides
+    /// (kaniko's `--registry-client-cert`). Read by [`Registry::new`].
+    pub registry_client_certs: Vec<ClientCert>,
     /// Repositories (image references; tag and digest ignored) the build writes to: its
     /// destinations and its layer cache. Reading them is on the push side, as kaniko reads its
     /// cache repository with its push settings (`pkg/cache/cache.go`).
@@ -89,6 +99,9 @@ pub struct RegistryOptions {
     /// images of `original` are tried on each remap in order, then on `original`. Checked
     /// by [`Registry::new`].
     pub registry_maps: Vec<String>,
+    /// An image that has remaps or mirrors is fetched from them only, never from its own
+    /// registry (kaniko's `--skip-default-registry-fallback`).
+    pub skip_default_registry_fallback: bool,
     /// Retries of each push request (blob check, mount, upload, manifest) after a transient
     /// failure: 5xx, 408, 429, refused or reset connections, timeouts, truncated bodies.
     /// kaniko's `--push-retry`; 0 tries once. 4xx answers are never retried.
@@ -121,9 +134,12 @@ impl Default for RegistryOptions {
             skip_tls_verify: false,
             skip_tls_verify_pull: false,
             skip_tls_verify_registries: Vec::new(),
+            registry_certificates: Vec::new(),
+            registry_client_certs: Vec::new(),
             push_repositories: Vec::new(),
             mirrors: Vec::new(),
             registry_maps: Vec::new(),
+            skip_default_registry_fallback: false,
             push_retries: 0,
             pull_retries: 0,
             retry_base_delay: Duration::from_secs(1),
@@ -248,32 +264,8 @@ pub struct Registry {
     push_repos: Vec<(String, String)>,
     /// Authorization for the bounded reads of [`bounded`], by registry and repository.
     tokens: bounded::TokenCache,
-}
-
-/// The HTTP clients of one side.
-#[derive(Clone)]
-struct Transports {
-    /// Verifies TLS certificates, unless the side skips verification everywhere.
-    verified: Transport,
-    /// For registries in `skip_tls_verify_registries`: oci-client has one certificate policy
-    /// per client, so those need a second one. Made only when some registry is listed, since
-    /// each client loads and parses the system's CA certificates when it is made.
-    unverified: Option<Transport>,
-}
-
-/// One transport setting: oci-client's client (pushes, tokens, blob streams) and a plain HTTP
-/// client with the same settings for the reads oci-client would hold whole in memory.
-#[derive(Clone)]
-struct Transport {
-    oci: Client,
-    http: bounded::Http,
-}
-
-/// What distinguishes one side's transports from the other's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SideSettings {
-    insecure: bool,
-    skip_tls_verify: bool,
+    /// Whether a registry that may fall back to plain HTTP did, by host, once decided.
+    schemes: tokio::sync::Mutex<HashMap<String, bool>>,
 }
 
 /// Which kind of request a retry policy applies to.
@@ -318,11 +310,12 @@ impl Registry {
             insecure: opts.insecure,
             skip_tls_verify: opts.skip_tls_verify,
         };
-        let push = transports(&opts, &push_settings)?;
+        let files = transport::load_files(&opts)?;
+        let push = transport::transports(&opts, &push_settings, &files)?;
         let pull = if pull_settings == push_settings {
             push.clone()
         } else {
-            transports(&opts, &pull_settings)?
+            transport::transports(&opts, &pull_settings, &files)?
         };
         let push_repos = opts
             .push_repositories
@@ -343,6 +336,7 @@ impl Registry {
             maps,
             push_repos,
             tokens: bounded::TokenCache::default(),
+            schemes: Default::default(),
         })
     }
 
@@ -366,28 +360,8 @@ impl Registry {
         }
     }
 
-    fn transport_for(&self, r: &Reference, side: Side) -> &Transport {
-        let transports = match side {
-            Side::Pull => &self.pull,
-            Side::Push => &self.push,
-        };
-        let host = auth::normalize_auth_key(r.registry());
-        match &transports.unverified {
-            Some(unverified)
-                if self
-                    .opts
-                    .skip_tls_verify_registries
-                    .iter()
-                    .any(|s| auth::normalize_auth_key(s) == host) =>
-            {
-                unverified
-            }
-            _ => &transports.verified,
-        }
-    }
-
-    fn client_for(&self, r: &Reference, side: Side) -> &Client {
-        &self.transport_for(r, side).oci
+    async fn client_for(&self, r: &Reference, side: Side) -> Result<&Client, RegistryError> {
+        Ok(&self.transport_for(r, side).await?.oci)
     }
 
     /// The credentials for `r`'s registry; the first call for a registry whose credentials
@@ -458,10 +432,11 @@ impl Registry {
                 Err(Attempt { error, transient }) => {
                     done += 1;
                     if !transient {
-                        return Err(error);
+                        return Err(self.explain(error).await);
                     }
                     if done > retries {
-                        return Err(ctx.gave_up(error, done, direction == Direction::Push));
+                        let error = ctx.gave_up(error, done, direction == Direction::Push);
+                        return Err(self.explain(error).await);
                     }
                     let delay = retry_delay(self.opts.retry_base_delay, done - 1);
                     tracing::warn!(
@@ -480,7 +455,8 @@ impl Registry {
     }
 
     /// Where to fetch `r` from: its `--registry-map` remaps in order, then for Docker Hub
-    /// images the mirrors, then the registry itself.
+    /// images the mirrors, then the registry itself, unless there were remaps or mirrors and
+    /// `skip_default_registry_fallback` is set.
     fn endpoints(&self, r: &Reference) -> Vec<Reference> {
         let mut out = Vec::new();
         let host = auth::normalize_auth_key(r.registry());
@@ -490,60 +466,11 @@ impl Registry {
         if is_docker_hub(r) {
             out.extend(self.opts.mirrors.iter().map(|m| with_registry(r, m)));
         }
-        out.push(r.clone());
+        if out.is_empty() || !self.opts.skip_default_registry_fallback {
+            out.push(r.clone());
+        }
         out
     }
-}
-
-/// The clients of one side: plain HTTP everywhere or for the listed registries, certificates
-/// verified unless the side skips that everywhere, plus unverified clients for the listed
-/// registries.
-fn transports(opts: &RegistryOptions, side: &SideSettings) -> Result<Transports, RegistryError> {
-    let protocol = if side.insecure {
-        ClientProtocol::Http
-    } else {
-        let mut list: Vec<String> = opts
-            .insecure_registries
-            .iter()
-            .map(|r| auth::normalize_auth_key(r))
-            .collect();
-        // oci-client addresses Docker Hub as index.docker.io.
-        if list.iter().any(|r| r == "docker.io") {
-            list.push("index.docker.io".to_string());
-        }
-        ClientProtocol::HttpsExcept(list)
-    };
-    let make = |accept_invalid: bool| -> Result<Transport, RegistryError> {
-        let config = ClientConfig {
-            protocol: protocol.clone(),
-            accept_invalid_certificates: accept_invalid,
-            // Uploads are one streamed PUT: a stream cannot be replayed into the
-            // chunked-then-monolithic fallback, and a single request is what every
-            // registry supports.
-            use_monolithic_push: true,
-            // Index resolution is done here, against the configured platform.
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let oci = Client::try_from(config).map_err(|e| RegistryError::Client {
-            detail: e.to_string(),
-        })?;
-        let http = bounded::Http::new(protocol.clone(), accept_invalid);
-        Ok(Transport { oci, http })
-    };
-    let verified = make(side.skip_tls_verify)?;
-    let unverified = if side.skip_tls_verify || opts.skip_tls_verify_registries.is_empty() {
-        None
-    } else {
-        Some(make(true)?)
-    };
-    Ok(Transports {
-        verified,
-        unverified,
-    })
 }
 
 /// The wait before retry `n` (0-based): `base * 2^n`, at most [`MAX_RETRY_DELAY`].

@@ -77,7 +77,7 @@ impl Registry {
             None => format!("manifest for tag {}", ep.tag().unwrap_or("latest")),
         };
         let ctx = self.ctx(ep, normalized, &what);
-        let transport = self.transport_for(ep, side);
+        let transport = self.transport_for(ep, side).await?;
         self.retrying(Direction::Pull, &ctx, || async {
             let body = self
                 .get_manifest_bounded(
@@ -132,7 +132,7 @@ impl Registry {
         normalized: &str,
         side: Side,
     ) -> Result<PlatformManifest, RegistryError> {
-        let client = self.client_for(ep, side);
+        let client = self.client_for(ep, side).await?;
         self.prepare(client, ep).await?;
         let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
@@ -192,7 +192,7 @@ impl Registry {
             media_type,
             index_digest,
         } = self.platform_manifest(ep, normalized, side).await?;
-        let client = self.client_for(ep, side);
+        let client = self.client_for(ep, side).await?;
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
             registry: ep.registry().to_string(),
             reference: normalized.to_string(),
@@ -325,7 +325,7 @@ impl Registry {
         dest: &Path,
         side: Side,
     ) -> Result<u64, RegistryError> {
-        let client = self.client_for(ep, side);
+        let client = self.client_for(ep, side).await?;
         self.prepare(client, ep).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
@@ -458,7 +458,7 @@ impl Registry {
     pub async fn blob_exists(&self, reference: &str, digest: &str) -> Result<bool, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r, self.side(&r, Direction::Pull));
+        let client = self.client_for(&r, self.side(&r, Direction::Pull)).await?;
         self.prepare(client, &r).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);

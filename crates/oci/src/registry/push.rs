@@ -61,7 +61,7 @@ impl Registry {
                 });
             }
         }
-        let client = self.client_for(&r, Side::Push);
+        let client = self.client_for(&r, Side::Push).await?;
         self.prepare(client, &r).await?;
 
         // Any failure here returns before the manifest is sent; the blobs still in flight
@@ -140,7 +140,7 @@ impl Registry {
     pub async fn push_blob_ahead(&self, reference: &str, blob: &Blob) -> Result<(), RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r, Side::Push);
+        let client = self.client_for(&r, Side::Push).await?;
         self.prepare(client, &r).await?;
         self.push_blob(client, &r, &normalized, blob)
             .await
