@@ -108,8 +108,9 @@
 #                                                scripts/bench-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh)
-#   KILN_GO_CACHE                      allowed   benchmarks only (scripts/kaniko.sh)
-#   KILN_KANIKO_REBUILD                allowed   benchmarks only (scripts/kaniko.sh)
+#   KILN_GO_CACHE                      allowed   scripts/kaniko.sh's Go caches (kaniko for the
+#                                                benchmarks and the drop-in comparison)
+#   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh rebuilds kaniko and its image
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
 #                                                (executor/examples/snapshot_bench.rs)
 #   KILN_BENCH_DIRS                    allowed   benchmarks only (snapshot_bench)
@@ -221,6 +222,11 @@ fi
 
 step "building and pushing the test base images"
 bash scripts/base-images.sh
+
+step "kaniko v1.24 for the drop-in comparison (scripts/kaniko.sh; cached in /var/cache/kiln/bin)"
+# executor/tests/kaniko_dropin.rs runs the same GitLab job with kaniko's image and with Kiln's.
+# The first run builds kaniko from its Go module (minutes); later runs find the binary and image.
+bash scripts/kaniko.sh
 
 step "building and starting the Kubernetes API server (etcd + kube-apiserver) for the operator tests"
 bash scripts/k8s/tools.sh
