@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Builds the kiln executor image with kiln-executor itself (no other builder): compiles
 # kiln-executor and kiln-warmer as static binaries (glibc, +crt-static), assembles a build context
-# in a temporary directory (never in the repository), and builds deploy/executor/Dockerfile with
-# `kiln-executor --isolation=chroot --reproducible`.
+# in a temporary directory (never in the repository), and builds a target of
+# deploy/executor/Dockerfile with `kiln-executor --isolation=chroot --reproducible`.
 #
 # Usage: scripts/build-executor-image.sh [--destination REF]... [--oci-layout DIR] [--tar-path FILE]
-#                                        [--insecure] [--no-build]
-#   --destination REF  push the image (repeatable)
-#   --oci-layout DIR   write it as an OCI image layout
-#   --tar-path FILE    write it as a docker archive (podman load -i FILE)
-#   --insecure         push over plain HTTP (a local test registry)
-#   --no-build         reuse the binaries already in the target directory
+#                                        [--insecure] [--no-build] [--debug] [--cred-helpers DIR]
+#   --destination REF   push the image (repeatable)
+#   --oci-layout DIR    write it as an OCI image layout
+#   --tar-path FILE     write it as a docker archive (podman load -i FILE)
+#   --insecure          push over plain HTTP (a local test registry)
+#   --no-build          reuse the binaries already in the target directory
+#   --debug             the debug variant: a busybox shell at /busybox/sh (Debian's busybox-static)
+#   --cred-helpers DIR  copy every DIR/docker-credential-* (static binaries) into /kaniko, on PATH
 # At least one of --destination, --oci-layout, --tar-path is required.
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target; the release binaries are cached there),
@@ -24,10 +26,12 @@ BIN="$TARGET_DIR/$TRIPLE/release"
 
 log() { echo "build-executor-image: $*" >&2; }
 die() { echo "build-executor-image: $*" >&2; exit 1; }
-usage() { sed -n '7,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '7,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT_ARGS=()
 BUILD=1
+TARGET=executor
+HELPERS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --destination) [[ $# -ge 2 ]] || usage; OUT_ARGS+=(--destination "$2"); shift 2 ;;
@@ -38,6 +42,9 @@ while [[ $# -gt 0 ]]; do
         --tar-path=*) OUT_ARGS+=(--tar-path "${1#*=}"); shift ;;
         --insecure) OUT_ARGS+=(--insecure); shift ;;
         --no-build) BUILD=0; shift ;;
+        --debug) TARGET=debug; shift ;;
+        --cred-helpers) [[ $# -ge 2 ]] || usage; HELPERS="$2"; shift 2 ;;
+        --cred-helpers=*) HELPERS="${1#*=}"; shift ;;
         -h|--help) usage ;;
         *) echo "build-executor-image: unknown argument $1" >&2; usage ;;
     esac
@@ -50,6 +57,18 @@ fi
 [[ "$(id -u)" == 0 ]] || die "must run as root (the image's files are owned by root)"
 [[ -r /etc/ssl/certs/ca-certificates.crt ]] ||
     die "no CA bundle at /etc/ssl/certs/ca-certificates.crt: apt-get install ca-certificates"
+BUSYBOX=/bin/busybox
+if [[ "$TARGET" == debug ]]; then
+    [[ -x "$BUSYBOX" ]] || die "no $BUSYBOX for --debug: apt-get install busybox-static"
+fi
+HELPER_FILES=()
+if [[ -n "$HELPERS" ]]; then
+    [[ -d "$HELPERS" ]] || die "--cred-helpers $HELPERS: not a directory"
+    shopt -s nullglob
+    HELPER_FILES=("$HELPERS"/docker-credential-*)
+    shopt -u nullglob
+    ((${#HELPER_FILES[@]})) || die "--cred-helpers $HELPERS: no docker-credential-* file there"
+fi
 
 if [[ "$BUILD" == 1 ]]; then
     log "compiling static kiln-executor and kiln-warmer (release, $TRIPLE)"
@@ -57,12 +76,21 @@ if [[ "$BUILD" == 1 ]]; then
         nice -n "${KILN_BUILD_NICE:-10}" cargo build --release --target "$TRIPLE" \
         -p kiln-executor -p kiln-warmer --bins)
 fi
+# In place, / is replaced by the base image: a dynamic loader or libc there is not ours, so every
+# program the image runs must be static.
+require_static() { # FILE HINT
+    [[ -f "$1" && -x "$1" ]] || die "$1 is missing or not executable${2:+: $2}"
+    if readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; then
+        die "$1 is dynamically linked; the image runs it after / is replaced by a base image${2:+: $2}"
+    fi
+}
 for b in kiln-executor kiln-warmer; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run without --no-build"
-    # In place, / is replaced by the base image: a dynamic loader or libc there is not ours.
-    if readelf -l "$BIN/$b" | grep -q 'program interpreter'; then
-        die "$BIN/$b is dynamically linked; it must be built with RUSTFLAGS='-C target-feature=+crt-static'"
-    fi
+    require_static "$BIN/$b" "build it with RUSTFLAGS='-C target-feature=+crt-static'"
+done
+[[ "$TARGET" != debug ]] || require_static "$BUSYBOX" "Debian's busybox-static provides a static one"
+for h in "${HELPER_FILES[@]}"; do
+    require_static "$h" "build it static (Go: CGO_ENABLED=0)"
 done
 
 WORK="$(mktemp -d /tmp/kiln-executor-image.XXXXXX)"
@@ -82,15 +110,34 @@ fi
 cp /etc/ssl/certs/ca-certificates.crt "$CTX/certs/ca-certificates.crt"
 chmod 0644 "$CTX/certs/ca-certificates.crt"
 ln -s /kiln/executor "$CTX/kaniko/executor"
+ln -s /kiln/warmer "$CTX/kaniko/warmer"
+# kaniko's image has an empty /kaniko/.docker: CI scripts write config.json there without mkdir.
+mkdir -p "$CTX/kaniko/.docker"
+for h in "${HELPER_FILES[@]}"; do
+    install -m 0755 "$h" "$CTX/kaniko/$(basename "$h")"
+    log "credential helper $(basename "$h")"
+done
+if [[ "$TARGET" == debug ]]; then
+    mkdir -p "$CTX/busybox" "$CTX/bin"
+    install -m 0755 "$BUSYBOX" "$CTX/busybox/busybox"
+    # One relative link per applet, as `busybox --install -s` would make (busybox is not a link).
+    while read -r applet; do
+        [[ "$applet" == busybox ]] || ln -s busybox "$CTX/busybox/$applet"
+    done < <("$BUSYBOX" --list)
+    [[ -L "$CTX/busybox/sh" ]] || die "$BUSYBOX has no sh applet"
+    ln -s /busybox/sh "$CTX/bin/sh"
+fi
 cp "$ROOT/deploy/executor/Dockerfile" "$CTX/Dockerfile"
 
-LABELS=(--label "org.opencontainers.image.title=kiln-executor")
+TITLE=kiln-executor
+[[ "$TARGET" != debug ]] || TITLE=kiln-executor-debug
+LABELS=(--label "org.opencontainers.image.title=$TITLE")
 if rev="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)"; then
     LABELS+=(--label "org.opencontainers.image.revision=$rev")
 fi
 
-log "building the image with $BIN/kiln-executor"
+log "building the $TARGET image with $BIN/kiln-executor"
 "$BIN/kiln-executor" --isolation=chroot --reproducible \
     --kiln-dir "$WORK/kiln" \
-    --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" \
+    --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" --target "$TARGET" \
     "${LABELS[@]}" "${OUT_ARGS[@]}"

@@ -108,10 +108,11 @@
 #                                                scripts/bench-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh)
-#   KILN_GO_CACHE                      allowed   Go caches of scripts/kaniko.sh (kaniko's warmer
-#                                                for executor/tests/kaniko_cache.rs, benchmarks)
+#   KILN_GO_CACHE                      allowed   Go caches of scripts/kaniko.sh (kaniko for
+#                                                executor/tests/kaniko_cache.rs and
+#                                                kaniko_dropin.rs, benchmarks)
 #                                                and of the image recipe (scripts/cred-helpers.sh)
-#   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh builds kaniko again
+#   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh rebuilds kaniko and its image
 #   KILN_CRED_HELPERS_REBUILD          allowed   the image recipe only (scripts/cred-helpers.sh):
 #                                                no step of this script reads it
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
@@ -229,13 +230,16 @@ fi
 step "building and pushing the test base images"
 bash scripts/base-images.sh
 
+step "kaniko v1.24 for the drop-in tests (scripts/kaniko.sh; cached in /var/cache/kiln/bin)"
+# executor/tests/kaniko_dropin.rs runs the same GitLab job with kaniko's image and with Kiln's;
+# executor/tests/kaniko_cache.rs builds from a directory kaniko's warmer filled.
+# The first run builds kaniko from its Go module (minutes); later runs find the binary and image.
+bash scripts/kaniko.sh
+
 step "building and starting the Kubernetes API server (etcd + kube-apiserver) for the operator tests"
 bash scripts/k8s/tools.sh
 bash scripts/k8s/apiserver.sh start
 export KUBECONFIG="${KILN_K8S_RUN:-/var/cache/kiln/k8s-run}/kubeconfig"
-
-step "building kaniko's warmer from its Go module (executor/tests/kaniko_cache.rs reads what it writes)"
-bash scripts/kaniko.sh --binary-only
 
 step "installing the object-store servers of the context tests (moto, fake-gcs-server, Azurite)"
 OBJECT_STORE_BIN="$(bash scripts/object-stores.sh | tail -n 1)"

@@ -92,13 +92,16 @@ fn unescape_octal(text: &str) -> String {
 /// unless `--ignore-var-run=false`.
 pub fn in_place_ignore_paths(work_dir: &Path, ignore_var_run: bool) -> Vec<PathBuf> {
     // `/kaniko` too: Kiln's image links `/kaniko/executor` there for pipelines written for kaniko,
-    // and kaniko-style Pod specs mount their docker config below it.
+    // keeps credential helpers there, and kaniko-style Pod specs mount their docker config below
+    // it. `/busybox`: the debug image's shell, which a CI job's script runs in (kaniko's debug
+    // image declares it a volume for the same effect).
     let mut paths: Vec<PathBuf> = vec![
         "/proc".into(),
         "/sys".into(),
         "/dev".into(),
         "/kiln".into(),
         "/kaniko".into(),
+        "/busybox".into(),
         work_dir.to_path_buf(),
     ];
     if ignore_var_run {
@@ -313,7 +316,9 @@ mod tests {
     #[test]
     fn ignore_list_has_kernel_and_own_paths() {
         let paths = in_place_ignore_paths(Path::new("/kiln/build"), true);
-        for p in ["/proc", "/sys", "/dev", "/kiln", "/var/run"] {
+        for p in [
+            "/proc", "/sys", "/dev", "/kiln", "/kaniko", "/busybox", "/var/run",
+        ] {
             assert!(
                 paths.contains(&PathBuf::from(p)),
                 "{p} missing from {paths:?}"

@@ -96,6 +96,8 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
         "/kiln/warmer",
         "/kiln/ssl/certs/ca-certificates.crt",
         "/kaniko/executor",
+        "/kaniko/warmer",
+        "/kaniko/.docker",
         "/workspace",
     ] {
         assert!(
@@ -104,12 +106,18 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
             exec_tree.keys()
         );
     }
-    assert_eq!(
-        exec_tree["/kaniko/executor"].kind,
-        support::Kind::Symlink {
-            target: "/kiln/executor".into()
-        },
-        "pipelines written for kaniko call /kaniko/executor"
+    for tool in ["executor", "warmer"] {
+        assert_eq!(
+            exec_tree[&format!("/kaniko/{tool}")].kind,
+            support::Kind::Symlink {
+                target: format!("/kiln/{tool}")
+            },
+            "pipelines written for kaniko call /kaniko/{tool}"
+        );
+    }
+    assert!(
+        !exec_tree.contains_key("/busybox"),
+        "only the debug variant has a shell"
     );
     let exec_size: u64 = exec_tree
         .values()

@@ -1,4 +1,4 @@
-//! The executor image the container-mode tests run: built and pushed by the repository's own
+//! The executor images the container-mode tests run: built and pushed by the repository's own
 //! script (`scripts/build-executor-image.sh`, static release binaries cached in
 //! `$CARGO_TARGET_DIR`), never by another builder.
 
@@ -13,19 +13,29 @@ pub const IMAGE_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 /// Builds and pushes the executor image to `reg` with the repository's script; returns its
 /// reference.
 pub fn build_executor_image(reg: &str) -> String {
-    let image = format!("{reg}/e2e/kiln-executor:test");
+    build_with_script(&format!("{reg}/e2e/kiln-executor:test"), &[])
+}
+
+/// Builds and pushes the debug variant (`--debug`: a busybox shell at `/busybox/sh`) to `reg`;
+/// returns its reference.
+pub fn build_debug_executor_image(reg: &str) -> String {
+    build_with_script(&format!("{reg}/e2e/kiln-executor:debug"), &["--debug"])
+}
+
+fn build_with_script(image: &str, extra: &[&str]) -> String {
     let script = repo_root().join("scripts/build-executor-image.sh");
     let out = run_ok(
         Command::new("bash")
             .arg(&script)
-            .args(["--destination", &image, "--insecure"]),
+            .args(["--destination", image, "--insecure"])
+            .args(extra),
         IMAGE_BUILD_TIMEOUT,
     )
-    .unwrap_or_else(|e| panic!("building the executor image failed: {e}"));
+    .unwrap_or_else(|e| panic!("building the executor image {image} failed: {e}"));
     assert!(
         out.stdout.trim().starts_with("sha256:"),
         "the script printed no digest: {}",
         tail(&out.stdout, 500)
     );
-    image
+    image.to_string()
 }
