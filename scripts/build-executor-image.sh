@@ -6,6 +6,7 @@
 #
 # Usage: scripts/build-executor-image.sh [--destination REF]... [--oci-layout DIR] [--tar-path FILE]
 #                                        [--insecure] [--no-build] [--debug] [--cred-helpers DIR]
+#                                        [--cloud-helpers]
 #   --destination REF   push the image (repeatable)
 #   --oci-layout DIR    write it as an OCI image layout
 #   --tar-path FILE     write it as a docker archive (podman load -i FILE)
@@ -13,6 +14,8 @@
 #   --no-build          reuse the binaries already in the target directory
 #   --debug             the debug variant: a busybox shell at /busybox/sh (Debian's busybox-static)
 #   --cred-helpers DIR  copy every DIR/docker-credential-* (static binaries) into /kaniko, on PATH
+#   --cloud-helpers     also build and add the ECR, GCR and ACR helpers (scripts/cred-helpers.sh,
+#                       from the Go module proxy; the release image is built with this)
 # At least one of --destination, --oci-layout, --tar-path is required.
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target; the release binaries are cached there),
@@ -26,12 +29,17 @@ BIN="$TARGET_DIR/$TRIPLE/release"
 
 log() { echo "build-executor-image: $*" >&2; }
 die() { echo "build-executor-image: $*" >&2; exit 1; }
-usage() { sed -n '7,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '7,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT_ARGS=()
 BUILD=1
 TARGET=executor
 HELPERS=""
+CLOUD_HELPERS=0
+CLOUD_DIR=""
+WORK=""
+cleanup() { rm -rf ${CLOUD_DIR:+"$CLOUD_DIR"} ${WORK:+"$WORK"}; }
+trap cleanup EXIT
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --destination) [[ $# -ge 2 ]] || usage; OUT_ARGS+=(--destination "$2"); shift 2 ;;
@@ -45,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         --debug) TARGET=debug; shift ;;
         --cred-helpers) [[ $# -ge 2 ]] || usage; HELPERS="$2"; shift 2 ;;
         --cred-helpers=*) HELPERS="${1#*=}"; shift ;;
+        --cloud-helpers) CLOUD_HELPERS=1; shift ;;
         -h|--help) usage ;;
         *) echo "build-executor-image: unknown argument $1" >&2; usage ;;
     esac
@@ -62,12 +71,18 @@ if [[ "$TARGET" == debug ]]; then
     [[ -x "$BUSYBOX" ]] || die "no $BUSYBOX for --debug: apt-get install busybox-static"
 fi
 HELPER_FILES=()
+if [[ "$CLOUD_HELPERS" == 1 ]]; then
+    CLOUD_DIR="$(mktemp -d /tmp/kiln-cloud-helpers.XXXXXX)"
+    bash "$ROOT/scripts/cred-helpers.sh" "$CLOUD_DIR" >&2 || die "building the cloud credential helpers failed"
+    HELPER_FILES+=("$CLOUD_DIR"/docker-credential-*)
+fi
 if [[ -n "$HELPERS" ]]; then
     [[ -d "$HELPERS" ]] || die "--cred-helpers $HELPERS: not a directory"
     shopt -s nullglob
-    HELPER_FILES=("$HELPERS"/docker-credential-*)
+    GIVEN=("$HELPERS"/docker-credential-*)
     shopt -u nullglob
-    ((${#HELPER_FILES[@]})) || die "--cred-helpers $HELPERS: no docker-credential-* file there"
+    ((${#GIVEN[@]})) || die "--cred-helpers $HELPERS: no docker-credential-* file there"
+    HELPER_FILES+=("${GIVEN[@]}")
 fi
 
 if [[ "$BUILD" == 1 ]]; then
@@ -94,7 +109,6 @@ for h in "${HELPER_FILES[@]}"; do
 done
 
 WORK="$(mktemp -d /tmp/kiln-executor-image.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
 CTX="$WORK/context"
 mkdir -p "$CTX/kiln" "$CTX/certs" "$CTX/kaniko"
 cp "$BIN/kiln-executor" "$CTX/kiln/executor"
