@@ -360,6 +360,10 @@ fn sample_value(flag: &KanikoFlag) -> Result<String, String> {
         "string" if flag.long.to_lowercase().contains("snapshot") => "redo".into(),
         "string" => "/x".into(),
         "multiArg" => "x".into(),
+        // kaniko's one keyValueArg whose value is a pair (its help text's own example).
+        "keyValueArg" if flag.long == "registry-client-cert" => {
+            "registry.example=/etc/kiln/client.pem,/etc/kiln/client.key".into()
+        }
         "keyValueArg" => "registry.example=/etc/kiln/registry.pem".into(),
         "multiKeyMultiValueArg" => "registry.example=mirror.example".into(),
         "Compression" => "zstd".into(),
