@@ -637,4 +637,23 @@ esac"#,
             "{d}"
         );
     }
+
+    #[test]
+    fn a_cloud_helper_runs_only_from_the_directories_helpers_may_run_from() {
+        let dir = tempfile::tempdir().unwrap();
+        ecr_login(dir.path());
+        let mut k = keychain(dir.path(), "{}");
+        // In place, only `/kiln`, `/kaniko` and Kiln's directory may hold helpers.
+        k.settings.only_under = vec!["/kiln".into(), "/kaniko".into()];
+        assert_eq!(run(k.credentials_for(ECR)).unwrap(), None);
+        assert_eq!(calls(dir.path()), "");
+        let d = k.describe_for(ECR);
+        assert!(
+            d.contains(
+                "the Amazon ECR helper docker-credential-ecr-login is not an executable file in \
+                 no directory"
+            ),
+            "{d}"
+        );
+    }
 }
