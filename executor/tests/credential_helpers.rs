@@ -6,9 +6,14 @@
 //! registry per run; its answer wins over an `auths` entry; "credentials not found" means
 //! anonymous access (and so a clear 401 on push); a failing helper stops the build with an error
 //! naming the helper and the registry, without its stdout; the secret is never in the executor's
-//! stdout or stderr (at trace verbosity).
+//! stdout or stderr (at trace verbosity). Then kaniko's cloud keychains: a registry whose host
+//! is an Amazon ECR one and that the docker config has no entry for gets the answer of
+//! `docker-credential-ecr-login` when it is installed (the ECR name resolves to the loopback
+//! registry through an `/etc/hosts` of a mount namespace the test creates), and a 401 naming
+//! that helper when it is not.
 //!
-//! Needs docker-registry and the local test registry with the base images.
+//! Needs docker-registry and the local test registry with the base images; the ECR tests need
+//! root and util-linux (`unshare`, `mount`).
 
 use std::fs;
 use std::path::Path;
@@ -17,8 +22,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use kiln_testkit::{
-    htpasswd_line, registry, require_tools, run_bounded, HelperBehaviour, Output,
-    TestCredentialHelper, TestRegistry,
+    htpasswd_line, registry, require_root, require_tools, run_bounded, tool, HelperBehaviour,
+    Output, TestCredentialHelper, TestRegistry,
 };
 use serde_json::json;
 
@@ -98,9 +103,22 @@ fn build(
     helper: &TestCredentialHelper,
 ) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
+    executor_args(&mut cmd, context, dest, docker_config, helper);
+    run_bounded(&mut cmd, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("kiln-executor: {e}"))
+}
+
+/// The environment and arguments of [`build`].
+fn executor_args(
+    cmd: &mut Command,
+    context: &Path,
+    dest: &str,
+    docker_config: &Path,
+    helper: &TestCredentialHelper,
+) {
     cmd.env("PATH", helper.path_env())
         .env("DOCKER_CONFIG", docker_config)
         .env_remove("KILN_LOG")
+        .env_remove("CI_REGISTRY")
         .arg("--context")
         .arg(format!("dir://{}", context.display()))
         .args([
@@ -111,7 +129,6 @@ fn build(
             "--verbosity",
             "trace",
         ]);
-    run_bounded(&mut cmd, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("kiln-executor: {e}"))
 }
 
 fn busybox() -> String {
@@ -248,4 +265,95 @@ fn credentials_not_found_means_anonymous_and_a_clear_401() {
         "{log}"
     );
     assert_eq!(helper.calls(), vec![format!("get {}", s.reg.addr)]);
+}
+
+/// An Amazon ECR registry name (kaniko's ECR keychain matches it) for the loopback registry.
+const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+impl Setup {
+    /// The protected registry under [`ECR_HOST`], with its port.
+    fn ecr_addr(&self) -> String {
+        let port = self.reg.addr.rsplit_once(':').expect("host:port").1;
+        format!("{ECR_HOST}:{port}")
+    }
+
+    /// [`build`] in a private mount namespace whose `/etc/hosts` maps [`ECR_HOST`] to 127.0.0.1,
+    /// with an empty docker config: no credentials for the registry but the cloud helper's.
+    fn build_as_ecr(&self, name: &str, helper: &TestCredentialHelper) -> Output {
+        let hosts = self.work.path().join("hosts");
+        let system = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        fs::write(&hosts, format!("{system}\n127.0.0.1 {ECR_HOST}\n")).expect("hosts file");
+        let docker = self.work.path().join("docker-empty");
+        fs::create_dir_all(&docker).expect("docker config dir");
+        fs::write(docker.join("config.json"), "{}").expect("empty docker config");
+        let context = self.context(name, &format!("FROM {}\nCOPY hello.txt /\n", busybox()));
+        let mut cmd = Command::new(tool("unshare"));
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+            .arg(&hosts)
+            .arg(env!("CARGO_BIN_EXE_kiln-executor"));
+        executor_args(
+            &mut cmd,
+            &context,
+            &format!("{}/ecr/{name}:v1", self.ecr_addr()),
+            &docker,
+            helper,
+        );
+        run_bounded(&mut cmd, BUILD_TIMEOUT).unwrap_or_else(|e| panic!("kiln-executor: {e}"))
+    }
+}
+
+fn ecr_setup() -> Option<Setup> {
+    if !require_root("the ECR tests give the executor its own /etc/hosts in a mount namespace")
+        || !require_tools(&["unshare", "mount"])
+    {
+        return None;
+    }
+    setup()
+}
+
+#[test]
+fn an_ecr_registry_without_a_config_entry_gets_ecr_logins_answer() {
+    let Some(s) = ecr_setup() else { return };
+    let helper = TestCredentialHelper::new(
+        "ecr-login",
+        HelperBehaviour::Answer {
+            server: s.ecr_addr(),
+            username: USER.into(),
+            secret: s.password.clone(),
+        },
+    );
+    let out = s.build_as_ecr("auto", &helper);
+    assert_built(&out);
+    assert!(s.reg.has_tag("ecr/auto", "v1"));
+    // Asked once, for the ECR registry only: the base image's registry is not an ECR one.
+    assert_eq!(helper.calls(), vec![format!("get {}", s.ecr_addr())]);
+    let log = format!("{}{}", out.stderr, out.stdout);
+    assert!(
+        log.contains("credential helper docker-credential-ecr-login, asked as kaniko asks it"),
+        "the debug log does not say where the credentials came from:\n{log}"
+    );
+    s.assert_no_secret(&out);
+}
+
+#[test]
+fn an_ecr_registry_without_ecr_login_is_anonymous_and_the_401_names_the_helper() {
+    let Some(s) = ecr_setup() else { return };
+    // No docker-credential-ecr-login on PATH (another helper's directory, then the system's).
+    let other = TestCredentialHelper::new("kilntest", HelperBehaviour::NotFound);
+    let out = s.build_as_ecr("absent", &other);
+    assert!(!out.success(), "the build succeeded:\n{}", out.stderr);
+    let log = format!("{}{}", out.stderr, out.stdout);
+    assert!(
+        log.contains(&format!("unauthorized for {}/ecr/absent", s.ecr_addr()))
+            && log.contains(&format!(
+                "has no credentials for {}; the Amazon ECR helper docker-credential-ecr-login is \
+                 not an executable file in {}:",
+                s.ecr_addr(),
+                other.dir().display()
+            ))
+            && log.contains(", so access was anonymous"),
+        "{log}"
+    );
+    assert!(other.calls().is_empty(), "{:?}", other.calls());
 }

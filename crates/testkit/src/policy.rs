@@ -16,6 +16,7 @@ fn package_of(tool: &str) -> &str {
         "htpasswd" => "apache2-utils",
         "busybox" => "busybox-static",
         "sha256sum" | "head" => "coreutils",
+        "unshare" => "util-linux",
         other => other,
     }
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::auth::Credentials;
+use super::cloud::GitLabCi;
 
 /// How long a helper may take to answer (a cloud helper may exchange a token over the network).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,7 +34,8 @@ const NOT_FOUND_MESSAGE: &str = "credentials not found in native keychain";
 const TOKEN_USERNAME: &str = "<token>";
 
 /// Where credential helpers are looked for and how they run. `Default`: every `$PATH`
-/// directory, no working directory of their own, [`DEFAULT_TIMEOUT`].
+/// directory, no working directory of their own, [`DEFAULT_TIMEOUT`], GitLab CI's variables
+/// from this process's environment.
 #[derive(Debug, Clone)]
 pub struct HelperSettings {
     /// The search path (`PATH` syntax); `None`: the program's `$PATH`.
@@ -47,6 +49,8 @@ pub struct HelperSettings {
     pub work_dir: Option<PathBuf>,
     /// How long one helper call may take.
     pub timeout: Duration,
+    /// GitLab CI's registry credentials (`CI_REGISTRY`, …), kaniko's last keychain.
+    pub gitlab_ci: Option<GitLabCi>,
 }
 
 impl Default for HelperSettings {
@@ -56,6 +60,7 @@ impl Default for HelperSettings {
             only_under: Vec::new(),
             work_dir: None,
             timeout: DEFAULT_TIMEOUT,
+            gitlab_ci: GitLabCi::from_env(),
         }
     }
 }

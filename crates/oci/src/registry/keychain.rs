@@ -1,9 +1,12 @@
-//! Which credentials a registry gets: the docker config's `auths` entry, or the answer of the
-//! credential helper the config names for it (`credHelpers`, `credsStore`), asked lazily (only
-//! for a registry actually contacted) and once per registry for the life of the keychain, the
-//! answer kept in memory only. Shared by every registry client of a run (the warmer makes one
-//! per platform). It never logs or reports a secret, and adds each helper's answer to the
-//! secrets that error messages are cleaned of.
+//! Which credentials a registry gets, in the order of kaniko v1.24's multi-keychain
+//! (`pkg/creds/creds.go`), the first that has some winning: the docker config (its `auths`
+//! entry, or the answer of the credential helper it names in `credHelpers` or `credsStore`);
+//! then, for a registry it has none for, the credential helper of kaniko's compiled-in keychain
+//! whose hosts the registry matches ([`super::cloud`]), when that program is installed; then
+//! GitLab CI's variables. Resolved lazily (only for a registry actually contacted) and once per
+//! registry for the life of the keychain, answers kept in memory only. Shared by every registry
+//! client of a run (the warmer makes one per platform). It never logs or reports a secret, and
+//! adds each answer to the secrets that error messages are cleaned of.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,17 +16,53 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::auth::{normalize_auth_key, Credentials, DockerConfig, HelperChoice};
+use super::cloud::CloudKeychain;
 use super::credhelper::{self, Answer, Failure, HelperSettings};
 use super::error::{CredentialHelperError, RegistryError, Secrets};
 
-/// What a registry's helper said, kept for the run.
-type Outcome = Result<Option<Credentials>, Failure>;
+/// How a registry's credentials were resolved, kept for the run: the credentials, or the
+/// docker config's helper and why it failed.
+type Outcome = Result<Resolution, (HelperChoice, Failure)>;
+
+#[derive(Clone)]
+struct Resolution {
+    credentials: Option<Credentials>,
+    source: Source,
+}
+
+/// Where a registry's credentials came from, or why there are none.
+#[derive(Clone)]
+enum Source {
+    /// The docker config's `auths` entry.
+    Auths,
+    /// The helper the docker config names.
+    ConfigHelper(HelperChoice),
+    /// The helper of a kaniko cloud keychain.
+    Cloud(CloudKeychain),
+    /// `CI_REGISTRY_USER` and `CI_REGISTRY_PASSWORD`.
+    GitLabCi,
+    /// None: the config's helper that had none, and the cloud helper that gave none.
+    Anonymous {
+        config_helper: Option<HelperChoice>,
+        cloud: Option<(CloudKeychain, CloudMiss)>,
+    },
+}
+
+/// Why a cloud keychain's helper gave no credentials. kaniko's keychains turn each of these
+/// into anonymous access, and so does Kiln; the reason goes into a 401's hint.
+#[derive(Clone)]
+enum CloudMiss {
+    /// The program is not installed where helpers may run (the text says where it looked).
+    Absent(String),
+    NotFound,
+    Failed(String),
+}
 
 /// The credentials of every registry of a run. `Debug` shows no secret.
 pub struct Keychain {
     config: DockerConfig,
     settings: HelperSettings,
-    /// By normalised registry host: the helper's answer, asked at most once.
+    /// By normalised registry host: how its credentials were resolved, at most once.
     answers: Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>,
     secrets: Arc<Secrets>,
 }
@@ -41,7 +80,7 @@ impl fmt::Debug for Keychain {
         f.debug_struct("Keychain")
             .field("config", &self.config)
             .field("settings", &self.settings)
-            .field("helpers_asked_for", &asked)
+            .field("resolved_for", &asked)
             .finish_non_exhaustive()
     }
 }
@@ -61,6 +100,9 @@ impl Keychain {
     pub fn new(config: DockerConfig, settings: HelperSettings) -> Keychain {
         let secrets = Secrets::default();
         secrets.add(config.all_secrets());
+        if let Some(gitlab) = &settings.gitlab_ci {
+            secrets.add(gitlab.password.iter().cloned().collect());
+        }
         Keychain {
             config,
             settings,
@@ -74,66 +116,146 @@ impl Keychain {
     }
 
     /// The credentials for `registry` (`host[:port]`, or `docker.io`); `None` is anonymous.
-    /// With a helper for it: the helper's answer (its first call runs it; later and concurrent
-    /// calls share that answer), `None` when it has none, an error naming the helper and the
-    /// registry when it fails. Otherwise the `auths` entry.
+    /// The first call for a registry resolves them (running helpers); later and concurrent
+    /// calls share that result. An error names the docker config's helper and the registry
+    /// when that helper fails; a cloud keychain's helper failing means anonymous, as in kaniko.
     pub async fn credentials_for(
         &self,
         registry: &str,
     ) -> Result<Option<Credentials>, RegistryError> {
-        let Some(choice) = self.config.helper_for(registry) else {
-            return Ok(self.config.credentials_for(registry).cloned());
-        };
-        let cell = {
-            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-            answers
-                .entry(normalize_auth_key(registry))
-                .or_default()
-                .clone()
-        };
-        let outcome = cell
-            .get_or_init(|| self.ask(registry, &choice))
+        let outcome = self
+            .cell(registry)
+            .get_or_init(|| self.resolve(registry))
             .await
             .clone();
-        outcome.map_err(|Failure(detail)| {
-            RegistryError::CredentialHelper(Box::new(CredentialHelperError {
-                helper: choice.name.clone(),
-                registry: registry.to_string(),
-                registry_key: choice.key.clone(),
-                source_desc: self.source(&choice),
-                detail,
-            }))
+        outcome
+            .map(|r| r.credentials)
+            .map_err(|(choice, Failure(detail))| {
+                RegistryError::CredentialHelper(Box::new(CredentialHelperError {
+                    helper: choice.name.clone(),
+                    registry: registry.to_string(),
+                    registry_key: choice.key.clone(),
+                    source_desc: self.source(&choice),
+                    detail,
+                }))
+            })
+    }
+
+    fn cell(&self, registry: &str) -> Arc<OnceCell<Outcome>> {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers
+            .entry(normalize_auth_key(registry))
+            .or_default()
+            .clone()
+    }
+
+    /// kaniko's multi-keychain for one registry: each source in turn until one has credentials.
+    async fn resolve(&self, registry: &str) -> Outcome {
+        let mut config_helper = None;
+        if let Some(choice) = self.config.helper_for(registry) {
+            let answer = match credhelper::locate(&choice.name, &self.settings.search_dirs()) {
+                Ok(path) => self.ask(&path, registry, &choice.key).await,
+                Err(f) => Err(f),
+            };
+            match answer {
+                Ok(Some(credentials)) => {
+                    tracing::info!(
+                        registry,
+                        helper = %format!("docker-credential-{}", choice.name),
+                        "credentials from the credential helper"
+                    );
+                    return Ok(self.found(registry, credentials, Source::ConfigHelper(choice)));
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        registry,
+                        helper = %format!("docker-credential-{}", choice.name),
+                        "the credential helper has no credentials for this registry"
+                    );
+                    config_helper = Some(choice);
+                }
+                Err(f) => return Err((choice, f)),
+            }
+        } else if let Some(credentials) = self.config.credentials_for(registry) {
+            return Ok(self.found(registry, credentials.clone(), Source::Auths));
+        }
+
+        let mut cloud = None;
+        if let Some(keychain) = CloudKeychain::for_registry(registry) {
+            let miss = match credhelper::locate(keychain.helper(), &self.settings.search_dirs()) {
+                Err(Failure(why)) => {
+                    tracing::debug!(
+                        registry,
+                        helper = %format!("docker-credential-{}", keychain.helper()),
+                        "kaniko would ask this credential helper, which is not installed"
+                    );
+                    CloudMiss::Absent(why)
+                }
+                // Asked for the registry as kaniko's keychain asks: `host[:port]`.
+                Ok(path) => match self.ask(&path, registry, registry).await {
+                    Ok(Some(credentials)) => {
+                        return Ok(self.found(registry, credentials, Source::Cloud(keychain)));
+                    }
+                    Ok(None) => CloudMiss::NotFound,
+                    Err(Failure(why)) => {
+                        tracing::info!(
+                            registry,
+                            helper = %format!("docker-credential-{}", keychain.helper()),
+                            error = %why,
+                            "no credentials from the credential helper: anonymous access, as in kaniko"
+                        );
+                        CloudMiss::Failed(why)
+                    }
+                },
+            };
+            cloud = Some((keychain, miss));
+        }
+
+        if let Some(credentials) = self
+            .settings
+            .gitlab_ci
+            .as_ref()
+            .and_then(|g| g.credentials_for(registry))
+        {
+            return Ok(self.found(registry, credentials, Source::GitLabCi));
+        }
+        tracing::debug!(registry, "no credentials: anonymous access");
+        Ok(Resolution {
+            credentials: None,
+            source: Source::Anonymous {
+                config_helper,
+                cloud,
+            },
         })
     }
 
-    async fn ask(&self, registry: &str, choice: &HelperChoice) -> Outcome {
-        let path = credhelper::locate(&choice.name, &self.settings.search_dirs())?;
+    fn found(&self, registry: &str, credentials: Credentials, source: Source) -> Resolution {
         tracing::debug!(
-            helper = %path.display(),
             registry,
-            key = %choice.key,
-            "asking the credential helper"
+            source = %self.describe_source(registry, &source),
+            "registry credentials"
         );
-        let answer =
-            credhelper::get(&path, &choice.key, &self.settings, &self.secrets.snapshot()).await?;
+        Resolution {
+            credentials: Some(credentials),
+            source,
+        }
+    }
+
+    /// Runs the helper at `path` for `key`; `None` when it has nothing for it.
+    async fn ask(
+        &self,
+        path: &Path,
+        registry: &str,
+        key: &str,
+    ) -> Result<Option<Credentials>, Failure> {
+        tracing::debug!(helper = %path.display(), registry, key, "asking the credential helper");
+        let answer = credhelper::get(path, key, &self.settings, &self.secrets.snapshot()).await?;
         Ok(match answer {
             Answer::Found(credentials) => {
                 self.secrets.add(credentials.secrets());
-                tracing::info!(
-                    registry,
-                    helper = %format!("docker-credential-{}", choice.name),
-                    "credentials from the credential helper"
-                );
                 Some(credentials)
             }
-            Answer::NotFound => {
-                tracing::info!(
-                    registry,
-                    helper = %format!("docker-credential-{}", choice.name),
-                    "the credential helper has no credentials for this registry: anonymous access"
-                );
-                None
-            }
+            Answer::NotFound => None,
         })
     }
 
@@ -141,28 +263,73 @@ impl Keychain {
         format!("{} in {}", choice.field, self.config.describe())
     }
 
+    fn helper_desc(&self, choice: &HelperChoice) -> String {
+        format!(
+            "credential helper docker-credential-{} ({})",
+            choice.name,
+            self.source(choice)
+        )
+    }
+
     /// Where `registry`'s credentials come from, for "check the credentials" hints: the docker
-    /// config, or the helper and what it answered.
+    /// config, a helper, or why access was anonymous (each helper that had none, and the one
+    /// kaniko would have asked when it is not installed).
     pub fn describe_for(&self, registry: &str) -> String {
-        let Some(choice) = self.config.helper_for(registry) else {
-            return self.config.describe();
-        };
-        let answered = self
+        let resolved = self
             .answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&normalize_auth_key(registry))
             .and_then(|cell| cell.get().cloned());
-        let helper = format!(
-            "credential helper docker-credential-{} ({})",
-            choice.name,
-            self.source(&choice)
-        );
-        match answered {
-            Some(Ok(None)) => {
-                format!("{helper} has none for {registry}, so access was anonymous")
+        match resolved {
+            Some(Ok(r)) => self.describe_source(registry, &r.source),
+            Some(Err((choice, _))) => self.helper_desc(&choice),
+            None => match self.config.helper_for(registry) {
+                Some(choice) => self.helper_desc(&choice),
+                None => self.config.describe(),
+            },
+        }
+    }
+
+    fn describe_source(&self, registry: &str, source: &Source) -> String {
+        match source {
+            Source::Auths => self.config.describe(),
+            Source::ConfigHelper(choice) => self.helper_desc(choice),
+            Source::Cloud(k) => format!(
+                "credential helper docker-credential-{}, asked as kaniko asks it for {} \
+                 registries without credentials in the docker config",
+                k.helper(),
+                k.registries()
+            ),
+            Source::GitLabCi => "CI_REGISTRY_USER and CI_REGISTRY_PASSWORD of GitLab CI".into(),
+            Source::Anonymous {
+                config_helper,
+                cloud,
+            } => {
+                let mut parts = vec![match (config_helper, &self.config.path) {
+                    (Some(choice), _) => {
+                        format!("{} has none for {registry}", self.helper_desc(choice))
+                    }
+                    (None, _) if cloud.is_none() => return self.config.describe(),
+                    (None, Some(path)) => format!(
+                        "docker config {} has no credentials for {registry}",
+                        path.display()
+                    ),
+                    (None, None) => "no docker config.json found".to_string(),
+                }];
+                if let Some((k, miss)) = cloud {
+                    let helper = format!("the {} helper", k.registries());
+                    let name = format!("docker-credential-{}", k.helper());
+                    parts.push(match miss {
+                        CloudMiss::Absent(why) => format!("{helper} {why}"),
+                        CloudMiss::NotFound => format!("{helper} {name} has none for {registry}"),
+                        CloudMiss::Failed(why) => {
+                            format!("{helper} {name} failed for {registry}: {why}")
+                        }
+                    });
+                }
+                format!("{}, so access was anonymous", parts.join("; "))
             }
-            _ => helper,
         }
     }
 }
@@ -195,6 +362,7 @@ mod tests {
         let config = DockerConfig::parse(config.as_bytes(), &dir.join("config.json")).unwrap();
         let settings = HelperSettings {
             path: Some(dir.as_os_str().to_owned()),
+            gitlab_ci: None,
             ..HelperSettings::default()
         };
         Keychain::new(config, settings)
@@ -319,5 +487,173 @@ esac"#,
         let e = run(k.credentials_for("r.example")).unwrap_err().to_string();
         assert!(e.contains("did not answer within 300 ms"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+    fn basic(username: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials::Basic {
+            username: username.into(),
+            password: password.into(),
+        })
+    }
+
+    /// `docker-credential-ecr-login` in `dir`, answering for [`ECR`] only.
+    fn ecr_login(dir: &Path) {
+        helper(
+            dir,
+            "ecr-login",
+            &format!(
+                r#"case "$server" in
+  {ECR}) echo '{{"ServerURL":"{ECR}","Username":"AWS","Secret":"ecr-token-secret"}}' ;;
+  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac"#
+            ),
+        );
+    }
+
+    #[test]
+    fn a_cloud_helper_answers_for_its_hosts_without_a_config_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        ecr_login(dir.path());
+        let k = keychain(dir.path(), "{}");
+        run(async {
+            for _ in 0..2 {
+                assert_eq!(
+                    k.credentials_for(ECR).await.unwrap(),
+                    basic("AWS", "ecr-token-secret")
+                );
+            }
+            assert_eq!(k.credentials_for("public.ecr.aws").await.unwrap(), None);
+            // Not an ECR host: the helper is not asked.
+            assert_eq!(k.credentials_for("r.example").await.unwrap(), None);
+        });
+        assert_eq!(
+            calls(dir.path()),
+            format!("get {ECR}\nget public.ecr.aws\n")
+        );
+        assert!(k
+            .describe_for(ECR)
+            .contains("docker-credential-ecr-login, asked as kaniko asks it for Amazon ECR"));
+        let d = k.describe_for("public.ecr.aws");
+        assert!(
+            d.contains(
+                "the Amazon ECR helper docker-credential-ecr-login has none for public.ecr.aws, \
+                 so access was anonymous"
+            ),
+            "{d}"
+        );
+        assert!(!format!("{k:?}").contains("ecr-token-secret"));
+        assert!(k.secrets.redact("ecr-token-secret").contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_docker_config_comes_first_then_the_cloud_helper_then_gitlab_ci() {
+        let dir = tempfile::tempdir().unwrap();
+        ecr_login(dir.path());
+        helper(
+            dir.path(),
+            "store",
+            r#"case "$server" in
+  234567890123.dkr.ecr.eu-west-1.amazonaws.com) echo '{"Username":"store","Secret":"store-pw"}' ;;
+  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac"#,
+        );
+        let other_ecr = "234567890123.dkr.ecr.eu-west-1.amazonaws.com";
+        // An `auths` entry wins: no helper runs.
+        let k = keychain(
+            dir.path(),
+            &format!(r#"{{"auths": {{"{ECR}": {{"username": "file", "password": "file-pw"}}}}}}"#),
+        );
+        assert_eq!(
+            run(k.credentials_for(ECR)).unwrap(),
+            basic("file", "file-pw")
+        );
+        assert_eq!(calls(dir.path()), "");
+
+        // The config's helper first; "not found" from it goes on to the cloud helper.
+        let k = keychain(dir.path(), r#"{"credsStore": "store"}"#);
+        assert_eq!(
+            run(k.credentials_for(other_ecr)).unwrap(),
+            basic("store", "store-pw")
+        );
+        assert_eq!(
+            run(k.credentials_for(ECR)).unwrap(),
+            basic("AWS", "ecr-token-secret")
+        );
+        assert_eq!(
+            calls(dir.path()),
+            format!("get {other_ecr}\nget {ECR}\nget {ECR}\n")
+        );
+
+        // GitLab CI's variables last: after a cloud helper that has none.
+        let mut k = keychain(dir.path(), "{}");
+        k.settings.gitlab_ci = Some(super::super::cloud::GitLabCi {
+            registry: other_ecr.into(),
+            user: Some("gitlab-ci-token".into()),
+            password: Some("job-token".into()),
+        });
+        assert_eq!(
+            run(k.credentials_for(other_ecr)).unwrap(),
+            basic("gitlab-ci-token", "job-token")
+        );
+        assert!(k.describe_for(other_ecr).contains("GitLab CI"));
+    }
+
+    #[test]
+    fn an_absent_or_failing_cloud_helper_means_anonymous_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keychain(dir.path(), "{}");
+        assert_eq!(
+            run(k.credentials_for("europe-docker.pkg.dev")).unwrap(),
+            None
+        );
+        let d = k.describe_for("europe-docker.pkg.dev");
+        assert!(
+            d.starts_with("docker config ")
+                && d.contains(
+                    "has no credentials for europe-docker.pkg.dev; the Google Artifact Registry \
+                     and GCR helper docker-credential-gcr is not an executable file in"
+                )
+                && d.ends_with(", so access was anonymous"),
+            "{d}"
+        );
+
+        helper(
+            dir.path(),
+            "acr-env",
+            "echo 'stdout-of-acr'; echo 'AZURE_CLIENT_ID is not set' >&2; exit 1",
+        );
+        assert_eq!(run(k.credentials_for("team.azurecr.io")).unwrap(), None);
+        assert_eq!(run(k.credentials_for("team.azurecr.io")).unwrap(), None);
+        assert_eq!(calls(dir.path()), "get team.azurecr.io\n");
+        let d = k.describe_for("team.azurecr.io");
+        assert!(
+            d.contains(
+                "the Azure Container Registry helper docker-credential-acr-env failed for \
+                 team.azurecr.io: it exited with exit status: 1; its stderr: AZURE_CLIENT_ID is \
+                 not set, so access was anonymous"
+            ) && !d.contains("stdout-of-acr"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_cloud_helper_runs_only_from_the_directories_helpers_may_run_from() {
+        let dir = tempfile::tempdir().unwrap();
+        ecr_login(dir.path());
+        let mut k = keychain(dir.path(), "{}");
+        // In place, only `/kiln`, `/kaniko` and Kiln's directory may hold helpers.
+        k.settings.only_under = vec!["/kiln".into(), "/kaniko".into()];
+        assert_eq!(run(k.credentials_for(ECR)).unwrap(), None);
+        assert_eq!(calls(dir.path()), "");
+        let d = k.describe_for(ECR);
+        assert!(
+            d.contains(
+                "the Amazon ECR helper docker-credential-ecr-login is not an executable file in \
+                 no directory"
+            ),
+            "{d}"
+        );
     }
 }

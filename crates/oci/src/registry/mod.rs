@@ -5,6 +5,7 @@
 //! it never logs or reports credentials.
 
 pub mod auth;
+pub mod cloud;
 pub mod credhelper;
 pub mod error;
 pub mod keychain;
