@@ -168,6 +168,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             .map(|cache| StepCache::new(cache, &runtime, &context, req.no_push_cache)),
         publisher: Publisher::new(req, registry, &runtime),
         ignore,
+        run_mounts: Arc::new(crate::run_mounts::MountEnv {
+            secrets: req.secrets.clone(),
+            cache_dir: mount_cache_dir(req, &work_dir, _temp_guard.is_some()),
+            work_dir: work_dir.clone(),
+            context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
+        }),
         built: HashMap::new(),
         stage_keys: HashMap::new(),
     };
@@ -213,6 +219,8 @@ struct Builder<'a> {
     /// The layer cache, with `--cache` (and not `--single-snapshot`).
     cache: Option<StepCache<'a>>,
     publisher: Publisher<'a>,
+    /// What `RUN --mount` reads.
+    run_mounts: Arc<crate::run_mounts::MountEnv>,
     ignore: IgnorePaths,
     built: HashMap<usize, BuiltStage>,
     /// The last step key of every built stage (the base identity of stages built FROM it).
@@ -295,6 +303,20 @@ fn registry_options(req: &BuildRequest, work_dir: &Path) -> kiln_oci::registry::
         opts.credential_helpers.only_under = kept;
     }
     opts
+}
+
+/// `--mount-cache-dir`, else `mount-cache` in the kiln dir, else `kiln-mount-cache` next to the
+/// temporary work directory (so that caches outlive it).
+fn mount_cache_dir(req: &BuildRequest, work_dir: &Path, temporary: bool) -> PathBuf {
+    if let Some(dir) = &req.mount_cache_dir {
+        return PathBuf::from(dir);
+    }
+    let parent = work_dir.parent().unwrap_or(work_dir);
+    parent.join(if temporary {
+        "kiln-mount-cache"
+    } else {
+        "mount-cache"
+    })
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.

@@ -253,6 +253,7 @@ impl Builder<'_> {
             escape: self.dockerfile.escape,
             cmd_set: false,
             scratch,
+            run_mounts: self.run_mounts.clone(),
         };
         state.config.created = None;
         // BuildKit and buildah give every image without a PATH the default one.

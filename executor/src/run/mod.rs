@@ -140,9 +140,32 @@ impl Network {
 
 /// Per-step choices beyond [`RunSpec`], kept apart so that existing `RunSpec` literals compile
 /// unchanged; the default is what [`run`] uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
     pub network: Network,
+    /// `RUN --mount`s, in order (chroot mode only).
+    pub mounts: Vec<StepMount>,
+}
+
+/// A mount of `RUN --mount`, made in the step's mount namespace on a mount point that is
+/// removed after the step if it had to be created (as BuildKit removes its mount stubs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMount {
+    /// Absolute in-image path.
+    pub target: String,
+    pub kind: StepMountKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepMountKind {
+    /// A host file or directory (`dir`) bound `nosuid,nodev`, read-only if asked.
+    Bind {
+        source: PathBuf,
+        readonly: bool,
+        dir: bool,
+    },
+    /// A fresh tmpfs, `nosuid,nodev`, of `size` bytes (the kernel's default if `None`).
+    Tmpfs { size: Option<u64> },
 }
 
 /// Why a `RUN` command did not succeed. The caller adds the Dockerfile line and command text.
@@ -248,10 +271,24 @@ struct ChrootPlan {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum MountOp {
-    Proc { target: PathBuf },
-    Sys { target: PathBuf },
-    Dev { target: PathBuf },
-    BindFileReadOnly { source: PathBuf, target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
+    Sys {
+        target: PathBuf,
+    },
+    Dev {
+        target: PathBuf,
+    },
+    BindFileReadOnly {
+        source: PathBuf,
+        target: PathBuf,
+    },
+    /// A `RUN --mount` on its host-side mount point.
+    Step {
+        kind: StepMountKind,
+        target: PathBuf,
+    },
 }
 
 /// What the init reports when it cannot get as far as `exec`.
@@ -317,7 +354,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     };
     let chroot = match spec.isolation {
         Isolation::InPlace => None,
-        Isolation::Chroot => match chroot_mounts(&spec.root, &mut points) {
+        Isolation::Chroot => match chroot_mounts(&spec.root, &mut points, &options.mounts) {
             Ok(mountpoints) => Some(ChrootPlan {
                 root: spec.root.clone(),
                 mounts: mountpoints,
@@ -331,6 +368,12 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         },
     };
     let private = match spec.isolation {
+        Isolation::InPlace if !options.mounts.is_empty() => {
+            return Err(RunError::Setup {
+                what: "RUN --mount with a mount target is not supported in place (only secrets given to variables with env= are); build with chroot isolation".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
+            })
+        }
         Isolation::InPlace => inpod::step_plan(options.network)?,
         Isolation::Chroot => None,
     };
@@ -371,6 +414,7 @@ fn command_env(env: &[String], home: &str) -> Vec<String> {
 fn chroot_mounts(
     root: &Path,
     points: &mut mountpoints::MountPoints,
+    steps: &[StepMount],
 ) -> Result<Vec<MountOp>, RunError> {
     let mut mounts = vec![
         MountOp::Proc {
@@ -394,6 +438,26 @@ fn chroot_mounts(
                 target,
             });
         }
+    }
+    for step in steps {
+        let dir = !matches!(step.kind, StepMountKind::Bind { dir: false, .. });
+        let target = if dir {
+            points.dir(root, &step.target)?
+        } else {
+            points
+                .file(root, &step.target)?
+                .ok_or_else(|| RunError::Setup {
+                    what: format!(
+                        "mount target {} exists in the image but is not a regular file",
+                        step.target
+                    ),
+                    source: std::io::Error::from_raw_os_error(libc::EISDIR),
+                })?
+        };
+        mounts.push(MountOp::Step {
+            kind: step.kind.clone(),
+            target,
+        });
     }
     Ok(mounts)
 }

@@ -1,0 +1,277 @@
+//! `RUN --mount` end to end: real builds by the `kiln-executor` binary (chroot isolation) over
+//! the test registry's busybox, written as OCI layouts and read back. Each case checks what the
+//! step saw (it writes a marker only if its checks pass) and that nothing of a mount reached a
+//! layer: secrets are also looked for in every blob and in the log. Uses only temporary
+//! directories and the local test registry.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_testkit::{registry, require_root};
+use support::{layout_config, layout_entry, run_executor, scan_files};
+
+/// A build directory: the context, a layout, and a mount cache shared by the builds of a case.
+struct Build {
+    dir: tempfile::TempDir,
+}
+
+impl Build {
+    fn new(dockerfile: &str, files: &[(&str, &str)]) -> Build {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-mounts-")
+            .tempdir()
+            .expect("temp dir");
+        let ctx = dir.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        let base = format!("{}/kiln-test/busybox:latest", registry());
+        fs::write(ctx.join("Dockerfile"), dockerfile.replace("BASE", &base)).unwrap();
+        for (name, content) in files {
+            fs::write(ctx.join(name), content).unwrap();
+        }
+        Build { dir }
+    }
+
+    fn ctx(&self) -> PathBuf {
+        self.dir.path().join("ctx")
+    }
+
+    fn layout(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("layout{n}"))
+    }
+
+    /// Build into layout `n` with `extra` flags and `envs`; whether it succeeded, and the log.
+    fn run(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+        let ctx = self.ctx();
+        let layout = self.layout(n);
+        let cache = self.dir.path().join("mount-cache");
+        let mut args = vec![
+            "--isolation",
+            "chroot",
+            "--insecure-pull",
+            "--no-push",
+            "--context",
+            ctx.to_str().unwrap(),
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+            "--mount-cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_executor(&args, envs, None)
+    }
+
+    fn ok(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> String {
+        let (ok, log) = self.run(n, extra, envs);
+        assert!(ok, "the build failed:\n{log}");
+        log
+    }
+}
+
+fn root() -> bool {
+    require_root("RUN --mount needs chroot isolation, which needs root")
+}
+
+fn absent(layout: &Path, paths: &[&str]) {
+    for path in paths {
+        assert_eq!(
+            layout_entry(layout, path),
+            None,
+            "{path} reached a layer of {}",
+            layout.display()
+        );
+    }
+}
+
+#[test]
+fn secrets_from_a_file_and_a_variable_reach_the_step_only() {
+    if !root() {
+        return;
+    }
+    let nonce = std::process::id();
+    let file_secret = format!("file-secret-{nonce}-Qz8");
+    let env_secret = format!("env-secret-{nonce}-Wm3");
+    // The step compares lengths and a prefix, so no value passes through an ARG.
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=secret,id=tok \
+    --mount=type=secret,id=api,env=API_TOKEN \
+    --mount=type=secret,id=tok,target=/etc/app/key,mode=0440,uid=12,gid=34 \
+    set -e; \
+    case "$(cat /run/secrets/tok)" in file-secret-*) ;; *) exit 3;; esac; \
+    case "$API_TOKEN" in env-secret-*) ;; *) exit 4;; esac; \
+    test "$(stat -c '%a %u %g' /run/secrets/tok)" = "400 0 0"; \
+    test "$(stat -c '%a %u %g' /etc/app/key)" = "440 12 34"; \
+    ! sh -c 'echo x > /run/secrets/tok' 2>/dev/null; \
+    echo seen > /secret-ok
+RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo skipped > /optional-ok
+"#,
+        &[],
+    );
+    let secret_file = b.dir.path().join("tok.txt");
+    fs::write(&secret_file, &file_secret).unwrap();
+    let src = format!("id=tok,src={}", secret_file.display());
+    let log = b.ok(
+        0,
+        &["--secret", &src, "--secret", "id=api,env=KILN_TEST_API"],
+        &[("KILN_TEST_API", &env_secret)],
+    );
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/secret-ok").as_deref(),
+        Some("seen\n")
+    );
+    assert_eq!(
+        layout_entry(&layout, "/optional-ok").as_deref(),
+        Some("skipped\n")
+    );
+    absent(
+        &layout,
+        &[
+            "/run/secrets/tok",
+            "/run/secrets",
+            "/etc/app/key",
+            "/etc/app",
+        ],
+    );
+    let needles = [
+        ("the file secret", file_secret.as_str()),
+        ("the env secret", env_secret.as_str()),
+    ];
+    let (found, files) = scan_files(&layout, &needles);
+    assert!(found.is_empty() && files > 2, "{found:?}");
+    let found = support::find_in("the log", log.as_bytes(), &needles);
+    assert!(found.is_empty(), "{found:?}");
+    let config = layout_config(&layout).unwrap().to_string();
+    assert!(!config.contains("API_TOKEN="), "{config}");
+
+    // A required secret that is not given fails the build, naming it.
+    let b = Build::new(
+        "FROM BASE\nRUN --mount=type=secret,id=npm,required true\n",
+        &[],
+    );
+    let (ok, log) = b.run(0, &[], &[]);
+    assert!(!ok && log.contains("secret \"npm\" is required"), "{log}");
+}
+
+#[test]
+fn a_cache_persists_between_builds_and_stays_out_of_layers() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=cache,target=/var/cache/kilntest,sharing=locked \
+    echo run >> /var/cache/kilntest/log && cp /var/cache/kilntest/log /seen
+RUN --mount=type=cache,id=other,target=/opt/c,mode=0700,uid=7 \
+    test "$(stat -c '%a %u' /opt/c)" = "700 7" && touch /opt/c/x && echo ok > /other-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    b.ok(1, &[], &[]);
+    assert_eq!(
+        layout_entry(&b.layout(0), "/seen").as_deref(),
+        Some("run\n")
+    );
+    assert_eq!(
+        layout_entry(&b.layout(1), "/seen").as_deref(),
+        Some("run\nrun\n")
+    );
+    for n in [0, 1] {
+        let layout = b.layout(n);
+        assert_eq!(layout_entry(&layout, "/other-ok").as_deref(), Some("ok\n"));
+        absent(
+            &layout,
+            &[
+                "/var/cache/kilntest/log",
+                "/var/cache/kilntest",
+                "/opt/c/x",
+                "/opt/c",
+                "/opt",
+            ],
+        );
+    }
+}
+
+#[test]
+fn tmpfs_is_a_fresh_tmpfs_left_out_of_the_layer() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=tmpfs,target=/scratch,size=1m \
+    echo x > /scratch/f && grep -q ' /scratch tmpfs .*size=1024k' /proc/mounts && echo ok > /tmpfs-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(layout_entry(&layout, "/tmpfs-ok").as_deref(), Some("ok\n"));
+    absent(&layout, &["/scratch/f", "/scratch"]);
+}
+
+#[test]
+fn bind_from_the_context_is_read_only_filtered_and_rw_discards_writes() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+WORKDIR /app
+RUN --mount=target=ctx \
+    cat ctx/data.txt > /got && test ! -e ctx/hidden.txt && \
+    ! touch ctx/new 2>/dev/null && echo ok > /ro-ok
+RUN --mount=type=bind,source=data.txt,target=/d.txt,rw \
+    echo changed > /d.txt && cat /d.txt > /rw-seen
+"#,
+        &[
+            ("data.txt", "from the context\n"),
+            ("hidden.txt", "excluded\n"),
+            (".dockerignore", "hidden.txt\n"),
+        ],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/got").as_deref(),
+        Some("from the context\n")
+    );
+    assert_eq!(layout_entry(&layout, "/ro-ok").as_deref(), Some("ok\n"));
+    assert_eq!(
+        layout_entry(&layout, "/rw-seen").as_deref(),
+        Some("changed\n")
+    );
+    absent(&layout, &["/app/ctx", "/app/ctx/data.txt", "/d.txt"]);
+    assert_eq!(
+        fs::read_to_string(b.ctx().join("data.txt")).unwrap(),
+        "from the context\n"
+    );
+}
+
+#[test]
+fn unsupported_mounts_fail_the_build_naming_them() {
+    if !root() {
+        return;
+    }
+    for (mount, why) in [
+        ("type=ssh", "RUN --mount=type=ssh is not supported"),
+        (
+            "type=bind,from=build,target=/b",
+            "RUN --mount=type=bind,from=build (a stage or an image) is not supported",
+        ),
+        (
+            "type=cache,target=/c,from=build",
+            "from= and source= of a cache mount",
+        ),
+    ] {
+        let b = Build::new(
+            &format!("FROM BASE AS build\nRUN true\nFROM BASE\nRUN --mount={mount} true\n"),
+            &[],
+        );
+        let (ok, log) = b.run(0, &[], &[]);
+        assert!(!ok && log.contains(why), "{mount}: {log}");
+    }
+}
