@@ -199,13 +199,20 @@ pub fn parse_mount(
         "secret" => {
             only(&[
                 ("from", from.is_some()),
-                ("source", source.is_some()),
                 ("sharing", sharing != Sharing::Shared),
                 ("size", size.is_some()),
                 ("readonly", readonly == Some(false)),
             ])?;
             let target = target.filter(|t| !t.is_empty());
-            let id = match (id.filter(|i| !i.is_empty()), &target) {
+            // BuildKit: `source` is another name for a secret's id.
+            let id = match (
+                id.filter(|i| !i.is_empty()),
+                source.filter(|s| !s.is_empty()),
+            ) {
+                (Some(_), Some(_)) => return Err("both source and id are set: give one".into()),
+                (id, source) => id.or(source),
+            };
+            let id = match (id, &target) {
                 (Some(id), _) => id,
                 // BuildKit: without an id, the target's file name is the id.
                 (None, Some(t)) => t
@@ -222,7 +229,10 @@ pub fn parse_mount(
             let target = match (target, &env) {
                 (Some(t), _) => Some(t),
                 (None, Some(_)) => None,
-                (None, None) => Some(format!("/run/secrets/{id}")),
+                (None, None) => Some(format!(
+                    "/run/secrets/{}",
+                    id.rsplit('/').find(|p| !p.is_empty()).unwrap_or(&id)
+                )),
             };
             Ok(MountSpec::Secret {
                 id,
@@ -320,6 +330,15 @@ mod tests {
                 gid: 0
             }
         );
+        match parse("type=secret,source=npm").unwrap() {
+            MountSpec::Secret { id, target, .. } => {
+                assert_eq!(
+                    (id.as_str(), target.as_deref()),
+                    ("npm", Some("/run/secrets/npm"))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         match parse("type=secret,target=/etc/key.pem,mode=0440,uid=10,gid=20").unwrap() {
             MountSpec::Secret {
                 id, mode, uid, gid, ..
