@@ -252,6 +252,35 @@ RUN --mount=type=bind,source=data.txt,target=/d.txt,rw \
 }
 
 #[test]
+fn bind_from_a_stage_reads_its_files_and_rw_discards_writes() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE AS build
+RUN mkdir -p /out && echo built > /out/artifact && echo other > /elsewhere
+FROM BASE
+RUN --mount=from=build,source=/out,target=/in \
+    cat /in/artifact > /got && ! touch /in/x 2>/dev/null && echo ok > /ro-ok
+RUN --mount=type=bind,from=build,source=out/artifact,target=/a,rw \
+    echo changed > /a && cat /a > /rw-seen
+RUN --mount=from=0,target=/whole test -e /whole/out/artifact && echo ok > /index-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(layout_entry(&layout, "/got").as_deref(), Some("built\n"));
+    assert_eq!(layout_entry(&layout, "/ro-ok").as_deref(), Some("ok\n"));
+    assert_eq!(
+        layout_entry(&layout, "/rw-seen").as_deref(),
+        Some("changed\n")
+    );
+    assert_eq!(layout_entry(&layout, "/index-ok").as_deref(), Some("ok\n"));
+    absent(&layout, &["/in", "/a", "/whole", "/out/artifact"]);
+}
+
+#[test]
 fn unsupported_mounts_fail_the_build_naming_them() {
     if !root() {
         return;
@@ -259,8 +288,8 @@ fn unsupported_mounts_fail_the_build_naming_them() {
     for (mount, why) in [
         ("type=ssh", "RUN --mount=type=ssh is not supported"),
         (
-            "type=bind,from=build,target=/b",
-            "RUN --mount=type=bind,from=build (a stage or an image) is not supported",
+            "type=bind,from=BASE,target=/b",
+            "mounting an image is not supported",
         ),
         (
             "type=cache,target=/c,from=build",

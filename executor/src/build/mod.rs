@@ -173,6 +173,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             cache_dir: mount_cache_dir(req, &work_dir, _temp_guard.is_some()),
             work_dir: work_dir.clone(),
             context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
+            stages: Default::default(),
         }),
         built: HashMap::new(),
         stage_keys: HashMap::new(),

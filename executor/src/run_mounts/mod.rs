@@ -44,6 +44,32 @@ pub struct MountEnv {
     pub work_dir: PathBuf,
     /// The build context's directory and `.dockerignore` rules.
     pub context: Option<(PathBuf, IgnoreMatcher)>,
+    /// Roots of the earlier stages this stage's steps mount (`from=` as written).
+    pub stages: BTreeMap<String, PathBuf>,
+}
+
+/// `(from, source)` of every bind mount in `mounts` (raw `--mount` values) that names a `from`
+/// without a variable (BuildKit does not expand `from`), for planning which stages a step reads.
+pub fn bind_froms(mounts: &[String]) -> Vec<(String, String)> {
+    mounts
+        .iter()
+        .filter_map(|raw| {
+            let fields = kiln_dockerfile::mount_fields(raw).ok()?;
+            let get = |keys: &[&str]| {
+                fields
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| keys.contains(&k.as_str()))
+                    .and_then(|(_, v)| v.clone())
+            };
+            let kind = get(&["type"]).unwrap_or_else(|| "bind".into());
+            let from = get(&["from"]).filter(|f| !f.is_empty() && !f.contains('$'))?;
+            kind.eq_ignore_ascii_case("bind").then(|| {
+                let source = get(&["source", "src"]).filter(|s| !s.is_empty());
+                (from, source.unwrap_or_else(|| "/".into()))
+            })
+        })
+        .collect()
 }
 
 /// Read one `--secret` value as docker buildx does (`id=ID[,src=PATH|,env=VAR][,type=file|env]`);
@@ -193,11 +219,42 @@ pub fn prepare(
                 kind: StepMountKind::Tmpfs { size: *size },
             }),
             MountSpec::Bind {
-                from: Some(from), ..
+                from: Some(from),
+                source,
+                readonly,
+                ..
             } => {
-                return Err(format!(
-                    "RUN --mount=type=bind,from={from} (a stage or an image) is not supported by kiln-executor; copy what the step needs with COPY --from={from} first"
-                ))
+                let Some(root) = env.stages.get(from) else {
+                    return Err(format!(
+                        "RUN --mount=type=bind,from={from}: not an earlier stage; mounting an image is not supported by kiln-executor (name it in a stage, `FROM {from} AS name`, and mount that)"
+                    ));
+                };
+                let from_path = crate::fsutil::resolve_in_root(root, Path::new(source), true)
+                    .map_err(|e| format!("bind source {source:?} in stage {from}: {e}"))?;
+                let meta = std::fs::metadata(&from_path)
+                    .map_err(|e| format!("bind source {source:?} in stage {from}: {e}"))?;
+                // Read-only, the stage's files are mounted as they are; `rw` gets a copy, so
+                // that writes are discarded.
+                let source = if *readonly {
+                    from_path
+                } else {
+                    let copy = out.temp_dir(env, &format!("bind-{n}"))?.join("src");
+                    if meta.is_dir() {
+                        copy_tree(&from_path, &copy, &|_| false)
+                    } else {
+                        std::fs::copy(&from_path, &copy).map(|_| ())
+                    }
+                    .map_err(|e| format!("copying bind source {source:?} of stage {from}: {e}"))?;
+                    copy
+                };
+                out.mounts.push(StepMount {
+                    target: target.clone().unwrap_or_default(),
+                    kind: StepMountKind::Bind {
+                        source,
+                        readonly: *readonly,
+                        dir: meta.is_dir(),
+                    },
+                });
             }
             MountSpec::Bind {
                 from: None,
@@ -426,6 +483,26 @@ mod tests {
         }
         std::fs::write(&file, vec![b'x'; MAX_SECRET_SIZE as usize + 1]).unwrap();
         assert!(parse_secret_flag(&src).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn stages_read_by_bind_mounts() {
+        let mounts: Vec<String> = [
+            "from=build,source=/out,target=/in",
+            "type=bind,from=0,target=/x",
+            "type=cache,from=build,target=/c",
+            "type=bind,from=$STAGE,target=/y",
+            "target=/ctx",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            bind_froms(&mounts),
+            [
+                ("build".to_string(), "/out".to_string()),
+                ("0".into(), "/".into())
+            ]
+        );
     }
 
     #[test]
