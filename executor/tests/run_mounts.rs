@@ -304,3 +304,109 @@ fn unsupported_mounts_fail_the_build_naming_them() {
         assert!(!ok && log.contains(why), "{mount}: {log}");
     }
 }
+
+/// In place, as in a Pod with `hostUsers: false` and `SYS_ADMIN` (each step in private
+/// namespaces): the same mounts, made in the step's namespace only, with the secret's default
+/// target inside a covered directory and the sources in Kiln's covered directory. The debug
+/// executor runs in podman over the Debian test image (the binary needs its glibc).
+#[test]
+fn in_place_steps_with_private_namespaces_get_their_mounts() {
+    use std::os::unix::fs::PermissionsExt;
+    if !kiln_testkit::require_tools(&["podman"]) || !root() {
+        return;
+    }
+    let nonce = std::process::id();
+    let secret = format!("inplace-secret-{nonce}-Kx2");
+    let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let b = Build::new(
+        &format!(
+            r#"FROM {debian}
+RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
+    --mount=type=cache,target=/var/cache/kt --mount=type=tmpfs,target=/scratch \
+    --mount=target=/ctx \
+    set -e; case "$(cat /run/secrets/tok)" in inplace-secret-*) ;; *) exit 3;; esac; \
+    case "$TOK" in inplace-secret-*) ;; *) exit 4;; esac; \
+    echo run >> /var/cache/kt/log; cp /var/cache/kt/log /seen; \
+    echo x > /scratch/f; grep -q ' /scratch tmpfs' /proc/mounts; \
+    cat /ctx/data.txt > /got; test ! -e /kiln/build; echo ok > /inplace-ok
+"#
+        ),
+        &[("data.txt", "in place\n")],
+    );
+    let secrets = b.dir.path().join("secrets");
+    let out = b.dir.path().join("out");
+    fs::create_dir_all(&secrets).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(secrets.join("tok"), &secret).unwrap();
+    // The container's root is an unprivileged host uid: everything it reads must be readable.
+    for (path, mode) in [
+        (b.dir.path().to_path_buf(), 0o755),
+        (b.ctx(), 0o755),
+        (secrets.clone(), 0o755),
+        (secrets.join("tok"), 0o644),
+        (out.clone(), 0o777),
+    ] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let vol = |src: &Path, dst: &str, mode: &str| format!("{}:{dst}:{mode}", src.display());
+    let run = kiln_testkit::run_bounded(
+        kiln_testkit::podman_run_command()
+            .args(["--uidmap", "0:300000:65536", "--gidmap", "0:300000:65536"])
+            .args(["--cap-add", "SYS_ADMIN", "-e", "KILN_CONTAINER=1"])
+            .args([
+                "-v",
+                &vol(
+                    Path::new(env!("CARGO_BIN_EXE_kiln-executor")),
+                    "/kiln/executor",
+                    "ro",
+                ),
+            ])
+            .args(["-v", &vol(&b.ctx(), "/workspace", "ro")])
+            .args(["-v", &vol(&secrets, "/secrets", "ro")])
+            .args(["-v", &vol(&out, "/out", "rw")])
+            // As the executor image has them (Debian's minimal root has no CA bundle).
+            .args([
+                "-v",
+                "/etc/ssl/certs/ca-certificates.crt:/kiln/ssl/certs/ca-certificates.crt:ro",
+            ])
+            .args(["-e", "SSL_CERT_FILE=/kiln/ssl/certs/ca-certificates.crt"])
+            .arg(&debian)
+            .args(["/kiln/executor", "--context", "dir:///workspace"])
+            .args(["--dockerfile", "/workspace/Dockerfile", "--no-push"])
+            .args(["--insecure-pull", "--oci-layout-path", "/out/layout"])
+            .args(["--secret", "id=tok,src=/secrets/tok"]),
+        std::time::Duration::from_secs(600),
+    )
+    .expect("podman run");
+    let log = format!("{}{}", run.stdout, run.stderr);
+    let _ = kiln_testkit::run_bounded(
+        kiln_testkit::podman().args(["rmi", "-f", "--ignore", &debian]),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(run.success(), "the in-place build failed:\n{log}");
+    assert!(
+        log.contains("cleared /") && log.contains("private"),
+        "not in place with private namespaces:\n{log}"
+    );
+    let layout = out.join("layout");
+    assert_eq!(
+        layout_entry(&layout, "/inplace-ok").as_deref(),
+        Some("ok\n")
+    );
+    assert_eq!(layout_entry(&layout, "/seen").as_deref(), Some("run\n"));
+    assert_eq!(layout_entry(&layout, "/got").as_deref(), Some("in place\n"));
+    absent(
+        &layout,
+        &[
+            "/run/secrets/tok",
+            "/var/cache/kt",
+            "/scratch",
+            "/ctx",
+            "/kiln",
+        ],
+    );
+    let needles = [("the secret", secret.as_str())];
+    let (found, _) = scan_files(&layout, &needles);
+    assert!(found.is_empty(), "{found:?}");
+    assert!(support::find_in("the log", log.as_bytes(), &needles).is_empty());
+}

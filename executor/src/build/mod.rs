@@ -130,11 +130,17 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             }
         }
     });
-    let ignore = IgnorePaths::new(req, &work_dir, context.root());
+    let mount_cache = mount_cache_dir(req, &work_dir, _temp_guard.is_some());
+    let mut ignore = IgnorePaths::new(req, &work_dir, context.root());
     if req.isolation == Isolation::InPlace {
+        // In place the mount cache is on `/`: never snapshotted, never seen by a step except
+        // through its mounts.
+        ignore.flags.push(mount_cache.clone());
         // Before the first stage replaces `/`: the probe and the paths to hide are about the
         // container as it started.
-        crate::run::prepare_in_place(&in_place_hidden(req, &work_dir, context.root()));
+        let mut hidden = in_place_hidden(req, &work_dir, context.root());
+        hidden.push(mount_cache.clone());
+        crate::run::prepare_in_place(&hidden);
     }
     let started = Instant::now();
     let plan = BuildPlan::new(
@@ -170,7 +176,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         ignore,
         run_mounts: Arc::new(crate::run_mounts::MountEnv {
             secrets: req.secrets.clone(),
-            cache_dir: mount_cache_dir(req, &work_dir, _temp_guard.is_some()),
+            cache_dir: mount_cache,
             work_dir: work_dir.clone(),
             context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
             stages: Default::default(),

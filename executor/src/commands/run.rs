@@ -5,7 +5,7 @@ use super::{
     workdir::ensure_dir, CacheFlags, Cacheable, Command, CommandError, CopySource,
     InstructionError, KeyParts, Outcome, StageState,
 };
-use crate::run::{run_with, Isolation, Network, RunOptions, RunSpec};
+use crate::run::{run_with, Network, RunOptions, RunSpec};
 use crate::run_mounts::{parse_mount, prepare, MountSpec};
 use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
 
@@ -145,8 +145,7 @@ fn binds(raw: &str) -> bool {
 }
 
 /// The step's `--mount`s, read with the stage's variables, targets made absolute against
-/// WORKDIR. In place only secrets given to variables are possible: anything with a target fails
-/// here, naming the mount.
+/// WORKDIR.
 fn mount_specs(
     args: &RunArgs,
     state: &StageState,
@@ -168,11 +167,6 @@ fn mount_specs(
         if target.as_deref() == Some("/") {
             return Err(CommandError::Invalid(format!(
                 "RUN --mount={raw}: a mount cannot cover /"
-            )));
-        }
-        if state.isolation == Isolation::InPlace && (target.is_some() || spec == MountSpec::Ssh) {
-            return Err(CommandError::Invalid(format!(
-                "RUN --mount={raw}: in-place isolation supports only secrets given to a variable (type=secret,env=NAME without target); build with chroot isolation for bind, cache, tmpfs and file secrets"
             )));
         }
         specs.push((spec, target));

@@ -269,7 +269,7 @@ struct ChrootPlan {
     cgroup_procs: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum MountOp {
     Proc {
         target: PathBuf,
@@ -368,13 +368,19 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         },
     };
     let private = match spec.isolation {
-        Isolation::InPlace if !options.mounts.is_empty() => {
-            return Err(RunError::Setup {
-                what: "RUN --mount with a mount target is not supported in place (only secrets given to variables with env= are); build with chroot isolation".into(),
-                source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
-            })
+        Isolation::InPlace => {
+            let mut plan = inpod::step_plan(options.network)?;
+            if !options.mounts.is_empty() {
+                let Some(plan) = plan.as_mut() else {
+                    return Err(RunError::Setup {
+                        what: "RUN --mount with a target needs a mount namespace of the step's own, which this container does not allow (steps share its namespaces; see the warning above); give the executor Pod hostUsers: false and the SYS_ADMIN capability, or use --isolation chroot".into(),
+                        source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
+                    });
+                };
+                plan.mounts = inpod::step_mounts(plan, &options.mounts, &mut points)?;
+            }
+            plan
         }
-        Isolation::InPlace => inpod::step_plan(options.network)?,
         Isolation::Chroot => None,
     };
     let plan = InitPlan {
@@ -440,26 +446,41 @@ fn chroot_mounts(
         }
     }
     for step in steps {
-        let dir = !matches!(step.kind, StepMountKind::Bind { dir: false, .. });
-        let target = if dir {
-            points.dir(root, &step.target)?
-        } else {
-            points
-                .file(root, &step.target)?
-                .ok_or_else(|| RunError::Setup {
-                    what: format!(
-                        "mount target {} exists in the image but is not a regular file",
-                        step.target
-                    ),
-                    source: std::io::Error::from_raw_os_error(libc::EISDIR),
-                })?
-        };
-        mounts.push(MountOp::Step {
-            kind: step.kind.clone(),
-            target,
-        });
+        mounts.push(step_mount_op(root, points, step)?);
     }
     Ok(mounts)
+}
+
+/// A `RUN --mount` on its mount point in `root`, made if missing (and removed after the step).
+fn step_mount_op(
+    root: &Path,
+    points: &mut mountpoints::MountPoints,
+    step: &StepMount,
+) -> Result<MountOp, RunError> {
+    let target = if step.kind.is_dir() {
+        points.dir(root, &step.target)?
+    } else {
+        points
+            .file(root, &step.target)?
+            .ok_or_else(|| RunError::Setup {
+                what: format!(
+                    "mount target {} exists in the image but is not a regular file",
+                    step.target
+                ),
+                source: std::io::Error::from_raw_os_error(libc::EISDIR),
+            })?
+    };
+    Ok(MountOp::Step {
+        kind: step.kind.clone(),
+        target,
+    })
+}
+
+impl StepMountKind {
+    /// Whether the mount point is a directory (else a regular file).
+    fn is_dir(&self) -> bool {
+        !matches!(self, StepMountKind::Bind { dir: false, .. })
+    }
 }
 
 fn spawn_init(program: &Path, plan: &InitPlan) -> Result<(), RunError> {
