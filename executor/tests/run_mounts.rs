@@ -280,13 +280,62 @@ RUN --mount=from=0,target=/whole test -e /whole/out/artifact && echo ok > /index
     absent(&layout, &["/in", "/a", "/whole", "/out/artifact"]);
 }
 
+/// `--ssh ID=SOCKET`: the step reaches the agent through its own socket at BuildKit's default
+/// target, named by SSH_AUTH_SOCK, with the mount's mode. A line-echoing server stands in for
+/// the agent; Debian's perl is the client.
+#[test]
+fn ssh_mounts_forward_to_the_agent_socket() {
+    use std::io::{BufRead, BufReader, Write};
+    if !root() {
+        return;
+    }
+    let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let b = Build::new(
+        &format!(
+            r#"FROM {debian}
+RUN --mount=type=ssh,id=gh,mode=0666 --mount=type=ssh,id=gh,target=/agent2 \
+    test "$SSH_AUTH_SOCK" = /run/buildkit/ssh_agent.0 && test -S /agent2 && \
+    test "$(stat -c %a "$SSH_AUTH_SOCK")" = 666 && \
+    perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ENV{{SSH_AUTH_SOCK}}) or die "$!"; print $s "ping\n"; print scalar <$s>' > /agent-reply
+"#
+        ),
+        &[],
+    );
+    let agent_path = b.dir.path().join("agent.sock");
+    let agent = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
+    std::thread::spawn(move || {
+        for conn in agent.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let _ = BufReader::new(conn.try_clone().unwrap()).read_line(&mut line);
+            let _ = conn.write_all(format!("agent got {line}").as_bytes());
+        }
+    });
+    let flag = format!("gh={}", agent_path.display());
+    b.ok(0, &["--ssh", &flag], &[]);
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/agent-reply").as_deref(),
+        Some("agent got ping\n")
+    );
+    absent(
+        &layout,
+        &["/run/buildkit/ssh_agent.0", "/run/buildkit", "/agent2"],
+    );
+    let env = layout_config(&layout).unwrap()["config"]["Env"].to_string();
+    assert!(!env.contains("SSH_AUTH_SOCK"), "{env}");
+}
+
 #[test]
 fn unsupported_mounts_fail_the_build_naming_them() {
     if !root() {
         return;
     }
     for (mount, why) in [
-        ("type=ssh", "RUN --mount=type=ssh is not supported"),
+        (
+            "type=ssh,required",
+            "ssh agent \"default\" is required but not given",
+        ),
         (
             "type=bind,from=BASE,target=/b",
             "mounting an image is not supported",

@@ -180,6 +180,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             work_dir: work_dir.clone(),
             context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
             stages: Default::default(),
+            ssh: req.ssh.clone(),
         }),
         built: HashMap::new(),
         stage_keys: HashMap::new(),

@@ -66,6 +66,8 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, crate::run_mounts::SecretSource>,
     /// `--mount-cache-dir`.
     pub mount_cache_dir: Option<String>,
+    /// `--ssh`, read and checked: agent sockets by id.
+    pub ssh: BTreeMap<String, std::path::PathBuf>,
     pub outputs: Outputs,
 }
 
@@ -160,6 +162,11 @@ impl BuildRequest {
             cache_ttl,
             cache_dir: opts.base_cache_dir(),
             secrets: secrets(opts)?,
+            ssh: opts
+                .ssh
+                .iter()
+                .map(|v| crate::run_mounts::parse_ssh_flag(v).map_err(BuildError::Usage))
+                .collect::<Result<_, _>>()?,
             mount_cache_dir: opts.mount_cache_dir.clone().filter(|d| !d.is_empty()),
             outputs: Outputs {
                 oci_layout_path: opts.oci_layout_path.clone(),

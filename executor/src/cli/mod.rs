@@ -179,6 +179,11 @@ pub struct Options {
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
 
+    /// An ssh agent for `RUN --mount=type=ssh`, docker buildx's syntax: `default` (the agent at
+    /// `$SSH_AUTH_SOCK`) or `ID=SOCKET`; repeatable. Key files are not supported.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+
     /// Directory keeping `RUN --mount=type=cache` caches between builds (default:
     /// `<kiln dir>/mount-cache` when a kiln dir is set, else `$TMPDIR/kiln-mount-cache`).
     #[arg(long = "mount-cache-dir")]

@@ -151,6 +151,7 @@ fn mount_specs(
     state: &StageState,
 ) -> Result<Vec<(MountSpec, Option<String>)>, CommandError> {
     let mut specs = Vec::new();
+    let mut ssh_mounts = 0;
     for raw in &args.mounts {
         let expand = |v: &str| state.expand(v).map_err(|e| e.to_string());
         let spec = parse_mount(raw, &expand)
@@ -160,7 +161,15 @@ fn mount_specs(
             | MountSpec::Cache { target, .. }
             | MountSpec::Tmpfs { target, .. } => Some(target.clone()),
             MountSpec::Secret { target, .. } => target.clone(),
-            MountSpec::Ssh => None,
+            // BuildKit numbers the agent sockets of a step from 0.
+            MountSpec::Ssh { target, .. } => {
+                ssh_mounts += 1;
+                Some(
+                    target
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", ssh_mounts - 1)),
+                )
+            }
         }
         .map(|t| state.in_image_path(&t).trim_end_matches('/').to_string())
         .map(|t| if t.is_empty() { "/".to_string() } else { t });
@@ -183,6 +192,12 @@ fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandErr
     let mounts = prepare(&state.run_mounts, &specs).map_err(CommandError::Invalid)?;
     let mut env = state.run_env();
     env.extend(mounts.env.iter().cloned());
+    // As BuildKit: the first agent socket is SSH_AUTH_SOCK unless the step's environment sets it.
+    if let Some(sock) = &mounts.ssh_auth_sock {
+        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={sock}"));
+        }
+    }
     let spec = RunSpec {
         root: state.root.clone(),
         isolation: state.isolation,

@@ -9,6 +9,7 @@
 //! as written, not the secret's value, and nothing here logs a value.
 
 pub mod spec;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -46,6 +47,8 @@ pub struct MountEnv {
     pub context: Option<(PathBuf, IgnoreMatcher)>,
     /// Roots of the earlier stages this stage's steps mount (`from=` as written).
     pub stages: BTreeMap<String, PathBuf>,
+    /// `--ssh`: agent sockets by id.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// `(from, source)` of every bind mount in `mounts` (raw `--mount` values) that names a `from`
@@ -70,6 +73,34 @@ pub fn bind_froms(mounts: &[String]) -> Vec<(String, String)> {
             })
         })
         .collect()
+}
+
+/// Read one `--ssh` value as docker buildx does: `ID` (the agent at `$SSH_AUTH_SOCK`) or
+/// `ID=PATH`. Only an agent's socket is supported; BuildKit's key files are refused.
+pub fn parse_ssh_flag(value: &str) -> Result<(String, PathBuf), String> {
+    let (id, path) = match value.split_once('=') {
+        Some((id, path)) => (id.to_string(), path.to_string()),
+        None => (
+            value.to_string(),
+            std::env::var("SSH_AUTH_SOCK").map_err(|_| {
+                format!("--ssh {value}: SSH_AUTH_SOCK is not set: give the agent socket as --ssh {value}=<socket>")
+            })?,
+        ),
+    };
+    if id.is_empty() || path.is_empty() {
+        return Err(format!("--ssh {value:?}: give ID or ID=<agent socket>"));
+    }
+    if path.contains(',') {
+        return Err(format!(
+            "--ssh {id}: one agent socket only (key files and lists of them are not supported)"
+        ));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(&path).map_err(|e| format!("--ssh {id}: {path}: {e}"))?;
+    if !meta.file_type().is_socket() {
+        return Err(format!("--ssh {id}: {path} is not a socket: kiln-executor forwards an ssh agent, not key files; load the key with ssh-add and give the agent's socket"));
+    }
+    Ok((id, PathBuf::from(path)))
 }
 
 /// Read one `--secret` value as docker buildx does (`id=ID[,src=PATH|,env=VAR][,type=file|env]`);
@@ -131,6 +162,10 @@ pub struct StepMounts {
     pub mounts: Vec<StepMount>,
     /// `KEY=VALUE` of secrets given to variables.
     pub env: Vec<String>,
+    /// The target of the step's first ssh mount.
+    pub ssh_auth_sock: Option<String>,
+    /// Agent proxies, stopped when the step is over.
+    _agents: Vec<ssh::AgentProxy>,
     temp: Vec<PathBuf>,
     /// Cache locks, held for the step.
     _locks: Vec<File>,
@@ -273,8 +308,36 @@ pub fn prepare(
                     },
                 });
             }
-            MountSpec::Ssh => {
-                return Err("RUN --mount=type=ssh is not supported by kiln-executor (it has no --ssh flag); fetch with a token through --mount=type=secret instead".into())
+            MountSpec::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+                ..
+            } => {
+                let Some(agent) = env.ssh.get(id) else {
+                    if *required {
+                        return Err(format!(
+                            "ssh agent {id:?} is required but not given: pass --ssh {id}=<agent socket>"
+                        ));
+                    }
+                    continue;
+                };
+                let sock = out.temp_dir(env, &format!("ssh-{n}"))?.join("agent.sock");
+                let proxy = ssh::AgentProxy::start(agent, &sock, *mode, *uid, *gid)
+                    .map_err(|e| format!("forwarding ssh agent {id:?}: {e}"))?;
+                out._agents.push(proxy);
+                let target = target.clone().unwrap_or_default();
+                out.ssh_auth_sock.get_or_insert(target.clone());
+                out.mounts.push(StepMount {
+                    target,
+                    kind: StepMountKind::Bind {
+                        source: sock,
+                        readonly: false,
+                        dir: false,
+                    },
+                });
             }
         }
     }
@@ -483,6 +546,35 @@ mod tests {
         }
         std::fs::write(&file, vec![b'x'; MAX_SECRET_SIZE as usize + 1]).unwrap();
         assert!(parse_secret_flag(&src).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn ssh_flags_name_an_agent_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let value = format!("default={}", sock.display());
+        assert_eq!(
+            parse_ssh_flag(&value).unwrap(),
+            ("default".into(), sock.clone())
+        );
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "key").unwrap();
+        for (bad, why) in [
+            (format!("gh={}", key.display()), "is not a socket"),
+            (
+                format!("gh={},{}", sock.display(), key.display()),
+                "one agent socket only",
+            ),
+            ("=x".to_string(), "give ID or ID=<agent socket>"),
+            (
+                "gh=/nonexistent/kiln.sock".to_string(),
+                "/nonexistent/kiln.sock",
+            ),
+        ] {
+            let err = parse_ssh_flag(&bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

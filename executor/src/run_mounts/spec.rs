@@ -39,7 +39,15 @@ pub enum MountSpec {
         uid: u32,
         gid: u32,
     },
-    Ssh,
+    Ssh {
+        id: String,
+        /// `None`: `/run/buildkit/ssh_agent.<n>`, `n` counting the step's ssh mounts.
+        target: Option<String>,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 /// `sharing=` of a cache mount.
@@ -244,7 +252,25 @@ pub fn parse_mount(
                 gid: gid.unwrap_or(0),
             })
         }
-        "ssh" => Ok(MountSpec::Ssh),
+        "ssh" => {
+            only(&[
+                ("from", from.is_some()),
+                ("source", source.is_some()),
+                ("sharing", sharing != Sharing::Shared),
+                ("size", size.is_some()),
+                ("env", env.is_some()),
+            ])?;
+            Ok(MountSpec::Ssh {
+                id: id
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                target: target.filter(|t| !t.is_empty()),
+                required,
+                mode: mode.unwrap_or(0o600),
+                uid: uid.unwrap_or(0),
+                gid: gid.unwrap_or(0),
+            })
+        }
         other => Err(format!(
             "unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
         )),
@@ -382,7 +408,17 @@ mod tests {
                 size: Some(64 << 20)
             }
         );
-        assert_eq!(parse("type=ssh").unwrap(), MountSpec::Ssh);
+        assert_eq!(
+            parse("type=ssh").unwrap(),
+            MountSpec::Ssh {
+                id: "default".into(),
+                target: None,
+                required: false,
+                mode: 0o600,
+                uid: 0,
+                gid: 0
+            }
+        );
     }
 
     #[test]
