@@ -451,7 +451,10 @@ fn chroot_mounts(
     Ok(mounts)
 }
 
-/// A `RUN --mount` on its mount point in `root`, made if missing (and removed after the step).
+/// A `RUN --mount` on its mount point in `root`, made if missing and removed after the step with
+/// the missing parents made for it, as BuildKit's mount stub cleaner does. buildah 1.28 keeps
+/// those parents in the layer; BuildKit is the reference here (the differential case
+/// `run-mounts` names the difference).
 fn step_mount_op(
     root: &Path,
     points: &mut mountpoints::MountPoints,
