@@ -112,9 +112,19 @@ RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo skipped 
     let secret_file = b.dir.path().join("tok.txt");
     fs::write(&secret_file, &file_secret).unwrap();
     let src = format!("id=tok,src={}", secret_file.display());
+    let cache = b.dir.path().join("layer-cache");
+    let cache_repo = format!("oci:{}", cache.display());
     let log = b.ok(
         0,
-        &["--secret", &src, "--secret", "id=api,env=KILN_TEST_API"],
+        &[
+            "--secret",
+            &src,
+            "--secret",
+            "id=api,env=KILN_TEST_API",
+            "--cache",
+            "--cache-repo",
+            &cache_repo,
+        ],
         &[("KILN_TEST_API", &env_secret)],
     );
     let layout = b.layout(0);
@@ -139,8 +149,14 @@ RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo skipped 
         ("the file secret", file_secret.as_str()),
         ("the env secret", env_secret.as_str()),
     ];
-    let (found, files) = scan_files(&layout, &needles);
-    assert!(found.is_empty() && files > 2, "{found:?}");
+    for dir in [&layout, &cache] {
+        let (found, files) = scan_files(dir, &needles);
+        assert!(
+            found.is_empty() && files > 2,
+            "{}: {found:?}",
+            dir.display()
+        );
+    }
     let found = support::find_in("the log", log.as_bytes(), &needles);
     assert!(found.is_empty(), "{found:?}");
     let config = layout_config(&layout).unwrap().to_string();
