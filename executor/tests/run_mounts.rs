@@ -120,12 +120,12 @@ RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo skipped 
             "--secret",
             &src,
             "--secret",
-            "id=api,env=KILN_TEST_API",
+            "id=api,env=MOUNTS_TEST_API_TOKEN",
             "--cache",
             "--cache-repo",
             &cache_repo,
         ],
-        &[("KILN_TEST_API", &env_secret)],
+        &[("MOUNTS_TEST_API_TOKEN", &env_secret)],
     );
     let layout = b.layout(0);
     assert_eq!(
