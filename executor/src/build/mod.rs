@@ -136,6 +136,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         // In place the mount cache is on `/`: never snapshotted, never seen by a step except
         // through its mounts.
         ignore.flags.push(mount_cache.clone());
+        // Made now, so that the probe finds it and steps get it covered.
+        std::fs::create_dir_all(&mount_cache)
+            .map_err(io_err(format!("creating {}", mount_cache.display())))?;
         // Before the first stage replaces `/`: the probe and the paths to hide are about the
         // container as it started.
         let mut hidden = in_place_hidden(req, &work_dir, context.root());
