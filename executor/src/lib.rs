@@ -15,6 +15,7 @@ pub mod output;
 pub mod pargz;
 pub mod rootfs;
 pub mod run;
+pub mod run_mounts;
 pub mod snapshot;
 pub mod stage_files;
 pub mod unpack;

@@ -190,7 +190,10 @@ fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
         .arg("--insecure")
         .arg("--insecure-pull")
         .arg("--digest-file")
-        .arg(&digest_file);
+        .arg(&digest_file)
+        // RUN --mount=type=cache starts empty, as buildah's does, and leaves nothing behind.
+        .arg("--mount-cache-dir")
+        .arg(work.join("kiln-mount-cache"));
     for (k, v) in case.build_args_for("kiln") {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }

@@ -338,6 +338,7 @@ fn namespaces(root: &Root) -> Result<Outcome, String> {
 fn network_none(root: &Root) -> Result<Outcome, String> {
     let none = RunOptions {
         network: Network::None,
+        ..Default::default()
     };
     let step = step_namespaces(root, &none)?;
     if step.get("net") == Some(&host_namespace("net")?) {

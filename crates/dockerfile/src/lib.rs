@@ -11,5 +11,5 @@ pub mod stages;
 
 pub use ast::*;
 pub use expand::{expand_word, expand_words, ExpandError};
-pub use parser::{decode, parse, parse_bytes, parse_instruction, ParseError};
+pub use parser::{decode, mount_fields, parse, parse_bytes, parse_instruction, ParseError};
 pub use stages::{Base, FromPlatform, ResolvedStage, StageError, Stages, TargetError};

@@ -130,11 +130,20 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             }
         }
     });
-    let ignore = IgnorePaths::new(req, &work_dir, context.root());
+    let mount_cache = mount_cache_dir(req, &work_dir, _temp_guard.is_some());
+    let mut ignore = IgnorePaths::new(req, &work_dir, context.root());
     if req.isolation == Isolation::InPlace {
+        // In place the mount cache is on `/`: never snapshotted, never seen by a step except
+        // through its mounts.
+        ignore.flags.push(mount_cache.clone());
+        // Made now, so that the probe finds it and steps get it covered.
+        std::fs::create_dir_all(&mount_cache)
+            .map_err(io_err(format!("creating {}", mount_cache.display())))?;
         // Before the first stage replaces `/`: the probe and the paths to hide are about the
         // container as it started.
-        crate::run::prepare_in_place(&in_place_hidden(req, &work_dir, context.root()));
+        let mut hidden = in_place_hidden(req, &work_dir, context.root());
+        hidden.push(mount_cache.clone());
+        crate::run::prepare_in_place(&hidden);
     }
     let started = Instant::now();
     let plan = BuildPlan::new(
@@ -168,6 +177,14 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             .map(|cache| StepCache::new(cache, &runtime, &context, req.no_push_cache)),
         publisher: Publisher::new(req, registry, &runtime),
         ignore,
+        run_mounts: Arc::new(crate::run_mounts::MountEnv {
+            secrets: req.secrets.clone(),
+            cache_dir: mount_cache,
+            work_dir: work_dir.clone(),
+            context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
+            stages: Default::default(),
+            ssh: req.ssh.clone(),
+        }),
         built: HashMap::new(),
         stage_keys: HashMap::new(),
     };
@@ -213,6 +230,8 @@ struct Builder<'a> {
     /// The layer cache, with `--cache` (and not `--single-snapshot`).
     cache: Option<StepCache<'a>>,
     publisher: Publisher<'a>,
+    /// What `RUN --mount` reads.
+    run_mounts: Arc<crate::run_mounts::MountEnv>,
     ignore: IgnorePaths,
     built: HashMap<usize, BuiltStage>,
     /// The last step key of every built stage (the base identity of stages built FROM it).
@@ -295,6 +314,20 @@ fn registry_options(req: &BuildRequest, work_dir: &Path) -> kiln_oci::registry::
         opts.credential_helpers.only_under = kept;
     }
     opts
+}
+
+/// `--mount-cache-dir`, else `mount-cache` in the kiln dir, else `kiln-mount-cache` next to the
+/// temporary work directory (so that caches outlive it).
+fn mount_cache_dir(req: &BuildRequest, work_dir: &Path, temporary: bool) -> PathBuf {
+    if let Some(dir) = &req.mount_cache_dir {
+        return PathBuf::from(dir);
+    }
+    let parent = work_dir.parent().unwrap_or(work_dir);
+    parent.join(if temporary {
+        "kiln-mount-cache"
+    } else {
+        "mount-cache"
+    })
 }
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.

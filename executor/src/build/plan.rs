@@ -127,7 +127,7 @@ impl BuildPlan {
                     .as_ref()
                     .ok()
                     .and_then(|name| stage_ref(dockerfile, name, stage.index));
-                let copies = stage
+                let mut copies: Vec<(usize, Vec<String>)> = stage
                     .instructions
                     .iter()
                     .filter_map(|located| {
@@ -137,6 +137,20 @@ impl BuildPlan {
                         Some((read, reads.sources.to_vec()))
                     })
                     .collect();
+                // `RUN --mount=from=<stage>` reads that stage like a `COPY --from` of its source.
+                copies.extend(
+                    stage
+                        .instructions
+                        .iter()
+                        .filter_map(|located| match &located.instruction {
+                            kiln_dockerfile::Instruction::Run(args) => Some(args),
+                            _ => None,
+                        })
+                        .flat_map(|args| crate::run_mounts::bind_froms(&args.mounts))
+                        .filter_map(|(from, source)| {
+                            Some((stage_ref(dockerfile, &from, stage.index)?, vec![source]))
+                        }),
+                );
                 let bad_copies = stage
                     .instructions
                     .iter()

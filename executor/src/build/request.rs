@@ -62,7 +62,23 @@ pub struct BuildRequest {
     pub cache_ttl: Duration,
     /// `--cache-dir`: the base-image cache volume.
     pub cache_dir: Option<String>,
+    /// `--secret`, read and checked, by id.
+    pub secrets: BTreeMap<String, crate::run_mounts::SecretSource>,
+    /// `--mount-cache-dir`.
+    pub mount_cache_dir: Option<String>,
+    /// `--ssh`, read and checked: agent sockets by id.
+    pub ssh: BTreeMap<String, std::path::PathBuf>,
     pub outputs: Outputs,
+}
+
+/// `--secret` values by id; a later one with the same id wins, as in buildx.
+fn secrets(
+    opts: &Options,
+) -> Result<BTreeMap<String, crate::run_mounts::SecretSource>, BuildError> {
+    opts.secrets
+        .iter()
+        .map(|value| crate::run_mounts::parse_secret_flag(value).map_err(BuildError::Usage))
+        .collect()
 }
 
 /// What `--cache` asks of the layer cache.
@@ -145,6 +161,13 @@ impl BuildRequest {
             no_push_cache: opts.no_push_cache,
             cache_ttl,
             cache_dir: opts.base_cache_dir(),
+            secrets: secrets(opts)?,
+            ssh: opts
+                .ssh
+                .iter()
+                .map(|v| crate::run_mounts::parse_ssh_flag(v).map_err(BuildError::Usage))
+                .collect::<Result<_, _>>()?,
+            mount_cache_dir: opts.mount_cache_dir.clone().filter(|d| !d.is_empty()),
             outputs: Outputs {
                 oci_layout_path: opts.oci_layout_path.clone(),
                 tar_path: opts.tar_path.clone(),

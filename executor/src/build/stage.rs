@@ -233,6 +233,31 @@ impl Builder<'_> {
         Ok(note)
     }
 
+    /// What `RUN --mount` reads in stage `index`: the build's, plus the roots of the earlier
+    /// stages its steps mount with `from=`.
+    fn stage_mounts(&self, index: usize) -> std::sync::Arc<crate::run_mounts::MountEnv> {
+        let mut stages = std::collections::BTreeMap::new();
+        for located in &self.dockerfile.stages[index].instructions {
+            let kiln_dockerfile::Instruction::Run(args) = &located.instruction else {
+                continue;
+            };
+            for (from, _) in crate::run_mounts::bind_froms(&args.mounts) {
+                let built = kiln_dockerfile::stages::earlier_stage(self.dockerfile, &from, index)
+                    .and_then(|i| self.built.get(&i));
+                if let Some(built) = built {
+                    stages.insert(from, built.root.clone());
+                }
+            }
+        }
+        if stages.is_empty() {
+            return self.run_mounts.clone();
+        }
+        std::sync::Arc::new(crate::run_mounts::MountEnv {
+            stages,
+            ..(*self.run_mounts).clone()
+        })
+    }
+
     /// The state a stage's steps start from, over `root` with the base's config.
     pub(super) fn stage_state(
         &self,
@@ -253,6 +278,7 @@ impl Builder<'_> {
             escape: self.dockerfile.escape,
             cmd_set: false,
             scratch,
+            run_mounts: self.stage_mounts(index),
         };
         state.config.created = None;
         // BuildKit and buildah give every image without a PATH the default one.

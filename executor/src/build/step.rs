@@ -178,6 +178,7 @@ mod tests {
             escape: p.dockerfile.escape,
             cmd_set: false,
             scratch: PathBuf::from("/nonexistent/scratch"),
+            run_mounts: Default::default(),
         }
     }
 

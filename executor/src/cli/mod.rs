@@ -174,6 +174,21 @@ pub struct Options {
     #[arg(long = "cache-dir")]
     pub cache_dir: Option<String>,
 
+    /// A secret for `RUN --mount=type=secret`, docker buildx's syntax: `id=ID,src=FILE`,
+    /// `id=ID,env=VARIABLE`, or `id=ID` (the variable `ID` if set, else the file `ID`); repeatable.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+
+    /// An ssh agent for `RUN --mount=type=ssh`, docker buildx's syntax: `default` (the agent at
+    /// `$SSH_AUTH_SOCK`) or `ID=SOCKET`; repeatable. Key files are not supported.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+
+    /// Directory keeping `RUN --mount=type=cache` caches between builds (default:
+    /// `<kiln dir>/mount-cache` when a kiln dir is set, else `$TMPDIR/kiln-mount-cache`).
+    #[arg(long = "mount-cache-dir")]
+    pub mount_cache_dir: Option<String>,
+
     /// How long cached layers (by their creation time) and base images warmed by tag stay usable,
     /// e.g. `336h` (two weeks, the default), `30m`.
     #[arg(long = "cache-ttl")]

@@ -42,6 +42,8 @@ pub struct StageState {
     pub cmd_set: bool,
     /// Scratch space for this stage (heredoc files, downloads).
     pub scratch: PathBuf,
+    /// What `RUN --mount` reads: `--secret`, the mount cache, the context.
+    pub run_mounts: std::sync::Arc<crate::run_mounts::MountEnv>,
 }
 
 /// Sources COPY/ADD can read from, resolved by the builder before the command runs.
@@ -322,6 +324,7 @@ pub(crate) mod test_support {
             escape: '\\',
             cmd_set: false,
             scratch: root.join(".scratch"),
+            run_mounts: Default::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ use super::{
     InstructionError, KeyParts, Outcome, StageState,
 };
 use crate::run::{run_with, Network, RunOptions, RunSpec};
+use crate::run_mounts::{parse_mount, prepare, MountSpec};
 use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
 
 /// `RUN`: cached unless `--cache-run-layers=false`; its key records the command as written (the
@@ -22,7 +23,10 @@ impl Command for Run<'_> {
     }
 
     fn cacheable(&self, flags: CacheFlags) -> Cacheable {
-        if flags.run {
+        // What a bind mount shows (the context) is not in the key, so such a step is not cached.
+        if self.0.mounts.iter().any(|m| binds(m)) {
+            Cacheable::No
+        } else if flags.run {
             Cacheable::Yes
         } else {
             Cacheable::Disabled
@@ -128,22 +132,89 @@ fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> 
     Ok(name)
 }
 
+/// Whether a raw `--mount` value is (or may be, once expanded) a bind mount.
+fn binds(raw: &str) -> bool {
+    match kiln_dockerfile::mount_fields(raw) {
+        Ok(fields) => fields
+            .iter()
+            .find(|(k, _)| k == "type")
+            .and_then(|(_, v)| v.as_deref())
+            .is_none_or(|t| t.eq_ignore_ascii_case("bind") || t.contains('$')),
+        Err(_) => true,
+    }
+}
+
+/// The step's `--mount`s, read with the stage's variables, targets made absolute against
+/// WORKDIR.
+fn mount_specs(
+    args: &RunArgs,
+    state: &StageState,
+) -> Result<Vec<(MountSpec, Option<String>)>, CommandError> {
+    let mut specs = Vec::new();
+    let mut ssh_mounts = 0;
+    for raw in &args.mounts {
+        let expand = |v: &str| state.expand(v).map_err(|e| e.to_string());
+        let spec = parse_mount(raw, &expand)
+            .map_err(|e| CommandError::Invalid(format!("RUN --mount={raw}: {e}")))?;
+        let target = match &spec {
+            MountSpec::Bind { target, .. }
+            | MountSpec::Cache { target, .. }
+            | MountSpec::Tmpfs { target, .. } => Some(target.clone()),
+            MountSpec::Secret { target, .. } => target.clone(),
+            // BuildKit numbers the agent sockets of a step from 0.
+            MountSpec::Ssh { target, .. } => {
+                ssh_mounts += 1;
+                Some(
+                    target
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", ssh_mounts - 1)),
+                )
+            }
+        }
+        .map(|t| state.in_image_path(&t).trim_end_matches('/').to_string())
+        .map(|t| if t.is_empty() { "/".to_string() } else { t });
+        if target.as_deref() == Some("/") {
+            return Err(CommandError::Invalid(format!(
+                "RUN --mount={raw}: a mount cannot cover /"
+            )));
+        }
+        specs.push((spec, target));
+    }
+    Ok(specs)
+}
+
 fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandError> {
     let argv = argv(args, state)?;
     let workdir = state.workdir();
     ensure_dir(&state.root, &workdir)?;
+    let specs = mount_specs(args, state)?;
+    // Dropped after the step: removes secret files and copies, releases cache locks.
+    let mounts = prepare(&state.run_mounts, &specs).map_err(CommandError::Invalid)?;
+    let mut env = state.run_env();
+    env.extend(mounts.env.iter().cloned());
+    // As BuildKit: the first agent socket is SSH_AUTH_SOCK unless the step's environment sets it.
+    if let Some(sock) = &mounts.ssh_auth_sock {
+        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={sock}"));
+        }
+    }
     let spec = RunSpec {
         root: state.root.clone(),
         isolation: state.isolation,
         argv: argv.clone(),
-        env: state.run_env(),
+        env,
         workdir,
         user: state.config.config.user.clone().unwrap_or_default(),
     };
     // In place, whether `none` gets a network namespace is the run module's decision (and
     // warning): it depends on what the container allows.
     let network = Network::from_flag(args.network.as_deref());
-    let result = run_with(&spec, &RunOptions { network });
+    let options = RunOptions {
+        network,
+        mounts: mounts.mounts.clone(),
+    };
+    let result = run_with(&spec, &options);
+    drop(mounts);
     if let Some(script) = argv.first().filter(|a| a.starts_with("/.kiln-heredoc-")) {
         let _ = std::fs::remove_file(state.root.join(script.trim_start_matches('/')));
     }

@@ -57,6 +57,18 @@ pub enum ContextError {
     Io { path: PathBuf, source: io::Error },
 }
 
+/// [`BuildContext::is_excluded`] for a context directory `root` with rules `ignore`.
+pub fn excluded_under(root: &Path, ignore: &IgnoreMatcher, rel: &Path) -> bool {
+    let rel_str = rel_to_slash(rel);
+    if rel_str == "." || !ignore.matches(&rel_str) {
+        return false;
+    }
+    let is_dir = fs::symlink_metadata(root.join(rel))
+        .map(|m| m.is_dir())
+        .unwrap_or(false);
+    !(is_dir && ignore.may_reinclude_under(&rel_str))
+}
+
 /// A build context ready to be read: a directory on the host plus its `.dockerignore` rules.
 #[derive(Debug)]
 pub struct BuildContext {
@@ -246,14 +258,7 @@ impl BuildContext {
     /// directory is still reported as included when a later `!` pattern may re-include something
     /// inside it, so that walkers descend into it and test its children one by one.
     pub fn is_excluded(&self, rel: &Path) -> bool {
-        let rel_str = rel_to_slash(rel);
-        if rel_str == "." || !self.ignore.matches(&rel_str) {
-            return false;
-        }
-        let is_dir = fs::symlink_metadata(self.root.join(rel))
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
-        !(is_dir && self.ignore.may_reinclude_under(&rel_str))
+        excluded_under(&self.root, &self.ignore, rel)
     }
 
     /// Like [`BuildContext::is_excluded`] but for a host path under the root (the copier's

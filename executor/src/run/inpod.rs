@@ -34,7 +34,11 @@ use nix::sched::{unshare, CloneFlags};
 use serde::{Deserialize, Serialize};
 
 use super::init::{fail, io_errno, Failure};
-use super::{caps, mounts, sandbox, seccomp, FailureKind, InitPlan, MountOp, Network, RunError};
+use super::mountpoints::MountPoints;
+use super::{
+    caps, mounts, sandbox, seccomp, FailureKind, InitPlan, MountOp, Network, RunError, StepMount,
+    StepMountKind,
+};
 
 /// Hidden whenever they exist: Kiln's and kaniko's directories (binaries, work directory,
 /// `/kiln/.docker` where Kiln's Pods mount the push Secret, `/kaniko/.docker` where kaniko-style
@@ -63,6 +67,9 @@ pub(super) struct PrivatePlan {
     /// sandbox; only planned once [`network_none_works`] found the container allows it.
     #[serde(default)]
     pub network: Network,
+    /// `RUN --mount`s ([`MountOp::Step`]), made after the hidden paths are covered.
+    #[serde(default)]
+    pub mounts: Vec<MountOp>,
 }
 
 /// How in-place `RUN` steps are isolated in this container, as [`prepare_in_place`] decided.
@@ -260,6 +267,39 @@ fn plan_for(fixed: &[HeldPath]) -> Result<PrivatePlan, RunError> {
     Ok(PrivatePlan {
         hide: hide_ops(paths, |p| std::fs::metadata(p).ok().map(|m| m.is_dir())),
         network: Network::Host,
+        mounts: Vec::new(),
+    })
+}
+
+/// The mounts of a step's `RUN --mount`s. A target under a covered directory (the default
+/// `/run/secrets/<id>` is one) gets its mount point in the cover, made by the init; any other
+/// target gets one on `/` like a sandboxed step's, removed after the step.
+pub(super) fn step_mounts(
+    plan: &PrivatePlan,
+    steps: &[StepMount],
+    points: &mut MountPoints,
+) -> Result<Vec<MountOp>, RunError> {
+    steps
+        .iter()
+        .map(|step| {
+            let target = Path::new(&step.target);
+            if covering_dir(plan, target).is_some() {
+                Ok(MountOp::Step {
+                    kind: step.kind.clone(),
+                    target: target.to_path_buf(),
+                })
+            } else {
+                super::step_mount_op(Path::new("/"), points, step)
+            }
+        })
+        .collect()
+}
+
+/// The covered directory `path` is under, if any.
+fn covering_dir<'p>(plan: &'p PrivatePlan, path: &Path) -> Option<&'p Path> {
+    plan.hide.iter().find_map(|h| match h {
+        Hide::Dir(dir) if path.starts_with(dir) && path != dir => Some(dir.as_path()),
+        _ => None,
     })
 }
 
@@ -344,16 +384,12 @@ const RO_NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_RDONLY
 /// The confinement that follows ([`confine`]: seccomp against `mount` and `umount2`) keeps the
 /// step from uncovering them.
 pub(super) fn hide(plan: &PrivatePlan) -> Result<(), Failure> {
+    // The sources of `RUN --mount`s live in Kiln's (covered) directory: held open from here,
+    // and mounted through /proc/self/fd once everything is covered.
+    let held = hold_sources(&plan.mounts)?;
     for op in &plan.hide {
         match op {
-            Hide::Dir(path) => mount(
-                Some("tmpfs"),
-                path,
-                Some("tmpfs"),
-                RO_NOSUID_NODEV_NOEXEC,
-                Some("mode=755"),
-            )
-            .map_err(|e| fail(FailureKind::Setup, format!("hiding {}", path.display()), e))?,
+            Hide::Dir(path) => cover_dir(plan, path)?,
             Hide::File(path) => {
                 let what = || format!("hiding {}", path.display());
                 mount(
@@ -377,7 +413,107 @@ pub(super) fn hide(plan: &PrivatePlan) -> Result<(), Failure> {
     }
     mounts::do_mount(&MountOp::Proc {
         target: PathBuf::from("/proc"),
-    })
+    })?;
+    for (op, fd) in plan.mounts.iter().zip(&held) {
+        let op = match (op, fd) {
+            (
+                MountOp::Step {
+                    kind: StepMountKind::Bind { readonly, dir, .. },
+                    target,
+                },
+                Some(fd),
+            ) => MountOp::Step {
+                kind: StepMountKind::Bind {
+                    source: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                    readonly: *readonly,
+                    dir: *dir,
+                },
+                target: target.clone(),
+            },
+            (op, _) => op.clone(),
+        };
+        mounts::do_mount(&op)?;
+    }
+    drop(held);
+    Ok(())
+}
+
+/// An `O_PATH` descriptor of the source of every bind in `ops`.
+fn hold_sources(ops: &[MountOp]) -> Result<Vec<Option<File>>, Failure> {
+    ops.iter()
+        .map(|op| match op {
+            MountOp::Step {
+                kind: StepMountKind::Bind { source, .. },
+                ..
+            } => std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(source)
+                .map(Some)
+                .map_err(|e| {
+                    fail(
+                        FailureKind::Setup,
+                        format!("opening the mount source {}", source.display()),
+                        io_errno(&e),
+                    )
+                }),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// Cover `dir` with an empty read-only tmpfs; the mount points of the step's mounts under it
+/// are made first, while it is still writable.
+fn cover_dir(plan: &PrivatePlan, dir: &Path) -> Result<(), Failure> {
+    let what = || format!("hiding {}", dir.display());
+    let stubs: Vec<(&Path, bool)> = plan
+        .mounts
+        .iter()
+        .filter_map(|op| match op {
+            MountOp::Step { kind, target } if covering_dir(plan, target) == Some(dir) => {
+                Some((target.as_path(), kind.is_dir()))
+            }
+            _ => None,
+        })
+        .collect();
+    let flags = if stubs.is_empty() {
+        RO_NOSUID_NODEV_NOEXEC
+    } else {
+        RO_NOSUID_NODEV_NOEXEC.difference(MsFlags::MS_RDONLY)
+    };
+    mount(Some("tmpfs"), dir, Some("tmpfs"), flags, Some("mode=755"))
+        .map_err(|e| fail(FailureKind::Setup, what(), e))?;
+    if stubs.is_empty() {
+        return Ok(());
+    }
+    for (target, is_dir) in stubs {
+        let made = match target.parent() {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            if is_dir {
+                std::fs::create_dir_all(target)
+            } else {
+                File::create(target).map(drop)
+            }
+        });
+        made.map_err(|e| {
+            fail(
+                FailureKind::Setup,
+                format!("creating the mount point {}", target.display()),
+                io_errno(&e),
+            )
+        })?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | RO_NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| fail(FailureKind::Setup, what(), e))
 }
 
 /// The last steps before the user switch. Where the Pod granted `CAP_SETPCAP` (Docker's and

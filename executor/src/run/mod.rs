@@ -140,9 +140,32 @@ impl Network {
 
 /// Per-step choices beyond [`RunSpec`], kept apart so that existing `RunSpec` literals compile
 /// unchanged; the default is what [`run`] uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
     pub network: Network,
+    /// `RUN --mount`s, in order (chroot mode only).
+    pub mounts: Vec<StepMount>,
+}
+
+/// A mount of `RUN --mount`, made in the step's mount namespace on a mount point that is
+/// removed after the step if it had to be created (as BuildKit removes its mount stubs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMount {
+    /// Absolute in-image path.
+    pub target: String,
+    pub kind: StepMountKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepMountKind {
+    /// A host file or directory (`dir`) bound `nosuid,nodev`, read-only if asked.
+    Bind {
+        source: PathBuf,
+        readonly: bool,
+        dir: bool,
+    },
+    /// A fresh tmpfs, `nosuid,nodev`, of `size` bytes (the kernel's default if `None`).
+    Tmpfs { size: Option<u64> },
 }
 
 /// Why a `RUN` command did not succeed. The caller adds the Dockerfile line and command text.
@@ -246,12 +269,26 @@ struct ChrootPlan {
     cgroup_procs: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum MountOp {
-    Proc { target: PathBuf },
-    Sys { target: PathBuf },
-    Dev { target: PathBuf },
-    BindFileReadOnly { source: PathBuf, target: PathBuf },
+    Proc {
+        target: PathBuf,
+    },
+    Sys {
+        target: PathBuf,
+    },
+    Dev {
+        target: PathBuf,
+    },
+    BindFileReadOnly {
+        source: PathBuf,
+        target: PathBuf,
+    },
+    /// A `RUN --mount` on its host-side mount point.
+    Step {
+        kind: StepMountKind,
+        target: PathBuf,
+    },
 }
 
 /// What the init reports when it cannot get as far as `exec`.
@@ -317,7 +354,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     };
     let chroot = match spec.isolation {
         Isolation::InPlace => None,
-        Isolation::Chroot => match chroot_mounts(&spec.root, &mut points) {
+        Isolation::Chroot => match chroot_mounts(&spec.root, &mut points, &options.mounts) {
             Ok(mountpoints) => Some(ChrootPlan {
                 root: spec.root.clone(),
                 mounts: mountpoints,
@@ -331,7 +368,19 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         },
     };
     let private = match spec.isolation {
-        Isolation::InPlace => inpod::step_plan(options.network)?,
+        Isolation::InPlace => {
+            let mut plan = inpod::step_plan(options.network)?;
+            if !options.mounts.is_empty() {
+                let Some(plan) = plan.as_mut() else {
+                    return Err(RunError::Setup {
+                        what: "RUN --mount with a target needs a mount namespace of the step's own, which this container does not allow (steps share its namespaces; see the warning above); give the executor Pod hostUsers: false and the SYS_ADMIN capability, or use --isolation chroot".into(),
+                        source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
+                    });
+                };
+                plan.mounts = inpod::step_mounts(plan, &options.mounts, &mut points)?;
+            }
+            plan
+        }
         Isolation::Chroot => None,
     };
     let plan = InitPlan {
@@ -371,6 +420,7 @@ fn command_env(env: &[String], home: &str) -> Vec<String> {
 fn chroot_mounts(
     root: &Path,
     points: &mut mountpoints::MountPoints,
+    steps: &[StepMount],
 ) -> Result<Vec<MountOp>, RunError> {
     let mut mounts = vec![
         MountOp::Proc {
@@ -395,7 +445,45 @@ fn chroot_mounts(
             });
         }
     }
+    for step in steps {
+        mounts.push(step_mount_op(root, points, step)?);
+    }
     Ok(mounts)
+}
+
+/// A `RUN --mount` on its mount point in `root`, made if missing and removed after the step with
+/// the missing parents made for it, as BuildKit's mount stub cleaner does. buildah 1.28 keeps
+/// those parents in the layer; BuildKit is the reference here (the differential case
+/// `run-mounts` names the difference).
+fn step_mount_op(
+    root: &Path,
+    points: &mut mountpoints::MountPoints,
+    step: &StepMount,
+) -> Result<MountOp, RunError> {
+    let target = if step.kind.is_dir() {
+        points.dir(root, &step.target)?
+    } else {
+        points
+            .file(root, &step.target)?
+            .ok_or_else(|| RunError::Setup {
+                what: format!(
+                    "mount target {} exists in the image but is not a regular file",
+                    step.target
+                ),
+                source: std::io::Error::from_raw_os_error(libc::EISDIR),
+            })?
+    };
+    Ok(MountOp::Step {
+        kind: step.kind.clone(),
+        target,
+    })
+}
+
+impl StepMountKind {
+    /// Whether the mount point is a directory (else a regular file).
+    fn is_dir(&self) -> bool {
+        !matches!(self, StepMountKind::Bind { dir: false, .. })
+    }
 }
 
 fn spawn_init(program: &Path, plan: &InitPlan) -> Result<(), RunError> {

@@ -11,7 +11,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
 use super::init::{fail, io_errno, Failure};
-use super::{FailureKind, MountOp};
+use super::{FailureKind, MountOp, StepMountKind};
 
 /// Docker's masked paths (moby `oci/defaults.go`), relative to `/proc` and `/sys`: a file is
 /// covered with `/dev/null`, a directory with an empty read-only tmpfs. Host details (keys,
@@ -113,6 +113,38 @@ pub(super) fn do_mount(op: &MountOp) -> Result<(), Failure> {
         MountOp::Dev { target } => mount_dev(target),
         MountOp::BindFileReadOnly { source, target } => {
             bind_read_only(source, target, MsFlags::empty())
+        }
+        MountOp::Step { kind, target } => step_mount(kind, target),
+    }
+}
+
+/// A `RUN --mount`: `nosuid,nodev` like the root, so that a device node or setuid file a step
+/// leaves in a cache cannot be used by a later one.
+fn step_mount(kind: &StepMountKind, target: &Path) -> Result<(), Failure> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    match kind {
+        StepMountKind::Tmpfs { size } => {
+            let data = match size {
+                Some(size) => format!("mode=1777,size={size}"),
+                None => "mode=1777".to_string(),
+            };
+            mnt(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                nosuid_nodev,
+                Some(&data),
+            )
+        }
+        StepMountKind::Bind {
+            source, readonly, ..
+        } => {
+            mnt(Some(source.as_path()), target, None, MsFlags::MS_BIND, None)?;
+            let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nosuid_nodev;
+            if *readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            mnt(None::<&str>, target, None, flags, None)
         }
     }
 }

@@ -117,6 +117,15 @@ pub const ALLOWLIST: &[Tolerance] = &[
               the times of the build, so their content differs between any two builds. The \
               Dockerfile used to delete them; now they are compared for everything but content.",
     },
+    Tolerance {
+        name: "run-mount-parent-stub",
+        cases: &["run-mounts"],
+        what: Tolerated::Path {
+            paths: &["/var/cache"],
+            aspects: &[Aspect::Presence],
+        },
+        why: "buildah 1.28 removes a mount point it created for RUN --mount but keeps the missing               parent directories it created above it (/var/cache for a cache at               /var/cache/kiln-diff); kiln removes them too, as BuildKit's mount stub cleaner               does (BuildKit is the reference for RUN --mount).",
+    },
 ];
 
 /// `/bin/sh -c #(nop) X` is `X`.

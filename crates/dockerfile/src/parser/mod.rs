@@ -7,6 +7,7 @@ mod flags;
 mod heredoc;
 mod instructions;
 mod mounts;
+pub use mounts::mount_fields;
 mod source;
 mod words;
 

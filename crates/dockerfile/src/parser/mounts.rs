@@ -77,6 +77,18 @@ pub(super) fn check_mount(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The fields of a `--mount=` value as `(lower-case key, value)`; a key standing alone has no
+/// value. The build reads a mount through this after [`check_mount`] accepted it at parse time.
+pub fn mount_fields(spec: &str) -> Result<Vec<(String, Option<String>)>, String> {
+    Ok(split_fields(spec)?
+        .into_iter()
+        .map(|field| match field.split_once('=') {
+            Some((k, v)) => (k.to_ascii_lowercase(), Some(v.to_string())),
+            None => (field.to_ascii_lowercase(), None),
+        })
+        .collect())
+}
+
 /// Splits on commas outside double quotes; quotes are removed (Go's CSV reader, which BuildKit
 /// uses, reads a field that starts with `"` as quoted).
 fn split_fields(spec: &str) -> Result<Vec<String>, String> {

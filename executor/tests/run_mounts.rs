@@ -1,0 +1,477 @@
+//! `RUN --mount` end to end: real builds by the `kiln-executor` binary (chroot isolation) over
+//! the test registry's busybox, written as OCI layouts and read back. Each case checks what the
+//! step saw (it writes a marker only if its checks pass) and that nothing of a mount reached a
+//! layer: secrets are also looked for in every blob and in the log. Uses only temporary
+//! directories and the local test registry.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_testkit::{registry, require_root};
+use support::{layout_config, layout_entry, run_executor, scan_files};
+
+/// A build directory: the context, a layout, and a mount cache shared by the builds of a case.
+struct Build {
+    dir: tempfile::TempDir,
+}
+
+impl Build {
+    fn new(dockerfile: &str, files: &[(&str, &str)]) -> Build {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-mounts-")
+            .tempdir()
+            .expect("temp dir");
+        let ctx = dir.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        let base = format!("{}/kiln-test/busybox:latest", registry());
+        fs::write(ctx.join("Dockerfile"), dockerfile.replace("BASE", &base)).unwrap();
+        for (name, content) in files {
+            fs::write(ctx.join(name), content).unwrap();
+        }
+        Build { dir }
+    }
+
+    fn ctx(&self) -> PathBuf {
+        self.dir.path().join("ctx")
+    }
+
+    fn layout(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("layout{n}"))
+    }
+
+    /// Build into layout `n` with `extra` flags and `envs`; whether it succeeded, and the log.
+    fn run(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+        let ctx = self.ctx();
+        let layout = self.layout(n);
+        let cache = self.dir.path().join("mount-cache");
+        let mut args = vec![
+            "--isolation",
+            "chroot",
+            "--insecure-pull",
+            "--no-push",
+            "--context",
+            ctx.to_str().unwrap(),
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+            "--mount-cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_executor(&args, envs, None)
+    }
+
+    fn ok(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> String {
+        let (ok, log) = self.run(n, extra, envs);
+        assert!(ok, "the build failed:\n{log}");
+        log
+    }
+}
+
+fn root() -> bool {
+    require_root("RUN --mount needs chroot isolation, which needs root")
+}
+
+fn absent(layout: &Path, paths: &[&str]) {
+    for path in paths {
+        assert_eq!(
+            layout_entry(layout, path),
+            None,
+            "{path} reached a layer of {}",
+            layout.display()
+        );
+    }
+}
+
+#[test]
+fn secrets_from_a_file_and_a_variable_reach_the_step_only() {
+    if !root() {
+        return;
+    }
+    let nonce = std::process::id();
+    let file_secret = format!("file-secret-{nonce}-Qz8");
+    let env_secret = format!("env-secret-{nonce}-Wm3");
+    // The step compares lengths and a prefix, so no value passes through an ARG.
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=secret,id=tok \
+    --mount=type=secret,id=api,env=API_TOKEN \
+    --mount=type=secret,id=tok,target=/etc/app/key,mode=0440,uid=12,gid=34 \
+    set -e; \
+    case "$(cat /run/secrets/tok)" in file-secret-*) ;; *) exit 3;; esac; \
+    case "$API_TOKEN" in env-secret-*) ;; *) exit 4;; esac; \
+    test "$(stat -c '%a %u %g' /run/secrets/tok)" = "400 0 0"; \
+    test "$(stat -c '%a %u %g' /etc/app/key)" = "440 12 34"; \
+    ! sh -c 'echo x > /run/secrets/tok' 2>/dev/null; \
+    echo seen > /secret-ok
+RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo skipped > /optional-ok
+"#,
+        &[],
+    );
+    let secret_file = b.dir.path().join("tok.txt");
+    fs::write(&secret_file, &file_secret).unwrap();
+    let src = format!("id=tok,src={}", secret_file.display());
+    let cache = b.dir.path().join("layer-cache");
+    let cache_repo = format!("oci:{}", cache.display());
+    let log = b.ok(
+        0,
+        &[
+            "--secret",
+            &src,
+            "--secret",
+            "id=api,env=MOUNTS_TEST_API_TOKEN",
+            "--cache",
+            "--cache-repo",
+            &cache_repo,
+        ],
+        &[("MOUNTS_TEST_API_TOKEN", &env_secret)],
+    );
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/secret-ok").as_deref(),
+        Some("seen\n")
+    );
+    assert_eq!(
+        layout_entry(&layout, "/optional-ok").as_deref(),
+        Some("skipped\n")
+    );
+    absent(
+        &layout,
+        &[
+            "/run/secrets/tok",
+            "/run/secrets",
+            "/etc/app/key",
+            "/etc/app",
+        ],
+    );
+    let needles = [
+        ("the file secret", file_secret.as_str()),
+        ("the env secret", env_secret.as_str()),
+    ];
+    for dir in [&layout, &cache] {
+        let (found, files) = scan_files(dir, &needles);
+        assert!(
+            found.is_empty() && files > 2,
+            "{}: {found:?}",
+            dir.display()
+        );
+    }
+    let found = support::find_in("the log", log.as_bytes(), &needles);
+    assert!(found.is_empty(), "{found:?}");
+    let config = layout_config(&layout).unwrap().to_string();
+    assert!(!config.contains("API_TOKEN="), "{config}");
+
+    // A required secret that is not given fails the build, naming it.
+    let b = Build::new(
+        "FROM BASE\nRUN --mount=type=secret,id=npm,required true\n",
+        &[],
+    );
+    let (ok, log) = b.run(0, &[], &[]);
+    assert!(!ok && log.contains("secret \"npm\" is required"), "{log}");
+}
+
+#[test]
+fn a_cache_persists_between_builds_and_stays_out_of_layers() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=cache,target=/var/cache/kilntest,sharing=locked \
+    echo run >> /var/cache/kilntest/log && cp /var/cache/kilntest/log /seen
+RUN --mount=type=cache,id=other,target=/opt/c,mode=0700,uid=7 \
+    test "$(stat -c '%a %u' /opt/c)" = "700 7" && touch /opt/c/x && echo ok > /other-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    b.ok(1, &[], &[]);
+    assert_eq!(
+        layout_entry(&b.layout(0), "/seen").as_deref(),
+        Some("run\n")
+    );
+    assert_eq!(
+        layout_entry(&b.layout(1), "/seen").as_deref(),
+        Some("run\nrun\n")
+    );
+    for n in [0, 1] {
+        let layout = b.layout(n);
+        assert_eq!(layout_entry(&layout, "/other-ok").as_deref(), Some("ok\n"));
+        absent(
+            &layout,
+            &[
+                "/var/cache/kilntest/log",
+                "/var/cache/kilntest",
+                "/opt/c/x",
+                "/opt/c",
+                "/opt",
+            ],
+        );
+    }
+}
+
+#[test]
+fn tmpfs_is_a_fresh_tmpfs_left_out_of_the_layer() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+RUN --mount=type=tmpfs,target=/scratch,size=1m \
+    echo x > /scratch/f && grep -q ' /scratch tmpfs .*size=1024k' /proc/mounts && echo ok > /tmpfs-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(layout_entry(&layout, "/tmpfs-ok").as_deref(), Some("ok\n"));
+    absent(&layout, &["/scratch/f", "/scratch"]);
+}
+
+#[test]
+fn bind_from_the_context_is_read_only_filtered_and_rw_discards_writes() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE
+WORKDIR /app
+RUN --mount=target=ctx \
+    cat ctx/data.txt > /got && test ! -e ctx/hidden.txt && \
+    ! touch ctx/new 2>/dev/null && echo ok > /ro-ok
+RUN --mount=type=bind,source=data.txt,target=/d.txt,rw \
+    echo changed > /d.txt && cat /d.txt > /rw-seen
+"#,
+        &[
+            ("data.txt", "from the context\n"),
+            ("hidden.txt", "excluded\n"),
+            (".dockerignore", "hidden.txt\n"),
+        ],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/got").as_deref(),
+        Some("from the context\n")
+    );
+    assert_eq!(layout_entry(&layout, "/ro-ok").as_deref(), Some("ok\n"));
+    assert_eq!(
+        layout_entry(&layout, "/rw-seen").as_deref(),
+        Some("changed\n")
+    );
+    absent(&layout, &["/app/ctx", "/app/ctx/data.txt", "/d.txt"]);
+    assert_eq!(
+        fs::read_to_string(b.ctx().join("data.txt")).unwrap(),
+        "from the context\n"
+    );
+}
+
+#[test]
+fn bind_from_a_stage_reads_its_files_and_rw_discards_writes() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE AS build
+RUN mkdir -p /out && echo built > /out/artifact && echo other > /elsewhere
+FROM BASE
+RUN --mount=from=build,source=/out,target=/in \
+    cat /in/artifact > /got && ! touch /in/x 2>/dev/null && echo ok > /ro-ok
+RUN --mount=type=bind,from=build,source=out/artifact,target=/a,rw \
+    echo changed > /a && cat /a > /rw-seen
+RUN --mount=from=0,target=/whole test -e /whole/out/artifact && echo ok > /index-ok
+"#,
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    assert_eq!(layout_entry(&layout, "/got").as_deref(), Some("built\n"));
+    assert_eq!(layout_entry(&layout, "/ro-ok").as_deref(), Some("ok\n"));
+    assert_eq!(
+        layout_entry(&layout, "/rw-seen").as_deref(),
+        Some("changed\n")
+    );
+    assert_eq!(layout_entry(&layout, "/index-ok").as_deref(), Some("ok\n"));
+    absent(&layout, &["/in", "/a", "/whole", "/out/artifact"]);
+}
+
+/// `--ssh ID=SOCKET`: the step reaches the agent through its own socket at BuildKit's default
+/// target, named by SSH_AUTH_SOCK, with the mount's mode. A line-echoing server stands in for
+/// the agent; Debian's perl is the client.
+#[test]
+fn ssh_mounts_forward_to_the_agent_socket() {
+    use std::io::{BufRead, BufReader, Write};
+    if !root() {
+        return;
+    }
+    let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let b = Build::new(
+        &format!(
+            r#"FROM {debian}
+RUN --mount=type=ssh,id=gh,mode=0666 --mount=type=ssh,id=gh,target=/agent2 \
+    test "$SSH_AUTH_SOCK" = /run/buildkit/ssh_agent.0 && test -S /agent2 && \
+    test "$(stat -c %a "$SSH_AUTH_SOCK")" = 666 && \
+    perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ENV{{SSH_AUTH_SOCK}}) or die "$!"; print $s "ping\n"; print scalar <$s>' > /agent-reply
+"#
+        ),
+        &[],
+    );
+    let agent_path = b.dir.path().join("agent.sock");
+    let agent = std::os::unix::net::UnixListener::bind(&agent_path).unwrap();
+    std::thread::spawn(move || {
+        for conn in agent.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let _ = BufReader::new(conn.try_clone().unwrap()).read_line(&mut line);
+            let _ = conn.write_all(format!("agent got {line}").as_bytes());
+        }
+    });
+    let flag = format!("gh={}", agent_path.display());
+    b.ok(0, &["--ssh", &flag], &[]);
+    let layout = b.layout(0);
+    assert_eq!(
+        layout_entry(&layout, "/agent-reply").as_deref(),
+        Some("agent got ping\n")
+    );
+    absent(
+        &layout,
+        &["/run/buildkit/ssh_agent.0", "/run/buildkit", "/agent2"],
+    );
+    let env = layout_config(&layout).unwrap()["config"]["Env"].to_string();
+    assert!(!env.contains("SSH_AUTH_SOCK"), "{env}");
+}
+
+#[test]
+fn unsupported_mounts_fail_the_build_naming_them() {
+    if !root() {
+        return;
+    }
+    for (mount, why) in [
+        (
+            "type=ssh,required",
+            "ssh agent \"default\" is required but not given",
+        ),
+        (
+            "type=bind,from=BASE,target=/b",
+            "mounting an image is not supported",
+        ),
+        (
+            "type=cache,target=/c,from=build",
+            "from= and source= of a cache mount",
+        ),
+    ] {
+        let b = Build::new(
+            &format!("FROM BASE AS build\nRUN true\nFROM BASE\nRUN --mount={mount} true\n"),
+            &[],
+        );
+        let (ok, log) = b.run(0, &[], &[]);
+        assert!(!ok && log.contains(why), "{mount}: {log}");
+    }
+}
+
+/// In place, as in a Pod with `hostUsers: false` and `SYS_ADMIN` (each step in private
+/// namespaces): the same mounts, made in the step's namespace only, with the secret's default
+/// target inside a covered directory and the sources in Kiln's covered directory. The debug
+/// executor runs in podman over the Debian test image (the binary needs its glibc).
+#[test]
+fn in_place_steps_with_private_namespaces_get_their_mounts() {
+    use std::os::unix::fs::PermissionsExt;
+    if !kiln_testkit::require_tools(&["podman"]) || !root() {
+        return;
+    }
+    let nonce = std::process::id();
+    let secret = format!("inplace-secret-{nonce}-Kx2");
+    let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let b = Build::new(
+        &format!(
+            r#"FROM {debian}
+RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
+    --mount=type=cache,target=/var/cache/kt --mount=type=tmpfs,target=/scratch \
+    --mount=target=/ctx \
+    set -e; case "$(cat /run/secrets/tok)" in inplace-secret-*) ;; *) exit 3;; esac; \
+    case "$TOK" in inplace-secret-*) ;; *) exit 4;; esac; \
+    echo run >> /var/cache/kt/log; cp /var/cache/kt/log /seen; \
+    echo x > /scratch/f; grep -q ' /scratch tmpfs' /proc/mounts; \
+    cat /ctx/data.txt > /got; test ! -e /kiln/build; echo ok > /inplace-ok
+"#
+        ),
+        &[("data.txt", "in place\n")],
+    );
+    let secrets = b.dir.path().join("secrets");
+    let out = b.dir.path().join("out");
+    fs::create_dir_all(&secrets).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(secrets.join("tok"), &secret).unwrap();
+    // The container's root is an unprivileged host uid: everything it reads must be readable.
+    for (path, mode) in [
+        (b.dir.path().to_path_buf(), 0o755),
+        (b.ctx(), 0o755),
+        (secrets.clone(), 0o755),
+        (secrets.join("tok"), 0o644),
+        (out.clone(), 0o777),
+    ] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let vol = |src: &Path, dst: &str, mode: &str| format!("{}:{dst}:{mode}", src.display());
+    let run = kiln_testkit::run_bounded(
+        kiln_testkit::podman_run_command()
+            .args(["--uidmap", "0:300000:65536", "--gidmap", "0:300000:65536"])
+            .args(["--cap-add", "SYS_ADMIN", "-e", "KILN_CONTAINER=1"])
+            .args([
+                "-v",
+                &vol(
+                    Path::new(env!("CARGO_BIN_EXE_kiln-executor")),
+                    "/kiln/executor",
+                    "ro",
+                ),
+            ])
+            .args(["-v", &vol(&b.ctx(), "/workspace", "ro")])
+            .args(["-v", &vol(&secrets, "/secrets", "ro")])
+            .args(["-v", &vol(&out, "/out", "rw")])
+            // As the executor image has them (Debian's minimal root has no CA bundle).
+            .args([
+                "-v",
+                "/etc/ssl/certs/ca-certificates.crt:/kiln/ssl/certs/ca-certificates.crt:ro",
+            ])
+            .args(["-e", "SSL_CERT_FILE=/kiln/ssl/certs/ca-certificates.crt"])
+            .arg(&debian)
+            .args(["/kiln/executor", "--context", "dir:///workspace"])
+            .args(["--dockerfile", "/workspace/Dockerfile", "--no-push"])
+            .args(["--insecure-pull", "--oci-layout-path", "/out/layout"])
+            .args(["--secret", "id=tok,src=/secrets/tok"]),
+        std::time::Duration::from_secs(600),
+    )
+    .expect("podman run");
+    let log = format!("{}{}", run.stdout, run.stderr);
+    let _ = kiln_testkit::run_bounded(
+        kiln_testkit::podman().args(["rmi", "-f", "--ignore", &debian]),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(run.success(), "the in-place build failed:\n{log}");
+    assert!(
+        log.contains("cleared /") && log.contains("private"),
+        "not in place with private namespaces:\n{log}"
+    );
+    let layout = out.join("layout");
+    assert_eq!(
+        layout_entry(&layout, "/inplace-ok").as_deref(),
+        Some("ok\n")
+    );
+    assert_eq!(layout_entry(&layout, "/seen").as_deref(), Some("run\n"));
+    assert_eq!(layout_entry(&layout, "/got").as_deref(), Some("in place\n"));
+    absent(
+        &layout,
+        &[
+            "/run/secrets/tok",
+            "/var/cache/kt",
+            "/scratch",
+            "/ctx",
+            "/kiln",
+        ],
+    );
+    let needles = [("the secret", secret.as_str())];
+    let (found, _) = scan_files(&layout, &needles);
+    assert!(found.is_empty(), "{found:?}");
+    assert!(support::find_in("the log", log.as_bytes(), &needles).is_empty());
+}
