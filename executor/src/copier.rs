@@ -27,9 +27,11 @@ use crate::rootfs::{
 };
 
 pub use crate::rootfs::is_archive;
+pub use mode::Chmod;
 pub use read::Source;
 use read::{open_entry, open_source, Opened};
 
+mod mode;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +40,7 @@ pub struct CopyOptions<'a> {
     /// `--chown`: owner of everything written, including created parent directories.
     pub chown: Option<(u32, u32)>,
     /// `--chmod`: mode of every copied file and directory (not of created parents or `dest`).
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     /// Host path of a source file/directory → skip it (`.dockerignore`); may always say no.
     pub exclude: &'a dyn Fn(&Path) -> bool,
     /// `COPY --from` keeps the source uid/gid; from the build context they become 0:0.
@@ -246,7 +248,12 @@ impl Copier<'_, '_> {
             (0, 0)
         });
         let mut em = Meta {
-            mode: opts.chmod.unwrap_or(stat.st_mode & 0o7777),
+            mode: match &opts.chmod {
+                Some(chmod) => {
+                    chmod.apply(stat.st_mode, stat.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }
+                None => stat.st_mode & 0o7777,
+            },
             owner: Some(owner),
             atime: file_time(stat.st_atime, stat.st_atime_nsec),
             mtime: file_time(stat.st_mtime, stat.st_mtime_nsec),

@@ -8,7 +8,7 @@ use super::{
     CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
     KeyParts, Outcome, Reads, StageState,
 };
-use crate::copier::{add_archive_into_root, copy_into_root, CopyOptions, Source};
+use crate::copier::{add_archive_into_root, copy_into_root, Chmod, CopyOptions, Source};
 
 mod sources;
 
@@ -130,6 +130,7 @@ fn execute(
     is_add: bool,
 ) -> Result<Outcome, CommandError> {
     let name = if is_add { "ADD" } else { "COPY" };
+    refuse_unsupported(args, name)?;
     let dest_raw = state.expand(&args.dest)?;
     let dest = state.in_image_path(&dest_raw);
     let chown = match &args.chown {
@@ -145,16 +146,11 @@ fn execute(
     let chmod = match &args.chmod {
         Some(text) => {
             let text = state.expand(text)?;
-            Some(
-                u32::from_str_radix(&text, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        CommandError::Invalid(format!(
-                            "{name} --chmod={text}: expected an octal mode such as 0755"
-                        ))
-                    })?,
-            )
+            Some(Chmod::parse(&text).map_err(|e| {
+                CommandError::Invalid(format!(
+                    "{name} --chmod={text}: {e} (an octal mode such as 0755, or a symbolic one such as u+x,g-w)"
+                ))
+            })?)
         }
         None => None,
     };
@@ -250,6 +246,26 @@ fn execute(
         )));
     }
     Ok(Outcome::Filesystem)
+}
+
+/// Options the parser accepts that this builder does not carry out yet: refused by name, never
+/// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
+fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
+    let refused = if !args.exclude.is_empty() {
+        Some("--exclude")
+    } else if args.parents {
+        Some("--parents")
+    } else if args.keep_git_dir {
+        Some("--keep-git-dir")
+    } else {
+        None
+    };
+    match refused {
+        Some(option) => Err(CommandError::Invalid(format!(
+            "{name} {option} is not supported by kiln-executor yet"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn is_url(source: &str) -> bool {
