@@ -8,6 +8,7 @@ use super::{
     CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
     KeyParts, Outcome, Reads, StageState,
 };
+use crate::context::IgnoreMatcher;
 use crate::copier::{add_archive_into_root, copy_into_root, Chmod, CopyOptions, Source};
 
 mod sources;
@@ -155,6 +156,19 @@ fn execute(
         None => None,
     };
 
+    let exclude_patterns = if args.exclude.is_empty() {
+        None
+    } else {
+        let patterns = args
+            .exclude
+            .iter()
+            .map(|p| state.expand(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(IgnoreMatcher::new(&patterns).map_err(|e| {
+            CommandError::Invalid(format!("{name} --exclude={}: {}", e.pattern, e.reason))
+        })?)
+    };
+
     let mut sources: Vec<Source> = Vec::new();
     let mut origin_sources: Vec<String> = Vec::new();
     // Heredoc files live here until the copy is done.
@@ -203,6 +217,12 @@ fn execute(
             for src in context_sources(ctx, &origin_sources)? {
                 let real = src.root.join(&src.path);
                 if is_add && is_archive_file(&real) {
+                    if exclude_patterns.is_some() {
+                        return Err(CommandError::Invalid(format!(
+                            "ADD --exclude with the local archive {}: excluding archive members is not supported",
+                            src.path.display()
+                        )));
+                    }
                     add_archive_into_root(&real, &state.root, &dest, chown)?;
                     written_archives = true;
                 } else {
@@ -237,6 +257,7 @@ fn execute(
             chown,
             chmod,
             exclude: &exclude_fn,
+            exclude_patterns: exclude_patterns.as_ref(),
             preserve_owner,
         };
         copy_into_root(&sources, &state.root, &dest, &opts)?;
@@ -251,9 +272,7 @@ fn execute(
 /// Options the parser accepts that this builder does not carry out yet: refused by name, never
 /// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
 fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
-    let refused = if !args.exclude.is_empty() {
-        Some("--exclude")
-    } else if args.parents {
+    let refused = if args.parents {
         Some("--parents")
     } else if args.keep_git_dir {
         Some("--keep-git-dir")

@@ -14,6 +14,7 @@ fn opts() -> CopyOptions<'static> {
         chown: None,
         chmod: None,
         exclude: &no_exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     }
 }
@@ -191,6 +192,7 @@ fn chown_applies_to_everything_written_chmod_to_copied_entries() {
         chown: Some((5, 6)),
         chmod: Some(Chmod::Octal(0o600)),
         exclude: &no_exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     copy_into_root(&[fx.src.join("d")], &fx.root, "/x/cho/", &o).unwrap();
@@ -266,6 +268,7 @@ fn excluded_entries_are_skipped() {
     let exclude = move |p: &Path| p == sub || p == f;
     let o = CopyOptions {
         exclude: &exclude,
+        exclude_patterns: None,
         ..opts()
     };
     copy_into_root(&[fx.src.join("d")], &fx.root, "/x", &o).unwrap();
@@ -675,6 +678,7 @@ fn matches_buildah() {
             chown: *chown,
             chmod: chmod.map(Chmod::Octal),
             exclude: &exclude,
+            exclude_patterns: None,
             preserve_owner: false,
         };
         copy_into_root(&sources, &ours, dest, &o).unwrap();
@@ -795,6 +799,7 @@ fn matches_buildah_ignore_and_add() {
         chown: None,
         chmod: None,
         exclude: &exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     for (src, dest) in [(".", "/all/"), ("docs", "/docs")] {
@@ -850,4 +855,32 @@ fn xattrs_and_fifos_are_copied() {
     let m = fs::symlink_metadata(fx.root.join("f/p")).unwrap();
     assert!(m.file_type().is_fifo());
     assert_eq!(m.mode() & 0o7777, 0o640);
+}
+
+/// `--exclude` patterns match paths relative to each source; the named source itself stays.
+#[test]
+fn exclude_patterns_match_below_each_source() {
+    let fx = fixture();
+    let copy = |srcs: &[&str], dest: &str, patterns: &[&str]| {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let matcher = IgnoreMatcher::new(&patterns).unwrap();
+        let o = CopyOptions {
+            exclude_patterns: Some(&matcher),
+            ..opts()
+        };
+        let sources: Vec<PathBuf> = srcs.iter().map(|s| fx.src.join(s)).collect();
+        copy_into_root(&sources, &fx.root, dest, &o)
+    };
+    copy(&["."], "/all/", &["*.txt", "d/sub"]).unwrap();
+    assert!(!fx.root.join("all/a.txt").exists());
+    assert!(!fx.root.join("all/d/sub").exists());
+    assert!(fx.root.join("all/d/f").is_file());
+    copy(&["d"], "/d/", &["f", "link"]).unwrap();
+    assert!(!fx.root.join("d/f").exists() && fx.root.join("d/hl").is_file());
+    assert!(fx.root.join("d/sub/g").is_file());
+    // A source named in the instruction is copied even when a pattern matches its name.
+    copy(&["a.txt"], "/one/", &["a.txt"]).unwrap();
+    assert!(fx.root.join("one/a.txt").is_file());
+    let err = copy(&["."], "/re/", &["d", "!d/f"]).unwrap_err();
+    assert!(err.to_string().contains("re-including"), "{err}");
 }

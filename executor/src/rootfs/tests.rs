@@ -372,6 +372,7 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
         chown: None,
         chmod: None,
         exclude: &no,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     let sources = [src.path().join("one"), src.path().join("two")];
@@ -400,6 +401,7 @@ fn copy_never_links_through_a_parent_replaced_by_a_symlink() {
         chown: None,
         chmod: None,
         exclude: &no,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     let sources = [s.join("one"), s.join("two"), s.join("three")];
