@@ -343,6 +343,14 @@ fn bad_copy(dockerfile: &Dockerfile, index: usize, located: &Located) -> Option<
     }
     let problem = match same_or_later_stage(dockerfile, from, index) {
         Some(i) => stage_problem(dockerfile, from, index, i),
+        // BuildKit expands `--from=${VAR}`; Kiln resolves `--from` before any variable is
+        // known, so it refuses the form by name rather than read it as an image reference.
+        None if from.contains('$') => ReferenceProblem::BadImage {
+            reference: excerpt(from),
+            reason: "variables in --from are not expanded by kiln-executor yet; write the \
+                     stage name or image"
+                .to_string(),
+        },
         None => image_problem(from)?,
     };
     Some(BadCopy {
@@ -486,6 +494,16 @@ COPY --from=registry.example/other:2 /x /x
         )
         .expect_err("the plan is refused")
         .to_string()
+    }
+
+    #[test]
+    fn copy_from_with_a_variable_is_refused_by_name() {
+        let text = "ARG SRC=build\nFROM scratch AS build\nFROM scratch\nCOPY --from=${SRC} /x /x\n";
+        let err = plan_error(text, None, false);
+        assert!(
+            err.contains("line 4") && err.contains("variables in --from are not expanded"),
+            "{err}"
+        );
     }
 
     #[test]
