@@ -109,6 +109,31 @@ fn copy_options_shape_the_layer() {
     assert_eq!(entry("/x/from-xz").as_deref(), Some("unxz'd"));
 }
 
+/// `--parents` keeps each source's directories below the destination, from the `/./` pivot
+/// when there is one, for context and `--from` sources alike.
+#[test]
+fn parents_keep_source_directories() {
+    if !require_root("the executor writes layers with their recorded owners") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let (ok, log, layout) = build(
+        dir.path(),
+        &ctx,
+        "FROM scratch AS one\n\
+         COPY --parents ./app/./sub/c.txt app/a.txt app/k* /par/\n\
+         FROM scratch\n\
+         COPY --from=one --parents /par/./app /par/sub/c.txt /out/\n",
+    );
+    assert!(ok, "{log}");
+    let entry = |p: &str| layout_entry(&layout, p);
+    assert_eq!(entry("/out/app/a.txt").as_deref(), Some("a\n"));
+    assert_eq!(entry("/out/app/keep/d.log").as_deref(), Some("d\n"));
+    assert_eq!(entry("/out/par/sub/c.txt").as_deref(), Some("c\n"));
+    assert_eq!(entry("/out/sub/c.txt"), None);
+}
+
 #[test]
 fn unsupported_options_fail_naming_them() {
     if !require_root("the executor writes layers with their recorded owners") {
@@ -117,7 +142,10 @@ fn unsupported_options_fail_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path());
     for (dockerfile, want) in [
-        ("FROM scratch\nCOPY --parents app/a.txt /p/\n", "--parents"),
+        (
+            "FROM scratch\nCOPY --parents ./*/./a.txt /p/\n",
+            "wildcards before the /./ pivot",
+        ),
         (
             "FROM scratch\nADD --keep-git-dir https://127.0.0.1:1/r.git /r\n",
             "--keep-git-dir",

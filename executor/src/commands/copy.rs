@@ -11,6 +11,7 @@ use super::{
 use crate::context::IgnoreMatcher;
 use crate::copier::{add_archive_into_root, copy_into_root, Chmod, CopyOptions, Source};
 
+mod parents;
 mod sources;
 
 use kiln_dockerfile::CopyArgs;
@@ -209,31 +210,69 @@ fn execute(
     }
 
     let mut written_archives = false;
+    // `--parents`: each origin source with the directory it is copied into.
+    let mut parented: Vec<(Source, String)> = Vec::new();
     let preserve_owner;
     match (&source, origin_sources.is_empty()) {
         (_, true) => preserve_owner = false,
         (Some(CopySource::Context(ctx)), false) => {
             preserve_owner = false;
-            for src in context_sources(ctx, &origin_sources)? {
-                let real = src.root.join(&src.path);
-                if is_add && is_archive_file(&real) {
-                    if exclude_patterns.is_some() {
-                        return Err(CommandError::Invalid(format!(
+            for raw in &origin_sources {
+                let pivot = parents_pivot(args, raw, name)?;
+                for src in context_sources(ctx, std::slice::from_ref(raw))? {
+                    let real = src.root.join(&src.path);
+                    if let Some(pivot) = &pivot {
+                        if is_add && is_archive_file(&real) {
+                            return Err(CommandError::Invalid(format!(
+                                "ADD --parents with the local archive {}: not supported",
+                                src.path.display()
+                            )));
+                        }
+                        let rel = src
+                            .shown
+                            .strip_prefix(ctx.root())
+                            .unwrap_or(&src.path)
+                            .to_string_lossy()
+                            .into_owned();
+                        let target = parents::target(&dest, pivot, &rel, real.is_dir(), name)
+                            .map_err(CommandError::Invalid)?;
+                        parented.push((src, target));
+                        continue;
+                    }
+                    if is_add && is_archive_file(&real) {
+                        if exclude_patterns.is_some() {
+                            return Err(CommandError::Invalid(format!(
                             "ADD --exclude with the local archive {}: excluding archive members is not supported",
                             src.path.display()
                         )));
+                        }
+                        add_archive_into_root(&real, &state.root, &dest, chown)?;
+                        written_archives = true;
+                    } else {
+                        sources.push(src);
                     }
-                    add_archive_into_root(&real, &state.root, &dest, chown)?;
-                    written_archives = true;
-                } else {
-                    sources.push(src);
                 }
             }
         }
         (Some(CopySource::Root(root)), false) => {
             preserve_owner = true;
-            for src in &origin_sources {
-                sources.extend(root_sources(root, src, name)?);
+            for raw in &origin_sources {
+                let pivot = parents_pivot(args, raw, name)?;
+                for src in root_sources(root, raw, name)? {
+                    match &pivot {
+                        Some(pivot) => {
+                            let host = crate::fsutil::resolve_in_root(root, &src.path, true)
+                                .map_err(|e| {
+                                    CommandError::io(format!("{name} --from source {raw}"), e)
+                                })?;
+                            let rel = src.path.to_string_lossy().into_owned();
+                            let target = parents::target(&dest, pivot, &rel, host.is_dir(), name)
+                                .map_err(CommandError::Invalid)?;
+                            parented.push((src, target));
+                        }
+                        None => sources.push(src),
+                    }
+                }
             }
         }
         (None, false) => {
@@ -243,7 +282,7 @@ fn execute(
         }
     }
 
-    if !sources.is_empty() {
+    if !sources.is_empty() || !parented.is_empty() {
         let exclude_fn = |p: &Path| -> bool {
             match &source {
                 Some(CopySource::Context(ctx)) => p
@@ -260,7 +299,12 @@ fn execute(
             exclude_patterns: exclude_patterns.as_ref(),
             preserve_owner,
         };
-        copy_into_root(&sources, &state.root, &dest, &opts)?;
+        if !sources.is_empty() {
+            copy_into_root(&sources, &state.root, &dest, &opts)?;
+        }
+        for (src, target) in parented {
+            copy_into_root(&[src], &state.root, &target, &opts)?;
+        }
     } else if !written_archives {
         return Err(CommandError::Invalid(format!(
             "{name}: no source files were specified"
@@ -272,9 +316,7 @@ fn execute(
 /// Options the parser accepts that this builder does not carry out yet: refused by name, never
 /// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
 fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
-    let refused = if args.parents {
-        Some("--parents")
-    } else if args.keep_git_dir {
+    let refused = if args.keep_git_dir {
         Some("--keep-git-dir")
     } else {
         None
@@ -285,6 +327,16 @@ fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// With `--parents`, the pivot of raw source `raw` (see [`parents`]); `None` without it.
+fn parents_pivot(args: &CopyArgs, raw: &str, name: &str) -> Result<Option<String>, CommandError> {
+    if !args.parents {
+        return Ok(None);
+    }
+    parents::pivot(raw, name)
+        .map(Some)
+        .map_err(CommandError::Invalid)
 }
 
 fn is_url(source: &str) -> bool {
