@@ -11,6 +11,7 @@ use super::{
 use crate::context::IgnoreMatcher;
 use crate::copier::{add_archive_into_root, copy_into_root, Chmod, CopyOptions, Source};
 
+mod git;
 mod parents;
 mod sources;
 
@@ -201,7 +202,20 @@ fn execute(
             )));
         }
     }
+    // Checked-out repositories live until the copy is done.
+    let mut checkouts = Vec::new();
     for url in &urls {
+        if let Some(repo) = git::parse(url)? {
+            if args.checksum.is_some() {
+                return Err(CommandError::Invalid(format!(
+                    "ADD --checksum with the git URL {url} is not supported by kiln-executor"
+                )));
+            }
+            let (guard, src) = git::checkout(&repo, state)?;
+            checkouts.push(guard);
+            sources.push(src);
+            continue;
+        }
         sources.push(Source::from(download(
             url,
             args.checksum.as_deref(),
@@ -316,6 +330,7 @@ fn execute(
 /// Options the parser accepts that this builder does not carry out yet: refused by name, never
 /// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
 fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
+    // BuildKit keeps the clone's `.git`; Kiln writes the tree only.
     let refused = if args.keep_git_dir {
         Some("--keep-git-dir")
     } else {
@@ -339,8 +354,11 @@ fn parents_pivot(args: &CopyArgs, raw: &str, name: &str) -> Result<Option<String
         .map_err(CommandError::Invalid)
 }
 
+/// A remote source: a download, or a git repository (see [`git::parse`]).
 fn is_url(source: &str) -> bool {
-    source.starts_with("http://") || source.starts_with("https://")
+    ["http://", "https://", "git://", "ssh://", "git@"]
+        .iter()
+        .any(|scheme| source.starts_with(scheme))
 }
 
 /// `ADD <url>`: download into the stage scratch under the URL's file name, as Docker does: mode
