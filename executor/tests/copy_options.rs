@@ -134,6 +134,24 @@ fn parents_keep_source_directories() {
     assert_eq!(entry("/out/sub/c.txt"), None);
 }
 
+/// `COPY --from=${VAR}` is expanded with the global ARGs, as FROM is.
+#[test]
+fn copy_from_expands_global_args() {
+    if !require_root("the executor writes layers with their recorded owners") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let (ok, log, layout) = build(
+        dir.path(),
+        &ctx,
+        "ARG SRC=one\nFROM scratch AS one\nCOPY app/a.txt /a\n\
+         FROM scratch\nCOPY --from=${SRC} /a /from-arg\n",
+    );
+    assert!(ok, "{log}");
+    assert_eq!(layout_entry(&layout, "/from-arg").as_deref(), Some("a\n"));
+}
+
 #[test]
 fn unsupported_options_fail_naming_them() {
     if !require_root("the executor writes layers with their recorded owners") {
@@ -152,8 +170,8 @@ fn unsupported_options_fail_naming_them() {
         ),
         ("FROM scratch\nCOPY --chmod=u+q tool.sh /t\n", "--chmod=u+q"),
         (
-            "ARG S=first\nFROM scratch AS first\nFROM scratch\nCOPY --from=${S} /x /x\n",
-            "variables in --from",
+            "FROM scratch AS first\nFROM scratch\nARG S=first\nCOPY --from=${S} /x /x\n",
+            "only global ARGs",
         ),
     ] {
         let (ok, log, _) = build(dir.path(), &ctx, dockerfile);
