@@ -26,10 +26,13 @@ use crate::rootfs::{
     WriterOptions, XattrFailures,
 };
 
+use crate::context::IgnoreMatcher;
 pub use crate::rootfs::is_archive;
+pub use mode::Chmod;
 pub use read::Source;
 use read::{open_entry, open_source, Opened};
 
+mod mode;
 #[cfg(test)]
 mod tests;
 
@@ -38,9 +41,14 @@ pub struct CopyOptions<'a> {
     /// `--chown`: owner of everything written, including created parent directories.
     pub chown: Option<(u32, u32)>,
     /// `--chmod`: mode of every copied file and directory (not of created parents or `dest`).
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     /// Host path of a source file/directory → skip it (`.dockerignore`); may always say no.
     pub exclude: &'a dyn Fn(&Path) -> bool,
+    /// `--exclude=` patterns, matched (as `.dockerignore` lines, a directory's contents with
+    /// it) against each entry's path relative to the source it is copied from, as BuildKit's
+    /// copier does: a source named in the instruction, or matched by its wildcard, is never
+    /// excluded itself.
+    pub exclude_patterns: Option<&'a IgnoreMatcher>,
     /// `COPY --from` keeps the source uid/gid; from the build context they become 0:0.
     pub preserve_owner: bool,
 }
@@ -206,13 +214,29 @@ impl Copier<'_, '_> {
             if (self.opts.exclude)(&entry_shown) {
                 continue;
             }
+            let entry_rel = rel.join(&name);
+            if let Some(patterns) = self.opts.exclude_patterns {
+                let rel_text = entry_rel.to_string_lossy();
+                if patterns.matches(&rel_text) {
+                    if patterns.may_reinclude_under(&rel_text) {
+                        return Err(src_err(
+                            &entry_shown,
+                            io::Error::new(
+                                io::ErrorKind::Unsupported,
+                                "--exclude: a ! pattern re-including files below an excluded \
+                                 directory is not supported",
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            }
             let stat = match lstat_at(dir, &name) {
                 Ok(stat) => stat,
                 // Gone since the listing: as if it had not been there.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(src_err(&entry_shown, e)),
             };
-            let entry_rel = rel.join(&name);
             let target = join_image(dest, &entry_rel.to_string_lossy());
             let opened = open_entry(dir, &name, &stat, &entry_shown)
                 .map_err(|e| src_err(&entry_shown, e))?;
@@ -246,7 +270,12 @@ impl Copier<'_, '_> {
             (0, 0)
         });
         let mut em = Meta {
-            mode: opts.chmod.unwrap_or(stat.st_mode & 0o7777),
+            mode: match &opts.chmod {
+                Some(chmod) => {
+                    chmod.apply(stat.st_mode, stat.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }
+                None => stat.st_mode & 0o7777,
+            },
             owner: Some(owner),
             atime: file_time(stat.st_atime, stat.st_atime_nsec),
             mtime: file_time(stat.st_mtime, stat.st_mtime_nsec),

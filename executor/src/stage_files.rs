@@ -19,7 +19,8 @@ pub struct Keep {
 
 impl Keep {
     /// Plan what to keep of `root` for the in-image `sources` later steps copy. A source with a
-    /// wildcard keeps the directory that holds the wildcard.
+    /// wildcard keeps the directory that holds the wildcard, and where each symlink it matches
+    /// there leads: `COPY --from` follows a matched symlink inside the root, as BuildKit does.
     pub fn for_sources(root: &Path, sources: &[String]) -> io::Result<Keep> {
         let mut keep = Keep::default();
         for source in sources {
@@ -37,8 +38,41 @@ impl Keep {
                 }
             }
             keep.whole.insert(resolve_in_root(root, &literal, true)?);
+            keep.matched_link_targets(root, source, &literal)?;
         }
         Ok(keep)
+    }
+
+    /// For a source whose last component is a wildcard (the only place `COPY --from` accepts
+    /// one) under directory `dir`, keep the targets of the symlinks it matches there.
+    fn matched_link_targets(&mut self, root: &Path, source: &str, dir: &Path) -> io::Result<()> {
+        let Some((parent, pattern)) = source.rsplit_once('/') else {
+            return Ok(());
+        };
+        if !pattern.contains(['*', '?', '[']) || parent.contains(['*', '?', '[']) {
+            return Ok(());
+        }
+        let Ok(glob) = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+        else {
+            // The step reports the bad pattern itself.
+            return Ok(());
+        };
+        let matcher = glob.compile_matcher();
+        let host_dir = resolve_in_root(root, dir, true)?;
+        let Ok(entries) = std::fs::read_dir(&host_dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_symlink() || !matcher.is_match(entry.file_name()) {
+                continue;
+            }
+            let in_image = Path::new("/").join(dir).join(entry.file_name());
+            self.whole.insert(resolve_in_root(root, &in_image, true)?);
+        }
+        Ok(())
     }
 
     fn keeps_whole(&self, path: &Path) -> bool {
@@ -138,5 +172,34 @@ mod tests {
             );
         }
         assert!(prune(Path::new("/"), &keep).is_err());
+    }
+
+    /// `COPY --from=stage /dir/* /out/` follows the symlinks it matches: their targets stay.
+    #[test]
+    fn keeps_the_targets_of_symlinks_a_wildcard_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["dir", "opt/lib", "opt/other", "srv"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["dir/f", "opt/lib/a.so", "opt/other/x", "srv/y"] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        symlink("/opt/lib", root.join("dir/lib")).unwrap();
+        symlink("../opt/other/x", root.join("dir/x.txt")).unwrap();
+        symlink("/srv", root.join("dir/skipped")).unwrap();
+        let keep = Keep::for_sources(root, &["/dir/*".into(), "/dir/*.txt".into()]).unwrap();
+        prune(root, &keep).unwrap();
+        for kept in ["dir/f", "dir/lib", "opt/lib/a.so", "opt/other/x", "srv/y"] {
+            assert!(
+                std::fs::symlink_metadata(root.join(kept)).is_ok(),
+                "{kept} should stay"
+            );
+        }
+        let keep = Keep::for_sources(root, &["/dir/*.txt".into()]).unwrap();
+        prune(root, &keep).unwrap();
+        assert!(root.join("opt/other/x").is_file());
+        assert!(std::fs::symlink_metadata(root.join("srv")).is_err());
+        assert!(std::fs::symlink_metadata(root.join("opt/lib")).is_err());
     }
 }

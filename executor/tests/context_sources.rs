@@ -732,3 +732,56 @@ fn submodules_are_fetched_recursively_at_recorded_commits() {
     .unwrap_err();
     assert!(err.contains("only https://"), "{err}");
 }
+
+/// `ADD <git URL>#ref:subdir` checks the repository out (no `.git`) and copies it like a
+/// directory, over the git protocol and smart HTTP; `--keep-git-dir` is refused by name.
+#[test]
+fn add_git_url_copies_a_ref_and_subdir() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = make_repo();
+    let daemon = git_daemon(&repo);
+    let http = http_server(&repo.base, None);
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let build = |dockerfile: String| {
+        let file = dir.path().join("Dockerfile");
+        fs::write(&file, dockerfile).unwrap();
+        let layout = dir.path().join("layout");
+        let _ = fs::remove_dir_all(&layout);
+        let (ok, log) = support::run_executor(
+            &[
+                "--context",
+                ctx.to_str().unwrap(),
+                "--dockerfile",
+                file.to_str().unwrap(),
+                "--no-push",
+                "--oci-layout-path",
+                layout.to_str().unwrap(),
+            ],
+            &[],
+            None,
+        );
+        (ok, log, layout)
+    };
+    let git_url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+    let http_url = format!("http://127.0.0.1:{}/git/repo.git", http.port);
+    let (ok, log, layout) = build(format!(
+        "FROM scratch\nADD {git_url}#v1:sub /app/\nADD {git_url} /whole/\nADD {http_url}#feature /feature/\n"
+    ));
+    assert!(ok, "{log}");
+    let entry = |p: &str| support::layout_entry(&layout, p);
+    assert_eq!(entry("/app/app.txt").as_deref(), Some("app-1\n"));
+    assert_eq!(entry("/app/version"), None);
+    assert_eq!(entry("/whole/version").as_deref(), Some("2\n"));
+    assert_eq!(entry("/whole/sub/app.txt").as_deref(), Some("app-2\n"));
+    assert_eq!(entry("/whole/.git"), None);
+    assert_eq!(entry("/feature/version").as_deref(), Some("feature\n"));
+
+    let (ok, log, _) = build(format!("FROM scratch\nADD --keep-git-dir {git_url} /k/\n"));
+    assert!(!ok && log.contains("--keep-git-dir"), "{log}");
+    let (ok, log, _) = build(format!("FROM scratch\nADD {git_url}#v1:missing /m/\n"));
+    assert!(!ok && log.contains("missing"), "{log}");
+}

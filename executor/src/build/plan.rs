@@ -133,7 +133,8 @@ impl BuildPlan {
                     .filter_map(|located| {
                         let command = commands::command(&located.instruction);
                         let reads = command.reads()?;
-                        let read = stage_ref(dockerfile, reads.from?, stage.index)?;
+                        let from = expand_copy_from(&meta_args, dockerfile, reads.from?);
+                        let read = stage_ref(dockerfile, &from, stage.index)?;
                         Some((read, reads.sources.to_vec()))
                     })
                     .collect();
@@ -154,7 +155,7 @@ impl BuildPlan {
                 let bad_copies = stage
                     .instructions
                     .iter()
-                    .filter_map(|located| bad_copy(dockerfile, stage.index, located))
+                    .filter_map(|located| bad_copy(dockerfile, &meta_args, stage.index, located))
                     .collect();
                 let from = from.map_err(FromError::Expand).and_then(|name| {
                     match from_problem(dockerfile, stage.index, &name, from_stage) {
@@ -284,6 +285,12 @@ impl BuildPlan {
     }
 
     /// Where a COPY/ADD of stage `reader` with `--from=from` (as written) reads.
+    /// [`expand_copy_from`] with this plan's global ARGs.
+    pub fn expand_copy_from(&self, dockerfile: &Dockerfile, raw: &str) -> String {
+        expand_copy_from(&self.meta_args, dockerfile, raw)
+    }
+
+    /// Where `--from` value `from` (already expanded) of a step in stage `reader` reads.
     pub fn copy_from(
         &self,
         dockerfile: &Dockerfile,
@@ -301,6 +308,18 @@ impl BuildPlan {
         }
         CopyFrom::Image(from.to_string())
     }
+}
+
+/// A `COPY --from` value expanded with the global ARGs (and `--build-arg` values for them), as
+/// FROM lines are; a value that cannot be expanded is kept as written, and fails as a reference.
+fn expand_copy_from(
+    meta_args: &BTreeMap<String, Option<String>>,
+    dockerfile: &Dockerfile,
+    raw: &str,
+) -> String {
+    let lookup = |n: &str| meta_args.get(n).cloned().flatten();
+    kiln_dockerfile::expand_word(raw, &lookup, dockerfile.escape)
+        .unwrap_or_else(|_| raw.to_string())
 }
 
 /// The index of the stage to build.
@@ -349,14 +368,30 @@ fn from_problem(
 }
 
 /// The `COPY/ADD --from` of `located` in stage `index`, when it cannot be used.
-fn bad_copy(dockerfile: &Dockerfile, index: usize, located: &Located) -> Option<BadCopy> {
+fn bad_copy(
+    dockerfile: &Dockerfile,
+    meta_args: &BTreeMap<String, Option<String>>,
+    index: usize,
+    located: &Located,
+) -> Option<BadCopy> {
     let command = commands::command(&located.instruction);
-    let from = command.reads()?.from?;
+    let raw = command.reads()?.from?;
+    let expanded = expand_copy_from(meta_args, dockerfile, raw);
+    let from = expanded.as_str();
     if stage_ref(dockerfile, from, index).is_some() {
         return None;
     }
     let problem = match same_or_later_stage(dockerfile, from, index) {
         Some(i) => stage_problem(dockerfile, from, index, i),
+        // Only the global ARGs expand `--from` (see [`expand_copy_from`]).
+        None if raw.contains('$') && image_problem(from).is_some() => ReferenceProblem::BadImage {
+            reference: excerpt(raw),
+            reason: format!(
+                "it expands to `{}`: only global ARGs (declared before the first FROM) and their \
+                 --build-arg values expand --from",
+                excerpt(from)
+            ),
+        },
         None => image_problem(from)?,
     };
     Some(BadCopy {
@@ -500,6 +535,23 @@ COPY --from=registry.example/other:2 /x /x
         )
         .expect_err("the plan is refused")
         .to_string()
+    }
+
+    #[test]
+    fn copy_from_expands_global_args() {
+        let text = "ARG SRC=build\nFROM scratch AS build\nFROM scratch\nCOPY --from=${SRC} /x /x\n";
+        let p = plan(text, None, false, &[]);
+        let dockerfile = kiln_dockerfile::parse(text).unwrap();
+        assert_eq!(p.expand_copy_from(&dockerfile, "${SRC}"), "build");
+        assert_eq!(p.earlier, vec![0], "the copied stage is built");
+        let p = plan(text, None, false, &[("SRC", "0")]);
+        assert_eq!(p.earlier, vec![0]);
+        let text = "FROM scratch AS build\nFROM scratch\nARG SRC=build\nCOPY --from=${SRC} /x /x\n";
+        let err = plan_error(text, None, false);
+        assert!(
+            err.contains("line 4") && err.contains("only global ARGs"),
+            "{err}"
+        );
     }
 
     #[test]

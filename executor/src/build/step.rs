@@ -98,8 +98,10 @@ pub fn plan_steps(
         let command = commands::command(&located.instruction);
         let cacheable = command.cacheable(flags);
         let reads = command.reads();
-        let source = reads.map(|reads| plan.copy_from(dockerfile, index, reads.from));
-        let from = reads.and_then(|reads| reads.from).map(str::to_string);
+        let from = reads
+            .and_then(|reads| reads.from)
+            .map(|raw| plan.expand_copy_from(dockerfile, raw));
+        let source = reads.map(|_| plan.copy_from(dockerfile, index, from.as_deref()));
         let input = command.key_parts(&state, &text).map(|parts| KeyInput {
             step: StepInput {
                 previous: String::new(),

@@ -8,8 +8,11 @@ use super::{
     CacheFlags, Cacheable, Command, CommandError, CopySource, FilesRead, InstructionError,
     KeyParts, Outcome, Reads, StageState,
 };
-use crate::copier::{add_archive_into_root, copy_into_root, CopyOptions, Source};
+use crate::context::IgnoreMatcher;
+use crate::copier::{add_archive_into_root, copy_into_root, Chmod, CopyOptions, Source};
 
+mod git;
+mod parents;
 mod sources;
 
 use kiln_dockerfile::CopyArgs;
@@ -130,6 +133,7 @@ fn execute(
     is_add: bool,
 ) -> Result<Outcome, CommandError> {
     let name = if is_add { "ADD" } else { "COPY" };
+    refuse_unsupported(args, name)?;
     let dest_raw = state.expand(&args.dest)?;
     let dest = state.in_image_path(&dest_raw);
     let chown = match &args.chown {
@@ -145,18 +149,26 @@ fn execute(
     let chmod = match &args.chmod {
         Some(text) => {
             let text = state.expand(text)?;
-            Some(
-                u32::from_str_radix(&text, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        CommandError::Invalid(format!(
-                            "{name} --chmod={text}: expected an octal mode such as 0755"
-                        ))
-                    })?,
-            )
+            Some(Chmod::parse(&text).map_err(|e| {
+                CommandError::Invalid(format!(
+                    "{name} --chmod={text}: {e} (an octal mode such as 0755, or a symbolic one such as u+x,g-w)"
+                ))
+            })?)
         }
         None => None,
+    };
+
+    let exclude_patterns = if args.exclude.is_empty() {
+        None
+    } else {
+        let patterns = args
+            .exclude
+            .iter()
+            .map(|p| state.expand(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(IgnoreMatcher::new(&patterns).map_err(|e| {
+            CommandError::Invalid(format!("{name} --exclude={}: {}", e.pattern, e.reason))
+        })?)
     };
 
     let mut sources: Vec<Source> = Vec::new();
@@ -190,7 +202,20 @@ fn execute(
             )));
         }
     }
+    // Checked-out repositories live until the copy is done.
+    let mut checkouts = Vec::new();
     for url in &urls {
+        if let Some(repo) = git::parse(url)? {
+            if args.checksum.is_some() {
+                return Err(CommandError::Invalid(format!(
+                    "ADD --checksum with the git URL {url} is not supported by kiln-executor"
+                )));
+            }
+            let (guard, src) = git::checkout(&repo, state)?;
+            checkouts.push(guard);
+            sources.push(src);
+            continue;
+        }
         sources.push(Source::from(download(
             url,
             args.checksum.as_deref(),
@@ -199,25 +224,69 @@ fn execute(
     }
 
     let mut written_archives = false;
+    // `--parents`: each origin source with the directory it is copied into.
+    let mut parented: Vec<(Source, String)> = Vec::new();
     let preserve_owner;
     match (&source, origin_sources.is_empty()) {
         (_, true) => preserve_owner = false,
         (Some(CopySource::Context(ctx)), false) => {
             preserve_owner = false;
-            for src in context_sources(ctx, &origin_sources)? {
-                let real = src.root.join(&src.path);
-                if is_add && is_archive_file(&real) {
-                    add_archive_into_root(&real, &state.root, &dest, chown)?;
-                    written_archives = true;
-                } else {
-                    sources.push(src);
+            for raw in &origin_sources {
+                let pivot = parents_pivot(args, raw, name)?;
+                for src in context_sources(ctx, std::slice::from_ref(raw))? {
+                    let real = src.root.join(&src.path);
+                    if let Some(pivot) = &pivot {
+                        if is_add && is_archive_file(&real) {
+                            return Err(CommandError::Invalid(format!(
+                                "ADD --parents with the local archive {}: not supported",
+                                src.path.display()
+                            )));
+                        }
+                        let rel = src
+                            .shown
+                            .strip_prefix(ctx.root())
+                            .unwrap_or(&src.path)
+                            .to_string_lossy()
+                            .into_owned();
+                        let target = parents::target(&dest, pivot, &rel, real.is_dir(), name)
+                            .map_err(CommandError::Invalid)?;
+                        parented.push((src, target));
+                        continue;
+                    }
+                    if is_add && is_archive_file(&real) {
+                        if exclude_patterns.is_some() {
+                            return Err(CommandError::Invalid(format!(
+                            "ADD --exclude with the local archive {}: excluding archive members is not supported",
+                            src.path.display()
+                        )));
+                        }
+                        add_archive_into_root(&real, &state.root, &dest, chown)?;
+                        written_archives = true;
+                    } else {
+                        sources.push(src);
+                    }
                 }
             }
         }
         (Some(CopySource::Root(root)), false) => {
             preserve_owner = true;
-            for src in &origin_sources {
-                sources.extend(root_sources(root, src, name)?);
+            for raw in &origin_sources {
+                let pivot = parents_pivot(args, raw, name)?;
+                for src in root_sources(root, raw, name)? {
+                    match &pivot {
+                        Some(pivot) => {
+                            let host = crate::fsutil::resolve_in_root(root, &src.path, true)
+                                .map_err(|e| {
+                                    CommandError::io(format!("{name} --from source {raw}"), e)
+                                })?;
+                            let rel = src.path.to_string_lossy().into_owned();
+                            let target = parents::target(&dest, pivot, &rel, host.is_dir(), name)
+                                .map_err(CommandError::Invalid)?;
+                            parented.push((src, target));
+                        }
+                        None => sources.push(src),
+                    }
+                }
             }
         }
         (None, false) => {
@@ -227,7 +296,7 @@ fn execute(
         }
     }
 
-    if !sources.is_empty() {
+    if !sources.is_empty() || !parented.is_empty() {
         let exclude_fn = |p: &Path| -> bool {
             match &source {
                 Some(CopySource::Context(ctx)) => p
@@ -241,9 +310,15 @@ fn execute(
             chown,
             chmod,
             exclude: &exclude_fn,
+            exclude_patterns: exclude_patterns.as_ref(),
             preserve_owner,
         };
-        copy_into_root(&sources, &state.root, &dest, &opts)?;
+        if !sources.is_empty() {
+            copy_into_root(&sources, &state.root, &dest, &opts)?;
+        }
+        for (src, target) in parented {
+            copy_into_root(&[src], &state.root, &target, &opts)?;
+        }
     } else if !written_archives {
         return Err(CommandError::Invalid(format!(
             "{name}: no source files were specified"
@@ -252,8 +327,38 @@ fn execute(
     Ok(Outcome::Filesystem)
 }
 
+/// Options the parser accepts that this builder does not carry out yet: refused by name, never
+/// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
+fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
+    // BuildKit keeps the clone's `.git`; Kiln writes the tree only.
+    let refused = if args.keep_git_dir {
+        Some("--keep-git-dir")
+    } else {
+        None
+    };
+    match refused {
+        Some(option) => Err(CommandError::Invalid(format!(
+            "{name} {option} is not supported by kiln-executor yet"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// With `--parents`, the pivot of raw source `raw` (see [`parents`]); `None` without it.
+fn parents_pivot(args: &CopyArgs, raw: &str, name: &str) -> Result<Option<String>, CommandError> {
+    if !args.parents {
+        return Ok(None);
+    }
+    parents::pivot(raw, name)
+        .map(Some)
+        .map_err(CommandError::Invalid)
+}
+
+/// A remote source: a download, or a git repository (see [`git::parse`]).
 fn is_url(source: &str) -> bool {
-    source.starts_with("http://") || source.starts_with("https://")
+    ["http://", "https://", "git://", "ssh://", "git@"]
+        .iter()
+        .any(|scheme| source.starts_with(scheme))
 }
 
 /// `ADD <url>`: download into the stage scratch under the URL's file name, as Docker does: mode

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Command, InstructionError, StageState};
+use super::{Cacheable, Command, CommandError, CopySource, InstructionError, Outcome, StageState};
 use kiln_common::duration::parse_ns as parse_duration_ns;
 use kiln_dockerfile::{Healthcheck as HealthcheckArgs, ShellOrExec};
 use kiln_oci::image::HealthConfig;
@@ -158,6 +158,32 @@ impl Command for Volume<'_> {
                 .insert(path, Value::Object(Default::default()));
         }
         Ok(())
+    }
+
+    /// Besides the config entry, a missing volume directory is created (root-owned, like
+    /// `mkdir -p`), as buildah and kaniko do, so that later steps and containers find it;
+    /// BuildKit leaves the filesystem alone. Like buildah's, the step adds no layer: the
+    /// directories land in the next step's layer. The differential corpus (`volume-dirs`)
+    /// holds Kiln to buildah here.
+    fn execute(
+        &self,
+        state: &mut StageState,
+        _source: Option<CopySource<'_>>,
+    ) -> Result<Outcome, CommandError> {
+        self.configure(state)?;
+        for raw in self.0 {
+            let path = state.in_image_path(&state.expand(raw)?);
+            super::workdir::ensure_dir(&state.root, &path)?;
+        }
+        Ok(Outcome::ConfigOnly)
+    }
+
+    fn writes_root(&self) -> bool {
+        true
+    }
+
+    fn needs_root(&self, _cacheable: Cacheable) -> Option<&'static str> {
+        Some("VOLUME creates its directories in the image")
     }
 }
 

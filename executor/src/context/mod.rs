@@ -576,5 +576,22 @@ fn glob_rec(p: &[char], s: &[char]) -> bool {
     }
 }
 
+/// `ADD <git URL>`: fetch `url` (`https://`, `http://`, `git://`) at `reference` (the remote
+/// HEAD when `None`) without credentials, and write its tree, without `.git`, into the empty
+/// directory `dest`; git databases live under `scratch` meanwhile.
+pub(crate) fn checkout_git(
+    url: &str,
+    reference: Option<&str>,
+    scratch: &Path,
+    dest: &Path,
+) -> Result<(), ContextError> {
+    let source = git::GitSource {
+        url: url.to_string(),
+        reference: reference.map(str::to_string),
+        commit: None,
+    };
+    git::checkout(&source, &GitOptions::default(), scratch, dest)
+}
+
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ fn opts() -> CopyOptions<'static> {
         chown: None,
         chmod: None,
         exclude: &no_exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     }
 }
@@ -189,8 +190,9 @@ fn chown_applies_to_everything_written_chmod_to_copied_entries() {
     let fx = fixture();
     let o = CopyOptions {
         chown: Some((5, 6)),
-        chmod: Some(0o600),
+        chmod: Some(Chmod::Octal(0o600)),
         exclude: &no_exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     copy_into_root(&[fx.src.join("d")], &fx.root, "/x/cho/", &o).unwrap();
@@ -266,6 +268,7 @@ fn excluded_entries_are_skipped() {
     let exclude = move |p: &Path| p == sub || p == f;
     let o = CopyOptions {
         exclude: &exclude,
+        exclude_patterns: None,
         ..opts()
     };
     copy_into_root(&[fx.src.join("d")], &fx.root, "/x", &o).unwrap();
@@ -356,6 +359,18 @@ fn tar_with(path: &Path, compress: &str, build: impl FnOnce(&mut tar::Builder<Ve
             e.finish().unwrap()
         }
         "zst" => zstd::encode_all(&data[..], 1).unwrap(),
+        "bz2" => {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        }
+        "xz" => {
+            let mut e =
+                lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(1))
+                    .unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        }
         _ => data,
     };
     fs::write(path, out).unwrap();
@@ -495,15 +510,38 @@ fn archive_detection() {
     e.write_all(&[b'x'; 1024]).unwrap();
     fs::write(&gz, e.finish().unwrap()).unwrap();
     assert!(!is_archive(&gz));
-    // bzip2 and xz are recognised but reported as unsupported.
+    // A file that only starts like a bzip2 stream is copied, not extracted.
     let bz = fx.outside.join("x.tar.bz2");
     fs::write(&bz, b"BZh91AY&SY").unwrap();
-    assert!(is_archive(&bz));
-    let err = add_archive_into_root(&bz, &fx.root, "/x", None).unwrap_err();
-    assert!(
-        err.to_string().contains("bzip2") && err.to_string().contains("not supported"),
-        "{err}"
-    );
+    assert!(!is_archive(&bz));
+}
+
+/// Docker detects the compression of an ADD archive by its content, whatever its name:
+/// gzip, bzip2, xz and zstd tars are all extracted.
+#[test]
+fn add_extracts_every_compression_by_content() {
+    let fx = fixture();
+    for compress in ["", "gz", "bz2", "xz", "zst"] {
+        let archive = fx.outside.join(format!("archive-{compress}.bin"));
+        tar_with(&archive, compress, |b| {
+            entry(b, "dir/", tar::EntryType::Directory, "", b"", 0);
+            entry(b, "dir/file", tar::EntryType::Regular, "", b"payload", 0);
+        });
+        assert!(is_archive(&archive), "{compress}");
+        let dest = format!("/out-{compress}");
+        add_archive_into_root(&archive, &fx.root, &dest, None).unwrap();
+        let written = fx.root.join(dest.trim_start_matches('/')).join("dir/file");
+        assert_eq!(fs::read(&written).unwrap(), b"payload", "{compress}");
+    }
+    // A truncated xz stream fails the ADD with the archive's name.
+    let archive = fx.outside.join("cut.tar.xz");
+    tar_with(&archive, "xz", |b| {
+        entry(b, "file", tar::EntryType::Regular, "", &[7u8; 4096], 0)
+    });
+    let data = fs::read(&archive).unwrap();
+    fs::write(&archive, &data[..data.len() / 2]).unwrap();
+    let err = add_archive_into_root(&archive, &fx.root, "/cut", None).unwrap_err();
+    assert!(err.to_string().contains("cut.tar.xz"), "{err}");
 }
 
 /// One line per entry under `root`: path, type, mode, owner and content / link target / file
@@ -638,8 +676,9 @@ fn matches_buildah() {
         let sources = ctx.resolve_sources(&raw).unwrap();
         let o = CopyOptions {
             chown: *chown,
-            chmod: *chmod,
+            chmod: chmod.map(Chmod::Octal),
             exclude: &exclude,
+            exclude_patterns: None,
             preserve_owner: false,
         };
         copy_into_root(&sources, &ours, dest, &o).unwrap();
@@ -760,6 +799,7 @@ fn matches_buildah_ignore_and_add() {
         chown: None,
         chmod: None,
         exclude: &exclude,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     for (src, dest) in [(".", "/all/"), ("docs", "/docs")] {
@@ -776,7 +816,12 @@ fn matches_buildah_ignore_and_add() {
         if is_archive(&sources[0]) {
             add_archive_into_root(&sources[0], &ours, dest, chown).unwrap();
         } else {
-            copy_into_root(&sources, &ours, dest, &CopyOptions { chown, ..o }).unwrap();
+            let with_owner = CopyOptions {
+                chown,
+                chmod: None,
+                ..o
+            };
+            copy_into_root(&sources, &ours, dest, &with_owner).unwrap();
         }
     }
     let theirs = buildah_tree(dir.path(), &ctx_dir);
@@ -810,4 +855,32 @@ fn xattrs_and_fifos_are_copied() {
     let m = fs::symlink_metadata(fx.root.join("f/p")).unwrap();
     assert!(m.file_type().is_fifo());
     assert_eq!(m.mode() & 0o7777, 0o640);
+}
+
+/// `--exclude` patterns match paths relative to each source; the named source itself stays.
+#[test]
+fn exclude_patterns_match_below_each_source() {
+    let fx = fixture();
+    let copy = |srcs: &[&str], dest: &str, patterns: &[&str]| {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let matcher = IgnoreMatcher::new(&patterns).unwrap();
+        let o = CopyOptions {
+            exclude_patterns: Some(&matcher),
+            ..opts()
+        };
+        let sources: Vec<PathBuf> = srcs.iter().map(|s| fx.src.join(s)).collect();
+        copy_into_root(&sources, &fx.root, dest, &o)
+    };
+    copy(&["."], "/all/", &["*.txt", "d/sub"]).unwrap();
+    assert!(!fx.root.join("all/a.txt").exists());
+    assert!(!fx.root.join("all/d/sub").exists());
+    assert!(fx.root.join("all/d/f").is_file());
+    copy(&["d"], "/d/", &["f", "link"]).unwrap();
+    assert!(!fx.root.join("d/f").exists() && fx.root.join("d/hl").is_file());
+    assert!(fx.root.join("d/sub/g").is_file());
+    // A source named in the instruction is copied even when a pattern matches its name.
+    copy(&["a.txt"], "/one/", &["a.txt"]).unwrap();
+    assert!(fx.root.join("one/a.txt").is_file());
+    let err = copy(&["."], "/re/", &["d", "!d/f"]).unwrap_err();
+    assert!(err.to_string().contains("re-including"), "{err}");
 }

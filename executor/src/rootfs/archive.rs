@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::resolve::clean_abs;
-use super::tarball::{self, Dialect, Formats, Kind, OpenError, TarEntry};
+use super::tarball::{self, Dialect, Formats, Kind, TarEntry};
 use super::writer::{
     Content, DirTimes, ImpliedDirs, Meta, RootWriter, WriteError, WriterOptions, XattrFailures,
 };
@@ -41,8 +41,6 @@ pub enum ExtractError {
         "archive entry {entry} is a hard link to {target}, which is not a file extracted before it"
     )]
     BadHardLink { entry: String, target: String },
-    #[error("archive {path} is compressed with {format}, which is not supported yet; recompress it as tar, tar.gz or tar.zst")]
-    UnsupportedCompression { path: String, format: &'static str },
     #[error("writing {path} into the image: {source}")]
     Write { path: String, source: io::Error },
     #[error("cannot create directory {path} in the image: a non-directory is in the way")]
@@ -68,18 +66,12 @@ impl From<WriteError> for ExtractError {
     }
 }
 
-/// Open `file` (its name in messages: `label`) as a tar, tar.gz or tar.zst stream, chosen by
-/// its first bytes; bzip2 and xz are refused by name.
+/// Open `file` (its name in messages: `label`) as a tar stream, plain or compressed with gzip,
+/// bzip2, xz or zstd, chosen by its first bytes.
 pub fn open_archive(file: File, label: &str) -> Result<Box<dyn Read>, ExtractError> {
-    tarball::decompress(Box::new(file), Formats::Archive).map_err(|e| match e {
-        OpenError::Unsupported(format) => ExtractError::UnsupportedCompression {
-            path: label.to_string(),
-            format,
-        },
-        OpenError::Io(source) => ExtractError::Archive {
-            path: label.to_string(),
-            source,
-        },
+    tarball::decompress(Box::new(file), Formats::Archive).map_err(|source| ExtractError::Archive {
+        path: label.to_string(),
+        source,
     })
 }
 

@@ -8,8 +8,7 @@
 //!
 //! Before this module, the layer unpacker and the copier each had their own extractor. Where
 //! they differed, each caller keeps its behaviour through an option:
-//! - compressions ([`Formats`]): layers gzip, zstd, else plain tar; archives also recognise
-//!   bzip2 and xz, to refuse them by name;
+//! - compressions ([`Formats`]): layers gzip, zstd, else plain tar; archives also bzip2 and xz;
 //! - recorded metadata ([`Dialect`]): layers honour PAX uid/gid/mtime (with nanoseconds) and
 //!   `SCHILY.xattr.*`, read blank numbers as 0, saturate ids; archives read the header only,
 //!   fail on a garbled number, truncate ids to 32 bits and apply no xattrs;
@@ -58,8 +57,8 @@ pub use at::with_resolution;
 pub use at::{list_dir, lstat_at, Follow, Resolution, RootFd, FORCE_FALLBACK_ENV};
 pub use resolve::{clean_abs, resolve_in_root};
 pub use tarball::{
-    clean_entry_path, decompress, for_each_entry, is_archive, Dialect, Formats, Kind, OpenError,
-    Recorded, TarEntry,
+    clean_entry_path, decompress, for_each_entry, is_archive, Dialect, Formats, Kind, Recorded,
+    TarEntry,
 };
 pub use writer::{
     Content, DirTimes, ImpliedDirs, Meta, NodeKind, RootWriter, Target, WriteError, WriterOptions,

@@ -20,65 +20,51 @@ const BZIP2_MAGIC: &[u8] = b"BZh";
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 const READ_BUFFER: usize = 256 * 1024;
 
+/// The largest LZMA2 dictionary an xz archive may ask for (xz's `-9` preset uses 64 MiB): a
+/// hostile header cannot make the decoder allocate gigabytes.
+const XZ_MEMORY_LIMIT_KIB: u32 = 256 * 1024;
+
 /// The compressions a caller recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Formats {
     /// Layers: gzip and zstd; anything else is read as a plain tar, whose first bytes are an
     /// entry name and may be anything (`BZh…` included).
     Layer,
-    /// ADD archives and tar contexts: bzip2 and xz are recognised too, so that they are refused
-    /// by name instead of failing as a garbled tar.
+    /// ADD archives and tar contexts: gzip, bzip2, xz and zstd, detected by their magic bytes as
+    /// Docker's `archive.DetectCompression` does.
     Archive,
 }
 
-/// Why a stream could not be opened for reading.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("compressed with {0}, which is not supported")]
-    Unsupported(&'static str),
-    #[error(transparent)]
-    Io(#[from] io::Error),
-}
-
 /// Wrap `source` in the decompressor its first bytes call for (multi-member gzip, as pigz and
-/// concatenated streams write, is valid).
-pub fn decompress(source: Box<dyn Read>, formats: Formats) -> Result<Box<dyn Read>, OpenError> {
+/// concatenated streams write, is valid; so are concatenated bzip2 and xz streams).
+pub fn decompress(source: Box<dyn Read>, formats: Formats) -> io::Result<Box<dyn Read>> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, source);
     let head = reader.fill_buf()?;
-    if formats == Formats::Archive {
-        if let Some(format) = unsupported_compression(head) {
-            return Err(OpenError::Unsupported(format));
-        }
-    }
     if head.starts_with(GZIP_MAGIC) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
     } else if head.starts_with(ZSTD_MAGIC) {
         Ok(Box::new(zstd::stream::read::Decoder::with_buffer(reader)?))
+    } else if formats == Formats::Archive && head.starts_with(BZIP2_MAGIC) {
+        Ok(Box::new(bzip2::bufread::MultiBzDecoder::new(reader)))
+    } else if formats == Formats::Archive && head.starts_with(XZ_MAGIC) {
+        Ok(Box::new(lzma_rust2::XzReader::new_mem_limit(
+            reader,
+            true,
+            XZ_MEMORY_LIMIT_KIB,
+        )))
     } else {
         Ok(Box::new(reader))
     }
 }
 
-fn unsupported_compression(magic: &[u8]) -> Option<&'static str> {
-    if magic.starts_with(BZIP2_MAGIC) {
-        Some("bzip2")
-    } else if magic.starts_with(XZ_MAGIC) {
-        Some("xz")
-    } else {
-        None
-    }
-}
-
-/// Whether ADD should extract `path`: a tar stream, possibly gzip/zstd-compressed (bzip2 and xz
-/// count too so that ADD reports them as unsupported instead of silently copying them).
+/// Whether ADD should extract `path`: a tar stream, plain or compressed with gzip, bzip2, xz or
+/// zstd. A compressed file that does not hold a tar is copied as it is, as Docker does.
 pub fn is_archive(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
-    let mut stream = match decompress(Box::new(file), Formats::Archive) {
-        Ok(stream) => stream,
-        Err(OpenError::Unsupported(_)) => return true,
-        Err(OpenError::Io(_)) => return false,
+    let Ok(mut stream) = decompress(Box::new(file), Formats::Archive) else {
+        return false;
     };
     let mut header = [0u8; 512];
     if stream.read_exact(&mut header).is_err() {

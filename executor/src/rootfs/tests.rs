@@ -372,6 +372,7 @@ fn directory_times_never_follow_a_parent_replaced_by_a_symlink() {
         chown: None,
         chmod: None,
         exclude: &no,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     let sources = [src.path().join("one"), src.path().join("two")];
@@ -400,6 +401,7 @@ fn copy_never_links_through_a_parent_replaced_by_a_symlink() {
         chown: None,
         chmod: None,
         exclude: &no,
+        exclude_patterns: None,
         preserve_owner: false,
     };
     let sources = [s.join("one"), s.join("two"), s.join("three")];
@@ -553,18 +555,16 @@ fn each_caller_keeps_its_own_reading_of_an_entry() {
 }
 
 #[test]
-fn archives_refuse_bzip2_and_xz_layers_read_them_as_tar() {
+fn archives_decode_bzip2_and_xz_layers_read_them_as_tar() {
     let work = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     for (magic, format) in [(&b"BZh91AY&SY"[..], "bzip2"), (&b"\xfd7zXZ\0"[..], "xz")] {
         let path = work.path().join(format);
         fs::write(&path, magic).unwrap();
+        // Archives decode them (this one is cut short); layers never do.
         for caller in [Caller::Add, Caller::Context] {
             let err = apply_as(caller, &path, root.path()).unwrap_err();
-            assert!(
-                err.contains(format) && err.contains("not supported"),
-                "{err}"
-            );
+            assert!(!err.contains("not supported"), "{err}");
         }
         let err = apply_as(Caller::Layer, &path, root.path()).unwrap_err();
         assert!(err.contains("cannot read layer"), "{err}");

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use crate::rootfs::{
-    self, Content, Dialect, DirTimes, Formats, ImpliedDirs, Kind, Meta, OpenError, Protected,
-    RootWriter, TarEntry, Target, WriteError, WriterOptions, XattrFailures,
+    self, Content, Dialect, DirTimes, Formats, ImpliedDirs, Kind, Meta, Protected, RootWriter,
+    TarEntry, Target, WriteError, WriterOptions, XattrFailures,
 };
 use bounds::{Counted, Meter, Metered, Passed};
 use kiln_oci::limits::human_size;
@@ -241,13 +241,11 @@ fn apply_stream(
     root: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let reader = rootfs::decompress(source, Formats::Layer).map_err(|e| UnpackError::Open {
-        layer: blob.to_path_buf(),
-        source: match e {
-            OpenError::Io(source) => source,
-            other => io::Error::other(other),
-        },
-    })?;
+    let reader =
+        rootfs::decompress(source, Formats::Layer).map_err(|source| UnpackError::Open {
+            layer: blob.to_path_buf(),
+            source,
+        })?;
     // Bytes are counted as they leave the decompressor, before the tar reader sees them.
     let meter = Meter::new(opts.bounds.size, opts.budget.clone());
     let reader: Box<dyn Read> = Box::new(Metered::new(reader, meter.clone(), Counted::Stream));

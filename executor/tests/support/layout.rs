@@ -56,3 +56,24 @@ pub fn layout_config(layout: &Path) -> Option<serde_json::Value> {
     let digest = manifest["config"]["digest"].as_str().unwrap();
     Some(serde_json::from_slice(&fs::read(blob_path(layout, digest)).unwrap()).unwrap())
 }
+
+/// The permission bits recorded for `path` in the layout's image (the last layer that has it
+/// wins); `None` when no layer has it.
+pub fn layout_mode(layout: &Path, path: &str) -> Option<u32> {
+    let manifest = layout_manifest(layout)?;
+    let want = path.trim_start_matches('/');
+    let mut found = None;
+    for layer in manifest["layers"].as_array().unwrap() {
+        let file = fs::File::open(blob_path(layout, layer["digest"].as_str().unwrap())).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let name = name.trim_start_matches("./").trim_start_matches('/');
+            if name.trim_end_matches('/') == want {
+                found = Some(entry.header().mode().unwrap() & 0o7777);
+            }
+        }
+    }
+    found
+}
