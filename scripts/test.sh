@@ -104,8 +104,11 @@
 #                                                script reads it
 #   KILN_BENCH_WORK                    allowed   benchmarks only (scripts/bench.sh)
 #   KILN_BENCH_KILN_DIR                allowed   benchmarks only (scripts/bench.sh)
+#   KILN_BENCH_APT_RATE                allowed   benchmarks only (scripts/bench-mount-cache.sh)
+#   KILN_BENCH_APT_PACKAGES            allowed   benchmarks only (scripts/bench-mount-cache.sh)
+#   KILN_BENCH_APT_MB                  allowed   benchmarks only (scripts/bench-mount-cache.sh)
 #   KILN_EXECUTOR                      allowed   benchmarks only (scripts/bench.sh,
-#                                                scripts/bench-cache.sh)
+#                                                scripts/bench-cache.sh, bench-mount-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh)
 #   KILN_GO_CACHE                      allowed   Go caches of scripts/kaniko.sh (kaniko for
