@@ -382,17 +382,7 @@ pub fn plan(
             // The kubelet cannot mount the Secret (its FailedMount Event names it). The Pod
             // starts by itself once the Secret exists; nothing is recreated.
             let secret = obs.missing_secret.as_deref().unwrap_or_default();
-            let which = if build.spec.push_secret.as_deref() == Some(secret) {
-                "push Secret"
-            } else {
-                "Secret"
-            };
-            let m = format!(
-                "{which} {secret:?} does not exist in namespace {}, so the kubelet cannot start \
-                 executor Pod {pod_name}: create a kubernetes.io/dockerconfigjson Secret with that \
-                 name (the build starts once it exists)",
-                build.namespace().unwrap_or_default()
-            );
+            let m = missing_secret_message(build, secret, &pod_name);
             b.new.phase = Some(Phase::Pending);
             b.new.message = Some(m.clone());
             b.conditions(
@@ -550,3 +540,36 @@ fn elapsed(from: Option<&Time>, to: Timestamp) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a missing Secret keeps from starting, and what to create: the push Secret (a
+/// dockerconfigjson one) or the build secrets referring to it (by id and key). Names only.
+fn missing_secret_message(build: &ImageBuild, secret: &str, pod_name: &str) -> String {
+    let ns = build.namespace().unwrap_or_default();
+    let push = build.spec.push_secret.as_deref() == Some(secret);
+    let uses: Vec<String> = build
+        .spec
+        .secrets
+        .iter()
+        .filter(|s| s.secret_key_ref.name == secret)
+        .map(|s| format!("id {} from key {:?}", s.id, s.secret_key_ref.key))
+        .collect();
+    let what = match (push, uses.is_empty()) {
+        (true, true) => format!(
+            "push Secret {secret:?} does not exist in namespace {ns}, so the kubelet cannot \
+             start executor Pod {pod_name}: create a kubernetes.io/dockerconfigjson Secret with \
+             that name"
+        ),
+        (_, false) => format!(
+            "{}Secret {secret:?} of spec.secrets ({}) does not exist in namespace {ns}, so the \
+             kubelet cannot start executor Pod {pod_name}: create a Secret with that name and \
+             those keys",
+            if push { "push and build " } else { "build " },
+            uses.join(", ")
+        ),
+        (false, true) => format!(
+            "Secret {secret:?} does not exist in namespace {ns}, so the kubelet cannot start \
+             executor Pod {pod_name}: create it"
+        ),
+    };
+    format!("{what} (the build starts once it exists)")
+}
