@@ -29,6 +29,12 @@ fn secret_volume(index: usize) -> String {
     format!("build-secret-{index}")
 }
 
+/// The build secret whose volume the kubelet names (`build-secret-<index>`), if any.
+pub fn secret_of_volume<'a>(spec: &'a ImageBuildSpec, volume: &str) -> Option<&'a BuildSecret> {
+    let index: usize = volume.strip_prefix("build-secret-")?.parse().ok()?;
+    spec.secrets.get(index)
+}
+
 /// The executor flags: `--secret=id=<id>,src=<file>` per build secret and `--mount-cache-dir`.
 pub fn args(spec: &ImageBuildSpec) -> Vec<String> {
     let mut args: Vec<String> = spec
@@ -164,6 +170,10 @@ mod tests {
         );
         assert_eq!(mounts[2].mount_path, MOUNT_CACHE_DIR);
         assert_ne!(mounts[2].read_only, Some(true));
+        let by_volume = |v: &str| secret_of_volume(&s, v).map(|b| b.id.as_str());
+        assert_eq!(by_volume(&mounts[1].name), Some("GIT_AUTH_TOKEN"));
+        assert_eq!(by_volume("build-secret-2"), None);
+        assert_eq!(by_volume("docker-config"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Build secrets and the mount cache through the operator: the executor Pod gets one-key Secret
 //! volumes, file flags and the read-write cache claim, never a secret value; a missing build
-//! Secret is reported by name, id and key; the API server refuses invalid secret ids.
+//! Secret or key is reported by name, id and key; the API server refuses invalid secret ids.
 
 use super::*;
 use kiln_operator::crd::{BuildSecret, SecretKeyRef};
@@ -122,6 +122,36 @@ async fn build_secrets_and_mount_cache_reach_the_executor_pod_as_files_only() {
         Api::namespaced(env.admin.clone(), &env.ns);
     let all = serde_json::to_string(&events.list(&Default::default()).await.unwrap()).unwrap();
     assert!(!all.contains(VALUE), "an Event holds the secret value");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_key_of_a_build_secret_is_reported_by_id() {
+    let Some(env) = env("ib-secret-key").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("keyless");
+    b.spec.secrets = vec![build_secret("npmrc", "npm", ".npmrc")];
+    create_build(&env, &b).await;
+    wait_pod(&env, "keyless-build-1-1").await;
+    pod_failed_mount(
+        &env.admin,
+        &env.ns,
+        "keyless-build-1-1",
+        "executor",
+        "MountVolume.SetUp failed for volume \"build-secret-0\" : references non-existent secret key: .npmrc",
+    )
+    .await;
+    let b = wait_build(&env, "keyless", "SecretNotFound", |b| {
+        ready_reason(b).as_deref() == Some("SecretNotFound")
+    })
+    .await;
+    let m = b.status.unwrap().message.unwrap();
+    assert!(
+        m.starts_with("build Secret \"npm\" of spec.secrets (id npmrc) has no key \".npmrc\""),
+        "{m}"
+    );
     op.stop().await;
 }
 
