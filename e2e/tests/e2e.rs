@@ -435,6 +435,7 @@ fn scenario_build_secret(env: &Env) -> anyhow::Result<()> {
         "the status holds the secret: {st}"
     );
     let dir = env.work.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
     let layout = dir.join("layout");
     kiln_testkit::skopeo_fetch(&dest, &layout, "built")?;
     let found = tools::run(
