@@ -17,7 +17,7 @@
 #   KILN_E2E_IMAGE_ARGS         extra arguments for it (e.g. --no-build)
 #   KILN_E2E_NODE_EXTRA_ARGS    args the node stand-in appends to every container (default none;
 #                               logged on each use)
-#   KILN_E2E_SCENARIOS          comma-separated subset (build-and-rebuild,failing-run,delete,warm-cache);
+#   KILN_E2E_SCENARIOS          comma-separated subset (build-and-rebuild,failing-run,delete,warm-cache,build-secret);
 #                               refused by scripts/test.sh unless KILN_ALLOW_SKIPS=1
 #   KILN_SKIP_E2E               ignored and cleared: this script runs the end-to-end test
 #   KILN_E2E_KEEP=1             leave the API server running afterwards
@@ -43,8 +43,8 @@ fi
 # (the names are those of operator_builds_images_end_to_end in e2e/tests/e2e.rs).
 if [[ -n "${KILN_E2E_SCENARIOS:-}" ]]; then
     for s in ${KILN_E2E_SCENARIOS//,/ }; do
-        [[ "$s" =~ ^(build-and-rebuild|failing-run|delete|warm-cache)$ ]] ||
-            die "KILN_E2E_SCENARIOS: unknown scenario '$s' (build-and-rebuild, failing-run, delete, warm-cache)"
+        [[ "$s" =~ ^(build-and-rebuild|failing-run|delete|warm-cache|build-secret)$ ]] ||
+            die "KILN_E2E_SCENARIOS: unknown scenario '$s' (build-and-rebuild, failing-run, delete, warm-cache, build-secret)"
     done
     log "KILN_E2E_SCENARIOS=$KILN_E2E_SCENARIOS: only these scenarios run, not the whole end-to-end test"
 fi

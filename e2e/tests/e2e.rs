@@ -400,6 +400,78 @@ fn scenario_warm_cache(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (6) A build secret from a Kubernetes Secret reaches its RUN step (the image holds the
+/// value's SHA-256, computed in the step) and nothing else: not the pushed layers, not the
+/// config, not the status.
+fn scenario_build_secret(env: &Env) -> anyhow::Result<()> {
+    let name = &format!("secret-{}", env.run_id);
+    let value = format!("kiln-e2e-build-secret-{}", env.run_id);
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("{name}-npm")},
+        "stringData": {".npmrc": value, "other": "not mounted"},
+    });
+    env.kubectl.apply(&secret.to_string())?;
+    // env= works whether or not the executor's steps get private mount namespaces.
+    let df = "FROM $BASE\n\
+        RUN --mount=type=secret,id=npmrc,env=NPMRC,required \
+        printf %s \"$NPMRC\" | sha256sum | cut -d\" \" -f1 > /secret.sha256\n\
+        CMD [\"cat\", \"/secret.sha256\"]\n";
+    let args = serde_json::json!({
+        "secrets": [{"id": "npmrc", "secretKeyRef": {"name": format!("{name}-npm"), "key": ".npmrc"}}],
+    });
+    let dest = env.apply_build(name, df, &[], args)?;
+    let st = env.wait_final(name, 1)?;
+    let want = tools::run(
+        "sh",
+        &[
+            "-c",
+            &format!("printf %s '{value}' | sha256sum | cut -d' ' -f1"),
+        ],
+    )?;
+    check_pushed(&st, &dest, want.trim()).context("the RUN step did not see the secret")?;
+    ensure!(
+        !st.to_string().contains(&value),
+        "the status holds the secret: {st}"
+    );
+    let dir = env.work.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir:?}"))?;
+    let layout = dir.join("layout");
+    kiln_testkit::skopeo_fetch(&dest, &layout, "built")?;
+    let found = tools::run(
+        "sh",
+        &[
+            "-c",
+            "for b in \"$1\"/blobs/sha256/*; do zcat -f \"$b\"; done | grep -cF -e \"$2\" || true",
+            "sh",
+            &layout.display().to_string(),
+            &value,
+        ],
+    )?;
+    ensure!(
+        found.trim() == "0",
+        "the pushed image (layers, config or manifest) holds the secret value {found} time(s)"
+    );
+    let pod = env.kubectl.run(
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("kiln.dev/image-build={name}"),
+            "-o",
+            "json",
+        ],
+        None,
+    )?;
+    ensure!(!pod.contains(&value), "the Pod spec holds the secret value");
+    ensure!(
+        pod.contains("--secret=id=npmrc,src=/kiln/secrets/npmrc/value"),
+        "the Pod does not pass the secret file: {pod}"
+    );
+    eprintln!("e2e: (6) the build secret reached its step and not the image {dest}");
+    Ok(())
+}
+
 #[test]
 fn operator_builds_images_end_to_end() {
     if std::env::var("KILN_SKIP_E2E").as_deref() == Ok("1") {
@@ -407,11 +479,12 @@ fn operator_builds_images_end_to_end() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("delete", scenario_delete),
         ("warm-cache", scenario_warm_cache),
+        ("build-secret", scenario_build_secret),
     ];
     // Checked before the set-up: an unknown name, or a list naming none, fails the test instead
     // of running nothing and passing.

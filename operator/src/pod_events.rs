@@ -35,6 +35,39 @@ pub fn missing_secret(warnings: &[PodWarning]) -> Option<String> {
         })
 }
 
+/// A key the kubelet cannot find in a Secret it mounts into the Pod (the Secret exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingKey {
+    /// The Pod volume naming the Secret.
+    pub volume: String,
+    pub key: String,
+}
+
+/// The key of an existing Secret that the kubelet cannot mount: a `FailedMount` Warning such as
+/// `MountVolume.SetUp failed for volume "build-secret-0" : references non-existent secret key:
+/// .npmrc`. Only a well-formed volume name and Secret key are returned.
+pub fn missing_secret_key(warnings: &[PodWarning]) -> Option<MissingKey> {
+    const KEY: &str = "references non-existent secret key: ";
+    const VOLUME: &str = "for volume \"";
+    warnings
+        .iter()
+        .filter(|w| w.reason == "FailedMount")
+        .find_map(|w| {
+            let key = w.message[w.message.find(KEY)? + KEY.len()..].trim_end();
+            let rest = &w.message[w.message.find(VOLUME)? + VOLUME.len()..];
+            let volume = &rest[..rest.find('"')?];
+            let key_ok = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            (key_ok && volume.len() <= 63 && is_object_name(volume)).then(|| MissingKey {
+                volume: volume.to_string(),
+                key: key.to_string(),
+            })
+        })
+}
+
 /// A DNS subdomain, as every Secret name is.
 fn is_object_name(name: &str) -> bool {
     !name.is_empty()
@@ -129,6 +162,27 @@ mod tests {
             None
         );
         assert_eq!(missing_secret(&[]), None);
+    }
+
+    #[test]
+    fn the_kubelets_failed_mount_names_a_missing_key() {
+        let w = [warning(
+            "FailedMount",
+            "MountVolume.SetUp failed for volume \"build-secret-1\" : references non-existent secret key: .npmrc",
+        )];
+        assert_eq!(
+            missing_secret_key(&w),
+            Some(MissingKey {
+                volume: "build-secret-1".into(),
+                key: ".npmrc".into()
+            })
+        );
+        assert_eq!(missing_secret(&w), None);
+        let odd = [warning(
+            "FailedMount",
+            "MountVolume.SetUp failed for volume \"v\" : references non-existent secret key: a b",
+        )];
+        assert_eq!(missing_secret_key(&odd), None);
     }
 
     fn waiting(reason: &str, message: &str) -> Pod {

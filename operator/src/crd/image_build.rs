@@ -74,6 +74,14 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub push_secret: Option<String>,
+    /// Build secrets for `RUN --mount=type=secret,id=<id>`: each id is one key of a Secret in
+    /// the build's namespace, mounted read-only (mode 0400) into the executor Pod only, under
+    /// `/kiln/secrets/<id>/`, and given to the executor as `--secret id=<id>,src=<file>`. The
+    /// value never enters a layer, the config, the status, an Event or the Pod's arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub secrets: Vec<BuildSecret>,
     /// Layer cache in a registry repository and base images from a warmed cache volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
@@ -194,6 +202,41 @@ pub struct CacheSpec {
     /// PVC filled by a `CacheWarm`; mounted read-only at `/cache` (`--cache-dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_claim: Option<String>,
+    /// PVC keeping `RUN --mount=type=cache` directories between builds; mounted read-write at
+    /// `/kiln/mount-cache` (`--mount-cache-dir`). Builds sharing a ReadWriteMany claim coordinate
+    /// through file locks on it (`sharing=locked` waits, `private` gets a fresh directory);
+    /// a ReadWriteOnce claim confines the builds using it to one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub mount_cache_claim: Option<String>,
+}
+
+/// One build secret: the id a Dockerfile names (`RUN --mount=type=secret,id=<id>`) and the
+/// Secret key holding its value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSecret {
+    /// The secret id: letters, digits, `.`, `_`, `-`, starting with a letter or digit (at most
+    /// 128 characters); unique within the build.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(super::SECRET_ID_RULE).message(
+        "spec.secrets[].id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (like npmrc or GIT_AUTH_TOKEN)"
+    ))]
+    pub id: String,
+    /// The Secret key holding the value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the build's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 /// What the operator observed, written only by the operator (server-side apply).

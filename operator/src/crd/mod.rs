@@ -24,6 +24,11 @@ pub const VERSION: &str = "v1alpha1";
 /// reconciler checks the same ([`crate::image_build::validate`]) for objects stored before.
 pub const INSIDE_RULE: &str = r"!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')";
 
+/// CEL rule of a build secret id: what BuildKit accepts (any non-empty id) narrowed to names
+/// that are safe as a file name and inside the executor's `--secret id=...,src=...` value. The
+/// reconciler checks the same ([`crate::image_build::validate::secret_id`]).
+pub const SECRET_ID_RULE: &str = r"self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')";
+
 /// Phase of an `ImageBuild` or `CacheWarm`, as shown by `kubectl get`.
 #[derive(
     Debug,

@@ -107,6 +107,7 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
                 if let Some(pod) = obs.pod.as_ref().filter(|p| pod_not_started(p)) {
                     let warnings = pod_warnings(&ctx.client, pod).await?;
                     obs.missing_secret = crate::pod_events::missing_secret(&warnings);
+                    obs.missing_secret_key = crate::pod_events::missing_secret_key(&warnings);
                 }
             }
             let plan = status::plan(&build, &valid, &obs, &ctx.config, now);

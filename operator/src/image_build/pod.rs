@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use super::run_mounts;
 use super::validate::ValidSpec;
 use crate::config::OperatorConfig;
 use crate::crd::ImageBuild;
@@ -132,6 +133,7 @@ pub fn executor_args(build: &ImageBuild) -> Vec<String> {
             flag("cache-dir", CACHE_DIR);
         }
     }
+    args.extend(run_mounts::args(spec));
     args
 }
 
@@ -223,6 +225,7 @@ pub fn desired_pod(
             ..Default::default()
         });
     }
+    run_mounts::add_to(spec, &mut volumes, &mut mounts);
 
     let extra_caps: Vec<String> = spec
         .add_capabilities
@@ -476,6 +479,7 @@ mod tests {
             repository: Some("reg.local/cache".into()),
             ttl: Some("168h".into()),
             warm_claim: Some("warm".into()),
+            ..Default::default()
         });
         let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
         let c = container(&p);
@@ -670,6 +674,7 @@ mod tests {
             repository: Some("reg.local/cache".into()),
             ttl: Some("168h".into()),
             warm_claim: Some("warm".into()),
+            ..Default::default()
         });
         let o = parse_executor(&executor_args(&b));
         assert_eq!(o.context, "git://example.com/org/app.git#refs/heads/main");
@@ -689,6 +694,23 @@ mod tests {
         assert_eq!(o.cache_repo.as_deref(), Some("reg.local/cache"));
         assert_eq!(o.cache_ttl.as_deref(), Some("168h"));
         assert_eq!(o.cache_dir.as_deref(), Some(CACHE_DIR));
+        assert!(o.secrets.is_empty() && o.mount_cache_dir.is_none());
+
+        // Build secrets and the mount cache.
+        b.spec.secrets = vec![crate::crd::BuildSecret {
+            id: "npmrc".into(),
+            secret_key_ref: crate::crd::SecretKeyRef {
+                name: "npm".into(),
+                key: ".npmrc".into(),
+            },
+        }];
+        b.spec.cache.as_mut().unwrap().mount_cache_claim = Some("run-cache".into());
+        let o = parse_executor(&executor_args(&b));
+        assert_eq!(o.secrets, vec!["id=npmrc,src=/kiln/secrets/npmrc/value"]);
+        assert_eq!(
+            o.mount_cache_dir.as_deref(),
+            Some(run_mounts::MOUNT_CACHE_DIR)
+        );
 
         // The other sources: a mounted directory and a URL.
         let cm = build(BuildSource {

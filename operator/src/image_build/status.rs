@@ -30,6 +30,8 @@ pub struct Observation {
     /// The Secret the kubelet cannot mount into that Pod because it does not exist (from the
     /// Pod's Warning Events, read only while it has not started; see [`crate::pod_events`]).
     pub missing_secret: Option<String>,
+    /// A key the kubelet cannot find in an existing Secret it mounts into that Pod.
+    pub missing_secret_key: Option<crate::pod_events::MissingKey>,
     /// A Pod this build does not control holds the current attempt's name (described); `pod`
     /// is then `None` and nothing is created until the name is free.
     pub foreign_pod: Option<String>,
@@ -378,21 +380,14 @@ pub fn plan(
     b.new.pod_name = Some(pod_name.clone());
     b.new.start_time = Some(start_time(&b));
     match outcome {
-        PodOutcome::Pending if obs.missing_secret.is_some() => {
-            // The kubelet cannot mount the Secret (its FailedMount Event names it). The Pod
-            // starts by itself once the Secret exists; nothing is recreated.
-            let secret = obs.missing_secret.as_deref().unwrap_or_default();
-            let which = if build.spec.push_secret.as_deref() == Some(secret) {
-                "push Secret"
-            } else {
-                "Secret"
+        PodOutcome::Pending if obs.missing_secret.is_some() || obs.missing_secret_key.is_some() => {
+            // The kubelet cannot mount the Secret, or a key of it (its FailedMount Event names
+            // them). The Pod starts by itself once they exist; nothing is recreated.
+            let m = match (&obs.missing_secret, &obs.missing_secret_key) {
+                (Some(secret), _) => missing_secret_message(build, secret, &pod_name),
+                (None, Some(key)) => missing_key_message(build, key, &pod_name),
+                (None, None) => unreachable!("guarded above"),
             };
-            let m = format!(
-                "{which} {secret:?} does not exist in namespace {}, so the kubelet cannot start \
-                 executor Pod {pod_name}: create a kubernetes.io/dockerconfigjson Secret with that \
-                 name (the build starts once it exists)",
-                build.namespace().unwrap_or_default()
-            );
             b.new.phase = Some(Phase::Pending);
             b.new.message = Some(m.clone());
             b.conditions(
@@ -550,3 +545,64 @@ fn elapsed(from: Option<&Time>, to: Timestamp) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a missing Secret keeps from starting, and what to create: the push Secret (a
+/// dockerconfigjson one) or the build secrets referring to it (by id and key). Names only.
+fn missing_secret_message(build: &ImageBuild, secret: &str, pod_name: &str) -> String {
+    let ns = build.namespace().unwrap_or_default();
+    let push = build.spec.push_secret.as_deref() == Some(secret);
+    let uses: Vec<String> = build
+        .spec
+        .secrets
+        .iter()
+        .filter(|s| s.secret_key_ref.name == secret)
+        .map(|s| format!("id {} from key {:?}", s.id, s.secret_key_ref.key))
+        .collect();
+    let what = match (push, uses.is_empty()) {
+        (true, true) => format!(
+            "push Secret {secret:?} does not exist in namespace {ns}, so the kubelet cannot \
+             start executor Pod {pod_name}: create a kubernetes.io/dockerconfigjson Secret with \
+             that name"
+        ),
+        (_, false) => format!(
+            "{}Secret {secret:?} of spec.secrets ({}) does not exist in namespace {ns}, so the \
+             kubelet cannot start executor Pod {pod_name}: create a Secret with that name and \
+             those keys",
+            if push { "push and build " } else { "build " },
+            uses.join(", ")
+        ),
+        (false, true) => format!(
+            "Secret {secret:?} does not exist in namespace {ns}, so the kubelet cannot start \
+             executor Pod {pod_name}: create it"
+        ),
+    };
+    format!("{what} (the build starts once it exists)")
+}
+
+/// What a missing key of an existing Secret keeps from starting: a build secret's key (found by
+/// the volume the kubelet names) or the push Secret's `.dockerconfigjson`. Names only.
+fn missing_key_message(
+    build: &ImageBuild,
+    missing: &crate::pod_events::MissingKey,
+    pod_name: &str,
+) -> String {
+    let ns = build.namespace().unwrap_or_default();
+    let key = &missing.key;
+    let what = match super::run_mounts::secret_of_volume(&build.spec, &missing.volume) {
+        Some(s) => format!(
+            "build Secret {:?} of spec.secrets (id {}) has no key {key:?}",
+            s.secret_key_ref.name, s.id
+        ),
+        None => match build.spec.push_secret.as_deref() {
+            Some(push) if key == ".dockerconfigjson" => format!(
+                "push Secret {push:?} has no key \".dockerconfigjson\": it must be a \
+                 kubernetes.io/dockerconfigjson Secret"
+            ),
+            _ => format!("a Secret of volume {:?} has no key {key:?}", missing.volume),
+        },
+    };
+    format!(
+        "{what} in namespace {ns}, so the kubelet cannot start executor Pod {pod_name}: add the \
+         key to the Secret or change the reference (the build starts once it exists)"
+    )
+}

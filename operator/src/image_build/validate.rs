@@ -46,6 +46,17 @@ pub enum InvalidSpec {
         problem: &'static str,
     },
     #[error(
+        "spec.secrets[{index}].id {id:?} is not a valid secret id: use 1-128 letters, digits, \
+         '.', '_' or '-', starting with a letter or digit"
+    )]
+    SecretId { index: usize, id: String },
+    #[error(
+        "spec.secrets[{index}].id {id:?} is given twice: each build secret id names one Secret key"
+    )]
+    DuplicateSecretId { index: usize, id: String },
+    #[error("spec.secrets[{index}].secretKeyRef {field} is empty: name the Secret and its key")]
+    SecretKeyRef { index: usize, field: &'static str },
+    #[error(
         "spec.executorImage {image:?} is not permitted by the operator's configuration: remove it \
          to build with the default executor image, or ask the cluster administrator to allow it \
          (Helm value overrides.executorImages, operator flag --allowed-executor-image)"
@@ -98,6 +109,42 @@ pub fn inside(field: &'static str, value: &str) -> Result<(), InvalidSpec> {
         }),
         None => Ok(()),
     }
+}
+
+/// Whether `id` is a build secret id Kiln accepts, the rule of the CRD's `SECRET_ID_RULE`.
+pub fn secret_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    id.len() <= 128
+        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks `spec.secrets`: valid, unique ids and non-empty Secret references.
+fn secrets(spec: &ImageBuildSpec) -> Result<(), InvalidSpec> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, s) in spec.secrets.iter().enumerate() {
+        if !secret_id(&s.id) {
+            return Err(InvalidSpec::SecretId {
+                index,
+                id: one_line(&s.id, MAX_ECHO),
+            });
+        }
+        if !seen.insert(s.id.as_str()) {
+            return Err(InvalidSpec::DuplicateSecretId {
+                index,
+                id: s.id.clone(),
+            });
+        }
+        for (field, value) in [
+            ("name", &s.secret_key_ref.name),
+            ("key", &s.secret_key_ref.key),
+        ] {
+            if value.trim().is_empty() {
+                return Err(InvalidSpec::SecretKeyRef { index, field });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the spec's overrides of what the operator decides (executor image, service account,
@@ -200,6 +247,7 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
     {
         inside("source.persistentVolumeClaim.subPath", sub)?;
     }
+    secrets(spec)?;
     Ok(ValidSpec { timeout, retries })
 }
 
@@ -371,6 +419,54 @@ mod tests {
         s.add_capabilities.clear();
         s.service_account_name = Some("deployer".into());
         assert!(permitted(&s, &open).is_err());
+    }
+
+    #[test]
+    fn secret_ids_are_checked_and_unique() {
+        use crate::crd::{BuildSecret, SecretKeyRef};
+        let secret = |id: &str| BuildSecret {
+            id: id.into(),
+            secret_key_ref: SecretKeyRef {
+                name: "npm".into(),
+                key: ".npmrc".into(),
+            },
+        };
+        let mut s = spec();
+        s.secrets = vec![
+            secret("npmrc"),
+            secret("GIT_AUTH_TOKEN.github.com"),
+            secret("a-1"),
+        ];
+        assert!(validate(&s).is_ok());
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "../x",
+            "a,src=/etc/shadow",
+            "a b",
+            "é",
+        ] {
+            s.secrets = vec![secret(bad)];
+            let e = validate(&s).unwrap_err();
+            assert!(
+                matches!(e, InvalidSpec::SecretId { index: 0, .. }),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.reason(), "InvalidSpec");
+        }
+        s.secrets = vec![secret(&"a".repeat(129))];
+        assert!(validate(&s).is_err());
+        s.secrets = vec![secret("npmrc"), secret("npmrc")];
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.to_string(), "spec.secrets[1].id \"npmrc\" is given twice: each build secret id names one Secret key");
+        s.secrets = vec![secret("npmrc")];
+        s.secrets[0].secret_key_ref.key = String::new();
+        assert!(matches!(
+            validate(&s),
+            Err(InvalidSpec::SecretKeyRef { field: "key", .. })
+        ));
     }
 
     #[test]

@@ -405,6 +405,20 @@ pub async fn pod_secret_missing(
     volume: &str,
     secret: &str,
 ) {
+    let message =
+        format!("MountVolume.SetUp failed for volume \"{volume}\" : secret \"{secret}\" not found");
+    pod_failed_mount(admin, ns, name, container, &message).await;
+}
+
+/// Plays the kubelet on a node that cannot mount a volume of the Pod, for the reason `message`
+/// says (the kubelet's own wording): as [`pod_secret_missing`].
+pub async fn pod_failed_mount(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    container: &str,
+    message: &str,
+) {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let now = now_rfc3339();
     let status = json!({"status": {
@@ -429,9 +443,7 @@ pub async fn pod_secret_missing(
         },
         "reason": "FailedMount",
         "type": "Warning",
-        "message": format!(
-            "MountVolume.SetUp failed for volume \"{volume}\" : secret \"{secret}\" not found"
-        ),
+        "message": message,
         "source": {"component": "kubelet", "host": "node-1"},
         "firstTimestamp": now, "lastTimestamp": now, "count": 1
     }))

@@ -5,7 +5,7 @@
 
 use super::*;
 
-async fn expect_rejected(api: &Api<ImageBuild>, body: serde_json::Value, want: &str) {
+pub(crate) async fn expect_rejected(api: &Api<ImageBuild>, body: serde_json::Value, want: &str) {
     let obj: ImageBuild = match serde_json::from_value(body.clone()) {
         Ok(o) => o,
         Err(e) => panic!("test object does not deserialize: {e}"),
@@ -173,6 +173,7 @@ async fn admission_rejects_invalid_image_builds() {
         repository: Some("reg.local/cache".into()),
         ttl: Some("168h".into()),
         warm_claim: Some("warm".into()),
+        ..Default::default()
     });
     ok.spec.timeout = Some("1h30m".into());
     ok.spec.retries = Some(2);
@@ -252,6 +253,7 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
             repository: Some("reg.local/cache".into()),
             ttl: Some("24h".into()),
             warm_claim: Some("warm".into()),
+            mount_cache_claim: Some("run-cache".into()),
         });
         b.spec.node_selector = BTreeMap::from([("kubernetes.io/arch".into(), "amd64".into())]);
         b.spec.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
@@ -270,6 +272,13 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
         });
         b.spec.timeout = Some("45m".into());
         b.spec.add_capabilities = vec!["MKNOD".into(), "CAP_SYS_CHROOT".into()];
+        b.spec.secrets = vec![kiln_operator::crd::BuildSecret {
+            id: "GIT_AUTH_TOKEN.git.local".into(),
+            secret_key_ref: kiln_operator::crd::SecretKeyRef {
+                name: "git".into(),
+                key: "token".into(),
+            },
+        }];
         create_build(&env, &b).await;
     }
     for name in ["from-git", "from-cm", "from-pvc", "from-url"] {

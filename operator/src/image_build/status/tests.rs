@@ -475,3 +475,75 @@ fn foreign_pod_under_the_name_is_reported_not_adopted() {
     assert_eq!(p.create_attempt, Some(1));
     assert_eq!(cond(&b, "Ready").reason, "Building");
 }
+
+#[test]
+fn missing_build_secret_names_its_ids_and_keys_never_a_value() {
+    use crate::crd::{BuildSecret, SecretKeyRef};
+    let mut b = build(0);
+    b.spec.secrets = vec![BuildSecret {
+        id: "npmrc".into(),
+        secret_key_ref: SecretKeyRef {
+            name: "npm".into(),
+            key: ".npmrc".into(),
+        },
+    }];
+    step(&mut b, 0, Observation::default(), 0);
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Pending", None)),
+            missing_secret: Some("npm".into()),
+            ..Default::default()
+        },
+        5,
+    );
+    assert_eq!(p.event.as_ref().unwrap().reason, "SecretNotFound");
+    assert_eq!(cond(&b, "Ready").reason, "SecretNotFound");
+    let m = b.status.as_ref().unwrap().message.clone().unwrap();
+    assert_eq!(
+        m,
+        "build Secret \"npm\" of spec.secrets (id npmrc from key \".npmrc\") does not exist in \
+         namespace ns, so the kubelet cannot start executor Pod app-build-1-1: create a Secret \
+         with that name and those keys (the build starts once it exists)"
+    );
+    assert_eq!(p.event.unwrap().note, m);
+}
+
+#[test]
+fn missing_key_names_the_build_secret_or_the_push_secret() {
+    use crate::crd::{BuildSecret, SecretKeyRef};
+    use crate::pod_events::MissingKey;
+    let mut b = build(0);
+    b.spec.secrets = vec![BuildSecret {
+        id: "npmrc".into(),
+        secret_key_ref: SecretKeyRef {
+            name: "npm".into(),
+            key: ".npmrc".into(),
+        },
+    }];
+    step(&mut b, 0, Observation::default(), 0);
+    let stuck = |volume: &str, key: &str| Observation {
+        pod: Some(pod("Pending", None)),
+        missing_secret_key: Some(MissingKey {
+            volume: volume.into(),
+            key: key.into(),
+        }),
+        ..Default::default()
+    };
+    let p = step(&mut b, 0, stuck("build-secret-0", ".npmrc"), 5);
+    assert_eq!(p.event.as_ref().unwrap().reason, "SecretNotFound");
+    let m = b.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(
+        m.starts_with(
+            "build Secret \"npm\" of spec.secrets (id npmrc) has no key \".npmrc\" in namespace ns"
+        ),
+        "{m}"
+    );
+    step(&mut b, 0, stuck("docker-config", ".dockerconfigjson"), 6);
+    let m = b.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(
+        m.starts_with("push Secret \"regcred\" has no key \".dockerconfigjson\""),
+        "{m}"
+    );
+}
