@@ -734,7 +734,8 @@ fn submodules_are_fetched_recursively_at_recorded_commits() {
 }
 
 /// `ADD <git URL>#ref:subdir` checks the repository out (no `.git`) and copies it like a
-/// directory, over the git protocol and smart HTTP; `--keep-git-dir` is refused by name.
+/// directory, over the git protocol and smart HTTP; with `--keep-git-dir` the `.git` of the
+/// shallow clone comes along, a repository `git log` and `git status` read.
 #[test]
 fn add_git_url_copies_a_ref_and_subdir() {
     if !tools_present() {
@@ -780,8 +781,36 @@ fn add_git_url_copies_a_ref_and_subdir() {
     assert_eq!(entry("/whole/.git"), None);
     assert_eq!(entry("/feature/version").as_deref(), Some("feature\n"));
 
-    let (ok, log, _) = build(format!("FROM scratch\nADD --keep-git-dir {git_url} /k/\n"));
-    assert!(!ok && log.contains("--keep-git-dir"), "{log}");
+    let (ok, log, layout) = build(format!(
+        "FROM scratch\nADD --keep-git-dir {http_url}#feature /k/\nADD --keep-git-dir {git_url}#v1:sub /s/\n"
+    ));
+    assert!(ok, "{log}");
+    let root = dir.path().join("root");
+    support::layout_unpack(&layout, &root);
+    let kept = root.join("k");
+    assert_eq!(
+        fs::read_to_string(kept.join("version")).unwrap(),
+        "feature\n"
+    );
+    assert_eq!(git(&kept, &["log", "--format=%s"]), "feature");
+    assert_eq!(git(&kept, &["status", "--porcelain"]), "");
+    // A branch is checked out as that branch, as BuildKit's `git checkout <branch>`.
+    assert_eq!(
+        git(&kept, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "feature"
+    );
+    assert_eq!(
+        git(&kept, &["config", "remote.origin.url"]),
+        http_url.as_str()
+    );
+    assert_eq!(
+        git(&kept, &["rev-parse", "HEAD"]),
+        git(&repo.base.join("git/repo.git"), &["rev-parse", "feature"])
+    );
+    // A subdir of the checkout is copied without the repository's `.git`.
+    assert!(root.join("s/app.txt").is_file() && !root.join("s/.git").exists());
+    let (ok, log, _) = build("FROM scratch\nADD --keep-git-dir Dockerfile /k/\n".into());
+    assert!(!ok && log.contains("git URLs only"), "{log}");
     let (ok, log, _) = build(format!("FROM scratch\nADD {git_url}#v1:missing /m/\n"));
     assert!(!ok && log.contains("missing"), "{log}");
 }

@@ -165,8 +165,8 @@ fn unsupported_options_fail_naming_them() {
             "wildcards before the /./ pivot",
         ),
         (
-            "FROM scratch\nADD --keep-git-dir https://127.0.0.1:1/r.git /r\n",
-            "--keep-git-dir",
+            "FROM scratch\nADD --keep-git-dir https://127.0.0.1:1/r.tar /r\n",
+            "--keep-git-dir applies to git URLs only",
         ),
         ("FROM scratch\nCOPY --chmod=u+q tool.sh /t\n", "--chmod=u+q"),
         (

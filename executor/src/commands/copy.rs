@@ -133,7 +133,6 @@ fn execute(
     is_add: bool,
 ) -> Result<Outcome, CommandError> {
     let name = if is_add { "ADD" } else { "COPY" };
-    refuse_unsupported(args, name)?;
     let dest_raw = state.expand(&args.dest)?;
     let dest = state.in_image_path(&dest_raw);
     let chown = match &args.chown {
@@ -194,6 +193,9 @@ fn execute(
     }
     let (urls, local): (Vec<String>, Vec<String>) =
         origin_sources.into_iter().partition(|s| is_url(s));
+    if let Some(source) = local.first().or(args.heredocs.first().map(|d| &d.name)) {
+        refuse_keep_git_dir(args, name, source)?;
+    }
     let origin_sources = local;
     if let Some(url) = urls.first() {
         if !is_add {
@@ -211,11 +213,12 @@ fn execute(
                     "ADD --checksum with the git URL {url} is not supported by kiln-executor"
                 )));
             }
-            let (guard, src) = git::checkout(&repo, state)?;
+            let (guard, src) = git::checkout(&repo, args.keep_git_dir, state)?;
             checkouts.push(guard);
             sources.push(src);
             continue;
         }
+        refuse_keep_git_dir(args, name, url)?;
         sources.push(Source::from(download(
             url,
             args.checksum.as_deref(),
@@ -327,21 +330,16 @@ fn execute(
     Ok(Outcome::Filesystem)
 }
 
-/// Options the parser accepts that this builder does not carry out yet: refused by name, never
-/// ignored. `--link` needs nothing: it changes how BuildKit stacks the layer, not its content.
-fn refuse_unsupported(args: &CopyArgs, name: &str) -> Result<(), CommandError> {
-    // BuildKit keeps the clone's `.git`; Kiln writes the tree only.
-    let refused = if args.keep_git_dir {
-        Some("--keep-git-dir")
-    } else {
-        None
-    };
-    match refused {
-        Some(option) => Err(CommandError::Invalid(format!(
-            "{name} {option} is not supported by kiln-executor yet"
-        ))),
-        None => Ok(()),
+/// `--keep-git-dir` keeps the `.git` of a git URL's checkout; BuildKit ignores it for other
+/// sources, Kiln refuses it there so that it never goes unused. `--link` needs nothing: it
+/// changes how BuildKit stacks the layer, not its content.
+fn refuse_keep_git_dir(args: &CopyArgs, name: &str, source: &str) -> Result<(), CommandError> {
+    if args.keep_git_dir {
+        return Err(CommandError::Invalid(format!(
+            "{name} --keep-git-dir applies to git URLs only, and {source} is not one"
+        )));
     }
+    Ok(())
 }
 
 /// With `--parents`, the pivot of raw source `raw` (see [`parents`]); `None` without it.

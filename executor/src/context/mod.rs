@@ -577,11 +577,13 @@ fn glob_rec(p: &[char], s: &[char]) -> bool {
 }
 
 /// `ADD <git URL>`: fetch `url` (`https://`, `http://`, `git://`) at `reference` (the remote
-/// HEAD when `None`) without credentials, and write its tree, without `.git`, into the empty
-/// directory `dest`; git databases live under `scratch` meanwhile.
+/// HEAD when `None`) without credentials, and write its tree into the empty directory `dest`:
+/// without `.git`, or with `keep_git_dir` the shallow clone as `dest/.git`; git databases live
+/// under `scratch` meanwhile.
 pub(crate) fn checkout_git(
     url: &str,
     reference: Option<&str>,
+    keep_git_dir: bool,
     scratch: &Path,
     dest: &Path,
 ) -> Result<(), ContextError> {
@@ -590,7 +592,11 @@ pub(crate) fn checkout_git(
         reference: reference.map(str::to_string),
         commit: None,
     };
-    git::checkout(&source, &GitOptions::default(), scratch, dest)
+    if keep_git_dir {
+        git::checkout_keeping_git_dir(&source, &GitOptions::default(), scratch, dest)
+    } else {
+        git::checkout(&source, &GitOptions::default(), scratch, dest)
+    }
 }
 
 #[cfg(test)]

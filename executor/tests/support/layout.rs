@@ -77,3 +77,15 @@ pub fn layout_mode(layout: &Path, path: &str) -> Option<u32> {
     }
     found
 }
+
+/// Unpack every layer of the layout's image into `dest` in order (for images whose layers hold
+/// no whiteouts), so host tools can inspect the result.
+pub fn layout_unpack(layout: &Path, dest: &Path) {
+    let manifest = layout_manifest(layout).expect("an image in the layout");
+    for layer in manifest["layers"].as_array().unwrap() {
+        let file = fs::File::open(blob_path(layout, layer["digest"].as_str().unwrap())).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        archive.set_preserve_permissions(true);
+        archive.unpack(dest).unwrap();
+    }
+}

@@ -1,6 +1,6 @@
 //! `ADD <git URL>`: a repository named as BuildKit recognises one (`git://`, or an `http(s)://`
-//! URL whose path ends in `.git`), with a `#ref:subdir` fragment, is checked out (no `.git`) and
-//! copied like a directory of the context.
+//! URL whose path ends in `.git`), with a `#ref:subdir` fragment, is checked out (without `.git`
+//! unless `--keep-git-dir`) and copied like a directory of the context.
 
 use std::path::Path;
 
@@ -50,8 +50,10 @@ pub(super) fn parse(source: &str) -> Result<Option<GitAdd>, CommandError> {
 
 /// Check the repository out under the stage scratch (kept alive by the returned guard) and name
 /// the directory to copy: the whole tree, or `subdir` inside it (symlinks resolved inside it).
+/// With `keep_git_dir` the tree's root holds the clone as `.git`.
 pub(super) fn checkout(
     git: &GitAdd,
+    keep_git_dir: bool,
     state: &StageState,
 ) -> Result<(tempfile::TempDir, Source), CommandError> {
     let dir = tempfile::Builder::new()
@@ -66,7 +68,13 @@ pub(super) fn checkout(
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree)
         .map_err(|e| CommandError::io(format!("creating {}", tree.display()), e))?;
-    crate::context::checkout_git(&git.url, git.reference.as_deref(), dir.path(), &tree)?;
+    crate::context::checkout_git(
+        &git.url,
+        git.reference.as_deref(),
+        keep_git_dir,
+        dir.path(),
+        &tree,
+    )?;
     let path = Path::new(git.subdir.as_deref().unwrap_or(""));
     let name = path.file_name().unwrap_or_default().to_os_string();
     let source = Source::in_root(&tree, path, &name);

@@ -68,7 +68,19 @@ pub(crate) fn checkout(
     scratch: &Path,
     dest: &Path,
 ) -> Result<(), ContextError> {
-    checkout_at_depth(source, options, scratch, dest, 0)
+    checkout_at_depth(source, options, scratch, dest, 0, false)
+}
+
+/// [`checkout`] that also keeps the fetched repository as `dest/.git` (`ADD --keep-git-dir`): the
+/// shallow clone of the ref, made a non-bare repository with an index of the checked-out tree, so
+/// `git log` and `git status` work in the image.
+pub(crate) fn checkout_keeping_git_dir(
+    source: &GitSource,
+    options: &GitOptions,
+    scratch: &Path,
+    dest: &Path,
+) -> Result<(), ContextError> {
+    checkout_at_depth(source, options, scratch, dest, 0, true)
 }
 
 /// [`checkout`] of a repository `depth` submodule levels below the context's own.
@@ -78,6 +90,7 @@ fn checkout_at_depth(
     scratch: &Path,
     dest: &Path,
     depth: usize,
+    keep_git_dir: bool,
 ) -> Result<(), ContextError> {
     let fail = |message: String| ContextError::Git {
         url: source.describe(),
@@ -107,6 +120,9 @@ fn checkout_at_depth(
     let mut gitlinks = Vec::new();
     write_tree(&repo, tree_id, dest, Path::new(""), &mut gitlinks).map_err(&fail)?;
     tracing::info!("checked out {} at commit {commit_hex}", source.describe());
+    if keep_git_dir {
+        keep_repository(&repo, &source.url, db.path(), id, tree_id, dest).map_err(&fail)?;
+    }
     if !options.recurse_submodules || gitlinks.is_empty() {
         return Ok(());
     }
@@ -121,8 +137,69 @@ fn checkout_at_depth(
             continue;
         };
         let sub_dest = dest.join(&link.path);
-        checkout_at_depth(&sub.source, &sub.options, scratch, &sub_dest, depth + 1)?;
+        checkout_at_depth(
+            &sub.source,
+            &sub.options,
+            scratch,
+            &sub_dest,
+            depth + 1,
+            false,
+        )?;
     }
+    Ok(())
+}
+
+/// Move the bare clone under `db` to `dest/.git` as a non-bare repository checked out at `commit`,
+/// as BuildKit's `--keep-git-dir` checkout: HEAD on the fetched branch when the ref is one,
+/// detached otherwise; an index listing `tree`; the `origin` URL without credentials.
+fn keep_repository(
+    repo: &gix::Repository,
+    url: &str,
+    db: &Path,
+    commit: gix::ObjectId,
+    tree: gix::ObjectId,
+    dest: &Path,
+) -> Result<(), String> {
+    let index = repo
+        .index_from_tree(&tree)
+        .map_err(|e| format!("building the index of {tree}: {e}"))?;
+    let on_branch = repo
+        .head_name()
+        .ok()
+        .flatten()
+        .is_some_and(|name| name.as_bstr().starts_with(b"refs/heads/"))
+        && repo.head_id().ok().map(|id| id.detach()) == Some(commit);
+    let git_dir = dest.join(".git");
+    fs::rename(db.join("repo.git"), &git_dir)
+        .map_err(|e| format!("moving the repository to {}: {e}", git_dir.display()))?;
+    let config = git_dir.join("config");
+    let mut text = fs::read_to_string(&config)
+        .map_err(|e| format!("reading {}: {e}", config.display()))?
+        .replace("bare = true", "bare = false");
+    let mut parsed =
+        gix::url::parse(url.as_bytes().as_bstr()).map_err(|e| format!("invalid URL: {e}"))?;
+    if parsed.user().is_some() || parsed.password().is_some() {
+        parsed.set_user(None);
+        parsed.set_password(None);
+        text = text.replace(url, &parsed.to_bstring().to_string());
+        if text.contains(url) || !text.contains("url = ") {
+            return Err("cannot remove the credentials of the URL from .git/config".into());
+        }
+    }
+    fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    if !on_branch {
+        let head = git_dir.join("HEAD");
+        fs::write(&head, format!("{commit}\n"))
+            .map_err(|e| format!("writing {}: {e}", head.display()))?;
+    }
+    let out =
+        fs::File::create(git_dir.join("index")).map_err(|e| format!("writing the index: {e}"))?;
+    index
+        .write_to(
+            std::io::BufWriter::new(out),
+            gix::index::write::Options::default(),
+        )
+        .map_err(|e| format!("writing the index: {e}"))?;
     Ok(())
 }
 
