@@ -165,11 +165,22 @@ fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildEr
     let mut config = stage.config.clone();
     config.created = Some(timestamp(req.reproducible));
     config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let target = &req.platform;
+    if req.platform_explicit {
+        // BuildKit's rule for an explicit target platform: it replaces the base's, the variant
+        // too when the target names one or the OS/architecture changed.
+        let same = config.os == target.os && config.architecture == target.architecture;
+        config.os = target.os.clone();
+        config.architecture = target.architecture.clone();
+        if target.variant.is_some() || !same {
+            config.variant = target.variant.clone();
+        }
+    }
     if config.architecture.is_empty() {
-        config.architecture = req.platform.architecture.clone();
+        config.architecture = target.architecture.clone();
     }
     if config.os.is_empty() {
-        config.os = req.platform.os.clone();
+        config.os = target.os.clone();
     }
     for label in &req.labels {
         let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));

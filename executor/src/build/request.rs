@@ -41,6 +41,10 @@ pub struct BuildRequest {
     /// `--label KEY=VALUE` as given.
     pub labels: Vec<String>,
     pub platform: Platform,
+    /// Whether `--custom-platform` named the platform (else it is this machine's). As in
+    /// BuildKit, a named target platform is the image config's platform even when the final
+    /// stage's `FROM --platform` names another; otherwise the config keeps its base's.
+    pub platform_explicit: bool,
     pub registry: RegistryOptions,
     /// `--max-layer-size` and `--max-layer-entries`, for every layer the build unpacks.
     pub layer_bounds: LayerBounds,
@@ -143,6 +147,7 @@ impl BuildRequest {
             },
             max_build_size: opts.max_build_size,
             platform,
+            platform_explicit: opts.custom_platform.is_some(),
             isolation,
             kiln_dir: opts.kiln_dir.clone(),
             ignore_paths: opts.ignore_paths.clone(),

@@ -24,7 +24,7 @@ impl Builder<'_> {
         if self.cache.is_none() || index != self.plan.target || base.kind != BaseKind::Image {
             return Ok(None);
         }
-        let (image, reference) = self.bases.manifest(&base.name)?;
+        let (image, reference) = self.bases.manifest(&base.name, &base.platform)?;
         let probe_root = self.work_dir.join(format!("stages/{index}/probe-root"));
         std::fs::create_dir_all(&probe_root)
             .map_err(io_err(format!("creating {}", probe_root.display())))?;
