@@ -384,9 +384,9 @@ fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildEr
 }
 
 /// A history entry for a step.
-fn history(reproducible: bool, created_by: &str, empty_layer: bool) -> History {
+fn history(req: &BuildRequest, created_by: &str, empty_layer: bool) -> History {
     History {
-        created: Some(timestamp(reproducible)),
+        created: Some(timestamp(req)),
         created_by: Some(created_by.to_string()),
         comment: Some("kiln".into()),
         empty_layer,
@@ -394,12 +394,13 @@ fn history(reproducible: bool, created_by: &str, empty_layer: bool) -> History {
     }
 }
 
-/// Now, or the epoch for `--reproducible`.
-fn timestamp(reproducible: bool) -> String {
-    if reproducible {
-        "1970-01-01T00:00:00Z".to_string()
-    } else {
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+/// When the image and its new history entries were made: `SOURCE_DATE_EPOCH` when given (as
+/// BuildKit clamps both to it), else the Unix epoch for `--reproducible`, else now.
+fn timestamp(req: &BuildRequest) -> String {
+    match (req.source_date_epoch, req.reproducible) {
+        (Some(epoch), _) => request::epoch_timestamp(epoch),
+        (None, true) => "1970-01-01T00:00:00Z".to_string(),
+        (None, false) => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
     }
 }
 

@@ -163,7 +163,7 @@ pub fn write_outputs(
 /// The final config (creation time, diff_ids, platform, `--label`s) and the manifest.
 fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildError> {
     let mut config = stage.config.clone();
-    config.created = Some(timestamp(req.reproducible));
+    config.created = Some(timestamp(req));
     config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
     let target = &req.platform;
     if req.platform_explicit {

@@ -89,10 +89,7 @@ impl Builder<'_> {
                     snap.refresh()?;
                 }
                 if keep_layers {
-                    state
-                        .config
-                        .history
-                        .push(history(self.req.reproducible, text, no_layer));
+                    state.config.history.push(history(self.req, text, no_layer));
                 }
                 if let Some(cache) = self.cache.as_mut() {
                     cache.hits += 1;
@@ -190,7 +187,7 @@ impl Builder<'_> {
                 state
                     .config
                     .history
-                    .push(history(self.req.reproducible, text, empty_layer));
+                    .push(history(self.req, text, empty_layer));
             }
             info!(
                 "[{label}] step {}/{total} done in {} ({cache_note}{layer_note}{snapshot_note})",
@@ -212,7 +209,7 @@ impl Builder<'_> {
                     );
                     layers.push(layer);
                     state.config.history.push(history(
-                        self.req.reproducible,
+                        self.req,
                         "single snapshot of all steps",
                         false,
                     ));
