@@ -187,3 +187,44 @@ fn without_custom_platform_the_config_keeps_the_final_base_platform() {
         foreign_arch()
     );
 }
+
+/// The manifest of `image` as the registry serves it (`skopeo inspect --raw`).
+fn pushed_manifest(image: &str) -> serde_json::Value {
+    let out = kiln_testkit::run(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{image}")),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn the_pushed_manifest_names_the_final_base_image() {
+    if !ready() {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/kiln-test/marker:1", reg.addr);
+    push_two_platform_base(dir.path(), &base);
+    let host_manifest = marker_image(dir.path(), &Platform::default().architecture).manifest_digest;
+    let push = |dockerfile: &str, dest: &str| {
+        let sub = dir.path().join(dest.replace([':', '/'], "-"));
+        let ctx = context(&sub, dockerfile);
+        let (ok, log) = run_executor(&["--context", &ctx, "--destination", dest], &[], None);
+        assert!(ok, "{log}");
+        pushed_manifest(dest)
+    };
+    // Through a stage built FROM the image.
+    let image = format!("{}/kiln-test/out:1", reg.addr);
+    let m = push(&format!("FROM {base} AS b\nFROM b\nENV X=1\n"), &image);
+    let a = &m["annotations"];
+    assert_eq!(a["org.opencontainers.image.base.name"], base, "{m}");
+    assert_eq!(
+        a["org.opencontainers.image.base.digest"], host_manifest,
+        "{m}"
+    );
+    let scratch = format!("{}/kiln-test/out:2", reg.addr);
+    let m = push("FROM scratch\nENV X=1\n", &scratch);
+    assert!(m.get("annotations").is_none(), "{m}");
+}

@@ -204,7 +204,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     }
     let final_stage = builder.build_stage(plan.target, true)?;
     builder.publisher.finish_early_pushes();
-    let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage);
+    let annotations = builder.base_annotations()?;
+    let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage, annotations);
     if let Some(cache) = builder.cache.as_mut() {
         cache.finish_stores();
         info!("cache: {} hits, {} misses", cache.hits, cache.misses);
@@ -237,6 +238,33 @@ struct Builder<'a> {
     /// The last step key of every built stage (the base identity of stages built FROM it).
     stage_keys: HashMap<usize, String>,
 }
+
+impl Builder<'_> {
+    /// The OCI annotations naming the image the final stage's files start from (through
+    /// stages it is built FROM): `org.opencontainers.image.base.name` (the normalised
+    /// reference) and `.base.digest` (the platform manifest it was read as), as buildah and
+    /// podman write them; none for `scratch`.
+    fn base_annotations(&self) -> Result<std::collections::BTreeMap<String, String>, BuildError> {
+        let mut annotations = std::collections::BTreeMap::new();
+        let mut base = self.plan.base(self.plan.target)?;
+        while let plan::BaseKind::Stage(parent) = base.kind {
+            base = self.plan.base(parent)?;
+        }
+        if base.kind != plan::BaseKind::Image {
+            return Ok(annotations);
+        }
+        if let Some(digest) = self.bases.manifest_digest(&base.name, &base.platform) {
+            let name = kiln_oci::registry::normalize_reference(&base.name)
+                .unwrap_or_else(|_| base.name.clone());
+            annotations.insert(ANNOTATION_BASE_NAME.to_string(), name);
+            annotations.insert(ANNOTATION_BASE_DIGEST.to_string(), digest.clone());
+        }
+        Ok(annotations)
+    }
+}
+
+const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 /// Paths left out of snapshots and unpacking. In a private root only `--ignore-path` applies;
 /// in place, also Kiln's own directory, kernel filesystems, mount points and (by default)

@@ -106,8 +106,9 @@ pub fn write_outputs(
     bases: &BaseImages<'_>,
     runtime: &tokio::runtime::Runtime,
     stage: BuiltStage,
+    annotations: BTreeMap<String, String>,
 ) -> Result<BuildResult, BuildError> {
-    let image = assemble(req, &stage)?;
+    let image = assemble(req, &stage, annotations)?;
     let mut references = Vec::new();
     if !req.no_push {
         for dest in &req.destinations {
@@ -161,7 +162,11 @@ pub fn write_outputs(
 }
 
 /// The final config (creation time, diff_ids, platform, `--label`s) and the manifest.
-fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildError> {
+fn assemble(
+    req: &BuildRequest,
+    stage: &BuiltStage,
+    annotations: BTreeMap<String, String>,
+) -> Result<Assembled, BuildError> {
     let mut config = stage.config.clone();
     config.created = Some(timestamp(req));
     config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -205,7 +210,7 @@ fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildEr
             annotations: None,
         },
         layers: stage.layers.iter().map(LayerFile::descriptor).collect(),
-        annotations: None,
+        annotations: (!annotations.is_empty()).then_some(annotations),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| BuildError::Serialize {
         what: "manifest",
