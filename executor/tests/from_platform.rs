@@ -93,6 +93,7 @@ fn each_stage_base_is_pulled_for_its_own_platform() {
     let foreign = format!("linux/{}", foreign_arch());
     // The cross-compile pattern: tools and builder stages run on this machine's platform, the
     // final stage is the target's and only copies from them.
+    let busybox = format!("{}/kiln-test/busybox:latest", registry());
     let dockerfile = format!(
         "FROM --platform=$BUILDPLATFORM {busybox} AS tools\n\
          ARG TARGETARCH\n\
@@ -102,7 +103,6 @@ fn each_stage_base_is_pulled_for_its_own_platform() {
          FROM {base}\n\
          COPY --from=build /marker /build-marker\n\
          COPY --from=tools /args /args\n",
-        busybox = format!("{}/kiln-test/busybox:latest", registry()),
     );
     let ctx = context(dir.path(), &dockerfile);
     let layout = dir.path().join("out");
@@ -227,4 +227,72 @@ fn the_pushed_manifest_names_the_final_base_image() {
     let scratch = format!("{}/kiln-test/out:2", reg.addr);
     let m = push("FROM scratch\nENV X=1\n", &scratch);
     assert!(m.get("annotations").is_none(), "{m}");
+}
+
+/// What kiln-warmer warms for `FROM --platform` stages is what the executor reads: each
+/// platform's entry of the base is stored as the warmer stores it (one client per platform),
+/// the registry is stopped, and the build still finds both in `--cache-dir`.
+#[test]
+fn warmed_platforms_are_the_ones_the_build_reads() {
+    if !ready() {
+        return;
+    }
+    let mut reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/kiln-test/marker:1", reg.addr);
+    push_two_platform_base(dir.path(), &base);
+    let foreign = format!("linux/{}", foreign_arch());
+    let cache_dir = dir.path().join("base-cache");
+    let cache = kiln_oci::base_cache::BaseImageCache::open(
+        &cache_dir,
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let runtime = kiln_testkit::runtime();
+    for platform in [Platform::default(), foreign.parse().unwrap()] {
+        let client = kiln_oci::registry::Registry::new(kiln_oci::registry::RegistryOptions {
+            platform,
+            ..reg.options()
+        })
+        .unwrap();
+        runtime
+            .block_on(cache.store(&client, &base, false))
+            .unwrap();
+    }
+    reg.stop();
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\nFROM {base}\n\
+             COPY --from=build /marker /build-marker\n"
+        ),
+    );
+    let layout = dir.path().join("out");
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--no-push",
+            "--custom-platform",
+            &foreign,
+            "--cache-dir",
+            &cache_dir.display().to_string(),
+            "--oci-layout-path",
+            &layout.display().to_string(),
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "{log}");
+    assert_eq!(
+        log.matches("read from the base-image cache").count(),
+        2,
+        "{log}"
+    );
+    let entry = |p: &str| layout_entry(&layout, p).unwrap_or_else(|| panic!("{p} missing"));
+    assert_eq!(entry("/marker"), format!("{}\n", foreign_arch()));
+    assert_eq!(
+        entry("/build-marker"),
+        format!("{}\n", Platform::default().architecture)
+    );
 }

@@ -174,29 +174,32 @@ impl BuildPlan {
                         None => Ok(name),
                     }
                 });
-                let stage_platform = match (&from, from_stage) {
-                    // The parent's own FROM reports its problem, not this stage.
-                    (_, Some(i)) => Ok(platforms[i].clone().unwrap_or_else(|_| platform.clone())),
-                    (Ok(name), None) if name.eq_ignore_ascii_case("scratch") => {
-                        Ok(platform.clone())
-                    }
-                    _ => resolver
-                        .resolve(stage.index)
-                        .map_err(|e| match e {
-                            StageError::ExpandFrom { source, .. }
-                            | StageError::ExpandPlatform { source, .. } => {
-                                FromError::Expand(source)
+                // Every stage's `--platform` must name a platform, as in BuildKit (and the
+                // warmer), even where it does not decide the stage's platform.
+                let declared = resolver
+                    .resolve(stage.index)
+                    .map_err(|e| match e {
+                        StageError::ExpandFrom { source, .. }
+                        | StageError::ExpandPlatform { source, .. } => FromError::Expand(source),
+                    })
+                    .and_then(|resolved| {
+                        let wanted = resolved.platform.as_deref();
+                        kiln_oci::platform::for_stage(wanted, platform).map_err(|detail| {
+                            FromError::Platform {
+                                platform: wanted.unwrap_or_default().to_string(),
+                                detail,
                             }
                         })
-                        .and_then(|resolved| {
-                            let wanted = resolved.platform.as_deref();
-                            kiln_oci::platform::for_stage(wanted, platform).map_err(|detail| {
-                                FromError::Platform {
-                                    platform: wanted.unwrap_or_default().to_string(),
-                                    detail,
-                                }
-                            })
-                        }),
+                    });
+                let stage_platform = match (&from, from_stage) {
+                    // The parent's own FROM reports its problem, not this stage.
+                    (_, Some(i)) => declared.and(Ok(platforms[i]
+                        .clone()
+                        .unwrap_or_else(|_| platform.clone()))),
+                    (Ok(name), None) if name.eq_ignore_ascii_case("scratch") => {
+                        declared.and(Ok(platform.clone()))
+                    }
+                    _ => declared,
                 };
                 platforms.push(stage_platform.clone());
                 let from = from.and_then(|name| Ok((name, stage_platform?)));

@@ -60,4 +60,15 @@ fn an_unusable_from_platform_is_refused_with_its_line() {
     assert!(msg.contains("invalid --platform linux"), "{msg}");
     let err = plan_for("FROM --platform=$NOPE img\n", "linux/amd64").unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
+    // Checked where it decides nothing too (scratch, a stage), as BuildKit and the warmer do.
+    for text in [
+        "FROM --platform=linux scratch\n",
+        "FROM img AS a\nFROM --platform=linux a\n",
+    ] {
+        let err = plan_for(text, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, BuildError::StagePlatform { .. }),
+            "{text}: {err}"
+        );
+    }
 }
