@@ -1,7 +1,7 @@
 //! `SOURCE_DATE_EPOCH` as BuildKit applies it, with the real kiln-executor binary: from
 //! `--build-arg` or the environment, the config's and new history entries' `created`, the same
 //! digest from builds made at different times, and a clear refusal of a value that is not a
-//! number. Talks to no server.
+//! number. Talks only to the local test registry (for busybox).
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use kiln_testkit::require_root;
-use support::{layout_config, run_executor};
+use support::{layout_config, layout_entry, run_executor};
 
 const EPOCH: &str = "1704067200";
 
@@ -67,4 +67,42 @@ fn source_date_epoch_pins_created_times_and_the_digest() {
     );
     assert!(!ok, "{log}");
     assert!(log.contains("invalid SOURCE_DATE_EPOCH"), "{log}");
+}
+
+/// A global `ARG SOURCE_DATE_EPOCH=…` default counts when nothing else sets it, and a RUN sees
+/// the value after `ARG SOURCE_DATE_EPOCH`, as any build arg (BuildKit's test of the same).
+#[test]
+fn dockerfile_default_and_run_steps_see_source_date_epoch() {
+    if !require_root("kiln-executor builds need root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "ARG SOURCE_DATE_EPOCH={EPOCH}\nFROM {}/kiln-test/busybox:latest\n\
+             ARG SOURCE_DATE_EPOCH\nRUN echo -n \"$SOURCE_DATE_EPOCH\" > /epoch\n",
+            kiln_testkit::registry()
+        ),
+    )
+    .unwrap();
+    let (ok, log) = build(dir.path(), "default", &[], &[]);
+    assert!(ok, "{log}");
+    let layout = dir.path().join("default");
+    assert_eq!(
+        layout_config(&layout).unwrap()["created"],
+        "2024-01-01T00:00:00Z"
+    );
+    assert_eq!(layout_entry(&layout, "/epoch").as_deref(), Some(EPOCH));
+    // The environment wins over the Dockerfile's default.
+    let (ok, log) = build(dir.path(), "env", &[], &[("SOURCE_DATE_EPOCH", "0")]);
+    assert!(ok, "{log}");
+    let layout = dir.path().join("env");
+    assert_eq!(
+        layout_config(&layout).unwrap()["created"],
+        "1970-01-01T00:00:00Z"
+    );
+    assert_eq!(layout_entry(&layout, "/epoch").as_deref(), Some("0"));
 }

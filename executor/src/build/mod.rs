@@ -153,6 +153,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         &req.build_args,
         &req.platform,
     )?;
+    // BuildKit also reads a global `ARG SOURCE_DATE_EPOCH=…` default when neither the build arg
+    // nor the environment gave one.
+    let with_default_epoch;
+    let req = match plan.meta_args.get(request::SOURCE_DATE_EPOCH) {
+        Some(Some(v)) if !req.build_args.contains_key(request::SOURCE_DATE_EPOCH) => {
+            with_default_epoch = BuildRequest {
+                source_date_epoch: request::source_date_epoch(Some(v))?,
+                ..req.clone()
+            };
+            &with_default_epoch
+        }
+        _ => req,
+    };
     let mut builder = Builder {
         req,
         plan: &plan,
@@ -424,11 +437,15 @@ fn history(req: &BuildRequest, created_by: &str, empty_layer: bool) -> History {
 
 /// When the image and its new history entries were made: `SOURCE_DATE_EPOCH` when given (as
 /// BuildKit clamps both to it), else the Unix epoch for `--reproducible`, else now.
+/// BuildKit only moves times back to the epoch: one in the future leaves the time of the build
+/// (unless `--reproducible` asks for fixed times).
 fn timestamp(req: &BuildRequest) -> String {
+    let now = chrono::Utc::now();
     match (req.source_date_epoch, req.reproducible) {
-        (Some(epoch), _) => request::epoch_timestamp(epoch),
+        (Some(epoch), true) => request::epoch_timestamp(epoch),
+        (Some(epoch), false) if epoch <= now.timestamp() => request::epoch_timestamp(epoch),
         (None, true) => "1970-01-01T00:00:00Z".to_string(),
-        (None, false) => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        _ => now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
     }
 }
 

@@ -247,11 +247,11 @@ fn registry_options(
     }
 }
 
-const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+pub(super) const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 
 /// `SOURCE_DATE_EPOCH` read as BuildKit reads it: empty is unset, anything else must be a whole
 /// number of seconds since the Unix epoch.
-fn source_date_epoch(value: Option<&str>) -> Result<Option<i64>, BuildError> {
+pub(super) fn source_date_epoch(value: Option<&str>) -> Result<Option<i64>, BuildError> {
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
