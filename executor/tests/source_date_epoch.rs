@@ -49,6 +49,14 @@ fn source_date_epoch_pins_created_times_and_the_digest() {
     assert!(ok, "{log}");
     let digest = |out: &str| fs::read_to_string(dir.path().join(format!("{out}.digest"))).unwrap();
     assert_eq!(digest("one"), digest("two"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("one/index.json")).unwrap()).unwrap();
+    // BuildKit's OCI exporter: the index entry is dated, the manifest is not.
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.created"],
+        "2024-01-01T00:00:00Z",
+        "{index}"
+    );
     let config = layout_config(&dir.path().join("one")).unwrap();
     assert_eq!(config["created"], "2024-01-01T00:00:00Z");
     for h in config["history"].as_array().unwrap() {

@@ -347,6 +347,8 @@ fn blobs_present(
     )
 }
 
+const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+
 /// Write the image into the OCI layout at `path`, tagged with the first destination's tag.
 fn write_layout(
     req: &BuildRequest,
@@ -373,8 +375,30 @@ fn write_layout(
         .first()
         .and_then(|d| tag_of(d))
         .unwrap_or_else(|| "latest".to_string());
+    // BuildKit's OCI exporter dates the index entry (not the manifest) with the image's
+    // creation time; the config's `created` is that time (SOURCE_DATE_EPOCH when given).
+    let created: Option<String> = serde_json::from_slice::<serde_json::Value>(&image.config)
+        .ok()
+        .and_then(|c| {
+            let created = chrono::DateTime::parse_from_rfc3339(c.get("created")?.as_str()?).ok()?;
+            // In BuildKit's format: RFC 3339, whole seconds, UTC.
+            Some(
+                created
+                    .with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        });
+    let annotations = created
+        .map(|c| (ANNOTATION_CREATED.to_string(), c))
+        .into_iter()
+        .collect();
     layout
-        .add_manifest(&image.manifest, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
+        .add_manifest_annotated(
+            &image.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+            Some(&ref_name),
+            &annotations,
+        )
         .map_err(layout_err)?;
     info!("wrote OCI layout {path} (ref {ref_name})");
     Ok(())
