@@ -524,10 +524,7 @@ mod tests {
             annotations["org.opencontainers.image.created"],
             "2024-01-01T00:00:00Z"
         );
-        assert_eq!(
-            OciLayout::open(tmp.path()).unwrap().resolve("v1").is_some(),
-            true
-        );
+        assert!(OciLayout::open(tmp.path()).unwrap().resolve("v1").is_some());
     }
 
     #[test]
