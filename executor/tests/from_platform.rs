@@ -211,7 +211,17 @@ fn the_pushed_manifest_names_the_final_base_image() {
     let push = |dockerfile: &str, dest: &str| {
         let sub = dir.path().join(dest.replace([':', '/'], "-"));
         let ctx = context(&sub, dockerfile);
-        let (ok, log) = run_executor(&["--context", &ctx, "--destination", dest], &[], None);
+        let (ok, log) = run_executor(
+            &[
+                "--context",
+                &ctx,
+                "--destination",
+                dest,
+                "--base-image-annotations",
+            ],
+            &[],
+            None,
+        );
         assert!(ok, "{log}");
         pushed_manifest(dest)
     };
@@ -227,6 +237,13 @@ fn the_pushed_manifest_names_the_final_base_image() {
     let scratch = format!("{}/kiln-test/out:2", reg.addr);
     let m = push("FROM scratch\nENV X=1\n", &scratch);
     assert!(m.get("annotations").is_none(), "{m}");
+    // Off by default, as in BuildKit and kaniko.
+    let sub = dir.path().join("default");
+    let ctx = context(&sub, &format!("FROM {base}\nENV X=1\n"));
+    let plain = format!("{}/kiln-test/out:3", reg.addr);
+    let (ok, log) = run_executor(&["--context", &ctx, "--destination", &plain], &[], None);
+    assert!(ok, "{log}");
+    assert!(pushed_manifest(&plain).get("annotations").is_none());
 }
 
 /// What kiln-warmer warms for `FROM --platform` stages is what the executor reads: each

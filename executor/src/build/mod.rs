@@ -217,7 +217,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     }
     let final_stage = builder.build_stage(plan.target, true)?;
     builder.publisher.finish_early_pushes();
-    let annotations = builder.base_annotations()?;
+    let annotations = if req.base_image_annotations {
+        builder.base_annotations()?
+    } else {
+        Default::default()
+    };
     let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage, annotations);
     if let Some(cache) = builder.cache.as_mut() {
         cache.finish_stores();
@@ -254,9 +258,9 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// The OCI annotations naming the image the final stage's files start from (through
-    /// stages it is built FROM): `org.opencontainers.image.base.name` (the normalised
-    /// reference) and `.base.digest` (the platform manifest it was read as), as buildah and
-    /// podman write them; none for `scratch`.
+    /// stages it is built FROM), for `--base-image-annotations`:
+    /// `org.opencontainers.image.base.name` (the normalised reference) and `.base.digest` (the
+    /// platform manifest it was read as), as buildah and podman write them; none for `scratch`.
     fn base_annotations(&self) -> Result<std::collections::BTreeMap<String, String>, BuildError> {
         let mut annotations = std::collections::BTreeMap::new();
         let mut base = self.plan.base(self.plan.target)?;

@@ -60,6 +60,8 @@ pub struct BuildRequest {
     /// `SOURCE_DATE_EPOCH` (seconds since the Unix epoch): the `--build-arg` of that name, else
     /// the executor's environment variable, as docker buildx passes its client's on.
     pub source_date_epoch: Option<i64>,
+    /// `--base-image-annotations`.
+    pub base_image_annotations: bool,
     pub single_snapshot: bool,
     pub layer_options: LayerOptions,
     pub layer_cache: LayerCacheRequest,
@@ -166,6 +168,7 @@ impl BuildRequest {
             ignore_var_run: opts.ignore_var_run,
             reproducible: opts.reproducible,
             source_date_epoch,
+            base_image_annotations: opts.base_image_annotations,
             single_snapshot: opts.single_snapshot,
             layer_options: LayerOptions {
                 reproducible: opts.reproducible,
