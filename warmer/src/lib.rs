@@ -273,17 +273,15 @@ pub fn dockerfile_targets(
                 source,
             },
         })?;
-        let stage_platform = match &stage.platform {
-            Some(p) => p
-                .parse::<Platform>()
-                .map_err(|detail| WarmError::StagePlatform {
+        let stage_platform =
+            platform::for_stage(stage.platform.as_deref(), platform).map_err(|detail| {
+                WarmError::StagePlatform {
                     path: path.to_path_buf(),
                     line: stage.line,
-                    platform: excerpt(p),
+                    platform: excerpt(stage.platform.as_deref().unwrap_or_default()),
                     detail: bounded(&detail, MESSAGE_BYTES),
-                })?,
-            None => platform.clone(),
-        };
+                }
+            })?;
         let Base::Image(reference) = &stage.base else {
             continue;
         };

@@ -22,9 +22,9 @@ pub fn build_args_from_flags(flags: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether a stage's `FROM --platform=` is read. The executor builds every stage for
-/// `--custom-platform` and does not implement `FROM --platform` yet, while the warmer already
-/// warms the platform a stage names; each keeps its behaviour until the executor implements it.
+/// Whether a stage's `FROM --platform=` is read. kiln-executor and kiln-warmer both honour it
+/// (so the executor pulls the platform the warmer warmed); `Ignore` is for readers that only
+/// need the FROM values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FromPlatform {
     /// `--platform` is not expanded and [`ResolvedStage::platform`] is always `None`.

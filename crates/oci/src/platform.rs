@@ -86,6 +86,13 @@ impl Platform {
         }
     }
 
+    /// Whether programs of this platform run on this machine without emulation: the same OS
+    /// and architecture as the machine's (variants are not told apart).
+    pub fn runs_here(&self) -> bool {
+        let here = Platform::default();
+        self.os == here.os && self.architecture == here.architecture
+    }
+
     pub(crate) fn describe(p: &oci_spec::image::Platform) -> String {
         let mut s = format!("{}/{}", p.os(), p.architecture());
         if let Some(v) = p.variant() {
@@ -103,6 +110,19 @@ pub fn from_flag(value: Option<&str>) -> Result<Platform, String> {
     match value {
         Some(p) => p.parse(),
         None => Ok(Platform::default()),
+    }
+}
+
+/// The platform of a stage's base image, the one rule for kiln-executor and kiln-warmer: the
+/// stage's `FROM --platform` value (already expanded) when it has one, else `target`. An empty
+/// value is refused, as BuildKit does, rather than silently meaning the target.
+pub fn for_stage(from_platform: Option<&str>, target: &Platform) -> Result<Platform, String> {
+    match from_platform {
+        None => Ok(target.clone()),
+        Some(p) if p.trim().is_empty() => {
+            Err("it is empty (does it name an ARG that is not set?)".to_string())
+        }
+        Some(p) => p.parse(),
     }
 }
 
@@ -139,6 +159,32 @@ mod tests {
     }
 
     #[test]
+    fn only_this_machines_os_and_architecture_run_here() {
+        let here = Platform::default();
+        assert!(here.runs_here());
+        let with_variant = Platform {
+            variant: Some("v8".into()),
+            ..here.clone()
+        };
+        assert!(with_variant.runs_here());
+        let other_arch = if here.architecture == "s390x" {
+            "riscv64"
+        } else {
+            "s390x"
+        };
+        assert!(!Platform {
+            architecture: other_arch.into(),
+            ..here.clone()
+        }
+        .runs_here());
+        assert!(!Platform {
+            os: "windows".into(),
+            ..here
+        }
+        .runs_here());
+    }
+
+    #[test]
     fn the_platform_flag_defaults_to_this_machine() {
         assert_eq!(from_flag(None).unwrap(), Platform::default());
         assert_eq!(
@@ -147,6 +193,18 @@ mod tests {
         );
         let e = from_flag(Some("linux")).unwrap_err();
         assert!(e.contains("expected os/architecture[/variant]"), "{e}");
+    }
+
+    #[test]
+    fn a_stage_platform_is_its_from_platform_else_the_target() {
+        let target: Platform = "linux/arm64".parse().unwrap();
+        assert_eq!(for_stage(None, &target).unwrap(), target);
+        assert_eq!(
+            for_stage(Some("linux/s390x"), &target).unwrap().to_string(),
+            "linux/s390x"
+        );
+        assert!(for_stage(Some(""), &target).unwrap_err().contains("empty"));
+        assert!(for_stage(Some("linux"), &target).is_err());
     }
 
     #[test]

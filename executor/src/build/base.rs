@@ -56,6 +56,8 @@ pub struct BaseImages<'a> {
     remote: HashMap<String, String>,
     /// Roots of images unpacked for `COPY --from=<image>`, by reference.
     image_roots: HashMap<String, PathBuf>,
+    /// The platform manifest digest of every base image read, by reference and platform.
+    digests: HashMap<(String, String), String>,
 }
 
 impl<'a> BaseImages<'a> {
@@ -81,6 +83,7 @@ impl<'a> BaseImages<'a> {
             checked: RefCell::new(HashMap::new()),
             remote: HashMap::new(),
             image_roots: HashMap::new(),
+            digests: HashMap::new(),
         }
     }
 
@@ -102,11 +105,25 @@ impl<'a> BaseImages<'a> {
         }
     }
 
-    /// A base image from the base-image cache when it holds it (layers verified as they are
-    /// read), else pulled: manifest and config, then every layer blob (verified) into the work dir.
-    pub fn pull(&mut self, reference: &str) -> Result<Image, BuildError> {
+    /// The digest of the manifest `reference` was read as for `platform`, once read.
+    pub fn manifest_digest(&self, reference: &str, platform: &Platform) -> Option<&String> {
+        self.digests
+            .get(&(reference.to_string(), platform.to_string()))
+    }
+
+    fn note_digest(&mut self, reference: &str, platform: &Platform, digest: &str) {
+        self.digests.insert(
+            (reference.to_string(), platform.to_string()),
+            digest.to_string(),
+        );
+    }
+
+    /// A base image for `platform` from the base-image cache when it holds it (layers verified
+    /// as they are read), else pulled: manifest and config, then every layer blob (verified)
+    /// into the work dir.
+    pub fn pull(&mut self, reference: &str, platform: &Platform) -> Result<Image, BuildError> {
         let started = Instant::now();
-        if let Some(image) = self.cached(reference)? {
+        if let Some(image) = self.cached(reference, platform)? {
             info!(
                 "{reference}: read from the base-image cache ({} layer(s)) in {}",
                 image.layers.len(),
@@ -114,27 +131,38 @@ impl<'a> BaseImages<'a> {
             );
             return Ok(image);
         }
-        self.pull_remote(reference)
+        self.pull_remote(reference, platform)
     }
 
     /// A base image's config and layer records without downloading layers (from the
     /// base-image cache when it holds the image, with its verified files). Returns the
     /// reference the layers can be fetched from later.
-    pub fn manifest(&mut self, reference: &str) -> Result<(Image, String), BuildError> {
-        if let Some(image) = self.cached(reference)? {
+    pub fn manifest(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(Image, String), BuildError> {
+        if let Some(image) = self.cached(reference, platform)? {
             return Ok((image, reference.to_string()));
         }
-        let (image, remote) = self.remote(reference)?;
+        let (image, remote) = self.remote(reference, platform)?;
         Ok((image, remote.reference))
     }
 
     /// An image's manifest and config from its registry, checked: the config parses and names
     /// one diff_id per layer. The layers' paths are where they go in the work dir.
-    fn remote(&self, reference: &str) -> Result<(Image, RemoteImage), BuildError> {
+    fn remote(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(Image, RemoteImage), BuildError> {
         let remote = self
             .runtime
-            .block_on(self.registry.pull_image(reference))
-            .map_err(BuildError::registry(format!("pulling {reference}")))?;
+            .block_on(self.registry.pull_image_for(reference, platform))
+            .map_err(BuildError::registry(format!(
+                "pulling {reference} ({platform})"
+            )))?;
+        self.note_digest(reference, platform, &remote.manifest_digest);
         let config: ImageConfig =
             serde_json::from_slice(&remote.config_bytes).map_err(|source| {
                 BuildError::ImageConfig {
@@ -169,9 +197,9 @@ impl<'a> BaseImages<'a> {
 
     /// Pull a base image from its registry: manifest and config, then every layer blob
     /// (verified) into the work dir.
-    fn pull_remote(&mut self, reference: &str) -> Result<Image, BuildError> {
+    fn pull_remote(&mut self, reference: &str, platform: &Platform) -> Result<Image, BuildError> {
         let started = Instant::now();
-        let (image, remote) = self.remote(reference)?;
+        let (image, remote) = self.remote(reference, platform)?;
         let blob_dir = self.blob_dir();
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
@@ -193,7 +221,7 @@ impl<'a> BaseImages<'a> {
             total += layer.size;
         }
         info!(
-            "pulled {} ({}, {} layer(s), {}) in {}",
+            "pulled {} ({platform}: {}, {} layer(s), {}) in {}",
             reference,
             short(&remote.manifest_digest),
             image.layers.len(),
@@ -205,7 +233,11 @@ impl<'a> BaseImages<'a> {
 
     /// The base image from `--cache-dir`, if it holds it (manifest and config verified; each
     /// layer blob is verified when it is read, see [`BaseImages::cached_layers`]).
-    fn cached(&mut self, reference: &str) -> Result<Option<Image>, BuildError> {
+    fn cached(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<Image>, BuildError> {
         let Some(cache) = &self.cache else {
             return Ok(None);
         };
@@ -213,11 +245,12 @@ impl<'a> BaseImages<'a> {
             return Ok(None);
         }
         let Some(image) = cache
-            .find_or_pull(reference, &self.platform)
-            .or_else(|| self.kaniko_cached(cache, reference))
+            .find_or_pull(reference, platform)
+            .or_else(|| self.kaniko_cached(cache, reference, platform))
         else {
             return Ok(None);
         };
+        self.note_digest(reference, platform, &image.manifest_digest);
         let config: ImageConfig =
             serde_json::from_slice(&image.config_bytes).map_err(|source| {
                 BuildError::ImageConfig {
@@ -241,7 +274,12 @@ impl<'a> BaseImages<'a> {
     /// (and verified) into the work dir. kaniko names an entry by the digest of the platform
     /// manifest, so a tag is resolved at the registry first, as kaniko's executor does: a
     /// manifest request, never a blob. Any failure is a warning and a miss.
-    fn kaniko_cached(&self, cache: &BaseImageCache, reference: &str) -> Option<CachedImage> {
+    fn kaniko_cached(
+        &self,
+        cache: &BaseImageCache,
+        reference: &str,
+        platform: &Platform,
+    ) -> Option<CachedImage> {
         if !cache.has_kaniko_entries() {
             return None;
         }
@@ -253,7 +291,7 @@ impl<'a> BaseImages<'a> {
             Some(digest) => digest,
             None => match self
                 .runtime
-                .block_on(self.registry.resolve_digest(reference))
+                .block_on(self.registry.resolve_digest_for(reference, platform))
             {
                 Ok(digest) => digest,
                 Err(e) => {
@@ -262,7 +300,7 @@ impl<'a> BaseImages<'a> {
                 }
             },
         };
-        cache.kaniko_find_or_pull(&digest, reference, &self.platform, &self.blob_dir())
+        cache.kaniko_find_or_pull(&digest, reference, platform, &self.blob_dir())
     }
 
     /// Apply a layer over `root`. A blob from the base-image cache is hashed while it is
@@ -297,6 +335,7 @@ impl<'a> BaseImages<'a> {
     pub fn unpack_image(
         &mut self,
         reference: &str,
+        platform: &Platform,
         image: Image,
         root: &Path,
     ) -> Result<Image, BuildError> {
@@ -315,7 +354,7 @@ impl<'a> BaseImages<'a> {
                         "emptying {} after a damaged cached layer",
                         root.display()
                     )))?;
-                    let image = self.pull_remote(reference)?;
+                    let image = self.pull_remote(reference, platform)?;
                     for layer in &image.layers {
                         self.unpack(layer, reference, root)?;
                     }
@@ -336,8 +375,10 @@ impl<'a> BaseImages<'a> {
             .work_dir
             .join(format!("images/{}", self.image_roots.len()));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
-        let image = self.pull(reference)?;
-        self.unpack_image(reference, image, &root)?;
+        // `COPY --from=<image>` reads the image for the target platform, as BuildKit does.
+        let platform = self.platform.clone();
+        let image = self.pull(reference, &platform)?;
+        self.unpack_image(reference, &platform, image, &root)?;
         self.image_roots.insert(reference.to_string(), root.clone());
         Ok(root)
     }
@@ -473,7 +514,7 @@ impl Builder<'_> {
                 Ok(image)
             }
             BaseKind::Image => {
-                let image = self.bases.pull(&base.name)?;
+                let image = self.bases.pull(&base.name, &base.platform)?;
                 let bases = &mut self.bases;
                 retry_extract(
                     self.req.extract_retries,
@@ -484,7 +525,7 @@ impl Builder<'_> {
                             empty_dir(root)
                                 .map_err(io_err(format!("emptying {}", root.display())))?;
                         }
-                        bases.unpack_image(&base.name, image.clone(), root)
+                        bases.unpack_image(&base.name, &base.platform, image.clone(), root)
                     },
                 )
             }
@@ -523,7 +564,7 @@ impl Builder<'_> {
             },
             BaseKind::Stage(parent) => self.parent_image(base, index, parent)?,
             BaseKind::Image => {
-                let image = self.bases.pull(&base.name)?;
+                let image = self.bases.pull(&base.name, &base.platform)?;
                 // `/` is emptied before the layers are applied, and a damaged cached layer found
                 // half-way could then only be replaced by a pull without the executor image's
                 // files: cached layers are checked (and replaced when damaged) before.

@@ -62,6 +62,27 @@ pub enum BuildError {
         #[source]
         problem: ReferenceProblem,
     },
+    /// A stage's `FROM --platform` that does not name a platform.
+    #[error(
+        "Dockerfile line {line}: {}: invalid --platform {}: {detail}",
+        excerpt(instruction),
+        excerpt(platform)
+    )]
+    StagePlatform {
+        line: usize,
+        instruction: String,
+        /// The expanded `--platform` value.
+        platform: String,
+        detail: String,
+    },
+    /// A RUN in a stage whose platform this machine cannot run (Kiln does not emulate).
+    #[error("Dockerfile line {line}: {}: cannot run a step of a stage for platform {platform} on this {host} machine (Kiln does not emulate other platforms); build this stage on a {platform} machine, or give its FROM --platform=$BUILDPLATFORM and cross-compile", excerpt(instruction))]
+    ForeignPlatform {
+        line: usize,
+        instruction: String,
+        platform: String,
+        host: String,
+    },
     #[error("line {line}: {source}")]
     CacheKey {
         line: usize,

@@ -153,6 +153,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         &req.build_args,
         &req.platform,
     )?;
+    // BuildKit also reads a global `ARG SOURCE_DATE_EPOCH=…` default when neither the build arg
+    // nor the environment gave one.
+    let with_default_epoch;
+    let req = match plan.meta_args.get(request::SOURCE_DATE_EPOCH) {
+        Some(Some(v)) if !req.build_args.contains_key(request::SOURCE_DATE_EPOCH) => {
+            with_default_epoch = BuildRequest {
+                source_date_epoch: request::source_date_epoch(Some(v))?,
+                ..req.clone()
+            };
+            &with_default_epoch
+        }
+        _ => req,
+    };
     let mut builder = Builder {
         req,
         plan: &plan,
@@ -204,7 +217,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     }
     let final_stage = builder.build_stage(plan.target, true)?;
     builder.publisher.finish_early_pushes();
-    let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage);
+    let annotations = if req.base_image_annotations {
+        builder.base_annotations()?
+    } else {
+        Default::default()
+    };
+    let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage, annotations);
     if let Some(cache) = builder.cache.as_mut() {
         cache.finish_stores();
         info!("cache: {} hits, {} misses", cache.hits, cache.misses);
@@ -237,6 +255,33 @@ struct Builder<'a> {
     /// The last step key of every built stage (the base identity of stages built FROM it).
     stage_keys: HashMap<usize, String>,
 }
+
+impl Builder<'_> {
+    /// The OCI annotations naming the image the final stage's files start from (through
+    /// stages it is built FROM), for `--base-image-annotations`:
+    /// `org.opencontainers.image.base.name` (the normalised reference) and `.base.digest` (the
+    /// platform manifest it was read as), as buildah and podman write them; none for `scratch`.
+    fn base_annotations(&self) -> Result<std::collections::BTreeMap<String, String>, BuildError> {
+        let mut annotations = std::collections::BTreeMap::new();
+        let mut base = self.plan.base(self.plan.target)?;
+        while let plan::BaseKind::Stage(parent) = base.kind {
+            base = self.plan.base(parent)?;
+        }
+        if base.kind != plan::BaseKind::Image {
+            return Ok(annotations);
+        }
+        if let Some(digest) = self.bases.manifest_digest(&base.name, &base.platform) {
+            let name = kiln_oci::registry::normalize_reference(&base.name)
+                .unwrap_or_else(|_| base.name.clone());
+            annotations.insert(ANNOTATION_BASE_NAME.to_string(), name);
+            annotations.insert(ANNOTATION_BASE_DIGEST.to_string(), digest.clone());
+        }
+        Ok(annotations)
+    }
+}
+
+const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 /// Paths left out of snapshots and unpacking. In a private root only `--ignore-path` applies;
 /// in place, also Kiln's own directory, kernel filesystems, mount points and (by default)
@@ -384,9 +429,9 @@ fn locate_dockerfile(flag: &str, context_root: &Path) -> Result<PathBuf, BuildEr
 }
 
 /// A history entry for a step.
-fn history(reproducible: bool, created_by: &str, empty_layer: bool) -> History {
+fn history(req: &BuildRequest, created_by: &str, empty_layer: bool) -> History {
     History {
-        created: Some(timestamp(reproducible)),
+        created: Some(timestamp(req)),
         created_by: Some(created_by.to_string()),
         comment: Some("kiln".into()),
         empty_layer,
@@ -394,12 +439,17 @@ fn history(reproducible: bool, created_by: &str, empty_layer: bool) -> History {
     }
 }
 
-/// Now, or the epoch for `--reproducible`.
-fn timestamp(reproducible: bool) -> String {
-    if reproducible {
-        "1970-01-01T00:00:00Z".to_string()
-    } else {
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+/// When the image and its new history entries were made: `SOURCE_DATE_EPOCH` when given (as
+/// BuildKit clamps both to it), else the Unix epoch for `--reproducible`, else now.
+/// BuildKit only moves times back to the epoch: one in the future leaves the time of the build
+/// (unless `--reproducible` asks for fixed times).
+fn timestamp(req: &BuildRequest) -> String {
+    let now = chrono::Utc::now();
+    match (req.source_date_epoch, req.reproducible) {
+        (Some(epoch), true) => request::epoch_timestamp(epoch),
+        (Some(epoch), false) if epoch <= now.timestamp() => request::epoch_timestamp(epoch),
+        (None, true) => "1970-01-01T00:00:00Z".to_string(),
+        _ => now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
     }
 }
 

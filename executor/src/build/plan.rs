@@ -3,14 +3,17 @@
 //! `--skip-unused-stages=false`), what each stage starts FROM, and what later stages read of it
 //! (used as a base, or only the paths `COPY --from` names). Refuses, naming the Dockerfile line,
 //! a planned stage whose FROM or `COPY --from` names its own stage, a later one, or an invalid
-//! image reference, before anything is pulled or run. Pure: it reads no file, pulls no image
+//! image reference, before anything is pulled or run. Each stage's platform is worked out here
+//! as BuildKit does: its `FROM --platform` for an image, its base stage's platform for a stage,
+//! the target platform for `scratch` or no `--platform`. Pure: it reads no file, pulls no image
 //! and runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_dockerfile::excerpt::excerpt;
 use kiln_dockerfile::stages::{
-    earlier_stage as stage_ref, same_or_later_stage, stage_by_name, FromPlatform, Stages,
+    earlier_stage as stage_ref, same_or_later_stage, stage_by_name, FromPlatform, StageError,
+    Stages,
 };
 use kiln_dockerfile::{Dockerfile, ExpandError, Located};
 use kiln_oci::registry::{parse_reference, Platform, RegistryError};
@@ -54,6 +57,11 @@ pub struct PlannedStage {
 enum FromError {
     Expand(ExpandError),
     Reference(ReferenceProblem),
+    /// `--platform` expanded to `platform`, which names no platform.
+    Platform {
+        platform: String,
+        detail: String,
+    },
 }
 
 /// A `COPY/ADD --from` that cannot be used.
@@ -71,6 +79,8 @@ pub struct Base {
     /// As expanded (an image reference, a stage name or index, or `scratch`).
     pub name: String,
     pub kind: BaseKind,
+    /// The stage's platform: what its base image is pulled for, and what its RUN steps need.
+    pub platform: Platform,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +118,14 @@ impl BuildPlan {
         platform: &Platform,
     ) -> Result<BuildPlan, BuildError> {
         let target = target_index(dockerfile, target)?;
-        // The executor builds for one platform and does not honour `FROM --platform` yet.
         let resolver = Stages::new(
             dockerfile,
             build_args,
             automatic_platform_args(platform),
-            FromPlatform::Ignore,
+            FromPlatform::Honour,
         );
+        // Each stage's platform, in order: a stage FROM an earlier one takes that one's.
+        let mut platforms: Vec<Result<Platform, FromError>> = Vec::new();
         let froms = dockerfile.stages.iter().map(|s| resolver.expand(&s.base));
         let meta_args = resolver.meta_args().clone();
         let total = dockerfile.stages.len();
@@ -163,14 +174,44 @@ impl BuildPlan {
                         None => Ok(name),
                     }
                 });
+                // Every stage's `--platform` must name a platform, as in BuildKit (and the
+                // warmer), even where it does not decide the stage's platform.
+                let declared = resolver
+                    .resolve(stage.index)
+                    .map_err(|e| match e {
+                        StageError::ExpandFrom { source, .. }
+                        | StageError::ExpandPlatform { source, .. } => FromError::Expand(source),
+                    })
+                    .and_then(|resolved| {
+                        let wanted = resolved.platform.as_deref();
+                        kiln_oci::platform::for_stage(wanted, platform).map_err(|detail| {
+                            FromError::Platform {
+                                platform: wanted.unwrap_or_default().to_string(),
+                                detail,
+                            }
+                        })
+                    });
+                let stage_platform = match (&from, from_stage) {
+                    // The parent's own FROM reports its problem, not this stage.
+                    (_, Some(i)) => declared.and(Ok(platforms[i]
+                        .clone()
+                        .unwrap_or_else(|_| platform.clone()))),
+                    (Ok(name), None) if name.eq_ignore_ascii_case("scratch") => {
+                        declared.and(Ok(platform.clone()))
+                    }
+                    _ => declared,
+                };
+                platforms.push(stage_platform.clone());
+                let from = from.and_then(|name| Ok((name, stage_platform?)));
                 PlannedStage {
                     label: match &stage.name {
                         Some(n) => format!("stage {}/{} ({n})", stage.index + 1, total),
                         None => format!("stage {}/{}", stage.index + 1, total),
                     },
-                    from: from.map(|name| Base {
+                    from: from.map(|(name, platform)| Base {
                         kind: base_kind(&name, from_stage),
                         name,
+                        platform,
                     }),
                     from_stage,
                     copies,
@@ -242,6 +283,12 @@ impl BuildPlan {
                 line: stage.line,
                 instruction,
                 problem: problem.clone(),
+            },
+            FromError::Platform { platform, detail } => BuildError::StagePlatform {
+                line: stage.line,
+                instruction,
+                platform: platform.clone(),
+                detail: detail.clone(),
             },
         })
     }
@@ -683,3 +730,6 @@ COPY --from=registry.example/other:2 /x /x
         assert_eq!(p.copied_paths(0, p.order()), None);
     }
 }
+
+#[cfg(test)]
+mod platform_tests;

@@ -106,8 +106,9 @@ pub fn write_outputs(
     bases: &BaseImages<'_>,
     runtime: &tokio::runtime::Runtime,
     stage: BuiltStage,
+    annotations: BTreeMap<String, String>,
 ) -> Result<BuildResult, BuildError> {
-    let image = assemble(req, &stage)?;
+    let image = assemble(req, &stage, annotations)?;
     let mut references = Vec::new();
     if !req.no_push {
         for dest in &req.destinations {
@@ -161,15 +162,30 @@ pub fn write_outputs(
 }
 
 /// The final config (creation time, diff_ids, platform, `--label`s) and the manifest.
-fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildError> {
+fn assemble(
+    req: &BuildRequest,
+    stage: &BuiltStage,
+    annotations: BTreeMap<String, String>,
+) -> Result<Assembled, BuildError> {
     let mut config = stage.config.clone();
-    config.created = Some(timestamp(req.reproducible));
+    config.created = Some(timestamp(req));
     config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let target = &req.platform;
+    if req.platform_explicit {
+        // BuildKit's rule for an explicit target platform: it replaces the base's, the variant
+        // too when the target names one or the OS/architecture changed.
+        let same = config.os == target.os && config.architecture == target.architecture;
+        config.os = target.os.clone();
+        config.architecture = target.architecture.clone();
+        if target.variant.is_some() || !same {
+            config.variant = target.variant.clone();
+        }
+    }
     if config.architecture.is_empty() {
-        config.architecture = req.platform.architecture.clone();
+        config.architecture = target.architecture.clone();
     }
     if config.os.is_empty() {
-        config.os = req.platform.os.clone();
+        config.os = target.os.clone();
     }
     for label in &req.labels {
         let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
@@ -194,7 +210,7 @@ fn assemble(req: &BuildRequest, stage: &BuiltStage) -> Result<Assembled, BuildEr
             annotations: None,
         },
         layers: stage.layers.iter().map(LayerFile::descriptor).collect(),
-        annotations: None,
+        annotations: (!annotations.is_empty()).then_some(annotations),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| BuildError::Serialize {
         what: "manifest",
@@ -331,6 +347,8 @@ fn blobs_present(
     )
 }
 
+const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+
 /// Write the image into the OCI layout at `path`, tagged with the first destination's tag.
 fn write_layout(
     req: &BuildRequest,
@@ -357,8 +375,30 @@ fn write_layout(
         .first()
         .and_then(|d| tag_of(d))
         .unwrap_or_else(|| "latest".to_string());
+    // BuildKit's OCI exporter dates the index entry (not the manifest) with the image's
+    // creation time; the config's `created` is that time (SOURCE_DATE_EPOCH when given).
+    let created: Option<String> = serde_json::from_slice::<serde_json::Value>(&image.config)
+        .ok()
+        .and_then(|c| {
+            let created = chrono::DateTime::parse_from_rfc3339(c.get("created")?.as_str()?).ok()?;
+            // In BuildKit's format: RFC 3339, whole seconds, UTC.
+            Some(
+                created
+                    .with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        });
+    let annotations = created
+        .map(|c| (ANNOTATION_CREATED.to_string(), c))
+        .into_iter()
+        .collect();
     layout
-        .add_manifest(&image.manifest, MEDIA_TYPE_OCI_MANIFEST, Some(&ref_name))
+        .add_manifest_annotated(
+            &image.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+            Some(&ref_name),
+            &annotations,
+        )
         .map_err(layout_err)?;
     info!("wrote OCI layout {path} (ref {ref_name})");
     Ok(())

@@ -41,6 +41,10 @@ pub struct BuildRequest {
     /// `--label KEY=VALUE` as given.
     pub labels: Vec<String>,
     pub platform: Platform,
+    /// Whether `--custom-platform` named the platform (else it is this machine's). As in
+    /// BuildKit, a named target platform is the image config's platform even when the final
+    /// stage's `FROM --platform` names another; otherwise the config keeps its base's.
+    pub platform_explicit: bool,
     pub registry: RegistryOptions,
     /// `--max-layer-size` and `--max-layer-entries`, for every layer the build unpacks.
     pub layer_bounds: LayerBounds,
@@ -53,6 +57,11 @@ pub struct BuildRequest {
     pub ignore_paths: Vec<String>,
     pub ignore_var_run: bool,
     pub reproducible: bool,
+    /// `SOURCE_DATE_EPOCH` (seconds since the Unix epoch): the `--build-arg` of that name, else
+    /// the executor's environment variable, as docker buildx passes its client's on.
+    pub source_date_epoch: Option<i64>,
+    /// `--base-image-annotations`.
+    pub base_image_annotations: bool,
     pub single_snapshot: bool,
     pub layer_options: LayerOptions,
     pub layer_cache: LayerCacheRequest,
@@ -119,6 +128,15 @@ impl BuildRequest {
         let platform = kiln_oci::platform::from_flag(opts.custom_platform.as_deref())
             .map_err(BuildError::Usage)?;
         let cache_ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
+        let mut build_args: BTreeMap<String, String> = opts.build_arg_pairs().into_iter().collect();
+        // BuildKit's clients pass their `$SOURCE_DATE_EPOCH` on as the build arg.
+        if !build_args.contains_key(SOURCE_DATE_EPOCH) {
+            if let Ok(v) = std::env::var(SOURCE_DATE_EPOCH) {
+                build_args.insert(SOURCE_DATE_EPOCH.to_string(), v);
+            }
+        }
+        let source_date_epoch =
+            source_date_epoch(build_args.get(SOURCE_DATE_EPOCH).map(String::as_str))?;
         let layer_cache = layer_cache(opts)?;
         let compression = opts.layer_compression().map_err(BuildError::Usage)?;
         Ok(BuildRequest {
@@ -134,7 +152,7 @@ impl BuildRequest {
             // builds the last stage.
             target: opts.target.clone().filter(|t| !t.is_empty()),
             build_all_stages: opts.skip_unused_stages == Some(false),
-            build_args: opts.build_arg_pairs().into_iter().collect(),
+            build_args,
             labels: opts.labels.clone(),
             registry: registry_options(opts, platform.clone(), &layer_cache),
             layer_bounds: LayerBounds {
@@ -143,11 +161,14 @@ impl BuildRequest {
             },
             max_build_size: opts.max_build_size,
             platform,
+            platform_explicit: opts.custom_platform.is_some(),
             isolation,
             kiln_dir: opts.kiln_dir.clone(),
             ignore_paths: opts.ignore_paths.clone(),
             ignore_var_run: opts.ignore_var_run,
             reproducible: opts.reproducible,
+            source_date_epoch,
+            base_image_annotations: opts.base_image_annotations,
             single_snapshot: opts.single_snapshot,
             layer_options: LayerOptions {
                 reproducible: opts.reproducible,
@@ -227,6 +248,36 @@ fn registry_options(
         push_repositories,
         ..opts.registry_options(platform)
     }
+}
+
+pub(super) const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+
+/// `SOURCE_DATE_EPOCH` read as BuildKit reads it: empty is unset, anything else must be a whole
+/// number of seconds since the Unix epoch.
+pub(super) fn source_date_epoch(value: Option<&str>) -> Result<Option<i64>, BuildError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let epoch: i64 = v.parse().map_err(|_| {
+        BuildError::Usage(format!(
+            "invalid SOURCE_DATE_EPOCH {:?}: expected a whole number of seconds since 1970-01-01 \
+             UTC, e.g. $(git log -1 --pretty=%ct)",
+            kiln_dockerfile::excerpt::excerpt(v)
+        ))
+    })?;
+    if chrono::DateTime::from_timestamp(epoch, 0).is_none() {
+        return Err(BuildError::Usage(format!(
+            "invalid SOURCE_DATE_EPOCH {epoch}: out of the range of dates"
+        )));
+    }
+    Ok(Some(epoch))
+}
+
+/// `epoch` as the RFC 3339 time of image configs (`2024-01-01T00:00:00Z`).
+pub fn epoch_timestamp(epoch: i64) -> String {
+    chrono::DateTime::from_timestamp(epoch, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -356,5 +407,25 @@ mod tests {
         let r = request(&["--no-push", "--cache", "--single-snapshot"]).unwrap();
         assert_eq!(r.layer_cache, LayerCacheRequest::IgnoredWithSingleSnapshot);
         assert!(!request(&["--no-push"]).unwrap().build_all_stages);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn source_date_epoch_is_whole_seconds_or_refused_by_name() {
+        assert_eq!(source_date_epoch(None).unwrap(), None);
+        assert_eq!(source_date_epoch(Some("")).unwrap(), None);
+        assert_eq!(
+            source_date_epoch(Some("1704067200")).unwrap(),
+            Some(1_704_067_200)
+        );
+        assert_eq!(epoch_timestamp(1_704_067_200), "2024-01-01T00:00:00Z");
+        for bad in ["1.5", "yesterday", "context", "99999999999999999"] {
+            let e = source_date_epoch(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("invalid SOURCE_DATE_EPOCH"), "{bad}: {e}");
+        }
     }
 }

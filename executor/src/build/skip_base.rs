@@ -24,7 +24,7 @@ impl Builder<'_> {
         if self.cache.is_none() || index != self.plan.target || base.kind != BaseKind::Image {
             return Ok(None);
         }
-        let (image, reference) = self.bases.manifest(&base.name)?;
+        let (image, reference) = self.bases.manifest(&base.name, &base.platform)?;
         let probe_root = self.work_dir.join(format!("stages/{index}/probe-root"));
         std::fs::create_dir_all(&probe_root)
             .map_err(io_err(format!("creating {}", probe_root.display())))?;
@@ -35,7 +35,7 @@ impl Builder<'_> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(None);
         };
-        let reproducible = self.req.reproducible;
+        let req = self.req;
         let mut hits = Vec::new();
         let mut history_entries = Vec::new();
         for (n, step) in plan.steps.iter().enumerate() {
@@ -50,7 +50,7 @@ impl Builder<'_> {
                     tracing::debug!("[{label}] base image needed: cache miss ({})", step.text);
                     return Ok(None);
                 };
-                history_entries.push(history(reproducible, &step.text, hit.layer.is_none()));
+                history_entries.push(history(req, &step.text, hit.layer.is_none()));
                 hits.push((n, hit));
                 prev_key = key;
             } else {
@@ -58,7 +58,7 @@ impl Builder<'_> {
                 if let Err(e) = &step.configured {
                     return Err(step.error(e));
                 }
-                history_entries.push(history(reproducible, &step.text, true));
+                history_entries.push(history(req, &step.text, true));
                 prev_key = key;
             }
         }

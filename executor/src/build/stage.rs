@@ -29,7 +29,7 @@ impl Builder<'_> {
     ) -> Result<BuiltStage, BuildError> {
         let label = self.plan.stages[index].label.clone();
         let base = self.plan.base(index)?.clone();
-        info!("[{label}] FROM {}", base.name);
+        info!("[{label}] FROM {} ({})", base.name, base.platform);
         let started = Instant::now();
         if let Some(built) = self.try_skip_base(index, &base, &label)? {
             return Ok(built);
@@ -89,10 +89,7 @@ impl Builder<'_> {
                     snap.refresh()?;
                 }
                 if keep_layers {
-                    state
-                        .config
-                        .history
-                        .push(history(self.req.reproducible, text, no_layer));
+                    state.config.history.push(history(self.req, text, no_layer));
                 }
                 if let Some(cache) = self.cache.as_mut() {
                     cache.hits += 1;
@@ -119,6 +116,18 @@ impl Builder<'_> {
                 Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
                 None => None,
             };
+            if matches!(
+                step.located.instruction,
+                kiln_dockerfile::Instruction::Run(_)
+            ) && !base.platform.runs_here()
+            {
+                return Err(BuildError::ForeignPlatform {
+                    line: step.located.line,
+                    instruction: text.clone(),
+                    platform: base.platform.to_string(),
+                    host: kiln_oci::platform::Platform::default().to_string(),
+                });
+            }
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
                 .map_err(|source| BuildError::Step {
@@ -178,7 +187,7 @@ impl Builder<'_> {
                 state
                     .config
                     .history
-                    .push(history(self.req.reproducible, text, empty_layer));
+                    .push(history(self.req, text, empty_layer));
             }
             info!(
                 "[{label}] step {}/{total} done in {} ({cache_note}{layer_note}{snapshot_note})",
@@ -200,7 +209,7 @@ impl Builder<'_> {
                     );
                     layers.push(layer);
                     state.config.history.push(history(
-                        self.req.reproducible,
+                        self.req,
                         "single snapshot of all steps",
                         false,
                     ));

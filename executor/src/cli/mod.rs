@@ -101,6 +101,13 @@ pub struct Options {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub reproducible: bool,
 
+    /// Name the final stage's base image in the manifest with the OCI annotations
+    /// `org.opencontainers.image.base.name` and `.base.digest`, as buildah and podman do (Kiln
+    /// extension; BuildKit and kaniko write neither, and the name makes the digest depend on how
+    /// the base is spelled).
+    #[arg(long = "base-image-annotations", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub base_image_annotations: bool,
+
     /// Take one snapshot at the end instead of one per step.
     #[arg(long = "single-snapshot", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub single_snapshot: bool,

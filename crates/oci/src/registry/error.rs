@@ -97,7 +97,7 @@ pub enum RegistryError {
         media_type: String,
     },
 
-    #[error("platform {wanted} not found in the image index of {reference} on registry {registry}; available: {available}; choose one of these with --custom-platform")]
+    #[error("platform {wanted} not found in the image index of {reference} on registry {registry}; available: {available}; choose one of these with --custom-platform (or a stage's FROM --platform)")]
     PlatformNotFound {
         registry: String,
         reference: String,

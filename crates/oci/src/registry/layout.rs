@@ -307,6 +307,18 @@ impl OciLayout {
         media_type: &str,
         ref_name: Option<&str>,
     ) -> Result<String, LayoutError> {
+        self.add_manifest_annotated(manifest_bytes, media_type, ref_name, &Default::default())
+    }
+
+    /// [`OciLayout::add_manifest`] with more annotations on the `index.json` entry (such as
+    /// `org.opencontainers.image.created`, which BuildKit's OCI exporter puts there).
+    pub fn add_manifest_annotated(
+        &self,
+        manifest_bytes: &[u8],
+        media_type: &str,
+        ref_name: Option<&str>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, LayoutError> {
         let digest = self.write_blob_bytes(manifest_bytes)?;
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
@@ -323,10 +335,13 @@ impl OciLayout {
             "digest": digest,
             "size": manifest_bytes.len(),
         });
+        if !annotations.is_empty() {
+            entry["annotations"] = json!(annotations);
+        }
         match ref_name {
             Some(name) => {
                 manifests.retain(|m| ref_name_of(m) != Some(name));
-                entry["annotations"] = json!({ ANNOTATION_REF_NAME: name });
+                entry["annotations"][ANNOTATION_REF_NAME] = json!(name);
                 manifests.push(entry);
             }
             None => {
@@ -481,6 +496,35 @@ mod tests {
         assert_eq!(desc.digest().to_string(), md2);
         assert_eq!(reopened.manifests().unwrap().len(), 1);
         assert!(reopened.resolve("v2").is_none());
+    }
+
+    #[test]
+    fn an_entry_carries_extra_annotations_with_its_ref_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = OciLayout::create(tmp.path()).unwrap();
+        let extra = [(
+            "org.opencontainers.image.created".to_string(),
+            "2024-01-01T00:00:00Z".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        layout
+            .add_manifest_annotated(
+                br#"{"schemaVersion":2}"#,
+                super::super::MEDIA_TYPE_OCI_MANIFEST,
+                Some("v1"),
+                &extra,
+            )
+            .unwrap();
+        let index: Value =
+            serde_json::from_slice(&fs::read(tmp.path().join("index.json")).unwrap()).unwrap();
+        let annotations = &index["manifests"][0]["annotations"];
+        assert_eq!(annotations[ANNOTATION_REF_NAME], "v1");
+        assert_eq!(
+            annotations["org.opencontainers.image.created"],
+            "2024-01-01T00:00:00Z"
+        );
+        assert!(OciLayout::open(tmp.path()).unwrap().resolve("v1").is_some());
     }
 
     #[test]

@@ -56,12 +56,22 @@ impl Registry {
     /// digest (when pulling by digest, and the chosen child of an index always) and the
     /// config digest.
     pub async fn pull_image(&self, reference: &str) -> Result<RemoteImage, RegistryError> {
+        self.pull_image_for(reference, &self.opts.platform).await
+    }
+
+    /// [`Registry::pull_image`] for `platform` rather than the client's: a stage's
+    /// `FROM --platform` names the platform of its base image alone.
+    pub async fn pull_image_for(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<RemoteImage, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
         first_endpoint(&endpoints, reference, &normalized, |ep| {
-            self.pull_from(ep, &normalized, side)
+            self.pull_from(ep, &normalized, side, platform)
         })
         .await
     }
@@ -105,12 +115,24 @@ impl Registry {
     /// checked, no blob is. This is how an entry of kaniko's warmer is found, since kaniko names
     /// its entries by that digest (and kaniko's executor asks the registry for it the same way).
     pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
+        self.resolve_digest_for(reference, &self.opts.platform)
+            .await
+    }
+
+    /// [`Registry::resolve_digest`] for `platform` rather than the client's.
+    pub async fn resolve_digest_for(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<String, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let side = self.side(&r, Direction::Pull);
         let endpoints = self.endpoints(&r);
         first_endpoint(&endpoints, reference, &normalized, |ep| async {
-            let m = self.platform_manifest(ep, &normalized, side).await?;
+            let m = self
+                .platform_manifest(ep, &normalized, side, platform)
+                .await?;
             if m.media_type != MEDIA_TYPE_OCI_MANIFEST && m.media_type != MEDIA_TYPE_DOCKER_MANIFEST
             {
                 return Err(RegistryError::UnsupportedMediaType {
@@ -131,6 +153,7 @@ impl Registry {
         ep: &Reference,
         normalized: &str,
         side: Side,
+        wanted: &Platform,
     ) -> Result<PlatformManifest, RegistryError> {
         let client = self.client_for(ep, side).await?;
         self.prepare(client, ep).await?;
@@ -145,7 +168,6 @@ impl Registry {
                     what: "image index".to_string(),
                     detail: e.to_string(),
                 })?;
-            let wanted = &self.opts.platform;
             let entry = index
                 .manifests()
                 .iter()
@@ -185,13 +207,16 @@ impl Registry {
         ep: &Reference,
         normalized: &str,
         side: Side,
+        platform: &Platform,
     ) -> Result<RemoteImage, RegistryError> {
         let PlatformManifest {
             bytes,
             digest,
             media_type,
             index_digest,
-        } = self.platform_manifest(ep, normalized, side).await?;
+        } = self
+            .platform_manifest(ep, normalized, side, platform)
+            .await?;
         let client = self.client_for(ep, side).await?;
         let invalid = |what: &str, detail: String| RegistryError::InvalidContent {
             registry: ep.registry().to_string(),
