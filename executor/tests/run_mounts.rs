@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_testkit::{registry, require_root};
 use support::{layout_config, layout_entry, scan_files, Build};
