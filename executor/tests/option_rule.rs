@@ -27,9 +27,13 @@ enum Expect {
     Changes,
     /// The build with the option fails with a message naming it (an option Kiln refuses).
     FailsNaming,
-    /// By design the option leaves the result as it is (the reason says why): the build with it
-    /// must succeed and give the same result.
-    Same(&'static str),
+    /// By design the option leaves the result as it is (`why` says why): the build with it must
+    /// succeed and give the same result, and the Dockerfile `bad`, with a value the option does
+    /// not take, must fail naming it (so the option is read, not skipped).
+    Same {
+        why: &'static str,
+        bad: &'static str,
+    },
 }
 
 /// One option: `instruction` is the keyword (`RUN --mount` for a mount key), `flag` the name.
@@ -102,9 +106,10 @@ const SAMPLES: &[Sample] = &[
     sample("COPY", "chown", "FROM BASE\nCOPY --chown=12:34 f /f\n", "FROM BASE\nCOPY f /f\n"),
     sample("COPY", "chmod", "FROM BASE\nCOPY --chmod=0700 f /f\n", "FROM BASE\nCOPY f /f\n"),
     Sample {
-        expect: Expect::Same(
-            "--link only changes how BuildKit stacks the layer (on no parent), not its content",
-        ),
+        expect: Expect::Same {
+            why: "--link only changes how BuildKit stacks the layer (on no parent), not its content",
+            bad: "FROM BASE\nCOPY --link=maybe f /f\n",
+        },
         ..sample("COPY", "link", "FROM BASE\nCOPY --link f /f\n", "FROM BASE\nCOPY f /f\n")
     },
     sample(
@@ -122,9 +127,10 @@ const SAMPLES: &[Sample] = &[
     sample("ADD", "chown", "FROM BASE\nADD --chown=12:34 f /f\n", "FROM BASE\nADD f /f\n"),
     sample("ADD", "chmod", "FROM BASE\nADD --chmod=0700 f /f\n", "FROM BASE\nADD f /f\n"),
     Sample {
-        expect: Expect::Same(
-            "--link only changes how BuildKit stacks the layer (on no parent), not its content",
-        ),
+        expect: Expect::Same {
+            why: "--link only changes how BuildKit stacks the layer (on no parent), not its content",
+            bad: "FROM BASE\nADD --link=maybe f /f\n",
+        },
         ..sample("ADD", "link", "FROM BASE\nADD --link f /f\n", "FROM BASE\nADD f /f\n")
     },
     sample(
@@ -247,10 +253,12 @@ const SAMPLES: &[Sample] = &[
         "FROM BASE\nRUN --mount=type=secret,target=/s (cat /s || echo none) > /out\n",
     ),
     Sample {
-        expect: Expect::Same(
-            "sharing= decides what a step gets while another step holds the same cache; the steps \
-             of one build run one at a time (tests/run_mounts.rs checks locked and private)",
-        ),
+        expect: Expect::Same {
+            why: "sharing= decides what a step gets while another step holds the same cache; the \
+                  steps of one build run one at a time (the unit test \
+                  run_mounts::tests::cache_locking_follows_sharing checks locked and private)",
+            bad: "FROM BASE\nRUN --mount=type=cache,target=/c,sharing=sometimes true\n",
+        },
         ..mount(
             "sharing",
             "FROM BASE\nRUN --mount=type=cache,target=/c,sharing=private echo x > /c/f\n",
@@ -396,8 +404,14 @@ fn check(bench: &Bench, s: &Sample) -> Result<&'static str, String> {
         (Expect::Changes, Ok(a), Ok(_)) => Err(format!(
             "the option was accepted and changed nothing: same result with and without it\n{a:#}"
         )),
-        (Expect::Same(_), Ok(a), Ok(b)) if a == b => Ok("accepted, same image by design"),
-        (Expect::Same(why), with, without) => Err(format!(
+        (Expect::Same { bad, .. }, Ok(a), Ok(b)) if a == b => match bench.build(bad, s.extra) {
+            Err(log) if names(&log, &name) => {
+                Ok("same image by design; a bad value fails naming it")
+            }
+            Err(log) => Err(format!("a bad value failed without naming {name}:\n{log}")),
+            Ok(_) => Err(format!("a bad value of {name} was accepted")),
+        },
+        (Expect::Same { why, .. }, with, without) => Err(format!(
             "by design ({why}) the result must be the same with and without it:\nwith: \
              {with:?}\nwithout: {without:?}"
         )),
