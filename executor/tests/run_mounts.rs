@@ -7,67 +7,10 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_testkit::{registry, require_root};
-use support::{layout_config, layout_entry, run_executor, scan_files};
-
-/// A build directory: the context, a layout, and a mount cache shared by the builds of a case.
-struct Build {
-    dir: tempfile::TempDir,
-}
-
-impl Build {
-    fn new(dockerfile: &str, files: &[(&str, &str)]) -> Build {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-mounts-")
-            .tempdir()
-            .expect("temp dir");
-        let ctx = dir.path().join("ctx");
-        fs::create_dir_all(&ctx).unwrap();
-        let base = format!("{}/kiln-test/busybox:latest", registry());
-        fs::write(ctx.join("Dockerfile"), dockerfile.replace("BASE", &base)).unwrap();
-        for (name, content) in files {
-            fs::write(ctx.join(name), content).unwrap();
-        }
-        Build { dir }
-    }
-
-    fn ctx(&self) -> PathBuf {
-        self.dir.path().join("ctx")
-    }
-
-    fn layout(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("layout{n}"))
-    }
-
-    /// Build into layout `n` with `extra` flags and `envs`; whether it succeeded, and the log.
-    fn run(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-        let ctx = self.ctx();
-        let layout = self.layout(n);
-        let cache = self.dir.path().join("mount-cache");
-        let mut args = vec![
-            "--isolation",
-            "chroot",
-            "--insecure-pull",
-            "--no-push",
-            "--context",
-            ctx.to_str().unwrap(),
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-            "--mount-cache-dir",
-            cache.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        run_executor(&args, envs, None)
-    }
-
-    fn ok(&self, n: usize, extra: &[&str], envs: &[(&str, &str)]) -> String {
-        let (ok, log) = self.run(n, extra, envs);
-        assert!(ok, "the build failed:\n{log}");
-        log
-    }
-}
+use support::{layout_config, layout_entry, scan_files, Build};
 
 fn root() -> bool {
     require_root("RUN --mount needs chroot isolation, which needs root")

@@ -11,5 +11,8 @@ pub mod stages;
 
 pub use ast::*;
 pub use expand::{expand_word, expand_words, ExpandError};
-pub use parser::{decode, mount_fields, parse, parse_bytes, parse_instruction, ParseError};
+pub use parser::{
+    decode, instruction_flags, mount_fields, mount_keys, parse, parse_bytes, parse_instruction,
+    FlagKind, ParseError,
+};
 pub use stages::{Base, FromPlatform, ResolvedStage, StageError, Stages, TargetError};

@@ -77,6 +77,8 @@ pub struct BuildRequest {
     pub mount_cache_dir: Option<String>,
     /// `--ssh`, read and checked: agent sockets by id.
     pub ssh: BTreeMap<String, std::path::PathBuf>,
+    /// `--allow`.
+    pub entitlements: crate::run::entitlements::Entitlements,
     pub outputs: Outputs,
 }
 
@@ -189,6 +191,8 @@ impl BuildRequest {
                 .map(|v| crate::run_mounts::parse_ssh_flag(v).map_err(BuildError::Usage))
                 .collect::<Result<_, _>>()?,
             mount_cache_dir: opts.mount_cache_dir.clone().filter(|d| !d.is_empty()),
+            entitlements: crate::run::entitlements::Entitlements::from_flags(&opts.allow)
+                .map_err(BuildError::Usage)?,
             outputs: Outputs {
                 oci_layout_path: opts.oci_layout_path.clone(),
                 tar_path: opts.tar_path.clone(),

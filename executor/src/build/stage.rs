@@ -288,6 +288,7 @@ impl Builder<'_> {
             cmd_set: false,
             scratch,
             run_mounts: self.stage_mounts(index),
+            entitlements: self.req.entitlements,
         };
         state.config.created = None;
         // BuildKit and buildah give every image without a PATH the default one.

@@ -181,6 +181,7 @@ mod tests {
             cmd_set: false,
             scratch: PathBuf::from("/nonexistent/scratch"),
             run_mounts: Default::default(),
+            entitlements: Default::default(),
         }
     }
 

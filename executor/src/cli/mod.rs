@@ -191,6 +191,11 @@ pub struct Options {
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
 
+    /// Allow an entitlement, docker buildx's flag (repeatable, or a comma-separated list):
+    /// `network.host` for `RUN --network=host`, `security.insecure` for `RUN --security=insecure`.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+
     /// Directory keeping `RUN --mount=type=cache` caches between builds (default:
     /// `<kiln dir>/mount-cache` when a kiln dir is set, else `$TMPDIR/kiln-mount-cache`).
     #[arg(long = "mount-cache-dir")]

@@ -44,6 +44,8 @@ pub struct StageState {
     pub scratch: PathBuf,
     /// What `RUN --mount` reads: `--secret`, the mount cache, the context.
     pub run_mounts: std::sync::Arc<crate::run_mounts::MountEnv>,
+    /// `--allow`: what `RUN --network=host` and `RUN --security=insecure` need.
+    pub entitlements: crate::run::entitlements::Entitlements,
 }
 
 /// Sources COPY/ADD can read from, resolved by the builder before the command runs.
@@ -325,6 +327,7 @@ pub(crate) mod test_support {
             cmd_set: false,
             scratch: root.join(".scratch"),
             run_mounts: Default::default(),
+            entitlements: Default::default(),
         }
     }
 }

@@ -5,7 +5,8 @@ use super::{
     workdir::ensure_dir, CacheFlags, Cacheable, Command, CommandError, CopySource,
     InstructionError, KeyParts, Outcome, StageState,
 };
-use crate::run::{run_with, Network, RunOptions, RunSpec};
+use crate::run::entitlements::step_modes;
+use crate::run::{run_with, Network, RunOptions, RunSpec, Security};
 use crate::run_mounts::{parse_mount, prepare, MountSpec};
 use kiln_dockerfile::{Heredoc, RunArgs, ShellOrExec};
 
@@ -34,6 +35,10 @@ impl Command for Run<'_> {
     }
 
     fn key_parts(&self, state: &StageState, _text: &str) -> Result<KeyParts, InstructionError> {
+        // Checked here too, so that a step that needs an entitlement fails before a cache hit
+        // could stand in for it (BuildKit checks entitlements before solving). The key holds the
+        // flags as written, network and security included.
+        modes(self.0, state).map_err(InstructionError::Invalid)?;
         Ok(KeyParts {
             instruction: format!("RUN {}", serde_json::to_string(self.0).unwrap_or_default()),
             visible_env: state.run_env(),
@@ -44,6 +49,15 @@ impl Command for Run<'_> {
     fn writes_root(&self) -> bool {
         true
     }
+}
+
+/// The step's network and confinement under the build's `--allow` entitlements.
+fn modes(args: &RunArgs, state: &StageState) -> Result<(Network, Security), String> {
+    step_modes(
+        args.network.as_deref(),
+        args.security.as_deref(),
+        state.entitlements,
+    )
 }
 
 /// The argv a RUN executes.
@@ -208,9 +222,10 @@ fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandErr
     };
     // In place, whether `none` gets a network namespace is the run module's decision (and
     // warning): it depends on what the container allows.
-    let network = Network::from_flag(args.network.as_deref());
+    let (network, security) = modes(args, state).map_err(CommandError::Invalid)?;
     let options = RunOptions {
         network,
+        security,
         mounts: mounts.mounts.clone(),
     };
     let result = run_with(&spec, &options);

@@ -167,7 +167,8 @@ fn fork_command(
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                     .map_err(|e| fail(FailureKind::Setup, "setting the parent-death signal", e))?;
                 setup()?;
-                exec_command(plan, Some(confine))
+                // An insecure step keeps what the init holds: no bounding-set drop, no seccomp.
+                exec_command(plan, (!plan.insecure).then_some(confine))
             })();
             let code = match result {
                 Ok(code) => code,

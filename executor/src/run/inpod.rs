@@ -345,6 +345,7 @@ fn probe(plan: &PrivatePlan) -> Result<(), RunError> {
         chroot: None,
         private: Some(plan.clone()),
         probe: true,
+        insecure: false,
         argv: vec!["/nonexistent/kiln-probe".into()],
         env: Vec::new(),
         workdir: "/".into(),

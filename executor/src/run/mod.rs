@@ -47,6 +47,7 @@
 
 mod caps;
 mod cgroup;
+pub mod entitlements;
 mod init;
 mod inpod;
 mod mountpoints;
@@ -127,15 +128,15 @@ pub enum Network {
     None,
 }
 
-impl Network {
-    /// From the value of `RUN --network=` as the Dockerfile parser accepts it (`default`, `none`,
-    /// `host`); absent or anything but `none` is the host's network.
-    pub fn from_flag(flag: Option<&str>) -> Network {
-        match flag {
-            Some("none") => Network::None,
-            _ => Network::Host,
-        }
-    }
+/// The confinement of a step (`RUN --security=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's default capability set and the seccomp filter (where the isolation applies them).
+    #[default]
+    Sandbox,
+    /// Every capability the executor holds and no seccomp filter, as `docker run --privileged`
+    /// (`RUN --security=insecure`, only with `--allow security.insecure`).
+    Insecure,
 }
 
 /// Per-step choices beyond [`RunSpec`], kept apart so that existing `RunSpec` literals compile
@@ -143,6 +144,7 @@ impl Network {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
     pub network: Network,
+    pub security: Security,
     /// `RUN --mount`s, in order (chroot mode only).
     pub mounts: Vec<StepMount>,
 }
@@ -251,6 +253,9 @@ struct InitPlan {
     /// Set up everything, switch user, and end before `exec` (the in-place probe).
     #[serde(default)]
     probe: bool,
+    /// [`Security::Insecure`]: skip the capability and seccomp confinement.
+    #[serde(default)]
+    insecure: bool,
     argv: Vec<String>,
     env: Vec<String>,
     workdir: String,
@@ -336,7 +341,8 @@ pub fn run(spec: &RunSpec) -> Result<(), RunError> {
     run_with(spec, &RunOptions::default())
 }
 
-/// [`run`] with per-step options (the network of `RUN --network=none`).
+/// [`run`] with per-step options (the network of `RUN --network=none`, the confinement of
+/// `RUN --security=insecure`).
 pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     if spec.argv.is_empty() {
         return Err(RunError::NoCommand);
@@ -387,6 +393,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         chroot,
         private,
         probe: false,
+        insecure: options.security == Security::Insecure,
         argv: spec.argv.clone(),
         env,
         workdir: spec.workdir.clone(),
@@ -598,6 +605,7 @@ mod tests {
             chroot: None,
             private: None,
             probe: false,
+            insecure: false,
             argv: vec!["true".into()],
             env: vec![],
             workdir: "/".into(),

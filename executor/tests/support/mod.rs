@@ -5,6 +5,7 @@
 //! test one.
 #![allow(dead_code)] // Each test binary uses a different subset of these helpers.
 
+mod build_dir;
 mod contexts;
 mod diff;
 mod executor_image;
@@ -12,6 +13,8 @@ mod history;
 mod layout;
 mod scan;
 // Only the differential and container-mode tests compare trees; the other test binaries import none.
+#[allow(unused_imports)]
+pub use build_dir::*;
 #[allow(unused_imports)]
 pub use contexts::*;
 #[allow(unused_imports)]

@@ -6,10 +6,14 @@ use std::collections::HashMap;
 use super::{err, ParseError};
 use crate::excerpt::excerpt;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum FlagKind {
+/// How a flag takes its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// `--flag=value`, at most once.
     Str,
+    /// `--flag`, `--flag=true|false`.
     Bool,
+    /// `--flag=value`, repeatable.
     List,
 }
 

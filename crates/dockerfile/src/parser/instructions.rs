@@ -47,6 +47,60 @@ fn duration_seconds(s: &str) -> Option<f64> {
 }
 
 /// Turns one instruction's text into a typed instruction.
+/// The `--flags` each instruction accepts (every other instruction takes none): the one table
+/// the parser reads, public through [`super::instruction_flags`] so that tests can hold every
+/// flag to the rule that it changes the build's result or fails it naming the flag.
+pub(super) const INSTRUCTION_FLAGS: &[(&str, &[(&str, FlagKind)])] = &[
+    ("FROM", &[("platform", FlagKind::Str)]),
+    (
+        "RUN",
+        &[
+            ("mount", FlagKind::List),
+            ("network", FlagKind::Str),
+            ("security", FlagKind::Str),
+        ],
+    ),
+    (
+        "COPY",
+        &[
+            ("from", FlagKind::Str),
+            ("chown", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("exclude", FlagKind::List),
+            ("parents", FlagKind::Bool),
+        ],
+    ),
+    (
+        "ADD",
+        &[
+            ("chown", FlagKind::Str),
+            ("chmod", FlagKind::Str),
+            ("link", FlagKind::Bool),
+            ("exclude", FlagKind::List),
+            ("checksum", FlagKind::Str),
+            ("keep-git-dir", FlagKind::Bool),
+        ],
+    ),
+    (
+        "HEALTHCHECK",
+        &[
+            ("interval", FlagKind::Str),
+            ("timeout", FlagKind::Str),
+            ("start-period", FlagKind::Str),
+            ("start-interval", FlagKind::Str),
+            ("retries", FlagKind::Str),
+        ],
+    ),
+];
+
+fn flags_of(keyword: &str) -> &'static [(&'static str, FlagKind)] {
+    INSTRUCTION_FLAGS
+        .iter()
+        .find(|(k, _)| *k == keyword)
+        .map_or(&[], |(_, flags)| flags)
+}
+
 pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, ParseError> {
     let RawInstruction {
         line,
@@ -78,7 +132,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
 
     match keyword.as_str() {
         "FROM" => {
-            let mut f = parse_flags(&keyword, &flags, &[("platform", FlagKind::Str)], line)?;
+            let mut f = parse_flags(&keyword, &flags, flags_of("FROM"), line)?;
             let words = split_separated(&args);
             let name = match words.as_slice() {
                 [_] => None,
@@ -102,16 +156,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
             Ok(Parsed::From { base: words[0].clone(), platform: f.string("platform"), name })
         }
         "RUN" => {
-            let mut f = parse_flags(
-                &keyword,
-                &flags,
-                &[
-                    ("mount", FlagKind::List),
-                    ("network", FlagKind::Str),
-                    ("security", FlagKind::Str),
-                ],
-                line,
-            )?;
+            let mut f = parse_flags(&keyword, &flags, flags_of("RUN"), line)?;
             let mounts = f.list("mount");
             for spec in &mounts {
                 if let Err(why) = check_mount(spec) {
@@ -187,26 +232,7 @@ pub(super) fn interpret(raw: RawInstruction, escape: char) -> Result<Parsed, Par
             }
         }
         "COPY" | "ADD" => {
-            let spec: &[(&'static str, FlagKind)] = if keyword == "COPY" {
-                &[
-                    ("from", FlagKind::Str),
-                    ("chown", FlagKind::Str),
-                    ("chmod", FlagKind::Str),
-                    ("link", FlagKind::Bool),
-                    ("exclude", FlagKind::List),
-                    ("parents", FlagKind::Bool),
-                ]
-            } else {
-                &[
-                    ("chown", FlagKind::Str),
-                    ("chmod", FlagKind::Str),
-                    ("link", FlagKind::Bool),
-                    ("exclude", FlagKind::List),
-                    ("checksum", FlagKind::Str),
-                    ("keep-git-dir", FlagKind::Bool),
-                ]
-            };
-            let mut f = parse_flags(&keyword, &flags, spec, line)?;
+            let mut f = parse_flags(&keyword, &flags, flags_of(&keyword), line)?;
             let (mut words, exec_form) = match parse_json_array(&args) {
                 Some(Ok(list)) => (list, true),
                 Some(Err(e)) => return err(line, e),
@@ -372,18 +398,7 @@ fn interpret_healthcheck(
         }
         return Ok(Instruction::Healthcheck(Healthcheck::None));
     }
-    let mut f = parse_flags(
-        keyword,
-        flags,
-        &[
-            ("interval", FlagKind::Str),
-            ("timeout", FlagKind::Str),
-            ("start-period", FlagKind::Str),
-            ("start-interval", FlagKind::Str),
-            ("retries", FlagKind::Str),
-        ],
-        line,
-    )?;
+    let mut f = parse_flags(keyword, flags, flags_of("HEALTHCHECK"), line)?;
     if !kind.eq_ignore_ascii_case("CMD") {
         return err(
             line,

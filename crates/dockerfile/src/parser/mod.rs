@@ -7,7 +7,8 @@ mod flags;
 mod heredoc;
 mod instructions;
 mod mounts;
-pub use mounts::mount_fields;
+pub use flags::FlagKind;
+pub use mounts::{mount_fields, mount_keys};
 mod source;
 mod words;
 
@@ -33,6 +34,17 @@ pub(super) fn err<T>(line: usize, message: impl Into<String>) -> Result<T, Parse
         line,
         message: message.into(),
     })
+}
+
+/// Every flag the parser accepts, by instruction (upper-case keyword): its own table.
+pub fn instruction_flags() -> impl Iterator<Item = (&'static str, &'static str, FlagKind)> {
+    instructions::INSTRUCTION_FLAGS
+        .iter()
+        .flat_map(|(keyword, flags)| {
+            flags
+                .iter()
+                .map(move |(name, kind)| (*keyword, *name, *kind))
+        })
 }
 
 /// Parses a Dockerfile read as bytes: it must be UTF-8 (a leading byte-order mark is allowed);

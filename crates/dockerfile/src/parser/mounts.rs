@@ -32,6 +32,12 @@ const KEYS: [&str; 19] = [
     "env",
 ];
 
+/// The keys a `RUN --mount=` value may hold, as the parser accepts them: for tests that hold
+/// every key to the rule that it changes the build's result or fails it naming the key.
+pub fn mount_keys() -> &'static [&'static str] {
+    &KEYS
+}
+
 /// Keys that may stand alone (a boolean set to true).
 const FLAGS: [&str; 5] = ["readonly", "ro", "readwrite", "rw", "required"];
 
