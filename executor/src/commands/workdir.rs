@@ -52,12 +52,19 @@ impl Command for Workdir<'_> {
             .filter(|u| !u.is_empty())
         {
             Some(user) => {
-                let resolved = crate::run::users::resolve_user(&state.root, user).map_err(|e| {
+                // BuildKit owns the directories as its file operations chown (a name through
+                // passwd with its primary gid, a bare uid with gid = uid, then the group), not as
+                // RUN's process user, which has gid 0 for a uid without a passwd entry.
+                let resolved = if user.starts_with(':') {
+                    crate::run::users::resolve_user(&state.root, user).map(|r| (r.uid, r.gid))
+                } else {
+                    crate::run::users::resolve_chown(&state.root, user)
+                };
+                Some(resolved.map_err(|e| {
                     CommandError::Invalid(format!(
                         "WORKDIR {abs}: cannot create it for USER {user}: {e}"
                     ))
-                })?;
-                Some((resolved.uid, resolved.gid))
+                })?)
             }
             None => None,
         };
