@@ -23,3 +23,34 @@ impl Command for Arg<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::test_support::state;
+
+    #[test]
+    fn the_name_is_expanded_before_it_is_declared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        st.config.config.env = Some(vec!["src=file3".to_string(), "baz=baz".to_string()]);
+        st.build_args
+            .insert("file3".to_string(), "context/b*".to_string());
+        let decls = [
+            ArgDecl {
+                name: "${src}".to_string(),
+                default: Some("context/bar/${baz}".to_string()),
+                line: 1,
+            },
+            ArgDecl {
+                name: "other".to_string(),
+                default: Some("x/${baz}".to_string()),
+                line: 2,
+            },
+        ];
+        Arg(&decls).configure(&mut st).unwrap();
+        assert_eq!(st.args.get("file3"), Some(&Some("context/b*".to_string())));
+        assert_eq!(st.args.get("other"), Some(&Some("x/baz".to_string())));
+        assert!(!st.args.contains_key("${src}"));
+    }
+}

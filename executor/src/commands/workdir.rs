@@ -174,4 +174,23 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(dir.path().join("etc")).unwrap().uid(), 0);
     }
+
+    #[test]
+    fn a_bare_uid_without_passwd_entry_owns_as_uid_uid() {
+        use std::os::unix::fs::MetadataExt;
+        // No /etc/passwd (FROM scratch): BuildKit chowns `USER 9999` directories 9999:9999.
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        st.config.config.user = Some("9999".into());
+        Workdir("/w/uid").execute(&mut st, None).unwrap();
+        st.config.config.user = Some("9998:7".into());
+        Workdir("/w/uid_gid").execute(&mut st, None).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::metadata(dir.path().join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("w"), (9999, 9999));
+        assert_eq!(owner("w/uid"), (9999, 9999));
+        assert_eq!(owner("w/uid_gid"), (9998, 7));
+    }
 }
