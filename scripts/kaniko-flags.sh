@@ -12,6 +12,10 @@
 #   kaniko-src/       kaniko's cmd/ and pkg/ Go sources (tests left out), copied from the module
 #                     github.com/GoogleContainerTools/kaniko at the version scripts/kaniko-flags/
 #                     go.mod pins (never into this repository)
+#   kaniko-integration/  kaniko's integration/ directory as the module holds it: the Dockerfiles of
+#                     its integration tests (dockerfiles/) and the build context they COPY from
+#                     (context/, ignore/, .dockerignore ...), for executor/tests/kaniko_dockerfiles.rs
+#                     (the module zip keeps no file modes: files are 0644, directories 0755)
 #   stamp             what they were made from; a mismatch rebuilds
 # How it is built, pinned and checked, and the exit statuses: scripts/lib/go-peer.sh.
 set -euo pipefail
@@ -24,9 +28,12 @@ go_peer_extra() {
   local out="$1" moddir="$2"
   [[ -f "$moddir/cmd/executor/cmd/root.go" && -f "$moddir/cmd/warmer/cmd/root.go" ]] ||
     die "$moddir has no cmd/executor/cmd/root.go or cmd/warmer/cmd/root.go"
+  [[ -d "$moddir/integration/dockerfiles" ]] || die "$moddir has no integration/dockerfiles"
+  cp -r "$moddir/integration" "$out/kaniko-integration"
   mkdir -p "$out/kaniko-src"
   (cd "$moddir" && find cmd pkg -name '*.go' ! -name '*_test.go' -print0 |
     xargs -0 cp --parents -t "$out/kaniko-src")
 }
 
-go_peer kaniko-flags github.com/GoogleContainerTools/kaniko "kaniko's flag lister" kaniko-src
+go_peer kaniko-flags github.com/GoogleContainerTools/kaniko "kaniko's flag lister" kaniko-src \
+  kaniko-integration/dockerfiles

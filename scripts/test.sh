@@ -248,9 +248,11 @@ step "installing the object-store servers of the context tests (moto, fake-gcs-s
 OBJECT_STORE_BIN="$(bash scripts/object-stores.sh | tail -n 1)"
 export PATH="$OBJECT_STORE_BIN:$PATH"
 
-step "building the Go peers of the conformance tests (BuildKit's parser, kaniko's flag lister)"
+step "building the Go peers of the conformance tests (BuildKit's parser, kaniko's flag lister and integration Dockerfiles)"
 # The tests build them too (scripts/lib/go-peer.sh, cached by recipe); built here first so a
-# missing Go or module proxy shows at once. Exit status 3 (Go or the proxy missing) is the tests'
+# missing Go or module proxy shows at once. scripts/kaniko-flags.sh also lays kaniko's
+# integration/ directory (Dockerfiles and build context) beside its lister, for
+# executor/tests/kaniko_dockerfiles.rs. Exit status 3 (Go or the proxy missing) is the tests'
 # skip outside CI and a failure under CI=true.
 for peer in buildkit-parse kaniko-flags; do
     bash "scripts/$peer.sh" >/dev/null || { rc=$?; [[ $rc == 3 && "${CI:-}" != true ]] || exit "$rc"; }

@@ -31,28 +31,18 @@ mod apt_repo;
 mod comparer;
 #[path = "differential/demo.rs"]
 mod demo;
+#[path = "differential/harness.rs"]
+mod harness;
 #[path = "differential/rules.rs"]
 mod rules;
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use allowlist::{Ledger, Tolerance};
+use allowlist::Ledger;
+use harness::{compare, kiln_build, progress, Buildah, Side};
 use kiln_testkit::registry_digest;
-use support::{
-    corpus_cases, diff_configs, diff_steps, fetch_rootfs, image_config, image_steps, layer_count,
-    podman_check, registry, run_bounded, run_ok, scan_tree, skopeo_fetch, tree_differences, Case,
-    BUILDAH_FLAGS,
-};
-
-/// Longest a single build may take before it is killed (the Debian apt case is the slowest).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Labels a builder adds on its own (none while buildah runs with `--identity-label=false`).
-const IGNORED_LABEL_PREFIXES: &[&str] = &["io.buildah."];
+use std::path::Path;
+use support::{corpus_cases, podman_check, registry, Case};
 
 /// Images that are also run with podman: (case, arguments, expected trimmed stdout). They check
 /// that the config written actually works for a runtime: Entrypoint/Cmd, User, PATH from ENV.
@@ -65,12 +55,6 @@ const RUN_CHECKS: &[(&str, &[&str], &str)] = &[
     ("debian-apt", &[], "Hello, world!"),
 ];
 
-/// Progress goes straight to the process's stderr: `eprintln!` would be captured by the test
-/// harness until the end, and this test runs for minutes in CI.
-fn progress(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 fn selftest() -> bool {
     std::env::var("KILN_DIFF_SELFTEST").is_ok_and(|v| v == "1")
 }
@@ -78,219 +62,6 @@ fn selftest() -> bool {
 /// Whether this runs in CI (`CI=true`, as CI services set it).
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// A buildah with storage of its own under a case's work directory: intermediate images of
-/// `--layers` builds never pile up in (or get reused from) the machine's shared storage, and
-/// everything goes when the work directory does.
-struct Buildah {
-    root: PathBuf,
-}
-
-impl Buildah {
-    fn new(work: &Path) -> Buildah {
-        Buildah {
-            root: work.join("buildah"),
-        }
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new("buildah");
-        cmd.args(BUILDAH_FLAGS)
-            .arg("--root")
-            .arg(self.root.join("storage"))
-            .arg("--runroot")
-            .arg(self.root.join("run"));
-        cmd
-    }
-
-    /// Builds `case` (squashed, or one layer per instruction with `layers`) and pushes it to
-    /// `dest`.
-    fn build(&self, case: &Case, dest: &str, side: &str, layers: bool) -> Result<(), String> {
-        let local = format!("localhost/kiln-diff/{}:{side}", case.name);
-        let mut cmd = self.command();
-        cmd.args([
-            "bud",
-            "--isolation",
-            "chroot",
-            "--tls-verify=false",
-            "--identity-label=false",
-            // The OCI config format has no Healthcheck, Shell or OnBuild: buildah drops them
-            // unless it writes Docker's format, which kiln's config must match field for field.
-            "--format",
-            "docker",
-        ]);
-        if layers {
-            cmd.arg("--layers");
-        }
-        cmd.arg("-f")
-            .arg(case.reference_dockerfile())
-            .args(["-t", &local]);
-        for (k, v) in case.build_args_for(side) {
-            cmd.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        if let Some(t) = &case.target {
-            cmd.arg("--target").arg(t);
-        }
-        cmd.arg(&case.dir);
-        // buildah 1.28's chroot isolation sometimes fails to set up a RUN under load ("Close_Fd
-        // sealing memfd copy: Device or resource busy"); that is the reference tool's flake, not
-        // a build result, so only that failure is retried, a bounded number of times.
-        let mut attempt = 1;
-        loop {
-            match run_ok(&mut cmd, BUILD_TIMEOUT) {
-                Ok(_) => break,
-                Err(e) if attempt < 3 && e.to_string().contains("sealing memfd copy") => {
-                    progress(&format!(
-                        "  buildah hit its memfd flake on {} (attempt {attempt}); retrying",
-                        case.name
-                    ));
-                    attempt += 1;
-                }
-                Err(e) => return Err(format!("buildah build failed: {e}")),
-            }
-        }
-        run_ok(
-            self.command().args([
-                "push",
-                "--quiet",
-                "--tls-verify=false",
-                &local,
-                &format!("docker://{dest}"),
-            ]),
-            BUILD_TIMEOUT,
-        )
-        .map(|_| ())
-        .map_err(|e| format!("buildah push failed: {e}"))
-    }
-}
-
-impl Drop for Buildah {
-    /// vfs keeps a full copy of the root per layer: empty the storage (through buildah, which
-    /// knows its layout) before the work directory is deleted.
-    fn drop(&mut self) {
-        let _ = run_bounded(
-            self.command().args(["rmi", "--all", "--force"]),
-            Duration::from_secs(120),
-        );
-    }
-}
-
-/// Builds `case` with kiln and pushes it to `dest`; returns the digest kiln reported in
-/// `--digest-file`. This is the one place the executor's command line is spelled out.
-fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String> {
-    let digest_file = work.join("kiln.digest");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
-    cmd.arg("--context")
-        .arg(format!("dir://{}", case.dir.display()))
-        .arg("--dockerfile")
-        .arg(case.dockerfile())
-        .arg("--destination")
-        .arg(dest)
-        .arg("--insecure")
-        .arg("--insecure-pull")
-        .arg("--digest-file")
-        .arg(&digest_file)
-        // RUN --mount=type=cache starts empty, as buildah's does, and leaves nothing behind.
-        .arg("--mount-cache-dir")
-        .arg(work.join("kiln-mount-cache"));
-    for (k, v) in case.build_args_for("kiln") {
-        cmd.arg("--build-arg").arg(format!("{k}={v}"));
-    }
-    if let Some(t) = &case.target {
-        cmd.arg("--target").arg(t);
-    }
-    run_ok(&mut cmd, BUILD_TIMEOUT).map_err(|e| format!("kiln build failed: {e}"))?;
-    let digest = fs::read_to_string(&digest_file)
-        .map_err(|e| {
-            format!(
-                "kiln exited 0 but wrote no --digest-file {}: {e}",
-                digest_file.display()
-            )
-        })?
-        .trim()
-        .to_string();
-    Ok(digest)
-}
-
-/// What the comparison reads of one side: the flattened tree, the config, and the steps of the
-/// build that commits each instruction.
-pub struct Side {
-    pub tree: support::Tree,
-    pub config: serde_json::Value,
-    pub steps: Vec<support::Step>,
-}
-
-impl Side {
-    /// Reads `image` (flattened) and `steps_image` (its history and layers) from the registry
-    /// into `work`, under tags that start with `tag`.
-    pub fn fetch(image: &str, steps_image: &str, work: &Path, tag: &str) -> Result<Side, String> {
-        let rootfs =
-            fetch_rootfs(image, work, tag).map_err(|e| format!("cannot fetch or flatten: {e}"))?;
-        let tree =
-            scan_tree(&rootfs).map_err(|e| format!("cannot scan {}: {e}", rootfs.display()))?;
-        let config = image_config(image).map_err(|e| format!("cannot read a config: {e}"))?;
-        let layout = work.join("layout");
-        let steps_tag = format!("{tag}-steps");
-        if steps_image != image {
-            skopeo_fetch(steps_image, &layout, &steps_tag)
-                .map_err(|e| format!("cannot fetch {steps_image}: {e}"))?;
-        }
-        let steps = image_steps(
-            &layout,
-            if steps_image == image {
-                tag
-            } else {
-                &steps_tag
-            },
-        )?;
-        Ok(Side {
-            tree,
-            config,
-            steps,
-        })
-    }
-}
-
-/// Compares a reference and a candidate for `case` under the allowlist `list`; returns every
-/// difference left (empty: they match), section by section.
-pub fn compare(
-    case: &str,
-    reference: &Side,
-    candidate: &Side,
-    list: &[Tolerance],
-    ledger: &mut Ledger,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let files = allowlist::filter_paths(
-        case,
-        tree_differences(&reference.tree, &candidate.tree),
-        list,
-        ledger,
-    );
-    if !files.is_empty() {
-        problems.push("files (buildah != kiln):".to_string());
-        problems.extend(files.iter().map(ToString::to_string));
-    }
-    let config = diff_configs(&reference.config, &candidate.config, IGNORED_LABEL_PREFIXES);
-    if !config.is_empty() {
-        problems.push("config (buildah != kiln):".to_string());
-        problems.extend(config);
-    }
-    let expected = allowlist::canonical_steps(case, &reference.steps, list, ledger);
-    let actual = allowlist::canonical_steps(case, &candidate.steps, list, ledger);
-    let steps = allowlist::filter_steps(case, diff_steps(&expected, &actual), list, ledger);
-    if !steps.is_empty() {
-        problems.push(format!(
-            "history and layers (buildah --layers != kiln; {} != {} layers, {} != {} entries):",
-            layer_count(&reference.steps),
-            layer_count(&candidate.steps),
-            reference.steps.len(),
-            candidate.steps.len()
-        ));
-        problems.extend(steps.iter().map(ToString::to_string));
-    }
-    problems
 }
 
 /// Builds one case both ways and returns every difference found (empty: the case passes).

@@ -54,30 +54,52 @@ impl Kaniko {
     }
 }
 
-/// kaniko's flags and variables, from its source; `None` (after the policy's skip, or a failure
-/// under `CI=true`) when Go or the module proxy is missing and nothing was built before.
-pub fn kaniko() -> Option<&'static Kaniko> {
-    static KANIKO: OnceLock<Result<Kaniko, String>> = OnceLock::new();
-    let read = KANIKO.get_or_init(|| {
+/// The directory `scripts/kaniko-flags.sh` fills from kaniko's module (the lister, `kaniko-src/`,
+/// `kaniko-integration/`), built once per test binary; `Err` when Go or the module proxy is
+/// missing and nothing was built before (the caller applies the skip policy).
+fn peer_dir() -> Result<&'static PathBuf, &'static String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
         let script = repo_root().join("scripts/kaniko-flags.sh");
         let out = run_bounded(Command::new("bash").arg(&script), BUILD_TIMEOUT)
             .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        let dir = match out.status {
-            Some(0) => PathBuf::from(out.stdout.trim()),
-            Some(3) => {
-                return Err(format!(
-                    "kaniko's flag lister cannot be built here ({}): {}",
-                    script.display(),
-                    out.stderr.trim()
-                ))
-            }
+        match out.status {
+            Some(0) => Ok(PathBuf::from(out.stdout.trim())),
+            Some(3) => Err(format!(
+                "kaniko's module cannot be had here ({}): {}",
+                script.display(),
+                out.stderr.trim()
+            )),
             _ => panic!(
                 "{} failed ({:?}):\n{}",
                 script.display(),
                 out.status,
                 tail(&out.stderr, 4000)
             ),
-        };
+        }
+    })
+    .as_ref()
+}
+
+/// kaniko's `integration/` directory (its integration Dockerfiles and their build context), from
+/// the module at the pinned version; `None` (after the policy's skip, or a failure under
+/// `CI=true`) when Go or the module proxy is missing and nothing was fetched before.
+pub fn integration_dir() -> Option<PathBuf> {
+    match peer_dir() {
+        Ok(dir) => Some(dir.join("kaniko-integration")),
+        Err(why) => {
+            skip_or_fail(why);
+            None
+        }
+    }
+}
+
+/// kaniko's flags and variables, from its source; `None` (after the policy's skip, or a failure
+/// under `CI=true`) when Go or the module proxy is missing and nothing was built before.
+pub fn kaniko() -> Option<&'static Kaniko> {
+    static KANIKO: OnceLock<Result<Kaniko, String>> = OnceLock::new();
+    let read = KANIKO.get_or_init(|| {
+        let dir = peer_dir().map_err(Clone::clone)?;
         let listed = run_bounded(
             Command::new(dir.join("kaniko-flags")).arg(dir.join("kaniko-src")),
             crate::TOOL_TIMEOUT,

@@ -52,12 +52,19 @@ impl Command for Workdir<'_> {
             .filter(|u| !u.is_empty())
         {
             Some(user) => {
-                let resolved = crate::run::users::resolve_user(&state.root, user).map_err(|e| {
+                // BuildKit owns the directories as its file operations chown (a name through
+                // passwd with its primary gid, a bare uid with gid = uid, then the group), not as
+                // RUN's process user, which has gid 0 for a uid without a passwd entry.
+                let resolved = if user.starts_with(':') {
+                    crate::run::users::resolve_user(&state.root, user).map(|r| (r.uid, r.gid))
+                } else {
+                    crate::run::users::resolve_chown(&state.root, user)
+                };
+                Some(resolved.map_err(|e| {
                     CommandError::Invalid(format!(
                         "WORKDIR {abs}: cannot create it for USER {user}: {e}"
                     ))
-                })?;
-                Some((resolved.uid, resolved.gid))
+                })?)
             }
             None => None,
         };
@@ -166,5 +173,24 @@ mod tests {
             assert_eq!((meta.uid(), meta.gid()), (1000, 1001), "{p}");
         }
         assert_eq!(std::fs::metadata(dir.path().join("etc")).unwrap().uid(), 0);
+    }
+
+    #[test]
+    fn a_bare_uid_without_passwd_entry_owns_as_uid_uid() {
+        use std::os::unix::fs::MetadataExt;
+        // No /etc/passwd (FROM scratch): BuildKit chowns `USER 9999` directories 9999:9999.
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        st.config.config.user = Some("9999".into());
+        Workdir("/w/uid").execute(&mut st, None).unwrap();
+        st.config.config.user = Some("9998:7".into());
+        Workdir("/w/uid_gid").execute(&mut st, None).unwrap();
+        let owner = |p: &str| {
+            let m = std::fs::metadata(dir.path().join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("w"), (9999, 9999));
+        assert_eq!(owner("w/uid"), (9999, 9999));
+        assert_eq!(owner("w/uid_gid"), (9998, 7));
     }
 }

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use super::allowlist::Ledger;
+use super::harness::{compare, Buildah, Side};
+use super::rules;
 use super::support::{fetch_rootfs, registry, scan_tree};
-use super::{compare, rules, Buildah, Side};
 
 /// cap_net_raw in the effective and permitted sets, as `setcap cap_net_raw+ep` writes it
 /// (struct vfs_cap_data, revision 2, little-endian).
