@@ -439,10 +439,10 @@ fn history(req: &BuildRequest, created_by: &str, empty_layer: bool) -> History {
     }
 }
 
-/// When the image and its new history entries were made: `SOURCE_DATE_EPOCH` when given (as
-/// BuildKit clamps both to it), else the Unix epoch for `--reproducible`, else now.
-/// BuildKit only moves times back to the epoch: one in the future leaves the time of the build
-/// (unless `--reproducible` asks for fixed times).
+/// When the image and its new history entries were made: `SOURCE_DATE_EPOCH` when given, else
+/// the Unix epoch for `--reproducible`, else now. BuildKit only clamps times back to
+/// `SOURCE_DATE_EPOCH`, so one in the future leaves the time of the build, unless
+/// `--reproducible` asks for fixed times.
 fn timestamp(req: &BuildRequest) -> String {
     let now = chrono::Utc::now();
     match (req.source_date_epoch, req.reproducible) {
