@@ -73,8 +73,10 @@ const SAMPLES: &[Sample] = &[
     sample(
         "FROM",
         "platform",
-        "FROM --platform=linux/arm64 BASE\nLABEL x=1\n",
-        "FROM BASE\nLABEL x=1\n",
+        // The base is one amd64 manifest, used as it is (BuildKit warns and does the same), so
+        // the stage's platform shows where it matters: a RUN in an arm64 stage cannot run here.
+        "FROM --platform=linux/arm64 BASE\nRUN echo x > /x\n",
+        "FROM BASE\nRUN echo x > /x\n",
     ),
     sample(
         "RUN",
