@@ -55,10 +55,13 @@ impl Command for Workdir<'_> {
                 // BuildKit owns the directories as its file operations chown (a name through
                 // passwd with its primary gid, a bare uid with gid = uid, then the group), not as
                 // RUN's process user, which has gid 0 for a uid without a passwd entry.
+                // `root` on an image without passwd (scratch) is only known to RUN's resolution.
+                let as_run =
+                    || crate::run::users::resolve_user(&state.root, user).map(|r| (r.uid, r.gid));
                 let resolved = if user.starts_with(':') {
-                    crate::run::users::resolve_user(&state.root, user).map(|r| (r.uid, r.gid))
+                    as_run()
                 } else {
-                    crate::run::users::resolve_chown(&state.root, user)
+                    crate::run::users::resolve_chown(&state.root, user).or_else(|_| as_run())
                 };
                 Some(resolved.map_err(|e| {
                     CommandError::Invalid(format!(
@@ -192,5 +195,8 @@ mod tests {
         assert_eq!(owner("w"), (9999, 9999));
         assert_eq!(owner("w/uid"), (9999, 9999));
         assert_eq!(owner("w/uid_gid"), (9998, 7));
+        st.config.config.user = Some("root".into());
+        Workdir("/w/root").execute(&mut st, None).unwrap();
+        assert_eq!(owner("w/root"), (0, 0));
     }
 }
