@@ -41,7 +41,7 @@ EXECUTOR="${KILN_EXECUTOR:-$TARGET/debug/kiln-executor}"
 WORK="$(mktemp -d /tmp/kiln-bench-mount.XXXXXX)"
 SERVER_PID=""
 cleanup() {
-    [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true
+    if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
