@@ -108,9 +108,28 @@ fn apply_crds(env: &Env, files: &[PathBuf], names: &[&str]) {
             ],
         );
     }
-    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-    wait.extend(names);
-    kubectl(env, &wait);
+    // Polled rather than `kubectl wait --for=condition=Established`, which fails at once
+    // ("accessor error: <nil>") when it reads a CRD before the API server gave it any condition.
+    for name in names {
+        let crd = name.trim_start_matches("crd/");
+        let established = (0..120).any(|_| {
+            let status = kubectl(
+                env,
+                &[
+                    "get",
+                    "crd",
+                    crd,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ],
+            );
+            status.trim() == "True" || {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                false
+            }
+        });
+        assert!(established, "CRD {crd} was not Established within 60 s");
+    }
 }
 
 /// A server-side dry run of `yaml` (a file's text): the API server's answer.
