@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use kiln_testkit::require_root;
-use support::{layout_config, Build};
+use support::{layout_config, reached_listener, Build};
 
 /// What a sample must show.
 #[derive(Clone, Copy)]
@@ -305,18 +305,6 @@ const FILES: &[(&str, &str)] = &[
     ("sub/s", "s\n"),
 ];
 
-/// A loopback TCP listener answering `reached` to every connection.
-fn tcp_listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in l.incoming().flatten() {
-            let _ = conn.write_all(b"reached\n");
-        }
-    });
-    port
-}
-
 /// A loopback HTTP server answering `payload` to every request; its base URL.
 fn http_server() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
@@ -345,7 +333,7 @@ impl Bench {
         let mut secret = tempfile::NamedTempFile::new().unwrap();
         secret.write_all(b"secret-value\n").unwrap();
         Bench {
-            port: tcp_listener(),
+            port: reached_listener(),
             http: http_server(),
             secret,
         }

@@ -6,11 +6,8 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::TcpListener;
-
 use kiln_testkit::require_root;
-use support::{layout_entry, Build};
+use support::{layout_entry, reached_listener, Build};
 
 /// Docker's default capability set, what a sandboxed root step holds (`CapEff`).
 const SANDBOX_CAPS: &str = "00000000a80425fb";
@@ -20,19 +17,6 @@ const CAP_SYS_ADMIN: u32 = 21;
 
 fn root() -> bool {
     require_root("RUN steps in chroot isolation need root")
-}
-
-/// A loopback TCP server that says `reached` to every connection and closes it, for as long as
-/// the test runs.
-fn listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in l.incoming().flatten() {
-            let _ = conn.write_all(b"reached\n");
-        }
-    });
-    port
 }
 
 /// A step that writes `reached` or `unreachable` to `/net`, with `flag` on its RUN (busybox's
@@ -58,7 +42,7 @@ fn network_none_is_loopback_only_and_default_is_the_executors() {
     if !root() {
         return;
     }
-    let port = listener();
+    let port = reached_listener();
     // `none`: a network namespace of the step's own, whose lo is not the test's.
     assert_eq!(
         net_of("--network=none", port, &[]).unwrap(),
@@ -74,7 +58,7 @@ fn network_host_needs_the_entitlement() {
     if !root() {
         return;
     }
-    let port = listener();
+    let port = reached_listener();
     let log = net_of("--network=host", port, &[]).unwrap_err();
     assert!(
         log.contains("RUN --network=host") && log.contains("--allow network.host"),

@@ -4,6 +4,8 @@
 //! temporary directory and the local test registry.
 
 use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::PathBuf;
 
 use super::run_executor;
@@ -68,4 +70,17 @@ impl Build {
         assert!(ok, "the build failed:\n{log}");
         log
     }
+}
+
+/// A loopback TCP listener that says `reached` to every connection and closes it, for as long as
+/// the test runs; its port. What a build's network probes connect to.
+pub fn reached_listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let _ = conn.write_all(b"reached\n");
+        }
+    });
+    port
 }
