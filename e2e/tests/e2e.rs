@@ -70,7 +70,7 @@ fn setup() -> anyhow::Result<Env> {
         .run(&["get", "crd", "imagebuilds.kiln.dev"], None)
         .context("the ImageBuild CRD is not installed (scripts/e2e.sh applies the chart's)")?;
 
-    // A private copy of the base image: scenario 5 deletes it from the registry, and the
+    // A private copy of the base image: the warm-cache scenario (run last) deletes it from the registry, and the
     // shared kiln-test images belong to other tests.
     let base = format!("{registry}/kiln-e2e/base-{run_id}:latest");
     tools::run(
@@ -483,8 +483,9 @@ fn operator_builds_images_end_to_end() {
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("delete", scenario_delete),
-        ("warm-cache", scenario_warm_cache),
         ("build-secret", scenario_build_secret),
+        // Last: it deletes the base image from the registry, which the others pull.
+        ("warm-cache", scenario_warm_cache),
     ];
     // Checked before the set-up: an unknown name, or a list naming none, fails the test instead
     // of running nothing and passing.
