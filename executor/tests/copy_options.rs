@@ -152,6 +152,49 @@ fn copy_from_expands_global_args() {
     assert_eq!(layout_entry(&layout, "/from-arg").as_deref(), Some("a\n"));
 }
 
+/// BuildKit's rule for wildcards that match nothing: the other sources are copied, a COPY whose
+/// every source is such a wildcard changes nothing (no destination directory), each is warned
+/// about, and a missing plain path still fails.
+#[test]
+fn empty_wildcards_copy_the_other_sources() {
+    if !require_root("the executor writes layers with their recorded owners") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let (ok, log, layout) = build(
+        dir.path(),
+        &ctx,
+        "FROM scratch AS one\nCOPY app/a.txt /s/a.txt\n\
+         FROM scratch\n\
+         COPY app/*.none nodir/* app/a.txt /some/\n\
+         COPY req*.txt /nothing/\n\
+         COPY --from=one /s/*.none /s/a* /missing/* /from/\n",
+    );
+    assert!(ok, "{log}");
+    assert_eq!(layout_entry(&layout, "/some/a.txt").as_deref(), Some("a\n"));
+    assert_eq!(layout_entry(&layout, "/from/a.txt").as_deref(), Some("a\n"));
+    assert_eq!(layout_entry(&layout, "/nothing"), None);
+    for pattern in [
+        "app/*.none",
+        "nodir/*",
+        "req*.txt",
+        "/s/*.none",
+        "/missing/*",
+    ] {
+        assert!(
+            log.contains(&format!("{pattern}: no file")),
+            "no warning for {pattern}:\n{log}"
+        );
+    }
+    let (ok, log, _) = build(
+        dir.path(),
+        &ctx,
+        "FROM scratch\nCOPY app/*.none app/nope.txt /x/\n",
+    );
+    assert!(!ok && log.contains("app/nope.txt"), "{log}");
+}
+
 #[test]
 fn unsupported_options_fail_naming_them() {
     if !require_root("the executor writes layers with their recorded owners") {

@@ -323,9 +323,9 @@ fn execute(
             copy_into_root(&[src], &state.root, &target, &opts)?;
         }
     } else if !written_archives {
-        return Err(CommandError::Invalid(format!(
-            "{name}: no source files were specified"
-        )));
+        // Every source was a wildcard that matched nothing (each warned): BuildKit copies
+        // nothing, creates no destination and goes on.
+        tracing::warn!("{name}: no source matched any file; the step changes nothing");
     }
     Ok(Outcome::Filesystem)
 }

@@ -282,7 +282,12 @@ impl BuildContext {
             if has_wildcard(&rel) {
                 let matches = self.expand(source, &rel)?;
                 if matches.is_empty() {
-                    return Err(ContextError::NotFound(source.clone()));
+                    // BuildKit copies nothing for a wildcard that matches nothing and goes on
+                    // (the classic builder failed when no source at all matched).
+                    tracing::warn!(
+                        "COPY/ADD source {source}: no file in the build context matches; nothing is copied for it (as BuildKit does)"
+                    );
+                    continue;
                 }
                 for m in matches {
                     self.check_inside(source, &m)?;

@@ -343,9 +343,21 @@ fn resolve_wildcards() {
         ),
         ["src/one/main.rs", "src/two/main.rs"]
     );
-    // `*` does not cross directories.
+    // `*` does not cross directories; a wildcard that matches nothing names no source (BuildKit
+    // copies nothing for it) while the other sources stay, and so does one under a directory
+    // that is not there.
+    assert!(ctx.resolve_sources(&srcs(&["*.rs"])).unwrap().is_empty());
+    assert_eq!(
+        rels(
+            &ctx,
+            &ctx.resolve_sources(&srcs(&["*.rs", "a.txt", "nodir/*.txt", "src/*/x*"]))
+                .unwrap()
+        ),
+        ["a.txt"]
+    );
+    // A plain name that is not there is still an error.
     assert!(matches!(
-        ctx.resolve_sources(&srcs(&["*.rs"])),
+        ctx.resolve_sources(&srcs(&["*.rs", "nope.rs"])),
         Err(ContextError::NotFound(_))
     ));
     // Ignored paths are not expanded.

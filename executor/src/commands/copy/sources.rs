@@ -71,15 +71,27 @@ pub(super) fn root_sources(
             .map_err(|e| fail(format!("bad pattern: {e}")))?
             .compile_matcher();
         let dir = PathBuf::from(clean_abs(dir));
-        for entry in list_in_root(root, &dir)
-            .map_err(|e| CommandError::io(format!("{name} --from source {src}"), e))?
-        {
+        // A directory that is not there holds no match, as in the build context.
+        let entries = match list_in_root(root, &dir) {
+            Ok(entries) => entries,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(CommandError::io(format!("{name} --from source {src}"), e)),
+        };
+        for entry in entries {
             if matcher.is_match(&entry) {
                 in_root.push(dir.join(entry));
             }
         }
         if in_root.is_empty() {
-            return Err(fail("no files match".to_string()));
+            // As for context sources: BuildKit copies nothing for an empty match and goes on.
+            tracing::warn!(
+                "{name} --from source {src}: no file matches; nothing is copied for it (as BuildKit does)"
+            );
         }
     }
     let mut out = Vec::new();
@@ -318,6 +330,38 @@ mod tests {
                 assert!(!contents(root.path()).contains(&host.content));
             });
         }
+    }
+
+    /// BuildKit's rule: a wildcard that matches nothing (its directory missing included) copies
+    /// nothing and the other sources are copied; if nothing matched at all, the step changes
+    /// nothing, not even the destination. A plain path that is missing still fails.
+    #[test]
+    fn empty_wildcards_copy_nothing_and_the_rest() {
+        let host = host();
+        let stage = stage(&host);
+        let root = tempfile::tempdir().unwrap();
+        copy_from(
+            root.path(),
+            stage.path(),
+            &["/x/nomatch*", "/x/o*", "/missing/*.txt"],
+            "/out/",
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("out/own")).unwrap(),
+            "stage's own"
+        );
+        copy_from(root.path(), stage.path(), &["/x/nomatch*"], "/none/").unwrap();
+        assert!(!root.path().join("none").exists());
+        let err = copy_from(
+            root.path(),
+            stage.path(),
+            &["/x/nomatch*", "/x/nope"],
+            "/out/",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/x/nope"), "{err}");
     }
 
     #[test]
