@@ -92,6 +92,20 @@ impl<'a> Publisher<'a> {
     }
 }
 
+/// A build that fails drops the publisher with uploads still running: they are awaited here, so
+/// that none is cut off by the shutdown of the runtime it runs on (which made its thread panic).
+impl Drop for Publisher<'_> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            tracing::debug!(
+                "waiting for {} early layer upload(s) to end",
+                self.pending.len()
+            );
+        }
+        self.finish_early_pushes();
+    }
+}
+
 /// The image config and manifest of the target stage, serialised.
 struct Assembled {
     config: Vec<u8>,
