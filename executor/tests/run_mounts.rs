@@ -598,16 +598,19 @@ fn in_place_steps_with_private_namespaces_get_their_mounts() {
     let nonce = std::process::id();
     let secret = format!("inplace-secret-{nonce}-Kx2");
     let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let busybox = format!("{}/kiln-test/busybox:latest", registry());
     let b = Build::new(
         &format!(
             r#"FROM {debian}
 RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
     --mount=type=cache,target=/var/cache/kt --mount=type=tmpfs,target=/scratch \
-    --mount=target=/ctx \
+    --mount=target=/ctx --mount=type=bind,from={busybox},source=/bin,target=/bb \
+    --mount=type=cache,target=/seeded,from={busybox},source=/etc \
     set -e; case "$(cat /run/secrets/tok)" in inplace-secret-*) ;; *) exit 3;; esac; \
     case "$TOK" in inplace-secret-*) ;; *) exit 4;; esac; \
     echo run >> /var/cache/kt/log; cp /var/cache/kt/log /seen; \
     echo x > /scratch/f; grep -q ' /scratch tmpfs' /proc/mounts; \
+    test -x /bb/busybox; test -f /seeded/passwd; echo x > /seeded/added; \
     cat /ctx/data.txt > /got; test ! -e /kiln/build; echo ok > /inplace-ok
 "#
         ),
@@ -683,6 +686,8 @@ RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
             "/scratch",
             "/ctx",
             "/kiln",
+            "/bb",
+            "/seeded",
         ],
     );
     let needles = [("the secret", secret.as_str())];
