@@ -239,6 +239,278 @@ RUN --mount=from=0,target=/whole test -e /whole/out/artifact && echo ok > /index
     absent(&layout, &["/in", "/a", "/whole", "/out/artifact"]);
 }
 
+/// Build an image over busybox with kiln and push it to `dest`: `/data/file` holding `content`,
+/// a file of another owner, and a symlink to `/etc`, where only the image has `kiln-marker`.
+fn push_image(dest: &str, content: &str) {
+    let b = Build::new(
+        &format!(
+            r#"FROM BASE
+RUN mkdir -p /data && echo {content} > /data/file && echo mine > /data/owned && \
+    chown 1234:5678 /data/owned && ln -s /etc /data/etclink && echo image-etc > /etc/kiln-marker
+"#
+        ),
+        &[],
+    );
+    let ctx = b.ctx();
+    let (ok, log) = support::run_executor(
+        &[
+            "--isolation",
+            "chroot",
+            "--insecure",
+            "--insecure-pull",
+            "--context",
+            ctx.to_str().unwrap(),
+            "--destination",
+            dest,
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "pushing {dest} failed:\n{log}");
+}
+
+/// An image of this test run's own, in a repository no other test uses.
+fn test_image(name: &str) -> String {
+    format!(
+        "{}/kiln-test/mountfrom-{name}-{}:latest",
+        registry(),
+        std::process::id()
+    )
+}
+
+#[test]
+fn bind_from_an_image_reads_its_files_inside_its_root_and_rw_discards_writes() {
+    if !root() {
+        return;
+    }
+    let image = test_image("bind");
+    push_image(&image, "v1");
+    let b = Build::new(
+        &format!(
+            r#"FROM BASE
+RUN --mount=type=bind,from={image},source=/data,target=/in \
+    cat /in/file > /got && ! touch /in/x 2>/dev/null && echo ok > /ro-ok
+RUN --mount=type=bind,from={image},source=/data/etclink/kiln-marker,target=/marker \
+    cat /marker > /marker-seen
+RUN --mount=from={image},source=data,target=/w,rw \
+    echo changed > /w/file && touch /w/new && cat /w/file > /rw-seen && \
+    stat -c '%u %g' /w/owned > /owner-seen
+RUN --mount=from={image},target=/w,rw \
+    test ! -e /w/data/new && cat /w/data/file > /after-rw
+"#
+        ),
+        &[],
+    );
+    b.ok(0, &[], &[]);
+    let layout = b.layout(0);
+    for (path, want) in [
+        (
+            "/got", "v1
+",
+        ),
+        (
+            "/ro-ok", "ok
+",
+        ),
+        // The image's symlink to /etc is followed inside the image, not on the host.
+        (
+            "/marker-seen",
+            "image-etc
+",
+        ),
+        (
+            "/rw-seen", "changed
+",
+        ),
+        (
+            "/owner-seen",
+            "1234 5678
+",
+        ),
+        (
+            "/after-rw",
+            "v1
+",
+        ),
+    ] {
+        assert_eq!(layout_entry(&layout, path).as_deref(), Some(want), "{path}");
+    }
+    absent(
+        &layout,
+        &[
+            "/in",
+            "/marker",
+            "/w",
+            "/data",
+            "/data/file",
+            "/etc/kiln-marker",
+        ],
+    );
+}
+
+/// The key of a step that mounts an image holds the image's manifest digest: the same image is
+/// a hit, a re-pushed tag is a miss for the step and the steps after it.
+#[test]
+fn a_step_mounting_an_image_is_rebuilt_when_the_image_changes() {
+    if !root() {
+        return;
+    }
+    let image = test_image("key");
+    push_image(&image, "v1");
+    let b = Build::new(
+        &format!(
+            "FROM BASE
+RUN --mount=from={image},source=/data,target=/in cat /in/file > /got
+RUN cat /got > /after
+"
+        ),
+        &[],
+    );
+    let cache_repo = format!("oci:{}", b.dir.path().join("layer-cache").display());
+    let flags = ["--cache", "--cache-repo", cache_repo.as_str()];
+    let count = |log: &str, what: &str| log.matches(what).count();
+    let log = b.ok(0, &flags, &[]);
+    assert_eq!(count(&log, "(cache miss"), 2, "{log}");
+    let log = b.ok(1, &flags, &[]);
+    assert_eq!(
+        (count(&log, "(cache hit"), count(&log, "(cache miss")),
+        (2, 0),
+        "{log}"
+    );
+    assert_eq!(
+        layout_entry(&b.layout(1), "/after").as_deref(),
+        Some(
+            "v1
+"
+        )
+    );
+    push_image(&image, "v2");
+    let log = b.ok(2, &flags, &[]);
+    assert_eq!(
+        (count(&log, "(cache hit"), count(&log, "(cache miss")),
+        (0, 2),
+        "{log}"
+    );
+    let layout = b.layout(2);
+    assert_eq!(
+        layout_entry(&layout, "/got").as_deref(),
+        Some(
+            "v2
+"
+        )
+    );
+    assert_eq!(
+        layout_entry(&layout, "/after").as_deref(),
+        Some(
+            "v2
+"
+        )
+    );
+}
+
+/// `type=cache,from=`: a new cache starts as a copy of the stage's (or image's) source, an
+/// existing one is used as it is, and another or a changed `from` gets another cache.
+#[test]
+fn a_cache_seeded_from_a_stage_or_an_image() {
+    if !root() {
+        return;
+    }
+    let b = Build::new(
+        r#"FROM BASE AS seed
+ARG SEEDV=1
+RUN mkdir -p /seed/sub && echo "seeded $SEEDV" > /seed/sub/file && chown 1234:5678 /seed/sub/file &&     ln -s sub/file /seed/link && chmod 0750 /seed
+FROM BASE AS other
+RUN mkdir -p /seed && echo other > /seed/other-file
+FROM BASE
+ARG BUST
+RUN --mount=type=cache,target=/c,from=seed,source=/seed,sharing=locked     echo "$BUST" >> /c/runs && cat /c/runs > /seen-runs && cat /c/sub/file > /seen-seed &&     stat -c '%u %g %a' /c/sub/file > /seen-owner && readlink /c/link > /seen-link &&     stat -c '%a' /c > /seen-mode
+RUN --mount=type=cache,target=/c,from=other,source=seed ls /c > /seen-other
+RUN --mount=type=cache,target=/c,from=BASE,source=/etc,sharing=private     test -f /c/passwd && ls /c > /seen-image
+RUN --mount=type=cache,target=/c ls -A /c > /seen-plain
+"#,
+        &[],
+    );
+    b.ok(0, &["--build-arg", "BUST=one"], &[]);
+    b.ok(1, &["--build-arg", "BUST=two"], &[]);
+    b.ok(
+        2,
+        &["--build-arg", "BUST=three", "--build-arg", "SEEDV=2"],
+        &[],
+    );
+    let seen = |n: usize, path: &str| layout_entry(&b.layout(n), path).unwrap_or_default();
+    // Seeded once, then kept: the second build sees what the first added.
+    assert_eq!(
+        seen(0, "/seen-runs"),
+        "one
+"
+    );
+    assert_eq!(
+        seen(1, "/seen-runs"),
+        "one
+two
+"
+    );
+    for n in [0, 1] {
+        assert_eq!(
+            seen(n, "/seen-seed"),
+            "seeded 1
+"
+        );
+        assert_eq!(
+            seen(n, "/seen-owner"),
+            "1234 5678 644
+"
+        );
+        assert_eq!(
+            seen(n, "/seen-link"),
+            "sub/file
+"
+        );
+        assert_eq!(
+            seen(n, "/seen-mode"),
+            "750
+"
+        );
+    }
+    // The stage changed: another cache, seeded from it.
+    assert_eq!(
+        seen(2, "/seen-runs"),
+        "three
+"
+    );
+    assert_eq!(
+        seen(2, "/seen-seed"),
+        "seeded 2
+"
+    );
+    for n in [0, 1, 2] {
+        // Same id, other `from`s: caches of their own.
+        assert_eq!(
+            seen(n, "/seen-other"),
+            "other-file
+"
+        );
+        assert!(
+            seen(n, "/seen-image").contains(
+                "passwd
+"
+            ),
+            "{n}"
+        );
+        assert_eq!(seen(n, "/seen-plain"), "");
+        absent(
+            &b.layout(n),
+            &["/c", "/c/runs", "/c/sub/file", "/c/passwd", "/seed"],
+        );
+    }
+    // One directory per id and seed: the two seeds of `seed`, `other`, the image, none.
+    let dirs = fs::read_dir(b.dir.path().join("mount-cache"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+        .count();
+    assert_eq!(dirs, 5);
+}
+
 /// `--ssh ID=SOCKET`: the step reaches the agent through its own socket at BuildKit's default
 /// target, named by SSH_AUTH_SOCK, with the mount's mode. A line-echoing server stands in for
 /// the agent; Debian's perl is the client.
@@ -296,12 +568,12 @@ fn unsupported_mounts_fail_the_build_naming_them() {
             "ssh agent \"default\" is required but not given",
         ),
         (
-            "type=bind,from=BASE,target=/b",
-            "mounting an image is not supported",
+            "type=bind,from=$STAGE,target=/b",
+            "variables are not expanded in it",
         ),
         (
-            "type=cache,target=/c,from=build",
-            "from= and source= of a cache mount",
+            "type=cache,target=/c,from=build,source=/bin/busybox",
+            "a cache is a directory",
         ),
     ] {
         let b = Build::new(
@@ -326,16 +598,19 @@ fn in_place_steps_with_private_namespaces_get_their_mounts() {
     let nonce = std::process::id();
     let secret = format!("inplace-secret-{nonce}-Kx2");
     let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let busybox = format!("{}/kiln-test/busybox:latest", registry());
     let b = Build::new(
         &format!(
             r#"FROM {debian}
 RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
     --mount=type=cache,target=/var/cache/kt --mount=type=tmpfs,target=/scratch \
-    --mount=target=/ctx \
+    --mount=target=/ctx --mount=type=bind,from={busybox},source=/bin,target=/bb \
+    --mount=type=cache,target=/seeded,from={busybox},source=/etc \
     set -e; case "$(cat /run/secrets/tok)" in inplace-secret-*) ;; *) exit 3;; esac; \
     case "$TOK" in inplace-secret-*) ;; *) exit 4;; esac; \
     echo run >> /var/cache/kt/log; cp /var/cache/kt/log /seen; \
     echo x > /scratch/f; grep -q ' /scratch tmpfs' /proc/mounts; \
+    test -x /bb/busybox; test -f /seeded/passwd; echo x > /seeded/added; \
     cat /ctx/data.txt > /got; test ! -e /kiln/build; echo ok > /inplace-ok
 "#
         ),
@@ -411,6 +686,8 @@ RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
             "/scratch",
             "/ctx",
             "/kiln",
+            "/bb",
+            "/seeded",
         ],
     );
     let needles = [("the secret", secret.as_str())];

@@ -366,7 +366,8 @@ impl<'a> BaseImages<'a> {
         Ok(image)
     }
 
-    /// The root of an image a `COPY --from` reads, pulled and unpacked the first time.
+    /// The root of an image a `COPY --from` or a `RUN --mount=...,from=` reads, pulled and
+    /// unpacked the first time.
     pub fn image_root(&mut self, reference: &str) -> Result<PathBuf, BuildError> {
         if let Some(root) = self.image_roots.get(reference) {
             return Ok(root.clone());
@@ -381,6 +382,11 @@ impl<'a> BaseImages<'a> {
         self.unpack_image(reference, &platform, image, &root)?;
         self.image_roots.insert(reference.to_string(), root.clone());
         Ok(root)
+    }
+
+    /// The manifest digest of an image a `COPY --from` or a mount reads, once it was pulled.
+    pub fn image_digest(&self, reference: &str) -> Option<&String> {
+        self.manifest_digest(reference, &self.platform)
     }
 
     /// The root of an image a `COPY --from` reads, if it was pulled already.

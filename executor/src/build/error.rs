@@ -140,6 +140,15 @@ pub enum BuildError {
         excerpt(from)
     )]
     CopyFromLater { line: usize, from: String },
+    #[error(
+        "Dockerfile line {line}: RUN --mount=...,from={}: {problem}",
+        excerpt(from)
+    )]
+    MountFrom {
+        line: usize,
+        from: String,
+        problem: String,
+    },
     #[error("snapshotting the filesystem: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("serialising the {what}: {source}")]

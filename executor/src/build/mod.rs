@@ -195,7 +195,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             cache_dir: mount_cache,
             work_dir: work_dir.clone(),
             context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
-            stages: Default::default(),
+            froms: Default::default(),
             ssh: req.ssh.clone(),
         }),
         built: HashMap::new(),

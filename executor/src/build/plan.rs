@@ -149,7 +149,8 @@ impl BuildPlan {
                         Some((read, reads.sources.to_vec()))
                     })
                     .collect();
-                // `RUN --mount=from=<stage>` reads that stage like a `COPY --from` of its source.
+                // `RUN --mount=from=<stage>` (a bind, or the seed of a cache) reads that stage
+                // like a `COPY --from` of its source.
                 copies.extend(
                     stage
                         .instructions
@@ -158,7 +159,7 @@ impl BuildPlan {
                             kiln_dockerfile::Instruction::Run(args) => Some(args),
                             _ => None,
                         })
-                        .flat_map(|args| crate::run_mounts::bind_froms(&args.mounts))
+                        .flat_map(|args| crate::run_mounts::mount_froms(&args.mounts))
                         .filter_map(|(from, source)| {
                             Some((stage_ref(dockerfile, &from, stage.index)?, vec![source]))
                         }),

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::error::io_err;
 use super::plan::{Base, BaseKind};
-use super::stage::copy_source;
+use super::stage::{copy_source, mount_roots};
 use super::{history, BuildError, Builder, BuiltStage};
 use crate::commands::Cacheable;
 
@@ -45,7 +45,8 @@ impl Builder<'_> {
             }
             if step.cacheable == Cacheable::Yes {
                 let source = copy_source(&self.built, &mut self.bases, step)?;
-                let key = cache.key(&prev_key, step, source.as_ref())?;
+                let mounts = mount_roots(&self.built, &mut self.bases, step)?;
+                let key = cache.key(&prev_key, step, source.as_ref(), &mounts)?;
                 let Some(hit) = cache.lookup(&key) else {
                     tracing::debug!("[{label}] base image needed: cache miss ({})", step.text);
                     return Ok(None);
@@ -54,7 +55,7 @@ impl Builder<'_> {
                 hits.push((n, hit));
                 prev_key = key;
             } else {
-                let key = cache.key(&prev_key, step, None)?;
+                let key = cache.key(&prev_key, step, None, &[])?;
                 if let Err(e) = &step.configured {
                     return Err(step.error(e));
                 }

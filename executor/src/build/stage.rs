@@ -12,11 +12,12 @@ use tracing::info;
 use super::base::{BaseImages, Image};
 use super::error::io_err;
 use super::plan::{Base, CopyFrom};
-use super::step::{plan_steps, stage_steps, PlannedStep, StepPlan};
+use super::step::{plan_steps, stage_steps, MountRead, PlannedStep, StepPlan};
 use super::{history, human, secs, short, BuildError, Builder, BuiltStage, SourceRef};
 use crate::cache::layer::CacheHit;
 use crate::commands::{self, Cacheable, CopySource, Outcome, StageState};
 use crate::layer::LayerFile;
+use crate::run_mounts::FromRoot;
 use crate::snapshot::Snapshotter;
 
 impl Builder<'_> {
@@ -68,8 +69,11 @@ impl Builder<'_> {
             let text = &step.text;
             info!("[{label}] step {}/{total}: {text}", n + 1);
             let copy_source = copy_source(&self.built, &mut self.bases, step)?;
+            let mount_roots = mount_roots(&self.built, &mut self.bases, step)?;
             let key = match self.cache.as_mut() {
-                Some(cache) => Some(cache.key(&prev_key, step, copy_source.as_ref())?),
+                Some(cache) => {
+                    Some(cache.key(&prev_key, step, copy_source.as_ref(), &mount_roots)?)
+                }
                 None => None,
             };
             let hit = match (&key, step.cacheable, self.cache.as_mut()) {
@@ -128,6 +132,7 @@ impl Builder<'_> {
                     host: kiln_oci::platform::Platform::default().to_string(),
                 });
             }
+            state.run_mounts = self.step_mounts(&mount_roots);
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
                 .map_err(|source| BuildError::Step {
@@ -242,27 +247,20 @@ impl Builder<'_> {
         Ok(note)
     }
 
-    /// What `RUN --mount` reads in stage `index`: the build's, plus the roots of the earlier
-    /// stages its steps mount with `from=`.
-    fn stage_mounts(&self, index: usize) -> std::sync::Arc<crate::run_mounts::MountEnv> {
-        let mut stages = std::collections::BTreeMap::new();
-        for located in &self.dockerfile.stages[index].instructions {
-            let kiln_dockerfile::Instruction::Run(args) = &located.instruction else {
-                continue;
-            };
-            for (from, _) in crate::run_mounts::bind_froms(&args.mounts) {
-                let built = kiln_dockerfile::stages::earlier_stage(self.dockerfile, &from, index)
-                    .and_then(|i| self.built.get(&i));
-                if let Some(built) = built {
-                    stages.insert(from, built.root.clone());
-                }
-            }
-        }
-        if stages.is_empty() {
+    /// What `RUN --mount` reads in a step: the build's, plus the roots of the stages and
+    /// images the step mounts with `from=`.
+    fn step_mounts(
+        &self,
+        roots: &[(MountRead, FromRoot)],
+    ) -> std::sync::Arc<crate::run_mounts::MountEnv> {
+        if roots.is_empty() {
             return self.run_mounts.clone();
         }
         std::sync::Arc::new(crate::run_mounts::MountEnv {
-            stages,
+            froms: roots
+                .iter()
+                .map(|(read, root)| (read.from.clone(), root.clone()))
+                .collect(),
             ..(*self.run_mounts).clone()
         })
     }
@@ -287,7 +285,7 @@ impl Builder<'_> {
             escape: self.dockerfile.escape,
             cmd_set: false,
             scratch,
-            run_mounts: self.stage_mounts(index),
+            run_mounts: self.run_mounts.clone(),
             entitlements: self.req.entitlements,
         };
         state.config.created = None;
@@ -401,4 +399,76 @@ pub(super) fn copy_source(
         }),
         Some(CopyFrom::Image(reference)) => Ok(Some(SourceRef::Root(bases.image_root(reference)?))),
     }
+}
+
+/// The roots of the stages and images a RUN step mounts with `from=`, with what identifies
+/// them, in the step's order. An image is pulled and unpacked the first time, as for
+/// `COPY --from`, unless `pull` is false (a lookup ahead of the steps): then `None` when one is
+/// not at hand yet.
+pub(super) fn known_mount_roots(
+    built: &HashMap<usize, BuiltStage>,
+    bases: &mut BaseImages<'_>,
+    step: &PlannedStep,
+    pull: bool,
+) -> Result<Option<Vec<(MountRead, FromRoot)>>, BuildError> {
+    let fail = |read: &MountRead, problem: String| BuildError::MountFrom {
+        line: step.located.line,
+        from: read.from.clone(),
+        problem,
+    };
+    let mut roots = Vec::with_capacity(step.mounts.len());
+    for read in &step.mounts {
+        let root = match &read.reads {
+            CopyFrom::Stage(i) => match built.get(i) {
+                Some(stage) => FromRoot {
+                    root: stage.root.clone(),
+                    image_digest: None,
+                },
+                None if !pull => return Ok(None),
+                None => {
+                    return Err(fail(
+                        read,
+                        format!("stage {} was not built (is it after this stage?)", i + 1),
+                    ))
+                }
+            },
+            CopyFrom::Image(reference) => {
+                let root = match (pull, bases.pulled_image_root(reference)) {
+                    (_, Some(root)) => root.clone(),
+                    (false, None) => return Ok(None),
+                    (true, None) => bases.image_root(reference)?,
+                };
+                let digest = bases.image_digest(reference).cloned().ok_or_else(|| {
+                    fail(
+                        read,
+                        format!("no manifest digest was recorded for {reference}"),
+                    )
+                })?;
+                FromRoot {
+                    root,
+                    image_digest: Some(digest),
+                }
+            }
+            CopyFrom::LaterStage(_) if !pull => return Ok(None),
+            CopyFrom::LaterStage(_) => {
+                return Err(fail(
+                    read,
+                    "a stage can only mount stages before it".to_string(),
+                ))
+            }
+            // A mount with `from=` never reads the context.
+            CopyFrom::Context => continue,
+        };
+        roots.push((read.clone(), root));
+    }
+    Ok(Some(roots))
+}
+
+/// [`known_mount_roots`], pulling what is needed.
+pub(super) fn mount_roots(
+    built: &HashMap<usize, BuiltStage>,
+    bases: &mut BaseImages<'_>,
+    step: &PlannedStep,
+) -> Result<Vec<(MountRead, FromRoot)>, BuildError> {
+    Ok(known_mount_roots(built, bases, step, true)?.unwrap_or_default())
 }

@@ -31,12 +31,24 @@ pub struct PlannedStep {
     pub source: Option<CopyFrom>,
     /// Its `--from`, as written.
     pub from: Option<String>,
+    /// The stages and images a RUN's `--mount=...,from=` read.
+    pub mounts: Vec<MountRead>,
     /// The step's cache-key inputs but the previous key and the digest of the files read, or
     /// why they cannot be worked out.
     pub input: Result<KeyInput, InstructionError>,
     /// Whether the step's config change can be made; when it cannot, the step fails when it
     /// runs, and the steps after it are never reached.
     pub configured: Result<(), InstructionError>,
+}
+
+/// A `RUN --mount` (bind or cache) that reads an earlier stage or an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountRead {
+    /// `from=` as written (BuildKit does not expand it).
+    pub from: String,
+    /// `source=` as written, `/` when absent.
+    pub source: String,
+    pub reads: CopyFrom,
 }
 
 /// What a step's key hashes besides the previous key and the files it reads.
@@ -102,6 +114,17 @@ pub fn plan_steps(
             .and_then(|reads| reads.from)
             .map(|raw| plan.expand_copy_from(dockerfile, raw));
         let source = reads.map(|_| plan.copy_from(dockerfile, index, from.as_deref()));
+        let mounts = match &located.instruction {
+            dockerfile::Instruction::Run(args) => crate::run_mounts::mount_froms(&args.mounts)
+                .into_iter()
+                .map(|(from, source)| MountRead {
+                    reads: plan.copy_from(dockerfile, index, Some(&from)),
+                    from,
+                    source,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let input = command.key_parts(&state, &text).map(|parts| KeyInput {
             step: StepInput {
                 previous: String::new(),
@@ -111,6 +134,7 @@ pub fn plan_steps(
                 workdir: state.workdir(),
                 shell: state.shell(),
                 files: None,
+                mounts: None,
             },
             files: parts.files,
         });
@@ -124,6 +148,7 @@ pub fn plan_steps(
             needs_root,
             source,
             from,
+            mounts,
             input,
             configured,
         });

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::plan::CopyFrom;
-use super::step::{PlannedStep, StepPlan};
+use super::step::{MountRead, PlannedStep, StepPlan};
 use super::{secs, BuildError, Builder, SourceRef};
 use crate::cache::key::FileDigest;
 use crate::cache::layer::{CacheHit, LayerCache};
@@ -19,6 +19,7 @@ use crate::cache::prefetch::{Lookups, LOOKUP_CONCURRENCY};
 use crate::commands::{self, Cacheable, FilesRead};
 use crate::context::BuildContext;
 use crate::layer::LayerFile;
+use crate::run_mounts::FromRoot;
 
 /// The layer cache of one build, with `--cache`.
 pub struct StepCache<'a> {
@@ -64,12 +65,14 @@ impl<'a> StepCache<'a> {
     }
 
     /// A step's cache key (see [`crate::cache::key`]): the planned inputs chained to `previous`,
-    /// with the digest of the files a COPY/ADD reads from `source`.
+    /// with the digest of the files a COPY/ADD reads from `source` and of what a RUN's
+    /// `--mount=...,from=` read (`mounts`).
     pub fn key(
         &mut self,
         previous: &str,
         step: &PlannedStep,
         source: Option<&SourceRef>,
+        mounts: &[(MountRead, FromRoot)],
     ) -> Result<String, BuildError> {
         let planned = step.input.as_ref().map_err(|e| step.error(e))?;
         let mut input = planned.step.clone();
@@ -77,7 +80,39 @@ impl<'a> StepCache<'a> {
         if let Some(files) = &planned.files {
             input.files = Some(self.files_digest(step.located.line, files, source)?);
         }
+        if !mounts.is_empty() {
+            input.mounts = Some(self.mounts_digest(step.located.line, mounts)?);
+        }
         Ok(input.key())
+    }
+
+    /// What a RUN's `--mount=...,from=` read: for each, in order, `from` and `source` as written
+    /// and the identity of what they name ([`FromRoot::identity`]: an image's manifest digest,
+    /// the digest of a stage's files under the source, hashed once per build), so a changed
+    /// image or stage makes another key, as a changed file does for `COPY --from`.
+    fn mounts_digest(
+        &mut self,
+        line: usize,
+        mounts: &[(MountRead, FromRoot)],
+    ) -> Result<String, BuildError> {
+        let mut h = crate::cache::key::KeyHasher::new();
+        for (read, root) in mounts {
+            let known = format!("mount:{}:{}", root.root.display(), read.source);
+            let identity = match self.file_digests.get(&known) {
+                Some(identity) => identity.clone(),
+                None => {
+                    let identity = root
+                        .identity(&read.from, &read.source)
+                        .map_err(|source| BuildError::CacheKey { line, source })?;
+                    self.file_digests.insert(known, identity.clone());
+                    identity
+                }
+            };
+            h.str("from", &read.from)
+                .str("source", &read.source)
+                .str("identity", &identity);
+        }
+        Ok(h.finish())
     }
 
     /// [`FileDigest::finish`] of what a COPY/ADD reads: its heredocs, then its sources. The
@@ -221,7 +256,8 @@ impl Builder<'_> {
     /// a lookup's answer, so the planned steps give every key the build will work out. This only
     /// starts lookups: the build still takes the answers in step order, so a key predicted
     /// wrongly costs a wasted request, never a wrong hit. Stops at the first step whose key
-    /// cannot be known yet (a `COPY --from` an image not pulled yet, a step that fails).
+    /// cannot be known yet (a `COPY --from` or a mount of an image not pulled yet, a step that
+    /// fails).
     pub(super) fn prefetch(&mut self, index: usize, plan: &StepPlan, base_key: &str) {
         let Some(cache) = self.cache.as_mut() else {
             return;
@@ -243,7 +279,12 @@ impl Builder<'_> {
                 },
                 Some(CopyFrom::LaterStage(_)) => break,
             };
-            let Ok(key) = cache.key(&previous, step, source.as_ref()) else {
+            let mounts =
+                match super::stage::known_mount_roots(&self.built, &mut self.bases, step, false) {
+                    Ok(Some(mounts)) => mounts,
+                    _ => break,
+                };
+            let Ok(key) = cache.key(&previous, step, source.as_ref(), &mounts) else {
                 break;
             };
             if step.cacheable == Cacheable::Yes {

@@ -96,6 +96,9 @@ pub struct StepInput {
     pub shell: Vec<String>,
     /// For COPY/ADD: [`FileDigest::finish`] of the files it reads.
     pub files: Option<String>,
+    /// For a RUN with `--mount=...,from=`: the digest of what those mounts read (an image's
+    /// manifest digest, the files of a stage).
+    pub mounts: Option<String>,
 }
 
 impl StepInput {
@@ -109,6 +112,9 @@ impl StepInput {
         h.list("shell", &self.shell);
         if let Some(files) = &self.files {
             h.str("files", files);
+        }
+        if let Some(mounts) = &self.mounts {
+            h.str("mounts", mounts);
         }
         h.finish()
     }
@@ -301,6 +307,13 @@ mod tests {
         let mut env = base.clone();
         env.visible_env = vec!["A=1".into()];
         assert_ne!(env.key(), k1);
+        // What a mount reads counts, and is not taken for files a COPY reads.
+        let mut mounts = base.clone();
+        mounts.mounts = Some("m".into());
+        assert_ne!(mounts.key(), k1);
+        let mut files = base.clone();
+        files.files = Some("m".into());
+        assert_ne!(mounts.key(), files.key());
         // Length prefixes: moving a byte between fields changes the key.
         let mut a = base.clone();
         a.user = "ab".into();

@@ -24,8 +24,9 @@ impl Command for Run<'_> {
     }
 
     fn cacheable(&self, flags: CacheFlags) -> Cacheable {
-        // What a bind mount shows (the context) is not in the key, so such a step is not cached.
-        if self.0.mounts.iter().any(|m| binds(m)) {
+        // What a bind mount of the context shows is not in the key, so such a step is not
+        // cached; what a bind `from=` a stage or an image shows is.
+        if self.0.mounts.iter().any(|m| binds_context(m)) {
             Cacheable::No
         } else if flags.run {
             Cacheable::Yes
@@ -146,16 +147,22 @@ fn write_script(state: &StageState, body: &str) -> Result<String, CommandError> 
     Ok(name)
 }
 
-/// Whether a raw `--mount` value is (or may be, once expanded) a bind mount.
-fn binds(raw: &str) -> bool {
-    match kiln_dockerfile::mount_fields(raw) {
-        Ok(fields) => fields
+/// Whether a raw `--mount` value is (or may be, once expanded) a bind mount of something the
+/// step's key does not hold: the context, or a `from=` that is not planned (one with a variable).
+fn binds_context(raw: &str) -> bool {
+    let Ok(fields) = kiln_dockerfile::mount_fields(raw) else {
+        return true;
+    };
+    let value = |key: &str| {
+        fields
             .iter()
-            .find(|(k, _)| k == "type")
+            .rev()
+            .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.as_deref())
-            .is_none_or(|t| t.eq_ignore_ascii_case("bind") || t.contains('$')),
-        Err(_) => true,
-    }
+    };
+    let bind = value("type").is_none_or(|t| t.eq_ignore_ascii_case("bind") || t.contains('$'));
+    let planned_from = value("from").is_some_and(|f| !f.is_empty() && !f.contains('$'));
+    bind && !(planned_from && value("type").is_none_or(|t| !t.contains('$')))
 }
 
 /// The step's `--mount`s, read with the stage's variables, targets made absolute against
@@ -293,6 +300,23 @@ mod tests {
             argv(&shell, &st).unwrap(),
             vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
         );
+    }
+
+    #[test]
+    fn only_binds_whose_content_is_not_keyed_make_a_step_uncached() {
+        for (raw, uncached) in [
+            ("target=/ctx", true),
+            ("type=bind,source=a,target=/a", true),
+            ("type=bind,from=build,target=/b", false),
+            ("from=registry.example/img:1,source=/x,target=/x", false),
+            ("type=bind,from=$STAGE,target=/b", true),
+            ("type=$KIND,from=build,target=/b", true),
+            ("type=cache,target=/c", false),
+            ("type=cache,from=build,target=/c", false),
+            ("type=secret,id=x", false),
+        ] {
+            assert_eq!(binds_context(raw), uncached, "{raw}");
+        }
     }
 
     #[test]

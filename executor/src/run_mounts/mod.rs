@@ -1,6 +1,7 @@
 //! `RUN --mount`: turns a step's mount specs into host-side sources (a secret file Kiln writes
-//! under its work directory, a persistent cache directory, a copy of the build context) and
-//! mounts for the run sandbox, which mounts them in the step's private mount namespace only. What
+//! under its work directory, a persistent cache directory (seeded from a stage or an image with
+//! `from=`), a copy of the build context, an earlier stage's or an image's files) and mounts for
+//! the run sandbox, which mounts them in the step's private mount namespace only. What
 //! this prepares lives outside the build root and is removed (or, for caches, unlocked) when the
 //! [`StepMounts`] is dropped, after the step; the mount points the sandbox made are gone before
 //! the snapshot, so no mount target's contents reach a layer.
@@ -8,6 +9,7 @@
 //! Secrets come from `--secret`, never from the Dockerfile: the cache key holds the mount spec
 //! as written, not the secret's value, and nothing here logs a value.
 
+mod from;
 pub mod spec;
 mod ssh;
 
@@ -18,10 +20,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::context::IgnoreMatcher;
 use crate::run::{StepMount, StepMountKind};
+pub use from::{mount_froms, FromRoot};
 pub use spec::{parse_mount, MountSpec, Sharing};
 
 /// BuildKit's limit on a secret's size (`secretsprovider.MaxSecretSize`).
@@ -45,34 +46,10 @@ pub struct MountEnv {
     pub work_dir: PathBuf,
     /// The build context's directory and `.dockerignore` rules.
     pub context: Option<(PathBuf, IgnoreMatcher)>,
-    /// Roots of the earlier stages this stage's steps mount (`from=` as written).
-    pub stages: BTreeMap<String, PathBuf>,
+    /// Roots of the earlier stages and images the step mounts (`from=` as written).
+    pub froms: BTreeMap<String, FromRoot>,
     /// `--ssh`: agent sockets by id.
     pub ssh: BTreeMap<String, PathBuf>,
-}
-
-/// `(from, source)` of every bind mount in `mounts` (raw `--mount` values) that names a `from`
-/// without a variable (BuildKit does not expand `from`), for planning which stages a step reads.
-pub fn bind_froms(mounts: &[String]) -> Vec<(String, String)> {
-    mounts
-        .iter()
-        .filter_map(|raw| {
-            let fields = kiln_dockerfile::mount_fields(raw).ok()?;
-            let get = |keys: &[&str]| {
-                fields
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| keys.contains(&k.as_str()))
-                    .and_then(|(_, v)| v.clone())
-            };
-            let kind = get(&["type"]).unwrap_or_else(|| "bind".into());
-            let from = get(&["from"]).filter(|f| !f.is_empty() && !f.contains('$'))?;
-            kind.eq_ignore_ascii_case("bind").then(|| {
-                let source = get(&["source", "src"]).filter(|s| !s.is_empty());
-                (from, source.unwrap_or_else(|| "/".into()))
-            })
-        })
-        .collect()
 }
 
 /// Read one `--ssh` value as docker buildx does: `ID` (the agent at `$SSH_AUTH_SOCK`) or
@@ -232,6 +209,8 @@ pub fn prepare(
             }
             MountSpec::Cache {
                 id,
+                from,
+                source,
                 sharing,
                 readonly,
                 mode,
@@ -239,7 +218,16 @@ pub fn prepare(
                 gid,
                 ..
             } => {
-                let source = out.cache(env, n, id, *sharing, *mode, *uid, *gid)?;
+                let seed = match from {
+                    Some(from) => {
+                        let root = from_root(env, from, "cache")?;
+                        let seed = root.resolve(from, source)?;
+                        let identity = root.identity(from, source).map_err(|e| e.to_string())?;
+                        Some((identity, seed))
+                    }
+                    None => None,
+                };
+                let source = out.cache(env, n, id, seed, *sharing, *mode, *uid, *gid)?;
                 out.mounts.push(StepMount {
                     target: target.clone().unwrap_or_default(),
                     kind: StepMountKind::Bind {
@@ -259,27 +247,23 @@ pub fn prepare(
                 readonly,
                 ..
             } => {
-                let Some(root) = env.stages.get(from) else {
-                    return Err(format!(
-                        "RUN --mount=type=bind,from={from}: not an earlier stage; mounting an image is not supported by kiln-executor (name it in a stage, `FROM {from} AS name`, and mount that)"
-                    ));
-                };
-                let from_path = crate::fsutil::resolve_in_root(root, Path::new(source), true)
-                    .map_err(|e| format!("bind source {source:?} in stage {from}: {e}"))?;
+                let root = from_root(env, from, "bind")?;
+                let what = root.describe(from);
+                let from_path = root.resolve(from, source)?;
                 let meta = std::fs::metadata(&from_path)
-                    .map_err(|e| format!("bind source {source:?} in stage {from}: {e}"))?;
-                // Read-only, the stage's files are mounted as they are; `rw` gets a copy, so
-                // that writes are discarded.
+                    .map_err(|e| format!("bind source {source:?} in {what}: {e}"))?;
+                // Read-only, the stage's or image's files are mounted as they are; `rw` gets a
+                // copy (owners kept), so that writes are discarded.
                 let source = if *readonly {
                     from_path
                 } else {
                     let copy = out.temp_dir(env, &format!("bind-{n}"))?.join("src");
                     if meta.is_dir() {
-                        copy_tree(&from_path, &copy, &|_| false)
+                        copy_tree(&from_path, &copy, &|_| false, true)
                     } else {
-                        std::fs::copy(&from_path, &copy).map(|_| ())
+                        copy_file(&from_path, &copy)
                     }
-                    .map_err(|e| format!("copying bind source {source:?} of stage {from}: {e}"))?;
+                    .map_err(|e| format!("copying bind source {source:?} of {what}: {e}"))?;
                     copy
                 };
                 out.mounts.push(StepMount {
@@ -344,6 +328,15 @@ pub fn prepare(
     Ok(out)
 }
 
+/// The root `from` names: an earlier stage or an image the builder read for the step.
+fn from_root<'a>(env: &'a MountEnv, from: &str, kind: &str) -> Result<&'a FromRoot, String> {
+    env.froms.get(from).ok_or_else(|| {
+        format!(
+            "RUN --mount=type={kind},from={from}: names neither an earlier stage nor an image the build read (from= is taken as written: variables are not expanded in it, as in BuildKit)"
+        )
+    })
+}
+
 fn secret_value(env: &MountEnv, id: &str) -> Result<Option<Vec<u8>>, String> {
     match env.secrets.get(id) {
         None => Ok(None),
@@ -396,13 +389,17 @@ impl StepMounts {
 
     /// The directory of cache `id`, created with `mode`, `uid`, `gid` the first time, and locked
     /// as `sharing` says: shared steps hold a shared lock, `locked` an exclusive one (waiting for
-    /// it), `private` an exclusive one without waiting, and a fresh directory when busy.
+    /// it), `private` an exclusive one without waiting, and a fresh directory when busy. With a
+    /// `seed` (the identity of a `from=` and the directory it names), the directory is that of
+    /// the id and the identity, and a new one starts as a copy of the seed's directory (its own
+    /// mode and owner, as BuildKit's; `mode`, `uid`, `gid` are for an empty cache).
     #[allow(clippy::too_many_arguments)]
     fn cache(
         &mut self,
         env: &MountEnv,
         n: usize,
         id: &str,
+        seed: Option<(String, PathBuf)>,
         sharing: Sharing,
         mode: u32,
         uid: u32,
@@ -412,7 +409,7 @@ impl StepMounts {
         std::fs::create_dir_all(root)
             .and_then(|()| std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| format!("creating the mount cache directory {}: {e}", root.display()))?;
-        let name = hex::encode(&Sha256::digest(id.as_bytes())[..16]);
+        let name = from::cache_dir_name(id, seed.as_ref().map(|(identity, _)| identity.as_str()));
         let dir = root.join(&name);
         let lock_path = root.join(format!("{name}.lock"));
         let lock = std::fs::OpenOptions::new()
@@ -442,7 +439,16 @@ impl StepMounts {
                 std::io::Error::last_os_error()
             ));
         };
-        if !dir.exists() {
+        if let (Some((_, seed)), false) = (&seed, dir.exists()) {
+            // The seed is copied outside the build root: it never reaches a layer.
+            from::seed_cache(seed, &dir).map_err(|e| {
+                format!(
+                    "seeding cache {id:?} in {} from {}: {e}",
+                    dir.display(),
+                    seed.display()
+                )
+            })?;
+        } else if !dir.exists() {
             std::fs::create_dir(&dir)
                 .and_then(|()| std::os::unix::fs::chown(&dir, Some(uid), Some(gid)))
                 .and_then(|()| {
@@ -471,7 +477,7 @@ impl StepMounts {
             Err(_) => false,
         };
         if meta.is_dir() {
-            copy_tree(&from, &to, &exclude)
+            copy_tree(&from, &to, &exclude, false)
         } else {
             std::fs::copy(&from, &to).map(|_| ())
         }
@@ -480,8 +486,14 @@ impl StepMounts {
     }
 }
 
-/// Copy a directory tree, keeping modes and symlinks as they are, skipping excluded paths.
-fn copy_tree(from: &Path, to: &Path, exclude: &dyn Fn(&Path) -> bool) -> std::io::Result<()> {
+/// Copy a directory tree, keeping modes and symlinks as they are (and, with `owners`, owners),
+/// skipping excluded paths.
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    exclude: &dyn Fn(&Path) -> bool,
+    owners: bool,
+) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -494,13 +506,42 @@ fn copy_tree(from: &Path, to: &Path, exclude: &dyn Fn(&Path) -> bool) -> std::io
         if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&path)?, &dest)?;
         } else if kind.is_dir() {
-            copy_tree(&path, &dest, exclude)?;
+            copy_tree(&path, &dest, exclude, owners)?;
         } else if kind.is_file() {
             std::fs::copy(&path, &dest)?;
+        } else {
+            continue;
+        }
+        if owners && !kind.is_dir() {
+            keep_owner(&path, &dest)?;
         }
     }
     let mode = std::fs::metadata(from)?.permissions().mode();
+    if owners {
+        keep_owner(from, to)?;
+    }
+    // After the chown, which clears set-id bits.
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+}
+
+/// Copy a file with its mode and owner.
+fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to)?;
+    keep_owner(from, to)?;
+    let mode = std::fs::metadata(from)?.permissions().mode();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+}
+
+/// Give `to` the owner of `from` (a symlink itself, not what it points to). A file's set-id
+/// bits, which the chown clears, are put back.
+fn keep_owner(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(from)?;
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    if meta.is_file() && meta.mode() & 0o6000 != 0 {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -578,26 +619,6 @@ mod tests {
     }
 
     #[test]
-    fn stages_read_by_bind_mounts() {
-        let mounts: Vec<String> = [
-            "from=build,source=/out,target=/in",
-            "type=bind,from=0,target=/x",
-            "type=cache,from=build,target=/c",
-            "type=bind,from=$STAGE,target=/y",
-            "target=/ctx",
-        ]
-        .map(String::from)
-        .to_vec();
-        assert_eq!(
-            bind_froms(&mounts),
-            [
-                ("build".to_string(), "/out".to_string()),
-                ("0".into(), "/".into())
-            ]
-        );
-    }
-
-    #[test]
     fn optional_missing_secrets_are_skipped_required_ones_fail() {
         let dir = tempfile::tempdir().unwrap();
         let env = MountEnv {
@@ -629,12 +650,12 @@ mod tests {
         };
         let mut first = StepMounts::default();
         let held = first
-            .cache(&env, 0, "/c", Sharing::Locked, 0o755, 0, 0)
+            .cache(&env, 0, "/c", None, Sharing::Locked, 0o755, 0, 0)
             .unwrap();
         // Busy: a private step gets another directory, removed with its step.
         let mut second = StepMounts::default();
         let fresh = second
-            .cache(&env, 0, "/c", Sharing::Private, 0o755, 0, 0)
+            .cache(&env, 0, "/c", None, Sharing::Private, 0o755, 0, 0)
             .unwrap();
         assert_ne!(held, fresh);
         drop(second);
@@ -643,7 +664,7 @@ mod tests {
         let mut third = StepMounts::default();
         assert_eq!(
             third
-                .cache(&env, 0, "/c", Sharing::Private, 0o755, 0, 0)
+                .cache(&env, 0, "/c", None, Sharing::Private, 0o755, 0, 0)
                 .unwrap(),
             held
         );

@@ -1,8 +1,8 @@
 //! `RUN --mount=` values read into typed mounts with BuildKit's defaults
 //! (`frontend/dockerfile/instructions/commands_runmount.go`): a bind is read-only unless `rw`,
 //! a cache's id is its target, a secret's target is `/run/secrets/<id>` unless it goes to an
-//! environment variable, a secret's mode is 0400, a cache's 0755. Values are expanded with the
-//! stage's ARG and ENV values first, as BuildKit does.
+//! environment variable, a secret's mode is 0400, a cache's 0755. Values but `from` are expanded
+//! with the stage's ARG and ENV values first, as BuildKit does.
 
 /// One `--mount` of a `RUN`, with defaults applied. Targets are as written (relative ones are
 /// resolved against WORKDIR by the caller).
@@ -18,6 +18,10 @@ pub enum MountSpec {
     Cache {
         target: String,
         id: String,
+        /// `from=`: a stage or an image whose `source` seeds a new cache (BuildKit's rule), or
+        /// (absent) an empty cache.
+        from: Option<String>,
+        source: String,
         sharing: Sharing,
         readonly: bool,
         mode: u32,
@@ -70,8 +74,10 @@ pub fn parse_mount(
     let mut kind = "bind".to_string();
     let mut fields: Vec<(String, Option<String>)> = Vec::new();
     for (key, value) in kiln_dockerfile::mount_fields(spec)? {
+        // `from` is taken as written, as BuildKit takes it: what a step reads is planned before
+        // any variable has a value.
         let value = match value {
-            Some(v) if v.contains('$') => Some(expand(&v)?),
+            Some(v) if v.contains('$') && !key.eq_ignore_ascii_case("from") => Some(expand(&v)?),
             v => v,
         };
         if key == "type" {
@@ -170,15 +176,17 @@ pub fn parse_mount(
                 ("env", env.is_some()),
                 ("required", required),
             ])?;
-            if from.is_some() || source.is_some() {
-                return Err("from= and source= of a cache mount (seeding it from a stage) are not supported by kiln-executor".into());
-            }
             let target = target_required(target)?;
             Ok(MountSpec::Cache {
                 id: id
                     .filter(|i| !i.is_empty())
                     .unwrap_or_else(|| target.clone()),
                 target,
+                from: from.filter(|f| !f.is_empty()),
+                // BuildKit: the root of `from` unless `source` names a directory in it.
+                source: source
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "/".into()),
                 sharing,
                 readonly: readonly.unwrap_or(false),
                 mode: mode.unwrap_or(0o755),
@@ -376,7 +384,23 @@ mod tests {
             MountSpec::Cache {
                 target: "/expanded".into(),
                 id: "/expanded".into(),
+                from: None,
+                source: "/".into(),
                 sharing: Sharing::Locked,
+                readonly: false,
+                mode: 0o755,
+                uid: 0,
+                gid: 0
+            }
+        );
+        assert_eq!(
+            parse("type=cache,target=/c,from=$DIR,source=$DIR/seed,id=x").unwrap(),
+            MountSpec::Cache {
+                target: "/c".into(),
+                id: "x".into(),
+                from: Some("$DIR".into()),
+                source: "/expanded/seed".into(),
+                sharing: Sharing::Shared,
                 readonly: false,
                 mode: 0o755,
                 uid: 0,
@@ -431,10 +455,6 @@ mod tests {
             (
                 "type=cache,target=/c,sharing=maybe",
                 "unsupported sharing value",
-            ),
-            (
-                "type=cache,target=/c,from=build",
-                "from= and source= of a cache mount",
             ),
             ("type=cache,target=/c,mode=9", "invalid mode"),
             (
