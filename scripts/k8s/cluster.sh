@@ -210,6 +210,13 @@ pause_image() {
 
 # --- configuration files ---------------------------------------------------------------------------
 
+# true when lowering an oom_score_adj is refused here (no CAP_SYS_RESOURCE), else false.
+restrict_oom() {
+    local bnd
+    bnd="$(awk '/^CapEff:/ {print $2}' /proc/self/status)"
+    if (((0x$bnd >> 24) & 1)); then echo false; else echo true; fi
+}
+
 containerd_config() {
     local d="$STATE/containerd"
     mkdir -p "$d/certs.d/$REGISTRY" "$d/certs.d/$NODE_REGISTRY" "$STATE/cni/net.d"
@@ -226,6 +233,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   netns_mounts_under_state_dir = true
+  # This machine's root lacks CAP_SYS_RESOURCE, so no process may lower its oom_score_adj: the
+  # kubelet's -998 for the pause container made runc's nsexec fail ("failed to update
+  # /proc/self/oom_score_adj: Permission denied", seen by runc as "can't get final child's PID
+  # from pipe: EOF"). Clamp every score at containerd's own, as for rootless containerd.
+  restrict_oom_score_adj = $(restrict_oom)
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
