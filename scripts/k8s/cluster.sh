@@ -432,7 +432,7 @@ cluster_pids() {
     done
     for f in /proc/[0-9]*/cmdline; do
         pid="${f#/proc/}"; pid="${pid%/cmdline}"
-        if tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- "$CTR_SOCK"; then echo "$pid"; fi
+        if { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qxF -- "$CTR_SOCK"; then echo "$pid"; fi
     done
 }
 
