@@ -8,7 +8,8 @@
 #                                        # node to be Ready; on failure prints the logs and tears down
 #   bash scripts/k8s/cluster.sh check    # proves it: a busybox Pod runs to Succeeded under the
 #                                        # kubelet, with its service-account token mounted
-#   bash scripts/k8s/cluster.sh env      # KUBECONFIG=... and the node's registry address, for eval
+#   eval "$(bash scripts/k8s/cluster.sh env)"  # exports KUBECONFIG and KILN_CLUSTER_REGISTRY (the
+#                                        # registry as the node and its Pods reach it)
 #   bash scripts/k8s/cluster.sh status   # each process, and the node
 #   bash scripts/k8s/cluster.sh down     # stops every process, unmounts, removes the state
 #
@@ -323,6 +324,7 @@ bindAddress: $NODE_IP
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+nodePortAddresses: [primary]
 YAML
 }
 
@@ -483,8 +485,8 @@ down() {
 }
 
 print_env() {
-    echo "KUBECONFIG=$STATE/admin.kubeconfig"
-    echo "KILN_CLUSTER_REGISTRY=$NODE_REGISTRY"
+    echo "export KUBECONFIG=$STATE/admin.kubeconfig"
+    echo "export KILN_CLUSTER_REGISTRY=$NODE_REGISTRY"
 }
 
 status() {
