@@ -81,11 +81,18 @@ spawn() {
     echo $! >"$STATE/run/$name.pid"
 }
 
+# alive PID: running, and not a zombie waiting for its parent (here PID 1) to reap it.
+alive() {
+    local st
+    st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$st" && "$st" != Z ]]
+}
+
 stop_process() { # NAME
     local pid
     if pid="$(pid_of "$1")"; then
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.2; done
         kill -9 "$pid" 2>/dev/null || true
         log "stopped $1 (pid $pid)"
     fi
