@@ -22,6 +22,11 @@
 # that address (certs.d hosts.toml): Pods name images as the tests push them. Pods (10.244.0.0/16,
 # bridge kiln0) reach 10.201.0.1 masqueraded by the node; Services (10.96.0.0/16) are kube-proxy's
 # iptables rules in the namespace. The host has no route to Pod or Service addresses.
+# Why a namespace rather than hostNetwork Pods: Pods keep their own network as on any cluster
+# (their ports, the kubernetes Service through kube-proxy for an operator Pod), the CNI bridge and
+# kube-proxy's iptables rules never touch the host's tables, and no chart value has to change
+# the Pods' network for the tests. A hostNetwork Pod here shares the node's namespace, not the
+# host's.
 #
 # State: everything under $KILN_CLUSTER_DIR (default /var/cache/kiln/cluster); `down` keeps only its
 # logs/. Binaries: scripts/k8s/tools.sh cluster (cached under /var/cache/kiln/k8s-tools). The
