@@ -2,11 +2,12 @@
 # Builds the kiln executor image with kiln-executor itself (no other builder): compiles
 # kiln-executor and kiln-warmer as static binaries (glibc, +crt-static), assembles a build context
 # in a temporary directory (never in the repository), and builds a target of
-# deploy/executor/Dockerfile with `kiln-executor --isolation=chroot --reproducible`.
+# deploy/executor/Dockerfile with `kiln-executor --isolation=chroot --reproducible`. With --operator
+# it builds the kiln-operator image (deploy/operator/Dockerfile) the same way.
 #
 # Usage: scripts/build-executor-image.sh [--destination REF]... [--oci-layout DIR] [--tar-path FILE]
 #                                        [--insecure] [--no-build] [--debug] [--cred-helpers DIR]
-#                                        [--cloud-helpers]
+#                                        [--cloud-helpers] [--operator]
 #   --destination REF   push the image (repeatable)
 #   --oci-layout DIR    write it as an OCI image layout
 #   --tar-path FILE     write it as a docker archive (podman load -i FILE)
@@ -16,6 +17,8 @@
 #   --cred-helpers DIR  copy every DIR/docker-credential-* (static binaries) into /kaniko, on PATH
 #   --cloud-helpers     also build and add the ECR, GCR and ACR helpers (scripts/cred-helpers.sh,
 #                       from the Go module proxy; the release image is built with this)
+#   --operator          the kiln-operator image instead (deploy/operator/Dockerfile: the static
+#                       kiln-operator, non-root, no shell); not with --debug or the helper options
 # At least one of --destination, --oci-layout, --tar-path is required.
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target; the release binaries are cached there),
@@ -29,7 +32,7 @@ BIN="$TARGET_DIR/$TRIPLE/release"
 
 log() { echo "build-executor-image: $*" >&2; }
 die() { echo "build-executor-image: $*" >&2; exit 1; }
-usage() { sed -n '7,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '8,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT_ARGS=()
 BUILD=1
@@ -37,6 +40,7 @@ TARGET=executor
 HELPERS=""
 CLOUD_HELPERS=0
 CLOUD_DIR=""
+OPERATOR=0
 WORK=""
 cleanup() { rm -rf ${CLOUD_DIR:+"$CLOUD_DIR"} ${WORK:+"$WORK"}; }
 trap cleanup EXIT
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --cred-helpers) [[ $# -ge 2 ]] || usage; HELPERS="$2"; shift 2 ;;
         --cred-helpers=*) HELPERS="${1#*=}"; shift ;;
         --cloud-helpers) CLOUD_HELPERS=1; shift ;;
+        --operator) OPERATOR=1; shift ;;
         -h|--help) usage ;;
         *) echo "build-executor-image: unknown argument $1" >&2; usage ;;
     esac
@@ -62,6 +67,11 @@ printf '%s\n' "${OUT_ARGS[@]}" | grep -qE '^--(destination|oci-layout-path|tar-p
     die "give --destination REF, --oci-layout DIR or --tar-path FILE"
 if ! printf '%s\n' "${OUT_ARGS[@]}" | grep -qx -- --destination; then
     OUT_ARGS+=(--no-push)
+fi
+if [[ "$OPERATOR" == 1 ]]; then
+    [[ "$TARGET" != debug && -z "$HELPERS" && "$CLOUD_HELPERS" == 0 ]] ||
+        die "--operator builds the operator image: --debug, --cred-helpers and --cloud-helpers are for the executor image"
+    TARGET=operator
 fi
 [[ "$(id -u)" == 0 ]] || die "must run as root (the image's files are owned by root)"
 [[ -r /etc/ssl/certs/ca-certificates.crt ]] ||
@@ -85,11 +95,18 @@ if [[ -n "$HELPERS" ]]; then
     HELPER_FILES+=("${GIVEN[@]}")
 fi
 
+# The image's binaries, and what cargo builds: the operator image is built by kiln-executor too
+# (and kiln-operator's package also has the crdgen tool, which the image does not hold).
+BINARIES=(kiln-executor kiln-warmer)
+SELECT=(-p kiln-executor -p kiln-warmer --bins)
+if [[ "$TARGET" == operator ]]; then
+    BINARIES=(kiln-operator kiln-executor)
+    SELECT=(-p kiln-operator -p kiln-executor --bin kiln-operator --bin kiln-executor)
+fi
 if [[ "$BUILD" == 1 ]]; then
-    log "compiling static kiln-executor and kiln-warmer (release, $TRIPLE)"
+    log "compiling static ${BINARIES[*]} (release, $TRIPLE)"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET_DIR" \
-        nice -n "${KILN_BUILD_NICE:-10}" cargo build --release --target "$TRIPLE" \
-        -p kiln-executor -p kiln-warmer --bins)
+        nice -n "${KILN_BUILD_NICE:-10}" cargo build --release --target "$TRIPLE" "${SELECT[@]}")
 fi
 # In place, / is replaced by the base image: a dynamic loader or libc there is not ours, so every
 # program the image runs must be static.
@@ -99,7 +116,7 @@ require_static() { # FILE HINT
         die "$1 is dynamically linked; the image runs it after / is replaced by a base image${2:+: $2}"
     fi
 }
-for b in kiln-executor kiln-warmer; do
+for b in "${BINARIES[@]}"; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run without --no-build"
     require_static "$BIN/$b" "build it with RUSTFLAGS='-C target-feature=+crt-static'"
 done
@@ -110,6 +127,25 @@ done
 
 WORK="$(mktemp -d /tmp/kiln-executor-image.XXXXXX)"
 CTX="$WORK/context"
+if [[ "$TARGET" == operator ]]; then
+    mkdir -p "$CTX/certs"
+    cp "$BIN/kiln-operator" "$CTX/kiln-operator"
+    chmod 0755 "$CTX/kiln-operator"
+    if command -v strip >/dev/null; then strip "$CTX/kiln-operator"; fi
+    cp /etc/ssl/certs/ca-certificates.crt "$CTX/certs/ca-certificates.crt"
+    chmod 0644 "$CTX/certs/ca-certificates.crt"
+    cp "$ROOT/deploy/operator/Dockerfile" "$CTX/Dockerfile"
+    LABELS=(--label "org.opencontainers.image.title=kiln-operator")
+    if rev="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)"; then
+        LABELS+=(--label "org.opencontainers.image.revision=$rev")
+    fi
+    log "building the operator image with $BIN/kiln-executor"
+    "$BIN/kiln-executor" --isolation=chroot --reproducible \
+        --kiln-dir "$WORK/kiln" \
+        --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" \
+        "${LABELS[@]}" "${OUT_ARGS[@]}"
+    exit 0
+fi
 mkdir -p "$CTX/kiln" "$CTX/certs" "$CTX/kaniko"
 cp "$BIN/kiln-executor" "$CTX/kiln/executor"
 cp "$BIN/kiln-warmer" "$CTX/kiln/warmer"

@@ -84,8 +84,11 @@
 #   KILN_APISERVER_PORT                allowed   the API server's port
 #   KILN_K8S_TOOLS                     allowed   where scripts/k8s/tools.sh builds etcd and
 #                                                kube-apiserver
-#   KILN_K8S_VERSION                   allowed   the kube-apiserver version scripts/k8s/tools.sh
+#   KILN_K8S_VERSION                   allowed   the Kubernetes version scripts/k8s/tools.sh
 #                                                builds
+#   KILN_CLUSTER_DIR                   allowed   scripts/k8s/cluster.sh's state directory
+#   KILN_CLUSTER_REGISTRY              allowed   printed by scripts/k8s/cluster.sh env: the test
+#                                                registry as the node and its Pods reach it
 #   KILN_ETCD_CRATE_VERSION            allowed   the etcd version scripts/k8s/tools.sh builds
 #   KILN_CACHE                         allowed   scripts/helm.sh's cache directory
 #   KILN_HELM_BIN_DIR                  allowed   where scripts/helm.sh keeps helm
@@ -94,7 +97,7 @@
 #   KILN_E2E_IMAGE_TARGET_DIR          allowed   CARGO_TARGET_DIR for the e2e executor image
 #   KILN_E2E_KEEP                      allowed   KILN_E2E_KEEP=1 leaves the e2e API server running
 #   KILN_BUILD_NICE                    allowed   niceness of scripts/build-executor-image.sh's cargo
-#                                                build
+#                                                build and of scripts/k8s/tools.sh node's go build
 #   KILN_LOG                           allowed   kiln-executor's log filter
 #   KILN_DIR                           allowed   kiln-executor's default --kiln-dir
 #   KILN_TERMINATION_LOG               allowed   where kiln-executor and kiln-warmer write their
