@@ -557,6 +557,71 @@ RUN --mount=type=ssh,id=gh,mode=0666 --mount=type=ssh,id=gh,target=/agent2 \
     assert!(!env.contains("SSH_AUTH_SOCK"), "{env}");
 }
 
+/// `--ssh ID=KEYFILE,KEYFILE`: the step's agent socket is served by Kiln's own agent holding both
+/// keys (asked with the agent protocol's REQUEST_IDENTITIES from Debian's perl); the key files'
+/// contents reach no layer, the layer cache or the log.
+#[test]
+fn ssh_key_files_are_served_by_an_agent_of_the_step() {
+    if !root() {
+        return;
+    }
+    let debian = format!("{}/kiln-test/debian:bookworm", registry());
+    let b = Build::new(
+        &format!(
+            r#"FROM {debian}
+RUN --mount=type=ssh,id=keys \
+    perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ENV{{SSH_AUTH_SOCK}}) or die "$!"; print $s pack("NC", 1, 11); read($s, $h, 4) == 4 or die; read($s, $b, unpack("N", $h)); ord($b) == 12 or die "type " . ord($b); print unpack("N", substr($b, 1, 4)), "\n"' > /identities
+"#
+        ),
+        &[],
+    );
+    let mut keys = Vec::new();
+    for (name, kind) in [("ed", "ed25519"), ("ec", "ecdsa")] {
+        let path = b.dir.path().join(name);
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-f"])
+            .arg(&path)
+            .output()
+            .expect("ssh-keygen (openssh-client) runs");
+        assert!(out.status.success(), "{out:?}");
+        keys.push(path);
+    }
+    let flag = format!("keys={},{}", keys[0].display(), keys[1].display());
+    let cache = b.dir.path().join("layer-cache");
+    let cache_repo = format!("oci:{}", cache.display());
+    let log = b.ok(
+        0,
+        &["--ssh", &flag, "--cache", "--cache-repo", &cache_repo],
+        &[],
+    );
+    let layout = b.layout(0);
+    assert_eq!(layout_entry(&layout, "/identities").as_deref(), Some("2\n"));
+    absent(&layout, &["/run/buildkit/ssh_agent.0", "/run/buildkit"]);
+    // A line of each key's base64 body: what a leak of the file would carry.
+    let bodies: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            fs::read_to_string(k)
+                .unwrap()
+                .lines()
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let needles: Vec<(&str, &str)> = bodies
+        .iter()
+        .map(|b| ("a private key", b.as_str()))
+        .collect();
+    for dir in [&layout, &cache] {
+        let (found, _) = scan_files(dir, &needles);
+        assert!(found.is_empty(), "{}: {found:?}", dir.display());
+    }
+    assert!(support::find_in("the log", log.as_bytes(), &needles).is_empty());
+    let env = layout_config(&layout).unwrap()["config"]["Env"].to_string();
+    assert!(!env.contains("SSH_AUTH_SOCK"), "{env}");
+}
+
 #[test]
 fn unsupported_mounts_fail_the_build_naming_them() {
     if !root() {

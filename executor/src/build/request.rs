@@ -75,8 +75,8 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, crate::run_mounts::SecretSource>,
     /// `--mount-cache-dir`.
     pub mount_cache_dir: Option<String>,
-    /// `--ssh`, read and checked: agent sockets by id.
-    pub ssh: BTreeMap<String, std::path::PathBuf>,
+    /// `--ssh`, read and checked (keys loaded), by id.
+    pub ssh: BTreeMap<String, crate::run_mounts::SshSource>,
     /// `--allow`.
     pub entitlements: crate::run::entitlements::Entitlements,
     pub outputs: Outputs,

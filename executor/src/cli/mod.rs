@@ -187,7 +187,8 @@ pub struct Options {
     pub secrets: Vec<String>,
 
     /// An ssh agent for `RUN --mount=type=ssh`, docker buildx's syntax: `default` (the agent at
-    /// `$SSH_AUTH_SOCK`) or `ID=SOCKET`; repeatable. Key files are not supported.
+    /// `$SSH_AUTH_SOCK`), `ID=SOCKET`, or `ID=KEYFILE[,KEYFILE...]` (unencrypted private keys,
+    /// served by an agent of Kiln's own that only lists and signs); repeatable.
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
 

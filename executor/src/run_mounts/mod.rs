@@ -12,6 +12,7 @@
 mod from;
 pub mod spec;
 mod ssh;
+pub mod ssh_keys;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +20,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::context::IgnoreMatcher;
 use crate::run::{StepMount, StepMountKind};
@@ -35,6 +37,14 @@ pub enum SecretSource {
     Env(String),
 }
 
+/// What a `--ssh` id serves: an agent's socket, forwarded, or key files, served by Kiln's own
+/// agent.
+#[derive(Debug, Clone)]
+pub enum SshSource {
+    Agent(PathBuf),
+    Keys(Arc<ssh_keys::Keyring>),
+}
+
 /// What `RUN --mount` needs from the build: its flags and where to keep things.
 #[derive(Debug, Clone, Default)]
 pub struct MountEnv {
@@ -48,36 +58,60 @@ pub struct MountEnv {
     pub context: Option<(PathBuf, IgnoreMatcher)>,
     /// Roots of the earlier stages and images the step mounts (`from=` as written).
     pub froms: BTreeMap<String, FromRoot>,
-    /// `--ssh`: agent sockets by id.
-    pub ssh: BTreeMap<String, PathBuf>,
+    /// `--ssh`, by id.
+    pub ssh: BTreeMap<String, SshSource>,
 }
 
 /// Read one `--ssh` value as docker buildx does: `ID` (the agent at `$SSH_AUTH_SOCK`) or
-/// `ID=PATH`. Only an agent's socket is supported; BuildKit's key files are refused.
-pub fn parse_ssh_flag(value: &str) -> Result<(String, PathBuf), String> {
-    let (id, path) = match value.split_once('=') {
-        Some((id, path)) => (id.to_string(), path.to_string()),
+/// `ID=PATH[,PATH...]`, each path an agent's socket or a private key file, as BuildKit reads them:
+/// one socket, or any number of key files (read now, so that a bad one fails the build at once),
+/// never both.
+pub fn parse_ssh_flag(value: &str) -> Result<(String, SshSource), String> {
+    let (id, paths) = match value.split_once('=') {
+        Some((id, paths)) => (id.to_string(), paths.to_string()),
         None => (
             value.to_string(),
             std::env::var("SSH_AUTH_SOCK").map_err(|_| {
-                format!("--ssh {value}: SSH_AUTH_SOCK is not set: give the agent socket as --ssh {value}=<socket>")
+                format!("--ssh {value}: SSH_AUTH_SOCK is not set: give the agent socket or key files as --ssh {value}=<path>[,<path>...]")
             })?,
         ),
     };
-    if id.is_empty() || path.is_empty() {
-        return Err(format!("--ssh {value:?}: give ID or ID=<agent socket>"));
-    }
-    if path.contains(',') {
+    if id.is_empty() || paths.is_empty() {
         return Err(format!(
-            "--ssh {id}: one agent socket only (key files and lists of them are not supported)"
+            "--ssh {value:?}: give ID or ID=<agent socket or key file>[,<key file>...]"
         ));
     }
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(&path).map_err(|e| format!("--ssh {id}: {path}: {e}"))?;
-    if !meta.file_type().is_socket() {
-        return Err(format!("--ssh {id}: {path} is not a socket: kiln-executor forwards an ssh agent, not key files; load the key with ssh-add and give the agent's socket"));
+    let mut socket = None;
+    let mut keys = Vec::new();
+    for path in paths.split(',') {
+        if path.is_empty() {
+            return Err(format!("--ssh {id}: an empty path in {paths:?}"));
+        }
+        if socket.is_some() {
+            return Err(format!(
+                "--ssh {id}: one agent socket only, and no key files beside it"
+            ));
+        }
+        let meta = std::fs::metadata(path).map_err(|e| format!("--ssh {id}: {path}: {e}"))?;
+        if meta.file_type().is_socket() {
+            if !keys.is_empty() {
+                return Err(format!(
+                    "--ssh {id}: {path} is an agent socket beside key files: give one socket or key files"
+                ));
+            }
+            socket = Some(PathBuf::from(path));
+            continue;
+        }
+        keys.push(ssh_keys::load_key(Path::new(path)).map_err(|e| format!("--ssh {id}: {e}"))?);
     }
-    Ok((id, PathBuf::from(path)))
+    let source = match socket {
+        Some(socket) => SshSource::Agent(socket),
+        None => SshSource::Keys(Arc::new(
+            ssh_keys::Keyring::new(keys).map_err(|e| format!("--ssh {id}: {e}"))?,
+        )),
+    };
+    Ok((id, source))
 }
 
 /// Read one `--secret` value as docker buildx does (`id=ID[,src=PATH|,env=VAR][,type=file|env]`);
@@ -303,7 +337,7 @@ pub fn prepare(
                 let Some(agent) = env.ssh.get(id) else {
                     if *required {
                         return Err(format!(
-                            "ssh agent {id:?} is required but not given: pass --ssh {id}=<agent socket>"
+                            "ssh agent {id:?} is required but not given: pass --ssh {id}=<agent socket or key file>"
                         ));
                     }
                     continue;
@@ -590,24 +624,46 @@ mod tests {
     }
 
     #[test]
-    fn ssh_flags_name_an_agent_socket() {
+    fn ssh_flags_name_an_agent_socket_or_key_files() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("agent.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let value = format!("default={}", sock.display());
-        assert_eq!(
-            parse_ssh_flag(&value).unwrap(),
-            ("default".into(), sock.clone())
-        );
-        let key = dir.path().join("id_ed25519");
-        std::fs::write(&key, "key").unwrap();
+        match parse_ssh_flag(&value).unwrap() {
+            (id, SshSource::Agent(path)) => {
+                assert_eq!((id.as_str(), path), ("default", sock.clone()))
+            }
+            other => panic!("{other:?}"),
+        }
+        let keygen = |name: &str| {
+            let path = dir.path().join(name);
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            path
+        };
+        let (k1, k2) = (keygen("one"), keygen("two"));
+        match parse_ssh_flag(&format!("gh={},{}", k1.display(), k2.display())).unwrap() {
+            (id, SshSource::Keys(ring)) => assert_eq!((id.as_str(), ring.len()), ("gh", 2)),
+            other => panic!("{other:?}"),
+        }
+        let not_key = dir.path().join("id_ed25519");
+        std::fs::write(&not_key, "key").unwrap();
         for (bad, why) in [
-            (format!("gh={}", key.display()), "is not a socket"),
+            (format!("gh={}", not_key.display()), "is not a private key"),
             (
-                format!("gh={},{}", sock.display(), key.display()),
+                format!("gh={},{}", sock.display(), k1.display()),
                 "one agent socket only",
             ),
-            ("=x".to_string(), "give ID or ID=<agent socket>"),
+            (
+                format!("gh={},{}", k1.display(), sock.display()),
+                "an agent socket beside key files",
+            ),
+            (format!("gh={},", k1.display()), "an empty path"),
+            ("=x".to_string(), "give ID or ID=<agent socket or key file>"),
             (
                 "gh=/nonexistent/kiln.sock".to_string(),
                 "/nonexistent/kiln.sock",

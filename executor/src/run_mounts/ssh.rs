@@ -1,7 +1,7 @@
 //! `RUN --mount=type=ssh`: a socket of the step's own (with the mount's mode and owner, as
-//! BuildKit's is) that forwards each connection to the ssh agent given with `--ssh`. The agent's
-//! own socket is never mounted, so a step cannot change its permissions, and the forwarding
-//! ends with the step.
+//! BuildKit's is) that forwards each connection to the ssh agent given with `--ssh`, or serves
+//! the key files given there with Kiln's own agent ([`super::ssh_keys`]). The agent's own socket
+//! is never mounted, so a step cannot change its permissions, and the agent ends with the step.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Forwards connections to `sock` to the agent until dropped.
+use super::SshSource;
+
+/// Serves connections to `sock` (forwarded to an agent, or answered from key files) until
+/// dropped.
 pub(super) struct AgentProxy {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -20,7 +23,7 @@ pub(super) struct AgentProxy {
 
 impl AgentProxy {
     pub(super) fn start(
-        agent: &Path,
+        agent: &SshSource,
         sock: &Path,
         mode: u32,
         uid: u32,
@@ -31,18 +34,33 @@ impl AgentProxy {
         std::fs::set_permissions(sock, std::fs::Permissions::from_mode(mode))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let agent = agent.to_path_buf();
+        let agent = agent.clone();
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("kiln-ssh-agent".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((client, _)) => {
-                            if let Err(e) = forward(client, &agent) {
-                                tracing::warn!("ssh agent forwarding: {e}");
+                        Ok((client, _)) => match &agent {
+                            SshSource::Agent(path) => {
+                                if let Err(e) = forward(client, path) {
+                                    tracing::warn!("ssh agent forwarding: {e}");
+                                }
                             }
-                        }
+                            SshSource::Keys(ring) => {
+                                let ring = Arc::clone(ring);
+                                let served = std::thread::Builder::new()
+                                    .name("kiln-ssh-keys".into())
+                                    .spawn(move || {
+                                        if let Err(e) = super::ssh_keys::serve(client, &ring) {
+                                            tracing::warn!("ssh agent: {e}");
+                                        }
+                                    });
+                                if let Err(e) = served {
+                                    tracing::warn!("ssh agent: {e}");
+                                }
+                            }
+                        },
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
                         }
@@ -115,7 +133,14 @@ mod tests {
         let sock = dir.path().join("proxy");
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
-        let proxy = AgentProxy::start(&agent_path, &sock, 0o600, uid, gid).unwrap();
+        let proxy = AgentProxy::start(
+            &SshSource::Agent(agent_path.clone()),
+            &sock,
+            0o600,
+            uid,
+            gid,
+        )
+        .unwrap();
         assert_eq!(
             std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
             0o600
