@@ -214,6 +214,7 @@ step "starting the local registry on $KILN_TEST_REGISTRY"
 cleanup() {
     local rc=$?
     bash "$REPO/scripts/k8s/apiserver.sh" stop >/dev/null 2>&1 || true
+    [[ "${CLUSTER_UP:-0}" == 1 ]] && { bash "$REPO/scripts/k8s/cluster.sh" down >/dev/null 2>&1 || true; }
     [[ "${REUSED_REGISTRY:-0}" == 1 ]] || bash "$REPO/scripts/registry.sh" stop || true
     echo "scripts/test.sh: finished in $(($(date +%s) - START))s with exit code $rc"
     if [[ -n "$SWITCHES_IN_EFFECT" ]]; then
@@ -273,6 +274,15 @@ bash scripts/helm.sh check
 
 step "Helm chart against the API server: server-side dry run, RBAC, the operator under the chart's RBAC"
 KILN_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/kiln-operator" bash scripts/helm.sh cluster-check
+
+step "a real single-node cluster (scripts/k8s/cluster.sh): control plane, containerd + runc, kubelet, kube-proxy; a Pod runs under the kubelet"
+# The Kubernetes binaries are built in one `go build` (cached in /var/cache/kiln/k8s-tools); the
+# check runs a Pod from the local registry to Succeeded with its service-account token mounted.
+CLUSTER_UP=1
+bash scripts/k8s/cluster.sh up
+bash scripts/k8s/cluster.sh check
+bash scripts/k8s/cluster.sh down
+CLUSTER_UP=0
 
 if [[ "${KILN_LINT:-1}" == 1 ]]; then
     step "cargo fmt --check and cargo clippy -D warnings"
