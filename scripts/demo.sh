@@ -4,10 +4,17 @@
 # made on this machine (scripts/base-images.sh) and served by a local registry on 127.0.0.1:5000.
 #
 #   bash scripts/demo.sh             # as root on Debian 12 (installs the registry and image tools)
+#   bash scripts/demo.sh --cluster [--keep]
+#                                    # the same example through the operator on a real single-node
+#                                    # cluster made on this machine (scripts/k8s/demo-cluster.sh)
 #
 # A registry already answering on 127.0.0.1:5000 is reused; one this script starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [[ "${1:-}" == --cluster ]]; then
+    shift
+    exec bash scripts/k8s/demo-cluster.sh "$@"
+fi
 [[ "$(id -u)" == 0 ]] || { echo "demo.sh: run as root (RUN steps execute in a chroot)" >&2; exit 1; }
 
 # shellcheck source=scripts/lib/packages.sh

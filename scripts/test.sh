@@ -275,13 +275,13 @@ bash scripts/helm.sh check
 step "Helm chart against the API server: server-side dry run, RBAC, the operator under the chart's RBAC"
 KILN_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/kiln-operator" bash scripts/helm.sh cluster-check
 
-step "a real single-node cluster (scripts/k8s/cluster.sh): control plane, containerd + runc, kubelet, kube-proxy; a Pod runs under the kubelet"
-# The Kubernetes binaries are built in one `go build` (cached in /var/cache/kiln/k8s-tools); the
-# check runs a Pod from the local registry to Succeeded with its service-account token mounted.
+step "a real single-node cluster: the chart installed from Kiln-built images, examples' ImageBuild built by a real kubelet (bash scripts/demo.sh --cluster)"
+# scripts/k8s/cluster.sh (control plane, containerd + runc, kubelet, kube-proxy; the Kubernetes
+# binaries built in one `go build`, cached in /var/cache/kiln/k8s-tools) runs a bare Pod first;
+# then the operator and executor images are built by kiln-executor, helm installs charts/kiln,
+# examples/imagebuild-configmap.yaml builds and pushes, and the image runs as a Pod.
 CLUSTER_UP=1
-bash scripts/k8s/cluster.sh up
-bash scripts/k8s/cluster.sh check
-bash scripts/k8s/cluster.sh down
+bash scripts/demo.sh --cluster
 CLUSTER_UP=0
 
 if [[ "${KILN_LINT:-1}" == 1 ]]; then
