@@ -279,9 +279,10 @@ step "a real single-node cluster: the chart installed from Kiln-built images, ex
 # scripts/k8s/cluster.sh (control plane, containerd + runc, kubelet, kube-proxy; the Kubernetes
 # binaries built in one `go build`, cached in /var/cache/kiln/k8s-tools) runs a bare Pod first;
 # then the operator and executor images are built by kiln-executor, helm installs charts/kiln,
+# the end-to-end scenarios of e2e/tests/cluster.rs run against it, then
 # examples/imagebuild-configmap.yaml builds and pushes, and the image runs as a Pod.
 CLUSTER_UP=1
-bash scripts/demo.sh --cluster
+bash scripts/demo.sh --cluster --e2e
 CLUSTER_UP=0
 
 if [[ "${KILN_LINT:-1}" == 1 ]]; then

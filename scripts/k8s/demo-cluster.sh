@@ -7,8 +7,10 @@
 # as a Pod on the same node and prints its output (after `cluster.sh check`, a bare Pod). Offline: base images are made here and served
 # from 127.0.0.1:5000.
 #
-#   bash scripts/demo.sh --cluster [--keep]     # as root on Debian 12
+#   bash scripts/demo.sh --cluster [--keep] [--e2e]     # as root on Debian 12
 #
+# --e2e also runs the end-to-end scenarios of e2e/tests/cluster.rs against the installed chart
+# (CI does), before the example.
 # --keep leaves the cluster running (then: eval "$(bash scripts/k8s/cluster.sh env)"; kubectl ...;
 # bash scripts/k8s/cluster.sh down). KILN_DEMO_NO_BUILD=1 reuses the release binaries already in
 # CARGO_TARGET_DIR for the images.
@@ -24,7 +26,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 [[ "$(id -u)" == 0 ]] || { echo "demo-cluster: run as root" >&2; exit 1; }
 KEEP=0
-[[ "${1:-}" == --keep ]] && KEEP=1
+E2E=0
+for arg in "$@"; do
+    case "$arg" in
+        --keep) KEEP=1 ;;
+        --e2e) E2E=1 ;;
+        *) echo "usage: bash scripts/demo.sh --cluster [--keep] [--e2e]" >&2; exit 2 ;;
+    esac
+done
 log() { echo "==> $*"; }
 die() { echo "demo-cluster: $*" >&2; exit 1; }
 
@@ -75,6 +84,13 @@ log "helm install kiln charts/kiln (namespace kiln-system, 2 replicas)"
     --set "executor.insecureRegistries={$POD_REGISTRY}" \
     --set replicaCount=2
 k -n kiln-system rollout status deployment/kiln --timeout=180s
+
+if [[ $E2E == 1 ]]; then
+    log "end-to-end scenarios on the cluster (cargo test -p kiln-e2e --test cluster)"
+    PATH="$(dirname "$KUBECTL"):$PATH" KILN_E2E_POD_REGISTRY="$POD_REGISTRY" \
+        KILN_E2E_REGISTRY="$REGISTRY" KILN_SKIP_E2E=0 \
+        cargo test -p kiln-e2e --test cluster --locked -- --nocapture
+fi
 
 log "kubectl apply -f examples/imagebuild-configmap.yaml (registry addresses adapted)"
 k create namespace kiln-demo

@@ -1,0 +1,392 @@
+//! End to end on a real single-node cluster (scripts/k8s/cluster.sh: kubelet, containerd, runc),
+//! with the operator installed by `helm install charts/kiln` from images Kiln built: ImageBuilds
+//! are applied with kubectl, their executor Pods run under the real kubelet, and every pushed
+//! image is run as a Pod on the same node. Run by `bash scripts/demo.sh --cluster --e2e` (CI does),
+//! which prepares the environment; fails (never skips) without it, unless `KILN_SKIP_E2E=1`.
+//!
+//! Environment: `KUBECONFIG` (an admin of the cluster), `KILN_E2E_POD_REGISTRY` (the registry as
+//! Pods reach it), `KILN_E2E_REGISTRY` (the same registry as this machine reaches it).
+//! Each scenario works in a namespace of its own; all run even when one fails.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use kiln_e2e::kubectl::Kubectl;
+use kiln_e2e::{tools, wait_for};
+use serde_json::{json, Value};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Env {
+    kubeconfig: String,
+    /// The registry as Pods reach it (executor destinations and FROM lines).
+    pod_registry: String,
+    /// The same registry from this machine (digests; images the node pulls by this name too).
+    registry: String,
+    run_id: String,
+}
+
+fn need(var: &str) -> anyhow::Result<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).with_context(|| {
+        format!("{var} is not set: run the cluster end-to-end tests with `bash scripts/demo.sh --cluster --e2e`")
+    })
+}
+
+impl Env {
+    fn from_env() -> anyhow::Result<Env> {
+        Ok(Env {
+            kubeconfig: need("KUBECONFIG")?,
+            pod_registry: need("KILN_E2E_POD_REGISTRY")?,
+            registry: need("KILN_E2E_REGISTRY")?,
+            run_id: format!("{}", std::process::id()),
+        })
+    }
+
+    /// A fresh namespace for one scenario.
+    fn namespace(&self, scenario: &str) -> anyhow::Result<Kubectl> {
+        let ns = format!("e2e-{scenario}-{}", self.run_id);
+        Kubectl::new(&self.kubeconfig, "default").run(&["create", "namespace", &ns], None)?;
+        Ok(Kubectl::new(&self.kubeconfig, &ns))
+    }
+
+    /// A ConfigMap context and an ImageBuild of it; returns the destination as Pods name it.
+    fn apply_build(
+        &self,
+        k: &Kubectl,
+        name: &str,
+        dockerfile: &str,
+        extra_spec: Value,
+    ) -> anyhow::Result<String> {
+        let dockerfile = dockerfile.replace(
+            "FROM $BASE",
+            &format!("FROM {}/kiln-test/busybox:latest", self.pod_registry),
+        );
+        let dest = format!("{}/kiln-e2e/{name}:{}", self.pod_registry, self.run_id);
+        k.apply(
+            &json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("{name}-context")},
+                "data": {"Dockerfile": dockerfile},
+            })
+            .to_string(),
+        )?;
+        let mut spec = json!({
+            "source": {"configMap": {"name": format!("{name}-context")}},
+            "destinations": [dest],
+        });
+        if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(extra.clone());
+        }
+        k.apply(
+            &json!({
+                "apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+                "metadata": {"name": name}, "spec": spec,
+            })
+            .to_string(),
+        )?;
+        Ok(dest)
+    }
+
+    /// The host-side name of an image pushed to `dest` (a Pod-side name).
+    fn host_ref(&self, dest: &str) -> String {
+        dest.replacen(&self.pod_registry, &self.registry, 1)
+    }
+}
+
+/// Waits until the ImageBuild reports a final phase for `generation`; returns its status.
+fn wait_final(k: &Kubectl, name: &str, generation: i64) -> anyhow::Result<Value> {
+    wait_for(
+        &format!("ImageBuild {name} generation {generation} to finish"),
+        BUILD_TIMEOUT,
+        || {
+            let ib = k
+                .get("imagebuild", Some(name))?
+                .context("the ImageBuild is gone")?;
+            let st = &ib["status"];
+            let phase = st["phase"].as_str().unwrap_or("");
+            let done = st["observedGeneration"].as_i64() == Some(generation)
+                && matches!(phase, "Succeeded" | "Failed");
+            Ok((done.then(|| st.clone()), st.to_string()))
+        },
+    )
+    .map_err(|e| e.context(pods_summary(k)))
+}
+
+fn pods_summary(k: &Kubectl) -> String {
+    k.run(&["get", "pods", "-o", "wide"], None)
+        .unwrap_or_else(|e| format!("(cannot list Pods: {e:#})"))
+}
+
+fn pods_of(k: &Kubectl, name: &str) -> anyhow::Result<Vec<Value>> {
+    let out = k.run(
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("kiln.dev/image-build={name}"),
+            "-o",
+            "json",
+        ],
+        None,
+    )?;
+    let list: Value = serde_json::from_str(&out)?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// Runs `image` as a Pod on the node and returns what it printed.
+fn run_as_pod(k: &Kubectl, pod: &str, image: &str) -> anyhow::Result<String> {
+    k.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "run", "image": image}]},
+        })
+        .to_string(),
+    )?;
+    wait_for(
+        &format!("Pod {pod} to finish"),
+        Duration::from_secs(120),
+        || {
+            let p = k.get("pod", Some(pod))?.context("the Pod is gone")?;
+            let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
+            Ok((
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(()),
+                p["status"].to_string(),
+            ))
+        },
+    )?;
+    k.run(&["logs", pod], None)
+}
+
+/// The build succeeded, its digest is the registry's, and the image prints `expected` when run
+/// as a Pod on the node. Returns the digest.
+fn check_pushed(
+    env: &Env,
+    k: &Kubectl,
+    st: &Value,
+    dest: &str,
+    expected: &str,
+) -> anyhow::Result<String> {
+    ensure!(
+        st["phase"] == "Succeeded",
+        "phase {} (message: {})",
+        st["phase"],
+        st["message"]
+    );
+    let digest = st["image"]["digest"]
+        .as_str()
+        .context("status.image.digest is missing")?
+        .to_string();
+    let host = env.host_ref(dest);
+    let served = tools::registry_digest(&host)?;
+    ensure!(
+        digest == served,
+        "status says {digest}, the registry serves {served}"
+    );
+    let repo = host.rsplit_once(':').map(|(r, _)| r).unwrap_or(&host);
+    let pod = format!("run-{}", &digest[7..19]);
+    let out = run_as_pod(k, &pod, &format!("{repo}@{digest}"))?;
+    ensure!(
+        out.trim() == expected,
+        "the image printed {out:?} as a Pod, expected {expected:?}"
+    );
+    Ok(digest)
+}
+
+const GREET: &str = "FROM $BASE\nARG GREETING=hello\nRUN echo \"kiln-e2e says $GREETING\" > /greeting\nCMD [\"cat\", \"/greeting\"]\n";
+
+/// A ConfigMap build under the real kubelet; its image runs as a Pod; a new build arg → a new
+/// generation, Pod and digest.
+fn scenario_build_and_rebuild(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("build")?;
+    let dest = env.apply_build(&k, "hello", GREET, json!({}))?;
+    let st = wait_final(&k, "hello", 1)?;
+    let first = check_pushed(env, &k, &st, &dest, "kiln-e2e says hello")?;
+    env.apply_build(
+        &k,
+        "hello",
+        GREET,
+        json!({"buildArgs": {"GREETING": "bonjour"}}),
+    )?;
+    let st = wait_final(&k, "hello", 2)?;
+    let second = check_pushed(env, &k, &st, &dest, "kiln-e2e says bonjour")?;
+    ensure!(first != second, "the rebuild kept the digest {first}");
+    Ok(())
+}
+
+/// A failing RUN: Failed, the executor's error in status.message (the real termination message).
+fn scenario_failing_run(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("fails")?;
+    let df = "FROM $BASE\nRUN echo kiln-e2e-before-failure && exit 3\n";
+    env.apply_build(&k, "fails", df, json!({}))?;
+    let st = wait_final(&k, "fails", 1)?;
+    ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
+    let msg = st["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("exited with code 3"),
+        "status.message: {msg:?}"
+    );
+    Ok(())
+}
+
+/// A build secret from a Kubernetes Secret, mounted by the real kubelet, reaches the step (the
+/// image holds its SHA-256) and not the status.
+fn scenario_build_secret(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("secret")?;
+    let value = format!("kiln-e2e-secret-{}", env.run_id);
+    k.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "npm"},
+            "stringData": {".npmrc": value},
+        })
+        .to_string(),
+    )?;
+    let df = "FROM $BASE\n\
+        RUN --mount=type=secret,id=npmrc,env=NPMRC,required \
+        printf %s \"$NPMRC\" | sha256sum | cut -d\" \" -f1 > /secret.sha256\n\
+        CMD [\"cat\", \"/secret.sha256\"]\n";
+    let spec =
+        json!({"secrets": [{"id": "npmrc", "secretKeyRef": {"name": "npm", "key": ".npmrc"}}]});
+    let dest = env.apply_build(&k, "secret", df, spec)?;
+    let st = wait_final(&k, "secret", 1)?;
+    let want = tools::run(
+        "sh",
+        &[
+            "-c",
+            &format!("printf %s '{value}' | sha256sum | cut -d' ' -f1"),
+        ],
+    )?;
+    check_pushed(env, &k, &st, &dest, want.trim())?;
+    ensure!(
+        !st.to_string().contains(&value),
+        "the status holds the secret"
+    );
+    Ok(())
+}
+
+/// spec.timeout becomes the Pod's activeDeadlineSeconds: the real kubelet stops the Pod
+/// (DeadlineExceeded) and the ImageBuild fails as a timeout.
+fn scenario_timeout(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("timeout")?;
+    env.apply_build(
+        &k,
+        "slow",
+        "FROM $BASE\nRUN sleep 600\n",
+        json!({"timeout": "15s"}),
+    )?;
+    let st = wait_final(&k, "slow", 1)?;
+    ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
+    let msg = st["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("exceeded spec.timeout"),
+        "status.message: {msg:?}"
+    );
+    let pods = pods_of(&k, "slow")?;
+    ensure!(
+        pods.iter()
+            .any(|p| p["status"]["reason"] == "DeadlineExceeded"),
+        "no Pod stopped with DeadlineExceeded: {pods:?}"
+    );
+    Ok(())
+}
+
+/// Deleting an ImageBuild mid-build: its Pod is gone (killed by the kubelet) and the finalizer
+/// released, so the ImageBuild is gone too.
+fn scenario_delete(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("delete")?;
+    env.apply_build(&k, "slow", "FROM $BASE\nRUN sleep 600\n", json!({}))?;
+    wait_for("the slow build to run", BUILD_TIMEOUT, || {
+        let pods = pods_of(&k, "slow")?;
+        let running = pods.iter().any(|p| p["status"]["phase"] == "Running");
+        Ok((running.then_some(()), format!("{} Pod(s)", pods.len())))
+    })?;
+    k.delete("imagebuild", "slow")?;
+    wait_for(
+        "the ImageBuild and its Pods to be gone",
+        Duration::from_secs(120),
+        || {
+            let ib = k.get("imagebuild", Some("slow"))?;
+            let pods = pods_of(&k, "slow")?;
+            Ok((
+                (ib.is_none() && pods.is_empty()).then_some(()),
+                format!(
+                    "imagebuild present: {}, {} Pod(s)",
+                    ib.is_some(),
+                    pods.len()
+                ),
+            ))
+        },
+    )
+}
+
+/// An executor Pod over its memory limit is OOM-killed by the kernel, as the real kubelet
+/// reports it in the Pod's container status; the build fails.
+fn scenario_oom(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("oom")?;
+    // The step holds 256 MiB in a shell variable, far above the limit.
+    let df = "FROM $BASE\nRUN x=$(head -c 268435456 /dev/zero | tr '\\0' a); echo ${#x}\n";
+    let spec = json!({"resources": {"limits": {"memory": "96Mi"}, "requests": {"memory": "96Mi"}}});
+    env.apply_build(&k, "oom", df, spec)?;
+    let st = wait_final(&k, "oom", 1)?;
+    ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
+    let pods = pods_of(&k, "oom")?;
+    let reasons: Vec<String> = pods
+        .iter()
+        .flat_map(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| {
+            c["state"]["terminated"]["reason"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    ensure!(
+        reasons.iter().any(|r| r == "OOMKilled"),
+        "no executor container OOMKilled: {reasons:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn operator_builds_on_a_real_cluster() {
+    if std::env::var("KILN_SKIP_E2E").as_deref() == Ok("1") {
+        eprintln!("KILN_SKIP_E2E=1: end-to-end tests skipped");
+        return;
+    }
+    type Scenario = fn(&Env) -> anyhow::Result<()>;
+    let scenarios: [(&str, Scenario); 6] = [
+        ("build-and-rebuild", scenario_build_and_rebuild),
+        ("failing-run", scenario_failing_run),
+        ("build-secret", scenario_build_secret),
+        ("timeout", scenario_timeout),
+        ("delete", scenario_delete),
+        ("oom", scenario_oom),
+    ];
+    let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
+    let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);
+    let env = Env::from_env().expect("cluster end-to-end environment");
+    let mut failures = Vec::new();
+    for (name, f) in scenarios {
+        if !only.iter().any(|s| s == name) {
+            continue;
+        }
+        let start = Instant::now();
+        match f(&env) {
+            Ok(()) => eprintln!("e2e-cluster: PASS {name} in {:.0?}", start.elapsed()),
+            Err(e) => {
+                eprintln!("e2e-cluster: FAIL {name} in {:.0?}: {e:#}", start.elapsed());
+                failures.push(format!("{name}: {e:#}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
