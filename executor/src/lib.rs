@@ -18,4 +18,5 @@ pub mod run;
 pub mod run_mounts;
 pub mod snapshot;
 pub mod stage_files;
+pub mod stop;
 pub mod unpack;

@@ -25,6 +25,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the logger's and the build's threads, which inherit the blocked signals.
+    kiln_executor::stop::stop_on_signals_as_pid1();
     opts.logging.init();
     kiln_executor::cli::kaniko::log_notes(&opts);
     match kiln_executor::build::run_build(&opts) {
