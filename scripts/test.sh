@@ -40,6 +40,8 @@
 #                                                binaries built earlier)
 #   KILN_E2E_NODE_EXTRA_ARGS           refused   extra podman arguments for every executor Pod of
 #                                                the e2e test
+#   KILN_DEMO_NO_BUILD                 refused   demo.sh --cluster reuses release binaries built
+#                                                earlier instead of building the images' binaries
 #   KILN_CRDS_DIR                      refused   scripts/helm.sh compares the chart's CRDs with this
 #                                                directory instead of crds/
 #   KILN_CONTAINER                     refused   tells every kiln-executor under test that it is (1)
@@ -140,6 +142,10 @@
 #   KILN_E2E_OPERATOR_BIN              internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_WARMER_IMAGE              internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_NAMESPACE                 internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_POD_REGISTRY              internal  exported by scripts/k8s/demo-cluster.sh for the
+#                                                cluster e2e test
+#   KILN_E2E_PV_ROOT                   internal  exported by scripts/k8s/demo-cluster.sh for the
+#                                                cluster e2e test
 #   KILN_E2E_REGISTRY                  internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
 #                                                with a cleared environment)

@@ -5,7 +5,8 @@
 //! which prepares the environment; fails (never skips) without it, unless `KILN_SKIP_E2E=1`.
 //!
 //! Environment: `KUBECONFIG` (an admin of the cluster), `KILN_E2E_POD_REGISTRY` (the registry as
-//! Pods reach it), `KILN_E2E_REGISTRY` (the same registry as this machine reaches it).
+//! Pods reach it), `KILN_E2E_REGISTRY` (the same registry as this machine reaches it),
+//! `KILN_E2E_PV_ROOT` (a host directory for the test's hostPath PersistentVolumes).
 //! Each scenario works in a namespace of its own; all run even when one fails.
 
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ struct Env {
     pod_registry: String,
     /// The same registry from this machine (digests; images the node pulls by this name too).
     registry: String,
+    /// Where the test's PersistentVolumes keep their files (host directories).
+    pv_root: String,
     run_id: String,
 }
 
@@ -38,6 +41,7 @@ impl Env {
             kubeconfig: need("KUBECONFIG")?,
             pod_registry: need("KILN_E2E_POD_REGISTRY")?,
             registry: need("KILN_E2E_REGISTRY")?,
+            pv_root: need("KILN_E2E_PV_ROOT")?,
             run_id: format!("{}", std::process::id()),
         })
     }
@@ -351,6 +355,120 @@ fn scenario_oom(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A PersistentVolume on a host directory (the node's kubelet runs on this machine) bound to a
+/// claim `claim` of the scenario's namespace, as a cluster's storage would provide one.
+fn claim(env: &Env, k: &Kubectl, claim: &str) -> anyhow::Result<std::path::PathBuf> {
+    let pv = format!("{}-{claim}", k.namespace);
+    let dir = std::path::Path::new(&env.pv_root).join(&pv);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    k.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                "hostPath": {"path": dir, "type": "Directory"},
+                "claimRef": {"namespace": k.namespace, "name": claim},
+            },
+        })
+        .to_string(),
+    )?;
+    k.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        })
+        .to_string(),
+    )?;
+    Ok(dir)
+}
+
+/// A CacheWarm fills a claim under the real kubelet; a build with `cache.warmClaim` then builds
+/// with its base image deleted from the registry.
+fn scenario_warm_cache(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("warm")?;
+    let dir = claim(env, &k, "kiln-cache")?;
+    let base = format!("kiln-e2e/base-{}:latest", env.run_id);
+    tools::run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/kiln-test/busybox:latest", env.registry),
+            &format!("docker://{}/{base}", env.registry),
+        ],
+    )?;
+    let pod_base = format!("{}/{base}", env.pod_registry);
+    k.apply(
+        &json!({
+            "apiVersion": "kiln.dev/v1alpha1", "kind": "CacheWarm",
+            "metadata": {"name": "warm"},
+            "spec": {"images": [pod_base], "claim": "kiln-cache"},
+        })
+        .to_string(),
+    )?;
+    wait_for("the CacheWarm to succeed", BUILD_TIMEOUT, || {
+        let st = k
+            .get("cachewarm", Some("warm"))?
+            .map(|c| c["status"].clone())
+            .unwrap_or_default();
+        match st["phase"].as_str() {
+            Some("Failed") => anyhow::bail!("CacheWarm failed: {st}"),
+            Some("Succeeded") | Some("Ready") => Ok((Some(()), st.to_string())),
+            _ => Ok((None, st.to_string())),
+        }
+    })
+    .map_err(|e| e.context(pods_summary(&k)))?;
+    ensure!(
+        std::fs::read_dir(&dir)?.count() > 0,
+        "the warmed claim's directory is empty"
+    );
+    tools::registry_delete(&format!("{}/{base}", env.registry))?;
+    let df = format!(
+        "FROM {pod_base}\nRUN echo from-the-warmed-cache > /out\nCMD [\"cat\", \"/out\"]\n"
+    );
+    let dest = env.apply_build(
+        &k,
+        "cached",
+        &df,
+        json!({"cache": {"warmClaim": "kiln-cache"}}),
+    )?;
+    let st = wait_final(&k, "cached", 1)?;
+    check_pushed(env, &k, &st, &dest, "from-the-warmed-cache")?;
+    Ok(())
+}
+
+/// `RUN --mount=type=cache` on the claim named by `cache.mountCacheClaim`: the second build sees
+/// what the first left in the cache (kept on the claim between the two Pods). Steps need a mount
+/// namespace of their own: the ImageBuild adds SYS_ADMIN (allowed by the test install's
+/// overrides.capabilities), as the README says.
+fn scenario_mount_cache(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("mountcache")?;
+    claim(env, &k, "run-cache")?;
+    let df = "FROM $BASE\nARG N\n\
+        RUN --mount=type=cache,id=e2e,target=/cache echo run-$N >> /cache/log && cat /cache/log > /seen\n\
+        CMD [\"cat\", \"/seen\"]\n";
+    let spec = |n: &str| {
+        json!({
+            "buildArgs": {"N": n},
+            "addCapabilities": ["SYS_ADMIN"],
+            "cache": {"mountCacheClaim": "run-cache"},
+        })
+    };
+    let dest = env.apply_build(&k, "cached-run", df, spec("1"))?;
+    let st = wait_final(&k, "cached-run", 1)?;
+    check_pushed(env, &k, &st, &dest, "run-1")?;
+    env.apply_build(&k, "cached-run", df, spec("2"))?;
+    let st = wait_final(&k, "cached-run", 2)?;
+    check_pushed(env, &k, &st, &dest, "run-1\nrun-2")?;
+    Ok(())
+}
+
 #[test]
 fn operator_builds_on_a_real_cluster() {
     if std::env::var("KILN_SKIP_E2E").as_deref() == Ok("1") {
@@ -358,13 +476,15 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
         ("timeout", scenario_timeout),
         ("delete", scenario_delete),
         ("oom", scenario_oom),
+        ("warm-cache", scenario_warm_cache),
+        ("mount-cache", scenario_mount_cache),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);

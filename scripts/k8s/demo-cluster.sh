@@ -16,10 +16,15 @@
 # CARGO_TARGET_DIR for the images.
 #
 # The only values the install changes from a user's, all because the registry is a local one:
-#   image.repository / image.tag, executor.image.repository / executor.image.tag
-#                                  the images built here, pushed to 127.0.0.1:5000
+#   image.repository / image.tag, executor.image.repository / executor.image.tag,
+#   warmer.image.repository / warmer.image.tag
+#                                  the images built here, pushed to 127.0.0.1:5000 (the executor
+#                                  image holds kiln-warmer too)
 #   executor.insecureRegistries    the registry as Pods reach it (plain HTTP)
 #   replicaCount=2                 to show leader election (the default is 1)
+#   overrides.capabilities={SYS_ADMIN}
+#                                  lets the mount-cache scenario give its steps mount namespaces
+#                                  (containerd 1.6 has no Pod user namespaces for hostUsers: false)
 # and the example only in its registry addresses (base image and destination).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -81,7 +86,9 @@ log "helm install kiln charts/kiln (namespace kiln-system, 2 replicas)"
     --set image.repository="$REGISTRY/kiln-demo/kiln-operator" --set image.tag="$TAG" \
     --set executor.image.repository="$REGISTRY/kiln-demo/kiln-executor" \
     --set executor.image.tag="$TAG" \
+    --set warmer.image.repository="$REGISTRY/kiln-demo/kiln-executor" --set warmer.image.tag="$TAG" \
     --set "executor.insecureRegistries={$POD_REGISTRY}" \
+    --set "overrides.capabilities={SYS_ADMIN}" \
     --set replicaCount=2
 k -n kiln-system rollout status deployment/kiln --timeout=180s
 
@@ -89,6 +96,7 @@ if [[ $E2E == 1 ]]; then
     log "end-to-end scenarios on the cluster (cargo test -p kiln-e2e --test cluster)"
     PATH="$(dirname "$KUBECTL"):$PATH" KILN_E2E_POD_REGISTRY="$POD_REGISTRY" \
         KILN_E2E_REGISTRY="$REGISTRY" KILN_SKIP_E2E=0 \
+        KILN_E2E_PV_ROOT="${KILN_CLUSTER_DIR:-/var/cache/kiln/cluster}/volumes" \
         cargo test -p kiln-e2e --test cluster --locked -- --nocapture
 fi
 
