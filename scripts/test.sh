@@ -19,8 +19,8 @@
 #
 # switches:
 #   KILN_SKIP_E2E                      refused   skips the end-to-end test (this script sets it for
-#                                                `cargo test --workspace` only; scripts/e2e.sh,
-#                                                which runs that test next, clears it)
+#                                                `cargo test --workspace` only; demo.sh --cluster
+#                                                --e2e, which runs that test later, clears it)
 #   KILN_SKIP_K8S_TESTS                refused   skips the operator's tests against the API server
 #   KILN_E2E_SCENARIOS                 refused   runs only these end-to-end scenarios
 #   KILN_DIFF_CASES                    refused   runs only these differential corpus cases
@@ -32,22 +32,14 @@
 #                                                clippy -D warnings` (they run by default)
 #   KILN_BASE_ONLY                     refused   scripts/base-images.sh pushes only one of the test
 #                                                base images
-#   KILN_E2E_EXECUTOR_IMAGE            refused   the e2e test uses this pushed image instead of one
-#                                                built from this tree
-#   KILN_E2E_IMAGE_SCRIPT              refused   replaces the script that builds the e2e executor
-#                                                image
-#   KILN_E2E_IMAGE_ARGS                refused   extra arguments for that script (--no-build reuses
-#                                                binaries built earlier)
-#   KILN_E2E_NODE_EXTRA_ARGS           refused   extra podman arguments for every executor Pod of
-#                                                the e2e test
 #   KILN_DEMO_NO_BUILD                 refused   demo.sh --cluster reuses release binaries built
 #                                                earlier instead of building the images' binaries
 #   KILN_CRDS_DIR                      refused   scripts/helm.sh compares the chart's CRDs with this
 #                                                directory instead of crds/
 #   KILN_CONTAINER                     refused   tells every kiln-executor under test that it is (1)
 #                                                or is not (0) in a container
-#   KILN_EXECUTOR_IMAGE                refused   kiln-operator setting: the operators e2e.sh and
-#                                                helm.sh start would inherit it
+#   KILN_EXECUTOR_IMAGE                refused   kiln-operator setting: the operator helm.sh
+#                                                starts would inherit it
 #   KILN_WARMER_IMAGE                  refused   kiln-operator setting (as above)
 #   KILN_INSECURE_REGISTRIES           refused   kiln-operator setting (as above)
 #   KILN_WATCH_NAMESPACE               refused   kiln-operator setting (as above)
@@ -95,9 +87,6 @@
 #   KILN_CACHE                         allowed   scripts/helm.sh's cache directory
 #   KILN_HELM_BIN_DIR                  allowed   where scripts/helm.sh keeps helm
 #   KILN_HELM_VERSION                  allowed   the helm version scripts/helm.sh builds
-#   KILN_E2E_WORK                      allowed   the e2e test's work directory
-#   KILN_E2E_IMAGE_TARGET_DIR          allowed   CARGO_TARGET_DIR for the e2e executor image
-#   KILN_E2E_KEEP                      allowed   KILN_E2E_KEEP=1 leaves the e2e API server running
 #   KILN_BUILD_NICE                    allowed   niceness of scripts/build-executor-image.sh's cargo
 #                                                build and of scripts/k8s/tools.sh node's go build
 #   KILN_LOG                           allowed   kiln-executor's log filter
@@ -138,15 +127,12 @@
 #                                                KILN_TEST_REGISTRY)
 #   KILN_OPERATOR_BIN                  internal  set by this script for scripts/helm.sh
 #                                                cluster-check
-#   KILN_E2E_OPERATOR_KUBECONFIG       internal  exported by scripts/e2e.sh for the e2e test
-#   KILN_E2E_OPERATOR_BIN              internal  exported by scripts/e2e.sh for the e2e test
-#   KILN_E2E_WARMER_IMAGE              internal  exported by scripts/e2e.sh for the e2e test
-#   KILN_E2E_NAMESPACE                 internal  exported by scripts/e2e.sh for the e2e test
 #   KILN_E2E_POD_REGISTRY              internal  exported by scripts/k8s/demo-cluster.sh for the
 #                                                cluster e2e test
 #   KILN_E2E_PV_ROOT                   internal  exported by scripts/k8s/demo-cluster.sh for the
 #                                                cluster e2e test
-#   KILN_E2E_REGISTRY                  internal  exported by scripts/e2e.sh for the e2e test
+#   KILN_E2E_REGISTRY                  internal  exported by scripts/k8s/demo-cluster.sh for the
+#                                                cluster e2e test
 #   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
 #                                                with a cleared environment)
 #   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli/tests.rs
@@ -269,11 +255,8 @@ for peer in buildkit-parse kaniko-flags; do
 done
 
 step "cargo test --workspace"
-# The end-to-end test needs the executor image and the operator set up by scripts/e2e.sh (next step).
+# The end-to-end test needs the cluster and the chart that demo.sh --cluster --e2e sets up (below).
 KILN_SKIP_E2E=1 cargo test --workspace --locked
-
-step "end-to-end: ImageBuilds through the operator, the executor image and a podman node stand-in"
-bash scripts/e2e.sh
 
 step "Helm chart: lint, render, schema and CRD sync checks"
 bash scripts/helm.sh check
@@ -281,7 +264,7 @@ bash scripts/helm.sh check
 step "Helm chart against the API server: server-side dry run, RBAC, the operator under the chart's RBAC"
 KILN_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/kiln-operator" bash scripts/helm.sh cluster-check
 
-step "a real single-node cluster: the chart installed from Kiln-built images, examples' ImageBuild built by a real kubelet (bash scripts/demo.sh --cluster)"
+step "end-to-end on a real single-node cluster: the chart installed from Kiln-built images, ImageBuilds and CacheWarms under a real kubelet (bash scripts/demo.sh --cluster --e2e)"
 # scripts/k8s/cluster.sh (control plane, containerd + runc, kubelet, kube-proxy; the Kubernetes
 # binaries built in one `go build`, cached in /var/cache/kiln/k8s-tools) runs a bare Pod first;
 # then the operator and executor images are built by kiln-executor, helm installs charts/kiln,

@@ -1,4 +1,4 @@
-//! `kubectl` as the user and the test see it: apply, get as JSON, delete, patch Pod status.
+//! `kubectl` as the user and the test see it: apply, get as JSON, delete.
 //! Runs with the admin kubeconfig given in `KUBECONFIG`; it must never act outside the
 //! namespace it is given.
 
@@ -92,24 +92,6 @@ impl Kubectl {
     pub fn delete(&self, kind: &str, name: &str) -> anyhow::Result<()> {
         self.run(
             &["delete", kind, name, "--wait=false", "--ignore-not-found"],
-            None,
-        )
-        .map(|_| ())
-    }
-
-    /// A merge patch of a Pod's status subresource, as a kubelet writes it.
-    pub fn patch_pod_status(&self, pod: &str, status: &Value) -> anyhow::Result<()> {
-        let body = serde_json::json!({ "status": status }).to_string();
-        self.run(
-            &[
-                "patch",
-                "pod",
-                pod,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &body,
-            ],
             None,
         )
         .map(|_| ())

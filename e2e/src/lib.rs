@@ -1,10 +1,9 @@
-//! Harness of the end-to-end tests: `kubectl` against a real API server, a podman node stand-in
-//! that runs the Pods the operator creates, and the registry/podman checks of the results.
+//! Harness of the end-to-end tests: `kubectl` against the real cluster and the registry checks of
+//! the results.
 //! It must never touch anything outside the test namespace, the local registry and its own
 //! temporary directories.
 
 pub mod kubectl;
-pub mod node;
 pub mod tools;
 
 use std::time::{Duration, Instant};
