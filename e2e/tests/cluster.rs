@@ -469,6 +469,77 @@ fn scenario_mount_cache(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under the namespace label `pod-security.kubernetes.io/enforce=baseline`, the Pod Security level
+/// Kiln needs: the API server admits the executor Pod (root with the hardened capability set,
+/// RuntimeDefault seccomp, no host namespaces) and the build succeeds.
+fn scenario_pod_security_baseline(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("baseline")?;
+    Kubectl::new(&env.kubeconfig, "default").run(
+        &[
+            "label",
+            "namespace",
+            &k.namespace,
+            "pod-security.kubernetes.io/enforce=baseline",
+        ],
+        None,
+    )?;
+    let dest = env.apply_build(&k, "hello", GREET, json!({}))?;
+    let st = wait_final(&k, "hello", 1)?;
+    check_pushed(env, &k, &st, &dest, "kiln-e2e says hello")?;
+    Ok(())
+}
+
+/// The leader operator Pod deleted mid-build: the other replica takes the Lease over, the build
+/// finishes once, and there is one executor Pod, not a duplicate.
+fn scenario_leader_failover(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("leader")?;
+    let system = Kubectl::new(&env.kubeconfig, "kiln-system");
+    let df = "FROM $BASE\nRUN sleep 25 && echo finished-once > /done\nCMD [\"cat\", \"/done\"]\n";
+    let dest = env.apply_build(&k, "slow", df, json!({}))?;
+    wait_for("the build to run", BUILD_TIMEOUT, || {
+        let pods = pods_of(&k, "slow")?;
+        let running = pods.iter().any(|p| p["status"]["phase"] == "Running");
+        Ok((running.then_some(()), format!("{} Pod(s)", pods.len())))
+    })?;
+    let holder = |system: &Kubectl| -> anyhow::Result<String> {
+        let lease = system
+            .get("lease", Some("kiln-leader"))?
+            .context("no Lease kiln-leader")?;
+        Ok(lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    };
+    let leader = holder(&system)?;
+    // The identity is `<Pod name>_<pid>`.
+    let leader_pod = leader
+        .rsplit_once('_')
+        .map(|(pod, _)| pod)
+        .unwrap_or(&leader);
+    ensure!(
+        system.get("pod", Some(leader_pod))?.is_some(),
+        "the Lease holder {leader:?} names no operator Pod"
+    );
+    system.delete("pod", leader_pod)?;
+    let st = wait_final(&k, "slow", 1)?;
+    check_pushed(env, &k, &st, &dest, "finished-once")?;
+    let pods = pods_of(&k, "slow")?;
+    ensure!(
+        pods.len() == 1,
+        "{} executor Pods for one build: {:?}",
+        pods.len(),
+        pods.iter()
+            .map(|p| p["metadata"]["name"].clone())
+            .collect::<Vec<_>>()
+    );
+    let now = holder(&system)?;
+    ensure!(
+        now != leader,
+        "the deleted Pod {leader} still holds the Lease"
+    );
+    Ok(())
+}
+
 #[test]
 fn operator_builds_on_a_real_cluster() {
     if std::env::var("KILN_SKIP_E2E").as_deref() == Ok("1") {
@@ -476,7 +547,7 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
@@ -485,6 +556,8 @@ fn operator_builds_on_a_real_cluster() {
         ("oom", scenario_oom),
         ("warm-cache", scenario_warm_cache),
         ("mount-cache", scenario_mount_cache),
+        ("pod-security-baseline", scenario_pod_security_baseline),
+        ("leader-failover", scenario_leader_failover),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);
