@@ -356,6 +356,14 @@ up() {
     curl -fsS -o /dev/null --max-time 2 "http://$REGISTRY/v2/" ||
         die "no registry answers on http://$REGISTRY: bash scripts/registry.sh start"
     BIN="$(bash "$HERE/tools.sh" cluster | tail -1)"
+    # One cluster per machine (one state directory, network namespace and set of ports): a
+    # cluster that runs belongs to someone; only the leftovers of a stopped one are cleared.
+    local n
+    for n in "${PROCESSES[@]}"; do
+        if pid_of "$n" >/dev/null; then
+            die "a cluster is already running ($n, pid $(pid_of "$n")): use it, or stop it first with: bash $0 down"
+        fi
+    done
     down >/dev/null 2>&1 || true
     trap 'rc=$?; if ((rc)); then up_failed; fi' EXIT
     local t0=$SECONDS

@@ -51,9 +51,13 @@ REGISTRY=127.0.0.1:5000
 TAG=demo
 
 started=0
+cluster_started=0
 cleanup() {
     local rc=$?
-    if [[ $KEEP == 0 ]]; then bash scripts/k8s/cluster.sh down >/dev/null 2>&1 || true; fi
+    # Only a cluster this run brought up is stopped (another one may be someone else's).
+    if [[ $KEEP == 0 && $cluster_started == 1 ]]; then
+        bash scripts/k8s/cluster.sh down >/dev/null 2>&1 || true
+    fi
     if [[ $started == 1 && $KEEP == 0 ]]; then bash scripts/registry.sh stop || true; fi
     exit "$rc"
 }
@@ -74,7 +78,8 @@ bash scripts/build-executor-image.sh "${no_build[@]}" --insecure --operator \
 HELM="$(bash scripts/helm.sh build | tail -n 1)"
 
 log "a single-node cluster (scripts/k8s/cluster.sh up)"
-bash scripts/k8s/cluster.sh up
+cluster_started=1
+bash scripts/k8s/cluster.sh up || { cluster_started=0; exit 1; }
 bash scripts/k8s/cluster.sh check
 eval "$(bash scripts/k8s/cluster.sh env)"
 KUBECTL="${KILN_K8S_TOOLS:-/var/cache/kiln/k8s-tools}/bin/kubectl"
