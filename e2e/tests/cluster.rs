@@ -540,6 +540,75 @@ fn scenario_leader_failover(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A push Secret that does not exist: the real kubelet's FailedMount Event names it, the
+/// ImageBuild says SecretNotFound with the name; once the Secret is created the Pod starts by
+/// itself and the build succeeds.
+fn scenario_missing_push_secret(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("pushsecret")?;
+    let dest = env.apply_build(&k, "hello", GREET, json!({"pushSecret": "late-regcred"}))?;
+    wait_for("SecretNotFound in the status", BUILD_TIMEOUT, || {
+        let st = k
+            .get("imagebuild", Some("hello"))?
+            .map(|ib| ib["status"].clone())
+            .unwrap_or_default();
+        let seen = st.to_string().contains("SecretNotFound")
+            && st["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("late-regcred");
+        Ok((seen.then_some(()), st.to_string()))
+    })
+    .map_err(|e| e.context(pods_summary(&k)))?;
+    k.run(
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "late-regcred",
+            &format!("--docker-server={}", env.pod_registry),
+            "--docker-username=e2e",
+            "--docker-password=e2e",
+        ],
+        None,
+    )?;
+    let st = wait_final(&k, "hello", 1)?;
+    check_pushed(env, &k, &st, &dest, "kiln-e2e says hello")?;
+    Ok(())
+}
+
+/// An executor image that cannot be pulled (allowed by the test install's
+/// overrides.executorImages): the real kubelet reports ErrImagePull or ImagePullBackOff on the
+/// Pod's container. (Naming it in the ImageBuild's status is the operator lifecycle issue's.)
+fn scenario_unpullable_executor(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("pull")?;
+    let image = format!("{}/kiln-demo/absent-executor:none", env.registry);
+    env.apply_build(&k, "hello", GREET, json!({"executorImage": image}))?;
+    wait_for(
+        "the executor Pod's image pull to fail",
+        BUILD_TIMEOUT,
+        || {
+            let pods = pods_of(&k, "hello")?;
+            let reasons: Vec<String> = pods
+                .iter()
+                .flat_map(|p| {
+                    p["status"]["containerStatuses"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string))
+                .collect();
+            let failed = reasons
+                .iter()
+                .any(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
+            Ok((failed.then_some(()), format!("{reasons:?}")))
+        },
+    )
+    .map_err(|e| e.context(pods_summary(&k)))?;
+    k.delete("imagebuild", "hello")?;
+    Ok(())
+}
+
 #[test]
 fn operator_builds_on_a_real_cluster() {
     if std::env::var("KILN_SKIP_E2E").as_deref() == Ok("1") {
@@ -547,7 +616,7 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 12] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
@@ -558,6 +627,8 @@ fn operator_builds_on_a_real_cluster() {
         ("mount-cache", scenario_mount_cache),
         ("pod-security-baseline", scenario_pod_security_baseline),
         ("leader-failover", scenario_leader_failover),
+        ("missing-push-secret", scenario_missing_push_secret),
+        ("unpullable-executor", scenario_unpullable_executor),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);

@@ -25,6 +25,9 @@
 #   overrides.capabilities={SYS_ADMIN}
 #                                  lets the mount-cache scenario give its steps mount namespaces
 #                                  (containerd 1.6 has no Pod user namespaces for hostUsers: false)
+#   overrides.executorImages={127.0.0.1:5000/kiln-demo/absent-*}
+#                                  lets the unpullable-executor scenario name an image that is
+#                                  not there
 # and the example only in its registry addresses (base image and destination).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -94,6 +97,7 @@ log "helm install kiln charts/kiln (namespace kiln-system, 2 replicas)"
     --set warmer.image.repository="$REGISTRY/kiln-demo/kiln-executor" --set warmer.image.tag="$TAG" \
     --set "executor.insecureRegistries={$POD_REGISTRY}" \
     --set "overrides.capabilities={SYS_ADMIN}" \
+    --set "overrides.executorImages={$REGISTRY/kiln-demo/absent-*}" \
     --set replicaCount=2
 k -n kiln-system rollout status deployment/kiln --timeout=180s
 
