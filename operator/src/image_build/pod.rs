@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -209,6 +209,17 @@ pub fn desired_pod(
     if let Some(secret) = &spec.push_secret {
         DockerConfig::from_secret(secret).add_to(&mut volumes, &mut mounts, &mut env);
     }
+    // The context flag is kaniko's `git://` spelling, which the executor fetches over https
+    // unless GIT_PULL_METHOD says otherwise: an `http://` URL keeps its scheme that way.
+    if let Some(git) = &src.git {
+        if git.url.starts_with("http://") {
+            env.push(EnvVar {
+                name: "GIT_PULL_METHOD".into(),
+                value: Some("http".into()),
+                ..Default::default()
+            });
+        }
+    }
     if let Some(claim) = spec.cache.as_ref().and_then(|c| c.warm_claim.as_ref()) {
         volumes.push(Volume {
             name: "cache".into(),
@@ -387,6 +398,28 @@ mod tests {
         assert_eq!(labels[crate::LABEL_BUILD], "app");
         assert_eq!(labels[crate::LABEL_GENERATION], "4");
         assert_eq!(labels[crate::LABEL_ATTEMPT], "2");
+    }
+
+    /// An `http://` repository is fetched over http, not over kaniko's default https.
+    #[test]
+    fn http_git_urls_keep_their_scheme() {
+        let pull_method = |url: &str| {
+            let mut src = git();
+            src.git.as_mut().unwrap().url = url.into();
+            let p = desired_pod(&build(src), &valid(), &OperatorConfig::default(), 1);
+            let c = &p.spec.unwrap().containers[0];
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "GIT_PULL_METHOD")
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            pull_method("http://git.local:8080/org/app.git").as_deref(),
+            Some("http")
+        );
+        assert_eq!(pull_method("https://example.com/org/app.git"), None);
+        assert_eq!(pull_method("example.com/org/app.git"), None);
     }
 
     #[test]
