@@ -137,6 +137,29 @@ fn pods_of(k: &Kubectl, name: &str) -> anyhow::Result<Vec<Value>> {
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// Waits until an executor Pod of ImageBuild `name` runs.
+fn wait_running(k: &Kubectl, name: &str) -> anyhow::Result<()> {
+    wait_for(&format!("the build {name} to run"), BUILD_TIMEOUT, || {
+        let pods = pods_of(k, name)?;
+        let running = pods.iter().any(|p| p["status"]["phase"] == "Running");
+        Ok((running.then_some(()), format!("{} Pod(s)", pods.len())))
+    })
+}
+
+/// The reasons the kubelet gives for the containers of `pods` in `state` (`waiting`,
+/// `terminated`).
+fn container_reasons(pods: &[Value], state: &str) -> Vec<String> {
+    pods.iter()
+        .flat_map(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c["state"][state]["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Runs `image` as a Pod on the node and returns what it printed.
 fn run_as_pod(k: &Kubectl, pod: &str, image: &str) -> anyhow::Result<String> {
     k.apply(
@@ -299,11 +322,7 @@ fn scenario_timeout(env: &Env) -> anyhow::Result<()> {
 fn scenario_delete(env: &Env) -> anyhow::Result<()> {
     let k = env.namespace("delete")?;
     env.apply_build(&k, "slow", "FROM $BASE\nRUN sleep 600\n", json!({}))?;
-    wait_for("the slow build to run", BUILD_TIMEOUT, || {
-        let pods = pods_of(&k, "slow")?;
-        let running = pods.iter().any(|p| p["status"]["phase"] == "Running");
-        Ok((running.then_some(()), format!("{} Pod(s)", pods.len())))
-    })?;
+    wait_running(&k, "slow")?;
     k.delete("imagebuild", "slow")?;
     wait_for(
         "the ImageBuild and its Pods to be gone",
@@ -333,21 +352,7 @@ fn scenario_oom(env: &Env) -> anyhow::Result<()> {
     env.apply_build(&k, "oom", df, spec)?;
     let st = wait_final(&k, "oom", 1)?;
     ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
-    let pods = pods_of(&k, "oom")?;
-    let reasons: Vec<String> = pods
-        .iter()
-        .flat_map(|p| {
-            p["status"]["containerStatuses"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|c| {
-            c["state"]["terminated"]["reason"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let reasons = container_reasons(&pods_of(&k, "oom")?, "terminated");
     ensure!(
         reasons.iter().any(|r| r == "OOMKilled"),
         "no executor container OOMKilled: {reasons:?}"
@@ -496,11 +501,7 @@ fn scenario_leader_failover(env: &Env) -> anyhow::Result<()> {
     let system = Kubectl::new(&env.kubeconfig, "kiln-system");
     let df = "FROM $BASE\nRUN sleep 25 && echo finished-once > /done\nCMD [\"cat\", \"/done\"]\n";
     let dest = env.apply_build(&k, "slow", df, json!({}))?;
-    wait_for("the build to run", BUILD_TIMEOUT, || {
-        let pods = pods_of(&k, "slow")?;
-        let running = pods.iter().any(|p| p["status"]["phase"] == "Running");
-        Ok((running.then_some(()), format!("{} Pod(s)", pods.len())))
-    })?;
+    wait_running(&k, "slow")?;
     let holder = |system: &Kubectl| -> anyhow::Result<String> {
         let lease = system
             .get("lease", Some("kiln-leader"))?
@@ -587,17 +588,7 @@ fn scenario_unpullable_executor(env: &Env) -> anyhow::Result<()> {
         "the executor Pod's image pull to fail",
         BUILD_TIMEOUT,
         || {
-            let pods = pods_of(&k, "hello")?;
-            let reasons: Vec<String> = pods
-                .iter()
-                .flat_map(|p| {
-                    p["status"]["containerStatuses"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .filter_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string))
-                .collect();
+            let reasons = container_reasons(&pods_of(&k, "hello")?, "waiting");
             let failed = reasons
                 .iter()
                 .any(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
