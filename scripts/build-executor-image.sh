@@ -127,60 +127,54 @@ done
 
 WORK="$(mktemp -d /tmp/kiln-executor-image.XXXXXX)"
 CTX="$WORK/context"
+mkdir -p "$CTX/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$CTX/certs/ca-certificates.crt"
+chmod 0644 "$CTX/certs/ca-certificates.crt"
 if [[ "$TARGET" == operator ]]; then
-    mkdir -p "$CTX/certs"
     cp "$BIN/kiln-operator" "$CTX/kiln-operator"
     chmod 0755 "$CTX/kiln-operator"
     if command -v strip >/dev/null; then strip "$CTX/kiln-operator"; fi
-    cp /etc/ssl/certs/ca-certificates.crt "$CTX/certs/ca-certificates.crt"
-    chmod 0644 "$CTX/certs/ca-certificates.crt"
     cp "$ROOT/deploy/operator/Dockerfile" "$CTX/Dockerfile"
-    LABELS=(--label "org.opencontainers.image.title=kiln-operator")
-    if rev="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)"; then
-        LABELS+=(--label "org.opencontainers.image.revision=$rev")
-    fi
-    log "building the operator image with $BIN/kiln-executor"
-    "$BIN/kiln-executor" --isolation=chroot --reproducible \
-        --kiln-dir "$WORK/kiln" \
-        --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" \
-        "${LABELS[@]}" "${OUT_ARGS[@]}"
-    exit 0
-fi
-mkdir -p "$CTX/kiln" "$CTX/certs" "$CTX/kaniko"
-cp "$BIN/kiln-executor" "$CTX/kiln/executor"
-cp "$BIN/kiln-warmer" "$CTX/kiln/warmer"
-chmod 0755 "$CTX/kiln/executor" "$CTX/kiln/warmer"
-# The release profile keeps line tables for backtraces during development; the image does not
-# need them (77 MB -> 13 MB per binary). Strip the copies, never the cached build.
-if command -v strip >/dev/null; then
-    strip "$CTX/kiln/executor" "$CTX/kiln/warmer"
 else
-    log "strip not found (apt-get install binutils): the image carries debug line tables"
+    mkdir -p "$CTX/kiln" "$CTX/kaniko"
+    cp "$BIN/kiln-executor" "$CTX/kiln/executor"
+    cp "$BIN/kiln-warmer" "$CTX/kiln/warmer"
+    chmod 0755 "$CTX/kiln/executor" "$CTX/kiln/warmer"
+    # The release profile keeps line tables for backtraces during development; the image does not
+    # need them (77 MB -> 13 MB per binary). Strip the copies, never the cached build.
+    if command -v strip >/dev/null; then
+        strip "$CTX/kiln/executor" "$CTX/kiln/warmer"
+    else
+        log "strip not found (apt-get install binutils): the image carries debug line tables"
+    fi
+    ln -s /kiln/executor "$CTX/kaniko/executor"
+    ln -s /kiln/warmer "$CTX/kaniko/warmer"
+    # kaniko's image has an empty /kaniko/.docker: CI scripts write config.json there without mkdir.
+    mkdir -p "$CTX/kaniko/.docker"
+    for h in "${HELPER_FILES[@]}"; do
+        install -m 0755 "$h" "$CTX/kaniko/$(basename "$h")"
+        log "credential helper $(basename "$h")"
+    done
+    if [[ "$TARGET" == debug ]]; then
+        mkdir -p "$CTX/busybox" "$CTX/bin"
+        install -m 0755 "$BUSYBOX" "$CTX/busybox/busybox"
+        # One relative link per applet, as `busybox --install -s` would make (busybox is not a link).
+        while read -r applet; do
+            [[ "$applet" == busybox ]] || ln -s busybox "$CTX/busybox/$applet"
+        done < <("$BUSYBOX" --list)
+        [[ -L "$CTX/busybox/sh" ]] || die "$BUSYBOX has no sh applet"
+        ln -s /busybox/sh "$CTX/bin/sh"
+    fi
+    cp "$ROOT/deploy/executor/Dockerfile" "$CTX/Dockerfile"
 fi
-cp /etc/ssl/certs/ca-certificates.crt "$CTX/certs/ca-certificates.crt"
-chmod 0644 "$CTX/certs/ca-certificates.crt"
-ln -s /kiln/executor "$CTX/kaniko/executor"
-ln -s /kiln/warmer "$CTX/kaniko/warmer"
-# kaniko's image has an empty /kaniko/.docker: CI scripts write config.json there without mkdir.
-mkdir -p "$CTX/kaniko/.docker"
-for h in "${HELPER_FILES[@]}"; do
-    install -m 0755 "$h" "$CTX/kaniko/$(basename "$h")"
-    log "credential helper $(basename "$h")"
-done
-if [[ "$TARGET" == debug ]]; then
-    mkdir -p "$CTX/busybox" "$CTX/bin"
-    install -m 0755 "$BUSYBOX" "$CTX/busybox/busybox"
-    # One relative link per applet, as `busybox --install -s` would make (busybox is not a link).
-    while read -r applet; do
-        [[ "$applet" == busybox ]] || ln -s busybox "$CTX/busybox/$applet"
-    done < <("$BUSYBOX" --list)
-    [[ -L "$CTX/busybox/sh" ]] || die "$BUSYBOX has no sh applet"
-    ln -s /busybox/sh "$CTX/bin/sh"
-fi
-cp "$ROOT/deploy/executor/Dockerfile" "$CTX/Dockerfile"
 
+# deploy/executor/Dockerfile holds the executor and debug targets; the operator's has one stage.
+TARGET_ARGS=(--target "$TARGET")
 TITLE=kiln-executor
-[[ "$TARGET" != debug ]] || TITLE=kiln-executor-debug
+case "$TARGET" in
+    debug) TITLE=kiln-executor-debug ;;
+    operator) TITLE=kiln-operator TARGET_ARGS=() ;;
+esac
 LABELS=(--label "org.opencontainers.image.title=$TITLE")
 if rev="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)"; then
     LABELS+=(--label "org.opencontainers.image.revision=$rev")
@@ -189,5 +183,5 @@ fi
 log "building the $TARGET image with $BIN/kiln-executor"
 "$BIN/kiln-executor" --isolation=chroot --reproducible \
     --kiln-dir "$WORK/kiln" \
-    --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" --target "$TARGET" \
+    --context "dir://$CTX" --dockerfile "$CTX/Dockerfile" "${TARGET_ARGS[@]}" \
     "${LABELS[@]}" "${OUT_ARGS[@]}"
