@@ -635,16 +635,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let keygen = |name: &str| {
-            let path = dir.path().join(name);
-            let out = std::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            path
-        };
+        let keygen = |name: &str| ssh_keys::tests::keygen(dir.path(), name, &["-t", "ed25519"], "");
         let (k1, k2) = (keygen("one"), keygen("two"));
         match parse_ssh_flag(&format!("gh={},{}", k1.display(), k2.display())).unwrap() {
             (id, SshSource::Keys(ring)) => assert_eq!((id.as_str(), ring.len()), ("gh", 2)),

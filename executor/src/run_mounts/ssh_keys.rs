@@ -284,11 +284,17 @@ fn take_string<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::process::Command;
 
-    fn keygen(dir: &Path, name: &str, kind: &[&str], passphrase: &str) -> std::path::PathBuf {
+    /// A private key made by OpenSSH's ssh-keygen in `dir` (its `.pub` beside it).
+    pub(in crate::run_mounts) fn keygen(
+        dir: &Path,
+        name: &str,
+        kind: &[&str],
+        passphrase: &str,
+    ) -> std::path::PathBuf {
         let path = dir.join(name);
         let out = Command::new("ssh-keygen")
             .args(kind)
