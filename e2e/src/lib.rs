@@ -3,6 +3,8 @@
 //! It must never touch anything outside the test namespace, the local registry and its own
 //! temporary directories.
 
+pub mod examples;
+pub mod git;
 pub mod kubectl;
 pub mod tools;
 

@@ -9,6 +9,9 @@
 //! `KILN_E2E_PV_ROOT` (a host directory for the test's hostPath PersistentVolumes).
 //! Each scenario works in a namespace of its own; all run even when one fails.
 
+#[path = "cluster/examples.rs"]
+mod examples;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -89,6 +92,14 @@ impl Env {
             .to_string(),
         )?;
         Ok(dest)
+    }
+
+    /// The address Pods reach this machine at: the pod registry's host (scripts/k8s/cluster.sh
+    /// forwards the registry from the host end of the node's network namespace).
+    fn node_address(&self) -> &str {
+        self.pod_registry
+            .rsplit_once(':')
+            .map_or(self.pod_registry.as_str(), |(h, _)| h)
     }
 
     /// The host-side name of an image pushed to `dest` (a Pod-side name).
@@ -194,6 +205,22 @@ fn check_pushed(
     dest: &str,
     expected: &str,
 ) -> anyhow::Result<String> {
+    let (digest, out) = pushed_output(env, k, st, dest)?;
+    ensure!(
+        out.trim() == expected,
+        "the image printed {out:?} as a Pod, expected {expected:?}"
+    );
+    Ok(digest)
+}
+
+/// The build succeeded and its digest is the registry's for `dest`; returns the digest and what
+/// the image printed when run as a Pod on the node.
+fn pushed_output(
+    env: &Env,
+    k: &Kubectl,
+    st: &Value,
+    dest: &str,
+) -> anyhow::Result<(String, String)> {
     ensure!(
         st["phase"] == "Succeeded",
         "phase {} (message: {})",
@@ -208,16 +235,12 @@ fn check_pushed(
     let served = tools::registry_digest(&host)?;
     ensure!(
         digest == served,
-        "status says {digest}, the registry serves {served}"
+        "status says {digest}, the registry serves {served} for {host}"
     );
     let repo = host.rsplit_once(':').map(|(r, _)| r).unwrap_or(&host);
     let pod = format!("run-{}", &digest[7..19]);
     let out = run_as_pod(k, &pod, &format!("{repo}@{digest}"))?;
-    ensure!(
-        out.trim() == expected,
-        "the image printed {out:?} as a Pod, expected {expected:?}"
-    );
-    Ok(digest)
+    Ok((digest, out))
 }
 
 const GREET: &str = "FROM $BASE\nARG GREETING=hello\nRUN echo \"kiln-e2e says $GREETING\" > /greeting\nCMD [\"cat\", \"/greeting\"]\n";
@@ -363,6 +386,28 @@ fn scenario_oom(env: &Env) -> anyhow::Result<()> {
 /// A PersistentVolume on a host directory (the node's kubelet runs on this machine) bound to a
 /// claim `claim` of the scenario's namespace, as a cluster's storage would provide one.
 fn claim(env: &Env, k: &Kubectl, claim: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = volume_for(env, k, claim, "ReadWriteOnce")?;
+    k.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        })
+        .to_string(),
+    )?;
+    Ok(dir)
+}
+
+/// The PersistentVolume (a host directory, returned) reserved for the claim `claim` of the
+/// scenario's namespace, which the scenario (or an example) then makes.
+fn volume_for(
+    env: &Env,
+    k: &Kubectl,
+    claim: &str,
+    access_mode: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let pv = format!("{}-{claim}", k.namespace);
     let dir = std::path::Path::new(&env.pv_root).join(&pv);
     std::fs::create_dir_all(&dir)?;
@@ -371,20 +416,10 @@ fn claim(env: &Env, k: &Kubectl, claim: &str) -> anyhow::Result<std::path::PathB
         &json!({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
             "spec": {
-                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "16Gi"}, "accessModes": [access_mode],
                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                 "hostPath": {"path": dir, "type": "Directory"},
                 "claimRef": {"namespace": k.namespace, "name": claim},
-            },
-        })
-        .to_string(),
-    )?;
-    k.apply(
-        &json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
             },
         })
         .to_string(),
@@ -417,18 +452,7 @@ fn scenario_warm_cache(env: &Env) -> anyhow::Result<()> {
         })
         .to_string(),
     )?;
-    wait_for("the CacheWarm to succeed", BUILD_TIMEOUT, || {
-        let st = k
-            .get("cachewarm", Some("warm"))?
-            .map(|c| c["status"].clone())
-            .unwrap_or_default();
-        match st["phase"].as_str() {
-            Some("Failed") => anyhow::bail!("CacheWarm failed: {st}"),
-            Some("Succeeded") | Some("Ready") => Ok((Some(()), st.to_string())),
-            _ => Ok((None, st.to_string())),
-        }
-    })
-    .map_err(|e| e.context(pods_summary(&k)))?;
+    examples::wait_warmed(&k, "warm")?;
     ensure!(
         std::fs::read_dir(&dir)?.count() > 0,
         "the warmed claim's directory is empty"
@@ -607,7 +631,7 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
@@ -620,6 +644,7 @@ fn operator_builds_on_a_real_cluster() {
         ("leader-failover", scenario_leader_failover),
         ("missing-push-secret", scenario_missing_push_secret),
         ("unpullable-executor", scenario_unpullable_executor),
+        ("examples", examples::scenario_examples),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     let only = kiln_testkit::select_from_env("KILN_E2E_SCENARIOS", &names);

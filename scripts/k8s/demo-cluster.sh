@@ -69,7 +69,11 @@ if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
     bash scripts/registry.sh start
     started=1
 fi
-KILN_BASE_ONLY=busybox bash scripts/base-images.sh
+if [[ $E2E == 1 ]]; then
+    bash scripts/base-images.sh # the examples scenario also warms and builds on the debian base
+else
+    KILN_BASE_ONLY=busybox bash scripts/base-images.sh
+fi
 
 log "the executor and operator images, built by kiln-executor"
 no_build=()

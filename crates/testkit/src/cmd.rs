@@ -186,18 +186,23 @@ pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Waits until something accepts connections on 127.0.0.1:`port`; panics when `child` exits
 /// first or nothing answers within [`SERVER_START_TIMEOUT`].
 pub fn wait_for_port(port: u16, child: &mut Child) {
+    wait_for_addr("127.0.0.1", port, child)
+}
+
+/// [`wait_for_port`] on another address of this machine.
+pub fn wait_for_addr(host: &str, port: u16, child: &mut Child) {
     let deadline = Instant::now() + SERVER_START_TIMEOUT;
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if TcpStream::connect((host, port)).is_ok() {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("server on port {port} exited early: {status}");
+            panic!("server on {host}:{port} exited early: {status}");
         }
         thread::sleep(Duration::from_millis(50));
     }
     panic!(
-        "server on port {port} did not start within {} s",
+        "server on {host}:{port} did not start within {} s",
         SERVER_START_TIMEOUT.as_secs()
     );
 }

@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod credhelper;
+pub mod git_http;
 pub mod image;
 pub mod kaniko;
 pub mod policy;
@@ -21,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cmd::{
-    free_port, run, run_bounded, run_bounded_with_input, run_ok, tail, wait_for_port, CmdError,
-    KillOnDrop, Output, TOOL_TIMEOUT,
+    free_port, run, run_bounded, run_bounded_with_input, run_ok, tail, wait_for_addr,
+    wait_for_port, CmdError, KillOnDrop, Output, TOOL_TIMEOUT,
 };
 pub use credhelper::{HelperBehaviour, TestCredentialHelper};
+pub use git_http::GitHttpServer;
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};
