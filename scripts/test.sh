@@ -172,7 +172,7 @@ bash scripts/check-switches.sh
 PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils zstd git python3 shellcheck time openssh-client
+    tar gzip xz-utils zstd git python3 shellcheck time openssh-client lua5.1
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh
@@ -244,13 +244,13 @@ step "installing the object-store servers of the context tests (moto, fake-gcs-s
 OBJECT_STORE_BIN="$(bash scripts/object-stores.sh | tail -n 1)"
 export PATH="$OBJECT_STORE_BIN:$PATH"
 
-step "building the Go peers of the conformance tests (BuildKit's parser, kaniko's flag lister and integration Dockerfiles)"
+step "building the Go peers of the conformance tests (BuildKit's parser, kaniko's flag lister and integration Dockerfiles, cli-utils' kstatus)"
 # The tests build them too (scripts/lib/go-peer.sh, cached by recipe); built here first so a
 # missing Go or module proxy shows at once. scripts/kaniko-flags.sh also lays kaniko's
 # integration/ directory (Dockerfiles and build context) beside its lister, for
 # executor/tests/kaniko_dockerfiles.rs. Exit status 3 (Go or the proxy missing) is the tests'
 # skip outside CI and a failure under CI=true.
-for peer in buildkit-parse kaniko-flags; do
+for peer in buildkit-parse kaniko-flags kstatus; do
     bash "scripts/$peer.sh" >/dev/null || { rc=$?; [[ $rc == 3 && "${CI:-}" != true ]] || exit "$rc"; }
 done
 

@@ -314,8 +314,9 @@ fn scenario_build_secret(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// spec.timeout becomes the Pod's activeDeadlineSeconds: the real kubelet stops the Pod
-/// (DeadlineExceeded) and the ImageBuild fails as a timeout.
+/// spec.timeout, counted from the executor Pod's creation: the operator deletes the Pod at the
+/// deadline (or the real kubelet stops it first by its activeDeadlineSeconds, DeadlineExceeded)
+/// and the ImageBuild fails with reason Timeout.
 fn scenario_timeout(env: &Env) -> anyhow::Result<()> {
     let k = env.namespace("timeout")?;
     env.apply_build(
@@ -331,13 +332,33 @@ fn scenario_timeout(env: &Env) -> anyhow::Result<()> {
         msg.contains("exceeded spec.timeout"),
         "status.message: {msg:?}"
     );
-    let pods = pods_of(&k, "slow")?;
     ensure!(
-        pods.iter()
-            .any(|p| p["status"]["reason"] == "DeadlineExceeded"),
-        "no Pod stopped with DeadlineExceeded: {pods:?}"
+        ready_reason(&st) == "Timeout",
+        "reason {}",
+        ready_reason(&st)
     );
-    Ok(())
+    wait_for(
+        "the executor Pod to be gone or stopped by its deadline",
+        Duration::from_secs(60),
+        || {
+            let pods = pods_of(&k, "slow")?;
+            let done = pods.iter().all(|p| {
+                p["status"]["reason"] == "DeadlineExceeded"
+                    || p["metadata"]["deletionTimestamp"].is_string()
+            });
+            Ok((done.then_some(()), format!("{pods:?}")))
+        },
+    )
+}
+
+/// The reason of the `Ready` condition in a status (what the Reason printer column shows).
+fn ready_reason(st: &Value) -> String {
+    st["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Deleting an ImageBuild mid-build: its Pod is gone (killed by the kubelet) and the finalizer
@@ -380,7 +401,83 @@ fn scenario_oom(env: &Env) -> anyhow::Result<()> {
         reasons.iter().any(|r| r == "OOMKilled"),
         "no executor container OOMKilled: {reasons:?}"
     );
+    ensure!(
+        ready_reason(&st) == "OOMKilled",
+        "the ImageBuild says {} ({}), not OOMKilled",
+        ready_reason(&st),
+        st["message"]
+    );
+    ensure!(
+        st["message"].as_str().unwrap_or("").contains("96Mi"),
+        "the message does not name the limit: {}",
+        st["message"]
+    );
     Ok(())
+}
+
+/// A build writing more than its ephemeral-storage limit: the real kubelet evicts the executor
+/// Pod, and the ImageBuild fails with reason Evicted and the kubelet's message.
+fn scenario_evicted(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("evicted")?;
+    let df = "FROM $BASE
+RUN head -c 67108864 /dev/zero > /big && sleep 300
+";
+    let spec = json!({"resources": {"limits": {"ephemeral-storage": "16Mi"}}});
+    env.apply_build(&k, "big", df, spec)?;
+    let st = wait_final(&k, "big", 1)?;
+    ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
+    ensure!(
+        ready_reason(&st) == "Evicted",
+        "the ImageBuild says {} ({}), not Evicted; Pods: {}",
+        ready_reason(&st),
+        st["message"],
+        pods_summary(&k)
+    );
+    let pods = pods_of(&k, "big")?;
+    ensure!(
+        pods.iter().any(|p| p["status"]["reason"] == "Evicted"),
+        "no Pod evicted by the kubelet: {pods:?}"
+    );
+    Ok(())
+}
+
+/// A node selector no node matches: the build waits as Unschedulable with the scheduler's
+/// message, then fails so when spec.timeout passes, and its Pod is deleted.
+fn scenario_unschedulable(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("unsched")?;
+    let spec = json!({"nodeSelector": {"kiln.dev/e2e-node": "nowhere"}, "timeout": "20s"});
+    env.apply_build(&k, "nowhere", GREET, spec)?;
+    wait_for(
+        "the ImageBuild to report Unschedulable while it waits",
+        Duration::from_secs(60),
+        || {
+            let st = k
+                .get("imagebuild", Some("nowhere"))?
+                .map(|b| b["status"].clone())
+                .unwrap_or_default();
+            let waiting = st["phase"] == "Pending" && ready_reason(&st) == "Unschedulable";
+            Ok((waiting.then_some(()), st.to_string()))
+        },
+    )?;
+    let st = wait_final(&k, "nowhere", 1)?;
+    ensure!(st["phase"] == "Failed", "phase {}", st["phase"]);
+    ensure!(
+        ready_reason(&st) == "Unschedulable",
+        "reason {}",
+        ready_reason(&st)
+    );
+    let msg = st["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("within spec.timeout") && msg.contains("node"),
+        "status.message: {msg:?}"
+    );
+    wait_for("the Pod to be deleted", Duration::from_secs(60), || {
+        let pods = pods_of(&k, "nowhere")?;
+        Ok((
+            pods.is_empty().then_some(()),
+            format!("{} Pod(s)", pods.len()),
+        ))
+    })
 }
 
 /// A PersistentVolume on a host directory (the node's kubelet runs on this machine) bound to a
@@ -616,12 +713,37 @@ fn scenario_unpullable_executor(env: &Env) -> anyhow::Result<()> {
             let failed = reasons
                 .iter()
                 .any(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
-            Ok((failed.then_some(()), format!("{reasons:?}")))
+            // Or already reported (the operator deletes the Pod once the kubelet backs off).
+            let reported = k
+                .get("imagebuild", Some("hello"))?
+                .is_some_and(|b| ready_reason(&b["status"]) == "ExecutorImagePullFailed");
+            Ok(((failed || reported).then_some(()), format!("{reasons:?}")))
         },
     )
     .map_err(|e| e.context(pods_summary(&k)))?;
-    k.delete("imagebuild", "hello")?;
-    Ok(())
+    // The kubelet backs off: the attempt fails with the operator's reason, naming the image, and
+    // the Pod (which would wait forever) is deleted.
+    let st = wait_final(&k, "hello", 1)?;
+    ensure!(
+        st["phase"] == "Failed" && ready_reason(&st) == "ExecutorImagePullFailed",
+        "status: {st}"
+    );
+    let msg = st["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("ImagePullBackOff") || msg.contains("ErrImagePull"),
+        "the message does not carry the kubelet's reason: {msg}"
+    );
+    ensure!(
+        msg.contains("absent-executor:none"),
+        "the message does not name the image: {msg}"
+    );
+    wait_for("the Pod to be deleted", Duration::from_secs(60), || {
+        let pods = pods_of(&k, "hello")?;
+        Ok((
+            pods.is_empty().then_some(()),
+            format!("{} Pod(s)", pods.len()),
+        ))
+    })
 }
 
 #[test]
@@ -631,13 +753,15 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 13] = [
+    let scenarios: [(&str, Scenario); 15] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
         ("timeout", scenario_timeout),
         ("delete", scenario_delete),
         ("oom", scenario_oom),
+        ("evicted", scenario_evicted),
+        ("unschedulable", scenario_unschedulable),
         ("warm-cache", scenario_warm_cache),
         ("mount-cache", scenario_mount_cache),
         ("pod-security-baseline", scenario_pod_security_baseline),

@@ -11,20 +11,24 @@ pub use kiln_common::termination::TERMINATION_LOG;
 use kiln_common::termination::{to_json, BuildMessage};
 
 /// The compact JSON a controller parses from the termination message.
-pub fn termination_message(digest: &str, references: &[String]) -> String {
-    to_json(&BuildMessage {
-        digest: digest.to_string(),
-        references: references.to_vec(),
-    })
+pub fn termination_message(message: &BuildMessage) -> String {
+    to_json(message)
+}
+
+/// Bytes an image takes in a registry, from its manifest: the config's and the layers' sizes
+/// (`None` for anything that is not an image manifest with sizes).
+pub fn image_size(manifest: &[u8]) -> Option<u64> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let config = m["config"]["size"].as_u64()?;
+    m["layers"]
+        .as_array()?
+        .iter()
+        .try_fold(config, |sum, l| Some(sum + l["size"].as_u64()?))
 }
 
 /// Write the termination message when the file exists (it does in a Kubernetes container);
 /// elsewhere do nothing.
-pub fn write_termination_log(
-    path: &Path,
-    digest: &str,
-    references: &[String],
-) -> std::io::Result<bool> {
+pub fn write_termination_log(path: &Path, message: &BuildMessage) -> std::io::Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
@@ -32,7 +36,7 @@ pub fn write_termination_log(
         .write(true)
         .truncate(true)
         .open(path)?;
-    file.write_all(termination_message(digest, references).as_bytes())?;
+    file.write_all(termination_message(message).as_bytes())?;
     Ok(true)
 }
 
@@ -266,22 +270,39 @@ mod tests {
 
     #[test]
     fn termination_json_is_compact() {
-        let refs = vec!["r/a:1@sha256:x".to_string()];
+        let msg = BuildMessage {
+            digest: "sha256:x".into(),
+            references: vec!["r/a:1@sha256:x".to_string()],
+            ..Default::default()
+        };
         assert_eq!(
-            termination_message("sha256:x", &refs),
+            termination_message(&msg),
             r#"{"digest":"sha256:x","references":["r/a:1@sha256:x"]}"#
         );
+    }
+
+    #[test]
+    fn image_size_sums_config_and_layers() {
+        let m =
+            br#"{"schemaVersion":2,"config":{"size":100},"layers":[{"size":1000},{"size":20}]}"#;
+        assert_eq!(image_size(m), Some(1120));
+        assert_eq!(image_size(br#"{"manifests":[]}"#), None);
+        assert_eq!(image_size(br#"{"config":{"size":1},"layers":[{}]}"#), None);
     }
 
     #[test]
     fn termination_log_only_when_present() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none");
-        assert!(!write_termination_log(&missing, "sha256:x", &[]).unwrap());
+        let msg = BuildMessage {
+            digest: "sha256:x".into(),
+            ..Default::default()
+        };
+        assert!(!write_termination_log(&missing, &msg).unwrap());
         assert!(!missing.exists());
         let present = dir.path().join("termination-log");
         std::fs::write(&present, "").unwrap();
-        assert!(write_termination_log(&present, "sha256:x", &[]).unwrap());
+        assert!(write_termination_log(&present, &msg).unwrap());
         assert_eq!(
             std::fs::read_to_string(&present).unwrap(),
             r#"{"digest":"sha256:x","references":[]}"#

@@ -398,6 +398,8 @@ fn executor_builds_from_stdin_and_git() {
     let repo = make_repo();
     let daemon = git_daemon(&repo);
     let layout = dir.path().join("git-layout");
+    let termination = dir.path().join("termination");
+    fs::write(&termination, "").unwrap();
     let context = format!("git://127.0.0.1:{}/repo.git#refs/tags/v1", daemon.port);
     let (ok, log) = support::run_executor(
         &[
@@ -411,7 +413,10 @@ fn executor_builds_from_stdin_and_git() {
             "--oci-layout-path",
             layout.to_str().unwrap(),
         ],
-        &[("GIT_PULL_METHOD", "git")],
+        &[
+            ("GIT_PULL_METHOD", "git"),
+            ("KILN_TERMINATION_LOG", termination.to_str().unwrap()),
+        ],
         None,
     );
     assert!(ok, "build from {context} failed:\n{log}");
@@ -419,6 +424,11 @@ fn executor_builds_from_stdin_and_git() {
         support::layout_entry(&layout, "/app.txt").as_deref(),
         Some("app-1\n")
     );
+    // The termination message (what the operator reports as status.source.commit) names the
+    // commit the tag points at.
+    let message: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&termination).unwrap()).unwrap();
+    assert_eq!(message["commit"], repo.c1.as_str(), "{message}");
 }
 
 /// The executor takes `GIT_TOKEN` out of its environment block at start (re-executing itself,

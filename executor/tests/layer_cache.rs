@@ -27,6 +27,8 @@ fn unique_repo(name: &str) -> String {
 struct Build {
     digest: String,
     log: String,
+    /// The termination message (what the operator reads): digest, cache counts, size.
+    termination: serde_json::Value,
 }
 
 /// Runs kiln-executor on `context` pushing to `dest`, with `extra` flags; returns the digest and log.
@@ -36,6 +38,9 @@ fn build(context: &Path, dest: &str, extra: &[&str]) -> Build {
         .expect("context has a parent")
         .join("digest");
     let _ = fs::remove_file(&digest_file);
+    // As in a Pod, the termination message file exists before the executor starts.
+    fs::write(context.parent().expect("parent").join("termination"), "")
+        .expect("create the termination message file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
     cmd.arg("--context")
         .arg(format!("dir://{}", context.display()))
@@ -58,9 +63,12 @@ fn build(context: &Path, dest: &str, extra: &[&str]) -> Build {
         .expect("kiln wrote --digest-file")
         .trim()
         .to_string();
+    let termination = fs::read_to_string(context.parent().expect("parent").join("termination"))
+        .expect("kiln wrote the termination message");
     Build {
         digest,
         log: out.stderr,
+        termination: serde_json::from_str(&termination).expect("termination message is JSON"),
     }
 }
 
@@ -125,6 +133,37 @@ fn unchanged_rebuild_hits_every_run() {
     assert_eq!(count(&warm.log, "cache hit"), 2, "{}", warm.log);
     assert_eq!(count(&warm.log, "cache miss"), 0, "{}", warm.log);
     assert!(warm.log.contains("cache: 2 hits, 0 misses"), "{}", warm.log);
+    // The termination message carries the counts and the image's size in the registry.
+    assert_eq!(
+        cold.termination["cache"],
+        serde_json::json!({"hits": 0, "misses": 2})
+    );
+    assert_eq!(
+        warm.termination["cache"],
+        serde_json::json!({"hits": 2, "misses": 0})
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &kiln_testkit::run_ok(
+            Command::new("skopeo").args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{dest}:2"),
+            ]),
+            kiln_testkit::TOOL_TIMEOUT,
+        )
+        .expect("skopeo inspect --raw")
+        .stdout,
+    )
+    .expect("manifest JSON");
+    let size = manifest["config"]["size"].as_u64().unwrap()
+        + manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap())
+            .sum::<u64>();
+    assert_eq!(warm.termination["size"], size, "{}", warm.termination);
     assert_eq!(
         warm.digest, cold.digest,
         "a RUN ran again: its timestamp changed the image"

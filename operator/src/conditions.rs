@@ -66,6 +66,63 @@ pub fn set(
     out
 }
 
+/// Condition `Reconciling` (kstatus): present, `True`, while the resource works towards its
+/// desired state; absent otherwise.
+pub const RECONCILING: &str = "Reconciling";
+/// Condition `Stalled` (kstatus): present, `True`, when the resource failed and will not get
+/// there without a change (a new spec, a re-run); absent otherwise.
+pub const STALLED: &str = "Stalled";
+
+/// The kstatus view of a phase: `InProgress` work, a `Failed` end or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Pending, Running, Queued, a retry waiting: `Reconciling=True`.
+    InProgress,
+    /// Failed for good: `Stalled=True`.
+    Failed,
+    /// Succeeded (or Ready with a refresh running): neither.
+    Done,
+}
+
+/// Sets `Reconciling` and `Stalled` as kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus`, read by Flux,
+/// `kubectl wait`-style tools and Argo CD's generic checks) reads them: the one that applies is
+/// `True` with the `Ready` condition's reason and message, the other is removed (kstatus's
+/// "abnormal-true" conditions are absent when they do not hold).
+pub fn set_progress(
+    existing: &[Condition],
+    progress: Progress,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let (reason, message) = get(existing, READY)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default();
+    let (on, off) = match progress {
+        Progress::InProgress => (Some(RECONCILING), [STALLED, ""]),
+        Progress::Failed => (Some(STALLED), [RECONCILING, ""]),
+        Progress::Done => (None, [RECONCILING, STALLED]),
+    };
+    let mut out: Vec<Condition> = existing
+        .iter()
+        .filter(|c| !off.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    if let Some(type_) = on {
+        out = set(
+            &out,
+            Desired {
+                type_,
+                status: Status::True,
+                reason: if reason.is_empty() { type_ } else { &reason },
+                message,
+            },
+            generation,
+            now,
+        );
+    }
+    out
+}
+
 /// The condition of `type_`, if present.
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -136,5 +193,27 @@ mod tests {
             get(&c2, SUCCEEDED).unwrap().last_transition_time,
             Time(ts(150))
         );
+    }
+
+    #[test]
+    fn progress_sets_one_of_reconciling_and_stalled() {
+        let c = set(&[], d(Status::False, "Building"), Some(1), ts(100));
+        let c = set_progress(&c, Progress::InProgress, Some(1), ts(100));
+        let r = get(&c, RECONCILING).unwrap();
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("True", "Building"));
+        assert!(get(&c, STALLED).is_none());
+        let c = set(&c, d(Status::False, "OOMKilled"), Some(1), ts(200));
+        let c = set_progress(&c, Progress::Failed, Some(1), ts(200));
+        let st = get(&c, STALLED).unwrap();
+        assert_eq!(
+            (st.status.as_str(), st.reason.as_str()),
+            ("True", "OOMKilled")
+        );
+        assert_eq!(st.message, "OOMKilled message");
+        assert!(get(&c, RECONCILING).is_none());
+        let c = set(&c, d(Status::True, "Pushed"), Some(2), ts(300));
+        let c = set_progress(&c, Progress::Done, Some(2), ts(300));
+        assert!(get(&c, RECONCILING).is_none() && get(&c, STALLED).is_none());
+        assert_eq!(c.len(), 1);
     }
 }

@@ -87,6 +87,50 @@ const STUCK: [&str; 6] = [
     "RunContainerError",
 ];
 
+/// Container `waiting` reasons after which the kubelet does not pull the image without a change:
+/// it backs off after a failed pull, or the reference cannot be pulled at all.
+const PULL_FAILED: [&str; 3] = ["ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
+
+/// The image of container `container` and why the kubelet cannot pull it (`reason: message`),
+/// once it has given up for now ([`PULL_FAILED`]).
+pub fn image_pull_failed(pod: &Pod, container: &str) -> Option<(String, String)> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?;
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    if !PULL_FAILED.contains(&reason) {
+        return None;
+    }
+    let why = match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+        Some(m) => format!("{reason}: {}", one_line(m, MAX_EXCERPT)),
+        None => reason.to_string(),
+    };
+    Some((status.image.clone(), why))
+}
+
+/// The scheduler's message when it could not place the Pod (`PodScheduled=False`, reason
+/// `Unschedulable`), bounded.
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")?;
+    (c.status == "False" && c.reason.as_deref() == Some("Unschedulable")).then(|| {
+        one_line(
+            c.message.as_deref().unwrap_or("no node fits the Pod"),
+            MAX_EXCERPT,
+        )
+    })
+}
+
 /// Why the container `container` of a Pending Pod is stuck, as `reason: message` from its
 /// status (`ImagePullBackOff: Back-off pulling image ...`), bounded; `None` while it is merely
 /// being created.

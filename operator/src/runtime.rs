@@ -137,7 +137,10 @@ pub async fn run(
         controllers.push(Box::pin(warms));
     }
 
-    info!(namespaces = ?scope.namespaces, "controllers started");
+    info!(
+        namespaces = %if scope.namespaces.is_empty() { "all".to_string() } else { scope.namespaces.join(",") },
+        "controllers started"
+    );
     metrics.leader.set(1);
     futures_util::future::join_all(controllers).await;
     metrics.leader.set(0);

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the scripts that build a small Go command from a pinned Go module into
-# /var/cache/kiln/peers/<name>-<version>/ (scripts/buildkit-parse.sh, scripts/kaniko-flags.sh):
+# /var/cache/kiln/peers/<name>-<version>/ (scripts/buildkit-parse.sh, scripts/kaniko-flags.sh,
+# scripts/kstatus.sh):
 # the independent side of a conformance test. Everything comes from the Go module proxy: the
 # version is the one scripts/<name>/go.mod requires, and every module is checked against
 # scripts/<name>/go.sum (-mod=readonly: a module whose hash is not there is an error, not a

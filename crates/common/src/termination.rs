@@ -13,11 +13,30 @@ pub const TERMINATION_LOG_ENV: &str = "KILN_TERMINATION_LOG";
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_LIMIT: usize = 4096;
 
-/// What the executor reports: the pushed image's digest and the references it was pushed to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the executor reports: the pushed image's digest and the references it was pushed to,
+/// and, when known, the commit of a git context, the layer cache's hits and misses and the
+/// image's size. Older operators ignore the fields they do not know.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BuildMessage {
     pub digest: String,
+    #[serde(default)]
     pub references: Vec<String>,
+    /// The commit a git context was checked out at (full hex id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Steps taken from the layer cache and steps run (with `--cache` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheCounts>,
+    /// Bytes the image takes in a registry: its config and (compressed) layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Layer-cache lookups of one build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// What the warmer reports: each image it holds and its digest.
@@ -71,11 +90,24 @@ mod tests {
         let build = BuildMessage {
             digest: "sha256:x".into(),
             references: vec!["r/a:1".into()],
+            ..Default::default()
         };
         assert_eq!(
             to_json(&build),
             r#"{"digest":"sha256:x","references":["r/a:1"]}"#
         );
+        let full = BuildMessage {
+            commit: Some("c0ffee".into()),
+            cache: Some(CacheCounts { hits: 2, misses: 1 }),
+            size: Some(1234),
+            ..build
+        };
+        let text = to_json(&full);
+        assert_eq!(
+            text,
+            r#"{"digest":"sha256:x","references":["r/a:1"],"commit":"c0ffee","cache":{"hits":2,"misses":1},"size":1234}"#
+        );
+        assert_eq!(serde_json::from_str::<BuildMessage>(&text).unwrap(), full);
         let warm = WarmMessage {
             images: vec![WarmedImage {
                 reference: "r/b:2".into(),

@@ -50,6 +50,10 @@ pub struct BuildResult {
     pub references: Vec<String>,
     pub manifest: Vec<u8>,
     pub config: Vec<u8>,
+    /// The commit of a git context.
+    pub commit: Option<String>,
+    /// The layer cache's hits and misses, when `--cache` was on.
+    pub cache: Option<kiln_common::termination::CacheCounts>,
 }
 
 /// A finished stage: its root filesystem, config and layers.
@@ -85,6 +89,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         &work_dir.join("context"),
         &req.context_options,
     )?;
+    let commit = context.commit().map(str::to_string);
     let dockerfile_path = locate_dockerfile(&req.dockerfile, context.root())?;
     context.load_ignore(&dockerfile_path)?;
     let text = std::fs::read(&dockerfile_path).map_err(|source| BuildError::Dockerfile {
@@ -223,11 +228,18 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         Default::default()
     };
     let result = publish::write_outputs(req, &builder.bases, &runtime, final_stage, annotations);
+    let mut counts = None;
     if let Some(cache) = builder.cache.as_mut() {
         cache.finish_stores();
         info!("cache: {} hits, {} misses", cache.hits, cache.misses);
+        counts = Some(kiln_common::termination::CacheCounts {
+            hits: cache.hits as u64,
+            misses: cache.misses as u64,
+        });
     }
-    let result = result?;
+    let mut result = result?;
+    result.commit = commit;
+    result.cache = counts;
     info!(
         "built {} in {:.2}s",
         result.digest,

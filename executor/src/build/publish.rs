@@ -172,6 +172,8 @@ pub fn write_outputs(
         references,
         manifest: image.manifest,
         config: image.config,
+        commit: None,
+        cache: None,
     })
 }
 
@@ -454,12 +456,17 @@ pub fn write_result_files(req: &BuildRequest, result: &BuildResult) -> Result<()
     let termination = std::env::var_os(kiln_common::termination::TERMINATION_LOG_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(output::TERMINATION_LOG));
-    output::write_termination_log(&termination, &result.digest, &result.references).map_err(
-        io_err(format!(
-            "writing the termination message {}",
-            termination.display()
-        )),
-    )?;
+    let message = kiln_common::termination::BuildMessage {
+        digest: result.digest.clone(),
+        references: result.references.clone(),
+        commit: result.commit.clone(),
+        cache: result.cache,
+        size: output::image_size(&result.manifest),
+    };
+    output::write_termination_log(&termination, &message).map_err(io_err(format!(
+        "writing the termination message {}",
+        termination.display()
+    )))?;
     Ok(())
 }
 

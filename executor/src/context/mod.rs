@@ -76,6 +76,8 @@ pub struct BuildContext {
     ignore: IgnoreMatcher,
     /// Keeps an extracted tarball alive for as long as the context is used; removed on drop.
     _extracted: Option<TempDir>,
+    /// The commit of a git context (full hex id).
+    commit: Option<String>,
 }
 
 impl BuildContext {
@@ -122,11 +124,18 @@ impl BuildContext {
             }
             source::Source::Git(git_source) => {
                 let dir = scratch_dir(work_dir, Path::new(&git_source.url))?;
-                git::checkout(&git_source, &options.git, work_dir, dir.path())?;
-                BuildContext::from_extracted(dir)?
+                let commit = git::checkout(&git_source, &options.git, work_dir, dir.path())?;
+                let mut context = BuildContext::from_extracted(dir)?;
+                context.commit = Some(commit);
+                context
             }
         };
         context.with_sub_path(&options.sub_path)
+    }
+
+    /// The commit a git context was checked out at (full hex id); `None` for other contexts.
+    pub fn commit(&self) -> Option<&str> {
+        self.commit.as_deref()
     }
 
     /// Narrow the context to `sub_path` (relative, may not climb out, symlinks may not escape).
@@ -165,6 +174,7 @@ impl BuildContext {
             root,
             ignore: IgnoreMatcher::default(),
             _extracted: Some(dir),
+            commit: None,
         })
     }
 
@@ -183,6 +193,7 @@ impl BuildContext {
             root,
             ignore: IgnoreMatcher::default(),
             _extracted: None,
+            commit: None,
         })
     }
 
@@ -598,10 +609,11 @@ pub(crate) fn checkout_git(
         commit: None,
     };
     if keep_git_dir {
-        git::checkout_keeping_git_dir(&source, &GitOptions::default(), scratch, dest)
+        git::checkout_keeping_git_dir(&source, &GitOptions::default(), scratch, dest)?;
     } else {
-        git::checkout(&source, &GitOptions::default(), scratch, dest)
+        git::checkout(&source, &GitOptions::default(), scratch, dest)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub async fn reconcile(cw: Arc<CacheWarm>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 pub fn error_policy(cw: Arc<CacheWarm>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(cachewarm = %cw.name_any(), namespace = ?cw.namespace(), error = %err, "reconcile failed");
+    warn!(cachewarm = %cw.name_any(), namespace = %cw.namespace().unwrap_or_default(), error = %err, "reconcile failed");
     ctx.metrics
         .reconcile_errors
         .get_or_create(&KindLabel { kind: "CacheWarm" })
@@ -97,6 +97,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
                 Some(generation),
                 now,
             );
+            status::set_progress(&mut st, generation, now);
             Plan {
                 status: (Some(&st) != cw.status.as_ref()).then_some(st),
                 create_run: None,

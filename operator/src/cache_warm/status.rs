@@ -137,6 +137,20 @@ fn set_conditions(
     );
 }
 
+/// `Reconciling`/`Stalled` from the phase and `Ready` (see [`conditions::set_progress`]): a failed
+/// warm is `Stalled` (the next try is scheduled, the message says when); a cache that holds its
+/// images is done even while a refresh runs; anything else is in progress.
+pub fn set_progress(st: &mut CacheWarmStatus, generation: i64, now: Timestamp) {
+    let ready =
+        conditions::get(&st.conditions, conditions::READY).is_some_and(|c| c.status == "True");
+    let progress = match st.phase {
+        Some(Phase::Failed) => conditions::Progress::Failed,
+        _ if ready => conditions::Progress::Done,
+        _ => conditions::Progress::InProgress,
+    };
+    st.conditions = conditions::set_progress(&st.conditions, progress, Some(generation), now);
+}
+
 fn since(t: Timestamp, now: Timestamp) -> Duration {
     let ms = now.as_millisecond().saturating_sub(t.as_millisecond());
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
@@ -400,6 +414,7 @@ pub fn plan(
             plan.requeue = Some(wait - waited);
         }
     }
+    set_progress(&mut st, generation, now);
     if st != old {
         plan.status = Some(st);
     }

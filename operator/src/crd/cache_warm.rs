@@ -20,6 +20,11 @@ use super::Phase;
     category = "kiln",
     doc = "Base images pulled into a cache volume by a kiln-warmer Pod, refreshed periodically",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Images", type_ = "integer", json_path = ".status.imageCount"),
     printcolumn(name = "Last Warm", type_ = "date", json_path = ".status.lastWarmTime"),
     printcolumn(

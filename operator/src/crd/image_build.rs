@@ -23,6 +23,11 @@ use super::Phase;
     category = "kiln",
     doc = "An image built from a Dockerfile by a kiln-executor Pod and pushed to its destinations",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.image.digest"),
     printcolumn(
         name = "Attempts",
@@ -257,6 +262,12 @@ pub struct ImageBuildStatus {
     pub attempts: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<BuiltImage>,
+    /// What was built from: the commit of a git source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+    /// Layer-cache lookups of the last build (spec.cache.enabled only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,4 +285,24 @@ pub struct BuiltImage {
     /// Pushed references, `registry/repo:tag@sha256:...`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,
+    /// Bytes the image takes in a registry: its config and compressed layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The commit the git source was checked out at (full id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    /// Steps whose layer came from the cache.
+    pub hits: i64,
+    /// Steps that ran.
+    pub misses: i64,
 }

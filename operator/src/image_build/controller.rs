@@ -24,8 +24,8 @@ use super::pod::{desired_pod, with_defaults};
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::{permitted, validate};
 use crate::controller::{
-    cleanup, create_pod, delete_pods, kube_err, patch_status, pod_not_started, pod_warnings,
-    publish_event, truncate, PodOwner,
+    cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
+    pod_warnings, publish_event, truncate, PodOwner,
 };
 use crate::crd::{ImageBuild, Phase};
 use crate::metrics::KindLabel;
@@ -58,7 +58,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
 
 /// Requeue policy for failed reconciles.
 pub fn error_policy(build: Arc<ImageBuild>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(build = %build.name_any(), namespace = ?build.namespace(), error = %err, "reconcile failed");
+    warn!(build = %build.name_any(), namespace = %build.namespace().unwrap_or_default(), error = %err, "reconcile failed");
     ctx.metrics
         .reconcile_errors
         .get_or_create(&KindLabel { kind: "ImageBuild" })
@@ -135,6 +135,11 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
             p.labels().get(LABEL_GENERATION) != Some(&generation) && !pod_finished(p)
         })
         .await?;
+    }
+    if let Some(pod) = &plan.delete_pod {
+        if delete_pod(pods, &ns, pod).await? {
+            info!(pod = %pod, namespace = %ns, build = %name, "deleted the executor Pod of a failed attempt");
+        }
     }
     if let Some(st) = &plan.status {
         patch_status(build, st, &ctx.client).await?;

@@ -25,4 +25,13 @@ pub mod reason {
     /// does not allow.
     pub const NOT_PERMITTED: &str = "NotPermitted";
     pub const RETRYING: &str = "Retrying";
+    /// The kernel killed the executor for exceeding its memory limit.
+    pub const OOM_KILLED: &str = "OOMKilled";
+    /// The kubelet evicted the executor Pod (node pressure, an ephemeral-storage limit).
+    pub const EVICTED: &str = "Evicted";
+    /// The kubelet cannot pull the executor image (it backed off, or the reference is invalid).
+    pub const EXECUTOR_IMAGE_PULL_FAILED: &str = "ExecutorImagePullFailed";
+    /// The scheduler finds no node for the executor Pod (while waiting, and as the failure when
+    /// spec.timeout passes before it is placed).
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
 }

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
 
 use super::run_mounts;
 use super::validate::ValidSpec;
@@ -31,13 +30,9 @@ pub const WORKSPACE: &str = "/workspace";
 /// Where the warmed cache volume is mounted (`--cache-dir`).
 pub const CACHE_DIR: &str = "/cache";
 
-/// What the executor writes to its termination message on success (compact JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ExecutorResult {
-    pub digest: String,
-    #[serde(default)]
-    pub references: Vec<String>,
-}
+/// What the executor writes to its termination message on success (compact JSON): one type
+/// shared with the executor.
+pub use kiln_common::termination::BuildMessage as ExecutorResult;
 
 /// `git://host/path#ref`, the kaniko spelling of a git context, from any of the URL forms users
 /// write (`https://`, `http://`, `git://` or no scheme).

@@ -18,7 +18,7 @@ use super::reason;
 use super::validate::{InvalidSpec, ValidSpec};
 use crate::conditions::{self, Desired, Status};
 use crate::config::OperatorConfig;
-use crate::crd::{BuiltImage, ImageBuild, ImageBuildStatus, Phase};
+use crate::crd::{BuiltImage, CacheStatus, ImageBuild, ImageBuildStatus, Phase, SourceStatus};
 use crate::names;
 use crate::ownership::POD_NAME_CONFLICT;
 
@@ -68,6 +68,9 @@ pub struct Plan {
     pub status: Option<ImageBuildStatus>,
     /// Create the executor Pod for this attempt (idempotent: AlreadyExists is success).
     pub create_attempt: Option<i32>,
+    /// Delete this executor Pod: its attempt failed while the Pod had not ended by itself (an
+    /// image that cannot be pulled, spec.timeout passed before it started or finished).
+    pub delete_pod: Option<String>,
     /// Delete still-running Pods of older generations (a new generation started).
     pub supersede_old_generations: bool,
     pub event: Option<BuildEvent>,
@@ -123,14 +126,31 @@ pub fn observe_pod(pod: &Pod, cfg: &OperatorConfig) -> PodOutcome {
         },
         "Failed" => {
             let pod_reason = status.and_then(|s| s.reason.as_deref()).unwrap_or("");
-            if pod_reason == "DeadlineExceeded" {
-                let detail = crate::text::one_line(
-                    status.and_then(|s| s.message.as_deref()).unwrap_or_default(),
-                    crate::text::MAX_LINE,
-                );
+            let pod_message = crate::text::one_line(
+                status.and_then(|s| s.message.as_deref()).unwrap_or_default(),
+                crate::text::MAX_LINE,
+            );
+            if pod_reason == "Evicted" {
+                PodOutcome::Failed {
+                    reason: reason::EVICTED,
+                    message: format!("the kubelet evicted the executor Pod: {pod_message}"),
+                    finished: finished.or_else(|| latest_condition_time(pod)),
+                }
+            } else if term.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
+                let limit = memory_limit(pod)
+                    .map(|l| format!(" of {l}"))
+                    .unwrap_or_default();
+                PodOutcome::Failed {
+                    reason: reason::OOM_KILLED,
+                    message: format!(
+                        "the executor was killed for exceeding its memory limit{limit} (OOMKilled): raise spec.resources.limits.memory"
+                    ),
+                    finished,
+                }
+            } else if pod_reason == "DeadlineExceeded" {
                 PodOutcome::Failed {
                     reason: reason::TIMEOUT,
-                    message: format!("the build exceeded spec.timeout and was stopped. {detail}")
+                    message: format!("the build exceeded spec.timeout and was stopped. {pod_message}")
                         .trim()
                         .to_string(),
                     finished: finished.or_else(|| latest_condition_time(pod)),
@@ -155,8 +175,34 @@ pub fn observe_pod(pod: &Pod, cfg: &OperatorConfig) -> PodOutcome {
                 }
             }
         }
-        _ => PodOutcome::Pending,
+        _ => match crate::pod_events::image_pull_failed(pod, CONTAINER) {
+            Some((image, why)) => PodOutcome::Failed {
+                reason: reason::EXECUTOR_IMAGE_PULL_FAILED,
+                message: format!("the kubelet cannot pull the executor image {image}: {why}"),
+                finished: None,
+            },
+            None => PodOutcome::Pending,
+        },
     }
+}
+
+/// The executor container's memory limit, as written in the Pod.
+fn memory_limit(pod: &Pod) -> Option<String> {
+    let c = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER)?;
+    Some(
+        c.resources
+            .as_ref()?
+            .limits
+            .as_ref()?
+            .get("memory")?
+            .0
+            .clone(),
+    )
 }
 
 fn latest_condition_time(pod: &Pod) -> Option<Timestamp> {
@@ -212,7 +258,7 @@ impl Builder<'_> {
             Some(self.generation),
             self.now,
         );
-        self.new.conditions = conditions::set(
+        let c = conditions::set(
             &c,
             Desired {
                 type_: conditions::SUCCEEDED,
@@ -223,6 +269,14 @@ impl Builder<'_> {
             Some(self.generation),
             self.now,
         );
+        // kstatus: still working while Succeeded is Unknown, stalled once it is False.
+        let progress = match succeeded.0 {
+            Status::Unknown => conditions::Progress::InProgress,
+            Status::False => conditions::Progress::Failed,
+            Status::True => conditions::Progress::Done,
+        };
+        self.new.conditions =
+            conditions::set_progress(&c, progress, Some(self.generation), self.now);
     }
 }
 
@@ -258,6 +312,7 @@ pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Pl
     Plan {
         status: (!already).then_some(b.new),
         create_attempt: None,
+        delete_pod: None,
         supersede_old_generations: b.old.observed_generation != Some(generation),
         event: (!already).then_some(BuildEvent {
             warning: true,
@@ -283,6 +338,7 @@ pub fn plan(
     let mut plan = Plan {
         status: None,
         create_attempt: None,
+        delete_pod: None,
         supersede_old_generations: !same_gen,
         event: None,
         requeue: None,
@@ -379,6 +435,52 @@ pub fn plan(
     };
     b.new.pod_name = Some(pod_name.clone());
     b.new.start_time = Some(start_time(&b));
+    // spec.timeout counts from the Pod's creation: a Pod that is never scheduled or never
+    // pulls its image ends too (activeDeadlineSeconds, the kubelet's own limit, counts only
+    // from the start, and stays as the backstop while the operator is away).
+    let mut deadline_in = None;
+    let outcome = match (outcome, valid.timeout, obs.pod.as_ref()) {
+        (o @ (PodOutcome::Pending | PodOutcome::Running), Some(limit), Some(pod)) => {
+            let created = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| t.0);
+            let waited = elapsed(Some(&Time(created)), now).unwrap_or_default();
+            if waited >= limit {
+                let limit_text = crate::duration::format(limit);
+                match crate::pod_events::unschedulable(pod) {
+                    Some(why) => PodOutcome::Failed {
+                        reason: reason::UNSCHEDULABLE,
+                        message: format!(
+                            "no node was found for executor Pod {pod_name} within spec.timeout ({limit_text}): {why}"
+                        ),
+                        finished: Some(now),
+                    },
+                    None => PodOutcome::Failed {
+                        reason: reason::TIMEOUT,
+                        message: format!(
+                            "the build exceeded spec.timeout ({limit_text}, counted from the creation of executor Pod {pod_name}) and was stopped"
+                        ),
+                        finished: Some(now),
+                    },
+                }
+            } else {
+                deadline_in = Some(limit - waited);
+                o
+            }
+        }
+        (o, ..) => o,
+    };
+    if let (PodOutcome::Failed { .. }, Some(pod)) = (&outcome, obs.pod.as_ref()) {
+        let ended = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if !ended {
+            plan.delete_pod = Some(pod_name.clone());
+        }
+    }
     match outcome {
         PodOutcome::Pending if obs.missing_secret.is_some() || obs.missing_secret_key.is_some() => {
             // The kubelet cannot mount the Secret, or a key of it (its FailedMount Event names
@@ -414,6 +516,7 @@ pub fn plan(
                 "attempt {attempt}: executor Pod {pod_name} is {}",
                 if running { "running" } else { "pending" }
             );
+            let mut why_waiting = reason::BUILDING;
             if let Some(why) = obs
                 .pod
                 .as_ref()
@@ -421,6 +524,10 @@ pub fn plan(
             {
                 m.push_str(": ");
                 m.push_str(&why);
+            } else if let Some(why) = obs.pod.as_ref().and_then(crate::pod_events::unschedulable) {
+                m.push_str(": no node fits it yet: ");
+                m.push_str(&why);
+                why_waiting = reason::UNSCHEDULABLE;
             }
             b.new.phase = Some(if running {
                 Phase::Running
@@ -429,14 +536,18 @@ pub fn plan(
             });
             b.new.message = Some(m.clone());
             b.conditions(
-                (Status::False, reason::BUILDING),
-                (Status::Unknown, reason::BUILDING),
+                (Status::False, why_waiting),
+                (Status::Unknown, why_waiting),
                 &m,
             );
             if !running {
                 // A Pod that has not started changes nothing the watch would see when its
                 // Secret is missing: look at its Events again.
                 plan.requeue = Some(cfg.pending_recheck);
+            }
+            // Come back when spec.timeout passes, whatever else happens (or not) before.
+            if let Some(left) = deadline_in {
+                plan.requeue = Some(plan.requeue.map_or(left, |r| r.min(left)));
             }
         }
         PodOutcome::Succeeded { result, finished } => {
@@ -452,6 +563,14 @@ pub fn plan(
             b.new.image = Some(BuiltImage {
                 digest: result.digest,
                 references: result.references,
+                size: result.size.and_then(|s| i64::try_from(s).ok()),
+            });
+            b.new.source = result.commit.map(|commit| SourceStatus {
+                commit: Some(commit),
+            });
+            b.new.cache = result.cache.map(|c| CacheStatus {
+                hits: i64::try_from(c.hits).unwrap_or(i64::MAX),
+                misses: i64::try_from(c.misses).unwrap_or(i64::MAX),
             });
             b.new.message = Some(m.clone());
             b.conditions(

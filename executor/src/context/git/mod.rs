@@ -61,13 +61,14 @@ fn is_full_hex_id(s: &str) -> bool {
 
 /// Fetch `source` and write the tree of the selected commit into `dest` (an empty directory),
 /// with its submodules when `options.recurse_submodules` is set. The git databases live in
-/// temporary directories under `scratch` and are removed after.
+/// temporary directories under `scratch` and are removed after. Returns the commit checked out
+/// (full hex id).
 pub(crate) fn checkout(
     source: &GitSource,
     options: &GitOptions,
     scratch: &Path,
     dest: &Path,
-) -> Result<(), ContextError> {
+) -> Result<String, ContextError> {
     checkout_at_depth(source, options, scratch, dest, 0, false)
 }
 
@@ -79,7 +80,7 @@ pub(crate) fn checkout_keeping_git_dir(
     options: &GitOptions,
     scratch: &Path,
     dest: &Path,
-) -> Result<(), ContextError> {
+) -> Result<String, ContextError> {
     checkout_at_depth(source, options, scratch, dest, 0, true)
 }
 
@@ -91,7 +92,7 @@ fn checkout_at_depth(
     dest: &Path,
     depth: usize,
     keep_git_dir: bool,
-) -> Result<(), ContextError> {
+) -> Result<String, ContextError> {
     let fail = |message: String| ContextError::Git {
         url: source.describe(),
         message,
@@ -124,7 +125,7 @@ fn checkout_at_depth(
         keep_repository(&repo, &source.url, db.path(), id, tree_id, dest).map_err(&fail)?;
     }
     if !options.recurse_submodules || gitlinks.is_empty() {
-        return Ok(());
+        return Ok(commit_hex);
     }
     let modules = submodule::Modules::read(&repo, tree_id).map_err(&fail)?;
     // This repository's database is not needed any more: free its disk before the submodules'.
@@ -146,7 +147,7 @@ fn checkout_at_depth(
             false,
         )?;
     }
-    Ok(())
+    Ok(commit_hex)
 }
 
 /// Move the bare clone under `db` to `dest/.git` as a non-bare repository checked out at `commit`,

@@ -547,3 +547,380 @@ fn missing_key_names_the_build_secret_or_the_push_secret() {
         "{m}"
     );
 }
+
+fn step_timeout(b: &mut ImageBuild, timeout: u64, obs: Observation, now: i64) -> Plan {
+    let cfg = OperatorConfig::default();
+    let v = ValidSpec {
+        timeout: Some(Duration::from_secs(timeout)),
+        retries: 0,
+    };
+    let p = plan(b, &v, &obs, &cfg, ts(now));
+    if let Some(s) = &p.status {
+        b.status = Some(s.clone());
+    }
+    p
+}
+
+fn has_cond(b: &ImageBuild, t: &str) -> bool {
+    conditions::get(&b.status.as_ref().unwrap().conditions, t).is_some()
+}
+
+/// A Pod of the first attempt created at `created`, with `status`.
+fn pod_created(created: i64, status: PodStatus) -> Pod {
+    let mut p = Pod {
+        status: Some(status),
+        ..Default::default()
+    };
+    p.metadata.name = Some("app-build-1-1".into());
+    p.metadata.creation_timestamp = Some(Time(ts(created)));
+    p
+}
+
+fn waiting(reason: &str, message: &str) -> PodStatus {
+    PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: CONTAINER.into(),
+            image: "reg.local/kiln-executor:absent".into(),
+            state: Some(ContainerState {
+                waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some(message.into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn unschedulable_status() -> PodStatus {
+    PodStatus {
+        phase: Some("Pending".into()),
+        conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+                    .into(),
+            ),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn succeeded_reports_commit_cache_and_size() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let msg = r#"{"digest":"sha256:abc","references":["reg.local/app:1@sha256:abc"],"commit":"0123456789abcdef0123456789abcdef01234567","cache":{"hits":3,"misses":1},"size":123456}"#;
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, msg, 10)))),
+            ..Default::default()
+        },
+        10,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.image.as_ref().unwrap().size, Some(123456));
+    assert_eq!(
+        s.source.as_ref().unwrap().commit.as_deref(),
+        Some("0123456789abcdef0123456789abcdef01234567")
+    );
+    assert_eq!(s.cache, Some(CacheStatus { hits: 3, misses: 1 }));
+    // A message from an executor that reports none of them (an older one) still succeeds.
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, OK_MSG, 10)))),
+            ..Default::default()
+        },
+        10,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    assert_eq!((s.source.clone(), s.cache.clone()), (None, None));
+}
+
+#[test]
+fn kstatus_conditions_follow_the_phase() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    assert_eq!(cond(&b, "Reconciling").status, "True");
+    assert_eq!(cond(&b, "Reconciling").reason, "Building");
+    assert!(!has_cond(&b, "Stalled"));
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, OK_MSG, 10)))),
+            ..Default::default()
+        },
+        10,
+    );
+    assert!(!has_cond(&b, "Reconciling") && !has_cond(&b, "Stalled"));
+
+    let mut b = build(1);
+    step(&mut b, 1, Observation::default(), 0);
+    // A failed attempt with a retry left is still in progress...
+    step(
+        &mut b,
+        1,
+        Observation {
+            pod: Some(pod("Failed", Some((1, "boom", 5)))),
+            ..Default::default()
+        },
+        5,
+    );
+    assert_eq!(cond(&b, "Reconciling").status, "True");
+    assert_eq!(cond(&b, "Reconciling").reason, "BuildFailed");
+    assert!(!has_cond(&b, "Stalled"));
+    // ...the last one stalls it, with its reason and message, and observedGeneration.
+    step(&mut b, 1, Observation::default(), 100);
+    step(
+        &mut b,
+        1,
+        Observation {
+            pod: Some(pod("Failed", Some((1, "boom again", 120)))),
+            ..Default::default()
+        },
+        120,
+    );
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    let stalled = cond(&b, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "BuildFailed")
+    );
+    assert!(
+        stalled.message.contains("boom again"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(stalled.observed_generation, Some(1));
+    assert!(!has_cond(&b, "Reconciling"));
+}
+
+#[test]
+fn invalid_spec_is_stalled() {
+    let b = build(0);
+    let p = plan_invalid(&b, &InvalidSpec::NoDestination, ts(0));
+    let s = p.status.unwrap();
+    let stalled = conditions::get(&s.conditions, "Stalled").unwrap();
+    assert_eq!(stalled.reason, "InvalidSpec");
+    assert!(conditions::get(&s.conditions, "Reconciling").is_none());
+}
+
+#[test]
+fn oom_killed_names_the_limit() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let mut p = pod("Failed", Some((137, "", 20)));
+    if let Some(cs) = p
+        .status
+        .as_mut()
+        .and_then(|s| s.container_statuses.as_mut())
+    {
+        cs[0]
+            .state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .reason = Some("OOMKilled".into());
+    }
+    p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        containers: vec![k8s_openapi::api::core::v1::Container {
+            name: CONTAINER.into(),
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                limits: Some(
+                    [(
+                        "memory".to_string(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity("96Mi".into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let plan = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(p),
+            ..Default::default()
+        },
+        20,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "OOMKilled");
+    assert_eq!(cond(&b, "Stalled").reason, "OOMKilled");
+    assert!(s
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("memory limit of 96Mi (OOMKilled)"));
+    // The Pod ended by itself: nothing to delete.
+    assert_eq!(plan.delete_pod, None);
+}
+
+#[test]
+fn eviction_is_reported_with_the_kubelets_message() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    let status = PodStatus {
+        phase: Some("Failed".into()),
+        reason: Some("Evicted".into()),
+        message: Some(
+            "Pod ephemeral local storage usage exceeds the total limit of containers 10Mi.".into(),
+        ),
+        ..Default::default()
+    };
+    step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod_created(0, status)),
+            ..Default::default()
+        },
+        30,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "Evicted");
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("exceeds the total limit of containers 10Mi"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn an_executor_image_that_cannot_be_pulled_fails_the_attempt_and_deletes_its_pod() {
+    let mut b = build(0);
+    step(&mut b, 0, Observation::default(), 0);
+    // The kubelet's first failed pull: still pending, saying why.
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod_created(0, waiting("ErrImagePull", "manifest unknown"))),
+            ..Default::default()
+        },
+        3,
+    );
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Pending));
+    assert!(b
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("ErrImagePull"));
+    assert_eq!(p.delete_pod, None);
+    // Backed off: the attempt fails and its Pod, which would wait forever, is deleted.
+    let p = step(
+        &mut b,
+        0,
+        Observation {
+            pod: Some(pod_created(
+                0,
+                waiting("ImagePullBackOff", "Back-off pulling image"),
+            )),
+            ..Default::default()
+        },
+        20,
+    );
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "ExecutorImagePullFailed");
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("reg.local/kiln-executor:absent"),
+        "{s:?}"
+    );
+    assert_eq!(p.delete_pod.as_deref(), Some("app-build-1-1"));
+}
+
+#[test]
+fn unschedulable_waits_then_fails_when_the_timeout_passes() {
+    let mut b = build(0);
+    step_timeout(&mut b, 60, Observation::default(), 0);
+    let obs = || Observation {
+        pod: Some(pod_created(1, unschedulable_status())),
+        ..Default::default()
+    };
+    let p = step_timeout(&mut b, 60, obs(), 11);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert_eq!(cond(&b, "Ready").reason, "Unschedulable");
+    assert_eq!(cond(&b, "Reconciling").reason, "Unschedulable");
+    assert!(s
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("node affinity/selector"));
+    // It comes back by the deadline (created at 1, limit 60: 50 s left at 11).
+    assert!(p.requeue.unwrap() <= Duration::from_secs(50), "{p:?}");
+    let p = step_timeout(&mut b, 60, obs(), 61);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "Unschedulable");
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("within spec.timeout (1m): 0/1 nodes"),
+        "{s:?}"
+    );
+    assert_eq!(p.delete_pod.as_deref(), Some("app-build-1-1"));
+}
+
+#[test]
+fn the_timeout_counts_from_the_pods_creation() {
+    let mut b = build(0);
+    step_timeout(&mut b, 30, Observation::default(), 0);
+    let running = || Observation {
+        pod: Some(pod_created(
+            0,
+            PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let p = step_timeout(&mut b, 30, running(), 10);
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Running));
+    assert_eq!(p.requeue, Some(Duration::from_secs(20)));
+    let p = step_timeout(&mut b, 30, running(), 30);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "Timeout");
+    assert_eq!(p.delete_pod.as_deref(), Some("app-build-1-1"));
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("(30s, counted from the creation of executor Pod app-build-1-1)"),
+        "{s:?}"
+    );
+}
