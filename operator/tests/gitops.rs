@@ -289,6 +289,14 @@ fn image_builds_read_as_gitops_tools_expect() {
     };
     let mut new_generation = after(0, vec![Some(terminated("Succeeded", 0, None, PUSHED))]);
     new_generation.metadata.generation = Some(2);
+    let cancelled = {
+        let mut b = after(0, vec![Some(running())]);
+        b.spec.cancel = Some(true);
+        b.metadata.generation = Some(2);
+        b.status =
+            kiln_operator::image_build::plan_cancelled(&b, &Observation::default(), ts(100)).status;
+        b
+    };
     let invalid = {
         let mut b = build();
         b.status = kiln_operator::image_build::status::plan_invalid(
@@ -350,6 +358,7 @@ fn image_builds_read_as_gitops_tools_expect() {
             "Degraded",
         ),
         ib("invalid spec", &invalid, "Failed", "Degraded"),
+        ib("cancelled", &cancelled, "Failed", "Suspended"),
         ib(
             "a new generation not yet observed",
             &new_generation,

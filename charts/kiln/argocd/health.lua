@@ -3,8 +3,9 @@
 -- the chart's README). Argo CD runs it with Lua 5.1 and the object as the global `obj`.
 --   Healthy      Ready=True: the image is pushed (a CacheWarm: its cache holds the images, even
 --                while a refresh runs)
+--   Suspended    Cancelled (spec.cancel): stopped on purpose; set spec.cancel to false to build
 --   Degraded     Stalled=True: failed for good (the reason and message say why); it stays so
---                until the spec changes or a re-run is requested
+--                until the spec changes or a re-run is requested (spec.rerun)
 --   Progressing  anything else: not yet seen by the operator, queued, pending, building,
 --                waiting to retry
 local hs = { status = "Progressing", message = "Waiting for the Kiln operator" }
@@ -38,6 +39,12 @@ end
 local generation = obj.metadata and obj.metadata.generation
 if generation ~= nil and obj.status.observedGeneration ~= generation then
   hs.message = "Waiting for the Kiln operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+if obj.status.phase == "Cancelled" then
+  hs.status = "Suspended"
+  hs.message = obj.status.message or "Cancelled"
   return hs
 end
 

@@ -128,6 +128,44 @@ pub struct ImageBuildSpec {
     #[schemars(length(max = 16), inner(regex(pattern = r"^(CAP_)?[A-Z][A-Z0-9_]*$")))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub add_capabilities: Vec<String>,
+    /// Asks for a new run of the same build: any new value (a date, a counter, a commit) starts
+    /// one, as every spec change does; applying the same value again starts nothing. With
+    /// GitOps, change it in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub rerun: Option<String>,
+    /// `true` stops a running build (its executor Pod is deleted) and ends it in phase
+    /// `Cancelled`; nothing is built while it is `true`. Set it to `false` (or remove it) to
+    /// build again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+    /// How long finished executor Pods (and their logs) are kept, and how many; the operator's
+    /// defaults (Helm `executor.retention`) for what is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Retention of finished executor Pods: each is deleted once its TTL has passed or when more
+/// than the limit of its kind (newest kept) exist. The Pod of a build still in progress is kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Delete a succeeded Pod this long after it finished, like `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
+    pub ttl_after_succeeded: Option<String>,
+    /// Delete a failed Pod this long after it finished, like `168h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
+    pub ttl_after_failed: Option<String>,
+    /// Keep at most this many succeeded Pods (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub succeeded_limit: Option<i32>,
+    /// Keep at most this many failed Pods (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_limit: Option<i32>,
 }
 
 /// The build context. Exactly one field is set (enforced at admission).
@@ -275,6 +313,33 @@ pub struct ImageBuildStatus {
     /// Human-readable summary; on failure the last lines of the executor's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The last runs that ended (at most 10), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RunRecord>,
+}
+
+/// One run of an ImageBuild: a generation's build, with its retries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The generation built.
+    pub generation: i64,
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub result: Phase,
+    /// The reason of its end (`Pushed`, `BuildFailed`, `OOMKilled`, `Cancelled`, `Superseded`
+    /// when a new spec replaced it while it ran ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Attempts it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// The pushed image's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]

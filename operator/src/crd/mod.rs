@@ -47,6 +47,8 @@ pub enum Phase {
     Running,
     Succeeded,
     Failed,
+    /// Stopped by `spec.cancel` (ImageBuild).
+    Cancelled,
 }
 
 impl std::fmt::Display for Phase {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Phase {
             Phase::Running => "Running",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
+            Phase::Cancelled => "Cancelled",
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::controller::{
     cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
     pod_warnings, publish_event, truncate, PodOwner,
 };
-use crate::crd::{ImageBuild, Phase};
+use crate::crd::ImageBuild;
 use crate::metrics::KindLabel;
 use crate::ownership;
 use crate::{LABEL_BUILD, LABEL_GENERATION};
@@ -90,8 +90,7 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
         Ok(valid) => {
             let generation = build.metadata.generation.unwrap_or(0);
             let finished = build.status.as_ref().is_some_and(|s| {
-                s.observed_generation == Some(generation)
-                    && matches!(s.phase, Some(Phase::Succeeded | Phase::Failed))
+                s.observed_generation == Some(generation) && status::is_final(s.phase)
             });
             let mut obs = Observation::default();
             if !finished {
@@ -110,7 +109,11 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
                     obs.missing_secret_key = crate::pod_events::missing_secret_key(&warnings);
                 }
             }
-            let plan = status::plan(&build, &valid, &obs, &ctx.config, now);
+            let plan = if build.spec.cancel == Some(true) {
+                status::plan_cancelled(&build, &obs, now)
+            } else {
+                status::plan(&build, &valid, &obs, &ctx.config, now)
+            };
             if let Some(attempt) = plan.create_attempt {
                 let pod = desired_pod(&build, &valid, &ctx.config, attempt);
                 create_pod::<ImageBuild>(&pods, &pod, &ctx.metrics.builds_started).await?;

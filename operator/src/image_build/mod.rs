@@ -9,7 +9,7 @@ pub mod validate;
 
 pub use controller::{reconcile, Context};
 pub use pod::{desired_pod, ExecutorResult};
-pub use status::{observe_pod, plan, Observation, Plan, PodOutcome};
+pub use status::{observe_pod, plan, plan_cancelled, Observation, Plan, PodOutcome};
 pub use validate::{permitted, validate, InvalidSpec, ValidSpec};
 
 /// Condition reasons used on `ImageBuild`s.
@@ -34,4 +34,8 @@ pub mod reason {
     /// The scheduler finds no node for the executor Pod (while waiting, and as the failure when
     /// spec.timeout passes before it is placed).
     pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// spec.cancel stopped the build.
+    pub const CANCELLED: &str = "Cancelled";
+    /// A new generation replaced a run still in progress (in status.history).
+    pub const SUPERSEDED: &str = "Superseded";
 }

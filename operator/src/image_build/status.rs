@@ -18,7 +18,9 @@ use super::reason;
 use super::validate::{InvalidSpec, ValidSpec};
 use crate::conditions::{self, Desired, Status};
 use crate::config::OperatorConfig;
-use crate::crd::{BuiltImage, CacheStatus, ImageBuild, ImageBuildStatus, Phase, SourceStatus};
+use crate::crd::{
+    BuiltImage, CacheStatus, ImageBuild, ImageBuildStatus, Phase, RunRecord, SourceStatus,
+};
 use crate::names;
 use crate::ownership::POD_NAME_CONFLICT;
 
@@ -233,8 +235,121 @@ pub fn current_pod_name(build: &ImageBuild) -> String {
     )
 }
 
-fn is_final(phase: Option<Phase>) -> bool {
-    matches!(phase, Some(Phase::Succeeded | Phase::Failed))
+/// Whether a phase ends its generation: nothing runs again until the spec changes.
+pub fn is_final(phase: Option<Phase>) -> bool {
+    matches!(
+        phase,
+        Some(Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    )
+}
+
+/// How many ended runs `status.history` keeps.
+pub const HISTORY_LIMIT: usize = 10;
+
+/// Adds `run` at the front of `history` (newest first), at most [`HISTORY_LIMIT`] kept; a run
+/// already recorded is not added twice.
+fn record(history: &mut Vec<RunRecord>, run: RunRecord) {
+    if history
+        .iter()
+        .any(|h| h.generation == run.generation && h.result == run.result)
+    {
+        return;
+    }
+    history.insert(0, run);
+    history.truncate(HISTORY_LIMIT);
+}
+
+/// The record of the run `st` describes, ended with `result`.
+fn run_record(st: &ImageBuildStatus, result: Phase, reason: &str) -> Option<RunRecord> {
+    Some(RunRecord {
+        generation: st.observed_generation?,
+        result,
+        reason: Some(reason.to_string()),
+        attempts: st.attempts,
+        digest: st.image.as_ref().map(|i| i.digest.clone()),
+        start_time: st.start_time.clone(),
+        completion_time: st.completion_time.clone(),
+    })
+}
+
+/// The status a new generation starts from: the conditions and the history carried over, the
+/// previous generation's run recorded as ended by `why` (`Superseded`, `Cancelled`) when it was
+/// still in progress.
+fn new_generation_status(old: &ImageBuildStatus, why: &str, now: Timestamp) -> ImageBuildStatus {
+    let mut history = old.history.clone();
+    if matches!(old.phase, Some(Phase::Pending | Phase::Running)) {
+        let mut run = old.clone();
+        run.completion_time = Some(Time(now));
+        run.image = None;
+        if let Some(r) = run_record(&run, Phase::Cancelled, why) {
+            record(&mut history, r);
+        }
+    }
+    ImageBuildStatus {
+        conditions: old.conditions.clone(),
+        history,
+        ..Default::default()
+    }
+}
+
+/// A build with `spec.cancel: true`: the Pods of earlier generations still running are
+/// deleted (as for any new generation) and the build ends in phase `Cancelled`; nothing is
+/// created. The run it stopped is recorded in the history as `Cancelled`.
+pub fn plan_cancelled(build: &ImageBuild, obs: &Observation, now: Timestamp) -> Plan {
+    let generation = build.metadata.generation.unwrap_or(0);
+    let old = build.status.clone().unwrap_or_default();
+    let same_gen = old.observed_generation == Some(generation);
+    let mut plan = Plan {
+        status: None,
+        create_attempt: None,
+        delete_pod: None,
+        supersede_old_generations: !same_gen,
+        event: None,
+        requeue: None,
+        finished: None,
+    };
+    if let Some(pod) = &obs.pod {
+        let ended = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if !ended {
+            plan.delete_pod = Some(pod.name_any());
+        }
+    }
+    if same_gen && old.phase == Some(Phase::Cancelled) {
+        return plan;
+    }
+    let stopped = matches!(old.phase, Some(Phase::Pending | Phase::Running))
+        .then(|| old.pod_name.clone())
+        .flatten();
+    let mut b = Builder {
+        new: new_generation_status(&old, reason::CANCELLED, now),
+        old,
+        generation,
+        now,
+        _build: build,
+    };
+    let m = match stopped {
+        Some(pod) => format!("cancelled by spec.cancel: executor Pod {pod} was stopped"),
+        None => "cancelled by spec.cancel: nothing is built while it is true".to_string(),
+    };
+    b.new.phase = Some(Phase::Cancelled);
+    b.new.observed_generation = Some(generation);
+    b.new.completion_time = Some(Time(now));
+    b.new.message = Some(m.clone());
+    b.conditions(
+        (Status::False, reason::CANCELLED),
+        (Status::False, reason::CANCELLED),
+        &m,
+    );
+    plan.event = Some(BuildEvent {
+        warning: false,
+        reason: reason::CANCELLED,
+        note: m,
+    });
+    plan.status = Some(b.new);
+    plan
 }
 
 struct Builder<'a> {
@@ -295,10 +410,7 @@ pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Pl
         && old.phase == Some(Phase::Failed)
         && old.message.as_deref() == Some(message.as_str());
     let mut b = Builder {
-        new: ImageBuildStatus {
-            conditions: old.conditions.clone(),
-            ..Default::default()
-        },
+        new: new_generation_status(&old, reason::SUPERSEDED, now),
         old,
         generation,
         now,
@@ -354,10 +466,7 @@ pub fn plan(
         new: if same_gen {
             old.clone()
         } else {
-            ImageBuildStatus {
-                conditions: old.conditions.clone(),
-                ..Default::default()
-            }
+            new_generation_status(&old, reason::SUPERSEDED, now)
         },
         old,
         generation,
@@ -578,6 +687,9 @@ pub fn plan(
                 (Status::True, reason::PUSHED),
                 &m,
             );
+            if let Some(r) = run_record(&b.new, Phase::Succeeded, reason::PUSHED) {
+                record(&mut b.new.history, r);
+            }
             plan.event = Some(BuildEvent {
                 warning: false,
                 reason: "Succeeded",
@@ -641,6 +753,9 @@ pub fn plan(
                 b.new.completion_time = Some(Time(failed_at));
                 b.new.message = Some(m.clone());
                 b.conditions((Status::False, why), (Status::False, why), &m);
+                if let Some(r) = run_record(&b.new, Phase::Failed, why) {
+                    record(&mut b.new.history, r);
+                }
                 plan.event = Some(BuildEvent {
                     warning: true,
                     reason: "Failed",

@@ -924,3 +924,138 @@ fn the_timeout_counts_from_the_pods_creation() {
         "{s:?}"
     );
 }
+
+/// `plan`, or `plan_cancelled` when the spec says so (as the controller chooses).
+fn step_any(b: &mut ImageBuild, obs: Observation, now: i64) -> Plan {
+    let p = if b.spec.cancel == Some(true) {
+        plan_cancelled(b, &obs, ts(now))
+    } else {
+        plan(b, &valid(0), &obs, &OperatorConfig::default(), ts(now))
+    };
+    if let Some(s) = &p.status {
+        b.status = Some(s.clone());
+    }
+    p
+}
+
+#[test]
+fn rerun_token_starts_a_run_only_when_it_changes() {
+    let mut b = build(0);
+    step_any(&mut b, Observation::default(), 0);
+    step_any(
+        &mut b,
+        Observation {
+            pod: Some(pod("Succeeded", Some((0, OK_MSG, 10)))),
+            ..Default::default()
+        },
+        10,
+    );
+    // Re-applying the same manifest (same generation), or an operator restart (a reconcile with
+    // nothing cached), starts nothing.
+    for now in [20, 30] {
+        let p = step_any(&mut b, Observation::default(), now);
+        assert_eq!((p.create_attempt, p.status), (None, None));
+    }
+    // A new rerun token is a spec change: the API server bumps the generation; a new run.
+    b.spec.rerun = Some("2026-12-06T10:00".into());
+    b.metadata.generation = Some(2);
+    let p = step_any(&mut b, Observation::default(), 40);
+    assert_eq!(p.create_attempt, Some(1));
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.pod_name.as_deref(), Some("app-build-2-1"));
+    // The first run is in the history.
+    assert_eq!(s.history.len(), 1);
+    assert_eq!(s.history[0].generation, 1);
+    assert_eq!(s.history[0].result, Phase::Succeeded);
+    assert_eq!(s.history[0].digest.as_deref(), Some("sha256:abc"));
+}
+
+#[test]
+fn cancel_stops_the_running_build_and_records_it() {
+    let mut b = build(0);
+    step_any(&mut b, Observation::default(), 0);
+    step_any(
+        &mut b,
+        Observation {
+            pod: Some(pod("Running", None)),
+            ..Default::default()
+        },
+        5,
+    );
+    b.spec.cancel = Some(true);
+    b.metadata.generation = Some(2);
+    let p = step_any(&mut b, Observation::default(), 10);
+    assert!(p.supersede_old_generations, "the running Pod is deleted");
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.event.as_ref().unwrap().reason, "Cancelled");
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Cancelled));
+    assert!(s.message.as_deref().unwrap().contains("app-build-1-1"));
+    assert_eq!(cond(&b, "Ready").reason, "Cancelled");
+    assert_eq!(cond(&b, "Stalled").reason, "Cancelled");
+    assert!(!has_cond(&b, "Reconciling"));
+    let h = &s.history[0];
+    assert_eq!(
+        (h.generation, h.result, h.reason.as_deref()),
+        (1, Phase::Cancelled, Some("Cancelled"))
+    );
+    // Nothing happens while it stays cancelled.
+    let p = step_any(&mut b, Observation::default(), 20);
+    assert_eq!((p.create_attempt, p.status), (None, None));
+    // Un-cancelling is a new generation: it builds again.
+    b.spec.cancel = Some(false);
+    b.metadata.generation = Some(3);
+    let p = step_any(&mut b, Observation::default(), 30);
+    assert_eq!(p.create_attempt, Some(1));
+    assert_eq!(b.status.as_ref().unwrap().history.len(), 1);
+}
+
+#[test]
+fn a_build_cancelled_before_it_started_creates_nothing() {
+    let mut b = build(0);
+    b.spec.cancel = Some(true);
+    let p = step_any(&mut b, Observation::default(), 0);
+    assert_eq!(p.create_attempt, None);
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Cancelled));
+    assert!(s.history.is_empty());
+}
+
+#[test]
+fn history_keeps_the_last_ten_runs_newest_first() {
+    let mut b = build(0);
+    for generation in 1..=12 {
+        b.metadata.generation = Some(generation);
+        let t = generation * 100;
+        step_any(&mut b, Observation::default(), t);
+        let mut done = pod("Succeeded", Some((0, OK_MSG, t + 10)));
+        done.metadata.name = Some(format!("app-build-{generation}-1"));
+        step_any(
+            &mut b,
+            Observation {
+                pod: Some(done),
+                ..Default::default()
+            },
+            t + 10,
+        );
+    }
+    let h = &b.status.as_ref().unwrap().history;
+    assert_eq!(h.len(), HISTORY_LIMIT);
+    let gens: Vec<i64> = h.iter().map(|r| r.generation).collect();
+    assert_eq!(gens, (3..=12).rev().collect::<Vec<_>>());
+    assert_eq!(h[0].completion_time, Some(Time(ts(1210))));
+}
+
+#[test]
+fn a_run_replaced_by_a_new_spec_is_recorded_as_superseded() {
+    let mut b = build(0);
+    step_any(&mut b, Observation::default(), 0);
+    b.metadata.generation = Some(2);
+    step_any(&mut b, Observation::default(), 5);
+    let h = &b.status.as_ref().unwrap().history;
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].generation, h[0].result, h[0].reason.as_deref()),
+        (1, Phase::Cancelled, Some("Superseded"))
+    );
+}
