@@ -56,6 +56,10 @@
 #   KILN_ALLOWED_WARMER_IMAGES         refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_SERVICE_ACCOUNTS      refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_CAPABILITIES          refused   kiln-operator setting (as above)
+#   KILN_RETENTION_TTL_AFTER_SUCCEEDED refused   kiln-operator setting (as above)
+#   KILN_RETENTION_TTL_AFTER_FAILED    refused   kiln-operator setting (as above)
+#   KILN_RETENTION_SUCCEEDED_LIMIT     refused   kiln-operator setting (as above)
+#   KILN_RETENTION_FAILED_LIMIT        refused   kiln-operator setting (as above)
 #   KILN_FORCE_RESOLVE_FALLBACK        refused   makes every kiln-executor open paths inside roots
 #                                                without openat2, so the kernel path goes untested
 #                                                (executor/tests/hostile_copy.rs sets it on the

@@ -16,6 +16,8 @@ pub struct OperatorConfig {
     pub retry_backoff: Duration,
     /// Cap of the retry delay.
     pub max_retry_backoff: Duration,
+    /// Retention of finished executor Pods where `spec.retention` says nothing.
+    pub retention: crate::image_build::retention::Effective,
     /// Refresh interval of a `CacheWarm` that does not set one.
     pub default_refresh_interval: Duration,
     /// Lines of executor output kept in `status.message` on failure.
@@ -89,6 +91,7 @@ impl Default for OperatorConfig {
             warmer_image: "ghcr.io/kiln-build/kiln-warmer:latest".into(),
             retry_backoff: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(300),
+            retention: Default::default(),
             default_refresh_interval: Duration::from_secs(24 * 3600),
             failure_lines: 20,
             failure_bytes: 1024,

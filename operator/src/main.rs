@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use kiln_operator::config::{parse_resources, OperatorConfig, OverridePolicy};
+use kiln_operator::image_build::retention::Effective;
 use kiln_operator::leader::{LeaseConfig, LeaseLock};
 use kiln_operator::metrics::Metrics;
 use kiln_operator::runtime::{self, Scope};
@@ -65,6 +66,19 @@ struct Args {
     /// executor's default, `<first destination>/cache`.
     #[arg(long, env = "KILN_CACHE_REGISTRY")]
     cache_registry: Option<String>,
+    /// Delete a succeeded executor Pod this long after it finished, like `24h`, where the
+    /// ImageBuild's spec.retention says nothing (unset: kept).
+    #[arg(long, env = "KILN_RETENTION_TTL_AFTER_SUCCEEDED")]
+    retention_ttl_after_succeeded: Option<String>,
+    /// Delete a failed executor Pod this long after it finished (unset: kept).
+    #[arg(long, env = "KILN_RETENTION_TTL_AFTER_FAILED")]
+    retention_ttl_after_failed: Option<String>,
+    /// Keep at most this many succeeded executor Pods per ImageBuild.
+    #[arg(long, env = "KILN_RETENTION_SUCCEEDED_LIMIT", default_value_t = 10)]
+    retention_succeeded_limit: usize,
+    /// Keep at most this many failed executor Pods per ImageBuild.
+    #[arg(long, env = "KILN_RETENTION_FAILED_LIMIT", default_value_t = 10)]
+    retention_failed_limit: usize,
     /// allowPrivilegeEscalation of executor containers: whether RUN steps under a non-root USER
     /// may use setuid programs (sudo, su) as in `docker build`.
     #[arg(long, env = "KILN_EXECUTOR_PRIV_ESCALATION", action = clap::ArgAction::Set, default_value_t = true)]
@@ -166,6 +180,18 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         default_cache_claim: non_empty(&args.executor_cache_claim),
         insecure_registries: args.insecure_registries.clone(),
         cache_registry: non_empty(&args.cache_registry),
+        retention: Effective {
+            ttl_after_succeeded: parse_ttl(
+                "--retention-ttl-after-succeeded",
+                non_empty(&args.retention_ttl_after_succeeded).as_deref(),
+            )?,
+            ttl_after_failed: parse_ttl(
+                "--retention-ttl-after-failed",
+                non_empty(&args.retention_ttl_after_failed).as_deref(),
+            )?,
+            succeeded_limit: args.retention_succeeded_limit,
+            failed_limit: args.retention_failed_limit,
+        },
         executor_allow_privilege_escalation: args.executor_allow_privilege_escalation,
         executor_user_namespace: args.executor_user_namespace,
         overrides: OverridePolicy {
@@ -176,6 +202,12 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         },
         ..Default::default()
     })
+}
+
+fn parse_ttl(flag: &str, value: Option<&str>) -> anyhow::Result<Option<Duration>> {
+    value
+        .map(|v| kiln_operator::duration::parse(v).with_context(|| format!("{flag} {v:?}")))
+        .transpose()
 }
 
 fn pod_namespace() -> Option<String> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
@@ -21,6 +22,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::pod::{desired_pod, with_defaults};
+use super::retention;
 use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::{permitted, validate};
 use crate::controller::{
@@ -122,10 +124,59 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
         }
     };
     act(&build, &plan, &pods, ctx).await?;
-    Ok(plan
-        .requeue
+    let mut requeue = plan.requeue;
+    let generation = build.metadata.generation.unwrap_or(0);
+    let ended = plan
+        .status
+        .as_ref()
+        .or(build.status.as_ref())
+        .is_some_and(|s| s.observed_generation == Some(generation) && status::is_final(s.phase));
+    if ended {
+        if let Some(next) = retain(&build, &pods, ctx, now).await? {
+            requeue = Some(requeue.map_or(next, |r| r.min(next)));
+        }
+    }
+    Ok(requeue
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
+}
+
+/// Deletes the finished executor Pods `spec.retention` (over the operator's defaults) no longer
+/// keeps, once the build has ended (so the Pod of a build in progress is never touched); returns
+/// when the next one's TTL passes.
+async fn retain(
+    build: &ImageBuild,
+    pods: &Api<Pod>,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Option<Duration>, Error> {
+    let name = build.name_any();
+    let ns = build.namespace().unwrap_or_default();
+    // Validated before; a value that does not parse keeps the defaults.
+    let r = retention::effective(build.spec.retention.as_ref(), &ctx.config.retention)
+        .unwrap_or_else(|_| ctx.config.retention.clone());
+    let uid = build.metadata.uid.clone().unwrap_or_default();
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_BUILD}={}",
+        crate::names::label_value(&name)
+    ));
+    let list =
+        pods.list(&lp)
+            .await
+            .map_err(kube_err("listing Pods of", "ImageBuild", &ns, &name))?;
+    let finished: Vec<retention::FinishedPod> = list
+        .items
+        .iter()
+        .filter(|p| ownership::controlled_by(p, &uid) && p.metadata.deletion_timestamp.is_none())
+        .filter_map(retention::finished_pod)
+        .collect();
+    let (delete, next) = retention::select(&finished, &r, now);
+    for pod in delete {
+        if delete_pod(pods, &ns, &pod).await? {
+            info!(pod = %pod, namespace = %ns, build = %name, "deleted a finished executor Pod (retention)");
+        }
+    }
+    Ok(next)
 }
 
 /// Carries out the side effects of a plan other than Pod creation.

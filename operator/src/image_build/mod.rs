@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod pod;
+pub mod retention;
 pub mod run_mounts;
 pub mod status;
 pub mod validate;

@@ -217,6 +217,16 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
         }
         None => None,
     };
+    if let Some(r) = &spec.retention {
+        for (field, value) in [
+            ("retention.ttlAfterSucceeded", &r.ttl_after_succeeded),
+            ("retention.ttlAfterFailed", &r.ttl_after_failed),
+        ] {
+            if let Some(v) = value {
+                duration::parse(v).map_err(|source| InvalidSpec::Duration { field, source })?;
+            }
+        }
+    }
     if let Some(ttl) = spec.cache.as_ref().and_then(|c| c.ttl.as_ref()) {
         duration::parse(ttl).map_err(|source| InvalidSpec::Duration {
             field: "cache.ttl",

@@ -11,6 +11,7 @@ mod image_build;
 mod integrations;
 mod leader;
 mod run_mounts;
+mod runs;
 mod validation;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,108 @@
+//! Runs of an ImageBuild through the operator against the real API server: spec.rerun starts a
+//! run (re-applying the same spec and an operator restart do not), spec.cancel stops one,
+//! status.history records them, and spec.retention removes finished Pods.
+
+use super::*;
+
+async fn patch_spec(env: &Env, name: &str, spec: serde_json::Value) {
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": spec })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("patching ImageBuild {name}: {e}"));
+}
+
+/// Plays the kubelet for `pod`: running, then exited with the pushed digest.
+async fn succeed(env: &Env, pod: &str) {
+    wait_pod(env, pod).await;
+    pod_running(&env.admin, &env.ns, pod, "executor").await;
+    pod_terminated(&env.admin, &env.ns, pod, "executor", 0, OK_MSG).await;
+}
+
+async fn wait_generation_succeeded(env: &Env, name: &str, generation: i64) -> ImageBuild {
+    wait_build(
+        env,
+        name,
+        &format!("generation {generation} Succeeded"),
+        |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.observed_generation == Some(generation) && s.phase == Some(Phase::Succeeded)
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rerun_cancel_history_and_retention() {
+    let Some(env) = env("ib-runs").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("runs");
+    b.spec.retention = Some(kiln_operator::crd::Retention {
+        succeeded_limit: Some(1),
+        ..Default::default()
+    });
+    create_build(&env, &b).await;
+    succeed(&env, "runs-build-1-1").await;
+    wait_generation_succeeded(&env, "runs", 1).await;
+
+    // The same spec applied again, and an operator restart: no new run.
+    patch_spec(&env, "runs", json!({"retention": {"succeededLimit": 1}})).await;
+    op.stop().await;
+    let op = Operator::start(&env);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names = pod_names(&env).await;
+    assert_eq!(names, vec!["runs-build-1-1".to_string()], "{names:?}");
+    assert_eq!(get_build(&env, "runs").await.metadata.generation, Some(1));
+
+    // A new rerun token: generation 2, a new run; retention (one succeeded Pod kept) removes
+    // the first run's Pod once the second has succeeded.
+    patch_spec(&env, "runs", json!({"rerun": "2026-12-06T10:00"})).await;
+    succeed(&env, "runs-build-2-1").await;
+    let b = wait_generation_succeeded(&env, "runs", 2).await;
+    let history = b.status.unwrap().history;
+    assert_eq!(
+        history.iter().map(|h| h.generation).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    eventually(60, "runs-build-1-1 deleted by retention", || async {
+        (pod_names(&env).await == vec!["runs-build-2-1".to_string()]).then_some(())
+    })
+    .await;
+
+    // Another run, cancelled while it runs: its Pod is deleted, the phase is Cancelled.
+    patch_spec(&env, "runs", json!({"rerun": "2026-12-06T11:00"})).await;
+    wait_pod(&env, "runs-build-3-1").await;
+    pod_running(&env.admin, &env.ns, "runs-build-3-1", "executor").await;
+    wait_build(&env, "runs", "phase Running", |b| {
+        phase(b) == Some(Phase::Running)
+    })
+    .await;
+    patch_spec(&env, "runs", json!({"cancel": true})).await;
+    let b = wait_build(&env, "runs", "phase Cancelled", |b| {
+        phase(b) == Some(Phase::Cancelled)
+    })
+    .await;
+    assert_eq!(ready_reason(&b).as_deref(), Some("Cancelled"));
+    let h = &b.status.unwrap().history[0];
+    assert_eq!((h.generation, h.result), (3, Phase::Cancelled));
+    eventually(60, "the cancelled run's Pod deleted", || async {
+        (!pod_names(&env)
+            .await
+            .contains(&"runs-build-3-1".to_string()))
+        .then_some(())
+    })
+    .await;
+    // Nothing starts while cancelled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!pod_names(&env)
+        .await
+        .iter()
+        .any(|n| n.starts_with("runs-build-4")));
+    op.stop().await;
+}
