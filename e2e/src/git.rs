@@ -41,12 +41,14 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Commits `files` (path relative to the repository, content) on `main`, tags the commit `tag`
-/// and serves the repository as `<name>.git` on `bind` (an address of this machine).
+/// and serves the repository as `<name>.git` on `bind` (an address of this machine), requiring
+/// basic auth `user:password` when `auth` is given.
 pub fn serve(
     bind: &str,
     name: &str,
     files: &[(String, String)],
     tag: &str,
+    auth: Option<&str>,
 ) -> anyhow::Result<ServedRepo> {
     let dir = tempfile::tempdir()?;
     let work = dir.path().join("work");
@@ -72,7 +74,7 @@ pub fn serve(
             &bare.to_string_lossy(),
         ],
     )?;
-    let server = GitHttpServer::start(&base, bind, None, None);
+    let server = GitHttpServer::start(&base, bind, auth, None);
     let url = format!("http://{bind}:{}/git/{name}.git", server.port);
     Ok(ServedRepo {
         _dir: dir,

@@ -94,15 +94,24 @@ pub(super) fn scenario_examples(env: &Env) -> anyhow::Result<()> {
             ],
         )?;
     }
-    let repo = git::serve(
-        env.node_address(),
-        "examples",
-        &repository_files(env)?,
-        "v1.0.0",
-    )?;
+    let files = repository_files(env)?;
+    let repo = git::serve(env.node_address(), "examples", &files, "v1.0.0", None)?;
     let to = examples::Addresses {
         registry: reg.clone(),
         git_url: repo.url.clone(),
+    };
+    // imagebuild-git.yaml names a git Secret: its repository needs credentials.
+    let git_password = format!("kiln-e2e-git-token-{}", env.run_id);
+    let private = git::serve(
+        env.node_address(),
+        "examples",
+        &files,
+        "v1.0.0",
+        Some(&format!("e2e-user:{git_password}")),
+    )?;
+    let to_private = examples::Addresses {
+        registry: reg.clone(),
+        git_url: private.url.clone(),
     };
 
     // What the examples' comments tell a user to create first.
@@ -126,6 +135,18 @@ pub(super) fn scenario_examples(env: &Env) -> anyhow::Result<()> {
             "generic",
             "npm",
             &format!("--from-literal=.npmrc={npmrc}"),
+        ],
+        None,
+    )?;
+    k.run(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "git-credentials",
+            "--type=kubernetes.io/basic-auth",
+            "--from-literal=username=e2e-user",
+            &format!("--from-literal=password={git_password}"),
         ],
         None,
     )?;
@@ -161,7 +182,12 @@ pub(super) fn scenario_examples(env: &Env) -> anyhow::Result<()> {
         "imagebuild-secrets.yaml",
         "imagebuild-pvc.yaml",
     ] {
-        k.apply(&examples::load(f, &to)?)
+        let addresses = if f == "imagebuild-git.yaml" {
+            &to_private
+        } else {
+            &to
+        };
+        k.apply(&examples::load(f, addresses)?)
             .with_context(|| format!("kubectl apply examples/{f}"))?;
     }
     let mut failures = Vec::new();
@@ -197,6 +223,10 @@ pub(super) fn scenario_examples(env: &Env) -> anyhow::Result<()> {
             lines.len() == 2 && lines[0] == "Hello from git" && lines[1].starts_with("built on "),
             "the image printed {out:?}: not spec.buildArgs' greeting and the stamp of its RUN step"
         );
+            ensure!(
+                !st.to_string().contains(&git_password),
+                "the status holds the git password"
+            );
             let latest =
                 tools::registry_digest(&env.host_ref(&format!("{reg}/team/hello:latest")))?;
             ensure!(
@@ -291,7 +321,7 @@ pub(super) fn scenario_examples(env: &Env) -> anyhow::Result<()> {
         })(),
     );
 
-    drop(repo);
+    drop((repo, private));
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

@@ -3,13 +3,14 @@
 //! opens nothing, contacts nothing and logs nothing.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use super::BuildError;
 use crate::cache::layer::CacheRepo;
 use crate::cli::{IsolationFlag, Options};
 use crate::commands::CacheFlags;
-use crate::context::ContextOptions;
+use crate::context::{ContextOptions, GitCredentials};
 use crate::run::Isolation;
 use crate::snapshot::LayerOptions;
 use crate::unpack::LayerBounds;
@@ -124,9 +125,13 @@ impl BuildRequest {
             ));
         }
         let isolation = isolation_for(opts, in_container)?;
-        let context_options =
+        let mut context_options =
             ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
                 .map_err(BuildError::Usage)?;
+        if let Some(dir) = &opts.git_secret_dir {
+            context_options.git.credentials =
+                Some(GitCredentials::from_dir(Path::new(dir)).map_err(BuildError::Usage)?);
+        }
         let platform = kiln_oci::platform::from_flag(opts.custom_platform.as_deref())
             .map_err(BuildError::Usage)?;
         let cache_ttl = opts.cache_ttl().map_err(BuildError::Usage)?;

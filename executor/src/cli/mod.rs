@@ -197,6 +197,12 @@ pub struct Options {
     #[arg(long = "allow")]
     pub allow: Vec<String>,
 
+    /// Directory holding the credentials of a git context as a Kubernetes Secret mounts them
+    /// (Kiln's own): `token`, or `username` and `password` (a `kubernetes.io/basic-auth`
+    /// Secret). They take the place of `GIT_TOKEN`/`GIT_USERNAME`/`GIT_PASSWORD`.
+    #[arg(long = "git-secret-dir")]
+    pub git_secret_dir: Option<String>,
+
     /// Directory keeping `RUN --mount=type=cache` caches between builds (default:
     /// `<kiln dir>/mount-cache` when a kiln dir is set, else `$TMPDIR/kiln-mount-cache`).
     #[arg(long = "mount-cache-dir")]

@@ -103,6 +103,63 @@ impl GitCredentials {
     }
 }
 
+/// The most a credential file may hold: a token or a password is far smaller.
+const MAX_CREDENTIAL_FILE: u64 = 64 * 1024;
+
+impl GitCredentials {
+    /// The credentials in `dir` as a Kubernetes Secret volume holds them: `token` (used as the
+    /// user name with an empty password, as `GIT_TOKEN`), else `username` and `password` (the
+    /// keys of a `kubernetes.io/basic-auth` Secret). A trailing line break is not part of a
+    /// value. Errors name the file, never its content.
+    pub fn from_dir(dir: &Path) -> Result<GitCredentials, String> {
+        let read = |name: &str| -> Result<Option<String>, String> {
+            let path = dir.join(name);
+            let file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("--git-secret-dir: reading {}: {e}", path.display())),
+            };
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(
+                &mut io::Read::take(file, MAX_CREDENTIAL_FILE + 1),
+                &mut bytes,
+            )
+            .map_err(|e| format!("--git-secret-dir: reading {}: {e}", path.display()))?;
+            if bytes.len() as u64 > MAX_CREDENTIAL_FILE {
+                return Err(format!(
+                    "--git-secret-dir: {} is larger than {MAX_CREDENTIAL_FILE} bytes: not a git credential",
+                    path.display()
+                ));
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("--git-secret-dir: {} is not UTF-8 text", path.display()))?;
+            let text = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text)
+                .to_string();
+            Ok(Some(text).filter(|t| !t.is_empty()))
+        };
+        if let Some(token) = read("token")? {
+            return Ok(GitCredentials {
+                username: token,
+                password: String::new(),
+            });
+        }
+        let (username, password) = (read("username")?, read("password")?);
+        if username.is_none() && password.is_none() {
+            return Err(format!(
+                "--git-secret-dir {}: no token, username or password file (a kubernetes.io/basic-auth Secret has username and password; a token Secret a key named token)",
+                dir.display()
+            ));
+        }
+        Ok(GitCredentials {
+            username: username.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+        })
+    }
+}
+
 impl ContextOptions {
     /// Build options from the command line (`--context-sub-path`, `--git`) and the process
     /// environment. Errors name the bad `--git` item.
@@ -386,5 +443,25 @@ mod tests {
         assert_eq!(clean_sub_path("a/../b"), Some(PathBuf::from("b")));
         assert_eq!(clean_sub_path("../x"), None);
         assert_eq!(clean_sub_path("a/../../x"), None);
+    }
+
+    #[test]
+    fn git_credentials_from_a_secret_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = GitCredentials::from_dir(dir.path()).unwrap_err();
+        assert!(err.contains("no token, username or password"), "{err}");
+        fs::write(dir.path().join("username"), "builder").unwrap();
+        fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+        let c = GitCredentials::from_dir(dir.path()).unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("builder", "s3cret")
+        );
+        fs::write(dir.path().join("token"), "tok\r\n").unwrap();
+        let c = GitCredentials::from_dir(dir.path()).unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("tok", ""));
+        fs::write(dir.path().join("token"), vec![b'x'; 70 * 1024]).unwrap();
+        let err = GitCredentials::from_dir(dir.path()).unwrap_err();
+        assert!(err.contains("larger than") && !err.contains("xxx"), "{err}");
     }
 }

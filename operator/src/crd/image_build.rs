@@ -203,6 +203,20 @@ pub struct GitSource {
         "spec.source.git.subPath must be a path inside the repository: relative, with no '..' component"
     ))]
     pub sub_path: Option<String>,
+    /// Credentials of a private repository: a Secret in the build's namespace with the key
+    /// `token`, or `username` and `password` (a `kubernetes.io/basic-auth` Secret), for
+    /// `https://` and `http://` URLs. Mounted read-only into the executor Pod only; never in its
+    /// arguments, environment, the status or an Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalSecretRef>,
+}
+
+/// A Secret in the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
-    Volume, VolumeMount,
+    SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -27,6 +27,11 @@ pub use crate::docker_config::DOCKER_CONFIG_DIR;
 pub const CONTAINER: &str = "executor";
 /// Where the build context is mounted for ConfigMap and PVC sources.
 pub const WORKSPACE: &str = "/workspace";
+/// Where the Secret of `spec.source.git.secretRef` is mounted (`--git-secret-dir`), under the
+/// executor's directory that steps with private namespaces cannot see.
+pub const GIT_SECRET_DIR: &str = "/kiln/git-credentials";
+/// Name of the Pod volume holding it.
+pub const GIT_SECRET_VOLUME: &str = "git-credentials";
 /// Where the warmed cache volume is mounted (`--cache-dir`).
 pub const CACHE_DIR: &str = "/cache";
 
@@ -92,6 +97,9 @@ pub fn executor_args(build: &ImageBuild) -> Vec<String> {
         flag("context", &git_context(&git.url, git.revision.as_deref()));
         if let Some(sub) = git.sub_path.as_deref().filter(|s| !s.is_empty()) {
             flag("context-sub-path", sub);
+        }
+        if git.secret_ref.is_some() {
+            flag("git-secret-dir", GIT_SECRET_DIR);
         }
     } else if src.config_map.is_some() || src.persistent_volume_claim.is_some() {
         flag("context", &format!("dir://{WORKSPACE}"));
@@ -203,6 +211,26 @@ pub fn desired_pod(
     }
     if let Some(secret) = &spec.push_secret {
         DockerConfig::from_secret(secret).add_to(&mut volumes, &mut mounts, &mut env);
+    }
+    // The git Secret as files (a missing Secret keeps the Pod from starting, which the kubelet
+    // reports like a missing push Secret); whichever keys it has are there.
+    if let Some(secret) = src.git.as_ref().and_then(|g| g.secret_ref.as_ref()) {
+        volumes.push(Volume {
+            name: GIT_SECRET_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o400),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: GIT_SECRET_VOLUME.into(),
+            mount_path: GIT_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     // The context flag is kaniko's `git://` spelling, which the executor fetches over https
     // unless GIT_PULL_METHOD says otherwise: an `http://` URL keeps its scheme that way.
@@ -322,6 +350,7 @@ mod tests {
                 url: "https://example.com/org/app.git".into(),
                 revision: Some("refs/heads/main".into()),
                 sub_path: Some("svc".into()),
+                secret_ref: None,
             }),
             ..Default::default()
         }
@@ -440,6 +469,42 @@ mod tests {
         );
         let v = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
         assert_eq!(v.config_map.as_ref().unwrap().name, "ctx");
+    }
+
+    #[test]
+    fn git_secret_is_mounted_never_passed_as_a_value() {
+        let mut src = git();
+        src.git.as_mut().unwrap().secret_ref = Some(crate::crd::LocalSecretRef {
+            name: "git-creds".into(),
+        });
+        let b = build(src);
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let c = container(&p);
+        let args = c.args.as_ref().unwrap();
+        assert!(args.contains(&format!("--git-secret-dir={GIT_SECRET_DIR}")));
+        assert!(!args.iter().any(|a| a.contains("git-creds")), "{args:?}");
+        assert!(c
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.value_from.is_none() && !e.name.starts_with("GIT_")));
+        let v = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let v = v.iter().find(|v| v.name == GIT_SECRET_VOLUME).unwrap();
+        let secret = v.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("git-creds"));
+        assert_eq!(
+            (secret.default_mode, secret.optional),
+            (Some(0o400), Some(false))
+        );
+        let m = c.volume_mounts.as_ref().unwrap();
+        let m = m.iter().find(|m| m.name == GIT_SECRET_VOLUME).unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            (GIT_SECRET_DIR, Some(true))
+        );
+        // The executor's command line takes the flag.
+        let o = parse_executor(args);
+        assert_eq!(o.git_secret_dir.as_deref(), Some(GIT_SECRET_DIR));
     }
 
     #[test]

@@ -792,6 +792,20 @@ fn missing_secret_message(build: &ImageBuild, secret: &str, pod_name: &str) -> S
         .filter(|s| s.secret_key_ref.name == secret)
         .map(|s| format!("id {} from key {:?}", s.id, s.secret_key_ref.key))
         .collect();
+    let git = build
+        .spec
+        .source
+        .git
+        .as_ref()
+        .and_then(|g| g.secret_ref.as_ref())
+        .is_some_and(|r| r.name == secret);
+    if git && !push && uses.is_empty() {
+        return format!(
+            "git Secret {secret:?} of spec.source.git.secretRef does not exist in namespace {ns}, \
+             so the kubelet cannot start executor Pod {pod_name}: create it with the key token, \
+             or username and password (the build starts once it exists)"
+        );
+    }
     let what = match (push, uses.is_empty()) {
         (true, true) => format!(
             "push Secret {secret:?} does not exist in namespace {ns}, so the kubelet cannot \

@@ -35,6 +35,12 @@ pub enum InvalidSpec {
     },
     #[error("spec.timeout must be at least one second, not {0}")]
     TimeoutTooShort(String),
+    #[error(
+        "spec.source.git.url {0:?} is an ssh URL: Kiln fetches git contexts over https, http or \
+         the git protocol (as kaniko does), not ssh; use the repository's https URL with \
+         spec.source.git.secretRef naming a Secret with a token or username and password"
+    )]
+    SshGitUrl(String),
     #[error("spec.retries must be between 0 and 10, not {0}")]
     Retries(i32),
     #[error("spec.buildArgs has an invalid name {0:?}: names are non-empty and contain no '='")]
@@ -247,6 +253,11 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
     if let Some(path) = &spec.dockerfile {
         inside("dockerfile", path)?;
     }
+    if let Some(url) = s.git.as_ref().map(|g| g.url.as_str()) {
+        if is_ssh_url(url) {
+            return Err(InvalidSpec::SshGitUrl(one_line(url, MAX_ECHO)));
+        }
+    }
     if let Some(sub) = s.git.as_ref().and_then(|g| g.sub_path.as_deref()) {
         inside("source.git.subPath", sub)?;
     }
@@ -259,6 +270,21 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
     }
     secrets(spec)?;
     Ok(ValidSpec { timeout, retries })
+}
+
+/// `ssh://...` or scp-like `user@host:path`.
+fn is_ssh_url(url: &str) -> bool {
+    if url.starts_with("ssh://") || url.starts_with("git+ssh://") {
+        return true;
+    }
+    if url.contains("://") {
+        return false;
+    }
+    // user@host:path (scp syntax): a colon before any slash, after an `@`.
+    match (url.find('@'), url.find(':'), url.find('/')) {
+        (Some(at), Some(colon), slash) => at < colon && slash.is_none_or(|s| colon < s),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +314,46 @@ mod tests {
                 timeout: None,
                 retries: 0
             }
+        );
+    }
+
+    #[test]
+    fn ssh_git_urls_are_refused_saying_why() {
+        for url in [
+            "ssh://git@example.com/org/app.git",
+            "git@github.com:org/app.git",
+            "git+ssh://example.com/app.git",
+        ] {
+            let mut s = spec();
+            s.source.git.as_mut().unwrap().url = url.into();
+            let err = validate(&s).unwrap_err();
+            assert!(matches!(err, InvalidSpec::SshGitUrl(_)), "{url}: {err}");
+            assert!(err.to_string().contains("secretRef"), "{err}");
+        }
+        for url in [
+            "https://example.com/app.git",
+            "https://user@example.com:8443/app.git",
+            "git://example.com/app.git",
+            "example.com/org/app.git",
+            "http://10.0.0.1:8080/git/app.git",
+        ] {
+            let mut s = spec();
+            s.source.git.as_mut().unwrap().url = url.into();
+            assert!(validate(&s).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn retention_durations_are_checked() {
+        let mut s = spec();
+        s.retention = Some(crate::crd::Retention {
+            ttl_after_failed: Some("1 week".into()),
+            ..Default::default()
+        });
+        let err = validate(&s).unwrap_err();
+        assert!(
+            err.to_string().contains("spec.retention.ttlAfterFailed"),
+            "{err}"
         );
     }
 

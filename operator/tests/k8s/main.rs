@@ -43,6 +43,7 @@ fn git_build(name: &str) -> ImageBuild {
                     url: "https://git.local/app.git".into(),
                     revision: Some("main".into()),
                     sub_path: None,
+                    secret_ref: None,
                 }),
                 ..Default::default()
             },

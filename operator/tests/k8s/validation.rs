@@ -215,6 +215,7 @@ async fn executor_pods_of_every_source_kind_pass_api_validation() {
                     url: "git://git.local/app.git".into(),
                     revision: Some("v1.2.3".into()),
                     sub_path: Some("services/api".into()),
+                    secret_ref: None,
                 }),
                 ..Default::default()
             },
