@@ -13,6 +13,10 @@
 #                                and watched namespaces, then `kubectl apply --server-side
 #                                --dry-run=server` the CRDs and the chart rendered with default
 #                                and full values (the ServiceMonitor only when its CRD is there)
+#   scripts/helm.sh crd-upgrade-check
+#                                with $KUBECONFIG naming a test API server: helm install over
+#                                an older ImageBuild CRD, then the documented upgrade (server-side
+#                                apply of crds/, helm upgrade) keeps a newer field
 #   scripts/helm.sh rbac-check   with $KUBECONFIG naming a test API server (admin): apply the
 #                                chart's ServiceAccount and RBAC for real, then ask the server
 #                                (kubectl auth can-i --as the ServiceAccount) that the operator
@@ -24,7 +28,7 @@
 #                                in both RBAC modes, and check it creates, reports and cleans up
 #                                builds without a single permission error
 #   scripts/helm.sh cluster-check
-#                                dry-run, rbac-check, then operator-check when
+#                                dry-run, crd-upgrade-check, rbac-check, then operator-check when
 #                                $KILN_OPERATOR_BIN is set
 #   scripts/helm.sh check        everything CI runs without an API server: lint, template
 #                                with default and full values, the CRD sync check, and schema
@@ -176,6 +180,8 @@ check() {
   expect_rendered "the read-only root filesystem" 'readOnlyRootFilesystem: true' "$out"
   expect_rendered "the lease permissions" 'coordination.k8s.io' "$out"
   if grep -q '^kind: ServiceMonitor$' <<<"$out"; then die "ServiceMonitor rendered although disabled"; fi
+  if grep -q '^kind: PodDisruptionBudget$' <<<"$out"; then die "a PodDisruptionBudget rendered for one replica (it would block node drains)"; fi
+  expect_rendered "the default retention limits" 'KILN_RETENTION_SUCCEEDED_LIMIT' "$out"
   if grep -q 'watch-namespace' <<<"$out"; then die "--watch-namespace rendered although watchNamespaces is empty"; fi
   expect_rendered "readiness on /readyz" 'path: /readyz' "$(sed -n '/readinessProbe:/,/port:/p' <<<"$out")"
 
@@ -183,6 +189,10 @@ check() {
   out="$(template -f "$CHART/tests/values-full.yaml")"
   expect_rendered "the ServiceMonitor" '^kind: ServiceMonitor$' "$out"
   expect_rendered "the json log format" '--log-format=json' "$out"
+  expect_rendered "a PodDisruptionBudget for two replicas" '^kind: PodDisruptionBudget$' "$out"
+  expect_rendered "the executor image pull Secrets" 'value: "pull-executor"' "$out"
+  expect_rendered "the warmer image pull Secrets" 'value: "pull-warmer"' "$out"
+  expect_rendered "the retention TTL" 'value: "168h"' "$out"
   expect_rendered "a Role per watched namespace" '^  namespace: team-a$' "$out"
   expect_rendered "a Role per watched namespace" '^  namespace: team-b$' "$out"
   expect_rendered "the watched namespace flag" '--watch-namespace=team-a' "$out"
@@ -262,6 +272,39 @@ dry_run() {
   kubectl apply -n team-a --dry-run=server -f - <<<"$example" >&2 ||
     die "the API server rejected the ImageBuild that NOTES.txt shows"
   log "the API server accepted every rendering"
+}
+
+# The documented CRD upgrade path (charts/kiln/README.md, "Upgrading"): Helm installs crds/ only
+# when the CRDs do not exist and never upgrades them. An install over CRDs of an older chart
+# (made here by removing spec.rerun from the current ImageBuild CRD) loses a newer field: the
+# API server prunes it. Then the documented step, a server-side apply of the chart's crds/,
+# followed by `helm upgrade`, keeps it.
+crd_upgrade_check() {
+  ensure_helm
+  [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
+  local ns=kiln-upgrade-check release=kiln-upgrade-check old
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
+  old="$(kubectl create --dry-run=client -o json -f "$CHART/crds/imagebuild.yaml" |
+    jq 'del(.spec.versions[].schema.openAPIV3Schema.properties.spec.properties.rerun)')"
+  grep -q '"rerun"' <<<"$old" && die "could not make the older ImageBuild CRD"
+  log "CRD upgrade: CRDs of an older chart, then helm install"
+  kubectl apply --server-side --force-conflicts --field-manager=helm -f - >&2 <<<"$old"
+  kubectl wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev >&2
+  "$HELM" install "$release" "$CHART" --namespace "$ns" --set 'watchNamespaces={'"$ns"'}' >&2
+  local build='{"apiVersion":"kiln.dev/v1alpha1","kind":"ImageBuild","metadata":{"name":"upgrade-check"},"spec":{"source":{"configMap":{"name":"ctx"}},"destinations":["127.0.0.1:5000/upgrade:1"],"rerun":"1"}}'
+  kubectl -n "$ns" apply -f - >&2 <<<"$build"
+  [[ -z "$(kubectl -n "$ns" get imagebuild upgrade-check -o jsonpath='{.spec.rerun}')" ]] ||
+    die "the older CRD kept spec.rerun: this check does not test what it says"
+  log "CRD upgrade: kubectl apply --server-side -f charts/kiln/crds/, then helm upgrade"
+  kubectl apply --server-side --force-conflicts -f "$CHART/crds/" >&2
+  kubectl wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev >&2
+  "$HELM" upgrade "$release" "$CHART" --namespace "$ns" --set 'watchNamespaces={'"$ns"'}' >&2
+  kubectl -n "$ns" apply -f - >&2 <<<"$build"
+  [[ "$(kubectl -n "$ns" get imagebuild upgrade-check -o jsonpath='{.spec.rerun}')" == 1 ]] ||
+    die "after the documented CRD upgrade the API server still prunes spec.rerun"
+  "$HELM" uninstall "$release" --namespace "$ns" >&2
+  kubectl delete namespace "$ns" --wait=false >&2
+  log "the documented CRD upgrade path works"
 }
 
 # kubectl auth can-i as the operator's ServiceAccount; $1 yes|no, the rest the question.
@@ -504,13 +547,15 @@ case "$cmd" in
   crd-sync) crd_sync ;;
   copy-crds) copy_crds ;;
   dry-run) dry_run ;;
+  crd-upgrade-check) crd_upgrade_check ;;
   rbac-check) rbac_check ;;
   operator-check) operator_check ;;
   cluster-check)
     dry_run
+    crd_upgrade_check
     rbac_check
     if [[ -n "${KILN_OPERATOR_BIN:-}" ]]; then operator_check; else log "KILN_OPERATOR_BIN unset: operator-check skipped"; fi
     ;;
   check) check ;;
-  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, rbac-check, operator-check, cluster-check, check)" ;;
+  *) die "unknown command '$cmd' (build, lint, template, crd-sync, copy-crds, dry-run, crd-upgrade-check, rbac-check, operator-check, cluster-check, check)" ;;
 esac

@@ -6,6 +6,18 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
+/// `names` as a Pod's `imagePullSecrets` (`None` when empty, so the field is left out).
+pub fn pull_secrets(
+    names: &[String],
+) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
     /// Executor image used when an `ImageBuild` does not override it.
@@ -16,6 +28,10 @@ pub struct OperatorConfig {
     pub retry_backoff: Duration,
     /// Cap of the retry delay.
     pub max_retry_backoff: Duration,
+    /// Secrets (names, in the object's namespace) the kubelet pulls the executor image with.
+    pub executor_image_pull_secrets: Vec<String>,
+    /// Secrets the kubelet pulls the warmer image with.
+    pub warmer_image_pull_secrets: Vec<String>,
     /// Retention of finished executor Pods where `spec.retention` says nothing.
     pub retention: crate::image_build::retention::Effective,
     /// Refresh interval of a `CacheWarm` that does not set one.
@@ -92,6 +108,8 @@ impl Default for OperatorConfig {
             retry_backoff: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(300),
             retention: Default::default(),
+            executor_image_pull_secrets: Vec::new(),
+            warmer_image_pull_secrets: Vec::new(),
             default_refresh_interval: Duration::from_secs(24 * 3600),
             failure_lines: 20,
             failure_bytes: 1024,

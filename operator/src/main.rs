@@ -38,6 +38,20 @@ struct Args {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// Secrets (in each build's namespace) for pulling the executor image; repeatable.
+    #[arg(
+        long = "executor-image-pull-secret",
+        env = "KILN_EXECUTOR_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    executor_image_pull_secrets: Vec<String>,
+    /// Secrets (in each CacheWarm's namespace) for pulling the warmer image; repeatable.
+    #[arg(
+        long = "warmer-image-pull-secret",
+        env = "KILN_WARMER_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    warmer_image_pull_secrets: Vec<String>,
     /// Default warmer image (a CacheWarm may override it with spec.warmerImage).
     #[arg(long, env = "KILN_WARMER_IMAGE", default_value_t = OperatorConfig::default().warmer_image)]
     warmer_image: String,
@@ -179,6 +193,8 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         default_push_secret: non_empty(&args.executor_default_push_secret),
         default_cache_claim: non_empty(&args.executor_cache_claim),
         insecure_registries: args.insecure_registries.clone(),
+        executor_image_pull_secrets: list(&args.executor_image_pull_secrets),
+        warmer_image_pull_secrets: list(&args.warmer_image_pull_secrets),
         cache_registry: non_empty(&args.cache_registry),
         retention: Effective {
             ttl_after_succeeded: parse_ttl(

@@ -120,6 +120,7 @@ pub fn desired_pod(cw: &CacheWarm, cfg: &OperatorConfig, run: i32) -> Pod {
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             security_context: Some(crate::security::pod()),
+            image_pull_secrets: crate::config::pull_secrets(&cfg.warmer_image_pull_secrets),
             volumes: Some(volumes),
             ..Default::default()
         }),

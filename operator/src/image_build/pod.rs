@@ -306,6 +306,7 @@ pub fn desired_pod(
             enable_service_links: Some(false),
             security_context: Some(security::pod()),
             host_users: cfg.executor_user_namespace.then_some(false),
+            image_pull_secrets: crate::config::pull_secrets(&cfg.executor_image_pull_secrets),
             service_account_name: spec.service_account_name.clone(),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
@@ -505,6 +506,27 @@ mod tests {
         // The executor's command line takes the flag.
         let o = parse_executor(args);
         assert_eq!(o.git_secret_dir.as_deref(), Some(GIT_SECRET_DIR));
+    }
+
+    #[test]
+    fn image_pull_secrets_come_from_the_operator_config() {
+        let b = build(git());
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        assert_eq!(p.spec.as_ref().unwrap().image_pull_secrets, None);
+        let cfg = OperatorConfig {
+            executor_image_pull_secrets: vec!["ghcr".into(), "quay".into()],
+            ..Default::default()
+        };
+        let p = desired_pod(&b, &valid(), &cfg, 1);
+        let names: Vec<String> = p
+            .spec
+            .unwrap()
+            .image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, vec!["ghcr", "quay"]);
     }
 
     #[test]
