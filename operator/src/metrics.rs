@@ -22,6 +22,32 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// A reconcile's controller and result (`success` or `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+    pub result: &'static str,
+}
+
+/// A reconcile's controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+/// A finished build's namespace and result (`succeeded`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub namespace: String,
+    pub result: &'static str,
+}
+
+/// A namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabel {
+    pub namespace: String,
+}
+
 /// Operator metrics; cheap to clone (shared counters).
 #[derive(Clone)]
 pub struct Metrics {
@@ -32,6 +58,19 @@ pub struct Metrics {
     pub build_duration: Histogram,
     pub reconcile_errors: Family<KindLabel, Counter>,
     pub warms_started: Counter,
+    /// `kiln_reconcile_total{controller,result}`.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// `kiln_reconcile_duration_seconds{controller}`.
+    pub reconcile_duration: Family<ControllerLabel, Histogram>,
+    /// `kiln_build_run_duration_seconds{namespace,result}`: time from the first attempt's start
+    /// to the build's end.
+    pub build_runs: Family<BuildLabels, Histogram>,
+    /// `kiln_build_cache_hits_total{namespace}` / `_misses_total`: layer-cache lookups of
+    /// succeeded builds (the hit ratio is hits / (hits + misses)).
+    pub cache_hits: Family<NamespaceLabel, Counter>,
+    pub cache_misses: Family<NamespaceLabel, Counter>,
+    /// `kiln_cache_warms_failed_total{namespace}`.
+    pub warms_failed: Family<NamespaceLabel, Counter>,
     /// Set while the process is up and doing its job: the API server answered and either the
     /// lease loop runs (a standby waiting for leadership is ready too) or the controllers run.
     pub ready: Arc<AtomicBool>,
@@ -56,6 +95,47 @@ impl Metrics {
         let reconcile_errors = Family::<KindLabel, Counter>::default();
         let warms_started = Counter::default();
         let leader = Gauge::default();
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        // 1 ms .. ~16 s
+        let reconcile_duration = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        let build_runs = Family::<BuildLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(10.0, 2.0, 11))
+        });
+        let cache_hits = Family::<NamespaceLabel, Counter>::default();
+        let cache_misses = Family::<NamespaceLabel, Counter>::default();
+        let warms_failed = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "reconcile",
+            "Reconciles by controller and result (success, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, by controller",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "build_run_duration_seconds",
+            "Time from a build's first attempt to its end, by namespace and result",
+            build_runs.clone(),
+        );
+        registry.register(
+            "build_cache_hits",
+            "Steps of succeeded builds taken from the layer cache, by namespace",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "build_cache_misses",
+            "Steps of succeeded builds that ran (layer cache enabled), by namespace",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "cache_warms_failed",
+            "Warm runs that failed, by namespace",
+            warms_failed.clone(),
+        );
         registry.register(
             "operator_leader",
             "1 while this replica holds the leader Lease and runs the controllers, else 0",
@@ -99,13 +179,25 @@ impl Metrics {
             build_duration,
             reconcile_errors,
             warms_started,
+            reconciles,
+            reconcile_duration,
+            build_runs,
+            cache_hits,
+            cache_misses,
+            warms_failed,
             ready: Arc::new(AtomicBool::new(false)),
             leader,
         }
     }
 
-    /// Records a finished build.
-    pub fn build_finished(&self, succeeded: bool, took: Option<Duration>) {
+    /// Records a finished build of `namespace`, with its layer-cache counts when it had some.
+    pub fn build_finished(
+        &self,
+        namespace: &str,
+        succeeded: bool,
+        took: Option<Duration>,
+        cache: Option<(u64, u64)>,
+    ) {
         if succeeded {
             self.builds_succeeded.inc();
         } else {
@@ -113,7 +205,33 @@ impl Metrics {
         }
         if let Some(d) = took {
             self.build_duration.observe(d.as_secs_f64());
+            self.build_runs
+                .get_or_create(&BuildLabels {
+                    namespace: namespace.to_string(),
+                    result: if succeeded { "succeeded" } else { "failed" },
+                })
+                .observe(d.as_secs_f64());
         }
+        if let Some((hits, misses)) = cache {
+            let ns = NamespaceLabel {
+                namespace: namespace.to_string(),
+            };
+            self.cache_hits.get_or_create(&ns).inc_by(hits);
+            self.cache_misses.get_or_create(&ns).inc_by(misses);
+        }
+    }
+
+    /// Records one reconcile of `controller`.
+    pub fn reconciled(&self, controller: &'static str, ok: bool, took: Duration) {
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                controller,
+                result: if ok { "success" } else { "error" },
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&ControllerLabel { controller })
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.
@@ -205,14 +323,34 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::new();
         m.builds_started.inc();
-        m.build_finished(true, Some(Duration::from_secs(30)));
+        m.build_finished("team-a", true, Some(Duration::from_secs(30)), Some((3, 1)));
+        m.build_finished("team-a", false, Some(Duration::from_secs(5)), None);
         m.reconcile_errors
             .get_or_create(&KindLabel { kind: "ImageBuild" })
             .inc();
+        m.reconciled("ImageBuild", true, Duration::from_millis(3));
+        m.reconciled("ImageBuild", false, Duration::from_millis(3));
+        m.warms_failed
+            .get_or_create(&NamespaceLabel {
+                namespace: "team-b".into(),
+            })
+            .inc();
         let t = m.render();
+        for want in [
+            r#"kiln_reconcile_total{controller="ImageBuild",result="success"} 1"#,
+            r#"kiln_reconcile_total{controller="ImageBuild",result="error"} 1"#,
+            r#"kiln_reconcile_duration_seconds_count{controller="ImageBuild"} 2"#,
+            r#"kiln_build_run_duration_seconds_count{namespace="team-a",result="succeeded"} 1"#,
+            r#"kiln_build_run_duration_seconds_count{namespace="team-a",result="failed"} 1"#,
+            r#"kiln_build_cache_hits_total{namespace="team-a"} 3"#,
+            r#"kiln_build_cache_misses_total{namespace="team-a"} 1"#,
+            r#"kiln_cache_warms_failed_total{namespace="team-b"} 1"#,
+        ] {
+            assert!(t.contains(want), "{want} missing:\n{t}");
+        }
         assert!(t.contains("kiln_builds_started_total 1"), "{t}");
         assert!(t.contains("kiln_builds_succeeded_total 1"), "{t}");
-        assert!(t.contains("kiln_build_duration_seconds_count 1"), "{t}");
+        assert!(t.contains("kiln_build_duration_seconds_count 2"), "{t}");
         assert!(
             t.contains(r#"kiln_reconcile_errors_total{kind="ImageBuild"} 1"#),
             "{t}"

@@ -44,14 +44,18 @@ pub async fn reconcile(cw: Arc<CacheWarm>, ctx: Arc<Context>) -> Result<Action, 
         .namespace()
         .ok_or_else(|| Error::NoNamespace(cw.name_any()))?;
     let api: Api<CacheWarm> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, cw, |event| async {
+    let start = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, cw, |event| async {
         match event {
             finalizer::Event::Apply(c) => apply(&api, &c, &ctx).await,
             finalizer::Event::Cleanup(c) => cleanup(&*c, &ctx.client).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled("CacheWarm", result.is_ok(), start.elapsed());
+    result
 }
 
 pub fn error_policy(cw: Arc<CacheWarm>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -146,6 +150,19 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
     }
     if let Some(st) = &plan.status {
         patch_status(&cw, st, &ctx.client).await?;
+        // A warm run that just failed (the status turns Failed, or a later run's failure).
+        let old = cw.status.as_ref();
+        let failed_now = st.phase == Some(Phase::Failed)
+            && (old.and_then(|o| o.phase) != Some(Phase::Failed)
+                || old.and_then(|o| o.runs) != st.runs);
+        if failed_now {
+            ctx.metrics
+                .warms_failed
+                .get_or_create(&crate::metrics::NamespaceLabel {
+                    namespace: ns.clone(),
+                })
+                .inc();
+        }
     }
     if let Some((warning, why, note)) = &plan.event {
         let ev = Event {

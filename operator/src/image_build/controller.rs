@@ -48,14 +48,18 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         .namespace()
         .ok_or_else(|| Error::NoNamespace(build.name_any()))?;
     let api: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, build, |event| async {
+    let start = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, build, |event| async {
         match event {
             finalizer::Event::Apply(b) => apply(&api, &b, &ctx).await,
             finalizer::Event::Cleanup(b) => cleanup(&*b, &ctx.client).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled("ImageBuild", result.is_ok(), start.elapsed());
+    result
 }
 
 /// Requeue policy for failed reconciles.
@@ -213,7 +217,12 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
         publish_event(ctx, &event, build).await;
     }
     if let Some((ok, took)) = plan.finished {
-        ctx.metrics.build_finished(ok, took);
+        let cache = plan
+            .status
+            .as_ref()
+            .and_then(|s| s.cache.as_ref())
+            .map(|c| (c.hits.max(0) as u64, c.misses.max(0) as u64));
+        ctx.metrics.build_finished(&ns, ok, took, cache);
         info!(build = %name, namespace = %ns, succeeded = ok, "build finished");
     }
     Ok(())
