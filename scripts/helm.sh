@@ -193,6 +193,7 @@ check() {
   expect_rendered "the executor image pull Secrets" 'value: "pull-executor"' "$out"
   expect_rendered "the warmer image pull Secrets" 'value: "pull-warmer"' "$out"
   expect_rendered "the retention TTL" 'value: "168h"' "$out"
+  expect_rendered "the build queue limits" 'KILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE' "$out"
   expect_rendered "a Role per watched namespace" '^  namespace: team-a$' "$out"
   expect_rendered "a Role per watched namespace" '^  namespace: team-b$' "$out"
   expect_rendered "the watched namespace flag" '--watch-namespace=team-a' "$out"

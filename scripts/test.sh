@@ -56,6 +56,8 @@
 #   KILN_ALLOWED_WARMER_IMAGES         refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_SERVICE_ACCOUNTS      refused   kiln-operator setting (as above)
 #   KILN_ALLOWED_CAPABILITIES          refused   kiln-operator setting (as above)
+#   KILN_MAX_CONCURRENT_BUILDS         refused   kiln-operator setting (as above)
+#   KILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE refused kiln-operator setting (as above)
 #   KILN_EXECUTOR_IMAGE_PULL_SECRETS   refused   kiln-operator setting (as above)
 #   KILN_WARMER_IMAGE_PULL_SECRETS     refused   kiln-operator setting (as above)
 #   KILN_RETENTION_TTL_AFTER_SUCCEEDED refused   kiln-operator setting (as above)

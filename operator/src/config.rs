@@ -32,6 +32,9 @@ pub struct OperatorConfig {
     pub executor_image_pull_secrets: Vec<String>,
     /// Secrets the kubelet pulls the warmer image with.
     pub warmer_image_pull_secrets: Vec<String>,
+    /// Build queue limits: concurrent builds in the cluster and per namespace (`None`: no limit).
+    pub max_concurrent_builds: Option<usize>,
+    pub max_concurrent_builds_per_namespace: Option<usize>,
     /// Retention of finished executor Pods where `spec.retention` says nothing.
     pub retention: crate::image_build::retention::Effective,
     /// Refresh interval of a `CacheWarm` that does not set one.
@@ -108,6 +111,8 @@ impl Default for OperatorConfig {
             retry_backoff: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(300),
             retention: Default::default(),
+            max_concurrent_builds: None,
+            max_concurrent_builds_per_namespace: None,
             executor_image_pull_secrets: Vec::new(),
             warmer_image_pull_secrets: Vec::new(),
             default_refresh_interval: Duration::from_secs(24 * 3600),

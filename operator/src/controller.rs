@@ -36,6 +36,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// `reportingInstance` of the Events the operator writes itself (see [`publish_event`]).
     pub instance: String,
+    /// The build queue (ImageBuilds; no limits, no queue).
+    pub queue: std::sync::Arc<crate::image_build::admission::BuildQueue>,
 }
 
 #[derive(Debug, thiserror::Error)]

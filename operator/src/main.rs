@@ -38,6 +38,16 @@ struct Args {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// Build queue: at most this many builds run at once in the cluster (0: no limit).
+    #[arg(long, env = "KILN_MAX_CONCURRENT_BUILDS", default_value_t = 0)]
+    max_concurrent_builds: usize,
+    /// Build queue: at most this many builds run at once per namespace (0: no limit).
+    #[arg(
+        long,
+        env = "KILN_MAX_CONCURRENT_BUILDS_PER_NAMESPACE",
+        default_value_t = 0
+    )]
+    max_concurrent_builds_per_namespace: usize,
     /// Secrets (in each build's namespace) for pulling the executor image; repeatable.
     #[arg(
         long = "executor-image-pull-secret",
@@ -194,6 +204,10 @@ fn operator_config(args: &Args) -> anyhow::Result<OperatorConfig> {
         default_cache_claim: non_empty(&args.executor_cache_claim),
         insecure_registries: args.insecure_registries.clone(),
         executor_image_pull_secrets: list(&args.executor_image_pull_secrets),
+        max_concurrent_builds: (args.max_concurrent_builds > 0)
+            .then_some(args.max_concurrent_builds),
+        max_concurrent_builds_per_namespace: (args.max_concurrent_builds_per_namespace > 0)
+            .then_some(args.max_concurrent_builds_per_namespace),
         warmer_image_pull_secrets: list(&args.warmer_image_pull_secrets),
         cache_registry: non_empty(&args.cache_registry),
         retention: Effective {

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub cache_misses: Family<NamespaceLabel, Counter>,
     /// `kiln_cache_warms_failed_total{namespace}`.
     pub warms_failed: Family<NamespaceLabel, Counter>,
+    /// `kiln_build_queue_depth`: builds waiting in the build queue.
+    pub queue_depth: Gauge,
+    /// `kiln_build_queue_wait_seconds`: time from Queued to start.
+    pub queue_wait: Histogram,
     /// Set while the process is up and doing its job: the API server answered and either the
     /// lease loop runs (a standby waiting for leadership is ready too) or the controllers run.
     pub ready: Arc<AtomicBool>,
@@ -106,6 +110,19 @@ impl Metrics {
         let cache_hits = Family::<NamespaceLabel, Counter>::default();
         let cache_misses = Family::<NamespaceLabel, Counter>::default();
         let warms_failed = Family::<NamespaceLabel, Counter>::default();
+        let queue_depth = Gauge::default();
+        // 1 s .. ~4.5 h
+        let queue_wait = Histogram::new(exponential_buckets(1.0, 2.0, 15));
+        registry.register(
+            "build_queue_depth",
+            "ImageBuilds waiting for a slot of the build queue (with queue limits)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "build_queue_wait_seconds",
+            "Time an ImageBuild waited in the build queue before it started",
+            queue_wait.clone(),
+        );
         registry.register(
             "reconcile",
             "Reconciles by controller and result (success, error)",
@@ -185,6 +202,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             warms_failed,
+            queue_depth,
+            queue_wait,
             ready: Arc::new(AtomicBool::new(false)),
             leader,
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use tracing::{debug, info};
@@ -86,12 +87,19 @@ pub async fn run(
     let pods_cfg =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
 
+    let queue = Arc::new(image_build::admission::BuildQueue::new(
+        image_build::queue::Limits {
+            cluster: config.max_concurrent_builds,
+            per_namespace: config.max_concurrent_builds_per_namespace,
+        },
+    ));
     let ib_ctx = Arc::new(image_build::Context {
         client: client.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
         recorder: recorder.clone(),
         instance: instance.clone(),
+        queue: queue.clone(),
     });
     let cw_ctx = Arc::new(cache_warm::Context {
         client: client.clone(),
@@ -99,14 +107,34 @@ pub async fn run(
         metrics: metrics.clone(),
         recorder,
         instance,
+        queue: queue.clone(),
     });
     // A kube-runtime Controller watches one Api: every namespace, or one. Several watched
     // namespaces get a pair of controllers each, all in this one process (and under one Lease).
     let mut controllers: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     for target in scope.targets() {
         let ns = target.as_deref();
-        let builds = Controller::new(api::<ImageBuild>(&client, ns), watcher::Config::default())
+        let controller =
+            Controller::new(api::<ImageBuild>(&client, ns), watcher::Config::default());
+        queue.add_store(controller.store());
+        // Builds the queue lets start when a slot frees, in this controller's namespace.
+        let only = target.clone();
+        let wake = futures_util::stream::unfold(queue.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(r) => return Some((r, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter(move |r: &ObjectRef<ImageBuild>| {
+            let keep = only.is_none() || r.namespace == only;
+            async move { keep }
+        });
+        let builds = controller
             .owns(api::<Pod>(&client, ns), pods_cfg.clone())
+            .reconcile_on(wake)
             .graceful_shutdown_on(stop())
             .run(
                 image_build::controller::reconcile,

@@ -289,6 +289,18 @@ fn image_builds_read_as_gitops_tools_expect() {
     };
     let mut new_generation = after(0, vec![Some(terminated("Succeeded", 0, None, PUSHED))]);
     new_generation.metadata.generation = Some(2);
+    let queued = {
+        let mut b = build();
+        b.status = kiln_operator::image_build::status::plan_queued(
+            &b,
+            2,
+            5,
+            "at most 4 in the cluster",
+            ts(0),
+        )
+        .status;
+        b
+    };
     let cancelled = {
         let mut b = after(0, vec![Some(running())]);
         b.spec.cancel = Some(true);
@@ -359,6 +371,7 @@ fn image_builds_read_as_gitops_tools_expect() {
         ),
         ib("invalid spec", &invalid, "Failed", "Degraded"),
         ib("cancelled", &cancelled, "Failed", "Suspended"),
+        ib("queued", &queued, "InProgress", "Progressing"),
         ib(
             "a new generation not yet observed",
             &new_generation,

@@ -327,6 +327,12 @@ pub struct ImageBuildStatus {
     /// Human-readable summary; on failure the last lines of the executor's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the operator first saw this generation waiting for a slot of the build queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<Time>,
+    /// Place in the build queue while Queued (1: next to start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
     /// The last runs that ended (at most 10), newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunRecord>,

@@ -44,6 +44,9 @@ pub const SECRET_ID_RULE: &str = r"self.matches('^[A-Za-z0-9][A-Za-z0-9._-]*$')"
 pub enum Phase {
     #[default]
     Pending,
+    /// Waiting for a slot of the build queue (ImageBuild, when the operator limits concurrent
+    /// builds).
+    Queued,
     Running,
     Succeeded,
     Failed,
@@ -55,6 +58,7 @@ impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Phase::Pending => "Pending",
+            Phase::Queued => "Queued",
             Phase::Running => "Running",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",

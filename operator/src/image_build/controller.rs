@@ -29,7 +29,7 @@ use crate::controller::{
     cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
     pod_warnings, publish_event, truncate, PodOwner,
 };
-use crate::crd::ImageBuild;
+use crate::crd::{ImageBuild, Phase};
 use crate::metrics::KindLabel;
 use crate::ownership;
 use crate::{LABEL_BUILD, LABEL_GENERATION};
@@ -52,7 +52,13 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let result = finalizer(&api, FINALIZER, build, |event| async {
         match event {
             finalizer::Event::Apply(b) => apply(&api, &b, &ctx).await,
-            finalizer::Event::Cleanup(b) => cleanup(&*b, &ctx.client).await,
+            finalizer::Event::Cleanup(b) => {
+                let action = cleanup(&*b, &ctx.client).await?;
+                // A deleted build frees its slot.
+                ctx.queue
+                    .wake_admitted(Some(&(b.namespace().unwrap_or_default(), b.name_any())));
+                Ok(action)
+            }
         }
     })
     .await
@@ -117,6 +123,8 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
             }
             let plan = if build.spec.cancel == Some(true) {
                 status::plan_cancelled(&build, &obs, now)
+            } else if let Some(queued) = queued(&build, ctx, now).await {
+                queued
             } else {
                 status::plan(&build, &valid, &obs, &ctx.config, now)
             };
@@ -183,6 +191,57 @@ async fn retain(
     Ok(next)
 }
 
+/// With queue limits, a build whose generation has not started and that the queue does not let
+/// start now: the Queued plan (its place in the order). `None` lets it start.
+async fn queued(build: &ImageBuild, ctx: &Context, now: Timestamp) -> Option<Plan> {
+    if !ctx.queue.limits.active() {
+        return None;
+    }
+    let generation = build.metadata.generation.unwrap_or(0);
+    let st = build
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == Some(generation));
+    let waiting = match st.and_then(|s| s.phase) {
+        None => true,
+        Some(p) => p == Phase::Queued,
+    };
+    if !waiting {
+        return None;
+    }
+    let key = (build.namespace().unwrap_or_default(), build.name_any());
+    ctx.queue.wait_ready().await;
+    let schedule = ctx.queue.schedule(None);
+    ctx.metrics
+        .queue_depth
+        .set(i64::try_from(schedule.positions.len()).unwrap_or(i64::MAX));
+    if schedule.admitted.contains(&key) {
+        if let Some(since) = st.and_then(|s| s.queued_at.as_ref()) {
+            let waited = now
+                .as_millisecond()
+                .saturating_sub(since.0.as_millisecond());
+            ctx.metrics
+                .queue_wait
+                .observe(waited.max(0) as f64 / 1000.0);
+        }
+        return None;
+    }
+    // Not in the cache yet (just created): behind everything the cache holds.
+    let position = schedule
+        .positions
+        .get(&key)
+        .copied()
+        .unwrap_or(schedule.positions.len() + 1);
+    let waiting_count = schedule.positions.len().max(position);
+    Some(status::plan_queued(
+        build,
+        position,
+        waiting_count,
+        &ctx.queue.describe(),
+        now,
+    ))
+}
+
 /// Carries out the side effects of a plan other than Pod creation.
 async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) -> Result<(), Error> {
     let name = build.name_any();
@@ -215,6 +274,15 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
             secondary: None,
         };
         publish_event(ctx, &event, build).await;
+    }
+    // A run ended (or was cancelled): the queue lets the next builds start at once.
+    let ended = plan.finished.is_some()
+        || plan
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Cancelled));
+    if ended {
+        ctx.queue.wake_admitted(Some(&(ns.clone(), name.clone())));
     }
     if let Some((ok, took)) = plan.finished {
         let cache = plan

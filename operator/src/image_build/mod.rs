@@ -1,8 +1,10 @@
 //! Reconciling an `ImageBuild`: validate (pure) → desired Pod (pure) → apply (I/O) → status
 //! (pure, then one server-side-apply patch). Only [`controller`] talks to the API server.
 
+pub mod admission;
 pub mod controller;
 pub mod pod;
+pub mod queue;
 pub mod retention;
 pub mod run_mounts;
 pub mod status;
@@ -37,6 +39,8 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// spec.cancel stopped the build.
     pub const CANCELLED: &str = "Cancelled";
+    /// Waiting for a slot of the build queue.
+    pub const QUEUED: &str = "Queued";
     /// A new generation replaced a run still in progress (in status.history).
     pub const SUPERSEDED: &str = "Superseded";
 }

@@ -292,6 +292,62 @@ fn new_generation_status(old: &ImageBuildStatus, why: &str, now: Timestamp) -> I
     }
 }
 
+/// A build waiting for a slot of the build queue: phase `Queued` with its place (`position` of
+/// `waiting`) and the time it started waiting; nothing is created. The run of an earlier
+/// generation still in progress is superseded as for any new generation.
+pub fn plan_queued(
+    build: &ImageBuild,
+    position: usize,
+    waiting: usize,
+    limits: &str,
+    now: Timestamp,
+) -> Plan {
+    let generation = build.metadata.generation.unwrap_or(0);
+    let old = build.status.clone().unwrap_or_default();
+    let same_gen = old.observed_generation == Some(generation);
+    let queued_before = same_gen && old.phase == Some(Phase::Queued);
+    let mut b = Builder {
+        new: if queued_before {
+            old.clone()
+        } else {
+            new_generation_status(&old, reason::SUPERSEDED, now)
+        },
+        old,
+        generation,
+        now,
+        _build: build,
+    };
+    let m = format!("queued: {position} of {waiting} waiting for a build slot ({limits})");
+    b.new.phase = Some(Phase::Queued);
+    b.new.observed_generation = Some(generation);
+    b.new.queued_at = b.new.queued_at.clone().or(Some(Time(now)));
+    b.new.queue_position = i32::try_from(position).ok();
+    b.new.message = Some(m.clone());
+    b.conditions(
+        (Status::False, reason::QUEUED),
+        (Status::Unknown, reason::QUEUED),
+        &m,
+    );
+    Plan {
+        event: (!queued_before).then_some(BuildEvent {
+            warning: false,
+            reason: reason::QUEUED,
+            note: m,
+        }),
+        supersede_old_generations: !same_gen,
+        status: (b.new != b.old).then_some(b.new),
+        create_attempt: None,
+        delete_pod: None,
+        // Positions move as others start; a start is also triggered when a slot frees.
+        requeue: Some(QUEUE_RECHECK),
+        finished: None,
+    }
+}
+
+/// How often a queued build looks at its place again (a freed slot wakes the next builds at
+/// once; this only refreshes the positions shown).
+pub const QUEUE_RECHECK: Duration = Duration::from_secs(30);
+
 /// A build with `spec.cancel: true`: the Pods of earlier generations still running are
 /// deleted (as for any new generation) and the build ends in phase `Cancelled`; nothing is
 /// created. The run it stopped is recorded in the history as `Cancelled`.
@@ -523,6 +579,7 @@ pub fn plan(
                 // Start this attempt.
                 let m = format!("attempt {attempt}: executor Pod {pod_name} created");
                 b.new.phase = Some(Phase::Pending);
+                b.new.queue_position = None;
                 b.new.pod_name = Some(pod_name.clone());
                 b.new.start_time = Some(start_time(&b));
                 b.new.message = Some(m.clone());

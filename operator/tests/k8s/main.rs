@@ -10,6 +10,7 @@ mod cache_warm;
 mod image_build;
 mod integrations;
 mod leader;
+mod queue;
 mod run_mounts;
 mod runs;
 mod validation;

@@ -1059,3 +1059,33 @@ fn a_run_replaced_by_a_new_spec_is_recorded_as_superseded() {
         (1, Phase::Cancelled, Some("Superseded"))
     );
 }
+
+#[test]
+fn queued_builds_wait_with_their_place_then_start() {
+    let mut b = build(0);
+    let p = plan_queued(&b, 3, 5, "at most 2 in the cluster", ts(0));
+    assert_eq!(p.create_attempt, None);
+    assert_eq!(p.event.as_ref().unwrap().reason, "Queued");
+    b.status = p.status;
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(s.phase, Some(Phase::Queued));
+    assert_eq!(s.queue_position, Some(3));
+    assert_eq!(s.queued_at, Some(Time(ts(0))));
+    assert!(s.message.as_deref().unwrap().contains("3 of 5"));
+    assert_eq!(cond(&b, "Reconciling").reason, "Queued");
+    // Moving up keeps the time it started waiting, and says so once (no new Event).
+    let p = plan_queued(&b, 1, 4, "at most 2 in the cluster", ts(30));
+    assert_eq!(p.event, None);
+    b.status = p.status;
+    let s = b.status.as_ref().unwrap();
+    assert_eq!(
+        (s.queue_position, s.queued_at.clone()),
+        (Some(1), Some(Time(ts(0))))
+    );
+    // Admitted: the normal plan starts attempt 1 and clears the place.
+    let p = step(&mut b, 0, Observation::default(), 40);
+    assert_eq!(p.create_attempt, Some(1));
+    let s = b.status.as_ref().unwrap();
+    assert_eq!((s.phase, s.queue_position), (Some(Phase::Pending), None));
+    assert_eq!(s.queued_at, Some(Time(ts(0))));
+}
