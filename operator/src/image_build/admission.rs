@@ -67,14 +67,40 @@ impl BuildQueue {
         queue::schedule(&entries, &self.limits)
     }
 
-    /// After a run ended: reconciles the builds that may start now.
-    pub fn wake_admitted(&self, ended: Option<&Key>) {
+    /// After the run of `ended` ended (or the build was deleted): once the caches show it no
+    /// longer holds a slot (its new status arrives through the watch a moment after it is
+    /// written; at most 10 s are waited), reconciles the builds that may start now. The builds
+    /// decide from the same caches, so they must not look before.
+    pub fn wake_after(self: &std::sync::Arc<Self>, ended: Key) {
         if !self.limits.active() {
             return;
         }
-        for (ns, name) in self.schedule(ended).admitted {
-            let _ = self.wake.send(ObjectRef::new(&name).within(&ns));
-        }
+        let q = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                if !q.holds_slot(&ended) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            for (ns, name) in q.schedule(None).admitted {
+                let _ = q.wake.send(ObjectRef::new(&name).within(&ns));
+            }
+        });
+    }
+
+    /// Whether the caches show `key` holding a slot.
+    fn holds_slot(&self, key: &Key) -> bool {
+        self.stores
+            .read()
+            .map(|stores| {
+                stores
+                    .iter()
+                    .flat_map(|s| s.state())
+                    .filter_map(|b| queue::entry(&b))
+                    .any(|e| &e.key == key && e.active)
+            })
+            .unwrap_or(false)
     }
 
     /// The limits as a status message says them.

@@ -56,7 +56,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 let action = cleanup(&*b, &ctx.client).await?;
                 // A deleted build frees its slot.
                 ctx.queue
-                    .wake_admitted(Some(&(b.namespace().unwrap_or_default(), b.name_any())));
+                    .wake_after((b.namespace().unwrap_or_default(), b.name_any()));
                 Ok(action)
             }
         }
@@ -282,7 +282,7 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
             .as_ref()
             .is_some_and(|s| s.phase == Some(Phase::Cancelled));
     if ended {
-        ctx.queue.wake_admitted(Some(&(ns.clone(), name.clone())));
+        ctx.queue.wake_after((ns.clone(), name.clone()));
     }
     if let Some((ok, took)) = plan.finished {
         let cache = plan

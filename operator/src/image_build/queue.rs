@@ -10,9 +10,11 @@
 //!   generation waiting (`status.queuedAt`, else the object's creation time), then by name
 //!   (timestamps have one-second resolution; names are unique in a namespace).
 //! - Across namespaces, round-robin: the next build comes from the namespace with the fewest
-//!   builds active or already ahead in the order; ties go to the namespace whose next build came
-//!   first, then to the namespace name. So a namespace that submits 100 builds does not hold
-//!   back one that submits 1.
+//!   builds active or already ahead in the order; ties go to the namespace served least
+//!   recently (the latest `status.startTime` of its running builds, or its last pick in the
+//!   order being made), then to the one whose next build came first, then to the namespace
+//!   name. So a namespace that submits 100 builds does not hold back one that submits 1, and
+//!   namespaces with as many builds running take turns.
 //! - Builds are admitted in that order while both limits allow; a namespace at its own limit is
 //!   skipped, not waited for.
 
@@ -47,6 +49,8 @@ pub struct Entry {
     pub active: bool,
     /// When it started waiting (for waiting builds).
     pub since: Timestamp,
+    /// When its current run started (active builds), for the round-robin.
+    pub started: Option<Timestamp>,
 }
 
 /// Whether `b`'s current generation still needs a slot (it has not started), whether it holds
@@ -69,6 +73,7 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
             key,
             active: false,
             since: created,
+            started: None,
         }),
         Some(Phase::Queued) => Some(Entry {
             key,
@@ -76,6 +81,7 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
             since: current
                 .and_then(|s| s.queued_at.as_ref())
                 .map_or(created, |t| t.0),
+            started: None,
         }),
         Some(Phase::Pending | Phase::Running) => {
             // An invalid spec never gets here (it fails); a Pod name means a run started.
@@ -83,6 +89,7 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
                 key,
                 active: true,
                 since: created,
+                started: current.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
             })
         }
         Some(Phase::Succeeded | Phase::Failed | Phase::Cancelled) => None,
@@ -94,7 +101,9 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
 pub struct Schedule {
     /// Waiting builds that may start now.
     pub admitted: BTreeSet<Key>,
-    /// Every waiting build's place in the order (1 = next), admitted ones included.
+    /// The place of every waiting build that may not start now (1 = the next to start after
+    /// the admitted ones). Admitted builds have none, so the places stay the same whether a
+    /// build just admitted is still seen waiting or already running.
     pub positions: BTreeMap<Key, usize>,
     /// Builds that hold a slot.
     pub active: usize,
@@ -104,9 +113,15 @@ pub struct Schedule {
 pub fn schedule(entries: &[Entry], limits: &Limits) -> Schedule {
     let mut active_in: BTreeMap<&str, usize> = BTreeMap::new();
     let mut waiting: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
+    // When each namespace was last served: (time, then the order of picks made below).
+    let mut served: BTreeMap<&str, (Timestamp, u64)> = BTreeMap::new();
     for e in entries {
         if e.active {
             *active_in.entry(e.key.0.as_str()).or_default() += 1;
+            if let Some(t) = e.started {
+                let s = served.entry(e.key.0.as_str()).or_insert((t, 0));
+                s.0 = s.0.max(t);
+            }
         } else {
             waiting.entry(e.key.0.as_str()).or_default().push(e);
         }
@@ -119,16 +134,17 @@ pub fn schedule(entries: &[Entry], limits: &Limits) -> Schedule {
     // The round-robin order.
     let mut taken: BTreeMap<&str, usize> = active_in.clone();
     let mut order: Vec<&Entry> = Vec::new();
+    let mut picks = 0u64;
     loop {
         let next = waiting
             .iter()
             .filter_map(|(ns, list)| list.last().map(|head| (*ns, *head)))
             .min_by(|(a_ns, a), (b_ns, b)| {
-                let (ta, tb) = (
-                    taken.get(a_ns).copied().unwrap_or(0),
-                    taken.get(b_ns).copied().unwrap_or(0),
-                );
-                ta.cmp(&tb)
+                let count = |ns: &str| taken.get(ns).copied().unwrap_or(0);
+                let last = |ns: &str| served.get(ns).copied().unwrap_or((Timestamp::MIN, 0));
+                count(a_ns)
+                    .cmp(&count(b_ns))
+                    .then_with(|| last(a_ns).cmp(&last(b_ns)))
                     .then_with(|| a.since.cmp(&b.since))
                     .then_with(|| a_ns.cmp(b_ns))
             });
@@ -138,6 +154,8 @@ pub fn schedule(entries: &[Entry], limits: &Limits) -> Schedule {
             .and_then(Vec::pop)
             .expect("a head was found");
         *taken.entry(ns).or_default() += 1;
+        picks += 1;
+        served.insert(ns, (Timestamp::MAX, picks));
         order.push(e);
     }
     // Admissions while the limits allow.
@@ -147,8 +165,7 @@ pub fn schedule(entries: &[Entry], limits: &Limits) -> Schedule {
         active,
         ..Default::default()
     };
-    for (i, e) in order.iter().enumerate() {
-        s.positions.insert(e.key.clone(), i + 1);
+    for e in &order {
         let ns = e.key.0.as_str();
         let in_ns = running_in.get(ns).copied().unwrap_or(0);
         let cluster_ok = limits.cluster.is_none_or(|c| running < c);
@@ -157,6 +174,9 @@ pub fn schedule(entries: &[Entry], limits: &Limits) -> Schedule {
             s.admitted.insert(e.key.clone());
             running += 1;
             *running_in.entry(ns).or_default() += 1;
+        } else {
+            let place = s.positions.len() + 1;
+            s.positions.insert(e.key.clone(), place);
         }
     }
     s
@@ -175,6 +195,7 @@ mod tests {
             key: (ns.into(), name.into()),
             active: false,
             since: ts(at),
+            started: None,
         }
     }
 
@@ -208,10 +229,16 @@ mod tests {
             per_namespace: Some(2),
         };
         let s = schedule(&thirty(), &limits);
+        let one = schedule(
+            &thirty(),
+            &Limits {
+                cluster: Some(1),
+                per_namespace: None,
+            },
+        );
         assert_eq!(
-            order(&s)[..9],
+            order(&one)[..8],
             [
-                "team-a/b00",
                 "team-b/b00",
                 "team-c/b00",
                 "team-a/b01",
@@ -222,7 +249,10 @@ mod tests {
                 "team-c/b02"
             ]
         );
-        assert_eq!(s.positions.len(), 30);
+        assert_eq!(names(one.admitted), ["team-a/b00"]);
+        assert_eq!(s.positions.len(), 26);
+        // The places of the others, in the same round-robin order.
+        assert_eq!(order(&s)[..3], ["team-b/b01", "team-c/b01", "team-a/b02"]);
         assert_eq!(
             names(s.admitted.clone()),
             ["team-a/b00", "team-a/b01", "team-b/b00", "team-c/b00"]
@@ -263,16 +293,31 @@ mod tests {
         // team-a is at its own limit: b and c get the two free slots.
         assert_eq!(names(s.admitted.clone()), ["team-b/b00", "team-c/b00"]);
         // And team-a's next build comes after b and c have caught up.
-        assert_eq!(
-            order(&s)[..5],
-            [
-                "team-b/b00",
-                "team-c/b00",
-                "team-b/b01",
-                "team-c/b01",
-                "team-a/b02"
-            ]
+        assert_eq!(order(&s)[..3], ["team-b/b01", "team-c/b01", "team-a/b02"]);
+    }
+
+    #[test]
+    fn namespaces_with_as_many_running_take_turns() {
+        // One running in each of a, b, c; a's started last: b's next build goes first, then
+        // c's, then a's, whatever the names.
+        let mut entries = thirty();
+        for (ns, at) in [("team-a", 9), ("team-b", 3), ("team-c", 5)] {
+            let e = entries
+                .iter_mut()
+                .find(|e| e.key.0 == ns && e.key.1 == "b00")
+                .unwrap();
+            e.active = true;
+            e.started = Some(ts(at));
+        }
+        let s = schedule(
+            &entries,
+            &Limits {
+                cluster: Some(4),
+                per_namespace: None,
+            },
         );
+        assert_eq!(names(s.admitted.clone()), ["team-b/b01"]);
+        assert_eq!(order(&s)[..3], ["team-c/b01", "team-a/b01", "team-b/b02"]);
     }
 
     #[test]
@@ -289,7 +334,7 @@ mod tests {
                 per_namespace: None,
             },
         );
-        assert_eq!(order(&s), ["ns-a/m", "ns-b/a", "ns-b/z"]);
+        assert_eq!(order(&s), ["ns-b/a", "ns-b/z"]);
         assert_eq!(names(s.admitted), ["ns-a/m"]);
     }
 
@@ -297,5 +342,6 @@ mod tests {
     fn no_limit_admits_everything() {
         let s = schedule(&thirty(), &Limits::default());
         assert_eq!(s.admitted.len(), 30);
+        assert!(s.positions.is_empty());
     }
 }

@@ -320,7 +320,16 @@ pub fn plan_queued(
     let m = format!("queued: {position} of {waiting} waiting for a build slot ({limits})");
     b.new.phase = Some(Phase::Queued);
     b.new.observed_generation = Some(generation);
-    b.new.queued_at = b.new.queued_at.clone().or(Some(Time(now)));
+    // A new object waits since its creation (whichever reconcile sees it first, all agree); a
+    // later generation since the operator first saw it.
+    let since = match (
+        b.old.observed_generation,
+        &build.metadata.creation_timestamp,
+    ) {
+        (None, Some(created)) => created.clone(),
+        _ => Time(now),
+    };
+    b.new.queued_at = b.new.queued_at.clone().or(Some(since));
     b.new.queue_position = i32::try_from(position).ok();
     b.new.message = Some(m.clone());
     b.conditions(

@@ -71,11 +71,11 @@ async fn cache_warm_runs_and_refreshes() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "PHASE", "IMAGES", "LAST", "WARM", "AGE"],
+        ["NAME", "PHASE", "REASON", "IMAGES", "LAST", "WARM", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..3], ["base", "Running", "1"], "{table}");
+    assert_eq!(&row[..4], ["base", "Running", "Warmed", "1"], "{table}");
     // Deleting the CacheWarm removes its warmer Pods.
     api.delete("base", &DeleteParams::default()).await.unwrap();
     eventually(60, "CacheWarm and its Pods gone", || async {
