@@ -287,7 +287,9 @@ fn smart_http_without_tls() {
     let url = format!("http://127.0.0.1:{}/git/repo.git", server.port);
     let (_work, ctx) = open(&format!("{url}#refs/tags/v1"), &ContextOptions::default()).unwrap();
     assert_eq!(read(&ctx, "version"), "1\n");
-    // Credentials are never sent in clear text.
+    // Credentials given for a plain-http repository are sent (as git, go-git and BuildKit do;
+    // the executor warns that they travel in clear text), and wrong ones fail without echoing
+    // them.
     let protected = http_server(&repo.base, Some("builder:s3cret"));
     let mut opts = ContextOptions::default();
     opts.git.credentials = Some(GitCredentials {
@@ -295,11 +297,14 @@ fn smart_http_without_tls() {
         password: "s3cret".into(),
     });
     let url = format!("http://127.0.0.1:{}/git/repo.git", protected.port);
+    let (_work, ctx) = open(&format!("{url}#main"), &opts).unwrap();
+    assert_eq!(read(&ctx, "version"), "2\n");
+    opts.git.credentials = Some(GitCredentials {
+        username: "builder".into(),
+        password: "wrong-pass".into(),
+    });
     let err = open(&format!("{url}#main"), &opts).unwrap_err();
-    assert!(
-        err.contains("clear text") && !err.contains("s3cret"),
-        "{err}"
-    );
+    assert!(!err.contains("wrong-pass"), "{err}");
 }
 
 #[test]

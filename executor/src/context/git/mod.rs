@@ -294,6 +294,13 @@ fn fetch(
             .map_err(|e| format!("\"{rev}\" is not a valid revision: {e}"))?,
     };
     let credentials = options.credentials.clone();
+    if credentials.is_some() && source.url.starts_with("http://") {
+        // As git, go-git (kaniko) and BuildKit do; said, since anyone on the path can read them.
+        tracing::warn!(
+            "sending the git credentials to {} in clear text (plain http): use an https URL where the server has one",
+            source.describe()
+        );
+    }
     let insecure = options.insecure_skip_tls;
     let is_http = source.url.starts_with("http://") || source.url.starts_with("https://");
     prepare = prepare.configure_connection(move |connection| {

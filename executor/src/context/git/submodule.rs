@@ -100,8 +100,9 @@ impl Modules {
         let mut sub_options = options.clone();
         // `--git branch=` names a branch of the context's repository, not of its submodules.
         sub_options.branch = None;
-        // The GIT_* credentials go only to the server they were given for.
-        if host_of(&url) != host_of(&parent.url) {
+        // The GIT_* credentials go only to the server they were given for, and over the same
+        // scheme: a submodule may not move them from https to plain http.
+        if host_of(&url) != host_of(&parent.url) || scheme_of(&url) != scheme_of(&parent.url) {
             sub_options.credentials = None;
         }
         Ok(Some(Fetch {
@@ -113,6 +114,11 @@ impl Modules {
             options: sub_options,
         }))
     }
+}
+
+/// The scheme of a URL (`https`, `http`, `git`).
+fn scheme_of(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(s, _)| s)
 }
 
 /// `host[:port]` of a URL, for comparing servers.
@@ -180,5 +186,7 @@ mod tests {
         );
         assert_eq!(host_of("https://u@h:1/x"), Some("h:1"));
         assert_eq!(host_of("git://h/x"), Some("h"));
+        assert_eq!(scheme_of("https://h/x"), Some("https"));
+        assert_ne!(scheme_of("http://h/x"), scheme_of("https://h/x"));
     }
 }
