@@ -277,14 +277,17 @@ dry_run() {
 
 # The documented CRD upgrade path (charts/kiln/README.md, "Upgrading"): Helm installs crds/ only
 # when the CRDs do not exist and never upgrades them. An install over CRDs of an older chart
-# (made here by removing spec.rerun from the current ImageBuild CRD) loses a newer field: the
-# API server prunes it. Then the documented step, a server-side apply of the chart's crds/,
-# followed by `helm upgrade`, keeps it.
+# (made here by removing spec.rerun from the current ImageBuild CRD) cannot take a newer field:
+# kubectl's strict validation refuses it (a client without it would see it pruned). Then the
+# documented step, a server-side apply of the chart's crds/, and `helm upgrade` make it work.
 crd_upgrade_check() {
   ensure_helm
   [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
   local ns=kiln-upgrade-check release=kiln-upgrade-check old
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
+  # A run that stopped half way left its release and build behind.
+  "$HELM" uninstall "$release" --namespace "$ns" >/dev/null 2>&1 || true
+  kubectl -n "$ns" delete imagebuild upgrade-check --ignore-not-found --wait=false >&2
   old="$(kubectl create --dry-run=client -o json -f "$CHART/crds/imagebuild.yaml" |
     jq 'del(.spec.versions[].schema.openAPIV3Schema.properties.spec.properties.rerun)')"
   grep -q '"rerun"' <<<"$old" && die "could not make the older ImageBuild CRD"
@@ -293,9 +296,13 @@ crd_upgrade_check() {
   kubectl wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev >&2
   "$HELM" install "$release" "$CHART" --namespace "$ns" --set 'watchNamespaces={'"$ns"'}' >&2
   local build='{"apiVersion":"kiln.dev/v1alpha1","kind":"ImageBuild","metadata":{"name":"upgrade-check"},"spec":{"source":{"configMap":{"name":"ctx"}},"destinations":["127.0.0.1:5000/upgrade:1"],"rerun":"1"}}'
-  kubectl -n "$ns" apply -f - >&2 <<<"$build"
-  [[ -z "$(kubectl -n "$ns" get imagebuild upgrade-check -o jsonpath='{.spec.rerun}')" ]] ||
-    die "the older CRD kept spec.rerun: this check does not test what it says"
+  local out
+  if out="$(kubectl -n "$ns" apply -f - 2>&1 <<<"$build")"; then
+    die "the older CRD accepted spec.rerun: this check does not test what it says"
+  fi
+  grep -q 'unknown field "spec.rerun"' <<<"$out" ||
+    die "the older CRD refused the build for another reason: $out"
+  log "as expected, the older CRD refuses the newer field: $out"
   log "CRD upgrade: kubectl apply --server-side -f charts/kiln/crds/, then helm upgrade"
   kubectl apply --server-side --force-conflicts -f "$CHART/crds/" >&2
   kubectl wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev >&2
@@ -303,8 +310,8 @@ crd_upgrade_check() {
   kubectl -n "$ns" apply -f - >&2 <<<"$build"
   [[ "$(kubectl -n "$ns" get imagebuild upgrade-check -o jsonpath='{.spec.rerun}')" == 1 ]] ||
     die "after the documented CRD upgrade the API server still prunes spec.rerun"
+  kubectl -n "$ns" delete imagebuild upgrade-check --wait=false >&2
   "$HELM" uninstall "$release" --namespace "$ns" >&2
-  kubectl delete namespace "$ns" --wait=false >&2
   log "the documented CRD upgrade path works"
 }
 
