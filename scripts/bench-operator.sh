@@ -41,7 +41,7 @@ log "a fresh API server (state in $KILN_K8S_RUN, port $KILN_APISERVER_PORT)"
 bash scripts/k8s/apiserver.sh stop >/dev/null 2>&1 || true
 rm -rf "$KILN_K8S_RUN/etcd"
 bash scripts/k8s/apiserver.sh start >/dev/null
-eval "$(bash scripts/k8s/apiserver.sh env)"
+export KUBECONFIG="$KILN_K8S_RUN/kubeconfig"
 KUBECTL="${KILN_K8S_TOOLS:-/var/cache/kiln/k8s-tools}/bin/kubectl"
 "$KUBECTL" apply --server-side -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/imagebuilds.kiln.dev >/dev/null
