@@ -110,6 +110,8 @@ fn http_get(url: &str) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    // As the operator: kube's rustls with ring, chosen explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &a.namespace);
     // The API server's own background requests over a quiet second, to subtract.
