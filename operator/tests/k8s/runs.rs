@@ -106,3 +106,33 @@ async fn rerun_cancel_history_and_retention() {
         .any(|n| n.starts_with("runs-build-4")));
     op.stop().await;
 }
+
+#[tokio::test]
+async fn retention_ttl_removes_a_failed_pod_after_its_time() {
+    let Some(env) = env("ib-ttl").await else {
+        return;
+    };
+    let op = Operator::start(&env);
+    let mut b = git_build("ttl");
+    b.spec.retention = Some(kiln_operator::crd::Retention {
+        ttl_after_failed: Some("3s".into()),
+        ..Default::default()
+    });
+    create_build(&env, &b).await;
+    wait_pod(&env, "ttl-build-1-1").await;
+    pod_running(&env.admin, &env.ns, "ttl-build-1-1", "executor").await;
+    pod_terminated(&env.admin, &env.ns, "ttl-build-1-1", "executor", 1, "boom").await;
+    wait_build(&env, "ttl", "phase Failed", |b| {
+        phase(b) == Some(Phase::Failed)
+    })
+    .await;
+    // Kept until its TTL has passed (the operator looks again then, with no other event)...
+    assert!(pod_names(&env).await.contains(&"ttl-build-1-1".to_string()));
+    // ...then deleted; the status keeps the result.
+    eventually(30, "ttl-build-1-1 deleted after its TTL", || async {
+        (!pod_names(&env).await.contains(&"ttl-build-1-1".to_string())).then_some(())
+    })
+    .await;
+    assert_eq!(phase(&get_build(&env, "ttl").await), Some(Phase::Failed));
+    op.stop().await;
+}
