@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kiln_testkit::{
     fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, run_bounded,
-    run_ok, tail, CmdError, HelperBehaviour, TestCredentialHelper, TestRegistry,
+    run_ok, tail, CmdError, HelperBehaviour, TestCredentialHelper, TestRegistry, TOOL_TIMEOUT,
 };
 use support::{build_executor_image, diff_trees, scan_tree};
 
@@ -208,10 +208,35 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     let message: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&termination).expect("read termination log"))
             .unwrap_or_else(|e| panic!("termination log is not JSON: {e}"));
+    assert_eq!(message["digest"], serde_json::json!(pushed), "{message}");
     assert_eq!(
-        message,
-        serde_json::json!({"digest": pushed, "references": [format!("{in_pod}@{pushed}")]})
+        message["references"],
+        serde_json::json!([format!("{in_pod}@{pushed}")]),
+        "{message}"
     );
+    // And the size the operator reports: the pushed manifest's config and layers.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &run_ok(
+            Command::new("skopeo").args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{in_pod}"),
+            ]),
+            TOOL_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("skopeo inspect --raw {in_pod}: {e}"))
+        .stdout,
+    )
+    .expect("manifest JSON");
+    let size = manifest["config"]["size"].as_u64().unwrap()
+        + manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap())
+            .sum::<u64>();
+    assert_eq!(message["size"], serde_json::json!(size), "{message}");
 
     // The same Dockerfile outside a container, in a private root.
     let chroot_ref = format!("{reg}/e2e/inpod:chroot");
