@@ -123,6 +123,30 @@ async fn settled(env: &Env, namespaces: &[String], want: &BTreeSet<Key>) -> BTre
     .await
 }
 
+/// Every build's phase, place and wait start, for a failure message.
+async fn describe(env: &Env, namespaces: &[String]) -> String {
+    builds(env, namespaces)
+        .await
+        .iter()
+        .map(|b| {
+            let s = b.status.clone().unwrap_or_default();
+            format!(
+                "{}/{} gen {:?} observed {:?} {:?} pod {:?} pos {:?} since {:?} msg {:?}",
+                b.namespace().unwrap_or_default(),
+                b.name_any(),
+                b.metadata.generation,
+                s.observed_generation,
+                s.phase,
+                s.pod_name,
+                s.queue_position,
+                s.queued_at,
+                s.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What the rules say for the API state with the run of `ended` over.
 async fn model(env: &Env, namespaces: &[String], ended: &Key) -> queue::Schedule {
     let entries: Vec<queue::Entry> = builds(env, namespaces)
@@ -159,11 +183,21 @@ async fn three_namespaces_share_the_queue_fairly_and_a_restart_changes_nothing()
     let op = start(&env, &namespaces);
     // Four start (two namespaces can hold two, the cluster four): one or two from each
     // namespace, never three from one; the rest wait, each with its place.
-    let first = eventually(90, "four builds started", || async {
+    let t = std::time::Instant::now();
+    let first = loop {
         let s = started(&env, &namespaces).await;
-        (s.len() == 4).then_some(s)
-    })
-    .await;
+        if s.len() == 4 {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            panic!(
+                "after 90 s {} builds started, not 4: {s:?}\n{}",
+                s.len(),
+                describe(&env, &namespaces).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut per_ns: BTreeMap<&str, usize> = BTreeMap::new();
     for (ns, _) in &first {
         *per_ns.entry(ns.as_str()).or_default() += 1;
