@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kiln_testkit::{
     fetch_rootfs, image_config, podman, podman_run_command, registry, registry_digest, run_bounded,
-    run_ok, tail, CmdError, HelperBehaviour, TestCredentialHelper, TestRegistry, TOOL_TIMEOUT,
+    run_ok, tail, CmdError, HelperBehaviour, TestCredentialHelper, TestRegistry,
 };
 use support::{build_executor_image, diff_trees, scan_tree};
 
@@ -215,27 +215,8 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
         "{message}"
     );
     // And the size the operator reports: the pushed manifest's config and layers.
-    let manifest: serde_json::Value = serde_json::from_str(
-        &run_ok(
-            Command::new("skopeo").args([
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{in_pod}"),
-            ]),
-            TOOL_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("skopeo inspect --raw {in_pod}: {e}"))
-        .stdout,
-    )
-    .expect("manifest JSON");
-    let size = manifest["config"]["size"].as_u64().unwrap()
-        + manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["size"].as_u64().unwrap())
-            .sum::<u64>();
+    let size = kiln_testkit::registry_image_size(&in_pod)
+        .unwrap_or_else(|e| panic!("the size of {in_pod}: {e}"));
     assert_eq!(message["size"], serde_json::json!(size), "{message}");
 
     // The same Dockerfile outside a container, in a private root.

@@ -142,27 +142,7 @@ fn unchanged_rebuild_hits_every_run() {
         warm.termination["cache"],
         serde_json::json!({"hits": 2, "misses": 0})
     );
-    let manifest: serde_json::Value = serde_json::from_str(
-        &kiln_testkit::run_ok(
-            Command::new("skopeo").args([
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{dest}:2"),
-            ]),
-            kiln_testkit::TOOL_TIMEOUT,
-        )
-        .expect("skopeo inspect --raw")
-        .stdout,
-    )
-    .expect("manifest JSON");
-    let size = manifest["config"]["size"].as_u64().unwrap()
-        + manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["size"].as_u64().unwrap())
-            .sum::<u64>();
+    let size = kiln_testkit::registry_image_size(&format!("{dest}:2")).expect("manifest size");
     assert_eq!(warm.termination["size"], size, "{}", warm.termination);
     assert_eq!(
         warm.digest, cold.digest,

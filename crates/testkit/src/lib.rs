@@ -35,8 +35,8 @@ pub use select::{require_cases, select_from_env, CaseArgs};
 pub use tls::{TestCa, Usage};
 pub use tools::{
     fetch_rootfs, htpasswd_line, image_config, podman, podman_check, podman_flags, podman_run,
-    podman_run_command, registry_digest, self_signed_cert, skopeo_delete, skopeo_fetch,
-    skopeo_push_layout, umoci_unpack, BUILDAH_FLAGS, PODMAN_FLAGS,
+    podman_run_command, registry_digest, registry_image_size, self_signed_cert, skopeo_delete,
+    skopeo_fetch, skopeo_push_layout, umoci_unpack, BUILDAH_FLAGS, PODMAN_FLAGS,
 };
 
 /// The shared local test registry (`host:port`) with the base images, from `KILN_TEST_REGISTRY`.

@@ -98,6 +98,36 @@ pub fn registry_digest(image: &str) -> Result<String, CmdError> {
     Ok(out.stdout.trim().to_string())
 }
 
+/// Bytes an image takes in the test registry, read from its manifest by `skopeo inspect --raw`:
+/// the config's and the layers' sizes (an independent check of what the executor reports).
+pub fn registry_image_size(image: &str) -> Result<u64, CmdError> {
+    let out = run_ok(
+        Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ]),
+        Duration::from_secs(120),
+    )?;
+    let bad = |what: &str| CmdError {
+        command: format!("skopeo inspect --raw docker://{image}"),
+        reason: format!("{what}: {}", tail(&out.stdout, 500)),
+    };
+    let m: serde_json::Value =
+        serde_json::from_str(&out.stdout).map_err(|e| bad(&format!("not JSON ({e})")))?;
+    let config = m["config"]["size"]
+        .as_u64()
+        .ok_or_else(|| bad("no config size"))?;
+    let layers = m["layers"].as_array().ok_or_else(|| bad("no layers"))?;
+    layers.iter().try_fold(config, |sum, l| {
+        Ok(sum
+            + l["size"]
+                .as_u64()
+                .ok_or_else(|| bad("a layer without a size"))?)
+    })
+}
+
 /// Deletes a manifest from the registry (needs `delete.enabled`, which scripts/registry.sh sets).
 pub fn skopeo_delete(image: &str) -> Result<(), CmdError> {
     run_ok(

@@ -249,7 +249,7 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
     if plan.supersede_old_generations {
         let generation = build.metadata.generation.unwrap_or(0).to_string();
         delete_pods(pods, build, |p| {
-            p.labels().get(LABEL_GENERATION) != Some(&generation) && !pod_finished(p)
+            p.labels().get(LABEL_GENERATION) != Some(&generation) && !status::pod_ended(p)
         })
         .await?;
     }
@@ -294,11 +294,4 @@ async fn act(build: &ImageBuild, plan: &Plan, pods: &Api<Pod>, ctx: &Context) ->
         info!(build = %name, namespace = %ns, succeeded = ok, "build finished");
     }
     Ok(())
-}
-
-fn pod_finished(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }

@@ -235,6 +235,14 @@ pub fn current_pod_name(build: &ImageBuild) -> String {
     )
 }
 
+/// Whether a Pod has ended by itself (phase Succeeded or Failed).
+pub fn pod_ended(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// Whether a phase ends its generation: nothing runs again until the spec changes.
 pub fn is_final(phase: Option<Phase>) -> bool {
     matches!(
@@ -374,11 +382,7 @@ pub fn plan_cancelled(build: &ImageBuild, obs: &Observation, now: Timestamp) -> 
         finished: None,
     };
     if let Some(pod) = &obs.pod {
-        let ended = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if !ended {
+        if !pod_ended(pod) {
             plan.delete_pod = Some(pod.name_any());
         }
     }
@@ -648,11 +652,7 @@ pub fn plan(
         (o, ..) => o,
     };
     if let (PodOutcome::Failed { .. }, Some(pod)) = (&outcome, obs.pod.as_ref()) {
-        let ended = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if !ended {
+        if !pod_ended(pod) {
             plan.delete_pod = Some(pod_name.clone());
         }
     }
