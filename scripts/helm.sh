@@ -350,8 +350,8 @@ rbac_check_one() {
     expect_can no "$sa" create pods --subresource=exec -n "$ns"
     # No Secret access of any kind: a missing Secret is read from the Pod's Events.
     for v in get list watch create update patch delete; do expect_can no "$sa" "$v" secrets -n "$ns"; done
-    for v in create patch list; do expect_can yes "$sa" "$v" events.events.k8s.io -n "$ns"; done
-    for v in delete watch; do expect_can no "$sa" "$v" events.events.k8s.io -n "$ns"; done
+    for v in create patch list watch; do expect_can yes "$sa" "$v" events.events.k8s.io -n "$ns"; done
+    for v in delete update; do expect_can no "$sa" "$v" events.events.k8s.io -n "$ns"; done
     for r in configmaps persistentvolumeclaims serviceaccounts; do expect_can no "$sa" get "$r" -n "$ns"; done
   done
   for ns in "${excluded[@]}"; do

@@ -43,9 +43,6 @@ pub struct OperatorConfig {
     pub failure_lines: usize,
     /// Bytes of executor (or warmer) output kept in `status.message` and Events on failure.
     pub failure_bytes: usize,
-    /// How often a Pod that has not started yet is looked at again (its Warning Events say
-    /// whether a Secret is missing or its image cannot be pulled).
-    pub pending_recheck: Duration,
     /// Resources of executor Pods whose `ImageBuild` sets no `spec.resources`.
     pub default_resources: Option<ResourceRequirements>,
     /// Push Secret of builds that name no `spec.pushSecret`.
@@ -118,7 +115,6 @@ impl Default for OperatorConfig {
             default_refresh_interval: Duration::from_secs(24 * 3600),
             failure_lines: 20,
             failure_bytes: 1024,
-            pending_recheck: Duration::from_secs(15),
             default_resources: None,
             default_push_secret: None,
             default_cache_claim: None,

@@ -1,5 +1,5 @@
 //! The I/O that the `ImageBuild` and `CacheWarm` controllers share: creating and deleting the
-//! Pods an object controls, reading the Warning Events the kubelet wrote about one of them,
+//! Pods an object controls, holding the Warning Events the kubelet wrote about them,
 //! publishing Events, and writing the object's status with one server-side-apply patch. Generic
 //! over [`PodOwner`]; it decides nothing (the pure planners of each kind do). It never touches
 //! Secrets: the operator has no permission on them at all.
@@ -38,6 +38,8 @@ pub struct Context {
     pub instance: String,
     /// The build queue (ImageBuilds; no limits, no queue).
     pub queue: std::sync::Arc<crate::image_build::admission::BuildQueue>,
+    /// The kubelet's Warning Events about Pods (a Secret it cannot mount).
+    pub warnings: std::sync::Arc<WarningEvents>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,29 +182,63 @@ pub fn pod_not_started(p: &Pod) -> bool {
     )
 }
 
-/// The Warning Events about the Pod `pod` (this very Pod: its UID, not an earlier one of the same
-/// name), as the kubelet writes them: how a Pod that does not start says why (a Secret volume
-/// that cannot be mounted, an image that cannot be pulled). Needs `list` on events.k8s.io Events.
-pub async fn pod_warnings(client: &Client, pod: &Pod) -> Result<Vec<PodWarning>, Error> {
-    let ns = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let api: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
-    let lp = ListParams::default().fields(&format!("regarding.name={name}"));
-    let list = api
-        .list(&lp)
-        .await
-        .map_err(kube_err("listing Events of", "Pod", &ns, &name))?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
-        .map(|e| PodWarning {
-            reason: e.reason.unwrap_or_default(),
-            message: e.note.unwrap_or_default(),
-        })
-        .collect())
+/// Field selector of the Events the operator watches: the kubelet's `FailedMount` Warnings about
+/// Pods, which say that a Secret (or a key of one) a Pod mounts does not exist. Nothing else a
+/// Pod that has not started says is only in Events: image pull failures and scheduling are in the
+/// Pod's own status, which the Pod watch already sees.
+pub const WARNING_EVENTS: &str = "type=Warning,reason=FailedMount,regarding.kind=Pod";
+
+/// The Warning Events ([`WARNING_EVENTS`]) the operator's Event watches hold, one store per
+/// watch. Reading them costs no API request, and a new one wakes the Pod's owner at once (see
+/// `runtime`), so a Pod that does not start needs no polling.
+#[derive(Default)]
+pub struct WarningEvents {
+    stores: std::sync::RwLock<Vec<kube::runtime::reflector::Store<K8sEvent>>>,
+}
+
+impl WarningEvents {
+    pub fn add_store(&self, store: kube::runtime::reflector::Store<K8sEvent>) {
+        self.stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store);
+    }
+
+    /// The Warnings about this very Pod (its UID, not an earlier Pod of the same name), oldest
+    /// first.
+    pub fn for_pod(&self, pod: &Pod) -> Vec<PodWarning> {
+        let ns = pod.namespace();
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
+        let mut found: Vec<std::sync::Arc<K8sEvent>> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|e| e.metadata.namespace == ns)
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+            .collect();
+        found.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        found
+            .iter()
+            .map(|e| PodWarning {
+                reason: e.reason.clone().unwrap_or_default(),
+                message: e.note.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// The name of the Pod a watched Event is about, with its namespace.
+pub fn event_pod(e: &K8sEvent) -> Option<(String, String)> {
+    let r = e.regarding.as_ref()?;
+    if r.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    Some((
+        r.namespace
+            .clone()
+            .or_else(|| e.metadata.namespace.clone())?,
+        r.name.clone()?,
+    ))
 }
 
 /// Longest object name whose Events the kube-runtime recorder can name: it calls them

@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info};
 
 use crate::config::OperatorConfig;
+use crate::controller::{event_pod, WarningEvents, WARNING_EVENTS};
 use crate::crd::{CacheWarm, ImageBuild};
 use crate::metrics::Metrics;
 use crate::{cache_warm, image_build, MANAGED_BY};
@@ -54,6 +56,41 @@ const RECONCILE_CONCURRENCY: u16 = 16;
 
 fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
+
+/// The kubelet's `FailedMount` Warnings in one namespace (or all), as a store the reconciles read
+/// ([`WarningEvents`]) and a stream of the owners to reconcile at once: `owner_of` names the
+/// object of `store` whose current Pod an Event is about (none for other Pods). One per
+/// controller, so each wakes its own objects.
+fn warning_events<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    warnings: &WarningEvents,
+    owners: Store<K>,
+    owner_of: fn(&K) -> String,
+) -> impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    warnings.add_store(store);
+    let cfg = watcher::Config::default().fields(WARNING_EVENTS);
+    reflector(writer, watcher(api::<K8sEvent>(client, namespace), cfg))
+        .applied_objects()
+        .filter_map(move |e| {
+            let hit = match e {
+                Ok(e) => event_pod(&e).and_then(|(ns, pod)| {
+                    owners
+                        .state()
+                        .into_iter()
+                        .find(|o| o.namespace().as_deref() == Some(&ns) && owner_of(o) == pod)
+                        .map(|o| Ok(K::clone(&o)))
+                }),
+                // The watcher retries by itself; the controller only logs it.
+                Err(e) => Some(Err(e)),
+            };
+            async move { hit }
+        })
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -103,6 +140,7 @@ pub async fn run(
             per_namespace: config.max_concurrent_builds_per_namespace,
         },
     ));
+    let warnings = Arc::new(WarningEvents::default());
     let ib_ctx = Arc::new(image_build::Context {
         client: client.clone(),
         config: config.clone(),
@@ -110,6 +148,7 @@ pub async fn run(
         recorder: recorder.clone(),
         instance: instance.clone(),
         queue: queue.clone(),
+        warnings: warnings.clone(),
     });
     let cw_ctx = Arc::new(cache_warm::Context {
         client: client.clone(),
@@ -118,6 +157,7 @@ pub async fn run(
         recorder,
         instance,
         queue: queue.clone(),
+        warnings: warnings.clone(),
     });
     // A kube-runtime Controller watches one Api: every namespace, or one. Several watched
     // namespaces get a pair of controllers each, all in this one process (and under one Lease).
@@ -143,8 +183,16 @@ pub async fn run(
             let keep = only.is_none() || r.namespace == only;
             async move { keep }
         });
+        let build_warnings = warning_events(
+            &client,
+            ns,
+            &warnings,
+            controller.store(),
+            image_build::status::current_pod_name,
+        );
         let builds = controller
             .owns(api::<Pod>(&client, ns), pods_cfg.clone())
+            .watches_stream(build_warnings, |b| Some(ObjectRef::from_obj(&b)))
             .reconcile_on(wake)
             .graceful_shutdown_on(stop())
             .run(
@@ -159,8 +207,17 @@ pub async fn run(
                 }
             });
         let warms = Controller::new(api::<CacheWarm>(&client, ns), watcher::Config::default())
-            .with_config(controller_config())
+            .with_config(controller_config());
+        let warm_warnings = warning_events(
+            &client,
+            ns,
+            &warnings,
+            warms.store(),
+            cache_warm::status::current_pod_name,
+        );
+        let warms = warms
             .owns(api::<Pod>(&client, ns), pods_cfg.clone())
+            .watches_stream(warm_warnings, |w| Some(ObjectRef::from_obj(&w)))
             .graceful_shutdown_on(stop())
             .run(
                 cache_warm::controller::reconcile,

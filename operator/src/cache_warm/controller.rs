@@ -24,7 +24,7 @@ use super::status::{self, current_pod_name, Observation, Plan};
 use crate::conditions::{self, Desired, Status};
 use crate::controller::{
     cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
-    pod_warnings, publish_event, truncate, PodOwner,
+    publish_event, truncate, PodOwner,
 };
 use crate::crd::{CacheWarm, Phase};
 use crate::metrics::KindLabel;
@@ -126,7 +126,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
                 foreign_pod,
             };
             if let Some(pod) = obs.pod.as_ref().filter(|p| pod_not_started(p)) {
-                let warnings = pod_warnings(&ctx.client, pod).await?;
+                let warnings = ctx.warnings.for_pod(pod);
                 obs.missing_secret = crate::pod_events::missing_secret(&warnings);
             }
             let plan = status::plan(&cw, interval, &obs, &ctx.config, now);

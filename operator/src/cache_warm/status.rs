@@ -364,7 +364,6 @@ pub fn plan(
                         generation,
                         now,
                     );
-                    plan.requeue = Some(cfg.pending_recheck);
                     None
                 }
                 other => {
@@ -375,9 +374,6 @@ pub fn plan(
                     if let Some(why) = crate::pod_events::stuck_container(pod, CONTAINER) {
                         m.push_str(": ");
                         m.push_str(&why);
-                    }
-                    if other == "Pending" {
-                        plan.requeue = Some(cfg.pending_recheck);
                     }
                     st.phase = Some(Phase::Running);
                     st.pod_name = Some(pod_name.clone());
@@ -582,7 +578,8 @@ mod tests {
         };
         let p = step(&mut c, stuck(), 5);
         assert_eq!(p.create_run, None);
-        assert_eq!(p.requeue, Some(Duration::from_secs(15)));
+        // Nothing polled: the kubelet's next Event, or the Pod starting, wakes it.
+        assert_eq!(p.requeue, None);
         let s = c.status.as_ref().unwrap();
         assert_eq!(s.phase, Some(Phase::Pending));
         assert!(

@@ -27,7 +27,7 @@ use super::status::{self, current_pod_name, Observation, Plan};
 use super::validate::{permitted, validate};
 use crate::controller::{
     cleanup, create_pod, delete_pod, delete_pods, kube_err, patch_status, pod_not_started,
-    pod_warnings, publish_event, truncate, PodOwner,
+    publish_event, truncate, PodOwner,
 };
 use crate::crd::{ImageBuild, Phase};
 use crate::metrics::KindLabel;
@@ -116,7 +116,7 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
                 (obs.pod, obs.foreign_pod) =
                     ownership::sort_out(found, build.metadata.uid.as_deref().unwrap_or_default());
                 if let Some(pod) = obs.pod.as_ref().filter(|p| pod_not_started(p)) {
-                    let warnings = pod_warnings(&ctx.client, pod).await?;
+                    let warnings = ctx.warnings.for_pod(pod);
                     obs.missing_secret = crate::pod_events::missing_secret(&warnings);
                     obs.missing_secret_key = crate::pod_events::missing_secret_key(&warnings);
                 }

@@ -683,7 +683,6 @@ pub fn plan(
                     note: m,
                 });
             }
-            plan.requeue = Some(cfg.pending_recheck);
         }
         PodOutcome::Pending | PodOutcome::Running => {
             let running = outcome == PodOutcome::Running;
@@ -715,15 +714,8 @@ pub fn plan(
                 (Status::Unknown, why_waiting),
                 &m,
             );
-            if !running {
-                // A Pod that has not started changes nothing the watch would see when its
-                // Secret is missing: look at its Events again.
-                plan.requeue = Some(cfg.pending_recheck);
-            }
-            // Come back when spec.timeout passes, whatever else happens (or not) before.
-            if let Some(left) = deadline_in {
-                plan.requeue = Some(plan.requeue.map_or(left, |r| r.min(left)));
-            }
+            // Nothing to poll while the Pod has not started: the Pod watch sees its status
+            // (image pulls, scheduling) and the Event watch the kubelet's FailedMount Warnings.
         }
         PodOutcome::Succeeded { result, finished } => {
             let done = finished.unwrap_or(now);
@@ -830,6 +822,10 @@ pub fn plan(
                 plan.finished = Some((false, elapsed(b.new.start_time.as_ref(), failed_at)));
             }
         }
+    }
+    // Come back when spec.timeout passes, whatever else happens (or not) before.
+    if let Some(left) = deadline_in {
+        plan.requeue = Some(plan.requeue.map_or(left, |r| r.min(left)));
     }
     if b.new != b.old {
         plan.status = Some(b.new);

@@ -273,7 +273,6 @@ pub fn test_config() -> OperatorConfig {
         executor_image: "reg.local/kiln-executor:test".into(),
         warmer_image: "reg.local/kiln-warmer:test".into(),
         retry_backoff: Duration::from_secs(1),
-        pending_recheck: Duration::from_secs(1),
         ..Default::default()
     }
 }

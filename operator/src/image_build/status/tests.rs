@@ -300,7 +300,7 @@ fn missing_secret_is_reported_from_the_pod_that_cannot_mount_it() {
     // The Pod is created without looking for the Secret: the operator cannot read Secrets.
     let p = step(&mut b, 0, Observation::default(), 0);
     assert_eq!(p.create_attempt, Some(1));
-    // Pending, no word from the kubelet yet: looked at again soon.
+    // Pending, no word from the kubelet yet: nothing polled (the Pod and Event watches wake it).
     let p = step(
         &mut b,
         0,
@@ -310,7 +310,7 @@ fn missing_secret_is_reported_from_the_pod_that_cannot_mount_it() {
         },
         2,
     );
-    assert_eq!(p.requeue, Some(Duration::from_secs(15)));
+    assert_eq!(p.requeue, None);
     assert_eq!(cond(&b, "Ready").reason, "Building");
     let stuck = || Observation {
         pod: Some(pod("Pending", None)),
@@ -319,7 +319,7 @@ fn missing_secret_is_reported_from_the_pod_that_cannot_mount_it() {
     };
     let p = step(&mut b, 0, stuck(), 5);
     assert_eq!(p.create_attempt, None);
-    assert_eq!(p.requeue, Some(Duration::from_secs(15)));
+    assert_eq!(p.requeue, None);
     assert_eq!(p.event.as_ref().unwrap().reason, "SecretNotFound");
     assert_eq!(cond(&b, "Ready").reason, "SecretNotFound");
     assert_eq!(cond(&b, "Succeeded").status, "Unknown");
@@ -923,6 +923,31 @@ fn the_timeout_counts_from_the_pods_creation() {
             .contains("(30s, counted from the creation of executor Pod app-build-1-1)"),
         "{s:?}"
     );
+}
+
+#[test]
+fn a_pod_waiting_for_its_secret_still_ends_at_the_timeout() {
+    // Nothing polls a Pod that cannot mount its Secret: the requeue at spec.timeout is what ends
+    // it if the Secret never comes.
+    let mut b = build(0);
+    step_timeout(&mut b, 30, Observation::default(), 0);
+    let stuck = || Observation {
+        pod: Some(pod_created(
+            0,
+            PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            },
+        )),
+        missing_secret: Some("regcred".into()),
+        ..Default::default()
+    };
+    let p = step_timeout(&mut b, 30, stuck(), 12);
+    assert_eq!(cond(&b, "Ready").reason, "SecretNotFound");
+    assert_eq!(p.requeue, Some(Duration::from_secs(18)));
+    step_timeout(&mut b, 30, stuck(), 30);
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    assert_eq!(cond(&b, "Ready").reason, "Timeout");
 }
 
 /// `plan`, or `plan_cancelled` when the spec says so (as the controller chooses).
