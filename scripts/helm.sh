@@ -180,6 +180,7 @@ check() {
   expect_rendered "the read-only root filesystem" 'readOnlyRootFilesystem: true' "$out"
   expect_rendered "the lease permissions" 'coordination.k8s.io' "$out"
   if grep -q '^kind: ServiceMonitor$' <<<"$out"; then die "ServiceMonitor rendered although disabled"; fi
+  if grep -q 'kiln-operator.json' <<<"$out"; then die "the Grafana dashboard rendered although disabled"; fi
   if grep -q '^kind: PodDisruptionBudget$' <<<"$out"; then die "a PodDisruptionBudget rendered for one replica (it would block node drains)"; fi
   expect_rendered "the default retention limits" 'KILN_RETENTION_SUCCEEDED_LIMIT' "$out"
   if grep -q 'watch-namespace' <<<"$out"; then die "--watch-namespace rendered although watchNamespaces is empty"; fi
@@ -188,6 +189,17 @@ check() {
   log "helm template with tests/values-full.yaml"
   out="$(template -f "$CHART/tests/values-full.yaml")"
   expect_rendered "the ServiceMonitor" '^kind: ServiceMonitor$' "$out"
+  # The dashboard ConfigMap holds dashboards/kiln-operator.json unchanged.
+  local dash
+  dash="$(template -f "$CHART/tests/values-full.yaml" --show-only templates/dashboard.yaml)"
+  expect_rendered "the dashboard in the sidecar's namespace" '^  namespace: monitoring$' "$dash"
+  expect_rendered "the dashboard sidecar label" 'grafana_dashboard: "1"' "$dash"
+  python3 -c '
+import json, sys
+lines = sys.stdin.read().split("\n")
+start = lines.index("  kiln-operator.json: |-") + 1
+body = "\n".join(l[4:] for l in lines[start:] if l.startswith("    ") or not l)
+sys.exit(json.loads(body) != json.load(open(sys.argv[1])))' "$CHART/dashboards/kiln-operator.json" <<<"$dash" || die "the dashboard ConfigMap does not hold dashboards/kiln-operator.json"
   expect_rendered "the json log format" '--log-format=json' "$out"
   expect_rendered "a PodDisruptionBudget for two replicas" '^kind: PodDisruptionBudget$' "$out"
   expect_rendered "the executor image pull Secrets" 'value: "pull-executor"' "$out"
