@@ -35,6 +35,8 @@ pub struct OperatorConfig {
     /// Build queue limits: concurrent builds in the cluster and per namespace (`None`: no limit).
     pub max_concurrent_builds: Option<usize>,
     pub max_concurrent_builds_per_namespace: Option<usize>,
+    /// The time reconciles decide by (the system clock; tests move it forward).
+    pub clock: crate::clock::Clock,
     /// Retention of finished executor Pods where `spec.retention` says nothing.
     pub retention: crate::image_build::retention::Effective,
     /// Refresh interval of a `CacheWarm` that does not set one.
@@ -106,6 +108,7 @@ impl Default for OperatorConfig {
             executor_image: "ghcr.io/kiln-build/kiln-executor:latest".into(),
             warmer_image: "ghcr.io/kiln-build/kiln-warmer:latest".into(),
             retry_backoff: Duration::from_secs(10),
+            clock: Default::default(),
             max_retry_backoff: Duration::from_secs(300),
             retention: Default::default(),
             max_concurrent_builds: None,

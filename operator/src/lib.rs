@@ -2,6 +2,7 @@
 //! `CacheWarm`, and the I/O glue (controllers, leader election, metrics). Binaries only wire
 //! these together; nothing here parses command lines or installs signal handlers.
 
+pub mod clock;
 pub mod conditions;
 pub mod config;
 pub mod controller;

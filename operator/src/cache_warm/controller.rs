@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -78,7 +77,7 @@ async fn apply(api: &Api<CacheWarm>, cached: &CacheWarm, ctx: &Context) -> Resul
         return Ok(Action::await_change());
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Timestamp::now();
+    let now = ctx.config.clock.now();
     let generation = cw.metadata.generation.unwrap_or(0);
     let plan = match status::validate(&cw, &ctx.config) {
         Err(invalid) => {

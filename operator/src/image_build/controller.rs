@@ -94,7 +94,7 @@ async fn apply(api: &Api<ImageBuild>, cached: &ImageBuild, ctx: &Context) -> Res
     // Secret and cache repository actually used.
     let build = with_defaults(&build, &ctx.config);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Timestamp::now();
+    let now = ctx.config.clock.now();
     let checked =
         validate(&build.spec).and_then(|valid| permitted(&build.spec, &ctx.config).map(|()| valid));
     let plan = match checked {

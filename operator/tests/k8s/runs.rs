@@ -136,3 +136,71 @@ async fn retention_ttl_removes_a_failed_pod_after_its_time() {
     assert_eq!(phase(&get_build(&env, "ttl").await), Some(Phase::Failed));
     op.stop().await;
 }
+
+/// ImageBuild reconciles the operator has finished so far.
+fn reconciles(op: &Operator) -> u64 {
+    ["success", "error"]
+        .iter()
+        .map(|r| {
+            op.metrics
+                .reconciles
+                .get_or_create(&kiln_operator::metrics::ReconcileLabels {
+                    controller: "ImageBuild",
+                    result: r,
+                })
+                .get()
+        })
+        .sum()
+}
+
+/// Adds an annotation, which makes the operator reconcile the build once more, and waits until
+/// that reconcile has run.
+async fn poke(env: &Env, op: &Operator, name: &str, value: &str) {
+    let before = reconciles(op);
+    let api: Api<ImageBuild> = Api::namespaced(env.admin.clone(), &env.ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "annotations": { "test.kiln.dev/poke": value } } })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("annotating ImageBuild {name}: {e}"));
+    eventually(30, "a reconcile after the annotation", || async {
+        (reconciles(op) > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retention_ttl_counts_on_the_operators_clock() {
+    // A day-long TTL checked without waiting a day: the operator's clock is moved forward.
+    let Some(env) = env("ib-ttl-clock").await else {
+        return;
+    };
+    let cfg = test_config();
+    let clock = cfg.clock.clone();
+    let op = Operator::start_with(&env, cfg);
+    let mut b = git_build("day");
+    b.spec.retention = Some(kiln_operator::crd::Retention {
+        ttl_after_succeeded: Some("24h".into()),
+        ..Default::default()
+    });
+    create_build(&env, &b).await;
+    succeed(&env, "day-build-1-1").await;
+    wait_generation_succeeded(&env, "day", 1).await;
+    // An hour later (and a reconcile that looks): kept.
+    clock.advance(Duration::from_secs(3600));
+    poke(&env, &op, "day", "1").await;
+    assert!(pod_names(&env).await.contains(&"day-build-1-1".to_string()));
+    // A day after the build ended: deleted at the next reconcile; the status keeps the result.
+    clock.advance(Duration::from_secs(23 * 3600));
+    poke(&env, &op, "day", "2").await;
+    eventually(30, "day-build-1-1 deleted after its TTL", || async {
+        (!pod_names(&env).await.contains(&"day-build-1-1".to_string())).then_some(())
+    })
+    .await;
+    let built = get_build(&env, "day").await;
+    assert_eq!(phase(&built), Some(Phase::Succeeded));
+    assert!(built.status.unwrap().image.is_some());
+    op.stop().await;
+}
