@@ -693,7 +693,23 @@ fn scenario_missing_push_secret(env: &Env) -> anyhow::Result<()> {
         ],
         None,
     )?;
+    // How long the late Secret takes to be picked up: the kubelet retries the mount with its own
+    // back-off; the operator adds nothing (it learns from the Pod and Event watches). Measured and
+    // printed, not asserted.
+    let created = std::time::Instant::now();
+    wait_for("the executor Pod to start", BUILD_TIMEOUT, || {
+        let started = pods_of(&k, "hello")?
+            .iter()
+            .any(|p| p["status"]["phase"].as_str().is_some_and(|ph| ph != "Pending"));
+        Ok((started.then_some(()), pods_summary(&k)))
+    })?;
+    let started = created.elapsed();
     let st = wait_final(&k, "hello", 1)?;
+    eprintln!(
+        "missing-push-secret: the Pod started {:.1} s after the Secret was created, the build ended {:.1} s after",
+        started.as_secs_f64(),
+        created.elapsed().as_secs_f64()
+    );
     check_pushed(env, &k, &st, &dest, "kiln-e2e says hello")?;
     Ok(())
 }
