@@ -180,7 +180,7 @@ bash scripts/check-switches.sh
 PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
-    tar gzip xz-utils zstd git python3 shellcheck time openssh-client lua5.1
+    tar gzip xz-utils zstd git python3 shellcheck time openssh-client openssh-server lua5.1
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh

@@ -698,9 +698,11 @@ fn scenario_missing_push_secret(env: &Env) -> anyhow::Result<()> {
     // printed, not asserted.
     let created = std::time::Instant::now();
     wait_for("the executor Pod to start", BUILD_TIMEOUT, || {
-        let started = pods_of(&k, "hello")?
-            .iter()
-            .any(|p| p["status"]["phase"].as_str().is_some_and(|ph| ph != "Pending"));
+        let started = pods_of(&k, "hello")?.iter().any(|p| {
+            p["status"]["phase"]
+                .as_str()
+                .is_some_and(|ph| ph != "Pending")
+        });
         Ok((started.then_some(()), pods_summary(&k)))
     })?;
     let started = created.elapsed();

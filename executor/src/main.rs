@@ -10,6 +10,10 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_executor::run::maybe_run_init() {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
+    // gitoxide's ssh program for ssh:// contexts (this binary under another name).
+    if let Some(code) = kiln_executor::context::git::ssh::maybe_run_helper() {
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     // Before any thread and any read of the environment: may re-execute this process once.
     let args = match kiln_executor::credentials::protect_environment() {
         Ok(args) => args,

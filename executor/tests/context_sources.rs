@@ -9,9 +9,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kiln_executor::context::{BuildContext, ContextOptions, GitCredentials, PullMethod};
+use kiln_executor::context::git::ssh::SshAuth;
+use kiln_executor::context::{
+    git_secret_from_dir, BuildContext, ContextOptions, GitCredentials, PullMethod,
+};
 use kiln_testkit::{
-    free_port, require_tools, self_signed_cert, wait_for_port, GitHttpServer, KillOnDrop,
+    free_port, require_tools, self_signed_cert, ssh_keygen, wait_for_port, GitHttpServer,
+    GitSshServer, KillOnDrop,
 };
 
 /// A server process for one test, killed when the test ends, pass or fail.
@@ -228,6 +232,127 @@ fn git_protocol_branch_tag_commit_and_sub_path() {
     );
     let err = open(&format!("git://127.0.0.1:{}/nope.git", daemon.port), &opts).unwrap_err();
     assert!(err.contains("nope.git"), "{err}");
+}
+
+/// ssh options for `server`: its client key, `known_hosts` with the given line, and the built
+/// kiln-executor as the ssh program.
+fn ssh_opts(server: &GitSshServer, dir: &Path, known_hosts: &str) -> ContextOptions {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("known_hosts"), format!("{known_hosts}\n")).unwrap();
+    let mut o = ContextOptions::default();
+    o.git.ssh = Some(SshAuth {
+        private_key: server.client_key.clone(),
+        known_hosts: dir.join("known_hosts"),
+        helper_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln-executor"))),
+    });
+    o
+}
+
+#[test]
+fn ssh_with_a_key_and_checked_host_keys() {
+    if !tools_present() || !require_tools(&["sshd", "ssh-keygen"]) {
+        return;
+    }
+    let repo = make_repo();
+    let server = GitSshServer::start(&repo.base);
+    let repo_path = repo.base.join("git/repo.git");
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        server.user,
+        server.port,
+        repo_path.display()
+    );
+    let keys = tempfile::tempdir().unwrap();
+    // The host's key listed: fetched, at a branch, a tag and a commit, as over the other transports.
+    let good = ssh_opts(&server, &keys.path().join("good"), &server.known_hosts_line);
+    for (spec, want) in [
+        (url.clone(), "2\n"),
+        (format!("{url}#feature"), "feature\n"),
+        (format!("{url}#v1"), "1\n"),
+        (format!("{url}#main#{}", repo.c1), "1\n"),
+        (format!("git+{url}#main"), "2\n"),
+    ] {
+        let (_work, ctx) = open(&spec, &good).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert_eq!(read(&ctx, "version"), want, "{spec}");
+        assert!(!ctx.root().join(".git").exists(), "{spec}");
+    }
+
+    // Another host's line only: refused before any key is offered, saying which key it saw.
+    let other = ssh_keygen(&keys.path().join("other_host"));
+    let unknown = ssh_opts(
+        &server,
+        &keys.path().join("unknown"),
+        &format!("[127.0.0.1]:{} {other}", server.port + 1),
+    );
+    let err = open(&url, &unknown).unwrap_err();
+    let mut seen = vec![err.clone()];
+    assert!(
+        err.contains("host key verification failed") && err.contains("does not list"),
+        "{err}"
+    );
+    assert!(
+        err.contains("SHA256:"),
+        "the error names the offered key: {err}"
+    );
+    // Another key recorded for this very host: refused as a changed key.
+    let changed = ssh_opts(
+        &server,
+        &keys.path().join("changed"),
+        &format!("[127.0.0.1]:{} {other}", server.port),
+    );
+    let err = open(&url, &changed).unwrap_err();
+    seen.push(err.clone());
+    assert!(err.contains("records another"), "{err}");
+
+    // A key the server does not accept.
+    let mut stranger = ssh_opts(
+        &server,
+        &keys.path().join("stranger"),
+        &server.known_hosts_line,
+    );
+    ssh_keygen(&keys.path().join("stranger_key"));
+    stranger.git.ssh.as_mut().unwrap().private_key = keys.path().join("stranger_key");
+    let err = open(&url, &stranger).unwrap_err();
+    seen.push(err.clone());
+    assert!(err.contains("Permission denied"), "{err}");
+
+    // No key at all: said at once, nothing is tried.
+    let err = open(&url, &ContextOptions::default()).unwrap_err();
+    seen.push(err.clone());
+    assert!(err.contains("ssh-privatekey and known_hosts"), "{err}");
+    // Nothing of the key in any message.
+    let key_text = fs::read_to_string(&server.client_key).unwrap();
+    let body = key_text.lines().nth(1).unwrap();
+    for e in &seen {
+        assert!(!e.contains(body), "{e}");
+    }
+}
+
+#[test]
+fn ssh_secret_volume_needs_known_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("ssh-privatekey"), "not read yet\n").unwrap();
+    let err = git_secret_from_dir(dir.path()).unwrap_err();
+    assert!(
+        err.contains("known_hosts") && err.contains("never connects"),
+        "{err}"
+    );
+    fs::write(dir.path().join("known_hosts"), "h ssh-ed25519 AAAA\n").unwrap();
+    let (creds, ssh) = git_secret_from_dir(dir.path()).unwrap();
+    assert!(creds.is_none());
+    let ssh = ssh.unwrap();
+    assert_eq!(ssh.private_key, dir.path().join("ssh-privatekey"));
+    assert_eq!(ssh.known_hosts, dir.path().join("known_hosts"));
+    // A basic-auth Secret still works as before; an empty one is an error naming every key.
+    let basic = tempfile::tempdir().unwrap();
+    fs::write(basic.path().join("username"), "u").unwrap();
+    fs::write(basic.path().join("password"), "p").unwrap();
+    let (creds, ssh) = git_secret_from_dir(basic.path()).unwrap();
+    assert_eq!(creds.unwrap().username, "u");
+    assert!(ssh.is_none());
+    let empty = tempfile::tempdir().unwrap();
+    let err = git_secret_from_dir(empty.path()).unwrap_err();
+    assert!(err.contains("ssh-privatekey"), "{err}");
 }
 
 #[test]

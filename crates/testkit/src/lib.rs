@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod credhelper;
 pub mod git_http;
+mod git_ssh;
 pub mod image;
 pub mod kaniko;
 pub mod policy;
@@ -27,6 +28,7 @@ pub use cmd::{
 };
 pub use credhelper::{HelperBehaviour, TestCredentialHelper};
 pub use git_http::GitHttpServer;
+pub use git_ssh::{ssh_keygen, GitSshServer};
 pub use image::{Layer, TestImage};
 pub use policy::{ci, find_tool, require_root, require_tool, require_tools, skip_or_fail, tool};
 pub use proxy::{rule, Fault, FaultProxy, Gate, Rule, Seen, ENDLESS_LIMIT};

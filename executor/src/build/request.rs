@@ -10,7 +10,7 @@ use super::BuildError;
 use crate::cache::layer::CacheRepo;
 use crate::cli::{IsolationFlag, Options};
 use crate::commands::CacheFlags;
-use crate::context::{ContextOptions, GitCredentials};
+use crate::context::ContextOptions;
 use crate::run::Isolation;
 use crate::snapshot::LayerOptions;
 use crate::unpack::LayerBounds;
@@ -129,8 +129,12 @@ impl BuildRequest {
             ContextOptions::from_flags(&opts.context_sub_path, opts.git.as_deref())
                 .map_err(BuildError::Usage)?;
         if let Some(dir) = &opts.git_secret_dir {
-            context_options.git.credentials =
-                Some(GitCredentials::from_dir(Path::new(dir)).map_err(BuildError::Usage)?);
+            let (credentials, ssh) =
+                crate::context::git_secret_from_dir(Path::new(dir)).map_err(BuildError::Usage)?;
+            if credentials.is_some() {
+                context_options.git.credentials = credentials;
+            }
+            context_options.git.ssh = ssh;
         }
         let platform = kiln_oci::platform::from_flag(opts.custom_platform.as_deref())
             .map_err(BuildError::Usage)?;

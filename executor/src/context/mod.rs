@@ -3,7 +3,7 @@
 //! Never modifies the context: anything fetched or extracted goes into a fresh directory of our
 //! own, and a directory context is only read.
 
-mod git;
+pub mod git;
 mod http;
 mod ignore;
 mod object_store;
@@ -11,7 +11,7 @@ mod source;
 
 pub use ignore::{IgnoreMatcher, PatternError};
 pub use object_store::CloudEnv;
-pub use source::{ContextOptions, GitCredentials, GitOptions, PullMethod};
+pub use source::{git_secret_from_dir, ContextOptions, GitCredentials, GitOptions, PullMethod};
 
 use std::fs;
 use std::io;
@@ -22,7 +22,7 @@ use tempfile::TempDir;
 /// Why a build context could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz), an object-store tarball (s3://bucket/ctx.tar.gz, gs://bucket/ctx.tar.gz, https://account.blob.core.windows.net/container/ctx.tar.gz) or a git repository (git://host/repo.git#ref)")]
+    #[error("build context scheme \"{scheme}\" is not supported; use a directory (dir:///path or a plain path), a tarball (tar:///path/ctx.tar.gz, tar://stdin, https://host/ctx.tar.gz), an object-store tarball (s3://bucket/ctx.tar.gz, gs://bucket/ctx.tar.gz, https://account.blob.core.windows.net/container/ctx.tar.gz) or a git repository (git://host/repo.git#ref, ssh://git@host/repo.git#ref)")]
     UnsupportedScheme { scheme: String },
     #[error("fetching {location}: {message}")]
     ObjectStore { location: String, message: String },

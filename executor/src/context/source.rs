@@ -41,6 +41,8 @@ pub struct GitOptions {
     /// default, or `http`), plus `git` for the native git protocol (port 9418).
     pub pull_method: PullMethod,
     pub credentials: Option<GitCredentials>,
+    /// The private key and `known_hosts` for `ssh://` repositories (`--git-secret-dir`).
+    pub ssh: Option<super::git::ssh::SshAuth>,
 }
 
 impl Default for GitOptions {
@@ -52,6 +54,7 @@ impl Default for GitOptions {
             insecure_skip_tls: false,
             pull_method: PullMethod::Https,
             credentials: None,
+            ssh: None,
         }
     }
 }
@@ -140,23 +143,63 @@ impl GitCredentials {
                 .to_string();
             Ok(Some(text).filter(|t| !t.is_empty()))
         };
+        Self::from_files(read)?.ok_or_else(|| {
+            format!(
+                "--git-secret-dir {}: no token, username, password or ssh-privatekey file (a kubernetes.io/basic-auth Secret has username and password; a token Secret a key named token; a kubernetes.io/ssh-auth Secret ssh-privatekey, with known_hosts beside it)",
+                dir.display()
+            )
+        })
+    }
+
+    /// The token or user name and password among the files `read` finds, if any.
+    fn from_files(
+        read: impl Fn(&str) -> Result<Option<String>, String>,
+    ) -> Result<Option<GitCredentials>, String> {
         if let Some(token) = read("token")? {
-            return Ok(GitCredentials {
+            return Ok(Some(GitCredentials {
                 username: token,
                 password: String::new(),
-            });
+            }));
         }
         let (username, password) = (read("username")?, read("password")?);
         if username.is_none() && password.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(GitCredentials {
+            username: username.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+        }))
+    }
+}
+
+/// What a git Secret mounted at `dir` (`--git-secret-dir`) holds: HTTP credentials (`token`, or
+/// `username` and `password`) and/or an ssh key (`ssh-privatekey`, the key of a
+/// `kubernetes.io/ssh-auth` Secret), which needs `known_hosts` beside it: ssh host keys are always
+/// checked. Errors name the file, never its content.
+pub fn git_secret_from_dir(
+    dir: &Path,
+) -> Result<(Option<GitCredentials>, Option<super::git::ssh::SshAuth>), String> {
+    let key = dir.join("ssh-privatekey");
+    let ssh = if key.exists() {
+        let known_hosts = dir.join("known_hosts");
+        if !known_hosts.exists() {
             return Err(format!(
-                "--git-secret-dir {}: no token, username or password file (a kubernetes.io/basic-auth Secret has username and password; a token Secret a key named token)",
+                "--git-secret-dir {}: ssh-privatekey without known_hosts: add a key named known_hosts to the Secret with the git server's host key line (for example from ssh-keyscan); Kiln never connects to an ssh server whose key it cannot check",
                 dir.display()
             ));
         }
-        Ok(GitCredentials {
-            username: username.unwrap_or_default(),
-            password: password.unwrap_or_default(),
+        Some(super::git::ssh::SshAuth {
+            private_key: key,
+            known_hosts,
+            helper_exe: None,
         })
+    } else {
+        None
+    };
+    match GitCredentials::from_dir(dir) {
+        Ok(c) => Ok((Some(c), ssh)),
+        Err(_) if ssh.is_some() => Ok((None, ssh)),
+        Err(e) => Err(e),
     }
 }
 
@@ -239,6 +282,9 @@ impl Source {
     pub fn parse(spec: &str, options: &ContextOptions) -> Result<Source, ContextError> {
         let pull_method = options.git.pull_method;
         let Some((scheme, rest)) = spec.split_once("://") else {
+            if let Some(url) = scp_like_ssh(spec) {
+                return Ok(Source::Git(GitSource::parse(&url)));
+            }
             return Ok(Source::Dir(PathBuf::from(spec)));
         };
         // Before the tarball and git forms of https URLs, as in kaniko.
@@ -257,6 +303,7 @@ impl Source {
                 };
                 Ok(Source::Git(GitSource::parse(&format!("{method}://{rest}"))))
             }
+            "ssh" | "git+ssh" => Ok(Source::Git(GitSource::parse(&format!("ssh://{rest}")))),
             "git+https" | "git+http" => {
                 let scheme = &scheme["git+".len()..];
                 Ok(Source::Git(GitSource::parse(&format!("{scheme}://{rest}"))))
@@ -283,6 +330,29 @@ impl Source {
             }),
         }
     }
+}
+
+/// git's scp-like form `user@host:path` as an `ssh://` URL (`path` relative to the user's home
+/// unless it starts with `/`, as git reads it); `None` for anything else. The user is required,
+/// so a local directory name with a colon is never taken for a repository.
+fn scp_like_ssh(spec: &str) -> Option<String> {
+    let (user, rest) = spec.split_once('@')?;
+    let (host, path) = rest.split_once(':')?;
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !name_ok(user) || !name_ok(host) || path.is_empty() {
+        return None;
+    }
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/~/{path}")
+    };
+    Some(format!("ssh://{user}@{host}{path}"))
 }
 
 /// Download `url` into a new file under `dir`, streaming (memory stays flat, size bounded), and
@@ -379,6 +449,37 @@ mod tests {
                 "{spec}"
             );
         }
+        // ssh: the URL forms git takes, scp-like paths relative to the user's home.
+        for (spec, url, reference) in [
+            (
+                "ssh://git@h:2222/o/r.git#main",
+                "ssh://git@h:2222/o/r.git",
+                Some("main"),
+            ),
+            ("git+ssh://git@h/o/r.git", "ssh://git@h/o/r.git", None),
+            (
+                "git@h.example:o/r.git#v1",
+                "ssh://git@h.example/~/o/r.git",
+                Some("v1"),
+            ),
+            ("git@h:/srv/r.git", "ssh://git@h/srv/r.git", None),
+        ] {
+            let Source::Git(g) = Source::parse(spec, &https).unwrap() else {
+                panic!("{spec} is a git source")
+            };
+            assert_eq!(
+                (g.url.as_str(), g.reference.as_deref()),
+                (url, reference),
+                "{spec}"
+            );
+        }
+        // A directory is still a directory: no user, or no colon.
+        for spec in ["ctx", "my:dir", "a@b", "/srv/ctx@2:x"] {
+            assert!(
+                matches!(Source::parse(spec, &https).unwrap(), Source::Dir(_)),
+                "{spec}"
+            );
+        }
         for spec in [
             "s3://b/k",
             "gs://b",
@@ -449,7 +550,10 @@ mod tests {
     fn git_credentials_from_a_secret_volume() {
         let dir = tempfile::tempdir().unwrap();
         let err = GitCredentials::from_dir(dir.path()).unwrap_err();
-        assert!(err.contains("no token, username or password"), "{err}");
+        assert!(
+            err.contains("no token, username, password or ssh-privatekey"),
+            "{err}"
+        );
         fs::write(dir.path().join("username"), "builder").unwrap();
         fs::write(dir.path().join("password"), "s3cret\n").unwrap();
         let c = GitCredentials::from_dir(dir.path()).unwrap();

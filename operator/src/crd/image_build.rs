@@ -205,7 +205,9 @@ pub struct GitSource {
     pub sub_path: Option<String>,
     /// Credentials of a private repository: a Secret in the build's namespace with the key
     /// `token`, or `username` and `password` (a `kubernetes.io/basic-auth` Secret), for
-    /// `https://` and `http://` URLs. Mounted read-only into the executor Pod only; never in its
+    /// `https://` and `http://` URLs; for `ssh://` and `user@host:path` URLs, `ssh-privatekey`
+    /// (a `kubernetes.io/ssh-auth` Secret) and `known_hosts` with the server's host key line
+    /// (host keys are always checked). Mounted read-only into the executor Pod only; never in its
     /// arguments, environment, the status or an Event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalSecretRef>,

@@ -40,8 +40,15 @@ pub const CACHE_DIR: &str = "/cache";
 pub use kiln_common::termination::BuildMessage as ExecutorResult;
 
 /// `git://host/path#ref`, the kaniko spelling of a git context, from any of the URL forms users
-/// write (`https://`, `http://`, `git://` or no scheme).
+/// write (`https://`, `http://`, `git://` or no scheme); an ssh URL (`ssh://`, `git+ssh://`,
+/// scp-like `user@host:path`) is passed as it is, with its `#ref`.
 pub fn git_context(url: &str, revision: Option<&str>) -> String {
+    if super::validate::is_ssh_url(url) {
+        return match revision {
+            Some(r) if !r.is_empty() => format!("{url}#{r}"),
+            _ => url.to_string(),
+        };
+    }
     let rest = ["https://", "http://", "git://"]
         .iter()
         .find_map(|p| url.strip_prefix(p))
@@ -506,6 +513,22 @@ mod tests {
         // The executor's command line takes the flag.
         let o = parse_executor(args);
         assert_eq!(o.git_secret_dir.as_deref(), Some(GIT_SECRET_DIR));
+    }
+
+    #[test]
+    fn ssh_urls_are_passed_as_they_are() {
+        assert_eq!(
+            git_context("ssh://git@git.local:2222/org/app.git", Some("main")),
+            "ssh://git@git.local:2222/org/app.git#main"
+        );
+        assert_eq!(
+            git_context("git@github.com:org/app.git", None),
+            "git@github.com:org/app.git"
+        );
+        assert_eq!(
+            git_context("https://example.com/org/app.git", Some("v1")),
+            "git://example.com/org/app.git#v1"
+        );
     }
 
     #[test]

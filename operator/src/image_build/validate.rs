@@ -36,9 +36,9 @@ pub enum InvalidSpec {
     #[error("spec.timeout must be at least one second, not {0}")]
     TimeoutTooShort(String),
     #[error(
-        "spec.source.git.url {0:?} is an ssh URL: Kiln fetches git contexts over https, http or \
-         the git protocol (as kaniko does), not ssh; use the repository's https URL with \
-         spec.source.git.secretRef naming a Secret with a token or username and password"
+        "spec.source.git.url {0:?} is an ssh URL, which needs spec.source.git.secretRef naming a \
+         kubernetes.io/ssh-auth Secret (ssh-privatekey) with a known_hosts key holding the \
+         server's host key line (host keys are always checked); or use the repository's https URL"
     )]
     SshGitUrl(String),
     #[error("spec.retries must be between 0 and 10, not {0}")]
@@ -254,7 +254,8 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
         inside("dockerfile", path)?;
     }
     if let Some(url) = s.git.as_ref().map(|g| g.url.as_str()) {
-        if is_ssh_url(url) {
+        let has_secret = s.git.as_ref().is_some_and(|g| g.secret_ref.is_some());
+        if is_ssh_url(url) && !has_secret {
             return Err(InvalidSpec::SshGitUrl(one_line(url, MAX_ECHO)));
         }
     }
@@ -273,7 +274,7 @@ pub fn validate(spec: &ImageBuildSpec) -> Result<ValidSpec, InvalidSpec> {
 }
 
 /// `ssh://...` or scp-like `user@host:path`.
-fn is_ssh_url(url: &str) -> bool {
+pub fn is_ssh_url(url: &str) -> bool {
     if url.starts_with("ssh://") || url.starts_with("git+ssh://") {
         return true;
     }
@@ -318,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn ssh_git_urls_are_refused_saying_why() {
+    fn ssh_git_urls_need_a_secret() {
         for url in [
             "ssh://git@example.com/org/app.git",
             "git@github.com:org/app.git",
@@ -329,6 +330,12 @@ mod tests {
             let err = validate(&s).unwrap_err();
             assert!(matches!(err, InvalidSpec::SshGitUrl(_)), "{url}: {err}");
             assert!(err.to_string().contains("secretRef"), "{err}");
+            assert!(err.to_string().contains("known_hosts"), "{err}");
+            // With a Secret (its keys are the kubelet's and the executor's to check).
+            s.source.git.as_mut().unwrap().secret_ref = Some(crate::crd::LocalSecretRef {
+                name: "deploy-key".into(),
+            });
+            assert!(validate(&s).is_ok(), "{url}");
         }
         for url in [
             "https://example.com/app.git",

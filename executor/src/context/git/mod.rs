@@ -14,6 +14,7 @@ use gix::objs::tree::EntryKind;
 
 use super::{ContextError, GitCredentials, GitOptions};
 
+pub mod ssh;
 mod submodule;
 
 /// What to fetch: the parsed `<url>#<ref>#<commit>` of a git context.
@@ -293,6 +294,27 @@ fn fetch(
             .with_revision(Some(rev))
             .map_err(|e| format!("\"{rev}\" is not a valid revision: {e}"))?,
     };
+    let mut ssh_helper = None;
+    if source.url.starts_with("ssh://") {
+        // gitoxide runs an ssh program: the executor itself, under the helper's name, with the
+        // Secret's key and known_hosts (never without them: host keys are always checked).
+        let Some(auth) = &options.ssh else {
+            return Err(
+                "an ssh repository needs --git-secret-dir with ssh-privatekey and known_hosts (a kubernetes.io/ssh-auth Secret plus the server's host key line)"
+                    .into(),
+            );
+        };
+        let helper_dir = repo_dir.with_extension("ssh");
+        let program = ssh::install(auth, &helper_dir)?;
+        ssh_helper = Some(program.clone());
+        prepare = prepare.with_in_memory_config_overrides([
+            format!(
+                "gitoxide.ssh.commandWithoutShellFallback={}",
+                program.display()
+            ),
+            "ssh.variant=ssh".to_string(),
+        ]);
+    }
     let credentials = options.credentials.clone();
     if credentials.is_some() && source.url.starts_with("http://") {
         // As git, go-git (kaniko) and BuildKit do; said, since anyone on the path can read them.
@@ -315,7 +337,14 @@ fn fetch(
     let interrupt = AtomicBool::new(false);
     let (repo, _outcome) = prepare
         .fetch_only(gix::progress::Discard, &interrupt)
-        .map_err(|e| describe_gix_error(&e.to_string(), &format!("{e:?}")))?;
+        .map_err(|e| {
+            // The ssh helper's reason (a host key it refused, a key the server refused) says
+            // more than gitoxide's broken handshake.
+            ssh_helper
+                .as_deref()
+                .and_then(ssh::take_error)
+                .unwrap_or_else(|| describe_gix_error(&e.to_string(), &format!("{e:?}")))
+        })?;
     Ok(repo)
 }
 
