@@ -206,6 +206,42 @@ pub fn write_docker_archive(
     Ok(())
 }
 
+/// Write the OCI image layout in `dir` as a tar at `path` (an OCI archive, as `skopeo copy
+/// oci-archive:` and `podman load` read it): `oci-layout`, `index.json`, then every blob, in
+/// name order, with fixed modes and times. Written to a temporary file beside `path`, then
+/// renamed.
+pub fn write_dir_tar(dir: &Path, path: &Path) -> std::io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(parent)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
+    for name in ["oci-layout", "index.json"] {
+        let mut file = std::fs::File::open(dir.join(name))?;
+        let mut header = file_header(file.metadata()?.len());
+        tar.append_data(&mut header, name, &mut file)?;
+    }
+    let blobs = dir.join("blobs/sha256");
+    let mut names: Vec<String> = std::fs::read_dir(&blobs)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let mut file = std::fs::File::open(blobs.join(&name))?;
+        let mut header = file_header(file.metadata()?.len());
+        tar.append_data(&mut header, format!("blobs/sha256/{name}"), &mut file)?;
+    }
+    tar.into_inner()?.flush()?;
+    tmp.as_file().sync_all()?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 fn hex_of(digest: &str) -> &str {
     digest.split_once(':').map(|(_, h)| h).unwrap_or(digest)
 }

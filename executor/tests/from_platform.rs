@@ -14,7 +14,7 @@ use kiln_testkit::{
     registry, require_root, require_tools, skopeo_push_layout, Layer, TestImage, TestRegistry,
 };
 use serde_json::json;
-use support::{layout_config, layout_entry, run_executor};
+use support::{layout_blob, layout_config, layout_entry, manifest_entry, run_executor};
 
 /// An architecture other than this machine's, for the foreign platform.
 fn foreign_arch() -> &'static str {
@@ -186,6 +186,167 @@ fn without_custom_platform_the_config_keeps_the_final_base_platform() {
         layout_config(&layout).unwrap()["architecture"],
         foreign_arch()
     );
+}
+
+#[test]
+fn one_build_for_two_platforms_pushes_one_index() {
+    if !ready() {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/kiln-test/marker:1", reg.addr);
+    push_two_platform_base(dir.path(), &base);
+    let host = Platform::default().to_string();
+    let foreign = format!("linux/{}", foreign_arch());
+    // A builder stage on the build platform for each target (it reads TARGETARCH), a final
+    // stage per target platform from the two-platform base.
+    let busybox = format!("{}/kiln-test/busybox:latest", registry());
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {busybox} AS tools\n\
+             ARG TARGETARCH\n\
+             RUN echo \"built for $TARGETARCH on $(uname -m)\" > /target\n\
+             FROM {base}\n\
+             ARG TARGETPLATFORM\n\
+             ENV BUILT_FOR=$TARGETPLATFORM\n\
+             COPY --from=tools /target /target\n"
+        ),
+    );
+    let dest = format!("{}/kiln-test/multi:v1", reg.addr);
+    let layout = dir.path().join("layout");
+    let tar = dir.path().join("image.tar");
+    let digest_file = dir.path().join("digest");
+    let platforms = format!("{host},{foreign}");
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--platform",
+            &platforms,
+            "--destination",
+            &dest,
+            "--insecure",
+            "--insecure-pull",
+            "--oci-layout-path",
+            &layout.display().to_string(),
+            "--tar-path",
+            &tar.display().to_string(),
+            "--digest-file",
+            &digest_file.display().to_string(),
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("platform 1/2: {host}")), "{log}");
+    assert!(log.contains(&format!("platform 2/2: {foreign}")), "{log}");
+
+    // The registry: one index under the tag, naming both platform images in the order given.
+    let index = pushed_manifest(&dest);
+    assert_eq!(index["mediaType"], MEDIA_TYPE_OCI_INDEX, "{index}");
+    let entries = index["manifests"].as_array().unwrap();
+    let archs: Vec<&str> = entries
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        archs,
+        vec![Platform::default().architecture.as_str(), foreign_arch()]
+    );
+    assert!(entries.iter().all(|m| m["platform"]["os"] == "linux"));
+    let index_digest = fs::read_to_string(&digest_file).unwrap();
+    assert!(
+        log.contains(&format!("pushed {dest}@{index_digest}")),
+        "{log}"
+    );
+    // Each platform image is in the repository by digest.
+    for m in entries {
+        let by_digest = format!(
+            "{}/kiln-test/multi@{}",
+            reg.addr,
+            m["digest"].as_str().unwrap()
+        );
+        assert_eq!(
+            pushed_manifest(&by_digest)["config"]["mediaType"],
+            "application/vnd.oci.image.config.v1+json"
+        );
+    }
+
+    // The layout: index.json names the index (tagged v1); each image has its platform's files,
+    // config platform and TARGET* values.
+    let top: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let named = top["manifests"].as_array().unwrap();
+    assert_eq!(named.len(), 1, "{top}");
+    assert_eq!(named[0]["mediaType"], MEDIA_TYPE_OCI_INDEX);
+    assert_eq!(named[0]["digest"].as_str().unwrap(), index_digest);
+    assert_eq!(
+        named[0]["annotations"]["org.opencontainers.image.ref.name"],
+        "v1"
+    );
+    let local_index = layout_blob(&layout, &index_digest);
+    assert_eq!(local_index, index);
+    let host_arch = Platform::default().architecture;
+    for (m, (arch, platform)) in entries.iter().zip([
+        (host_arch.as_str(), host.as_str()),
+        (foreign_arch(), foreign.as_str()),
+    ]) {
+        let manifest = layout_blob(&layout, m["digest"].as_str().unwrap());
+        let config = layout_blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["architecture"], arch);
+        let env = config["config"]["Env"].to_string();
+        assert!(env.contains(&format!("BUILT_FOR={platform}")), "{env}");
+        assert_eq!(
+            manifest_entry(&layout, &manifest, "/marker").as_deref(),
+            Some(format!("{arch}\n").as_str())
+        );
+        // The builder stage ran on this machine, once per target (it reads TARGETARCH).
+        let machine = std::env::consts::ARCH;
+        assert_eq!(
+            manifest_entry(&layout, &manifest, "/target").as_deref(),
+            Some(format!("built for {arch} on {machine}\n").as_str())
+        );
+    }
+
+    // --tar-path: the same index as an OCI archive.
+    let out = kiln_testkit::run(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", tar.display())),
+    );
+    let archived: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(archived, index);
+}
+
+#[test]
+fn a_platform_list_is_checked_before_anything_is_built() {
+    if !ready() {
+        return;
+    }
+    for (list, says) in [
+        ("linux/amd64,,linux/arm64", "empty platform"),
+        ("linux/arm64,linux/arm64", "named twice"),
+        ("linux/amd64,linux", "invalid platform"),
+    ] {
+        let (ok, log) = run_executor(
+            &[
+                "--context",
+                "dir:///nonexistent",
+                "--no-push",
+                "--custom-platform",
+                list,
+            ],
+            &[],
+            None,
+        );
+        assert!(!ok, "{list}: {log}");
+        assert!(
+            log.contains(says) && log.contains("--custom-platform"),
+            "{list}: {log}"
+        );
+    }
 }
 
 /// The manifest of `image` as the registry serves it (`skopeo inspect --raw`).

@@ -113,6 +113,29 @@ pub fn from_flag(value: Option<&str>) -> Result<Platform, String> {
     }
 }
 
+/// `--custom-platform` (or `--platform`) as a list: one platform or several separated by commas
+/// (`linux/amd64,linux/arm64`), in the order given; this machine's when absent. An empty item or
+/// a platform named twice is refused.
+pub fn list_from_flag(value: Option<&str>) -> Result<Vec<Platform>, String> {
+    let Some(value) = value else {
+        return Ok(vec![Platform::default()]);
+    };
+    let mut out: Vec<Platform> = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!(
+                "{value:?}: an empty platform in the list (separate platforms with single commas)"
+            ));
+        }
+        let p: Platform = item.parse()?;
+        if out.contains(&p) {
+            return Err(format!("{value:?}: {p} is named twice"));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
 /// The platform of a stage's base image, the one rule for kiln-executor and kiln-warmer: the
 /// stage's `FROM --platform` value (already expanded) when it has one, else `target`. An empty
 /// value is refused, as BuildKit does, rather than silently meaning the target.

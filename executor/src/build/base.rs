@@ -29,6 +29,20 @@ pub struct Image {
     pub layers: Vec<LayerFile>,
 }
 
+/// A base image that is not an index holds one platform, which is used whatever the build asked
+/// for (as Docker and BuildKit do); said, as BuildKit's `InvalidBaseImagePlatform` check does.
+fn warn_other_platform(reference: &str, config: &ImageConfig, wanted: &Platform) {
+    if config.os.is_empty() || config.architecture.is_empty() {
+        return;
+    }
+    if config.os != wanted.os || config.architecture != wanted.architecture {
+        warn!(
+            "{reference} is a {}/{} image, not {wanted} (it is no image index with that platform); using it as it is",
+            config.os, config.architecture
+        );
+    }
+}
+
 /// Base images of one build, and the whereabouts of every layer blob.
 pub struct BaseImages<'a> {
     registry: Arc<Registry>,
@@ -123,15 +137,19 @@ impl<'a> BaseImages<'a> {
     /// into the work dir.
     pub fn pull(&mut self, reference: &str, platform: &Platform) -> Result<Image, BuildError> {
         let started = Instant::now();
-        if let Some(image) = self.cached(reference, platform)? {
-            info!(
-                "{reference}: read from the base-image cache ({} layer(s)) in {}",
-                image.layers.len(),
-                secs(started.elapsed())
-            );
-            return Ok(image);
-        }
-        self.pull_remote(reference, platform)
+        let image = match self.cached(reference, platform)? {
+            Some(image) => {
+                info!(
+                    "{reference}: read from the base-image cache ({} layer(s)) in {}",
+                    image.layers.len(),
+                    secs(started.elapsed())
+                );
+                image
+            }
+            None => self.pull_remote(reference, platform)?,
+        };
+        warn_other_platform(reference, &image.config, platform);
+        Ok(image)
     }
 
     /// A base image's config and layer records without downloading layers (from the

@@ -6,6 +6,7 @@
 
 mod base;
 mod error;
+mod multi;
 mod plan;
 mod publish;
 mod request;
@@ -54,6 +55,8 @@ pub struct BuildResult {
     pub commit: Option<String>,
     /// The layer cache's hits and misses, when `--cache` was on.
     pub cache: Option<kiln_common::termination::CacheCounts>,
+    /// Bytes of the image: config and (compressed) layers; of every platform's for an index.
+    pub size: u64,
 }
 
 /// A finished stage: its root filesystem, config and layers.
@@ -77,6 +80,9 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
 
 /// Build what `req` describes and write it to every output.
 pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
+    if req.platforms.len() > 1 {
+        return multi::build_platforms(req);
+    }
     let (work_dir, _temp_guard) = work_dir(req)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -245,7 +251,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         result.digest,
         started.elapsed().as_secs_f64()
     );
-    publish::write_result_files(req, &result)?;
+    if !req.index_member {
+        publish::write_result_files(req, &result)?;
+    }
     Ok(result)
 }
 
@@ -362,7 +370,10 @@ fn in_place_hidden(req: &BuildRequest, work_dir: &Path, context_root: &Path) -> 
 /// directory, and in place only from `$PATH` directories the build keeps (`/kiln`, `/kaniko`,
 /// Kiln's directory), since elsewhere `/` turns into the build's root and a helper found there
 /// would be the base image's file, run with the executor's credentials.
-fn registry_options(req: &BuildRequest, work_dir: &Path) -> kiln_oci::registry::RegistryOptions {
+pub(super) fn registry_options(
+    req: &BuildRequest,
+    work_dir: &Path,
+) -> kiln_oci::registry::RegistryOptions {
     let mut opts = req.registry.clone();
     opts.credential_helpers.work_dir = Some(work_dir.join("cred-helpers"));
     if req.isolation == Isolation::InPlace {
@@ -465,7 +476,7 @@ fn timestamp(req: &BuildRequest) -> String {
     }
 }
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 

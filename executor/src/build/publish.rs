@@ -126,15 +126,21 @@ pub fn write_outputs(
     let mut references = Vec::new();
     if !req.no_push {
         for dest in &req.destinations {
+            // One platform's image of an index: by digest only; the index gets the tag.
+            let target = if req.index_member {
+                format!("{}@{}", output::strip_tag(dest), image.digest)
+            } else {
+                dest.clone()
+            };
             push(
                 bases,
                 runtime,
-                dest,
+                &target,
                 &stage.layers,
                 &image,
                 req.ignore_immutable_tag_errors,
             )?;
-            references.push(format!("{dest}@{}", image.digest));
+            references.push(format!("{}@{}", output::strip_tag(dest), image.digest));
         }
     } else if !req.destinations.is_empty() {
         info!("--no-push: not pushing to {}", req.destinations.join(", "));
@@ -142,6 +148,7 @@ pub fn write_outputs(
     if let Some(path) = &req.outputs.oci_layout_path {
         write_layout(req, bases, path, &stage.layers, &image)?;
     }
+    let size = image.config.len() as u64 + stage.layers.iter().map(|l| l.size).sum::<u64>();
     if let Some(path) = &req.outputs.tar_path {
         let layers: Vec<output::ArchiveLayer> = stage
             .layers
@@ -174,6 +181,7 @@ pub fn write_outputs(
         config: image.config,
         commit: None,
         cache: None,
+        size,
     })
 }
 
@@ -363,7 +371,7 @@ fn blobs_present(
     )
 }
 
-const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+pub(super) const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 
 /// Write the image into the OCI layout at `path`, tagged with the first destination's tag.
 fn write_layout(
@@ -386,6 +394,13 @@ fn write_layout(
             .map_err(layout_err)?;
     }
     layout.write_blob_bytes(&image.config).map_err(layout_err)?;
+    if req.index_member {
+        // Named by the index the build of all platforms adds, not by index.json itself.
+        layout
+            .write_blob_bytes(&image.manifest)
+            .map_err(layout_err)?;
+        return Ok(());
+    }
     let ref_name = req
         .destinations
         .first()
@@ -461,7 +476,7 @@ pub fn write_result_files(req: &BuildRequest, result: &BuildResult) -> Result<()
         references: result.references.clone(),
         commit: result.commit.clone(),
         cache: result.cache,
-        size: output::image_size(&result.manifest),
+        size: Some(result.size),
     };
     output::write_termination_log(&termination, &message).map_err(io_err(format!(
         "writing the termination message {}",
@@ -482,7 +497,7 @@ fn same_registry(a: &str, b: &str) -> bool {
 }
 
 /// The tag of a reference (`reg:5000/a/b:tag` → `tag`), if it has one.
-fn tag_of(reference: &str) -> Option<String> {
+pub(super) fn tag_of(reference: &str) -> Option<String> {
     let name = reference.split('@').next()?;
     let last = name.rsplit('/').next()?;
     last.split_once(':').map(|(_, t)| t.to_string())

@@ -41,7 +41,14 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// `--label KEY=VALUE` as given.
     pub labels: Vec<String>,
+    /// The platform this build is for (the first of `platforms`).
     pub platform: Platform,
+    /// Every platform `--custom-platform` names, in order: more than one makes a build per
+    /// platform, pushed as one image index (see `multi`).
+    pub platforms: Vec<Platform>,
+    /// This build is one platform's of several: its image is pushed by digest only, and the
+    /// index, the files and the result files are written by the build of all platforms.
+    pub index_member: bool,
     /// Whether `--custom-platform` named the platform (else it is this machine's). As in
     /// BuildKit, a named target platform is the image config's platform even when the final
     /// stage's `FROM --platform` names another; otherwise the config keeps its base's.
@@ -136,8 +143,9 @@ impl BuildRequest {
             }
             context_options.git.ssh = ssh;
         }
-        let platform = kiln_oci::platform::from_flag(opts.custom_platform.as_deref())
-            .map_err(BuildError::Usage)?;
+        let platforms = kiln_oci::platform::list_from_flag(opts.custom_platform.as_deref())
+            .map_err(|e| BuildError::Usage(format!("--custom-platform {e}")))?;
+        let platform = platforms[0].clone();
         let cache_ttl = opts.cache_ttl().map_err(BuildError::Usage)?;
         let mut build_args: BTreeMap<String, String> = opts.build_arg_pairs().into_iter().collect();
         // BuildKit's clients pass their `$SOURCE_DATE_EPOCH` on as the build arg.
@@ -172,6 +180,8 @@ impl BuildRequest {
             },
             max_build_size: opts.max_build_size,
             platform,
+            platforms,
+            index_member: false,
             platform_explicit: opts.custom_platform.is_some(),
             isolation,
             kiln_dir: opts.kiln_dir.clone(),

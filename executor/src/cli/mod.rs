@@ -88,8 +88,10 @@ pub struct Options {
     #[command(flatten)]
     pub registry: RegistryFlags,
 
-    /// Platform to build for, e.g. `linux/amd64` or `linux/arm64/v8`.
-    #[arg(long = "custom-platform")]
+    /// Platform to build for, e.g. `linux/amd64` or `linux/arm64/v8`; several separated by
+    /// commas build one image per platform, pushed as one image index (`--platform` is the same
+    /// flag, as in docker buildx).
+    #[arg(long = "custom-platform", visible_alias = "platform")]
     pub custom_platform: Option<String>,
 
     /// kaniko's deprecated spelling of `--custom-platform`; when not empty it wins over

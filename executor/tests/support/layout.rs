@@ -8,8 +8,13 @@ use std::path::Path;
 /// The file at `path` in the layout's image (the last layer that writes it wins), or what a
 /// symlink there points to as `-> target`; `None` when no layer has it or there is no layout.
 pub fn layout_entry(layout: &Path, path: &str) -> Option<String> {
+    manifest_entry(layout, &layout_manifest(layout)?, path)
+}
+
+/// The file at `path` in the image of `manifest`, whose blobs are in the layout (as
+/// [`layout_entry`]).
+pub fn manifest_entry(layout: &Path, manifest: &serde_json::Value, path: &str) -> Option<String> {
     let blob = |digest: &str| blob_path(layout, digest);
-    let manifest = layout_manifest(layout)?;
     let want = path.trim_start_matches('/');
     let mut found = None;
     for layer in manifest["layers"].as_array().unwrap() {
@@ -35,6 +40,11 @@ pub fn layout_entry(layout: &Path, path: &str) -> Option<String> {
         }
     }
     found
+}
+
+/// The JSON blob `digest` of the layout.
+pub fn layout_blob(layout: &Path, digest: &str) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(blob_path(layout, digest)).unwrap()).unwrap()
 }
 
 fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
