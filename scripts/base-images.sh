@@ -5,6 +5,10 @@
 #
 #   $REG/kiln-test/busybox:latest     busybox-static with its applet symlinks, passwd/group, /tmp 1777
 #   $REG/kiln-test/busybox:multiarch  an image index: the same amd64 image plus a fake linux/arm64 entry
+#   $REG/kiln-test/busybox:multiplatform  an image index of real linux/amd64 and linux/arm64 images
+#                                     (Debian's busybox-static for each; the arm64 package is
+#                                     fetched with apt-get download, arm64 added as a foreign
+#                                     architecture, and cached under $KILN_BASE_CACHE)
 #   $REG/kiln-test/debian:bookworm    debootstrap --variant=minbase bookworm, apt lists removed
 #
 # The debootstrap root is cached as a tarball under $KILN_BASE_CACHE (default /var/cache/kiln/base) so
@@ -45,7 +49,7 @@ new_image() {
     [[ -d "$layout" ]] || umoci init --layout "$layout"
     umoci new --image "$layout:$tag"
     umoci raw add-layer --image "$layout:$tag" "$layer"
-    umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+    umoci config --image "$layout:$tag" --os linux --architecture "${IMAGE_ARCH:-amd64}" \
         --author "kiln scripts/base-images.sh" "$@"
 }
 
@@ -56,9 +60,12 @@ push() {
     log "pushed $REG/$dest"
 }
 
+# busybox_root ROOT [BINARY]: a busybox root with this machine's busybox, or BINARY (another
+# architecture's build of the same version: the applets are listed by this machine's).
 busybox_root() {
-    local root="$1" bb
-    bb="$(readlink -f "$(command -v busybox)")"
+    local root="$1" bb host
+    host="$(readlink -f "$(command -v busybox)")"
+    bb="${2:-$host}"
     file_is_static "$bb" || die "$bb is not the static busybox: apt-get install -y busybox-static"
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,home/app,var,run,dev,proc,sys}
     install -m 0755 "$bb" "$root/bin/busybox"
@@ -68,7 +75,7 @@ busybox_root() {
         [[ "$applet" == bin/busybox || -e "$root/$applet" || -L "$root/$applet" ]] && continue
         mkdir -p "$root/$(dirname "$applet")"
         ln -s /bin/busybox "$root/$applet"
-    done < <("$root/bin/busybox" --list-full)
+    done < <("$host" --list-full)
     install -d -m 1777 "$root/tmp" "$root/var/tmp"
     install -d -m 0700 "$root/root"
     chown 1000:1000 "$root/home/app"
@@ -126,6 +133,54 @@ build_busybox() {
     push "$layout:multiarch" kiln-test/busybox:multiarch --all
 }
 
+# Debian's busybox-static for arm64, as a .deb in the cache (fetched once).
+arm64_busybox_deb() {
+    local deb="$CACHE/busybox-static-arm64.deb"
+    if [[ ! -s "$deb" ]]; then
+        if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+            dpkg --add-architecture arm64
+        fi
+        if ! (cd "$WORK" && apt-get download -qq busybox-static:arm64 >/dev/null 2>&1); then
+            apt-get update -qq
+            (cd "$WORK" && apt-get download -qq busybox-static:arm64 >/dev/null) ||
+                die "apt-get download busybox-static:arm64 failed"
+        fi
+        mv "$WORK"/busybox-static_*_arm64.deb "$deb"
+        log "cached $deb"
+    fi
+    echo "$deb"
+}
+
+build_busybox_multiplatform() {
+    local layout="$WORK/busybox-mp" deb x="$WORK/busybox-arm64-deb"
+    deb="$(arm64_busybox_deb)"
+    dpkg-deb -x "$deb" "$x"
+    busybox_root "$WORK/busybox-root-amd64"
+    busybox_root "$WORK/busybox-root-arm64" "$x/bin/busybox"
+    local arch
+    for arch in amd64 arm64; do
+        layer_tar "$WORK/busybox-root-$arch" "$WORK/busybox-$arch.tar"
+        IMAGE_ARCH="$arch" new_image "$layout" "$arch" "$WORK/busybox-$arch.tar" \
+            --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+            --config.cmd sh
+    done
+    local idx="$layout/index.json" index digest size
+    index="$(jq -c '{
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.index.v1+json",
+        manifests: [.manifests[] | . as $m | ($m.annotations["org.opencontainers.image.ref.name"]) as $a
+            | select($a == "amd64" or $a == "arm64")
+            | $m | del(.annotations) | .platform = {architecture: $a, os: "linux"}]}' "$idx")"
+    digest="$(printf '%s' "$index" | sha256sum | cut -d' ' -f1)"
+    size="$(printf '%s' "$index" | wc -c)"
+    printf '%s' "$index" >"$layout/blobs/sha256/$digest"
+    jq --arg d "sha256:$digest" --argjson s "$size" '.manifests += [{
+        mediaType: "application/vnd.oci.image.index.v1+json", digest: $d, size: $s,
+        annotations: {"org.opencontainers.image.ref.name": "multiplatform"}}]' "$idx" >"$idx.new"
+    mv "$idx.new" "$idx"
+    push "$layout:multiplatform" kiln-test/busybox:multiplatform --all
+}
+
 debian_mirror() {
     # Use the mirror this machine's apt already uses rather than naming one here.
     local m
@@ -173,5 +228,6 @@ build_debian() {
 }
 
 [[ -z "$ONLY" || "$ONLY" == busybox ]] && build_busybox
+[[ -z "$ONLY" || "$ONLY" == busybox ]] && build_busybox_multiplatform
 [[ -z "$ONLY" || "$ONLY" == debian ]] && build_debian
 log "done"

@@ -64,6 +64,7 @@
 #   KILN_RETENTION_TTL_AFTER_FAILED    refused   kiln-operator setting (as above)
 #   KILN_RETENTION_SUCCEEDED_LIMIT     refused   kiln-operator setting (as above)
 #   KILN_RETENTION_FAILED_LIMIT        refused   kiln-operator setting (as above)
+#   KILN_QEMU_DIR                      refused   kiln-executor setting: where QEMU emulators are (the tests use Debian's)
 #   KILN_FORCE_RESOLVE_FALLBACK        refused   makes every kiln-executor open paths inside roots
 #                                                without openat2, so the kernel path goes untested
 #                                                (executor/tests/hostile_copy.rs sets it on the
@@ -181,6 +182,7 @@ PACKAGES=(
     docker-registry skopeo umoci buildah podman runc
     debootstrap busybox-static binutils jq curl openssl ca-certificates apache2-utils pigz
     tar gzip xz-utils zstd git python3 shellcheck time openssh-client openssh-server lua5.1
+    qemu-user-static file
 )
 step "installing missing packages"
 # shellcheck source=scripts/lib/packages.sh

@@ -132,26 +132,117 @@ fn each_stage_base_is_pulled_for_its_own_platform() {
 }
 
 #[test]
-fn a_run_in_a_foreign_stage_fails_naming_its_platform() {
+fn a_run_kiln_cannot_emulate_fails_at_once_naming_its_platform() {
     if !ready() {
         return;
     }
-    let reg = TestRegistry::start();
     let dir = tempfile::tempdir().unwrap();
-    let base = format!("{}/kiln-test/marker:1", reg.addr);
-    push_two_platform_base(dir.path(), &base);
-    let foreign = format!("linux/{}", foreign_arch());
-    let ctx = context(
-        dir.path(),
-        &format!("FROM --platform={foreign} {base}\nRUN cat /marker\n"),
+    // No QEMU emulator Kiln knows: refused before the stage's first step runs.
+    let ctx = context(dir.path(), "FROM scratch\nCOPY Dockerfile /\nRUN true\n");
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--no-push",
+            "--custom-platform",
+            "linux/mips64le",
+        ],
+        &[],
+        None,
     );
-    let (ok, log) = run_executor(&["--context", &ctx, "--no-push"], &[], None);
     assert!(!ok, "{log}");
     assert!(
-        log.contains(&format!("for platform {foreign}")) && log.contains("does not emulate"),
+        log.contains("for platform linux/mips64le") && log.contains("cannot emulate"),
         "{log}"
     );
-    assert!(log.contains("line 2"), "{log}");
+    assert!(log.contains("line 3"), "{log}");
+    assert!(!log.contains("step 1/2"), "nothing ran: {log}");
+}
+
+/// The ELF machine of an executable (`e_machine`).
+fn elf_machine(bytes: &[u8]) -> u16 {
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+#[test]
+fn run_steps_of_a_foreign_platform_run_under_emulation() {
+    if !ready() || !require_tools(&["qemu-aarch64-static", "file"]) {
+        return;
+    }
+    let binfmt_before = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/kiln-test/busybox:multiplatform", registry());
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM {base}\n\
+             ARG TARGETARCH\n\
+             RUN echo \"$(uname -m) $TARGETARCH\" > /arch && cat /arch && ls /bin/sh >/dev/null\n"
+        ),
+    );
+    let dest = format!("{}/kiln-test/emulated:v1", reg.addr);
+    let layout = dir.path().join("layout");
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--custom-platform",
+            "linux/amd64,linux/arm64",
+            "--destination",
+            &dest,
+            "--insecure",
+            "--insecure-pull",
+            "--oci-layout-path",
+            &layout.display().to_string(),
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("run under QEMU user emulation"), "{log}");
+    let index = pushed_manifest(&dest);
+    let entries = index["manifests"].as_array().unwrap();
+    let mut seen = Vec::new();
+    for m in entries {
+        let manifest = layout_blob(&layout, m["digest"].as_str().unwrap());
+        let arch = m["platform"]["architecture"].as_str().unwrap().to_string();
+        let text = manifest_entry(&layout, &manifest, "/arch").unwrap();
+        seen.push((arch, text));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("amd64".to_string(), "x86_64 amd64\n".to_string()),
+            ("arm64".to_string(), "aarch64 arm64\n".to_string())
+        ]
+    );
+    // The arm64 image holds arm64 programs (`file` says so), which QEMU runs directly too.
+    let arm = layout_blob(&layout, entries[1]["digest"].as_str().unwrap());
+    let unpacked = dir.path().join("arm64-root");
+    support::manifest_unpack(&layout, &arm, &unpacked);
+    let busybox = unpacked.join("bin/busybox");
+    assert_eq!(
+        elf_machine(&fs::read(&busybox).unwrap()),
+        0xb7,
+        "EM_AARCH64"
+    );
+    let described = kiln_testkit::run(std::process::Command::new("file").arg(&busybox));
+    assert!(described.contains("ARM aarch64"), "{described}");
+    let direct = kiln_testkit::run(
+        std::process::Command::new("qemu-aarch64-static")
+            .arg(&busybox)
+            .args(["uname", "-m"]),
+    );
+    assert_eq!(direct.trim(), "aarch64");
+    // The host's binfmt_misc is as it was: the handler lived in the step's own namespace.
+    let binfmt_after = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(binfmt_before, binfmt_after);
 }
 
 #[test]

@@ -70,15 +70,13 @@ const fn mount(key: &'static str, with: &'static str, without: &'static str) -> 
 }
 
 const SAMPLES: &[Sample] = &[
-    // The test registry's images are for this machine only, and a single-platform image is
-    // taken whatever its platform (as BuildKit takes it, with a warning), so what shows the
-    // option is read is the stage's platform: Kiln does not emulate, and a RUN in an arm64 stage
-    // fails naming FROM --platform.
+    // From the test registry's amd64 + arm64 busybox index: the arm64 image, its RUN under
+    // emulation (uname says aarch64).
     sample(
         "FROM",
         "platform",
-        "FROM --platform=linux/arm64 BASE\nRUN echo x > /out\n",
-        "FROM BASE\nRUN echo x > /out\n",
+        "FROM --platform=linux/arm64 BASE_MULTIPLATFORM\nRUN uname -m > /out\n",
+        "FROM BASE_MULTIPLATFORM\nRUN uname -m > /out\n",
     ),
     sample(
         "RUN",

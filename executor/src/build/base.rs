@@ -660,24 +660,30 @@ impl Builder<'_> {
 
     /// The first link of a stage's key chain: a constant for scratch, the parent stage's last
     /// key, or the base image's identity (config without timestamps, layer digests).
+    /// The stage's platform is part of it: the same base (a single-platform image, or scratch)
+    /// used for two platforms must not share cached RUN results.
     pub(super) fn base_key(&self, base: &Base, image: &Image) -> String {
-        match base.kind {
-            BaseKind::Scratch => return crate::cache::key::scratch_key(),
-            BaseKind::Stage(parent) => {
-                if let Some(key) = self.stage_keys.get(&parent) {
-                    return key.clone();
-                }
-            }
-            BaseKind::Image => {}
-        }
-        let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
-        crate::cache::key::base_image_key(&image.config, &digests)
+        let identity = match base.kind {
+            BaseKind::Scratch => crate::cache::key::scratch_key(),
+            BaseKind::Stage(parent) => match self.stage_keys.get(&parent) {
+                // Already holds the parent's platform, which is this stage's.
+                Some(key) => return key.clone(),
+                None => image_identity(image),
+            },
+            BaseKind::Image => image_identity(image),
+        };
+        crate::cache::key::platform_key(&identity, &base.platform.to_string())
     }
 
     /// Whether the stage is built in place over `/`.
     pub(super) fn in_place(&self) -> bool {
         self.req.isolation == Isolation::InPlace
     }
+}
+
+fn image_identity(image: &Image) -> String {
+    let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    crate::cache::key::base_image_key(&image.config, &digests)
 }
 
 /// The first wait of `--image-fs-extract-retry` (kaniko's: one second, doubling each time).

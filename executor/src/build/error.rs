@@ -75,13 +75,14 @@ pub enum BuildError {
         platform: String,
         detail: String,
     },
-    /// A RUN in a stage whose platform this machine cannot run (Kiln does not emulate).
-    #[error("Dockerfile line {line}: {}: cannot run a step of a stage for platform {platform} on this {host} machine (Kiln does not emulate other platforms); build this stage on a {platform} machine, or give its FROM --platform=$BUILDPLATFORM and cross-compile", excerpt(instruction))]
+    /// A RUN in a stage whose platform this machine cannot run, and no emulator for it.
+    #[error("Dockerfile line {line}: {}: cannot run a step of a stage for platform {platform} on this {host} machine: {why}", excerpt(instruction))]
     ForeignPlatform {
         line: usize,
         instruction: String,
         platform: String,
         host: String,
+        why: String,
     },
     #[error("line {line}: {source}")]
     CacheKey {

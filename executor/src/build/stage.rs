@@ -60,6 +60,7 @@ impl Builder<'_> {
         std::fs::create_dir_all(&layer_dir)
             .map_err(io_err(format!("creating {}", layer_dir.display())))?;
         let plan = self.plan_stage(index, &base, &mut state)?;
+        state.emulator = self.emulation(&label, &base, &plan)?;
         self.prefetch(index, &plan, &prev_key);
 
         let total = plan.steps.len();
@@ -120,18 +121,6 @@ impl Builder<'_> {
                 Some(SourceRef::Root(p)) => Some(CopySource::Root(p.as_path())),
                 None => None,
             };
-            if matches!(
-                step.located.instruction,
-                kiln_dockerfile::Instruction::Run(_)
-            ) && !base.platform.runs_here()
-            {
-                return Err(BuildError::ForeignPlatform {
-                    line: step.located.line,
-                    instruction: text.clone(),
-                    platform: base.platform.to_string(),
-                    host: kiln_oci::platform::Platform::default().to_string(),
-                });
-            }
             state.run_mounts = self.step_mounts(&mount_roots);
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
@@ -265,6 +254,54 @@ impl Builder<'_> {
         })
     }
 
+    /// How the RUN steps of a stage of a foreign platform run (see `run::emulation`), decided
+    /// before its first step: in a binfmt_misc of their own (the emulator to register), through
+    /// the host's handler (`None`), or not at all (an error naming the first RUN and saying how
+    /// to get an emulator). `None` for a stage of this machine's platform or without RUN.
+    fn emulation(
+        &self,
+        label: &str,
+        base: &super::plan::Base,
+        plan: &StepPlan,
+    ) -> Result<Option<crate::run::emulation::BinfmtEntry>, BuildError> {
+        use crate::run::emulation::{for_platform, Emulation};
+        if base.platform.runs_here() {
+            return Ok(None);
+        }
+        let Some(first_run) = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.located.instruction, kiln_dockerfile::Instruction::Run(_)))
+        else {
+            return Ok(None);
+        };
+        let private = self.req.isolation == crate::run::Isolation::Chroot;
+        match for_platform(&base.platform, private) {
+            Ok(Emulation::Private(entry)) => {
+                info!(
+                    "[{label}] RUN steps for {} run under QEMU user emulation ({}, in a binfmt_misc of their own)",
+                    base.platform,
+                    entry.line.rsplit(':').nth(1).unwrap_or_default()
+                );
+                Ok(Some(entry))
+            }
+            Ok(Emulation::Host) => {
+                info!(
+                    "[{label}] RUN steps for {} run through the host's binfmt_misc handler",
+                    base.platform
+                );
+                Ok(None)
+            }
+            Err(why) => Err(BuildError::ForeignPlatform {
+                line: first_run.located.line,
+                instruction: first_run.text.clone(),
+                platform: base.platform.to_string(),
+                host: kiln_oci::platform::Platform::default().to_string(),
+                why,
+            }),
+        }
+    }
+
     /// The state a stage's steps start from, over `root` with the base's config.
     pub(super) fn stage_state(
         &self,
@@ -287,6 +324,7 @@ impl Builder<'_> {
             scratch,
             run_mounts: self.run_mounts.clone(),
             entitlements: self.req.entitlements,
+            emulator: None,
         };
         state.config.created = None;
         // BuildKit and buildah give every image without a PATH the default one.

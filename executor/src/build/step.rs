@@ -207,6 +207,7 @@ mod tests {
             scratch: PathBuf::from("/nonexistent/scratch"),
             run_mounts: Default::default(),
             entitlements: Default::default(),
+            emulator: None,
         }
     }
 

@@ -67,6 +67,14 @@ pub fn scratch_key() -> String {
     h.finish()
 }
 
+/// The first key of a stage's chain: its base's identity for its platform.
+pub fn platform_key(base_identity: &str, platform: &str) -> String {
+    let mut h = KeyHasher::new();
+    h.str("base-identity", base_identity)
+        .str("platform", platform);
+    h.finish()
+}
+
 /// The identity of a base image: its layer digests and its config without timestamps
 /// (`created` and `history`), so re-tagging or re-pushing the same content keeps every key.
 pub fn base_image_key(config: &ImageConfig, layer_digests: &[String]) -> String {
@@ -322,6 +330,13 @@ mod tests {
         b.user = "a".into();
         b.workdir = "bc".into();
         assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn the_platform_is_part_of_the_first_key() {
+        let k = platform_key(&scratch_key(), "linux/amd64");
+        assert_eq!(platform_key(&scratch_key(), "linux/amd64"), k);
+        assert_ne!(platform_key(&scratch_key(), "linux/arm64"), k);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct StageState {
     pub run_mounts: std::sync::Arc<crate::run_mounts::MountEnv>,
     /// `--allow`: what `RUN --network=host` and `RUN --security=insecure` need.
     pub entitlements: crate::run::entitlements::Entitlements,
+    /// How RUN steps of this stage's foreign platform are emulated (`None`: native, or a host
+    /// handler does it).
+    pub emulator: Option<crate::run::emulation::BinfmtEntry>,
 }
 
 /// Sources COPY/ADD can read from, resolved by the builder before the command runs.
@@ -328,6 +331,7 @@ pub(crate) mod test_support {
             scratch: root.join(".scratch"),
             run_mounts: Default::default(),
             entitlements: Default::default(),
+            emulator: None,
         }
     }
 }

@@ -234,6 +234,7 @@ fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandErr
         network,
         security,
         mounts: mounts.mounts.clone(),
+        emulator: state.emulator.clone(),
     };
     let result = run_with(&spec, &options);
     drop(mounts);

@@ -70,6 +70,15 @@ pub(super) fn main() -> i32 {
             return SETUP_FAILED;
         }
     };
+    if let Some(entry) = &plan.binfmt_probe {
+        return match sandbox::probe_binfmt(entry) {
+            Ok(()) => 0,
+            Err(failure) => {
+                report(&mut status, failure);
+                SETUP_FAILED
+            }
+        };
+    }
     let result = match (&plan.chroot, &plan.private) {
         (Some(chroot), _) => run_isolated(&plan, chroot, &mut status),
         (None, Some(private)) => run_private(&plan, private, &mut status),

@@ -346,6 +346,7 @@ fn probe(plan: &PrivatePlan) -> Result<(), RunError> {
         private: Some(plan.clone()),
         probe: true,
         insecure: false,
+        binfmt_probe: None,
         argv: vec!["/nonexistent/kiln-probe".into()],
         env: Vec::new(),
         workdir: "/".into(),

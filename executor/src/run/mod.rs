@@ -47,6 +47,7 @@
 
 mod caps;
 mod cgroup;
+pub mod emulation;
 pub mod entitlements;
 mod init;
 mod inpod;
@@ -147,6 +148,9 @@ pub struct RunOptions {
     pub security: Security,
     /// `RUN --mount`s, in order (chroot mode only).
     pub mounts: Vec<StepMount>,
+    /// A foreign platform's emulator, registered in a `binfmt_misc` of the step's own user
+    /// namespace (chroot mode only; see [`emulation`]).
+    pub emulator: Option<emulation::BinfmtEntry>,
 }
 
 /// A mount of `RUN --mount`, made in the step's mount namespace on a mount point that is
@@ -256,6 +260,10 @@ struct InitPlan {
     /// [`Security::Insecure`]: skip the capability and seccomp confinement.
     #[serde(default)]
     insecure: bool,
+    /// Only check that a user namespace can have its own `binfmt_misc` with this entry, then
+    /// end (see [`probe_private_binfmt`]).
+    #[serde(default)]
+    binfmt_probe: Option<emulation::BinfmtEntry>,
     argv: Vec<String>,
     env: Vec<String>,
     workdir: String,
@@ -272,6 +280,9 @@ struct ChrootPlan {
     network: Network,
     /// `cgroup.procs` of the step's cgroup, which the init joins; `None` without a pids limit.
     cgroup_procs: Option<PathBuf>,
+    /// Register this emulator in a `binfmt_misc` of the step's own user namespace.
+    #[serde(default)]
+    emulator: Option<emulation::BinfmtEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -366,6 +377,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
                 mounts: mountpoints,
                 network: options.network,
                 cgroup_procs: step_cgroup.as_ref().map(cgroup::StepCgroup::procs_file),
+                emulator: options.emulator.clone(),
             }),
             Err(e) => {
                 points.cleanup();
@@ -394,6 +406,7 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         private,
         probe: false,
         insecure: options.security == Security::Insecure,
+        binfmt_probe: None,
         argv: spec.argv.clone(),
         env,
         workdir: spec.workdir.clone(),
@@ -405,6 +418,26 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     drop(step_cgroup);
     points.cleanup();
     result
+}
+
+/// Whether a user namespace made here may mount its own `binfmt_misc` and register `entry` in
+/// it (Linux 6.7 and later, where user namespaces may be created): done once in a throwaway
+/// init, which changes nothing of the host.
+pub fn probe_private_binfmt(entry: &emulation::BinfmtEntry) -> Result<(), RunError> {
+    let plan = InitPlan {
+        chroot: None,
+        private: None,
+        probe: true,
+        insecure: false,
+        binfmt_probe: Some(entry.clone()),
+        argv: vec!["binfmt-probe".into()],
+        env: Vec::new(),
+        workdir: "/".into(),
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    spawn_init(&init_program(), &plan)
 }
 
 /// The command's environment: the spec's, plus Docker's `PATH` and `HOME` when absent.
@@ -606,6 +639,7 @@ mod tests {
             private: None,
             probe: false,
             insecure: false,
+            binfmt_probe: None,
             argv: vec!["true".into()],
             env: vec![],
             workdir: "/".into(),

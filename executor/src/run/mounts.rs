@@ -106,7 +106,18 @@ pub(super) fn do_mount(op: &MountOp) -> Result<(), Failure> {
             // container); a read-only bind of the host's /sys is the fallback. Not recursive:
             // the host's writable submounts (cgroup hierarchies) stay out of the step.
             if mount(Some("sysfs"), target, Some("sysfs"), ro, None::<&str>).is_err() {
-                bind_read_only(Path::new("/sys"), target, MsFlags::empty())?;
+                // In a user namespace of the step's own (an emulated step) the host's /sys
+                // cannot be bound without its submounts (the kernel locks them together), and
+                // with them the cgroup hierarchies would be writable: an empty read-only /sys.
+                if bind_read_only(Path::new("/sys"), target, MsFlags::empty()).is_err() {
+                    return mnt(
+                        Some("tmpfs"),
+                        target,
+                        Some("tmpfs"),
+                        ro,
+                        Some("mode=755,size=0"),
+                    );
+                }
             }
             mask(target, &SYS_MASKED)
         }

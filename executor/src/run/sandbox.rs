@@ -37,6 +37,10 @@ pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
     if plan.network == Network::None {
         enter_loopback_network()?;
     }
+    if plan.emulator.is_some() {
+        // First, so that the namespaces below are the user namespace's own.
+        enter_user_namespace()?;
+    }
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
@@ -52,7 +56,109 @@ pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
     )
     .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
     nix::unistd::sethostname(HOSTNAME)
-        .map_err(|e| fail(FailureKind::Setup, "setting the hostname", e))
+        .map_err(|e| fail(FailureKind::Setup, "setting the hostname", e))?;
+    if let Some(entry) = &plan.emulator {
+        register_binfmt(entry)?;
+    }
+    Ok(())
+}
+
+/// The binfmt probe (see `probe_private_binfmt`): what a foreign step's init does up to the
+/// registration, in namespaces that end with this process.
+pub(super) fn probe_binfmt(entry: &super::emulation::BinfmtEntry) -> Result<(), Failure> {
+    enter_user_namespace()?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| fail(FailureKind::Namespace, "unshare", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail(FailureKind::Namespace, "making / private", e))?;
+    register_binfmt(entry)
+}
+
+/// A new user namespace for this process with every uid and gid mapped to itself, so files,
+/// owners and the build user mean what they mean outside. The maps must be written by a process
+/// holding `CAP_SETUID`/`CAP_SETGID` in the parent namespace: a child forked before the
+/// `unshare` writes them, then ends.
+fn enter_user_namespace() -> Result<(), Failure> {
+    let what = "creating the step's user namespace (for a binfmt_misc of its own)";
+    let setup = |e| fail(FailureKind::Setup, what, e);
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup)?;
+    let (done_r, done_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup)?;
+    let me = nix::unistd::getpid();
+    // SAFETY: the init is single-threaded (see the module documentation of `run`); the child
+    // only reads, writes two files and exits.
+    match unsafe { nix::unistd::fork() }.map_err(setup)? {
+        ForkResult::Child => {
+            drop((go_w, done_r));
+            let mut byte = [0u8; 1];
+            let errno = match nix::unistd::read(go_r.as_raw_fd(), &mut byte) {
+                Ok(1) if byte[0] == 0 => {
+                    let map = "0 0 4294967295\n";
+                    match std::fs::write(format!("/proc/{me}/uid_map"), map)
+                        .and_then(|()| std::fs::write(format!("/proc/{me}/gid_map"), map))
+                    {
+                        Ok(()) => 0,
+                        Err(e) => e.raw_os_error().unwrap_or(libc::EIO) as u8,
+                    }
+                }
+                _ => libc::EIO as u8,
+            };
+            let _ = nix::unistd::write(&done_w, &[errno]);
+            // SAFETY: _exit skips the parent's atexit handlers and stdio buffers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop((go_r, done_w));
+            let unshared = unshare(CloneFlags::CLONE_NEWUSER);
+            let _ = nix::unistd::write(&go_w, &[u8::from(unshared.is_err())]);
+            let mut byte = [0u8; 1];
+            let written = nix::unistd::read(done_r.as_raw_fd(), &mut byte);
+            let _ = nix::sys::wait::waitpid(child, None);
+            unshared.map_err(setup)?;
+            match written {
+                Ok(1) if byte[0] == 0 => Ok(()),
+                Ok(1) => Err(setup(Errno::from_raw(i32::from(byte[0])))),
+                Ok(_) => Err(setup(Errno::EIO)),
+                Err(e) => Err(setup(e)),
+            }
+        }
+    }
+}
+
+/// Mounts this user namespace's own `binfmt_misc` (over the host's directory, in this mount
+/// namespace only) and registers `entry` there. The instance lives as long as the mount: an open
+/// file of it is kept (close-on-exec) until this process ends, also after the step's root
+/// replaced `/`.
+fn register_binfmt(entry: &super::emulation::BinfmtEntry) -> Result<(), Failure> {
+    const DIR: &str = "/proc/sys/fs/binfmt_misc";
+    let setup = |what: String, e| fail(FailureKind::Setup, what, e);
+    mount(
+        Some("binfmt_misc"),
+        DIR,
+        Some("binfmt_misc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        setup(
+            "mounting a binfmt_misc of the step's own (Linux 6.7 or later)".into(),
+            e,
+        )
+    })?;
+    std::fs::write(format!("{DIR}/register"), &entry.line).map_err(|e| {
+        setup(
+            format!("registering the emulator {} in it", entry.name),
+            io_errno(&e),
+        )
+    })?;
+    let keep = std::fs::File::open(format!("{DIR}/status"))
+        .map_err(|e| setup("holding the binfmt_misc instance".into(), io_errno(&e)))?;
+    std::mem::forget(keep);
+    Ok(())
 }
 
 /// `RUN --network=none` (in the sandbox, and in place with private namespaces): a new network

@@ -17,7 +17,8 @@ pub struct Build {
 }
 
 impl Build {
-    /// A context with `dockerfile` (`BASE` replaced by the test registry's busybox) and `files`.
+    /// A context with `dockerfile` (`BASE_MULTIPLATFORM` replaced by the test registry's
+    /// amd64 + arm64 busybox index, `BASE` by its busybox) and `files`.
     pub fn new(dockerfile: &str, files: &[(&str, &str)]) -> Build {
         let dir = tempfile::Builder::new()
             .prefix("kiln-build-")
@@ -26,7 +27,11 @@ impl Build {
         let ctx = dir.path().join("ctx");
         fs::create_dir_all(&ctx).unwrap();
         let base = format!("{}/kiln-test/busybox:latest", registry());
-        fs::write(ctx.join("Dockerfile"), dockerfile.replace("BASE", &base)).unwrap();
+        let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
+        let text = dockerfile
+            .replace("BASE_MULTIPLATFORM", &multi)
+            .replace("BASE", &base);
+        fs::write(ctx.join("Dockerfile"), text).unwrap();
         for (name, content) in files {
             let path = ctx.join(name);
             fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -91,7 +91,15 @@ pub fn layout_mode(layout: &Path, path: &str) -> Option<u32> {
 /// Unpack every layer of the layout's image into `dest` in order (for images whose layers hold
 /// no whiteouts), so host tools can inspect the result.
 pub fn layout_unpack(layout: &Path, dest: &Path) {
-    let manifest = layout_manifest(layout).expect("an image in the layout");
+    manifest_unpack(
+        layout,
+        &layout_manifest(layout).expect("an image in the layout"),
+        dest,
+    );
+}
+
+/// Unpacks the layers of the image of `manifest` (blobs in the layout) into `dest`.
+pub fn manifest_unpack(layout: &Path, manifest: &serde_json::Value, dest: &Path) {
     for layer in manifest["layers"].as_array().unwrap() {
         let file = fs::File::open(blob_path(layout, layer["digest"].as_str().unwrap())).unwrap();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
