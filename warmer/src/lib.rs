@@ -66,7 +66,8 @@ pub struct Args {
     #[arg(short = 'f', long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = kiln_common::goflag::parse_bool)]
     pub force: bool,
 
-    /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's).
+    /// Platform to warm, e.g. `linux/arm64/v8` (default: this machine's); several separated by
+    /// commas warm every image for each.
     // Not a shared registry flag: kaniko's warmer spells it `--customPlatform`, its executor
     // does not, and the executor keeps refusing that spelling.
     #[arg(long = "custom-platform", alias = "customPlatform")]
@@ -318,31 +319,44 @@ fn target(reference: &str, platform: Platform) -> Result<Target, WarmError> {
     })
 }
 
-/// Every image the flags ask for, `--image` first, each once.
+/// Every image the flags ask for, `--image` first, each once, for every platform of
+/// `--custom-platform` (one, or several separated by commas) in order.
 pub fn targets(args: &Args) -> Result<Vec<Target>, WarmError> {
-    let platform =
-        platform::from_flag(args.custom_platform.as_deref()).map_err(WarmError::Platform)?;
-    let mut out: Vec<Target> = Vec::new();
-    for image in &args.images {
-        let t = target(image, platform.clone())?;
-        if !out.contains(&t) {
-            out.push(t);
+    let platforms =
+        platform::list_from_flag(args.custom_platform.as_deref()).map_err(WarmError::Platform)?;
+    let text = match &args.dockerfile {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| WarmError::ReadDockerfile {
+                path: path.clone(),
+                source,
+            })?;
+            // Bytes, not a string: invalid UTF-8 is reported with its line and offset, as the
+            // executor reports it.
+            Some(
+                dockerfile::decode(&bytes)
+                    .map_err(|e| WarmError::ParseDockerfile {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?
+                    .to_string(),
+            )
         }
-    }
-    if let Some(path) = &args.dockerfile {
-        let bytes = std::fs::read(path).map_err(|source| WarmError::ReadDockerfile {
-            path: path.clone(),
-            source,
-        })?;
-        // Bytes, not a string: invalid UTF-8 is reported with its line and offset, as the
-        // executor reports it.
-        let text = dockerfile::decode(&bytes).map_err(|e| WarmError::ParseDockerfile {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        for t in dockerfile_targets(path, text, &build_arg_map(&args.build_args), &platform)? {
+        None => None,
+    };
+    let mut out: Vec<Target> = Vec::new();
+    for platform in &platforms {
+        for image in &args.images {
+            let t = target(image, platform.clone())?;
             if !out.contains(&t) {
                 out.push(t);
+            }
+        }
+        if let (Some(path), Some(text)) = (&args.dockerfile, &text) {
+            let args_map = build_arg_map(&args.build_args);
+            for t in dockerfile_targets(path, text, &args_map, platform)? {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
             }
         }
     }
@@ -575,6 +589,33 @@ mod tests {
         let t = targets(&a).unwrap();
         assert_eq!(t[0].reference, "docker.io/library/busybox:latest");
         assert_eq!(t[0].platform.architecture, "arm64");
+
+        // Several platforms: every image for each, in order.
+        let m = Args::try_parse_from([
+            "kiln-warmer",
+            "--image=busybox",
+            "--image=debian:bookworm",
+            "--custom-platform=linux/amd64,linux/arm64",
+        ])
+        .unwrap();
+        let t: Vec<String> = targets(&m)
+            .unwrap()
+            .iter()
+            .map(|t| format!("{} {}", t.reference, t.platform))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                "docker.io/library/busybox:latest linux/amd64",
+                "docker.io/library/debian:bookworm linux/amd64",
+                "docker.io/library/busybox:latest linux/arm64",
+                "docker.io/library/debian:bookworm linux/arm64",
+            ]
+        );
+        let bad =
+            Args::try_parse_from(["kiln-warmer", "--image=b", "--custom-platform=linux/amd64,"])
+                .unwrap();
+        assert!(matches!(targets(&bad), Err(WarmError::Platform(_))));
 
         let d = Args::try_parse_from(["kiln-warmer"]).unwrap();
         assert_eq!(d.cache_ttl, Duration::from_secs(14 * 24 * 3600));

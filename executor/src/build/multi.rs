@@ -93,7 +93,7 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
                 "pushed {dest}@{digest} (image index of {count} platforms) in {}",
                 secs(pushed.elapsed())
             );
-            references.push(format!("{}@{digest}", output::strip_tag(dest)));
+            references.push(format!("{dest}@{digest}"));
         }
     }
     if let Some(dir) = &layout_dir {

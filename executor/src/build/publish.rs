@@ -140,7 +140,7 @@ pub fn write_outputs(
                 &image,
                 req.ignore_immutable_tag_errors,
             )?;
-            references.push(format!("{}@{}", output::strip_tag(dest), image.digest));
+            references.push(format!("{dest}@{}", image.digest));
         }
     } else if !req.destinations.is_empty() {
         info!("--no-push: not pushing to {}", req.destinations.join(", "));
