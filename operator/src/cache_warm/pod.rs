@@ -49,8 +49,20 @@ pub fn warmer_args(cw: &CacheWarm, cfg: &OperatorConfig) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| duration::format(cfg.default_refresh_interval));
     args.push(format!("--cache-ttl={ttl}"));
-    if let Some(p) = cw.spec.platform.as_deref().filter(|p| !p.is_empty()) {
-        args.push(format!("--custom-platform={p}"));
+    let mut platforms: Vec<&str> = cw
+        .spec
+        .platform
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    for p in &cw.spec.platforms {
+        if !platforms.contains(&p.as_str()) {
+            platforms.push(p);
+        }
+    }
+    if !platforms.is_empty() {
+        args.push(format!("--custom-platform={}", platforms.join(",")));
     }
     args
 }
@@ -240,6 +252,17 @@ mod tests {
         let a = parse(&c);
         assert_eq!(a.cache_ttl, std::time::Duration::from_secs(5400));
         assert_eq!(a.custom_platform, None);
+        // Several platforms (and `platform` once): every image warmed for each.
+        c.spec.platform = Some("linux/amd64".into());
+        c.spec.platforms = vec!["linux/arm64".into(), "linux/amd64".into()];
+        let a = parse(&c);
+        assert_eq!(
+            a.custom_platform.as_deref(),
+            Some("linux/amd64,linux/arm64")
+        );
+        let targets = kiln_warmer::targets(&a).unwrap();
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[3].platform.architecture, "arm64");
     }
 
     /// The warmer's real termination message is what the operator reads.

@@ -49,10 +49,19 @@ pub struct CacheWarmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::duration::DURATION_PATTERN))]
     pub refresh_interval: Option<String>,
-    /// Platform to pull, like `linux/amd64`.
+    /// Platform to pull, like `linux/amd64` (default: the node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))]
     pub platform: Option<String>,
+    /// Several platforms to pull every image for (with `platform`, that one too), as a
+    /// multi-platform ImageBuild reads them from the warmed cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub platforms: Vec<String>,
     /// Warmer image to use instead of the operator's default. Only images the operator's
     /// configuration allows are accepted (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,6 +71,17 @@ pub struct ImageBuildSpec {
     /// Build arguments (`ARG` values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub build_args: BTreeMap<String, String>,
+    /// Platforms to build for, like `linux/amd64` or `linux/arm64/v8` (default: the node's):
+    /// with several, one image per platform pushed as one OCI image index (the executor's
+    /// `--custom-platform a,b`); `RUN` steps of a platform other than the node's run under QEMU
+    /// emulation (see the README).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(regex(pattern = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub platforms: Vec<String>,
     /// Image references to push to; at least one, none repeated.
     #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 512)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]

@@ -126,6 +126,9 @@ pub fn executor_args(build: &ImageBuild) -> Vec<String> {
     if let Some(t) = spec.target.as_deref().filter(|t| !t.is_empty()) {
         flag("target", t);
     }
+    if !spec.platforms.is_empty() {
+        flag("custom-platform", &spec.platforms.join(","));
+    }
     for (k, v) in &spec.labels {
         flag("label", &format!("{k}={v}"));
     }
@@ -798,6 +801,21 @@ mod tests {
         argv.extend_from_slice(args);
         kiln_executor::cli::Options::try_parse_from(&argv)
             .unwrap_or_else(|e| panic!("kiln-executor rejects the operator's args {args:?}: {e}"))
+    }
+
+    #[test]
+    fn platforms_become_one_custom_platform_list() {
+        let mut b = build(git());
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let o = parse_executor(container(&p).args.as_ref().unwrap());
+        assert_eq!(o.custom_platform, None);
+        b.spec.platforms = vec!["linux/amd64".into(), "linux/arm64/v8".into()];
+        let p = desired_pod(&b, &valid(), &OperatorConfig::default(), 1);
+        let o = parse_executor(container(&p).args.as_ref().unwrap());
+        assert_eq!(
+            o.custom_platform.as_deref(),
+            Some("linux/amd64,linux/arm64/v8")
+        );
     }
 
     #[test]
