@@ -110,6 +110,7 @@
 #   KILN_BENCH_APT_RATE                allowed   benchmarks only (scripts/bench-mount-cache.sh)
 #   KILN_BENCH_APT_PACKAGES            allowed   benchmarks only (scripts/bench-mount-cache.sh)
 #   KILN_BENCH_APT_MB                  allowed   benchmarks only (scripts/bench-mount-cache.sh)
+#   KILN_BENCH_RUNS                    allowed   benchmarks only (scripts/bench-platforms.sh)
 #   KILN_EXECUTOR                      allowed   benchmarks only (scripts/bench.sh,
 #                                                scripts/bench-cache.sh, bench-mount-cache.sh)
 #   KILN_WARMER                        allowed   benchmarks only (scripts/bench.sh,
