@@ -49,8 +49,6 @@ pub struct Entry {
     pub active: bool,
     /// When it started waiting (for waiting builds).
     pub since: Timestamp,
-    /// When its current run started (active builds); not used by the order (see the module).
-    pub started: Option<Timestamp>,
 }
 
 /// Whether `b`'s current generation still needs a slot (it has not started), whether it holds
@@ -73,7 +71,6 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
             key,
             active: false,
             since: created,
-            started: None,
         }),
         Some(Phase::Queued) => Some(Entry {
             key,
@@ -81,7 +78,6 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
             since: current
                 .and_then(|s| s.queued_at.as_ref())
                 .map_or(created, |t| t.0),
-            started: None,
         }),
         Some(Phase::Pending | Phase::Running) => {
             // An invalid spec never gets here (it fails); a Pod name means a run started.
@@ -89,7 +85,6 @@ pub fn entry(b: &ImageBuild) -> Option<Entry> {
                 key,
                 active: true,
                 since: created,
-                started: current.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
             })
         }
         Some(Phase::Succeeded | Phase::Failed | Phase::Cancelled) => None,
@@ -184,7 +179,6 @@ mod tests {
             key: (ns.into(), name.into()),
             active: false,
             since: ts(at),
-            started: None,
         }
     }
 
@@ -301,7 +295,6 @@ mod tests {
                 if mask & (1 << i) != 0 {
                     let e = entries.iter_mut().find(|e| &e.key == key).unwrap();
                     e.active = true;
-                    e.started = Some(ts(100 - i as i64));
                 }
             }
             let s = schedule(&entries, &limits);

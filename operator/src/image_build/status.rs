@@ -82,6 +82,22 @@ pub struct Plan {
     pub finished: Option<(bool, Option<Duration>)>,
 }
 
+impl Plan {
+    /// Nothing to do yet: no status, Pod, Event or requeue; older generations' Pods are
+    /// superseded when `supersede`.
+    pub fn nothing(supersede: bool) -> Plan {
+        Plan {
+            status: None,
+            create_attempt: None,
+            delete_pod: None,
+            supersede_old_generations: supersede,
+            event: None,
+            requeue: None,
+            finished: None,
+        }
+    }
+}
+
 /// How often a build whose Pod name is taken by a stranger looks again.
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
@@ -351,13 +367,10 @@ pub fn plan_queued(
             reason: reason::QUEUED,
             note: m,
         }),
-        supersede_old_generations: !same_gen,
         status: (b.new != b.old).then_some(b.new),
-        create_attempt: None,
-        delete_pod: None,
         // Positions move as others start; a start is also triggered when a slot frees.
         requeue: Some(QUEUE_RECHECK),
-        finished: None,
+        ..Plan::nothing(!same_gen)
     }
 }
 
@@ -372,15 +385,7 @@ pub fn plan_cancelled(build: &ImageBuild, obs: &Observation, now: Timestamp) -> 
     let generation = build.metadata.generation.unwrap_or(0);
     let old = build.status.clone().unwrap_or_default();
     let same_gen = old.observed_generation == Some(generation);
-    let mut plan = Plan {
-        status: None,
-        create_attempt: None,
-        delete_pod: None,
-        supersede_old_generations: !same_gen,
-        event: None,
-        requeue: None,
-        finished: None,
-    };
+    let mut plan = Plan::nothing(!same_gen);
     if let Some(pod) = &obs.pod {
         if !pod_ended(pod) {
             plan.delete_pod = Some(pod.name_any());
@@ -492,16 +497,12 @@ pub fn plan_invalid(build: &ImageBuild, err: &InvalidSpec, now: Timestamp) -> Pl
     b.conditions((Status::False, why), (Status::False, why), &message);
     Plan {
         status: (!already).then_some(b.new),
-        create_attempt: None,
-        delete_pod: None,
-        supersede_old_generations: b.old.observed_generation != Some(generation),
         event: (!already).then_some(BuildEvent {
             warning: true,
             reason: why,
             note: message,
         }),
-        requeue: None,
-        finished: None,
+        ..Plan::nothing(b.old.observed_generation != Some(generation))
     }
 }
 
@@ -516,15 +517,7 @@ pub fn plan(
     let generation = build.metadata.generation.unwrap_or(0);
     let old = build.status.clone().unwrap_or_default();
     let same_gen = old.observed_generation == Some(generation);
-    let mut plan = Plan {
-        status: None,
-        create_attempt: None,
-        delete_pod: None,
-        supersede_old_generations: !same_gen,
-        event: None,
-        requeue: None,
-        finished: None,
-    };
+    let mut plan = Plan::nothing(!same_gen);
     if same_gen && is_final(old.phase) {
         // Finished: never rerun, whatever Pods exist or not.
         return plan;
