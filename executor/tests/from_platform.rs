@@ -440,6 +440,52 @@ fn a_platform_list_is_checked_before_anything_is_built() {
     }
 }
 
+#[test]
+fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
+    if !ready() {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let busybox = format!("{}/kiln-test/busybox:latest", registry());
+    let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
+    // The builder stage reads no TARGET* ARG, so both platforms' builder steps have one key.
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {busybox} AS builder\n\
+             RUN echo \"built on $(uname -m)\" > /out\n\
+             FROM {multi}\n\
+             COPY --from=builder /out /out\n"
+        ),
+    );
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--destination",
+            &format!("{}/kiln-test/cross:v1", reg.addr),
+            "--cache",
+            "--cache-repo",
+            &format!("{}/kiln-test/cache", reg.addr),
+            "--insecure",
+            "--insecure-pull",
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "{log}");
+    let builder_runs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("(builder)] step 1/1 done"))
+        .collect();
+    assert_eq!(builder_runs.len(), 2, "{log}");
+    assert!(builder_runs[0].contains("cache miss"), "{log}");
+    assert!(builder_runs[1].contains("cache hit"), "ran once: {log}");
+}
+
 /// The manifest of `image` as the registry serves it (`skopeo inspect --raw`).
 fn pushed_manifest(image: &str) -> serde_json::Value {
     let out = kiln_testkit::run(
