@@ -258,9 +258,10 @@ dry_run_one() {
 dry_run() {
   ensure_helm
   [[ -n "${KUBECONFIG:-}" ]] || die "set KUBECONFIG to a test API server (scripts/k8s/apiserver.sh start)"
-  # Dry runs of namespaced objects need their namespaces to exist; these are the test server's.
+  # Dry runs of namespaced objects need their namespaces to exist; these are the test server's
+  # (monitoring: where tests/values-full.yaml puts the Grafana dashboard ConfigMap).
   local ns
-  for ns in kiln-system team-a team-b; do
+  for ns in kiln-system team-a team-b monitoring; do
     kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
   done
   # A dry run cannot create the CRDs the custom resources of a later document would need, and
