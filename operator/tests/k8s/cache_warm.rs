@@ -40,14 +40,20 @@ async fn cache_warm_runs_and_refreshes() {
     let msg = r#"{"images":[{"reference":"reg.local/debian:12","digest":"sha256:d1"}]}"#;
     pod_terminated(&env.admin, &env.ns, "base-warm-1-1", "warmer", 0, msg).await;
     let warmed = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(change) = changes.try_next().await.unwrap() {
-            if let WatchEvent::Modified(c) = change {
-                if let Some(s) = c.status.filter(|s| s.phase == Some(Phase::Succeeded)) {
-                    return s;
+        let mut seen = created.resource_version().unwrap();
+        loop {
+            while let Some(change) = changes.try_next().await.unwrap() {
+                if let WatchEvent::Modified(c) = change {
+                    seen = c.resource_version().unwrap_or(seen);
+                    if let Some(s) = c.status.filter(|s| s.phase == Some(Phase::Succeeded)) {
+                        return s;
+                    }
                 }
             }
+            // The API server may end a watch at any time: go on from the last version seen,
+            // so no change in between is missed.
+            changes = api.watch(&wp, &seen).await.unwrap().boxed();
         }
-        panic!("the CacheWarm watch ended before the CacheWarm Succeeded")
     })
     .await
     .expect("CacheWarm Succeeded within 60s");
