@@ -234,6 +234,7 @@ pub async fn run(
         controllers.push(Box::pin(warms));
     }
 
+    controllers.push(Box::pin(queue.clone().pump(stop())));
     info!(
         namespaces = %if scope.namespaces.is_empty() { "all".to_string() } else { scope.namespaces.join(",") },
         "controllers started"

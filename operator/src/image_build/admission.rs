@@ -2,13 +2,21 @@
 //! cache per watched namespace, or one for all), the decisions of [`super::queue`] on them, and
 //! the wake-ups that start the next builds at once when a slot frees.
 
+use std::future::Future;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::broadcast;
+use tracing::{debug, warn};
 
 use super::queue::{self, Key, Limits, Schedule};
 use crate::crd::ImageBuild;
+
+/// How often [`BuildQueue::pump`] looks for builds that may start and have not.
+const PUMP_EVERY: Duration = Duration::from_secs(5);
+/// How long [`BuildQueue::wake_after`] waits for the caches to show a run ended.
+const CACHE_LAG_LIMIT: Duration = Duration::from_secs(60);
 
 /// Shared by every ImageBuild reconcile of the process.
 pub struct BuildQueue {
@@ -69,24 +77,55 @@ impl BuildQueue {
 
     /// After the run of `ended` ended (or the build was deleted): once the caches show it no
     /// longer holds a slot (its new status arrives through the watch a moment after it is
-    /// written; at most 10 s are waited), reconciles the builds that may start now. The builds
-    /// decide from the same caches, so they must not look before.
+    /// written), reconciles the builds that may start now. The builds decide from the same
+    /// caches, so they must not look before.
     pub fn wake_after(self: &std::sync::Arc<Self>, ended: Key) {
         if !self.limits.active() {
             return;
         }
         let q = self.clone();
         tokio::spawn(async move {
-            for _ in 0..100 {
-                if !q.holds_slot(&ended) {
+            let t = tokio::time::Instant::now();
+            while q.holds_slot(&ended) {
+                if t.elapsed() > CACHE_LAG_LIMIT {
+                    warn!(namespace = %ended.0, build = %ended.1, "the ImageBuild cache still shows the ended run holding a slot after {CACHE_LAG_LIMIT:?}");
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            for (ns, name) in q.schedule(None).admitted {
-                let _ = q.wake.send(ObjectRef::new(&name).within(&ns));
-            }
+            q.wake_admitted("a slot freed");
         });
+    }
+
+    /// Reconciles the builds the caches say may start now.
+    fn wake_admitted(&self, why: &str) {
+        for (ns, name) in self.schedule(None).admitted {
+            debug!(namespace = %ns, build = %name, "{why}: the queue lets the build start");
+            let _ = self.wake.send(ObjectRef::new(&name).within(&ns));
+        }
+    }
+
+    /// A safety net under [`Self::wake_after`], until `stop` resolves: every few seconds, the
+    /// builds the caches say may start now are reconciled. Nothing is sent while no build may
+    /// start, so an idle or full queue costs no API request; a wake-up that came too early
+    /// (a reconcile that still saw the old state) is made good within seconds, not at the next
+    /// 30 s recheck of a queued build.
+    pub async fn pump(self: std::sync::Arc<Self>, stop: impl Future<Output = ()>) {
+        if !self.limits.active() {
+            return;
+        }
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(PUMP_EVERY) => {}
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = self.wait_ready() => {}
+            }
+            self.wake_admitted("queue check");
+        }
     }
 
     /// Whether the caches show `key` holding a slot.

@@ -163,6 +163,14 @@ async fn three_namespaces_share_the_queue_fairly_and_a_restart_changes_nothing()
     let Some(env) = env("queue").await else {
         return;
     };
+    // The operator's log, shown if the test fails (the operator runs on this test's thread).
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter("kiln_operator=debug")
+            .finish(),
+    );
     let namespaces = vec![
         env.ns.clone(),
         format!("{}-b", env.ns),
