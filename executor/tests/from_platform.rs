@@ -441,7 +441,7 @@ fn a_platform_list_is_checked_before_anything_is_built() {
 }
 
 #[test]
-fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
+fn a_build_platform_stage_runs_once_for_all_platforms() {
     if !ready() {
         return;
     }
@@ -449,7 +449,7 @@ fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
     let dir = tempfile::tempdir().unwrap();
     let busybox = format!("{}/kiln-test/busybox:latest", registry());
     let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
-    // The builder stage reads no TARGET* ARG, so both platforms' builder steps have one key.
+    // The builder stage reads no TARGET* ARG, so it is the same for both platforms.
     let ctx = context(
         dir.path(),
         &format!(
@@ -459,6 +459,83 @@ fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
              COPY --from=builder /out /out\n"
         ),
     );
+    let cache = format!("{}/kiln-test/cache", reg.addr);
+    let layout = dir.path().join("layout");
+    let layout_arg = layout.display().to_string();
+    for with_cache in [false, true] {
+        let dest = format!("{}/kiln-test/cross:v1", reg.addr);
+        let mut args = vec![
+            "--context",
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--destination",
+            &dest,
+            "--insecure",
+            "--insecure-pull",
+            "--oci-layout-path",
+            &layout_arg,
+        ];
+        if with_cache {
+            args.extend(["--cache", "--cache-repo", &cache]);
+        }
+        let (ok, log) = run_executor(&args, &[], None);
+        assert!(ok, "{log}");
+        let builder_runs = log
+            .lines()
+            .filter(|l| l.contains("(builder)] step 1/1 done"))
+            .count();
+        assert_eq!(builder_runs, 1, "cache {with_cache}: {log}");
+        assert!(
+            log.contains("(builder)] the same for every platform: built once, by the build for"),
+            "{log}"
+        );
+        // Each platform's image holds the builder's file, made on this machine.
+        let top: serde_json::Value =
+            serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let index = layout_blob(&layout, top["manifests"][0]["digest"].as_str().unwrap());
+        let machine = std::env::consts::ARCH;
+        for m in index["manifests"].as_array().unwrap() {
+            let manifest = layout_blob(&layout, m["digest"].as_str().unwrap());
+            assert_eq!(
+                manifest_entry(&layout, &manifest, "/out").as_deref(),
+                Some(format!("built on {machine}\n").as_str()),
+                "{}",
+                m["platform"]
+            );
+        }
+        fs::remove_dir_all(&layout).unwrap();
+    }
+}
+
+#[test]
+fn the_platforms_of_a_build_are_built_at_the_same_time() {
+    if !ready() || !require_tools(&["qemu-aarch64-static"]) {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: one core builds one platform at a time");
+        return;
+    }
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
+    // Each platform's step leaves its mark in a shared cache mount and waits (at most 60 s) for
+    // the other's: both succeed only when both steps run at once.
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM {multi}\n\
+             ARG TARGETARCH\n\
+             RUN --mount=type=cache,id=rendezvous,target=/r \\\n\
+                 touch /r/$TARGETARCH; \\\n\
+                 for i in $(seq 1 600); do \\\n\
+                   if [ -e /r/amd64 ] && [ -e /r/arm64 ]; then echo met > /met; exit 0; fi; \\\n\
+                   sleep 0.1; \\\n\
+                 done; echo \"$TARGETARCH waited alone\"; exit 1\n"
+        ),
+    );
+    let mount_cache = dir.path().join("mount-cache");
     let (ok, log) = run_executor(
         &[
             "--context",
@@ -466,10 +543,9 @@ fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
             "--platform",
             "linux/amd64,linux/arm64",
             "--destination",
-            &format!("{}/kiln-test/cross:v1", reg.addr),
-            "--cache",
-            "--cache-repo",
-            &format!("{}/kiln-test/cache", reg.addr),
+            &format!("{}/kiln-test/together:v1", reg.addr),
+            "--mount-cache-dir",
+            &mount_cache.display().to_string(),
             "--insecure",
             "--insecure-pull",
         ],
@@ -477,13 +553,61 @@ fn with_the_layer_cache_a_build_platform_stage_runs_once_for_all_platforms() {
         None,
     );
     assert!(ok, "{log}");
-    let builder_runs: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("(builder)] step 1/1 done"))
-        .collect();
-    assert_eq!(builder_runs.len(), 2, "{log}");
-    assert!(builder_runs[0].contains("cache miss"), "{log}");
-    assert!(builder_runs[1].contains("cache hit"), "ran once: {log}");
+    assert!(log.contains("2 platforms are built at a time"), "{log}");
+    // Every line of a platform's build names it.
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("step 2/2 done"))
+            .all(|l| l.contains("platform{platform=linux/")),
+        "{log}"
+    );
+}
+
+#[test]
+fn when_one_platform_fails_the_others_stop() {
+    if !ready() || !require_tools(&["qemu-aarch64-static"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
+    // arm64 fails at its first step; amd64 would go on for 5 more steps of 2 s.
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "FROM {multi}\n\
+             ARG TARGETARCH\n\
+             RUN if [ $TARGETARCH = arm64 ]; then echo broken; exit 3; fi; sleep 2\n\
+             RUN sleep 2\n\
+             RUN sleep 2\n\
+             RUN sleep 2\n\
+             RUN sleep 2\n\
+             RUN sleep 2\n"
+        ),
+    );
+    let kiln_dir = dir.path().join("kiln");
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--no-push",
+            "--kiln-dir",
+            &kiln_dir.display().to_string(),
+            "--insecure-pull",
+        ],
+        &[],
+        None,
+    );
+    assert!(!ok, "{log}");
+    // The error is arm64's own, not the stop of the other.
+    assert!(
+        log.contains("exit") && log.contains("linux/arm64 failed"),
+        "{log}"
+    );
+    assert!(!log.contains("step 7/7"), "amd64 went on: {log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(!last.contains("another platform"), "{log}");
 }
 
 /// The manifest of `image` as the registry serves it (`skopeo inspect --raw`).

@@ -36,6 +36,9 @@ pub enum BuildError {
     },
     #[error("the Dockerfile has no FROM")]
     NoStages,
+    /// One platform's build of a multi-platform build stopped because another's failed.
+    #[error("stopped: the build for another platform failed")]
+    SiblingFailed,
     #[error("--target {target}: no stage of that name (stages: {})", stages.join(", "))]
     UnknownTarget { target: String, stages: Vec<String> },
     #[error("build context: {0}")]

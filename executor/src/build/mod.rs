@@ -60,6 +60,7 @@ pub struct BuildResult {
 }
 
 /// A finished stage: its root filesystem, config and layers.
+#[derive(Clone)]
 struct BuiltStage {
     root: PathBuf,
     config: ImageConfig,
@@ -220,6 +221,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     );
     for &index in &plan.earlier {
         let keep_layers = plan.used_as_base(index);
+        let shared = req
+            .siblings
+            .as_deref()
+            .filter(|_| req.isolation != Isolation::InPlace)
+            .and_then(|s| Some((s, plan.shared_identity(&parsed, index)?)));
+        if let Some((siblings, identity)) = shared {
+            builder.build_shared(siblings, &identity, index, keep_layers)?;
+            continue;
+        }
         let stage = builder.build_stage(index, keep_layers)?;
         builder.built.insert(index, stage);
         if !keep_layers {

@@ -7,25 +7,132 @@
 //! layout as a tar (an OCI archive: `podman load` and `skopeo copy oci-archive:` read it). The
 //! result files name the index digest, which is what a client pulls by.
 //!
-//! The platforms are built one after the other.
+//! The platforms are built at the same time, as many at once as the machine has cores (one at a
+//! time in place, where every build's root is `/`), each in a work directory of its own that
+//! lives until all are done; their log lines carry the platform. A stage that is the same for
+//! every platform ([`BuildPlan::shared_identity`](super::plan::BuildPlan::shared_identity): the
+//! cross-compiling `FROM --platform=$BUILDPLATFORM` stage that reads no `TARGET*` ARG) is built
+//! once, by the first platform to reach it, and the others use it ([`Siblings`]). When one
+//! platform's build fails, the others stop before their next step.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use kiln_oci::registry::{Registry, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
 use serde_json::json;
-use tracing::info;
+use tracing::{error, info};
 
 use super::error::io_err;
 use super::publish::{self, tag_of, ANNOTATION_CREATED};
-use super::{secs, BuildError, BuildRequest, BuildResult};
+use super::{secs, BuildError, BuildRequest, BuildResult, Builder, BuiltStage};
 use crate::output;
+use crate::run::Isolation;
 
 /// One platform's finished image.
 struct Member {
     platform: kiln_oci::platform::Platform,
     result: BuildResult,
+}
+
+/// What the platform builds of one multi-platform build share.
+pub struct Siblings {
+    /// Stages built once for every platform, by identity; a slot is locked while its stage is
+    /// built, so a platform that reaches the stage meanwhile waits for it.
+    stages: Mutex<HashMap<String, Arc<Mutex<Option<SharedStage>>>>>,
+    /// Shared stages are built in numbered directories under this one.
+    dir: PathBuf,
+    /// Set when a platform's build failed: the others stop before their next step.
+    failed: AtomicBool,
+}
+
+impl std::fmt::Debug for Siblings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Siblings").field("dir", &self.dir).finish()
+    }
+}
+
+/// A stage built once for every platform.
+struct SharedStage {
+    stage: BuiltStage,
+    /// Its last step's cache key (the base identity of stages built FROM it), with `--cache`.
+    key: Option<String>,
+    /// The platform whose build built it.
+    by: String,
+}
+
+impl Siblings {
+    fn new(dir: PathBuf) -> Siblings {
+        Siblings {
+            stages: Mutex::default(),
+            dir,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Fails when another platform's build has failed.
+    pub(super) fn check(&self) -> Result<(), BuildError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(BuildError::SiblingFailed);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, identity: &str) -> (Arc<Mutex<Option<SharedStage>>>, usize) {
+        let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = stages.len();
+        let slot = stages.entry(identity.to_string()).or_default().clone();
+        (slot, count)
+    }
+}
+
+impl Builder<'_> {
+    /// Stage `index`, which is the same for every platform (its `identity`): built here if no
+    /// other platform's build has built it, else theirs is used.
+    pub(super) fn build_shared(
+        &mut self,
+        siblings: &Siblings,
+        identity: &str,
+        index: usize,
+        keep_layers: bool,
+    ) -> Result<(), BuildError> {
+        let label = self.plan.stages[index].label.clone();
+        let (slot, number) = siblings.slot(identity);
+        let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        siblings.check()?;
+        if let Some(done) = shared.as_ref() {
+            info!(
+                "[{label}] the same for every platform: built once, by the build for {}",
+                done.by
+            );
+            self.built.insert(index, done.stage.clone());
+            if let Some(key) = &done.key {
+                self.stage_keys.insert(index, key.clone());
+            }
+            return Ok(());
+        }
+        info!("[{label}] the same for every platform: built once, here");
+        let own = std::mem::replace(&mut self.work_dir, siblings.dir.join(number.to_string()));
+        let built = self.build_stage(index, keep_layers);
+        self.work_dir = own;
+        let built = built?;
+        // The layers of a stage other stages start FROM must be files every build can read.
+        for layer in &built.layers {
+            self.bases.ensure_local(layer)?;
+        }
+        self.built.insert(index, built.clone());
+        if !keep_layers {
+            self.keep_only_copied_files(index, self.plan.order())?;
+        }
+        *shared = Some(SharedStage {
+            stage: built,
+            key: self.stage_keys.get(&index).cloned(),
+            by: self.req.platform.to_string(),
+        });
+        Ok(())
+    }
 }
 
 pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
@@ -45,8 +152,55 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             .as_ref()
             .map(|d| d.path().join("layout").display().to_string())
     });
-    let mut members = Vec::new();
-    for (n, platform) in req.platforms.iter().enumerate() {
+    // Every platform's work directory lives until all are built: a shared stage's files and
+    // layers are in the directory of the build that made it.
+    let explicit = req
+        .kiln_dir
+        .clone()
+        .or_else(|| std::env::var("KILN_DIR").ok())
+        .or_else(|| std::env::var("KANIKO_DIR").ok())
+        .or_else(|| (req.isolation == Isolation::InPlace).then(|| "/kiln".to_string()));
+    let (platforms_dir, _platforms_guard, mount_cache) = match &explicit {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let platforms = dir.join("platforms");
+            if platforms.exists() {
+                std::fs::remove_dir_all(&platforms)
+                    .map_err(io_err(format!("clearing {}", platforms.display())))?;
+            }
+            (platforms, None, dir.join("mount-cache"))
+        }
+        None => {
+            let base = std::env::var_os("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-")
+                .tempdir_in(&base)
+                .map_err(io_err(format!(
+                    "creating a work directory in {}",
+                    base.display()
+                )))?;
+            (
+                tmp.path().to_path_buf(),
+                Some(tmp),
+                base.join("kiln-mount-cache"),
+            )
+        }
+    };
+    let siblings = Arc::new(Siblings::new(platforms_dir.join("shared")));
+    let workers = if req.isolation == Isolation::InPlace {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(count)
+    };
+    if workers > 1 {
+        info!("{workers} platforms are built at a time");
+    }
+    let build_one = |n: usize| -> Result<BuildResult, BuildError> {
+        let platform = &req.platforms[n];
         let one = Instant::now();
         info!("platform {}/{count}: {platform}", n + 1);
         let mut sub = req.clone();
@@ -55,6 +209,13 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         sub.platform_explicit = true;
         sub.registry.platform = platform.clone();
         sub.index_member = true;
+        sub.kiln_dir = Some(platforms_dir.join(n.to_string()).display().to_string());
+        sub.mount_cache_dir = Some(
+            req.mount_cache_dir
+                .clone()
+                .unwrap_or_else(|| mount_cache.display().to_string()),
+        );
+        sub.siblings = Some(siblings.clone());
         sub.outputs = super::request::Outputs {
             oci_layout_path: layout_dir.clone(),
             ..Default::default()
@@ -66,10 +227,63 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
             result.digest,
             secs(one.elapsed())
         );
-        members.push(Member {
-            platform: platform.clone(),
-            result,
-        });
+        Ok(result)
+    };
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<BuildResult, BuildError>>>> =
+        Mutex::new((0..count).map(|_| None).collect());
+    std::thread::scope(|scope| -> Result<(), BuildError> {
+        for worker in 0..workers {
+            let work = || loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= count || siblings.check().is_err() {
+                    return;
+                }
+                let platform = &req.platforms[n];
+                let span = tracing::info_span!("platform", platform = %platform);
+                let result = span.in_scope(|| build_one(n));
+                if let Err(e) = &result {
+                    if !matches!(e, BuildError::SiblingFailed) {
+                        error!("platform {}/{count}: {platform} failed: {e}", n + 1);
+                    }
+                    siblings.failed.store(true, Ordering::SeqCst);
+                }
+                results.lock().unwrap_or_else(PoisonError::into_inner)[n] = Some(result);
+            };
+            if workers == 1 {
+                work();
+            } else {
+                std::thread::Builder::new()
+                    .name(format!("kiln-platform-{worker}"))
+                    .spawn_scoped(scope, work)
+                    .map_err(io_err("starting a platform build thread"))?;
+            }
+        }
+        Ok(())
+    })?;
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    // The first failure in platform order that is not another's stopping it.
+    let mut stopped = None;
+    let mut members = Vec::new();
+    for (platform, result) in req.platforms.iter().zip(results) {
+        match result {
+            Some(Ok(result)) => members.push(Member {
+                platform: platform.clone(),
+                result,
+            }),
+            Some(Err(BuildError::SiblingFailed)) | None => {
+                stopped = Some(BuildError::SiblingFailed)
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    if let Some(guard) = _platforms_guard {
+        drop(guard);
+    } else {
+        let _ = std::fs::remove_dir_all(&platforms_dir);
     }
     let index = index_bytes(&members)?;
     let digest = kiln_oci::registry::sha256_digest(&index);

@@ -332,6 +332,49 @@ impl BuildPlan {
         Some(paths)
     }
 
+    /// What stage `index` builds, when that is the same whatever the target platform, else
+    /// `None`. The builds of a multi-platform build compare these to build such a stage once and
+    /// share it (BuildKit reaches the same through its content-addressed steps): a stage whose
+    /// FROM names its platform (`--platform=$BUILDPLATFORM`), or starts from a stage that is
+    /// shared, whose `ARG`s see the same values (an `ARG TARGETARCH` makes it per platform),
+    /// and which reads only shared stages (`COPY --from`, `RUN --mount=from=`). Reading an image
+    /// (pulled for the target platform) makes a stage per platform. The identity names the
+    /// stage, its resolved base and platform, its ARG values and what it reads.
+    pub fn shared_identity(&self, dockerfile: &Dockerfile, index: usize) -> Option<String> {
+        let stage = &self.stages[index];
+        let base = stage.from.as_ref().ok()?;
+        let mut id = format!("stage {index} FROM {} ({})", base.name, base.platform);
+        if let BaseKind::Stage(parent) = base.kind {
+            id.push_str(&format!(" <{}>", self.shared_identity(dockerfile, parent)?));
+        }
+        for located in &dockerfile.stages.get(index)?.instructions {
+            match &located.instruction {
+                kiln_dockerfile::Instruction::Arg(decls) => {
+                    for decl in decls {
+                        let value = self.meta_args.get(&decl.name).cloned().flatten();
+                        id.push_str(&format!(" ARG {}={value:?}", decl.name));
+                    }
+                }
+                kiln_dockerfile::Instruction::Run(args) => {
+                    for (from, _) in crate::run_mounts::mount_froms(&args.mounts) {
+                        stage_ref(dockerfile, &from, index)?;
+                    }
+                }
+                other => {
+                    let command = commands::command(other);
+                    if let Some(from) = command.reads().and_then(|r| r.from) {
+                        let from = expand_copy_from(&self.meta_args, dockerfile, from);
+                        stage_ref(dockerfile, &from, index)?;
+                    }
+                }
+            }
+        }
+        for (read, _) in &stage.copies {
+            id.push_str(&format!(" <{}>", self.shared_identity(dockerfile, *read)?));
+        }
+        Some(id)
+    }
+
     /// Where a COPY/ADD of stage `reader` with `--from=from` (as written) reads.
     /// [`expand_copy_from`] with this plan's global ARGs.
     pub fn expand_copy_from(&self, dockerfile: &Dockerfile, raw: &str) -> String {

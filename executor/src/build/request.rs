@@ -49,6 +49,8 @@ pub struct BuildRequest {
     /// This build is one platform's of several: its image is pushed by digest only, and the
     /// index, the files and the result files are written by the build of all platforms.
     pub index_member: bool,
+    /// What the platform builds of one multi-platform build share (set by `multi` only).
+    pub siblings: Option<std::sync::Arc<super::multi::Siblings>>,
     /// Whether `--custom-platform` named the platform (else it is this machine's). As in
     /// BuildKit, a named target platform is the image config's platform even when the final
     /// stage's `FROM --platform` names another; otherwise the config keeps its base's.
@@ -182,6 +184,7 @@ impl BuildRequest {
             platform,
             platforms,
             index_member: false,
+            siblings: None,
             platform_explicit: opts.custom_platform.is_some(),
             isolation,
             kiln_dir: opts.kiln_dir.clone(),

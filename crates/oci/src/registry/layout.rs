@@ -164,9 +164,12 @@ impl OciLayout {
         }
         let dest = self.blob_path(digest);
         let dir = self.blob_dir();
+        // Unique per call: builds in threads of one process may store the same blob at once.
+        static LINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp_path = dir.join(format!(
-            ".tmp-link-{}-{}",
+            ".tmp-link-{}-{}-{}",
             std::process::id(),
+            LINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             &digest[7..19]
         ));
         let _ = fs::remove_file(&tmp_path);

@@ -72,3 +72,63 @@ fn an_unusable_from_platform_is_refused_with_its_line() {
         );
     }
 }
+
+/// Which stages of `text` a build for `a` and one for `b` share (same identity, not `None`).
+fn shared_between(text: &str, a: &str, b: &str) -> Vec<usize> {
+    let dockerfile = kiln_dockerfile::parse(text).expect("Dockerfile parses");
+    let (pa, pb) = (plan_for(text, a).unwrap(), plan_for(text, b).unwrap());
+    pa.order()
+        .filter(|&i| {
+            let ia = pa.shared_identity(&dockerfile, i);
+            ia.is_some() && ia == pb.shared_identity(&dockerfile, i)
+        })
+        .collect()
+}
+
+#[test]
+fn stages_the_same_for_every_target_platform_are_shared() {
+    let text = "\
+FROM --platform=$BUILDPLATFORM img AS tools
+RUN make tools
+FROM tools AS gen
+COPY --from=tools /bin/tool /tool
+RUN /tool generate
+FROM --platform=$BUILDPLATFORM img AS cross
+ARG TARGETARCH
+RUN GOARCH=$TARGETARCH go build
+FROM --platform=$BUILDPLATFORM img AS reads-cross
+COPY --from=cross /app /app
+FROM --platform=$BUILDPLATFORM img AS reads-image
+COPY --from=other/image /x /x
+FROM --platform=$BUILDPLATFORM img AS mounts-gen
+RUN --mount=type=bind,from=gen,target=/g cat /g/out
+FROM --platform=$BUILDPLATFORM img AS mounts-image
+RUN --mount=type=bind,from=other/image,target=/g cat /g/out
+FROM --platform=$BUILDPLATFORM img AS build-arch
+ARG BUILDARCH
+RUN echo $BUILDARCH
+FROM --platform=linux/s390x img AS fixed
+FROM img AS plain
+FROM scratch AS empty
+FROM --platform=$BUILDPLATFORM scratch AS empty-declared
+FROM plain
+COPY --from=gen /out /out
+";
+    // tools, gen (FROM tools, copies tools), mounts-gen, build-arch (BUILD* are the same),
+    // fixed: the same for both targets. cross declares TARGETARCH; reads-cross reads it;
+    // reads-image and mounts-image read an image pulled for the target; plain and the final
+    // stage are for the target; scratch is always the target's.
+    assert_eq!(
+        shared_between(text, "linux/amd64", "linux/arm64"),
+        [0, 1, 5, 7, 8]
+    );
+    // A FROM that reads a TARGET* value makes the builder stage per target.
+    let text = "\
+FROM --platform=$BUILDPLATFORM img-$TARGETARCH AS tools
+FROM --platform=$BUILDPLATFORM img AS other
+FROM img
+COPY --from=tools /t /t
+COPY --from=other /o /o
+";
+    assert_eq!(shared_between(text, "linux/amd64", "linux/arm64"), [1]);
+}
