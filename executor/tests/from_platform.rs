@@ -167,7 +167,7 @@ fn elf_machine(bytes: &[u8]) -> u16 {
 
 #[test]
 fn run_steps_of_a_foreign_platform_run_under_emulation() {
-    if !ready() || !require_tools(&["qemu-aarch64-static", "file"]) {
+    if !ready() || !require_tools(&["qemu-aarch64-static", "file", "podman"]) {
         return;
     }
     let binfmt_before = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
@@ -238,6 +238,34 @@ fn run_steps_of_a_foreign_platform_run_under_emulation() {
             .args(["uname", "-m"]),
     );
     assert_eq!(direct.trim(), "aarch64");
+    // podman runs the pushed arm64 image under emulation: the emulator (a static program of this
+    // machine) is mounted into the container as its entrypoint, so no host handler is needed.
+    let arm_image = format!(
+        "{}/kiln-test/emulated@{}",
+        reg.addr,
+        entries[1]["digest"].as_str().unwrap()
+    );
+    let qemu = kiln_testkit::find_tool("qemu-aarch64-static").expect("found above");
+    for (args, expected) in [
+        (["uname", "-m"], "aarch64"),
+        (["cat", "/arch"], "aarch64 arm64"),
+    ] {
+        let out = kiln_testkit::run_ok(
+            kiln_testkit::podman_run_command()
+                .args(["--platform", "linux/arm64", "--entrypoint", "/qemu", "-v"])
+                .arg(format!("{}:/qemu:ro", qemu.display()))
+                .arg(&arm_image)
+                .arg("/bin/busybox")
+                .args(args),
+            std::time::Duration::from_secs(180),
+        )
+        .unwrap_or_else(|e| panic!("podman run {arm_image}: {e}"));
+        assert_eq!(out.stdout.trim(), expected, "podman run {args:?}");
+    }
+    let _ = kiln_testkit::run_bounded(
+        kiln_testkit::podman().args(["rmi", "-f", "--ignore", &arm_image]),
+        std::time::Duration::from_secs(60),
+    );
     // The host's binfmt_misc is as it was: the handler lived in the step's own namespace.
     let binfmt_after = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
         .map(|d| d.count())
@@ -409,6 +437,112 @@ fn one_build_for_two_platforms_pushes_one_index() {
     );
     let archived: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(archived, index);
+}
+
+#[test]
+fn docker_image_format_writes_docker_media_types_and_a_manifest_list() {
+    if !ready() {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let multi = format!("{}/kiln-test/busybox:multiplatform", registry());
+    let ctx = context(
+        dir.path(),
+        &format!("FROM {multi}\nARG TARGETARCH\nCOPY Dockerfile /built-for-$TARGETARCH\n"),
+    );
+    let list = format!("{}/kiln-test/docker-format:list", reg.addr);
+    let single = format!("{}/kiln-test/docker-format:single", reg.addr);
+    for (dest, platforms) in [(&list, "linux/amd64,linux/arm64"), (&single, "linux/arm64")] {
+        let (ok, log) = run_executor(
+            &[
+                "--context",
+                &ctx,
+                "--platform",
+                platforms,
+                "--destination",
+                dest,
+                "--image-format",
+                "docker",
+                "--insecure",
+                "--insecure-pull",
+            ],
+            &[],
+            None,
+        );
+        assert!(ok, "{log}");
+    }
+    let check_image = |image: &str, arch: &str| {
+        let manifest = pushed_manifest(image);
+        assert_eq!(
+            manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json",
+            "{manifest}"
+        );
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.docker.container.image.v1+json"
+        );
+        let layers = manifest["layers"].as_array().unwrap();
+        assert!(
+            layers
+                .iter()
+                .all(|l| l["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            "{manifest}"
+        );
+        // skopeo reads it as the platform's image.
+        let out = kiln_testkit::run(
+            std::process::Command::new("skopeo")
+                .args([
+                    "inspect",
+                    "--tls-verify=false",
+                    "--format",
+                    "{{.Architecture}}",
+                ])
+                .arg(format!("docker://{image}")),
+        );
+        assert_eq!(out.trim(), arch);
+    };
+    let index = pushed_manifest(&list);
+    assert_eq!(
+        index["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
+        "{index}"
+    );
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for (m, arch) in entries.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(m["platform"]["architecture"], arch);
+        assert_eq!(
+            m["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        check_image(
+            &format!(
+                "{}/kiln-test/docker-format@{}",
+                reg.addr,
+                m["digest"].as_str().unwrap()
+            ),
+            arch,
+        );
+    }
+    check_image(&single, "arm64");
+    // zstd has no Docker media type: refused before anything is built.
+    let (ok, log) = run_executor(
+        &[
+            "--context",
+            &ctx,
+            "--no-push",
+            "--image-format",
+            "docker",
+            "--compression",
+            "zstd",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        !ok && log.contains("Docker's image format has no zstd"),
+        "{log}"
+    );
 }
 
 #[test]

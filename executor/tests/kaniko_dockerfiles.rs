@@ -130,6 +130,7 @@ fn build_and_compare(
         build_args,
         target,
         requires: None,
+        platform: None,
     };
     let repo = format!("{reg}/kaniko-dockerfiles/{}", name.to_ascii_lowercase());
     let reference = format!("{repo}:buildah");

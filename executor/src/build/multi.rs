@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use kiln_oci::registry::{Registry, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
+use kiln_oci::registry::Registry;
 use serde_json::json;
 use tracing::{error, info};
 
@@ -285,7 +285,8 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     } else {
         let _ = std::fs::remove_dir_all(&platforms_dir);
     }
-    let index = index_bytes(&members)?;
+    let format = req.image_format;
+    let index = index_bytes(format, &members)?;
     let digest = kiln_oci::registry::sha256_digest(&index);
     let mut references = Vec::new();
     if !req.no_push && !req.destinations.is_empty() {
@@ -299,7 +300,7 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         for dest in &req.destinations {
             let pushed = Instant::now();
             runtime
-                .block_on(registry.push_image(dest, &[], &index, MEDIA_TYPE_OCI_INDEX))
+                .block_on(registry.push_image(dest, &[], &index, format.index_type()))
                 .map_err(BuildError::registry(format!(
                     "pushing the image index to {dest}"
                 )))?;
@@ -342,8 +343,12 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     Ok(result)
 }
 
-/// The OCI image index of the platform images, in the order the platforms were named.
-fn index_bytes(members: &[Member]) -> Result<Vec<u8>, BuildError> {
+/// The image index (Docker's manifest list with `--image-format=docker`) of the platform
+/// images, in the order the platforms were named.
+fn index_bytes(
+    format: super::request::ImageFormat,
+    members: &[Member],
+) -> Result<Vec<u8>, BuildError> {
     let manifests: Vec<serde_json::Value> = members
         .iter()
         .map(|m| {
@@ -355,7 +360,7 @@ fn index_bytes(members: &[Member]) -> Result<Vec<u8>, BuildError> {
                 platform["variant"] = json!(v);
             }
             json!({
-                "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+                "mediaType": format.manifest_type(),
                 "digest": m.result.digest,
                 "size": m.result.manifest.len(),
                 "platform": platform,
@@ -364,7 +369,7 @@ fn index_bytes(members: &[Member]) -> Result<Vec<u8>, BuildError> {
         .collect();
     let index = json!({
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_INDEX,
+        "mediaType": format.index_type(),
         "manifests": manifests,
     });
     serde_json::to_vec(&index).map_err(|source| BuildError::Serialize {
@@ -405,7 +410,12 @@ fn add_index_to_layout(
         .into_iter()
         .collect();
     layout
-        .add_manifest_annotated(index, MEDIA_TYPE_OCI_INDEX, Some(&ref_name), &annotations)
+        .add_manifest_annotated(
+            index,
+            req.image_format.index_type(),
+            Some(&ref_name),
+            &annotations,
+        )
         .map_err(layout_err)?;
     info!("wrote OCI layout {dir} (ref {ref_name}: image index)");
     Ok(())

@@ -13,14 +13,58 @@ use tracing::{info, warn};
 use super::base::BaseImages;
 use super::error::io_err;
 use super::request::BuildRequest;
+use super::request::ImageFormat;
 use super::{secs, timestamp, BuildError, BuildResult, BuiltStage};
 use crate::cache::prefetch::LOOKUP_CONCURRENCY;
 use crate::layer::LayerFile;
 use crate::output;
 use kiln_oci::image::{
-    sha256_digest, Descriptor, Manifest, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
+    sha256_digest, Descriptor, Manifest, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
 };
-use kiln_oci::registry::{Blob, BlobSource, Registry, RegistryError};
+use kiln_oci::registry::{
+    Blob, BlobSource, Registry, RegistryError, MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
+};
+
+/// The media types `--image-format` writes.
+impl ImageFormat {
+    pub fn manifest_type(self) -> &'static str {
+        match self {
+            ImageFormat::Oci => MEDIA_TYPE_OCI_MANIFEST,
+            ImageFormat::Docker => MEDIA_TYPE_DOCKER_MANIFEST,
+        }
+    }
+
+    pub fn config_type(self) -> &'static str {
+        match self {
+            ImageFormat::Oci => MEDIA_TYPE_OCI_CONFIG,
+            ImageFormat::Docker => MEDIA_TYPE_DOCKER_CONFIG,
+        }
+    }
+
+    /// An image index, or Docker's manifest list.
+    pub fn index_type(self) -> &'static str {
+        match self {
+            ImageFormat::Oci => MEDIA_TYPE_OCI_INDEX,
+            ImageFormat::Docker => MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+        }
+    }
+
+    /// A layer's media type in this format (layers are always stored under their OCI type);
+    /// `None` for one Docker's format cannot name (zstd).
+    pub fn layer_type(self, oci: &str) -> Option<String> {
+        match self {
+            ImageFormat::Oci => Some(oci.to_string()),
+            ImageFormat::Docker => match oci {
+                MEDIA_TYPE_LAYER_GZIP => Some(kiln_oci::image::MEDIA_TYPE_DOCKER_LAYER_GZIP.into()),
+                MEDIA_TYPE_LAYER_TAR => Some("application/vnd.docker.image.rootfs.diff.tar".into()),
+                t if t.starts_with("application/vnd.docker.") => Some(t.to_string()),
+                _ => None,
+            },
+        }
+    }
+}
 
 /// Early uploads of the target stage's new layers to the destinations.
 pub struct Publisher<'a> {
@@ -108,6 +152,8 @@ impl Drop for Publisher<'_> {
 
 /// The image config and manifest of the target stage, serialised.
 struct Assembled {
+    /// The manifest's media type.
+    media_type: &'static str,
     config: Vec<u8>,
     config_digest: String,
     manifest: Vec<u8>,
@@ -224,23 +270,43 @@ fn assemble(
         source,
     })?;
     let config_digest = sha256_digest(&config_bytes);
+    let format = req.image_format;
+    let layers = stage
+        .layers
+        .iter()
+        .map(|l| {
+            let mut d = l.descriptor();
+            d.media_type = format.layer_type(&d.media_type).ok_or_else(|| {
+                BuildError::Usage(format!(
+                    "--image-format=docker: layer {} is {}, which Docker's image format cannot \
+                     name (use --image-format=oci)",
+                    l.digest, d.media_type
+                ))
+            })?;
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    if format == ImageFormat::Docker && !annotations.is_empty() {
+        warn!("--image-format=docker: Docker's manifest has no annotations; they are left out");
+    }
     let manifest = Manifest {
         schema_version: 2,
-        media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        media_type: format.manifest_type().to_string(),
         config: Descriptor {
-            media_type: MEDIA_TYPE_OCI_CONFIG.to_string(),
+            media_type: format.config_type().to_string(),
             digest: config_digest.clone(),
             size: config_bytes.len() as u64,
             annotations: None,
         },
-        layers: stage.layers.iter().map(LayerFile::descriptor).collect(),
-        annotations: (!annotations.is_empty()).then_some(annotations),
+        layers,
+        annotations: (format == ImageFormat::Oci && !annotations.is_empty()).then_some(annotations),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| BuildError::Serialize {
         what: "manifest",
         source,
     })?;
     Ok(Assembled {
+        media_type: format.manifest_type(),
         digest: sha256_digest(&manifest_bytes),
         config: config_bytes,
         config_digest,
@@ -304,14 +370,8 @@ fn push(
         source: BlobSource::Bytes(image.config.clone()),
         mount_from: None,
     });
-    let push_image = || {
-        runtime.block_on(registry.push_image(
-            dest,
-            &blobs,
-            &image.manifest,
-            MEDIA_TYPE_OCI_MANIFEST,
-        ))
-    };
+    let push_image =
+        || runtime.block_on(registry.push_image(dest, &blobs, &image.manifest, image.media_type));
     let mut result = push_image();
     if let (Err(e), true) = (&result, unfetched) {
         // A refused mount falls back to an upload, which needs the file.
@@ -426,7 +486,7 @@ fn write_layout(
     layout
         .add_manifest_annotated(
             &image.manifest,
-            MEDIA_TYPE_OCI_MANIFEST,
+            image.media_type,
             Some(&ref_name),
             &annotations,
         )

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::BuildError;
 use crate::cache::layer::CacheRepo;
-use crate::cli::{IsolationFlag, Options};
+pub use crate::cli::ImageFormat;
+use crate::cli::{CompressionFlag, IsolationFlag, Options};
 use crate::commands::CacheFlags;
 use crate::context::ContextOptions;
 use crate::run::Isolation;
@@ -49,6 +50,8 @@ pub struct BuildRequest {
     /// This build is one platform's of several: its image is pushed by digest only, and the
     /// index, the files and the result files are written by the build of all platforms.
     pub index_member: bool,
+    /// `--image-format`: OCI or Docker media types for the manifest, config, layers and index.
+    pub image_format: ImageFormat,
     /// What the platform builds of one multi-platform build share (set by `multi` only).
     pub siblings: Option<std::sync::Arc<super::multi::Siblings>>,
     /// Whether `--custom-platform` named the platform (else it is this machine's). As in
@@ -160,6 +163,13 @@ impl BuildRequest {
             source_date_epoch(build_args.get(SOURCE_DATE_EPOCH).map(String::as_str))?;
         let layer_cache = layer_cache(opts)?;
         let compression = opts.layer_compression().map_err(BuildError::Usage)?;
+        if opts.image_format == ImageFormat::Docker && opts.compression == CompressionFlag::Zstd {
+            return Err(BuildError::Usage(
+                "--compression=zstd with --image-format=docker: Docker's image format has no zstd \
+                 layers (use --image-format=oci, or gzip)"
+                    .into(),
+            ));
+        }
         Ok(BuildRequest {
             context: opts.effective_context(),
             context_options,
@@ -184,6 +194,7 @@ impl BuildRequest {
             platform,
             platforms,
             index_member: false,
+            image_format: opts.image_format,
             siblings: None,
             platform_explicit: opts.custom_platform.is_some(),
             isolation,

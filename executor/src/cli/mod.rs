@@ -305,6 +305,13 @@ pub struct Options {
     #[arg(long = "compression-level", allow_negative_numbers = true)]
     pub compression_level: Option<i32>,
 
+    /// Media types of the image written (Kiln's own; buildah's `--format`, BuildKit's
+    /// `oci-mediatypes`): `oci` (the default) or `docker` (Docker's schema 2 manifest and config,
+    /// and a Docker manifest list for several platforms), for registries and tools that take
+    /// only Docker's. zstd layers have no Docker media type.
+    #[arg(long = "image-format", value_enum, default_value_t = ImageFormat::Oci)]
+    pub image_format: ImageFormat,
+
     /// What [`kaniko`]'s rules noted while applying themselves (deprecated spellings, variables
     /// that changed a flag), logged once by [`kaniko::log_notes`].
     #[arg(skip)]
@@ -320,6 +327,14 @@ pub enum SnapshotMode {
     Full,
     Redo,
     Time,
+}
+
+/// `--image-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ImageFormat {
+    #[default]
+    Oci,
+    Docker,
 }
 
 /// `--compression` values (kaniko's names).

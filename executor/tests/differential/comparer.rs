@@ -309,6 +309,7 @@ mod cases {
             build_args: Vec::new(),
             target: None,
             requires: requires.map(str::to_string),
+            platform: None,
         }
     }
 

@@ -46,6 +46,7 @@ fn build(tag: &str, extra: &str) -> Result<Side, String> {
         build_args: Vec::new(),
         target: None,
         requires: None,
+        platform: None,
     };
     let image = format!("{reg}/diff/demo:{tag}");
     let layered = format!("{reg}/diff/demo:{tag}-layers");

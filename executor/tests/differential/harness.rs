@@ -79,6 +79,9 @@ impl Buildah {
         if let Some(t) = &case.target {
             cmd.arg("--target").arg(t);
         }
+        if let Some(p) = &case.platform {
+            cmd.arg("--platform").arg(p);
+        }
         cmd.arg(&case.dir);
         // buildah 1.28's chroot isolation sometimes fails to set up a RUN under load ("Close_Fd
         // sealing memfd copy: Device or resource busy"); that is the reference tool's flake, not
@@ -146,6 +149,9 @@ pub fn kiln_build(case: &Case, dest: &str, work: &Path) -> Result<String, String
     }
     if let Some(t) = &case.target {
         cmd.arg("--target").arg(t);
+    }
+    if let Some(p) = &case.platform {
+        cmd.arg("--custom-platform").arg(p);
     }
     run_ok(&mut cmd, BUILD_TIMEOUT).map_err(|e| format!("kiln build failed: {e}"))?;
     let digest = fs::read_to_string(&digest_file)

@@ -439,6 +439,8 @@ pub struct Case {
     pub target: Option<String>,
     /// A case whose pushed images this case builds FROM (from the `requires` file).
     pub requires: Option<String>,
+    /// The target platform both builders are given (from the `platform` file).
+    pub platform: Option<String>,
 }
 
 impl Case {
@@ -580,12 +582,17 @@ pub fn corpus_cases() -> Result<Vec<Case>, String> {
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
+        let platform = fs::read_to_string(dir.join("platform"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         cases.push(Case {
             name,
             dir,
             build_args,
             target,
             requires,
+            platform,
         });
     }
     cases.sort_by(|a, b| a.name.cmp(&b.name));
