@@ -264,6 +264,71 @@ fn scenario_build_and_rebuild(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `spec.platforms`: one ImageBuild for linux/amd64 and linux/arm64 with a builder stage on the
+/// build platform; the status digest is the image index the registry serves under the tag, which
+/// names both platforms, and the node's runtime picks its own platform's image from it.
+fn scenario_multi_platform(env: &Env) -> anyhow::Result<()> {
+    let k = env.namespace("platforms")?;
+    let df = format!(
+        "FROM --platform=$BUILDPLATFORM $BASE AS tools\n\
+         RUN echo \"tools built on $(uname -m)\" > /tools\n\
+         FROM {}/kiln-test/busybox:multiplatform\n\
+         ARG TARGETARCH\n\
+         ENV BUILT_FOR=$TARGETARCH\n\
+         COPY --from=tools /tools /tools\n\
+         CMD [\"sh\", \"-c\", \"cat /tools; echo for $BUILT_FOR\"]\n",
+        env.pod_registry
+    );
+    let spec = json!({"platforms": ["linux/amd64", "linux/arm64"]});
+    let dest = env.apply_build(&k, "multi", &df, spec)?;
+    let st = wait_final(&k, "multi", 1)?;
+    let (digest, out) = pushed_output(env, &k, &st, &dest)?;
+    let machine = tools::run("uname", &["-m"])?;
+    let arch = if machine.trim() == "x86_64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    ensure!(
+        out.trim() == format!("tools built on {}\nfor {arch}", machine.trim()),
+        "the image printed {out:?} as a Pod"
+    );
+    let raw = tools::run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}", env.host_ref(&dest)),
+        ],
+    )?;
+    let index: Value = serde_json::from_str(&raw)?;
+    ensure!(
+        index["mediaType"] == "application/vnd.oci.image.index.v1+json",
+        "{digest} is not an image index: {raw}"
+    );
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .context("no manifests")?
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    ensure!(archs == ["amd64", "arm64"], "index platforms {archs:?}");
+    // The builder stage ran once for both platforms (the executor's log, from the kubelet).
+    let pods = pods_of(&k, "multi")?;
+    let pod = pods
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .context("no executor Pod left")?;
+    let log = k.run(&["logs", pod], None)?;
+    ensure!(
+        log.matches("(tools)] step 1/1 done").count() == 1
+            && log.contains("(tools)] the same for every platform: built once, by the build for"),
+        "the tools stage did not run exactly once:\n{log}"
+    );
+    Ok(())
+}
+
 /// A failing RUN: Failed, the executor's error in status.message (the real termination message).
 fn scenario_failing_run(env: &Env) -> anyhow::Result<()> {
     let k = env.namespace("fails")?;
@@ -771,8 +836,9 @@ fn operator_builds_on_a_real_cluster() {
         return;
     }
     type Scenario = fn(&Env) -> anyhow::Result<()>;
-    let scenarios: [(&str, Scenario); 15] = [
+    let scenarios: [(&str, Scenario); 16] = [
         ("build-and-rebuild", scenario_build_and_rebuild),
+        ("multi-platform", scenario_multi_platform),
         ("failing-run", scenario_failing_run),
         ("build-secret", scenario_build_secret),
         ("timeout", scenario_timeout),
