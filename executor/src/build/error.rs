@@ -39,6 +39,9 @@ pub enum BuildError {
     /// One platform's build of a multi-platform build stopped because another's failed.
     #[error("stopped: the build for another platform failed")]
     SiblingFailed,
+    /// A stage built at the same time as another stopped because the other failed.
+    #[error("stopped: another stage of the build failed")]
+    StageFailed,
     #[error("--target {target}: no stage of that name (stages: {})", stages.join(", "))]
     UnknownTarget { target: String, stages: Vec<String> },
     #[error("build context: {0}")]

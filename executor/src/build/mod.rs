@@ -6,6 +6,7 @@
 
 mod base;
 mod error;
+mod lanes;
 mod multi;
 mod plan;
 mod publish;
@@ -178,62 +179,59 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         }
         _ => req,
     };
-    let mut builder = Builder {
+    let run_mounts = Arc::new(crate::run_mounts::MountEnv {
+        secrets: req.secrets.clone(),
+        cache_dir: mount_cache,
+        work_dir: work_dir.clone(),
+        context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
+        froms: Default::default(),
+        ssh: req.ssh.clone(),
+    });
+    let budget = crate::unpack::BuildBudget::new(req.max_build_size);
+    // One builder per lane of stages built at the same time; `dir` is its work directory.
+    let make_builder = |dir: PathBuf| Builder {
         req,
         plan: &plan,
         dockerfile: &parsed,
         context: &context,
-        work_dir: work_dir.clone(),
+        work_dir: dir.clone(),
         bases: BaseImages::new(
             Arc::clone(&registry),
             &runtime,
-            base_cache,
+            base_cache.clone(),
             req.platform.clone(),
-            work_dir.clone(),
+            dir,
             ignore.clone(),
             crate::unpack::UnpackOptions {
                 ignore: Vec::new(),
                 same_owner: true,
                 bounds: req.layer_bounds,
-                budget: crate::unpack::BuildBudget::new(req.max_build_size),
+                budget: budget.clone(),
             },
         ),
         cache: layer_cache
+            .clone()
             .map(|cache| StepCache::new(cache, &runtime, &context, req.no_push_cache)),
-        publisher: Publisher::new(req, registry, &runtime),
-        ignore,
-        run_mounts: Arc::new(crate::run_mounts::MountEnv {
-            secrets: req.secrets.clone(),
-            cache_dir: mount_cache,
-            work_dir: work_dir.clone(),
-            context: Some((context.root().to_path_buf(), context.ignore_rules().clone())),
-            froms: Default::default(),
-            ssh: req.ssh.clone(),
-        }),
+        publisher: Publisher::new(req, registry.clone(), &runtime),
+        ignore: ignore.clone(),
+        run_mounts: run_mounts.clone(),
         built: HashMap::new(),
         stage_keys: HashMap::new(),
+        stop: None,
     };
+    let mut builder = make_builder(work_dir.clone());
     let count = plan.order().count();
     info!(
         stages = count,
         "building {count} stage(s) from {}",
         dockerfile_path.display()
     );
-    for &index in &plan.earlier {
-        let keep_layers = plan.used_as_base(index);
-        let shared = req
-            .siblings
-            .as_deref()
-            .filter(|_| req.isolation != Isolation::InPlace)
-            .and_then(|s| Some((s, plan.shared_identity(&parsed, index)?)));
-        if let Some((siblings, identity)) = shared {
-            builder.build_shared(siblings, &identity, index, keep_layers)?;
-            continue;
-        }
-        let stage = builder.build_stage(index, keep_layers)?;
-        builder.built.insert(index, stage);
-        if !keep_layers {
-            builder.keep_only_copied_files(index, plan.order())?;
+    let lanes = lanes::count(req, &plan);
+    if lanes > 1 {
+        lanes::build_earlier(&mut builder, lanes, &work_dir, &make_builder)?;
+    } else {
+        for &index in &plan.earlier {
+            builder.build_earlier(index)?;
         }
     }
     let final_stage = builder.build_stage(plan.target, true)?;
@@ -284,6 +282,47 @@ struct Builder<'a> {
     built: HashMap<usize, BuiltStage>,
     /// The last step key of every built stage (the base identity of stages built FROM it).
     stage_keys: HashMap<usize, String>,
+    /// Set when a stage built at the same time failed: this builder stops before its next step.
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Builder<'_> {
+    /// Builds stage `index` (not the target): once for every platform when it is the same for
+    /// all of a multi-platform build, else here; pruned to what later stages copy from it unless
+    /// a later stage starts FROM it.
+    fn build_earlier(&mut self, index: usize) -> Result<(), BuildError> {
+        let keep_layers = self.plan.used_as_base(index);
+        let shared = self
+            .req
+            .siblings
+            .as_deref()
+            .filter(|_| self.req.isolation != Isolation::InPlace)
+            .and_then(|s| Some((s, self.plan.shared_identity(self.dockerfile, index)?)));
+        if let Some((siblings, identity)) = shared {
+            return self.build_shared(siblings, &identity, index, keep_layers);
+        }
+        let stage = self.build_stage(index, keep_layers)?;
+        self.built.insert(index, stage);
+        if !keep_layers {
+            self.keep_only_copied_files(index, self.plan.order())?;
+        }
+        Ok(())
+    }
+
+    /// Fails when a multi-platform sibling or a stage built at the same time has failed.
+    fn check_stop(&self) -> Result<(), BuildError> {
+        if let Some(siblings) = &self.req.siblings {
+            siblings.check()?;
+        }
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(BuildError::StageFailed);
+        }
+        Ok(())
+    }
 }
 
 impl Builder<'_> {

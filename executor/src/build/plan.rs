@@ -265,6 +265,17 @@ impl BuildPlan {
         Ok(needed.into_iter().collect())
     }
 
+    /// The stages stage `index` needs built first: the one it starts FROM, and those it reads
+    /// with `COPY/ADD --from` or `RUN --mount=from=`.
+    pub fn needs(&self, index: usize) -> Vec<usize> {
+        let stage = &self.stages[index];
+        let mut needs: Vec<usize> = stage.from_stage.into_iter().collect();
+        needs.extend(stage.copies.iter().map(|(read, _)| *read));
+        needs.sort_unstable();
+        needs.dedup();
+        needs
+    }
+
     /// Every stage to build, in order; the target is the last.
     pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
         self.earlier.iter().copied().chain(Some(self.target))

@@ -66,9 +66,7 @@ impl Builder<'_> {
         let total = plan.steps.len();
         let mut pending_single_snapshot = false;
         for (n, step) in plan.steps.iter().enumerate() {
-            if let Some(siblings) = &self.req.siblings {
-                siblings.check()?;
-            }
+            self.check_stop()?;
             let step_started = Instant::now();
             let text = &step.text;
             info!("[{label}] step {}/{total}: {text}", n + 1);
