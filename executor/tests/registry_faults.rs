@@ -442,3 +442,102 @@ fn registry_map_tries_remaps_in_order_then_the_original() {
         assert!(err.to_string().contains("--registry-map"), "{err}");
     }
 }
+
+/// A base image's layers download at the same time: the proxy holds the first layer's download
+/// half-way until the second layer is asked for (fetched one after the other, the second would
+/// never be), then lets it finish; the build succeeds with both.
+#[test]
+fn base_image_layers_download_at_the_same_time() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers: Vec<kiln_testkit::Layer> = (0..2u64)
+        .map(|n| {
+            let tar = kiln_testkit::image::tar_with_file(
+                &format!("part{n}.bin"),
+                &kiln_testkit::image::noise(100 + n, 300_000),
+            );
+            kiln_testkit::Layer::gzip(
+                &tmp.path().join(format!("l{n}")),
+                &tar,
+                flate2::Compression::fast(),
+            )
+        })
+        .collect();
+    let (first, second) = (layers[0].digest.clone(), layers[1].digest.clone());
+    let img = TestImage::new(
+        layers,
+        serde_json::json!({
+            "architecture": kiln_oci::registry::Platform::default().architecture,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "history": [{"created_by": "part 0"}, {"created_by": "part 1"}]
+        }),
+    );
+    img.skopeo_push(tmp.path(), &format!("{}/faults/layers:v1", reg.addr));
+    let gate = kiln_testkit::Gate::new();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule(
+            "GET",
+            hex(&first),
+            Fault::Stall(10_000, gate.clone()),
+            1,
+        )],
+    );
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/faults/layers:v1\nCOPY Dockerfile /built\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("executor.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+        .arg("--context")
+        .arg(format!("dir://{}", ctx.display()))
+        .args(["--no-push", "--insecure-pull"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("executor.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let reached = gate.wait_reached(Duration::from_secs(120));
+    let mut asked = false;
+    if reached {
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if proxy.count("GET", hex(&second)) > 0 {
+                asked = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    gate.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(tmp.path().join("executor.err")).unwrap_or_default();
+    assert!(reached, "the first layer's download never started: {err}");
+    assert!(
+        asked,
+        "the second layer was not asked for while the first was downloading: {err}"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+}

@@ -221,23 +221,27 @@ impl<'a> BaseImages<'a> {
         let blob_dir = self.blob_dir();
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
-        let mut total = 0u64;
-        for layer in &image.layers {
-            if !layer.path.exists() {
-                self.runtime
-                    .block_on(self.registry.fetch_blob_to_file(
-                        &remote.reference,
-                        &layer.digest,
-                        layer.size,
-                        &layer.path,
-                    ))
+        let total: u64 = image.layers.iter().map(|l| l.size).sum();
+        // Several layers download at once (as containerd and BuildKit fetch them); each is
+        // verified as it is written.
+        let missing: Vec<&LayerFile> = image.layers.iter().filter(|l| !l.path.exists()).collect();
+        let registry = &self.registry;
+        let remote_ref = remote.reference.as_str();
+        self.runtime.block_on(async {
+            use futures_util::stream::{self, StreamExt, TryStreamExt};
+            stream::iter(missing.into_iter().map(|layer| async move {
+                registry
+                    .fetch_blob_to_file(remote_ref, &layer.digest, layer.size, &layer.path)
+                    .await
                     .map_err(BuildError::registry(format!(
                         "fetching layer {} of {reference}",
                         layer.digest
-                    )))?;
-            }
-            total += layer.size;
-        }
+                    )))
+            }))
+            .buffer_unordered(LAYER_FETCHES)
+            .try_collect::<Vec<u64>>()
+            .await
+        })?;
         info!(
             "pulled {} ({platform}: {}, {} layer(s), {}) in {}",
             reference,
@@ -685,6 +689,9 @@ fn image_identity(image: &Image) -> String {
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
     crate::cache::key::base_image_key(&image.config, &digests)
 }
+
+/// How many layers of one base image download at once.
+const LAYER_FETCHES: usize = 4;
 
 /// The first wait of `--image-fs-extract-retry` (kaniko's: one second, doubling each time).
 pub const EXTRACT_RETRY_DELAY: Duration = Duration::from_secs(1);
