@@ -303,6 +303,7 @@ fn executor_image_builds_in_podman_like_in_a_pod() {
     .unwrap_or_else(|e| panic!("podman run of the loaded image: {e}"));
     assert_eq!(ran.stdout, "built\nhello from the context\n");
     credential_helper_runs_from_kiln_in_place(&executor_image, &reg, work.path());
+    two_platforms_in_place_share_the_build_platform_stage(&executor_image, &reg, work.path());
     let _ = run_bounded(
         podman().args(["rmi", "-f", &in_pod, &executor_image]),
         Duration::from_secs(60),
@@ -398,4 +399,92 @@ fn credential_helper_runs_from_kiln_in_place(executor_image: &str, reg: &str, wo
         "the decoy outside /kiln ran: {:?}",
         decoy.calls()
     );
+}
+
+/// In place (as in a Pod) the platforms of a multi-platform build are built one after the other,
+/// each clearing `/`: a stage the same for every platform is built by the first and its files,
+/// moved aside into the first platform's work directory, are used by the second; the pushed
+/// index names both platforms, each image holding the stage's file.
+fn two_platforms_in_place_share_the_build_platform_stage(
+    executor_image: &str,
+    reg: &str,
+    work: &Path,
+) {
+    let context = work.join("multi-context");
+    fs::create_dir_all(&context).unwrap();
+    fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM --platform=$BUILDPLATFORM {reg}/kiln-test/busybox:latest AS builder\n\
+             RUN echo \"built on $(uname -m)\" > /out\n\
+             FROM {reg}/kiln-test/busybox:multiplatform\n\
+             COPY --from=builder /out /out\n"
+        ),
+    )
+    .unwrap();
+    let dest = format!("{reg}/e2e/inpod-multi:latest");
+    let run = run_bounded(
+        podman_run_command()
+            .arg("-v")
+            .arg(format!("{}:/workspace:ro", context.display()))
+            .arg(executor_image)
+            .args([
+                "--context",
+                "dir:///workspace",
+                "--dockerfile",
+                "/workspace/Dockerfile",
+            ])
+            .args([
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--destination",
+                &dest,
+            ])
+            .args(["--insecure", "--insecure-pull"]),
+        BUILD_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("podman run of the executor image: {e}"));
+    let log = tail(&run.stderr, 8000);
+    assert!(
+        run.success(),
+        "the multi-platform build failed in place:\n{log}"
+    );
+    assert!(log.contains("cleared /"), "not in place: {log}");
+    assert_eq!(
+        log.matches("(builder)] step 1/1 done").count(),
+        1,
+        "the builder stage ran more than once: {log}"
+    );
+    assert!(
+        log.contains(
+            "(builder)] the same for every platform: built once, by the build for linux/amd64"
+        ),
+        "{log}"
+    );
+    let index = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{dest}")),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("skopeo inspect {dest}: {e}"));
+    let index: serde_json::Value = serde_json::from_str(&index.stdout).unwrap();
+    let repo = dest.trim_end_matches(":latest");
+    for m in index["manifests"].as_array().expect("an image index") {
+        let image = format!("{repo}@{}", m["digest"].as_str().unwrap());
+        let root = flatten(
+            &image,
+            &work.join(format!(
+                "multi-{}",
+                m["platform"]["architecture"].as_str().unwrap()
+            )),
+            "m",
+        )
+        .unwrap_or_else(|e| panic!("flatten {image}: {e}"));
+        assert_eq!(
+            fs::read_to_string(root.join("out")).unwrap(),
+            format!("built on {}\n", std::env::consts::ARCH),
+            "{image}"
+        );
+    }
 }

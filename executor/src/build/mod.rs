@@ -218,6 +218,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         built: HashMap::new(),
         stage_keys: HashMap::new(),
         stop: None,
+        offered: Vec::new(),
     };
     let mut builder = make_builder(work_dir.clone());
     let count = plan.order().count();
@@ -235,6 +236,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         }
     }
     let final_stage = builder.build_stage(plan.target, true)?;
+    builder.offer_to_later_platforms();
     builder.publisher.finish_early_pushes();
     let annotations = if req.base_image_annotations {
         builder.base_annotations()?
@@ -284,6 +286,9 @@ struct Builder<'a> {
     stage_keys: HashMap<usize, String>,
     /// Set when a stage built at the same time failed: this builder stops before its next step.
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// In place: stages the same for every platform this build made, offered to the next
+    /// platform's build when this one is done (identity, stage).
+    offered: Vec<(String, usize)>,
 }
 
 impl Builder<'_> {
@@ -296,10 +301,18 @@ impl Builder<'_> {
             .req
             .siblings
             .as_deref()
-            .filter(|_| self.req.isolation != Isolation::InPlace)
             .and_then(|s| Some((s, self.plan.shared_identity(self.dockerfile, index)?)));
         if let Some((siblings, identity)) = shared {
-            return self.build_shared(siblings, &identity, index, keep_layers);
+            if self.req.isolation != Isolation::InPlace {
+                return self.build_shared(siblings, &identity, index, keep_layers);
+            }
+            // In place the platforms are built one after the other and a stage's files stay at
+            // `/` until the next stage moves them aside: one an earlier platform left is used,
+            // and this platform's are offered to the next once its build is done.
+            if self.use_left_by_earlier_platform(siblings, &identity, index) {
+                return Ok(());
+            }
+            self.offered.push((identity, index));
         }
         let stage = self.build_stage(index, keep_layers)?;
         self.built.insert(index, stage);

@@ -89,6 +89,57 @@ impl Siblings {
 }
 
 impl Builder<'_> {
+    /// In place: uses stage `index` as an earlier platform's build left it, if it offered it.
+    pub(super) fn use_left_by_earlier_platform(
+        &mut self,
+        siblings: &Siblings,
+        identity: &str,
+        index: usize,
+    ) -> bool {
+        let (slot, _) = siblings.slot(identity);
+        let shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(done) = shared.as_ref() else {
+            return false;
+        };
+        let label = &self.plan.stages[index].label;
+        info!(
+            "[{label}] the same for every platform: built once, by the build for {}",
+            done.by
+        );
+        self.built.insert(index, done.stage.clone());
+        if let Some(key) = &done.key {
+            self.stage_keys.insert(index, key.clone());
+        }
+        true
+    }
+
+    /// In place, once the target is built: offers the stages the same for every platform that
+    /// this build made to the next platforms' builds, where what later stages read of them is
+    /// still there (moved aside from `/` into the work directory, which outlives this build), or
+    /// where later stages only start FROM them (their layers).
+    pub(super) fn offer_to_later_platforms(&mut self) {
+        let Some(siblings) = self.req.siblings.clone() else {
+            return;
+        };
+        for (identity, index) in std::mem::take(&mut self.offered) {
+            let Some(stage) = self.built.get(&index) else {
+                continue;
+            };
+            let files_kept =
+                !stage.root.as_os_str().is_empty() && stage.root != std::path::Path::new("/");
+            if !files_kept && self.plan.read_by_copy(index, index + 1) {
+                continue;
+            }
+            let (slot, _) = siblings.slot(&identity);
+            let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.get_or_insert_with(|| SharedStage {
+                stage: stage.clone(),
+                key: self.stage_keys.get(&index).cloned(),
+                by: self.req.platform.to_string(),
+            });
+        }
+    }
+
     /// Stage `index`, which is the same for every platform (its `identity`): built here if no
     /// other platform's build has built it, else theirs is used.
     pub(super) fn build_shared(
@@ -216,6 +267,11 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
                 .unwrap_or_else(|| mount_cache.display().to_string()),
         );
         sub.siblings = Some(siblings.clone());
+        if req.isolation == Isolation::InPlace {
+            // Clearing `/` for the next platform keeps the earlier platforms' work directories,
+            // whose stages it may use.
+            sub.ignore_paths.push(platforms_dir.display().to_string());
+        }
         sub.outputs = super::request::Outputs {
             oci_layout_path: layout_dir.clone(),
             ..Default::default()
