@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks kiln-executor against buildah and kaniko v1.24 on the workloads of bench/ and prints a
-# table: runs and failed runs, median wall time, peak memory, the kiln/kaniko and kiln/buildah
-# ratios, and the targets of the performance issue: met, missed, or not evaluated (and why). Every
-# build pushes to a local registry, as in CI.
+# Benchmarks kiln-executor against buildah, kaniko v1.24 and BuildKit v0.35 on the workloads of
+# bench/ and prints a table: runs and failed runs, median wall time, peak memory, the kiln/kaniko,
+# kiln/buildah and kiln/buildkit ratios, and the targets of the performance issues (7 and 16): met,
+# missed, or not evaluated (and why). Every build pushes to a local registry, as in CI.
 #
 #   bash scripts/bench.sh                          # all workloads, all tools, 3 runs each (median)
 #   bash scripts/bench.sh --runs 1 --only w1,w2 --tools kiln,buildah
@@ -12,6 +12,9 @@
 #   w1  busybox, 200 small files COPY'd, ENV, 2 RUN          w4  Debian bookworm, 8 trivial RUN
 #   w2  busybox, RUN making 100,000 files, 5 one-file RUNs    w5  w4 rebuilt with every step cached
 #   w3  busybox, RUN writing 400 MiB random + 400 MiB zeros   w6  w4 (steps changed) with the base warmed
+#   w7  two independent stages (30,000 files written and checksummed each) and a final stage that
+#       COPYs a result of each; kiln also builds each stage alone (--target left / right), recorded
+#       as w7-left and w7-right, for the target "w7: kiln <= 0.6x (w7-left + w7-right)"
 #
 # How each tool runs:
 #   kiln     kiln-executor (release, static) --isolation chroot --insecure --insecure-pull, under /usr/bin/time -v
@@ -20,13 +23,20 @@
 #   kaniko   /kaniko/executor in podman (runc, cgroupfs, vfs, --network host), context at /workspace;
 #            peak memory = the executor process's VmHWM polled every 0.1 s from /proc (kaniko's
 #            own RUN children are not counted; growth in the last 0.1 s could be missed)
+#   buildkit buildctl build (dockerfile.v0, push=true) against one buildkitd (scripts/buildkit.sh: OCI
+#            worker, runc) with its state in the work directory, started here and stopped at exit;
+#            cold runs follow `buildkit.sh prune` (untimed, no cache import), w5 rebuilds on its
+#            local cache, w6 after a build of w4 with another CHANGE (the base is in its store);
+#            peak memory = buildkitd's VmHWM, reset (clear_refs) before each build (its runc
+#            children are not counted; nor is buildctl)
 # Peak memory for kiln and buildah is "Maximum resident set size" of /usr/bin/time: the largest single
 # process of the tree (for buildah that is buildah itself; its RUN children are small).
 #
-# Flags: --runs N (default 3), --only w1,w2,... , --tools kiln,buildah,kaniko, --timeout SECONDS per
-# build (default 900), --keep (keep the work directory), --results FILE (the table; default
-# /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only (exit 0 even when a target is missed or
-# not evaluated), --summarize RUNS.tsv (only print the table and targets of a raw file written before).
+# Flags: --runs N (default 3), --only w1,w2,... (default w1..w7), --tools kiln,buildah,kaniko,buildkit
+# (default all four), --timeout SECONDS per build (default 900), --keep (keep the work directory),
+# --results FILE (the table; default /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only
+# (exit 0 even when a target is missed or not evaluated), --summarize RUNS.tsv (only print the
+# table and targets of a raw file written before).
 # Next to the table go FILE's name with .runs.tsv (one line per run, written as the runs go:
 # workload, tool, run, seconds, exit, status, peak_rss_kb, note; a "# plan:" line says what was set
 # out to run, so a file cut short shows what is missing) and .steps.tsv (kiln's step lines).
@@ -47,8 +57,8 @@ TARGET="${CARGO_TARGET_DIR:-/var/cache/kiln/target}"
 KANIKO_IMAGE="localhost/kiln-bench/kaniko:${KANIKO_VERSION:-v1.24.0}"
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs)
 RUNS=3
-ONLY="w1,w2,w3,w4,w5,w6"
-TOOLS="kiln,buildah,kaniko"
+ONLY="w1,w2,w3,w4,w5,w6,w7"
+TOOLS="kiln,buildah,kaniko,buildkit"
 TIMEOUT=900
 KEEP=""
 RESULTS_OUT=""
@@ -85,12 +95,16 @@ summarize() {
 import collections, os, re, statistics, sys
 
 runs_file, steps_file = sys.argv[1], sys.argv[2]
-WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6"]
-TOOLS = ["kiln", "buildah", "kaniko"]
+WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w7-left", "w7-right"]
+TOOLS = ["kiln", "buildah", "kaniko", "buildkit"]
+# w7's stages built alone (kiln --target left / right): run with w7, by kiln only.
+STAGES_ALONE = {"w7": ["w7-left", "w7-right"]}
 STATUSES = {"ok", "failed", "timeout", "prime-failed", "unavailable"}
 names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one-file RUNs",
          "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
-         "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)"}
+         "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)",
+         "w7": "parallel stages left + right", "w7-left": "stage left alone (--target)",
+         "w7-right": "stage right alone (--target)"}
 # Issue 7's anchors: wall seconds on a 2-core machine, one run each.
 anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
 
@@ -101,14 +115,19 @@ with open(runs_file) as f:
     for n, line in enumerate(f, 1):
         line = line.rstrip("\n")
         # "# plan: workloads=w1,w2 tools=kiln,buildah runs=3": what the benchmark set out to run,
-        # so that a raw file cut short cannot pass for a complete one.
+        # so that a raw file cut short cannot pass for a complete one. w7 with kiln brings kiln's
+        # runs of w7-left and w7-right.
         m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
         if m:
             planned_runs = int(m.group(3))
+            tools = m.group(2).split(",")
             for w in m.group(1).split(","):
-                for t in m.group(2).split(","):
+                for t in tools:
                     if w in WORKLOADS and t in TOOLS:
                         entries.setdefault((w, t), [])
+                if "kiln" in tools:
+                    for alone in STAGES_ALONE.get(w, []):
+                        entries.setdefault((alone, "kiln"), [])
             continue
         if not line or line.startswith("workload\t") or line.startswith("#"):
             continue
@@ -174,7 +193,7 @@ if not any(entries.values()):
 out.append("medians over the successful runs; peak = max over them of peak RSS (MB); a ratio only "
            "when both tools had no failed run")
 out.append(f"{'workload':<38} {'tool':<8} {'runs':<24} {'wall s':>8} {'peak MB':>8} "
-           f"{'kiln/kaniko':>12} {'kiln/buildah':>13}")
+           f"{'kiln/kaniko':>12} {'kiln/buildah':>13} {'kiln/buildkit':>14}")
 def ratio(w, other):
     k, o = st(w, "kiln"), st(w, other)
     if not k or not o or k.problem or o.problem:
@@ -185,14 +204,14 @@ for w in WORKLOADS:
         s = st(w, t)
         if not s:
             continue
-        rk = rb = ""
+        rk = rb = rbk = ""
         if t == "kiln":
-            rk, rb = ratio(w, "kaniko"), ratio(w, "buildah")
-            rk = "-" if rk is None else f"{rk:.2f}x"
-            rb = "-" if rb is None else f"{rb:.2f}x"
+            rk, rb, rbk = (ratio(w, o) for o in ("kaniko", "buildah", "buildkit"))
+            rk, rb, rbk = ("-" if r is None else f"{r:.2f}x" for r in (rk, rb, rbk))
         wall = "-" if s.wall is None else f"{s.wall:.2f}"
         peak = "-" if s.peak_mb is None else f"{s.peak_mb:.0f}"
-        out.append(f"{w + ' ' + names[w]:<38} {t:<8} {s.runs:<24} {wall:>8} {peak:>8} {rk:>12} {rb:>13}")
+        out.append(f"{w + ' ' + names[w]:<38} {t:<8} {s.runs:<24} {wall:>8} {peak:>8} {rk:>12} {rb:>13} "
+                   f"{rbk:>14}")
 
 problems = [(w, s.problem) for (w, t), s in
             sorted(states.items(), key=lambda kv: (WORKLOADS.index(kv[0][0]), TOOLS.index(kv[0][1])))
@@ -229,7 +248,8 @@ for w in WORKLOADS:
     k = st(w, "kiln")
     if not k:
         continue
-    for other, lim in (("kaniko", 0.2 if w == "w2" else 0.5), ("buildah", 0.7)):
+    # Issue 7's targets (kaniko, buildah), then issue 16's (BuildKit).
+    for other, lim in (("kaniko", 0.2 if w == "w2" else 0.5), ("buildah", 0.7), ("buildkit", 0.8)):
         o = st(w, other)
         if not o:
             continue
@@ -239,6 +259,24 @@ for w in WORKLOADS:
             not_evaluated(name, why)
         else:
             judge(name, k.wall / o.wall, lim, "x")
+    if w in STAGES_ALONE:
+        # Issue 16: the stages built at the same time, against the sum of each built alone.
+        alone = [(a, st(a, "kiln")) for a in STAGES_ALONE[w]]
+        name = f"{w}: kiln <= 0.6x ({' + '.join(a for a, _ in alone)})"
+        why = [k.problem] if k.problem else []
+        for a, s in alone:
+            if not s:
+                why.append(f"{a}: kiln: no runs recorded")
+            elif s.problem:
+                why.append(f"{a}: {s.problem}")
+        if why:
+            not_evaluated(name, "; ".join(why))
+        else:
+            total = sum(s.wall for _, s in alone)
+            judge(name, k.wall / total, 0.6, "x")
+            out.append("")
+            out.append(f"{w} (kiln): stages together {k.wall:.2f} s; alone "
+                       + " + ".join(f"{s.wall:.2f}" for _, s in alone) + f" = {total:.2f} s")
     if w == "w3":
         name = "w3: kiln peak RSS < 150 MB"
         if k.problem:
@@ -282,9 +320,11 @@ for w in WORKLOADS:
                        f"median {statistics.median(one_total):.2f} s")
 
 out.append("")
-out.append("targets (issue 7)")
+out.append("targets (issue 7: against buildah and kaniko, w2 snapshot, w3 memory; "
+           "issue 16: against BuildKit, w7 stages at the same time)")
 if not targets:
-    out.append("  none for these workloads and tools (kiln's targets compare it with buildah and kaniko)")
+    out.append("  none for these workloads and tools (kiln's targets compare it with buildah, kaniko "
+               "and BuildKit, and w7 with its stages built alone)")
 for name, verdict, val, detail in targets:
     if verdict == "NOT EVALUATED":
         out.append(f"  NOT EVALUATED  {name}: {detail}")
@@ -330,10 +370,11 @@ fi
 
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs: expected a positive integer, got $RUNS"
 for t in ${TOOLS//,/ }; do
-    [[ "$t" =~ ^(kiln|buildah|kaniko)$ ]] || die "--tools: unknown tool $t (kiln, buildah, kaniko)"
+    [[ "$t" =~ ^(kiln|buildah|kaniko|buildkit)$ ]] || die "--tools: unknown tool $t (kiln, buildah, kaniko, buildkit)"
 done
 for w in ${ONLY//,/ }; do
-    [[ "$w" =~ ^w[1-6]$ ]] || die "--only: unknown workload $w (w1..w6)"
+    # w7-left and w7-right are not asked for: they come with w7 (kiln only).
+    [[ "$w" =~ ^w[1-7]$ ]] || die "--only: unknown workload $w (w1..w7)"
 done
 [[ "$(id -u)" == 0 ]] || die "must run as root (chroot, namespaces, podman)"
 want_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
@@ -378,9 +419,16 @@ if [[ -n "${KILN_BENCH_KILN_DIR:-}" ]]; then
     KILN_DIR_PARENT="$(mktemp -d "$KILN_BENCH_KILN_DIR/kiln-bench-dirs.XXXXXX")"
 fi
 STARTED_REGISTRY=""
+# BuildKit's daemon: its state under the work directory (same filesystem as the other tools).
+BK_DIR="$WORK/buildkit"
+BK_STARTED=""
 # shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
     local rc=$?
+    # Before the work directory goes: buildkitd's snapshots may be mounted under it.
+    if [[ -n "$BK_STARTED" ]]; then
+        bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >&2 || log "could not stop buildkitd in $BK_DIR"
+    fi
     # Containers this run started (named kiln-bench-<pid>-*) are removed; nothing else is touched.
     if want_tool kaniko; then
         "${PODMAN[@]}" ps -a --filter "name=kiln-bench-$$-" -q 2>/dev/null |
@@ -449,6 +497,31 @@ if want_tool kaniko; then
         rm -f "$WORK/kaniko-image.tar"
     fi
 fi
+BUILDKIT_MISSING=""
+if want_tool buildkit; then
+    mkdir -p "$BK_DIR"
+    # Its registry (marked plain HTTP in buildkitd.toml) is the bench's.
+    if KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/buildkit.sh" start "$BK_DIR" 2>"$WORK/buildkit-start.log"; then
+        BK_STARTED=1
+        cat "$WORK/buildkit-start.log" >&2
+        BUILDCTL=/var/cache/kiln/bin/buildctl
+        BK_ADDR="$(bash "$ROOT/scripts/buildkit.sh" addr "$BK_DIR")"
+        BK_PID="$(cat "$BK_DIR/buildkitd.pid")"
+        log "buildkitd $("$BUILDCTL" --addr "$BK_ADDR" debug info 2>/dev/null | awk '/^BuildKit:/ { print $3 }' || true) (pid $BK_PID, snapshotter $(cat "$BK_DIR/snapshotter"))"
+    else
+        cat "$WORK/buildkit-start.log" >&2
+        # Stop what may have started (a daemon that did not answer in time).
+        [[ ! -e "$BK_DIR/buildkitd.pid" ]] || bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >&2 || true
+        # Benchmarked without it, but not silently: its rows and targets say why. Its log is kept
+        # next to the table (the work directory goes at exit).
+        BUILDKIT_MISSING="scripts/buildkit.sh start failed: $(grep '^buildkit.sh: ' "$WORK/buildkit-start.log" |
+            tail -n1 | sed 's/^buildkit.sh: //; s/ (log above.*//' || true)"
+        if [[ -s "$BK_DIR/buildkitd.log" ]] && cp "$BK_DIR/buildkitd.log" "$OUT_BASE.buildkitd.log"; then
+            BUILDKIT_MISSING+=" (buildkitd's log: $OUT_BASE.buildkitd.log)"
+        fi
+        log "BuildKit is not available ($BUILDKIT_MISSING); its targets will not be evaluated"
+    fi
+fi
 
 # ---- contexts -----------------------------------------------------------------------------------
 # Each build gets a fresh copy of its context so no tool sees another's leftovers.
@@ -456,7 +529,7 @@ make_context() {
     local w="$1" dest="$2" dir
     case "$w" in
         w1) dir=w1-small-files ;; w2) dir=w2-many-files ;; w3) dir=w3-big-files ;;
-        w4|w5|w6) dir=w4-debian-steps ;;
+        w4|w5|w6) dir=w4-debian-steps ;; w7|w7-*) dir=w7-parallel-stages ;;
     esac
     rm -rf "$dest"
     cp -r "$ROOT/bench/$dir" "$dest"
@@ -538,6 +611,8 @@ kiln_build() {
         cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
         warmed) extra=(--cache-dir "$WORK/kiln-base-cache" --build-arg "CHANGE=warm-$run-$$") ;;
     esac
+    # w7-left / w7-right: one stage of w7 alone.
+    [[ "$w" != w7-* ]] || extra+=(--target "${w#w7-}")
     local kdir="$KILN_DIR_PARENT/kiln-dir-$w-$run"
     mkdir -p "$kdir"
     timed "$WORK/$w-kiln-$run.log" -- "$KILN" --context "dir://$ctx" --dockerfile Dockerfile \
@@ -624,6 +699,43 @@ kaniko_build() {
     rm -rf "$ctx"
 }
 
+# ---- buildkit -----------------------------------------------------------------------------------
+# buildkit_prune: empties buildkitd's build cache (cold runs, priming); its output goes to a log.
+buildkit_prune() {
+    bash "$ROOT/scripts/buildkit.sh" prune "$BK_DIR" >>"$WORK/buildkit-prune.log" 2>&1
+}
+
+# buildkit_build WORKLOAD RUN MODE: cold runs follow a prune (untimed); cached and warmed runs use
+# what buildkitd kept (w5: the primed build's cache; w6: the base, pulled by a build of another CHANGE).
+# PEAK_KB is buildkitd's VmHWM over the build (reset before it), not buildctl's.
+buildkit_build() {
+    local w="$1" run="$2" mode="$3"
+    local ctx="$WORK/ctx-$w-buildkit-$run" extra=() logf="$WORK/$w-buildkit-$run.log" rc=0
+    case "$mode" in
+        cold)
+            buildkit_prune || rc=$?
+            if [[ "$rc" != 0 ]]; then
+                echo "bench: buildkit.sh prune failed before this run (log: $WORK/buildkit-prune.log)" >"$logf"
+                WALL=0 PEAK_KB=""
+                set_status "$rc"
+                return
+            fi ;;
+        warmed) extra=(--opt "build-arg:CHANGE=warm-$run-$$") ;;
+    esac
+    make_context "$w" "$ctx"
+    # VmHWM back to the current RSS, so that it is this build's peak; unmeasured if that fails.
+    local reset=""
+    echo 5 2>/dev/null >"/proc/$BK_PID/clear_refs" && reset=1
+    timed "$logf" -- "$BUILDCTL" --addr "$BK_ADDR" build --progress plain --frontend dockerfile.v0 \
+        --local "context=$ctx" --local "dockerfile=$ctx" --opt "build-arg:REGISTRY=$REG" "${extra[@]}" \
+        --output "type=image,name=$REG/bench/$w-buildkit:latest,push=true,registry.insecure=true"
+    PEAK_KB=""
+    if [[ -n "$reset" ]]; then
+        PEAK_KB="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$BK_PID/status" 2>/dev/null || true)"
+    fi
+    rm -rf "$ctx"
+}
+
 # ---- priming for w5 (cached rebuild) and w6 (warmed base) ---------------------------------------
 # prime WORKLOAD TOOL: the untimed first build, warmer or pull; on failure sets PRIME_NOTE and
 # returns 1.
@@ -631,6 +743,19 @@ prime() {
     local w="$1" tool="$2" what logf rc=0
     log "$w/$tool: priming (not timed)"
     case "$w/$tool" in
+        w5/buildkit)
+            # From an empty cache, so that nothing of the other workloads counts; the timed runs
+            # then rebuild on what this build left in buildkitd's cache.
+            what="the first (cached) build after buildkit.sh prune"
+            logf="$WORK/w5-buildkit-prime.log"
+            if buildkit_prune; then
+                buildkit_build w5 prime cached
+                rc="$RC"
+            else
+                rc=$?
+                what="buildkit.sh prune"
+                logf="$WORK/buildkit-prune.log"
+            fi ;;
         w5/*)
             what="the first (cached) build"
             logf="$WORK/w5-$tool-prime.log"
@@ -651,6 +776,19 @@ prime() {
             timeout "$TIMEOUT" buildah --root "$WORK/buildah-warmed/root" --runroot "$WORK/buildah-warmed/run" \
                 --storage-driver vfs pull --tls-verify=false "$REG/kiln-test/debian:bookworm" \
                 >"$logf" 2>&1 || rc=$? ;;
+        w6/buildkit)
+            # BuildKit has no warmer: its nearest equivalent is a build of w4 with another CHANGE
+            # from an empty cache, which pulls the base into its content store and snapshots.
+            what="a build of w4 with CHANGE=warm-prime-$$ after buildkit.sh prune"
+            logf="$WORK/w6-buildkit-prime.log"
+            if buildkit_prune; then
+                buildkit_build w6 prime warmed
+                rc="$RC"
+            else
+                rc=$?
+                what="buildkit.sh prune"
+                logf="$WORK/buildkit-prune.log"
+            fi ;;
         w6/kaniko)
             what="kaniko's warmer"
             logf="$WORK/w6-kaniko-warmer.log"
@@ -670,15 +808,20 @@ prime() {
 }
 
 # ---- the runs -----------------------------------------------------------------------------------
-for w in w1 w2 w3 w4 w5 w6; do
-    want_work "$w" || continue
+# w7-left and w7-right: kiln building each of w7's two stages alone (--target), right after w7.
+for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right; do
+    want_work "${w%-*}" || continue
     mode=cold
     [[ "$w" == w5 ]] && mode=cached
     [[ "$w" == w6 ]] && mode=warmed
-    for tool in kiln buildah kaniko; do
+    for tool in kiln buildah kaniko buildkit; do
         want_tool "$tool" || continue
-        if [[ "$tool" == kaniko && -n "$KANIKO_MISSING" ]]; then
-            record "$w" "$tool" - "" "" unavailable "" "$KANIKO_MISSING"
+        [[ "$w" != w7-* || "$tool" == kiln ]] || continue
+        missing=""
+        [[ "$tool" != kaniko ]] || missing="$KANIKO_MISSING"
+        [[ "$tool" != buildkit ]] || missing="$BUILDKIT_MISSING"
+        if [[ -n "$missing" ]]; then
+            record "$w" "$tool" - "" "" unavailable "" "$missing"
             continue
         fi
         if [[ "$mode" != cold ]] && ! prime "$w" "$tool"; then

@@ -31,15 +31,22 @@ w2_steps() {
         for s in 2 3 4 5 6; do printf 'w2\t%s\tstep %s/6 done in 0.21s (layer 1 KiB, snapshot 0.12s)\n' "$r" "$s"; done
     done
 }
-# A run where every target is met: kiln well ahead of both tools everywhere.
+# A run where every target is met: kiln well ahead of the three other tools everywhere, and w7's
+# two stages together in 0.55x the time of each built alone, one after the other.
 all_good() {
     echo "$HEADER"
     local w
-    for w in w1 w2 w3 w4 w5 w6; do
+    for w in w1 w2 w3 w4 w5 w6 w7; do
         ok_runs "$w" kiln 1.00 20000
         ok_runs "$w" buildah 10.00 40000
         ok_runs "$w" kaniko 10.00 ""
+        ok_runs "$w" buildkit 2.00 60000
     done
+    all_good_w7_alone
+}
+all_good_w7_alone() {
+    ok_runs w7-left kiln 0.90 20000
+    ok_runs w7-right kiln 0.92 20000
 }
 
 # check LABEL EXPECT-RC FILE [BENCH-FLAG...] -- GREP-PATTERN... [-- ABSENT-PATTERN...]: runs
@@ -92,8 +99,18 @@ w2_steps >"$WORK/good.steps.tsv"
 check "every target met" 0 "$WORK/good.runs.tsv" -- \
     '^  PASS +w2: snapshot of a one-file RUN on 100k files < 0\.3 s' \
     '^  PASS +w3: kiln peak RSS < 150 MB' \
-    '^bench: 14 target\(s\): 14 met, 0 missed, 0 not evaluated; 0 tool/workload' -- \
-    'NOT EVALUATED' '^  FAIL'
+    '^workload .* kiln/kaniko +kiln/buildah +kiln/buildkit$' \
+    '^w1 .* kiln +3 runs +1\.00 +20 +0\.10x +0\.10x +0\.50x$' \
+    '^w4 .* buildkit +3 runs +2\.00 +59 ' \
+    '^  PASS +w1: kiln <= 0\.8x buildkit +0\.50x +\(met by 1\.6x\)' \
+    '^  PASS +w5: kiln <= 0\.8x buildkit' \
+    '^w7-left stage left alone .* kiln +3 runs +0\.90 ' \
+    '^w7-right stage right alone .* kiln +3 runs +0\.92 ' \
+    '^w7 \(kiln\): stages together 1\.00 s; alone 0\.90 \+ 0\.92 = 1\.82 s$' \
+    '^  PASS +w7: kiln <= 0\.6x \(w7-left \+ w7-right\) +0\.55x +\(met by 1\.1x\)' \
+    '^targets \(issue 7: .*issue 16: ' \
+    '^bench: 24 target\(s\): 24 met, 0 missed, 0 not evaluated; 0 tool/workload' -- \
+    'NOT EVALUATED' '^  FAIL' '^w7-left .* (buildah|kaniko|buildkit) '
 
 # 3. One kiln run of three failed: shown, its workload's targets not evaluated, non-zero.
 {
@@ -152,7 +169,72 @@ check "a raw file cut short" nonzero "$WORK/short.runs.tsv" -- \
     '^  NOT EVALUATED  w3: kiln <= 0\.7x buildah: kiln: no runs recorded .*; buildah: no runs recorded' \
     '^  PASS +w1: kiln <= 0\.7x buildah'
 
-# 7. Nothing to summarize, or not a raw file: non-zero even with --report-only.
+# 7. BuildKit could not start (every row unavailable) in one file; in another, one BuildKit run of
+#    w4 failed: its targets are not evaluated, the others are, and the exit is non-zero.
+{
+    all_good | grep -v $'\tbuildkit\t'
+    for w in w1 w2 w3 w4 w5 w6 w7; do
+        run "$w" buildkit - "" "" unavailable "" "scripts/buildkit.sh start failed: buildkitd exited during startup"
+    done
+} >"$WORK/bk-missing.runs.tsv"
+w2_steps >"$WORK/bk-missing.steps.tsv"
+check "BuildKit unavailable" nonzero "$WORK/bk-missing.runs.tsv" -- \
+    '^  NOT EVALUATED  w1: kiln <= 0\.8x buildkit: buildkit unavailable \(scripts/buildkit\.sh start failed: buildkitd exited during startup\)$' \
+    '^  NOT EVALUATED  w7: kiln <= 0\.8x buildkit: buildkit unavailable' \
+    '^w3 .* buildkit +not run: unavailable' \
+    '^w1 .* kiln +3 runs +1\.00 +20 +0\.10x +0\.10x +-$' \
+    '^  PASS +w1: kiln <= 0\.7x buildah' \
+    '^  PASS +w7: kiln <= 0\.6x \(w7-left \+ w7-right\)' \
+    '17 met, 0 missed, 7 not evaluated' -- \
+    '^  PASS +w[0-9]: kiln <= 0\.8x buildkit'
+{
+    all_good | grep -v $'^w4\tbuildkit\t2'
+    run w4 buildkit 2 30.00 1 failed 80000 ""
+} >"$WORK/bk-failed.runs.tsv"
+w2_steps >"$WORK/bk-failed.steps.tsv"
+check "one failed BuildKit run" nonzero "$WORK/bk-failed.runs.tsv" -- \
+    '^  NOT EVALUATED  w4: kiln <= 0\.8x buildkit: buildkit: 1 of 3 runs failed \(run 2 exit 1\)$' \
+    '^w4 .* buildkit +3 runs, 1 failed +2\.00 ' \
+    '^  w4: buildkit: 1 of 3 runs failed' \
+    '^  PASS +w4: kiln <= 0\.7x buildah' \
+    '^  PASS +w5: kiln <= 0\.8x buildkit' \
+    '23 met, 0 missed, 1 not evaluated'
+
+# 8. w7 against its stages alone: missed; not evaluated when a stage alone failed a run or when
+#    the plan had w7 for kiln but the stages alone were never recorded.
+{
+    all_good | grep -v $'^w7\tkiln\t'
+    ok_runs w7 kiln 1.44 20000
+} >"$WORK/w7-missed.runs.tsv"
+w2_steps >"$WORK/w7-missed.steps.tsv"
+check "w7 missed" nonzero "$WORK/w7-missed.runs.tsv" -- \
+    '^  FAIL +w7: kiln <= 0\.6x \(w7-left \+ w7-right\) +0\.79x +\(missed by 1\.3x\)' \
+    '^w7 \(kiln\): stages together 1\.44 s; alone 0\.90 \+ 0\.92 = 1\.82 s$' \
+    '1 missed, 0 not evaluated'
+{
+    all_good | grep -v $'^w7-right\tkiln\t2'
+    run w7-right kiln 2 0.50 101 failed 20000 ""
+} >"$WORK/w7-failed.runs.tsv"
+w2_steps >"$WORK/w7-failed.steps.tsv"
+check "a w7 stage alone failed" nonzero "$WORK/w7-failed.runs.tsv" -- \
+    '^  NOT EVALUATED  w7: kiln <= 0\.6x \(w7-left \+ w7-right\): w7-right: kiln: 1 of 3 runs failed \(run 2 exit 101\)$' \
+    '^w7-right .* kiln +3 runs, 1 failed ' \
+    '^  w7-right: kiln: 1 of 3 runs failed' \
+    '^  PASS +w7: kiln <= 0\.8x buildkit'
+{
+    echo "$HEADER"
+    echo "# plan: workloads=w7 tools=kiln,buildkit runs=3"
+    ok_runs w7 kiln 1.00 20000
+    ok_runs w7 buildkit 2.00 60000
+    ok_runs w7-left kiln 0.90 20000
+} >"$WORK/w7-short.runs.tsv"
+check "w7's stages alone not all recorded" nonzero "$WORK/w7-short.runs.tsv" -- \
+    '^  NOT EVALUATED  w7: kiln <= 0\.6x \(w7-left \+ w7-right\): w7-right: kiln: no runs recorded' \
+    '^w7-right .* kiln +no runs recorded' \
+    '^  PASS +w7: kiln <= 0\.8x buildkit' -- \
+    '^w7-(left|right) .* buildkit '
+
+# 9. Nothing to summarize, or not a raw file: non-zero even with --report-only.
 echo "$HEADER" >"$WORK/empty.runs.tsv"
 check "an empty raw file" nonzero "$WORK/empty.runs.tsv" --report-only -- 'no runs recorded'
 printf 'w1\tkiln\t1\tfast\t0\tok\t\t\n' >"$WORK/bad.runs.tsv"
