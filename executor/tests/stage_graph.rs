@@ -112,3 +112,35 @@ fn a_failing_stage_stops_the_others() {
         "{log}"
     );
 }
+
+/// With the layer cache, a rebuild takes every step of the stages built at the same time from
+/// the cache, and the target, which starts FROM one of them, gets that stage's layers (cache
+/// hits downloaded by the lane that looked them up).
+#[test]
+fn a_cached_rebuild_of_stages_built_at_the_same_time() {
+    if !ready() {
+        return;
+    }
+    let b = Build::new(
+        "FROM BASE AS base\n\
+         RUN echo base > /base\n\
+         FROM BASE AS tool\n\
+         RUN echo tool > /tool\n\
+         FROM base\n\
+         COPY --from=tool /tool /tool\n\
+         RUN cat /base /tool > /both\n",
+        &[],
+    );
+    let cache = format!("oci:{}", b.dir.path().join("layer-cache").display());
+    let first = b.ok(1, &["--cache", "--cache-repo", &cache], &[]);
+    assert!(first.contains("2 stages are built at a time"), "{first}");
+    let second = b.ok(2, &["--cache", "--cache-repo", &cache], &[]);
+    // Both stages' RUN and the target's RUN (COPY is not cached by default, as in kaniko).
+    assert!(second.contains("cache: 3 hits, 0 misses"), "{second}");
+    for layout in [b.layout(1), b.layout(2)] {
+        assert_eq!(
+            layout_entry(&layout, "/both").as_deref(),
+            Some("base\ntool\n")
+        );
+    }
+}

@@ -116,7 +116,17 @@ where
                         }
                     };
                     let Some(index) = next else { break };
-                    let result = builder.build_earlier(index);
+                    let result = builder.build_earlier(index).and_then(|()| {
+                        // A stage others start FROM: its layers must be files every lane reads
+                        // (a cache hit's layer may not have been downloaded by this lane).
+                        match builder.built.get(&index) {
+                            Some(stage) if plan.used_as_base(index) => stage
+                                .layers
+                                .iter()
+                                .try_for_each(|l| builder.bases.ensure_local(l)),
+                            _ => Ok(()),
+                        }
+                    });
                     let mut p = progress.lock().unwrap_or_else(PoisonError::into_inner);
                     match result {
                         Ok(()) => {
