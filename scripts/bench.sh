@@ -15,6 +15,17 @@
 #   w7  two independent stages (30,000 files written and checksummed each) and a final stage that
 #       COPYs a result of each; kiln also builds each stage alone (--target left / right), recorded
 #       as w7-left and w7-right, for the target "w7: kiln <= 0.6x (w7-left + w7-right)"
+#   w8  a source change: an application-shaped build (deps.txt COPY'd, a slow dependency step,
+#       COPY . /src, a build step) primed once with each tool's layer cache, then rebuilt after
+#       one source file changed (differently in each run); kiln's step lines must show cache hits
+#       before `COPY . /src` and misses from it on
+#   w9  a cold pull: a base of 300 MiB of incompressible data in 5 layers (made and pushed here,
+#       kiln-test/w9-base), pulled by every run, plus one RUN; the floor is `skopeo copy` of that
+#       base from the registry into an oci: directory (tool "floor")
+#   w10 a wide push: 50 RUNs of 2 MiB of random data each, pushed to a new repository every run;
+#       the floor is `skopeo copy` of kiln's first pushed image from an oci: layout to a new repository
+#   w11 warmers: kiln-warmer and kaniko's warmer filling an empty cache directory with the busybox
+#       and Debian bases (kiln and kaniko only)
 #
 # How each tool runs:
 #   kiln     kiln-executor (release, static) --isolation chroot --insecure --insecure-pull, under /usr/bin/time -v
@@ -29,10 +40,18 @@
 #            local cache, w6 after a build of w4 with another CHANGE (the base is in its store);
 #            peak memory = buildkitd's VmHWM, reset (clear_refs) before each build (its runc
 #            children are not counted; nor is buildctl)
+#   floor    (w9, w10; with kiln) skopeo copy with an empty blob-info cache (so it uploads what it
+#            pushes rather than mounting it from another repository), under /usr/bin/time: what
+#            moving the same bytes costs
+# w8 primes each tool's layer cache with an untimed build: kiln --cache --cache-copy-layers and
+# kaniko --cache=true --cache-copy-layers (each with a cache repository of its own), buildah
+# --layers in a kept storage root, BuildKit its local cache (pruned before the priming only).
+# w11 runs kiln-warmer ($KILN_WARMER) and kaniko's /kaniko/warmer (in podman); buildah and BuildKit
+# have no warmer and no rows.
 # Peak memory for kiln and buildah is "Maximum resident set size" of /usr/bin/time: the largest single
 # process of the tree (for buildah that is buildah itself; its RUN children are small).
 #
-# Flags: --runs N (default 3), --only w1,w2,... (default w1..w7), --tools kiln,buildah,kaniko,buildkit
+# Flags: --runs N (default 3), --only w1,w2,... (default w1..w11), --tools kiln,buildah,kaniko,buildkit
 # (default all four), --timeout SECONDS per build (default 900), --keep (keep the work directory),
 # --results FILE (the table; default /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only
 # (exit 0 even when a target is missed or not evaluated), --summarize RUNS.tsv (only print the
@@ -57,7 +76,7 @@ TARGET="${CARGO_TARGET_DIR:-/var/cache/kiln/target}"
 KANIKO_IMAGE="localhost/kiln-bench/kaniko:${KANIKO_VERSION:-v1.24.0}"
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs)
 RUNS=3
-ONLY="w1,w2,w3,w4,w5,w6,w7"
+ONLY="w1,w2,w3,w4,w5,w6,w7,w8,w9,w10,w11"
 TOOLS="kiln,buildah,kaniko,buildkit"
 TIMEOUT=900
 KEEP=""
@@ -95,16 +114,27 @@ summarize() {
 import collections, os, re, statistics, sys
 
 runs_file, steps_file = sys.argv[1], sys.argv[2]
-WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w7-left", "w7-right"]
-TOOLS = ["kiln", "buildah", "kaniko", "buildkit"]
+WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w7-left", "w7-right", "w8", "w9", "w10",
+             "w11"]
+# "floor": skopeo copy of the same bytes (w9, w10), measured when kiln runs, for kiln's target.
+TOOLS = ["kiln", "buildah", "kaniko", "buildkit", "floor"]
 # w7's stages built alone (kiln --target left / right): run with w7, by kiln only.
 STAGES_ALONE = {"w7": ["w7-left", "w7-right"]}
+# What the floor of w9 and w10 times; their target is kiln against it, not against the others.
+FLOORS = {"w9": "skopeo copy of the base, registry -> oci: directory",
+          "w10": "skopeo copy of kiln's image, oci: layout -> a new repository"}
+# Workloads only some tools have the feature for (w11: the warmers).
+ONLY_TOOLS = {"w11": ["kiln", "kaniko"]}
+# w8: the step whose source changes between builds; kiln must hit the cache before it, not from it on.
+W8_CHANGED = "COPY . /src"
 STATUSES = {"ok", "failed", "timeout", "prime-failed", "unavailable"}
 names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one-file RUNs",
          "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
          "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)",
          "w7": "parallel stages left + right", "w7-left": "stage left alone (--target)",
-         "w7-right": "stage right alone (--target)"}
+         "w7-right": "stage right alone (--target)", "w8": "source change, cached rebuild",
+         "w9": "cold pull, 300 MiB base", "w10": "wide push, 50 layers, new repo",
+         "w11": "warmers, busybox + Debian"}
 # Issue 7's anchors: wall seconds on a 2-core machine, one run each.
 anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
 
@@ -116,18 +146,21 @@ with open(runs_file) as f:
         line = line.rstrip("\n")
         # "# plan: workloads=w1,w2 tools=kiln,buildah runs=3": what the benchmark set out to run,
         # so that a raw file cut short cannot pass for a complete one. w7 with kiln brings kiln's
-        # runs of w7-left and w7-right.
+        # runs of w7-left and w7-right, w9 and w10 with kiln the floor's; w11 is kiln's and
+        # kaniko's only.
         m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
         if m:
             planned_runs = int(m.group(3))
             tools = m.group(2).split(",")
             for w in m.group(1).split(","):
                 for t in tools:
-                    if w in WORKLOADS and t in TOOLS:
+                    if w in WORKLOADS and t in TOOLS and t in ONLY_TOOLS.get(w, TOOLS):
                         entries.setdefault((w, t), [])
                 if "kiln" in tools:
                     for alone in STAGES_ALONE.get(w, []):
                         entries.setdefault((alone, "kiln"), [])
+                    if w in FLOORS:
+                        entries.setdefault((w, "floor"), [])
             continue
         if not line or line.startswith("workload\t") or line.startswith("#"):
             continue
@@ -248,17 +281,88 @@ for w in WORKLOADS:
     k = st(w, "kiln")
     if not k:
         continue
-    # Issue 7's targets (kaniko, buildah), then issue 16's (BuildKit).
-    for other, lim in (("kaniko", 0.2 if w == "w2" else 0.5), ("buildah", 0.7), ("buildkit", 0.8)):
+    # Issue 7's targets (kaniko, buildah), then issue 16's (BuildKit). Not for w9 and w10, whose
+    # target is the floor (below); w11 (the warmers) against kaniko's only.
+    generic = (("kaniko", 0.2 if w == "w2" else 0.5), ("buildah", 0.7), ("buildkit", 0.8))
+    if w in FLOORS:
+        generic = ()
+    elif w == "w11":
+        generic = (("kaniko", 0.5),)
+    for other, lim in generic:
         o = st(w, other)
         if not o:
             continue
         name = f"{w}: kiln <= {lim}x {other}"
+        if w == "w11":
+            name = f"{w}: kiln-warmer <= {lim}x {other} warmer"
         why = "; ".join(p for p in (k.problem, o.problem) if p)
         if why:
             not_evaluated(name, why)
         else:
             judge(name, k.wall / o.wall, lim, "x")
+    if w in FLOORS:
+        # Issue 16: kiln against what moving the same bytes costs (skopeo copy).
+        f = st(w, "floor")
+        name = f"{w}: kiln <= 1.3x floor"
+        why = [k.problem] if k.problem else []
+        if not f:
+            why.append("floor: no runs recorded")
+        elif f.problem:
+            why.append(f.problem)
+        if why:
+            not_evaluated(name, "; ".join(why))
+        else:
+            judge(name, k.wall / f.wall, 1.3, "x")
+            out.append("")
+            out.append(f"{w} (kiln): {k.wall:.2f} s; floor ({FLOORS[w]}): {f.wall:.2f} s")
+    if w == "w8":
+        # The rebuild after a source change: kiln's step lines ("step 3/4: COPY . /src", then
+        # "step 3/4 done in 0.01s (cache miss, ...)") must show a cache hit for every step before
+        # the changed COPY and a miss for it and every step after it, in every run.
+        name = "w8: kiln reruns only the steps after the changed COPY"
+        wrong, missing, shape = [], [], None
+        for r in k.ok:
+            text, result, total = {}, {}, None
+            for line in steps.get(("w8", r.run), []):
+                m = re.match(r"step (\d+)/(\d+) done in \S+ \((.*)\)$", line)
+                if m:
+                    result[int(m.group(1))] = m.group(3)
+                    total = int(m.group(2))
+                    continue
+                # A step line; when every step of a stage is a hit, kiln logs "(cache hit, ...)"
+                # on it and no "done in" line.
+                m = re.match(r"step (\d+)/(\d+): (.*?)(?: \((cache hit, [^()]*)\))?$", line)
+                if m:
+                    text[int(m.group(1))] = m.group(3).strip()
+                    total = int(m.group(2))
+                    if m.group(4):
+                        result[int(m.group(1))] = m.group(4)
+            changed = [n for n, t in sorted(text.items()) if t == W8_CHANGED]
+            if not changed or not total or set(result) != set(range(1, total + 1)):
+                missing.append(r.run)
+                continue
+            c = changed[0]
+            shape = (c, total)
+            for n in range(1, total + 1):
+                want = "cache hit" if n < c else "cache miss"
+                got = result[n].split(",")[0]
+                if got != want:
+                    t = text.get(n, "?")
+                    t = t if len(t) <= 40 else t[:37] + "..."
+                    wrong.append(f"run {r.run}: step {n}/{total} ({t}) {got}, expected {want}")
+        if k.problem:
+            not_evaluated(name, k.problem)
+        elif missing:
+            not_evaluated(name, (steps_note or f"no step lines of kiln with '{W8_CHANGED}'")
+                          + " for run(s) " + ", ".join(missing))
+        elif wrong:
+            targets.append((name, "FAIL", "", "; ".join(wrong)))
+        else:
+            c, total = shape
+            before = f"steps 1-{c - 1}" if c > 2 else "step 1"
+            after = f"steps {c}-{total}" if total > c else f"step {c}"
+            targets.append((name, "PASS", "", f"every run: {before} cache hits, {after} "
+                            "cache misses" if c > 1 else f"every run: {after} cache misses"))
     if w in STAGES_ALONE:
         # Issue 16: the stages built at the same time, against the sum of each built alone.
         alone = [(a, st(a, "kiln")) for a in STAGES_ALONE[w]]
@@ -321,10 +425,11 @@ for w in WORKLOADS:
 
 out.append("")
 out.append("targets (issue 7: against buildah and kaniko, w2 snapshot, w3 memory; "
-           "issue 16: against BuildKit, w7 stages at the same time)")
+           "issue 16: against BuildKit, w7 stages at the same time, w8 cache use, w9 and w10 "
+           "against the floor, w11 warmers)")
 if not targets:
     out.append("  none for these workloads and tools (kiln's targets compare it with buildah, kaniko "
-               "and BuildKit, and w7 with its stages built alone)")
+               "and BuildKit, w7 with its stages built alone, w9 and w10 with the floor)")
 for name, verdict, val, detail in targets:
     if verdict == "NOT EVALUATED":
         out.append(f"  NOT EVALUATED  {name}: {detail}")
@@ -373,15 +478,22 @@ for t in ${TOOLS//,/ }; do
     [[ "$t" =~ ^(kiln|buildah|kaniko|buildkit)$ ]] || die "--tools: unknown tool $t (kiln, buildah, kaniko, buildkit)"
 done
 for w in ${ONLY//,/ }; do
-    # w7-left and w7-right are not asked for: they come with w7 (kiln only).
-    [[ "$w" =~ ^w[1-7]$ ]] || die "--only: unknown workload $w (w1..w7)"
+    # w7-left and w7-right are not asked for: they come with w7 (kiln only); nor is the floor of
+    # w9 and w10 (it comes with them when kiln runs).
+    [[ "$w" =~ ^w([1-9]|1[01])$ ]] || die "--only: unknown workload $w (w1..w11)"
 done
 [[ "$(id -u)" == 0 ]] || die "must run as root (chroot, namespaces, podman)"
 want_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 want_work() { [[ ",$ONLY," == *",$1,"* ]]; }
-for tool in curl skopeo jq /usr/bin/time timeout python3; do
+for tool in curl skopeo jq /usr/bin/time timeout python3 unshare; do
     command -v "$tool" >/dev/null || die "$tool not installed"
 done
+if want_work w9; then
+    # To make w9's base.
+    for tool in openssl gzip split tar; do
+        command -v "$tool" >/dev/null || die "$tool not installed (w9's base is made with it)"
+    done
+fi
 
 # The table, and next to it the raw runs (written as they go, so an interrupted benchmark keeps
 # them) and kiln's step lines.
@@ -477,6 +589,9 @@ if want_tool kiln; then
     KILN="${KILN_EXECUTOR:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-executor}"
     KWARM="${KILN_WARMER:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-warmer}"
     [[ -x "$KILN" ]] || die "no kiln-executor at $KILN"
+    if want_work w6 || want_work w11; then
+        [[ -x "$KWARM" ]] || die "no kiln-warmer at $KWARM"
+    fi
 fi
 if want_tool buildah; then
     command -v buildah >/dev/null || die "buildah not installed: apt-get install -y buildah"
@@ -525,14 +640,23 @@ fi
 
 # ---- contexts -----------------------------------------------------------------------------------
 # Each build gets a fresh copy of its context so no tool sees another's leftovers.
+# make_context WORKLOAD DEST RUN: RUN (a number, or "prime") makes w8's source change.
 make_context() {
-    local w="$1" dest="$2" dir
+    local w="$1" dest="$2" run="${3:-}" dir
     case "$w" in
         w1) dir=w1-small-files ;; w2) dir=w2-many-files ;; w3) dir=w3-big-files ;;
         w4|w5|w6) dir=w4-debian-steps ;; w7|w7-*) dir=w7-parallel-stages ;;
+        w8) dir=w8-source-change ;; w9) dir=w9-cold-pull ;; w10) dir=w10-wide-push ;;
     esac
     rm -rf "$dest"
     cp -r "$ROOT/bench/$dir" "$dest"
+    if [[ "$w" == w8 ]]; then
+        # The source change: one file (not deps.txt) different in every build, the priming one
+        # included. Every file gets the same time, so that only content tells builds apart (a
+        # COPY keeps file times, and a layer cache may key on them).
+        printf 'const char *build_id = "bench w8 build %s";\n' "$run" >"$dest/src/version.c"
+        find "$dest" -exec touch -h -d '2024-01-01 00:00:00Z' {} +
+    fi
     if [[ "$w" == w1 ]]; then
         mkdir -p "$dest/files"
         local i letters=abcdefghijklmnopqrstuvwxyz
@@ -600,23 +724,48 @@ flush_discards() {
 # shellcheck disable=SC2317  # called through discard
 podman_rm() { "${PODMAN[@]}" rm -f "$1" >/dev/null 2>&1 || true; }
 
+# destination WORKLOAD TOOL RUN: where a build pushes. w10's every run goes to a repository of its
+# own that nothing was pushed to before.
+destination() {
+    if [[ "$1" == w10 ]]; then
+        echo "$REG/bench/w10-$2-$3-$$:latest"
+    else
+        echo "$REG/bench/$1-$2:latest"
+    fi
+}
+
+# The bases w11's warmers fetch into an empty cache directory.
+WARM_IMAGES=("$REG/kiln-test/busybox:latest" "$REG/kiln-test/debian:bookworm")
+
 # ---- kiln ---------------------------------------------------------------------------------------
-# kiln_build WORKLOAD RUN MODE: MODE is cold, cached or warmed.
+# kiln_build WORKLOAD RUN MODE: MODE is cold, cached, warmed, source (w8: a rebuild on the layer
+# cache, COPY layers cached too) or warm (w11: kiln-warmer into an empty directory).
 kiln_build() {
     # Separate `local`s: words of one `local` are expanded before any of its assignments.
     local w="$1" run="$2" mode="$3"
     local ctx="$WORK/ctx-$w-kiln-$run" extra=()
-    make_context "$w" "$ctx"
+    if [[ "$mode" == warm ]]; then
+        local dir="$WORK/$w-kiln-cache-$run"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        local images=() image
+        for image in "${WARM_IMAGES[@]}"; do images+=(--image "$image"); done
+        timed "$WORK/$w-kiln-$run.log" -- "$KWARM" "${images[@]}" --cache-dir "$dir" --insecure
+        discard rm -rf "$dir"
+        return
+    fi
+    make_context "$w" "$ctx" "$run"
     case "$mode" in
         cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
         warmed) extra=(--cache-dir "$WORK/kiln-base-cache" --build-arg "CHANGE=warm-$run-$$") ;;
+        source) extra=(--cache --cache-copy-layers --cache-repo "$REG/bench/cache-kiln-$w-$$") ;;
     esac
     # w7-left / w7-right: one stage of w7 alone.
     [[ "$w" != w7-* ]] || extra+=(--target "${w#w7-}")
     local kdir="$KILN_DIR_PARENT/kiln-dir-$w-$run"
     mkdir -p "$kdir"
     timed "$WORK/$w-kiln-$run.log" -- "$KILN" --context "dir://$ctx" --dockerfile Dockerfile \
-        --destination "$REG/bench/$w-kiln:latest" --insecure --insecure-pull --isolation chroot \
+        --destination "$(destination "$w" kiln "$run")" --insecure --insecure-pull --isolation chroot \
         --kiln-dir "$kdir" --build-arg "REGISTRY=$REG" "${extra[@]}"
     rm -rf "$ctx"
     discard rm -rf "$kdir"
@@ -624,17 +773,20 @@ kiln_build() {
 
 # ---- buildah ------------------------------------------------------------------------------------
 # buildah_build WORKLOAD RUN MODE. Cold runs use a fresh storage root (base pulled, no layer cache);
-# cached runs reuse the root primed with --layers; warmed runs reuse a root where the base was pulled.
+# cached runs reuse the root primed with --layers (w5's, and w8's own); warmed runs reuse a root
+# where the base was pulled.
 buildah_build() {
     local w="$1" run="$2" mode="$3"
     local store extra=() ctx="$WORK/ctx-$w-buildah-$run"
-    make_context "$w" "$ctx"
+    make_context "$w" "$ctx" "$run"
     case "$mode" in
         cold) store="$WORK/buildah-$w-$run" ;;
         cached) store="$WORK/buildah-cached"; extra=(--layers=true) ;;
+        source) store="$WORK/buildah-$w"; extra=(--layers=true) ;;
         warmed) store="$WORK/buildah-warmed"; extra=(--build-arg "CHANGE=warm-$run-$$") ;;
     esac
-    local img="$REG/bench/$w-buildah:latest"
+    local img
+    img="$(destination "$w" buildah "$run")"
     local b="buildah --root $store/root --runroot $store/run --storage-driver vfs"
     timed "$WORK/$w-buildah-$run.log" -- sh -c "$b bud --isolation chroot --tls-verify=false \
         --build-arg REGISTRY=$REG ${extra[*]} -f Dockerfile -t $img $ctx && \
@@ -682,19 +834,32 @@ kaniko_run() {
     set_status "$rc"
 }
 
+# kaniko_build WORKLOAD RUN MODE: as kiln_build; warm (w11) runs kaniko's warmer in the kaniko image.
 kaniko_build() {
     local w="$1" run="$2" mode="$3"
     local ctx="$WORK/ctx-$w-kaniko-$run" extra=() vols=()
-    make_context "$w" "$ctx"
+    if [[ "$mode" == warm ]]; then
+        local dir="$WORK/$w-kaniko-cache-$run"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        local images=() image
+        for image in "${WARM_IMAGES[@]}"; do images+=(--image "$image"); done
+        kaniko_run "$WORK/$w-kaniko-$run.log" "kiln-bench-$$-$w-$run" -v "$dir:/cache" \
+            --entrypoint /kaniko/warmer -- --cache-dir /cache "${images[@]}" --insecure-pull
+        discard rm -rf "$dir"
+        return
+    fi
+    make_context "$w" "$ctx" "$run"
     case "$mode" in
         cached) extra=(--cache=true --cache-repo "$REG/bench/cache-kaniko-$$") ;;
+        source) extra=(--cache=true --cache-copy-layers --cache-repo "$REG/bench/cache-kaniko-$w-$$") ;;
         # Kaniko reads a warmed base only with --cache=true; RUN-layer caching is switched off so
         # the steps are not looked up in (or pushed to) a layer cache.
         warmed) extra=(--cache=true --cache-dir /cache --cache-run-layers=false --build-arg "CHANGE=warm-$run-$$")
                 vols=(-v "$WORK/kaniko-base-cache:/cache") ;;
     esac
     kaniko_run "$WORK/$w-kaniko-$run.log" "kiln-bench-$$-$w-$run" -v "$ctx:/workspace" "${vols[@]}" -- \
-        --context dir:///workspace --dockerfile Dockerfile --destination "$REG/bench/$w-kaniko:latest" \
+        --context dir:///workspace --dockerfile Dockerfile --destination "$(destination "$w" kaniko "$run")" \
         --insecure --insecure-pull --build-arg "REGISTRY=$REG" "${extra[@]}"
     rm -rf "$ctx"
 }
@@ -706,7 +871,8 @@ buildkit_prune() {
 }
 
 # buildkit_build WORKLOAD RUN MODE: cold runs follow a prune (untimed); cached and warmed runs use
-# what buildkitd kept (w5: the primed build's cache; w6: the base, pulled by a build of another CHANGE).
+# what buildkitd kept (w5, w8 (source): the primed build's cache; w6: the base, pulled by a build of
+# another CHANGE).
 # PEAK_KB is buildkitd's VmHWM over the build (reset before it), not buildctl's.
 buildkit_build() {
     local w="$1" run="$2" mode="$3"
@@ -722,13 +888,13 @@ buildkit_build() {
             fi ;;
         warmed) extra=(--opt "build-arg:CHANGE=warm-$run-$$") ;;
     esac
-    make_context "$w" "$ctx"
+    make_context "$w" "$ctx" "$run"
     # VmHWM back to the current RSS, so that it is this build's peak; unmeasured if that fails.
     local reset=""
     echo 5 2>/dev/null >"/proc/$BK_PID/clear_refs" && reset=1
     timed "$logf" -- "$BUILDCTL" --addr "$BK_ADDR" build --progress plain --frontend dockerfile.v0 \
         --local "context=$ctx" --local "dockerfile=$ctx" --opt "build-arg:REGISTRY=$REG" "${extra[@]}" \
-        --output "type=image,name=$REG/bench/$w-buildkit:latest,push=true,registry.insecure=true"
+        --output "type=image,name=$(destination "$w" buildkit "$run"),push=true,registry.insecure=true"
     PEAK_KB=""
     if [[ -n "$reset" ]]; then
         PEAK_KB="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$BK_PID/status" 2>/dev/null || true)"
@@ -736,35 +902,129 @@ buildkit_build() {
     rm -rf "$ctx"
 }
 
-# ---- priming for w5 (cached rebuild) and w6 (warmed base) ---------------------------------------
+# ---- the floor (w9, w10): skopeo copy of the same bytes ------------------------------------------
+# floor_build WORKLOAD RUN MODE: w9: the base from the registry into a fresh oci: directory; w10:
+# kiln's first pushed image (copied untimed into an oci: layout by prime) to a new repository.
+# Timed as the builds are (sync first, /usr/bin/time, timeout). skopeo runs with an empty
+# blob-info cache (a tmpfs over /var/lib/containers/cache, in a mount namespace of its own): with
+# its cache, skopeo remembers in which repository it saw each blob and mounts it from there
+# (cross-repository) instead of uploading it, so w10's floor would push nothing (seen: 1.3 s with
+# 51 "mount OK", 3.3 s uploading).
+# shellcheck disable=SC2016  # $@ is the inner shell's
+SKOPEO_NO_CACHE=(unshare --mount sh -c 'mount -t tmpfs kiln-bench-floor /var/lib/containers/cache && exec skopeo "$@"' skopeo)
+# shellcheck disable=SC2317  # called as "${tool}_build"
+floor_build() {
+    local w="$1" run="$2" dir="$WORK/$1-floor-$2"
+    mkdir -p /var/lib/containers/cache
+    case "$w" in
+        w9) timed "$WORK/$w-floor-$run.log" -- "${SKOPEO_NO_CACHE[@]}" copy --src-tls-verify=false \
+                "docker://$W9_BASE" "oci:$dir:latest"
+            discard rm -rf "$dir" ;;
+        w10) timed "$WORK/$w-floor-$run.log" -- "${SKOPEO_NO_CACHE[@]}" copy --dest-tls-verify=false \
+                "oci:$WORK/w10-floor-layout:latest" "docker://$(destination w10 floor "$run")" ;;
+    esac
+}
+
+# ---- w9's base ----------------------------------------------------------------------------------
+# make_w9_base: pushes $W9_BASE unless the registry has it: the bench busybox plus five layers of
+# incompressible data (100, 80, 60, 40 and 20 MiB under /w9/layerN/, in files of 4 MiB): AES-128-CTR
+# of zeros under a fixed key and an IV per layer (openssl enc), so the same bytes every time. Each
+# layer is a tar (sorted, numeric owners, fixed times) compressed with gzip -1 -n; the OCI layout
+# is the busybox image copied by skopeo with the layers, config and manifest added by hand (jq),
+# and skopeo pushes it.
+W9_BASE="$REG/kiln-test/w9-base:latest"
+make_w9_base() {
+    if skopeo inspect --tls-verify=false --raw "docker://$W9_BASE" >/dev/null 2>&1; then
+        log "reusing $W9_BASE"
+        return
+    fi
+    log "making $W9_BASE (300 MiB of incompressible data in 5 layers, gzip -1; not timed)"
+    local d="$WORK/w9-base" layout="$WORK/w9-base/layout" i mib size diff digest
+    local key=6b696c6e2d62656e63682d77392d3031 blobs="$layout/blobs/sha256"
+    rm -rf "$d"
+    mkdir -p "$d"
+    skopeo copy --quiet --src-tls-verify=false "docker://$REG/kiln-test/busybox:latest" "oci:$layout:latest"
+    local manifest config
+    manifest="$blobs/$(jq -r '.manifests[0].digest | ltrimstr("sha256:")' "$layout/index.json")"
+    jq -e '.mediaType // "application/vnd.oci.image.manifest.v1+json" |
+        . == "application/vnd.oci.image.manifest.v1+json"' "$manifest" >/dev/null ||
+        die "the bench busybox is not an OCI image manifest"
+    config="$blobs/$(jq -r '.config.digest | ltrimstr("sha256:")' "$manifest")"
+    cp "$manifest" "$d/manifest.json"
+    cp "$config" "$d/config.json"
+    i=0
+    for mib in 100 80 60 40 20; do
+        i=$((i + 1))
+        mkdir -p "$d/root/w9/layer$i"
+        head -c $((mib * 1024 * 1024)) /dev/zero |
+            openssl enc -aes-128-ctr -nosalt -K "$key" -iv "$(printf '%032x' "$i")" |
+            split -b 4M -d -a 3 - "$d/root/w9/layer$i/part"
+        tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2024-01-01 00:00:00Z' \
+            -C "$d/root" -cf "$d/layer.tar" w9
+        rm -rf "$d/root"
+        diff="$(sha256sum "$d/layer.tar" | cut -d' ' -f1)"
+        gzip -1 -n -c "$d/layer.tar" >"$d/layer.tar.gz"
+        rm -f "$d/layer.tar"
+        digest="$(sha256sum "$d/layer.tar.gz" | cut -d' ' -f1)"
+        size="$(stat -c %s "$d/layer.tar.gz")"
+        mv "$d/layer.tar.gz" "$blobs/$digest"
+        jq --arg d "sha256:$digest" --argjson s "$size" \
+            '.layers += [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $d, size: $s}]' \
+            "$d/manifest.json" >"$d/m.json" && mv "$d/m.json" "$d/manifest.json"
+        # History only when the base has some (then it must have an entry per layer).
+        jq --arg d "sha256:$diff" --arg by "bench.sh: w9 layer $i, $mib MiB of AES-CTR keystream" \
+            '.rootfs.diff_ids += [$d] | if .history then .history += [{created: "2024-01-01T00:00:00Z",
+                created_by: $by}] else . end' "$d/config.json" >"$d/c.json" && mv "$d/c.json" "$d/config.json"
+    done
+    digest="$(sha256sum "$d/config.json" | cut -d' ' -f1)"
+    cp "$d/config.json" "$blobs/$digest"
+    jq --arg d "sha256:$digest" --argjson s "$(stat -c %s "$d/config.json")" \
+        '.config.digest = $d | .config.size = $s' "$d/manifest.json" >"$d/m.json"
+    digest="$(sha256sum "$d/m.json" | cut -d' ' -f1)"
+    cp "$d/m.json" "$blobs/$digest"
+    jq -n --arg d "sha256:$digest" --argjson s "$(stat -c %s "$d/m.json")" '{schemaVersion: 2,
+        manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $d, size: $s,
+        annotations: {"org.opencontainers.image.ref.name": "latest"}}]}' >"$layout/index.json"
+    skopeo copy --quiet --dest-tls-verify=false "oci:$layout:latest" "docker://$W9_BASE"
+    rm -rf "$d"
+    log "pushed $W9_BASE"
+}
+
+# ---- priming for w5 (cached rebuild), w6 (warmed base), w8 (source change) and w10's floor ------
 # prime WORKLOAD TOOL: the untimed first build, warmer or pull; on failure sets PRIME_NOTE and
 # returns 1.
 prime() {
-    local w="$1" tool="$2" what logf rc=0
+    local w="$1" tool="$2" what logf rc=0 mode=cached
+    [[ "$w" != w8 ]] || mode=source
     log "$w/$tool: priming (not timed)"
     case "$w/$tool" in
-        w5/buildkit)
+        w5/buildkit|w8/buildkit)
             # From an empty cache, so that nothing of the other workloads counts; the timed runs
             # then rebuild on what this build left in buildkitd's cache.
             what="the first (cached) build after buildkit.sh prune"
-            logf="$WORK/w5-buildkit-prime.log"
+            logf="$WORK/$w-buildkit-prime.log"
             if buildkit_prune; then
-                buildkit_build w5 prime cached
+                buildkit_build "$w" prime "$mode"
                 rc="$RC"
             else
                 rc=$?
                 what="buildkit.sh prune"
                 logf="$WORK/buildkit-prune.log"
             fi ;;
-        w5/*)
+        w5/*|w8/*)
             what="the first (cached) build"
-            logf="$WORK/w5-$tool-prime.log"
+            logf="$WORK/$w-$tool-prime.log"
             case "$tool" in
-                kiln) kiln_build w5 prime cached ;;
-                buildah) buildah_build w5 prime cached ;;
-                kaniko) kaniko_build w5 prime cached ;;
+                kiln) kiln_build "$w" prime "$mode" ;;
+                buildah) buildah_build "$w" prime "$mode" ;;
+                kaniko) kaniko_build "$w" prime "$mode" ;;
             esac
             rc="$RC" ;;
+        w10/floor)
+            what="skopeo copy of kiln's first push ($(destination w10 kiln 1)) into an OCI layout"
+            logf="$WORK/w10-floor-prime.log"
+            timeout "$TIMEOUT" skopeo copy --src-tls-verify=false "docker://$(destination w10 kiln 1)" \
+                "oci:$WORK/w10-floor-layout:latest" >"$logf" 2>&1 || rc=$? ;;
         w6/kiln)
             what="kiln-warmer"
             logf="$WORK/w6-kiln-warmer.log"
@@ -809,14 +1069,21 @@ prime() {
 
 # ---- the runs -----------------------------------------------------------------------------------
 # w7-left and w7-right: kiln building each of w7's two stages alone (--target), right after w7.
-for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right; do
+# The floor of w9 and w10 (skopeo copy) runs after the tools, when kiln is one of them.
+want_work w9 && make_w9_base
+for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right w8 w9 w10 w11; do
     want_work "${w%-*}" || continue
     mode=cold
-    [[ "$w" == w5 ]] && mode=cached
-    [[ "$w" == w6 ]] && mode=warmed
-    for tool in kiln buildah kaniko buildkit; do
-        want_tool "$tool" || continue
+    case "$w" in w5) mode=cached ;; w6) mode=warmed ;; w8) mode=source ;; w11) mode=warm ;; esac
+    for tool in kiln buildah kaniko buildkit floor; do
+        if [[ "$tool" == floor ]]; then
+            if [[ "$w" != w9 && "$w" != w10 ]] || ! want_tool kiln; then continue; fi
+        else
+            want_tool "$tool" || continue
+        fi
         [[ "$w" != w7-* || "$tool" == kiln ]] || continue
+        # w11: only kiln and kaniko have a warmer.
+        [[ "$w" != w11 || "$tool" == kiln || "$tool" == kaniko ]] || continue
         missing=""
         [[ "$tool" != kaniko ]] || missing="$KANIKO_MISSING"
         [[ "$tool" != buildkit ]] || missing="$BUILDKIT_MISSING"
@@ -824,7 +1091,7 @@ for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right; do
             record "$w" "$tool" - "" "" unavailable "" "$missing"
             continue
         fi
-        if [[ "$mode" != cold ]] && ! prime "$w" "$tool"; then
+        if [[ "$mode" =~ ^(cached|warmed|source)$ || "$w/$tool" == w10/floor ]] && ! prime "$w" "$tool"; then
             record "$w" "$tool" prime "" "$PRIME_RC" prime-failed "" "$PRIME_NOTE"
             continue
         fi
@@ -840,18 +1107,24 @@ for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right; do
                 log "last lines of $WORK/$w-$tool-$run.log:"
                 tail -n 15 "$WORK/$w-$tool-$run.log" >&2 || true
             fi
-            if [[ "$tool" == kiln ]]; then
-                # Per-step durations from kiln's log, for the profile in bench/RESULTS.md.
-                grep -Eo 'step [0-9]+/[0-9]+ done in [0-9.]+m?s.*' "$WORK/$w-kiln-$run.log" |
+            if [[ "$tool" == kiln && "$w" != w11 ]]; then
+                # Per-step durations from kiln's log, for the profile in bench/RESULTS.md; for w8
+                # also each step's text line, for its cache target.
+                pattern='step [0-9]+/[0-9]+ done in [0-9.]+m?s.*'
+                [[ "$w" != w8 ]] || pattern='step [0-9]+/[0-9]+(: | done in [0-9.]+m?s).*'
+                grep -Eo "$pattern" "$WORK/$w-kiln-$run.log" |
                     sed "s/^/$w\t$run\t/" >>"$STEPS_TSV" || true
             fi
         done
     done
+    # w10's floor image: a layout of kiln's first push, no longer needed.
+    [[ "$w" != w10 ]] || rm -rf "$WORK/w10-floor-layout"
     [[ -n "$DEFER_ALL" ]] || flush_discards
 done
 flush_discards
 want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
 want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
+want_work w8 && want_tool buildah && buildah_wipe "$WORK/buildah-w8"
 
 
 rc=0
