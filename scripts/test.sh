@@ -120,6 +120,9 @@
 #                                                kaniko_dropin.rs, benchmarks)
 #                                                and of the image recipe (scripts/cred-helpers.sh)
 #   KILN_KANIKO_REBUILD                allowed   scripts/kaniko.sh rebuilds kaniko and its image
+#   KILN_BUILDKIT_REBUILD              allowed   scripts/buildkit.sh rebuilds buildkitd and buildctl
+#   KILN_BUILDKIT_SNAPSHOTTER          allowed   scripts/buildkit.sh: buildkitd's snapshotter
+#   KILN_BUILDKIT_START_TIMEOUT        allowed   scripts/buildkit.sh: how long start waits
 #   KILN_CRED_HELPERS_REBUILD          allowed   the image recipe only (scripts/cred-helpers.sh):
 #                                                no step of this script reads it
 #   KILN_BENCH_DEPTH                   allowed   benchmarks only
