@@ -270,9 +270,9 @@ fn scenario_build_and_rebuild(env: &Env) -> anyhow::Result<()> {
 fn scenario_multi_platform(env: &Env) -> anyhow::Result<()> {
     let k = env.namespace("platforms")?;
     let df = format!(
-        "FROM --platform=$BUILDPLATFORM $BASE AS tools\n\
+        "FROM --platform=$BUILDPLATFORM {0}/kiln-test/busybox:latest AS tools\n\
          RUN echo \"tools built on $(uname -m)\" > /tools\n\
-         FROM {}/kiln-test/busybox:multiplatform\n\
+         FROM {0}/kiln-test/busybox:multiplatform\n\
          ARG TARGETARCH\n\
          ENV BUILT_FOR=$TARGETARCH\n\
          COPY --from=tools /tools /tools\n\

@@ -462,38 +462,51 @@ fn mount_cache_dir(req: &BuildRequest, work_dir: &Path, temporary: bool) -> Path
 
 /// The working directory for blobs, layers and stage roots, and a guard that removes it when temporary.
 fn work_dir(req: &BuildRequest) -> Result<(PathBuf, Option<tempfile::TempDir>), BuildError> {
-    let explicit = req
-        .kiln_dir
-        .clone()
-        .or_else(|| std::env::var("KILN_DIR").ok())
-        .or_else(|| std::env::var("KANIKO_DIR").ok())
-        .or_else(|| (req.isolation == Isolation::InPlace).then(|| "/kiln".to_string()));
-    match explicit {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            let build = dir.join("build");
-            if build.exists() {
-                std::fs::remove_dir_all(&build)
-                    .map_err(io_err(format!("clearing {}", build.display())))?;
-            }
-            std::fs::create_dir_all(&build)
-                .map_err(io_err(format!("creating {}", build.display())))?;
-            Ok((build, None))
-        }
+    match explicit_kiln_dir(req) {
+        Some(dir) => Ok((fresh_dir(&dir.join("build"))?, None)),
         None => {
-            let base = std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-")
-                .tempdir_in(&base)
-                .map_err(io_err(format!(
-                    "creating a work directory in {}",
-                    base.display()
-                )))?;
+            let tmp = temp_work_dir()?;
             Ok((tmp.path().to_path_buf(), Some(tmp)))
         }
     }
+}
+
+/// `--kiln-dir`, else `KILN_DIR` or `KANIKO_DIR`, else `/kiln` in place.
+fn explicit_kiln_dir(req: &BuildRequest) -> Option<PathBuf> {
+    req.kiln_dir
+        .clone()
+        .or_else(|| std::env::var("KILN_DIR").ok())
+        .or_else(|| std::env::var("KANIKO_DIR").ok())
+        .or_else(|| (req.isolation == Isolation::InPlace).then(|| "/kiln".to_string()))
+        .map(PathBuf::from)
+}
+
+/// `dir`, emptied (or made).
+fn fresh_dir(dir: &Path) -> Result<PathBuf, BuildError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io_err(format!("clearing {}", dir.display())))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Where temporary work directories go: `$TMPDIR`, else `/var/tmp`.
+fn temp_parent() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// A temporary work directory, removed when the guard is dropped.
+fn temp_work_dir() -> Result<tempfile::TempDir, BuildError> {
+    let base = temp_parent();
+    tempfile::Builder::new()
+        .prefix("kiln-")
+        .tempdir_in(&base)
+        .map_err(io_err(format!(
+            "creating a work directory in {}",
+            base.display()
+        )))
 }
 
 /// kaniko's rule: an absolute path is used as is; a relative one is tried as given, then under the context.

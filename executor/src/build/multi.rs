@@ -101,6 +101,12 @@ impl Builder<'_> {
         let Some(done) = shared.as_ref() else {
             return false;
         };
+        self.adopt(index, done);
+        true
+    }
+
+    /// Takes stage `index` as another platform's build made it.
+    fn adopt(&mut self, index: usize, done: &SharedStage) {
         let label = &self.plan.stages[index].label;
         info!(
             "[{label}] the same for every platform: built once, by the build for {}",
@@ -110,7 +116,6 @@ impl Builder<'_> {
         if let Some(key) = &done.key {
             self.stage_keys.insert(index, key.clone());
         }
-        true
     }
 
     /// In place, once the target is built: offers the stages the same for every platform that
@@ -154,14 +159,7 @@ impl Builder<'_> {
         let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
         siblings.check()?;
         if let Some(done) = shared.as_ref() {
-            info!(
-                "[{label}] the same for every platform: built once, by the build for {}",
-                done.by
-            );
-            self.built.insert(index, done.stage.clone());
-            if let Some(key) = &done.key {
-                self.stage_keys.insert(index, key.clone());
-            }
+            self.adopt(index, done);
             return Ok(());
         }
         info!("[{label}] the same for every platform: built once, here");
@@ -205,37 +203,19 @@ pub fn build_platforms(req: &BuildRequest) -> Result<BuildResult, BuildError> {
     });
     // Every platform's work directory lives until all are built: a shared stage's files and
     // layers are in the directory of the build that made it.
-    let explicit = req
-        .kiln_dir
-        .clone()
-        .or_else(|| std::env::var("KILN_DIR").ok())
-        .or_else(|| std::env::var("KANIKO_DIR").ok())
-        .or_else(|| (req.isolation == Isolation::InPlace).then(|| "/kiln".to_string()));
-    let (platforms_dir, _platforms_guard, mount_cache) = match &explicit {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            let platforms = dir.join("platforms");
-            if platforms.exists() {
-                std::fs::remove_dir_all(&platforms)
-                    .map_err(io_err(format!("clearing {}", platforms.display())))?;
-            }
-            (platforms, None, dir.join("mount-cache"))
-        }
+    let (platforms_dir, _platforms_guard, mount_cache) = match super::explicit_kiln_dir(req) {
+        Some(dir) => (
+            super::fresh_dir(&dir.join("platforms"))?,
+            None,
+            dir.join("mount-cache"),
+        ),
         None => {
-            let base = std::env::var_os("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-            let tmp = tempfile::Builder::new()
-                .prefix("kiln-")
-                .tempdir_in(&base)
-                .map_err(io_err(format!(
-                    "creating a work directory in {}",
-                    base.display()
-                )))?;
+            let tmp = super::temp_work_dir()?;
+            let dir = tmp.path().to_path_buf();
             (
-                tmp.path().to_path_buf(),
+                dir,
                 Some(tmp),
-                base.join("kiln-mount-cache"),
+                super::temp_parent().join("kiln-mount-cache"),
             )
         }
     };
