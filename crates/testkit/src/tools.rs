@@ -180,10 +180,23 @@ pub fn podman_run_command() -> Command {
 /// [`podman_run_command`] of an image from the test registry, which is removed afterwards (vfs
 /// storage keeps a full copy per image).
 pub fn podman_run(image: &str, args: &[&str]) -> Result<crate::Output, CmdError> {
-    let out = run_ok(
-        podman_run_command().arg(image).args(args),
-        Duration::from_secs(180),
-    );
+    // Tests of one binary run podman at once on one storage, and one's `rmi` of an image can
+    // race another's pull of an image sharing a layer: containers/storage then fails the pull
+    // with "layer not known". That is the tool's race, not a result: only it is retried.
+    let mut attempt = 1;
+    let out = loop {
+        let out = run_ok(
+            podman_run_command().arg(image).args(args),
+            Duration::from_secs(180),
+        );
+        match &out {
+            Err(e) if attempt < 3 && e.to_string().contains("layer not known") => {
+                eprintln!("podman run {image}: containers/storage's layer race (attempt {attempt}); retrying");
+                attempt += 1;
+            }
+            _ => break out,
+        }
+    };
     let _ = run_bounded(
         podman().args(["rmi", "-f", "--ignore", image]),
         Duration::from_secs(60),
