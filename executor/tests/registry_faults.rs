@@ -541,3 +541,73 @@ fn base_image_layers_download_at_the_same_time() {
     );
     assert!(status.is_some_and(|s| s.success()), "{err}");
 }
+
+/// A base image pulled from the registry the image is pushed to: its layers are mounted from
+/// the base's repository there (as BuildKit does), not uploaded a second time; only the
+/// build's own layer is uploaded. The same build pushed to another registry uploads them.
+#[test]
+fn base_layers_pushed_to_their_own_registry_are_mounted_not_uploaded() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::noise(tmp.path(), 7);
+    img.skopeo_push(tmp.path(), &format!("{}/base/noise:v1", reg.addr));
+    let base_layer = img.layer().digest.clone();
+    let proxy = FaultProxy::start(&reg.addr, vec![]);
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base/noise:v1\nCOPY Dockerfile /built\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let build = |dest: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+            .arg("--context")
+            .arg(format!("dir://{}", ctx.display()))
+            .args(["--insecure", "--insecure-pull", "--destination", dest])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = build(&format!("{}/team/app:v1", proxy.addr));
+    let seen = proxy.seen();
+    assert_eq!(proxy.count("GET", hex(&base_layer)), 1, "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s.method == "POST"
+            && s.path.contains("/team/app/blobs/uploads/")
+            && s.path
+                .contains(&format!("mount={}", base_layer.replace(':', "%3A")))
+            && s.path.contains("from=base%2Fnoise")
+            && s.status == 201),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        proxy.count("PUT", hex(&base_layer)),
+        0,
+        "base layer uploaded: {seen:#?}"
+    );
+    assert!(err.contains("mounted=1"), "{err}");
+
+    // Pushed to another registry (the same one under its own address, which the build did not
+    // pull from): nothing to mount from there, so the base layer is uploaded, and the image
+    // is whole.
+    let err = build(&format!("{}/team/direct:v1", reg.addr));
+    assert!(err.contains("mounted=0"), "{err}");
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{}/team/direct:v1", reg.addr))
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.contains(&base_layer), "{raw}");
+}

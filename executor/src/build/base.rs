@@ -68,6 +68,9 @@ pub struct BaseImages<'a> {
     /// Layers of the image that were not downloaded (base layers of a build that did not need
     /// them, cache hits): digest → reference of a repository holding the blob.
     remote: HashMap<String, String>,
+    /// Layers downloaded from a registry: digest → the reference they were pulled from. A
+    /// push to the same registry mounts them from there instead of uploading them again.
+    pulled: HashMap<String, String>,
     /// Roots of images unpacked for `COPY --from=<image>`, by reference.
     image_roots: HashMap<String, PathBuf>,
     /// The platform manifest digest of every base image read, by reference and platform.
@@ -96,6 +99,7 @@ impl<'a> BaseImages<'a> {
             damaged: BTreeSet::new(),
             checked: RefCell::new(HashMap::new()),
             remote: HashMap::new(),
+            pulled: HashMap::new(),
             image_roots: HashMap::new(),
             digests: HashMap::new(),
         }
@@ -242,6 +246,10 @@ impl<'a> BaseImages<'a> {
             .try_collect::<Vec<u64>>()
             .await
         })?;
+        for layer in &image.layers {
+            self.pulled
+                .insert(layer.digest.clone(), remote.reference.clone());
+        }
         info!(
             "pulled {} ({platform}: {}, {} layer(s), {}) in {}",
             reference,
@@ -432,6 +440,13 @@ impl<'a> BaseImages<'a> {
             .get(&layer.digest)
             .filter(|_| !layer.path.exists())
             .cloned()
+    }
+
+    /// The repository a push on the same registry can mount `layer` from: where the build left
+    /// it ([`Self::origin`]) or where it was downloaded from.
+    pub fn mount_source(&self, layer: &LayerFile) -> Option<String> {
+        self.origin(layer)
+            .or_else(|| self.pulled.get(&layer.digest).cloned())
     }
 
     /// The file to read a layer from for an upload or an archive. A blob from the base-image

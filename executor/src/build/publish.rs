@@ -356,6 +356,10 @@ fn push(
                 continue;
             }
             path = bases.checked_path(l)?;
+        } else {
+            // A base layer downloaded from the destination's registry is mounted from its
+            // repository there (as BuildKit and containerd do); the file is the fallback.
+            mount_from = bases.mount_source(l).filter(|o| same_registry(o, dest));
         }
         blobs.push(Blob {
             digest: l.digest.clone(),
