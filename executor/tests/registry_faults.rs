@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_oci::registry::{
-    sha256_digest, Registry, RegistryError, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
+    sha256_digest, GrowingBlob, Registry, RegistryError, RegistryOptions, MEDIA_TYPE_OCI_MANIFEST,
+    STREAM_PIECE,
 };
 use kiln_testkit::{
     bounded, free_port, require_tools, rule, run, run_bounded, Fault, FaultProxy, Seen, TestImage,
@@ -610,4 +611,171 @@ fn base_layers_pushed_to_their_own_registry_are_mounted_not_uploaded() {
         .unwrap();
     let raw = String::from_utf8_lossy(&raw.stdout);
     assert!(raw.contains(&base_layer), "{raw}");
+}
+
+/// How many bytes the registry holds of the unfinished uploads to `repo` (its filesystem
+/// driver's `_uploads/*/data` files).
+fn uploaded_so_far(reg: &TestRegistry, repo: &str) -> u64 {
+    let dir = reg
+        .storage()
+        .join("docker/registry/v2/repositories")
+        .join(repo)
+        .join("_uploads");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::metadata(e.path().join("data")).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (at most 60 s) until the registry holds `n` bytes of unfinished uploads to `repo`.
+fn wait_for_upload(reg: &TestRegistry, repo: &str, n: u64) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if uploaded_so_far(reg, repo) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A blob uploaded while it is written (a big layer beside its compressor): what is written
+/// reaches the registry while the file is still growing, and the upload is committed only
+/// once the writer reports the digest, with that digest. A writer that stops without
+/// finishing commits nothing.
+#[test]
+fn a_blob_is_uploaded_while_its_file_is_written() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let registry = std::sync::Arc::new(Registry::new(options(&reg, &[&reg.addr])).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("blob");
+    let data = kiln_testkit::image::noise(16, 3 * STREAM_PIECE + 1000);
+    let digest = sha256_digest(&data);
+
+    let (tx, rx) = tokio::sync::watch::channel(GrowingBlob {
+        path: Some(path.clone()),
+        ..Default::default()
+    });
+    std::fs::write(&path, &data[..2 * STREAM_PIECE]).unwrap();
+    tx.send_modify(|b| b.written = 2 * STREAM_PIECE as u64);
+    let dest = format!("{}/stream/blob:v1", reg.addr);
+    let upload = {
+        let registry = registry.clone();
+        let dest = dest.clone();
+        std::thread::spawn(move || bounded(registry.push_growing_blob(&dest, rx)))
+    };
+    // What is written so far reaches the registry while the file is unfinished.
+    assert!(
+        wait_for_upload(&reg, "stream/blob", 2 * STREAM_PIECE as u64),
+        "{} bytes uploaded",
+        uploaded_so_far(&reg, "stream/blob")
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &data[2 * STREAM_PIECE..]).unwrap();
+    tx.send_modify(|b| {
+        b.written = data.len() as u64;
+        b.digest = Some(digest.clone());
+    });
+    assert_eq!(upload.join().unwrap().unwrap(), digest);
+    let out = tmp.path().join("back");
+    bounded(registry.fetch_blob_to_file(&dest, &digest, data.len() as u64, &out)).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    // The writer stops half-way (drops its end without a digest): the upload fails and
+    // nothing is committed.
+    let (tx, rx) = tokio::sync::watch::channel(GrowingBlob {
+        path: Some(path.clone()),
+        written: 2 * STREAM_PIECE as u64,
+        digest: None,
+    });
+    let upload = {
+        let registry = registry.clone();
+        let dest = format!("{}/stream/cut:v1", reg.addr);
+        std::thread::spawn(move || bounded(registry.push_growing_blob(&dest, rx)))
+    };
+    assert!(wait_for_upload(&reg, "stream/cut", 2 * STREAM_PIECE as u64));
+    drop(tx);
+    let err = upload.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("stopped before finishing"), "{err}");
+    let blobs = reg
+        .storage()
+        .join("docker/registry/v2/repositories/stream/cut/_layers");
+    assert!(!blobs.exists(), "a blob was committed");
+}
+
+/// A build's big layer goes to the registry while it is written (PATCH requests of the
+/// streamed upload), and the image is whole; when the registry refuses the streamed upload,
+/// the finished file is uploaded instead and the build still succeeds.
+#[test]
+fn a_big_layer_is_uploaded_as_it_is_written_or_else_from_its_file() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::noise(tmp.path(), 8);
+    img.skopeo_push(tmp.path(), &format!("{}/base/noise:v1", reg.addr));
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule("PATCH", "/team/refused/", Fault::Status(500, "no"), 1)],
+    );
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // 24 MiB of data that does not compress: past the size from which a layer is streamed.
+    std::fs::write(
+        ctx.join("big.bin"),
+        kiln_testkit::image::noise(17, 24 << 20),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/base/noise:v1\nCOPY big.bin /big.bin\n", proxy.addr),
+    )
+    .unwrap();
+    for repo in ["team/streamed", "team/refused"] {
+        let dest = format!("{}/{repo}:v1", proxy.addr);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+            .arg("--context")
+            .arg(format!("dir://{}", ctx.display()))
+            .args(["--insecure", "--insecure-pull", "--destination", &dest])
+            .args(["--verbosity", "debug"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{repo}: {err}");
+        let patches = proxy.count("PATCH", &format!("/{repo}/blobs/uploads/"));
+        // One PATCH: the upload as the layer was written (refused for team/refused, which
+        // then gets the finished file in one PUT).
+        assert_eq!(patches, 1, "{repo}: {:#?}", proxy.seen());
+        let streamed = err.contains("uploaded to") && err.contains("while it was written");
+        assert_eq!(streamed, repo == "team/streamed", "{repo}: {err}");
+        // skopeo checks every blob's digest as it copies the image.
+        let copied = Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/{repo}:v1", reg.addr))
+            .arg(format!(
+                "oci:{}:x",
+                tmp.path().join(repo.replace('/', "-")).display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            copied.status.success(),
+            "{repo}: {}",
+            String::from_utf8_lossy(&copied.stderr)
+        );
+    }
 }

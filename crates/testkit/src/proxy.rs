@@ -222,6 +222,8 @@ struct Request {
     method: String,
     path: String,
     length: usize,
+    /// The body comes in chunks (`Transfer-Encoding: chunked`), not `length` bytes.
+    chunked: bool,
     /// Every header but `Connection`.
     headers: Vec<String>,
 }
@@ -234,12 +236,13 @@ fn parse_request(head: &[u8]) -> Request {
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
     let mut length = 0usize;
+    let mut chunked = false;
     let mut headers = Vec::new();
     for h in lines.filter(|l| !l.is_empty()) {
         let (name, value) = h.split_once(':').unwrap_or((h, ""));
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().unwrap_or(0),
-            "transfer-encoding" => panic!("chunked requests are not expected: {line}"),
+            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
             _ => {}
         }
         if !name.eq_ignore_ascii_case("connection") {
@@ -251,6 +254,7 @@ fn parse_request(head: &[u8]) -> Request {
         method,
         path,
         length,
+        chunked,
         headers,
     }
 }
@@ -285,6 +289,9 @@ fn handle(
 
     if let Some(Fault::Status(code, body)) = fault {
         // Drain the request body so the client sees the answer rather than a reset.
+        if req.chunked {
+            forward_chunked_body(&mut client, None, body_start.clone())?;
+        }
         let mut remaining = req.length.saturating_sub(body_start.len());
         let mut sink = [0u8; 65536];
         while remaining > 0 {
@@ -337,7 +344,14 @@ fn handle(
         Some(Fault::CutRequest(n)) => n,
         _ => usize::MAX,
     };
-    if !forward_request_body(&mut client, &mut server, body_start, req.length, limit)? {
+    if req.chunked {
+        assert_eq!(
+            limit,
+            usize::MAX,
+            "CutRequest of a chunked request is not supported"
+        );
+        forward_chunked_body(&mut client, Some(&mut server), body_start)?;
+    } else if !forward_request_body(&mut client, &mut server, body_start, req.length, limit)? {
         record(0);
         let _ = server.shutdown(Shutdown::Both);
         let _ = client.shutdown(Shutdown::Both);
@@ -398,6 +412,73 @@ fn forward_request_body(
             return Ok(true);
         }
         pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Forwards a chunked request body as it comes (`pending`: what came with the head), framing
+/// included, up to its last chunk and trailer; only drains it when `server` is `None`.
+fn forward_chunked_body(
+    client: &mut TcpStream,
+    mut server: Option<&mut TcpStream>,
+    pending: Vec<u8>,
+) -> std::io::Result<()> {
+    let mut buf = pending;
+    let mut pos = 0usize;
+    let mut more = |buf: &mut Vec<u8>, pos: &mut usize| -> std::io::Result<()> {
+        buf.drain(..*pos);
+        *pos = 0;
+        let mut chunk = [0u8; 65536];
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    };
+    let mut send = |bytes: &[u8]| match server.as_mut() {
+        Some(server) => server.write_all(bytes),
+        None => Ok(()),
+    };
+    // One line (with its CRLF) at `pos`.
+    let line = |buf: &mut Vec<u8>,
+                pos: &mut usize,
+                more: &mut dyn FnMut(&mut Vec<u8>, &mut usize) -> std::io::Result<()>|
+     -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = buf[*pos..].windows(2).position(|w| w == b"\r\n") {
+                let l = buf[*pos..*pos + end + 2].to_vec();
+                *pos += end + 2;
+                return Ok(l);
+            }
+            more(buf, pos)?;
+        }
+    };
+    loop {
+        let size_line = line(&mut buf, &mut pos, &mut more)?;
+        send(&size_line)?;
+        let text = String::from_utf8_lossy(&size_line);
+        let hex = text.trim_end().split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            loop {
+                let trailer = line(&mut buf, &mut pos, &mut more)?;
+                send(&trailer)?;
+                if trailer == b"\r\n" {
+                    return Ok(());
+                }
+            }
+        }
+        let mut left = size + 2; // the data and its CRLF
+        while left > 0 {
+            if pos == buf.len() {
+                more(&mut buf, &mut pos)?;
+            }
+            let take = left.min(buf.len() - pos);
+            send(&buf[pos..pos + take])?;
+            pos += take;
+            left -= take;
+        }
     }
 }
 

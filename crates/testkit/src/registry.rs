@@ -40,6 +40,11 @@ pub struct TestRegistry {
 }
 
 impl TestRegistry {
+    /// The registry's storage directory (its filesystem driver's root).
+    pub fn storage(&self) -> &std::path::Path {
+        &self.storage
+    }
+
     /// Plain HTTP, no auth. The test must have asked for `docker-registry` with
     /// [`crate::require_tools`].
     pub fn start() -> TestRegistry {

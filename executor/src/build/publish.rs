@@ -18,6 +18,7 @@ use super::{secs, timestamp, BuildError, BuildResult, BuiltStage};
 use crate::cache::prefetch::LOOKUP_CONCURRENCY;
 use crate::layer::LayerFile;
 use crate::output;
+use crate::snapshot::{BlobWatch, GrowingBlob};
 use kiln_oci::image::{
     sha256_digest, Descriptor, Manifest, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST,
@@ -25,6 +26,7 @@ use kiln_oci::image::{
 use kiln_oci::registry::{
     Blob, BlobSource, Registry, RegistryError, MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
+    STREAM_PIECE,
 };
 
 /// The media types `--image-format` writes.
@@ -66,6 +68,11 @@ impl ImageFormat {
     }
 }
 
+/// A layer file that reaches this size while it is written is uploaded as it grows (in
+/// [`STREAM_PIECE`] pieces) rather than after it is finished: big layers then upload beside
+/// their compression. Smaller ones are not worth an upload session of their own.
+pub const STREAM_FROM: u64 = 2 * STREAM_PIECE as u64;
+
 /// Early uploads of the target stage's new layers to the destinations.
 pub struct Publisher<'a> {
     registry: Arc<Registry>,
@@ -94,11 +101,12 @@ impl<'a> Publisher<'a> {
         }
     }
 
-    /// Start uploading a new layer of the target stage to every destination while the build
+    /// Start uploading a new layer of the target stage to the destinations from the `skip`th on
+    /// (the first ones having been given the layer by [`Self::stream_ahead`]) while the build
     /// goes on, so that the final push has only the config and manifest left to send. Failures
     /// are only logged: the final push uploads whatever is missing and reports its own errors.
-    pub fn push_ahead(&mut self, layer: &LayerFile) {
-        for dest in &self.destinations {
+    pub fn push_ahead_from(&mut self, layer: &LayerFile, skip: usize) {
+        for dest in self.destinations.iter().skip(skip) {
             let registry = Arc::clone(&self.registry);
             let runtime = self.runtime.handle().clone();
             let dest = dest.clone();
@@ -122,6 +130,84 @@ impl<'a> Publisher<'a> {
             match spawned {
                 Ok(handle) => self.pending.push(handle),
                 Err(e) => tracing::debug!("could not start an early upload: {e}"),
+            }
+        }
+    }
+
+    /// Start uploading the next layer of the target stage to the first destination while it is
+    /// written, for the snapshot to report its progress on the returned watch. A layer that
+    /// stays under [`STREAM_FROM`] bytes, or whose upload as it is written fails, is uploaded
+    /// from its finished file instead (as [`Self::push_ahead_from`] does). Other destinations get
+    /// [`Self::push_ahead_from`] once the layer is finished. `None` with `--no-push`.
+    pub fn stream_ahead(&mut self) -> Option<BlobWatch> {
+        let dest = self.destinations.first()?.clone();
+        let registry = Arc::clone(&self.registry);
+        let runtime = self.runtime.handle().clone();
+        let (watch, mut progress) = tokio::sync::watch::channel(GrowingBlob::default());
+        let upload = async move {
+            // Stream only a layer that grows past STREAM_FROM before it is finished.
+            let stream = loop {
+                {
+                    let blob = progress.borrow_and_update();
+                    if blob.digest.is_some() {
+                        break false;
+                    }
+                    if blob.written >= STREAM_FROM {
+                        break true;
+                    }
+                }
+                if progress.changed().await.is_err() {
+                    break false;
+                }
+            };
+            if stream {
+                match registry.push_growing_blob(&dest, progress.clone()).await {
+                    Ok(digest) => {
+                        tracing::debug!("{digest} uploaded to {dest} while it was written");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(
+                        "upload of a layer to {dest} while it was written failed, uploading the finished file: {e}"
+                    ),
+                }
+            }
+            // The finished file (none when the writer stopped without one).
+            let finished = loop {
+                {
+                    let blob = progress.borrow_and_update();
+                    if let (Some(digest), Some(path)) = (&blob.digest, &blob.path) {
+                        break Some(Blob {
+                            digest: digest.clone(),
+                            size: blob.written,
+                            source: BlobSource::File(path.clone()),
+                            mount_from: None,
+                        });
+                    }
+                }
+                if progress.changed().await.is_err() && progress.borrow().digest.is_none() {
+                    break None;
+                }
+            };
+            if let Some(blob) = finished {
+                if let Err(e) = registry.push_blob_ahead(&dest, &blob).await {
+                    tracing::debug!(
+                        "early upload of {} to {dest} failed, the push will retry: {e}",
+                        blob.digest
+                    );
+                }
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("kiln-push-ahead".into())
+            .spawn(move || runtime.block_on(upload));
+        match spawned {
+            Ok(handle) => {
+                self.pending.push(handle);
+                Some(watch)
+            }
+            Err(e) => {
+                tracing::debug!("could not start an early upload: {e}");
+                None
             }
         }
     }

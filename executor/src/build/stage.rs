@@ -143,14 +143,24 @@ impl Builder<'_> {
                         let snap_started = Instant::now();
                         // In place a step may have moved a mount point: read them again.
                         snap.set_ignore(self.ignore.paths());
-                        let layer = snap.snapshot_layer(&layer_dir, &self.req.layer_options)?;
+                        // The target stage's layers go to the first destination as they
+                        // are written (big ones), or once written.
+                        let pushed = keep_layers && index == self.plan.target;
+                        let watch = pushed.then(|| self.publisher.stream_ahead()).flatten();
+                        let streamed = usize::from(watch.is_some());
+                        let layer = snap.snapshot_layer_watched(
+                            &layer_dir,
+                            &self.req.layer_options,
+                            watch,
+                        )?;
                         snapshot_note = format!(", snapshot {}", secs(snap_started.elapsed()));
-                        layer
+                        layer.map(|l| (l, pushed, streamed))
                     } {
+                        let (layer, pushed, streamed) = layer;
                         layer_note =
                             format!("layer {} ({})", short(&layer.digest), human(layer.size));
-                        if keep_layers && index == self.plan.target {
-                            self.publisher.push_ahead(&layer);
+                        if pushed {
+                            self.publisher.push_ahead_from(&layer, streamed);
                         }
                         new_layer = Some(layer.clone());
                         layers.push(layer);

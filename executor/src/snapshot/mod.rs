@@ -33,6 +33,7 @@ mod tests;
 mod writer;
 
 use scan::scan;
+pub use writer::{BlobWatch, GrowingBlob};
 use writer::{ExactReader, LayerWriter};
 
 /// Layer compression.
@@ -209,13 +210,24 @@ impl Snapshotter {
         out_dir: &Path,
         opts: &LayerOptions,
     ) -> Result<Option<LayerFile>, SnapshotError> {
+        self.snapshot_layer_watched(out_dir, opts, None)
+    }
+
+    /// [`Self::snapshot_layer`], telling `watch` (when given) of the layer file's progress as it
+    /// is written, and of its digest at the end; dropped unfinished when there is no layer.
+    pub fn snapshot_layer_watched(
+        &mut self,
+        out_dir: &Path,
+        opts: &LayerOptions,
+        watch: Option<BlobWatch>,
+    ) -> Result<Option<LayerFile>, SnapshotError> {
         let new = scan(&self.root, &self.ignore)?;
         let changes = diff(&self.state, &new);
         if changes.is_empty() {
             self.state = new;
             return Ok(None);
         }
-        let layer = self.write_layer(&changes, out_dir, opts)?;
+        let layer = self.write_layer(&changes, out_dir, opts, watch)?;
         tracing::debug!(
             layer = %layer.path.display(),
             entries = changes.len(),
@@ -233,7 +245,7 @@ impl Snapshotter {
         out_dir: &Path,
         opts: &LayerOptions,
     ) -> Result<LayerFile, SnapshotError> {
-        self.write_layer(&Vec::new(), out_dir, opts)
+        self.write_layer(&Vec::new(), out_dir, opts, None)
     }
 
     fn write_layer(
@@ -241,6 +253,7 @@ impl Snapshotter {
         changes: &Changes<'_>,
         out_dir: &Path,
         opts: &LayerOptions,
+        watch: Option<BlobWatch>,
     ) -> Result<LayerFile, SnapshotError> {
         let write_err = |source| SnapshotError::Write {
             dir: out_dir.to_path_buf(),
@@ -252,7 +265,11 @@ impl Snapshotter {
             .tempfile_in(out_dir)
             .map_err(write_err)?;
         let file = tmp.as_file().try_clone().map_err(write_err)?;
-        let mut layer = LayerWriter::new(file, opts.compression).map_err(write_err)?;
+        if let Some(watch) = &watch {
+            let path = tmp.path().to_path_buf();
+            watch.send_modify(|blob| blob.path = Some(path));
+        }
+        let mut layer = LayerWriter::new(file, opts.compression, watch).map_err(write_err)?;
         let mut files = Opener::new(&self.root).map_err(|e| SnapshotError::Read {
             path: self.root.clone(),
             source: e.into(),
@@ -282,7 +299,7 @@ impl Snapshotter {
                 }
             }
         }
-        let written = layer.finish().map_err(write_err)?;
+        let (written, watch) = layer.finish().map_err(write_err)?;
         let hex = written.digest.trim_start_matches("sha256:");
         let (ext, media_type) = match opts.compression {
             Compression::Gzip { .. } => ("tar.gz", MEDIA_TYPE_LAYER_GZIP),
@@ -290,6 +307,13 @@ impl Snapshotter {
         };
         let path = out_dir.join(format!("{hex}.{ext}"));
         tmp.persist(&path).map_err(|e| write_err(e.error))?;
+        if let Some(watch) = watch {
+            watch.send_modify(|blob| {
+                blob.path = Some(path.clone());
+                blob.written = written.size;
+                blob.digest = Some(written.digest.clone());
+            });
+        }
         Ok(LayerFile {
             path,
             digest: written.digest,

@@ -93,7 +93,35 @@ impl<W: Write> Write for Encoder<W> {
 /// Tar header name fields are 100 bytes; longer names and link targets go in PAX records.
 const NAME_FIELD: usize = 100;
 
-type Sink = HashWriter<Encoder<HashWriter<BufWriter<File>>>>;
+type Sink = HashWriter<Encoder<HashWriter<BufWriter<Watched>>>>;
+
+/// The layer's file, telling a watcher (an upload that runs beside the writing) how many bytes
+/// have reached it.
+pub(super) struct Watched {
+    file: File,
+    written: u64,
+    watch: Option<BlobWatch>,
+}
+
+/// The sending end of a layer blob's progress, see [`GrowingBlob`].
+pub type BlobWatch = tokio::sync::watch::Sender<GrowingBlob>;
+pub use kiln_oci::registry::GrowingBlob;
+
+impl Write for Watched {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if let Some(watch) = &self.watch {
+            let written = self.written;
+            watch.send_modify(|blob| blob.written = written);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
 
 /// The identities of a finished layer blob.
 pub(super) struct Written {
@@ -108,7 +136,13 @@ pub(super) struct LayerWriter {
 }
 
 impl LayerWriter {
-    pub fn new(file: File, compression: Compression) -> io::Result<Self> {
+    /// `watch`, when given, hears of every write that reaches `file`.
+    pub fn new(file: File, compression: Compression, watch: Option<BlobWatch>) -> io::Result<Self> {
+        let file = Watched {
+            file,
+            written: 0,
+            watch,
+        };
         let compressed = HashWriter::new(BufWriter::with_capacity(256 * 1024, file));
         let tar_stream = HashWriter::new(Encoder::new(compressed, compression)?);
         Ok(LayerWriter {
@@ -153,17 +187,21 @@ impl LayerWriter {
         self.builder.append(header, data)
     }
 
-    /// Write the end-of-archive blocks, flush the compressor and return the blob's identities.
-    pub fn finish(self) -> io::Result<Written> {
+    /// Write the end-of-archive blocks, flush the compressor and return the blob's identities
+    /// (and the watch, for the caller to report the finished file on).
+    pub fn finish(self) -> io::Result<(Written, Option<BlobWatch>)> {
         let tar_stream = self.builder.into_inner()?;
         let (encoder, diff_id, _) = tar_stream.finish();
         let (buffered, digest, size) = encoder.finish()?.finish();
-        buffered.into_inner().map_err(|e| e.into_error())?;
-        Ok(Written {
-            digest,
-            diff_id,
-            size,
-        })
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        Ok((
+            Written {
+                digest,
+                diff_id,
+                size,
+            },
+            file.watch,
+        ))
     }
 }
 

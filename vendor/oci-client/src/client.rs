@@ -800,6 +800,38 @@ impl Client {
         })
     }
 
+    /// Kiln addition: pushes a blob whose digest is known only once `blob_data_stream` has
+    /// ended (a file still being written), as one streamed PATCH request (no `Content-Length`,
+    /// no `Content-Range`), then commits it with the digest `digest` gives at that point.
+    ///
+    /// Returns the pullable location of the blob.
+    pub async fn push_blob_stream_then_commit<
+        T: Stream<Item = Result<bytes::Bytes>> + Send + 'static,
+    >(
+        &self,
+        image: &Reference,
+        blob_data_stream: T,
+        digest: impl FnOnce() -> Option<String>,
+    ) -> Result<String> {
+        let location = self.begin_push_chunked_session(image).await?;
+        let res = RequestBuilderWrapper::from_client(self, |client| client.patch(&location))
+            .apply_auth(image, RegistryOperation::Push)
+            .await?
+            .into_request_builder()
+            .header("Content-Type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(blob_data_stream))
+            .send()
+            .await?;
+        let location = self
+            .extract_location_header(image, res, &reqwest::StatusCode::ACCEPTED)
+            .await?;
+        let digest = digest().ok_or_else(|| {
+            OciDistributionError::GenericError(Some("the blob's digest is not known".into()))
+        })?;
+        self.end_push_chunked_session(&location, image, &digest)
+            .await
+    }
+
     /// Perform an OAuth v2 auth request if necessary.
     ///
     /// This performs authorization and then stores the token internally to be used

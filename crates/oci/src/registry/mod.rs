@@ -34,6 +34,7 @@ pub use credhelper::HelperSettings;
 pub use error::RegistryError;
 pub use keychain::Keychain;
 pub use layout::{LayoutError, OciLayout};
+pub use push::{GrowingBlob, STREAM_PIECE};
 pub use reference::{normalize_reference, parse_reference, Reference};
 pub use transport::{may_fall_back, ClientCert};
 

@@ -17,6 +17,20 @@ use super::{
 /// Size of the pieces a file is read in when uploading; memory per upload stays at this.
 const UPLOAD_READ_CHUNK: usize = 1 << 20;
 
+/// The pieces a blob uploaded as it is written is read in (a piece is sent once that much more
+/// of the file is written, or the file is finished).
+pub const STREAM_PIECE: usize = 4 << 20;
+
+/// A blob being written to a file, as its writer reports it through a watch channel: the file,
+/// how many bytes of it are written, and its digest once it is complete (the file may then
+/// have been renamed: `path` is the final name; a reader keeps the file it opened).
+#[derive(Clone, Debug, Default)]
+pub struct GrowingBlob {
+    pub path: Option<std::path::PathBuf>,
+    pub written: u64,
+    pub digest: Option<String>,
+}
+
 /// How many blobs are uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
 
@@ -145,6 +159,71 @@ impl Registry {
         self.push_blob(client, &r, &normalized, blob)
             .await
             .map(|_| ())
+    }
+
+    /// Uploads a blob while its writer is still producing it (a layer being compressed), so that
+    /// the upload runs beside the writing instead of after it: one upload session, one PATCH
+    /// request whose body is the file read as it grows (in pieces of [`STREAM_PIECE`], the last
+    /// one smaller), committed with the digest the writer reports at the end (which the
+    /// registry checks against what it received). Not retried, as a stream cannot be replayed: on any failure the caller uploads
+    /// the finished file instead. Fails when the writer stops without finishing (drops its
+    /// sender before setting the digest). Returns the blob's digest.
+    pub async fn push_growing_blob(
+        &self,
+        reference: &str,
+        progress: tokio::sync::watch::Receiver<GrowingBlob>,
+    ) -> Result<String, RegistryError> {
+        let r = parse_reference(reference)?;
+        let normalized = r.whole();
+        let client = self.client_for(&r, Side::Push).await?;
+        self.prepare(client, &r).await?;
+        let path = progress
+            .borrow()
+            .path
+            .clone()
+            .ok_or_else(|| RegistryError::InvalidBlob {
+                blob: "(being written)".into(),
+                detail: "its writer named no file".into(),
+            })?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| RegistryError::io("cannot open blob file", &path, e))?;
+        let stream = futures_util::stream::try_unfold(
+            (file, 0u64, progress.clone()),
+            |(mut file, offset, mut rx)| async move {
+                loop {
+                    let (written, done) = {
+                        let blob = rx.borrow_and_update();
+                        (blob.written, blob.digest.is_some())
+                    };
+                    let ready = written.saturating_sub(offset);
+                    if ready >= STREAM_PIECE as u64 || (done && ready > 0) {
+                        let mut buf = vec![0u8; ready.min(STREAM_PIECE as u64) as usize];
+                        file.read_exact(&mut buf).await?;
+                        let next = offset + buf.len() as u64;
+                        return Ok(Some((buf.into(), (file, next, rx))));
+                    }
+                    if done {
+                        return Ok(None);
+                    }
+                    if rx.changed().await.is_err() && rx.borrow().digest.is_none() {
+                        return Err(OciDistributionError::GenericError(Some(
+                            "the blob's writer stopped before finishing it".into(),
+                        )));
+                    }
+                }
+            },
+        );
+        let what = "blob (uploaded as it is written)";
+        let ctx = self.push_ctx(&r, &normalized, what);
+        // The registry checks the digest against what it received when it commits the blob.
+        let digest = || progress.borrow().digest.clone();
+        client
+            .push_blob_stream_then_commit(&r, stream, digest)
+            .await
+            .map_err(|e| ctx.map(e))?;
+        let digest = progress.borrow().digest.clone();
+        Ok(digest.unwrap_or_default())
     }
 
     /// Makes one blob present in the repository of `r`: nothing to do when it is there,
