@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -221,17 +221,21 @@ impl Snapshotter {
         opts: &LayerOptions,
         watch: Option<BlobWatch>,
     ) -> Result<Option<LayerFile>, SnapshotError> {
+        let started = std::time::Instant::now();
         let new = scan(&self.root, &self.ignore)?;
         let changes = diff(&self.state, &new);
         if changes.is_empty() {
             self.state = new;
             return Ok(None);
         }
+        let scanned = started.elapsed();
         let layer = self.write_layer(&changes, out_dir, opts, watch)?;
         tracing::debug!(
             layer = %layer.path.display(),
             entries = changes.len(),
             size = layer.size,
+            scan_ms = scanned.as_millis(),
+            write_ms = (started.elapsed() - scanned).as_millis(),
             "snapshot layer written"
         );
         self.state = new;
@@ -270,35 +274,82 @@ impl Snapshotter {
             watch.send_modify(|blob| blob.path = Some(path));
         }
         let mut layer = LayerWriter::new(file, opts.compression, watch).map_err(write_err)?;
-        let mut files = Opener::new(&self.root).map_err(|e| SnapshotError::Read {
-            path: self.root.clone(),
-            source: e.into(),
-        })?;
-
-        // First path written for each multiply-linked inode; later ones become hardlink entries.
-        let mut written_inodes: HashMap<(u64, u64), &[u8]> = HashMap::new();
-        for (rel, change) in changes {
-            match change {
-                Change::Whiteout => {
-                    let mut header = Header::new_gnu();
-                    header.set_entry_type(EntryType::Regular);
-                    header.set_mode(0);
-                    header.set_size(0);
-                    header.set_mtime(0);
-                    layer
-                        .append(&mut header, rel, None, &[], io::empty())
-                        .map_err(write_err)?;
-                }
-                Change::Entry(node) => {
-                    let entry = Entry {
-                        files: &mut files,
-                        rel,
-                        node,
-                    };
-                    self.append_entry(&mut layer, entry, opts, &mut written_inodes, out_dir)?;
+        // Regular files are opened, their xattrs and size read and their first bytes read on
+        // helper threads, READ_AHEAD_FILES ahead of the writer: on a root of many small files
+        // the system calls, not the tar stream, are the work. Each thread reads every n-th
+        // batch, and the writer takes the batches in turn, so in its order.
+        let opened = files_to_open(changes);
+        let threads = read_ahead_threads(opened.len());
+        std::thread::scope(|scope| -> Result<(), SnapshotError> {
+            let mut ahead = Ahead {
+                rx: Vec::new(),
+                turn: 0,
+                batch: Vec::new().into_iter(),
+            };
+            let mut readers = Vec::new();
+            for first in 0..threads {
+                let (tx, rx) =
+                    std::sync::mpsc::sync_channel(READ_AHEAD_FILES / READ_AHEAD_BATCH / threads);
+                ahead.rx.push(rx);
+                let root = &self.root;
+                let opened = &opened;
+                let reader = std::thread::Builder::new()
+                    .name("kiln-read-ahead".into())
+                    .spawn_scoped(scope, move || {
+                        let mut files = match Opener::new(root) {
+                            Ok(files) => files,
+                            Err(e) => {
+                                let _ = tx.send(vec![Err(io::Error::from(e))]);
+                                return;
+                            }
+                        };
+                        let batches = opened.chunks(READ_AHEAD_BATCH).skip(first);
+                        for batch in batches.step_by(threads) {
+                            let read = batch
+                                .iter()
+                                .map(|rel| read_ahead(&mut files, rel))
+                                .collect();
+                            if tx.send(read).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(write_err)?;
+                readers.push(reader);
+            }
+            // First path written for each multiply-linked inode; later ones become hardlink
+            // entries.
+            let mut written_inodes: HashMap<(u64, u64), &[u8]> = HashMap::new();
+            for (rel, change) in changes {
+                match change {
+                    Change::Whiteout => {
+                        let mut header = Header::new_gnu();
+                        header.set_entry_type(EntryType::Regular);
+                        header.set_mode(0);
+                        header.set_size(0);
+                        header.set_mtime(0);
+                        layer
+                            .append(&mut header, rel, None, &[], io::empty())
+                            .map_err(write_err)?;
+                    }
+                    Change::Entry(node) => {
+                        let entry = Entry {
+                            ahead: &mut ahead,
+                            rel,
+                            node,
+                        };
+                        self.append_entry(&mut layer, entry, opts, &mut written_inodes, out_dir)?;
+                    }
                 }
             }
-        }
+            // A writer that failed leaves the reader blocked on a full channel: dropping the
+            // receiving end frees it.
+            drop(ahead);
+            for reader in readers {
+                let _ = reader.join();
+            }
+            Ok(())
+        })?;
         let (written, watch) = layer.finish().map_err(write_err)?;
         let hex = written.digest.trim_start_matches("sha256:");
         let (ext, media_type) = match opts.compression {
@@ -326,7 +377,7 @@ impl Snapshotter {
     fn append_entry<'a>(
         &self,
         layer: &mut LayerWriter,
-        Entry { files, rel, node }: Entry<'_, 'a>,
+        Entry { ahead, rel, node }: Entry<'_, 'a>,
         opts: &LayerOptions,
         written_inodes: &mut HashMap<(u64, u64), &'a [u8]>,
         out_dir: &Path,
@@ -366,14 +417,30 @@ impl Snapshotter {
         }
 
         if node.kind == Kind::File {
-            let mut file = files.open(rel).map_err(|e| read_err(e.into()))?;
-            // Through the open file: one path lookup per file instead of two.
-            let xattrs = read_xattrs(file.list_xattr(), |n| file.get_xattr(n)).map_err(read_err)?;
-            let len = file.metadata().map_err(read_err)?.len();
+            let ReadAhead {
+                rel: read,
+                mut file,
+                xattrs,
+                len,
+                head,
+            } = ahead
+                .next()
+                .ok_or_else(|| read_err(io::Error::other("the read-ahead thread stopped")))?
+                .map_err(read_err)?;
+            debug_assert_eq!(read, rel);
             header.set_entry_type(EntryType::Regular);
             header.set_size(len);
             // The error that carries this path says where the root is.
-            let data = ExactReader::new(&mut file, len, Path::new(OsStr::from_bytes(rel)));
+            let rest = len - head.len() as u64;
+            let rest: Box<dyn Read + '_> = match &mut file {
+                Some(file) => Box::new(ExactReader::new(
+                    file,
+                    rest,
+                    Path::new(OsStr::from_bytes(rel)),
+                )),
+                None => Box::new(io::empty()),
+            };
+            let data = io::Cursor::new(head).chain(rest);
             return layer
                 .append(&mut header, rel, None, &xattrs, data)
                 .map_err(|e| {
@@ -456,9 +523,109 @@ fn read_xattrs(
 
 /// One path to add to a layer: how to open it, where it is and what the walk saw.
 struct Entry<'f, 'a> {
-    files: &'f mut Opener,
+    /// The regular files of the layer, read ahead in order.
+    ahead: &'f mut Ahead<'a>,
     rel: &'a [u8],
     node: &'a Node,
+}
+
+/// About how many regular files the read-ahead threads may be ahead of the layer writer (each
+/// also holds the batch it is reading). With at most [`READ_AHEAD_BYTES`] read of each, the
+/// memory they hold stays under 16 MiB.
+const READ_AHEAD_FILES: usize = 128;
+
+/// How much of each file the read-ahead thread reads (a whole small file; the writer reads the
+/// rest of a bigger one from the open file).
+const READ_AHEAD_BYTES: u64 = 64 * 1024;
+
+/// Files are handed from the read-ahead thread to the writer this many at a time (one wake-up
+/// per file would cost more than it saves).
+const READ_AHEAD_BATCH: usize = 32;
+
+/// How many threads read ahead: one per core, at most 2 (more only contend on the directory),
+/// and one for a layer of few files.
+fn read_ahead_threads(files: usize) -> usize {
+    if files < 4 * READ_AHEAD_BATCH {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// The writer's end of the read-ahead: batches of files from each thread in turn.
+struct Ahead<'a> {
+    rx: Vec<std::sync::mpsc::Receiver<Vec<io::Result<ReadAhead<'a>>>>>,
+    /// The thread whose batch comes next.
+    turn: usize,
+    batch: std::vec::IntoIter<io::Result<ReadAhead<'a>>>,
+}
+
+impl<'a> Iterator for Ahead<'a> {
+    type Item = io::Result<ReadAhead<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(next) = self.batch.next() {
+                return Some(next);
+            }
+            let rx = self.rx.get(self.turn)?;
+            self.turn = (self.turn + 1) % self.rx.len();
+            self.batch = rx.recv().ok()?.into_iter();
+        }
+    }
+}
+
+/// A regular file of a layer, opened and partly read ahead of the writer.
+struct ReadAhead<'a> {
+    rel: &'a [u8],
+    /// Open while bytes are left to read after `head`.
+    file: Option<File>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    /// The size when it was opened: what the tar header promises.
+    len: u64,
+    head: Vec<u8>,
+}
+
+/// The regular files of `changes` the writer reads, in its order: every file but a further
+/// path of an inode already written (a hardlink entry).
+fn files_to_open<'c>(changes: &'c Changes<'_>) -> Vec<&'c [u8]> {
+    let mut linked = HashSet::new();
+    changes
+        .iter()
+        .filter_map(|(rel, change)| match change {
+            Change::Entry(node) if node.kind == Kind::File => {
+                (node.nlink <= 1 || linked.insert((node.dev, node.ino))).then_some(rel.as_ref())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Opens the regular file at `rel` (not through a symlink), reads its xattrs (through the open
+/// file: one path lookup instead of two), its size and its first [`READ_AHEAD_BYTES`]; a file
+/// read whole is closed.
+fn read_ahead<'a>(files: &mut Opener, rel: &'a [u8]) -> io::Result<ReadAhead<'a>> {
+    let mut file = files.open(rel)?;
+    let xattrs = read_xattrs(file.list_xattr(), |n| file.get_xattr(n))?;
+    let len = file.metadata()?.len();
+    let want = len.min(READ_AHEAD_BYTES);
+    let mut head = Vec::with_capacity(want as usize);
+    (&mut file).take(want).read_to_end(&mut head)?;
+    if (head.len() as u64) < want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} ended before the {len} bytes it had",
+                String::from_utf8_lossy(rel)
+            ),
+        ));
+    }
+    Ok(ReadAhead {
+        rel,
+        file: (len > want).then_some(file),
+        xattrs,
+        len,
+        head,
+    })
 }
 
 /// Opens the files of a layer relative to their directory, kept open from one file to the next:

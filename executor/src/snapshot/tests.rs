@@ -1098,3 +1098,54 @@ fn diff_gives_the_changes_of_the_path_ordered_diff_in_the_same_order() {
         "{entries} {whiteouts} {parent_only} {collisions}"
     );
 }
+
+/// Enough files for the read-ahead to use several threads and batches: small files, files past
+/// what is read ahead (the writer reads the rest from the open file), an empty one, hardlinks
+/// across batches, xattrs; the layer unpacks to the same tree, in the writer's order.
+#[test]
+fn files_read_ahead_by_several_threads_come_out_whole_and_in_order() {
+    let build = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = build.path();
+    let mut snap = Snapshotter::new(r, Vec::new()).unwrap();
+    for d in 0..7 {
+        for f in 0..150 {
+            write(r, &format!("d{d}/f{f:03}"), &format!("{d}/{f}\n"));
+        }
+    }
+    let big: String = (0..40_000).map(|i| format!("{i:08}\n")).collect(); // 360 KB
+    write(r, "d3/big", &big);
+    write(r, "d5/empty", "");
+    fs::hard_link(r.join("d0/f001"), r.join("d6/linked")).unwrap();
+    let xattr_ok = xattr::set(r.join("d4/f100"), "user.kiln", b"read ahead").is_ok();
+    assert!(READ_AHEAD_BATCH * 4 < 1050 && read_ahead_threads(1050) >= 1);
+
+    let layer = snap
+        .snapshot_layer(out.path(), &options())
+        .unwrap()
+        .expect("a layer");
+    let listed = entries(&layer);
+    let mut sorted = listed.clone();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(listed, sorted, "entries out of order");
+    assert!(listed.contains(&(
+        "d6/linked".to_string(),
+        EntryType::Link,
+        Some("d0/f001".to_string())
+    )));
+    let opts = UnpackOptions {
+        ignore: Vec::new(),
+        same_owner: true,
+        ..Default::default()
+    };
+    unpack_layer(&layer.path, copy.path(), &opts).unwrap();
+    pretty_assertions::assert_eq!(describe(r), describe(copy.path()));
+    assert_eq!(fs::read_to_string(copy.path().join("d3/big")).unwrap(), big);
+    if xattr_ok {
+        assert_eq!(
+            xattr::get(copy.path().join("d4/f100"), "user.kiln").unwrap(),
+            Some(b"read ahead".to_vec())
+        );
+    }
+}
