@@ -779,3 +779,106 @@ fn a_big_layer_is_uploaded_as_it_is_written_or_else_from_its_file() {
         );
     }
 }
+
+/// A base image's layers are unpacked as they arrive: while the second layer's download is held
+/// half-way, the first layer's file is already in the stage's root. The build then succeeds.
+#[test]
+fn a_base_layer_is_unpacked_while_the_next_one_downloads() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = kiln_testkit::image::noise(200, 300_000);
+    let second_data = kiln_testkit::image::noise(201, 300_000);
+    let layers: Vec<kiln_testkit::Layer> = [("first.bin", &first), ("second.bin", &second_data)]
+        .iter()
+        .enumerate()
+        .map(|(n, (name, data))| {
+            let tar = kiln_testkit::image::tar_with_file(name, data);
+            kiln_testkit::Layer::gzip(
+                &tmp.path().join(format!("l{n}")),
+                &tar,
+                flate2::Compression::fast(),
+            )
+        })
+        .collect();
+    let second = layers[1].digest.clone();
+    let img = TestImage::new(
+        layers,
+        serde_json::json!({
+            "architecture": kiln_oci::registry::Platform::default().architecture,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "history": [{"created_by": "first"}, {"created_by": "second"}]
+        }),
+    );
+    img.skopeo_push(tmp.path(), &format!("{}/faults/ordered:v1", reg.addr));
+    let gate = kiln_testkit::Gate::new();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule(
+            "GET",
+            hex(&second),
+            Fault::Stall(10_000, gate.clone()),
+            1,
+        )],
+    );
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/faults/ordered:v1\nCOPY Dockerfile /built\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let kiln_dir = tmp.path().join("kiln");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+        .arg("--context")
+        .arg(format!("dir://{}", ctx.display()))
+        .arg("--kiln-dir")
+        .arg(&kiln_dir)
+        .args(["--no-push", "--insecure-pull"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("executor.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let reached = gate.wait_reached(Duration::from_secs(120));
+    let unpacked = kiln_dir.join("build/stages/0/rootfs/first.bin");
+    let mut seen = false;
+    if reached {
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if std::fs::metadata(&unpacked).is_ok_and(|m| m.len() == first.len() as u64) {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    gate.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(tmp.path().join("executor.err")).unwrap_or_default();
+    assert!(reached, "the second layer's download never started: {err}");
+    assert!(
+        seen,
+        "{} was not unpacked while the second layer downloaded: {err}",
+        unpacked.display()
+    );
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+}

@@ -261,6 +261,129 @@ impl<'a> BaseImages<'a> {
         Ok(image)
     }
 
+    /// A base image applied over `root` as it is pulled: from the base-image cache as
+    /// [`Self::pull`] and [`Self::unpack_image`] do; from its registry with each layer unpacked
+    /// as soon as it and the layers before it are downloaded, while the later ones still
+    /// download ([`LAYER_FETCHES`] at a time), so unpacking overlaps the transfer. A failed
+    /// download stops the others and is returned as such; a failed unpack waits for the
+    /// downloads to end (so a retry finds every layer) and is returned. Sets `pulled` to the
+    /// image as soon as its manifest is read, for a retry to unpack again.
+    pub fn pull_unpacking(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+        root: &Path,
+        pulled: &mut Option<Image>,
+    ) -> Result<Image, BuildError> {
+        let started = Instant::now();
+        if let Some(image) = self.cached(reference, platform)? {
+            info!(
+                "{reference}: read from the base-image cache ({} layer(s)) in {}",
+                image.layers.len(),
+                secs(started.elapsed())
+            );
+            warn_other_platform(reference, &image.config, platform);
+            *pulled = Some(image.clone());
+            return self.unpack_image(reference, platform, image, root);
+        }
+        let (image, remote) = self.remote(reference, platform)?;
+        warn_other_platform(reference, &image.config, platform);
+        *pulled = Some(image.clone());
+        let blob_dir = self.blob_dir();
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(io_err(format!("creating {}", blob_dir.display())))?;
+        let total: u64 = image.layers.iter().map(|l| l.size).sum();
+        let mut ready: Vec<bool> = image.layers.iter().map(|l| l.path.exists()).collect();
+        let missing: Vec<(usize, LayerFile)> = image
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !ready[*i])
+            .map(|(i, l)| (i, l.clone()))
+            .collect();
+        let (tx, done) = std::sync::mpsc::channel::<Result<usize, BuildError>>();
+        let registry = Arc::clone(&self.registry);
+        let runtime = self.runtime.handle().clone();
+        let remote_ref = remote.reference.clone();
+        let name = reference.to_string();
+        // On a thread of its own, as the registry's futures are not `Send`.
+        let downloads = std::thread::Builder::new()
+            .name("kiln-pull".into())
+            .spawn(move || {
+                use futures_util::stream::{self, StreamExt, TryStreamExt};
+                let registry = &registry;
+                let (remote_ref, name) = (&remote_ref, &name);
+                let fetched = runtime.block_on(
+                    stream::iter(missing.into_iter().map(|(i, layer)| async move {
+                        registry
+                            .fetch_blob_to_file(remote_ref, &layer.digest, layer.size, &layer.path)
+                            .await
+                            .map(|_| i)
+                            .map_err(BuildError::registry(format!(
+                                "fetching layer {} of {name}",
+                                layer.digest
+                            )))
+                    }))
+                    .buffer_unordered(LAYER_FETCHES)
+                    .try_for_each(|i| {
+                        let _ = tx.send(Ok(i));
+                        futures_util::future::ready(Ok(()))
+                    }),
+                );
+                // The first failure ends the others (their futures are dropped).
+                if let Err(e) = fetched {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(io_err("starting the layer downloads".to_string()))?;
+        let mut result = Ok(());
+        for (i, layer) in image.layers.iter().enumerate() {
+            while !ready[i] {
+                match done.recv() {
+                    Ok(Ok(n)) => ready[n] = true,
+                    Ok(Err(e)) => {
+                        let _ = downloads.join();
+                        discard_partial_root(root);
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        let _ = downloads.join();
+                        discard_partial_root(root);
+                        return Err(io_err(format!("pulling {reference}"))(
+                            std::io::Error::other("the layer downloads stopped"),
+                        ));
+                    }
+                }
+            }
+            if let Err(e) = self.unpack(layer, reference, root) {
+                result = Err(e);
+                break;
+            }
+        }
+        // Every download is over before the layers are used again (a retry, the push).
+        let _ = downloads.join();
+        if result.is_ok() {
+            // A download that failed after the last layer it was waited for.
+            while let Ok(message) = done.try_recv() {
+                message?;
+            }
+        }
+        result?;
+        for layer in &image.layers {
+            self.pulled
+                .insert(layer.digest.clone(), remote.reference.clone());
+        }
+        info!(
+            "pulled {} ({platform}: {}, {} layer(s), {}) and unpacked it as it came in {}",
+            reference,
+            short(&remote.manifest_digest),
+            image.layers.len(),
+            human(total),
+            secs(started.elapsed())
+        );
+        Ok(image)
+    }
+
     /// The base image from `--cache-dir`, if it holds it (manifest and config verified; each
     /// layer blob is verified when it is read, see [`BaseImages::cached_layers`]).
     fn cached(
@@ -557,7 +680,8 @@ impl Builder<'_> {
                 Ok(image)
             }
             BaseKind::Image => {
-                let image = self.bases.pull(&base.name, &base.platform)?;
+                // Pulled and unpacked at once; a retry unpacks the downloaded layers again.
+                let mut pulled = None;
                 let bases = &mut self.bases;
                 retry_extract(
                     self.req.extract_retries,
@@ -568,7 +692,17 @@ impl Builder<'_> {
                             empty_dir(root)
                                 .map_err(io_err(format!("emptying {}", root.display())))?;
                         }
-                        bases.unpack_image(&base.name, &base.platform, image.clone(), root)
+                        match &pulled {
+                            Some(image) => bases.unpack_image(
+                                &base.name,
+                                &base.platform,
+                                Image::clone(image),
+                                root,
+                            ),
+                            None => {
+                                bases.pull_unpacking(&base.name, &base.platform, root, &mut pulled)
+                            }
+                        }
                     },
                 )
             }
@@ -723,6 +857,11 @@ pub fn retry_extract<T>(
     let mut result = attempt(false);
     for n in 0..retries {
         let Err(e) = &result else { break };
+        // A registry failure (a layer that could not be downloaded, a manifest) is not an
+        // extraction's: the registry client retried it already.
+        if matches!(e, BuildError::Registry { .. }) {
+            break;
+        }
         let wait = delay.saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX));
         warn!(
             "unpacking {image} failed ({e}); trying again in {} (--image-fs-extract-retry, {} of {retries})",
