@@ -724,9 +724,11 @@ fi
 discard() { if [[ -n "$NOW_DISCARD" ]]; then "$@"; else DEFERRED+=("$(printf '%q ' "$@")"); fi; }
 flush_discards() {
     local c
+    ((${#DEFERRED[@]})) || return 0
     for c in "${DEFERRED[@]}"; do eval "$c"; done
     DEFERRED=()
     sync
+    DELETED_AT="$(date +%s)"
 }
 # shellcheck disable=SC2317  # called through discard
 podman_rm() { "${PODMAN[@]}" rm -f "$1" >/dev/null 2>&1 || true; }
@@ -881,15 +883,18 @@ buildkit_prune() {
 # a build that creates many files right after BuildKit pruned the previous many-file build runs
 # several times slower (seen on w2: kiln's 100,000-file RUN 4 s alone, 52 s right after
 # BuildKit's prune; kaniko's 24 s and 53 s). BuildKit's cold state is therefore pruned right after
-# its run (untimed), and a build of a many-file workload (w2, w7) first waits until that prune is
-# 65 s old. Not on tmpfs.
+# its run (untimed), and a build of a workload that writes many files (w2, w7, and w4 and w6 with
+# their Debian root) first waits until that prune, and the last deletion of leftovers
+# (flush_discards), are 65 s old. Not on tmpfs.
 BK_PRUNED_AT=0
+DELETED_AT=0
 settle() {
-    local w="$1" wait
-    [[ -z "$NOW_DISCARD" && "$w" =~ ^(w2|w7) ]] || return 0
-    wait=$((BK_PRUNED_AT + 65 - $(date +%s)))
+    local w="$1" wait last
+    [[ -z "$NOW_DISCARD" && "$w" =~ ^(w2|w4|w6|w7) ]] || return 0
+    last=$((BK_PRUNED_AT > DELETED_AT ? BK_PRUNED_AT : DELETED_AT))
+    wait=$((last + 65 - $(date +%s)))
     if ((wait > 0)); then
-        log "$w: waiting ${wait}s for ext4 to reuse the inodes BuildKit's prune freed"
+        log "$w: waiting ${wait}s for ext4 to reuse the inodes the last deletion freed"
         sleep "$wait"
     fi
 }
@@ -1134,15 +1139,14 @@ for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right w8 w9 w10 w11; do
         order=()
         n="${#tools[@]}"
         for ((i = 0; i < n; i++)); do order+=("${tools[$(((i + run - 1) % n))]}"); done
-        if [[ -n "$floor" ]]; then
-            if [[ "$w/$run" == w10/1 ]] && ! prime w10 floor; then
+        [[ -z "$floor" ]] || order+=(floor)
+        for tool in "${order[@]}"; do
+            # w10's floor copies kiln's first push: primed once run 1's tools are done.
+            if [[ "$tool" == floor && "$w/$run" == w10/1 ]] && ! prime w10 floor; then
                 record w10 floor prime "" "$PRIME_RC" prime-failed "" "$PRIME_NOTE"
                 floor=""
-            else
-                order+=(floor)
+                continue
             fi
-        fi
-        for tool in "${order[@]}"; do
             settle "$w"
             "${tool}_build" "$w" "$run" "$mode"
             note=""

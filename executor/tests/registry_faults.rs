@@ -456,30 +456,13 @@ fn base_image_layers_download_at_the_same_time() {
     }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let layers: Vec<kiln_testkit::Layer> = (0..2u64)
-        .map(|n| {
-            let tar = kiln_testkit::image::tar_with_file(
-                &format!("part{n}.bin"),
-                &kiln_testkit::image::noise(100 + n, 300_000),
-            );
-            kiln_testkit::Layer::gzip(
-                &tmp.path().join(format!("l{n}")),
-                &tar,
-                flate2::Compression::fast(),
-            )
-        })
-        .collect();
-    let (first, second) = (layers[0].digest.clone(), layers[1].digest.clone());
-    let img = TestImage::new(
-        layers,
-        serde_json::json!({
-            "architecture": kiln_oci::registry::Platform::default().architecture,
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"]},
-            "history": [{"created_by": "part 0"}, {"created_by": "part 1"}]
-        }),
+    let layers = push_two_layer_image(
+        &reg,
+        tmp.path(),
+        "faults/layers",
+        ["part0.bin", "part1.bin"],
     );
-    img.skopeo_push(tmp.path(), &format!("{}/faults/layers:v1", reg.addr));
+    let (first, second) = (layers[0].clone(), layers[1].clone());
     let gate = kiln_testkit::Gate::new();
     let proxy = FaultProxy::start(
         &reg.addr,
@@ -490,57 +473,106 @@ fn base_image_layers_download_at_the_same_time() {
             1,
         )],
     );
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/faults/layers:v1\nCOPY Dockerfile /built\n",
-            proxy.addr
-        ),
-    )
-    .unwrap();
-    let log = tmp.path().join("executor.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
-        .arg("--context")
-        .arg(format!("dir://{}", ctx.display()))
-        .args(["--no-push", "--insecure-pull"])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(tmp.path().join("executor.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut child, err_file) =
+        start_build(tmp.path(), &format!("{}/faults/layers:v1", proxy.addr));
     let reached = gate.wait_reached(Duration::from_secs(120));
-    let mut asked = false;
-    if reached {
-        let t = std::time::Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if proxy.count("GET", hex(&second)) > 0 {
-                asked = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let asked = reached && wait_until(|| proxy.count("GET", hex(&second)) > 0);
     gate.release();
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let err = std::fs::read_to_string(tmp.path().join("executor.err")).unwrap_or_default();
+    let status = wait_for_exit(&mut child);
+    let err = std::fs::read_to_string(err_file).unwrap_or_default();
     assert!(reached, "the first layer's download never started: {err}");
     assert!(
         asked,
         "the second layer was not asked for while the first was downloading: {err}"
     );
     assert!(status.is_some_and(|s| s.success()), "{err}");
+}
+
+/// A two-layer image pushed to `reg` as `repo:v1`: one file of 300,000 bytes of noise per layer,
+/// named `files`, each layer gzip-compressed. Returns the layers' digests.
+fn push_two_layer_image(
+    reg: &TestRegistry,
+    tmp: &std::path::Path,
+    repo: &str,
+    files: [&str; 2],
+) -> Vec<String> {
+    let layers: Vec<kiln_testkit::Layer> = files
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let data = kiln_testkit::image::noise(100 + n as u64, 300_000);
+            let tar = kiln_testkit::image::tar_with_file(name, &data);
+            kiln_testkit::Layer::gzip(
+                &tmp.join(format!("l{n}")),
+                &tar,
+                flate2::Compression::fast(),
+            )
+        })
+        .collect();
+    let digests = layers.iter().map(|l| l.digest.clone()).collect();
+    let img = TestImage::new(
+        layers,
+        serde_json::json!({
+            "architecture": kiln_oci::registry::Platform::default().architecture,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"]},
+            "history": [{"created_by": files[0]}, {"created_by": files[1]}]
+        }),
+    );
+    img.skopeo_push(tmp, &format!("{}/{repo}:v1", reg.addr));
+    digests
+}
+
+/// Starts a build (no push) FROM `base` with its kiln dir at `tmp/kiln`; returns the child and
+/// the file its stderr goes to.
+fn start_build(tmp: &std::path::Path, base: &str) -> (std::process::Child, std::path::PathBuf) {
+    let ctx = tmp.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nCOPY Dockerfile /built\n"),
+    )
+    .unwrap();
+    let err = tmp.join("executor.err");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+        .arg("--context")
+        .arg(format!("dir://{}", ctx.display()))
+        .arg("--kiln-dir")
+        .arg(tmp.join("kiln"))
+        .args(["--no-push", "--insecure-pull"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    (child, err)
+}
+
+/// Whether `cond` holds within 60 s (checked every 50 ms).
+fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The exit status of `child` within 180 s; killed and `None` after that.
+fn wait_for_exit(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A base image pulled from the registry the image is pushed to: its layers are mounted from
@@ -632,18 +664,6 @@ fn uploaded_so_far(reg: &TestRegistry, repo: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits (at most 60 s) until the registry holds `n` bytes of unfinished uploads to `repo`.
-fn wait_for_upload(reg: &TestRegistry, repo: &str, n: u64) -> bool {
-    let t = std::time::Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        if uploaded_so_far(reg, repo) >= n {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// A blob uploaded while it is written (a big layer beside its compressor): what is written
 /// reaches the registry while the file is still growing, and the upload is committed only
 /// once the writer reports the digest, with that digest. A writer that stops without
@@ -674,7 +694,7 @@ fn a_blob_is_uploaded_while_its_file_is_written() {
     };
     // What is written so far reaches the registry while the file is unfinished.
     assert!(
-        wait_for_upload(&reg, "stream/blob", 2 * STREAM_PIECE as u64),
+        wait_until(|| uploaded_so_far(&reg, "stream/blob") >= 2 * STREAM_PIECE as u64),
         "{} bytes uploaded",
         uploaded_so_far(&reg, "stream/blob")
     );
@@ -704,7 +724,9 @@ fn a_blob_is_uploaded_while_its_file_is_written() {
         let dest = format!("{}/stream/cut:v1", reg.addr);
         std::thread::spawn(move || bounded(registry.push_growing_blob(&dest, rx)))
     };
-    assert!(wait_for_upload(&reg, "stream/cut", 2 * STREAM_PIECE as u64));
+    assert!(wait_until(
+        || uploaded_so_far(&reg, "stream/cut") >= 2 * STREAM_PIECE as u64
+    ));
     drop(tx);
     let err = upload.join().unwrap().unwrap_err().to_string();
     assert!(err.contains("stopped before finishing"), "{err}");
@@ -791,89 +813,31 @@ fn a_base_layer_is_unpacked_while_the_next_one_downloads() {
     }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let first = kiln_testkit::image::noise(200, 300_000);
-    let second_data = kiln_testkit::image::noise(201, 300_000);
-    let layers: Vec<kiln_testkit::Layer> = [("first.bin", &first), ("second.bin", &second_data)]
-        .iter()
-        .enumerate()
-        .map(|(n, (name, data))| {
-            let tar = kiln_testkit::image::tar_with_file(name, data);
-            kiln_testkit::Layer::gzip(
-                &tmp.path().join(format!("l{n}")),
-                &tar,
-                flate2::Compression::fast(),
-            )
-        })
-        .collect();
-    let second = layers[1].digest.clone();
-    let img = TestImage::new(
-        layers,
-        serde_json::json!({
-            "architecture": kiln_oci::registry::Platform::default().architecture,
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"]},
-            "history": [{"created_by": "first"}, {"created_by": "second"}]
-        }),
+    let layers = push_two_layer_image(
+        &reg,
+        tmp.path(),
+        "faults/ordered",
+        ["first.bin", "second.bin"],
     );
-    img.skopeo_push(tmp.path(), &format!("{}/faults/ordered:v1", reg.addr));
     let gate = kiln_testkit::Gate::new();
     let proxy = FaultProxy::start(
         &reg.addr,
         vec![rule(
             "GET",
-            hex(&second),
+            hex(&layers[1]),
             Fault::Stall(10_000, gate.clone()),
             1,
         )],
     );
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/faults/ordered:v1\nCOPY Dockerfile /built\n",
-            proxy.addr
-        ),
-    )
-    .unwrap();
-    let kiln_dir = tmp.path().join("kiln");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
-        .arg("--context")
-        .arg(format!("dir://{}", ctx.display()))
-        .arg("--kiln-dir")
-        .arg(&kiln_dir)
-        .args(["--no-push", "--insecure-pull"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("executor.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut child, err_file) =
+        start_build(tmp.path(), &format!("{}/faults/ordered:v1", proxy.addr));
     let reached = gate.wait_reached(Duration::from_secs(120));
-    let unpacked = kiln_dir.join("build/stages/0/rootfs/first.bin");
-    let mut seen = false;
-    if reached {
-        let t = std::time::Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if std::fs::metadata(&unpacked).is_ok_and(|m| m.len() == first.len() as u64) {
-                seen = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let unpacked = tmp.path().join("kiln/build/stages/0/rootfs/first.bin");
+    let seen =
+        reached && wait_until(|| std::fs::metadata(&unpacked).is_ok_and(|m| m.len() == 300_000));
     gate.release();
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let err = std::fs::read_to_string(tmp.path().join("executor.err")).unwrap_or_default();
+    let status = wait_for_exit(&mut child);
+    let err = std::fs::read_to_string(err_file).unwrap_or_default();
     assert!(reached, "the second layer's download never started: {err}");
     assert!(
         seen,

@@ -226,30 +226,15 @@ impl<'a> BaseImages<'a> {
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
         let total: u64 = image.layers.iter().map(|l| l.size).sum();
-        // Several layers download at once (as containerd and BuildKit fetch them); each is
-        // verified as it is written.
-        let missing: Vec<&LayerFile> = image.layers.iter().filter(|l| !l.path.exists()).collect();
-        let registry = &self.registry;
-        let remote_ref = remote.reference.as_str();
-        self.runtime.block_on(async {
-            use futures_util::stream::{self, StreamExt, TryStreamExt};
-            stream::iter(missing.into_iter().map(|layer| async move {
-                registry
-                    .fetch_blob_to_file(remote_ref, &layer.digest, layer.size, &layer.path)
-                    .await
-                    .map_err(BuildError::registry(format!(
-                        "fetching layer {} of {reference}",
-                        layer.digest
-                    )))
-            }))
-            .buffer_unordered(LAYER_FETCHES)
-            .try_collect::<Vec<u64>>()
-            .await
-        })?;
-        for layer in &image.layers {
-            self.pulled
-                .insert(layer.digest.clone(), remote.reference.clone());
-        }
+        let missing = image
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.path.exists())
+            .map(|(i, l)| (i, l.clone()))
+            .collect();
+        self.start_downloads(reference, &remote.reference, missing)?
+            .finish()?;
         info!(
             "pulled {} ({platform}: {}, {} layer(s), {}) in {}",
             reference,
@@ -301,13 +286,66 @@ impl<'a> BaseImages<'a> {
             .filter(|(i, _)| !ready[*i])
             .map(|(i, l)| (i, l.clone()))
             .collect();
-        let (tx, done) = std::sync::mpsc::channel::<Result<usize, BuildError>>();
+        let downloads = self.start_downloads(reference, &remote.reference, missing)?;
+        let mut result = Ok(());
+        for (i, layer) in image.layers.iter().enumerate() {
+            while !ready[i] {
+                let failed = match downloads.done.recv() {
+                    Ok(Ok(n)) => {
+                        ready[n] = true;
+                        continue;
+                    }
+                    Ok(Err(e)) => e,
+                    // The downloads ended without this layer.
+                    Err(_) => io_err(format!("pulling {reference}"))(std::io::Error::other(
+                        "the layer downloads stopped",
+                    )),
+                };
+                let _ = downloads.finish();
+                discard_partial_root(root);
+                return Err(failed);
+            }
+            if let Err(e) = self.unpack(layer, reference, root) {
+                result = Err(e);
+                break;
+            }
+        }
+        // Every download is over before the layers are used again (a retry, the push).
+        let finished = downloads.finish();
+        result?;
+        finished?;
+        for layer in &image.layers {
+            self.pulled
+                .insert(layer.digest.clone(), remote.reference.clone());
+        }
+        info!(
+            "pulled {} ({platform}: {}, {} layer(s), {}) and unpacked it as it came in {}",
+            reference,
+            short(&remote.manifest_digest),
+            image.layers.len(),
+            human(total),
+            secs(started.elapsed())
+        );
+        Ok(image)
+    }
+
+    /// Starts downloading the `missing` layers (index, record) of `reference` from `remote_ref`
+    /// into their files, [`LAYER_FETCHES`] at a time (as containerd and BuildKit fetch them),
+    /// each verified as it is written, on a thread of its own (the registry's futures are not
+    /// `Send`). Each layer's index is sent once it is complete; the first failure is sent and
+    /// ends the others.
+    fn start_downloads(
+        &self,
+        reference: &str,
+        remote_ref: &str,
+        missing: Vec<(usize, LayerFile)>,
+    ) -> Result<Downloads, BuildError> {
+        let (tx, done) = std::sync::mpsc::channel();
         let registry = Arc::clone(&self.registry);
         let runtime = self.runtime.handle().clone();
-        let remote_ref = remote.reference.clone();
+        let remote_ref = remote_ref.to_string();
         let name = reference.to_string();
-        // On a thread of its own, as the registry's futures are not `Send`.
-        let downloads = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kiln-pull".into())
             .spawn(move || {
                 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -330,58 +368,12 @@ impl<'a> BaseImages<'a> {
                         futures_util::future::ready(Ok(()))
                     }),
                 );
-                // The first failure ends the others (their futures are dropped).
                 if let Err(e) = fetched {
                     let _ = tx.send(Err(e));
                 }
             })
             .map_err(io_err("starting the layer downloads".to_string()))?;
-        let mut result = Ok(());
-        for (i, layer) in image.layers.iter().enumerate() {
-            while !ready[i] {
-                match done.recv() {
-                    Ok(Ok(n)) => ready[n] = true,
-                    Ok(Err(e)) => {
-                        let _ = downloads.join();
-                        discard_partial_root(root);
-                        return Err(e);
-                    }
-                    Err(_) => {
-                        let _ = downloads.join();
-                        discard_partial_root(root);
-                        return Err(io_err(format!("pulling {reference}"))(
-                            std::io::Error::other("the layer downloads stopped"),
-                        ));
-                    }
-                }
-            }
-            if let Err(e) = self.unpack(layer, reference, root) {
-                result = Err(e);
-                break;
-            }
-        }
-        // Every download is over before the layers are used again (a retry, the push).
-        let _ = downloads.join();
-        if result.is_ok() {
-            // A download that failed after the last layer it was waited for.
-            while let Ok(message) = done.try_recv() {
-                message?;
-            }
-        }
-        result?;
-        for layer in &image.layers {
-            self.pulled
-                .insert(layer.digest.clone(), remote.reference.clone());
-        }
-        info!(
-            "pulled {} ({platform}: {}, {} layer(s), {}) and unpacked it as it came in {}",
-            reference,
-            short(&remote.manifest_digest),
-            image.layers.len(),
-            human(total),
-            secs(started.elapsed())
-        );
-        Ok(image)
+        Ok(Downloads { thread, done })
     }
 
     /// The base image from `--cache-dir`, if it holds it (manifest and config verified; each
@@ -837,6 +829,24 @@ impl Builder<'_> {
 fn image_identity(image: &Image) -> String {
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
     crate::cache::key::base_image_key(&image.config, &digests)
+}
+
+/// Layer downloads under way (see [`BaseImages::start_downloads`]).
+struct Downloads {
+    thread: std::thread::JoinHandle<()>,
+    /// Each layer's index once it is complete, or the failure that ended them.
+    done: std::sync::mpsc::Receiver<Result<usize, BuildError>>,
+}
+
+impl Downloads {
+    /// Waits for every download to end; the first failure, if any.
+    fn finish(self) -> Result<(), BuildError> {
+        let _ = self.thread.join();
+        self.done
+            .try_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
 }
 
 /// How many layers of one base image download at once.
