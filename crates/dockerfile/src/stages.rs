@@ -149,10 +149,13 @@ pub struct Stages<'a> {
 }
 
 impl<'a> Stages<'a> {
-    /// Works out the global ARG values: `platform_args` (the automatic platform ARGs) first,
-    /// then every ARG before the first FROM in order, a `--build-arg` of the same name
-    /// overriding its default, and a default expanded with the values declared before it. An
-    /// ARG with neither is declared but unset.
+    /// Works out the global ARG values as BuildKit's Dockerfile frontend does: `platform_args`
+    /// (the automatic ARGs: `TARGETARCH` and the rest) first, each replaced by a `--build-arg`
+    /// of its name whether or not an ARG declares it; then every ARG before the first FROM in
+    /// order, a `--build-arg` of the same name overriding its default, and a default expanded
+    /// with the values declared before it. An ARG with neither keeps the value its name already
+    /// has (`ARG TARGETARCH` leaves the automatic value, a second `ARG A` the first one's), and
+    /// is otherwise declared but unset.
     pub fn new(
         dockerfile: &'a Dockerfile,
         build_args: &BTreeMap<String, String>,
@@ -161,7 +164,10 @@ impl<'a> Stages<'a> {
     ) -> Self {
         let mut values: BTreeMap<String, Option<String>> = platform_args
             .into_iter()
-            .map(|(k, v)| (k, Some(v)))
+            .map(|(k, v)| {
+                let v = build_args.get(&k).cloned().unwrap_or(v);
+                (k, Some(v))
+            })
             .collect();
         let mut unexpanded = Vec::new();
         for decl in &dockerfile.meta_args {
@@ -181,7 +187,7 @@ impl<'a> Stages<'a> {
                         }),
                     )
                 }
-                (None, None) => None,
+                (None, None) => values.get(&decl.name).cloned().flatten(),
             };
             values.insert(decl.name.clone(), value);
         }
@@ -379,6 +385,37 @@ mod tests {
         assert_eq!(
             bases(text, &[("UNDECLARED", "x")]),
             [Base::Image("img:latest".into())]
+        );
+    }
+
+    #[test]
+    fn a_valueless_global_arg_keeps_the_value_its_name_has() {
+        // BuildKit's buildMetaArgs replaces a global ARG's value only when the ARG has one: the
+        // automatic TARGETARCH and an earlier `ARG TAG=1` survive a bare redeclaration.
+        let text = "ARG TARGETARCH\nARG TAG=1\nARG TAG\nARG NONE\n\
+            FROM img:$TARGETARCH-$TAG${NONE}\n";
+        let df = parse(text).unwrap();
+        let stages = Stages::new(&df, &BTreeMap::new(), platform(), FromPlatform::Ignore);
+        assert_eq!(stages.expand_from(0).unwrap(), "img:arm64-1");
+        assert_eq!(
+            stages.meta_args().get("TARGETARCH"),
+            Some(&Some("arm64".to_string()))
+        );
+        assert_eq!(stages.meta_args().get("NONE"), Some(&None));
+    }
+
+    #[test]
+    fn a_build_arg_replaces_an_automatic_arg_without_a_declaration() {
+        // BuildKit's defaultArgs: `--build-arg TARGETARCH=x` is what FROM sees, declared or not.
+        let text = "FROM img:$TARGETARCH\n";
+        assert_eq!(
+            bases(text, &[("TARGETARCH", "riscv64")]),
+            [Base::Image("img:riscv64".into())]
+        );
+        let declared = "ARG TARGETARCH\nFROM img:$TARGETARCH\n";
+        assert_eq!(
+            bases(declared, &[("TARGETARCH", "riscv64")]),
+            [Base::Image("img:riscv64".into())]
         );
     }
 

@@ -121,7 +121,7 @@ impl BuildPlan {
         let resolver = Stages::new(
             dockerfile,
             build_args,
-            automatic_platform_args(platform),
+            automatic_args(platform, dockerfile.stages[target].name.as_deref()),
             FromPlatform::Honour,
         );
         // Each stage's platform, in order: a stage FROM an earlier one takes that one's.
@@ -444,10 +444,16 @@ fn target_index(dockerfile: &Dockerfile, target: Option<&str>) -> Result<usize, 
     }
 }
 
-/// BuildKit's automatic platform ARGs (`TARGETPLATFORM`, `TARGETARCH`, … and the `BUILD*`
-/// twins). Kiln builds for the target platform on the host, so BUILDPLATFORM is the host's.
-fn automatic_platform_args(target: &Platform) -> Vec<(String, String)> {
-    kiln_oci::platform::automatic_args(target)
+/// BuildKit's automatic global ARGs: the platform ones (`TARGETPLATFORM`, `TARGETARCH`, … and
+/// the `BUILD*` twins; Kiln builds for the target platform on the host, so BUILDPLATFORM is the
+/// host's) and `TARGETSTAGE`, the name of the stage built (`default` when it has none).
+fn automatic_args(target: &Platform, target_stage: Option<&str>) -> Vec<(String, String)> {
+    let mut args = kiln_oci::platform::automatic_args(target);
+    args.push((
+        "TARGETSTAGE".to_string(),
+        target_stage.unwrap_or("default").to_string(),
+    ));
+    args
 }
 
 /// What is wrong with the expanded FROM value `name` of stage `index`, if anything: it names
@@ -597,6 +603,25 @@ COPY --from=registry.example/other:2 /x /x
         assert_eq!(bases(&p), vec!["img:z-y"]);
         assert!(!p.meta_args.contains_key("NOBODY"));
         assert!(p.meta_args.contains_key("TARGETARCH"));
+    }
+
+    #[test]
+    fn targetstage_names_the_stage_built() {
+        // BuildKit's TARGETSTAGE: the --target, else the last stage's name, else `default`.
+        let stage = |p: &BuildPlan| p.meta_args.get("TARGETSTAGE").cloned().flatten();
+        assert_eq!(
+            stage(&plan(MULTI, None, false, &[])).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            stage(&plan(MULTI, Some("tools"), false, &[])).as_deref(),
+            Some("tools")
+        );
+        let named = plan("FROM img AS base\nFROM base AS final\n", None, false, &[]);
+        assert_eq!(stage(&named).as_deref(), Some("final"));
+        // FROM sees it too, and a stage's valueless ARG takes it.
+        let p = plan("FROM img:$TARGETSTAGE AS app\n", None, false, &[]);
+        assert_eq!(bases(&p), vec!["img:app"]);
     }
 
     #[test]
