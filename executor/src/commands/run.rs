@@ -38,10 +38,11 @@ impl Command for Run<'_> {
     fn key_parts(&self, state: &StageState, _text: &str) -> Result<KeyParts, InstructionError> {
         // Checked here too, so that a step that needs an entitlement fails before a cache hit
         // could stand in for it (BuildKit checks entitlements before solving). The key holds the
-        // flags as written, network and security included.
+        // flags, network and security included, as BuildKit's operation does: a flag naming
+        // the default (`--network=default`, `--security=sandbox`) is the same step as none.
         modes(self.0, state).map_err(InstructionError::Invalid)?;
         Ok(KeyParts {
-            instruction: format!("RUN {}", serde_json::to_string(self.0).unwrap_or_default()),
+            instruction: format!("RUN {}", keyed(self.0)),
             visible_env: state.run_env(),
             files: None,
         })
@@ -50,6 +51,19 @@ impl Command for Run<'_> {
     fn writes_root(&self) -> bool {
         true
     }
+}
+
+/// The RUN as its cache key holds it: `--network=default` and `--security=sandbox` are left out,
+/// since they change nothing.
+fn keyed(args: &RunArgs) -> String {
+    let mut args = args.clone();
+    if args.network.as_deref() == Some("default") {
+        args.network = None;
+    }
+    if args.security.as_deref() == Some("sandbox") {
+        args.security = None;
+    }
+    serde_json::to_string(&args).unwrap_or_default()
 }
 
 /// The step's network and confinement under the build's `--allow` entitlements.
@@ -301,6 +315,32 @@ mod tests {
             argv(&shell, &st).unwrap(),
             vec!["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
         );
+    }
+
+    #[test]
+    fn flags_naming_the_default_do_not_change_the_key() {
+        let plain = RunArgs {
+            command: Some(ShellOrExec::Shell("make".into())),
+            ..Default::default()
+        };
+        let defaults = RunArgs {
+            network: Some("default".into()),
+            security: Some("sandbox".into()),
+            ..plain.clone()
+        };
+        assert_eq!(keyed(&plain), keyed(&defaults));
+        for other in [
+            RunArgs {
+                network: Some("none".into()),
+                ..plain.clone()
+            },
+            RunArgs {
+                security: Some("insecure".into()),
+                ..plain.clone()
+            },
+        ] {
+            assert_ne!(keyed(&plain), keyed(&other));
+        }
     }
 
     #[test]
