@@ -143,17 +143,25 @@ impl<'a> BaseImages<'a> {
         let started = Instant::now();
         let image = match self.cached(reference, platform)? {
             Some(image) => {
-                info!(
-                    "{reference}: read from the base-image cache ({} layer(s)) in {}",
-                    image.layers.len(),
-                    secs(started.elapsed())
-                );
+                self.log_cached(reference, platform, &image, started);
                 image
             }
             None => self.pull_remote(reference, platform)?,
         };
         warn_other_platform(reference, &image.config, platform);
         Ok(image)
+    }
+
+    /// The one line a build logs for a base image read from `--cache-dir`, like the one for a
+    /// pulled image: platform, manifest digest, layers and time.
+    fn log_cached(&self, reference: &str, platform: &Platform, image: &Image, started: Instant) {
+        let digest = self.manifest_digest(reference, platform).map(|d| short(d));
+        info!(
+            "{reference}: read from the base-image cache ({platform}: {}, {} layer(s)) in {}",
+            digest.unwrap_or_default(),
+            image.layers.len(),
+            secs(started.elapsed())
+        );
     }
 
     /// A base image's config and layer records without downloading layers (from the
@@ -262,11 +270,7 @@ impl<'a> BaseImages<'a> {
     ) -> Result<Image, BuildError> {
         let started = Instant::now();
         if let Some(image) = self.cached(reference, platform)? {
-            info!(
-                "{reference}: read from the base-image cache ({} layer(s)) in {}",
-                image.layers.len(),
-                secs(started.elapsed())
-            );
+            self.log_cached(reference, platform, &image, started);
             warn_other_platform(reference, &image.config, platform);
             *pulled = Some(image.clone());
             return self.unpack_image(reference, platform, image, root);

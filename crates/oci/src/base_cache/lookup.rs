@@ -69,7 +69,8 @@ impl BaseImageCache {
     pub fn find_or_pull(&self, reference: &str, platform: &Platform) -> Option<CachedImage> {
         match self.find(reference, platform) {
             Ok(Some(image)) => {
-                tracing::info!(reference = %image.reference, digest = %image.manifest_digest, cache_dir = %self.dir().display(), "base image read from the cache");
+                // The build logs its own line for it, with the time it took.
+                tracing::debug!(reference = %image.reference, digest = %image.manifest_digest, cache_dir = %self.dir().display(), "base image read from the cache");
                 Some(image)
             }
             Ok(None) => {
