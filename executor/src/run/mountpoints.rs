@@ -124,8 +124,11 @@ impl MountPoints {
             }
         }
         for (dir, atime, mtime) in self.parent_times.drain(..).rev() {
-            if let Err(e) = filetime::set_symlink_file_times(&dir, atime, mtime) {
-                tracing::warn!("cannot restore the times of {}: {e}", dir.display());
+            match filetime::set_symlink_file_times(&dir, atime, mtime) {
+                Ok(()) => {}
+                // A directory made for an earlier mount point of this run, removed above.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot restore the times of {}: {e}", dir.display()),
             }
         }
     }
@@ -194,6 +197,24 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+        let meta = root.metadata().unwrap();
+        assert_eq!(FileTime::from_last_modification_time(&meta), old);
+    }
+
+    #[test]
+    fn an_empty_root_is_left_empty_with_its_times() {
+        // FROM scratch: /etc is made for the first file and is the existing parent of the
+        // second; both are gone afterwards and the root's times are the old ones.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let old = FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_times(root, old, old).unwrap();
+        let mut points = MountPoints::default();
+        points.file(root, "/etc/hosts").unwrap();
+        points.file(root, "/etc/resolv.conf").unwrap();
+        assert!(root.join("etc/resolv.conf").is_file());
+        points.cleanup();
+        assert_eq!(std::fs::read_dir(root).unwrap().count(), 0);
         let meta = root.metadata().unwrap();
         assert_eq!(FileTime::from_last_modification_time(&meta), old);
     }
