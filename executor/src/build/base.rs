@@ -29,6 +29,26 @@ pub struct Image {
     pub layers: Vec<LayerFile>,
 }
 
+/// The line a build logs for a base image pulled from its registry: platform, manifest digest,
+/// layers, their size and the time since `started`; `how` says what else was done meanwhile.
+fn log_pulled(
+    reference: &str,
+    platform: &Platform,
+    remote: &RemoteImage,
+    image: &Image,
+    how: &str,
+    started: Instant,
+) {
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    info!(
+        "pulled {reference} ({platform}: {}, {} layer(s), {}){how} in {}",
+        short(&remote.manifest_digest),
+        image.layers.len(),
+        human(total),
+        secs(started.elapsed())
+    );
+}
+
 /// A base image that is not an index holds one platform, which is used whatever the build asked
 /// for (as Docker and BuildKit do); said, as BuildKit's `InvalidBaseImagePlatform` check does.
 fn warn_other_platform(reference: &str, config: &ImageConfig, wanted: &Platform) {
@@ -233,7 +253,6 @@ impl<'a> BaseImages<'a> {
         let blob_dir = self.blob_dir();
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
-        let total: u64 = image.layers.iter().map(|l| l.size).sum();
         let missing = image
             .layers
             .iter()
@@ -243,14 +262,7 @@ impl<'a> BaseImages<'a> {
             .collect();
         self.start_downloads(reference, &remote.reference, missing)?
             .finish()?;
-        info!(
-            "pulled {} ({platform}: {}, {} layer(s), {}) in {}",
-            reference,
-            short(&remote.manifest_digest),
-            image.layers.len(),
-            human(total),
-            secs(started.elapsed())
-        );
+        log_pulled(reference, platform, &remote, &image, "", started);
         Ok(image)
     }
 
@@ -281,7 +293,6 @@ impl<'a> BaseImages<'a> {
         let blob_dir = self.blob_dir();
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
-        let total: u64 = image.layers.iter().map(|l| l.size).sum();
         let mut ready: Vec<bool> = image.layers.iter().map(|l| l.path.exists()).collect();
         let missing: Vec<(usize, LayerFile)> = image
             .layers
@@ -322,13 +333,13 @@ impl<'a> BaseImages<'a> {
             self.pulled
                 .insert(layer.digest.clone(), remote.reference.clone());
         }
-        info!(
-            "pulled {} ({platform}: {}, {} layer(s), {}) and unpacked it as it came in {}",
+        log_pulled(
             reference,
-            short(&remote.manifest_digest),
-            image.layers.len(),
-            human(total),
-            secs(started.elapsed())
+            platform,
+            &remote,
+            &image,
+            " and unpacked it as it came",
+            started,
         );
         Ok(image)
     }
