@@ -68,7 +68,9 @@
 # Environment: KILN_BENCH_REGISTRY (default 127.0.0.1:5055: a registry of its own, so the test
 # suite's registry on :5000 can start and stop independently), KILN_EXECUTOR / KILN_WARMER (use these
 # binaries instead of building), KILN_BENCH_WORK (parent of the work directory, default /dev/shm
-# when it is a tmpfs with 12 GB free, else /var/tmp),
+# when it is a tmpfs with 12 GB free, else /var/tmp; on a disk every build gets a fresh ext4 on a
+# loop device, see "a fresh filesystem per build" below: KILN_BENCH_FRESH_FS=0 turns that off,
+# KILN_BENCH_FS_SIZE sets its sparse image's size, default 24G),
 # KILN_BENCH_KILN_DIR (parent of kiln's --kiln-dir, default the work directory; /dev/shm = tmpfs).
 # Needs root; run it on an otherwise idle machine for numbers worth comparing.
 set -euo pipefail
@@ -531,25 +533,112 @@ if [[ -z "${KILN_BENCH_WORK:-}" ]]; then
 fi
 log "builds write under $KILN_BENCH_WORK ($(stat -f -c %T "$KILN_BENCH_WORK"))"
 WORK="$(mktemp -d "$KILN_BENCH_WORK/kiln-bench.XXXXXX")"
-# Where kiln's --kiln-dir (its build root) lives: the work directory unless KILN_BENCH_KILN_DIR
+
+# ---- a fresh filesystem per build (disk) ------------------------------------------------------
+# On a disk, the state the previous build left behind dominates a many-file build: ext4 skips
+# inodes freed in the last 60 s when it allocates new ones, and every tool deletes something (kiln
+# its build root, buildah its working container, BuildKit its snapshots on prune), so the same
+# 100,000-file RUN took 4.9 s to 67.6 s from one run to the next (bench/RESULTS.md, 2026-12-07).
+# So on a disk every timed build (and every priming) gets a new, empty ext4 at $SCRATCH: a sparse
+# image file in the work directory on a loop device with direct I/O (the filesystem's writes go to
+# the disk, not through a second page cache), inode tables written by mkfs (no lazy-init thread
+# beside the build), always mounted at the same path. What a build starts from is copied onto it
+# untimed: kaniko's podman storage (the kaniko image) and buildah's primed storage roots (w5, w6,
+# w8); buildkitd starts on it for each cold build (see begin_build for w5, w6 and w8). Logs,
+# the warmed base caches of w6 (read-only in the timed runs), w9's base and w10's floor layout stay
+# in the work directory. KILN_BENCH_FRESH_FS=0 keeps the older method (one filesystem, deletions
+# deferred, many-file builds waiting 65 s after the last deletion, BuildKit pruned instead of
+# restarted). On tmpfs (no inode allocator to slow down) the builds write in the work directory.
+SCRATCH="$WORK"
+FRESH_FS=""
+FS_SIZE="${KILN_BENCH_FS_SIZE:-24G}"
+# Two such filesystems, by name: b (at $SCRATCH, remade for every build) and bk (buildkitd's state
+# for a workload that reuses it: w5, w6, w8). Each is mounted at $WORK/NAME from the image
+# $WORK/NAME-fs.img on the loop device FS_DEV[NAME].
+declare -A FS_DEV=()
+# drop_fs NAME: unmounts the filesystem NAME and deletes its image.
+drop_fs() {
+    local mnt="$WORK/$1"
+    if mountpoint -q "$mnt"; then
+        umount -R "$mnt" 2>/dev/null || umount -R -l "$mnt" || return 1
+    fi
+    if [[ -n "${FS_DEV[$1]:-}" ]]; then
+        losetup -d "${FS_DEV[$1]}" || return 1
+        FS_DEV[$1]=""
+    fi
+    rm -f "$WORK/$1-fs.img"
+}
+# fresh_fs NAME: replaces the filesystem NAME with a new, empty one.
+fresh_fs() {
+    local img="$WORK/$1-fs.img"
+    drop_fs "$1" || return 1
+    mkdir -p "$WORK/$1"
+    truncate -s "$FS_SIZE" "$img" || return 1
+    FS_DEV[$1]="$(losetup -f --show --direct-io=on --sector-size 4096 "$img")" || return 1
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "${FS_DEV[$1]}" || return 1
+    mount "${FS_DEV[$1]}" "$WORK/$1"
+}
+if [[ "$(stat -f -c %T "$WORK")" != tmpfs && "${KILN_BENCH_FRESH_FS:-1}" != 0 ]]; then
+    if fresh_fs b 2>"$WORK/fresh-fs.log"; then
+        FRESH_FS=1
+        SCRATCH="$WORK/b"
+        log "every build gets a fresh ext4 at $SCRATCH ($FS_SIZE sparse image on ${FS_DEV[b]}, direct I/O: $(losetup -n -O DIO "${FS_DEV[b]}" | tr -d ' '))"
+    else
+        cat "$WORK/fresh-fs.log" >&2
+        drop_fs b || true
+        log "no loop-mounted filesystem here (above): builds share $WORK, deletions deferred, many-file builds wait for the last one"
+    fi
+fi
+# save_state REL NAME / restore_state NAME REL: copies a path under $SCRATCH to the work directory's
+# state/NAME (after a priming) and back onto a fresh filesystem (before a timed build). A missing
+# state (not primed yet) restores nothing.
+save_state() {
+    rm -rf "$WORK/state/$2"
+    mkdir -p "$WORK/state"
+    cp -a "$SCRATCH/$1" "$WORK/state/$2"
+}
+restore_state() {
+    [[ -e "$WORK/state/$1" ]] || return 0
+    mkdir -p "$(dirname "$SCRATCH/$2")"
+    cp -a "$WORK/state/$1" "$SCRATCH/$2"
+}
+
+# Where kiln's --kiln-dir (its build root) lives: the build's filesystem unless KILN_BENCH_KILN_DIR
 # names a parent (e.g. /dev/shm to measure kiln with its root on tmpfs).
-KILN_DIR_PARENT="$WORK"
+KILN_DIR_PARENT="$SCRATCH"
 if [[ -n "${KILN_BENCH_KILN_DIR:-}" ]]; then
     KILN_DIR_PARENT="$(mktemp -d "$KILN_BENCH_KILN_DIR/kiln-bench-dirs.XXXXXX")"
 fi
 STARTED_REGISTRY=""
-# BuildKit's daemon: its state under the work directory (same filesystem as the other tools).
-BK_DIR="$WORK/buildkit"
+# BuildKit's daemon: its state on the build's filesystem (as the other tools' files).
+BK_DIR="$SCRATCH/buildkit"
 BK_STARTED=""
+# bk_start / bk_stop: buildkitd with its state in $BK_DIR (start's messages in
+# $WORK/buildkit-start.log); bk_start sets BK_ADDR and BK_PID.
+bk_start() {
+    mkdir -p "$BK_DIR"
+    if KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/buildkit.sh" start "$BK_DIR" 2>"$WORK/buildkit-start.log"; then
+        BK_STARTED=1
+        BK_ADDR="$(bash "$ROOT/scripts/buildkit.sh" addr "$BK_DIR")"
+        BK_PID="$(cat "$BK_DIR/buildkitd.pid")"
+        return 0
+    fi
+    # Stop what may have started (a daemon that did not answer in time).
+    [[ ! -e "$BK_DIR/buildkitd.pid" ]] || bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >&2 || true
+    return 1
+}
+bk_stop() {
+    [[ -n "$BK_STARTED" ]] || return 0
+    BK_STARTED=""
+    bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >>"$WORK/buildkit-stop.log" 2>&1
+}
 # shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
     local rc=$?
     # Before the work directory goes: buildkitd's snapshots may be mounted under it.
-    if [[ -n "$BK_STARTED" ]]; then
-        bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >&2 || log "could not stop buildkitd in $BK_DIR"
-    fi
+    bk_stop || log "could not stop buildkitd in $BK_DIR (log: $WORK/buildkit-stop.log)"
     # Containers this run started (named kiln-bench-<pid>-*) are removed; nothing else is touched.
-    if want_tool kaniko; then
+    if want_tool kaniko && [[ -z "$FRESH_FS" ]]; then
         "${PODMAN[@]}" ps -a --filter "name=kiln-bench-$$-" -q 2>/dev/null |
             xargs -r "${PODMAN[@]}" rm -f >/dev/null 2>&1 || true
     fi
@@ -557,14 +646,19 @@ cleanup() {
         KILN_REGISTRY_ADDR="$REG" bash "$ROOT/scripts/registry.sh" stop >/dev/null || true
     fi
     if [[ -z "$KEEP" ]]; then
-        if [[ -d "$WORK/podman" ]]; then
+        if [[ -z "$FRESH_FS" && -d "$WORK/podman" ]]; then
             "${PODMAN[@]}" rm -af >/dev/null 2>&1 || true
             "${PODMAN[@]}" rmi -af >/dev/null 2>&1 || true
         fi
+        if [[ -n "$FRESH_FS" ]]; then
+            drop_fs b || log "could not unmount $WORK/b or detach its loop device"
+            drop_fs bk || log "could not unmount $WORK/bk or detach its loop device"
+        fi
         rm -rf "$WORK"
-        [[ "$KILN_DIR_PARENT" == "$WORK" ]] || rm -rf "$KILN_DIR_PARENT"
+        [[ "$KILN_DIR_PARENT" == "$SCRATCH" ]] || rm -rf "$KILN_DIR_PARENT"
     else
         log "work directory kept: $WORK"
+        [[ -z "$FRESH_FS" ]] || log "the last build filesystem is still mounted at $SCRATCH (loop device ${FS_DEV[b]})"
     fi
     exit "$rc"
 }
@@ -609,31 +703,31 @@ if want_tool kaniko; then
         KANIKO_MISSING="scripts/kaniko.sh failed: no kaniko image"
         log "kaniko is not available ($KANIKO_MISSING, see above); its targets will not be evaluated"
     else
-        # kaniko's container roots go to a podman storage inside the work directory, so all
-        # three tools write their files to the same filesystem (kiln's roots and buildah's
-        # storage are there too). The image is copied in from podman's default storage.
-        log "copying $KANIKO_IMAGE into a podman storage under $WORK"
+        # kaniko's container roots go to a podman storage on the builds' filesystem, so all
+        # four tools write their files to the same kind of filesystem (kiln's roots, buildah's
+        # storage and buildkitd's state are there too). The image is copied in from podman's
+        # default storage (and, with a fresh filesystem per build, kept in state/podman and
+        # copied onto each kaniko build's filesystem).
+        log "copying $KANIKO_IMAGE into a podman storage under $SCRATCH"
         "${PODMAN[@]}" save --format oci-archive -o "$WORK/kaniko-image.tar" "$KANIKO_IMAGE" >/dev/null
-        PODMAN+=(--root "$WORK/podman/root" --runroot "$WORK/podman/run")
+        PODMAN+=(--root "$SCRATCH/podman/root" --runroot "$SCRATCH/podman/run")
         "${PODMAN[@]}" load -q -i "$WORK/kaniko-image.tar" >/dev/null
         rm -f "$WORK/kaniko-image.tar"
+        [[ -z "$FRESH_FS" ]] || save_state podman/root podman
     fi
 fi
 BUILDKIT_MISSING=""
+BUILDCTL=/var/cache/kiln/bin/buildctl
 if want_tool buildkit; then
     mkdir -p "$BK_DIR"
     # Its registry (marked plain HTTP in buildkitd.toml) is the bench's.
-    if KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/buildkit.sh" start "$BK_DIR" 2>"$WORK/buildkit-start.log"; then
-        BK_STARTED=1
+    if bk_start; then
         cat "$WORK/buildkit-start.log" >&2
-        BUILDCTL=/var/cache/kiln/bin/buildctl
-        BK_ADDR="$(bash "$ROOT/scripts/buildkit.sh" addr "$BK_DIR")"
-        BK_PID="$(cat "$BK_DIR/buildkitd.pid")"
         log "buildkitd $("$BUILDCTL" --addr "$BK_ADDR" debug info 2>/dev/null | awk '/^BuildKit:/ { print $3 }' || true) (pid $BK_PID, snapshotter $(cat "$BK_DIR/snapshotter"))"
+        # With a fresh filesystem per build, buildkitd starts on each (begin_build).
+        [[ -z "$FRESH_FS" ]] || bk_stop
     else
         cat "$WORK/buildkit-start.log" >&2
-        # Stop what may have started (a daemon that did not answer in time).
-        [[ ! -e "$BK_DIR/buildkitd.pid" ]] || bash "$ROOT/scripts/buildkit.sh" stop "$BK_DIR" >&2 || true
         # Benchmarked without it, but not silently: its rows and targets say why. Its log is kept
         # next to the table (the work directory goes at exit).
         BUILDKIT_MISSING="scripts/buildkit.sh start failed: $(grep '^buildkit.sh: ' "$WORK/buildkit-start.log" |
@@ -644,6 +738,68 @@ if want_tool buildkit; then
         log "BuildKit is not available ($BUILDKIT_MISSING); its targets will not be evaluated"
     fi
 fi
+
+# begin_build TOOL WORKLOAD MODE [prime] / end_build TOOL WORKLOAD MODE [prime]: with a fresh
+# filesystem per build, before a build or a priming: the new filesystem at $SCRATCH and what the
+# build starts from copied onto it (kaniko's podman storage; buildah's primed storage root); after
+# a priming, buildah's storage root saved for the timed runs. BuildKit's cold builds start buildkitd
+# on their fresh filesystem (an empty state, instead of a prune) and stop it after. Its w5, w6 and
+# w8 builds are served by one buildkitd, as a long-running daemon would: started at the priming on
+# a fresh filesystem of its own ($WORK/bk), kept running through the timed runs (each with its
+# context on a fresh $SCRATCH) and stopped by end_workload. Nothing of this without a fresh
+# filesystem per build. begin_build sets BEGIN_NOTE when it fails.
+begin_build() {
+    local tool="$1" w="$2" mode="$3" prime="${4:-}"
+    BEGIN_NOTE=""
+    [[ -n "$FRESH_FS" ]] || return 0
+    if ! fresh_fs b 2>"$WORK/fresh-fs.log"; then
+        BEGIN_NOTE="could not make a fresh filesystem at $SCRATCH: $(tail -n1 "$WORK/fresh-fs.log")"
+        return 1
+    fi
+    case "$tool/$mode" in
+        kaniko/*) restore_state podman podman/root ;;
+        buildah/cold) ;;
+        buildah/*) restore_state "$(buildah_store "$w" "$mode")" "$(buildah_store "$w" "$mode")" ;;
+        buildkit/cold)
+            BK_DIR="$SCRATCH/buildkit"
+            if ! bk_start; then
+                BEGIN_NOTE="buildkit.sh start failed (log: $WORK/buildkit-start.log)"
+                return 1
+            fi ;;
+        buildkit/*)
+            if [[ -n "$prime" ]]; then
+                bk_stop || true
+                if ! fresh_fs bk 2>"$WORK/fresh-fs.log"; then
+                    BEGIN_NOTE="could not make a fresh filesystem at $WORK/bk: $(tail -n1 "$WORK/fresh-fs.log")"
+                    return 1
+                fi
+                BK_DIR="$WORK/bk/buildkit"
+                if ! bk_start; then
+                    BEGIN_NOTE="buildkit.sh start failed (log: $WORK/buildkit-start.log)"
+                    return 1
+                fi
+            elif [[ -z "$BK_STARTED" ]]; then
+                BEGIN_NOTE="the buildkitd primed for $w is not running"
+                return 1
+            fi ;;
+    esac
+}
+end_build() {
+    local tool="$1" w="$2" mode="$3" prime="${4:-}"
+    [[ -n "$FRESH_FS" ]] || return 0
+    case "$tool/$mode" in
+        buildah/cold) ;;
+        buildah/*) [[ -z "$prime" ]] || save_state "$(buildah_store "$w" "$mode")" "$(buildah_store "$w" "$mode")" ;;
+        buildkit/cold) bk_stop || log "could not stop buildkitd in $BK_DIR (log: $WORK/buildkit-stop.log)" ;;
+    esac
+}
+# end_workload: with a fresh filesystem per build, stops the buildkitd of w5, w6 or w8 and drops
+# its filesystem.
+end_workload() {
+    [[ -n "$FRESH_FS" ]] || return 0
+    bk_stop || log "could not stop buildkitd in $BK_DIR (log: $WORK/buildkit-stop.log)"
+    drop_fs bk || log "could not unmount $WORK/bk or detach its loop device"
+}
 
 # ---- contexts -----------------------------------------------------------------------------------
 # Each build gets a fresh copy of its context so no tool sees another's leftovers.
@@ -717,11 +873,15 @@ avail_kb="$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')"
 if [[ "$(stat -f -c %T "$WORK")" == tmpfs ]]; then
     # tmpfs has no inode allocator to slow down, but holds everything in memory: delete at once.
     NOW_DISCARD=1
-elif ((avail_kb < 40 * 1024 * 1024)); then
+elif [[ -z "$FRESH_FS" ]] && ((avail_kb < 40 * 1024 * 1024)); then
     DEFER_ALL=""
     log "less than 40 GB free under $WORK: leftovers are deleted after each workload, so the first builds of a workload may be slowed by the previous one's deletions"
 fi
-discard() { if [[ -n "$NOW_DISCARD" ]]; then "$@"; else DEFERRED+=("$(printf '%q ' "$@")"); fi; }
+discard() {
+    # With a fresh filesystem per build, what is on it goes with it.
+    [[ -z "$FRESH_FS" || "$*" != *" $SCRATCH/"* ]] || return 0
+    if [[ -n "$NOW_DISCARD" ]]; then "$@"; else DEFERRED+=("$(printf '%q ' "$@")"); fi
+}
 flush_discards() {
     local c
     ((${#DEFERRED[@]})) || return 0
@@ -752,9 +912,9 @@ WARM_IMAGES=("$REG/kiln-test/busybox:latest" "$REG/kiln-test/debian:bookworm")
 kiln_build() {
     # Separate `local`s: words of one `local` are expanded before any of its assignments.
     local w="$1" run="$2" mode="$3"
-    local ctx="$WORK/ctx-$w-kiln-$run" extra=()
+    local ctx="$SCRATCH/ctx-$w-kiln-$run" extra=()
     if [[ "$mode" == warm ]]; then
-        local dir="$WORK/$w-kiln-cache-$run"
+        local dir="$SCRATCH/$w-kiln-cache-$run"
         rm -rf "$dir"
         mkdir -p "$dir"
         local images=() image
@@ -786,13 +946,13 @@ kiln_build() {
 # where the base was pulled.
 buildah_build() {
     local w="$1" run="$2" mode="$3"
-    local store extra=() ctx="$WORK/ctx-$w-buildah-$run"
+    local store extra=() ctx="$SCRATCH/ctx-$w-buildah-$run"
     make_context "$w" "$ctx" "$run"
+    store="$SCRATCH/buildah-$w-$run"
+    [[ "$mode" == cold ]] || store="$SCRATCH/$(buildah_store "$w" "$mode")"
     case "$mode" in
-        cold) store="$WORK/buildah-$w-$run" ;;
-        cached) store="$WORK/buildah-cached"; extra=(--layers=true) ;;
-        source) store="$WORK/buildah-$w"; extra=(--layers=true) ;;
-        warmed) store="$WORK/buildah-warmed"; extra=(--build-arg "CHANGE=warm-$run-$$") ;;
+        cached|source) extra=(--layers=true) ;;
+        warmed) extra=(--build-arg "CHANGE=warm-$run-$$") ;;
     esac
     local img
     img="$(destination "$w" buildah "$run")"
@@ -802,6 +962,15 @@ buildah_build() {
         $b push --tls-verify=false $img docker://$img"
     if [[ "$mode" == cold ]]; then discard buildah_wipe "$store"; fi
     rm -rf "$ctx"
+}
+# buildah_store WORKLOAD MODE: the storage root (under $SCRATCH) that a cached (w5), source (w8) or
+# warmed (w6) build reuses, primed once.
+buildah_store() {
+    case "$2" in
+        cached) echo buildah-cached ;;
+        source) echo "buildah-$1" ;;
+        warmed) echo buildah-warmed ;;
+    esac
 }
 buildah_wipe() {
     buildah --root "$1/root" --runroot "$1/run" --storage-driver vfs rm --all >/dev/null 2>&1 || true
@@ -836,7 +1005,7 @@ kaniko_run() {
     done
     wait "$job" || rc=$?
     end="$(now)"
-    discard podman_rm "$name"
+    [[ -n "$FRESH_FS" ]] || discard podman_rm "$name"
     WALL="$(elapsed "$start" "$end")"
     PEAK_KB="$hwm"
     [[ "$hwm" != 0 ]] || PEAK_KB=""
@@ -846,9 +1015,9 @@ kaniko_run() {
 # kaniko_build WORKLOAD RUN MODE: as kiln_build; warm (w11) runs kaniko's warmer in the kaniko image.
 kaniko_build() {
     local w="$1" run="$2" mode="$3"
-    local ctx="$WORK/ctx-$w-kaniko-$run" extra=() vols=()
+    local ctx="$SCRATCH/ctx-$w-kaniko-$run" extra=() vols=()
     if [[ "$mode" == warm ]]; then
-        local dir="$WORK/$w-kaniko-cache-$run"
+        local dir="$SCRATCH/$w-kaniko-cache-$run"
         rm -rf "$dir"
         mkdir -p "$dir"
         local images=() image
@@ -885,12 +1054,12 @@ buildkit_prune() {
 # BuildKit's prune; kaniko's 24 s and 53 s). BuildKit's cold state is therefore pruned right after
 # its run (untimed), and a build of a workload that writes many files (w2, w7, and w4 and w6 with
 # their Debian root) first waits until that prune, and the last deletion of leftovers
-# (flush_discards), are 65 s old. Not on tmpfs.
+# (flush_discards), are 65 s old. Not on tmpfs, nor with a fresh filesystem per build.
 BK_PRUNED_AT=0
 DELETED_AT=0
 settle() {
     local w="$1" wait last
-    [[ -z "$NOW_DISCARD" && "$w" =~ ^(w2|w4|w6|w7) ]] || return 0
+    [[ -z "$FRESH_FS" && -z "$NOW_DISCARD" && "$w" =~ ^(w2|w4|w6|w7) ]] || return 0
     last=$((BK_PRUNED_AT > DELETED_AT ? BK_PRUNED_AT : DELETED_AT))
     wait=$((last + 65 - $(date +%s)))
     if ((wait > 0)); then
@@ -899,16 +1068,17 @@ settle() {
     fi
 }
 
-# buildkit_build WORKLOAD RUN MODE: cold runs follow a prune (untimed); cached and warmed runs use
+# buildkit_build WORKLOAD RUN MODE: cold runs follow a prune (untimed; with a fresh filesystem per
+# build, buildkitd starts on an empty state instead); cached and warmed runs use
 # what buildkitd kept (w5, w8 (source): the primed build's cache; w6: the base, pulled by a build of
 # another CHANGE).
 # PEAK_KB is buildkitd's VmHWM over the build (reset before it), not buildctl's.
 buildkit_build() {
     local w="$1" run="$2" mode="$3"
-    local ctx="$WORK/ctx-$w-buildkit-$run" extra=() logf="$WORK/$w-buildkit-$run.log" rc=0
+    local ctx="$SCRATCH/ctx-$w-buildkit-$run" extra=() logf="$WORK/$w-buildkit-$run.log" rc=0
     case "$mode" in
         cold)
-            buildkit_prune || rc=$?
+            [[ -n "$FRESH_FS" ]] || buildkit_prune || rc=$?
             if [[ "$rc" != 0 ]]; then
                 echo "bench: buildkit.sh prune failed before this run (log: $WORK/buildkit-prune.log)" >"$logf"
                 WALL=0 PEAK_KB=""
@@ -930,7 +1100,7 @@ buildkit_build() {
     fi
     rm -rf "$ctx"
     # A cold build's state goes now, not right before the next tool's build (see settle).
-    if [[ "$mode" == cold ]]; then
+    if [[ "$mode" == cold && -z "$FRESH_FS" ]]; then
         buildkit_prune || true
         BK_PRUNED_AT="$(date +%s)"
     fi
@@ -948,7 +1118,7 @@ buildkit_build() {
 SKOPEO_NO_CACHE=(unshare --mount sh -c 'mount -t tmpfs kiln-bench-floor /var/lib/containers/cache && exec skopeo "$@"' skopeo)
 # shellcheck disable=SC2317  # called as "${tool}_build"
 floor_build() {
-    local w="$1" run="$2" dir="$WORK/$1-floor-$2"
+    local w="$1" run="$2" dir="$SCRATCH/$1-floor-$2"
     mkdir -p /var/lib/containers/cache
     case "$w" in
         w9) timed "$WORK/$w-floor-$run.log" -- "${SKOPEO_NO_CACHE[@]}" copy --src-tls-verify=false \
@@ -1025,19 +1195,26 @@ make_w9_base() {
 }
 
 # ---- priming for w5 (cached rebuild), w6 (warmed base), w8 (source change) and w10's floor ------
-# prime WORKLOAD TOOL: the untimed first build, warmer or pull; on failure sets PRIME_NOTE and
+# prime WORKLOAD TOOL: the untimed first build, warmer or pull (with a fresh filesystem per build,
+# on one of its own, and what it primed saved for the timed runs); on failure sets PRIME_NOTE and
 # returns 1.
 prime() {
     local w="$1" tool="$2" what logf rc=0 mode=cached
-    [[ "$w" != w8 ]] || mode=source
+    case "$w" in w6) mode=warmed ;; w8) mode=source ;; esac
     log "$w/$tool: priming (not timed)"
+    if ! begin_build "$tool" "$w" "$mode" prime; then
+        PRIME_RC=1
+        PRIME_NOTE="$BEGIN_NOTE"
+        log "$w/$tool: priming failed: $PRIME_NOTE"
+        return 1
+    fi
     case "$w/$tool" in
         w5/buildkit|w8/buildkit)
             # From an empty cache, so that nothing of the other workloads counts; the timed runs
             # then rebuild on what this build left in buildkitd's cache.
             what="the first (cached) build after buildkit.sh prune"
             logf="$WORK/$w-buildkit-prime.log"
-            if buildkit_prune; then
+            if [[ -n "$FRESH_FS" ]] || buildkit_prune; then
                 buildkit_build "$w" prime "$mode"
                 rc="$RC"
             else
@@ -1067,7 +1244,7 @@ prime() {
         w6/buildah)
             what="buildah pull"
             logf="$WORK/w6-buildah-pull.log"
-            timeout "$TIMEOUT" buildah --root "$WORK/buildah-warmed/root" --runroot "$WORK/buildah-warmed/run" \
+            timeout "$TIMEOUT" buildah --root "$SCRATCH/buildah-warmed/root" --runroot "$SCRATCH/buildah-warmed/run" \
                 --storage-driver vfs pull --tls-verify=false "$REG/kiln-test/debian:bookworm" \
                 >"$logf" 2>&1 || rc=$? ;;
         w6/buildkit)
@@ -1075,7 +1252,7 @@ prime() {
             # from an empty cache, which pulls the base into its content store and snapshots.
             what="a build of w4 with CHANGE=warm-prime-$$ after buildkit.sh prune"
             logf="$WORK/w6-buildkit-prime.log"
-            if buildkit_prune; then
+            if [[ -n "$FRESH_FS" ]] || buildkit_prune; then
                 buildkit_build w6 prime warmed
                 rc="$RC"
             else
@@ -1092,6 +1269,7 @@ prime() {
                 --cache-dir /cache --image "$REG/kiln-test/debian:bookworm" --insecure-pull \
                 >"$logf" 2>&1 || rc=$? ;;
     esac
+    end_build "$tool" "$w" "$mode" prime || rc=$?
     PRIME_RC="$rc"
     PRIME_NOTE="$what exited $rc (log: $logf)"
     if [[ "$rc" != 0 ]]; then
@@ -1148,7 +1326,14 @@ for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right w8 w9 w10 w11; do
                 continue
             fi
             settle "$w"
-            "${tool}_build" "$w" "$run" "$mode"
+            if begin_build "$tool" "$w" "$mode"; then
+                "${tool}_build" "$w" "$run" "$mode"
+                end_build "$tool" "$w" "$mode"
+            else
+                echo "bench: $BEGIN_NOTE" >"$WORK/$w-$tool-$run.log"
+                WALL=0 PEAK_KB=""
+                set_status 1
+            fi
             note=""
             [[ "$STATUS" != timeout ]] || note="killed after ${TIMEOUT}s"
             record "$w" "$tool" "$run" "$WALL" "$RC" "$STATUS" "$PEAK_KB" "$note"
@@ -1172,11 +1357,14 @@ for w in w1 w2 w3 w4 w5 w6 w7 w7-left w7-right w8 w9 w10 w11; do
     # w10's floor image: a layout of kiln's first push, no longer needed.
     [[ "$w" != w10 ]] || rm -rf "$WORK/w10-floor-layout"
     [[ -n "$DEFER_ALL" ]] || flush_discards
+    end_workload
 done
 flush_discards
-want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
-want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
-want_work w8 && want_tool buildah && buildah_wipe "$WORK/buildah-w8"
+if [[ -z "$FRESH_FS" ]]; then
+    want_work w5 && want_tool buildah && buildah_wipe "$WORK/buildah-cached"
+    want_work w6 && want_tool buildah && buildah_wipe "$WORK/buildah-warmed"
+    want_work w8 && want_tool buildah && buildah_wipe "$WORK/buildah-w8"
+fi
 
 
 rc=0
