@@ -68,7 +68,7 @@ impl From<WriteError> for ExtractError {
 
 /// Open `file` (its name in messages: `label`) as a tar stream, plain or compressed with gzip,
 /// bzip2, xz or zstd, chosen by its first bytes.
-pub fn open_archive(file: File, label: &str) -> Result<Box<dyn Read>, ExtractError> {
+pub fn open_archive(file: File, label: &str) -> Result<Box<dyn Read + Send>, ExtractError> {
     tarball::decompress(Box::new(file), Formats::Archive).map_err(|source| ExtractError::Archive {
         path: label.to_string(),
         source,

@@ -37,7 +37,10 @@ pub enum Formats {
 
 /// Wrap `source` in the decompressor its first bytes call for (multi-member gzip, as pigz and
 /// concatenated streams write, is valid; so are concatenated bzip2 and xz streams).
-pub fn decompress(source: Box<dyn Read>, formats: Formats) -> io::Result<Box<dyn Read>> {
+pub fn decompress(
+    source: Box<dyn Read + Send>,
+    formats: Formats,
+) -> io::Result<Box<dyn Read + Send>> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, source);
     let head = reader.fill_buf()?;
     if head.starts_with(GZIP_MAGIC) {

@@ -10,7 +10,6 @@
 //! lower-layer contents, an entry of a different type replaces what is there, and directory mtimes
 //! are set once every entry of the layer has been written.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -18,7 +17,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest as _, Sha256};
 
@@ -29,6 +28,7 @@ use crate::rootfs::{
 use bounds::{Counted, Meter, Metered, Passed};
 use kiln_oci::limits::human_size;
 
+mod ahead;
 pub mod bounds;
 #[cfg(test)]
 mod tests;
@@ -169,7 +169,7 @@ pub fn unpack_layer(
         layer: blob.to_path_buf(),
         source,
     })?;
-    apply_stream(Box::new(file), blob, root, opts)
+    apply_stream(Box::new(file), false, blob, root, opts)
 }
 
 /// [`unpack_layer`] for a blob whose content has not been checked against its `digest`
@@ -192,12 +192,12 @@ pub fn unpack_layer_verified(
     // A duplicate descriptor shares the file offset: after the unpack it reads on from the
     // last byte the unpacker took, which is where the hashing left off.
     let rest = file.try_clone().map_err(open_err)?;
-    let hasher = Rc::new(RefCell::new(Sha256::new()));
+    let hasher = Arc::new(Mutex::new(Sha256::new()));
     let reader = HashingReader {
         inner: file,
         hasher: hasher.clone(),
     };
-    let applied = apply_stream(Box::new(reader), blob, root, opts);
+    let applied = apply_stream(Box::new(reader), true, blob, root, opts);
     let mut tail = HashingReader {
         inner: rest,
         hasher: hasher.clone(),
@@ -210,7 +210,8 @@ pub fn unpack_layer_verified(
             source,
         });
     }
-    let actual = format!("sha256:{}", hex::encode(hasher.take().finalize()));
+    let hasher = std::mem::take(&mut *hasher.lock().unwrap_or_else(PoisonError::into_inner));
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
     if actual != digest {
         return Err(UnpackError::Digest {
             layer: blob.to_path_buf(),
@@ -221,50 +222,68 @@ pub fn unpack_layer_verified(
     applied
 }
 
-/// Hashes what passes through it into a hasher shared with whoever checks the digest.
+/// Hashes what passes through it into a hasher shared with whoever checks the digest (the
+/// unpack's read-ahead thread, then the caller for the rest of the file).
 struct HashingReader {
     inner: File,
-    hasher: Rc<RefCell<Sha256>>,
+    hasher: Arc<Mutex<Sha256>>,
 }
 
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
+        self.hasher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&buf[..n]);
         Ok(n)
     }
 }
 
+/// Unpack the layer `source` reads. The work is a pipeline: the blob is decompressed on a helper
+/// thread while this one writes the entries, and a blob being hashed (`hashed`) is also read and
+/// hashed on a thread of its own; each thread's bytes are handed on in a few bounded chunks. The
+/// threads belong to a scope that ends only once they have stopped reading, so the blob's file
+/// offset is where the last of them left it.
 fn apply_stream(
-    source: Box<dyn Read>,
+    source: Box<dyn Read + Send>,
+    hashed: bool,
     blob: &Path,
     root: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let reader =
-        rootfs::decompress(source, Formats::Layer).map_err(|source| UnpackError::Open {
-            layer: blob.to_path_buf(),
-            source,
-        })?;
-    // Bytes are counted as they leave the decompressor, before the tar reader sees them.
     let meter = Meter::new(opts.bounds.size, opts.budget.clone());
-    let reader: Box<dyn Read> = Box::new(Metered::new(reader, meter.clone(), Counted::Stream));
-    let mut unpacker = Unpacker::new(blob, root, opts, meter.clone());
-    let applied = rootfs::for_each_entry(
-        reader,
-        |source| UnpackError::Read {
-            layer: blob.to_path_buf(),
-            source,
-        },
-        |entry| unpacker.apply(entry),
-    )
-    .and_then(|()| {
-        let stats = unpacker.stats;
-        unpacker
-            .w
-            .finish()
-            .map_err(|e| write_err(blob, root, "", e))?;
-        Ok(stats)
+    let applied = std::thread::scope(|scope| {
+        let source: Box<dyn Read + Send> = if hashed {
+            Box::new(ahead::spawn(scope, source))
+        } else {
+            source
+        };
+        let reader =
+            rootfs::decompress(source, Formats::Layer).map_err(|source| UnpackError::Open {
+                layer: blob.to_path_buf(),
+                source,
+            })?;
+        let reader = ahead::spawn(scope, reader);
+        // Bytes are counted as they leave the decompressor, before the tar reader sees them.
+        let reader: Box<dyn Read> = Box::new(Metered::new(reader, meter.clone(), Counted::Stream));
+        let mut unpacker = Unpacker::new(blob, root, opts, meter.clone());
+        rootfs::for_each_entry(
+            reader,
+            |source| UnpackError::Read {
+                layer: blob.to_path_buf(),
+                source,
+            },
+            |entry| unpacker.apply(entry),
+        )
+        .and_then(|()| {
+            let stats = unpacker.stats;
+            unpacker
+                .w
+                .finish()
+                .map_err(|e| write_err(blob, root, "", e))?;
+            Ok(stats)
+        })
     });
     // Whichever error a passed bound surfaced as (a read, a write, the tar reader's), the
     // bound is what the user must hear about.
