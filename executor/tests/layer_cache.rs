@@ -381,6 +381,39 @@ fn warmed_base_builds_without_the_registry_copy() {
     );
 }
 
+/// A warmed base pushed to the registry it was warmed from: its layer is mounted from the
+/// base's repository there, as a pulled base's is, not uploaded a second time; and the pushed
+/// image names it.
+#[test]
+fn warmed_base_layers_are_mounted_from_their_repository() {
+    let base = busybox_copy("warmmount");
+    let dir = context_with(&format!("FROM {base}\nRUN echo warmed > /w\n"), &[]);
+    let cache_dir = dir.path().join("base-cache");
+    let stored = warm(&cache_dir, &base);
+    let base_layer = &stored.image.layers[0].digest;
+    let ctx = dir.path().join("ctx");
+    let cache_arg = cache_dir.display().to_string();
+    let dest = format!("{}:1", unique_repo("warmmount"));
+    let built = build(&ctx, &dest, &["--cache-dir", &cache_arg]);
+    assert!(
+        built.log.contains("read from the base-image cache"),
+        "{}",
+        built.log
+    );
+    assert!(built.log.contains("mounted=1"), "{}", built.log);
+    let raw = run_ok(
+        Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{dest}"),
+        ]),
+        Duration::from_secs(60),
+    )
+    .expect("inspect the pushed image");
+    assert!(raw.stdout.contains(base_layer.as_str()), "{}", raw.stdout);
+}
+
 /// A builder stage used only through `COPY --from` is cached too: its timestamped artifact is
 /// reused by the rebuild, so the final image is the same.
 #[test]

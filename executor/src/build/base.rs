@@ -472,13 +472,19 @@ impl<'a> BaseImages<'a> {
             ignore: self.ignore.paths(),
             ..self.unpack.clone()
         };
-        let unpacked = if self.is_cached(layer) {
+        let cached = self.is_cached(layer);
+        let unpacked = if cached {
             unpack_layer_verified(&layer.path, root, &opts, &layer.digest)
         } else {
             unpack_layer(&layer.path, root, &opts)
         };
         if unpacked.is_err() {
             discard_partial_root(root);
+        } else if cached {
+            // Hashed while it was unpacked: an upload of it needs no second pass.
+            self.checked
+                .borrow_mut()
+                .insert(layer.path.clone(), layer.path.clone());
         }
         unpacked.map_err(|source| BuildError::Unpack {
             digest: layer.digest.clone(),
@@ -573,10 +579,12 @@ impl<'a> BaseImages<'a> {
     }
 
     /// The repository a push on the same registry can mount `layer` from: where the build left
-    /// it ([`Self::origin`]) or where it was downloaded from.
+    /// it ([`Self::origin`]), where it was downloaded from, or the image it was warmed from into
+    /// the base-image cache.
     pub fn mount_source(&self, layer: &LayerFile) -> Option<String> {
         self.origin(layer)
             .or_else(|| self.pulled.get(&layer.digest).cloned())
+            .or_else(|| self.cached_layers.get(&layer.path).cloned())
     }
 
     /// The file to read a layer from for an upload or an archive. A blob from the base-image

@@ -441,7 +441,11 @@ fn push(
             if present.contains(&l.digest) {
                 continue;
             }
+            // A layer of a warmed base is mounted from that base's repository when it is on the
+            // destination's registry (the registry refuses a mount it cannot make, and the
+            // checked file is uploaded instead).
             path = bases.checked_path(l)?;
+            mount_from = bases.mount_source(l).filter(|o| same_registry(o, dest));
         } else {
             // A base layer downloaded from the destination's registry is mounted from its
             // repository there (as BuildKit and containerd do); the file is the fallback.
