@@ -645,6 +645,53 @@ fn base_layers_pushed_to_their_own_registry_are_mounted_not_uploaded() {
     assert!(raw.contains(&base_layer), "{raw}");
 }
 
+/// A `--cache` build whose step misses reads the base's manifest and config once: the skip-base
+/// decision reads them to work out the cache keys, and the build that then needs the base's
+/// layers uses what it read (the tag is resolved once per build).
+#[test]
+fn a_cache_miss_reads_the_base_manifest_once() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::noise(tmp.path(), 3);
+    img.skopeo_push(tmp.path(), &format!("{}/base/once:v1", reg.addr));
+    let proxy = FaultProxy::start(&reg.addr, vec![]);
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/base/once:v1\nCOPY Dockerfile /built\n", proxy.addr),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+        .arg("--context")
+        .arg(format!("dir://{}", ctx.display()))
+        .args([
+            "--insecure",
+            "--insecure-pull",
+            "--cache",
+            "--cache-copy-layers",
+        ])
+        .args(["--cache-repo", &format!("{}/team/cache", proxy.addr)])
+        .args(["--destination", &format!("{}/team/app:v1", proxy.addr)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("cache: 0 hits, 1 misses"), "{err}");
+    let seen = proxy.seen();
+    assert_eq!(
+        proxy.count("GET", "/v2/base/once/manifests/"),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(proxy.count("GET", hex(&img.config_digest)), 1, "{seen:#?}");
+}
+
 /// How many bytes the registry holds of the unfinished uploads to `repo` (its filesystem
 /// driver's `_uploads/*/data` files).
 fn uploaded_so_far(reg: &TestRegistry, repo: &str) -> u64 {

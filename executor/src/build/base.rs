@@ -95,6 +95,10 @@ pub struct BaseImages<'a> {
     image_roots: HashMap<String, PathBuf>,
     /// The platform manifest digest of every base image read, by reference and platform.
     digests: HashMap<(String, String), String>,
+    /// Manifests and configs read from registries, by reference and platform: a base image
+    /// whose layers the skip-base decision turned out to need is not asked for twice, and the
+    /// whole build uses the one manifest a tag named when it was first read.
+    remotes: HashMap<(String, String), (Image, RemoteImage)>,
 }
 
 impl<'a> BaseImages<'a> {
@@ -122,6 +126,7 @@ impl<'a> BaseImages<'a> {
             pulled: HashMap::new(),
             image_roots: HashMap::new(),
             digests: HashMap::new(),
+            remotes: HashMap::new(),
         }
     }
 
@@ -206,6 +211,10 @@ impl<'a> BaseImages<'a> {
         reference: &str,
         platform: &Platform,
     ) -> Result<(Image, RemoteImage), BuildError> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(read) = self.remotes.get(&key) {
+            return Ok(read.clone());
+        }
         let remote = self
             .runtime
             .block_on(self.registry.pull_image_for(reference, platform))
@@ -242,7 +251,9 @@ impl<'a> BaseImages<'a> {
                 path: blob_dir.join(desc.digest().to_string().replace(':', "-")),
             })
             .collect();
-        Ok((Image { config, layers }, remote))
+        let read = (Image { config, layers }, remote);
+        self.remotes.insert(key, read.clone());
+        Ok(read)
     }
 
     /// Pull a base image from its registry: manifest and config, then every layer blob
