@@ -383,12 +383,14 @@ impl TryFrom<ClientConfig> for Client {
         }
 
         let default_token_expiration_secs = config.default_token_expiration_secs;
+        // Every field is given: `..Default::default()` would build a throwaway
+        // `reqwest::Client::default()`, whose TLS verifier reads the system's CA certificates.
         Ok(Self {
             config: Arc::new(config),
+            auth_store: Arc::default(),
             tokens: TokenCache::new(default_token_expiration_secs),
             client: client_builder.build()?,
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
-            ..Default::default()
         })
     }
 }

@@ -17,7 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 
 use super::error::{Attempt, ErrorContext};
-use super::transport::TlsFiles;
+use super::transport::{SystemRoots, TlsFiles};
 use super::{Reference, Registry, RegistryError, Transport};
 
 /// How much of a failed request's body is read for its error message.
@@ -35,15 +35,24 @@ pub(super) struct Http {
     protocol: ClientProtocol,
     accept_invalid: bool,
     files: TlsFiles,
+    /// The system's CA certificates as read when the registry client was made (see
+    /// [`super::transport::system_roots`]); empty: reqwest's platform verifier reads them.
+    system: SystemRoots,
 }
 
 impl Http {
-    pub(super) fn new(protocol: ClientProtocol, accept_invalid: bool, files: TlsFiles) -> Http {
+    pub(super) fn new(
+        protocol: ClientProtocol,
+        accept_invalid: bool,
+        files: TlsFiles,
+        system: SystemRoots,
+    ) -> Http {
         Http {
             client: Arc::new(OnceLock::new()),
             protocol,
             accept_invalid,
             files,
+            system,
         }
     }
 
@@ -63,6 +72,15 @@ impl Http {
                     .map(|pem| reqwest::Certificate::from_pem(pem))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| e.to_string())?;
+                if !self.system.is_empty() {
+                    let system = self
+                        .system
+                        .iter()
+                        .map(|der| reqwest::Certificate::from_der(der))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    builder = builder.tls_certs_only(system);
+                }
                 builder = builder.tls_certs_merge(roots);
                 if let Some(pem) = &self.files.identity {
                     builder = builder
@@ -282,7 +300,7 @@ mod tests {
 
     #[test]
     fn scheme_follows_the_protocol() {
-        let http = |p| Http::new(p, false, TlsFiles::default());
+        let http = |p| Http::new(p, false, TlsFiles::default(), SystemRoots::default());
         assert_eq!(http(ClientProtocol::Http).scheme_for("r:5000"), "http");
         assert_eq!(http(ClientProtocol::Https).scheme_for("r:5000"), "https");
         let except = http(ClientProtocol::HttpsExcept(vec!["r:5000".into()]));

@@ -208,13 +208,46 @@ pub(super) fn load_files(
         .collect()
 }
 
+/// The system's CA certificates (DER), as `rustls-native-certs` reads them (`SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`, else the distribution's bundle and directory).
+pub(super) type SystemRoots = Arc<Vec<Vec<u8>>>;
+
+/// The system's CA certificates, read once per process, when the first registry client is made
+/// (so before an in-place build replaces `/`). Every HTTPS client trusts exactly these plus the
+/// registry's own `--registry-certificate` files, which is what reqwest's platform verifier
+/// trusts on Linux; but that verifier reads the whole store again for every client made, a few
+/// milliseconds each, and a build makes several clients (two sides of each registry client)
+/// before its first request. Unreadable files are skipped with a warning, as the verifier
+/// skips them; when nothing can be read the list is empty and each client falls back to the
+/// platform verifier, which then fails as it always did.
+pub(super) fn system_roots() -> SystemRoots {
+    static ROOTS: OnceLock<SystemRoots> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            for error in &loaded.errors {
+                tracing::warn!("reading the system's CA certificates: {error}");
+            }
+            Arc::new(loaded.certs.iter().map(|c| c.to_vec()).collect())
+        })
+        .clone()
+}
+
 /// One transport with `protocol`, `accept_invalid` and `files`.
 fn make(
     protocol: ClientProtocol,
     accept_invalid: bool,
     files: &TlsFiles,
 ) -> Result<Transport, RegistryError> {
+    let system = system_roots();
     let config = ClientConfig {
+        tls_certs_only: system
+            .iter()
+            .map(|der| Certificate {
+                encoding: CertificateEncoding::Der,
+                data: der.clone(),
+            })
+            .collect(),
         protocol: protocol.clone(),
         accept_invalid_certificates: accept_invalid,
         extra_root_certificates: files
@@ -240,7 +273,7 @@ fn make(
     let oci = Client::try_from(config).map_err(|e| RegistryError::Client {
         detail: e.to_string(),
     })?;
-    let http = bounded::Http::new(protocol, accept_invalid, files.clone());
+    let http = bounded::Http::new(protocol, accept_invalid, files.clone(), system);
     Ok(Transport { oci, http })
 }
 
