@@ -692,6 +692,57 @@ fn a_cache_miss_reads_the_base_manifest_once() {
     assert_eq!(proxy.count("GET", hex(&img.config_digest)), 1, "{seen:#?}");
 }
 
+/// A registry that asks for no authorization (`GET /v2/` answers 200 without a challenge) is
+/// asked so once per client, not before every request: a build pulling a base and pushing an
+/// image through the proxy sends `GET /v2/` at most once for each side (pull, push), however
+/// many manifests and blobs it reads and writes.
+#[test]
+fn an_open_registry_is_asked_for_a_challenge_once_per_client() {
+    if !require_tools(&["docker-registry", "skopeo"])
+        || !kiln_testkit::require_root("kiln-executor builds need root")
+    {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::noise(tmp.path(), 5);
+    img.skopeo_push(tmp.path(), &format!("{}/base/open:v1", reg.addr));
+    let proxy = FaultProxy::start(&reg.addr, vec![]);
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base/open:v1\nCOPY Dockerfile /built\nCOPY Dockerfile /again\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+        .arg("--context")
+        .arg(format!("dir://{}", ctx.display()))
+        .args(["--insecure", "--insecure-pull"])
+        .args(["--destination", &format!("{}/team/open:v1", proxy.addr)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let seen = proxy.seen();
+    let pings = seen
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == "/v2/")
+        .count();
+    let others = seen.len() - pings;
+    assert!(
+        others >= 8,
+        "fewer requests than the build needs: {seen:#?}"
+    );
+    assert!(
+        (1..=2).contains(&pings),
+        "{pings} GET /v2/ for {others} other requests: {seen:#?}"
+    );
+}
+
 /// How many bytes the registry holds of the unfinished uploads to `repo` (its filesystem
 /// driver's `_uploads/*/data` files).
 fn uploaded_so_far(reg: &TestRegistry, repo: &str) -> u64 {

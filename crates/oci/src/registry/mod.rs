@@ -375,15 +375,25 @@ impl Registry {
         })
     }
 
-    /// Hands the credentials for `r`'s registry to the client. oci-client then runs the
-    /// token or basic flow on each request and caches tokens per repository and operation;
-    /// a failed token request surfaces as a 401 on the request itself, classified there.
-    async fn prepare(&self, client: &Client, r: &Reference) -> Result<(), RegistryError> {
+    /// The client for `r` on `side`, with the credentials for `r`'s registry handed to it.
+    /// oci-client then runs the token or basic flow on each request and caches tokens per
+    /// repository and operation; a failed token request surfaces as a 401 on the request
+    /// itself, classified there. An open registry reached anonymously gets no credentials at
+    /// all (see [`bounded::Http::open`]), so oci-client sends its requests without asking
+    /// `/v2/` for a challenge first.
+    async fn prepared(&self, r: &Reference, side: Side) -> Result<&Client, RegistryError> {
+        let transport = self.transport_for(r, side).await?;
         let auth = self.registry_auth(r).await?;
-        client
+        if matches!(auth, RegistryAuth::Anonymous)
+            && transport.http.open(r.resolve_registry()).await
+        {
+            return Ok(&transport.oci);
+        }
+        transport
+            .oci
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
-        Ok(())
+        Ok(&transport.oci)
     }
 
     fn ctx<'a>(&'a self, ep: &'a Reference, reference: &'a str, what: &'a str) -> ErrorContext<'a> {

@@ -155,8 +155,7 @@ impl Registry {
         side: Side,
         wanted: &Platform,
     ) -> Result<PlatformManifest, RegistryError> {
-        let client = self.client_for(ep, side).await?;
-        self.prepare(client, ep).await?;
+        self.prepared(ep, side).await?;
         let (mut bytes, mut digest) = self.fetch_manifest(ep, normalized, side).await?;
         let mut media_type = sniff_media_type(&bytes);
         let mut index_digest = None;
@@ -350,8 +349,7 @@ impl Registry {
         dest: &Path,
         side: Side,
     ) -> Result<u64, RegistryError> {
-        let client = self.client_for(ep, side).await?;
-        self.prepare(client, ep).await?;
+        let client = self.prepared(ep, side).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
         let dir = match dest.parent() {
@@ -483,8 +481,7 @@ impl Registry {
     pub async fn blob_exists(&self, reference: &str, digest: &str) -> Result<bool, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r, self.side(&r, Direction::Pull)).await?;
-        self.prepare(client, &r).await?;
+        let client = self.prepared(&r, self.side(&r, Direction::Pull)).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);
         self.retrying(Direction::Pull, &ctx, || async {

@@ -75,8 +75,7 @@ impl Registry {
                 });
             }
         }
-        let client = self.client_for(&r, Side::Push).await?;
-        self.prepare(client, &r).await?;
+        let client = self.prepared(&r, Side::Push).await?;
 
         // Any failure here returns before the manifest is sent; the blobs still in flight
         // are dropped with the stream.
@@ -154,8 +153,7 @@ impl Registry {
     pub async fn push_blob_ahead(&self, reference: &str, blob: &Blob) -> Result<(), RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r, Side::Push).await?;
-        self.prepare(client, &r).await?;
+        let client = self.prepared(&r, Side::Push).await?;
         self.push_blob(client, &r, &normalized, blob)
             .await
             .map(|_| ())
@@ -175,8 +173,7 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
-        let client = self.client_for(&r, Side::Push).await?;
-        self.prepare(client, &r).await?;
+        let client = self.prepared(&r, Side::Push).await?;
         let path = progress
             .borrow()
             .path
