@@ -107,6 +107,8 @@
 #                                                script reads it
 #   KILN_BENCH_WORK                    allowed   benchmarks only (scripts/bench.sh)
 #   KILN_BENCH_KILN_DIR                allowed   benchmarks only (scripts/bench.sh)
+#   KILN_BENCH_FRESH_FS                allowed   benchmarks only (scripts/bench.sh)
+#   KILN_BENCH_FS_SIZE                 allowed   benchmarks only (scripts/bench.sh)
 #   KILN_BENCH_APT_RATE                allowed   benchmarks only (scripts/bench-mount-cache.sh)
 #   KILN_BENCH_APT_PACKAGES            allowed   benchmarks only (scripts/bench-mount-cache.sh)
 #   KILN_BENCH_APT_MB                  allowed   benchmarks only (scripts/bench-mount-cache.sh)

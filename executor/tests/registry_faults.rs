@@ -645,43 +645,61 @@ fn base_layers_pushed_to_their_own_registry_are_mounted_not_uploaded() {
     assert!(raw.contains(&base_layer), "{raw}");
 }
 
-/// A `--cache` build whose step misses reads the base's manifest and config once: the skip-base
-/// decision reads them to work out the cache keys, and the build that then needs the base's
-/// layers uses what it read (the tag is resolved once per build).
-#[test]
-fn a_cache_miss_reads_the_base_manifest_once() {
+/// A base image (`TestImage::noise`) pushed as `base/NAME:v1` to a registry of its own, and one
+/// kiln-executor build through a fault-free proxy of `FROM <base>` plus `steps`, with `flags`
+/// (`{proxy}` in a flag is the proxy's address). Returns the proxy (what it saw), the base and
+/// the build's log; `None` when a tool is missing.
+fn build_through_proxy(
+    name: &str,
+    steps: &str,
+    flags: &[&str],
+) -> Option<(FaultProxy, TestImage, String)> {
     if !require_tools(&["docker-registry", "skopeo"])
         || !kiln_testkit::require_root("kiln-executor builds need root")
     {
-        return;
+        return None;
     }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let img = TestImage::noise(tmp.path(), 3);
-    img.skopeo_push(tmp.path(), &format!("{}/base/once:v1", reg.addr));
+    img.skopeo_push(tmp.path(), &format!("{}/base/{name}:v1", reg.addr));
     let proxy = FaultProxy::start(&reg.addr, vec![]);
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        format!("FROM {}/base/once:v1\nCOPY Dockerfile /built\n", proxy.addr),
+        format!("FROM {}/base/{name}:v1\n{steps}", proxy.addr),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
         .arg("--context")
         .arg(format!("dir://{}", ctx.display()))
-        .args([
-            "--insecure",
-            "--insecure-pull",
-            "--cache",
-            "--cache-copy-layers",
-        ])
-        .args(["--cache-repo", &format!("{}/team/cache", proxy.addr)])
-        .args(["--destination", &format!("{}/team/app:v1", proxy.addr)])
+        .args(["--insecure", "--insecure-pull"])
+        .args(flags.iter().map(|f| f.replace("{proxy}", &proxy.addr)))
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{err}");
+    Some((proxy, img, err))
+}
+
+/// A `--cache` build whose step misses reads the base's manifest and config once: the skip-base
+/// decision reads them to work out the cache keys, and the build that then needs the base's
+/// layers uses what it read (the tag is resolved once per build).
+#[test]
+fn a_cache_miss_reads_the_base_manifest_once() {
+    let Some((proxy, img, err)) = build_through_proxy(
+        "once",
+        "COPY Dockerfile /built\n",
+        &[
+            "--cache",
+            "--cache-copy-layers",
+            "--cache-repo={proxy}/team/cache",
+            "--destination={proxy}/team/app:v1",
+        ],
+    ) else {
+        return;
+    };
     assert!(err.contains("cache: 0 hits, 1 misses"), "{err}");
     let seen = proxy.seen();
     assert_eq!(
@@ -698,35 +716,13 @@ fn a_cache_miss_reads_the_base_manifest_once() {
 /// many manifests and blobs it reads and writes.
 #[test]
 fn an_open_registry_is_asked_for_a_challenge_once_per_client() {
-    if !require_tools(&["docker-registry", "skopeo"])
-        || !kiln_testkit::require_root("kiln-executor builds need root")
-    {
+    let Some((proxy, _, _)) = build_through_proxy(
+        "open",
+        "COPY Dockerfile /built\nCOPY Dockerfile /again\n",
+        &["--destination={proxy}/team/open:v1"],
+    ) else {
         return;
-    }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let img = TestImage::noise(tmp.path(), 5);
-    img.skopeo_push(tmp.path(), &format!("{}/base/open:v1", reg.addr));
-    let proxy = FaultProxy::start(&reg.addr, vec![]);
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/base/open:v1\nCOPY Dockerfile /built\nCOPY Dockerfile /again\n",
-            proxy.addr
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
-        .arg("--context")
-        .arg(format!("dir://{}", ctx.display()))
-        .args(["--insecure", "--insecure-pull"])
-        .args(["--destination", &format!("{}/team/open:v1", proxy.addr)])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    };
     let seen = proxy.seen();
     let pings = seen
         .iter()
