@@ -20,6 +20,8 @@ use super::error::{Attempt, ErrorContext};
 use super::transport::{SystemRoots, TlsFiles};
 use super::{Reference, Registry, RegistryError, Transport};
 
+/// How long [`Http::open`] waits for a registry's `GET /v2/`.
+const OPEN_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a failed request's body is read for its error message.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// How long a token obtained for bounded reads is reused: the distribution spec makes tokens
@@ -82,14 +84,16 @@ impl Http {
                 let Ok(client) = self.client() else {
                     return false;
                 };
-                match client.get(&url).send().await {
-                    Ok(response) => {
+                // A bounded wait: an answer that does not come means "not open", and the
+                // requests that follow report what is wrong as they always did.
+                match tokio::time::timeout(OPEN_PROBE_TIMEOUT, client.get(&url).send()).await {
+                    Ok(Ok(response)) => {
                         response.status() == reqwest::StatusCode::OK
                             && !response
                                 .headers()
                                 .contains_key(reqwest::header::WWW_AUTHENTICATE)
                     }
-                    Err(_) => false,
+                    Ok(Err(_)) | Err(_) => false,
                 }
             })
             .await
