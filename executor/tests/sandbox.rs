@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_executor::run::{
-    maybe_run_init, run_with, Isolation, Network, RunOptions, RunSpec, CGROUP_PREFIX, PIDS_MAX,
+    maybe_run_init, release_spares, run_with, spare_count, Isolation, Network, RunOptions, RunSpec,
+    CGROUP_PREFIX, PIDS_MAX,
 };
 
 /// Docker's default capability set, as `CapBnd` shows it in a container.
@@ -64,6 +65,10 @@ fn main() {
         ("sandbox_kernel_tunables_are_read_only", kernel_tunables),
         ("sandbox_host_processes_are_invisible", host_processes),
         ("sandbox_fork_bomb_is_bounded", fork_bomb),
+        (
+            "sandbox_prepared_init_is_bounded_and_released",
+            prepared_init,
+        ),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, case) in cases {
@@ -598,6 +603,44 @@ fn fork_bomb(root: &Root) -> Result<Outcome, String> {
         let why = "this machine has no writable pids cgroup controller";
         return Ok(Outcome::Skipped(why.into()));
     };
+    fork_bomb_fails(root, &dir)?;
+    // The step ended and its processes with it: a normal step runs again right away.
+    root.sh("true")?;
+    Ok(Outcome::Passed)
+}
+
+/// A step whose init was started during the step before (a stage with RUN after RUN) is in a
+/// cgroup of its own with the same limit, and a spare no step takes ends with the build,
+/// cgroup and all (the harness checks no step cgroup is left).
+fn prepared_init(root: &Root) -> Result<Outcome, String> {
+    let Some(dir) = pids_hierarchy() else {
+        let why = "this machine has no writable pids cgroup controller";
+        return Ok(Outcome::Skipped(why.into()));
+    };
+    let ahead = RunOptions {
+        prepare_next: true,
+        ..Default::default()
+    };
+    run_with(&root.spec(&["sh", "-c", "true"]), &ahead).map_err(|e| e.to_string())?;
+    expect_eq(
+        "spares after a step that prepares the next",
+        spare_count(),
+        1,
+    )?;
+    // The next step takes the spare.
+    fork_bomb_fails(root, &dir)?;
+    expect_eq("spares after the step that took it", spare_count(), 0)?;
+    run_with(&root.spec(&["sh", "-c", "echo ran > /out/ran"]), &ahead)
+        .map_err(|e| e.to_string())?;
+    expect_eq("step output", root.out("ran")?.as_str(), "ran")?;
+    expect_eq("spares before the release", spare_count(), 1)?;
+    release_spares();
+    expect_eq("spares after the release", spare_count(), 0)?;
+    Ok(Outcome::Passed)
+}
+
+/// Run a fork bomb of more than [`PIDS_MAX`] processes; it must stop at the limit.
+fn fork_bomb_fails(root: &Root, dir: &Path) -> Result<(), String> {
     // Bounded: at most a few hundred past the limit even if the limit is missing.
     let max = (PIDS_MAX + 500).to_string();
     let r = root.probe(&["forks", &max])?;
@@ -616,7 +659,5 @@ fn fork_bomb(root: &Root) -> Result<Outcome, String> {
             "{forked} processes forked past the limit of {PIDS_MAX}"
         ));
     }
-    // The step ended and its processes with it: a normal step runs again right away.
-    root.sh("true")?;
-    Ok(Outcome::Passed)
+    Ok(())
 }

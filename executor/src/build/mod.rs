@@ -82,6 +82,8 @@ pub fn run_build(opts: &Options) -> Result<BuildResult, BuildError> {
 
 /// Build what `req` describes and write it to every output.
 pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
+    // RUN steps start the next step's sandbox ahead; what no step took ends with the build.
+    let _spares = crate::run::SparesReleased;
     if req.platforms.len() > 1 {
         return multi::build_platforms(req);
     }

@@ -123,6 +123,9 @@ impl Builder<'_> {
                 None => None,
             };
             state.run_mounts = self.step_mounts(&mount_roots);
+            state.run_follows = plan.steps[n + 1..]
+                .iter()
+                .any(|s| matches!(s.located.instruction, kiln_dockerfile::Instruction::Run(_)));
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
                 .map_err(|source| BuildError::Step {
@@ -336,6 +339,7 @@ impl Builder<'_> {
             run_mounts: self.run_mounts.clone(),
             entitlements: self.req.entitlements,
             emulator: None,
+            run_follows: false,
         };
         state.config.created = None;
         // BuildKit and buildah give every image without a PATH the default one.

@@ -208,6 +208,7 @@ mod tests {
             run_mounts: Default::default(),
             entitlements: Default::default(),
             emulator: None,
+            run_follows: false,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct StageState {
     /// How RUN steps of this stage's foreign platform are emulated (`None`: native, or a host
     /// handler does it).
     pub emulator: Option<crate::run::emulation::BinfmtEntry>,
+    /// A later step of this stage is a `RUN`: the sandbox of the next one may be prepared while
+    /// this step runs (set by the builder before each step).
+    pub run_follows: bool,
 }
 
 /// Sources COPY/ADD can read from, resolved by the builder before the command runs.
@@ -332,6 +335,7 @@ pub(crate) mod test_support {
             run_mounts: Default::default(),
             entitlements: Default::default(),
             emulator: None,
+            run_follows: false,
         }
     }
 }

@@ -249,6 +249,7 @@ fn execute(args: &RunArgs, state: &mut StageState) -> Result<Outcome, CommandErr
         security,
         mounts: mounts.mounts.clone(),
         emulator: state.emulator.clone(),
+        prepare_next: state.run_follows,
     };
     let result = run_with(&spec, &options);
     drop(mounts);

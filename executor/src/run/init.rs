@@ -16,7 +16,10 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{chdir, execve, fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
 
-use super::{inpod, sandbox, ChrootPlan, FailureKind, InitFailure, InitPlan, HELLO, STATUS_FD_ENV};
+use super::{
+    inpod, sandbox, ChrootPlan, FailureKind, InitFailure, InitPlan, CGROUP_PROCS_ENV, HELLO,
+    STATUS_FD_ENV,
+};
 
 /// Exit code when the init fails before `exec`; the real reason travels on the status pipe.
 const SETUP_FAILED: i32 = 125;
@@ -56,8 +59,22 @@ pub(super) fn main() -> i32 {
     if writeln!(status, "{HELLO}").is_err() {
         return SETUP_FAILED;
     }
+    // A sandboxed step's init joins the step's cgroup first, before its plan may even exist
+    // (see `pending`), and before any fork, so every process of the step is counted.
+    if let Some(procs) = std::env::var_os(CGROUP_PROCS_ENV) {
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            let what = format!(
+                "joining the step cgroup ({})",
+                std::path::Path::new(&procs).display()
+            );
+            report(&mut status, fail(FailureKind::Setup, what, io_errno(&e)));
+            return SETUP_FAILED;
+        }
+    }
     let plan = match read_plan() {
-        Ok(plan) => plan,
+        // A spare init no step took: end-of-file before any plan.
+        Ok(None) => return 0,
+        Ok(Some(plan)) => plan,
         Err(e) => {
             report(
                 &mut status,
@@ -108,13 +125,16 @@ fn status_pipe() -> Option<File> {
 }
 
 /// Read the JSON plan from stdin, then give the command an empty stdin as `RUN` has in Docker.
-fn read_plan() -> std::io::Result<InitPlan> {
+fn read_plan() -> std::io::Result<Option<InitPlan>> {
     let mut buf = Vec::new();
     std::io::stdin().lock().read_to_end(&mut buf)?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let plan = serde_json::from_slice(&buf).map_err(std::io::Error::other)?;
     let null = File::open("/dev/null")?;
     nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0).map_err(std::io::Error::from)?;
-    Ok(plan)
+    Ok(Some(plan))
 }
 
 fn report(status: &mut File, failure: Failure) {

@@ -29,7 +29,9 @@
 //!
 //! # The sandbox (chroot mode)
 //!
-//! Per step: its own cgroup with a `pids.max` limit where the machine allows ([`cgroup`]); new
+//! Per step: its own cgroup with a `pids.max` limit where the machine allows ([`cgroup`]), joined
+//! by the init before it reads its plan, so that the next step's init can be started during this
+//! step ([`pending`]); new
 //! mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with only loopback for
 //! `--network=none` (the host's network otherwise); the root bound `nodev` and entered with
 //! `pivot_root`, the old root detached; runc's masked and read-only `/proc` and `/sys` paths and a
@@ -53,6 +55,7 @@ mod init;
 mod inpod;
 mod mountpoints;
 mod mounts;
+mod pending;
 mod sandbox;
 mod seccomp;
 pub mod users;
@@ -61,12 +64,9 @@ pub mod users;
 pub(crate) use caps::{drop_effective_on_this_thread, CAP_MKNOD};
 pub use cgroup::{CGROUP_PREFIX, PIDS_MAX};
 pub use inpod::{prepare_in_place, InPlaceNamespaces};
+pub use pending::{release_spares, spare_count, SparesReleased};
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const STATUS_FD_ENV: &str = "KILN_RUN_STATUS_FD";
 /// First line the init writes on the status pipe, proving `main()` handed over to it.
 const HELLO: &str = "kiln-run-init v1";
+/// Environment variable naming the `cgroup.procs` file the init joins before it reads its plan.
+const CGROUP_PROCS_ENV: &str = "KILN_RUN_CGROUP_PROCS";
 
 /// How a `RUN` command is isolated from the machine running the executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +153,9 @@ pub struct RunOptions {
     /// A foreign platform's emulator, registered in a `binfmt_misc` of the step's own user
     /// namespace (chroot mode only; see [`emulation`]).
     pub emulator: Option<emulation::BinfmtEntry>,
+    /// Another sandboxed step is expected after this one: start its init (and its cgroup) while
+    /// this one runs (see [`pending`]). Chroot mode only.
+    pub prepare_next: bool,
 }
 
 /// A mount of `RUN --mount`, made in the step's mount namespace on a mount point that is
@@ -278,8 +283,6 @@ struct ChrootPlan {
     /// Host paths, already resolved inside the root and existing.
     mounts: Vec<MountOp>,
     network: Network,
-    /// `cgroup.procs` of the step's cgroup, which the init joins; `None` without a pids limit.
-    cgroup_procs: Option<PathBuf>,
     /// Register this emulator in a `binfmt_misc` of the step's own user namespace.
     #[serde(default)]
     emulator: Option<emulation::BinfmtEntry>,
@@ -364,10 +367,19 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     // Mount points are made from here, in the host's mount namespace, so that they can be
     // removed after the namespace (and every mount in it) is gone.
     let mut points = mountpoints::MountPoints::default();
-    // Removed when dropped, after the init (and so every process of the step) has ended.
-    let step_cgroup = match spec.isolation {
+    // A sandboxed step's init, already in the step's own cgroup (removed when the init is
+    // dropped, after it and so every process of the step has ended): a spare started during
+    // the step before, or one started now.
+    let program = init_program();
+    let init = match spec.isolation {
         Isolation::InPlace => None,
-        Isolation::Chroot => cgroup::StepCgroup::create(),
+        Isolation::Chroot => match pending::take_spare(&program) {
+            Some(spare) => Some(spare),
+            None => Some(pending::Pending::start(
+                &program,
+                cgroup::StepCgroup::create(),
+            )?),
+        },
     };
     let chroot = match spec.isolation {
         Isolation::InPlace => None,
@@ -376,7 +388,6 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
                 root: spec.root.clone(),
                 mounts: mountpoints,
                 network: options.network,
-                cgroup_procs: step_cgroup.as_ref().map(cgroup::StepCgroup::procs_file),
                 emulator: options.emulator.clone(),
             }),
             Err(e) => {
@@ -414,8 +425,15 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
         gid: user.gid,
         groups: user.additional_gids,
     };
-    let result = spawn_init(&init_program(), &plan);
-    drop(step_cgroup);
+    let result = match init {
+        Some(init) => {
+            if options.prepare_next {
+                pending::prepare_spare(&program);
+            }
+            init.finish(&plan)
+        }
+        None => spawn_init(&program, &plan),
+    };
     points.cleanup();
     result
 }
@@ -527,65 +545,7 @@ impl StepMountKind {
 }
 
 fn spawn_init(program: &Path, plan: &InitPlan) -> Result<(), RunError> {
-    let program = program.to_path_buf();
-    let helper_err = |source| RunError::Helper {
-        program: program.clone(),
-        source,
-    };
-    let payload = serde_json::to_vec(plan).map_err(|e| helper_err(std::io::Error::other(e)))?;
-    let (status_read, status_write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| helper_err(e.into()))?;
-    let write_fd = status_write.as_raw_fd();
-
-    let mut cmd = Command::new(&program);
-    cmd.arg(INIT_ARG)
-        .env_clear()
-        .env(STATUS_FD_ENV, write_fd.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
-    // the child's copy of the descriptor, so the pipe is inherited by this one child and no other
-    // process the executor spawns concurrently.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(write_fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(helper_err)?;
-    drop(status_write);
-
-    // The init reads its whole plan before doing anything, so this cannot deadlock on a full pipe.
-    if let Some(mut stdin) = child.stdin.take() {
-        // A failed write means the init died early; its status below tells why.
-        let _ = stdin.write_all(&payload);
-    }
-    let mut report = String::new();
-    let read_result = std::fs::File::from(status_read).read_to_string(&mut report);
-    let status = child.wait().map_err(helper_err)?;
-    read_result.map_err(helper_err)?;
-
-    let mut lines = report.lines();
-    if lines.next() != Some(HELLO) {
-        return Err(RunError::InitMissing { program });
-    }
-    if let Some(line) = lines.next() {
-        let failure: InitFailure = serde_json::from_str(line).map_err(|e| {
-            helper_err(std::io::Error::other(format!(
-                "unreadable report {line:?}: {e}"
-            )))
-        })?;
-        return Err(failure.into_error());
-    }
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(()),
-        (Some(code), _) => Err(RunError::Exit { code }),
-        (None, Some(signal)) => Err(RunError::Signal { signal }),
-        (None, None) => Err(RunError::Exit { code: -1 }),
-    }
+    pending::Pending::start(program, None)?.finish(plan)
 }
 
 /// Call first thing in `main()`: when this process was started as the run init, do that job and

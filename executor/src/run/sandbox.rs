@@ -20,20 +20,10 @@ use super::{caps, mounts, seccomp, ChrootPlan, FailureKind, Network};
 /// unchanged), and it tells nothing about the machine.
 pub(super) const HOSTNAME: &str = "localhost";
 
-/// In the init, before it forks: join the step's cgroup, then (for `--network=none`) a network
+/// In the init, before it forks (it joined the step's cgroup already): for `--network=none` a network
 /// namespace with only loopback, then new mount, PID, IPC, UTS and cgroup namespaces. The mount
 /// namespace is made private first, so no mount of the step ever propagates to the host.
 pub(super) fn enter_namespaces(plan: &ChrootPlan) -> Result<(), Failure> {
-    if let Some(procs) = &plan.cgroup_procs {
-        // Before the fork, so every process of the step is counted against pids.max.
-        std::fs::write(procs, std::process::id().to_string()).map_err(|e| {
-            fail(
-                FailureKind::Setup,
-                format!("joining the step cgroup ({})", procs.display()),
-                io_errno(&e),
-            )
-        })?;
-    }
     if plan.network == Network::None {
         enter_loopback_network()?;
     }
