@@ -6,6 +6,10 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use crate::fsutil::resolve_in_root;
 
@@ -89,17 +93,35 @@ impl Keep {
     }
 }
 
-/// Remove everything under `root` that `keep` does not name. Returns how many entries went.
+/// Remove everything under `root` that `keep` does not name, at once. Returns how many entries
+/// went.
 pub fn prune(root: &Path, keep: &Keep) -> io::Result<u64> {
+    prune_with(root, keep, &mut |path, is_dir| remove(path, is_dir))
+}
+
+/// [`prune`], handing every entry that goes to `trash` (moved aside now, removed on its
+/// thread) instead of removing it before returning.
+pub fn prune_into(root: &Path, keep: &Keep, trash: &Trash) -> io::Result<u64> {
+    prune_with(root, keep, &mut |path, is_dir| trash.discard(path, is_dir))
+}
+
+type Dispose<'a> = dyn FnMut(&Path, bool) -> io::Result<()> + 'a;
+
+fn prune_with(root: &Path, keep: &Keep, dispose: &mut Dispose<'_>) -> io::Result<u64> {
     if root == Path::new("/") {
         return Err(io::Error::other("refusing to prune /"));
     }
     let mut removed = 0;
-    prune_dir(root, keep, &mut removed)?;
+    prune_dir(root, keep, dispose, &mut removed)?;
     Ok(removed)
 }
 
-fn prune_dir(dir: &Path, keep: &Keep, removed: &mut u64) -> io::Result<()> {
+fn prune_dir(
+    dir: &Path,
+    keep: &Keep,
+    dispose: &mut Dispose<'_>,
+    removed: &mut u64,
+) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -109,18 +131,122 @@ fn prune_dir(dir: &Path, keep: &Keep, removed: &mut u64) -> io::Result<()> {
         let file_type = entry.file_type()?;
         if keep.on_the_way(&path) {
             if file_type.is_dir() {
-                prune_dir(&path, keep, removed)?;
+                prune_dir(&path, keep, dispose, removed)?;
             }
             continue;
         }
-        if file_type.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+        dispose(&path, file_type.is_dir())?;
         *removed += 1;
     }
     Ok(())
+}
+
+fn remove(path: &Path, is_dir: bool) -> io::Result<()> {
+    if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Threads of finished builds still emptying a trash under a `--kiln-dir` (see [`Trash`]).
+static DETACHED: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Wait for the trash threads of earlier builds in this process: before a build clears a
+/// `--kiln-dir` they may still be emptying.
+pub fn wait_detached() {
+    let threads = std::mem::take(&mut *DETACHED.lock().unwrap_or_else(PoisonError::into_inner));
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+/// What pruning takes out of stage roots: each entry is renamed into a directory of the build's
+/// own (one `rename`, however big the tree) and removed there by a helper thread, so the stages
+/// waiting for a pruned one start at once instead of after thousands of unlinks. An entry that
+/// cannot be moved there (another filesystem) is removed at once.
+///
+/// Dropped at the end of a build: it then waits for the thread, unless the work directory is
+/// kept (`--kiln-dir`), where the thread goes on while the build reports its result, the next
+/// build in the process waits for it ([`wait_detached`]) and a new process clears what an
+/// ended one left with the rest of the directory.
+pub struct Trash {
+    dir: PathBuf,
+    queue: Mutex<Option<Sender<(PathBuf, bool)>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    moved: AtomicU64,
+    detach: bool,
+}
+
+impl Trash {
+    /// A trash in `dir` (made when first used), on the same filesystem as the stage roots.
+    pub fn new(dir: PathBuf, detach: bool) -> Trash {
+        Trash {
+            dir,
+            queue: Mutex::new(None),
+            thread: Mutex::new(None),
+            moved: AtomicU64::new(0),
+            detach,
+        }
+    }
+
+    /// Move `path` into the trash and have it removed there; remove it now where it cannot be
+    /// moved.
+    pub fn discard(&self, path: &Path, is_dir: bool) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let n = self.moved.fetch_add(1, Ordering::Relaxed);
+        let aside = self.dir.join(n.to_string());
+        if std::fs::rename(path, &aside).is_err() {
+            return remove(path, is_dir);
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, bool)>();
+            let thread = std::thread::Builder::new()
+                .name("kiln-trash".into())
+                .spawn(move || {
+                    for (path, is_dir) in rx {
+                        if let Err(e) = remove(&path, is_dir) {
+                            tracing::debug!("removing {}: {e}", path.display());
+                        }
+                    }
+                })?;
+            *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+            *queue = Some(tx);
+        }
+        if let Some(tx) = queue.as_ref() {
+            let _ = tx.send((aside, is_dir));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Trash {
+    fn drop(&mut self) {
+        // The thread ends once the queue is closed and empty.
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        if self.detach {
+            DETACHED
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(thread);
+        } else {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +327,42 @@ mod tests {
         assert!(root.join("opt/other/x").is_file());
         assert!(std::fs::symlink_metadata(root.join("srv")).is_err());
         assert!(std::fs::symlink_metadata(root.join("opt/lib")).is_err());
+    }
+
+    /// Pruning into a trash leaves the root as pruning at once does; the trash is empty once it
+    /// is dropped (waiting), or once a later build waits for it (kept work directory).
+    #[test]
+    fn pruned_entries_go_through_the_trash() {
+        for detach in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            for d in ["keep", "big/a/b", "other"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            for n in 0..200 {
+                std::fs::write(root.join(format!("big/a/b/{n}")), "x").unwrap();
+            }
+            std::fs::write(root.join("keep/f"), "kept").unwrap();
+            std::fs::write(root.join("loose"), "x").unwrap();
+            symlink("/big", root.join("link")).unwrap();
+            let keep = Keep::for_sources(&root, &["/keep/f".into()]).unwrap();
+            let trash_dir = dir.path().join("trash");
+            let trash = Trash::new(trash_dir.clone(), detach);
+            assert_eq!(prune_into(&root, &keep, &trash).unwrap(), 4);
+            let left: BTreeSet<_> = std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, BTreeSet::from(["keep".into()]));
+            assert_eq!(
+                std::fs::read_to_string(root.join("keep/f")).unwrap(),
+                "kept"
+            );
+            drop(trash);
+            if detach {
+                wait_detached();
+            }
+            assert_eq!(std::fs::read_dir(&trash_dir).unwrap().count(), 0);
+        }
     }
 }

@@ -88,6 +88,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         return multi::build_platforms(req);
     }
     let (work_dir, _temp_guard) = work_dir(req)?;
+    // Dropped before the guard: waits for its thread unless the work directory is kept.
+    let trash = Arc::new(crate::stage_files::Trash::new(
+        work_dir.join("trash"),
+        _temp_guard.is_none() && !req.index_member,
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,6 +222,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         publisher: Publisher::new(req, registry.clone(), &runtime),
         ignore: ignore.clone(),
         run_mounts: run_mounts.clone(),
+        trash: trash.clone(),
         built: HashMap::new(),
         stage_keys: HashMap::new(),
         stop: None,
@@ -283,6 +289,8 @@ struct Builder<'a> {
     /// What `RUN --mount` reads.
     run_mounts: Arc<crate::run_mounts::MountEnv>,
     ignore: IgnorePaths,
+    /// Where pruned stage files go to be removed off the build's path.
+    trash: Arc<crate::stage_files::Trash>,
     built: HashMap<usize, BuiltStage>,
     /// The last step key of every built stage (the base identity of stages built FROM it).
     stage_keys: HashMap<usize, String>,
@@ -485,6 +493,8 @@ fn explicit_kiln_dir(req: &BuildRequest) -> Option<PathBuf> {
 
 /// `dir`, emptied (or made).
 fn fresh_dir(dir: &Path) -> Result<PathBuf, BuildError> {
+    // An earlier build in this process may still be emptying its trash there.
+    crate::stage_files::wait_detached();
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io_err(format!("clearing {}", dir.display())))?;
     }

@@ -415,10 +415,9 @@ impl Builder<'_> {
         let keep = crate::stage_files::Keep::for_sources(root, &sources).map_err(io_err(
             format!("planning what to keep of stage {}", index + 1),
         ))?;
-        let removed = crate::stage_files::prune(root, &keep).map_err(io_err(format!(
-            "pruning stage {} to what later stages copy",
-            index + 1
-        )))?;
+        let removed = crate::stage_files::prune_into(root, &keep, &self.trash).map_err(io_err(
+            format!("pruning stage {} to what later stages copy", index + 1),
+        ))?;
         info!(
             "stage {}: kept the {} path(s) later stages copy, removed {removed} other entries",
             index + 1,
