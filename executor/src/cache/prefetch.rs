@@ -25,6 +25,12 @@ pub trait LookupSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<CacheHit>, LayerCacheError>> + Send;
     /// Names the cache in warnings.
     fn describe(&self) -> String;
+    /// Start getting a hit's layer ready where the build will read it (a download from a
+    /// registry cache), so that the step finds it there. A failure is the step's to report
+    /// when it fetches the layer itself; nothing by default.
+    fn prepare(&self, _hit: &CacheHit) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 impl LookupSource for LayerCache {
@@ -37,6 +43,22 @@ impl LookupSource for LayerCache {
 
     fn describe(&self) -> String {
         LayerCache::describe(self)
+    }
+
+    /// A hit in a registry repository is downloaded with its lookup: the step that uses it
+    /// then unpacks at once, and the downloads of a stage's hits run at the same time as each
+    /// other and as the base image's. A layout repository's blobs are already files.
+    async fn prepare(&self, hit: &CacheHit) {
+        if !matches!(self.repo(), super::layer::CacheRepo::Registry(_)) {
+            return;
+        }
+        // The build's blob directory may not be made yet.
+        if let Some(dir) = hit.layer.as_ref().and_then(|l| l.path.parent()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = self.fetch(hit).await {
+            tracing::debug!("layer cache: downloading {} ahead failed: {e}", hit.key);
+        }
     }
 }
 
@@ -73,7 +95,11 @@ impl<S: LookupSource> Lookups<S> {
         let task = runtime.spawn(async move {
             // The semaphore is never closed, so this always yields a permit.
             let _slot = slots.acquire_owned().await;
-            source.lookup(&owned).await
+            let answer = source.lookup(&owned).await;
+            if let Ok(Some(hit)) = &answer {
+                source.prepare(hit).await;
+            }
+            answer
         });
         self.pending.insert(key.to_string(), task);
     }
@@ -127,6 +153,8 @@ mod tests {
         calls: Mutex<Vec<String>>,
         running: AtomicUsize,
         most: AtomicUsize,
+        /// Hits made ready ([`LookupSource::prepare`]), each after a delay.
+        prepared: Mutex<Vec<String>>,
     }
 
     impl LookupSource for Fake {
@@ -153,6 +181,11 @@ mod tests {
 
         fn describe(&self) -> String {
             "fake".into()
+        }
+
+        async fn prepare(&self, hit: &CacheHit) {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.prepared.lock().unwrap().push(hit.key.clone());
         }
     }
 
@@ -222,5 +255,23 @@ mod tests {
         calls.sort();
         assert_eq!(calls, vec!["fail-2", "hit-1", "miss-3"]);
         assert_eq!(lookups.in_flight(), 0);
+    }
+
+    /// A started lookup that hits also makes the hit ready (downloads its layer) before its
+    /// answer is taken; misses and failures prepare nothing, and a lookup on demand neither.
+    #[test]
+    fn a_hit_started_ahead_is_prepared_before_it_is_taken() {
+        let rt = runtime();
+        let fake = Arc::new(Fake::default());
+        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+        for k in ["hit-10", "miss-11", "fail-9"] {
+            lookups.start(&rt, k);
+        }
+        assert!(lookups.get(&rt, "hit-10").is_some());
+        assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
+        assert!(lookups.get(&rt, "miss-11").is_none());
+        assert!(lookups.get(&rt, "fail-9").is_none());
+        assert!(lookups.get(&rt, "hit-11").is_some());
+        assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
     }
 }
