@@ -150,6 +150,8 @@
 #                                                cluster e2e test
 #   KILN_RUN_STATUS_FD                 internal  set by kiln-executor for its RUN helper (started
 #                                                with a cleared environment)
+#   KILN_RUN_CGROUP_PROCS              internal  set by kiln-executor for its RUN helper: the step
+#                                                cgroup it joins first
 #   KILN_TEST_BARE_ARG                 internal  set by a unit test in executor/src/cli/tests.rs
 #   KILN_STAGES_TEST_BARE              internal  set by a unit test in crates/dockerfile/src/stages.rs
 #   KILN_STAGES_TEST_UNSET_X           internal  named by a unit test in crates/dockerfile/src/stages.rs
