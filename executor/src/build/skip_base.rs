@@ -70,6 +70,8 @@ impl Builder<'_> {
             }
         }
         let total = plan.steps.len();
+        // The layers stay in the cache repository (or are read from a layout below).
+        cache.drop_downloads();
         for (n, hit) in &hits {
             let text = &plan.steps[*n].text;
             cache.hits += 1;

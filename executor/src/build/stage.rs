@@ -381,7 +381,7 @@ impl Builder<'_> {
         root: &Path,
         layers: &mut Vec<LayerFile>,
     ) -> Result<String, BuildError> {
-        let (Some(layer), Some(cache)) = (&hit.layer, self.cache.as_ref()) else {
+        let (Some(layer), Some(cache)) = (&hit.layer, self.cache.as_mut()) else {
             return Ok("no changes".into());
         };
         let blob_dir = self.work_dir.join("blobs");

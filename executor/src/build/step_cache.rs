@@ -176,10 +176,12 @@ impl<'a> StepCache<'a> {
     }
 
     /// Make a hit's layer available as a verified file, at its path.
-    pub fn fetch(&self, hit: &CacheHit, action: &'static str) -> Result<(), BuildError> {
+    pub fn fetch(&mut self, hit: &CacheHit, action: &'static str) -> Result<(), BuildError> {
         let Some(layer) = &hit.layer else {
             return Ok(());
         };
+        // Downloaded with its lookup, perhaps still under way.
+        self.lookups.ready(self.runtime, &hit.key);
         self.runtime
             .block_on(self.cache.fetch(hit))
             .map_err(|source| BuildError::CachedLayer {
@@ -188,6 +190,11 @@ impl<'a> StepCache<'a> {
                 source: Box::new(source),
             })?;
         Ok(())
+    }
+
+    /// Stop the layer downloads started with the lookups: no step of the stage runs.
+    pub fn drop_downloads(&mut self) {
+        self.lookups.drop_downloads();
     }
 
     /// Where a hit's layer blob can be copied from by a push, for a registry cache repository.

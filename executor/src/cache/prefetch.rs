@@ -62,7 +62,12 @@ impl LookupSource for LayerCache {
     }
 }
 
-type Pending = JoinHandle<Result<Option<CacheHit>, LayerCacheError>>;
+/// A lookup's answer, and the download of its hit's layer when one was started.
+type Answer = (
+    Result<Option<CacheHit>, LayerCacheError>,
+    Option<JoinHandle<()>>,
+);
+type Pending = JoinHandle<Answer>;
 
 /// The lookups of one build: answered, in flight, or not asked yet.
 pub struct Lookups<S: LookupSource> {
@@ -71,6 +76,8 @@ pub struct Lookups<S: LookupSource> {
     /// Answers already taken by the build; a failed lookup is remembered as a miss.
     answered: HashMap<String, Option<CacheHit>>,
     pending: HashMap<String, Pending>,
+    /// Downloads of answered hits' layers, still running or not yet waited for.
+    downloads: HashMap<String, JoinHandle<()>>,
 }
 
 impl<S: LookupSource> Lookups<S> {
@@ -80,6 +87,7 @@ impl<S: LookupSource> Lookups<S> {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             answered: HashMap::new(),
             pending: HashMap::new(),
+            downloads: HashMap::new(),
         }
     }
 
@@ -93,13 +101,24 @@ impl<S: LookupSource> Lookups<S> {
         let slots = self.slots.clone();
         let owned = key.to_string();
         let task = runtime.spawn(async move {
-            // The semaphore is never closed, so this always yields a permit.
-            let _slot = slots.acquire_owned().await;
-            let answer = source.lookup(&owned).await;
-            if let Ok(Some(hit)) = &answer {
-                source.prepare(hit).await;
-            }
-            answer
+            let answer = {
+                // The semaphore is never closed, so this always yields a permit.
+                let _slot = slots.clone().acquire_owned().await;
+                source.lookup(&owned).await
+            };
+            // A hit's layer downloads on its own task: the answer does not wait for it (a
+            // build whose steps are all hits may never read the layers).
+            let download = match &answer {
+                Ok(Some(hit)) => {
+                    let hit = hit.clone();
+                    Some(tokio::spawn(async move {
+                        let _slot = slots.acquire_owned().await;
+                        source.prepare(&hit).await;
+                    }))
+                }
+                _ => None,
+            };
+            (answer, download)
         });
         self.pending.insert(key.to_string(), task);
     }
@@ -112,7 +131,12 @@ impl<S: LookupSource> Lookups<S> {
         }
         let answer = match self.pending.remove(key) {
             Some(task) => match runtime.block_on(task) {
-                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Ok((answer, download)) => {
+                    if let Some(download) = download {
+                        self.downloads.insert(key.to_string(), download);
+                    }
+                    answer.map_err(|e| e.to_string())
+                }
                 Err(e) => Err(format!(
                     "layer cache {}: the lookup task failed: {e}",
                     self.source.describe()
@@ -136,6 +160,23 @@ impl<S: LookupSource> Lookups<S> {
     /// How many lookups were started and not yet taken.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Wait for the download of `key`'s layer started with its lookup, if there is one (see
+    /// [`LookupSource::prepare`]); the caller then fetches the layer, which is there unless the
+    /// download failed.
+    pub fn ready(&mut self, runtime: &Runtime, key: &str) {
+        if let Some(download) = self.downloads.remove(key) {
+            let _ = runtime.block_on(download);
+        }
+    }
+
+    /// Stop the downloads no step will wait for (every step of a stage was a hit and its layers
+    /// are left in the cache repository).
+    pub fn drop_downloads(&mut self) {
+        for (_, download) in self.downloads.drain() {
+            download.abort();
+        }
     }
 }
 
@@ -257,8 +298,8 @@ mod tests {
         assert_eq!(lookups.in_flight(), 0);
     }
 
-    /// A started lookup that hits also makes the hit ready (downloads its layer) before its
-    /// answer is taken; misses and failures prepare nothing, and a lookup on demand neither.
+    /// A started lookup that hits also makes the hit ready (downloads its layer) on a task of
+    /// its own; misses and failures prepare nothing, and a lookup on demand neither.
     #[test]
     fn a_hit_started_ahead_is_prepared_before_it_is_taken() {
         let rt = runtime();
@@ -268,10 +309,29 @@ mod tests {
             lookups.start(&rt, k);
         }
         assert!(lookups.get(&rt, "hit-10").is_some());
+        // The answer does not wait for the download (30 ms); `ready` does.
+        assert!(fake.prepared.lock().unwrap().is_empty());
+        lookups.ready(&rt, "hit-10");
         assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
         assert!(lookups.get(&rt, "miss-11").is_none());
         assert!(lookups.get(&rt, "fail-9").is_none());
+        lookups.ready(&rt, "miss-11");
         assert!(lookups.get(&rt, "hit-11").is_some());
+        lookups.ready(&rt, "hit-11");
         assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
+    }
+
+    /// Downloads no step waits for are stopped.
+    #[test]
+    fn dropped_downloads_do_not_finish() {
+        let rt = runtime();
+        let fake = Arc::new(Fake::default());
+        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+        lookups.start(&rt, "hit-11");
+        assert!(lookups.get(&rt, "hit-11").is_some());
+        lookups.drop_downloads();
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(80)).await });
+        assert!(fake.prepared.lock().unwrap().is_empty());
+        lookups.ready(&rt, "hit-11");
     }
 }
