@@ -94,7 +94,9 @@ impl Keep {
 }
 
 /// Remove everything under `root` that `keep` does not name, at once. Returns how many entries
-/// went.
+/// went. The build prunes through a [`Trash`] ([`prune_into`]); the tests of what is kept use
+/// this.
+#[cfg(test)]
 pub fn prune(root: &Path, keep: &Keep) -> io::Result<u64> {
     prune_with(root, keep, &mut |path, is_dir| remove(path, is_dir))
 }
@@ -161,6 +163,9 @@ pub fn wait_detached() {
     }
 }
 
+/// An entry moved into the trash, and whether it is a directory.
+type Discarded = (PathBuf, bool);
+
 /// What pruning takes out of stage roots: each entry is renamed into a directory of the build's
 /// own (one `rename`, however big the tree) and removed there by a helper thread, so the stages
 /// waiting for a pruned one start at once instead of after thousands of unlinks. An entry that
@@ -172,8 +177,9 @@ pub fn wait_detached() {
 /// ended one left with the rest of the directory.
 pub struct Trash {
     dir: PathBuf,
-    queue: Mutex<Option<Sender<(PathBuf, bool)>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The queue to the removing thread and the thread, both made (with `dir`) when the first
+    /// entry is discarded.
+    worker: Mutex<Option<(Sender<Discarded>, JoinHandle<()>)>>,
     moved: AtomicU64,
     detach: bool,
 }
@@ -183,8 +189,7 @@ impl Trash {
     pub fn new(dir: PathBuf, detach: bool) -> Trash {
         Trash {
             dir,
-            queue: Mutex::new(None),
-            thread: Mutex::new(None),
+            worker: Mutex::new(None),
             moved: AtomicU64::new(0),
             detach,
         }
@@ -193,15 +198,10 @@ impl Trash {
     /// Move `path` into the trash and have it removed there; remove it now where it cannot be
     /// moved.
     pub fn discard(&self, path: &Path, is_dir: bool) -> io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let n = self.moved.fetch_add(1, Ordering::Relaxed);
-        let aside = self.dir.join(n.to_string());
-        if std::fs::rename(path, &aside).is_err() {
-            return remove(path, is_dir);
-        }
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, bool)>();
+        let mut worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if worker.is_none() {
+            std::fs::create_dir_all(&self.dir)?;
+            let (tx, rx) = std::sync::mpsc::channel::<Discarded>();
             let thread = std::thread::Builder::new()
                 .name("kiln-trash".into())
                 .spawn(move || {
@@ -211,10 +211,14 @@ impl Trash {
                         }
                     }
                 })?;
-            *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
-            *queue = Some(tx);
+            *worker = Some((tx, thread));
         }
-        if let Some(tx) = queue.as_ref() {
+        let n = self.moved.fetch_add(1, Ordering::Relaxed);
+        let aside = self.dir.join(n.to_string());
+        if std::fs::rename(path, &aside).is_err() {
+            return remove(path, is_dir);
+        }
+        if let Some((tx, _)) = worker.as_ref() {
             let _ = tx.send((aside, is_dir));
         }
         Ok(())
@@ -223,21 +227,16 @@ impl Trash {
 
 impl Drop for Trash {
     fn drop(&mut self) {
-        // The thread ends once the queue is closed and empty.
-        drop(
-            self.queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        let Some(thread) = self
-            .thread
+        let worker = self
+            .worker
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+            .take();
+        let Some((queue, thread)) = worker else {
             return;
         };
+        // The thread ends once the queue is closed and empty.
+        drop(queue);
         if self.detach {
             DETACHED
                 .lock()
