@@ -194,8 +194,19 @@ mod tests {
         calls: Mutex<Vec<String>>,
         running: AtomicUsize,
         most: AtomicUsize,
-        /// Hits made ready ([`LookupSource::prepare`]), each after a delay.
+        /// Hits made ready ([`LookupSource::prepare`]), each once the test opens `downloads`.
         prepared: Mutex<Vec<String>>,
+        /// Closed until the test opens it: a download cannot finish before then.
+        downloads: Gate,
+    }
+
+    /// A semaphore made with no permits.
+    struct Gate(tokio::sync::Semaphore);
+
+    impl Default for Gate {
+        fn default() -> Self {
+            Gate(tokio::sync::Semaphore::new(0))
+        }
     }
 
     impl LookupSource for Fake {
@@ -225,7 +236,8 @@ mod tests {
         }
 
         async fn prepare(&self, hit: &CacheHit) {
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            // The permit goes back when dropped: once open, every download passes.
+            let _open = self.downloads.0.acquire().await;
             self.prepared.lock().unwrap().push(hit.key.clone());
         }
     }
@@ -236,6 +248,13 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A runtime, the fake, and lookups on it with `concurrency`.
+    fn lookups(concurrency: usize) -> (Runtime, Arc<Fake>, Lookups<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let lookups = Lookups::new(fake.clone(), concurrency);
+        (runtime(), fake, lookups)
     }
 
     fn keys() -> Vec<String> {
@@ -250,9 +269,7 @@ mod tests {
 
     #[test]
     fn answers_match_their_keys_whatever_order_lookups_finish_in() {
-        let rt = runtime();
-        let fake = Arc::new(Fake::default());
-        let mut lookups = Lookups::new(fake.clone(), 4);
+        let (rt, fake, mut lookups) = lookups(4);
         let keys = keys();
         for k in &keys {
             lookups.start(&rt, k);
@@ -278,9 +295,7 @@ mod tests {
 
     #[test]
     fn each_key_is_looked_up_once_and_a_failure_stays_a_miss() {
-        let rt = runtime();
-        let fake = Arc::new(Fake::default());
-        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+        let (rt, fake, mut lookups) = lookups(LOOKUP_CONCURRENCY);
         lookups.start(&rt, "hit-1");
         lookups.start(&rt, "hit-1");
         lookups.start(&rt, "fail-2");
@@ -301,16 +316,15 @@ mod tests {
     /// A started lookup that hits also makes the hit ready (downloads its layer) on a task of
     /// its own; misses and failures prepare nothing, and a lookup on demand neither.
     #[test]
-    fn a_hit_started_ahead_is_prepared_before_it_is_taken() {
-        let rt = runtime();
-        let fake = Arc::new(Fake::default());
-        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+    fn a_hit_started_ahead_is_prepared_and_ready_waits_for_it() {
+        let (rt, fake, mut lookups) = lookups(LOOKUP_CONCURRENCY);
         for k in ["hit-10", "miss-11", "fail-9"] {
             lookups.start(&rt, k);
         }
+        // The answer does not wait for the download (still closed); `ready` does.
         assert!(lookups.get(&rt, "hit-10").is_some());
-        // The answer does not wait for the download (30 ms); `ready` does.
         assert!(fake.prepared.lock().unwrap().is_empty());
+        fake.downloads.0.add_permits(1);
         lookups.ready(&rt, "hit-10");
         assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
         assert!(lookups.get(&rt, "miss-11").is_none());
@@ -324,12 +338,12 @@ mod tests {
     /// Downloads no step waits for are stopped.
     #[test]
     fn dropped_downloads_do_not_finish() {
-        let rt = runtime();
-        let fake = Arc::new(Fake::default());
-        let mut lookups = Lookups::new(fake.clone(), LOOKUP_CONCURRENCY);
+        let (rt, fake, mut lookups) = lookups(LOOKUP_CONCURRENCY);
         lookups.start(&rt, "hit-11");
         assert!(lookups.get(&rt, "hit-11").is_some());
         lookups.drop_downloads();
+        // Opened after the drop: a download still running would finish now.
+        fake.downloads.0.add_permits(1);
         rt.block_on(async { tokio::time::sleep(Duration::from_millis(80)).await });
         assert!(fake.prepared.lock().unwrap().is_empty());
         lookups.ready(&rt, "hit-11");
