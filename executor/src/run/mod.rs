@@ -373,13 +373,10 @@ pub fn run_with(spec: &RunSpec, options: &RunOptions) -> Result<(), RunError> {
     let program = init_program();
     let init = match spec.isolation {
         Isolation::InPlace => None,
-        Isolation::Chroot => match pending::take_spare(&program) {
-            Some(spare) => Some(spare),
-            None => Some(pending::Pending::start(
-                &program,
-                cgroup::StepCgroup::create(),
-            )?),
-        },
+        Isolation::Chroot => Some(match pending::take_spare(&program) {
+            Some(spare) => spare,
+            None => pending::Pending::start(&program, cgroup::StepCgroup::create())?,
+        }),
     };
     let chroot = match spec.isolation {
         Isolation::InPlace => None,
