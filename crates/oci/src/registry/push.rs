@@ -31,8 +31,17 @@ pub struct GrowingBlob {
     pub digest: Option<String>,
 }
 
-/// How many blobs are uploaded at once.
+/// How many blobs are uploaded (or mounted) at once.
 const UPLOAD_CONCURRENCY: usize = 4;
+
+/// How many blobs of one push are looked at at once: a HEAD request is cheap for the client and
+/// the registry, so an image's blobs are checked in one wave rather than behind each other.
+const CHECK_CONCURRENCY: usize = 16;
+
+/// An in-memory blob up to this size (an image config) is uploaded without asking first whether
+/// the repository has it: it is new in almost every push (its history has the build's times), so
+/// the HEAD request would only add a round trip before the two of the upload.
+const ASK_FIRST_ABOVE: u64 = 64 << 10;
 
 /// What happened to one blob of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +87,12 @@ impl Registry {
         let client = self.prepared(&r, Side::Push).await?;
 
         // Any failure here returns before the manifest is sent; the blobs still in flight
-        // are dropped with the stream.
+        // are dropped with the stream. Every blob is checked at once; at most
+        // UPLOAD_CONCURRENCY of them send data at a time.
+        let uploads = tokio::sync::Semaphore::new(UPLOAD_CONCURRENCY);
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter())
-            .map(|b| self.push_blob(client, &r, &normalized, b))
-            .buffered(UPLOAD_CONCURRENCY)
+            .map(|b| self.push_blob(client, &r, &normalized, b, &uploads))
+            .buffered(CHECK_CONCURRENCY)
             .try_collect()
             .await?;
         let count = |o: BlobOutcome| outcomes.iter().filter(|x| **x == o).count();
@@ -154,7 +165,8 @@ impl Registry {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let client = self.prepared(&r, Side::Push).await?;
-        self.push_blob(client, &r, &normalized, blob)
+        let uploads = tokio::sync::Semaphore::new(1);
+        self.push_blob(client, &r, &normalized, blob, &uploads)
             .await
             .map(|_| ())
     }
@@ -224,24 +236,33 @@ impl Registry {
     }
 
     /// Makes one blob present in the repository of `r`: nothing to do when it is there,
-    /// else a cross-repository mount when possible, else an upload.
+    /// else a cross-repository mount when possible, else an upload (a small in-memory blob is
+    /// uploaded without asking first, see [`ASK_FIRST_ABOVE`]). A mount or upload holds a
+    /// permit of `uploads`.
     async fn push_blob(
         &self,
         client: &Client,
         r: &Reference,
         normalized: &str,
         blob: &Blob,
+        uploads: &tokio::sync::Semaphore,
     ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("blob {}", blob.digest);
         let ctx = self.push_ctx(r, normalized, &what);
-        let exists = self
-            .retrying(Direction::Push, &ctx, || async {
+        let ask_first = !matches!(blob.source, BlobSource::Bytes(_))
+            || blob.size > ASK_FIRST_ABOVE
+            || blob.mount_from.is_some();
+        let exists = if ask_first {
+            self.retrying(Direction::Push, &ctx, || async {
                 client
                     .blob_exists(r, &blob.digest)
                     .await
                     .map_err(|e| ctx.attempt(e))
             })
-            .await;
+            .await
+        } else {
+            Ok(false)
+        };
         match exists {
             Ok(true) => {
                 tracing::debug!(blob = %blob.digest, "blob already in the repository, skipped");
@@ -253,6 +274,8 @@ impl Registry {
             Err(RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
+        // Never closed, so acquiring only waits.
+        let _permit = uploads.acquire().await.ok();
         if let Some(source) = self.mount_source(r, blob) {
             let mounted = self
                 .retrying(Direction::Push, &ctx, || async {
