@@ -17,6 +17,32 @@ use kiln_oci::registry::{
 
 use crate::layer::LayerFile;
 
+/// Annotation of an entry's manifest: when the entry was stored (RFC 3339), as its config's
+/// `created` says too; the TTL reads it.
+const CREATED: &str = "org.opencontainers.image.created";
+
+/// Annotation of an entry's layer descriptor: the layer's uncompressed digest (its diff_id), as
+/// containerd and BuildKit record it. With [`CREATED`] it lets a lookup skip the config.
+const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+
+/// Where a looked-up entry was found: the reference of its tag, or the layout holding it.
+enum Source {
+    Registry(String),
+    Layout(OciLayout),
+}
+
+/// The creation time and diff_ids an entry's manifest carries as annotations; `None` when any
+/// is missing (the config has them).
+fn annotated(manifest: &Manifest) -> Option<(Option<String>, Vec<String>)> {
+    let created = manifest.annotations.as_ref()?.get(CREATED)?.clone();
+    let diff_ids = manifest
+        .layers
+        .iter()
+        .map(|l| l.annotations.as_ref()?.get(UNCOMPRESSED).cloned())
+        .collect::<Option<Vec<String>>>()?;
+    Some((Some(created), diff_ids))
+}
+
 /// What went wrong with the layer cache. Callers treat every error as a miss (lookups) or a
 /// warning (stores): a broken cache never fails a build.
 #[derive(Debug, thiserror::Error)]
@@ -141,27 +167,28 @@ impl LayerCache {
         }
     }
 
-    /// The entry for `key`, if present and created within the TTL. Only the manifest and config
-    /// are read; the layer is fetched by [`LayerCache::fetch`].
+    /// The entry for `key`, if present and created within the TTL. Only the manifest (and, for
+    /// an entry without [`CREATED`] and [`UNCOMPRESSED`] annotations, as kaniko and older
+    /// versions store them, the config) is read; the layer is fetched by [`LayerCache::fetch`].
     pub async fn lookup(&self, key: &str) -> Result<Option<CacheHit>, LayerCacheError> {
-        let (manifest_bytes, config_bytes, layout) = match &self.repo {
+        let registry_err = |source| LayerCacheError::Registry {
+            repo: self.describe(),
+            source,
+        };
+        let layout_err = |source| LayerCacheError::Layout {
+            repo: self.describe(),
+            source,
+        };
+        let (manifest_bytes, source) = match &self.repo {
             CacheRepo::Registry(repo) => {
-                match self.registry.pull_image(&format!("{repo}:{key}")).await {
-                    Ok(image) => (image.manifest_bytes, image.config_bytes, None),
+                let reference = format!("{repo}:{key}");
+                match self.registry.pull_manifest(&reference).await {
+                    Ok((bytes, _)) => (bytes, Source::Registry(reference)),
                     Err(RegistryError::NotFound { .. }) => return Ok(None),
-                    Err(source) => {
-                        return Err(LayerCacheError::Registry {
-                            repo: self.describe(),
-                            source,
-                        })
-                    }
+                    Err(source) => return Err(registry_err(source)),
                 }
             }
             CacheRepo::Layout(dir) => {
-                let layout_err = |source| LayerCacheError::Layout {
-                    repo: self.describe(),
-                    source,
-                };
                 if !dir.join("oci-layout").is_file() {
                     return Ok(None);
                 }
@@ -169,22 +196,39 @@ impl LayerCache {
                 let Some(desc) = layout.resolve(key) else {
                     return Ok(None);
                 };
-                let manifest_bytes = layout
+                let bytes = layout
                     .read_blob_verified(desc.digest().as_ref())
                     .map_err(layout_err)?;
-                let manifest: Manifest =
-                    serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
-                let config_bytes = layout
-                    .read_blob_verified(&manifest.config.digest)
-                    .map_err(layout_err)?;
-                (manifest_bytes, config_bytes, Some(layout))
+                (bytes, Source::Layout(layout))
             }
         };
-        let manifest: Manifest =
+        let mut manifest: Manifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| self.invalid(key, e))?;
-        let config: ImageConfig =
-            serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(key, e))?;
-        if let Some(created) = config.created.as_deref() {
+        let (created, diff_ids) = match annotated(&manifest) {
+            Some(found) => found,
+            None => {
+                let config_bytes = match &source {
+                    Source::Layout(layout) => layout
+                        .read_blob_verified(&manifest.config.digest)
+                        .map_err(layout_err)?,
+                    // The manifest again with its config: the tag may have moved in between.
+                    Source::Registry(reference) => {
+                        let image = match self.registry.pull_image(reference).await {
+                            Ok(image) => image,
+                            Err(RegistryError::NotFound { .. }) => return Ok(None),
+                            Err(source) => return Err(registry_err(source)),
+                        };
+                        manifest = serde_json::from_slice(&image.manifest_bytes)
+                            .map_err(|e| self.invalid(key, e))?;
+                        image.config_bytes
+                    }
+                };
+                let config: ImageConfig =
+                    serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(key, e))?;
+                (config.created, config.rootfs.diff_ids)
+            }
+        };
+        if let Some(created) = created.as_deref() {
             let created =
                 chrono::DateTime::parse_from_rfc3339(created).map_err(|e| self.invalid(key, e))?;
             let age = chrono::Utc::now().signed_duration_since(created);
@@ -193,16 +237,13 @@ impl LayerCache {
                 return Ok(None);
             }
         }
-        let layer = match (
-            manifest.layers.as_slice(),
-            config.rootfs.diff_ids.as_slice(),
-        ) {
+        let layer = match (manifest.layers.as_slice(), diff_ids.as_slice()) {
             ([], []) => None,
             ([l], [diff_id]) => Some(LayerFile {
                 // A layout holds the blob itself; a registry's is fetched into the blob dir.
-                path: match &layout {
-                    Some(layout) => layout.blob_path(&l.digest),
-                    None => self.blob_dir.join(l.digest.replace(':', "-")),
+                path: match &source {
+                    Source::Layout(layout) => layout.blob_path(&l.digest),
+                    Source::Registry(_) => self.blob_dir.join(l.digest.replace(':', "-")),
                 },
                 digest: l.digest.clone(),
                 diff_id: diff_id.clone(),
@@ -286,8 +327,9 @@ impl LayerCache {
         layer: Option<&LayerFile>,
         created_by: &str,
     ) -> Result<(), LayerCacheError> {
+        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let config = ImageConfig {
-            created: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            created: Some(created.clone()),
             architecture: self.platform.architecture.clone(),
             os: self.platform.os.clone(),
             variant: self.platform.variant.clone(),
@@ -313,8 +355,14 @@ impl LayerCache {
                 size: config_bytes.len() as u64,
                 annotations: None,
             },
-            layers: layer.iter().map(|l| l.descriptor()).collect(),
-            annotations: None,
+            layers: layer
+                .iter()
+                .map(|l| Descriptor {
+                    annotations: Some([(UNCOMPRESSED.to_string(), l.diff_id.clone())].into()),
+                    ..l.descriptor()
+                })
+                .collect(),
+            annotations: Some([(CREATED.to_string(), created)].into()),
         };
         let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| self.invalid(key, e))?;
         match &self.repo {
@@ -446,5 +494,90 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(expired.lookup(&key).await.unwrap(), None);
+    }
+
+    /// An entry stored here carries its time and diff_id as annotations, so a lookup reads the
+    /// manifest only (one request for a registry); an entry without them (kaniko's, or stored
+    /// before) is read from its config, TTL included.
+    #[tokio::test]
+    async fn annotated_entries_skip_the_config_and_others_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(Default::default()).unwrap());
+        let root = dir.path().join("cache");
+        let cache = LayerCache::new(
+            CacheRepo::Layout(root.clone()),
+            registry,
+            Duration::from_secs(3600),
+            Platform::default(),
+            dir.path().join("blobs"),
+        );
+        let blob = dir.path().join("layer");
+        std::fs::write(&blob, b"compressed").unwrap();
+        let layer = LayerFile {
+            path: blob,
+            digest: sha256_digest(b"compressed"),
+            diff_id: sha256_digest(b"uncompressed"),
+            size: 10,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        };
+        let key = "ef".repeat(32);
+        cache.store(&key, Some(&layer), "RUN x").await.unwrap();
+        // The config goes: the annotations are enough.
+        let layout = OciLayout::open(&root).unwrap();
+        let manifest: Manifest = serde_json::from_slice(
+            &layout
+                .read_blob_verified(layout.resolve(&key).unwrap().digest().as_ref())
+                .unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_file(layout.blob_path(&manifest.config.digest)).unwrap();
+        let hit = cache.lookup(&key).await.unwrap().expect("annotated entry");
+        assert_eq!(hit.layer.unwrap().diff_id, layer.diff_id);
+
+        // kaniko's shape: no annotations; the config says when and what.
+        let unannotated = |key: &str, created: &str, diff_id: &str| {
+            let config = ImageConfig {
+                created: Some(created.into()),
+                rootfs: RootFs {
+                    fs_type: "layers".into(),
+                    diff_ids: vec![diff_id.into()],
+                },
+                ..Default::default()
+            };
+            let config_bytes = serde_json::to_vec(&config).unwrap();
+            let manifest = Manifest {
+                config: Descriptor {
+                    media_type: MEDIA_TYPE_OCI_CONFIG.into(),
+                    digest: layout.write_blob_bytes(&config_bytes).unwrap(),
+                    size: config_bytes.len() as u64,
+                    annotations: None,
+                },
+                layers: vec![layer.descriptor()],
+                annotations: None,
+                ..manifest.clone()
+            };
+            layout
+                .add_manifest(
+                    &serde_json::to_vec(&manifest).unwrap(),
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    Some(key),
+                )
+                .unwrap();
+        };
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let from_config = sha256_digest(b"from the config");
+        unannotated(&"01".repeat(32), &now, &from_config);
+        let hit = cache
+            .lookup(&"01".repeat(32))
+            .await
+            .unwrap()
+            .expect("kaniko-shaped entry");
+        assert_eq!(hit.layer.unwrap().diff_id, from_config);
+        unannotated(&"02".repeat(32), "2001-01-01T00:00:00Z", &from_config);
+        assert_eq!(
+            cache.lookup(&"02".repeat(32)).await.unwrap(),
+            None,
+            "older than the TTL"
+        );
     }
 }

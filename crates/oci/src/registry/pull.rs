@@ -125,6 +125,21 @@ impl Registry {
         reference: &str,
         platform: &Platform,
     ) -> Result<String, RegistryError> {
+        Ok(self.pull_manifest_for(reference, platform).await?.1)
+    }
+
+    /// The platform manifest `reference` resolves to (for the client's platform) and its
+    /// digest, checked as [`Registry::resolve_digest`] checks it; no blob is fetched. For a
+    /// reader that finds what it needs in the manifest and its annotations.
+    pub async fn pull_manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        self.pull_manifest_for(reference, &self.opts.platform).await
+    }
+
+    async fn pull_manifest_for(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
         let side = self.side(&r, Direction::Pull);
@@ -141,7 +156,7 @@ impl Registry {
                     media_type: m.media_type,
                 });
             }
-            Ok(m.digest)
+            Ok((m.bytes, m.digest))
         })
         .await
     }
