@@ -35,6 +35,10 @@ impl Builder<'_> {
         if let Some(built) = self.try_skip_base(index, &base, &label)? {
             return Ok(built);
         }
+        // This stage's steps run on its root: the layers of its hits are read.
+        if let Some(cache) = self.cache.as_mut() {
+            cache.want_downloads();
+        }
         let (root, image) = if self.in_place() {
             self.prepare_in_place(&base, index)?
         } else {

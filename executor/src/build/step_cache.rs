@@ -180,7 +180,7 @@ impl<'a> StepCache<'a> {
         let Some(layer) = &hit.layer else {
             return Ok(());
         };
-        // Downloaded with its lookup, perhaps still under way.
+        // Downloaded after its lookup, perhaps still under way.
         self.lookups.ready(self.runtime, &hit.key);
         self.runtime
             .block_on(self.cache.fetch(hit))
@@ -190,6 +190,11 @@ impl<'a> StepCache<'a> {
                 source: Box::new(source),
             })?;
         Ok(())
+    }
+
+    /// Let the layer downloads of hits start (see [`Lookups::want_downloads`]).
+    pub fn want_downloads(&mut self) {
+        self.lookups.want_downloads();
     }
 
     /// Stop the layer downloads started with the lookups: no step of the stage runs.

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::layer::{CacheHit, LayerCache, LayerCacheError};
@@ -45,9 +45,10 @@ impl LookupSource for LayerCache {
         LayerCache::describe(self)
     }
 
-    /// A hit in a registry repository is downloaded with its lookup: the step that uses it
-    /// then unpacks at once, and the downloads of a stage's hits run at the same time as each
-    /// other and as the base image's. A layout repository's blobs are already files.
+    /// A hit in a registry repository is downloaded after its lookup once the build wants its
+    /// layers: the step that uses it then unpacks at once, and the downloads of a stage's hits
+    /// run at the same time as each other and as the base image's. A layout repository's blobs
+    /// are already files.
     async fn prepare(&self, hit: &CacheHit) {
         if !matches!(self.repo(), super::layer::CacheRepo::Registry(_)) {
             return;
@@ -78,6 +79,10 @@ pub struct Lookups<S: LookupSource> {
     pending: HashMap<String, Pending>,
     /// Downloads of answered hits' layers, still running or not yet waited for.
     downloads: HashMap<String, JoinHandle<()>>,
+    /// Whether hits' layers are downloaded: not until a stage is built on its root (a build
+    /// whose steps are all hits reads none of them, and its lookups then have the registry to
+    /// themselves).
+    wanted: watch::Sender<bool>,
 }
 
 impl<S: LookupSource> Lookups<S> {
@@ -88,6 +93,7 @@ impl<S: LookupSource> Lookups<S> {
             answered: HashMap::new(),
             pending: HashMap::new(),
             downloads: HashMap::new(),
+            wanted: watch::channel(false).0,
         }
     }
 
@@ -100,18 +106,23 @@ impl<S: LookupSource> Lookups<S> {
         let source = self.source.clone();
         let slots = self.slots.clone();
         let owned = key.to_string();
+        let mut wanted = self.wanted.subscribe();
         let task = runtime.spawn(async move {
             let answer = {
                 // The semaphore is never closed, so this always yields a permit.
                 let _slot = slots.clone().acquire_owned().await;
                 source.lookup(&owned).await
             };
-            // A hit's layer downloads on its own task: the answer does not wait for it (a
-            // build whose steps are all hits may never read the layers).
+            // A hit's layer downloads on its own task, once wanted: the answer does not wait
+            // for it (a build whose steps are all hits may never read the layers).
             let download = match &answer {
                 Ok(Some(hit)) => {
                     let hit = hit.clone();
                     Some(tokio::spawn(async move {
+                        // An error: the lookups are gone, and nothing will read the layer.
+                        if wanted.wait_for(|w| *w).await.is_err() {
+                            return;
+                        }
                         let _slot = slots.acquire_owned().await;
                         source.prepare(&hit).await;
                     }))
@@ -167,8 +178,15 @@ impl<S: LookupSource> Lookups<S> {
     /// download failed.
     pub fn ready(&mut self, runtime: &Runtime, key: &str) {
         if let Some(download) = self.downloads.remove(key) {
+            self.want_downloads();
             let _ = runtime.block_on(download);
         }
+    }
+
+    /// Start the downloads of hits' layers, those answered and those to come: a stage is built
+    /// on its root, so its hits' layers are unpacked. Until then a hit's download waits.
+    pub fn want_downloads(&self) {
+        self.wanted.send_replace(true);
     }
 
     /// Stop the downloads no step will wait for (every step of a stage was a hit and its layers
@@ -324,6 +342,7 @@ mod tests {
         // The answer does not wait for the download (still closed); `ready` does.
         assert!(lookups.get(&rt, "hit-10").is_some());
         assert!(fake.prepared.lock().unwrap().is_empty());
+        lookups.want_downloads();
         fake.downloads.0.add_permits(1);
         lookups.ready(&rt, "hit-10");
         assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
@@ -335,12 +354,39 @@ mod tests {
         assert_eq!(*fake.prepared.lock().unwrap(), vec!["hit-10"]);
     }
 
+    /// A hit's download waits until downloads are wanted (a stage is built on its root);
+    /// waiting for a layer (`ready`) wants them too.
+    #[test]
+    fn downloads_start_once_wanted() {
+        let (rt, fake, mut lookups) = lookups(LOOKUP_CONCURRENCY);
+        fake.downloads.0.add_permits(1);
+        lookups.start(&rt, "hit-10");
+        lookups.start(&rt, "hit-11");
+        assert!(lookups.get(&rt, "hit-10").is_some());
+        assert!(lookups.get(&rt, "hit-11").is_some());
+        // Open, but not wanted: a download that did not wait would finish in this time.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(80)).await });
+        assert!(fake.prepared.lock().unwrap().is_empty());
+        // Waiting for one layer wants them all.
+        lookups.ready(&rt, "hit-11");
+        assert!(fake
+            .prepared
+            .lock()
+            .unwrap()
+            .contains(&"hit-11".to_string()));
+        lookups.ready(&rt, "hit-10");
+        let mut prepared = fake.prepared.lock().unwrap().clone();
+        prepared.sort();
+        assert_eq!(prepared, vec!["hit-10", "hit-11"]);
+    }
+
     /// Downloads no step waits for are stopped.
     #[test]
     fn dropped_downloads_do_not_finish() {
         let (rt, fake, mut lookups) = lookups(LOOKUP_CONCURRENCY);
         lookups.start(&rt, "hit-11");
         assert!(lookups.get(&rt, "hit-11").is_some());
+        lookups.want_downloads();
         lookups.drop_downloads();
         // Opened after the drop: a download still running would finish now.
         fake.downloads.0.add_permits(1);
