@@ -396,6 +396,12 @@ impl TryFrom<ClientConfig> for Client {
 }
 
 impl Client {
+    /// The HTTP client this client sends its requests with (a clone shares its connections),
+    /// for requests of the same registries made beside this client.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Create a new client with the supplied config
     pub fn new(config: ClientConfig) -> Self {
         let default_token_expiration_secs = config.default_token_expiration_secs;

@@ -8,7 +8,7 @@
 //! and cut at their descriptor's size (`pull.rs`). It pushes nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oci_client::client::ClientProtocol;
@@ -17,8 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 
 use super::error::{Attempt, ErrorContext};
-use super::transport::{SystemRoots, TlsFiles};
-use super::{Reference, Registry, RegistryError, Transport};
+use super::{Reference, Registry, Transport};
 
 /// How long [`Http::open`] waits for a registry's `GET /v2/`.
 const OPEN_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,35 +27,21 @@ const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// last at least 60 s when the server says nothing.
 const TOKEN_REUSE: Duration = Duration::from_secs(50);
 
-/// A plain HTTP client with one side's transport settings, made on first use: making one loads
-/// the system's CA certificates (tens of milliseconds), and a build that reads no manifest (FROM
-/// scratch) needs none.
+/// The HTTP client of one side's oci-client (a clone: the connections are shared, so a manifest
+/// read here and a blob request there reuse each other's), for the reads made here.
 #[derive(Clone)]
 pub(super) struct Http {
-    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
+    client: reqwest::Client,
     protocol: ClientProtocol,
-    accept_invalid: bool,
-    files: TlsFiles,
-    /// The system's CA certificates as read when the registry client was made (see
-    /// [`super::transport::system_roots`]); empty: reqwest's platform verifier reads them.
-    system: SystemRoots,
     /// Whether each registry is open (see [`Http::open`]), asked once.
     open: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>>,
 }
 
 impl Http {
-    pub(super) fn new(
-        protocol: ClientProtocol,
-        accept_invalid: bool,
-        files: TlsFiles,
-        system: SystemRoots,
-    ) -> Http {
+    pub(super) fn new(protocol: ClientProtocol, client: reqwest::Client) -> Http {
         Http {
-            client: Arc::new(OnceLock::new()),
+            client,
             protocol,
-            accept_invalid,
-            files,
-            system,
             open: Arc::default(),
         }
     }
@@ -81,9 +66,7 @@ impl Http {
         *cell
             .get_or_init(|| async {
                 let url = format!("{}://{registry}/v2/", self.scheme_for(registry));
-                let Ok(client) = self.client() else {
-                    return false;
-                };
+                let client = &self.client;
                 // A bounded wait: an answer that does not come means "not open", and the
                 // requests that follow report what is wrong as they always did.
                 match tokio::time::timeout(OPEN_PROBE_TIMEOUT, client.get(&url).send()).await {
@@ -99,51 +82,12 @@ impl Http {
             .await
     }
 
-    fn client(&self) -> Result<&reqwest::Client, RegistryError> {
-        self.client
-            .get_or_init(|| {
-                let mut builder = reqwest::Client::builder()
-                    .danger_accept_invalid_certs(self.accept_invalid)
-                    .connect_timeout(super::CONNECT_TIMEOUT)
-                    .read_timeout(super::READ_TIMEOUT)
-                    .user_agent(super::USER_AGENT);
-                // The files were checked when they were read.
-                let roots = self
-                    .files
-                    .roots
-                    .iter()
-                    .map(|pem| reqwest::Certificate::from_pem(pem))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())?;
-                if !self.system.is_empty() {
-                    let system = self
-                        .system
-                        .iter()
-                        .map(|der| reqwest::Certificate::from_der(der))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| e.to_string())?;
-                    builder = builder.tls_certs_only(system);
-                }
-                builder = builder.tls_certs_merge(roots);
-                if let Some(pem) = &self.files.identity {
-                    builder = builder
-                        .identity(reqwest::Identity::from_pem(pem).map_err(|e| e.to_string())?);
-                }
-                builder.build().map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|detail| RegistryError::Client {
-                detail: detail.clone(),
-            })
-    }
-
     /// `GET {scheme}://{registry}/v2/`, answered with 200 or 401 (what go-containerregistry's
     /// ping accepts); else what failed.
     pub(super) async fn ping(&self, scheme: &str, registry: &str) -> Result<(), String> {
         let url = format!("{scheme}://{registry}/v2/");
         let response = self
-            .client()
-            .map_err(|e| e.to_string())?
+            .client
             .get(&url)
             .send()
             .await
@@ -228,8 +172,7 @@ impl Registry {
             };
             let request = transport
                 .http
-                .client()
-                .map_err(Attempt::fatal)?
+                .client
                 .get(&url)
                 .header(reqwest::header::ACCEPT, accept.join(", "));
             let request = match authorization {
@@ -350,7 +293,7 @@ mod tests {
 
     #[test]
     fn scheme_follows_the_protocol() {
-        let http = |p| Http::new(p, false, TlsFiles::default(), SystemRoots::default());
+        let http = |p| Http::new(p, reqwest::Client::new());
         assert_eq!(http(ClientProtocol::Http).scheme_for("r:5000"), "http");
         assert_eq!(http(ClientProtocol::Https).scheme_for("r:5000"), "https");
         let except = http(ClientProtocol::HttpsExcept(vec!["r:5000".into()]));

@@ -273,7 +273,7 @@ fn make(
     let oci = Client::try_from(config).map_err(|e| RegistryError::Client {
         detail: e.to_string(),
     })?;
-    let http = bounded::Http::new(protocol, accept_invalid, files.clone(), system);
+    let http = bounded::Http::new(protocol, oci.http_client().clone());
     Ok(Transport { oci, http })
 }
 
