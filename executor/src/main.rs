@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     // Before the logger's and the build's threads, which inherit the blocked signals.
-    kiln_executor::stop::stop_on_signals_as_pid1();
+    kiln_executor::stop::stop_on_signals();
     opts.logging.init();
     kiln_executor::cli::kaniko::log_notes(&opts);
     match kiln_executor::build::run_build(&opts) {

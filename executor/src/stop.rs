@@ -1,43 +1,213 @@
-//! Stopping on SIGTERM and SIGINT when the executor is PID 1, as it is in its container in a Pod.
-//! The kernel delivers to a PID 1 only the signals it has a handler for, so without one the
-//! kubelet's SIGTERM (an ImageBuild deleted, a Pod evicted or past its deadline) was ignored and
-//! the build went on until the SIGKILL at the end of the grace period. Here a thread of its own
-//! waits for the signal (blocked in every other thread), passes it on to every other process of
-//! the container (the RUN steps' inits pass it to their commands), gives them a moment to end and
-//! exits as a process killed by that signal reports it (128 + the signal's number). Outside PID 1
-//! nothing changes: the default action already ends the executor.
+//! Stopping on SIGTERM and SIGINT: the executor ends its RUN steps, removes their cgroups and
+//! exits as a process killed by the signal reports it (128 + the signal's number). It must not
+//! signal a process that is not its own: as PID 1, every other process of its PID namespace is;
+//! elsewhere only the processes in its step cgroups are.
+//!
+//! A thread of its own waits for the signal (blocked in every other thread). As PID 1, as in its
+//! container in a Pod, the kernel delivers only the signals it has a handler for, so without one
+//! the kubelet's SIGTERM (an ImageBuild deleted, a Pod evicted or past its deadline) was ignored
+//! until the SIGKILL at the end of the grace period; there it passes the signal on to every other
+//! process of the container (the steps' inits pass it to their commands) and reaps them as they
+//! end. Elsewhere the default action ended the executor alone: a step's command ran on and the
+//! step cgroups stayed on the host; there it signals the processes in the step cgroups (a step
+//! without one, in place or where the machine gives none, is not reached and runs on as before).
+//! What has not ended after a grace period is killed. A RUN step ended by the stop does not end
+//! the build (and the process, with another code) with its failure meanwhile: its thread waits
+//! for the exit ([`wait_for_exit`]). The steps' inits start with these signals unblocked again
+//! ([`blocked_for_handler`]).
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-/// How long the steps get to end after the signal is passed on.
+use crate::run::cgroup;
+
+/// How long the steps get to end after the signal is passed on, before they are killed.
 const GRACE: Duration = Duration::from_secs(2);
 
-/// Call once, before any other thread starts (the signal mask is inherited by threads).
-pub fn stop_on_signals_as_pid1() {
-    if std::process::id() != 1 {
-        return;
+/// How long killed steps get to go and their cgroups to be released by the kernel.
+const CLEANUP: Duration = Duration::from_secs(2);
+
+const POLL: Duration = Duration::from_millis(10);
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// The signals blocked for the handler that were not blocked when the executor started.
+static BLOCKED: OnceLock<SigSet> = OnceLock::new();
+
+/// The signals a process started by the executor must unblock before it runs (`pre_exec`): the
+/// signal mask is inherited through `fork` and `exec`, and `std::process::Command` keeps it
+/// (since Rust 1.66), so a RUN step's command would otherwise run with SIGTERM and SIGINT blocked
+/// and could not be stopped by them.
+pub(crate) fn blocked_for_handler() -> Option<&'static SigSet> {
+    BLOCKED.get()
+}
+
+/// Whether a signal is stopping the executor: its signal thread will exit the process.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// For a thread whose work the stop ended (a RUN step's processes signalled, its init reaped by
+/// the signal thread): wait for the exit the signal thread makes, instead of reporting a failure
+/// that would end the build, and the process, first with another exit code.
+pub(crate) fn wait_for_exit() -> ! {
+    loop {
+        std::thread::park();
     }
+}
+
+/// Call once, before any other thread starts (the signal mask is inherited by threads; see
+/// [`blocked_for_handler`] for processes).
+pub fn stop_on_signals() {
+    let pid1 = std::process::id() == 1;
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
-    if let Err(e) = set.thread_block() {
-        eprintln!("kiln-executor: cannot block SIGTERM for its handler: {e}");
-        return;
+    let inherited = match set.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("kiln-executor: cannot block SIGTERM for its handler: {e}");
+            return;
+        }
+    };
+    let mut blocked = SigSet::empty();
+    for signal in set.iter().filter(|s| !inherited.contains(*s)) {
+        blocked.add(signal);
     }
     let spawned = std::thread::Builder::new()
         .name("kiln-signals".into())
         .spawn(move || {
             let Ok(signal) = set.wait() else { return };
             eprintln!("kiln-executor: {signal} received: stopping the build");
-            // -1: every process this one may signal but itself, in its PID namespace.
-            let _ = kill(Pid::from_raw(-1), signal);
-            std::thread::sleep(GRACE);
+            // Before the cgroups are listed: a step whose init starts after this sees it and
+            // ends that init itself (see `run::pending`).
+            STOPPING.store(true, Ordering::SeqCst);
+            let cgroups = cgroup::close();
+            if pid1 {
+                end_namespace(signal);
+            } else {
+                end_steps(&cgroups, signal);
+            }
+            cgroup::remove_all(&cgroups, Instant::now() + CLEANUP, |dir| {
+                signal_cgroup(dir, Signal::SIGKILL, &mut HashSet::new());
+            });
             std::process::exit(128 + signal as i32);
         });
-    if let Err(e) = spawned {
-        eprintln!("kiln-executor: cannot start the signal handler: {e}");
+    match spawned {
+        Ok(_) => {
+            let _ = BLOCKED.set(blocked);
+        }
+        Err(e) => {
+            eprintln!("kiln-executor: cannot start the signal handler: {e}");
+            // Back to the default action rather than signals nobody takes.
+            let _ = blocked.thread_unblock();
+        }
+    }
+}
+
+/// As PID 1: pass `signal` on to every other process of the namespace, and kill them at the end
+/// of the grace period; returns when none is left or the time is up.
+fn end_namespace(signal: Signal) {
+    // -1: every process this one may signal but itself, in its PID namespace.
+    let _ = kill(Pid::from_raw(-1), signal);
+    if poll_until(Instant::now() + GRACE, reap_all) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    poll_until(Instant::now() + CLEANUP, reap_all);
+}
+
+/// Reap the children that have ended; whether none is left. As PID 1 this process is also the
+/// parent of every orphan of its namespace, so none left means the namespace holds no other
+/// process, and the step cgroups are empty.
+///
+/// This takes the exit statuses that the threads running RUN steps wait for too (theirs see
+/// ECHILD). Those steps are abandoned by the stop: their threads wait for the exit instead of
+/// reporting anything ([`wait_for_exit`]). Without reaping here, the orphaned processes of the
+/// steps would stay zombies until the exit.
+fn reap_all() -> bool {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Outside PID 1: pass `signal` on to the processes in the step cgroups (a step's init passes it
+/// to its command; a spare init ends), until they are empty or the grace period is over.
+/// The removal of the cgroups kills what is left.
+fn end_steps(cgroups: &[PathBuf], signal: Signal) {
+    let mut signalled = HashSet::new();
+    // Read again while waiting: an init started just before the stop may join its cgroup later.
+    poll_until(Instant::now() + GRACE, || {
+        let mut empty = true;
+        for dir in cgroups {
+            empty &= signal_cgroup(dir, signal, &mut signalled);
+        }
+        empty
+    });
+}
+
+/// Send `signal` to each process in the step cgroup `dir` that `signalled` does not hold yet;
+/// whether the cgroup was empty.
+///
+/// By pid: a process read from `cgroup.procs` could, in theory, end, be reaped and have its
+/// number given to an unrelated process before the signal; the kernel reuses a pid only after
+/// going through the others up to `pid_max`, which does not happen in that instant.
+fn signal_cgroup(dir: &Path, signal: Signal, signalled: &mut HashSet<i32>) -> bool {
+    let pids = cgroup::processes(dir);
+    for &pid in &pids {
+        if signalled.insert(pid) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+    pids.is_empty()
+}
+
+/// Call `done` every few milliseconds until it holds or `deadline` passes; whether it held.
+fn poll_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_ends_when_done_or_at_the_deadline() {
+        let mut calls = 0;
+        assert!(poll_until(Instant::now() + CLEANUP, || {
+            calls += 1;
+            calls == 3
+        }));
+        assert_eq!(calls, 3);
+        let start = Instant::now();
+        assert!(!poll_until(start + Duration::from_millis(30), || false));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_cgroup_that_is_gone_holds_nothing_to_signal() {
+        let gone = Path::new("/nonexistent/kiln-run-0-0");
+        assert!(signal_cgroup(gone, Signal::SIGKILL, &mut HashSet::new()));
     }
 }

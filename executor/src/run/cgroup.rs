@@ -3,10 +3,15 @@
 //! init only joins it. Where the machine offers no writable pids controller it says so once and
 //! the step runs without a limit; it never changes a cgroup it did not create, except enabling
 //! the pids controller for the children of the executor's own cgroup v2 group.
+//!
+//! Every step cgroup alive is also listed process-wide: an executor stopped by a signal mid-build
+//! (see `crate::stop`) exits without dropping them, so it ends their processes and removes them
+//! from that list before, instead of leaving them on the host.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Tasks (processes and threads) one step may have at once. Generous for parallel compilers and
 /// thread-heavy build tools, small enough that a fork bomb stops long before the machine's
@@ -19,6 +24,24 @@ pub const CGROUP_PREFIX: &str = "kiln-run-";
 static STEPS: AtomicU64 = AtomicU64::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
+/// How long [`StepCgroup`]'s drop waits for the kernel to release an emptied cgroup.
+const RELEASE: Duration = Duration::from_secs(1);
+
+/// The step cgroups that exist now, and whether more may be made.
+struct Live {
+    closed: bool,
+    dirs: Vec<PathBuf>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    closed: false,
+    dirs: Vec::new(),
+});
+
+fn live() -> MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// One step's cgroup; removed on drop, once the step's processes are gone.
 pub(super) struct StepCgroup {
     dir: PathBuf,
@@ -27,9 +50,10 @@ pub(super) struct StepCgroup {
 impl StepCgroup {
     /// Create the step's cgroup under the executor's own cgroup in the first hierarchy that can
     /// limit it (v2 or v1 pids). `None` when that is impossible here; the first time is logged.
+    /// `None` too once the executor is stopping ([`close`]), without a word.
     pub(super) fn create() -> Option<StepCgroup> {
         match Self::try_create() {
-            Ok(cgroup) => Some(cgroup),
+            Ok(cgroup) => cgroup,
             Err(reason) => {
                 if !WARNED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -42,7 +66,8 @@ impl StepCgroup {
         }
     }
 
-    fn try_create() -> Result<StepCgroup, String> {
+    /// `Ok(None)` once the executor is stopping.
+    fn try_create() -> Result<Option<StepCgroup>, String> {
         let mountinfo = read("/proc/self/mountinfo")?;
         let membership = read("/proc/self/cgroup")?;
         let parent = parent_dir(&mountinfo, &membership)?;
@@ -52,12 +77,20 @@ impl StepCgroup {
             STEPS.fetch_add(1, Ordering::Relaxed)
         );
         let dir = parent.join(name);
-        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let cgroup = StepCgroup { dir };
+        let cgroup = {
+            // Made and listed under the lock, so that [`close`] returns every cgroup made.
+            let mut live = live();
+            if live.closed {
+                return Ok(None);
+            }
+            std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            live.dirs.push(dir.clone());
+            StepCgroup { dir }
+        };
         let limit = cgroup.dir.join("pids.max");
         std::fs::write(&limit, PIDS_MAX.to_string())
             .map_err(|e| format!("writing {}: {e}", limit.display()))?;
-        Ok(cgroup)
+        Ok(Some(cgroup))
     }
 
     /// The file the init writes itself into.
@@ -71,23 +104,75 @@ impl Drop for StepCgroup {
         // The step's processes are dead when the init has exited (the end of a PID namespace's
         // first process kills and reaps the rest), but the kernel may release the cgroup a little
         // later.
-        for _ in 0..100 {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e) => {
-                    tracing::warn!("cannot remove the step cgroup {}: {e}", self.dir.display());
-                    return;
-                }
-            }
+        if let Err(e) = remove_dir(&self.dir, Instant::now() + RELEASE, &mut |_| {}) {
+            tracing::warn!("cannot remove the step cgroup {}: {e}", self.dir.display());
         }
-        tracing::warn!(
-            "cannot remove the step cgroup {}: it still has processes",
-            self.dir.display()
-        );
+        live().dirs.retain(|d| *d != self.dir);
+    }
+}
+
+/// Make no more step cgroups (later steps run without one) and return those that exist: the
+/// executor is stopping, ends their processes and removes them ([`remove_all`]).
+pub(crate) fn close() -> Vec<PathBuf> {
+    let mut live = live();
+    live.closed = true;
+    live.dirs.clone()
+}
+
+/// The processes in a step cgroup now, by their ids in this process's PID namespace; none once
+/// it is gone.
+pub(crate) fn processes(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|procs| {
+            procs
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                // 0 stands for a process outside this PID namespace; it is no process to signal.
+                .filter(|&pid| pid > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Remove the step cgroups `dirs` (from [`close`]), retrying each while it has processes or the
+/// kernel has not released it yet, until `deadline`; `on_busy` is called with a cgroup before
+/// each retry (to kill what is still in it). What it cannot remove it reports on stderr (it runs
+/// while the process ends, when the log may not be written any more) and returns.
+pub(crate) fn remove_all(
+    dirs: &[PathBuf],
+    deadline: Instant,
+    mut on_busy: impl FnMut(&Path),
+) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for dir in dirs {
+        if let Err(e) = remove_dir(dir, deadline, &mut on_busy) {
+            eprintln!(
+                "kiln-executor: cannot remove the step cgroup {}: {e}",
+                dir.display()
+            );
+            left.push(dir.clone());
+        }
+    }
+    live().dirs.retain(|d| !dirs.contains(d));
+    left
+}
+
+/// Remove one cgroup directory, retrying EBUSY until `deadline`; one already gone counts as
+/// removed.
+fn remove_dir(dir: &Path, deadline: Instant, on_busy: &mut dyn FnMut(&Path)) -> Result<(), String> {
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if Instant::now() >= deadline {
+                    return Err("it still has processes".into());
+                }
+                on_busy(dir);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -225,6 +310,32 @@ mod tests {
         assert_eq!(mounts[1].point, Path::new("/sys/fs/cgroup/pids"));
         assert!(!mounts[1].v2 && mounts[1].super_opts == "rw,pids");
         assert!(mounts[2].v2 && mounts[2].root == Path::new("/"));
+    }
+
+    #[test]
+    fn processes_outside_this_pid_namespace_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "12\n0\n34\n").unwrap();
+        assert_eq!(processes(dir.path()), vec![12, 34]);
+        assert!(processes(&dir.path().join("gone")).is_empty());
+    }
+
+    #[test]
+    fn removal_reports_what_it_cannot_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, full, gone) = (
+            dir.path().join("kiln-run-0-0"),
+            dir.path().join("kiln-run-0-1"),
+            dir.path().join("kiln-run-0-2"),
+        );
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir_all(full.join("child")).unwrap();
+        let dirs = [empty.clone(), full.clone(), gone];
+        let left = remove_all(&dirs, Instant::now(), |_| {
+            unreachable!("only EBUSY is retried")
+        });
+        assert_eq!(left, vec![full]);
+        assert!(!empty.exists());
     }
 
     #[test]

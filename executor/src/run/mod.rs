@@ -48,7 +48,7 @@
 //! container with the executor, as kaniko's steps do.
 
 mod caps;
-mod cgroup;
+pub(crate) mod cgroup;
 pub mod emulation;
 pub mod entitlements;
 mod init;

@@ -61,18 +61,36 @@ impl Pending {
         if let Some(cgroup) = &cgroup {
             cmd.env(CGROUP_PROCS_ENV, cgroup.procs_file());
         }
-        // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches
-        // only the child's copy of the descriptor, so the pipe is inherited by this one child and
-        // no other process the executor spawns concurrently.
+        // The init and the step's command get SIGTERM and SIGINT as the executor got them.
+        let unblock = crate::stop::blocked_for_handler().copied();
+        // SAFETY: runs in the forked child before exec; fcntl and sigprocmask are
+        // async-signal-safe and touch only the child's copy of the descriptor and its own signal
+        // mask (it has a single thread), so the pipe is inherited by this one child and no other
+        // process the executor spawns concurrently.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::fcntl(write_fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(set) = &unblock {
+                    if libc::sigprocmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut())
+                        == -1
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(helper_err)?;
+        if crate::stop::stopping() {
+            // Started after the signal thread began the stop (see `crate::stop`), which may
+            // have signalled the processes before this one existed, or not know it at all
+            // (no cgroup is made any more): it ends here.
+            let _ = child.kill();
+            let _ = child.wait();
+            crate::stop::wait_for_exit();
+        }
         drop(status_write);
         let stdin = child.stdin.take();
         Ok(Pending {
@@ -101,7 +119,14 @@ impl Pending {
         }
         let mut report = String::new();
         let read_result = self.status.read_to_string(&mut report);
-        let status = self.child.wait().map_err(helper_err)?;
+        let waited = self.child.wait();
+        if crate::stop::stopping() {
+            // The stop ended this step (as PID 1 the signal thread may even have reaped the
+            // init, so `waited` fails): it removes the step's cgroup and exits with the signal's
+            // code; reporting the step's failure would end the build first with another.
+            crate::stop::wait_for_exit();
+        }
+        let status = waited.map_err(helper_err)?;
         read_result.map_err(helper_err)?;
 
         let mut lines = report.lines();
