@@ -38,6 +38,11 @@ fn main() -> ExitCode {
             println!("{}", result.digest);
             ExitCode::SUCCESS
         }
+        Err(_) if kiln_executor::stop::stopping() => {
+            // The stop ended what the build waited for (a step, git, a helper): the signal
+            // thread reports the stop and exits with 128 + the signal.
+            kiln_executor::stop::wait_for_exit()
+        }
         Err(err) => {
             // Printed once, as one bounded line that already holds the causes: the last lines
             // of the log are what Kubernetes reports when the build fails.

@@ -56,9 +56,10 @@ pub fn stopping() -> bool {
 }
 
 /// For a thread whose work the stop ended (a RUN step's processes signalled, its init reaped by
-/// the signal thread): wait for the exit the signal thread makes, instead of reporting a failure
-/// that would end the build, and the process, first with another exit code.
-pub(crate) fn wait_for_exit() -> ! {
+/// the signal thread, or the build that failed because of it): wait for the exit the signal
+/// thread makes, instead of reporting a failure that would end the build, and the process, first
+/// with another exit code.
+pub fn wait_for_exit() -> ! {
     loop {
         std::thread::park();
     }

@@ -40,6 +40,101 @@ fn sigterm_stops_a_build_when_the_executor_is_not_pid_1() {
     stopped.assert_clean_exit(&format!("kiln-run-{}-", stopped.executor));
 }
 
+/// A stop while the build waits for something other than a RUN step (here a credential helper,
+/// killed at the end of the grace period: it inherits SIGTERM blocked) ends the build with the
+/// stop's 143, not with the failure of what the stop killed.
+#[test]
+fn sigterm_during_a_credential_helper_exits_143() {
+    if !require_root("the executor runs as PID 1 of a PID namespace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    let bin = dir.path().join("bin");
+    let config = dir.path().join("docker");
+    let marker = dir.path().join("helper-started");
+    for d in [&ctx, &bin, &config] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/kiln-test/busybox:latest\nRUN true\n", registry()),
+    )
+    .unwrap();
+    let helper = bin.join("docker-credential-kilnslow");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho started > {}\nexec sleep 600\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(r#"{{"credHelpers": {{"{}": "kilnslow"}}}}"#, registry()),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_kiln-executor"))
+        .args([
+            "--isolation",
+            "chroot",
+            "--insecure-pull",
+            "--no-push",
+            "--context",
+        ])
+        .arg(&ctx)
+        .arg("--kiln-dir")
+        .arg(dir.path().join("kiln"))
+        .env("DOCKER_CONFIG", &config)
+        .env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let (tx, stderr) = mpsc::channel();
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let deadline = Instant::now() + WAIT;
+    while !marker.exists() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "the credential helper never ran: {}",
+                stderr.recv_timeout(WAIT).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    let executor = children(child.id() as i32)[0];
+    kill(Pid::from_raw(executor), Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("signalling {executor}: {e}"));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the executor ignored SIGTERM for {WAIT:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let stderr = stderr.recv_timeout(WAIT).unwrap_or_default();
+    assert_eq!(status.code(), Some(143), "{status:?}\n{stderr}");
+}
+
 /// How a build ended after SIGTERM.
 struct Stopped {
     executor: i32,
