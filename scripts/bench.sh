@@ -36,7 +36,9 @@
 #            in a fresh storage root per cold run (so it pulls the base like the others)
 #   kaniko   /kaniko/executor in podman (runc, cgroupfs, vfs, --network host), context at /workspace;
 #            peak memory = the executor process's VmHWM polled every 0.1 s from /proc (kaniko's
-#            own RUN children are not counted; growth in the last 0.1 s could be missed)
+#            own RUN children are not counted; growth in the last 0.1 s could be missed); its w6
+#            reads a Docker v2s2 copy of the Debian base (same layers), since with the OCI base
+#            kaniko v1.24's push is refused (MANIFEST_INVALID, kaniko #2423/#2713)
 #   buildkit buildctl build (dockerfile.v0, push=true) against one buildkitd (scripts/buildkit.sh: OCI
 #            worker, runc) with its state in the work directory, started here and stopped at exit;
 #            cold runs follow `buildkit.sh prune` (untimed, no cache import), w5 rebuilds on its
@@ -677,6 +679,16 @@ if ! skopeo inspect --tls-verify=false "docker://$REG/kiln-test/busybox:latest" 
     log "pushing the base images to $REG"
     KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/base-images.sh" >&2
 fi
+# kaniko's w6: the Debian base copied as a Docker v2 schema 2 image (the same layers) under
+# $REG/v2s2/. kaniko v1.24 pushes a manifest the registry refuses (MANIFEST_INVALID) when its
+# --cache-dir base is an OCI image (kaniko #2423, #2713), so with the OCI base it has no w6 figure;
+# its warmer and build then read this copy (REGISTRY=$REG/v2s2) and the other tools the original.
+KANIKO_W6_REG="$REG/v2s2"
+if want_tool kaniko && want_work w6; then
+    skopeo copy -q --format v2s2 --src-tls-verify=false --dest-tls-verify=false \
+        "docker://$REG/kiln-test/debian:bookworm" "docker://$KANIKO_W6_REG/kiln-test/debian:bookworm" >&2 ||
+        die "could not copy the Debian base to $KANIKO_W6_REG as a Docker v2s2 image"
+fi
 
 # ---- builders -----------------------------------------------------------------------------------
 KANIKO_MISSING=""
@@ -1028,17 +1040,20 @@ kaniko_build() {
         return
     fi
     make_context "$w" "$ctx" "$run"
+    local reg="$REG"
     case "$mode" in
         cached) extra=(--cache=true --cache-repo "$REG/bench/cache-kaniko-$$") ;;
         source) extra=(--cache=true --cache-copy-layers --cache-repo "$REG/bench/cache-kaniko-$w-$$") ;;
         # Kaniko reads a warmed base only with --cache=true; RUN-layer caching is switched off so
-        # the steps are not looked up in (or pushed to) a layer cache.
+        # the steps are not looked up in (or pushed to) a layer cache. The base is the Docker v2s2
+        # copy its warmer read (see KANIKO_W6_REG).
         warmed) extra=(--cache=true --cache-dir /cache --cache-run-layers=false --build-arg "CHANGE=warm-$run-$$")
-                vols=(-v "$WORK/kaniko-base-cache:/cache") ;;
+                vols=(-v "$WORK/kaniko-base-cache:/cache")
+                reg="$KANIKO_W6_REG" ;;
     esac
     kaniko_run "$WORK/$w-kaniko-$run.log" "kiln-bench-$$-$w-$run" -v "$ctx:/workspace" "${vols[@]}" -- \
         --context dir:///workspace --dockerfile Dockerfile --destination "$(destination "$w" kaniko "$run")" \
-        --insecure --insecure-pull --build-arg "REGISTRY=$REG" "${extra[@]}"
+        --insecure --insecure-pull --build-arg "REGISTRY=$reg" "${extra[@]}"
     rm -rf "$ctx"
 }
 
@@ -1261,12 +1276,12 @@ prime() {
                 logf="$WORK/buildkit-prune.log"
             fi ;;
         w6/kaniko)
-            what="kaniko's warmer"
+            what="kaniko's warmer (of the Docker v2s2 copy of the base)"
             logf="$WORK/w6-kaniko-warmer.log"
             mkdir -p "$WORK/kaniko-base-cache"
             timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
                 -v "$WORK/kaniko-base-cache:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
-                --cache-dir /cache --image "$REG/kiln-test/debian:bookworm" --insecure-pull \
+                --cache-dir /cache --image "$KANIKO_W6_REG/kiln-test/debian:bookworm" --insecure-pull \
                 >"$logf" 2>&1 || rc=$? ;;
     esac
     end_build "$tool" "$w" "$mode" prime || rc=$?
