@@ -3,7 +3,7 @@
 //! signal a process that is not its own: as PID 1, every other process of its PID namespace is;
 //! elsewhere only the processes in its step cgroups are.
 //!
-//! A thread of its own waits for the signal (blocked in every other thread). As PID 1, as in its
+//! A thread of its own waits for the signal (caught by a handler). As PID 1, as in its
 //! container in a Pod, the kernel delivers only the signals it has a handler for, so without one
 //! the kubelet's SIGTERM (an ImageBuild deleted, a Pod evicted or past its deadline) was ignored
 //! until the SIGKILL at the end of the grace period; there it passes the signal on to every other
@@ -13,17 +13,16 @@
 //! without one, in place or where the machine gives none, is not reached and runs on as before).
 //! What has not ended after a grace period is killed. A RUN step ended by the stop does not end
 //! the build (and the process, with another code) with its failure meanwhile: its thread waits
-//! for the exit ([`wait_for_exit`]). The steps' inits start with these signals unblocked again
-//! ([`blocked_for_handler`]).
+//! for the exit ([`wait_for_exit`]). The signals are caught, not blocked, so every process the
+//! executor starts gets them with their default action ([`stop_on_signals`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -38,17 +37,6 @@ const CLEANUP: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(10);
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
-
-/// The signals blocked for the handler that were not blocked when the executor started.
-static BLOCKED: OnceLock<SigSet> = OnceLock::new();
-
-/// The signals a process started by the executor must unblock before it runs (`pre_exec`): the
-/// signal mask is inherited through `fork` and `exec`, and `std::process::Command` keeps it
-/// (since Rust 1.66), so a RUN step's command would otherwise run with SIGTERM and SIGINT blocked
-/// and could not be stopped by them.
-pub(crate) fn blocked_for_handler() -> Option<&'static SigSet> {
-    BLOCKED.get()
-}
 
 /// Whether a signal is stopping the executor: its signal thread will exit the process.
 pub fn stopping() -> bool {
@@ -65,28 +53,46 @@ pub fn wait_for_exit() -> ! {
     }
 }
 
-/// Call once, before any other thread starts (the signal mask is inherited by threads; see
-/// [`blocked_for_handler`] for processes).
+/// Call once, early in `main`: from then on SIGTERM and SIGINT stop the build as the module
+/// documentation says. The signals are caught by a handler (tokio's, which only writes to a pipe
+/// the thread `kiln-signals` reads), not blocked: a blocked signal would stay blocked in every
+/// process the executor starts (the mask is inherited through `fork` and `exec`, and
+/// `std::process::Command` keeps it), so a RUN step's command, a credential helper or git could
+/// not be stopped by it. A process started after `exec` has the default action again.
 pub fn stop_on_signals() {
     let pid1 = std::process::id() == 1;
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    let inherited = match set.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
-        Ok(old) => old,
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("kiln-executor: cannot block SIGTERM for its handler: {e}");
+            eprintln!("kiln-executor: cannot start the signal handler: {e}");
             return;
         }
     };
-    let mut blocked = SigSet::empty();
-    for signal in set.iter().filter(|s| !inherited.contains(*s)) {
-        blocked.add(signal);
-    }
+    // Registered here, before any step can start, so that a PID 1 never ignores them.
+    let streams = {
+        let _entered = runtime.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+    };
+    let (mut term, mut int) = match streams {
+        Ok(streams) => streams,
+        Err(e) => {
+            eprintln!("kiln-executor: cannot handle SIGTERM and SIGINT: {e}");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("kiln-signals".into())
         .spawn(move || {
-            let Ok(signal) = set.wait() else { return };
+            let signal = runtime.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => Signal::SIGTERM,
+                    _ = int.recv() => Signal::SIGINT,
+                }
+            });
             eprintln!("kiln-executor: {signal} received: stopping the build");
             // Before the cgroups are listed: a step whose init starts after this sees it and
             // ends that init itself (see `run::pending`).
@@ -102,15 +108,8 @@ pub fn stop_on_signals() {
             });
             std::process::exit(128 + signal as i32);
         });
-    match spawned {
-        Ok(_) => {
-            let _ = BLOCKED.set(blocked);
-        }
-        Err(e) => {
-            eprintln!("kiln-executor: cannot start the signal handler: {e}");
-            // Back to the default action rather than signals nobody takes.
-            let _ = blocked.thread_unblock();
-        }
+    if let Err(e) = spawned {
+        eprintln!("kiln-executor: cannot start the signal handler: {e}");
     }
 }
 

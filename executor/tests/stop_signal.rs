@@ -40,9 +40,10 @@ fn sigterm_stops_a_build_when_the_executor_is_not_pid_1() {
     stopped.assert_clean_exit(&format!("kiln-run-{}-", stopped.executor));
 }
 
-/// A stop while the build waits for something other than a RUN step (here a credential helper,
-/// killed at the end of the grace period: it inherits SIGTERM blocked) ends the build with the
-/// stop's 143, not with the failure of what the stop killed.
+/// A stop while the build waits for something other than a RUN step (here a credential helper)
+/// reaches that process too (it once inherited SIGTERM blocked and lived until the SIGKILL at
+/// the end of the grace period), and ends the build with the stop's 143, not with the failure of
+/// what the stop ended.
 #[test]
 fn sigterm_during_a_credential_helper_exits_143() {
     if !require_root("the executor runs as PID 1 of a PID namespace") {
@@ -53,6 +54,7 @@ fn sigterm_during_a_credential_helper_exits_143() {
     let bin = dir.path().join("bin");
     let config = dir.path().join("docker");
     let marker = dir.path().join("helper-started");
+    let signalled = dir.path().join("helper-signalled");
     for d in [&ctx, &bin, &config] {
         std::fs::create_dir_all(d).unwrap();
     }
@@ -65,7 +67,9 @@ fn sigterm_during_a_credential_helper_exits_143() {
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\necho started > {}\nexec sleep 600\n",
+            "#!/bin/sh\ntrap 'echo signalled > {}; exit 1' TERM\necho started > {}\n\
+             sleep 600 & wait\n",
+            signalled.display(),
             marker.display()
         ),
     )
@@ -132,6 +136,10 @@ fn sigterm_during_a_credential_helper_exits_143() {
         std::thread::sleep(POLL);
     };
     let stderr = stderr.recv_timeout(WAIT).unwrap_or_default();
+    assert!(
+        signalled.exists(),
+        "SIGTERM never reached the credential helper\n{stderr}"
+    );
     assert_eq!(status.code(), Some(143), "{status:?}\n{stderr}");
 }
 

@@ -61,23 +61,13 @@ impl Pending {
         if let Some(cgroup) = &cgroup {
             cmd.env(CGROUP_PROCS_ENV, cgroup.procs_file());
         }
-        // The init and the step's command get SIGTERM and SIGINT as the executor got them.
-        let unblock = crate::stop::blocked_for_handler().copied();
-        // SAFETY: runs in the forked child before exec; fcntl and sigprocmask are
-        // async-signal-safe and touch only the child's copy of the descriptor and its own signal
-        // mask (it has a single thread), so the pipe is inherited by this one child and no other
-        // process the executor spawns concurrently.
+        // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches
+        // only the child's copy of the descriptor, so the pipe is inherited by this one child and
+        // no other process the executor spawns concurrently.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::fcntl(write_fd, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
-                }
-                if let Some(set) = &unblock {
-                    if libc::sigprocmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut())
-                        == -1
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
                 }
                 Ok(())
             });
