@@ -25,6 +25,7 @@ fn context(dir: &Path, reg: &str) {
              RUN mkdir -p /data && seq 1 300000 > /data/text \
              && head -c 3000000 /dev/urandom > /data/noise \
              && cd / && sha256sum data/text data/noise > /data/sums\n\
+             RUN true\n\
              CMD [\"sh\", \"-c\", \"cd / && sha256sum -c data/sums >/dev/null && echo verified\"]\n"
         ),
     )
@@ -135,8 +136,9 @@ fn gzip_and_zstd_layers_are_read_by_standard_tools_and_run() {
     for (name, flags, media_type, tool) in cases {
         let image = format!("{}:1", repo(name));
         let log = build(&ctx, &image, flags);
-        // The RUN layer was uploaded while the build went on: the push finds it there (and
-        // uploads the base layer and the config).
+        // The RUN layer was uploaded while the build went on (a later RUN, which changes
+        // nothing, follows it): the push finds it there (and uploads the base layer and the
+        // config).
         assert!(log.contains(" present=1"), "{name}: {log}");
         let layout = work.path().join(format!("layout-{name}"));
         skopeo_fetch(&image, &layout, "t").unwrap_or_else(|e| panic!("{e}"));
@@ -161,4 +163,11 @@ fn gzip_and_zstd_layers_are_read_by_standard_tools_and_run() {
 
     // A runtime reads the zstd layer, and the files it sees match their checksums.
     podman_check(&format!("{}:1", repo("zstd")), &[], "verified").unwrap_or_else(|e| panic!("{e}"));
+
+    // Without the trailing RUN the layer is the last one: it goes with the push itself (uploaded
+    // with the config, the base layer mounted), not ahead of it just before.
+    let dockerfile = fs::read_to_string(ctx.join("Dockerfile")).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile.replace("RUN true\n", "")).unwrap();
+    let log = build(&ctx, &format!("{}:1", repo("last")), &[]);
+    assert!(log.contains(" uploaded=2 ") && log.contains(" present=0"), "{log}");
 }

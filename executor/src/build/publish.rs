@@ -137,9 +137,11 @@ impl<'a> Publisher<'a> {
     /// Start uploading the next layer of the target stage to the first destination while it is
     /// written, for the snapshot to report its progress on the returned watch. A layer that
     /// stays under [`STREAM_FROM`] bytes, or whose upload as it is written fails, is uploaded
-    /// from its finished file instead (as [`Self::push_ahead_from`] does). Other destinations get
-    /// [`Self::push_ahead_from`] once the layer is finished. `None` with `--no-push`.
-    pub fn stream_ahead(&mut self) -> Option<BlobWatch> {
+    /// from its finished file instead (as [`Self::push_ahead_from`] does), unless no layer
+    /// follows it (`layers_follow` false): the push, which waits for early uploads, starts right
+    /// after, and uploads it beside the config and the other blobs' checks. Other destinations
+    /// get [`Self::push_ahead_from`] once the layer is finished. `None` with `--no-push`.
+    pub fn stream_ahead(&mut self, layers_follow: bool) -> Option<BlobWatch> {
         let dest = self.destinations.first()?.clone();
         let registry = Arc::clone(&self.registry);
         let runtime = self.runtime.handle().clone();
@@ -170,6 +172,9 @@ impl<'a> Publisher<'a> {
                         "upload of a layer to {dest} while it was written failed, uploading the finished file: {e}"
                     ),
                 }
+            }
+            if !stream && !layers_follow {
+                return;
             }
             // The finished file (none when the writer stopped without one).
             let finished = loop {

@@ -130,6 +130,15 @@ impl Builder<'_> {
             state.run_follows = plan.steps[n + 1..]
                 .iter()
                 .any(|s| matches!(s.located.instruction, kiln_dockerfile::Instruction::Run(_)));
+            // Whether a later step may write a layer: the last layer's early upload would only
+            // end right before the push starts (see `Publisher::stream_ahead`).
+            let layers_follow = plan.steps[n + 1..].iter().any(|s| {
+                use kiln_dockerfile::Instruction::{Add, Copy, Run, Workdir};
+                matches!(
+                    s.located.instruction,
+                    Run(_) | Copy(_) | Add(_) | Workdir(_)
+                )
+            });
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
                 .map_err(|source| BuildError::Step {
@@ -153,7 +162,9 @@ impl Builder<'_> {
                         // The target stage's layers go to the first destination as they
                         // are written (big ones), or once written.
                         let pushed = keep_layers && index == self.plan.target;
-                        let watch = pushed.then(|| self.publisher.stream_ahead()).flatten();
+                        let watch = pushed
+                            .then(|| self.publisher.stream_ahead(layers_follow))
+                            .flatten();
                         let streamed = usize::from(watch.is_some());
                         let layer = snap.snapshot_layer_watched(
                             &layer_dir,
@@ -166,7 +177,7 @@ impl Builder<'_> {
                         let (layer, pushed, streamed) = layer;
                         layer_note =
                             format!("layer {} ({})", short(&layer.digest), human(layer.size));
-                        if pushed {
+                        if pushed && layers_follow {
                             self.publisher.push_ahead_from(&layer, streamed);
                         }
                         new_layer = Some(layer.clone());
