@@ -169,5 +169,8 @@ fn gzip_and_zstd_layers_are_read_by_standard_tools_and_run() {
     let dockerfile = fs::read_to_string(ctx.join("Dockerfile")).unwrap();
     fs::write(ctx.join("Dockerfile"), dockerfile.replace("RUN true\n", "")).unwrap();
     let log = build(&ctx, &format!("{}:1", repo("last")), &[]);
-    assert!(log.contains(" uploaded=2 ") && log.contains(" present=0"), "{log}");
+    assert!(
+        log.contains(" uploaded=2 ") && log.contains(" present=0"),
+        "{log}"
+    );
 }
