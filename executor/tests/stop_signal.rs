@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -85,32 +85,14 @@ fn sigterm_during_a_credential_helper_exits_143() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(env!("CARGO_BIN_EXE_kiln-executor"))
-        .args([
-            "--isolation",
-            "chroot",
-            "--insecure-pull",
-            "--no-push",
-            "--context",
-        ])
-        .arg(&ctx)
-        .arg("--kiln-dir")
-        .arg(dir.path().join("kiln"))
+    let mut child = executor_command(true, &ctx, &dir.path().join("kiln"))
         .env("DOCKER_CONFIG", &config)
         .env("PATH", path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("unshare (util-linux) runs");
-    let (tx, stderr) = mpsc::channel();
-    let mut err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        let _ = tx.send(text);
-    });
+    let stderr = read_all(child.stderr.take().unwrap());
     let deadline = Instant::now() + WAIT;
     while !marker.exists() {
         if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
@@ -123,18 +105,7 @@ fn sigterm_during_a_credential_helper_exits_143() {
         std::thread::sleep(POLL);
     }
     let executor = children(child.id() as i32)[0];
-    kill(Pid::from_raw(executor), Signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("signalling {executor}: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the executor ignored SIGTERM for {WAIT:?}");
-        }
-        std::thread::sleep(POLL);
-    };
+    let status = stop(&mut child, executor);
     let stderr = stderr.recv_timeout(WAIT).unwrap_or_default();
     assert!(
         signalled.exists(),
@@ -201,25 +172,7 @@ fn build_stopped_by_sigterm(pid1: bool) -> Stopped {
         ),
     )
     .unwrap();
-    let mut cmd = if pid1 {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(env!("CARGO_BIN_EXE_kiln-executor"));
-        cmd
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
-    };
-    let mut child = cmd
-        .args([
-            "--isolation",
-            "chroot",
-            "--insecure-pull",
-            "--no-push",
-            "--context",
-        ])
-        .arg(&ctx)
-        .arg("--kiln-dir")
-        .arg(dir.path().join("kiln"))
+    let mut child = executor_command(pid1, &ctx, &dir.path().join("kiln"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -231,13 +184,7 @@ fn build_stopped_by_sigterm(pid1: bool) -> Stopped {
             let _ = tx.send(line);
         }
     });
-    let (tx, stderr) = mpsc::channel();
-    let mut err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        let _ = tx.send(text);
-    });
+    let stderr = read_all(child.stderr.take().unwrap());
 
     // Wait for the step to run, reading the log as it comes.
     let start = Instant::now();
@@ -259,20 +206,7 @@ fn build_stopped_by_sigterm(pid1: bool) -> Stopped {
         child.id() as i32
     };
     let cgroups = StepCgroups(step_cgroups(executor));
-
-    kill(Pid::from_raw(executor), Signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("signalling {executor}: {e}"));
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the executor ignored SIGTERM for {WAIT:?}");
-        }
-        std::thread::sleep(POLL);
-    };
+    let status = stop(&mut child, executor);
     let left: Vec<PathBuf> = cgroups.0.iter().filter(|d| d.exists()).cloned().collect();
     // A step left running holds the executor's stderr open.
     let cgroups = cgroups.clean();
@@ -290,6 +224,59 @@ fn build_stopped_by_sigterm(pid1: bool) -> Stopped {
         stderr,
         cgroups,
         left,
+    }
+}
+
+/// The executor building `ctx` without pushing, as PID 1 of a PID namespace of its own (`pid1`,
+/// through `unshare`) or as a plain child of the test.
+fn executor_command(pid1: bool, ctx: &Path, kiln_dir: &Path) -> Command {
+    let mut cmd = if pid1 {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_kiln-executor"));
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+    };
+    cmd.args([
+        "--isolation",
+        "chroot",
+        "--insecure-pull",
+        "--no-push",
+        "--context",
+    ])
+    .arg(ctx)
+    .arg("--kiln-dir")
+    .arg(kiln_dir);
+    cmd
+}
+
+/// Everything `from` gives until its end, read on a thread of its own.
+fn read_all(mut from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = from.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    rx
+}
+
+/// Send SIGTERM to `executor` and wait (bounded) for `child` (it, or the `unshare` around it) to
+/// exit.
+fn stop(child: &mut Child, executor: i32) -> ExitStatus {
+    kill(Pid::from_raw(executor), Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("signalling {executor}: {e}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the executor ignored SIGTERM for {WAIT:?}");
+        }
+        std::thread::sleep(POLL);
     }
 }
 
