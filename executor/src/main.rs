@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Before the logger's and the build's threads, which inherit the blocked signals.
+    // Before the build can start a step: from then on SIGTERM and SIGINT stop it.
     kiln_executor::stop::stop_on_signals();
     opts.logging.init();
     kiln_executor::cli::kaniko::log_notes(&opts);

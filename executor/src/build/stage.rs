@@ -127,12 +127,13 @@ impl Builder<'_> {
                 None => None,
             };
             state.run_mounts = self.step_mounts(&mount_roots);
-            state.run_follows = plan.steps[n + 1..]
+            let later = &plan.steps[n + 1..];
+            state.run_follows = later
                 .iter()
                 .any(|s| matches!(s.located.instruction, kiln_dockerfile::Instruction::Run(_)));
             // Whether a later step may write a layer: the last layer's early upload would only
             // end right before the push starts (see `Publisher::stream_ahead`).
-            let layers_follow = plan.steps[n + 1..].iter().any(|s| {
+            let layers_follow = later.iter().any(|s| {
                 use kiln_dockerfile::Instruction::{Add, Copy, Run, Workdir};
                 matches!(
                     s.located.instruction,
