@@ -110,20 +110,19 @@ fn apply_crds(env: &Env, files: &[PathBuf], names: &[&str]) {
     }
     // Polled rather than `kubectl wait --for=condition=Established`, which fails at once
     // ("accessor error: <nil>") when it reads a CRD before the API server gave it any condition.
+    // Read as JSON: a jsonpath filter fails the same way on a CRD without conditions yet.
     for name in names {
         let crd = name.trim_start_matches("crd/");
         let established = (0..120).any(|_| {
-            let status = kubectl(
-                env,
-                &[
-                    "get",
-                    "crd",
-                    crd,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-                ],
-            );
-            status.trim() == "True" || {
+            let json: serde_json::Value =
+                serde_json::from_str(&kubectl(env, &["get", "crd", crd, "-o", "json"]))
+                    .expect("kubectl prints the CRD as JSON");
+            let conditions = json["status"]["conditions"].as_array().cloned();
+            let is_established = conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True");
+            is_established || {
                 std::thread::sleep(std::time::Duration::from_millis(500));
                 false
             }
