@@ -430,13 +430,15 @@ impl<'r> RootWriter<'r> {
             return Err(t.io_err("create file", io::Error::from_raw_os_error(libc::EISDIR)));
         }
         self.prepare(t)?;
-        // O_EXCL fails on whatever is there, a symlink included (never followed).
+        // O_EXCL fails on whatever is there, a symlink included (never followed). Created with
+        // the entry's permission bits (less the umask) and without setuid/setgid/sticky, which
+        // only the chmod below sets, after the content and the owner.
         let open = || {
             rustix::fs::openat(
                 t.dir(),
                 &t.name,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                Mode::from_raw_mode(meta.mode & 0o777),
             )
         };
         let fd = match open() {
@@ -454,14 +456,23 @@ impl<'r> RootWriter<'r> {
             }
             Content::Stream(source) => self.stream(t, source, &mut file)?,
         };
-        // Through the open handle: no path lookup, so nothing can be swapped underneath.
+        // Through the open handle: no path lookup, so nothing can be swapped underneath. The
+        // new file's owner and mode are read back (no journal write, unlike chown and chmod,
+        // which ext4 journals even when they change nothing): most entries already have both.
+        let made = rustix::fs::fstat(&file).map_err(|e| t.io_err("stat", e.into()))?;
+        let mut chowned = false;
         if let Some((uid, gid)) = meta.owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| t.io_err("chown", e))?;
+            if (made.st_uid, made.st_gid) != (uid, gid) {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(|e| t.io_err("chown", e))?;
+                chowned = true;
+            }
         }
         // After chown, which clears setuid/setgid bits.
-        file.set_permissions(fs::Permissions::from_mode(meta.mode))
-            .map_err(|e| t.io_err("chmod", e))?;
+        if chowned || made.st_mode & 0o7777 != meta.mode & 0o7777 {
+            file.set_permissions(fs::Permissions::from_mode(meta.mode))
+                .map_err(|e| t.io_err("chmod", e))?;
+        }
         for (key, value) in &meta.xattrs {
             let key = OsStr::from_bytes(key);
             if let Err(e) = xattr::FileExt::set_xattr(&file, key, value) {
@@ -659,7 +670,13 @@ impl<'r> RootWriter<'r> {
         }
         let (dir, name) = (t.dir(), t.name.as_os_str());
         if let Some((uid, gid)) = meta.owner {
-            at::lchown_at(dir, name, uid, gid).map_err(|e| t.io_err("chown", e))?;
+            // A new symlink usually has its owner already; lstat writes nothing, while lchown
+            // is journalled even when it changes nothing.
+            let owned = kind == Settle::Symlink
+                && at::lstat_at(dir, name).is_ok_and(|st| (st.st_uid, st.st_gid) == (uid, gid));
+            if !owned {
+                at::lchown_at(dir, name, uid, gid).map_err(|e| t.io_err("chown", e))?;
+            }
         }
         if kind != Settle::Symlink {
             at::chmod_at(dir, name, meta.mode).map_err(|e| t.io_err("chmod", e))?;

@@ -142,7 +142,10 @@ fn entry_types_and_metadata_in_plain_gzip_and_zstd() {
         .symlink("bin", "usr/bin")
         .hardlink("usr/bin/su2", "usr/bin/su")
         .raw("dev/null", EntryType::Char, None, b"", 0o666)
-        .raw("run/fifo", EntryType::Fifo, None, b"", 0o600);
+        .raw("run/fifo", EntryType::Fifo, None, b"", 0o600)
+        // Created with its own bits less the umask: 0666 and 0444 must still come out as such.
+        .raw("shared", EntryType::Regular, None, b"w", 0o666)
+        .raw("readonly", EntryType::Regular, None, b"r", 0o444);
     // Owner, device numbers and an xattr via PAX need a header we then tweak.
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(EntryType::Regular);
@@ -158,6 +161,17 @@ fn entry_types_and_metadata_in_plain_gzip_and_zstd() {
         .append_pax_extensions([("SCHILY.xattr.user.kiln", &b"yes"[..])])
         .unwrap();
     layer.builder.append(&h, &b"hi"[..]).unwrap();
+    // Setuid and owned by someone else: the chown (which clears setuid) comes before the chmod.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_path("owned-su").unwrap();
+    h.set_mode(0o4750);
+    h.set_uid(1234);
+    h.set_gid(5678);
+    h.set_size(2);
+    h.set_mtime(1_000_000_000);
+    h.set_cksum();
+    layer.builder.append(&h, &b"su"[..]).unwrap();
     let tar_bytes = layer.bytes();
 
     let work = tempfile::tempdir().unwrap();
@@ -174,8 +188,8 @@ fn entry_types_and_metadata_in_plain_gzip_and_zstd() {
         fs::write(&path, blob).unwrap();
         let stats = unpack_layer(&path, root.path(), &opts()).unwrap();
         let r = root.path();
-        assert_eq!(stats.entries, 9, "{label}");
-        assert_eq!(stats.bytes, 6 + 3 + 2, "{label}");
+        assert_eq!(stats.entries, 12, "{label}");
+        assert_eq!(stats.bytes, 6 + 3 + 1 + 1 + 2 + 2, "{label}");
         assert_eq!(fs::read(r.join("etc/shadow")).unwrap(), b"secret");
         let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap();
         assert_eq!(meta("etc/shadow").mode() & 0o7777, 0o640);
@@ -194,6 +208,22 @@ fn entry_types_and_metadata_in_plain_gzip_and_zstd() {
         assert!(meta("dev/null").file_type().is_char_device());
         assert!(meta("run/fifo").file_type().is_fifo());
         assert_eq!((meta("owned").uid(), meta("owned").gid()), (1234, 5678));
+        assert_eq!(meta("owned").mode() & 0o7777, 0o600, "{label}");
+        assert_eq!(
+            meta("shared").mode() & 0o7777,
+            0o666,
+            "umask not applied ({label})"
+        );
+        assert_eq!(meta("readonly").mode() & 0o7777, 0o444, "{label}");
+        assert_eq!(
+            (meta("owned-su").uid(), meta("owned-su").gid()),
+            (1234, 5678)
+        );
+        assert_eq!(
+            meta("owned-su").mode() & 0o7777,
+            0o4750,
+            "setuid set after the chown ({label})"
+        );
         assert_eq!(meta("owned").mtime(), 1_000_000_000);
         assert_eq!(
             xattr::get(r.join("owned"), "user.kiln").unwrap().as_deref(),
