@@ -258,6 +258,7 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
         size: img.layer().size,
         source: BlobSource::File(tmp.path().join("does-not-exist")),
         mount_from: None,
+        fresh: false,
     }];
     let d2 = rt
         .block_on(registry.push_image(
@@ -269,10 +270,24 @@ fn push_then_read_back_with_skopeo_and_skip_existing_blobs() {
         .unwrap();
     assert_eq!(d2, digest);
 
-    // In a fresh repository the same missing source fails with the path in the message,
-    // and no manifest is pushed.
-    let err = rt
+    // Another repository of the registry gets the layer by a mount from the one this client
+    // pushed it to: the missing source is not read either.
+    let mounted = [gone[0].clone(), img.config_blob()];
+    let d3 = rt
         .block_on(registry.push_image(
+            &format!("{}/kiln/mounted:v1", reg.addr),
+            &mounted,
+            &img.manifest,
+            MEDIA_TYPE_OCI_MANIFEST,
+        ))
+        .unwrap();
+    assert_eq!(d3, digest);
+
+    // A client that has not seen the blob anywhere uploads it into a fresh repository: the
+    // same missing source fails with the path in the message, and no manifest is pushed.
+    let unaware = Registry::new(reg.options()).unwrap();
+    let err = rt
+        .block_on(unaware.push_image(
             &format!("{}/kiln/other:v1", reg.addr),
             &gone,
             &img.manifest,
@@ -517,6 +532,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         size: b.len() as u64,
         source: BlobSource::Bytes(b.clone()),
         mount_from: None,
+        fresh: false,
     });
     let image = format!("{}/charts/app:1", reg.addr);
     rt.block_on(registry.push_image(&image, &blobs, &manifest, MEDIA_TYPE_OCI_MANIFEST))
@@ -534,6 +550,7 @@ fn non_image_artifacts_are_refused_with_their_media_type() {
         size: config.len() as u64,
         source: BlobSource::Bytes(config.clone()),
         mount_from: None,
+        fresh: false,
     }];
     let err = rt
         .block_on(registry.push_image(&image, &lying, &manifest, MEDIA_TYPE_OCI_MANIFEST))

@@ -720,6 +720,65 @@ fn a_cache_miss_reads_the_base_manifest_once() {
     assert_eq!(proxy.count("GET", hex(&img.config_digest)), 1, "{seen:#?}");
 }
 
+/// A `--cache` build sends each new layer to the registry once: its layer cache and its
+/// destination are repositories of one registry, and the second of the two gets the layer by a
+/// cross-repository mount. The new layers (small, just made) are uploaded without asking
+/// first; the base layers, asked about in the destination while the build runs, are not asked
+/// about again by the push.
+#[test]
+fn a_new_layer_is_uploaded_once_for_the_cache_and_the_image() {
+    let Some((proxy, img, err)) = build_through_proxy(
+        "upload-once",
+        "COPY Dockerfile /built\nCOPY Dockerfile /again\n",
+        &[
+            "--cache",
+            "--cache-copy-layers",
+            "--cache-repo={proxy}/team/cache",
+            "--destination={proxy}/team/app:v1",
+        ],
+    ) else {
+        return;
+    };
+    let seen = proxy.seen();
+    // "(cache miss, layer sha256:<12 hex> (<size>)": one for each COPY.
+    let new_layers: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split("cache miss, layer sha256:").nth(1))
+        .map(|rest| &rest[..12])
+        .collect();
+    assert_eq!(new_layers.len(), 2, "{err}");
+    let count = |method: &str, wanted: &dyn Fn(&Seen) -> bool| {
+        seen.iter()
+            .filter(|s| s.method == method && wanted(s))
+            .count()
+    };
+    for short in &new_layers {
+        let uploads = count("PUT", &|s| {
+            s.path.contains(UPLOADS) && s.path.contains(short)
+        });
+        assert_eq!(
+            uploads, 1,
+            "layer {short} uploaded {uploads} times: {seen:#?}"
+        );
+        let mount = format!("mount=sha256%3A{short}");
+        let mounts = count("POST", &|s| s.path.contains(&mount) && s.status == 201);
+        assert_eq!(mounts, 1, "layer {short} mounted {mounts} times: {seen:#?}");
+        let asked = count("HEAD", &|s| s.path.contains(short));
+        assert_eq!(asked, 0, "new layer {short} asked about: {seen:#?}");
+    }
+    for layer in &img.layers {
+        let asked = count("HEAD", &|s| {
+            s.path.contains("/team/app/") && s.path.contains(hex(&layer.digest))
+        });
+        assert_eq!(
+            asked, 1,
+            "base layer {} asked about {asked} times: {seen:#?}",
+            layer.digest
+        );
+    }
+    assert!(err.contains("cache: 0 hits, 2 misses"), "{err}");
+}
+
 /// A registry that asks for no authorization (`GET /v2/` answers 200 without a challenge) is
 /// asked so once per client, not before every request: a build pulling a base and pushing an
 /// image through the proxy sends `GET /v2/` at most once for each side (pull, push), however

@@ -159,6 +159,7 @@ impl TestImage {
             size: self.config.len() as u64,
             source: BlobSource::Bytes(self.config.clone()),
             mount_from: None,
+            fresh: false,
         }
     }
 
@@ -173,6 +174,7 @@ impl TestImage {
                 size: l.size,
                 source: BlobSource::File(l.path.clone()),
                 mount_from: mount_from.map(str::to_string),
+                fresh: false,
             })
             .collect();
         blobs.push(self.config_blob());

@@ -380,7 +380,12 @@ impl<'a> BaseImages<'a> {
                 let fetched = runtime.block_on(
                     stream::iter(missing.into_iter().map(|(i, layer)| async move {
                         registry
-                            .fetch_blob_to_file(remote_ref, &layer.digest, layer.size, &layer.path)
+                            .fetch_blob_to_work_file(
+                                remote_ref,
+                                &layer.digest,
+                                layer.size,
+                                &layer.path,
+                            )
                             .await
                             .map(|_| i)
                             .map_err(BuildError::registry(format!(
@@ -581,6 +586,12 @@ impl<'a> BaseImages<'a> {
         self.remote.insert(digest.to_string(), reference);
     }
 
+    /// Remember that the blob `digest` was downloaded from the repository of `reference` (a
+    /// cache hit's layer): a push to that registry can mount it from there.
+    pub fn note_pulled(&mut self, digest: &str, reference: String) {
+        self.pulled.insert(digest.to_string(), reference);
+    }
+
     /// The repository holding a layer the build did not download, if it did not.
     pub fn origin(&self, layer: &LayerFile) -> Option<String> {
         self.remote
@@ -619,7 +630,7 @@ impl<'a> BaseImages<'a> {
                 let dest = blob_dir.join(layer.digest.replace(':', "-"));
                 if !dest.exists() {
                     self.runtime
-                        .block_on(self.registry.fetch_blob_to_file(
+                        .block_on(self.registry.fetch_blob_to_work_file(
                             reference,
                             &layer.digest,
                             layer.size,
@@ -656,7 +667,7 @@ impl<'a> BaseImages<'a> {
                 .map_err(io_err(format!("creating {}", parent.display())))?;
         }
         self.runtime
-            .block_on(self.registry.fetch_blob_to_file(
+            .block_on(self.registry.fetch_blob_to_work_file(
                 reference,
                 &layer.digest,
                 layer.size,

@@ -79,7 +79,7 @@ pub struct Publisher<'a> {
     runtime: &'a tokio::runtime::Runtime,
     /// Where to upload; empty with `--no-push`.
     destinations: Vec<String>,
-    /// Uploads awaited before the image is pushed.
+    /// Uploads and checks awaited before the image is pushed.
     pending: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -115,6 +115,7 @@ impl<'a> Publisher<'a> {
                 size: layer.size,
                 source: BlobSource::File(layer.path.clone()),
                 mount_from: None,
+                fresh: true,
             };
             // Like cache stores, on a thread of its own: the upload future is not `Send`.
             let spawned = std::thread::Builder::new()
@@ -130,6 +131,29 @@ impl<'a> Publisher<'a> {
             match spawned {
                 Ok(handle) => self.pending.push(handle),
                 Err(e) => tracing::debug!("could not start an early upload: {e}"),
+            }
+        }
+    }
+
+    /// Start asking the destinations whether they hold `layers` (the target stage's base
+    /// layers, a cache hit's layer), while the build goes on: the push then neither asks again
+    /// nor sends the ones they hold. Failures are left to the push.
+    pub fn check_ahead(&mut self, layers: &[LayerFile]) {
+        if layers.is_empty() {
+            return;
+        }
+        for dest in &self.destinations {
+            let registry = Arc::clone(&self.registry);
+            let runtime = self.runtime.handle().clone();
+            let dest = dest.clone();
+            let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+            // Like the uploads, on a thread of its own: the registry's futures are not `Send`.
+            let spawned = std::thread::Builder::new()
+                .name("kiln-check-ahead".into())
+                .spawn(move || runtime.block_on(registry.check_blobs(&dest, digests)));
+            match spawned {
+                Ok(handle) => self.pending.push(handle),
+                Err(e) => tracing::debug!("could not start an early check: {e}"),
             }
         }
     }
@@ -186,6 +210,7 @@ impl<'a> Publisher<'a> {
                             size: blob.written,
                             source: BlobSource::File(path.clone()),
                             mount_from: None,
+                            fresh: true,
                         });
                     }
                 }
@@ -433,6 +458,8 @@ fn push(
     for l in layers {
         let mut mount_from = None;
         let mut path = l.path.clone();
+        // A layer with no repository behind it was written by this build's steps.
+        let mut fresh = false;
         if let Some(origin) = bases.origin(l) {
             if same_registry(&origin, dest) {
                 mount_from = Some(origin);
@@ -452,15 +479,19 @@ fn push(
             path = bases.checked_path(l)?;
             mount_from = bases.mount_source(l).filter(|o| same_registry(o, dest));
         } else {
-            // A base layer downloaded from the destination's registry is mounted from its
-            // repository there (as BuildKit and containerd do); the file is the fallback.
-            mount_from = bases.mount_source(l).filter(|o| same_registry(o, dest));
+            // A layer downloaded from the destination's registry (a base's, a cache hit's) is
+            // mounted from its repository there (as BuildKit and containerd do); the file is
+            // the fallback.
+            let source = bases.mount_source(l);
+            fresh = source.is_none();
+            mount_from = source.filter(|o| same_registry(o, dest));
         }
         blobs.push(Blob {
             digest: l.digest.clone(),
             size: l.size,
             source: BlobSource::File(path),
             mount_from,
+            fresh,
         });
     }
     blobs.push(Blob {
@@ -468,6 +499,7 @@ fn push(
         size: image.config.len() as u64,
         source: BlobSource::Bytes(image.config.clone()),
         mount_from: None,
+        fresh: true,
     });
     let push_image =
         || runtime.block_on(registry.push_image(dest, &blobs, &image.manifest, image.media_type));

@@ -49,6 +49,11 @@ impl Builder<'_> {
             (root, image)
         };
         info!("[{label}] base ready in {}", secs(started.elapsed()));
+        // The image takes the target stage's base layers: the destinations are asked for them now.
+        let pushed_stage = keep_layers && index == self.plan.target;
+        if pushed_stage {
+            self.publisher.check_ahead(&image.layers);
+        }
         let mut prev_key = self.base_key(&base, &image);
         let Image { config, mut layers } = image;
 
@@ -88,6 +93,9 @@ impl Builder<'_> {
             };
             if let (Some(hit), Some(key)) = (hit, &key) {
                 let mut note = self.apply_hit(&hit, &root, &mut layers)?;
+                if let (true, Some(layer)) = (pushed_stage, &hit.layer) {
+                    self.publisher.check_ahead(std::slice::from_ref(layer));
+                }
                 let mut no_layer = hit.layer.is_none();
                 if no_layer && self.req.force_build_metadata {
                     if let Some(snap) = snapshotter.as_ref() {
@@ -162,7 +170,7 @@ impl Builder<'_> {
                         snap.set_ignore(self.ignore.paths());
                         // The target stage's layers go to the first destination as they
                         // are written (big ones), or once written.
-                        let pushed = keep_layers && index == self.plan.target;
+                        let pushed = pushed_stage;
                         let watch = pushed
                             .then(|| self.publisher.stream_ahead(layers_follow))
                             .flatten();
@@ -404,6 +412,10 @@ impl Builder<'_> {
         std::fs::create_dir_all(&blob_dir)
             .map_err(io_err(format!("creating {}", blob_dir.display())))?;
         cache.fetch(hit, "fetching")?;
+        // A push to the cache's registry mounts the layer from the cache repository.
+        if let Some(reference) = cache.blob_reference(&hit.key) {
+            self.bases.note_pulled(&layer.digest, reference);
+        }
         self.bases.unpack(layer, &cache.describe(), root)?;
         layers.push(layer.clone());
         Ok(format!("layer {}", layer.digest))

@@ -287,7 +287,7 @@ impl LayerCache {
                 let dest = layer.path.clone();
                 if !dest.exists() {
                     self.registry
-                        .fetch_blob_to_file(
+                        .fetch_blob_to_work_file(
                             &format!("{repo}:{}", hit.key),
                             &layer.digest,
                             layer.size,
@@ -374,6 +374,7 @@ impl LayerCache {
                         size: l.size,
                         source: BlobSource::File(l.path.clone()),
                         mount_from: None,
+                        fresh: true,
                     })
                     .collect();
                 blobs.push(Blob {
@@ -381,6 +382,7 @@ impl LayerCache {
                     size: config_bytes.len() as u64,
                     source: BlobSource::Bytes(config_bytes),
                     mount_from: None,
+                    fresh: true,
                 });
                 self.registry
                     .push_image(

@@ -16,6 +16,7 @@ mod bounded;
 mod diagnose;
 mod pull;
 mod push;
+mod seen;
 mod transport;
 
 use std::collections::HashMap;
@@ -240,6 +241,9 @@ pub struct Blob {
     /// e.g. the base image a layer came from. When it is on the destination's registry the
     /// blob is mounted from it instead of uploaded; the upload is the fallback.
     pub mount_from: Option<String>,
+    /// Made by this build (a layer its steps wrote): up to [`push::ASK_FIRST_ABOVE`] bytes it is
+    /// uploaded without asking the repository first, like an in-memory blob.
+    pub fresh: bool,
 }
 
 /// Where a blob's bytes come from.
@@ -268,6 +272,8 @@ pub struct Registry {
     tokens: bounded::TokenCache,
     /// Whether a registry that may fall back to plain HTTP did, by host, once decided.
     schemes: tokio::sync::Mutex<HashMap<String, bool>>,
+    /// Which repository holds which blob, and which blobs are being sent (see [`seen`]).
+    seen: seen::Seen,
 }
 
 /// Which kind of request a retry policy applies to.
@@ -339,6 +345,7 @@ impl Registry {
             push_repos,
             tokens: bounded::TokenCache::default(),
             schemes: Default::default(),
+            seen: Default::default(),
         })
     }
 

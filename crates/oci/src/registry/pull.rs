@@ -319,13 +319,41 @@ impl Registry {
     /// sha256 matches and exactly `size` bytes (its descriptor's) came. Reading stops at `size`:
     /// a longer blob is refused without being read further. A layer blob larger than
     /// `max_layer_size` allows is refused before it is requested. Returns the number of bytes.
-    /// Memory use does not grow with the blob.
+    /// Memory use does not grow with the blob. The file is synced to its disk before it is
+    /// renamed, for stores that outlive the process (the base-image cache, a layout);
+    /// [`Registry::fetch_blob_to_work_file`] skips that.
     pub async fn fetch_blob_to_file(
         &self,
         reference: &str,
         digest: &str,
         size: u64,
         dest: &Path,
+    ) -> Result<u64, RegistryError> {
+        self.fetch_blob_into(reference, digest, size, dest, true)
+            .await
+    }
+
+    /// [`Registry::fetch_blob_to_file`] for a file that lives only as long as the build (its
+    /// work directory): verified the same way, not synced to the disk, which a crash would not
+    /// need and which costs a journal commit per blob.
+    pub async fn fetch_blob_to_work_file(
+        &self,
+        reference: &str,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<u64, RegistryError> {
+        self.fetch_blob_into(reference, digest, size, dest, false)
+            .await
+    }
+
+    async fn fetch_blob_into(
+        &self,
+        reference: &str,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+        sync: bool,
     ) -> Result<u64, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
@@ -350,6 +378,7 @@ impl Registry {
         let endpoints = self.endpoints(&r);
         let what = format!("blob {digest}");
         first_endpoint(&endpoints, reference, &what, |ep| {
+            let dest = BlobDest { path: dest, sync };
             self.fetch_blob_from(ep, &normalized, digest, size, dest, side)
         })
         .await
@@ -361,13 +390,13 @@ impl Registry {
         normalized: &str,
         digest: &str,
         size: u64,
-        dest: &Path,
+        dest: BlobDest<'_>,
         side: Side,
     ) -> Result<u64, RegistryError> {
         let client = self.prepared(ep, side).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(ep, normalized, &what);
-        let dir = match dest.parent() {
+        let dir = match dest.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
@@ -391,6 +420,15 @@ impl Registry {
                 Ok((tmp, written))
             })
             .await?;
+        if dest.sync {
+            let file = tmp.as_file().try_clone();
+            tokio::task::spawn_blocking(move || file.and_then(|f| f.sync_all()))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| RegistryError::io("cannot sync", tmp.path(), e))?;
+        }
+        let dest = dest.path;
         tmp.persist(dest)
             .map_err(|e| RegistryError::io("cannot move the blob into", dest, e.error))?;
         tracing::debug!(
@@ -433,7 +471,6 @@ impl Registry {
         }
         let actual = read.finish().map_err(|s| s.attempt(size, ctx))?;
         file.flush().await.map_err(|e| local("cannot write", e))?;
-        file.sync_all().await.map_err(|e| local("cannot sync", e))?;
         if actual != digest {
             // The temporary file is removed when the caller drops it.
             return Err(Attempt::transient(ctx.mismatch(digest, &actual)));
@@ -492,21 +529,38 @@ impl Registry {
         Ok(image)
     }
 
-    /// Whether blob `digest` exists in the repository of `reference`.
+    /// Whether blob `digest` exists in the repository of `reference` (without asking when this
+    /// process has seen it there).
     pub async fn blob_exists(&self, reference: &str, digest: &str) -> Result<bool, RegistryError> {
         let r = parse_reference(reference)?;
+        if self.seen.has(&r, digest) {
+            return Ok(true);
+        }
         let normalized = r.whole();
         let client = self.prepared(&r, self.side(&r, Direction::Pull)).await?;
         let what = format!("blob {digest}");
         let ctx = self.ctx(&r, &normalized, &what);
-        self.retrying(Direction::Pull, &ctx, || async {
-            client
-                .blob_exists(&r, digest)
-                .await
-                .map_err(|e| ctx.attempt(e))
-        })
-        .await
+        let present = self
+            .retrying(Direction::Pull, &ctx, || async {
+                client
+                    .blob_exists(&r, digest)
+                    .await
+                    .map_err(|e| ctx.attempt(e))
+            })
+            .await?;
+        if present {
+            self.seen.note(&r, digest);
+        } else {
+            self.seen.note_absent(&r, digest);
+        }
+        Ok(present)
     }
+}
+
+/// Where a downloaded blob goes, and whether it is synced to its disk before it is renamed there.
+struct BlobDest<'a> {
+    path: &'a Path,
+    sync: bool,
 }
 
 /// The reading of one blob: hashes what comes and stops at the descriptor's size.

@@ -38,10 +38,11 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// the registry, so an image's blobs are checked in one wave rather than behind each other.
 const CHECK_CONCURRENCY: usize = 16;
 
-/// An in-memory blob up to this size (an image config) is uploaded without asking first whether
-/// the repository has it: it is new in almost every push (its history has the build's times), so
-/// the HEAD request would only add a round trip before the two of the upload.
-const ASK_FIRST_ABOVE: u64 = 64 << 10;
+/// A blob the build made (an image config, a layer its steps wrote: in-memory blobs and those
+/// marked `fresh`) up to this size is uploaded without asking first whether the repository has
+/// it: it is new in almost every push (its history and files have the build's times), so the
+/// HEAD request would only add a round trip before the two of the upload.
+pub(crate) const ASK_FIRST_ABOVE: u64 = 64 << 10;
 
 /// What happened to one blob of a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +172,22 @@ impl Registry {
             .map(|_| ())
     }
 
+    /// Asks the repository of `reference` for each of `digests` (several at a time), so that a
+    /// later push of an image naming them neither asks again nor sends those it holds: started
+    /// while the build still runs, for the layers the image takes from its base and its cache
+    /// hits. Failures are left to the push, which asks again.
+    pub async fn check_blobs(&self, reference: &str, digests: Vec<String>) {
+        futures_util::stream::iter(digests)
+            .map(|digest| async move {
+                if let Err(e) = self.blob_exists(reference, &digest).await {
+                    tracing::debug!(blob = %digest, "early check of {reference} failed: {e}");
+                }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect::<()>()
+            .await
+    }
+
     /// Uploads a blob while its writer is still producing it (a layer being compressed), so that
     /// the upload runs beside the writing instead of after it: one upload session, one PATCH
     /// request whose body is the file read as it grows (in pieces of [`STREAM_PIECE`], the last
@@ -231,8 +248,9 @@ impl Registry {
             .push_blob_stream_then_commit(&r, stream, digest)
             .await
             .map_err(|e| ctx.map(e))?;
-        let digest = progress.borrow().digest.clone();
-        Ok(digest.unwrap_or_default())
+        let digest = progress.borrow().digest.clone().unwrap_or_default();
+        self.seen.note(&r, &digest);
+        Ok(digest)
     }
 
     /// Makes one blob present in the repository of `r`: nothing to do when it is there,
@@ -249,9 +267,22 @@ impl Registry {
     ) -> Result<BlobOutcome, RegistryError> {
         let what = format!("blob {}", blob.digest);
         let ctx = self.push_ctx(r, normalized, &what);
-        let ask_first = !matches!(blob.source, BlobSource::Bytes(_))
-            || blob.size > ASK_FIRST_ABOVE
-            || blob.mount_from.is_some();
+        // Another push sending this blob to the registry (to the layer cache, say) is waited
+        // for: it is then mounted from where that one sent it.
+        let Some(_claim) = self.seen.claim(r, &blob.digest).await else {
+            tracing::debug!(blob = %blob.digest, "blob known to be in the repository, skipped");
+            return Ok(BlobOutcome::Present);
+        };
+        let seen_elsewhere = match blob.mount_from {
+            Some(_) => None,
+            None => self.seen.source(r, &blob.digest),
+        };
+        let made_here = blob.fresh || matches!(blob.source, BlobSource::Bytes(_));
+        // A mount of a blob the repository has already is answered like any other mount; a
+        // blob the repository lacked when asked during the build is not asked about again.
+        let ask_first = seen_elsewhere.is_none()
+            && !self.seen.lacks(r, &blob.digest)
+            && (!made_here || blob.size > ASK_FIRST_ABOVE || blob.mount_from.is_some());
         let exists = if ask_first {
             self.retrying(Direction::Push, &ctx, || async {
                 client
@@ -266,9 +297,10 @@ impl Registry {
         match exists {
             Ok(true) => {
                 tracing::debug!(blob = %blob.digest, "blob already in the repository, skipped");
+                self.seen.note(r, &blob.digest);
                 return Ok(BlobOutcome::Present);
             }
-            Ok(false) => {}
+            Ok(false) => self.seen.note_absent(r, &blob.digest),
             // A token scoped for push may not allow HEAD on a repository that does not
             // exist yet; uploading is then the right move.
             Err(RegistryError::Unauthorized { .. } | RegistryError::NotFound { .. }) => {}
@@ -276,7 +308,11 @@ impl Registry {
         }
         // Never closed, so acquiring only waits.
         let _permit = uploads.acquire().await.ok();
-        if let Some(source) = self.mount_source(r, blob) {
+        let source = self.mount_source(r, blob).or_else(|| {
+            let repository = seen_elsewhere?;
+            parse_reference(&format!("{}/{repository}", r.registry())).ok()
+        });
+        if let Some(source) = source {
             let mounted = self
                 .retrying(Direction::Push, &ctx, || async {
                     client
@@ -288,6 +324,7 @@ impl Registry {
             match mounted {
                 Ok(()) => {
                     tracing::debug!(blob = %blob.digest, from = source.repository(), "mounted blob");
+                    self.seen.note(r, &blob.digest);
                     return Ok(BlobOutcome::Mounted);
                 }
                 // 202 (the registry started an upload instead: no access to the source,
@@ -351,6 +388,7 @@ impl Registry {
         })
         .await?;
         tracing::debug!(blob = %blob.digest, bytes = blob.size, "uploaded blob");
+        self.seen.note(r, &blob.digest);
         Ok(BlobOutcome::Uploaded)
     }
 
