@@ -677,3 +677,50 @@ fn damaged_warmed_layer_is_discarded_and_the_base_pulled() {
         out.stderr
     );
 }
+
+/// A build whose last step fails still stores the cache entries of the steps before it (their
+/// pushes run in the background and are awaited, not cut off by the end of the build, which
+/// made their threads panic): the rerun with the step fixed hits them.
+#[test]
+fn a_failed_build_keeps_the_entries_of_its_earlier_steps() {
+    let failing = format!(
+        "FROM {}\nRUN date +%s%N > /first\nCOPY a.txt /a.txt\nRUN cat /a.txt; exit 3\n",
+        busybox()
+    );
+    let dir = context_with(&failing, &[("a.txt", "one\n")]);
+    let ctx = dir.path().join("ctx");
+    let dest = unique_repo("failed");
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
+            .arg("--context")
+            .arg(format!("dir://{}", ctx.display()))
+            .args(["--destination", &format!("{dest}:1")])
+            .args([
+                "--insecure",
+                "--insecure-pull",
+                "--cache",
+                "--cache-copy-layers",
+            ]),
+        BUILD_TIMEOUT,
+    )
+    .expect("kiln-executor runs");
+    assert_eq!(out.status, Some(1), "the RUN fails: {}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert_eq!(count(&out.stderr, "cache miss"), 2, "{}", out.stderr);
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        failing.replace("RUN cat /a.txt; exit 3", "RUN cat /a.txt > /copy"),
+    )
+    .unwrap();
+    let fixed = build(
+        &ctx,
+        &format!("{dest}:2"),
+        &["--cache", "--cache-copy-layers"],
+    );
+    assert!(
+        fixed.log.contains("cache: 2 hits, 1 misses"),
+        "the RUN and the COPY before the failed step hit: {}",
+        fixed.log
+    );
+}

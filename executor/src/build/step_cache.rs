@@ -261,6 +261,18 @@ impl<'a> StepCache<'a> {
     }
 }
 
+/// A build that fails still stores the entries of the steps that succeeded (a rerun then
+/// starts from them), and the pushes under way must not be cut off by the shutdown of the
+/// runtime they run on, which made their threads panic. Awaited here, before the runtime goes.
+impl Drop for StepCache<'_> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            tracing::debug!("waiting for {} cache push(es) to end", self.pending.len());
+            self.finish_stores();
+        }
+    }
+}
+
 impl Builder<'_> {
     /// Start the layer-cache lookups of a stage's cacheable steps before the first one runs,
     /// [`LOOKUP_CONCURRENCY`] at a time, so that a chain of steps costs about one registry
