@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_executor::run::{
-    maybe_run_init, release_spares, run_with, spare_count, Isolation, Network, RunOptions, RunSpec,
-    CGROUP_PREFIX, PIDS_MAX,
+    maybe_run_init, prepare_ahead, release_spares, run_with, spare_count, Isolation, Network,
+    RunOptions, RunSpec, CGROUP_PREFIX, PIDS_MAX,
 };
 
 /// Docker's default capability set, as `CapBnd` shows it in a container.
@@ -609,7 +609,8 @@ fn fork_bomb(root: &Root) -> Result<Outcome, String> {
     Ok(Outcome::Passed)
 }
 
-/// A step whose init was started during the step before (a stage with RUN after RUN) is in a
+/// A stage's first RUN takes an init started ahead of it; a step whose init was started during
+/// the step before (a stage with RUN after RUN) is in a
 /// cgroup of its own with the same limit, and a spare no step takes ends with the build,
 /// cgroup and all (the harness checks no step cgroup is left).
 fn prepared_init(root: &Root) -> Result<Outcome, String> {
@@ -617,6 +618,15 @@ fn prepared_init(root: &Root) -> Result<Outcome, String> {
         let why = "this machine has no writable pids cgroup controller";
         return Ok(Outcome::Skipped(why.into()));
     };
+    // A stage's first RUN takes the init started ahead of it (beside the base's download);
+    // nothing is started ahead of a step that runs in place.
+    prepare_ahead(Isolation::InPlace);
+    expect_eq("spares ahead of an in-place step", spare_count(), 0)?;
+    prepare_ahead(Isolation::Chroot);
+    expect_eq("spares ahead of a stage's first RUN", spare_count(), 1)?;
+    run_with(&root.spec(&["sh", "-c", "true"]), &RunOptions::default())
+        .map_err(|e| e.to_string())?;
+    expect_eq("spares after the first RUN", spare_count(), 0)?;
     let ahead = RunOptions {
         prepare_next: true,
         ..Default::default()

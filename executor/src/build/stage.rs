@@ -39,6 +39,14 @@ impl Builder<'_> {
         if let Some(cache) = self.cache.as_mut() {
             cache.want_downloads();
         }
+        // The stage's first RUN gets its init started now, beside the base's download.
+        let runs = self.dockerfile.stages[index]
+            .instructions
+            .iter()
+            .any(|i| matches!(i.instruction, kiln_dockerfile::Instruction::Run(_)));
+        if runs {
+            crate::run::prepare_ahead(self.req.isolation);
+        }
         let (root, image) = if self.in_place() {
             self.prepare_in_place(&base, index)?
         } else {

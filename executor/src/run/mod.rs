@@ -251,6 +251,16 @@ fn init_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }
 
+/// Start a spare init for the first sandboxed `RUN` of a stage while what comes before it (the
+/// base image's download and unpack, cached layers, COPY steps) is still under way, so that the
+/// step does not wait for its init to start (later RUNs get theirs from the step before, see
+/// [`RunOptions::prepare_next`]). An init no step takes ends with the build. Nothing in place.
+pub fn prepare_ahead(isolation: Isolation) {
+    if isolation == Isolation::Chroot {
+        pending::prepare_spare(&init_program());
+    }
+}
+
 /// What the init process is told to do; every decision that can fail with a user-facing error
 /// (user lookup, mount-point creation) is made before it starts.
 #[derive(Debug, Serialize, Deserialize)]
