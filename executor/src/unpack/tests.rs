@@ -146,32 +146,33 @@ fn entry_types_and_metadata_in_plain_gzip_and_zstd() {
         // Created with its own bits less the umask: 0666 and 0444 must still come out as such.
         .raw("shared", EntryType::Regular, None, b"w", 0o666)
         .raw("readonly", EntryType::Regular, None, b"r", 0o444);
-    // Owner, device numbers and an xattr via PAX need a header we then tweak.
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(EntryType::Regular);
-    h.set_path("owned").unwrap();
-    h.set_mode(0o600);
-    h.set_uid(1234);
-    h.set_gid(5678);
-    h.set_size(2);
-    h.set_mtime(1_000_000_000);
-    h.set_cksum();
+    // Owner, device numbers and an xattr via PAX need a header we then tweak: a file of two
+    // bytes owned by 1234:5678.
+    let owned = |path: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_path(path).unwrap();
+        h.set_mode(mode);
+        h.set_uid(1234);
+        h.set_gid(5678);
+        h.set_size(2);
+        h.set_mtime(1_000_000_000);
+        h.set_cksum();
+        h
+    };
     layer
         .builder
         .append_pax_extensions([("SCHILY.xattr.user.kiln", &b"yes"[..])])
         .unwrap();
-    layer.builder.append(&h, &b"hi"[..]).unwrap();
+    layer
+        .builder
+        .append(&owned("owned", 0o600), &b"hi"[..])
+        .unwrap();
     // Setuid and owned by someone else: the chown (which clears setuid) comes before the chmod.
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(EntryType::Regular);
-    h.set_path("owned-su").unwrap();
-    h.set_mode(0o4750);
-    h.set_uid(1234);
-    h.set_gid(5678);
-    h.set_size(2);
-    h.set_mtime(1_000_000_000);
-    h.set_cksum();
-    layer.builder.append(&h, &b"su"[..]).unwrap();
+    layer
+        .builder
+        .append(&owned("owned-su", 0o4750), &b"su"[..])
+        .unwrap();
     let tar_bytes = layer.bytes();
 
     let work = tempfile::tempdir().unwrap();
