@@ -51,6 +51,10 @@
 # w8 primes each tool's layer cache with an untimed build: kiln --cache --cache-copy-layers and
 # kaniko --cache=true --cache-copy-layers (each with a cache repository of its own), buildah
 # --layers in a kept storage root, BuildKit its local cache (pruned before the priming only).
+# With --w8-buildkit-cache registry, BuildKit's w8 instead reads and writes a registry cache
+# (--import-cache/--export-cache type=registry, mode=max, a repository of its own) with a fresh
+# buildkitd and an empty state for every build, priming included: BuildKit as it runs in a Pod
+# that keeps nothing, where kiln's and kaniko's registry caches are. The table says which.
 # w11 runs kiln-warmer ($KILN_WARMER) and kaniko's /kaniko/warmer (in podman); buildah and BuildKit
 # have no warmer and no rows.
 # Peak memory for kiln and buildah is "Maximum resident set size" of /usr/bin/time: the largest single
@@ -58,6 +62,7 @@
 #
 # Flags: --runs N (default 3), --only w1,w2,... (default w1..w11), --tools kiln,buildah,kaniko,buildkit
 # (default all four), --timeout SECONDS per build (default 900), --keep (keep the work directory),
+# --w8-buildkit-cache local|registry (BuildKit's layer cache in w8, default local; see above),
 # --results FILE (the table; default /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only
 # (exit 0 even when a target is missed or not evaluated), --summarize RUNS.tsv (only print the
 # table and targets of a raw file written before).
@@ -90,13 +95,14 @@ KEEP=""
 RESULTS_OUT=""
 REPORT_ONLY=""
 SUMMARIZE=""
+W8_BK_CACHE=local
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --runs|--only|--tools|--timeout|--results|--summarize)
+        --runs|--only|--tools|--timeout|--results|--summarize|--w8-buildkit-cache)
             [[ $# -ge 2 ]] || die "$1 needs a value (see --help)" ;;&
         --runs) RUNS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
@@ -106,6 +112,10 @@ while [[ $# -gt 0 ]]; do
         --results) RESULTS_OUT="$2"; shift 2 ;;
         --report-only) REPORT_ONLY=1; shift ;;
         --summarize) SUMMARIZE="$2"; shift 2 ;;
+        --w8-buildkit-cache)
+            [[ "$2" == local || "$2" == registry ]] ||
+                die "--w8-buildkit-cache is local or registry, not $2"
+            W8_BK_CACHE="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -146,6 +156,8 @@ names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one
 anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
 
 Run = collections.namedtuple("Run", "w tool run seconds exit status peak_kb note")
+# "# w8-buildkit-cache: registry": BuildKit's w8 used a registry cache and kept no state.
+w8_bk_registry = False
 entries = collections.OrderedDict()
 planned_runs = None
 with open(runs_file) as f:
@@ -155,6 +167,12 @@ with open(runs_file) as f:
         # so that a raw file cut short cannot pass for a complete one. w7 with kiln brings kiln's
         # runs of w7-left and w7-right, w9 and w10 with kiln the floor's; w11 is kiln's and
         # kaniko's only.
+        m = re.match(r"# w8-buildkit-cache: (local|registry)$", line)
+        if m:
+            w8_bk_registry = m.group(1) == "registry"
+            if w8_bk_registry:
+                names["w8"] = "source change, BK registry cache"
+            continue
         m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
         if m:
             planned_runs = int(m.group(3))
@@ -325,6 +343,11 @@ for w in WORKLOADS:
             judge(name, k.wall / f.wall, 1.3, "x")
             out.append("")
             out.append(f"{w} (kiln): {k.wall:.2f} s; floor ({FLOORS[w]}): {f.wall:.2f} s")
+    if w == "w8" and w8_bk_registry:
+        out.append("")
+        out.append("w8: BuildKit read and wrote a registry cache (mode=max) with a fresh buildkitd "
+                   "and empty state for every build, as in a Pod that keeps nothing "
+                   "(--w8-buildkit-cache registry)")
     if w == "w8":
         # The rebuild after a source change: kiln's step lines ("step 3/4: COPY . /src", then
         # "step 3/4 done in 0.01s (cache miss, ...)") must show a cache hit for every step before
@@ -519,6 +542,7 @@ mkdir -p "$(dirname "$RESULTS_OUT")"
 {
     printf 'workload\ttool\trun\tseconds\texit\tstatus\tpeak_rss_kb\tnote\n'
     echo "# plan: workloads=$ONLY tools=$TOOLS runs=$RUNS"
+    echo "# w8-buildkit-cache: $W8_BK_CACHE"
 } >"$RUNS_TSV"
 printf 'workload\trun\tkiln step line\n' >"$STEPS_TSV"
 log "raw runs go to $RUNS_TSV"
@@ -768,6 +792,8 @@ begin_build() {
         BEGIN_NOTE="could not make a fresh filesystem at $SCRATCH: $(tail -n1 "$WORK/fresh-fs.log")"
         return 1
     fi
+    # BuildKit on a registry cache keeps nothing between builds: a fresh buildkitd, as for cold.
+    bk_registry_cache "$tool" "$w" && mode=cold
     case "$tool/$mode" in
         kaniko/*) restore_state podman podman/root ;;
         buildah/cold) ;;
@@ -799,11 +825,17 @@ begin_build() {
 end_build() {
     local tool="$1" w="$2" mode="$3" prime="${4:-}"
     [[ -n "$FRESH_FS" ]] || return 0
+    bk_registry_cache "$tool" "$w" && mode=cold
     case "$tool/$mode" in
         buildah/cold) ;;
         buildah/*) [[ -z "$prime" ]] || save_state "$(buildah_store "$w" "$mode")" "$(buildah_store "$w" "$mode")" ;;
         buildkit/cold) bk_stop || log "could not stop buildkitd in $BK_DIR (log: $WORK/buildkit-stop.log)" ;;
     esac
+}
+# bk_registry_cache TOOL WORKLOAD: whether this is BuildKit's w8 on a registry cache
+# (--w8-buildkit-cache registry).
+bk_registry_cache() {
+    [[ "$1" == buildkit && "$2" == w8 && "$W8_BK_CACHE" == registry ]]
 }
 # end_workload: with a fresh filesystem per build, stops the buildkitd of w5, w6 or w8 and drops
 # its filesystem.
@@ -1102,6 +1134,18 @@ buildkit_build() {
             fi ;;
         warmed) extra=(--opt "build-arg:CHANGE=warm-$run-$$") ;;
     esac
+    if bk_registry_cache buildkit "$w"; then
+        # Nothing kept by buildkitd: its state is new (a fresh filesystem) or emptied here.
+        if [[ -z "$FRESH_FS" ]] && ! buildkit_prune; then
+            echo "bench: buildkit.sh prune failed before this run (log: $WORK/buildkit-prune.log)" >"$logf"
+            WALL=0 PEAK_KB=""
+            set_status 1
+            return
+        fi
+        local cache_ref="$REG/bench/cache-buildkit-$w-$$"
+        extra+=(--import-cache "type=registry,ref=$cache_ref"
+            --export-cache "type=registry,ref=$cache_ref,mode=max")
+    fi
     make_context "$w" "$ctx" "$run"
     # VmHWM back to the current RSS, so that it is this build's peak; unmeasured if that fails.
     local reset=""
