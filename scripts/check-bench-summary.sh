@@ -297,6 +297,20 @@ all_good >"$WORK/w8-nofile.runs.tsv"
 check "w8 without a step file" nonzero "$WORK/w8-nofile.runs.tsv" -- \
     '^  NOT EVALUATED  w8: kiln reruns only the steps after the changed COPY: no step file .* for run\(s\) 1, 2, 3$'
 
+# 9b. --w8-buildkit-cache registry: recorded in the raw file, named on the w8 rows and in a line
+#     under them; without the line (older files, the default) the rows say nothing of it.
+{
+    all_good | sed '1a # w8-buildkit-cache: registry'
+} >"$WORK/w8-registry.runs.tsv"
+all_steps >"$WORK/w8-registry.steps.tsv"
+check "w8 with BuildKit on a registry cache" 0 "$WORK/w8-registry.runs.tsv" -- \
+    '^w8 source change, BK registry cache +buildkit +3 runs ' \
+    '^w8: BuildKit read and wrote a registry cache \(mode=max\) with a fresh buildkitd' \
+    '^  PASS +w8: kiln <= 0\.8x buildkit' -- \
+    'source change, cached rebuild'
+check "w8 with BuildKit on its local cache" 0 "$WORK/good.runs.tsv" -- \
+    '^w8 source change, cached rebuild +buildkit ' -- 'BK registry cache' 'w8: BuildKit read and wrote'
+
 # 10. The floors: w9 missed; w10's floor could not be primed (kiln's first push not copied) in one
 #     file, and in another planned but never recorded; only kiln's floor target for w9 and w10.
 {
