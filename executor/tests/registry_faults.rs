@@ -693,21 +693,23 @@ fn build_through_proxy(
     Some((proxy, img, err))
 }
 
+/// [`build_through_proxy`]'s flags for a build with the layer cache (COPY layers included) and
+/// the image on the proxied registry.
+const CACHED_BUILD: &[&str] = &[
+    "--cache",
+    "--cache-copy-layers",
+    "--cache-repo={proxy}/team/cache",
+    "--destination={proxy}/team/app:v1",
+];
+
 /// A `--cache` build whose step misses reads the base's manifest and config once: the skip-base
 /// decision reads them to work out the cache keys, and the build that then needs the base's
 /// layers uses what it read (the tag is resolved once per build).
 #[test]
 fn a_cache_miss_reads_the_base_manifest_once() {
-    let Some((proxy, img, err)) = build_through_proxy(
-        "once",
-        "COPY Dockerfile /built\n",
-        &[
-            "--cache",
-            "--cache-copy-layers",
-            "--cache-repo={proxy}/team/cache",
-            "--destination={proxy}/team/app:v1",
-        ],
-    ) else {
+    let Some((proxy, img, err)) =
+        build_through_proxy("once", "COPY Dockerfile /built\n", CACHED_BUILD)
+    else {
         return;
     };
     assert!(err.contains("cache: 0 hits, 1 misses"), "{err}");
@@ -730,12 +732,7 @@ fn a_new_layer_is_uploaded_once_for_the_cache_and_the_image() {
     let Some((proxy, img, err)) = build_through_proxy(
         "upload-once",
         "COPY Dockerfile /built\nCOPY Dockerfile /again\n",
-        &[
-            "--cache",
-            "--cache-copy-layers",
-            "--cache-repo={proxy}/team/cache",
-            "--destination={proxy}/team/app:v1",
-        ],
+        CACHED_BUILD,
     ) else {
         return;
     };
