@@ -178,8 +178,7 @@ impl Builder<'_> {
                         snap.set_ignore(self.ignore.paths());
                         // The target stage's layers go to the first destination as they
                         // are written (big ones), or once written.
-                        let pushed = pushed_stage;
-                        let watch = pushed
+                        let watch = pushed_stage
                             .then(|| self.publisher.stream_ahead(layers_follow))
                             .flatten();
                         let streamed = usize::from(watch.is_some());
@@ -189,12 +188,12 @@ impl Builder<'_> {
                             watch,
                         )?;
                         snapshot_note = format!(", snapshot {}", secs(snap_started.elapsed()));
-                        layer.map(|l| (l, pushed, streamed))
+                        layer.map(|l| (l, streamed))
                     } {
-                        let (layer, pushed, streamed) = layer;
+                        let (layer, streamed) = layer;
                         layer_note =
                             format!("layer {} ({})", short(&layer.digest), human(layer.size));
-                        if pushed && layers_follow {
+                        if pushed_stage && layers_follow {
                             self.publisher.push_ahead_from(&layer, streamed);
                         }
                         new_layer = Some(layer.clone());

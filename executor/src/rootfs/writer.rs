@@ -460,16 +460,15 @@ impl<'r> RootWriter<'r> {
         // new file's owner and mode are read back (no journal write, unlike chown and chmod,
         // which ext4 journals even when they change nothing): most entries already have both.
         let made = rustix::fs::fstat(&file).map_err(|e| t.io_err("stat", e.into()))?;
-        let mut chowned = false;
         if let Some((uid, gid)) = meta.owner {
             if (made.st_uid, made.st_gid) != (uid, gid) {
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                     .map_err(|e| t.io_err("chown", e))?;
-                chowned = true;
             }
         }
-        // After chown, which clears setuid/setgid bits.
-        if chowned || made.st_mode & 0o7777 != meta.mode & 0o7777 {
+        // After chown, which clears setuid/setgid bits (the file was made without them, so the
+        // chown left the mode read above as it was).
+        if made.st_mode & 0o7777 != meta.mode & 0o7777 {
             file.set_permissions(fs::Permissions::from_mode(meta.mode))
                 .map_err(|e| t.io_err("chmod", e))?;
         }

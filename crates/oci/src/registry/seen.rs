@@ -49,43 +49,36 @@ fn registry_key(r: &Reference) -> String {
     normalize_auth_key(r.registry())
 }
 
+/// (registry, repository, digest): where a blob is known to be, or to be missing.
+fn blob_key(r: &Reference, digest: &str) -> (String, String, String) {
+    (
+        registry_key(r),
+        r.repository().to_string(),
+        digest.to_string(),
+    )
+}
+
 impl Seen {
     /// Records that the repository of `r` holds blob `digest`.
     pub(super) fn note(&self, r: &Reference, digest: &str) {
-        let key = (
-            registry_key(r),
-            r.repository().to_string(),
-            digest.to_string(),
-        );
+        let key = blob_key(r, digest);
         lock(&self.absent).remove(&key);
         lock(&self.present).insert(key);
     }
 
     /// Records that the repository of `r` answered that it lacks blob `digest`.
     pub(super) fn note_absent(&self, r: &Reference, digest: &str) {
-        lock(&self.absent).insert((
-            registry_key(r),
-            r.repository().to_string(),
-            digest.to_string(),
-        ));
+        lock(&self.absent).insert(blob_key(r, digest));
     }
 
     /// Whether the repository of `r` lacked blob `digest` when asked.
     pub(super) fn lacks(&self, r: &Reference, digest: &str) -> bool {
-        lock(&self.absent).contains(&(
-            registry_key(r),
-            r.repository().to_string(),
-            digest.to_string(),
-        ))
+        lock(&self.absent).contains(&blob_key(r, digest))
     }
 
     /// Whether the repository of `r` is known to hold blob `digest`.
     pub(super) fn has(&self, r: &Reference, digest: &str) -> bool {
-        lock(&self.present).contains(&(
-            registry_key(r),
-            r.repository().to_string(),
-            digest.to_string(),
-        ))
+        lock(&self.present).contains(&blob_key(r, digest))
     }
 
     /// Another repository of `r`'s registry known to hold blob `digest`, to mount it from.
