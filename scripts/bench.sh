@@ -48,13 +48,17 @@
 #   floor    (w9, w10; with kiln) skopeo copy with an empty blob-info cache (so it uploads what it
 #            pushes rather than mounting it from another repository), under /usr/bin/time: what
 #            moving the same bytes costs
-# w8 primes each tool's layer cache with an untimed build: kiln --cache --cache-copy-layers and
-# kaniko --cache=true --cache-copy-layers (each with a cache repository of its own), buildah
-# --layers in a kept storage root, BuildKit its local cache (pruned before the priming only).
-# With --w8-buildkit-cache registry, BuildKit's w8 instead reads and writes a registry cache
-# (--import-cache/--export-cache type=registry, mode=max, a repository of its own) with a fresh
-# buildkitd and an empty state for every build, priming included: BuildKit as it runs in a Pod
-# that keeps nothing, where kiln's and kaniko's registry caches are. The table says which.
+# w8 primes each tool's layer cache with an untimed build, where --w8-cache says. local (the
+# default): every tool keeps its cache on this machine between builds, as a builder with a
+# persistent volume (or a long-running daemon) does: kiln --cache --cache-copy-layers with
+# --cache-repo oci:DIR and its base in a --cache-dir filled by kiln-warmer, kaniko the same with
+# its own (--cache-repo oci:DIR, --cache-dir filled by its warmer), buildah --layers in a kept
+# storage root, BuildKit its daemon's local cache (one buildkitd from the priming on, pruned
+# before the priming only). registry: kiln and kaniko --cache with a cache repository of their
+# own in the registry and nothing kept locally, BuildKit --import-cache/--export-cache
+# type=registry (mode=max, a repository of its own) with a fresh buildkitd and an empty state for
+# every build, priming included: the tools as they run in a Pod that keeps nothing (buildah has
+# only its local storage, kept as in local). The table's w8 rows say which.
 # w11 runs kiln-warmer ($KILN_WARMER) and kaniko's /kaniko/warmer (in podman); buildah and BuildKit
 # have no warmer and no rows.
 # Peak memory for kiln and buildah is "Maximum resident set size" of /usr/bin/time: the largest single
@@ -62,7 +66,7 @@
 #
 # Flags: --runs N (default 3), --only w1,w2,... (default w1..w11), --tools kiln,buildah,kaniko,buildkit
 # (default all four), --timeout SECONDS per build (default 900), --keep (keep the work directory),
-# --w8-buildkit-cache local|registry (BuildKit's layer cache in w8, default local; see above),
+# --w8-cache local|registry (where every tool keeps w8's layer cache, default local; see above),
 # --results FILE (the table; default /var/tmp/kiln-bench-results/<UTC time>.txt), --report-only
 # (exit 0 even when a target is missed or not evaluated), --summarize RUNS.tsv (only print the
 # table and targets of a raw file written before).
@@ -95,14 +99,14 @@ KEEP=""
 RESULTS_OUT=""
 REPORT_ONLY=""
 SUMMARIZE=""
-W8_BK_CACHE=local
+W8_CACHE=local
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --runs|--only|--tools|--timeout|--results|--summarize|--w8-buildkit-cache)
+        --runs|--only|--tools|--timeout|--results|--summarize|--w8-cache)
             [[ $# -ge 2 ]] || die "$1 needs a value (see --help)" ;;&
         --runs) RUNS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
@@ -112,10 +116,9 @@ while [[ $# -gt 0 ]]; do
         --results) RESULTS_OUT="$2"; shift 2 ;;
         --report-only) REPORT_ONLY=1; shift ;;
         --summarize) SUMMARIZE="$2"; shift 2 ;;
-        --w8-buildkit-cache)
-            [[ "$2" == local || "$2" == registry ]] ||
-                die "--w8-buildkit-cache is local or registry, not $2"
-            W8_BK_CACHE="$2"; shift 2 ;;
+        --w8-cache)
+            [[ "$2" == local || "$2" == registry ]] || die "--w8-cache is local or registry, not $2"
+            W8_CACHE="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -149,15 +152,17 @@ names = {"w1": "200 small files, COPY, ENV, 2 RUN", "w2": "100,000 files + 5 one
          "w3": "400 MiB random + 400 MiB zeros", "w4": "Debian, 8 trivial RUN",
          "w5": "cached rebuild (w4)", "w6": "warmed base (w4, steps changed)",
          "w7": "parallel stages left + right", "w7-left": "stage left alone (--target)",
-         "w7-right": "stage right alone (--target)", "w8": "source change, cached rebuild",
+         "w7-right": "stage right alone (--target)", "w8": "source change, local caches",
          "w9": "cold pull, 300 MiB base", "w10": "wide push, 50 layers, new repo",
          "w11": "warmers, busybox + Debian"}
 # Issue 7's anchors: wall seconds on a 2-core machine, one run each.
 anchors = {"w1": (2.3, 0.87), "w2": (28.1, 37.3), "w3": (27.5, 19.7), "w4": (7.6, 7.1)}
 
 Run = collections.namedtuple("Run", "w tool run seconds exit status peak_kb note")
-# "# w8-buildkit-cache: registry": BuildKit's w8 used a registry cache and kept no state.
-w8_bk_registry = False
+# "# w8-cache: local|registry": where w8's tools kept their caches (no line: local). Raw files of an
+# older bench.sh say "# w8-buildkit-cache: local|registry" instead: there kiln and kaniko always
+# used a registry cache, so "local" meant BuildKit's local state against their registry caches.
+w8_mode = "local"
 entries = collections.OrderedDict()
 planned_runs = None
 with open(runs_file) as f:
@@ -167,11 +172,12 @@ with open(runs_file) as f:
         # so that a raw file cut short cannot pass for a complete one. w7 with kiln brings kiln's
         # runs of w7-left and w7-right, w9 and w10 with kiln the floor's; w11 is kiln's and
         # kaniko's only.
-        m = re.match(r"# w8-buildkit-cache: (local|registry)$", line)
+        m = re.match(r"# w8-(buildkit-)?cache: (local|registry)$", line)
         if m:
-            w8_bk_registry = m.group(1) == "registry"
-            if w8_bk_registry:
-                names["w8"] = "source change, BK registry cache"
+            w8_mode = "mixed" if m.group(1) and m.group(2) == "local" else m.group(2)
+            names["w8"] = {"local": "source change, local caches",
+                           "registry": "source change, registry caches",
+                           "mixed": "source change, BK local cache"}[w8_mode]
             continue
         m = re.match(r"# plan: workloads=(\S*) tools=(\S*) runs=(\d+)$", line)
         if m:
@@ -343,12 +349,18 @@ for w in WORKLOADS:
             judge(name, k.wall / f.wall, 1.3, "x")
             out.append("")
             out.append(f"{w} (kiln): {k.wall:.2f} s; floor ({FLOORS[w]}): {f.wall:.2f} s")
-    if w == "w8" and w8_bk_registry:
-        out.append("")
-        out.append("w8: BuildKit read and wrote a registry cache (mode=max) with a fresh buildkitd "
-                   "and empty state for every build, as in a Pod that keeps nothing "
-                   "(--w8-buildkit-cache registry)")
     if w == "w8":
+        out.append("")
+        out.append({
+            "registry": "w8: kiln and kaniko on a registry cache, nothing kept locally; BuildKit a "
+                        "registry cache (mode=max) with a fresh buildkitd and empty state for "
+                        "every build; buildah its kept storage (--w8-cache registry)",
+            "local": "w8: every tool's cache kept locally: kiln and kaniko an oci: cache "
+                     "repository and a warmed --cache-dir, BuildKit its daemon's state, buildah "
+                     "its storage (--w8-cache local)",
+            "mixed": "w8: kiln and kaniko on a registry cache, nothing kept locally; BuildKit its "
+                     "daemon's state, buildah its storage (a raw file of an older bench.sh)",
+        }[w8_mode])
         # The rebuild after a source change: kiln's step lines ("step 3/4: COPY . /src", then
         # "step 3/4 done in 0.01s (cache miss, ...)") must show a cache hit for every step before
         # the changed COPY and a miss for it and every step after it, in every run.
@@ -542,7 +554,7 @@ mkdir -p "$(dirname "$RESULTS_OUT")"
 {
     printf 'workload\ttool\trun\tseconds\texit\tstatus\tpeak_rss_kb\tnote\n'
     echo "# plan: workloads=$ONLY tools=$TOOLS runs=$RUNS"
-    echo "# w8-buildkit-cache: $W8_BK_CACHE"
+    echo "# w8-cache: $W8_CACHE"
 } >"$RUNS_TSV"
 printf 'workload\trun\tkiln step line\n' >"$STEPS_TSV"
 log "raw runs go to $RUNS_TSV"
@@ -833,9 +845,9 @@ end_build() {
     esac
 }
 # bk_registry_cache TOOL WORKLOAD: whether this is BuildKit's w8 on a registry cache
-# (--w8-buildkit-cache registry).
+# (--w8-cache registry).
 bk_registry_cache() {
-    [[ "$1" == buildkit && "$2" == w8 && "$W8_BK_CACHE" == registry ]]
+    [[ "$1" == buildkit && "$2" == w8 && "$W8_CACHE" == registry ]]
 }
 # end_workload: with a fresh filesystem per build, stops the buildkitd of w5, w6 or w8 and drops
 # its filesystem.
@@ -971,7 +983,13 @@ kiln_build() {
     case "$mode" in
         cached) extra=(--cache --cache-repo "$REG/bench/cache-kiln-$$") ;;
         warmed) extra=(--cache-dir "$WORK/kiln-base-cache" --build-arg "CHANGE=warm-$run-$$") ;;
-        source) extra=(--cache --cache-copy-layers --cache-repo "$REG/bench/cache-kiln-$w-$$") ;;
+        source)
+            extra=(--cache --cache-copy-layers)
+            if [[ "$W8_CACHE" == local ]]; then
+                extra+=(--cache-repo "oci:$WORK/$w-kiln-layer-cache" --cache-dir "$WORK/$w-kiln-base-cache")
+            else
+                extra+=(--cache-repo "$REG/bench/cache-kiln-$w-$$")
+            fi ;;
     esac
     # w7-left / w7-right: one stage of w7 alone.
     [[ "$w" != w7-* ]] || extra+=(--target "${w#w7-}")
@@ -1075,7 +1093,14 @@ kaniko_build() {
     local reg="$REG"
     case "$mode" in
         cached) extra=(--cache=true --cache-repo "$REG/bench/cache-kaniko-$$") ;;
-        source) extra=(--cache=true --cache-copy-layers --cache-repo "$REG/bench/cache-kaniko-$w-$$") ;;
+        source)
+            extra=(--cache=true --cache-copy-layers)
+            if [[ "$W8_CACHE" == local ]]; then
+                extra+=(--cache-repo oci:/layer-cache --cache-dir /cache)
+                vols=(-v "$WORK/$w-kaniko-layer-cache:/layer-cache" -v "$WORK/$w-kaniko-base-cache:/cache")
+            else
+                extra+=(--cache-repo "$REG/bench/cache-kaniko-$w-$$")
+            fi ;;
         # Kaniko reads a warmed base only with --cache=true; RUN-layer caching is switched off so
         # the steps are not looked up in (or pushed to) a layer cache. The base is the Docker v2s2
         # copy its warmer read (see KANIKO_W6_REG).
@@ -1282,14 +1307,33 @@ prime() {
                 logf="$WORK/buildkit-prune.log"
             fi ;;
         w5/*|w8/*)
-            what="the first (cached) build"
-            logf="$WORK/$w-$tool-prime.log"
-            case "$tool" in
-                kiln) kiln_build "$w" prime "$mode" ;;
-                buildah) buildah_build "$w" prime "$mode" ;;
-                kaniko) kaniko_build "$w" prime "$mode" ;;
-            esac
-            rc="$RC" ;;
+            # w8 on local caches: the base warmed into the tool's --cache-dir first, and both that
+            # and the oci: layer cache empty before.
+            if [[ "$w" == w8 && "$W8_CACHE" == local && "$tool" =~ ^(kiln|kaniko)$ ]]; then
+                rm -rf "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
+                mkdir -p "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
+                what="the warmer (base $REG/kiln-test/busybox:latest into $WORK/$w-$tool-base-cache)"
+                logf="$WORK/$w-$tool-warmer.log"
+                if [[ "$tool" == kiln ]]; then
+                    timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/busybox:latest" \
+                        --cache-dir "$WORK/$w-kiln-base-cache" --insecure >"$logf" 2>&1 || rc=$?
+                else
+                    timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-$w-warmer" \
+                        --network host -v "$WORK/$w-kaniko-base-cache:/cache" --entrypoint /kaniko/warmer \
+                        "$KANIKO_IMAGE" --cache-dir /cache --image "$REG/kiln-test/busybox:latest" \
+                        --insecure-pull >"$logf" 2>&1 || rc=$?
+                fi
+            fi
+            if [[ "$rc" == 0 ]]; then
+                what="the first (cached) build"
+                logf="$WORK/$w-$tool-prime.log"
+                case "$tool" in
+                    kiln) kiln_build "$w" prime "$mode" ;;
+                    buildah) buildah_build "$w" prime "$mode" ;;
+                    kaniko) kaniko_build "$w" prime "$mode" ;;
+                esac
+                rc="$RC"
+            fi ;;
         w10/floor)
             what="skopeo copy of kiln's first push ($(destination w10 kiln 1)) into an OCI layout"
             logf="$WORK/w10-floor-prime.log"

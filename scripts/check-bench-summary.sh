@@ -297,19 +297,31 @@ all_good >"$WORK/w8-nofile.runs.tsv"
 check "w8 without a step file" nonzero "$WORK/w8-nofile.runs.tsv" -- \
     '^  NOT EVALUATED  w8: kiln reruns only the steps after the changed COPY: no step file .* for run\(s\) 1, 2, 3$'
 
-# 9b. --w8-buildkit-cache registry: recorded in the raw file, named on the w8 rows and in a line
-#     under them; without the line (older files, the default) the rows say nothing of it.
-{
-    all_good | sed '1a # w8-buildkit-cache: registry'
-} >"$WORK/w8-registry.runs.tsv"
-all_steps >"$WORK/w8-registry.steps.tsv"
-check "w8 with BuildKit on a registry cache" 0 "$WORK/w8-registry.runs.tsv" -- \
-    '^w8 source change, BK registry cache +buildkit +3 runs ' \
-    '^w8: BuildKit read and wrote a registry cache \(mode=max\) with a fresh buildkitd' \
-    '^  PASS +w8: kiln <= 0\.8x buildkit' -- \
-    'source change, cached rebuild'
-check "w8 with BuildKit on its local cache" 0 "$WORK/good.runs.tsv" -- \
-    '^w8 source change, cached rebuild +buildkit ' -- 'BK registry cache' 'w8: BuildKit read and wrote'
+# 9b. --w8-cache: recorded in the raw file, named on the w8 rows and in a line under them; without
+#     the line, local (the default). The older "# w8-buildkit-cache:" line: registry as registry,
+#     local as BuildKit's local state against kiln's and kaniko's registry caches.
+all_good | sed '1a # w8-cache: registry' >"$WORK/w8-registry.runs.tsv"
+all_good | sed '1a # w8-buildkit-cache: registry' >"$WORK/w8-old-registry.runs.tsv"
+all_good | sed '1a # w8-buildkit-cache: local' >"$WORK/w8-old-local.runs.tsv"
+all_good | sed '1a # w8-cache: local' >"$WORK/w8-local.runs.tsv"
+for f in w8-registry w8-old-registry w8-old-local w8-local; do all_steps >"$WORK/$f.steps.tsv"; done
+for f in w8-registry w8-old-registry; do
+    check "w8 on registry caches ($f)" 0 "$WORK/$f.runs.tsv" -- \
+        '^w8 source change, registry caches +buildkit +3 runs ' \
+        '^w8: kiln and kaniko on a registry cache, nothing kept locally; BuildKit a registry cache \(mode=max\) with a fresh buildkitd' \
+        '^  PASS +w8: kiln <= 0\.8x buildkit' -- \
+        'source change, local caches' "every tool's cache kept locally"
+done
+for f in w8-local good; do
+    check "w8 on local caches ($f)" 0 "$WORK/$f.runs.tsv" -- \
+        '^w8 source change, local caches +kiln +3 runs ' \
+        "^w8: every tool's cache kept locally: kiln and kaniko an oci: cache repository" -- \
+        'registry caches' 'a registry cache \(mode=max\)'
+done
+check "w8 of an older bench.sh, BuildKit's local state" 0 "$WORK/w8-old-local.runs.tsv" -- \
+    '^w8 source change, BK local cache +buildkit +3 runs ' \
+    "^w8: kiln and kaniko on a registry cache, nothing kept locally; BuildKit its daemon's state" -- \
+    'source change, local caches' 'registry caches'
 
 # 10. The floors: w9 missed; w10's floor could not be primed (kiln's first push not copied) in one
 #     file, and in another planned but never recorded; only kiln's floor target for w9 and w10.
