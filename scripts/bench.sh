@@ -727,6 +727,11 @@ if want_tool kaniko && want_work w6; then
 fi
 
 # ---- builders -----------------------------------------------------------------------------------
+# podman's and buildah's configuration for this machine (default_ulimits = []: without it a fresh
+# machine's containers fail to start, "error setting rlimits").
+# shellcheck source=scripts/lib/containers.sh
+source "$ROOT/scripts/lib/containers.sh"
+configure_containers
 KANIKO_MISSING=""
 if want_tool kiln; then
     if [[ -z "${KILN_EXECUTOR:-}" || -z "${KILN_WARMER:-}" ]]; then
@@ -738,7 +743,7 @@ if want_tool kiln; then
     KILN="${KILN_EXECUTOR:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-executor}"
     KWARM="${KILN_WARMER:-$TARGET/x86_64-unknown-linux-gnu/release/kiln-warmer}"
     [[ -x "$KILN" ]] || die "no kiln-executor at $KILN"
-    if want_work w6 || want_work w11; then
+    if want_work w6 || want_work w8 || want_work w11; then
         [[ -x "$KWARM" ]] || die "no kiln-warmer at $KWARM"
     fi
 fi
