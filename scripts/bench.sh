@@ -37,7 +37,7 @@
 #   kaniko   /kaniko/executor in podman (runc, cgroupfs, vfs, --network host), context at /workspace;
 #            peak memory = the executor process's VmHWM polled every 0.1 s from /proc (kaniko's
 #            own RUN children are not counted; growth in the last 0.1 s could be missed); its w6
-#            reads a Docker v2s2 copy of the Debian base (same layers), since with the OCI base
+#            and w8 (local caches) read a Docker v2s2 copy of the base (same layers), since with the OCI base
 #            kaniko v1.24's push is refused (MANIFEST_INVALID, kaniko #2423/#2713)
 #   buildkit buildctl build (dockerfile.v0, push=true) against one buildkitd (scripts/buildkit.sh: OCI
 #            worker, runc) with its state in the work directory, started here and stopped at exit;
@@ -715,15 +715,18 @@ if ! skopeo inspect --tls-verify=false "docker://$REG/kiln-test/busybox:latest" 
     log "pushing the base images to $REG"
     KILN_TEST_REGISTRY="$REG" bash "$ROOT/scripts/base-images.sh" >&2
 fi
-# kaniko's w6: the Debian base copied as a Docker v2 schema 2 image (the same layers) under
-# $REG/v2s2/. kaniko v1.24 pushes a manifest the registry refuses (MANIFEST_INVALID) when its
-# --cache-dir base is an OCI image (kaniko #2423, #2713), so with the OCI base it has no w6 figure;
-# its warmer and build then read this copy (REGISTRY=$REG/v2s2) and the other tools the original.
-KANIKO_W6_REG="$REG/v2s2"
-if want_tool kaniko && want_work w6; then
-    skopeo copy -q --format v2s2 --src-tls-verify=false --dest-tls-verify=false \
-        "docker://$REG/kiln-test/debian:bookworm" "docker://$KANIKO_W6_REG/kiln-test/debian:bookworm" >&2 ||
-        die "could not copy the Debian base to $KANIKO_W6_REG as a Docker v2s2 image"
+# kaniko's w6 and w8 (local caches): the base copied as a Docker v2 schema 2 image (the same
+# layers) under $REG/v2s2/. kaniko v1.24 pushes a manifest the registry refuses (MANIFEST_INVALID)
+# when its --cache-dir base is an OCI image (kaniko #2423, #2713), so with the OCI base it has no
+# w6 or w8 figure; its warmer and build then read this copy (REGISTRY=$REG/v2s2) and the other
+# tools the original.
+KANIKO_V2S2_REG="$REG/v2s2"
+if want_tool kaniko && { want_work w6 || { want_work w8 && [[ "$W8_CACHE" == local ]]; }; }; then
+    for base in debian:bookworm busybox:latest; do
+        skopeo copy -q --format v2s2 --src-tls-verify=false --dest-tls-verify=false \
+            "docker://$REG/kiln-test/$base" "docker://$KANIKO_V2S2_REG/kiln-test/$base" >&2 ||
+            die "could not copy the $base base to $KANIKO_V2S2_REG as a Docker v2s2 image"
+    done
 fi
 
 # ---- builders -----------------------------------------------------------------------------------
@@ -1103,15 +1106,16 @@ kaniko_build() {
             if [[ "$W8_CACHE" == local ]]; then
                 extra+=(--cache-repo oci:/layer-cache --cache-dir /cache)
                 vols=(-v "$WORK/$w-kaniko-layer-cache:/layer-cache" -v "$WORK/$w-kaniko-base-cache:/cache")
+                reg="$KANIKO_V2S2_REG"
             else
                 extra+=(--cache-repo "$REG/bench/cache-kaniko-$w-$$")
             fi ;;
         # Kaniko reads a warmed base only with --cache=true; RUN-layer caching is switched off so
         # the steps are not looked up in (or pushed to) a layer cache. The base is the Docker v2s2
-        # copy its warmer read (see KANIKO_W6_REG).
+        # copy its warmer read (see KANIKO_V2S2_REG).
         warmed) extra=(--cache=true --cache-dir /cache --cache-run-layers=false --build-arg "CHANGE=warm-$run-$$")
                 vols=(-v "$WORK/kaniko-base-cache:/cache")
-                reg="$KANIKO_W6_REG" ;;
+                reg="$KANIKO_V2S2_REG" ;;
     esac
     kaniko_run "$WORK/$w-kaniko-$run.log" "kiln-bench-$$-$w-$run" -v "$ctx:/workspace" "${vols[@]}" -- \
         --context dir:///workspace --dockerfile Dockerfile --destination "$(destination "$w" kaniko "$run")" \
@@ -1317,7 +1321,7 @@ prime() {
             if [[ "$w" == w8 && "$W8_CACHE" == local && "$tool" =~ ^(kiln|kaniko)$ ]]; then
                 rm -rf "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
                 mkdir -p "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
-                what="the warmer (base $REG/kiln-test/busybox:latest into $WORK/$w-$tool-base-cache)"
+                what="the warmer (the busybox base into $WORK/$w-$tool-base-cache)"
                 logf="$WORK/$w-$tool-warmer.log"
                 if [[ "$tool" == kiln ]]; then
                     timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/busybox:latest" \
@@ -1325,7 +1329,7 @@ prime() {
                 else
                     timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-$w-warmer" \
                         --network host -v "$WORK/$w-kaniko-base-cache:/cache" --entrypoint /kaniko/warmer \
-                        "$KANIKO_IMAGE" --cache-dir /cache --image "$REG/kiln-test/busybox:latest" \
+                        "$KANIKO_IMAGE" --cache-dir /cache --image "$KANIKO_V2S2_REG/kiln-test/busybox:latest" \
                         --insecure-pull >"$logf" 2>&1 || rc=$?
                 fi
             fi
@@ -1374,7 +1378,7 @@ prime() {
             mkdir -p "$WORK/kaniko-base-cache"
             timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
                 -v "$WORK/kaniko-base-cache:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
-                --cache-dir /cache --image "$KANIKO_W6_REG/kiln-test/debian:bookworm" --insecure-pull \
+                --cache-dir /cache --image "$KANIKO_V2S2_REG/kiln-test/debian:bookworm" --insecure-pull \
                 >"$logf" 2>&1 || rc=$? ;;
     esac
     end_build "$tool" "$w" "$mode" prime || rc=$?
