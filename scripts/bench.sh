@@ -1104,7 +1104,8 @@ kaniko_build() {
         source)
             extra=(--cache=true --cache-copy-layers)
             if [[ "$W8_CACHE" == local ]]; then
-                extra+=(--cache-repo oci:/layer-cache --cache-dir /cache)
+                # kaniko writes one OCI layout per entry, at PATH:KEY: inside the volume.
+                extra+=(--cache-repo oci:/layer-cache/entry --cache-dir /cache)
                 vols=(-v "$WORK/$w-kaniko-layer-cache:/layer-cache" -v "$WORK/$w-kaniko-base-cache:/cache")
                 reg="$KANIKO_V2S2_REG"
             else
