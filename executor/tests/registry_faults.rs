@@ -896,9 +896,96 @@ fn a_blob_is_uploaded_while_its_file_is_written() {
     assert!(!blobs.exists(), "a blob was committed");
 }
 
+/// A blob uploaded as it is written (a big layer streamed to the image's repository) is not
+/// uploaded a second time by another push of it to the same registry (the layer cache's entry):
+/// once the writer has reported the digest, that push waits for the streamed upload and mounts
+/// the blob from where it went. The stream's commit is held back at the proxy, so that the
+/// second push comes while the first is still under way.
+#[test]
+fn a_blob_uploaded_as_it_is_written_is_mounted_by_a_second_push_of_it() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule(
+            "PUT",
+            "/team/app/blobs/uploads/",
+            Fault::Delay(Duration::from_secs(2)),
+            1,
+        )],
+    );
+    let registry = std::sync::Arc::new(Registry::new(options(&reg, &[&proxy.addr])).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("layer");
+    let data = kiln_testkit::image::noise(18, 3 * STREAM_PIECE + 1000);
+    let digest = sha256_digest(&data);
+    std::fs::write(&path, &data[..2 * STREAM_PIECE]).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(GrowingBlob {
+        path: Some(path.clone()),
+        written: 2 * STREAM_PIECE as u64,
+        digest: None,
+    });
+    let app = format!("{}/team/app:v1", proxy.addr);
+    let stream = {
+        let registry = registry.clone();
+        let app = app.clone();
+        std::thread::spawn(move || bounded(registry.push_growing_blob(&app, rx)))
+    };
+    // The upload session is open: the stream is under way.
+    assert!(wait_until(|| proxy
+        .count("POST", "/team/app/blobs/uploads/")
+        == 1));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &data[2 * STREAM_PIECE..]).unwrap();
+    tx.send_modify(|b| {
+        b.written = data.len() as u64;
+        b.digest = Some(digest.clone());
+    });
+    // The layer cache's push of the finished file, while the stream's commit is held back.
+    let blob = kiln_oci::registry::Blob {
+        digest: digest.clone(),
+        size: data.len() as u64,
+        source: kiln_oci::registry::BlobSource::File(path.clone()),
+        mount_from: None,
+        fresh: true,
+    };
+    let cache = format!("{}/team/cache:entry", proxy.addr);
+    bounded(registry.push_blob_ahead(&cache, &blob)).unwrap();
+    assert_eq!(stream.join().unwrap().unwrap(), digest);
+    let seen = proxy.seen();
+    let uploads = seen
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains(UPLOADS) && s.path.contains(hex(&digest)))
+        .count();
+    assert_eq!(uploads, 1, "uploaded {uploads} times: {seen:#?}");
+    let mount = format!("mount=sha256%3A{}", hex(&digest));
+    let mounts = seen
+        .iter()
+        .filter(|s| {
+            s.method == "POST"
+                && s.path.contains("/team/cache/")
+                && s.path.contains(&mount)
+                && s.status == 201
+        })
+        .count();
+    assert_eq!(mounts, 1, "mounted {mounts} times: {seen:#?}");
+    // Both repositories hold it, whole.
+    for repo in [&app, &cache] {
+        let out = tmp.path().join("back");
+        bounded(registry.fetch_blob_to_file(repo, &digest, data.len() as u64, &out)).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data, "{repo}");
+    }
+}
+
 /// A build's big layer goes to the registry while it is written (PATCH requests of the
 /// streamed upload), and the image is whole; when the registry refuses the streamed upload,
-/// the finished file is uploaded instead and the build still succeeds.
+/// the finished file is uploaded instead and the build still succeeds. With `--cache`, the
+/// layer cache's entry mounts the streamed layer rather than uploading it again.
 #[test]
 fn a_big_layer_is_uploaded_as_it_is_written_or_else_from_its_file() {
     if !require_tools(&["docker-registry", "skopeo"])
@@ -927,15 +1014,19 @@ fn a_big_layer_is_uploaded_as_it_is_written_or_else_from_its_file() {
         format!("FROM {}/base/noise:v1\nCOPY big.bin /big.bin\n", proxy.addr),
     )
     .unwrap();
-    for repo in ["team/streamed", "team/refused"] {
+    // team/cached: a --cache build, whose entry for the layer goes to team/layers.
+    let cache_repo = format!("--cache-repo={}/team/layers", proxy.addr);
+    for repo in ["team/streamed", "team/refused", "team/cached"] {
         let dest = format!("{}/{repo}:v1", proxy.addr);
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln-executor"))
-            .arg("--context")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-executor"));
+        cmd.arg("--context")
             .arg(format!("dir://{}", ctx.display()))
             .args(["--insecure", "--insecure-pull", "--destination", &dest])
-            .args(["--verbosity", "debug"])
-            .output()
-            .unwrap();
+            .args(["--verbosity", "debug"]);
+        if repo == "team/cached" {
+            cmd.args(["--cache", "--cache-copy-layers", &cache_repo]);
+        }
+        let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{repo}: {err}");
         let patches = proxy.count("PATCH", &format!("/{repo}/blobs/uploads/"));
@@ -943,7 +1034,27 @@ fn a_big_layer_is_uploaded_as_it_is_written_or_else_from_its_file() {
         // then gets the finished file in one PUT).
         assert_eq!(patches, 1, "{repo}: {:#?}", proxy.seen());
         let streamed = err.contains("uploaded to") && err.contains("while it was written");
-        assert_eq!(streamed, repo == "team/streamed", "{repo}: {err}");
+        assert_eq!(streamed, repo != "team/refused", "{repo}: {err}");
+        if repo == "team/cached" {
+            // The cache entry's push of the layer waited for the stream and mounted it: the
+            // layer went over the wire once.
+            let short = err
+                .lines()
+                .find_map(|l| l.split("cache miss, layer sha256:").nth(1))
+                .map(|rest| rest[..12].to_string())
+                .unwrap_or_else(|| panic!("no cache miss line: {err}"));
+            let seen = proxy.seen();
+            let to = |repo: &str| {
+                seen.iter()
+                    .filter(|s| s.path.contains(&format!("/{repo}/blobs/uploads/")))
+                    .filter(|s| s.path.contains(&short))
+                    .map(|s| (s.method.as_str(), s.status))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(to("team/cached"), [("PUT", 201)], "{seen:#?}");
+            assert_eq!(to("team/layers"), [("POST", 201)], "{seen:#?}");
+            assert_eq!(proxy.count("PATCH", "/team/layers/"), 0, "{seen:#?}");
+        }
         // skopeo checks every blob's digest as it copies the image.
         let copied = Command::new("skopeo")
             .args(["copy", "-q", "--src-tls-verify=false"])

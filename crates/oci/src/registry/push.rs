@@ -202,6 +202,10 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let r = parse_reference(reference)?;
         let normalized = r.whole();
+        // Before anything is awaited: from the moment the writer reports the digest, another
+        // push of that blob to this registry (the layer cache's) waits for this upload and
+        // then mounts the blob, instead of uploading it a second time.
+        let _stream = self.seen.stream(&r, progress.clone());
         let client = self.prepared(&r, Side::Push).await?;
         let path = progress
             .borrow()

@@ -8,13 +8,16 @@
 //! uploads of one layer cost twice what one upload and a cross-repository mount cost. A push
 //! therefore claims a blob on its registry before it sends it; a second push of that blob waits
 //! for the first, then mounts it from where it went ([`Seen::source`]) or, if it went nowhere,
-//! claims it and sends it itself.
+//! claims it and sends it itself. A blob uploaded as it is written (a big layer beside its
+//! compressor) has no digest until its writer finishes, so it cannot be claimed up front; it is
+//! registered as a stream instead ([`Seen::stream`]), and once its writer has reported the
+//! digest, a push of that digest waits for the stream as for a claim.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::auth::normalize_auth_key;
-use super::Reference;
+use super::{GrowingBlob, Reference};
 
 /// (registry, repository, digest) of blobs known to be there, and the in-flight claims.
 #[derive(Default)]
@@ -25,6 +28,30 @@ pub(super) struct Seen {
     absent: Mutex<HashSet<(String, String, String)>>,
     /// (registry, digest) of blobs a push is sending; the receiver ends when it is done.
     sending: Mutex<HashMap<(String, String), tokio::sync::watch::Receiver<()>>>,
+    /// Uploads of blobs as they are written, by number: the registry, the writer's progress
+    /// (its digest once finished) and a receiver that ends when the upload is done.
+    streams: Mutex<HashMap<u64, StreamEntry>>,
+    next_stream: std::sync::atomic::AtomicU64,
+}
+
+struct StreamEntry {
+    registry: String,
+    progress: tokio::sync::watch::Receiver<GrowingBlob>,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// Held while a blob is uploaded as it is written; a push of its digest waits until it is
+/// dropped.
+pub(super) struct Stream<'a> {
+    seen: &'a Seen,
+    id: u64,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        lock(&self.seen.streams).remove(&self.id);
+    }
 }
 
 /// Held while a blob is sent to a registry; other pushes of it wait until it is dropped.
@@ -90,13 +117,49 @@ impl Seen {
             .map(|(_, repo, _)| repo.clone())
     }
 
+    /// Registers an upload to `r`'s registry of the blob whose writer reports on `progress`,
+    /// until the returned guard is dropped.
+    pub(super) fn stream(
+        &self,
+        r: &Reference,
+        progress: tokio::sync::watch::Receiver<GrowingBlob>,
+    ) -> Stream<'_> {
+        let id = self
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, done) = tokio::sync::watch::channel(());
+        let entry = StreamEntry {
+            registry: registry_key(r),
+            progress,
+            done,
+        };
+        lock(&self.streams).insert(id, entry);
+        Stream {
+            seen: self,
+            id,
+            _done: tx,
+        }
+    }
+
     /// Claims blob `digest` for sending to `r`'s registry, after waiting for any push of it that
-    /// holds the claim. `None` when, after such a wait, the repository of `r` holds the blob.
+    /// holds the claim, or uploads it as it was written. `None` when, after such a wait, the
+    /// repository of `r` holds the blob.
     pub(super) async fn claim(&self, r: &Reference, digest: &str) -> Option<Claim<'_>> {
         let key = (registry_key(r), digest.to_string());
         loop {
             if self.has(r, digest) {
                 return None;
+            }
+            // A stream whose writer finished with this digest: its upload is under way.
+            let streaming = lock(&self.streams)
+                .values()
+                .find(|s| {
+                    s.registry == key.0 && s.progress.borrow().digest.as_deref() == Some(digest)
+                })
+                .map(|s| s.done.clone());
+            if let Some(mut done) = streaming {
+                while done.changed().await.is_ok() {}
+                continue;
             }
             let mut other = {
                 let mut sending = lock(&self.sending);
@@ -185,6 +248,60 @@ mod tests {
             assert!(seen.claim(&app, "sha256:aa").await.is_none());
             // A different digest is claimed at once.
             assert!(seen.claim(&app, "sha256:bb").await.is_some());
+        });
+    }
+
+    #[test]
+    fn a_push_of_a_blob_being_streamed_waits_once_its_writer_named_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen = Arc::new(Seen::default());
+        let app = reference("reg.local/team/app:1");
+        let cache = reference("reg.local/team/cache:k1");
+        let elsewhere = reference("other.local/team/cache:k1");
+        let (writer, progress) = tokio::sync::watch::channel(GrowingBlob::default());
+        rt.block_on(async {
+            let stream = seen.stream(&app, progress);
+            // Its writer has not finished: nothing tells which blob it is, so no push waits.
+            assert!(seen.claim(&cache, "sha256:aa").await.is_some());
+            writer.send_modify(|b| b.digest = Some("sha256:aa".into()));
+            // On another registry, or for another blob, nothing waits either.
+            assert!(seen.claim(&elsewhere, "sha256:aa").await.is_some());
+            assert!(seen.claim(&cache, "sha256:bb").await.is_some());
+            let waiter = {
+                let seen = Arc::clone(&seen);
+                let cache = cache.clone();
+                tokio::spawn(async move { seen.claim(&cache, "sha256:aa").await.is_some() })
+            };
+            tokio::task::yield_now().await;
+            assert!(
+                !waiter.is_finished(),
+                "a push of the streamed blob did not wait"
+            );
+            // The stream succeeded: the waiter claims it, to mount it from the app repository.
+            seen.note(&app, "sha256:aa");
+            drop(stream);
+            assert!(waiter.await.unwrap());
+            assert_eq!(
+                seen.source(&cache, "sha256:aa").as_deref(),
+                Some("team/app")
+            );
+            // A stream that failed (nothing noted) lets the waiter claim and send it itself.
+            let (writer, progress) = tokio::sync::watch::channel(GrowingBlob::default());
+            let stream = seen.stream(&app, progress);
+            writer.send_modify(|b| b.digest = Some("sha256:cc".into()));
+            let waiter = {
+                let seen = Arc::clone(&seen);
+                let cache = cache.clone();
+                tokio::spawn(async move { seen.claim(&cache, "sha256:cc").await.is_some() })
+            };
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished());
+            drop(stream);
+            assert!(waiter.await.unwrap());
+            assert_eq!(seen.source(&cache, "sha256:cc"), None);
         });
     }
 }
