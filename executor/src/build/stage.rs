@@ -68,8 +68,9 @@ impl Builder<'_> {
         let mut state = self.stage_state(index, root.clone(), config)?;
         // A stage kept only for `COPY --from` is snapshotted too when caching, so its steps can be
         // stored and hit like any other (builder stages are where the expensive RUNs are).
+        // Its state is read before the first step that misses the cache.
         let mut snapshotter = if keep_layers || self.cache.is_some() {
-            Some(Snapshotter::new(&root, self.ignore.paths())?)
+            Some(Snapshotter::deferred(&root, self.ignore.paths()))
         } else {
             None
         };
@@ -112,7 +113,7 @@ impl Builder<'_> {
                     }
                 }
                 if let Some(snap) = snapshotter.as_mut() {
-                    snap.refresh()?;
+                    snap.mark_stale();
                 }
                 if keep_layers {
                     state.config.history.push(history(self.req, text, no_layer));
@@ -156,6 +157,10 @@ impl Builder<'_> {
                     Run(_) | Copy(_) | Add(_) | Workdir(_)
                 )
             });
+            // The root as the step finds it, to tell what the step changes.
+            if let Some(snap) = snapshotter.as_mut() {
+                snap.record_if_stale()?;
+            }
             let outcome = commands::command(&step.located.instruction)
                 .execute(&mut state, source)
                 .map_err(|source| BuildError::Step {

@@ -85,6 +85,11 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "internal error: the state of {root} was not recorded before the step, so its changes \
+         cannot be told apart; please report this"
+    )]
+    NotRecorded { root: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,18 +164,44 @@ pub struct Snapshotter {
     /// Ignored subtrees, relative to `root`.
     ignore: Vec<RelPath>,
     state: State,
+    /// The root changed since `state` was recorded (a base or cached layer was unpacked), and
+    /// no layer is to be made of that change: `state` is read again before the next step runs.
+    stale: bool,
 }
 
 impl Snapshotter {
     /// Record the current state of `root`, skipping `ignore` (absolute in-image paths).
     pub fn new(root: &Path, ignore: Vec<PathBuf>) -> Result<Self, SnapshotError> {
-        let mut snapshotter = Snapshotter {
+        let mut snapshotter = Self::deferred(root, ignore);
+        snapshotter.refresh()?;
+        Ok(snapshotter)
+    }
+
+    /// A snapshotter of `root` whose state is read only when [`Self::record_if_stale`] is
+    /// called, before the first step that may change the root: a stage whose first steps are
+    /// cache hits scans its root once, after the last of them, rather than after each.
+    pub fn deferred(root: &Path, ignore: Vec<PathBuf>) -> Self {
+        Snapshotter {
             root: root.to_path_buf(),
             ignore: rel_paths(&ignore),
             state: State::default(),
-        };
-        snapshotter.refresh()?;
-        Ok(snapshotter)
+            stale: true,
+        }
+    }
+
+    /// The root was changed in a way no layer is made of (a cached layer unpacked into it):
+    /// the state is read again before the next step ([`Self::record_if_stale`]).
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Reads the root's state if it changed since it was last read: called before a step
+    /// whose changes may be snapshotted.
+    pub fn record_if_stale(&mut self) -> Result<(), SnapshotError> {
+        if self.stale {
+            self.refresh()?;
+        }
+        Ok(())
     }
 
     /// Replace the ignored paths before the next snapshot. In place, a step can move a mount
@@ -199,6 +230,7 @@ impl Snapshotter {
     /// Re-record the state without writing a layer (after unpacking a base or cached layer).
     pub fn refresh(&mut self) -> Result<(), SnapshotError> {
         self.state = scan(&self.root, &self.ignore)?;
+        self.stale = false;
         Ok(())
     }
 
@@ -221,6 +253,12 @@ impl Snapshotter {
         opts: &LayerOptions,
         watch: Option<BlobWatch>,
     ) -> Result<Option<LayerFile>, SnapshotError> {
+        if self.stale {
+            // The step ran on a root whose state was not recorded: what it changed is unknown.
+            return Err(SnapshotError::NotRecorded {
+                root: self.root.clone(),
+            });
+        }
         let started = std::time::Instant::now();
         let new = scan(&self.root, &self.ignore)?;
         let changes = diff(&self.state, &new);

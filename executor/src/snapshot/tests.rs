@@ -458,6 +458,39 @@ fn refresh_forgets_changes() {
     assert_eq!(snap.snapshot_layer(out.path(), &options()).unwrap(), None);
 }
 
+/// A deferred snapshotter reads the root only before a step that may change it: what cached
+/// layers put there before (marked stale, not read each time) is not in the next layer, what
+/// the step changes is; a snapshot of a root never read is refused, not taken as unchanged.
+#[test]
+fn a_deferred_state_is_read_once_before_the_next_step() {
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write(root.path(), "base", "b");
+    let mut snap = Snapshotter::deferred(root.path(), Vec::new());
+    let err = snap.snapshot_layer(out.path(), &options()).unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::NotRecorded { root: r } if r == root.path()),
+        "{err}"
+    );
+    // Two cached layers unpacked, one after the other.
+    write(root.path(), "hit-1/file", "1");
+    snap.mark_stale();
+    write(root.path(), "hit-2/file", "2");
+    snap.mark_stale();
+    snap.record_if_stale().unwrap();
+    // The step that missed.
+    write(root.path(), "step/file", "s");
+    fs::remove_file(root.path().join("hit-1/file")).unwrap();
+    let layer = snap.snapshot_layer(out.path(), &options()).unwrap();
+    assert_eq!(
+        names(&layer.expect("the step changed the root")),
+        vec!["hit-1/", "hit-1/.wh.file", "step/", "step/file"]
+    );
+    // Not stale any more: recording again keeps the state the snapshot left.
+    snap.record_if_stale().unwrap();
+    assert_eq!(snap.snapshot_layer(out.path(), &options()).unwrap(), None);
+}
+
 #[test]
 fn reproducible_layers_of_identical_trees_are_identical() {
     let build = |mtime: i64, compression: Compression, reproducible: bool| {
