@@ -824,6 +824,22 @@ fn uploaded_so_far(reg: &TestRegistry, repo: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The writer of a streamed blob finishes: the rest of `data` (from `from` on) appended to its
+/// file, then its size and digest reported on `tx`.
+fn finish_writing(
+    tx: &tokio::sync::watch::Sender<GrowingBlob>,
+    path: &std::path::Path,
+    data: &[u8],
+    from: usize,
+) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    std::io::Write::write_all(&mut file, &data[from..]).unwrap();
+    tx.send_modify(|b| {
+        b.written = data.len() as u64;
+        b.digest = Some(sha256_digest(data));
+    });
+}
+
 /// A blob uploaded while it is written (a big layer beside its compressor): what is written
 /// reaches the registry while the file is still growing, and the upload is committed only
 /// once the writer reports the digest, with that digest. A writer that stops without
@@ -858,15 +874,7 @@ fn a_blob_is_uploaded_while_its_file_is_written() {
         "{} bytes uploaded",
         uploaded_so_far(&reg, "stream/blob")
     );
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
-    std::io::Write::write_all(&mut file, &data[2 * STREAM_PIECE..]).unwrap();
-    tx.send_modify(|b| {
-        b.written = data.len() as u64;
-        b.digest = Some(digest.clone());
-    });
+    finish_writing(&tx, &path, &data, 2 * STREAM_PIECE);
     assert_eq!(upload.join().unwrap().unwrap(), digest);
     let out = tmp.path().join("back");
     bounded(registry.fetch_blob_to_file(&dest, &digest, data.len() as u64, &out)).unwrap();
@@ -937,15 +945,7 @@ fn a_blob_uploaded_as_it_is_written_is_mounted_by_a_second_push_of_it() {
     assert!(wait_until(|| proxy
         .count("POST", "/team/app/blobs/uploads/")
         == 1));
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap();
-    std::io::Write::write_all(&mut file, &data[2 * STREAM_PIECE..]).unwrap();
-    tx.send_modify(|b| {
-        b.written = data.len() as u64;
-        b.digest = Some(digest.clone());
-    });
+    finish_writing(&tx, &path, &data, 2 * STREAM_PIECE);
     // The layer cache's push of the finished file, while the stream's commit is held back.
     let blob = kiln_oci::registry::Blob {
         digest: digest.clone(),

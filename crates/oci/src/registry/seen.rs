@@ -191,6 +191,23 @@ mod tests {
         super::super::parse_reference(s).unwrap()
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A push claiming `digest` for `r`, as a task: whether it got the claim.
+    fn claim_later(
+        seen: &Arc<Seen>,
+        r: &Reference,
+        digest: &'static str,
+    ) -> tokio::task::JoinHandle<bool> {
+        let (seen, r) = (Arc::clone(seen), r.clone());
+        tokio::spawn(async move { seen.claim(&r, digest).await.is_some() })
+    }
+
     #[test]
     fn a_blob_is_known_per_repository_and_found_elsewhere_on_its_registry() {
         let seen = Seen::default();
@@ -218,20 +235,13 @@ mod tests {
 
     #[test]
     fn a_second_claim_waits_for_the_first_and_sees_what_it_did() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let seen = Arc::new(Seen::default());
         let cache = reference("reg.local/team/cache:k1");
         let app = reference("reg.local/team/app:1");
         rt.block_on(async {
             let first = seen.claim(&cache, "sha256:aa").await.expect("free");
-            let waiter = {
-                let seen = Arc::clone(&seen);
-                let app = app.clone();
-                tokio::spawn(async move { seen.claim(&app, "sha256:aa").await.is_some() })
-            };
+            let waiter = claim_later(&seen, &app, "sha256:aa");
             // The second push is still waiting while the first holds the claim.
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished());
@@ -253,10 +263,7 @@ mod tests {
 
     #[test]
     fn a_push_of_a_blob_being_streamed_waits_once_its_writer_named_it() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let seen = Arc::new(Seen::default());
         let app = reference("reg.local/team/app:1");
         let cache = reference("reg.local/team/cache:k1");
@@ -270,11 +277,7 @@ mod tests {
             // On another registry, or for another blob, nothing waits either.
             assert!(seen.claim(&elsewhere, "sha256:aa").await.is_some());
             assert!(seen.claim(&cache, "sha256:bb").await.is_some());
-            let waiter = {
-                let seen = Arc::clone(&seen);
-                let cache = cache.clone();
-                tokio::spawn(async move { seen.claim(&cache, "sha256:aa").await.is_some() })
-            };
+            let waiter = claim_later(&seen, &cache, "sha256:aa");
             tokio::task::yield_now().await;
             assert!(
                 !waiter.is_finished(),
@@ -292,11 +295,7 @@ mod tests {
             let (writer, progress) = tokio::sync::watch::channel(GrowingBlob::default());
             let stream = seen.stream(&app, progress);
             writer.send_modify(|b| b.digest = Some("sha256:cc".into()));
-            let waiter = {
-                let seen = Arc::clone(&seen);
-                let cache = cache.clone();
-                tokio::spawn(async move { seen.claim(&cache, "sha256:cc").await.is_some() })
-            };
+            let waiter = claim_later(&seen, &cache, "sha256:cc");
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished());
             drop(stream);
