@@ -721,13 +721,16 @@ fi
 # w6 or w8 figure; its warmer and build then read this copy (REGISTRY=$REG/v2s2) and the other
 # tools the original.
 KANIKO_V2S2_REG="$REG/v2s2"
-if want_tool kaniko && { want_work w6 || { want_work w8 && [[ "$W8_CACHE" == local ]]; }; }; then
-    for base in debian:bookworm busybox:latest; do
-        skopeo copy -q --format v2s2 --src-tls-verify=false --dest-tls-verify=false \
-            "docker://$REG/kiln-test/$base" "docker://$KANIKO_V2S2_REG/kiln-test/$base" >&2 ||
-            die "could not copy the $base base to $KANIKO_V2S2_REG as a Docker v2s2 image"
-    done
+V2S2_BASES=()
+if want_tool kaniko; then
+    want_work w6 && V2S2_BASES+=(debian:bookworm)
+    want_work w8 && [[ "$W8_CACHE" == local ]] && V2S2_BASES+=(busybox:latest)
 fi
+for base in "${V2S2_BASES[@]}"; do
+    skopeo copy -q --format v2s2 --src-tls-verify=false --dest-tls-verify=false \
+        "docker://$REG/kiln-test/$base" "docker://$KANIKO_V2S2_REG/kiln-test/$base" >&2 ||
+        die "could not copy the $base base to $KANIKO_V2S2_REG as a Docker v2s2 image"
+done
 
 # ---- builders -----------------------------------------------------------------------------------
 # podman's and buildah's configuration for this machine (default_ulimits = []: without it a fresh
@@ -1289,6 +1292,22 @@ make_w9_base() {
 }
 
 # ---- priming for w5 (cached rebuild), w6 (warmed base), w8 (source change) and w10's floor ------
+# warm_base TOOL BASE DIR LOG: kiln-warmer or kaniko's warmer (in the kaniko image) fills DIR with
+# the base kiln-test/BASE (kaniko: its Docker v2s2 copy, see KANIKO_V2S2_REG); its exit code.
+warm_base() {
+    local tool="$1" base="$2" dir="$3" logf="$4" rc=0
+    mkdir -p "$dir"
+    if [[ "$tool" == kiln ]]; then
+        timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/$base" --cache-dir "$dir" --insecure \
+            >"$logf" 2>&1 || rc=$?
+    else
+        timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
+            -v "$dir:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
+            --cache-dir /cache --image "$KANIKO_V2S2_REG/kiln-test/$base" --insecure-pull \
+            >"$logf" 2>&1 || rc=$?
+    fi
+    return "$rc"
+}
 # prime WORKLOAD TOOL: the untimed first build, warmer or pull (with a fresh filesystem per build,
 # on one of its own, and what it primed saved for the timed runs); on failure sets PRIME_NOTE and
 # returns 1.
@@ -1321,18 +1340,10 @@ prime() {
             # and the oci: layer cache empty before.
             if [[ "$w" == w8 && "$W8_CACHE" == local && "$tool" =~ ^(kiln|kaniko)$ ]]; then
                 rm -rf "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
-                mkdir -p "$WORK/$w-$tool-base-cache" "$WORK/$w-$tool-layer-cache"
+                mkdir -p "$WORK/$w-$tool-layer-cache"
                 what="the warmer (the busybox base into $WORK/$w-$tool-base-cache)"
                 logf="$WORK/$w-$tool-warmer.log"
-                if [[ "$tool" == kiln ]]; then
-                    timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/busybox:latest" \
-                        --cache-dir "$WORK/$w-kiln-base-cache" --insecure >"$logf" 2>&1 || rc=$?
-                else
-                    timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-$w-warmer" \
-                        --network host -v "$WORK/$w-kaniko-base-cache:/cache" --entrypoint /kaniko/warmer \
-                        "$KANIKO_IMAGE" --cache-dir /cache --image "$KANIKO_V2S2_REG/kiln-test/busybox:latest" \
-                        --insecure-pull >"$logf" 2>&1 || rc=$?
-                fi
+                warm_base "$tool" busybox:latest "$WORK/$w-$tool-base-cache" "$logf" || rc=$?
             fi
             if [[ "$rc" == 0 ]]; then
                 what="the first (cached) build"
@@ -1352,8 +1363,7 @@ prime() {
         w6/kiln)
             what="kiln-warmer"
             logf="$WORK/w6-kiln-warmer.log"
-            timeout "$TIMEOUT" "$KWARM" --image "$REG/kiln-test/debian:bookworm" \
-                --cache-dir "$WORK/kiln-base-cache" --insecure >"$logf" 2>&1 || rc=$? ;;
+            warm_base kiln debian:bookworm "$WORK/kiln-base-cache" "$logf" || rc=$? ;;
         w6/buildah)
             what="buildah pull"
             logf="$WORK/w6-buildah-pull.log"
@@ -1376,11 +1386,7 @@ prime() {
         w6/kaniko)
             what="kaniko's warmer (of the Docker v2s2 copy of the base)"
             logf="$WORK/w6-kaniko-warmer.log"
-            mkdir -p "$WORK/kaniko-base-cache"
-            timeout "$TIMEOUT" "${PODMAN[@]}" run --rm --name "kiln-bench-$$-warmer" --network host \
-                -v "$WORK/kaniko-base-cache:/cache" --entrypoint /kaniko/warmer "$KANIKO_IMAGE" \
-                --cache-dir /cache --image "$KANIKO_V2S2_REG/kiln-test/debian:bookworm" --insecure-pull \
-                >"$logf" 2>&1 || rc=$? ;;
+            warm_base kaniko debian:bookworm "$WORK/kaniko-base-cache" "$logf" || rc=$? ;;
     esac
     end_build "$tool" "$w" "$mode" prime || rc=$?
     PRIME_RC="$rc"
