@@ -120,6 +120,9 @@ while [[ $# -gt 0 ]]; do
             [[ "$2" == local || "$2" == registry ]] || die "--w8-cache is local or registry, not $2"
             W8_CACHE="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
+        # The flag of the fifth run, replaced by --w8-cache: say which value meant what.
+        --w8-buildkit-cache*)
+            die "$1 is gone: --w8-cache local (every tool's cache kept on the machine, the default) or --w8-cache registry (every tool's cache in the registry) replaces it" ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

@@ -41,6 +41,10 @@ const SECRET_NAMES: [&str; 7] = [
 ];
 /// Cloud SDK variables: some hold keys, and which ones changes with the SDK.
 const SECRET_PREFIXES: [&str; 6] = ["AWS_", "AZURE_", "GOOGLE_", "GCP_", "GCLOUD_", "ALIBABA_"];
+/// Names a prefix above matches that name where to find something, never a key: settings of
+/// the cloud SDKs that CI machines and Pods commonly carry. Leaving them in place spares the
+/// re-execution for them alone.
+const NOT_SECRET_NAMES: [&str; 3] = ["AWS_CA_BUNDLE", "AWS_REGION", "AWS_DEFAULT_REGION"];
 /// Any name containing one of these words.
 const SECRET_WORDS: [&str; 8] = [
     "TOKEN",
@@ -58,6 +62,9 @@ const SECRET_WORDS: [&str; 8] = [
 /// nothing.
 pub fn is_secret_name(name: &OsStr) -> bool {
     let upper = name.to_string_lossy().to_ascii_uppercase();
+    if NOT_SECRET_NAMES.contains(&upper.as_str()) {
+        return false;
+    }
     SECRET_NAMES.contains(&upper.as_str())
         || SECRET_PREFIXES.iter().any(|p| upper.starts_with(p))
         || SECRET_WORDS.iter().any(|w| upper.contains(w))
@@ -204,6 +211,9 @@ mod tests {
             "SSL_CERT_FILE",
             "NO_PROXY",
             "GIT_PULL_METHOD",
+            "AWS_CA_BUNDLE",
+            "aws_region",
+            "AWS_DEFAULT_REGION",
         ] {
             assert!(!is_secret_name(OsStr::new(name)), "{name}");
         }

@@ -164,6 +164,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildResult, BuildError> {
         let mut hidden = in_place_hidden(req, &work_dir, context.root());
         hidden.push(mount_cache.clone());
         crate::run::prepare_in_place(&hidden);
+        // The registry's clients are made when first needed, some after `/` is replaced.
+        kiln_oci::registry::load_system_certificates();
     }
     let started = Instant::now();
     let plan = BuildPlan::new(

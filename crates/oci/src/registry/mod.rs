@@ -37,7 +37,7 @@ pub use keychain::Keychain;
 pub use layout::{LayoutError, OciLayout};
 pub use push::{GrowingBlob, STREAM_PIECE};
 pub use reference::{normalize_reference, parse_reference, Reference};
-pub use transport::{may_fall_back, ClientCert};
+pub use transport::{load_system_certificates, may_fall_back, ClientCert};
 
 /// Platforms are defined in [`crate::platform`]; re-exported where the registry client has always
 /// offered them.

@@ -3,8 +3,10 @@
 //! HTTPS everywhere, except that a registry kaniko's `name.Registry.Scheme()` calls local
 //! ([`may_fall_back`]) is tried over HTTPS first and then over plain HTTP (`transport/ping.go`),
 //! and a registry named insecure is plain HTTP. The fallback is decided once per registry and
-//! run, by a `GET /v2/`. Certificate and key files are read when the client is made (before an
-//! in-place build replaces `/`). It makes no other request and never logs credentials.
+//! run, by a `GET /v2/`. Certificate and key files are read when the registry client is made,
+//! the system's CA certificates once per process by the first transport made or by
+//! [`load_system_certificates`] (both before an in-place build replaces `/`). It makes no other
+//! request and never logs credentials.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,17 +53,24 @@ pub(super) struct SideSettings {
 /// The clients of one side.
 #[derive(Clone)]
 pub(super) struct Transports {
-    insecure: bool,
+    /// The HTTPS clients; `None` on a side that is insecure, where every request goes over
+    /// plain HTTP (each client builds a store of the system's CA certificates when it is made).
+    tls: Option<TlsTransports>,
+    /// Plain HTTP: registries named insecure and those that fell back. Made on first use.
+    plain: Arc<OnceLock<Result<Transport, String>>>,
+}
+
+/// The HTTPS clients of one side.
+#[derive(Clone)]
+struct TlsTransports {
     /// Verifies TLS certificates, unless the side skips verification everywhere.
     verified: Transport,
     /// For registries in `skip_tls_verify_registries`: oci-client has one certificate policy
     /// per client, so those need a second one. Made only when some registry is listed, since
-    /// each client loads and parses the system's CA certificates when it is made.
+    /// each client parses the system's CA certificates when it is made.
     unverified: Option<Transport>,
     /// Registries with their own CA or client certificate, by normalised name.
     own: HashMap<String, Transport>,
-    /// Plain HTTP: registries named insecure and those that fell back. Made on first use.
-    plain: Arc<OnceLock<Result<Transport, String>>>,
 }
 
 /// Whether kaniko would try plain HTTP after HTTPS for `registry` (`host[:port]` as written in
@@ -228,9 +237,26 @@ pub(super) fn system_roots() -> SystemRoots {
             for error in &loaded.errors {
                 tracing::warn!("reading the system's CA certificates: {error}");
             }
-            Arc::new(loaded.certs.iter().map(|c| c.to_vec()).collect())
+            Arc::new(distinct(loaded.certs.iter().map(|c| c.to_vec()).collect()))
         })
         .clone()
+}
+
+/// Each certificate once. A distribution's store usually has every CA twice: in the bundle
+/// (`SSL_CERT_FILE`) and as a file of its own in the directory (`SSL_CERT_DIR`, which
+/// `rustls-native-certs` reads too when it is set); every client made parses each copy.
+fn distinct(mut certs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    certs.sort_unstable();
+    certs.dedup();
+    certs
+}
+
+/// Reads the system's CA certificates now, if no client has yet. A client is made when first
+/// needed (the plain HTTP one, which follows redirects to HTTPS, and none over HTTPS on an
+/// insecure side): an in-place build calls this before it replaces `/`, so that what every
+/// client trusts is the container's store, never the image's.
+pub fn load_system_certificates() {
+    system_roots();
 }
 
 /// One transport with `protocol`, `accept_invalid` and `files`.
@@ -285,6 +311,10 @@ pub(super) fn transports(
     side: &SideSettings,
     files: &HashMap<String, TlsFiles>,
 ) -> Result<Transports, RegistryError> {
+    let plain = Arc::default();
+    if side.insecure {
+        return Ok(Transports { tls: None, plain });
+    }
     let none = TlsFiles::default();
     let verified = make(ClientProtocol::Https, side.skip_tls_verify, &none)?;
     let unverified = if side.skip_tls_verify || opts.skip_tls_verify_registries.is_empty() {
@@ -300,11 +330,12 @@ pub(super) fn transports(
         })
         .collect::<Result<_, _>>()?;
     Ok(Transports {
-        insecure: side.insecure,
-        verified,
-        unverified,
-        own,
-        plain: Arc::default(),
+        tls: Some(TlsTransports {
+            verified,
+            unverified,
+            own,
+        }),
+        plain,
     })
 }
 
@@ -321,15 +352,16 @@ fn named_insecure(opts: &RegistryOptions, registry: &str) -> bool {
 }
 
 impl Transports {
-    /// The HTTPS client for `registry` (normalised).
-    fn tls(&self, opts: &RegistryOptions, registry: &str) -> &Transport {
-        if let Some(t) = self.own.get(registry) {
-            return t;
+    /// The HTTPS client for `registry` (normalised); `None` on an insecure side.
+    fn tls(&self, opts: &RegistryOptions, registry: &str) -> Option<&Transport> {
+        let tls = self.tls.as_ref()?;
+        if let Some(t) = tls.own.get(registry) {
+            return Some(t);
         }
-        match &self.unverified {
+        Some(match &tls.unverified {
             Some(u) if skips_verification(opts, registry) => u,
-            _ => &self.verified,
-        }
+            _ => &tls.verified,
+        })
     }
 
     fn plain(&self) -> Result<&Transport, RegistryError> {
@@ -358,10 +390,10 @@ impl Registry {
             Side::Push => &self.push,
         };
         let registry = auth::normalize_auth_key(r.registry());
-        if transports.insecure || named_insecure(&self.opts, &registry) {
-            return transports.plain();
-        }
-        let tls = transports.tls(&self.opts, &registry);
+        let tls = match transports.tls(&self.opts, &registry) {
+            Some(tls) if !named_insecure(&self.opts, &registry) => tls,
+            _ => return transports.plain(),
+        };
         if !may_fall_back(r.registry()) {
             return Ok(tls);
         }
@@ -466,5 +498,35 @@ mod tests {
         assert_eq!(certs[0], format!("{one}\n").into_bytes());
         assert!(pem_certificates(b"no pem here").is_empty());
         assert!(pem_certificates(b"-----BEGIN CERTIFICATE-----\nunterminated").is_empty());
+    }
+
+    #[test]
+    fn each_system_certificate_is_kept_once() {
+        let certs = distinct(vec![
+            b"b".to_vec(),
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"a".to_vec(),
+        ]);
+        assert_eq!(certs, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn an_insecure_side_has_no_https_client() {
+        let opts = RegistryOptions::default();
+        let files = HashMap::new();
+        let insecure = SideSettings {
+            insecure: true,
+            skip_tls_verify: false,
+        };
+        let t = transports(&opts, &insecure, &files).unwrap();
+        assert!(t.tls(&opts, "registry.example").is_none());
+        assert!(t.plain().is_ok());
+        let secure = SideSettings {
+            insecure: false,
+            skip_tls_verify: false,
+        };
+        let t = transports(&opts, &secure, &files).unwrap();
+        assert!(t.tls(&opts, "registry.example").is_some());
     }
 }
