@@ -223,6 +223,51 @@ fn pull_with_retries_completes_and_verifies() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
 }
 
+/// A blob served with other bytes than its digest names, at the right length, is refused with
+/// the digest it had and leaves no file; with a retry, the next (good) download is kept. Kiln
+/// hashes what it reads itself (oci-client's verifying stream is not used), so this is the
+/// check that stands between a tampered blob and the cache.
+#[test]
+fn a_blob_served_with_other_bytes_is_refused() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = TestRegistry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::noise(tmp.path(), 3);
+    img.skopeo_push(tmp.path(), &format!("{}/faults/flip:v1", reg.addr));
+    let layer = img.layer();
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![rule("GET", hex(&layer.digest), Fault::Flip(1000), 2)],
+    );
+    let image = format!("{}/faults/flip:v1", proxy.addr);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let dest = out.join("layer");
+
+    let strict = Registry::new(options(&reg, &[&proxy.addr])).unwrap();
+    let err =
+        bounded(strict.fetch_blob_to_file(&image, &layer.digest, layer.size, &dest)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("digest mismatch"), "{text}");
+    assert!(
+        text.contains(&format!("expected {}", layer.digest)),
+        "{text}"
+    );
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "no file left");
+
+    // The second download is flipped too, the third is not.
+    let mut opts = options(&reg, &[&proxy.addr]);
+    opts.pull_retries = 2;
+    let registry = Registry::new(opts).unwrap();
+    let n = bounded(registry.fetch_blob_to_file(&image, &layer.digest, layer.size, &dest)).unwrap();
+    assert_eq!(n, layer.size);
+    assert_eq!(sha256_digest(&std::fs::read(&dest).unwrap()), layer.digest);
+    assert_eq!(proxy.count("GET", hex(&layer.digest)), 3);
+}
+
 #[test]
 fn client_errors_are_not_retried() {
     if !require_tools(&["docker-registry", "skopeo"]) {

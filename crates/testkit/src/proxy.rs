@@ -32,6 +32,9 @@ pub enum Fault {
     CutResponse(usize),
     /// Wait this long before forwarding the response.
     Delay(Duration),
+    /// Forward the whole response, with the body's byte at this offset inverted: a registry
+    /// (or a network) serving other bytes than the digest names, at the right length.
+    Flip(usize),
     /// Forward this many bytes of the response body, open `gate` as reached, and send the rest
     /// only once the test releases it: a download that is provably under way and unfinished.
     Stall(usize, Gate),
@@ -373,11 +376,15 @@ fn handle(
     };
     record(if cut.is_some() { 0 } else { status });
     client.write_all(&resp_head)?;
+    let flip = match fault {
+        Some(Fault::Flip(at)) => Some(at),
+        _ => None,
+    };
     let stall = match fault {
         Some(Fault::Stall(after, gate)) => Some((after, gate)),
         _ => None,
     };
-    forward_response_body(&mut server, &mut client, resp_body, cut, stall)
+    forward_response_body(&mut server, &mut client, resp_body, cut, stall, flip)
 }
 
 /// Forwards a request body of `length` bytes (`pending`: what came with the head), at most
@@ -482,14 +489,16 @@ fn forward_chunked_body(
     }
 }
 
-/// Forwards the response body until upstream closes: only `cut` bytes of it when set, and with
-/// `stall`, the first bytes, then (after the gate's release) the rest.
+/// Forwards the response body until upstream closes: only `cut` bytes of it when set, with
+/// `stall`, the first bytes, then (after the gate's release) the rest, and with `flip`, all of
+/// it with the byte at that offset inverted.
 fn forward_response_body(
     server: &mut TcpStream,
     client: &mut TcpStream,
     mut pending: Vec<u8>,
     cut: Option<usize>,
     mut stall: Option<(usize, Gate)>,
+    flip: Option<usize>,
 ) -> std::io::Result<()> {
     let mut forwarded = 0usize;
     let mut buf = vec![0u8; 65536];
@@ -517,7 +526,13 @@ fn forward_response_body(
                 stall = Some((after, gate));
             }
         } else {
+            if let Some(at) = flip.and_then(|at| at.checked_sub(forwarded)) {
+                if let Some(byte) = pending.get_mut(at) {
+                    *byte ^= 0xff;
+                }
+            }
             client.write_all(&pending)?;
+            forwarded += pending.len();
         }
         pending.clear();
         let n = server.read(&mut buf)?;

@@ -1488,6 +1488,21 @@ impl Client {
         .await
     }
 
+    /// Kiln addition: [`Client::pull_blob_stream`] without the digest check, for a caller that
+    /// hashes and checks what it reads itself (each byte is then hashed once, not twice).
+    pub async fn pull_blob_stream_unverified(
+        &self,
+        image: &Reference,
+        layer: impl AsLayerDescriptor,
+    ) -> Result<SizedStream> {
+        stream_from_response(
+            self.pull_blob_response(image, &layer, None, None).await?,
+            layer,
+            false,
+        )
+        .await
+    }
+
     /// Stream a single layer from an OCI registry starting with a byte offset. This can be used to
     /// continue downloading a layer after a network error. Please note that when doing a partial
     /// download (meaning it returns the [`BlobResponse::Partial`] variant), the layer digest is not
