@@ -160,15 +160,33 @@ fn push_without_retries_fails_clearly_and_leaves_no_manifest() {
     }
 }
 
-#[test]
-fn pull_with_retries_completes_and_verifies() {
+/// A registry holding a noise image of three layers as `repo:v1`, the test's directory, and an
+/// empty directory in it for the blob the test fetches; `None` without the tools.
+fn registry_with_noise(
+    repo: &str,
+) -> Option<(
+    TestRegistry,
+    tempfile::TempDir,
+    TestImage,
+    std::path::PathBuf,
+)> {
     if !require_tools(&["docker-registry", "skopeo"]) {
-        return;
+        return None;
     }
     let reg = TestRegistry::start();
     let tmp = tempfile::tempdir().unwrap();
     let img = TestImage::noise(tmp.path(), 3);
-    img.skopeo_push(tmp.path(), &format!("{}/faults/pull:v1", reg.addr));
+    img.skopeo_push(tmp.path(), &format!("{}/{repo}:v1", reg.addr));
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    Some((reg, tmp, img, out))
+}
+
+#[test]
+fn pull_with_retries_completes_and_verifies() {
+    let Some((reg, _tmp, img, out)) = registry_with_noise("faults/pull") else {
+        return;
+    };
     let proxy = FaultProxy::start(
         &reg.addr,
         vec![
@@ -194,8 +212,6 @@ fn pull_with_retries_completes_and_verifies() {
         ],
     );
     let image = format!("{}/faults/pull:v1", proxy.addr);
-    let out = tmp.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
     let dest = out.join("layer");
 
     // Without retries the first fault is final.
@@ -229,21 +245,15 @@ fn pull_with_retries_completes_and_verifies() {
 /// check that stands between a tampered blob and the cache.
 #[test]
 fn a_blob_served_with_other_bytes_is_refused() {
-    if !require_tools(&["docker-registry", "skopeo"]) {
+    let Some((reg, _tmp, img, out)) = registry_with_noise("faults/flip") else {
         return;
-    }
-    let reg = TestRegistry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let img = TestImage::noise(tmp.path(), 3);
-    img.skopeo_push(tmp.path(), &format!("{}/faults/flip:v1", reg.addr));
+    };
     let layer = img.layer();
     let proxy = FaultProxy::start(
         &reg.addr,
         vec![rule("GET", hex(&layer.digest), Fault::Flip(1000), 2)],
     );
     let image = format!("{}/faults/flip:v1", proxy.addr);
-    let out = tmp.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
     let dest = out.join("layer");
 
     let strict = Registry::new(options(&reg, &[&proxy.addr])).unwrap();
