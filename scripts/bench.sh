@@ -921,12 +921,14 @@ w8_has_change() {
     fi
     layer="$(jq -r '.layers[-1].digest' <<<"$manifest")" || return 1
     blob="$(mktemp "$WORK/w8-layer.XXXXXX")"
-    # GNU tar recognises the compression of a file (not of a pipe) by itself.
-    curl -fsS -o "$blob" "http://$REG/v2/$repo/blobs/$layer" &&
-        tar -xOf "$blob" --wildcards '*app/app.c' 2>/dev/null | grep -qF "\"bench w8 build $run\""
-    local rc=$?
+    # GNU tar recognises the compression of a file (not of a pipe) by itself. The file's text is
+    # read whole, then matched: no pipeline whose reader may stop first (pipefail).
+    local app=""
+    if curl -fsS -o "$blob" "http://$REG/v2/$repo/blobs/$layer"; then
+        app="$(tar -xOf "$blob" --wildcards '*app/app.c' 2>/dev/null)" || app=""
+    fi
     rm -f "$blob"
-    return "$rc"
+    [[ "$app" == *"\"bench w8 build $run\""* ]]
 }
 
 # record WORKLOAD TOOL RUN SECONDS EXIT STATUS PEAK_KB NOTE: one line of the raw runs file.
